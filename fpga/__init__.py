@@ -1,0 +1,1 @@
+"""FPGA flows: board tops, Yosys + nextpnr runs (YoWASP), resource and Fmax reports."""

@@ -1,0 +1,1 @@
+"""Simulation: cocotb testbenches, cached simulator runners, compiled flow-level harnesses."""

@@ -1,0 +1,5 @@
+import sys
+
+from sparsefab.cli import main
+
+sys.exit(main())
