@@ -21,7 +21,7 @@ SECTIONS: dict[str, str] = {
 
 
 def _run(args) -> int:
-    names = list(SECTIONS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    names = [s.strip() for s in (args.only or "").split(",") if s.strip()] or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise SparsefabError(f"--only: unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
