@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import container
-from .bitstream import check_signed_range, hex_lines, pack_signed, unpack_signed, words
+from .bitstream import hex_lines, pack_signed, unpack_signed, words
 from .errors import FormatError, SparsefabError
 
 BLOCKS = (8, 16, 32, 64)
@@ -60,19 +60,6 @@ def encoded_size(rows: int, cols: int, nnz: int, *, bits: int, block: int, bus_b
     sb = stride_bits(cols, block=block, bus_bits=bus_bits)
     return (container.HEADER_SIZE + p8(quant_len + 4 * (rows + 1)) + p8(rows * sb // 8)
             + p8((nnz * bits + 7) // 8))
-
-
-def as_codes(codes, bits: int, what: str = "codes") -> np.ndarray:
-    """Validate a 2-D integer code matrix that fits ``bits``; return it as C-contiguous int8."""
-    a = np.asarray(codes)
-    if a.ndim != 2:
-        raise SparsefabError(f"{what}: expected a 2-D matrix, got {a.ndim}-D with shape {a.shape}")
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise SparsefabError(f"{what}: expected an integer dtype, got {a.dtype}")
-    container.check_shape(a.shape[0], a.shape[1], what)
-    if a.dtype != np.int8 or bits < 8:
-        check_signed_range(a, bits, what)
-    return np.ascontiguousarray(a, dtype=np.int8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +181,7 @@ def bitmap_sections(codes, *, bits: int = 8, block: int = 16, bus_bits: int = 64
     BitmapImage
     """
     _check_params(bits, block, bus_bits)
-    c = as_codes(codes, bits)
+    c = container.as_codes(codes, bits)
     rows, cols = c.shape
     sb = stride_bits(cols, block=block, bus_bits=bus_bits)
     mask = c != 0

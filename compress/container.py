@@ -20,6 +20,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from .bitstream import check_signed_range
 from .errors import FormatError, SparsefabError
 
 MAGIC = b"SFWT"
@@ -94,6 +97,21 @@ def check_shape(rows: int, cols: int, what: str = "matrix") -> None:
         raise SparsefabError(f"{what}: shape ({rows}, {cols}) is empty; expected at least 1 row and 1 column")
     if rows >= 1 << 32 or cols >= 1 << 32 or rows * cols > MAX_ELEMENTS:
         raise SparsefabError(f"{what}: shape ({rows}, {cols}) exceeds the {MAX_ELEMENTS}-element limit")
+
+
+def as_codes(codes, bits: int, what: str = "codes") -> np.ndarray:
+    """Validate a 2-D integer code matrix that fits ``bits``; return it as C-contiguous int8."""
+    if bits not in BITS:
+        raise SparsefabError(f"bits={bits}: expected 2, 4 or 8")
+    a = np.asarray(codes)
+    if a.ndim != 2:
+        raise SparsefabError(f"{what}: expected a 2-D matrix, got {a.ndim}-D with shape {a.shape}")
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise SparsefabError(f"{what}: expected an integer dtype, got {a.dtype}")
+    check_shape(a.shape[0], a.shape[1], what)
+    if a.dtype != np.int8 or bits < 8:
+        check_signed_range(a, bits, what)
+    return np.ascontiguousarray(a, dtype=np.int8)
 
 
 def pack(*, format: str, bits: int, rows: int, cols: int, nnz: int, meta: bytes, index: bytes,
@@ -256,3 +274,17 @@ def split_quant(meta, h: Header):
         raise FormatError(f"quant block: bits={q.bits} but the header says bits={h.bits}")
     q.check_shape((h.rows, h.cols))
     return q, mv[used:]
+
+
+def open_container(data, format: str, check: Callable[[Header], None] | None = None):
+    """:func:`parse` plus the quantization block: ``(header, quant, format_meta, index, values)``."""
+    h, meta, index, values = parse(data, format, check)
+    quant, rest = split_quant(meta, h)
+    return h, quant, rest, index, values
+
+
+def check_nonzero_count(h: Header, codes: np.ndarray) -> None:
+    """Raise FormatError if the decoded matrix does not hold the header's nnz nonzeros."""
+    n = int(np.count_nonzero(codes))
+    if n != h.nnz:
+        raise FormatError(f"{h.format_name}: decoded {n} nonzero codes, header says nnz={h.nnz}")

@@ -1,0 +1,180 @@
+"""Zero-run-length format, EIE style (format 3).
+
+Each row is a list of entries ``(run, value)``: ``run`` is the number of zero codes
+skipped since the previous entry of the row (or the row start), then comes ``value``.
+With ``r`` run bits the longest run is ``R = 2**r - 1`` (15 for the default ``r = 4``).
+A gap of ``g`` zeros before a nonzero is written as ``g // (R+1)`` padding entries
+``(R, 0)`` (each covers ``R`` zeros plus one explicit zero, i.e. ``R+1`` columns) followed
+by the entry ``(g % (R+1), value)``.  Zeros after a row's last nonzero are not stored:
+the row pointers tell where each row's entries end.  This is EIE's relative indexing
+(Han et al., ISCA 2016), applied along rows.
+
+Byte layout (docs/FORMATS.md, "rle"): header p0 = run bits ``r`` (1..16, default 4), p1 =
+row-pointer bits ``rp`` (8, 16 or 32; default the smallest that fits), p2 = 0; nnz = the
+number of nonzero codes (padding entries are not counted).
+
+* meta = the quantization block only;
+* index = ``row_ptr`` (``rows + 1`` unsigned ``rp``-bit integers: entry index where each row
+  starts; ``row_ptr[rows] = E``, the number of entries) followed by the ``E`` runs as an
+  ``r``-bit LSB-first bitstream; ``index_len = (rows+1)*rp/8 + ceil(E*r/8)``;
+* values = the ``E`` entry values (padding entries hold 0) at ``b`` bits,
+  ``values_len = ceil(E*b/8)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import container
+from .bitstream import pack_signed, pack_unsigned, unpack_signed, unpack_unsigned
+from .errors import FormatError, SparsefabError
+
+PTR_WIDTHS = (8, 16, 32)
+
+
+def _min_width(n: int) -> int:
+    return next((w for w in PTR_WIDTHS if n < 1 << w), 64)
+
+
+def rle_entries(codes, *, bits: int = 8, run_bits: int = 4):
+    """The EIE entries of a code matrix.
+
+    Returns
+    -------
+    row_ptr : ndarray of int64, shape (rows + 1,)
+        Entry index of each row's start.
+    runs : ndarray of int64, shape (E,)
+    values : ndarray of int8, shape (E,)
+        Padding entries have ``run = 2**run_bits - 1`` and value 0.
+    """
+    if not isinstance(run_bits, (int, np.integer)) or not 1 <= run_bits <= 16:
+        raise SparsefabError(f"run_bits={run_bits!r}: expected an integer in 1..16")
+    c = container.as_codes(codes, bits)
+    rows, cols = c.shape
+    mask = c != 0
+    flat = np.flatnonzero(mask)
+    row = flat // cols
+    col = flat % cols
+    vals = c.reshape(-1)[flat]
+    prev = np.empty_like(col)
+    prev[:1] = -1
+    prev[1:] = np.where(row[1:] == row[:-1], col[:-1], -1)
+    gap = col - prev - 1
+    period = 1 << run_bits  # R + 1
+    pads = gap // period
+    per_nz = pads + 1
+    ends = np.cumsum(per_nz)  # one past each nonzero's own entry
+    E = int(ends[-1]) if ends.size else 0
+    runs = np.full(E, period - 1, np.int64)
+    values = np.zeros(E, np.int8)
+    runs[ends - 1] = gap % period
+    values[ends - 1] = vals
+    entries_per_row = np.bincount(row, weights=per_nz, minlength=rows).astype(np.int64)
+    row_ptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(entries_per_row, out=row_ptr[1:])
+    return row_ptr, runs, values
+
+
+def encode(codes, *, bits: int = 8, run_bits: int = 4, ptr_bits: int | None = None, quant=None) -> bytes:
+    """Encode a code matrix as EIE-style zero runs.
+
+    Parameters
+    ----------
+    codes : array_like of int, shape (rows, cols)
+    bits : int
+        Code width, 2, 4 or 8.
+    run_bits : int
+        Run-length field width ``r`` (1..16); EIE uses 4.
+    ptr_bits : int, optional
+        Row-pointer width (8, 16, 32); default the smallest that holds the entry count.
+    quant : QuantParams or None
+    """
+    c = container.as_codes(codes, bits)
+    row_ptr, runs, values = rle_entries(c, bits=bits, run_bits=run_bits)
+    E = int(row_ptr[-1])
+    if ptr_bits is None:
+        ptr_bits = _min_width(E)
+    if ptr_bits not in PTR_WIDTHS:
+        raise SparsefabError(f"ptr_bits={ptr_bits}: expected 8, 16 or 32")
+    if E >= 1 << ptr_bits:
+        raise SparsefabError(f"rle: {E} entries need ptr_bits >= {_min_width(E)}, got {ptr_bits}")
+    index = pack_unsigned(row_ptr, ptr_bits) + pack_unsigned(runs, run_bits)
+    return container.pack(format="rle", bits=bits, rows=c.shape[0], cols=c.shape[1],
+                          nnz=int(np.count_nonzero(values)), p0=run_bits, p1=ptr_bits,
+                          meta=container.quant_block(quant, bits, c.shape), index=index,
+                          values=pack_signed(values, bits))
+
+
+def _check_header(h: container.Header) -> None:
+    if not 1 <= h.p0 <= 16:
+        raise FormatError(f"rle header: run bits p0={h.p0}, expected 1..16")
+    if h.p1 not in PTR_WIDTHS:
+        raise FormatError(f"rle header: pointer bits p1={h.p1}, expected 8, 16 or 32")
+    if h.p2:
+        raise FormatError(f"rle header: p2={h.p2}, expected 0")
+    ptr_len = (h.rows + 1) * h.p1 // 8
+    if h.index_len < ptr_len:
+        raise FormatError(f"header: index_len={h.index_len} is shorter than the {ptr_len}-byte row pointers")
+    # E (the entry count) is implied by values_len; it must also explain index_len.
+    e_max = h.values_len * 8 // h.bits
+    e_min = max(0, (h.values_len - 1) * 8 // h.bits + 1) if h.values_len else 0
+    if not ptr_len + (e_min * h.p0 + 7) // 8 <= h.index_len <= ptr_len + (e_max * h.p0 + 7) // 8:
+        raise FormatError(f"header: index_len={h.index_len} and values_len={h.values_len} "
+                          f"imply different entry counts")
+    if h.nnz > e_max:
+        raise FormatError(f"header: nnz={h.nnz} exceeds the {e_max} entries values_len allows")
+
+
+def read_entries(data):
+    """Parse an RLE container and check it: ``(row_ptr, runs, values, header, quant)``."""
+    h, quant, rest, index, values = container.open_container(data, "rle", _check_header)
+    if len(rest):
+        raise FormatError(f"rle meta: {len(rest)} unexpected bytes after the quantization block")
+    split = (h.rows + 1) * h.p1 // 8
+    row_ptr = unpack_unsigned(index[:split], h.p1, h.rows + 1)
+    E = int(row_ptr[-1])
+    container.expect(h, "index_len", h.index_len, split + (E * h.p0 + 7) // 8)
+    container.expect(h, "values_len", h.values_len, (E * h.bits + 7) // 8)
+    if row_ptr[0] != 0:
+        raise FormatError(f"rle row_ptr: starts at {row_ptr[0]}, expected 0")
+    counts = np.diff(row_ptr)
+    if (counts < 0).any():
+        r = int(np.argmax(counts < 0))
+        raise FormatError(f"rle row_ptr: decreases at row {r} ({row_ptr[r]} -> {row_ptr[r + 1]})")
+    runs = unpack_unsigned(index[split:], h.p0, E)
+    vals = unpack_signed(values, h.bits, E)
+    for name, sec, width in (("index", index, h.p0), ("values", values, h.bits)):
+        tail = (E * width) % 8
+        if tail and sec[-1] >> tail:
+            raise FormatError(f"rle {name}: padding bits after the last entry are not zero")
+    R = (1 << h.p0) - 1
+    pad = vals == 0
+    if (pad & (runs != R)).any():
+        i = int(np.argmax(pad & (runs != R)))
+        raise FormatError(f"rle entry {i}: zero value with run {runs[i]}, padding entries must have run {R}")
+    last = row_ptr[1:][counts > 0] - 1
+    if last.size and (vals[last] == 0).any():
+        i = int(last[np.argmax(vals[last] == 0)])
+        raise FormatError(f"rle entry {i}: a row ends with a padding entry")
+    nnz = int(E - np.count_nonzero(pad))
+    if nnz != h.nnz:
+        raise FormatError(f"rle: {nnz} nonzero entries, header says nnz={h.nnz}")
+    return row_ptr, runs, vals, h, quant
+
+
+def decode(data) -> tuple[np.ndarray, object]:
+    """Decode an RLE container: ``(codes int8 (rows, cols), QuantParams)``."""
+    row_ptr, runs, vals, h, quant = read_entries(data)
+    E = int(row_ptr[-1])
+    out = np.zeros((h.rows, h.cols), np.int8)
+    if E:
+        counts = np.diff(row_ptr)
+        row = np.repeat(np.arange(h.rows, dtype=np.int64), counts)
+        step = np.cumsum(runs + 1)
+        start = np.concatenate([[0], step])[row_ptr[:-1]]  # cumulative steps before each row
+        col = step - np.repeat(start, counts) - 1
+        if int(col.max()) >= h.cols:
+            i = int(np.argmax(col >= h.cols))
+            raise FormatError(f"rle entry {i}: row {row[i]} runs past column {h.cols - 1}")
+        out.reshape(-1)[row * h.cols + col] = vals
+    return out, quant
