@@ -856,7 +856,7 @@ class QLayer:
 
     Attributes
     ----------
-    bias : int64 array, shape (rows,)
+    bias : int32 array, shape (rows,)
         Integer bias in accumulator units (``w_scale * x_scale``), with the input zero
         point folded in: ``bias' = round(bias / (w_scale * x_scale)) - x_zp * sum_j W[r, j]``.
     multiplier, shift : int64 arrays, shape (rows,)
@@ -884,7 +884,7 @@ class QLayer:
         lo, hi = -(1 << (ob - 1)), (1 << (ob - 1)) - 1
         if not _is_intlike(self.out_zero_point) or not lo <= int(self.out_zero_point) <= hi:
             raise SparsefabError(f"out_zero_point={self.out_zero_point!r}: expected an integer in [{lo}, {hi}]")
-        object.__setattr__(self, "bias", _ro(b))
+        object.__setattr__(self, "bias", _ro(b.astype(np.int32)))
         object.__setattr__(self, "multiplier", _ro(m))
         object.__setattr__(self, "shift", _ro(s))
         object.__setattr__(self, "out_zero_point", int(self.out_zero_point))

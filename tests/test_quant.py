@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparsefab.compress.errors import FormatError, SparsefabError
 from sparsefab.compress.quant import (
@@ -89,7 +91,7 @@ def test_requantize_extremes_bit_exact():
         for s in (0, 1, 2, 15, 31, 46, 47):
             for b in (-(1 << 31), 0, (1 << 31) - 1):
                 for relu in (False, True):
-                    check_requant(acc[None, :].repeat(1, 0).T.copy().reshape(-1, 1), m, s, b, 0, relu, 8)
+                    check_requant(acc.reshape(-1, 1), m, s, b, 0, relu, 8)
     # Exact halves round up (toward +inf): 5/2 -> 3, -5/2 -> -2, -3/2 -> -1.
     out = requantize(np.array([5, -5, -3, 3, -1, 1]), multiplier=1, shift=1, out_bits=8)
     np.testing.assert_array_equal(out, [3, -2, -1, 2, 0, 1])
@@ -98,6 +100,22 @@ def test_requantize_extremes_bit_exact():
     np.testing.assert_array_equal(out, [127, -3, -3])
     out = requantize(np.array([10**6, -(10**6)]), multiplier=1, shift=0, out_bits=4)
     np.testing.assert_array_equal(out, [7, -8])
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(
+    acc=st.lists(st.integers(-(1 << 46), (1 << 46) - 1), min_size=1, max_size=6),
+    bias=st.integers(-(1 << 46), (1 << 46) - 1),
+    m=st.integers(0, (1 << 16) - 1),
+    s=st.integers(0, 47),
+    out_bits=st.integers(2, 32),
+    zp_frac=st.floats(0, 1),
+    relu=st.booleans(),
+)
+def test_requantize_property(acc, bias, m, s, out_bits, zp_frac, relu):
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
+    zp = min(hi, lo + int(zp_frac * (hi - lo + 1)))
+    check_requant(np.array(acc, np.int64).reshape(-1, 1), m, s, bias, zp, relu, out_bits)
 
 
 def test_requantize_t_limit():
@@ -226,6 +244,25 @@ def test_round_trip_error_bound(bits, symmetric, gran):
     if symmetric:
         assert (z == 0).all()
         assert (dequantize(np.zeros_like(codes), p) == 0).all()
+
+
+@pytest.mark.parametrize("calib", ["percentile:99", "mse"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_error_bound_inside_clip_range(calib, symmetric):
+    rng = np.random.default_rng(SEED + 12)
+    w = rng.standard_t(df=3, size=(8, 200))
+    codes, p = quantize(w, bits=4, granularity="channel", symmetric=symmetric, calib=calib)
+    s, z = (np.broadcast_to(a, w.shape) for a in p.expand(w.shape))
+    lo, hi = (p.qmin - z) * s, (p.qmax - z) * s  # representable range (contains the clip range)
+    inside = (w >= lo - s / 2) & (w <= hi + s / 2)
+    assert (~inside).any(), "test data should exercise clipping"
+    dq = dequantize(codes, p).astype(np.float64)
+    err = np.abs(dq - w)
+    assert (err[inside] <= s[inside] / 2 * (1 + 1e-6) + 1e-7).all(), f"seed {SEED + 12}"
+    # outside, the value saturates at the nearest end of the range
+    above, below = w > hi + s / 2, w < lo - s / 2
+    np.testing.assert_allclose(dq[above], hi[above], rtol=1e-6)
+    np.testing.assert_allclose(dq[below], lo[below], rtol=1e-6)
 
 
 def test_group_layout_and_ragged_tail():
