@@ -17,6 +17,7 @@ from sparsefab.compress.fileio import atomic_write_bytes
 
 # name -> "module:function"
 SECTIONS: dict[str, str] = {
+    "fpga": "sparsefab.fpga.bench:run",
 }
 
 

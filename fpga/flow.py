@@ -209,7 +209,7 @@ def build(design: str, *, board: str = "icebreaker", params: dict | None = None,
     from sparsefab.gen import designs
 
     b = get_board(board)
-    params = dict(params or {})
+    params = {**designs.board_defaults(design, b.name), **(params or {})}
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SparsefabError(f"--seed {seed!r}: expected a non-negative integer")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= 64:

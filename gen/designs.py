@@ -71,6 +71,15 @@ def parameters(name: str) -> list[str]:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def board_defaults(name: str, board: str) -> dict:
+    """Parameters design ``name`` should take on ``board`` unless given (``factory.board_defaults``).
+
+    E.g. the spmv array computes its requantization multiply in logic on the iCE40UP5K, whose 8
+    DSPs all go to 8 lanes.
+    """
+    return dict(getattr(factory(name), "board_defaults", {}).get(board, {}))
+
+
 def build(name: str, **params) -> wiring.Component:
     """Build design ``name`` with ``params``; a bad or unknown parameter is a one-line SparsefabError."""
     fn = factory(name)
