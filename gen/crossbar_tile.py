@@ -192,15 +192,15 @@ class CrossbarTile(wiring.Component):
         acc = [Signal(signed(c.acc_bits), name=f"acc{i}") for i in range(T)]
         adc = c.adc_bits is not None
         target = [Signal(signed(c.part_bits), name=f"part{i}") for i in range(T)] if adc else acc
-        wl = [rd.data[l * c.w_bits:(l + 1) * c.w_bits].as_signed() for l in range(L)]
+        wl = [rd.data[ln * c.w_bits:(ln + 1) * c.w_bits].as_signed() for ln in range(L)]
         with m.If(s1_valid):
             with m.Switch(s1_g):
                 for gg in range(G):
                     with m.Case(gg):
-                        for l in range(L):
-                            t = target[gg * L + l]
+                        for ln in range(L):
+                            t = target[gg * L + ln]
                             base = Mux(s1_clear & (s1_first | adc), 0, t)
-                            m.d.sync += t.eq(base + wl[l] * s1_x)
+                            m.d.sync += t.eq(base + wl[ln] * s1_x)
 
         # --- tile end: ADC fold (optional), then emit ---
         emit = Signal()
@@ -219,14 +219,14 @@ class CrossbarTile(wiring.Component):
                 with m.Switch(fgrp):
                     for gg in range(G):
                         with m.Case(gg):
-                            for l in range(L):
-                                p = target[gg * L + l]
+                            for ln in range(L):
+                                p = target[gg * L + ln]
                                 if c.adc_shift:
                                     r = (p + (1 << (c.adc_shift - 1))) >> c.adc_shift
                                 else:
                                     r = p
                                 q = Mux(r > hi, hi, Mux(r < lo, lo, r))
-                                a = acc[gg * L + l]
+                                a = acc[gg * L + ln]
                                 m.d.sync += a.eq(Mux(tile_first, 0, a) + (q << c.adc_shift))
                 last_f = (fgrp == G - 1) if G > 1 else Const(1)
                 if G > 1:
@@ -244,7 +244,7 @@ class CrossbarTile(wiring.Component):
         with m.Switch(egrp):
             for gg in range(G):
                 with m.Case(gg):
-                    m.d.comb += [self.o_y.payload[l].eq(acc[gg * L + l]) for l in range(L)]
+                    m.d.comb += [self.o_y.payload[ln].eq(acc[gg * L + ln]) for ln in range(L)]
         m.d.comb += self.o_y.valid.eq(emit)
         with m.If(self.o_y.valid & self.o_y.ready):
             last_e = (egrp == G - 1) if G > 1 else Const(1)

@@ -15,8 +15,8 @@ def _pack(words, bits):
     out = []
     for w in words:
         v = 0
-        for l, c in enumerate(w):
-            v |= (int(c) & ((1 << bits) - 1)) << (l * bits)
+        for k, c in enumerate(w):
+            v |= (int(c) & ((1 << bits) - 1)) << (k * bits)
         out.append(v)
     return out
 
