@@ -179,7 +179,7 @@ def parse_header(data) -> Header:
     # Each length alone must fit the file before their padded sum is trusted.
     for name, ln in (("meta_len", meta_len), ("index_len", index_len), ("values_len", values_len)):
         if ln > n:
-            raise FormatError(f"header: {name}={ln} exceeds the file size {n}")
+            raise FormatError(f"truncated or forged file: header {name}={ln} exceeds the file size {n}")
     if h.total_len != n:
         what = "truncated" if h.total_len > n else "trailing bytes in"
         raise FormatError(f"{what} file: header implies {h.total_len} bytes, file has {n}")

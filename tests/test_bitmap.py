@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from format_cases import SETTINGS, code_matrices
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsefab.compress import bitmap, bitstream, container
 from sparsefab.compress.errors import FormatError, SparsefabError
 from sparsefab.compress.quant import QuantParams
-
-SETTINGS = settings(derandomize=True, max_examples=60, deadline=None)
-
-
-@st.composite
-def code_matrices(draw, max_rows=9, max_cols=140):
-    bits = draw(st.sampled_from([2, 4, 8]))
-    rows = draw(st.integers(1, max_rows))
-    cols = draw(st.integers(1, max_cols))
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    kind = draw(st.sampled_from(["random", "zero", "dense", "extreme", "empty_rows"]))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    a = rng.integers(lo, hi + 1, size=(rows, cols))
-    if kind == "random":
-        a = a * (rng.random((rows, cols)) < rng.random())
-    elif kind == "zero":
-        a[:] = 0
-    elif kind == "dense":
-        a[a == 0] = hi
-    elif kind == "extreme":
-        a = rng.choice(np.array([lo, hi, 0]), size=(rows, cols))
-    else:
-        a[rng.random(rows) < 0.5] = 0
-    return a.astype(np.int64), bits
 
 
 def _quant_len():
