@@ -916,6 +916,9 @@ def layer_requant_params(w_scale, x_scale: float, y_scale: float, bias=None, *, 
         Raises SparsefabError if the folded bias does not fit int32.
     """
     ws = _check_float(w_scale, "w_scale").reshape(-1)
+    for name, v in (("x_scale", x_scale), ("y_scale", y_scale)):
+        if np.ndim(v) != 0:
+            raise SparsefabError(f"{name}: expected a scalar (per-tensor activation scale), got shape {np.shape(v)}")
     xs = float(_check_float(x_scale, "x_scale"))
     ys = float(_check_float(y_scale, "y_scale"))
     if ws.size == 0 or (ws <= 0).any() or xs <= 0 or ys <= 0:
@@ -943,7 +946,7 @@ def layer_requant_params(w_scale, x_scale: float, y_scale: float, bias=None, *, 
     ws = np.broadcast_to(ws, (rows,)).astype(np.float64)
     acc_scale = ws * xs
     bias_int = np.zeros(rows, np.int64) if bias is None else np.rint(b / acc_scale)
-    if bias is not None and np.abs(bias_int).max(initial=0) >= 2.0**62:
+    if bias is not None and not (np.abs(bias_int) < 2.0**62).all():
         raise SparsefabError("bias: too large for the accumulator scale (does not fit int32)")
     bias_int = np.asarray(bias_int).astype(np.int64)
     if int(x_zero_point) != 0:
