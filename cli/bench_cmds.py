@@ -18,6 +18,7 @@ from sparsefab.compress.fileio import atomic_write_bytes
 # name -> "module:function"
 SECTIONS: dict[str, str] = {
     "fpga": "sparsefab.fpga.bench:run",
+    "quant": "sparsefab.compress.quant_bench:run",
 }
 
 
