@@ -18,6 +18,7 @@ from sparsefab.compress.fileio import atomic_write_bytes
 # name -> "module:function"
 SECTIONS: dict[str, str] = {
     "fpga": "sparsefab.fpga.bench:run",
+    "formats": "sparsefab.compress.bench_formats:run",
     "quant": "sparsefab.compress.quant_bench:run",
 }
 

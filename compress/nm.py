@@ -67,12 +67,19 @@ def nm_slots(codes, *, bits: int = 8, n: int = 2, m: int = 4) -> tuple[np.ndarra
         hi = min((g + 1) * m, c.shape[1]) - 1
         raise SparsefabError(f"not {n}:{m} sparse: row {r}, columns {g * m}..{hi} hold {counts[r, g]} "
                              f"nonzeros (at most {n} allowed)")
-    pos = np.arange(m, dtype=np.int16)
-    # Nonzeros first, then zeros, each by position; keep the first n and sort them.
-    key = np.where(nz, pos, pos + m)
-    chosen = np.sort(np.sort(key, axis=2)[:, :, :n] % m, axis=2).astype(np.int64)
-    values = np.take_along_axis(grp, chosen, axis=2)
-    return chosen, values
+    # Slot p is chosen if it holds a nonzero, or if it is one of the first (n - count)
+    # zeros of its group; that gives exactly n slots per group, already in position order.
+    need = (n - counts).astype(np.int16)
+    zeros_seen = np.zeros(counts.shape, np.int16)
+    chosen_mask = np.empty(grp.shape, np.bool_)
+    for p in range(m):  # loop over the m positions of a group, vectorised over all groups
+        z = ~nz[:, :, p]
+        chosen_mask[:, :, p] = ~z | (zeros_seen < need)
+        zeros_seen += z
+    flat = np.flatnonzero(chosen_mask)
+    chosen = (flat & (m - 1)).reshape(*counts.shape, n)
+    values = grp.reshape(-1)[flat].reshape(*counts.shape, n)
+    return chosen.astype(np.int64), values
 
 
 def encode(codes, *, bits: int = 8, n: int = 2, m: int = 4, quant=None) -> bytes:

@@ -51,27 +51,33 @@ def rle_entries(codes, *, bits: int = 8, run_bits: int = 4):
         raise SparsefabError(f"run_bits={run_bits!r}: expected an integer in 1..16")
     c = container.as_codes(codes, bits)
     rows, cols = c.shape
-    mask = c != 0
+    mask = c.reshape(-1) != 0
     flat = np.flatnonzero(mask)
-    row = flat // cols
-    col = flat % cols
     vals = c.reshape(-1)[flat]
-    prev = np.empty_like(col)
+    nz_ptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(np.count_nonzero(c, axis=1), out=nz_ptr[1:])
+    # gap = zeros before each nonzero since the previous one of its row (or the row start)
+    prev = np.empty_like(flat)
     prev[:1] = -1
-    prev[1:] = np.where(row[1:] == row[:-1], col[:-1], -1)
-    gap = col - prev - 1
+    prev[1:] = flat[:-1]
+    firsts = nz_ptr[:-1][np.diff(nz_ptr) > 0]
+    prev[firsts] = np.flatnonzero(np.diff(nz_ptr) > 0) * cols - 1
+    gap = flat - prev - 1
     period = 1 << run_bits  # R + 1
-    pads = gap // period
-    per_nz = pads + 1
-    ends = np.cumsum(per_nz)  # one past each nonzero's own entry
-    E = int(ends[-1]) if ends.size else 0
+    pads = gap >> run_bits
+    if not pads.any():  # common case: no run exceeds R
+        row_ptr = nz_ptr
+        return row_ptr, gap, vals.astype(np.int8)
+    ends = np.cumsum(pads + 1)  # one past each nonzero's own entry
+    E = int(ends[-1])
     runs = np.full(E, period - 1, np.int64)
     values = np.zeros(E, np.int8)
-    runs[ends - 1] = gap % period
+    runs[ends - 1] = gap & (period - 1)
     values[ends - 1] = vals
-    entries_per_row = np.bincount(row, weights=per_nz, minlength=rows).astype(np.int64)
-    row_ptr = np.zeros(rows + 1, np.int64)
-    np.cumsum(entries_per_row, out=row_ptr[1:])
+    # entries before row r = nonzeros before it + their padding entries
+    cs = np.zeros(flat.size + 1, np.int64)
+    np.cumsum(pads, out=cs[1:])
+    row_ptr = nz_ptr + cs[nz_ptr]
     return row_ptr, runs, values
 
 
