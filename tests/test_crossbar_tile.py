@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from sparsefab.compress import crossbar as xb
 from sparsefab.compress.errors import SparsefabError
-from sparsefab.gen.crossbar_tile import CrossbarTile
+from sparsefab.gen.crossbar_tile import CrossbarTile, CrossbarTileConfig
 
 
 def _pack(words, bits):
@@ -122,8 +122,8 @@ def test_full_rate_cycles():
     assert cycles == (n + 1) * words + 1 + dut.config.groups, cycles
 
 
-@pytest.mark.parametrize("kw, match", [(dict(tile=20), "tile"), (dict(tile=16, lanes=3), "lanes"),
+@pytest.mark.parametrize("kw, match", [(dict(tile=20), "tile"), (dict(tile=16, lanes=3), "lanes"), (dict(tile=16, lanes=32), "lanes"),
                                        (dict(tile=16, w_bits=1), "w_bits"), (dict(acc_bits=99), "acc_bits")])
 def test_bad_parameters(kw, match):
     with pytest.raises(SparsefabError, match=match):
-        CrossbarTile(**kw)
+        CrossbarTileConfig(**kw)  # what CrossbarTile(**kw) validates first
