@@ -157,3 +157,33 @@ def test_large_roundtrip_int8():
     for bits in (8,):
         codes, _ = bitmap.decode(bitmap.encode(a, bits=bits, block=64, bus_bits=64))
         np.testing.assert_array_equal(codes, a)
+
+
+def test_known_file():
+    """The worked example of docs/FORMATS.md, byte for byte (CRC included)."""
+    a = np.array([[1, 0, -1, 0, 0, 0, 0, 0, 0, 3],
+                  [0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                  [0, -8, 0, 0, 0, 0, 0, 0, 0, 7]])
+    expected = bytes.fromhex(
+        "53 46 57 54 01 00 01 04 03 00 00 00 0a 00 00 00"
+        "05 00 00 00 00 00 00 00 08 00 20 00 00 00 01 00"
+        "20 00 00 00 00 00 00 00 0c 00 00 00 00 00 00 00"
+        "03 00 00 00 00 00 00 00 00 00 00 00 d2 64 0b 47"
+        "51 42 01 00 04 01 00 00 00 00 00 00 00 00 00 00"
+        "00 00 00 00 03 00 00 00 03 00 00 00 05 00 00 00"
+        "05 02 00 00 00 00 00 00 02 02 00 00 00 00 00 00"
+        "f1 83 07 00 00 00 00 00")
+    assert bitmap.encode(a, bits=4, block=8, bus_bits=32) == expected
+
+
+@SETTINGS
+@given(code_matrices(), st.sampled_from(bitmap.BLOCKS), st.sampled_from(bitmap.BUSES))
+def test_size_bound_of_the_issue(case, block, bus):
+    """size <= ceil(rows*cols/8) + ceil(nnz*b/8) + per-row offsets + bus padding + fixed header."""
+    a, bits = case
+    rows, cols = a.shape
+    nnz = int(np.count_nonzero(a))
+    size = len(bitmap.encode(a, bits=bits, block=block, bus_bits=bus))
+    q = _quant_len()
+    bound = (-(-rows * cols // 8) + -(-nnz * bits // 8) + 4 * (rows + 1) + rows * bus // 8 + q + 64 + 24)
+    assert size <= bound
