@@ -754,7 +754,13 @@ def quantize(w, *, bits: int, granularity: str = "tensor", group_size: int | Non
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
     x = _frame(w, granularity, axis)
-    grp = _Grouper(x.shape[1], group_size)
+    frame_shape = x.shape
+    if granularity == "group" and x.shape[1] % group_size == 0:
+        # Even groups are channels of a (C * n_groups, G) view: same numbers, no repeat/reduceat.
+        x = x.reshape(-1, group_size)
+        grp = _Grouper(group_size, None)
+    else:
+        grp = _Grouper(x.shape[1], group_size)
     if method == "percentile":
         if symmetric:
             a = grp.percentile(np.abs(x), pct)
@@ -804,7 +810,7 @@ def quantize(w, *, bits: int, granularity: str = "tensor", group_size: int | Non
 
     scale, zp = _scales_for(lo, hi, bits, symmetric)
     se, ze = grp.expand(scale.astype(np.float64)), grp.expand(zp)
-    codes = _quant_frame(x, se, ze, qmin, qmax).astype(np.int8)
+    codes = _quant_frame(x, se, ze, qmin, qmax).astype(np.int8).reshape(frame_shape)
     codes = _unframe(codes, w.shape, granularity, axis)
     params = QuantParams(scale.reshape(-1), zp.reshape(-1), bits, bool(symmetric), granularity,
                          group_size, axis)

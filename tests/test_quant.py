@@ -278,6 +278,23 @@ def test_group_layout_and_ragged_tail():
     np.testing.assert_array_equal(p_t.scale, p.scale)
 
 
+@pytest.mark.parametrize("cols", [32, 30])
+@pytest.mark.parametrize("calib", ["minmax", "percentile:95", "mse"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_group_equals_per_slice_tensor_quantization(cols, calib, symmetric):
+    # Independent reference: quantize every (row, group) slice on its own as one tensor.
+    rng = np.random.default_rng(SEED + cols)
+    w = rng.standard_t(df=3, size=(5, cols))
+    G = 8
+    codes, p = quantize(w, bits=4, granularity="group", group_size=G, calib=calib, symmetric=symmetric)
+    ng = -(-cols // G)
+    for r in range(5):
+        for g in range(ng):
+            c1, p1 = quantize(w[r, g * G:(g + 1) * G], bits=4, calib=calib, symmetric=symmetric)
+            np.testing.assert_array_equal(codes[r, g * G:(g + 1) * G], c1, err_msg=f"row {r} group {g}")
+            assert p.scale[r * ng + g] == p1.scale[0] and p.zero_point[r * ng + g] == p1.zero_point[0]
+
+
 def test_channel_axis():
     rng = np.random.default_rng(SEED + 4)
     w = rng.normal(size=(5, 7)) * np.arange(1, 8)
