@@ -141,15 +141,19 @@ def pack(*, format: str, bits: int, rows: int, cols: int, nnz: int, meta: bytes,
     for name, p in (("p0", p0), ("p1", p1), ("p2", p2)):
         if not 0 <= p < 1 << 16:
             raise SparsefabError(f"{name}={p}: header parameter must fit 16 bits")
-    parts = [b"", bytes(meta), bytes(index), bytes(values)]
-    body = bytearray()
-    for sec in parts[1:]:
-        body += sec
-        body += b"\0" * (pad8(len(sec)) - len(sec))
+    secs = (meta, index, values)
+    lens = [len(x) for x in secs]
     head = _STRUCT.pack(MAGIC, VERSION, FORMAT_IDS[format], bits, rows, cols, nnz, p0, p1, p2, flags,
-                        len(parts[1]), len(parts[2]), len(parts[3]), 0, 0)
-    crc = zlib.crc32(body, zlib.crc32(head[:60])) & 0xFFFFFFFF
-    return head[:60] + struct.pack("<I", crc) + bytes(body)
+                        lens[0], lens[1], lens[2], 0, 0)[:60]
+    parts = []
+    for sec, n in zip(secs, lens, strict=True):
+        parts.append(sec)
+        if pad8(n) != n:
+            parts.append(b"\0" * (pad8(n) - n))
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join([head, struct.pack("<I", crc & 0xFFFFFFFF), *parts])
 
 
 def parse_header(data) -> Header:

@@ -42,8 +42,8 @@ def csr_arrays(codes, *, bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndar
     mask = c != 0
     indptr = np.zeros(c.shape[0] + 1, np.int64)
     np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
-    indices = np.flatnonzero(mask) % c.shape[1]
-    return indptr, indices.astype(np.int64), np.extract(mask, c)
+    flat = np.flatnonzero(mask)
+    return indptr, flat % c.shape[1], c.reshape(-1).take(flat)
 
 
 def encode(codes, *, bits: int = 8, index_bits: int | None = None, ptr_bits: int | None = None,

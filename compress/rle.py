@@ -43,7 +43,7 @@ def rle_entries(codes, *, bits: int = 8, run_bits: int = 4):
     -------
     row_ptr : ndarray of int64, shape (rows + 1,)
         Entry index of each row's start.
-    runs : ndarray of int64, shape (E,)
+    runs : ndarray of uint16, shape (E,)
     values : ndarray of int8, shape (E,)
         Padding entries have ``run = 2**run_bits - 1`` and value 0.
     """
@@ -62,18 +62,20 @@ def rle_entries(codes, *, bits: int = 8, run_bits: int = 4):
     prev[1:] = flat[:-1]
     firsts = nz_ptr[:-1][np.diff(nz_ptr) > 0]
     prev[firsts] = np.flatnonzero(np.diff(nz_ptr) > 0) * cols - 1
-    gap = flat - prev - 1
+    gap = np.subtract(flat, prev, out=prev)
+    gap -= 1
     period = 1 << run_bits  # R + 1
     pads = gap >> run_bits
     if not pads.any():  # common case: no run exceeds R
-        row_ptr = nz_ptr
-        return row_ptr, gap, vals.astype(np.int8)
-    ends = np.cumsum(pads + 1)  # one past each nonzero's own entry
-    E = int(ends[-1])
-    runs = np.full(E, period - 1, np.int64)
+        return nz_ptr, gap.astype(np.uint16), vals
+    ends = pads + 1
+    np.cumsum(ends, out=ends)  # one past each nonzero's own entry
+    ends -= 1
+    E = int(ends[-1]) + 1
+    runs = np.full(E, period - 1, np.uint16)
     values = np.zeros(E, np.int8)
-    runs[ends - 1] = gap & (period - 1)
-    values[ends - 1] = vals
+    runs[ends] = gap & (period - 1)
+    values[ends] = vals
     # entries before row r = nonzeros before it + their padding entries
     cs = np.zeros(flat.size + 1, np.int64)
     np.cumsum(pads, out=cs[1:])
@@ -175,12 +177,14 @@ def decode(data) -> tuple[np.ndarray, object]:
     out = np.zeros((h.rows, h.cols), np.int8)
     if E:
         counts = np.diff(row_ptr)
-        row = np.repeat(np.arange(h.rows, dtype=np.int64), counts)
-        step = np.cumsum(runs + 1)
-        start = np.concatenate([[0], step])[row_ptr[:-1]]  # cumulative steps before each row
-        col = step - np.repeat(start, counts) - 1
-        if int(col.max()) >= h.cols:
-            i = int(np.argmax(col >= h.cols))
-            raise FormatError(f"rle entry {i}: row {row[i]} runs past column {h.cols - 1}")
-        out.reshape(-1)[row * h.cols + col] = vals
+        # flat position of entry i of row r = r*cols + (steps of row r up to i) - 1, where a
+        # step is run + 1; one cumulative sum over all entries plus one offset per row.
+        cs = np.cumsum(runs + 1)
+        before = np.concatenate([[0], cs])[row_ptr]  # steps before each row start, (rows+1,)
+        used = before[1:] - before[:-1]  # columns each row's entries cover
+        if used.max() > h.cols:
+            r = int(np.argmax(used > h.cols))
+            raise FormatError(f"rle entries of row {r} run past column {h.cols - 1}")
+        offset = np.arange(h.rows, dtype=np.int64) * h.cols - before[:-1] - 1
+        out.reshape(-1)[cs + np.repeat(offset, counts)] = vals
     return out, quant

@@ -78,7 +78,7 @@ def test_forged_entries():
     data = rle.encode(a, bits=8, run_bits=4)
     h = container.parse_header(data)
     runs_off = h.index_offset + 2
-    with pytest.raises(FormatError, match="runs past column 39"):
+    with pytest.raises(FormatError, match="row 0 run past column 39"):
         rle.decode(_forge(data, runs_off, bytes([0xF3, 0xFF])))
     with pytest.raises(FormatError, match="padding entries must have run 15"):
         rle.decode(_forge(data, runs_off, bytes([0x73])))
