@@ -143,3 +143,46 @@ def forward_float(layers, X) -> np.ndarray:
         if i < len(layers) - 1:
             h = np.maximum(h, 0)
     return h
+
+
+#: Fine-tuning epochs after pruning used by the demo and the accuracy table (0 = one-shot pruning).
+FINETUNE_EPOCHS = 30
+
+
+def quantized_mlp(*, prune: str | None = "magnitude:0.75", w_bits: int = 8, a_bits: int = 8,
+                  finetune_epochs: int = FINETUNE_EPOCHS, seed: int = 0, acc_bits: int = 32):
+    """The digits MLP pruned, optionally fine-tuned with its mask fixed, and quantized.
+
+    Calibration and fine-tuning use the training part of :func:`load_split` only.
+    Returns a :class:`sparsefab.compress.mlp.QuantizedMLP` whose :meth:`forward_int` takes
+    ``load_split().X_test_codes``.
+    """
+    from sparsefab.compress import mlp
+
+    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise SparsefabError(f"finetune_epochs={finetune_epochs!r}: expected an integer >= 0")
+    s = load_split()
+    ft = (s.X_train, s.y_train) if finetune_epochs and prune not in (None, "dense") else None
+    with mlp.single_thread_blas():
+        return mlp.QuantizedMLP.from_float(
+            load_mlp(), prune=prune, w_bits=w_bits, a_bits=a_bits, calib=s.X_train,
+            input_scale=s.input_scale, input_zero_point=s.input_zero_point, acc_bits=acc_bits,
+            finetune=ft, finetune_options={"epochs": finetune_epochs, "seed": seed})
+
+
+def accuracy_table(*, prunes=None, w_bits=(8, 4), finetune_epochs: int = FINETUNE_EPOCHS, seed: int = 0,
+                   progress=None) -> list[dict]:
+    """Test accuracy of the digits MLP: dense / pruned x float / W8A8 / W4A8 (exact integer path).
+
+    See :func:`sparsefab.compress.mlp.accuracy_table`; with ``finetune_epochs > 0`` the pruned
+    rows are also fine-tuned with their masks fixed (``ft_*`` keys).
+    """
+    from sparsefab.compress import mlp
+
+    s = load_split()
+    ft = (s.X_train, s.y_train) if finetune_epochs else None
+    return mlp.accuracy_table(
+        load_mlp(), X_calib=s.X_train, X_test=s.X_test, X_test_codes=s.X_test_codes, y_test=s.y_test,
+        input_scale=s.input_scale, input_zero_point=s.input_zero_point,
+        prunes=prunes or mlp.DEFAULT_PRUNES, w_bits=w_bits, finetune=ft,
+        finetune_options={"epochs": finetune_epochs, "seed": seed}, progress=progress)
