@@ -195,3 +195,13 @@ def test_texts_are_real_prose():
     assert len(paras) >= 8
     assert sum(len(p) for p in paras) > 3000
     assert all(not p.startswith("#") for p in paras)
+
+
+@pytest.mark.minilm
+@needs_minilm
+def test_matches_sentence_transformers_reference():
+    # Independent reference: the similarity matrix printed in the sentence-transformers README
+    # for all-MiniLM-L6-v2 (PyTorch), to its 4 printed decimals.
+    e = minilm.embed(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
+    sim = e @ e.T
+    np.testing.assert_allclose([sim[0, 1], sim[0, 2], sim[1, 2]], [0.6660, 0.1046, 0.1411], atol=6e-5)
