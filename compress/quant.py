@@ -688,6 +688,7 @@ def _quant_frame(x, scale_e, zp_e, qmin, qmax):
     return np.clip(np.rint(x / scale_e) + zp_e, qmin, qmax)
 
 
+_MAX_ABS = 1e38  # keeps every scale (and an asymmetric span) finite in float32
 _MSE_COARSE = np.linspace(0.05, 1.0, 20)
 _MSE_FINE = np.linspace(-0.04, 0.04, 9)
 
@@ -738,6 +739,9 @@ def quantize(w, *, bits: int, granularity: str = "tensor", group_size: int | Non
         raise SparsefabError("w: expected an array of rank >= 1, got a scalar")
     if w.size == 0:
         raise SparsefabError(f"w: empty array of shape {w.shape}")
+    big = float(np.abs(w).max())
+    if big > _MAX_ABS:
+        raise SparsefabError(f"w: magnitude {big:g} exceeds {_MAX_ABS:g} (scales are float32)")
     if granularity == "tensor":
         axis = 0
     elif not _is_intlike(axis) or not 0 <= int(axis) < w.ndim:

@@ -364,6 +364,7 @@ def test_all_zero_channel_and_none_kind():
         (np.array(["a"]), {"bits": 8}, "dtype"),
         (np.zeros((0, 3)), {"bits": 8}, "empty"),
         (np.float64(1.0), {"bits": 8}, "scalar"),
+        (np.array([1e300, -1e300]), {"bits": 8, "symmetric": False}, "float32"),
     ],
 )
 def test_quantize_bad_input(w, kwargs, match):
