@@ -414,6 +414,23 @@ def test_quant_block_truncated_everywhere():
                 QuantParams.from_bytes(blob[:cut])
 
 
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(data=st.data())
+def test_quant_block_fuzz_never_crashes(data):
+    # Any mutation of a valid block parses to valid params or raises FormatError, nothing else.
+    blobs = [p.to_bytes() for p in _all_params()]
+    blob = bytearray(data.draw(st.sampled_from(blobs)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    blob = bytes(blob[: data.draw(st.integers(0, len(blob)))])
+    try:
+        q, used = QuantParams.from_bytes(blob)
+    except FormatError:
+        return
+    assert used <= len(blob) and q.to_bytes() == blob[:used]
+
+
 def _patch(blob, off, fmt, value):
     import struct
 
