@@ -25,6 +25,7 @@ from sparsefab.compress.errors import SparsefabError
 DESIGNS: dict[str, str] = {
     "mac": "sparsefab.gen.designs:build_mac",
     "spmv": "sparsefab.gen.designs:build_spmv",
+    "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
 }
 
 
@@ -188,11 +189,35 @@ def build_mac(*, lanes: int = 1, bits: int = 8, acc_bits: int = 32) -> MacSmoke:
     return MacSmoke(lanes=lanes, bits=bits, acc_bits=acc_bits)
 
 
-def build_spmv(**params):
-    """The ``spmv`` design: :class:`sparsefab.gen.sparse_mac.SparseMacArray` (filled in when it lands)."""
-    from sparsefab.gen.sparse_mac import SparseMacArray  # noqa: F401  (raises ImportError until it lands)
+def _spmv_config(*, lanes, bits, block, acc_bits, bus_bits, max_cols, mask_words, value_words, mul_steps):
+    from sparsefab.gen.spmv_config import SpmvConfig
 
-    return SparseMacArray(**params)
+    return SpmvConfig(lanes=lanes, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
+                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps)
+
+
+def build_spmv(*, lanes: int = 8, bits: int = 8, block: int = 16, acc_bits: int = 32, bus_bits: int = 64,
+               max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None,
+               mul_steps: int = 1):
+    """The ``spmv`` design: :class:`sparsefab.gen.sparse_mac.SparseMacArray` (see :class:`SpmvConfig`;
+    ``bits`` is the weight width).  On the iCEBreaker ``mul_steps`` defaults to 4: the lanes take the
+    UP5K's 8 DSPs, so the requantization multiply is done in logic over 4 cycles."""
+    from sparsefab.gen.sparse_mac import SparseMacArray
+
+    return SparseMacArray(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
+                                       max_cols=max_cols, mask_words=mask_words, value_words=value_words,
+                                       mul_steps=mul_steps))
 
 
 build_spmv.requires = "sparsefab.gen.sparse_mac"
+build_spmv.board_defaults = {"icebreaker": {"mul_steps": 4}}
+
+
+def build_bitmap_decoder(*, lanes: int = 8, bits: int = 8, block: int = 16, bus_bits: int = 64,
+                         max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None):
+    """The front end of ``spmv`` alone: :class:`sparsefab.gen.bitmap_decoder.BitmapDecoder`."""
+    from sparsefab.gen.bitmap_decoder import BitmapDecoder
+
+    return BitmapDecoder(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=32, bus_bits=bus_bits,
+                                      max_cols=max_cols, mask_words=mask_words, value_words=value_words,
+                                      mul_steps=1))
