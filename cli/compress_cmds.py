@@ -128,6 +128,8 @@ def _compress(args) -> int:
     from sparsefab.compress import formats
     from sparsefab.compress.fileio import atomic_write_bytes
 
+    if args.nm and args.format != "nm":
+        raise SparsefabError(f"--nm {args.nm} only applies to --format nm")
     codes, quant, note = _load_codes(args)
     params = _format_params(args, args.format, args.prune)
     try:
@@ -152,7 +154,7 @@ def _decompress(args) -> int:
     from sparsefab.compress.fileio import read_bytes, save_npy
     from sparsefab.compress.quant import dequantize
 
-    data = read_bytes(args.input, "weight file")
+    data = read_bytes(args.input, "weight")
     try:
         codes, quant = formats.decode(data)
     except SparsefabError as exc:
@@ -165,7 +167,7 @@ def _info(args) -> int:
     from sparsefab.compress import formats
     from sparsefab.compress.fileio import read_bytes
 
-    data = read_bytes(args.input, "weight file")
+    data = read_bytes(args.input, "weight")
     try:
         d = formats.info(data)
     except SparsefabError as exc:
