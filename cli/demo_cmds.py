@@ -95,7 +95,7 @@ def _check_args(args) -> None:
 
 
 def software_half(*, prune: str = DEFAULT_PRUNE, bits: int = 8, block: int = 16, bus: int = 64,
-                  samples: int | None = None, finetune_epochs: int | None = None) -> tuple[dict, object, dict]:
+                  lanes: int = 8, samples: int | None = None, finetune_epochs: int | None = None) -> tuple[dict, object, dict]:
     """Build, encode and evaluate the quantized digits MLP in the golden model.
 
     Returns
@@ -127,12 +127,14 @@ def software_half(*, prune: str = DEFAULT_PRUNE, bits: int = 8, block: int = 16,
             raise SparsefabError(f"layer {i}: bitmap decode(encode(W)) differs from W (block {block}, bus {bus})")
         rows, cols = lay.W_codes.shape
         layers.append({"layer": i, "rows": rows, "cols": cols, "nnz": lay.nnz, "sparsity": lay.sparsity,
+                       "ideal_cycles": -(-lay.nnz // lanes), "dense_ideal_cycles": rows * -(-cols // lanes),
                        "bitmap_bytes": len(blob), "dense_int8_bytes": rows * cols,
                        "relu": lay.relu, "requantized": lay.relu})
     report = {
         "model": "digits MLP 64-128-10 (scripts/train_digits.py)",
         "prune": q.prune, "finetune_epochs": epochs if prune not in (None, "dense") else 0,
-        "w_bits": q.w_bits, "a_bits": q.a_bits, "block": block, "bus_bits": bus, "samples": int(n),
+        "w_bits": q.w_bits, "a_bits": q.a_bits, "block": block, "bus_bits": bus, "lanes": lanes,
+        "samples": int(n),
         "sparsity": q.sparsity, "layers": layers,
         "float_dense_accuracy": float(np.mean(float_dense == labels)),
         "float_pruned_accuracy": float(np.mean(q.predict_float(split.X_test[:n]) == labels)),
@@ -153,6 +155,10 @@ def _print_software(rep: dict) -> None:
         print(f"  layer {lay['layer']}: {lay['rows']}x{lay['cols']}, nnz {lay['nnz']} "
               f"({100 * lay['sparsity']:.1f} % sparse), bitmap {lay['bitmap_bytes']} B "
               f"(int8 dense {lay['dense_int8_bytes']} B), decode(encode) == codes; {stage}")
+    ideal = sum(lay["ideal_cycles"] for lay in rep["layers"])
+    dense = sum(lay["dense_ideal_cycles"] for lay in rep["layers"])
+    print(f"ideal MAC cycles per sample with {rep['lanes']} lanes: sparse {ideal} (ceil(nnz/lanes) per layer), "
+          f"dense {dense}, ideal speedup {dense / ideal:.2f}x")
     print(f"accuracy on {rep['samples']} test samples: float dense {100 * rep['float_dense_accuracy']:.2f} %, "
           f"float pruned {100 * rep['float_pruned_accuracy']:.2f} %, "
           f"golden integer path {100 * rep['golden_accuracy']:.2f} %")
@@ -187,7 +193,7 @@ def run_demo(args) -> int:
 
     with single_thread_blas():
         rep, q, golden = software_half(prune=args.prune, bits=args.bits, block=args.block, bus=args.bus,
-                                       samples=args.samples, finetune_epochs=args.finetune_epochs)
+                                       lanes=args.lanes, samples=args.samples, finetune_epochs=args.finetune_epochs)
     if show:
         _print_software(rep)
         sys.stdout.flush()
