@@ -73,6 +73,17 @@ def encode(codes, format: str, *, bits: int = 8, quant=None, **params) -> bytes:
     return mod.encode(codes, bits=bits, quant=quant, **{k: v for k, v in params.items() if v is not None})
 
 
+def params_of(h: container.Header) -> dict:
+    """The encode keyword parameters a header records (``encode(..., **params_of(h))``)."""
+    p0_name, p1_name = FORMATS[h.format_name][2]
+    out = {}
+    if p0_name:
+        out[p0_name] = h.p0
+    if p1_name:
+        out[p1_name] = h.p1
+    return out
+
+
 def format_of(data) -> str:
     """The format name of a container (checks header and size, not the CRC)."""
     return container.parse_header(data).format_name
@@ -95,12 +106,7 @@ def info(data) -> dict:
     mod = _module(h.format_name)
     h, quant, rest, _, _ = container.open_container(data, h.format_name, mod._check_header)
     total = len(data)
-    p0_name, p1_name = FORMATS[h.format_name][2]
-    params = {}
-    if p0_name:
-        params[p0_name] = h.p0
-    if p1_name:
-        params[p1_name] = h.p1
+    params = params_of(h)
     if h.format_name == "bitmap":
         params["stride_bits"] = mod.stride_bits(h.cols, block=h.p0, bus_bits=h.p1)
     used = h.meta_len + h.index_len + h.values_len
