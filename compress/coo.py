@@ -49,7 +49,8 @@ def encode(codes, *, bits: int = 8, index_bits: int | None = None, row_bits: int
             raise SparsefabError(f"coo: {n} {'columns' if name == 'index_bits' else 'rows'} need "
                                  f"{name} >= {_min_width(n - 1)}, got {w}")
     flat = np.flatnonzero(c)
-    index = pack_unsigned(flat // cols, row_bits) + pack_unsigned(flat % cols, index_bits)
+    r, col = np.divmod(flat, cols)
+    index = pack_unsigned(r, row_bits) + pack_unsigned(col, index_bits)
     return container.pack(format="coo", bits=bits, rows=rows, cols=cols, nnz=flat.size, p0=index_bits,
                           p1=row_bits, meta=container.quant_block(quant, bits, c.shape), index=index,
                           values=pack_signed(c.reshape(-1)[flat], bits))
