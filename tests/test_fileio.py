@@ -16,6 +16,15 @@ def test_save_and_load_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]  # no temp file left
 
 
+def test_written_file_has_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fileio.atomic_write_bytes(tmp_path / "x.bin", b"abc")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o644
+
+
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
