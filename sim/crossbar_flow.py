@@ -139,3 +139,130 @@ def run_amaranth(dut, beats: Beats, *, seed: int = 0, idle: float = 0.0, backpre
                              f"({len(out['y'])} of {c.rows} outputs)")
     out["y"] = np.array(out["y"], dtype=np.int64)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled Verilator harness (sim/flow.py): Python never steps a cycle
+# ---------------------------------------------------------------------------------------------
+
+def _mask(values, bits: int) -> list[int]:
+    m = (1 << bits) - 1
+    return [int(v) & m for v in values]
+
+
+def _desc_ints(dut, desc: list[dict]) -> list[int]:
+    layout = dut.config.desc_layout()
+    return [int(layout.const(d).as_value().value) for d in desc]
+
+
+def run_verilator(dut, runs: list[Beats], *, seed: int = 1, idle: float = 0.0, backpressure: float = 0.0,
+                  configure: bool = True, harness=None) -> dict:
+    """Play one or more products back to back through the compiled flow harness.
+
+    The permutation tables are loaded once, then each run's ``x``, descriptors and weights follow.
+    Returns ``y`` (``[len(runs), rows]``), the counters of the LAST run, the harness cycle count
+    of all runs together and the wall time.
+    """
+    from sparsefab.sim.flow import FlowHarness
+
+    c = dut.config
+    h = harness or FlowHarness(dut, toplevel="tile_controller")
+    inputs = {
+        "i_cfg": runs[0].cfg if configure else [],
+        "i_x": [v for b in runs for v in _mask(b.x, c.x_bits)],
+        "i_tile": [v for b in runs for v in _desc_ints(dut, b.tile)],
+        "i_w": [v for b in runs for v in b.w],
+    }
+    if c.hybrid:
+        inputs["i_sparse"] = [v for b in runs for v in _mask(b.sparse, c.acc_bits)]
+    # The x stream must wait for the configuration: the controller only leaves IDLE for CFG
+    # when i_cfg is valid, and the harness offers i_cfg from cycle 0, so order is kept.
+    budget = 1000 + sum(8 * (len(b.w) + len(b.x) + c.rows + len(b.cfg)) for b in runs)
+    res = h.run(inputs, expect={"o_y": c.rows * len(runs)}, max_cycles=budget, drain=4,
+                stall_in=idle, stall_out=backpressure, seed=seed)
+    if not res.done:
+        raise SparsefabError(f"crossbar sim: no result within {budget} cycles "
+                             f"({len(res.outputs['o_y'])} of {c.rows * len(runs)} outputs)")
+    y = res.field("o_y", 0, c.acc_bits, signed=True)[: c.rows * len(runs)].reshape(len(runs), c.rows)
+    out = {"y": y, "harness_cycles": int(res.cycles), "wall_s": float(res.wall_s),
+           "built": bool(h.built), "build_s": float(h.build_seconds)}
+    for k in ("cycles", "tiles_run", "tiles_skipped", "stalls", "prog_beats"):
+        out[k] = int(res.counters[k])
+    return out
+
+
+def simulate(w, x, *, tile: int, engines: int = 2, lanes: int | None = None, tmap: TileMap | None = None,
+             cluster: bool = False, fill: float = 0.0, seed: int = 0, backend: str = "auto",
+             idle: float = 0.0, backpressure: float = 0.0) -> dict:
+    """``sparsefab sim crossbar``: map (optionally cluster), run the RTL, check against the golden model.
+
+    Parameters
+    ----------
+    w : int array [rows, cols] of int8 codes
+    x : int array [cols] or [n, cols] of int8 codes
+    tile, engines, lanes : TileController parameters (``lanes`` default ``tile``).
+    tmap : TileMap, optional
+        Use this mapping instead of building one (``cluster``/``fill`` then ignored).
+    cluster : bool
+        Cluster rows/columns first (spectral + refine, ``seed``).
+    fill : float
+        Hybrid fill threshold: tiles below it go to the sparse part (added via ``i_sparse``).
+    backend : "verilator", "amaranth" or "auto"
+        ``auto`` = the compiled Verilator harness when ``verilator`` is on PATH, else the
+        Amaranth simulator (small sizes only: Python steps every cycle).
+
+    Returns
+    -------
+    dict with ``y`` (int32 ``[rows]`` or ``[n, rows]``, original row order), ``cycles``,
+    ``tiles_run``, ``tiles_skipped``, ``stalls``, ``prog_beats``, the ideal cycle figures and the
+    mapping summary.  Raises if the RTL disagrees with the golden model.
+    """
+    import shutil
+
+    from sparsefab.compress import cluster as cl
+    from sparsefab.compress import tiling
+    from sparsefab.gen.tile_controller import TileController, TileControllerConfig
+
+    w = xb.check_codes(tiling.as_matrix(w, "weights"), 8, "weights")
+    x = xb.check_codes(np.asarray(x), 8, "x")
+    if x.ndim not in (1, 2) or x.shape[-1] != w.shape[1]:
+        raise SparsefabError(f"x: shape {x.shape}, expected ({w.shape[1]},) or (n, {w.shape[1]}) "
+                             f"for weights of shape {w.shape}")
+    if backend not in ("auto", "verilator", "amaranth"):
+        raise SparsefabError(f"backend={backend!r}: expected auto, verilator or amaranth")
+    lanes = tile if lanes is None else lanes
+    info = {}
+    if tmap is None:
+        rp = cp = None
+        if cluster:
+            res = cl.cluster(w, tile=tile, seed=seed)
+            rp, cp = res.row_perm, res.col_perm
+            info["cluster"] = res.summary()
+        tmap = tiling.build_map(w, tile=tile, row_perm=rp, col_perm=cp, fill=fill, clustered=cluster)
+    xs = x[None] if x.ndim == 1 else x
+    hybrid = tmap.leftover_nnz > 0
+    kw = dict(rows=w.shape[0], cols=w.shape[1], tile=tmap.tile, engines=engines, lanes=lanes, hybrid=hybrid)
+    TileControllerConfig(**kw)  # validate before elaborating anything
+    dut = TileController(**kw)
+    runs = [controller_beats(w, v, tmap, engines=engines, lanes=lanes, hybrid=hybrid) for v in xs]
+    if backend == "auto":
+        backend = "verilator" if shutil.which("verilator") else "amaranth"
+    if backend == "verilator":
+        r = run_verilator(dut, runs, seed=seed + 1, idle=idle, backpressure=backpressure)
+        y = r.pop("y")
+    else:
+        ys = []
+        for k, b in enumerate(runs):
+            r = run_amaranth(dut, b, seed=seed + k, idle=idle, backpressure=backpressure)
+            ys.append(r.pop("y"))
+        y = np.stack(ys)
+    ref = xb.crossbar_matvec(w, xs, tmap)
+    if not (y == ref).all():
+        bad = np.argwhere(y != ref)[0]
+        raise SparsefabError(f"crossbar sim: RTL y[{tuple(int(i) for i in bad)}] = {int(y[tuple(bad)])}, "
+                             f"golden {int(ref[tuple(bad)])}")
+    ideal = xb.ideal_cycles(tmap, engines=engines, lanes=lanes)
+    out = {"y": (y[0] if x.ndim == 1 else y).astype(np.int32), "backend": backend, **r,
+           "ideal": ideal, "map": tmap.summary(), **info}
+    out["ideal_total"] = ideal["compute"] + ideal["program"] + ideal["io"]
+    return out
