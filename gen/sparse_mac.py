@@ -1,0 +1,492 @@
+"""Sparse MAC array: bitmap decoder + activation buffer + ``lanes`` multipliers + requantization.
+
+``SparseMacArray`` computes ``y = W x`` for a matrix ``W`` streamed in the bitmap format
+(CONTRACTS C) and an int8 vector ``x`` loaded first, spending its cycles on nonzero weights
+only (ideal ``ceil(nnz / lanes)`` cycles), and requantizes each row bit-exactly like
+:func:`sparsefab.compress.quant.requantize` (CONTRACTS A).  The full port table is in
+:mod:`sparsefab.gen.spmv_config`.
+
+Structure (shared with the dense baseline, :mod:`sparsefab.gen.dense_mac`)::
+
+    front end (BitmapDecoder | dense reader) --lane bundles--> MacBackend --row accs--> RequantStage
+                                                   |  lanes x activation buffer copy (1 read each)
+                                                   |  lanes x (b x 8) multiplier, registered
+                                                   |  two adder trees (current row / next row)
+                                                   +  per-row accumulator, row FIFO
+
+Activation buffer: one copy of the ``max_cols x 8`` activations per lane (``lanes`` memories
+of ``act_depth x bus_bits``, written together from ``i_act``, each read by one lane).  The
+lanes read arbitrary columns every cycle, so banking would conflict (up to ``lanes`` hits in
+one bank) and need a crossbar plus stall logic; replication is conflict-free, costs no logic
+and maps each copy to block RAM: on iCE40 a 1024-column copy is 2 EBR (256 x 32), so 8 lanes
+take 16 of the UP5K's 30 EBR; on ECP5 a 2048-column copy at bus 64 is 2 DP16KD.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sparsefab.compress.errors import SparsefabError
+from sparsefab.gen.bitmap_decoder import BitmapDecoder, cmd_layout, lane_layout, value_layout
+from sparsefab.gen.spmv_config import (
+    BIAS_BITS,
+    COUNTER_BITS,
+    ERRORS,
+    MULTIPLIER_BITS,
+    OUT_BITS,
+    ROWS_BITS,
+    SHIFT_BITS,
+    SpmvConfig,
+)
+
+__all__ = ["MacBackend", "RequantStage", "SparseMacArray", "rq_layout", "res_layout", "row_layout"]
+
+
+def rq_layout() -> data.StructLayout:
+    """``i_rq`` payload: ``bias`` s32, ``multiplier`` u16, ``shift`` u6, ``zero_point`` s8, ``relu`` 1."""
+    return data.StructLayout({
+        "bias": signed(BIAS_BITS), "multiplier": MULTIPLIER_BITS, "shift": SHIFT_BITS,
+        "zero_point": signed(OUT_BITS), "relu": 1,
+    })
+
+
+def row_layout(config: SpmvConfig) -> data.StructLayout:
+    """Row accumulator from the back end: ``acc`` (s``acc_bits``), ``last`` (1)."""
+    return data.StructLayout({"acc": signed(config.acc_bits), "last": 1})
+
+
+def res_layout(config: SpmvConfig) -> data.StructLayout:
+    """``o_res`` payload: ``acc`` (s``acc_bits``), ``out`` (s8), ``last`` (1)."""
+    return data.StructLayout({"acc": signed(config.acc_bits), "out": signed(OUT_BITS), "last": 1})
+
+
+def _tree(m: Module, terms: list, width: int, name: str):
+    """Balanced adder tree (combinational) of signed ``terms``; result is ``width`` bits signed."""
+    level = 0
+    while len(terms) > 1:
+        nxt = []
+        for i in range(0, len(terms) - 1, 2):
+            s = Signal(signed(width), name=f"{name}_{level}_{i // 2}")
+            m.d.comb += s.eq(terms[i] + terms[i + 1])
+            nxt.append(s)
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+        level += 1
+    return terms[0]
+
+
+def _config_from(config, params, who):
+    if config is None:
+        try:
+            return SpmvConfig(**params)
+        except TypeError as exc:
+            raise SparsefabError(f"{who}: {exc}") from None
+    if params:
+        raise SparsefabError(f"{who}: pass either config= or parameters, not both ({', '.join(params)})")
+    if not isinstance(config, SpmvConfig):
+        raise SparsefabError(f"{who}: config={config!r}, expected a SpmvConfig")
+    return config
+
+
+class RequantStage(wiring.Component):
+    """Output stage: CONTRACTS A requantization, bit-exact, one row parameter set per row.
+
+    ``t = acc + bias``; ``p = t * multiplier``; ``r = (p + 2**(shift-1)) >> shift`` (``p`` if
+    ``shift == 0``, arithmetic shift: round half up); ``v = r + zero_point``; ReLU clamps at
+    ``zero_point``; ``out = clip(v, -128, 127)``.
+
+    Parameters
+    ----------
+    config : SpmvConfig
+        Uses ``acc_bits`` and ``mul_steps`` (1: one ``t * multiplier`` product, maps to DSPs;
+        S > 1: shift-and-add in logic over S cycles, 16/S multiplier bits per cycle).
+
+    Ports
+    -----
+    i_acc : In(stream.Signature(row_layout))
+        Row accumulator (``acc`` s``acc_bits``, ``last``).
+    i_rq : In(stream.Signature(rq_layout))
+        That row's parameters; joined with ``i_acc`` (both must be valid to transfer).
+    o_res : Out(stream.Signature(res_layout))
+        ``acc`` (passed through), ``out`` (s8) and ``last``.
+
+    Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``;
+    throughput one row per cycle (``mul_steps == 1``) or per ``mul_steps`` cycles.
+    """
+
+    def __init__(self, config: SpmvConfig):
+        if not isinstance(config, SpmvConfig):
+            raise SparsefabError(f"RequantStage: config={config!r}, expected a SpmvConfig")
+        self._config = config
+        super().__init__({
+            "i_acc": In(stream.Signature(row_layout(config))),
+            "i_rq": In(stream.Signature(rq_layout())),
+            "o_res": Out(stream.Signature(res_layout(config))),
+        })
+
+    @property
+    def config(self) -> SpmvConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        S = cfg.mul_steps
+        t_w = max(cfg.acc_bits, BIAS_BITS) + 1
+        p_w = t_w + MULTIPLIER_BITS + 1
+
+        # stage 1: t = acc + bias
+        v1 = Signal()
+        t1 = Signal(signed(t_w))
+        m1 = Signal(MULTIPLIER_BITS)
+        sh1, zp1, relu1 = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal()
+        acc1, last1 = Signal(signed(cfg.acc_bits)), Signal()
+        # stage 2: p = t * multiplier
+        v2 = Signal()
+        p2 = Signal(signed(p_w))
+        sh2, zp2, relu2 = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal()
+        acc2, last2 = Signal(signed(cfg.acc_bits)), Signal()
+        # stage 3: rounding shift
+        v3 = Signal()
+        r3 = Signal(signed(p_w + 1))
+        zp3, relu3 = Signal(signed(OUT_BITS)), Signal()
+        acc3, last3 = Signal(signed(cfg.acc_bits)), Signal()
+
+        o = self.o_res
+        take4 = Signal()
+        m.d.comb += take4.eq(~o.valid | o.ready)
+        take3 = Signal()
+        m.d.comb += take3.eq(~v3 | take4)
+        fire12 = Signal()
+        take2 = Signal()    # stage 2 can load a new operand pair this cycle
+        take1 = Signal()
+        m.d.comb += take1.eq(~v1 | fire12)
+
+        # join i_acc and i_rq into stage 1
+        both = self.i_acc.valid & self.i_rq.valid
+        m.d.comb += [self.i_acc.ready.eq(take1 & self.i_rq.valid),
+                     self.i_rq.ready.eq(take1 & self.i_acc.valid)]
+        with m.If(take1):
+            a, q = self.i_acc.payload, self.i_rq.payload
+            m.d.sync += [v1.eq(both), t1.eq(a.acc + q.bias), m1.eq(q.multiplier), sh1.eq(q.shift),
+                         zp1.eq(q.zero_point), relu1.eq(q.relu), acc1.eq(a.acc), last1.eq(a.last)]
+
+        if S == 1:
+            m.d.comb += [take2.eq(~v2 | take3), fire12.eq(v1 & take2)]
+            with m.If(take2):
+                m.d.sync += [v2.eq(v1), p2.eq(t1 * m1)]
+        else:
+            d = MULTIPLIER_BITS // S
+            busy = Signal()
+            cnt = Signal(range(S))
+            mr = Signal(MULTIPLIER_BITS)
+            tr = Signal(signed(t_w))
+
+            def digit_product(t, digit):
+                # t * digit as shifted, gated copies of t: logic, not a multiplier
+                terms = [Mux(digit[j], t << j, 0) for j in range(d)]
+                acc = terms[0]
+                for x in terms[1:]:
+                    acc = acc + x
+                return acc
+
+            done = Signal()
+            m.d.comb += [done.eq(v2), take2.eq((~busy & ~v2) | (v2 & take3)), fire12.eq(v1 & take2)]
+            with m.If(v2 & take3):
+                m.d.sync += v2.eq(0)
+            with m.If(fire12):
+                m.d.sync += [busy.eq(1), cnt.eq(S - 1), tr.eq(t1), mr.eq(m1 << d),
+                             p2.eq(digit_product(t1, m1[MULTIPLIER_BITS - d:]))]
+            with m.Elif(busy):
+                m.d.sync += [p2.eq((p2 << d) + digit_product(tr, mr[MULTIPLIER_BITS - d:])),
+                             mr.eq(mr << d), cnt.eq(cnt - 1)]
+                with m.If(cnt == 1):
+                    m.d.sync += [busy.eq(0), v2.eq(1)]
+        with m.If(fire12):
+            m.d.sync += [sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
+
+        # stage 3: r = (p + 2**(shift-1)) >> shift
+        with m.If(take3):
+            rnd = Mux(sh2 != 0, (Const(1, 1) << sh2) >> 1, 0)
+            m.d.sync += [v3.eq(v2), r3.eq((p2 + rnd) >> sh2),
+                         zp3.eq(zp2), relu3.eq(relu2), acc3.eq(acc2), last3.eq(last2)]
+
+        # stage 4: zero point, ReLU, saturation
+        with m.If(take4):
+            v = Signal(signed(len(r3) + 1))
+            m.d.comb += v.eq(r3 + zp3)
+            vr = Mux(relu3 & (v < zp3), zp3, v)
+            lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
+            sat = Mux(vr < lo, lo, Mux(vr > hi, hi, vr))
+            m.d.sync += [o.valid.eq(v3), o.payload.acc.eq(acc3), o.payload.out.eq(sat),
+                         o.payload.last.eq(last3)]
+        return m
+
+
+class MacBackend(wiring.Component):
+    """Activation buffer, multipliers, adder trees, per-row accumulation and the row FIFO.
+
+    Parameters
+    ----------
+    config : SpmvConfig
+
+    Ports
+    -----
+    i_lanes : In(stream.Signature(lane_layout))
+        Lane bundles from a front end.  ``ready`` is a credit: it is high while the row FIFO
+        can take every row still in flight, so the pipeline itself never stalls.
+    i_act_we : In(1)
+        Write ``i_act_data`` into every activation buffer copy at ``i_act_addr``.
+    i_act_addr : In(range(act_depth))
+        Activation word address (word ``j`` holds columns ``j*bus_bits/8 ...``).
+    i_act_data : In(bus_bits)
+        ``bus_bits/8`` int8 activations, first in the low byte.
+    o_row : Out(stream.Signature(row_layout))
+        One accumulator per row (wrapped to ``acc_bits``), ``last`` on the matrix's final row.
+    o_fired : Out(range(lanes + 1))
+        Lanes carrying a nonzero in the bundle accepted this cycle (0 if none).
+
+    Latency: a bundle accepted in cycle ``t`` reads the buffers at the edge ending ``t``,
+    multiplies in ``t+1``, sums in ``t+2``, accumulates in ``t+3``; a row result is on
+    ``o_row`` from cycle ``t+5`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
+    """
+
+    def __init__(self, config: SpmvConfig):
+        if not isinstance(config, SpmvConfig):
+            raise SparsefabError(f"MacBackend: config={config!r}, expected a SpmvConfig")
+        self._config = config
+        super().__init__({
+            "i_lanes": In(stream.Signature(lane_layout(config))),
+            "i_act_we": In(1),
+            "i_act_addr": In(range(config.act_depth)),
+            "i_act_data": In(config.bus_bits),
+            "o_row": Out(stream.Signature(row_layout(config))),
+            "o_fired": Out(range(config.lanes + 1)),
+        })
+
+    @property
+    def config(self) -> SpmvConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        L, b, W = cfg.lanes, cfg.weight_bits, cfg.bus_bits
+        apw = cfg.acts_per_word
+        lo_bits = (apw - 1).bit_length()
+        prod_w = b + cfg.act_bits
+        sum_w = prod_w + max(1, (L - 1).bit_length()) + 1
+
+        depth = SpmvConfig.ROW_FIFO_DEPTH
+        m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
+        inflight = 4  # bundles that may still produce a row: stages 1..3 plus the one accepted now
+        fire = Signal()
+        m.d.comb += [self.i_lanes.ready.eq(fifo.level + inflight <= depth),
+                     fire.eq(self.i_lanes.valid & self.i_lanes.ready)]
+        pl = self.i_lanes.payload
+        fired_now = Signal(range(L + 1))
+        m.d.comb += fired_now.eq(sum(pl.valid[i] for i in range(L)))
+        m.d.comb += self.o_fired.eq(Mux(fire, fired_now, 0))
+
+        # stage 1: activation reads (one buffer copy per lane)
+        v1, re1, last1 = Signal(), Signal(), Signal()
+        nxt1 = Signal(L)
+        vals1 = [Signal(signed(b), name=f"w1_{i}") for i in range(L)]
+        lo1 = [Signal(max(1, lo_bits), name=f"lo1_{i}") for i in range(L)]
+        acts = []
+        for i in range(L):
+            mem = Memory(shape=W, depth=cfg.act_depth, init=[])
+            m.submodules[f"act{i}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [wp.addr.eq(self.i_act_addr), wp.data.eq(self.i_act_data), wp.en.eq(self.i_act_we),
+                         rp.addr.eq(pl.col[i] >> lo_bits)]
+            a = Signal(signed(cfg.act_bits), name=f"act{i}")
+            m.d.comb += a.eq(rp.data.word_select(lo1[i], cfg.act_bits) if lo_bits else rp.data[:8])
+            acts.append(a)
+        m.d.sync += [v1.eq(fire), re1.eq(fire & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
+        for i in range(L):
+            m.d.sync += [vals1[i].eq(Mux(pl.valid[i], pl.value[i], 0)),
+                         lo1[i].eq(pl.col[i][:lo_bits] if lo_bits else 0)]
+
+        # stage 2: products (one a*b per lane, registered: maps to a DSP)
+        v2, re2, last2 = Signal(), Signal(), Signal()
+        nxt2 = Signal(L)
+        prods = [Signal(signed(prod_w), name=f"prod{i}") for i in range(L)]
+        m.d.sync += [v2.eq(v1), re2.eq(re1), last2.eq(last1), nxt2.eq(nxt1)]
+        for i in range(L):
+            m.d.sync += prods[i].eq(vals1[i] * acts[i])
+
+        # stage 3: sums of the current row's and the next row's lanes
+        v3, re3, last3 = Signal(), Signal(), Signal()
+        s_cur, s_nxt = Signal(signed(sum_w)), Signal(signed(sum_w))
+        cur_terms = [Mux(nxt2[i], 0, prods[i]) for i in range(L)]
+        nxt_terms = [Mux(nxt2[i], prods[i], 0) for i in range(L)]
+        m.d.sync += [v3.eq(v2), re3.eq(re2), last3.eq(last2),
+                     s_cur.eq(_tree(m, cur_terms, sum_w, "tc")),
+                     s_nxt.eq(_tree(m, nxt_terms, sum_w, "tn"))]
+
+        # stage 4: per-row accumulation (wraps at acc_bits like spmv_int)
+        acc = Signal(signed(cfg.acc_bits))
+        total = Signal(signed(cfg.acc_bits))
+        m.d.comb += total.eq((acc + s_cur)[:cfg.acc_bits])
+        with m.If(v3):
+            with m.If(re3):
+                m.d.sync += acc.eq(s_nxt[:cfg.acc_bits] if sum_w > cfg.acc_bits else s_nxt)
+            with m.Else():
+                m.d.sync += acc.eq(total)
+        m.d.comb += [fifo.w_en.eq(v3 & re3), fifo.w_data.eq(Cat(total, last3))]
+
+        m.d.comb += [self.o_row.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.o_row.ready),
+                     self.o_row.payload.acc.eq(fifo.r_data[:cfg.acc_bits]),
+                     self.o_row.payload.last.eq(fifo.r_data[cfg.acc_bits])]
+        return m
+
+
+class SparseMacArray(wiring.Component):
+    """The sparse MAC array top: ``y = requantize(W x)`` from bitmap-encoded ``W``.
+
+    Parameters
+    ----------
+    config : SpmvConfig, optional
+        The configuration; or pass its fields as keyword parameters (``lanes=8,
+        weight_bits=8, acc_bits=32, block=16, bus_bits=64, max_cols=1024, mask_words=None,
+        value_words=None, mul_steps=1``), validated by :class:`SpmvConfig`.
+
+    Ports
+    -----
+    i_cmd : In(stream.Signature(cmd_layout))
+        ``rows`` (16 bits), ``cols`` (``col_bits``); accepted when the array is idle.  rows = 0,
+        cols = 0 or cols > max_cols: the command is dropped and ``bad_command`` is flagged.
+    i_act : In(stream.Signature(bus_bits))
+        ``ceil(cols / (bus_bits/8))`` activation words per command, first activation in the low
+        byte; loaded before any mask/value beat is consumed.
+    i_mask : In(stream.Signature(mask_bus))
+        Mask beats (see :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder`).
+    i_value : In(stream.Signature(value_layout))
+        Value beats with ``last`` on each matrix's final beat.
+    i_rq : In(stream.Signature(rq_layout))
+        Per-row requantization parameters, in row order.
+    o_res : Out(stream.Signature(res_layout))
+        Per row: ``acc`` (accumulator wrapped to acc_bits, before requantization), ``out``
+        (requantized int8), ``last`` (matrix's final row).
+    o_busy : Out(1)
+        From command accepted to the decoder finishing the matrix (results trail by ``latency``).
+    o_error : Out(1)
+        Sticky until reset.
+    o_error_flags : Out(4)
+        Sticky causes; bit numbers in :data:`sparsefab.gen.spmv_config.ERRORS`.
+    o_cycles, o_stalls, o_nnz : Out(32)
+        Busy cycles, busy cycles in which no lane fired, nonzeros multiplied (since reset).
+
+    Latency: ``config.latency`` cycles from the decoder emitting a row's last lanes to its
+    ``o_res`` (no backpressure); per matrix, ``ceil(cols/(bus_bits/8))`` load cycles plus
+    3 cycles of command/end handling before and after the ``ceil(nnz/lanes)``-ideal stream.
+    """
+
+    def __init__(self, config: SpmvConfig | None = None, **params):
+        cfg = _config_from(config, params, "SparseMacArray")
+        if cfg.dense:
+            raise SparsefabError("SparseMacArray: config.dense=True; use DenseMacArray")
+        self._config = cfg
+        super().__init__(top_signature(cfg))
+
+    @property
+    def config(self) -> SpmvConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        m.submodules.dec = dec = BitmapDecoder(cfg)
+        wiring.connect(m, wiring.flipped(self.i_mask), dec.i_mask)
+        wiring.connect(m, wiring.flipped(self.i_value), dec.i_value)
+        return build_top(m, self, cfg, dec.o_lanes, dec.i_cmd, dec.o_busy, dec.o_error_flags)
+
+
+def top_signature(cfg: SpmvConfig) -> dict:
+    """Port dictionary shared by the sparse array and the dense baseline."""
+    ports = {
+        "i_cmd": In(stream.Signature(cmd_layout(cfg))),
+        "i_act": In(stream.Signature(cfg.bus_bits)),
+    }
+    if not cfg.dense:
+        ports["i_mask"] = In(stream.Signature(cfg.mask_bus))
+    ports.update({
+        "i_value": In(stream.Signature(value_layout(cfg))),
+        "i_rq": In(stream.Signature(rq_layout())),
+        "o_res": Out(stream.Signature(res_layout(cfg))),
+        "o_busy": Out(1),
+        "o_error": Out(1),
+        "o_error_flags": Out(4),
+        "o_cycles": Out(COUNTER_BITS),
+        "o_stalls": Out(COUNTER_BITS),
+        "o_nnz": Out(COUNTER_BITS),
+    })
+    return ports
+
+
+def build_top(m: Module, top, cfg: SpmvConfig, lanes_stream, fe_cmd, fe_busy, fe_flags) -> Module:
+    """Command FSM, activation loading, back end, output stage and counters around a front end.
+
+    ``lanes_stream`` is the front end's lane-bundle output, ``fe_cmd`` its command input
+    (rows, cols), ``fe_busy`` high while it works on a matrix, ``fe_flags`` its sticky error flags.
+    """
+    m.submodules.backend = be = MacBackend(cfg)
+    m.submodules.requant = rq = RequantStage(cfg)
+    wiring.connect(m, lanes_stream, be.i_lanes)
+    wiring.connect(m, be.o_row, rq.i_acc)
+    wiring.connect(m, wiring.flipped(top.i_rq), rq.i_rq)
+    wiring.connect(m, rq.o_res, wiring.flipped(top.o_res))
+
+    rows = Signal(ROWS_BITS)
+    cols = Signal(cfg.col_bits)
+    words = Signal(range(cfg.act_depth + 1))
+    waddr = Signal(range(cfg.act_depth + 1))
+    bad_cmd = Signal()
+    apw_bits = (cfg.acts_per_word - 1).bit_length()
+
+    busy = Signal()
+    with m.FSM(name="ctl"):
+        with m.State("IDLE"):
+            m.d.comb += top.i_cmd.ready.eq(~fe_busy)
+            with m.If(top.i_cmd.valid & ~fe_busy):
+                c = top.i_cmd.payload
+                with m.If((c.rows == 0) | (c.cols == 0) | (c.cols > cfg.max_cols)):
+                    m.d.sync += bad_cmd.eq(1)
+                with m.Else():
+                    m.d.sync += [rows.eq(c.rows), cols.eq(c.cols), waddr.eq(0),
+                                 words.eq((c.cols + (cfg.acts_per_word - 1)) >> apw_bits)]
+                    m.next = "LOAD"
+        with m.State("LOAD"):
+            m.d.comb += [busy.eq(1), top.i_act.ready.eq(1)]
+            with m.If(top.i_act.valid):
+                m.d.sync += waddr.eq(waddr + 1)
+                with m.If(waddr + 1 == words):
+                    m.next = "START"
+        with m.State("START"):
+            m.d.comb += [busy.eq(1), fe_cmd.valid.eq(1), fe_cmd.payload.rows.eq(rows),
+                         fe_cmd.payload.cols.eq(cols)]
+            with m.If(fe_cmd.ready):
+                m.next = "RUN"
+        with m.State("RUN"):
+            m.d.comb += busy.eq(1)
+            with m.If(~fe_busy):
+                m.next = "IDLE"
+    m.d.comb += [be.i_act_we.eq(top.i_act.valid & top.i_act.ready), be.i_act_addr.eq(waddr),
+                 be.i_act_data.eq(top.i_act.payload)]
+
+    flags = Signal(4)
+    m.d.comb += [flags.eq(fe_flags | (bad_cmd << ERRORS["bad_command"])),
+                 top.o_error_flags.eq(flags), top.o_error.eq(flags.any()), top.o_busy.eq(busy)]
+    with m.If(busy):
+        m.d.sync += top.o_cycles.eq(top.o_cycles + 1)
+        with m.If(be.o_fired == 0):
+            m.d.sync += top.o_stalls.eq(top.o_stalls + 1)
+    m.d.sync += top.o_nnz.eq(top.o_nnz + be.o_fired)
+    return m
