@@ -175,11 +175,12 @@ def run_verilator(dut, runs: list[Beats], *, seed: int = 1, idle: float = 0.0, b
     }
     if c.hybrid:
         inputs["i_sparse"] = [v for b in runs for v in _mask(b.sparse, c.acc_bits)]
-    # The x stream must wait for the configuration: the controller only leaves IDLE for CFG
-    # when i_cfg is valid, and the harness offers i_cfg from cycle 0, so order is kept.
+    # The configuration must come first: the controller leaves IDLE for CFG when i_cfg is
+    # valid (priority over i_x), so i_cfg is offered from cycle 0 without idle cycles.
     budget = 1000 + sum(8 * (len(b.w) + len(b.x) + c.rows + len(b.cfg)) for b in runs)
     res = h.run(inputs, expect={"o_y": c.rows * len(runs)}, max_cycles=budget, drain=4,
-                stall_in=idle, stall_out=backpressure, seed=seed)
+                stall_in={**{k: idle for k in inputs}, "i_cfg": 0.0}, stall_out=backpressure,
+                seed=seed)
     if not res.done:
         raise SparsefabError(f"crossbar sim: no result within {budget} cycles "
                              f"({len(res.outputs['o_y'])} of {c.rows * len(runs)} outputs)")

@@ -100,3 +100,48 @@ def test_bad_parameters(kw, match):
     args = dict(rows=32, cols=32) | kw
     with pytest.raises(SparsefabError, match=match):
         TileControllerConfig(**args)  # what TileController(**args) validates first
+
+
+# ---- cocotb + Verilator scoreboard (sim/tb_crossbar.py) ------------------------------------
+needs_verilator = pytest.mark.skipif(__import__("shutil").which("verilator") is None,
+                                     reason="verilator not on PATH")
+
+
+def _cocotb_point(kind, tile, engines, lanes, fill, seed):
+    from sparsefab.sim.tb_crossbar import run_case
+
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        w = _random(70, 50, 0.1, seed)
+    elif kind == "planted":
+        w, _ = cluster.planted(96, 64, tile=tile, block_density=0.2, fill=0.5, seed=seed)
+        w = w.astype(np.int64)
+        w[rng.random(w.shape) < 0.005] = -3
+    else:
+        w = digits_codes(0.8)
+    cl = cluster.cluster(w, tile=tile, seed=seed) if kind != "random" else None
+    m = tiling.build_map(w, tile=tile, row_perm=None if cl is None else cl.row_perm,
+                         col_perm=None if cl is None else cl.col_perm, fill=fill)
+    if kind == "digits":
+        from sparsefab.data import digits
+
+        xs = digits.load_split().X_test_codes[:2].astype(np.int64)
+    else:
+        xs = rng.integers(-128, 128, (2, w.shape[1]))
+    return run_case(w, xs, m, engines=engines, lanes=lanes, seed=seed)
+
+
+@needs_verilator
+def test_cocotb_scoreboard_default():
+    c = _cocotb_point("planted", 16, 2, 8, 0.1, seed=21)
+    assert c["tiles_run"] > 0
+
+
+@needs_verilator
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "planted", "digits"])
+@pytest.mark.parametrize("tile, engines, lanes", [(16, 1, 16), (16, 3, 4), (32, 2, 32), (32, 2, 8)])
+@pytest.mark.parametrize("fill", [0.0, 0.15])
+def test_cocotb_scoreboard_sweep(kind, tile, engines, lanes, fill):
+    seed = __import__("zlib").crc32(repr((kind, tile, engines, lanes, fill)).encode()) % 10_000
+    _cocotb_point(kind, tile, engines, lanes, fill, seed)
