@@ -26,6 +26,7 @@ DESIGNS: dict[str, str] = {
     "mac": "sparsefab.gen.designs:build_mac",
     "spmv": "sparsefab.gen.designs:build_spmv",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
+    "crossbar": "sparsefab.gen.tile_controller:build_crossbar",
 }
 
 

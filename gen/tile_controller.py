@@ -378,3 +378,17 @@ class TileController(wiring.Component):
         with m.If(to_drain):
             m.d.sync += [rcnt.eq(0), rcnt_issue.eq(0)]
         return m
+
+
+def build_crossbar(*, rows: int = 64, cols: int = 64, tile: int = 16, engines: int = 2, lanes: int = 4,
+                   acc_bits: int = 24, adc_bits: int | None = None, adc_shift: int = 0,
+                   hybrid: bool = False) -> TileController:
+    """The ``crossbar`` design of the FPGA registry (:mod:`sparsefab.gen.designs`).
+
+    Defaults fit the iCE40UP5K: E = 2 engines of T = 16 with 4 MACs each (8 multipliers = its
+    8 SB_MAC16), 24-bit accumulators, a 64 x 64 matrix.
+    """
+    TileControllerConfig(rows=rows, cols=cols, tile=tile, engines=engines, lanes=lanes, acc_bits=acc_bits,
+                         adc_bits=adc_bits, adc_shift=adc_shift, hybrid=hybrid)
+    return TileController(rows=rows, cols=cols, tile=tile, engines=engines, lanes=lanes, acc_bits=acc_bits,
+                          adc_bits=adc_bits, adc_shift=adc_shift, hybrid=hybrid)
