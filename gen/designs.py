@@ -25,6 +25,7 @@ from sparsefab.compress.errors import SparsefabError
 DESIGNS: dict[str, str] = {
     "mac": "sparsefab.gen.designs:build_mac",
     "spmv": "sparsefab.gen.designs:build_spmv",
+    "spmv-dense": "sparsefab.gen.designs:build_spmv_dense",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
     "crossbar": "sparsefab.gen.tile_controller:build_crossbar",
 }
@@ -212,6 +213,20 @@ def build_spmv(*, lanes: int = 8, bits: int = 8, block: int = 16, acc_bits: int 
 
 build_spmv.requires = "sparsefab.gen.sparse_mac"
 build_spmv.board_defaults = {"icebreaker": {"mul_steps": 4}}
+
+
+def build_spmv_dense(*, lanes: int = 8, bits: int = 8, acc_bits: int = 32, bus_bits: int = 64,
+                     max_cols: int = 1024, mul_steps: int = 1):
+    """The dense baseline of ``spmv``: :class:`sparsefab.gen.dense_mac.DenseMacArray` (same lanes)."""
+    from sparsefab.gen.dense_mac import DenseMacArray
+
+    return DenseMacArray(_spmv_config(lanes=lanes, bits=bits, block=16, acc_bits=acc_bits, bus_bits=bus_bits,
+                                      max_cols=max_cols, mask_words=None, value_words=None,
+                                      mul_steps=mul_steps).replace(dense=True))
+
+
+build_spmv_dense.requires = "sparsefab.gen.dense_mac"
+build_spmv_dense.board_defaults = {"icebreaker": {"mul_steps": 4}}
 
 
 def build_bitmap_decoder(*, lanes: int = 8, bits: int = 8, block: int = 16, bus_bits: int = 64,
