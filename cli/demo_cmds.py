@@ -200,7 +200,11 @@ def run_demo(args) -> int:
 
     rep["rtl"] = None
     if not args.no_rtl:
-        rep["rtl"] = _rtl_half(q, golden, args, show)
+        rep["rtl"] = rtl_half(q, golden, lanes=args.lanes, block=args.block, bus=args.bus,
+                              simulator=args.simulator, show=show)
+        if show:
+            _print_rtl(rep["rtl"], rep["golden_accuracy"])
+            sys.stdout.flush()
 
     if not args.no_table:
         with _progress(10, "accuracy table", show) as bar:
@@ -215,13 +219,100 @@ def run_demo(args) -> int:
     return 0
 
 
-def _rtl_half(q, golden, args, show) -> dict | None:
-    """Run every sample through the RTL sparse MAC array; None (with a note) until the flow exists."""
-    import importlib.util
+def _first_mismatch(got, want) -> tuple[int, int] | None:
+    """(sample, row) of the first difference of two [n, rows] arrays, or None."""
+    import numpy as np
 
-    if importlib.util.find_spec("sparsefab.sim.spmv_flow") is None:
-        if show:
-            print("RTL half: sparsefab.sim.spmv_flow is not available in this checkout; "
-                  "run with --no-rtl for the software half only")
-        return {"available": False}
-    return {"available": False}
+    bad = np.argwhere(np.asarray(got) != np.asarray(want))
+    return (int(bad[0][0]), int(bad[0][1])) if bad.size else None
+
+
+def rtl_half(q, golden: dict, *, lanes: int = 8, block: int = 16, bus: int = 64, simulator: str = "verilator",
+             show: bool = False) -> dict:
+    """Run every sample through the RTL sparse MAC array and its dense baseline, both layers.
+
+    Hidden layers are requantized (bias, multiplier, shift, zero point, ReLU) by the array's
+    output stage; each layer consumes the previous layer's RTL outputs, not the golden ones.
+    The last layer's RTL accumulators plus the integer bias are the logits.  Every layer's
+    outputs and the predictions are compared with the golden integer path sample by sample:
+    the first difference raises :class:`SparsefabError` naming the sample.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``samples_equal``, per-layer ``layers`` (cycles, ideal, utilization, dense
+        cycles, speedup), totals ``cycles``, ``dense_cycles``, ``speedup``, simulation speed.
+    """
+    import numpy as np
+
+    from sparsefab.compress.errors import SparsefabError
+    from sparsefab.sim.spmv_flow import Requant, run_spmv
+
+    codes, labels, trace = golden["codes"], golden["labels"], golden["trace"]
+    n = len(labels)
+    t0 = time.monotonic()
+    runs = {}
+    steps = [(dense, k) for dense in (False, True) for k in range(len(q.layers))]
+    with _progress(len(steps), "RTL", show) as bar:
+        for dense, k in steps:
+            lay = q.layers[k]
+            bar.set_description(f"RTL {'dense' if dense else 'sparse'} layer {k}")
+            x = codes if k == 0 else runs[(dense, k - 1)].out
+            rq = Requant(multiplier=lay.qlayer.multiplier, shift=lay.qlayer.shift, bias=lay.qlayer.bias,
+                         out_zero_point=lay.qlayer.out_zero_point, relu=lay.relu)
+            r = run_spmv(lay.W_codes, x, lanes=lanes, bits=q.w_bits, block=block, bus_bits=bus,
+                         acc_bits=q.acc_bits, requant=rq, dense=dense, simulator=simulator)
+            runs[(dense, k)] = r
+            what = "dense baseline" if dense else "sparse array"
+            mm = _first_mismatch(r.y, trace[k]["acc"])
+            if mm is None and lay.relu:
+                mm = _first_mismatch(r.out, trace[k]["y"])
+            if mm is not None:
+                j, row = mm
+                raise SparsefabError(
+                    f"RTL {what} differs from the golden integer path at test sample {j} (layer {k}, row {row}): "
+                    f"acc {int(np.asarray(r.y)[j, row])} vs {int(trace[k]['acc'][j, row])}, "
+                    f"out {int(np.asarray(r.out)[j, row])} vs {int(trace[k]['y'][j, row])}")
+            bar.update()
+    last = len(q.layers) - 1
+    logits = runs[(False, last)].y.astype(np.int64) + q.layers[last].qlayer.bias
+    pred = np.argmax(logits, axis=1)
+    mm = _first_mismatch(pred[:, None], golden["pred"][:, None])
+    if mm is not None:
+        raise SparsefabError(f"RTL prediction differs from the golden integer path at test sample {mm[0]}")
+    layers = []
+    for k in range(len(q.layers)):
+        sp, de = runs[(False, k)], runs[(True, k)]
+        layers.append({"layer": k, "cycles": sp.cycles, "ideal_cycles": sp.ideal_cycles,
+                       "utilization": sp.utilization, "ideal_over_measured": sp.ideal_cycles / sp.cycles,
+                       "dense_cycles": de.cycles, "dense_ideal_cycles": de.ideal_cycles,
+                       "speedup": de.cycles / sp.cycles, "counters": dict(sp.counters)})
+    cyc = sum(r.cycles for (dense, _), r in runs.items() if not dense)
+    dcyc = sum(r.cycles for (dense, _), r in runs.items() if dense)
+    ideal = sum(r.ideal_cycles for (dense, _), r in runs.items() if not dense)
+    return {
+        "available": True, "simulator": simulator, "lanes": lanes, "block": block, "bus_bits": bus,
+        "samples": n, "samples_equal": n, "accuracy": float(np.mean(pred == labels)),
+        "cycles": cyc, "ideal_cycles": ideal, "dense_cycles": dcyc, "speedup": dcyc / cyc,
+        "cycles_per_sample": cyc / n, "dense_cycles_per_sample": dcyc / n, "layers": layers,
+        "sim_cycles_per_s": (cyc + dcyc) / max(sum(r.wall_s for r in runs.values()), 1e-9),
+        # One compiled model per (sparse|dense) configuration serves every layer: count each once.
+        "build_seconds": sum(max(r.build_seconds for (d, _), r in runs.items() if d == dense) for dense in (False, True)),
+        "wall_seconds": time.monotonic() - t0,
+    }
+
+
+def _print_rtl(rtl: dict, golden_acc: float) -> None:
+    print(f"RTL ({rtl['simulator']}, sparse MAC array, {rtl['lanes']} lanes, B={rtl['block']} W={rtl['bus_bits']}; "
+          f"requantization + ReLU in hardware, each layer fed by the previous layer's RTL outputs):")
+    print(f"  accuracy {100 * rtl['accuracy']:.2f} % on {rtl['samples']} samples, equal to the golden "
+          f"integer path ({100 * golden_acc:.2f} %) sample by sample: {rtl['samples_equal']}/{rtl['samples']}")
+    print(f"  {'layer':<7}{'cycles':>10}{'ideal':>10}{'ideal/meas':>12}{'dense cyc':>11}{'speedup':>9}")
+    for lay in rtl["layers"]:
+        print(f"  {lay['layer']:<7}{lay['cycles']:>10}{lay['ideal_cycles']:>10}{lay['ideal_over_measured']:>12.3f}"
+              f"{lay['dense_cycles']:>11}{lay['speedup']:>8.2f}x")
+    print(f"  {'total':<7}{rtl['cycles']:>10}{rtl['ideal_cycles']:>10}{rtl['ideal_cycles'] / rtl['cycles']:>12.3f}"
+          f"{rtl['dense_cycles']:>11}{rtl['speedup']:>8.2f}x   ({rtl['cycles_per_sample']:.1f} cycles/sample sparse, "
+          f"{rtl['dense_cycles_per_sample']:.1f} dense)")
+    print(f"  simulation {rtl['sim_cycles_per_s'] / 1e3:.0f}k cycles/s, RTL half {rtl['wall_seconds']:.1f} s "
+          f"(builds {rtl['build_seconds']:.1f} s)")

@@ -1,6 +1,7 @@
 """Tests of ``sparsefab demo`` (cli/demo_cmds.py): the software half and its argument checks.
 
-The RTL half is exercised by ``make sim`` (it needs sparsefab.sim.spmv_flow).
+The RTL half's bookkeeping is tested with a golden stand-in for ``run_spmv``; the real RTL runs
+in ``test_demo_rtl_small`` (slow: ``make regress``) and in ``make sim``.
 """
 
 from __future__ import annotations
@@ -70,3 +71,53 @@ def test_bad_arguments_one_line(capsys, argv, msg):
     assert main(["demo", "--no-rtl", "--no-table", *argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparsefab: error:") and msg in err[0]
+
+
+def _fake_run_spmv(corrupt_sample=None):
+    """Stand-in for sim.spmv_flow.run_spmv computed by the golden model (quant.spmv_int/requantize)."""
+    from types import SimpleNamespace
+
+    from sparsefab.compress import quant
+
+    def run(W, X, *, requant, dense=False, **kw):
+        acc = quant.spmv_int(W, X, acc_bits=kw.get("acc_bits", 32))
+        out = quant.requantize(acc, multiplier=requant.multiplier, shift=requant.shift, bias=requant.bias,
+                               out_zero_point=requant.out_zero_point, relu=requant.relu)
+        if corrupt_sample is not None and not dense and W.shape[0] == 128:
+            out = out.copy()
+            out[corrupt_sample, 5] += 1
+        nnz = W.size if dense else int(np.count_nonzero(W))
+        cyc = len(X) * (W.size if dense else nnz) // 8 + 10
+        return SimpleNamespace(y=acc, out=out, cycles=cyc, ideal_cycles=cyc - 10, wall_s=0.01, build_seconds=0.0,
+                               utilization=nnz * len(X) / (8 * cyc), counters={})
+    return run
+
+
+def test_rtl_half_reports_and_compares(capsys, monkeypatch):
+    from sparsefab.sim import spmv_flow
+
+    monkeypatch.setattr(spmv_flow, "run_spmv", _fake_run_spmv())
+    rep = _run_json(capsys, ["demo", "--no-table", "--json", "--samples", "40"])
+    rtl = rep["rtl"]
+    assert rtl["samples_equal"] == 40 and rtl["accuracy"] == rep["golden_accuracy"]
+    assert rtl["dense_cycles"] > rtl["cycles"] and rtl["speedup"] == rtl["dense_cycles"] / rtl["cycles"]
+    assert len(rtl["layers"]) == 2
+
+
+def test_rtl_mismatch_names_the_sample(capsys, monkeypatch):
+    from sparsefab.sim import spmv_flow
+
+    monkeypatch.setattr(spmv_flow, "run_spmv", _fake_run_spmv(corrupt_sample=7))
+    assert main(["demo", "--no-table", "--samples", "20"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test sample 7 (layer 0, row 5)" in err[0]
+
+
+@pytest.mark.slow
+def test_demo_rtl_small(capsys):
+    # The real RTL (~30 s: elaboration of both arrays even with cached builds; `make sim` runs it all) (Verilator flow harness, compiled models cached): 4 samples, sparse + dense.
+    rep = _run_json(capsys, ["demo", "--no-table", "--json", "--samples", "4", "--finetune-epochs", "0"])
+    rtl = rep["rtl"]
+    assert rtl["available"] and rtl["samples_equal"] == 4
+    assert rtl["accuracy"] == rep["golden_accuracy"]
+    assert rtl["cycles"] >= rtl["ideal_cycles"] > 0 and rtl["speedup"] > 1.5
