@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "fpga": "sparsefab.fpga.bench:run",
     "formats": "sparsefab.compress.bench_formats:run",
     "quant": "sparsefab.compress.quant_bench:run",
+    "crossbar": "sparsefab.sim.bench_crossbar:run",
 }
 
 

@@ -194,7 +194,7 @@ def run_verilator(dut, runs: list[Beats], *, seed: int = 1, idle: float = 0.0, b
 
 def simulate(w, x, *, tile: int, engines: int = 2, lanes: int | None = None, tmap: TileMap | None = None,
              cluster: bool = False, fill: float = 0.0, seed: int = 0, backend: str = "auto",
-             idle: float = 0.0, backpressure: float = 0.0) -> dict:
+             idle: float = 0.0, backpressure: float = 0.0, sparse_lanes: int = 8) -> dict:
     """``sparsefab sim crossbar``: map (optionally cluster), run the RTL, check against the golden model.
 
     Parameters
@@ -211,6 +211,13 @@ def simulate(w, x, *, tile: int, engines: int = 2, lanes: int | None = None, tma
     backend : "verilator", "amaranth" or "auto"
         ``auto`` = the compiled Verilator harness when ``verilator`` is on PATH, else the
         Amaranth simulator (small sizes only: Python steps every cycle).
+    sparse_lanes : int
+        Hybrid mode with the Verilator backend: the leftover ``W_sparse @ x`` is computed by the
+        SparseMacArray RTL (:func:`sparsefab.sim.spmv_flow.run_spmv`, ``sparse_lanes`` lanes,
+        bitmap format), checked, and its accumulators are streamed into the controller's
+        ``i_sparse`` port, which adds them to the crossbar outputs.  (The two engines run as
+        separate simulations: ``sparse_cycles`` is reported beside ``cycles``; on a chip they
+        run concurrently.)  With the Amaranth backend the leftover comes from the golden model.
 
     Returns
     -------
@@ -248,6 +255,21 @@ def simulate(w, x, *, tile: int, engines: int = 2, lanes: int | None = None, tma
     runs = [controller_beats(w, v, tmap, engines=engines, lanes=lanes, hybrid=hybrid) for v in xs]
     if backend == "auto":
         backend = "verilator" if shutil.which("verilator") else "amaranth"
+    if hybrid and backend == "verilator":
+        from sparsefab.sim.spmv_flow import run_spmv
+
+        _, left = tiling.split(w, tmap)
+        sp = run_spmv(left, xs, lanes=sparse_lanes, seed=seed + 2)
+        ys = np.asarray(sp.y).reshape(len(xs), -1)
+        gold = xb.wrap(xs @ left.T, 32)
+        if not (ys == gold).all():
+            raise SparsefabError("crossbar sim: SparseMacArray leftover result differs from the golden model")
+        for b, v in zip(runs, ys, strict=True):
+            b.sparse = [int(t) for t in v]
+        info["sparse"] = {"engine": "SparseMacArray RTL", "lanes": sparse_lanes, "nnz": int(np.count_nonzero(left)),
+                          "sparse_cycles": int(sp.cycles), "sparse_ideal_cycles": int(sp.ideal_cycles)}
+    elif hybrid:
+        info["sparse"] = {"engine": "golden model (Amaranth backend)", "nnz": int(tmap.leftover_nnz)}
     if backend == "verilator":
         r = run_verilator(dut, runs, seed=seed + 1, idle=idle, backpressure=backpressure)
         y = r.pop("y")
