@@ -88,8 +88,10 @@ def _golden(tiles, xs, groups, num):
     return outs
 
 
-@pytest.mark.parametrize("tile, lanes, adc", [(16, 16, None), (16, 4, None), (16, 1, None),
-                                              (32, 8, None), (16, 4, 8), (16, 16, 6)])
+@pytest.mark.parametrize("tile, lanes, adc", [
+    (16, 16, None), (16, 4, None), (16, 4, 8),
+    pytest.param(16, 1, None, marks=pytest.mark.slow), pytest.param(32, 8, None, marks=pytest.mark.slow),
+    pytest.param(16, 16, 6, marks=pytest.mark.slow), pytest.param(64, 16, 10, marks=pytest.mark.slow)])
 def test_tile_against_golden(tile, lanes, adc):
     seed = tile * 100 + lanes + (adc or 0)
     rng = np.random.default_rng(seed)

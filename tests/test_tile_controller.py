@@ -44,7 +44,9 @@ def _check(w, tmap, *, engines, lanes, seed, idle=0.25, backpressure=0.25, hybri
     return r
 
 
-@pytest.mark.parametrize("tile, engines, lanes", [(16, 1, 16), (16, 2, 4), (16, 3, 8), (32, 2, 32)])
+@pytest.mark.parametrize("tile, engines, lanes", [
+    (16, 1, 16), (16, 2, 4),
+    pytest.param(16, 3, 8, marks=pytest.mark.slow), pytest.param(32, 2, 32, marks=pytest.mark.slow)])
 def test_random_weights(tile, engines, lanes):
     seed = tile + 10 * engines + lanes
     w = _random(45, 70, 0.08, seed)
