@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from amaranth.back import verilog
+from amaranth.hdl import Value
 from amaranth.lib import wiring
 
 from sparsefab import __version__
@@ -32,7 +33,7 @@ def port_table(component: wiring.Component) -> list[dict[str, Any]]:
     for path, member, value in component.signature.flatten(component):
         name = "__".join(str(p) for p in path)
         ports.append({"name": name, "dir": "in" if member.flow == wiring.In else "out",
-                      "width": len(value)})
+                      "width": Value.cast(value).shape().width})
     return ports
 
 
