@@ -254,3 +254,15 @@ class CrossbarTile(wiring.Component):
                 m.d.sync += [emit.eq(0), hold.eq(0)]
         m.d.comb += self.busy.eq(hold | s1_valid | loaded.bit_select(cbank, 1) & (j != 0))
         return m
+
+
+def emit_crossbar_tile(out_dir, *, name: str = "crossbar_tile", **params):
+    """Write ``name.v`` and its JSON sidecar (config, ports, latency) for a CrossbarTile."""
+    from sparsefab.gen.emit import emit
+
+    dut = CrossbarTile(**params)
+    c = dut.config
+    return emit(dut, name=name, config=c, out_dir=out_dir,
+                extra={"cycles_per_tile": c.cycles_per_tile, "weight_words_per_tile": c.words,
+                       "emit_beats": c.groups, "latency": {"mac_stage": 1, "adc_fold": c.groups if c.adc_bits else 0},
+                       "weight_layout": "word j*(T/lanes)+g holds W[g*lanes+l, j] at bits [l*w_bits, (l+1)*w_bits)"})

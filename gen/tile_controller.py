@@ -392,3 +392,39 @@ def build_crossbar(*, rows: int = 64, cols: int = 64, tile: int = 16, engines: i
                          adc_bits=adc_bits, adc_shift=adc_shift, hybrid=hybrid)
     return TileController(rows=rows, cols=cols, tile=tile, engines=engines, lanes=lanes, acc_bits=acc_bits,
                           adc_bits=adc_bits, adc_shift=adc_shift, hybrid=hybrid)
+
+
+def emit_tile_controller(out_dir, *, name: str = "tile_controller", **params):
+    """Write ``name.v`` and its JSON sidecar (config, ports, payload layouts, cycle model)."""
+    from sparsefab.gen.emit import emit
+
+    dut = TileController(**params)
+    c = dut.config
+
+    def fields(layout, prefix=""):
+        out = []
+        for fname, f in layout:
+            if isinstance(f.shape, data.Layout):
+                if isinstance(f.shape, data.ArrayLayout):
+                    for i in range(f.shape.length):
+                        for sub in fields(f.shape.elem_shape, f"{prefix}{fname}.{i}."):
+                            sub["offset"] += f.offset + i * data.Layout.cast(f.shape.elem_shape).size
+                            out.append(sub)
+                else:
+                    for sub in fields(f.shape, f"{prefix}{fname}."):
+                        sub["offset"] += f.offset
+                        out.append(sub)
+            else:
+                shape = f.shape if not isinstance(f.shape, int) else unsigned(f.shape)
+                from amaranth.hdl import Shape
+
+                s = Shape.cast(shape)
+                out.append({"name": f"{prefix}{fname}", "offset": f.offset, "width": s.width, "signed": s.signed})
+        return out
+
+    t = c.tile_config
+    return emit(dut, name=name, config=c, out_dir=out_dir,
+                extra={"i_tile_fields": fields(c.desc_layout()), "cycles_per_tile": t.cycles_per_tile,
+                       "weight_beats_per_wave": t.words, "grid": list(c.grid),
+                       "cycle_model": "load cols + waves*T*T/lanes (first wave's programming overlaps the load) "
+                                      "+ flushes + drain rows"})

@@ -147,3 +147,20 @@ def test_cocotb_scoreboard_default():
 def test_cocotb_scoreboard_sweep(kind, tile, engines, lanes, fill):
     seed = __import__("zlib").crc32(repr((kind, tile, engines, lanes, fill)).encode()) % 10_000
     _cocotb_point(kind, tile, engines, lanes, fill, seed)
+
+
+def test_emit_sidecars(tmp_path):
+    import json
+
+    from sparsefab.gen.crossbar_tile import emit_crossbar_tile
+    from sparsefab.gen.tile_controller import emit_tile_controller
+
+    v, j = emit_tile_controller(tmp_path, rows=40, cols=50, tile=16, engines=2, lanes=4, hybrid=True)
+    side = json.loads(j.read_text())
+    assert side["config"]["engines"] == 2 and side["cycles_per_tile"] == 64 and side["grid"] == [3, 4]
+    ports = {p["name"]: p["width"] for p in side["ports"]}
+    assert ports["i_w__payload"] == 2 * 4 * 8 and ports["o_y__payload"] == 32 and "i_sparse__payload" in ports
+    assert ports["i_tile__payload"] == 1 + 2 * (1 + 2 + 2 + 1 + 1)
+    assert "module tile_controller" in v.read_text()
+    v, j = emit_crossbar_tile(tmp_path, tile=16, lanes=4, adc_bits=8)
+    assert json.loads(j.read_text())["latency"]["adc_fold"] == 4
