@@ -130,9 +130,10 @@ class BitmapDecoder(wiring.Component):
     """
 
     def __init__(self, config: SpmvConfig):
-        if not isinstance(config, SpmvConfig):
-            raise TypeError(f"BitmapDecoder: config={config!r}, expected a SpmvConfig")
-        if config.dense:
+        if not isinstance(config, SpmvConfig) or config.dense:
+            self._MustUse__silence = True   # not a design: no "never elaborated" warning
+            if not isinstance(config, SpmvConfig):
+                raise TypeError(f"BitmapDecoder: config={config!r}, expected a SpmvConfig")
             raise ValueError("BitmapDecoder: config.dense=True, expected a sparse configuration")
         self._config = config
         super().__init__({

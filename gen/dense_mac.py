@@ -50,6 +50,7 @@ class DenseReader(wiring.Component):
 
     def __init__(self, config: SpmvConfig):
         if not isinstance(config, SpmvConfig) or not config.dense:
+            self._MustUse__silence = True
             raise SparsefabError(f"DenseReader: config={config!r}, expected a dense SpmvConfig")
         self._config = config
         super().__init__({
@@ -130,7 +131,9 @@ class DenseMacArray(wiring.Component):
     """
 
     def __init__(self, config: SpmvConfig | None = None, **params):
+        self._MustUse__silence = True      # until validated
         cfg = _config_from(config, params, "DenseMacArray")
+        self._MustUse__silence = False
         if not cfg.dense:
             cfg = cfg.replace(dense=True)
         self._config = cfg

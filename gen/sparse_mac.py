@@ -121,6 +121,7 @@ class RequantStage(wiring.Component):
 
     def __init__(self, config: SpmvConfig):
         if not isinstance(config, SpmvConfig):
+            self._MustUse__silence = True
             raise SparsefabError(f"RequantStage: config={config!r}, expected a SpmvConfig")
         self._config = config
         super().__init__({
@@ -258,6 +259,7 @@ class MacBackend(wiring.Component):
 
     def __init__(self, config: SpmvConfig):
         if not isinstance(config, SpmvConfig):
+            self._MustUse__silence = True
             raise SparsefabError(f"MacBackend: config={config!r}, expected a SpmvConfig")
         self._config = config
         super().__init__({
@@ -390,9 +392,11 @@ class SparseMacArray(wiring.Component):
     """
 
     def __init__(self, config: SpmvConfig | None = None, **params):
+        self._MustUse__silence = True      # until validated: a rejected call is not a lost design
         cfg = _config_from(config, params, "SparseMacArray")
         if cfg.dense:
             raise SparsefabError("SparseMacArray: config.dense=True; use DenseMacArray")
+        self._MustUse__silence = False
         self._config = cfg
         super().__init__(top_signature(cfg))
 

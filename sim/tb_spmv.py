@@ -24,7 +24,7 @@ from sparsefab.compress.bitmap import bitmap_sections
 from sparsefab.compress.quant import requantize, spmv_int
 from sparsefab.gen.spmv_config import SpmvConfig
 
-__all__ = ["Job", "BenchResult", "expected", "random_rq", "run_amaranth", "stream_items"]
+__all__ = ["Job", "BenchResult", "DecoderResult", "run_decoder", "expected", "random_rq", "run_amaranth", "stream_items"]
 
 
 @dataclass
@@ -223,3 +223,92 @@ def run_amaranth(cfg: SpmvConfig, jobs: list[Job], *, seed: int = 1, idle: float
     sim.run()
     return BenchResult(state["results"], final["cycles"], final["stalls"], final["nnz"], final["error"],
                        final["flags"], state["cycle"], list(state["busy"]))
+
+
+@dataclass
+class DecoderResult:
+    triples: list            # (row, col, value) of every lane that fired, in order
+    row_ends: int            # bundles with row_end
+    cycles: int              # cycles simulated until the decoder went idle (or the limit)
+    busy_cycles: int         # cycles with o_busy high
+    error_flags: int
+    lanes_fired: list        # lanes per accepted bundle
+
+
+def run_decoder(cfg: SpmvConfig, codes, *, seed: int = 1, idle: float = 0.0, backpressure: float = 0.0,
+                mask_beats: list | None = None, value_beats: list | None = None,
+                max_cycles: int = 20_000) -> DecoderResult:
+    """Run one matrix through a :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder` alone.
+
+    The streams come from :func:`sparsefab.compress.bitmap.bitmap_sections` unless
+    ``mask_beats``/``value_beats`` (lists of ints / of ``(data, last)``) override them (malformed
+    stream tests).  Stops when the decoder is idle again after the command, or at ``max_cycles``.
+    """
+    from amaranth.sim import Simulator
+
+    from sparsefab.gen.bitmap_decoder import BitmapDecoder
+
+    codes = np.asarray(codes)
+    rows, cols = codes.shape
+    img = bitmap_sections(codes, bits=cfg.weight_bits, block=cfg.block, bus_bits=cfg.bus_bits)
+    masks = cfg.mask_beats(img) if mask_beats is None else mask_beats
+    vals = cfg.value_beats(img) if value_beats is None else value_beats
+    dut = BitmapDecoder(cfg)
+    rng = random.Random(seed)
+    out = {"triples": [], "row_ends": 0, "cycles": 0, "busy": 0, "fired": [], "done": False}
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    def driver(port, seq, srng, fields):
+        async def proc(ctx):
+            for item in seq:
+                while idle and srng.random() < idle:
+                    await ctx.tick()
+                if fields:
+                    ctx.set(port.payload.data, item[0])
+                    ctx.set(port.payload.last, item[1])
+                else:
+                    ctx.set(port.payload, item)
+                ctx.set(port.valid, 1)
+                await ctx.tick().until(port.ready)
+                ctx.set(port.valid, 0)
+        return proc
+
+    async def cmd(ctx):
+        ctx.set(dut.i_cmd.payload.rows, rows)
+        ctx.set(dut.i_cmd.payload.cols, cols)
+        ctx.set(dut.i_cmd.valid, 1)
+        await ctx.tick().until(dut.i_cmd.ready)
+        ctx.set(dut.i_cmd.valid, 0)
+
+    async def monitor(ctx):
+        mrng = random.Random(rng.random())
+        row, started = 0, False
+        while out["cycles"] < max_cycles:
+            rdy = int(not (backpressure and mrng.random() < backpressure))
+            ctx.set(dut.o_lanes.ready, rdy)
+            _, _, valid, p, busy = await ctx.tick().sample(dut.o_lanes.valid, dut.o_lanes.payload, dut.o_busy)
+            out["cycles"] += 1
+            out["busy"] += int(busy)
+            if valid and rdy:
+                n = 0
+                for i in range(cfg.lanes):
+                    if p.valid >> i & 1:
+                        out["triples"].append((row + (p.nxt >> i & 1), int(p.col[i]), int(p.value[i])))
+                        n += 1
+                out["fired"].append(n)
+                if p.row_end:
+                    row += 1
+                    out["row_ends"] += 1
+            started |= bool(busy)
+            if started and not busy:
+                break
+        out["flags"] = int(ctx.get(dut.o_error_flags))
+
+    srng = random.Random(rng.random())
+    sim.add_testbench(cmd)
+    sim.add_testbench(driver(dut.i_mask, masks, random.Random(srng.random()), False), background=True)
+    sim.add_testbench(driver(dut.i_value, vals, random.Random(srng.random()), True), background=True)
+    sim.add_testbench(monitor)
+    sim.run()
+    return DecoderResult(out["triples"], out["row_ends"], out["cycles"], out["busy"], out["flags"], out["fired"])
