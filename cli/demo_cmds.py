@@ -88,6 +88,12 @@ def _check_args(args) -> None:
         raise SparsefabError(f"--lanes {args.lanes}: expected 1..64")
     if args.finetune_epochs is not None and not 0 <= args.finetune_epochs <= 1000:
         raise SparsefabError(f"--finetune-epochs {args.finetune_epochs}: expected 0..1000")
+    if not args.no_rtl and args.simulator == "icarus":
+        import shutil
+
+        if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+            raise SparsefabError("--simulator icarus: iverilog/vvp not found on PATH (install Icarus Verilog "
+                                 "or use the default verilator)")
     if args.prune != "dense":
         from sparsefab.compress.prune import parse_prune_spec
 

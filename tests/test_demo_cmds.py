@@ -73,6 +73,15 @@ def test_bad_arguments_one_line(capsys, argv, msg):
     assert len(err) == 1 and err[0].startswith("sparsefab: error:") and msg in err[0]
 
 
+def test_missing_icarus_is_refused_before_work(capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["demo", "--simulator", "icarus"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "iverilog/vvp not found" in err[0]
+
+
 def _fake_run_spmv(corrupt_sample=None):
     """Stand-in for sim.spmv_flow.run_spmv computed by the golden model (quant.spmv_int/requantize)."""
     from types import SimpleNamespace
