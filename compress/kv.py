@@ -1039,3 +1039,15 @@ def codec_entropy(data: bytes) -> dict:
     h = entropy_bits(r)
     bpv = h + p.header_bits(cb.k) / p.group
     return {"entropy": h, "bits_per_value_bound": bpv, "ratio_bound": 16.0 / bpv}
+
+
+def subset_file(data: bytes, nblocks: int) -> bytes:
+    """A valid ``.sfk`` image holding the first ``nblocks`` blocks of ``data`` as a 1-D tensor
+    (same codebooks, geometry and ebias; ``axis`` token), for hardware runs on a sample."""
+    hdr, cb = read_header(bytes(data))
+    n = max(1, min(int(nblocks), hdr.nblocks))
+    p = dataclasses.replace(hdr.params, axis="token")
+    head = _HDR.pack(KV_MAGIC, VERSION, DTYPE_CODES[hdr.dtype], 1, n * p.group, 0, 0, 0, 0, p.lanes,
+                     p.group, p.block_bytes, p.ebits, p.mbits, p.obits, 0, hdr.ebias, n, hdr.cb_len)
+    body = bytes(data[KV_HEADER: hdr.blocks_offset + n * p.block_bytes])
+    return head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
