@@ -29,7 +29,7 @@ import numpy as np
 
 from sparsefab.compress.errors import SparsefabError
 
-__all__ = ["SpmvResult", "run_spmv", "run_mlp", "spmv_config", "harness_for", "Requant"]
+__all__ = ["SpmvResult", "run_spmv", "run_mlp", "spmv_config", "harness_for", "verilog_for", "Requant"]
 
 MAX_LANES = 64
 
@@ -129,22 +129,71 @@ def spmv_config(*, lanes: int, bits: int, block: int, cols: int, dense: bool = F
                       max_cols=max_cols, dense=dense)
 
 
-@functools.lru_cache(maxsize=16)
-def harness_for(config, build_root: str | None = None):
-    """The (cached) :class:`~sparsefab.sim.flow.FlowHarness` and payload codecs of a config."""
-    from sparsefab.sim.flow import FlowHarness
-    from sparsefab.sim.streams import PayloadCodec
-
+def _top_class(config):
     if config.dense:
         from sparsefab.gen.dense_mac import DenseMacArray as Top
     else:
         from sparsefab.gen.sparse_mac import SparseMacArray as Top
-    top = Top(config)
-    h = FlowHarness(top, toplevel=config.name, build_root=build_root)
+    return Top
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_hash() -> str:
+    """Hash of every generator source file and the Amaranth version: the Verilog of a config
+    can only change when one of these does."""
+    import hashlib
+    from pathlib import Path
+
+    import amaranth
+
+    import sparsefab.gen as gen
+
+    h = hashlib.sha256(amaranth.__version__.encode())
+    for f in sorted(Path(gen.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def verilog_for(config, build_root: str | None = None) -> str:
+    """Verilog of the array for ``config``, converted once and cached on disk.
+
+    Converting the lanes-16 array takes about a minute on a loaded 2-core machine, so the
+    text is kept in ``<build_root>/verilog/<hash>.v``, keyed by the config and a hash of all
+    generator sources (:func:`_generator_hash`); any edit in ``gen/`` converts again.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from sparsefab.compress.fileio import atomic_write_bytes
+    from sparsefab.sim.runner import default_build_root, verilog_text
+
+    root = Path(build_root).absolute() if build_root is not None else default_build_root()
+    key = hashlib.sha256(json.dumps({"config": config.to_dict(), "gen": _generator_hash()},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = root / "verilog" / f"{config.name}-{key}.v"
+    if path.is_file():
+        return path.read_text()
+    text = verilog_text(_top_class(config)(config), toplevel=config.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def harness_for(config, build_root: str | None = None):
+    """The (cached) :class:`~sparsefab.sim.flow.FlowHarness` and payload codecs of a config."""
+    from sparsefab.sim.flow import FlowHarness, _ports_from
+    from sparsefab.sim.streams import PayloadCodec
+
+    top = _top_class(config)(config)
+    top._MustUse__silence = True  # only its signature is used here (ports, payload layouts)
     codecs = {}
     for name, member in top.signature.members.items():
         if member.is_signature and "payload" in member.signature.members:
             codecs[name] = PayloadCodec.from_layout(member.signature.members["payload"].shape)
+    h = FlowHarness(verilog_for(config, build_root), toplevel=config.name, ports=_ports_from(top, None),
+                    build_root=build_root)
     return h, codecs
 
 
@@ -268,6 +317,12 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
     if engine not in ("flow", "cocotb") or (engine == "flow" and simulator != "verilator"):
         raise SparsefabError(f"engine={engine!r} with simulator={simulator!r}: the flow harness needs "
                              "verilator; use engine='cocotb' for icarus")
+    if engine == "cocotb":
+        from sparsefab.sim.runner import available_simulators
+
+        if simulator not in available_simulators():
+            raise SparsefabError(f"simulator {simulator!r} is not available on this machine "
+                                 f"({'iverilog/vvp' if simulator == 'icarus' else simulator} not found on PATH)")
     W = _codes(W_codes, "W_codes", (2,))
     X = _codes(X_codes, "X_codes", (1, 2))
     if not isinstance(lanes, int) or not 1 <= lanes <= MAX_LANES:
@@ -430,18 +485,18 @@ def _run_cocotb_engine(cfg, inputs: dict[str, np.ndarray], *, expect: int, max_c
     from pathlib import Path
 
     from sparsefab.sim.flow import FlowResult
-    from sparsefab.sim.runner import run_cocotb
+    from sparsefab.sim.runner import available_simulators, run_cocotb
 
-    if cfg.dense:
-        from sparsefab.gen.dense_mac import DenseMacArray as Top
-    else:
-        from sparsefab.gen.sparse_mac import SparseMacArray as Top
+    if simulator not in available_simulators():
+        raise SparsefabError(f"simulator {simulator!r} is not available on this machine "
+                             f"({'iverilog/vvp' if simulator == 'icarus' else simulator} not found on PATH)")
+
     with tempfile.TemporaryDirectory(prefix="sfspmv-") as tmp:
         work = Path(tmp)
         np.savez(work / "streams.npz", **inputs)
         (work / "meta.json").write_text(json.dumps({"expect": expect, "max_cycles": max_cycles, "stall": stall,
                                                     "counters": counters}))
-        run_cocotb(Top(cfg), toplevel=cfg.name, test_module="sparsefab.sim.spmv_flow",
+        run_cocotb(verilog_for(cfg, build_root), toplevel=cfg.name, test_module="sparsefab.sim.spmv_flow",
                    testcase="cocotb_spmv_streams", simulator=simulator, parameters=cfg.to_dict(),
                    extra_env={"SPARSEFAB_SPMV_DIR": str(work), "SPARSEFAB_SEED": str(seed)},
                    build_root=build_root)
