@@ -45,16 +45,20 @@ def test_map_hybrid_fill(files, capsys):
 
 
 @needs_verilator
-def test_sim_crossbar(files, capsys):
+@pytest.mark.parametrize("fill", ["0", pytest.param("0.5", marks=pytest.mark.slow)])
+def test_sim_crossbar(files, capsys, fill):
+    """Flow level on the compiled harness; fill 0.5 = hybrid with the SparseMacArray RTL (slow: 2 builds)."""
     d, w, x, _ = files
     assert main(["sim", "crossbar", "--weights", str(d / "W.npy"), "--x", str(d / "X.npy"), "--tile", "32",
-                 "--engines", "2", "--cluster", "--fill", "0.3", "--json", "-o", str(d / "y.npy")]) == 0
+                 "--engines", "2", "--cluster", "--fill", fill, "--json", "-o", str(d / "y.npy")]) == 0
     j = json.loads(capsys.readouterr().out)
     y = np.array(j["y"])
     assert (y == x.astype(np.int64) @ w.T.astype(np.int64)).all()
     assert (np.load(d / "y.npy") == y).all() and np.load(d / "y.npy").dtype == np.int32
     assert j["tiles_run"] + j["tiles_skipped"] == 30
     assert j["cycles"] <= 1.1 * j["ideal_total"]
+    if fill != "0":
+        assert j["map"]["leftover_nnz"] > 0 and j["sparse"]["engine"] == "SparseMacArray RTL"
 
 
 def test_hopfield_cmd(tmp_path, capsys):

@@ -27,6 +27,7 @@ def test_clustering_reduces_tiles(result):
     assert result["recall"] == result["recall_naive_map"]
 
 
+@pytest.mark.slow
 def test_recall_through_crossbar_equals_plain_matmul(result):
     codes, m = result["_codes"], result["_map"]
     xi = hopfield.patterns()
