@@ -205,7 +205,9 @@ class BitmapDecoder(wiring.Component):
         avail_end = Signal(pos_bits + 1)
         m.d.comb += avail_end.eq(avail_words * W)
         row_complete = Signal()
-        m.d.comb += row_complete.eq(a_v & (es_w <= avail_words))
+        # complete: the row's last word is inside the window (or already behind it, when a
+        # row ends exactly on a beat boundary and its beats were shifted out)
+        m.d.comb += row_complete.eq(es_w <= avail_words)
         has_next = Signal()
         m.d.comb += has_next.eq(rows_left > 1)
         next_ok = Signal()
@@ -301,11 +303,11 @@ class BitmapDecoder(wiring.Component):
         last_row = Signal()
         m.d.comb += last_row.eq(rows_left == 1)
         short_err = Signal()
-        m.d.comb += short_err.eq(running & a_v & ~vals_ok & vlast_loaded)
+        m.d.comb += short_err.eq(running & ~vals_ok & vlast_loaded)
         any_err = Signal()
         m.d.comb += any_err.eq(pad_err | short_err)
         can_go = Signal()
-        m.d.comb += can_go.eq(running & a_v & vals_ok & ~any_err)
+        m.d.comb += can_go.eq(running & (a_v | row_complete) & vals_ok & ~any_err)
         pl = self.o_lanes.payload
         for i in range(L):
             found_i, pos_i = sel[i]
@@ -344,8 +346,10 @@ class BitmapDecoder(wiring.Component):
             m.d.comb += [a1.eq(0), b1.eq(0)]
             m.d.sync += pos.eq(0)
         with m.Elif(mat_end):
-            # drop the beats of this matrix: the one holding its last bit and all before
-            with m.If(es_bits <= M):
+            # drop the beats of this matrix still in the window: ceil(es / M) of them
+            with m.If(es_w <= 0):
+                pass
+            with m.Elif(es_bits <= M):
                 m.d.comb += [A1.eq(B), a1.eq(b_v), b1.eq(0)]
             with m.Else():
                 m.d.comb += [a1.eq(0), b1.eq(0)]

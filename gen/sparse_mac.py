@@ -494,3 +494,45 @@ def build_top(m: Module, top, cfg: SpmvConfig, lanes_stream, fe_cmd, fe_busy, fe
             m.d.sync += top.o_stalls.eq(top.o_stalls + 1)
     m.d.sync += top.o_nnz.eq(top.o_nnz + be.o_fired)
     return m
+
+
+def payload_fields(shape) -> list[dict]:
+    """Leaf fields of a payload shape: ``name`` (dotted), ``offset``, ``width``, ``signed``."""
+    from amaranth.hdl import Shape
+
+    out = []
+
+    def walk(layout, prefix, base):
+        if isinstance(layout, data.ArrayLayout):
+            size = Shape.cast(layout.elem_shape).width
+            for i in range(layout.length):
+                walk(layout.elem_shape, f"{prefix}{i}.", base + i * size)
+        elif isinstance(layout, data.Layout):
+            for name, f in layout:
+                walk(f.shape, f"{prefix}{name}.", base + f.offset)
+        else:
+            s = Shape.cast(layout)
+            out.append({"name": prefix[:-1], "offset": base, "width": s.width, "signed": s.signed})
+
+    walk(shape, "", 0)
+    return out
+
+
+def sidecar_extra(top) -> dict:
+    """Sidecar keys of a SparseMacArray / DenseMacArray: latency, format, stream payload fields."""
+    from sparsefab.compress import container
+
+    cfg = top.config
+    streams = {}
+    for name, member in top.signature.members.items():
+        if member.is_signature and "payload" in member.signature.members:
+            shape = member.signature.members["payload"].shape
+            streams[name] = {"dir": "in" if member.flow == In else "out", "fields": payload_fields(shape)}
+    return {
+        "latency": cfg.latency,
+        "requant_latency": cfg.requant_latency,
+        "format": "dense" if cfg.dense else "bitmap",
+        "format_version": container.VERSION,
+        "errors": dict(ERRORS),
+        "streams": streams,
+    }

@@ -152,3 +152,19 @@ def test_ports_and_validation():
         BitmapDecoder({"lanes": 4})
     with pytest.raises(ValueError, match="dense"):
         BitmapDecoder(cfg.replace(dense=True))
+
+
+def test_matrix_ending_on_a_beat_boundary_then_next_matrix():
+    """Regression: a matrix whose masks end exactly at a beat boundary (all its beats shifted out
+    before its last row finishes) must not swallow the next matrix's first beat."""
+    from sparsefab.gen.spmv_config import SpmvConfig as C
+    from sparsefab.sim.tb_spmv import Job, expected, run_amaranth
+
+    cfg = C(lanes=4, weight_bits=8, block=16, bus_bits=32, max_cols=64, mask_words=2)
+    rng = np.random.default_rng(5)
+    jobs = [Job(np.zeros((2, 5), np.int64), rng.integers(-128, 128, 5)),
+            Job(_codes(rng, 2, 5, 1.0, 8), rng.integers(-128, 128, 5)),
+            Job(_codes(rng, 3, 40, 0.5, 8), rng.integers(-128, 128, 40))]
+    res = run_amaranth(cfg, jobs, seed=5, max_cycles=3000)
+    assert res.error == 0
+    assert res.results == [e for j in jobs for e in expected(cfg, j)]
