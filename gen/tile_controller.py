@@ -253,12 +253,18 @@ class TileController(wiring.Component):
         mask = Signal(E)
         bcnt = Signal(range(D))
         in_wave = Signal()
-        desc = self.i_tile.payload
+        # i_tile goes through a one-entry register slice: i_tile.ready is a flop, which keeps
+        # the descriptor handshake off the critical path (one descriptor per T*T/lanes cycles).
+        dbuf_valid = Signal()
+        desc = Signal(c.desc_layout())
+        m.d.comb += self.i_tile.ready.eq(~dbuf_valid)
+        with m.If(self.i_tile.valid & ~dbuf_valid):
+            m.d.sync += [dbuf_valid.eq(1), desc.eq(self.i_tile.payload)]
         fifo_room = Signal()
         m.d.comb += fifo_room.eq(Cat(f.w_rdy for f in job_fifos).all())
         with m.If(prog_on & ~in_wave & ~ended):
-            m.d.comb += self.i_tile.ready.eq(fifo_room)
-            with m.If(self.i_tile.valid & fifo_room):
+            with m.If(dbuf_valid & fifo_room):
+                m.d.sync += dbuf_valid.eq(0)
                 vmask = Cat(desc.slot[e].valid for e in range(E))
                 for e in range(E):
                     m.d.comb += [job_fifos[e].w_data.eq(desc.slot[e].as_value()),
