@@ -261,6 +261,16 @@ def _fp16_finish(m, sign, mag, msb, k, pbits):
     return out
 
 
+def cfg_layout() -> data.StructLayout:
+    """Payload of ``i_cfg``."""
+    return data.StructLayout({"addr": 10, "data": 16})
+
+
+def out_layout(values_per_cycle: int) -> data.StructLayout:
+    """Payload of ``o_values``."""
+    return data.StructLayout({"data": data.ArrayLayout(unsigned(16), values_per_cycle), "last": 1, "error": 1})
+
+
 class KVDecompressor(wiring.Component):
     """Entropy-coded KV blocks in, FP16 values out (see the module docstring for ports)."""
 
@@ -273,10 +283,9 @@ class KVDecompressor(wiring.Component):
         V = config.values_per_cycle
         super().__init__({
             "i_words": In(stream.Signature(unsigned(config.bus_bits))),
-            "i_cfg": In(stream.Signature(data.StructLayout({"addr": 10, "data": 16}))),
+            "i_cfg": In(stream.Signature(cfg_layout())),
             "ebias": In(signed(8)),
-            "o_values": Out(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(unsigned(16), V), "last": 1, "error": 1}))),
+            "o_values": Out(stream.Signature(out_layout(V))),
             "error": Out(1),
             "count_blocks": Out(32),
             "count_errors": Out(32),

@@ -67,7 +67,7 @@ def run_case(data: bytes, *, decoder: str = "chain", bus_bits: int = 64, idle: f
     ``check=False``).  Returns the bench's result dict (``beats`` when ``dump``; per-block
     input/output cycles; counters) plus ``config``.
     """
-    from sparsefab.gen.kv_decompress import KVDecompressConfig, KVDecompressor, config_words
+    from sparsefab.gen.kv_decompress import KVDecompressConfig, cfg_layout, config_words, out_layout
     from sparsefab.sim.runner import default_build_root, run_cocotb
     from sparsefab.sim.streams import layout_json
 
@@ -81,13 +81,12 @@ def run_case(data: bytes, *, decoder: str = "chain", bus_bits: int = 64, idle: f
     blk = kv.file_blocks(data, hdr) if blocks is None else np.asarray(blocks, np.uint8)
     root = Path(build_root) if build_root else default_build_root()
     vpath, top = _verilog(cfg, root)
-    dut = KVDecompressor(config=cfg)
     bpb = cfg.cycles_per_block
     with tempfile.TemporaryDirectory(prefix="kvcase") as tmp:
         case = {
             "cfg": config_words(cb, cfg), "ebias": hdr.ebias,
-            "cfg_layout": layout_json(dut.i_cfg.payload.shape()),
-            "out_layout": layout_json(dut.o_values.payload.shape()),
+            "cfg_layout": layout_json(cfg_layout()),
+            "out_layout": layout_json(out_layout(cfg.values_per_cycle)),
             "values_per_cycle": cfg.values_per_cycle, "words": block_words(blk, bus_bits),
             "words_per_block": cfg.words_per_block, "blocks": int(blk.shape[0]), "beats_per_block": bpb,
             "expected": golden_beats(blk, cb, hdr.params, hdr.ebias, cfg.values_per_cycle) if check else None,
