@@ -28,6 +28,7 @@ DESIGNS: dict[str, str] = {
     "spmv-dense": "sparsefab.gen.designs:build_spmv_dense",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
     "crossbar": "sparsefab.gen.tile_controller:build_crossbar",
+    "kv-decompress": "sparsefab.gen.kv_decompress:build",
 }
 
 
