@@ -998,16 +998,31 @@ def entropy_bits(symbols: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def minmax_baseline(x: np.ndarray, *, bits: int, group: int = 128, axis: str = "token") -> dict:
+def minmax_baseline(x: np.ndarray, *, bits: int, group: int = 128, axis: str = "token",
+                    residual_fp16: bool = False) -> dict:
     """Min-max uniform quantization per group, scale and minimum stored as FP16.
 
     Returns ``sqnr_db``, ``ratio`` (2 bytes per value / (bits/8 per value + 4 bytes per
     group), padding counted), ``entropy`` (bits per symbol of the codes), the entropy-bound
     ratio (codes ideally entropy coded, same metadata) and the reconstruction ``recon``.
+    With ``residual_fp16`` and ``axis="channel"`` (KIVI), the last ``T % group`` tokens
+    that do not fill a group stay in FP16 (exact, 2 bytes each) instead of being padded.
     """
     if not 1 <= bits <= 8:
         raise SparsefabError(f"minmax bits={bits}, expected 1..8")
     vals, dtype = input_values(x)
+    p3 = _canon3(vals.shape)
+    if residual_fp16 and axis == "channel" and p3[1] % group and p3[1] > group:
+        a = vals.reshape(p3)
+        tf = p3[1] - p3[1] % group
+        head = minmax_baseline(a[:, :tf].astype(np.float16), bits=bits, group=group, axis=axis)
+        rec = np.concatenate([head["recon"].reshape(p3[0], tf, p3[2]), a[:, tf:]], axis=1)
+        n_res = a[:, tf:].size
+        qbytes = 2 * head["recon"].size / head["ratio"]
+        ebytes = 2 * head["recon"].size / head["entropy_ratio"]
+        return {"sqnr_db": sqnr_db(vals, rec.reshape(vals.shape)), "ratio": 2 * vals.size / (qbytes + 2 * n_res),
+                "entropy": head["entropy"], "entropy_ratio": 2 * vals.size / (ebytes + 2 * n_res),
+                "recon": rec.reshape(vals.shape)}
     p = KVParams(group=group, block_bytes=4, lanes=1, axis=axis)
     g = to_groups(vals, p)
     mn = g.min(axis=1, keepdims=True).astype(np.float16).astype(np.float64)

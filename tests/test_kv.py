@@ -290,3 +290,12 @@ def test_minmax_baseline_matches_definition():
     sc = ((g.max(1, keepdims=True) - mn) / 15).astype(np.float16).astype(np.float64)
     rec = (np.clip(np.rint((g - mn) / sc), 0, 15) * sc + mn).astype(np.float16)
     np.testing.assert_array_equal(r["recon"].reshape(-1, 128), rec.astype(np.float64))
+
+
+def test_kivi_residual_tokens_stay_fp16():
+    x = heavy((1, 300, 2, 64))                                  # 300 tokens: 2 groups + 44 residual
+    r = kv.minmax_baseline(x, bits=4, axis="channel", residual_fp16=True)
+    rec = r["recon"].reshape(300, 128)
+    np.testing.assert_array_equal(rec[256:], x.reshape(300, 128)[256:].astype(np.float64))
+    qbytes = 128 * 2 * (64 + 4)                                # 128 channels x 2 groups
+    assert r["ratio"] == pytest.approx(300 * 128 * 2 / (qbytes + 44 * 128 * 2))
