@@ -3,7 +3,7 @@
 ::
 
     sparsefab gen spmv --lanes 8 --bits 8 --block 16 [--bus 64] [--max-cols 1024] [--acc-bits 32]
-                       [--mask-words K] [--value-words K] [--mul-steps S] [--dense] [--name NAME]
+                       [--mask-words K] [--window-beats 3] [--value-words K] [--mul-steps S] [--dense] [--name NAME]
                        -o DIR [--json]
     sparsefab gen reference -o rtl [--check] [--json]
 
@@ -29,7 +29,7 @@ REFERENCE: dict[str, dict] = {
     "dense_l8_w8": dict(lanes=8, weight_bits=8, block=16, bus_bits=64, max_cols=1024, dense=True),
     # iCE40UP5K: 8 lanes in the 8 DSPs, requantization multiply in logic, 32-bit bus
     "spmv_l8_w8_ice40": dict(lanes=8, weight_bits=8, block=16, bus_bits=32, max_cols=1024, mask_words=2,
-                             mul_steps=4),
+                             window_beats=2, mul_steps=4),
 }
 
 
@@ -38,6 +38,7 @@ def _config(args):
 
     return SpmvConfig(lanes=args.lanes, weight_bits=args.bits, block=args.block, bus_bits=args.bus,
                       max_cols=args.max_cols, acc_bits=args.acc_bits, mask_words=args.mask_words,
+                      window_beats=args.window_beats,
                       value_words=args.value_words, mul_steps=args.mul_steps, dense=args.dense)
 
 
@@ -121,6 +122,8 @@ def register(commands) -> None:
     p.add_argument("--acc-bits", type=int, default=32, help="accumulator width, 16..40 (default 32)")
     p.add_argument("--mask-words", type=int, default=None,
                    help="mask beat width in W-bit words (default: enough for 90%% sparsity at full rate)")
+    p.add_argument("--window-beats", type=int, default=3,
+                   help="mask beats in the decoder's window, 2..4 (default 3)")
     p.add_argument("--value-words", type=int, default=None, help="value beat width in W-bit words")
     p.add_argument("--mul-steps", type=int, default=1,
                    help="cycles per requantization multiply: 1 (DSP) or 2/4/8/16 (logic)")

@@ -1,8 +1,8 @@
 """Bitmap decoder: mask and value bitstreams in, up to ``lanes`` (column, value) pairs per cycle out.
 
 The decoder reads the bitmap sections of CONTRACTS C as bus beats and, every cycle, takes
-the first ``lanes`` set mask bits of a window of two mask beats (``2 * mask_bus`` bits,
-starting at any bit) by prefix popcounts over groups of 4 bits -- never a serial scan.  One
+the first ``lanes`` set mask bits of a window of ``window_beats`` mask beats (starting at
+any bit of the oldest beat) by prefix popcounts over groups of 4 bits -- never a serial scan.  One
 cycle may hold the tail of row ``r`` and the head of row ``r + 1`` (lanes are tagged with
 the row they belong to), so short rows do not waste the lanes; a row whose bits are all
 taken in such a straddling cycle finishes in the next one (at most one row boundary per
@@ -100,7 +100,7 @@ class BitmapDecoder(wiring.Component):
     ----------
     config : SpmvConfig
         Uses ``lanes``, ``weight_bits``, ``block``, ``bus_bits``, ``max_cols``,
-        ``mask_words`` and ``value_words``.
+        ``mask_words``, ``window_beats`` and ``value_words``.
 
     Ports
     -----
@@ -155,7 +155,8 @@ class BitmapDecoder(wiring.Component):
         cfg = self._config
         L, b, W = cfg.lanes, cfg.weight_bits, cfg.bus_bits
         M = cfg.mask_bus
-        N = 2 * M
+        K = cfg.window_beats
+        N = K * M                        # window bits
         NW = N // W                      # window words
         V = cfg.value_bus
         VPB = V // b                     # values per value beat
@@ -182,8 +183,9 @@ class BitmapDecoder(wiring.Component):
         rows_left = Signal(ROWS_BITS)
         stride_w = Signal(sw_bits)       # row stride in W-bit words
         padw = [Signal(W, name=f"padw{k}") for k in range(NP)]  # padding of the k-th last word
-        A, B = Signal(M), Signal(M)
-        a_v, b_v = Signal(), Signal()
+        slots = [Signal(M, name=f"mbeat{i}") for i in range(K)]      # the window, oldest first
+        sv = [Signal(name=f"mbeat{i}_v") for i in range(K)]           # valid (a prefix of slots)
+        a_v = sv[0]
         pos = Signal(pos_bits)           # next mask bit to look at, relative to A's bit 0
         rs_w = Signal(signed(sw_bits + pos_bits + 1))   # current row start, words rel. to A
         VA, VB = Signal(V), Signal(V)
@@ -201,7 +203,7 @@ class BitmapDecoder(wiring.Component):
         es2_w = Signal(signed(len(rs_w) + 2))
         m.d.comb += [es_w.eq(rs_w + stride_w), es2_w.eq(es_w + stride_w)]
         avail_words = Signal(range(NW + 1))
-        m.d.comb += avail_words.eq(Mux(a_v, Mux(b_v, NW, NW // 2), 0))
+        m.d.comb += avail_words.eq(sum(sv) * cfg.mask_words)
         avail_end = Signal(pos_bits + 1)
         m.d.comb += avail_end.eq(avail_words * W)
         row_complete = Signal()
@@ -213,11 +215,11 @@ class BitmapDecoder(wiring.Component):
         next_ok = Signal()
         m.d.comb += next_ok.eq(row_complete & has_next)
 
-        window = Cat(A, B)
+        window = Cat(*slots)
         word_en = Signal(NW)
         pad_bits = []
         for s in range(NW):
-            avail_s = a_v if s < NW // 2 else (a_v & b_v)
+            avail_s = sv[s // cfg.mask_words]
             in_cur = Const(s, signed(pos_bits + 1)) < es_w
             in_next = (Const(s, signed(pos_bits + 1)) >= es_w) & (Const(s, signed(pos_bits + 1)) < es2_w)
             m.d.comb += word_en[s].eq(avail_s & (in_cur | (next_ok & in_next)))
@@ -339,37 +341,44 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += mat_end.eq(advance & finish & last_row)
 
         # window slots after this cycle's consumption, before refill
-        A1, B1 = Signal(M), Signal(M)
-        a1, b1 = Signal(), Signal()
-        m.d.comb += [A1.eq(A), B1.eq(B), a1.eq(a_v), b1.eq(b_v)]
+        s1 = [Signal(M, name=f"mbeat{i}_n") for i in range(K)]
+        v1 = [Signal(name=f"mbeat{i}_nv") for i in range(K)]
+        m.d.comb += [x.eq(y) for x, y in zip(s1, slots, strict=True)]
+        m.d.comb += [x.eq(y) for x, y in zip(v1, sv, strict=True)]
+
+        def drop(m_, d):
+            """Drop the ``d`` oldest beats of the window."""
+            for i in range(K):
+                if i + d < K:
+                    m_.d.comb += [s1[i].eq(slots[i + d]), v1[i].eq(sv[i + d])]
+                else:
+                    m_.d.comb += v1[i].eq(0)
+
         with m.If(any_err):
-            m.d.comb += [a1.eq(0), b1.eq(0)]
+            m.d.comb += [x.eq(0) for x in v1]
             m.d.sync += pos.eq(0)
         with m.Elif(mat_end):
             # drop the beats of this matrix still in the window: ceil(es / M) of them
-            with m.If(es_w <= 0):
-                pass
-            with m.Elif(es_bits <= M):
-                m.d.comb += [A1.eq(B), a1.eq(b_v), b1.eq(0)]
-            with m.Else():
-                m.d.comb += [a1.eq(0), b1.eq(0)]
+            for d in range(1, K + 1):
+                with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
+                    drop(m, d)
             m.d.sync += [pos.eq(0), rs_w.eq(0)]
         with m.Elif(advance):
             sh = pos_n >= M
             new_rs = Mux(finish, es_w, rs_w)
             with m.If(sh):
-                m.d.comb += [A1.eq(B), a1.eq(b_v), b1.eq(0)]
+                drop(m, 1)
                 m.d.sync += [pos.eq(pos_n - M), rs_w.eq(new_rs - M // W)]
             with m.Else():
                 m.d.sync += [pos.eq(pos_n), rs_w.eq(new_rs)]
         # refill from the mask FIFO into the first empty slot
-        m.d.comb += mfifo.r_en.eq(~(a1 & b1))
-        m.d.sync += [A.eq(A1), B.eq(B1), a_v.eq(a1), b_v.eq(b1)]
+        m.d.comb += mfifo.r_en.eq(~v1[K - 1])
+        m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
+        m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
         with m.If(mfifo.r_rdy):
-            with m.If(~a1):
-                m.d.sync += [A.eq(mfifo.r_data), a_v.eq(1)]
-            with m.Elif(~b1):
-                m.d.sync += [B.eq(mfifo.r_data), b_v.eq(1)]
+            for i in range(K):
+                with m.If(~v1[i] & (v1[i - 1] if i else 1)):
+                    m.d.sync += [slots[i].eq(mfifo.r_data), sv[i].eq(1)]
 
         # ---------------------------------------------------------------- next value state
         VA1, VB1 = Signal(V), Signal(V)

@@ -192,16 +192,18 @@ def build_mac(*, lanes: int = 1, bits: int = 8, acc_bits: int = 32) -> MacSmoke:
     return MacSmoke(lanes=lanes, bits=bits, acc_bits=acc_bits)
 
 
-def _spmv_config(*, lanes, bits, block, acc_bits, bus_bits, max_cols, mask_words, value_words, mul_steps):
+def _spmv_config(*, lanes, bits, block, acc_bits, bus_bits, max_cols, mask_words, value_words, mul_steps,
+                 window_beats=3):
     from sparsefab.gen.spmv_config import SpmvConfig
 
     return SpmvConfig(lanes=lanes, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
-                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps)
+                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
+                      window_beats=window_beats)
 
 
 def build_spmv(*, lanes: int = 8, bits: int = 8, block: int = 16, acc_bits: int = 32, bus_bits: int = 64,
                max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None,
-               mul_steps: int = 1):
+               mul_steps: int = 1, window_beats: int = 3):
     """The ``spmv`` design: :class:`sparsefab.gen.sparse_mac.SparseMacArray` (see :class:`SpmvConfig`;
     ``bits`` is the weight width).  On the iCEBreaker ``mul_steps`` defaults to 4: the lanes take the
     UP5K's 8 DSPs, so the requantization multiply is done in logic over 4 cycles."""
@@ -209,7 +211,7 @@ def build_spmv(*, lanes: int = 8, bits: int = 8, block: int = 16, acc_bits: int 
 
     return SparseMacArray(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                                        max_cols=max_cols, mask_words=mask_words, value_words=value_words,
-                                       mul_steps=mul_steps))
+                                       mul_steps=mul_steps, window_beats=window_beats))
 
 
 build_spmv.requires = "sparsefab.gen.sparse_mac"

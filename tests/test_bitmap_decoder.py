@@ -36,19 +36,20 @@ def _edge_matrix(rng, cols, bits):
 
 
 POINTS = [
-    # lanes, bits, block, bus, mask_words, cols
-    (4, 8, 16, 32, 1, 45),     # cols not a multiple of B
-    (1, 4, 8, 32, 1, 19),
-    (8, 8, 64, 32, 2, 70),     # B > W: two padding words per row
-    (3, 2, 32, 64, 1, 33),
+    # lanes, bits, block, bus, mask_words, window_beats, cols
+    (4, 8, 16, 32, 1, 3, 45),     # cols not a multiple of B
+    (1, 4, 8, 32, 1, 2, 19),
+    (8, 8, 64, 32, 2, 2, 70),     # B > W: two padding words per row
+    (3, 2, 32, 64, 1, 4, 33),
 ]
 
 
-@pytest.mark.parametrize("lanes,bits,block,bus,mw,cols", POINTS)
-def test_decoder_matches_matrix(lanes, bits, block, bus, mw, cols):
+@pytest.mark.parametrize("lanes,bits,block,bus,mw,wb,cols", POINTS)
+def test_decoder_matches_matrix(lanes, bits, block, bus, mw, wb, cols):
     seed = 100 + lanes * 7 + cols
     rng = np.random.default_rng(seed)
-    cfg = SpmvConfig(lanes=lanes, weight_bits=bits, block=block, bus_bits=bus, max_cols=128, mask_words=mw)
+    cfg = SpmvConfig(lanes=lanes, weight_bits=bits, block=block, bus_bits=bus, max_cols=128, mask_words=mw,
+                     window_beats=wb)
     codes = _edge_matrix(rng, cols, bits)
     res = run_decoder(cfg, codes, seed=seed, idle=0.25, backpressure=0.25)
     assert res.error_flags == 0, f"seed {seed}: error flags {res.error_flags:#x}"
