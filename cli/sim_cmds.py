@@ -74,6 +74,7 @@ def _spmv(args) -> int:
         "dense_cycles": dense.cycles, "dense_ideal_cycles": dense.ideal_cycles,
         "speedup": dense.cycles / sparse.cycles,
         "sim_cycles_per_s": sparse.sim_cycles_per_s,
+        "sim_cycles_per_cpu_s": sparse.cycles / sparse.cpu_s if sparse.cpu_s > 0 else None,
         "counters": {k: v for k, v in sparse.counters.items()},
     }
     if args.json:

@@ -229,6 +229,7 @@ def _main_cpp(sources, sinks, consts, counters, has_rst: bool) -> str:
         '#include "Vtop.h"',
         '#include "flow_harness.h"',
         "#include <chrono>",
+        "#include <ctime>",
         "#include <cstdlib>",
         "#include <cstring>",
         "#include <fstream>",
@@ -310,6 +311,7 @@ def _main_cpp(sources, sinks, consts, counters, has_rst: bool) -> str:
         "    uint64_t cyc = 0, done_at = 0;",
         "    bool done = false;",
         "    const auto t0 = std::chrono::steady_clock::now();",
+        "    const std::clock_t c0 = std::clock();",
         "    const uint64_t limit = max_cycles;",
         "    for (uint64_t phase = 0; phase < 2; ++phase) {",
         "        const uint64_t stop = phase == 0 ? limit : cyc + drain;",
@@ -326,6 +328,7 @@ def _main_cpp(sources, sinks, consts, counters, has_rst: bool) -> str:
         "        if (!done) break;",
         "    }",
         "    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();",
+        "    const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;",
         "    top->clk = 0;",
         "    top->eval();",
     ]
@@ -335,8 +338,8 @@ def _main_cpp(sources, sinks, consts, counters, has_rst: bool) -> str:
         '    FILE* f = std::fopen((dir + "/result.json.tmp").c_str(), "w");',
         "    if (!f) return 3;",
         '    std::fprintf(f, "{\\n  \\"done\\": %s,\\n  \\"cycles\\": %llu,\\n  \\"total_cycles\\": %llu,\\n'
-        '  \\"wall_s\\": %.9f,\\n", done ? "true" : "false", (unsigned long long)(done ? done_at : cyc), '
-        "(unsigned long long)cyc, wall);",
+        '  \\"wall_s\\": %.9f,\\n  \\"cpu_s\\": %.9f,\\n", done ? "true" : "false", '
+        "(unsigned long long)(done ? done_at : cyc), (unsigned long long)cyc, wall, cpu);",
         '    std::fprintf(f, "  \\"streams\\": {\\n");',
     ]
     allstreams = [f"src{i}" for i in range(len(sources))] + [f"snk{i}" for i in range(len(sinks))]
@@ -378,8 +381,13 @@ class FlowResult:
         Cycles simulated including ``drain``.
     wall_s : float
         Wall time of the C++ cycle loop alone.
+    cpu_s : float
+        CPU time of that loop (``std::clock``): unlike ``wall_s``, not inflated when the
+        machine is shared.
     cycles_per_s : float
         ``total_cycles / wall_s``: simulated cycles per second of the compiled model.
+    cycles_per_cpu_s : float
+        ``total_cycles / cpu_s``.
     streams : dict
         Per stream: ``fired`` (transfers), ``first``, ``last`` (their cycles, -1 if none).
     counters : dict
@@ -400,9 +408,15 @@ class FlowResult:
     def timed_out(self) -> bool:
         return not self.done
 
+    cpu_s: float = 0.0
+
     @property
     def cycles_per_s(self) -> float:
         return self.total_cycles / self.wall_s if self.wall_s > 0 else float("inf")
+
+    @property
+    def cycles_per_cpu_s(self) -> float:
+        return self.total_cycles / self.cpu_s if self.cpu_s > 0 else float("inf")
 
     def ints(self, stream: str) -> list[int]:
         """Payloads of output ``stream`` as Python ints."""
@@ -607,4 +621,5 @@ class FlowHarness:
         counters = {k: int(v, 16) for k, v in meta["counters"].items()}
         return FlowResult(done=bool(meta["done"]), cycles=int(meta["cycles"]),
                           total_cycles=int(meta["total_cycles"]), wall_s=float(meta["wall_s"]),
-                          streams=meta["streams"], counters=counters, outputs=outputs)
+                          streams=meta["streams"], counters=counters, outputs=outputs,
+                          cpu_s=float(meta.get("cpu_s", 0.0)))

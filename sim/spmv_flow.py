@@ -56,7 +56,9 @@ class SpmvResult:
     counters : dict
         The array's own counters at the end (``o_cycles`` busy, ``o_stalls``, ``o_nnz``, ...).
     sim_cycles_per_s : float
-        Simulated cycles per second of the compiled model (the C++ loop alone).
+        Simulated cycles per second of the compiled model (wall time of the C++ loop alone).
+    wall_s, cpu_s : float
+        Wall and CPU time of that loop (CPU time is not inflated on a shared machine).
     row_cycles : ndarray or None
         Not measured per row by the harness (None); see ``sparsefab.sim.bench_spmv``.
     """
@@ -75,6 +77,7 @@ class SpmvResult:
     sim_cycles_per_s: float
     wall_s: float
     build_seconds: float = 0.0
+    cpu_s: float = 0.0
     streams: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -424,7 +427,8 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
     shape = (rows,) if squeeze else (n, rows)
     return SpmvResult(y=acc.reshape(shape), out=out.reshape(shape), cycles=res.cycles, ideal_cycles=ideal,
                       nnz=nnz, lanes=lanes, rows=rows, cols=cols, n=n, dense=dense, counters=res.counters,
-                      sim_cycles_per_s=res.cycles_per_s, wall_s=res.wall_s, build_seconds=h.build_seconds,
+                      sim_cycles_per_s=res.cycles_per_s, wall_s=res.wall_s, cpu_s=res.cpu_s,
+                      build_seconds=h.build_seconds,
                       streams=res.streams)
 
 

@@ -111,13 +111,24 @@ SIMS = available_simulators()
 
 
 @pytest.mark.parametrize("simulator", ["verilator", "icarus"])
-def test_smoke_cocotb(simulator):
+def test_smoke_cocotb_and_cache(simulator):
+    """The toolchain is alive; a second run of an unchanged design skips the build.
+
+    Whichever run comes first (any xdist worker) builds under the build lock; every later
+    run of the same design point must reuse the binary untouched.
+    """
     if simulator not in SIMS:
         pytest.skip(f"{simulator} not installed")
-    res = run_cocotb(SmokeMac(scale=3), toplevel="smoke_mac", test_module="test_runner",
-                     parameters={"scale": 3}, simulator=simulator, testcase="cocotb_smoke",
-                     python_paths=[HERE], extra_env={"SPARSEFAB_SEED": 1234})
-    assert res.tests == {"cocotb_smoke": "pass"}, res
+    kw = dict(toplevel="smoke_mac", test_module="test_runner", parameters={"scale": 3}, simulator=simulator,
+              testcase="cocotb_smoke", python_paths=[HERE], extra_env={"SPARSEFAB_SEED": 1234})
+    first = run_cocotb(SmokeMac(scale=3), **kw)
+    assert first.tests == {"cocotb_smoke": "pass"}, first
+    assert (first.build_dir / ".sparsefab_built").is_file()
+    stamp = [(p.name, p.stat().st_mtime_ns) for p in sorted(first.build_dir.iterdir()) if p.is_file()]
+    second = run_cocotb(SmokeMac(scale=3), **kw)
+    assert not second.built and second.build_seconds == 0.0 and second.build_dir == first.build_dir
+    assert [(p.name, p.stat().st_mtime_ns) for p in sorted(first.build_dir.iterdir()) if p.is_file()] == stamp
+    assert second.tests == {"cocotb_smoke": "pass"}
 
 
 def test_failing_cocotb_test_raises():
@@ -128,21 +139,6 @@ def test_failing_cocotb_test_raises():
     msg = str(info.value)
     assert "cocotb_must_fail" in msg and "item #7" in msg and "seed 99" in msg, msg
     assert "\n" not in msg
-
-
-def test_cache_skips_rebuild():
-    # same design point as the smoke test: whichever runs first (any xdist worker) builds it,
-    # under the build lock; every later run must reuse the binary untouched
-    kw = dict(toplevel="smoke_mac", test_module="test_runner", parameters={"scale": 3},
-              testcase="cocotb_smoke", python_paths=[HERE])
-    first = run_cocotb(SmokeMac(scale=3), **kw)
-    binary = first.build_dir / "smoke_mac"
-    mtime = binary.stat().st_mtime_ns
-    second = run_cocotb(SmokeMac(scale=3), **kw)
-    assert not second.built and second.build_seconds == 0.0
-    assert second.build_dir == first.build_dir
-    assert binary.stat().st_mtime_ns == mtime
-    assert (first.build_dir / ".sparsefab_built").is_file()
 
 
 def test_build_key_covers_design_and_options():
