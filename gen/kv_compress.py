@@ -59,7 +59,6 @@ elaboration-time constants taken from a :class:`~sparsefab.compress.kv.Codebooks
 from __future__ import annotations
 
 import dataclasses
-import math
 import zlib
 from dataclasses import dataclass
 
@@ -342,7 +341,7 @@ class KVCompressor(wiring.Component):
         bank_max = Array(Signal(signed(XW), name=f"bank_max{b}") for b in range(2))
         ebias_ok = (self.ebias >= cfg.ebias_min) & (self.ebias <= cfg.ebias_max)
 
-        xs, bads = zip(*(unpack(self.i_values.payload[q]) for q in range(P)))
+        xs, bads = zip(*(unpack(self.i_values.payload[q]) for q in range(P)), strict=True)
         bsum = xs[0]
         for x in xs[1:]:
             bsum = bsum + x
@@ -403,7 +402,6 @@ class KVCompressor(wiring.Component):
         o_reg = Signal(signed(max(p.obits, 1) + 1))
         oups2 = Signal(signed(self.nw))
         oups = Signal(signed(self.rw))
-        yo = Signal(signed(self.sw + 1))
         yo_abs = Signal(unsigned(self.yon))
         yo_neg = Signal()
         yo_sticky = Signal()
@@ -549,7 +547,8 @@ class KVCompressor(wiring.Component):
             rd_ = Signal(signed(self.rw + 6), name=f"rdm{q}")
             m.d.comb += rd_.eq(rt * Dsig)
             ru = Signal(signed(ew + 1), name=f"ru{q}")
-            m.d.comb += ru.eq(_shl(m, rd_.as_unsigned(), s_t, ew + 1).as_signed())
+            rdx = Signal(signed(ew + 1), name=f"rdx{q}")   # sign-extended before the shift
+            m.d.comb += [rdx.eq(rd_), ru.eq(_shl(m, rdx.as_unsigned(), s_t, ew + 1).as_signed())]
             e = Signal(signed(ew + 1), name=f"e{q}")
             m.d.comb += e.eq(xF[q] - ru)
             m.d.sync += eG[q].eq(Mux(e < 0, -e, e))
@@ -589,8 +588,8 @@ class KVCompressor(wiring.Component):
 
         # ---------------------------------------------------------------- lane buffers (pack pass)
         rcode_tab = Array(Const(v, unsigned(max(cb.max_len, 1))) for i in range(K) for v in self.rcode[i])
-        lanebuf = [Signal(unsigned(NB), name=f"lane{l}") for l in range(L)]
-        used = [Signal(range(NB + self.symw * P + 1), name=f"used{l}") for l in range(L)]
+        lanebuf = [Signal(unsigned(NB), name=f"lane{i}") for i in range(L)]
+        used = [Signal(range(NB + self.symw * P + 1), name=f"used{i}") for i in range(L)]
         per = P // L
         wG = [Signal(unsigned(self.symw), name=f"wG{q}") for q in range(P)]
         totG = [Signal(range(self.symw + 1), name=f"totG{q}") for q in range(P)]
@@ -639,11 +638,17 @@ class KVCompressor(wiring.Component):
         ovr_sel = Signal(range(K))
         t0 = Signal(range(self.T + 1))
         tb_bit = Signal(range(self.TB + 2))
-        lhs = Signal(unsigned(_bl(max(self.span) * self.D[-1]) + self.smax + 2))
-        span_tab = Array(Const(self.span[i] * d, _bl(max(max(self.span), 1) * self.D[-1]) + 1)
-                         for i in range(K) for d in self.D)
+        # step searches: #{t : unit_t * mult < rhs}; fixed-rate codebooks: mult = span, rhs = max - min;
+        # entropy codebooks (coarser retry): mult = max(lim, 1), rhs = max |x|
+        mults = [self.span[i] if self.fixed[i] else max(
+            ((1 << (cb.esc_bits - 1)) - 1) if self.has_esc[i] else int(np.abs(cb.centroids[i]).max()), 1)
+            for i in range(K)]
+        mw = _bl(max(mults) * self.D[-1]) + 1
+        lhs = Signal(unsigned(mw + self.smax + 2))
+        span_tab = Array(Const(mults[i] * d, mw) for i in range(K) for d in self.D)
         fixed_c = Array(Const(1 if f else 0, 1) for f in self.fixed)
-        hesc_c = Array(Const(int(h), 1) for h in self.has_esc)
+        AM = Signal(unsigned(XW + 1))
+        rhs = Mux(fixed_c[cbi], R, AM)
         cnt = Signal(range(self.DEPTH + 8))
         fits = res_bits <= NB
         # assembly
@@ -662,12 +667,16 @@ class KVCompressor(wiring.Component):
             return Mux(v < 0, 0, Mux(v > self.T - 1, self.T - 1, v))
 
         m_idle = Signal()
+        dbg_decide = Signal()
+        self._debug = {"decide": dbg_decide, "cb": cbi, "t": t, "bits": res_bits, "dist": res_dist,
+                       "clip": res_clip, "o": o_reg, "phase": phase}
         m.d.comb += self.busy.eq(~m_idle)
         with m.FSM(name="eng"):
             with m.State("IDLE"):
                 m.d.comb += m_idle.eq(1)
                 with m.If(full.bit_select(rb, 1)):
                     m.d.sync += [S.eq(bank_s[rb]), R.eq((bank_max[rb] - bank_min[rb]).as_unsigned()),
+                                 AM.eq(Mux(-bank_min[rb] > bank_max[rb], -bank_min[rb], bank_max[rb]).as_unsigned()),
                                  eb.eq(bank_ebias[rb]), cbi.eq(0), pack.eq(0), ovr_inf.eq(1)]
                     m.next = "CB_START"
             with m.State("CB_START"):
@@ -686,7 +695,7 @@ class KVCompressor(wiring.Component):
                                        ((tc_ >> p.mbits) + eb + 24).as_unsigned()[:_bl(self.smax) + 1], len(lhs)))
                 m.next = "T0_B"
             with m.State("T0_B"):
-                with m.If((cand <= self.T) & (lhs < R)):
+                with m.If((cand <= self.T) & (lhs < rhs)):
                     m.d.sync += t0.eq(cand)
                 with m.If(tb_bit == 0):
                     m.next = "T0_DONE"
@@ -694,8 +703,12 @@ class KVCompressor(wiring.Component):
                     m.d.sync += tb_bit.eq(tb_bit - 1)
                     m.next = "T0_A"
             with m.State("T0_DONE"):
-                m.d.sync += [t0.eq(Mux(t0 > self.T - 1, self.T - 1, t0)), phase.eq(FIX0),
-                             t.eq(Mux(t0 > self.T - 1, self.T - 1, t0))]
+                tcl = Mux(t0 > self.T - 1, self.T - 1, t0)
+                with m.If(fixed_c[cbi]):
+                    m.d.sync += [t0.eq(tcl), phase.eq(FIX0), t.eq(tcl)]
+                with m.Else():  # coarser retry: tc = clip(count, hi, T-1); tries tc, tc+1, tc+2
+                    tcx = Mux(tcl < hi, hi, tcl)
+                    m.d.sync += [t0.eq(tcx), phase.eq(ESCP), k.eq(0), t.eq(tcx)]
                 m.next = "SETUP0"
             with m.State("SETUP0"):
                 m.d.sync += [yo_neg.eq(yo_c < 0), yo_sticky.eq(yo_st | yo_sat),
@@ -737,6 +750,7 @@ class KVCompressor(wiring.Component):
                 with m.If(cnt == self.DEPTH - 2):
                     m.next = "DECIDE"
             with m.State("DECIDE"):
+                m.d.comb += dbg_decide.eq(1)
                 take_res = [best_bits.eq(res_bits), best_dist.eq(res_dist), best_clip.eq(res_clip),
                             best_t.eq(t), best_ok.eq(1)]
                 with m.Switch(phase):
@@ -762,10 +776,10 @@ class KVCompressor(wiring.Component):
                         with m.If(fits & (res_dist < best_dist)):
                             m.d.sync += take_res
                         m.d.sync += k.eq(k + 1)
-                        with m.If(k == 4):
+                        with m.If(k == 2):
                             m.next = "CB_DONE"
                         with m.Else():
-                            m.d.sync += t.eq(clip_t(sgn(hi + (Const(2, 6) << k))))
+                            m.d.sync += t.eq(clip_t(sgn(t0) + k + 1))
                             m.next = "SETUP0"
                     with m.Case(FIX0):
                         m.d.sync += take_res + [phase.eq(FIXC), k.eq(0), t.eq(clip_t(sgn(t0) - 1))]
@@ -785,9 +799,9 @@ class KVCompressor(wiring.Component):
                         m.next = "BOUNDS"
             with m.State("AFTER_FINAL"):
                 # best now holds the result at step hi
-                with m.If(hesc_c[cbi] & (best_clip > 0)):
-                    m.d.sync += [phase.eq(ESCP), k.eq(0), t.eq(clip_t(sgn(hi) + 1))]
-                    m.next = "SETUP0"
+                with m.If(best_clip > 0):
+                    m.d.sync += [t0.eq(0), tb_bit.eq(self.TB)]
+                    m.next = "T0_A"
                 with m.Else():
                     m.next = "CB_DONE"
             with m.State("CB_DONE"):
@@ -882,4 +896,68 @@ def config_dict(comp: KVCompressor) -> dict:
     return d
 
 
-_ = math  # (math kept for callers computing ideal cycle counts)
+# ---------------------------------------------------------------------------- reference policy
+
+def _hw_best_for_codebook(x, i, cb, params, ebias, hdr):
+    """Golden :func:`sparsefab.compress.kv._best_for_codebook` without the rate-distortion fill
+    (``_demote``: a 128-element sort on float cost ratios) and with the coarser-step retry decided
+    per block (golden: if ANY block of the batch clipped).  Built only from golden primitives."""
+    n = x.shape[0]
+    T = 1 << (params.ebits + params.mbits)
+    if cb.fixed_rate(i):
+        syms = cb.table_symbols(i)
+        span = float(cb.centroids[i, syms].max() - cb.centroids[i, syms].min())
+        need = (x.max(axis=1) - x.min(axis=1)) / max(span, 1.0)
+        units = kvg._units(np.arange(T), params, ebias)
+        t0 = np.clip(np.searchsorted(units, need), 0, T - 1)
+        best = kvg._quantize(x, t0, i, cb, params, ebias, hdr)
+        for dt in (-1, 1, 2):
+            cand = kvg._quantize(x, np.clip(t0 + dt, 0, T - 1), i, cb, params, ebias, hdr)
+            best = kvg._take(best, cand, cand.dist < best.dist)
+        return best
+    lo = np.zeros(n, np.int64)
+    hi = np.full(n, T - 1, np.int64)
+    for _ in range(params.ebits + params.mbits):
+        mid = (lo + hi) // 2
+        fits = kvg._quantize(x, mid, i, cb, params, ebias, hdr).bits <= params.nbits
+        hi = np.where(fits, mid, hi)
+        lo = np.where(fits, lo, mid + 1)
+    best = kvg._quantize(x, hi, i, cb, params, ebias, hdr)
+    clipped = best.clipped > 0
+    if clipped.any():
+        lim = (1 << (cb.esc_bits - 1)) - 1 if cb.has_esc(i) else np.abs(cb.centroids[i]).max()
+        need = np.abs(x).max(axis=1) / max(lim, 1)
+        tc = np.clip(np.searchsorted(kvg._units(np.arange(T), params, ebias), need), hi, T - 1)
+        for dt in (0, 1, 2):
+            cand = kvg._quantize(x, np.clip(tc + dt, 0, T - 1), i, cb, params, ebias, hdr)
+            better = clipped & (cand.bits <= params.nbits) & (cand.dist < best.dist)
+            best = kvg._take(best, cand, better)
+    return best
+
+
+def reference_encode(groups: np.ndarray, cb: kvg.Codebooks, params: kvg.KVParams, ebias: int):
+    """The encoder policy :class:`KVCompressor` implements, as golden-model calls.
+
+    Same as :func:`sparsefab.compress.kv.encode_groups` (same primitives, same codebook choice
+    and tie-breaks, same packing) except the rate-distortion fill of the slack, which the
+    hardware does not do (docs/FORMATS_KV.md section 5: the encoder is informative; every block
+    is valid and decodes with the golden decoder).  Returns ``(blocks uint8 [n, block_bytes],
+    info)`` like ``encode_groups``.
+    """
+    x = np.asarray(groups, np.float64)
+    hdr = params.header_bits(cb.k)
+    best, sel = None, np.zeros(x.shape[0], np.int64)
+    for i in range(cb.k):
+        ch = _hw_best_for_codebook(x, i, cb, params, ebias, hdr)
+        ok = ch.bits <= params.nbits
+        if best is None:
+            best = ch
+            best.dist = np.where(ok, ch.dist, np.inf)
+            continue
+        take = ok & (ch.dist < best.dist)
+        best = kvg._take(best, ch, take)
+        sel = np.where(take, i, sel)
+    blocks = kvg._pack(best, sel, cb, params)
+    info = {"sel": sel, "t": best.t, "o": best.o, "bits": best.bits,
+            "escapes": best.esc.sum(axis=1), "clipped": best.clipped}
+    return blocks, info
