@@ -27,6 +27,7 @@ DESIGNS: dict[str, str] = {
     "spmv": "sparsefab.gen.designs:build_spmv",
     "spmv-dense": "sparsefab.gen.designs:build_spmv_dense",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
+    "kv-compress": "sparsefab.gen.kv_compress:build",
     "crossbar": "sparsefab.gen.tile_controller:build_crossbar",
     "kv-decompress": "sparsefab.gen.kv_decompress:build",
 }

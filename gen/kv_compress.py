@@ -874,7 +874,7 @@ class KVCompressor(wiring.Component):
         return m
 
 
-def build(*, group: int = 128, block_bytes: int = 63, lanes: int = 4, values_per_cycle: int = 4,
+def build(*, group: int = 128, block_bytes: int = 63, lanes: int = 2, values_per_cycle: int = 4,
           bus_bits: int = 64, codebooks: str | None = None) -> KVCompressor:
     """Design factory (``kv-compress``): a compressor with the untrained uniform codebooks of
     :func:`sparsefab.compress.kv.uniform_codebooks`, or those of the ``.sfkc`` file ``codebooks``."""
