@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from functools import reduce
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -233,9 +233,10 @@ class BitmapDecoder(wiring.Component):
         pad_err = Signal()
         m.d.comb += pad_err.eq(running & Cat(*pad_bits).any())
 
+        # Set bits of the rows in reach, NOT masked by ``pos``: their prefix counts depend on
+        # registers only, and ``pos`` enters as one offset (``base``) -- a short loop.
         vbits = Signal(N)
-        ge_pos = Cat(*[Const(p, pos_bits + 1) >= pos for p in range(N)])
-        m.d.comb += vbits.eq(window & ge_pos & Cat(*[word_en[p // W] for p in range(N)]))
+        m.d.comb += vbits.eq(window & Cat(*[word_en[p // W] for p in range(N)]))
 
         # ---------------------------------------------------------------- rank selection
         G = N // _GROUP
@@ -247,14 +248,26 @@ class BitmapDecoder(wiring.Component):
             m.d.comb += c.eq(g[0] + g[1] + g[2] + g[3])
             counts.append(c)
         Q = _prefix(m, counts, cnt_w, "q")      # Q[j] = set bits in groups 0..j
-        total = Q[-1]
         gbits = (G - 1).bit_length() if G > 1 else 1
+        # base = set bits before pos (already taken or before the current row)
+        gpos = pos >> 2
+        lowp = pos[:2]
+        q_before = Array([Const(0, cnt_w)] + Q)[gpos]
+        grp_at = Array([vbits[j * _GROUP:(j + 1) * _GROUP] for j in range(G)] + [Const(0, _GROUP)])[gpos]
+        low_mask = Array([Const(0b0000, 4), Const(0b0001, 4), Const(0b0011, 4), Const(0b0111, 4)])[lowp]
+        low = grp_at & low_mask
+        base = Signal(cnt_w)
+        m.d.comb += base.eq(q_before + low[0] + low[1] + low[2])
+        total = Signal(cnt_w)
+        m.d.comb += total.eq(Q[-1] - base)
 
         def select(i):
-            """Position (and found flag) of the set bit of rank ``i`` (0-based)."""
+            """Position (and found flag) of the set bit of rank ``i`` (0-based) at or after pos."""
+            ti = Signal(cnt_w + 1, name=f"t{i}")
+            m.d.comb += ti.eq(base + i)
             le = [Signal(name=f"le{i}_{j}") for j in range(G)]
             for j in range(G):
-                m.d.comb += le[j].eq(Q[j] <= i)
+                m.d.comb += le[j].eq(Q[j] <= ti)
             first = [~le[0]] + [le[j - 1] & ~le[j] for j in range(1, G)]
             found = Signal(name=f"found{i}")
             m.d.comb += found.eq(~le[G - 1])
@@ -267,7 +280,7 @@ class BitmapDecoder(wiring.Component):
                 before.eq(_or([Mux(first[j], Q[j - 1], 0) for j in range(1, G)], cnt_w)),
             ]
             r = Signal(2, name=f"r{i}")
-            m.d.comb += r.eq(i - before)
+            m.d.comb += r.eq(ti - before)
             within = Signal(2, name=f"within{i}")
             with m.Switch(Cat(grp, r)):
                 for gv in range(16):
@@ -363,14 +376,17 @@ class BitmapDecoder(wiring.Component):
                 with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
                     drop(m, d)
             m.d.sync += [pos.eq(0), rs_w.eq(0)]
-        with m.Elif(advance):
-            sh = pos_n >= M
-            new_rs = Mux(finish, es_w, rs_w)
+        with m.Else():
+            # The oldest beat leaves once pos is past it at the START of a cycle (a registered
+            # decision, off the selection's critical path).
+            sh = pos >= M
+            p_next = Mux(advance, pos_n, pos)
+            r_next = Mux(advance & finish, es_w, rs_w)
             with m.If(sh):
                 drop(m, 1)
-                m.d.sync += [pos.eq(pos_n - M), rs_w.eq(new_rs - M // W)]
+                m.d.sync += [pos.eq(p_next - M), rs_w.eq(r_next - M // W)]
             with m.Else():
-                m.d.sync += [pos.eq(pos_n), rs_w.eq(new_rs)]
+                m.d.sync += [pos.eq(p_next), rs_w.eq(r_next)]
         # refill from the mask FIFO into the first empty slot
         m.d.comb += mfifo.r_en.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]

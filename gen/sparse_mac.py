@@ -252,9 +252,9 @@ class MacBackend(wiring.Component):
     o_fired : Out(range(lanes + 1))
         Lanes carrying a nonzero in the bundle accepted this cycle (0 if none).
 
-    Latency: a bundle accepted in cycle ``t`` reads the buffers at the edge ending ``t``,
-    multiplies in ``t+1``, sums in ``t+2``, accumulates in ``t+3``; a row result is on
-    ``o_row`` from cycle ``t+5`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
+    Latency: a bundle accepted in cycle ``t`` is registered, reads the buffers at the edge
+    ending ``t+1``, multiplies in ``t+2``, sums in ``t+3``, accumulates in ``t+4``; a row result
+    is on ``o_row`` from cycle ``t+6`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
     """
 
     def __init__(self, config: SpmvConfig):
@@ -286,13 +286,19 @@ class MacBackend(wiring.Component):
 
         depth = SpmvConfig.ROW_FIFO_DEPTH
         m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
-        inflight = 4  # bundles that may still produce a row: stages 1..3 plus the one accepted now
+        inflight = 5  # bundles that may still produce a row: stages 0..3 plus the one accepted now
         fire = Signal()
         m.d.comb += [self.i_lanes.ready.eq(fifo.level + inflight <= depth),
                      fire.eq(self.i_lanes.valid & self.i_lanes.ready)]
-        pl = self.i_lanes.payload
+        # stage 0: the bundle is registered as it arrives (the decoder's selection logic ends
+        # here, not at the buffer address inputs)
+        v0 = Signal()
+        pl = Signal.like(self.i_lanes.payload, name="bundle0")
+        m.d.sync += v0.eq(fire)
+        with m.If(fire):
+            m.d.sync += pl.eq(self.i_lanes.payload)
         fired_now = Signal(range(L + 1))
-        m.d.comb += fired_now.eq(sum(pl.valid[i] for i in range(L)))
+        m.d.comb += fired_now.eq(sum(self.i_lanes.payload.valid[i] for i in range(L)))
         m.d.comb += self.o_fired.eq(Mux(fire, fired_now, 0))
 
         # stage 1: activation reads (one buffer copy per lane)
@@ -311,7 +317,7 @@ class MacBackend(wiring.Component):
             a = Signal(signed(cfg.act_bits), name=f"act{i}")
             m.d.comb += a.eq(rp.data.word_select(lo1[i], cfg.act_bits) if lo_bits else rp.data[:8])
             acts.append(a)
-        m.d.sync += [v1.eq(fire), re1.eq(fire & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
+        m.d.sync += [v1.eq(v0), re1.eq(v0 & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
         for i in range(L):
             m.d.sync += [vals1[i].eq(Mux(pl.valid[i], pl.value[i], 0)),
                          lo1[i].eq(pl.col[i][:lo_bits] if lo_bits else 0)]

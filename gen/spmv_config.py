@@ -216,7 +216,7 @@ class SpmvConfig:
 
     # Pipeline depths, shared by the RTL and the testbenches.
     #: cycles from a lane bundle accepted by the MAC back end to its row result in the row FIFO
-    BACKEND_LATENCY = 4
+    BACKEND_LATENCY = 5
     #: row FIFO depth (the decoder issues only while the FIFO can take every row in flight)
     ROW_FIFO_DEPTH = 8
 
