@@ -204,8 +204,9 @@ class TileController(wiring.Component):
                      x_w.en.eq(x_pend)]
         m.d.sync += x_pend.eq(0)
 
+        # Phase flags as flops (not state decodes): they gate wide enables on the critical path.
         prog_on = Signal()        # programming unit may run (load and run phases)
-        running = Signal()
+        running = Signal()        # feeders may run (run phase)
         to_drain = Signal()
         in_drain = Signal()
         with m.FSM():
@@ -215,7 +216,7 @@ class TileController(wiring.Component):
                     m.next = "CFG"
                 with m.Elif(self.i_x.valid):
                     m.d.sync += [xcnt.eq(0), cyc.eq(0), tiles_run.eq(0), stalls.eq(0), prog_beats.eq(0),
-                                 counting.eq(1), written.eq(0), ended.eq(0)]
+                                 counting.eq(1), written.eq(0), ended.eq(0), prog_on.eq(1)]
                     m.next = "LOAD"
             with m.State("CFG"):
                 m.d.comb += self.i_cfg.ready.eq(1)
@@ -227,15 +228,16 @@ class TileController(wiring.Component):
                     with m.If(cfg_cnt == c.cols + c.rows - 1):
                         m.next = "IDLE"
             with m.State("LOAD"):
-                m.d.comb += [self.i_x.ready.eq(1), prog_on.eq(1)]
+                m.d.comb += self.i_x.ready.eq(1)
                 with m.If(self.i_x.valid):
                     m.d.sync += [x_pend.eq(1), x_hold.eq(self.i_x.payload), xcnt.eq(xcnt + 1)]
                     with m.If(xcnt == c.cols - 1):
+                        m.d.sync += running.eq(1)
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [prog_on.eq(1), running.eq(1)]
                 with m.If(ended & engines_idle):
                     m.d.comb += to_drain.eq(1)
+                    m.d.sync += [prog_on.eq(0), running.eq(0)]
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += in_drain.eq(1)
@@ -272,7 +274,8 @@ class TileController(wiring.Component):
                 with m.If(desc.end):
                     m.d.sync += ended.eq(1)
                 with m.Elif(vmask.any()):
-                    m.d.sync += [mask.eq(vmask), in_wave.eq(1), bcnt.eq(0)]
+                    # bcnt is 0 here: it wraps to 0 at the end of every wave
+                    m.d.sync += [mask.eq(vmask), in_wave.eq(1)]
                     m.d.sync += tiles_run.eq(tiles_run + sum(desc.slot[e].valid for e in range(E)))
         all_ready = Signal()
         m.d.comb += all_ready.eq(Cat(~mask[e] | engines[e].i_prog.ready for e in range(E)).all())
