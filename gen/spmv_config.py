@@ -123,9 +123,10 @@ class SpmvConfig:
     max_cols : int
         Largest ``cols`` a command may ask for (activation buffer depth), 1..65535.
     mask_words : int or None
-        Mask beat width in W-bit words (the decoder scans two beats per cycle).  None:
-        ``ceil(10 * lanes / bus_bits)``, enough for ``lanes`` nonzeros per cycle at 90 %
-        sparsity.  1..16.
+        Mask beat width in W-bit words; at most one beat enters per cycle, so a row costs at
+        least ``stride_bits / mask_bus`` cycles however few nonzeros it has.  None:
+        ``ceil(20 * lanes / bus_bits)``, twice ``lanes`` nonzeros per beat at 90 % sparsity
+        (real matrices pruned globally have rows far sparser than the average).  1..16.
     window_beats : int
         Mask beats the decoder's window holds (2..4): it looks at ``window_beats * mask_bus``
         bits per cycle starting anywhere in the first beat, so at least
@@ -164,7 +165,7 @@ class SpmvConfig:
         s(self, "bus_bits", _check_choice("bus_bits", self.bus_bits, _BUSES))
         s(self, "max_cols", _check_int("max_cols", self.max_cols, 1, 65535))
         if self.mask_words is None:
-            s(self, "mask_words", max(1, -(-10 * self.lanes // self.bus_bits)))
+            s(self, "mask_words", max(1, -(-20 * self.lanes // self.bus_bits)))
         s(self, "mask_words", _check_int("mask_words", self.mask_words, 1, 16))
         s(self, "window_beats", _check_int("window_beats", self.window_beats, 2, 4))
         if self.value_words is None:

@@ -196,7 +196,7 @@ def test_requant_stage_bit_exact(mul_steps):
 def test_parameters_validated_and_read_only():
     a = SparseMacArray(lanes=4, weight_bits=4, block=8, bus_bits=32, max_cols=100)
     a._MustUse__silence = True
-    assert a.config.lanes == 4 and a.config.mask_words == 2 and a.config.value_words == 1
+    assert a.config.lanes == 4 and a.config.mask_words == 3 and a.config.value_words == 1
     with pytest.raises(AttributeError):
         a.config.lanes = 5
     with pytest.raises(AttributeError):
