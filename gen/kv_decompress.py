@@ -422,22 +422,38 @@ class KVDecompressor(wiring.Component):
             w_all = Signal(win, name=f"win{ln}")
             m.d.comb += w_all.eq(stream_bits.bit_select(used[ln], win))
             pos = Const(0, range(spl * symw + 1))
+            pw = range(spl * symw + 1)
             if c.decoder == "spec":
-                # code length (escape included) at every offset, then pick the starts
+                # Code length (escape included) at every offset of the window in parallel;
+                # nxt[o] = o + length is the start of the symbol after one starting at o.
                 maxoff = (spl - 1) * symw + 1
-                tots = []
+                nxt = []
                 for o in range(maxoff):
                     tot, _, _, _, _ = canon(w_all[o:o + symw], f"_s{ln}_{o}")
-                    tots.append(tot)
-                starts = [Const(0, range(spl * symw + 1))]
-                for j in range(1, spl):
-                    prev = starts[-1]
-                    nxt = Signal(range(spl * symw + 1), name=f"start{ln}_{j}")
-                    choice = Const(0, range(symw + 1))
-                    for o in range(maxoff):
-                        choice = Mux(prev == o, tots[o], choice)
-                    m.d.comb += nxt.eq(prev + choice)
-                    starts.append(nxt)
+                    n_o = Signal(pw, name=f"nxt{ln}_{o}")
+                    m.d.comb += n_o.eq(o + tot)
+                    nxt.append(n_o)
+                nxt_a = Array(nxt)
+                if spl == 4:
+                    # pointer doubling: j2[o] = nxt[nxt[o]] in parallel, so the 4th start is
+                    # two multiplexer levels from the window, not four
+                    j2 = []
+                    for o in range(2 * symw + 1):
+                        s_o = Signal(pw, name=f"j2_{ln}_{o}")
+                        m.d.comb += s_o.eq(Array(nxt[o + 1:o + symw + 1])[nxt[o] - (o + 1)])
+                        j2.append(s_o)
+                    starts = [Const(0, pw), nxt[0], j2[0]]
+                    s3 = Signal(pw, name=f"s3_{ln}")
+                    end = Signal(pw, name=f"end{ln}")
+                    m.d.comb += [s3.eq(nxt_a[j2[0]]), end.eq(Array(j2)[j2[0]])]
+                    starts.append(s3)
+                else:
+                    starts = [Const(0, pw)]
+                    for j in range(1, spl + 1):
+                        sj = Signal(pw, name=f"start{ln}_{j}")
+                        m.d.comb += sj.eq(nxt_a[starts[-1]])
+                        starts.append(sj)
+                    end = starts.pop()
             for j in range(spl):
                 if c.decoder == "spec":
                     pos = starts[j]
@@ -447,9 +463,12 @@ class KVDecompressor(wiring.Component):
                 v = j * c.lanes + ln
                 sym_rank[v], sym_esc[v], sym_raw[v] = rank, isesc, raw
                 bad_code.append(~ok)
-                nxt = Signal(range(spl * symw + 1), name=f"pos{ln}_{j}")
-                m.d.comb += nxt.eq(pos + tot)
-                pos = nxt
+                if c.decoder == "chain":
+                    p_next = Signal(pw, name=f"pos{ln}_{j}")
+                    m.d.comb += p_next.eq(pos + tot)
+                    pos = p_next
+            if c.decoder == "spec":
+                pos = end
             nu = Signal(range(room + spl * symw + 1), name=f"newused{ln}")
             m.d.comb += nu.eq(used[ln] + pos)
             new_used.append(nu)
