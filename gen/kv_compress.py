@@ -1,8 +1,11 @@
 """KVCompressor: FP16 values in, fixed-size entropy-coded KV blocks out (issue 4, section 2).
 
-Bit-exact hardware twin of the golden block encoder :func:`sparsefab.compress.kv.encode_groups`
-(format: docs/FORMATS_KV.md).  Owner: KV-codec engineer #2 (compressor); the decompressor is
-``gen/kv_decompress.py``.
+Bit-exact hardware twin of the golden block encoder of :mod:`sparsefab.compress.kv`
+(format: docs/FORMATS_KV.md) under the policy :func:`reference_encode` states in golden-model
+calls: the golden search WITHOUT its rate-distortion fill (``_demote``, a sort of the group on
+float cost ratios), and with the coarser-step retry decided per block.  docs/FORMATS_KV.md section
+5 makes the encoder informative: every block is a valid block of the format.  Owner: KV-codec
+engineer #2 (compressor); the decompressor is ``gen/kv_decompress.py``.
 
 Ports
 -----
@@ -16,7 +19,10 @@ o_words : Out(stream.Signature(StructLayout({"data": unsigned(W), "last": 1})))
 ebias : In(signed(8))
     Tensor exponent bias (file header field; :func:`sparsefab.compress.kv.choose_ebias`).
     Sampled when a group has been received; outside ``[ebias_min, ebias_max]`` (see
-    :class:`KVCompressConfig`) the group is refused like a non-finite one.
+    :class:`KVCompressConfig`) the group is refused like a non-finite one.  ``ebias_min = -24``
+    keeps every step a whole multiple of 2**-24 (exact integer error); with the default
+    geometry it refuses tensors whose largest magnitude is <= 1/32 (scale them first).
+    Input is FP16 only (BF16 tensors go through the software encoder).
 error : Out(1)
     Sticky: a group was refused (NaN/Inf value, the golden policy refuses them; or an
     unsupported ``ebias``).  A refused group produces no block.  Cleared by reset.
@@ -36,9 +42,10 @@ through a pipelined quantizer) at a time:
 
 * every codebook is tried in order; an entropy codebook does the golden binary search over
   step codes (``ebits + mbits`` passes), the pass at the final step (skipped when already
-  run), then, if its block clipped values and it has an escape, the coarser candidates
-  ``hi + 1, 2, 4, 8, 16``; a fixed-rate codebook searches ``t0`` (min-max span) without a
-  pass and runs ``t0, t0-1, t0+1, t0+2``;
+  run), then, if that block clipped values, the coarser candidates ``tc, tc+1, tc+2`` with
+  ``tc`` the finest step keeping ``max|x|`` inside the escape range (or table span); a
+  fixed-rate codebook searches ``t0`` (min-max span) without a pass and runs
+  ``t0, t0-1, t0+1, t0+2``;
 * the quantizer computes ``floor(2 v)`` and whether ``2 v`` is an integer, with
   ``v = x / unit - o * ups``, by an arithmetic shift and a multiply-by-reciprocal
   division that is exact for every input (proved in :func:`magic`), so every decision

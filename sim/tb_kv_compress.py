@@ -138,3 +138,34 @@ def run_case(fp16, *, codebooks, params, ebias: int, values_per_cycle: int = 4, 
     out["blocks_expected"] = len(expected)
     out["values_per_cycle"] = out["values"] / out["cycles"] if out["cycles"] else 0.0
     return out
+
+
+def measure(*, n_groups: int = 16, values_per_cycle: int = 4, lanes: int = 2, seed: int = 1) -> dict:
+    """Throughput of the default-geometry compressor on real MiniLM keys/values, no stalls.
+
+    Codebooks are trained (:func:`sparsefab.compress.kv.train`) on MiniLM activations of one text
+    and the measured groups come from another.  Returns the counters plus ``values_per_cycle``
+    (measured), ``ideal_values_per_cycle`` (= ``values_per_cycle`` of the input bus),
+    ``cycles_per_block`` and ``passes_per_block``.
+    """
+    import numpy as np
+
+    from sparsefab.compress import kv
+    from sparsefab.data.minilm import kv_activations
+
+    p = kv.KVParams(lanes=lanes)
+    kc, vc = kv_activations(["Calibration text: the quick brown fox jumps over the lazy dog near the river bank."],
+                            max_len=32)
+    cb = kv.train(np.concatenate([kc.reshape(-1), vc.reshape(-1)]).astype(np.float32), params=p, iters=2)
+    km, vm = kv_activations(["Measured text: memory bandwidth bounds inference of language models on small devices."],
+                            max_len=32)
+    flat = np.concatenate([km.reshape(-1), vm.reshape(-1)]).astype(np.float16)
+    groups = flat[: (flat.size // p.group) * p.group].reshape(-1, p.group)
+    x = groups[:: max(1, groups.shape[0] // n_groups)][:n_groups]
+    eb = kv.choose_ebias(float(np.abs(x.astype(np.float64)).max()), p, cb)
+    out = run_case(x, codebooks=cb, params=p, ebias=eb, values_per_cycle=values_per_cycle, seed=seed,
+                   idle=0.0, backpressure=0.0)
+    out["ideal_values_per_cycle"] = values_per_cycle
+    out["cycles_per_block"] = out["cycles"] / max(out["count_blocks"], 1)
+    out["passes_per_block"] = out["count_passes"] / max(out["count_blocks"], 1)
+    return out
