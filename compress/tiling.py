@@ -96,20 +96,19 @@ def grid(shape: tuple[int, int], tile: int) -> tuple[int, int]:
 def occupancy(w, tile: int, row_perm=None, col_perm=None) -> np.ndarray:
     """Nonzeros per tile, int64 ``[ceil(rows/T), ceil(cols/T)]``, after the optional permutations.
 
-    Vectorised: the nonzero mask is padded and reshaped to ``(nrt, T, nct, T)`` and summed.
+    Vectorised and O(rows*cols + nnz): the nonzero coordinates are mapped to their permuted
+    positions (never gathering the matrix itself) and counted per tile with ``bincount``.
     """
     w = as_matrix(w)
     tile = check_tile(tile)
-    mask = w != 0
+    ri, cj = np.nonzero(w)
     if row_perm is not None:
-        mask = mask[check_perm(row_perm, w.shape[0], "row_perm")]
+        ri = inverse_perm(check_perm(row_perm, w.shape[0], "row_perm"))[ri]
     if col_perm is not None:
-        mask = mask[:, check_perm(col_perm, w.shape[1], "col_perm")]
+        cj = inverse_perm(check_perm(col_perm, w.shape[1], "col_perm"))[cj]
     nrt, nct = grid(w.shape, tile)
-    padded = np.zeros((nrt * tile, nct * tile), dtype=np.uint8)
-    padded[: w.shape[0], : w.shape[1]] = mask
-    # Sum over the T columns first (uint8 -> int32 is enough for T*T <= 16384).
-    return padded.reshape(nrt, tile, nct, tile).sum(axis=(1, 3), dtype=np.int64)
+    key = (ri // tile) * nct + cj // tile
+    return np.bincount(key, minlength=nrt * nct).astype(np.int64).reshape(nrt, nct)
 
 
 def count_nonempty(w, tile: int, row_perm=None, col_perm=None) -> int:
