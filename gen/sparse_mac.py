@@ -154,7 +154,7 @@ class RequantStage(wiring.Component):
         acc2, last2 = Signal(signed(cfg.acc_bits)), Signal()
         # stage 3: rounding shift
         v3 = Signal()
-        r3 = Signal(signed(p_w + 1))
+        r3 = Signal(signed(12))         # r saturated to [-1024, 1024]: same int8 result after + zp
         zp3, relu3 = Signal(signed(OUT_BITS)), Signal()
         acc3, last3 = Signal(signed(cfg.acc_bits)), Signal()
 
@@ -211,10 +211,18 @@ class RequantStage(wiring.Component):
         with m.If(fire12):
             m.d.sync += [sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
 
-        # stage 3: r = (p + 2**(shift-1)) >> shift
+        # stage 3: r = (p + 2**(shift-1)) >> shift, computed as q = (2p) >> shift, r = (q + 1) >> 1
+        # (one shifter, no rounding constant; equal for every shift including 0), then saturated
+        # to 11 bits: |r| > 1023 clips to the same int8 whatever the zero point.
         with m.If(take3):
-            rnd = Mux(sh2 != 0, (Const(1, 1) << sh2) >> 1, 0)
-            m.d.sync += [v3.eq(v2), r3.eq((p2 + rnd) >> sh2),
+            q = Signal(signed(p_w + 1))
+            m.d.comb += q.eq(Cat(Const(0, 1), p2).as_signed() >> sh2)
+            hi_bits = q[11:]
+            ok = (hi_bits == 0) | (hi_bits == (1 << len(hi_bits)) - 1)
+            qs = Mux(ok, q[:12].as_signed(), Mux(q[-1], -2048, 2047))
+            rr = Signal(signed(12))
+            m.d.comb += rr.eq((qs + 1) >> 1)
+            m.d.sync += [v3.eq(v2), r3.eq(rr),
                          zp3.eq(zp2), relu3.eq(relu2), acc3.eq(acc2), last3.eq(last2)]
 
         # stage 4: zero point, ReLU, saturation

@@ -2172,7 +2172,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$19187$0 (\$48 [31:0]),
-    .\port$19525$0 (last3),
+    .\port$19527$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2581,7 +2581,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$19187$0 , w_en, w_level, r_data, r_en, \port$19525$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$19187$0 , w_en, w_level, r_data, r_en, \port$19527$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2625,8 +2625,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$19187$0 , w_en, w_level, r_data, 
   wire [3:0] level;
   input [31:0] \port$19187$0 ;
   wire [31:0] \port$19187$0 ;
-  input \port$19525$0 ;
-  wire \port$19525$0 ;
+  input \port$19527$0 ;
+  wire \port$19527$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2662,7 +2662,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$19187$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$19525$0 , \port$19187$0  };
+      storage[w_port__addr] <= { \port$19527$0 , \port$19187$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2761,8 +2761,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$19187$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$19525$0 , \port$19187$0  };
-  assign w_data = { \port$19525$0 , \port$19187$0  };
+  assign w_port__data = { \port$19527$0 , \port$19187$0  };
+  assign w_data = { \port$19527$0 , \port$19187$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -42799,63 +42799,65 @@ endmodule
 module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i_rq__ready, i_acc__payload, i_acc__valid, o_res__valid, o_res__payload, i_rq__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
-  wire [63:0] \$10 ;
-  wire [63:0] \$11 ;
-  wire [63:0] \$12 ;
-  wire [65:0] \$13 ;
-  wire [65:0] \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire [51:0] \$17 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [12:0] \$12 ;
+  wire [12:0] \$13 ;
+  wire \$14 ;
+  wire [32:0] \$15 ;
+  wire [48:0] \$16 ;
+  wire \$17 ;
   wire \$18 ;
-  wire \$19 ;
+  wire [12:0] \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire [51:0] \$21 ;
+  wire \$21 ;
   wire \$22 ;
-  wire \$23 ;
+  wire [12:0] \$23 ;
   wire \$24 ;
-  wire [51:0] \$25 ;
-  wire [51:0] \$26 ;
-  wire [51:0] \$27 ;
-  reg \$28 ;
-  reg [32:0] \$29 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire [12:0] \$27 ;
+  wire [12:0] \$28 ;
+  wire [12:0] \$29 ;
   wire \$3 ;
-  reg [15:0] \$30 ;
-  reg [5:0] \$31 ;
-  reg [7:0] \$32 ;
-  reg \$33 ;
-  reg [31:0] \$34 ;
+  reg \$30 ;
+  reg [32:0] \$31 ;
+  reg [15:0] \$32 ;
+  reg [5:0] \$33 ;
+  reg [7:0] \$34 ;
   reg \$35 ;
-  reg \$36 ;
-  reg [49:0] \$37 ;
-  reg [5:0] \$38 ;
-  reg [7:0] \$39 ;
+  reg [31:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg [49:0] \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg [31:0] \$41 ;
+  reg [5:0] \$40 ;
+  reg [7:0] \$41 ;
   reg \$42 ;
-  reg \$43 ;
-  reg [50:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg \$46 ;
-  reg [31:0] \$47 ;
+  reg [31:0] \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg [11:0] \$46 ;
+  reg [7:0] \$47 ;
   reg \$48 ;
-  reg \$49 ;
-  wire [51:0] \$5 ;
-  reg [40:0] \$50 ;
+  reg [31:0] \$49 ;
+  wire [50:0] \$5 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [40:0] \$52 ;
   wire \$6 ;
-  wire [32:0] \$7 ;
-  wire [48:0] \$8 ;
-  wire \$9 ;
-  reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$23  = 6'h00;
-  reg [7:0] \$signal$24  = 8'h00;
-  reg [31:0] \$signal$26  = 32'd0;
-  reg [5:0] \$signal$29  = 6'h00;
-  reg [7:0] \$signal$30  = 8'h00;
-  reg [31:0] \$signal$32  = 32'd0;
-  reg [31:0] \$signal$35  = 32'd0;
+  wire \$7 ;
+  wire \$8 ;
+  wire [11:0] \$9 ;
+  reg [5:0] \$signal  = 6'h00;
+  reg [7:0] \$signal$20  = 8'h00;
+  reg [5:0] \$signal$27  = 6'h00;
+  reg [7:0] \$signal$28  = 8'h00;
+  reg [31:0] \$signal$30  = 32'd0;
+  reg [7:0] \$signal$32  = 8'h00;
+  reg [31:0] \$signal$34  = 32'd0;
+  reg [31:0] \$signal$37  = 32'd0;
   input clk;
   wire clk;
   wire fire12;
@@ -42892,10 +42894,12 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   output o_res__valid;
   reg o_res__valid = 1'h0;
   reg [49:0] p2 = 50'h0000000000000;
-  reg [50:0] r3 = 51'h0000000000000;
+  reg [50:0] q;
+  reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
   reg relu3 = 1'h0;
+  reg [11:0] rr;
   input rst;
   wire rst;
   reg [32:0] t1 = 33'h000000000;
@@ -42903,42 +42907,48 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   wire take2;
   wire take3;
   wire take4;
-  reg [51:0] v;
+  reg [12:0] v;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
   reg v3 = 1'h0;
   always @(posedge clk)
-    last1 <= \$35 ;
+    \$signal$28  <= \$34 ;
   always @(posedge clk)
-    v2 <= \$36 ;
+    relu1 <= \$35 ;
   always @(posedge clk)
-    p2 <= \$37 ;
+    \$signal$30  <= \$36 ;
   always @(posedge clk)
-    \$signal$29  <= \$38 ;
+    last1 <= \$37 ;
   always @(posedge clk)
-    \$signal$30  <= \$39 ;
+    v2 <= \$38 ;
   always @(posedge clk)
-    relu2 <= \$40 ;
+    p2 <= \$39 ;
+  always @(posedge clk)
+    \$signal  <= \$40 ;
   always @(posedge clk)
     \$signal$32  <= \$41 ;
   always @(posedge clk)
-    last2 <= \$42 ;
+    relu2 <= \$42 ;
   always @(posedge clk)
-    v3 <= \$43 ;
+    \$signal$34  <= \$43 ;
   always @(posedge clk)
-    r3 <= \$44 ;
+    last2 <= \$44 ;
   always @(posedge clk)
-    \$signal  <= \$45 ;
+    v3 <= \$45 ;
   always @(posedge clk)
-    relu3 <= \$46 ;
+    r3 <= \$46 ;
   always @(posedge clk)
-    \$signal$35  <= \$47 ;
+    \$signal$20  <= \$47 ;
   always @(posedge clk)
-    last3 <= \$48 ;
+    relu3 <= \$48 ;
   always @(posedge clk)
-    o_res__valid <= \$49 ;
+    \$signal$37  <= \$49 ;
   always @(posedge clk)
-    o_res__payload <= \$50 ;
+    last3 <= \$50 ;
+  always @(posedge clk)
+    o_res__valid <= \$51 ;
+  always @(posedge clk)
+    o_res__payload <= \$52 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
@@ -42950,47 +42960,53 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \$4  = ~ v2;
   assign take2 = \$4  | take3;
   assign fire12 = v1 & take2;
-  assign \$5  = $signed(r3) + $signed(\$signal );
-  assign \$6  = i_acc__valid & i_rq__valid;
-  assign \$7  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$8  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$9  = | \$signal$29 ;
-  assign \$10  = 1'h1 << \$signal$29 ;
-  assign \$12  = \$9  ? \$11  : 64'h0000000000000000;
-  assign \$13  = $signed(p2) + $signed({ 1'h0, \$12  });
-  assign \$14  = $signed(\$13 ) >>> \$signal$29 ;
-  assign \$15  = $signed(v) < $signed(\$signal );
-  assign \$16  = relu3 & \$15 ;
-  assign \$17  = \$16  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$18  = $signed(\$17 ) < $signed(8'h80);
-  assign \$19  = $signed(v) < $signed(\$signal );
-  assign \$20  = relu3 & \$19 ;
-  assign \$21  = \$20  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$22  = $signed(\$21 ) > $signed(8'h7f);
-  assign \$23  = $signed(v) < $signed(\$signal );
-  assign \$24  = relu3 & \$23 ;
-  assign \$25  = \$24  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$26  = \$22  ? 52'h000000000007f : \$25 ;
-  assign \$27  = \$18  ? 52'hfffffffffff80 : \$26 ;
+  assign \$5  = $signed({ p2, 1'h0 }) >>> \$signal ;
+  assign \$6  = ! q[50:11];
+  assign \$7  = q[50:11] == 40'hffffffffff;
+  assign \$8  = \$6  | \$7 ;
+  assign \$9  = q[50] ? 12'h800 : 12'h7ff;
+  assign \$10  = \$8  ? q[11:0] : \$9 ;
+  assign \$11  = $signed(\$10 ) + $signed(2'h1);
+  assign \$13  = $signed(r3) + $signed(\$signal$20 );
+  assign \$14  = i_acc__valid & i_rq__valid;
+  assign \$15  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$16  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$17  = $signed(v) < $signed(\$signal$20 );
+  assign \$18  = relu3 & \$17 ;
+  assign \$19  = \$18  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
+  assign \$20  = $signed(\$19 ) < $signed(8'h80);
+  assign \$21  = $signed(v) < $signed(\$signal$20 );
+  assign \$22  = relu3 & \$21 ;
+  assign \$23  = \$22  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
+  assign \$24  = $signed(\$23 ) > $signed(8'h7f);
+  assign \$25  = $signed(v) < $signed(\$signal$20 );
+  assign \$26  = relu3 & \$25 ;
+  assign \$27  = \$26  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
+  assign \$28  = \$24  ? 13'h007f : \$27 ;
+  assign \$29  = \$20  ? 13'h1f80 : \$28 ;
   always @(posedge clk)
-    v1 <= \$28 ;
+    v1 <= \$30 ;
   always @(posedge clk)
-    t1 <= \$29 ;
+    t1 <= \$31 ;
   always @(posedge clk)
-    m1 <= \$30 ;
+    m1 <= \$32 ;
   always @(posedge clk)
-    \$signal$23  <= \$31 ;
-  always @(posedge clk)
-    \$signal$24  <= \$32 ;
-  always @(posedge clk)
-    relu1 <= \$33 ;
-  always @(posedge clk)
-    \$signal$26  <= \$34 ;
+    \$signal$27  <= \$33 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$35  = last1;
+    \$34  = \$signal$28 ;
     if (take1) begin
-      \$35  = i_acc__payload[32];
+      \$34  = i_rq__payload[61:54];
+    end
+    if (rst) begin
+      \$34  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$35  = relu1;
+    if (take1) begin
+      \$35  = i_rq__payload[62];
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -42998,69 +43014,69 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$36  = v2;
+    \$36  = \$signal$30 ;
+    if (take1) begin
+      \$36  = i_acc__payload[31:0];
+    end
+    if (rst) begin
+      \$36  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$37  = last1;
+    if (take1) begin
+      \$37  = i_acc__payload[32];
+    end
+    if (rst) begin
+      \$37  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$38  = v2;
     if (take2) begin
-      \$36  = v1;
+      \$38  = v1;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$37  = p2;
+    \$39  = p2;
     if (take2) begin
-      \$37  = { \$8 [48], \$8  };
+      \$39  = { \$16 [48], \$16  };
     end
     if (rst) begin
-      \$37  = 50'h0000000000000;
+      \$39  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$38  = \$signal$29 ;
+    \$40  = \$signal ;
     if (fire12) begin
-      \$38  = \$signal$23 ;
+      \$40  = \$signal$27 ;
     end
     if (rst) begin
-      \$38  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$39  = \$signal$30 ;
-    if (fire12) begin
-      \$39  = \$signal$24 ;
-    end
-    if (rst) begin
-      \$39  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$40  = relu2;
-    if (fire12) begin
-      \$40  = relu1;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
+      \$40  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$41  = \$signal$32 ;
     if (fire12) begin
-      \$41  = \$signal$26 ;
+      \$41  = \$signal$28 ;
     end
     if (rst) begin
-      \$41  = 32'd0;
+      \$41  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$42  = last2;
+    \$42  = relu2;
     if (fire12) begin
-      \$42  = last1;
+      \$42  = relu1;
     end
     if (rst) begin
       \$42  = 1'h0;
@@ -43068,59 +43084,59 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$43  = v3;
-    if (take3) begin
-      \$43  = v2;
+    \$43  = \$signal$34 ;
+    if (fire12) begin
+      \$43  = \$signal$30 ;
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$43  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$44  = r3;
-    if (take3) begin
-      \$44  = \$14 [50:0];
+    \$44  = last2;
+    if (fire12) begin
+      \$44  = last1;
     end
     if (rst) begin
-      \$44  = 51'h0000000000000;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$45  = \$signal ;
+    \$45  = v3;
     if (take3) begin
-      \$45  = \$signal$30 ;
+      \$45  = v2;
     end
     if (rst) begin
-      \$45  = 8'h00;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$46  = relu3;
+    \$46  = r3;
     if (take3) begin
-      \$46  = relu2;
+      \$46  = rr;
     end
     if (rst) begin
-      \$46  = 1'h0;
+      \$46  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$47  = \$signal$35 ;
+    \$47  = \$signal$20 ;
     if (take3) begin
       \$47  = \$signal$32 ;
     end
     if (rst) begin
-      \$47  = 32'd0;
+      \$47  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$48  = last3;
+    \$48  = relu3;
     if (take3) begin
-      \$48  = last2;
+      \$48  = relu2;
     end
     if (rst) begin
       \$48  = 1'h0;
@@ -43128,101 +43144,105 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$49  = o_res__valid;
+    \$49  = \$signal$37 ;
+    if (take3) begin
+      \$49  = \$signal$34 ;
+    end
+    if (rst) begin
+      \$49  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$50  = last3;
+    if (take3) begin
+      \$50  = last2;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$51  = o_res__valid;
     if (take4) begin
-      \$49  = v3;
+      \$51  = v3;
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$50  = o_res__payload;
+    \$52  = o_res__payload;
     if (take4) begin
-      \$50 [31:0] = \$signal$35 ;
-      \$50 [39:32] = \$27 [7:0];
-      \$50 [40] = last3;
+      \$52 [31:0] = \$signal$37 ;
+      \$52 [39:32] = \$29 [7:0];
+      \$52 [40] = last3;
     end
     if (rst) begin
-      \$50  = 41'h00000000000;
+      \$52  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    v = 52'h0000000000000;
+    q = 51'h0000000000000;
+    if (take3) begin
+      q = \$5 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    rr = 12'h000;
+    if (take3) begin
+      rr = \$12 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    v = 13'h0000;
     if (take4) begin
-      v = \$5 ;
+      v = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$28  = v1;
+    \$30  = v1;
     if (take1) begin
-      \$28  = \$6 ;
+      \$30  = \$14 ;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$29  = t1;
+    \$31  = t1;
     if (take1) begin
-      \$29  = \$7 ;
+      \$31  = \$15 ;
     end
     if (rst) begin
-      \$29  = 33'h000000000;
+      \$31  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$30  = m1;
+    \$32  = m1;
     if (take1) begin
-      \$30  = i_rq__payload[47:32];
+      \$32  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$30  = 16'h0000;
+      \$32  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$31  = \$signal$23 ;
+    \$33  = \$signal$27 ;
     if (take1) begin
-      \$31  = i_rq__payload[53:48];
+      \$33  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$31  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$32  = \$signal$24 ;
-    if (take1) begin
-      \$32  = i_rq__payload[61:54];
-    end
-    if (rst) begin
-      \$32  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$33  = relu1;
-    if (take1) begin
-      \$33  = i_rq__payload[62];
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$34  = \$signal$26 ;
-    if (take1) begin
-      \$34  = i_acc__payload[31:0];
-    end
-    if (rst) begin
-      \$34  = 32'd0;
+      \$33  = 6'h00;
     end
   end
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
@@ -43235,5 +43255,5 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$11  = { 1'h0, \$10 [63:1] };
+  assign \$12  = { \$11 [12], \$11 [12:1] };
 endmodule

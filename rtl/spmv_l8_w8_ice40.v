@@ -3196,7 +3196,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$4894$0 (\$48 [31:0]),
-    .\port$5262$0 (last3),
+    .\port$5264$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3605,7 +3605,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$4894$0 , w_en, w_level, r_data, r_en, \port$5262$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$4894$0 , w_en, w_level, r_data, r_en, \port$5264$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3649,8 +3649,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$4894$0 , w_en, w_level, r_d
   wire [3:0] level;
   input [31:0] \port$4894$0 ;
   wire [31:0] \port$4894$0 ;
-  input \port$5262$0 ;
-  wire \port$5262$0 ;
+  input \port$5264$0 ;
+  wire \port$5264$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3686,7 +3686,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$4894$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$5262$0 , \port$4894$0  };
+      storage[w_port__addr] <= { \port$5264$0 , \port$4894$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3785,8 +3785,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$4894$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$5262$0 , \port$4894$0  };
-  assign w_data = { \port$5262$0 , \port$4894$0  };
+  assign w_port__data = { \port$5264$0 , \port$4894$0  };
+  assign w_data = { \port$5264$0 , \port$4894$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -14476,98 +14476,100 @@ endmodule
 module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i_rq__ready, i_acc__payload, i_acc__valid, o_res__valid, o_res__payload, i_rq__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
-  wire [32:0] \$10 ;
+  wire \$10 ;
   wire \$11 ;
-  wire [22:0] \$12 ;
-  wire [33:0] \$13 ;
-  wire [33:0] \$14 ;
-  wire [33:0] \$15 ;
-  wire [33:0] \$16 ;
-  wire [34:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [35:0] \$19 ;
+  wire [11:0] \$12 ;
+  wire [11:0] \$13 ;
+  wire [12:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [12:0] \$16 ;
+  wire \$17 ;
+  wire [32:0] \$18 ;
+  wire \$19 ;
   wire \$2 ;
-  wire [36:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [35:0] \$22 ;
-  wire [37:0] \$23 ;
-  wire [56:0] \$24 ;
-  wire [33:0] \$25 ;
-  wire [33:0] \$26 ;
-  wire [33:0] \$27 ;
-  wire [33:0] \$28 ;
-  wire [34:0] \$29 ;
+  wire [22:0] \$20 ;
+  wire [33:0] \$21 ;
+  wire [33:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [33:0] \$24 ;
+  wire [34:0] \$25 ;
+  wire [35:0] \$26 ;
+  wire [35:0] \$27 ;
+  wire [36:0] \$28 ;
+  wire [35:0] \$29 ;
   wire \$3 ;
   wire [35:0] \$30 ;
-  wire [35:0] \$31 ;
-  wire [36:0] \$32 ;
-  wire [35:0] \$33 ;
-  wire [35:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [57:0] \$36 ;
-  wire [22:0] \$37 ;
-  wire [2:0] \$38 ;
-  wire \$39 ;
+  wire [37:0] \$31 ;
+  wire [56:0] \$32 ;
+  wire [33:0] \$33 ;
+  wire [33:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [33:0] \$36 ;
+  wire [34:0] \$37 ;
+  wire [35:0] \$38 ;
+  wire [35:0] \$39 ;
   wire \$4 ;
-  wire \$40 ;
-  wire [63:0] \$41 ;
-  wire [63:0] \$42 ;
-  wire [63:0] \$43 ;
-  wire [65:0] \$44 ;
-  wire [65:0] \$45 ;
-  wire \$46 ;
+  wire [36:0] \$40 ;
+  wire [35:0] \$41 ;
+  wire [35:0] \$42 ;
+  wire [37:0] \$43 ;
+  wire [57:0] \$44 ;
+  wire [22:0] \$45 ;
+  wire [2:0] \$46 ;
   wire \$47 ;
-  wire [51:0] \$48 ;
+  wire \$48 ;
   wire \$49 ;
   wire \$5 ;
-  wire \$50 ;
+  wire [12:0] \$50 ;
   wire \$51 ;
-  wire [51:0] \$52 ;
+  wire \$52 ;
   wire \$53 ;
-  wire \$54 ;
+  wire [12:0] \$54 ;
   wire \$55 ;
-  wire [51:0] \$56 ;
-  wire [51:0] \$57 ;
-  wire [51:0] \$58 ;
-  reg \$59 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire [12:0] \$58 ;
+  wire [12:0] \$59 ;
   wire \$6 ;
-  reg [32:0] \$60 ;
-  reg [15:0] \$61 ;
-  reg [5:0] \$62 ;
-  reg [7:0] \$63 ;
-  reg \$64 ;
-  reg [31:0] \$65 ;
+  wire [12:0] \$60 ;
+  reg \$61 ;
+  reg [32:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [5:0] \$64 ;
+  reg [7:0] \$65 ;
   reg \$66 ;
-  reg \$67 ;
+  reg [31:0] \$67 ;
   reg \$68 ;
-  reg [1:0] \$69 ;
+  reg \$69 ;
   wire \$7 ;
-  reg [32:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [49:0] \$72 ;
-  reg [5:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg \$75 ;
-  reg [31:0] \$76 ;
+  reg \$70 ;
+  reg [1:0] \$71 ;
+  reg [32:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg [49:0] \$74 ;
+  reg [5:0] \$75 ;
+  reg [7:0] \$76 ;
   reg \$77 ;
-  reg \$78 ;
-  reg [50:0] \$79 ;
-  wire [51:0] \$8 ;
-  reg [7:0] \$80 ;
-  reg \$81 ;
-  reg [31:0] \$82 ;
+  reg [31:0] \$78 ;
+  reg \$79 ;
+  wire [50:0] \$8 ;
+  reg \$80 ;
+  reg [11:0] \$81 ;
+  reg [7:0] \$82 ;
   reg \$83 ;
-  reg \$84 ;
-  reg [40:0] \$85 ;
+  reg [31:0] \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg [40:0] \$87 ;
   wire \$9 ;
-  reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$25  = 6'h00;
-  reg [7:0] \$signal$26  = 8'h00;
-  reg [31:0] \$signal$28  = 32'd0;
-  reg [5:0] \$signal$34  = 6'h00;
-  reg [7:0] \$signal$35  = 8'h00;
-  reg [31:0] \$signal$37  = 32'd0;
-  reg [31:0] \$signal$40  = 32'd0;
+  reg [5:0] \$signal  = 6'h00;
+  reg [7:0] \$signal$22  = 8'h00;
+  reg [5:0] \$signal$29  = 6'h00;
+  reg [7:0] \$signal$30  = 8'h00;
+  reg [31:0] \$signal$32  = 32'd0;
+  reg [7:0] \$signal$37  = 8'h00;
+  reg [31:0] \$signal$39  = 32'd0;
+  reg [31:0] \$signal$42  = 32'd0;
   reg busy = 1'h0;
   input clk;
   wire clk;
@@ -14608,10 +14610,12 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   output o_res__valid;
   reg o_res__valid = 1'h0;
   reg [49:0] p2 = 50'h0000000000000;
-  reg [50:0] r3 = 51'h0000000000000;
+  reg [50:0] q;
+  reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
   reg relu3 = 1'h0;
+  reg [11:0] rr;
   input rst;
   wire rst;
   reg [32:0] t1 = 33'h000000000;
@@ -14620,104 +14624,108 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire take3;
   wire take4;
   reg [32:0] tr = 33'h000000000;
-  reg [51:0] v;
+  reg [12:0] v;
   reg v1 = 1'h0;
   (* init = 1'h0 *)
   wire v2;
   reg v3 = 1'h0;
-  assign \$8  = $signed(r3) + $signed(\$signal );
-  assign \$9  = i_acc__valid & i_rq__valid;
-  assign \$10  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$11  = done & take3;
-  assign \$14  = m1[12] ? \$13  : 34'h000000000;
-  assign \$16  = m1[13] ? \$15  : 34'h000000000;
-  assign \$17  = $signed(\$14 ) + $signed(\$16 );
-  assign \$19  = m1[14] ? \$18  : 36'h000000000;
-  assign \$20  = $signed(\$17 ) + $signed(\$19 );
-  assign \$22  = m1[15] ? \$21  : 36'h000000000;
-  assign \$23  = $signed(\$20 ) + $signed(\$22 );
-  assign \$26  = mr[12] ? \$25  : 34'h000000000;
-  assign \$28  = mr[13] ? \$27  : 34'h000000000;
-  assign \$29  = $signed(\$26 ) + $signed(\$28 );
-  assign \$31  = mr[14] ? \$30  : 36'h000000000;
-  assign \$32  = $signed(\$29 ) + $signed(\$31 );
-  assign \$34  = mr[15] ? \$33  : 36'h000000000;
-  assign \$35  = $signed(\$32 ) + $signed(\$34 );
-  assign \$36  = $signed(\$24 ) + $signed(\$35 );
-  assign \$38  = cnt - 1'h1;
-  assign \$39  = cnt == 1'h1;
-  assign \$40  = | \$signal$34 ;
-  assign \$41  = 1'h1 << \$signal$34 ;
-  assign \$43  = \$40  ? \$42  : 64'h0000000000000000;
-  assign \$44  = $signed(p2) + $signed({ 1'h0, \$43  });
-  assign \$45  = $signed(\$44 ) >>> \$signal$34 ;
-  assign \$46  = $signed(v) < $signed(\$signal );
-  assign \$47  = relu3 & \$46 ;
-  assign \$48  = \$47  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$49  = $signed(\$48 ) < $signed(8'h80);
-  assign \$50  = $signed(v) < $signed(\$signal );
-  assign \$51  = relu3 & \$50 ;
-  assign \$52  = \$51  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$53  = $signed(\$52 ) > $signed(8'h7f);
-  assign \$54  = $signed(v) < $signed(\$signal );
-  assign \$55  = relu3 & \$54 ;
-  assign \$56  = \$55  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$57  = \$53  ? 52'h000000000007f : \$56 ;
-  assign \$58  = \$49  ? 52'hfffffffffff80 : \$57 ;
+  assign take2 = \$6  | \$7 ;
+  assign fire12 = v1 & take2;
+  assign \$8  = $signed({ p2, 1'h0 }) >>> \$signal ;
+  assign \$9  = ! q[50:11];
+  assign \$10  = q[50:11] == 40'hffffffffff;
+  assign \$11  = \$9  | \$10 ;
+  assign \$12  = q[50] ? 12'h800 : 12'h7ff;
+  assign \$13  = \$11  ? q[11:0] : \$12 ;
+  assign \$14  = $signed(\$13 ) + $signed(2'h1);
+  assign \$16  = $signed(r3) + $signed(\$signal$22 );
+  assign \$17  = i_acc__valid & i_rq__valid;
+  assign \$18  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$19  = done & take3;
+  assign \$22  = m1[12] ? \$21  : 34'h000000000;
+  assign \$24  = m1[13] ? \$23  : 34'h000000000;
+  assign \$25  = $signed(\$22 ) + $signed(\$24 );
+  assign \$27  = m1[14] ? \$26  : 36'h000000000;
+  assign \$28  = $signed(\$25 ) + $signed(\$27 );
+  assign \$30  = m1[15] ? \$29  : 36'h000000000;
+  assign \$31  = $signed(\$28 ) + $signed(\$30 );
+  assign \$34  = mr[12] ? \$33  : 34'h000000000;
+  assign \$36  = mr[13] ? \$35  : 34'h000000000;
+  assign \$37  = $signed(\$34 ) + $signed(\$36 );
+  assign \$39  = mr[14] ? \$38  : 36'h000000000;
+  assign \$40  = $signed(\$37 ) + $signed(\$39 );
+  assign \$42  = mr[15] ? \$41  : 36'h000000000;
+  assign \$43  = $signed(\$40 ) + $signed(\$42 );
+  assign \$44  = $signed(\$32 ) + $signed(\$43 );
+  assign \$46  = cnt - 1'h1;
+  assign \$47  = cnt == 1'h1;
+  assign \$48  = $signed(v) < $signed(\$signal$22 );
+  assign \$49  = relu3 & \$48 ;
+  assign \$50  = \$49  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$51  = $signed(\$50 ) < $signed(8'h80);
+  assign \$52  = $signed(v) < $signed(\$signal$22 );
+  assign \$53  = relu3 & \$52 ;
+  assign \$54  = \$53  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$55  = $signed(\$54 ) > $signed(8'h7f);
+  assign \$56  = $signed(v) < $signed(\$signal$22 );
+  assign \$57  = relu3 & \$56 ;
+  assign \$58  = \$57  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$59  = \$55  ? 13'h007f : \$58 ;
+  assign \$60  = \$51  ? 13'h1f80 : \$59 ;
   always @(posedge clk)
-    v1 <= \$59 ;
+    v1 <= \$61 ;
   always @(posedge clk)
-    t1 <= \$60 ;
+    t1 <= \$62 ;
   always @(posedge clk)
-    m1 <= \$61 ;
+    m1 <= \$63 ;
   always @(posedge clk)
-    \$signal$25  <= \$62 ;
+    \$signal$29  <= \$64 ;
   always @(posedge clk)
-    \$signal$26  <= \$63 ;
+    \$signal$30  <= \$65 ;
   always @(posedge clk)
-    relu1 <= \$64 ;
+    relu1 <= \$66 ;
   always @(posedge clk)
-    \$signal$28  <= \$65 ;
+    \$signal$32  <= \$67 ;
   always @(posedge clk)
-    last1 <= \$66 ;
+    last1 <= \$68 ;
   always @(posedge clk)
-    done <= \$67 ;
+    done <= \$69 ;
   always @(posedge clk)
-    busy <= \$68 ;
+    busy <= \$70 ;
   always @(posedge clk)
-    cnt <= \$69 ;
+    cnt <= \$71 ;
   always @(posedge clk)
-    tr <= \$70 ;
+    tr <= \$72 ;
   always @(posedge clk)
-    mr <= \$71 ;
+    mr <= \$73 ;
   always @(posedge clk)
-    p2 <= \$72 ;
+    p2 <= \$74 ;
   always @(posedge clk)
-    \$signal$34  <= \$73 ;
-  always @(posedge clk)
-    \$signal$35  <= \$74 ;
-  always @(posedge clk)
-    relu2 <= \$75 ;
+    \$signal  <= \$75 ;
   always @(posedge clk)
     \$signal$37  <= \$76 ;
   always @(posedge clk)
-    last2 <= \$77 ;
+    relu2 <= \$77 ;
   always @(posedge clk)
-    v3 <= \$78 ;
+    \$signal$39  <= \$78 ;
   always @(posedge clk)
-    r3 <= \$79 ;
+    last2 <= \$79 ;
   always @(posedge clk)
-    \$signal  <= \$80 ;
+    v3 <= \$80 ;
   always @(posedge clk)
-    relu3 <= \$81 ;
+    r3 <= \$81 ;
   always @(posedge clk)
-    \$signal$40  <= \$82 ;
+    \$signal$22  <= \$82 ;
   always @(posedge clk)
-    last3 <= \$83 ;
+    relu3 <= \$83 ;
   always @(posedge clk)
-    o_res__valid <= \$84 ;
+    \$signal$42  <= \$84 ;
   always @(posedge clk)
-    o_res__payload <= \$85 ;
+    last3 <= \$85 ;
+  always @(posedge clk)
+    o_res__valid <= \$86 ;
+  always @(posedge clk)
+    o_res__payload <= \$87 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
@@ -14730,90 +14738,82 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \$5  = ~ done;
   assign \$6  = \$4  & \$5 ;
   assign \$7  = done & take3;
-  assign take2 = \$6  | \$7 ;
-  assign fire12 = v1 & take2;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    v = 52'h0000000000000;
+    q = 51'h0000000000000;
+    if (take3) begin
+      q = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    rr = 12'h000;
+    if (take3) begin
+      rr = \$15 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    v = 13'h0000;
     if (take4) begin
-      v = \$8 ;
+      v = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$59  = v1;
+    \$61  = v1;
     if (take1) begin
-      \$59  = \$9 ;
+      \$61  = \$17 ;
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$60  = t1;
+    \$62  = t1;
     if (take1) begin
-      \$60  = \$10 ;
+      \$62  = \$18 ;
     end
     if (rst) begin
-      \$60  = 33'h000000000;
+      \$62  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$61  = m1;
+    \$63  = m1;
     if (take1) begin
-      \$61  = i_rq__payload[47:32];
+      \$63  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$61  = 16'h0000;
+      \$63  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$62  = \$signal$25 ;
+    \$64  = \$signal$29 ;
     if (take1) begin
-      \$62  = i_rq__payload[53:48];
+      \$64  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$62  = 6'h00;
+      \$64  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$63  = \$signal$26 ;
+    \$65  = \$signal$30 ;
     if (take1) begin
-      \$63  = i_rq__payload[61:54];
+      \$65  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$63  = 8'h00;
+      \$65  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$64  = relu1;
+    \$66  = relu1;
     if (take1) begin
-      \$64  = i_rq__payload[62];
-    end
-    if (rst) begin
-      \$64  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$65  = \$signal$28 ;
-    if (take1) begin
-      \$65  = i_acc__payload[31:0];
-    end
-    if (rst) begin
-      \$65  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$66  = last1;
-    if (take1) begin
-      \$66  = i_acc__payload[32];
+      \$66  = i_rq__payload[62];
     end
     if (rst) begin
       \$66  = 1'h0;
@@ -14821,29 +14821,19 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$67  = done;
-    if (\$11 ) begin
-      \$67  = 1'h0;
-    end
-    if (fire12) begin
-    end else if (busy) begin
-      if (\$39 ) begin
-        \$67  = 1'h1;
-      end
+    \$67  = \$signal$32 ;
+    if (take1) begin
+      \$67  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$67  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$68  = busy;
-    if (fire12) begin
-      \$68  = 1'h1;
-    end else if (busy) begin
-      if (\$39 ) begin
-        \$68  = 1'h0;
-      end
+    \$68  = last1;
+    if (take1) begin
+      \$68  = i_acc__payload[32];
     end
     if (rst) begin
       \$68  = 1'h0;
@@ -14851,95 +14841,105 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$69  = cnt;
+    \$69  = done;
+    if (\$19 ) begin
+      \$69  = 1'h0;
+    end
     if (fire12) begin
-      \$69  = 2'h3;
     end else if (busy) begin
-      \$69  = \$38 [1:0];
+      if (\$47 ) begin
+        \$69  = 1'h1;
+      end
     end
     if (rst) begin
-      \$69  = 2'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$70  = tr;
+    \$70  = busy;
     if (fire12) begin
-      \$70  = t1;
-    end
-    if (rst) begin
-      \$70  = 33'h000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$71  = mr;
-    if (fire12) begin
-      \$71  = \$12 [15:0];
+      \$70  = 1'h1;
     end else if (busy) begin
-      \$71  = \$37 [15:0];
+      if (\$47 ) begin
+        \$70  = 1'h0;
+      end
     end
     if (rst) begin
-      \$71  = 16'h0000;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$72  = p2;
+    \$71  = cnt;
     if (fire12) begin
-      \$72  = { \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23 [37], \$23  };
+      \$71  = 2'h3;
     end else if (busy) begin
-      \$72  = \$36 [49:0];
+      \$71  = \$46 [1:0];
     end
     if (rst) begin
-      \$72  = 50'h0000000000000;
+      \$71  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$73  = \$signal$34 ;
+    \$72  = tr;
     if (fire12) begin
-      \$73  = \$signal$25 ;
+      \$72  = t1;
     end
     if (rst) begin
-      \$73  = 6'h00;
+      \$72  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$74  = \$signal$35 ;
+    \$73  = mr;
     if (fire12) begin
-      \$74  = \$signal$26 ;
+      \$73  = \$20 [15:0];
+    end else if (busy) begin
+      \$73  = \$45 [15:0];
     end
     if (rst) begin
-      \$74  = 8'h00;
+      \$73  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$75  = relu2;
+    \$74  = p2;
     if (fire12) begin
-      \$75  = relu1;
+      \$74  = { \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31  };
+    end else if (busy) begin
+      \$74  = \$44 [49:0];
     end
     if (rst) begin
-      \$75  = 1'h0;
+      \$74  = 50'h0000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$75  = \$signal ;
+    if (fire12) begin
+      \$75  = \$signal$29 ;
+    end
+    if (rst) begin
+      \$75  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$76  = \$signal$37 ;
     if (fire12) begin
-      \$76  = \$signal$28 ;
+      \$76  = \$signal$30 ;
     end
     if (rst) begin
-      \$76  = 32'd0;
+      \$76  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$77  = last2;
+    \$77  = relu2;
     if (fire12) begin
-      \$77  = last1;
+      \$77  = relu1;
     end
     if (rst) begin
       \$77  = 1'h0;
@@ -14947,59 +14947,59 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$78  = v3;
-    if (take3) begin
-      \$78  = done;
+    \$78  = \$signal$39 ;
+    if (fire12) begin
+      \$78  = \$signal$32 ;
     end
     if (rst) begin
-      \$78  = 1'h0;
+      \$78  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$79  = r3;
-    if (take3) begin
-      \$79  = \$45 [50:0];
+    \$79  = last2;
+    if (fire12) begin
+      \$79  = last1;
     end
     if (rst) begin
-      \$79  = 51'h0000000000000;
+      \$79  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$80  = \$signal ;
+    \$80  = v3;
     if (take3) begin
-      \$80  = \$signal$35 ;
+      \$80  = done;
     end
     if (rst) begin
-      \$80  = 8'h00;
+      \$80  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$81  = relu3;
+    \$81  = r3;
     if (take3) begin
-      \$81  = relu2;
+      \$81  = rr;
     end
     if (rst) begin
-      \$81  = 1'h0;
+      \$81  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$82  = \$signal$40 ;
+    \$82  = \$signal$22 ;
     if (take3) begin
       \$82  = \$signal$37 ;
     end
     if (rst) begin
-      \$82  = 32'd0;
+      \$82  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$83  = last3;
+    \$83  = relu3;
     if (take3) begin
-      \$83  = last2;
+      \$83  = relu2;
     end
     if (rst) begin
       \$83  = 1'h0;
@@ -15007,24 +15007,44 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$84  = o_res__valid;
-    if (take4) begin
-      \$84  = v3;
+    \$84  = \$signal$42 ;
+    if (take3) begin
+      \$84  = \$signal$39 ;
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$84  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$85  = o_res__payload;
-    if (take4) begin
-      \$85 [31:0] = \$signal$40 ;
-      \$85 [39:32] = \$58 [7:0];
-      \$85 [40] = last3;
+    \$85  = last3;
+    if (take3) begin
+      \$85  = last2;
     end
     if (rst) begin
-      \$85  = 41'h00000000000;
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$86  = o_res__valid;
+    if (take4) begin
+      \$86  = v3;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$87  = o_res__payload;
+    if (take4) begin
+      \$87 [31:0] = \$signal$42 ;
+      \$87 [39:32] = \$60 [7:0];
+      \$87 [40] = last3;
+    end
+    if (rst) begin
+      \$87  = 41'h00000000000;
     end
   end
   assign v2 = done;
@@ -15038,16 +15058,16 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$12  = { 3'h0, m1, 4'h0 };
-  assign \$13  = { t1[32], t1 };
-  assign \$15  = { t1, 1'h0 };
-  assign \$18  = { t1[32], t1, 2'h0 };
-  assign \$21  = { t1, 3'h0 };
-  assign \$24  = { p2[49], p2[49], p2[49], p2, 4'h0 };
-  assign \$25  = { tr[32], tr };
-  assign \$27  = { tr, 1'h0 };
-  assign \$30  = { tr[32], tr, 2'h0 };
-  assign \$33  = { tr, 3'h0 };
-  assign \$37  = { 3'h0, mr, 4'h0 };
-  assign \$42  = { 1'h0, \$41 [63:1] };
+  assign \$15  = { \$14 [12], \$14 [12:1] };
+  assign \$20  = { 3'h0, m1, 4'h0 };
+  assign \$21  = { t1[32], t1 };
+  assign \$23  = { t1, 1'h0 };
+  assign \$26  = { t1[32], t1, 2'h0 };
+  assign \$29  = { t1, 3'h0 };
+  assign \$32  = { p2[49], p2[49], p2[49], p2, 4'h0 };
+  assign \$33  = { tr[32], tr };
+  assign \$35  = { tr, 1'h0 };
+  assign \$38  = { tr[32], tr, 2'h0 };
+  assign \$41  = { tr, 3'h0 };
+  assign \$45  = { 3'h0, mr, 4'h0 };
 endmodule

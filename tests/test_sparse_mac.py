@@ -143,6 +143,13 @@ def _requant_cases(rng, n):
     shift[:4] = [0, 47, 1, 0]
     zp = rng.integers(-128, 128, n)
     relu = rng.integers(0, 2, n)
+    # r right at the output stage's internal saturation bounds, with extreme zero points
+    edge = [1023, 1024, 1025, -1023, -1024, -1025, 255, -256]
+    for i, a in enumerate(edge):
+        for j, z in enumerate((-128, 127)):
+            k = 4 + 2 * i + j
+            acc[k], bias[k], mult[k], shift[k], zp[k], relu[k] = a, 0, 1, 0, z, 0
+    acc[20:24], bias[20:24], mult[20:24], shift[20:24] = 2047, 0, 3, [0, 1, 2, 3]
     return acc, bias, mult, shift, zp, relu
 
 
