@@ -140,20 +140,37 @@ def _top_class(config):
     return Top
 
 
-@functools.lru_cache(maxsize=1)
-def _generator_hash() -> str:
-    """Hash of every generator source file and the Amaranth version: the Verilog of a config
-    can only change when one of these does."""
+@functools.lru_cache(maxsize=4)
+def _generator_hash(module: str) -> str:
+    """Hash of the Amaranth version and the source of ``module`` and every ``sparsefab.gen``
+    module it imports, transitively (found by parsing the import statements): the Verilog
+    of a config can only change when one of these does."""
+    import ast
     import hashlib
+    import importlib.util
     from pathlib import Path
 
     import amaranth
 
-    import sparsefab.gen as gen
-
     h = hashlib.sha256(amaranth.__version__.encode())
-    for f in sorted(Path(gen.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        src = Path(spec.origin).read_bytes()
+        h.update(name.encode() + b"\0" + src)
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if not node.level else f"sparsefab.gen.{node.module}"
+                todo.append(base)
+            elif isinstance(node, ast.Import):
+                todo.extend(a.name for a in node.names)
+        todo = [t for t in todo if t.startswith("sparsefab.gen")]
     return h.hexdigest()
 
 
@@ -161,8 +178,8 @@ def verilog_for(config, build_root: str | None = None) -> str:
     """Verilog of the array for ``config``, converted once and cached on disk.
 
     Converting the lanes-16 array takes about a minute on a loaded 2-core machine, so the
-    text is kept in ``<build_root>/verilog/<hash>.v``, keyed by the config and a hash of all
-    generator sources (:func:`_generator_hash`); any edit in ``gen/`` converts again.
+    text is kept in ``<build_root>/verilog/<hash>.v``, keyed by the config and a hash of the
+    generator sources it is built from (:func:`_generator_hash`); editing them converts again.
     """
     import hashlib
     import json
@@ -172,7 +189,7 @@ def verilog_for(config, build_root: str | None = None) -> str:
     from sparsefab.sim.runner import default_build_root, verilog_text
 
     root = Path(build_root).absolute() if build_root is not None else default_build_root()
-    key = hashlib.sha256(json.dumps({"config": config.to_dict(), "gen": _generator_hash()},
+    key = hashlib.sha256(json.dumps({"config": config.to_dict(), "gen": _generator_hash(_top_class(config).__module__)},
                                     sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = root / "verilog" / f"{config.name}-{key}.v"
     if path.is_file():
