@@ -44,10 +44,25 @@ def test_map_hybrid_fill(files, capsys):
     assert j["leftover_nnz"] > 0 and j["crossbar_tiles"] < j["tiles_nonempty"]
 
 
+def test_sim_crossbar_amaranth_backend(tmp_path, capsys):
+    """Default subset: the CLI end to end on the Amaranth simulator (no Verilator build)."""
+    rng = np.random.default_rng(12)
+    w = ((rng.random((40, 36)) < 0.15) * rng.integers(-128, 128, (40, 36))).astype(np.int8)
+    x = rng.integers(-128, 128, 36).astype(np.int8)
+    np.save(tmp_path / "W.npy", w)
+    np.save(tmp_path / "X.npy", x)
+    assert main(["sim", "crossbar", "--weights", str(tmp_path / "W.npy"), "--x", str(tmp_path / "X.npy"),
+                 "--tile", "16", "--engines", "2", "--fill", "0.1", "--backend", "amaranth", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["y"] == (w.astype(np.int64) @ x.astype(np.int64)).tolist()
+    assert j["map"]["leftover_nnz"] > 0 and j["tiles_run"] + j["tiles_skipped"] == 9
+
+
 @needs_verilator
-@pytest.mark.parametrize("fill", ["0", pytest.param("0.5", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("fill", ["0", "0.5"])
 def test_sim_crossbar(files, capsys, fill):
-    """Flow level on the compiled harness; fill 0.5 = hybrid with the SparseMacArray RTL (slow: 2 builds)."""
+    """Flow level on the compiled harness (a Verilator build); fill 0.5 = hybrid with the SparseMacArray RTL."""
     d, w, x, _ = files
     assert main(["sim", "crossbar", "--weights", str(d / "W.npy"), "--x", str(d / "X.npy"), "--tile", "32",
                  "--engines", "2", "--cluster", "--fill", fill, "--json", "-o", str(d / "y.npy")]) == 0
