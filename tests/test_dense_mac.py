@@ -71,6 +71,7 @@ def test_dense_shares_backend_and_output_stage():
         DenseMacArray(lanes=0)
 
 
+@pytest.mark.slow
 def test_dense_cocotb_point():
     from sparsefab.sim.tb_sparse_mac import run_case
 

@@ -237,7 +237,7 @@ def _cocotb_point(lanes, bits, block, simulator, seed):
     assert got["o_error"] == 0
 
 
-DEFAULT_POINTS = [(4, 8, 16), (1, 4, 8)]
+DEFAULT_POINTS = [(4, 8, 16)]          # one build in `make test`; the rest under slow
 ALL_POINTS = [(lanes, bits, block) for lanes in (1, 4, 8, 16) for bits in (4, 8) for block in (8, 16, 32)]
 
 
