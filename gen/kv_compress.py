@@ -58,8 +58,13 @@ through a pipelined quantizer) at a time:
   lane buffers; an assembly step places lanes (even ones forward, odd ones reversed) and
   the header into the block, which goes out on ``o_words`` while the next block starts.
 
-Throughput is ``group`` values per ``(passes * (group / P + DEPTH + 4) + assembly)`` cycles;
-the testbench measures it (docs and report give the figure).  Tables (codes, centroids) are
+Throughput is ``group`` values per ``(passes * (group / P + DEPTH + 4) + assembly)`` cycles.
+Measured (``sparsefab.sim.tb_kv_compress.measure``, default geometry, trained codebooks, 16 real
+MiniLM groups, no stalls): 26.0 passes/block; P=4: 1233.4 cycles/block = 0.1038 values/cycle;
+P=8: 816.4 cycles/block = 0.1568 values/cycle.  ECP5-85F (``sparsefab fpga build --board
+ulx3s-85f --design kv-compress``, seed 1): 28006 LUT4, 5983 FF, 43 MULT18X18D, 2 DP16KD,
+Fmax 28.67 MHz; critical path = the input stage (FP16 unpack -> P-input sum / min / max ->
+group accumulators in one cycle), to be pipelined next.  Tables (codes, centroids) are
 elaboration-time constants taken from a :class:`~sparsefab.compress.kv.Codebooks` object.
 """
 
