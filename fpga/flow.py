@@ -137,7 +137,10 @@ def _run(argv: list[str], *, cwd: Path, env: dict, log: Path | None, tool: str,
             proc.kill()
             proc.wait()
             raise
-    return rc, out_path.read_text(errors="replace")
+    text = out_path.read_text(errors="replace")
+    if rc < 0:  # killed (OOM killer, kill, ^C in another shell): say so rather than quote the log
+        text += f"\nERROR: {tool} was killed by signal {-rc}\n"
+    return rc, text
 
 
 def _with_opt(argv: list[str], opt: str, value: str | None) -> list[str]:
@@ -157,6 +160,9 @@ def _fail_line(tool: str, text: str, device: str, util: dict) -> str:
     if over:
         return over
     errors = rpt._ERROR.findall(text)
+    killed = [e for e in errors if "was killed by signal" in e]
+    if killed:
+        return killed[0].strip()
     if errors:
         return f"{tool}: {errors[0].strip()}"
     lines = [ln for ln in text.splitlines() if ln.strip()]
