@@ -63,8 +63,9 @@ Measured (``sparsefab.sim.tb_kv_compress.measure``, default geometry, trained co
 MiniLM groups, no stalls): 26.0 passes/block; P=4: 1233.4 cycles/block = 0.1038 values/cycle;
 P=8: 816.4 cycles/block = 0.1568 values/cycle.  ECP5-85F (``sparsefab fpga build --board
 ulx3s-85f --design kv-compress``, seed 1): 28006 LUT4, 5983 FF, 43 MULT18X18D, 2 DP16KD,
-Fmax 28.67 MHz; critical path = the input stage (FP16 unpack -> P-input sum / min / max ->
-group accumulators in one cycle), to be pipelined next.  Tables (codes, centroids) are
+Fmax 28.67 MHz, critical path = the input stage (FP16 unpack -> P-input sum / min / max ->
+group accumulators in one cycle).  That stage has since been split in three registered steps
+(commit after c458221); Fmax not re-measured yet.  Tables (codes, centroids) are
 elaboration-time constants taken from a :class:`~sparsefab.compress.kv.Codebooks` object.
 """
 
@@ -354,9 +355,16 @@ class KVCompressor(wiring.Component):
         ebias_ok = (self.ebias >= cfg.ebias_min) & (self.ebias <= cfg.ebias_max)
 
         xs, bads = zip(*(unpack(self.i_values.payload[q]) for q in range(P)), strict=True)
-        bsum = xs[0]
-        for x in xs[1:]:
-            bsum = bsum + x
+        # The group statistics are pipelined (unpack -> register -> P-input sum/min/max -> register
+        # -> accumulate); ``full`` is set at the last beat, ``statv`` when its statistics are ready.
+        hs = self.i_values.valid & self.i_values.ready
+        first = beat == 0
+        new_bad = Mux(first, 0, acc_bad) | Cat(*bads).any()
+        d1v, d1f, d1l, d1b = Signal(), Signal(), Signal(), Signal()
+        xr = [Signal(signed(XW), name=f"xin{q}") for q in range(P)]
+        m.d.sync += [d1v.eq(hs), d1f.eq(first), d1b.eq(wb), d1l.eq(hs & (beat == BEATS - 1) & ~new_bad & ebias_ok)]
+        with m.If(hs):
+            m.d.sync += [xr[q].eq(xs[q]) for q in range(P)]
 
         def tree(vals, pick):
             while len(vals) > 1:
@@ -364,37 +372,46 @@ class KVCompressor(wiring.Component):
                 vals = nxt + ([vals[-1]] if len(vals) % 2 else [])
             return vals[0]
 
-        bmin = tree(list(xs), lambda a, b: Mux(a < b, a, b))
-        bmax = tree(list(xs), lambda a, b: Mux(a > b, a, b))
-        first = beat == 0
-        new_s = Mux(first, 0, acc_s) + bsum
-        new_min = Mux(first | (bmin < acc_min), bmin, acc_min)
-        new_max = Mux(first | (bmax > acc_max), bmax, acc_max)
-        new_bad = Mux(first, 0, acc_bad) | Cat(*bads).any()
+        bsum = tree(list(xr), lambda a, b: a + b)
+        d2v, d2f, d2l, d2b = Signal(), Signal(), Signal(), Signal()
+        s2sum = Signal(signed(XW + _bl(P)))
+        s2min, s2max = Signal(signed(XW)), Signal(signed(XW))
+        m.d.sync += [d2v.eq(d1v), d2f.eq(d1f), d2l.eq(d1l), d2b.eq(d1b), s2sum.eq(bsum),
+                     s2min.eq(tree(list(xr), lambda a, b: Mux(a < b, a, b))),
+                     s2max.eq(tree(list(xr), lambda a, b: Mux(a > b, a, b)))]
+        new_s = Mux(d2f, 0, acc_s) + s2sum
+        new_min = Mux(d2f | (s2min < acc_min), s2min, acc_min)
+        new_max = Mux(d2f | (s2max > acc_max), s2max, acc_max)
+        statv = Signal(2)
+        set_statv = Signal(2)
+        with m.If(d2v):
+            m.d.sync += [acc_s.eq(new_s), acc_min.eq(new_min), acc_max.eq(new_max)]
+            with m.If(d2l):
+                m.d.comb += set_statv.bit_select(d2b, 1).eq(1)
+                m.d.sync += [bank_s[d2b].eq(new_s), bank_min[d2b].eq(new_min), bank_max[d2b].eq(new_max)]
 
         m.d.comb += [
             self.i_values.ready.eq(~full.bit_select(wb, 1)),
             wr.addr.eq(Cat(beat, wb) if BEATS > 1 else wb),
             wr.data.eq(self.i_values.payload.as_value()),
-            wr.en.eq(self.i_values.valid & self.i_values.ready),
+            wr.en.eq(hs),
         ]
         # ebias is sampled per group; the engine latches it when it starts that group.
         bank_ebias = Array(Signal(signed(8), name=f"bank_ebias{b}") for b in range(2))
         set_full = Signal(2)
         clr_full = Signal(2)
-        with m.If(self.i_values.valid & self.i_values.ready):
-            m.d.sync += [acc_s.eq(new_s), acc_min.eq(new_min), acc_max.eq(new_max), acc_bad.eq(new_bad)]
+        with m.If(hs):
+            m.d.sync += acc_bad.eq(new_bad)
             with m.If(beat == BEATS - 1):
                 m.d.sync += beat.eq(0)
                 with m.If(new_bad | ~ebias_ok):
                     m.d.sync += [self.error.eq(1), self.count_dropped.eq(self.count_dropped + 1)]
                 with m.Else():
                     m.d.comb += set_full.bit_select(wb, 1).eq(1)
-                    m.d.sync += [bank_s[wb].eq(new_s), bank_min[wb].eq(new_min), bank_max[wb].eq(new_max),
-                                 bank_ebias[wb].eq(self.ebias), wb.eq(~wb)]
+                    m.d.sync += [bank_ebias[wb].eq(self.ebias), wb.eq(~wb)]
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
-        m.d.sync += full.eq((full | set_full) & ~clr_full)
+        m.d.sync += [full.eq((full | set_full) & ~clr_full), statv.eq((statv | set_statv) & ~clr_full)]
 
         # ---------------------------------------------------------------- engine registers
         rb = Signal()                      # bank being encoded
@@ -686,7 +703,7 @@ class KVCompressor(wiring.Component):
         with m.FSM(name="eng"):
             with m.State("IDLE"):
                 m.d.comb += m_idle.eq(1)
-                with m.If(full.bit_select(rb, 1)):
+                with m.If(full.bit_select(rb, 1) & statv.bit_select(rb, 1)):
                     m.d.sync += [S.eq(bank_s[rb]), R.eq((bank_max[rb] - bank_min[rb]).as_unsigned()),
                                  AM.eq(Mux(-bank_min[rb] > bank_max[rb], -bank_min[rb], bank_max[rb]).as_unsigned()),
                                  eb.eq(bank_ebias[rb]), cbi.eq(0), pack.eq(0), ovr_inf.eq(1)]
