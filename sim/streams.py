@@ -43,7 +43,7 @@ DEFAULT_SEED = 20260522
 
 __all__ = ["DEFAULT_SEED", "get_seed", "rng_for", "PayloadCodec", "Field", "StreamDriver",
            "StreamMonitor", "Scoreboard", "ScoreboardMismatch", "start_clock_and_reset",
-           "layout_json", "params_from_env"]
+           "layout_json", "params_from_env", "cocotb_test", "read_case", "write_result"]
 
 
 def get_seed() -> int:
@@ -61,6 +61,32 @@ def rng_for(name: str, seed: int | None = None) -> random.Random:
     """A ``random.Random`` for component ``name``, derived from ``seed`` (default :func:`get_seed`)."""
     s = get_seed() if seed is None else seed
     return random.Random((s << 32) ^ zlib.crc32(name.encode()))
+
+
+def cocotb_test(func: Callable) -> Callable:
+    """Mark ``func`` as a cocotb test when cocotb is importable.
+
+    Bench modules are imported both by the simulator process (where cocotb runs them)
+    and by pytest or the CLI (which only call their ``run_*`` helpers); there the
+    function is returned unchanged.
+    """
+    try:
+        import cocotb
+    except ImportError:  # pragma: no cover - only the simulator process needs cocotb
+        return func
+    return cocotb.test()(func)
+
+
+def read_case(env_var: str) -> dict[str, Any]:
+    """The JSON test case whose path the pytest side put in ``$env_var``."""
+    with open(os.environ[env_var]) as fh:
+        return json.load(fh)
+
+
+def write_result(env_var: str, result: Any) -> None:
+    """Write ``result`` as JSON to the path in ``$env_var``, for the pytest side to read."""
+    with open(os.environ[env_var], "w") as fh:
+        json.dump(result, fh)
 
 
 def params_from_env() -> dict[str, Any]:

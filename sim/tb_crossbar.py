@@ -12,19 +12,11 @@ backpressure; the seed is in every failure message.
 from __future__ import annotations
 
 import json
-import os
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - only the simulator process needs cocotb
-    cocotb = None
+from sparsefab.sim.streams import cocotb_test, read_case, write_result
 
 
-def _test(f):
-    return cocotb.test()(f) if cocotb is not None else f
-
-
-@_test
+@cocotb_test
 async def crossbar_scoreboard(dut):
     from cocotb.triggers import FallingEdge
 
@@ -37,7 +29,7 @@ async def crossbar_scoreboard(dut):
         start_clock_and_reset,
     )
 
-    case = json.loads(open(os.environ["SPARSEFAB_XB_CASE"]).read())
+    case = read_case("SPARSEFAB_XB_CASE")
     seed = get_seed()
     idle, bp = case["idle"], case["backpressure"]
     clk = await start_clock_and_reset(dut)
@@ -68,8 +60,7 @@ async def crossbar_scoreboard(dut):
         assert got[k] == v, f"counter {k}: got {got[k]}, expected {v} (seed {seed})"
     if case.get("max_cycles") is not None:
         assert got["cycles"] <= case["max_cycles"], f"cycles {got['cycles']} > {case['max_cycles']} (seed {seed})"
-    with open(os.environ["SPARSEFAB_XB_OUT"], "w") as fh:
-        json.dump(got, fh)
+    write_result("SPARSEFAB_XB_OUT", got)
 
 
 def run_case(w, xs, tmap, *, engines: int, lanes: int, seed: int, idle: float = 0.2, backpressure: float = 0.2,

@@ -18,22 +18,13 @@ The bench writes the hardware counters and the measured cycle counts to ``SPARSE
 from __future__ import annotations
 
 import json
-import os
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - only the simulator process needs cocotb
-    cocotb = None
-
-
-def _test(f):
-    return cocotb.test()(f) if cocotb is not None else f
-
+from sparsefab.sim.streams import cocotb_test, read_case, write_result
 
 COUNTERS = ("count_blocks", "count_fallback", "count_escapes", "count_dropped", "count_passes", "error")
 
 
-@_test
+@cocotb_test
 async def kv_compress_scoreboard(dut):
     from cocotb.triggers import FallingEdge
 
@@ -46,7 +37,7 @@ async def kv_compress_scoreboard(dut):
         start_clock_and_reset,
     )
 
-    case = json.loads(open(os.environ["SPARSEFAB_KVC_CASE"]).read())
+    case = read_case("SPARSEFAB_KVC_CASE")
     seed = get_seed()
     clk = await start_clock_and_reset(dut)
     dut.ebias.value = case["ebias"]
@@ -79,8 +70,7 @@ async def kv_compress_scoreboard(dut):
         assert got[k] == v, f"counter {k}: got {got[k]}, expected {v} (seed {seed})"
     got["cycles"] = end - start
     got["last_word_cycle"] = mon.cycles_at[-1] if mon.cycles_at else 0
-    with open(os.environ["SPARSEFAB_KVC_OUT"], "w") as fh:
-        json.dump(got, fh)
+    write_result("SPARSEFAB_KVC_OUT", got)
 
 
 def run_case(fp16, *, codebooks, params, ebias: int, values_per_cycle: int = 4, bus_bits: int = 64,

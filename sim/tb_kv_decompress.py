@@ -13,20 +13,13 @@ counters) are written to ``case["result"]`` for the flow to read.
 from __future__ import annotations
 
 import json
-import os
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - only the simulator process needs cocotb
-    cocotb = None
+from sparsefab.sim.streams import cocotb_test, read_case
 
 
-def _test(f):
-    return cocotb.test()(f) if cocotb is not None else f
-
-
-@_test
+@cocotb_test
 async def kv_decompress_case(dut):
+    import cocotb
     from cocotb.triggers import FallingEdge, ReadOnly
 
     from sparsefab.sim.streams import (
@@ -38,7 +31,7 @@ async def kv_decompress_case(dut):
         start_clock_and_reset,
     )
 
-    case = json.loads(open(os.environ["SPARSEFAB_KV_CASE"]).read())
+    case = read_case("SPARSEFAB_KV_CASE")
     seed = get_seed()
     clk = await start_clock_and_reset(dut)
     dut.ebias.value = case["ebias"]
