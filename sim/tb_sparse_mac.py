@@ -17,17 +17,8 @@ the whole case again must come out right).
 from __future__ import annotations
 
 import json
-import os
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - only the simulator process needs cocotb
-    cocotb = None
-
-
-def _test(f):
-    return cocotb.test()(f) if cocotb is not None else f
-
+from sparsefab.sim.streams import cocotb_test, read_case, write_result
 
 STREAMS = ("i_cmd", "i_act", "i_mask", "i_value", "i_rq")
 
@@ -53,13 +44,13 @@ async def _run_all(dut, case, seed, clk):
     return board, mon, drivers
 
 
-@_test
+@cocotb_test
 async def spmv_scoreboard(dut):
     from cocotb.triggers import FallingEdge
 
     from sparsefab.sim.streams import get_seed, start_clock_and_reset
 
-    case = json.loads(open(os.environ["SPARSEFAB_SPMV_CASE"]).read())
+    case = read_case("SPARSEFAB_SPMV_CASE")
     seed = get_seed()
     clk = await start_clock_and_reset(dut)
     board, mon, _ = await _run_all(dut, case, seed, clk)
@@ -73,17 +64,16 @@ async def spmv_scoreboard(dut):
     if case.get("max_busy") is not None:
         assert got["o_cycles"] <= case["max_busy"], \
             f"busy cycles {got['o_cycles']} > bound {case['max_busy']} (seed {seed})"
-    with open(os.environ["SPARSEFAB_SPMV_OUT"], "w") as fh:
-        json.dump(got, fh)
+    write_result("SPARSEFAB_SPMV_OUT", got)
 
 
-@_test
+@cocotb_test
 async def spmv_reset_midrow(dut):
     from cocotb.triggers import FallingEdge
 
     from sparsefab.sim.streams import StreamDriver, get_seed, start_clock_and_reset
 
-    case = json.loads(open(os.environ["SPARSEFAB_SPMV_CASE"]).read())
+    case = read_case("SPARSEFAB_SPMV_CASE")
     seed = get_seed()
     clk = await start_clock_and_reset(dut)
     # Start the case without a monitor draining results; reset once the array is busy mid-matrix.
@@ -116,8 +106,7 @@ async def spmv_reset_midrow(dut):
         await FallingEdge(clk)
     assert int(dut.o_error.value) == 0, f"o_error after reset (seed {seed})"
     assert int(dut.o_nnz.value) == case["nnz"], f"o_nnz {int(dut.o_nnz.value)} != {case['nnz']} (seed {seed})"
-    with open(os.environ["SPARSEFAB_SPMV_OUT"], "w") as fh:
-        json.dump({"o_cycles": int(dut.o_cycles.value)}, fh)
+    write_result("SPARSEFAB_SPMV_OUT", {"o_cycles": int(dut.o_cycles.value)})
 
 
 def run_case(cfg, jobs, *, seed: int = 1, idle: float = 0.2, backpressure: float = 0.2,
