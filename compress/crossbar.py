@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SparsefabError
+from .errors import SparsefabError, check_int
 from .tiling import TileMap, permuted_padded, split, tile_weights
 
 
@@ -51,12 +51,6 @@ def wrap(v: np.ndarray, bits: int) -> np.ndarray:
     m = np.int64(1) << np.int64(bits)
     h = np.int64(1) << np.int64(bits - 1)
     return ((v + h) & (m - 1)) - h
-
-
-def _check_bits(name: str, v, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
-        raise SparsefabError(f"{name}={v!r}: expected an integer in [{lo}, {hi}]")
-    return int(v)
 
 
 def check_codes(a, bits: int, what: str) -> np.ndarray:
@@ -89,14 +83,14 @@ class Numerics:
     adc_shift: int = 0
 
     def __post_init__(self):
-        _check_bits("w_bits", self.w_bits, 2, 16)
-        _check_bits("x_bits", self.x_bits, 2, 16)
-        _check_bits("acc_bits", self.acc_bits, 8, 64)
+        check_int("w_bits", self.w_bits, 2, 16)
+        check_int("x_bits", self.x_bits, 2, 16)
+        check_int("acc_bits", self.acc_bits, 8, 64)
         if self.dac_bits is not None:
-            _check_bits("dac_bits", self.dac_bits, 1, self.x_bits)
+            check_int("dac_bits", self.dac_bits, 1, self.x_bits)
         if self.adc_bits is not None:
-            _check_bits("adc_bits", self.adc_bits, 2, 40)
-        _check_bits("adc_shift", self.adc_shift, 0, 47)
+            check_int("adc_bits", self.adc_bits, 2, 40)
+        check_int("adc_shift", self.adc_shift, 0, 47)
 
     @property
     def slices(self) -> int:
@@ -218,7 +212,7 @@ class Schedule:
 
 def schedule(tmap: TileMap, engines: int) -> Schedule:
     """Assign whole tile rows to engines, longest first (see module docstring)."""
-    engines = _check_bits("engines", engines, 1, 64)
+    engines = check_int("engines", engines, 1, 64)
     tr = tmap.tiles[:, 0]
     rows_present, counts = np.unique(tr, return_counts=True)
     order = np.lexsort((rows_present, -counts))  # longest first, then by tile row

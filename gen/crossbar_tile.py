@@ -18,16 +18,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from sparsefab.compress.errors import SparsefabError
+from sparsefab.compress.errors import SparsefabError, check_int
 from sparsefab.compress.tiling import TILES
 
 __all__ = ["CrossbarTile", "CrossbarTileConfig"]
-
-
-def _int(name, v, lo, hi):
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise SparsefabError(f"{name}={v!r}: expected an integer in [{lo}, {hi}]")
-    return v
 
 
 @dataclass(frozen=True)
@@ -51,15 +45,15 @@ class CrossbarTileConfig:
     def __post_init__(self):
         if self.tile not in TILES:
             raise SparsefabError(f"tile={self.tile!r}: expected one of {TILES}")
-        _int("lanes", self.lanes, 1, self.tile)
+        check_int("lanes", self.lanes, 1, self.tile)
         if self.tile % self.lanes or self.lanes & (self.lanes - 1):
             raise SparsefabError(f"lanes={self.lanes}: expected a power of two dividing tile={self.tile}")
-        _int("w_bits", self.w_bits, 2, 16)
-        _int("x_bits", self.x_bits, 2, 16)
-        _int("acc_bits", self.acc_bits, 8, 48)
+        check_int("w_bits", self.w_bits, 2, 16)
+        check_int("x_bits", self.x_bits, 2, 16)
+        check_int("acc_bits", self.acc_bits, 8, 48)
         if self.adc_bits is not None:
-            _int("adc_bits", self.adc_bits, 2, 32)
-        _int("adc_shift", self.adc_shift, 0, 40)
+            check_int("adc_bits", self.adc_bits, 2, 32)
+        check_int("adc_shift", self.adc_shift, 0, 40)
 
     @property
     def groups(self) -> int:

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsefab.compress.errors import SparsefabError
+from sparsefab.compress.errors import SparsefabError, check_int
 
 #: Bits of ``o_error_flags`` (sticky causes).
 ERRORS = {
@@ -91,9 +91,7 @@ _MUL_STEPS = (1, 2, 4, 8, 16)
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
-        raise SparsefabError(f"SpmvConfig: {name}={value!r}, expected an integer in [{lo}, {hi}]")
-    return int(value)
+    return check_int(name, value, lo, hi, owner="SpmvConfig")
 
 
 def _check_choice(name: str, value, choices) -> int:

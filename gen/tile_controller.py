@@ -35,16 +35,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from sparsefab.compress.errors import SparsefabError
+from sparsefab.compress.errors import SparsefabError, check_int
 from sparsefab.gen.crossbar_tile import CrossbarTile, CrossbarTileConfig
 
 __all__ = ["TileController", "TileControllerConfig"]
-
-
-def _int(name, v, lo, hi):
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise SparsefabError(f"{name}={v!r}: expected an integer in [{lo}, {hi}]")
-    return v
 
 
 @dataclass(frozen=True)
@@ -70,9 +64,9 @@ class TileControllerConfig:
 
     def __post_init__(self):
         _ = self.tile_config  # validates tile, lanes, widths
-        _int("rows", self.rows, 1, 1 << 16)
-        _int("cols", self.cols, 1, 1 << 16)
-        _int("engines", self.engines, 1, 16)
+        check_int("rows", self.rows, 1, 1 << 16)
+        check_int("cols", self.cols, 1, 1 << 16)
+        check_int("engines", self.engines, 1, 16)
         if not isinstance(self.hybrid, bool):
             raise SparsefabError(f"hybrid={self.hybrid!r}: expected True or False")
 
