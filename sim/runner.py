@@ -163,7 +163,10 @@ def _build_options(simulator: str, waves: bool, build_args: list[str]) -> dict[s
         opts["build_args"] = ["-Wno-fatal", *build_args]
         opts["timescale"] = None
     else:
-        opts["build_args"] = list(build_args)
+        # Verilog-2005, not cocotb's -g2012: under SystemVerilog rules Icarus runs ``reg x = 0``
+        # initialisers before time 0 without an event, so Yosys' ``always @*`` blocks that read
+        # only never-changing registers would stay X (an idle FSM's outputs, for example).
+        opts["build_args"] = ["-g2005", *build_args]
         opts["timescale"] = ("1ns", "1ps")
     return opts
 
@@ -266,6 +269,22 @@ def _parse_results(xml_path: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "run"
+
+
+_PORT_DECL = re.compile(r"^\s*input\s+(?:wire\s+)?(?:signed\s+)?(?:\[[^\]]*\]\s*)?([A-Za-z_][A-Za-z0-9_$]*)\s*;", re.M)
+
+
+def top_inputs(verilog: str, toplevel: str) -> list[str]:
+    """Names of the input ports of module ``toplevel`` in ``verilog`` (declaration order).
+
+    :func:`sparsefab.sim.streams.start_clock_and_reset` drives them to 0 at time 0, so every
+    simulator starts from the same state (Verilator reads an undriven input as 0, Icarus as Z).
+    """
+    start = re.search(rf"^\s*module\s+{re.escape(toplevel)}\s*[(;]", verilog, re.M)
+    if start is None:
+        return []
+    end = verilog.find("endmodule", start.end())
+    return _PORT_DECL.findall(verilog[start.end():end if end >= 0 else None])
 
 
 def run_cocotb(design: Any, *, toplevel: str, test_module: str, parameters: dict[str, Any] | None = None,
@@ -384,6 +403,7 @@ def run_cocotb(design: Any, *, toplevel: str, test_module: str, parameters: dict
 
     env = {str(k): str(v) for k, v in (extra_env or {}).items()}
     env["SPARSEFAB_PARAMS"] = json.dumps(params, default=str)
+    env["SPARSEFAB_INPUTS"] = json.dumps(top_inputs(text, toplevel))
     paths = [str(Path(p).absolute()) for p in (python_paths or [])]
     orig_set_env = runner._set_env_test
 

@@ -264,13 +264,17 @@ def _identity(x: Any) -> Any:
 async def start_clock_and_reset(dut: Any, *, clk: str = "clk", rst: str | None = "rst", period_ns: int = 10,
                                 reset_cycles: int = 2) -> Any:
     """Start a clock on ``dut.<clk>`` and hold the synchronous reset ``dut.<rst>`` high for
-    ``reset_cycles`` rising edges (Amaranth's ``rst`` is active high, synchronous).
+    ``reset_cycles`` rising edges (Amaranth's ``rst`` is active high, synchronous).  The other
+    top-level inputs named by the runner (``SPARSEFAB_INPUTS``) start at 0, in every simulator.
     Returns after the falling edge that follows the release: drivers may start at once."""
     import cocotb
     from cocotb.clock import Clock
     from cocotb.triggers import FallingEdge
 
     clock = getattr(dut, clk)
+    for name in json.loads(os.environ.get("SPARSEFAB_INPUTS", "[]")):
+        if name not in (clk, rst):     # undriven inputs read 0 in Verilator but Z in Icarus
+            getattr(dut, name).value = 0
     cocotb.start_soon(Clock(clock, period_ns, unit="ns").start())
     if rst is not None:
         reset = getattr(dut, rst)

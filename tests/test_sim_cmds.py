@@ -95,3 +95,19 @@ def test_icarus_missing_is_one_line(tmp_path, capsys):
     assert main(["sim", "spmv", "--weights", w, "--x", x, "--simulator", "icarus"]) == 1
     err = capsys.readouterr().err.strip()
     assert "icarus" in err and "\n" not in err
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog (iverilog/vvp) not installed")
+def test_icarus_equals_golden_and_verilator(tmp_path, capsys):
+    rng = np.random.default_rng(SEED + 1)
+    W = _matrix(rng, rows=9, cols=37)
+    W[3] = 0                                  # an empty row
+    X = rng.integers(-128, 128, (2, 37)).astype(np.int8)
+    w, x = _files(tmp_path, W, X)
+    runs = {}
+    for sim in ("icarus", "verilator"):
+        assert main(["sim", "spmv", "--weights", w, "--x", x, "--simulator", sim, "--json"]) == 0
+        runs[sim] = json.loads(capsys.readouterr().out)
+    assert np.array_equal(np.array(runs["icarus"]["y"]), spmv_int(W, X)), f"seed {SEED + 1}"
+    assert runs["icarus"]["y"] == runs["verilator"]["y"]
+    assert runs["icarus"]["nnz"] == runs["verilator"]["nnz"] == int(np.count_nonzero(W))
