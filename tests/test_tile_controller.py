@@ -109,7 +109,7 @@ needs_verilator = pytest.mark.skipif(__import__("shutil").which("verilator") is 
                                      reason="verilator not on PATH")
 
 
-def _cocotb_point(kind, tile, engines, lanes, fill, seed):
+def _cocotb_point(kind, tile, engines, lanes, fill, seed, simulator="verilator"):
     from sparsefab.sim.tb_crossbar import run_case
 
     rng = np.random.default_rng(seed)
@@ -130,12 +130,18 @@ def _cocotb_point(kind, tile, engines, lanes, fill, seed):
         xs = digits.load_split().X_test_codes[:2].astype(np.int64)
     else:
         xs = rng.integers(-128, 128, (2, w.shape[1]))
-    return run_case(w, xs, m, engines=engines, lanes=lanes, seed=seed)
+    return run_case(w, xs, m, engines=engines, lanes=lanes, seed=seed, simulator=simulator)
 
 
 @needs_verilator
 def test_cocotb_scoreboard_default():
     c = _cocotb_point("planted", 16, 2, 8, 0.1, seed=21)
+    assert c["tiles_run"] > 0
+
+
+@pytest.mark.skipif(__import__("shutil").which("iverilog") is None, reason="Icarus Verilog not installed")
+def test_cocotb_scoreboard_icarus():
+    c = _cocotb_point("planted", 16, 2, 8, 0.1, seed=22, simulator="icarus")
     assert c["tiles_run"] > 0
 
 
