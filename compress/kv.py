@@ -55,6 +55,8 @@ AXIS_NAMES = {v: k for k, v in AXES.items()}
 MAX_ALPHABET = 64
 MAX_K = 8
 MAX_BLOCKS = 1 << 31
+DEFAULT_POLICY = "auto"    # compress(): "hw" (the RTL compressor's policy) when obits == 0, else "search"
+TRAIN_POLICY = "search"    # policy of the training loop (codebooks trained so encode better under "hw" too)
 
 # ---------------------------------------------------------------------------- parameters
 
@@ -571,8 +573,13 @@ def _best_for_codebook(x, i, cb, params, ebias, hdr) -> _Choice:
     return best
 
 
-def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
+def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int, *, policy: str = "search"):
     """Encode groups ``x`` [n, G] (float64 values) to blocks [n, block_bytes] uint8.
+
+    ``policy="search"``: the multi-pass search (binary search of the step per codebook,
+    rate-distortion fill of the slack, coarser-step retries, lowest distortion wins);
+    ``policy="hw"``: the one-pass hardware policy that ``gen/kv_compress.py`` implements bit for bit
+    (docs/FORMATS_KV.md section 5.2).
 
     Returns ``(blocks, info)`` where ``info`` holds per-block ``sel``, ``t``, ``o``,
     ``bits`` (used), ``escapes`` and ``clipped`` arrays.
@@ -584,7 +591,9 @@ def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
     if not any(cb.fixed_rate(i) and hdr + g * cb.fixed_rate(i) <= params.nbits for i in range(cb.k)):
         raise SparsefabError(f"codebooks: no fixed-rate fallback codebook fits {g} values in "
                              f"{params.block_bytes} bytes after a {hdr}-bit header; retrain with these params")
-    best, sel = _encode_choice(x, cb, params, ebias, hdr)
+    if policy not in POLICIES:
+        raise SparsefabError(f"encode: policy={policy!r}, expected one of {POLICIES}")
+    best, sel = (_encode_choice_hw if policy == "hw" else _encode_choice)(x, cb, params, ebias, hdr)
     blocks = _pack(best, sel, cb, params)
     info = {"sel": sel, "t": best.t, "o": best.o, "bits": best.bits,
             "escapes": best.esc.sum(axis=1), "clipped": best.clipped}
@@ -606,6 +615,163 @@ def _encode_choice(x, cb, params, ebias, hdr):
         take = ok & (ch.dist < best.dist)
         best = _take(best, ch, take)
         sel = np.where(take, i, sel)
+    return best, sel
+
+
+
+# ---------------------------------------------------------------------------- one-pass hardware policy
+#
+# ``policy="hw"`` (docs/FORMATS_KV.md section 5.2): one pass over the group after its statistics,
+# every decision an exact integer (or exactly representable float64) computation that the RTL
+# compressor (gen/kv_compress.py) reproduces bit for bit:
+#   1. statistics: S = sum |x|, A = max |x|;
+#   2. a window of HW_CANDIDATES consecutive step codes from the mean magnitude (code(S) - log2 G)
+#      and never finer than the step that keeps A inside the escape range (no clipping);
+#   3. every value quantized at every candidate step by a truncated reciprocal (z ~ 2**HW_F * |v|),
+#      the code length under EVERY Huffman codebook at every candidate summed in parallel;
+#   4. per block: the finest candidate step that fits under any Huffman codebook (ties: fewer bits,
+#      then the lower codebook index); if none fits, the first fixed-rate codebook at the step that
+#      keeps A inside its table (the fallback).
+
+HW_F = 3                # fractional bits of the quantizer (z = floor(2**HW_F * |v|), truncated)
+HW_K = 17               # reciprocal precision: R_D = ceil(2**HW_K / D)
+HW_YBITS = 13           # integer bits of |v| * D kept before saturation (2**13 > 512 * 15)
+HW_CANDIDATES = 12      # candidate step codes evaluated in parallel
+HW_WINDOW = -28         # first candidate relative to code(mean |x|), in step codes
+POLICIES = ("search", "hw")
+
+
+def hw_recip(mbits: int) -> np.ndarray:
+    """Reciprocals ``R_D = ceil(2**HW_K / D)`` of the step mantissas ``D = 2**mbits + f``."""
+    d = (1 << mbits) + np.arange(1 << mbits)
+    return -(-(1 << HW_K) // d)
+
+
+def hw_code(v: np.ndarray, params: KVParams, ebias: int) -> np.ndarray:
+    """Floor step code of magnitudes ``v >= 0``: the largest (unclipped) ``t`` with ``unit(t) <= v``
+    (the exponent of ``v`` and its ``mbits`` next bits); 0 maps to ``-2**20``."""
+    v = np.asarray(v, np.float64)
+    m, ex = np.frexp(np.where(v > 0, v, 1.0))            # v = m * 2**ex, 0.5 <= m < 1
+    mb = params.mbits
+    f = np.floor(m * (1 << (mb + 1))).astype(np.int64) - (1 << mb)
+    t = ((ex.astype(np.int64) - 1 - mb - ebias) << mb) + f
+    return np.where(v > 0, t, -(1 << 20))
+
+
+def hw_range_log2(cb: Codebooks) -> int:
+    """``floor(log2(lim))``: the Huffman codebooks reach ``lim`` units (escape range ``2**(esc_bits-1)``,
+    or the smallest table edge when they have no escape), so a step with ``max|x| / unit < 2**k`` clips
+    nothing."""
+    huff = [i for i in range(cb.k) if not cb.fixed_rate(i)]
+    if not huff:
+        return 0
+    if all(cb.has_esc(i) for i in huff):
+        lim = 1 << (cb.esc_bits - 1)
+    else:
+        lim = min(int(np.abs(cb.centroids[i, cb.table_symbols(i)]).max()) for i in huff)
+    return max(int(lim).bit_length() - 1, 0)
+
+
+def hw_window(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
+    """First candidate step code per group [n], and the fallback step per group [n]."""
+    T = 1 << (params.ebits + params.mbits)
+    ax = np.abs(x)
+    s = ax.sum(axis=1)
+    a = ax.max(axis=1)
+    mb = params.mbits
+    lg = int(round((1 << mb) * math.log2(params.group)))
+    tm = hw_code(s, params, ebias) - lg
+    # escape range (or table span when the Huffman codebooks have no escape): A/unit < 2**k
+    ta = hw_code(a, params, ebias)
+    tl = ta - (hw_range_log2(cb) << mb) + 1
+    C = min(HW_CANDIDATES, T)
+    base = np.clip(np.maximum(tm + HW_WINDOW, tl), 0, T - C)
+    fixed = [i for i in range(cb.k) if cb.fixed_rate(i)]
+    fb = fixed[0]
+    cs = cb.centroids[fb, cb.table_symbols(fb)]
+    flim = int(max(min(-cs.min(), cs.max()), 1))
+    tf = np.clip(ta - ((flim.bit_length() - 1) << mb) + 1, 0, T - 1)
+    return base, tf
+
+
+def _hw_quantize(x: np.ndarray, t: np.ndarray, i: int, cb: Codebooks, params: KVParams, ebias: int,
+                 hdr: int) -> _Choice:
+    """Quantize groups ``x`` [n, G] with codebook ``i`` at step codes ``t`` [n] by the integer rule
+    of the hardware (no offset: ``obits`` must be 0)."""
+    t = np.asarray(t, np.int64)
+    mb = params.mbits
+    e = t >> mb
+    f = t & ((1 << mb) - 1)
+    ymax = (1 << (HW_YBITS + HW_F)) - 1
+    # y = floor(|x| * 2**F / 2**(e + ebias)), exact (power-of-two scaling of a float64)
+    y = np.minimum(np.floor(np.ldexp(np.abs(x), (HW_F - e - ebias)[:, None])), ymax).astype(np.int64)
+    z = (y * hw_recip(mb)[f][:, None]) >> HW_K             # ~ 2**F * |v|, truncated
+    neg = x < 0
+    zs = np.where(neg, -z, z)
+    ups = cb.unit_per_step
+    syms = cb.table_symbols(i)
+    cents = cb.centroids[i, syms]
+    order = np.argsort(cents, kind="stable")
+    cs, ss = cents[order], syms[order]
+    mids = (cs[1:] + cs[:-1]) << (HW_F - 1)                 # midpoints in 2**-F units
+    j = (zs[..., None] > mids).sum(axis=-1)
+    rec = cs[j]
+    sym = ss[j]
+    err = np.abs(zs - (rec << HW_F))
+    lens = cb.lengths[i]
+    bits_sym = lens[sym]
+    if cb.has_esc(i):
+        lim = 1 << (cb.esc_bits - 1)
+        r = np.minimum((z + (1 << (HW_F - 1))) >> HW_F, lim - 1)
+        d = np.where(neg, -r, r)
+        derr = np.abs(zs - (d << HW_F))
+        esc = (err > (ups << HW_F)) & (derr < err)
+        rec = np.where(esc, d, rec)
+        err = np.where(esc, derr, err)
+        bits_sym = np.where(esc, lens[cb.esc] + cb.esc_bits, bits_sym)
+        sym = np.where(esc, cb.esc, sym)
+        d = np.where(esc, d, 0)
+    else:
+        esc = np.zeros(x.shape, bool)
+        d = np.zeros(x.shape, np.int64)
+    clipped = (err > (ups << HW_F)).sum(axis=1)
+    unit = _units(t, params, ebias)[:, None]
+    dist = ((x - rec * unit) ** 2).sum(axis=1)
+    bits = hdr + bits_sym.sum(axis=1)
+    zero = np.zeros(x.shape, np.int64)
+    return _Choice(bits, dist, sym, esc, d, np.zeros(x.shape[0], np.int64), t, clipped, zero, zero.astype(float), zero)
+
+
+def _encode_choice_hw(x, cb, params, ebias, hdr):
+    """The one-pass hardware policy (see the section comment); returns ``(best, sel)``."""
+    if params.obits:
+        raise SparsefabError(f"policy 'hw': obits={params.obits}, the hardware policy codes no offset (use 0)")
+    n = x.shape[0]
+    T = 1 << (params.ebits + params.mbits)
+    base, tf = hw_window(x, cb, params, ebias)
+    C = min(HW_CANDIDATES, T)
+    huff = [i for i in range(cb.k) if not cb.fixed_rate(i)]
+    best_t = np.full(n, T, np.int64)          # finest fitting candidate so far
+    best_b = np.full(n, params.nbits + 1, np.int64)
+    best_i = np.full(n, -1, np.int64)
+    for c in range(C):                         # loop over candidates and codebooks (<= 12 x 8)
+        t = base + c
+        for i in huff:
+            b = _hw_quantize(x, t, i, cb, params, ebias, hdr).bits
+            ok = b <= params.nbits
+            better = ok & ((t < best_t) | ((t == best_t) & (b < best_b)))
+            best_t = np.where(better, t, best_t)
+            best_b = np.where(better, b, best_b)
+            best_i = np.where(better, i, best_i)
+    fixed = [i for i in range(cb.k) if cb.fixed_rate(i) and hdr + params.group * cb.fixed_rate(i) <= params.nbits]
+    fb = fixed[0]
+    nofit = best_i < 0
+    sel = np.where(nofit, fb, best_i)
+    t = np.where(nofit, tf, best_t)
+    best = None
+    for i in sorted(set(sel.tolist())):        # one quantization per used codebook
+        ch = _hw_quantize(x, t, i, cb, params, ebias, hdr)
+        best = ch if best is None else _take(best, ch, sel == i)
     return best, sel
 
 
@@ -800,7 +966,7 @@ def _pad8(n: int) -> int:
 
 
 def compress(x: np.ndarray, *, codebooks: Codebooks, params: KVParams | None = None,
-             dtype: str | None = None) -> tuple[bytes, dict]:
+             dtype: str | None = None, policy: str = DEFAULT_POLICY) -> tuple[bytes, dict]:
     """Compress a KV tensor (or weights) to a self-contained ``.sfk`` file image.
 
     Parameters
@@ -811,6 +977,10 @@ def compress(x: np.ndarray, *, codebooks: Codebooks, params: KVParams | None = N
         Trained with the same geometry (:func:`train`); embedded in the file.
     params : KVParams
         Block geometry (default ``KVParams()``: 128 values in 63 bytes, 2 lanes).
+    policy : str
+        Encoder policy, ``"search"`` or ``"hw"`` (:func:`encode_groups`; the file format is the same),
+        or ``"auto"`` (default): ``"hw"`` when ``params.obits == 0`` (the hardware policy codes no
+        offset), else ``"search"``.  ``stats["policy"]`` names the policy used.
 
     Returns
     -------
@@ -827,7 +997,9 @@ def compress(x: np.ndarray, *, codebooks: Codebooks, params: KVParams | None = N
     groups = to_groups(vals, params)
     amax = float(np.abs(vals).max())
     ebias = choose_ebias(amax, params, codebooks)
-    blocks, info = encode_groups(groups, codebooks, params, ebias)
+    if policy == "auto":
+        policy = "hw" if params.obits == 0 else "search"
+    blocks, info = encode_groups(groups, codebooks, params, ebias, policy=policy)
     cbb = codebooks.to_bytes()
     shape = tuple(vals.shape) + (0,) * (4 - vals.ndim)
     head = _HDR.pack(KV_MAGIC, VERSION, DTYPE_CODES[dtype], vals.ndim, *shape, AXES[params.axis],
@@ -840,6 +1012,7 @@ def compress(x: np.ndarray, *, codebooks: Codebooks, params: KVParams | None = N
     rec, _ = decode_blocks(blocks, codebooks, params, ebias)
     out = round_to(from_groups(rec, vals.shape, params), dtype)
     stats = _stats(vals, output_values(out, dtype), len(data), info, codebooks, params, nb)
+    stats["policy"] = policy
     return data, stats
 
 
@@ -928,17 +1101,21 @@ def decompress(data: bytes, what: str = "kv file") -> tuple[np.ndarray, dict]:
 
 def train(calib: np.ndarray, *, params: KVParams | None = None, n_huffman: int = 3, alphabet: int = 24,
           max_len: int = 8, esc_bits: int = 10, unit_per_step: int = 4, iters: int = 4,
-          centroids: str = "uniform", max_blocks: int = 8192, seed: int = 0) -> Codebooks:
+          centroids: str = "uniform", max_blocks: int = 8192, seed: int = 0,
+          policy: str = TRAIN_POLICY) -> Codebooks:
     """Train K Huffman codebooks (+ the flat fallback) on calibration data.
 
     Lloyd-style alternation on blocks: encode with the current set (each block picks its
     lowest-distortion codebook), then rebuild each codebook's length-limited code from the
-    symbol counts of its blocks; with ``centroids="kmeans"`` each table point also moves to
+    symbol counts of its blocks (blocks encoded with the encoder ``policy`` the codebooks are
+    for, see :func:`encode_groups`); with ``centroids="kmeans"`` each table point also moves to
     the mean position of the values it reconstructs (a non-uniform, k-means table).
     """
     params = params or KVParams()
     if centroids not in ("uniform", "kmeans"):
         raise SparsefabError(f"centroids={centroids!r}, expected 'uniform' or 'kmeans'")
+    if policy not in POLICIES:
+        raise SparsefabError(f"train: policy={policy!r}, expected one of {POLICIES}")
     if not 1 <= n_huffman <= MAX_K - 1:
         raise SparsefabError(f"n_huffman={n_huffman}, expected 1..{MAX_K - 1}")
     if not 4 <= alphabet <= MAX_ALPHABET:
@@ -955,7 +1132,7 @@ def train(calib: np.ndarray, *, params: KVParams | None = None, n_huffman: int =
     ebias = choose_ebias(float(np.abs(vals).max()), params, cb)
     hdr = params.header_bits(cb.k)
     for _ in range(iters):
-        best, sel = _encode_choice(groups, cb, params, ebias, hdr)
+        best, sel = (_encode_choice_hw if policy == "hw" else _encode_choice)(groups, cb, params, ebias, hdr)
         lengths = cb.lengths.copy()
         cents = cb.centroids.copy()
         for i in range(n_huffman):  # loop over codebooks only

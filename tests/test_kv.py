@@ -266,7 +266,7 @@ def test_selector_out_of_range_flagged():
         kv.decompress(_recrc(d))
 
 
-def test_fallback_codebook_fits_and_is_used_for_flat_data():
+def test_fallback_codebook_fits_and_is_used_for_flat_data_search_policy():
     p = kv.KVParams()
     cbk = kv.uniform_codebooks(params=p)
     fr = [cbk.fixed_rate(i) for i in range(cbk.k)]
@@ -275,7 +275,7 @@ def test_fallback_codebook_fits_and_is_used_for_flat_data():
     # 8 equiprobable levels on the fallback's own grid: it is exact, the Laplacian codes are not
     x = ((rng.integers(0, 8, (64, 128)) - 4) * 0.125).astype(np.float16)
     x[:, 0], x[:, 1] = -0.5, 0.375                         # every block spans the full grid
-    data, st = kv.compress(x, codebooks=cbk, params=p)
+    data, st = kv.compress(x, codebooks=cbk, params=p, policy="search")
     assert st["fallback_blocks"] == 64 and st["sqnr_db"] == float("inf"), st
     np.testing.assert_array_equal(kv.decompress(data)[0], x)
 
