@@ -60,13 +60,17 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparsefab.compress import huffman
 from sparsefab.compress.errors import SparsefabError
 
 FORMAT_VERSION = 1
-PIPE_STAGES = 4          # decode register -> centroid -> multiply -> fp16 stage 1 -> output
+PIPE_STAGES = 4          # chain/spec: decode register -> centroid -> multiply -> fp16 stage 1 -> output
+WALK_FRONT = 3           # walk: start, length decode, 2-symbol and 4-symbol stages (+ lookahead chunks)
+WALK_BACK = 8            # walk: D1 records, D2 windows, D3 rank, B1 magnitude, B2 product, B3 exponent,
+#                          B4 rounding, output register
 CFG_ESC_LEN = 16
 CFG_ESC_CODE = 17
 CFG_LIM = 0
@@ -96,7 +100,7 @@ class KVDecompressConfig:
     unit_per_step: int = 4
     bus_bits: int = 64
     values_per_cycle: int = 8
-    decoder: str = "chain"
+    decoder: str = "auto"
 
     def __post_init__(self):
         def bad(name, want):
@@ -125,10 +129,42 @@ class KVDecompressConfig:
             bad("esc_bits", "0 or 2..16")
         if self.unit_per_step not in (1, 2, 4, 8, 16, 32, 64):
             bad("unit_per_step", "a power of two 1..64")
-        if self.decoder not in ("chain", "spec"):
-            bad("decoder", "'chain' or 'spec'")
+        if self.decoder not in ("auto", "walk", "chain", "spec"):
+            bad("decoder", "'auto', 'walk', 'chain' or 'spec'")
         if self.header_bits >= self.nbits:
             bad("block_bytes", "room for lane data after the header")
+        walk_ok = self._walk_problem() is None
+        if self.decoder == "auto":
+            object.__setattr__(self, "decoder", "walk" if walk_ok else "chain")
+        elif self.decoder == "walk" and not walk_ok:
+            bad("decoder", f"'chain' or 'spec' here: the walk decoder {self._walk_problem()}")
+
+    def _walk_problem(self) -> str | None:
+        if self.spl != 4:
+            return f"decodes 4 symbols per lane per cycle (this geometry needs {self.spl})"
+        if self.esc_bits and self.esc_bits < self.max_len:
+            return f"needs esc_bits >= max_len (esc_bits={self.esc_bits}, max_len={self.max_len})"
+        nch = self.walk_chunks
+        if not 4 <= nch <= self.cycles_per_block:
+            return f"needs 4..{self.cycles_per_block} table chunks per block (got {nch})"
+        return None
+
+    @property
+    def walk_chunk(self) -> int:
+        """Walk decoder: lane offsets whose tables are computed per cycle (a power of two)."""
+        need = -(-(self.nbits - self.header_bits + 2) // self.cycles_per_block)
+        return 1 << max(need - 1, 1).bit_length()
+
+    @property
+    def walk_chunks(self) -> int:
+        """Walk decoder: table chunks per lane and block (positions up to ``chunk*chunks - 1``)."""
+        return -(-(self.nbits - self.header_bits + 2) // self.walk_chunk)
+
+    @property
+    def walk_lookahead(self) -> tuple[int, int]:
+        """Walk decoder: chunks read ahead by the 2-symbol and the 4-symbol table stages."""
+        r, w = self.walk_chunk, self.symbol_bits
+        return (r - 1 + w) // r, (r - 1 + 2 * w) // r
 
     @property
     def nbits(self) -> int:
@@ -162,6 +198,9 @@ class KVDecompressConfig:
     @property
     def latency_last(self) -> int:
         """Cycles from a block's last input word to its last output beat (no stalls)."""
+        if self.decoder == "walk":
+            a2, a3 = self.walk_lookahead
+            return WALK_FRONT + a2 + a3 + WALK_BACK + (1 if self.obits else 0) + self.cycles_per_block
         return PIPE_STAGES + 1 + self.cycles_per_block
 
     @classmethod
@@ -313,6 +352,8 @@ class KVDecompressor(wiring.Component):
         esc_len = [Signal(4, name=f"esclen{k}") for k in range(K)]
         esc_code = [Signal(L, name=f"esccode{k}") for k in range(K)]
         cent = [[Signal(signed(16), name=f"cent{k}_{r}") for r in range(S)] for k in range(K)]
+        cmag = [[Signal(16, name=f"cmag{k}_{r}") for r in range(S)] for k in range(K)]
+        csgn = [[Signal(name=f"csgn{k}_{r}") for r in range(S)] for k in range(K)]
         m.d.comb += self.i_cfg.ready.eq(1)
         with m.If(self.i_cfg.valid):
             a, d = self.i_cfg.payload.addr, self.i_cfg.payload.data
@@ -328,7 +369,8 @@ class KVDecompressor(wiring.Component):
                     m.d.sync += esc_code[k].eq(d)
                 for r in range(S):
                     with m.If(a == 64 * k + CFG_TABLE + r):
-                        m.d.sync += cent[k][r].eq(d)
+                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]),
+                                     cmag[k][r].eq(Mux(d[15], -d.as_signed(), d))]
 
         # ---- load stage: words -> input buffer
         wpb = c.words_per_block
@@ -349,6 +391,11 @@ class KVDecompressor(wiring.Component):
         en = Signal()
         o_valid = Signal()
         m.d.comb += [en.eq(~o_valid | self.o_values.ready), self.o_values.valid.eq(o_valid)]
+
+        if c.decoder == "walk":
+            self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
+                       en=en, o_valid=o_valid)
+            return m
 
         # ---- decode stage
         busy = Signal()
@@ -566,6 +613,416 @@ class KVDecompressor(wiring.Component):
             with m.If(berr | cyc_err):
                 m.d.sync += [self.count_errors.eq(self.count_errors + 1), self.error.eq(1)]
         return m
+
+    # ------------------------------------------------------------------ walk decoder
+    def _walk(self, m, *, tabs, inbuf, full, en, o_valid):
+        """The ``walk`` decoder (module docstring): Phase A tables, the one-lookup walk,
+        symbol extraction and the FP16 back end."""
+        c = self._cfg
+        V, L, S, K = c.values_per_cycle, c.max_len, c.s, c.k
+        N, H = c.nbits, c.header_bits
+        room, symw, C, R, NCH = N - H, c.symbol_bits, c.cycles_per_block, c.walk_chunk, c.walk_chunks
+        lR = R.bit_length() - 1
+        A2, A3 = c.walk_lookahead
+        lanes, spl = c.lanes, c.spl
+        PW = 9 if R * NCH <= 512 else (R * NCH - 1).bit_length()      # position width
+        SAT = R * NCH - 1                                               # saturated position (> room)
+        lim, off, esc_len, esc_code, cent, cmag, csgn = tabs
+        chw = (NCH - 1).bit_length()                                    # chunk index width (NCH >= 4)
+
+        def lane_stream(blk, ln, extra):
+            """Lane ``ln`` of block bits ``blk`` as a bit vector (position o = lane bit o), zero padded."""
+            bits = [blk[H + o] for o in range(room)] if ln == 0 else [blk[N - 1 - o] for o in range(room)]
+            return Cat(*bits, Const(0, extra))
+
+        def hdr_fields(h):
+            sel = h[:c.selbits] if c.selbits else Const(0, 1)
+            e = h[c.selbits:c.selbits + c.ebits]
+            f = h[c.selbits + c.ebits:c.selbits + c.ebits + c.mbits] if c.mbits else Const(0, 1)
+            o = h[c.selbits + c.ebits + c.mbits:H] if c.obits else Const(0, 1)
+            return sel, e, f, o
+
+        # ---------------- block ownership: two halves (tables + block copy), Phase A fills, the walk reads
+        owned = [Signal(name=f"owned{h}") for h in range(2)]
+        hA = Signal()
+        hW = Signal()
+        activeA = Signal()
+        kA = Signal(range(NCH + 1))
+        blkbuf = [Signal(N, name=f"blkbuf{h}") for h in range(2)]
+        hdr = [Signal(H, name=f"hdr{h}") for h in range(2)]
+        wc = [Signal(range(NCH + 1), name=f"wc{h}") for h in range(2)]
+        owned_a = Array(owned)
+        startA = Signal()
+        m.d.comb += startA.eq(full & (~activeA | (kA == NCH - 1)) & ~owned_a[hA])
+
+        # the selected codebook's length limits and escape window, registered per block
+        in_sel = inbuf[:c.selbits] if c.selbits else Const(0, 1)
+        limA = [Signal(L + 1, name=f"limA{li}") for li in range(L)]
+        escloA = Signal(L + 1)
+        eschiA = Signal(L + 1)
+        esc_lo = [Signal(L + 1, name=f"esclo{k}") for k in range(K)]
+        esc_hi = [Signal(L + 1, name=f"eschi{k}") for k in range(K)]
+        for k in range(K):
+            if c.esc_bits:
+                lo = Signal(L + 1, name=f"esclo_c{k}")
+                m.d.comb += lo.eq((esc_code[k] << (L - esc_len[k]).as_unsigned()[:4])[:L + 1])
+                m.d.comb += [esc_lo[k].eq(Mux(esc_len[k] == 0, 0, lo)),
+                             esc_hi[k].eq(Mux(esc_len[k] == 0, 0,
+                                              lo + (Const(1, L + 1) << (L - esc_len[k]).as_unsigned()[:4])))]
+            else:
+                m.d.comb += [esc_lo[k].eq(0), esc_hi[k].eq(0)]
+
+        streams_in = [lane_stream(inbuf[:N], ln, L + R) for ln in range(lanes)]
+        SRW = R * NCH + L
+        SR = [Signal(SRW, name=f"SR{ln}") for ln in range(lanes)]
+        with m.If(startA):
+            m.d.sync += [activeA.eq(1), kA.eq(0), full.eq(0), owned_a[hA].eq(1), hA.eq(~hA)]
+            for h in range(2):
+                with m.If(hA == h):
+                    m.d.sync += [blkbuf[h].eq(inbuf[:N]), hdr[h].eq(inbuf[:H]), wc[h].eq(0)]
+            m.d.sync += [SR[ln].eq(streams_in[ln][:SRW]) for ln in range(lanes)]
+            for k in range(K):
+                with m.If(in_sel == k):
+                    m.d.sync += [limA[li].eq(lim[k][li]) for li in range(L)]
+                    m.d.sync += [escloA.eq(esc_lo[k]), eschiA.eq(esc_hi[k])]
+        with m.Elif(activeA):
+            m.d.sync += [SR[ln].eq(SR[ln] >> R) for ln in range(lanes)]
+            with m.If(kA == NCH - 1):
+                m.d.sync += activeA.eq(0)
+            with m.Else():
+                m.d.sync += kA.eq(kA + 1)
+
+        # ---------------- Phase A stage T: total code length (escape included, 0 = no code) at R offsets
+        def tot_at(bits, tag):
+            msbw = Cat(*[bits[L - 1 - j] for j in range(L)])
+            ge = [Signal(name=f"ge{tag}_{li}") for li in range(L)]
+            m.d.comb += [ge[li].eq(msbw >= limA[li]) for li in range(L)]
+            ln = Signal(range(L + 1), name=f"aln{tag}")
+            for li in reversed(range(L)):
+                with m.If(~ge[li]):
+                    m.d.comb += ln.eq(li + 1)
+            t = Signal(range(symw + 1), name=f"tot{tag}")
+            if c.esc_bits:
+                isesc = (msbw >= escloA) & (msbw < eschiA)
+                m.d.comb += t.eq(ln + Mux(isesc, c.esc_bits, 0))
+            else:
+                m.d.comb += t.eq(ln)
+            return t
+
+        TW = (symw).bit_length()
+        R2W = (2 * symw).bit_length()
+        Tq = [[[Signal(TW, name=f"Tq{ln}_{i}_{o}") for o in range(R)] for i in range(A2 + 1)] for ln in range(lanes)]
+        Tv = [Signal(name=f"Tv{i}") for i in range(A2 + 1)]
+        Tj = [Signal(chw, name=f"Tj{i}") for i in range(A2 + 1)]
+        Th = [Signal(name=f"Th{i}") for i in range(A2 + 1)]
+        for ln in range(lanes):
+            for o in range(R):
+                m.d.sync += Tq[ln][0][o].eq(tot_at(SR[ln][o:o + L], f"{ln}_{o}"))
+            for i in range(1, A2 + 1):
+                m.d.sync += [Tq[ln][i][o].eq(Tq[ln][i - 1][o]) for o in range(R)]
+        m.d.sync += [Tv[0].eq(activeA), Tj[0].eq(kA), Th[0].eq(~hA)]     # hA already toggled at start
+        for i in range(1, A2 + 1):
+            m.d.sync += [Tv[i].eq(Tv[i - 1]), Tj[i].eq(Tj[i - 1]), Th[i].eq(Th[i - 1])]
+
+        # ---------------- stage 2: rel2[o] = tot[o] + tot[o + tot[o]] (chunk in Tq[A2], lookahead in Tq[A2-1..0])
+        Rt = [[[Signal(TW, name=f"Rt{ln}_{i}_{o}") for o in range(R)] for i in range(A3 + 1)] for ln in range(lanes)]
+        R2 = [[[Signal(R2W, name=f"R2{ln}_{i}_{o}") for o in range(R)] for i in range(A3 + 1)] for ln in range(lanes)]
+        Rv = [Signal(name=f"Rv{i}") for i in range(A3 + 1)]
+        Rj = [Signal(chw, name=f"Rj{i}") for i in range(A3 + 1)]
+        Rh = [Signal(name=f"Rh{i}") for i in range(A3 + 1)]
+        for ln in range(lanes):
+            flat = [t for i in reversed(range(A2 + 1)) for t in Tq[ln][i]]
+            for o in range(R):
+                cand = Array(flat[o:o + symw + 1])
+                m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(flat[o] + cand[flat[o]])]
+            for i in range(1, A3 + 1):
+                m.d.sync += [Rt[ln][i][o].eq(Rt[ln][i - 1][o]) for o in range(R)]
+                m.d.sync += [R2[ln][i][o].eq(R2[ln][i - 1][o]) for o in range(R)]
+        m.d.sync += [Rv[0].eq(Tv[A2]), Rj[0].eq(Tj[A2]), Rh[0].eq(Th[A2])]
+        for i in range(1, A3 + 1):
+            m.d.sync += [Rv[i].eq(Rv[i - 1]), Rj[i].eq(Rj[i - 1]), Rh[i].eq(Rh[i - 1])]
+
+        # ---------------- stage 3: rel3, nxt4 (absolute, saturated) -> the chunk's records in LUT RAM
+        RELW = TW + 2 * R2W                  # rel1 | rel2 | rel3
+        depth = 2 << chw                      # two halves: the block being walked, the next one
+        mem_n, mem_r = [], []
+        for ln in range(lanes):
+            mn = Memory(shape=unsigned(PW * R), depth=depth, init=[])
+            mr = Memory(shape=unsigned(RELW * R), depth=depth, init=[])
+            m.submodules[f"nxt_mem{ln}"] = mn
+            m.submodules[f"rel_mem{ln}"] = mr
+            mem_n.append(mn)
+            mem_r.append(mr)
+            wn, wr = mn.write_port(), mr.write_port()
+            flat_t = [t for i in reversed(range(A3 + 1)) for t in Rt[ln][i]]
+            flat_2 = [t for i in reversed(range(A3 + 1)) for t in R2[ln][i]]
+            nrec, rrec = [], []
+            for o in range(R):
+                r2 = flat_2[o]
+                cand_t = Array(flat_t[o:o + 2 * symw + 1])
+                cand_2 = Array(flat_2[o:o + 2 * symw + 1])
+                rel3 = Signal(R2W, name=f"rel3_{ln}_{o}")
+                n2 = Signal(PW + 1, name=f"n2_{ln}_{o}")
+                n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
+                m.d.comb += [rel3.eq(r2 + cand_t[r2]),
+                             n2.eq(Cat(Const(o, lR), Rj[A3]) + r2),
+                             n4.eq(n2 + cand_2[r2])]
+                nsat = Signal(PW, name=f"n4s_{ln}_{o}")
+                m.d.comb += nsat.eq(Mux(n4 > SAT, SAT, n4[:PW]))
+                nrec.append(nsat)
+                rrec.append(Cat(flat_t[o], r2, rel3))
+            addr = Cat(Rj[A3], Rh[A3])
+            m.d.comb += [wn.addr.eq(addr), wn.data.eq(Cat(*nrec)), wn.en.eq(Rv[A3]),
+                         wr.addr.eq(addr), wr.data.eq(Cat(*rrec)), wr.en.eq(Rv[A3])]
+        for h in range(2):
+            with m.If(Rv[A3] & (Rh[A3] == h)):
+                m.d.sync += wc[h].eq(wc[h] + 1)
+
+        # ---------------- the walk: p <- nxt4[p] for each lane, one lookup per cycle
+        p = [Signal(PW, name=f"p{ln}") for ln in range(lanes)]
+        t = Signal(range(C))
+        wc_a = Array(wc)
+        act = Signal()
+        ready = Signal()
+        adv = Signal()
+        m.d.comb += [act.eq(owned_a[hW]),
+                     ready.eq(Cat(*[(p[ln] >> lR) < wc_a[hW] for ln in range(lanes)]).all()),
+                     adv.eq(act & en & ready)]
+        nsel, rsel = [], []
+        for ln in range(lanes):
+            rn, rr = mem_n[ln].read_port(domain="comb"), mem_r[ln].read_port(domain="comb")
+            addr = Cat((p[ln] >> lR)[:chw], hW)
+            m.d.comb += [rn.addr.eq(addr), rr.addr.eq(addr)]
+            ns = Signal(PW, name=f"nsel{ln}")
+            rs = Signal(RELW, name=f"rsel{ln}")
+            m.d.comb += [ns.eq(rn.data.word_select(p[ln][:lR], PW)), rs.eq(rr.data.word_select(p[ln][:lR], RELW))]
+            nsel.append(ns)
+            rsel.append(rs)
+        last_t = t == C - 1
+        with m.If(adv):
+            with m.If(last_t):
+                m.d.sync += [t.eq(0), hW.eq(~hW), owned_a[hW].eq(0)]
+                m.d.sync += [pp.eq(0) for pp in p]
+            with m.Else():
+                m.d.sync += t.eq(t + 1)
+                m.d.sync += [pp.eq(ns) for pp, ns in zip(p, nsel, strict=True)]
+
+        # ---------------- D1: records at p, coarse window of the lane stream at the chunk of p
+        CWW = R - 1 + (spl + 1) * symw
+        hdrW = Mux(hW, hdr[1], hdr[0])
+        blkW = Signal(N)
+        m.d.comb += blkW.eq(Mux(hW, blkbuf[1], blkbuf[0]))
+        d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
+        d1_hdr = Signal(H)
+        d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
+        d1_n = [Signal(PW, name=f"d1n{ln}") for ln in range(lanes)]
+        d1_rel = [Signal(RELW, name=f"d1rel{ln}") for ln in range(lanes)]
+        d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
+        with m.If(en):
+            m.d.sync += [d1_valid.eq(adv), d1_first.eq(t == 0), d1_last.eq(last_t), d1_hdr.eq(hdrW)]
+            for ln in range(lanes):
+                st = lane_stream(blkW, ln, R * NCH + CWW)
+                m.d.sync += [d1_p[ln].eq(p[ln]), d1_n[ln].eq(nsel[ln]), d1_rel[ln].eq(rsel[ln]),
+                             d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), p[ln] >> lR), CWW))]
+
+        # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
+        d2_valid, d2_first, d2_last, d2_err = Signal(), Signal(), Signal(), Signal()
+        d2_hdr = Signal(H)
+        d2_sub = [Signal(symw, name=f"d2sub{v}") for v in range(V)]
+        d2_ln = [Signal(range(L + 1), name=f"d2ln{v}") for v in range(V)]
+        d2_esc = [Signal(name=f"d2esc{v}") for v in range(V)]
+        oks = []
+        for ln in range(lanes):
+            rel = [Const(0, R2W), d1_rel[ln][:TW], d1_rel[ln][TW:TW + R2W], d1_rel[ln][TW + R2W:]]
+            span = Signal(PW + 1, name=f"span{ln}")
+            m.d.comb += span.eq(d1_n[ln] - d1_p[ln])
+            ends = rel[1:spl] + [span]
+            r0 = d1_p[ln][:lR]
+            for j in range(spl):
+                v = j * lanes + ln
+                tot = Signal(range(-(1 << (PW + 1)), 1 << (PW + 1)), name=f"d2tot{v}")
+                m.d.comb += tot.eq(ends[j] - rel[j])
+                isesc = (tot > L) if c.esc_bits else Const(0, 1)
+                ok = Signal(name=f"ok{v}")
+                m.d.comb += ok.eq((tot != 0) & (tot <= symw))
+                oks.append(ok)
+                with m.If(en):
+                    m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(r0 + rel[j], symw)),
+                                 d2_esc[v].eq(isesc),
+                                 d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
+        sel1 = hdr_fields(d1_hdr)[0]
+        overrun = Signal()
+        m.d.comb += overrun.eq(d1_last & (sum(d1_n) > room))
+        with m.If(en):
+            m.d.sync += [d2_valid.eq(d1_valid), d2_first.eq(d1_first), d2_last.eq(d1_last), d2_hdr.eq(d1_hdr),
+                         d2_err.eq(~Cat(*oks).all() | overrun | (sel1 >= K))]
+
+        # ---------------- D3: canonical rank, escape raw bits; block error accumulated over the block
+        sel2, e2, f2, o2 = hdr_fields(d2_hdr)
+        d3_valid, d3_last, d3_err = Signal(), Signal(), Signal()
+        d3_hdr = Signal(H)
+        d3_rank = [Signal(7, name=f"d3rank{v}") for v in range(V)]
+        d3_esc = [Signal(name=f"d3esc{v}") for v in range(V)]
+        EB = max(c.esc_bits, 1)
+        d3_raw = [Signal(signed(EB), name=f"d3raw{v}") for v in range(V)]
+        d3_rmag = [Signal(EB, name=f"d3rmag{v}") for v in range(V)]
+        off_s = [Signal(signed(7), name=f"offw{li}") for li in range(L)]
+        for k in range(K):
+            with m.If(sel2 == k):
+                m.d.comb += [off_s[li].eq(off[k][li]) for li in range(L)]
+        off_a = Array([Const(0, signed(7))] + off_s + [Const(0, signed(7))] * ((1 << (L).bit_length()) - L - 1))
+        for v in range(V):
+            sub, ln = d2_sub[v], d2_ln[v]
+            msbw = Cat(*[sub[L - 1 - j] for j in range(L)])
+            raw = Signal(signed(EB), name=f"raw{v}")
+            if c.esc_bits:
+                m.d.comb += raw.eq(sub.bit_select(ln, c.esc_bits))
+            else:
+                m.d.comb += raw.eq(0)
+            with m.If(en):
+                m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + off_a[ln]),
+                             d3_esc[v].eq(d2_esc[v]), d3_raw[v].eq(raw),
+                             d3_rmag[v].eq(Mux(raw < 0, -raw, raw))]
+        acc = Signal()
+        blk_err = Signal()
+        m.d.comb += blk_err.eq((acc & ~d2_first) | d2_err)
+        with m.If(en):
+            m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_hdr.eq(d2_hdr), d3_err.eq(blk_err)]
+            with m.If(d2_valid):
+                m.d.sync += acc.eq(blk_err)
+        with m.If(adv):
+            m.d.sync += self.count_decode_cycles.eq(self.count_decode_cycles + 1)
+        with m.If(act & ~en):
+            m.d.sync += self.count_stall_cycles.eq(self.count_stall_cycles + 1)
+        with m.If(en & d2_valid & d2_last):
+            m.d.sync += self.count_blocks.eq(self.count_blocks + 1)
+            with m.If(blk_err):
+                m.d.sync += [self.count_errors.eq(self.count_errors + 1), self.error.eq(1)]
+
+        # ---------------- B1: reconstruction integer as sign + magnitude
+        sel3, e3, f3, o3 = hdr_fields(d3_hdr)
+        ups_shift = c.unit_per_step.bit_length() - 1
+        rbits = max(17, c.esc_bits + 1, c.obits + ups_shift + 2) + 1
+        MW = rbits                                  # magnitude width (|r| < 2**(rbits-1) + 1)
+        b1_valid, b1_last, b1_err = Signal(), Signal(), Signal()
+        b1_e, b1_f = Signal(c.ebits), Signal(max(c.mbits, 1))
+        b1_sgn = [Signal(name=f"b1sgn{v}") for v in range(V)]
+        b1_mag = [Signal(MW, name=f"b1mag{v}") for v in range(V)]
+        pad = [Const(0, 16)] * (128 - S)
+        with m.If(en):
+            m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3)]
+        if not c.obits:
+            cm = [Signal(16, name=f"cmw{r}") for r in range(S)]
+            cs = [Signal(name=f"csw{r}") for r in range(S)]
+            for k in range(K):
+                with m.If(sel3 == k):
+                    m.d.comb += [cm[r].eq(cmag[k][r]) for r in range(S)]
+                    m.d.comb += [cs[r].eq(csgn[k][r]) for r in range(S)]
+            cm_a, cs_a = Array(cm + pad), Array(cs + [Const(0, 1)] * (128 - S))
+            with m.If(en):
+                for v in range(V):
+                    m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cs_a[d3_rank[v]])),
+                                 b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cm_a[d3_rank[v]]))]
+        else:
+            # with a block offset: signed sum first, then sign/magnitude (one more stage)
+            cv = [Signal(signed(16), name=f"cvw{r}") for r in range(S)]
+            for k in range(K):
+                with m.If(sel3 == k):
+                    m.d.comb += [cv[r].eq(cent[k][r]) for r in range(S)]
+            cv_a = Array(cv + [Const(0, signed(16))] * (128 - S))
+            rr = [Signal(signed(rbits), name=f"b0r{v}") for v in range(V)]
+            b0_valid, b0_last, b0_err = Signal(), Signal(), Signal()
+            b0_e, b0_f = Signal(c.ebits), Signal(max(c.mbits, 1))
+            obase = Signal(signed(rbits))
+            m.d.comb += obase.eq(o3.as_signed() << ups_shift)
+            with m.If(en):
+                m.d.sync += [b0_valid.eq(d3_valid), b0_last.eq(d3_last), b0_err.eq(d3_err), b0_e.eq(e3), b0_f.eq(f3)]
+                m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], cv_a[d3_rank[v]]) + obase) for v in range(V)]
+                m.d.sync += [b1_valid.eq(b0_valid), b1_last.eq(b0_last), b1_err.eq(b0_err), b1_e.eq(b0_e), b1_f.eq(b0_f)]
+                for v in range(V):
+                    m.d.sync += [b1_sgn[v].eq(rr[v] < 0), b1_mag[v].eq(Mux(rr[v] < 0, -rr[v], rr[v]))]
+
+        # ---------------- B2: magnitude of p = r * (2**mbits + f); k = e + ebias
+        pbits = MW + c.mbits + 1
+        b2_valid, b2_last, b2_err = Signal(), Signal(), Signal()
+        b2_sgn = [Signal(name=f"b2sgn{v}") for v in range(V)]
+        b2_mag = [Signal(pbits, name=f"b2mag{v}") for v in range(V)]
+        b2_kk = Signal(signed(11))      # -(k + 24): right shift of a subnormal
+        b2_k15 = Signal(signed(11))     # k + 15: biased exponent of bit 0
+        mant = Signal(c.mbits + 1)
+        m.d.comb += mant.eq((1 << c.mbits) + (b1_f if c.mbits else 0))
+        with m.If(en):
+            m.d.sync += [b2_valid.eq(b1_valid), b2_last.eq(b1_last), b2_err.eq(b1_err),
+                         b2_kk.eq(-(b1_e + self.ebias + 24)), b2_k15.eq(b1_e + self.ebias + 15)]
+            m.d.sync += [b2_sgn[v].eq(b1_sgn[v]) for v in range(V)]
+            m.d.sync += [b2_mag[v].eq(b1_mag[v] * mant) for v in range(V)]
+
+        # ---------------- B3: leading one, shift amount, biased exponent
+        SHW = signed(max(7, (pbits + 2).bit_length() + 1))
+        b3_valid, b3_last, b3_err = Signal(), Signal(), Signal()
+        b3_sgn = [Signal(name=f"b3sgn{v}") for v in range(V)]
+        b3_mag = [Signal(pbits, name=f"b3mag{v}") for v in range(V)]
+        b3_sh = [Signal(SHW, name=f"b3sh{v}") for v in range(V)]
+        b3_eb = [Signal(signed(11), name=f"b3eb{v}") for v in range(V)]
+        b3_norm = [Signal(name=f"b3norm{v}") for v in range(V)]
+        with m.If(en):
+            m.d.sync += [b3_valid.eq(b2_valid), b3_last.eq(b2_last), b3_err.eq(b2_err)]
+        for v in range(V):
+            mag = b2_mag[v]
+            msb = Signal(range(pbits), name=f"msb{v}")
+            for i in range(pbits):
+                with m.If(mag[i]):
+                    m.d.comb += msb.eq(i)
+            norm = Signal(name=f"norm{v}")
+            m.d.comb += norm.eq((msb - 10) >= b2_kk)
+            shv = Signal(signed(12), name=f"shv{v}")
+            m.d.comb += shv.eq(Mux(norm, msb - 10, b2_kk))
+            with m.If(en):
+                m.d.sync += [b3_sgn[v].eq(b2_sgn[v]), b3_mag[v].eq(mag), b3_norm[v].eq(norm),
+                             b3_eb[v].eq(msb + b2_k15),
+                             b3_sh[v].eq(Mux(shv > pbits + 1, pbits + 2, shv))]
+
+        # ---------------- B4: shift with round-to-nearest-even bits
+        b4_valid, b4_last, b4_err = Signal(), Signal(), Signal()
+        b4_sgn = [Signal(name=f"b4sgn{v}") for v in range(V)]
+        b4_q = [Signal(12, name=f"b4q{v}") for v in range(V)]
+        b4_up = [Signal(name=f"b4up{v}") for v in range(V)]
+        b4_eb = [Signal(signed(11), name=f"b4eb{v}") for v in range(V)]
+        b4_norm = [Signal(name=f"b4norm{v}") for v in range(V)]
+        b4_zero = [Signal(name=f"b4zero{v}") for v in range(V)]
+        with m.If(en):
+            m.d.sync += [b4_valid.eq(b3_valid), b4_last.eq(b3_last), b4_err.eq(b3_err)]
+        for v in range(V):
+            mag, sh = b3_mag[v], b3_sh[v]
+            wide = Cat(Const(0, 1), mag)             # one guard bit below bit 0
+            q = Signal(12, name=f"q{v}")
+            rnd = Signal(name=f"rnd{v}")
+            sticky = Signal(name=f"sticky{v}")
+            with m.If(sh <= 0):
+                m.d.comb += [q.eq(mag << (-sh).as_unsigned()[:4]), rnd.eq(0), sticky.eq(0)]
+            with m.Else():
+                s = sh.as_unsigned()[:SHW.width - 1]
+                shifted = Signal(pbits + 1, name=f"shifted{v}")
+                m.d.comb += shifted.eq(wide >> s)          # bit 0 = round bit, bits 1.. = q
+                m.d.comb += [q.eq(shifted[1:]), rnd.eq(shifted[0]),
+                             sticky.eq((mag & ((Const(1, pbits + 2) << (s - 1)[:SHW.width - 1]) - 1)[:pbits]) != 0)]
+            with m.If(en):
+                m.d.sync += [b4_sgn[v].eq(b3_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(rnd & (sticky | q[0])),
+                             b4_eb[v].eq(b3_eb[v]), b4_norm[v].eq(b3_norm[v]), b4_zero[v].eq(mag == 0)]
+
+        # ---------------- output register: exponent + rounded significand, overflow to Inf
+        with m.If(en):
+            m.d.sync += [o_valid.eq(b4_valid), self.o_values.payload.last.eq(b4_last),
+                         self.o_values.payload.error.eq(b4_err & b4_last)]
+        for v in range(V):
+            bits = Signal(17, name=f"fbits{v}")
+            ebf = Signal(5, name=f"ebf{v}")
+            m.d.comb += ebf.eq(Mux(b4_norm[v], (b4_eb[v] - 1)[:5], 0))
+            m.d.comb += bits.eq((ebf << 10) + b4_q[v] + b4_up[v])
+            inf = (b4_norm[v] & (b4_eb[v] >= 31)) | (bits >= 0x7C00)
+            out = Mux(b4_zero[v], 0, Mux(inf, Cat(Const(0x7C00, 15), b4_sgn[v]), Cat(bits[:15], b4_sgn[v])))
+            with m.If(en):
+                m.d.sync += self.o_values.payload.data[v].eq(out)
 
 
 def build(**params) -> KVDecompressor:

@@ -56,7 +56,7 @@ def block_words(blocks: np.ndarray, bus_bits: int) -> list[int]:
     return [int(x) for x in w]
 
 
-def run_case(data: bytes, *, decoder: str = "chain", bus_bits: int = 64, idle: float = 0.0,
+def run_case(data: bytes, *, decoder: str = "auto", bus_bits: int = 64, idle: float = 0.0,
              backpressure: float = 0.0, check: bool = True, dump: bool = False,
              expect_errors: int | None = None, seed: int | None = None, simulator: str = "verilator",
              build_root: str | Path | None = None, values_per_cycle: int = 8,
@@ -127,7 +127,7 @@ def measure(res: dict) -> dict:
             "errors": c["count_errors"], "stall_cycles": c["count_stall_cycles"]}
 
 
-def rtl_decompress(data: bytes, *, stalls: bool = False, decoder: str = "chain") -> tuple[np.ndarray, dict]:
+def rtl_decompress(data: bytes, *, stalls: bool = False, decoder: str = "auto") -> tuple[np.ndarray, dict]:
     """Decode a whole ``.sfk`` image on the RTL; return (array like :func:`kv.decompress`, figures)."""
     hdr, _ = kv.read_header(bytes(data))
     res = run_case(data, decoder=decoder, check=False, dump=True,

@@ -33,7 +33,12 @@ def test_config_validated():
     with pytest.raises(SparsefabError, match="not both"):
         KVDecompressor(config=KVDecompressConfig(), lanes=2)
     c = KVDecompressConfig()
-    assert (c.header_bits, c.words_per_block, c.spl, c.cycles_per_block, c.latency_last) == (9, 8, 4, 16, 21)
+    assert (c.header_bits, c.words_per_block, c.spl, c.cycles_per_block) == (9, 8, 4, 16)
+    assert (c.decoder, c.walk_chunk, c.walk_chunks, c.walk_lookahead, c.latency_last) == ("walk", 32, 16, (1, 2), 30)
+    assert KVDecompressConfig(decoder="chain").latency_last == 21
+    assert KVDecompressConfig(lanes=1).decoder == "chain"             # 8 symbols per lane: no walk
+    with pytest.raises(SparsefabError, match="walk decoder"):
+        KVDecompressConfig(lanes=1, decoder="walk")
 
 
 def test_config_words_describe_canonical_codes(cb):
@@ -69,9 +74,10 @@ def test_rtl_bit_exact_with_stalls_and_throughput(cb):
     x = heavy((24, 384), seed=SEED)
     data, _ = kv.compress(x, codebooks=cb)
     _run(data, idle=0.3, backpressure=0.3)          # scoreboard inside the bench
-    fig = kv_flow.measure(_run(data))                 # no stalls: measured rate and latency
+    res = _run(data)                                  # no stalls: measured rate and latency
+    fig = kv_flow.measure(res)
     assert fig["values_per_cycle"] == pytest.approx(8.0), fig
-    assert fig["latency_first_word_cycles"] <= 32 and fig["latency_cycles"] == 21, fig
+    assert fig["latency_cycles"] == res["config"].latency_last <= 32, fig
 
 
 def test_rtl_adversarial_blocks(cb):
