@@ -10,9 +10,20 @@ Architecture
 * **Decode** (``group / values_per_cycle`` cycles per block, no per-block overhead): the block
   has 1 or 2 lanes (docs section 3.3); lane 0 reads the block forward from the end of the
   header, lane 1 backward from the last bit, so both run in parallel without pointers.  Each
-  lane decodes ``spl = values_per_cycle / lanes`` symbols per cycle.  Two decoders are
-  generated (``decoder=``):
+  lane decodes ``spl = values_per_cycle / lanes`` symbols per cycle.  Three decoders are
+  generated (``decoder=``; ``"auto"``, the default, is ``"walk"`` where the geometry allows it):
 
+  - ``"walk"`` (spl = 4, esc_bits >= max_len; the default geometry): the bit-pointer loop is
+    ONE table lookup, ``p <- nxt4[p]``.  A front end ("Phase A") computes, for every bit offset
+    ``o`` of each lane, ``R = walk_chunk`` offsets per cycle while the block is still waiting:
+    the code length ``tot[o]`` (escape included), then by pointer doubling
+    ``rel2[o] = tot[o] + tot[o + tot[o]]``, ``rel3`` and ``nxt4[o] = o + rel2[o] + rel2[o + rel2[o]]``
+    (saturated at ``R*chunks - 1 > room``, so a lane running past its region stays past it).
+    The records (``nxt4``; ``rel1..rel3``) of each chunk go into LUT RAM with two halves (the
+    block being walked, the next one).  The walk reads the record of ``p`` (stalling only if
+    Phase A has not reached that chunk yet), and a pipeline behind it cuts the 4 symbol windows
+    out of the block at ``p + rel_j``; the code length of each symbol is ``rel_{j+1} - rel_j``
+    (longer than max_len = an escape), so the rank needs no comparator;
   - ``"chain"``: the ``spl`` canonical decodes of a cycle are chained (each one's length
     positions the next);
   - ``"spec"``: speculative decoding: the code length (escape included) is computed at every
@@ -26,7 +37,9 @@ Architecture
   through ``i_cfg`` (see :func:`config_words`), so one bitstream serves any trained codebooks.
 * **Dequantize**: rank -> centroid (or the escape's raw bits), ``+ o * unit_per_step``,
   ``* (2**mbits + f)``, then an exact round-to-nearest-even conversion of ``p * 2**(e+ebias)`` to
-  FP16 (subnormals, overflow to Inf), in 4 pipeline stages.
+  FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 5 (sign and
+  magnitude from the table, product, leading one and shift amount, shift with round/sticky bits,
+  exponent add and Inf), plus one when ``obits > 0``.
 
 Ports
 -----
@@ -48,9 +61,12 @@ count_blocks, count_errors, count_decode_cycles, count_stall_cycles : Out(32)
     Blocks decoded, malformed blocks, cycles the decoder advanced, cycles it waited on the
     output (backpressure).
 
-Latency: a block's last word is accepted at cycle 0; its first beat is valid at cycle
-``LATENCY_FIRST = 6``, its last beat at ``5 + group/values_per_cycle`` (21 for the defaults),
-when the output is never stalled.
+Latency (``config.latency_last``, measured by tests/test_kv_decompress.py): a block's last
+word is accepted at cycle 0; with the output never stalled its last beat is valid at cycle
+``5 + group/values_per_cycle`` (21) for chain/spec and ``11 + a2 + a3 + group/values_per_cycle``
+(a2, a3 = ``walk_lookahead``; 30 for the defaults: first beat at 15) for walk.  Sustained
+rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
+costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 """
 
 from __future__ import annotations
