@@ -144,7 +144,7 @@ def test_rtl_on_real_minilm_keys():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder,bus_bits", [("spec", 64), ("chain", 32)])
+@pytest.mark.parametrize("decoder,bus_bits", [("spec", 64), ("chain", 32), ("walk", 32)])
 def test_rtl_variants(cb, decoder, bus_bits):
     x = heavy((8, 384), seed=SEED + 1)
     data, _ = kv.compress(x, codebooks=cb)
@@ -152,12 +152,15 @@ def test_rtl_variants(cb, decoder, bus_bits):
 
 
 @pytest.mark.slow
-def test_rtl_other_geometry():
-    p = kv.KVParams(group=64, block_bytes=36, lanes=1, obits=4, axis="channel")
-    x = heavy((64, 96), seed=9)
+@pytest.mark.parametrize("geometry", [dict(group=64, block_bytes=36, lanes=1, obits=4),   # chain
+                                      dict(obits=4)])                                    # walk + offsets
+def test_rtl_other_geometry(geometry):
+    p = kv.KVParams(axis="channel", **geometry)
+    x = heavy((64, 96 if p.group == 64 else 256), seed=9)
     cbk = kv.train(x, params=p, iters=1)
     data, _ = kv.compress(x, codebooks=cbk, params=p)
-    _run(data, idle=0.2, backpressure=0.2)
+    res = _run(data, idle=0.2, backpressure=0.2)
+    assert res["config"].decoder == ("chain" if p.lanes == 1 else "walk")
 
 
 def amaranth_sim_beats(data, decoder):
@@ -202,9 +205,9 @@ def amaranth_sim_beats(data, decoder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder", ["chain", "spec"])
+@pytest.mark.parametrize("decoder", ["chain", "spec", "walk"])
 def test_amaranth_sim_both_decoders(decoder):
-    """Both decoders (chained and speculative with pointer doubling) equal golden; no Verilator."""
+    """The three decoders (chained, speculative, table walk) equal golden; no Verilator."""
     rng = np.random.default_rng(SEED)
     x = (rng.standard_t(3, (2, 256)) * 0.7).astype(np.float16)
     x[0, 5] = 900.0                                            # an escape
@@ -212,3 +215,55 @@ def test_amaranth_sim_both_decoders(decoder):
     data, _ = kv.compress(x, codebooks=cbk)
     got, exp = amaranth_sim_beats(data, decoder)
     assert got == exp, f"decoder {decoder}, seed {SEED}"
+
+
+def _forge_block(cb, params, sel, e, f, lanes_syms):
+    """A block written bit by bit from the spec (docs/FORMATS_KV.md 3.1-3.3): header, lane 0
+    forward from the header, lane 1 backward from the last bit; ``lanes_syms[l]`` is a list of
+    ``(symbol, raw)`` (raw: escape payload).  Validity is then checked by the golden decoder."""
+    from sparsefab.compress import huffman
+    n, h = params.nbits, params.header_bits(cb.k)
+    bits = np.zeros(n, np.uint8)
+    sb = int(cb.k - 1).bit_length()
+    for at, w, val in ((0, sb, sel), (sb, params.ebits, e), (sb + params.ebits, params.mbits, f)):
+        bits[at:at + w] = [(val >> i) & 1 for i in range(w)]
+    codes = huffman.canonical_codes(cb.lengths[sel])
+    for lane, syms in enumerate(lanes_syms):
+        seq = []
+        for s, raw in syms:
+            ln = int(cb.lengths[sel][s])
+            seq += [(int(codes[s]) >> (ln - 1 - i)) & 1 for i in range(ln)]
+            if s == cb.s - 1:
+                seq += [(raw >> i) & 1 for i in range(cb.esc_bits)]
+        idx = h + np.arange(len(seq)) if lane == 0 else n - 1 - np.arange(len(seq))
+        bits[idx] = seq
+    return np.packbits(bits, bitorder="little")
+
+
+def test_rtl_walk_overtakes_its_tables():
+    """Lanes that open with 19 escapes (18 bits each): on the first block the walk runs ahead of
+    its tables and waits for them (a longer latency); later blocks find their tables computed a
+    block ahead (8 values/cycle); values bit-exact."""
+    from sparsefab.sim import kv_flow
+    p = kv.KVParams()
+    base = kv.uniform_codebooks(params=p)
+    ln = base.lengths.copy()
+    ln[0] = 0
+    ln[0, 11], ln[0, 10], ln[0, 12] = 1, 2, 3           # '0', '10', '110'
+    ln[0, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]] = 8
+    cbx = kv.Codebooks(ln, base.centroids, max_len=8, esc_bits=10, unit_per_step=4)
+    rng = np.random.default_rng(SEED)
+    data, _ = kv.compress(heavy((2, 128), seed=5), codebooks=cbx)
+    hdr, _ = kv.read_header(data)
+    esc = [(23, int(r)) for r in rng.integers(-512, 512, 19)]
+    rest = [(int(s), 0) for s in rng.choice([10, 11, 12], 45, p=[0.2, 0.7, 0.1])]
+    quiet = [(11, 0)] * 64
+    blocks = np.stack([_forge_block(cbx, p, 0, 9, 3, lanes) for lanes in
+                       ((esc + rest, quiet), (quiet, esc + rest), (esc + rest, quiet), (rest[:19] + esc + rest[19:26], quiet))])
+    vals, _ = kv.decode_blocks(blocks, cbx, p, hdr.ebias)      # the golden decoder accepts them
+    assert np.abs(vals).max() > 0
+    res = _run(data, blocks=blocks)                              # bit-exact (scoreboard in the bench)
+    fig = kv_flow.measure(res)
+    assert fig["errors"] == 0 and fig["latency_cycles"] > res["config"].latency_last, fig
+    assert fig["values_per_cycle"] == pytest.approx(8.0), fig
+    _run(data, blocks=blocks, idle=0.3, backpressure=0.3)
