@@ -140,9 +140,10 @@ def run(quick: bool = False) -> dict:
     if rtl is None:
         print("\nRTL decompressor: not available")
     else:
-        print(f"\nRTL decompressor ({rtl['blocks']} blocks in simulation): {rtl['values_per_cycle']:.3f} values/cycle "
-              f"sustained (ideal {rtl['ideal_values_per_cycle']}), block latency {rtl['latency_cycles']} cycles "
-              f"(last input word -> last value), identical to golden: {rtl['identical']}")
+        print(f"\nRTL decompressor ({rtl['decoder']} decoder, {rtl['blocks']} blocks in simulation): "
+              f"{rtl['values_per_cycle']:.3f} values/cycle sustained (ideal {rtl['ideal_values_per_cycle']}), "
+              f"block latency {rtl['latency_cycles']} cycles (last input word -> last value; "
+              f"{rtl['latency_first_word_cycles']} from its first word), identical to golden: {rtl['identical']}")
     res["rtl"] = rtl
     res["seconds"] = time.perf_counter() - t0
     return res

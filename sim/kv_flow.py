@@ -117,7 +117,7 @@ def measure(res: dict) -> dict:
     # latency: of the first block, which meets an empty pipeline (later blocks also queue)
     sustained = ((nb - 1) * cfg.group / (res["last_beat_cycle"][-1] - res["last_beat_cycle"][0])
                  if nb > 1 else float("nan"))
-    return {"blocks": nb, "values": values, "cycles": span,
+    return {"decoder": cfg.decoder, "blocks": nb, "values": values, "cycles": span,
             "values_per_cycle": sustained, "values_per_cycle_with_fill": values / span,
             "decode_values_per_cycle": values / max(c["count_decode_cycles"], 1),
             "ideal_values_per_cycle": cfg.values_per_cycle,
