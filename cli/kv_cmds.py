@@ -71,7 +71,7 @@ def _compress(args) -> int:
         cb = kv.Codebooks.from_bytes(read_bytes(args.codebooks, "codebook"), str(args.codebooks))
     else:
         cb = _train_cb(x, args, params)   # self-calibrated; the codebooks are embedded either way
-    data, st = kv.compress(x, codebooks=cb, params=params, dtype=args.dtype)
+    data, st = kv.compress(x, codebooks=cb, params=params, dtype=args.dtype, policy=args.policy)
     atomic_write_bytes(args.output, data)
     st = {"input": str(args.input), "output": str(args.output), "input_bytes": 2 * int(x.size), **st}
     if args.json:
@@ -80,7 +80,8 @@ def _compress(args) -> int:
         print(f"{args.input} -> {args.output}: {st['input_bytes']} -> {st['file_bytes']} bytes, "
               f"ratio {st['ratio']:.4f}, SQNR {st['sqnr_db']:.3f} dB, max |err| {st['max_abs_err']:.6g}, "
               f"{st['blocks']} blocks ({st['fallback_blocks']} fallback, {st['escape_blocks']} with escapes, "
-              f"{st['clipped_values']} clipped values), per codebook {st['per_codebook']}")
+              f"{st['clipped_values']} clipped values), per codebook {st['per_codebook']}, "
+              f"policy {st['policy']}")
     return 0
 
 
@@ -143,6 +144,10 @@ def register(commands) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="compressed file to write (.sfk)")
     p.add_argument("--codebooks", metavar="CB", help="trained codebooks (default: train on IN itself)")
     p.add_argument("--dtype", choices=("fp16", "bf16"), help="round float32/64 input to this (default fp16)")
+    p.add_argument("--policy", choices=("auto", "hw", "search"), default="auto",
+                   help="encoder: hw = one-pass policy of the RTL compressor (byte-identical blocks), "
+                        "search = multi-pass step search + rate-distortion fill; auto (default) = hw "
+                        "unless --offset-bits > 0")
     p.add_argument("--json", action="store_true", help="print one JSON object with the statistics")
     _geometry(p)
     _train_args(p)

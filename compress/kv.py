@@ -573,13 +573,16 @@ def _best_for_codebook(x, i, cb, params, ebias, hdr) -> _Choice:
     return best
 
 
-def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int, *, policy: str = "search"):
+def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int, *, policy: str = "search",
+                  top: float = 2.0 ** 15):
     """Encode groups ``x`` [n, G] (float64 values) to blocks [n, block_bytes] uint8.
 
     ``policy="search"``: the multi-pass search (binary search of the step per codebook,
     rate-distortion fill of the slack, coarser-step retries, lowest distortion wins);
     ``policy="hw"``: the one-pass hardware policy that ``gen/kv_compress.py`` implements bit for bit
-    (docs/FORMATS_KV.md section 5.2).
+    (docs/FORMATS_KV.md section 5.2); values with ``|x| >= top`` (FP16: the top binade) are never
+    rounded away from zero by it, so no reconstruction overflows to Inf (``compress`` passes ``2**15``
+    for FP16 and ``2**127`` for BF16).
 
     Returns ``(blocks, info)`` where ``info`` holds per-block ``sel``, ``t``, ``o``,
     ``bits`` (used), ``escapes`` and ``clipped`` arrays.
@@ -593,7 +596,10 @@ def encode_groups(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int, *,
                              f"{params.block_bytes} bytes after a {hdr}-bit header; retrain with these params")
     if policy not in POLICIES:
         raise SparsefabError(f"encode: policy={policy!r}, expected one of {POLICIES}")
-    best, sel = (_encode_choice_hw if policy == "hw" else _encode_choice)(x, cb, params, ebias, hdr)
+    if policy == "hw":
+        best, sel = _encode_choice_hw(x, cb, params, ebias, hdr, top)
+    else:
+        best, sel = _encode_choice(x, cb, params, ebias, hdr)
     blocks = _pack(best, sel, cb, params)
     info = {"sel": sel, "t": best.t, "o": best.o, "bits": best.bits,
             "escapes": best.esc.sum(axis=1), "clipped": best.clipped}
@@ -694,8 +700,20 @@ def hw_window(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
     return base, tf
 
 
+def hw_big_margin(cb: Codebooks) -> int:
+    """Magnitude pulled off ``z`` (in ``2**-HW_F`` units) for values ``|x| >= top``: half the widest gap
+    of any centroid table (at least ``unit_per_step``) plus one, so their nearest centroid and their
+    escape value are never farther from zero than the value itself (no overflow to Inf)."""
+    gap = cb.unit_per_step
+    for i in range(cb.k):
+        cs = np.sort(cb.centroids[i, cb.table_symbols(i)])
+        if cs.size > 1:
+            gap = max(gap, int(np.diff(cs).max()))
+    return (gap << (HW_F - 1)) + 1
+
+
 def _hw_quantize(x: np.ndarray, t: np.ndarray, i: int, cb: Codebooks, params: KVParams, ebias: int,
-                 hdr: int) -> _Choice:
+                 hdr: int, top: float = 2.0 ** 15) -> _Choice:
     """Quantize groups ``x`` [n, G] with codebook ``i`` at step codes ``t`` [n] by the integer rule
     of the hardware (no offset: ``obits`` must be 0)."""
     t = np.asarray(t, np.int64)
@@ -706,6 +724,7 @@ def _hw_quantize(x: np.ndarray, t: np.ndarray, i: int, cb: Codebooks, params: KV
     # y = floor(|x| * 2**F / 2**(e + ebias)), exact (power-of-two scaling of a float64)
     y = np.minimum(np.floor(np.ldexp(np.abs(x), (HW_F - e - ebias)[:, None])), ymax).astype(np.int64)
     z = (y * hw_recip(mb)[f][:, None]) >> HW_K             # ~ 2**F * |v|, truncated
+    z = np.where(np.abs(x) >= top, np.maximum(z - hw_big_margin(cb), 0), z)
     neg = x < 0
     zs = np.where(neg, -z, z)
     ups = cb.unit_per_step
@@ -742,7 +761,7 @@ def _hw_quantize(x: np.ndarray, t: np.ndarray, i: int, cb: Codebooks, params: KV
     return _Choice(bits, dist, sym, esc, d, np.zeros(x.shape[0], np.int64), t, clipped, zero, zero.astype(float), zero)
 
 
-def _encode_choice_hw(x, cb, params, ebias, hdr):
+def _encode_choice_hw(x, cb, params, ebias, hdr, top=2.0 ** 15):
     """The one-pass hardware policy (see the section comment); returns ``(best, sel)``."""
     if params.obits:
         raise SparsefabError(f"policy 'hw': obits={params.obits}, the hardware policy codes no offset (use 0)")
@@ -757,7 +776,7 @@ def _encode_choice_hw(x, cb, params, ebias, hdr):
     for c in range(C):                         # loop over candidates and codebooks (<= 12 x 8)
         t = base + c
         for i in huff:
-            b = _hw_quantize(x, t, i, cb, params, ebias, hdr).bits
+            b = _hw_quantize(x, t, i, cb, params, ebias, hdr, top).bits
             ok = b <= params.nbits
             better = ok & ((t < best_t) | ((t == best_t) & (b < best_b)))
             best_t = np.where(better, t, best_t)
@@ -770,7 +789,7 @@ def _encode_choice_hw(x, cb, params, ebias, hdr):
     t = np.where(nofit, tf, best_t)
     best = None
     for i in sorted(set(sel.tolist())):        # one quantization per used codebook
-        ch = _hw_quantize(x, t, i, cb, params, ebias, hdr)
+        ch = _hw_quantize(x, t, i, cb, params, ebias, hdr, top)
         best = ch if best is None else _take(best, ch, sel == i)
     return best, sel
 
@@ -999,7 +1018,8 @@ def compress(x: np.ndarray, *, codebooks: Codebooks, params: KVParams | None = N
     ebias = choose_ebias(amax, params, codebooks)
     if policy == "auto":
         policy = "hw" if params.obits == 0 else "search"
-    blocks, info = encode_groups(groups, codebooks, params, ebias, policy=policy)
+    blocks, info = encode_groups(groups, codebooks, params, ebias, policy=policy,
+                                 top=2.0 ** 15 if dtype == "fp16" else 2.0 ** 127)
     cbb = codebooks.to_bytes()
     shape = tuple(vals.shape) + (0,) * (4 - vals.ndim)
     head = _HDR.pack(KV_MAGIC, VERSION, DTYPE_CODES[dtype], vals.ndim, *shape, AXES[params.axis],

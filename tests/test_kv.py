@@ -27,8 +27,9 @@ def cb():
 
 # ------------------------------------------------------------------ independent reference decoder
 
-def ref_decode_block(block: bytes, cb: kv.Codebooks, p: kv.KVParams, ebias: int):
-    """Bit-serial decoder written from docs/FORMATS_KV.md only (one block, Python ints)."""
+def ref_decode_block(block: bytes, cb: kv.Codebooks, p: kv.KVParams, ebias: int, used: bool = False):
+    """Bit-serial decoder written from docs/FORMATS_KV.md only (one block, Python ints); with
+    ``used``, also the number of lane bits it read (codes + escape raw bits)."""
     bits = [(block[i // 8] >> (i % 8)) & 1 for i in range(8 * len(block))]
 
     def field(at, w, signed=False):
@@ -45,12 +46,15 @@ def ref_decode_block(block: bytes, cb: kv.Codebooks, p: kv.KVParams, ebias: int)
     codes = huffman.canonical_codes(cb.lengths[sel])
     table = {(int(cb.lengths[sel][s]), int(codes[s])): s for s in range(cb.s) if cb.lengths[sel][s]}
     out = [0] * p.group
+    nread = 0
     for lane in range(p.lanes):
         pair = lane // 2
         fwd = lane % 2 == 0 or p.lanes == 1
         order = iter(range(bnd[pair], bnd[pair + 1]) if fwd else range(bnd[pair + 1] - 1, bnd[pair] - 1, -1))
 
         def nxt(order=order):
+            nonlocal nread
+            nread += 1
             return bits[next(order)]
         for slot in range(p.group // p.lanes):
             code, n = 0, 0
@@ -66,7 +70,7 @@ def ref_decode_block(block: bytes, cb: kv.Codebooks, p: kv.KVParams, ebias: int)
             else:
                 r = int(cb.centroids[sel][s]) + o * cb.unit_per_step
             out[slot * p.lanes + lane] = r * ((1 << p.mbits) + f) * 2.0 ** (e + ebias)
-    return np.array(out)
+    return (np.array(out), nread) if used else np.array(out)
 
 
 @pytest.mark.parametrize("lanes,obits,axis", [(2, 0, "token"), (1, 0, "token"), (4, 6, "channel"),
@@ -299,3 +303,98 @@ def test_kivi_residual_tokens_stay_fp16():
     np.testing.assert_array_equal(rec[256:], x.reshape(300, 128)[256:].astype(np.float64))
     qbytes = 128 * 2 * (64 + 4)                                # 128 channels x 2 groups
     assert r["ratio"] == pytest.approx(300 * 128 * 2 / (qbytes + 44 * 128 * 2))
+
+
+# ------------------------------------------------------------------ one-pass hardware policy
+
+def _hw_cases(g: int) -> np.ndarray:
+    """Heavy-tailed groups plus adversarial ones: constant, zero, single spikes, subnormals only,
+    FP16 extremes, exact half steps."""
+    rng = np.random.default_rng(SEED + 5)
+    x = heavy((24, g), seed=SEED + 5).astype(np.float64)
+    rows = [np.zeros(g), np.full(g, 1.0), np.full(g, -3.25), np.full(g, 65504.0), np.linspace(-65504, 65504, g),
+            np.arange(1, g + 1) * 2.0 ** -24, np.where(np.arange(g) % 2, 6.0e-5, -6.1e-5),
+            np.round(rng.standard_normal(g) * 4) / 2]
+    spike = rng.standard_normal(g) * 0.01
+    spike[g // 3] = 900.0
+    rows.append(spike)
+    return np.concatenate([x, np.array(rows)]).astype(np.float16).astype(np.float64)
+
+
+def test_hw_policy_independent_checks(cb):
+    """policy="hw": every block decodes (golden and the bit-serial reference decoder agree), the
+    used bits are the sum of the codebook lengths the reference decoder read, the quantizer stays
+    within half a step (+1/4 unit of truncation) of every value, and no finer candidate of the
+    window fits under any Huffman codebook."""
+    p = kv.KVParams()
+    x = _hw_cases(p.group)
+    eb = kv.choose_ebias(float(np.abs(x).max()), p, cb)
+    blocks, info = kv.encode_groups(x, cb, p, eb, policy="hw")
+    vals, dinfo = kv.decode_blocks(blocks, cb, p, eb)
+    assert np.array_equal(dinfo["sel"], info["sel"])
+    hdr = p.header_bits(cb.k)
+    for b in range(x.shape[0]):
+        ref, nread = ref_decode_block(blocks[b].tobytes(), cb, p, eb, used=True)
+        np.testing.assert_array_equal(vals[b], ref, err_msg=f"block {b} (seed {SEED + 5})")
+        assert info["bits"][b] == hdr + nread <= p.nbits, f"block {b}"
+    unit = kv._units(info["t"], p, eb)[:, None]
+    v = x / unit
+    huffb = ~np.isin(info["sel"], [i for i in range(cb.k) if cb.fixed_rate(i)])[:, None]
+    big = np.abs(x) >= 2.0 ** 15
+    inside = (np.abs(v) <= 44 + 2) & huffb & ~big   # inside the uniform table (centroids +-44 units)
+    err = np.abs(v - vals / unit)
+    assert (err[inside] <= cb.unit_per_step / 2 + 0.25).all(), float(err[inside].max())
+    # the top FP16 binade is never rounded away from zero (no reconstruction overflows to Inf)
+    assert big.any() and (np.abs(vals[big]) <= np.abs(x[big])).all()
+    assert np.isfinite(kv.round_to(vals, "fp16").astype(np.float64)).all()
+    # the policy's choice: the finest window candidate that fits under any Huffman codebook
+    base, _ = kv.hw_window(x, cb, p, eb)
+    huff = [i for i in range(cb.k) if not cb.fixed_rate(i)]
+    for c in range(kv.HW_CANDIDATES):
+        t = base + c
+        finer = t < info["t"]
+        for i in huff:
+            bits = kv._hw_quantize(x, t, i, cb, p, eb, hdr).bits
+            assert not (finer & (bits <= p.nbits)).any(), f"candidate {c} codebook {i} fits"
+    ent = kv.codec_entropy(kv.compress(x.astype(np.float16), codebooks=cb, params=p, policy="hw")[0])
+    assert ent["bits_per_value_bound"] <= info["bits"].mean() / p.group + 1e-9
+
+
+def test_hw_policy_fallback_and_policy_names():
+    """A very peaked Huffman code (1 bit for 0, 6 for the rest) cannot carry uniform noise at any window step: those
+    blocks take the fixed-rate fallback, per block (the sparse blocks beside them do not); unknown
+    policies are refused."""
+    p = kv.KVParams()
+    base = kv.uniform_codebooks(params=p, n_huffman=1)
+    lengths = base.lengths.copy()
+    lengths[0] = 6
+    lengths[0, 11] = 1                                # centroid 0: 1 bit, every other symbol 6 bits
+    cbk = kv.Codebooks(lengths, base.centroids)
+    rng = np.random.default_rng(SEED)
+    x = np.zeros((8, 128))
+    x[:4] = rng.uniform(-1, 1, (4, 128))
+    for r in range(4, 8):
+        x[r, rng.choice(128, 6, replace=False)] = rng.uniform(-1, 1, 6)
+    x = x.astype(np.float16)
+    data, st = kv.compress(x, codebooks=cbk, params=p, policy="hw")
+    _, info = kv.encode_groups(x.astype(np.float64), cbk, p, kv.choose_ebias(1.0, p, cbk), policy="hw")
+    assert st["policy"] == "hw" and st["fallback_blocks"] == 4, st
+    assert (info["sel"][:4] == cbk.k - 1).all() and (info["sel"][4:] < cbk.k - 1).all(), info["sel"]
+    out, _ = kv.decompress(data)
+    assert np.isfinite(out.astype(np.float64)).all()
+    with pytest.raises(SparsefabError, match="policy='fast'"):
+        kv.compress(x, codebooks=cbk, params=p, policy="fast")
+    with pytest.raises(SparsefabError, match="obits=4"):
+        kv.encode_groups(x.astype(np.float64), cbk, kv.KVParams(obits=4), -10, policy="hw")
+    assert kv.compress(x, codebooks=cbk, params=kv.KVParams(obits=4))[1]["policy"] == "search"
+
+
+def test_hw_policy_bf16_and_nan():
+    p = kv.KVParams()
+    cbk = kv.uniform_codebooks(params=p)
+    x = heavy((4, 256)).astype(np.float32)
+    data, st = kv.compress(x, codebooks=cbk, params=p, dtype="bf16", policy="hw")
+    assert st["policy"] == "hw" and st["sqnr_db"] > 15
+    x[1, 7] = np.nan
+    with pytest.raises(SparsefabError, match=r"non-finite value nan at index \(1, 7\)"):
+        kv.compress(x, codebooks=cbk, params=p, policy="hw")

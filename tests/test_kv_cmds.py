@@ -105,3 +105,19 @@ def test_decompress_rtl_identical(kvfile, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["rtl"]["errors"] == 0 and info["rtl"]["blocks"] == 80
     assert np.load(sw).view(np.uint16).tolist() == np.load(hw).view(np.uint16).tolist()
+
+
+def test_compress_policies(kvfile, tmp_path, capsys):
+    """--policy hw (the RTL compressor's, default) and search give valid files of the same size."""
+    inp, x = kvfile
+    res = {}
+    for pol in ("hw", "search"):
+        out = tmp_path / f"{pol}.sfk"
+        assert main(["kv", "compress", str(inp), "-o", str(out), "--iters", "1", "--policy", pol, "--json"]) == 0
+        res[pol] = json.loads(capsys.readouterr().out)
+        assert res[pol]["policy"] == pol
+        y, _ = kv.decompress(out.read_bytes())
+        assert kv.sqnr_db(x, y) == pytest.approx(res[pol]["sqnr_db"])
+    assert res["hw"]["file_bytes"] == res["search"]["file_bytes"]
+    assert main(["kv", "compress", str(inp), "-o", str(tmp_path / "a.sfk"), "--iters", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["policy"] == "hw"
