@@ -27,7 +27,11 @@ from sparsefab.gen.spmv_config import ERRORS, ROWS_BITS, SpmvConfig
 
 __all__ = ["BitmapDecoder", "cmd_layout", "lane_layout", "value_layout"]
 
-_GROUP = 4  # mask bits per popcount group
+
+
+def _group_bits(config: SpmvConfig) -> int:
+    """Bits per coarse group of the rank selection (a lane picks a group, then a bit in it)."""
+    return 8
 
 
 def cmd_layout(config: SpmvConfig) -> data.StructLayout:
@@ -90,6 +94,39 @@ def _prefix(m: Module, counts: list, width: int, name: str) -> list[Signal]:
         s = Signal(width, name=f"{name}_{j}")
         m.d.comb += s.eq(local[j] + offs[j // blk])
         out.append(s)
+    return out
+
+
+def _rank_select(m: Module, bits, r, name: str):
+    """Position (``log2(len(bits))`` bits) of the set bit of rank ``r`` (0-based) in ``bits``.
+
+    ``len(bits)`` is a power of two >= 4; the result is undefined if fewer than ``r + 1`` bits
+    are set.  Halves recursively: a popcount of the low half decides the side.
+    """
+    n = len(bits)
+    if n == 4:
+        out = Signal(2, name=name)
+        with m.Switch(Cat(bits, r[:2])):
+            for gv in range(16):
+                ones = [t for t in range(4) if gv >> t & 1]
+                for rv, t in enumerate(ones):
+                    if t:
+                        with m.Case(gv | rv << 4):
+                            m.d.comb += out.eq(t)
+        return out
+    h = n // 2
+    hb = (h - 1).bit_length()
+    lo, hi = bits[:h], bits[h:]
+    c_lo = Signal(hb + 1, name=f"{name}_c")
+    m.d.comb += c_lo.eq(sum(lo[t] for t in range(h)))
+    in_lo = Signal(name=f"{name}_lo")
+    m.d.comb += in_lo.eq(r < c_lo)
+    r_hi = Signal(hb, name=f"{name}_rh")
+    m.d.comb += r_hi.eq(r - c_lo)
+    p_lo = _rank_select(m, lo, r[:hb], f"{name}l")
+    p_hi = _rank_select(m, hi, r_hi, f"{name}h")
+    out = Signal(hb + 1, name=name)
+    m.d.comb += out.eq(Mux(in_lo, p_lo, Cat(p_hi, Const(1, 1))))
     return out
 
 
@@ -156,20 +193,25 @@ class BitmapDecoder(wiring.Component):
         L, b, W = cfg.lanes, cfg.weight_bits, cfg.bus_bits
         M = cfg.mask_bus
         K = cfg.window_beats
+        MW = cfg.mask_words              # words per beat
         N = K * M                        # window bits
         NW = N // W                      # window words
         V = cfg.value_bus
         VPB = V // b                     # values per value beat
         gran = max(cfg.block, W)         # stride = roundup(cols, gran)
-        NP = gran // W                   # words that can hold row padding
         max_stride = -(-cfg.max_cols // gran) * gran
         sw_bits = (max_stride // W).bit_length() + 1
         pos_bits = N.bit_length()
+        cnt_w = N.bit_length()           # set-bit counts in the window: 0..N
         col_w = len(self.o_lanes.payload.col[0])
+        C = _group_bits(cfg)             # coarse group
+        GS = M // C                      # groups per beat
+        G = K * GS                       # groups in the window
+        cb = (C - 1).bit_length()        # bits of a position inside a group
 
         # ---------------------------------------------------------------- input FIFOs
-        m.submodules.mfifo = mfifo = SyncFIFOBuffered(width=M, depth=4)
-        m.submodules.vfifo = vfifo = SyncFIFOBuffered(width=V + 1, depth=4)
+        m.submodules.mfifo = mfifo = SyncFIFOBuffered(width=M, depth=3)
+        m.submodules.vfifo = vfifo = SyncFIFOBuffered(width=V + 1, depth=3)
         m.d.comb += [
             mfifo.w_data.eq(self.i_mask.payload), mfifo.w_en.eq(self.i_mask.valid),
             self.i_mask.ready.eq(mfifo.w_rdy),
@@ -181,19 +223,23 @@ class BitmapDecoder(wiring.Component):
         running = Signal()
         endv = Signal()                  # matrix's masks done; checking the value stream's end
         rows_left = Signal(ROWS_BITS)
+        cols_r = Signal(cfg.col_bits)
         stride_w = Signal(sw_bits)       # row stride in W-bit words
-        padw = [Signal(W, name=f"padw{k}") for k in range(NP)]  # padding of the k-th last word
         slots = [Signal(M, name=f"mbeat{i}") for i in range(K)]      # the window, oldest first
         sv = [Signal(name=f"mbeat{i}_v") for i in range(K)]           # valid (a prefix of slots)
         a_v = sv[0]
-        pos = Signal(pos_bits)           # next mask bit to look at, relative to A's bit 0
-        rs_w = Signal(signed(sw_bits + pos_bits + 1))   # current row start, words rel. to A
+        # Set bits of the window already taken (they are the first ``rbase`` set bits: taking is
+        # in order).  The state is a RANK, not a bit position, so the feedback loop is a short
+        # add; the lanes find the set bits of ranks rbase .. rbase+L-1 off the loop.
+        rbase = Signal(cnt_w)
+        rs_w = Signal(signed(sw_bits + pos_bits + 1))   # current row start, words rel. to slot 0
         VA, VB = Signal(V), Signal(V)
         va_v, vb_v, va_l, vb_l = Signal(), Signal(), Signal(), Signal()
         vpos = Signal(range(VPB + 1))
         vlast_loaded = Signal()
         prev_last = Signal()             # ``last`` of the value beat most recently shifted out
         any_val = Signal()               # this matrix consumed at least one value
+        pad_r = Signal()                 # a lane of the last bundle fell in row padding
         err_flags = Signal(4)
         m.d.comb += [self.o_busy.eq(running | endv), self.o_error_flags.eq(err_flags),
                      self.o_error.eq(err_flags.any())]
@@ -203,104 +249,140 @@ class BitmapDecoder(wiring.Component):
         es2_w = Signal(signed(len(rs_w) + 2))
         m.d.comb += [es_w.eq(rs_w + stride_w), es2_w.eq(es_w + stride_w)]
         avail_words = Signal(range(NW + 1))
-        m.d.comb += avail_words.eq(sum(sv) * cfg.mask_words)
-        avail_end = Signal(pos_bits + 1)
-        m.d.comb += avail_end.eq(avail_words * W)
+        m.d.comb += avail_words.eq(sum(sv) * MW)
         row_complete = Signal()
-        # complete: the row's last word is inside the window (or already behind it, when a
-        # row ends exactly on a beat boundary and its beats were shifted out)
+        # complete: the row's last word is inside the window (slots never drop past a row end
+        # that is not finished, so es_w >= 1)
         m.d.comb += row_complete.eq(es_w <= avail_words)
         has_next = Signal()
         m.d.comb += has_next.eq(rows_left > 1)
         next_ok = Signal()
         m.d.comb += next_ok.eq(row_complete & has_next)
 
-        window = Cat(*slots)
-        word_en = Signal(NW)
-        pad_bits = []
-        for s in range(NW):
-            avail_s = sv[s // cfg.mask_words]
-            in_cur = Const(s, signed(pos_bits + 1)) < es_w
-            in_next = (Const(s, signed(pos_bits + 1)) >= es_w) & (Const(s, signed(pos_bits + 1)) < es2_w)
-            m.d.comb += word_en[s].eq(avail_s & (in_cur | (next_ok & in_next)))
-            pad_s = Signal(W, name=f"pad_s{s}")
-            terms = []
-            for k in range(NP):
-                terms.append(Mux(es_w == s + 1 + k, padw[k], 0))
-                terms.append(Mux(has_next & (es2_w == s + 1 + k), padw[k], 0))
-            m.d.comb += pad_s.eq(Mux(avail_s, _or(terms), 0))
-            pad_bits.append(window[s * W:(s + 1) * W] & pad_s)
-        pad_err = Signal()
-        m.d.comb += pad_err.eq(running & Cat(*pad_bits).any())
+        # ---------------------------------------------------------------- set-bit counts
+        # Per beat: popcounts of its C-bit groups and their prefix sums (from the slot registers,
+        # independent of rbase); invalid slots hold zeros, so they count nothing.
+        lq_w = M.bit_length()
+        local = []                       # local[s][g]: set bits in groups 0..g of slot s
+        for s in range(K):
+            cnts = []
+            for g in range(GS):
+                c = Signal(cb + 1 if C > 1 else 1, name=f"c{s}_{g}")
+                grp = slots[s][g * C:(g + 1) * C]
+                m.d.comb += c.eq(sum(grp[t] for t in range(C)))
+                cnts.append(c)
+            local.append(_prefix(m, cnts, lq_w, f"lq{s}"))
+        off = [Const(0, cnt_w)]          # set bits in the slots before slot s
+        for s in range(1, K):
+            o = Signal(cnt_w, name=f"off{s}")
+            m.d.comb += o.eq(off[-1] + local[s - 1][-1])
+            off.append(o)
+        q_total = Signal(cnt_w)
+        m.d.comb += q_total.eq(off[-1] + local[-1][-1])
+        # cumulative set bits at each word boundary (0..NW words), absolute
+        qw = [Const(0, cnt_w)]
+        for x in range(1, NW + 1):
+            s, g = divmod(x * W // C - 1, GS)
+            q = Signal(cnt_w, name=f"qw{x}")
+            m.d.comb += q.eq(off[s] + local[s][g])
+            qw.append(q)
 
-        # Set bits of the rows in reach, NOT masked by ``pos``: their prefix counts depend on
-        # registers only, and ``pos`` enters as one offset (``base``) -- a short loop.
-        vbits = Signal(N)
-        m.d.comb += vbits.eq(window & Cat(*[word_en[p // W] for p in range(N)]))
+        def q_at(words, name):
+            """Set bits of the window before word ``words`` (clamped to 0..NW)."""
+            out = Signal(cnt_w, name=name)
+            with m.If(words <= 0):
+                m.d.comb += out.eq(0)
+            with m.Elif(words >= NW):
+                m.d.comb += out.eq(q_total)
+            with m.Else():
+                m.d.comb += out.eq(Array(qw)[words[:max(1, (NW - 1).bit_length())]])
+            return out
+
+        q_es = q_at(es_w, "q_es")
+        q_es2 = q_at(es2_w, "q_es2")
+        dw = cnt_w + 1
+        k_cur_full = Signal(signed(dw))  # set bits left in the current row (if complete)
+        lim_full = Signal(signed(dw))    # set bits this cycle may take
+        m.d.comb += k_cur_full.eq(q_es - rbase)
+        with m.If(next_ok):
+            m.d.comb += lim_full.eq(q_es2 - rbase)
+        with m.Elif(row_complete):
+            m.d.comb += lim_full.eq(k_cur_full)
+        with m.Else():
+            m.d.comb += lim_full.eq(q_total - rbase)
+        k = Signal(range(L + 1))
+        m.d.comb += k.eq(Mux(lim_full[-1], 0, Mux(lim_full >= L, L, lim_full[:len(k)])))
+        k_cur = Signal(range(L + 1))
+        m.d.comb += k_cur.eq(Mux(k_cur_full[-1], 0, Mux(k_cur_full >= L, L, k_cur_full[:len(k_cur)])))
+        finish = Signal()
+        m.d.comb += finish.eq(row_complete & (k_cur_full <= L))
 
         # ---------------------------------------------------------------- rank selection
-        G = N // _GROUP
-        cnt_w = N.bit_length()
-        counts = []
-        for j in range(G):
-            c = Signal(3, name=f"cnt{j}")
-            g = vbits[j * _GROUP:(j + 1) * _GROUP]
-            m.d.comb += c.eq(g[0] + g[1] + g[2] + g[3])
-            counts.append(c)
-        Q = _prefix(m, counts, cnt_w, "q")      # Q[j] = set bits in groups 0..j
-        gbits = (G - 1).bit_length() if G > 1 else 1
-        # base = set bits before pos (already taken or before the current row)
-        gpos = pos >> 2
-        lowp = pos[:2]
-        q_before = Array([Const(0, cnt_w)] + Q)[gpos]
-        grp_at = Array([vbits[j * _GROUP:(j + 1) * _GROUP] for j in range(G)] + [Const(0, _GROUP)])[gpos]
-        low_mask = Array([Const(0b0000, 4), Const(0b0001, 4), Const(0b0011, 4), Const(0b0111, 4)])[lowp]
-        low = grp_at & low_mask
-        base = Signal(cnt_w)
-        m.d.comb += base.eq(q_before + low[0] + low[1] + low[2])
-        total = Signal(cnt_w)
-        m.d.comb += total.eq(Q[-1] - base)
+        # D[j] = set bits up to group j minus rbase.  Lane i takes the first group whose D
+        # exceeds i -- a compare against the CONSTANT i on D saturated to 0..L -- then the
+        # (i - D[j-1])-th set bit inside that C-bit group.
+        sat_w = (L).bit_length()
+        sat, low = [], []
+        # off[s] - rbase clamped to [-(M + C), L]: D is then exact wherever it is in -C..L
+        # (enough for the saturation, and for the low bits, used only when -C < D[j] < L)
+        b_lo, b_hi = -(M + C), L
+        d_w = max(lq_w, (M + C).bit_length(), L.bit_length()) + 2
+        for s in range(K):
+            bs_full = Signal(signed(cnt_w + 1), name=f"rbf{s}")
+            m.d.comb += bs_full.eq(off[s] - rbase)
+            bs = Signal(signed(d_w), name=f"rb{s}")
+            m.d.comb += bs.eq(Mux(bs_full < b_lo, b_lo, Mux(bs_full > b_hi, b_hi, bs_full)))
+            for g in range(GS):
+                j = s * GS + g
+                d = Signal(signed(d_w), name=f"d{j}")
+                m.d.comb += d.eq(local[s][g] + bs)
+                st = Signal(sat_w, name=f"sat{j}")
+                m.d.comb += st.eq(Mux(d[-1], 0, Mux(d >= L, L, d[:sat_w])))
+                sat.append(st)
+                low.append(d[:cb] if cb else Const(0, 1))
+        low_m1 = Signal(max(1, cb), name="low_m1")
+        m.d.comb += low_m1.eq(-rbase if cb else 0)
+        gbits = max(1, (G - 1).bit_length())
 
-        def select(i):
-            """Position (and found flag) of the set bit of rank ``i`` (0-based) at or after pos."""
-            ti = Signal(cnt_w + 1, name=f"t{i}")
-            m.d.comb += ti.eq(base + i)
-            le = [Signal(name=f"le{i}_{j}") for j in range(G)]
-            for j in range(G):
-                m.d.comb += le[j].eq(Q[j] <= ti)
-            first = [~le[0]] + [le[j - 1] & ~le[j] for j in range(1, G)]
-            found = Signal(name=f"found{i}")
-            m.d.comb += found.eq(~le[G - 1])
-            gsel = Signal(gbits, name=f"gsel{i}")
-            grp = Signal(_GROUP, name=f"grp{i}")
-            before = Signal(cnt_w, name=f"before{i}")
-            m.d.comb += [
-                gsel.eq(_or([Mux(first[j], j, 0) for j in range(G)], gbits)),
-                grp.eq(_or([Mux(first[j], vbits[j * _GROUP:(j + 1) * _GROUP], 0) for j in range(G)])),
-                before.eq(_or([Mux(first[j], Q[j - 1], 0) for j in range(1, G)], cnt_w)),
-            ]
-            r = Signal(2, name=f"r{i}")
-            m.d.comb += r.eq(ti - before)
-            within = Signal(2, name=f"within{i}")
-            with m.Switch(Cat(grp, r)):
-                for gv in range(16):
-                    ones = [t for t in range(4) if gv >> t & 1]
-                    for rv, t in enumerate(ones):
-                        with m.Case(gv | rv << 4):
-                            m.d.comb += within.eq(t)
-            p = Signal(pos_bits, name=f"selpos{i}")
-            m.d.comb += p.eq(Cat(within, gsel))
-            return found, p
-
-        sel = [select(i) for i in range(L + 1)]
-        found_L, pos_L = sel[L]
-
-        k = Signal(range(L + 1))
-        m.d.comb += k.eq(Mux(total >= L, L, total))
         es_bits = Signal(signed(len(es_w) + W.bit_length()))
         rs_bits = Signal(signed(len(rs_w) + W.bit_length()))
-        es2_bits = Signal(signed(len(es2_w) + W.bit_length()))
-        m.d.comb += [es_bits.eq(es_w * W), rs_bits.eq(rs_w * W), es2_bits.eq(es2_w * W)]
+        m.d.comb += [es_bits.eq(es_w * W), rs_bits.eq(rs_w * W)]
+        window = Cat(*slots)
+        rel_w = max(col_w, (max_stride - 1).bit_length())
+        pl = self.o_lanes.payload
+        pad_lane = []
+        for i in range(L):
+            gt = [Signal(name=f"gt{i}_{j}") for j in range(G)]
+            for j in range(G):
+                m.d.comb += gt[j].eq(sat[j] > i)
+            first = [gt[0]] + [gt[j] & ~gt[j - 1] for j in range(1, G)]
+            gsel = Signal(gbits, name=f"gsel{i}")
+            grp = Signal(C, name=f"grp{i}")
+            dlow = Signal(max(1, cb), name=f"dlow{i}")
+            m.d.comb += [
+                gsel.eq(_or([Mux(first[j], j, 0) for j in range(1, G)], gbits)),
+                grp.eq(_or([Mux(first[j], window[j * C:(j + 1) * C], 0) for j in range(G)], C)),
+                dlow.eq(_or([Mux(first[0], low_m1, 0)] + [Mux(first[j], low[j - 1], 0) for j in range(1, G)],
+                            max(1, cb))),
+            ]
+            lr = Signal(max(1, cb), name=f"lr{i}")
+            m.d.comb += lr.eq(i - dlow)
+            within = _rank_select(m, grp, lr, f"ws{i}")
+            p = Signal(pos_bits, name=f"selpos{i}")
+            m.d.comb += p.eq(Cat(within, gsel) if cb else gsel)
+            valid_i = Signal(name=f"lv{i}")
+            nxt_i = Signal(name=f"ln{i}")
+            m.d.comb += [valid_i.eq(k > i), nxt_i.eq(finish & (k_cur <= i))]
+            # column = position - row start; a valid lane is within its row's stride, so
+            # rel_w bits (modular) hold it exactly
+            rel = Signal(rel_w, name=f"rel{i}")
+            m.d.comb += rel.eq(p - Mux(nxt_i, es_bits, rs_bits)[:rel_w])
+            pad_lane.append(valid_i & (rel >= cols_r))
+            m.d.comb += [
+                pl.valid[i].eq(valid_i),
+                pl.nxt[i].eq(nxt_i),
+                pl.col[i].eq(rel[:col_w]),
+            ]
 
         # ---------------------------------------------------------------- values gearbox
         vavail = Signal(range(2 * VPB + 1))
@@ -311,45 +393,27 @@ class BitmapDecoder(wiring.Component):
         bsh = (b - 1).bit_length()
         vshift = Signal(len(vwin))
         m.d.comb += vshift.eq(vwin >> Cat(Const(0, bsh), vpos))
+        for i in range(L):
+            m.d.comb += pl.value[i].eq(vshift[i * b:(i + 1) * b])
 
         # ---------------------------------------------------------------- lanes out
-        finish = Signal()
-        m.d.comb += finish.eq(row_complete & ~(found_L & (pos_L < es_bits)))
         last_row = Signal()
         m.d.comb += last_row.eq(rows_left == 1)
         short_err = Signal()
         m.d.comb += short_err.eq(running & ~vals_ok & vlast_loaded)
         any_err = Signal()
-        m.d.comb += any_err.eq(pad_err | short_err)
+        m.d.comb += any_err.eq(pad_r | short_err)
         can_go = Signal()
         m.d.comb += can_go.eq(running & (a_v | row_complete) & vals_ok & ~any_err)
-        pl = self.o_lanes.payload
-        for i in range(L):
-            found_i, pos_i = sel[i]
-            nxt_i = found_i & (pos_i >= es_bits)
-            base = Mux(nxt_i, es_bits, rs_bits)
-            m.d.comb += [
-                pl.valid[i].eq(found_i),
-                pl.nxt[i].eq(nxt_i),
-                pl.col[i].eq((pos_i - base)[:col_w]),
-                pl.value[i].eq(vshift[i * b:(i + 1) * b]),
-            ]
         m.d.comb += [pl.row_end.eq(finish), pl.last.eq(finish & last_row),
                      self.o_lanes.valid.eq(can_go & ((k != 0) | finish))]
         advance = Signal()
         m.d.comb += advance.eq(can_go & (~self.o_lanes.valid | self.o_lanes.ready))
+        # padding bits are caught when a lane takes them (every set bit of a row is taken):
+        # registered, so the bundle goes out and the matrix is abandoned one cycle later
+        m.d.sync += pad_r.eq(self.o_lanes.valid & self.o_lanes.ready & _or(pad_lane))
 
         # ---------------------------------------------------------------- next mask state
-        pos_n = Signal(pos_bits + 1)
-        es2_clip = Mux(es2_bits < avail_end, es2_bits, avail_end)
-        with m.If(found_L):
-            m.d.comb += pos_n.eq(pos_L)
-        with m.Elif(next_ok):
-            m.d.comb += pos_n.eq(es2_clip)
-        with m.Elif(finish):
-            m.d.comb += pos_n.eq(es_bits)
-        with m.Else():
-            m.d.comb += pos_n.eq(avail_end)
         mat_end = Signal()
         m.d.comb += mat_end.eq(advance & finish & last_row)
 
@@ -360,33 +424,35 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += [x.eq(y) for x, y in zip(v1, sv, strict=True)]
 
         def drop(m_, d):
-            """Drop the ``d`` oldest beats of the window."""
+            """Drop the ``d`` oldest beats of the window (vacated slots read as zeros)."""
             for i in range(K):
                 if i + d < K:
                     m_.d.comb += [s1[i].eq(slots[i + d]), v1[i].eq(sv[i + d])]
                 else:
-                    m_.d.comb += v1[i].eq(0)
+                    m_.d.comb += [s1[i].eq(0), v1[i].eq(0)]
 
+        r_adv = Signal(cnt_w)
+        m.d.comb += r_adv.eq(rbase + Mux(advance, k, 0))
         with m.If(any_err):
-            m.d.comb += [x.eq(0) for x in v1]
-            m.d.sync += pos.eq(0)
+            m.d.comb += [x.eq(0) for x in v1] + [x.eq(0) for x in s1]
+            m.d.sync += [rbase.eq(0), rs_w.eq(0)]
         with m.Elif(mat_end):
             # drop the beats of this matrix still in the window: ceil(es / M) of them
             for d in range(1, K + 1):
                 with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
                     drop(m, d)
-            m.d.sync += [pos.eq(0), rs_w.eq(0)]
+            m.d.sync += [rbase.eq(0), rs_w.eq(0)]
         with m.Else():
-            # The oldest beat leaves once pos is past it at the START of a cycle (a registered
-            # decision, off the selection's critical path).
-            sh = pos >= M
-            p_next = Mux(advance, pos_n, pos)
+            # The oldest beat leaves once its set bits are all taken and the current row ends
+            # beyond it (decided from the registers at the START of the cycle).
+            sh = Signal()
+            m.d.comb += sh.eq(running & a_v & (rbase >= local[0][-1]) & (es_w > MW))
             r_next = Mux(advance & finish, es_w, rs_w)
             with m.If(sh):
                 drop(m, 1)
-                m.d.sync += [pos.eq(p_next - M), rs_w.eq(r_next - M // W)]
+                m.d.sync += [rbase.eq(r_adv - local[0][-1]), rs_w.eq(r_next - MW)]
             with m.Else():
-                m.d.sync += [pos.eq(p_next), rs_w.eq(r_next)]
+                m.d.sync += [rbase.eq(r_adv), rs_w.eq(r_next)]
         # refill from the mask FIFO into the first empty slot
         m.d.comb += mfifo.r_en.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
@@ -441,11 +507,8 @@ class BitmapDecoder(wiring.Component):
             cols = self.i_cmd.payload.cols
             stride = Signal(len(cols) + 1)
             m.d.comb += stride.eq((cols + (gran - 1)) & ~Const(gran - 1, len(cols) + 1))
-            m.d.sync += [running.eq(1), rows_left.eq(self.i_cmd.payload.rows),
+            m.d.sync += [running.eq(1), rows_left.eq(self.i_cmd.payload.rows), cols_r.eq(cols),
                          stride_w.eq(stride >> (W.bit_length() - 1)), rs_w.eq(0)]
-            for kk in range(NP):
-                first_bit = stride - (kk + 1) * W      # row-relative bit of this word's bit 0
-                m.d.sync += padw[kk].eq(Cat(*[(first_bit + t) >= cols for t in range(W)]))
         with m.If(advance & finish):
             m.d.sync += rows_left.eq(rows_left - 1)
         with m.If(mat_end):
@@ -453,12 +516,12 @@ class BitmapDecoder(wiring.Component):
         with m.If(endv & (end_ok | end_bad)):
             m.d.sync += endv.eq(0)
         with m.If(any_err):
-            m.d.sync += running.eq(0)
+            m.d.sync += [running.eq(0), endv.eq(0)]
         flags = Signal(4)
         m.d.comb += [
             flags[ERRORS["values_short"]].eq(short_err),
-            flags[ERRORS["mask_padding"]].eq(pad_err),
-            flags[ERRORS["values_extra"]].eq(endv & end_bad),
+            flags[ERRORS["mask_padding"]].eq(pad_r),
+            flags[ERRORS["values_extra"]].eq(endv & end_bad & ~any_err),
         ]
         m.d.sync += err_flags.eq(err_flags | flags)
         return m

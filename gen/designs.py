@@ -234,10 +234,11 @@ build_spmv_dense.board_defaults = {"icebreaker": {"mul_steps": 4}}
 
 
 def build_bitmap_decoder(*, lanes: int = 8, bits: int = 8, block: int = 16, bus_bits: int = 64,
-                         max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None):
+                         max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None,
+                         window_beats: int = 3):
     """The front end of ``spmv`` alone: :class:`sparsefab.gen.bitmap_decoder.BitmapDecoder`."""
     from sparsefab.gen.bitmap_decoder import BitmapDecoder
 
     return BitmapDecoder(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=32, bus_bits=bus_bits,
                                       max_cols=max_cols, mask_words=mask_words, value_words=value_words,
-                                      mul_steps=1))
+                                      mul_steps=1, window_beats=window_beats))

@@ -169,3 +169,31 @@ def test_matrix_ending_on_a_beat_boundary_then_next_matrix():
     res = run_amaranth(cfg, jobs, seed=5, max_cycles=3000)
     assert res.error == 0
     assert res.results == [e for j in jobs for e in expected(cfg, j)]
+
+
+# lanes, bits, block, bus, mask_words, window_beats, cols, rows, density
+FUZZ = [
+    (8, 8, 16, 64, 1, 2, 150, 9, 0.1),     # the iCE40 geometry, 90 % sparse
+    (8, 8, 16, 64, 1, 2, 70, 12, 0.6),
+    (16, 4, 16, 64, 5, 3, 300, 6, 0.1),    # the default geometry of 16 lanes
+    (5, 8, 8, 32, 3, 4, 37, 14, 0.3),
+    (2, 8, 32, 32, 1, 2, 9, 20, 0.5),      # many short rows per beat
+    (12, 8, 16, 32, 4, 3, 100, 8, 0.95),
+]
+
+
+@pytest.mark.parametrize("lanes,bits,block,bus,mw,wb,cols,rows,density", FUZZ)
+def test_decoder_random_matrices(lanes, bits, block, bus, mw, wb, cols, rows, density):
+    """Random matrices (with empty rows mixed in) under random stalls: every nonzero exactly once,
+    in order, with its row and column; at most ``lanes`` per bundle; one row_end per row."""
+    seed = 1000 + lanes * 31 + cols
+    rng = np.random.default_rng(seed)
+    cfg = SpmvConfig(lanes=lanes, weight_bits=bits, block=block, bus_bits=bus, max_cols=512, mask_words=mw,
+                     window_beats=wb)
+    codes = _codes(rng, rows, cols, density, bits)
+    codes[rng.random(rows) < 0.2] = 0
+    res = run_decoder(cfg, codes, seed=seed, idle=0.2, backpressure=0.2)
+    assert res.error_flags == 0, f"seed {seed}: error flags {res.error_flags:#x}"
+    assert res.row_ends == rows, f"seed {seed}"
+    assert res.triples == _triples(codes), f"seed {seed}: decoded lanes differ from the matrix"
+    assert max(res.lanes_fired, default=0) <= lanes, f"seed {seed}"
