@@ -692,8 +692,8 @@ def hw_window(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
     tl = ta - (hw_range_log2(cb) << mb) + 1
     C = min(HW_CANDIDATES, T)
     base = np.clip(np.maximum(tm + HW_WINDOW, tl), 0, T - C)
-    fixed = [i for i in range(cb.k) if cb.fixed_rate(i)]
-    fb = fixed[0]
+    hdr = params.header_bits(cb.k)
+    fb = [i for i in range(cb.k) if cb.fixed_rate(i) and hdr + params.group * cb.fixed_rate(i) <= params.nbits][0]
     cs = cb.centroids[fb, cb.table_symbols(fb)]
     flim = int(max(min(-cs.min(), cs.max()), 1))
     tf = np.clip(ta - ((flim.bit_length() - 1) << mb) + 1, 0, T - 1)

@@ -14,7 +14,12 @@ Printed and returned:
   values per token), each with the entropy bound of its
   codes (the ratio an ideal entropy coder would reach at the same distortion);
 - the rate-distortion curve of the codec (block sizes) and the baselines, as a table and a PNG;
-- the RTL decompressor measured in simulation (values/cycle, block latency) when available.
+- both encoder policies at the default geometry: ``hw`` (one pass, the RTL compressor's, the
+  default of ``kv compress``) and ``search`` (multi-pass step search + rate-distortion fill);
+- the RTL decompressor measured in simulation (values/cycle, block latency) when available;
+- the RTL compressor measured in simulation (sustained values/cycle without stalls, byte-identical to
+  the ``hw`` policy, checked block by block by the scoreboard); skipped with ``--quick`` (its Verilator
+  build takes minutes).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sparsefab.compress.errors import SparsefabError
 
 TARGET_RATIO = 4.0
 TARGET_SQNR = 21.0
+TARGET_COMPRESS_VPC = 4.0
 RD_BLOCKS = (40, 48, 56, 63, 72, 80, 96)
 RD_BLOCKS_QUICK = (48, 63, 80)
 PNG = Path("build/bench/kv_rd.png")
@@ -48,14 +54,16 @@ def _data(quick: bool):
     return {"keys": (kc.astype(f), ke.astype(f)), "values": (vc.astype(f), ve.astype(f))}
 
 
-def _codec(calib, x, block_bytes: int, quick: bool) -> dict:
+def _codec(calib, x, block_bytes: int, quick: bool, cb=None) -> dict:
     from sparsefab.compress import kv
 
     p = kv.KVParams(block_bytes=block_bytes)
-    cb = kv.train(calib, params=p, iters=3 if quick else 4, max_blocks=2048 if quick else 8192)
+    if cb is None:
+        cb = kv.train(calib, params=p, iters=3 if quick else 4, max_blocks=2048 if quick else 8192)
     data, st = kv.compress(x, codebooks=cb, params=p)
     st["entropy_bound"] = kv.codec_entropy(data)
     st["data"] = data
+    st["codebooks"] = cb
     return st
 
 
@@ -95,13 +103,25 @@ def run(quick: bool = False) -> dict:
         print(f"{name:8} {st['ratio']:7.4f} {st['sqnr_db']:8.3f} {st['max_abs_err']:9.4g} {st['blocks']:7d} "
               f"{st['fallback_blocks']:6d} {st['escape_blocks']:7d} {st['clipped_values']:7d} "
               f"{st['bits_per_value']:8.4f} {eb['entropy']:8.4f} {eb['ratio_bound']:8.4f}  {st['per_codebook']}")
-        default[name] = {k: v for k, v in st.items() if k != "data"}
+        default[name] = {k: v for k, v in st.items() if k not in ("data", "codebooks")}
         default[name]["_data"] = st["data"]
+        default[name]["_cb"] = st["codebooks"]
     ok = all(default[n]["ratio"] >= TARGET_RATIO and default[n]["sqnr_db"] >= TARGET_SQNR for n in default)
     print(f"target ratio >= {TARGET_RATIO} and SQNR >= {TARGET_SQNR} dB on keys and values: "
           f"{'MET' if ok else 'NOT MET'}")
-    res["codec"] = {n: {k: v for k, v in d.items() if k != "_data"} for n, d in default.items()}
+    res["codec"] = {n: {k: v for k, v in d.items() if not k.startswith("_")} for n, d in default.items()}
     res["target_met"] = ok
+    # -- encoder policies on the same codebooks and data
+    print(f"\n{'policy':8} {'tensor':8} {'ratio':>7} {'SQNR dB':>8} {'max|err|':>9} {'fallbk':>6} {'esc blk':>7}")
+    pol = {}
+    for name, (_, ev) in sets.items():
+        for policy in ("hw", "search"):
+            _, st = kv.compress(ev, codebooks=default[name]["_cb"], params=kv.KVParams(), policy=policy)
+            pol[f"{policy}/{name}"] = {k: st[k] for k in ("ratio", "sqnr_db", "max_abs_err", "fallback_blocks",
+                                                         "escape_blocks", "policy")}
+            print(f"{policy:8} {name:8} {st['ratio']:7.4f} {st['sqnr_db']:8.3f} {st['max_abs_err']:9.4g} "
+                  f"{st['fallback_blocks']:6d} {st['escape_blocks']:7d}")
+    res["policies"] = pol
     # -- baselines
     print(f"\n{'baseline':26} {'tensor':8} {'ratio':>7} {'SQNR dB':>8} {'H codes':>8} {'ratio bd':>8}")
     base = {}
@@ -145,8 +165,27 @@ def run(quick: bool = False) -> dict:
               f"block latency {rtl['latency_cycles']} cycles (last input word -> last value; "
               f"{rtl['latency_first_word_cycles']} from its first word), identical to golden: {rtl['identical']}")
     res["rtl"] = rtl
+    # -- RTL compressor
+    comp = None if quick else _rtl_compress()
+    if comp is None:
+        print("RTL compressor: " + ("skipped (--quick)" if quick else "not available"))
+    else:
+        print(f"RTL compressor ({comp['count_blocks']} MiniLM blocks in simulation, byte-identical to policy hw): "
+              f"{comp['sustained_values_per_cycle']:.3f} values/cycle sustained (target >= {TARGET_COMPRESS_VPC}, "
+              f"measured/target {comp['sustained_values_per_cycle'] / TARGET_COMPRESS_VPC:.3f}), "
+              f"{comp['values_per_cycle']:.3f} including the pipeline fill, first block after "
+              f"{comp['latency_first_block']} cycles")
+    res["rtl_compress"] = comp
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+def _rtl_compress() -> dict | None:
+    try:
+        from sparsefab.sim.tb_kv_compress import measure
+    except ImportError:
+        return None
+    return measure(n_groups=48)
 
 
 def _plot(rd) -> str:
