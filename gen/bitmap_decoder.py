@@ -1,17 +1,27 @@
 """Bitmap decoder: mask and value bitstreams in, up to ``lanes`` (column, value) pairs per cycle out.
 
 The decoder reads the bitmap sections of CONTRACTS C as bus beats and, every cycle, takes
-the first ``lanes`` set mask bits of a window of ``window_beats`` mask beats (starting at
-any bit of the oldest beat) by prefix popcounts over groups of 4 bits -- never a serial scan.  One
-cycle may hold the tail of row ``r`` and the head of row ``r + 1`` (lanes are tagged with
-the row they belong to), so short rows do not waste the lanes; a row whose bits are all
-taken in such a straddling cycle finishes in the next one (at most one row boundary per
-cycle).  A value gearbox of two value beats hands out the next ``k <= lanes`` values
+the next ``lanes`` set mask bits of a window of ``window_beats`` mask beats -- never a serial
+scan.  Its state is a RANK, ``rbase`` = the number of set bits of the window already taken
+(bits are taken in order), not a bit position, so the per-cycle feedback is a short add:
+``rbase += k``, ``k = min(lanes, set bits left in the rows in reach)``, both read from prefix
+counts at word boundaries.  The lanes are off that loop: with ``D[j]`` = set bits in coarse
+groups ``0..j`` (``C`` = 8 bits each) minus ``rbase``, saturated to ``0..lanes``, lane ``i``
+takes the first group with ``D[j] > i`` -- a compare with the CONSTANT ``i`` on a few bits,
+no carry chain and no per-lane comparator against a variable -- then the set bit of local
+rank ``i - D[j-1]`` inside that group (a popcount halving select).  Earlier versions
+compared ``base + i`` with every prefix of the window in every lane (quadratic).
+
+One cycle may hold the tail of row ``r`` and the head of row ``r + 1`` (lanes are tagged
+with the row they belong to), so short rows do not waste the lanes (at most one row boundary
+per cycle).  A value gearbox of two value beats hands out the next ``k <= lanes`` values
 starting at any value offset (values are continuous across rows).
 
 Malformed input sets the sticky ``o_error`` (with its cause in ``o_error_flags``, bit
 positions in :data:`sparsefab.gen.spmv_config.ERRORS`), abandons the matrix and returns
-to idle; the decoder never waits for input that a malformed stream will not deliver.
+to idle; the decoder never waits for input that a malformed stream will not deliver.  A set
+mask bit in row padding is caught when a lane takes it (every set bit of a row is taken);
+the flag rises the cycle after that bundle.
 """
 
 from __future__ import annotations
@@ -20,7 +30,6 @@ from functools import reduce
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from sparsefab.gen.spmv_config import ERRORS, ROWS_BITS, SpmvConfig
@@ -97,6 +106,28 @@ def _prefix(m: Module, counts: list, width: int, name: str) -> list[Signal]:
     return out
 
 
+def _gt_const(x, c: int):
+    """``x > c`` for an unsigned ``x`` and a constant ``c``, as plain logic (no carry chain)."""
+    n = len(x)
+    if c < 0:
+        return Const(1, 1)
+    if c >= (1 << n) - 1:
+        return Const(0, 1)
+    terms = []
+    for k in range(n):
+        if not c >> k & 1:
+            hi = [x[t] if c >> t & 1 else ~x[t] for t in range(k + 1, n)]
+            terms.append(reduce(lambda a, b: a & b, hi + [x[k]]))
+    return reduce(lambda a, b: a | b, terms)
+
+
+class _Port:
+    """A stream sink read like a FIFO output: ``r_data``, ``r_rdy`` (= valid)."""
+
+    def __init__(self, port, data):
+        self.r_data, self.r_rdy = data, port.valid
+
+
 def _rank_select(m: Module, bits, r, name: str):
     """Position (``log2(len(bits))`` bits) of the set bit of rank ``r`` (0-based) in ``bits``.
 
@@ -160,10 +191,13 @@ class BitmapDecoder(wiring.Component):
     o_error_flags : Out(4)
         Sticky causes (``values_short``, ``values_extra``, ``mask_padding`` bits of ERRORS).
 
-    Latency: ``i_mask``/``i_value`` beats pass a 4-deep input FIFO (2 cycles to the window);
-    a bundle is combinational from the window registers.  Throughput: ``lanes`` nonzeros per
-    cycle while the window holds at least ``lanes`` set bits of at most two rows; at most one
-    row boundary per cycle; one extra cycle per matrix to check the value stream's end.
+    Latency: ``i_mask``/``i_value`` beats go straight into the window / value registers (no
+    input FIFO; ``ready`` is high when a slot is free after the current cycle); a bundle is
+    combinational from those registers.  Throughput: ``lanes`` nonzeros per cycle while the
+    window holds at least ``lanes`` set bits of at most two rows; at most one mask beat enters
+    per cycle (``mask_bus`` bits: at density ``d`` at most ``d * mask_bus`` nonzeros per cycle);
+    at most one row boundary per cycle; one extra cycle per matrix to check the value stream's
+    end.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -210,14 +244,10 @@ class BitmapDecoder(wiring.Component):
         cb = (C - 1).bit_length()        # bits of a position inside a group
 
         # ---------------------------------------------------------------- input FIFOs
-        m.submodules.mfifo = mfifo = SyncFIFOBuffered(width=M, depth=3)
-        m.submodules.vfifo = vfifo = SyncFIFOBuffered(width=V + 1, depth=3)
-        m.d.comb += [
-            mfifo.w_data.eq(self.i_mask.payload), mfifo.w_en.eq(self.i_mask.valid),
-            self.i_mask.ready.eq(mfifo.w_rdy),
-            vfifo.w_data.eq(Cat(self.i_value.payload.data, self.i_value.payload.last)),
-            vfifo.w_en.eq(self.i_value.valid), self.i_value.ready.eq(vfifo.w_rdy),
-        ]
+        # No input FIFOs: beats go straight into the window / value registers (``ready`` says a
+        # slot is free after this cycle's consumption), which buffer enough on their own.
+        mfifo = _Port(self.i_mask, self.i_mask.payload)
+        vfifo = _Port(self.i_value, Cat(self.i_value.payload.data, self.i_value.payload.last))
 
         # ---------------------------------------------------------------- state
         running = Signal()
@@ -337,7 +367,8 @@ class BitmapDecoder(wiring.Component):
                 d = Signal(signed(d_w), name=f"d{j}")
                 m.d.comb += d.eq(local[s][g] + bs)
                 st = Signal(sat_w, name=f"sat{j}")
-                m.d.comb += st.eq(Mux(d[-1], 0, Mux(d >= L, L, d[:sat_w])))
+                big = d[sat_w:-1].any() | _gt_const(d[:sat_w], L - 1)
+                m.d.comb += st.eq(Mux(d[-1], 0, Mux(big, L, d[:sat_w])))
                 sat.append(st)
                 low.append(d[:cb] if cb else Const(0, 1))
         low_m1 = Signal(max(1, cb), name="low_m1")
@@ -349,12 +380,13 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += [es_bits.eq(es_w * W), rs_bits.eq(rs_w * W)]
         window = Cat(*slots)
         rel_w = max(col_w, (max_stride - 1).bit_length())
+        wlb = W.bit_length() - 1
         pl = self.o_lanes.payload
         pad_lane = []
         for i in range(L):
             gt = [Signal(name=f"gt{i}_{j}") for j in range(G)]
             for j in range(G):
-                m.d.comb += gt[j].eq(sat[j] > i)
+                m.d.comb += gt[j].eq(_gt_const(sat[j], i))
             first = [gt[0]] + [gt[j] & ~gt[j - 1] for j in range(1, G)]
             gsel = Signal(gbits, name=f"gsel{i}")
             grp = Signal(C, name=f"grp{i}")
@@ -375,8 +407,9 @@ class BitmapDecoder(wiring.Component):
             m.d.comb += [valid_i.eq(k > i), nxt_i.eq(finish & (k_cur <= i))]
             # column = position - row start; a valid lane is within its row's stride, so
             # rel_w bits (modular) hold it exactly
+            # row starts are word aligned: the low log2(W) bits need no subtraction
             rel = Signal(rel_w, name=f"rel{i}")
-            m.d.comb += rel.eq(p - Mux(nxt_i, es_bits, rs_bits)[:rel_w])
+            m.d.comb += rel.eq(Cat(p[:wlb], p[wlb:] - Mux(nxt_i, es_w, rs_w)[:rel_w - wlb]))
             pad_lane.append(valid_i & (rel >= cols_r))
             m.d.comb += [
                 pl.valid[i].eq(valid_i),
@@ -454,7 +487,7 @@ class BitmapDecoder(wiring.Component):
             with m.Else():
                 m.d.sync += [rbase.eq(r_adv), rs_w.eq(r_next)]
         # refill from the mask FIFO into the first empty slot
-        m.d.comb += mfifo.r_en.eq(~v1[K - 1])
+        m.d.comb += self.i_mask.ready.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
         m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
         with m.If(mfifo.r_rdy):
@@ -491,7 +524,7 @@ class BitmapDecoder(wiring.Component):
                 m.d.sync += [vpos.eq(vpos_n - VPB), prev_last.eq(va_l)]
             with m.Else():
                 m.d.sync += vpos.eq(vpos_n)
-        m.d.comb += vfifo.r_en.eq(allow_load & ~(va1 & vb1))
+        m.d.comb += self.i_value.ready.eq(allow_load & ~(va1 & vb1))
         m.d.sync += [VA.eq(VA1), VB.eq(VB1), va_v.eq(va1), vb_v.eq(vb1), va_l.eq(val1), vb_l.eq(vbl1)]
         with m.If(vfifo.r_rdy & allow_load):
             with m.If(~va1):

@@ -338,14 +338,15 @@ class MacBackend(wiring.Component):
         for i in range(L):
             m.d.sync += prods[i].eq(vals1[i] * acts[i])
 
-        # stage 3: sums of the current row's and the next row's lanes
+        # stage 3: sums of the current row's and the next row's lanes (the current row's sum is
+        # the total minus the next row's: one masked tree, not two)
         v3, re3, last3 = Signal(), Signal(), Signal()
         s_cur, s_nxt = Signal(signed(sum_w)), Signal(signed(sum_w))
-        cur_terms = [Mux(nxt2[i], 0, prods[i]) for i in range(L)]
         nxt_terms = [Mux(nxt2[i], prods[i], 0) for i in range(L)]
+        t_all = _tree(m, list(prods), sum_w, "ta")
+        t_nxt = _tree(m, nxt_terms, sum_w, "tn")
         m.d.sync += [v3.eq(v2), re3.eq(re2), last3.eq(last2),
-                     s_cur.eq(_tree(m, cur_terms, sum_w, "tc")),
-                     s_nxt.eq(_tree(m, nxt_terms, sum_w, "tn"))]
+                     s_cur.eq(t_all - t_nxt), s_nxt.eq(t_nxt)]
 
         # stage 4: per-row accumulation (wraps at acc_bits like spmv_int)
         acc = Signal(signed(cfg.acc_bits))

@@ -585,117 +585,110 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
-  reg \$100 ;
-  reg \$101 ;
-  reg \$102 ;
-  reg [19:0] \$103 ;
-  reg [19:0] \$104 ;
-  reg [31:0] \$105 ;
   wire [9:0] \$11 ;
-  wire [6:0] \$119 ;
+  wire [6:0] \$112 ;
+  wire [6:0] \$116 ;
   wire [9:0] \$12 ;
-  wire [6:0] \$123 ;
-  wire [6:0] \$127 ;
+  wire [6:0] \$120 ;
+  wire [6:0] \$124 ;
+  wire [6:0] \$128 ;
   wire [9:0] \$13 ;
-  wire [6:0] \$131 ;
-  wire [6:0] \$135 ;
-  wire [6:0] \$139 ;
+  wire [6:0] \$132 ;
+  wire [6:0] \$136 ;
   wire [9:0] \$14 ;
-  wire [6:0] \$143 ;
-  wire [6:0] \$147 ;
+  wire [6:0] \$140 ;
   wire [9:0] \$15 ;
   wire [9:0] \$16 ;
   wire [9:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [15:0] \$19 ;
+  wire [16:0] \$18 ;
+  wire [16:0] \$19 ;
   wire [1:0] \$2 ;
   wire [16:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [15:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [20:0] \$23 ;
+  wire [20:0] \$24 ;
   wire [15:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [15:0] \$27 ;
+  wire [15:0] \$26 ;
+  wire [16:0] \$27 ;
   wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
+  wire [15:0] \$29 ;
   wire [2:0] \$3 ;
-  wire [20:0] \$30 ;
-  wire [20:0] \$31 ;
-  wire [20:0] \$32 ;
-  wire [15:0] \$33 ;
+  wire [16:0] \$30 ;
+  wire [15:0] \$31 ;
+  wire [15:0] \$32 ;
+  wire [16:0] \$33 ;
   wire [15:0] \$34 ;
-  wire [16:0] \$35 ;
-  wire [15:0] \$36 ;
-  wire [15:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [15:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [20:0] \$37 ;
+  wire [20:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [3:0] \$4 ;
-  wire [15:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [15:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire [20:0] \$45 ;
-  wire [20:0] \$46 ;
-  wire [20:0] \$47 ;
-  wire [32:0] \$48 ;
-  wire \$49 ;
+  wire [32:0] \$40 ;
+  wire \$41 ;
+  wire [7:0] \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  wire [7:0] \$48 ;
+  wire [7:0] \$49 ;
   wire [4:0] \$5 ;
-  wire [7:0] \$50 ;
-  wire [7:0] \$51 ;
-  wire [7:0] \$52 ;
-  wire [7:0] \$53 ;
-  wire [7:0] \$54 ;
-  wire [7:0] \$55 ;
-  wire [7:0] \$56 ;
-  wire [7:0] \$57 ;
-  wire [15:0] \$58 ;
-  wire [15:0] \$59 ;
+  wire [15:0] \$50 ;
+  wire [15:0] \$51 ;
+  wire [15:0] \$52 ;
+  wire [15:0] \$53 ;
+  wire [15:0] \$54 ;
+  wire [15:0] \$55 ;
+  wire [15:0] \$56 ;
+  wire [15:0] \$57 ;
+  wire [20:0] \$58 ;
+  reg \$59 ;
   wire [5:0] \$6 ;
-  wire [15:0] \$60 ;
-  wire [15:0] \$61 ;
-  wire [15:0] \$62 ;
-  wire [15:0] \$63 ;
-  wire [15:0] \$64 ;
-  wire [15:0] \$65 ;
-  reg \$66 ;
-  reg [161:0] \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  reg [161:0] \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [7:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [2:0] \$66 ;
+  reg [7:0] \$67 ;
+  reg [2:0] \$68 ;
+  reg [7:0] \$69 ;
   wire [6:0] \$7 ;
-  reg \$70 ;
+  reg [2:0] \$70 ;
   reg [7:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [2:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [2:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [2:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [2:0] \$79 ;
+  reg [2:0] \$72 ;
+  reg [7:0] \$73 ;
+  reg [2:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [2:0] \$76 ;
+  reg [7:0] \$77 ;
+  reg [2:0] \$78 ;
+  reg [7:0] \$79 ;
   wire [7:0] \$8 ;
-  reg [7:0] \$80 ;
-  reg [2:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg [2:0] \$83 ;
+  reg [2:0] \$80 ;
+  reg \$81 ;
+  reg \$82 ;
+  reg \$83 ;
   reg [7:0] \$84 ;
-  reg [2:0] \$85 ;
-  reg [7:0] \$86 ;
-  reg [2:0] \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  reg [15:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [15:0] \$87 ;
+  reg [15:0] \$88 ;
+  reg [15:0] \$89 ;
   wire [8:0] \$9 ;
-  reg \$90 ;
-  reg [7:0] \$91 ;
+  reg [15:0] \$90 ;
+  reg [15:0] \$91 ;
   reg [15:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [15:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [15:0] \$99 ;
+  reg \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [19:0] \$96 ;
+  reg [19:0] \$97 ;
+  reg [31:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$107  = 1'h0;
   reg \$signal$108  = 1'h0;
@@ -824,13 +817,13 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   input rst;
   wire rst;
   reg [19:0] s_nxt = 20'h00000;
-  wire [19:0] tc_0_0;
-  wire [19:0] tc_0_1;
-  wire [19:0] tc_0_2;
-  wire [19:0] tc_0_3;
-  wire [19:0] tc_1_0;
-  wire [19:0] tc_1_1;
-  wire [19:0] tc_2_0;
+  wire [19:0] ta_0_0;
+  wire [19:0] ta_0_1;
+  wire [19:0] ta_0_2;
+  wire [19:0] ta_0_3;
+  wire [19:0] ta_1_0;
+  wire [19:0] ta_1_1;
+  wire [19:0] ta_2_0;
   wire [19:0] tn_0_0;
   wire [19:0] tn_0_1;
   wire [19:0] tn_0_2;
@@ -1997,7 +1990,6 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
     _7_ <= \act7$131 [\$17 [6:0]];
   end
   assign \rp__data$65  = _7_;
-  assign \$1  = level + 3'h5;
   assign i_lanes__ready = \$1  <= 4'h8;
   assign fire = i_lanes__valid & i_lanes__ready;
   assign \$2  = 1'h0 + i_lanes__payload[144];
@@ -2009,155 +2001,149 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   assign \$8  = \$7  + i_lanes__payload[150];
   assign \$9  = \$8  + i_lanes__payload[151];
   assign o_fired = fire ? \$9 [3:0] : 4'h0;
-  assign \$119  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$119 ;
-  assign \$123  = lo1_1 * 4'h8;
-  assign act1 = \rp__data$23  >> \$123 ;
-  assign \$127  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$30  >> \$127 ;
-  assign \$131  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$37  >> \$131 ;
-  assign \$135  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$44  >> \$135 ;
-  assign \$139  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$51  >> \$139 ;
-  assign \$143  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$58  >> \$143 ;
-  assign \$147  = lo1_7 * 4'h8;
-  assign act7 = \rp__data$65  >> \$147 ;
-  assign \$18  = nxt2[0] ? 16'h0000 : prod0;
-  assign \$19  = nxt2[1] ? 16'h0000 : prod1;
-  assign \$20  = $signed(\$18 ) + $signed(\$19 );
-  assign \$21  = nxt2[2] ? 16'h0000 : prod2;
-  assign \$22  = nxt2[3] ? 16'h0000 : prod3;
-  assign \$23  = $signed(\$21 ) + $signed(\$22 );
-  assign \$24  = nxt2[4] ? 16'h0000 : prod4;
-  assign \$25  = nxt2[5] ? 16'h0000 : prod5;
-  assign \$26  = $signed(\$24 ) + $signed(\$25 );
-  assign \$27  = nxt2[6] ? 16'h0000 : prod6;
-  assign \$28  = nxt2[7] ? 16'h0000 : prod7;
-  assign \$29  = $signed(\$27 ) + $signed(\$28 );
-  assign \$30  = $signed(\$20 ) + $signed(\$23 );
-  assign \$31  = $signed(\$26 ) + $signed(\$29 );
-  assign \$32  = $signed(\$30 [19:0]) + $signed(\$31 [19:0]);
-  assign \$33  = nxt2[0] ? prod0 : 16'h0000;
-  assign \$34  = nxt2[1] ? prod1 : 16'h0000;
-  assign \$35  = $signed(\$33 ) + $signed(\$34 );
-  assign \$36  = nxt2[2] ? prod2 : 16'h0000;
-  assign \$37  = nxt2[3] ? prod3 : 16'h0000;
-  assign \$38  = $signed(\$36 ) + $signed(\$37 );
-  assign \$39  = nxt2[4] ? prod4 : 16'h0000;
-  assign \$40  = nxt2[5] ? prod5 : 16'h0000;
-  assign \$41  = $signed(\$39 ) + $signed(\$40 );
-  assign \$42  = nxt2[6] ? prod6 : 16'h0000;
-  assign \$43  = nxt2[7] ? prod7 : 16'h0000;
-  assign \$44  = $signed(\$42 ) + $signed(\$43 );
-  assign \$45  = $signed(\$35 ) + $signed(\$38 );
-  assign \$46  = $signed(\$41 ) + $signed(\$44 );
-  assign \$47  = $signed(\$45 [19:0]) + $signed(\$46 [19:0]);
-  assign \$48  = $signed(acc) + $signed(\$signal );
+  assign \$112  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$112 ;
+  assign \$116  = lo1_1 * 4'h8;
+  assign act1 = \rp__data$23  >> \$116 ;
+  assign \$120  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$30  >> \$120 ;
+  assign \$124  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$37  >> \$124 ;
+  assign \$128  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$44  >> \$128 ;
+  assign \$132  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$51  >> \$132 ;
+  assign \$136  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$58  >> \$136 ;
+  assign \$140  = lo1_7 * 4'h8;
+  assign act7 = \rp__data$65  >> \$140 ;
+  assign \$18  = $signed(prod0) + $signed(prod1);
+  assign \$19  = $signed(prod2) + $signed(prod3);
+  assign \$20  = $signed(prod4) + $signed(prod5);
+  assign \$21  = $signed(prod6) + $signed(prod7);
+  assign \$22  = $signed(\$18 ) + $signed(\$19 );
+  assign \$23  = $signed(\$20 ) + $signed(\$21 );
+  assign \$24  = $signed(\$22 [19:0]) + $signed(\$23 [19:0]);
+  assign \$25  = nxt2[0] ? prod0 : 16'h0000;
+  assign \$26  = nxt2[1] ? prod1 : 16'h0000;
+  assign \$27  = $signed(\$25 ) + $signed(\$26 );
+  assign \$28  = nxt2[2] ? prod2 : 16'h0000;
+  assign \$29  = nxt2[3] ? prod3 : 16'h0000;
+  assign \$30  = $signed(\$28 ) + $signed(\$29 );
+  assign \$31  = nxt2[4] ? prod4 : 16'h0000;
+  assign \$32  = nxt2[5] ? prod5 : 16'h0000;
+  assign \$33  = $signed(\$31 ) + $signed(\$32 );
+  assign \$34  = nxt2[6] ? prod6 : 16'h0000;
+  assign \$35  = nxt2[7] ? prod7 : 16'h0000;
+  assign \$36  = $signed(\$34 ) + $signed(\$35 );
+  assign \$37  = $signed(\$27 ) + $signed(\$30 );
+  assign \$38  = $signed(\$33 ) + $signed(\$36 );
+  assign \$39  = $signed(\$37 [19:0]) + $signed(\$38 [19:0]);
+  assign \$40  = $signed(acc) + $signed(\$signal );
   assign w_en = \$signal$94  & \$signal$95 ;
-  assign \$49  = v0 & bundle0[160];
-  assign \$50  = bundle0[144] ? bundle0[87:80] : 8'h00;
-  assign \$51  = bundle0[145] ? bundle0[95:88] : 8'h00;
-  assign \$52  = bundle0[146] ? bundle0[103:96] : 8'h00;
-  assign \$53  = bundle0[147] ? bundle0[111:104] : 8'h00;
-  assign \$54  = bundle0[148] ? bundle0[119:112] : 8'h00;
-  assign \$55  = bundle0[149] ? bundle0[127:120] : 8'h00;
-  assign \$56  = bundle0[150] ? bundle0[135:128] : 8'h00;
-  assign \$57  = bundle0[151] ? bundle0[143:136] : 8'h00;
-  assign \$58  = $signed(w1_0) * $signed(act0);
-  assign \$59  = $signed(w1_1) * $signed(act1);
-  assign \$60  = $signed(w1_2) * $signed(act2);
-  assign \$61  = $signed(w1_3) * $signed(act3);
-  assign \$62  = $signed(w1_4) * $signed(act4);
-  assign \$63  = $signed(w1_5) * $signed(act5);
-  assign \$64  = $signed(w1_6) * $signed(act6);
-  assign \$65  = $signed(w1_7) * $signed(act7);
+  assign \$41  = v0 & bundle0[160];
+  assign \$42  = bundle0[144] ? bundle0[87:80] : 8'h00;
+  assign \$43  = bundle0[145] ? bundle0[95:88] : 8'h00;
+  assign \$44  = bundle0[146] ? bundle0[103:96] : 8'h00;
+  assign \$45  = bundle0[147] ? bundle0[111:104] : 8'h00;
+  assign \$46  = bundle0[148] ? bundle0[119:112] : 8'h00;
+  assign \$47  = bundle0[149] ? bundle0[127:120] : 8'h00;
+  assign \$48  = bundle0[150] ? bundle0[135:128] : 8'h00;
+  assign \$49  = bundle0[151] ? bundle0[143:136] : 8'h00;
+  assign \$50  = $signed(w1_0) * $signed(act0);
+  assign \$51  = $signed(w1_1) * $signed(act1);
+  assign \$52  = $signed(w1_2) * $signed(act2);
+  assign \$53  = $signed(w1_3) * $signed(act3);
+  assign \$54  = $signed(w1_4) * $signed(act4);
+  assign \$55  = $signed(w1_5) * $signed(act5);
+  assign \$56  = $signed(w1_6) * $signed(act6);
+  assign \$57  = $signed(w1_7) * $signed(act7);
+  assign \$58  = $signed(\$24 [19:0]) - $signed(\$39 [19:0]);
   always @(posedge clk)
-    v0 <= \$66 ;
+    v0 <= \$59 ;
   always @(posedge clk)
-    bundle0 <= \$67 ;
+    bundle0 <= \$60 ;
   always @(posedge clk)
-    \$signal$107  <= \$68 ;
+    \$signal$107  <= \$61 ;
   always @(posedge clk)
-    \$signal$108  <= \$69 ;
+    \$signal$108  <= \$62 ;
   always @(posedge clk)
-    last1 <= \$70 ;
+    last1 <= \$63 ;
   always @(posedge clk)
-    nxt1 <= \$71 ;
+    nxt1 <= \$64 ;
   always @(posedge clk)
-    w1_0 <= \$72 ;
+    w1_0 <= \$65 ;
   always @(posedge clk)
-    lo1_0 <= \$73 ;
+    lo1_0 <= \$66 ;
   always @(posedge clk)
-    w1_1 <= \$74 ;
+    w1_1 <= \$67 ;
   always @(posedge clk)
-    lo1_1 <= \$75 ;
+    lo1_1 <= \$68 ;
   always @(posedge clk)
-    w1_2 <= \$76 ;
+    w1_2 <= \$69 ;
   always @(posedge clk)
-    lo1_2 <= \$77 ;
+    lo1_2 <= \$70 ;
   always @(posedge clk)
-    w1_3 <= \$78 ;
+    w1_3 <= \$71 ;
   always @(posedge clk)
-    lo1_3 <= \$79 ;
+    lo1_3 <= \$72 ;
   always @(posedge clk)
-    w1_4 <= \$80 ;
+    w1_4 <= \$73 ;
   always @(posedge clk)
-    lo1_4 <= \$81 ;
+    lo1_4 <= \$74 ;
   always @(posedge clk)
-    w1_5 <= \$82 ;
+    w1_5 <= \$75 ;
   always @(posedge clk)
-    lo1_5 <= \$83 ;
+    lo1_5 <= \$76 ;
   always @(posedge clk)
-    w1_6 <= \$84 ;
+    w1_6 <= \$77 ;
   always @(posedge clk)
-    lo1_6 <= \$85 ;
+    lo1_6 <= \$78 ;
   always @(posedge clk)
-    w1_7 <= \$86 ;
+    w1_7 <= \$79 ;
   always @(posedge clk)
-    lo1_7 <= \$87 ;
+    lo1_7 <= \$80 ;
   always @(posedge clk)
-    \$signal$119  <= \$88 ;
+    \$signal$119  <= \$81 ;
   always @(posedge clk)
-    \$signal$120  <= \$89 ;
+    \$signal$120  <= \$82 ;
   always @(posedge clk)
-    last2 <= \$90 ;
+    last2 <= \$83 ;
   always @(posedge clk)
-    nxt2 <= \$91 ;
+    nxt2 <= \$84 ;
   always @(posedge clk)
-    prod0 <= \$92 ;
+    prod0 <= \$85 ;
   always @(posedge clk)
-    prod1 <= \$93 ;
+    prod1 <= \$86 ;
   always @(posedge clk)
-    prod2 <= \$94 ;
+    prod2 <= \$87 ;
   always @(posedge clk)
-    prod3 <= \$95 ;
+    prod3 <= \$88 ;
   always @(posedge clk)
-    prod4 <= \$96 ;
+    prod4 <= \$89 ;
   always @(posedge clk)
-    prod5 <= \$97 ;
+    prod5 <= \$90 ;
   always @(posedge clk)
-    prod6 <= \$98 ;
+    prod6 <= \$91 ;
   always @(posedge clk)
-    prod7 <= \$99 ;
+    prod7 <= \$92 ;
   always @(posedge clk)
-    \$signal$94  <= \$100 ;
+    \$signal$94  <= \$93 ;
   always @(posedge clk)
-    \$signal$95  <= \$101 ;
+    \$signal$95  <= \$94 ;
   always @(posedge clk)
-    last3 <= \$102 ;
+    last3 <= \$95 ;
   always @(posedge clk)
-    \$signal  <= \$103 ;
+    \$signal  <= \$96 ;
   always @(posedge clk)
-    s_nxt <= \$104 ;
+    s_nxt <= \$97 ;
   always @(posedge clk)
-    acc <= \$105 ;
+    acc <= \$98 ;
+  assign \$1  = level + 3'h5;
   \dense_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$163$0 (\$48 [31:0]),
-    .\port$420$0 (last3),
+    .\port$155$0 (\$40 [31:0]),
+    .\port$413$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2167,293 +2153,293 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$66  = fire;
+    \$59  = fire;
     if (rst) begin
-      \$66  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$67  = bundle0;
+    \$60  = bundle0;
     if (fire) begin
-      \$67  = i_lanes__payload;
+      \$60  = i_lanes__payload;
     end
     if (rst) begin
-      \$67  = 162'h00000000000000000000000000000000000000000;
+      \$60  = 162'h00000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$68  = v0;
+    \$61  = v0;
     if (rst) begin
-      \$68  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$69  = \$49 ;
+    \$62  = \$41 ;
     if (rst) begin
-      \$69  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$70  = bundle0[161];
+    \$63  = bundle0[161];
     if (rst) begin
-      \$70  = 1'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$71  = bundle0[159:152];
+    \$64  = bundle0[159:152];
+    if (rst) begin
+      \$64  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$65  = \$42 ;
+    if (rst) begin
+      \$65  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$66  = bundle0[2:0];
+    if (rst) begin
+      \$66  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$67  = \$43 ;
+    if (rst) begin
+      \$67  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$68  = bundle0[12:10];
+    if (rst) begin
+      \$68  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$69  = \$44 ;
+    if (rst) begin
+      \$69  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$70  = bundle0[22:20];
+    if (rst) begin
+      \$70  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$71  = \$45 ;
     if (rst) begin
       \$71  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$72  = \$50 ;
+    \$72  = bundle0[32:30];
     if (rst) begin
-      \$72  = 8'h00;
+      \$72  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$73  = bundle0[2:0];
+    \$73  = \$46 ;
     if (rst) begin
-      \$73  = 3'h0;
+      \$73  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$74  = \$51 ;
+    \$74  = bundle0[42:40];
     if (rst) begin
-      \$74  = 8'h00;
+      \$74  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$75  = bundle0[12:10];
+    \$75  = \$47 ;
     if (rst) begin
-      \$75  = 3'h0;
+      \$75  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$76  = \$52 ;
+    \$76  = bundle0[52:50];
     if (rst) begin
-      \$76  = 8'h00;
+      \$76  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$77  = bundle0[22:20];
+    \$77  = \$48 ;
     if (rst) begin
-      \$77  = 3'h0;
+      \$77  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$78  = \$53 ;
+    \$78  = bundle0[62:60];
     if (rst) begin
-      \$78  = 8'h00;
+      \$78  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$79  = bundle0[32:30];
+    \$79  = \$49 ;
     if (rst) begin
-      \$79  = 3'h0;
+      \$79  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$80  = \$54 ;
+    \$80  = bundle0[72:70];
     if (rst) begin
-      \$80  = 8'h00;
+      \$80  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$81  = bundle0[42:40];
+    \$81  = \$signal$107 ;
     if (rst) begin
-      \$81  = 3'h0;
+      \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$82  = \$55 ;
+    \$82  = \$signal$108 ;
     if (rst) begin
-      \$82  = 8'h00;
+      \$82  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$83  = bundle0[52:50];
+    \$83  = last1;
     if (rst) begin
-      \$83  = 3'h0;
+      \$83  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$84  = \$56 ;
+    \$84  = nxt1;
     if (rst) begin
       \$84  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$85  = bundle0[62:60];
+    \$85  = \$50 ;
     if (rst) begin
-      \$85  = 3'h0;
+      \$85  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$86  = \$57 ;
+    \$86  = \$51 ;
     if (rst) begin
-      \$86  = 8'h00;
+      \$86  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$87  = bundle0[72:70];
+    \$87  = \$52 ;
     if (rst) begin
-      \$87  = 3'h0;
+      \$87  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$88  = \$signal$107 ;
+    \$88  = \$53 ;
     if (rst) begin
-      \$88  = 1'h0;
+      \$88  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$89  = \$signal$108 ;
+    \$89  = \$54 ;
     if (rst) begin
-      \$89  = 1'h0;
+      \$89  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$90  = last1;
+    \$90  = \$55 ;
     if (rst) begin
-      \$90  = 1'h0;
+      \$90  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$91  = nxt1;
+    \$91  = \$56 ;
     if (rst) begin
-      \$91  = 8'h00;
+      \$91  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$92  = \$58 ;
+    \$92  = \$57 ;
     if (rst) begin
       \$92  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$93  = \$59 ;
+    \$93  = \$signal$119 ;
     if (rst) begin
-      \$93  = 16'h0000;
+      \$93  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$94  = \$60 ;
+    \$94  = \$signal$120 ;
     if (rst) begin
-      \$94  = 16'h0000;
+      \$94  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$95  = \$61 ;
+    \$95  = last2;
     if (rst) begin
-      \$95  = 16'h0000;
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$96  = \$62 ;
+    \$96  = \$58 [19:0];
     if (rst) begin
-      \$96  = 16'h0000;
+      \$96  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$97  = \$63 ;
+    \$97  = \$39 [19:0];
     if (rst) begin
-      \$97  = 16'h0000;
+      \$97  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$98  = \$64 ;
-    if (rst) begin
-      \$98  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$99  = \$65 ;
-    if (rst) begin
-      \$99  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$100  = \$signal$119 ;
-    if (rst) begin
-      \$100  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$101  = \$signal$120 ;
-    if (rst) begin
-      \$101  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$102  = last2;
-    if (rst) begin
-      \$102  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$103  = \$32 [19:0];
-    if (rst) begin
-      \$103  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$104  = \$47 [19:0];
-    if (rst) begin
-      \$104  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$105  = acc;
+    \$98  = acc;
     if (\$signal$94 ) begin
       (* full_case = 32'd1 *)
       if (\$signal$95 ) begin
-        \$105  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
+        \$98  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
       end else begin
-        \$105  = \$48 [31:0];
+        \$98  = \$40 [31:0];
       end
     end
     if (rst) begin
-      \$105  = 32'd0;
+      \$98  = 32'd0;
     end
   end
   assign fired_now = \$9 [3:0];
@@ -2489,22 +2475,22 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   assign \wp__data$61  = wp__data;
   assign \wp__en$62  = wp__en;
   assign \rp__addr$63  = \$17 [6:0];
-  assign tc_0_0 = { \$20 [16], \$20 [16], \$20 [16], \$20  };
-  assign tc_0_1 = { \$23 [16], \$23 [16], \$23 [16], \$23  };
-  assign tc_0_2 = { \$26 [16], \$26 [16], \$26 [16], \$26  };
-  assign tc_0_3 = { \$29 [16], \$29 [16], \$29 [16], \$29  };
-  assign tc_1_0 = \$30 [19:0];
-  assign tc_1_1 = \$31 [19:0];
-  assign tc_2_0 = \$32 [19:0];
-  assign tn_0_0 = { \$35 [16], \$35 [16], \$35 [16], \$35  };
-  assign tn_0_1 = { \$38 [16], \$38 [16], \$38 [16], \$38  };
-  assign tn_0_2 = { \$41 [16], \$41 [16], \$41 [16], \$41  };
-  assign tn_0_3 = { \$44 [16], \$44 [16], \$44 [16], \$44  };
-  assign tn_1_0 = \$45 [19:0];
-  assign tn_1_1 = \$46 [19:0];
-  assign tn_2_0 = \$47 [19:0];
-  assign total = \$48 [31:0];
-  assign w_data = { last3, \$48 [31:0] };
+  assign ta_0_0 = { \$18 [16], \$18 [16], \$18 [16], \$18  };
+  assign ta_0_1 = { \$19 [16], \$19 [16], \$19 [16], \$19  };
+  assign ta_0_2 = { \$20 [16], \$20 [16], \$20 [16], \$20  };
+  assign ta_0_3 = { \$21 [16], \$21 [16], \$21 [16], \$21  };
+  assign ta_1_0 = \$22 [19:0];
+  assign ta_1_1 = \$23 [19:0];
+  assign ta_2_0 = \$24 [19:0];
+  assign tn_0_0 = { \$27 [16], \$27 [16], \$27 [16], \$27  };
+  assign tn_0_1 = { \$30 [16], \$30 [16], \$30 [16], \$30  };
+  assign tn_0_2 = { \$33 [16], \$33 [16], \$33 [16], \$33  };
+  assign tn_0_3 = { \$36 [16], \$36 [16], \$36 [16], \$36  };
+  assign tn_1_0 = \$37 [19:0];
+  assign tn_1_1 = \$38 [19:0];
+  assign tn_2_0 = \$39 [19:0];
+  assign total = \$40 [31:0];
+  assign w_data = { last3, \$40 [31:0] };
   assign r_rdy = o_row__valid;
   assign o_row__ready = r_en;
   assign \i_lanes__payload.col  = i_lanes__payload[79:0];
@@ -2566,7 +2552,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \dense_l8_w8.backend.rowfifo (rst, \port$163$0 , w_en, w_level, r_data, r_en, \port$420$0 , r_rdy, clk);
+module \dense_l8_w8.backend.rowfifo (rst, \port$155$0 , w_en, w_level, r_data, r_en, \port$413$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2608,10 +2594,10 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$163$0 , w_en, w_level, r_data, r
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$163$0 ;
-  wire [31:0] \port$163$0 ;
-  input \port$420$0 ;
-  wire \port$420$0 ;
+  input [31:0] \port$155$0 ;
+  wire [31:0] \port$155$0 ;
+  input \port$413$0 ;
+  wire \port$413$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2647,7 +2633,7 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$163$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$420$0 , \port$163$0  };
+      storage[w_port__addr] <= { \port$413$0 , \port$155$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2746,8 +2732,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$163$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$420$0 , \port$163$0  };
-  assign w_data = { \port$420$0 , \port$163$0  };
+  assign w_port__data = { \port$413$0 , \port$155$0  };
+  assign w_data = { \port$413$0 , \port$155$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -263,18 +263,18 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
     .i_cmd__payload(\i_cmd__payload$54 ),
     .i_cmd__ready(\i_cmd__ready$65 ),
     .i_cmd__valid(\i_cmd__valid$53 ),
+    .i_mask__payload(i_mask__payload),
     .i_mask__ready(i_mask__ready),
+    .i_mask__valid(i_mask__valid),
+    .i_value__payload(i_value__payload),
     .i_value__ready(i_value__ready),
+    .i_value__valid(i_value__valid),
     .o_busy(\o_busy$51 ),
     .o_error_flags(\o_error_flags$62 ),
     .o_lanes__payload(i_lanes__payload),
     .o_lanes__ready(o_lanes__ready),
     .o_lanes__valid(i_lanes__valid),
-    .rst(rst),
-    .w_data(i_mask__payload),
-    .\w_data$6 (i_value__payload),
-    .w_en(i_mask__valid),
-    .\w_en$8 (i_value__valid)
+    .rst(rst)
   );
   \spmv_l8_w8_ice40.requant  requant (
     .clk(clk),
@@ -600,117 +600,110 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
-  reg \$100 ;
-  reg \$101 ;
-  reg \$102 ;
-  reg [19:0] \$103 ;
-  reg [19:0] \$104 ;
-  reg [31:0] \$105 ;
   wire [9:0] \$11 ;
-  wire [5:0] \$119 ;
+  wire [5:0] \$112 ;
+  wire [5:0] \$116 ;
   wire [9:0] \$12 ;
-  wire [5:0] \$123 ;
-  wire [5:0] \$127 ;
+  wire [5:0] \$120 ;
+  wire [5:0] \$124 ;
+  wire [5:0] \$128 ;
   wire [9:0] \$13 ;
-  wire [5:0] \$131 ;
-  wire [5:0] \$135 ;
-  wire [5:0] \$139 ;
+  wire [5:0] \$132 ;
+  wire [5:0] \$136 ;
   wire [9:0] \$14 ;
-  wire [5:0] \$143 ;
-  wire [5:0] \$147 ;
+  wire [5:0] \$140 ;
   wire [9:0] \$15 ;
   wire [9:0] \$16 ;
   wire [9:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [15:0] \$19 ;
+  wire [16:0] \$18 ;
+  wire [16:0] \$19 ;
   wire [1:0] \$2 ;
   wire [16:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [15:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [20:0] \$23 ;
+  wire [20:0] \$24 ;
   wire [15:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [15:0] \$27 ;
+  wire [15:0] \$26 ;
+  wire [16:0] \$27 ;
   wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
+  wire [15:0] \$29 ;
   wire [2:0] \$3 ;
-  wire [20:0] \$30 ;
-  wire [20:0] \$31 ;
-  wire [20:0] \$32 ;
-  wire [15:0] \$33 ;
+  wire [16:0] \$30 ;
+  wire [15:0] \$31 ;
+  wire [15:0] \$32 ;
+  wire [16:0] \$33 ;
   wire [15:0] \$34 ;
-  wire [16:0] \$35 ;
-  wire [15:0] \$36 ;
-  wire [15:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [15:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [20:0] \$37 ;
+  wire [20:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [3:0] \$4 ;
-  wire [15:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [15:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire [20:0] \$45 ;
-  wire [20:0] \$46 ;
-  wire [20:0] \$47 ;
-  wire [32:0] \$48 ;
-  wire \$49 ;
+  wire [32:0] \$40 ;
+  wire \$41 ;
+  wire [7:0] \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  wire [7:0] \$48 ;
+  wire [7:0] \$49 ;
   wire [4:0] \$5 ;
-  wire [7:0] \$50 ;
-  wire [7:0] \$51 ;
-  wire [7:0] \$52 ;
-  wire [7:0] \$53 ;
-  wire [7:0] \$54 ;
-  wire [7:0] \$55 ;
-  wire [7:0] \$56 ;
-  wire [7:0] \$57 ;
-  wire [15:0] \$58 ;
-  wire [15:0] \$59 ;
+  wire [15:0] \$50 ;
+  wire [15:0] \$51 ;
+  wire [15:0] \$52 ;
+  wire [15:0] \$53 ;
+  wire [15:0] \$54 ;
+  wire [15:0] \$55 ;
+  wire [15:0] \$56 ;
+  wire [15:0] \$57 ;
+  wire [20:0] \$58 ;
+  reg \$59 ;
   wire [5:0] \$6 ;
-  wire [15:0] \$60 ;
-  wire [15:0] \$61 ;
-  wire [15:0] \$62 ;
-  wire [15:0] \$63 ;
-  wire [15:0] \$64 ;
-  wire [15:0] \$65 ;
-  reg \$66 ;
-  reg [161:0] \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  reg [161:0] \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [7:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [1:0] \$66 ;
+  reg [7:0] \$67 ;
+  reg [1:0] \$68 ;
+  reg [7:0] \$69 ;
   wire [6:0] \$7 ;
-  reg \$70 ;
+  reg [1:0] \$70 ;
   reg [7:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [1:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [1:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [1:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [1:0] \$79 ;
+  reg [1:0] \$72 ;
+  reg [7:0] \$73 ;
+  reg [1:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [1:0] \$76 ;
+  reg [7:0] \$77 ;
+  reg [1:0] \$78 ;
+  reg [7:0] \$79 ;
   wire [7:0] \$8 ;
-  reg [7:0] \$80 ;
-  reg [1:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg [1:0] \$83 ;
+  reg [1:0] \$80 ;
+  reg \$81 ;
+  reg \$82 ;
+  reg \$83 ;
   reg [7:0] \$84 ;
-  reg [1:0] \$85 ;
-  reg [7:0] \$86 ;
-  reg [1:0] \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  reg [15:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [15:0] \$87 ;
+  reg [15:0] \$88 ;
+  reg [15:0] \$89 ;
   wire [8:0] \$9 ;
-  reg \$90 ;
-  reg [7:0] \$91 ;
+  reg [15:0] \$90 ;
+  reg [15:0] \$91 ;
   reg [15:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [15:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [15:0] \$99 ;
+  reg \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [19:0] \$96 ;
+  reg [19:0] \$97 ;
+  reg [31:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$107  = 1'h0;
   reg \$signal$108  = 1'h0;
@@ -839,13 +832,13 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   input rst;
   wire rst;
   reg [19:0] s_nxt = 20'h00000;
-  wire [19:0] tc_0_0;
-  wire [19:0] tc_0_1;
-  wire [19:0] tc_0_2;
-  wire [19:0] tc_0_3;
-  wire [19:0] tc_1_0;
-  wire [19:0] tc_1_1;
-  wire [19:0] tc_2_0;
+  wire [19:0] ta_0_0;
+  wire [19:0] ta_0_1;
+  wire [19:0] ta_0_2;
+  wire [19:0] ta_0_3;
+  wire [19:0] ta_1_0;
+  wire [19:0] ta_1_1;
+  wire [19:0] ta_2_0;
   wire [19:0] tn_0_0;
   wire [19:0] tn_0_1;
   wire [19:0] tn_0_2;
@@ -3036,7 +3029,6 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
     _7_ <= \act7$131 [\$17 [7:0]];
   end
   assign \rp__data$65  = _7_;
-  assign \$1  = level + 3'h5;
   assign i_lanes__ready = \$1  <= 4'h8;
   assign fire = i_lanes__valid & i_lanes__ready;
   assign \$2  = 1'h0 + i_lanes__payload[144];
@@ -3048,155 +3040,149 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign \$8  = \$7  + i_lanes__payload[150];
   assign \$9  = \$8  + i_lanes__payload[151];
   assign o_fired = fire ? \$9 [3:0] : 4'h0;
-  assign \$119  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$119 ;
-  assign \$123  = lo1_1 * 4'h8;
-  assign act1 = \rp__data$23  >> \$123 ;
-  assign \$127  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$30  >> \$127 ;
-  assign \$131  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$37  >> \$131 ;
-  assign \$135  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$44  >> \$135 ;
-  assign \$139  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$51  >> \$139 ;
-  assign \$143  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$58  >> \$143 ;
-  assign \$147  = lo1_7 * 4'h8;
-  assign act7 = \rp__data$65  >> \$147 ;
-  assign \$18  = nxt2[0] ? 16'h0000 : prod0;
-  assign \$19  = nxt2[1] ? 16'h0000 : prod1;
-  assign \$20  = $signed(\$18 ) + $signed(\$19 );
-  assign \$21  = nxt2[2] ? 16'h0000 : prod2;
-  assign \$22  = nxt2[3] ? 16'h0000 : prod3;
-  assign \$23  = $signed(\$21 ) + $signed(\$22 );
-  assign \$24  = nxt2[4] ? 16'h0000 : prod4;
-  assign \$25  = nxt2[5] ? 16'h0000 : prod5;
-  assign \$26  = $signed(\$24 ) + $signed(\$25 );
-  assign \$27  = nxt2[6] ? 16'h0000 : prod6;
-  assign \$28  = nxt2[7] ? 16'h0000 : prod7;
-  assign \$29  = $signed(\$27 ) + $signed(\$28 );
-  assign \$30  = $signed(\$20 ) + $signed(\$23 );
-  assign \$31  = $signed(\$26 ) + $signed(\$29 );
-  assign \$32  = $signed(\$30 [19:0]) + $signed(\$31 [19:0]);
-  assign \$33  = nxt2[0] ? prod0 : 16'h0000;
-  assign \$34  = nxt2[1] ? prod1 : 16'h0000;
-  assign \$35  = $signed(\$33 ) + $signed(\$34 );
-  assign \$36  = nxt2[2] ? prod2 : 16'h0000;
-  assign \$37  = nxt2[3] ? prod3 : 16'h0000;
-  assign \$38  = $signed(\$36 ) + $signed(\$37 );
-  assign \$39  = nxt2[4] ? prod4 : 16'h0000;
-  assign \$40  = nxt2[5] ? prod5 : 16'h0000;
-  assign \$41  = $signed(\$39 ) + $signed(\$40 );
-  assign \$42  = nxt2[6] ? prod6 : 16'h0000;
-  assign \$43  = nxt2[7] ? prod7 : 16'h0000;
-  assign \$44  = $signed(\$42 ) + $signed(\$43 );
-  assign \$45  = $signed(\$35 ) + $signed(\$38 );
-  assign \$46  = $signed(\$41 ) + $signed(\$44 );
-  assign \$47  = $signed(\$45 [19:0]) + $signed(\$46 [19:0]);
-  assign \$48  = $signed(acc) + $signed(\$signal );
+  assign \$112  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$112 ;
+  assign \$116  = lo1_1 * 4'h8;
+  assign act1 = \rp__data$23  >> \$116 ;
+  assign \$120  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$30  >> \$120 ;
+  assign \$124  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$37  >> \$124 ;
+  assign \$128  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$44  >> \$128 ;
+  assign \$132  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$51  >> \$132 ;
+  assign \$136  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$58  >> \$136 ;
+  assign \$140  = lo1_7 * 4'h8;
+  assign act7 = \rp__data$65  >> \$140 ;
+  assign \$18  = $signed(prod0) + $signed(prod1);
+  assign \$19  = $signed(prod2) + $signed(prod3);
+  assign \$20  = $signed(prod4) + $signed(prod5);
+  assign \$21  = $signed(prod6) + $signed(prod7);
+  assign \$22  = $signed(\$18 ) + $signed(\$19 );
+  assign \$23  = $signed(\$20 ) + $signed(\$21 );
+  assign \$24  = $signed(\$22 [19:0]) + $signed(\$23 [19:0]);
+  assign \$25  = nxt2[0] ? prod0 : 16'h0000;
+  assign \$26  = nxt2[1] ? prod1 : 16'h0000;
+  assign \$27  = $signed(\$25 ) + $signed(\$26 );
+  assign \$28  = nxt2[2] ? prod2 : 16'h0000;
+  assign \$29  = nxt2[3] ? prod3 : 16'h0000;
+  assign \$30  = $signed(\$28 ) + $signed(\$29 );
+  assign \$31  = nxt2[4] ? prod4 : 16'h0000;
+  assign \$32  = nxt2[5] ? prod5 : 16'h0000;
+  assign \$33  = $signed(\$31 ) + $signed(\$32 );
+  assign \$34  = nxt2[6] ? prod6 : 16'h0000;
+  assign \$35  = nxt2[7] ? prod7 : 16'h0000;
+  assign \$36  = $signed(\$34 ) + $signed(\$35 );
+  assign \$37  = $signed(\$27 ) + $signed(\$30 );
+  assign \$38  = $signed(\$33 ) + $signed(\$36 );
+  assign \$39  = $signed(\$37 [19:0]) + $signed(\$38 [19:0]);
+  assign \$40  = $signed(acc) + $signed(\$signal );
   assign w_en = \$signal$94  & \$signal$95 ;
-  assign \$49  = v0 & bundle0[160];
-  assign \$50  = bundle0[144] ? bundle0[87:80] : 8'h00;
-  assign \$51  = bundle0[145] ? bundle0[95:88] : 8'h00;
-  assign \$52  = bundle0[146] ? bundle0[103:96] : 8'h00;
-  assign \$53  = bundle0[147] ? bundle0[111:104] : 8'h00;
-  assign \$54  = bundle0[148] ? bundle0[119:112] : 8'h00;
-  assign \$55  = bundle0[149] ? bundle0[127:120] : 8'h00;
-  assign \$56  = bundle0[150] ? bundle0[135:128] : 8'h00;
-  assign \$57  = bundle0[151] ? bundle0[143:136] : 8'h00;
-  assign \$58  = $signed(w1_0) * $signed(act0);
-  assign \$59  = $signed(w1_1) * $signed(act1);
-  assign \$60  = $signed(w1_2) * $signed(act2);
-  assign \$61  = $signed(w1_3) * $signed(act3);
-  assign \$62  = $signed(w1_4) * $signed(act4);
-  assign \$63  = $signed(w1_5) * $signed(act5);
-  assign \$64  = $signed(w1_6) * $signed(act6);
-  assign \$65  = $signed(w1_7) * $signed(act7);
+  assign \$41  = v0 & bundle0[160];
+  assign \$42  = bundle0[144] ? bundle0[87:80] : 8'h00;
+  assign \$43  = bundle0[145] ? bundle0[95:88] : 8'h00;
+  assign \$44  = bundle0[146] ? bundle0[103:96] : 8'h00;
+  assign \$45  = bundle0[147] ? bundle0[111:104] : 8'h00;
+  assign \$46  = bundle0[148] ? bundle0[119:112] : 8'h00;
+  assign \$47  = bundle0[149] ? bundle0[127:120] : 8'h00;
+  assign \$48  = bundle0[150] ? bundle0[135:128] : 8'h00;
+  assign \$49  = bundle0[151] ? bundle0[143:136] : 8'h00;
+  assign \$50  = $signed(w1_0) * $signed(act0);
+  assign \$51  = $signed(w1_1) * $signed(act1);
+  assign \$52  = $signed(w1_2) * $signed(act2);
+  assign \$53  = $signed(w1_3) * $signed(act3);
+  assign \$54  = $signed(w1_4) * $signed(act4);
+  assign \$55  = $signed(w1_5) * $signed(act5);
+  assign \$56  = $signed(w1_6) * $signed(act6);
+  assign \$57  = $signed(w1_7) * $signed(act7);
+  assign \$58  = $signed(\$24 [19:0]) - $signed(\$39 [19:0]);
   always @(posedge clk)
-    v0 <= \$66 ;
+    v0 <= \$59 ;
   always @(posedge clk)
-    bundle0 <= \$67 ;
+    bundle0 <= \$60 ;
   always @(posedge clk)
-    \$signal$107  <= \$68 ;
+    \$signal$107  <= \$61 ;
   always @(posedge clk)
-    \$signal$108  <= \$69 ;
+    \$signal$108  <= \$62 ;
   always @(posedge clk)
-    last1 <= \$70 ;
+    last1 <= \$63 ;
   always @(posedge clk)
-    nxt1 <= \$71 ;
+    nxt1 <= \$64 ;
   always @(posedge clk)
-    w1_0 <= \$72 ;
+    w1_0 <= \$65 ;
   always @(posedge clk)
-    lo1_0 <= \$73 ;
+    lo1_0 <= \$66 ;
   always @(posedge clk)
-    w1_1 <= \$74 ;
+    w1_1 <= \$67 ;
   always @(posedge clk)
-    lo1_1 <= \$75 ;
+    lo1_1 <= \$68 ;
   always @(posedge clk)
-    w1_2 <= \$76 ;
+    w1_2 <= \$69 ;
   always @(posedge clk)
-    lo1_2 <= \$77 ;
+    lo1_2 <= \$70 ;
   always @(posedge clk)
-    w1_3 <= \$78 ;
+    w1_3 <= \$71 ;
   always @(posedge clk)
-    lo1_3 <= \$79 ;
+    lo1_3 <= \$72 ;
   always @(posedge clk)
-    w1_4 <= \$80 ;
+    w1_4 <= \$73 ;
   always @(posedge clk)
-    lo1_4 <= \$81 ;
+    lo1_4 <= \$74 ;
   always @(posedge clk)
-    w1_5 <= \$82 ;
+    w1_5 <= \$75 ;
   always @(posedge clk)
-    lo1_5 <= \$83 ;
+    lo1_5 <= \$76 ;
   always @(posedge clk)
-    w1_6 <= \$84 ;
+    w1_6 <= \$77 ;
   always @(posedge clk)
-    lo1_6 <= \$85 ;
+    lo1_6 <= \$78 ;
   always @(posedge clk)
-    w1_7 <= \$86 ;
+    w1_7 <= \$79 ;
   always @(posedge clk)
-    lo1_7 <= \$87 ;
+    lo1_7 <= \$80 ;
   always @(posedge clk)
-    \$signal$119  <= \$88 ;
+    \$signal$119  <= \$81 ;
   always @(posedge clk)
-    \$signal$120  <= \$89 ;
+    \$signal$120  <= \$82 ;
   always @(posedge clk)
-    last2 <= \$90 ;
+    last2 <= \$83 ;
   always @(posedge clk)
-    nxt2 <= \$91 ;
+    nxt2 <= \$84 ;
   always @(posedge clk)
-    prod0 <= \$92 ;
+    prod0 <= \$85 ;
   always @(posedge clk)
-    prod1 <= \$93 ;
+    prod1 <= \$86 ;
   always @(posedge clk)
-    prod2 <= \$94 ;
+    prod2 <= \$87 ;
   always @(posedge clk)
-    prod3 <= \$95 ;
+    prod3 <= \$88 ;
   always @(posedge clk)
-    prod4 <= \$96 ;
+    prod4 <= \$89 ;
   always @(posedge clk)
-    prod5 <= \$97 ;
+    prod5 <= \$90 ;
   always @(posedge clk)
-    prod6 <= \$98 ;
+    prod6 <= \$91 ;
   always @(posedge clk)
-    prod7 <= \$99 ;
+    prod7 <= \$92 ;
   always @(posedge clk)
-    \$signal$94  <= \$100 ;
+    \$signal$94  <= \$93 ;
   always @(posedge clk)
-    \$signal$95  <= \$101 ;
+    \$signal$95  <= \$94 ;
   always @(posedge clk)
-    last3 <= \$102 ;
+    last3 <= \$95 ;
   always @(posedge clk)
-    \$signal  <= \$103 ;
+    \$signal  <= \$96 ;
   always @(posedge clk)
-    s_nxt <= \$104 ;
+    s_nxt <= \$97 ;
   always @(posedge clk)
-    acc <= \$105 ;
+    acc <= \$98 ;
+  assign \$1  = level + 3'h5;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$2743$0 (\$48 [31:0]),
-    .\port$3125$0 (last3),
+    .\port$3399$0 (\$40 [31:0]),
+    .\port$3762$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3206,293 +3192,293 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$66  = fire;
+    \$59  = fire;
     if (rst) begin
-      \$66  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$67  = bundle0;
+    \$60  = bundle0;
     if (fire) begin
-      \$67  = i_lanes__payload;
+      \$60  = i_lanes__payload;
     end
     if (rst) begin
-      \$67  = 162'h00000000000000000000000000000000000000000;
+      \$60  = 162'h00000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$68  = v0;
+    \$61  = v0;
     if (rst) begin
-      \$68  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$69  = \$49 ;
+    \$62  = \$41 ;
     if (rst) begin
-      \$69  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$70  = bundle0[161];
+    \$63  = bundle0[161];
     if (rst) begin
-      \$70  = 1'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$71  = bundle0[159:152];
+    \$64  = bundle0[159:152];
+    if (rst) begin
+      \$64  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$65  = \$42 ;
+    if (rst) begin
+      \$65  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$66  = bundle0[1:0];
+    if (rst) begin
+      \$66  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$67  = \$43 ;
+    if (rst) begin
+      \$67  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$68  = bundle0[11:10];
+    if (rst) begin
+      \$68  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$69  = \$44 ;
+    if (rst) begin
+      \$69  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$70  = bundle0[21:20];
+    if (rst) begin
+      \$70  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$71  = \$45 ;
     if (rst) begin
       \$71  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$72  = \$50 ;
+    \$72  = bundle0[31:30];
     if (rst) begin
-      \$72  = 8'h00;
+      \$72  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$73  = bundle0[1:0];
+    \$73  = \$46 ;
     if (rst) begin
-      \$73  = 2'h0;
+      \$73  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$74  = \$51 ;
+    \$74  = bundle0[41:40];
     if (rst) begin
-      \$74  = 8'h00;
+      \$74  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$75  = bundle0[11:10];
+    \$75  = \$47 ;
     if (rst) begin
-      \$75  = 2'h0;
+      \$75  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$76  = \$52 ;
+    \$76  = bundle0[51:50];
     if (rst) begin
-      \$76  = 8'h00;
+      \$76  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$77  = bundle0[21:20];
+    \$77  = \$48 ;
     if (rst) begin
-      \$77  = 2'h0;
+      \$77  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$78  = \$53 ;
+    \$78  = bundle0[61:60];
     if (rst) begin
-      \$78  = 8'h00;
+      \$78  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$79  = bundle0[31:30];
+    \$79  = \$49 ;
     if (rst) begin
-      \$79  = 2'h0;
+      \$79  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$80  = \$54 ;
+    \$80  = bundle0[71:70];
     if (rst) begin
-      \$80  = 8'h00;
+      \$80  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$81  = bundle0[41:40];
+    \$81  = \$signal$107 ;
     if (rst) begin
-      \$81  = 2'h0;
+      \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$82  = \$55 ;
+    \$82  = \$signal$108 ;
     if (rst) begin
-      \$82  = 8'h00;
+      \$82  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$83  = bundle0[51:50];
+    \$83  = last1;
     if (rst) begin
-      \$83  = 2'h0;
+      \$83  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$84  = \$56 ;
+    \$84  = nxt1;
     if (rst) begin
       \$84  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$85  = bundle0[61:60];
+    \$85  = \$50 ;
     if (rst) begin
-      \$85  = 2'h0;
+      \$85  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$86  = \$57 ;
+    \$86  = \$51 ;
     if (rst) begin
-      \$86  = 8'h00;
+      \$86  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$87  = bundle0[71:70];
+    \$87  = \$52 ;
     if (rst) begin
-      \$87  = 2'h0;
+      \$87  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$88  = \$signal$107 ;
+    \$88  = \$53 ;
     if (rst) begin
-      \$88  = 1'h0;
+      \$88  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$89  = \$signal$108 ;
+    \$89  = \$54 ;
     if (rst) begin
-      \$89  = 1'h0;
+      \$89  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$90  = last1;
+    \$90  = \$55 ;
     if (rst) begin
-      \$90  = 1'h0;
+      \$90  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$91  = nxt1;
+    \$91  = \$56 ;
     if (rst) begin
-      \$91  = 8'h00;
+      \$91  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$92  = \$58 ;
+    \$92  = \$57 ;
     if (rst) begin
       \$92  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$93  = \$59 ;
+    \$93  = \$signal$119 ;
     if (rst) begin
-      \$93  = 16'h0000;
+      \$93  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$94  = \$60 ;
+    \$94  = \$signal$120 ;
     if (rst) begin
-      \$94  = 16'h0000;
+      \$94  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$95  = \$61 ;
+    \$95  = last2;
     if (rst) begin
-      \$95  = 16'h0000;
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$96  = \$62 ;
+    \$96  = \$58 [19:0];
     if (rst) begin
-      \$96  = 16'h0000;
+      \$96  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$97  = \$63 ;
+    \$97  = \$39 [19:0];
     if (rst) begin
-      \$97  = 16'h0000;
+      \$97  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$98  = \$64 ;
-    if (rst) begin
-      \$98  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$99  = \$65 ;
-    if (rst) begin
-      \$99  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$100  = \$signal$119 ;
-    if (rst) begin
-      \$100  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$101  = \$signal$120 ;
-    if (rst) begin
-      \$101  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$102  = last2;
-    if (rst) begin
-      \$102  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$103  = \$32 [19:0];
-    if (rst) begin
-      \$103  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$104  = \$47 [19:0];
-    if (rst) begin
-      \$104  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$105  = acc;
+    \$98  = acc;
     if (\$signal$94 ) begin
       (* full_case = 32'd1 *)
       if (\$signal$95 ) begin
-        \$105  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
+        \$98  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
       end else begin
-        \$105  = \$48 [31:0];
+        \$98  = \$40 [31:0];
       end
     end
     if (rst) begin
-      \$105  = 32'd0;
+      \$98  = 32'd0;
     end
   end
   assign fired_now = \$9 [3:0];
@@ -3528,22 +3514,22 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign \wp__data$61  = wp__data;
   assign \wp__en$62  = wp__en;
   assign \rp__addr$63  = \$17 [7:0];
-  assign tc_0_0 = { \$20 [16], \$20 [16], \$20 [16], \$20  };
-  assign tc_0_1 = { \$23 [16], \$23 [16], \$23 [16], \$23  };
-  assign tc_0_2 = { \$26 [16], \$26 [16], \$26 [16], \$26  };
-  assign tc_0_3 = { \$29 [16], \$29 [16], \$29 [16], \$29  };
-  assign tc_1_0 = \$30 [19:0];
-  assign tc_1_1 = \$31 [19:0];
-  assign tc_2_0 = \$32 [19:0];
-  assign tn_0_0 = { \$35 [16], \$35 [16], \$35 [16], \$35  };
-  assign tn_0_1 = { \$38 [16], \$38 [16], \$38 [16], \$38  };
-  assign tn_0_2 = { \$41 [16], \$41 [16], \$41 [16], \$41  };
-  assign tn_0_3 = { \$44 [16], \$44 [16], \$44 [16], \$44  };
-  assign tn_1_0 = \$45 [19:0];
-  assign tn_1_1 = \$46 [19:0];
-  assign tn_2_0 = \$47 [19:0];
-  assign total = \$48 [31:0];
-  assign w_data = { last3, \$48 [31:0] };
+  assign ta_0_0 = { \$18 [16], \$18 [16], \$18 [16], \$18  };
+  assign ta_0_1 = { \$19 [16], \$19 [16], \$19 [16], \$19  };
+  assign ta_0_2 = { \$20 [16], \$20 [16], \$20 [16], \$20  };
+  assign ta_0_3 = { \$21 [16], \$21 [16], \$21 [16], \$21  };
+  assign ta_1_0 = \$22 [19:0];
+  assign ta_1_1 = \$23 [19:0];
+  assign ta_2_0 = \$24 [19:0];
+  assign tn_0_0 = { \$27 [16], \$27 [16], \$27 [16], \$27  };
+  assign tn_0_1 = { \$30 [16], \$30 [16], \$30 [16], \$30  };
+  assign tn_0_2 = { \$33 [16], \$33 [16], \$33 [16], \$33  };
+  assign tn_0_3 = { \$36 [16], \$36 [16], \$36 [16], \$36  };
+  assign tn_1_0 = \$37 [19:0];
+  assign tn_1_1 = \$38 [19:0];
+  assign tn_2_0 = \$39 [19:0];
+  assign total = \$40 [31:0];
+  assign w_data = { last3, \$40 [31:0] };
   assign r_rdy = o_row__valid;
   assign o_row__ready = r_en;
   assign \i_lanes__payload.col  = i_lanes__payload[79:0];
@@ -3605,7 +3591,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2743$0 , w_en, w_level, r_data, r_en, \port$3125$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3399$0 , w_en, w_level, r_data, r_en, \port$3762$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3647,10 +3633,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2743$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$2743$0 ;
-  wire [31:0] \port$2743$0 ;
-  input \port$3125$0 ;
-  wire \port$3125$0 ;
+  input [31:0] \port$3399$0 ;
+  wire [31:0] \port$3399$0 ;
+  input \port$3762$0 ;
+  wire \port$3762$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3686,7 +3672,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2743$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3125$0 , \port$2743$0  };
+      storage[w_port__addr] <= { \port$3762$0 , \port$3399$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3785,941 +3771,941 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2743$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3125$0 , \port$2743$0  };
-  assign w_data = { \port$3125$0 , \port$2743$0  };
+  assign w_port__data = { \port$3762$0 , \port$3399$0  };
+  assign w_data = { \port$3762$0 , \port$3399$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_lanes__valid, i_cmd__ready, i_mask__ready, i_value__ready, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, o_error_flags, w_data);
+module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rst, o_busy, o_lanes__valid, i_mask__ready, i_value__ready, i_cmd__ready, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, o_error_flags, i_mask__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [1:0] \$1 ;
   wire [7:0] \$10 ;
   wire [2:0] \$100 ;
   wire \$1000 ;
-  wire [2:0] \$1001 ;
-  wire [2:0] \$1002 ;
+  wire \$1001 ;
+  wire \$1002 ;
   wire \$1003 ;
   wire \$1004 ;
-  wire [2:0] \$1005 ;
-  wire [2:0] \$1006 ;
+  wire \$1005 ;
+  wire \$1006 ;
   wire \$1007 ;
   wire \$1008 ;
-  wire [2:0] \$1009 ;
+  wire \$1009 ;
   wire [3:0] \$101 ;
-  wire [2:0] \$1010 ;
+  wire \$1010 ;
   wire \$1011 ;
   wire \$1012 ;
-  wire [3:0] \$1013 ;
-  wire [3:0] \$1014 ;
+  wire \$1013 ;
+  wire \$1014 ;
   wire \$1015 ;
   wire \$1016 ;
-  wire [3:0] \$1017 ;
-  wire [3:0] \$1018 ;
+  wire \$1017 ;
+  wire \$1018 ;
   wire \$1019 ;
   wire [4:0] \$102 ;
   wire \$1020 ;
-  wire [3:0] \$1021 ;
-  wire [3:0] \$1022 ;
+  wire \$1021 ;
+  wire \$1022 ;
   wire \$1023 ;
   wire \$1024 ;
-  wire [3:0] \$1025 ;
-  wire [3:0] \$1026 ;
+  wire \$1025 ;
+  wire \$1026 ;
   wire \$1027 ;
   wire \$1028 ;
-  wire [3:0] \$1029 ;
+  wire \$1029 ;
   wire [5:0] \$103 ;
-  wire [3:0] \$1030 ;
+  wire \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
-  wire [3:0] \$1033 ;
-  wire [3:0] \$1034 ;
+  wire \$1033 ;
+  wire \$1034 ;
   wire \$1035 ;
   wire \$1036 ;
-  wire [3:0] \$1037 ;
-  wire [3:0] \$1038 ;
+  wire \$1037 ;
+  wire \$1038 ;
   wire \$1039 ;
   wire [6:0] \$104 ;
   wire \$1040 ;
-  wire [3:0] \$1041 ;
-  wire [7:0] \$1042 ;
+  wire \$1041 ;
+  wire \$1042 ;
   wire \$1043 ;
   wire \$1044 ;
-  wire [7:0] \$1045 ;
-  wire [7:0] \$1046 ;
+  wire \$1045 ;
+  wire \$1046 ;
   wire \$1047 ;
   wire \$1048 ;
-  wire [7:0] \$1049 ;
+  wire \$1049 ;
   wire [7:0] \$105 ;
-  wire [7:0] \$1050 ;
+  wire \$1050 ;
   wire \$1051 ;
   wire \$1052 ;
-  wire [7:0] \$1053 ;
-  wire [7:0] \$1054 ;
+  wire \$1053 ;
+  wire \$1054 ;
   wire \$1055 ;
   wire \$1056 ;
-  wire [7:0] \$1057 ;
-  wire [7:0] \$1058 ;
+  wire \$1057 ;
+  wire \$1058 ;
   wire \$1059 ;
   wire [8:0] \$106 ;
   wire \$1060 ;
-  wire [7:0] \$1061 ;
-  wire [7:0] \$1062 ;
+  wire \$1061 ;
+  wire \$1062 ;
   wire \$1063 ;
   wire \$1064 ;
-  wire [7:0] \$1065 ;
-  wire [7:0] \$1066 ;
+  wire \$1065 ;
+  wire \$1066 ;
   wire \$1067 ;
   wire \$1068 ;
-  wire [7:0] \$1069 ;
+  wire \$1069 ;
   wire [1:0] \$107 ;
-  wire [7:0] \$1070 ;
+  wire \$1070 ;
   wire \$1071 ;
   wire \$1072 ;
-  wire [7:0] \$1073 ;
-  wire [7:0] \$1074 ;
+  wire \$1073 ;
+  wire \$1074 ;
   wire \$1075 ;
   wire \$1076 ;
-  wire [7:0] \$1077 ;
-  wire [7:0] \$1078 ;
+  wire \$1077 ;
+  wire \$1078 ;
   wire \$1079 ;
   wire [2:0] \$108 ;
   wire \$1080 ;
-  wire [7:0] \$1081 ;
-  wire [7:0] \$1082 ;
+  wire \$1081 ;
+  wire \$1082 ;
   wire \$1083 ;
   wire \$1084 ;
-  wire [7:0] \$1085 ;
-  wire [7:0] \$1086 ;
+  wire \$1085 ;
+  wire \$1086 ;
   wire \$1087 ;
   wire \$1088 ;
-  wire [7:0] \$1089 ;
+  wire \$1089 ;
   wire [3:0] \$109 ;
-  wire [7:0] \$1090 ;
+  wire \$1090 ;
   wire \$1091 ;
   wire \$1092 ;
-  wire [7:0] \$1093 ;
-  wire [7:0] \$1094 ;
-  wire \$1095 ;
-  wire \$1096 ;
-  wire [7:0] \$1097 ;
-  wire [7:0] \$1098 ;
-  wire \$1099 ;
+  wire \$1093 ;
+  wire \$1094 ;
+  wire [1:0] \$1095 ;
+  wire [1:0] \$1096 ;
+  wire \$1097 ;
+  wire \$1098 ;
+  wire [1:0] \$1099 ;
   wire [8:0] \$11 ;
   wire [4:0] \$110 ;
-  wire \$1100 ;
-  wire [7:0] \$1101 ;
-  wire [2:0] \$1102 ;
-  wire \$1103 ;
-  wire \$1104 ;
-  wire [2:0] \$1105 ;
-  wire [2:0] \$1106 ;
-  wire \$1107 ;
-  wire \$1108 ;
-  wire [2:0] \$1109 ;
+  wire [1:0] \$1100 ;
+  wire \$1101 ;
+  wire \$1102 ;
+  wire [2:0] \$1103 ;
+  wire [2:0] \$1104 ;
+  wire \$1105 ;
+  wire \$1106 ;
+  wire [2:0] \$1107 ;
+  wire [2:0] \$1108 ;
+  wire \$1109 ;
   wire [5:0] \$111 ;
-  wire [2:0] \$1110 ;
-  wire \$1111 ;
-  wire \$1112 ;
-  wire [2:0] \$1113 ;
-  wire [2:0] \$1114 ;
-  wire \$1115 ;
-  wire \$1116 ;
-  wire [2:0] \$1117 ;
-  wire [2:0] \$1118 ;
-  wire \$1119 ;
+  wire \$1110 ;
+  wire [2:0] \$1111 ;
+  wire [2:0] \$1112 ;
+  wire \$1113 ;
+  wire \$1114 ;
+  wire [2:0] \$1115 ;
+  wire [2:0] \$1116 ;
+  wire \$1117 ;
+  wire \$1118 ;
+  wire [3:0] \$1119 ;
   wire [6:0] \$112 ;
-  wire \$1120 ;
-  wire [2:0] \$1121 ;
-  wire [2:0] \$1122 ;
-  wire \$1123 ;
-  wire \$1124 ;
-  wire [2:0] \$1125 ;
-  wire [2:0] \$1126 ;
-  wire \$1127 ;
-  wire \$1128 ;
-  wire [2:0] \$1129 ;
+  wire [3:0] \$1120 ;
+  wire \$1121 ;
+  wire \$1122 ;
+  wire [3:0] \$1123 ;
+  wire [3:0] \$1124 ;
+  wire \$1125 ;
+  wire \$1126 ;
+  wire [3:0] \$1127 ;
+  wire [3:0] \$1128 ;
+  wire \$1129 ;
   wire [7:0] \$113 ;
-  wire [2:0] \$1130 ;
-  wire \$1131 ;
-  wire \$1132 ;
-  wire [2:0] \$1133 ;
-  wire [2:0] \$1134 ;
-  wire \$1135 ;
-  wire \$1136 ;
-  wire [2:0] \$1137 ;
-  wire [2:0] \$1138 ;
-  wire \$1139 ;
+  wire \$1130 ;
+  wire [3:0] \$1131 ;
+  wire [3:0] \$1132 ;
+  wire \$1133 ;
+  wire \$1134 ;
+  wire [3:0] \$1135 ;
+  wire [3:0] \$1136 ;
+  wire \$1137 ;
+  wire \$1138 ;
+  wire [3:0] \$1139 ;
   wire [8:0] \$114 ;
-  wire \$1140 ;
-  wire [2:0] \$1141 ;
-  wire [2:0] \$1142 ;
-  wire \$1143 ;
-  wire \$1144 ;
-  wire [2:0] \$1145 ;
-  wire [2:0] \$1146 ;
-  wire \$1147 ;
-  wire \$1148 ;
-  wire [2:0] \$1149 ;
+  wire [3:0] \$1140 ;
+  wire \$1141 ;
+  wire \$1142 ;
+  wire [3:0] \$1143 ;
+  wire [3:0] \$1144 ;
+  wire \$1145 ;
+  wire \$1146 ;
+  wire [3:0] \$1147 ;
+  wire [7:0] \$1148 ;
+  wire \$1149 ;
   wire [1:0] \$115 ;
-  wire [2:0] \$1150 ;
-  wire \$1151 ;
-  wire \$1152 ;
-  wire [2:0] \$1153 ;
-  wire [2:0] \$1154 ;
-  wire \$1155 ;
-  wire \$1156 ;
-  wire [2:0] \$1157 ;
-  wire [2:0] \$1158 ;
-  wire \$1159 ;
+  wire \$1150 ;
+  wire [7:0] \$1151 ;
+  wire [7:0] \$1152 ;
+  wire \$1153 ;
+  wire \$1154 ;
+  wire [7:0] \$1155 ;
+  wire [7:0] \$1156 ;
+  wire \$1157 ;
+  wire \$1158 ;
+  wire [7:0] \$1159 ;
   wire [2:0] \$116 ;
-  wire \$1160 ;
-  wire [2:0] \$1161 ;
-  wire [3:0] \$1162 ;
-  wire [1:0] \$1163 ;
-  wire [2:0] \$1164 ;
-  wire [3:0] \$1165 ;
-  wire [4:0] \$1166 ;
-  wire [3:0] \$1167 ;
-  wire \$1168 ;
-  wire [22:0] \$1169 ;
+  wire [7:0] \$1160 ;
+  wire \$1161 ;
+  wire \$1162 ;
+  wire [7:0] \$1163 ;
+  wire [7:0] \$1164 ;
+  wire \$1165 ;
+  wire \$1166 ;
+  wire [7:0] \$1167 ;
+  wire [7:0] \$1168 ;
+  wire \$1169 ;
   wire [3:0] \$117 ;
-  wire [10:0] \$1170 ;
-  wire \$1171 ;
-  wire \$1172 ;
+  wire \$1170 ;
+  wire [7:0] \$1171 ;
+  wire [7:0] \$1172 ;
   wire \$1173 ;
   wire \$1174 ;
-  wire \$1175 ;
-  wire [1:0] \$1176 ;
-  wire [1:0] \$1177 ;
+  wire [7:0] \$1175 ;
+  wire [7:0] \$1176 ;
+  wire \$1177 ;
   wire \$1178 ;
-  wire \$1179 ;
+  wire [7:0] \$1179 ;
   wire [4:0] \$118 ;
-  wire [1:0] \$1180 ;
-  wire [1:0] \$1181 ;
+  wire [7:0] \$1180 ;
+  wire \$1181 ;
   wire \$1182 ;
-  wire \$1183 ;
-  wire [2:0] \$1184 ;
-  wire [2:0] \$1185 ;
+  wire [7:0] \$1183 ;
+  wire [7:0] \$1184 ;
+  wire \$1185 ;
   wire \$1186 ;
-  wire \$1187 ;
-  wire [2:0] \$1188 ;
-  wire [2:0] \$1189 ;
+  wire [7:0] \$1187 ;
+  wire [7:0] \$1188 ;
+  wire \$1189 ;
   wire [5:0] \$119 ;
   wire \$1190 ;
-  wire \$1191 ;
-  wire [2:0] \$1192 ;
-  wire [2:0] \$1193 ;
+  wire [7:0] \$1191 ;
+  wire [7:0] \$1192 ;
+  wire \$1193 ;
   wire \$1194 ;
-  wire \$1195 ;
-  wire [2:0] \$1196 ;
-  wire [2:0] \$1197 ;
+  wire [7:0] \$1195 ;
+  wire [7:0] \$1196 ;
+  wire \$1197 ;
   wire \$1198 ;
-  wire \$1199 ;
+  wire [7:0] \$1199 ;
   wire [1:0] \$12 ;
   wire [6:0] \$120 ;
-  wire [3:0] \$1200 ;
-  wire [3:0] \$1201 ;
+  wire [7:0] \$1200 ;
+  wire \$1201 ;
   wire \$1202 ;
-  wire \$1203 ;
-  wire [3:0] \$1204 ;
-  wire [3:0] \$1205 ;
+  wire [7:0] \$1203 ;
+  wire [7:0] \$1204 ;
+  wire \$1205 ;
   wire \$1206 ;
-  wire \$1207 ;
-  wire [3:0] \$1208 ;
-  wire [3:0] \$1209 ;
+  wire [7:0] \$1207 ;
+  wire [2:0] \$1208 ;
+  wire \$1209 ;
   wire [7:0] \$121 ;
   wire \$1210 ;
-  wire \$1211 ;
-  wire [3:0] \$1212 ;
-  wire [3:0] \$1213 ;
+  wire [2:0] \$1211 ;
+  wire [2:0] \$1212 ;
+  wire \$1213 ;
   wire \$1214 ;
-  wire \$1215 ;
-  wire [3:0] \$1216 ;
-  wire [3:0] \$1217 ;
+  wire [2:0] \$1215 ;
+  wire [2:0] \$1216 ;
+  wire \$1217 ;
   wire \$1218 ;
-  wire \$1219 ;
+  wire [2:0] \$1219 ;
   wire [8:0] \$122 ;
-  wire [3:0] \$1220 ;
-  wire [3:0] \$1221 ;
+  wire [2:0] \$1220 ;
+  wire \$1221 ;
   wire \$1222 ;
-  wire \$1223 ;
-  wire [3:0] \$1224 ;
-  wire [3:0] \$1225 ;
+  wire [2:0] \$1223 ;
+  wire [2:0] \$1224 ;
+  wire \$1225 ;
   wire \$1226 ;
-  wire \$1227 ;
-  wire [3:0] \$1228 ;
-  wire [7:0] \$1229 ;
+  wire [2:0] \$1227 ;
+  wire [2:0] \$1228 ;
+  wire \$1229 ;
   wire [1:0] \$123 ;
   wire \$1230 ;
-  wire \$1231 ;
-  wire [7:0] \$1232 ;
-  wire [7:0] \$1233 ;
+  wire [2:0] \$1231 ;
+  wire [2:0] \$1232 ;
+  wire \$1233 ;
   wire \$1234 ;
-  wire \$1235 ;
-  wire [7:0] \$1236 ;
-  wire [7:0] \$1237 ;
+  wire [2:0] \$1235 ;
+  wire [2:0] \$1236 ;
+  wire \$1237 ;
   wire \$1238 ;
-  wire \$1239 ;
+  wire [2:0] \$1239 ;
   wire [2:0] \$124 ;
-  wire [7:0] \$1240 ;
-  wire [7:0] \$1241 ;
+  wire [2:0] \$1240 ;
+  wire \$1241 ;
   wire \$1242 ;
-  wire \$1243 ;
-  wire [7:0] \$1244 ;
-  wire [7:0] \$1245 ;
+  wire [2:0] \$1243 ;
+  wire [2:0] \$1244 ;
+  wire \$1245 ;
   wire \$1246 ;
-  wire \$1247 ;
-  wire [7:0] \$1248 ;
-  wire [7:0] \$1249 ;
+  wire [2:0] \$1247 ;
+  wire [2:0] \$1248 ;
+  wire \$1249 ;
   wire [3:0] \$125 ;
   wire \$1250 ;
-  wire \$1251 ;
-  wire [7:0] \$1252 ;
-  wire [7:0] \$1253 ;
+  wire [2:0] \$1251 ;
+  wire [2:0] \$1252 ;
+  wire \$1253 ;
   wire \$1254 ;
-  wire \$1255 ;
-  wire [7:0] \$1256 ;
-  wire [7:0] \$1257 ;
+  wire [2:0] \$1255 ;
+  wire [2:0] \$1256 ;
+  wire \$1257 ;
   wire \$1258 ;
-  wire \$1259 ;
+  wire [2:0] \$1259 ;
   wire [4:0] \$126 ;
-  wire [7:0] \$1260 ;
-  wire [7:0] \$1261 ;
+  wire [2:0] \$1260 ;
+  wire \$1261 ;
   wire \$1262 ;
-  wire \$1263 ;
-  wire [7:0] \$1264 ;
-  wire [7:0] \$1265 ;
+  wire [2:0] \$1263 ;
+  wire [2:0] \$1264 ;
+  wire \$1265 ;
   wire \$1266 ;
-  wire \$1267 ;
-  wire [7:0] \$1268 ;
-  wire [7:0] \$1269 ;
+  wire [2:0] \$1267 ;
+  wire [3:0] \$1268 ;
+  wire [1:0] \$1269 ;
   wire [5:0] \$127 ;
-  wire \$1270 ;
-  wire \$1271 ;
-  wire [7:0] \$1272 ;
-  wire [7:0] \$1273 ;
+  wire [2:0] \$1270 ;
+  wire [3:0] \$1271 ;
+  wire [4:0] \$1272 ;
+  wire [3:0] \$1273 ;
   wire \$1274 ;
-  wire \$1275 ;
-  wire [7:0] \$1276 ;
-  wire [7:0] \$1277 ;
+  wire [16:0] \$1275 ;
+  wire [5:0] \$1276 ;
+  wire \$1277 ;
   wire \$1278 ;
   wire \$1279 ;
   wire [6:0] \$128 ;
-  wire [7:0] \$1280 ;
-  wire [7:0] \$1281 ;
+  wire \$1280 ;
+  wire \$1281 ;
   wire \$1282 ;
   wire \$1283 ;
-  wire [7:0] \$1284 ;
-  wire [7:0] \$1285 ;
+  wire \$1284 ;
+  wire \$1285 ;
   wire \$1286 ;
   wire \$1287 ;
-  wire [7:0] \$1288 ;
-  wire [2:0] \$1289 ;
+  wire \$1288 ;
+  wire \$1289 ;
   wire [7:0] \$129 ;
   wire \$1290 ;
   wire \$1291 ;
-  wire [2:0] \$1292 ;
-  wire [2:0] \$1293 ;
+  wire \$1292 ;
+  wire \$1293 ;
   wire \$1294 ;
   wire \$1295 ;
-  wire [2:0] \$1296 ;
-  wire [2:0] \$1297 ;
+  wire \$1296 ;
+  wire \$1297 ;
   wire \$1298 ;
   wire \$1299 ;
   wire [2:0] \$13 ;
   wire [8:0] \$130 ;
-  wire [2:0] \$1300 ;
-  wire [2:0] \$1301 ;
+  wire \$1300 ;
+  wire \$1301 ;
   wire \$1302 ;
   wire \$1303 ;
-  wire [2:0] \$1304 ;
-  wire [2:0] \$1305 ;
+  wire \$1304 ;
+  wire \$1305 ;
   wire \$1306 ;
   wire \$1307 ;
-  wire [2:0] \$1308 ;
-  wire [2:0] \$1309 ;
+  wire \$1308 ;
+  wire \$1309 ;
   wire [1:0] \$131 ;
   wire \$1310 ;
   wire \$1311 ;
-  wire [2:0] \$1312 ;
-  wire [2:0] \$1313 ;
-  wire \$1314 ;
-  wire \$1315 ;
-  wire [2:0] \$1316 ;
-  wire [2:0] \$1317 ;
-  wire \$1318 ;
-  wire \$1319 ;
+  wire \$1312 ;
+  wire \$1313 ;
+  wire [1:0] \$1314 ;
+  wire [1:0] \$1315 ;
+  wire \$1316 ;
+  wire \$1317 ;
+  wire [1:0] \$1318 ;
+  wire [1:0] \$1319 ;
   wire [2:0] \$132 ;
-  wire [2:0] \$1320 ;
-  wire [2:0] \$1321 ;
-  wire \$1322 ;
-  wire \$1323 ;
-  wire [2:0] \$1324 ;
-  wire [2:0] \$1325 ;
-  wire \$1326 ;
-  wire \$1327 ;
-  wire [2:0] \$1328 ;
-  wire [2:0] \$1329 ;
+  wire \$1320 ;
+  wire \$1321 ;
+  wire [2:0] \$1322 ;
+  wire [2:0] \$1323 ;
+  wire \$1324 ;
+  wire \$1325 ;
+  wire [2:0] \$1326 ;
+  wire [2:0] \$1327 ;
+  wire \$1328 ;
+  wire \$1329 ;
   wire [3:0] \$133 ;
-  wire \$1330 ;
-  wire \$1331 ;
-  wire [2:0] \$1332 ;
-  wire [2:0] \$1333 ;
-  wire \$1334 ;
-  wire \$1335 ;
-  wire [2:0] \$1336 ;
-  wire [2:0] \$1337 ;
-  wire \$1338 ;
-  wire \$1339 ;
+  wire [2:0] \$1330 ;
+  wire [2:0] \$1331 ;
+  wire \$1332 ;
+  wire \$1333 ;
+  wire [2:0] \$1334 ;
+  wire [2:0] \$1335 ;
+  wire \$1336 ;
+  wire \$1337 ;
+  wire [3:0] \$1338 ;
+  wire [3:0] \$1339 ;
   wire [4:0] \$134 ;
-  wire [2:0] \$1340 ;
-  wire [2:0] \$1341 ;
-  wire \$1342 ;
-  wire \$1343 ;
-  wire [2:0] \$1344 ;
-  wire [2:0] \$1345 ;
-  wire \$1346 ;
-  wire \$1347 ;
-  wire [2:0] \$1348 ;
-  wire [3:0] \$1349 ;
+  wire \$1340 ;
+  wire \$1341 ;
+  wire [3:0] \$1342 ;
+  wire [3:0] \$1343 ;
+  wire \$1344 ;
+  wire \$1345 ;
+  wire [3:0] \$1346 ;
+  wire [3:0] \$1347 ;
+  wire \$1348 ;
+  wire \$1349 ;
   wire [5:0] \$135 ;
-  wire [1:0] \$1350 ;
-  wire [2:0] \$1351 ;
-  wire [3:0] \$1352 ;
-  wire [4:0] \$1353 ;
+  wire [3:0] \$1350 ;
+  wire [3:0] \$1351 ;
+  wire \$1352 ;
+  wire \$1353 ;
   wire [3:0] \$1354 ;
-  wire \$1355 ;
-  wire [22:0] \$1356 ;
-  wire [10:0] \$1357 ;
-  wire \$1358 ;
-  wire \$1359 ;
+  wire [3:0] \$1355 ;
+  wire \$1356 ;
+  wire \$1357 ;
+  wire [3:0] \$1358 ;
+  wire [3:0] \$1359 ;
   wire [6:0] \$136 ;
   wire \$1360 ;
   wire \$1361 ;
-  wire \$1362 ;
-  wire [1:0] \$1363 ;
-  wire [1:0] \$1364 ;
+  wire [3:0] \$1362 ;
+  wire [3:0] \$1363 ;
+  wire \$1364 ;
   wire \$1365 ;
-  wire \$1366 ;
-  wire [1:0] \$1367 ;
-  wire [1:0] \$1368 ;
+  wire [3:0] \$1366 ;
+  wire [7:0] \$1367 ;
+  wire \$1368 ;
   wire \$1369 ;
   wire [7:0] \$137 ;
-  wire \$1370 ;
-  wire [2:0] \$1371 ;
-  wire [2:0] \$1372 ;
+  wire [7:0] \$1370 ;
+  wire [7:0] \$1371 ;
+  wire \$1372 ;
   wire \$1373 ;
-  wire \$1374 ;
-  wire [2:0] \$1375 ;
-  wire [2:0] \$1376 ;
+  wire [7:0] \$1374 ;
+  wire [7:0] \$1375 ;
+  wire \$1376 ;
   wire \$1377 ;
-  wire \$1378 ;
-  wire [2:0] \$1379 ;
+  wire [7:0] \$1378 ;
+  wire [7:0] \$1379 ;
   wire [8:0] \$138 ;
-  wire [2:0] \$1380 ;
+  wire \$1380 ;
   wire \$1381 ;
-  wire \$1382 ;
-  wire [2:0] \$1383 ;
-  wire [2:0] \$1384 ;
+  wire [7:0] \$1382 ;
+  wire [7:0] \$1383 ;
+  wire \$1384 ;
   wire \$1385 ;
-  wire \$1386 ;
-  wire [3:0] \$1387 ;
-  wire [3:0] \$1388 ;
+  wire [7:0] \$1386 ;
+  wire [7:0] \$1387 ;
+  wire \$1388 ;
   wire \$1389 ;
   wire [1:0] \$139 ;
-  wire \$1390 ;
-  wire [3:0] \$1391 ;
-  wire [3:0] \$1392 ;
+  wire [7:0] \$1390 ;
+  wire [7:0] \$1391 ;
+  wire \$1392 ;
   wire \$1393 ;
-  wire \$1394 ;
-  wire [3:0] \$1395 ;
-  wire [3:0] \$1396 ;
+  wire [7:0] \$1394 ;
+  wire [7:0] \$1395 ;
+  wire \$1396 ;
   wire \$1397 ;
-  wire \$1398 ;
-  wire [3:0] \$1399 ;
+  wire [7:0] \$1398 ;
+  wire [7:0] \$1399 ;
   wire [3:0] \$14 ;
   wire [2:0] \$140 ;
-  wire [3:0] \$1400 ;
+  wire \$1400 ;
   wire \$1401 ;
-  wire \$1402 ;
-  wire [3:0] \$1403 ;
-  wire [3:0] \$1404 ;
+  wire [7:0] \$1402 ;
+  wire [7:0] \$1403 ;
+  wire \$1404 ;
   wire \$1405 ;
-  wire \$1406 ;
-  wire [3:0] \$1407 ;
-  wire [3:0] \$1408 ;
+  wire [7:0] \$1406 ;
+  wire [7:0] \$1407 ;
+  wire \$1408 ;
   wire \$1409 ;
   wire [3:0] \$141 ;
-  wire \$1410 ;
-  wire [3:0] \$1411 ;
-  wire [3:0] \$1412 ;
+  wire [7:0] \$1410 ;
+  wire [7:0] \$1411 ;
+  wire \$1412 ;
   wire \$1413 ;
-  wire \$1414 ;
-  wire [3:0] \$1415 ;
-  wire [7:0] \$1416 ;
+  wire [7:0] \$1414 ;
+  wire [7:0] \$1415 ;
+  wire \$1416 ;
   wire \$1417 ;
-  wire \$1418 ;
+  wire [7:0] \$1418 ;
   wire [7:0] \$1419 ;
   wire [4:0] \$142 ;
-  wire [7:0] \$1420 ;
+  wire \$1420 ;
   wire \$1421 ;
-  wire \$1422 ;
+  wire [7:0] \$1422 ;
   wire [7:0] \$1423 ;
-  wire [7:0] \$1424 ;
+  wire \$1424 ;
   wire \$1425 ;
-  wire \$1426 ;
-  wire [7:0] \$1427 ;
-  wire [7:0] \$1428 ;
+  wire [7:0] \$1426 ;
+  wire [2:0] \$1427 ;
+  wire \$1428 ;
   wire \$1429 ;
   wire [5:0] \$143 ;
-  wire \$1430 ;
-  wire [7:0] \$1431 ;
-  wire [7:0] \$1432 ;
+  wire [2:0] \$1430 ;
+  wire [2:0] \$1431 ;
+  wire \$1432 ;
   wire \$1433 ;
-  wire \$1434 ;
-  wire [7:0] \$1435 ;
-  wire [7:0] \$1436 ;
+  wire [2:0] \$1434 ;
+  wire [2:0] \$1435 ;
+  wire \$1436 ;
   wire \$1437 ;
-  wire \$1438 ;
-  wire [7:0] \$1439 ;
+  wire [2:0] \$1438 ;
+  wire [2:0] \$1439 ;
   wire [6:0] \$144 ;
-  wire [7:0] \$1440 ;
+  wire \$1440 ;
   wire \$1441 ;
-  wire \$1442 ;
-  wire [7:0] \$1443 ;
-  wire [7:0] \$1444 ;
+  wire [2:0] \$1442 ;
+  wire [2:0] \$1443 ;
+  wire \$1444 ;
   wire \$1445 ;
-  wire \$1446 ;
-  wire [7:0] \$1447 ;
-  wire [7:0] \$1448 ;
+  wire [2:0] \$1446 ;
+  wire [2:0] \$1447 ;
+  wire \$1448 ;
   wire \$1449 ;
   wire [7:0] \$145 ;
-  wire \$1450 ;
-  wire [7:0] \$1451 ;
-  wire [7:0] \$1452 ;
+  wire [2:0] \$1450 ;
+  wire [2:0] \$1451 ;
+  wire \$1452 ;
   wire \$1453 ;
-  wire \$1454 ;
-  wire [7:0] \$1455 ;
-  wire [7:0] \$1456 ;
+  wire [2:0] \$1454 ;
+  wire [2:0] \$1455 ;
+  wire \$1456 ;
   wire \$1457 ;
-  wire \$1458 ;
-  wire [7:0] \$1459 ;
+  wire [2:0] \$1458 ;
+  wire [2:0] \$1459 ;
   wire [8:0] \$146 ;
-  wire [7:0] \$1460 ;
+  wire \$1460 ;
   wire \$1461 ;
-  wire \$1462 ;
-  wire [7:0] \$1463 ;
-  wire [7:0] \$1464 ;
+  wire [2:0] \$1462 ;
+  wire [2:0] \$1463 ;
+  wire \$1464 ;
   wire \$1465 ;
-  wire \$1466 ;
-  wire [7:0] \$1467 ;
-  wire [7:0] \$1468 ;
+  wire [2:0] \$1466 ;
+  wire [2:0] \$1467 ;
+  wire \$1468 ;
   wire \$1469 ;
   wire [7:0] \$147 ;
-  wire \$1470 ;
-  wire [7:0] \$1471 ;
-  wire [7:0] \$1472 ;
+  wire [2:0] \$1470 ;
+  wire [2:0] \$1471 ;
+  wire \$1472 ;
   wire \$1473 ;
-  wire \$1474 ;
-  wire [7:0] \$1475 ;
-  wire [2:0] \$1476 ;
+  wire [2:0] \$1474 ;
+  wire [2:0] \$1475 ;
+  wire \$1476 ;
   wire \$1477 ;
-  wire \$1478 ;
+  wire [2:0] \$1478 ;
   wire [2:0] \$1479 ;
   wire [7:0] \$148 ;
-  wire [2:0] \$1480 ;
+  wire \$1480 ;
   wire \$1481 ;
-  wire \$1482 ;
+  wire [2:0] \$1482 ;
   wire [2:0] \$1483 ;
-  wire [2:0] \$1484 ;
+  wire \$1484 ;
   wire \$1485 ;
-  wire \$1486 ;
-  wire [2:0] \$1487 ;
-  wire [2:0] \$1488 ;
-  wire \$1489 ;
+  wire [2:0] \$1486 ;
+  wire [3:0] \$1487 ;
+  wire [1:0] \$1488 ;
+  wire [2:0] \$1489 ;
   wire [7:0] \$149 ;
-  wire \$1490 ;
-  wire [2:0] \$1491 ;
-  wire [2:0] \$1492 ;
+  wire [3:0] \$1490 ;
+  wire [4:0] \$1491 ;
+  wire [3:0] \$1492 ;
   wire \$1493 ;
-  wire \$1494 ;
-  wire [2:0] \$1495 ;
-  wire [2:0] \$1496 ;
+  wire [16:0] \$1494 ;
+  wire [5:0] \$1495 ;
+  wire \$1496 ;
   wire \$1497 ;
   wire \$1498 ;
-  wire [2:0] \$1499 ;
+  wire \$1499 ;
   wire [4:0] \$15 ;
   wire [7:0] \$150 ;
-  wire [2:0] \$1500 ;
+  wire \$1500 ;
   wire \$1501 ;
   wire \$1502 ;
-  wire [2:0] \$1503 ;
-  wire [2:0] \$1504 ;
+  wire \$1503 ;
+  wire \$1504 ;
   wire \$1505 ;
   wire \$1506 ;
-  wire [2:0] \$1507 ;
-  wire [2:0] \$1508 ;
+  wire \$1507 ;
+  wire \$1508 ;
   wire \$1509 ;
   wire [7:0] \$151 ;
   wire \$1510 ;
-  wire [2:0] \$1511 ;
-  wire [2:0] \$1512 ;
+  wire \$1511 ;
+  wire \$1512 ;
   wire \$1513 ;
   wire \$1514 ;
-  wire [2:0] \$1515 ;
-  wire [2:0] \$1516 ;
+  wire \$1515 ;
+  wire \$1516 ;
   wire \$1517 ;
   wire \$1518 ;
-  wire [2:0] \$1519 ;
+  wire \$1519 ;
   wire [7:0] \$152 ;
-  wire [2:0] \$1520 ;
+  wire \$1520 ;
   wire \$1521 ;
   wire \$1522 ;
-  wire [2:0] \$1523 ;
-  wire [2:0] \$1524 ;
+  wire \$1523 ;
+  wire \$1524 ;
   wire \$1525 ;
   wire \$1526 ;
-  wire [2:0] \$1527 ;
-  wire [2:0] \$1528 ;
+  wire \$1527 ;
+  wire \$1528 ;
   wire \$1529 ;
   wire [7:0] \$153 ;
   wire \$1530 ;
-  wire [2:0] \$1531 ;
-  wire [2:0] \$1532 ;
+  wire \$1531 ;
+  wire \$1532 ;
   wire \$1533 ;
   wire \$1534 ;
-  wire [2:0] \$1535 ;
-  wire [3:0] \$1536 ;
-  wire [1:0] \$1537 ;
-  wire [2:0] \$1538 ;
-  wire [3:0] \$1539 ;
+  wire \$1535 ;
+  wire \$1536 ;
+  wire \$1537 ;
+  wire \$1538 ;
+  wire \$1539 ;
   wire [7:0] \$154 ;
-  wire [4:0] \$1540 ;
-  wire [3:0] \$1541 ;
+  wire \$1540 ;
+  wire \$1541 ;
   wire \$1542 ;
-  wire [22:0] \$1543 ;
-  wire [10:0] \$1544 ;
+  wire \$1543 ;
+  wire \$1544 ;
   wire \$1545 ;
   wire \$1546 ;
   wire \$1547 ;
   wire \$1548 ;
   wire \$1549 ;
   wire [7:0] \$155 ;
-  wire [1:0] \$1550 ;
-  wire [1:0] \$1551 ;
+  wire \$1550 ;
+  wire \$1551 ;
   wire \$1552 ;
   wire \$1553 ;
-  wire [1:0] \$1554 ;
-  wire [1:0] \$1555 ;
+  wire \$1554 ;
+  wire \$1555 ;
   wire \$1556 ;
   wire \$1557 ;
-  wire [2:0] \$1558 ;
-  wire [2:0] \$1559 ;
+  wire \$1558 ;
+  wire \$1559 ;
   wire [7:0] \$156 ;
   wire \$1560 ;
   wire \$1561 ;
-  wire [2:0] \$1562 ;
-  wire [2:0] \$1563 ;
+  wire \$1562 ;
+  wire \$1563 ;
   wire \$1564 ;
   wire \$1565 ;
-  wire [2:0] \$1566 ;
-  wire [2:0] \$1567 ;
+  wire \$1566 ;
+  wire \$1567 ;
   wire \$1568 ;
   wire \$1569 ;
   wire [7:0] \$157 ;
-  wire [2:0] \$1570 ;
-  wire [2:0] \$1571 ;
+  wire \$1570 ;
+  wire \$1571 ;
   wire \$1572 ;
   wire \$1573 ;
-  wire [3:0] \$1574 ;
-  wire [3:0] \$1575 ;
+  wire \$1574 ;
+  wire \$1575 ;
   wire \$1576 ;
   wire \$1577 ;
-  wire [3:0] \$1578 ;
-  wire [3:0] \$1579 ;
+  wire \$1578 ;
+  wire \$1579 ;
   wire [7:0] \$158 ;
   wire \$1580 ;
   wire \$1581 ;
-  wire [3:0] \$1582 ;
-  wire [3:0] \$1583 ;
+  wire \$1582 ;
+  wire \$1583 ;
   wire \$1584 ;
   wire \$1585 ;
-  wire [3:0] \$1586 ;
-  wire [3:0] \$1587 ;
+  wire \$1586 ;
+  wire \$1587 ;
   wire \$1588 ;
   wire \$1589 ;
   wire [7:0] \$159 ;
-  wire [3:0] \$1590 ;
-  wire [3:0] \$1591 ;
+  wire \$1590 ;
+  wire \$1591 ;
   wire \$1592 ;
   wire \$1593 ;
-  wire [3:0] \$1594 ;
-  wire [3:0] \$1595 ;
+  wire \$1594 ;
+  wire \$1595 ;
   wire \$1596 ;
   wire \$1597 ;
-  wire [3:0] \$1598 ;
-  wire [3:0] \$1599 ;
+  wire \$1598 ;
+  wire \$1599 ;
   wire [5:0] \$16 ;
   wire [7:0] \$160 ;
   wire \$1600 ;
   wire \$1601 ;
-  wire [3:0] \$1602 ;
-  wire [7:0] \$1603 ;
+  wire \$1602 ;
+  wire \$1603 ;
   wire \$1604 ;
   wire \$1605 ;
-  wire [7:0] \$1606 ;
-  wire [7:0] \$1607 ;
+  wire \$1606 ;
+  wire \$1607 ;
   wire \$1608 ;
   wire \$1609 ;
   wire [7:0] \$161 ;
-  wire [7:0] \$1610 ;
-  wire [7:0] \$1611 ;
+  wire \$1610 ;
+  wire \$1611 ;
   wire \$1612 ;
   wire \$1613 ;
-  wire [7:0] \$1614 ;
-  wire [7:0] \$1615 ;
+  wire \$1614 ;
+  wire \$1615 ;
   wire \$1616 ;
   wire \$1617 ;
-  wire [7:0] \$1618 ;
-  wire [7:0] \$1619 ;
+  wire \$1618 ;
+  wire \$1619 ;
   wire [8:0] \$162 ;
   wire \$1620 ;
   wire \$1621 ;
-  wire [7:0] \$1622 ;
-  wire [7:0] \$1623 ;
+  wire \$1622 ;
+  wire \$1623 ;
   wire \$1624 ;
   wire \$1625 ;
-  wire [7:0] \$1626 ;
-  wire [7:0] \$1627 ;
+  wire \$1626 ;
+  wire \$1627 ;
   wire \$1628 ;
   wire \$1629 ;
   wire [8:0] \$163 ;
-  wire [7:0] \$1630 ;
-  wire [7:0] \$1631 ;
+  wire \$1630 ;
+  wire \$1631 ;
   wire \$1632 ;
   wire \$1633 ;
-  wire [7:0] \$1634 ;
-  wire [7:0] \$1635 ;
+  wire \$1634 ;
+  wire \$1635 ;
   wire \$1636 ;
   wire \$1637 ;
-  wire [7:0] \$1638 ;
-  wire [7:0] \$1639 ;
+  wire \$1638 ;
+  wire \$1639 ;
   wire [8:0] \$164 ;
   wire \$1640 ;
   wire \$1641 ;
-  wire [7:0] \$1642 ;
-  wire [7:0] \$1643 ;
+  wire \$1642 ;
+  wire \$1643 ;
   wire \$1644 ;
-  wire \$1645 ;
-  wire [7:0] \$1646 ;
-  wire [7:0] \$1647 ;
+  wire [1:0] \$1645 ;
+  wire [1:0] \$1646 ;
+  wire \$1647 ;
   wire \$1648 ;
-  wire \$1649 ;
+  wire [1:0] \$1649 ;
   wire [8:0] \$165 ;
-  wire [7:0] \$1650 ;
-  wire [7:0] \$1651 ;
+  wire [1:0] \$1650 ;
+  wire \$1651 ;
   wire \$1652 ;
-  wire \$1653 ;
-  wire [7:0] \$1654 ;
-  wire [7:0] \$1655 ;
+  wire [2:0] \$1653 ;
+  wire [2:0] \$1654 ;
+  wire \$1655 ;
   wire \$1656 ;
-  wire \$1657 ;
-  wire [7:0] \$1658 ;
-  wire [7:0] \$1659 ;
+  wire [2:0] \$1657 ;
+  wire [2:0] \$1658 ;
+  wire \$1659 ;
   wire [8:0] \$166 ;
   wire \$1660 ;
-  wire \$1661 ;
-  wire [7:0] \$1662 ;
-  wire [2:0] \$1663 ;
+  wire [2:0] \$1661 ;
+  wire [2:0] \$1662 ;
+  wire \$1663 ;
   wire \$1664 ;
-  wire \$1665 ;
+  wire [2:0] \$1665 ;
   wire [2:0] \$1666 ;
-  wire [2:0] \$1667 ;
+  wire \$1667 ;
   wire \$1668 ;
-  wire \$1669 ;
+  wire [3:0] \$1669 ;
   wire [8:0] \$167 ;
-  wire [2:0] \$1670 ;
-  wire [2:0] \$1671 ;
+  wire [3:0] \$1670 ;
+  wire \$1671 ;
   wire \$1672 ;
-  wire \$1673 ;
-  wire [2:0] \$1674 ;
-  wire [2:0] \$1675 ;
+  wire [3:0] \$1673 ;
+  wire [3:0] \$1674 ;
+  wire \$1675 ;
   wire \$1676 ;
-  wire \$1677 ;
-  wire [2:0] \$1678 ;
-  wire [2:0] \$1679 ;
+  wire [3:0] \$1677 ;
+  wire [3:0] \$1678 ;
+  wire \$1679 ;
   wire \$168 ;
   wire \$1680 ;
-  wire \$1681 ;
-  wire [2:0] \$1682 ;
-  wire [2:0] \$1683 ;
+  wire [3:0] \$1681 ;
+  wire [3:0] \$1682 ;
+  wire \$1683 ;
   wire \$1684 ;
-  wire \$1685 ;
-  wire [2:0] \$1686 ;
-  wire [2:0] \$1687 ;
+  wire [3:0] \$1685 ;
+  wire [3:0] \$1686 ;
+  wire \$1687 ;
   wire \$1688 ;
-  wire \$1689 ;
+  wire [3:0] \$1689 ;
   wire \$169 ;
-  wire [2:0] \$1690 ;
-  wire [2:0] \$1691 ;
+  wire [3:0] \$1690 ;
+  wire \$1691 ;
   wire \$1692 ;
-  wire \$1693 ;
-  wire [2:0] \$1694 ;
-  wire [2:0] \$1695 ;
+  wire [3:0] \$1693 ;
+  wire [3:0] \$1694 ;
+  wire \$1695 ;
   wire \$1696 ;
-  wire \$1697 ;
-  wire [2:0] \$1698 ;
-  wire [2:0] \$1699 ;
+  wire [3:0] \$1697 ;
+  wire [7:0] \$1698 ;
+  wire \$1699 ;
   wire [6:0] \$17 ;
   reg [7:0] \$170 ;
   wire \$1700 ;
-  wire \$1701 ;
-  wire [2:0] \$1702 ;
-  wire [2:0] \$1703 ;
+  wire [7:0] \$1701 ;
+  wire [7:0] \$1702 ;
+  wire \$1703 ;
   wire \$1704 ;
-  wire \$1705 ;
-  wire [2:0] \$1706 ;
-  wire [2:0] \$1707 ;
+  wire [7:0] \$1705 ;
+  wire [7:0] \$1706 ;
+  wire \$1707 ;
   wire \$1708 ;
-  wire \$1709 ;
+  wire [7:0] \$1709 ;
   wire \$171 ;
-  wire [2:0] \$1710 ;
-  wire [2:0] \$1711 ;
+  wire [7:0] \$1710 ;
+  wire \$1711 ;
   wire \$1712 ;
-  wire \$1713 ;
-  wire [2:0] \$1714 ;
-  wire [2:0] \$1715 ;
+  wire [7:0] \$1713 ;
+  wire [7:0] \$1714 ;
+  wire \$1715 ;
   wire \$1716 ;
-  wire \$1717 ;
-  wire [2:0] \$1718 ;
-  wire [2:0] \$1719 ;
+  wire [7:0] \$1717 ;
+  wire [7:0] \$1718 ;
+  wire \$1719 ;
   wire \$172 ;
   wire \$1720 ;
-  wire \$1721 ;
-  wire [2:0] \$1722 ;
-  wire [3:0] \$1723 ;
-  wire [1:0] \$1724 ;
-  wire [2:0] \$1725 ;
-  wire [3:0] \$1726 ;
-  wire [4:0] \$1727 ;
-  wire [3:0] \$1728 ;
-  wire \$1729 ;
+  wire [7:0] \$1721 ;
+  wire [7:0] \$1722 ;
+  wire \$1723 ;
+  wire \$1724 ;
+  wire [7:0] \$1725 ;
+  wire [7:0] \$1726 ;
+  wire \$1727 ;
+  wire \$1728 ;
+  wire [7:0] \$1729 ;
   reg [7:0] \$173 ;
-  wire [22:0] \$1730 ;
-  wire [10:0] \$1731 ;
-  wire [4:0] \$1732 ;
-  wire [4:0] \$1733 ;
-  wire [3:0] \$1734 ;
-  wire [5:0] \$1735 ;
+  wire [7:0] \$1730 ;
+  wire \$1731 ;
+  wire \$1732 ;
+  wire [7:0] \$1733 ;
+  wire [7:0] \$1734 ;
+  wire \$1735 ;
   wire \$1736 ;
-  wire \$1737 ;
-  wire \$1738 ;
+  wire [7:0] \$1737 ;
+  wire [7:0] \$1738 ;
   wire \$1739 ;
   wire [8:0] \$174 ;
   wire \$1740 ;
-  wire \$1741 ;
-  wire \$1742 ;
+  wire [7:0] \$1741 ;
+  wire [7:0] \$1742 ;
   wire \$1743 ;
   wire \$1744 ;
-  wire \$1745 ;
-  wire \$1746 ;
+  wire [7:0] \$1745 ;
+  wire [7:0] \$1746 ;
   wire \$1747 ;
-  wire [3:0] \$1748 ;
-  wire [8:0] \$1749 ;
+  wire \$1748 ;
+  wire [7:0] \$1749 ;
   wire [8:0] \$175 ;
-  wire \$1750 ;
+  wire [7:0] \$1750 ;
   wire \$1751 ;
   wire \$1752 ;
-  wire \$1753 ;
-  wire \$1754 ;
+  wire [7:0] \$1753 ;
+  wire [7:0] \$1754 ;
   wire \$1755 ;
   wire \$1756 ;
-  wire \$1757 ;
-  wire \$1758 ;
+  wire [7:0] \$1757 ;
+  wire [2:0] \$1758 ;
   wire \$1759 ;
   wire \$176 ;
   wire \$1760 ;
-  wire \$1761 ;
-  wire \$1762 ;
+  wire [2:0] \$1761 ;
+  wire [2:0] \$1762 ;
   wire \$1763 ;
   wire \$1764 ;
-  wire \$1765 ;
-  wire \$1766 ;
+  wire [2:0] \$1765 ;
+  wire [2:0] \$1766 ;
   wire \$1767 ;
   wire \$1768 ;
-  wire \$1769 ;
+  wire [2:0] \$1769 ;
   wire [3:0] \$177 ;
-  wire \$1770 ;
+  wire [2:0] \$1770 ;
   wire \$1771 ;
   wire \$1772 ;
-  wire \$1773 ;
-  wire \$1774 ;
+  wire [2:0] \$1773 ;
+  wire [2:0] \$1774 ;
   wire \$1775 ;
   wire \$1776 ;
-  wire \$1777 ;
-  wire \$1778 ;
+  wire [2:0] \$1777 ;
+  wire [2:0] \$1778 ;
   wire \$1779 ;
   wire \$178 ;
   wire \$1780 ;
-  wire \$1781 ;
-  wire \$1782 ;
+  wire [2:0] \$1781 ;
+  wire [2:0] \$1782 ;
   wire \$1783 ;
   wire \$1784 ;
-  wire \$1785 ;
-  wire \$1786 ;
+  wire [2:0] \$1785 ;
+  wire [2:0] \$1786 ;
   wire \$1787 ;
   wire \$1788 ;
-  wire \$1789 ;
+  wire [2:0] \$1789 ;
   wire [3:0] \$179 ;
-  wire \$1790 ;
+  wire [2:0] \$1790 ;
   wire \$1791 ;
   wire \$1792 ;
-  wire \$1793 ;
-  wire \$1794 ;
-  wire [11:0] \$1795 ;
-  wire [11:0] \$1796 ;
-  wire [11:0] \$1797 ;
-  wire \$1798 ;
+  wire [2:0] \$1793 ;
+  wire [2:0] \$1794 ;
+  wire \$1795 ;
+  wire \$1796 ;
+  wire [2:0] \$1797 ;
+  wire [2:0] \$1798 ;
   wire \$1799 ;
   wire [7:0] \$18 ;
   wire \$180 ;
   wire \$1800 ;
-  wire \$1801 ;
-  wire \$1802 ;
+  wire [2:0] \$1801 ;
+  wire [2:0] \$1802 ;
   wire \$1803 ;
   wire \$1804 ;
-  wire \$1805 ;
-  wire \$1806 ;
+  wire [2:0] \$1805 ;
+  wire [2:0] \$1806 ;
   wire \$1807 ;
   wire \$1808 ;
-  wire \$1809 ;
+  wire [2:0] \$1809 ;
   wire \$181 ;
-  wire \$1810 ;
+  wire [2:0] \$1810 ;
   wire \$1811 ;
   wire \$1812 ;
-  wire \$1813 ;
-  wire \$1814 ;
+  wire [2:0] \$1813 ;
+  wire [2:0] \$1814 ;
   wire \$1815 ;
   wire \$1816 ;
-  wire \$1817 ;
-  wire \$1818 ;
-  wire \$1819 ;
+  wire [2:0] \$1817 ;
+  wire [3:0] \$1818 ;
+  wire [1:0] \$1819 ;
   wire \$182 ;
-  wire \$1820 ;
-  wire \$1821 ;
-  wire \$1822 ;
-  wire \$1823 ;
+  wire [2:0] \$1820 ;
+  wire [3:0] \$1821 ;
+  wire [4:0] \$1822 ;
+  wire [3:0] \$1823 ;
   wire \$1824 ;
-  wire \$1825 ;
-  wire [8:0] \$1826 ;
+  wire [16:0] \$1825 ;
+  wire [5:0] \$1826 ;
   wire \$1827 ;
-  wire [16:0] \$1828 ;
-  wire [17:0] \$1829 ;
+  wire \$1828 ;
+  wire \$1829 ;
   wire [8:0] \$183 ;
   wire \$1830 ;
-  wire [16:0] \$1831 ;
+  wire \$1831 ;
   wire \$1832 ;
   wire \$1833 ;
   wire \$1834 ;
@@ -4731,957 +4717,1725 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   wire [9:0] \$184 ;
   wire \$1840 ;
   wire \$1841 ;
-  wire [5:0] \$1842 ;
+  wire \$1842 ;
   wire \$1843 ;
   wire \$1844 ;
   wire \$1845 ;
   wire \$1846 ;
   wire \$1847 ;
   wire \$1848 ;
-  wire [11:0] \$1849 ;
+  wire \$1849 ;
   wire \$185 ;
   wire \$1850 ;
-  wire [16:0] \$1851 ;
+  wire \$1851 ;
   wire \$1852 ;
   wire \$1853 ;
-  wire [3:0] \$1854 ;
-  reg \$1855 ;
-  reg [7:0] \$1856 ;
-  reg [15:0] \$1857 ;
-  reg [63:0] \$1858 ;
-  reg [63:0] \$1859 ;
-  wire [3:0] \$186 ;
-  reg \$1860 ;
-  reg \$1861 ;
-  reg [3:0] \$1862 ;
-  reg \$1863 ;
-  reg \$1864 ;
-  reg \$1865 ;
-  reg [63:0] \$1866 ;
-  reg [63:0] \$1867 ;
-  reg \$1868 ;
-  reg \$1869 ;
-  wire [9:0] \$187 ;
-  reg \$1870 ;
-  reg \$1871 ;
-  reg \$1872 ;
-  reg [15:0] \$1873 ;
-  reg [10:0] \$1874 ;
-  reg [6:0] \$1875 ;
-  reg \$1876 ;
-  reg [3:0] \$1877 ;
-  wire \$188 ;
-  wire [3:0] \$189 ;
+  wire \$1854 ;
+  wire \$1855 ;
+  wire \$1856 ;
+  wire \$1857 ;
+  wire \$1858 ;
+  wire \$1859 ;
+  wire \$186 ;
+  wire \$1860 ;
+  wire \$1861 ;
+  wire \$1862 ;
+  wire \$1863 ;
+  wire \$1864 ;
+  wire \$1865 ;
+  wire \$1866 ;
+  wire \$1867 ;
+  wire \$1868 ;
+  wire \$1869 ;
+  wire [3:0] \$187 ;
+  wire \$1870 ;
+  wire \$1871 ;
+  wire \$1872 ;
+  wire \$1873 ;
+  wire \$1874 ;
+  wire \$1875 ;
+  wire \$1876 ;
+  wire \$1877 ;
+  wire \$1878 ;
+  wire \$1879 ;
+  wire [9:0] \$188 ;
+  wire [1:0] \$1880 ;
+  wire [1:0] \$1881 ;
+  wire \$1882 ;
+  wire \$1883 ;
+  wire [1:0] \$1884 ;
+  wire [1:0] \$1885 ;
+  wire \$1886 ;
+  wire \$1887 ;
+  wire [2:0] \$1888 ;
+  wire [2:0] \$1889 ;
+  wire \$189 ;
+  wire \$1890 ;
+  wire \$1891 ;
+  wire [2:0] \$1892 ;
+  wire [2:0] \$1893 ;
+  wire \$1894 ;
+  wire \$1895 ;
+  wire [2:0] \$1896 ;
+  wire [2:0] \$1897 ;
+  wire \$1898 ;
+  wire \$1899 ;
   wire [8:0] \$19 ;
-  wire [9:0] \$190 ;
-  wire \$191 ;
-  wire [3:0] \$192 ;
-  wire [9:0] \$193 ;
+  wire \$190 ;
+  wire [2:0] \$1900 ;
+  wire [2:0] \$1901 ;
+  wire \$1902 ;
+  wire \$1903 ;
+  wire [3:0] \$1904 ;
+  wire [3:0] \$1905 ;
+  wire \$1906 ;
+  wire \$1907 ;
+  wire [3:0] \$1908 ;
+  wire [3:0] \$1909 ;
+  wire [3:0] \$191 ;
+  wire \$1910 ;
+  wire \$1911 ;
+  wire [3:0] \$1912 ;
+  wire [3:0] \$1913 ;
+  wire \$1914 ;
+  wire \$1915 ;
+  wire [3:0] \$1916 ;
+  wire [3:0] \$1917 ;
+  wire \$1918 ;
+  wire \$1919 ;
+  wire [9:0] \$192 ;
+  wire [3:0] \$1920 ;
+  wire [3:0] \$1921 ;
+  wire \$1922 ;
+  wire \$1923 ;
+  wire [3:0] \$1924 ;
+  wire [3:0] \$1925 ;
+  wire \$1926 ;
+  wire \$1927 ;
+  wire [3:0] \$1928 ;
+  wire [3:0] \$1929 ;
+  wire \$193 ;
+  wire \$1930 ;
+  wire \$1931 ;
+  wire [3:0] \$1932 ;
+  wire [7:0] \$1933 ;
+  wire \$1934 ;
+  wire \$1935 ;
+  wire [7:0] \$1936 ;
+  wire [7:0] \$1937 ;
+  wire \$1938 ;
+  wire \$1939 ;
   wire \$194 ;
+  wire [7:0] \$1940 ;
+  wire [7:0] \$1941 ;
+  wire \$1942 ;
+  wire \$1943 ;
+  wire [7:0] \$1944 ;
+  wire [7:0] \$1945 ;
+  wire \$1946 ;
+  wire \$1947 ;
+  wire [7:0] \$1948 ;
+  wire [7:0] \$1949 ;
   wire [3:0] \$195 ;
+  wire \$1950 ;
+  wire \$1951 ;
+  wire [7:0] \$1952 ;
+  wire [7:0] \$1953 ;
+  wire \$1954 ;
+  wire \$1955 ;
+  wire [7:0] \$1956 ;
+  wire [7:0] \$1957 ;
+  wire \$1958 ;
+  wire \$1959 ;
   wire [9:0] \$196 ;
+  wire [7:0] \$1960 ;
+  wire [7:0] \$1961 ;
+  wire \$1962 ;
+  wire \$1963 ;
+  wire [7:0] \$1964 ;
+  wire [7:0] \$1965 ;
+  wire \$1966 ;
+  wire \$1967 ;
+  wire [7:0] \$1968 ;
+  wire [7:0] \$1969 ;
   wire \$197 ;
-  wire [3:0] \$198 ;
-  wire [9:0] \$199 ;
+  wire \$1970 ;
+  wire \$1971 ;
+  wire [7:0] \$1972 ;
+  wire [7:0] \$1973 ;
+  wire \$1974 ;
+  wire \$1975 ;
+  wire [7:0] \$1976 ;
+  wire [7:0] \$1977 ;
+  wire \$1978 ;
+  wire \$1979 ;
+  wire \$198 ;
+  wire [7:0] \$1980 ;
+  wire [7:0] \$1981 ;
+  wire \$1982 ;
+  wire \$1983 ;
+  wire [7:0] \$1984 ;
+  wire [7:0] \$1985 ;
+  wire \$1986 ;
+  wire \$1987 ;
+  wire [7:0] \$1988 ;
+  wire [7:0] \$1989 ;
+  wire [3:0] \$199 ;
+  wire \$1990 ;
+  wire \$1991 ;
+  wire [7:0] \$1992 ;
+  wire [2:0] \$1993 ;
+  wire \$1994 ;
+  wire \$1995 ;
+  wire [2:0] \$1996 ;
+  wire [2:0] \$1997 ;
+  wire \$1998 ;
+  wire \$1999 ;
   wire [2:0] \$2 ;
   wire [1:0] \$20 ;
-  wire \$200 ;
-  wire [3:0] \$201 ;
-  wire [9:0] \$202 ;
-  wire \$203 ;
-  wire [3:0] \$204 ;
-  wire [9:0] \$205 ;
+  wire [9:0] \$200 ;
+  wire [2:0] \$2000 ;
+  wire [2:0] \$2001 ;
+  wire \$2002 ;
+  wire \$2003 ;
+  wire [2:0] \$2004 ;
+  wire [2:0] \$2005 ;
+  wire \$2006 ;
+  wire \$2007 ;
+  wire [2:0] \$2008 ;
+  wire [2:0] \$2009 ;
+  wire \$201 ;
+  wire \$2010 ;
+  wire \$2011 ;
+  wire [2:0] \$2012 ;
+  wire [2:0] \$2013 ;
+  wire \$2014 ;
+  wire \$2015 ;
+  wire [2:0] \$2016 ;
+  wire [2:0] \$2017 ;
+  wire \$2018 ;
+  wire \$2019 ;
+  wire \$202 ;
+  wire [2:0] \$2020 ;
+  wire [2:0] \$2021 ;
+  wire \$2022 ;
+  wire \$2023 ;
+  wire [2:0] \$2024 ;
+  wire [2:0] \$2025 ;
+  wire \$2026 ;
+  wire \$2027 ;
+  wire [2:0] \$2028 ;
+  wire [2:0] \$2029 ;
+  wire [3:0] \$203 ;
+  wire \$2030 ;
+  wire \$2031 ;
+  wire [2:0] \$2032 ;
+  wire [2:0] \$2033 ;
+  wire \$2034 ;
+  wire \$2035 ;
+  wire [2:0] \$2036 ;
+  wire [2:0] \$2037 ;
+  wire \$2038 ;
+  wire \$2039 ;
+  wire [9:0] \$204 ;
+  wire [2:0] \$2040 ;
+  wire [2:0] \$2041 ;
+  wire \$2042 ;
+  wire \$2043 ;
+  wire [2:0] \$2044 ;
+  wire [2:0] \$2045 ;
+  wire \$2046 ;
+  wire \$2047 ;
+  wire [2:0] \$2048 ;
+  wire [2:0] \$2049 ;
+  wire \$205 ;
+  wire \$2050 ;
+  wire \$2051 ;
+  wire [2:0] \$2052 ;
+  wire [3:0] \$2053 ;
+  wire [1:0] \$2054 ;
+  wire [2:0] \$2055 ;
+  wire [3:0] \$2056 ;
+  wire [4:0] \$2057 ;
+  wire [3:0] \$2058 ;
+  wire \$2059 ;
   wire \$206 ;
+  wire [16:0] \$2060 ;
+  wire [5:0] \$2061 ;
+  wire \$2062 ;
+  wire \$2063 ;
+  wire \$2064 ;
+  wire \$2065 ;
+  wire \$2066 ;
+  wire \$2067 ;
+  wire \$2068 ;
+  wire \$2069 ;
   wire [3:0] \$207 ;
-  wire \$208 ;
+  wire \$2070 ;
+  wire \$2071 ;
+  wire \$2072 ;
+  wire \$2073 ;
+  wire \$2074 ;
+  wire \$2075 ;
+  wire \$2076 ;
+  wire \$2077 ;
+  wire \$2078 ;
+  wire \$2079 ;
+  wire [9:0] \$208 ;
+  wire \$2080 ;
+  wire \$2081 ;
+  wire \$2082 ;
+  wire \$2083 ;
+  wire \$2084 ;
+  wire \$2085 ;
+  wire \$2086 ;
+  wire \$2087 ;
+  wire \$2088 ;
+  wire \$2089 ;
   wire \$209 ;
+  wire \$2090 ;
+  wire \$2091 ;
+  wire \$2092 ;
+  wire \$2093 ;
+  wire \$2094 ;
+  wire \$2095 ;
+  wire \$2096 ;
+  wire \$2097 ;
+  wire \$2098 ;
+  wire \$2099 ;
   wire [2:0] \$21 ;
-  wire [8:0] \$210 ;
-  wire [9:0] \$211 ;
-  wire \$212 ;
-  wire [3:0] \$213 ;
-  wire [9:0] \$214 ;
-  wire \$215 ;
-  wire [3:0] \$216 ;
-  wire [9:0] \$217 ;
-  wire \$218 ;
-  wire [3:0] \$219 ;
+  wire \$210 ;
+  wire \$2100 ;
+  wire \$2101 ;
+  wire \$2102 ;
+  wire \$2103 ;
+  wire \$2104 ;
+  wire \$2105 ;
+  wire \$2106 ;
+  wire \$2107 ;
+  wire \$2108 ;
+  wire \$2109 ;
+  wire [3:0] \$211 ;
+  wire \$2110 ;
+  wire \$2111 ;
+  wire \$2112 ;
+  wire \$2113 ;
+  wire \$2114 ;
+  wire \$2115 ;
+  wire \$2116 ;
+  wire \$2117 ;
+  wire \$2118 ;
+  wire \$2119 ;
+  wire [9:0] \$212 ;
+  wire \$2120 ;
+  wire \$2121 ;
+  wire \$2122 ;
+  wire \$2123 ;
+  wire \$2124 ;
+  wire \$2125 ;
+  wire \$2126 ;
+  wire \$2127 ;
+  wire \$2128 ;
+  wire \$2129 ;
+  wire \$213 ;
+  wire \$2130 ;
+  wire [1:0] \$2131 ;
+  wire [1:0] \$2132 ;
+  wire \$2133 ;
+  wire \$2134 ;
+  wire [1:0] \$2135 ;
+  wire [1:0] \$2136 ;
+  wire \$2137 ;
+  wire \$2138 ;
+  wire [2:0] \$2139 ;
+  wire \$214 ;
+  wire [2:0] \$2140 ;
+  wire \$2141 ;
+  wire \$2142 ;
+  wire [2:0] \$2143 ;
+  wire [2:0] \$2144 ;
+  wire \$2145 ;
+  wire \$2146 ;
+  wire [2:0] \$2147 ;
+  wire [2:0] \$2148 ;
+  wire \$2149 ;
+  wire [3:0] \$215 ;
+  wire \$2150 ;
+  wire [2:0] \$2151 ;
+  wire [2:0] \$2152 ;
+  wire \$2153 ;
+  wire \$2154 ;
+  wire [3:0] \$2155 ;
+  wire [3:0] \$2156 ;
+  wire \$2157 ;
+  wire \$2158 ;
+  wire [3:0] \$2159 ;
+  wire \$216 ;
+  wire [3:0] \$2160 ;
+  wire \$2161 ;
+  wire \$2162 ;
+  wire [3:0] \$2163 ;
+  wire [3:0] \$2164 ;
+  wire \$2165 ;
+  wire \$2166 ;
+  wire [3:0] \$2167 ;
+  wire [3:0] \$2168 ;
+  wire \$2169 ;
+  wire \$217 ;
+  wire \$2170 ;
+  wire [3:0] \$2171 ;
+  wire [3:0] \$2172 ;
+  wire \$2173 ;
+  wire \$2174 ;
+  wire [3:0] \$2175 ;
+  wire [3:0] \$2176 ;
+  wire \$2177 ;
+  wire \$2178 ;
+  wire [3:0] \$2179 ;
+  wire [8:0] \$218 ;
+  wire [3:0] \$2180 ;
+  wire \$2181 ;
+  wire \$2182 ;
+  wire [3:0] \$2183 ;
+  wire [7:0] \$2184 ;
+  wire \$2185 ;
+  wire \$2186 ;
+  wire [7:0] \$2187 ;
+  wire [7:0] \$2188 ;
+  wire \$2189 ;
+  wire [9:0] \$219 ;
+  wire \$2190 ;
+  wire [7:0] \$2191 ;
+  wire [7:0] \$2192 ;
+  wire \$2193 ;
+  wire \$2194 ;
+  wire [7:0] \$2195 ;
+  wire [7:0] \$2196 ;
+  wire \$2197 ;
+  wire \$2198 ;
+  wire [7:0] \$2199 ;
   wire [3:0] \$22 ;
-  wire [9:0] \$220 ;
+  wire \$220 ;
+  wire [7:0] \$2200 ;
+  wire \$2201 ;
+  wire \$2202 ;
+  wire [7:0] \$2203 ;
+  wire [7:0] \$2204 ;
+  wire \$2205 ;
+  wire \$2206 ;
+  wire [7:0] \$2207 ;
+  wire [7:0] \$2208 ;
+  wire \$2209 ;
   wire \$221 ;
+  wire \$2210 ;
+  wire [7:0] \$2211 ;
+  wire [7:0] \$2212 ;
+  wire \$2213 ;
+  wire \$2214 ;
+  wire [7:0] \$2215 ;
+  wire [7:0] \$2216 ;
+  wire \$2217 ;
+  wire \$2218 ;
+  wire [7:0] \$2219 ;
   wire [3:0] \$222 ;
+  wire [7:0] \$2220 ;
+  wire \$2221 ;
+  wire \$2222 ;
+  wire [7:0] \$2223 ;
+  wire [7:0] \$2224 ;
+  wire \$2225 ;
+  wire \$2226 ;
+  wire [7:0] \$2227 ;
+  wire [7:0] \$2228 ;
+  wire \$2229 ;
   wire [9:0] \$223 ;
+  wire \$2230 ;
+  wire [7:0] \$2231 ;
+  wire [7:0] \$2232 ;
+  wire \$2233 ;
+  wire \$2234 ;
+  wire [7:0] \$2235 ;
+  wire [7:0] \$2236 ;
+  wire \$2237 ;
+  wire \$2238 ;
+  wire [7:0] \$2239 ;
   wire \$224 ;
-  wire [3:0] \$225 ;
-  wire [9:0] \$226 ;
-  wire \$227 ;
-  wire [3:0] \$228 ;
-  wire [9:0] \$229 ;
+  wire [7:0] \$2240 ;
+  wire \$2241 ;
+  wire \$2242 ;
+  wire [7:0] \$2243 ;
+  wire [2:0] \$2244 ;
+  wire \$2245 ;
+  wire \$2246 ;
+  wire [2:0] \$2247 ;
+  wire [2:0] \$2248 ;
+  wire \$2249 ;
+  wire \$225 ;
+  wire \$2250 ;
+  wire [2:0] \$2251 ;
+  wire [2:0] \$2252 ;
+  wire \$2253 ;
+  wire \$2254 ;
+  wire [2:0] \$2255 ;
+  wire [2:0] \$2256 ;
+  wire \$2257 ;
+  wire \$2258 ;
+  wire [2:0] \$2259 ;
+  wire [3:0] \$226 ;
+  wire [2:0] \$2260 ;
+  wire \$2261 ;
+  wire \$2262 ;
+  wire [2:0] \$2263 ;
+  wire [2:0] \$2264 ;
+  wire \$2265 ;
+  wire \$2266 ;
+  wire [2:0] \$2267 ;
+  wire [2:0] \$2268 ;
+  wire \$2269 ;
+  wire [9:0] \$227 ;
+  wire \$2270 ;
+  wire [2:0] \$2271 ;
+  wire [2:0] \$2272 ;
+  wire \$2273 ;
+  wire \$2274 ;
+  wire [2:0] \$2275 ;
+  wire [2:0] \$2276 ;
+  wire \$2277 ;
+  wire \$2278 ;
+  wire [2:0] \$2279 ;
+  wire \$228 ;
+  wire [2:0] \$2280 ;
+  wire \$2281 ;
+  wire \$2282 ;
+  wire [2:0] \$2283 ;
+  wire [2:0] \$2284 ;
+  wire \$2285 ;
+  wire \$2286 ;
+  wire [2:0] \$2287 ;
+  wire [2:0] \$2288 ;
+  wire \$2289 ;
+  wire \$229 ;
+  wire \$2290 ;
+  wire [2:0] \$2291 ;
+  wire [2:0] \$2292 ;
+  wire \$2293 ;
+  wire \$2294 ;
+  wire [2:0] \$2295 ;
+  wire [2:0] \$2296 ;
+  wire \$2297 ;
+  wire \$2298 ;
+  wire [2:0] \$2299 ;
   wire [4:0] \$23 ;
-  wire \$230 ;
-  wire [3:0] \$231 ;
-  wire [9:0] \$232 ;
+  wire [3:0] \$230 ;
+  wire [2:0] \$2300 ;
+  wire \$2301 ;
+  wire \$2302 ;
+  wire [2:0] \$2303 ;
+  wire [3:0] \$2304 ;
+  wire [1:0] \$2305 ;
+  wire [2:0] \$2306 ;
+  wire [3:0] \$2307 ;
+  wire [4:0] \$2308 ;
+  wire [3:0] \$2309 ;
+  wire [9:0] \$231 ;
+  wire \$2310 ;
+  wire [16:0] \$2311 ;
+  wire [5:0] \$2312 ;
+  wire \$2313 ;
+  wire \$2314 ;
+  wire \$2315 ;
+  wire \$2316 ;
+  wire \$2317 ;
+  wire [1:0] \$2318 ;
+  wire [1:0] \$2319 ;
+  wire \$232 ;
+  wire \$2320 ;
+  wire \$2321 ;
+  wire [1:0] \$2322 ;
+  wire [1:0] \$2323 ;
+  wire \$2324 ;
+  wire \$2325 ;
+  wire [2:0] \$2326 ;
+  wire [2:0] \$2327 ;
+  wire \$2328 ;
+  wire \$2329 ;
   wire \$233 ;
+  wire [2:0] \$2330 ;
+  wire [2:0] \$2331 ;
+  wire \$2332 ;
+  wire \$2333 ;
+  wire [2:0] \$2334 ;
+  wire [2:0] \$2335 ;
+  wire \$2336 ;
+  wire \$2337 ;
+  wire [2:0] \$2338 ;
+  wire [2:0] \$2339 ;
   wire [3:0] \$234 ;
-  wire [8:0] \$235 ;
+  wire \$2340 ;
+  wire \$2341 ;
+  wire [3:0] \$2342 ;
+  wire [3:0] \$2343 ;
+  wire \$2344 ;
+  wire \$2345 ;
+  wire [3:0] \$2346 ;
+  wire [3:0] \$2347 ;
+  wire \$2348 ;
+  wire \$2349 ;
+  wire [9:0] \$235 ;
+  wire [3:0] \$2350 ;
+  wire [3:0] \$2351 ;
+  wire \$2352 ;
+  wire \$2353 ;
+  wire [3:0] \$2354 ;
+  wire [3:0] \$2355 ;
+  wire \$2356 ;
+  wire \$2357 ;
+  wire [3:0] \$2358 ;
+  wire [3:0] \$2359 ;
   wire \$236 ;
+  wire \$2360 ;
+  wire \$2361 ;
+  wire [3:0] \$2362 ;
+  wire [3:0] \$2363 ;
+  wire \$2364 ;
+  wire \$2365 ;
+  wire [3:0] \$2366 ;
+  wire [3:0] \$2367 ;
+  wire \$2368 ;
+  wire \$2369 ;
   wire \$237 ;
-  wire \$238 ;
-  wire \$239 ;
+  wire [3:0] \$2370 ;
+  wire [7:0] \$2371 ;
+  wire \$2372 ;
+  wire \$2373 ;
+  wire [7:0] \$2374 ;
+  wire [7:0] \$2375 ;
+  wire \$2376 ;
+  wire \$2377 ;
+  wire [7:0] \$2378 ;
+  wire [7:0] \$2379 ;
+  wire [3:0] \$238 ;
+  wire \$2380 ;
+  wire \$2381 ;
+  wire [7:0] \$2382 ;
+  wire [7:0] \$2383 ;
+  wire \$2384 ;
+  wire \$2385 ;
+  wire [7:0] \$2386 ;
+  wire [7:0] \$2387 ;
+  wire \$2388 ;
+  wire \$2389 ;
+  wire [9:0] \$239 ;
+  wire [7:0] \$2390 ;
+  wire [7:0] \$2391 ;
+  wire \$2392 ;
+  wire \$2393 ;
+  wire [7:0] \$2394 ;
+  wire [7:0] \$2395 ;
+  wire \$2396 ;
+  wire \$2397 ;
+  wire [7:0] \$2398 ;
+  wire [7:0] \$2399 ;
   wire [5:0] \$24 ;
   wire \$240 ;
-  wire [1:0] \$241 ;
-  wire [1:0] \$242 ;
-  wire \$243 ;
+  wire \$2400 ;
+  wire \$2401 ;
+  wire [7:0] \$2402 ;
+  wire [7:0] \$2403 ;
+  wire \$2404 ;
+  wire \$2405 ;
+  wire [7:0] \$2406 ;
+  wire [7:0] \$2407 ;
+  wire \$2408 ;
+  wire \$2409 ;
+  wire \$241 ;
+  wire [7:0] \$2410 ;
+  wire [7:0] \$2411 ;
+  wire \$2412 ;
+  wire \$2413 ;
+  wire [7:0] \$2414 ;
+  wire [7:0] \$2415 ;
+  wire \$2416 ;
+  wire \$2417 ;
+  wire [7:0] \$2418 ;
+  wire [7:0] \$2419 ;
+  wire [3:0] \$242 ;
+  wire \$2420 ;
+  wire \$2421 ;
+  wire [7:0] \$2422 ;
+  wire [7:0] \$2423 ;
+  wire \$2424 ;
+  wire \$2425 ;
+  wire [7:0] \$2426 ;
+  wire [7:0] \$2427 ;
+  wire \$2428 ;
+  wire \$2429 ;
+  wire [9:0] \$243 ;
+  wire [7:0] \$2430 ;
+  wire [2:0] \$2431 ;
+  wire \$2432 ;
+  wire \$2433 ;
+  wire [2:0] \$2434 ;
+  wire [2:0] \$2435 ;
+  wire \$2436 ;
+  wire \$2437 ;
+  wire [2:0] \$2438 ;
+  wire [2:0] \$2439 ;
   wire \$244 ;
-  wire [1:0] \$245 ;
-  wire [1:0] \$246 ;
-  wire \$247 ;
+  wire \$2440 ;
+  wire \$2441 ;
+  wire [2:0] \$2442 ;
+  wire [2:0] \$2443 ;
+  wire \$2444 ;
+  wire \$2445 ;
+  wire [2:0] \$2446 ;
+  wire [2:0] \$2447 ;
+  wire \$2448 ;
+  wire \$2449 ;
+  wire \$245 ;
+  wire [2:0] \$2450 ;
+  wire [2:0] \$2451 ;
+  wire \$2452 ;
+  wire \$2453 ;
+  wire [2:0] \$2454 ;
+  wire [2:0] \$2455 ;
+  wire \$2456 ;
+  wire \$2457 ;
+  wire [2:0] \$2458 ;
+  wire [2:0] \$2459 ;
+  wire [3:0] \$246 ;
+  wire \$2460 ;
+  wire \$2461 ;
+  wire [2:0] \$2462 ;
+  wire [2:0] \$2463 ;
+  wire \$2464 ;
+  wire \$2465 ;
+  wire [2:0] \$2466 ;
+  wire [2:0] \$2467 ;
+  wire \$2468 ;
+  wire \$2469 ;
+  wire [9:0] \$247 ;
+  wire [2:0] \$2470 ;
+  wire [2:0] \$2471 ;
+  wire \$2472 ;
+  wire \$2473 ;
+  wire [2:0] \$2474 ;
+  wire [2:0] \$2475 ;
+  wire \$2476 ;
+  wire \$2477 ;
+  wire [2:0] \$2478 ;
+  wire [2:0] \$2479 ;
   wire \$248 ;
-  wire [2:0] \$249 ;
+  wire \$2480 ;
+  wire \$2481 ;
+  wire [2:0] \$2482 ;
+  wire [2:0] \$2483 ;
+  wire \$2484 ;
+  wire \$2485 ;
+  wire [2:0] \$2486 ;
+  wire [2:0] \$2487 ;
+  wire \$2488 ;
+  wire \$2489 ;
+  wire \$249 ;
+  wire [2:0] \$2490 ;
+  wire [3:0] \$2491 ;
+  wire [1:0] \$2492 ;
+  wire [2:0] \$2493 ;
+  wire [3:0] \$2494 ;
+  wire [4:0] \$2495 ;
+  wire [3:0] \$2496 ;
+  wire \$2497 ;
+  wire [16:0] \$2498 ;
+  wire [5:0] \$2499 ;
   wire [6:0] \$25 ;
-  wire [2:0] \$250 ;
-  wire \$251 ;
+  wire [3:0] \$250 ;
+  wire [4:0] \$2500 ;
+  wire [4:0] \$2501 ;
+  wire [3:0] \$2502 ;
+  wire [5:0] \$2503 ;
+  wire \$2504 ;
+  wire \$2505 ;
+  wire \$2506 ;
+  wire \$2507 ;
+  wire \$2508 ;
+  wire \$2509 ;
+  wire [8:0] \$251 ;
+  wire \$2510 ;
+  wire \$2511 ;
+  wire \$2512 ;
+  wire \$2513 ;
+  wire \$2514 ;
+  wire \$2515 ;
+  wire [3:0] \$2516 ;
+  wire [8:0] \$2517 ;
+  wire \$2518 ;
+  wire \$2519 ;
   wire \$252 ;
-  wire [2:0] \$253 ;
-  wire [2:0] \$254 ;
+  wire \$2520 ;
+  wire \$2521 ;
+  wire \$2522 ;
+  wire \$2523 ;
+  wire \$2524 ;
+  wire \$2525 ;
+  wire \$2526 ;
+  wire \$2527 ;
+  wire \$2528 ;
+  wire \$2529 ;
+  wire \$253 ;
+  wire \$2530 ;
+  wire \$2531 ;
+  wire \$2532 ;
+  wire \$2533 ;
+  wire \$2534 ;
+  wire \$2535 ;
+  wire \$2536 ;
+  wire \$2537 ;
+  wire \$2538 ;
+  wire \$2539 ;
+  wire \$254 ;
+  wire \$2540 ;
+  wire \$2541 ;
+  wire \$2542 ;
+  wire \$2543 ;
+  wire \$2544 ;
+  wire \$2545 ;
+  wire \$2546 ;
+  wire \$2547 ;
+  wire \$2548 ;
+  wire \$2549 ;
   wire \$255 ;
+  wire \$2550 ;
+  wire \$2551 ;
+  wire \$2552 ;
+  wire \$2553 ;
+  wire \$2554 ;
+  wire \$2555 ;
+  wire \$2556 ;
+  wire \$2557 ;
+  wire \$2558 ;
+  wire \$2559 ;
   wire \$256 ;
-  wire [2:0] \$257 ;
-  wire [2:0] \$258 ;
+  wire \$2560 ;
+  wire \$2561 ;
+  wire \$2562 ;
+  wire [11:0] \$2563 ;
+  wire [11:0] \$2564 ;
+  wire [11:0] \$2565 ;
+  wire \$2566 ;
+  wire \$2567 ;
+  wire \$2568 ;
+  wire \$2569 ;
+  wire \$257 ;
+  wire \$2570 ;
+  wire \$2571 ;
+  wire \$2572 ;
+  wire \$2573 ;
+  wire \$2574 ;
+  wire \$2575 ;
+  wire \$2576 ;
+  wire \$2577 ;
+  wire \$2578 ;
+  wire \$2579 ;
+  wire \$258 ;
+  wire \$2580 ;
+  wire \$2581 ;
+  wire \$2582 ;
+  wire \$2583 ;
+  wire \$2584 ;
+  wire \$2585 ;
+  wire \$2586 ;
+  wire \$2587 ;
+  wire \$2588 ;
+  wire \$2589 ;
   wire \$259 ;
+  wire \$2590 ;
+  wire \$2591 ;
+  wire \$2592 ;
+  wire \$2593 ;
+  wire [8:0] \$2594 ;
+  wire \$2595 ;
+  wire [16:0] \$2596 ;
+  wire [17:0] \$2597 ;
+  wire \$2598 ;
+  wire [16:0] \$2599 ;
   wire [7:0] \$26 ;
   wire \$260 ;
-  wire [2:0] \$261 ;
-  wire [2:0] \$262 ;
+  wire \$2600 ;
+  wire \$2601 ;
+  wire \$2602 ;
+  wire \$2603 ;
+  wire \$2604 ;
+  wire \$2605 ;
+  wire \$2606 ;
+  wire \$2607 ;
+  wire \$2608 ;
+  wire \$2609 ;
+  wire \$261 ;
+  wire [5:0] \$2610 ;
+  wire \$2611 ;
+  wire \$2612 ;
+  wire \$2613 ;
+  wire \$2614 ;
+  wire \$2615 ;
+  wire \$2616 ;
+  wire [11:0] \$2617 ;
+  wire \$2618 ;
+  wire [16:0] \$2619 ;
+  wire \$262 ;
+  wire \$2620 ;
+  wire \$2621 ;
+  wire [3:0] \$2622 ;
+  reg \$2623 ;
+  reg [7:0] \$2624 ;
+  reg [15:0] \$2625 ;
+  reg [63:0] \$2626 ;
+  reg [63:0] \$2627 ;
+  reg \$2628 ;
+  reg \$2629 ;
   wire \$263 ;
+  reg [3:0] \$2630 ;
+  reg \$2631 ;
+  reg \$2632 ;
+  reg \$2633 ;
+  reg [63:0] \$2634 ;
+  reg [63:0] \$2635 ;
+  reg \$2636 ;
+  reg \$2637 ;
+  reg \$2638 ;
+  reg \$2639 ;
   wire \$264 ;
-  wire [3:0] \$265 ;
-  wire [3:0] \$266 ;
+  reg \$2640 ;
+  reg [15:0] \$2641 ;
+  reg [10:0] \$2642 ;
+  reg [6:0] \$2643 ;
+  reg \$2644 ;
+  reg [3:0] \$2645 ;
+  wire \$265 ;
+  wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire [3:0] \$269 ;
+  wire \$269 ;
   wire [8:0] \$27 ;
-  wire [3:0] \$270 ;
+  wire \$270 ;
   wire \$271 ;
   wire \$272 ;
-  wire [3:0] \$273 ;
-  wire [3:0] \$274 ;
+  wire \$273 ;
+  wire \$274 ;
   wire \$275 ;
   wire \$276 ;
-  wire [3:0] \$277 ;
-  wire [3:0] \$278 ;
+  wire \$277 ;
+  wire \$278 ;
   wire \$279 ;
   wire [1:0] \$28 ;
   wire \$280 ;
-  wire [3:0] \$281 ;
-  wire [3:0] \$282 ;
+  wire \$281 ;
+  wire \$282 ;
   wire \$283 ;
   wire \$284 ;
-  wire [3:0] \$285 ;
-  wire [3:0] \$286 ;
+  wire \$285 ;
+  wire \$286 ;
   wire \$287 ;
   wire \$288 ;
-  wire [3:0] \$289 ;
+  wire \$289 ;
   wire [2:0] \$29 ;
-  wire [3:0] \$290 ;
+  wire \$290 ;
   wire \$291 ;
   wire \$292 ;
-  wire [3:0] \$293 ;
-  wire [7:0] \$294 ;
+  wire \$293 ;
+  wire \$294 ;
   wire \$295 ;
   wire \$296 ;
-  wire [7:0] \$297 ;
-  wire [7:0] \$298 ;
+  wire \$297 ;
+  wire \$298 ;
   wire \$299 ;
   wire [4:0] \$3 ;
   wire [3:0] \$30 ;
   wire \$300 ;
-  wire [7:0] \$301 ;
-  wire [7:0] \$302 ;
+  wire \$301 ;
+  wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire [7:0] \$305 ;
-  wire [7:0] \$306 ;
+  wire \$305 ;
+  wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire [7:0] \$309 ;
+  wire \$309 ;
   wire [4:0] \$31 ;
-  wire [7:0] \$310 ;
+  wire \$310 ;
   wire \$311 ;
   wire \$312 ;
-  wire [7:0] \$313 ;
-  wire [7:0] \$314 ;
+  wire \$313 ;
+  wire \$314 ;
   wire \$315 ;
   wire \$316 ;
-  wire [7:0] \$317 ;
-  wire [7:0] \$318 ;
+  wire \$317 ;
+  wire \$318 ;
   wire \$319 ;
   wire [5:0] \$32 ;
   wire \$320 ;
-  wire [7:0] \$321 ;
-  wire [7:0] \$322 ;
+  wire \$321 ;
+  wire \$322 ;
   wire \$323 ;
   wire \$324 ;
-  wire [7:0] \$325 ;
-  wire [7:0] \$326 ;
+  wire \$325 ;
+  wire \$326 ;
   wire \$327 ;
   wire \$328 ;
-  wire [7:0] \$329 ;
+  wire \$329 ;
   wire [6:0] \$33 ;
-  wire [7:0] \$330 ;
+  wire \$330 ;
   wire \$331 ;
   wire \$332 ;
-  wire [7:0] \$333 ;
-  wire [7:0] \$334 ;
+  wire \$333 ;
+  wire \$334 ;
   wire \$335 ;
   wire \$336 ;
-  wire [7:0] \$337 ;
-  wire [7:0] \$338 ;
+  wire \$337 ;
+  wire \$338 ;
   wire \$339 ;
   wire [7:0] \$34 ;
   wire \$340 ;
-  wire [7:0] \$341 ;
-  wire [7:0] \$342 ;
+  wire \$341 ;
+  wire \$342 ;
   wire \$343 ;
   wire \$344 ;
-  wire [7:0] \$345 ;
-  wire [7:0] \$346 ;
+  wire \$345 ;
+  wire \$346 ;
   wire \$347 ;
   wire \$348 ;
-  wire [7:0] \$349 ;
+  wire \$349 ;
   wire [8:0] \$35 ;
-  wire [7:0] \$350 ;
+  wire \$350 ;
   wire \$351 ;
   wire \$352 ;
-  wire [7:0] \$353 ;
-  wire [2:0] \$354 ;
+  wire \$353 ;
+  wire \$354 ;
   wire \$355 ;
   wire \$356 ;
-  wire [2:0] \$357 ;
-  wire [2:0] \$358 ;
+  wire \$357 ;
+  wire \$358 ;
   wire \$359 ;
   wire [1:0] \$36 ;
   wire \$360 ;
-  wire [2:0] \$361 ;
-  wire [2:0] \$362 ;
+  wire \$361 ;
+  wire \$362 ;
   wire \$363 ;
   wire \$364 ;
-  wire [2:0] \$365 ;
-  wire [2:0] \$366 ;
+  wire \$365 ;
+  wire \$366 ;
   wire \$367 ;
   wire \$368 ;
-  wire [2:0] \$369 ;
+  wire \$369 ;
   wire [2:0] \$37 ;
-  wire [2:0] \$370 ;
+  wire \$370 ;
   wire \$371 ;
   wire \$372 ;
-  wire [2:0] \$373 ;
-  wire [2:0] \$374 ;
+  wire \$373 ;
+  wire \$374 ;
   wire \$375 ;
   wire \$376 ;
-  wire [2:0] \$377 ;
-  wire [2:0] \$378 ;
+  wire \$377 ;
+  wire \$378 ;
   wire \$379 ;
   wire [3:0] \$38 ;
   wire \$380 ;
-  wire [2:0] \$381 ;
-  wire [2:0] \$382 ;
+  wire \$381 ;
+  wire \$382 ;
   wire \$383 ;
   wire \$384 ;
-  wire [2:0] \$385 ;
-  wire [2:0] \$386 ;
+  wire \$385 ;
+  wire \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire [2:0] \$389 ;
+  wire \$389 ;
   wire [4:0] \$39 ;
-  wire [2:0] \$390 ;
+  wire \$390 ;
   wire \$391 ;
   wire \$392 ;
-  wire [2:0] \$393 ;
-  wire [2:0] \$394 ;
+  wire \$393 ;
+  wire \$394 ;
   wire \$395 ;
   wire \$396 ;
-  wire [2:0] \$397 ;
-  wire [2:0] \$398 ;
+  wire \$397 ;
+  wire \$398 ;
   wire \$399 ;
   wire [1:0] \$4 ;
   wire [5:0] \$40 ;
   wire \$400 ;
-  wire [2:0] \$401 ;
-  wire [2:0] \$402 ;
+  wire \$401 ;
+  wire \$402 ;
   wire \$403 ;
   wire \$404 ;
-  wire [2:0] \$405 ;
-  wire [2:0] \$406 ;
+  wire \$405 ;
+  wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  wire [2:0] \$409 ;
+  wire \$409 ;
   wire [6:0] \$41 ;
-  wire [2:0] \$410 ;
+  wire \$410 ;
   wire \$411 ;
   wire \$412 ;
-  wire [2:0] \$413 ;
-  wire [3:0] \$414 ;
-  wire [1:0] \$415 ;
-  wire [2:0] \$416 ;
-  wire [3:0] \$417 ;
-  wire [4:0] \$418 ;
-  wire [3:0] \$419 ;
+  wire \$413 ;
+  wire \$414 ;
+  wire \$415 ;
+  wire \$416 ;
+  wire \$417 ;
+  wire \$418 ;
+  wire \$419 ;
   wire [7:0] \$42 ;
   wire \$420 ;
-  wire [22:0] \$421 ;
-  wire [10:0] \$422 ;
+  wire \$421 ;
+  wire \$422 ;
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
   wire \$426 ;
   wire \$427 ;
-  wire [1:0] \$428 ;
-  wire [1:0] \$429 ;
+  wire \$428 ;
+  wire \$429 ;
   wire [8:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire [1:0] \$432 ;
-  wire [1:0] \$433 ;
+  wire \$432 ;
+  wire \$433 ;
   wire \$434 ;
   wire \$435 ;
-  wire [2:0] \$436 ;
-  wire [2:0] \$437 ;
+  wire \$436 ;
+  wire \$437 ;
   wire \$438 ;
   wire \$439 ;
   wire [1:0] \$44 ;
-  wire [2:0] \$440 ;
-  wire [2:0] \$441 ;
+  wire \$440 ;
+  wire \$441 ;
   wire \$442 ;
   wire \$443 ;
-  wire [2:0] \$444 ;
-  wire [2:0] \$445 ;
+  wire \$444 ;
+  wire \$445 ;
   wire \$446 ;
   wire \$447 ;
-  wire [2:0] \$448 ;
-  wire [2:0] \$449 ;
+  wire \$448 ;
+  wire \$449 ;
   wire [2:0] \$45 ;
   wire \$450 ;
   wire \$451 ;
-  wire [3:0] \$452 ;
-  wire [3:0] \$453 ;
+  wire \$452 ;
+  wire \$453 ;
   wire \$454 ;
   wire \$455 ;
-  wire [3:0] \$456 ;
-  wire [3:0] \$457 ;
+  wire \$456 ;
+  wire \$457 ;
   wire \$458 ;
   wire \$459 ;
   wire [3:0] \$46 ;
-  wire [3:0] \$460 ;
-  wire [3:0] \$461 ;
+  wire \$460 ;
+  wire \$461 ;
   wire \$462 ;
   wire \$463 ;
-  wire [3:0] \$464 ;
-  wire [3:0] \$465 ;
+  wire \$464 ;
+  wire \$465 ;
   wire \$466 ;
   wire \$467 ;
-  wire [3:0] \$468 ;
-  wire [3:0] \$469 ;
+  wire \$468 ;
+  wire \$469 ;
   wire [4:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire [3:0] \$472 ;
-  wire [3:0] \$473 ;
+  wire \$472 ;
+  wire \$473 ;
   wire \$474 ;
   wire \$475 ;
-  wire [3:0] \$476 ;
-  wire [3:0] \$477 ;
+  wire \$476 ;
+  wire \$477 ;
   wire \$478 ;
   wire \$479 ;
   wire [5:0] \$48 ;
-  wire [3:0] \$480 ;
-  wire [7:0] \$481 ;
-  wire \$482 ;
+  wire \$480 ;
+  wire [1:0] \$481 ;
+  wire [1:0] \$482 ;
   wire \$483 ;
-  wire [7:0] \$484 ;
-  wire [7:0] \$485 ;
-  wire \$486 ;
+  wire \$484 ;
+  wire [1:0] \$485 ;
+  wire [1:0] \$486 ;
   wire \$487 ;
-  wire [7:0] \$488 ;
-  wire [7:0] \$489 ;
+  wire \$488 ;
+  wire [2:0] \$489 ;
   wire [6:0] \$49 ;
-  wire \$490 ;
+  wire [2:0] \$490 ;
   wire \$491 ;
-  wire [7:0] \$492 ;
-  wire [7:0] \$493 ;
-  wire \$494 ;
+  wire \$492 ;
+  wire [2:0] \$493 ;
+  wire [2:0] \$494 ;
   wire \$495 ;
-  wire [7:0] \$496 ;
-  wire [7:0] \$497 ;
-  wire \$498 ;
+  wire \$496 ;
+  wire [2:0] \$497 ;
+  wire [2:0] \$498 ;
   wire \$499 ;
   wire [2:0] \$5 ;
   wire [7:0] \$50 ;
-  wire [7:0] \$500 ;
-  wire [7:0] \$501 ;
-  wire \$502 ;
+  wire \$500 ;
+  wire [2:0] \$501 ;
+  wire [2:0] \$502 ;
   wire \$503 ;
-  wire [7:0] \$504 ;
-  wire [7:0] \$505 ;
-  wire \$506 ;
+  wire \$504 ;
+  wire [3:0] \$505 ;
+  wire [3:0] \$506 ;
   wire \$507 ;
-  wire [7:0] \$508 ;
-  wire [7:0] \$509 ;
+  wire \$508 ;
+  wire [3:0] \$509 ;
   wire [8:0] \$51 ;
-  wire \$510 ;
+  wire [3:0] \$510 ;
   wire \$511 ;
-  wire [7:0] \$512 ;
-  wire [7:0] \$513 ;
-  wire \$514 ;
+  wire \$512 ;
+  wire [3:0] \$513 ;
+  wire [3:0] \$514 ;
   wire \$515 ;
-  wire [7:0] \$516 ;
-  wire [7:0] \$517 ;
-  wire \$518 ;
+  wire \$516 ;
+  wire [3:0] \$517 ;
+  wire [3:0] \$518 ;
   wire \$519 ;
   wire [1:0] \$52 ;
-  wire [7:0] \$520 ;
-  wire [7:0] \$521 ;
-  wire \$522 ;
+  wire \$520 ;
+  wire [3:0] \$521 ;
+  wire [3:0] \$522 ;
   wire \$523 ;
-  wire [7:0] \$524 ;
-  wire [7:0] \$525 ;
-  wire \$526 ;
+  wire \$524 ;
+  wire [3:0] \$525 ;
+  wire [3:0] \$526 ;
   wire \$527 ;
-  wire [7:0] \$528 ;
-  wire [7:0] \$529 ;
+  wire \$528 ;
+  wire [3:0] \$529 ;
   wire [2:0] \$53 ;
-  wire \$530 ;
+  wire [3:0] \$530 ;
   wire \$531 ;
-  wire [7:0] \$532 ;
-  wire [7:0] \$533 ;
-  wire \$534 ;
+  wire \$532 ;
+  wire [3:0] \$533 ;
+  wire [7:0] \$534 ;
   wire \$535 ;
-  wire [7:0] \$536 ;
+  wire \$536 ;
   wire [7:0] \$537 ;
-  wire \$538 ;
+  wire [7:0] \$538 ;
   wire \$539 ;
   wire [3:0] \$54 ;
-  wire [7:0] \$540 ;
-  wire [2:0] \$541 ;
-  wire \$542 ;
+  wire \$540 ;
+  wire [7:0] \$541 ;
+  wire [7:0] \$542 ;
   wire \$543 ;
-  wire [2:0] \$544 ;
-  wire [2:0] \$545 ;
-  wire \$546 ;
+  wire \$544 ;
+  wire [7:0] \$545 ;
+  wire [7:0] \$546 ;
   wire \$547 ;
-  wire [2:0] \$548 ;
-  wire [2:0] \$549 ;
+  wire \$548 ;
+  wire [7:0] \$549 ;
   wire [4:0] \$55 ;
-  wire \$550 ;
+  wire [7:0] \$550 ;
   wire \$551 ;
-  wire [2:0] \$552 ;
-  wire [2:0] \$553 ;
-  wire \$554 ;
+  wire \$552 ;
+  wire [7:0] \$553 ;
+  wire [7:0] \$554 ;
   wire \$555 ;
-  wire [2:0] \$556 ;
-  wire [2:0] \$557 ;
-  wire \$558 ;
+  wire \$556 ;
+  wire [7:0] \$557 ;
+  wire [7:0] \$558 ;
   wire \$559 ;
   wire [5:0] \$56 ;
-  wire [2:0] \$560 ;
-  wire [2:0] \$561 ;
-  wire \$562 ;
+  wire \$560 ;
+  wire [7:0] \$561 ;
+  wire [7:0] \$562 ;
   wire \$563 ;
-  wire [2:0] \$564 ;
-  wire [2:0] \$565 ;
-  wire \$566 ;
+  wire \$564 ;
+  wire [7:0] \$565 ;
+  wire [7:0] \$566 ;
   wire \$567 ;
-  wire [2:0] \$568 ;
-  wire [2:0] \$569 ;
+  wire \$568 ;
+  wire [7:0] \$569 ;
   wire [6:0] \$57 ;
-  wire \$570 ;
+  wire [7:0] \$570 ;
   wire \$571 ;
-  wire [2:0] \$572 ;
-  wire [2:0] \$573 ;
-  wire \$574 ;
+  wire \$572 ;
+  wire [7:0] \$573 ;
+  wire [7:0] \$574 ;
   wire \$575 ;
-  wire [2:0] \$576 ;
-  wire [2:0] \$577 ;
-  wire \$578 ;
+  wire \$576 ;
+  wire [7:0] \$577 ;
+  wire [7:0] \$578 ;
   wire \$579 ;
   wire [7:0] \$58 ;
-  wire [2:0] \$580 ;
-  wire [2:0] \$581 ;
-  wire \$582 ;
+  wire \$580 ;
+  wire [7:0] \$581 ;
+  wire [7:0] \$582 ;
   wire \$583 ;
-  wire [2:0] \$584 ;
-  wire [2:0] \$585 ;
-  wire \$586 ;
+  wire \$584 ;
+  wire [7:0] \$585 ;
+  wire [7:0] \$586 ;
   wire \$587 ;
-  wire [2:0] \$588 ;
-  wire [2:0] \$589 ;
+  wire \$588 ;
+  wire [7:0] \$589 ;
   wire [8:0] \$59 ;
-  wire \$590 ;
+  wire [7:0] \$590 ;
   wire \$591 ;
-  wire [2:0] \$592 ;
-  wire [2:0] \$593 ;
-  wire \$594 ;
+  wire \$592 ;
+  wire [7:0] \$593 ;
+  wire [2:0] \$594 ;
   wire \$595 ;
-  wire [2:0] \$596 ;
+  wire \$596 ;
   wire [2:0] \$597 ;
-  wire \$598 ;
+  wire [2:0] \$598 ;
   wire \$599 ;
   wire [3:0] \$6 ;
   wire [1:0] \$60 ;
-  wire [2:0] \$600 ;
-  wire [3:0] \$601 ;
-  wire [1:0] \$602 ;
-  wire [2:0] \$603 ;
-  wire [3:0] \$604 ;
-  wire [4:0] \$605 ;
-  wire [3:0] \$606 ;
+  wire \$600 ;
+  wire [2:0] \$601 ;
+  wire [2:0] \$602 ;
+  wire \$603 ;
+  wire \$604 ;
+  wire [2:0] \$605 ;
+  wire [2:0] \$606 ;
   wire \$607 ;
-  wire [22:0] \$608 ;
-  wire [10:0] \$609 ;
+  wire \$608 ;
+  wire [2:0] \$609 ;
   wire [2:0] \$61 ;
-  wire \$610 ;
+  wire [2:0] \$610 ;
   wire \$611 ;
   wire \$612 ;
-  wire \$613 ;
-  wire \$614 ;
-  wire [1:0] \$615 ;
-  wire [1:0] \$616 ;
-  wire \$617 ;
-  wire \$618 ;
-  wire [1:0] \$619 ;
+  wire [2:0] \$613 ;
+  wire [2:0] \$614 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire [2:0] \$617 ;
+  wire [2:0] \$618 ;
+  wire \$619 ;
   wire [3:0] \$62 ;
-  wire [1:0] \$620 ;
-  wire \$621 ;
-  wire \$622 ;
-  wire [2:0] \$623 ;
-  wire [2:0] \$624 ;
-  wire \$625 ;
-  wire \$626 ;
-  wire [2:0] \$627 ;
-  wire [2:0] \$628 ;
-  wire \$629 ;
+  wire \$620 ;
+  wire [2:0] \$621 ;
+  wire [2:0] \$622 ;
+  wire \$623 ;
+  wire \$624 ;
+  wire [2:0] \$625 ;
+  wire [2:0] \$626 ;
+  wire \$627 ;
+  wire \$628 ;
+  wire [2:0] \$629 ;
   wire [4:0] \$63 ;
-  wire \$630 ;
-  wire [2:0] \$631 ;
-  wire [2:0] \$632 ;
-  wire \$633 ;
-  wire \$634 ;
-  wire [2:0] \$635 ;
-  wire [2:0] \$636 ;
-  wire \$637 ;
-  wire \$638 ;
-  wire [3:0] \$639 ;
+  wire [2:0] \$630 ;
+  wire \$631 ;
+  wire \$632 ;
+  wire [2:0] \$633 ;
+  wire [2:0] \$634 ;
+  wire \$635 ;
+  wire \$636 ;
+  wire [2:0] \$637 ;
+  wire [2:0] \$638 ;
+  wire \$639 ;
   wire [5:0] \$64 ;
-  wire [3:0] \$640 ;
-  wire \$641 ;
-  wire \$642 ;
-  wire [3:0] \$643 ;
-  wire [3:0] \$644 ;
-  wire \$645 ;
-  wire \$646 ;
-  wire [3:0] \$647 ;
-  wire [3:0] \$648 ;
-  wire \$649 ;
+  wire \$640 ;
+  wire [2:0] \$641 ;
+  wire [2:0] \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire [2:0] \$645 ;
+  wire [2:0] \$646 ;
+  wire \$647 ;
+  wire \$648 ;
+  wire [2:0] \$649 ;
   wire [6:0] \$65 ;
-  wire \$650 ;
-  wire [3:0] \$651 ;
-  wire [3:0] \$652 ;
-  wire \$653 ;
-  wire \$654 ;
-  wire [3:0] \$655 ;
-  wire [3:0] \$656 ;
-  wire \$657 ;
-  wire \$658 ;
+  wire [2:0] \$650 ;
+  wire \$651 ;
+  wire \$652 ;
+  wire [2:0] \$653 ;
+  wire [3:0] \$654 ;
+  wire [1:0] \$655 ;
+  wire [2:0] \$656 ;
+  wire [3:0] \$657 ;
+  wire [4:0] \$658 ;
   wire [3:0] \$659 ;
   wire [7:0] \$66 ;
-  wire [3:0] \$660 ;
-  wire \$661 ;
-  wire \$662 ;
-  wire [3:0] \$663 ;
-  wire [3:0] \$664 ;
+  wire \$660 ;
+  wire [16:0] \$661 ;
+  wire [5:0] \$662 ;
+  wire \$663 ;
+  wire \$664 ;
   wire \$665 ;
   wire \$666 ;
-  wire [3:0] \$667 ;
-  wire [7:0] \$668 ;
+  wire \$667 ;
+  wire \$668 ;
   wire \$669 ;
   wire [8:0] \$67 ;
   wire \$670 ;
-  wire [7:0] \$671 ;
-  wire [7:0] \$672 ;
+  wire \$671 ;
+  wire \$672 ;
   wire \$673 ;
   wire \$674 ;
-  wire [7:0] \$675 ;
-  wire [7:0] \$676 ;
+  wire \$675 ;
+  wire \$676 ;
   wire \$677 ;
   wire \$678 ;
-  wire [7:0] \$679 ;
+  wire \$679 ;
   wire [7:0] \$68 ;
-  wire [7:0] \$680 ;
+  wire \$680 ;
   wire \$681 ;
   wire \$682 ;
-  wire [7:0] \$683 ;
-  wire [7:0] \$684 ;
+  wire \$683 ;
+  wire \$684 ;
   wire \$685 ;
   wire \$686 ;
-  wire [7:0] \$687 ;
-  wire [7:0] \$688 ;
+  wire \$687 ;
+  wire \$688 ;
   wire \$689 ;
   wire [7:0] \$69 ;
   wire \$690 ;
-  wire [7:0] \$691 ;
-  wire [7:0] \$692 ;
+  wire \$691 ;
+  wire \$692 ;
   wire \$693 ;
   wire \$694 ;
-  wire [7:0] \$695 ;
-  wire [7:0] \$696 ;
+  wire \$695 ;
+  wire \$696 ;
   wire \$697 ;
   wire \$698 ;
-  wire [7:0] \$699 ;
+  wire \$699 ;
   wire [4:0] \$7 ;
   wire [7:0] \$70 ;
-  wire [7:0] \$700 ;
+  wire \$700 ;
   wire \$701 ;
   wire \$702 ;
-  wire [7:0] \$703 ;
-  wire [7:0] \$704 ;
+  wire \$703 ;
+  wire \$704 ;
   wire \$705 ;
   wire \$706 ;
-  wire [7:0] \$707 ;
-  wire [7:0] \$708 ;
+  wire \$707 ;
+  wire \$708 ;
   wire \$709 ;
   wire [7:0] \$71 ;
   wire \$710 ;
-  wire [7:0] \$711 ;
-  wire [7:0] \$712 ;
+  wire \$711 ;
+  wire \$712 ;
   wire \$713 ;
   wire \$714 ;
-  wire [7:0] \$715 ;
-  wire [7:0] \$716 ;
+  wire \$715 ;
+  wire \$716 ;
   wire \$717 ;
   wire \$718 ;
-  wire [7:0] \$719 ;
+  wire \$719 ;
   wire [7:0] \$72 ;
-  wire [7:0] \$720 ;
+  wire \$720 ;
   wire \$721 ;
   wire \$722 ;
-  wire [7:0] \$723 ;
-  wire [7:0] \$724 ;
+  wire \$723 ;
+  wire \$724 ;
   wire \$725 ;
   wire \$726 ;
-  wire [7:0] \$727 ;
-  wire [2:0] \$728 ;
+  wire \$727 ;
+  wire \$728 ;
   wire \$729 ;
   wire [7:0] \$73 ;
   wire \$730 ;
-  wire [2:0] \$731 ;
-  wire [2:0] \$732 ;
+  wire \$731 ;
+  wire \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire [2:0] \$735 ;
-  wire [2:0] \$736 ;
+  wire \$735 ;
+  wire \$736 ;
   wire \$737 ;
   wire \$738 ;
-  wire [2:0] \$739 ;
+  wire \$739 ;
   wire [7:0] \$74 ;
-  wire [2:0] \$740 ;
+  wire \$740 ;
   wire \$741 ;
   wire \$742 ;
-  wire [2:0] \$743 ;
-  wire [2:0] \$744 ;
+  wire \$743 ;
+  wire \$744 ;
   wire \$745 ;
   wire \$746 ;
-  wire [2:0] \$747 ;
-  wire [2:0] \$748 ;
+  wire \$747 ;
+  wire \$748 ;
   wire \$749 ;
   wire [7:0] \$75 ;
   wire \$750 ;
-  wire [2:0] \$751 ;
-  wire [2:0] \$752 ;
+  wire \$751 ;
+  wire \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire [2:0] \$755 ;
-  wire [2:0] \$756 ;
+  wire \$755 ;
+  wire \$756 ;
   wire \$757 ;
   wire \$758 ;
-  wire [2:0] \$759 ;
+  wire \$759 ;
   wire [7:0] \$76 ;
-  wire [2:0] \$760 ;
+  wire \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire [2:0] \$763 ;
-  wire [2:0] \$764 ;
+  wire \$763 ;
+  wire \$764 ;
   wire \$765 ;
   wire \$766 ;
-  wire [2:0] \$767 ;
-  wire [2:0] \$768 ;
+  wire \$767 ;
+  wire \$768 ;
   wire \$769 ;
   wire [7:0] \$77 ;
   wire \$770 ;
-  wire [2:0] \$771 ;
-  wire [2:0] \$772 ;
+  wire \$771 ;
+  wire \$772 ;
   wire \$773 ;
   wire \$774 ;
-  wire [2:0] \$775 ;
-  wire [2:0] \$776 ;
+  wire \$775 ;
+  wire \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire [2:0] \$779 ;
+  wire \$779 ;
   wire [7:0] \$78 ;
-  wire [2:0] \$780 ;
-  wire \$781 ;
+  wire [1:0] \$780 ;
+  wire [1:0] \$781 ;
   wire \$782 ;
-  wire [2:0] \$783 ;
-  wire [2:0] \$784 ;
-  wire \$785 ;
+  wire \$783 ;
+  wire [1:0] \$784 ;
+  wire [1:0] \$785 ;
   wire \$786 ;
-  wire [2:0] \$787 ;
-  wire [3:0] \$788 ;
-  wire [1:0] \$789 ;
+  wire \$787 ;
+  wire [2:0] \$788 ;
+  wire [2:0] \$789 ;
   wire [7:0] \$79 ;
-  wire [2:0] \$790 ;
-  wire [3:0] \$791 ;
-  wire [4:0] \$792 ;
-  wire [3:0] \$793 ;
+  wire \$790 ;
+  wire \$791 ;
+  wire [2:0] \$792 ;
+  wire [2:0] \$793 ;
   wire \$794 ;
-  wire [22:0] \$795 ;
-  wire [10:0] \$796 ;
-  wire \$797 ;
+  wire \$795 ;
+  wire [2:0] \$796 ;
+  wire [2:0] \$797 ;
   wire \$798 ;
   wire \$799 ;
   wire [5:0] \$8 ;
   wire [7:0] \$80 ;
-  wire \$800 ;
-  wire \$801 ;
-  wire [1:0] \$802 ;
-  wire [1:0] \$803 ;
-  wire \$804 ;
-  wire \$805 ;
-  wire [1:0] \$806 ;
-  wire [1:0] \$807 ;
-  wire \$808 ;
-  wire \$809 ;
+  wire [2:0] \$800 ;
+  wire [2:0] \$801 ;
+  wire \$802 ;
+  wire \$803 ;
+  wire [3:0] \$804 ;
+  wire [3:0] \$805 ;
+  wire \$806 ;
+  wire \$807 ;
+  wire [3:0] \$808 ;
+  wire [3:0] \$809 ;
   wire [7:0] \$81 ;
-  wire [2:0] \$810 ;
-  wire [2:0] \$811 ;
-  wire \$812 ;
-  wire \$813 ;
-  wire [2:0] \$814 ;
-  wire [2:0] \$815 ;
-  wire \$816 ;
-  wire \$817 ;
-  wire [2:0] \$818 ;
-  wire [2:0] \$819 ;
+  wire \$810 ;
+  wire \$811 ;
+  wire [3:0] \$812 ;
+  wire [3:0] \$813 ;
+  wire \$814 ;
+  wire \$815 ;
+  wire [3:0] \$816 ;
+  wire [3:0] \$817 ;
+  wire \$818 ;
+  wire \$819 ;
   wire [7:0] \$82 ;
-  wire \$820 ;
-  wire \$821 ;
-  wire [2:0] \$822 ;
-  wire [2:0] \$823 ;
-  wire \$824 ;
-  wire \$825 ;
-  wire [3:0] \$826 ;
-  wire [3:0] \$827 ;
-  wire \$828 ;
-  wire \$829 ;
+  wire [3:0] \$820 ;
+  wire [3:0] \$821 ;
+  wire \$822 ;
+  wire \$823 ;
+  wire [3:0] \$824 ;
+  wire [3:0] \$825 ;
+  wire \$826 ;
+  wire \$827 ;
+  wire [3:0] \$828 ;
+  wire [3:0] \$829 ;
   wire [1:0] \$83 ;
-  wire [3:0] \$830 ;
-  wire [3:0] \$831 ;
-  wire \$832 ;
-  wire \$833 ;
-  wire [3:0] \$834 ;
-  wire [3:0] \$835 ;
-  wire \$836 ;
-  wire \$837 ;
-  wire [3:0] \$838 ;
-  wire [3:0] \$839 ;
+  wire \$830 ;
+  wire \$831 ;
+  wire [3:0] \$832 ;
+  wire [7:0] \$833 ;
+  wire \$834 ;
+  wire \$835 ;
+  wire [7:0] \$836 ;
+  wire [7:0] \$837 ;
+  wire \$838 ;
+  wire \$839 ;
   wire [2:0] \$84 ;
-  wire \$840 ;
-  wire \$841 ;
-  wire [3:0] \$842 ;
-  wire [3:0] \$843 ;
-  wire \$844 ;
-  wire \$845 ;
-  wire [3:0] \$846 ;
-  wire [3:0] \$847 ;
-  wire \$848 ;
-  wire \$849 ;
+  wire [7:0] \$840 ;
+  wire [7:0] \$841 ;
+  wire \$842 ;
+  wire \$843 ;
+  wire [7:0] \$844 ;
+  wire [7:0] \$845 ;
+  wire \$846 ;
+  wire \$847 ;
+  wire [7:0] \$848 ;
+  wire [7:0] \$849 ;
   wire [3:0] \$85 ;
-  wire [3:0] \$850 ;
-  wire [3:0] \$851 ;
-  wire \$852 ;
-  wire \$853 ;
-  wire [3:0] \$854 ;
-  wire [7:0] \$855 ;
-  wire \$856 ;
-  wire \$857 ;
-  wire [7:0] \$858 ;
-  wire [7:0] \$859 ;
+  wire \$850 ;
+  wire \$851 ;
+  wire [7:0] \$852 ;
+  wire [7:0] \$853 ;
+  wire \$854 ;
+  wire \$855 ;
+  wire [7:0] \$856 ;
+  wire [7:0] \$857 ;
+  wire \$858 ;
+  wire \$859 ;
   wire [4:0] \$86 ;
-  wire \$860 ;
-  wire \$861 ;
-  wire [7:0] \$862 ;
-  wire [7:0] \$863 ;
-  wire \$864 ;
-  wire \$865 ;
-  wire [7:0] \$866 ;
-  wire [7:0] \$867 ;
-  wire \$868 ;
-  wire \$869 ;
+  wire [7:0] \$860 ;
+  wire [7:0] \$861 ;
+  wire \$862 ;
+  wire \$863 ;
+  wire [7:0] \$864 ;
+  wire [7:0] \$865 ;
+  wire \$866 ;
+  wire \$867 ;
+  wire [7:0] \$868 ;
+  wire [7:0] \$869 ;
   wire [5:0] \$87 ;
-  wire [7:0] \$870 ;
-  wire [7:0] \$871 ;
-  wire \$872 ;
-  wire \$873 ;
-  wire [7:0] \$874 ;
-  wire [7:0] \$875 ;
-  wire \$876 ;
-  wire \$877 ;
-  wire [7:0] \$878 ;
-  wire [7:0] \$879 ;
+  wire \$870 ;
+  wire \$871 ;
+  wire [7:0] \$872 ;
+  wire [7:0] \$873 ;
+  wire \$874 ;
+  wire \$875 ;
+  wire [7:0] \$876 ;
+  wire [7:0] \$877 ;
+  wire \$878 ;
+  wire \$879 ;
   wire [6:0] \$88 ;
-  wire \$880 ;
-  wire \$881 ;
-  wire [7:0] \$882 ;
-  wire [7:0] \$883 ;
-  wire \$884 ;
-  wire \$885 ;
-  wire [7:0] \$886 ;
-  wire [7:0] \$887 ;
-  wire \$888 ;
-  wire \$889 ;
+  wire [7:0] \$880 ;
+  wire [7:0] \$881 ;
+  wire \$882 ;
+  wire \$883 ;
+  wire [7:0] \$884 ;
+  wire [7:0] \$885 ;
+  wire \$886 ;
+  wire \$887 ;
+  wire [7:0] \$888 ;
+  wire [7:0] \$889 ;
   wire [7:0] \$89 ;
-  wire [7:0] \$890 ;
-  wire [7:0] \$891 ;
-  wire \$892 ;
-  wire \$893 ;
-  wire [7:0] \$894 ;
-  wire [7:0] \$895 ;
-  wire \$896 ;
-  wire \$897 ;
-  wire [7:0] \$898 ;
-  wire [7:0] \$899 ;
+  wire \$890 ;
+  wire \$891 ;
+  wire [7:0] \$892 ;
+  wire [2:0] \$893 ;
+  wire \$894 ;
+  wire \$895 ;
+  wire [2:0] \$896 ;
+  wire [2:0] \$897 ;
+  wire \$898 ;
+  wire \$899 ;
   wire [6:0] \$9 ;
   wire [8:0] \$90 ;
-  wire \$900 ;
-  wire \$901 ;
-  wire [7:0] \$902 ;
-  wire [7:0] \$903 ;
-  wire \$904 ;
-  wire \$905 ;
-  wire [7:0] \$906 ;
-  wire [7:0] \$907 ;
-  wire \$908 ;
-  wire \$909 ;
+  wire [2:0] \$900 ;
+  wire [2:0] \$901 ;
+  wire \$902 ;
+  wire \$903 ;
+  wire [2:0] \$904 ;
+  wire [2:0] \$905 ;
+  wire \$906 ;
+  wire \$907 ;
+  wire [2:0] \$908 ;
+  wire [2:0] \$909 ;
   wire [1:0] \$91 ;
-  wire [7:0] \$910 ;
-  wire [7:0] \$911 ;
-  wire \$912 ;
-  wire \$913 ;
-  wire [7:0] \$914 ;
-  wire [2:0] \$915 ;
-  wire \$916 ;
-  wire \$917 ;
-  wire [2:0] \$918 ;
-  wire [2:0] \$919 ;
+  wire \$910 ;
+  wire \$911 ;
+  wire [2:0] \$912 ;
+  wire [2:0] \$913 ;
+  wire \$914 ;
+  wire \$915 ;
+  wire [2:0] \$916 ;
+  wire [2:0] \$917 ;
+  wire \$918 ;
+  wire \$919 ;
   wire [2:0] \$92 ;
-  wire \$920 ;
-  wire \$921 ;
-  wire [2:0] \$922 ;
-  wire [2:0] \$923 ;
-  wire \$924 ;
-  wire \$925 ;
-  wire [2:0] \$926 ;
-  wire [2:0] \$927 ;
-  wire \$928 ;
-  wire \$929 ;
+  wire [2:0] \$920 ;
+  wire [2:0] \$921 ;
+  wire \$922 ;
+  wire \$923 ;
+  wire [2:0] \$924 ;
+  wire [2:0] \$925 ;
+  wire \$926 ;
+  wire \$927 ;
+  wire [2:0] \$928 ;
+  wire [2:0] \$929 ;
   wire [3:0] \$93 ;
-  wire [2:0] \$930 ;
-  wire [2:0] \$931 ;
-  wire \$932 ;
-  wire \$933 ;
-  wire [2:0] \$934 ;
-  wire [2:0] \$935 ;
-  wire \$936 ;
-  wire \$937 ;
-  wire [2:0] \$938 ;
-  wire [2:0] \$939 ;
+  wire \$930 ;
+  wire \$931 ;
+  wire [2:0] \$932 ;
+  wire [2:0] \$933 ;
+  wire \$934 ;
+  wire \$935 ;
+  wire [2:0] \$936 ;
+  wire [2:0] \$937 ;
+  wire \$938 ;
+  wire \$939 ;
   wire [4:0] \$94 ;
-  wire \$940 ;
-  wire \$941 ;
-  wire [2:0] \$942 ;
-  wire [2:0] \$943 ;
-  wire \$944 ;
-  wire \$945 ;
-  wire [2:0] \$946 ;
-  wire [2:0] \$947 ;
-  wire \$948 ;
-  wire \$949 ;
+  wire [2:0] \$940 ;
+  wire [2:0] \$941 ;
+  wire \$942 ;
+  wire \$943 ;
+  wire [2:0] \$944 ;
+  wire [2:0] \$945 ;
+  wire \$946 ;
+  wire \$947 ;
+  wire [2:0] \$948 ;
+  wire [2:0] \$949 ;
   wire [5:0] \$95 ;
-  wire [2:0] \$950 ;
-  wire [2:0] \$951 ;
-  wire \$952 ;
-  wire \$953 ;
-  wire [2:0] \$954 ;
+  wire \$950 ;
+  wire \$951 ;
+  wire [2:0] \$952 ;
+  wire [3:0] \$953 ;
+  wire [1:0] \$954 ;
   wire [2:0] \$955 ;
-  wire \$956 ;
-  wire \$957 ;
-  wire [2:0] \$958 ;
-  wire [2:0] \$959 ;
+  wire [3:0] \$956 ;
+  wire [4:0] \$957 ;
+  wire [3:0] \$958 ;
+  wire \$959 ;
   wire [6:0] \$96 ;
-  wire \$960 ;
-  wire \$961 ;
-  wire [2:0] \$962 ;
-  wire [2:0] \$963 ;
+  wire [16:0] \$960 ;
+  wire [5:0] \$961 ;
+  wire \$962 ;
+  wire \$963 ;
   wire \$964 ;
   wire \$965 ;
-  wire [2:0] \$966 ;
-  wire [2:0] \$967 ;
+  wire \$966 ;
+  wire \$967 ;
   wire \$968 ;
   wire \$969 ;
   wire [7:0] \$97 ;
-  wire [2:0] \$970 ;
-  wire [2:0] \$971 ;
+  wire \$970 ;
+  wire \$971 ;
   wire \$972 ;
   wire \$973 ;
-  wire [2:0] \$974 ;
-  wire [3:0] \$975 ;
-  wire [1:0] \$976 ;
-  wire [2:0] \$977 ;
-  wire [3:0] \$978 ;
-  wire [4:0] \$979 ;
+  wire \$974 ;
+  wire \$975 ;
+  wire \$976 ;
+  wire \$977 ;
+  wire \$978 ;
+  wire \$979 ;
   wire [8:0] \$98 ;
-  wire [3:0] \$980 ;
+  wire \$980 ;
   wire \$981 ;
-  wire [22:0] \$982 ;
-  wire [10:0] \$983 ;
+  wire \$982 ;
+  wire \$983 ;
   wire \$984 ;
   wire \$985 ;
   wire \$986 ;
   wire \$987 ;
   wire \$988 ;
-  wire [1:0] \$989 ;
+  wire \$989 ;
   wire [1:0] \$99 ;
-  wire [1:0] \$990 ;
+  wire \$990 ;
   wire \$991 ;
   wire \$992 ;
-  wire [1:0] \$993 ;
-  wire [1:0] \$994 ;
+  wire \$993 ;
+  wire \$994 ;
   wire \$995 ;
   wire \$996 ;
-  wire [2:0] \$997 ;
-  wire [2:0] \$998 ;
+  wire \$997 ;
+  wire \$998 ;
   wire \$999 ;
   reg \$signal  = 1'h0;
-  reg \$signal$380  = 1'h0;
-  reg [63:0] \$signal$383  = 64'h0000000000000000;
-  reg [63:0] \$signal$402 ;
-  reg \$signal$404 ;
-  reg \$signal$405 ;
-  reg \$signal$406 ;
-  reg \$signal$407  = 1'h0;
-  reg \$signal$408  = 1'h0;
+  reg \$signal$368  = 1'h0;
+  reg [63:0] \$signal$371  = 64'h0000000000000000;
+  reg [63:0] \$signal$390 ;
+  reg \$signal$392 ;
+  reg \$signal$393 ;
+  reg \$signal$394 ;
+  reg \$signal$395  = 1'h0;
+  reg \$signal$396  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$409 ;
+  wire \$signal$397 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -5897,15 +6651,19 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   wire i_cmd__ready;
   input i_cmd__valid;
   wire i_cmd__valid;
+  input [63:0] i_mask__payload;
   wire [63:0] i_mask__payload;
   output i_mask__ready;
   wire i_mask__ready;
+  input i_mask__valid;
   wire i_mask__valid;
+  input [64:0] i_value__payload;
   wire [64:0] i_value__payload;
   wire [63:0] \i_value__payload.data ;
   wire \i_value__payload.last ;
   output i_value__ready;
   wire i_value__ready;
+  input i_value__valid;
   wire i_value__valid;
   wire [3:0] k;
   wire [3:0] k_cur;
@@ -6027,12 +6785,6 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   wire [7:0] qw3;
   wire [7:0] qw4;
   wire [7:0] r_adv;
-  wire [63:0] r_data;
-  wire [64:0] \r_data$428 ;
-  wire r_en;
-  wire \r_en$416 ;
-  wire r_rdy;
-  wire \r_rdy$427 ;
   wire [8:0] rb0;
   wire [8:0] rb1;
   reg [7:0] rbase = 8'h00;
@@ -6087,16 +6839,6 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   reg [3:0] vpos = 4'h0;
   wire [4:0] vpos_n;
   wire [127:0] vshift;
-  input [63:0] w_data;
-  wire [63:0] w_data;
-  input [64:0] \w_data$6 ;
-  wire [64:0] \w_data$6 ;
-  input w_en;
-  wire w_en;
-  input \w_en$8 ;
-  wire \w_en$8 ;
-  wire w_rdy;
-  wire \w_rdy$11 ;
   wire [2:0] ws0;
   wire [2:0] ws0_c;
   wire ws0_lo;
@@ -6340,1955 +7082,2687 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   assign \$183  = \$182  ? 9'h008 : rbf0;
   assign rb0 = \$181  ? 9'h1b8 : \$183 ;
   assign \$184  = $signed({ 1'h0, \$75 [6:0] }) + $signed(rb0);
-  assign \$185  = $signed(\$184 [8:0]) >= $signed(5'h08);
-  assign \$186  = \$185  ? 4'h8 : \$184 [3:0];
-  assign sat0 = \$184 [8] ? 4'h0 : \$186 ;
-  assign \$187  = $signed({ 1'h0, \$76 [6:0] }) + $signed(rb0);
-  assign \$188  = $signed(\$187 [8:0]) >= $signed(5'h08);
-  assign \$189  = \$188  ? 4'h8 : \$187 [3:0];
-  assign sat1 = \$187 [8] ? 4'h0 : \$189 ;
-  assign \$190  = $signed({ 1'h0, \$77 [6:0] }) + $signed(rb0);
-  assign \$191  = $signed(\$190 [8:0]) >= $signed(5'h08);
-  assign \$192  = \$191  ? 4'h8 : \$190 [3:0];
-  assign sat2 = \$190 [8] ? 4'h0 : \$192 ;
-  assign \$193  = $signed({ 1'h0, \$78 [6:0] }) + $signed(rb0);
-  assign \$194  = $signed(\$193 [8:0]) >= $signed(5'h08);
-  assign \$195  = \$194  ? 4'h8 : \$193 [3:0];
-  assign sat3 = \$193 [8] ? 4'h0 : \$195 ;
-  assign \$196  = $signed({ 1'h0, \$79 [6:0] }) + $signed(rb0);
-  assign \$197  = $signed(\$196 [8:0]) >= $signed(5'h08);
-  assign \$198  = \$197  ? 4'h8 : \$196 [3:0];
-  assign sat4 = \$196 [8] ? 4'h0 : \$198 ;
-  assign \$199  = $signed({ 1'h0, \$80 [6:0] }) + $signed(rb0);
-  assign \$200  = $signed(\$199 [8:0]) >= $signed(5'h08);
-  assign \$201  = \$200  ? 4'h8 : \$199 [3:0];
-  assign sat5 = \$199 [8] ? 4'h0 : \$201 ;
-  assign \$202  = $signed({ 1'h0, \$81 [6:0] }) + $signed(rb0);
-  assign \$203  = $signed(\$202 [8:0]) >= $signed(5'h08);
-  assign \$204  = \$203  ? 4'h8 : \$202 [3:0];
-  assign sat6 = \$202 [8] ? 4'h0 : \$204 ;
-  assign \$205  = $signed({ 1'h0, \$82 [6:0] }) + $signed(rb0);
-  assign \$206  = $signed(\$205 [8:0]) >= $signed(5'h08);
-  assign \$207  = \$206  ? 4'h8 : \$205 [3:0];
-  assign sat7 = \$205 [8] ? 4'h0 : \$207 ;
+  assign \$185  = | \$184 [7:4];
+  assign \$186  = \$185  | \$184 [3];
+  assign \$187  = \$186  ? 4'h8 : \$184 [3:0];
+  assign sat0 = \$184 [8] ? 4'h0 : \$187 ;
+  assign \$188  = $signed({ 1'h0, \$76 [6:0] }) + $signed(rb0);
+  assign \$189  = | \$188 [7:4];
+  assign \$190  = \$189  | \$188 [3];
+  assign \$191  = \$190  ? 4'h8 : \$188 [3:0];
+  assign sat1 = \$188 [8] ? 4'h0 : \$191 ;
+  assign \$192  = $signed({ 1'h0, \$77 [6:0] }) + $signed(rb0);
+  assign \$193  = | \$192 [7:4];
+  assign \$194  = \$193  | \$192 [3];
+  assign \$195  = \$194  ? 4'h8 : \$192 [3:0];
+  assign sat2 = \$192 [8] ? 4'h0 : \$195 ;
+  assign \$196  = $signed({ 1'h0, \$78 [6:0] }) + $signed(rb0);
+  assign \$197  = | \$196 [7:4];
+  assign \$198  = \$197  | \$196 [3];
+  assign \$199  = \$198  ? 4'h8 : \$196 [3:0];
+  assign sat3 = \$196 [8] ? 4'h0 : \$199 ;
+  assign \$200  = $signed({ 1'h0, \$79 [6:0] }) + $signed(rb0);
+  assign \$201  = | \$200 [7:4];
+  assign \$202  = \$201  | \$200 [3];
+  assign \$203  = \$202  ? 4'h8 : \$200 [3:0];
+  assign sat4 = \$200 [8] ? 4'h0 : \$203 ;
+  assign \$204  = $signed({ 1'h0, \$80 [6:0] }) + $signed(rb0);
+  assign \$205  = | \$204 [7:4];
+  assign \$206  = \$205  | \$204 [3];
+  assign \$207  = \$206  ? 4'h8 : \$204 [3:0];
+  assign sat5 = \$204 [8] ? 4'h0 : \$207 ;
+  assign \$208  = $signed({ 1'h0, \$81 [6:0] }) + $signed(rb0);
+  assign \$209  = | \$208 [7:4];
+  assign \$210  = \$209  | \$208 [3];
+  assign \$211  = \$210  ? 4'h8 : \$208 [3:0];
+  assign sat6 = \$208 [8] ? 4'h0 : \$211 ;
+  assign \$212  = $signed({ 1'h0, \$82 [6:0] }) + $signed(rb0);
+  assign \$213  = | \$212 [7:4];
+  assign \$214  = \$213  | \$212 [3];
+  assign \$215  = \$214  ? 4'h8 : \$212 [3:0];
+  assign sat7 = \$212 [8] ? 4'h0 : \$215 ;
   assign rbf1 = \$162 [7:0] - rbase;
-  assign \$208  = $signed(rbf1) < $signed(8'hb8);
-  assign \$209  = $signed(rbf1) > $signed(5'h08);
-  assign \$210  = \$209  ? 9'h008 : rbf1;
-  assign rb1 = \$208  ? 9'h1b8 : \$210 ;
-  assign \$211  = $signed({ 1'h0, \$154 [6:0] }) + $signed(rb1);
-  assign \$212  = $signed(\$211 [8:0]) >= $signed(5'h08);
-  assign \$213  = \$212  ? 4'h8 : \$211 [3:0];
-  assign sat8 = \$211 [8] ? 4'h0 : \$213 ;
-  assign \$214  = $signed({ 1'h0, \$155 [6:0] }) + $signed(rb1);
-  assign \$215  = $signed(\$214 [8:0]) >= $signed(5'h08);
-  assign \$216  = \$215  ? 4'h8 : \$214 [3:0];
-  assign sat9 = \$214 [8] ? 4'h0 : \$216 ;
-  assign \$217  = $signed({ 1'h0, \$156 [6:0] }) + $signed(rb1);
-  assign \$218  = $signed(\$217 [8:0]) >= $signed(5'h08);
-  assign \$219  = \$218  ? 4'h8 : \$217 [3:0];
-  assign sat10 = \$217 [8] ? 4'h0 : \$219 ;
-  assign \$220  = $signed({ 1'h0, \$157 [6:0] }) + $signed(rb1);
-  assign \$221  = $signed(\$220 [8:0]) >= $signed(5'h08);
-  assign \$222  = \$221  ? 4'h8 : \$220 [3:0];
-  assign sat11 = \$220 [8] ? 4'h0 : \$222 ;
-  assign \$223  = $signed({ 1'h0, \$158 [6:0] }) + $signed(rb1);
-  assign \$224  = $signed(\$223 [8:0]) >= $signed(5'h08);
-  assign \$225  = \$224  ? 4'h8 : \$223 [3:0];
-  assign sat12 = \$223 [8] ? 4'h0 : \$225 ;
-  assign \$226  = $signed({ 1'h0, \$159 [6:0] }) + $signed(rb1);
-  assign \$227  = $signed(\$226 [8:0]) >= $signed(5'h08);
-  assign \$228  = \$227  ? 4'h8 : \$226 [3:0];
-  assign sat13 = \$226 [8] ? 4'h0 : \$228 ;
-  assign \$229  = $signed({ 1'h0, \$160 [6:0] }) + $signed(rb1);
-  assign \$230  = $signed(\$229 [8:0]) >= $signed(5'h08);
-  assign \$231  = \$230  ? 4'h8 : \$229 [3:0];
-  assign sat14 = \$229 [8] ? 4'h0 : \$231 ;
-  assign \$232  = $signed({ 1'h0, \$161 [6:0] }) + $signed(rb1);
-  assign \$233  = $signed(\$232 [8:0]) >= $signed(5'h08);
-  assign \$234  = \$233  ? 4'h8 : \$232 [3:0];
-  assign sat15 = \$232 [8] ? 4'h0 : \$234 ;
-  assign \$235  = - rbase;
+  assign \$216  = $signed(rbf1) < $signed(8'hb8);
+  assign \$217  = $signed(rbf1) > $signed(5'h08);
+  assign \$218  = \$217  ? 9'h008 : rbf1;
+  assign rb1 = \$216  ? 9'h1b8 : \$218 ;
+  assign \$219  = $signed({ 1'h0, \$154 [6:0] }) + $signed(rb1);
+  assign \$220  = | \$219 [7:4];
+  assign \$221  = \$220  | \$219 [3];
+  assign \$222  = \$221  ? 4'h8 : \$219 [3:0];
+  assign sat8 = \$219 [8] ? 4'h0 : \$222 ;
+  assign \$223  = $signed({ 1'h0, \$155 [6:0] }) + $signed(rb1);
+  assign \$224  = | \$223 [7:4];
+  assign \$225  = \$224  | \$223 [3];
+  assign \$226  = \$225  ? 4'h8 : \$223 [3:0];
+  assign sat9 = \$223 [8] ? 4'h0 : \$226 ;
+  assign \$227  = $signed({ 1'h0, \$156 [6:0] }) + $signed(rb1);
+  assign \$228  = | \$227 [7:4];
+  assign \$229  = \$228  | \$227 [3];
+  assign \$230  = \$229  ? 4'h8 : \$227 [3:0];
+  assign sat10 = \$227 [8] ? 4'h0 : \$230 ;
+  assign \$231  = $signed({ 1'h0, \$157 [6:0] }) + $signed(rb1);
+  assign \$232  = | \$231 [7:4];
+  assign \$233  = \$232  | \$231 [3];
+  assign \$234  = \$233  ? 4'h8 : \$231 [3:0];
+  assign sat11 = \$231 [8] ? 4'h0 : \$234 ;
+  assign \$235  = $signed({ 1'h0, \$158 [6:0] }) + $signed(rb1);
+  assign \$236  = | \$235 [7:4];
+  assign \$237  = \$236  | \$235 [3];
+  assign \$238  = \$237  ? 4'h8 : \$235 [3:0];
+  assign sat12 = \$235 [8] ? 4'h0 : \$238 ;
+  assign \$239  = $signed({ 1'h0, \$159 [6:0] }) + $signed(rb1);
+  assign \$240  = | \$239 [7:4];
+  assign \$241  = \$240  | \$239 [3];
+  assign \$242  = \$241  ? 4'h8 : \$239 [3:0];
+  assign sat13 = \$239 [8] ? 4'h0 : \$242 ;
+  assign \$243  = $signed({ 1'h0, \$160 [6:0] }) + $signed(rb1);
+  assign \$244  = | \$243 [7:4];
+  assign \$245  = \$244  | \$243 [3];
+  assign \$246  = \$245  ? 4'h8 : \$243 [3:0];
+  assign sat14 = \$243 [8] ? 4'h0 : \$246 ;
+  assign \$247  = $signed({ 1'h0, \$161 [6:0] }) + $signed(rb1);
+  assign \$248  = | \$247 [7:4];
+  assign \$249  = \$248  | \$247 [3];
+  assign \$250  = \$249  ? 4'h8 : \$247 [3:0];
+  assign sat15 = \$247 [8] ? 4'h0 : \$250 ;
+  assign \$251  = - rbase;
   assign es_bits = $signed(es_w) * $signed(7'h20);
   assign rs_bits = $signed(rs_w) * $signed(7'h20);
-  assign gt0_0 = sat0 > 1'h0;
-  assign gt0_1 = sat1 > 1'h0;
-  assign gt0_2 = sat2 > 1'h0;
-  assign gt0_3 = sat3 > 1'h0;
-  assign gt0_4 = sat4 > 1'h0;
-  assign gt0_5 = sat5 > 1'h0;
-  assign gt0_6 = sat6 > 1'h0;
-  assign gt0_7 = sat7 > 1'h0;
-  assign gt0_8 = sat8 > 1'h0;
-  assign gt0_9 = sat9 > 1'h0;
-  assign gt0_10 = sat10 > 1'h0;
-  assign gt0_11 = sat11 > 1'h0;
-  assign gt0_12 = sat12 > 1'h0;
-  assign gt0_13 = sat13 > 1'h0;
-  assign gt0_14 = sat14 > 1'h0;
-  assign gt0_15 = sat15 > 1'h0;
-  assign \$236  = ~ gt0_0;
-  assign \$237  = gt0_1 & \$236 ;
-  assign \$238  = \$237  ? 1'h1 : 1'h0;
-  assign \$239  = ~ gt0_1;
-  assign \$240  = gt0_2 & \$239 ;
-  assign \$241  = \$240  ? 2'h2 : 2'h0;
-  assign \$242  = { 1'h0, \$238  } | \$241 ;
-  assign \$243  = ~ gt0_2;
-  assign \$244  = gt0_3 & \$243 ;
-  assign \$245  = \$244  ? 2'h3 : 2'h0;
-  assign \$246  = \$242  | \$245 ;
-  assign \$247  = ~ gt0_3;
-  assign \$248  = gt0_4 & \$247 ;
-  assign \$249  = \$248  ? 3'h4 : 3'h0;
-  assign \$250  = { 1'h0, \$246  } | \$249 ;
-  assign \$251  = ~ gt0_4;
-  assign \$252  = gt0_5 & \$251 ;
-  assign \$253  = \$252  ? 3'h5 : 3'h0;
-  assign \$254  = \$250  | \$253 ;
-  assign \$255  = ~ gt0_5;
-  assign \$256  = gt0_6 & \$255 ;
-  assign \$257  = \$256  ? 3'h6 : 3'h0;
-  assign \$258  = \$254  | \$257 ;
-  assign \$259  = ~ gt0_6;
-  assign \$260  = gt0_7 & \$259 ;
-  assign \$261  = \$260  ? 3'h7 : 3'h0;
-  assign \$262  = \$258  | \$261 ;
-  assign \$263  = ~ gt0_7;
-  assign \$264  = gt0_8 & \$263 ;
-  assign \$265  = \$264  ? 4'h8 : 4'h0;
-  assign \$266  = { 1'h0, \$262  } | \$265 ;
-  assign \$267  = ~ gt0_8;
-  assign \$268  = gt0_9 & \$267 ;
-  assign \$269  = \$268  ? 4'h9 : 4'h0;
-  assign \$270  = \$266  | \$269 ;
-  assign \$271  = ~ gt0_9;
-  assign \$272  = gt0_10 & \$271 ;
-  assign \$273  = \$272  ? 4'ha : 4'h0;
-  assign \$274  = \$270  | \$273 ;
-  assign \$275  = ~ gt0_10;
-  assign \$276  = gt0_11 & \$275 ;
-  assign \$277  = \$276  ? 4'hb : 4'h0;
-  assign \$278  = \$274  | \$277 ;
-  assign \$279  = ~ gt0_11;
-  assign \$280  = gt0_12 & \$279 ;
-  assign \$281  = \$280  ? 4'hc : 4'h0;
-  assign \$282  = \$278  | \$281 ;
-  assign \$283  = ~ gt0_12;
-  assign \$284  = gt0_13 & \$283 ;
-  assign \$285  = \$284  ? 4'hd : 4'h0;
-  assign \$286  = \$282  | \$285 ;
-  assign \$287  = ~ gt0_13;
-  assign \$288  = gt0_14 & \$287 ;
-  assign \$289  = \$288  ? 4'he : 4'h0;
-  assign \$290  = \$286  | \$289 ;
-  assign \$291  = ~ gt0_14;
-  assign \$292  = gt0_15 & \$291 ;
-  assign \$293  = \$292  ? 4'hf : 4'h0;
-  assign gsel0 = \$290  | \$293 ;
-  assign \$294  = gt0_0 ? mbeat0[7:0] : 8'h00;
-  assign \$295  = ~ gt0_0;
-  assign \$296  = gt0_1 & \$295 ;
-  assign \$297  = \$296  ? mbeat0[15:8] : 8'h00;
-  assign \$298  = \$294  | \$297 ;
-  assign \$299  = ~ gt0_1;
-  assign \$300  = gt0_2 & \$299 ;
-  assign \$301  = \$300  ? mbeat0[23:16] : 8'h00;
-  assign \$302  = \$298  | \$301 ;
-  assign \$303  = ~ gt0_2;
-  assign \$304  = gt0_3 & \$303 ;
-  assign \$305  = \$304  ? mbeat0[31:24] : 8'h00;
-  assign \$306  = \$302  | \$305 ;
-  assign \$307  = ~ gt0_3;
-  assign \$308  = gt0_4 & \$307 ;
-  assign \$309  = \$308  ? mbeat0[39:32] : 8'h00;
-  assign \$310  = \$306  | \$309 ;
-  assign \$311  = ~ gt0_4;
-  assign \$312  = gt0_5 & \$311 ;
-  assign \$313  = \$312  ? mbeat0[47:40] : 8'h00;
-  assign \$314  = \$310  | \$313 ;
-  assign \$315  = ~ gt0_5;
-  assign \$316  = gt0_6 & \$315 ;
-  assign \$317  = \$316  ? mbeat0[55:48] : 8'h00;
-  assign \$318  = \$314  | \$317 ;
-  assign \$319  = ~ gt0_6;
-  assign \$320  = gt0_7 & \$319 ;
-  assign \$321  = \$320  ? mbeat0[63:56] : 8'h00;
-  assign \$322  = \$318  | \$321 ;
-  assign \$323  = ~ gt0_7;
-  assign \$324  = gt0_8 & \$323 ;
-  assign \$325  = \$324  ? mbeat1[7:0] : 8'h00;
-  assign \$326  = \$322  | \$325 ;
-  assign \$327  = ~ gt0_8;
-  assign \$328  = gt0_9 & \$327 ;
-  assign \$329  = \$328  ? mbeat1[15:8] : 8'h00;
-  assign \$330  = \$326  | \$329 ;
-  assign \$331  = ~ gt0_9;
-  assign \$332  = gt0_10 & \$331 ;
-  assign \$333  = \$332  ? mbeat1[23:16] : 8'h00;
-  assign \$334  = \$330  | \$333 ;
-  assign \$335  = ~ gt0_10;
-  assign \$336  = gt0_11 & \$335 ;
-  assign \$337  = \$336  ? mbeat1[31:24] : 8'h00;
-  assign \$338  = \$334  | \$337 ;
-  assign \$339  = ~ gt0_11;
-  assign \$340  = gt0_12 & \$339 ;
-  assign \$341  = \$340  ? mbeat1[39:32] : 8'h00;
-  assign \$342  = \$338  | \$341 ;
-  assign \$343  = ~ gt0_12;
-  assign \$344  = gt0_13 & \$343 ;
-  assign \$345  = \$344  ? mbeat1[47:40] : 8'h00;
-  assign \$346  = \$342  | \$345 ;
-  assign \$347  = ~ gt0_13;
-  assign \$348  = gt0_14 & \$347 ;
-  assign \$349  = \$348  ? mbeat1[55:48] : 8'h00;
-  assign \$350  = \$346  | \$349 ;
-  assign \$351  = ~ gt0_14;
-  assign \$352  = gt0_15 & \$351 ;
-  assign \$353  = \$352  ? mbeat1[63:56] : 8'h00;
-  assign grp0 = \$350  | \$353 ;
-  assign \$354  = gt0_0 ? \$235 [2:0] : 3'h0;
-  assign \$355  = ~ gt0_0;
-  assign \$356  = gt0_1 & \$355 ;
-  assign \$357  = \$356  ? \$184 [2:0] : 3'h0;
-  assign \$358  = \$354  | \$357 ;
-  assign \$359  = ~ gt0_1;
-  assign \$360  = gt0_2 & \$359 ;
-  assign \$361  = \$360  ? \$187 [2:0] : 3'h0;
-  assign \$362  = \$358  | \$361 ;
-  assign \$363  = ~ gt0_2;
-  assign \$364  = gt0_3 & \$363 ;
-  assign \$365  = \$364  ? \$190 [2:0] : 3'h0;
-  assign \$366  = \$362  | \$365 ;
-  assign \$367  = ~ gt0_3;
-  assign \$368  = gt0_4 & \$367 ;
-  assign \$369  = \$368  ? \$193 [2:0] : 3'h0;
-  assign \$370  = \$366  | \$369 ;
-  assign \$371  = ~ gt0_4;
-  assign \$372  = gt0_5 & \$371 ;
-  assign \$373  = \$372  ? \$196 [2:0] : 3'h0;
-  assign \$374  = \$370  | \$373 ;
-  assign \$375  = ~ gt0_5;
-  assign \$376  = gt0_6 & \$375 ;
-  assign \$377  = \$376  ? \$199 [2:0] : 3'h0;
-  assign \$378  = \$374  | \$377 ;
-  assign \$379  = ~ gt0_6;
-  assign \$380  = gt0_7 & \$379 ;
-  assign \$381  = \$380  ? \$202 [2:0] : 3'h0;
-  assign \$382  = \$378  | \$381 ;
-  assign \$383  = ~ gt0_7;
-  assign \$384  = gt0_8 & \$383 ;
-  assign \$385  = \$384  ? \$205 [2:0] : 3'h0;
-  assign \$386  = \$382  | \$385 ;
-  assign \$387  = ~ gt0_8;
-  assign \$388  = gt0_9 & \$387 ;
-  assign \$389  = \$388  ? \$211 [2:0] : 3'h0;
-  assign \$390  = \$386  | \$389 ;
-  assign \$391  = ~ gt0_9;
-  assign \$392  = gt0_10 & \$391 ;
-  assign \$393  = \$392  ? \$214 [2:0] : 3'h0;
-  assign \$394  = \$390  | \$393 ;
-  assign \$395  = ~ gt0_10;
-  assign \$396  = gt0_11 & \$395 ;
-  assign \$397  = \$396  ? \$217 [2:0] : 3'h0;
-  assign \$398  = \$394  | \$397 ;
-  assign \$399  = ~ gt0_11;
-  assign \$400  = gt0_12 & \$399 ;
-  assign \$401  = \$400  ? \$220 [2:0] : 3'h0;
-  assign \$402  = \$398  | \$401 ;
-  assign \$403  = ~ gt0_12;
-  assign \$404  = gt0_13 & \$403 ;
-  assign \$405  = \$404  ? \$223 [2:0] : 3'h0;
-  assign \$406  = \$402  | \$405 ;
-  assign \$407  = ~ gt0_13;
-  assign \$408  = gt0_14 & \$407 ;
-  assign \$409  = \$408  ? \$226 [2:0] : 3'h0;
-  assign \$410  = \$406  | \$409 ;
-  assign \$411  = ~ gt0_14;
-  assign \$412  = gt0_15 & \$411 ;
-  assign \$413  = \$412  ? \$229 [2:0] : 3'h0;
-  assign dlow0 = \$410  | \$413 ;
-  assign \$414  = 1'h0 - dlow0;
-  assign \$415  = 1'h0 + grp0[0];
-  assign \$416  = \$415  + grp0[1];
-  assign \$417  = \$416  + grp0[2];
-  assign \$418  = \$417  + grp0[3];
-  assign ws0_lo = \$414 [2:0] < \$418 [2:0];
-  assign \$419  = \$414 [2:0] - \$418 [2:0];
+  assign \$252  = ~ sat0[1];
+  assign \$253  = ~ sat0[2];
+  assign \$254  = \$252  & \$253 ;
+  assign \$255  = ~ sat0[3];
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = \$256  & sat0[0];
+  assign \$258  = ~ sat0[2];
+  assign \$259  = ~ sat0[3];
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = \$260  & sat0[1];
+  assign \$262  = \$257  | \$261 ;
+  assign \$263  = ~ sat0[3];
+  assign \$264  = \$263  & sat0[2];
+  assign \$265  = \$262  | \$264 ;
+  assign gt0_0 = \$265  | sat0[3];
+  assign \$266  = ~ sat1[1];
+  assign \$267  = ~ sat1[2];
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = ~ sat1[3];
+  assign \$270  = \$268  & \$269 ;
+  assign \$271  = \$270  & sat1[0];
+  assign \$272  = ~ sat1[2];
+  assign \$273  = ~ sat1[3];
+  assign \$274  = \$272  & \$273 ;
+  assign \$275  = \$274  & sat1[1];
+  assign \$276  = \$271  | \$275 ;
+  assign \$277  = ~ sat1[3];
+  assign \$278  = \$277  & sat1[2];
+  assign \$279  = \$276  | \$278 ;
+  assign gt0_1 = \$279  | sat1[3];
+  assign \$280  = ~ sat2[1];
+  assign \$281  = ~ sat2[2];
+  assign \$282  = \$280  & \$281 ;
+  assign \$283  = ~ sat2[3];
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = \$284  & sat2[0];
+  assign \$286  = ~ sat2[2];
+  assign \$287  = ~ sat2[3];
+  assign \$288  = \$286  & \$287 ;
+  assign \$289  = \$288  & sat2[1];
+  assign \$290  = \$285  | \$289 ;
+  assign \$291  = ~ sat2[3];
+  assign \$292  = \$291  & sat2[2];
+  assign \$293  = \$290  | \$292 ;
+  assign gt0_2 = \$293  | sat2[3];
+  assign \$294  = ~ sat3[1];
+  assign \$295  = ~ sat3[2];
+  assign \$296  = \$294  & \$295 ;
+  assign \$297  = ~ sat3[3];
+  assign \$298  = \$296  & \$297 ;
+  assign \$299  = \$298  & sat3[0];
+  assign \$300  = ~ sat3[2];
+  assign \$301  = ~ sat3[3];
+  assign \$302  = \$300  & \$301 ;
+  assign \$303  = \$302  & sat3[1];
+  assign \$304  = \$299  | \$303 ;
+  assign \$305  = ~ sat3[3];
+  assign \$306  = \$305  & sat3[2];
+  assign \$307  = \$304  | \$306 ;
+  assign gt0_3 = \$307  | sat3[3];
+  assign \$308  = ~ sat4[1];
+  assign \$309  = ~ sat4[2];
+  assign \$310  = \$308  & \$309 ;
+  assign \$311  = ~ sat4[3];
+  assign \$312  = \$310  & \$311 ;
+  assign \$313  = \$312  & sat4[0];
+  assign \$314  = ~ sat4[2];
+  assign \$315  = ~ sat4[3];
+  assign \$316  = \$314  & \$315 ;
+  assign \$317  = \$316  & sat4[1];
+  assign \$318  = \$313  | \$317 ;
+  assign \$319  = ~ sat4[3];
+  assign \$320  = \$319  & sat4[2];
+  assign \$321  = \$318  | \$320 ;
+  assign gt0_4 = \$321  | sat4[3];
+  assign \$322  = ~ sat5[1];
+  assign \$323  = ~ sat5[2];
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = ~ sat5[3];
+  assign \$326  = \$324  & \$325 ;
+  assign \$327  = \$326  & sat5[0];
+  assign \$328  = ~ sat5[2];
+  assign \$329  = ~ sat5[3];
+  assign \$330  = \$328  & \$329 ;
+  assign \$331  = \$330  & sat5[1];
+  assign \$332  = \$327  | \$331 ;
+  assign \$333  = ~ sat5[3];
+  assign \$334  = \$333  & sat5[2];
+  assign \$335  = \$332  | \$334 ;
+  assign gt0_5 = \$335  | sat5[3];
+  assign \$336  = ~ sat6[1];
+  assign \$337  = ~ sat6[2];
+  assign \$338  = \$336  & \$337 ;
+  assign \$339  = ~ sat6[3];
+  assign \$340  = \$338  & \$339 ;
+  assign \$341  = \$340  & sat6[0];
+  assign \$342  = ~ sat6[2];
+  assign \$343  = ~ sat6[3];
+  assign \$344  = \$342  & \$343 ;
+  assign \$345  = \$344  & sat6[1];
+  assign \$346  = \$341  | \$345 ;
+  assign \$347  = ~ sat6[3];
+  assign \$348  = \$347  & sat6[2];
+  assign \$349  = \$346  | \$348 ;
+  assign gt0_6 = \$349  | sat6[3];
+  assign \$350  = ~ sat7[1];
+  assign \$351  = ~ sat7[2];
+  assign \$352  = \$350  & \$351 ;
+  assign \$353  = ~ sat7[3];
+  assign \$354  = \$352  & \$353 ;
+  assign \$355  = \$354  & sat7[0];
+  assign \$356  = ~ sat7[2];
+  assign \$357  = ~ sat7[3];
+  assign \$358  = \$356  & \$357 ;
+  assign \$359  = \$358  & sat7[1];
+  assign \$360  = \$355  | \$359 ;
+  assign \$361  = ~ sat7[3];
+  assign \$362  = \$361  & sat7[2];
+  assign \$363  = \$360  | \$362 ;
+  assign gt0_7 = \$363  | sat7[3];
+  assign \$364  = ~ sat8[1];
+  assign \$365  = ~ sat8[2];
+  assign \$366  = \$364  & \$365 ;
+  assign \$367  = ~ sat8[3];
+  assign \$368  = \$366  & \$367 ;
+  assign \$369  = \$368  & sat8[0];
+  assign \$370  = ~ sat8[2];
+  assign \$371  = ~ sat8[3];
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = \$372  & sat8[1];
+  assign \$374  = \$369  | \$373 ;
+  assign \$375  = ~ sat8[3];
+  assign \$376  = \$375  & sat8[2];
+  assign \$377  = \$374  | \$376 ;
+  assign gt0_8 = \$377  | sat8[3];
+  assign \$378  = ~ sat9[1];
+  assign \$379  = ~ sat9[2];
+  assign \$380  = \$378  & \$379 ;
+  assign \$381  = ~ sat9[3];
+  assign \$382  = \$380  & \$381 ;
+  assign \$383  = \$382  & sat9[0];
+  assign \$384  = ~ sat9[2];
+  assign \$385  = ~ sat9[3];
+  assign \$386  = \$384  & \$385 ;
+  assign \$387  = \$386  & sat9[1];
+  assign \$388  = \$383  | \$387 ;
+  assign \$389  = ~ sat9[3];
+  assign \$390  = \$389  & sat9[2];
+  assign \$391  = \$388  | \$390 ;
+  assign gt0_9 = \$391  | sat9[3];
+  assign \$392  = ~ sat10[1];
+  assign \$393  = ~ sat10[2];
+  assign \$394  = \$392  & \$393 ;
+  assign \$395  = ~ sat10[3];
+  assign \$396  = \$394  & \$395 ;
+  assign \$397  = \$396  & sat10[0];
+  assign \$398  = ~ sat10[2];
+  assign \$399  = ~ sat10[3];
+  assign \$400  = \$398  & \$399 ;
+  assign \$401  = \$400  & sat10[1];
+  assign \$402  = \$397  | \$401 ;
+  assign \$403  = ~ sat10[3];
+  assign \$404  = \$403  & sat10[2];
+  assign \$405  = \$402  | \$404 ;
+  assign gt0_10 = \$405  | sat10[3];
+  assign \$406  = ~ sat11[1];
+  assign \$407  = ~ sat11[2];
+  assign \$408  = \$406  & \$407 ;
+  assign \$409  = ~ sat11[3];
+  assign \$410  = \$408  & \$409 ;
+  assign \$411  = \$410  & sat11[0];
+  assign \$412  = ~ sat11[2];
+  assign \$413  = ~ sat11[3];
+  assign \$414  = \$412  & \$413 ;
+  assign \$415  = \$414  & sat11[1];
+  assign \$416  = \$411  | \$415 ;
+  assign \$417  = ~ sat11[3];
+  assign \$418  = \$417  & sat11[2];
+  assign \$419  = \$416  | \$418 ;
+  assign gt0_11 = \$419  | sat11[3];
+  assign \$420  = ~ sat12[1];
+  assign \$421  = ~ sat12[2];
+  assign \$422  = \$420  & \$421 ;
+  assign \$423  = ~ sat12[3];
+  assign \$424  = \$422  & \$423 ;
+  assign \$425  = \$424  & sat12[0];
+  assign \$426  = ~ sat12[2];
+  assign \$427  = ~ sat12[3];
+  assign \$428  = \$426  & \$427 ;
+  assign \$429  = \$428  & sat12[1];
+  assign \$430  = \$425  | \$429 ;
+  assign \$431  = ~ sat12[3];
+  assign \$432  = \$431  & sat12[2];
+  assign \$433  = \$430  | \$432 ;
+  assign gt0_12 = \$433  | sat12[3];
+  assign \$434  = ~ sat13[1];
+  assign \$435  = ~ sat13[2];
+  assign \$436  = \$434  & \$435 ;
+  assign \$437  = ~ sat13[3];
+  assign \$438  = \$436  & \$437 ;
+  assign \$439  = \$438  & sat13[0];
+  assign \$440  = ~ sat13[2];
+  assign \$441  = ~ sat13[3];
+  assign \$442  = \$440  & \$441 ;
+  assign \$443  = \$442  & sat13[1];
+  assign \$444  = \$439  | \$443 ;
+  assign \$445  = ~ sat13[3];
+  assign \$446  = \$445  & sat13[2];
+  assign \$447  = \$444  | \$446 ;
+  assign gt0_13 = \$447  | sat13[3];
+  assign \$448  = ~ sat14[1];
+  assign \$449  = ~ sat14[2];
+  assign \$450  = \$448  & \$449 ;
+  assign \$451  = ~ sat14[3];
+  assign \$452  = \$450  & \$451 ;
+  assign \$453  = \$452  & sat14[0];
+  assign \$454  = ~ sat14[2];
+  assign \$455  = ~ sat14[3];
+  assign \$456  = \$454  & \$455 ;
+  assign \$457  = \$456  & sat14[1];
+  assign \$458  = \$453  | \$457 ;
+  assign \$459  = ~ sat14[3];
+  assign \$460  = \$459  & sat14[2];
+  assign \$461  = \$458  | \$460 ;
+  assign gt0_14 = \$461  | sat14[3];
+  assign \$462  = ~ sat15[1];
+  assign \$463  = ~ sat15[2];
+  assign \$464  = \$462  & \$463 ;
+  assign \$465  = ~ sat15[3];
+  assign \$466  = \$464  & \$465 ;
+  assign \$467  = \$466  & sat15[0];
+  assign \$468  = ~ sat15[2];
+  assign \$469  = ~ sat15[3];
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = \$470  & sat15[1];
+  assign \$472  = \$467  | \$471 ;
+  assign \$473  = ~ sat15[3];
+  assign \$474  = \$473  & sat15[2];
+  assign \$475  = \$472  | \$474 ;
+  assign gt0_15 = \$475  | sat15[3];
+  assign \$476  = ~ gt0_0;
+  assign \$477  = gt0_1 & \$476 ;
+  assign \$478  = \$477  ? 1'h1 : 1'h0;
+  assign \$479  = ~ gt0_1;
+  assign \$480  = gt0_2 & \$479 ;
+  assign \$481  = \$480  ? 2'h2 : 2'h0;
+  assign \$482  = { 1'h0, \$478  } | \$481 ;
+  assign \$483  = ~ gt0_2;
+  assign \$484  = gt0_3 & \$483 ;
+  assign \$485  = \$484  ? 2'h3 : 2'h0;
+  assign \$486  = \$482  | \$485 ;
+  assign \$487  = ~ gt0_3;
+  assign \$488  = gt0_4 & \$487 ;
+  assign \$489  = \$488  ? 3'h4 : 3'h0;
+  assign \$490  = { 1'h0, \$486  } | \$489 ;
+  assign \$491  = ~ gt0_4;
+  assign \$492  = gt0_5 & \$491 ;
+  assign \$493  = \$492  ? 3'h5 : 3'h0;
+  assign \$494  = \$490  | \$493 ;
+  assign \$495  = ~ gt0_5;
+  assign \$496  = gt0_6 & \$495 ;
+  assign \$497  = \$496  ? 3'h6 : 3'h0;
+  assign \$498  = \$494  | \$497 ;
+  assign \$499  = ~ gt0_6;
+  assign \$500  = gt0_7 & \$499 ;
+  assign \$501  = \$500  ? 3'h7 : 3'h0;
+  assign \$502  = \$498  | \$501 ;
+  assign \$503  = ~ gt0_7;
+  assign \$504  = gt0_8 & \$503 ;
+  assign \$505  = \$504  ? 4'h8 : 4'h0;
+  assign \$506  = { 1'h0, \$502  } | \$505 ;
+  assign \$507  = ~ gt0_8;
+  assign \$508  = gt0_9 & \$507 ;
+  assign \$509  = \$508  ? 4'h9 : 4'h0;
+  assign \$510  = \$506  | \$509 ;
+  assign \$511  = ~ gt0_9;
+  assign \$512  = gt0_10 & \$511 ;
+  assign \$513  = \$512  ? 4'ha : 4'h0;
+  assign \$514  = \$510  | \$513 ;
+  assign \$515  = ~ gt0_10;
+  assign \$516  = gt0_11 & \$515 ;
+  assign \$517  = \$516  ? 4'hb : 4'h0;
+  assign \$518  = \$514  | \$517 ;
+  assign \$519  = ~ gt0_11;
+  assign \$520  = gt0_12 & \$519 ;
+  assign \$521  = \$520  ? 4'hc : 4'h0;
+  assign \$522  = \$518  | \$521 ;
+  assign \$523  = ~ gt0_12;
+  assign \$524  = gt0_13 & \$523 ;
+  assign \$525  = \$524  ? 4'hd : 4'h0;
+  assign \$526  = \$522  | \$525 ;
+  assign \$527  = ~ gt0_13;
+  assign \$528  = gt0_14 & \$527 ;
+  assign \$529  = \$528  ? 4'he : 4'h0;
+  assign \$530  = \$526  | \$529 ;
+  assign \$531  = ~ gt0_14;
+  assign \$532  = gt0_15 & \$531 ;
+  assign \$533  = \$532  ? 4'hf : 4'h0;
+  assign gsel0 = \$530  | \$533 ;
+  assign \$534  = gt0_0 ? mbeat0[7:0] : 8'h00;
+  assign \$535  = ~ gt0_0;
+  assign \$536  = gt0_1 & \$535 ;
+  assign \$537  = \$536  ? mbeat0[15:8] : 8'h00;
+  assign \$538  = \$534  | \$537 ;
+  assign \$539  = ~ gt0_1;
+  assign \$540  = gt0_2 & \$539 ;
+  assign \$541  = \$540  ? mbeat0[23:16] : 8'h00;
+  assign \$542  = \$538  | \$541 ;
+  assign \$543  = ~ gt0_2;
+  assign \$544  = gt0_3 & \$543 ;
+  assign \$545  = \$544  ? mbeat0[31:24] : 8'h00;
+  assign \$546  = \$542  | \$545 ;
+  assign \$547  = ~ gt0_3;
+  assign \$548  = gt0_4 & \$547 ;
+  assign \$549  = \$548  ? mbeat0[39:32] : 8'h00;
+  assign \$550  = \$546  | \$549 ;
+  assign \$551  = ~ gt0_4;
+  assign \$552  = gt0_5 & \$551 ;
+  assign \$553  = \$552  ? mbeat0[47:40] : 8'h00;
+  assign \$554  = \$550  | \$553 ;
+  assign \$555  = ~ gt0_5;
+  assign \$556  = gt0_6 & \$555 ;
+  assign \$557  = \$556  ? mbeat0[55:48] : 8'h00;
+  assign \$558  = \$554  | \$557 ;
+  assign \$559  = ~ gt0_6;
+  assign \$560  = gt0_7 & \$559 ;
+  assign \$561  = \$560  ? mbeat0[63:56] : 8'h00;
+  assign \$562  = \$558  | \$561 ;
+  assign \$563  = ~ gt0_7;
+  assign \$564  = gt0_8 & \$563 ;
+  assign \$565  = \$564  ? mbeat1[7:0] : 8'h00;
+  assign \$566  = \$562  | \$565 ;
+  assign \$567  = ~ gt0_8;
+  assign \$568  = gt0_9 & \$567 ;
+  assign \$569  = \$568  ? mbeat1[15:8] : 8'h00;
+  assign \$570  = \$566  | \$569 ;
+  assign \$571  = ~ gt0_9;
+  assign \$572  = gt0_10 & \$571 ;
+  assign \$573  = \$572  ? mbeat1[23:16] : 8'h00;
+  assign \$574  = \$570  | \$573 ;
+  assign \$575  = ~ gt0_10;
+  assign \$576  = gt0_11 & \$575 ;
+  assign \$577  = \$576  ? mbeat1[31:24] : 8'h00;
+  assign \$578  = \$574  | \$577 ;
+  assign \$579  = ~ gt0_11;
+  assign \$580  = gt0_12 & \$579 ;
+  assign \$581  = \$580  ? mbeat1[39:32] : 8'h00;
+  assign \$582  = \$578  | \$581 ;
+  assign \$583  = ~ gt0_12;
+  assign \$584  = gt0_13 & \$583 ;
+  assign \$585  = \$584  ? mbeat1[47:40] : 8'h00;
+  assign \$586  = \$582  | \$585 ;
+  assign \$587  = ~ gt0_13;
+  assign \$588  = gt0_14 & \$587 ;
+  assign \$589  = \$588  ? mbeat1[55:48] : 8'h00;
+  assign \$590  = \$586  | \$589 ;
+  assign \$591  = ~ gt0_14;
+  assign \$592  = gt0_15 & \$591 ;
+  assign \$593  = \$592  ? mbeat1[63:56] : 8'h00;
+  assign grp0 = \$590  | \$593 ;
+  assign \$594  = gt0_0 ? \$251 [2:0] : 3'h0;
+  assign \$595  = ~ gt0_0;
+  assign \$596  = gt0_1 & \$595 ;
+  assign \$597  = \$596  ? \$184 [2:0] : 3'h0;
+  assign \$598  = \$594  | \$597 ;
+  assign \$599  = ~ gt0_1;
+  assign \$600  = gt0_2 & \$599 ;
+  assign \$601  = \$600  ? \$188 [2:0] : 3'h0;
+  assign \$602  = \$598  | \$601 ;
+  assign \$603  = ~ gt0_2;
+  assign \$604  = gt0_3 & \$603 ;
+  assign \$605  = \$604  ? \$192 [2:0] : 3'h0;
+  assign \$606  = \$602  | \$605 ;
+  assign \$607  = ~ gt0_3;
+  assign \$608  = gt0_4 & \$607 ;
+  assign \$609  = \$608  ? \$196 [2:0] : 3'h0;
+  assign \$610  = \$606  | \$609 ;
+  assign \$611  = ~ gt0_4;
+  assign \$612  = gt0_5 & \$611 ;
+  assign \$613  = \$612  ? \$200 [2:0] : 3'h0;
+  assign \$614  = \$610  | \$613 ;
+  assign \$615  = ~ gt0_5;
+  assign \$616  = gt0_6 & \$615 ;
+  assign \$617  = \$616  ? \$204 [2:0] : 3'h0;
+  assign \$618  = \$614  | \$617 ;
+  assign \$619  = ~ gt0_6;
+  assign \$620  = gt0_7 & \$619 ;
+  assign \$621  = \$620  ? \$208 [2:0] : 3'h0;
+  assign \$622  = \$618  | \$621 ;
+  assign \$623  = ~ gt0_7;
+  assign \$624  = gt0_8 & \$623 ;
+  assign \$625  = \$624  ? \$212 [2:0] : 3'h0;
+  assign \$626  = \$622  | \$625 ;
+  assign \$627  = ~ gt0_8;
+  assign \$628  = gt0_9 & \$627 ;
+  assign \$629  = \$628  ? \$219 [2:0] : 3'h0;
+  assign \$630  = \$626  | \$629 ;
+  assign \$631  = ~ gt0_9;
+  assign \$632  = gt0_10 & \$631 ;
+  assign \$633  = \$632  ? \$223 [2:0] : 3'h0;
+  assign \$634  = \$630  | \$633 ;
+  assign \$635  = ~ gt0_10;
+  assign \$636  = gt0_11 & \$635 ;
+  assign \$637  = \$636  ? \$227 [2:0] : 3'h0;
+  assign \$638  = \$634  | \$637 ;
+  assign \$639  = ~ gt0_11;
+  assign \$640  = gt0_12 & \$639 ;
+  assign \$641  = \$640  ? \$231 [2:0] : 3'h0;
+  assign \$642  = \$638  | \$641 ;
+  assign \$643  = ~ gt0_12;
+  assign \$644  = gt0_13 & \$643 ;
+  assign \$645  = \$644  ? \$235 [2:0] : 3'h0;
+  assign \$646  = \$642  | \$645 ;
+  assign \$647  = ~ gt0_13;
+  assign \$648  = gt0_14 & \$647 ;
+  assign \$649  = \$648  ? \$239 [2:0] : 3'h0;
+  assign \$650  = \$646  | \$649 ;
+  assign \$651  = ~ gt0_14;
+  assign \$652  = gt0_15 & \$651 ;
+  assign \$653  = \$652  ? \$243 [2:0] : 3'h0;
+  assign dlow0 = \$650  | \$653 ;
+  assign \$654  = 1'h0 - dlow0;
+  assign \$655  = 1'h0 + grp0[0];
+  assign \$656  = \$655  + grp0[1];
+  assign \$657  = \$656  + grp0[2];
+  assign \$658  = \$657  + grp0[3];
+  assign ws0_lo = \$654 [2:0] < \$658 [2:0];
+  assign \$659  = \$654 [2:0] - \$658 [2:0];
   assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
   assign lv0 = k > 1'h0;
-  assign \$420  = k_cur <= 1'h0;
-  assign ln0 = finish & \$420 ;
-  assign \$421  = ln0 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$422  = { gsel0, ws0 } - \$421 [9:0];
-  assign gt1_0 = sat0 > 1'h1;
-  assign gt1_1 = sat1 > 1'h1;
-  assign gt1_2 = sat2 > 1'h1;
-  assign gt1_3 = sat3 > 1'h1;
-  assign gt1_4 = sat4 > 1'h1;
-  assign gt1_5 = sat5 > 1'h1;
-  assign gt1_6 = sat6 > 1'h1;
-  assign gt1_7 = sat7 > 1'h1;
-  assign gt1_8 = sat8 > 1'h1;
-  assign gt1_9 = sat9 > 1'h1;
-  assign gt1_10 = sat10 > 1'h1;
-  assign gt1_11 = sat11 > 1'h1;
-  assign gt1_12 = sat12 > 1'h1;
-  assign gt1_13 = sat13 > 1'h1;
-  assign gt1_14 = sat14 > 1'h1;
-  assign gt1_15 = sat15 > 1'h1;
-  assign \$423  = ~ gt1_0;
-  assign \$424  = gt1_1 & \$423 ;
-  assign \$425  = \$424  ? 1'h1 : 1'h0;
-  assign \$426  = ~ gt1_1;
-  assign \$427  = gt1_2 & \$426 ;
-  assign \$428  = \$427  ? 2'h2 : 2'h0;
-  assign \$429  = { 1'h0, \$425  } | \$428 ;
-  assign \$430  = ~ gt1_2;
-  assign \$431  = gt1_3 & \$430 ;
-  assign \$432  = \$431  ? 2'h3 : 2'h0;
-  assign \$433  = \$429  | \$432 ;
-  assign \$434  = ~ gt1_3;
-  assign \$435  = gt1_4 & \$434 ;
-  assign \$436  = \$435  ? 3'h4 : 3'h0;
-  assign \$437  = { 1'h0, \$433  } | \$436 ;
-  assign \$438  = ~ gt1_4;
-  assign \$439  = gt1_5 & \$438 ;
-  assign \$440  = \$439  ? 3'h5 : 3'h0;
-  assign \$441  = \$437  | \$440 ;
-  assign \$442  = ~ gt1_5;
-  assign \$443  = gt1_6 & \$442 ;
-  assign \$444  = \$443  ? 3'h6 : 3'h0;
-  assign \$445  = \$441  | \$444 ;
-  assign \$446  = ~ gt1_6;
-  assign \$447  = gt1_7 & \$446 ;
-  assign \$448  = \$447  ? 3'h7 : 3'h0;
-  assign \$449  = \$445  | \$448 ;
-  assign \$450  = ~ gt1_7;
-  assign \$451  = gt1_8 & \$450 ;
-  assign \$452  = \$451  ? 4'h8 : 4'h0;
-  assign \$453  = { 1'h0, \$449  } | \$452 ;
-  assign \$454  = ~ gt1_8;
-  assign \$455  = gt1_9 & \$454 ;
-  assign \$456  = \$455  ? 4'h9 : 4'h0;
-  assign \$457  = \$453  | \$456 ;
-  assign \$458  = ~ gt1_9;
-  assign \$459  = gt1_10 & \$458 ;
-  assign \$460  = \$459  ? 4'ha : 4'h0;
-  assign \$461  = \$457  | \$460 ;
-  assign \$462  = ~ gt1_10;
-  assign \$463  = gt1_11 & \$462 ;
-  assign \$464  = \$463  ? 4'hb : 4'h0;
-  assign \$465  = \$461  | \$464 ;
-  assign \$466  = ~ gt1_11;
-  assign \$467  = gt1_12 & \$466 ;
-  assign \$468  = \$467  ? 4'hc : 4'h0;
-  assign \$469  = \$465  | \$468 ;
-  assign \$470  = ~ gt1_12;
-  assign \$471  = gt1_13 & \$470 ;
-  assign \$472  = \$471  ? 4'hd : 4'h0;
-  assign \$473  = \$469  | \$472 ;
-  assign \$474  = ~ gt1_13;
-  assign \$475  = gt1_14 & \$474 ;
-  assign \$476  = \$475  ? 4'he : 4'h0;
-  assign \$477  = \$473  | \$476 ;
-  assign \$478  = ~ gt1_14;
-  assign \$479  = gt1_15 & \$478 ;
-  assign \$480  = \$479  ? 4'hf : 4'h0;
-  assign gsel1 = \$477  | \$480 ;
-  assign \$481  = gt1_0 ? mbeat0[7:0] : 8'h00;
-  assign \$482  = ~ gt1_0;
-  assign \$483  = gt1_1 & \$482 ;
-  assign \$484  = \$483  ? mbeat0[15:8] : 8'h00;
-  assign \$485  = \$481  | \$484 ;
-  assign \$486  = ~ gt1_1;
-  assign \$487  = gt1_2 & \$486 ;
-  assign \$488  = \$487  ? mbeat0[23:16] : 8'h00;
-  assign \$489  = \$485  | \$488 ;
-  assign \$490  = ~ gt1_2;
-  assign \$491  = gt1_3 & \$490 ;
-  assign \$492  = \$491  ? mbeat0[31:24] : 8'h00;
-  assign \$493  = \$489  | \$492 ;
-  assign \$494  = ~ gt1_3;
-  assign \$495  = gt1_4 & \$494 ;
-  assign \$496  = \$495  ? mbeat0[39:32] : 8'h00;
-  assign \$497  = \$493  | \$496 ;
-  assign \$498  = ~ gt1_4;
-  assign \$499  = gt1_5 & \$498 ;
-  assign \$500  = \$499  ? mbeat0[47:40] : 8'h00;
-  assign \$501  = \$497  | \$500 ;
-  assign \$502  = ~ gt1_5;
-  assign \$503  = gt1_6 & \$502 ;
-  assign \$504  = \$503  ? mbeat0[55:48] : 8'h00;
-  assign \$505  = \$501  | \$504 ;
-  assign \$506  = ~ gt1_6;
-  assign \$507  = gt1_7 & \$506 ;
-  assign \$508  = \$507  ? mbeat0[63:56] : 8'h00;
-  assign \$509  = \$505  | \$508 ;
-  assign \$510  = ~ gt1_7;
-  assign \$511  = gt1_8 & \$510 ;
-  assign \$512  = \$511  ? mbeat1[7:0] : 8'h00;
-  assign \$513  = \$509  | \$512 ;
-  assign \$514  = ~ gt1_8;
-  assign \$515  = gt1_9 & \$514 ;
-  assign \$516  = \$515  ? mbeat1[15:8] : 8'h00;
-  assign \$517  = \$513  | \$516 ;
-  assign \$518  = ~ gt1_9;
-  assign \$519  = gt1_10 & \$518 ;
-  assign \$520  = \$519  ? mbeat1[23:16] : 8'h00;
-  assign \$521  = \$517  | \$520 ;
-  assign \$522  = ~ gt1_10;
-  assign \$523  = gt1_11 & \$522 ;
-  assign \$524  = \$523  ? mbeat1[31:24] : 8'h00;
-  assign \$525  = \$521  | \$524 ;
-  assign \$526  = ~ gt1_11;
-  assign \$527  = gt1_12 & \$526 ;
-  assign \$528  = \$527  ? mbeat1[39:32] : 8'h00;
-  assign \$529  = \$525  | \$528 ;
-  assign \$530  = ~ gt1_12;
-  assign \$531  = gt1_13 & \$530 ;
-  assign \$532  = \$531  ? mbeat1[47:40] : 8'h00;
-  assign \$533  = \$529  | \$532 ;
-  assign \$534  = ~ gt1_13;
-  assign \$535  = gt1_14 & \$534 ;
-  assign \$536  = \$535  ? mbeat1[55:48] : 8'h00;
-  assign \$537  = \$533  | \$536 ;
-  assign \$538  = ~ gt1_14;
-  assign \$539  = gt1_15 & \$538 ;
-  assign \$540  = \$539  ? mbeat1[63:56] : 8'h00;
-  assign grp1 = \$537  | \$540 ;
-  assign \$541  = gt1_0 ? \$235 [2:0] : 3'h0;
-  assign \$542  = ~ gt1_0;
-  assign \$543  = gt1_1 & \$542 ;
-  assign \$544  = \$543  ? \$184 [2:0] : 3'h0;
-  assign \$545  = \$541  | \$544 ;
-  assign \$546  = ~ gt1_1;
-  assign \$547  = gt1_2 & \$546 ;
-  assign \$548  = \$547  ? \$187 [2:0] : 3'h0;
-  assign \$549  = \$545  | \$548 ;
-  assign \$550  = ~ gt1_2;
-  assign \$551  = gt1_3 & \$550 ;
-  assign \$552  = \$551  ? \$190 [2:0] : 3'h0;
-  assign \$553  = \$549  | \$552 ;
-  assign \$554  = ~ gt1_3;
-  assign \$555  = gt1_4 & \$554 ;
-  assign \$556  = \$555  ? \$193 [2:0] : 3'h0;
-  assign \$557  = \$553  | \$556 ;
-  assign \$558  = ~ gt1_4;
-  assign \$559  = gt1_5 & \$558 ;
-  assign \$560  = \$559  ? \$196 [2:0] : 3'h0;
-  assign \$561  = \$557  | \$560 ;
-  assign \$562  = ~ gt1_5;
-  assign \$563  = gt1_6 & \$562 ;
-  assign \$564  = \$563  ? \$199 [2:0] : 3'h0;
-  assign \$565  = \$561  | \$564 ;
-  assign \$566  = ~ gt1_6;
-  assign \$567  = gt1_7 & \$566 ;
-  assign \$568  = \$567  ? \$202 [2:0] : 3'h0;
-  assign \$569  = \$565  | \$568 ;
-  assign \$570  = ~ gt1_7;
-  assign \$571  = gt1_8 & \$570 ;
-  assign \$572  = \$571  ? \$205 [2:0] : 3'h0;
-  assign \$573  = \$569  | \$572 ;
-  assign \$574  = ~ gt1_8;
-  assign \$575  = gt1_9 & \$574 ;
-  assign \$576  = \$575  ? \$211 [2:0] : 3'h0;
-  assign \$577  = \$573  | \$576 ;
-  assign \$578  = ~ gt1_9;
-  assign \$579  = gt1_10 & \$578 ;
-  assign \$580  = \$579  ? \$214 [2:0] : 3'h0;
-  assign \$581  = \$577  | \$580 ;
-  assign \$582  = ~ gt1_10;
-  assign \$583  = gt1_11 & \$582 ;
-  assign \$584  = \$583  ? \$217 [2:0] : 3'h0;
-  assign \$585  = \$581  | \$584 ;
-  assign \$586  = ~ gt1_11;
-  assign \$587  = gt1_12 & \$586 ;
-  assign \$588  = \$587  ? \$220 [2:0] : 3'h0;
-  assign \$589  = \$585  | \$588 ;
-  assign \$590  = ~ gt1_12;
-  assign \$591  = gt1_13 & \$590 ;
-  assign \$592  = \$591  ? \$223 [2:0] : 3'h0;
-  assign \$593  = \$589  | \$592 ;
-  assign \$594  = ~ gt1_13;
-  assign \$595  = gt1_14 & \$594 ;
-  assign \$596  = \$595  ? \$226 [2:0] : 3'h0;
-  assign \$597  = \$593  | \$596 ;
-  assign \$598  = ~ gt1_14;
-  assign \$599  = gt1_15 & \$598 ;
-  assign \$600  = \$599  ? \$229 [2:0] : 3'h0;
-  assign dlow1 = \$597  | \$600 ;
-  assign \$601  = 1'h1 - dlow1;
-  assign \$602  = 1'h0 + grp1[0];
-  assign \$603  = \$602  + grp1[1];
-  assign \$604  = \$603  + grp1[2];
-  assign \$605  = \$604  + grp1[3];
-  assign ws1_lo = \$601 [2:0] < \$605 [2:0];
-  assign \$606  = \$601 [2:0] - \$605 [2:0];
+  assign \$660  = k_cur <= 1'h0;
+  assign ln0 = finish & \$660 ;
+  assign \$661  = ln0 ? es_w : { rs_w[15], rs_w };
+  assign \$662  = gsel0[3:2] - \$661 [4:0];
+  assign \$663  = ~ sat0[2];
+  assign \$664  = ~ sat0[3];
+  assign \$665  = \$663  & \$664 ;
+  assign \$666  = \$665  & sat0[1];
+  assign \$667  = ~ sat0[3];
+  assign \$668  = \$667  & sat0[2];
+  assign \$669  = \$666  | \$668 ;
+  assign gt1_0 = \$669  | sat0[3];
+  assign \$670  = ~ sat1[2];
+  assign \$671  = ~ sat1[3];
+  assign \$672  = \$670  & \$671 ;
+  assign \$673  = \$672  & sat1[1];
+  assign \$674  = ~ sat1[3];
+  assign \$675  = \$674  & sat1[2];
+  assign \$676  = \$673  | \$675 ;
+  assign gt1_1 = \$676  | sat1[3];
+  assign \$677  = ~ sat2[2];
+  assign \$678  = ~ sat2[3];
+  assign \$679  = \$677  & \$678 ;
+  assign \$680  = \$679  & sat2[1];
+  assign \$681  = ~ sat2[3];
+  assign \$682  = \$681  & sat2[2];
+  assign \$683  = \$680  | \$682 ;
+  assign gt1_2 = \$683  | sat2[3];
+  assign \$684  = ~ sat3[2];
+  assign \$685  = ~ sat3[3];
+  assign \$686  = \$684  & \$685 ;
+  assign \$687  = \$686  & sat3[1];
+  assign \$688  = ~ sat3[3];
+  assign \$689  = \$688  & sat3[2];
+  assign \$690  = \$687  | \$689 ;
+  assign gt1_3 = \$690  | sat3[3];
+  assign \$691  = ~ sat4[2];
+  assign \$692  = ~ sat4[3];
+  assign \$693  = \$691  & \$692 ;
+  assign \$694  = \$693  & sat4[1];
+  assign \$695  = ~ sat4[3];
+  assign \$696  = \$695  & sat4[2];
+  assign \$697  = \$694  | \$696 ;
+  assign gt1_4 = \$697  | sat4[3];
+  assign \$698  = ~ sat5[2];
+  assign \$699  = ~ sat5[3];
+  assign \$700  = \$698  & \$699 ;
+  assign \$701  = \$700  & sat5[1];
+  assign \$702  = ~ sat5[3];
+  assign \$703  = \$702  & sat5[2];
+  assign \$704  = \$701  | \$703 ;
+  assign gt1_5 = \$704  | sat5[3];
+  assign \$705  = ~ sat6[2];
+  assign \$706  = ~ sat6[3];
+  assign \$707  = \$705  & \$706 ;
+  assign \$708  = \$707  & sat6[1];
+  assign \$709  = ~ sat6[3];
+  assign \$710  = \$709  & sat6[2];
+  assign \$711  = \$708  | \$710 ;
+  assign gt1_6 = \$711  | sat6[3];
+  assign \$712  = ~ sat7[2];
+  assign \$713  = ~ sat7[3];
+  assign \$714  = \$712  & \$713 ;
+  assign \$715  = \$714  & sat7[1];
+  assign \$716  = ~ sat7[3];
+  assign \$717  = \$716  & sat7[2];
+  assign \$718  = \$715  | \$717 ;
+  assign gt1_7 = \$718  | sat7[3];
+  assign \$719  = ~ sat8[2];
+  assign \$720  = ~ sat8[3];
+  assign \$721  = \$719  & \$720 ;
+  assign \$722  = \$721  & sat8[1];
+  assign \$723  = ~ sat8[3];
+  assign \$724  = \$723  & sat8[2];
+  assign \$725  = \$722  | \$724 ;
+  assign gt1_8 = \$725  | sat8[3];
+  assign \$726  = ~ sat9[2];
+  assign \$727  = ~ sat9[3];
+  assign \$728  = \$726  & \$727 ;
+  assign \$729  = \$728  & sat9[1];
+  assign \$730  = ~ sat9[3];
+  assign \$731  = \$730  & sat9[2];
+  assign \$732  = \$729  | \$731 ;
+  assign gt1_9 = \$732  | sat9[3];
+  assign \$733  = ~ sat10[2];
+  assign \$734  = ~ sat10[3];
+  assign \$735  = \$733  & \$734 ;
+  assign \$736  = \$735  & sat10[1];
+  assign \$737  = ~ sat10[3];
+  assign \$738  = \$737  & sat10[2];
+  assign \$739  = \$736  | \$738 ;
+  assign gt1_10 = \$739  | sat10[3];
+  assign \$740  = ~ sat11[2];
+  assign \$741  = ~ sat11[3];
+  assign \$742  = \$740  & \$741 ;
+  assign \$743  = \$742  & sat11[1];
+  assign \$744  = ~ sat11[3];
+  assign \$745  = \$744  & sat11[2];
+  assign \$746  = \$743  | \$745 ;
+  assign gt1_11 = \$746  | sat11[3];
+  assign \$747  = ~ sat12[2];
+  assign \$748  = ~ sat12[3];
+  assign \$749  = \$747  & \$748 ;
+  assign \$750  = \$749  & sat12[1];
+  assign \$751  = ~ sat12[3];
+  assign \$752  = \$751  & sat12[2];
+  assign \$753  = \$750  | \$752 ;
+  assign gt1_12 = \$753  | sat12[3];
+  assign \$754  = ~ sat13[2];
+  assign \$755  = ~ sat13[3];
+  assign \$756  = \$754  & \$755 ;
+  assign \$757  = \$756  & sat13[1];
+  assign \$758  = ~ sat13[3];
+  assign \$759  = \$758  & sat13[2];
+  assign \$760  = \$757  | \$759 ;
+  assign gt1_13 = \$760  | sat13[3];
+  assign \$761  = ~ sat14[2];
+  assign \$762  = ~ sat14[3];
+  assign \$763  = \$761  & \$762 ;
+  assign \$764  = \$763  & sat14[1];
+  assign \$765  = ~ sat14[3];
+  assign \$766  = \$765  & sat14[2];
+  assign \$767  = \$764  | \$766 ;
+  assign gt1_14 = \$767  | sat14[3];
+  assign \$768  = ~ sat15[2];
+  assign \$769  = ~ sat15[3];
+  assign \$770  = \$768  & \$769 ;
+  assign \$771  = \$770  & sat15[1];
+  assign \$772  = ~ sat15[3];
+  assign \$773  = \$772  & sat15[2];
+  assign \$774  = \$771  | \$773 ;
+  assign gt1_15 = \$774  | sat15[3];
+  assign \$775  = ~ gt1_0;
+  assign \$776  = gt1_1 & \$775 ;
+  assign \$777  = \$776  ? 1'h1 : 1'h0;
+  assign \$778  = ~ gt1_1;
+  assign \$779  = gt1_2 & \$778 ;
+  assign \$780  = \$779  ? 2'h2 : 2'h0;
+  assign \$781  = { 1'h0, \$777  } | \$780 ;
+  assign \$782  = ~ gt1_2;
+  assign \$783  = gt1_3 & \$782 ;
+  assign \$784  = \$783  ? 2'h3 : 2'h0;
+  assign \$785  = \$781  | \$784 ;
+  assign \$786  = ~ gt1_3;
+  assign \$787  = gt1_4 & \$786 ;
+  assign \$788  = \$787  ? 3'h4 : 3'h0;
+  assign \$789  = { 1'h0, \$785  } | \$788 ;
+  assign \$790  = ~ gt1_4;
+  assign \$791  = gt1_5 & \$790 ;
+  assign \$792  = \$791  ? 3'h5 : 3'h0;
+  assign \$793  = \$789  | \$792 ;
+  assign \$794  = ~ gt1_5;
+  assign \$795  = gt1_6 & \$794 ;
+  assign \$796  = \$795  ? 3'h6 : 3'h0;
+  assign \$797  = \$793  | \$796 ;
+  assign \$798  = ~ gt1_6;
+  assign \$799  = gt1_7 & \$798 ;
+  assign \$800  = \$799  ? 3'h7 : 3'h0;
+  assign \$801  = \$797  | \$800 ;
+  assign \$802  = ~ gt1_7;
+  assign \$803  = gt1_8 & \$802 ;
+  assign \$804  = \$803  ? 4'h8 : 4'h0;
+  assign \$805  = { 1'h0, \$801  } | \$804 ;
+  assign \$806  = ~ gt1_8;
+  assign \$807  = gt1_9 & \$806 ;
+  assign \$808  = \$807  ? 4'h9 : 4'h0;
+  assign \$809  = \$805  | \$808 ;
+  assign \$810  = ~ gt1_9;
+  assign \$811  = gt1_10 & \$810 ;
+  assign \$812  = \$811  ? 4'ha : 4'h0;
+  assign \$813  = \$809  | \$812 ;
+  assign \$814  = ~ gt1_10;
+  assign \$815  = gt1_11 & \$814 ;
+  assign \$816  = \$815  ? 4'hb : 4'h0;
+  assign \$817  = \$813  | \$816 ;
+  assign \$818  = ~ gt1_11;
+  assign \$819  = gt1_12 & \$818 ;
+  assign \$820  = \$819  ? 4'hc : 4'h0;
+  assign \$821  = \$817  | \$820 ;
+  assign \$822  = ~ gt1_12;
+  assign \$823  = gt1_13 & \$822 ;
+  assign \$824  = \$823  ? 4'hd : 4'h0;
+  assign \$825  = \$821  | \$824 ;
+  assign \$826  = ~ gt1_13;
+  assign \$827  = gt1_14 & \$826 ;
+  assign \$828  = \$827  ? 4'he : 4'h0;
+  assign \$829  = \$825  | \$828 ;
+  assign \$830  = ~ gt1_14;
+  assign \$831  = gt1_15 & \$830 ;
+  assign \$832  = \$831  ? 4'hf : 4'h0;
+  assign gsel1 = \$829  | \$832 ;
+  assign \$833  = gt1_0 ? mbeat0[7:0] : 8'h00;
+  assign \$834  = ~ gt1_0;
+  assign \$835  = gt1_1 & \$834 ;
+  assign \$836  = \$835  ? mbeat0[15:8] : 8'h00;
+  assign \$837  = \$833  | \$836 ;
+  assign \$838  = ~ gt1_1;
+  assign \$839  = gt1_2 & \$838 ;
+  assign \$840  = \$839  ? mbeat0[23:16] : 8'h00;
+  assign \$841  = \$837  | \$840 ;
+  assign \$842  = ~ gt1_2;
+  assign \$843  = gt1_3 & \$842 ;
+  assign \$844  = \$843  ? mbeat0[31:24] : 8'h00;
+  assign \$845  = \$841  | \$844 ;
+  assign \$846  = ~ gt1_3;
+  assign \$847  = gt1_4 & \$846 ;
+  assign \$848  = \$847  ? mbeat0[39:32] : 8'h00;
+  assign \$849  = \$845  | \$848 ;
+  assign \$850  = ~ gt1_4;
+  assign \$851  = gt1_5 & \$850 ;
+  assign \$852  = \$851  ? mbeat0[47:40] : 8'h00;
+  assign \$853  = \$849  | \$852 ;
+  assign \$854  = ~ gt1_5;
+  assign \$855  = gt1_6 & \$854 ;
+  assign \$856  = \$855  ? mbeat0[55:48] : 8'h00;
+  assign \$857  = \$853  | \$856 ;
+  assign \$858  = ~ gt1_6;
+  assign \$859  = gt1_7 & \$858 ;
+  assign \$860  = \$859  ? mbeat0[63:56] : 8'h00;
+  assign \$861  = \$857  | \$860 ;
+  assign \$862  = ~ gt1_7;
+  assign \$863  = gt1_8 & \$862 ;
+  assign \$864  = \$863  ? mbeat1[7:0] : 8'h00;
+  assign \$865  = \$861  | \$864 ;
+  assign \$866  = ~ gt1_8;
+  assign \$867  = gt1_9 & \$866 ;
+  assign \$868  = \$867  ? mbeat1[15:8] : 8'h00;
+  assign \$869  = \$865  | \$868 ;
+  assign \$870  = ~ gt1_9;
+  assign \$871  = gt1_10 & \$870 ;
+  assign \$872  = \$871  ? mbeat1[23:16] : 8'h00;
+  assign \$873  = \$869  | \$872 ;
+  assign \$874  = ~ gt1_10;
+  assign \$875  = gt1_11 & \$874 ;
+  assign \$876  = \$875  ? mbeat1[31:24] : 8'h00;
+  assign \$877  = \$873  | \$876 ;
+  assign \$878  = ~ gt1_11;
+  assign \$879  = gt1_12 & \$878 ;
+  assign \$880  = \$879  ? mbeat1[39:32] : 8'h00;
+  assign \$881  = \$877  | \$880 ;
+  assign \$882  = ~ gt1_12;
+  assign \$883  = gt1_13 & \$882 ;
+  assign \$884  = \$883  ? mbeat1[47:40] : 8'h00;
+  assign \$885  = \$881  | \$884 ;
+  assign \$886  = ~ gt1_13;
+  assign \$887  = gt1_14 & \$886 ;
+  assign \$888  = \$887  ? mbeat1[55:48] : 8'h00;
+  assign \$889  = \$885  | \$888 ;
+  assign \$890  = ~ gt1_14;
+  assign \$891  = gt1_15 & \$890 ;
+  assign \$892  = \$891  ? mbeat1[63:56] : 8'h00;
+  assign grp1 = \$889  | \$892 ;
+  assign \$893  = gt1_0 ? \$251 [2:0] : 3'h0;
+  assign \$894  = ~ gt1_0;
+  assign \$895  = gt1_1 & \$894 ;
+  assign \$896  = \$895  ? \$184 [2:0] : 3'h0;
+  assign \$897  = \$893  | \$896 ;
+  assign \$898  = ~ gt1_1;
+  assign \$899  = gt1_2 & \$898 ;
+  assign \$900  = \$899  ? \$188 [2:0] : 3'h0;
+  assign \$901  = \$897  | \$900 ;
+  assign \$902  = ~ gt1_2;
+  assign \$903  = gt1_3 & \$902 ;
+  assign \$904  = \$903  ? \$192 [2:0] : 3'h0;
+  assign \$905  = \$901  | \$904 ;
+  assign \$906  = ~ gt1_3;
+  assign \$907  = gt1_4 & \$906 ;
+  assign \$908  = \$907  ? \$196 [2:0] : 3'h0;
+  assign \$909  = \$905  | \$908 ;
+  assign \$910  = ~ gt1_4;
+  assign \$911  = gt1_5 & \$910 ;
+  assign \$912  = \$911  ? \$200 [2:0] : 3'h0;
+  assign \$913  = \$909  | \$912 ;
+  assign \$914  = ~ gt1_5;
+  assign \$915  = gt1_6 & \$914 ;
+  assign \$916  = \$915  ? \$204 [2:0] : 3'h0;
+  assign \$917  = \$913  | \$916 ;
+  assign \$918  = ~ gt1_6;
+  assign \$919  = gt1_7 & \$918 ;
+  assign \$920  = \$919  ? \$208 [2:0] : 3'h0;
+  assign \$921  = \$917  | \$920 ;
+  assign \$922  = ~ gt1_7;
+  assign \$923  = gt1_8 & \$922 ;
+  assign \$924  = \$923  ? \$212 [2:0] : 3'h0;
+  assign \$925  = \$921  | \$924 ;
+  assign \$926  = ~ gt1_8;
+  assign \$927  = gt1_9 & \$926 ;
+  assign \$928  = \$927  ? \$219 [2:0] : 3'h0;
+  assign \$929  = \$925  | \$928 ;
+  assign \$930  = ~ gt1_9;
+  assign \$931  = gt1_10 & \$930 ;
+  assign \$932  = \$931  ? \$223 [2:0] : 3'h0;
+  assign \$933  = \$929  | \$932 ;
+  assign \$934  = ~ gt1_10;
+  assign \$935  = gt1_11 & \$934 ;
+  assign \$936  = \$935  ? \$227 [2:0] : 3'h0;
+  assign \$937  = \$933  | \$936 ;
+  assign \$938  = ~ gt1_11;
+  assign \$939  = gt1_12 & \$938 ;
+  assign \$940  = \$939  ? \$231 [2:0] : 3'h0;
+  assign \$941  = \$937  | \$940 ;
+  assign \$942  = ~ gt1_12;
+  assign \$943  = gt1_13 & \$942 ;
+  assign \$944  = \$943  ? \$235 [2:0] : 3'h0;
+  assign \$945  = \$941  | \$944 ;
+  assign \$946  = ~ gt1_13;
+  assign \$947  = gt1_14 & \$946 ;
+  assign \$948  = \$947  ? \$239 [2:0] : 3'h0;
+  assign \$949  = \$945  | \$948 ;
+  assign \$950  = ~ gt1_14;
+  assign \$951  = gt1_15 & \$950 ;
+  assign \$952  = \$951  ? \$243 [2:0] : 3'h0;
+  assign dlow1 = \$949  | \$952 ;
+  assign \$953  = 1'h1 - dlow1;
+  assign \$954  = 1'h0 + grp1[0];
+  assign \$955  = \$954  + grp1[1];
+  assign \$956  = \$955  + grp1[2];
+  assign \$957  = \$956  + grp1[3];
+  assign ws1_lo = \$953 [2:0] < \$957 [2:0];
+  assign \$958  = \$953 [2:0] - \$957 [2:0];
   assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
   assign lv1 = k > 1'h1;
-  assign \$607  = k_cur <= 1'h1;
-  assign ln1 = finish & \$607 ;
-  assign \$608  = ln1 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$609  = { gsel1, ws1 } - \$608 [9:0];
-  assign gt2_0 = sat0 > 2'h2;
-  assign gt2_1 = sat1 > 2'h2;
-  assign gt2_2 = sat2 > 2'h2;
-  assign gt2_3 = sat3 > 2'h2;
-  assign gt2_4 = sat4 > 2'h2;
-  assign gt2_5 = sat5 > 2'h2;
-  assign gt2_6 = sat6 > 2'h2;
-  assign gt2_7 = sat7 > 2'h2;
-  assign gt2_8 = sat8 > 2'h2;
-  assign gt2_9 = sat9 > 2'h2;
-  assign gt2_10 = sat10 > 2'h2;
-  assign gt2_11 = sat11 > 2'h2;
-  assign gt2_12 = sat12 > 2'h2;
-  assign gt2_13 = sat13 > 2'h2;
-  assign gt2_14 = sat14 > 2'h2;
-  assign gt2_15 = sat15 > 2'h2;
-  assign \$610  = ~ gt2_0;
-  assign \$611  = gt2_1 & \$610 ;
-  assign \$612  = \$611  ? 1'h1 : 1'h0;
-  assign \$613  = ~ gt2_1;
-  assign \$614  = gt2_2 & \$613 ;
-  assign \$615  = \$614  ? 2'h2 : 2'h0;
-  assign \$616  = { 1'h0, \$612  } | \$615 ;
-  assign \$617  = ~ gt2_2;
-  assign \$618  = gt2_3 & \$617 ;
-  assign \$619  = \$618  ? 2'h3 : 2'h0;
-  assign \$620  = \$616  | \$619 ;
-  assign \$621  = ~ gt2_3;
-  assign \$622  = gt2_4 & \$621 ;
-  assign \$623  = \$622  ? 3'h4 : 3'h0;
-  assign \$624  = { 1'h0, \$620  } | \$623 ;
-  assign \$625  = ~ gt2_4;
-  assign \$626  = gt2_5 & \$625 ;
-  assign \$627  = \$626  ? 3'h5 : 3'h0;
-  assign \$628  = \$624  | \$627 ;
-  assign \$629  = ~ gt2_5;
-  assign \$630  = gt2_6 & \$629 ;
-  assign \$631  = \$630  ? 3'h6 : 3'h0;
-  assign \$632  = \$628  | \$631 ;
-  assign \$633  = ~ gt2_6;
-  assign \$634  = gt2_7 & \$633 ;
-  assign \$635  = \$634  ? 3'h7 : 3'h0;
-  assign \$636  = \$632  | \$635 ;
-  assign \$637  = ~ gt2_7;
-  assign \$638  = gt2_8 & \$637 ;
-  assign \$639  = \$638  ? 4'h8 : 4'h0;
-  assign \$640  = { 1'h0, \$636  } | \$639 ;
-  assign \$641  = ~ gt2_8;
-  assign \$642  = gt2_9 & \$641 ;
-  assign \$643  = \$642  ? 4'h9 : 4'h0;
-  assign \$644  = \$640  | \$643 ;
-  assign \$645  = ~ gt2_9;
-  assign \$646  = gt2_10 & \$645 ;
-  assign \$647  = \$646  ? 4'ha : 4'h0;
-  assign \$648  = \$644  | \$647 ;
-  assign \$649  = ~ gt2_10;
-  assign \$650  = gt2_11 & \$649 ;
-  assign \$651  = \$650  ? 4'hb : 4'h0;
-  assign \$652  = \$648  | \$651 ;
-  assign \$653  = ~ gt2_11;
-  assign \$654  = gt2_12 & \$653 ;
-  assign \$655  = \$654  ? 4'hc : 4'h0;
-  assign \$656  = \$652  | \$655 ;
-  assign \$657  = ~ gt2_12;
-  assign \$658  = gt2_13 & \$657 ;
-  assign \$659  = \$658  ? 4'hd : 4'h0;
-  assign \$660  = \$656  | \$659 ;
-  assign \$661  = ~ gt2_13;
-  assign \$662  = gt2_14 & \$661 ;
-  assign \$663  = \$662  ? 4'he : 4'h0;
-  assign \$664  = \$660  | \$663 ;
-  assign \$665  = ~ gt2_14;
-  assign \$666  = gt2_15 & \$665 ;
-  assign \$667  = \$666  ? 4'hf : 4'h0;
-  assign gsel2 = \$664  | \$667 ;
-  assign \$668  = gt2_0 ? mbeat0[7:0] : 8'h00;
-  assign \$669  = ~ gt2_0;
-  assign \$670  = gt2_1 & \$669 ;
-  assign \$671  = \$670  ? mbeat0[15:8] : 8'h00;
-  assign \$672  = \$668  | \$671 ;
-  assign \$673  = ~ gt2_1;
-  assign \$674  = gt2_2 & \$673 ;
-  assign \$675  = \$674  ? mbeat0[23:16] : 8'h00;
-  assign \$676  = \$672  | \$675 ;
-  assign \$677  = ~ gt2_2;
-  assign \$678  = gt2_3 & \$677 ;
-  assign \$679  = \$678  ? mbeat0[31:24] : 8'h00;
-  assign \$680  = \$676  | \$679 ;
-  assign \$681  = ~ gt2_3;
-  assign \$682  = gt2_4 & \$681 ;
-  assign \$683  = \$682  ? mbeat0[39:32] : 8'h00;
-  assign \$684  = \$680  | \$683 ;
-  assign \$685  = ~ gt2_4;
-  assign \$686  = gt2_5 & \$685 ;
-  assign \$687  = \$686  ? mbeat0[47:40] : 8'h00;
-  assign \$688  = \$684  | \$687 ;
-  assign \$689  = ~ gt2_5;
-  assign \$690  = gt2_6 & \$689 ;
-  assign \$691  = \$690  ? mbeat0[55:48] : 8'h00;
-  assign \$692  = \$688  | \$691 ;
-  assign \$693  = ~ gt2_6;
-  assign \$694  = gt2_7 & \$693 ;
-  assign \$695  = \$694  ? mbeat0[63:56] : 8'h00;
-  assign \$696  = \$692  | \$695 ;
-  assign \$697  = ~ gt2_7;
-  assign \$698  = gt2_8 & \$697 ;
-  assign \$699  = \$698  ? mbeat1[7:0] : 8'h00;
-  assign \$700  = \$696  | \$699 ;
-  assign \$701  = ~ gt2_8;
-  assign \$702  = gt2_9 & \$701 ;
-  assign \$703  = \$702  ? mbeat1[15:8] : 8'h00;
-  assign \$704  = \$700  | \$703 ;
-  assign \$705  = ~ gt2_9;
-  assign \$706  = gt2_10 & \$705 ;
-  assign \$707  = \$706  ? mbeat1[23:16] : 8'h00;
-  assign \$708  = \$704  | \$707 ;
-  assign \$709  = ~ gt2_10;
-  assign \$710  = gt2_11 & \$709 ;
-  assign \$711  = \$710  ? mbeat1[31:24] : 8'h00;
-  assign \$712  = \$708  | \$711 ;
-  assign \$713  = ~ gt2_11;
-  assign \$714  = gt2_12 & \$713 ;
-  assign \$715  = \$714  ? mbeat1[39:32] : 8'h00;
-  assign \$716  = \$712  | \$715 ;
-  assign \$717  = ~ gt2_12;
-  assign \$718  = gt2_13 & \$717 ;
-  assign \$719  = \$718  ? mbeat1[47:40] : 8'h00;
-  assign \$720  = \$716  | \$719 ;
-  assign \$721  = ~ gt2_13;
-  assign \$722  = gt2_14 & \$721 ;
-  assign \$723  = \$722  ? mbeat1[55:48] : 8'h00;
-  assign \$724  = \$720  | \$723 ;
-  assign \$725  = ~ gt2_14;
-  assign \$726  = gt2_15 & \$725 ;
-  assign \$727  = \$726  ? mbeat1[63:56] : 8'h00;
-  assign grp2 = \$724  | \$727 ;
-  assign \$728  = gt2_0 ? \$235 [2:0] : 3'h0;
-  assign \$729  = ~ gt2_0;
-  assign \$730  = gt2_1 & \$729 ;
-  assign \$731  = \$730  ? \$184 [2:0] : 3'h0;
-  assign \$732  = \$728  | \$731 ;
-  assign \$733  = ~ gt2_1;
-  assign \$734  = gt2_2 & \$733 ;
-  assign \$735  = \$734  ? \$187 [2:0] : 3'h0;
-  assign \$736  = \$732  | \$735 ;
-  assign \$737  = ~ gt2_2;
-  assign \$738  = gt2_3 & \$737 ;
-  assign \$739  = \$738  ? \$190 [2:0] : 3'h0;
-  assign \$740  = \$736  | \$739 ;
-  assign \$741  = ~ gt2_3;
-  assign \$742  = gt2_4 & \$741 ;
-  assign \$743  = \$742  ? \$193 [2:0] : 3'h0;
-  assign \$744  = \$740  | \$743 ;
-  assign \$745  = ~ gt2_4;
-  assign \$746  = gt2_5 & \$745 ;
-  assign \$747  = \$746  ? \$196 [2:0] : 3'h0;
-  assign \$748  = \$744  | \$747 ;
-  assign \$749  = ~ gt2_5;
-  assign \$750  = gt2_6 & \$749 ;
-  assign \$751  = \$750  ? \$199 [2:0] : 3'h0;
-  assign \$752  = \$748  | \$751 ;
-  assign \$753  = ~ gt2_6;
-  assign \$754  = gt2_7 & \$753 ;
-  assign \$755  = \$754  ? \$202 [2:0] : 3'h0;
-  assign \$756  = \$752  | \$755 ;
-  assign \$757  = ~ gt2_7;
-  assign \$758  = gt2_8 & \$757 ;
-  assign \$759  = \$758  ? \$205 [2:0] : 3'h0;
-  assign \$760  = \$756  | \$759 ;
-  assign \$761  = ~ gt2_8;
-  assign \$762  = gt2_9 & \$761 ;
-  assign \$763  = \$762  ? \$211 [2:0] : 3'h0;
-  assign \$764  = \$760  | \$763 ;
-  assign \$765  = ~ gt2_9;
-  assign \$766  = gt2_10 & \$765 ;
-  assign \$767  = \$766  ? \$214 [2:0] : 3'h0;
-  assign \$768  = \$764  | \$767 ;
-  assign \$769  = ~ gt2_10;
-  assign \$770  = gt2_11 & \$769 ;
-  assign \$771  = \$770  ? \$217 [2:0] : 3'h0;
-  assign \$772  = \$768  | \$771 ;
-  assign \$773  = ~ gt2_11;
-  assign \$774  = gt2_12 & \$773 ;
-  assign \$775  = \$774  ? \$220 [2:0] : 3'h0;
-  assign \$776  = \$772  | \$775 ;
-  assign \$777  = ~ gt2_12;
-  assign \$778  = gt2_13 & \$777 ;
-  assign \$779  = \$778  ? \$223 [2:0] : 3'h0;
-  assign \$780  = \$776  | \$779 ;
-  assign \$781  = ~ gt2_13;
-  assign \$782  = gt2_14 & \$781 ;
-  assign \$783  = \$782  ? \$226 [2:0] : 3'h0;
-  assign \$784  = \$780  | \$783 ;
-  assign \$785  = ~ gt2_14;
-  assign \$786  = gt2_15 & \$785 ;
-  assign \$787  = \$786  ? \$229 [2:0] : 3'h0;
-  assign dlow2 = \$784  | \$787 ;
-  assign \$788  = 2'h2 - dlow2;
-  assign \$789  = 1'h0 + grp2[0];
-  assign \$790  = \$789  + grp2[1];
-  assign \$791  = \$790  + grp2[2];
-  assign \$792  = \$791  + grp2[3];
-  assign ws2_lo = \$788 [2:0] < \$792 [2:0];
-  assign \$793  = \$788 [2:0] - \$792 [2:0];
+  assign \$959  = k_cur <= 1'h1;
+  assign ln1 = finish & \$959 ;
+  assign \$960  = ln1 ? es_w : { rs_w[15], rs_w };
+  assign \$961  = gsel1[3:2] - \$960 [4:0];
+  assign \$962  = ~ sat0[2];
+  assign \$963  = sat0[1] & \$962 ;
+  assign \$964  = ~ sat0[3];
+  assign \$965  = \$963  & \$964 ;
+  assign \$966  = \$965  & sat0[0];
+  assign \$967  = ~ sat0[3];
+  assign \$968  = \$967  & sat0[2];
+  assign \$969  = \$966  | \$968 ;
+  assign gt2_0 = \$969  | sat0[3];
+  assign \$970  = ~ sat1[2];
+  assign \$971  = sat1[1] & \$970 ;
+  assign \$972  = ~ sat1[3];
+  assign \$973  = \$971  & \$972 ;
+  assign \$974  = \$973  & sat1[0];
+  assign \$975  = ~ sat1[3];
+  assign \$976  = \$975  & sat1[2];
+  assign \$977  = \$974  | \$976 ;
+  assign gt2_1 = \$977  | sat1[3];
+  assign \$978  = ~ sat2[2];
+  assign \$979  = sat2[1] & \$978 ;
+  assign \$980  = ~ sat2[3];
+  assign \$981  = \$979  & \$980 ;
+  assign \$982  = \$981  & sat2[0];
+  assign \$983  = ~ sat2[3];
+  assign \$984  = \$983  & sat2[2];
+  assign \$985  = \$982  | \$984 ;
+  assign gt2_2 = \$985  | sat2[3];
+  assign \$986  = ~ sat3[2];
+  assign \$987  = sat3[1] & \$986 ;
+  assign \$988  = ~ sat3[3];
+  assign \$989  = \$987  & \$988 ;
+  assign \$990  = \$989  & sat3[0];
+  assign \$991  = ~ sat3[3];
+  assign \$992  = \$991  & sat3[2];
+  assign \$993  = \$990  | \$992 ;
+  assign gt2_3 = \$993  | sat3[3];
+  assign \$994  = ~ sat4[2];
+  assign \$995  = sat4[1] & \$994 ;
+  assign \$996  = ~ sat4[3];
+  assign \$997  = \$995  & \$996 ;
+  assign \$998  = \$997  & sat4[0];
+  assign \$999  = ~ sat4[3];
+  assign \$1000  = \$999  & sat4[2];
+  assign \$1001  = \$998  | \$1000 ;
+  assign gt2_4 = \$1001  | sat4[3];
+  assign \$1002  = ~ sat5[2];
+  assign \$1003  = sat5[1] & \$1002 ;
+  assign \$1004  = ~ sat5[3];
+  assign \$1005  = \$1003  & \$1004 ;
+  assign \$1006  = \$1005  & sat5[0];
+  assign \$1007  = ~ sat5[3];
+  assign \$1008  = \$1007  & sat5[2];
+  assign \$1009  = \$1006  | \$1008 ;
+  assign gt2_5 = \$1009  | sat5[3];
+  assign \$1010  = ~ sat6[2];
+  assign \$1011  = sat6[1] & \$1010 ;
+  assign \$1012  = ~ sat6[3];
+  assign \$1013  = \$1011  & \$1012 ;
+  assign \$1014  = \$1013  & sat6[0];
+  assign \$1015  = ~ sat6[3];
+  assign \$1016  = \$1015  & sat6[2];
+  assign \$1017  = \$1014  | \$1016 ;
+  assign gt2_6 = \$1017  | sat6[3];
+  assign \$1018  = ~ sat7[2];
+  assign \$1019  = sat7[1] & \$1018 ;
+  assign \$1020  = ~ sat7[3];
+  assign \$1021  = \$1019  & \$1020 ;
+  assign \$1022  = \$1021  & sat7[0];
+  assign \$1023  = ~ sat7[3];
+  assign \$1024  = \$1023  & sat7[2];
+  assign \$1025  = \$1022  | \$1024 ;
+  assign gt2_7 = \$1025  | sat7[3];
+  assign \$1026  = ~ sat8[2];
+  assign \$1027  = sat8[1] & \$1026 ;
+  assign \$1028  = ~ sat8[3];
+  assign \$1029  = \$1027  & \$1028 ;
+  assign \$1030  = \$1029  & sat8[0];
+  assign \$1031  = ~ sat8[3];
+  assign \$1032  = \$1031  & sat8[2];
+  assign \$1033  = \$1030  | \$1032 ;
+  assign gt2_8 = \$1033  | sat8[3];
+  assign \$1034  = ~ sat9[2];
+  assign \$1035  = sat9[1] & \$1034 ;
+  assign \$1036  = ~ sat9[3];
+  assign \$1037  = \$1035  & \$1036 ;
+  assign \$1038  = \$1037  & sat9[0];
+  assign \$1039  = ~ sat9[3];
+  assign \$1040  = \$1039  & sat9[2];
+  assign \$1041  = \$1038  | \$1040 ;
+  assign gt2_9 = \$1041  | sat9[3];
+  assign \$1042  = ~ sat10[2];
+  assign \$1043  = sat10[1] & \$1042 ;
+  assign \$1044  = ~ sat10[3];
+  assign \$1045  = \$1043  & \$1044 ;
+  assign \$1046  = \$1045  & sat10[0];
+  assign \$1047  = ~ sat10[3];
+  assign \$1048  = \$1047  & sat10[2];
+  assign \$1049  = \$1046  | \$1048 ;
+  assign gt2_10 = \$1049  | sat10[3];
+  assign \$1050  = ~ sat11[2];
+  assign \$1051  = sat11[1] & \$1050 ;
+  assign \$1052  = ~ sat11[3];
+  assign \$1053  = \$1051  & \$1052 ;
+  assign \$1054  = \$1053  & sat11[0];
+  assign \$1055  = ~ sat11[3];
+  assign \$1056  = \$1055  & sat11[2];
+  assign \$1057  = \$1054  | \$1056 ;
+  assign gt2_11 = \$1057  | sat11[3];
+  assign \$1058  = ~ sat12[2];
+  assign \$1059  = sat12[1] & \$1058 ;
+  assign \$1060  = ~ sat12[3];
+  assign \$1061  = \$1059  & \$1060 ;
+  assign \$1062  = \$1061  & sat12[0];
+  assign \$1063  = ~ sat12[3];
+  assign \$1064  = \$1063  & sat12[2];
+  assign \$1065  = \$1062  | \$1064 ;
+  assign gt2_12 = \$1065  | sat12[3];
+  assign \$1066  = ~ sat13[2];
+  assign \$1067  = sat13[1] & \$1066 ;
+  assign \$1068  = ~ sat13[3];
+  assign \$1069  = \$1067  & \$1068 ;
+  assign \$1070  = \$1069  & sat13[0];
+  assign \$1071  = ~ sat13[3];
+  assign \$1072  = \$1071  & sat13[2];
+  assign \$1073  = \$1070  | \$1072 ;
+  assign gt2_13 = \$1073  | sat13[3];
+  assign \$1074  = ~ sat14[2];
+  assign \$1075  = sat14[1] & \$1074 ;
+  assign \$1076  = ~ sat14[3];
+  assign \$1077  = \$1075  & \$1076 ;
+  assign \$1078  = \$1077  & sat14[0];
+  assign \$1079  = ~ sat14[3];
+  assign \$1080  = \$1079  & sat14[2];
+  assign \$1081  = \$1078  | \$1080 ;
+  assign gt2_14 = \$1081  | sat14[3];
+  assign \$1082  = ~ sat15[2];
+  assign \$1083  = sat15[1] & \$1082 ;
+  assign \$1084  = ~ sat15[3];
+  assign \$1085  = \$1083  & \$1084 ;
+  assign \$1086  = \$1085  & sat15[0];
+  assign \$1087  = ~ sat15[3];
+  assign \$1088  = \$1087  & sat15[2];
+  assign \$1089  = \$1086  | \$1088 ;
+  assign gt2_15 = \$1089  | sat15[3];
+  assign \$1090  = ~ gt2_0;
+  assign \$1091  = gt2_1 & \$1090 ;
+  assign \$1092  = \$1091  ? 1'h1 : 1'h0;
+  assign \$1093  = ~ gt2_1;
+  assign \$1094  = gt2_2 & \$1093 ;
+  assign \$1095  = \$1094  ? 2'h2 : 2'h0;
+  assign \$1096  = { 1'h0, \$1092  } | \$1095 ;
+  assign \$1097  = ~ gt2_2;
+  assign \$1098  = gt2_3 & \$1097 ;
+  assign \$1099  = \$1098  ? 2'h3 : 2'h0;
+  assign \$1100  = \$1096  | \$1099 ;
+  assign \$1101  = ~ gt2_3;
+  assign \$1102  = gt2_4 & \$1101 ;
+  assign \$1103  = \$1102  ? 3'h4 : 3'h0;
+  assign \$1104  = { 1'h0, \$1100  } | \$1103 ;
+  assign \$1105  = ~ gt2_4;
+  assign \$1106  = gt2_5 & \$1105 ;
+  assign \$1107  = \$1106  ? 3'h5 : 3'h0;
+  assign \$1108  = \$1104  | \$1107 ;
+  assign \$1109  = ~ gt2_5;
+  assign \$1110  = gt2_6 & \$1109 ;
+  assign \$1111  = \$1110  ? 3'h6 : 3'h0;
+  assign \$1112  = \$1108  | \$1111 ;
+  assign \$1113  = ~ gt2_6;
+  assign \$1114  = gt2_7 & \$1113 ;
+  assign \$1115  = \$1114  ? 3'h7 : 3'h0;
+  assign \$1116  = \$1112  | \$1115 ;
+  assign \$1117  = ~ gt2_7;
+  assign \$1118  = gt2_8 & \$1117 ;
+  assign \$1119  = \$1118  ? 4'h8 : 4'h0;
+  assign \$1120  = { 1'h0, \$1116  } | \$1119 ;
+  assign \$1121  = ~ gt2_8;
+  assign \$1122  = gt2_9 & \$1121 ;
+  assign \$1123  = \$1122  ? 4'h9 : 4'h0;
+  assign \$1124  = \$1120  | \$1123 ;
+  assign \$1125  = ~ gt2_9;
+  assign \$1126  = gt2_10 & \$1125 ;
+  assign \$1127  = \$1126  ? 4'ha : 4'h0;
+  assign \$1128  = \$1124  | \$1127 ;
+  assign \$1129  = ~ gt2_10;
+  assign \$1130  = gt2_11 & \$1129 ;
+  assign \$1131  = \$1130  ? 4'hb : 4'h0;
+  assign \$1132  = \$1128  | \$1131 ;
+  assign \$1133  = ~ gt2_11;
+  assign \$1134  = gt2_12 & \$1133 ;
+  assign \$1135  = \$1134  ? 4'hc : 4'h0;
+  assign \$1136  = \$1132  | \$1135 ;
+  assign \$1137  = ~ gt2_12;
+  assign \$1138  = gt2_13 & \$1137 ;
+  assign \$1139  = \$1138  ? 4'hd : 4'h0;
+  assign \$1140  = \$1136  | \$1139 ;
+  assign \$1141  = ~ gt2_13;
+  assign \$1142  = gt2_14 & \$1141 ;
+  assign \$1143  = \$1142  ? 4'he : 4'h0;
+  assign \$1144  = \$1140  | \$1143 ;
+  assign \$1145  = ~ gt2_14;
+  assign \$1146  = gt2_15 & \$1145 ;
+  assign \$1147  = \$1146  ? 4'hf : 4'h0;
+  assign gsel2 = \$1144  | \$1147 ;
+  assign \$1148  = gt2_0 ? mbeat0[7:0] : 8'h00;
+  assign \$1149  = ~ gt2_0;
+  assign \$1150  = gt2_1 & \$1149 ;
+  assign \$1151  = \$1150  ? mbeat0[15:8] : 8'h00;
+  assign \$1152  = \$1148  | \$1151 ;
+  assign \$1153  = ~ gt2_1;
+  assign \$1154  = gt2_2 & \$1153 ;
+  assign \$1155  = \$1154  ? mbeat0[23:16] : 8'h00;
+  assign \$1156  = \$1152  | \$1155 ;
+  assign \$1157  = ~ gt2_2;
+  assign \$1158  = gt2_3 & \$1157 ;
+  assign \$1159  = \$1158  ? mbeat0[31:24] : 8'h00;
+  assign \$1160  = \$1156  | \$1159 ;
+  assign \$1161  = ~ gt2_3;
+  assign \$1162  = gt2_4 & \$1161 ;
+  assign \$1163  = \$1162  ? mbeat0[39:32] : 8'h00;
+  assign \$1164  = \$1160  | \$1163 ;
+  assign \$1165  = ~ gt2_4;
+  assign \$1166  = gt2_5 & \$1165 ;
+  assign \$1167  = \$1166  ? mbeat0[47:40] : 8'h00;
+  assign \$1168  = \$1164  | \$1167 ;
+  assign \$1169  = ~ gt2_5;
+  assign \$1170  = gt2_6 & \$1169 ;
+  assign \$1171  = \$1170  ? mbeat0[55:48] : 8'h00;
+  assign \$1172  = \$1168  | \$1171 ;
+  assign \$1173  = ~ gt2_6;
+  assign \$1174  = gt2_7 & \$1173 ;
+  assign \$1175  = \$1174  ? mbeat0[63:56] : 8'h00;
+  assign \$1176  = \$1172  | \$1175 ;
+  assign \$1177  = ~ gt2_7;
+  assign \$1178  = gt2_8 & \$1177 ;
+  assign \$1179  = \$1178  ? mbeat1[7:0] : 8'h00;
+  assign \$1180  = \$1176  | \$1179 ;
+  assign \$1181  = ~ gt2_8;
+  assign \$1182  = gt2_9 & \$1181 ;
+  assign \$1183  = \$1182  ? mbeat1[15:8] : 8'h00;
+  assign \$1184  = \$1180  | \$1183 ;
+  assign \$1185  = ~ gt2_9;
+  assign \$1186  = gt2_10 & \$1185 ;
+  assign \$1187  = \$1186  ? mbeat1[23:16] : 8'h00;
+  assign \$1188  = \$1184  | \$1187 ;
+  assign \$1189  = ~ gt2_10;
+  assign \$1190  = gt2_11 & \$1189 ;
+  assign \$1191  = \$1190  ? mbeat1[31:24] : 8'h00;
+  assign \$1192  = \$1188  | \$1191 ;
+  assign \$1193  = ~ gt2_11;
+  assign \$1194  = gt2_12 & \$1193 ;
+  assign \$1195  = \$1194  ? mbeat1[39:32] : 8'h00;
+  assign \$1196  = \$1192  | \$1195 ;
+  assign \$1197  = ~ gt2_12;
+  assign \$1198  = gt2_13 & \$1197 ;
+  assign \$1199  = \$1198  ? mbeat1[47:40] : 8'h00;
+  assign \$1200  = \$1196  | \$1199 ;
+  assign \$1201  = ~ gt2_13;
+  assign \$1202  = gt2_14 & \$1201 ;
+  assign \$1203  = \$1202  ? mbeat1[55:48] : 8'h00;
+  assign \$1204  = \$1200  | \$1203 ;
+  assign \$1205  = ~ gt2_14;
+  assign \$1206  = gt2_15 & \$1205 ;
+  assign \$1207  = \$1206  ? mbeat1[63:56] : 8'h00;
+  assign grp2 = \$1204  | \$1207 ;
+  assign \$1208  = gt2_0 ? \$251 [2:0] : 3'h0;
+  assign \$1209  = ~ gt2_0;
+  assign \$1210  = gt2_1 & \$1209 ;
+  assign \$1211  = \$1210  ? \$184 [2:0] : 3'h0;
+  assign \$1212  = \$1208  | \$1211 ;
+  assign \$1213  = ~ gt2_1;
+  assign \$1214  = gt2_2 & \$1213 ;
+  assign \$1215  = \$1214  ? \$188 [2:0] : 3'h0;
+  assign \$1216  = \$1212  | \$1215 ;
+  assign \$1217  = ~ gt2_2;
+  assign \$1218  = gt2_3 & \$1217 ;
+  assign \$1219  = \$1218  ? \$192 [2:0] : 3'h0;
+  assign \$1220  = \$1216  | \$1219 ;
+  assign \$1221  = ~ gt2_3;
+  assign \$1222  = gt2_4 & \$1221 ;
+  assign \$1223  = \$1222  ? \$196 [2:0] : 3'h0;
+  assign \$1224  = \$1220  | \$1223 ;
+  assign \$1225  = ~ gt2_4;
+  assign \$1226  = gt2_5 & \$1225 ;
+  assign \$1227  = \$1226  ? \$200 [2:0] : 3'h0;
+  assign \$1228  = \$1224  | \$1227 ;
+  assign \$1229  = ~ gt2_5;
+  assign \$1230  = gt2_6 & \$1229 ;
+  assign \$1231  = \$1230  ? \$204 [2:0] : 3'h0;
+  assign \$1232  = \$1228  | \$1231 ;
+  assign \$1233  = ~ gt2_6;
+  assign \$1234  = gt2_7 & \$1233 ;
+  assign \$1235  = \$1234  ? \$208 [2:0] : 3'h0;
+  assign \$1236  = \$1232  | \$1235 ;
+  assign \$1237  = ~ gt2_7;
+  assign \$1238  = gt2_8 & \$1237 ;
+  assign \$1239  = \$1238  ? \$212 [2:0] : 3'h0;
+  assign \$1240  = \$1236  | \$1239 ;
+  assign \$1241  = ~ gt2_8;
+  assign \$1242  = gt2_9 & \$1241 ;
+  assign \$1243  = \$1242  ? \$219 [2:0] : 3'h0;
+  assign \$1244  = \$1240  | \$1243 ;
+  assign \$1245  = ~ gt2_9;
+  assign \$1246  = gt2_10 & \$1245 ;
+  assign \$1247  = \$1246  ? \$223 [2:0] : 3'h0;
+  assign \$1248  = \$1244  | \$1247 ;
+  assign \$1249  = ~ gt2_10;
+  assign \$1250  = gt2_11 & \$1249 ;
+  assign \$1251  = \$1250  ? \$227 [2:0] : 3'h0;
+  assign \$1252  = \$1248  | \$1251 ;
+  assign \$1253  = ~ gt2_11;
+  assign \$1254  = gt2_12 & \$1253 ;
+  assign \$1255  = \$1254  ? \$231 [2:0] : 3'h0;
+  assign \$1256  = \$1252  | \$1255 ;
+  assign \$1257  = ~ gt2_12;
+  assign \$1258  = gt2_13 & \$1257 ;
+  assign \$1259  = \$1258  ? \$235 [2:0] : 3'h0;
+  assign \$1260  = \$1256  | \$1259 ;
+  assign \$1261  = ~ gt2_13;
+  assign \$1262  = gt2_14 & \$1261 ;
+  assign \$1263  = \$1262  ? \$239 [2:0] : 3'h0;
+  assign \$1264  = \$1260  | \$1263 ;
+  assign \$1265  = ~ gt2_14;
+  assign \$1266  = gt2_15 & \$1265 ;
+  assign \$1267  = \$1266  ? \$243 [2:0] : 3'h0;
+  assign dlow2 = \$1264  | \$1267 ;
+  assign \$1268  = 2'h2 - dlow2;
+  assign \$1269  = 1'h0 + grp2[0];
+  assign \$1270  = \$1269  + grp2[1];
+  assign \$1271  = \$1270  + grp2[2];
+  assign \$1272  = \$1271  + grp2[3];
+  assign ws2_lo = \$1268 [2:0] < \$1272 [2:0];
+  assign \$1273  = \$1268 [2:0] - \$1272 [2:0];
   assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
   assign lv2 = k > 2'h2;
-  assign \$794  = k_cur <= 2'h2;
-  assign ln2 = finish & \$794 ;
-  assign \$795  = ln2 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$796  = { gsel2, ws2 } - \$795 [9:0];
-  assign gt3_0 = sat0 > 2'h3;
-  assign gt3_1 = sat1 > 2'h3;
-  assign gt3_2 = sat2 > 2'h3;
-  assign gt3_3 = sat3 > 2'h3;
-  assign gt3_4 = sat4 > 2'h3;
-  assign gt3_5 = sat5 > 2'h3;
-  assign gt3_6 = sat6 > 2'h3;
-  assign gt3_7 = sat7 > 2'h3;
-  assign gt3_8 = sat8 > 2'h3;
-  assign gt3_9 = sat9 > 2'h3;
-  assign gt3_10 = sat10 > 2'h3;
-  assign gt3_11 = sat11 > 2'h3;
-  assign gt3_12 = sat12 > 2'h3;
-  assign gt3_13 = sat13 > 2'h3;
-  assign gt3_14 = sat14 > 2'h3;
-  assign gt3_15 = sat15 > 2'h3;
-  assign \$797  = ~ gt3_0;
-  assign \$798  = gt3_1 & \$797 ;
-  assign \$799  = \$798  ? 1'h1 : 1'h0;
-  assign \$800  = ~ gt3_1;
-  assign \$801  = gt3_2 & \$800 ;
-  assign \$802  = \$801  ? 2'h2 : 2'h0;
-  assign \$803  = { 1'h0, \$799  } | \$802 ;
-  assign \$804  = ~ gt3_2;
-  assign \$805  = gt3_3 & \$804 ;
-  assign \$806  = \$805  ? 2'h3 : 2'h0;
-  assign \$807  = \$803  | \$806 ;
-  assign \$808  = ~ gt3_3;
-  assign \$809  = gt3_4 & \$808 ;
-  assign \$810  = \$809  ? 3'h4 : 3'h0;
-  assign \$811  = { 1'h0, \$807  } | \$810 ;
-  assign \$812  = ~ gt3_4;
-  assign \$813  = gt3_5 & \$812 ;
-  assign \$814  = \$813  ? 3'h5 : 3'h0;
-  assign \$815  = \$811  | \$814 ;
-  assign \$816  = ~ gt3_5;
-  assign \$817  = gt3_6 & \$816 ;
-  assign \$818  = \$817  ? 3'h6 : 3'h0;
-  assign \$819  = \$815  | \$818 ;
-  assign \$820  = ~ gt3_6;
-  assign \$821  = gt3_7 & \$820 ;
-  assign \$822  = \$821  ? 3'h7 : 3'h0;
-  assign \$823  = \$819  | \$822 ;
-  assign \$824  = ~ gt3_7;
-  assign \$825  = gt3_8 & \$824 ;
-  assign \$826  = \$825  ? 4'h8 : 4'h0;
-  assign \$827  = { 1'h0, \$823  } | \$826 ;
-  assign \$828  = ~ gt3_8;
-  assign \$829  = gt3_9 & \$828 ;
-  assign \$830  = \$829  ? 4'h9 : 4'h0;
-  assign \$831  = \$827  | \$830 ;
-  assign \$832  = ~ gt3_9;
-  assign \$833  = gt3_10 & \$832 ;
-  assign \$834  = \$833  ? 4'ha : 4'h0;
-  assign \$835  = \$831  | \$834 ;
-  assign \$836  = ~ gt3_10;
-  assign \$837  = gt3_11 & \$836 ;
-  assign \$838  = \$837  ? 4'hb : 4'h0;
-  assign \$839  = \$835  | \$838 ;
-  assign \$840  = ~ gt3_11;
-  assign \$841  = gt3_12 & \$840 ;
-  assign \$842  = \$841  ? 4'hc : 4'h0;
-  assign \$843  = \$839  | \$842 ;
-  assign \$844  = ~ gt3_12;
-  assign \$845  = gt3_13 & \$844 ;
-  assign \$846  = \$845  ? 4'hd : 4'h0;
-  assign \$847  = \$843  | \$846 ;
-  assign \$848  = ~ gt3_13;
-  assign \$849  = gt3_14 & \$848 ;
-  assign \$850  = \$849  ? 4'he : 4'h0;
-  assign \$851  = \$847  | \$850 ;
-  assign \$852  = ~ gt3_14;
-  assign \$853  = gt3_15 & \$852 ;
-  assign \$854  = \$853  ? 4'hf : 4'h0;
-  assign gsel3 = \$851  | \$854 ;
-  assign \$855  = gt3_0 ? mbeat0[7:0] : 8'h00;
-  assign \$856  = ~ gt3_0;
-  assign \$857  = gt3_1 & \$856 ;
-  assign \$858  = \$857  ? mbeat0[15:8] : 8'h00;
-  assign \$859  = \$855  | \$858 ;
-  assign \$860  = ~ gt3_1;
-  assign \$861  = gt3_2 & \$860 ;
-  assign \$862  = \$861  ? mbeat0[23:16] : 8'h00;
-  assign \$863  = \$859  | \$862 ;
-  assign \$864  = ~ gt3_2;
-  assign \$865  = gt3_3 & \$864 ;
-  assign \$866  = \$865  ? mbeat0[31:24] : 8'h00;
-  assign \$867  = \$863  | \$866 ;
-  assign \$868  = ~ gt3_3;
-  assign \$869  = gt3_4 & \$868 ;
-  assign \$870  = \$869  ? mbeat0[39:32] : 8'h00;
-  assign \$871  = \$867  | \$870 ;
-  assign \$872  = ~ gt3_4;
-  assign \$873  = gt3_5 & \$872 ;
-  assign \$874  = \$873  ? mbeat0[47:40] : 8'h00;
-  assign \$875  = \$871  | \$874 ;
-  assign \$876  = ~ gt3_5;
-  assign \$877  = gt3_6 & \$876 ;
-  assign \$878  = \$877  ? mbeat0[55:48] : 8'h00;
-  assign \$879  = \$875  | \$878 ;
-  assign \$880  = ~ gt3_6;
-  assign \$881  = gt3_7 & \$880 ;
-  assign \$882  = \$881  ? mbeat0[63:56] : 8'h00;
-  assign \$883  = \$879  | \$882 ;
-  assign \$884  = ~ gt3_7;
-  assign \$885  = gt3_8 & \$884 ;
-  assign \$886  = \$885  ? mbeat1[7:0] : 8'h00;
-  assign \$887  = \$883  | \$886 ;
-  assign \$888  = ~ gt3_8;
-  assign \$889  = gt3_9 & \$888 ;
-  assign \$890  = \$889  ? mbeat1[15:8] : 8'h00;
-  assign \$891  = \$887  | \$890 ;
-  assign \$892  = ~ gt3_9;
-  assign \$893  = gt3_10 & \$892 ;
-  assign \$894  = \$893  ? mbeat1[23:16] : 8'h00;
-  assign \$895  = \$891  | \$894 ;
-  assign \$896  = ~ gt3_10;
-  assign \$897  = gt3_11 & \$896 ;
-  assign \$898  = \$897  ? mbeat1[31:24] : 8'h00;
-  assign \$899  = \$895  | \$898 ;
-  assign \$900  = ~ gt3_11;
-  assign \$901  = gt3_12 & \$900 ;
-  assign \$902  = \$901  ? mbeat1[39:32] : 8'h00;
-  assign \$903  = \$899  | \$902 ;
-  assign \$904  = ~ gt3_12;
-  assign \$905  = gt3_13 & \$904 ;
-  assign \$906  = \$905  ? mbeat1[47:40] : 8'h00;
-  assign \$907  = \$903  | \$906 ;
-  assign \$908  = ~ gt3_13;
-  assign \$909  = gt3_14 & \$908 ;
-  assign \$910  = \$909  ? mbeat1[55:48] : 8'h00;
-  assign \$911  = \$907  | \$910 ;
-  assign \$912  = ~ gt3_14;
-  assign \$913  = gt3_15 & \$912 ;
-  assign \$914  = \$913  ? mbeat1[63:56] : 8'h00;
-  assign grp3 = \$911  | \$914 ;
-  assign \$915  = gt3_0 ? \$235 [2:0] : 3'h0;
-  assign \$916  = ~ gt3_0;
-  assign \$917  = gt3_1 & \$916 ;
-  assign \$918  = \$917  ? \$184 [2:0] : 3'h0;
-  assign \$919  = \$915  | \$918 ;
-  assign \$920  = ~ gt3_1;
-  assign \$921  = gt3_2 & \$920 ;
-  assign \$922  = \$921  ? \$187 [2:0] : 3'h0;
-  assign \$923  = \$919  | \$922 ;
-  assign \$924  = ~ gt3_2;
-  assign \$925  = gt3_3 & \$924 ;
-  assign \$926  = \$925  ? \$190 [2:0] : 3'h0;
-  assign \$927  = \$923  | \$926 ;
-  assign \$928  = ~ gt3_3;
-  assign \$929  = gt3_4 & \$928 ;
-  assign \$930  = \$929  ? \$193 [2:0] : 3'h0;
-  assign \$931  = \$927  | \$930 ;
-  assign \$932  = ~ gt3_4;
-  assign \$933  = gt3_5 & \$932 ;
-  assign \$934  = \$933  ? \$196 [2:0] : 3'h0;
-  assign \$935  = \$931  | \$934 ;
-  assign \$936  = ~ gt3_5;
-  assign \$937  = gt3_6 & \$936 ;
-  assign \$938  = \$937  ? \$199 [2:0] : 3'h0;
-  assign \$939  = \$935  | \$938 ;
-  assign \$940  = ~ gt3_6;
-  assign \$941  = gt3_7 & \$940 ;
-  assign \$942  = \$941  ? \$202 [2:0] : 3'h0;
-  assign \$943  = \$939  | \$942 ;
-  assign \$944  = ~ gt3_7;
-  assign \$945  = gt3_8 & \$944 ;
-  assign \$946  = \$945  ? \$205 [2:0] : 3'h0;
-  assign \$947  = \$943  | \$946 ;
-  assign \$948  = ~ gt3_8;
-  assign \$949  = gt3_9 & \$948 ;
-  assign \$950  = \$949  ? \$211 [2:0] : 3'h0;
-  assign \$951  = \$947  | \$950 ;
-  assign \$952  = ~ gt3_9;
-  assign \$953  = gt3_10 & \$952 ;
-  assign \$954  = \$953  ? \$214 [2:0] : 3'h0;
-  assign \$955  = \$951  | \$954 ;
-  assign \$956  = ~ gt3_10;
-  assign \$957  = gt3_11 & \$956 ;
-  assign \$958  = \$957  ? \$217 [2:0] : 3'h0;
-  assign \$959  = \$955  | \$958 ;
-  assign \$960  = ~ gt3_11;
-  assign \$961  = gt3_12 & \$960 ;
-  assign \$962  = \$961  ? \$220 [2:0] : 3'h0;
-  assign \$963  = \$959  | \$962 ;
-  assign \$964  = ~ gt3_12;
-  assign \$965  = gt3_13 & \$964 ;
-  assign \$966  = \$965  ? \$223 [2:0] : 3'h0;
-  assign \$967  = \$963  | \$966 ;
-  assign \$968  = ~ gt3_13;
-  assign \$969  = gt3_14 & \$968 ;
-  assign \$970  = \$969  ? \$226 [2:0] : 3'h0;
-  assign \$971  = \$967  | \$970 ;
-  assign \$972  = ~ gt3_14;
-  assign \$973  = gt3_15 & \$972 ;
-  assign \$974  = \$973  ? \$229 [2:0] : 3'h0;
-  assign dlow3 = \$971  | \$974 ;
-  assign \$975  = 2'h3 - dlow3;
-  assign \$976  = 1'h0 + grp3[0];
-  assign \$977  = \$976  + grp3[1];
-  assign \$978  = \$977  + grp3[2];
-  assign \$979  = \$978  + grp3[3];
-  assign ws3_lo = \$975 [2:0] < \$979 [2:0];
-  assign \$980  = \$975 [2:0] - \$979 [2:0];
+  assign \$1274  = k_cur <= 2'h2;
+  assign ln2 = finish & \$1274 ;
+  assign \$1275  = ln2 ? es_w : { rs_w[15], rs_w };
+  assign \$1276  = gsel2[3:2] - \$1275 [4:0];
+  assign \$1277  = ~ sat0[3];
+  assign \$1278  = \$1277  & sat0[2];
+  assign gt3_0 = \$1278  | sat0[3];
+  assign \$1279  = ~ sat1[3];
+  assign \$1280  = \$1279  & sat1[2];
+  assign gt3_1 = \$1280  | sat1[3];
+  assign \$1281  = ~ sat2[3];
+  assign \$1282  = \$1281  & sat2[2];
+  assign gt3_2 = \$1282  | sat2[3];
+  assign \$1283  = ~ sat3[3];
+  assign \$1284  = \$1283  & sat3[2];
+  assign gt3_3 = \$1284  | sat3[3];
+  assign \$1285  = ~ sat4[3];
+  assign \$1286  = \$1285  & sat4[2];
+  assign gt3_4 = \$1286  | sat4[3];
+  assign \$1287  = ~ sat5[3];
+  assign \$1288  = \$1287  & sat5[2];
+  assign gt3_5 = \$1288  | sat5[3];
+  assign \$1289  = ~ sat6[3];
+  assign \$1290  = \$1289  & sat6[2];
+  assign gt3_6 = \$1290  | sat6[3];
+  assign \$1291  = ~ sat7[3];
+  assign \$1292  = \$1291  & sat7[2];
+  assign gt3_7 = \$1292  | sat7[3];
+  assign \$1293  = ~ sat8[3];
+  assign \$1294  = \$1293  & sat8[2];
+  assign gt3_8 = \$1294  | sat8[3];
+  assign \$1295  = ~ sat9[3];
+  assign \$1296  = \$1295  & sat9[2];
+  assign gt3_9 = \$1296  | sat9[3];
+  assign \$1297  = ~ sat10[3];
+  assign \$1298  = \$1297  & sat10[2];
+  assign gt3_10 = \$1298  | sat10[3];
+  assign \$1299  = ~ sat11[3];
+  assign \$1300  = \$1299  & sat11[2];
+  assign gt3_11 = \$1300  | sat11[3];
+  assign \$1301  = ~ sat12[3];
+  assign \$1302  = \$1301  & sat12[2];
+  assign gt3_12 = \$1302  | sat12[3];
+  assign \$1303  = ~ sat13[3];
+  assign \$1304  = \$1303  & sat13[2];
+  assign gt3_13 = \$1304  | sat13[3];
+  assign \$1305  = ~ sat14[3];
+  assign \$1306  = \$1305  & sat14[2];
+  assign gt3_14 = \$1306  | sat14[3];
+  assign \$1307  = ~ sat15[3];
+  assign \$1308  = \$1307  & sat15[2];
+  assign gt3_15 = \$1308  | sat15[3];
+  assign \$1309  = ~ gt3_0;
+  assign \$1310  = gt3_1 & \$1309 ;
+  assign \$1311  = \$1310  ? 1'h1 : 1'h0;
+  assign \$1312  = ~ gt3_1;
+  assign \$1313  = gt3_2 & \$1312 ;
+  assign \$1314  = \$1313  ? 2'h2 : 2'h0;
+  assign \$1315  = { 1'h0, \$1311  } | \$1314 ;
+  assign \$1316  = ~ gt3_2;
+  assign \$1317  = gt3_3 & \$1316 ;
+  assign \$1318  = \$1317  ? 2'h3 : 2'h0;
+  assign \$1319  = \$1315  | \$1318 ;
+  assign \$1320  = ~ gt3_3;
+  assign \$1321  = gt3_4 & \$1320 ;
+  assign \$1322  = \$1321  ? 3'h4 : 3'h0;
+  assign \$1323  = { 1'h0, \$1319  } | \$1322 ;
+  assign \$1324  = ~ gt3_4;
+  assign \$1325  = gt3_5 & \$1324 ;
+  assign \$1326  = \$1325  ? 3'h5 : 3'h0;
+  assign \$1327  = \$1323  | \$1326 ;
+  assign \$1328  = ~ gt3_5;
+  assign \$1329  = gt3_6 & \$1328 ;
+  assign \$1330  = \$1329  ? 3'h6 : 3'h0;
+  assign \$1331  = \$1327  | \$1330 ;
+  assign \$1332  = ~ gt3_6;
+  assign \$1333  = gt3_7 & \$1332 ;
+  assign \$1334  = \$1333  ? 3'h7 : 3'h0;
+  assign \$1335  = \$1331  | \$1334 ;
+  assign \$1336  = ~ gt3_7;
+  assign \$1337  = gt3_8 & \$1336 ;
+  assign \$1338  = \$1337  ? 4'h8 : 4'h0;
+  assign \$1339  = { 1'h0, \$1335  } | \$1338 ;
+  assign \$1340  = ~ gt3_8;
+  assign \$1341  = gt3_9 & \$1340 ;
+  assign \$1342  = \$1341  ? 4'h9 : 4'h0;
+  assign \$1343  = \$1339  | \$1342 ;
+  assign \$1344  = ~ gt3_9;
+  assign \$1345  = gt3_10 & \$1344 ;
+  assign \$1346  = \$1345  ? 4'ha : 4'h0;
+  assign \$1347  = \$1343  | \$1346 ;
+  assign \$1348  = ~ gt3_10;
+  assign \$1349  = gt3_11 & \$1348 ;
+  assign \$1350  = \$1349  ? 4'hb : 4'h0;
+  assign \$1351  = \$1347  | \$1350 ;
+  assign \$1352  = ~ gt3_11;
+  assign \$1353  = gt3_12 & \$1352 ;
+  assign \$1354  = \$1353  ? 4'hc : 4'h0;
+  assign \$1355  = \$1351  | \$1354 ;
+  assign \$1356  = ~ gt3_12;
+  assign \$1357  = gt3_13 & \$1356 ;
+  assign \$1358  = \$1357  ? 4'hd : 4'h0;
+  assign \$1359  = \$1355  | \$1358 ;
+  assign \$1360  = ~ gt3_13;
+  assign \$1361  = gt3_14 & \$1360 ;
+  assign \$1362  = \$1361  ? 4'he : 4'h0;
+  assign \$1363  = \$1359  | \$1362 ;
+  assign \$1364  = ~ gt3_14;
+  assign \$1365  = gt3_15 & \$1364 ;
+  assign \$1366  = \$1365  ? 4'hf : 4'h0;
+  assign gsel3 = \$1363  | \$1366 ;
+  assign \$1367  = gt3_0 ? mbeat0[7:0] : 8'h00;
+  assign \$1368  = ~ gt3_0;
+  assign \$1369  = gt3_1 & \$1368 ;
+  assign \$1370  = \$1369  ? mbeat0[15:8] : 8'h00;
+  assign \$1371  = \$1367  | \$1370 ;
+  assign \$1372  = ~ gt3_1;
+  assign \$1373  = gt3_2 & \$1372 ;
+  assign \$1374  = \$1373  ? mbeat0[23:16] : 8'h00;
+  assign \$1375  = \$1371  | \$1374 ;
+  assign \$1376  = ~ gt3_2;
+  assign \$1377  = gt3_3 & \$1376 ;
+  assign \$1378  = \$1377  ? mbeat0[31:24] : 8'h00;
+  assign \$1379  = \$1375  | \$1378 ;
+  assign \$1380  = ~ gt3_3;
+  assign \$1381  = gt3_4 & \$1380 ;
+  assign \$1382  = \$1381  ? mbeat0[39:32] : 8'h00;
+  assign \$1383  = \$1379  | \$1382 ;
+  assign \$1384  = ~ gt3_4;
+  assign \$1385  = gt3_5 & \$1384 ;
+  assign \$1386  = \$1385  ? mbeat0[47:40] : 8'h00;
+  assign \$1387  = \$1383  | \$1386 ;
+  assign \$1388  = ~ gt3_5;
+  assign \$1389  = gt3_6 & \$1388 ;
+  assign \$1390  = \$1389  ? mbeat0[55:48] : 8'h00;
+  assign \$1391  = \$1387  | \$1390 ;
+  assign \$1392  = ~ gt3_6;
+  assign \$1393  = gt3_7 & \$1392 ;
+  assign \$1394  = \$1393  ? mbeat0[63:56] : 8'h00;
+  assign \$1395  = \$1391  | \$1394 ;
+  assign \$1396  = ~ gt3_7;
+  assign \$1397  = gt3_8 & \$1396 ;
+  assign \$1398  = \$1397  ? mbeat1[7:0] : 8'h00;
+  assign \$1399  = \$1395  | \$1398 ;
+  assign \$1400  = ~ gt3_8;
+  assign \$1401  = gt3_9 & \$1400 ;
+  assign \$1402  = \$1401  ? mbeat1[15:8] : 8'h00;
+  assign \$1403  = \$1399  | \$1402 ;
+  assign \$1404  = ~ gt3_9;
+  assign \$1405  = gt3_10 & \$1404 ;
+  assign \$1406  = \$1405  ? mbeat1[23:16] : 8'h00;
+  assign \$1407  = \$1403  | \$1406 ;
+  assign \$1408  = ~ gt3_10;
+  assign \$1409  = gt3_11 & \$1408 ;
+  assign \$1410  = \$1409  ? mbeat1[31:24] : 8'h00;
+  assign \$1411  = \$1407  | \$1410 ;
+  assign \$1412  = ~ gt3_11;
+  assign \$1413  = gt3_12 & \$1412 ;
+  assign \$1414  = \$1413  ? mbeat1[39:32] : 8'h00;
+  assign \$1415  = \$1411  | \$1414 ;
+  assign \$1416  = ~ gt3_12;
+  assign \$1417  = gt3_13 & \$1416 ;
+  assign \$1418  = \$1417  ? mbeat1[47:40] : 8'h00;
+  assign \$1419  = \$1415  | \$1418 ;
+  assign \$1420  = ~ gt3_13;
+  assign \$1421  = gt3_14 & \$1420 ;
+  assign \$1422  = \$1421  ? mbeat1[55:48] : 8'h00;
+  assign \$1423  = \$1419  | \$1422 ;
+  assign \$1424  = ~ gt3_14;
+  assign \$1425  = gt3_15 & \$1424 ;
+  assign \$1426  = \$1425  ? mbeat1[63:56] : 8'h00;
+  assign grp3 = \$1423  | \$1426 ;
+  assign \$1427  = gt3_0 ? \$251 [2:0] : 3'h0;
+  assign \$1428  = ~ gt3_0;
+  assign \$1429  = gt3_1 & \$1428 ;
+  assign \$1430  = \$1429  ? \$184 [2:0] : 3'h0;
+  assign \$1431  = \$1427  | \$1430 ;
+  assign \$1432  = ~ gt3_1;
+  assign \$1433  = gt3_2 & \$1432 ;
+  assign \$1434  = \$1433  ? \$188 [2:0] : 3'h0;
+  assign \$1435  = \$1431  | \$1434 ;
+  assign \$1436  = ~ gt3_2;
+  assign \$1437  = gt3_3 & \$1436 ;
+  assign \$1438  = \$1437  ? \$192 [2:0] : 3'h0;
+  assign \$1439  = \$1435  | \$1438 ;
+  assign \$1440  = ~ gt3_3;
+  assign \$1441  = gt3_4 & \$1440 ;
+  assign \$1442  = \$1441  ? \$196 [2:0] : 3'h0;
+  assign \$1443  = \$1439  | \$1442 ;
+  assign \$1444  = ~ gt3_4;
+  assign \$1445  = gt3_5 & \$1444 ;
+  assign \$1446  = \$1445  ? \$200 [2:0] : 3'h0;
+  assign \$1447  = \$1443  | \$1446 ;
+  assign \$1448  = ~ gt3_5;
+  assign \$1449  = gt3_6 & \$1448 ;
+  assign \$1450  = \$1449  ? \$204 [2:0] : 3'h0;
+  assign \$1451  = \$1447  | \$1450 ;
+  assign \$1452  = ~ gt3_6;
+  assign \$1453  = gt3_7 & \$1452 ;
+  assign \$1454  = \$1453  ? \$208 [2:0] : 3'h0;
+  assign \$1455  = \$1451  | \$1454 ;
+  assign \$1456  = ~ gt3_7;
+  assign \$1457  = gt3_8 & \$1456 ;
+  assign \$1458  = \$1457  ? \$212 [2:0] : 3'h0;
+  assign \$1459  = \$1455  | \$1458 ;
+  assign \$1460  = ~ gt3_8;
+  assign \$1461  = gt3_9 & \$1460 ;
+  assign \$1462  = \$1461  ? \$219 [2:0] : 3'h0;
+  assign \$1463  = \$1459  | \$1462 ;
+  assign \$1464  = ~ gt3_9;
+  assign \$1465  = gt3_10 & \$1464 ;
+  assign \$1466  = \$1465  ? \$223 [2:0] : 3'h0;
+  assign \$1467  = \$1463  | \$1466 ;
+  assign \$1468  = ~ gt3_10;
+  assign \$1469  = gt3_11 & \$1468 ;
+  assign \$1470  = \$1469  ? \$227 [2:0] : 3'h0;
+  assign \$1471  = \$1467  | \$1470 ;
+  assign \$1472  = ~ gt3_11;
+  assign \$1473  = gt3_12 & \$1472 ;
+  assign \$1474  = \$1473  ? \$231 [2:0] : 3'h0;
+  assign \$1475  = \$1471  | \$1474 ;
+  assign \$1476  = ~ gt3_12;
+  assign \$1477  = gt3_13 & \$1476 ;
+  assign \$1478  = \$1477  ? \$235 [2:0] : 3'h0;
+  assign \$1479  = \$1475  | \$1478 ;
+  assign \$1480  = ~ gt3_13;
+  assign \$1481  = gt3_14 & \$1480 ;
+  assign \$1482  = \$1481  ? \$239 [2:0] : 3'h0;
+  assign \$1483  = \$1479  | \$1482 ;
+  assign \$1484  = ~ gt3_14;
+  assign \$1485  = gt3_15 & \$1484 ;
+  assign \$1486  = \$1485  ? \$243 [2:0] : 3'h0;
+  assign dlow3 = \$1483  | \$1486 ;
+  assign \$1487  = 2'h3 - dlow3;
+  assign \$1488  = 1'h0 + grp3[0];
+  assign \$1489  = \$1488  + grp3[1];
+  assign \$1490  = \$1489  + grp3[2];
+  assign \$1491  = \$1490  + grp3[3];
+  assign ws3_lo = \$1487 [2:0] < \$1491 [2:0];
+  assign \$1492  = \$1487 [2:0] - \$1491 [2:0];
   assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
   assign lv3 = k > 2'h3;
-  assign \$981  = k_cur <= 2'h3;
-  assign ln3 = finish & \$981 ;
-  assign \$982  = ln3 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$983  = { gsel3, ws3 } - \$982 [9:0];
-  assign gt4_0 = sat0 > 3'h4;
-  assign gt4_1 = sat1 > 3'h4;
-  assign gt4_2 = sat2 > 3'h4;
-  assign gt4_3 = sat3 > 3'h4;
-  assign gt4_4 = sat4 > 3'h4;
-  assign gt4_5 = sat5 > 3'h4;
-  assign gt4_6 = sat6 > 3'h4;
-  assign gt4_7 = sat7 > 3'h4;
-  assign gt4_8 = sat8 > 3'h4;
-  assign gt4_9 = sat9 > 3'h4;
-  assign gt4_10 = sat10 > 3'h4;
-  assign gt4_11 = sat11 > 3'h4;
-  assign gt4_12 = sat12 > 3'h4;
-  assign gt4_13 = sat13 > 3'h4;
-  assign gt4_14 = sat14 > 3'h4;
-  assign gt4_15 = sat15 > 3'h4;
-  assign \$984  = ~ gt4_0;
-  assign \$985  = gt4_1 & \$984 ;
-  assign \$986  = \$985  ? 1'h1 : 1'h0;
-  assign \$987  = ~ gt4_1;
-  assign \$988  = gt4_2 & \$987 ;
-  assign \$989  = \$988  ? 2'h2 : 2'h0;
-  assign \$990  = { 1'h0, \$986  } | \$989 ;
-  assign \$991  = ~ gt4_2;
-  assign \$992  = gt4_3 & \$991 ;
-  assign \$993  = \$992  ? 2'h3 : 2'h0;
-  assign \$994  = \$990  | \$993 ;
-  assign \$995  = ~ gt4_3;
-  assign \$996  = gt4_4 & \$995 ;
-  assign \$997  = \$996  ? 3'h4 : 3'h0;
-  assign \$998  = { 1'h0, \$994  } | \$997 ;
-  assign \$999  = ~ gt4_4;
-  assign \$1000  = gt4_5 & \$999 ;
-  assign \$1001  = \$1000  ? 3'h5 : 3'h0;
-  assign \$1002  = \$998  | \$1001 ;
-  assign \$1003  = ~ gt4_5;
-  assign \$1004  = gt4_6 & \$1003 ;
-  assign \$1005  = \$1004  ? 3'h6 : 3'h0;
-  assign \$1006  = \$1002  | \$1005 ;
-  assign \$1007  = ~ gt4_6;
-  assign \$1008  = gt4_7 & \$1007 ;
-  assign \$1009  = \$1008  ? 3'h7 : 3'h0;
-  assign \$1010  = \$1006  | \$1009 ;
-  assign \$1011  = ~ gt4_7;
-  assign \$1012  = gt4_8 & \$1011 ;
-  assign \$1013  = \$1012  ? 4'h8 : 4'h0;
-  assign \$1014  = { 1'h0, \$1010  } | \$1013 ;
-  assign \$1015  = ~ gt4_8;
-  assign \$1016  = gt4_9 & \$1015 ;
-  assign \$1017  = \$1016  ? 4'h9 : 4'h0;
-  assign \$1018  = \$1014  | \$1017 ;
-  assign \$1019  = ~ gt4_9;
-  assign \$1020  = gt4_10 & \$1019 ;
-  assign \$1021  = \$1020  ? 4'ha : 4'h0;
-  assign \$1022  = \$1018  | \$1021 ;
-  assign \$1023  = ~ gt4_10;
-  assign \$1024  = gt4_11 & \$1023 ;
-  assign \$1025  = \$1024  ? 4'hb : 4'h0;
-  assign \$1026  = \$1022  | \$1025 ;
-  assign \$1027  = ~ gt4_11;
-  assign \$1028  = gt4_12 & \$1027 ;
-  assign \$1029  = \$1028  ? 4'hc : 4'h0;
-  assign \$1030  = \$1026  | \$1029 ;
-  assign \$1031  = ~ gt4_12;
-  assign \$1032  = gt4_13 & \$1031 ;
-  assign \$1033  = \$1032  ? 4'hd : 4'h0;
-  assign \$1034  = \$1030  | \$1033 ;
-  assign \$1035  = ~ gt4_13;
-  assign \$1036  = gt4_14 & \$1035 ;
-  assign \$1037  = \$1036  ? 4'he : 4'h0;
-  assign \$1038  = \$1034  | \$1037 ;
-  assign \$1039  = ~ gt4_14;
-  assign \$1040  = gt4_15 & \$1039 ;
-  assign \$1041  = \$1040  ? 4'hf : 4'h0;
-  assign gsel4 = \$1038  | \$1041 ;
-  assign \$1042  = gt4_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1043  = ~ gt4_0;
-  assign \$1044  = gt4_1 & \$1043 ;
-  assign \$1045  = \$1044  ? mbeat0[15:8] : 8'h00;
-  assign \$1046  = \$1042  | \$1045 ;
-  assign \$1047  = ~ gt4_1;
-  assign \$1048  = gt4_2 & \$1047 ;
-  assign \$1049  = \$1048  ? mbeat0[23:16] : 8'h00;
-  assign \$1050  = \$1046  | \$1049 ;
-  assign \$1051  = ~ gt4_2;
-  assign \$1052  = gt4_3 & \$1051 ;
-  assign \$1053  = \$1052  ? mbeat0[31:24] : 8'h00;
-  assign \$1054  = \$1050  | \$1053 ;
-  assign \$1055  = ~ gt4_3;
-  assign \$1056  = gt4_4 & \$1055 ;
-  assign \$1057  = \$1056  ? mbeat0[39:32] : 8'h00;
-  assign \$1058  = \$1054  | \$1057 ;
-  assign \$1059  = ~ gt4_4;
-  assign \$1060  = gt4_5 & \$1059 ;
-  assign \$1061  = \$1060  ? mbeat0[47:40] : 8'h00;
-  assign \$1062  = \$1058  | \$1061 ;
-  assign \$1063  = ~ gt4_5;
-  assign \$1064  = gt4_6 & \$1063 ;
-  assign \$1065  = \$1064  ? mbeat0[55:48] : 8'h00;
-  assign \$1066  = \$1062  | \$1065 ;
-  assign \$1067  = ~ gt4_6;
-  assign \$1068  = gt4_7 & \$1067 ;
-  assign \$1069  = \$1068  ? mbeat0[63:56] : 8'h00;
-  assign \$1070  = \$1066  | \$1069 ;
-  assign \$1071  = ~ gt4_7;
-  assign \$1072  = gt4_8 & \$1071 ;
-  assign \$1073  = \$1072  ? mbeat1[7:0] : 8'h00;
-  assign \$1074  = \$1070  | \$1073 ;
-  assign \$1075  = ~ gt4_8;
-  assign \$1076  = gt4_9 & \$1075 ;
-  assign \$1077  = \$1076  ? mbeat1[15:8] : 8'h00;
-  assign \$1078  = \$1074  | \$1077 ;
-  assign \$1079  = ~ gt4_9;
-  assign \$1080  = gt4_10 & \$1079 ;
-  assign \$1081  = \$1080  ? mbeat1[23:16] : 8'h00;
-  assign \$1082  = \$1078  | \$1081 ;
-  assign \$1083  = ~ gt4_10;
-  assign \$1084  = gt4_11 & \$1083 ;
-  assign \$1085  = \$1084  ? mbeat1[31:24] : 8'h00;
-  assign \$1086  = \$1082  | \$1085 ;
-  assign \$1087  = ~ gt4_11;
-  assign \$1088  = gt4_12 & \$1087 ;
-  assign \$1089  = \$1088  ? mbeat1[39:32] : 8'h00;
-  assign \$1090  = \$1086  | \$1089 ;
-  assign \$1091  = ~ gt4_12;
-  assign \$1092  = gt4_13 & \$1091 ;
-  assign \$1093  = \$1092  ? mbeat1[47:40] : 8'h00;
-  assign \$1094  = \$1090  | \$1093 ;
-  assign \$1095  = ~ gt4_13;
-  assign \$1096  = gt4_14 & \$1095 ;
-  assign \$1097  = \$1096  ? mbeat1[55:48] : 8'h00;
-  assign \$1098  = \$1094  | \$1097 ;
-  assign \$1099  = ~ gt4_14;
-  assign \$1100  = gt4_15 & \$1099 ;
-  assign \$1101  = \$1100  ? mbeat1[63:56] : 8'h00;
-  assign grp4 = \$1098  | \$1101 ;
-  assign \$1102  = gt4_0 ? \$235 [2:0] : 3'h0;
-  assign \$1103  = ~ gt4_0;
-  assign \$1104  = gt4_1 & \$1103 ;
-  assign \$1105  = \$1104  ? \$184 [2:0] : 3'h0;
-  assign \$1106  = \$1102  | \$1105 ;
-  assign \$1107  = ~ gt4_1;
-  assign \$1108  = gt4_2 & \$1107 ;
-  assign \$1109  = \$1108  ? \$187 [2:0] : 3'h0;
-  assign \$1110  = \$1106  | \$1109 ;
-  assign \$1111  = ~ gt4_2;
-  assign \$1112  = gt4_3 & \$1111 ;
-  assign \$1113  = \$1112  ? \$190 [2:0] : 3'h0;
-  assign \$1114  = \$1110  | \$1113 ;
-  assign \$1115  = ~ gt4_3;
-  assign \$1116  = gt4_4 & \$1115 ;
-  assign \$1117  = \$1116  ? \$193 [2:0] : 3'h0;
-  assign \$1118  = \$1114  | \$1117 ;
-  assign \$1119  = ~ gt4_4;
-  assign \$1120  = gt4_5 & \$1119 ;
-  assign \$1121  = \$1120  ? \$196 [2:0] : 3'h0;
-  assign \$1122  = \$1118  | \$1121 ;
-  assign \$1123  = ~ gt4_5;
-  assign \$1124  = gt4_6 & \$1123 ;
-  assign \$1125  = \$1124  ? \$199 [2:0] : 3'h0;
-  assign \$1126  = \$1122  | \$1125 ;
-  assign \$1127  = ~ gt4_6;
-  assign \$1128  = gt4_7 & \$1127 ;
-  assign \$1129  = \$1128  ? \$202 [2:0] : 3'h0;
-  assign \$1130  = \$1126  | \$1129 ;
-  assign \$1131  = ~ gt4_7;
-  assign \$1132  = gt4_8 & \$1131 ;
-  assign \$1133  = \$1132  ? \$205 [2:0] : 3'h0;
-  assign \$1134  = \$1130  | \$1133 ;
-  assign \$1135  = ~ gt4_8;
-  assign \$1136  = gt4_9 & \$1135 ;
-  assign \$1137  = \$1136  ? \$211 [2:0] : 3'h0;
-  assign \$1138  = \$1134  | \$1137 ;
-  assign \$1139  = ~ gt4_9;
-  assign \$1140  = gt4_10 & \$1139 ;
-  assign \$1141  = \$1140  ? \$214 [2:0] : 3'h0;
-  assign \$1142  = \$1138  | \$1141 ;
-  assign \$1143  = ~ gt4_10;
-  assign \$1144  = gt4_11 & \$1143 ;
-  assign \$1145  = \$1144  ? \$217 [2:0] : 3'h0;
-  assign \$1146  = \$1142  | \$1145 ;
-  assign \$1147  = ~ gt4_11;
-  assign \$1148  = gt4_12 & \$1147 ;
-  assign \$1149  = \$1148  ? \$220 [2:0] : 3'h0;
-  assign \$1150  = \$1146  | \$1149 ;
-  assign \$1151  = ~ gt4_12;
-  assign \$1152  = gt4_13 & \$1151 ;
-  assign \$1153  = \$1152  ? \$223 [2:0] : 3'h0;
-  assign \$1154  = \$1150  | \$1153 ;
-  assign \$1155  = ~ gt4_13;
-  assign \$1156  = gt4_14 & \$1155 ;
-  assign \$1157  = \$1156  ? \$226 [2:0] : 3'h0;
-  assign \$1158  = \$1154  | \$1157 ;
-  assign \$1159  = ~ gt4_14;
-  assign \$1160  = gt4_15 & \$1159 ;
-  assign \$1161  = \$1160  ? \$229 [2:0] : 3'h0;
-  assign dlow4 = \$1158  | \$1161 ;
-  assign \$1162  = 3'h4 - dlow4;
-  assign \$1163  = 1'h0 + grp4[0];
-  assign \$1164  = \$1163  + grp4[1];
-  assign \$1165  = \$1164  + grp4[2];
-  assign \$1166  = \$1165  + grp4[3];
-  assign ws4_lo = \$1162 [2:0] < \$1166 [2:0];
-  assign \$1167  = \$1162 [2:0] - \$1166 [2:0];
+  assign \$1493  = k_cur <= 2'h3;
+  assign ln3 = finish & \$1493 ;
+  assign \$1494  = ln3 ? es_w : { rs_w[15], rs_w };
+  assign \$1495  = gsel3[3:2] - \$1494 [4:0];
+  assign \$1496  = ~ sat0[1];
+  assign \$1497  = \$1496  & sat0[2];
+  assign \$1498  = ~ sat0[3];
+  assign \$1499  = \$1497  & \$1498 ;
+  assign \$1500  = \$1499  & sat0[0];
+  assign \$1501  = ~ sat0[3];
+  assign \$1502  = sat0[2] & \$1501 ;
+  assign \$1503  = \$1502  & sat0[1];
+  assign \$1504  = \$1500  | \$1503 ;
+  assign gt4_0 = \$1504  | sat0[3];
+  assign \$1505  = ~ sat1[1];
+  assign \$1506  = \$1505  & sat1[2];
+  assign \$1507  = ~ sat1[3];
+  assign \$1508  = \$1506  & \$1507 ;
+  assign \$1509  = \$1508  & sat1[0];
+  assign \$1510  = ~ sat1[3];
+  assign \$1511  = sat1[2] & \$1510 ;
+  assign \$1512  = \$1511  & sat1[1];
+  assign \$1513  = \$1509  | \$1512 ;
+  assign gt4_1 = \$1513  | sat1[3];
+  assign \$1514  = ~ sat2[1];
+  assign \$1515  = \$1514  & sat2[2];
+  assign \$1516  = ~ sat2[3];
+  assign \$1517  = \$1515  & \$1516 ;
+  assign \$1518  = \$1517  & sat2[0];
+  assign \$1519  = ~ sat2[3];
+  assign \$1520  = sat2[2] & \$1519 ;
+  assign \$1521  = \$1520  & sat2[1];
+  assign \$1522  = \$1518  | \$1521 ;
+  assign gt4_2 = \$1522  | sat2[3];
+  assign \$1523  = ~ sat3[1];
+  assign \$1524  = \$1523  & sat3[2];
+  assign \$1525  = ~ sat3[3];
+  assign \$1526  = \$1524  & \$1525 ;
+  assign \$1527  = \$1526  & sat3[0];
+  assign \$1528  = ~ sat3[3];
+  assign \$1529  = sat3[2] & \$1528 ;
+  assign \$1530  = \$1529  & sat3[1];
+  assign \$1531  = \$1527  | \$1530 ;
+  assign gt4_3 = \$1531  | sat3[3];
+  assign \$1532  = ~ sat4[1];
+  assign \$1533  = \$1532  & sat4[2];
+  assign \$1534  = ~ sat4[3];
+  assign \$1535  = \$1533  & \$1534 ;
+  assign \$1536  = \$1535  & sat4[0];
+  assign \$1537  = ~ sat4[3];
+  assign \$1538  = sat4[2] & \$1537 ;
+  assign \$1539  = \$1538  & sat4[1];
+  assign \$1540  = \$1536  | \$1539 ;
+  assign gt4_4 = \$1540  | sat4[3];
+  assign \$1541  = ~ sat5[1];
+  assign \$1542  = \$1541  & sat5[2];
+  assign \$1543  = ~ sat5[3];
+  assign \$1544  = \$1542  & \$1543 ;
+  assign \$1545  = \$1544  & sat5[0];
+  assign \$1546  = ~ sat5[3];
+  assign \$1547  = sat5[2] & \$1546 ;
+  assign \$1548  = \$1547  & sat5[1];
+  assign \$1549  = \$1545  | \$1548 ;
+  assign gt4_5 = \$1549  | sat5[3];
+  assign \$1550  = ~ sat6[1];
+  assign \$1551  = \$1550  & sat6[2];
+  assign \$1552  = ~ sat6[3];
+  assign \$1553  = \$1551  & \$1552 ;
+  assign \$1554  = \$1553  & sat6[0];
+  assign \$1555  = ~ sat6[3];
+  assign \$1556  = sat6[2] & \$1555 ;
+  assign \$1557  = \$1556  & sat6[1];
+  assign \$1558  = \$1554  | \$1557 ;
+  assign gt4_6 = \$1558  | sat6[3];
+  assign \$1559  = ~ sat7[1];
+  assign \$1560  = \$1559  & sat7[2];
+  assign \$1561  = ~ sat7[3];
+  assign \$1562  = \$1560  & \$1561 ;
+  assign \$1563  = \$1562  & sat7[0];
+  assign \$1564  = ~ sat7[3];
+  assign \$1565  = sat7[2] & \$1564 ;
+  assign \$1566  = \$1565  & sat7[1];
+  assign \$1567  = \$1563  | \$1566 ;
+  assign gt4_7 = \$1567  | sat7[3];
+  assign \$1568  = ~ sat8[1];
+  assign \$1569  = \$1568  & sat8[2];
+  assign \$1570  = ~ sat8[3];
+  assign \$1571  = \$1569  & \$1570 ;
+  assign \$1572  = \$1571  & sat8[0];
+  assign \$1573  = ~ sat8[3];
+  assign \$1574  = sat8[2] & \$1573 ;
+  assign \$1575  = \$1574  & sat8[1];
+  assign \$1576  = \$1572  | \$1575 ;
+  assign gt4_8 = \$1576  | sat8[3];
+  assign \$1577  = ~ sat9[1];
+  assign \$1578  = \$1577  & sat9[2];
+  assign \$1579  = ~ sat9[3];
+  assign \$1580  = \$1578  & \$1579 ;
+  assign \$1581  = \$1580  & sat9[0];
+  assign \$1582  = ~ sat9[3];
+  assign \$1583  = sat9[2] & \$1582 ;
+  assign \$1584  = \$1583  & sat9[1];
+  assign \$1585  = \$1581  | \$1584 ;
+  assign gt4_9 = \$1585  | sat9[3];
+  assign \$1586  = ~ sat10[1];
+  assign \$1587  = \$1586  & sat10[2];
+  assign \$1588  = ~ sat10[3];
+  assign \$1589  = \$1587  & \$1588 ;
+  assign \$1590  = \$1589  & sat10[0];
+  assign \$1591  = ~ sat10[3];
+  assign \$1592  = sat10[2] & \$1591 ;
+  assign \$1593  = \$1592  & sat10[1];
+  assign \$1594  = \$1590  | \$1593 ;
+  assign gt4_10 = \$1594  | sat10[3];
+  assign \$1595  = ~ sat11[1];
+  assign \$1596  = \$1595  & sat11[2];
+  assign \$1597  = ~ sat11[3];
+  assign \$1598  = \$1596  & \$1597 ;
+  assign \$1599  = \$1598  & sat11[0];
+  assign \$1600  = ~ sat11[3];
+  assign \$1601  = sat11[2] & \$1600 ;
+  assign \$1602  = \$1601  & sat11[1];
+  assign \$1603  = \$1599  | \$1602 ;
+  assign gt4_11 = \$1603  | sat11[3];
+  assign \$1604  = ~ sat12[1];
+  assign \$1605  = \$1604  & sat12[2];
+  assign \$1606  = ~ sat12[3];
+  assign \$1607  = \$1605  & \$1606 ;
+  assign \$1608  = \$1607  & sat12[0];
+  assign \$1609  = ~ sat12[3];
+  assign \$1610  = sat12[2] & \$1609 ;
+  assign \$1611  = \$1610  & sat12[1];
+  assign \$1612  = \$1608  | \$1611 ;
+  assign gt4_12 = \$1612  | sat12[3];
+  assign \$1613  = ~ sat13[1];
+  assign \$1614  = \$1613  & sat13[2];
+  assign \$1615  = ~ sat13[3];
+  assign \$1616  = \$1614  & \$1615 ;
+  assign \$1617  = \$1616  & sat13[0];
+  assign \$1618  = ~ sat13[3];
+  assign \$1619  = sat13[2] & \$1618 ;
+  assign \$1620  = \$1619  & sat13[1];
+  assign \$1621  = \$1617  | \$1620 ;
+  assign gt4_13 = \$1621  | sat13[3];
+  assign \$1622  = ~ sat14[1];
+  assign \$1623  = \$1622  & sat14[2];
+  assign \$1624  = ~ sat14[3];
+  assign \$1625  = \$1623  & \$1624 ;
+  assign \$1626  = \$1625  & sat14[0];
+  assign \$1627  = ~ sat14[3];
+  assign \$1628  = sat14[2] & \$1627 ;
+  assign \$1629  = \$1628  & sat14[1];
+  assign \$1630  = \$1626  | \$1629 ;
+  assign gt4_14 = \$1630  | sat14[3];
+  assign \$1631  = ~ sat15[1];
+  assign \$1632  = \$1631  & sat15[2];
+  assign \$1633  = ~ sat15[3];
+  assign \$1634  = \$1632  & \$1633 ;
+  assign \$1635  = \$1634  & sat15[0];
+  assign \$1636  = ~ sat15[3];
+  assign \$1637  = sat15[2] & \$1636 ;
+  assign \$1638  = \$1637  & sat15[1];
+  assign \$1639  = \$1635  | \$1638 ;
+  assign gt4_15 = \$1639  | sat15[3];
+  assign \$1640  = ~ gt4_0;
+  assign \$1641  = gt4_1 & \$1640 ;
+  assign \$1642  = \$1641  ? 1'h1 : 1'h0;
+  assign \$1643  = ~ gt4_1;
+  assign \$1644  = gt4_2 & \$1643 ;
+  assign \$1645  = \$1644  ? 2'h2 : 2'h0;
+  assign \$1646  = { 1'h0, \$1642  } | \$1645 ;
+  assign \$1647  = ~ gt4_2;
+  assign \$1648  = gt4_3 & \$1647 ;
+  assign \$1649  = \$1648  ? 2'h3 : 2'h0;
+  assign \$1650  = \$1646  | \$1649 ;
+  assign \$1651  = ~ gt4_3;
+  assign \$1652  = gt4_4 & \$1651 ;
+  assign \$1653  = \$1652  ? 3'h4 : 3'h0;
+  assign \$1654  = { 1'h0, \$1650  } | \$1653 ;
+  assign \$1655  = ~ gt4_4;
+  assign \$1656  = gt4_5 & \$1655 ;
+  assign \$1657  = \$1656  ? 3'h5 : 3'h0;
+  assign \$1658  = \$1654  | \$1657 ;
+  assign \$1659  = ~ gt4_5;
+  assign \$1660  = gt4_6 & \$1659 ;
+  assign \$1661  = \$1660  ? 3'h6 : 3'h0;
+  assign \$1662  = \$1658  | \$1661 ;
+  assign \$1663  = ~ gt4_6;
+  assign \$1664  = gt4_7 & \$1663 ;
+  assign \$1665  = \$1664  ? 3'h7 : 3'h0;
+  assign \$1666  = \$1662  | \$1665 ;
+  assign \$1667  = ~ gt4_7;
+  assign \$1668  = gt4_8 & \$1667 ;
+  assign \$1669  = \$1668  ? 4'h8 : 4'h0;
+  assign \$1670  = { 1'h0, \$1666  } | \$1669 ;
+  assign \$1671  = ~ gt4_8;
+  assign \$1672  = gt4_9 & \$1671 ;
+  assign \$1673  = \$1672  ? 4'h9 : 4'h0;
+  assign \$1674  = \$1670  | \$1673 ;
+  assign \$1675  = ~ gt4_9;
+  assign \$1676  = gt4_10 & \$1675 ;
+  assign \$1677  = \$1676  ? 4'ha : 4'h0;
+  assign \$1678  = \$1674  | \$1677 ;
+  assign \$1679  = ~ gt4_10;
+  assign \$1680  = gt4_11 & \$1679 ;
+  assign \$1681  = \$1680  ? 4'hb : 4'h0;
+  assign \$1682  = \$1678  | \$1681 ;
+  assign \$1683  = ~ gt4_11;
+  assign \$1684  = gt4_12 & \$1683 ;
+  assign \$1685  = \$1684  ? 4'hc : 4'h0;
+  assign \$1686  = \$1682  | \$1685 ;
+  assign \$1687  = ~ gt4_12;
+  assign \$1688  = gt4_13 & \$1687 ;
+  assign \$1689  = \$1688  ? 4'hd : 4'h0;
+  assign \$1690  = \$1686  | \$1689 ;
+  assign \$1691  = ~ gt4_13;
+  assign \$1692  = gt4_14 & \$1691 ;
+  assign \$1693  = \$1692  ? 4'he : 4'h0;
+  assign \$1694  = \$1690  | \$1693 ;
+  assign \$1695  = ~ gt4_14;
+  assign \$1696  = gt4_15 & \$1695 ;
+  assign \$1697  = \$1696  ? 4'hf : 4'h0;
+  assign gsel4 = \$1694  | \$1697 ;
+  assign \$1698  = gt4_0 ? mbeat0[7:0] : 8'h00;
+  assign \$1699  = ~ gt4_0;
+  assign \$1700  = gt4_1 & \$1699 ;
+  assign \$1701  = \$1700  ? mbeat0[15:8] : 8'h00;
+  assign \$1702  = \$1698  | \$1701 ;
+  assign \$1703  = ~ gt4_1;
+  assign \$1704  = gt4_2 & \$1703 ;
+  assign \$1705  = \$1704  ? mbeat0[23:16] : 8'h00;
+  assign \$1706  = \$1702  | \$1705 ;
+  assign \$1707  = ~ gt4_2;
+  assign \$1708  = gt4_3 & \$1707 ;
+  assign \$1709  = \$1708  ? mbeat0[31:24] : 8'h00;
+  assign \$1710  = \$1706  | \$1709 ;
+  assign \$1711  = ~ gt4_3;
+  assign \$1712  = gt4_4 & \$1711 ;
+  assign \$1713  = \$1712  ? mbeat0[39:32] : 8'h00;
+  assign \$1714  = \$1710  | \$1713 ;
+  assign \$1715  = ~ gt4_4;
+  assign \$1716  = gt4_5 & \$1715 ;
+  assign \$1717  = \$1716  ? mbeat0[47:40] : 8'h00;
+  assign \$1718  = \$1714  | \$1717 ;
+  assign \$1719  = ~ gt4_5;
+  assign \$1720  = gt4_6 & \$1719 ;
+  assign \$1721  = \$1720  ? mbeat0[55:48] : 8'h00;
+  assign \$1722  = \$1718  | \$1721 ;
+  assign \$1723  = ~ gt4_6;
+  assign \$1724  = gt4_7 & \$1723 ;
+  assign \$1725  = \$1724  ? mbeat0[63:56] : 8'h00;
+  assign \$1726  = \$1722  | \$1725 ;
+  assign \$1727  = ~ gt4_7;
+  assign \$1728  = gt4_8 & \$1727 ;
+  assign \$1729  = \$1728  ? mbeat1[7:0] : 8'h00;
+  assign \$1730  = \$1726  | \$1729 ;
+  assign \$1731  = ~ gt4_8;
+  assign \$1732  = gt4_9 & \$1731 ;
+  assign \$1733  = \$1732  ? mbeat1[15:8] : 8'h00;
+  assign \$1734  = \$1730  | \$1733 ;
+  assign \$1735  = ~ gt4_9;
+  assign \$1736  = gt4_10 & \$1735 ;
+  assign \$1737  = \$1736  ? mbeat1[23:16] : 8'h00;
+  assign \$1738  = \$1734  | \$1737 ;
+  assign \$1739  = ~ gt4_10;
+  assign \$1740  = gt4_11 & \$1739 ;
+  assign \$1741  = \$1740  ? mbeat1[31:24] : 8'h00;
+  assign \$1742  = \$1738  | \$1741 ;
+  assign \$1743  = ~ gt4_11;
+  assign \$1744  = gt4_12 & \$1743 ;
+  assign \$1745  = \$1744  ? mbeat1[39:32] : 8'h00;
+  assign \$1746  = \$1742  | \$1745 ;
+  assign \$1747  = ~ gt4_12;
+  assign \$1748  = gt4_13 & \$1747 ;
+  assign \$1749  = \$1748  ? mbeat1[47:40] : 8'h00;
+  assign \$1750  = \$1746  | \$1749 ;
+  assign \$1751  = ~ gt4_13;
+  assign \$1752  = gt4_14 & \$1751 ;
+  assign \$1753  = \$1752  ? mbeat1[55:48] : 8'h00;
+  assign \$1754  = \$1750  | \$1753 ;
+  assign \$1755  = ~ gt4_14;
+  assign \$1756  = gt4_15 & \$1755 ;
+  assign \$1757  = \$1756  ? mbeat1[63:56] : 8'h00;
+  assign grp4 = \$1754  | \$1757 ;
+  assign \$1758  = gt4_0 ? \$251 [2:0] : 3'h0;
+  assign \$1759  = ~ gt4_0;
+  assign \$1760  = gt4_1 & \$1759 ;
+  assign \$1761  = \$1760  ? \$184 [2:0] : 3'h0;
+  assign \$1762  = \$1758  | \$1761 ;
+  assign \$1763  = ~ gt4_1;
+  assign \$1764  = gt4_2 & \$1763 ;
+  assign \$1765  = \$1764  ? \$188 [2:0] : 3'h0;
+  assign \$1766  = \$1762  | \$1765 ;
+  assign \$1767  = ~ gt4_2;
+  assign \$1768  = gt4_3 & \$1767 ;
+  assign \$1769  = \$1768  ? \$192 [2:0] : 3'h0;
+  assign \$1770  = \$1766  | \$1769 ;
+  assign \$1771  = ~ gt4_3;
+  assign \$1772  = gt4_4 & \$1771 ;
+  assign \$1773  = \$1772  ? \$196 [2:0] : 3'h0;
+  assign \$1774  = \$1770  | \$1773 ;
+  assign \$1775  = ~ gt4_4;
+  assign \$1776  = gt4_5 & \$1775 ;
+  assign \$1777  = \$1776  ? \$200 [2:0] : 3'h0;
+  assign \$1778  = \$1774  | \$1777 ;
+  assign \$1779  = ~ gt4_5;
+  assign \$1780  = gt4_6 & \$1779 ;
+  assign \$1781  = \$1780  ? \$204 [2:0] : 3'h0;
+  assign \$1782  = \$1778  | \$1781 ;
+  assign \$1783  = ~ gt4_6;
+  assign \$1784  = gt4_7 & \$1783 ;
+  assign \$1785  = \$1784  ? \$208 [2:0] : 3'h0;
+  assign \$1786  = \$1782  | \$1785 ;
+  assign \$1787  = ~ gt4_7;
+  assign \$1788  = gt4_8 & \$1787 ;
+  assign \$1789  = \$1788  ? \$212 [2:0] : 3'h0;
+  assign \$1790  = \$1786  | \$1789 ;
+  assign \$1791  = ~ gt4_8;
+  assign \$1792  = gt4_9 & \$1791 ;
+  assign \$1793  = \$1792  ? \$219 [2:0] : 3'h0;
+  assign \$1794  = \$1790  | \$1793 ;
+  assign \$1795  = ~ gt4_9;
+  assign \$1796  = gt4_10 & \$1795 ;
+  assign \$1797  = \$1796  ? \$223 [2:0] : 3'h0;
+  assign \$1798  = \$1794  | \$1797 ;
+  assign \$1799  = ~ gt4_10;
+  assign \$1800  = gt4_11 & \$1799 ;
+  assign \$1801  = \$1800  ? \$227 [2:0] : 3'h0;
+  assign \$1802  = \$1798  | \$1801 ;
+  assign \$1803  = ~ gt4_11;
+  assign \$1804  = gt4_12 & \$1803 ;
+  assign \$1805  = \$1804  ? \$231 [2:0] : 3'h0;
+  assign \$1806  = \$1802  | \$1805 ;
+  assign \$1807  = ~ gt4_12;
+  assign \$1808  = gt4_13 & \$1807 ;
+  assign \$1809  = \$1808  ? \$235 [2:0] : 3'h0;
+  assign \$1810  = \$1806  | \$1809 ;
+  assign \$1811  = ~ gt4_13;
+  assign \$1812  = gt4_14 & \$1811 ;
+  assign \$1813  = \$1812  ? \$239 [2:0] : 3'h0;
+  assign \$1814  = \$1810  | \$1813 ;
+  assign \$1815  = ~ gt4_14;
+  assign \$1816  = gt4_15 & \$1815 ;
+  assign \$1817  = \$1816  ? \$243 [2:0] : 3'h0;
+  assign dlow4 = \$1814  | \$1817 ;
+  assign \$1818  = 3'h4 - dlow4;
+  assign \$1819  = 1'h0 + grp4[0];
+  assign \$1820  = \$1819  + grp4[1];
+  assign \$1821  = \$1820  + grp4[2];
+  assign \$1822  = \$1821  + grp4[3];
+  assign ws4_lo = \$1818 [2:0] < \$1822 [2:0];
+  assign \$1823  = \$1818 [2:0] - \$1822 [2:0];
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
   assign lv4 = k > 3'h4;
-  assign \$1168  = k_cur <= 3'h4;
-  assign ln4 = finish & \$1168 ;
-  assign \$1169  = ln4 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$1170  = { gsel4, ws4 } - \$1169 [9:0];
-  assign gt5_0 = sat0 > 3'h5;
-  assign gt5_1 = sat1 > 3'h5;
-  assign gt5_2 = sat2 > 3'h5;
-  assign gt5_3 = sat3 > 3'h5;
-  assign gt5_4 = sat4 > 3'h5;
-  assign gt5_5 = sat5 > 3'h5;
-  assign gt5_6 = sat6 > 3'h5;
-  assign gt5_7 = sat7 > 3'h5;
-  assign gt5_8 = sat8 > 3'h5;
-  assign gt5_9 = sat9 > 3'h5;
-  assign gt5_10 = sat10 > 3'h5;
-  assign gt5_11 = sat11 > 3'h5;
-  assign gt5_12 = sat12 > 3'h5;
-  assign gt5_13 = sat13 > 3'h5;
-  assign gt5_14 = sat14 > 3'h5;
-  assign gt5_15 = sat15 > 3'h5;
-  assign \$1171  = ~ gt5_0;
-  assign \$1172  = gt5_1 & \$1171 ;
-  assign \$1173  = \$1172  ? 1'h1 : 1'h0;
-  assign \$1174  = ~ gt5_1;
-  assign \$1175  = gt5_2 & \$1174 ;
-  assign \$1176  = \$1175  ? 2'h2 : 2'h0;
-  assign \$1177  = { 1'h0, \$1173  } | \$1176 ;
-  assign \$1178  = ~ gt5_2;
-  assign \$1179  = gt5_3 & \$1178 ;
-  assign \$1180  = \$1179  ? 2'h3 : 2'h0;
-  assign \$1181  = \$1177  | \$1180 ;
-  assign \$1182  = ~ gt5_3;
-  assign \$1183  = gt5_4 & \$1182 ;
-  assign \$1184  = \$1183  ? 3'h4 : 3'h0;
-  assign \$1185  = { 1'h0, \$1181  } | \$1184 ;
-  assign \$1186  = ~ gt5_4;
-  assign \$1187  = gt5_5 & \$1186 ;
-  assign \$1188  = \$1187  ? 3'h5 : 3'h0;
-  assign \$1189  = \$1185  | \$1188 ;
-  assign \$1190  = ~ gt5_5;
-  assign \$1191  = gt5_6 & \$1190 ;
-  assign \$1192  = \$1191  ? 3'h6 : 3'h0;
-  assign \$1193  = \$1189  | \$1192 ;
-  assign \$1194  = ~ gt5_6;
-  assign \$1195  = gt5_7 & \$1194 ;
-  assign \$1196  = \$1195  ? 3'h7 : 3'h0;
-  assign \$1197  = \$1193  | \$1196 ;
-  assign \$1198  = ~ gt5_7;
-  assign \$1199  = gt5_8 & \$1198 ;
-  assign \$1200  = \$1199  ? 4'h8 : 4'h0;
-  assign \$1201  = { 1'h0, \$1197  } | \$1200 ;
-  assign \$1202  = ~ gt5_8;
-  assign \$1203  = gt5_9 & \$1202 ;
-  assign \$1204  = \$1203  ? 4'h9 : 4'h0;
-  assign \$1205  = \$1201  | \$1204 ;
-  assign \$1206  = ~ gt5_9;
-  assign \$1207  = gt5_10 & \$1206 ;
-  assign \$1208  = \$1207  ? 4'ha : 4'h0;
-  assign \$1209  = \$1205  | \$1208 ;
-  assign \$1210  = ~ gt5_10;
-  assign \$1211  = gt5_11 & \$1210 ;
-  assign \$1212  = \$1211  ? 4'hb : 4'h0;
-  assign \$1213  = \$1209  | \$1212 ;
-  assign \$1214  = ~ gt5_11;
-  assign \$1215  = gt5_12 & \$1214 ;
-  assign \$1216  = \$1215  ? 4'hc : 4'h0;
-  assign \$1217  = \$1213  | \$1216 ;
-  assign \$1218  = ~ gt5_12;
-  assign \$1219  = gt5_13 & \$1218 ;
-  assign \$1220  = \$1219  ? 4'hd : 4'h0;
-  assign \$1221  = \$1217  | \$1220 ;
-  assign \$1222  = ~ gt5_13;
-  assign \$1223  = gt5_14 & \$1222 ;
-  assign \$1224  = \$1223  ? 4'he : 4'h0;
-  assign \$1225  = \$1221  | \$1224 ;
-  assign \$1226  = ~ gt5_14;
-  assign \$1227  = gt5_15 & \$1226 ;
-  assign \$1228  = \$1227  ? 4'hf : 4'h0;
-  assign gsel5 = \$1225  | \$1228 ;
-  assign \$1229  = gt5_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1230  = ~ gt5_0;
-  assign \$1231  = gt5_1 & \$1230 ;
-  assign \$1232  = \$1231  ? mbeat0[15:8] : 8'h00;
-  assign \$1233  = \$1229  | \$1232 ;
-  assign \$1234  = ~ gt5_1;
-  assign \$1235  = gt5_2 & \$1234 ;
-  assign \$1236  = \$1235  ? mbeat0[23:16] : 8'h00;
-  assign \$1237  = \$1233  | \$1236 ;
-  assign \$1238  = ~ gt5_2;
-  assign \$1239  = gt5_3 & \$1238 ;
-  assign \$1240  = \$1239  ? mbeat0[31:24] : 8'h00;
-  assign \$1241  = \$1237  | \$1240 ;
-  assign \$1242  = ~ gt5_3;
-  assign \$1243  = gt5_4 & \$1242 ;
-  assign \$1244  = \$1243  ? mbeat0[39:32] : 8'h00;
-  assign \$1245  = \$1241  | \$1244 ;
-  assign \$1246  = ~ gt5_4;
-  assign \$1247  = gt5_5 & \$1246 ;
-  assign \$1248  = \$1247  ? mbeat0[47:40] : 8'h00;
-  assign \$1249  = \$1245  | \$1248 ;
-  assign \$1250  = ~ gt5_5;
-  assign \$1251  = gt5_6 & \$1250 ;
-  assign \$1252  = \$1251  ? mbeat0[55:48] : 8'h00;
-  assign \$1253  = \$1249  | \$1252 ;
-  assign \$1254  = ~ gt5_6;
-  assign \$1255  = gt5_7 & \$1254 ;
-  assign \$1256  = \$1255  ? mbeat0[63:56] : 8'h00;
-  assign \$1257  = \$1253  | \$1256 ;
-  assign \$1258  = ~ gt5_7;
-  assign \$1259  = gt5_8 & \$1258 ;
-  assign \$1260  = \$1259  ? mbeat1[7:0] : 8'h00;
-  assign \$1261  = \$1257  | \$1260 ;
-  assign \$1262  = ~ gt5_8;
-  assign \$1263  = gt5_9 & \$1262 ;
-  assign \$1264  = \$1263  ? mbeat1[15:8] : 8'h00;
-  assign \$1265  = \$1261  | \$1264 ;
-  assign \$1266  = ~ gt5_9;
-  assign \$1267  = gt5_10 & \$1266 ;
-  assign \$1268  = \$1267  ? mbeat1[23:16] : 8'h00;
-  assign \$1269  = \$1265  | \$1268 ;
-  assign \$1270  = ~ gt5_10;
-  assign \$1271  = gt5_11 & \$1270 ;
-  assign \$1272  = \$1271  ? mbeat1[31:24] : 8'h00;
-  assign \$1273  = \$1269  | \$1272 ;
-  assign \$1274  = ~ gt5_11;
-  assign \$1275  = gt5_12 & \$1274 ;
-  assign \$1276  = \$1275  ? mbeat1[39:32] : 8'h00;
-  assign \$1277  = \$1273  | \$1276 ;
-  assign \$1278  = ~ gt5_12;
-  assign \$1279  = gt5_13 & \$1278 ;
-  assign \$1280  = \$1279  ? mbeat1[47:40] : 8'h00;
-  assign \$1281  = \$1277  | \$1280 ;
-  assign \$1282  = ~ gt5_13;
-  assign \$1283  = gt5_14 & \$1282 ;
-  assign \$1284  = \$1283  ? mbeat1[55:48] : 8'h00;
-  assign \$1285  = \$1281  | \$1284 ;
-  assign \$1286  = ~ gt5_14;
-  assign \$1287  = gt5_15 & \$1286 ;
-  assign \$1288  = \$1287  ? mbeat1[63:56] : 8'h00;
-  assign grp5 = \$1285  | \$1288 ;
-  assign \$1289  = gt5_0 ? \$235 [2:0] : 3'h0;
-  assign \$1290  = ~ gt5_0;
-  assign \$1291  = gt5_1 & \$1290 ;
-  assign \$1292  = \$1291  ? \$184 [2:0] : 3'h0;
-  assign \$1293  = \$1289  | \$1292 ;
-  assign \$1294  = ~ gt5_1;
-  assign \$1295  = gt5_2 & \$1294 ;
-  assign \$1296  = \$1295  ? \$187 [2:0] : 3'h0;
-  assign \$1297  = \$1293  | \$1296 ;
-  assign \$1298  = ~ gt5_2;
-  assign \$1299  = gt5_3 & \$1298 ;
-  assign \$1300  = \$1299  ? \$190 [2:0] : 3'h0;
-  assign \$1301  = \$1297  | \$1300 ;
-  assign \$1302  = ~ gt5_3;
-  assign \$1303  = gt5_4 & \$1302 ;
-  assign \$1304  = \$1303  ? \$193 [2:0] : 3'h0;
-  assign \$1305  = \$1301  | \$1304 ;
-  assign \$1306  = ~ gt5_4;
-  assign \$1307  = gt5_5 & \$1306 ;
-  assign \$1308  = \$1307  ? \$196 [2:0] : 3'h0;
-  assign \$1309  = \$1305  | \$1308 ;
-  assign \$1310  = ~ gt5_5;
-  assign \$1311  = gt5_6 & \$1310 ;
-  assign \$1312  = \$1311  ? \$199 [2:0] : 3'h0;
-  assign \$1313  = \$1309  | \$1312 ;
-  assign \$1314  = ~ gt5_6;
-  assign \$1315  = gt5_7 & \$1314 ;
-  assign \$1316  = \$1315  ? \$202 [2:0] : 3'h0;
-  assign \$1317  = \$1313  | \$1316 ;
-  assign \$1318  = ~ gt5_7;
-  assign \$1319  = gt5_8 & \$1318 ;
-  assign \$1320  = \$1319  ? \$205 [2:0] : 3'h0;
-  assign \$1321  = \$1317  | \$1320 ;
-  assign \$1322  = ~ gt5_8;
-  assign \$1323  = gt5_9 & \$1322 ;
-  assign \$1324  = \$1323  ? \$211 [2:0] : 3'h0;
-  assign \$1325  = \$1321  | \$1324 ;
-  assign \$1326  = ~ gt5_9;
-  assign \$1327  = gt5_10 & \$1326 ;
-  assign \$1328  = \$1327  ? \$214 [2:0] : 3'h0;
-  assign \$1329  = \$1325  | \$1328 ;
-  assign \$1330  = ~ gt5_10;
-  assign \$1331  = gt5_11 & \$1330 ;
-  assign \$1332  = \$1331  ? \$217 [2:0] : 3'h0;
-  assign \$1333  = \$1329  | \$1332 ;
-  assign \$1334  = ~ gt5_11;
-  assign \$1335  = gt5_12 & \$1334 ;
-  assign \$1336  = \$1335  ? \$220 [2:0] : 3'h0;
-  assign \$1337  = \$1333  | \$1336 ;
-  assign \$1338  = ~ gt5_12;
-  assign \$1339  = gt5_13 & \$1338 ;
-  assign \$1340  = \$1339  ? \$223 [2:0] : 3'h0;
-  assign \$1341  = \$1337  | \$1340 ;
-  assign \$1342  = ~ gt5_13;
-  assign \$1343  = gt5_14 & \$1342 ;
-  assign \$1344  = \$1343  ? \$226 [2:0] : 3'h0;
-  assign \$1345  = \$1341  | \$1344 ;
-  assign \$1346  = ~ gt5_14;
-  assign \$1347  = gt5_15 & \$1346 ;
-  assign \$1348  = \$1347  ? \$229 [2:0] : 3'h0;
-  assign dlow5 = \$1345  | \$1348 ;
-  assign \$1349  = 3'h5 - dlow5;
-  assign \$1350  = 1'h0 + grp5[0];
-  assign \$1351  = \$1350  + grp5[1];
-  assign \$1352  = \$1351  + grp5[2];
-  assign \$1353  = \$1352  + grp5[3];
-  assign ws5_lo = \$1349 [2:0] < \$1353 [2:0];
-  assign \$1354  = \$1349 [2:0] - \$1353 [2:0];
+  assign \$1824  = k_cur <= 3'h4;
+  assign ln4 = finish & \$1824 ;
+  assign \$1825  = ln4 ? es_w : { rs_w[15], rs_w };
+  assign \$1826  = gsel4[3:2] - \$1825 [4:0];
+  assign \$1827  = ~ sat0[3];
+  assign \$1828  = sat0[2] & \$1827 ;
+  assign \$1829  = \$1828  & sat0[1];
+  assign gt5_0 = \$1829  | sat0[3];
+  assign \$1830  = ~ sat1[3];
+  assign \$1831  = sat1[2] & \$1830 ;
+  assign \$1832  = \$1831  & sat1[1];
+  assign gt5_1 = \$1832  | sat1[3];
+  assign \$1833  = ~ sat2[3];
+  assign \$1834  = sat2[2] & \$1833 ;
+  assign \$1835  = \$1834  & sat2[1];
+  assign gt5_2 = \$1835  | sat2[3];
+  assign \$1836  = ~ sat3[3];
+  assign \$1837  = sat3[2] & \$1836 ;
+  assign \$1838  = \$1837  & sat3[1];
+  assign gt5_3 = \$1838  | sat3[3];
+  assign \$1839  = ~ sat4[3];
+  assign \$1840  = sat4[2] & \$1839 ;
+  assign \$1841  = \$1840  & sat4[1];
+  assign gt5_4 = \$1841  | sat4[3];
+  assign \$1842  = ~ sat5[3];
+  assign \$1843  = sat5[2] & \$1842 ;
+  assign \$1844  = \$1843  & sat5[1];
+  assign gt5_5 = \$1844  | sat5[3];
+  assign \$1845  = ~ sat6[3];
+  assign \$1846  = sat6[2] & \$1845 ;
+  assign \$1847  = \$1846  & sat6[1];
+  assign gt5_6 = \$1847  | sat6[3];
+  assign \$1848  = ~ sat7[3];
+  assign \$1849  = sat7[2] & \$1848 ;
+  assign \$1850  = \$1849  & sat7[1];
+  assign gt5_7 = \$1850  | sat7[3];
+  assign \$1851  = ~ sat8[3];
+  assign \$1852  = sat8[2] & \$1851 ;
+  assign \$1853  = \$1852  & sat8[1];
+  assign gt5_8 = \$1853  | sat8[3];
+  assign \$1854  = ~ sat9[3];
+  assign \$1855  = sat9[2] & \$1854 ;
+  assign \$1856  = \$1855  & sat9[1];
+  assign gt5_9 = \$1856  | sat9[3];
+  assign \$1857  = ~ sat10[3];
+  assign \$1858  = sat10[2] & \$1857 ;
+  assign \$1859  = \$1858  & sat10[1];
+  assign gt5_10 = \$1859  | sat10[3];
+  assign \$1860  = ~ sat11[3];
+  assign \$1861  = sat11[2] & \$1860 ;
+  assign \$1862  = \$1861  & sat11[1];
+  assign gt5_11 = \$1862  | sat11[3];
+  assign \$1863  = ~ sat12[3];
+  assign \$1864  = sat12[2] & \$1863 ;
+  assign \$1865  = \$1864  & sat12[1];
+  assign gt5_12 = \$1865  | sat12[3];
+  assign \$1866  = ~ sat13[3];
+  assign \$1867  = sat13[2] & \$1866 ;
+  assign \$1868  = \$1867  & sat13[1];
+  assign gt5_13 = \$1868  | sat13[3];
+  assign \$1869  = ~ sat14[3];
+  assign \$1870  = sat14[2] & \$1869 ;
+  assign \$1871  = \$1870  & sat14[1];
+  assign gt5_14 = \$1871  | sat14[3];
+  assign \$1872  = ~ sat15[3];
+  assign \$1873  = sat15[2] & \$1872 ;
+  assign \$1874  = \$1873  & sat15[1];
+  assign gt5_15 = \$1874  | sat15[3];
+  assign \$1875  = ~ gt5_0;
+  assign \$1876  = gt5_1 & \$1875 ;
+  assign \$1877  = \$1876  ? 1'h1 : 1'h0;
+  assign \$1878  = ~ gt5_1;
+  assign \$1879  = gt5_2 & \$1878 ;
+  assign \$1880  = \$1879  ? 2'h2 : 2'h0;
+  assign \$1881  = { 1'h0, \$1877  } | \$1880 ;
+  assign \$1882  = ~ gt5_2;
+  assign \$1883  = gt5_3 & \$1882 ;
+  assign \$1884  = \$1883  ? 2'h3 : 2'h0;
+  assign \$1885  = \$1881  | \$1884 ;
+  assign \$1886  = ~ gt5_3;
+  assign \$1887  = gt5_4 & \$1886 ;
+  assign \$1888  = \$1887  ? 3'h4 : 3'h0;
+  assign \$1889  = { 1'h0, \$1885  } | \$1888 ;
+  assign \$1890  = ~ gt5_4;
+  assign \$1891  = gt5_5 & \$1890 ;
+  assign \$1892  = \$1891  ? 3'h5 : 3'h0;
+  assign \$1893  = \$1889  | \$1892 ;
+  assign \$1894  = ~ gt5_5;
+  assign \$1895  = gt5_6 & \$1894 ;
+  assign \$1896  = \$1895  ? 3'h6 : 3'h0;
+  assign \$1897  = \$1893  | \$1896 ;
+  assign \$1898  = ~ gt5_6;
+  assign \$1899  = gt5_7 & \$1898 ;
+  assign \$1900  = \$1899  ? 3'h7 : 3'h0;
+  assign \$1901  = \$1897  | \$1900 ;
+  assign \$1902  = ~ gt5_7;
+  assign \$1903  = gt5_8 & \$1902 ;
+  assign \$1904  = \$1903  ? 4'h8 : 4'h0;
+  assign \$1905  = { 1'h0, \$1901  } | \$1904 ;
+  assign \$1906  = ~ gt5_8;
+  assign \$1907  = gt5_9 & \$1906 ;
+  assign \$1908  = \$1907  ? 4'h9 : 4'h0;
+  assign \$1909  = \$1905  | \$1908 ;
+  assign \$1910  = ~ gt5_9;
+  assign \$1911  = gt5_10 & \$1910 ;
+  assign \$1912  = \$1911  ? 4'ha : 4'h0;
+  assign \$1913  = \$1909  | \$1912 ;
+  assign \$1914  = ~ gt5_10;
+  assign \$1915  = gt5_11 & \$1914 ;
+  assign \$1916  = \$1915  ? 4'hb : 4'h0;
+  assign \$1917  = \$1913  | \$1916 ;
+  assign \$1918  = ~ gt5_11;
+  assign \$1919  = gt5_12 & \$1918 ;
+  assign \$1920  = \$1919  ? 4'hc : 4'h0;
+  assign \$1921  = \$1917  | \$1920 ;
+  assign \$1922  = ~ gt5_12;
+  assign \$1923  = gt5_13 & \$1922 ;
+  assign \$1924  = \$1923  ? 4'hd : 4'h0;
+  assign \$1925  = \$1921  | \$1924 ;
+  assign \$1926  = ~ gt5_13;
+  assign \$1927  = gt5_14 & \$1926 ;
+  assign \$1928  = \$1927  ? 4'he : 4'h0;
+  assign \$1929  = \$1925  | \$1928 ;
+  assign \$1930  = ~ gt5_14;
+  assign \$1931  = gt5_15 & \$1930 ;
+  assign \$1932  = \$1931  ? 4'hf : 4'h0;
+  assign gsel5 = \$1929  | \$1932 ;
+  assign \$1933  = gt5_0 ? mbeat0[7:0] : 8'h00;
+  assign \$1934  = ~ gt5_0;
+  assign \$1935  = gt5_1 & \$1934 ;
+  assign \$1936  = \$1935  ? mbeat0[15:8] : 8'h00;
+  assign \$1937  = \$1933  | \$1936 ;
+  assign \$1938  = ~ gt5_1;
+  assign \$1939  = gt5_2 & \$1938 ;
+  assign \$1940  = \$1939  ? mbeat0[23:16] : 8'h00;
+  assign \$1941  = \$1937  | \$1940 ;
+  assign \$1942  = ~ gt5_2;
+  assign \$1943  = gt5_3 & \$1942 ;
+  assign \$1944  = \$1943  ? mbeat0[31:24] : 8'h00;
+  assign \$1945  = \$1941  | \$1944 ;
+  assign \$1946  = ~ gt5_3;
+  assign \$1947  = gt5_4 & \$1946 ;
+  assign \$1948  = \$1947  ? mbeat0[39:32] : 8'h00;
+  assign \$1949  = \$1945  | \$1948 ;
+  assign \$1950  = ~ gt5_4;
+  assign \$1951  = gt5_5 & \$1950 ;
+  assign \$1952  = \$1951  ? mbeat0[47:40] : 8'h00;
+  assign \$1953  = \$1949  | \$1952 ;
+  assign \$1954  = ~ gt5_5;
+  assign \$1955  = gt5_6 & \$1954 ;
+  assign \$1956  = \$1955  ? mbeat0[55:48] : 8'h00;
+  assign \$1957  = \$1953  | \$1956 ;
+  assign \$1958  = ~ gt5_6;
+  assign \$1959  = gt5_7 & \$1958 ;
+  assign \$1960  = \$1959  ? mbeat0[63:56] : 8'h00;
+  assign \$1961  = \$1957  | \$1960 ;
+  assign \$1962  = ~ gt5_7;
+  assign \$1963  = gt5_8 & \$1962 ;
+  assign \$1964  = \$1963  ? mbeat1[7:0] : 8'h00;
+  assign \$1965  = \$1961  | \$1964 ;
+  assign \$1966  = ~ gt5_8;
+  assign \$1967  = gt5_9 & \$1966 ;
+  assign \$1968  = \$1967  ? mbeat1[15:8] : 8'h00;
+  assign \$1969  = \$1965  | \$1968 ;
+  assign \$1970  = ~ gt5_9;
+  assign \$1971  = gt5_10 & \$1970 ;
+  assign \$1972  = \$1971  ? mbeat1[23:16] : 8'h00;
+  assign \$1973  = \$1969  | \$1972 ;
+  assign \$1974  = ~ gt5_10;
+  assign \$1975  = gt5_11 & \$1974 ;
+  assign \$1976  = \$1975  ? mbeat1[31:24] : 8'h00;
+  assign \$1977  = \$1973  | \$1976 ;
+  assign \$1978  = ~ gt5_11;
+  assign \$1979  = gt5_12 & \$1978 ;
+  assign \$1980  = \$1979  ? mbeat1[39:32] : 8'h00;
+  assign \$1981  = \$1977  | \$1980 ;
+  assign \$1982  = ~ gt5_12;
+  assign \$1983  = gt5_13 & \$1982 ;
+  assign \$1984  = \$1983  ? mbeat1[47:40] : 8'h00;
+  assign \$1985  = \$1981  | \$1984 ;
+  assign \$1986  = ~ gt5_13;
+  assign \$1987  = gt5_14 & \$1986 ;
+  assign \$1988  = \$1987  ? mbeat1[55:48] : 8'h00;
+  assign \$1989  = \$1985  | \$1988 ;
+  assign \$1990  = ~ gt5_14;
+  assign \$1991  = gt5_15 & \$1990 ;
+  assign \$1992  = \$1991  ? mbeat1[63:56] : 8'h00;
+  assign grp5 = \$1989  | \$1992 ;
+  assign \$1993  = gt5_0 ? \$251 [2:0] : 3'h0;
+  assign \$1994  = ~ gt5_0;
+  assign \$1995  = gt5_1 & \$1994 ;
+  assign \$1996  = \$1995  ? \$184 [2:0] : 3'h0;
+  assign \$1997  = \$1993  | \$1996 ;
+  assign \$1998  = ~ gt5_1;
+  assign \$1999  = gt5_2 & \$1998 ;
+  assign \$2000  = \$1999  ? \$188 [2:0] : 3'h0;
+  assign \$2001  = \$1997  | \$2000 ;
+  assign \$2002  = ~ gt5_2;
+  assign \$2003  = gt5_3 & \$2002 ;
+  assign \$2004  = \$2003  ? \$192 [2:0] : 3'h0;
+  assign \$2005  = \$2001  | \$2004 ;
+  assign \$2006  = ~ gt5_3;
+  assign \$2007  = gt5_4 & \$2006 ;
+  assign \$2008  = \$2007  ? \$196 [2:0] : 3'h0;
+  assign \$2009  = \$2005  | \$2008 ;
+  assign \$2010  = ~ gt5_4;
+  assign \$2011  = gt5_5 & \$2010 ;
+  assign \$2012  = \$2011  ? \$200 [2:0] : 3'h0;
+  assign \$2013  = \$2009  | \$2012 ;
+  assign \$2014  = ~ gt5_5;
+  assign \$2015  = gt5_6 & \$2014 ;
+  assign \$2016  = \$2015  ? \$204 [2:0] : 3'h0;
+  assign \$2017  = \$2013  | \$2016 ;
+  assign \$2018  = ~ gt5_6;
+  assign \$2019  = gt5_7 & \$2018 ;
+  assign \$2020  = \$2019  ? \$208 [2:0] : 3'h0;
+  assign \$2021  = \$2017  | \$2020 ;
+  assign \$2022  = ~ gt5_7;
+  assign \$2023  = gt5_8 & \$2022 ;
+  assign \$2024  = \$2023  ? \$212 [2:0] : 3'h0;
+  assign \$2025  = \$2021  | \$2024 ;
+  assign \$2026  = ~ gt5_8;
+  assign \$2027  = gt5_9 & \$2026 ;
+  assign \$2028  = \$2027  ? \$219 [2:0] : 3'h0;
+  assign \$2029  = \$2025  | \$2028 ;
+  assign \$2030  = ~ gt5_9;
+  assign \$2031  = gt5_10 & \$2030 ;
+  assign \$2032  = \$2031  ? \$223 [2:0] : 3'h0;
+  assign \$2033  = \$2029  | \$2032 ;
+  assign \$2034  = ~ gt5_10;
+  assign \$2035  = gt5_11 & \$2034 ;
+  assign \$2036  = \$2035  ? \$227 [2:0] : 3'h0;
+  assign \$2037  = \$2033  | \$2036 ;
+  assign \$2038  = ~ gt5_11;
+  assign \$2039  = gt5_12 & \$2038 ;
+  assign \$2040  = \$2039  ? \$231 [2:0] : 3'h0;
+  assign \$2041  = \$2037  | \$2040 ;
+  assign \$2042  = ~ gt5_12;
+  assign \$2043  = gt5_13 & \$2042 ;
+  assign \$2044  = \$2043  ? \$235 [2:0] : 3'h0;
+  assign \$2045  = \$2041  | \$2044 ;
+  assign \$2046  = ~ gt5_13;
+  assign \$2047  = gt5_14 & \$2046 ;
+  assign \$2048  = \$2047  ? \$239 [2:0] : 3'h0;
+  assign \$2049  = \$2045  | \$2048 ;
+  assign \$2050  = ~ gt5_14;
+  assign \$2051  = gt5_15 & \$2050 ;
+  assign \$2052  = \$2051  ? \$243 [2:0] : 3'h0;
+  assign dlow5 = \$2049  | \$2052 ;
+  assign \$2053  = 3'h5 - dlow5;
+  assign \$2054  = 1'h0 + grp5[0];
+  assign \$2055  = \$2054  + grp5[1];
+  assign \$2056  = \$2055  + grp5[2];
+  assign \$2057  = \$2056  + grp5[3];
+  assign ws5_lo = \$2053 [2:0] < \$2057 [2:0];
+  assign \$2058  = \$2053 [2:0] - \$2057 [2:0];
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
   assign lv5 = k > 3'h5;
-  assign \$1355  = k_cur <= 3'h5;
-  assign ln5 = finish & \$1355 ;
-  assign \$1356  = ln5 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$1357  = { gsel5, ws5 } - \$1356 [9:0];
-  assign gt6_0 = sat0 > 3'h6;
-  assign gt6_1 = sat1 > 3'h6;
-  assign gt6_2 = sat2 > 3'h6;
-  assign gt6_3 = sat3 > 3'h6;
-  assign gt6_4 = sat4 > 3'h6;
-  assign gt6_5 = sat5 > 3'h6;
-  assign gt6_6 = sat6 > 3'h6;
-  assign gt6_7 = sat7 > 3'h6;
-  assign gt6_8 = sat8 > 3'h6;
-  assign gt6_9 = sat9 > 3'h6;
-  assign gt6_10 = sat10 > 3'h6;
-  assign gt6_11 = sat11 > 3'h6;
-  assign gt6_12 = sat12 > 3'h6;
-  assign gt6_13 = sat13 > 3'h6;
-  assign gt6_14 = sat14 > 3'h6;
-  assign gt6_15 = sat15 > 3'h6;
-  assign \$1358  = ~ gt6_0;
-  assign \$1359  = gt6_1 & \$1358 ;
-  assign \$1360  = \$1359  ? 1'h1 : 1'h0;
-  assign \$1361  = ~ gt6_1;
-  assign \$1362  = gt6_2 & \$1361 ;
-  assign \$1363  = \$1362  ? 2'h2 : 2'h0;
-  assign \$1364  = { 1'h0, \$1360  } | \$1363 ;
-  assign \$1365  = ~ gt6_2;
-  assign \$1366  = gt6_3 & \$1365 ;
-  assign \$1367  = \$1366  ? 2'h3 : 2'h0;
-  assign \$1368  = \$1364  | \$1367 ;
-  assign \$1369  = ~ gt6_3;
-  assign \$1370  = gt6_4 & \$1369 ;
-  assign \$1371  = \$1370  ? 3'h4 : 3'h0;
-  assign \$1372  = { 1'h0, \$1368  } | \$1371 ;
-  assign \$1373  = ~ gt6_4;
-  assign \$1374  = gt6_5 & \$1373 ;
-  assign \$1375  = \$1374  ? 3'h5 : 3'h0;
-  assign \$1376  = \$1372  | \$1375 ;
-  assign \$1377  = ~ gt6_5;
-  assign \$1378  = gt6_6 & \$1377 ;
-  assign \$1379  = \$1378  ? 3'h6 : 3'h0;
-  assign \$1380  = \$1376  | \$1379 ;
-  assign \$1381  = ~ gt6_6;
-  assign \$1382  = gt6_7 & \$1381 ;
-  assign \$1383  = \$1382  ? 3'h7 : 3'h0;
-  assign \$1384  = \$1380  | \$1383 ;
-  assign \$1385  = ~ gt6_7;
-  assign \$1386  = gt6_8 & \$1385 ;
-  assign \$1387  = \$1386  ? 4'h8 : 4'h0;
-  assign \$1388  = { 1'h0, \$1384  } | \$1387 ;
-  assign \$1389  = ~ gt6_8;
-  assign \$1390  = gt6_9 & \$1389 ;
-  assign \$1391  = \$1390  ? 4'h9 : 4'h0;
-  assign \$1392  = \$1388  | \$1391 ;
-  assign \$1393  = ~ gt6_9;
-  assign \$1394  = gt6_10 & \$1393 ;
-  assign \$1395  = \$1394  ? 4'ha : 4'h0;
-  assign \$1396  = \$1392  | \$1395 ;
-  assign \$1397  = ~ gt6_10;
-  assign \$1398  = gt6_11 & \$1397 ;
-  assign \$1399  = \$1398  ? 4'hb : 4'h0;
-  assign \$1400  = \$1396  | \$1399 ;
-  assign \$1401  = ~ gt6_11;
-  assign \$1402  = gt6_12 & \$1401 ;
-  assign \$1403  = \$1402  ? 4'hc : 4'h0;
-  assign \$1404  = \$1400  | \$1403 ;
-  assign \$1405  = ~ gt6_12;
-  assign \$1406  = gt6_13 & \$1405 ;
-  assign \$1407  = \$1406  ? 4'hd : 4'h0;
-  assign \$1408  = \$1404  | \$1407 ;
-  assign \$1409  = ~ gt6_13;
-  assign \$1410  = gt6_14 & \$1409 ;
-  assign \$1411  = \$1410  ? 4'he : 4'h0;
-  assign \$1412  = \$1408  | \$1411 ;
-  assign \$1413  = ~ gt6_14;
-  assign \$1414  = gt6_15 & \$1413 ;
-  assign \$1415  = \$1414  ? 4'hf : 4'h0;
-  assign gsel6 = \$1412  | \$1415 ;
-  assign \$1416  = gt6_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1417  = ~ gt6_0;
-  assign \$1418  = gt6_1 & \$1417 ;
-  assign \$1419  = \$1418  ? mbeat0[15:8] : 8'h00;
-  assign \$1420  = \$1416  | \$1419 ;
-  assign \$1421  = ~ gt6_1;
-  assign \$1422  = gt6_2 & \$1421 ;
-  assign \$1423  = \$1422  ? mbeat0[23:16] : 8'h00;
-  assign \$1424  = \$1420  | \$1423 ;
-  assign \$1425  = ~ gt6_2;
-  assign \$1426  = gt6_3 & \$1425 ;
-  assign \$1427  = \$1426  ? mbeat0[31:24] : 8'h00;
-  assign \$1428  = \$1424  | \$1427 ;
-  assign \$1429  = ~ gt6_3;
-  assign \$1430  = gt6_4 & \$1429 ;
-  assign \$1431  = \$1430  ? mbeat0[39:32] : 8'h00;
-  assign \$1432  = \$1428  | \$1431 ;
-  assign \$1433  = ~ gt6_4;
-  assign \$1434  = gt6_5 & \$1433 ;
-  assign \$1435  = \$1434  ? mbeat0[47:40] : 8'h00;
-  assign \$1436  = \$1432  | \$1435 ;
-  assign \$1437  = ~ gt6_5;
-  assign \$1438  = gt6_6 & \$1437 ;
-  assign \$1439  = \$1438  ? mbeat0[55:48] : 8'h00;
-  assign \$1440  = \$1436  | \$1439 ;
-  assign \$1441  = ~ gt6_6;
-  assign \$1442  = gt6_7 & \$1441 ;
-  assign \$1443  = \$1442  ? mbeat0[63:56] : 8'h00;
-  assign \$1444  = \$1440  | \$1443 ;
-  assign \$1445  = ~ gt6_7;
-  assign \$1446  = gt6_8 & \$1445 ;
-  assign \$1447  = \$1446  ? mbeat1[7:0] : 8'h00;
-  assign \$1448  = \$1444  | \$1447 ;
-  assign \$1449  = ~ gt6_8;
-  assign \$1450  = gt6_9 & \$1449 ;
-  assign \$1451  = \$1450  ? mbeat1[15:8] : 8'h00;
-  assign \$1452  = \$1448  | \$1451 ;
-  assign \$1453  = ~ gt6_9;
-  assign \$1454  = gt6_10 & \$1453 ;
-  assign \$1455  = \$1454  ? mbeat1[23:16] : 8'h00;
-  assign \$1456  = \$1452  | \$1455 ;
-  assign \$1457  = ~ gt6_10;
-  assign \$1458  = gt6_11 & \$1457 ;
-  assign \$1459  = \$1458  ? mbeat1[31:24] : 8'h00;
-  assign \$1460  = \$1456  | \$1459 ;
-  assign \$1461  = ~ gt6_11;
-  assign \$1462  = gt6_12 & \$1461 ;
-  assign \$1463  = \$1462  ? mbeat1[39:32] : 8'h00;
-  assign \$1464  = \$1460  | \$1463 ;
-  assign \$1465  = ~ gt6_12;
-  assign \$1466  = gt6_13 & \$1465 ;
-  assign \$1467  = \$1466  ? mbeat1[47:40] : 8'h00;
-  assign \$1468  = \$1464  | \$1467 ;
-  assign \$1469  = ~ gt6_13;
-  assign \$1470  = gt6_14 & \$1469 ;
-  assign \$1471  = \$1470  ? mbeat1[55:48] : 8'h00;
-  assign \$1472  = \$1468  | \$1471 ;
-  assign \$1473  = ~ gt6_14;
-  assign \$1474  = gt6_15 & \$1473 ;
-  assign \$1475  = \$1474  ? mbeat1[63:56] : 8'h00;
-  assign grp6 = \$1472  | \$1475 ;
-  assign \$1476  = gt6_0 ? \$235 [2:0] : 3'h0;
-  assign \$1477  = ~ gt6_0;
-  assign \$1478  = gt6_1 & \$1477 ;
-  assign \$1479  = \$1478  ? \$184 [2:0] : 3'h0;
-  assign \$1480  = \$1476  | \$1479 ;
-  assign \$1481  = ~ gt6_1;
-  assign \$1482  = gt6_2 & \$1481 ;
-  assign \$1483  = \$1482  ? \$187 [2:0] : 3'h0;
-  assign \$1484  = \$1480  | \$1483 ;
-  assign \$1485  = ~ gt6_2;
-  assign \$1486  = gt6_3 & \$1485 ;
-  assign \$1487  = \$1486  ? \$190 [2:0] : 3'h0;
-  assign \$1488  = \$1484  | \$1487 ;
-  assign \$1489  = ~ gt6_3;
-  assign \$1490  = gt6_4 & \$1489 ;
-  assign \$1491  = \$1490  ? \$193 [2:0] : 3'h0;
-  assign \$1492  = \$1488  | \$1491 ;
-  assign \$1493  = ~ gt6_4;
-  assign \$1494  = gt6_5 & \$1493 ;
-  assign \$1495  = \$1494  ? \$196 [2:0] : 3'h0;
-  assign \$1496  = \$1492  | \$1495 ;
-  assign \$1497  = ~ gt6_5;
-  assign \$1498  = gt6_6 & \$1497 ;
-  assign \$1499  = \$1498  ? \$199 [2:0] : 3'h0;
-  assign \$1500  = \$1496  | \$1499 ;
-  assign \$1501  = ~ gt6_6;
-  assign \$1502  = gt6_7 & \$1501 ;
-  assign \$1503  = \$1502  ? \$202 [2:0] : 3'h0;
-  assign \$1504  = \$1500  | \$1503 ;
-  assign \$1505  = ~ gt6_7;
-  assign \$1506  = gt6_8 & \$1505 ;
-  assign \$1507  = \$1506  ? \$205 [2:0] : 3'h0;
-  assign \$1508  = \$1504  | \$1507 ;
-  assign \$1509  = ~ gt6_8;
-  assign \$1510  = gt6_9 & \$1509 ;
-  assign \$1511  = \$1510  ? \$211 [2:0] : 3'h0;
-  assign \$1512  = \$1508  | \$1511 ;
-  assign \$1513  = ~ gt6_9;
-  assign \$1514  = gt6_10 & \$1513 ;
-  assign \$1515  = \$1514  ? \$214 [2:0] : 3'h0;
-  assign \$1516  = \$1512  | \$1515 ;
-  assign \$1517  = ~ gt6_10;
-  assign \$1518  = gt6_11 & \$1517 ;
-  assign \$1519  = \$1518  ? \$217 [2:0] : 3'h0;
-  assign \$1520  = \$1516  | \$1519 ;
-  assign \$1521  = ~ gt6_11;
-  assign \$1522  = gt6_12 & \$1521 ;
-  assign \$1523  = \$1522  ? \$220 [2:0] : 3'h0;
-  assign \$1524  = \$1520  | \$1523 ;
-  assign \$1525  = ~ gt6_12;
-  assign \$1526  = gt6_13 & \$1525 ;
-  assign \$1527  = \$1526  ? \$223 [2:0] : 3'h0;
-  assign \$1528  = \$1524  | \$1527 ;
-  assign \$1529  = ~ gt6_13;
-  assign \$1530  = gt6_14 & \$1529 ;
-  assign \$1531  = \$1530  ? \$226 [2:0] : 3'h0;
-  assign \$1532  = \$1528  | \$1531 ;
-  assign \$1533  = ~ gt6_14;
-  assign \$1534  = gt6_15 & \$1533 ;
-  assign \$1535  = \$1534  ? \$229 [2:0] : 3'h0;
-  assign dlow6 = \$1532  | \$1535 ;
-  assign \$1536  = 3'h6 - dlow6;
-  assign \$1537  = 1'h0 + grp6[0];
-  assign \$1538  = \$1537  + grp6[1];
-  assign \$1539  = \$1538  + grp6[2];
-  assign \$1540  = \$1539  + grp6[3];
-  assign ws6_lo = \$1536 [2:0] < \$1540 [2:0];
-  assign \$1541  = \$1536 [2:0] - \$1540 [2:0];
+  assign \$2059  = k_cur <= 3'h5;
+  assign ln5 = finish & \$2059 ;
+  assign \$2060  = ln5 ? es_w : { rs_w[15], rs_w };
+  assign \$2061  = gsel5[3:2] - \$2060 [4:0];
+  assign \$2062  = sat0[1] & sat0[2];
+  assign \$2063  = ~ sat0[3];
+  assign \$2064  = \$2062  & \$2063 ;
+  assign \$2065  = \$2064  & sat0[0];
+  assign gt6_0 = \$2065  | sat0[3];
+  assign \$2066  = sat1[1] & sat1[2];
+  assign \$2067  = ~ sat1[3];
+  assign \$2068  = \$2066  & \$2067 ;
+  assign \$2069  = \$2068  & sat1[0];
+  assign gt6_1 = \$2069  | sat1[3];
+  assign \$2070  = sat2[1] & sat2[2];
+  assign \$2071  = ~ sat2[3];
+  assign \$2072  = \$2070  & \$2071 ;
+  assign \$2073  = \$2072  & sat2[0];
+  assign gt6_2 = \$2073  | sat2[3];
+  assign \$2074  = sat3[1] & sat3[2];
+  assign \$2075  = ~ sat3[3];
+  assign \$2076  = \$2074  & \$2075 ;
+  assign \$2077  = \$2076  & sat3[0];
+  assign gt6_3 = \$2077  | sat3[3];
+  assign \$2078  = sat4[1] & sat4[2];
+  assign \$2079  = ~ sat4[3];
+  assign \$2080  = \$2078  & \$2079 ;
+  assign \$2081  = \$2080  & sat4[0];
+  assign gt6_4 = \$2081  | sat4[3];
+  assign \$2082  = sat5[1] & sat5[2];
+  assign \$2083  = ~ sat5[3];
+  assign \$2084  = \$2082  & \$2083 ;
+  assign \$2085  = \$2084  & sat5[0];
+  assign gt6_5 = \$2085  | sat5[3];
+  assign \$2086  = sat6[1] & sat6[2];
+  assign \$2087  = ~ sat6[3];
+  assign \$2088  = \$2086  & \$2087 ;
+  assign \$2089  = \$2088  & sat6[0];
+  assign gt6_6 = \$2089  | sat6[3];
+  assign \$2090  = sat7[1] & sat7[2];
+  assign \$2091  = ~ sat7[3];
+  assign \$2092  = \$2090  & \$2091 ;
+  assign \$2093  = \$2092  & sat7[0];
+  assign gt6_7 = \$2093  | sat7[3];
+  assign \$2094  = sat8[1] & sat8[2];
+  assign \$2095  = ~ sat8[3];
+  assign \$2096  = \$2094  & \$2095 ;
+  assign \$2097  = \$2096  & sat8[0];
+  assign gt6_8 = \$2097  | sat8[3];
+  assign \$2098  = sat9[1] & sat9[2];
+  assign \$2099  = ~ sat9[3];
+  assign \$2100  = \$2098  & \$2099 ;
+  assign \$2101  = \$2100  & sat9[0];
+  assign gt6_9 = \$2101  | sat9[3];
+  assign \$2102  = sat10[1] & sat10[2];
+  assign \$2103  = ~ sat10[3];
+  assign \$2104  = \$2102  & \$2103 ;
+  assign \$2105  = \$2104  & sat10[0];
+  assign gt6_10 = \$2105  | sat10[3];
+  assign \$2106  = sat11[1] & sat11[2];
+  assign \$2107  = ~ sat11[3];
+  assign \$2108  = \$2106  & \$2107 ;
+  assign \$2109  = \$2108  & sat11[0];
+  assign gt6_11 = \$2109  | sat11[3];
+  assign \$2110  = sat12[1] & sat12[2];
+  assign \$2111  = ~ sat12[3];
+  assign \$2112  = \$2110  & \$2111 ;
+  assign \$2113  = \$2112  & sat12[0];
+  assign gt6_12 = \$2113  | sat12[3];
+  assign \$2114  = sat13[1] & sat13[2];
+  assign \$2115  = ~ sat13[3];
+  assign \$2116  = \$2114  & \$2115 ;
+  assign \$2117  = \$2116  & sat13[0];
+  assign gt6_13 = \$2117  | sat13[3];
+  assign \$2118  = sat14[1] & sat14[2];
+  assign \$2119  = ~ sat14[3];
+  assign \$2120  = \$2118  & \$2119 ;
+  assign \$2121  = \$2120  & sat14[0];
+  assign gt6_14 = \$2121  | sat14[3];
+  assign \$2122  = sat15[1] & sat15[2];
+  assign \$2123  = ~ sat15[3];
+  assign \$2124  = \$2122  & \$2123 ;
+  assign \$2125  = \$2124  & sat15[0];
+  assign gt6_15 = \$2125  | sat15[3];
+  assign \$2126  = ~ gt6_0;
+  assign \$2127  = gt6_1 & \$2126 ;
+  assign \$2128  = \$2127  ? 1'h1 : 1'h0;
+  assign \$2129  = ~ gt6_1;
+  assign \$2130  = gt6_2 & \$2129 ;
+  assign \$2131  = \$2130  ? 2'h2 : 2'h0;
+  assign \$2132  = { 1'h0, \$2128  } | \$2131 ;
+  assign \$2133  = ~ gt6_2;
+  assign \$2134  = gt6_3 & \$2133 ;
+  assign \$2135  = \$2134  ? 2'h3 : 2'h0;
+  assign \$2136  = \$2132  | \$2135 ;
+  assign \$2137  = ~ gt6_3;
+  assign \$2138  = gt6_4 & \$2137 ;
+  assign \$2139  = \$2138  ? 3'h4 : 3'h0;
+  assign \$2140  = { 1'h0, \$2136  } | \$2139 ;
+  assign \$2141  = ~ gt6_4;
+  assign \$2142  = gt6_5 & \$2141 ;
+  assign \$2143  = \$2142  ? 3'h5 : 3'h0;
+  assign \$2144  = \$2140  | \$2143 ;
+  assign \$2145  = ~ gt6_5;
+  assign \$2146  = gt6_6 & \$2145 ;
+  assign \$2147  = \$2146  ? 3'h6 : 3'h0;
+  assign \$2148  = \$2144  | \$2147 ;
+  assign \$2149  = ~ gt6_6;
+  assign \$2150  = gt6_7 & \$2149 ;
+  assign \$2151  = \$2150  ? 3'h7 : 3'h0;
+  assign \$2152  = \$2148  | \$2151 ;
+  assign \$2153  = ~ gt6_7;
+  assign \$2154  = gt6_8 & \$2153 ;
+  assign \$2155  = \$2154  ? 4'h8 : 4'h0;
+  assign \$2156  = { 1'h0, \$2152  } | \$2155 ;
+  assign \$2157  = ~ gt6_8;
+  assign \$2158  = gt6_9 & \$2157 ;
+  assign \$2159  = \$2158  ? 4'h9 : 4'h0;
+  assign \$2160  = \$2156  | \$2159 ;
+  assign \$2161  = ~ gt6_9;
+  assign \$2162  = gt6_10 & \$2161 ;
+  assign \$2163  = \$2162  ? 4'ha : 4'h0;
+  assign \$2164  = \$2160  | \$2163 ;
+  assign \$2165  = ~ gt6_10;
+  assign \$2166  = gt6_11 & \$2165 ;
+  assign \$2167  = \$2166  ? 4'hb : 4'h0;
+  assign \$2168  = \$2164  | \$2167 ;
+  assign \$2169  = ~ gt6_11;
+  assign \$2170  = gt6_12 & \$2169 ;
+  assign \$2171  = \$2170  ? 4'hc : 4'h0;
+  assign \$2172  = \$2168  | \$2171 ;
+  assign \$2173  = ~ gt6_12;
+  assign \$2174  = gt6_13 & \$2173 ;
+  assign \$2175  = \$2174  ? 4'hd : 4'h0;
+  assign \$2176  = \$2172  | \$2175 ;
+  assign \$2177  = ~ gt6_13;
+  assign \$2178  = gt6_14 & \$2177 ;
+  assign \$2179  = \$2178  ? 4'he : 4'h0;
+  assign \$2180  = \$2176  | \$2179 ;
+  assign \$2181  = ~ gt6_14;
+  assign \$2182  = gt6_15 & \$2181 ;
+  assign \$2183  = \$2182  ? 4'hf : 4'h0;
+  assign gsel6 = \$2180  | \$2183 ;
+  assign \$2184  = gt6_0 ? mbeat0[7:0] : 8'h00;
+  assign \$2185  = ~ gt6_0;
+  assign \$2186  = gt6_1 & \$2185 ;
+  assign \$2187  = \$2186  ? mbeat0[15:8] : 8'h00;
+  assign \$2188  = \$2184  | \$2187 ;
+  assign \$2189  = ~ gt6_1;
+  assign \$2190  = gt6_2 & \$2189 ;
+  assign \$2191  = \$2190  ? mbeat0[23:16] : 8'h00;
+  assign \$2192  = \$2188  | \$2191 ;
+  assign \$2193  = ~ gt6_2;
+  assign \$2194  = gt6_3 & \$2193 ;
+  assign \$2195  = \$2194  ? mbeat0[31:24] : 8'h00;
+  assign \$2196  = \$2192  | \$2195 ;
+  assign \$2197  = ~ gt6_3;
+  assign \$2198  = gt6_4 & \$2197 ;
+  assign \$2199  = \$2198  ? mbeat0[39:32] : 8'h00;
+  assign \$2200  = \$2196  | \$2199 ;
+  assign \$2201  = ~ gt6_4;
+  assign \$2202  = gt6_5 & \$2201 ;
+  assign \$2203  = \$2202  ? mbeat0[47:40] : 8'h00;
+  assign \$2204  = \$2200  | \$2203 ;
+  assign \$2205  = ~ gt6_5;
+  assign \$2206  = gt6_6 & \$2205 ;
+  assign \$2207  = \$2206  ? mbeat0[55:48] : 8'h00;
+  assign \$2208  = \$2204  | \$2207 ;
+  assign \$2209  = ~ gt6_6;
+  assign \$2210  = gt6_7 & \$2209 ;
+  assign \$2211  = \$2210  ? mbeat0[63:56] : 8'h00;
+  assign \$2212  = \$2208  | \$2211 ;
+  assign \$2213  = ~ gt6_7;
+  assign \$2214  = gt6_8 & \$2213 ;
+  assign \$2215  = \$2214  ? mbeat1[7:0] : 8'h00;
+  assign \$2216  = \$2212  | \$2215 ;
+  assign \$2217  = ~ gt6_8;
+  assign \$2218  = gt6_9 & \$2217 ;
+  assign \$2219  = \$2218  ? mbeat1[15:8] : 8'h00;
+  assign \$2220  = \$2216  | \$2219 ;
+  assign \$2221  = ~ gt6_9;
+  assign \$2222  = gt6_10 & \$2221 ;
+  assign \$2223  = \$2222  ? mbeat1[23:16] : 8'h00;
+  assign \$2224  = \$2220  | \$2223 ;
+  assign \$2225  = ~ gt6_10;
+  assign \$2226  = gt6_11 & \$2225 ;
+  assign \$2227  = \$2226  ? mbeat1[31:24] : 8'h00;
+  assign \$2228  = \$2224  | \$2227 ;
+  assign \$2229  = ~ gt6_11;
+  assign \$2230  = gt6_12 & \$2229 ;
+  assign \$2231  = \$2230  ? mbeat1[39:32] : 8'h00;
+  assign \$2232  = \$2228  | \$2231 ;
+  assign \$2233  = ~ gt6_12;
+  assign \$2234  = gt6_13 & \$2233 ;
+  assign \$2235  = \$2234  ? mbeat1[47:40] : 8'h00;
+  assign \$2236  = \$2232  | \$2235 ;
+  assign \$2237  = ~ gt6_13;
+  assign \$2238  = gt6_14 & \$2237 ;
+  assign \$2239  = \$2238  ? mbeat1[55:48] : 8'h00;
+  assign \$2240  = \$2236  | \$2239 ;
+  assign \$2241  = ~ gt6_14;
+  assign \$2242  = gt6_15 & \$2241 ;
+  assign \$2243  = \$2242  ? mbeat1[63:56] : 8'h00;
+  assign grp6 = \$2240  | \$2243 ;
+  assign \$2244  = gt6_0 ? \$251 [2:0] : 3'h0;
+  assign \$2245  = ~ gt6_0;
+  assign \$2246  = gt6_1 & \$2245 ;
+  assign \$2247  = \$2246  ? \$184 [2:0] : 3'h0;
+  assign \$2248  = \$2244  | \$2247 ;
+  assign \$2249  = ~ gt6_1;
+  assign \$2250  = gt6_2 & \$2249 ;
+  assign \$2251  = \$2250  ? \$188 [2:0] : 3'h0;
+  assign \$2252  = \$2248  | \$2251 ;
+  assign \$2253  = ~ gt6_2;
+  assign \$2254  = gt6_3 & \$2253 ;
+  assign \$2255  = \$2254  ? \$192 [2:0] : 3'h0;
+  assign \$2256  = \$2252  | \$2255 ;
+  assign \$2257  = ~ gt6_3;
+  assign \$2258  = gt6_4 & \$2257 ;
+  assign \$2259  = \$2258  ? \$196 [2:0] : 3'h0;
+  assign \$2260  = \$2256  | \$2259 ;
+  assign \$2261  = ~ gt6_4;
+  assign \$2262  = gt6_5 & \$2261 ;
+  assign \$2263  = \$2262  ? \$200 [2:0] : 3'h0;
+  assign \$2264  = \$2260  | \$2263 ;
+  assign \$2265  = ~ gt6_5;
+  assign \$2266  = gt6_6 & \$2265 ;
+  assign \$2267  = \$2266  ? \$204 [2:0] : 3'h0;
+  assign \$2268  = \$2264  | \$2267 ;
+  assign \$2269  = ~ gt6_6;
+  assign \$2270  = gt6_7 & \$2269 ;
+  assign \$2271  = \$2270  ? \$208 [2:0] : 3'h0;
+  assign \$2272  = \$2268  | \$2271 ;
+  assign \$2273  = ~ gt6_7;
+  assign \$2274  = gt6_8 & \$2273 ;
+  assign \$2275  = \$2274  ? \$212 [2:0] : 3'h0;
+  assign \$2276  = \$2272  | \$2275 ;
+  assign \$2277  = ~ gt6_8;
+  assign \$2278  = gt6_9 & \$2277 ;
+  assign \$2279  = \$2278  ? \$219 [2:0] : 3'h0;
+  assign \$2280  = \$2276  | \$2279 ;
+  assign \$2281  = ~ gt6_9;
+  assign \$2282  = gt6_10 & \$2281 ;
+  assign \$2283  = \$2282  ? \$223 [2:0] : 3'h0;
+  assign \$2284  = \$2280  | \$2283 ;
+  assign \$2285  = ~ gt6_10;
+  assign \$2286  = gt6_11 & \$2285 ;
+  assign \$2287  = \$2286  ? \$227 [2:0] : 3'h0;
+  assign \$2288  = \$2284  | \$2287 ;
+  assign \$2289  = ~ gt6_11;
+  assign \$2290  = gt6_12 & \$2289 ;
+  assign \$2291  = \$2290  ? \$231 [2:0] : 3'h0;
+  assign \$2292  = \$2288  | \$2291 ;
+  assign \$2293  = ~ gt6_12;
+  assign \$2294  = gt6_13 & \$2293 ;
+  assign \$2295  = \$2294  ? \$235 [2:0] : 3'h0;
+  assign \$2296  = \$2292  | \$2295 ;
+  assign \$2297  = ~ gt6_13;
+  assign \$2298  = gt6_14 & \$2297 ;
+  assign \$2299  = \$2298  ? \$239 [2:0] : 3'h0;
+  assign \$2300  = \$2296  | \$2299 ;
+  assign \$2301  = ~ gt6_14;
+  assign \$2302  = gt6_15 & \$2301 ;
+  assign \$2303  = \$2302  ? \$243 [2:0] : 3'h0;
+  assign dlow6 = \$2300  | \$2303 ;
+  assign \$2304  = 3'h6 - dlow6;
+  assign \$2305  = 1'h0 + grp6[0];
+  assign \$2306  = \$2305  + grp6[1];
+  assign \$2307  = \$2306  + grp6[2];
+  assign \$2308  = \$2307  + grp6[3];
+  assign ws6_lo = \$2304 [2:0] < \$2308 [2:0];
+  assign \$2309  = \$2304 [2:0] - \$2308 [2:0];
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
   assign lv6 = k > 3'h6;
-  assign \$1542  = k_cur <= 3'h6;
-  assign ln6 = finish & \$1542 ;
-  assign \$1543  = ln6 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$1544  = { gsel6, ws6 } - \$1543 [9:0];
-  assign gt7_0 = sat0 > 3'h7;
-  assign gt7_1 = sat1 > 3'h7;
-  assign gt7_2 = sat2 > 3'h7;
-  assign gt7_3 = sat3 > 3'h7;
-  assign gt7_4 = sat4 > 3'h7;
-  assign gt7_5 = sat5 > 3'h7;
-  assign gt7_6 = sat6 > 3'h7;
-  assign gt7_7 = sat7 > 3'h7;
-  assign gt7_8 = sat8 > 3'h7;
-  assign gt7_9 = sat9 > 3'h7;
-  assign gt7_10 = sat10 > 3'h7;
-  assign gt7_11 = sat11 > 3'h7;
-  assign gt7_12 = sat12 > 3'h7;
-  assign gt7_13 = sat13 > 3'h7;
-  assign gt7_14 = sat14 > 3'h7;
-  assign gt7_15 = sat15 > 3'h7;
-  assign \$1545  = ~ gt7_0;
-  assign \$1546  = gt7_1 & \$1545 ;
-  assign \$1547  = \$1546  ? 1'h1 : 1'h0;
-  assign \$1548  = ~ gt7_1;
-  assign \$1549  = gt7_2 & \$1548 ;
-  assign \$1550  = \$1549  ? 2'h2 : 2'h0;
-  assign \$1551  = { 1'h0, \$1547  } | \$1550 ;
-  assign \$1552  = ~ gt7_2;
-  assign \$1553  = gt7_3 & \$1552 ;
-  assign \$1554  = \$1553  ? 2'h3 : 2'h0;
-  assign \$1555  = \$1551  | \$1554 ;
-  assign \$1556  = ~ gt7_3;
-  assign \$1557  = gt7_4 & \$1556 ;
-  assign \$1558  = \$1557  ? 3'h4 : 3'h0;
-  assign \$1559  = { 1'h0, \$1555  } | \$1558 ;
-  assign \$1560  = ~ gt7_4;
-  assign \$1561  = gt7_5 & \$1560 ;
-  assign \$1562  = \$1561  ? 3'h5 : 3'h0;
-  assign \$1563  = \$1559  | \$1562 ;
-  assign \$1564  = ~ gt7_5;
-  assign \$1565  = gt7_6 & \$1564 ;
-  assign \$1566  = \$1565  ? 3'h6 : 3'h0;
-  assign \$1567  = \$1563  | \$1566 ;
-  assign \$1568  = ~ gt7_6;
-  assign \$1569  = gt7_7 & \$1568 ;
-  assign \$1570  = \$1569  ? 3'h7 : 3'h0;
-  assign \$1571  = \$1567  | \$1570 ;
-  assign \$1572  = ~ gt7_7;
-  assign \$1573  = gt7_8 & \$1572 ;
-  assign \$1574  = \$1573  ? 4'h8 : 4'h0;
-  assign \$1575  = { 1'h0, \$1571  } | \$1574 ;
-  assign \$1576  = ~ gt7_8;
-  assign \$1577  = gt7_9 & \$1576 ;
-  assign \$1578  = \$1577  ? 4'h9 : 4'h0;
-  assign \$1579  = \$1575  | \$1578 ;
-  assign \$1580  = ~ gt7_9;
-  assign \$1581  = gt7_10 & \$1580 ;
-  assign \$1582  = \$1581  ? 4'ha : 4'h0;
-  assign \$1583  = \$1579  | \$1582 ;
-  assign \$1584  = ~ gt7_10;
-  assign \$1585  = gt7_11 & \$1584 ;
-  assign \$1586  = \$1585  ? 4'hb : 4'h0;
-  assign \$1587  = \$1583  | \$1586 ;
-  assign \$1588  = ~ gt7_11;
-  assign \$1589  = gt7_12 & \$1588 ;
-  assign \$1590  = \$1589  ? 4'hc : 4'h0;
-  assign \$1591  = \$1587  | \$1590 ;
-  assign \$1592  = ~ gt7_12;
-  assign \$1593  = gt7_13 & \$1592 ;
-  assign \$1594  = \$1593  ? 4'hd : 4'h0;
-  assign \$1595  = \$1591  | \$1594 ;
-  assign \$1596  = ~ gt7_13;
-  assign \$1597  = gt7_14 & \$1596 ;
-  assign \$1598  = \$1597  ? 4'he : 4'h0;
-  assign \$1599  = \$1595  | \$1598 ;
-  assign \$1600  = ~ gt7_14;
-  assign \$1601  = gt7_15 & \$1600 ;
-  assign \$1602  = \$1601  ? 4'hf : 4'h0;
-  assign gsel7 = \$1599  | \$1602 ;
-  assign \$1603  = gt7_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1604  = ~ gt7_0;
-  assign \$1605  = gt7_1 & \$1604 ;
-  assign \$1606  = \$1605  ? mbeat0[15:8] : 8'h00;
-  assign \$1607  = \$1603  | \$1606 ;
-  assign \$1608  = ~ gt7_1;
-  assign \$1609  = gt7_2 & \$1608 ;
-  assign \$1610  = \$1609  ? mbeat0[23:16] : 8'h00;
-  assign \$1611  = \$1607  | \$1610 ;
-  assign \$1612  = ~ gt7_2;
-  assign \$1613  = gt7_3 & \$1612 ;
-  assign \$1614  = \$1613  ? mbeat0[31:24] : 8'h00;
-  assign \$1615  = \$1611  | \$1614 ;
-  assign \$1616  = ~ gt7_3;
-  assign \$1617  = gt7_4 & \$1616 ;
-  assign \$1618  = \$1617  ? mbeat0[39:32] : 8'h00;
-  assign \$1619  = \$1615  | \$1618 ;
-  assign \$1620  = ~ gt7_4;
-  assign \$1621  = gt7_5 & \$1620 ;
-  assign \$1622  = \$1621  ? mbeat0[47:40] : 8'h00;
-  assign \$1623  = \$1619  | \$1622 ;
-  assign \$1624  = ~ gt7_5;
-  assign \$1625  = gt7_6 & \$1624 ;
-  assign \$1626  = \$1625  ? mbeat0[55:48] : 8'h00;
-  assign \$1627  = \$1623  | \$1626 ;
-  assign \$1628  = ~ gt7_6;
-  assign \$1629  = gt7_7 & \$1628 ;
-  assign \$1630  = \$1629  ? mbeat0[63:56] : 8'h00;
-  assign \$1631  = \$1627  | \$1630 ;
-  assign \$1632  = ~ gt7_7;
-  assign \$1633  = gt7_8 & \$1632 ;
-  assign \$1634  = \$1633  ? mbeat1[7:0] : 8'h00;
-  assign \$1635  = \$1631  | \$1634 ;
-  assign \$1636  = ~ gt7_8;
-  assign \$1637  = gt7_9 & \$1636 ;
-  assign \$1638  = \$1637  ? mbeat1[15:8] : 8'h00;
-  assign \$1639  = \$1635  | \$1638 ;
-  assign \$1640  = ~ gt7_9;
-  assign \$1641  = gt7_10 & \$1640 ;
-  assign \$1642  = \$1641  ? mbeat1[23:16] : 8'h00;
-  assign \$1643  = \$1639  | \$1642 ;
-  assign \$1644  = ~ gt7_10;
-  assign \$1645  = gt7_11 & \$1644 ;
-  assign \$1646  = \$1645  ? mbeat1[31:24] : 8'h00;
-  assign \$1647  = \$1643  | \$1646 ;
-  assign \$1648  = ~ gt7_11;
-  assign \$1649  = gt7_12 & \$1648 ;
-  assign \$1650  = \$1649  ? mbeat1[39:32] : 8'h00;
-  assign \$1651  = \$1647  | \$1650 ;
-  assign \$1652  = ~ gt7_12;
-  assign \$1653  = gt7_13 & \$1652 ;
-  assign \$1654  = \$1653  ? mbeat1[47:40] : 8'h00;
-  assign \$1655  = \$1651  | \$1654 ;
-  assign \$1656  = ~ gt7_13;
-  assign \$1657  = gt7_14 & \$1656 ;
-  assign \$1658  = \$1657  ? mbeat1[55:48] : 8'h00;
-  assign \$1659  = \$1655  | \$1658 ;
-  assign \$1660  = ~ gt7_14;
-  assign \$1661  = gt7_15 & \$1660 ;
-  assign \$1662  = \$1661  ? mbeat1[63:56] : 8'h00;
-  assign grp7 = \$1659  | \$1662 ;
-  assign \$1663  = gt7_0 ? \$235 [2:0] : 3'h0;
-  assign \$1664  = ~ gt7_0;
-  assign \$1665  = gt7_1 & \$1664 ;
-  assign \$1666  = \$1665  ? \$184 [2:0] : 3'h0;
-  assign \$1667  = \$1663  | \$1666 ;
-  assign \$1668  = ~ gt7_1;
-  assign \$1669  = gt7_2 & \$1668 ;
-  assign \$1670  = \$1669  ? \$187 [2:0] : 3'h0;
-  assign \$1671  = \$1667  | \$1670 ;
-  assign \$1672  = ~ gt7_2;
-  assign \$1673  = gt7_3 & \$1672 ;
-  assign \$1674  = \$1673  ? \$190 [2:0] : 3'h0;
-  assign \$1675  = \$1671  | \$1674 ;
-  assign \$1676  = ~ gt7_3;
-  assign \$1677  = gt7_4 & \$1676 ;
-  assign \$1678  = \$1677  ? \$193 [2:0] : 3'h0;
-  assign \$1679  = \$1675  | \$1678 ;
-  assign \$1680  = ~ gt7_4;
-  assign \$1681  = gt7_5 & \$1680 ;
-  assign \$1682  = \$1681  ? \$196 [2:0] : 3'h0;
-  assign \$1683  = \$1679  | \$1682 ;
-  assign \$1684  = ~ gt7_5;
-  assign \$1685  = gt7_6 & \$1684 ;
-  assign \$1686  = \$1685  ? \$199 [2:0] : 3'h0;
-  assign \$1687  = \$1683  | \$1686 ;
-  assign \$1688  = ~ gt7_6;
-  assign \$1689  = gt7_7 & \$1688 ;
-  assign \$1690  = \$1689  ? \$202 [2:0] : 3'h0;
-  assign \$1691  = \$1687  | \$1690 ;
-  assign \$1692  = ~ gt7_7;
-  assign \$1693  = gt7_8 & \$1692 ;
-  assign \$1694  = \$1693  ? \$205 [2:0] : 3'h0;
-  assign \$1695  = \$1691  | \$1694 ;
-  assign \$1696  = ~ gt7_8;
-  assign \$1697  = gt7_9 & \$1696 ;
-  assign \$1698  = \$1697  ? \$211 [2:0] : 3'h0;
-  assign \$1699  = \$1695  | \$1698 ;
-  assign \$1700  = ~ gt7_9;
-  assign \$1701  = gt7_10 & \$1700 ;
-  assign \$1702  = \$1701  ? \$214 [2:0] : 3'h0;
-  assign \$1703  = \$1699  | \$1702 ;
-  assign \$1704  = ~ gt7_10;
-  assign \$1705  = gt7_11 & \$1704 ;
-  assign \$1706  = \$1705  ? \$217 [2:0] : 3'h0;
-  assign \$1707  = \$1703  | \$1706 ;
-  assign \$1708  = ~ gt7_11;
-  assign \$1709  = gt7_12 & \$1708 ;
-  assign \$1710  = \$1709  ? \$220 [2:0] : 3'h0;
-  assign \$1711  = \$1707  | \$1710 ;
-  assign \$1712  = ~ gt7_12;
-  assign \$1713  = gt7_13 & \$1712 ;
-  assign \$1714  = \$1713  ? \$223 [2:0] : 3'h0;
-  assign \$1715  = \$1711  | \$1714 ;
-  assign \$1716  = ~ gt7_13;
-  assign \$1717  = gt7_14 & \$1716 ;
-  assign \$1718  = \$1717  ? \$226 [2:0] : 3'h0;
-  assign \$1719  = \$1715  | \$1718 ;
-  assign \$1720  = ~ gt7_14;
-  assign \$1721  = gt7_15 & \$1720 ;
-  assign \$1722  = \$1721  ? \$229 [2:0] : 3'h0;
-  assign dlow7 = \$1719  | \$1722 ;
-  assign \$1723  = 3'h7 - dlow7;
-  assign \$1724  = 1'h0 + grp7[0];
-  assign \$1725  = \$1724  + grp7[1];
-  assign \$1726  = \$1725  + grp7[2];
-  assign \$1727  = \$1726  + grp7[3];
-  assign ws7_lo = \$1723 [2:0] < \$1727 [2:0];
-  assign \$1728  = \$1723 [2:0] - \$1727 [2:0];
+  assign \$2310  = k_cur <= 3'h6;
+  assign ln6 = finish & \$2310 ;
+  assign \$2311  = ln6 ? es_w : { rs_w[15], rs_w };
+  assign \$2312  = gsel6[3:2] - \$2311 [4:0];
+  assign \$2313  = ~ sat0[3];
+  assign \$2314  = sat1[3] & \$2313 ;
+  assign \$2315  = \$2314  ? 1'h1 : 1'h0;
+  assign \$2316  = ~ sat1[3];
+  assign \$2317  = sat2[3] & \$2316 ;
+  assign \$2318  = \$2317  ? 2'h2 : 2'h0;
+  assign \$2319  = { 1'h0, \$2315  } | \$2318 ;
+  assign \$2320  = ~ sat2[3];
+  assign \$2321  = sat3[3] & \$2320 ;
+  assign \$2322  = \$2321  ? 2'h3 : 2'h0;
+  assign \$2323  = \$2319  | \$2322 ;
+  assign \$2324  = ~ sat3[3];
+  assign \$2325  = sat4[3] & \$2324 ;
+  assign \$2326  = \$2325  ? 3'h4 : 3'h0;
+  assign \$2327  = { 1'h0, \$2323  } | \$2326 ;
+  assign \$2328  = ~ sat4[3];
+  assign \$2329  = sat5[3] & \$2328 ;
+  assign \$2330  = \$2329  ? 3'h5 : 3'h0;
+  assign \$2331  = \$2327  | \$2330 ;
+  assign \$2332  = ~ sat5[3];
+  assign \$2333  = sat6[3] & \$2332 ;
+  assign \$2334  = \$2333  ? 3'h6 : 3'h0;
+  assign \$2335  = \$2331  | \$2334 ;
+  assign \$2336  = ~ sat6[3];
+  assign \$2337  = sat7[3] & \$2336 ;
+  assign \$2338  = \$2337  ? 3'h7 : 3'h0;
+  assign \$2339  = \$2335  | \$2338 ;
+  assign \$2340  = ~ sat7[3];
+  assign \$2341  = sat8[3] & \$2340 ;
+  assign \$2342  = \$2341  ? 4'h8 : 4'h0;
+  assign \$2343  = { 1'h0, \$2339  } | \$2342 ;
+  assign \$2344  = ~ sat8[3];
+  assign \$2345  = sat9[3] & \$2344 ;
+  assign \$2346  = \$2345  ? 4'h9 : 4'h0;
+  assign \$2347  = \$2343  | \$2346 ;
+  assign \$2348  = ~ sat9[3];
+  assign \$2349  = sat10[3] & \$2348 ;
+  assign \$2350  = \$2349  ? 4'ha : 4'h0;
+  assign \$2351  = \$2347  | \$2350 ;
+  assign \$2352  = ~ sat10[3];
+  assign \$2353  = sat11[3] & \$2352 ;
+  assign \$2354  = \$2353  ? 4'hb : 4'h0;
+  assign \$2355  = \$2351  | \$2354 ;
+  assign \$2356  = ~ sat11[3];
+  assign \$2357  = sat12[3] & \$2356 ;
+  assign \$2358  = \$2357  ? 4'hc : 4'h0;
+  assign \$2359  = \$2355  | \$2358 ;
+  assign \$2360  = ~ sat12[3];
+  assign \$2361  = sat13[3] & \$2360 ;
+  assign \$2362  = \$2361  ? 4'hd : 4'h0;
+  assign \$2363  = \$2359  | \$2362 ;
+  assign \$2364  = ~ sat13[3];
+  assign \$2365  = sat14[3] & \$2364 ;
+  assign \$2366  = \$2365  ? 4'he : 4'h0;
+  assign \$2367  = \$2363  | \$2366 ;
+  assign \$2368  = ~ sat14[3];
+  assign \$2369  = sat15[3] & \$2368 ;
+  assign \$2370  = \$2369  ? 4'hf : 4'h0;
+  assign gsel7 = \$2367  | \$2370 ;
+  assign \$2371  = sat0[3] ? mbeat0[7:0] : 8'h00;
+  assign \$2372  = ~ sat0[3];
+  assign \$2373  = sat1[3] & \$2372 ;
+  assign \$2374  = \$2373  ? mbeat0[15:8] : 8'h00;
+  assign \$2375  = \$2371  | \$2374 ;
+  assign \$2376  = ~ sat1[3];
+  assign \$2377  = sat2[3] & \$2376 ;
+  assign \$2378  = \$2377  ? mbeat0[23:16] : 8'h00;
+  assign \$2379  = \$2375  | \$2378 ;
+  assign \$2380  = ~ sat2[3];
+  assign \$2381  = sat3[3] & \$2380 ;
+  assign \$2382  = \$2381  ? mbeat0[31:24] : 8'h00;
+  assign \$2383  = \$2379  | \$2382 ;
+  assign \$2384  = ~ sat3[3];
+  assign \$2385  = sat4[3] & \$2384 ;
+  assign \$2386  = \$2385  ? mbeat0[39:32] : 8'h00;
+  assign \$2387  = \$2383  | \$2386 ;
+  assign \$2388  = ~ sat4[3];
+  assign \$2389  = sat5[3] & \$2388 ;
+  assign \$2390  = \$2389  ? mbeat0[47:40] : 8'h00;
+  assign \$2391  = \$2387  | \$2390 ;
+  assign \$2392  = ~ sat5[3];
+  assign \$2393  = sat6[3] & \$2392 ;
+  assign \$2394  = \$2393  ? mbeat0[55:48] : 8'h00;
+  assign \$2395  = \$2391  | \$2394 ;
+  assign \$2396  = ~ sat6[3];
+  assign \$2397  = sat7[3] & \$2396 ;
+  assign \$2398  = \$2397  ? mbeat0[63:56] : 8'h00;
+  assign \$2399  = \$2395  | \$2398 ;
+  assign \$2400  = ~ sat7[3];
+  assign \$2401  = sat8[3] & \$2400 ;
+  assign \$2402  = \$2401  ? mbeat1[7:0] : 8'h00;
+  assign \$2403  = \$2399  | \$2402 ;
+  assign \$2404  = ~ sat8[3];
+  assign \$2405  = sat9[3] & \$2404 ;
+  assign \$2406  = \$2405  ? mbeat1[15:8] : 8'h00;
+  assign \$2407  = \$2403  | \$2406 ;
+  assign \$2408  = ~ sat9[3];
+  assign \$2409  = sat10[3] & \$2408 ;
+  assign \$2410  = \$2409  ? mbeat1[23:16] : 8'h00;
+  assign \$2411  = \$2407  | \$2410 ;
+  assign \$2412  = ~ sat10[3];
+  assign \$2413  = sat11[3] & \$2412 ;
+  assign \$2414  = \$2413  ? mbeat1[31:24] : 8'h00;
+  assign \$2415  = \$2411  | \$2414 ;
+  assign \$2416  = ~ sat11[3];
+  assign \$2417  = sat12[3] & \$2416 ;
+  assign \$2418  = \$2417  ? mbeat1[39:32] : 8'h00;
+  assign \$2419  = \$2415  | \$2418 ;
+  assign \$2420  = ~ sat12[3];
+  assign \$2421  = sat13[3] & \$2420 ;
+  assign \$2422  = \$2421  ? mbeat1[47:40] : 8'h00;
+  assign \$2423  = \$2419  | \$2422 ;
+  assign \$2424  = ~ sat13[3];
+  assign \$2425  = sat14[3] & \$2424 ;
+  assign \$2426  = \$2425  ? mbeat1[55:48] : 8'h00;
+  assign \$2427  = \$2423  | \$2426 ;
+  assign \$2428  = ~ sat14[3];
+  assign \$2429  = sat15[3] & \$2428 ;
+  assign \$2430  = \$2429  ? mbeat1[63:56] : 8'h00;
+  assign grp7 = \$2427  | \$2430 ;
+  assign \$2431  = sat0[3] ? \$251 [2:0] : 3'h0;
+  assign \$2432  = ~ sat0[3];
+  assign \$2433  = sat1[3] & \$2432 ;
+  assign \$2434  = \$2433  ? \$184 [2:0] : 3'h0;
+  assign \$2435  = \$2431  | \$2434 ;
+  assign \$2436  = ~ sat1[3];
+  assign \$2437  = sat2[3] & \$2436 ;
+  assign \$2438  = \$2437  ? \$188 [2:0] : 3'h0;
+  assign \$2439  = \$2435  | \$2438 ;
+  assign \$2440  = ~ sat2[3];
+  assign \$2441  = sat3[3] & \$2440 ;
+  assign \$2442  = \$2441  ? \$192 [2:0] : 3'h0;
+  assign \$2443  = \$2439  | \$2442 ;
+  assign \$2444  = ~ sat3[3];
+  assign \$2445  = sat4[3] & \$2444 ;
+  assign \$2446  = \$2445  ? \$196 [2:0] : 3'h0;
+  assign \$2447  = \$2443  | \$2446 ;
+  assign \$2448  = ~ sat4[3];
+  assign \$2449  = sat5[3] & \$2448 ;
+  assign \$2450  = \$2449  ? \$200 [2:0] : 3'h0;
+  assign \$2451  = \$2447  | \$2450 ;
+  assign \$2452  = ~ sat5[3];
+  assign \$2453  = sat6[3] & \$2452 ;
+  assign \$2454  = \$2453  ? \$204 [2:0] : 3'h0;
+  assign \$2455  = \$2451  | \$2454 ;
+  assign \$2456  = ~ sat6[3];
+  assign \$2457  = sat7[3] & \$2456 ;
+  assign \$2458  = \$2457  ? \$208 [2:0] : 3'h0;
+  assign \$2459  = \$2455  | \$2458 ;
+  assign \$2460  = ~ sat7[3];
+  assign \$2461  = sat8[3] & \$2460 ;
+  assign \$2462  = \$2461  ? \$212 [2:0] : 3'h0;
+  assign \$2463  = \$2459  | \$2462 ;
+  assign \$2464  = ~ sat8[3];
+  assign \$2465  = sat9[3] & \$2464 ;
+  assign \$2466  = \$2465  ? \$219 [2:0] : 3'h0;
+  assign \$2467  = \$2463  | \$2466 ;
+  assign \$2468  = ~ sat9[3];
+  assign \$2469  = sat10[3] & \$2468 ;
+  assign \$2470  = \$2469  ? \$223 [2:0] : 3'h0;
+  assign \$2471  = \$2467  | \$2470 ;
+  assign \$2472  = ~ sat10[3];
+  assign \$2473  = sat11[3] & \$2472 ;
+  assign \$2474  = \$2473  ? \$227 [2:0] : 3'h0;
+  assign \$2475  = \$2471  | \$2474 ;
+  assign \$2476  = ~ sat11[3];
+  assign \$2477  = sat12[3] & \$2476 ;
+  assign \$2478  = \$2477  ? \$231 [2:0] : 3'h0;
+  assign \$2479  = \$2475  | \$2478 ;
+  assign \$2480  = ~ sat12[3];
+  assign \$2481  = sat13[3] & \$2480 ;
+  assign \$2482  = \$2481  ? \$235 [2:0] : 3'h0;
+  assign \$2483  = \$2479  | \$2482 ;
+  assign \$2484  = ~ sat13[3];
+  assign \$2485  = sat14[3] & \$2484 ;
+  assign \$2486  = \$2485  ? \$239 [2:0] : 3'h0;
+  assign \$2487  = \$2483  | \$2486 ;
+  assign \$2488  = ~ sat14[3];
+  assign \$2489  = sat15[3] & \$2488 ;
+  assign \$2490  = \$2489  ? \$243 [2:0] : 3'h0;
+  assign dlow7 = \$2487  | \$2490 ;
+  assign \$2491  = 3'h7 - dlow7;
+  assign \$2492  = 1'h0 + grp7[0];
+  assign \$2493  = \$2492  + grp7[1];
+  assign \$2494  = \$2493  + grp7[2];
+  assign \$2495  = \$2494  + grp7[3];
+  assign ws7_lo = \$2491 [2:0] < \$2495 [2:0];
+  assign \$2496  = \$2491 [2:0] - \$2495 [2:0];
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign lv7 = k > 3'h7;
-  assign \$1729  = k_cur <= 3'h7;
-  assign ln7 = finish & \$1729 ;
-  assign \$1730  = ln7 ? es_bits : { rs_bits[21], rs_bits };
-  assign \$1731  = { gsel7, ws7 } - \$1730 [9:0];
-  assign \$1732  = 4'h8 - vpos;
-  assign \$1733  = \$signal  ? \$1732  : 5'h00;
-  assign \$1734  = \$signal$380  ? 4'h8 : 4'h0;
-  assign \$1735  = $signed(\$1733 ) + $signed({ 1'h0, \$1734  });
-  assign vals_ok = k <= \$1735 [4:0];
-  assign vshift = { VB, \$signal$383  } >> { vpos, 3'h0 };
+  assign \$2497  = k_cur <= 3'h7;
+  assign ln7 = finish & \$2497 ;
+  assign \$2498  = ln7 ? es_w : { rs_w[15], rs_w };
+  assign \$2499  = gsel7[3:2] - \$2498 [4:0];
+  assign \$2500  = 4'h8 - vpos;
+  assign \$2501  = \$signal  ? \$2500  : 5'h00;
+  assign \$2502  = \$signal$368  ? 4'h8 : 4'h0;
+  assign \$2503  = $signed(\$2501 ) + $signed({ 1'h0, \$2502  });
+  assign vals_ok = k <= \$2503 [4:0];
+  assign vshift = { VB, \$signal$371  } >> { vpos, 3'h0 };
   assign last_row = rows_left == 1'h1;
-  assign \$1736  = ~ vals_ok;
-  assign \$1737  = running & \$1736 ;
-  assign short_err = \$1737  & vlast_loaded;
+  assign \$2504  = ~ vals_ok;
+  assign \$2505  = running & \$2504 ;
+  assign short_err = \$2505  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$1738  = mbeat0_v | row_complete;
-  assign \$1739  = running & \$1738 ;
-  assign \$1740  = \$1739  & vals_ok;
-  assign \$1741  = ~ any_err;
-  assign can_go = \$1740  & \$1741 ;
-  assign \$1742  = finish & last_row;
-  assign \$1743  = | k;
-  assign \$1744  = \$1743  | finish;
-  assign o_lanes__valid = can_go & \$1744 ;
-  assign \$1745  = ~ o_lanes__valid;
-  assign \$1746  = \$1745  | o_lanes__ready;
-  assign advance = can_go & \$1746 ;
-  assign \$1747  = advance & finish;
-  assign mat_end = \$1747  & last_row;
-  assign \$1748  = advance ? k : 4'h0;
-  assign \$1749  = rbase + \$1748 ;
-  assign \$1750  = $signed(es_bits) > $signed(1'h0);
-  assign \$1751  = $signed(es_bits) <= $signed(8'h40);
-  assign \$1752  = \$1750  & \$1751 ;
-  assign \$1753  = $signed(es_bits) > $signed(8'h40);
-  assign \$1754  = $signed(es_bits) <= $signed(9'h080);
-  assign \$1755  = \$1753  & \$1754 ;
-  assign \$1756  = running & mbeat0_v;
-  assign \$1757  = rbase >= \$82 [6:0];
-  assign \$1758  = \$1756  & \$1757 ;
-  assign \$1759  = $signed(es_w) > $signed(3'h2);
-  assign \$1760  = \$1758  & \$1759 ;
-  assign r_en = ~ mbeat1_nv;
+  assign \$2506  = mbeat0_v | row_complete;
+  assign \$2507  = running & \$2506 ;
+  assign \$2508  = \$2507  & vals_ok;
+  assign \$2509  = ~ any_err;
+  assign can_go = \$2508  & \$2509 ;
+  assign \$2510  = finish & last_row;
+  assign \$2511  = | k;
+  assign \$2512  = \$2511  | finish;
+  assign o_lanes__valid = can_go & \$2512 ;
+  assign \$2513  = ~ o_lanes__valid;
+  assign \$2514  = \$2513  | o_lanes__ready;
+  assign advance = can_go & \$2514 ;
+  assign \$2515  = advance & finish;
+  assign mat_end = \$2515  & last_row;
+  assign \$2516  = advance ? k : 4'h0;
+  assign \$2517  = rbase + \$2516 ;
+  assign \$2518  = $signed(es_bits) > $signed(1'h0);
+  assign \$2519  = $signed(es_bits) <= $signed(8'h40);
+  assign \$2520  = \$2518  & \$2519 ;
+  assign \$2521  = $signed(es_bits) > $signed(8'h40);
+  assign \$2522  = $signed(es_bits) <= $signed(9'h080);
+  assign \$2523  = \$2521  & \$2522 ;
+  assign \$2524  = running & mbeat0_v;
+  assign \$2525  = rbase >= \$82 [6:0];
+  assign \$2526  = \$2524  & \$2525 ;
+  assign \$2527  = $signed(es_w) > $signed(3'h2);
+  assign \$2528  = \$2526  & \$2527 ;
+  assign i_mask__ready = ~ mbeat1_nv;
   assign vpos_n = vpos + k;
-  assign \$1761  = ~ vlast_loaded;
-  assign \$1762  = ! vpos;
-  assign \$1763  = \$signal  & \$1762 ;
-  assign \$1764  = \$1763  | \$signal$380 ;
-  assign \$1765  = ~ \$1764 ;
-  assign \$1766  = | vpos;
-  assign \$1767  = \$1766  ? \$signal$407  : prev_last;
-  assign \$1768  = \$1765  & \$1767 ;
-  assign \$1769  = ! vpos;
-  assign \$1770  = \$signal  & \$1769 ;
-  assign \$1771  = \$1770  | \$signal$380 ;
-  assign \$1772  = ~ \$1771 ;
-  assign \$1773  = | vpos;
-  assign \$1774  = \$1773  ? \$signal$407  : prev_last;
-  assign \$1775  = \$1772  & \$1774 ;
-  assign \$1776  = ~ \$1775 ;
-  assign \$1777  = \$signal  & \$signal$407 ;
-  assign \$1778  = ~ \$signal$380 ;
-  assign \$1779  = \$1777  & \$1778 ;
-  assign \$1780  = ~ \$signal$380 ;
-  assign \$1781  = \$signal$407  & \$1780 ;
-  assign \$1782  = ~ \$1781 ;
-  assign \$1783  = \$signal  & \$1782 ;
-  assign \$1784  = end_ok | end_bad;
-  assign \$1785  = endv & \$1784 ;
-  assign \$1786  = any_err | \$1785 ;
-  assign \$1787  = | k;
-  assign \$1788  = advance & \$1787 ;
-  assign \$1789  = vpos_n >= 4'h8;
-  assign \$1790  = \$signal$404  & \$signal$405 ;
-  assign \$1791  = ~ \$1790 ;
-  assign \r_en$416  = allow_load & \$1791 ;
-  assign \$1792  = ~ running;
-  assign \$1793  = ~ endv;
-  assign i_cmd__ready = \$1792  & \$1793 ;
-  assign \$1794  = i_cmd__valid & i_cmd__ready;
-  assign \$1795  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$1798  = endv & end_bad;
-  assign \$1799  = ~ any_err;
-  assign \$1800  = \$1798  & \$1799 ;
-  assign \$1801  = o_lanes__valid & o_lanes__ready;
-  assign \$1802  = \$422 [9:0] >= cols_r;
-  assign \$1803  = lv0 & \$1802 ;
-  assign \$1804  = \$609 [9:0] >= cols_r;
-  assign \$1805  = lv1 & \$1804 ;
-  assign \$1806  = \$1803  | \$1805 ;
-  assign \$1807  = \$796 [9:0] >= cols_r;
-  assign \$1808  = lv2 & \$1807 ;
-  assign \$1809  = \$1806  | \$1808 ;
-  assign \$1810  = \$983 [9:0] >= cols_r;
-  assign \$1811  = lv3 & \$1810 ;
-  assign \$1812  = \$1809  | \$1811 ;
-  assign \$1813  = \$1170 [9:0] >= cols_r;
-  assign \$1814  = lv4 & \$1813 ;
-  assign \$1815  = \$1812  | \$1814 ;
-  assign \$1816  = \$1357 [9:0] >= cols_r;
-  assign \$1817  = lv5 & \$1816 ;
-  assign \$1818  = \$1815  | \$1817 ;
-  assign \$1819  = \$1544 [9:0] >= cols_r;
-  assign \$1820  = lv6 & \$1819 ;
-  assign \$1821  = \$1818  | \$1820 ;
-  assign \$1822  = \$1731 [9:0] >= cols_r;
-  assign \$1823  = lv7 & \$1822 ;
-  assign \$1824  = \$1821  | \$1823 ;
-  assign \$1825  = \$1801  & \$1824 ;
-  assign \$1826  = \$1749 [7:0] - \$82 [6:0];
-  assign \$1827  = advance & finish;
-  assign \$1828  = \$1827  ? es_w : { rs_w[15], rs_w };
-  assign \$1829  = $signed(\$1828 ) - $signed(3'h2);
-  assign \$1830  = advance & finish;
-  assign \$1831  = \$1830  ? es_w : { rs_w[15], rs_w };
-  assign \$1832  = ~ mbeat0_nv;
-  assign \$1834  = ~ mbeat1_nv;
-  assign \$1835  = \$1834  & mbeat0_nv;
-  assign \$1836  = end_ok | end_bad;
-  assign \$1837  = endv & \$1836 ;
-  assign \$1838  = any_err | \$1837 ;
-  assign \$1839  = | k;
-  assign \$1840  = advance & \$1839 ;
-  assign \$1841  = vpos_n >= 4'h8;
-  assign \$1842  = vpos_n - 4'h8;
-  assign \$1843  = \r_rdy$427  & allow_load;
-  assign \$1844  = ~ \$signal$404 ;
-  assign \$1845  = ~ \$signal$405 ;
-  assign \$1846  = \$signal$404  & \$signal$405 ;
-  assign \$1847  = ~ \$1846 ;
-  assign \$1848  = i_cmd__valid & i_cmd__ready;
-  assign \$1850  = advance & finish;
-  assign \$1851  = rows_left - 1'h1;
-  assign \$1852  = end_ok | end_bad;
-  assign \$1853  = endv & \$1852 ;
-  assign \$1854  = o_error_flags | flags;
+  assign \$2529  = ~ vlast_loaded;
+  assign \$2530  = ! vpos;
+  assign \$2531  = \$signal  & \$2530 ;
+  assign \$2532  = \$2531  | \$signal$368 ;
+  assign \$2533  = ~ \$2532 ;
+  assign \$2534  = | vpos;
+  assign \$2535  = \$2534  ? \$signal$395  : prev_last;
+  assign \$2536  = \$2533  & \$2535 ;
+  assign \$2537  = ! vpos;
+  assign \$2538  = \$signal  & \$2537 ;
+  assign \$2539  = \$2538  | \$signal$368 ;
+  assign \$2540  = ~ \$2539 ;
+  assign \$2541  = | vpos;
+  assign \$2542  = \$2541  ? \$signal$395  : prev_last;
+  assign \$2543  = \$2540  & \$2542 ;
+  assign \$2544  = ~ \$2543 ;
+  assign \$2545  = \$signal  & \$signal$395 ;
+  assign \$2546  = ~ \$signal$368 ;
+  assign \$2547  = \$2545  & \$2546 ;
+  assign \$2548  = ~ \$signal$368 ;
+  assign \$2549  = \$signal$395  & \$2548 ;
+  assign \$2550  = ~ \$2549 ;
+  assign \$2551  = \$signal  & \$2550 ;
+  assign \$2552  = end_ok | end_bad;
+  assign \$2553  = endv & \$2552 ;
+  assign \$2554  = any_err | \$2553 ;
+  assign \$2555  = | k;
+  assign \$2556  = advance & \$2555 ;
+  assign \$2557  = vpos_n >= 4'h8;
+  assign \$2558  = \$signal$392  & \$signal$393 ;
+  assign \$2559  = ~ \$2558 ;
+  assign i_value__ready = allow_load & \$2559 ;
+  assign \$2560  = ~ running;
+  assign \$2561  = ~ endv;
+  assign i_cmd__ready = \$2560  & \$2561 ;
+  assign \$2562  = i_cmd__valid & i_cmd__ready;
+  assign \$2563  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$2566  = endv & end_bad;
+  assign \$2567  = ~ any_err;
+  assign \$2568  = \$2566  & \$2567 ;
+  assign \$2569  = o_lanes__valid & o_lanes__ready;
+  assign \$2570  = { \$662 [4:0], gsel0[1:0], ws0 } >= cols_r;
+  assign \$2571  = lv0 & \$2570 ;
+  assign \$2572  = { \$961 [4:0], gsel1[1:0], ws1 } >= cols_r;
+  assign \$2573  = lv1 & \$2572 ;
+  assign \$2574  = \$2571  | \$2573 ;
+  assign \$2575  = { \$1276 [4:0], gsel2[1:0], ws2 } >= cols_r;
+  assign \$2576  = lv2 & \$2575 ;
+  assign \$2577  = \$2574  | \$2576 ;
+  assign \$2578  = { \$1495 [4:0], gsel3[1:0], ws3 } >= cols_r;
+  assign \$2579  = lv3 & \$2578 ;
+  assign \$2580  = \$2577  | \$2579 ;
+  assign \$2581  = { \$1826 [4:0], gsel4[1:0], ws4 } >= cols_r;
+  assign \$2582  = lv4 & \$2581 ;
+  assign \$2583  = \$2580  | \$2582 ;
+  assign \$2584  = { \$2061 [4:0], gsel5[1:0], ws5 } >= cols_r;
+  assign \$2585  = lv5 & \$2584 ;
+  assign \$2586  = \$2583  | \$2585 ;
+  assign \$2587  = { \$2312 [4:0], gsel6[1:0], ws6 } >= cols_r;
+  assign \$2588  = lv6 & \$2587 ;
+  assign \$2589  = \$2586  | \$2588 ;
+  assign \$2590  = { \$2499 [4:0], gsel7[1:0], ws7 } >= cols_r;
+  assign \$2591  = lv7 & \$2590 ;
+  assign \$2592  = \$2589  | \$2591 ;
+  assign \$2593  = \$2569  & \$2592 ;
+  assign \$2594  = \$2517 [7:0] - \$82 [6:0];
+  assign \$2595  = advance & finish;
+  assign \$2596  = \$2595  ? es_w : { rs_w[15], rs_w };
+  assign \$2597  = $signed(\$2596 ) - $signed(3'h2);
+  assign \$2598  = advance & finish;
+  assign \$2599  = \$2598  ? es_w : { rs_w[15], rs_w };
+  assign \$2600  = ~ mbeat0_nv;
+  assign \$2602  = ~ mbeat1_nv;
+  assign \$2603  = \$2602  & mbeat0_nv;
+  assign \$2604  = end_ok | end_bad;
+  assign \$2605  = endv & \$2604 ;
+  assign \$2606  = any_err | \$2605 ;
+  assign \$2607  = | k;
+  assign \$2608  = advance & \$2607 ;
+  assign \$2609  = vpos_n >= 4'h8;
+  assign \$2610  = vpos_n - 4'h8;
+  assign \$2611  = i_value__valid & allow_load;
+  assign \$2612  = ~ \$signal$392 ;
+  assign \$2613  = ~ \$signal$393 ;
+  assign \$2614  = \$signal$392  & \$signal$393 ;
+  assign \$2615  = ~ \$2614 ;
+  assign \$2616  = i_cmd__valid & i_cmd__ready;
+  assign \$2618  = advance & finish;
+  assign \$2619  = rows_left - 1'h1;
+  assign \$2620  = end_ok | end_bad;
+  assign \$2621  = endv & \$2620 ;
+  assign \$2622  = o_error_flags | flags;
   always @(posedge clk)
-    pad_r <= \$1855 ;
+    pad_r <= \$2623 ;
   always @(posedge clk)
-    rbase <= \$1856 ;
+    rbase <= \$2624 ;
   always @(posedge clk)
-    rs_w <= \$1857 ;
+    rs_w <= \$2625 ;
   always @(posedge clk)
-    mbeat0 <= \$1858 ;
+    mbeat0 <= \$2626 ;
   always @(posedge clk)
-    mbeat1 <= \$1859 ;
+    mbeat1 <= \$2627 ;
   always @(posedge clk)
-    mbeat0_v <= \$1860 ;
+    mbeat0_v <= \$2628 ;
   always @(posedge clk)
-    mbeat1_v <= \$1861 ;
+    mbeat1_v <= \$2629 ;
   always @(posedge clk)
-    vpos <= \$1862 ;
+    vpos <= \$2630 ;
   always @(posedge clk)
-    vlast_loaded <= \$1863 ;
+    vlast_loaded <= \$2631 ;
   always @(posedge clk)
-    prev_last <= \$1864 ;
+    prev_last <= \$2632 ;
   always @(posedge clk)
-    any_val <= \$1865 ;
+    any_val <= \$2633 ;
   always @(posedge clk)
-    \$signal$383  <= \$1866 ;
+    \$signal$371  <= \$2634 ;
   always @(posedge clk)
-    VB <= \$1867 ;
+    VB <= \$2635 ;
   always @(posedge clk)
-    \$signal  <= \$1868 ;
+    \$signal  <= \$2636 ;
   always @(posedge clk)
-    \$signal$380  <= \$1869 ;
+    \$signal$368  <= \$2637 ;
   always @(posedge clk)
-    \$signal$407  <= \$1870 ;
+    \$signal$395  <= \$2638 ;
   always @(posedge clk)
-    \$signal$408  <= \$1871 ;
+    \$signal$396  <= \$2639 ;
   always @(posedge clk)
-    running <= \$1872 ;
+    running <= \$2640 ;
   always @(posedge clk)
-    rows_left <= \$1873 ;
+    rows_left <= \$2641 ;
   always @(posedge clk)
-    cols_r <= \$1874 ;
+    cols_r <= \$2642 ;
   always @(posedge clk)
-    stride_w <= \$1875 ;
+    stride_w <= \$2643 ;
   always @(posedge clk)
-    endv <= \$1876 ;
+    endv <= \$2644 ;
   always @(posedge clk)
-    o_error_flags <= \$1877 ;
-  \spmv_l8_w8_ice40.dec.mfifo  mfifo (
-    .clk(clk),
-    .r_data(r_data),
-    .r_en(r_en),
-    .r_rdy(r_rdy),
-    .rst(rst),
-    .w_en(w_en),
-    .w_port__data(w_data),
-    .w_rdy(i_mask__ready)
-  );
-  \spmv_l8_w8_ice40.dec.vfifo  vfifo (
-    .clk(clk),
-    .r_data(\r_data$428 ),
-    .r_en(\r_en$416 ),
-    .r_rdy(\r_rdy$427 ),
-    .rst(rst),
-    .w_en(\w_en$8 ),
-    .w_port__data(\w_data$6 ),
-    .w_rdy(i_value__ready)
-  );
+    o_error_flags <= \$2645 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -8353,7 +9827,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0l = 2'h0;
-    casez ({ \$414 [1:0], grp0[3:0] })
+    casez ({ \$654 [1:0], grp0[3:0] })
       6'h02:
           ws0l = 2'h1;
       6'h13:
@@ -8407,7 +9881,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0h = 2'h0;
-    casez ({ \$419 [1:0], grp0[7:4] })
+    casez ({ \$659 [1:0], grp0[7:4] })
       6'h02:
           ws0h = 2'h1;
       6'h13:
@@ -8461,7 +9935,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1l = 2'h0;
-    casez ({ \$601 [1:0], grp1[3:0] })
+    casez ({ \$953 [1:0], grp1[3:0] })
       6'h02:
           ws1l = 2'h1;
       6'h13:
@@ -8515,7 +9989,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1h = 2'h0;
-    casez ({ \$606 [1:0], grp1[7:4] })
+    casez ({ \$958 [1:0], grp1[7:4] })
       6'h02:
           ws1h = 2'h1;
       6'h13:
@@ -8569,7 +10043,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2l = 2'h0;
-    casez ({ \$788 [1:0], grp2[3:0] })
+    casez ({ \$1268 [1:0], grp2[3:0] })
       6'h02:
           ws2l = 2'h1;
       6'h13:
@@ -8623,7 +10097,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2h = 2'h0;
-    casez ({ \$793 [1:0], grp2[7:4] })
+    casez ({ \$1273 [1:0], grp2[7:4] })
       6'h02:
           ws2h = 2'h1;
       6'h13:
@@ -8677,7 +10151,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3l = 2'h0;
-    casez ({ \$975 [1:0], grp3[3:0] })
+    casez ({ \$1487 [1:0], grp3[3:0] })
       6'h02:
           ws3l = 2'h1;
       6'h13:
@@ -8731,7 +10205,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3h = 2'h0;
-    casez ({ \$980 [1:0], grp3[7:4] })
+    casez ({ \$1492 [1:0], grp3[7:4] })
       6'h02:
           ws3h = 2'h1;
       6'h13:
@@ -8785,7 +10259,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4l = 2'h0;
-    casez ({ \$1162 [1:0], grp4[3:0] })
+    casez ({ \$1818 [1:0], grp4[3:0] })
       6'h02:
           ws4l = 2'h1;
       6'h13:
@@ -8839,7 +10313,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4h = 2'h0;
-    casez ({ \$1167 [1:0], grp4[7:4] })
+    casez ({ \$1823 [1:0], grp4[7:4] })
       6'h02:
           ws4h = 2'h1;
       6'h13:
@@ -8893,7 +10367,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5l = 2'h0;
-    casez ({ \$1349 [1:0], grp5[3:0] })
+    casez ({ \$2053 [1:0], grp5[3:0] })
       6'h02:
           ws5l = 2'h1;
       6'h13:
@@ -8947,7 +10421,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5h = 2'h0;
-    casez ({ \$1354 [1:0], grp5[7:4] })
+    casez ({ \$2058 [1:0], grp5[7:4] })
       6'h02:
           ws5h = 2'h1;
       6'h13:
@@ -9001,7 +10475,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6l = 2'h0;
-    casez ({ \$1536 [1:0], grp6[3:0] })
+    casez ({ \$2304 [1:0], grp6[3:0] })
       6'h02:
           ws6l = 2'h1;
       6'h13:
@@ -9055,7 +10529,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6h = 2'h0;
-    casez ({ \$1541 [1:0], grp6[7:4] })
+    casez ({ \$2309 [1:0], grp6[7:4] })
       6'h02:
           ws6h = 2'h1;
       6'h13:
@@ -9109,7 +10583,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7l = 2'h0;
-    casez ({ \$1723 [1:0], grp7[3:0] })
+    casez ({ \$2491 [1:0], grp7[3:0] })
       6'h02:
           ws7l = 2'h1;
       6'h13:
@@ -9163,7 +10637,7 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7h = 2'h0;
-    casez ({ \$1728 [1:0], grp7[7:4] })
+    casez ({ \$2496 [1:0], grp7[7:4] })
       6'h02:
           ws7h = 2'h1;
       6'h13:
@@ -9221,10 +10695,10 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (any_err) begin
       mbeat0_n = 64'h0000000000000000;
     end else if (mat_end) begin
-      if (\$1752 ) begin
+      if (\$2520 ) begin
         mbeat0_n = mbeat1;
       end
-      if (\$1755 ) begin
+      if (\$2523 ) begin
         mbeat0_n = 64'h0000000000000000;
       end
     end else begin
@@ -9240,10 +10714,10 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (any_err) begin
       mbeat1_n = 64'h0000000000000000;
     end else if (mat_end) begin
-      if (\$1752 ) begin
+      if (\$2520 ) begin
         mbeat1_n = 64'h0000000000000000;
       end
-      if (\$1755 ) begin
+      if (\$2523 ) begin
         mbeat1_n = 64'h0000000000000000;
       end
     end else begin
@@ -9259,10 +10733,10 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (any_err) begin
       mbeat0_nv = 1'h0;
     end else if (mat_end) begin
-      if (\$1752 ) begin
+      if (\$2520 ) begin
         mbeat0_nv = mbeat1_v;
       end
-      if (\$1755 ) begin
+      if (\$2523 ) begin
         mbeat0_nv = 1'h0;
       end
     end else begin
@@ -9278,10 +10752,10 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (any_err) begin
       mbeat1_nv = 1'h0;
     end else if (mat_end) begin
-      if (\$1752 ) begin
+      if (\$2520 ) begin
         mbeat1_nv = 1'h0;
       end
-      if (\$1755 ) begin
+      if (\$2523 ) begin
         mbeat1_nv = 1'h0;
       end
     end else begin
@@ -9297,55 +10771,55 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (any_err) begin
     end else if (mat_end) begin
     end else begin
-      sh = \$1760 ;
+      sh = \$2528 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$402  = \$signal$383 ;
-    if (\$1786 ) begin
-    end else if (\$1788 ) begin
-      if (\$1789 ) begin
-        \$signal$402  = VB;
+    \$signal$390  = \$signal$371 ;
+    if (\$2554 ) begin
+    end else if (\$2556 ) begin
+      if (\$2557 ) begin
+        \$signal$390  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$404  = \$signal ;
-    if (\$1786 ) begin
-      \$signal$404  = 1'h0;
-    end else if (\$1788 ) begin
-      if (\$1789 ) begin
-        \$signal$404  = \$signal$380 ;
+    \$signal$392  = \$signal ;
+    if (\$2554 ) begin
+      \$signal$392  = 1'h0;
+    end else if (\$2556 ) begin
+      if (\$2557 ) begin
+        \$signal$392  = \$signal$368 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$405  = \$signal$380 ;
-    if (\$1786 ) begin
-      \$signal$405  = 1'h0;
-    end else if (\$1788 ) begin
-      if (\$1789 ) begin
-        \$signal$405  = 1'h0;
+    \$signal$393  = \$signal$368 ;
+    if (\$2554 ) begin
+      \$signal$393  = 1'h0;
+    end else if (\$2556 ) begin
+      if (\$2557 ) begin
+        \$signal$393  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$406  = \$signal$407 ;
-    if (\$1786 ) begin
-    end else if (\$1788 ) begin
-      if (\$1789 ) begin
-        \$signal$406  = \$signal$408 ;
+    \$signal$394  = \$signal$395 ;
+    if (\$2554 ) begin
+    end else if (\$2556 ) begin
+      if (\$2557 ) begin
+        \$signal$394  = \$signal$396 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$1761 ;
-    if (\$1786 ) begin
+    allow_load = \$2529 ;
+    if (\$2554 ) begin
       allow_load = 1'h0;
     end
   end
@@ -9353,334 +10827,328 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$1768 ;
+      end_ok = \$2536 ;
     end else begin
-      end_ok = \$1779 ;
+      end_ok = \$2547 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$1776 ;
+      end_bad = \$2544 ;
     end else begin
-      end_bad = \$1783 ;
+      end_bad = \$2551 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$1794 ) begin
-      stride = \$1797 ;
+    if (\$2562 ) begin
+      stride = \$2565 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1855  = \$1825 ;
+    \$2623  = \$2593 ;
     if (rst) begin
-      \$1855  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1856  = 8'h00;
-    end else if (mat_end) begin
-      \$1856  = 8'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$1856  = \$1826 [7:0];
-      end else begin
-        \$1856  = \$1749 [7:0];
-      end
-    end
-    if (rst) begin
-      \$1856  = 8'h00;
+      \$2623  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$1857  = 16'h0000;
+      \$2624  = 8'h00;
     end else if (mat_end) begin
-      \$1857  = 16'h0000;
+      \$2624  = 8'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$1857  = \$1829 [15:0];
+        \$2624  = \$2594 [7:0];
       end else begin
-        \$1857  = \$1831 [15:0];
+        \$2624  = \$2517 [7:0];
       end
     end
-    if (\$1848 ) begin
-      \$1857  = 16'h0000;
-    end
     if (rst) begin
-      \$1857  = 16'h0000;
+      \$2624  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1858  = mbeat0_n;
-    if (r_rdy) begin
-      if (\$1833 ) begin
-        \$1858  = r_data;
-      end
-    end
-    if (rst) begin
-      \$1858  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1859  = mbeat1_n;
-    if (r_rdy) begin
-      if (\$1835 ) begin
-        \$1859  = r_data;
-      end
-    end
-    if (rst) begin
-      \$1859  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1860  = mbeat0_nv;
-    if (r_rdy) begin
-      if (\$1833 ) begin
-        \$1860  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1860  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1861  = mbeat1_nv;
-    if (r_rdy) begin
-      if (\$1835 ) begin
-        \$1861  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1861  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1862  = vpos;
-    if (\$1838 ) begin
-      \$1862  = 4'h0;
-    end else if (\$1840 ) begin
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$2625  = 16'h0000;
+    end else if (mat_end) begin
+      \$2625  = 16'h0000;
+    end else begin
       (* full_case = 32'd1 *)
-      if (\$1841 ) begin
-        \$1862  = \$1842 [3:0];
+      if (sh) begin
+        \$2625  = \$2597 [15:0];
       end else begin
-        \$1862  = vpos_n[3:0];
+        \$2625  = \$2599 [15:0];
+      end
+    end
+    if (\$2616 ) begin
+      \$2625  = 16'h0000;
+    end
+    if (rst) begin
+      \$2625  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2626  = mbeat0_n;
+    if (i_mask__valid) begin
+      if (\$2601 ) begin
+        \$2626  = i_mask__payload;
       end
     end
     if (rst) begin
-      \$1862  = 4'h0;
+      \$2626  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1863  = vlast_loaded;
-    if (\$1838 ) begin
-      \$1863  = 1'h0;
-    end
-    if (\$1843 ) begin
-      if (\$1847 ) begin
-        \$1863  = \r_data$428 [64];
+    \$2627  = mbeat1_n;
+    if (i_mask__valid) begin
+      if (\$2603 ) begin
+        \$2627  = i_mask__payload;
       end
     end
     if (rst) begin
-      \$1863  = 1'h0;
+      \$2627  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1864  = prev_last;
-    if (\$1838 ) begin
-      \$1864  = 1'h0;
-    end else if (\$1840 ) begin
-      if (\$1841 ) begin
-        \$1864  = \$signal$407 ;
+    \$2628  = mbeat0_nv;
+    if (i_mask__valid) begin
+      if (\$2601 ) begin
+        \$2628  = 1'h1;
       end
     end
     if (rst) begin
-      \$1864  = 1'h0;
+      \$2628  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1865  = any_val;
-    if (\$1838 ) begin
-      \$1865  = 1'h0;
-    end else if (\$1840 ) begin
-      \$1865  = 1'h1;
-    end
-    if (rst) begin
-      \$1865  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1866  = \$signal$402 ;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-        \$1866  = \r_data$428 [63:0];
+    \$2629  = mbeat1_nv;
+    if (i_mask__valid) begin
+      if (\$2603 ) begin
+        \$2629  = 1'h1;
       end
     end
     if (rst) begin
-      \$1866  = 64'h0000000000000000;
+      \$2629  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1867  = VB;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-      end else if (\$1845 ) begin
-        \$1867  = \r_data$428 [63:0];
+    \$2630  = vpos;
+    if (\$2606 ) begin
+      \$2630  = 4'h0;
+    end else if (\$2608 ) begin
+      (* full_case = 32'd1 *)
+      if (\$2609 ) begin
+        \$2630  = \$2610 [3:0];
+      end else begin
+        \$2630  = vpos_n[3:0];
       end
     end
     if (rst) begin
-      \$1867  = 64'h0000000000000000;
+      \$2630  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1868  = \$signal$404 ;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-        \$1868  = 1'h1;
+    \$2631  = vlast_loaded;
+    if (\$2606 ) begin
+      \$2631  = 1'h0;
+    end
+    if (\$2611 ) begin
+      if (\$2615 ) begin
+        \$2631  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$1868  = 1'h0;
+      \$2631  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1869  = \$signal$405 ;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-      end else if (\$1845 ) begin
-        \$1869  = 1'h1;
+    \$2632  = prev_last;
+    if (\$2606 ) begin
+      \$2632  = 1'h0;
+    end else if (\$2608 ) begin
+      if (\$2609 ) begin
+        \$2632  = \$signal$395 ;
       end
     end
     if (rst) begin
-      \$1869  = 1'h0;
+      \$2632  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1870  = \$signal$406 ;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-        \$1870  = \r_data$428 [64];
+    \$2633  = any_val;
+    if (\$2606 ) begin
+      \$2633  = 1'h0;
+    end else if (\$2608 ) begin
+      \$2633  = 1'h1;
+    end
+    if (rst) begin
+      \$2633  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2634  = \$signal$390 ;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+        \$2634  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$1870  = 1'h0;
+      \$2634  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1871  = \$signal$408 ;
-    if (\$1843 ) begin
-      if (\$1844 ) begin
-      end else if (\$1845 ) begin
-        \$1871  = \r_data$428 [64];
+    \$2635  = VB;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+      end else if (\$2613 ) begin
+        \$2635  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$1871  = 1'h0;
+      \$2635  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1872  = running;
-    if (\$1848 ) begin
-      \$1872  = 1'h1;
+    \$2636  = \$signal$392 ;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+        \$2636  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2636  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2637  = \$signal$393 ;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+      end else if (\$2613 ) begin
+        \$2637  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2637  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2638  = \$signal$394 ;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+        \$2638  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2638  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2639  = \$signal$396 ;
+    if (\$2611 ) begin
+      if (\$2612 ) begin
+      end else if (\$2613 ) begin
+        \$2639  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2639  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2640  = running;
+    if (\$2616 ) begin
+      \$2640  = 1'h1;
     end
     if (mat_end) begin
-      \$1872  = 1'h0;
+      \$2640  = 1'h0;
     end
     if (any_err) begin
-      \$1872  = 1'h0;
+      \$2640  = 1'h0;
     end
     if (rst) begin
-      \$1872  = 1'h0;
+      \$2640  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1873  = rows_left;
-    if (\$1848 ) begin
-      \$1873  = i_cmd__payload[15:0];
+    \$2641  = rows_left;
+    if (\$2616 ) begin
+      \$2641  = i_cmd__payload[15:0];
     end
-    if (\$1850 ) begin
-      \$1873  = \$1851 [15:0];
+    if (\$2618 ) begin
+      \$2641  = \$2619 [15:0];
     end
     if (rst) begin
-      \$1873  = 16'h0000;
+      \$2641  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1874  = cols_r;
-    if (\$1848 ) begin
-      \$1874  = i_cmd__payload[26:16];
+    \$2642  = cols_r;
+    if (\$2616 ) begin
+      \$2642  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$1874  = 11'h000;
+      \$2642  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1875  = stride_w;
-    if (\$1848 ) begin
-      \$1875  = \$1849 [6:0];
+    \$2643  = stride_w;
+    if (\$2616 ) begin
+      \$2643  = \$2617 [6:0];
     end
     if (rst) begin
-      \$1875  = 7'h00;
+      \$2643  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1876  = endv;
+    \$2644  = endv;
     if (mat_end) begin
-      \$1876  = 1'h1;
+      \$2644  = 1'h1;
     end
-    if (\$1853 ) begin
-      \$1876  = 1'h0;
+    if (\$2621 ) begin
+      \$2644  = 1'h0;
     end
     if (any_err) begin
-      \$1876  = 1'h0;
+      \$2644  = 1'h0;
     end
     if (rst) begin
-      \$1876  = 1'h0;
+      \$2644  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1877  = \$1854 ;
+    \$2645  = \$2622 ;
     if (rst) begin
-      \$1877  = 4'h0;
+      \$2645  = 4'h0;
     end
   end
-  assign i_mask__payload = w_data;
-  assign i_mask__valid = w_en;
-  assign w_rdy = i_mask__ready;
-  assign i_value__payload = \w_data$6 ;
-  assign i_value__valid = \w_en$8 ;
-  assign \w_rdy$11  = i_value__ready;
   assign err_flags = o_error_flags;
   assign avail_words = \$3 [2:0];
   assign c0_0 = \$11 [3:0];
@@ -9742,68 +11210,82 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   assign qw3 = \$166 [7:0];
   assign qw4 = \$167 [7:0];
   assign d0 = \$184 [8:0];
-  assign d1 = \$187 [8:0];
-  assign d2 = \$190 [8:0];
-  assign d3 = \$193 [8:0];
-  assign d4 = \$196 [8:0];
-  assign d5 = \$199 [8:0];
-  assign d6 = \$202 [8:0];
-  assign d7 = \$205 [8:0];
-  assign d8 = \$211 [8:0];
-  assign d9 = \$214 [8:0];
-  assign d10 = \$217 [8:0];
-  assign d11 = \$220 [8:0];
-  assign d12 = \$223 [8:0];
-  assign d13 = \$226 [8:0];
-  assign d14 = \$229 [8:0];
-  assign d15 = \$232 [8:0];
-  assign low_m1 = \$235 [2:0];
-  assign lr0 = \$414 [2:0];
-  assign ws0_c = \$418 [2:0];
-  assign ws0_rh = \$419 [1:0];
+  assign d1 = \$188 [8:0];
+  assign d2 = \$192 [8:0];
+  assign d3 = \$196 [8:0];
+  assign d4 = \$200 [8:0];
+  assign d5 = \$204 [8:0];
+  assign d6 = \$208 [8:0];
+  assign d7 = \$212 [8:0];
+  assign d8 = \$219 [8:0];
+  assign d9 = \$223 [8:0];
+  assign d10 = \$227 [8:0];
+  assign d11 = \$231 [8:0];
+  assign d12 = \$235 [8:0];
+  assign d13 = \$239 [8:0];
+  assign d14 = \$243 [8:0];
+  assign d15 = \$247 [8:0];
+  assign low_m1 = \$251 [2:0];
+  assign lr0 = \$654 [2:0];
+  assign ws0_c = \$658 [2:0];
+  assign ws0_rh = \$659 [1:0];
   assign selpos0 = { 1'h0, gsel0, ws0 };
-  assign rel0 = \$422 [9:0];
-  assign lr1 = \$601 [2:0];
-  assign ws1_c = \$605 [2:0];
-  assign ws1_rh = \$606 [1:0];
+  assign rel0 = { \$662 [4:0], gsel0[1:0], ws0 };
+  assign lr1 = \$953 [2:0];
+  assign ws1_c = \$957 [2:0];
+  assign ws1_rh = \$958 [1:0];
   assign selpos1 = { 1'h0, gsel1, ws1 };
-  assign rel1 = \$609 [9:0];
-  assign lr2 = \$788 [2:0];
-  assign ws2_c = \$792 [2:0];
-  assign ws2_rh = \$793 [1:0];
+  assign rel1 = { \$961 [4:0], gsel1[1:0], ws1 };
+  assign lr2 = \$1268 [2:0];
+  assign ws2_c = \$1272 [2:0];
+  assign ws2_rh = \$1273 [1:0];
   assign selpos2 = { 1'h0, gsel2, ws2 };
-  assign rel2 = \$796 [9:0];
-  assign lr3 = \$975 [2:0];
-  assign ws3_c = \$979 [2:0];
-  assign ws3_rh = \$980 [1:0];
+  assign rel2 = { \$1276 [4:0], gsel2[1:0], ws2 };
+  assign lr3 = \$1487 [2:0];
+  assign ws3_c = \$1491 [2:0];
+  assign ws3_rh = \$1492 [1:0];
   assign selpos3 = { 1'h0, gsel3, ws3 };
-  assign rel3 = \$983 [9:0];
-  assign lr4 = \$1162 [2:0];
-  assign ws4_c = \$1166 [2:0];
-  assign ws4_rh = \$1167 [1:0];
+  assign rel3 = { \$1495 [4:0], gsel3[1:0], ws3 };
+  assign lr4 = \$1818 [2:0];
+  assign ws4_c = \$1822 [2:0];
+  assign ws4_rh = \$1823 [1:0];
   assign selpos4 = { 1'h0, gsel4, ws4 };
-  assign rel4 = \$1170 [9:0];
-  assign lr5 = \$1349 [2:0];
-  assign ws5_c = \$1353 [2:0];
-  assign ws5_rh = \$1354 [1:0];
+  assign rel4 = { \$1826 [4:0], gsel4[1:0], ws4 };
+  assign lr5 = \$2053 [2:0];
+  assign ws5_c = \$2057 [2:0];
+  assign ws5_rh = \$2058 [1:0];
   assign selpos5 = { 1'h0, gsel5, ws5 };
-  assign rel5 = \$1357 [9:0];
-  assign lr6 = \$1536 [2:0];
-  assign ws6_c = \$1540 [2:0];
-  assign ws6_rh = \$1541 [1:0];
+  assign rel5 = { \$2061 [4:0], gsel5[1:0], ws5 };
+  assign lr6 = \$2304 [2:0];
+  assign ws6_c = \$2308 [2:0];
+  assign ws6_rh = \$2309 [1:0];
   assign selpos6 = { 1'h0, gsel6, ws6 };
-  assign rel6 = \$1544 [9:0];
-  assign lr7 = \$1723 [2:0];
-  assign ws7_c = \$1727 [2:0];
-  assign ws7_rh = \$1728 [1:0];
+  assign rel6 = { \$2312 [4:0], gsel6[1:0], ws6 };
+  assign gt7_0 = sat0[3];
+  assign gt7_1 = sat1[3];
+  assign gt7_2 = sat2[3];
+  assign gt7_3 = sat3[3];
+  assign gt7_4 = sat4[3];
+  assign gt7_5 = sat5[3];
+  assign gt7_6 = sat6[3];
+  assign gt7_7 = sat7[3];
+  assign gt7_8 = sat8[3];
+  assign gt7_9 = sat9[3];
+  assign gt7_10 = sat10[3];
+  assign gt7_11 = sat11[3];
+  assign gt7_12 = sat12[3];
+  assign gt7_13 = sat13[3];
+  assign gt7_14 = sat14[3];
+  assign gt7_15 = sat15[3];
+  assign lr7 = \$2491 [2:0];
+  assign ws7_c = \$2495 [2:0];
+  assign ws7_rh = \$2496 [1:0];
   assign selpos7 = { 1'h0, gsel7, ws7 };
-  assign rel7 = \$1731 [9:0];
-  assign vavail = \$1735 [4:0];
-  assign r_adv = \$1749 [7:0];
+  assign rel7 = { \$2499 [4:0], gsel7[1:0], ws7 };
+  assign vavail = \$2503 [4:0];
+  assign r_adv = \$2517 [7:0];
   assign VB1 = VB;
-  assign \$signal$409  = \$signal$408 ;
-  assign \i_value__payload.data  = \w_data$6 [63:0];
-  assign \i_value__payload.last  = \w_data$6 [64];
+  assign \$signal$397  = \$signal$396 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -9828,11 +11310,13 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   assign \o_lanes__payload.last  = o_lanes__payload[161];
   assign \i_cmd__payload.rows  = i_cmd__payload[15:0];
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
-  assign flags[2] = \$1800 ;
+  assign \i_value__payload.data  = i_value__payload[63:0];
+  assign \i_value__payload.last  = i_value__payload[64];
+  assign flags[2] = \$2568 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
-  assign o_lanes__payload[161] = \$1742 ;
+  assign o_lanes__payload[161] = \$2510 ;
   assign o_lanes__payload[160] = finish;
   assign o_lanes__payload[143:136] = vshift[63:56];
   assign o_lanes__payload[135:128] = vshift[55:48];
@@ -9842,384 +11326,40 @@ module \spmv_l8_w8_ice40.dec (w_en, \w_data$6 , \w_en$8 , clk, rst, o_busy, o_la
   assign o_lanes__payload[103:96] = vshift[23:16];
   assign o_lanes__payload[95:88] = vshift[15:8];
   assign o_lanes__payload[87:80] = vshift[7:0];
-  assign o_lanes__payload[79:70] = \$1731 [9:0];
+  assign o_lanes__payload[79:70] = { \$2499 [4:0], gsel7[1:0], ws7 };
   assign o_lanes__payload[159] = ln7;
   assign o_lanes__payload[151] = lv7;
-  assign o_lanes__payload[69:60] = \$1544 [9:0];
+  assign o_lanes__payload[69:60] = { \$2312 [4:0], gsel6[1:0], ws6 };
   assign o_lanes__payload[158] = ln6;
   assign o_lanes__payload[150] = lv6;
-  assign o_lanes__payload[59:50] = \$1357 [9:0];
+  assign o_lanes__payload[59:50] = { \$2061 [4:0], gsel5[1:0], ws5 };
   assign o_lanes__payload[157] = ln5;
   assign o_lanes__payload[149] = lv5;
-  assign o_lanes__payload[49:40] = \$1170 [9:0];
+  assign o_lanes__payload[49:40] = { \$1826 [4:0], gsel4[1:0], ws4 };
   assign o_lanes__payload[156] = ln4;
   assign o_lanes__payload[148] = lv4;
-  assign o_lanes__payload[39:30] = \$983 [9:0];
+  assign o_lanes__payload[39:30] = { \$1495 [4:0], gsel3[1:0], ws3 };
   assign o_lanes__payload[155] = ln3;
   assign o_lanes__payload[147] = lv3;
-  assign o_lanes__payload[29:20] = \$796 [9:0];
+  assign o_lanes__payload[29:20] = { \$1276 [4:0], gsel2[1:0], ws2 };
   assign o_lanes__payload[154] = ln2;
   assign o_lanes__payload[146] = lv2;
-  assign o_lanes__payload[19:10] = \$609 [9:0];
+  assign o_lanes__payload[19:10] = { \$961 [4:0], gsel1[1:0], ws1 };
   assign o_lanes__payload[153] = ln1;
   assign o_lanes__payload[145] = lv1;
-  assign o_lanes__payload[9:0] = \$422 [9:0];
+  assign o_lanes__payload[9:0] = { \$662 [4:0], gsel0[1:0], ws0 };
   assign o_lanes__payload[152] = ln0;
   assign o_lanes__payload[144] = lv0;
-  assign \$1796  = 12'hfe0;
-  assign \$1797 [4:0] = 5'h00;
-  assign \$1797 [11:5] = \$1795 [11:5];
-  assign \$1833  = \$1832 ;
-  assign \$1849  = { 5'h00, stride[11:5] };
-endmodule
-
-(* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.dec.mfifo (w_en, clk, rst, r_en, w_rdy, r_data, r_rdy, w_port__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire [2:0] \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire [2:0] \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg [1:0] \$29 ;
-  wire [2:0] \$3 ;
-  reg \$30 ;
-  wire \$4 ;
-  wire [1:0] \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [1:0] \$9 ;
-  input clk;
-  wire clk;
-  (* init = 1'h0 *)
-  wire consume;
-  reg [1:0] inner_level = 2'h0;
-  wire inner_r_rdy;
-  wire [1:0] level;
-  (* init = 1'h0 *)
-  wire produce;
-  output [63:0] r_data;
-  wire [63:0] r_data;
-  input r_en;
-  wire r_en;
-  wire [1:0] r_level;
-  reg r_port__addr = 1'h0;
-  wire [63:0] r_port__data;
-  wire r_port__en;
-  output r_rdy;
-  reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  wire [63:0] w_data;
-  input w_en;
-  wire w_en;
-  wire [1:0] w_level;
-  reg w_port__addr = 1'h0;
-  input [63:0] w_port__data;
-  wire [63:0] w_port__data;
-  wire w_port__en;
-  output w_rdy;
-  wire w_rdy;
-  reg [63:0] storage [1:0];
-  initial begin
-    storage[0] = 64'h0000000000000000;
-    storage[1] = 64'h0000000000000000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= w_port__data;
-  end
-  reg [63:0] _0_;
-  always @(posedge clk) begin
-    if (r_port__en) begin
-      _0_ <= storage[r_port__addr];
-    end
-  end
-  assign r_data = _0_;
-  assign w_rdy = inner_level != 2'h2;
-  assign inner_r_rdy = | inner_level;
-  assign w_port__en = w_rdy & w_en;
-  assign \$1  = ~ r_rdy;
-  assign \$2  = \$1  | r_en;
-  assign r_port__en = inner_r_rdy & \$2 ;
-  assign \$3  = inner_level + r_rdy;
-  assign \$4  = w_rdy & w_en;
-  assign \$5  = w_port__addr + 1'h1;
-  assign \$6  = ~ r_rdy;
-  assign \$7  = \$6  | r_en;
-  assign \$8  = inner_r_rdy & \$7 ;
-  assign \$9  = r_port__addr + 1'h1;
-  assign \$10  = w_rdy & w_en;
-  assign \$11  = ~ r_rdy;
-  assign \$12  = \$11  | r_en;
-  assign \$13  = inner_r_rdy & \$12 ;
-  assign \$14  = ~ \$13 ;
-  assign \$15  = \$10  & \$14 ;
-  assign \$16  = inner_level + 1'h1;
-  assign \$17  = ~ r_rdy;
-  assign \$18  = \$17  | r_en;
-  assign \$19  = inner_r_rdy & \$18 ;
-  assign \$20  = w_rdy & w_en;
-  assign \$21  = ~ \$20 ;
-  assign \$22  = \$19  & \$21 ;
-  assign \$23  = inner_level - 1'h1;
-  assign \$24  = ~ r_rdy;
-  assign \$25  = \$24  | r_en;
-  assign \$26  = inner_r_rdy & \$25 ;
-  always @(posedge clk)
-    w_port__addr <= \$27 ;
-  always @(posedge clk)
-    r_port__addr <= \$28 ;
-  always @(posedge clk)
-    inner_level <= \$29 ;
-  always @(posedge clk)
-    r_rdy <= \$30 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$27  = w_port__addr;
-    if (\$4 ) begin
-      \$27  = \$5 [0];
-    end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$28  = r_port__addr;
-    if (\$8 ) begin
-      \$28  = \$9 [0];
-    end
-    if (rst) begin
-      \$28  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = inner_level;
-    if (\$15 ) begin
-      \$29  = \$16 [1:0];
-    end
-    if (\$22 ) begin
-      \$29  = \$23 [1:0];
-    end
-    if (rst) begin
-      \$29  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = r_rdy;
-    if (\$26 ) begin
-      \$30  = 1'h1;
-    end else if (r_en) begin
-      \$30  = 1'h0;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
-    end
-  end
-  assign w_level = \$3 [1:0];
-  assign level = \$3 [1:0];
-  assign r_level = \$3 [1:0];
-  assign produce = w_port__addr;
-  assign w_data = w_port__data;
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
-endmodule
-
-(* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.dec.vfifo (w_en, clk, rst, r_en, w_rdy, r_data, r_rdy, w_port__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire [2:0] \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire [2:0] \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg [1:0] \$29 ;
-  wire [2:0] \$3 ;
-  reg \$30 ;
-  wire \$4 ;
-  wire [1:0] \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [1:0] \$9 ;
-  input clk;
-  wire clk;
-  (* init = 1'h0 *)
-  wire consume;
-  reg [1:0] inner_level = 2'h0;
-  wire inner_r_rdy;
-  wire [1:0] level;
-  (* init = 1'h0 *)
-  wire produce;
-  output [64:0] r_data;
-  wire [64:0] r_data;
-  input r_en;
-  wire r_en;
-  wire [1:0] r_level;
-  reg r_port__addr = 1'h0;
-  wire [64:0] r_port__data;
-  wire r_port__en;
-  output r_rdy;
-  reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  wire [64:0] w_data;
-  input w_en;
-  wire w_en;
-  wire [1:0] w_level;
-  reg w_port__addr = 1'h0;
-  input [64:0] w_port__data;
-  wire [64:0] w_port__data;
-  wire w_port__en;
-  output w_rdy;
-  wire w_rdy;
-  reg [64:0] storage [1:0];
-  initial begin
-    storage[0] = 65'h00000000000000000;
-    storage[1] = 65'h00000000000000000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= w_port__data;
-  end
-  reg [64:0] _0_;
-  always @(posedge clk) begin
-    if (r_port__en) begin
-      _0_ <= storage[r_port__addr];
-    end
-  end
-  assign r_data = _0_;
-  assign w_rdy = inner_level != 2'h2;
-  assign inner_r_rdy = | inner_level;
-  assign w_port__en = w_rdy & w_en;
-  assign \$1  = ~ r_rdy;
-  assign \$2  = \$1  | r_en;
-  assign r_port__en = inner_r_rdy & \$2 ;
-  assign \$3  = inner_level + r_rdy;
-  assign \$4  = w_rdy & w_en;
-  assign \$5  = w_port__addr + 1'h1;
-  assign \$6  = ~ r_rdy;
-  assign \$7  = \$6  | r_en;
-  assign \$8  = inner_r_rdy & \$7 ;
-  assign \$9  = r_port__addr + 1'h1;
-  assign \$10  = w_rdy & w_en;
-  assign \$11  = ~ r_rdy;
-  assign \$12  = \$11  | r_en;
-  assign \$13  = inner_r_rdy & \$12 ;
-  assign \$14  = ~ \$13 ;
-  assign \$15  = \$10  & \$14 ;
-  assign \$16  = inner_level + 1'h1;
-  assign \$17  = ~ r_rdy;
-  assign \$18  = \$17  | r_en;
-  assign \$19  = inner_r_rdy & \$18 ;
-  assign \$20  = w_rdy & w_en;
-  assign \$21  = ~ \$20 ;
-  assign \$22  = \$19  & \$21 ;
-  assign \$23  = inner_level - 1'h1;
-  assign \$24  = ~ r_rdy;
-  assign \$25  = \$24  | r_en;
-  assign \$26  = inner_r_rdy & \$25 ;
-  always @(posedge clk)
-    w_port__addr <= \$27 ;
-  always @(posedge clk)
-    r_port__addr <= \$28 ;
-  always @(posedge clk)
-    inner_level <= \$29 ;
-  always @(posedge clk)
-    r_rdy <= \$30 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$27  = w_port__addr;
-    if (\$4 ) begin
-      \$27  = \$5 [0];
-    end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$28  = r_port__addr;
-    if (\$8 ) begin
-      \$28  = \$9 [0];
-    end
-    if (rst) begin
-      \$28  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$29  = inner_level;
-    if (\$15 ) begin
-      \$29  = \$16 [1:0];
-    end
-    if (\$22 ) begin
-      \$29  = \$23 [1:0];
-    end
-    if (rst) begin
-      \$29  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$30  = r_rdy;
-    if (\$26 ) begin
-      \$30  = 1'h1;
-    end else if (r_en) begin
-      \$30  = 1'h0;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
-    end
-  end
-  assign w_level = \$3 [1:0];
-  assign level = \$3 [1:0];
-  assign r_level = \$3 [1:0];
-  assign produce = w_port__addr;
-  assign w_data = w_port__data;
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
+  assign \$2564  = 12'hfe0;
+  assign \$2565 [4:0] = 5'h00;
+  assign \$2565 [11:5] = \$2563 [11:5];
+  assign \$2601  = \$2600 ;
+  assign \$2617  = { 5'h00, stride[11:5] };
 endmodule
 
 (* generator = "Amaranth" *)
 module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i_rq__ready, i_acc__payload, i_acc__valid, o_res__valid, o_res__payload, i_rq__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10484,28 +11624,28 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \$6  = \$4  & \$5 ;
   assign \$7  = done & take3;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     q = 51'h0000000000000;
     if (take3) begin
       q = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rr = 12'h000;
     if (take3) begin
       rr = \$15 [11:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     v = 13'h0000;
     if (take4) begin
       v = \$16 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$61  = v1;
     if (take1) begin
       \$61  = \$17 ;
@@ -10515,7 +11655,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$62  = t1;
     if (take1) begin
       \$62  = \$18 ;
@@ -10525,7 +11665,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$63  = m1;
     if (take1) begin
       \$63  = i_rq__payload[47:32];
@@ -10535,7 +11675,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$64  = \$signal$29 ;
     if (take1) begin
       \$64  = i_rq__payload[53:48];
@@ -10545,7 +11685,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$65  = \$signal$30 ;
     if (take1) begin
       \$65  = i_rq__payload[61:54];
@@ -10555,7 +11695,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$66  = relu1;
     if (take1) begin
       \$66  = i_rq__payload[62];
@@ -10565,7 +11705,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$67  = \$signal$32 ;
     if (take1) begin
       \$67  = i_acc__payload[31:0];
@@ -10575,7 +11715,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$68  = last1;
     if (take1) begin
       \$68  = i_acc__payload[32];
@@ -10585,7 +11725,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$69  = done;
     if (\$19 ) begin
       \$69  = 1'h0;
@@ -10601,7 +11741,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$70  = busy;
     if (fire12) begin
       \$70  = 1'h1;
@@ -10615,7 +11755,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$71  = cnt;
     if (fire12) begin
       \$71  = 2'h3;
@@ -10627,7 +11767,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$72  = tr;
     if (fire12) begin
       \$72  = t1;
@@ -10637,7 +11777,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$73  = mr;
     if (fire12) begin
       \$73  = \$20 [15:0];
@@ -10649,7 +11789,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$74  = p2;
     if (fire12) begin
       \$74  = { \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31  };
@@ -10661,7 +11801,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$75  = \$signal ;
     if (fire12) begin
       \$75  = \$signal$29 ;
@@ -10671,7 +11811,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$76  = \$signal$37 ;
     if (fire12) begin
       \$76  = \$signal$30 ;
@@ -10681,7 +11821,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$77  = relu2;
     if (fire12) begin
       \$77  = relu1;
@@ -10691,7 +11831,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$78  = \$signal$39 ;
     if (fire12) begin
       \$78  = \$signal$32 ;
@@ -10701,7 +11841,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$79  = last2;
     if (fire12) begin
       \$79  = last1;
@@ -10711,7 +11851,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$80  = v3;
     if (take3) begin
       \$80  = done;
@@ -10721,7 +11861,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$81  = r3;
     if (take3) begin
       \$81  = rr;
@@ -10731,7 +11871,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$82  = \$signal$22 ;
     if (take3) begin
       \$82  = \$signal$37 ;
@@ -10741,7 +11881,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$83  = relu3;
     if (take3) begin
       \$83  = relu2;
@@ -10751,7 +11891,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$84  = \$signal$42 ;
     if (take3) begin
       \$84  = \$signal$39 ;
@@ -10761,7 +11901,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$85  = last3;
     if (take3) begin
       \$85  = last2;
@@ -10771,7 +11911,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$86  = o_res__valid;
     if (take4) begin
       \$86  = v3;
@@ -10781,7 +11921,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$87  = o_res__payload;
     if (take4) begin
       \$87 [31:0] = \$signal$42 ;

@@ -198,6 +198,60 @@ def test_requant_stage_bit_exact(mul_steps):
     assert [g[2] for g in got] == [0] * (n - 1) + [1]
 
 
+@pytest.mark.parametrize("mul_steps", [1, 4])
+def test_latency_matches_config(mul_steps):
+    """``config.latency``, measured: a bundle that ends a row enters the back end (handshake on
+    ``i_lanes``) in cycle t; the row's result is valid on the output stage's ``o_res`` in cycle
+    t + latency (no backpressure, row parameters waiting)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.sim import Simulator
+
+    from sparsefab.gen.sparse_mac import MacBackend
+
+    cfg = SpmvConfig(lanes=4, weight_bits=8, block=16, bus_bits=32, max_cols=64, mul_steps=mul_steps)
+    m = Module()
+    m.submodules.be = be = MacBackend(cfg)
+    m.submodules.rq = rq = RequantStage(cfg)
+    wiring.connect(m, be.o_row, rq.i_acc)
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(rq.i_rq.valid, 1)
+        ctx.set(rq.i_rq.payload.multiplier, 1)
+        ctx.set(rq.o_res.ready, 1)
+        for _ in range(3):
+            await ctx.tick()
+        lanes = be.i_lanes.payload
+        ctx.set(lanes.valid, 0b0011)
+        ctx.set(lanes.col[0], 1)
+        ctx.set(lanes.value[0], 3)
+        ctx.set(lanes.value[1], -2)
+        ctx.set(lanes.row_end, 1)
+        ctx.set(lanes.last, 1)
+        ctx.set(be.i_lanes.valid, 1)
+        cycle = 0
+        while not ctx.get(be.i_lanes.ready):
+            await ctx.tick()
+            cycle += 1
+        seen["in"] = cycle
+        await ctx.tick()
+        cycle += 1
+        ctx.set(be.i_lanes.valid, 0)
+        while not ctx.get(rq.o_res.valid):
+            await ctx.tick()
+            cycle += 1
+            assert cycle < 100, "no result"
+        seen["out"] = cycle
+        assert ctx.get(rq.o_res.payload.last) == 1
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["out"] - seen["in"] == cfg.latency, (seen, cfg.latency)
+
+
 # ---------------------------------------------------------------------------- parameters
 
 def test_parameters_validated_and_read_only():
