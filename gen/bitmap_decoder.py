@@ -6,7 +6,7 @@ scan.  Its state is a RANK, ``rbase`` = the number of set bits of the window alr
 (bits are taken in order), not a bit position, so the per-cycle feedback is a short add:
 ``rbase += k``, ``k = min(lanes, set bits left in the rows in reach)``, both read from prefix
 counts at word boundaries.  The lanes are off that loop: with ``D[j]`` = set bits in coarse
-groups ``0..j`` (``C`` = 8 bits each) minus ``rbase``, saturated to ``0..lanes``, lane ``i``
+groups ``0..j`` (``C`` = 8 or 16 bits each) minus ``rbase``, saturated to ``0..lanes``, lane ``i``
 takes the first group with ``D[j] > i`` -- a compare with the CONSTANT ``i`` on a few bits,
 no carry chain and no per-lane comparator against a variable -- then the set bit of local
 rank ``i - D[j-1]`` inside that group (a popcount halving select).  Earlier versions
@@ -26,8 +26,6 @@ the flag rises the cycle after that bundle.
 
 from __future__ import annotations
 
-from functools import reduce
-
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -39,8 +37,10 @@ __all__ = ["BitmapDecoder", "cmd_layout", "lane_layout", "value_layout"]
 
 
 def _group_bits(config: SpmvConfig) -> int:
-    """Bits per coarse group of the rank selection (a lane picks a group, then a bit in it)."""
-    return 8
+    """Bits per coarse group of the rank selection (a lane picks a group, then a bit in it):
+    8, or 16 for windows over 256 bits (half the groups to compare and mux per lane, for a
+    slightly deeper select inside the group)."""
+    return 8 if config.window_beats * config.mask_bus <= 256 else 16
 
 
 def cmd_layout(config: SpmvConfig) -> data.StructLayout:
@@ -72,38 +72,45 @@ def lane_layout(config: SpmvConfig) -> data.StructLayout:
     })
 
 
+def _balanced(values: list, op):
+    """``op`` over ``values`` as a balanced tree (log depth; a Python reduce would be a chain)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [op(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
 def _or(values, width=None):
     values = list(values)
     if not values:
         return Const(0, width or 1)
-    return reduce(lambda a, b: a | b, values)
+    return _balanced(values, lambda a, b: a | b)
+
+
+def _popcount(bits):
+    """Set bits of ``bits`` (a Value or a list of 1-bit values) by a balanced adder tree."""
+    return _balanced([bits[t] for t in range(len(bits))], lambda a, b: a + b)
 
 
 def _prefix(m: Module, counts: list, width: int, name: str) -> list[Signal]:
-    """Inclusive prefix sums of ``counts`` in about 2*sqrt(n) adder levels (blocks of ~sqrt(n))."""
+    """Inclusive prefix sums of ``counts`` (Sklansky: ceil(log2(n)) adder levels)."""
     n = len(counts)
-    blk = max(1, int(round(n ** 0.5)))
-    local = []
-    totals = []
-    for b0 in range(0, n, blk):
-        run = None
-        for j in range(b0, min(n, b0 + blk)):
-            s = Signal(width, name=f"{name}_l{j}")
-            m.d.comb += s.eq(counts[j] if run is None else run + counts[j])
-            local.append(s)
-            run = s
-        totals.append(run)
-    offs = [Const(0, width)]
-    for t in totals[:-1]:
-        s = Signal(width, name=f"{name}_o{len(offs)}")
-        m.d.comb += s.eq(offs[-1] + t)
-        offs.append(s)
-    out = []
-    for j in range(n):
-        s = Signal(width, name=f"{name}_{j}")
-        m.d.comb += s.eq(local[j] + offs[j // blk])
-        out.append(s)
-    return out
+    cur = []
+    for j, c in enumerate(counts):
+        s = Signal(width, name=f"{name}_in{j}")
+        m.d.comb += s.eq(c)
+        cur.append(s)
+    d, level = 1, 0
+    while d < n:
+        nxt = list(cur)
+        for j in range(n):
+            if (j // d) % 2 == 1:          # upper half of a 2d block: add the lower half's last
+                s = Signal(width, name=f"{name}_{level}_{j}")
+                m.d.comb += s.eq(cur[j] + cur[(j // d) * d - 1])
+                nxt[j] = s
+        cur, d, level = nxt, 2 * d, level + 1
+    return cur
 
 
 def _gt_const(x, c: int):
@@ -117,8 +124,8 @@ def _gt_const(x, c: int):
     for k in range(n):
         if not c >> k & 1:
             hi = [x[t] if c >> t & 1 else ~x[t] for t in range(k + 1, n)]
-            terms.append(reduce(lambda a, b: a & b, hi + [x[k]]))
-    return reduce(lambda a, b: a | b, terms)
+            terms.append(_balanced(hi + [x[k]], lambda a, b: a & b))
+    return _balanced(terms, lambda a, b: a | b)
 
 
 class _Port:
@@ -149,7 +156,7 @@ def _rank_select(m: Module, bits, r, name: str):
     hb = (h - 1).bit_length()
     lo, hi = bits[:h], bits[h:]
     c_lo = Signal(hb + 1, name=f"{name}_c")
-    m.d.comb += c_lo.eq(sum(lo[t] for t in range(h)))
+    m.d.comb += c_lo.eq(_popcount(lo))
     in_lo = Signal(name=f"{name}_lo")
     m.d.comb += in_lo.eq(r < c_lo)
     r_hi = Signal(hb, name=f"{name}_rh")
@@ -262,7 +269,9 @@ class BitmapDecoder(wiring.Component):
         # in order).  The state is a RANK, not a bit position, so the feedback loop is a short
         # add; the lanes find the set bits of ranks rbase .. rbase+L-1 off the loop.
         rbase = Signal(cnt_w)
-        rs_w = Signal(signed(sw_bits + pos_bits + 1))   # current row start, words rel. to slot 0
+        # current row start in words relative to slot 0: in [1 - max stride, NW] (a beat leaves
+        # only when the current row ends beyond it, so the row end stays >= 1)
+        rs_w = Signal(signed(max(max_stride // W, NW).bit_length() + 2))
         VA, VB = Signal(V), Signal(V)
         va_v, vb_v, va_l, vb_l = Signal(), Signal(), Signal(), Signal()
         vpos = Signal(range(VPB + 1))
@@ -279,7 +288,7 @@ class BitmapDecoder(wiring.Component):
         es2_w = Signal(signed(len(rs_w) + 2))
         m.d.comb += [es_w.eq(rs_w + stride_w), es2_w.eq(es_w + stride_w)]
         avail_words = Signal(range(NW + 1))
-        m.d.comb += avail_words.eq(sum(sv) * MW)
+        m.d.comb += avail_words.eq(_popcount(sv) * MW)
         row_complete = Signal()
         # complete: the row's last word is inside the window (slots never drop past a row end
         # that is not finished, so es_w >= 1)
@@ -299,7 +308,7 @@ class BitmapDecoder(wiring.Component):
             for g in range(GS):
                 c = Signal(cb + 1 if C > 1 else 1, name=f"c{s}_{g}")
                 grp = slots[s][g * C:(g + 1) * C]
-                m.d.comb += c.eq(sum(grp[t] for t in range(C)))
+                m.d.comb += c.eq(_popcount(grp))
                 cnts.append(c)
             local.append(_prefix(m, cnts, lq_w, f"lq{s}"))
         off = [Const(0, cnt_w)]          # set bits in the slots before slot s

@@ -306,7 +306,7 @@ class MacBackend(wiring.Component):
         with m.If(fire):
             m.d.sync += pl.eq(self.i_lanes.payload)
         fired_now = Signal(range(L + 1))
-        m.d.comb += fired_now.eq(sum(self.i_lanes.payload.valid[i] for i in range(L)))
+        m.d.comb += fired_now.eq(_tree(m, [self.i_lanes.payload.valid[i] for i in range(L)], len(fired_now) + 1, "fired"))
         m.d.comb += self.o_fired.eq(Mux(fire, fired_now, 0))
 
         # stage 1: activation reads (one buffer copy per lane)
