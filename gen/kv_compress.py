@@ -290,19 +290,24 @@ class KVCompressor(wiring.Component):
         s0 = self._reg(m, s0, name=f"{tag}_s0")
         sign, ex, man = h[15], h[10:15], h[0:10]
         m11 = Mux(ex == 0, man, Cat(man, Const(1, 1)))
-        ep = Mux(ex == 0, 0, ex - 1)
+        ex1 = Cat(ex[0] | (ex == 0), ex[1:])              # max(ex, 1): |x| = m11 * 2**(ex1 - 25)
         sh = Signal(signed(11), name=f"{tag}_shc")
-        m.d.comb += sh.eq(ep + F - s0)
+        m.d.comb += sh.eq(ex1 + (F - 1) - s0)
+        uw = self.uw
+        lmax = uw - 11
+        # registered: the shift, its negation and the range flags (no carry chain before the barrels)
         r_sh = self._reg(m, sh, name=f"{tag}_sh")
+        r_nsh = self._reg(m, (s0 - (F - 1) - ex1)[:4], 4, name=f"{tag}_nsh")
+        r_sat = self._reg(m, sh > lmax, 1, name=f"{tag}_sat")
+        r_left = self._reg(m, sh >= 0, 1, name=f"{tag}_left")
+        r_zero = self._reg(m, sh <= -11, 1, name=f"{tag}_zero")
         r_m = self._reg(m, m11, 11, name=f"{tag}_m")
         r_sg = self._reg(m, Cat(sign, ex == 30), 2, name=f"{tag}_sg")     # sign, |x| >= 2**15
         r_bad = self._reg(m, ex == 31, 1, name=f"{tag}_bad")
-        uw = self.uw
-        lmax = uw - 11
         left = self._shl(m, r_m, r_sh[:_bl(lmax)], uw)
-        right = self._shr(m, r_m, (-r_sh).as_unsigned()[:4])
-        u = Mux(r_sh > lmax, Mux(r_m != 0, (1 << uw) - 1, 0),
-                Mux(r_sh >= 0, left, Mux(-r_sh >= 11, 0, right)))
+        right = self._shr(m, r_m, r_nsh)
+        u = Mux(r_sat, Mux(r_m != 0, (1 << uw) - 1, 0),
+                Mux(r_left, left, Mux(r_zero, 0, right)))
         return self._reg(m, u, uw, name=f"{tag}_u"), self._reg(m, r_sg, 2, name=f"{tag}_sg2"), r_bad
 
     def _quant(self, m, u, sg, k, R, tabs, tag):
@@ -359,9 +364,14 @@ class KVCompressor(wiring.Component):
         j6 = {}
         for ti in tabs:
             jw = _bl(len(self.tabs[ti][0]))
-            cnt = self._tree([therm5[ti][b].as_unsigned() for b in range(len(therm5[ti]))],
-                             lambda a, b: a + b)
-            j6[ti] = self._reg(m, cnt, jw, name=f"{tag}_j{ti}")
+            th = therm5[ti]
+            n = len(self.tabs[ti][0]) - 1
+            # the thermometer is monotone (sorted midpoints): j = position of its first 0
+            ext = [Const(1, 1)] + [th[b] for b in range(n)] + [Const(0, 1)]
+            onehot = [ext[k] & ~ext[k + 1] for k in range(n + 1)]
+            jv = Cat(*[self._tree([onehot[k] for k in range(n + 1) if (k >> b) & 1] or [Const(0, 1)],
+                                  lambda a, b: a | b) for b in range(jw)])
+            j6[ti] = self._reg(m, jv, jw, name=f"{tag}_j{ti}")
         # Q7: centroid and symbol; Q7b: error
         sg7 = self._reg(m, sg6, 1)
         zs7 = self._reg(m, zs6)
@@ -463,8 +473,8 @@ class KVCompressor(wiring.Component):
             h = self.i_values.payload[q]
             ex, man = h[10:15], h[0:10]
             m11 = Mux(ex == 0, man, Cat(man, Const(1, 1)))
-            ep = Mux(ex == 0, 0, ex - 1)
-            mags.append(reg(m, self._shl(m, m11, ep, AW), AW, name=f"s1_a{q}"))
+            ex1 = Cat(ex[0] | (ex == 0), ex[1:])          # a = (m11 << max(ex, 1)) >> 1
+            mags.append(reg(m, self._shl(m, m11, ex1, AW + 1)[1:], AW, name=f"s1_a{q}"))
             bads.append(ex == 31)
         s_bad = reg(m, Cat(*bads).any(), 1, name="s1_bad")
         ctx = [s_v, s_f, s_l, s_b, s_eb, s_bad]
@@ -509,15 +519,21 @@ class KVCompressor(wiring.Component):
         _, _, w_eb, _ = wctx
         # W4: codes
         cwid = signed(16)
-        code_s = Signal(cwid)
-        code_a = Signal(cwid)
-        m.d.comb += [code_s.eq(((ms3 - 24 - mb - w_eb) << mb) + (fs if mb else 0)),
-                     code_a.eq(((ma3 - 24 - mb - w_eb) << mb) + (fa if mb else 0))]
+        ebm = reg(m, -w_eb - 24 - mb, signed(10), name="w3_ebm")
+        wctx = [reg(m, c) for c in wctx]
+        fs, fa, ms3, ma3 = reg(m, fs), reg(m, fa), reg(m, ms3), reg(m, ma3)
+        s_any3, a_any3 = reg(m, s_any3), reg(m, a_any3)
+        code_s = reg(m, ((ms3 + ebm) << mb) | (fs if mb else 0), cwid, name="w4_cs")
+        code_a = reg(m, ((ma3 + ebm) << mb) | (fa if mb else 0), cwid, name="w4_ca")
+        s_any3, a_any3 = reg(m, s_any3), reg(m, a_any3)
+        wctx = [reg(m, c) for c in wctx]
         tm = reg(m, code_s - self.lg + kvg.HW_WINDOW, cwid, name="w4_tm")
         tl = reg(m, code_a - (self.rl << mb) + 1, cwid, name="w4_tl")
-        tfv = code_a - (self.rf << mb) + 1
-        tf4 = reg(m, Mux(~a_any3 | (tfv < 0), 0, Mux(tfv > T - 1, T - 1, tfv)), tw, name="w4_tf")
-        s_any4 = reg(m, s_any3)
+        tfv = reg(m, code_a - (self.rf << mb) + 1, cwid, name="w4_tfv")
+        s_any4, a_any4 = reg(m, s_any3), reg(m, a_any3)
+        wctx = [reg(m, c) for c in wctx]
+        tf4 = reg(m, Mux(~a_any4 | (tfv < 0), 0, Mux(tfv > T - 1, T - 1, tfv)), tw, name="w4_tf")
+        tm, tl, s_any4 = reg(m, tm), reg(m, tl), reg(m, s_any4)
         wctx = [reg(m, c) for c in wctx]
         # W5: window base
         mx = Mux(tm > tl, tm, tl)
@@ -590,21 +606,25 @@ class KVCompressor(wiring.Component):
                 m.d.sync += acc.eq(nacc)
             tot[key] = reg(m, nacc, bw, name=f"e_tot{key[0]}_{key[1]}")
         d_v, d_b = reg(m, e_v & e_l, 1, name="d0_v"), reg(m, e_b)
-        # D1: fits
+        # D1: fits, and every pairwise "fewer bits" between the Huffman codebooks of a candidate
         room = NBITS - self.hdr
         fit = {key: reg(m, t <= room, 1) for key, t in tot.items()}
-        totr = {key: reg(m, t) for key, t in tot.items()}
+        lt = {(c, i, j): reg(m, tot[(c, i)] < tot[(c, j)], 1)
+              for c in range(C) for i in self.huff for j in self.huff if i != j}
         d_v, d_b = reg(m, d_v), reg(m, d_b)
-        # D2: per candidate, the fitting codebook with the fewest bits (ties: lower index)
+        # D2: per candidate, the fitting codebook with the fewest bits (ties: lower index): no carry chain
         anyc, kbc = [], []
         for c in range(C):
-            best_ok, best_b, best_k = Const(0, 1), Const(0, bw), Const(0, max(_bl(K - 1), 1))
+            best_k = Const(0, max(_bl(K - 1), 1))
             for i in self.huff:
-                take = fit[(c, i)] & (~best_ok | (totr[(c, i)] < best_b))
-                best_b = Mux(take, totr[(c, i)], best_b)
-                best_k = Mux(take, i, best_k)
-                best_ok = best_ok | fit[(c, i)]
-            anyc.append(reg(m, best_ok, 1, name=f"d2_any{c}"))
+                win = fit[(c, i)]
+                for j in self.huff:
+                    if j < i:
+                        win = win & (~fit[(c, j)] | lt[(c, i, j)])      # strictly fewer than a lower index
+                    elif j > i:
+                        win = win & (~fit[(c, j)] | ~lt[(c, j, i)])     # not more than a higher index
+                best_k = best_k | Mux(win, i, 0)
+            anyc.append(reg(m, Cat(*[fit[(c, i)] for i in self.huff]).any(), 1, name=f"d2_any{c}"))
             kbc.append(reg(m, best_k, max(_bl(K - 1), 1), name=f"d2_k{c}"))
         d_v, d_b = reg(m, d_v), reg(m, d_b)
         # D3: first candidate in groups of 4, D4: first group
@@ -749,7 +769,8 @@ class KVCompressor(wiring.Component):
             for i in range(NW):
                 add = Const(0, 64)
                 for j, part in enumerate(parts12):
-                    add = add | Mux(w12 + j == i, part, 0)
+                    if i - j >= 0:
+                        add = add | Mux(w12 == i - j, part, 0)
                 with m.If(v12):
                     m.d.sync += words[i].eq(Mux(f12, 0, words[i]) | add)
         esc_acc = Signal(range(G + 1))
