@@ -37,9 +37,9 @@ Architecture
   through ``i_cfg`` (see :func:`config_words`), so one bitstream serves any trained codebooks.
 * **Dequantize**: rank -> centroid (or the escape's raw bits), ``+ o * unit_per_step``,
   ``* (2**mbits + f)``, then an exact round-to-nearest-even conversion of ``p * 2**(e+ebias)`` to
-  FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 5 (sign and
-  magnitude from the table, product, leading one and shift amount, shift with round/sticky bits,
-  exponent add and Inf), plus one when ``obits > 0``.
+  FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 6 (sign and
+  magnitude from the table, product, leading one, shift amount and exponent, shift with
+  round/sticky bits, exponent add and Inf), plus one when ``obits > 0``.
 
 Ports
 -----
@@ -63,8 +63,8 @@ count_blocks, count_errors, count_decode_cycles, count_stall_cycles : Out(32)
 
 Latency (``config.latency_last``, measured by tests/test_kv_decompress.py): a block's last
 word is accepted at cycle 0; with the output never stalled its last beat is valid at cycle
-``5 + group/values_per_cycle`` (21) for chain/spec and ``11 + a2 + a3 + group/values_per_cycle``
-(a2, a3 = ``walk_lookahead``; 30 for the defaults: first beat at 15) for walk.  Sustained
+``5 + group/values_per_cycle`` (21) for chain/spec and ``12 + a2 + a3 + group/values_per_cycle``
+(a2, a3 = ``walk_lookahead``; 31 for the defaults: first beat at 16) for walk.  Sustained
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 """
