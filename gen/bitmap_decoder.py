@@ -253,7 +253,6 @@ class BitmapDecoder(wiring.Component):
         # ---------------------------------------------------------------- input FIFOs
         # No input FIFOs: beats go straight into the window / value registers (``ready`` says a
         # slot is free after this cycle's consumption), which buffer enough on their own.
-        mfifo = _Port(self.i_mask, self.i_mask.payload)
         vfifo = _Port(self.i_value, Cat(self.i_value.payload.data, self.i_value.payload.last))
 
         # ---------------------------------------------------------------- state
@@ -262,7 +261,7 @@ class BitmapDecoder(wiring.Component):
         rows_left = Signal(ROWS_BITS)
         cols_r = Signal(cfg.col_bits)
         stride_w = Signal(sw_bits)       # row stride in W-bit words
-        slots = [Signal(M, name=f"mbeat{i}") for i in range(K)]      # the window, oldest first
+        slots = [Signal(M + (M // C) * M.bit_length(), name=f"mbeat{i}") for i in range(K)]  # oldest first
         sv = [Signal(name=f"mbeat{i}_v") for i in range(K)]           # valid (a prefix of slots)
         a_v = sv[0]
         # Set bits of the window already taken (they are the first ``rbase`` set bits: taking is
@@ -299,18 +298,19 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += next_ok.eq(row_complete & has_next)
 
         # ---------------------------------------------------------------- set-bit counts
-        # Per beat: popcounts of its C-bit groups and their prefix sums (from the slot registers,
-        # independent of rbase); invalid slots hold zeros, so they count nothing.
+        # Per beat: popcounts of its C-bit groups and their prefix sums, computed ONCE as the beat
+        # enters (from the input port) and kept beside its bits in the slot register, so no
+        # popcount or prefix adder sits between the window registers and the lanes.  Invalid
+        # slots hold zeros, so they count nothing.
         lq_w = M.bit_length()
-        local = []                       # local[s][g]: set bits in groups 0..g of slot s
-        for s in range(K):
-            cnts = []
-            for g in range(GS):
-                c = Signal(cb + 1 if C > 1 else 1, name=f"c{s}_{g}")
-                grp = slots[s][g * C:(g + 1) * C]
-                m.d.comb += c.eq(_popcount(grp))
-                cnts.append(c)
-            local.append(_prefix(m, cnts, lq_w, f"lq{s}"))
+        SW = M + GS * lq_w               # slot register: bits, then GS local prefix counts
+        in_cnts = []
+        for g in range(GS):
+            c = Signal(cb + 1, name=f"in_c{g}")
+            m.d.comb += c.eq(_popcount(self.i_mask.payload[g * C:(g + 1) * C]))
+            in_cnts.append(c)
+        in_lq = _prefix(m, in_cnts, lq_w, "in_lq")
+        local = [[slots[s][M + g * lq_w:M + (g + 1) * lq_w] for g in range(GS)] for s in range(K)]
         off = [Const(0, cnt_w)]          # set bits in the slots before slot s
         for s in range(1, K):
             o = Signal(cnt_w, name=f"off{s}")
@@ -387,7 +387,7 @@ class BitmapDecoder(wiring.Component):
         es_bits = Signal(signed(len(es_w) + W.bit_length()))
         rs_bits = Signal(signed(len(rs_w) + W.bit_length()))
         m.d.comb += [es_bits.eq(es_w * W), rs_bits.eq(rs_w * W)]
-        window = Cat(*slots)
+        window = Cat(*[x[:M] for x in slots])
         rel_w = max(col_w, (max_stride - 1).bit_length())
         wlb = W.bit_length() - 1
         pl = self.o_lanes.payload
@@ -460,7 +460,7 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += mat_end.eq(advance & finish & last_row)
 
         # window slots after this cycle's consumption, before refill
-        s1 = [Signal(M, name=f"mbeat{i}_n") for i in range(K)]
+        s1 = [Signal(SW, name=f"mbeat{i}_n") for i in range(K)]
         v1 = [Signal(name=f"mbeat{i}_nv") for i in range(K)]
         m.d.comb += [x.eq(y) for x, y in zip(s1, slots, strict=True)]
         m.d.comb += [x.eq(y) for x, y in zip(v1, sv, strict=True)]
@@ -499,10 +499,10 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += self.i_mask.ready.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
         m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
-        with m.If(mfifo.r_rdy):
+        with m.If(self.i_mask.valid):
             for i in range(K):
                 with m.If(~v1[i] & (v1[i - 1] if i else 1)):
-                    m.d.sync += [slots[i].eq(mfifo.r_data), sv[i].eq(1)]
+                    m.d.sync += [slots[i].eq(Cat(self.i_mask.payload, *in_lq)), sv[i].eq(1)]
 
         # ---------------------------------------------------------------- next value state
         VA1, VB1 = Signal(V), Signal(V)
