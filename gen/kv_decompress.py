@@ -37,9 +37,9 @@ Architecture
   through ``i_cfg`` (see :func:`config_words`), so one bitstream serves any trained codebooks.
 * **Dequantize**: rank -> centroid (or the escape's raw bits), ``+ o * unit_per_step``,
   ``* (2**mbits + f)``, then an exact round-to-nearest-even conversion of ``p * 2**(e+ebias)`` to
-  FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 6 (sign and
-  magnitude from the table, product, leading one, shift amount and exponent, shift with
-  round/sticky bits, exponent add and Inf), plus one when ``obits > 0``.
+  FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 5 (sign and
+  magnitude from the table, product, leading one and shift amount, shift with round/sticky bits,
+  exponent add and Inf), plus one when ``obits > 0``.
 
 Ports
 -----
@@ -63,8 +63,8 @@ count_blocks, count_errors, count_decode_cycles, count_stall_cycles : Out(32)
 
 Latency (``config.latency_last``, measured by tests/test_kv_decompress.py): a block's last
 word is accepted at cycle 0; with the output never stalled its last beat is valid at cycle
-``5 + group/values_per_cycle`` (21) for chain/spec and ``12 + a2 + a3 + group/values_per_cycle``
-(a2, a3 = ``walk_lookahead``; 31 for the defaults: first beat at 16) for walk.  Sustained
+``5 + group/values_per_cycle`` (21) for chain/spec and ``11 + a2 + a3 + group/values_per_cycle``
+(a2, a3 = ``walk_lookahead``; 30 for the defaults: first beat at 15) for walk.  Sustained
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 """
@@ -85,8 +85,8 @@ from sparsefab.compress.errors import SparsefabError
 FORMAT_VERSION = 1
 PIPE_STAGES = 4          # chain/spec: decode register -> centroid -> multiply -> fp16 stage 1 -> output
 WALK_FRONT = 3           # walk: start, length decode, 2-symbol and 4-symbol stages (+ lookahead chunks)
-WALK_BACK = 9            # walk: D1 records, D2 windows, D3 rank, B1 magnitude, B2 product, B3 leading
-#                          one, B3b exponent, B4 rounding, output register
+WALK_BACK = 8            # walk: D1 records, D2 windows, D3 rank, B1 magnitude, B2 product, B3 exponent,
+#                          B4 rounding, output register
 CFG_ESC_LEN = 16
 CFG_ESC_CODE = 17
 CFG_LIM = 0
@@ -641,7 +641,7 @@ class KVDecompressor(wiring.Component):
         lR = R.bit_length() - 1
         A2, A3 = c.walk_lookahead
         lanes, spl = c.lanes, c.spl
-        PW = (R * NCH - 1).bit_length()                                 # position width
+        PW = 9 if R * NCH <= 512 else (R * NCH - 1).bit_length()      # position width
         SAT = R * NCH - 1                                               # saturated position (> room)
         lim, off, esc_len, esc_code, cent, cmag, csgn = tabs
         chw = (NCH - 1).bit_length()                                    # chunk index width (NCH >= 4)
@@ -746,21 +746,14 @@ class KVDecompressor(wiring.Component):
         Rv = [Signal(name=f"Rv{i}") for i in range(A3 + 1)]
         Rj = [Signal(chw, name=f"Rj{i}") for i in range(A3 + 1)]
         Rh = [Signal(name=f"Rh{i}") for i in range(A3 + 1)]
-        # n2 = absolute position two symbols on (chunk base + o + rel2), for the chunk in R2[..][A3]
-        N2 = [[[Signal(PW + 1, name=f"N2{ln}_{i}_{o}") for o in range(R)] for i in range(A3 + 1)]
-              for ln in range(lanes)]
         for ln in range(lanes):
             flat = [t for i in reversed(range(A2 + 1)) for t in Tq[ln][i]]
             for o in range(R):
                 cand = Array(flat[o:o + symw + 1])
-                r2 = Signal(R2W, name=f"r2_{ln}_{o}")
-                m.d.comb += r2.eq(flat[o] + cand[flat[o]])
-                m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(r2),
-                             N2[ln][0][o].eq(Cat(Const(o, lR), Tj[A2]) + r2)]
+                m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(flat[o] + cand[flat[o]])]
             for i in range(1, A3 + 1):
                 m.d.sync += [Rt[ln][i][o].eq(Rt[ln][i - 1][o]) for o in range(R)]
                 m.d.sync += [R2[ln][i][o].eq(R2[ln][i - 1][o]) for o in range(R)]
-                m.d.sync += [N2[ln][i][o].eq(N2[ln][i - 1][o]) for o in range(R)]
         m.d.sync += [Rv[0].eq(Tv[A2]), Rj[0].eq(Tj[A2]), Rh[0].eq(Th[A2])]
         for i in range(1, A3 + 1):
             m.d.sync += [Rv[i].eq(Rv[i - 1]), Rj[i].eq(Rj[i - 1]), Rh[i].eq(Rh[i - 1])]
@@ -785,11 +778,13 @@ class KVDecompressor(wiring.Component):
                 cand_t = Array(flat_t[o:o + 2 * symw + 1])
                 cand_2 = Array(flat_2[o:o + 2 * symw + 1])
                 rel3 = Signal(R2W, name=f"rel3_{ln}_{o}")
+                n2 = Signal(PW + 1, name=f"n2_{ln}_{o}")
                 n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
-                m.d.comb += [rel3.eq(r2 + cand_t[r2]), n4.eq(N2[ln][A3][o] + cand_2[r2])]
+                m.d.comb += [rel3.eq(r2 + cand_t[r2]),
+                             n2.eq(Cat(Const(o, lR), Rj[A3]) + r2),
+                             n4.eq(n2 + cand_2[r2])]
                 nsat = Signal(PW, name=f"n4s_{ln}_{o}")
-                over = n4[PW:].any() if SAT == (1 << PW) - 1 else (n4 > SAT)
-                m.d.comb += nsat.eq(Mux(over, SAT, n4[:PW]))
+                m.d.comb += nsat.eq(Mux(n4 > SAT, SAT, n4[:PW]))
                 nrec.append(nsat)
                 rrec.append(Cat(flat_t[o], r2, rel3))
             addr = Cat(Rj[A3], Rh[A3])
@@ -838,8 +833,6 @@ class KVDecompressor(wiring.Component):
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
         d1_n = [Signal(PW, name=f"d1n{ln}") for ln in range(lanes)]
         d1_rel = [Signal(RELW, name=f"d1rel{ln}") for ln in range(lanes)]
-        OFW = (R - 1 + (spl - 1) * symw).bit_length()
-        d1_at = [[Signal(OFW, name=f"d1at{ln}_{j}") for j in range(spl)] for ln in range(lanes)]
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
         with m.If(en):
             m.d.sync += [d1_valid.eq(adv), d1_first.eq(t == 0), d1_last.eq(last_t), d1_hdr.eq(hdrW)]
@@ -847,16 +840,12 @@ class KVDecompressor(wiring.Component):
                 st = lane_stream(blkW, ln, R * NCH + CWW)
                 m.d.sync += [d1_p[ln].eq(p[ln]), d1_n[ln].eq(nsel[ln]), d1_rel[ln].eq(rsel[ln]),
                              d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), p[ln] >> lR), CWW))]
-                rs = rsel[ln]
-                for j, rj in enumerate([Const(0, 1), rs[:TW], rs[TW:TW + R2W], rs[TW + R2W:]][:spl]):
-                    m.d.sync += d1_at[ln][j].eq(p[ln][:lR] + rj)
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
         d2_valid, d2_first, d2_last, d2_err = Signal(), Signal(), Signal(), Signal()
         d2_hdr = Signal(H)
         d2_sub = [Signal(symw, name=f"d2sub{v}") for v in range(V)]
         d2_ln = [Signal(range(L + 1), name=f"d2ln{v}") for v in range(V)]
-        d2_rsh = [Signal(range(L + 1), name=f"d2rsh{v}") for v in range(V)]     # L - ln
         d2_esc = [Signal(name=f"d2esc{v}") for v in range(V)]
         oks = []
         for ln in range(lanes):
@@ -864,6 +853,7 @@ class KVDecompressor(wiring.Component):
             span = Signal(PW + 1, name=f"span{ln}")
             m.d.comb += span.eq(d1_n[ln] - d1_p[ln])
             ends = rel[1:spl] + [span]
+            r0 = d1_p[ln][:lR]
             for j in range(spl):
                 v = j * lanes + ln
                 tot = Signal(range(-(1 << (PW + 1)), 1 << (PW + 1)), name=f"d2tot{v}")
@@ -873,10 +863,9 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += ok.eq((tot != 0) & (tot <= symw))
                 oks.append(ok)
                 with m.If(en):
-                    m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(d1_at[ln][j], symw)),
+                    m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(r0 + rel[j], symw)),
                                  d2_esc[v].eq(isesc),
-                                 d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()]),
-                                 d2_rsh[v].eq(Mux(isesc, L + c.esc_bits - tot, L - tot)[:(L).bit_length()])]
+                                 d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
         sel1 = hdr_fields(d1_hdr)[0]
         overrun = Signal()
         m.d.comb += overrun.eq(d1_last & (sum(d1_n) > room))
@@ -907,7 +896,7 @@ class KVDecompressor(wiring.Component):
             else:
                 m.d.comb += raw.eq(0)
             with m.If(en):
-                m.d.sync += [d3_rank[v].eq((msbw >> d2_rsh[v]) + off_a[ln]),
+                m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + off_a[ln]),
                              d3_esc[v].eq(d2_esc[v]), d3_raw[v].eq(raw),
                              d3_rmag[v].eq(Mux(raw < 0, -raw, raw))]
         acc = Signal()
@@ -984,58 +973,32 @@ class KVDecompressor(wiring.Component):
             m.d.sync += [b2_sgn[v].eq(b1_sgn[v]) for v in range(V)]
             m.d.sync += [b2_mag[v].eq(b1_mag[v] * mant) for v in range(V)]
 
-        # ---------------- B3: leading one (a log-depth tree, not a priority chain)
-        def lead_one(vec, tag):
-            """(index of the highest set bit, any bit set) of ``vec``, as a balanced tree."""
-            bits = [vec[i] for i in range(len(vec))]
-            level = [(b, Const(0, 0)) for b in bits]            # (any, index within the group)
-            while len(level) > 1:
-                if len(level) % 2:
-                    level.append((Const(0, 1), Const(0, len(level[0][1]))))
-                nxt = []
-                for a in range(0, len(level), 2):
-                    (alo, ilo), (ahi, ihi) = level[a], level[a + 1]
-                    w = len(ilo)
-                    idx = Signal(w + 1, name=f"lo{tag}_{len(level)}_{a}")
-                    m.d.comb += idx.eq(Mux(ahi, Cat(ihi, Const(1, 1)), Cat(ilo, Const(0, 1))))
-                    nxt.append((alo | ahi, idx))
-                level = nxt
-            return level[0][1]
-
+        # ---------------- B3: leading one, shift amount, biased exponent
+        SHW = signed(max(7, (pbits + 2).bit_length() + 1))
         b3_valid, b3_last, b3_err = Signal(), Signal(), Signal()
         b3_sgn = [Signal(name=f"b3sgn{v}") for v in range(V)]
         b3_mag = [Signal(pbits, name=f"b3mag{v}") for v in range(V)]
-        b3_msb = [Signal(range(1 << (pbits - 1).bit_length()), name=f"b3msb{v}") for v in range(V)]
-        b3_kk, b3_k15 = Signal(signed(11)), Signal(signed(11))
+        b3_sh = [Signal(SHW, name=f"b3sh{v}") for v in range(V)]
+        b3_eb = [Signal(signed(11), name=f"b3eb{v}") for v in range(V)]
+        b3_norm = [Signal(name=f"b3norm{v}") for v in range(V)]
         with m.If(en):
-            m.d.sync += [b3_valid.eq(b2_valid), b3_last.eq(b2_last), b3_err.eq(b2_err),
-                         b3_kk.eq(b2_kk), b3_k15.eq(b2_k15)]
-            for v in range(V):
-                m.d.sync += [b3_sgn[v].eq(b2_sgn[v]), b3_mag[v].eq(b2_mag[v]),
-                             b3_msb[v].eq(lead_one(b2_mag[v], v))]
-
-        # ---------------- B3b: shift amount and biased exponent from the leading one
-        SHW = signed(max(7, (pbits + 2).bit_length() + 1))
-        b3b_valid, b3b_last, b3b_err = Signal(), Signal(), Signal()
-        b3b_sgn = [Signal(name=f"b3bsgn{v}") for v in range(V)]
-        b3b_mag = [Signal(pbits, name=f"b3bmag{v}") for v in range(V)]
-        b3b_sh = [Signal(SHW, name=f"b3bsh{v}") for v in range(V)]
-        b3b_eb = [Signal(signed(11), name=f"b3beb{v}") for v in range(V)]
-        b3b_norm = [Signal(name=f"b3bnorm{v}") for v in range(V)]
-        with m.If(en):
-            m.d.sync += [b3b_valid.eq(b3_valid), b3b_last.eq(b3_last), b3b_err.eq(b3_err)]
+            m.d.sync += [b3_valid.eq(b2_valid), b3_last.eq(b2_last), b3_err.eq(b2_err)]
         for v in range(V):
-            msb = b3_msb[v]
+            mag = b2_mag[v]
+            msb = Signal(range(pbits), name=f"msb{v}")
+            for i in range(pbits):
+                with m.If(mag[i]):
+                    m.d.comb += msb.eq(i)
             norm = Signal(name=f"norm{v}")
-            m.d.comb += norm.eq((msb - 10) >= b3_kk)
+            m.d.comb += norm.eq((msb - 10) >= b2_kk)
             shv = Signal(signed(12), name=f"shv{v}")
-            m.d.comb += shv.eq(Mux(norm, msb - 10, b3_kk))
+            m.d.comb += shv.eq(Mux(norm, msb - 10, b2_kk))
             with m.If(en):
-                m.d.sync += [b3b_sgn[v].eq(b3_sgn[v]), b3b_mag[v].eq(b3_mag[v]), b3b_norm[v].eq(norm),
-                             b3b_eb[v].eq(msb + b3_k15),
-                             b3b_sh[v].eq(Mux(shv > pbits + 1, pbits + 2, shv))]
+                m.d.sync += [b3_sgn[v].eq(b2_sgn[v]), b3_mag[v].eq(mag), b3_norm[v].eq(norm),
+                             b3_eb[v].eq(msb + b2_k15),
+                             b3_sh[v].eq(Mux(shv > pbits + 1, pbits + 2, shv))]
 
-        # ---------------- B4: shift with round-to-nearest-even bits (sticky from a prefix OR)
+        # ---------------- B4: shift with round-to-nearest-even bits
         b4_valid, b4_last, b4_err = Signal(), Signal(), Signal()
         b4_sgn = [Signal(name=f"b4sgn{v}") for v in range(V)]
         b4_q = [Signal(12, name=f"b4q{v}") for v in range(V)]
@@ -1044,27 +1007,24 @@ class KVDecompressor(wiring.Component):
         b4_norm = [Signal(name=f"b4norm{v}") for v in range(V)]
         b4_zero = [Signal(name=f"b4zero{v}") for v in range(V)]
         with m.If(en):
-            m.d.sync += [b4_valid.eq(b3b_valid), b4_last.eq(b3b_last), b4_err.eq(b3b_err)]
+            m.d.sync += [b4_valid.eq(b3_valid), b4_last.eq(b3_last), b4_err.eq(b3_err)]
         for v in range(V):
-            mag, sh = b3b_mag[v], b3b_sh[v]
+            mag, sh = b3_mag[v], b3_sh[v]
             wide = Cat(Const(0, 1), mag)             # one guard bit below bit 0
             q = Signal(12, name=f"q{v}")
             rnd = Signal(name=f"rnd{v}")
             sticky = Signal(name=f"sticky{v}")
-            # stk[s] = some bit of mag below bit s-1 is set (the bits a right shift by s drops
-            # below its round bit)
-            stk = [Const(0, 1), Const(0, 1)] + [mag[:min(i - 1, pbits)].any() for i in range(2, 1 << (SHW.width - 1))]
-            stk_a = Array(stk)
             with m.If(sh <= 0):
                 m.d.comb += [q.eq(mag << (-sh).as_unsigned()[:4]), rnd.eq(0), sticky.eq(0)]
             with m.Else():
-                sa = sh.as_unsigned()[:SHW.width - 1]
+                s = sh.as_unsigned()[:SHW.width - 1]
                 shifted = Signal(pbits + 1, name=f"shifted{v}")
-                m.d.comb += shifted.eq(wide >> sa)          # bit 0 = round bit, bits 1.. = q
-                m.d.comb += [q.eq(shifted[1:]), rnd.eq(shifted[0]), sticky.eq(stk_a[sa])]
+                m.d.comb += shifted.eq(wide >> s)          # bit 0 = round bit, bits 1.. = q
+                m.d.comb += [q.eq(shifted[1:]), rnd.eq(shifted[0]),
+                             sticky.eq((mag & ((Const(1, pbits + 2) << (s - 1)[:SHW.width - 1]) - 1)[:pbits]) != 0)]
             with m.If(en):
-                m.d.sync += [b4_sgn[v].eq(b3b_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(rnd & (sticky | q[0])),
-                             b4_eb[v].eq(b3b_eb[v]), b4_norm[v].eq(b3b_norm[v]), b4_zero[v].eq(mag == 0)]
+                m.d.sync += [b4_sgn[v].eq(b3_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(rnd & (sticky | q[0])),
+                             b4_eb[v].eq(b3_eb[v]), b4_norm[v].eq(b3_norm[v]), b4_zero[v].eq(mag == 0)]
 
         # ---------------- output register: exponent + rounded significand, overflow to Inf
         with m.If(en):
