@@ -283,9 +283,12 @@ class BitmapDecoder(wiring.Component):
                      self.o_error.eq(err_flags.any())]
 
         # ---------------------------------------------------------------- window geometry
+        # row ends (current, next) are registers updated with rs_w, not adders after it: they
+        # start the decoder's longest loop (row end -> counts there -> k -> advance -> state)
         es_w = Signal(signed(len(rs_w) + 1))
         es2_w = Signal(signed(len(rs_w) + 2))
-        m.d.comb += [es_w.eq(rs_w + stride_w), es2_w.eq(es_w + stride_w)]
+        es3_w = Signal(signed(len(rs_w) + 3))
+        m.d.comb += es3_w.eq(es2_w + stride_w)
         avail_words = Signal(range(NW + 1))
         m.d.comb += avail_words.eq(_popcount(sv) * MW)
         row_complete = Signal()
@@ -477,24 +480,28 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += r_adv.eq(rbase + Mux(advance, k, 0))
         with m.If(any_err):
             m.d.comb += [x.eq(0) for x in v1] + [x.eq(0) for x in s1]
-            m.d.sync += [rbase.eq(0), rs_w.eq(0)]
+            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
         with m.Elif(mat_end):
             # drop the beats of this matrix still in the window: ceil(es / M) of them
             for d in range(1, K + 1):
                 with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
                     drop(m, d)
-            m.d.sync += [rbase.eq(0), rs_w.eq(0)]
+            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
         with m.Else():
             # The oldest beat leaves once its set bits are all taken and the current row ends
             # beyond it (decided from the registers at the START of the cycle).
             sh = Signal()
             m.d.comb += sh.eq(running & a_v & (rbase >= local[0][-1]) & (es_w > MW))
-            r_next = Mux(advance & finish, es_w, rs_w)
+            fin = advance & finish
+            r_next = Mux(fin, es_w, rs_w)
+            e_next = Mux(fin, es2_w, es_w)
+            e2_next = Mux(fin, es3_w, es2_w)
             with m.If(sh):
                 drop(m, 1)
-                m.d.sync += [rbase.eq(r_adv - local[0][-1]), rs_w.eq(r_next - MW)]
+                m.d.sync += [rbase.eq(r_adv - local[0][-1]), rs_w.eq(r_next - MW), es_w.eq(e_next - MW),
+                             es2_w.eq(e2_next - MW)]
             with m.Else():
-                m.d.sync += [rbase.eq(r_adv), rs_w.eq(r_next)]
+                m.d.sync += [rbase.eq(r_adv), rs_w.eq(r_next), es_w.eq(e_next), es2_w.eq(e2_next)]
         # refill from the mask FIFO into the first empty slot
         m.d.comb += self.i_mask.ready.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
@@ -549,8 +556,9 @@ class BitmapDecoder(wiring.Component):
             cols = self.i_cmd.payload.cols
             stride = Signal(len(cols) + 1)
             m.d.comb += stride.eq((cols + (gran - 1)) & ~Const(gran - 1, len(cols) + 1))
+            sw_new = stride >> (W.bit_length() - 1)
             m.d.sync += [running.eq(1), rows_left.eq(self.i_cmd.payload.rows), cols_r.eq(cols),
-                         stride_w.eq(stride >> (W.bit_length() - 1)), rs_w.eq(0)]
+                         stride_w.eq(sw_new), rs_w.eq(0), es_w.eq(sw_new), es2_w.eq(sw_new << 1)]
         with m.If(advance & finish):
             m.d.sync += rows_left.eq(rows_left - 1)
         with m.If(mat_end):

@@ -2162,8 +2162,8 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   assign i_lanes__ready = \$1  <= 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$7092$0 (\$39 [31:0]),
-    .\port$7441$0 (last3),
+    .\port$7106$0 (\$39 [31:0]),
+    .\port$7459$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2579,7 +2579,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$7092$0 , w_en, w_level, r_data, r_en, \port$7441$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$7106$0 , w_en, w_level, r_data, r_en, \port$7459$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2621,10 +2621,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7092$0 , w_en, w_level, r_data, r
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$7092$0 ;
-  wire [31:0] \port$7092$0 ;
-  input \port$7441$0 ;
-  wire \port$7441$0 ;
+  input [31:0] \port$7106$0 ;
+  wire [31:0] \port$7106$0 ;
+  input \port$7459$0 ;
+  wire \port$7459$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2660,7 +2660,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7092$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7441$0 , \port$7092$0  };
+      storage[w_port__addr] <= { \port$7459$0 , \port$7106$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2759,8 +2759,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7092$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7441$0 , \port$7092$0  };
-  assign w_data = { \port$7441$0 , \port$7092$0  };
+  assign w_port__data = { \port$7459$0 , \port$7106$0  };
+  assign w_data = { \port$7459$0 , \port$7106$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -7928,70 +7928,87 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5640 ;
   wire \$5641 ;
   wire \$5642 ;
-  wire [10:0] \$5643 ;
-  wire \$5644 ;
-  wire [7:0] \$5645 ;
-  wire [8:0] \$5646 ;
-  wire \$5647 ;
-  wire [7:0] \$5648 ;
+  wire [6:0] \$5643 ;
+  wire [6:0] \$5644 ;
+  wire [10:0] \$5645 ;
+  wire \$5646 ;
+  wire [7:0] \$5647 ;
+  wire [8:0] \$5648 ;
   wire \$5649 ;
   wire \$565 ;
-  wire \$5650 ;
-  wire \$5651 ;
+  wire [8:0] \$5650 ;
+  wire [9:0] \$5651 ;
   wire \$5652 ;
-  wire \$5653 ;
-  wire \$5654 ;
+  wire [9:0] \$5653 ;
+  wire [10:0] \$5654 ;
   wire \$5655 ;
-  wire \$5656 ;
+  wire [7:0] \$5656 ;
   wire \$5657 ;
-  wire \$5658 ;
+  wire [8:0] \$5658 ;
   wire \$5659 ;
   wire \$566 ;
-  wire \$5660 ;
-  wire [5:0] \$5661 ;
+  wire [9:0] \$5660 ;
+  wire \$5661 ;
   wire \$5662 ;
   wire \$5663 ;
   wire \$5664 ;
   wire \$5665 ;
   wire \$5666 ;
   wire \$5667 ;
-  wire [11:0] \$5668 ;
+  wire \$5668 ;
   wire \$5669 ;
   wire \$567 ;
-  wire [16:0] \$5670 ;
+  wire \$5670 ;
   wire \$5671 ;
   wire \$5672 ;
-  wire [3:0] \$5673 ;
-  reg \$5674 ;
-  reg [9:0] \$5675 ;
-  reg [6:0] \$5676 ;
-  reg [287:0] \$5677 ;
-  reg [287:0] \$5678 ;
-  reg [287:0] \$5679 ;
+  wire [5:0] \$5673 ;
+  wire \$5674 ;
+  wire \$5675 ;
+  wire \$5676 ;
+  wire \$5677 ;
+  wire \$5678 ;
+  wire \$5679 ;
   wire \$568 ;
-  reg \$5680 ;
-  reg \$5681 ;
-  reg \$5682 ;
-  reg [3:0] \$5683 ;
-  reg \$5684 ;
-  reg \$5685 ;
-  reg \$5686 ;
-  reg [63:0] \$5687 ;
-  reg [63:0] \$5688 ;
+  wire [11:0] \$5680 ;
+  wire [11:0] \$5681 ;
+  wire [11:0] \$5682 ;
+  wire [12:0] \$5683 ;
+  wire \$5684 ;
+  wire [16:0] \$5685 ;
+  wire \$5686 ;
+  wire \$5687 ;
+  wire [3:0] \$5688 ;
   reg \$5689 ;
   wire \$569 ;
-  reg \$5690 ;
-  reg \$5691 ;
-  reg \$5692 ;
-  reg \$5693 ;
-  reg [15:0] \$5694 ;
-  reg [10:0] \$5695 ;
-  reg [5:0] \$5696 ;
+  reg [9:0] \$5690 ;
+  reg [6:0] \$5691 ;
+  reg [7:0] \$5692 ;
+  reg [8:0] \$5693 ;
+  reg [287:0] \$5694 ;
+  reg [287:0] \$5695 ;
+  reg [287:0] \$5696 ;
   reg \$5697 ;
-  reg [3:0] \$5698 ;
+  reg \$5698 ;
+  reg \$5699 ;
   wire [1:0] \$57 ;
   wire \$570 ;
+  reg [3:0] \$5700 ;
+  reg \$5701 ;
+  reg \$5702 ;
+  reg \$5703 ;
+  reg [63:0] \$5704 ;
+  reg [63:0] \$5705 ;
+  reg \$5706 ;
+  reg \$5707 ;
+  reg \$5708 ;
+  reg \$5709 ;
   wire \$571 ;
+  reg \$5710 ;
+  reg [15:0] \$5711 ;
+  reg [10:0] \$5712 ;
+  reg [5:0] \$5713 ;
+  reg \$5714 ;
+  reg [3:0] \$5715 ;
   wire \$572 ;
   wire \$573 ;
   wire \$574 ;
@@ -8467,16 +8484,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$998 ;
   wire [5:0] \$999 ;
   reg \$signal  = 1'h0;
-  reg \$signal$651  = 1'h0;
-  reg [63:0] \$signal$654  = 64'h0000000000000000;
-  reg [63:0] \$signal$675 ;
-  reg \$signal$677 ;
+  reg \$signal$652  = 1'h0;
+  reg [63:0] \$signal$655  = 64'h0000000000000000;
+  reg [63:0] \$signal$676 ;
   reg \$signal$678 ;
   reg \$signal$679 ;
-  reg \$signal$680  = 1'h0;
+  reg \$signal$680 ;
   reg \$signal$681  = 1'h0;
+  reg \$signal$682  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$682 ;
+  wire \$signal$683 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -8538,9 +8555,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg endv = 1'h0;
   (* init = 4'h0 *)
   wire [3:0] err_flags;
-  wire [8:0] es2_w;
+  reg [8:0] es2_w = 9'h000;
+  wire [9:0] es3_w;
   wire [14:0] es_bits;
-  wire [7:0] es_w;
+  reg [7:0] es_w = 8'h00;
   wire finish;
   wire [3:0] flags;
   wire [15:0] grp0;
@@ -9212,6 +9230,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [1:0] ws7l_rh;
   reg [1:0] ws7lh;
   reg [1:0] ws7ll;
+  assign \$3981  = grp4[2] + grp4[3];
+  assign ws4l_c = \$3980  + \$3981 ;
+  assign ws4l_lo = \$3972 [2:0] < ws4l_c;
+  assign \$3982  = \$3972 [2:0] - ws4l_c;
+  assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
+  assign \$3983  = grp4[8] + grp4[9];
+  assign \$3984  = grp4[10] + grp4[11];
+  assign ws4h_c = \$3983  + \$3984 ;
+  assign ws4h_lo = \$3979 [2:0] < ws4h_c;
+  assign \$3985  = \$3979 [2:0] - ws4h_c;
+  assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
+  assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
+  assign lv4 = k > 3'h4;
+  assign \$3986  = k_cur <= 3'h4;
+  assign ln4 = finish & \$3986 ;
+  assign \$3987  = ln4 ? es_w : { rs_w[6], rs_w };
   assign \$3988  = gsel4[5:2] - \$3987 [3:0];
   assign \$3989  = ~ sat0[3];
   assign \$3990  = sat0[2] & \$3989 ;
@@ -10886,10 +10920,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5545  = gsel7[5:2] - \$5544 [3:0];
   assign \$5546  = 4'h8 - vpos;
   assign \$5547  = \$signal  ? \$5546  : 5'h00;
-  assign \$5548  = \$signal$651  ? 4'h8 : 4'h0;
+  assign \$5548  = \$signal$652  ? 4'h8 : 4'h0;
   assign \$5549  = $signed(\$5547 ) + $signed({ 1'h0, \$5548  });
   assign vals_ok = k <= \$5549 [4:0];
-  assign vshift = { VB, \$signal$654  } >> { vpos, 3'h0 };
+  assign vshift = { VB, \$signal$655  } >> { vpos, 3'h0 };
   assign last_row = rows_left == 1'h1;
   assign \$5550  = ~ vals_ok;
   assign \$5551  = running & \$5550 ;
@@ -10930,24 +10964,24 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5578  = ~ vlast_loaded;
   assign \$5579  = ! vpos;
   assign \$5580  = \$signal  & \$5579 ;
-  assign \$5581  = \$5580  | \$signal$651 ;
+  assign \$5581  = \$5580  | \$signal$652 ;
   assign \$5582  = ~ \$5581 ;
   assign \$5583  = | vpos;
-  assign \$5584  = \$5583  ? \$signal$680  : prev_last;
+  assign \$5584  = \$5583  ? \$signal$681  : prev_last;
   assign \$5585  = \$5582  & \$5584 ;
   assign \$5586  = ! vpos;
   assign \$5587  = \$signal  & \$5586 ;
-  assign \$5588  = \$5587  | \$signal$651 ;
+  assign \$5588  = \$5587  | \$signal$652 ;
   assign \$5589  = ~ \$5588 ;
   assign \$5590  = | vpos;
-  assign \$5591  = \$5590  ? \$signal$680  : prev_last;
+  assign \$5591  = \$5590  ? \$signal$681  : prev_last;
   assign \$5592  = \$5589  & \$5591 ;
   assign \$5593  = ~ \$5592 ;
-  assign \$5594  = \$signal  & \$signal$680 ;
-  assign \$5595  = ~ \$signal$651 ;
+  assign \$5594  = \$signal  & \$signal$681 ;
+  assign \$5595  = ~ \$signal$652 ;
   assign \$5596  = \$5594  & \$5595 ;
-  assign \$5597  = ~ \$signal$651 ;
-  assign \$5598  = \$signal$680  & \$5597 ;
+  assign \$5597  = ~ \$signal$652 ;
+  assign \$5598  = \$signal$681  & \$5597 ;
   assign \$5599  = ~ \$5598 ;
   assign \$5600  = \$signal  & \$5599 ;
   assign \$5601  = end_ok | end_bad;
@@ -10956,7 +10990,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5604  = | k;
   assign \$5605  = advance & \$5604 ;
   assign \$5606  = vpos_n >= 4'h8;
-  assign \$5607  = \$signal$677  & \$signal$678 ;
+  assign \$5607  = \$signal$678  & \$signal$679 ;
   assign \$5608  = ~ \$5607 ;
   assign i_value__ready = allow_load & \$5608 ;
   assign \$5609  = ~ running;
@@ -10992,89 +11026,102 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5640  = \$5634  | \$5639 ;
   assign \$5641  = \$5629  | \$5640 ;
   assign \$5642  = \$5618  & \$5641 ;
-  assign \$5643  = \$5563 [9:0] - mbeat0[287:280];
-  assign \$5644  = advance & finish;
-  assign \$5645  = \$5644  ? es_w : { rs_w[6], rs_w };
-  assign \$5646  = $signed(\$5645 ) - $signed(3'h3);
-  assign \$5647  = advance & finish;
-  assign \$5648  = \$5647  ? es_w : { rs_w[6], rs_w };
-  assign \$5649  = ~ mbeat0_nv;
-  assign \$5651  = ~ mbeat1_nv;
-  assign \$5652  = \$5651  & mbeat0_nv;
-  assign \$5653  = ~ mbeat2_nv;
-  assign \$5654  = \$5653  & mbeat1_nv;
-  assign \$5655  = end_ok | end_bad;
-  assign \$5656  = endv & \$5655 ;
-  assign \$5657  = any_err | \$5656 ;
-  assign \$5658  = | k;
-  assign \$5659  = advance & \$5658 ;
-  assign \$5660  = vpos_n >= 4'h8;
-  assign \$5661  = vpos_n - 4'h8;
-  assign \$5662  = i_value__valid & allow_load;
-  assign \$5663  = ~ \$signal$677 ;
-  assign \$5664  = ~ \$signal$678 ;
-  assign \$5665  = \$signal$677  & \$signal$678 ;
-  assign \$5666  = ~ \$5665 ;
-  assign \$5667  = i_cmd__valid & i_cmd__ready;
-  assign \$5669  = advance & finish;
-  assign \$5670  = rows_left - 1'h1;
-  assign \$5671  = end_ok | end_bad;
-  assign \$5672  = endv & \$5671 ;
-  assign \$5673  = o_error_flags | flags;
+  assign \$5645  = \$5563 [9:0] - mbeat0[287:280];
+  assign \$5646  = advance & finish;
+  assign \$5647  = \$5646  ? es_w : { rs_w[6], rs_w };
+  assign \$5648  = $signed(\$5647 ) - $signed(3'h3);
+  assign \$5649  = advance & finish;
+  assign \$5650  = \$5649  ? es2_w : { es_w[7], es_w };
+  assign \$5651  = $signed(\$5650 ) - $signed(3'h3);
+  assign \$5652  = advance & finish;
+  assign \$5653  = \$5652  ? es3_w : { es2_w[8], es2_w };
+  assign \$5654  = $signed(\$5653 ) - $signed(3'h3);
+  assign \$5655  = advance & finish;
+  assign \$5656  = \$5655  ? es_w : { rs_w[6], rs_w };
+  assign \$5657  = advance & finish;
+  assign \$5658  = \$5657  ? es2_w : { es_w[7], es_w };
+  assign \$5659  = advance & finish;
+  assign \$5660  = \$5659  ? es3_w : { es2_w[8], es2_w };
+  assign \$5661  = ~ mbeat0_nv;
+  assign \$5663  = ~ mbeat1_nv;
+  assign \$5664  = \$5663  & mbeat0_nv;
+  assign \$5665  = ~ mbeat2_nv;
+  assign \$5666  = \$5665  & mbeat1_nv;
+  assign \$5667  = end_ok | end_bad;
+  assign \$5668  = endv & \$5667 ;
+  assign \$5669  = any_err | \$5668 ;
+  assign \$5670  = | k;
+  assign \$5671  = advance & \$5670 ;
+  assign \$5672  = vpos_n >= 4'h8;
+  assign \$5673  = vpos_n - 4'h8;
+  assign \$5674  = i_value__valid & allow_load;
+  assign \$5675  = ~ \$signal$678 ;
+  assign \$5676  = ~ \$signal$679 ;
+  assign \$5677  = \$signal$678  & \$signal$679 ;
+  assign \$5678  = ~ \$5677 ;
+  assign \$5679  = i_cmd__valid & i_cmd__ready;
+  assign \$5684  = advance & finish;
+  assign \$5685  = rows_left - 1'h1;
+  assign \$5686  = end_ok | end_bad;
+  assign \$5687  = endv & \$5686 ;
+  assign \$5688  = o_error_flags | flags;
   always @(posedge clk)
-    pad_r <= \$5674 ;
+    pad_r <= \$5689 ;
   always @(posedge clk)
-    rbase <= \$5675 ;
+    rbase <= \$5690 ;
   always @(posedge clk)
-    rs_w <= \$5676 ;
+    rs_w <= \$5691 ;
   always @(posedge clk)
-    mbeat0 <= \$5677 ;
+    es_w <= \$5692 ;
   always @(posedge clk)
-    mbeat1 <= \$5678 ;
+    es2_w <= \$5693 ;
   always @(posedge clk)
-    mbeat2 <= \$5679 ;
+    mbeat0 <= \$5694 ;
   always @(posedge clk)
-    mbeat0_v <= \$5680 ;
+    mbeat1 <= \$5695 ;
   always @(posedge clk)
-    mbeat1_v <= \$5681 ;
+    mbeat2 <= \$5696 ;
   always @(posedge clk)
-    mbeat2_v <= \$5682 ;
+    mbeat0_v <= \$5697 ;
   always @(posedge clk)
-    vpos <= \$5683 ;
+    mbeat1_v <= \$5698 ;
   always @(posedge clk)
-    vlast_loaded <= \$5684 ;
+    mbeat2_v <= \$5699 ;
   always @(posedge clk)
-    prev_last <= \$5685 ;
+    vpos <= \$5700 ;
   always @(posedge clk)
-    any_val <= \$5686 ;
+    vlast_loaded <= \$5701 ;
   always @(posedge clk)
-    \$signal$654  <= \$5687 ;
+    prev_last <= \$5702 ;
   always @(posedge clk)
-    VB <= \$5688 ;
+    any_val <= \$5703 ;
   always @(posedge clk)
-    \$signal  <= \$5689 ;
+    \$signal$655  <= \$5704 ;
   always @(posedge clk)
-    \$signal$651  <= \$5690 ;
+    VB <= \$5705 ;
   always @(posedge clk)
-    \$signal$680  <= \$5691 ;
+    \$signal  <= \$5706 ;
   always @(posedge clk)
-    \$signal$681  <= \$5692 ;
+    \$signal$652  <= \$5707 ;
   always @(posedge clk)
-    running <= \$5693 ;
+    \$signal$681  <= \$5708 ;
   always @(posedge clk)
-    rows_left <= \$5694 ;
+    \$signal$682  <= \$5709 ;
   always @(posedge clk)
-    cols_r <= \$5695 ;
+    running <= \$5710 ;
   always @(posedge clk)
-    stride_w <= \$5696 ;
+    rows_left <= \$5711 ;
   always @(posedge clk)
-    endv <= \$5697 ;
+    cols_r <= \$5712 ;
   always @(posedge clk)
-    o_error_flags <= \$5698 ;
+    stride_w <= \$5713 ;
+  always @(posedge clk)
+    endv <= \$5714 ;
+  always @(posedge clk)
+    o_error_flags <= \$5715 ;
   assign o_busy = running | endv;
   assign o_error = | o_error_flags;
-  assign es_w = $signed(rs_w) + $signed({ 1'h0, stride_w });
-  assign es2_w = $signed(es_w) + $signed({ 1'h0, stride_w });
+  assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
   assign \$1  = mbeat0_v + mbeat1_v;
   assign \$2  = \$1  + mbeat2_v;
   assign \$3  = \$2  * 2'h3;
@@ -15354,22 +15401,6 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign ws4_lo = \$3972 [3:0] < ws4_c;
   assign \$3979  = \$3972 [3:0] - ws4_c;
   assign \$3980  = grp4[0] + grp4[1];
-  assign \$3981  = grp4[2] + grp4[3];
-  assign ws4l_c = \$3980  + \$3981 ;
-  assign ws4l_lo = \$3972 [2:0] < ws4l_c;
-  assign \$3982  = \$3972 [2:0] - ws4l_c;
-  assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign \$3983  = grp4[8] + grp4[9];
-  assign \$3984  = grp4[10] + grp4[11];
-  assign ws4h_c = \$3983  + \$3984 ;
-  assign ws4h_lo = \$3979 [2:0] < ws4h_c;
-  assign \$3985  = \$3979 [2:0] - ws4h_c;
-  assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
-  assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
-  assign lv4 = k > 3'h4;
-  assign \$3986  = k_cur <= 3'h4;
-  assign ln4 = finish & \$3986 ;
-  assign \$3987  = ln4 ? es_w : { rs_w[6], rs_w };
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -17275,43 +17306,43 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$675  = \$signal$654 ;
+    \$signal$676  = \$signal$655 ;
     if (\$5603 ) begin
     end else if (\$5605 ) begin
       if (\$5606 ) begin
-        \$signal$675  = VB;
+        \$signal$676  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$677  = \$signal ;
-    if (\$5603 ) begin
-      \$signal$677  = 1'h0;
-    end else if (\$5605 ) begin
-      if (\$5606 ) begin
-        \$signal$677  = \$signal$651 ;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$678  = \$signal$651 ;
+    \$signal$678  = \$signal ;
     if (\$5603 ) begin
       \$signal$678  = 1'h0;
     end else if (\$5605 ) begin
       if (\$5606 ) begin
-        \$signal$678  = 1'h0;
+        \$signal$678  = \$signal$652 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$679  = \$signal$680 ;
+    \$signal$679  = \$signal$652 ;
+    if (\$5603 ) begin
+      \$signal$679  = 1'h0;
+    end else if (\$5605 ) begin
+      if (\$5606 ) begin
+        \$signal$679  = 1'h0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$680  = \$signal$681 ;
     if (\$5603 ) begin
     end else if (\$5605 ) begin
       if (\$5606 ) begin
-        \$signal$679  = \$signal$681 ;
+        \$signal$680  = \$signal$682 ;
       end
     end
   end
@@ -17349,327 +17380,371 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5674  = \$5642 ;
-    if (rst) begin
-      \$5674  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$5675  = 10'h000;
-    end else if (mat_end) begin
-      \$5675  = 10'h000;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$5675  = \$5643 [9:0];
-      end else begin
-        \$5675  = \$5563 [9:0];
-      end
-    end
-    if (rst) begin
-      \$5675  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$5676  = 7'h00;
-    end else if (mat_end) begin
-      \$5676  = 7'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$5676  = \$5646 [6:0];
-      end else begin
-        \$5676  = \$5648 [6:0];
-      end
-    end
-    if (\$5667 ) begin
-      \$5676  = 7'h00;
-    end
-    if (rst) begin
-      \$5676  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5677  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$5650 ) begin
-        \$5677  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$5677  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5678  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$5652 ) begin
-        \$5678  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$5678  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5679  = mbeat2_n;
-    if (i_mask__valid) begin
-      if (\$5654 ) begin
-        \$5679  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$5679  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5680  = mbeat0_nv;
-    if (i_mask__valid) begin
-      if (\$5650 ) begin
-        \$5680  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$5680  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5681  = mbeat1_nv;
-    if (i_mask__valid) begin
-      if (\$5652 ) begin
-        \$5681  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$5681  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5682  = mbeat2_nv;
-    if (i_mask__valid) begin
-      if (\$5654 ) begin
-        \$5682  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$5682  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5683  = vpos;
-    if (\$5657 ) begin
-      \$5683  = 4'h0;
-    end else if (\$5659 ) begin
-      (* full_case = 32'd1 *)
-      if (\$5660 ) begin
-        \$5683  = \$5661 [3:0];
-      end else begin
-        \$5683  = vpos_n[3:0];
-      end
-    end
-    if (rst) begin
-      \$5683  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5684  = vlast_loaded;
-    if (\$5657 ) begin
-      \$5684  = 1'h0;
-    end
-    if (\$5662 ) begin
-      if (\$5666 ) begin
-        \$5684  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$5684  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5685  = prev_last;
-    if (\$5657 ) begin
-      \$5685  = 1'h0;
-    end else if (\$5659 ) begin
-      if (\$5660 ) begin
-        \$5685  = \$signal$680 ;
-      end
-    end
-    if (rst) begin
-      \$5685  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5686  = any_val;
-    if (\$5657 ) begin
-      \$5686  = 1'h0;
-    end else if (\$5659 ) begin
-      \$5686  = 1'h1;
-    end
-    if (rst) begin
-      \$5686  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5687  = \$signal$675 ;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-        \$5687  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$5687  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5688  = VB;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-      end else if (\$5664 ) begin
-        \$5688  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$5688  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5689  = \$signal$677 ;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-        \$5689  = 1'h1;
-      end
-    end
+    \$5689  = \$5642 ;
     if (rst) begin
       \$5689  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5690  = \$signal$678 ;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-      end else if (\$5664 ) begin
-        \$5690  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$5690  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5691  = \$signal$679 ;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-        \$5691  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$5691  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5692  = \$signal$681 ;
-    if (\$5662 ) begin
-      if (\$5663 ) begin
-      end else if (\$5664 ) begin
-        \$5692  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$5692  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5693  = running;
-    if (\$5667 ) begin
-      \$5693  = 1'h1;
-    end
-    if (mat_end) begin
-      \$5693  = 1'h0;
-    end
+    (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5693  = 1'h0;
+      \$5690  = 10'h000;
+    end else if (mat_end) begin
+      \$5690  = 10'h000;
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$5690  = \$5645 [9:0];
+      end else begin
+        \$5690  = \$5563 [9:0];
+      end
     end
     if (rst) begin
-      \$5693  = 1'h0;
+      \$5690  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5694  = rows_left;
-    if (\$5667 ) begin
-      \$5694  = i_cmd__payload[15:0];
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$5691  = 7'h00;
+    end else if (mat_end) begin
+      \$5691  = 7'h00;
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$5691  = \$5648 [6:0];
+      end else begin
+        \$5691  = \$5656 [6:0];
+      end
     end
+    if (\$5679 ) begin
+      \$5691  = 7'h00;
+    end
+    if (rst) begin
+      \$5691  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$5692  = { 2'h0, stride_w };
+    end else if (mat_end) begin
+      \$5692  = { 2'h0, stride_w };
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$5692  = \$5651 [7:0];
+      end else begin
+        \$5692  = \$5658 [7:0];
+      end
+    end
+    if (\$5679 ) begin
+      \$5692  = \$5681 [7:0];
+    end
+    if (rst) begin
+      \$5692  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$5693  = { 2'h0, \$5643  };
+    end else if (mat_end) begin
+      \$5693  = { 2'h0, \$5644  };
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$5693  = \$5654 [8:0];
+      end else begin
+        \$5693  = \$5660 [8:0];
+      end
+    end
+    if (\$5679 ) begin
+      \$5693  = \$5683 [8:0];
+    end
+    if (rst) begin
+      \$5693  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5694  = mbeat0_n;
+    if (i_mask__valid) begin
+      if (\$5662 ) begin
+        \$5694  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+      end
+    end
+    if (rst) begin
+      \$5694  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5695  = mbeat1_n;
+    if (i_mask__valid) begin
+      if (\$5664 ) begin
+        \$5695  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+      end
+    end
+    if (rst) begin
+      \$5695  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5696  = mbeat2_n;
+    if (i_mask__valid) begin
+      if (\$5666 ) begin
+        \$5696  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+      end
+    end
+    if (rst) begin
+      \$5696  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5697  = mbeat0_nv;
+    if (i_mask__valid) begin
+      if (\$5662 ) begin
+        \$5697  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5697  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5698  = mbeat1_nv;
+    if (i_mask__valid) begin
+      if (\$5664 ) begin
+        \$5698  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5698  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5699  = mbeat2_nv;
+    if (i_mask__valid) begin
+      if (\$5666 ) begin
+        \$5699  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5699  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5700  = vpos;
     if (\$5669 ) begin
-      \$5694  = \$5670 [15:0];
+      \$5700  = 4'h0;
+    end else if (\$5671 ) begin
+      (* full_case = 32'd1 *)
+      if (\$5672 ) begin
+        \$5700  = \$5673 [3:0];
+      end else begin
+        \$5700  = vpos_n[3:0];
+      end
     end
     if (rst) begin
-      \$5694  = 16'h0000;
+      \$5700  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5695  = cols_r;
-    if (\$5667 ) begin
-      \$5695  = i_cmd__payload[26:16];
+    \$5701  = vlast_loaded;
+    if (\$5669 ) begin
+      \$5701  = 1'h0;
+    end
+    if (\$5674 ) begin
+      if (\$5678 ) begin
+        \$5701  = i_value__payload[64];
+      end
     end
     if (rst) begin
-      \$5695  = 11'h000;
+      \$5701  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5696  = stride_w;
-    if (\$5667 ) begin
-      \$5696  = \$5668 [5:0];
+    \$5702  = prev_last;
+    if (\$5669 ) begin
+      \$5702  = 1'h0;
+    end else if (\$5671 ) begin
+      if (\$5672 ) begin
+        \$5702  = \$signal$681 ;
+      end
     end
     if (rst) begin
-      \$5696  = 6'h00;
+      \$5702  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5697  = endv;
+    \$5703  = any_val;
+    if (\$5669 ) begin
+      \$5703  = 1'h0;
+    end else if (\$5671 ) begin
+      \$5703  = 1'h1;
+    end
+    if (rst) begin
+      \$5703  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5704  = \$signal$676 ;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+        \$5704  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$5704  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5705  = VB;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+      end else if (\$5676 ) begin
+        \$5705  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$5705  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5706  = \$signal$678 ;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+        \$5706  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5706  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5707  = \$signal$679 ;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+      end else if (\$5676 ) begin
+        \$5707  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5707  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5708  = \$signal$680 ;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+        \$5708  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$5708  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5709  = \$signal$682 ;
+    if (\$5674 ) begin
+      if (\$5675 ) begin
+      end else if (\$5676 ) begin
+        \$5709  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$5709  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5710  = running;
+    if (\$5679 ) begin
+      \$5710  = 1'h1;
+    end
     if (mat_end) begin
-      \$5697  = 1'h1;
-    end
-    if (\$5672 ) begin
-      \$5697  = 1'h0;
+      \$5710  = 1'h0;
     end
     if (any_err) begin
-      \$5697  = 1'h0;
+      \$5710  = 1'h0;
     end
     if (rst) begin
-      \$5697  = 1'h0;
+      \$5710  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5698  = \$5673 ;
+    \$5711  = rows_left;
+    if (\$5679 ) begin
+      \$5711  = i_cmd__payload[15:0];
+    end
+    if (\$5684 ) begin
+      \$5711  = \$5685 [15:0];
+    end
     if (rst) begin
-      \$5698  = 4'h0;
+      \$5711  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5712  = cols_r;
+    if (\$5679 ) begin
+      \$5712  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$5712  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5713  = stride_w;
+    if (\$5679 ) begin
+      \$5713  = \$5680 [5:0];
+    end
+    if (rst) begin
+      \$5713  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5714  = endv;
+    if (mat_end) begin
+      \$5714  = 1'h1;
+    end
+    if (\$5687 ) begin
+      \$5714  = 1'h0;
+    end
+    if (any_err) begin
+      \$5714  = 1'h0;
+    end
+    if (rst) begin
+      \$5714  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5715  = \$5688 ;
+    if (rst) begin
+      \$5715  = 4'h0;
     end
   end
   always @* begin
@@ -17897,7 +17972,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign vavail = \$5549 [4:0];
   assign r_adv = \$5563 [9:0];
   assign VB1 = VB;
-  assign \$signal$682  = \$signal$681 ;
+  assign \$signal$683  = \$signal$682 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17965,8 +18040,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5613  = 12'hfc0;
   assign \$5614 [5:0] = 6'h00;
   assign \$5614 [11:6] = \$5612 [11:6];
-  assign \$5650  = \$5649 ;
-  assign \$5668  = { 6'h00, stride[11:6] };
+  assign \$5643  = { stride_w, 1'h0 };
+  assign \$5644  = { stride_w, 1'h0 };
+  assign \$5662  = \$5661 ;
+  assign \$5680  = { 6'h00, stride[11:6] };
+  assign \$5681  = { 6'h00, stride[11:6] };
+  assign \$5682  = { 6'h00, stride[11:6] };
+  assign \$5683  = { \$5682 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

@@ -3186,8 +3186,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign i_lanes__ready = \$1  <= 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$3299$0 (\$39 [31:0]),
-    .\port$3662$0 (last3),
+    .\port$3313$0 (\$39 [31:0]),
+    .\port$3680$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3603,7 +3603,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3299$0 , w_en, w_level, r_data, r_en, \port$3662$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3313$0 , w_en, w_level, r_data, r_en, \port$3680$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3645,10 +3645,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3299$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$3299$0 ;
-  wire [31:0] \port$3299$0 ;
-  input \port$3662$0 ;
-  wire \port$3662$0 ;
+  input [31:0] \port$3313$0 ;
+  wire [31:0] \port$3313$0 ;
+  input \port$3680$0 ;
+  wire \port$3680$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3684,7 +3684,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3299$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3662$0 , \port$3299$0  };
+      storage[w_port__addr] <= { \port$3680$0 , \port$3313$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3783,8 +3783,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3299$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3662$0 , \port$3299$0  };
-  assign w_data = { \port$3662$0 , \port$3299$0  };
+  assign w_port__data = { \port$3680$0 , \port$3313$0  };
+  assign w_data = { \port$3680$0 , \port$3313$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -5436,26 +5436,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2476 ;
   wire \$2477 ;
   wire \$2478 ;
-  wire [8:0] \$2479 ;
+  wire [7:0] \$2479 ;
   wire \$248 ;
-  wire \$2480 ;
+  wire [7:0] \$2480 ;
   wire [8:0] \$2481 ;
-  wire [9:0] \$2482 ;
-  wire \$2483 ;
-  wire [8:0] \$2484 ;
+  wire \$2482 ;
+  wire [8:0] \$2483 ;
+  wire [9:0] \$2484 ;
   wire \$2485 ;
-  wire \$2486 ;
-  wire \$2487 ;
+  wire [9:0] \$2486 ;
+  wire [10:0] \$2487 ;
   wire \$2488 ;
-  wire \$2489 ;
+  wire [10:0] \$2489 ;
   wire \$249 ;
-  wire \$2490 ;
+  wire [11:0] \$2490 ;
   wire \$2491 ;
-  wire \$2492 ;
+  wire [8:0] \$2492 ;
   wire \$2493 ;
-  wire \$2494 ;
-  wire [5:0] \$2495 ;
-  wire \$2496 ;
+  wire [9:0] \$2494 ;
+  wire \$2495 ;
+  wire [10:0] \$2496 ;
   wire \$2497 ;
   wire \$2498 ;
   wire \$2499 ;
@@ -5463,39 +5463,56 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$250 ;
   wire \$2500 ;
   wire \$2501 ;
-  wire [11:0] \$2502 ;
+  wire \$2502 ;
   wire \$2503 ;
-  wire [16:0] \$2504 ;
+  wire \$2504 ;
   wire \$2505 ;
   wire \$2506 ;
-  wire [3:0] \$2507 ;
-  reg \$2508 ;
-  reg [7:0] \$2509 ;
+  wire [5:0] \$2507 ;
+  wire \$2508 ;
+  wire \$2509 ;
   wire \$251 ;
-  reg [7:0] \$2510 ;
-  reg [119:0] \$2511 ;
-  reg [119:0] \$2512 ;
-  reg \$2513 ;
-  reg \$2514 ;
-  reg [3:0] \$2515 ;
-  reg \$2516 ;
-  reg \$2517 ;
-  reg \$2518 ;
-  reg [63:0] \$2519 ;
+  wire \$2510 ;
+  wire \$2511 ;
+  wire \$2512 ;
+  wire \$2513 ;
+  wire [11:0] \$2514 ;
+  wire [11:0] \$2515 ;
+  wire [11:0] \$2516 ;
+  wire [12:0] \$2517 ;
+  wire \$2518 ;
+  wire [16:0] \$2519 ;
   wire \$252 ;
-  reg [63:0] \$2520 ;
-  reg \$2521 ;
-  reg \$2522 ;
+  wire \$2520 ;
+  wire \$2521 ;
+  wire [3:0] \$2522 ;
   reg \$2523 ;
-  reg \$2524 ;
-  reg \$2525 ;
-  reg [15:0] \$2526 ;
-  reg [10:0] \$2527 ;
-  reg [6:0] \$2528 ;
-  reg \$2529 ;
+  reg [7:0] \$2524 ;
+  reg [7:0] \$2525 ;
+  reg [8:0] \$2526 ;
+  reg [9:0] \$2527 ;
+  reg [119:0] \$2528 ;
+  reg [119:0] \$2529 ;
   wire \$253 ;
-  reg [3:0] \$2530 ;
+  reg \$2530 ;
+  reg \$2531 ;
+  reg [3:0] \$2532 ;
+  reg \$2533 ;
+  reg \$2534 ;
+  reg \$2535 ;
+  reg [63:0] \$2536 ;
+  reg [63:0] \$2537 ;
+  reg \$2538 ;
+  reg \$2539 ;
   wire \$254 ;
+  reg \$2540 ;
+  reg \$2541 ;
+  reg \$2542 ;
+  reg [15:0] \$2543 ;
+  reg [10:0] \$2544 ;
+  reg [6:0] \$2545 ;
+  reg \$2546 ;
+  reg [3:0] \$2547 ;
   wire \$255 ;
   wire \$256 ;
   wire \$257 ;
@@ -6323,16 +6340,16 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$998 ;
   wire [2:0] \$999 ;
   reg \$signal  = 1'h0;
-  reg \$signal$345  = 1'h0;
-  reg [63:0] \$signal$348  = 64'h0000000000000000;
-  reg [63:0] \$signal$367 ;
-  reg \$signal$369 ;
+  reg \$signal$346  = 1'h0;
+  reg [63:0] \$signal$349  = 64'h0000000000000000;
+  reg [63:0] \$signal$368 ;
   reg \$signal$370 ;
   reg \$signal$371 ;
-  reg \$signal$372  = 1'h0;
+  reg \$signal$372 ;
   reg \$signal$373  = 1'h0;
+  reg \$signal$374  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$374 ;
+  wire \$signal$375 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -6374,9 +6391,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg endv = 1'h0;
   (* init = 4'h0 *)
   wire [3:0] err_flags;
-  wire [9:0] es2_w;
+  reg [9:0] es2_w = 10'h000;
+  wire [10:0] es3_w;
   wire [14:0] es_bits;
-  wire [8:0] es_w;
+  reg [8:0] es_w = 9'h000;
   wire finish;
   wire [3:0] flags;
   wire [7:0] grp0;
@@ -6762,8 +6780,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [1:0] ws7l;
   assign o_busy = running | endv;
   assign o_error = | o_error_flags;
-  assign es_w = $signed(rs_w) + $signed({ 1'h0, stride_w });
-  assign es2_w = $signed(es_w) + $signed({ 1'h0, stride_w });
+  assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
   assign \$1  = mbeat0_v + mbeat1_v;
   assign \$2  = \$1  * 2'h2;
   assign row_complete = $signed(es_w) <= $signed({ 1'h0, \$2 [2:0] });
@@ -9361,10 +9378,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$2384  = gsel7[3:2] - \$2383 [4:0];
   assign \$2385  = 4'h8 - vpos;
   assign \$2386  = \$signal  ? \$2385  : 5'h00;
-  assign \$2387  = \$signal$345  ? 4'h8 : 4'h0;
+  assign \$2387  = \$signal$346  ? 4'h8 : 4'h0;
   assign \$2388  = $signed(\$2386 ) + $signed({ 1'h0, \$2387  });
   assign vals_ok = k <= \$2388 [4:0];
-  assign vshift = { VB, \$signal$348  } >> { vpos, 3'h0 };
+  assign vshift = { VB, \$signal$349  } >> { vpos, 3'h0 };
   assign last_row = rows_left == 1'h1;
   assign \$2389  = ~ vals_ok;
   assign \$2390  = running & \$2389 ;
@@ -9402,24 +9419,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$2414  = ~ vlast_loaded;
   assign \$2415  = ! vpos;
   assign \$2416  = \$signal  & \$2415 ;
-  assign \$2417  = \$2416  | \$signal$345 ;
+  assign \$2417  = \$2416  | \$signal$346 ;
   assign \$2418  = ~ \$2417 ;
   assign \$2419  = | vpos;
-  assign \$2420  = \$2419  ? \$signal$372  : prev_last;
+  assign \$2420  = \$2419  ? \$signal$373  : prev_last;
   assign \$2421  = \$2418  & \$2420 ;
   assign \$2422  = ! vpos;
   assign \$2423  = \$signal  & \$2422 ;
-  assign \$2424  = \$2423  | \$signal$345 ;
+  assign \$2424  = \$2423  | \$signal$346 ;
   assign \$2425  = ~ \$2424 ;
   assign \$2426  = | vpos;
-  assign \$2427  = \$2426  ? \$signal$372  : prev_last;
+  assign \$2427  = \$2426  ? \$signal$373  : prev_last;
   assign \$2428  = \$2425  & \$2427 ;
   assign \$2429  = ~ \$2428 ;
-  assign \$2430  = \$signal  & \$signal$372 ;
-  assign \$2431  = ~ \$signal$345 ;
+  assign \$2430  = \$signal  & \$signal$373 ;
+  assign \$2431  = ~ \$signal$346 ;
   assign \$2432  = \$2430  & \$2431 ;
-  assign \$2433  = ~ \$signal$345 ;
-  assign \$2434  = \$signal$372  & \$2433 ;
+  assign \$2433  = ~ \$signal$346 ;
+  assign \$2434  = \$signal$373  & \$2433 ;
   assign \$2435  = ~ \$2434 ;
   assign \$2436  = \$signal  & \$2435 ;
   assign \$2437  = end_ok | end_bad;
@@ -9428,7 +9445,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$2440  = | k;
   assign \$2441  = advance & \$2440 ;
   assign \$2442  = vpos_n >= 4'h8;
-  assign \$2443  = \$signal$369  & \$signal$370 ;
+  assign \$2443  = \$signal$370  & \$signal$371 ;
   assign \$2444  = ~ \$2443 ;
   assign i_value__ready = allow_load & \$2444 ;
   assign \$2445  = ~ running;
@@ -9464,79 +9481,93 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$2476  = \$2470  | \$2475 ;
   assign \$2477  = \$2465  | \$2476 ;
   assign \$2478  = \$2454  & \$2477 ;
-  assign \$2479  = \$2402 [7:0] - mbeat0[119:113];
-  assign \$2480  = advance & finish;
-  assign \$2481  = \$2480  ? es_w : { rs_w[7], rs_w };
-  assign \$2482  = $signed(\$2481 ) - $signed(3'h2);
-  assign \$2483  = advance & finish;
-  assign \$2484  = \$2483  ? es_w : { rs_w[7], rs_w };
-  assign \$2485  = ~ mbeat0_nv;
-  assign \$2487  = ~ mbeat1_nv;
-  assign \$2488  = \$2487  & mbeat0_nv;
-  assign \$2489  = end_ok | end_bad;
-  assign \$2490  = endv & \$2489 ;
-  assign \$2491  = any_err | \$2490 ;
-  assign \$2492  = | k;
-  assign \$2493  = advance & \$2492 ;
-  assign \$2494  = vpos_n >= 4'h8;
-  assign \$2495  = vpos_n - 4'h8;
-  assign \$2496  = i_value__valid & allow_load;
-  assign \$2497  = ~ \$signal$369 ;
-  assign \$2498  = ~ \$signal$370 ;
-  assign \$2499  = \$signal$369  & \$signal$370 ;
-  assign \$2500  = ~ \$2499 ;
-  assign \$2501  = i_cmd__valid & i_cmd__ready;
-  assign \$2503  = advance & finish;
-  assign \$2504  = rows_left - 1'h1;
-  assign \$2505  = end_ok | end_bad;
-  assign \$2506  = endv & \$2505 ;
-  assign \$2507  = o_error_flags | flags;
+  assign \$2481  = \$2402 [7:0] - mbeat0[119:113];
+  assign \$2482  = advance & finish;
+  assign \$2483  = \$2482  ? es_w : { rs_w[7], rs_w };
+  assign \$2484  = $signed(\$2483 ) - $signed(3'h2);
+  assign \$2485  = advance & finish;
+  assign \$2486  = \$2485  ? es2_w : { es_w[8], es_w };
+  assign \$2487  = $signed(\$2486 ) - $signed(3'h2);
+  assign \$2488  = advance & finish;
+  assign \$2489  = \$2488  ? es3_w : { es2_w[9], es2_w };
+  assign \$2490  = $signed(\$2489 ) - $signed(3'h2);
+  assign \$2491  = advance & finish;
+  assign \$2492  = \$2491  ? es_w : { rs_w[7], rs_w };
+  assign \$2493  = advance & finish;
+  assign \$2494  = \$2493  ? es2_w : { es_w[8], es_w };
+  assign \$2495  = advance & finish;
+  assign \$2496  = \$2495  ? es3_w : { es2_w[9], es2_w };
+  assign \$2497  = ~ mbeat0_nv;
+  assign \$2499  = ~ mbeat1_nv;
+  assign \$2500  = \$2499  & mbeat0_nv;
+  assign \$2501  = end_ok | end_bad;
+  assign \$2502  = endv & \$2501 ;
+  assign \$2503  = any_err | \$2502 ;
+  assign \$2504  = | k;
+  assign \$2505  = advance & \$2504 ;
+  assign \$2506  = vpos_n >= 4'h8;
+  assign \$2507  = vpos_n - 4'h8;
+  assign \$2508  = i_value__valid & allow_load;
+  assign \$2509  = ~ \$signal$370 ;
+  assign \$2510  = ~ \$signal$371 ;
+  assign \$2511  = \$signal$370  & \$signal$371 ;
+  assign \$2512  = ~ \$2511 ;
+  assign \$2513  = i_cmd__valid & i_cmd__ready;
+  assign \$2518  = advance & finish;
+  assign \$2519  = rows_left - 1'h1;
+  assign \$2520  = end_ok | end_bad;
+  assign \$2521  = endv & \$2520 ;
+  assign \$2522  = o_error_flags | flags;
   always @(posedge clk)
-    pad_r <= \$2508 ;
+    pad_r <= \$2523 ;
   always @(posedge clk)
-    rbase <= \$2509 ;
+    rbase <= \$2524 ;
   always @(posedge clk)
-    rs_w <= \$2510 ;
+    rs_w <= \$2525 ;
   always @(posedge clk)
-    mbeat0 <= \$2511 ;
+    es_w <= \$2526 ;
   always @(posedge clk)
-    mbeat1 <= \$2512 ;
+    es2_w <= \$2527 ;
   always @(posedge clk)
-    mbeat0_v <= \$2513 ;
+    mbeat0 <= \$2528 ;
   always @(posedge clk)
-    mbeat1_v <= \$2514 ;
+    mbeat1 <= \$2529 ;
   always @(posedge clk)
-    vpos <= \$2515 ;
+    mbeat0_v <= \$2530 ;
   always @(posedge clk)
-    vlast_loaded <= \$2516 ;
+    mbeat1_v <= \$2531 ;
   always @(posedge clk)
-    prev_last <= \$2517 ;
+    vpos <= \$2532 ;
   always @(posedge clk)
-    any_val <= \$2518 ;
+    vlast_loaded <= \$2533 ;
   always @(posedge clk)
-    \$signal$348  <= \$2519 ;
+    prev_last <= \$2534 ;
   always @(posedge clk)
-    VB <= \$2520 ;
+    any_val <= \$2535 ;
   always @(posedge clk)
-    \$signal  <= \$2521 ;
+    \$signal$349  <= \$2536 ;
   always @(posedge clk)
-    \$signal$345  <= \$2522 ;
+    VB <= \$2537 ;
   always @(posedge clk)
-    \$signal$372  <= \$2523 ;
+    \$signal  <= \$2538 ;
   always @(posedge clk)
-    \$signal$373  <= \$2524 ;
+    \$signal$346  <= \$2539 ;
   always @(posedge clk)
-    running <= \$2525 ;
+    \$signal$373  <= \$2540 ;
   always @(posedge clk)
-    rows_left <= \$2526 ;
+    \$signal$374  <= \$2541 ;
   always @(posedge clk)
-    cols_r <= \$2527 ;
+    running <= \$2542 ;
   always @(posedge clk)
-    stride_w <= \$2528 ;
+    rows_left <= \$2543 ;
   always @(posedge clk)
-    endv <= \$2529 ;
+    cols_r <= \$2544 ;
   always @(posedge clk)
-    o_error_flags <= \$2530 ;
+    stride_w <= \$2545 ;
+  always @(posedge clk)
+    endv <= \$2546 ;
+  always @(posedge clk)
+    o_error_flags <= \$2547 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -10550,43 +10581,43 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$367  = \$signal$348 ;
+    \$signal$368  = \$signal$349 ;
     if (\$2439 ) begin
     end else if (\$2441 ) begin
       if (\$2442 ) begin
-        \$signal$367  = VB;
+        \$signal$368  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$369  = \$signal ;
-    if (\$2439 ) begin
-      \$signal$369  = 1'h0;
-    end else if (\$2441 ) begin
-      if (\$2442 ) begin
-        \$signal$369  = \$signal$345 ;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$370  = \$signal$345 ;
+    \$signal$370  = \$signal ;
     if (\$2439 ) begin
       \$signal$370  = 1'h0;
     end else if (\$2441 ) begin
       if (\$2442 ) begin
-        \$signal$370  = 1'h0;
+        \$signal$370  = \$signal$346 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$371  = \$signal$372 ;
+    \$signal$371  = \$signal$346 ;
+    if (\$2439 ) begin
+      \$signal$371  = 1'h0;
+    end else if (\$2441 ) begin
+      if (\$2442 ) begin
+        \$signal$371  = 1'h0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$372  = \$signal$373 ;
     if (\$2439 ) begin
     end else if (\$2441 ) begin
       if (\$2442 ) begin
-        \$signal$371  = \$signal$373 ;
+        \$signal$372  = \$signal$374 ;
       end
     end
   end
@@ -10624,303 +10655,347 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2508  = \$2478 ;
-    if (rst) begin
-      \$2508  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$2509  = 8'h00;
-    end else if (mat_end) begin
-      \$2509  = 8'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$2509  = \$2479 [7:0];
-      end else begin
-        \$2509  = \$2402 [7:0];
-      end
-    end
-    if (rst) begin
-      \$2509  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$2510  = 8'h00;
-    end else if (mat_end) begin
-      \$2510  = 8'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$2510  = \$2482 [7:0];
-      end else begin
-        \$2510  = \$2484 [7:0];
-      end
-    end
-    if (\$2501 ) begin
-      \$2510  = 8'h00;
-    end
-    if (rst) begin
-      \$2510  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2511  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$2486 ) begin
-        \$2511  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$2511  = 120'h000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2512  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$2488 ) begin
-        \$2512  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$2512  = 120'h000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2513  = mbeat0_nv;
-    if (i_mask__valid) begin
-      if (\$2486 ) begin
-        \$2513  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$2513  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2514  = mbeat1_nv;
-    if (i_mask__valid) begin
-      if (\$2488 ) begin
-        \$2514  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$2514  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2515  = vpos;
-    if (\$2491 ) begin
-      \$2515  = 4'h0;
-    end else if (\$2493 ) begin
-      (* full_case = 32'd1 *)
-      if (\$2494 ) begin
-        \$2515  = \$2495 [3:0];
-      end else begin
-        \$2515  = vpos_n[3:0];
-      end
-    end
-    if (rst) begin
-      \$2515  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2516  = vlast_loaded;
-    if (\$2491 ) begin
-      \$2516  = 1'h0;
-    end
-    if (\$2496 ) begin
-      if (\$2500 ) begin
-        \$2516  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$2516  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2517  = prev_last;
-    if (\$2491 ) begin
-      \$2517  = 1'h0;
-    end else if (\$2493 ) begin
-      if (\$2494 ) begin
-        \$2517  = \$signal$372 ;
-      end
-    end
-    if (rst) begin
-      \$2517  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2518  = any_val;
-    if (\$2491 ) begin
-      \$2518  = 1'h0;
-    end else if (\$2493 ) begin
-      \$2518  = 1'h1;
-    end
-    if (rst) begin
-      \$2518  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2519  = \$signal$367 ;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-        \$2519  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$2519  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2520  = VB;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-      end else if (\$2498 ) begin
-        \$2520  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$2520  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2521  = \$signal$369 ;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-        \$2521  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$2521  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2522  = \$signal$370 ;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-      end else if (\$2498 ) begin
-        \$2522  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$2522  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2523  = \$signal$371 ;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-        \$2523  = i_value__payload[64];
-      end
-    end
+    \$2523  = \$2478 ;
     if (rst) begin
       \$2523  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2524  = \$signal$373 ;
-    if (\$2496 ) begin
-      if (\$2497 ) begin
-      end else if (\$2498 ) begin
-        \$2524  = i_value__payload[64];
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$2524  = 8'h00;
+    end else if (mat_end) begin
+      \$2524  = 8'h00;
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$2524  = \$2481 [7:0];
+      end else begin
+        \$2524  = \$2402 [7:0];
       end
     end
     if (rst) begin
-      \$2524  = 1'h0;
+      \$2524  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2525  = running;
-    if (\$2501 ) begin
-      \$2525  = 1'h1;
-    end
-    if (mat_end) begin
-      \$2525  = 1'h0;
-    end
+    (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2525  = 1'h0;
+      \$2525  = 8'h00;
+    end else if (mat_end) begin
+      \$2525  = 8'h00;
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$2525  = \$2484 [7:0];
+      end else begin
+        \$2525  = \$2492 [7:0];
+      end
+    end
+    if (\$2513 ) begin
+      \$2525  = 8'h00;
     end
     if (rst) begin
-      \$2525  = 1'h0;
+      \$2525  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2526  = rows_left;
-    if (\$2501 ) begin
-      \$2526  = i_cmd__payload[15:0];
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$2526  = { 2'h0, stride_w };
+    end else if (mat_end) begin
+      \$2526  = { 2'h0, stride_w };
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$2526  = \$2487 [8:0];
+      end else begin
+        \$2526  = \$2494 [8:0];
+      end
     end
+    if (\$2513 ) begin
+      \$2526  = \$2515 [8:0];
+    end
+    if (rst) begin
+      \$2526  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$2527  = { 2'h0, \$2479  };
+    end else if (mat_end) begin
+      \$2527  = { 2'h0, \$2480  };
+    end else begin
+      (* full_case = 32'd1 *)
+      if (sh) begin
+        \$2527  = \$2490 [9:0];
+      end else begin
+        \$2527  = \$2496 [9:0];
+      end
+    end
+    if (\$2513 ) begin
+      \$2527  = \$2517 [9:0];
+    end
+    if (rst) begin
+      \$2527  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2528  = mbeat0_n;
+    if (i_mask__valid) begin
+      if (\$2498 ) begin
+        \$2528  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      end
+    end
+    if (rst) begin
+      \$2528  = 120'h000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2529  = mbeat1_n;
+    if (i_mask__valid) begin
+      if (\$2500 ) begin
+        \$2529  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      end
+    end
+    if (rst) begin
+      \$2529  = 120'h000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2530  = mbeat0_nv;
+    if (i_mask__valid) begin
+      if (\$2498 ) begin
+        \$2530  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2530  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2531  = mbeat1_nv;
+    if (i_mask__valid) begin
+      if (\$2500 ) begin
+        \$2531  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2531  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2532  = vpos;
     if (\$2503 ) begin
-      \$2526  = \$2504 [15:0];
+      \$2532  = 4'h0;
+    end else if (\$2505 ) begin
+      (* full_case = 32'd1 *)
+      if (\$2506 ) begin
+        \$2532  = \$2507 [3:0];
+      end else begin
+        \$2532  = vpos_n[3:0];
+      end
     end
     if (rst) begin
-      \$2526  = 16'h0000;
+      \$2532  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2527  = cols_r;
-    if (\$2501 ) begin
-      \$2527  = i_cmd__payload[26:16];
+    \$2533  = vlast_loaded;
+    if (\$2503 ) begin
+      \$2533  = 1'h0;
+    end
+    if (\$2508 ) begin
+      if (\$2512 ) begin
+        \$2533  = i_value__payload[64];
+      end
     end
     if (rst) begin
-      \$2527  = 11'h000;
+      \$2533  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2528  = stride_w;
-    if (\$2501 ) begin
-      \$2528  = \$2502 [6:0];
+    \$2534  = prev_last;
+    if (\$2503 ) begin
+      \$2534  = 1'h0;
+    end else if (\$2505 ) begin
+      if (\$2506 ) begin
+        \$2534  = \$signal$373 ;
+      end
     end
     if (rst) begin
-      \$2528  = 7'h00;
+      \$2534  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2529  = endv;
+    \$2535  = any_val;
+    if (\$2503 ) begin
+      \$2535  = 1'h0;
+    end else if (\$2505 ) begin
+      \$2535  = 1'h1;
+    end
+    if (rst) begin
+      \$2535  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2536  = \$signal$368 ;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+        \$2536  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$2536  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2537  = VB;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+      end else if (\$2510 ) begin
+        \$2537  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$2537  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2538  = \$signal$370 ;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+        \$2538  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2538  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2539  = \$signal$371 ;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+      end else if (\$2510 ) begin
+        \$2539  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2539  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2540  = \$signal$372 ;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+        \$2540  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2540  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2541  = \$signal$374 ;
+    if (\$2508 ) begin
+      if (\$2509 ) begin
+      end else if (\$2510 ) begin
+        \$2541  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2541  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2542  = running;
+    if (\$2513 ) begin
+      \$2542  = 1'h1;
+    end
     if (mat_end) begin
-      \$2529  = 1'h1;
-    end
-    if (\$2506 ) begin
-      \$2529  = 1'h0;
+      \$2542  = 1'h0;
     end
     if (any_err) begin
-      \$2529  = 1'h0;
+      \$2542  = 1'h0;
     end
     if (rst) begin
-      \$2529  = 1'h0;
+      \$2542  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2530  = \$2507 ;
+    \$2543  = rows_left;
+    if (\$2513 ) begin
+      \$2543  = i_cmd__payload[15:0];
+    end
+    if (\$2518 ) begin
+      \$2543  = \$2519 [15:0];
+    end
     if (rst) begin
-      \$2530  = 4'h0;
+      \$2543  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2544  = cols_r;
+    if (\$2513 ) begin
+      \$2544  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$2544  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2545  = stride_w;
+    if (\$2513 ) begin
+      \$2545  = \$2514 [6:0];
+    end
+    if (rst) begin
+      \$2545  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2546  = endv;
+    if (mat_end) begin
+      \$2546  = 1'h1;
+    end
+    if (\$2521 ) begin
+      \$2546  = 1'h0;
+    end
+    if (any_err) begin
+      \$2546  = 1'h0;
+    end
+    if (rst) begin
+      \$2546  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2547  = \$2522 ;
+    if (rst) begin
+      \$2547  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -11019,7 +11094,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign vavail = \$2388 [4:0];
   assign r_adv = \$2402 [7:0];
   assign VB1 = VB;
-  assign \$signal$374  = \$signal$373 ;
+  assign \$signal$375  = \$signal$374 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -11087,8 +11162,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$2449  = 12'hfe0;
   assign \$2450 [4:0] = 5'h00;
   assign \$2450 [11:5] = \$2448 [11:5];
-  assign \$2486  = \$2485 ;
-  assign \$2502  = { 5'h00, stride[11:5] };
+  assign \$2479  = { stride_w, 1'h0 };
+  assign \$2480  = { stride_w, 1'h0 };
+  assign \$2498  = \$2497 ;
+  assign \$2514  = { 5'h00, stride[11:5] };
+  assign \$2515  = { 5'h00, stride[11:5] };
+  assign \$2516  = { 5'h00, stride[11:5] };
+  assign \$2517  = { \$2516 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
