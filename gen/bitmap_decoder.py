@@ -444,10 +444,15 @@ class BitmapDecoder(wiring.Component):
         # ---------------------------------------------------------------- lanes out
         last_row = Signal()
         m.d.comb += last_row.eq(rows_left == 1)
+        # Errors act one cycle after detection (registered): nothing advances in the cycle that
+        # finds them (a short value stream has vals_ok low; a padding bit left in a bundle), and
+        # the flush then starts from registers, off the k -> advance path.
+        short_now = Signal()
+        m.d.comb += short_now.eq(running & ~vals_ok & vlast_loaded)
         short_err = Signal()
-        m.d.comb += short_err.eq(running & ~vals_ok & vlast_loaded)
         any_err = Signal()
         m.d.comb += any_err.eq(pad_r | short_err)
+        m.d.sync += short_err.eq(short_now & ~any_err)
         can_go = Signal()
         m.d.comb += can_go.eq(running & (a_v | row_complete) & vals_ok & ~any_err)
         m.d.comb += [pl.row_end.eq(finish), pl.last.eq(finish & last_row),
@@ -478,14 +483,23 @@ class BitmapDecoder(wiring.Component):
 
         r_adv = Signal(cnt_w)
         m.d.comb += r_adv.eq(rbase + Mux(advance, k, 0))
+        # beats of a finished matrix still in the window, dropped the cycle after its last row
+        # (the decoder is then idle: registered, off the advance path)
+        flush_d = Signal(range(K + 1))
         with m.If(any_err):
             m.d.comb += [x.eq(0) for x in v1] + [x.eq(0) for x in s1]
-            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
+            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1), flush_d.eq(0)]
+        with m.Elif(flush_d != 0):
+            with m.Switch(flush_d):
+                for d in range(1, K + 1):
+                    with m.Case(d):
+                        drop(m, d)
+            m.d.sync += flush_d.eq(0)
         with m.Elif(mat_end):
-            # drop the beats of this matrix still in the window: ceil(es / M) of them
+            # the beats of this matrix still in the window: ceil(es / M) of them
             for d in range(1, K + 1):
                 with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
-                    drop(m, d)
+                    m.d.sync += flush_d.eq(d)
             m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
         with m.Else():
             # The oldest beat leaves once its set bits are all taken and the current row ends

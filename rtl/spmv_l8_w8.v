@@ -2162,8 +2162,8 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   assign i_lanes__ready = \$1  <= 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$7106$0 (\$39 [31:0]),
-    .\port$7459$0 (last3),
+    .\port$7120$0 (\$39 [31:0]),
+    .\port$7477$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2579,7 +2579,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$7106$0 , w_en, w_level, r_data, r_en, \port$7459$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$7120$0 , w_en, w_level, r_data, r_en, \port$7477$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2621,10 +2621,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7106$0 , w_en, w_level, r_data, r
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$7106$0 ;
-  wire [31:0] \port$7106$0 ;
-  input \port$7459$0 ;
-  wire \port$7459$0 ;
+  input [31:0] \port$7120$0 ;
+  wire [31:0] \port$7120$0 ;
+  input \port$7477$0 ;
+  wire \port$7477$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2660,7 +2660,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7106$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7459$0 , \port$7106$0  };
+      storage[w_port__addr] <= { \port$7477$0 , \port$7120$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2759,8 +2759,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7106$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7459$0 , \port$7106$0  };
-  assign w_data = { \port$7459$0 , \port$7106$0  };
+  assign w_port__data = { \port$7477$0 , \port$7120$0  };
+  assign w_data = { \port$7477$0 , \port$7120$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -7885,18 +7885,18 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5601 ;
   wire \$5602 ;
   wire \$5603 ;
-  wire \$5604 ;
-  wire \$5605 ;
-  wire \$5606 ;
+  wire [11:0] \$5604 ;
+  wire [11:0] \$5605 ;
+  wire [11:0] \$5606 ;
   wire \$5607 ;
   wire \$5608 ;
   wire \$5609 ;
   wire \$561 ;
   wire \$5610 ;
   wire \$5611 ;
-  wire [11:0] \$5612 ;
-  wire [11:0] \$5613 ;
-  wire [11:0] \$5614 ;
+  wire \$5612 ;
+  wire \$5613 ;
+  wire \$5614 ;
   wire \$5615 ;
   wire \$5616 ;
   wire \$5617 ;
@@ -7922,36 +7922,36 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5635 ;
   wire \$5636 ;
   wire \$5637 ;
-  wire \$5638 ;
+  wire [6:0] \$5638 ;
   wire \$5639 ;
   wire \$564 ;
   wire \$5640 ;
   wire \$5641 ;
   wire \$5642 ;
-  wire [6:0] \$5643 ;
-  wire [6:0] \$5644 ;
-  wire [10:0] \$5645 ;
+  wire \$5643 ;
+  wire \$5644 ;
+  wire \$5645 ;
   wire \$5646 ;
-  wire [7:0] \$5647 ;
-  wire [8:0] \$5648 ;
-  wire \$5649 ;
+  wire \$5647 ;
+  wire [6:0] \$5648 ;
+  wire [10:0] \$5649 ;
   wire \$565 ;
-  wire [8:0] \$5650 ;
-  wire [9:0] \$5651 ;
-  wire \$5652 ;
-  wire [9:0] \$5653 ;
-  wire [10:0] \$5654 ;
-  wire \$5655 ;
-  wire [7:0] \$5656 ;
-  wire \$5657 ;
-  wire [8:0] \$5658 ;
+  wire \$5650 ;
+  wire [7:0] \$5651 ;
+  wire [8:0] \$5652 ;
+  wire \$5653 ;
+  wire [8:0] \$5654 ;
+  wire [9:0] \$5655 ;
+  wire \$5656 ;
+  wire [9:0] \$5657 ;
+  wire [10:0] \$5658 ;
   wire \$5659 ;
   wire \$566 ;
-  wire [9:0] \$5660 ;
+  wire [7:0] \$5660 ;
   wire \$5661 ;
-  wire \$5662 ;
+  wire [8:0] \$5662 ;
   wire \$5663 ;
-  wire \$5664 ;
+  wire [9:0] \$5664 ;
   wire \$5665 ;
   wire \$5666 ;
   wire \$5667 ;
@@ -7961,55 +7961,61 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5670 ;
   wire \$5671 ;
   wire \$5672 ;
-  wire [5:0] \$5673 ;
+  wire \$5673 ;
   wire \$5674 ;
   wire \$5675 ;
   wire \$5676 ;
-  wire \$5677 ;
+  wire [5:0] \$5677 ;
   wire \$5678 ;
   wire \$5679 ;
   wire \$568 ;
-  wire [11:0] \$5680 ;
-  wire [11:0] \$5681 ;
-  wire [11:0] \$5682 ;
-  wire [12:0] \$5683 ;
-  wire \$5684 ;
-  wire [16:0] \$5685 ;
-  wire \$5686 ;
-  wire \$5687 ;
-  wire [3:0] \$5688 ;
-  reg \$5689 ;
+  wire \$5680 ;
+  wire \$5681 ;
+  wire \$5682 ;
+  wire \$5683 ;
+  wire [11:0] \$5684 ;
+  wire [11:0] \$5685 ;
+  wire [11:0] \$5686 ;
+  wire [12:0] \$5687 ;
+  wire \$5688 ;
+  wire [16:0] \$5689 ;
   wire \$569 ;
-  reg [9:0] \$5690 ;
-  reg [6:0] \$5691 ;
-  reg [7:0] \$5692 ;
-  reg [8:0] \$5693 ;
-  reg [287:0] \$5694 ;
-  reg [287:0] \$5695 ;
-  reg [287:0] \$5696 ;
-  reg \$5697 ;
-  reg \$5698 ;
-  reg \$5699 ;
+  wire \$5690 ;
+  wire \$5691 ;
+  wire [3:0] \$5692 ;
+  reg \$5693 ;
+  reg \$5694 ;
+  reg [9:0] \$5695 ;
+  reg [6:0] \$5696 ;
+  reg [7:0] \$5697 ;
+  reg [8:0] \$5698 ;
+  reg [1:0] \$5699 ;
   wire [1:0] \$57 ;
   wire \$570 ;
-  reg [3:0] \$5700 ;
-  reg \$5701 ;
-  reg \$5702 ;
+  reg [287:0] \$5700 ;
+  reg [287:0] \$5701 ;
+  reg [287:0] \$5702 ;
   reg \$5703 ;
-  reg [63:0] \$5704 ;
-  reg [63:0] \$5705 ;
-  reg \$5706 ;
+  reg \$5704 ;
+  reg \$5705 ;
+  reg [3:0] \$5706 ;
   reg \$5707 ;
   reg \$5708 ;
   reg \$5709 ;
   wire \$571 ;
-  reg \$5710 ;
-  reg [15:0] \$5711 ;
-  reg [10:0] \$5712 ;
-  reg [5:0] \$5713 ;
+  reg [63:0] \$5710 ;
+  reg [63:0] \$5711 ;
+  reg \$5712 ;
+  reg \$5713 ;
   reg \$5714 ;
-  reg [3:0] \$5715 ;
+  reg \$5715 ;
+  reg \$5716 ;
+  reg [15:0] \$5717 ;
+  reg [10:0] \$5718 ;
+  reg [5:0] \$5719 ;
   wire \$572 ;
+  reg \$5720 ;
+  reg [3:0] \$5721 ;
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
@@ -8486,14 +8492,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg \$signal  = 1'h0;
   reg \$signal$652  = 1'h0;
   reg [63:0] \$signal$655  = 64'h0000000000000000;
-  reg [63:0] \$signal$676 ;
-  reg \$signal$678 ;
-  reg \$signal$679 ;
+  reg [63:0] \$signal$678 ;
   reg \$signal$680 ;
-  reg \$signal$681  = 1'h0;
-  reg \$signal$682  = 1'h0;
+  reg \$signal$681 ;
+  reg \$signal$682 ;
+  reg \$signal$683  = 1'h0;
+  reg \$signal$684  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$683 ;
+  wire \$signal$685 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -8561,6 +8567,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg [7:0] es_w = 8'h00;
   wire finish;
   wire [3:0] flags;
+  reg [1:0] flush_d = 2'h0;
   wire [15:0] grp0;
   wire [15:0] grp1;
   wire [15:0] grp2;
@@ -9093,7 +9100,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [9:0] selpos6;
   wire [9:0] selpos7;
   reg sh;
-  wire short_err;
+  reg short_err = 1'h0;
+  wire short_now;
   reg [11:0] stride;
   reg [5:0] stride_w = 6'h00;
   wire vals_ok;
@@ -9230,6 +9238,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [1:0] ws7l_rh;
   reg [1:0] ws7lh;
   reg [1:0] ws7ll;
+  assign \$3977  = grp4[6] + grp4[7];
+  assign \$3978  = \$3976  + \$3977 ;
+  assign ws4_c = \$3975  + \$3978 ;
+  assign ws4_lo = \$3972 [3:0] < ws4_c;
+  assign \$3979  = \$3972 [3:0] - ws4_c;
+  assign \$3980  = grp4[0] + grp4[1];
   assign \$3981  = grp4[2] + grp4[3];
   assign ws4l_c = \$3980  + \$3981 ;
   assign ws4l_lo = \$3972 [2:0] < ws4l_c;
@@ -10927,7 +10941,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign last_row = rows_left == 1'h1;
   assign \$5550  = ~ vals_ok;
   assign \$5551  = running & \$5550 ;
-  assign short_err = \$5551  & vlast_loaded;
+  assign short_now = \$5551  & vlast_loaded;
   assign any_err = pad_r | short_err;
   assign \$5552  = mbeat0_v | row_complete;
   assign \$5553  = running & \$5552 ;
@@ -10945,180 +10959,188 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign mat_end = \$5561  & last_row;
   assign \$5562  = advance ? k : 4'h0;
   assign \$5563  = rbase + \$5562 ;
-  assign \$5564  = $signed(es_bits) > $signed(1'h0);
-  assign \$5565  = $signed(es_bits) <= $signed(9'h0c0);
-  assign \$5566  = \$5564  & \$5565 ;
-  assign \$5567  = $signed(es_bits) > $signed(9'h0c0);
-  assign \$5568  = $signed(es_bits) <= $signed(10'h180);
+  assign \$5564  = | flush_d;
+  assign \$5565  = running & mbeat0_v;
+  assign \$5566  = rbase >= mbeat0[287:280];
+  assign \$5567  = \$5565  & \$5566 ;
+  assign \$5568  = $signed(es_w) > $signed(3'h3);
   assign \$5569  = \$5567  & \$5568 ;
-  assign \$5570  = $signed(es_bits) > $signed(10'h180);
-  assign \$5571  = $signed(es_bits) <= $signed(11'h240);
-  assign \$5572  = \$5570  & \$5571 ;
-  assign \$5573  = running & mbeat0_v;
-  assign \$5574  = rbase >= mbeat0[287:280];
-  assign \$5575  = \$5573  & \$5574 ;
-  assign \$5576  = $signed(es_w) > $signed(3'h3);
-  assign \$5577  = \$5575  & \$5576 ;
   assign i_mask__ready = ~ mbeat2_nv;
   assign vpos_n = vpos + k;
-  assign \$5578  = ~ vlast_loaded;
-  assign \$5579  = ! vpos;
-  assign \$5580  = \$signal  & \$5579 ;
-  assign \$5581  = \$5580  | \$signal$652 ;
-  assign \$5582  = ~ \$5581 ;
-  assign \$5583  = | vpos;
-  assign \$5584  = \$5583  ? \$signal$681  : prev_last;
-  assign \$5585  = \$5582  & \$5584 ;
-  assign \$5586  = ! vpos;
-  assign \$5587  = \$signal  & \$5586 ;
-  assign \$5588  = \$5587  | \$signal$652 ;
-  assign \$5589  = ~ \$5588 ;
-  assign \$5590  = | vpos;
-  assign \$5591  = \$5590  ? \$signal$681  : prev_last;
-  assign \$5592  = \$5589  & \$5591 ;
-  assign \$5593  = ~ \$5592 ;
-  assign \$5594  = \$signal  & \$signal$681 ;
-  assign \$5595  = ~ \$signal$652 ;
-  assign \$5596  = \$5594  & \$5595 ;
-  assign \$5597  = ~ \$signal$652 ;
-  assign \$5598  = \$signal$681  & \$5597 ;
-  assign \$5599  = ~ \$5598 ;
-  assign \$5600  = \$signal  & \$5599 ;
-  assign \$5601  = end_ok | end_bad;
-  assign \$5602  = endv & \$5601 ;
-  assign \$5603  = any_err | \$5602 ;
-  assign \$5604  = | k;
-  assign \$5605  = advance & \$5604 ;
-  assign \$5606  = vpos_n >= 4'h8;
-  assign \$5607  = \$signal$678  & \$signal$679 ;
-  assign \$5608  = ~ \$5607 ;
-  assign i_value__ready = allow_load & \$5608 ;
-  assign \$5609  = ~ running;
-  assign \$5610  = ~ endv;
-  assign i_cmd__ready = \$5609  & \$5610 ;
-  assign \$5611  = i_cmd__valid & i_cmd__ready;
-  assign \$5612  = i_cmd__payload[26:16] + 6'h3f;
-  assign \$5615  = endv & end_bad;
-  assign \$5616  = ~ any_err;
-  assign \$5617  = \$5615  & \$5616 ;
-  assign \$5618  = o_lanes__valid & o_lanes__ready;
-  assign \$5619  = { \$1312 [3:0], gsel0[1:0], ws0 } >= cols_r;
-  assign \$5620  = lv0 & \$5619 ;
-  assign \$5621  = { \$1999 [3:0], gsel1[1:0], ws1 } >= cols_r;
-  assign \$5622  = lv1 & \$5621 ;
-  assign \$5623  = \$5620  | \$5622 ;
-  assign \$5624  = { \$2722 [3:0], gsel2[1:0], ws2 } >= cols_r;
-  assign \$5625  = lv2 & \$5624 ;
-  assign \$5626  = { \$3229 [3:0], gsel3[1:0], ws3 } >= cols_r;
-  assign \$5627  = lv3 & \$5626 ;
+  assign \$5570  = ~ vlast_loaded;
+  assign \$5571  = ! vpos;
+  assign \$5572  = \$signal  & \$5571 ;
+  assign \$5573  = \$5572  | \$signal$652 ;
+  assign \$5574  = ~ \$5573 ;
+  assign \$5575  = | vpos;
+  assign \$5576  = \$5575  ? \$signal$683  : prev_last;
+  assign \$5577  = \$5574  & \$5576 ;
+  assign \$5578  = ! vpos;
+  assign \$5579  = \$signal  & \$5578 ;
+  assign \$5580  = \$5579  | \$signal$652 ;
+  assign \$5581  = ~ \$5580 ;
+  assign \$5582  = | vpos;
+  assign \$5583  = \$5582  ? \$signal$683  : prev_last;
+  assign \$5584  = \$5581  & \$5583 ;
+  assign \$5585  = ~ \$5584 ;
+  assign \$5586  = \$signal  & \$signal$683 ;
+  assign \$5587  = ~ \$signal$652 ;
+  assign \$5588  = \$5586  & \$5587 ;
+  assign \$5589  = ~ \$signal$652 ;
+  assign \$5590  = \$signal$683  & \$5589 ;
+  assign \$5591  = ~ \$5590 ;
+  assign \$5592  = \$signal  & \$5591 ;
+  assign \$5593  = end_ok | end_bad;
+  assign \$5594  = endv & \$5593 ;
+  assign \$5595  = any_err | \$5594 ;
+  assign \$5596  = | k;
+  assign \$5597  = advance & \$5596 ;
+  assign \$5598  = vpos_n >= 4'h8;
+  assign \$5599  = \$signal$680  & \$signal$681 ;
+  assign \$5600  = ~ \$5599 ;
+  assign i_value__ready = allow_load & \$5600 ;
+  assign \$5601  = ~ running;
+  assign \$5602  = ~ endv;
+  assign i_cmd__ready = \$5601  & \$5602 ;
+  assign \$5603  = i_cmd__valid & i_cmd__ready;
+  assign \$5604  = i_cmd__payload[26:16] + 6'h3f;
+  assign \$5607  = endv & end_bad;
+  assign \$5608  = ~ any_err;
+  assign \$5609  = \$5607  & \$5608 ;
+  assign \$5610  = ~ any_err;
+  assign \$5611  = short_now & \$5610 ;
+  assign \$5612  = o_lanes__valid & o_lanes__ready;
+  assign \$5613  = { \$1312 [3:0], gsel0[1:0], ws0 } >= cols_r;
+  assign \$5614  = lv0 & \$5613 ;
+  assign \$5615  = { \$1999 [3:0], gsel1[1:0], ws1 } >= cols_r;
+  assign \$5616  = lv1 & \$5615 ;
+  assign \$5617  = \$5614  | \$5616 ;
+  assign \$5618  = { \$2722 [3:0], gsel2[1:0], ws2 } >= cols_r;
+  assign \$5619  = lv2 & \$5618 ;
+  assign \$5620  = { \$3229 [3:0], gsel3[1:0], ws3 } >= cols_r;
+  assign \$5621  = lv3 & \$5620 ;
+  assign \$5622  = \$5619  | \$5621 ;
+  assign \$5623  = \$5617  | \$5622 ;
+  assign \$5624  = { \$3988 [3:0], gsel4[1:0], ws4 } >= cols_r;
+  assign \$5625  = lv4 & \$5624 ;
+  assign \$5626  = { \$4531 [3:0], gsel5[1:0], ws5 } >= cols_r;
+  assign \$5627  = lv5 & \$5626 ;
   assign \$5628  = \$5625  | \$5627 ;
-  assign \$5629  = \$5623  | \$5628 ;
-  assign \$5630  = { \$3988 [3:0], gsel4[1:0], ws4 } >= cols_r;
-  assign \$5631  = lv4 & \$5630 ;
-  assign \$5632  = { \$4531 [3:0], gsel5[1:0], ws5 } >= cols_r;
-  assign \$5633  = lv5 & \$5632 ;
-  assign \$5634  = \$5631  | \$5633 ;
-  assign \$5635  = { \$5110 [3:0], gsel6[1:0], ws6 } >= cols_r;
-  assign \$5636  = lv6 & \$5635 ;
-  assign \$5637  = { \$5545 [3:0], gsel7[1:0], ws7 } >= cols_r;
-  assign \$5638  = lv7 & \$5637 ;
-  assign \$5639  = \$5636  | \$5638 ;
-  assign \$5640  = \$5634  | \$5639 ;
-  assign \$5641  = \$5629  | \$5640 ;
-  assign \$5642  = \$5618  & \$5641 ;
-  assign \$5645  = \$5563 [9:0] - mbeat0[287:280];
-  assign \$5646  = advance & finish;
-  assign \$5647  = \$5646  ? es_w : { rs_w[6], rs_w };
-  assign \$5648  = $signed(\$5647 ) - $signed(3'h3);
-  assign \$5649  = advance & finish;
-  assign \$5650  = \$5649  ? es2_w : { es_w[7], es_w };
-  assign \$5651  = $signed(\$5650 ) - $signed(3'h3);
-  assign \$5652  = advance & finish;
-  assign \$5653  = \$5652  ? es3_w : { es2_w[8], es2_w };
-  assign \$5654  = $signed(\$5653 ) - $signed(3'h3);
-  assign \$5655  = advance & finish;
-  assign \$5656  = \$5655  ? es_w : { rs_w[6], rs_w };
-  assign \$5657  = advance & finish;
-  assign \$5658  = \$5657  ? es2_w : { es_w[7], es_w };
+  assign \$5629  = { \$5110 [3:0], gsel6[1:0], ws6 } >= cols_r;
+  assign \$5630  = lv6 & \$5629 ;
+  assign \$5631  = { \$5545 [3:0], gsel7[1:0], ws7 } >= cols_r;
+  assign \$5632  = lv7 & \$5631 ;
+  assign \$5633  = \$5630  | \$5632 ;
+  assign \$5634  = \$5628  | \$5633 ;
+  assign \$5635  = \$5623  | \$5634 ;
+  assign \$5636  = \$5612  & \$5635 ;
+  assign \$5637  = | flush_d;
+  assign \$5639  = $signed(es_bits) > $signed(1'h0);
+  assign \$5640  = $signed(es_bits) <= $signed(9'h0c0);
+  assign \$5641  = \$5639  & \$5640 ;
+  assign \$5642  = $signed(es_bits) > $signed(9'h0c0);
+  assign \$5643  = $signed(es_bits) <= $signed(10'h180);
+  assign \$5644  = \$5642  & \$5643 ;
+  assign \$5645  = $signed(es_bits) > $signed(10'h180);
+  assign \$5646  = $signed(es_bits) <= $signed(11'h240);
+  assign \$5647  = \$5645  & \$5646 ;
+  assign \$5649  = \$5563 [9:0] - mbeat0[287:280];
+  assign \$5650  = advance & finish;
+  assign \$5651  = \$5650  ? es_w : { rs_w[6], rs_w };
+  assign \$5652  = $signed(\$5651 ) - $signed(3'h3);
+  assign \$5653  = advance & finish;
+  assign \$5654  = \$5653  ? es2_w : { es_w[7], es_w };
+  assign \$5655  = $signed(\$5654 ) - $signed(3'h3);
+  assign \$5656  = advance & finish;
+  assign \$5657  = \$5656  ? es3_w : { es2_w[8], es2_w };
+  assign \$5658  = $signed(\$5657 ) - $signed(3'h3);
   assign \$5659  = advance & finish;
-  assign \$5660  = \$5659  ? es3_w : { es2_w[8], es2_w };
-  assign \$5661  = ~ mbeat0_nv;
-  assign \$5663  = ~ mbeat1_nv;
-  assign \$5664  = \$5663  & mbeat0_nv;
-  assign \$5665  = ~ mbeat2_nv;
-  assign \$5666  = \$5665  & mbeat1_nv;
-  assign \$5667  = end_ok | end_bad;
-  assign \$5668  = endv & \$5667 ;
-  assign \$5669  = any_err | \$5668 ;
-  assign \$5670  = | k;
-  assign \$5671  = advance & \$5670 ;
-  assign \$5672  = vpos_n >= 4'h8;
-  assign \$5673  = vpos_n - 4'h8;
-  assign \$5674  = i_value__valid & allow_load;
-  assign \$5675  = ~ \$signal$678 ;
-  assign \$5676  = ~ \$signal$679 ;
-  assign \$5677  = \$signal$678  & \$signal$679 ;
-  assign \$5678  = ~ \$5677 ;
-  assign \$5679  = i_cmd__valid & i_cmd__ready;
-  assign \$5684  = advance & finish;
-  assign \$5685  = rows_left - 1'h1;
-  assign \$5686  = end_ok | end_bad;
-  assign \$5687  = endv & \$5686 ;
-  assign \$5688  = o_error_flags | flags;
+  assign \$5660  = \$5659  ? es_w : { rs_w[6], rs_w };
+  assign \$5661  = advance & finish;
+  assign \$5662  = \$5661  ? es2_w : { es_w[7], es_w };
+  assign \$5663  = advance & finish;
+  assign \$5664  = \$5663  ? es3_w : { es2_w[8], es2_w };
+  assign \$5665  = ~ mbeat0_nv;
+  assign \$5667  = ~ mbeat1_nv;
+  assign \$5668  = \$5667  & mbeat0_nv;
+  assign \$5669  = ~ mbeat2_nv;
+  assign \$5670  = \$5669  & mbeat1_nv;
+  assign \$5671  = end_ok | end_bad;
+  assign \$5672  = endv & \$5671 ;
+  assign \$5673  = any_err | \$5672 ;
+  assign \$5674  = | k;
+  assign \$5675  = advance & \$5674 ;
+  assign \$5676  = vpos_n >= 4'h8;
+  assign \$5677  = vpos_n - 4'h8;
+  assign \$5678  = i_value__valid & allow_load;
+  assign \$5679  = ~ \$signal$680 ;
+  assign \$5680  = ~ \$signal$681 ;
+  assign \$5681  = \$signal$680  & \$signal$681 ;
+  assign \$5682  = ~ \$5681 ;
+  assign \$5683  = i_cmd__valid & i_cmd__ready;
+  assign \$5688  = advance & finish;
+  assign \$5689  = rows_left - 1'h1;
+  assign \$5690  = end_ok | end_bad;
+  assign \$5691  = endv & \$5690 ;
+  assign \$5692  = o_error_flags | flags;
   always @(posedge clk)
-    pad_r <= \$5689 ;
+    short_err <= \$5693 ;
   always @(posedge clk)
-    rbase <= \$5690 ;
+    pad_r <= \$5694 ;
   always @(posedge clk)
-    rs_w <= \$5691 ;
+    rbase <= \$5695 ;
   always @(posedge clk)
-    es_w <= \$5692 ;
+    rs_w <= \$5696 ;
   always @(posedge clk)
-    es2_w <= \$5693 ;
+    es_w <= \$5697 ;
   always @(posedge clk)
-    mbeat0 <= \$5694 ;
+    es2_w <= \$5698 ;
   always @(posedge clk)
-    mbeat1 <= \$5695 ;
+    flush_d <= \$5699 ;
   always @(posedge clk)
-    mbeat2 <= \$5696 ;
+    mbeat0 <= \$5700 ;
   always @(posedge clk)
-    mbeat0_v <= \$5697 ;
+    mbeat1 <= \$5701 ;
   always @(posedge clk)
-    mbeat1_v <= \$5698 ;
+    mbeat2 <= \$5702 ;
   always @(posedge clk)
-    mbeat2_v <= \$5699 ;
+    mbeat0_v <= \$5703 ;
   always @(posedge clk)
-    vpos <= \$5700 ;
+    mbeat1_v <= \$5704 ;
   always @(posedge clk)
-    vlast_loaded <= \$5701 ;
+    mbeat2_v <= \$5705 ;
   always @(posedge clk)
-    prev_last <= \$5702 ;
+    vpos <= \$5706 ;
   always @(posedge clk)
-    any_val <= \$5703 ;
+    vlast_loaded <= \$5707 ;
   always @(posedge clk)
-    \$signal$655  <= \$5704 ;
+    prev_last <= \$5708 ;
   always @(posedge clk)
-    VB <= \$5705 ;
+    any_val <= \$5709 ;
   always @(posedge clk)
-    \$signal  <= \$5706 ;
+    \$signal$655  <= \$5710 ;
   always @(posedge clk)
-    \$signal$652  <= \$5707 ;
+    VB <= \$5711 ;
   always @(posedge clk)
-    \$signal$681  <= \$5708 ;
+    \$signal  <= \$5712 ;
   always @(posedge clk)
-    \$signal$682  <= \$5709 ;
+    \$signal$652  <= \$5713 ;
   always @(posedge clk)
-    running <= \$5710 ;
+    \$signal$683  <= \$5714 ;
   always @(posedge clk)
-    rows_left <= \$5711 ;
+    \$signal$684  <= \$5715 ;
   always @(posedge clk)
-    cols_r <= \$5712 ;
+    running <= \$5716 ;
   always @(posedge clk)
-    stride_w <= \$5713 ;
+    rows_left <= \$5717 ;
   always @(posedge clk)
-    endv <= \$5714 ;
+    cols_r <= \$5718 ;
   always @(posedge clk)
-    o_error_flags <= \$5715 ;
+    stride_w <= \$5719 ;
+  always @(posedge clk)
+    endv <= \$5720 ;
+  always @(posedge clk)
+    o_error_flags <= \$5721 ;
   assign o_busy = running | endv;
   assign o_error = | o_error_flags;
   assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
@@ -15395,12 +15417,6 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$3974  = grp4[2] + grp4[3];
   assign \$3975  = \$3973  + \$3974 ;
   assign \$3976  = grp4[4] + grp4[5];
-  assign \$3977  = grp4[6] + grp4[7];
-  assign \$3978  = \$3976  + \$3977 ;
-  assign ws4_c = \$3975  + \$3978 ;
-  assign ws4_lo = \$3972 [3:0] < ws4_c;
-  assign \$3979  = \$3972 [3:0] - ws4_c;
-  assign \$3980  = grp4[0] + grp4[1];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -17168,16 +17184,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat0_n = mbeat1;
+        2'h2:
+            mbeat0_n = mbeat2;
+        2'h3:
+            mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat0_n = mbeat1;
-      end
-      if (\$5569 ) begin
-        mbeat0_n = mbeat2;
-      end
-      if (\$5572 ) begin
-        mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
     end else begin
       if (sh) begin
         mbeat0_n = mbeat1;
@@ -17190,16 +17206,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat1_n = mbeat2;
+        2'h2:
+            mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+        2'h3:
+            mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat1_n = mbeat2;
-      end
-      if (\$5569 ) begin
-        mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
-      if (\$5572 ) begin
-        mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
     end else begin
       if (sh) begin
         mbeat1_n = mbeat2;
@@ -17212,16 +17228,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+        2'h2:
+            mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+        2'h3:
+            mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
-      if (\$5569 ) begin
-        mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
-      if (\$5572 ) begin
-        mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-      end
     end else begin
       if (sh) begin
         mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
@@ -17234,16 +17250,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat0_nv = mbeat1_v;
+        2'h2:
+            mbeat0_nv = mbeat2_v;
+        2'h3:
+            mbeat0_nv = 1'h0;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat0_nv = mbeat1_v;
-      end
-      if (\$5569 ) begin
-        mbeat0_nv = mbeat2_v;
-      end
-      if (\$5572 ) begin
-        mbeat0_nv = 1'h0;
-      end
     end else begin
       if (sh) begin
         mbeat0_nv = mbeat1_v;
@@ -17256,16 +17272,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat1_nv = mbeat2_v;
+        2'h2:
+            mbeat1_nv = 1'h0;
+        2'h3:
+            mbeat1_nv = 1'h0;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat1_nv = mbeat2_v;
-      end
-      if (\$5569 ) begin
-        mbeat1_nv = 1'h0;
-      end
-      if (\$5572 ) begin
-        mbeat1_nv = 1'h0;
-      end
     end else begin
       if (sh) begin
         mbeat1_nv = mbeat2_v;
@@ -17278,16 +17294,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_nv = 1'h0;
+    end else if (\$5564 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat2_nv = 1'h0;
+        2'h2:
+            mbeat2_nv = 1'h0;
+        2'h3:
+            mbeat2_nv = 1'h0;
+      endcase
     end else if (mat_end) begin
-      if (\$5566 ) begin
-        mbeat2_nv = 1'h0;
-      end
-      if (\$5569 ) begin
-        mbeat2_nv = 1'h0;
-      end
-      if (\$5572 ) begin
-        mbeat2_nv = 1'h0;
-      end
     end else begin
       if (sh) begin
         mbeat2_nv = 1'h0;
@@ -17299,57 +17315,58 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     sh = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
+    end else if (\$5564 ) begin
     end else if (mat_end) begin
     end else begin
-      sh = \$5577 ;
+      sh = \$5569 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$676  = \$signal$655 ;
-    if (\$5603 ) begin
-    end else if (\$5605 ) begin
-      if (\$5606 ) begin
-        \$signal$676  = VB;
+    \$signal$678  = \$signal$655 ;
+    if (\$5595 ) begin
+    end else if (\$5597 ) begin
+      if (\$5598 ) begin
+        \$signal$678  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$678  = \$signal ;
-    if (\$5603 ) begin
-      \$signal$678  = 1'h0;
-    end else if (\$5605 ) begin
-      if (\$5606 ) begin
-        \$signal$678  = \$signal$652 ;
+    \$signal$680  = \$signal ;
+    if (\$5595 ) begin
+      \$signal$680  = 1'h0;
+    end else if (\$5597 ) begin
+      if (\$5598 ) begin
+        \$signal$680  = \$signal$652 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$679  = \$signal$652 ;
-    if (\$5603 ) begin
-      \$signal$679  = 1'h0;
-    end else if (\$5605 ) begin
-      if (\$5606 ) begin
-        \$signal$679  = 1'h0;
+    \$signal$681  = \$signal$652 ;
+    if (\$5595 ) begin
+      \$signal$681  = 1'h0;
+    end else if (\$5597 ) begin
+      if (\$5598 ) begin
+        \$signal$681  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$680  = \$signal$681 ;
-    if (\$5603 ) begin
-    end else if (\$5605 ) begin
-      if (\$5606 ) begin
-        \$signal$680  = \$signal$682 ;
+    \$signal$682  = \$signal$683 ;
+    if (\$5595 ) begin
+    end else if (\$5597 ) begin
+      if (\$5598 ) begin
+        \$signal$682  = \$signal$684 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$5578 ;
-    if (\$5603 ) begin
+    allow_load = \$5570 ;
+    if (\$5595 ) begin
       allow_load = 1'h0;
     end
   end
@@ -17357,244 +17374,199 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$5585 ;
+      end_ok = \$5577 ;
     end else begin
-      end_ok = \$5596 ;
+      end_ok = \$5588 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$5593 ;
+      end_bad = \$5585 ;
     end else begin
-      end_bad = \$5600 ;
+      end_bad = \$5592 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$5611 ) begin
-      stride = \$5614 ;
+    if (\$5603 ) begin
+      stride = \$5606 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5689  = \$5642 ;
+    \$5693  = \$5611 ;
     if (rst) begin
-      \$5689  = 1'h0;
+      \$5693  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5694  = \$5636 ;
+    if (rst) begin
+      \$5694  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5695  = rbase;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5690  = 10'h000;
+      \$5695  = 10'h000;
+    end else if (\$5637 ) begin
     end else if (mat_end) begin
-      \$5690  = 10'h000;
+      \$5695  = 10'h000;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$5690  = \$5645 [9:0];
+        \$5695  = \$5649 [9:0];
       end else begin
-        \$5690  = \$5563 [9:0];
+        \$5695  = \$5563 [9:0];
       end
     end
     if (rst) begin
-      \$5690  = 10'h000;
+      \$5695  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5696  = rs_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5691  = 7'h00;
+      \$5696  = 7'h00;
+    end else if (\$5637 ) begin
     end else if (mat_end) begin
-      \$5691  = 7'h00;
+      \$5696  = 7'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$5691  = \$5648 [6:0];
+        \$5696  = \$5652 [6:0];
       end else begin
-        \$5691  = \$5656 [6:0];
+        \$5696  = \$5660 [6:0];
       end
     end
-    if (\$5679 ) begin
-      \$5691  = 7'h00;
+    if (\$5683 ) begin
+      \$5696  = 7'h00;
     end
     if (rst) begin
-      \$5691  = 7'h00;
+      \$5696  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5697  = es_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5692  = { 2'h0, stride_w };
+      \$5697  = { 2'h0, stride_w };
+    end else if (\$5637 ) begin
     end else if (mat_end) begin
-      \$5692  = { 2'h0, stride_w };
+      \$5697  = { 2'h0, stride_w };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$5692  = \$5651 [7:0];
+        \$5697  = \$5655 [7:0];
       end else begin
-        \$5692  = \$5658 [7:0];
+        \$5697  = \$5662 [7:0];
       end
     end
-    if (\$5679 ) begin
-      \$5692  = \$5681 [7:0];
+    if (\$5683 ) begin
+      \$5697  = \$5685 [7:0];
     end
     if (rst) begin
-      \$5692  = 8'h00;
+      \$5697  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5698  = es2_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5693  = { 2'h0, \$5643  };
+      \$5698  = { 2'h0, \$5638  };
+    end else if (\$5637 ) begin
     end else if (mat_end) begin
-      \$5693  = { 2'h0, \$5644  };
+      \$5698  = { 2'h0, \$5648  };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$5693  = \$5654 [8:0];
+        \$5698  = \$5658 [8:0];
       end else begin
-        \$5693  = \$5660 [8:0];
+        \$5698  = \$5664 [8:0];
       end
     end
-    if (\$5679 ) begin
-      \$5693  = \$5683 [8:0];
+    if (\$5683 ) begin
+      \$5698  = \$5687 [8:0];
     end
     if (rst) begin
-      \$5693  = 9'h000;
+      \$5698  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5694  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$5662 ) begin
-        \$5694  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$5699  = flush_d;
+    if (any_err) begin
+      \$5699  = 2'h0;
+    end else if (\$5637 ) begin
+      \$5699  = 2'h0;
+    end else if (mat_end) begin
+      if (\$5641 ) begin
+        \$5699  = 2'h1;
+      end
+      if (\$5644 ) begin
+        \$5699  = 2'h2;
+      end
+      if (\$5647 ) begin
+        \$5699  = 2'h3;
       end
     end
     if (rst) begin
-      \$5694  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$5699  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5695  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$5664 ) begin
-        \$5695  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$5695  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5696  = mbeat2_n;
+    \$5700  = mbeat0_n;
     if (i_mask__valid) begin
       if (\$5666 ) begin
-        \$5696  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+        \$5700  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$5696  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$5700  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5697  = mbeat0_nv;
+    \$5701  = mbeat1_n;
     if (i_mask__valid) begin
-      if (\$5662 ) begin
-        \$5697  = 1'h1;
+      if (\$5668 ) begin
+        \$5701  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$5697  = 1'h0;
+      \$5701  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5698  = mbeat1_nv;
+    \$5702  = mbeat2_n;
     if (i_mask__valid) begin
-      if (\$5664 ) begin
-        \$5698  = 1'h1;
+      if (\$5670 ) begin
+        \$5702  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$5698  = 1'h0;
+      \$5702  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5699  = mbeat2_nv;
+    \$5703  = mbeat0_nv;
     if (i_mask__valid) begin
       if (\$5666 ) begin
-        \$5699  = 1'h1;
+        \$5703  = 1'h1;
       end
-    end
-    if (rst) begin
-      \$5699  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5700  = vpos;
-    if (\$5669 ) begin
-      \$5700  = 4'h0;
-    end else if (\$5671 ) begin
-      (* full_case = 32'd1 *)
-      if (\$5672 ) begin
-        \$5700  = \$5673 [3:0];
-      end else begin
-        \$5700  = vpos_n[3:0];
-      end
-    end
-    if (rst) begin
-      \$5700  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5701  = vlast_loaded;
-    if (\$5669 ) begin
-      \$5701  = 1'h0;
-    end
-    if (\$5674 ) begin
-      if (\$5678 ) begin
-        \$5701  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$5701  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5702  = prev_last;
-    if (\$5669 ) begin
-      \$5702  = 1'h0;
-    end else if (\$5671 ) begin
-      if (\$5672 ) begin
-        \$5702  = \$signal$681 ;
-      end
-    end
-    if (rst) begin
-      \$5702  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5703  = any_val;
-    if (\$5669 ) begin
-      \$5703  = 1'h0;
-    end else if (\$5671 ) begin
-      \$5703  = 1'h1;
     end
     if (rst) begin
       \$5703  = 1'h0;
@@ -17602,48 +17574,54 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5704  = \$signal$676 ;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-        \$5704  = i_value__payload[63:0];
+    \$5704  = mbeat1_nv;
+    if (i_mask__valid) begin
+      if (\$5668 ) begin
+        \$5704  = 1'h1;
       end
     end
     if (rst) begin
-      \$5704  = 64'h0000000000000000;
+      \$5704  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5705  = VB;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-      end else if (\$5676 ) begin
-        \$5705  = i_value__payload[63:0];
+    \$5705  = mbeat2_nv;
+    if (i_mask__valid) begin
+      if (\$5670 ) begin
+        \$5705  = 1'h1;
       end
     end
     if (rst) begin
-      \$5705  = 64'h0000000000000000;
+      \$5705  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5706  = \$signal$678 ;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-        \$5706  = 1'h1;
+    \$5706  = vpos;
+    if (\$5673 ) begin
+      \$5706  = 4'h0;
+    end else if (\$5675 ) begin
+      (* full_case = 32'd1 *)
+      if (\$5676 ) begin
+        \$5706  = \$5677 [3:0];
+      end else begin
+        \$5706  = vpos_n[3:0];
       end
     end
     if (rst) begin
-      \$5706  = 1'h0;
+      \$5706  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5707  = \$signal$679 ;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-      end else if (\$5676 ) begin
-        \$5707  = 1'h1;
+    \$5707  = vlast_loaded;
+    if (\$5673 ) begin
+      \$5707  = 1'h0;
+    end
+    if (\$5678 ) begin
+      if (\$5682 ) begin
+        \$5707  = i_value__payload[64];
       end
     end
     if (rst) begin
@@ -17652,10 +17630,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5708  = \$signal$680 ;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-        \$5708  = i_value__payload[64];
+    \$5708  = prev_last;
+    if (\$5673 ) begin
+      \$5708  = 1'h0;
+    end else if (\$5675 ) begin
+      if (\$5676 ) begin
+        \$5708  = \$signal$683 ;
       end
     end
     if (rst) begin
@@ -17664,12 +17644,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5709  = \$signal$682 ;
-    if (\$5674 ) begin
-      if (\$5675 ) begin
-      end else if (\$5676 ) begin
-        \$5709  = i_value__payload[64];
-      end
+    \$5709  = any_val;
+    if (\$5673 ) begin
+      \$5709  = 1'h0;
+    end else if (\$5675 ) begin
+      \$5709  = 1'h1;
     end
     if (rst) begin
       \$5709  = 1'h0;
@@ -17677,74 +17656,149 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5710  = running;
-    if (\$5679 ) begin
-      \$5710  = 1'h1;
+    \$5710  = \$signal$678 ;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+        \$5710  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$5710  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5711  = VB;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+      end else if (\$5680 ) begin
+        \$5711  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$5711  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5712  = \$signal$680 ;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+        \$5712  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5712  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5713  = \$signal$681 ;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+      end else if (\$5680 ) begin
+        \$5713  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$5713  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5714  = \$signal$682 ;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+        \$5714  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$5714  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5715  = \$signal$684 ;
+    if (\$5678 ) begin
+      if (\$5679 ) begin
+      end else if (\$5680 ) begin
+        \$5715  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$5715  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5716  = running;
+    if (\$5683 ) begin
+      \$5716  = 1'h1;
     end
     if (mat_end) begin
-      \$5710  = 1'h0;
+      \$5716  = 1'h0;
     end
     if (any_err) begin
-      \$5710  = 1'h0;
+      \$5716  = 1'h0;
     end
     if (rst) begin
-      \$5710  = 1'h0;
+      \$5716  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5711  = rows_left;
-    if (\$5679 ) begin
-      \$5711  = i_cmd__payload[15:0];
+    \$5717  = rows_left;
+    if (\$5683 ) begin
+      \$5717  = i_cmd__payload[15:0];
     end
-    if (\$5684 ) begin
-      \$5711  = \$5685 [15:0];
+    if (\$5688 ) begin
+      \$5717  = \$5689 [15:0];
     end
     if (rst) begin
-      \$5711  = 16'h0000;
+      \$5717  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5712  = cols_r;
-    if (\$5679 ) begin
-      \$5712  = i_cmd__payload[26:16];
+    \$5718  = cols_r;
+    if (\$5683 ) begin
+      \$5718  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$5712  = 11'h000;
+      \$5718  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5713  = stride_w;
-    if (\$5679 ) begin
-      \$5713  = \$5680 [5:0];
+    \$5719  = stride_w;
+    if (\$5683 ) begin
+      \$5719  = \$5684 [5:0];
     end
     if (rst) begin
-      \$5713  = 6'h00;
+      \$5719  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5714  = endv;
+    \$5720  = endv;
     if (mat_end) begin
-      \$5714  = 1'h1;
+      \$5720  = 1'h1;
     end
-    if (\$5687 ) begin
-      \$5714  = 1'h0;
+    if (\$5691 ) begin
+      \$5720  = 1'h0;
     end
     if (any_err) begin
-      \$5714  = 1'h0;
+      \$5720  = 1'h0;
     end
     if (rst) begin
-      \$5714  = 1'h0;
+      \$5720  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5715  = \$5688 ;
+    \$5721  = \$5692 ;
     if (rst) begin
-      \$5715  = 4'h0;
+      \$5721  = 4'h0;
     end
   end
   always @* begin
@@ -17972,7 +18026,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign vavail = \$5549 [4:0];
   assign r_adv = \$5563 [9:0];
   assign VB1 = VB;
-  assign \$signal$683  = \$signal$682 ;
+  assign \$signal$685  = \$signal$684 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17999,7 +18053,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$5617 ;
+  assign flags[2] = \$5609 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
@@ -18037,16 +18091,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign o_lanes__payload[9:0] = { \$1312 [3:0], gsel0[1:0], ws0 };
   assign o_lanes__payload[152] = ln0;
   assign o_lanes__payload[144] = lv0;
-  assign \$5613  = 12'hfc0;
-  assign \$5614 [5:0] = 6'h00;
-  assign \$5614 [11:6] = \$5612 [11:6];
-  assign \$5643  = { stride_w, 1'h0 };
-  assign \$5644  = { stride_w, 1'h0 };
-  assign \$5662  = \$5661 ;
-  assign \$5680  = { 6'h00, stride[11:6] };
-  assign \$5681  = { 6'h00, stride[11:6] };
-  assign \$5682  = { 6'h00, stride[11:6] };
-  assign \$5683  = { \$5682 , 1'h0 };
+  assign \$5605  = 12'hfc0;
+  assign \$5606 [5:0] = 6'h00;
+  assign \$5606 [11:6] = \$5604 [11:6];
+  assign \$5638  = { stride_w, 1'h0 };
+  assign \$5648  = { stride_w, 1'h0 };
+  assign \$5666  = \$5665 ;
+  assign \$5684  = { 6'h00, stride[11:6] };
+  assign \$5685  = { 6'h00, stride[11:6] };
+  assign \$5686  = { 6'h00, stride[11:6] };
+  assign \$5687  = { \$5686 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

@@ -3186,8 +3186,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign i_lanes__ready = \$1  <= 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$3313$0 (\$39 [31:0]),
-    .\port$3680$0 (last3),
+    .\port$3326$0 (\$39 [31:0]),
+    .\port$3697$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3603,7 +3603,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3313$0 , w_en, w_level, r_data, r_en, \port$3680$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3326$0 , w_en, w_level, r_data, r_en, \port$3697$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3645,10 +3645,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3313$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$3313$0 ;
-  wire [31:0] \port$3313$0 ;
-  input \port$3680$0 ;
-  wire \port$3680$0 ;
+  input [31:0] \port$3326$0 ;
+  wire [31:0] \port$3326$0 ;
+  input \port$3697$0 ;
+  wire \port$3697$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3684,7 +3684,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3313$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3680$0 , \port$3313$0  };
+      storage[w_port__addr] <= { \port$3697$0 , \port$3326$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3783,8 +3783,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3313$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3680$0 , \port$3313$0  };
-  assign w_data = { \port$3680$0 , \port$3313$0  };
+  assign w_port__data = { \port$3697$0 , \port$3326$0  };
+  assign w_data = { \port$3697$0 , \port$3326$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -5397,15 +5397,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2440 ;
   wire \$2441 ;
   wire \$2442 ;
-  wire \$2443 ;
-  wire \$2444 ;
-  wire \$2445 ;
+  wire [11:0] \$2443 ;
+  wire [11:0] \$2444 ;
+  wire [11:0] \$2445 ;
   wire \$2446 ;
   wire \$2447 ;
-  wire [11:0] \$2448 ;
-  wire [11:0] \$2449 ;
+  wire \$2448 ;
+  wire \$2449 ;
   wire \$245 ;
-  wire [11:0] \$2450 ;
+  wire \$2450 ;
   wire \$2451 ;
   wire \$2452 ;
   wire \$2453 ;
@@ -5434,86 +5434,92 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2474 ;
   wire \$2475 ;
   wire \$2476 ;
-  wire \$2477 ;
+  wire [7:0] \$2477 ;
   wire \$2478 ;
-  wire [7:0] \$2479 ;
+  wire \$2479 ;
   wire \$248 ;
-  wire [7:0] \$2480 ;
-  wire [8:0] \$2481 ;
+  wire \$2480 ;
+  wire \$2481 ;
   wire \$2482 ;
-  wire [8:0] \$2483 ;
-  wire [9:0] \$2484 ;
-  wire \$2485 ;
-  wire [9:0] \$2486 ;
-  wire [10:0] \$2487 ;
-  wire \$2488 ;
-  wire [10:0] \$2489 ;
+  wire \$2483 ;
+  wire [7:0] \$2484 ;
+  wire [8:0] \$2485 ;
+  wire \$2486 ;
+  wire [8:0] \$2487 ;
+  wire [9:0] \$2488 ;
+  wire \$2489 ;
   wire \$249 ;
-  wire [11:0] \$2490 ;
-  wire \$2491 ;
-  wire [8:0] \$2492 ;
-  wire \$2493 ;
-  wire [9:0] \$2494 ;
+  wire [9:0] \$2490 ;
+  wire [10:0] \$2491 ;
+  wire \$2492 ;
+  wire [10:0] \$2493 ;
+  wire [11:0] \$2494 ;
   wire \$2495 ;
-  wire [10:0] \$2496 ;
+  wire [8:0] \$2496 ;
   wire \$2497 ;
-  wire \$2498 ;
+  wire [9:0] \$2498 ;
   wire \$2499 ;
   wire [1:0] \$25 ;
   wire \$250 ;
-  wire \$2500 ;
+  wire [10:0] \$2500 ;
   wire \$2501 ;
   wire \$2502 ;
   wire \$2503 ;
   wire \$2504 ;
   wire \$2505 ;
   wire \$2506 ;
-  wire [5:0] \$2507 ;
+  wire \$2507 ;
   wire \$2508 ;
   wire \$2509 ;
   wire \$251 ;
   wire \$2510 ;
-  wire \$2511 ;
+  wire [5:0] \$2511 ;
   wire \$2512 ;
   wire \$2513 ;
-  wire [11:0] \$2514 ;
-  wire [11:0] \$2515 ;
-  wire [11:0] \$2516 ;
-  wire [12:0] \$2517 ;
-  wire \$2518 ;
-  wire [16:0] \$2519 ;
+  wire \$2514 ;
+  wire \$2515 ;
+  wire \$2516 ;
+  wire \$2517 ;
+  wire [11:0] \$2518 ;
+  wire [11:0] \$2519 ;
   wire \$252 ;
-  wire \$2520 ;
-  wire \$2521 ;
-  wire [3:0] \$2522 ;
-  reg \$2523 ;
-  reg [7:0] \$2524 ;
-  reg [7:0] \$2525 ;
-  reg [8:0] \$2526 ;
-  reg [9:0] \$2527 ;
-  reg [119:0] \$2528 ;
-  reg [119:0] \$2529 ;
+  wire [11:0] \$2520 ;
+  wire [12:0] \$2521 ;
+  wire \$2522 ;
+  wire [16:0] \$2523 ;
+  wire \$2524 ;
+  wire \$2525 ;
+  wire [3:0] \$2526 ;
+  reg \$2527 ;
+  reg \$2528 ;
+  reg [7:0] \$2529 ;
   wire \$253 ;
-  reg \$2530 ;
-  reg \$2531 ;
-  reg [3:0] \$2532 ;
-  reg \$2533 ;
-  reg \$2534 ;
-  reg \$2535 ;
-  reg [63:0] \$2536 ;
-  reg [63:0] \$2537 ;
-  reg \$2538 ;
+  reg [7:0] \$2530 ;
+  reg [8:0] \$2531 ;
+  reg [9:0] \$2532 ;
+  reg [1:0] \$2533 ;
+  reg [119:0] \$2534 ;
+  reg [119:0] \$2535 ;
+  reg \$2536 ;
+  reg \$2537 ;
+  reg [3:0] \$2538 ;
   reg \$2539 ;
   wire \$254 ;
   reg \$2540 ;
   reg \$2541 ;
-  reg \$2542 ;
-  reg [15:0] \$2543 ;
-  reg [10:0] \$2544 ;
-  reg [6:0] \$2545 ;
+  reg [63:0] \$2542 ;
+  reg [63:0] \$2543 ;
+  reg \$2544 ;
+  reg \$2545 ;
   reg \$2546 ;
-  reg [3:0] \$2547 ;
+  reg \$2547 ;
+  reg \$2548 ;
+  reg [15:0] \$2549 ;
   wire \$255 ;
+  reg [10:0] \$2550 ;
+  reg [6:0] \$2551 ;
+  reg \$2552 ;
+  reg [3:0] \$2553 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
@@ -6342,14 +6348,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg \$signal  = 1'h0;
   reg \$signal$346  = 1'h0;
   reg [63:0] \$signal$349  = 64'h0000000000000000;
-  reg [63:0] \$signal$368 ;
-  reg \$signal$370 ;
-  reg \$signal$371 ;
+  reg [63:0] \$signal$370 ;
   reg \$signal$372 ;
-  reg \$signal$373  = 1'h0;
-  reg \$signal$374  = 1'h0;
+  reg \$signal$373 ;
+  reg \$signal$374 ;
+  reg \$signal$375  = 1'h0;
+  reg \$signal$376  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$375 ;
+  wire \$signal$377 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -6397,6 +6403,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [8:0] es_w = 9'h000;
   wire finish;
   wire [3:0] flags;
+  reg [1:0] flush_d = 2'h0;
   wire [7:0] grp0;
   wire [7:0] grp1;
   wire [7:0] grp2;
@@ -6721,7 +6728,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [7:0] selpos6;
   wire [7:0] selpos7;
   reg sh;
-  wire short_err;
+  reg short_err = 1'h0;
+  wire short_now;
   reg [11:0] stride;
   reg [6:0] stride_w = 7'h00;
   wire vals_ok;
@@ -9385,7 +9393,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign last_row = rows_left == 1'h1;
   assign \$2389  = ~ vals_ok;
   assign \$2390  = running & \$2389 ;
-  assign short_err = \$2390  & vlast_loaded;
+  assign short_now = \$2390  & vlast_loaded;
   assign any_err = pad_r | short_err;
   assign \$2391  = mbeat0_v | row_complete;
   assign \$2392  = running & \$2391 ;
@@ -9403,171 +9411,179 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign mat_end = \$2400  & last_row;
   assign \$2401  = advance ? k : 4'h0;
   assign \$2402  = rbase + \$2401 ;
-  assign \$2403  = $signed(es_bits) > $signed(1'h0);
-  assign \$2404  = $signed(es_bits) <= $signed(8'h40);
-  assign \$2405  = \$2403  & \$2404 ;
-  assign \$2406  = $signed(es_bits) > $signed(8'h40);
-  assign \$2407  = $signed(es_bits) <= $signed(9'h080);
+  assign \$2403  = | flush_d;
+  assign \$2404  = running & mbeat0_v;
+  assign \$2405  = rbase >= mbeat0[119:113];
+  assign \$2406  = \$2404  & \$2405 ;
+  assign \$2407  = $signed(es_w) > $signed(3'h2);
   assign \$2408  = \$2406  & \$2407 ;
-  assign \$2409  = running & mbeat0_v;
-  assign \$2410  = rbase >= mbeat0[119:113];
-  assign \$2411  = \$2409  & \$2410 ;
-  assign \$2412  = $signed(es_w) > $signed(3'h2);
-  assign \$2413  = \$2411  & \$2412 ;
   assign i_mask__ready = ~ mbeat1_nv;
   assign vpos_n = vpos + k;
-  assign \$2414  = ~ vlast_loaded;
-  assign \$2415  = ! vpos;
-  assign \$2416  = \$signal  & \$2415 ;
-  assign \$2417  = \$2416  | \$signal$346 ;
-  assign \$2418  = ~ \$2417 ;
-  assign \$2419  = | vpos;
-  assign \$2420  = \$2419  ? \$signal$373  : prev_last;
-  assign \$2421  = \$2418  & \$2420 ;
-  assign \$2422  = ! vpos;
-  assign \$2423  = \$signal  & \$2422 ;
-  assign \$2424  = \$2423  | \$signal$346 ;
-  assign \$2425  = ~ \$2424 ;
-  assign \$2426  = | vpos;
-  assign \$2427  = \$2426  ? \$signal$373  : prev_last;
-  assign \$2428  = \$2425  & \$2427 ;
-  assign \$2429  = ~ \$2428 ;
-  assign \$2430  = \$signal  & \$signal$373 ;
-  assign \$2431  = ~ \$signal$346 ;
-  assign \$2432  = \$2430  & \$2431 ;
-  assign \$2433  = ~ \$signal$346 ;
-  assign \$2434  = \$signal$373  & \$2433 ;
-  assign \$2435  = ~ \$2434 ;
-  assign \$2436  = \$signal  & \$2435 ;
-  assign \$2437  = end_ok | end_bad;
-  assign \$2438  = endv & \$2437 ;
-  assign \$2439  = any_err | \$2438 ;
-  assign \$2440  = | k;
-  assign \$2441  = advance & \$2440 ;
-  assign \$2442  = vpos_n >= 4'h8;
-  assign \$2443  = \$signal$370  & \$signal$371 ;
-  assign \$2444  = ~ \$2443 ;
-  assign i_value__ready = allow_load & \$2444 ;
-  assign \$2445  = ~ running;
-  assign \$2446  = ~ endv;
-  assign i_cmd__ready = \$2445  & \$2446 ;
-  assign \$2447  = i_cmd__valid & i_cmd__ready;
-  assign \$2448  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$2451  = endv & end_bad;
-  assign \$2452  = ~ any_err;
-  assign \$2453  = \$2451  & \$2452 ;
-  assign \$2454  = o_lanes__valid & o_lanes__ready;
-  assign \$2455  = { \$561 [4:0], gsel0[1:0], ws0 } >= cols_r;
-  assign \$2456  = lv0 & \$2455 ;
-  assign \$2457  = { \$858 [4:0], gsel1[1:0], ws1 } >= cols_r;
-  assign \$2458  = lv1 & \$2457 ;
-  assign \$2459  = \$2456  | \$2458 ;
-  assign \$2460  = { \$1171 [4:0], gsel2[1:0], ws2 } >= cols_r;
-  assign \$2461  = lv2 & \$2460 ;
-  assign \$2462  = { \$1388 [4:0], gsel3[1:0], ws3 } >= cols_r;
-  assign \$2463  = lv3 & \$2462 ;
-  assign \$2464  = \$2461  | \$2463 ;
-  assign \$2465  = \$2459  | \$2464 ;
-  assign \$2466  = { \$1717 [4:0], gsel4[1:0], ws4 } >= cols_r;
-  assign \$2467  = lv4 & \$2466 ;
-  assign \$2468  = { \$1950 [4:0], gsel5[1:0], ws5 } >= cols_r;
-  assign \$2469  = lv5 & \$2468 ;
-  assign \$2470  = \$2467  | \$2469 ;
-  assign \$2471  = { \$2199 [4:0], gsel6[1:0], ws6 } >= cols_r;
-  assign \$2472  = lv6 & \$2471 ;
-  assign \$2473  = { \$2384 [4:0], gsel7[1:0], ws7 } >= cols_r;
-  assign \$2474  = lv7 & \$2473 ;
-  assign \$2475  = \$2472  | \$2474 ;
-  assign \$2476  = \$2470  | \$2475 ;
-  assign \$2477  = \$2465  | \$2476 ;
-  assign \$2478  = \$2454  & \$2477 ;
-  assign \$2481  = \$2402 [7:0] - mbeat0[119:113];
-  assign \$2482  = advance & finish;
-  assign \$2483  = \$2482  ? es_w : { rs_w[7], rs_w };
-  assign \$2484  = $signed(\$2483 ) - $signed(3'h2);
-  assign \$2485  = advance & finish;
-  assign \$2486  = \$2485  ? es2_w : { es_w[8], es_w };
-  assign \$2487  = $signed(\$2486 ) - $signed(3'h2);
-  assign \$2488  = advance & finish;
-  assign \$2489  = \$2488  ? es3_w : { es2_w[9], es2_w };
-  assign \$2490  = $signed(\$2489 ) - $signed(3'h2);
-  assign \$2491  = advance & finish;
-  assign \$2492  = \$2491  ? es_w : { rs_w[7], rs_w };
-  assign \$2493  = advance & finish;
-  assign \$2494  = \$2493  ? es2_w : { es_w[8], es_w };
+  assign \$2409  = ~ vlast_loaded;
+  assign \$2410  = ! vpos;
+  assign \$2411  = \$signal  & \$2410 ;
+  assign \$2412  = \$2411  | \$signal$346 ;
+  assign \$2413  = ~ \$2412 ;
+  assign \$2414  = | vpos;
+  assign \$2415  = \$2414  ? \$signal$375  : prev_last;
+  assign \$2416  = \$2413  & \$2415 ;
+  assign \$2417  = ! vpos;
+  assign \$2418  = \$signal  & \$2417 ;
+  assign \$2419  = \$2418  | \$signal$346 ;
+  assign \$2420  = ~ \$2419 ;
+  assign \$2421  = | vpos;
+  assign \$2422  = \$2421  ? \$signal$375  : prev_last;
+  assign \$2423  = \$2420  & \$2422 ;
+  assign \$2424  = ~ \$2423 ;
+  assign \$2425  = \$signal  & \$signal$375 ;
+  assign \$2426  = ~ \$signal$346 ;
+  assign \$2427  = \$2425  & \$2426 ;
+  assign \$2428  = ~ \$signal$346 ;
+  assign \$2429  = \$signal$375  & \$2428 ;
+  assign \$2430  = ~ \$2429 ;
+  assign \$2431  = \$signal  & \$2430 ;
+  assign \$2432  = end_ok | end_bad;
+  assign \$2433  = endv & \$2432 ;
+  assign \$2434  = any_err | \$2433 ;
+  assign \$2435  = | k;
+  assign \$2436  = advance & \$2435 ;
+  assign \$2437  = vpos_n >= 4'h8;
+  assign \$2438  = \$signal$372  & \$signal$373 ;
+  assign \$2439  = ~ \$2438 ;
+  assign i_value__ready = allow_load & \$2439 ;
+  assign \$2440  = ~ running;
+  assign \$2441  = ~ endv;
+  assign i_cmd__ready = \$2440  & \$2441 ;
+  assign \$2442  = i_cmd__valid & i_cmd__ready;
+  assign \$2443  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$2446  = endv & end_bad;
+  assign \$2447  = ~ any_err;
+  assign \$2448  = \$2446  & \$2447 ;
+  assign \$2449  = ~ any_err;
+  assign \$2450  = short_now & \$2449 ;
+  assign \$2451  = o_lanes__valid & o_lanes__ready;
+  assign \$2452  = { \$561 [4:0], gsel0[1:0], ws0 } >= cols_r;
+  assign \$2453  = lv0 & \$2452 ;
+  assign \$2454  = { \$858 [4:0], gsel1[1:0], ws1 } >= cols_r;
+  assign \$2455  = lv1 & \$2454 ;
+  assign \$2456  = \$2453  | \$2455 ;
+  assign \$2457  = { \$1171 [4:0], gsel2[1:0], ws2 } >= cols_r;
+  assign \$2458  = lv2 & \$2457 ;
+  assign \$2459  = { \$1388 [4:0], gsel3[1:0], ws3 } >= cols_r;
+  assign \$2460  = lv3 & \$2459 ;
+  assign \$2461  = \$2458  | \$2460 ;
+  assign \$2462  = \$2456  | \$2461 ;
+  assign \$2463  = { \$1717 [4:0], gsel4[1:0], ws4 } >= cols_r;
+  assign \$2464  = lv4 & \$2463 ;
+  assign \$2465  = { \$1950 [4:0], gsel5[1:0], ws5 } >= cols_r;
+  assign \$2466  = lv5 & \$2465 ;
+  assign \$2467  = \$2464  | \$2466 ;
+  assign \$2468  = { \$2199 [4:0], gsel6[1:0], ws6 } >= cols_r;
+  assign \$2469  = lv6 & \$2468 ;
+  assign \$2470  = { \$2384 [4:0], gsel7[1:0], ws7 } >= cols_r;
+  assign \$2471  = lv7 & \$2470 ;
+  assign \$2472  = \$2469  | \$2471 ;
+  assign \$2473  = \$2467  | \$2472 ;
+  assign \$2474  = \$2462  | \$2473 ;
+  assign \$2475  = \$2451  & \$2474 ;
+  assign \$2476  = | flush_d;
+  assign \$2478  = $signed(es_bits) > $signed(1'h0);
+  assign \$2479  = $signed(es_bits) <= $signed(8'h40);
+  assign \$2480  = \$2478  & \$2479 ;
+  assign \$2481  = $signed(es_bits) > $signed(8'h40);
+  assign \$2482  = $signed(es_bits) <= $signed(9'h080);
+  assign \$2483  = \$2481  & \$2482 ;
+  assign \$2485  = \$2402 [7:0] - mbeat0[119:113];
+  assign \$2486  = advance & finish;
+  assign \$2487  = \$2486  ? es_w : { rs_w[7], rs_w };
+  assign \$2488  = $signed(\$2487 ) - $signed(3'h2);
+  assign \$2489  = advance & finish;
+  assign \$2490  = \$2489  ? es2_w : { es_w[8], es_w };
+  assign \$2491  = $signed(\$2490 ) - $signed(3'h2);
+  assign \$2492  = advance & finish;
+  assign \$2493  = \$2492  ? es3_w : { es2_w[9], es2_w };
+  assign \$2494  = $signed(\$2493 ) - $signed(3'h2);
   assign \$2495  = advance & finish;
-  assign \$2496  = \$2495  ? es3_w : { es2_w[9], es2_w };
-  assign \$2497  = ~ mbeat0_nv;
-  assign \$2499  = ~ mbeat1_nv;
-  assign \$2500  = \$2499  & mbeat0_nv;
-  assign \$2501  = end_ok | end_bad;
-  assign \$2502  = endv & \$2501 ;
-  assign \$2503  = any_err | \$2502 ;
-  assign \$2504  = | k;
-  assign \$2505  = advance & \$2504 ;
-  assign \$2506  = vpos_n >= 4'h8;
-  assign \$2507  = vpos_n - 4'h8;
-  assign \$2508  = i_value__valid & allow_load;
-  assign \$2509  = ~ \$signal$370 ;
-  assign \$2510  = ~ \$signal$371 ;
-  assign \$2511  = \$signal$370  & \$signal$371 ;
-  assign \$2512  = ~ \$2511 ;
-  assign \$2513  = i_cmd__valid & i_cmd__ready;
-  assign \$2518  = advance & finish;
-  assign \$2519  = rows_left - 1'h1;
-  assign \$2520  = end_ok | end_bad;
-  assign \$2521  = endv & \$2520 ;
-  assign \$2522  = o_error_flags | flags;
+  assign \$2496  = \$2495  ? es_w : { rs_w[7], rs_w };
+  assign \$2497  = advance & finish;
+  assign \$2498  = \$2497  ? es2_w : { es_w[8], es_w };
+  assign \$2499  = advance & finish;
+  assign \$2500  = \$2499  ? es3_w : { es2_w[9], es2_w };
+  assign \$2501  = ~ mbeat0_nv;
+  assign \$2503  = ~ mbeat1_nv;
+  assign \$2504  = \$2503  & mbeat0_nv;
+  assign \$2505  = end_ok | end_bad;
+  assign \$2506  = endv & \$2505 ;
+  assign \$2507  = any_err | \$2506 ;
+  assign \$2508  = | k;
+  assign \$2509  = advance & \$2508 ;
+  assign \$2510  = vpos_n >= 4'h8;
+  assign \$2511  = vpos_n - 4'h8;
+  assign \$2512  = i_value__valid & allow_load;
+  assign \$2513  = ~ \$signal$372 ;
+  assign \$2514  = ~ \$signal$373 ;
+  assign \$2515  = \$signal$372  & \$signal$373 ;
+  assign \$2516  = ~ \$2515 ;
+  assign \$2517  = i_cmd__valid & i_cmd__ready;
+  assign \$2522  = advance & finish;
+  assign \$2523  = rows_left - 1'h1;
+  assign \$2524  = end_ok | end_bad;
+  assign \$2525  = endv & \$2524 ;
+  assign \$2526  = o_error_flags | flags;
   always @(posedge clk)
-    pad_r <= \$2523 ;
+    short_err <= \$2527 ;
   always @(posedge clk)
-    rbase <= \$2524 ;
+    pad_r <= \$2528 ;
   always @(posedge clk)
-    rs_w <= \$2525 ;
+    rbase <= \$2529 ;
   always @(posedge clk)
-    es_w <= \$2526 ;
+    rs_w <= \$2530 ;
   always @(posedge clk)
-    es2_w <= \$2527 ;
+    es_w <= \$2531 ;
   always @(posedge clk)
-    mbeat0 <= \$2528 ;
+    es2_w <= \$2532 ;
   always @(posedge clk)
-    mbeat1 <= \$2529 ;
+    flush_d <= \$2533 ;
   always @(posedge clk)
-    mbeat0_v <= \$2530 ;
+    mbeat0 <= \$2534 ;
   always @(posedge clk)
-    mbeat1_v <= \$2531 ;
+    mbeat1 <= \$2535 ;
   always @(posedge clk)
-    vpos <= \$2532 ;
+    mbeat0_v <= \$2536 ;
   always @(posedge clk)
-    vlast_loaded <= \$2533 ;
+    mbeat1_v <= \$2537 ;
   always @(posedge clk)
-    prev_last <= \$2534 ;
+    vpos <= \$2538 ;
   always @(posedge clk)
-    any_val <= \$2535 ;
+    vlast_loaded <= \$2539 ;
   always @(posedge clk)
-    \$signal$349  <= \$2536 ;
+    prev_last <= \$2540 ;
   always @(posedge clk)
-    VB <= \$2537 ;
+    any_val <= \$2541 ;
   always @(posedge clk)
-    \$signal  <= \$2538 ;
+    \$signal$349  <= \$2542 ;
   always @(posedge clk)
-    \$signal$346  <= \$2539 ;
+    VB <= \$2543 ;
   always @(posedge clk)
-    \$signal$373  <= \$2540 ;
+    \$signal  <= \$2544 ;
   always @(posedge clk)
-    \$signal$374  <= \$2541 ;
+    \$signal$346  <= \$2545 ;
   always @(posedge clk)
-    running <= \$2542 ;
+    \$signal$375  <= \$2546 ;
   always @(posedge clk)
-    rows_left <= \$2543 ;
+    \$signal$376  <= \$2547 ;
   always @(posedge clk)
-    cols_r <= \$2544 ;
+    running <= \$2548 ;
   always @(posedge clk)
-    stride_w <= \$2545 ;
+    rows_left <= \$2549 ;
   always @(posedge clk)
-    endv <= \$2546 ;
+    cols_r <= \$2550 ;
   always @(posedge clk)
-    o_error_flags <= \$2547 ;
+    stride_w <= \$2551 ;
+  always @(posedge clk)
+    endv <= \$2552 ;
+  always @(posedge clk)
+    o_error_flags <= \$2553 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -10499,13 +10515,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 120'h000000000000000000000000000000;
+    end else if (\$2403 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat0_n = mbeat1;
+        2'h2:
+            mbeat0_n = 120'h000000000000000000000000000000;
+      endcase
     end else if (mat_end) begin
-      if (\$2405 ) begin
-        mbeat0_n = mbeat1;
-      end
-      if (\$2408 ) begin
-        mbeat0_n = 120'h000000000000000000000000000000;
-      end
     end else begin
       if (sh) begin
         mbeat0_n = mbeat1;
@@ -10518,13 +10535,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 120'h000000000000000000000000000000;
+    end else if (\$2403 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat1_n = 120'h000000000000000000000000000000;
+        2'h2:
+            mbeat1_n = 120'h000000000000000000000000000000;
+      endcase
     end else if (mat_end) begin
-      if (\$2405 ) begin
-        mbeat1_n = 120'h000000000000000000000000000000;
-      end
-      if (\$2408 ) begin
-        mbeat1_n = 120'h000000000000000000000000000000;
-      end
     end else begin
       if (sh) begin
         mbeat1_n = 120'h000000000000000000000000000000;
@@ -10537,13 +10555,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
+    end else if (\$2403 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat0_nv = mbeat1_v;
+        2'h2:
+            mbeat0_nv = 1'h0;
+      endcase
     end else if (mat_end) begin
-      if (\$2405 ) begin
-        mbeat0_nv = mbeat1_v;
-      end
-      if (\$2408 ) begin
-        mbeat0_nv = 1'h0;
-      end
     end else begin
       if (sh) begin
         mbeat0_nv = mbeat1_v;
@@ -10556,13 +10575,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
+    end else if (\$2403 ) begin
+      casez (flush_d)
+        2'h1:
+            mbeat1_nv = 1'h0;
+        2'h2:
+            mbeat1_nv = 1'h0;
+      endcase
     end else if (mat_end) begin
-      if (\$2405 ) begin
-        mbeat1_nv = 1'h0;
-      end
-      if (\$2408 ) begin
-        mbeat1_nv = 1'h0;
-      end
     end else begin
       if (sh) begin
         mbeat1_nv = 1'h0;
@@ -10574,57 +10594,58 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     sh = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
+    end else if (\$2403 ) begin
     end else if (mat_end) begin
     end else begin
-      sh = \$2413 ;
+      sh = \$2408 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$368  = \$signal$349 ;
-    if (\$2439 ) begin
-    end else if (\$2441 ) begin
-      if (\$2442 ) begin
-        \$signal$368  = VB;
+    \$signal$370  = \$signal$349 ;
+    if (\$2434 ) begin
+    end else if (\$2436 ) begin
+      if (\$2437 ) begin
+        \$signal$370  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$370  = \$signal ;
-    if (\$2439 ) begin
-      \$signal$370  = 1'h0;
-    end else if (\$2441 ) begin
-      if (\$2442 ) begin
-        \$signal$370  = \$signal$346 ;
+    \$signal$372  = \$signal ;
+    if (\$2434 ) begin
+      \$signal$372  = 1'h0;
+    end else if (\$2436 ) begin
+      if (\$2437 ) begin
+        \$signal$372  = \$signal$346 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$371  = \$signal$346 ;
-    if (\$2439 ) begin
-      \$signal$371  = 1'h0;
-    end else if (\$2441 ) begin
-      if (\$2442 ) begin
-        \$signal$371  = 1'h0;
+    \$signal$373  = \$signal$346 ;
+    if (\$2434 ) begin
+      \$signal$373  = 1'h0;
+    end else if (\$2436 ) begin
+      if (\$2437 ) begin
+        \$signal$373  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$372  = \$signal$373 ;
-    if (\$2439 ) begin
-    end else if (\$2441 ) begin
-      if (\$2442 ) begin
-        \$signal$372  = \$signal$374 ;
+    \$signal$374  = \$signal$375 ;
+    if (\$2434 ) begin
+    end else if (\$2436 ) begin
+      if (\$2437 ) begin
+        \$signal$374  = \$signal$376 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$2414 ;
-    if (\$2439 ) begin
+    allow_load = \$2409 ;
+    if (\$2434 ) begin
       allow_load = 1'h0;
     end
   end
@@ -10632,269 +10653,227 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$2421 ;
+      end_ok = \$2416 ;
     end else begin
-      end_ok = \$2432 ;
+      end_ok = \$2427 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$2429 ;
+      end_bad = \$2424 ;
     end else begin
-      end_bad = \$2436 ;
+      end_bad = \$2431 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$2447 ) begin
-      stride = \$2450 ;
+    if (\$2442 ) begin
+      stride = \$2445 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2523  = \$2478 ;
+    \$2527  = \$2450 ;
     if (rst) begin
-      \$2523  = 1'h0;
+      \$2527  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2528  = \$2475 ;
+    if (rst) begin
+      \$2528  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2529  = rbase;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2524  = 8'h00;
+      \$2529  = 8'h00;
+    end else if (\$2476 ) begin
     end else if (mat_end) begin
-      \$2524  = 8'h00;
+      \$2529  = 8'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2524  = \$2481 [7:0];
+        \$2529  = \$2485 [7:0];
       end else begin
-        \$2524  = \$2402 [7:0];
+        \$2529  = \$2402 [7:0];
       end
     end
     if (rst) begin
-      \$2524  = 8'h00;
+      \$2529  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2530  = rs_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2525  = 8'h00;
+      \$2530  = 8'h00;
+    end else if (\$2476 ) begin
     end else if (mat_end) begin
-      \$2525  = 8'h00;
+      \$2530  = 8'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2525  = \$2484 [7:0];
+        \$2530  = \$2488 [7:0];
       end else begin
-        \$2525  = \$2492 [7:0];
+        \$2530  = \$2496 [7:0];
       end
     end
-    if (\$2513 ) begin
-      \$2525  = 8'h00;
+    if (\$2517 ) begin
+      \$2530  = 8'h00;
     end
     if (rst) begin
-      \$2525  = 8'h00;
+      \$2530  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2531  = es_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2526  = { 2'h0, stride_w };
+      \$2531  = { 2'h0, stride_w };
+    end else if (\$2476 ) begin
     end else if (mat_end) begin
-      \$2526  = { 2'h0, stride_w };
+      \$2531  = { 2'h0, stride_w };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2526  = \$2487 [8:0];
+        \$2531  = \$2491 [8:0];
       end else begin
-        \$2526  = \$2494 [8:0];
+        \$2531  = \$2498 [8:0];
       end
     end
-    if (\$2513 ) begin
-      \$2526  = \$2515 [8:0];
+    if (\$2517 ) begin
+      \$2531  = \$2519 [8:0];
     end
     if (rst) begin
-      \$2526  = 9'h000;
+      \$2531  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2532  = es2_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2527  = { 2'h0, \$2479  };
+      \$2532  = { 2'h0, \$2477  };
+    end else if (\$2476 ) begin
     end else if (mat_end) begin
-      \$2527  = { 2'h0, \$2480  };
+      \$2532  = { 2'h0, \$2484  };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2527  = \$2490 [9:0];
+        \$2532  = \$2494 [9:0];
       end else begin
-        \$2527  = \$2496 [9:0];
+        \$2532  = \$2500 [9:0];
       end
     end
-    if (\$2513 ) begin
-      \$2527  = \$2517 [9:0];
+    if (\$2517 ) begin
+      \$2532  = \$2521 [9:0];
     end
     if (rst) begin
-      \$2527  = 10'h000;
+      \$2532  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2528  = mbeat0_n;
+    \$2533  = flush_d;
+    if (any_err) begin
+      \$2533  = 2'h0;
+    end else if (\$2476 ) begin
+      \$2533  = 2'h0;
+    end else if (mat_end) begin
+      if (\$2480 ) begin
+        \$2533  = 2'h1;
+      end
+      if (\$2483 ) begin
+        \$2533  = 2'h2;
+      end
+    end
+    if (rst) begin
+      \$2533  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2534  = mbeat0_n;
     if (i_mask__valid) begin
-      if (\$2498 ) begin
-        \$2528  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      if (\$2502 ) begin
+        \$2534  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$2528  = 120'h000000000000000000000000000000;
+      \$2534  = 120'h000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2529  = mbeat1_n;
+    \$2535  = mbeat1_n;
     if (i_mask__valid) begin
-      if (\$2500 ) begin
-        \$2529  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      if (\$2504 ) begin
+        \$2535  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$2529  = 120'h000000000000000000000000000000;
+      \$2535  = 120'h000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2530  = mbeat0_nv;
+    \$2536  = mbeat0_nv;
     if (i_mask__valid) begin
-      if (\$2498 ) begin
-        \$2530  = 1'h1;
+      if (\$2502 ) begin
+        \$2536  = 1'h1;
       end
     end
     if (rst) begin
-      \$2530  = 1'h0;
+      \$2536  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2531  = mbeat1_nv;
+    \$2537  = mbeat1_nv;
     if (i_mask__valid) begin
-      if (\$2500 ) begin
-        \$2531  = 1'h1;
+      if (\$2504 ) begin
+        \$2537  = 1'h1;
       end
     end
     if (rst) begin
-      \$2531  = 1'h0;
+      \$2537  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2532  = vpos;
-    if (\$2503 ) begin
-      \$2532  = 4'h0;
-    end else if (\$2505 ) begin
+    \$2538  = vpos;
+    if (\$2507 ) begin
+      \$2538  = 4'h0;
+    end else if (\$2509 ) begin
       (* full_case = 32'd1 *)
-      if (\$2506 ) begin
-        \$2532  = \$2507 [3:0];
+      if (\$2510 ) begin
+        \$2538  = \$2511 [3:0];
       end else begin
-        \$2532  = vpos_n[3:0];
+        \$2538  = vpos_n[3:0];
       end
     end
     if (rst) begin
-      \$2532  = 4'h0;
+      \$2538  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2533  = vlast_loaded;
-    if (\$2503 ) begin
-      \$2533  = 1'h0;
+    \$2539  = vlast_loaded;
+    if (\$2507 ) begin
+      \$2539  = 1'h0;
     end
-    if (\$2508 ) begin
-      if (\$2512 ) begin
-        \$2533  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$2533  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2534  = prev_last;
-    if (\$2503 ) begin
-      \$2534  = 1'h0;
-    end else if (\$2505 ) begin
-      if (\$2506 ) begin
-        \$2534  = \$signal$373 ;
-      end
-    end
-    if (rst) begin
-      \$2534  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2535  = any_val;
-    if (\$2503 ) begin
-      \$2535  = 1'h0;
-    end else if (\$2505 ) begin
-      \$2535  = 1'h1;
-    end
-    if (rst) begin
-      \$2535  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2536  = \$signal$368 ;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-        \$2536  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$2536  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2537  = VB;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-      end else if (\$2510 ) begin
-        \$2537  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$2537  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2538  = \$signal$370 ;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-        \$2538  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$2538  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2539  = \$signal$371 ;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-      end else if (\$2510 ) begin
-        \$2539  = 1'h1;
+    if (\$2512 ) begin
+      if (\$2516 ) begin
+        \$2539  = i_value__payload[64];
       end
     end
     if (rst) begin
@@ -10903,10 +10882,12 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2540  = \$signal$372 ;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-        \$2540  = i_value__payload[64];
+    \$2540  = prev_last;
+    if (\$2507 ) begin
+      \$2540  = 1'h0;
+    end else if (\$2509 ) begin
+      if (\$2510 ) begin
+        \$2540  = \$signal$375 ;
       end
     end
     if (rst) begin
@@ -10915,12 +10896,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2541  = \$signal$374 ;
-    if (\$2508 ) begin
-      if (\$2509 ) begin
-      end else if (\$2510 ) begin
-        \$2541  = i_value__payload[64];
-      end
+    \$2541  = any_val;
+    if (\$2507 ) begin
+      \$2541  = 1'h0;
+    end else if (\$2509 ) begin
+      \$2541  = 1'h1;
     end
     if (rst) begin
       \$2541  = 1'h0;
@@ -10928,74 +10908,149 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2542  = running;
-    if (\$2513 ) begin
-      \$2542  = 1'h1;
+    \$2542  = \$signal$370 ;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+        \$2542  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$2542  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2543  = VB;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+      end else if (\$2514 ) begin
+        \$2543  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$2543  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2544  = \$signal$372 ;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+        \$2544  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2544  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2545  = \$signal$373 ;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+      end else if (\$2514 ) begin
+        \$2545  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$2545  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2546  = \$signal$374 ;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+        \$2546  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2546  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2547  = \$signal$376 ;
+    if (\$2512 ) begin
+      if (\$2513 ) begin
+      end else if (\$2514 ) begin
+        \$2547  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$2547  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$2548  = running;
+    if (\$2517 ) begin
+      \$2548  = 1'h1;
     end
     if (mat_end) begin
-      \$2542  = 1'h0;
+      \$2548  = 1'h0;
     end
     if (any_err) begin
-      \$2542  = 1'h0;
+      \$2548  = 1'h0;
     end
     if (rst) begin
-      \$2542  = 1'h0;
+      \$2548  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2543  = rows_left;
-    if (\$2513 ) begin
-      \$2543  = i_cmd__payload[15:0];
+    \$2549  = rows_left;
+    if (\$2517 ) begin
+      \$2549  = i_cmd__payload[15:0];
     end
-    if (\$2518 ) begin
-      \$2543  = \$2519 [15:0];
+    if (\$2522 ) begin
+      \$2549  = \$2523 [15:0];
     end
     if (rst) begin
-      \$2543  = 16'h0000;
+      \$2549  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2544  = cols_r;
-    if (\$2513 ) begin
-      \$2544  = i_cmd__payload[26:16];
+    \$2550  = cols_r;
+    if (\$2517 ) begin
+      \$2550  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$2544  = 11'h000;
+      \$2550  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2545  = stride_w;
-    if (\$2513 ) begin
-      \$2545  = \$2514 [6:0];
+    \$2551  = stride_w;
+    if (\$2517 ) begin
+      \$2551  = \$2518 [6:0];
     end
     if (rst) begin
-      \$2545  = 7'h00;
+      \$2551  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2546  = endv;
+    \$2552  = endv;
     if (mat_end) begin
-      \$2546  = 1'h1;
+      \$2552  = 1'h1;
     end
-    if (\$2521 ) begin
-      \$2546  = 1'h0;
+    if (\$2525 ) begin
+      \$2552  = 1'h0;
     end
     if (any_err) begin
-      \$2546  = 1'h0;
+      \$2552  = 1'h0;
     end
     if (rst) begin
-      \$2546  = 1'h0;
+      \$2552  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2547  = \$2522 ;
+    \$2553  = \$2526 ;
     if (rst) begin
-      \$2547  = 4'h0;
+      \$2553  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -11094,7 +11149,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign vavail = \$2388 [4:0];
   assign r_adv = \$2402 [7:0];
   assign VB1 = VB;
-  assign \$signal$375  = \$signal$374 ;
+  assign \$signal$377  = \$signal$376 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -11121,7 +11176,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$2453 ;
+  assign flags[2] = \$2448 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
@@ -11159,16 +11214,16 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign o_lanes__payload[9:0] = { \$561 [4:0], gsel0[1:0], ws0 };
   assign o_lanes__payload[152] = ln0;
   assign o_lanes__payload[144] = lv0;
-  assign \$2449  = 12'hfe0;
-  assign \$2450 [4:0] = 5'h00;
-  assign \$2450 [11:5] = \$2448 [11:5];
-  assign \$2479  = { stride_w, 1'h0 };
-  assign \$2480  = { stride_w, 1'h0 };
-  assign \$2498  = \$2497 ;
-  assign \$2514  = { 5'h00, stride[11:5] };
-  assign \$2515  = { 5'h00, stride[11:5] };
-  assign \$2516  = { 5'h00, stride[11:5] };
-  assign \$2517  = { \$2516 , 1'h0 };
+  assign \$2444  = 12'hfe0;
+  assign \$2445 [4:0] = 5'h00;
+  assign \$2445 [11:5] = \$2443 [11:5];
+  assign \$2477  = { stride_w, 1'h0 };
+  assign \$2484  = { stride_w, 1'h0 };
+  assign \$2502  = \$2501 ;
+  assign \$2518  = { 5'h00, stride[11:5] };
+  assign \$2519  = { 5'h00, stride[11:5] };
+  assign \$2520  = { 5'h00, stride[11:5] };
+  assign \$2521  = { \$2520 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
