@@ -48,7 +48,7 @@ Architecture (four group banks in one block RAM, three free-running pipelines, n
 
 The three passes run on three different groups at once (8 banks cover the pipeline depths), so the
 throughput is ``P`` values per cycle sustained (one group every ``group / P`` cycles) as long as
-``o_words`` keeps up (``words_per_block <= group / P``).  Pipeline depths: window 6 cycles after the
+``o_words`` keeps up (``words_per_block <= group / P``).  Pipeline depths: window 8 cycles after the
 last beat's statistics, evaluation 14 cycles from a read address to the bit counters, decision 5,
 packing 18 from a read address to the output buffer.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
