@@ -643,7 +643,8 @@ HW_F = 3                # fractional bits of the quantizer (z = floor(2**HW_F * 
 HW_K = 17               # reciprocal precision: R_D = ceil(2**HW_K / D)
 HW_YBITS = 13           # integer bits of |v| * D kept before saturation (2**13 > 512 * 15)
 HW_CANDIDATES = 12      # candidate step codes evaluated in parallel
-HW_WINDOW = -28         # first candidate relative to code(mean |x|), in step codes
+HW_WINDOW = -28         # first candidate relative to code(mean |x|), in step codes, at HW_BPV bits/value
+HW_BPV = (504 - 9) / 128  # lane bits per value the window offset is calibrated for (63-byte blocks)
 POLICIES = ("search", "hw")
 
 
@@ -678,6 +679,14 @@ def hw_range_log2(cb: Codebooks) -> int:
     return max(int(lim).bit_length() - 1, 0)
 
 
+def hw_window_offset(cb: Codebooks, params: KVParams) -> int:
+    """First candidate relative to the code of the mean: ``HW_WINDOW`` minus ``2**mbits`` step codes
+    (one octave) per lane bit per value above ``HW_BPV`` (rounded), so the window follows the block
+    budget (0 shift for 128 values in 63 bytes)."""
+    bpv = (params.nbits - params.header_bits(cb.k)) / params.group
+    return HW_WINDOW - int(round((1 << params.mbits) * (bpv - HW_BPV)))
+
+
 def hw_window(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
     """First candidate step code per group [n], and the fallback step per group [n]."""
     T = 1 << (params.ebits + params.mbits)
@@ -691,7 +700,7 @@ def hw_window(x: np.ndarray, cb: Codebooks, params: KVParams, ebias: int):
     ta = hw_code(a, params, ebias)
     tl = ta - (hw_range_log2(cb) << mb) + 1
     C = min(HW_CANDIDATES, T)
-    base = np.clip(np.maximum(tm + HW_WINDOW, tl), 0, T - C)
+    base = np.clip(np.maximum(tm + hw_window_offset(cb, params), tl), 0, T - C)
     hdr = params.header_bits(cb.k)
     fb = [i for i in range(cb.k) if cb.fixed_rate(i) and hdr + params.group * cb.fixed_rate(i) <= params.nbits][0]
     cs = cb.centroids[fb, cb.table_symbols(fb)]

@@ -527,7 +527,7 @@ class KVCompressor(wiring.Component):
         code_a = reg(m, ((ma3 + ebm) << mb) | (fa if mb else 0), cwid, name="w4_ca")
         s_any3, a_any3 = reg(m, s_any3), reg(m, a_any3)
         wctx = [reg(m, c) for c in wctx]
-        tm = reg(m, code_s - self.lg + kvg.HW_WINDOW, cwid, name="w4_tm")
+        tm = reg(m, code_s - self.lg + kvg.hw_window_offset(cb, p), cwid, name="w4_tm")
         tl = reg(m, code_a - (self.rl << mb) + 1, cwid, name="w4_tl")
         tfv = reg(m, code_a - (self.rf << mb) + 1, cwid, name="w4_tfv")
         s_any4, a_any4 = reg(m, s_any3), reg(m, a_any3)
