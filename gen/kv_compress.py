@@ -52,6 +52,13 @@ throughput is ``P`` values per cycle sustained (one group every ``group / P`` cy
 last beat's statistics, evaluation 14 cycles from a read address to the bit counters, decision 5,
 packing 18 from a read address to the output buffer.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
+
+Measured (default geometry, P = 4): 4.000 values/cycle sustained on real MiniLM groups in
+cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.17 with 20 % input
+idles and 30 % output backpressure), byte-identical block by block.  ECP5-85F (``sparsefab fpga
+build --board ulx3s-85f --design kv-compress``, harness included): 34,571 LUT4 (19,185 logic +
+15,386 carry), 20,233 FF, 52 MULT18X18D, 4 DP16KD; nextpnr's post-placement estimate 77.5 MHz
+(target 100), routing did not finish on the loaded machine.
 """
 
 from __future__ import annotations
