@@ -106,6 +106,8 @@ def _run(argv: list[str], *, cwd: Path, env: dict, log: Path | None, tool: str,
          progress: Callable[[str], None] | None, timeout: float | None) -> tuple[int, str]:
     """Run one tool, tailing ``log`` for stage lines; returns (exit status, stdout+stderr text)."""
     out_path = cwd / f"{tool}.out"
+    if log is not None:   # a previous run's log would be tailed (and parsed) as this run's
+        log.unlink(missing_ok=True)
     t0 = time.monotonic()
     with open(out_path, "w") as out:
         try:
