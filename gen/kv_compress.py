@@ -88,6 +88,21 @@ def _bl(x: int) -> int:
     return int(abs(int(x))).bit_length()
 
 
+def _uniform_index(cs, f: int, zw: int):
+    """``(K1, s, width)`` if the sorted centroid table ``cs`` is uniform with a power-of-two spacing
+    ``d`` (then the nearest-centroid index of ``zs`` in ``2**-f`` units, ties to the lower index, is
+    ``clamp((zs - K1) >> s, 0, len(cs) - 1)`` with ``K1 = cs[0]*2**f - d*2**(f-1) + 1`` and
+    ``s = log2(d) + f``), else None.  ``width``: signed width of ``zs - K1`` for ``|zs| < 2**zw``."""
+    cs = [int(c) for c in cs]
+    if len(cs) < 2 or f < 1:
+        return None
+    d = cs[1] - cs[0]
+    if d <= 0 or d & (d - 1) or any(cs[i + 1] - cs[i] != d for i in range(len(cs) - 1)):
+        return None
+    k1 = (cs[0] << f) - (d << (f - 1)) + 1
+    return k1, d.bit_length() - 1 + f, max(zw, _bl(k1)) + 2
+
+
 @dataclass(frozen=True)
 class KVCompressConfig:
     """Frozen configuration of a :class:`KVCompressor` (also the JSON sidecar's ``config``)."""
@@ -231,6 +246,35 @@ class KVCompressor(wiring.Component):
             self.rcode.append(row)
         self.iw = cb.max_len + cb.esc_bits      # widest coded symbol
 
+    def _fast_table(self, ti: int):
+        """``(K1, s, width, e_pos, e_neg)`` when centroid table ``ti`` takes the comparator-free path,
+        else None.
+
+        The table must be uniform with a power-of-two spacing ``d`` (:func:`_uniform_index`), with
+        ``d <= 2 * unit_per_step`` (inside the table the error to the nearest centroid is at most
+        ``d/2`` units, never above the escape threshold ``unit_per_step``), and, with escapes, the
+        table must straddle 0 and lie inside the escape range (``lim - 1 > max(cmax, -cmin)``).
+        Then the golden escape decision ``err > ups`` and ``derr < err`` reduces to
+        ``z > (cmax + ups) * 2**F`` for a positive value and ``z > (ups - cmin) * 2**F`` for a
+        negative one: past the table edge by more than ``ups``, the rounded escape value (error at
+        most half a unit below the clip, and nearer than the edge above it) always wins.
+        """
+        cache = self.__dict__.setdefault("_fast_cache", {})
+        if ti in cache:
+            return cache[ti]
+        F, cb = kvg.HW_F, self.codebooks
+        cs = self.tabs[ti][0]
+        uni = _uniform_index(cs, F, self.zw)
+        res = None
+        if uni is not None and cs[1] - cs[0] <= 2 * cb.unit_per_step:
+            cmin, cmax, ups = cs[0], cs[-1], cb.unit_per_step
+            if not cb.esc_bits:
+                res = (*uni, 0, 0)
+            elif cmin < 0 < cmax and (1 << (cb.esc_bits - 1)) - 1 > max(cmax, -cmin):
+                res = (*uni, (cmax + ups) << F, (ups - cmin) << F)
+        cache[ti] = res
+        return res
+
     # ------------------------------------------------------------------ elaboration helpers
 
     @staticmethod
@@ -341,7 +385,8 @@ class KVCompressor(wiring.Component):
         esc_on = bool(cb.esc_bits)
         lim = 1 << (cb.esc_bits - 1) if esc_on else 1
         # Q5: comparators, escape value and its error
-        zs5 = self._reg(m, zs, name=f"{tag}_zs5")
+        slow = [ti for ti in tabs if self._fast_table(ti) is None]
+        zs5 = self._reg(m, zs, name=f"{tag}_zs5") if slow else None
         sg5 = self._reg(m, sg4, 1)
         out = {}
         if esc_on:
@@ -354,9 +399,27 @@ class KVCompressor(wiring.Component):
             dsmall = Mux(lowv >= (1 << (F - 1)), lowv - (1 << (F - 1)), (1 << (F - 1)) - lowv)
             r5 = self._reg(m, r, _bl(lim), name=f"{tag}_r5")
             derr5 = self._reg(m, Mux(clip, z - ((lim - 1) << F), dsmall), self.zw + 1, name=f"{tag}_derr5")
-        therm5 = {}
+        therm5, fast5 = {}, {}
         for ti in tabs:
             cs, _ = self.tabs[ti]
+            fast = self._fast_table(ti)
+            if fast is not None:
+                # uniform table, power-of-two spacing: j = clamp((zs - K1) >> s, 0, n - 1) is exactly
+                # the count of midpoints below zs (one adder instead of n - 1 comparators); zs - K1 as
+                # (z ^ -sign) + sign - K1, one carry chain
+                k1, _, tw_, e_pos, e_neg = fast
+                zx = Signal(signed(tw_), name=f"{tag}_zx{ti}")
+                m.d.comb += zx.eq(z)
+                t = Signal(signed(tw_), name=f"{tag}_ut{ti}")
+                m.d.comb += t.eq((zx ^ sg4.replicate(tw_).as_signed()) + Mux(sg4, 1 - k1, -k1))
+                therm5[ti] = self._reg(m, t, signed(tw_), name=f"{tag}_ut5_{ti}")
+                # the escape decision of such a table is a constant compare of z (see _fast_table)
+                if esc_on:
+                    esc = Mux(sg4, z > e_neg, z > e_pos) if e_pos != e_neg else z > e_pos
+                    fast5[ti] = self._reg(m, esc, 1, name=f"{tag}_fe5_{ti}")
+                else:
+                    fast5[ti] = Const(0, 1)
+                continue
             mids = [(cs[j] + cs[j + 1]) << (F - 1) for j in range(len(cs) - 1)]
             # zs > mid with zs = +-z: z > mid for a positive value, z < -mid for a negative one
             bitsv = [Mux(sg4, (z < -mm) if mm < 0 else Const(0, 1), (z > mm) if mm >= 0 else Const(1, 1))
@@ -364,7 +427,7 @@ class KVCompressor(wiring.Component):
             therm5[ti] = self._reg(m, Cat(*bitsv) if mids else Const(0, 1),
                                    max(len(mids), 1), name=f"{tag}_th{ti}")
         # Q6: index = popcount of the thermometer
-        zs6 = self._reg(m, zs5)
+        zs6 = self._reg(m, zs5) if slow else None
         sg6 = self._reg(m, sg5, 1)
         if esc_on:
             r6, derr6 = self._reg(m, r5), self._reg(m, derr5)
@@ -373,6 +436,14 @@ class KVCompressor(wiring.Component):
             jw = _bl(len(self.tabs[ti][0]))
             th = therm5[ti]
             n = len(self.tabs[ti][0]) - 1
+            fast = self._fast_table(ti)
+            if fast is not None:
+                _, sh_, _, _, _ = fast
+                q = th[sh_:].as_signed()
+                jv = Mux(th[-1], 0, Mux(q > n, n, q[:jw]))
+                j6[ti] = self._reg(m, jv, jw, name=f"{tag}_j{ti}")
+                fast5[ti] = self._reg(m, fast5[ti], 1)
+                continue
             # the thermometer is monotone (sorted midpoints): j = position of its first 0
             ext = [Const(1, 1)] + [th[b] for b in range(n)] + [Const(0, 1)]
             onehot = [ext[k] & ~ext[k + 1] for k in range(n + 1)]
@@ -381,12 +452,16 @@ class KVCompressor(wiring.Component):
             j6[ti] = self._reg(m, jv, jw, name=f"{tag}_j{ti}")
         # Q7: centroid and symbol; Q7b: error
         sg7 = self._reg(m, sg6, 1)
-        zs7 = self._reg(m, zs6)
+        zs7 = self._reg(m, zs6) if slow else None
         if esc_on:
             r7, derr7 = self._reg(m, r6), self._reg(m, derr6)
         q7 = {}
         for ti in tabs:
             cs, ss = self.tabs[ti]
+            if ti not in slow:
+                sym = self._reg(m, Array(Const(s, 6) for s in ss)[j6[ti]], 6, name=f"{tag}_sym{ti}")
+                q7[ti] = (sym, self._reg(m, fast5[ti], 1))
+                continue
             cw = max(_bl(c) for c in cs) + 2
             rec = self._reg(m, Array(Const(c << F, signed(cw + F)) for c in cs)[j6[ti]], signed(cw + F),
                             name=f"{tag}_rec{ti}")
@@ -396,6 +471,10 @@ class KVCompressor(wiring.Component):
         if esc_on:
             r7, derr7 = self._reg(m, r7), self._reg(m, derr7)
         for ti in tabs:
+            if ti not in slow:
+                sym, fe = q7[ti]
+                q7[ti] = (self._reg(m, sym, 6), self._reg(m, fe, 1))
+                continue
             rec, sym, cw = q7[ti]
             e = Signal(signed(self.zw + cw + F + 2))
             m.d.comb += e.eq(zs7 - rec)
@@ -405,6 +484,10 @@ class KVCompressor(wiring.Component):
         sg8 = self._reg(m, sg7, 1)
         r8 = self._reg(m, r7) if esc_on else Const(0, 1)
         for ti in tabs:
+            if ti not in slow:
+                sym, fe = q7[ti]
+                out[ti] = (self._reg(m, sym, 6), self._reg(m, fe, 1, name=f"{tag}_esc{ti}"))
+                continue
             err, sym = q7[ti]
             esc = (err > (ups << F)) & (derr7 < err) if esc_on else Const(0, 1)
             out[ti] = (self._reg(m, sym, 6), self._reg(m, esc, 1, name=f"{tag}_esc{ti}"))

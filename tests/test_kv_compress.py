@@ -48,6 +48,15 @@ def _random(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
             + rng.uniform(-2, 2, (n, 1))).astype(np.float16)
 
 
+def _heavy(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian groups with two outliers of each sign 15-60 sigma out: escapes past both table edges."""
+    x = rng.standard_normal((n, g))
+    for r in range(n):
+        at = rng.choice(g, 4, replace=False)
+        x[r, at] = rng.uniform(15, 60, 4) * np.array([1, 1, -1, -1])
+    return (x * rng.uniform(0.05, 2, (n, 1))).astype(np.float16)
+
+
 def _ebias(x, p, cb):
     v = x.astype(np.float64)
     return kv.choose_ebias(float(np.abs(v[np.isfinite(v)]).max()), p, cb)
@@ -88,6 +97,32 @@ def test_sidecar(tmp_path):
     assert side["config"]["group"] == 32 and side["config"]["words_per_block"] == 4
     assert side["config"]["lengths"] == cb.lengths.tolist()
     assert "module kv_compress" in v.read_text()
+
+
+@pytest.mark.parametrize("cs", [
+    list(range(-44, 45, 4)), list(range(-16, 13, 4)), [3, 5], list(range(-7, 9)), list(range(-64, 65, 8)),
+    list(range(-30, 31, 3)), [-9, -2, 0, 1, 7], [5]])
+def test_uniform_index_equals_midpoint_count(cs):
+    """The uniform-table shortcut (one adder and a shift) gives exactly the golden rule's index, the
+    count of table midpoints below ``zs``, for every ``zs`` from far below to far above the table;
+    tables that are not uniform with a power-of-two spacing are refused (comparators instead)."""
+    from sparsefab.gen.kv_compress import _uniform_index
+
+    F = kv.HW_F
+    uni = _uniform_index(cs, F, 15)
+    d = cs[1] - cs[0] if len(cs) > 1 else 0
+    if len(cs) < 2 or d & (d - 1) or np.any(np.diff(cs) != d):
+        assert uni is None, cs
+        return
+    k1, s, w = uni
+    mids = (np.array(cs[1:]) + np.array(cs[:-1])) << (F - 1)
+    zs = np.concatenate([np.arange(-4096, 4097), [-(1 << 15) + 1, (1 << 15) - 1]])
+    want = (zs[:, None] > mids).sum(axis=1)
+    t = zs - k1
+    assert np.all(np.abs(t) < (1 << (w - 1))), (cs, w)
+    got = np.clip(t >> s, 0, len(cs) - 1)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"table {cs}: zs={zs[bad[:5]]} got {got[bad[:5]]} want {want[bad[:5]]}"
 
 
 # ---------------------------------------------------------------------------- Amaranth simulator
@@ -145,19 +180,45 @@ def test_amaranth_sim_bit_exact(lanes):
     p = kv.KVParams(group=16, block_bytes=10, lanes=lanes)
     cb = kv.uniform_codebooks(params=p)
     rng = np.random.default_rng(SEED + lanes)
-    x = np.concatenate([_random(3, 16, rng) * np.float16(0.01), _adversarial(16, rng)[[0, 1, 3, 4, 6, 8, 9]]])
+    x = np.concatenate([_random(3, 16, rng) * np.float16(0.01), _adversarial(16, rng)[[0, 1, 3, 4, 6, 8, 9]],
+                        _heavy(4, 16, rng)])
     if lanes == 2:
         bad = _random(2, 16, rng)
         bad[0, 3], bad[1, -1] = np.nan, -np.inf
         x = np.concatenate([x[:2], bad[:1], x[2:], bad[1:]])
     keep = np.isfinite(x.astype(np.float64)).all(axis=1)
     eb = _ebias(x, p, cb)
-    want, _ = kv.encode_groups(x[keep].astype(np.float64), cb, p, eb, policy="hw")
+    want, info = kv.encode_groups(x[keep].astype(np.float64), cb, p, eb, policy="hw")
+    assert info["escapes"].sum() >= 4, info["escapes"]          # the escape decision is exercised
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32)
     got = _amaranth_run(dut, x, eb, SEED, nblocks=int(keep.sum()))
     assert len(got) == keep.sum()
     for i, g in enumerate(got):
         assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED})"
+
+
+def test_amaranth_sim_bit_exact_nonuniform_table():
+    """Non-uniform (k-means-like) centroid tables take the comparator path: still byte-exact."""
+    p = kv.KVParams(group=16, block_bytes=10, lanes=2)
+    cb0 = kv.uniform_codebooks(params=p)
+    ce = cb0.centroids.copy()
+    nt = cb0.s - 1
+    warp = np.round(np.sign(ce[0, :nt]) * np.abs(ce[0, :nt]) ** 1.25 / 2).astype(np.int64)
+    ce[0, :nt] = warp                       # codebook 0: a wider, non-uniform table
+    ce[1, :nt] = ce[1, :nt] + (np.arange(nt) % 3 == 0)   # codebook 1: uniform but perturbed
+    cb = kv.Codebooks(cb0.lengths, ce, max_len=cb0.max_len, esc_bits=cb0.esc_bits,
+                      unit_per_step=cb0.unit_per_step)
+    rng = np.random.default_rng(SEED + 7)
+    x = np.concatenate([_random(4, 16, rng) * np.float16(0.01), _adversarial(16, rng)[[1, 4, 5, 9]],
+                        _heavy(4, 16, rng)])
+    eb = _ebias(x, p, cb)
+    want, info = kv.encode_groups(x.astype(np.float64), cb, p, eb, policy="hw")
+    assert info["escapes"].sum() >= 4 and set(info["sel"].tolist()) >= {0, 1}, info
+    dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32)
+    assert len(dut.tabs) == 4, dut.tabs                  # three Huffman tables + the fallback's
+    got = _amaranth_run(dut, x, eb, SEED + 7, idle=0.1, bp=0.2)
+    for i, g in enumerate(got):
+        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 7})"
 
 
 # ---------------------------------------------------------------------------- cocotb + Verilator
