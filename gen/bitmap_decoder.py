@@ -40,7 +40,7 @@ def _group_bits(config: SpmvConfig) -> int:
     """Bits per coarse group of the rank selection (a lane picks a group, then a bit in it):
     8, or 16 for windows over 256 bits (half the groups to compare and mux per lane, for a
     slightly deeper select inside the group)."""
-    return 8 if config.window_beats * config.mask_bus <= 256 else 16
+    return 8 if config.window_beats * config.mask_bus < 128 else 16
 
 
 def cmd_layout(config: SpmvConfig) -> data.StructLayout:
@@ -273,7 +273,7 @@ class BitmapDecoder(wiring.Component):
         rs_w = Signal(signed(max(max_stride // W, NW).bit_length() + 2))
         VA, VB = Signal(V), Signal(V)
         va_v, vb_v, va_l, vb_l = Signal(), Signal(), Signal(), Signal()
-        vpos = Signal(range(VPB + 1))
+        vpos = Signal(range(VPB))        # value offset in VA (< VPB: VA is dropped when it is used up)
         vlast_loaded = Signal()
         prev_last = Signal()             # ``last`` of the value beat most recently shifted out
         any_val = Signal()               # this matrix consumed at least one value
@@ -435,9 +435,15 @@ class BitmapDecoder(wiring.Component):
         vals_ok = Signal()
         m.d.comb += vals_ok.eq(k <= vavail)
         vwin = Cat(VA, VB)
-        bsh = (b - 1).bit_length()
-        vshift = Signal(len(vwin))
-        m.d.comb += vshift.eq(vwin >> Cat(Const(0, bsh), vpos))
+        # logarithmic byte shifter, largest step first so every stage is only as wide as what the
+        # next stages still need (the L lanes' L*b bits at the end)
+        vshift = vwin
+        for t in reversed(range(len(vpos))):
+            step = b << t
+            need = L * b + b * ((1 << t) - 1)
+            stage = Signal(need, name=f"vsh{t}")
+            m.d.comb += stage.eq(Mux(vpos[t], vshift[step:step + need], vshift[:need]))
+            vshift = stage
         for i in range(L):
             m.d.comb += pl.value[i].eq(vshift[i * b:(i + 1) * b])
 

@@ -70,13 +70,21 @@ def _tree(m: Module, terms: list, width: int, name: str):
     while len(terms) > 1:
         nxt = []
         for i in range(0, len(terms) - 1, 2):
-            s = Signal(signed(width), name=f"{name}_{level}_{i // 2}")
+            s = Signal(signed(width), name=f"{name}_{level}_{i // 2}", attrs={"keep": 1})
             m.d.comb += s.eq(terms[i] + terms[i + 1])
             nxt.append(s)
         if len(terms) % 2:
             nxt.append(terms[-1])
         terms = nxt
         level += 1
+    return terms[0]
+
+
+def _balanced_sum(terms: list):
+    """Sum of ``terms`` as a balanced tree of additions (log depth, not a chain)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     return terms[0]
 
 
@@ -116,7 +124,9 @@ class RequantStage(wiring.Component):
         ``acc`` (passed through), ``out`` (s8) and ``last``.
 
     Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``;
-    throughput one row per cycle (``mul_steps == 1``) or per ``mul_steps`` cycles.
+    throughput one row per cycle (``mul_steps == 1``: a four-stage pipeline) or per
+    ``mul_steps + 2`` cycles (S > 1: one row at a time in one set of registers, the small form
+    for chips whose DSPs all go to the lanes).
     """
 
     def __init__(self, config: SpmvConfig):
@@ -135,11 +145,56 @@ class RequantStage(wiring.Component):
         return self._config
 
     def elaborate(self, platform):
+        if self._config.mul_steps == 1:
+            return self._pipelined()
+        return self._sequential()
+
+    def _widths(self):
+        cfg = self._config
+        t_w = max(cfg.acc_bits, BIAS_BITS) + 1
+        return t_w, t_w + MULTIPLIER_BITS + 1
+
+    @staticmethod
+    def _round_shift(m: Module, p, sh):
+        """``r = (p + 2**(sh-1)) >> sh`` saturated to 12 bits (s12), as logic.
+
+        Computed as ``q = (2p) >> sh``, ``r = (q + 1) >> 1`` (one shifter, no rounding constant;
+        equal for every shift including 0), with ``q`` saturated to 12 bits: ``|r| > 1023`` clips
+        to the same int8 whatever the zero point.  Only the low 12 bits of ``q`` are shifted (a
+        trimmed shifter); "q's bits from 11 up all equal its sign" is tested with a thermometer
+        mask instead of the upper half of a shifter: ``x`` marks the bits of ``2p`` that differ
+        from the sign, and ``q`` overflows iff ``x`` has a set bit at a position >= 11 + sh.
+        """
+        pp = Cat(Const(0, 1), p).as_signed()
+        q_lo = Signal(12)
+        m.d.comb += q_lo.eq((pp >> sh)[:12])
+        sign = p[-1]
+        x = Signal(len(pp))
+        m.d.comb += x.eq(pp ^ sign.replicate(len(pp)))
+        n_hi = len(pp) - 11
+        thr = Signal(n_hi)             # thermometer: bit i set iff i >= sh (a shifted constant)
+        m.d.comb += thr.eq(Const((1 << n_hi) - 1, n_hi) << sh)
+        ovf = Signal()
+        m.d.comb += ovf.eq((x[11:] & thr).any())
+        qs = Mux(ovf, Mux(sign, -2048, 2047), q_lo.as_signed())
+        rr = Signal(signed(12))
+        m.d.comb += rr.eq((qs + 1) >> 1)
+        return rr
+
+    @staticmethod
+    def _zp_sat(m: Module, r, zp, relu):
+        """``v = r + zp``; ReLU clamps ``v`` at ``zp``; the int8 ``clip(v, -128, 127)``."""
+        v = Signal(signed(len(r) + 1))
+        m.d.comb += v.eq(r + zp)
+        vr = Mux(relu & (v < zp), zp, v)
+        lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
+        return Mux(vr < lo, lo, Mux(vr > hi, hi, vr))
+
+    def _pipelined(self):
+        """mul_steps = 1: four stages, one row per cycle, the product in a DSP."""
         m = Module()
         cfg = self._config
-        S = cfg.mul_steps
-        t_w = max(cfg.acc_bits, BIAS_BITS) + 1
-        p_w = t_w + MULTIPLIER_BITS + 1
+        t_w, p_w = self._widths()
 
         # stage 1: t = acc + bias
         v1 = Signal()
@@ -154,7 +209,7 @@ class RequantStage(wiring.Component):
         acc2, last2 = Signal(signed(cfg.acc_bits)), Signal()
         # stage 3: rounding shift
         v3 = Signal()
-        r3 = Signal(signed(12))         # r saturated to [-1024, 1024]: same int8 result after + zp
+        r3 = Signal(signed(12))
         zp3, relu3 = Signal(signed(OUT_BITS)), Signal()
         acc3, last3 = Signal(signed(cfg.acc_bits)), Signal()
 
@@ -163,12 +218,11 @@ class RequantStage(wiring.Component):
         m.d.comb += take4.eq(~o.valid | o.ready)
         take3 = Signal()
         m.d.comb += take3.eq(~v3 | take4)
-        fire12 = Signal()
-        take2 = Signal()    # stage 2 can load a new operand pair this cycle
+        take2 = Signal()
+        m.d.comb += take2.eq(~v2 | take3)
         take1 = Signal()
-        m.d.comb += take1.eq(~v1 | fire12)
+        m.d.comb += take1.eq(~v1 | take2)
 
-        # join i_acc and i_rq into stage 1
         both = self.i_acc.valid & self.i_rq.valid
         m.d.comb += [self.i_acc.ready.eq(take1 & self.i_rq.valid),
                      self.i_rq.ready.eq(take1 & self.i_acc.valid)]
@@ -176,64 +230,65 @@ class RequantStage(wiring.Component):
             a, q = self.i_acc.payload, self.i_rq.payload
             m.d.sync += [v1.eq(both), t1.eq(a.acc + q.bias), m1.eq(q.multiplier), sh1.eq(q.shift),
                          zp1.eq(q.zero_point), relu1.eq(q.relu), acc1.eq(a.acc), last1.eq(a.last)]
-
-        if S == 1:
-            m.d.comb += [take2.eq(~v2 | take3), fire12.eq(v1 & take2)]
-            with m.If(take2):
-                m.d.sync += [v2.eq(v1), p2.eq(t1 * m1)]
-        else:
-            d = MULTIPLIER_BITS // S
-            busy = Signal()
-            cnt = Signal(range(S))
-            mr = Signal(MULTIPLIER_BITS)
-            tr = Signal(signed(t_w))
-
-            def digit_product(t, digit):
-                # t * digit as shifted, gated copies of t: logic, not a multiplier
-                terms = [Mux(digit[j], t << j, 0) for j in range(d)]
-                acc = terms[0]
-                for x in terms[1:]:
-                    acc = acc + x
-                return acc
-
-            done = Signal()
-            m.d.comb += [done.eq(v2), take2.eq((~busy & ~v2) | (v2 & take3)), fire12.eq(v1 & take2)]
-            with m.If(v2 & take3):
-                m.d.sync += v2.eq(0)
-            with m.If(fire12):
-                m.d.sync += [busy.eq(1), cnt.eq(S - 1), tr.eq(t1), mr.eq(m1 << d),
-                             p2.eq(digit_product(t1, m1[MULTIPLIER_BITS - d:]))]
-            with m.Elif(busy):
-                m.d.sync += [p2.eq((p2 << d) + digit_product(tr, mr[MULTIPLIER_BITS - d:])),
-                             mr.eq(mr << d), cnt.eq(cnt - 1)]
-                with m.If(cnt == 1):
-                    m.d.sync += [busy.eq(0), v2.eq(1)]
-        with m.If(fire12):
-            m.d.sync += [sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
-
-        # stage 3: r = (p + 2**(shift-1)) >> shift, computed as q = (2p) >> shift, r = (q + 1) >> 1
-        # (one shifter, no rounding constant; equal for every shift including 0), then saturated
-        # to 11 bits: |r| > 1023 clips to the same int8 whatever the zero point.
+        with m.If(take2):
+            m.d.sync += [v2.eq(v1), p2.eq(t1 * m1),
+                         sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
         with m.If(take3):
-            q = Signal(signed(p_w + 1))
-            m.d.comb += q.eq(Cat(Const(0, 1), p2).as_signed() >> sh2)
-            hi_bits = q[11:]
-            ok = (hi_bits == 0) | (hi_bits == (1 << len(hi_bits)) - 1)
-            qs = Mux(ok, q[:12].as_signed(), Mux(q[-1], -2048, 2047))
-            rr = Signal(signed(12))
-            m.d.comb += rr.eq((qs + 1) >> 1)
-            m.d.sync += [v3.eq(v2), r3.eq(rr),
+            m.d.sync += [v3.eq(v2), r3.eq(self._round_shift(m, p2, sh2)),
                          zp3.eq(zp2), relu3.eq(relu2), acc3.eq(acc2), last3.eq(last2)]
-
-        # stage 4: zero point, ReLU, saturation
         with m.If(take4):
-            v = Signal(signed(len(r3) + 1))
-            m.d.comb += v.eq(r3 + zp3)
-            vr = Mux(relu3 & (v < zp3), zp3, v)
-            lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
-            sat = Mux(vr < lo, lo, Mux(vr > hi, hi, vr))
+            sat = self._zp_sat(m, r3, zp3, relu3)
             m.d.sync += [o.valid.eq(v3), o.payload.acc.eq(acc3), o.payload.out.eq(sat),
                          o.payload.last.eq(last3)]
+        return m
+
+    def _sequential(self):
+        """mul_steps = S > 1: one row at a time through one set of registers (small: no
+        pipeline copies of the row's fields).  Accept (``t = acc + bias``), S shift-and-add steps
+        of 16/S multiplier bits (MSB first), the rounding shift, then zero point / ReLU /
+        saturation into the output register; the next row is accepted in that last cycle, so a
+        row takes S + 2 cycles."""
+        m = Module()
+        cfg = self._config
+        S = cfg.mul_steps
+        d = MULTIPLIER_BITS // S
+        t_w, p_w = self._widths()
+        o = self.o_res
+
+        busy = Signal()
+        phase = Signal(range(S + 2))     # 0..S-1 multiply, S shift, S+1 output
+        acc_r = Signal(signed(cfg.acc_bits))
+        t = Signal(signed(t_w))
+        mr = Signal(MULTIPLIER_BITS)
+        p = Signal(signed(p_w))
+        r = Signal(signed(12))
+        sh, zp, relu, last = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal(), Signal()
+
+        out_free = Signal()
+        m.d.comb += out_free.eq(~o.valid | o.ready)
+        finishing = Signal()
+        m.d.comb += finishing.eq(busy & (phase == S + 1) & out_free)
+        take = Signal()
+        m.d.comb += take.eq(~busy | finishing)
+        m.d.comb += [self.i_acc.ready.eq(take & self.i_rq.valid),
+                     self.i_rq.ready.eq(take & self.i_acc.valid)]
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(finishing):
+            sat = self._zp_sat(m, r, zp, relu)
+            m.d.sync += [o.valid.eq(1), o.payload.acc.eq(acc_r), o.payload.out.eq(sat),
+                         o.payload.last.eq(last), busy.eq(0)]
+        with m.If(take & self.i_acc.valid & self.i_rq.valid):
+            a, q = self.i_acc.payload, self.i_rq.payload
+            m.d.sync += [busy.eq(1), phase.eq(0), acc_r.eq(a.acc), t.eq(a.acc + q.bias), mr.eq(q.multiplier),
+                         p.eq(0), sh.eq(q.shift), zp.eq(q.zero_point), relu.eq(q.relu), last.eq(a.last)]
+        with m.Elif(busy & (phase < S)):
+            # t * digit as shifted, gated copies of t summed by a balanced tree: logic, not a multiplier
+            digit = mr[MULTIPLIER_BITS - d:]
+            m.d.sync += [p.eq((p << d) + _balanced_sum([Mux(digit[j], t << j, 0) for j in range(d)])),
+                         mr.eq(mr << d), phase.eq(phase + 1)]
+        with m.Elif(busy & (phase == S)):
+            m.d.sync += [r.eq(self._round_shift(m, p, sh)), phase.eq(S + 1)]
         return m
 
 
@@ -305,6 +360,10 @@ class MacBackend(wiring.Component):
         m.d.sync += v0.eq(fire)
         with m.If(fire):
             m.d.sync += pl.eq(self.i_lanes.payload)
+            # lanes without a nonzero multiply 0 (masked here, where the mask merges into the front
+            # end's last LUT level, so the weight register of stage 1 can be the DSP's input register)
+            m.d.sync += [pl.value[i].eq(Mux(self.i_lanes.payload.valid[i], self.i_lanes.payload.value[i], 0))
+                         for i in range(L)]
         fired_now = Signal(range(L + 1))
         m.d.comb += fired_now.eq(_tree(m, [self.i_lanes.payload.valid[i] for i in range(L)], len(fired_now) + 1, "fired"))
         m.d.comb += self.o_fired.eq(Mux(fire, fired_now, 0))
@@ -312,7 +371,7 @@ class MacBackend(wiring.Component):
         # stage 1: activation reads (one buffer copy per lane)
         v1, re1, last1 = Signal(), Signal(), Signal()
         nxt1 = Signal(L)
-        vals1 = [Signal(signed(b), name=f"w1_{i}") for i in range(L)]
+        vals1 = [Signal(signed(b), name=f"w1_{i}", reset_less=True) for i in range(L)]
         lo1 = [Signal(max(1, lo_bits), name=f"lo1_{i}") for i in range(L)]
         acts = []
         for i in range(L):
@@ -327,13 +386,13 @@ class MacBackend(wiring.Component):
             acts.append(a)
         m.d.sync += [v1.eq(v0), re1.eq(v0 & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
         for i in range(L):
-            m.d.sync += [vals1[i].eq(Mux(pl.valid[i], pl.value[i], 0)),
+            m.d.sync += [vals1[i].eq(pl.value[i]),
                          lo1[i].eq(pl.col[i][:lo_bits] if lo_bits else 0)]
 
         # stage 2: products (one a*b per lane, registered: maps to a DSP)
         v2, re2, last2 = Signal(), Signal(), Signal()
         nxt2 = Signal(L)
-        prods = [Signal(signed(prod_w), name=f"prod{i}") for i in range(L)]
+        prods = [Signal(signed(prod_w), name=f"prod{i}", reset_less=True) for i in range(L)]
         m.d.sync += [v2.eq(v1), re2.eq(re1), last2.eq(last1), nxt2.eq(nxt1)]
         for i in range(L):
             m.d.sync += prods[i].eq(vals1[i] * acts[i])

@@ -600,17 +600,15 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
+  wire [6:0] \$102 ;
+  wire [6:0] \$106 ;
   wire [9:0] \$11 ;
   wire [6:0] \$110 ;
   wire [6:0] \$114 ;
   wire [6:0] \$118 ;
   wire [9:0] \$12 ;
   wire [6:0] \$122 ;
-  wire [6:0] \$126 ;
   wire [9:0] \$13 ;
-  wire [6:0] \$130 ;
-  wire [6:0] \$134 ;
-  wire [6:0] \$138 ;
   wire [9:0] \$14 ;
   wire [9:0] \$15 ;
   wire [9:0] \$16 ;
@@ -640,7 +638,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   wire [20:0] \$38 ;
   wire [32:0] \$39 ;
   wire [1:0] \$4 ;
-  wire \$40 ;
+  wire [7:0] \$40 ;
   wire [7:0] \$41 ;
   wire [7:0] \$42 ;
   wire [7:0] \$43 ;
@@ -648,7 +646,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   wire [7:0] \$45 ;
   wire [7:0] \$46 ;
   wire [7:0] \$47 ;
-  wire [7:0] \$48 ;
+  wire \$48 ;
   wire [15:0] \$49 ;
   wire [1:0] \$5 ;
   wire [15:0] \$50 ;
@@ -666,43 +664,29 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   reg \$61 ;
   reg \$62 ;
   reg [7:0] \$63 ;
-  reg [7:0] \$64 ;
+  reg [2:0] \$64 ;
   reg [2:0] \$65 ;
-  reg [7:0] \$66 ;
+  reg [2:0] \$66 ;
   reg [2:0] \$67 ;
-  reg [7:0] \$68 ;
+  reg [2:0] \$68 ;
   reg [2:0] \$69 ;
   wire [5:0] \$7 ;
-  reg [7:0] \$70 ;
+  reg [2:0] \$70 ;
   reg [2:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [2:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [2:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [2:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [2:0] \$79 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg \$74 ;
+  reg [7:0] \$75 ;
+  reg \$76 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg [19:0] \$79 ;
   wire [5:0] \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg [7:0] \$83 ;
-  reg [15:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [15:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [15:0] \$89 ;
+  reg [19:0] \$80 ;
+  reg [31:0] \$81 ;
   wire [9:0] \$9 ;
-  reg [15:0] \$90 ;
-  reg [15:0] \$91 ;
-  reg \$92 ;
-  reg \$93 ;
-  reg \$94 ;
-  reg [19:0] \$95 ;
-  reg [19:0] \$96 ;
-  reg [31:0] \$97 ;
+  wire [6:0] \$94 ;
+  wire [6:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$101  = 1'h0;
   reg \$signal$102  = 1'h0;
@@ -745,12 +729,19 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   input clk;
   wire clk;
   wire fire;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_0;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_1;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_2;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_3;
+  (* keep = 32'd1 *)
   wire [4:0] fired_1_0;
+  (* keep = 32'd1 *)
   wire [4:0] fired_1_1;
+  (* keep = 32'd1 *)
   wire [4:0] fired_2_0;
   wire [3:0] fired_now;
   wire [6:0] i_act_addr;
@@ -838,19 +829,33 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   input rst;
   wire rst;
   reg [19:0] s_nxt = 20'h00000;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_0;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_1;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_2;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_3;
+  (* keep = 32'd1 *)
   wire [19:0] ta_1_0;
+  (* keep = 32'd1 *)
   wire [19:0] ta_1_1;
+  (* keep = 32'd1 *)
   wire [19:0] ta_2_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_1;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_2;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_3;
+  (* keep = 32'd1 *)
   wire [19:0] tn_1_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_1_1;
+  (* keep = 32'd1 *)
   wire [19:0] tn_2_0;
   wire [31:0] total;
   reg v0 = 1'h0;
@@ -2011,31 +2016,19 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
     _7_ <= \act7$138 [\$16 [6:0]];
   end
   assign \rp__data$72  = _7_;
-  assign fire = i_lanes__valid & i_lanes__ready;
-  assign \$2  = i_lanes__payload[144] + i_lanes__payload[145];
-  assign \$3  = i_lanes__payload[146] + i_lanes__payload[147];
-  assign \$4  = i_lanes__payload[148] + i_lanes__payload[149];
-  assign \$5  = i_lanes__payload[150] + i_lanes__payload[151];
-  assign \$6  = \$2  + \$3 ;
-  assign \$7  = \$4  + \$5 ;
-  assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
-  assign o_fired = fire ? \$8 [3:0] : 4'h0;
-  assign \$110  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$110 ;
-  assign \$114  = lo1_1 * 4'h8;
-  assign act1 = \rp__data$30  >> \$114 ;
-  assign \$118  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$37  >> \$118 ;
-  assign \$122  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$44  >> \$122 ;
-  assign \$126  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$51  >> \$126 ;
-  assign \$130  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$58  >> \$130 ;
-  assign \$134  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$65  >> \$134 ;
-  assign \$138  = lo1_7 * 4'h8;
-  assign act7 = \rp__data$72  >> \$138 ;
+  assign act1 = \rp__data$30  >> \$98 ;
+  assign \$102  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$37  >> \$102 ;
+  assign \$106  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$44  >> \$106 ;
+  assign \$110  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$51  >> \$110 ;
+  assign \$114  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$58  >> \$114 ;
+  assign \$118  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$65  >> \$118 ;
+  assign \$122  = lo1_7 * 4'h8;
+  assign act7 = \rp__data$72  >> \$122 ;
   assign \$17  = $signed(prod0) + $signed(prod1);
   assign \$18  = $signed(prod2) + $signed(prod3);
   assign \$19  = $signed(prod4) + $signed(prod5);
@@ -2060,15 +2053,15 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   assign \$38  = $signed(\$36 [19:0]) + $signed(\$37 [19:0]);
   assign \$39  = $signed(acc) + $signed(\$signal );
   assign w_en = \$signal$101  & \$signal$102 ;
-  assign \$40  = v0 & bundle0[160];
-  assign \$41  = bundle0[144] ? bundle0[87:80] : 8'h00;
-  assign \$42  = bundle0[145] ? bundle0[95:88] : 8'h00;
-  assign \$43  = bundle0[146] ? bundle0[103:96] : 8'h00;
-  assign \$44  = bundle0[147] ? bundle0[111:104] : 8'h00;
-  assign \$45  = bundle0[148] ? bundle0[119:112] : 8'h00;
-  assign \$46  = bundle0[149] ? bundle0[127:120] : 8'h00;
-  assign \$47  = bundle0[150] ? bundle0[135:128] : 8'h00;
-  assign \$48  = bundle0[151] ? bundle0[143:136] : 8'h00;
+  assign \$40  = i_lanes__payload[144] ? i_lanes__payload[87:80] : 8'h00;
+  assign \$41  = i_lanes__payload[145] ? i_lanes__payload[95:88] : 8'h00;
+  assign \$42  = i_lanes__payload[146] ? i_lanes__payload[103:96] : 8'h00;
+  assign \$43  = i_lanes__payload[147] ? i_lanes__payload[111:104] : 8'h00;
+  assign \$44  = i_lanes__payload[148] ? i_lanes__payload[119:112] : 8'h00;
+  assign \$45  = i_lanes__payload[149] ? i_lanes__payload[127:120] : 8'h00;
+  assign \$46  = i_lanes__payload[150] ? i_lanes__payload[135:128] : 8'h00;
+  assign \$47  = i_lanes__payload[151] ? i_lanes__payload[143:136] : 8'h00;
+  assign \$48  = v0 & bundle0[160];
   assign \$49  = $signed(w1_0) * $signed(act0);
   assign \$50  = $signed(w1_1) * $signed(act1);
   assign \$51  = $signed(w1_2) * $signed(act2);
@@ -2091,79 +2084,91 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   always @(posedge clk)
     nxt1 <= \$63 ;
   always @(posedge clk)
-    w1_0 <= \$64 ;
+    w1_0 <= bundle0[87:80];
   always @(posedge clk)
-    lo1_0 <= \$65 ;
+    lo1_0 <= \$64 ;
   always @(posedge clk)
-    w1_1 <= \$66 ;
+    w1_1 <= bundle0[95:88];
   always @(posedge clk)
-    lo1_1 <= \$67 ;
+    lo1_1 <= \$65 ;
   always @(posedge clk)
-    w1_2 <= \$68 ;
+    w1_2 <= bundle0[103:96];
   always @(posedge clk)
-    lo1_2 <= \$69 ;
+    lo1_2 <= \$66 ;
   always @(posedge clk)
-    w1_3 <= \$70 ;
+    w1_3 <= bundle0[111:104];
   always @(posedge clk)
-    lo1_3 <= \$71 ;
+    lo1_3 <= \$67 ;
   always @(posedge clk)
-    w1_4 <= \$72 ;
+    w1_4 <= bundle0[119:112];
   always @(posedge clk)
-    lo1_4 <= \$73 ;
+    lo1_4 <= \$68 ;
   always @(posedge clk)
-    w1_5 <= \$74 ;
+    w1_5 <= bundle0[127:120];
   always @(posedge clk)
-    lo1_5 <= \$75 ;
+    lo1_5 <= \$69 ;
   always @(posedge clk)
-    w1_6 <= \$76 ;
+    w1_6 <= bundle0[135:128];
   always @(posedge clk)
-    lo1_6 <= \$77 ;
+    lo1_6 <= \$70 ;
   always @(posedge clk)
-    w1_7 <= \$78 ;
+    w1_7 <= bundle0[143:136];
   always @(posedge clk)
-    lo1_7 <= \$79 ;
+    lo1_7 <= \$71 ;
   always @(posedge clk)
-    \$signal$126  <= \$80 ;
+    \$signal$126  <= \$72 ;
   always @(posedge clk)
-    \$signal$127  <= \$81 ;
+    \$signal$127  <= \$73 ;
   always @(posedge clk)
-    last2 <= \$82 ;
+    last2 <= \$74 ;
   always @(posedge clk)
-    nxt2 <= \$83 ;
+    nxt2 <= \$75 ;
   always @(posedge clk)
-    prod0 <= \$84 ;
+    prod0 <= \$49 ;
   always @(posedge clk)
-    prod1 <= \$85 ;
+    prod1 <= \$50 ;
   always @(posedge clk)
-    prod2 <= \$86 ;
+    prod2 <= \$51 ;
   always @(posedge clk)
-    prod3 <= \$87 ;
+    prod3 <= \$52 ;
   always @(posedge clk)
-    prod4 <= \$88 ;
+    prod4 <= \$53 ;
   always @(posedge clk)
-    prod5 <= \$89 ;
+    prod5 <= \$54 ;
   always @(posedge clk)
-    prod6 <= \$90 ;
+    prod6 <= \$55 ;
   always @(posedge clk)
-    prod7 <= \$91 ;
+    prod7 <= \$56 ;
   always @(posedge clk)
-    \$signal$101  <= \$92 ;
+    \$signal$101  <= \$76 ;
   always @(posedge clk)
-    \$signal$102  <= \$93 ;
+    \$signal$102  <= \$77 ;
   always @(posedge clk)
-    last3 <= \$94 ;
+    last3 <= \$78 ;
   always @(posedge clk)
-    \$signal  <= \$95 ;
+    \$signal  <= \$79 ;
   always @(posedge clk)
-    s_nxt <= \$96 ;
+    s_nxt <= \$80 ;
   always @(posedge clk)
-    acc <= \$97 ;
+    acc <= \$81 ;
   assign \$1  = level + 3'h5;
   assign i_lanes__ready = \$1  <= 4'h8;
+  assign fire = i_lanes__valid & i_lanes__ready;
+  assign \$2  = i_lanes__payload[144] + i_lanes__payload[145];
+  assign \$3  = i_lanes__payload[146] + i_lanes__payload[147];
+  assign \$4  = i_lanes__payload[148] + i_lanes__payload[149];
+  assign \$5  = i_lanes__payload[150] + i_lanes__payload[151];
+  assign \$6  = \$2  + \$3 ;
+  assign \$7  = \$4  + \$5 ;
+  assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
+  assign o_fired = fire ? \$8 [3:0] : 4'h0;
+  assign \$94  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$94 ;
+  assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$7120$0 (\$39 [31:0]),
-    .\port$7477$0 (last3),
+    .\port$7122$0 (\$39 [31:0]),
+    .\port$7461$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2182,7 +2187,15 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$59  = bundle0;
     if (fire) begin
-      \$59  = i_lanes__payload;
+      { \$59 [161:144], \$59 [79:0] } = { i_lanes__payload[161:144], i_lanes__payload[79:0] };
+      \$59 [87:80] = \$40 ;
+      \$59 [95:88] = \$41 ;
+      \$59 [103:96] = \$42 ;
+      \$59 [111:104] = \$43 ;
+      \$59 [119:112] = \$44 ;
+      \$59 [127:120] = \$45 ;
+      \$59 [135:128] = \$46 ;
+      \$59 [143:136] = \$47 ;
     end
     if (rst) begin
       \$59  = 162'h00000000000000000000000000000000000000000;
@@ -2197,7 +2210,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$61  = \$40 ;
+    \$61  = \$48 ;
     if (rst) begin
       \$61  = 1'h0;
     end
@@ -2218,248 +2231,136 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$64  = \$41 ;
+    \$64  = bundle0[2:0];
     if (rst) begin
-      \$64  = 8'h00;
+      \$64  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$65  = bundle0[2:0];
+    \$65  = bundle0[12:10];
     if (rst) begin
       \$65  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$66  = \$42 ;
+    \$66  = bundle0[22:20];
     if (rst) begin
-      \$66  = 8'h00;
+      \$66  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$67  = bundle0[12:10];
+    \$67  = bundle0[32:30];
     if (rst) begin
       \$67  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$68  = \$43 ;
+    \$68  = bundle0[42:40];
     if (rst) begin
-      \$68  = 8'h00;
+      \$68  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$69  = bundle0[22:20];
+    \$69  = bundle0[52:50];
     if (rst) begin
       \$69  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$70  = \$44 ;
+    \$70  = bundle0[62:60];
     if (rst) begin
-      \$70  = 8'h00;
+      \$70  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$71  = bundle0[32:30];
+    \$71  = bundle0[72:70];
     if (rst) begin
       \$71  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$72  = \$45 ;
+    \$72  = \$signal$114 ;
     if (rst) begin
-      \$72  = 8'h00;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$73  = bundle0[42:40];
+    \$73  = \$signal$115 ;
     if (rst) begin
-      \$73  = 3'h0;
+      \$73  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$74  = \$46 ;
+    \$74  = last1;
     if (rst) begin
-      \$74  = 8'h00;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$75  = bundle0[52:50];
+    \$75  = nxt1;
     if (rst) begin
-      \$75  = 3'h0;
+      \$75  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$76  = \$47 ;
+    \$76  = \$signal$126 ;
     if (rst) begin
-      \$76  = 8'h00;
+      \$76  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$77  = bundle0[62:60];
+    \$77  = \$signal$127 ;
     if (rst) begin
-      \$77  = 3'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$78  = \$48 ;
+    \$78  = last2;
     if (rst) begin
-      \$78  = 8'h00;
+      \$78  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$79  = bundle0[72:70];
+    \$79  = \$57 [19:0];
     if (rst) begin
-      \$79  = 3'h0;
+      \$79  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$80  = \$signal$114 ;
+    \$80  = \$38 [19:0];
     if (rst) begin
-      \$80  = 1'h0;
+      \$80  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$81  = \$signal$115 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$82  = last1;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$83  = nxt1;
-    if (rst) begin
-      \$83  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$84  = \$49 ;
-    if (rst) begin
-      \$84  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$85  = \$50 ;
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$86  = \$51 ;
-    if (rst) begin
-      \$86  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$87  = \$52 ;
-    if (rst) begin
-      \$87  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$88  = \$53 ;
-    if (rst) begin
-      \$88  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$89  = \$54 ;
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$90  = \$55 ;
-    if (rst) begin
-      \$90  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$91  = \$56 ;
-    if (rst) begin
-      \$91  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$92  = \$signal$126 ;
-    if (rst) begin
-      \$92  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$93  = \$signal$127 ;
-    if (rst) begin
-      \$93  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$94  = last2;
-    if (rst) begin
-      \$94  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$95  = \$57 [19:0];
-    if (rst) begin
-      \$95  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$96  = \$38 [19:0];
-    if (rst) begin
-      \$96  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$97  = acc;
+    \$81  = acc;
     if (\$signal$101 ) begin
       (* full_case = 32'd1 *)
       if (\$signal$102 ) begin
-        \$97  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
+        \$81  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
       end else begin
-        \$97  = \$39 [31:0];
+        \$81  = \$39 [31:0];
       end
     end
     if (rst) begin
-      \$97  = 32'd0;
+      \$81  = 32'd0;
     end
   end
   assign fired_0_0 = { 3'h0, \$2  };
@@ -2579,7 +2480,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$7120$0 , w_en, w_level, r_data, r_en, \port$7477$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$7122$0 , w_en, w_level, r_data, r_en, \port$7461$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2621,10 +2522,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7120$0 , w_en, w_level, r_data, r
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$7120$0 ;
-  wire [31:0] \port$7120$0 ;
-  input \port$7477$0 ;
-  wire \port$7477$0 ;
+  input [31:0] \port$7122$0 ;
+  wire [31:0] \port$7122$0 ;
+  input \port$7461$0 ;
+  wire \port$7461$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2660,7 +2561,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7120$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7477$0 , \port$7120$0  };
+      storage[w_port__addr] <= { \port$7461$0 , \port$7122$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2759,8 +2660,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7120$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7477$0 , \port$7120$0  };
-  assign w_data = { \port$7477$0 , \port$7120$0  };
+  assign w_port__data = { \port$7461$0 , \port$7122$0  };
+  assign w_data = { \port$7461$0 , \port$7122$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -7998,7 +7899,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg \$5703 ;
   reg \$5704 ;
   reg \$5705 ;
-  reg [3:0] \$5706 ;
+  reg [2:0] \$5706 ;
   reg \$5707 ;
   reg \$5708 ;
   reg \$5709 ;
@@ -8492,14 +8393,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg \$signal  = 1'h0;
   reg \$signal$652  = 1'h0;
   reg [63:0] \$signal$655  = 64'h0000000000000000;
-  reg [63:0] \$signal$678 ;
-  reg \$signal$680 ;
-  reg \$signal$681 ;
+  reg [63:0] \$signal$680 ;
   reg \$signal$682 ;
-  reg \$signal$683  = 1'h0;
-  reg \$signal$684  = 1'h0;
+  reg \$signal$683 ;
+  reg \$signal$684 ;
+  reg \$signal$685  = 1'h0;
+  reg \$signal$686  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$685 ;
+  wire \$signal$687 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -9107,9 +9008,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
-  reg [3:0] vpos = 4'h0;
+  reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
-  wire [127:0] vshift;
+  wire [63:0] vsh0;
+  wire [71:0] vsh1;
+  wire [87:0] vsh2;
   wire [3:0] ws0;
   wire [3:0] ws0_c;
   wire ws0_lo;
@@ -10937,7 +10840,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5548  = \$signal$652  ? 4'h8 : 4'h0;
   assign \$5549  = $signed(\$5547 ) + $signed({ 1'h0, \$5548  });
   assign vals_ok = k <= \$5549 [4:0];
-  assign vshift = { VB, \$signal$655  } >> { vpos, 3'h0 };
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$655 [63:32] } : { VB[23:0], \$signal$655  };
+  assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
+  assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
   assign last_row = rows_left == 1'h1;
   assign \$5550  = ~ vals_ok;
   assign \$5551  = running & \$5550 ;
@@ -10973,21 +10878,21 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5573  = \$5572  | \$signal$652 ;
   assign \$5574  = ~ \$5573 ;
   assign \$5575  = | vpos;
-  assign \$5576  = \$5575  ? \$signal$683  : prev_last;
+  assign \$5576  = \$5575  ? \$signal$685  : prev_last;
   assign \$5577  = \$5574  & \$5576 ;
   assign \$5578  = ! vpos;
   assign \$5579  = \$signal  & \$5578 ;
   assign \$5580  = \$5579  | \$signal$652 ;
   assign \$5581  = ~ \$5580 ;
   assign \$5582  = | vpos;
-  assign \$5583  = \$5582  ? \$signal$683  : prev_last;
+  assign \$5583  = \$5582  ? \$signal$685  : prev_last;
   assign \$5584  = \$5581  & \$5583 ;
   assign \$5585  = ~ \$5584 ;
-  assign \$5586  = \$signal  & \$signal$683 ;
+  assign \$5586  = \$signal  & \$signal$685 ;
   assign \$5587  = ~ \$signal$652 ;
   assign \$5588  = \$5586  & \$5587 ;
   assign \$5589  = ~ \$signal$652 ;
-  assign \$5590  = \$signal$683  & \$5589 ;
+  assign \$5590  = \$signal$685  & \$5589 ;
   assign \$5591  = ~ \$5590 ;
   assign \$5592  = \$signal  & \$5591 ;
   assign \$5593  = end_ok | end_bad;
@@ -10996,7 +10901,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5596  = | k;
   assign \$5597  = advance & \$5596 ;
   assign \$5598  = vpos_n >= 4'h8;
-  assign \$5599  = \$signal$680  & \$signal$681 ;
+  assign \$5599  = \$signal$682  & \$signal$683 ;
   assign \$5600  = ~ \$5599 ;
   assign i_value__ready = allow_load & \$5600 ;
   assign \$5601  = ~ running;
@@ -11073,9 +10978,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$5676  = vpos_n >= 4'h8;
   assign \$5677  = vpos_n - 4'h8;
   assign \$5678  = i_value__valid & allow_load;
-  assign \$5679  = ~ \$signal$680 ;
-  assign \$5680  = ~ \$signal$681 ;
-  assign \$5681  = \$signal$680  & \$signal$681 ;
+  assign \$5679  = ~ \$signal$682 ;
+  assign \$5680  = ~ \$signal$683 ;
+  assign \$5681  = \$signal$682  & \$signal$683 ;
   assign \$5682  = ~ \$5681 ;
   assign \$5683  = i_cmd__valid & i_cmd__ready;
   assign \$5688  = advance & finish;
@@ -11126,9 +11031,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @(posedge clk)
     \$signal$652  <= \$5713 ;
   always @(posedge clk)
-    \$signal$683  <= \$5714 ;
+    \$signal$685  <= \$5714 ;
   always @(posedge clk)
-    \$signal$684  <= \$5715 ;
+    \$signal$686  <= \$5715 ;
   always @(posedge clk)
     running <= \$5716 ;
   always @(posedge clk)
@@ -17323,43 +17228,43 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$678  = \$signal$655 ;
+    \$signal$680  = \$signal$655 ;
     if (\$5595 ) begin
     end else if (\$5597 ) begin
       if (\$5598 ) begin
-        \$signal$678  = VB;
+        \$signal$680  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$680  = \$signal ;
+    \$signal$682  = \$signal ;
     if (\$5595 ) begin
-      \$signal$680  = 1'h0;
+      \$signal$682  = 1'h0;
     end else if (\$5597 ) begin
       if (\$5598 ) begin
-        \$signal$680  = \$signal$652 ;
+        \$signal$682  = \$signal$652 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$681  = \$signal$652 ;
+    \$signal$683  = \$signal$652 ;
     if (\$5595 ) begin
-      \$signal$681  = 1'h0;
+      \$signal$683  = 1'h0;
     end else if (\$5597 ) begin
       if (\$5598 ) begin
-        \$signal$681  = 1'h0;
+        \$signal$683  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$682  = \$signal$683 ;
+    \$signal$684  = \$signal$685 ;
     if (\$5595 ) begin
     end else if (\$5597 ) begin
       if (\$5598 ) begin
-        \$signal$682  = \$signal$684 ;
+        \$signal$684  = \$signal$686 ;
       end
     end
   end
@@ -17600,17 +17505,17 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$5706  = vpos;
     if (\$5673 ) begin
-      \$5706  = 4'h0;
+      \$5706  = 3'h0;
     end else if (\$5675 ) begin
       (* full_case = 32'd1 *)
       if (\$5676 ) begin
-        \$5706  = \$5677 [3:0];
+        \$5706  = \$5677 [2:0];
       end else begin
-        \$5706  = vpos_n[3:0];
+        \$5706  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$5706  = 4'h0;
+      \$5706  = 3'h0;
     end
   end
   always @* begin
@@ -17635,7 +17540,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
       \$5708  = 1'h0;
     end else if (\$5675 ) begin
       if (\$5676 ) begin
-        \$5708  = \$signal$683 ;
+        \$5708  = \$signal$685 ;
       end
     end
     if (rst) begin
@@ -17656,7 +17561,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5710  = \$signal$678 ;
+    \$5710  = \$signal$680 ;
     if (\$5678 ) begin
       if (\$5679 ) begin
         \$5710  = i_value__payload[63:0];
@@ -17681,7 +17586,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5712  = \$signal$680 ;
+    \$5712  = \$signal$682 ;
     if (\$5678 ) begin
       if (\$5679 ) begin
         \$5712  = 1'h1;
@@ -17693,7 +17598,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5713  = \$signal$681 ;
+    \$5713  = \$signal$683 ;
     if (\$5678 ) begin
       if (\$5679 ) begin
       end else if (\$5680 ) begin
@@ -17706,7 +17611,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5714  = \$signal$682 ;
+    \$5714  = \$signal$684 ;
     if (\$5678 ) begin
       if (\$5679 ) begin
         \$5714  = i_value__payload[64];
@@ -17718,7 +17623,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5715  = \$signal$684 ;
+    \$5715  = \$signal$686 ;
     if (\$5678 ) begin
       if (\$5679 ) begin
       end else if (\$5680 ) begin
@@ -18026,7 +17931,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign vavail = \$5549 [4:0];
   assign r_adv = \$5563 [9:0];
   assign VB1 = VB;
-  assign \$signal$685  = \$signal$684 ;
+  assign \$signal$687  = \$signal$686 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -18059,14 +17964,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = \$5556 ;
   assign o_lanes__payload[160] = finish;
-  assign o_lanes__payload[143:136] = vshift[63:56];
-  assign o_lanes__payload[135:128] = vshift[55:48];
-  assign o_lanes__payload[127:120] = vshift[47:40];
-  assign o_lanes__payload[119:112] = vshift[39:32];
-  assign o_lanes__payload[111:104] = vshift[31:24];
-  assign o_lanes__payload[103:96] = vshift[23:16];
-  assign o_lanes__payload[95:88] = vshift[15:8];
-  assign o_lanes__payload[87:80] = vshift[7:0];
+  assign o_lanes__payload[143:136] = vsh0[63:56];
+  assign o_lanes__payload[135:128] = vsh0[55:48];
+  assign o_lanes__payload[127:120] = vsh0[47:40];
+  assign o_lanes__payload[119:112] = vsh0[39:32];
+  assign o_lanes__payload[111:104] = vsh0[31:24];
+  assign o_lanes__payload[103:96] = vsh0[23:16];
+  assign o_lanes__payload[95:88] = vsh0[15:8];
+  assign o_lanes__payload[87:80] = vsh0[7:0];
   assign o_lanes__payload[79:70] = { \$5545 [3:0], gsel7[1:0], ws7 };
   assign o_lanes__payload[159] = ln7;
   assign o_lanes__payload[151] = lv7;
@@ -18108,67 +18013,67 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [11:0] \$10 ;
-  wire [12:0] \$11 ;
+  wire [11:0] \$11 ;
   wire [12:0] \$12 ;
   wire [12:0] \$13 ;
-  wire \$14 ;
-  wire [32:0] \$15 ;
-  wire [48:0] \$16 ;
-  wire \$17 ;
+  wire [12:0] \$14 ;
+  wire \$15 ;
+  wire [32:0] \$16 ;
+  wire [48:0] \$17 ;
   wire \$18 ;
-  wire [12:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
-  wire \$20 ;
+  wire [12:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [12:0] \$23 ;
-  wire \$24 ;
+  wire \$23 ;
+  wire [12:0] \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire [12:0] \$27 ;
+  wire \$27 ;
   wire [12:0] \$28 ;
   wire [12:0] \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg [32:0] \$31 ;
-  reg [15:0] \$32 ;
-  reg [5:0] \$33 ;
-  reg [7:0] \$34 ;
-  reg \$35 ;
-  reg [31:0] \$36 ;
-  reg \$37 ;
+  wire [12:0] \$30 ;
+  reg \$31 ;
+  reg [32:0] \$32 ;
+  reg [15:0] \$33 ;
+  reg [5:0] \$34 ;
+  reg [7:0] \$35 ;
+  reg \$36 ;
+  reg [31:0] \$37 ;
   reg \$38 ;
-  reg [49:0] \$39 ;
+  reg \$39 ;
   wire \$4 ;
-  reg [5:0] \$40 ;
-  reg [7:0] \$41 ;
-  reg \$42 ;
-  reg [31:0] \$43 ;
-  reg \$44 ;
+  reg [49:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [7:0] \$42 ;
+  reg \$43 ;
+  reg [31:0] \$44 ;
   reg \$45 ;
-  reg [11:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg \$48 ;
-  reg [31:0] \$49 ;
+  reg \$46 ;
+  reg [11:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg \$49 ;
   wire [50:0] \$5 ;
-  reg \$50 ;
+  reg [31:0] \$50 ;
   reg \$51 ;
-  reg [40:0] \$52 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [11:0] \$9 ;
+  reg \$52 ;
+  reg [40:0] \$53 ;
+  wire [51:0] \$6 ;
+  wire [102:0] \$7 ;
+  wire [39:0] \$8 ;
+  wire \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$20  = 8'h00;
-  reg [5:0] \$signal$27  = 6'h00;
-  reg [7:0] \$signal$28  = 8'h00;
-  reg [31:0] \$signal$30  = 32'd0;
-  reg [7:0] \$signal$32  = 8'h00;
-  reg [31:0] \$signal$34  = 32'd0;
-  reg [31:0] \$signal$37  = 32'd0;
+  reg [7:0] \$signal$22  = 8'h00;
+  reg [5:0] \$signal$29  = 6'h00;
+  reg [7:0] \$signal$30  = 8'h00;
+  reg [31:0] \$signal$32  = 32'd0;
+  reg [7:0] \$signal$34  = 8'h00;
+  reg [31:0] \$signal$36  = 32'd0;
+  reg [31:0] \$signal$39  = 32'd0;
   input clk;
   wire clk;
-  wire fire12;
   input [32:0] i_acc__payload;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -18201,8 +18106,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   wire o_res__ready;
   output o_res__valid;
   reg o_res__valid = 1'h0;
+  reg ovf;
   reg [49:0] p2 = 50'h0000000000000;
-  reg [50:0] q;
+  reg [11:0] q_lo;
   reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
@@ -18215,136 +18121,148 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   wire take2;
   wire take3;
   wire take4;
+  reg [39:0] thr;
   reg [12:0] v;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
   reg v3 = 1'h0;
+  reg [50:0] x;
   always @(posedge clk)
-    \$signal$28  <= \$34 ;
+    m1 <= \$33 ;
   always @(posedge clk)
-    relu1 <= \$35 ;
+    \$signal$29  <= \$34 ;
   always @(posedge clk)
-    \$signal$30  <= \$36 ;
+    \$signal$30  <= \$35 ;
   always @(posedge clk)
-    last1 <= \$37 ;
+    relu1 <= \$36 ;
   always @(posedge clk)
-    v2 <= \$38 ;
+    \$signal$32  <= \$37 ;
   always @(posedge clk)
-    p2 <= \$39 ;
+    last1 <= \$38 ;
   always @(posedge clk)
-    \$signal  <= \$40 ;
+    v2 <= \$39 ;
   always @(posedge clk)
-    \$signal$32  <= \$41 ;
+    p2 <= \$40 ;
   always @(posedge clk)
-    relu2 <= \$42 ;
+    \$signal  <= \$41 ;
   always @(posedge clk)
-    \$signal$34  <= \$43 ;
+    \$signal$34  <= \$42 ;
   always @(posedge clk)
-    last2 <= \$44 ;
+    relu2 <= \$43 ;
   always @(posedge clk)
-    v3 <= \$45 ;
+    \$signal$36  <= \$44 ;
   always @(posedge clk)
-    r3 <= \$46 ;
+    last2 <= \$45 ;
   always @(posedge clk)
-    \$signal$20  <= \$47 ;
+    v3 <= \$46 ;
   always @(posedge clk)
-    relu3 <= \$48 ;
+    r3 <= \$47 ;
   always @(posedge clk)
-    \$signal$37  <= \$49 ;
+    \$signal$22  <= \$48 ;
   always @(posedge clk)
-    last3 <= \$50 ;
+    relu3 <= \$49 ;
   always @(posedge clk)
-    o_res__valid <= \$51 ;
+    \$signal$39  <= \$50 ;
   always @(posedge clk)
-    o_res__payload <= \$52 ;
+    last3 <= \$51 ;
+  always @(posedge clk)
+    o_res__valid <= \$52 ;
+  always @(posedge clk)
+    o_res__payload <= \$53 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
   assign take3 = \$2  | take4;
-  assign \$3  = ~ v1;
-  assign take1 = \$3  | fire12;
+  assign \$3  = ~ v2;
+  assign take2 = \$3  | take3;
+  assign \$4  = ~ v1;
+  assign take1 = \$4  | take2;
   assign i_acc__ready = take1 & i_rq__valid;
   assign i_rq__ready = take1 & i_acc__valid;
-  assign \$4  = ~ v2;
-  assign take2 = \$4  | take3;
-  assign fire12 = v1 & take2;
   assign \$5  = $signed({ p2, 1'h0 }) >>> \$signal ;
-  assign \$6  = ! q[50:11];
-  assign \$7  = q[50:11] == 40'hffffffffff;
-  assign \$8  = \$6  | \$7 ;
-  assign \$9  = q[50] ? 12'h800 : 12'h7ff;
-  assign \$10  = \$8  ? q[11:0] : \$9 ;
-  assign \$11  = $signed(\$10 ) + $signed(2'h1);
-  assign \$13  = $signed(r3) + $signed(\$signal$20 );
-  assign \$14  = i_acc__valid & i_rq__valid;
-  assign \$15  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$16  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$17  = $signed(v) < $signed(\$signal$20 );
-  assign \$18  = relu3 & \$17 ;
-  assign \$19  = \$18  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
-  assign \$20  = $signed(\$19 ) < $signed(8'h80);
-  assign \$21  = $signed(v) < $signed(\$signal$20 );
-  assign \$22  = relu3 & \$21 ;
-  assign \$23  = \$22  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
-  assign \$24  = $signed(\$23 ) > $signed(8'h7f);
-  assign \$25  = $signed(v) < $signed(\$signal$20 );
-  assign \$26  = relu3 & \$25 ;
-  assign \$27  = \$26  ? { \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20 [7], \$signal$20  } : v;
-  assign \$28  = \$24  ? 13'h007f : \$27 ;
-  assign \$29  = \$20  ? 13'h1f80 : \$28 ;
+  assign \$6  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
+  assign \$7  = 40'hffffffffff << \$signal ;
+  assign \$8  = x[50:11] & thr;
+  assign \$9  = | \$8 ;
+  assign \$10  = p2[49] ? 12'h800 : 12'h7ff;
+  assign \$11  = ovf ? \$10  : q_lo;
+  assign \$12  = $signed(\$11 ) + $signed(2'h1);
+  assign \$14  = $signed(r3) + $signed(\$signal$22 );
+  assign \$15  = i_acc__valid & i_rq__valid;
+  assign \$16  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$17  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$18  = $signed(v) < $signed(\$signal$22 );
+  assign \$19  = relu3 & \$18 ;
+  assign \$20  = \$19  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$21  = $signed(\$20 ) < $signed(8'h80);
+  assign \$22  = $signed(v) < $signed(\$signal$22 );
+  assign \$23  = relu3 & \$22 ;
+  assign \$24  = \$23  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$25  = $signed(\$24 ) > $signed(8'h7f);
+  assign \$26  = $signed(v) < $signed(\$signal$22 );
+  assign \$27  = relu3 & \$26 ;
+  assign \$28  = \$27  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$29  = \$25  ? 13'h007f : \$28 ;
+  assign \$30  = \$21  ? 13'h1f80 : \$29 ;
   always @(posedge clk)
-    v1 <= \$30 ;
+    v1 <= \$31 ;
   always @(posedge clk)
-    t1 <= \$31 ;
-  always @(posedge clk)
-    m1 <= \$32 ;
-  always @(posedge clk)
-    \$signal$27  <= \$33 ;
+    t1 <= \$32 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$28 ;
+    \$33  = m1;
     if (take1) begin
-      \$34  = i_rq__payload[61:54];
+      \$33  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$34  = 8'h00;
+      \$33  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = relu1;
+    \$34  = \$signal$29 ;
     if (take1) begin
-      \$35  = i_rq__payload[62];
+      \$34  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$34  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = \$signal$30 ;
+    \$35  = \$signal$30 ;
     if (take1) begin
-      \$36  = i_acc__payload[31:0];
+      \$35  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$36  = 32'd0;
+      \$35  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = last1;
+    \$36  = relu1;
     if (take1) begin
-      \$37  = i_acc__payload[32];
+      \$36  = i_rq__payload[62];
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$36  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = v2;
-    if (take2) begin
-      \$38  = v1;
+    \$37  = \$signal$32 ;
+    if (take1) begin
+      \$37  = i_acc__payload[31:0];
+    end
+    if (rst) begin
+      \$37  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$38  = last1;
+    if (take1) begin
+      \$38  = i_acc__payload[32];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -18352,69 +18270,69 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = p2;
+    \$39  = v2;
     if (take2) begin
-      \$39  = { \$16 [48], \$16  };
+      \$39  = v1;
     end
     if (rst) begin
-      \$39  = 50'h0000000000000;
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = \$signal ;
-    if (fire12) begin
-      \$40  = \$signal$27 ;
+    \$40  = p2;
+    if (take2) begin
+      \$40  = { \$17 [48], \$17  };
     end
     if (rst) begin
-      \$40  = 6'h00;
+      \$40  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = \$signal$32 ;
-    if (fire12) begin
-      \$41  = \$signal$28 ;
+    \$41  = \$signal ;
+    if (take2) begin
+      \$41  = \$signal$29 ;
     end
     if (rst) begin
-      \$41  = 8'h00;
+      \$41  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = relu2;
-    if (fire12) begin
-      \$42  = relu1;
+    \$42  = \$signal$34 ;
+    if (take2) begin
+      \$42  = \$signal$30 ;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$42  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = \$signal$34 ;
-    if (fire12) begin
-      \$43  = \$signal$30 ;
+    \$43  = relu2;
+    if (take2) begin
+      \$43  = relu1;
     end
     if (rst) begin
-      \$43  = 32'd0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = last2;
-    if (fire12) begin
-      \$44  = last1;
+    \$44  = \$signal$36 ;
+    if (take2) begin
+      \$44  = \$signal$32 ;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$44  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = v3;
-    if (take3) begin
-      \$45  = v2;
+    \$45  = last2;
+    if (take2) begin
+      \$45  = last1;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -18422,59 +18340,59 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = r3;
+    \$46  = v3;
     if (take3) begin
-      \$46  = rr;
+      \$46  = v2;
     end
     if (rst) begin
-      \$46  = 12'h000;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = \$signal$20 ;
+    \$47  = r3;
     if (take3) begin
-      \$47  = \$signal$32 ;
+      \$47  = rr;
     end
     if (rst) begin
-      \$47  = 8'h00;
+      \$47  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = relu3;
+    \$48  = \$signal$22 ;
     if (take3) begin
-      \$48  = relu2;
+      \$48  = \$signal$34 ;
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$48  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = \$signal$37 ;
+    \$49  = relu3;
     if (take3) begin
-      \$49  = \$signal$34 ;
+      \$49  = relu2;
     end
     if (rst) begin
-      \$49  = 32'd0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = last3;
+    \$50  = \$signal$39 ;
     if (take3) begin
-      \$50  = last2;
+      \$50  = \$signal$36 ;
     end
     if (rst) begin
-      \$50  = 1'h0;
+      \$50  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = o_res__valid;
-    if (take4) begin
-      \$51  = v3;
+    \$51  = last3;
+    if (take3) begin
+      \$51  = last2;
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -18482,75 +18400,86 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = o_res__payload;
+    \$52  = o_res__valid;
     if (take4) begin
-      \$52 [31:0] = \$signal$37 ;
-      \$52 [39:32] = \$29 [7:0];
-      \$52 [40] = last3;
+      \$52  = v3;
     end
     if (rst) begin
-      \$52  = 41'h00000000000;
+      \$52  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    q = 51'h0000000000000;
+    \$53  = o_res__payload;
+    if (take4) begin
+      \$53 [31:0] = \$signal$39 ;
+      \$53 [39:32] = \$30 [7:0];
+      \$53 [40] = last3;
+    end
+    if (rst) begin
+      \$53  = 41'h00000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    q_lo = 12'h000;
     if (take3) begin
-      q = \$5 ;
+      q_lo = \$5 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    x = 51'h0000000000000;
+    if (take3) begin
+      x = \$6 [50:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    thr = 40'h0000000000;
+    if (take3) begin
+      thr = \$7 [39:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    ovf = 1'h0;
+    if (take3) begin
+      ovf = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rr = 12'h000;
     if (take3) begin
-      rr = \$12 [11:0];
+      rr = \$13 [11:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     v = 13'h0000;
     if (take4) begin
-      v = \$13 ;
+      v = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = v1;
-    if (take1) begin
-      \$30  = \$14 ;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = t1;
+    \$31  = v1;
     if (take1) begin
       \$31  = \$15 ;
     end
     if (rst) begin
-      \$31  = 33'h000000000;
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = m1;
+    \$32  = t1;
     if (take1) begin
-      \$32  = i_rq__payload[47:32];
+      \$32  = \$16 ;
     end
     if (rst) begin
-      \$32  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = \$signal$27 ;
-    if (take1) begin
-      \$33  = i_rq__payload[53:48];
-    end
-    if (rst) begin
-      \$33  = 6'h00;
+      \$32  = 33'h000000000;
     end
   end
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
@@ -18563,5 +18492,5 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$12  = { \$11 [12], \$11 [12:1] };
+  assign \$13  = { \$12 [12], \$12 [12:1] };
 endmodule

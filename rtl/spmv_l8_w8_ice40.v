@@ -600,17 +600,15 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
+  wire [5:0] \$102 ;
+  wire [5:0] \$106 ;
   wire [9:0] \$11 ;
   wire [5:0] \$110 ;
   wire [5:0] \$114 ;
   wire [5:0] \$118 ;
   wire [9:0] \$12 ;
   wire [5:0] \$122 ;
-  wire [5:0] \$126 ;
   wire [9:0] \$13 ;
-  wire [5:0] \$130 ;
-  wire [5:0] \$134 ;
-  wire [5:0] \$138 ;
   wire [9:0] \$14 ;
   wire [9:0] \$15 ;
   wire [9:0] \$16 ;
@@ -640,7 +638,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   wire [20:0] \$38 ;
   wire [32:0] \$39 ;
   wire [1:0] \$4 ;
-  wire \$40 ;
+  wire [7:0] \$40 ;
   wire [7:0] \$41 ;
   wire [7:0] \$42 ;
   wire [7:0] \$43 ;
@@ -648,7 +646,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   wire [7:0] \$45 ;
   wire [7:0] \$46 ;
   wire [7:0] \$47 ;
-  wire [7:0] \$48 ;
+  wire \$48 ;
   wire [15:0] \$49 ;
   wire [1:0] \$5 ;
   wire [15:0] \$50 ;
@@ -666,43 +664,29 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   reg \$61 ;
   reg \$62 ;
   reg [7:0] \$63 ;
-  reg [7:0] \$64 ;
+  reg [1:0] \$64 ;
   reg [1:0] \$65 ;
-  reg [7:0] \$66 ;
+  reg [1:0] \$66 ;
   reg [1:0] \$67 ;
-  reg [7:0] \$68 ;
+  reg [1:0] \$68 ;
   reg [1:0] \$69 ;
   wire [5:0] \$7 ;
-  reg [7:0] \$70 ;
+  reg [1:0] \$70 ;
   reg [1:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [1:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [1:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [1:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [1:0] \$79 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg \$74 ;
+  reg [7:0] \$75 ;
+  reg \$76 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg [19:0] \$79 ;
   wire [5:0] \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg [7:0] \$83 ;
-  reg [15:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [15:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [15:0] \$89 ;
+  reg [19:0] \$80 ;
+  reg [31:0] \$81 ;
   wire [9:0] \$9 ;
-  reg [15:0] \$90 ;
-  reg [15:0] \$91 ;
-  reg \$92 ;
-  reg \$93 ;
-  reg \$94 ;
-  reg [19:0] \$95 ;
-  reg [19:0] \$96 ;
-  reg [31:0] \$97 ;
+  wire [5:0] \$94 ;
+  wire [5:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$101  = 1'h0;
   reg \$signal$102  = 1'h0;
@@ -745,12 +729,19 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   input clk;
   wire clk;
   wire fire;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_0;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_1;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_2;
+  (* keep = 32'd1 *)
   wire [4:0] fired_0_3;
+  (* keep = 32'd1 *)
   wire [4:0] fired_1_0;
+  (* keep = 32'd1 *)
   wire [4:0] fired_1_1;
+  (* keep = 32'd1 *)
   wire [4:0] fired_2_0;
   wire [3:0] fired_now;
   wire [7:0] i_act_addr;
@@ -838,19 +829,33 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   input rst;
   wire rst;
   reg [19:0] s_nxt = 20'h00000;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_0;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_1;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_2;
+  (* keep = 32'd1 *)
   wire [19:0] ta_0_3;
+  (* keep = 32'd1 *)
   wire [19:0] ta_1_0;
+  (* keep = 32'd1 *)
   wire [19:0] ta_1_1;
+  (* keep = 32'd1 *)
   wire [19:0] ta_2_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_1;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_2;
+  (* keep = 32'd1 *)
   wire [19:0] tn_0_3;
+  (* keep = 32'd1 *)
   wire [19:0] tn_1_0;
+  (* keep = 32'd1 *)
   wire [19:0] tn_1_1;
+  (* keep = 32'd1 *)
   wire [19:0] tn_2_0;
   wire [31:0] total;
   reg v0 = 1'h0;
@@ -3035,31 +3040,19 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
     _7_ <= \act7$138 [\$16 [7:0]];
   end
   assign \rp__data$72  = _7_;
-  assign fire = i_lanes__valid & i_lanes__ready;
-  assign \$2  = i_lanes__payload[144] + i_lanes__payload[145];
-  assign \$3  = i_lanes__payload[146] + i_lanes__payload[147];
-  assign \$4  = i_lanes__payload[148] + i_lanes__payload[149];
-  assign \$5  = i_lanes__payload[150] + i_lanes__payload[151];
-  assign \$6  = \$2  + \$3 ;
-  assign \$7  = \$4  + \$5 ;
-  assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
-  assign o_fired = fire ? \$8 [3:0] : 4'h0;
-  assign \$110  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$110 ;
-  assign \$114  = lo1_1 * 4'h8;
-  assign act1 = \rp__data$30  >> \$114 ;
-  assign \$118  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$37  >> \$118 ;
-  assign \$122  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$44  >> \$122 ;
-  assign \$126  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$51  >> \$126 ;
-  assign \$130  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$58  >> \$130 ;
-  assign \$134  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$65  >> \$134 ;
-  assign \$138  = lo1_7 * 4'h8;
-  assign act7 = \rp__data$72  >> \$138 ;
+  assign act1 = \rp__data$30  >> \$98 ;
+  assign \$102  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$37  >> \$102 ;
+  assign \$106  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$44  >> \$106 ;
+  assign \$110  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$51  >> \$110 ;
+  assign \$114  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$58  >> \$114 ;
+  assign \$118  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$65  >> \$118 ;
+  assign \$122  = lo1_7 * 4'h8;
+  assign act7 = \rp__data$72  >> \$122 ;
   assign \$17  = $signed(prod0) + $signed(prod1);
   assign \$18  = $signed(prod2) + $signed(prod3);
   assign \$19  = $signed(prod4) + $signed(prod5);
@@ -3084,15 +3077,15 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign \$38  = $signed(\$36 [19:0]) + $signed(\$37 [19:0]);
   assign \$39  = $signed(acc) + $signed(\$signal );
   assign w_en = \$signal$101  & \$signal$102 ;
-  assign \$40  = v0 & bundle0[160];
-  assign \$41  = bundle0[144] ? bundle0[87:80] : 8'h00;
-  assign \$42  = bundle0[145] ? bundle0[95:88] : 8'h00;
-  assign \$43  = bundle0[146] ? bundle0[103:96] : 8'h00;
-  assign \$44  = bundle0[147] ? bundle0[111:104] : 8'h00;
-  assign \$45  = bundle0[148] ? bundle0[119:112] : 8'h00;
-  assign \$46  = bundle0[149] ? bundle0[127:120] : 8'h00;
-  assign \$47  = bundle0[150] ? bundle0[135:128] : 8'h00;
-  assign \$48  = bundle0[151] ? bundle0[143:136] : 8'h00;
+  assign \$40  = i_lanes__payload[144] ? i_lanes__payload[87:80] : 8'h00;
+  assign \$41  = i_lanes__payload[145] ? i_lanes__payload[95:88] : 8'h00;
+  assign \$42  = i_lanes__payload[146] ? i_lanes__payload[103:96] : 8'h00;
+  assign \$43  = i_lanes__payload[147] ? i_lanes__payload[111:104] : 8'h00;
+  assign \$44  = i_lanes__payload[148] ? i_lanes__payload[119:112] : 8'h00;
+  assign \$45  = i_lanes__payload[149] ? i_lanes__payload[127:120] : 8'h00;
+  assign \$46  = i_lanes__payload[150] ? i_lanes__payload[135:128] : 8'h00;
+  assign \$47  = i_lanes__payload[151] ? i_lanes__payload[143:136] : 8'h00;
+  assign \$48  = v0 & bundle0[160];
   assign \$49  = $signed(w1_0) * $signed(act0);
   assign \$50  = $signed(w1_1) * $signed(act1);
   assign \$51  = $signed(w1_2) * $signed(act2);
@@ -3115,79 +3108,91 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   always @(posedge clk)
     nxt1 <= \$63 ;
   always @(posedge clk)
-    w1_0 <= \$64 ;
+    w1_0 <= bundle0[87:80];
   always @(posedge clk)
-    lo1_0 <= \$65 ;
+    lo1_0 <= \$64 ;
   always @(posedge clk)
-    w1_1 <= \$66 ;
+    w1_1 <= bundle0[95:88];
   always @(posedge clk)
-    lo1_1 <= \$67 ;
+    lo1_1 <= \$65 ;
   always @(posedge clk)
-    w1_2 <= \$68 ;
+    w1_2 <= bundle0[103:96];
   always @(posedge clk)
-    lo1_2 <= \$69 ;
+    lo1_2 <= \$66 ;
   always @(posedge clk)
-    w1_3 <= \$70 ;
+    w1_3 <= bundle0[111:104];
   always @(posedge clk)
-    lo1_3 <= \$71 ;
+    lo1_3 <= \$67 ;
   always @(posedge clk)
-    w1_4 <= \$72 ;
+    w1_4 <= bundle0[119:112];
   always @(posedge clk)
-    lo1_4 <= \$73 ;
+    lo1_4 <= \$68 ;
   always @(posedge clk)
-    w1_5 <= \$74 ;
+    w1_5 <= bundle0[127:120];
   always @(posedge clk)
-    lo1_5 <= \$75 ;
+    lo1_5 <= \$69 ;
   always @(posedge clk)
-    w1_6 <= \$76 ;
+    w1_6 <= bundle0[135:128];
   always @(posedge clk)
-    lo1_6 <= \$77 ;
+    lo1_6 <= \$70 ;
   always @(posedge clk)
-    w1_7 <= \$78 ;
+    w1_7 <= bundle0[143:136];
   always @(posedge clk)
-    lo1_7 <= \$79 ;
+    lo1_7 <= \$71 ;
   always @(posedge clk)
-    \$signal$126  <= \$80 ;
+    \$signal$126  <= \$72 ;
   always @(posedge clk)
-    \$signal$127  <= \$81 ;
+    \$signal$127  <= \$73 ;
   always @(posedge clk)
-    last2 <= \$82 ;
+    last2 <= \$74 ;
   always @(posedge clk)
-    nxt2 <= \$83 ;
+    nxt2 <= \$75 ;
   always @(posedge clk)
-    prod0 <= \$84 ;
+    prod0 <= \$49 ;
   always @(posedge clk)
-    prod1 <= \$85 ;
+    prod1 <= \$50 ;
   always @(posedge clk)
-    prod2 <= \$86 ;
+    prod2 <= \$51 ;
   always @(posedge clk)
-    prod3 <= \$87 ;
+    prod3 <= \$52 ;
   always @(posedge clk)
-    prod4 <= \$88 ;
+    prod4 <= \$53 ;
   always @(posedge clk)
-    prod5 <= \$89 ;
+    prod5 <= \$54 ;
   always @(posedge clk)
-    prod6 <= \$90 ;
+    prod6 <= \$55 ;
   always @(posedge clk)
-    prod7 <= \$91 ;
+    prod7 <= \$56 ;
   always @(posedge clk)
-    \$signal$101  <= \$92 ;
+    \$signal$101  <= \$76 ;
   always @(posedge clk)
-    \$signal$102  <= \$93 ;
+    \$signal$102  <= \$77 ;
   always @(posedge clk)
-    last3 <= \$94 ;
+    last3 <= \$78 ;
   always @(posedge clk)
-    \$signal  <= \$95 ;
+    \$signal  <= \$79 ;
   always @(posedge clk)
-    s_nxt <= \$96 ;
+    s_nxt <= \$80 ;
   always @(posedge clk)
-    acc <= \$97 ;
+    acc <= \$81 ;
   assign \$1  = level + 3'h5;
   assign i_lanes__ready = \$1  <= 4'h8;
+  assign fire = i_lanes__valid & i_lanes__ready;
+  assign \$2  = i_lanes__payload[144] + i_lanes__payload[145];
+  assign \$3  = i_lanes__payload[146] + i_lanes__payload[147];
+  assign \$4  = i_lanes__payload[148] + i_lanes__payload[149];
+  assign \$5  = i_lanes__payload[150] + i_lanes__payload[151];
+  assign \$6  = \$2  + \$3 ;
+  assign \$7  = \$4  + \$5 ;
+  assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
+  assign o_fired = fire ? \$8 [3:0] : 4'h0;
+  assign \$94  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$94 ;
+  assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$3326$0 (\$39 [31:0]),
-    .\port$3697$0 (last3),
+    .\port$2612$0 (\$39 [31:0]),
+    .\port$2973$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3206,7 +3211,15 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$59  = bundle0;
     if (fire) begin
-      \$59  = i_lanes__payload;
+      { \$59 [161:144], \$59 [79:0] } = { i_lanes__payload[161:144], i_lanes__payload[79:0] };
+      \$59 [87:80] = \$40 ;
+      \$59 [95:88] = \$41 ;
+      \$59 [103:96] = \$42 ;
+      \$59 [111:104] = \$43 ;
+      \$59 [119:112] = \$44 ;
+      \$59 [127:120] = \$45 ;
+      \$59 [135:128] = \$46 ;
+      \$59 [143:136] = \$47 ;
     end
     if (rst) begin
       \$59  = 162'h00000000000000000000000000000000000000000;
@@ -3221,7 +3234,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$61  = \$40 ;
+    \$61  = \$48 ;
     if (rst) begin
       \$61  = 1'h0;
     end
@@ -3242,248 +3255,136 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$64  = \$41 ;
+    \$64  = bundle0[1:0];
     if (rst) begin
-      \$64  = 8'h00;
+      \$64  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$65  = bundle0[1:0];
+    \$65  = bundle0[11:10];
     if (rst) begin
       \$65  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$66  = \$42 ;
+    \$66  = bundle0[21:20];
     if (rst) begin
-      \$66  = 8'h00;
+      \$66  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$67  = bundle0[11:10];
+    \$67  = bundle0[31:30];
     if (rst) begin
       \$67  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$68  = \$43 ;
+    \$68  = bundle0[41:40];
     if (rst) begin
-      \$68  = 8'h00;
+      \$68  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$69  = bundle0[21:20];
+    \$69  = bundle0[51:50];
     if (rst) begin
       \$69  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$70  = \$44 ;
+    \$70  = bundle0[61:60];
     if (rst) begin
-      \$70  = 8'h00;
+      \$70  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$71  = bundle0[31:30];
+    \$71  = bundle0[71:70];
     if (rst) begin
       \$71  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$72  = \$45 ;
+    \$72  = \$signal$114 ;
     if (rst) begin
-      \$72  = 8'h00;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$73  = bundle0[41:40];
+    \$73  = \$signal$115 ;
     if (rst) begin
-      \$73  = 2'h0;
+      \$73  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$74  = \$46 ;
+    \$74  = last1;
     if (rst) begin
-      \$74  = 8'h00;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$75  = bundle0[51:50];
+    \$75  = nxt1;
     if (rst) begin
-      \$75  = 2'h0;
+      \$75  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$76  = \$47 ;
+    \$76  = \$signal$126 ;
     if (rst) begin
-      \$76  = 8'h00;
+      \$76  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$77  = bundle0[61:60];
+    \$77  = \$signal$127 ;
     if (rst) begin
-      \$77  = 2'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$78  = \$48 ;
+    \$78  = last2;
     if (rst) begin
-      \$78  = 8'h00;
+      \$78  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$79  = bundle0[71:70];
+    \$79  = \$57 [19:0];
     if (rst) begin
-      \$79  = 2'h0;
+      \$79  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$80  = \$signal$114 ;
+    \$80  = \$38 [19:0];
     if (rst) begin
-      \$80  = 1'h0;
+      \$80  = 20'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$81  = \$signal$115 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$82  = last1;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$83  = nxt1;
-    if (rst) begin
-      \$83  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$84  = \$49 ;
-    if (rst) begin
-      \$84  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$85  = \$50 ;
-    if (rst) begin
-      \$85  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$86  = \$51 ;
-    if (rst) begin
-      \$86  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$87  = \$52 ;
-    if (rst) begin
-      \$87  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$88  = \$53 ;
-    if (rst) begin
-      \$88  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$89  = \$54 ;
-    if (rst) begin
-      \$89  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$90  = \$55 ;
-    if (rst) begin
-      \$90  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$91  = \$56 ;
-    if (rst) begin
-      \$91  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$92  = \$signal$126 ;
-    if (rst) begin
-      \$92  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$93  = \$signal$127 ;
-    if (rst) begin
-      \$93  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$94  = last2;
-    if (rst) begin
-      \$94  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$95  = \$57 [19:0];
-    if (rst) begin
-      \$95  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$96  = \$38 [19:0];
-    if (rst) begin
-      \$96  = 20'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$97  = acc;
+    \$81  = acc;
     if (\$signal$101 ) begin
       (* full_case = 32'd1 *)
       if (\$signal$102 ) begin
-        \$97  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
+        \$81  = { s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt[19], s_nxt };
       end else begin
-        \$97  = \$39 [31:0];
+        \$81  = \$39 [31:0];
       end
     end
     if (rst) begin
-      \$97  = 32'd0;
+      \$81  = 32'd0;
     end
   end
   assign fired_0_0 = { 3'h0, \$2  };
@@ -3603,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3326$0 , w_en, w_level, r_data, r_en, \port$3697$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2612$0 , w_en, w_level, r_data, r_en, \port$2973$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3645,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3326$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$3326$0 ;
-  wire [31:0] \port$3326$0 ;
-  input \port$3697$0 ;
-  wire \port$3697$0 ;
+  input [31:0] \port$2612$0 ;
+  wire [31:0] \port$2612$0 ;
+  input \port$2973$0 ;
+  wire \port$2973$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3684,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3326$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3697$0 , \port$3326$0  };
+      storage[w_port__addr] <= { \port$2973$0 , \port$2612$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3783,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3326$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3697$0 , \port$3326$0  };
-  assign w_data = { \port$3697$0 , \port$3326$0  };
+  assign w_port__data = { \port$2973$0 , \port$2612$0  };
+  assign w_data = { \port$2973$0 , \port$2612$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -3795,455 +3696,455 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [1:0] \$1 ;
   wire [1:0] \$10 ;
   wire [3:0] \$100 ;
-  wire [2:0] \$1000 ;
-  wire [2:0] \$1001 ;
+  wire \$1000 ;
+  wire [15:0] \$1001 ;
   wire \$1002 ;
   wire \$1003 ;
-  wire [2:0] \$1004 ;
-  wire \$1005 ;
+  wire [15:0] \$1004 ;
+  wire [15:0] \$1005 ;
   wire \$1006 ;
-  wire [2:0] \$1007 ;
-  wire [2:0] \$1008 ;
+  wire \$1007 ;
+  wire [15:0] \$1008 ;
   wire \$1009 ;
-  wire [9:0] \$101 ;
+  wire \$101 ;
   wire \$1010 ;
-  wire [2:0] \$1011 ;
-  wire \$1012 ;
-  wire \$1013 ;
+  wire [15:0] \$1011 ;
+  wire [15:0] \$1012 ;
+  wire [15:0] \$1013 ;
   wire [3:0] \$1014 ;
-  wire [3:0] \$1015 ;
-  wire [3:0] \$1016 ;
+  wire \$1015 ;
+  wire \$1016 ;
   wire [3:0] \$1017 ;
-  wire \$1018 ;
+  wire [3:0] \$1018 ;
   wire \$1019 ;
   wire \$102 ;
-  wire [3:0] \$1020 ;
-  wire \$1021 ;
+  wire \$1020 ;
+  wire [3:0] \$1021 ;
   wire \$1022 ;
-  wire [3:0] \$1023 ;
+  wire \$1023 ;
   wire [3:0] \$1024 ;
-  wire \$1025 ;
-  wire \$1026 ;
-  wire [3:0] \$1027 ;
+  wire [3:0] \$1025 ;
+  wire [3:0] \$1026 ;
+  wire \$1027 ;
   wire \$1028 ;
-  wire \$1029 ;
-  wire \$103 ;
-  wire [3:0] \$1030 ;
-  wire [3:0] \$1031 ;
+  wire [3:0] \$1029 ;
+  wire [8:0] \$103 ;
+  wire \$1030 ;
+  wire \$1031 ;
   wire [3:0] \$1032 ;
-  wire \$1033 ;
+  wire [3:0] \$1033 ;
   wire \$1034 ;
-  wire [3:0] \$1035 ;
-  wire \$1036 ;
+  wire \$1035 ;
+  wire [3:0] \$1036 ;
   wire \$1037 ;
-  wire [3:0] \$1038 ;
+  wire \$1038 ;
   wire [3:0] \$1039 ;
-  wire [3:0] \$104 ;
-  wire \$1040 ;
-  wire \$1041 ;
-  wire [3:0] \$1042 ;
-  wire [3:0] \$1043 ;
-  wire [3:0] \$1044 ;
-  wire [7:0] \$1045 ;
-  wire \$1046 ;
-  wire \$1047 ;
-  wire [7:0] \$1048 ;
-  wire [7:0] \$1049 ;
-  wire [9:0] \$105 ;
-  wire \$1050 ;
-  wire \$1051 ;
-  wire [7:0] \$1052 ;
-  wire \$1053 ;
-  wire \$1054 ;
-  wire [7:0] \$1055 ;
-  wire [7:0] \$1056 ;
-  wire [7:0] \$1057 ;
-  wire \$1058 ;
+  wire [9:0] \$104 ;
+  wire [3:0] \$1040 ;
+  wire [3:0] \$1041 ;
+  wire [4:0] \$1042 ;
+  wire [1:0] \$1043 ;
+  wire [1:0] \$1044 ;
+  wire [2:0] \$1045 ;
+  wire [1:0] \$1046 ;
+  wire [1:0] \$1047 ;
+  wire [2:0] \$1048 ;
+  wire [4:0] \$1049 ;
+  wire \$105 ;
+  wire [1:0] \$1050 ;
+  wire [1:0] \$1051 ;
+  wire [3:0] \$1052 ;
+  wire [1:0] \$1053 ;
+  wire [1:0] \$1054 ;
+  wire [3:0] \$1055 ;
+  wire \$1056 ;
+  wire [8:0] \$1057 ;
+  wire [5:0] \$1058 ;
   wire \$1059 ;
   wire \$106 ;
-  wire [7:0] \$1060 ;
+  wire \$1060 ;
   wire \$1061 ;
   wire \$1062 ;
-  wire [7:0] \$1063 ;
-  wire [7:0] \$1064 ;
+  wire \$1063 ;
+  wire \$1064 ;
   wire \$1065 ;
   wire \$1066 ;
-  wire [7:0] \$1067 ;
+  wire \$1067 ;
   wire \$1068 ;
   wire \$1069 ;
-  wire \$107 ;
-  wire [7:0] \$1070 ;
-  wire [7:0] \$1071 ;
-  wire [7:0] \$1072 ;
-  wire [7:0] \$1073 ;
+  wire [3:0] \$107 ;
+  wire \$1070 ;
+  wire \$1071 ;
+  wire \$1072 ;
+  wire \$1073 ;
   wire \$1074 ;
   wire \$1075 ;
-  wire [7:0] \$1076 ;
+  wire \$1076 ;
   wire \$1077 ;
   wire \$1078 ;
-  wire [7:0] \$1079 ;
-  wire [3:0] \$108 ;
-  wire [7:0] \$1080 ;
+  wire \$1079 ;
+  wire [9:0] \$108 ;
+  wire \$1080 ;
   wire \$1081 ;
   wire \$1082 ;
-  wire [7:0] \$1083 ;
+  wire \$1083 ;
   wire \$1084 ;
   wire \$1085 ;
-  wire [7:0] \$1086 ;
-  wire [7:0] \$1087 ;
-  wire [7:0] \$1088 ;
+  wire \$1086 ;
+  wire \$1087 ;
+  wire \$1088 ;
   wire \$1089 ;
-  wire [9:0] \$109 ;
+  wire \$109 ;
   wire \$1090 ;
-  wire [7:0] \$1091 ;
+  wire \$1091 ;
   wire \$1092 ;
   wire \$1093 ;
-  wire [7:0] \$1094 ;
-  wire [7:0] \$1095 ;
-  wire \$1096 ;
-  wire \$1097 ;
-  wire [7:0] \$1098 ;
+  wire \$1094 ;
+  wire \$1095 ;
+  wire [1:0] \$1096 ;
+  wire [1:0] \$1097 ;
+  wire \$1098 ;
   wire \$1099 ;
-  wire [2:0] \$11 ;
+  wire [1:0] \$11 ;
   wire \$110 ;
-  wire \$1100 ;
-  wire [7:0] \$1101 ;
-  wire [7:0] \$1102 ;
-  wire [7:0] \$1103 ;
-  wire [7:0] \$1104 ;
+  wire [1:0] \$1100 ;
+  wire \$1101 ;
+  wire \$1102 ;
+  wire [2:0] \$1103 ;
+  wire [2:0] \$1104 ;
   wire [2:0] \$1105 ;
   wire \$1106 ;
   wire \$1107 ;
   wire [2:0] \$1108 ;
-  wire [2:0] \$1109 ;
-  wire \$111 ;
+  wire \$1109 ;
+  wire [3:0] \$111 ;
   wire \$1110 ;
-  wire \$1111 ;
+  wire [2:0] \$1111 ;
   wire [2:0] \$1112 ;
   wire \$1113 ;
   wire \$1114 ;
   wire [2:0] \$1115 ;
   wire [2:0] \$1116 ;
-  wire [2:0] \$1117 ;
+  wire [15:0] \$1117 ;
   wire \$1118 ;
   wire \$1119 ;
-  wire [3:0] \$112 ;
-  wire [2:0] \$1120 ;
-  wire \$1121 ;
+  wire [9:0] \$112 ;
+  wire [15:0] \$1120 ;
+  wire [15:0] \$1121 ;
   wire \$1122 ;
-  wire [2:0] \$1123 ;
-  wire [2:0] \$1124 ;
+  wire \$1123 ;
+  wire [15:0] \$1124 ;
   wire \$1125 ;
   wire \$1126 ;
-  wire [2:0] \$1127 ;
-  wire \$1128 ;
-  wire \$1129 ;
-  wire [9:0] \$113 ;
-  wire [2:0] \$1130 ;
-  wire [2:0] \$1131 ;
-  wire [2:0] \$1132 ;
-  wire [2:0] \$1133 ;
+  wire [15:0] \$1127 ;
+  wire [15:0] \$1128 ;
+  wire [15:0] \$1129 ;
+  wire \$113 ;
+  wire \$1130 ;
+  wire \$1131 ;
+  wire [15:0] \$1132 ;
+  wire \$1133 ;
   wire \$1134 ;
-  wire \$1135 ;
-  wire [2:0] \$1136 ;
+  wire [15:0] \$1135 ;
+  wire [15:0] \$1136 ;
   wire \$1137 ;
   wire \$1138 ;
-  wire [2:0] \$1139 ;
+  wire [15:0] \$1139 ;
   wire \$114 ;
-  wire [2:0] \$1140 ;
+  wire \$1140 ;
   wire \$1141 ;
-  wire \$1142 ;
-  wire [2:0] \$1143 ;
-  wire \$1144 ;
-  wire \$1145 ;
-  wire [2:0] \$1146 ;
-  wire [2:0] \$1147 ;
-  wire [2:0] \$1148 ;
-  wire \$1149 ;
-  wire \$115 ;
+  wire [15:0] \$1142 ;
+  wire [15:0] \$1143 ;
+  wire [15:0] \$1144 ;
+  wire [3:0] \$1145 ;
+  wire \$1146 ;
+  wire \$1147 ;
+  wire [3:0] \$1148 ;
+  wire [3:0] \$1149 ;
+  wire [3:0] \$115 ;
   wire \$1150 ;
-  wire [2:0] \$1151 ;
-  wire \$1152 ;
+  wire \$1151 ;
+  wire [3:0] \$1152 ;
   wire \$1153 ;
-  wire [2:0] \$1154 ;
-  wire [2:0] \$1155 ;
-  wire \$1156 ;
-  wire \$1157 ;
-  wire [2:0] \$1158 ;
+  wire \$1154 ;
+  wire [3:0] \$1155 ;
+  wire [3:0] \$1156 ;
+  wire [3:0] \$1157 ;
+  wire \$1158 ;
   wire \$1159 ;
-  wire [3:0] \$116 ;
-  wire \$1160 ;
-  wire [2:0] \$1161 ;
-  wire [2:0] \$1162 ;
-  wire [2:0] \$1163 ;
-  wire [2:0] \$1164 ;
-  wire [3:0] \$1165 ;
-  wire [1:0] \$1166 ;
-  wire [1:0] \$1167 ;
-  wire [3:0] \$1168 ;
+  wire [9:0] \$116 ;
+  wire [3:0] \$1160 ;
+  wire \$1161 ;
+  wire \$1162 ;
+  wire [3:0] \$1163 ;
+  wire [3:0] \$1164 ;
+  wire \$1165 ;
+  wire \$1166 ;
+  wire [3:0] \$1167 ;
+  wire \$1168 ;
   wire \$1169 ;
   wire \$117 ;
-  wire [8:0] \$1170 ;
-  wire [5:0] \$1171 ;
-  wire \$1172 ;
-  wire \$1173 ;
-  wire \$1174 ;
-  wire \$1175 ;
-  wire \$1176 ;
-  wire \$1177 ;
-  wire \$1178 ;
-  wire \$1179 ;
+  wire [3:0] \$1170 ;
+  wire [3:0] \$1171 ;
+  wire [3:0] \$1172 ;
+  wire [4:0] \$1173 ;
+  wire [1:0] \$1174 ;
+  wire [1:0] \$1175 ;
+  wire [2:0] \$1176 ;
+  wire [1:0] \$1177 ;
+  wire [1:0] \$1178 ;
+  wire [2:0] \$1179 ;
   wire \$118 ;
-  wire \$1180 ;
-  wire \$1181 ;
-  wire \$1182 ;
-  wire \$1183 ;
-  wire \$1184 ;
-  wire \$1185 ;
-  wire \$1186 ;
+  wire [4:0] \$1180 ;
+  wire [1:0] \$1181 ;
+  wire [1:0] \$1182 ;
+  wire [3:0] \$1183 ;
+  wire [1:0] \$1184 ;
+  wire [1:0] \$1185 ;
+  wire [3:0] \$1186 ;
   wire \$1187 ;
-  wire \$1188 ;
-  wire \$1189 ;
-  wire [8:0] \$119 ;
+  wire [8:0] \$1188 ;
+  wire [5:0] \$1189 ;
+  wire [3:0] \$119 ;
   wire \$1190 ;
   wire \$1191 ;
   wire \$1192 ;
   wire \$1193 ;
   wire \$1194 ;
-  wire \$1195 ;
-  wire \$1196 ;
+  wire [1:0] \$1195 ;
+  wire [1:0] \$1196 ;
   wire \$1197 ;
   wire \$1198 ;
-  wire \$1199 ;
-  wire [1:0] \$12 ;
-  wire [9:0] \$120 ;
+  wire [1:0] \$1199 ;
+  wire [2:0] \$12 ;
+  wire [8:0] \$120 ;
   wire \$1200 ;
   wire \$1201 ;
-  wire \$1202 ;
-  wire \$1203 ;
-  wire \$1204 ;
+  wire [2:0] \$1202 ;
+  wire [2:0] \$1203 ;
+  wire [2:0] \$1204 ;
   wire \$1205 ;
   wire \$1206 ;
-  wire \$1207 ;
+  wire [2:0] \$1207 ;
   wire \$1208 ;
-  wire [1:0] \$1209 ;
+  wire \$1209 ;
   wire \$121 ;
-  wire [1:0] \$1210 ;
-  wire \$1211 ;
+  wire [2:0] \$1210 ;
+  wire [2:0] \$1211 ;
   wire \$1212 ;
-  wire [1:0] \$1213 ;
-  wire \$1214 ;
-  wire \$1215 ;
-  wire [2:0] \$1216 ;
-  wire [2:0] \$1217 ;
-  wire [2:0] \$1218 ;
-  wire \$1219 ;
+  wire \$1213 ;
+  wire [2:0] \$1214 ;
+  wire [2:0] \$1215 ;
+  wire [15:0] \$1216 ;
+  wire \$1217 ;
+  wire \$1218 ;
+  wire [15:0] \$1219 ;
   wire \$122 ;
-  wire \$1220 ;
-  wire [2:0] \$1221 ;
+  wire [15:0] \$1220 ;
+  wire \$1221 ;
   wire \$1222 ;
-  wire \$1223 ;
-  wire [2:0] \$1224 ;
-  wire [2:0] \$1225 ;
-  wire \$1226 ;
-  wire \$1227 ;
-  wire [2:0] \$1228 ;
+  wire [15:0] \$1223 ;
+  wire \$1224 ;
+  wire \$1225 ;
+  wire [15:0] \$1226 ;
+  wire [15:0] \$1227 ;
+  wire [15:0] \$1228 ;
   wire \$1229 ;
-  wire [3:0] \$123 ;
+  wire \$123 ;
   wire \$1230 ;
-  wire [3:0] \$1231 ;
-  wire [3:0] \$1232 ;
-  wire [3:0] \$1233 ;
-  wire [3:0] \$1234 ;
-  wire \$1235 ;
+  wire [15:0] \$1231 ;
+  wire \$1232 ;
+  wire \$1233 ;
+  wire [15:0] \$1234 ;
+  wire [15:0] \$1235 ;
   wire \$1236 ;
-  wire [3:0] \$1237 ;
-  wire \$1238 ;
+  wire \$1237 ;
+  wire [15:0] \$1238 ;
   wire \$1239 ;
-  wire [9:0] \$124 ;
-  wire [3:0] \$1240 ;
-  wire [3:0] \$1241 ;
-  wire \$1242 ;
-  wire \$1243 ;
+  wire \$124 ;
+  wire \$1240 ;
+  wire [15:0] \$1241 ;
+  wire [15:0] \$1242 ;
+  wire [15:0] \$1243 ;
   wire [3:0] \$1244 ;
   wire \$1245 ;
   wire \$1246 ;
   wire [3:0] \$1247 ;
   wire [3:0] \$1248 ;
-  wire [3:0] \$1249 ;
+  wire \$1249 ;
   wire \$125 ;
   wire \$1250 ;
-  wire \$1251 ;
-  wire [3:0] \$1252 ;
+  wire [3:0] \$1251 ;
+  wire \$1252 ;
   wire \$1253 ;
-  wire \$1254 ;
+  wire [3:0] \$1254 ;
   wire [3:0] \$1255 ;
   wire [3:0] \$1256 ;
   wire \$1257 ;
   wire \$1258 ;
   wire [3:0] \$1259 ;
   wire \$126 ;
-  wire [3:0] \$1260 ;
-  wire [3:0] \$1261 ;
-  wire [7:0] \$1262 ;
-  wire \$1263 ;
+  wire \$1260 ;
+  wire \$1261 ;
+  wire [3:0] \$1262 ;
+  wire [3:0] \$1263 ;
   wire \$1264 ;
-  wire [7:0] \$1265 ;
-  wire [7:0] \$1266 ;
+  wire \$1265 ;
+  wire [3:0] \$1266 ;
   wire \$1267 ;
   wire \$1268 ;
-  wire [7:0] \$1269 ;
-  wire [3:0] \$127 ;
-  wire \$1270 ;
-  wire \$1271 ;
-  wire [7:0] \$1272 ;
-  wire [7:0] \$1273 ;
-  wire [7:0] \$1274 ;
-  wire \$1275 ;
-  wire \$1276 ;
-  wire [7:0] \$1277 ;
-  wire \$1278 ;
-  wire \$1279 ;
-  wire [9:0] \$128 ;
-  wire [7:0] \$1280 ;
-  wire [7:0] \$1281 ;
-  wire \$1282 ;
-  wire \$1283 ;
-  wire [7:0] \$1284 ;
-  wire \$1285 ;
+  wire [3:0] \$1269 ;
+  wire \$127 ;
+  wire [3:0] \$1270 ;
+  wire [3:0] \$1271 ;
+  wire [4:0] \$1272 ;
+  wire [1:0] \$1273 ;
+  wire [1:0] \$1274 ;
+  wire [2:0] \$1275 ;
+  wire [1:0] \$1276 ;
+  wire [1:0] \$1277 ;
+  wire [2:0] \$1278 ;
+  wire [4:0] \$1279 ;
+  wire \$128 ;
+  wire [1:0] \$1280 ;
+  wire [1:0] \$1281 ;
+  wire [3:0] \$1282 ;
+  wire [1:0] \$1283 ;
+  wire [1:0] \$1284 ;
+  wire [3:0] \$1285 ;
   wire \$1286 ;
-  wire [7:0] \$1287 ;
-  wire [7:0] \$1288 ;
-  wire [7:0] \$1289 ;
+  wire [8:0] \$1287 ;
+  wire [5:0] \$1288 ;
+  wire [4:0] \$1289 ;
   wire \$129 ;
-  wire [7:0] \$1290 ;
-  wire \$1291 ;
-  wire \$1292 ;
-  wire [7:0] \$1293 ;
+  wire [4:0] \$1290 ;
+  wire [3:0] \$1291 ;
+  wire [5:0] \$1292 ;
+  wire \$1293 ;
   wire \$1294 ;
   wire \$1295 ;
-  wire [7:0] \$1296 ;
-  wire [7:0] \$1297 ;
+  wire \$1296 ;
+  wire \$1297 ;
   wire \$1298 ;
   wire \$1299 ;
   wire [1:0] \$13 ;
   wire \$130 ;
-  wire [7:0] \$1300 ;
+  wire \$1300 ;
   wire \$1301 ;
   wire \$1302 ;
-  wire [7:0] \$1303 ;
-  wire [7:0] \$1304 ;
-  wire [7:0] \$1305 ;
-  wire \$1306 ;
+  wire \$1303 ;
+  wire \$1304 ;
+  wire [3:0] \$1305 ;
+  wire [8:0] \$1306 ;
   wire \$1307 ;
-  wire [7:0] \$1308 ;
+  wire \$1308 ;
   wire \$1309 ;
-  wire [3:0] \$131 ;
+  wire \$131 ;
   wire \$1310 ;
-  wire [7:0] \$1311 ;
-  wire [7:0] \$1312 ;
+  wire \$1311 ;
+  wire \$1312 ;
   wire \$1313 ;
   wire \$1314 ;
-  wire [7:0] \$1315 ;
+  wire \$1315 ;
   wire \$1316 ;
   wire \$1317 ;
-  wire [7:0] \$1318 ;
-  wire [7:0] \$1319 ;
-  wire [9:0] \$132 ;
-  wire [7:0] \$1320 ;
-  wire [7:0] \$1321 ;
-  wire [2:0] \$1322 ;
+  wire \$1318 ;
+  wire \$1319 ;
+  wire \$132 ;
+  wire \$1320 ;
+  wire \$1321 ;
+  wire \$1322 ;
   wire \$1323 ;
   wire \$1324 ;
-  wire [2:0] \$1325 ;
-  wire [2:0] \$1326 ;
+  wire \$1325 ;
+  wire \$1326 ;
   wire \$1327 ;
   wire \$1328 ;
-  wire [2:0] \$1329 ;
+  wire \$1329 ;
   wire \$133 ;
   wire \$1330 ;
   wire \$1331 ;
-  wire [2:0] \$1332 ;
-  wire [2:0] \$1333 ;
-  wire [2:0] \$1334 ;
+  wire \$1332 ;
+  wire \$1333 ;
+  wire \$1334 ;
   wire \$1335 ;
   wire \$1336 ;
-  wire [2:0] \$1337 ;
+  wire \$1337 ;
   wire \$1338 ;
   wire \$1339 ;
   wire \$134 ;
-  wire [2:0] \$1340 ;
-  wire [2:0] \$1341 ;
+  wire \$1340 ;
+  wire \$1341 ;
   wire \$1342 ;
   wire \$1343 ;
-  wire [2:0] \$1344 ;
+  wire \$1344 ;
   wire \$1345 ;
   wire \$1346 ;
-  wire [2:0] \$1347 ;
-  wire [2:0] \$1348 ;
-  wire [2:0] \$1349 ;
-  wire [3:0] \$135 ;
-  wire [2:0] \$1350 ;
+  wire [11:0] \$1347 ;
+  wire [11:0] \$1348 ;
+  wire [11:0] \$1349 ;
+  wire \$135 ;
+  wire \$1350 ;
   wire \$1351 ;
   wire \$1352 ;
-  wire [2:0] \$1353 ;
+  wire \$1353 ;
   wire \$1354 ;
   wire \$1355 ;
-  wire [2:0] \$1356 ;
-  wire [2:0] \$1357 ;
+  wire \$1356 ;
+  wire \$1357 ;
   wire \$1358 ;
   wire \$1359 ;
-  wire [9:0] \$136 ;
-  wire [2:0] \$1360 ;
+  wire \$136 ;
+  wire \$1360 ;
   wire \$1361 ;
   wire \$1362 ;
-  wire [2:0] \$1363 ;
-  wire [2:0] \$1364 ;
-  wire [2:0] \$1365 ;
+  wire \$1363 ;
+  wire \$1364 ;
+  wire \$1365 ;
   wire \$1366 ;
   wire \$1367 ;
-  wire [2:0] \$1368 ;
+  wire \$1368 ;
   wire \$1369 ;
   wire \$137 ;
   wire \$1370 ;
-  wire [2:0] \$1371 ;
-  wire [2:0] \$1372 ;
+  wire \$1371 ;
+  wire \$1372 ;
   wire \$1373 ;
   wire \$1374 ;
-  wire [2:0] \$1375 ;
+  wire \$1375 ;
   wire \$1376 ;
   wire \$1377 ;
-  wire [2:0] \$1378 ;
-  wire [2:0] \$1379 ;
+  wire \$1378 ;
+  wire \$1379 ;
   wire \$138 ;
-  wire [2:0] \$1380 ;
-  wire [2:0] \$1381 ;
-  wire [3:0] \$1382 ;
-  wire [1:0] \$1383 ;
-  wire [1:0] \$1384 ;
-  wire [3:0] \$1385 ;
+  wire \$1380 ;
+  wire [7:0] \$1381 ;
+  wire \$1382 ;
+  wire \$1383 ;
+  wire \$1384 ;
+  wire \$1385 ;
   wire \$1386 ;
-  wire [8:0] \$1387 ;
-  wire [5:0] \$1388 ;
-  wire \$1389 ;
-  wire [3:0] \$139 ;
+  wire \$1387 ;
+  wire [7:0] \$1388 ;
+  wire [8:0] \$1389 ;
+  wire \$139 ;
   wire \$1390 ;
-  wire \$1391 ;
-  wire \$1392 ;
+  wire [8:0] \$1391 ;
+  wire [9:0] \$1392 ;
   wire \$1393 ;
-  wire \$1394 ;
-  wire \$1395 ;
+  wire [9:0] \$1394 ;
+  wire [10:0] \$1395 ;
   wire \$1396 ;
-  wire \$1397 ;
-  wire \$1398 ;
+  wire [10:0] \$1397 ;
+  wire [11:0] \$1398 ;
   wire \$1399 ;
-  wire [2:0] \$14 ;
-  wire [9:0] \$140 ;
-  wire \$1400 ;
+  wire [1:0] \$14 ;
+  wire \$140 ;
+  wire [8:0] \$1400 ;
   wire \$1401 ;
-  wire \$1402 ;
+  wire [9:0] \$1402 ;
   wire \$1403 ;
-  wire \$1404 ;
+  wire [10:0] \$1404 ;
   wire \$1405 ;
   wire \$1406 ;
   wire \$1407 ;
@@ -4255,7 +4156,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1412 ;
   wire \$1413 ;
   wire \$1414 ;
-  wire \$1415 ;
+  wire [5:0] \$1415 ;
   wire \$1416 ;
   wire \$1417 ;
   wire \$1418 ;
@@ -4263,1348 +4164,252 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$142 ;
   wire \$1420 ;
   wire \$1421 ;
-  wire \$1422 ;
-  wire \$1423 ;
-  wire \$1424 ;
-  wire \$1425 ;
+  wire [11:0] \$1422 ;
+  wire [11:0] \$1423 ;
+  wire [11:0] \$1424 ;
+  wire [12:0] \$1425 ;
   wire \$1426 ;
-  wire \$1427 ;
+  wire [16:0] \$1427 ;
   wire \$1428 ;
   wire \$1429 ;
-  wire [3:0] \$143 ;
-  wire \$1430 ;
-  wire \$1431 ;
-  wire \$1432 ;
-  wire \$1433 ;
-  wire \$1434 ;
-  wire \$1435 ;
-  wire \$1436 ;
-  wire \$1437 ;
-  wire \$1438 ;
-  wire \$1439 ;
-  wire [9:0] \$144 ;
-  wire \$1440 ;
-  wire \$1441 ;
-  wire \$1442 ;
-  wire \$1443 ;
-  wire \$1444 ;
-  wire \$1445 ;
-  wire \$1446 ;
-  wire \$1447 ;
-  wire \$1448 ;
-  wire \$1449 ;
+  wire \$143 ;
+  wire [3:0] \$1430 ;
+  reg \$1431 ;
+  reg \$1432 ;
+  reg [7:0] \$1433 ;
+  reg [7:0] \$1434 ;
+  reg [8:0] \$1435 ;
+  reg [9:0] \$1436 ;
+  reg [1:0] \$1437 ;
+  reg [91:0] \$1438 ;
+  reg [91:0] \$1439 ;
+  wire \$144 ;
+  reg \$1440 ;
+  reg \$1441 ;
+  reg [2:0] \$1442 ;
+  reg \$1443 ;
+  reg \$1444 ;
+  reg \$1445 ;
+  reg [63:0] \$1446 ;
+  reg [63:0] \$1447 ;
+  reg \$1448 ;
+  reg \$1449 ;
   wire \$145 ;
-  wire \$1450 ;
-  wire \$1451 ;
-  wire \$1452 ;
-  wire \$1453 ;
-  wire \$1454 ;
-  wire \$1455 ;
-  wire \$1456 ;
-  wire \$1457 ;
-  wire \$1458 ;
-  wire \$1459 ;
+  reg \$1450 ;
+  reg \$1451 ;
+  reg \$1452 ;
+  reg [15:0] \$1453 ;
+  reg [10:0] \$1454 ;
+  reg [6:0] \$1455 ;
+  reg \$1456 ;
+  reg [3:0] \$1457 ;
   wire \$146 ;
-  wire \$1460 ;
-  wire \$1461 ;
-  wire \$1462 ;
-  wire \$1463 ;
-  wire \$1464 ;
-  wire \$1465 ;
-  wire \$1466 ;
-  wire \$1467 ;
-  wire \$1468 ;
-  wire \$1469 ;
-  wire [3:0] \$147 ;
-  wire \$1470 ;
-  wire \$1471 ;
-  wire \$1472 ;
-  wire \$1473 ;
-  wire \$1474 ;
-  wire \$1475 ;
-  wire \$1476 ;
-  wire \$1477 ;
-  wire \$1478 ;
-  wire \$1479 ;
-  wire [9:0] \$148 ;
-  wire \$1480 ;
-  wire \$1481 ;
-  wire \$1482 ;
-  wire \$1483 ;
-  wire \$1484 ;
-  wire \$1485 ;
-  wire \$1486 ;
-  wire \$1487 ;
-  wire \$1488 ;
-  wire \$1489 ;
+  wire \$147 ;
+  wire \$148 ;
   wire \$149 ;
-  wire \$1490 ;
-  wire \$1491 ;
-  wire \$1492 ;
-  wire \$1493 ;
-  wire \$1494 ;
-  wire \$1495 ;
-  wire \$1496 ;
-  wire \$1497 ;
-  wire \$1498 ;
-  wire \$1499 ;
-  wire [1:0] \$15 ;
+  wire [2:0] \$15 ;
   wire \$150 ;
-  wire \$1500 ;
-  wire \$1501 ;
-  wire \$1502 ;
-  wire \$1503 ;
-  wire \$1504 ;
-  wire \$1505 ;
-  wire \$1506 ;
-  wire \$1507 ;
-  wire \$1508 ;
-  wire \$1509 ;
-  wire [3:0] \$151 ;
-  wire \$1510 ;
-  wire \$1511 ;
-  wire \$1512 ;
-  wire \$1513 ;
-  wire \$1514 ;
-  wire \$1515 ;
-  wire \$1516 ;
-  wire \$1517 ;
-  wire \$1518 ;
-  wire \$1519 ;
-  wire [8:0] \$152 ;
-  wire \$1520 ;
-  wire \$1521 ;
-  wire \$1522 ;
-  wire \$1523 ;
-  wire \$1524 ;
-  wire \$1525 ;
-  wire \$1526 ;
-  wire \$1527 ;
-  wire \$1528 ;
-  wire \$1529 ;
+  wire \$151 ;
+  wire \$152 ;
   wire \$153 ;
-  wire \$1530 ;
-  wire \$1531 ;
-  wire \$1532 ;
-  wire \$1533 ;
-  wire \$1534 ;
-  wire \$1535 ;
-  wire \$1536 ;
-  wire \$1537 ;
-  wire [1:0] \$1538 ;
-  wire [1:0] \$1539 ;
   wire \$154 ;
-  wire \$1540 ;
-  wire \$1541 ;
-  wire [1:0] \$1542 ;
-  wire \$1543 ;
-  wire \$1544 ;
-  wire [2:0] \$1545 ;
-  wire [2:0] \$1546 ;
-  wire [2:0] \$1547 ;
-  wire \$1548 ;
-  wire \$1549 ;
   wire \$155 ;
-  wire [2:0] \$1550 ;
-  wire \$1551 ;
-  wire \$1552 ;
-  wire [2:0] \$1553 ;
-  wire [2:0] \$1554 ;
-  wire \$1555 ;
-  wire \$1556 ;
-  wire [2:0] \$1557 ;
-  wire \$1558 ;
-  wire \$1559 ;
   wire \$156 ;
-  wire [3:0] \$1560 ;
-  wire [3:0] \$1561 ;
-  wire [3:0] \$1562 ;
-  wire [3:0] \$1563 ;
-  wire \$1564 ;
-  wire \$1565 ;
-  wire [3:0] \$1566 ;
-  wire \$1567 ;
-  wire \$1568 ;
-  wire [3:0] \$1569 ;
   wire \$157 ;
-  wire [3:0] \$1570 ;
-  wire \$1571 ;
-  wire \$1572 ;
-  wire [3:0] \$1573 ;
-  wire \$1574 ;
-  wire \$1575 ;
-  wire [3:0] \$1576 ;
-  wire [3:0] \$1577 ;
-  wire [3:0] \$1578 ;
-  wire \$1579 ;
   wire \$158 ;
-  wire \$1580 ;
-  wire [3:0] \$1581 ;
-  wire \$1582 ;
-  wire \$1583 ;
-  wire [3:0] \$1584 ;
-  wire [3:0] \$1585 ;
-  wire \$1586 ;
-  wire \$1587 ;
-  wire [3:0] \$1588 ;
-  wire [3:0] \$1589 ;
   wire \$159 ;
-  wire [3:0] \$1590 ;
-  wire [7:0] \$1591 ;
-  wire \$1592 ;
-  wire \$1593 ;
-  wire [7:0] \$1594 ;
-  wire [7:0] \$1595 ;
-  wire \$1596 ;
-  wire \$1597 ;
-  wire [7:0] \$1598 ;
-  wire \$1599 ;
-  wire [1:0] \$16 ;
+  wire [3:0] \$16 ;
   wire \$160 ;
-  wire \$1600 ;
-  wire [7:0] \$1601 ;
-  wire [7:0] \$1602 ;
-  wire [7:0] \$1603 ;
-  wire \$1604 ;
-  wire \$1605 ;
-  wire [7:0] \$1606 ;
-  wire \$1607 ;
-  wire \$1608 ;
-  wire [7:0] \$1609 ;
   wire \$161 ;
-  wire [7:0] \$1610 ;
-  wire \$1611 ;
-  wire \$1612 ;
-  wire [7:0] \$1613 ;
-  wire \$1614 ;
-  wire \$1615 ;
-  wire [7:0] \$1616 ;
-  wire [7:0] \$1617 ;
-  wire [7:0] \$1618 ;
-  wire [7:0] \$1619 ;
   wire \$162 ;
-  wire \$1620 ;
-  wire \$1621 ;
-  wire [7:0] \$1622 ;
-  wire \$1623 ;
-  wire \$1624 ;
-  wire [7:0] \$1625 ;
-  wire [7:0] \$1626 ;
-  wire \$1627 ;
-  wire \$1628 ;
-  wire [7:0] \$1629 ;
   wire \$163 ;
-  wire \$1630 ;
-  wire \$1631 ;
-  wire [7:0] \$1632 ;
-  wire [7:0] \$1633 ;
-  wire [7:0] \$1634 ;
-  wire \$1635 ;
-  wire \$1636 ;
-  wire [7:0] \$1637 ;
-  wire \$1638 ;
-  wire \$1639 ;
   wire \$164 ;
-  wire [7:0] \$1640 ;
-  wire [7:0] \$1641 ;
-  wire \$1642 ;
-  wire \$1643 ;
-  wire [7:0] \$1644 ;
-  wire \$1645 ;
-  wire \$1646 ;
-  wire [7:0] \$1647 ;
-  wire [7:0] \$1648 ;
-  wire [7:0] \$1649 ;
   wire \$165 ;
-  wire [7:0] \$1650 ;
-  wire [2:0] \$1651 ;
-  wire \$1652 ;
-  wire \$1653 ;
-  wire [2:0] \$1654 ;
-  wire [2:0] \$1655 ;
-  wire \$1656 ;
-  wire \$1657 ;
-  wire [2:0] \$1658 ;
-  wire \$1659 ;
   wire \$166 ;
-  wire \$1660 ;
-  wire [2:0] \$1661 ;
-  wire [2:0] \$1662 ;
-  wire [2:0] \$1663 ;
-  wire \$1664 ;
-  wire \$1665 ;
-  wire [2:0] \$1666 ;
-  wire \$1667 ;
-  wire \$1668 ;
-  wire [2:0] \$1669 ;
   wire \$167 ;
-  wire [2:0] \$1670 ;
-  wire \$1671 ;
-  wire \$1672 ;
-  wire [2:0] \$1673 ;
-  wire \$1674 ;
-  wire \$1675 ;
-  wire [2:0] \$1676 ;
-  wire [2:0] \$1677 ;
-  wire [2:0] \$1678 ;
-  wire [2:0] \$1679 ;
   wire \$168 ;
-  wire \$1680 ;
-  wire \$1681 ;
-  wire [2:0] \$1682 ;
-  wire \$1683 ;
-  wire \$1684 ;
-  wire [2:0] \$1685 ;
-  wire [2:0] \$1686 ;
-  wire \$1687 ;
-  wire \$1688 ;
-  wire [2:0] \$1689 ;
   wire \$169 ;
-  wire \$1690 ;
-  wire \$1691 ;
-  wire [2:0] \$1692 ;
-  wire [2:0] \$1693 ;
-  wire [2:0] \$1694 ;
-  wire \$1695 ;
-  wire \$1696 ;
-  wire [2:0] \$1697 ;
-  wire \$1698 ;
-  wire \$1699 ;
-  wire [2:0] \$17 ;
+  wire [1:0] \$17 ;
   wire \$170 ;
-  wire [2:0] \$1700 ;
-  wire [2:0] \$1701 ;
-  wire \$1702 ;
-  wire \$1703 ;
-  wire [2:0] \$1704 ;
-  wire \$1705 ;
-  wire \$1706 ;
-  wire [2:0] \$1707 ;
-  wire [2:0] \$1708 ;
-  wire [2:0] \$1709 ;
   wire \$171 ;
-  wire [2:0] \$1710 ;
-  wire [3:0] \$1711 ;
-  wire [1:0] \$1712 ;
-  wire [1:0] \$1713 ;
-  wire [3:0] \$1714 ;
-  wire \$1715 ;
-  wire [8:0] \$1716 ;
-  wire [5:0] \$1717 ;
-  wire \$1718 ;
-  wire \$1719 ;
   wire \$172 ;
-  wire \$1720 ;
-  wire \$1721 ;
-  wire \$1722 ;
-  wire \$1723 ;
-  wire \$1724 ;
-  wire \$1725 ;
-  wire \$1726 ;
-  wire \$1727 ;
-  wire \$1728 ;
-  wire \$1729 ;
   wire \$173 ;
-  wire \$1730 ;
-  wire \$1731 ;
-  wire \$1732 ;
-  wire \$1733 ;
-  wire \$1734 ;
-  wire \$1735 ;
-  wire \$1736 ;
-  wire \$1737 ;
-  wire \$1738 ;
-  wire \$1739 ;
   wire \$174 ;
-  wire \$1740 ;
-  wire \$1741 ;
-  wire \$1742 ;
-  wire \$1743 ;
-  wire \$1744 ;
-  wire \$1745 ;
-  wire \$1746 ;
-  wire \$1747 ;
-  wire \$1748 ;
-  wire \$1749 ;
   wire \$175 ;
-  wire \$1750 ;
-  wire \$1751 ;
-  wire \$1752 ;
-  wire \$1753 ;
-  wire \$1754 ;
-  wire \$1755 ;
-  wire \$1756 ;
-  wire \$1757 ;
-  wire \$1758 ;
-  wire \$1759 ;
   wire \$176 ;
-  wire \$1760 ;
-  wire \$1761 ;
-  wire \$1762 ;
-  wire \$1763 ;
-  wire \$1764 ;
-  wire \$1765 ;
-  wire \$1766 ;
-  wire \$1767 ;
-  wire \$1768 ;
-  wire \$1769 ;
   wire \$177 ;
-  wire \$1770 ;
-  wire [1:0] \$1771 ;
-  wire [1:0] \$1772 ;
-  wire \$1773 ;
-  wire \$1774 ;
-  wire [1:0] \$1775 ;
-  wire \$1776 ;
-  wire \$1777 ;
-  wire [2:0] \$1778 ;
-  wire [2:0] \$1779 ;
   wire \$178 ;
-  wire [2:0] \$1780 ;
-  wire \$1781 ;
-  wire \$1782 ;
-  wire [2:0] \$1783 ;
-  wire \$1784 ;
-  wire \$1785 ;
-  wire [2:0] \$1786 ;
-  wire [2:0] \$1787 ;
-  wire \$1788 ;
-  wire \$1789 ;
   wire \$179 ;
-  wire [2:0] \$1790 ;
-  wire \$1791 ;
-  wire \$1792 ;
-  wire [3:0] \$1793 ;
-  wire [3:0] \$1794 ;
-  wire [3:0] \$1795 ;
-  wire [3:0] \$1796 ;
-  wire \$1797 ;
-  wire \$1798 ;
-  wire [3:0] \$1799 ;
   wire [1:0] \$18 ;
   wire \$180 ;
-  wire \$1800 ;
-  wire \$1801 ;
-  wire [3:0] \$1802 ;
-  wire [3:0] \$1803 ;
-  wire \$1804 ;
-  wire \$1805 ;
-  wire [3:0] \$1806 ;
-  wire \$1807 ;
-  wire \$1808 ;
-  wire [3:0] \$1809 ;
   wire \$181 ;
-  wire [3:0] \$1810 ;
-  wire [3:0] \$1811 ;
-  wire \$1812 ;
-  wire \$1813 ;
-  wire [3:0] \$1814 ;
-  wire \$1815 ;
-  wire \$1816 ;
-  wire [3:0] \$1817 ;
-  wire [3:0] \$1818 ;
-  wire \$1819 ;
   wire \$182 ;
-  wire \$1820 ;
-  wire [3:0] \$1821 ;
-  wire [3:0] \$1822 ;
-  wire [3:0] \$1823 ;
-  wire [7:0] \$1824 ;
-  wire \$1825 ;
-  wire \$1826 ;
-  wire [7:0] \$1827 ;
-  wire [7:0] \$1828 ;
-  wire \$1829 ;
   wire \$183 ;
-  wire \$1830 ;
-  wire [7:0] \$1831 ;
-  wire \$1832 ;
-  wire \$1833 ;
-  wire [7:0] \$1834 ;
-  wire [7:0] \$1835 ;
-  wire [7:0] \$1836 ;
-  wire \$1837 ;
-  wire \$1838 ;
-  wire [7:0] \$1839 ;
   wire \$184 ;
-  wire \$1840 ;
-  wire \$1841 ;
-  wire [7:0] \$1842 ;
-  wire [7:0] \$1843 ;
-  wire \$1844 ;
-  wire \$1845 ;
-  wire [7:0] \$1846 ;
-  wire \$1847 ;
-  wire \$1848 ;
-  wire [7:0] \$1849 ;
   wire \$185 ;
-  wire [7:0] \$1850 ;
-  wire [7:0] \$1851 ;
-  wire [7:0] \$1852 ;
-  wire \$1853 ;
-  wire \$1854 ;
-  wire [7:0] \$1855 ;
-  wire \$1856 ;
-  wire \$1857 ;
-  wire [7:0] \$1858 ;
-  wire [7:0] \$1859 ;
   wire \$186 ;
-  wire \$1860 ;
-  wire \$1861 ;
-  wire [7:0] \$1862 ;
-  wire \$1863 ;
-  wire \$1864 ;
-  wire [7:0] \$1865 ;
-  wire [7:0] \$1866 ;
-  wire [7:0] \$1867 ;
-  wire \$1868 ;
-  wire \$1869 ;
   wire \$187 ;
-  wire [7:0] \$1870 ;
-  wire \$1871 ;
-  wire \$1872 ;
-  wire [7:0] \$1873 ;
-  wire [7:0] \$1874 ;
-  wire \$1875 ;
-  wire \$1876 ;
-  wire [7:0] \$1877 ;
-  wire \$1878 ;
-  wire \$1879 ;
   wire \$188 ;
-  wire [7:0] \$1880 ;
-  wire [7:0] \$1881 ;
-  wire [7:0] \$1882 ;
-  wire [7:0] \$1883 ;
-  wire [2:0] \$1884 ;
-  wire \$1885 ;
-  wire \$1886 ;
-  wire [2:0] \$1887 ;
-  wire [2:0] \$1888 ;
-  wire \$1889 ;
   wire \$189 ;
-  wire \$1890 ;
-  wire [2:0] \$1891 ;
-  wire \$1892 ;
-  wire \$1893 ;
-  wire [2:0] \$1894 ;
-  wire [2:0] \$1895 ;
-  wire [2:0] \$1896 ;
-  wire \$1897 ;
-  wire \$1898 ;
-  wire [2:0] \$1899 ;
-  wire [1:0] \$19 ;
+  wire [2:0] \$19 ;
   wire \$190 ;
-  wire \$1900 ;
-  wire \$1901 ;
-  wire [2:0] \$1902 ;
-  wire [2:0] \$1903 ;
-  wire \$1904 ;
-  wire \$1905 ;
-  wire [2:0] \$1906 ;
-  wire \$1907 ;
-  wire \$1908 ;
-  wire [2:0] \$1909 ;
   wire \$191 ;
-  wire [2:0] \$1910 ;
-  wire [2:0] \$1911 ;
-  wire [2:0] \$1912 ;
-  wire \$1913 ;
-  wire \$1914 ;
-  wire [2:0] \$1915 ;
-  wire \$1916 ;
-  wire \$1917 ;
-  wire [2:0] \$1918 ;
-  wire [2:0] \$1919 ;
   wire \$192 ;
-  wire \$1920 ;
-  wire \$1921 ;
-  wire [2:0] \$1922 ;
-  wire \$1923 ;
-  wire \$1924 ;
-  wire [2:0] \$1925 ;
-  wire [2:0] \$1926 ;
-  wire [2:0] \$1927 ;
-  wire \$1928 ;
-  wire \$1929 ;
   wire \$193 ;
-  wire [2:0] \$1930 ;
-  wire \$1931 ;
-  wire \$1932 ;
-  wire [2:0] \$1933 ;
-  wire [2:0] \$1934 ;
-  wire \$1935 ;
-  wire \$1936 ;
-  wire [2:0] \$1937 ;
-  wire \$1938 ;
-  wire \$1939 ;
   wire \$194 ;
-  wire [2:0] \$1940 ;
-  wire [2:0] \$1941 ;
-  wire [2:0] \$1942 ;
-  wire [2:0] \$1943 ;
-  wire [3:0] \$1944 ;
-  wire [1:0] \$1945 ;
-  wire [1:0] \$1946 ;
-  wire [3:0] \$1947 ;
-  wire \$1948 ;
-  wire [8:0] \$1949 ;
   wire \$195 ;
-  wire [5:0] \$1950 ;
-  wire \$1951 ;
-  wire \$1952 ;
-  wire \$1953 ;
-  wire \$1954 ;
-  wire \$1955 ;
-  wire \$1956 ;
-  wire \$1957 ;
-  wire \$1958 ;
-  wire \$1959 ;
   wire \$196 ;
-  wire \$1960 ;
-  wire \$1961 ;
-  wire \$1962 ;
-  wire \$1963 ;
-  wire \$1964 ;
-  wire \$1965 ;
-  wire \$1966 ;
-  wire \$1967 ;
-  wire \$1968 ;
-  wire \$1969 ;
   wire \$197 ;
-  wire \$1970 ;
-  wire \$1971 ;
-  wire \$1972 ;
-  wire \$1973 ;
-  wire \$1974 ;
-  wire \$1975 ;
-  wire \$1976 ;
-  wire \$1977 ;
-  wire \$1978 ;
-  wire \$1979 ;
   wire \$198 ;
-  wire \$1980 ;
-  wire \$1981 ;
-  wire \$1982 ;
-  wire \$1983 ;
-  wire \$1984 ;
-  wire \$1985 ;
-  wire \$1986 ;
-  wire \$1987 ;
-  wire \$1988 ;
-  wire \$1989 ;
   wire \$199 ;
-  wire \$1990 ;
-  wire \$1991 ;
-  wire \$1992 ;
-  wire \$1993 ;
-  wire \$1994 ;
-  wire \$1995 ;
-  wire \$1996 ;
-  wire \$1997 ;
-  wire \$1998 ;
-  wire \$1999 ;
   wire [3:0] \$2 ;
-  wire [2:0] \$20 ;
+  wire [1:0] \$20 ;
   wire \$200 ;
-  wire \$2000 ;
-  wire \$2001 ;
-  wire \$2002 ;
-  wire \$2003 ;
-  wire \$2004 ;
-  wire \$2005 ;
-  wire \$2006 ;
-  wire \$2007 ;
-  wire \$2008 ;
-  wire \$2009 ;
   wire \$201 ;
-  wire \$2010 ;
-  wire \$2011 ;
-  wire \$2012 ;
-  wire \$2013 ;
-  wire \$2014 ;
-  wire \$2015 ;
-  wire \$2016 ;
-  wire \$2017 ;
-  wire \$2018 ;
-  wire \$2019 ;
   wire \$202 ;
-  wire [1:0] \$2020 ;
-  wire [1:0] \$2021 ;
-  wire \$2022 ;
-  wire \$2023 ;
-  wire [1:0] \$2024 ;
-  wire \$2025 ;
-  wire \$2026 ;
-  wire [2:0] \$2027 ;
-  wire [2:0] \$2028 ;
-  wire [2:0] \$2029 ;
   wire \$203 ;
-  wire \$2030 ;
-  wire \$2031 ;
-  wire [2:0] \$2032 ;
-  wire \$2033 ;
-  wire \$2034 ;
-  wire [2:0] \$2035 ;
-  wire [2:0] \$2036 ;
-  wire \$2037 ;
-  wire \$2038 ;
-  wire [2:0] \$2039 ;
   wire \$204 ;
-  wire \$2040 ;
-  wire \$2041 ;
-  wire [3:0] \$2042 ;
-  wire [3:0] \$2043 ;
-  wire [3:0] \$2044 ;
-  wire [3:0] \$2045 ;
-  wire \$2046 ;
-  wire \$2047 ;
-  wire [3:0] \$2048 ;
-  wire \$2049 ;
   wire \$205 ;
-  wire \$2050 ;
-  wire [3:0] \$2051 ;
-  wire [3:0] \$2052 ;
-  wire \$2053 ;
-  wire \$2054 ;
-  wire [3:0] \$2055 ;
-  wire \$2056 ;
-  wire \$2057 ;
-  wire [3:0] \$2058 ;
-  wire [3:0] \$2059 ;
   wire \$206 ;
-  wire [3:0] \$2060 ;
-  wire \$2061 ;
-  wire \$2062 ;
-  wire [3:0] \$2063 ;
-  wire \$2064 ;
-  wire \$2065 ;
-  wire [3:0] \$2066 ;
-  wire [3:0] \$2067 ;
-  wire \$2068 ;
-  wire \$2069 ;
   wire \$207 ;
-  wire [3:0] \$2070 ;
-  wire [3:0] \$2071 ;
-  wire [3:0] \$2072 ;
-  wire [7:0] \$2073 ;
-  wire \$2074 ;
-  wire \$2075 ;
-  wire [7:0] \$2076 ;
-  wire [7:0] \$2077 ;
-  wire \$2078 ;
-  wire \$2079 ;
   wire \$208 ;
-  wire [7:0] \$2080 ;
-  wire \$2081 ;
-  wire \$2082 ;
-  wire [7:0] \$2083 ;
-  wire [7:0] \$2084 ;
-  wire [7:0] \$2085 ;
-  wire \$2086 ;
-  wire \$2087 ;
-  wire [7:0] \$2088 ;
-  wire \$2089 ;
   wire \$209 ;
-  wire \$2090 ;
-  wire [7:0] \$2091 ;
-  wire [7:0] \$2092 ;
-  wire \$2093 ;
-  wire \$2094 ;
-  wire [7:0] \$2095 ;
-  wire \$2096 ;
-  wire \$2097 ;
-  wire [7:0] \$2098 ;
-  wire [7:0] \$2099 ;
   wire [1:0] \$21 ;
   wire \$210 ;
-  wire [7:0] \$2100 ;
-  wire [7:0] \$2101 ;
-  wire \$2102 ;
-  wire \$2103 ;
-  wire [7:0] \$2104 ;
-  wire \$2105 ;
-  wire \$2106 ;
-  wire [7:0] \$2107 ;
-  wire [7:0] \$2108 ;
-  wire \$2109 ;
   wire \$211 ;
-  wire \$2110 ;
-  wire [7:0] \$2111 ;
-  wire \$2112 ;
-  wire \$2113 ;
-  wire [7:0] \$2114 ;
-  wire [7:0] \$2115 ;
-  wire [7:0] \$2116 ;
-  wire \$2117 ;
-  wire \$2118 ;
-  wire [7:0] \$2119 ;
   wire \$212 ;
-  wire \$2120 ;
-  wire \$2121 ;
-  wire [7:0] \$2122 ;
-  wire [7:0] \$2123 ;
-  wire \$2124 ;
-  wire \$2125 ;
-  wire [7:0] \$2126 ;
-  wire \$2127 ;
-  wire \$2128 ;
-  wire [7:0] \$2129 ;
   wire \$213 ;
-  wire [7:0] \$2130 ;
-  wire [7:0] \$2131 ;
-  wire [7:0] \$2132 ;
-  wire [2:0] \$2133 ;
-  wire \$2134 ;
-  wire \$2135 ;
-  wire [2:0] \$2136 ;
-  wire [2:0] \$2137 ;
-  wire \$2138 ;
-  wire \$2139 ;
   wire \$214 ;
-  wire [2:0] \$2140 ;
-  wire \$2141 ;
-  wire \$2142 ;
-  wire [2:0] \$2143 ;
-  wire [2:0] \$2144 ;
-  wire [2:0] \$2145 ;
-  wire \$2146 ;
-  wire \$2147 ;
-  wire [2:0] \$2148 ;
-  wire \$2149 ;
   wire \$215 ;
-  wire \$2150 ;
-  wire [2:0] \$2151 ;
-  wire [2:0] \$2152 ;
-  wire \$2153 ;
-  wire \$2154 ;
-  wire [2:0] \$2155 ;
-  wire \$2156 ;
-  wire \$2157 ;
-  wire [2:0] \$2158 ;
-  wire [2:0] \$2159 ;
   wire \$216 ;
-  wire [2:0] \$2160 ;
-  wire [2:0] \$2161 ;
-  wire \$2162 ;
-  wire \$2163 ;
-  wire [2:0] \$2164 ;
-  wire \$2165 ;
-  wire \$2166 ;
-  wire [2:0] \$2167 ;
-  wire [2:0] \$2168 ;
-  wire \$2169 ;
   wire \$217 ;
-  wire \$2170 ;
-  wire [2:0] \$2171 ;
-  wire \$2172 ;
-  wire \$2173 ;
-  wire [2:0] \$2174 ;
-  wire [2:0] \$2175 ;
-  wire [2:0] \$2176 ;
-  wire \$2177 ;
-  wire \$2178 ;
-  wire [2:0] \$2179 ;
   wire \$218 ;
-  wire \$2180 ;
-  wire \$2181 ;
-  wire [2:0] \$2182 ;
-  wire [2:0] \$2183 ;
-  wire \$2184 ;
-  wire \$2185 ;
-  wire [2:0] \$2186 ;
-  wire \$2187 ;
-  wire \$2188 ;
-  wire [2:0] \$2189 ;
   wire \$219 ;
-  wire [2:0] \$2190 ;
-  wire [2:0] \$2191 ;
-  wire [2:0] \$2192 ;
-  wire [3:0] \$2193 ;
-  wire [1:0] \$2194 ;
-  wire [1:0] \$2195 ;
-  wire [3:0] \$2196 ;
-  wire \$2197 ;
-  wire [8:0] \$2198 ;
-  wire [5:0] \$2199 ;
-  wire [1:0] \$22 ;
+  wire [2:0] \$22 ;
   wire \$220 ;
-  wire \$2200 ;
-  wire \$2201 ;
-  wire \$2202 ;
-  wire \$2203 ;
-  wire \$2204 ;
-  wire [1:0] \$2205 ;
-  wire [1:0] \$2206 ;
-  wire \$2207 ;
-  wire \$2208 ;
-  wire [1:0] \$2209 ;
   wire \$221 ;
-  wire \$2210 ;
-  wire \$2211 ;
-  wire [2:0] \$2212 ;
-  wire [2:0] \$2213 ;
-  wire [2:0] \$2214 ;
-  wire \$2215 ;
-  wire \$2216 ;
-  wire [2:0] \$2217 ;
-  wire \$2218 ;
-  wire \$2219 ;
   wire \$222 ;
-  wire [2:0] \$2220 ;
-  wire [2:0] \$2221 ;
-  wire \$2222 ;
-  wire \$2223 ;
-  wire [2:0] \$2224 ;
-  wire \$2225 ;
-  wire \$2226 ;
-  wire [3:0] \$2227 ;
-  wire [3:0] \$2228 ;
-  wire [3:0] \$2229 ;
   wire \$223 ;
-  wire [3:0] \$2230 ;
-  wire \$2231 ;
-  wire \$2232 ;
-  wire [3:0] \$2233 ;
-  wire \$2234 ;
-  wire \$2235 ;
-  wire [3:0] \$2236 ;
-  wire [3:0] \$2237 ;
-  wire \$2238 ;
-  wire \$2239 ;
   wire \$224 ;
-  wire [3:0] \$2240 ;
-  wire \$2241 ;
-  wire \$2242 ;
-  wire [3:0] \$2243 ;
-  wire [3:0] \$2244 ;
-  wire [3:0] \$2245 ;
-  wire \$2246 ;
-  wire \$2247 ;
-  wire [3:0] \$2248 ;
-  wire \$2249 ;
   wire \$225 ;
-  wire \$2250 ;
-  wire [3:0] \$2251 ;
-  wire [3:0] \$2252 ;
-  wire \$2253 ;
-  wire \$2254 ;
-  wire [3:0] \$2255 ;
-  wire [3:0] \$2256 ;
-  wire [3:0] \$2257 ;
-  wire [7:0] \$2258 ;
-  wire \$2259 ;
   wire \$226 ;
-  wire \$2260 ;
-  wire [7:0] \$2261 ;
-  wire [7:0] \$2262 ;
-  wire \$2263 ;
-  wire \$2264 ;
-  wire [7:0] \$2265 ;
-  wire \$2266 ;
-  wire \$2267 ;
-  wire [7:0] \$2268 ;
-  wire [7:0] \$2269 ;
   wire \$227 ;
-  wire [7:0] \$2270 ;
-  wire \$2271 ;
-  wire \$2272 ;
-  wire [7:0] \$2273 ;
-  wire \$2274 ;
-  wire \$2275 ;
-  wire [7:0] \$2276 ;
-  wire [7:0] \$2277 ;
-  wire \$2278 ;
-  wire \$2279 ;
   wire \$228 ;
-  wire [7:0] \$2280 ;
-  wire \$2281 ;
-  wire \$2282 ;
-  wire [7:0] \$2283 ;
-  wire [7:0] \$2284 ;
-  wire [7:0] \$2285 ;
-  wire [7:0] \$2286 ;
-  wire \$2287 ;
-  wire \$2288 ;
-  wire [7:0] \$2289 ;
   wire \$229 ;
-  wire \$2290 ;
-  wire \$2291 ;
-  wire [7:0] \$2292 ;
-  wire [7:0] \$2293 ;
-  wire \$2294 ;
-  wire \$2295 ;
-  wire [7:0] \$2296 ;
-  wire \$2297 ;
-  wire \$2298 ;
-  wire [7:0] \$2299 ;
-  wire [2:0] \$23 ;
+  wire [3:0] \$23 ;
   wire \$230 ;
-  wire [7:0] \$2300 ;
-  wire [7:0] \$2301 ;
-  wire \$2302 ;
-  wire \$2303 ;
-  wire [7:0] \$2304 ;
-  wire \$2305 ;
-  wire \$2306 ;
-  wire [7:0] \$2307 ;
-  wire [7:0] \$2308 ;
-  wire \$2309 ;
   wire \$231 ;
-  wire \$2310 ;
-  wire [7:0] \$2311 ;
-  wire \$2312 ;
-  wire \$2313 ;
-  wire [7:0] \$2314 ;
-  wire [7:0] \$2315 ;
-  wire [7:0] \$2316 ;
-  wire [7:0] \$2317 ;
-  wire [2:0] \$2318 ;
-  wire \$2319 ;
   wire \$232 ;
-  wire \$2320 ;
-  wire [2:0] \$2321 ;
-  wire [2:0] \$2322 ;
-  wire \$2323 ;
-  wire \$2324 ;
-  wire [2:0] \$2325 ;
-  wire \$2326 ;
-  wire \$2327 ;
-  wire [2:0] \$2328 ;
-  wire [2:0] \$2329 ;
   wire \$233 ;
-  wire [2:0] \$2330 ;
-  wire \$2331 ;
-  wire \$2332 ;
-  wire [2:0] \$2333 ;
-  wire \$2334 ;
-  wire \$2335 ;
-  wire [2:0] \$2336 ;
-  wire [2:0] \$2337 ;
-  wire \$2338 ;
-  wire \$2339 ;
   wire \$234 ;
-  wire [2:0] \$2340 ;
-  wire \$2341 ;
-  wire \$2342 ;
-  wire [2:0] \$2343 ;
-  wire [2:0] \$2344 ;
-  wire [2:0] \$2345 ;
-  wire [2:0] \$2346 ;
-  wire \$2347 ;
-  wire \$2348 ;
-  wire [2:0] \$2349 ;
   wire \$235 ;
-  wire \$2350 ;
-  wire \$2351 ;
-  wire [2:0] \$2352 ;
-  wire [2:0] \$2353 ;
-  wire \$2354 ;
-  wire \$2355 ;
-  wire [2:0] \$2356 ;
-  wire \$2357 ;
-  wire \$2358 ;
-  wire [2:0] \$2359 ;
   wire \$236 ;
-  wire [2:0] \$2360 ;
-  wire [2:0] \$2361 ;
-  wire \$2362 ;
-  wire \$2363 ;
-  wire [2:0] \$2364 ;
-  wire \$2365 ;
-  wire \$2366 ;
-  wire [2:0] \$2367 ;
-  wire [2:0] \$2368 ;
-  wire \$2369 ;
   wire \$237 ;
-  wire \$2370 ;
-  wire [2:0] \$2371 ;
-  wire \$2372 ;
-  wire \$2373 ;
-  wire [2:0] \$2374 ;
-  wire [2:0] \$2375 ;
-  wire [2:0] \$2376 ;
-  wire [2:0] \$2377 ;
-  wire [3:0] \$2378 ;
-  wire [1:0] \$2379 ;
-  wire \$238 ;
-  wire [1:0] \$2380 ;
-  wire [3:0] \$2381 ;
-  wire \$2382 ;
-  wire [8:0] \$2383 ;
-  wire [5:0] \$2384 ;
-  wire [4:0] \$2385 ;
-  wire [4:0] \$2386 ;
-  wire [3:0] \$2387 ;
-  wire [5:0] \$2388 ;
-  wire \$2389 ;
-  wire \$239 ;
-  wire \$2390 ;
-  wire \$2391 ;
-  wire \$2392 ;
-  wire \$2393 ;
-  wire \$2394 ;
-  wire \$2395 ;
-  wire \$2396 ;
-  wire \$2397 ;
-  wire \$2398 ;
-  wire \$2399 ;
+  wire [1:0] \$238 ;
+  wire [1:0] \$239 ;
   wire [1:0] \$24 ;
   wire \$240 ;
-  wire \$2400 ;
-  wire [3:0] \$2401 ;
-  wire [8:0] \$2402 ;
-  wire \$2403 ;
-  wire \$2404 ;
-  wire \$2405 ;
-  wire \$2406 ;
-  wire \$2407 ;
-  wire \$2408 ;
-  wire \$2409 ;
   wire \$241 ;
-  wire \$2410 ;
-  wire \$2411 ;
-  wire \$2412 ;
-  wire \$2413 ;
-  wire \$2414 ;
-  wire \$2415 ;
-  wire \$2416 ;
-  wire \$2417 ;
-  wire \$2418 ;
-  wire \$2419 ;
-  wire \$242 ;
-  wire \$2420 ;
-  wire \$2421 ;
-  wire \$2422 ;
-  wire \$2423 ;
-  wire \$2424 ;
-  wire \$2425 ;
-  wire \$2426 ;
-  wire \$2427 ;
-  wire \$2428 ;
-  wire \$2429 ;
+  wire [1:0] \$242 ;
   wire \$243 ;
-  wire \$2430 ;
-  wire \$2431 ;
-  wire \$2432 ;
-  wire \$2433 ;
-  wire \$2434 ;
-  wire \$2435 ;
-  wire \$2436 ;
-  wire \$2437 ;
-  wire \$2438 ;
-  wire \$2439 ;
   wire \$244 ;
-  wire \$2440 ;
-  wire \$2441 ;
-  wire \$2442 ;
-  wire [11:0] \$2443 ;
-  wire [11:0] \$2444 ;
-  wire [11:0] \$2445 ;
-  wire \$2446 ;
-  wire \$2447 ;
-  wire \$2448 ;
-  wire \$2449 ;
-  wire \$245 ;
-  wire \$2450 ;
-  wire \$2451 ;
-  wire \$2452 ;
-  wire \$2453 ;
-  wire \$2454 ;
-  wire \$2455 ;
-  wire \$2456 ;
-  wire \$2457 ;
-  wire \$2458 ;
-  wire \$2459 ;
-  wire \$246 ;
-  wire \$2460 ;
-  wire \$2461 ;
-  wire \$2462 ;
-  wire \$2463 ;
-  wire \$2464 ;
-  wire \$2465 ;
-  wire \$2466 ;
-  wire \$2467 ;
-  wire \$2468 ;
-  wire \$2469 ;
-  wire \$247 ;
-  wire \$2470 ;
-  wire \$2471 ;
-  wire \$2472 ;
-  wire \$2473 ;
-  wire \$2474 ;
-  wire \$2475 ;
-  wire \$2476 ;
-  wire [7:0] \$2477 ;
-  wire \$2478 ;
-  wire \$2479 ;
+  wire [2:0] \$245 ;
+  wire [2:0] \$246 ;
+  wire [2:0] \$247 ;
   wire \$248 ;
-  wire \$2480 ;
-  wire \$2481 ;
-  wire \$2482 ;
-  wire \$2483 ;
-  wire [7:0] \$2484 ;
-  wire [8:0] \$2485 ;
-  wire \$2486 ;
-  wire [8:0] \$2487 ;
-  wire [9:0] \$2488 ;
-  wire \$2489 ;
   wire \$249 ;
-  wire [9:0] \$2490 ;
-  wire [10:0] \$2491 ;
-  wire \$2492 ;
-  wire [10:0] \$2493 ;
-  wire [11:0] \$2494 ;
-  wire \$2495 ;
-  wire [8:0] \$2496 ;
-  wire \$2497 ;
-  wire [9:0] \$2498 ;
-  wire \$2499 ;
   wire [1:0] \$25 ;
-  wire \$250 ;
-  wire [10:0] \$2500 ;
-  wire \$2501 ;
-  wire \$2502 ;
-  wire \$2503 ;
-  wire \$2504 ;
-  wire \$2505 ;
-  wire \$2506 ;
-  wire \$2507 ;
-  wire \$2508 ;
-  wire \$2509 ;
+  wire [2:0] \$250 ;
   wire \$251 ;
-  wire \$2510 ;
-  wire [5:0] \$2511 ;
-  wire \$2512 ;
-  wire \$2513 ;
-  wire \$2514 ;
-  wire \$2515 ;
-  wire \$2516 ;
-  wire \$2517 ;
-  wire [11:0] \$2518 ;
-  wire [11:0] \$2519 ;
   wire \$252 ;
-  wire [11:0] \$2520 ;
-  wire [12:0] \$2521 ;
-  wire \$2522 ;
-  wire [16:0] \$2523 ;
-  wire \$2524 ;
-  wire \$2525 ;
-  wire [3:0] \$2526 ;
-  reg \$2527 ;
-  reg \$2528 ;
-  reg [7:0] \$2529 ;
-  wire \$253 ;
-  reg [7:0] \$2530 ;
-  reg [8:0] \$2531 ;
-  reg [9:0] \$2532 ;
-  reg [1:0] \$2533 ;
-  reg [119:0] \$2534 ;
-  reg [119:0] \$2535 ;
-  reg \$2536 ;
-  reg \$2537 ;
-  reg [3:0] \$2538 ;
-  reg \$2539 ;
-  wire \$254 ;
-  reg \$2540 ;
-  reg \$2541 ;
-  reg [63:0] \$2542 ;
-  reg [63:0] \$2543 ;
-  reg \$2544 ;
-  reg \$2545 ;
-  reg \$2546 ;
-  reg \$2547 ;
-  reg \$2548 ;
-  reg [15:0] \$2549 ;
+  wire [2:0] \$253 ;
+  wire [2:0] \$254 ;
   wire \$255 ;
-  reg [10:0] \$2550 ;
-  reg [6:0] \$2551 ;
-  reg \$2552 ;
-  reg [3:0] \$2553 ;
   wire \$256 ;
-  wire \$257 ;
-  wire \$258 ;
-  wire \$259 ;
+  wire [2:0] \$257 ;
+  wire [2:0] \$258 ;
+  wire [15:0] \$259 ;
   wire [2:0] \$26 ;
   wire \$260 ;
   wire \$261 ;
-  wire \$262 ;
-  wire \$263 ;
+  wire [15:0] \$262 ;
+  wire [15:0] \$263 ;
   wire \$264 ;
   wire \$265 ;
-  wire \$266 ;
+  wire [15:0] \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire \$269 ;
+  wire [15:0] \$269 ;
   wire [1:0] \$27 ;
-  wire \$270 ;
-  wire \$271 ;
+  wire [15:0] \$270 ;
+  wire [15:0] \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire \$274 ;
+  wire [15:0] \$274 ;
   wire \$275 ;
   wire \$276 ;
-  wire \$277 ;
-  wire \$278 ;
+  wire [15:0] \$277 ;
+  wire [15:0] \$278 ;
   wire \$279 ;
   wire [1:0] \$28 ;
   wire \$280 ;
-  wire \$281 ;
+  wire [15:0] \$281 ;
   wire \$282 ;
   wire \$283 ;
-  wire \$284 ;
-  wire \$285 ;
-  wire \$286 ;
-  wire \$287 ;
+  wire [15:0] \$284 ;
+  wire [15:0] \$285 ;
+  wire [15:0] \$286 ;
+  wire [3:0] \$287 ;
   wire \$288 ;
   wire \$289 ;
   wire [2:0] \$29 ;
-  wire \$290 ;
-  wire \$291 ;
+  wire [3:0] \$290 ;
+  wire [3:0] \$291 ;
   wire \$292 ;
   wire \$293 ;
-  wire \$294 ;
+  wire [3:0] \$294 ;
   wire \$295 ;
   wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
-  wire \$299 ;
+  wire [3:0] \$297 ;
+  wire [3:0] \$298 ;
+  wire [3:0] \$299 ;
   wire [1:0] \$3 ;
-  wire [1:0] \$30 ;
+  wire [3:0] \$30 ;
   wire \$300 ;
   wire \$301 ;
-  wire \$302 ;
+  wire [3:0] \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
+  wire [3:0] \$305 ;
+  wire [3:0] \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire \$309 ;
+  wire [3:0] \$309 ;
   wire [1:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
-  wire \$312 ;
-  wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
-  wire \$317 ;
-  wire \$318 ;
-  wire \$319 ;
-  wire [2:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
-  wire \$323 ;
-  wire \$324 ;
-  wire \$325 ;
-  wire \$326 ;
-  wire \$327 ;
-  wire \$328 ;
+  wire [3:0] \$312 ;
+  wire [3:0] \$313 ;
+  wire [3:0] \$314 ;
+  wire [4:0] \$315 ;
+  wire [1:0] \$316 ;
+  wire [1:0] \$317 ;
+  wire [2:0] \$318 ;
+  wire [1:0] \$319 ;
+  wire [1:0] \$32 ;
+  wire [1:0] \$320 ;
+  wire [2:0] \$321 ;
+  wire [4:0] \$322 ;
+  wire [1:0] \$323 ;
+  wire [1:0] \$324 ;
+  wire [3:0] \$325 ;
+  wire [1:0] \$326 ;
+  wire [1:0] \$327 ;
+  wire [3:0] \$328 ;
   wire \$329 ;
-  wire [1:0] \$33 ;
-  wire \$330 ;
-  wire \$331 ;
+  wire [2:0] \$33 ;
+  wire [8:0] \$330 ;
+  wire [5:0] \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
@@ -5624,7 +4429,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [2:0] \$35 ;
+  wire [1:0] \$35 ;
   wire \$350 ;
   wire \$351 ;
   wire \$352 ;
@@ -5635,7 +4440,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$357 ;
   wire \$358 ;
   wire \$359 ;
-  wire [1:0] \$36 ;
+  wire [2:0] \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
@@ -5646,7 +4451,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$367 ;
   wire \$368 ;
   wire \$369 ;
-  wire [1:0] \$37 ;
+  wire [3:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
@@ -5657,306 +4462,306 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire [2:0] \$38 ;
+  wire [1:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire [1:0] \$382 ;
-  wire [1:0] \$383 ;
+  wire \$382 ;
+  wire \$383 ;
   wire \$384 ;
   wire \$385 ;
-  wire [1:0] \$386 ;
+  wire \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire [2:0] \$389 ;
+  wire \$389 ;
   wire [1:0] \$39 ;
-  wire [2:0] \$390 ;
-  wire [2:0] \$391 ;
+  wire \$390 ;
+  wire \$391 ;
   wire \$392 ;
-  wire \$393 ;
-  wire [2:0] \$394 ;
+  wire [1:0] \$393 ;
+  wire [1:0] \$394 ;
   wire \$395 ;
   wire \$396 ;
-  wire [2:0] \$397 ;
-  wire [2:0] \$398 ;
+  wire [1:0] \$397 ;
+  wire \$398 ;
   wire \$399 ;
   wire [1:0] \$4 ;
-  wire [1:0] \$40 ;
-  wire \$400 ;
+  wire [2:0] \$40 ;
+  wire [2:0] \$400 ;
   wire [2:0] \$401 ;
-  wire \$402 ;
+  wire [2:0] \$402 ;
   wire \$403 ;
-  wire [3:0] \$404 ;
-  wire [3:0] \$405 ;
-  wire [3:0] \$406 ;
-  wire [3:0] \$407 ;
-  wire \$408 ;
-  wire \$409 ;
-  wire [2:0] \$41 ;
-  wire [3:0] \$410 ;
+  wire \$404 ;
+  wire [2:0] \$405 ;
+  wire \$406 ;
+  wire \$407 ;
+  wire [2:0] \$408 ;
+  wire [2:0] \$409 ;
+  wire [1:0] \$41 ;
+  wire \$410 ;
   wire \$411 ;
-  wire \$412 ;
-  wire [3:0] \$413 ;
-  wire [3:0] \$414 ;
+  wire [2:0] \$412 ;
+  wire [2:0] \$413 ;
+  wire [15:0] \$414 ;
   wire \$415 ;
   wire \$416 ;
-  wire [3:0] \$417 ;
-  wire \$418 ;
+  wire [15:0] \$417 ;
+  wire [15:0] \$418 ;
   wire \$419 ;
   wire [1:0] \$42 ;
-  wire [3:0] \$420 ;
-  wire [3:0] \$421 ;
-  wire [3:0] \$422 ;
+  wire \$420 ;
+  wire [15:0] \$421 ;
+  wire \$422 ;
   wire \$423 ;
-  wire \$424 ;
-  wire [3:0] \$425 ;
-  wire \$426 ;
+  wire [15:0] \$424 ;
+  wire [15:0] \$425 ;
+  wire [15:0] \$426 ;
   wire \$427 ;
-  wire [3:0] \$428 ;
-  wire [3:0] \$429 ;
-  wire [1:0] \$43 ;
+  wire \$428 ;
+  wire [15:0] \$429 ;
+  wire [2:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire [3:0] \$432 ;
-  wire [3:0] \$433 ;
-  wire [3:0] \$434 ;
-  wire [7:0] \$435 ;
-  wire \$436 ;
+  wire [15:0] \$432 ;
+  wire [15:0] \$433 ;
+  wire \$434 ;
+  wire \$435 ;
+  wire [15:0] \$436 ;
   wire \$437 ;
-  wire [7:0] \$438 ;
-  wire [7:0] \$439 ;
-  wire [2:0] \$44 ;
-  wire \$440 ;
-  wire \$441 ;
-  wire [7:0] \$442 ;
+  wire \$438 ;
+  wire [15:0] \$439 ;
+  wire [3:0] \$44 ;
+  wire [15:0] \$440 ;
+  wire [15:0] \$441 ;
+  wire [3:0] \$442 ;
   wire \$443 ;
   wire \$444 ;
-  wire [7:0] \$445 ;
-  wire [7:0] \$446 ;
-  wire [7:0] \$447 ;
+  wire [3:0] \$445 ;
+  wire [3:0] \$446 ;
+  wire \$447 ;
   wire \$448 ;
-  wire \$449 ;
+  wire [3:0] \$449 ;
   wire [1:0] \$45 ;
-  wire [7:0] \$450 ;
+  wire \$450 ;
   wire \$451 ;
-  wire \$452 ;
-  wire [7:0] \$453 ;
-  wire [7:0] \$454 ;
+  wire [3:0] \$452 ;
+  wire [3:0] \$453 ;
+  wire [3:0] \$454 ;
   wire \$455 ;
   wire \$456 ;
-  wire [7:0] \$457 ;
+  wire [3:0] \$457 ;
   wire \$458 ;
   wire \$459 ;
   wire [1:0] \$46 ;
-  wire [7:0] \$460 ;
-  wire [7:0] \$461 ;
-  wire [7:0] \$462 ;
-  wire [7:0] \$463 ;
-  wire \$464 ;
+  wire [3:0] \$460 ;
+  wire [3:0] \$461 ;
+  wire \$462 ;
+  wire \$463 ;
+  wire [3:0] \$464 ;
   wire \$465 ;
-  wire [7:0] \$466 ;
-  wire \$467 ;
-  wire \$468 ;
-  wire [7:0] \$469 ;
+  wire \$466 ;
+  wire [3:0] \$467 ;
+  wire [3:0] \$468 ;
+  wire [3:0] \$469 ;
   wire [2:0] \$47 ;
-  wire [7:0] \$470 ;
-  wire \$471 ;
-  wire \$472 ;
-  wire [7:0] \$473 ;
-  wire \$474 ;
-  wire \$475 ;
-  wire [7:0] \$476 ;
-  wire [7:0] \$477 ;
-  wire [7:0] \$478 ;
-  wire \$479 ;
+  wire [4:0] \$470 ;
+  wire [1:0] \$471 ;
+  wire [1:0] \$472 ;
+  wire [2:0] \$473 ;
+  wire [1:0] \$474 ;
+  wire [1:0] \$475 ;
+  wire [2:0] \$476 ;
+  wire [4:0] \$477 ;
+  wire [1:0] \$478 ;
+  wire [1:0] \$479 ;
   wire [1:0] \$48 ;
-  wire \$480 ;
-  wire [7:0] \$481 ;
-  wire \$482 ;
-  wire \$483 ;
-  wire [7:0] \$484 ;
-  wire [7:0] \$485 ;
-  wire \$486 ;
+  wire [3:0] \$480 ;
+  wire [1:0] \$481 ;
+  wire [1:0] \$482 ;
+  wire [3:0] \$483 ;
+  wire \$484 ;
+  wire [8:0] \$485 ;
+  wire [5:0] \$486 ;
   wire \$487 ;
-  wire [7:0] \$488 ;
+  wire \$488 ;
   wire \$489 ;
   wire [1:0] \$49 ;
   wire \$490 ;
-  wire [7:0] \$491 ;
-  wire [7:0] \$492 ;
-  wire [7:0] \$493 ;
-  wire [7:0] \$494 ;
-  wire [2:0] \$495 ;
+  wire \$491 ;
+  wire \$492 ;
+  wire \$493 ;
+  wire \$494 ;
+  wire \$495 ;
   wire \$496 ;
   wire \$497 ;
-  wire [2:0] \$498 ;
-  wire [2:0] \$499 ;
+  wire \$498 ;
+  wire \$499 ;
   wire [2:0] \$5 ;
   wire [2:0] \$50 ;
   wire \$500 ;
   wire \$501 ;
-  wire [2:0] \$502 ;
+  wire \$502 ;
   wire \$503 ;
   wire \$504 ;
-  wire [2:0] \$505 ;
-  wire [2:0] \$506 ;
-  wire [2:0] \$507 ;
+  wire \$505 ;
+  wire \$506 ;
+  wire \$507 ;
   wire \$508 ;
   wire \$509 ;
-  wire [7:0] \$51 ;
-  wire [2:0] \$510 ;
+  wire [3:0] \$51 ;
+  wire \$510 ;
   wire \$511 ;
   wire \$512 ;
-  wire [2:0] \$513 ;
-  wire [2:0] \$514 ;
+  wire \$513 ;
+  wire \$514 ;
   wire \$515 ;
   wire \$516 ;
-  wire [2:0] \$517 ;
+  wire \$517 ;
   wire \$518 ;
   wire \$519 ;
-  wire [7:0] \$52 ;
-  wire [2:0] \$520 ;
-  wire [2:0] \$521 ;
-  wire [2:0] \$522 ;
-  wire [2:0] \$523 ;
+  wire [1:0] \$52 ;
+  wire \$520 ;
+  wire \$521 ;
+  wire \$522 ;
+  wire \$523 ;
   wire \$524 ;
   wire \$525 ;
-  wire [2:0] \$526 ;
+  wire \$526 ;
   wire \$527 ;
   wire \$528 ;
-  wire [2:0] \$529 ;
-  wire [7:0] \$53 ;
-  wire [2:0] \$530 ;
+  wire \$529 ;
+  wire [1:0] \$53 ;
+  wire \$530 ;
   wire \$531 ;
   wire \$532 ;
-  wire [2:0] \$533 ;
+  wire \$533 ;
   wire \$534 ;
   wire \$535 ;
-  wire [2:0] \$536 ;
-  wire [2:0] \$537 ;
-  wire [2:0] \$538 ;
+  wire \$536 ;
+  wire \$537 ;
+  wire \$538 ;
   wire \$539 ;
-  wire [7:0] \$54 ;
+  wire [2:0] \$54 ;
   wire \$540 ;
-  wire [2:0] \$541 ;
+  wire \$541 ;
   wire \$542 ;
   wire \$543 ;
-  wire [2:0] \$544 ;
-  wire [2:0] \$545 ;
+  wire \$544 ;
+  wire \$545 ;
   wire \$546 ;
   wire \$547 ;
-  wire [2:0] \$548 ;
+  wire \$548 ;
   wire \$549 ;
-  wire [7:0] \$55 ;
+  wire [1:0] \$55 ;
   wire \$550 ;
-  wire [2:0] \$551 ;
-  wire [2:0] \$552 ;
-  wire [2:0] \$553 ;
-  wire [2:0] \$554 ;
-  wire [3:0] \$555 ;
+  wire \$551 ;
+  wire \$552 ;
+  wire \$553 ;
+  wire \$554 ;
+  wire \$555 ;
   wire [1:0] \$556 ;
   wire [1:0] \$557 ;
-  wire [3:0] \$558 ;
+  wire \$558 ;
   wire \$559 ;
-  wire [7:0] \$56 ;
-  wire [8:0] \$560 ;
-  wire [5:0] \$561 ;
+  wire [1:0] \$56 ;
+  wire [1:0] \$560 ;
+  wire \$561 ;
   wire \$562 ;
-  wire \$563 ;
-  wire \$564 ;
-  wire \$565 ;
+  wire [2:0] \$563 ;
+  wire [2:0] \$564 ;
+  wire [2:0] \$565 ;
   wire \$566 ;
   wire \$567 ;
-  wire \$568 ;
+  wire [2:0] \$568 ;
   wire \$569 ;
-  wire [7:0] \$57 ;
+  wire [2:0] \$57 ;
   wire \$570 ;
-  wire \$571 ;
-  wire \$572 ;
+  wire [2:0] \$571 ;
+  wire [2:0] \$572 ;
   wire \$573 ;
   wire \$574 ;
-  wire \$575 ;
-  wire \$576 ;
-  wire \$577 ;
+  wire [2:0] \$575 ;
+  wire [2:0] \$576 ;
+  wire [15:0] \$577 ;
   wire \$578 ;
   wire \$579 ;
-  wire [7:0] \$58 ;
-  wire \$580 ;
-  wire \$581 ;
+  wire [3:0] \$58 ;
+  wire [15:0] \$580 ;
+  wire [15:0] \$581 ;
   wire \$582 ;
   wire \$583 ;
-  wire \$584 ;
+  wire [15:0] \$584 ;
   wire \$585 ;
   wire \$586 ;
-  wire \$587 ;
-  wire \$588 ;
-  wire \$589 ;
+  wire [15:0] \$587 ;
+  wire [15:0] \$588 ;
+  wire [15:0] \$589 ;
   wire [7:0] \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire \$592 ;
+  wire [15:0] \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire \$595 ;
-  wire \$596 ;
+  wire [15:0] \$595 ;
+  wire [15:0] \$596 ;
   wire \$597 ;
   wire \$598 ;
-  wire \$599 ;
+  wire [15:0] \$599 ;
   wire [1:0] \$6 ;
   wire [7:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
-  wire \$602 ;
-  wire \$603 ;
-  wire \$604 ;
-  wire \$605 ;
+  wire [15:0] \$602 ;
+  wire [15:0] \$603 ;
+  wire [15:0] \$604 ;
+  wire [3:0] \$605 ;
   wire \$606 ;
   wire \$607 ;
-  wire \$608 ;
-  wire \$609 ;
+  wire [3:0] \$608 ;
+  wire [3:0] \$609 ;
   wire [7:0] \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire \$612 ;
+  wire [3:0] \$612 ;
   wire \$613 ;
   wire \$614 ;
-  wire \$615 ;
-  wire \$616 ;
-  wire \$617 ;
+  wire [3:0] \$615 ;
+  wire [3:0] \$616 ;
+  wire [3:0] \$617 ;
   wire \$618 ;
   wire \$619 ;
   wire [7:0] \$62 ;
-  wire \$620 ;
+  wire [3:0] \$620 ;
   wire \$621 ;
   wire \$622 ;
-  wire \$623 ;
-  wire \$624 ;
+  wire [3:0] \$623 ;
+  wire [3:0] \$624 ;
   wire \$625 ;
   wire \$626 ;
-  wire \$627 ;
+  wire [3:0] \$627 ;
   wire \$628 ;
   wire \$629 ;
   wire [8:0] \$63 ;
-  wire \$630 ;
-  wire \$631 ;
-  wire \$632 ;
-  wire \$633 ;
-  wire \$634 ;
-  wire \$635 ;
-  wire \$636 ;
-  wire \$637 ;
-  wire \$638 ;
-  wire \$639 ;
+  wire [3:0] \$630 ;
+  wire [3:0] \$631 ;
+  wire [3:0] \$632 ;
+  wire [4:0] \$633 ;
+  wire [1:0] \$634 ;
+  wire [1:0] \$635 ;
+  wire [2:0] \$636 ;
+  wire [1:0] \$637 ;
+  wire [1:0] \$638 ;
+  wire [2:0] \$639 ;
   wire [8:0] \$64 ;
-  wire \$640 ;
-  wire \$641 ;
-  wire \$642 ;
-  wire \$643 ;
-  wire \$644 ;
-  wire \$645 ;
-  wire \$646 ;
+  wire [4:0] \$640 ;
+  wire [1:0] \$641 ;
+  wire [1:0] \$642 ;
+  wire [3:0] \$643 ;
+  wire [1:0] \$644 ;
+  wire [1:0] \$645 ;
+  wire [3:0] \$646 ;
   wire \$647 ;
-  wire \$648 ;
-  wire \$649 ;
+  wire [8:0] \$648 ;
+  wire [5:0] \$649 ;
   wire [8:0] \$65 ;
   wire \$650 ;
   wire \$651 ;
@@ -5981,300 +4786,300 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$669 ;
   wire [8:0] \$67 ;
   wire \$670 ;
-  wire \$671 ;
-  wire \$672 ;
+  wire [1:0] \$671 ;
+  wire [1:0] \$672 ;
   wire \$673 ;
   wire \$674 ;
-  wire \$675 ;
+  wire [1:0] \$675 ;
   wire \$676 ;
   wire \$677 ;
-  wire \$678 ;
-  wire [1:0] \$679 ;
+  wire [2:0] \$678 ;
+  wire [2:0] \$679 ;
   wire [8:0] \$68 ;
-  wire [1:0] \$680 ;
+  wire [2:0] \$680 ;
   wire \$681 ;
   wire \$682 ;
-  wire [1:0] \$683 ;
+  wire [2:0] \$683 ;
   wire \$684 ;
   wire \$685 ;
   wire [2:0] \$686 ;
   wire [2:0] \$687 ;
-  wire [2:0] \$688 ;
+  wire \$688 ;
   wire \$689 ;
   wire \$69 ;
-  wire \$690 ;
+  wire [2:0] \$690 ;
   wire [2:0] \$691 ;
-  wire \$692 ;
+  wire [15:0] \$692 ;
   wire \$693 ;
-  wire [2:0] \$694 ;
-  wire [2:0] \$695 ;
-  wire \$696 ;
+  wire \$694 ;
+  wire [15:0] \$695 ;
+  wire [15:0] \$696 ;
   wire \$697 ;
-  wire [2:0] \$698 ;
-  wire \$699 ;
+  wire \$698 ;
+  wire [15:0] \$699 ;
   wire [1:0] \$7 ;
   wire \$70 ;
   wire \$700 ;
-  wire [3:0] \$701 ;
-  wire [3:0] \$702 ;
-  wire [3:0] \$703 ;
-  wire [3:0] \$704 ;
+  wire \$701 ;
+  wire [15:0] \$702 ;
+  wire [15:0] \$703 ;
+  wire [15:0] \$704 ;
   wire \$705 ;
   wire \$706 ;
-  wire [3:0] \$707 ;
+  wire [15:0] \$707 ;
   wire \$708 ;
   wire \$709 ;
   reg [7:0] \$71 ;
-  wire [3:0] \$710 ;
-  wire [3:0] \$711 ;
+  wire [15:0] \$710 ;
+  wire [15:0] \$711 ;
   wire \$712 ;
   wire \$713 ;
-  wire [3:0] \$714 ;
+  wire [15:0] \$714 ;
   wire \$715 ;
   wire \$716 ;
-  wire [3:0] \$717 ;
-  wire [3:0] \$718 ;
-  wire [3:0] \$719 ;
+  wire [15:0] \$717 ;
+  wire [15:0] \$718 ;
+  wire [15:0] \$719 ;
   wire \$72 ;
-  wire \$720 ;
+  wire [3:0] \$720 ;
   wire \$721 ;
-  wire [3:0] \$722 ;
-  wire \$723 ;
-  wire \$724 ;
-  wire [3:0] \$725 ;
-  wire [3:0] \$726 ;
-  wire \$727 ;
+  wire \$722 ;
+  wire [3:0] \$723 ;
+  wire [3:0] \$724 ;
+  wire \$725 ;
+  wire \$726 ;
+  wire [3:0] \$727 ;
   wire \$728 ;
-  wire [3:0] \$729 ;
+  wire \$729 ;
   wire \$73 ;
   wire [3:0] \$730 ;
   wire [3:0] \$731 ;
-  wire [7:0] \$732 ;
+  wire [3:0] \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire [7:0] \$735 ;
-  wire [7:0] \$736 ;
+  wire [3:0] \$735 ;
+  wire \$736 ;
   wire \$737 ;
-  wire \$738 ;
-  wire [7:0] \$739 ;
+  wire [3:0] \$738 ;
+  wire [3:0] \$739 ;
   reg [7:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
-  wire [7:0] \$742 ;
-  wire [7:0] \$743 ;
-  wire [7:0] \$744 ;
-  wire \$745 ;
-  wire \$746 ;
-  wire [7:0] \$747 ;
-  wire \$748 ;
-  wire \$749 ;
+  wire [3:0] \$742 ;
+  wire \$743 ;
+  wire \$744 ;
+  wire [3:0] \$745 ;
+  wire [3:0] \$746 ;
+  wire [3:0] \$747 ;
+  wire [4:0] \$748 ;
+  wire [1:0] \$749 ;
   wire [8:0] \$75 ;
-  wire [7:0] \$750 ;
-  wire [7:0] \$751 ;
-  wire \$752 ;
-  wire \$753 ;
-  wire [7:0] \$754 ;
-  wire \$755 ;
-  wire \$756 ;
-  wire [7:0] \$757 ;
-  wire [7:0] \$758 ;
-  wire [7:0] \$759 ;
+  wire [1:0] \$750 ;
+  wire [2:0] \$751 ;
+  wire [1:0] \$752 ;
+  wire [1:0] \$753 ;
+  wire [2:0] \$754 ;
+  wire [4:0] \$755 ;
+  wire [1:0] \$756 ;
+  wire [1:0] \$757 ;
+  wire [3:0] \$758 ;
+  wire [1:0] \$759 ;
   wire [8:0] \$76 ;
-  wire [7:0] \$760 ;
-  wire \$761 ;
+  wire [1:0] \$760 ;
+  wire [3:0] \$761 ;
   wire \$762 ;
-  wire [7:0] \$763 ;
-  wire \$764 ;
+  wire [8:0] \$763 ;
+  wire [5:0] \$764 ;
   wire \$765 ;
-  wire [7:0] \$766 ;
-  wire [7:0] \$767 ;
+  wire \$766 ;
+  wire \$767 ;
   wire \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [7:0] \$770 ;
+  wire \$770 ;
   wire \$771 ;
   wire \$772 ;
-  wire [7:0] \$773 ;
-  wire [7:0] \$774 ;
-  wire [7:0] \$775 ;
+  wire \$773 ;
+  wire \$774 ;
+  wire \$775 ;
   wire \$776 ;
   wire \$777 ;
-  wire [7:0] \$778 ;
+  wire \$778 ;
   wire \$779 ;
   wire [3:0] \$78 ;
   wire \$780 ;
-  wire [7:0] \$781 ;
-  wire [7:0] \$782 ;
+  wire \$781 ;
+  wire \$782 ;
   wire \$783 ;
   wire \$784 ;
-  wire [7:0] \$785 ;
+  wire \$785 ;
   wire \$786 ;
   wire \$787 ;
-  wire [7:0] \$788 ;
-  wire [7:0] \$789 ;
+  wire \$788 ;
+  wire \$789 ;
   wire \$79 ;
-  wire [7:0] \$790 ;
-  wire [7:0] \$791 ;
-  wire [2:0] \$792 ;
+  wire \$790 ;
+  wire \$791 ;
+  wire \$792 ;
   wire \$793 ;
   wire \$794 ;
-  wire [2:0] \$795 ;
-  wire [2:0] \$796 ;
+  wire \$795 ;
+  wire \$796 ;
   wire \$797 ;
   wire \$798 ;
-  wire [2:0] \$799 ;
+  wire \$799 ;
   wire [2:0] \$8 ;
   wire [3:0] \$80 ;
   wire \$800 ;
   wire \$801 ;
-  wire [2:0] \$802 ;
-  wire [2:0] \$803 ;
-  wire [2:0] \$804 ;
+  wire \$802 ;
+  wire \$803 ;
+  wire \$804 ;
   wire \$805 ;
   wire \$806 ;
-  wire [2:0] \$807 ;
+  wire \$807 ;
   wire \$808 ;
   wire \$809 ;
   wire \$81 ;
-  wire [2:0] \$810 ;
-  wire [2:0] \$811 ;
+  wire \$810 ;
+  wire \$811 ;
   wire \$812 ;
   wire \$813 ;
-  wire [2:0] \$814 ;
+  wire \$814 ;
   wire \$815 ;
   wire \$816 ;
-  wire [2:0] \$817 ;
-  wire [2:0] \$818 ;
-  wire [2:0] \$819 ;
+  wire \$817 ;
+  wire \$818 ;
+  wire \$819 ;
   wire \$82 ;
-  wire [2:0] \$820 ;
+  wire \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire [2:0] \$823 ;
+  wire \$823 ;
   wire \$824 ;
   wire \$825 ;
-  wire [2:0] \$826 ;
-  wire [2:0] \$827 ;
+  wire \$826 ;
+  wire \$827 ;
   wire \$828 ;
   wire \$829 ;
   wire \$83 ;
-  wire [2:0] \$830 ;
+  wire \$830 ;
   wire \$831 ;
   wire \$832 ;
-  wire [2:0] \$833 ;
-  wire [2:0] \$834 ;
-  wire [2:0] \$835 ;
+  wire \$833 ;
+  wire \$834 ;
+  wire \$835 ;
   wire \$836 ;
   wire \$837 ;
-  wire [2:0] \$838 ;
+  wire \$838 ;
   wire \$839 ;
   wire [8:0] \$84 ;
   wire \$840 ;
-  wire [2:0] \$841 ;
-  wire [2:0] \$842 ;
-  wire \$843 ;
+  wire \$841 ;
+  wire [1:0] \$842 ;
+  wire [1:0] \$843 ;
   wire \$844 ;
-  wire [2:0] \$845 ;
-  wire \$846 ;
+  wire \$845 ;
+  wire [1:0] \$846 ;
   wire \$847 ;
-  wire [2:0] \$848 ;
+  wire \$848 ;
   wire [2:0] \$849 ;
   wire [9:0] \$85 ;
   wire [2:0] \$850 ;
   wire [2:0] \$851 ;
-  wire [3:0] \$852 ;
-  wire [1:0] \$853 ;
-  wire [1:0] \$854 ;
-  wire [3:0] \$855 ;
+  wire \$852 ;
+  wire \$853 ;
+  wire [2:0] \$854 ;
+  wire \$855 ;
   wire \$856 ;
-  wire [8:0] \$857 ;
-  wire [5:0] \$858 ;
+  wire [2:0] \$857 ;
+  wire [2:0] \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire \$861 ;
-  wire \$862 ;
-  wire \$863 ;
+  wire [2:0] \$861 ;
+  wire [2:0] \$862 ;
+  wire [15:0] \$863 ;
   wire \$864 ;
   wire \$865 ;
-  wire \$866 ;
-  wire \$867 ;
+  wire [15:0] \$866 ;
+  wire [15:0] \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
-  wire \$870 ;
+  wire [15:0] \$870 ;
   wire \$871 ;
   wire \$872 ;
-  wire \$873 ;
-  wire \$874 ;
-  wire \$875 ;
+  wire [15:0] \$873 ;
+  wire [15:0] \$874 ;
+  wire [15:0] \$875 ;
   wire \$876 ;
   wire \$877 ;
-  wire \$878 ;
+  wire [15:0] \$878 ;
   wire \$879 ;
   wire [3:0] \$88 ;
   wire \$880 ;
-  wire \$881 ;
-  wire \$882 ;
+  wire [15:0] \$881 ;
+  wire [15:0] \$882 ;
   wire \$883 ;
   wire \$884 ;
-  wire \$885 ;
+  wire [15:0] \$885 ;
   wire \$886 ;
   wire \$887 ;
-  wire \$888 ;
-  wire \$889 ;
+  wire [15:0] \$888 ;
+  wire [15:0] \$889 ;
   wire [9:0] \$89 ;
-  wire \$890 ;
-  wire \$891 ;
+  wire [15:0] \$890 ;
+  wire [3:0] \$891 ;
   wire \$892 ;
   wire \$893 ;
-  wire \$894 ;
-  wire \$895 ;
+  wire [3:0] \$894 ;
+  wire [3:0] \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire \$898 ;
+  wire [3:0] \$898 ;
   wire \$899 ;
-  wire [1:0] \$9 ;
+  wire [3:0] \$9 ;
   wire \$90 ;
   wire \$900 ;
-  wire \$901 ;
-  wire \$902 ;
-  wire \$903 ;
+  wire [3:0] \$901 ;
+  wire [3:0] \$902 ;
+  wire [3:0] \$903 ;
   wire \$904 ;
   wire \$905 ;
-  wire \$906 ;
+  wire [3:0] \$906 ;
   wire \$907 ;
   wire \$908 ;
-  wire \$909 ;
+  wire [3:0] \$909 ;
   wire \$91 ;
-  wire \$910 ;
+  wire [3:0] \$910 ;
   wire \$911 ;
   wire \$912 ;
-  wire \$913 ;
+  wire [3:0] \$913 ;
   wire \$914 ;
   wire \$915 ;
-  wire \$916 ;
-  wire \$917 ;
-  wire \$918 ;
-  wire \$919 ;
+  wire [3:0] \$916 ;
+  wire [3:0] \$917 ;
+  wire [3:0] \$918 ;
+  wire [4:0] \$919 ;
   wire [3:0] \$92 ;
-  wire \$920 ;
-  wire \$921 ;
-  wire \$922 ;
-  wire \$923 ;
-  wire \$924 ;
-  wire \$925 ;
-  wire \$926 ;
-  wire \$927 ;
-  wire \$928 ;
-  wire \$929 ;
+  wire [1:0] \$920 ;
+  wire [1:0] \$921 ;
+  wire [2:0] \$922 ;
+  wire [1:0] \$923 ;
+  wire [1:0] \$924 ;
+  wire [2:0] \$925 ;
+  wire [4:0] \$926 ;
+  wire [1:0] \$927 ;
+  wire [1:0] \$928 ;
+  wire [3:0] \$929 ;
   wire [9:0] \$93 ;
-  wire \$930 ;
-  wire \$931 ;
-  wire \$932 ;
+  wire [1:0] \$930 ;
+  wire [1:0] \$931 ;
+  wire [3:0] \$932 ;
   wire \$933 ;
-  wire \$934 ;
-  wire \$935 ;
+  wire [8:0] \$934 ;
+  wire [5:0] \$935 ;
   wire \$936 ;
   wire \$937 ;
   wire \$938 ;
@@ -6307,55 +5112,55 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$962 ;
   wire \$963 ;
   wire \$964 ;
-  wire \$965 ;
-  wire \$966 ;
+  wire [1:0] \$965 ;
+  wire [1:0] \$966 ;
   wire \$967 ;
   wire \$968 ;
-  wire \$969 ;
+  wire [1:0] \$969 ;
   wire [9:0] \$97 ;
   wire \$970 ;
   wire \$971 ;
-  wire \$972 ;
-  wire \$973 ;
-  wire \$974 ;
+  wire [2:0] \$972 ;
+  wire [2:0] \$973 ;
+  wire [2:0] \$974 ;
   wire \$975 ;
   wire \$976 ;
-  wire \$977 ;
+  wire [2:0] \$977 ;
   wire \$978 ;
   wire \$979 ;
   wire \$98 ;
-  wire \$980 ;
-  wire \$981 ;
+  wire [2:0] \$980 ;
+  wire [2:0] \$981 ;
   wire \$982 ;
   wire \$983 ;
-  wire \$984 ;
-  wire \$985 ;
-  wire \$986 ;
+  wire [2:0] \$984 ;
+  wire [2:0] \$985 ;
+  wire [15:0] \$986 ;
   wire \$987 ;
   wire \$988 ;
-  wire \$989 ;
+  wire [15:0] \$989 ;
   wire \$99 ;
-  wire \$990 ;
+  wire [15:0] \$990 ;
   wire \$991 ;
-  wire [1:0] \$992 ;
-  wire [1:0] \$993 ;
+  wire \$992 ;
+  wire [15:0] \$993 ;
   wire \$994 ;
   wire \$995 ;
-  wire [1:0] \$996 ;
-  wire \$997 ;
-  wire \$998 ;
-  wire [2:0] \$999 ;
+  wire [15:0] \$996 ;
+  wire [15:0] \$997 ;
+  wire [15:0] \$998 ;
+  wire \$999 ;
   reg \$signal  = 1'h0;
-  reg \$signal$346  = 1'h0;
-  reg [63:0] \$signal$349  = 64'h0000000000000000;
-  reg [63:0] \$signal$370 ;
-  reg \$signal$372 ;
-  reg \$signal$373 ;
-  reg \$signal$374 ;
-  reg \$signal$375  = 1'h0;
-  reg \$signal$376  = 1'h0;
+  reg \$signal$330  = 1'h0;
+  reg [63:0] \$signal$333  = 64'h0000000000000000;
+  reg [63:0] \$signal$356 ;
+  reg \$signal$358 ;
+  reg \$signal$359 ;
+  reg \$signal$360 ;
+  reg \$signal$361  = 1'h0;
+  reg \$signal$362  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$377 ;
+  wire \$signal$363 ;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -6370,28 +5175,20 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [10:0] cols_r = 11'h000;
   wire [8:0] d0;
   wire [8:0] d1;
-  wire [8:0] d10;
-  wire [8:0] d11;
-  wire [8:0] d12;
-  wire [8:0] d13;
-  wire [8:0] d14;
-  wire [8:0] d15;
   wire [8:0] d2;
   wire [8:0] d3;
   wire [8:0] d4;
   wire [8:0] d5;
   wire [8:0] d6;
   wire [8:0] d7;
-  wire [8:0] d8;
-  wire [8:0] d9;
-  wire [2:0] dlow0;
-  wire [2:0] dlow1;
-  wire [2:0] dlow2;
-  wire [2:0] dlow3;
-  wire [2:0] dlow4;
-  wire [2:0] dlow5;
-  wire [2:0] dlow6;
-  wire [2:0] dlow7;
+  wire [3:0] dlow0;
+  wire [3:0] dlow1;
+  wire [3:0] dlow2;
+  wire [3:0] dlow3;
+  wire [3:0] dlow4;
+  wire [3:0] dlow5;
+  wire [3:0] dlow6;
+  wire [3:0] dlow7;
   reg end_bad;
   reg end_ok;
   reg endv = 1'h0;
@@ -6404,150 +5201,86 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire finish;
   wire [3:0] flags;
   reg [1:0] flush_d = 2'h0;
-  wire [7:0] grp0;
-  wire [7:0] grp1;
-  wire [7:0] grp2;
-  wire [7:0] grp3;
-  wire [7:0] grp4;
-  wire [7:0] grp5;
-  wire [7:0] grp6;
-  wire [7:0] grp7;
-  wire [3:0] gsel0;
-  wire [3:0] gsel1;
-  wire [3:0] gsel2;
-  wire [3:0] gsel3;
-  wire [3:0] gsel4;
-  wire [3:0] gsel5;
-  wire [3:0] gsel6;
-  wire [3:0] gsel7;
+  wire [15:0] grp0;
+  wire [15:0] grp1;
+  wire [15:0] grp2;
+  wire [15:0] grp3;
+  wire [15:0] grp4;
+  wire [15:0] grp5;
+  wire [15:0] grp6;
+  wire [15:0] grp7;
+  wire [2:0] gsel0;
+  wire [2:0] gsel1;
+  wire [2:0] gsel2;
+  wire [2:0] gsel3;
+  wire [2:0] gsel4;
+  wire [2:0] gsel5;
+  wire [2:0] gsel6;
+  wire [2:0] gsel7;
   wire gt0_0;
   wire gt0_1;
-  wire gt0_10;
-  wire gt0_11;
-  wire gt0_12;
-  wire gt0_13;
-  wire gt0_14;
-  wire gt0_15;
   wire gt0_2;
   wire gt0_3;
   wire gt0_4;
   wire gt0_5;
   wire gt0_6;
   wire gt0_7;
-  wire gt0_8;
-  wire gt0_9;
   wire gt1_0;
   wire gt1_1;
-  wire gt1_10;
-  wire gt1_11;
-  wire gt1_12;
-  wire gt1_13;
-  wire gt1_14;
-  wire gt1_15;
   wire gt1_2;
   wire gt1_3;
   wire gt1_4;
   wire gt1_5;
   wire gt1_6;
   wire gt1_7;
-  wire gt1_8;
-  wire gt1_9;
   wire gt2_0;
   wire gt2_1;
-  wire gt2_10;
-  wire gt2_11;
-  wire gt2_12;
-  wire gt2_13;
-  wire gt2_14;
-  wire gt2_15;
   wire gt2_2;
   wire gt2_3;
   wire gt2_4;
   wire gt2_5;
   wire gt2_6;
   wire gt2_7;
-  wire gt2_8;
-  wire gt2_9;
   wire gt3_0;
   wire gt3_1;
-  wire gt3_10;
-  wire gt3_11;
-  wire gt3_12;
-  wire gt3_13;
-  wire gt3_14;
-  wire gt3_15;
   wire gt3_2;
   wire gt3_3;
   wire gt3_4;
   wire gt3_5;
   wire gt3_6;
   wire gt3_7;
-  wire gt3_8;
-  wire gt3_9;
   wire gt4_0;
   wire gt4_1;
-  wire gt4_10;
-  wire gt4_11;
-  wire gt4_12;
-  wire gt4_13;
-  wire gt4_14;
-  wire gt4_15;
   wire gt4_2;
   wire gt4_3;
   wire gt4_4;
   wire gt4_5;
   wire gt4_6;
   wire gt4_7;
-  wire gt4_8;
-  wire gt4_9;
   wire gt5_0;
   wire gt5_1;
-  wire gt5_10;
-  wire gt5_11;
-  wire gt5_12;
-  wire gt5_13;
-  wire gt5_14;
-  wire gt5_15;
   wire gt5_2;
   wire gt5_3;
   wire gt5_4;
   wire gt5_5;
   wire gt5_6;
   wire gt5_7;
-  wire gt5_8;
-  wire gt5_9;
   wire gt6_0;
   wire gt6_1;
-  wire gt6_10;
-  wire gt6_11;
-  wire gt6_12;
-  wire gt6_13;
-  wire gt6_14;
-  wire gt6_15;
   wire gt6_2;
   wire gt6_3;
   wire gt6_4;
   wire gt6_5;
   wire gt6_6;
   wire gt6_7;
-  wire gt6_8;
-  wire gt6_9;
   wire gt7_0;
   wire gt7_1;
-  wire gt7_10;
-  wire gt7_11;
-  wire gt7_12;
-  wire gt7_13;
-  wire gt7_14;
-  wire gt7_15;
   wire gt7_2;
   wire gt7_3;
   wire gt7_4;
   wire gt7_5;
   wire gt7_6;
   wire gt7_7;
-  wire gt7_8;
-  wire gt7_9;
   wire has_next;
   input [26:0] i_cmd__payload;
   wire [26:0] i_cmd__payload;
@@ -6571,34 +5304,18 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire i_value__ready;
   input i_value__valid;
   wire i_value__valid;
-  wire [3:0] in_c0;
-  wire [3:0] in_c1;
-  wire [3:0] in_c2;
-  wire [3:0] in_c3;
-  wire [3:0] in_c4;
-  wire [3:0] in_c5;
-  wire [3:0] in_c6;
-  wire [3:0] in_c7;
+  wire [4:0] in_c0;
+  wire [4:0] in_c1;
+  wire [4:0] in_c2;
+  wire [4:0] in_c3;
   wire [6:0] in_lq_0_1;
   wire [6:0] in_lq_0_3;
-  wire [6:0] in_lq_0_5;
-  wire [6:0] in_lq_0_7;
   wire [6:0] in_lq_1_2;
   wire [6:0] in_lq_1_3;
-  wire [6:0] in_lq_1_6;
-  wire [6:0] in_lq_1_7;
-  wire [6:0] in_lq_2_4;
-  wire [6:0] in_lq_2_5;
-  wire [6:0] in_lq_2_6;
-  wire [6:0] in_lq_2_7;
   wire [6:0] in_lq_in0;
   wire [6:0] in_lq_in1;
   wire [6:0] in_lq_in2;
   wire [6:0] in_lq_in3;
-  wire [6:0] in_lq_in4;
-  wire [6:0] in_lq_in5;
-  wire [6:0] in_lq_in6;
-  wire [6:0] in_lq_in7;
   wire [3:0] k;
   wire [3:0] k_cur;
   wire [8:0] k_cur_full;
@@ -6612,15 +5329,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ln5;
   wire ln6;
   wire ln7;
-  wire [2:0] low_m1;
-  wire [2:0] lr0;
-  wire [2:0] lr1;
-  wire [2:0] lr2;
-  wire [2:0] lr3;
-  wire [2:0] lr4;
-  wire [2:0] lr5;
-  wire [2:0] lr6;
-  wire [2:0] lr7;
+  wire [3:0] low_m1;
+  wire [3:0] lr0;
+  wire [3:0] lr1;
+  wire [3:0] lr2;
+  wire [3:0] lr3;
+  wire [3:0] lr4;
+  wire [3:0] lr5;
+  wire [3:0] lr6;
+  wire [3:0] lr7;
   wire lv0;
   wire lv1;
   wire lv2;
@@ -6630,12 +5347,12 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire lv6;
   wire lv7;
   wire mat_end;
-  reg [119:0] mbeat0 = 120'h000000000000000000000000000000;
-  reg [119:0] mbeat0_n;
+  reg [91:0] mbeat0 = 92'h00000000000000000000000;
+  reg [91:0] mbeat0_n;
   reg mbeat0_nv;
   reg mbeat0_v = 1'h0;
-  reg [119:0] mbeat1 = 120'h000000000000000000000000000000;
-  reg [119:0] mbeat1_n;
+  reg [91:0] mbeat1 = 92'h00000000000000000000000;
+  reg [91:0] mbeat1_n;
   reg mbeat1_nv;
   reg mbeat1_v = 1'h0;
   wire next_ok;
@@ -6705,20 +5422,12 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg running = 1'h0;
   wire [3:0] sat0;
   wire [3:0] sat1;
-  wire [3:0] sat10;
-  wire [3:0] sat11;
-  wire [3:0] sat12;
-  wire [3:0] sat13;
-  wire [3:0] sat14;
-  wire [3:0] sat15;
   wire [3:0] sat2;
   wire [3:0] sat3;
   wire [3:0] sat4;
   wire [3:0] sat5;
   wire [3:0] sat6;
   wire [3:0] sat7;
-  wire [3:0] sat8;
-  wire [3:0] sat9;
   wire [7:0] selpos0;
   wire [7:0] selpos1;
   wire [7:0] selpos2;
@@ -6735,57 +5444,139 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
-  reg [3:0] vpos = 4'h0;
+  reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
-  wire [127:0] vshift;
-  wire [2:0] ws0;
-  wire [2:0] ws0_c;
+  wire [63:0] vsh0;
+  wire [71:0] vsh1;
+  wire [87:0] vsh2;
+  wire [3:0] ws0;
+  wire [3:0] ws0_c;
   wire ws0_lo;
-  wire [1:0] ws0_rh;
-  reg [1:0] ws0h;
-  reg [1:0] ws0l;
-  wire [2:0] ws1;
-  wire [2:0] ws1_c;
+  wire [2:0] ws0_rh;
+  wire [2:0] ws0h;
+  wire [2:0] ws0h_c;
+  wire ws0h_lo;
+  wire [1:0] ws0h_rh;
+  reg [1:0] ws0hh;
+  reg [1:0] ws0hl;
+  wire [2:0] ws0l;
+  wire [2:0] ws0l_c;
+  wire ws0l_lo;
+  wire [1:0] ws0l_rh;
+  reg [1:0] ws0lh;
+  reg [1:0] ws0ll;
+  wire [3:0] ws1;
+  wire [3:0] ws1_c;
   wire ws1_lo;
-  wire [1:0] ws1_rh;
-  reg [1:0] ws1h;
-  reg [1:0] ws1l;
-  wire [2:0] ws2;
-  wire [2:0] ws2_c;
+  wire [2:0] ws1_rh;
+  wire [2:0] ws1h;
+  wire [2:0] ws1h_c;
+  wire ws1h_lo;
+  wire [1:0] ws1h_rh;
+  reg [1:0] ws1hh;
+  reg [1:0] ws1hl;
+  wire [2:0] ws1l;
+  wire [2:0] ws1l_c;
+  wire ws1l_lo;
+  wire [1:0] ws1l_rh;
+  reg [1:0] ws1lh;
+  reg [1:0] ws1ll;
+  wire [3:0] ws2;
+  wire [3:0] ws2_c;
   wire ws2_lo;
-  wire [1:0] ws2_rh;
-  reg [1:0] ws2h;
-  reg [1:0] ws2l;
-  wire [2:0] ws3;
-  wire [2:0] ws3_c;
+  wire [2:0] ws2_rh;
+  wire [2:0] ws2h;
+  wire [2:0] ws2h_c;
+  wire ws2h_lo;
+  wire [1:0] ws2h_rh;
+  reg [1:0] ws2hh;
+  reg [1:0] ws2hl;
+  wire [2:0] ws2l;
+  wire [2:0] ws2l_c;
+  wire ws2l_lo;
+  wire [1:0] ws2l_rh;
+  reg [1:0] ws2lh;
+  reg [1:0] ws2ll;
+  wire [3:0] ws3;
+  wire [3:0] ws3_c;
   wire ws3_lo;
-  wire [1:0] ws3_rh;
-  reg [1:0] ws3h;
-  reg [1:0] ws3l;
-  wire [2:0] ws4;
-  wire [2:0] ws4_c;
+  wire [2:0] ws3_rh;
+  wire [2:0] ws3h;
+  wire [2:0] ws3h_c;
+  wire ws3h_lo;
+  wire [1:0] ws3h_rh;
+  reg [1:0] ws3hh;
+  reg [1:0] ws3hl;
+  wire [2:0] ws3l;
+  wire [2:0] ws3l_c;
+  wire ws3l_lo;
+  wire [1:0] ws3l_rh;
+  reg [1:0] ws3lh;
+  reg [1:0] ws3ll;
+  wire [3:0] ws4;
+  wire [3:0] ws4_c;
   wire ws4_lo;
-  wire [1:0] ws4_rh;
-  reg [1:0] ws4h;
-  reg [1:0] ws4l;
-  wire [2:0] ws5;
-  wire [2:0] ws5_c;
+  wire [2:0] ws4_rh;
+  wire [2:0] ws4h;
+  wire [2:0] ws4h_c;
+  wire ws4h_lo;
+  wire [1:0] ws4h_rh;
+  reg [1:0] ws4hh;
+  reg [1:0] ws4hl;
+  wire [2:0] ws4l;
+  wire [2:0] ws4l_c;
+  wire ws4l_lo;
+  wire [1:0] ws4l_rh;
+  reg [1:0] ws4lh;
+  reg [1:0] ws4ll;
+  wire [3:0] ws5;
+  wire [3:0] ws5_c;
   wire ws5_lo;
-  wire [1:0] ws5_rh;
-  reg [1:0] ws5h;
-  reg [1:0] ws5l;
-  wire [2:0] ws6;
-  wire [2:0] ws6_c;
+  wire [2:0] ws5_rh;
+  wire [2:0] ws5h;
+  wire [2:0] ws5h_c;
+  wire ws5h_lo;
+  wire [1:0] ws5h_rh;
+  reg [1:0] ws5hh;
+  reg [1:0] ws5hl;
+  wire [2:0] ws5l;
+  wire [2:0] ws5l_c;
+  wire ws5l_lo;
+  wire [1:0] ws5l_rh;
+  reg [1:0] ws5lh;
+  reg [1:0] ws5ll;
+  wire [3:0] ws6;
+  wire [3:0] ws6_c;
   wire ws6_lo;
-  wire [1:0] ws6_rh;
-  reg [1:0] ws6h;
-  reg [1:0] ws6l;
-  wire [2:0] ws7;
-  wire [2:0] ws7_c;
+  wire [2:0] ws6_rh;
+  wire [2:0] ws6h;
+  wire [2:0] ws6h_c;
+  wire ws6h_lo;
+  wire [1:0] ws6h_rh;
+  reg [1:0] ws6hh;
+  reg [1:0] ws6hl;
+  wire [2:0] ws6l;
+  wire [2:0] ws6l_c;
+  wire ws6l_lo;
+  wire [1:0] ws6l_rh;
+  reg [1:0] ws6lh;
+  reg [1:0] ws6ll;
+  wire [3:0] ws7;
+  wire [3:0] ws7_c;
   wire ws7_lo;
-  wire [1:0] ws7_rh;
-  reg [1:0] ws7h;
-  reg [1:0] ws7l;
+  wire [2:0] ws7_rh;
+  wire [2:0] ws7h;
+  wire [2:0] ws7h_c;
+  wire ws7h_lo;
+  wire [1:0] ws7h_rh;
+  reg [1:0] ws7hh;
+  reg [1:0] ws7hl;
+  wire [2:0] ws7l;
+  wire [2:0] ws7l_c;
+  wire ws7l_lo;
+  wire [1:0] ws7l_rh;
+  reg [1:0] ws7lh;
+  reg [1:0] ws7ll;
   assign o_busy = running | endv;
   assign o_error = | o_error_flags;
   assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
@@ -6800,74 +5591,70 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$6  = i_mask__payload[4] + i_mask__payload[5];
   assign \$7  = i_mask__payload[6] + i_mask__payload[7];
   assign \$8  = \$6  + \$7 ;
-  assign in_c0 = \$5  + \$8 ;
-  assign \$9  = i_mask__payload[8] + i_mask__payload[9];
-  assign \$10  = i_mask__payload[10] + i_mask__payload[11];
-  assign \$11  = \$9  + \$10 ;
-  assign \$12  = i_mask__payload[12] + i_mask__payload[13];
-  assign \$13  = i_mask__payload[14] + i_mask__payload[15];
-  assign \$14  = \$12  + \$13 ;
-  assign in_c1 = \$11  + \$14 ;
-  assign \$15  = i_mask__payload[16] + i_mask__payload[17];
-  assign \$16  = i_mask__payload[18] + i_mask__payload[19];
-  assign \$17  = \$15  + \$16 ;
-  assign \$18  = i_mask__payload[20] + i_mask__payload[21];
-  assign \$19  = i_mask__payload[22] + i_mask__payload[23];
-  assign \$20  = \$18  + \$19 ;
-  assign in_c2 = \$17  + \$20 ;
-  assign \$21  = i_mask__payload[24] + i_mask__payload[25];
-  assign \$22  = i_mask__payload[26] + i_mask__payload[27];
-  assign \$23  = \$21  + \$22 ;
-  assign \$24  = i_mask__payload[28] + i_mask__payload[29];
-  assign \$25  = i_mask__payload[30] + i_mask__payload[31];
+  assign \$9  = \$5  + \$8 ;
+  assign \$10  = i_mask__payload[8] + i_mask__payload[9];
+  assign \$11  = i_mask__payload[10] + i_mask__payload[11];
+  assign \$12  = \$10  + \$11 ;
+  assign \$13  = i_mask__payload[12] + i_mask__payload[13];
+  assign \$14  = i_mask__payload[14] + i_mask__payload[15];
+  assign \$15  = \$13  + \$14 ;
+  assign \$16  = \$12  + \$15 ;
+  assign in_c0 = \$9  + \$16 ;
+  assign \$17  = i_mask__payload[16] + i_mask__payload[17];
+  assign \$18  = i_mask__payload[18] + i_mask__payload[19];
+  assign \$19  = \$17  + \$18 ;
+  assign \$20  = i_mask__payload[20] + i_mask__payload[21];
+  assign \$21  = i_mask__payload[22] + i_mask__payload[23];
+  assign \$22  = \$20  + \$21 ;
+  assign \$23  = \$19  + \$22 ;
+  assign \$24  = i_mask__payload[24] + i_mask__payload[25];
+  assign \$25  = i_mask__payload[26] + i_mask__payload[27];
   assign \$26  = \$24  + \$25 ;
-  assign in_c3 = \$23  + \$26 ;
-  assign \$27  = i_mask__payload[32] + i_mask__payload[33];
-  assign \$28  = i_mask__payload[34] + i_mask__payload[35];
+  assign \$27  = i_mask__payload[28] + i_mask__payload[29];
+  assign \$28  = i_mask__payload[30] + i_mask__payload[31];
   assign \$29  = \$27  + \$28 ;
-  assign \$30  = i_mask__payload[36] + i_mask__payload[37];
-  assign \$31  = i_mask__payload[38] + i_mask__payload[39];
-  assign \$32  = \$30  + \$31 ;
-  assign in_c4 = \$29  + \$32 ;
-  assign \$33  = i_mask__payload[40] + i_mask__payload[41];
-  assign \$34  = i_mask__payload[42] + i_mask__payload[43];
-  assign \$35  = \$33  + \$34 ;
-  assign \$36  = i_mask__payload[44] + i_mask__payload[45];
-  assign \$37  = i_mask__payload[46] + i_mask__payload[47];
-  assign \$38  = \$36  + \$37 ;
-  assign in_c5 = \$35  + \$38 ;
-  assign \$39  = i_mask__payload[48] + i_mask__payload[49];
-  assign \$40  = i_mask__payload[50] + i_mask__payload[51];
-  assign \$41  = \$39  + \$40 ;
-  assign \$42  = i_mask__payload[52] + i_mask__payload[53];
-  assign \$43  = i_mask__payload[54] + i_mask__payload[55];
-  assign \$44  = \$42  + \$43 ;
-  assign in_c6 = \$41  + \$44 ;
-  assign \$45  = i_mask__payload[56] + i_mask__payload[57];
-  assign \$46  = i_mask__payload[58] + i_mask__payload[59];
+  assign \$30  = \$26  + \$29 ;
+  assign in_c1 = \$23  + \$30 ;
+  assign \$31  = i_mask__payload[32] + i_mask__payload[33];
+  assign \$32  = i_mask__payload[34] + i_mask__payload[35];
+  assign \$33  = \$31  + \$32 ;
+  assign \$34  = i_mask__payload[36] + i_mask__payload[37];
+  assign \$35  = i_mask__payload[38] + i_mask__payload[39];
+  assign \$36  = \$34  + \$35 ;
+  assign \$37  = \$33  + \$36 ;
+  assign \$38  = i_mask__payload[40] + i_mask__payload[41];
+  assign \$39  = i_mask__payload[42] + i_mask__payload[43];
+  assign \$40  = \$38  + \$39 ;
+  assign \$41  = i_mask__payload[44] + i_mask__payload[45];
+  assign \$42  = i_mask__payload[46] + i_mask__payload[47];
+  assign \$43  = \$41  + \$42 ;
+  assign \$44  = \$40  + \$43 ;
+  assign in_c2 = \$37  + \$44 ;
+  assign \$45  = i_mask__payload[48] + i_mask__payload[49];
+  assign \$46  = i_mask__payload[50] + i_mask__payload[51];
   assign \$47  = \$45  + \$46 ;
-  assign \$48  = i_mask__payload[60] + i_mask__payload[61];
-  assign \$49  = i_mask__payload[62] + i_mask__payload[63];
+  assign \$48  = i_mask__payload[52] + i_mask__payload[53];
+  assign \$49  = i_mask__payload[54] + i_mask__payload[55];
   assign \$50  = \$48  + \$49 ;
-  assign in_c7 = \$47  + \$50 ;
-  assign \$51  = in_c1 + in_c0;
-  assign \$52  = in_c3 + in_c2;
-  assign \$53  = in_c5 + in_c4;
-  assign \$54  = in_c7 + in_c6;
-  assign \$55  = in_c2 + \$51 [6:0];
-  assign \$56  = \$52 [6:0] + \$51 [6:0];
-  assign \$57  = in_c6 + \$53 [6:0];
-  assign \$58  = \$54 [6:0] + \$53 [6:0];
-  assign \$59  = in_c4 + \$56 [6:0];
-  assign \$60  = \$53 [6:0] + \$56 [6:0];
-  assign \$61  = \$57 [6:0] + \$56 [6:0];
-  assign \$62  = \$58 [6:0] + \$56 [6:0];
-  assign \$63  = 1'h0 + mbeat0[119:113];
-  assign \$64  = \$63 [7:0] + mbeat1[119:113];
-  assign \$65  = 1'h0 + mbeat0[91:85];
-  assign \$66  = 1'h0 + mbeat0[119:113];
-  assign \$67  = \$63 [7:0] + mbeat1[91:85];
-  assign \$68  = \$63 [7:0] + mbeat1[119:113];
+  assign \$51  = \$47  + \$50 ;
+  assign \$52  = i_mask__payload[56] + i_mask__payload[57];
+  assign \$53  = i_mask__payload[58] + i_mask__payload[59];
+  assign \$54  = \$52  + \$53 ;
+  assign \$55  = i_mask__payload[60] + i_mask__payload[61];
+  assign \$56  = i_mask__payload[62] + i_mask__payload[63];
+  assign \$57  = \$55  + \$56 ;
+  assign \$58  = \$54  + \$57 ;
+  assign in_c3 = \$51  + \$58 ;
+  assign \$59  = in_c1 + in_c0;
+  assign \$60  = in_c3 + in_c2;
+  assign \$61  = in_c2 + \$59 [6:0];
+  assign \$62  = \$60 [6:0] + \$59 [6:0];
+  assign \$63  = 1'h0 + mbeat0[91:85];
+  assign \$64  = \$63 [7:0] + mbeat1[91:85];
+  assign \$65  = 1'h0 + mbeat0[77:71];
+  assign \$66  = 1'h0 + mbeat0[91:85];
+  assign \$67  = \$63 [7:0] + mbeat1[77:71];
+  assign \$68  = \$63 [7:0] + mbeat1[91:85];
   assign \$69  = $signed(es_w) <= $signed(1'h0);
   assign \$70  = $signed(es_w) >= $signed(4'h4);
   assign \$72  = $signed(es2_w) <= $signed(1'h0);
@@ -6884,10 +5671,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$81  = $signed(k_cur_full) <= $signed(5'h08);
   assign finish = row_complete & \$81 ;
   assign rbf0 = 1'h0 - rbase;
-  assign \$82  = $signed(rbf0) < $signed(8'hb8);
+  assign \$82  = $signed(rbf0) < $signed(8'hb0);
   assign \$83  = $signed(rbf0) > $signed(5'h08);
   assign \$84  = \$83  ? 9'h008 : rbf0;
-  assign rb0 = \$82  ? 9'h1b8 : \$84 ;
+  assign rb0 = \$82  ? 9'h1b0 : \$84 ;
   assign \$85  = $signed({ 1'h0, mbeat0[70:64] }) + $signed(rb0);
   assign \$86  = | \$85 [7:4];
   assign \$87  = \$86  | \$85 [3];
@@ -6908,2682 +5695,1572 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$99  = \$98  | \$97 [3];
   assign \$100  = \$99  ? 4'h8 : \$97 [3:0];
   assign sat3 = \$97 [8] ? 4'h0 : \$100 ;
-  assign \$101  = $signed({ 1'h0, mbeat0[98:92] }) + $signed(rb0);
-  assign \$102  = | \$101 [7:4];
-  assign \$103  = \$102  | \$101 [3];
-  assign \$104  = \$103  ? 4'h8 : \$101 [3:0];
-  assign sat4 = \$101 [8] ? 4'h0 : \$104 ;
-  assign \$105  = $signed({ 1'h0, mbeat0[105:99] }) + $signed(rb0);
-  assign \$106  = | \$105 [7:4];
-  assign \$107  = \$106  | \$105 [3];
-  assign \$108  = \$107  ? 4'h8 : \$105 [3:0];
-  assign sat5 = \$105 [8] ? 4'h0 : \$108 ;
-  assign \$109  = $signed({ 1'h0, mbeat0[112:106] }) + $signed(rb0);
-  assign \$110  = | \$109 [7:4];
-  assign \$111  = \$110  | \$109 [3];
-  assign \$112  = \$111  ? 4'h8 : \$109 [3:0];
-  assign sat6 = \$109 [8] ? 4'h0 : \$112 ;
-  assign \$113  = $signed({ 1'h0, mbeat0[119:113] }) + $signed(rb0);
-  assign \$114  = | \$113 [7:4];
-  assign \$115  = \$114  | \$113 [3];
-  assign \$116  = \$115  ? 4'h8 : \$113 [3:0];
-  assign sat7 = \$113 [8] ? 4'h0 : \$116 ;
   assign rbf1 = \$63 [7:0] - rbase;
-  assign \$117  = $signed(rbf1) < $signed(8'hb8);
-  assign \$118  = $signed(rbf1) > $signed(5'h08);
-  assign \$119  = \$118  ? 9'h008 : rbf1;
-  assign rb1 = \$117  ? 9'h1b8 : \$119 ;
-  assign \$120  = $signed({ 1'h0, mbeat1[70:64] }) + $signed(rb1);
-  assign \$121  = | \$120 [7:4];
-  assign \$122  = \$121  | \$120 [3];
-  assign \$123  = \$122  ? 4'h8 : \$120 [3:0];
-  assign sat8 = \$120 [8] ? 4'h0 : \$123 ;
-  assign \$124  = $signed({ 1'h0, mbeat1[77:71] }) + $signed(rb1);
-  assign \$125  = | \$124 [7:4];
-  assign \$126  = \$125  | \$124 [3];
-  assign \$127  = \$126  ? 4'h8 : \$124 [3:0];
-  assign sat9 = \$124 [8] ? 4'h0 : \$127 ;
-  assign \$128  = $signed({ 1'h0, mbeat1[84:78] }) + $signed(rb1);
-  assign \$129  = | \$128 [7:4];
-  assign \$130  = \$129  | \$128 [3];
-  assign \$131  = \$130  ? 4'h8 : \$128 [3:0];
-  assign sat10 = \$128 [8] ? 4'h0 : \$131 ;
-  assign \$132  = $signed({ 1'h0, mbeat1[91:85] }) + $signed(rb1);
-  assign \$133  = | \$132 [7:4];
-  assign \$134  = \$133  | \$132 [3];
-  assign \$135  = \$134  ? 4'h8 : \$132 [3:0];
-  assign sat11 = \$132 [8] ? 4'h0 : \$135 ;
-  assign \$136  = $signed({ 1'h0, mbeat1[98:92] }) + $signed(rb1);
-  assign \$137  = | \$136 [7:4];
-  assign \$138  = \$137  | \$136 [3];
-  assign \$139  = \$138  ? 4'h8 : \$136 [3:0];
-  assign sat12 = \$136 [8] ? 4'h0 : \$139 ;
-  assign \$140  = $signed({ 1'h0, mbeat1[105:99] }) + $signed(rb1);
-  assign \$141  = | \$140 [7:4];
-  assign \$142  = \$141  | \$140 [3];
-  assign \$143  = \$142  ? 4'h8 : \$140 [3:0];
-  assign sat13 = \$140 [8] ? 4'h0 : \$143 ;
-  assign \$144  = $signed({ 1'h0, mbeat1[112:106] }) + $signed(rb1);
-  assign \$145  = | \$144 [7:4];
-  assign \$146  = \$145  | \$144 [3];
-  assign \$147  = \$146  ? 4'h8 : \$144 [3:0];
-  assign sat14 = \$144 [8] ? 4'h0 : \$147 ;
-  assign \$148  = $signed({ 1'h0, mbeat1[119:113] }) + $signed(rb1);
-  assign \$149  = | \$148 [7:4];
-  assign \$150  = \$149  | \$148 [3];
-  assign \$151  = \$150  ? 4'h8 : \$148 [3:0];
-  assign sat15 = \$148 [8] ? 4'h0 : \$151 ;
-  assign \$152  = - rbase;
+  assign \$101  = $signed(rbf1) < $signed(8'hb0);
+  assign \$102  = $signed(rbf1) > $signed(5'h08);
+  assign \$103  = \$102  ? 9'h008 : rbf1;
+  assign rb1 = \$101  ? 9'h1b0 : \$103 ;
+  assign \$104  = $signed({ 1'h0, mbeat1[70:64] }) + $signed(rb1);
+  assign \$105  = | \$104 [7:4];
+  assign \$106  = \$105  | \$104 [3];
+  assign \$107  = \$106  ? 4'h8 : \$104 [3:0];
+  assign sat4 = \$104 [8] ? 4'h0 : \$107 ;
+  assign \$108  = $signed({ 1'h0, mbeat1[77:71] }) + $signed(rb1);
+  assign \$109  = | \$108 [7:4];
+  assign \$110  = \$109  | \$108 [3];
+  assign \$111  = \$110  ? 4'h8 : \$108 [3:0];
+  assign sat5 = \$108 [8] ? 4'h0 : \$111 ;
+  assign \$112  = $signed({ 1'h0, mbeat1[84:78] }) + $signed(rb1);
+  assign \$113  = | \$112 [7:4];
+  assign \$114  = \$113  | \$112 [3];
+  assign \$115  = \$114  ? 4'h8 : \$112 [3:0];
+  assign sat6 = \$112 [8] ? 4'h0 : \$115 ;
+  assign \$116  = $signed({ 1'h0, mbeat1[91:85] }) + $signed(rb1);
+  assign \$117  = | \$116 [7:4];
+  assign \$118  = \$117  | \$116 [3];
+  assign \$119  = \$118  ? 4'h8 : \$116 [3:0];
+  assign sat7 = \$116 [8] ? 4'h0 : \$119 ;
+  assign \$120  = - rbase;
   assign es_bits = $signed(es_w) * $signed(7'h20);
   assign rs_bits = $signed(rs_w) * $signed(7'h20);
-  assign \$153  = ~ sat0[1];
-  assign \$154  = ~ sat0[2];
-  assign \$155  = \$153  & \$154 ;
-  assign \$156  = ~ sat0[3];
-  assign \$157  = \$156  & sat0[0];
-  assign \$158  = \$155  & \$157 ;
-  assign \$159  = ~ sat0[2];
-  assign \$160  = ~ sat0[3];
-  assign \$161  = \$159  & \$160 ;
-  assign \$162  = \$161  & sat0[1];
-  assign \$163  = \$158  | \$162 ;
-  assign \$164  = ~ sat0[3];
-  assign \$165  = \$164  & sat0[2];
-  assign \$166  = \$165  | sat0[3];
-  assign gt0_0 = \$163  | \$166 ;
-  assign \$167  = ~ sat1[1];
-  assign \$168  = ~ sat1[2];
-  assign \$169  = \$167  & \$168 ;
-  assign \$170  = ~ sat1[3];
-  assign \$171  = \$170  & sat1[0];
-  assign \$172  = \$169  & \$171 ;
-  assign \$173  = ~ sat1[2];
-  assign \$174  = ~ sat1[3];
-  assign \$175  = \$173  & \$174 ;
-  assign \$176  = \$175  & sat1[1];
-  assign \$177  = \$172  | \$176 ;
-  assign \$178  = ~ sat1[3];
-  assign \$179  = \$178  & sat1[2];
-  assign \$180  = \$179  | sat1[3];
-  assign gt0_1 = \$177  | \$180 ;
-  assign \$181  = ~ sat2[1];
-  assign \$182  = ~ sat2[2];
-  assign \$183  = \$181  & \$182 ;
-  assign \$184  = ~ sat2[3];
-  assign \$185  = \$184  & sat2[0];
-  assign \$186  = \$183  & \$185 ;
-  assign \$187  = ~ sat2[2];
-  assign \$188  = ~ sat2[3];
-  assign \$189  = \$187  & \$188 ;
-  assign \$190  = \$189  & sat2[1];
-  assign \$191  = \$186  | \$190 ;
-  assign \$192  = ~ sat2[3];
-  assign \$193  = \$192  & sat2[2];
-  assign \$194  = \$193  | sat2[3];
-  assign gt0_2 = \$191  | \$194 ;
-  assign \$195  = ~ sat3[1];
-  assign \$196  = ~ sat3[2];
-  assign \$197  = \$195  & \$196 ;
-  assign \$198  = ~ sat3[3];
-  assign \$199  = \$198  & sat3[0];
-  assign \$200  = \$197  & \$199 ;
-  assign \$201  = ~ sat3[2];
-  assign \$202  = ~ sat3[3];
-  assign \$203  = \$201  & \$202 ;
-  assign \$204  = \$203  & sat3[1];
-  assign \$205  = \$200  | \$204 ;
-  assign \$206  = ~ sat3[3];
-  assign \$207  = \$206  & sat3[2];
-  assign \$208  = \$207  | sat3[3];
-  assign gt0_3 = \$205  | \$208 ;
-  assign \$209  = ~ sat4[1];
-  assign \$210  = ~ sat4[2];
-  assign \$211  = \$209  & \$210 ;
-  assign \$212  = ~ sat4[3];
-  assign \$213  = \$212  & sat4[0];
-  assign \$214  = \$211  & \$213 ;
-  assign \$215  = ~ sat4[2];
-  assign \$216  = ~ sat4[3];
-  assign \$217  = \$215  & \$216 ;
-  assign \$218  = \$217  & sat4[1];
-  assign \$219  = \$214  | \$218 ;
-  assign \$220  = ~ sat4[3];
-  assign \$221  = \$220  & sat4[2];
-  assign \$222  = \$221  | sat4[3];
-  assign gt0_4 = \$219  | \$222 ;
-  assign \$223  = ~ sat5[1];
-  assign \$224  = ~ sat5[2];
-  assign \$225  = \$223  & \$224 ;
-  assign \$226  = ~ sat5[3];
-  assign \$227  = \$226  & sat5[0];
-  assign \$228  = \$225  & \$227 ;
-  assign \$229  = ~ sat5[2];
-  assign \$230  = ~ sat5[3];
-  assign \$231  = \$229  & \$230 ;
-  assign \$232  = \$231  & sat5[1];
-  assign \$233  = \$228  | \$232 ;
-  assign \$234  = ~ sat5[3];
-  assign \$235  = \$234  & sat5[2];
-  assign \$236  = \$235  | sat5[3];
-  assign gt0_5 = \$233  | \$236 ;
-  assign \$237  = ~ sat6[1];
-  assign \$238  = ~ sat6[2];
-  assign \$239  = \$237  & \$238 ;
-  assign \$240  = ~ sat6[3];
-  assign \$241  = \$240  & sat6[0];
-  assign \$242  = \$239  & \$241 ;
-  assign \$243  = ~ sat6[2];
-  assign \$244  = ~ sat6[3];
-  assign \$245  = \$243  & \$244 ;
-  assign \$246  = \$245  & sat6[1];
-  assign \$247  = \$242  | \$246 ;
-  assign \$248  = ~ sat6[3];
-  assign \$249  = \$248  & sat6[2];
-  assign \$250  = \$249  | sat6[3];
-  assign gt0_6 = \$247  | \$250 ;
-  assign \$251  = ~ sat7[1];
-  assign \$252  = ~ sat7[2];
-  assign \$253  = \$251  & \$252 ;
-  assign \$254  = ~ sat7[3];
-  assign \$255  = \$254  & sat7[0];
-  assign \$256  = \$253  & \$255 ;
-  assign \$257  = ~ sat7[2];
-  assign \$258  = ~ sat7[3];
-  assign \$259  = \$257  & \$258 ;
-  assign \$260  = \$259  & sat7[1];
-  assign \$261  = \$256  | \$260 ;
-  assign \$262  = ~ sat7[3];
-  assign \$263  = \$262  & sat7[2];
-  assign \$264  = \$263  | sat7[3];
-  assign gt0_7 = \$261  | \$264 ;
-  assign \$265  = ~ sat8[1];
-  assign \$266  = ~ sat8[2];
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = ~ sat8[3];
-  assign \$269  = \$268  & sat8[0];
-  assign \$270  = \$267  & \$269 ;
-  assign \$271  = ~ sat8[2];
-  assign \$272  = ~ sat8[3];
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = \$273  & sat8[1];
-  assign \$275  = \$270  | \$274 ;
-  assign \$276  = ~ sat8[3];
-  assign \$277  = \$276  & sat8[2];
-  assign \$278  = \$277  | sat8[3];
-  assign gt0_8 = \$275  | \$278 ;
-  assign \$279  = ~ sat9[1];
-  assign \$280  = ~ sat9[2];
-  assign \$281  = \$279  & \$280 ;
-  assign \$282  = ~ sat9[3];
-  assign \$283  = \$282  & sat9[0];
-  assign \$284  = \$281  & \$283 ;
-  assign \$285  = ~ sat9[2];
-  assign \$286  = ~ sat9[3];
-  assign \$287  = \$285  & \$286 ;
-  assign \$288  = \$287  & sat9[1];
-  assign \$289  = \$284  | \$288 ;
-  assign \$290  = ~ sat9[3];
-  assign \$291  = \$290  & sat9[2];
-  assign \$292  = \$291  | sat9[3];
-  assign gt0_9 = \$289  | \$292 ;
-  assign \$293  = ~ sat10[1];
-  assign \$294  = ~ sat10[2];
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = ~ sat10[3];
-  assign \$297  = \$296  & sat10[0];
-  assign \$298  = \$295  & \$297 ;
-  assign \$299  = ~ sat10[2];
-  assign \$300  = ~ sat10[3];
-  assign \$301  = \$299  & \$300 ;
-  assign \$302  = \$301  & sat10[1];
-  assign \$303  = \$298  | \$302 ;
-  assign \$304  = ~ sat10[3];
-  assign \$305  = \$304  & sat10[2];
-  assign \$306  = \$305  | sat10[3];
-  assign gt0_10 = \$303  | \$306 ;
-  assign \$307  = ~ sat11[1];
-  assign \$308  = ~ sat11[2];
-  assign \$309  = \$307  & \$308 ;
-  assign \$310  = ~ sat11[3];
-  assign \$311  = \$310  & sat11[0];
-  assign \$312  = \$309  & \$311 ;
-  assign \$313  = ~ sat11[2];
-  assign \$314  = ~ sat11[3];
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = \$315  & sat11[1];
-  assign \$317  = \$312  | \$316 ;
-  assign \$318  = ~ sat11[3];
-  assign \$319  = \$318  & sat11[2];
-  assign \$320  = \$319  | sat11[3];
-  assign gt0_11 = \$317  | \$320 ;
-  assign \$321  = ~ sat12[1];
-  assign \$322  = ~ sat12[2];
-  assign \$323  = \$321  & \$322 ;
-  assign \$324  = ~ sat12[3];
-  assign \$325  = \$324  & sat12[0];
-  assign \$326  = \$323  & \$325 ;
-  assign \$327  = ~ sat12[2];
-  assign \$328  = ~ sat12[3];
-  assign \$329  = \$327  & \$328 ;
-  assign \$330  = \$329  & sat12[1];
-  assign \$331  = \$326  | \$330 ;
-  assign \$332  = ~ sat12[3];
-  assign \$333  = \$332  & sat12[2];
-  assign \$334  = \$333  | sat12[3];
-  assign gt0_12 = \$331  | \$334 ;
-  assign \$335  = ~ sat13[1];
-  assign \$336  = ~ sat13[2];
-  assign \$337  = \$335  & \$336 ;
-  assign \$338  = ~ sat13[3];
-  assign \$339  = \$338  & sat13[0];
-  assign \$340  = \$337  & \$339 ;
-  assign \$341  = ~ sat13[2];
-  assign \$342  = ~ sat13[3];
-  assign \$343  = \$341  & \$342 ;
-  assign \$344  = \$343  & sat13[1];
-  assign \$345  = \$340  | \$344 ;
-  assign \$346  = ~ sat13[3];
-  assign \$347  = \$346  & sat13[2];
-  assign \$348  = \$347  | sat13[3];
-  assign gt0_13 = \$345  | \$348 ;
-  assign \$349  = ~ sat14[1];
-  assign \$350  = ~ sat14[2];
-  assign \$351  = \$349  & \$350 ;
-  assign \$352  = ~ sat14[3];
-  assign \$353  = \$352  & sat14[0];
-  assign \$354  = \$351  & \$353 ;
-  assign \$355  = ~ sat14[2];
-  assign \$356  = ~ sat14[3];
-  assign \$357  = \$355  & \$356 ;
-  assign \$358  = \$357  & sat14[1];
-  assign \$359  = \$354  | \$358 ;
-  assign \$360  = ~ sat14[3];
-  assign \$361  = \$360  & sat14[2];
-  assign \$362  = \$361  | sat14[3];
-  assign gt0_14 = \$359  | \$362 ;
-  assign \$363  = ~ sat15[1];
-  assign \$364  = ~ sat15[2];
-  assign \$365  = \$363  & \$364 ;
-  assign \$366  = ~ sat15[3];
-  assign \$367  = \$366  & sat15[0];
-  assign \$368  = \$365  & \$367 ;
-  assign \$369  = ~ sat15[2];
-  assign \$370  = ~ sat15[3];
-  assign \$371  = \$369  & \$370 ;
-  assign \$372  = \$371  & sat15[1];
-  assign \$373  = \$368  | \$372 ;
-  assign \$374  = ~ sat15[3];
-  assign \$375  = \$374  & sat15[2];
-  assign \$376  = \$375  | sat15[3];
-  assign gt0_15 = \$373  | \$376 ;
-  assign \$377  = ~ gt0_0;
-  assign \$378  = gt0_1 & \$377 ;
-  assign \$379  = \$378  ? 1'h1 : 1'h0;
-  assign \$380  = ~ gt0_1;
-  assign \$381  = gt0_2 & \$380 ;
-  assign \$382  = \$381  ? 2'h2 : 2'h0;
-  assign \$383  = { 1'h0, \$379  } | \$382 ;
-  assign \$384  = ~ gt0_2;
-  assign \$385  = gt0_3 & \$384 ;
-  assign \$386  = \$385  ? 2'h3 : 2'h0;
-  assign \$387  = ~ gt0_3;
-  assign \$388  = gt0_4 & \$387 ;
-  assign \$389  = \$388  ? 3'h4 : 3'h0;
-  assign \$390  = { 1'h0, \$386  } | \$389 ;
-  assign \$391  = { 1'h0, \$383  } | \$390 ;
-  assign \$392  = ~ gt0_4;
-  assign \$393  = gt0_5 & \$392 ;
-  assign \$394  = \$393  ? 3'h5 : 3'h0;
-  assign \$395  = ~ gt0_5;
-  assign \$396  = gt0_6 & \$395 ;
-  assign \$397  = \$396  ? 3'h6 : 3'h0;
-  assign \$398  = \$394  | \$397 ;
-  assign \$399  = ~ gt0_6;
-  assign \$400  = gt0_7 & \$399 ;
-  assign \$401  = \$400  ? 3'h7 : 3'h0;
-  assign \$402  = ~ gt0_7;
-  assign \$403  = gt0_8 & \$402 ;
-  assign \$404  = \$403  ? 4'h8 : 4'h0;
-  assign \$405  = { 1'h0, \$401  } | \$404 ;
-  assign \$406  = { 1'h0, \$398  } | \$405 ;
-  assign \$407  = { 1'h0, \$391  } | \$406 ;
-  assign \$408  = ~ gt0_8;
-  assign \$409  = gt0_9 & \$408 ;
-  assign \$410  = \$409  ? 4'h9 : 4'h0;
-  assign \$411  = ~ gt0_9;
-  assign \$412  = gt0_10 & \$411 ;
-  assign \$413  = \$412  ? 4'ha : 4'h0;
-  assign \$414  = \$410  | \$413 ;
-  assign \$415  = ~ gt0_10;
-  assign \$416  = gt0_11 & \$415 ;
-  assign \$417  = \$416  ? 4'hb : 4'h0;
-  assign \$418  = ~ gt0_11;
-  assign \$419  = gt0_12 & \$418 ;
-  assign \$420  = \$419  ? 4'hc : 4'h0;
-  assign \$421  = \$417  | \$420 ;
-  assign \$422  = \$414  | \$421 ;
-  assign \$423  = ~ gt0_12;
-  assign \$424  = gt0_13 & \$423 ;
-  assign \$425  = \$424  ? 4'hd : 4'h0;
-  assign \$426  = ~ gt0_13;
-  assign \$427  = gt0_14 & \$426 ;
-  assign \$428  = \$427  ? 4'he : 4'h0;
-  assign \$429  = \$425  | \$428 ;
-  assign \$430  = ~ gt0_14;
-  assign \$431  = gt0_15 & \$430 ;
-  assign \$432  = \$431  ? 4'hf : 4'h0;
-  assign \$433  = \$429  | \$432 ;
-  assign \$434  = \$422  | \$433 ;
-  assign gsel0 = \$407  | \$434 ;
-  assign \$435  = gt0_0 ? mbeat0[7:0] : 8'h00;
-  assign \$436  = ~ gt0_0;
-  assign \$437  = gt0_1 & \$436 ;
-  assign \$438  = \$437  ? mbeat0[15:8] : 8'h00;
-  assign \$439  = \$435  | \$438 ;
-  assign \$440  = ~ gt0_1;
-  assign \$441  = gt0_2 & \$440 ;
-  assign \$442  = \$441  ? mbeat0[23:16] : 8'h00;
-  assign \$443  = ~ gt0_2;
-  assign \$444  = gt0_3 & \$443 ;
-  assign \$445  = \$444  ? mbeat0[31:24] : 8'h00;
-  assign \$446  = \$442  | \$445 ;
-  assign \$447  = \$439  | \$446 ;
-  assign \$448  = ~ gt0_3;
-  assign \$449  = gt0_4 & \$448 ;
-  assign \$450  = \$449  ? mbeat0[39:32] : 8'h00;
-  assign \$451  = ~ gt0_4;
-  assign \$452  = gt0_5 & \$451 ;
-  assign \$453  = \$452  ? mbeat0[47:40] : 8'h00;
-  assign \$454  = \$450  | \$453 ;
-  assign \$455  = ~ gt0_5;
-  assign \$456  = gt0_6 & \$455 ;
-  assign \$457  = \$456  ? mbeat0[55:48] : 8'h00;
-  assign \$458  = ~ gt0_6;
-  assign \$459  = gt0_7 & \$458 ;
-  assign \$460  = \$459  ? mbeat0[63:56] : 8'h00;
-  assign \$461  = \$457  | \$460 ;
-  assign \$462  = \$454  | \$461 ;
-  assign \$463  = \$447  | \$462 ;
-  assign \$464  = ~ gt0_7;
-  assign \$465  = gt0_8 & \$464 ;
-  assign \$466  = \$465  ? mbeat1[7:0] : 8'h00;
-  assign \$467  = ~ gt0_8;
-  assign \$468  = gt0_9 & \$467 ;
-  assign \$469  = \$468  ? mbeat1[15:8] : 8'h00;
-  assign \$470  = \$466  | \$469 ;
-  assign \$471  = ~ gt0_9;
-  assign \$472  = gt0_10 & \$471 ;
-  assign \$473  = \$472  ? mbeat1[23:16] : 8'h00;
-  assign \$474  = ~ gt0_10;
-  assign \$475  = gt0_11 & \$474 ;
-  assign \$476  = \$475  ? mbeat1[31:24] : 8'h00;
-  assign \$477  = \$473  | \$476 ;
-  assign \$478  = \$470  | \$477 ;
-  assign \$479  = ~ gt0_11;
-  assign \$480  = gt0_12 & \$479 ;
-  assign \$481  = \$480  ? mbeat1[39:32] : 8'h00;
-  assign \$482  = ~ gt0_12;
-  assign \$483  = gt0_13 & \$482 ;
-  assign \$484  = \$483  ? mbeat1[47:40] : 8'h00;
-  assign \$485  = \$481  | \$484 ;
-  assign \$486  = ~ gt0_13;
-  assign \$487  = gt0_14 & \$486 ;
-  assign \$488  = \$487  ? mbeat1[55:48] : 8'h00;
-  assign \$489  = ~ gt0_14;
-  assign \$490  = gt0_15 & \$489 ;
-  assign \$491  = \$490  ? mbeat1[63:56] : 8'h00;
-  assign \$492  = \$488  | \$491 ;
-  assign \$493  = \$485  | \$492 ;
-  assign \$494  = \$478  | \$493 ;
-  assign grp0 = \$463  | \$494 ;
-  assign \$495  = gt0_0 ? \$152 [2:0] : 3'h0;
-  assign \$496  = ~ gt0_0;
-  assign \$497  = gt0_1 & \$496 ;
-  assign \$498  = \$497  ? \$85 [2:0] : 3'h0;
-  assign \$499  = \$495  | \$498 ;
-  assign \$500  = ~ gt0_1;
-  assign \$501  = gt0_2 & \$500 ;
-  assign \$502  = \$501  ? \$89 [2:0] : 3'h0;
-  assign \$503  = ~ gt0_2;
-  assign \$504  = gt0_3 & \$503 ;
-  assign \$505  = \$504  ? \$93 [2:0] : 3'h0;
-  assign \$506  = \$502  | \$505 ;
-  assign \$507  = \$499  | \$506 ;
-  assign \$508  = ~ gt0_3;
-  assign \$509  = gt0_4 & \$508 ;
-  assign \$510  = \$509  ? \$97 [2:0] : 3'h0;
-  assign \$511  = ~ gt0_4;
-  assign \$512  = gt0_5 & \$511 ;
-  assign \$513  = \$512  ? \$101 [2:0] : 3'h0;
-  assign \$514  = \$510  | \$513 ;
-  assign \$515  = ~ gt0_5;
-  assign \$516  = gt0_6 & \$515 ;
-  assign \$517  = \$516  ? \$105 [2:0] : 3'h0;
-  assign \$518  = ~ gt0_6;
-  assign \$519  = gt0_7 & \$518 ;
-  assign \$520  = \$519  ? \$109 [2:0] : 3'h0;
-  assign \$521  = \$517  | \$520 ;
-  assign \$522  = \$514  | \$521 ;
-  assign \$523  = \$507  | \$522 ;
-  assign \$524  = ~ gt0_7;
-  assign \$525  = gt0_8 & \$524 ;
-  assign \$526  = \$525  ? \$113 [2:0] : 3'h0;
-  assign \$527  = ~ gt0_8;
-  assign \$528  = gt0_9 & \$527 ;
-  assign \$529  = \$528  ? \$120 [2:0] : 3'h0;
-  assign \$530  = \$526  | \$529 ;
-  assign \$531  = ~ gt0_9;
-  assign \$532  = gt0_10 & \$531 ;
-  assign \$533  = \$532  ? \$124 [2:0] : 3'h0;
-  assign \$534  = ~ gt0_10;
-  assign \$535  = gt0_11 & \$534 ;
-  assign \$536  = \$535  ? \$128 [2:0] : 3'h0;
-  assign \$537  = \$533  | \$536 ;
-  assign \$538  = \$530  | \$537 ;
-  assign \$539  = ~ gt0_11;
-  assign \$540  = gt0_12 & \$539 ;
-  assign \$541  = \$540  ? \$132 [2:0] : 3'h0;
-  assign \$542  = ~ gt0_12;
-  assign \$543  = gt0_13 & \$542 ;
-  assign \$544  = \$543  ? \$136 [2:0] : 3'h0;
-  assign \$545  = \$541  | \$544 ;
-  assign \$546  = ~ gt0_13;
-  assign \$547  = gt0_14 & \$546 ;
-  assign \$548  = \$547  ? \$140 [2:0] : 3'h0;
-  assign \$549  = ~ gt0_14;
-  assign \$550  = gt0_15 & \$549 ;
-  assign \$551  = \$550  ? \$144 [2:0] : 3'h0;
-  assign \$552  = \$548  | \$551 ;
-  assign \$553  = \$545  | \$552 ;
-  assign \$554  = \$538  | \$553 ;
-  assign dlow0 = \$523  | \$554 ;
-  assign \$555  = 1'h0 - dlow0;
-  assign \$556  = grp0[0] + grp0[1];
-  assign \$557  = grp0[2] + grp0[3];
-  assign ws0_c = \$556  + \$557 ;
-  assign ws0_lo = \$555 [2:0] < ws0_c;
-  assign \$558  = \$555 [2:0] - ws0_c;
+  assign \$121  = ~ sat0[1];
+  assign \$122  = ~ sat0[2];
+  assign \$123  = \$121  & \$122 ;
+  assign \$124  = ~ sat0[3];
+  assign \$125  = \$124  & sat0[0];
+  assign \$126  = \$123  & \$125 ;
+  assign \$127  = ~ sat0[2];
+  assign \$128  = ~ sat0[3];
+  assign \$129  = \$127  & \$128 ;
+  assign \$130  = \$129  & sat0[1];
+  assign \$131  = \$126  | \$130 ;
+  assign \$132  = ~ sat0[3];
+  assign \$133  = \$132  & sat0[2];
+  assign \$134  = \$133  | sat0[3];
+  assign gt0_0 = \$131  | \$134 ;
+  assign \$135  = ~ sat1[1];
+  assign \$136  = ~ sat1[2];
+  assign \$137  = \$135  & \$136 ;
+  assign \$138  = ~ sat1[3];
+  assign \$139  = \$138  & sat1[0];
+  assign \$140  = \$137  & \$139 ;
+  assign \$141  = ~ sat1[2];
+  assign \$142  = ~ sat1[3];
+  assign \$143  = \$141  & \$142 ;
+  assign \$144  = \$143  & sat1[1];
+  assign \$145  = \$140  | \$144 ;
+  assign \$146  = ~ sat1[3];
+  assign \$147  = \$146  & sat1[2];
+  assign \$148  = \$147  | sat1[3];
+  assign gt0_1 = \$145  | \$148 ;
+  assign \$149  = ~ sat2[1];
+  assign \$150  = ~ sat2[2];
+  assign \$151  = \$149  & \$150 ;
+  assign \$152  = ~ sat2[3];
+  assign \$153  = \$152  & sat2[0];
+  assign \$154  = \$151  & \$153 ;
+  assign \$155  = ~ sat2[2];
+  assign \$156  = ~ sat2[3];
+  assign \$157  = \$155  & \$156 ;
+  assign \$158  = \$157  & sat2[1];
+  assign \$159  = \$154  | \$158 ;
+  assign \$160  = ~ sat2[3];
+  assign \$161  = \$160  & sat2[2];
+  assign \$162  = \$161  | sat2[3];
+  assign gt0_2 = \$159  | \$162 ;
+  assign \$163  = ~ sat3[1];
+  assign \$164  = ~ sat3[2];
+  assign \$165  = \$163  & \$164 ;
+  assign \$166  = ~ sat3[3];
+  assign \$167  = \$166  & sat3[0];
+  assign \$168  = \$165  & \$167 ;
+  assign \$169  = ~ sat3[2];
+  assign \$170  = ~ sat3[3];
+  assign \$171  = \$169  & \$170 ;
+  assign \$172  = \$171  & sat3[1];
+  assign \$173  = \$168  | \$172 ;
+  assign \$174  = ~ sat3[3];
+  assign \$175  = \$174  & sat3[2];
+  assign \$176  = \$175  | sat3[3];
+  assign gt0_3 = \$173  | \$176 ;
+  assign \$177  = ~ sat4[1];
+  assign \$178  = ~ sat4[2];
+  assign \$179  = \$177  & \$178 ;
+  assign \$180  = ~ sat4[3];
+  assign \$181  = \$180  & sat4[0];
+  assign \$182  = \$179  & \$181 ;
+  assign \$183  = ~ sat4[2];
+  assign \$184  = ~ sat4[3];
+  assign \$185  = \$183  & \$184 ;
+  assign \$186  = \$185  & sat4[1];
+  assign \$187  = \$182  | \$186 ;
+  assign \$188  = ~ sat4[3];
+  assign \$189  = \$188  & sat4[2];
+  assign \$190  = \$189  | sat4[3];
+  assign gt0_4 = \$187  | \$190 ;
+  assign \$191  = ~ sat5[1];
+  assign \$192  = ~ sat5[2];
+  assign \$193  = \$191  & \$192 ;
+  assign \$194  = ~ sat5[3];
+  assign \$195  = \$194  & sat5[0];
+  assign \$196  = \$193  & \$195 ;
+  assign \$197  = ~ sat5[2];
+  assign \$198  = ~ sat5[3];
+  assign \$199  = \$197  & \$198 ;
+  assign \$200  = \$199  & sat5[1];
+  assign \$201  = \$196  | \$200 ;
+  assign \$202  = ~ sat5[3];
+  assign \$203  = \$202  & sat5[2];
+  assign \$204  = \$203  | sat5[3];
+  assign gt0_5 = \$201  | \$204 ;
+  assign \$205  = ~ sat6[1];
+  assign \$206  = ~ sat6[2];
+  assign \$207  = \$205  & \$206 ;
+  assign \$208  = ~ sat6[3];
+  assign \$209  = \$208  & sat6[0];
+  assign \$210  = \$207  & \$209 ;
+  assign \$211  = ~ sat6[2];
+  assign \$212  = ~ sat6[3];
+  assign \$213  = \$211  & \$212 ;
+  assign \$214  = \$213  & sat6[1];
+  assign \$215  = \$210  | \$214 ;
+  assign \$216  = ~ sat6[3];
+  assign \$217  = \$216  & sat6[2];
+  assign \$218  = \$217  | sat6[3];
+  assign gt0_6 = \$215  | \$218 ;
+  assign \$219  = ~ sat7[1];
+  assign \$220  = ~ sat7[2];
+  assign \$221  = \$219  & \$220 ;
+  assign \$222  = ~ sat7[3];
+  assign \$223  = \$222  & sat7[0];
+  assign \$224  = \$221  & \$223 ;
+  assign \$225  = ~ sat7[2];
+  assign \$226  = ~ sat7[3];
+  assign \$227  = \$225  & \$226 ;
+  assign \$228  = \$227  & sat7[1];
+  assign \$229  = \$224  | \$228 ;
+  assign \$230  = ~ sat7[3];
+  assign \$231  = \$230  & sat7[2];
+  assign \$232  = \$231  | sat7[3];
+  assign gt0_7 = \$229  | \$232 ;
+  assign \$233  = ~ gt0_0;
+  assign \$234  = gt0_1 & \$233 ;
+  assign \$235  = \$234  ? 1'h1 : 1'h0;
+  assign \$236  = ~ gt0_1;
+  assign \$237  = gt0_2 & \$236 ;
+  assign \$238  = \$237  ? 2'h2 : 2'h0;
+  assign \$239  = { 1'h0, \$235  } | \$238 ;
+  assign \$240  = ~ gt0_2;
+  assign \$241  = gt0_3 & \$240 ;
+  assign \$242  = \$241  ? 2'h3 : 2'h0;
+  assign \$243  = ~ gt0_3;
+  assign \$244  = gt0_4 & \$243 ;
+  assign \$245  = \$244  ? 3'h4 : 3'h0;
+  assign \$246  = { 1'h0, \$242  } | \$245 ;
+  assign \$247  = { 1'h0, \$239  } | \$246 ;
+  assign \$248  = ~ gt0_4;
+  assign \$249  = gt0_5 & \$248 ;
+  assign \$250  = \$249  ? 3'h5 : 3'h0;
+  assign \$251  = ~ gt0_5;
+  assign \$252  = gt0_6 & \$251 ;
+  assign \$253  = \$252  ? 3'h6 : 3'h0;
+  assign \$254  = \$250  | \$253 ;
+  assign \$255  = ~ gt0_6;
+  assign \$256  = gt0_7 & \$255 ;
+  assign \$257  = \$256  ? 3'h7 : 3'h0;
+  assign \$258  = \$254  | \$257 ;
+  assign gsel0 = \$247  | \$258 ;
+  assign \$259  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$260  = ~ gt0_0;
+  assign \$261  = gt0_1 & \$260 ;
+  assign \$262  = \$261  ? mbeat0[31:16] : 16'h0000;
+  assign \$263  = \$259  | \$262 ;
+  assign \$264  = ~ gt0_1;
+  assign \$265  = gt0_2 & \$264 ;
+  assign \$266  = \$265  ? mbeat0[47:32] : 16'h0000;
+  assign \$267  = ~ gt0_2;
+  assign \$268  = gt0_3 & \$267 ;
+  assign \$269  = \$268  ? mbeat0[63:48] : 16'h0000;
+  assign \$270  = \$266  | \$269 ;
+  assign \$271  = \$263  | \$270 ;
+  assign \$272  = ~ gt0_3;
+  assign \$273  = gt0_4 & \$272 ;
+  assign \$274  = \$273  ? mbeat1[15:0] : 16'h0000;
+  assign \$275  = ~ gt0_4;
+  assign \$276  = gt0_5 & \$275 ;
+  assign \$277  = \$276  ? mbeat1[31:16] : 16'h0000;
+  assign \$278  = \$274  | \$277 ;
+  assign \$279  = ~ gt0_5;
+  assign \$280  = gt0_6 & \$279 ;
+  assign \$281  = \$280  ? mbeat1[47:32] : 16'h0000;
+  assign \$282  = ~ gt0_6;
+  assign \$283  = gt0_7 & \$282 ;
+  assign \$284  = \$283  ? mbeat1[63:48] : 16'h0000;
+  assign \$285  = \$281  | \$284 ;
+  assign \$286  = \$278  | \$285 ;
+  assign grp0 = \$271  | \$286 ;
+  assign \$287  = gt0_0 ? \$120 [3:0] : 4'h0;
+  assign \$288  = ~ gt0_0;
+  assign \$289  = gt0_1 & \$288 ;
+  assign \$290  = \$289  ? \$85 [3:0] : 4'h0;
+  assign \$291  = \$287  | \$290 ;
+  assign \$292  = ~ gt0_1;
+  assign \$293  = gt0_2 & \$292 ;
+  assign \$294  = \$293  ? \$89 [3:0] : 4'h0;
+  assign \$295  = ~ gt0_2;
+  assign \$296  = gt0_3 & \$295 ;
+  assign \$297  = \$296  ? \$93 [3:0] : 4'h0;
+  assign \$298  = \$294  | \$297 ;
+  assign \$299  = \$291  | \$298 ;
+  assign \$300  = ~ gt0_3;
+  assign \$301  = gt0_4 & \$300 ;
+  assign \$302  = \$301  ? \$97 [3:0] : 4'h0;
+  assign \$303  = ~ gt0_4;
+  assign \$304  = gt0_5 & \$303 ;
+  assign \$305  = \$304  ? \$104 [3:0] : 4'h0;
+  assign \$306  = \$302  | \$305 ;
+  assign \$307  = ~ gt0_5;
+  assign \$308  = gt0_6 & \$307 ;
+  assign \$309  = \$308  ? \$108 [3:0] : 4'h0;
+  assign \$310  = ~ gt0_6;
+  assign \$311  = gt0_7 & \$310 ;
+  assign \$312  = \$311  ? \$112 [3:0] : 4'h0;
+  assign \$313  = \$309  | \$312 ;
+  assign \$314  = \$306  | \$313 ;
+  assign dlow0 = \$299  | \$314 ;
+  assign \$315  = 1'h0 - dlow0;
+  assign \$316  = grp0[0] + grp0[1];
+  assign \$317  = grp0[2] + grp0[3];
+  assign \$318  = \$316  + \$317 ;
+  assign \$319  = grp0[4] + grp0[5];
+  assign \$320  = grp0[6] + grp0[7];
+  assign \$321  = \$319  + \$320 ;
+  assign ws0_c = \$318  + \$321 ;
+  assign ws0_lo = \$315 [3:0] < ws0_c;
+  assign \$322  = \$315 [3:0] - ws0_c;
+  assign \$323  = grp0[0] + grp0[1];
+  assign \$324  = grp0[2] + grp0[3];
+  assign ws0l_c = \$323  + \$324 ;
+  assign ws0l_lo = \$315 [2:0] < ws0l_c;
+  assign \$325  = \$315 [2:0] - ws0l_c;
+  assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
+  assign \$326  = grp0[8] + grp0[9];
+  assign \$327  = grp0[10] + grp0[11];
+  assign ws0h_c = \$326  + \$327 ;
+  assign ws0h_lo = \$322 [2:0] < ws0h_c;
+  assign \$328  = \$322 [2:0] - ws0h_c;
+  assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
   assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
   assign lv0 = k > 1'h0;
-  assign \$559  = k_cur <= 1'h0;
-  assign ln0 = finish & \$559 ;
-  assign \$560  = ln0 ? es_w : { rs_w[7], rs_w };
-  assign \$561  = gsel0[3:2] - \$560 [4:0];
-  assign \$562  = ~ sat0[2];
-  assign \$563  = ~ sat0[3];
-  assign \$564  = \$562  & \$563 ;
-  assign \$565  = \$564  & sat0[1];
-  assign \$566  = ~ sat0[3];
-  assign \$567  = \$566  & sat0[2];
-  assign \$568  = \$565  | \$567 ;
-  assign gt1_0 = \$568  | sat0[3];
-  assign \$569  = ~ sat1[2];
-  assign \$570  = ~ sat1[3];
-  assign \$571  = \$569  & \$570 ;
-  assign \$572  = \$571  & sat1[1];
-  assign \$573  = ~ sat1[3];
-  assign \$574  = \$573  & sat1[2];
-  assign \$575  = \$572  | \$574 ;
-  assign gt1_1 = \$575  | sat1[3];
-  assign \$576  = ~ sat2[2];
-  assign \$577  = ~ sat2[3];
-  assign \$578  = \$576  & \$577 ;
-  assign \$579  = \$578  & sat2[1];
-  assign \$580  = ~ sat2[3];
-  assign \$581  = \$580  & sat2[2];
-  assign \$582  = \$579  | \$581 ;
-  assign gt1_2 = \$582  | sat2[3];
-  assign \$583  = ~ sat3[2];
-  assign \$584  = ~ sat3[3];
-  assign \$585  = \$583  & \$584 ;
-  assign \$586  = \$585  & sat3[1];
-  assign \$587  = ~ sat3[3];
-  assign \$588  = \$587  & sat3[2];
-  assign \$589  = \$586  | \$588 ;
-  assign gt1_3 = \$589  | sat3[3];
-  assign \$590  = ~ sat4[2];
-  assign \$591  = ~ sat4[3];
-  assign \$592  = \$590  & \$591 ;
-  assign \$593  = \$592  & sat4[1];
-  assign \$594  = ~ sat4[3];
-  assign \$595  = \$594  & sat4[2];
-  assign \$596  = \$593  | \$595 ;
-  assign gt1_4 = \$596  | sat4[3];
-  assign \$597  = ~ sat5[2];
-  assign \$598  = ~ sat5[3];
-  assign \$599  = \$597  & \$598 ;
-  assign \$600  = \$599  & sat5[1];
-  assign \$601  = ~ sat5[3];
-  assign \$602  = \$601  & sat5[2];
-  assign \$603  = \$600  | \$602 ;
-  assign gt1_5 = \$603  | sat5[3];
-  assign \$604  = ~ sat6[2];
-  assign \$605  = ~ sat6[3];
-  assign \$606  = \$604  & \$605 ;
-  assign \$607  = \$606  & sat6[1];
-  assign \$608  = ~ sat6[3];
-  assign \$609  = \$608  & sat6[2];
-  assign \$610  = \$607  | \$609 ;
-  assign gt1_6 = \$610  | sat6[3];
-  assign \$611  = ~ sat7[2];
-  assign \$612  = ~ sat7[3];
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = \$613  & sat7[1];
-  assign \$615  = ~ sat7[3];
-  assign \$616  = \$615  & sat7[2];
-  assign \$617  = \$614  | \$616 ;
-  assign gt1_7 = \$617  | sat7[3];
-  assign \$618  = ~ sat8[2];
-  assign \$619  = ~ sat8[3];
-  assign \$620  = \$618  & \$619 ;
-  assign \$621  = \$620  & sat8[1];
-  assign \$622  = ~ sat8[3];
-  assign \$623  = \$622  & sat8[2];
-  assign \$624  = \$621  | \$623 ;
-  assign gt1_8 = \$624  | sat8[3];
-  assign \$625  = ~ sat9[2];
-  assign \$626  = ~ sat9[3];
-  assign \$627  = \$625  & \$626 ;
-  assign \$628  = \$627  & sat9[1];
-  assign \$629  = ~ sat9[3];
-  assign \$630  = \$629  & sat9[2];
-  assign \$631  = \$628  | \$630 ;
-  assign gt1_9 = \$631  | sat9[3];
-  assign \$632  = ~ sat10[2];
-  assign \$633  = ~ sat10[3];
-  assign \$634  = \$632  & \$633 ;
-  assign \$635  = \$634  & sat10[1];
-  assign \$636  = ~ sat10[3];
-  assign \$637  = \$636  & sat10[2];
-  assign \$638  = \$635  | \$637 ;
-  assign gt1_10 = \$638  | sat10[3];
-  assign \$639  = ~ sat11[2];
-  assign \$640  = ~ sat11[3];
-  assign \$641  = \$639  & \$640 ;
-  assign \$642  = \$641  & sat11[1];
-  assign \$643  = ~ sat11[3];
-  assign \$644  = \$643  & sat11[2];
-  assign \$645  = \$642  | \$644 ;
-  assign gt1_11 = \$645  | sat11[3];
-  assign \$646  = ~ sat12[2];
-  assign \$647  = ~ sat12[3];
-  assign \$648  = \$646  & \$647 ;
-  assign \$649  = \$648  & sat12[1];
-  assign \$650  = ~ sat12[3];
-  assign \$651  = \$650  & sat12[2];
-  assign \$652  = \$649  | \$651 ;
-  assign gt1_12 = \$652  | sat12[3];
-  assign \$653  = ~ sat13[2];
-  assign \$654  = ~ sat13[3];
-  assign \$655  = \$653  & \$654 ;
-  assign \$656  = \$655  & sat13[1];
-  assign \$657  = ~ sat13[3];
-  assign \$658  = \$657  & sat13[2];
-  assign \$659  = \$656  | \$658 ;
-  assign gt1_13 = \$659  | sat13[3];
-  assign \$660  = ~ sat14[2];
-  assign \$661  = ~ sat14[3];
-  assign \$662  = \$660  & \$661 ;
-  assign \$663  = \$662  & sat14[1];
-  assign \$664  = ~ sat14[3];
-  assign \$665  = \$664  & sat14[2];
-  assign \$666  = \$663  | \$665 ;
-  assign gt1_14 = \$666  | sat14[3];
-  assign \$667  = ~ sat15[2];
-  assign \$668  = ~ sat15[3];
-  assign \$669  = \$667  & \$668 ;
-  assign \$670  = \$669  & sat15[1];
-  assign \$671  = ~ sat15[3];
-  assign \$672  = \$671  & sat15[2];
-  assign \$673  = \$670  | \$672 ;
-  assign gt1_15 = \$673  | sat15[3];
-  assign \$674  = ~ gt1_0;
-  assign \$675  = gt1_1 & \$674 ;
-  assign \$676  = \$675  ? 1'h1 : 1'h0;
-  assign \$677  = ~ gt1_1;
-  assign \$678  = gt1_2 & \$677 ;
-  assign \$679  = \$678  ? 2'h2 : 2'h0;
-  assign \$680  = { 1'h0, \$676  } | \$679 ;
-  assign \$681  = ~ gt1_2;
-  assign \$682  = gt1_3 & \$681 ;
-  assign \$683  = \$682  ? 2'h3 : 2'h0;
-  assign \$684  = ~ gt1_3;
-  assign \$685  = gt1_4 & \$684 ;
-  assign \$686  = \$685  ? 3'h4 : 3'h0;
-  assign \$687  = { 1'h0, \$683  } | \$686 ;
-  assign \$688  = { 1'h0, \$680  } | \$687 ;
-  assign \$689  = ~ gt1_4;
-  assign \$690  = gt1_5 & \$689 ;
-  assign \$691  = \$690  ? 3'h5 : 3'h0;
-  assign \$692  = ~ gt1_5;
-  assign \$693  = gt1_6 & \$692 ;
-  assign \$694  = \$693  ? 3'h6 : 3'h0;
-  assign \$695  = \$691  | \$694 ;
-  assign \$696  = ~ gt1_6;
-  assign \$697  = gt1_7 & \$696 ;
-  assign \$698  = \$697  ? 3'h7 : 3'h0;
-  assign \$699  = ~ gt1_7;
-  assign \$700  = gt1_8 & \$699 ;
-  assign \$701  = \$700  ? 4'h8 : 4'h0;
-  assign \$702  = { 1'h0, \$698  } | \$701 ;
-  assign \$703  = { 1'h0, \$695  } | \$702 ;
-  assign \$704  = { 1'h0, \$688  } | \$703 ;
-  assign \$705  = ~ gt1_8;
-  assign \$706  = gt1_9 & \$705 ;
-  assign \$707  = \$706  ? 4'h9 : 4'h0;
-  assign \$708  = ~ gt1_9;
-  assign \$709  = gt1_10 & \$708 ;
-  assign \$710  = \$709  ? 4'ha : 4'h0;
-  assign \$711  = \$707  | \$710 ;
-  assign \$712  = ~ gt1_10;
-  assign \$713  = gt1_11 & \$712 ;
-  assign \$714  = \$713  ? 4'hb : 4'h0;
-  assign \$715  = ~ gt1_11;
-  assign \$716  = gt1_12 & \$715 ;
-  assign \$717  = \$716  ? 4'hc : 4'h0;
-  assign \$718  = \$714  | \$717 ;
-  assign \$719  = \$711  | \$718 ;
-  assign \$720  = ~ gt1_12;
-  assign \$721  = gt1_13 & \$720 ;
-  assign \$722  = \$721  ? 4'hd : 4'h0;
-  assign \$723  = ~ gt1_13;
-  assign \$724  = gt1_14 & \$723 ;
-  assign \$725  = \$724  ? 4'he : 4'h0;
-  assign \$726  = \$722  | \$725 ;
-  assign \$727  = ~ gt1_14;
-  assign \$728  = gt1_15 & \$727 ;
-  assign \$729  = \$728  ? 4'hf : 4'h0;
-  assign \$730  = \$726  | \$729 ;
-  assign \$731  = \$719  | \$730 ;
-  assign gsel1 = \$704  | \$731 ;
-  assign \$732  = gt1_0 ? mbeat0[7:0] : 8'h00;
-  assign \$733  = ~ gt1_0;
-  assign \$734  = gt1_1 & \$733 ;
-  assign \$735  = \$734  ? mbeat0[15:8] : 8'h00;
-  assign \$736  = \$732  | \$735 ;
-  assign \$737  = ~ gt1_1;
-  assign \$738  = gt1_2 & \$737 ;
-  assign \$739  = \$738  ? mbeat0[23:16] : 8'h00;
-  assign \$740  = ~ gt1_2;
-  assign \$741  = gt1_3 & \$740 ;
-  assign \$742  = \$741  ? mbeat0[31:24] : 8'h00;
-  assign \$743  = \$739  | \$742 ;
-  assign \$744  = \$736  | \$743 ;
-  assign \$745  = ~ gt1_3;
-  assign \$746  = gt1_4 & \$745 ;
-  assign \$747  = \$746  ? mbeat0[39:32] : 8'h00;
-  assign \$748  = ~ gt1_4;
-  assign \$749  = gt1_5 & \$748 ;
-  assign \$750  = \$749  ? mbeat0[47:40] : 8'h00;
-  assign \$751  = \$747  | \$750 ;
-  assign \$752  = ~ gt1_5;
-  assign \$753  = gt1_6 & \$752 ;
-  assign \$754  = \$753  ? mbeat0[55:48] : 8'h00;
-  assign \$755  = ~ gt1_6;
-  assign \$756  = gt1_7 & \$755 ;
-  assign \$757  = \$756  ? mbeat0[63:56] : 8'h00;
-  assign \$758  = \$754  | \$757 ;
-  assign \$759  = \$751  | \$758 ;
-  assign \$760  = \$744  | \$759 ;
-  assign \$761  = ~ gt1_7;
-  assign \$762  = gt1_8 & \$761 ;
-  assign \$763  = \$762  ? mbeat1[7:0] : 8'h00;
-  assign \$764  = ~ gt1_8;
-  assign \$765  = gt1_9 & \$764 ;
-  assign \$766  = \$765  ? mbeat1[15:8] : 8'h00;
-  assign \$767  = \$763  | \$766 ;
-  assign \$768  = ~ gt1_9;
-  assign \$769  = gt1_10 & \$768 ;
-  assign \$770  = \$769  ? mbeat1[23:16] : 8'h00;
-  assign \$771  = ~ gt1_10;
-  assign \$772  = gt1_11 & \$771 ;
-  assign \$773  = \$772  ? mbeat1[31:24] : 8'h00;
-  assign \$774  = \$770  | \$773 ;
-  assign \$775  = \$767  | \$774 ;
-  assign \$776  = ~ gt1_11;
-  assign \$777  = gt1_12 & \$776 ;
-  assign \$778  = \$777  ? mbeat1[39:32] : 8'h00;
-  assign \$779  = ~ gt1_12;
-  assign \$780  = gt1_13 & \$779 ;
-  assign \$781  = \$780  ? mbeat1[47:40] : 8'h00;
-  assign \$782  = \$778  | \$781 ;
-  assign \$783  = ~ gt1_13;
-  assign \$784  = gt1_14 & \$783 ;
-  assign \$785  = \$784  ? mbeat1[55:48] : 8'h00;
-  assign \$786  = ~ gt1_14;
-  assign \$787  = gt1_15 & \$786 ;
-  assign \$788  = \$787  ? mbeat1[63:56] : 8'h00;
-  assign \$789  = \$785  | \$788 ;
-  assign \$790  = \$782  | \$789 ;
-  assign \$791  = \$775  | \$790 ;
-  assign grp1 = \$760  | \$791 ;
-  assign \$792  = gt1_0 ? \$152 [2:0] : 3'h0;
-  assign \$793  = ~ gt1_0;
-  assign \$794  = gt1_1 & \$793 ;
-  assign \$795  = \$794  ? \$85 [2:0] : 3'h0;
-  assign \$796  = \$792  | \$795 ;
-  assign \$797  = ~ gt1_1;
-  assign \$798  = gt1_2 & \$797 ;
-  assign \$799  = \$798  ? \$89 [2:0] : 3'h0;
-  assign \$800  = ~ gt1_2;
-  assign \$801  = gt1_3 & \$800 ;
-  assign \$802  = \$801  ? \$93 [2:0] : 3'h0;
-  assign \$803  = \$799  | \$802 ;
-  assign \$804  = \$796  | \$803 ;
-  assign \$805  = ~ gt1_3;
-  assign \$806  = gt1_4 & \$805 ;
-  assign \$807  = \$806  ? \$97 [2:0] : 3'h0;
-  assign \$808  = ~ gt1_4;
-  assign \$809  = gt1_5 & \$808 ;
-  assign \$810  = \$809  ? \$101 [2:0] : 3'h0;
-  assign \$811  = \$807  | \$810 ;
-  assign \$812  = ~ gt1_5;
-  assign \$813  = gt1_6 & \$812 ;
-  assign \$814  = \$813  ? \$105 [2:0] : 3'h0;
-  assign \$815  = ~ gt1_6;
-  assign \$816  = gt1_7 & \$815 ;
-  assign \$817  = \$816  ? \$109 [2:0] : 3'h0;
-  assign \$818  = \$814  | \$817 ;
-  assign \$819  = \$811  | \$818 ;
-  assign \$820  = \$804  | \$819 ;
-  assign \$821  = ~ gt1_7;
-  assign \$822  = gt1_8 & \$821 ;
-  assign \$823  = \$822  ? \$113 [2:0] : 3'h0;
-  assign \$824  = ~ gt1_8;
-  assign \$825  = gt1_9 & \$824 ;
-  assign \$826  = \$825  ? \$120 [2:0] : 3'h0;
-  assign \$827  = \$823  | \$826 ;
-  assign \$828  = ~ gt1_9;
-  assign \$829  = gt1_10 & \$828 ;
-  assign \$830  = \$829  ? \$124 [2:0] : 3'h0;
-  assign \$831  = ~ gt1_10;
-  assign \$832  = gt1_11 & \$831 ;
-  assign \$833  = \$832  ? \$128 [2:0] : 3'h0;
-  assign \$834  = \$830  | \$833 ;
-  assign \$835  = \$827  | \$834 ;
-  assign \$836  = ~ gt1_11;
-  assign \$837  = gt1_12 & \$836 ;
-  assign \$838  = \$837  ? \$132 [2:0] : 3'h0;
-  assign \$839  = ~ gt1_12;
-  assign \$840  = gt1_13 & \$839 ;
-  assign \$841  = \$840  ? \$136 [2:0] : 3'h0;
-  assign \$842  = \$838  | \$841 ;
-  assign \$843  = ~ gt1_13;
-  assign \$844  = gt1_14 & \$843 ;
-  assign \$845  = \$844  ? \$140 [2:0] : 3'h0;
-  assign \$846  = ~ gt1_14;
-  assign \$847  = gt1_15 & \$846 ;
-  assign \$848  = \$847  ? \$144 [2:0] : 3'h0;
-  assign \$849  = \$845  | \$848 ;
-  assign \$850  = \$842  | \$849 ;
-  assign \$851  = \$835  | \$850 ;
-  assign dlow1 = \$820  | \$851 ;
-  assign \$852  = 1'h1 - dlow1;
-  assign \$853  = grp1[0] + grp1[1];
-  assign \$854  = grp1[2] + grp1[3];
-  assign ws1_c = \$853  + \$854 ;
-  assign ws1_lo = \$852 [2:0] < ws1_c;
-  assign \$855  = \$852 [2:0] - ws1_c;
+  assign \$329  = k_cur <= 1'h0;
+  assign ln0 = finish & \$329 ;
+  assign \$330  = ln0 ? es_w : { rs_w[7], rs_w };
+  assign \$331  = gsel0[2:1] - \$330 [4:0];
+  assign \$332  = ~ sat0[2];
+  assign \$333  = ~ sat0[3];
+  assign \$334  = \$332  & \$333 ;
+  assign \$335  = \$334  & sat0[1];
+  assign \$336  = ~ sat0[3];
+  assign \$337  = \$336  & sat0[2];
+  assign \$338  = \$335  | \$337 ;
+  assign gt1_0 = \$338  | sat0[3];
+  assign \$339  = ~ sat1[2];
+  assign \$340  = ~ sat1[3];
+  assign \$341  = \$339  & \$340 ;
+  assign \$342  = \$341  & sat1[1];
+  assign \$343  = ~ sat1[3];
+  assign \$344  = \$343  & sat1[2];
+  assign \$345  = \$342  | \$344 ;
+  assign gt1_1 = \$345  | sat1[3];
+  assign \$346  = ~ sat2[2];
+  assign \$347  = ~ sat2[3];
+  assign \$348  = \$346  & \$347 ;
+  assign \$349  = \$348  & sat2[1];
+  assign \$350  = ~ sat2[3];
+  assign \$351  = \$350  & sat2[2];
+  assign \$352  = \$349  | \$351 ;
+  assign gt1_2 = \$352  | sat2[3];
+  assign \$353  = ~ sat3[2];
+  assign \$354  = ~ sat3[3];
+  assign \$355  = \$353  & \$354 ;
+  assign \$356  = \$355  & sat3[1];
+  assign \$357  = ~ sat3[3];
+  assign \$358  = \$357  & sat3[2];
+  assign \$359  = \$356  | \$358 ;
+  assign gt1_3 = \$359  | sat3[3];
+  assign \$360  = ~ sat4[2];
+  assign \$361  = ~ sat4[3];
+  assign \$362  = \$360  & \$361 ;
+  assign \$363  = \$362  & sat4[1];
+  assign \$364  = ~ sat4[3];
+  assign \$365  = \$364  & sat4[2];
+  assign \$366  = \$363  | \$365 ;
+  assign gt1_4 = \$366  | sat4[3];
+  assign \$367  = ~ sat5[2];
+  assign \$368  = ~ sat5[3];
+  assign \$369  = \$367  & \$368 ;
+  assign \$370  = \$369  & sat5[1];
+  assign \$371  = ~ sat5[3];
+  assign \$372  = \$371  & sat5[2];
+  assign \$373  = \$370  | \$372 ;
+  assign gt1_5 = \$373  | sat5[3];
+  assign \$374  = ~ sat6[2];
+  assign \$375  = ~ sat6[3];
+  assign \$376  = \$374  & \$375 ;
+  assign \$377  = \$376  & sat6[1];
+  assign \$378  = ~ sat6[3];
+  assign \$379  = \$378  & sat6[2];
+  assign \$380  = \$377  | \$379 ;
+  assign gt1_6 = \$380  | sat6[3];
+  assign \$381  = ~ sat7[2];
+  assign \$382  = ~ sat7[3];
+  assign \$383  = \$381  & \$382 ;
+  assign \$384  = \$383  & sat7[1];
+  assign \$385  = ~ sat7[3];
+  assign \$386  = \$385  & sat7[2];
+  assign \$387  = \$384  | \$386 ;
+  assign gt1_7 = \$387  | sat7[3];
+  assign \$388  = ~ gt1_0;
+  assign \$389  = gt1_1 & \$388 ;
+  assign \$390  = \$389  ? 1'h1 : 1'h0;
+  assign \$391  = ~ gt1_1;
+  assign \$392  = gt1_2 & \$391 ;
+  assign \$393  = \$392  ? 2'h2 : 2'h0;
+  assign \$394  = { 1'h0, \$390  } | \$393 ;
+  assign \$395  = ~ gt1_2;
+  assign \$396  = gt1_3 & \$395 ;
+  assign \$397  = \$396  ? 2'h3 : 2'h0;
+  assign \$398  = ~ gt1_3;
+  assign \$399  = gt1_4 & \$398 ;
+  assign \$400  = \$399  ? 3'h4 : 3'h0;
+  assign \$401  = { 1'h0, \$397  } | \$400 ;
+  assign \$402  = { 1'h0, \$394  } | \$401 ;
+  assign \$403  = ~ gt1_4;
+  assign \$404  = gt1_5 & \$403 ;
+  assign \$405  = \$404  ? 3'h5 : 3'h0;
+  assign \$406  = ~ gt1_5;
+  assign \$407  = gt1_6 & \$406 ;
+  assign \$408  = \$407  ? 3'h6 : 3'h0;
+  assign \$409  = \$405  | \$408 ;
+  assign \$410  = ~ gt1_6;
+  assign \$411  = gt1_7 & \$410 ;
+  assign \$412  = \$411  ? 3'h7 : 3'h0;
+  assign \$413  = \$409  | \$412 ;
+  assign gsel1 = \$402  | \$413 ;
+  assign \$414  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$415  = ~ gt1_0;
+  assign \$416  = gt1_1 & \$415 ;
+  assign \$417  = \$416  ? mbeat0[31:16] : 16'h0000;
+  assign \$418  = \$414  | \$417 ;
+  assign \$419  = ~ gt1_1;
+  assign \$420  = gt1_2 & \$419 ;
+  assign \$421  = \$420  ? mbeat0[47:32] : 16'h0000;
+  assign \$422  = ~ gt1_2;
+  assign \$423  = gt1_3 & \$422 ;
+  assign \$424  = \$423  ? mbeat0[63:48] : 16'h0000;
+  assign \$425  = \$421  | \$424 ;
+  assign \$426  = \$418  | \$425 ;
+  assign \$427  = ~ gt1_3;
+  assign \$428  = gt1_4 & \$427 ;
+  assign \$429  = \$428  ? mbeat1[15:0] : 16'h0000;
+  assign \$430  = ~ gt1_4;
+  assign \$431  = gt1_5 & \$430 ;
+  assign \$432  = \$431  ? mbeat1[31:16] : 16'h0000;
+  assign \$433  = \$429  | \$432 ;
+  assign \$434  = ~ gt1_5;
+  assign \$435  = gt1_6 & \$434 ;
+  assign \$436  = \$435  ? mbeat1[47:32] : 16'h0000;
+  assign \$437  = ~ gt1_6;
+  assign \$438  = gt1_7 & \$437 ;
+  assign \$439  = \$438  ? mbeat1[63:48] : 16'h0000;
+  assign \$440  = \$436  | \$439 ;
+  assign \$441  = \$433  | \$440 ;
+  assign grp1 = \$426  | \$441 ;
+  assign \$442  = gt1_0 ? \$120 [3:0] : 4'h0;
+  assign \$443  = ~ gt1_0;
+  assign \$444  = gt1_1 & \$443 ;
+  assign \$445  = \$444  ? \$85 [3:0] : 4'h0;
+  assign \$446  = \$442  | \$445 ;
+  assign \$447  = ~ gt1_1;
+  assign \$448  = gt1_2 & \$447 ;
+  assign \$449  = \$448  ? \$89 [3:0] : 4'h0;
+  assign \$450  = ~ gt1_2;
+  assign \$451  = gt1_3 & \$450 ;
+  assign \$452  = \$451  ? \$93 [3:0] : 4'h0;
+  assign \$453  = \$449  | \$452 ;
+  assign \$454  = \$446  | \$453 ;
+  assign \$455  = ~ gt1_3;
+  assign \$456  = gt1_4 & \$455 ;
+  assign \$457  = \$456  ? \$97 [3:0] : 4'h0;
+  assign \$458  = ~ gt1_4;
+  assign \$459  = gt1_5 & \$458 ;
+  assign \$460  = \$459  ? \$104 [3:0] : 4'h0;
+  assign \$461  = \$457  | \$460 ;
+  assign \$462  = ~ gt1_5;
+  assign \$463  = gt1_6 & \$462 ;
+  assign \$464  = \$463  ? \$108 [3:0] : 4'h0;
+  assign \$465  = ~ gt1_6;
+  assign \$466  = gt1_7 & \$465 ;
+  assign \$467  = \$466  ? \$112 [3:0] : 4'h0;
+  assign \$468  = \$464  | \$467 ;
+  assign \$469  = \$461  | \$468 ;
+  assign dlow1 = \$454  | \$469 ;
+  assign \$470  = 1'h1 - dlow1;
+  assign \$471  = grp1[0] + grp1[1];
+  assign \$472  = grp1[2] + grp1[3];
+  assign \$473  = \$471  + \$472 ;
+  assign \$474  = grp1[4] + grp1[5];
+  assign \$475  = grp1[6] + grp1[7];
+  assign \$476  = \$474  + \$475 ;
+  assign ws1_c = \$473  + \$476 ;
+  assign ws1_lo = \$470 [3:0] < ws1_c;
+  assign \$477  = \$470 [3:0] - ws1_c;
+  assign \$478  = grp1[0] + grp1[1];
+  assign \$479  = grp1[2] + grp1[3];
+  assign ws1l_c = \$478  + \$479 ;
+  assign ws1l_lo = \$470 [2:0] < ws1l_c;
+  assign \$480  = \$470 [2:0] - ws1l_c;
+  assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
+  assign \$481  = grp1[8] + grp1[9];
+  assign \$482  = grp1[10] + grp1[11];
+  assign ws1h_c = \$481  + \$482 ;
+  assign ws1h_lo = \$477 [2:0] < ws1h_c;
+  assign \$483  = \$477 [2:0] - ws1h_c;
+  assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
   assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
   assign lv1 = k > 1'h1;
-  assign \$856  = k_cur <= 1'h1;
-  assign ln1 = finish & \$856 ;
-  assign \$857  = ln1 ? es_w : { rs_w[7], rs_w };
-  assign \$858  = gsel1[3:2] - \$857 [4:0];
-  assign \$859  = ~ sat0[2];
-  assign \$860  = sat0[1] & \$859 ;
-  assign \$861  = ~ sat0[3];
-  assign \$862  = \$861  & sat0[0];
-  assign \$863  = \$860  & \$862 ;
-  assign \$864  = ~ sat0[3];
-  assign \$865  = \$864  & sat0[2];
-  assign \$866  = \$863  | \$865 ;
-  assign gt2_0 = \$866  | sat0[3];
-  assign \$867  = ~ sat1[2];
-  assign \$868  = sat1[1] & \$867 ;
-  assign \$869  = ~ sat1[3];
-  assign \$870  = \$869  & sat1[0];
-  assign \$871  = \$868  & \$870 ;
-  assign \$872  = ~ sat1[3];
-  assign \$873  = \$872  & sat1[2];
-  assign \$874  = \$871  | \$873 ;
-  assign gt2_1 = \$874  | sat1[3];
-  assign \$875  = ~ sat2[2];
-  assign \$876  = sat2[1] & \$875 ;
-  assign \$877  = ~ sat2[3];
-  assign \$878  = \$877  & sat2[0];
-  assign \$879  = \$876  & \$878 ;
-  assign \$880  = ~ sat2[3];
-  assign \$881  = \$880  & sat2[2];
-  assign \$882  = \$879  | \$881 ;
-  assign gt2_2 = \$882  | sat2[3];
-  assign \$883  = ~ sat3[2];
-  assign \$884  = sat3[1] & \$883 ;
-  assign \$885  = ~ sat3[3];
-  assign \$886  = \$885  & sat3[0];
-  assign \$887  = \$884  & \$886 ;
-  assign \$888  = ~ sat3[3];
-  assign \$889  = \$888  & sat3[2];
-  assign \$890  = \$887  | \$889 ;
-  assign gt2_3 = \$890  | sat3[3];
-  assign \$891  = ~ sat4[2];
-  assign \$892  = sat4[1] & \$891 ;
-  assign \$893  = ~ sat4[3];
-  assign \$894  = \$893  & sat4[0];
-  assign \$895  = \$892  & \$894 ;
-  assign \$896  = ~ sat4[3];
-  assign \$897  = \$896  & sat4[2];
-  assign \$898  = \$895  | \$897 ;
-  assign gt2_4 = \$898  | sat4[3];
-  assign \$899  = ~ sat5[2];
-  assign \$900  = sat5[1] & \$899 ;
-  assign \$901  = ~ sat5[3];
-  assign \$902  = \$901  & sat5[0];
-  assign \$903  = \$900  & \$902 ;
-  assign \$904  = ~ sat5[3];
-  assign \$905  = \$904  & sat5[2];
-  assign \$906  = \$903  | \$905 ;
-  assign gt2_5 = \$906  | sat5[3];
-  assign \$907  = ~ sat6[2];
-  assign \$908  = sat6[1] & \$907 ;
-  assign \$909  = ~ sat6[3];
-  assign \$910  = \$909  & sat6[0];
-  assign \$911  = \$908  & \$910 ;
-  assign \$912  = ~ sat6[3];
-  assign \$913  = \$912  & sat6[2];
-  assign \$914  = \$911  | \$913 ;
-  assign gt2_6 = \$914  | sat6[3];
-  assign \$915  = ~ sat7[2];
-  assign \$916  = sat7[1] & \$915 ;
-  assign \$917  = ~ sat7[3];
-  assign \$918  = \$917  & sat7[0];
-  assign \$919  = \$916  & \$918 ;
-  assign \$920  = ~ sat7[3];
-  assign \$921  = \$920  & sat7[2];
-  assign \$922  = \$919  | \$921 ;
-  assign gt2_7 = \$922  | sat7[3];
-  assign \$923  = ~ sat8[2];
-  assign \$924  = sat8[1] & \$923 ;
-  assign \$925  = ~ sat8[3];
-  assign \$926  = \$925  & sat8[0];
-  assign \$927  = \$924  & \$926 ;
-  assign \$928  = ~ sat8[3];
-  assign \$929  = \$928  & sat8[2];
-  assign \$930  = \$927  | \$929 ;
-  assign gt2_8 = \$930  | sat8[3];
-  assign \$931  = ~ sat9[2];
-  assign \$932  = sat9[1] & \$931 ;
-  assign \$933  = ~ sat9[3];
-  assign \$934  = \$933  & sat9[0];
-  assign \$935  = \$932  & \$934 ;
-  assign \$936  = ~ sat9[3];
-  assign \$937  = \$936  & sat9[2];
-  assign \$938  = \$935  | \$937 ;
-  assign gt2_9 = \$938  | sat9[3];
-  assign \$939  = ~ sat10[2];
-  assign \$940  = sat10[1] & \$939 ;
-  assign \$941  = ~ sat10[3];
-  assign \$942  = \$941  & sat10[0];
-  assign \$943  = \$940  & \$942 ;
-  assign \$944  = ~ sat10[3];
-  assign \$945  = \$944  & sat10[2];
-  assign \$946  = \$943  | \$945 ;
-  assign gt2_10 = \$946  | sat10[3];
-  assign \$947  = ~ sat11[2];
-  assign \$948  = sat11[1] & \$947 ;
-  assign \$949  = ~ sat11[3];
-  assign \$950  = \$949  & sat11[0];
-  assign \$951  = \$948  & \$950 ;
-  assign \$952  = ~ sat11[3];
-  assign \$953  = \$952  & sat11[2];
-  assign \$954  = \$951  | \$953 ;
-  assign gt2_11 = \$954  | sat11[3];
-  assign \$955  = ~ sat12[2];
-  assign \$956  = sat12[1] & \$955 ;
-  assign \$957  = ~ sat12[3];
-  assign \$958  = \$957  & sat12[0];
-  assign \$959  = \$956  & \$958 ;
-  assign \$960  = ~ sat12[3];
-  assign \$961  = \$960  & sat12[2];
-  assign \$962  = \$959  | \$961 ;
-  assign gt2_12 = \$962  | sat12[3];
-  assign \$963  = ~ sat13[2];
-  assign \$964  = sat13[1] & \$963 ;
-  assign \$965  = ~ sat13[3];
-  assign \$966  = \$965  & sat13[0];
-  assign \$967  = \$964  & \$966 ;
-  assign \$968  = ~ sat13[3];
-  assign \$969  = \$968  & sat13[2];
-  assign \$970  = \$967  | \$969 ;
-  assign gt2_13 = \$970  | sat13[3];
-  assign \$971  = ~ sat14[2];
-  assign \$972  = sat14[1] & \$971 ;
-  assign \$973  = ~ sat14[3];
-  assign \$974  = \$973  & sat14[0];
-  assign \$975  = \$972  & \$974 ;
-  assign \$976  = ~ sat14[3];
-  assign \$977  = \$976  & sat14[2];
-  assign \$978  = \$975  | \$977 ;
-  assign gt2_14 = \$978  | sat14[3];
-  assign \$979  = ~ sat15[2];
-  assign \$980  = sat15[1] & \$979 ;
-  assign \$981  = ~ sat15[3];
-  assign \$982  = \$981  & sat15[0];
-  assign \$983  = \$980  & \$982 ;
-  assign \$984  = ~ sat15[3];
-  assign \$985  = \$984  & sat15[2];
-  assign \$986  = \$983  | \$985 ;
-  assign gt2_15 = \$986  | sat15[3];
-  assign \$987  = ~ gt2_0;
-  assign \$988  = gt2_1 & \$987 ;
-  assign \$989  = \$988  ? 1'h1 : 1'h0;
-  assign \$990  = ~ gt2_1;
-  assign \$991  = gt2_2 & \$990 ;
-  assign \$992  = \$991  ? 2'h2 : 2'h0;
-  assign \$993  = { 1'h0, \$989  } | \$992 ;
-  assign \$994  = ~ gt2_2;
-  assign \$995  = gt2_3 & \$994 ;
-  assign \$996  = \$995  ? 2'h3 : 2'h0;
-  assign \$997  = ~ gt2_3;
-  assign \$998  = gt2_4 & \$997 ;
-  assign \$999  = \$998  ? 3'h4 : 3'h0;
-  assign \$1000  = { 1'h0, \$996  } | \$999 ;
-  assign \$1001  = { 1'h0, \$993  } | \$1000 ;
-  assign \$1002  = ~ gt2_4;
-  assign \$1003  = gt2_5 & \$1002 ;
-  assign \$1004  = \$1003  ? 3'h5 : 3'h0;
-  assign \$1005  = ~ gt2_5;
-  assign \$1006  = gt2_6 & \$1005 ;
-  assign \$1007  = \$1006  ? 3'h6 : 3'h0;
-  assign \$1008  = \$1004  | \$1007 ;
-  assign \$1009  = ~ gt2_6;
-  assign \$1010  = gt2_7 & \$1009 ;
-  assign \$1011  = \$1010  ? 3'h7 : 3'h0;
-  assign \$1012  = ~ gt2_7;
-  assign \$1013  = gt2_8 & \$1012 ;
-  assign \$1014  = \$1013  ? 4'h8 : 4'h0;
-  assign \$1015  = { 1'h0, \$1011  } | \$1014 ;
-  assign \$1016  = { 1'h0, \$1008  } | \$1015 ;
-  assign \$1017  = { 1'h0, \$1001  } | \$1016 ;
-  assign \$1018  = ~ gt2_8;
-  assign \$1019  = gt2_9 & \$1018 ;
-  assign \$1020  = \$1019  ? 4'h9 : 4'h0;
-  assign \$1021  = ~ gt2_9;
-  assign \$1022  = gt2_10 & \$1021 ;
-  assign \$1023  = \$1022  ? 4'ha : 4'h0;
-  assign \$1024  = \$1020  | \$1023 ;
-  assign \$1025  = ~ gt2_10;
-  assign \$1026  = gt2_11 & \$1025 ;
-  assign \$1027  = \$1026  ? 4'hb : 4'h0;
-  assign \$1028  = ~ gt2_11;
-  assign \$1029  = gt2_12 & \$1028 ;
-  assign \$1030  = \$1029  ? 4'hc : 4'h0;
-  assign \$1031  = \$1027  | \$1030 ;
-  assign \$1032  = \$1024  | \$1031 ;
-  assign \$1033  = ~ gt2_12;
-  assign \$1034  = gt2_13 & \$1033 ;
-  assign \$1035  = \$1034  ? 4'hd : 4'h0;
-  assign \$1036  = ~ gt2_13;
-  assign \$1037  = gt2_14 & \$1036 ;
-  assign \$1038  = \$1037  ? 4'he : 4'h0;
-  assign \$1039  = \$1035  | \$1038 ;
-  assign \$1040  = ~ gt2_14;
-  assign \$1041  = gt2_15 & \$1040 ;
-  assign \$1042  = \$1041  ? 4'hf : 4'h0;
-  assign \$1043  = \$1039  | \$1042 ;
-  assign \$1044  = \$1032  | \$1043 ;
-  assign gsel2 = \$1017  | \$1044 ;
-  assign \$1045  = gt2_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1046  = ~ gt2_0;
-  assign \$1047  = gt2_1 & \$1046 ;
-  assign \$1048  = \$1047  ? mbeat0[15:8] : 8'h00;
-  assign \$1049  = \$1045  | \$1048 ;
-  assign \$1050  = ~ gt2_1;
-  assign \$1051  = gt2_2 & \$1050 ;
-  assign \$1052  = \$1051  ? mbeat0[23:16] : 8'h00;
-  assign \$1053  = ~ gt2_2;
-  assign \$1054  = gt2_3 & \$1053 ;
-  assign \$1055  = \$1054  ? mbeat0[31:24] : 8'h00;
-  assign \$1056  = \$1052  | \$1055 ;
-  assign \$1057  = \$1049  | \$1056 ;
-  assign \$1058  = ~ gt2_3;
-  assign \$1059  = gt2_4 & \$1058 ;
-  assign \$1060  = \$1059  ? mbeat0[39:32] : 8'h00;
-  assign \$1061  = ~ gt2_4;
-  assign \$1062  = gt2_5 & \$1061 ;
-  assign \$1063  = \$1062  ? mbeat0[47:40] : 8'h00;
-  assign \$1064  = \$1060  | \$1063 ;
-  assign \$1065  = ~ gt2_5;
-  assign \$1066  = gt2_6 & \$1065 ;
-  assign \$1067  = \$1066  ? mbeat0[55:48] : 8'h00;
-  assign \$1068  = ~ gt2_6;
-  assign \$1069  = gt2_7 & \$1068 ;
-  assign \$1070  = \$1069  ? mbeat0[63:56] : 8'h00;
-  assign \$1071  = \$1067  | \$1070 ;
-  assign \$1072  = \$1064  | \$1071 ;
-  assign \$1073  = \$1057  | \$1072 ;
-  assign \$1074  = ~ gt2_7;
-  assign \$1075  = gt2_8 & \$1074 ;
-  assign \$1076  = \$1075  ? mbeat1[7:0] : 8'h00;
-  assign \$1077  = ~ gt2_8;
-  assign \$1078  = gt2_9 & \$1077 ;
-  assign \$1079  = \$1078  ? mbeat1[15:8] : 8'h00;
-  assign \$1080  = \$1076  | \$1079 ;
-  assign \$1081  = ~ gt2_9;
-  assign \$1082  = gt2_10 & \$1081 ;
-  assign \$1083  = \$1082  ? mbeat1[23:16] : 8'h00;
-  assign \$1084  = ~ gt2_10;
-  assign \$1085  = gt2_11 & \$1084 ;
-  assign \$1086  = \$1085  ? mbeat1[31:24] : 8'h00;
-  assign \$1087  = \$1083  | \$1086 ;
-  assign \$1088  = \$1080  | \$1087 ;
-  assign \$1089  = ~ gt2_11;
-  assign \$1090  = gt2_12 & \$1089 ;
-  assign \$1091  = \$1090  ? mbeat1[39:32] : 8'h00;
-  assign \$1092  = ~ gt2_12;
-  assign \$1093  = gt2_13 & \$1092 ;
-  assign \$1094  = \$1093  ? mbeat1[47:40] : 8'h00;
-  assign \$1095  = \$1091  | \$1094 ;
-  assign \$1096  = ~ gt2_13;
-  assign \$1097  = gt2_14 & \$1096 ;
-  assign \$1098  = \$1097  ? mbeat1[55:48] : 8'h00;
-  assign \$1099  = ~ gt2_14;
-  assign \$1100  = gt2_15 & \$1099 ;
-  assign \$1101  = \$1100  ? mbeat1[63:56] : 8'h00;
-  assign \$1102  = \$1098  | \$1101 ;
-  assign \$1103  = \$1095  | \$1102 ;
-  assign \$1104  = \$1088  | \$1103 ;
-  assign grp2 = \$1073  | \$1104 ;
-  assign \$1105  = gt2_0 ? \$152 [2:0] : 3'h0;
-  assign \$1106  = ~ gt2_0;
-  assign \$1107  = gt2_1 & \$1106 ;
-  assign \$1108  = \$1107  ? \$85 [2:0] : 3'h0;
-  assign \$1109  = \$1105  | \$1108 ;
-  assign \$1110  = ~ gt2_1;
-  assign \$1111  = gt2_2 & \$1110 ;
-  assign \$1112  = \$1111  ? \$89 [2:0] : 3'h0;
-  assign \$1113  = ~ gt2_2;
-  assign \$1114  = gt2_3 & \$1113 ;
-  assign \$1115  = \$1114  ? \$93 [2:0] : 3'h0;
-  assign \$1116  = \$1112  | \$1115 ;
-  assign \$1117  = \$1109  | \$1116 ;
-  assign \$1118  = ~ gt2_3;
-  assign \$1119  = gt2_4 & \$1118 ;
-  assign \$1120  = \$1119  ? \$97 [2:0] : 3'h0;
-  assign \$1121  = ~ gt2_4;
-  assign \$1122  = gt2_5 & \$1121 ;
-  assign \$1123  = \$1122  ? \$101 [2:0] : 3'h0;
-  assign \$1124  = \$1120  | \$1123 ;
-  assign \$1125  = ~ gt2_5;
-  assign \$1126  = gt2_6 & \$1125 ;
-  assign \$1127  = \$1126  ? \$105 [2:0] : 3'h0;
-  assign \$1128  = ~ gt2_6;
-  assign \$1129  = gt2_7 & \$1128 ;
-  assign \$1130  = \$1129  ? \$109 [2:0] : 3'h0;
-  assign \$1131  = \$1127  | \$1130 ;
-  assign \$1132  = \$1124  | \$1131 ;
-  assign \$1133  = \$1117  | \$1132 ;
-  assign \$1134  = ~ gt2_7;
-  assign \$1135  = gt2_8 & \$1134 ;
-  assign \$1136  = \$1135  ? \$113 [2:0] : 3'h0;
-  assign \$1137  = ~ gt2_8;
-  assign \$1138  = gt2_9 & \$1137 ;
-  assign \$1139  = \$1138  ? \$120 [2:0] : 3'h0;
-  assign \$1140  = \$1136  | \$1139 ;
-  assign \$1141  = ~ gt2_9;
-  assign \$1142  = gt2_10 & \$1141 ;
-  assign \$1143  = \$1142  ? \$124 [2:0] : 3'h0;
-  assign \$1144  = ~ gt2_10;
-  assign \$1145  = gt2_11 & \$1144 ;
-  assign \$1146  = \$1145  ? \$128 [2:0] : 3'h0;
-  assign \$1147  = \$1143  | \$1146 ;
-  assign \$1148  = \$1140  | \$1147 ;
-  assign \$1149  = ~ gt2_11;
-  assign \$1150  = gt2_12 & \$1149 ;
-  assign \$1151  = \$1150  ? \$132 [2:0] : 3'h0;
-  assign \$1152  = ~ gt2_12;
-  assign \$1153  = gt2_13 & \$1152 ;
-  assign \$1154  = \$1153  ? \$136 [2:0] : 3'h0;
-  assign \$1155  = \$1151  | \$1154 ;
-  assign \$1156  = ~ gt2_13;
-  assign \$1157  = gt2_14 & \$1156 ;
-  assign \$1158  = \$1157  ? \$140 [2:0] : 3'h0;
-  assign \$1159  = ~ gt2_14;
-  assign \$1160  = gt2_15 & \$1159 ;
-  assign \$1161  = \$1160  ? \$144 [2:0] : 3'h0;
-  assign \$1162  = \$1158  | \$1161 ;
-  assign \$1163  = \$1155  | \$1162 ;
-  assign \$1164  = \$1148  | \$1163 ;
-  assign dlow2 = \$1133  | \$1164 ;
-  assign \$1165  = 2'h2 - dlow2;
-  assign \$1166  = grp2[0] + grp2[1];
-  assign \$1167  = grp2[2] + grp2[3];
-  assign ws2_c = \$1166  + \$1167 ;
-  assign ws2_lo = \$1165 [2:0] < ws2_c;
-  assign \$1168  = \$1165 [2:0] - ws2_c;
+  assign \$484  = k_cur <= 1'h1;
+  assign ln1 = finish & \$484 ;
+  assign \$485  = ln1 ? es_w : { rs_w[7], rs_w };
+  assign \$486  = gsel1[2:1] - \$485 [4:0];
+  assign \$487  = ~ sat0[2];
+  assign \$488  = sat0[1] & \$487 ;
+  assign \$489  = ~ sat0[3];
+  assign \$490  = \$489  & sat0[0];
+  assign \$491  = \$488  & \$490 ;
+  assign \$492  = ~ sat0[3];
+  assign \$493  = \$492  & sat0[2];
+  assign \$494  = \$491  | \$493 ;
+  assign gt2_0 = \$494  | sat0[3];
+  assign \$495  = ~ sat1[2];
+  assign \$496  = sat1[1] & \$495 ;
+  assign \$497  = ~ sat1[3];
+  assign \$498  = \$497  & sat1[0];
+  assign \$499  = \$496  & \$498 ;
+  assign \$500  = ~ sat1[3];
+  assign \$501  = \$500  & sat1[2];
+  assign \$502  = \$499  | \$501 ;
+  assign gt2_1 = \$502  | sat1[3];
+  assign \$503  = ~ sat2[2];
+  assign \$504  = sat2[1] & \$503 ;
+  assign \$505  = ~ sat2[3];
+  assign \$506  = \$505  & sat2[0];
+  assign \$507  = \$504  & \$506 ;
+  assign \$508  = ~ sat2[3];
+  assign \$509  = \$508  & sat2[2];
+  assign \$510  = \$507  | \$509 ;
+  assign gt2_2 = \$510  | sat2[3];
+  assign \$511  = ~ sat3[2];
+  assign \$512  = sat3[1] & \$511 ;
+  assign \$513  = ~ sat3[3];
+  assign \$514  = \$513  & sat3[0];
+  assign \$515  = \$512  & \$514 ;
+  assign \$516  = ~ sat3[3];
+  assign \$517  = \$516  & sat3[2];
+  assign \$518  = \$515  | \$517 ;
+  assign gt2_3 = \$518  | sat3[3];
+  assign \$519  = ~ sat4[2];
+  assign \$520  = sat4[1] & \$519 ;
+  assign \$521  = ~ sat4[3];
+  assign \$522  = \$521  & sat4[0];
+  assign \$523  = \$520  & \$522 ;
+  assign \$524  = ~ sat4[3];
+  assign \$525  = \$524  & sat4[2];
+  assign \$526  = \$523  | \$525 ;
+  assign gt2_4 = \$526  | sat4[3];
+  assign \$527  = ~ sat5[2];
+  assign \$528  = sat5[1] & \$527 ;
+  assign \$529  = ~ sat5[3];
+  assign \$530  = \$529  & sat5[0];
+  assign \$531  = \$528  & \$530 ;
+  assign \$532  = ~ sat5[3];
+  assign \$533  = \$532  & sat5[2];
+  assign \$534  = \$531  | \$533 ;
+  assign gt2_5 = \$534  | sat5[3];
+  assign \$535  = ~ sat6[2];
+  assign \$536  = sat6[1] & \$535 ;
+  assign \$537  = ~ sat6[3];
+  assign \$538  = \$537  & sat6[0];
+  assign \$539  = \$536  & \$538 ;
+  assign \$540  = ~ sat6[3];
+  assign \$541  = \$540  & sat6[2];
+  assign \$542  = \$539  | \$541 ;
+  assign gt2_6 = \$542  | sat6[3];
+  assign \$543  = ~ sat7[2];
+  assign \$544  = sat7[1] & \$543 ;
+  assign \$545  = ~ sat7[3];
+  assign \$546  = \$545  & sat7[0];
+  assign \$547  = \$544  & \$546 ;
+  assign \$548  = ~ sat7[3];
+  assign \$549  = \$548  & sat7[2];
+  assign \$550  = \$547  | \$549 ;
+  assign gt2_7 = \$550  | sat7[3];
+  assign \$551  = ~ gt2_0;
+  assign \$552  = gt2_1 & \$551 ;
+  assign \$553  = \$552  ? 1'h1 : 1'h0;
+  assign \$554  = ~ gt2_1;
+  assign \$555  = gt2_2 & \$554 ;
+  assign \$556  = \$555  ? 2'h2 : 2'h0;
+  assign \$557  = { 1'h0, \$553  } | \$556 ;
+  assign \$558  = ~ gt2_2;
+  assign \$559  = gt2_3 & \$558 ;
+  assign \$560  = \$559  ? 2'h3 : 2'h0;
+  assign \$561  = ~ gt2_3;
+  assign \$562  = gt2_4 & \$561 ;
+  assign \$563  = \$562  ? 3'h4 : 3'h0;
+  assign \$564  = { 1'h0, \$560  } | \$563 ;
+  assign \$565  = { 1'h0, \$557  } | \$564 ;
+  assign \$566  = ~ gt2_4;
+  assign \$567  = gt2_5 & \$566 ;
+  assign \$568  = \$567  ? 3'h5 : 3'h0;
+  assign \$569  = ~ gt2_5;
+  assign \$570  = gt2_6 & \$569 ;
+  assign \$571  = \$570  ? 3'h6 : 3'h0;
+  assign \$572  = \$568  | \$571 ;
+  assign \$573  = ~ gt2_6;
+  assign \$574  = gt2_7 & \$573 ;
+  assign \$575  = \$574  ? 3'h7 : 3'h0;
+  assign \$576  = \$572  | \$575 ;
+  assign gsel2 = \$565  | \$576 ;
+  assign \$577  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$578  = ~ gt2_0;
+  assign \$579  = gt2_1 & \$578 ;
+  assign \$580  = \$579  ? mbeat0[31:16] : 16'h0000;
+  assign \$581  = \$577  | \$580 ;
+  assign \$582  = ~ gt2_1;
+  assign \$583  = gt2_2 & \$582 ;
+  assign \$584  = \$583  ? mbeat0[47:32] : 16'h0000;
+  assign \$585  = ~ gt2_2;
+  assign \$586  = gt2_3 & \$585 ;
+  assign \$587  = \$586  ? mbeat0[63:48] : 16'h0000;
+  assign \$588  = \$584  | \$587 ;
+  assign \$589  = \$581  | \$588 ;
+  assign \$590  = ~ gt2_3;
+  assign \$591  = gt2_4 & \$590 ;
+  assign \$592  = \$591  ? mbeat1[15:0] : 16'h0000;
+  assign \$593  = ~ gt2_4;
+  assign \$594  = gt2_5 & \$593 ;
+  assign \$595  = \$594  ? mbeat1[31:16] : 16'h0000;
+  assign \$596  = \$592  | \$595 ;
+  assign \$597  = ~ gt2_5;
+  assign \$598  = gt2_6 & \$597 ;
+  assign \$599  = \$598  ? mbeat1[47:32] : 16'h0000;
+  assign \$600  = ~ gt2_6;
+  assign \$601  = gt2_7 & \$600 ;
+  assign \$602  = \$601  ? mbeat1[63:48] : 16'h0000;
+  assign \$603  = \$599  | \$602 ;
+  assign \$604  = \$596  | \$603 ;
+  assign grp2 = \$589  | \$604 ;
+  assign \$605  = gt2_0 ? \$120 [3:0] : 4'h0;
+  assign \$606  = ~ gt2_0;
+  assign \$607  = gt2_1 & \$606 ;
+  assign \$608  = \$607  ? \$85 [3:0] : 4'h0;
+  assign \$609  = \$605  | \$608 ;
+  assign \$610  = ~ gt2_1;
+  assign \$611  = gt2_2 & \$610 ;
+  assign \$612  = \$611  ? \$89 [3:0] : 4'h0;
+  assign \$613  = ~ gt2_2;
+  assign \$614  = gt2_3 & \$613 ;
+  assign \$615  = \$614  ? \$93 [3:0] : 4'h0;
+  assign \$616  = \$612  | \$615 ;
+  assign \$617  = \$609  | \$616 ;
+  assign \$618  = ~ gt2_3;
+  assign \$619  = gt2_4 & \$618 ;
+  assign \$620  = \$619  ? \$97 [3:0] : 4'h0;
+  assign \$621  = ~ gt2_4;
+  assign \$622  = gt2_5 & \$621 ;
+  assign \$623  = \$622  ? \$104 [3:0] : 4'h0;
+  assign \$624  = \$620  | \$623 ;
+  assign \$625  = ~ gt2_5;
+  assign \$626  = gt2_6 & \$625 ;
+  assign \$627  = \$626  ? \$108 [3:0] : 4'h0;
+  assign \$628  = ~ gt2_6;
+  assign \$629  = gt2_7 & \$628 ;
+  assign \$630  = \$629  ? \$112 [3:0] : 4'h0;
+  assign \$631  = \$627  | \$630 ;
+  assign \$632  = \$624  | \$631 ;
+  assign dlow2 = \$617  | \$632 ;
+  assign \$633  = 2'h2 - dlow2;
+  assign \$634  = grp2[0] + grp2[1];
+  assign \$635  = grp2[2] + grp2[3];
+  assign \$636  = \$634  + \$635 ;
+  assign \$637  = grp2[4] + grp2[5];
+  assign \$638  = grp2[6] + grp2[7];
+  assign \$639  = \$637  + \$638 ;
+  assign ws2_c = \$636  + \$639 ;
+  assign ws2_lo = \$633 [3:0] < ws2_c;
+  assign \$640  = \$633 [3:0] - ws2_c;
+  assign \$641  = grp2[0] + grp2[1];
+  assign \$642  = grp2[2] + grp2[3];
+  assign ws2l_c = \$641  + \$642 ;
+  assign ws2l_lo = \$633 [2:0] < ws2l_c;
+  assign \$643  = \$633 [2:0] - ws2l_c;
+  assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
+  assign \$644  = grp2[8] + grp2[9];
+  assign \$645  = grp2[10] + grp2[11];
+  assign ws2h_c = \$644  + \$645 ;
+  assign ws2h_lo = \$640 [2:0] < ws2h_c;
+  assign \$646  = \$640 [2:0] - ws2h_c;
+  assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
   assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
   assign lv2 = k > 2'h2;
-  assign \$1169  = k_cur <= 2'h2;
-  assign ln2 = finish & \$1169 ;
-  assign \$1170  = ln2 ? es_w : { rs_w[7], rs_w };
-  assign \$1171  = gsel2[3:2] - \$1170 [4:0];
-  assign \$1172  = ~ sat0[3];
-  assign \$1173  = \$1172  & sat0[2];
-  assign gt3_0 = \$1173  | sat0[3];
-  assign \$1174  = ~ sat1[3];
-  assign \$1175  = \$1174  & sat1[2];
-  assign gt3_1 = \$1175  | sat1[3];
-  assign \$1176  = ~ sat2[3];
-  assign \$1177  = \$1176  & sat2[2];
-  assign gt3_2 = \$1177  | sat2[3];
-  assign \$1178  = ~ sat3[3];
-  assign \$1179  = \$1178  & sat3[2];
-  assign gt3_3 = \$1179  | sat3[3];
-  assign \$1180  = ~ sat4[3];
-  assign \$1181  = \$1180  & sat4[2];
-  assign gt3_4 = \$1181  | sat4[3];
-  assign \$1182  = ~ sat5[3];
-  assign \$1183  = \$1182  & sat5[2];
-  assign gt3_5 = \$1183  | sat5[3];
-  assign \$1184  = ~ sat6[3];
-  assign \$1185  = \$1184  & sat6[2];
-  assign gt3_6 = \$1185  | sat6[3];
-  assign \$1186  = ~ sat7[3];
-  assign \$1187  = \$1186  & sat7[2];
-  assign gt3_7 = \$1187  | sat7[3];
-  assign \$1188  = ~ sat8[3];
-  assign \$1189  = \$1188  & sat8[2];
-  assign gt3_8 = \$1189  | sat8[3];
-  assign \$1190  = ~ sat9[3];
-  assign \$1191  = \$1190  & sat9[2];
-  assign gt3_9 = \$1191  | sat9[3];
-  assign \$1192  = ~ sat10[3];
-  assign \$1193  = \$1192  & sat10[2];
-  assign gt3_10 = \$1193  | sat10[3];
-  assign \$1194  = ~ sat11[3];
-  assign \$1195  = \$1194  & sat11[2];
-  assign gt3_11 = \$1195  | sat11[3];
-  assign \$1196  = ~ sat12[3];
-  assign \$1197  = \$1196  & sat12[2];
-  assign gt3_12 = \$1197  | sat12[3];
-  assign \$1198  = ~ sat13[3];
-  assign \$1199  = \$1198  & sat13[2];
-  assign gt3_13 = \$1199  | sat13[3];
-  assign \$1200  = ~ sat14[3];
-  assign \$1201  = \$1200  & sat14[2];
-  assign gt3_14 = \$1201  | sat14[3];
-  assign \$1202  = ~ sat15[3];
-  assign \$1203  = \$1202  & sat15[2];
-  assign gt3_15 = \$1203  | sat15[3];
-  assign \$1204  = ~ gt3_0;
-  assign \$1205  = gt3_1 & \$1204 ;
-  assign \$1206  = \$1205  ? 1'h1 : 1'h0;
-  assign \$1207  = ~ gt3_1;
-  assign \$1208  = gt3_2 & \$1207 ;
-  assign \$1209  = \$1208  ? 2'h2 : 2'h0;
-  assign \$1210  = { 1'h0, \$1206  } | \$1209 ;
-  assign \$1211  = ~ gt3_2;
-  assign \$1212  = gt3_3 & \$1211 ;
-  assign \$1213  = \$1212  ? 2'h3 : 2'h0;
-  assign \$1214  = ~ gt3_3;
-  assign \$1215  = gt3_4 & \$1214 ;
-  assign \$1216  = \$1215  ? 3'h4 : 3'h0;
-  assign \$1217  = { 1'h0, \$1213  } | \$1216 ;
-  assign \$1218  = { 1'h0, \$1210  } | \$1217 ;
-  assign \$1219  = ~ gt3_4;
-  assign \$1220  = gt3_5 & \$1219 ;
-  assign \$1221  = \$1220  ? 3'h5 : 3'h0;
-  assign \$1222  = ~ gt3_5;
-  assign \$1223  = gt3_6 & \$1222 ;
-  assign \$1224  = \$1223  ? 3'h6 : 3'h0;
-  assign \$1225  = \$1221  | \$1224 ;
-  assign \$1226  = ~ gt3_6;
-  assign \$1227  = gt3_7 & \$1226 ;
-  assign \$1228  = \$1227  ? 3'h7 : 3'h0;
-  assign \$1229  = ~ gt3_7;
-  assign \$1230  = gt3_8 & \$1229 ;
-  assign \$1231  = \$1230  ? 4'h8 : 4'h0;
-  assign \$1232  = { 1'h0, \$1228  } | \$1231 ;
-  assign \$1233  = { 1'h0, \$1225  } | \$1232 ;
-  assign \$1234  = { 1'h0, \$1218  } | \$1233 ;
-  assign \$1235  = ~ gt3_8;
-  assign \$1236  = gt3_9 & \$1235 ;
-  assign \$1237  = \$1236  ? 4'h9 : 4'h0;
-  assign \$1238  = ~ gt3_9;
-  assign \$1239  = gt3_10 & \$1238 ;
-  assign \$1240  = \$1239  ? 4'ha : 4'h0;
-  assign \$1241  = \$1237  | \$1240 ;
-  assign \$1242  = ~ gt3_10;
-  assign \$1243  = gt3_11 & \$1242 ;
-  assign \$1244  = \$1243  ? 4'hb : 4'h0;
-  assign \$1245  = ~ gt3_11;
-  assign \$1246  = gt3_12 & \$1245 ;
-  assign \$1247  = \$1246  ? 4'hc : 4'h0;
-  assign \$1248  = \$1244  | \$1247 ;
-  assign \$1249  = \$1241  | \$1248 ;
-  assign \$1250  = ~ gt3_12;
-  assign \$1251  = gt3_13 & \$1250 ;
-  assign \$1252  = \$1251  ? 4'hd : 4'h0;
-  assign \$1253  = ~ gt3_13;
-  assign \$1254  = gt3_14 & \$1253 ;
-  assign \$1255  = \$1254  ? 4'he : 4'h0;
-  assign \$1256  = \$1252  | \$1255 ;
-  assign \$1257  = ~ gt3_14;
-  assign \$1258  = gt3_15 & \$1257 ;
-  assign \$1259  = \$1258  ? 4'hf : 4'h0;
-  assign \$1260  = \$1256  | \$1259 ;
-  assign \$1261  = \$1249  | \$1260 ;
-  assign gsel3 = \$1234  | \$1261 ;
-  assign \$1262  = gt3_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1263  = ~ gt3_0;
-  assign \$1264  = gt3_1 & \$1263 ;
-  assign \$1265  = \$1264  ? mbeat0[15:8] : 8'h00;
-  assign \$1266  = \$1262  | \$1265 ;
-  assign \$1267  = ~ gt3_1;
-  assign \$1268  = gt3_2 & \$1267 ;
-  assign \$1269  = \$1268  ? mbeat0[23:16] : 8'h00;
-  assign \$1270  = ~ gt3_2;
-  assign \$1271  = gt3_3 & \$1270 ;
-  assign \$1272  = \$1271  ? mbeat0[31:24] : 8'h00;
-  assign \$1273  = \$1269  | \$1272 ;
-  assign \$1274  = \$1266  | \$1273 ;
-  assign \$1275  = ~ gt3_3;
-  assign \$1276  = gt3_4 & \$1275 ;
-  assign \$1277  = \$1276  ? mbeat0[39:32] : 8'h00;
-  assign \$1278  = ~ gt3_4;
-  assign \$1279  = gt3_5 & \$1278 ;
-  assign \$1280  = \$1279  ? mbeat0[47:40] : 8'h00;
-  assign \$1281  = \$1277  | \$1280 ;
-  assign \$1282  = ~ gt3_5;
-  assign \$1283  = gt3_6 & \$1282 ;
-  assign \$1284  = \$1283  ? mbeat0[55:48] : 8'h00;
-  assign \$1285  = ~ gt3_6;
-  assign \$1286  = gt3_7 & \$1285 ;
-  assign \$1287  = \$1286  ? mbeat0[63:56] : 8'h00;
-  assign \$1288  = \$1284  | \$1287 ;
-  assign \$1289  = \$1281  | \$1288 ;
-  assign \$1290  = \$1274  | \$1289 ;
-  assign \$1291  = ~ gt3_7;
-  assign \$1292  = gt3_8 & \$1291 ;
-  assign \$1293  = \$1292  ? mbeat1[7:0] : 8'h00;
-  assign \$1294  = ~ gt3_8;
-  assign \$1295  = gt3_9 & \$1294 ;
-  assign \$1296  = \$1295  ? mbeat1[15:8] : 8'h00;
-  assign \$1297  = \$1293  | \$1296 ;
-  assign \$1298  = ~ gt3_9;
-  assign \$1299  = gt3_10 & \$1298 ;
-  assign \$1300  = \$1299  ? mbeat1[23:16] : 8'h00;
-  assign \$1301  = ~ gt3_10;
-  assign \$1302  = gt3_11 & \$1301 ;
-  assign \$1303  = \$1302  ? mbeat1[31:24] : 8'h00;
-  assign \$1304  = \$1300  | \$1303 ;
-  assign \$1305  = \$1297  | \$1304 ;
-  assign \$1306  = ~ gt3_11;
-  assign \$1307  = gt3_12 & \$1306 ;
-  assign \$1308  = \$1307  ? mbeat1[39:32] : 8'h00;
-  assign \$1309  = ~ gt3_12;
-  assign \$1310  = gt3_13 & \$1309 ;
-  assign \$1311  = \$1310  ? mbeat1[47:40] : 8'h00;
-  assign \$1312  = \$1308  | \$1311 ;
-  assign \$1313  = ~ gt3_13;
-  assign \$1314  = gt3_14 & \$1313 ;
-  assign \$1315  = \$1314  ? mbeat1[55:48] : 8'h00;
-  assign \$1316  = ~ gt3_14;
-  assign \$1317  = gt3_15 & \$1316 ;
-  assign \$1318  = \$1317  ? mbeat1[63:56] : 8'h00;
-  assign \$1319  = \$1315  | \$1318 ;
-  assign \$1320  = \$1312  | \$1319 ;
-  assign \$1321  = \$1305  | \$1320 ;
-  assign grp3 = \$1290  | \$1321 ;
-  assign \$1322  = gt3_0 ? \$152 [2:0] : 3'h0;
-  assign \$1323  = ~ gt3_0;
-  assign \$1324  = gt3_1 & \$1323 ;
-  assign \$1325  = \$1324  ? \$85 [2:0] : 3'h0;
-  assign \$1326  = \$1322  | \$1325 ;
-  assign \$1327  = ~ gt3_1;
-  assign \$1328  = gt3_2 & \$1327 ;
-  assign \$1329  = \$1328  ? \$89 [2:0] : 3'h0;
-  assign \$1330  = ~ gt3_2;
-  assign \$1331  = gt3_3 & \$1330 ;
-  assign \$1332  = \$1331  ? \$93 [2:0] : 3'h0;
-  assign \$1333  = \$1329  | \$1332 ;
-  assign \$1334  = \$1326  | \$1333 ;
-  assign \$1335  = ~ gt3_3;
-  assign \$1336  = gt3_4 & \$1335 ;
-  assign \$1337  = \$1336  ? \$97 [2:0] : 3'h0;
-  assign \$1338  = ~ gt3_4;
-  assign \$1339  = gt3_5 & \$1338 ;
-  assign \$1340  = \$1339  ? \$101 [2:0] : 3'h0;
-  assign \$1341  = \$1337  | \$1340 ;
-  assign \$1342  = ~ gt3_5;
-  assign \$1343  = gt3_6 & \$1342 ;
-  assign \$1344  = \$1343  ? \$105 [2:0] : 3'h0;
-  assign \$1345  = ~ gt3_6;
-  assign \$1346  = gt3_7 & \$1345 ;
-  assign \$1347  = \$1346  ? \$109 [2:0] : 3'h0;
-  assign \$1348  = \$1344  | \$1347 ;
-  assign \$1349  = \$1341  | \$1348 ;
-  assign \$1350  = \$1334  | \$1349 ;
-  assign \$1351  = ~ gt3_7;
-  assign \$1352  = gt3_8 & \$1351 ;
-  assign \$1353  = \$1352  ? \$113 [2:0] : 3'h0;
-  assign \$1354  = ~ gt3_8;
-  assign \$1355  = gt3_9 & \$1354 ;
-  assign \$1356  = \$1355  ? \$120 [2:0] : 3'h0;
-  assign \$1357  = \$1353  | \$1356 ;
-  assign \$1358  = ~ gt3_9;
-  assign \$1359  = gt3_10 & \$1358 ;
-  assign \$1360  = \$1359  ? \$124 [2:0] : 3'h0;
-  assign \$1361  = ~ gt3_10;
-  assign \$1362  = gt3_11 & \$1361 ;
-  assign \$1363  = \$1362  ? \$128 [2:0] : 3'h0;
-  assign \$1364  = \$1360  | \$1363 ;
-  assign \$1365  = \$1357  | \$1364 ;
-  assign \$1366  = ~ gt3_11;
-  assign \$1367  = gt3_12 & \$1366 ;
-  assign \$1368  = \$1367  ? \$132 [2:0] : 3'h0;
-  assign \$1369  = ~ gt3_12;
-  assign \$1370  = gt3_13 & \$1369 ;
-  assign \$1371  = \$1370  ? \$136 [2:0] : 3'h0;
-  assign \$1372  = \$1368  | \$1371 ;
-  assign \$1373  = ~ gt3_13;
-  assign \$1374  = gt3_14 & \$1373 ;
-  assign \$1375  = \$1374  ? \$140 [2:0] : 3'h0;
-  assign \$1376  = ~ gt3_14;
-  assign \$1377  = gt3_15 & \$1376 ;
-  assign \$1378  = \$1377  ? \$144 [2:0] : 3'h0;
-  assign \$1379  = \$1375  | \$1378 ;
-  assign \$1380  = \$1372  | \$1379 ;
-  assign \$1381  = \$1365  | \$1380 ;
-  assign dlow3 = \$1350  | \$1381 ;
-  assign \$1382  = 2'h3 - dlow3;
-  assign \$1383  = grp3[0] + grp3[1];
-  assign \$1384  = grp3[2] + grp3[3];
-  assign ws3_c = \$1383  + \$1384 ;
-  assign ws3_lo = \$1382 [2:0] < ws3_c;
-  assign \$1385  = \$1382 [2:0] - ws3_c;
+  assign \$647  = k_cur <= 2'h2;
+  assign ln2 = finish & \$647 ;
+  assign \$648  = ln2 ? es_w : { rs_w[7], rs_w };
+  assign \$649  = gsel2[2:1] - \$648 [4:0];
+  assign \$650  = ~ sat0[3];
+  assign \$651  = \$650  & sat0[2];
+  assign gt3_0 = \$651  | sat0[3];
+  assign \$652  = ~ sat1[3];
+  assign \$653  = \$652  & sat1[2];
+  assign gt3_1 = \$653  | sat1[3];
+  assign \$654  = ~ sat2[3];
+  assign \$655  = \$654  & sat2[2];
+  assign gt3_2 = \$655  | sat2[3];
+  assign \$656  = ~ sat3[3];
+  assign \$657  = \$656  & sat3[2];
+  assign gt3_3 = \$657  | sat3[3];
+  assign \$658  = ~ sat4[3];
+  assign \$659  = \$658  & sat4[2];
+  assign gt3_4 = \$659  | sat4[3];
+  assign \$660  = ~ sat5[3];
+  assign \$661  = \$660  & sat5[2];
+  assign gt3_5 = \$661  | sat5[3];
+  assign \$662  = ~ sat6[3];
+  assign \$663  = \$662  & sat6[2];
+  assign gt3_6 = \$663  | sat6[3];
+  assign \$664  = ~ sat7[3];
+  assign \$665  = \$664  & sat7[2];
+  assign gt3_7 = \$665  | sat7[3];
+  assign \$666  = ~ gt3_0;
+  assign \$667  = gt3_1 & \$666 ;
+  assign \$668  = \$667  ? 1'h1 : 1'h0;
+  assign \$669  = ~ gt3_1;
+  assign \$670  = gt3_2 & \$669 ;
+  assign \$671  = \$670  ? 2'h2 : 2'h0;
+  assign \$672  = { 1'h0, \$668  } | \$671 ;
+  assign \$673  = ~ gt3_2;
+  assign \$674  = gt3_3 & \$673 ;
+  assign \$675  = \$674  ? 2'h3 : 2'h0;
+  assign \$676  = ~ gt3_3;
+  assign \$677  = gt3_4 & \$676 ;
+  assign \$678  = \$677  ? 3'h4 : 3'h0;
+  assign \$679  = { 1'h0, \$675  } | \$678 ;
+  assign \$680  = { 1'h0, \$672  } | \$679 ;
+  assign \$681  = ~ gt3_4;
+  assign \$682  = gt3_5 & \$681 ;
+  assign \$683  = \$682  ? 3'h5 : 3'h0;
+  assign \$684  = ~ gt3_5;
+  assign \$685  = gt3_6 & \$684 ;
+  assign \$686  = \$685  ? 3'h6 : 3'h0;
+  assign \$687  = \$683  | \$686 ;
+  assign \$688  = ~ gt3_6;
+  assign \$689  = gt3_7 & \$688 ;
+  assign \$690  = \$689  ? 3'h7 : 3'h0;
+  assign \$691  = \$687  | \$690 ;
+  assign gsel3 = \$680  | \$691 ;
+  assign \$692  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$693  = ~ gt3_0;
+  assign \$694  = gt3_1 & \$693 ;
+  assign \$695  = \$694  ? mbeat0[31:16] : 16'h0000;
+  assign \$696  = \$692  | \$695 ;
+  assign \$697  = ~ gt3_1;
+  assign \$698  = gt3_2 & \$697 ;
+  assign \$699  = \$698  ? mbeat0[47:32] : 16'h0000;
+  assign \$700  = ~ gt3_2;
+  assign \$701  = gt3_3 & \$700 ;
+  assign \$702  = \$701  ? mbeat0[63:48] : 16'h0000;
+  assign \$703  = \$699  | \$702 ;
+  assign \$704  = \$696  | \$703 ;
+  assign \$705  = ~ gt3_3;
+  assign \$706  = gt3_4 & \$705 ;
+  assign \$707  = \$706  ? mbeat1[15:0] : 16'h0000;
+  assign \$708  = ~ gt3_4;
+  assign \$709  = gt3_5 & \$708 ;
+  assign \$710  = \$709  ? mbeat1[31:16] : 16'h0000;
+  assign \$711  = \$707  | \$710 ;
+  assign \$712  = ~ gt3_5;
+  assign \$713  = gt3_6 & \$712 ;
+  assign \$714  = \$713  ? mbeat1[47:32] : 16'h0000;
+  assign \$715  = ~ gt3_6;
+  assign \$716  = gt3_7 & \$715 ;
+  assign \$717  = \$716  ? mbeat1[63:48] : 16'h0000;
+  assign \$718  = \$714  | \$717 ;
+  assign \$719  = \$711  | \$718 ;
+  assign grp3 = \$704  | \$719 ;
+  assign \$720  = gt3_0 ? \$120 [3:0] : 4'h0;
+  assign \$721  = ~ gt3_0;
+  assign \$722  = gt3_1 & \$721 ;
+  assign \$723  = \$722  ? \$85 [3:0] : 4'h0;
+  assign \$724  = \$720  | \$723 ;
+  assign \$725  = ~ gt3_1;
+  assign \$726  = gt3_2 & \$725 ;
+  assign \$727  = \$726  ? \$89 [3:0] : 4'h0;
+  assign \$728  = ~ gt3_2;
+  assign \$729  = gt3_3 & \$728 ;
+  assign \$730  = \$729  ? \$93 [3:0] : 4'h0;
+  assign \$731  = \$727  | \$730 ;
+  assign \$732  = \$724  | \$731 ;
+  assign \$733  = ~ gt3_3;
+  assign \$734  = gt3_4 & \$733 ;
+  assign \$735  = \$734  ? \$97 [3:0] : 4'h0;
+  assign \$736  = ~ gt3_4;
+  assign \$737  = gt3_5 & \$736 ;
+  assign \$738  = \$737  ? \$104 [3:0] : 4'h0;
+  assign \$739  = \$735  | \$738 ;
+  assign \$740  = ~ gt3_5;
+  assign \$741  = gt3_6 & \$740 ;
+  assign \$742  = \$741  ? \$108 [3:0] : 4'h0;
+  assign \$743  = ~ gt3_6;
+  assign \$744  = gt3_7 & \$743 ;
+  assign \$745  = \$744  ? \$112 [3:0] : 4'h0;
+  assign \$746  = \$742  | \$745 ;
+  assign \$747  = \$739  | \$746 ;
+  assign dlow3 = \$732  | \$747 ;
+  assign \$748  = 2'h3 - dlow3;
+  assign \$749  = grp3[0] + grp3[1];
+  assign \$750  = grp3[2] + grp3[3];
+  assign \$751  = \$749  + \$750 ;
+  assign \$752  = grp3[4] + grp3[5];
+  assign \$753  = grp3[6] + grp3[7];
+  assign \$754  = \$752  + \$753 ;
+  assign ws3_c = \$751  + \$754 ;
+  assign ws3_lo = \$748 [3:0] < ws3_c;
+  assign \$755  = \$748 [3:0] - ws3_c;
+  assign \$756  = grp3[0] + grp3[1];
+  assign \$757  = grp3[2] + grp3[3];
+  assign ws3l_c = \$756  + \$757 ;
+  assign ws3l_lo = \$748 [2:0] < ws3l_c;
+  assign \$758  = \$748 [2:0] - ws3l_c;
+  assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
+  assign \$759  = grp3[8] + grp3[9];
+  assign \$760  = grp3[10] + grp3[11];
+  assign ws3h_c = \$759  + \$760 ;
+  assign ws3h_lo = \$755 [2:0] < ws3h_c;
+  assign \$761  = \$755 [2:0] - ws3h_c;
+  assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
   assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
   assign lv3 = k > 2'h3;
-  assign \$1386  = k_cur <= 2'h3;
-  assign ln3 = finish & \$1386 ;
-  assign \$1387  = ln3 ? es_w : { rs_w[7], rs_w };
-  assign \$1388  = gsel3[3:2] - \$1387 [4:0];
-  assign \$1389  = ~ sat0[1];
-  assign \$1390  = \$1389  & sat0[2];
-  assign \$1391  = ~ sat0[3];
-  assign \$1392  = \$1391  & sat0[0];
-  assign \$1393  = \$1390  & \$1392 ;
-  assign \$1394  = ~ sat0[3];
-  assign \$1395  = sat0[2] & \$1394 ;
-  assign \$1396  = \$1395  & sat0[1];
-  assign \$1397  = \$1393  | \$1396 ;
-  assign gt4_0 = \$1397  | sat0[3];
-  assign \$1398  = ~ sat1[1];
-  assign \$1399  = \$1398  & sat1[2];
-  assign \$1400  = ~ sat1[3];
-  assign \$1401  = \$1400  & sat1[0];
-  assign \$1402  = \$1399  & \$1401 ;
-  assign \$1403  = ~ sat1[3];
-  assign \$1404  = sat1[2] & \$1403 ;
-  assign \$1405  = \$1404  & sat1[1];
-  assign \$1406  = \$1402  | \$1405 ;
-  assign gt4_1 = \$1406  | sat1[3];
-  assign \$1407  = ~ sat2[1];
-  assign \$1408  = \$1407  & sat2[2];
-  assign \$1409  = ~ sat2[3];
-  assign \$1410  = \$1409  & sat2[0];
-  assign \$1411  = \$1408  & \$1410 ;
-  assign \$1412  = ~ sat2[3];
-  assign \$1413  = sat2[2] & \$1412 ;
-  assign \$1414  = \$1413  & sat2[1];
-  assign \$1415  = \$1411  | \$1414 ;
-  assign gt4_2 = \$1415  | sat2[3];
-  assign \$1416  = ~ sat3[1];
-  assign \$1417  = \$1416  & sat3[2];
-  assign \$1418  = ~ sat3[3];
-  assign \$1419  = \$1418  & sat3[0];
-  assign \$1420  = \$1417  & \$1419 ;
-  assign \$1421  = ~ sat3[3];
-  assign \$1422  = sat3[2] & \$1421 ;
-  assign \$1423  = \$1422  & sat3[1];
-  assign \$1424  = \$1420  | \$1423 ;
-  assign gt4_3 = \$1424  | sat3[3];
-  assign \$1425  = ~ sat4[1];
-  assign \$1426  = \$1425  & sat4[2];
-  assign \$1427  = ~ sat4[3];
-  assign \$1428  = \$1427  & sat4[0];
-  assign \$1429  = \$1426  & \$1428 ;
-  assign \$1430  = ~ sat4[3];
-  assign \$1431  = sat4[2] & \$1430 ;
-  assign \$1432  = \$1431  & sat4[1];
-  assign \$1433  = \$1429  | \$1432 ;
-  assign gt4_4 = \$1433  | sat4[3];
-  assign \$1434  = ~ sat5[1];
-  assign \$1435  = \$1434  & sat5[2];
-  assign \$1436  = ~ sat5[3];
-  assign \$1437  = \$1436  & sat5[0];
-  assign \$1438  = \$1435  & \$1437 ;
-  assign \$1439  = ~ sat5[3];
-  assign \$1440  = sat5[2] & \$1439 ;
-  assign \$1441  = \$1440  & sat5[1];
-  assign \$1442  = \$1438  | \$1441 ;
-  assign gt4_5 = \$1442  | sat5[3];
-  assign \$1443  = ~ sat6[1];
-  assign \$1444  = \$1443  & sat6[2];
-  assign \$1445  = ~ sat6[3];
-  assign \$1446  = \$1445  & sat6[0];
-  assign \$1447  = \$1444  & \$1446 ;
-  assign \$1448  = ~ sat6[3];
-  assign \$1449  = sat6[2] & \$1448 ;
-  assign \$1450  = \$1449  & sat6[1];
-  assign \$1451  = \$1447  | \$1450 ;
-  assign gt4_6 = \$1451  | sat6[3];
-  assign \$1452  = ~ sat7[1];
-  assign \$1453  = \$1452  & sat7[2];
-  assign \$1454  = ~ sat7[3];
-  assign \$1455  = \$1454  & sat7[0];
-  assign \$1456  = \$1453  & \$1455 ;
-  assign \$1457  = ~ sat7[3];
-  assign \$1458  = sat7[2] & \$1457 ;
-  assign \$1459  = \$1458  & sat7[1];
-  assign \$1460  = \$1456  | \$1459 ;
-  assign gt4_7 = \$1460  | sat7[3];
-  assign \$1461  = ~ sat8[1];
-  assign \$1462  = \$1461  & sat8[2];
-  assign \$1463  = ~ sat8[3];
-  assign \$1464  = \$1463  & sat8[0];
-  assign \$1465  = \$1462  & \$1464 ;
-  assign \$1466  = ~ sat8[3];
-  assign \$1467  = sat8[2] & \$1466 ;
-  assign \$1468  = \$1467  & sat8[1];
-  assign \$1469  = \$1465  | \$1468 ;
-  assign gt4_8 = \$1469  | sat8[3];
-  assign \$1470  = ~ sat9[1];
-  assign \$1471  = \$1470  & sat9[2];
-  assign \$1472  = ~ sat9[3];
-  assign \$1473  = \$1472  & sat9[0];
-  assign \$1474  = \$1471  & \$1473 ;
-  assign \$1475  = ~ sat9[3];
-  assign \$1476  = sat9[2] & \$1475 ;
-  assign \$1477  = \$1476  & sat9[1];
-  assign \$1478  = \$1474  | \$1477 ;
-  assign gt4_9 = \$1478  | sat9[3];
-  assign \$1479  = ~ sat10[1];
-  assign \$1480  = \$1479  & sat10[2];
-  assign \$1481  = ~ sat10[3];
-  assign \$1482  = \$1481  & sat10[0];
-  assign \$1483  = \$1480  & \$1482 ;
-  assign \$1484  = ~ sat10[3];
-  assign \$1485  = sat10[2] & \$1484 ;
-  assign \$1486  = \$1485  & sat10[1];
-  assign \$1487  = \$1483  | \$1486 ;
-  assign gt4_10 = \$1487  | sat10[3];
-  assign \$1488  = ~ sat11[1];
-  assign \$1489  = \$1488  & sat11[2];
-  assign \$1490  = ~ sat11[3];
-  assign \$1491  = \$1490  & sat11[0];
-  assign \$1492  = \$1489  & \$1491 ;
-  assign \$1493  = ~ sat11[3];
-  assign \$1494  = sat11[2] & \$1493 ;
-  assign \$1495  = \$1494  & sat11[1];
-  assign \$1496  = \$1492  | \$1495 ;
-  assign gt4_11 = \$1496  | sat11[3];
-  assign \$1497  = ~ sat12[1];
-  assign \$1498  = \$1497  & sat12[2];
-  assign \$1499  = ~ sat12[3];
-  assign \$1500  = \$1499  & sat12[0];
-  assign \$1501  = \$1498  & \$1500 ;
-  assign \$1502  = ~ sat12[3];
-  assign \$1503  = sat12[2] & \$1502 ;
-  assign \$1504  = \$1503  & sat12[1];
-  assign \$1505  = \$1501  | \$1504 ;
-  assign gt4_12 = \$1505  | sat12[3];
-  assign \$1506  = ~ sat13[1];
-  assign \$1507  = \$1506  & sat13[2];
-  assign \$1508  = ~ sat13[3];
-  assign \$1509  = \$1508  & sat13[0];
-  assign \$1510  = \$1507  & \$1509 ;
-  assign \$1511  = ~ sat13[3];
-  assign \$1512  = sat13[2] & \$1511 ;
-  assign \$1513  = \$1512  & sat13[1];
-  assign \$1514  = \$1510  | \$1513 ;
-  assign gt4_13 = \$1514  | sat13[3];
-  assign \$1515  = ~ sat14[1];
-  assign \$1516  = \$1515  & sat14[2];
-  assign \$1517  = ~ sat14[3];
-  assign \$1518  = \$1517  & sat14[0];
-  assign \$1519  = \$1516  & \$1518 ;
-  assign \$1520  = ~ sat14[3];
-  assign \$1521  = sat14[2] & \$1520 ;
-  assign \$1522  = \$1521  & sat14[1];
-  assign \$1523  = \$1519  | \$1522 ;
-  assign gt4_14 = \$1523  | sat14[3];
-  assign \$1524  = ~ sat15[1];
-  assign \$1525  = \$1524  & sat15[2];
-  assign \$1526  = ~ sat15[3];
-  assign \$1527  = \$1526  & sat15[0];
-  assign \$1528  = \$1525  & \$1527 ;
-  assign \$1529  = ~ sat15[3];
-  assign \$1530  = sat15[2] & \$1529 ;
-  assign \$1531  = \$1530  & sat15[1];
-  assign \$1532  = \$1528  | \$1531 ;
-  assign gt4_15 = \$1532  | sat15[3];
-  assign \$1533  = ~ gt4_0;
-  assign \$1534  = gt4_1 & \$1533 ;
-  assign \$1535  = \$1534  ? 1'h1 : 1'h0;
-  assign \$1536  = ~ gt4_1;
-  assign \$1537  = gt4_2 & \$1536 ;
-  assign \$1538  = \$1537  ? 2'h2 : 2'h0;
-  assign \$1539  = { 1'h0, \$1535  } | \$1538 ;
-  assign \$1540  = ~ gt4_2;
-  assign \$1541  = gt4_3 & \$1540 ;
-  assign \$1542  = \$1541  ? 2'h3 : 2'h0;
-  assign \$1543  = ~ gt4_3;
-  assign \$1544  = gt4_4 & \$1543 ;
-  assign \$1545  = \$1544  ? 3'h4 : 3'h0;
-  assign \$1546  = { 1'h0, \$1542  } | \$1545 ;
-  assign \$1547  = { 1'h0, \$1539  } | \$1546 ;
-  assign \$1548  = ~ gt4_4;
-  assign \$1549  = gt4_5 & \$1548 ;
-  assign \$1550  = \$1549  ? 3'h5 : 3'h0;
-  assign \$1551  = ~ gt4_5;
-  assign \$1552  = gt4_6 & \$1551 ;
-  assign \$1553  = \$1552  ? 3'h6 : 3'h0;
-  assign \$1554  = \$1550  | \$1553 ;
-  assign \$1555  = ~ gt4_6;
-  assign \$1556  = gt4_7 & \$1555 ;
-  assign \$1557  = \$1556  ? 3'h7 : 3'h0;
-  assign \$1558  = ~ gt4_7;
-  assign \$1559  = gt4_8 & \$1558 ;
-  assign \$1560  = \$1559  ? 4'h8 : 4'h0;
-  assign \$1561  = { 1'h0, \$1557  } | \$1560 ;
-  assign \$1562  = { 1'h0, \$1554  } | \$1561 ;
-  assign \$1563  = { 1'h0, \$1547  } | \$1562 ;
-  assign \$1564  = ~ gt4_8;
-  assign \$1565  = gt4_9 & \$1564 ;
-  assign \$1566  = \$1565  ? 4'h9 : 4'h0;
-  assign \$1567  = ~ gt4_9;
-  assign \$1568  = gt4_10 & \$1567 ;
-  assign \$1569  = \$1568  ? 4'ha : 4'h0;
-  assign \$1570  = \$1566  | \$1569 ;
-  assign \$1571  = ~ gt4_10;
-  assign \$1572  = gt4_11 & \$1571 ;
-  assign \$1573  = \$1572  ? 4'hb : 4'h0;
-  assign \$1574  = ~ gt4_11;
-  assign \$1575  = gt4_12 & \$1574 ;
-  assign \$1576  = \$1575  ? 4'hc : 4'h0;
-  assign \$1577  = \$1573  | \$1576 ;
-  assign \$1578  = \$1570  | \$1577 ;
-  assign \$1579  = ~ gt4_12;
-  assign \$1580  = gt4_13 & \$1579 ;
-  assign \$1581  = \$1580  ? 4'hd : 4'h0;
-  assign \$1582  = ~ gt4_13;
-  assign \$1583  = gt4_14 & \$1582 ;
-  assign \$1584  = \$1583  ? 4'he : 4'h0;
-  assign \$1585  = \$1581  | \$1584 ;
-  assign \$1586  = ~ gt4_14;
-  assign \$1587  = gt4_15 & \$1586 ;
-  assign \$1588  = \$1587  ? 4'hf : 4'h0;
-  assign \$1589  = \$1585  | \$1588 ;
-  assign \$1590  = \$1578  | \$1589 ;
-  assign gsel4 = \$1563  | \$1590 ;
-  assign \$1591  = gt4_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1592  = ~ gt4_0;
-  assign \$1593  = gt4_1 & \$1592 ;
-  assign \$1594  = \$1593  ? mbeat0[15:8] : 8'h00;
-  assign \$1595  = \$1591  | \$1594 ;
-  assign \$1596  = ~ gt4_1;
-  assign \$1597  = gt4_2 & \$1596 ;
-  assign \$1598  = \$1597  ? mbeat0[23:16] : 8'h00;
-  assign \$1599  = ~ gt4_2;
-  assign \$1600  = gt4_3 & \$1599 ;
-  assign \$1601  = \$1600  ? mbeat0[31:24] : 8'h00;
-  assign \$1602  = \$1598  | \$1601 ;
-  assign \$1603  = \$1595  | \$1602 ;
-  assign \$1604  = ~ gt4_3;
-  assign \$1605  = gt4_4 & \$1604 ;
-  assign \$1606  = \$1605  ? mbeat0[39:32] : 8'h00;
-  assign \$1607  = ~ gt4_4;
-  assign \$1608  = gt4_5 & \$1607 ;
-  assign \$1609  = \$1608  ? mbeat0[47:40] : 8'h00;
-  assign \$1610  = \$1606  | \$1609 ;
-  assign \$1611  = ~ gt4_5;
-  assign \$1612  = gt4_6 & \$1611 ;
-  assign \$1613  = \$1612  ? mbeat0[55:48] : 8'h00;
-  assign \$1614  = ~ gt4_6;
-  assign \$1615  = gt4_7 & \$1614 ;
-  assign \$1616  = \$1615  ? mbeat0[63:56] : 8'h00;
-  assign \$1617  = \$1613  | \$1616 ;
-  assign \$1618  = \$1610  | \$1617 ;
-  assign \$1619  = \$1603  | \$1618 ;
-  assign \$1620  = ~ gt4_7;
-  assign \$1621  = gt4_8 & \$1620 ;
-  assign \$1622  = \$1621  ? mbeat1[7:0] : 8'h00;
-  assign \$1623  = ~ gt4_8;
-  assign \$1624  = gt4_9 & \$1623 ;
-  assign \$1625  = \$1624  ? mbeat1[15:8] : 8'h00;
-  assign \$1626  = \$1622  | \$1625 ;
-  assign \$1627  = ~ gt4_9;
-  assign \$1628  = gt4_10 & \$1627 ;
-  assign \$1629  = \$1628  ? mbeat1[23:16] : 8'h00;
-  assign \$1630  = ~ gt4_10;
-  assign \$1631  = gt4_11 & \$1630 ;
-  assign \$1632  = \$1631  ? mbeat1[31:24] : 8'h00;
-  assign \$1633  = \$1629  | \$1632 ;
-  assign \$1634  = \$1626  | \$1633 ;
-  assign \$1635  = ~ gt4_11;
-  assign \$1636  = gt4_12 & \$1635 ;
-  assign \$1637  = \$1636  ? mbeat1[39:32] : 8'h00;
-  assign \$1638  = ~ gt4_12;
-  assign \$1639  = gt4_13 & \$1638 ;
-  assign \$1640  = \$1639  ? mbeat1[47:40] : 8'h00;
-  assign \$1641  = \$1637  | \$1640 ;
-  assign \$1642  = ~ gt4_13;
-  assign \$1643  = gt4_14 & \$1642 ;
-  assign \$1644  = \$1643  ? mbeat1[55:48] : 8'h00;
-  assign \$1645  = ~ gt4_14;
-  assign \$1646  = gt4_15 & \$1645 ;
-  assign \$1647  = \$1646  ? mbeat1[63:56] : 8'h00;
-  assign \$1648  = \$1644  | \$1647 ;
-  assign \$1649  = \$1641  | \$1648 ;
-  assign \$1650  = \$1634  | \$1649 ;
-  assign grp4 = \$1619  | \$1650 ;
-  assign \$1651  = gt4_0 ? \$152 [2:0] : 3'h0;
-  assign \$1652  = ~ gt4_0;
-  assign \$1653  = gt4_1 & \$1652 ;
-  assign \$1654  = \$1653  ? \$85 [2:0] : 3'h0;
-  assign \$1655  = \$1651  | \$1654 ;
-  assign \$1656  = ~ gt4_1;
-  assign \$1657  = gt4_2 & \$1656 ;
-  assign \$1658  = \$1657  ? \$89 [2:0] : 3'h0;
-  assign \$1659  = ~ gt4_2;
-  assign \$1660  = gt4_3 & \$1659 ;
-  assign \$1661  = \$1660  ? \$93 [2:0] : 3'h0;
-  assign \$1662  = \$1658  | \$1661 ;
-  assign \$1663  = \$1655  | \$1662 ;
-  assign \$1664  = ~ gt4_3;
-  assign \$1665  = gt4_4 & \$1664 ;
-  assign \$1666  = \$1665  ? \$97 [2:0] : 3'h0;
-  assign \$1667  = ~ gt4_4;
-  assign \$1668  = gt4_5 & \$1667 ;
-  assign \$1669  = \$1668  ? \$101 [2:0] : 3'h0;
-  assign \$1670  = \$1666  | \$1669 ;
-  assign \$1671  = ~ gt4_5;
-  assign \$1672  = gt4_6 & \$1671 ;
-  assign \$1673  = \$1672  ? \$105 [2:0] : 3'h0;
-  assign \$1674  = ~ gt4_6;
-  assign \$1675  = gt4_7 & \$1674 ;
-  assign \$1676  = \$1675  ? \$109 [2:0] : 3'h0;
-  assign \$1677  = \$1673  | \$1676 ;
-  assign \$1678  = \$1670  | \$1677 ;
-  assign \$1679  = \$1663  | \$1678 ;
-  assign \$1680  = ~ gt4_7;
-  assign \$1681  = gt4_8 & \$1680 ;
-  assign \$1682  = \$1681  ? \$113 [2:0] : 3'h0;
-  assign \$1683  = ~ gt4_8;
-  assign \$1684  = gt4_9 & \$1683 ;
-  assign \$1685  = \$1684  ? \$120 [2:0] : 3'h0;
-  assign \$1686  = \$1682  | \$1685 ;
-  assign \$1687  = ~ gt4_9;
-  assign \$1688  = gt4_10 & \$1687 ;
-  assign \$1689  = \$1688  ? \$124 [2:0] : 3'h0;
-  assign \$1690  = ~ gt4_10;
-  assign \$1691  = gt4_11 & \$1690 ;
-  assign \$1692  = \$1691  ? \$128 [2:0] : 3'h0;
-  assign \$1693  = \$1689  | \$1692 ;
-  assign \$1694  = \$1686  | \$1693 ;
-  assign \$1695  = ~ gt4_11;
-  assign \$1696  = gt4_12 & \$1695 ;
-  assign \$1697  = \$1696  ? \$132 [2:0] : 3'h0;
-  assign \$1698  = ~ gt4_12;
-  assign \$1699  = gt4_13 & \$1698 ;
-  assign \$1700  = \$1699  ? \$136 [2:0] : 3'h0;
-  assign \$1701  = \$1697  | \$1700 ;
-  assign \$1702  = ~ gt4_13;
-  assign \$1703  = gt4_14 & \$1702 ;
-  assign \$1704  = \$1703  ? \$140 [2:0] : 3'h0;
-  assign \$1705  = ~ gt4_14;
-  assign \$1706  = gt4_15 & \$1705 ;
-  assign \$1707  = \$1706  ? \$144 [2:0] : 3'h0;
-  assign \$1708  = \$1704  | \$1707 ;
-  assign \$1709  = \$1701  | \$1708 ;
-  assign \$1710  = \$1694  | \$1709 ;
-  assign dlow4 = \$1679  | \$1710 ;
-  assign \$1711  = 3'h4 - dlow4;
-  assign \$1712  = grp4[0] + grp4[1];
-  assign \$1713  = grp4[2] + grp4[3];
-  assign ws4_c = \$1712  + \$1713 ;
-  assign ws4_lo = \$1711 [2:0] < ws4_c;
-  assign \$1714  = \$1711 [2:0] - ws4_c;
+  assign \$762  = k_cur <= 2'h3;
+  assign ln3 = finish & \$762 ;
+  assign \$763  = ln3 ? es_w : { rs_w[7], rs_w };
+  assign \$764  = gsel3[2:1] - \$763 [4:0];
+  assign \$765  = ~ sat0[1];
+  assign \$766  = \$765  & sat0[2];
+  assign \$767  = ~ sat0[3];
+  assign \$768  = \$767  & sat0[0];
+  assign \$769  = \$766  & \$768 ;
+  assign \$770  = ~ sat0[3];
+  assign \$771  = sat0[2] & \$770 ;
+  assign \$772  = \$771  & sat0[1];
+  assign \$773  = \$769  | \$772 ;
+  assign gt4_0 = \$773  | sat0[3];
+  assign \$774  = ~ sat1[1];
+  assign \$775  = \$774  & sat1[2];
+  assign \$776  = ~ sat1[3];
+  assign \$777  = \$776  & sat1[0];
+  assign \$778  = \$775  & \$777 ;
+  assign \$779  = ~ sat1[3];
+  assign \$780  = sat1[2] & \$779 ;
+  assign \$781  = \$780  & sat1[1];
+  assign \$782  = \$778  | \$781 ;
+  assign gt4_1 = \$782  | sat1[3];
+  assign \$783  = ~ sat2[1];
+  assign \$784  = \$783  & sat2[2];
+  assign \$785  = ~ sat2[3];
+  assign \$786  = \$785  & sat2[0];
+  assign \$787  = \$784  & \$786 ;
+  assign \$788  = ~ sat2[3];
+  assign \$789  = sat2[2] & \$788 ;
+  assign \$790  = \$789  & sat2[1];
+  assign \$791  = \$787  | \$790 ;
+  assign gt4_2 = \$791  | sat2[3];
+  assign \$792  = ~ sat3[1];
+  assign \$793  = \$792  & sat3[2];
+  assign \$794  = ~ sat3[3];
+  assign \$795  = \$794  & sat3[0];
+  assign \$796  = \$793  & \$795 ;
+  assign \$797  = ~ sat3[3];
+  assign \$798  = sat3[2] & \$797 ;
+  assign \$799  = \$798  & sat3[1];
+  assign \$800  = \$796  | \$799 ;
+  assign gt4_3 = \$800  | sat3[3];
+  assign \$801  = ~ sat4[1];
+  assign \$802  = \$801  & sat4[2];
+  assign \$803  = ~ sat4[3];
+  assign \$804  = \$803  & sat4[0];
+  assign \$805  = \$802  & \$804 ;
+  assign \$806  = ~ sat4[3];
+  assign \$807  = sat4[2] & \$806 ;
+  assign \$808  = \$807  & sat4[1];
+  assign \$809  = \$805  | \$808 ;
+  assign gt4_4 = \$809  | sat4[3];
+  assign \$810  = ~ sat5[1];
+  assign \$811  = \$810  & sat5[2];
+  assign \$812  = ~ sat5[3];
+  assign \$813  = \$812  & sat5[0];
+  assign \$814  = \$811  & \$813 ;
+  assign \$815  = ~ sat5[3];
+  assign \$816  = sat5[2] & \$815 ;
+  assign \$817  = \$816  & sat5[1];
+  assign \$818  = \$814  | \$817 ;
+  assign gt4_5 = \$818  | sat5[3];
+  assign \$819  = ~ sat6[1];
+  assign \$820  = \$819  & sat6[2];
+  assign \$821  = ~ sat6[3];
+  assign \$822  = \$821  & sat6[0];
+  assign \$823  = \$820  & \$822 ;
+  assign \$824  = ~ sat6[3];
+  assign \$825  = sat6[2] & \$824 ;
+  assign \$826  = \$825  & sat6[1];
+  assign \$827  = \$823  | \$826 ;
+  assign gt4_6 = \$827  | sat6[3];
+  assign \$828  = ~ sat7[1];
+  assign \$829  = \$828  & sat7[2];
+  assign \$830  = ~ sat7[3];
+  assign \$831  = \$830  & sat7[0];
+  assign \$832  = \$829  & \$831 ;
+  assign \$833  = ~ sat7[3];
+  assign \$834  = sat7[2] & \$833 ;
+  assign \$835  = \$834  & sat7[1];
+  assign \$836  = \$832  | \$835 ;
+  assign gt4_7 = \$836  | sat7[3];
+  assign \$837  = ~ gt4_0;
+  assign \$838  = gt4_1 & \$837 ;
+  assign \$839  = \$838  ? 1'h1 : 1'h0;
+  assign \$840  = ~ gt4_1;
+  assign \$841  = gt4_2 & \$840 ;
+  assign \$842  = \$841  ? 2'h2 : 2'h0;
+  assign \$843  = { 1'h0, \$839  } | \$842 ;
+  assign \$844  = ~ gt4_2;
+  assign \$845  = gt4_3 & \$844 ;
+  assign \$846  = \$845  ? 2'h3 : 2'h0;
+  assign \$847  = ~ gt4_3;
+  assign \$848  = gt4_4 & \$847 ;
+  assign \$849  = \$848  ? 3'h4 : 3'h0;
+  assign \$850  = { 1'h0, \$846  } | \$849 ;
+  assign \$851  = { 1'h0, \$843  } | \$850 ;
+  assign \$852  = ~ gt4_4;
+  assign \$853  = gt4_5 & \$852 ;
+  assign \$854  = \$853  ? 3'h5 : 3'h0;
+  assign \$855  = ~ gt4_5;
+  assign \$856  = gt4_6 & \$855 ;
+  assign \$857  = \$856  ? 3'h6 : 3'h0;
+  assign \$858  = \$854  | \$857 ;
+  assign \$859  = ~ gt4_6;
+  assign \$860  = gt4_7 & \$859 ;
+  assign \$861  = \$860  ? 3'h7 : 3'h0;
+  assign \$862  = \$858  | \$861 ;
+  assign gsel4 = \$851  | \$862 ;
+  assign \$863  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$864  = ~ gt4_0;
+  assign \$865  = gt4_1 & \$864 ;
+  assign \$866  = \$865  ? mbeat0[31:16] : 16'h0000;
+  assign \$867  = \$863  | \$866 ;
+  assign \$868  = ~ gt4_1;
+  assign \$869  = gt4_2 & \$868 ;
+  assign \$870  = \$869  ? mbeat0[47:32] : 16'h0000;
+  assign \$871  = ~ gt4_2;
+  assign \$872  = gt4_3 & \$871 ;
+  assign \$873  = \$872  ? mbeat0[63:48] : 16'h0000;
+  assign \$874  = \$870  | \$873 ;
+  assign \$875  = \$867  | \$874 ;
+  assign \$876  = ~ gt4_3;
+  assign \$877  = gt4_4 & \$876 ;
+  assign \$878  = \$877  ? mbeat1[15:0] : 16'h0000;
+  assign \$879  = ~ gt4_4;
+  assign \$880  = gt4_5 & \$879 ;
+  assign \$881  = \$880  ? mbeat1[31:16] : 16'h0000;
+  assign \$882  = \$878  | \$881 ;
+  assign \$883  = ~ gt4_5;
+  assign \$884  = gt4_6 & \$883 ;
+  assign \$885  = \$884  ? mbeat1[47:32] : 16'h0000;
+  assign \$886  = ~ gt4_6;
+  assign \$887  = gt4_7 & \$886 ;
+  assign \$888  = \$887  ? mbeat1[63:48] : 16'h0000;
+  assign \$889  = \$885  | \$888 ;
+  assign \$890  = \$882  | \$889 ;
+  assign grp4 = \$875  | \$890 ;
+  assign \$891  = gt4_0 ? \$120 [3:0] : 4'h0;
+  assign \$892  = ~ gt4_0;
+  assign \$893  = gt4_1 & \$892 ;
+  assign \$894  = \$893  ? \$85 [3:0] : 4'h0;
+  assign \$895  = \$891  | \$894 ;
+  assign \$896  = ~ gt4_1;
+  assign \$897  = gt4_2 & \$896 ;
+  assign \$898  = \$897  ? \$89 [3:0] : 4'h0;
+  assign \$899  = ~ gt4_2;
+  assign \$900  = gt4_3 & \$899 ;
+  assign \$901  = \$900  ? \$93 [3:0] : 4'h0;
+  assign \$902  = \$898  | \$901 ;
+  assign \$903  = \$895  | \$902 ;
+  assign \$904  = ~ gt4_3;
+  assign \$905  = gt4_4 & \$904 ;
+  assign \$906  = \$905  ? \$97 [3:0] : 4'h0;
+  assign \$907  = ~ gt4_4;
+  assign \$908  = gt4_5 & \$907 ;
+  assign \$909  = \$908  ? \$104 [3:0] : 4'h0;
+  assign \$910  = \$906  | \$909 ;
+  assign \$911  = ~ gt4_5;
+  assign \$912  = gt4_6 & \$911 ;
+  assign \$913  = \$912  ? \$108 [3:0] : 4'h0;
+  assign \$914  = ~ gt4_6;
+  assign \$915  = gt4_7 & \$914 ;
+  assign \$916  = \$915  ? \$112 [3:0] : 4'h0;
+  assign \$917  = \$913  | \$916 ;
+  assign \$918  = \$910  | \$917 ;
+  assign dlow4 = \$903  | \$918 ;
+  assign \$919  = 3'h4 - dlow4;
+  assign \$920  = grp4[0] + grp4[1];
+  assign \$921  = grp4[2] + grp4[3];
+  assign \$922  = \$920  + \$921 ;
+  assign \$923  = grp4[4] + grp4[5];
+  assign \$924  = grp4[6] + grp4[7];
+  assign \$925  = \$923  + \$924 ;
+  assign ws4_c = \$922  + \$925 ;
+  assign ws4_lo = \$919 [3:0] < ws4_c;
+  assign \$926  = \$919 [3:0] - ws4_c;
+  assign \$927  = grp4[0] + grp4[1];
+  assign \$928  = grp4[2] + grp4[3];
+  assign ws4l_c = \$927  + \$928 ;
+  assign ws4l_lo = \$919 [2:0] < ws4l_c;
+  assign \$929  = \$919 [2:0] - ws4l_c;
+  assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
+  assign \$930  = grp4[8] + grp4[9];
+  assign \$931  = grp4[10] + grp4[11];
+  assign ws4h_c = \$930  + \$931 ;
+  assign ws4h_lo = \$926 [2:0] < ws4h_c;
+  assign \$932  = \$926 [2:0] - ws4h_c;
+  assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
   assign lv4 = k > 3'h4;
-  assign \$1715  = k_cur <= 3'h4;
-  assign ln4 = finish & \$1715 ;
-  assign \$1716  = ln4 ? es_w : { rs_w[7], rs_w };
-  assign \$1717  = gsel4[3:2] - \$1716 [4:0];
-  assign \$1718  = ~ sat0[3];
-  assign \$1719  = sat0[2] & \$1718 ;
-  assign \$1720  = \$1719  & sat0[1];
-  assign gt5_0 = \$1720  | sat0[3];
-  assign \$1721  = ~ sat1[3];
-  assign \$1722  = sat1[2] & \$1721 ;
-  assign \$1723  = \$1722  & sat1[1];
-  assign gt5_1 = \$1723  | sat1[3];
-  assign \$1724  = ~ sat2[3];
-  assign \$1725  = sat2[2] & \$1724 ;
-  assign \$1726  = \$1725  & sat2[1];
-  assign gt5_2 = \$1726  | sat2[3];
-  assign \$1727  = ~ sat3[3];
-  assign \$1728  = sat3[2] & \$1727 ;
-  assign \$1729  = \$1728  & sat3[1];
-  assign gt5_3 = \$1729  | sat3[3];
-  assign \$1730  = ~ sat4[3];
-  assign \$1731  = sat4[2] & \$1730 ;
-  assign \$1732  = \$1731  & sat4[1];
-  assign gt5_4 = \$1732  | sat4[3];
-  assign \$1733  = ~ sat5[3];
-  assign \$1734  = sat5[2] & \$1733 ;
-  assign \$1735  = \$1734  & sat5[1];
-  assign gt5_5 = \$1735  | sat5[3];
-  assign \$1736  = ~ sat6[3];
-  assign \$1737  = sat6[2] & \$1736 ;
-  assign \$1738  = \$1737  & sat6[1];
-  assign gt5_6 = \$1738  | sat6[3];
-  assign \$1739  = ~ sat7[3];
-  assign \$1740  = sat7[2] & \$1739 ;
-  assign \$1741  = \$1740  & sat7[1];
-  assign gt5_7 = \$1741  | sat7[3];
-  assign \$1742  = ~ sat8[3];
-  assign \$1743  = sat8[2] & \$1742 ;
-  assign \$1744  = \$1743  & sat8[1];
-  assign gt5_8 = \$1744  | sat8[3];
-  assign \$1745  = ~ sat9[3];
-  assign \$1746  = sat9[2] & \$1745 ;
-  assign \$1747  = \$1746  & sat9[1];
-  assign gt5_9 = \$1747  | sat9[3];
-  assign \$1748  = ~ sat10[3];
-  assign \$1749  = sat10[2] & \$1748 ;
-  assign \$1750  = \$1749  & sat10[1];
-  assign gt5_10 = \$1750  | sat10[3];
-  assign \$1751  = ~ sat11[3];
-  assign \$1752  = sat11[2] & \$1751 ;
-  assign \$1753  = \$1752  & sat11[1];
-  assign gt5_11 = \$1753  | sat11[3];
-  assign \$1754  = ~ sat12[3];
-  assign \$1755  = sat12[2] & \$1754 ;
-  assign \$1756  = \$1755  & sat12[1];
-  assign gt5_12 = \$1756  | sat12[3];
-  assign \$1757  = ~ sat13[3];
-  assign \$1758  = sat13[2] & \$1757 ;
-  assign \$1759  = \$1758  & sat13[1];
-  assign gt5_13 = \$1759  | sat13[3];
-  assign \$1760  = ~ sat14[3];
-  assign \$1761  = sat14[2] & \$1760 ;
-  assign \$1762  = \$1761  & sat14[1];
-  assign gt5_14 = \$1762  | sat14[3];
-  assign \$1763  = ~ sat15[3];
-  assign \$1764  = sat15[2] & \$1763 ;
-  assign \$1765  = \$1764  & sat15[1];
-  assign gt5_15 = \$1765  | sat15[3];
-  assign \$1766  = ~ gt5_0;
-  assign \$1767  = gt5_1 & \$1766 ;
-  assign \$1768  = \$1767  ? 1'h1 : 1'h0;
-  assign \$1769  = ~ gt5_1;
-  assign \$1770  = gt5_2 & \$1769 ;
-  assign \$1771  = \$1770  ? 2'h2 : 2'h0;
-  assign \$1772  = { 1'h0, \$1768  } | \$1771 ;
-  assign \$1773  = ~ gt5_2;
-  assign \$1774  = gt5_3 & \$1773 ;
-  assign \$1775  = \$1774  ? 2'h3 : 2'h0;
-  assign \$1776  = ~ gt5_3;
-  assign \$1777  = gt5_4 & \$1776 ;
-  assign \$1778  = \$1777  ? 3'h4 : 3'h0;
-  assign \$1779  = { 1'h0, \$1775  } | \$1778 ;
-  assign \$1780  = { 1'h0, \$1772  } | \$1779 ;
-  assign \$1781  = ~ gt5_4;
-  assign \$1782  = gt5_5 & \$1781 ;
-  assign \$1783  = \$1782  ? 3'h5 : 3'h0;
-  assign \$1784  = ~ gt5_5;
-  assign \$1785  = gt5_6 & \$1784 ;
-  assign \$1786  = \$1785  ? 3'h6 : 3'h0;
-  assign \$1787  = \$1783  | \$1786 ;
-  assign \$1788  = ~ gt5_6;
-  assign \$1789  = gt5_7 & \$1788 ;
-  assign \$1790  = \$1789  ? 3'h7 : 3'h0;
-  assign \$1791  = ~ gt5_7;
-  assign \$1792  = gt5_8 & \$1791 ;
-  assign \$1793  = \$1792  ? 4'h8 : 4'h0;
-  assign \$1794  = { 1'h0, \$1790  } | \$1793 ;
-  assign \$1795  = { 1'h0, \$1787  } | \$1794 ;
-  assign \$1796  = { 1'h0, \$1780  } | \$1795 ;
-  assign \$1797  = ~ gt5_8;
-  assign \$1798  = gt5_9 & \$1797 ;
-  assign \$1799  = \$1798  ? 4'h9 : 4'h0;
-  assign \$1800  = ~ gt5_9;
-  assign \$1801  = gt5_10 & \$1800 ;
-  assign \$1802  = \$1801  ? 4'ha : 4'h0;
-  assign \$1803  = \$1799  | \$1802 ;
-  assign \$1804  = ~ gt5_10;
-  assign \$1805  = gt5_11 & \$1804 ;
-  assign \$1806  = \$1805  ? 4'hb : 4'h0;
-  assign \$1807  = ~ gt5_11;
-  assign \$1808  = gt5_12 & \$1807 ;
-  assign \$1809  = \$1808  ? 4'hc : 4'h0;
-  assign \$1810  = \$1806  | \$1809 ;
-  assign \$1811  = \$1803  | \$1810 ;
-  assign \$1812  = ~ gt5_12;
-  assign \$1813  = gt5_13 & \$1812 ;
-  assign \$1814  = \$1813  ? 4'hd : 4'h0;
-  assign \$1815  = ~ gt5_13;
-  assign \$1816  = gt5_14 & \$1815 ;
-  assign \$1817  = \$1816  ? 4'he : 4'h0;
-  assign \$1818  = \$1814  | \$1817 ;
-  assign \$1819  = ~ gt5_14;
-  assign \$1820  = gt5_15 & \$1819 ;
-  assign \$1821  = \$1820  ? 4'hf : 4'h0;
-  assign \$1822  = \$1818  | \$1821 ;
-  assign \$1823  = \$1811  | \$1822 ;
-  assign gsel5 = \$1796  | \$1823 ;
-  assign \$1824  = gt5_0 ? mbeat0[7:0] : 8'h00;
-  assign \$1825  = ~ gt5_0;
-  assign \$1826  = gt5_1 & \$1825 ;
-  assign \$1827  = \$1826  ? mbeat0[15:8] : 8'h00;
-  assign \$1828  = \$1824  | \$1827 ;
-  assign \$1829  = ~ gt5_1;
-  assign \$1830  = gt5_2 & \$1829 ;
-  assign \$1831  = \$1830  ? mbeat0[23:16] : 8'h00;
-  assign \$1832  = ~ gt5_2;
-  assign \$1833  = gt5_3 & \$1832 ;
-  assign \$1834  = \$1833  ? mbeat0[31:24] : 8'h00;
-  assign \$1835  = \$1831  | \$1834 ;
-  assign \$1836  = \$1828  | \$1835 ;
-  assign \$1837  = ~ gt5_3;
-  assign \$1838  = gt5_4 & \$1837 ;
-  assign \$1839  = \$1838  ? mbeat0[39:32] : 8'h00;
-  assign \$1840  = ~ gt5_4;
-  assign \$1841  = gt5_5 & \$1840 ;
-  assign \$1842  = \$1841  ? mbeat0[47:40] : 8'h00;
-  assign \$1843  = \$1839  | \$1842 ;
-  assign \$1844  = ~ gt5_5;
-  assign \$1845  = gt5_6 & \$1844 ;
-  assign \$1846  = \$1845  ? mbeat0[55:48] : 8'h00;
-  assign \$1847  = ~ gt5_6;
-  assign \$1848  = gt5_7 & \$1847 ;
-  assign \$1849  = \$1848  ? mbeat0[63:56] : 8'h00;
-  assign \$1850  = \$1846  | \$1849 ;
-  assign \$1851  = \$1843  | \$1850 ;
-  assign \$1852  = \$1836  | \$1851 ;
-  assign \$1853  = ~ gt5_7;
-  assign \$1854  = gt5_8 & \$1853 ;
-  assign \$1855  = \$1854  ? mbeat1[7:0] : 8'h00;
-  assign \$1856  = ~ gt5_8;
-  assign \$1857  = gt5_9 & \$1856 ;
-  assign \$1858  = \$1857  ? mbeat1[15:8] : 8'h00;
-  assign \$1859  = \$1855  | \$1858 ;
-  assign \$1860  = ~ gt5_9;
-  assign \$1861  = gt5_10 & \$1860 ;
-  assign \$1862  = \$1861  ? mbeat1[23:16] : 8'h00;
-  assign \$1863  = ~ gt5_10;
-  assign \$1864  = gt5_11 & \$1863 ;
-  assign \$1865  = \$1864  ? mbeat1[31:24] : 8'h00;
-  assign \$1866  = \$1862  | \$1865 ;
-  assign \$1867  = \$1859  | \$1866 ;
-  assign \$1868  = ~ gt5_11;
-  assign \$1869  = gt5_12 & \$1868 ;
-  assign \$1870  = \$1869  ? mbeat1[39:32] : 8'h00;
-  assign \$1871  = ~ gt5_12;
-  assign \$1872  = gt5_13 & \$1871 ;
-  assign \$1873  = \$1872  ? mbeat1[47:40] : 8'h00;
-  assign \$1874  = \$1870  | \$1873 ;
-  assign \$1875  = ~ gt5_13;
-  assign \$1876  = gt5_14 & \$1875 ;
-  assign \$1877  = \$1876  ? mbeat1[55:48] : 8'h00;
-  assign \$1878  = ~ gt5_14;
-  assign \$1879  = gt5_15 & \$1878 ;
-  assign \$1880  = \$1879  ? mbeat1[63:56] : 8'h00;
-  assign \$1881  = \$1877  | \$1880 ;
-  assign \$1882  = \$1874  | \$1881 ;
-  assign \$1883  = \$1867  | \$1882 ;
-  assign grp5 = \$1852  | \$1883 ;
-  assign \$1884  = gt5_0 ? \$152 [2:0] : 3'h0;
-  assign \$1885  = ~ gt5_0;
-  assign \$1886  = gt5_1 & \$1885 ;
-  assign \$1887  = \$1886  ? \$85 [2:0] : 3'h0;
-  assign \$1888  = \$1884  | \$1887 ;
-  assign \$1889  = ~ gt5_1;
-  assign \$1890  = gt5_2 & \$1889 ;
-  assign \$1891  = \$1890  ? \$89 [2:0] : 3'h0;
-  assign \$1892  = ~ gt5_2;
-  assign \$1893  = gt5_3 & \$1892 ;
-  assign \$1894  = \$1893  ? \$93 [2:0] : 3'h0;
-  assign \$1895  = \$1891  | \$1894 ;
-  assign \$1896  = \$1888  | \$1895 ;
-  assign \$1897  = ~ gt5_3;
-  assign \$1898  = gt5_4 & \$1897 ;
-  assign \$1899  = \$1898  ? \$97 [2:0] : 3'h0;
-  assign \$1900  = ~ gt5_4;
-  assign \$1901  = gt5_5 & \$1900 ;
-  assign \$1902  = \$1901  ? \$101 [2:0] : 3'h0;
-  assign \$1903  = \$1899  | \$1902 ;
-  assign \$1904  = ~ gt5_5;
-  assign \$1905  = gt5_6 & \$1904 ;
-  assign \$1906  = \$1905  ? \$105 [2:0] : 3'h0;
-  assign \$1907  = ~ gt5_6;
-  assign \$1908  = gt5_7 & \$1907 ;
-  assign \$1909  = \$1908  ? \$109 [2:0] : 3'h0;
-  assign \$1910  = \$1906  | \$1909 ;
-  assign \$1911  = \$1903  | \$1910 ;
-  assign \$1912  = \$1896  | \$1911 ;
-  assign \$1913  = ~ gt5_7;
-  assign \$1914  = gt5_8 & \$1913 ;
-  assign \$1915  = \$1914  ? \$113 [2:0] : 3'h0;
-  assign \$1916  = ~ gt5_8;
-  assign \$1917  = gt5_9 & \$1916 ;
-  assign \$1918  = \$1917  ? \$120 [2:0] : 3'h0;
-  assign \$1919  = \$1915  | \$1918 ;
-  assign \$1920  = ~ gt5_9;
-  assign \$1921  = gt5_10 & \$1920 ;
-  assign \$1922  = \$1921  ? \$124 [2:0] : 3'h0;
-  assign \$1923  = ~ gt5_10;
-  assign \$1924  = gt5_11 & \$1923 ;
-  assign \$1925  = \$1924  ? \$128 [2:0] : 3'h0;
-  assign \$1926  = \$1922  | \$1925 ;
-  assign \$1927  = \$1919  | \$1926 ;
-  assign \$1928  = ~ gt5_11;
-  assign \$1929  = gt5_12 & \$1928 ;
-  assign \$1930  = \$1929  ? \$132 [2:0] : 3'h0;
-  assign \$1931  = ~ gt5_12;
-  assign \$1932  = gt5_13 & \$1931 ;
-  assign \$1933  = \$1932  ? \$136 [2:0] : 3'h0;
-  assign \$1934  = \$1930  | \$1933 ;
-  assign \$1935  = ~ gt5_13;
-  assign \$1936  = gt5_14 & \$1935 ;
-  assign \$1937  = \$1936  ? \$140 [2:0] : 3'h0;
-  assign \$1938  = ~ gt5_14;
-  assign \$1939  = gt5_15 & \$1938 ;
-  assign \$1940  = \$1939  ? \$144 [2:0] : 3'h0;
-  assign \$1941  = \$1937  | \$1940 ;
-  assign \$1942  = \$1934  | \$1941 ;
-  assign \$1943  = \$1927  | \$1942 ;
-  assign dlow5 = \$1912  | \$1943 ;
-  assign \$1944  = 3'h5 - dlow5;
-  assign \$1945  = grp5[0] + grp5[1];
-  assign \$1946  = grp5[2] + grp5[3];
-  assign ws5_c = \$1945  + \$1946 ;
-  assign ws5_lo = \$1944 [2:0] < ws5_c;
-  assign \$1947  = \$1944 [2:0] - ws5_c;
+  assign \$933  = k_cur <= 3'h4;
+  assign ln4 = finish & \$933 ;
+  assign \$934  = ln4 ? es_w : { rs_w[7], rs_w };
+  assign \$935  = gsel4[2:1] - \$934 [4:0];
+  assign \$936  = ~ sat0[3];
+  assign \$937  = sat0[2] & \$936 ;
+  assign \$938  = \$937  & sat0[1];
+  assign gt5_0 = \$938  | sat0[3];
+  assign \$939  = ~ sat1[3];
+  assign \$940  = sat1[2] & \$939 ;
+  assign \$941  = \$940  & sat1[1];
+  assign gt5_1 = \$941  | sat1[3];
+  assign \$942  = ~ sat2[3];
+  assign \$943  = sat2[2] & \$942 ;
+  assign \$944  = \$943  & sat2[1];
+  assign gt5_2 = \$944  | sat2[3];
+  assign \$945  = ~ sat3[3];
+  assign \$946  = sat3[2] & \$945 ;
+  assign \$947  = \$946  & sat3[1];
+  assign gt5_3 = \$947  | sat3[3];
+  assign \$948  = ~ sat4[3];
+  assign \$949  = sat4[2] & \$948 ;
+  assign \$950  = \$949  & sat4[1];
+  assign gt5_4 = \$950  | sat4[3];
+  assign \$951  = ~ sat5[3];
+  assign \$952  = sat5[2] & \$951 ;
+  assign \$953  = \$952  & sat5[1];
+  assign gt5_5 = \$953  | sat5[3];
+  assign \$954  = ~ sat6[3];
+  assign \$955  = sat6[2] & \$954 ;
+  assign \$956  = \$955  & sat6[1];
+  assign gt5_6 = \$956  | sat6[3];
+  assign \$957  = ~ sat7[3];
+  assign \$958  = sat7[2] & \$957 ;
+  assign \$959  = \$958  & sat7[1];
+  assign gt5_7 = \$959  | sat7[3];
+  assign \$960  = ~ gt5_0;
+  assign \$961  = gt5_1 & \$960 ;
+  assign \$962  = \$961  ? 1'h1 : 1'h0;
+  assign \$963  = ~ gt5_1;
+  assign \$964  = gt5_2 & \$963 ;
+  assign \$965  = \$964  ? 2'h2 : 2'h0;
+  assign \$966  = { 1'h0, \$962  } | \$965 ;
+  assign \$967  = ~ gt5_2;
+  assign \$968  = gt5_3 & \$967 ;
+  assign \$969  = \$968  ? 2'h3 : 2'h0;
+  assign \$970  = ~ gt5_3;
+  assign \$971  = gt5_4 & \$970 ;
+  assign \$972  = \$971  ? 3'h4 : 3'h0;
+  assign \$973  = { 1'h0, \$969  } | \$972 ;
+  assign \$974  = { 1'h0, \$966  } | \$973 ;
+  assign \$975  = ~ gt5_4;
+  assign \$976  = gt5_5 & \$975 ;
+  assign \$977  = \$976  ? 3'h5 : 3'h0;
+  assign \$978  = ~ gt5_5;
+  assign \$979  = gt5_6 & \$978 ;
+  assign \$980  = \$979  ? 3'h6 : 3'h0;
+  assign \$981  = \$977  | \$980 ;
+  assign \$982  = ~ gt5_6;
+  assign \$983  = gt5_7 & \$982 ;
+  assign \$984  = \$983  ? 3'h7 : 3'h0;
+  assign \$985  = \$981  | \$984 ;
+  assign gsel5 = \$974  | \$985 ;
+  assign \$986  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$987  = ~ gt5_0;
+  assign \$988  = gt5_1 & \$987 ;
+  assign \$989  = \$988  ? mbeat0[31:16] : 16'h0000;
+  assign \$990  = \$986  | \$989 ;
+  assign \$991  = ~ gt5_1;
+  assign \$992  = gt5_2 & \$991 ;
+  assign \$993  = \$992  ? mbeat0[47:32] : 16'h0000;
+  assign \$994  = ~ gt5_2;
+  assign \$995  = gt5_3 & \$994 ;
+  assign \$996  = \$995  ? mbeat0[63:48] : 16'h0000;
+  assign \$997  = \$993  | \$996 ;
+  assign \$998  = \$990  | \$997 ;
+  assign \$999  = ~ gt5_3;
+  assign \$1000  = gt5_4 & \$999 ;
+  assign \$1001  = \$1000  ? mbeat1[15:0] : 16'h0000;
+  assign \$1002  = ~ gt5_4;
+  assign \$1003  = gt5_5 & \$1002 ;
+  assign \$1004  = \$1003  ? mbeat1[31:16] : 16'h0000;
+  assign \$1005  = \$1001  | \$1004 ;
+  assign \$1006  = ~ gt5_5;
+  assign \$1007  = gt5_6 & \$1006 ;
+  assign \$1008  = \$1007  ? mbeat1[47:32] : 16'h0000;
+  assign \$1009  = ~ gt5_6;
+  assign \$1010  = gt5_7 & \$1009 ;
+  assign \$1011  = \$1010  ? mbeat1[63:48] : 16'h0000;
+  assign \$1012  = \$1008  | \$1011 ;
+  assign \$1013  = \$1005  | \$1012 ;
+  assign grp5 = \$998  | \$1013 ;
+  assign \$1014  = gt5_0 ? \$120 [3:0] : 4'h0;
+  assign \$1015  = ~ gt5_0;
+  assign \$1016  = gt5_1 & \$1015 ;
+  assign \$1017  = \$1016  ? \$85 [3:0] : 4'h0;
+  assign \$1018  = \$1014  | \$1017 ;
+  assign \$1019  = ~ gt5_1;
+  assign \$1020  = gt5_2 & \$1019 ;
+  assign \$1021  = \$1020  ? \$89 [3:0] : 4'h0;
+  assign \$1022  = ~ gt5_2;
+  assign \$1023  = gt5_3 & \$1022 ;
+  assign \$1024  = \$1023  ? \$93 [3:0] : 4'h0;
+  assign \$1025  = \$1021  | \$1024 ;
+  assign \$1026  = \$1018  | \$1025 ;
+  assign \$1027  = ~ gt5_3;
+  assign \$1028  = gt5_4 & \$1027 ;
+  assign \$1029  = \$1028  ? \$97 [3:0] : 4'h0;
+  assign \$1030  = ~ gt5_4;
+  assign \$1031  = gt5_5 & \$1030 ;
+  assign \$1032  = \$1031  ? \$104 [3:0] : 4'h0;
+  assign \$1033  = \$1029  | \$1032 ;
+  assign \$1034  = ~ gt5_5;
+  assign \$1035  = gt5_6 & \$1034 ;
+  assign \$1036  = \$1035  ? \$108 [3:0] : 4'h0;
+  assign \$1037  = ~ gt5_6;
+  assign \$1038  = gt5_7 & \$1037 ;
+  assign \$1039  = \$1038  ? \$112 [3:0] : 4'h0;
+  assign \$1040  = \$1036  | \$1039 ;
+  assign \$1041  = \$1033  | \$1040 ;
+  assign dlow5 = \$1026  | \$1041 ;
+  assign \$1042  = 3'h5 - dlow5;
+  assign \$1043  = grp5[0] + grp5[1];
+  assign \$1044  = grp5[2] + grp5[3];
+  assign \$1045  = \$1043  + \$1044 ;
+  assign \$1046  = grp5[4] + grp5[5];
+  assign \$1047  = grp5[6] + grp5[7];
+  assign \$1048  = \$1046  + \$1047 ;
+  assign ws5_c = \$1045  + \$1048 ;
+  assign ws5_lo = \$1042 [3:0] < ws5_c;
+  assign \$1049  = \$1042 [3:0] - ws5_c;
+  assign \$1050  = grp5[0] + grp5[1];
+  assign \$1051  = grp5[2] + grp5[3];
+  assign ws5l_c = \$1050  + \$1051 ;
+  assign ws5l_lo = \$1042 [2:0] < ws5l_c;
+  assign \$1052  = \$1042 [2:0] - ws5l_c;
+  assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
+  assign \$1053  = grp5[8] + grp5[9];
+  assign \$1054  = grp5[10] + grp5[11];
+  assign ws5h_c = \$1053  + \$1054 ;
+  assign ws5h_lo = \$1049 [2:0] < ws5h_c;
+  assign \$1055  = \$1049 [2:0] - ws5h_c;
+  assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
   assign lv5 = k > 3'h5;
-  assign \$1948  = k_cur <= 3'h5;
-  assign ln5 = finish & \$1948 ;
-  assign \$1949  = ln5 ? es_w : { rs_w[7], rs_w };
-  assign \$1950  = gsel5[3:2] - \$1949 [4:0];
-  assign \$1951  = sat0[1] & sat0[2];
-  assign \$1952  = ~ sat0[3];
-  assign \$1953  = \$1952  & sat0[0];
-  assign \$1954  = \$1951  & \$1953 ;
-  assign gt6_0 = \$1954  | sat0[3];
-  assign \$1955  = sat1[1] & sat1[2];
-  assign \$1956  = ~ sat1[3];
-  assign \$1957  = \$1956  & sat1[0];
-  assign \$1958  = \$1955  & \$1957 ;
-  assign gt6_1 = \$1958  | sat1[3];
-  assign \$1959  = sat2[1] & sat2[2];
-  assign \$1960  = ~ sat2[3];
-  assign \$1961  = \$1960  & sat2[0];
-  assign \$1962  = \$1959  & \$1961 ;
-  assign gt6_2 = \$1962  | sat2[3];
-  assign \$1963  = sat3[1] & sat3[2];
-  assign \$1964  = ~ sat3[3];
-  assign \$1965  = \$1964  & sat3[0];
-  assign \$1966  = \$1963  & \$1965 ;
-  assign gt6_3 = \$1966  | sat3[3];
-  assign \$1967  = sat4[1] & sat4[2];
-  assign \$1968  = ~ sat4[3];
-  assign \$1969  = \$1968  & sat4[0];
-  assign \$1970  = \$1967  & \$1969 ;
-  assign gt6_4 = \$1970  | sat4[3];
-  assign \$1971  = sat5[1] & sat5[2];
-  assign \$1972  = ~ sat5[3];
-  assign \$1973  = \$1972  & sat5[0];
-  assign \$1974  = \$1971  & \$1973 ;
-  assign gt6_5 = \$1974  | sat5[3];
-  assign \$1975  = sat6[1] & sat6[2];
-  assign \$1976  = ~ sat6[3];
-  assign \$1977  = \$1976  & sat6[0];
-  assign \$1978  = \$1975  & \$1977 ;
-  assign gt6_6 = \$1978  | sat6[3];
-  assign \$1979  = sat7[1] & sat7[2];
-  assign \$1980  = ~ sat7[3];
-  assign \$1981  = \$1980  & sat7[0];
-  assign \$1982  = \$1979  & \$1981 ;
-  assign gt6_7 = \$1982  | sat7[3];
-  assign \$1983  = sat8[1] & sat8[2];
-  assign \$1984  = ~ sat8[3];
-  assign \$1985  = \$1984  & sat8[0];
-  assign \$1986  = \$1983  & \$1985 ;
-  assign gt6_8 = \$1986  | sat8[3];
-  assign \$1987  = sat9[1] & sat9[2];
-  assign \$1988  = ~ sat9[3];
-  assign \$1989  = \$1988  & sat9[0];
-  assign \$1990  = \$1987  & \$1989 ;
-  assign gt6_9 = \$1990  | sat9[3];
-  assign \$1991  = sat10[1] & sat10[2];
-  assign \$1992  = ~ sat10[3];
-  assign \$1993  = \$1992  & sat10[0];
-  assign \$1994  = \$1991  & \$1993 ;
-  assign gt6_10 = \$1994  | sat10[3];
-  assign \$1995  = sat11[1] & sat11[2];
-  assign \$1996  = ~ sat11[3];
-  assign \$1997  = \$1996  & sat11[0];
-  assign \$1998  = \$1995  & \$1997 ;
-  assign gt6_11 = \$1998  | sat11[3];
-  assign \$1999  = sat12[1] & sat12[2];
-  assign \$2000  = ~ sat12[3];
-  assign \$2001  = \$2000  & sat12[0];
-  assign \$2002  = \$1999  & \$2001 ;
-  assign gt6_12 = \$2002  | sat12[3];
-  assign \$2003  = sat13[1] & sat13[2];
-  assign \$2004  = ~ sat13[3];
-  assign \$2005  = \$2004  & sat13[0];
-  assign \$2006  = \$2003  & \$2005 ;
-  assign gt6_13 = \$2006  | sat13[3];
-  assign \$2007  = sat14[1] & sat14[2];
-  assign \$2008  = ~ sat14[3];
-  assign \$2009  = \$2008  & sat14[0];
-  assign \$2010  = \$2007  & \$2009 ;
-  assign gt6_14 = \$2010  | sat14[3];
-  assign \$2011  = sat15[1] & sat15[2];
-  assign \$2012  = ~ sat15[3];
-  assign \$2013  = \$2012  & sat15[0];
-  assign \$2014  = \$2011  & \$2013 ;
-  assign gt6_15 = \$2014  | sat15[3];
-  assign \$2015  = ~ gt6_0;
-  assign \$2016  = gt6_1 & \$2015 ;
-  assign \$2017  = \$2016  ? 1'h1 : 1'h0;
-  assign \$2018  = ~ gt6_1;
-  assign \$2019  = gt6_2 & \$2018 ;
-  assign \$2020  = \$2019  ? 2'h2 : 2'h0;
-  assign \$2021  = { 1'h0, \$2017  } | \$2020 ;
-  assign \$2022  = ~ gt6_2;
-  assign \$2023  = gt6_3 & \$2022 ;
-  assign \$2024  = \$2023  ? 2'h3 : 2'h0;
-  assign \$2025  = ~ gt6_3;
-  assign \$2026  = gt6_4 & \$2025 ;
-  assign \$2027  = \$2026  ? 3'h4 : 3'h0;
-  assign \$2028  = { 1'h0, \$2024  } | \$2027 ;
-  assign \$2029  = { 1'h0, \$2021  } | \$2028 ;
-  assign \$2030  = ~ gt6_4;
-  assign \$2031  = gt6_5 & \$2030 ;
-  assign \$2032  = \$2031  ? 3'h5 : 3'h0;
-  assign \$2033  = ~ gt6_5;
-  assign \$2034  = gt6_6 & \$2033 ;
-  assign \$2035  = \$2034  ? 3'h6 : 3'h0;
-  assign \$2036  = \$2032  | \$2035 ;
-  assign \$2037  = ~ gt6_6;
-  assign \$2038  = gt6_7 & \$2037 ;
-  assign \$2039  = \$2038  ? 3'h7 : 3'h0;
-  assign \$2040  = ~ gt6_7;
-  assign \$2041  = gt6_8 & \$2040 ;
-  assign \$2042  = \$2041  ? 4'h8 : 4'h0;
-  assign \$2043  = { 1'h0, \$2039  } | \$2042 ;
-  assign \$2044  = { 1'h0, \$2036  } | \$2043 ;
-  assign \$2045  = { 1'h0, \$2029  } | \$2044 ;
-  assign \$2046  = ~ gt6_8;
-  assign \$2047  = gt6_9 & \$2046 ;
-  assign \$2048  = \$2047  ? 4'h9 : 4'h0;
-  assign \$2049  = ~ gt6_9;
-  assign \$2050  = gt6_10 & \$2049 ;
-  assign \$2051  = \$2050  ? 4'ha : 4'h0;
-  assign \$2052  = \$2048  | \$2051 ;
-  assign \$2053  = ~ gt6_10;
-  assign \$2054  = gt6_11 & \$2053 ;
-  assign \$2055  = \$2054  ? 4'hb : 4'h0;
-  assign \$2056  = ~ gt6_11;
-  assign \$2057  = gt6_12 & \$2056 ;
-  assign \$2058  = \$2057  ? 4'hc : 4'h0;
-  assign \$2059  = \$2055  | \$2058 ;
-  assign \$2060  = \$2052  | \$2059 ;
-  assign \$2061  = ~ gt6_12;
-  assign \$2062  = gt6_13 & \$2061 ;
-  assign \$2063  = \$2062  ? 4'hd : 4'h0;
-  assign \$2064  = ~ gt6_13;
-  assign \$2065  = gt6_14 & \$2064 ;
-  assign \$2066  = \$2065  ? 4'he : 4'h0;
-  assign \$2067  = \$2063  | \$2066 ;
-  assign \$2068  = ~ gt6_14;
-  assign \$2069  = gt6_15 & \$2068 ;
-  assign \$2070  = \$2069  ? 4'hf : 4'h0;
-  assign \$2071  = \$2067  | \$2070 ;
-  assign \$2072  = \$2060  | \$2071 ;
-  assign gsel6 = \$2045  | \$2072 ;
-  assign \$2073  = gt6_0 ? mbeat0[7:0] : 8'h00;
-  assign \$2074  = ~ gt6_0;
-  assign \$2075  = gt6_1 & \$2074 ;
-  assign \$2076  = \$2075  ? mbeat0[15:8] : 8'h00;
-  assign \$2077  = \$2073  | \$2076 ;
-  assign \$2078  = ~ gt6_1;
-  assign \$2079  = gt6_2 & \$2078 ;
-  assign \$2080  = \$2079  ? mbeat0[23:16] : 8'h00;
-  assign \$2081  = ~ gt6_2;
-  assign \$2082  = gt6_3 & \$2081 ;
-  assign \$2083  = \$2082  ? mbeat0[31:24] : 8'h00;
-  assign \$2084  = \$2080  | \$2083 ;
-  assign \$2085  = \$2077  | \$2084 ;
-  assign \$2086  = ~ gt6_3;
-  assign \$2087  = gt6_4 & \$2086 ;
-  assign \$2088  = \$2087  ? mbeat0[39:32] : 8'h00;
-  assign \$2089  = ~ gt6_4;
-  assign \$2090  = gt6_5 & \$2089 ;
-  assign \$2091  = \$2090  ? mbeat0[47:40] : 8'h00;
-  assign \$2092  = \$2088  | \$2091 ;
-  assign \$2093  = ~ gt6_5;
-  assign \$2094  = gt6_6 & \$2093 ;
-  assign \$2095  = \$2094  ? mbeat0[55:48] : 8'h00;
-  assign \$2096  = ~ gt6_6;
-  assign \$2097  = gt6_7 & \$2096 ;
-  assign \$2098  = \$2097  ? mbeat0[63:56] : 8'h00;
-  assign \$2099  = \$2095  | \$2098 ;
-  assign \$2100  = \$2092  | \$2099 ;
-  assign \$2101  = \$2085  | \$2100 ;
-  assign \$2102  = ~ gt6_7;
-  assign \$2103  = gt6_8 & \$2102 ;
-  assign \$2104  = \$2103  ? mbeat1[7:0] : 8'h00;
-  assign \$2105  = ~ gt6_8;
-  assign \$2106  = gt6_9 & \$2105 ;
-  assign \$2107  = \$2106  ? mbeat1[15:8] : 8'h00;
-  assign \$2108  = \$2104  | \$2107 ;
-  assign \$2109  = ~ gt6_9;
-  assign \$2110  = gt6_10 & \$2109 ;
-  assign \$2111  = \$2110  ? mbeat1[23:16] : 8'h00;
-  assign \$2112  = ~ gt6_10;
-  assign \$2113  = gt6_11 & \$2112 ;
-  assign \$2114  = \$2113  ? mbeat1[31:24] : 8'h00;
-  assign \$2115  = \$2111  | \$2114 ;
-  assign \$2116  = \$2108  | \$2115 ;
-  assign \$2117  = ~ gt6_11;
-  assign \$2118  = gt6_12 & \$2117 ;
-  assign \$2119  = \$2118  ? mbeat1[39:32] : 8'h00;
-  assign \$2120  = ~ gt6_12;
-  assign \$2121  = gt6_13 & \$2120 ;
-  assign \$2122  = \$2121  ? mbeat1[47:40] : 8'h00;
-  assign \$2123  = \$2119  | \$2122 ;
-  assign \$2124  = ~ gt6_13;
-  assign \$2125  = gt6_14 & \$2124 ;
-  assign \$2126  = \$2125  ? mbeat1[55:48] : 8'h00;
-  assign \$2127  = ~ gt6_14;
-  assign \$2128  = gt6_15 & \$2127 ;
-  assign \$2129  = \$2128  ? mbeat1[63:56] : 8'h00;
-  assign \$2130  = \$2126  | \$2129 ;
-  assign \$2131  = \$2123  | \$2130 ;
-  assign \$2132  = \$2116  | \$2131 ;
-  assign grp6 = \$2101  | \$2132 ;
-  assign \$2133  = gt6_0 ? \$152 [2:0] : 3'h0;
-  assign \$2134  = ~ gt6_0;
-  assign \$2135  = gt6_1 & \$2134 ;
-  assign \$2136  = \$2135  ? \$85 [2:0] : 3'h0;
-  assign \$2137  = \$2133  | \$2136 ;
-  assign \$2138  = ~ gt6_1;
-  assign \$2139  = gt6_2 & \$2138 ;
-  assign \$2140  = \$2139  ? \$89 [2:0] : 3'h0;
-  assign \$2141  = ~ gt6_2;
-  assign \$2142  = gt6_3 & \$2141 ;
-  assign \$2143  = \$2142  ? \$93 [2:0] : 3'h0;
-  assign \$2144  = \$2140  | \$2143 ;
-  assign \$2145  = \$2137  | \$2144 ;
-  assign \$2146  = ~ gt6_3;
-  assign \$2147  = gt6_4 & \$2146 ;
-  assign \$2148  = \$2147  ? \$97 [2:0] : 3'h0;
-  assign \$2149  = ~ gt6_4;
-  assign \$2150  = gt6_5 & \$2149 ;
-  assign \$2151  = \$2150  ? \$101 [2:0] : 3'h0;
-  assign \$2152  = \$2148  | \$2151 ;
-  assign \$2153  = ~ gt6_5;
-  assign \$2154  = gt6_6 & \$2153 ;
-  assign \$2155  = \$2154  ? \$105 [2:0] : 3'h0;
-  assign \$2156  = ~ gt6_6;
-  assign \$2157  = gt6_7 & \$2156 ;
-  assign \$2158  = \$2157  ? \$109 [2:0] : 3'h0;
-  assign \$2159  = \$2155  | \$2158 ;
-  assign \$2160  = \$2152  | \$2159 ;
-  assign \$2161  = \$2145  | \$2160 ;
-  assign \$2162  = ~ gt6_7;
-  assign \$2163  = gt6_8 & \$2162 ;
-  assign \$2164  = \$2163  ? \$113 [2:0] : 3'h0;
-  assign \$2165  = ~ gt6_8;
-  assign \$2166  = gt6_9 & \$2165 ;
-  assign \$2167  = \$2166  ? \$120 [2:0] : 3'h0;
-  assign \$2168  = \$2164  | \$2167 ;
-  assign \$2169  = ~ gt6_9;
-  assign \$2170  = gt6_10 & \$2169 ;
-  assign \$2171  = \$2170  ? \$124 [2:0] : 3'h0;
-  assign \$2172  = ~ gt6_10;
-  assign \$2173  = gt6_11 & \$2172 ;
-  assign \$2174  = \$2173  ? \$128 [2:0] : 3'h0;
-  assign \$2175  = \$2171  | \$2174 ;
-  assign \$2176  = \$2168  | \$2175 ;
-  assign \$2177  = ~ gt6_11;
-  assign \$2178  = gt6_12 & \$2177 ;
-  assign \$2179  = \$2178  ? \$132 [2:0] : 3'h0;
-  assign \$2180  = ~ gt6_12;
-  assign \$2181  = gt6_13 & \$2180 ;
-  assign \$2182  = \$2181  ? \$136 [2:0] : 3'h0;
-  assign \$2183  = \$2179  | \$2182 ;
-  assign \$2184  = ~ gt6_13;
-  assign \$2185  = gt6_14 & \$2184 ;
-  assign \$2186  = \$2185  ? \$140 [2:0] : 3'h0;
-  assign \$2187  = ~ gt6_14;
-  assign \$2188  = gt6_15 & \$2187 ;
-  assign \$2189  = \$2188  ? \$144 [2:0] : 3'h0;
-  assign \$2190  = \$2186  | \$2189 ;
-  assign \$2191  = \$2183  | \$2190 ;
-  assign \$2192  = \$2176  | \$2191 ;
-  assign dlow6 = \$2161  | \$2192 ;
-  assign \$2193  = 3'h6 - dlow6;
-  assign \$2194  = grp6[0] + grp6[1];
-  assign \$2195  = grp6[2] + grp6[3];
-  assign ws6_c = \$2194  + \$2195 ;
-  assign ws6_lo = \$2193 [2:0] < ws6_c;
-  assign \$2196  = \$2193 [2:0] - ws6_c;
+  assign \$1056  = k_cur <= 3'h5;
+  assign ln5 = finish & \$1056 ;
+  assign \$1057  = ln5 ? es_w : { rs_w[7], rs_w };
+  assign \$1058  = gsel5[2:1] - \$1057 [4:0];
+  assign \$1059  = sat0[1] & sat0[2];
+  assign \$1060  = ~ sat0[3];
+  assign \$1061  = \$1060  & sat0[0];
+  assign \$1062  = \$1059  & \$1061 ;
+  assign gt6_0 = \$1062  | sat0[3];
+  assign \$1063  = sat1[1] & sat1[2];
+  assign \$1064  = ~ sat1[3];
+  assign \$1065  = \$1064  & sat1[0];
+  assign \$1066  = \$1063  & \$1065 ;
+  assign gt6_1 = \$1066  | sat1[3];
+  assign \$1067  = sat2[1] & sat2[2];
+  assign \$1068  = ~ sat2[3];
+  assign \$1069  = \$1068  & sat2[0];
+  assign \$1070  = \$1067  & \$1069 ;
+  assign gt6_2 = \$1070  | sat2[3];
+  assign \$1071  = sat3[1] & sat3[2];
+  assign \$1072  = ~ sat3[3];
+  assign \$1073  = \$1072  & sat3[0];
+  assign \$1074  = \$1071  & \$1073 ;
+  assign gt6_3 = \$1074  | sat3[3];
+  assign \$1075  = sat4[1] & sat4[2];
+  assign \$1076  = ~ sat4[3];
+  assign \$1077  = \$1076  & sat4[0];
+  assign \$1078  = \$1075  & \$1077 ;
+  assign gt6_4 = \$1078  | sat4[3];
+  assign \$1079  = sat5[1] & sat5[2];
+  assign \$1080  = ~ sat5[3];
+  assign \$1081  = \$1080  & sat5[0];
+  assign \$1082  = \$1079  & \$1081 ;
+  assign gt6_5 = \$1082  | sat5[3];
+  assign \$1083  = sat6[1] & sat6[2];
+  assign \$1084  = ~ sat6[3];
+  assign \$1085  = \$1084  & sat6[0];
+  assign \$1086  = \$1083  & \$1085 ;
+  assign gt6_6 = \$1086  | sat6[3];
+  assign \$1087  = sat7[1] & sat7[2];
+  assign \$1088  = ~ sat7[3];
+  assign \$1089  = \$1088  & sat7[0];
+  assign \$1090  = \$1087  & \$1089 ;
+  assign gt6_7 = \$1090  | sat7[3];
+  assign \$1091  = ~ gt6_0;
+  assign \$1092  = gt6_1 & \$1091 ;
+  assign \$1093  = \$1092  ? 1'h1 : 1'h0;
+  assign \$1094  = ~ gt6_1;
+  assign \$1095  = gt6_2 & \$1094 ;
+  assign \$1096  = \$1095  ? 2'h2 : 2'h0;
+  assign \$1097  = { 1'h0, \$1093  } | \$1096 ;
+  assign \$1098  = ~ gt6_2;
+  assign \$1099  = gt6_3 & \$1098 ;
+  assign \$1100  = \$1099  ? 2'h3 : 2'h0;
+  assign \$1101  = ~ gt6_3;
+  assign \$1102  = gt6_4 & \$1101 ;
+  assign \$1103  = \$1102  ? 3'h4 : 3'h0;
+  assign \$1104  = { 1'h0, \$1100  } | \$1103 ;
+  assign \$1105  = { 1'h0, \$1097  } | \$1104 ;
+  assign \$1106  = ~ gt6_4;
+  assign \$1107  = gt6_5 & \$1106 ;
+  assign \$1108  = \$1107  ? 3'h5 : 3'h0;
+  assign \$1109  = ~ gt6_5;
+  assign \$1110  = gt6_6 & \$1109 ;
+  assign \$1111  = \$1110  ? 3'h6 : 3'h0;
+  assign \$1112  = \$1108  | \$1111 ;
+  assign \$1113  = ~ gt6_6;
+  assign \$1114  = gt6_7 & \$1113 ;
+  assign \$1115  = \$1114  ? 3'h7 : 3'h0;
+  assign \$1116  = \$1112  | \$1115 ;
+  assign gsel6 = \$1105  | \$1116 ;
+  assign \$1117  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1118  = ~ gt6_0;
+  assign \$1119  = gt6_1 & \$1118 ;
+  assign \$1120  = \$1119  ? mbeat0[31:16] : 16'h0000;
+  assign \$1121  = \$1117  | \$1120 ;
+  assign \$1122  = ~ gt6_1;
+  assign \$1123  = gt6_2 & \$1122 ;
+  assign \$1124  = \$1123  ? mbeat0[47:32] : 16'h0000;
+  assign \$1125  = ~ gt6_2;
+  assign \$1126  = gt6_3 & \$1125 ;
+  assign \$1127  = \$1126  ? mbeat0[63:48] : 16'h0000;
+  assign \$1128  = \$1124  | \$1127 ;
+  assign \$1129  = \$1121  | \$1128 ;
+  assign \$1130  = ~ gt6_3;
+  assign \$1131  = gt6_4 & \$1130 ;
+  assign \$1132  = \$1131  ? mbeat1[15:0] : 16'h0000;
+  assign \$1133  = ~ gt6_4;
+  assign \$1134  = gt6_5 & \$1133 ;
+  assign \$1135  = \$1134  ? mbeat1[31:16] : 16'h0000;
+  assign \$1136  = \$1132  | \$1135 ;
+  assign \$1137  = ~ gt6_5;
+  assign \$1138  = gt6_6 & \$1137 ;
+  assign \$1139  = \$1138  ? mbeat1[47:32] : 16'h0000;
+  assign \$1140  = ~ gt6_6;
+  assign \$1141  = gt6_7 & \$1140 ;
+  assign \$1142  = \$1141  ? mbeat1[63:48] : 16'h0000;
+  assign \$1143  = \$1139  | \$1142 ;
+  assign \$1144  = \$1136  | \$1143 ;
+  assign grp6 = \$1129  | \$1144 ;
+  assign \$1145  = gt6_0 ? \$120 [3:0] : 4'h0;
+  assign \$1146  = ~ gt6_0;
+  assign \$1147  = gt6_1 & \$1146 ;
+  assign \$1148  = \$1147  ? \$85 [3:0] : 4'h0;
+  assign \$1149  = \$1145  | \$1148 ;
+  assign \$1150  = ~ gt6_1;
+  assign \$1151  = gt6_2 & \$1150 ;
+  assign \$1152  = \$1151  ? \$89 [3:0] : 4'h0;
+  assign \$1153  = ~ gt6_2;
+  assign \$1154  = gt6_3 & \$1153 ;
+  assign \$1155  = \$1154  ? \$93 [3:0] : 4'h0;
+  assign \$1156  = \$1152  | \$1155 ;
+  assign \$1157  = \$1149  | \$1156 ;
+  assign \$1158  = ~ gt6_3;
+  assign \$1159  = gt6_4 & \$1158 ;
+  assign \$1160  = \$1159  ? \$97 [3:0] : 4'h0;
+  assign \$1161  = ~ gt6_4;
+  assign \$1162  = gt6_5 & \$1161 ;
+  assign \$1163  = \$1162  ? \$104 [3:0] : 4'h0;
+  assign \$1164  = \$1160  | \$1163 ;
+  assign \$1165  = ~ gt6_5;
+  assign \$1166  = gt6_6 & \$1165 ;
+  assign \$1167  = \$1166  ? \$108 [3:0] : 4'h0;
+  assign \$1168  = ~ gt6_6;
+  assign \$1169  = gt6_7 & \$1168 ;
+  assign \$1170  = \$1169  ? \$112 [3:0] : 4'h0;
+  assign \$1171  = \$1167  | \$1170 ;
+  assign \$1172  = \$1164  | \$1171 ;
+  assign dlow6 = \$1157  | \$1172 ;
+  assign \$1173  = 3'h6 - dlow6;
+  assign \$1174  = grp6[0] + grp6[1];
+  assign \$1175  = grp6[2] + grp6[3];
+  assign \$1176  = \$1174  + \$1175 ;
+  assign \$1177  = grp6[4] + grp6[5];
+  assign \$1178  = grp6[6] + grp6[7];
+  assign \$1179  = \$1177  + \$1178 ;
+  assign ws6_c = \$1176  + \$1179 ;
+  assign ws6_lo = \$1173 [3:0] < ws6_c;
+  assign \$1180  = \$1173 [3:0] - ws6_c;
+  assign \$1181  = grp6[0] + grp6[1];
+  assign \$1182  = grp6[2] + grp6[3];
+  assign ws6l_c = \$1181  + \$1182 ;
+  assign ws6l_lo = \$1173 [2:0] < ws6l_c;
+  assign \$1183  = \$1173 [2:0] - ws6l_c;
+  assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
+  assign \$1184  = grp6[8] + grp6[9];
+  assign \$1185  = grp6[10] + grp6[11];
+  assign ws6h_c = \$1184  + \$1185 ;
+  assign ws6h_lo = \$1180 [2:0] < ws6h_c;
+  assign \$1186  = \$1180 [2:0] - ws6h_c;
+  assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
   assign lv6 = k > 3'h6;
-  assign \$2197  = k_cur <= 3'h6;
-  assign ln6 = finish & \$2197 ;
-  assign \$2198  = ln6 ? es_w : { rs_w[7], rs_w };
-  assign \$2199  = gsel6[3:2] - \$2198 [4:0];
-  assign \$2200  = ~ sat0[3];
-  assign \$2201  = sat1[3] & \$2200 ;
-  assign \$2202  = \$2201  ? 1'h1 : 1'h0;
-  assign \$2203  = ~ sat1[3];
-  assign \$2204  = sat2[3] & \$2203 ;
-  assign \$2205  = \$2204  ? 2'h2 : 2'h0;
-  assign \$2206  = { 1'h0, \$2202  } | \$2205 ;
-  assign \$2207  = ~ sat2[3];
-  assign \$2208  = sat3[3] & \$2207 ;
-  assign \$2209  = \$2208  ? 2'h3 : 2'h0;
-  assign \$2210  = ~ sat3[3];
-  assign \$2211  = sat4[3] & \$2210 ;
-  assign \$2212  = \$2211  ? 3'h4 : 3'h0;
-  assign \$2213  = { 1'h0, \$2209  } | \$2212 ;
-  assign \$2214  = { 1'h0, \$2206  } | \$2213 ;
-  assign \$2215  = ~ sat4[3];
-  assign \$2216  = sat5[3] & \$2215 ;
-  assign \$2217  = \$2216  ? 3'h5 : 3'h0;
-  assign \$2218  = ~ sat5[3];
-  assign \$2219  = sat6[3] & \$2218 ;
-  assign \$2220  = \$2219  ? 3'h6 : 3'h0;
-  assign \$2221  = \$2217  | \$2220 ;
-  assign \$2222  = ~ sat6[3];
-  assign \$2223  = sat7[3] & \$2222 ;
-  assign \$2224  = \$2223  ? 3'h7 : 3'h0;
-  assign \$2225  = ~ sat7[3];
-  assign \$2226  = sat8[3] & \$2225 ;
-  assign \$2227  = \$2226  ? 4'h8 : 4'h0;
-  assign \$2228  = { 1'h0, \$2224  } | \$2227 ;
-  assign \$2229  = { 1'h0, \$2221  } | \$2228 ;
-  assign \$2230  = { 1'h0, \$2214  } | \$2229 ;
-  assign \$2231  = ~ sat8[3];
-  assign \$2232  = sat9[3] & \$2231 ;
-  assign \$2233  = \$2232  ? 4'h9 : 4'h0;
-  assign \$2234  = ~ sat9[3];
-  assign \$2235  = sat10[3] & \$2234 ;
-  assign \$2236  = \$2235  ? 4'ha : 4'h0;
-  assign \$2237  = \$2233  | \$2236 ;
-  assign \$2238  = ~ sat10[3];
-  assign \$2239  = sat11[3] & \$2238 ;
-  assign \$2240  = \$2239  ? 4'hb : 4'h0;
-  assign \$2241  = ~ sat11[3];
-  assign \$2242  = sat12[3] & \$2241 ;
-  assign \$2243  = \$2242  ? 4'hc : 4'h0;
-  assign \$2244  = \$2240  | \$2243 ;
-  assign \$2245  = \$2237  | \$2244 ;
-  assign \$2246  = ~ sat12[3];
-  assign \$2247  = sat13[3] & \$2246 ;
-  assign \$2248  = \$2247  ? 4'hd : 4'h0;
-  assign \$2249  = ~ sat13[3];
-  assign \$2250  = sat14[3] & \$2249 ;
-  assign \$2251  = \$2250  ? 4'he : 4'h0;
-  assign \$2252  = \$2248  | \$2251 ;
-  assign \$2253  = ~ sat14[3];
-  assign \$2254  = sat15[3] & \$2253 ;
-  assign \$2255  = \$2254  ? 4'hf : 4'h0;
-  assign \$2256  = \$2252  | \$2255 ;
-  assign \$2257  = \$2245  | \$2256 ;
-  assign gsel7 = \$2230  | \$2257 ;
-  assign \$2258  = sat0[3] ? mbeat0[7:0] : 8'h00;
-  assign \$2259  = ~ sat0[3];
-  assign \$2260  = sat1[3] & \$2259 ;
-  assign \$2261  = \$2260  ? mbeat0[15:8] : 8'h00;
-  assign \$2262  = \$2258  | \$2261 ;
-  assign \$2263  = ~ sat1[3];
-  assign \$2264  = sat2[3] & \$2263 ;
-  assign \$2265  = \$2264  ? mbeat0[23:16] : 8'h00;
-  assign \$2266  = ~ sat2[3];
-  assign \$2267  = sat3[3] & \$2266 ;
-  assign \$2268  = \$2267  ? mbeat0[31:24] : 8'h00;
-  assign \$2269  = \$2265  | \$2268 ;
-  assign \$2270  = \$2262  | \$2269 ;
-  assign \$2271  = ~ sat3[3];
-  assign \$2272  = sat4[3] & \$2271 ;
-  assign \$2273  = \$2272  ? mbeat0[39:32] : 8'h00;
-  assign \$2274  = ~ sat4[3];
-  assign \$2275  = sat5[3] & \$2274 ;
-  assign \$2276  = \$2275  ? mbeat0[47:40] : 8'h00;
-  assign \$2277  = \$2273  | \$2276 ;
-  assign \$2278  = ~ sat5[3];
-  assign \$2279  = sat6[3] & \$2278 ;
-  assign \$2280  = \$2279  ? mbeat0[55:48] : 8'h00;
-  assign \$2281  = ~ sat6[3];
-  assign \$2282  = sat7[3] & \$2281 ;
-  assign \$2283  = \$2282  ? mbeat0[63:56] : 8'h00;
-  assign \$2284  = \$2280  | \$2283 ;
-  assign \$2285  = \$2277  | \$2284 ;
-  assign \$2286  = \$2270  | \$2285 ;
-  assign \$2287  = ~ sat7[3];
-  assign \$2288  = sat8[3] & \$2287 ;
-  assign \$2289  = \$2288  ? mbeat1[7:0] : 8'h00;
-  assign \$2290  = ~ sat8[3];
-  assign \$2291  = sat9[3] & \$2290 ;
-  assign \$2292  = \$2291  ? mbeat1[15:8] : 8'h00;
-  assign \$2293  = \$2289  | \$2292 ;
-  assign \$2294  = ~ sat9[3];
-  assign \$2295  = sat10[3] & \$2294 ;
-  assign \$2296  = \$2295  ? mbeat1[23:16] : 8'h00;
-  assign \$2297  = ~ sat10[3];
-  assign \$2298  = sat11[3] & \$2297 ;
-  assign \$2299  = \$2298  ? mbeat1[31:24] : 8'h00;
-  assign \$2300  = \$2296  | \$2299 ;
-  assign \$2301  = \$2293  | \$2300 ;
-  assign \$2302  = ~ sat11[3];
-  assign \$2303  = sat12[3] & \$2302 ;
-  assign \$2304  = \$2303  ? mbeat1[39:32] : 8'h00;
-  assign \$2305  = ~ sat12[3];
-  assign \$2306  = sat13[3] & \$2305 ;
-  assign \$2307  = \$2306  ? mbeat1[47:40] : 8'h00;
-  assign \$2308  = \$2304  | \$2307 ;
-  assign \$2309  = ~ sat13[3];
-  assign \$2310  = sat14[3] & \$2309 ;
-  assign \$2311  = \$2310  ? mbeat1[55:48] : 8'h00;
-  assign \$2312  = ~ sat14[3];
-  assign \$2313  = sat15[3] & \$2312 ;
-  assign \$2314  = \$2313  ? mbeat1[63:56] : 8'h00;
-  assign \$2315  = \$2311  | \$2314 ;
-  assign \$2316  = \$2308  | \$2315 ;
-  assign \$2317  = \$2301  | \$2316 ;
-  assign grp7 = \$2286  | \$2317 ;
-  assign \$2318  = sat0[3] ? \$152 [2:0] : 3'h0;
-  assign \$2319  = ~ sat0[3];
-  assign \$2320  = sat1[3] & \$2319 ;
-  assign \$2321  = \$2320  ? \$85 [2:0] : 3'h0;
-  assign \$2322  = \$2318  | \$2321 ;
-  assign \$2323  = ~ sat1[3];
-  assign \$2324  = sat2[3] & \$2323 ;
-  assign \$2325  = \$2324  ? \$89 [2:0] : 3'h0;
-  assign \$2326  = ~ sat2[3];
-  assign \$2327  = sat3[3] & \$2326 ;
-  assign \$2328  = \$2327  ? \$93 [2:0] : 3'h0;
-  assign \$2329  = \$2325  | \$2328 ;
-  assign \$2330  = \$2322  | \$2329 ;
-  assign \$2331  = ~ sat3[3];
-  assign \$2332  = sat4[3] & \$2331 ;
-  assign \$2333  = \$2332  ? \$97 [2:0] : 3'h0;
-  assign \$2334  = ~ sat4[3];
-  assign \$2335  = sat5[3] & \$2334 ;
-  assign \$2336  = \$2335  ? \$101 [2:0] : 3'h0;
-  assign \$2337  = \$2333  | \$2336 ;
-  assign \$2338  = ~ sat5[3];
-  assign \$2339  = sat6[3] & \$2338 ;
-  assign \$2340  = \$2339  ? \$105 [2:0] : 3'h0;
-  assign \$2341  = ~ sat6[3];
-  assign \$2342  = sat7[3] & \$2341 ;
-  assign \$2343  = \$2342  ? \$109 [2:0] : 3'h0;
-  assign \$2344  = \$2340  | \$2343 ;
-  assign \$2345  = \$2337  | \$2344 ;
-  assign \$2346  = \$2330  | \$2345 ;
-  assign \$2347  = ~ sat7[3];
-  assign \$2348  = sat8[3] & \$2347 ;
-  assign \$2349  = \$2348  ? \$113 [2:0] : 3'h0;
-  assign \$2350  = ~ sat8[3];
-  assign \$2351  = sat9[3] & \$2350 ;
-  assign \$2352  = \$2351  ? \$120 [2:0] : 3'h0;
-  assign \$2353  = \$2349  | \$2352 ;
-  assign \$2354  = ~ sat9[3];
-  assign \$2355  = sat10[3] & \$2354 ;
-  assign \$2356  = \$2355  ? \$124 [2:0] : 3'h0;
-  assign \$2357  = ~ sat10[3];
-  assign \$2358  = sat11[3] & \$2357 ;
-  assign \$2359  = \$2358  ? \$128 [2:0] : 3'h0;
-  assign \$2360  = \$2356  | \$2359 ;
-  assign \$2361  = \$2353  | \$2360 ;
-  assign \$2362  = ~ sat11[3];
-  assign \$2363  = sat12[3] & \$2362 ;
-  assign \$2364  = \$2363  ? \$132 [2:0] : 3'h0;
-  assign \$2365  = ~ sat12[3];
-  assign \$2366  = sat13[3] & \$2365 ;
-  assign \$2367  = \$2366  ? \$136 [2:0] : 3'h0;
-  assign \$2368  = \$2364  | \$2367 ;
-  assign \$2369  = ~ sat13[3];
-  assign \$2370  = sat14[3] & \$2369 ;
-  assign \$2371  = \$2370  ? \$140 [2:0] : 3'h0;
-  assign \$2372  = ~ sat14[3];
-  assign \$2373  = sat15[3] & \$2372 ;
-  assign \$2374  = \$2373  ? \$144 [2:0] : 3'h0;
-  assign \$2375  = \$2371  | \$2374 ;
-  assign \$2376  = \$2368  | \$2375 ;
-  assign \$2377  = \$2361  | \$2376 ;
-  assign dlow7 = \$2346  | \$2377 ;
-  assign \$2378  = 3'h7 - dlow7;
-  assign \$2379  = grp7[0] + grp7[1];
-  assign \$2380  = grp7[2] + grp7[3];
-  assign ws7_c = \$2379  + \$2380 ;
-  assign ws7_lo = \$2378 [2:0] < ws7_c;
-  assign \$2381  = \$2378 [2:0] - ws7_c;
+  assign \$1187  = k_cur <= 3'h6;
+  assign ln6 = finish & \$1187 ;
+  assign \$1188  = ln6 ? es_w : { rs_w[7], rs_w };
+  assign \$1189  = gsel6[2:1] - \$1188 [4:0];
+  assign \$1190  = ~ sat0[3];
+  assign \$1191  = sat1[3] & \$1190 ;
+  assign \$1192  = \$1191  ? 1'h1 : 1'h0;
+  assign \$1193  = ~ sat1[3];
+  assign \$1194  = sat2[3] & \$1193 ;
+  assign \$1195  = \$1194  ? 2'h2 : 2'h0;
+  assign \$1196  = { 1'h0, \$1192  } | \$1195 ;
+  assign \$1197  = ~ sat2[3];
+  assign \$1198  = sat3[3] & \$1197 ;
+  assign \$1199  = \$1198  ? 2'h3 : 2'h0;
+  assign \$1200  = ~ sat3[3];
+  assign \$1201  = sat4[3] & \$1200 ;
+  assign \$1202  = \$1201  ? 3'h4 : 3'h0;
+  assign \$1203  = { 1'h0, \$1199  } | \$1202 ;
+  assign \$1204  = { 1'h0, \$1196  } | \$1203 ;
+  assign \$1205  = ~ sat4[3];
+  assign \$1206  = sat5[3] & \$1205 ;
+  assign \$1207  = \$1206  ? 3'h5 : 3'h0;
+  assign \$1208  = ~ sat5[3];
+  assign \$1209  = sat6[3] & \$1208 ;
+  assign \$1210  = \$1209  ? 3'h6 : 3'h0;
+  assign \$1211  = \$1207  | \$1210 ;
+  assign \$1212  = ~ sat6[3];
+  assign \$1213  = sat7[3] & \$1212 ;
+  assign \$1214  = \$1213  ? 3'h7 : 3'h0;
+  assign \$1215  = \$1211  | \$1214 ;
+  assign gsel7 = \$1204  | \$1215 ;
+  assign \$1216  = sat0[3] ? mbeat0[15:0] : 16'h0000;
+  assign \$1217  = ~ sat0[3];
+  assign \$1218  = sat1[3] & \$1217 ;
+  assign \$1219  = \$1218  ? mbeat0[31:16] : 16'h0000;
+  assign \$1220  = \$1216  | \$1219 ;
+  assign \$1221  = ~ sat1[3];
+  assign \$1222  = sat2[3] & \$1221 ;
+  assign \$1223  = \$1222  ? mbeat0[47:32] : 16'h0000;
+  assign \$1224  = ~ sat2[3];
+  assign \$1225  = sat3[3] & \$1224 ;
+  assign \$1226  = \$1225  ? mbeat0[63:48] : 16'h0000;
+  assign \$1227  = \$1223  | \$1226 ;
+  assign \$1228  = \$1220  | \$1227 ;
+  assign \$1229  = ~ sat3[3];
+  assign \$1230  = sat4[3] & \$1229 ;
+  assign \$1231  = \$1230  ? mbeat1[15:0] : 16'h0000;
+  assign \$1232  = ~ sat4[3];
+  assign \$1233  = sat5[3] & \$1232 ;
+  assign \$1234  = \$1233  ? mbeat1[31:16] : 16'h0000;
+  assign \$1235  = \$1231  | \$1234 ;
+  assign \$1236  = ~ sat5[3];
+  assign \$1237  = sat6[3] & \$1236 ;
+  assign \$1238  = \$1237  ? mbeat1[47:32] : 16'h0000;
+  assign \$1239  = ~ sat6[3];
+  assign \$1240  = sat7[3] & \$1239 ;
+  assign \$1241  = \$1240  ? mbeat1[63:48] : 16'h0000;
+  assign \$1242  = \$1238  | \$1241 ;
+  assign \$1243  = \$1235  | \$1242 ;
+  assign grp7 = \$1228  | \$1243 ;
+  assign \$1244  = sat0[3] ? \$120 [3:0] : 4'h0;
+  assign \$1245  = ~ sat0[3];
+  assign \$1246  = sat1[3] & \$1245 ;
+  assign \$1247  = \$1246  ? \$85 [3:0] : 4'h0;
+  assign \$1248  = \$1244  | \$1247 ;
+  assign \$1249  = ~ sat1[3];
+  assign \$1250  = sat2[3] & \$1249 ;
+  assign \$1251  = \$1250  ? \$89 [3:0] : 4'h0;
+  assign \$1252  = ~ sat2[3];
+  assign \$1253  = sat3[3] & \$1252 ;
+  assign \$1254  = \$1253  ? \$93 [3:0] : 4'h0;
+  assign \$1255  = \$1251  | \$1254 ;
+  assign \$1256  = \$1248  | \$1255 ;
+  assign \$1257  = ~ sat3[3];
+  assign \$1258  = sat4[3] & \$1257 ;
+  assign \$1259  = \$1258  ? \$97 [3:0] : 4'h0;
+  assign \$1260  = ~ sat4[3];
+  assign \$1261  = sat5[3] & \$1260 ;
+  assign \$1262  = \$1261  ? \$104 [3:0] : 4'h0;
+  assign \$1263  = \$1259  | \$1262 ;
+  assign \$1264  = ~ sat5[3];
+  assign \$1265  = sat6[3] & \$1264 ;
+  assign \$1266  = \$1265  ? \$108 [3:0] : 4'h0;
+  assign \$1267  = ~ sat6[3];
+  assign \$1268  = sat7[3] & \$1267 ;
+  assign \$1269  = \$1268  ? \$112 [3:0] : 4'h0;
+  assign \$1270  = \$1266  | \$1269 ;
+  assign \$1271  = \$1263  | \$1270 ;
+  assign dlow7 = \$1256  | \$1271 ;
+  assign \$1272  = 3'h7 - dlow7;
+  assign \$1273  = grp7[0] + grp7[1];
+  assign \$1274  = grp7[2] + grp7[3];
+  assign \$1275  = \$1273  + \$1274 ;
+  assign \$1276  = grp7[4] + grp7[5];
+  assign \$1277  = grp7[6] + grp7[7];
+  assign \$1278  = \$1276  + \$1277 ;
+  assign ws7_c = \$1275  + \$1278 ;
+  assign ws7_lo = \$1272 [3:0] < ws7_c;
+  assign \$1279  = \$1272 [3:0] - ws7_c;
+  assign \$1280  = grp7[0] + grp7[1];
+  assign \$1281  = grp7[2] + grp7[3];
+  assign ws7l_c = \$1280  + \$1281 ;
+  assign ws7l_lo = \$1272 [2:0] < ws7l_c;
+  assign \$1282  = \$1272 [2:0] - ws7l_c;
+  assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
+  assign \$1283  = grp7[8] + grp7[9];
+  assign \$1284  = grp7[10] + grp7[11];
+  assign ws7h_c = \$1283  + \$1284 ;
+  assign ws7h_lo = \$1279 [2:0] < ws7h_c;
+  assign \$1285  = \$1279 [2:0] - ws7h_c;
+  assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign lv7 = k > 3'h7;
-  assign \$2382  = k_cur <= 3'h7;
-  assign ln7 = finish & \$2382 ;
-  assign \$2383  = ln7 ? es_w : { rs_w[7], rs_w };
-  assign \$2384  = gsel7[3:2] - \$2383 [4:0];
-  assign \$2385  = 4'h8 - vpos;
-  assign \$2386  = \$signal  ? \$2385  : 5'h00;
-  assign \$2387  = \$signal$346  ? 4'h8 : 4'h0;
-  assign \$2388  = $signed(\$2386 ) + $signed({ 1'h0, \$2387  });
-  assign vals_ok = k <= \$2388 [4:0];
-  assign vshift = { VB, \$signal$349  } >> { vpos, 3'h0 };
+  assign \$1286  = k_cur <= 3'h7;
+  assign ln7 = finish & \$1286 ;
+  assign \$1287  = ln7 ? es_w : { rs_w[7], rs_w };
+  assign \$1288  = gsel7[2:1] - \$1287 [4:0];
+  assign \$1289  = 4'h8 - vpos;
+  assign \$1290  = \$signal  ? \$1289  : 5'h00;
+  assign \$1291  = \$signal$330  ? 4'h8 : 4'h0;
+  assign \$1292  = $signed(\$1290 ) + $signed({ 1'h0, \$1291  });
+  assign vals_ok = k <= \$1292 [4:0];
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$333 [63:32] } : { VB[23:0], \$signal$333  };
+  assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
+  assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
   assign last_row = rows_left == 1'h1;
-  assign \$2389  = ~ vals_ok;
-  assign \$2390  = running & \$2389 ;
-  assign short_now = \$2390  & vlast_loaded;
+  assign \$1293  = ~ vals_ok;
+  assign \$1294  = running & \$1293 ;
+  assign short_now = \$1294  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$2391  = mbeat0_v | row_complete;
-  assign \$2392  = running & \$2391 ;
-  assign \$2393  = \$2392  & vals_ok;
-  assign \$2394  = ~ any_err;
-  assign can_go = \$2393  & \$2394 ;
-  assign \$2395  = finish & last_row;
-  assign \$2396  = | k;
-  assign \$2397  = \$2396  | finish;
-  assign o_lanes__valid = can_go & \$2397 ;
-  assign \$2398  = ~ o_lanes__valid;
-  assign \$2399  = \$2398  | o_lanes__ready;
-  assign advance = can_go & \$2399 ;
-  assign \$2400  = advance & finish;
-  assign mat_end = \$2400  & last_row;
-  assign \$2401  = advance ? k : 4'h0;
-  assign \$2402  = rbase + \$2401 ;
-  assign \$2403  = | flush_d;
-  assign \$2404  = running & mbeat0_v;
-  assign \$2405  = rbase >= mbeat0[119:113];
-  assign \$2406  = \$2404  & \$2405 ;
-  assign \$2407  = $signed(es_w) > $signed(3'h2);
-  assign \$2408  = \$2406  & \$2407 ;
+  assign \$1295  = mbeat0_v | row_complete;
+  assign \$1296  = running & \$1295 ;
+  assign \$1297  = \$1296  & vals_ok;
+  assign \$1298  = ~ any_err;
+  assign can_go = \$1297  & \$1298 ;
+  assign \$1299  = finish & last_row;
+  assign \$1300  = | k;
+  assign \$1301  = \$1300  | finish;
+  assign o_lanes__valid = can_go & \$1301 ;
+  assign \$1302  = ~ o_lanes__valid;
+  assign \$1303  = \$1302  | o_lanes__ready;
+  assign advance = can_go & \$1303 ;
+  assign \$1304  = advance & finish;
+  assign mat_end = \$1304  & last_row;
+  assign \$1305  = advance ? k : 4'h0;
+  assign \$1306  = rbase + \$1305 ;
+  assign \$1307  = | flush_d;
+  assign \$1308  = running & mbeat0_v;
+  assign \$1309  = rbase >= mbeat0[91:85];
+  assign \$1310  = \$1308  & \$1309 ;
+  assign \$1311  = $signed(es_w) > $signed(3'h2);
+  assign \$1312  = \$1310  & \$1311 ;
   assign i_mask__ready = ~ mbeat1_nv;
   assign vpos_n = vpos + k;
-  assign \$2409  = ~ vlast_loaded;
-  assign \$2410  = ! vpos;
-  assign \$2411  = \$signal  & \$2410 ;
-  assign \$2412  = \$2411  | \$signal$346 ;
-  assign \$2413  = ~ \$2412 ;
-  assign \$2414  = | vpos;
-  assign \$2415  = \$2414  ? \$signal$375  : prev_last;
-  assign \$2416  = \$2413  & \$2415 ;
-  assign \$2417  = ! vpos;
-  assign \$2418  = \$signal  & \$2417 ;
-  assign \$2419  = \$2418  | \$signal$346 ;
-  assign \$2420  = ~ \$2419 ;
-  assign \$2421  = | vpos;
-  assign \$2422  = \$2421  ? \$signal$375  : prev_last;
-  assign \$2423  = \$2420  & \$2422 ;
-  assign \$2424  = ~ \$2423 ;
-  assign \$2425  = \$signal  & \$signal$375 ;
-  assign \$2426  = ~ \$signal$346 ;
-  assign \$2427  = \$2425  & \$2426 ;
-  assign \$2428  = ~ \$signal$346 ;
-  assign \$2429  = \$signal$375  & \$2428 ;
-  assign \$2430  = ~ \$2429 ;
-  assign \$2431  = \$signal  & \$2430 ;
-  assign \$2432  = end_ok | end_bad;
-  assign \$2433  = endv & \$2432 ;
-  assign \$2434  = any_err | \$2433 ;
-  assign \$2435  = | k;
-  assign \$2436  = advance & \$2435 ;
-  assign \$2437  = vpos_n >= 4'h8;
-  assign \$2438  = \$signal$372  & \$signal$373 ;
-  assign \$2439  = ~ \$2438 ;
-  assign i_value__ready = allow_load & \$2439 ;
-  assign \$2440  = ~ running;
-  assign \$2441  = ~ endv;
-  assign i_cmd__ready = \$2440  & \$2441 ;
-  assign \$2442  = i_cmd__valid & i_cmd__ready;
-  assign \$2443  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$2446  = endv & end_bad;
-  assign \$2447  = ~ any_err;
-  assign \$2448  = \$2446  & \$2447 ;
-  assign \$2449  = ~ any_err;
-  assign \$2450  = short_now & \$2449 ;
-  assign \$2451  = o_lanes__valid & o_lanes__ready;
-  assign \$2452  = { \$561 [4:0], gsel0[1:0], ws0 } >= cols_r;
-  assign \$2453  = lv0 & \$2452 ;
-  assign \$2454  = { \$858 [4:0], gsel1[1:0], ws1 } >= cols_r;
-  assign \$2455  = lv1 & \$2454 ;
-  assign \$2456  = \$2453  | \$2455 ;
-  assign \$2457  = { \$1171 [4:0], gsel2[1:0], ws2 } >= cols_r;
-  assign \$2458  = lv2 & \$2457 ;
-  assign \$2459  = { \$1388 [4:0], gsel3[1:0], ws3 } >= cols_r;
-  assign \$2460  = lv3 & \$2459 ;
-  assign \$2461  = \$2458  | \$2460 ;
-  assign \$2462  = \$2456  | \$2461 ;
-  assign \$2463  = { \$1717 [4:0], gsel4[1:0], ws4 } >= cols_r;
-  assign \$2464  = lv4 & \$2463 ;
-  assign \$2465  = { \$1950 [4:0], gsel5[1:0], ws5 } >= cols_r;
-  assign \$2466  = lv5 & \$2465 ;
-  assign \$2467  = \$2464  | \$2466 ;
-  assign \$2468  = { \$2199 [4:0], gsel6[1:0], ws6 } >= cols_r;
-  assign \$2469  = lv6 & \$2468 ;
-  assign \$2470  = { \$2384 [4:0], gsel7[1:0], ws7 } >= cols_r;
-  assign \$2471  = lv7 & \$2470 ;
-  assign \$2472  = \$2469  | \$2471 ;
-  assign \$2473  = \$2467  | \$2472 ;
-  assign \$2474  = \$2462  | \$2473 ;
-  assign \$2475  = \$2451  & \$2474 ;
-  assign \$2476  = | flush_d;
-  assign \$2478  = $signed(es_bits) > $signed(1'h0);
-  assign \$2479  = $signed(es_bits) <= $signed(8'h40);
-  assign \$2480  = \$2478  & \$2479 ;
-  assign \$2481  = $signed(es_bits) > $signed(8'h40);
-  assign \$2482  = $signed(es_bits) <= $signed(9'h080);
-  assign \$2483  = \$2481  & \$2482 ;
-  assign \$2485  = \$2402 [7:0] - mbeat0[119:113];
-  assign \$2486  = advance & finish;
-  assign \$2487  = \$2486  ? es_w : { rs_w[7], rs_w };
-  assign \$2488  = $signed(\$2487 ) - $signed(3'h2);
-  assign \$2489  = advance & finish;
-  assign \$2490  = \$2489  ? es2_w : { es_w[8], es_w };
-  assign \$2491  = $signed(\$2490 ) - $signed(3'h2);
-  assign \$2492  = advance & finish;
-  assign \$2493  = \$2492  ? es3_w : { es2_w[9], es2_w };
-  assign \$2494  = $signed(\$2493 ) - $signed(3'h2);
-  assign \$2495  = advance & finish;
-  assign \$2496  = \$2495  ? es_w : { rs_w[7], rs_w };
-  assign \$2497  = advance & finish;
-  assign \$2498  = \$2497  ? es2_w : { es_w[8], es_w };
-  assign \$2499  = advance & finish;
-  assign \$2500  = \$2499  ? es3_w : { es2_w[9], es2_w };
-  assign \$2501  = ~ mbeat0_nv;
-  assign \$2503  = ~ mbeat1_nv;
-  assign \$2504  = \$2503  & mbeat0_nv;
-  assign \$2505  = end_ok | end_bad;
-  assign \$2506  = endv & \$2505 ;
-  assign \$2507  = any_err | \$2506 ;
-  assign \$2508  = | k;
-  assign \$2509  = advance & \$2508 ;
-  assign \$2510  = vpos_n >= 4'h8;
-  assign \$2511  = vpos_n - 4'h8;
-  assign \$2512  = i_value__valid & allow_load;
-  assign \$2513  = ~ \$signal$372 ;
-  assign \$2514  = ~ \$signal$373 ;
-  assign \$2515  = \$signal$372  & \$signal$373 ;
-  assign \$2516  = ~ \$2515 ;
-  assign \$2517  = i_cmd__valid & i_cmd__ready;
-  assign \$2522  = advance & finish;
-  assign \$2523  = rows_left - 1'h1;
-  assign \$2524  = end_ok | end_bad;
-  assign \$2525  = endv & \$2524 ;
-  assign \$2526  = o_error_flags | flags;
+  assign \$1313  = ~ vlast_loaded;
+  assign \$1314  = ! vpos;
+  assign \$1315  = \$signal  & \$1314 ;
+  assign \$1316  = \$1315  | \$signal$330 ;
+  assign \$1317  = ~ \$1316 ;
+  assign \$1318  = | vpos;
+  assign \$1319  = \$1318  ? \$signal$361  : prev_last;
+  assign \$1320  = \$1317  & \$1319 ;
+  assign \$1321  = ! vpos;
+  assign \$1322  = \$signal  & \$1321 ;
+  assign \$1323  = \$1322  | \$signal$330 ;
+  assign \$1324  = ~ \$1323 ;
+  assign \$1325  = | vpos;
+  assign \$1326  = \$1325  ? \$signal$361  : prev_last;
+  assign \$1327  = \$1324  & \$1326 ;
+  assign \$1328  = ~ \$1327 ;
+  assign \$1329  = \$signal  & \$signal$361 ;
+  assign \$1330  = ~ \$signal$330 ;
+  assign \$1331  = \$1329  & \$1330 ;
+  assign \$1332  = ~ \$signal$330 ;
+  assign \$1333  = \$signal$361  & \$1332 ;
+  assign \$1334  = ~ \$1333 ;
+  assign \$1335  = \$signal  & \$1334 ;
+  assign \$1336  = end_ok | end_bad;
+  assign \$1337  = endv & \$1336 ;
+  assign \$1338  = any_err | \$1337 ;
+  assign \$1339  = | k;
+  assign \$1340  = advance & \$1339 ;
+  assign \$1341  = vpos_n >= 4'h8;
+  assign \$1342  = \$signal$358  & \$signal$359 ;
+  assign \$1343  = ~ \$1342 ;
+  assign i_value__ready = allow_load & \$1343 ;
+  assign \$1344  = ~ running;
+  assign \$1345  = ~ endv;
+  assign i_cmd__ready = \$1344  & \$1345 ;
+  assign \$1346  = i_cmd__valid & i_cmd__ready;
+  assign \$1347  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$1350  = endv & end_bad;
+  assign \$1351  = ~ any_err;
+  assign \$1352  = \$1350  & \$1351 ;
+  assign \$1353  = ~ any_err;
+  assign \$1354  = short_now & \$1353 ;
+  assign \$1355  = o_lanes__valid & o_lanes__ready;
+  assign \$1356  = { \$331 [4:0], gsel0[0], ws0 } >= cols_r;
+  assign \$1357  = lv0 & \$1356 ;
+  assign \$1358  = { \$486 [4:0], gsel1[0], ws1 } >= cols_r;
+  assign \$1359  = lv1 & \$1358 ;
+  assign \$1360  = \$1357  | \$1359 ;
+  assign \$1361  = { \$649 [4:0], gsel2[0], ws2 } >= cols_r;
+  assign \$1362  = lv2 & \$1361 ;
+  assign \$1363  = { \$764 [4:0], gsel3[0], ws3 } >= cols_r;
+  assign \$1364  = lv3 & \$1363 ;
+  assign \$1365  = \$1362  | \$1364 ;
+  assign \$1366  = \$1360  | \$1365 ;
+  assign \$1367  = { \$935 [4:0], gsel4[0], ws4 } >= cols_r;
+  assign \$1368  = lv4 & \$1367 ;
+  assign \$1369  = { \$1058 [4:0], gsel5[0], ws5 } >= cols_r;
+  assign \$1370  = lv5 & \$1369 ;
+  assign \$1371  = \$1368  | \$1370 ;
+  assign \$1372  = { \$1189 [4:0], gsel6[0], ws6 } >= cols_r;
+  assign \$1373  = lv6 & \$1372 ;
+  assign \$1374  = { \$1288 [4:0], gsel7[0], ws7 } >= cols_r;
+  assign \$1375  = lv7 & \$1374 ;
+  assign \$1376  = \$1373  | \$1375 ;
+  assign \$1377  = \$1371  | \$1376 ;
+  assign \$1378  = \$1366  | \$1377 ;
+  assign \$1379  = \$1355  & \$1378 ;
+  assign \$1380  = | flush_d;
+  assign \$1382  = $signed(es_bits) > $signed(1'h0);
+  assign \$1383  = $signed(es_bits) <= $signed(8'h40);
+  assign \$1384  = \$1382  & \$1383 ;
+  assign \$1385  = $signed(es_bits) > $signed(8'h40);
+  assign \$1386  = $signed(es_bits) <= $signed(9'h080);
+  assign \$1387  = \$1385  & \$1386 ;
+  assign \$1389  = \$1306 [7:0] - mbeat0[91:85];
+  assign \$1390  = advance & finish;
+  assign \$1391  = \$1390  ? es_w : { rs_w[7], rs_w };
+  assign \$1392  = $signed(\$1391 ) - $signed(3'h2);
+  assign \$1393  = advance & finish;
+  assign \$1394  = \$1393  ? es2_w : { es_w[8], es_w };
+  assign \$1395  = $signed(\$1394 ) - $signed(3'h2);
+  assign \$1396  = advance & finish;
+  assign \$1397  = \$1396  ? es3_w : { es2_w[9], es2_w };
+  assign \$1398  = $signed(\$1397 ) - $signed(3'h2);
+  assign \$1399  = advance & finish;
+  assign \$1400  = \$1399  ? es_w : { rs_w[7], rs_w };
+  assign \$1401  = advance & finish;
+  assign \$1402  = \$1401  ? es2_w : { es_w[8], es_w };
+  assign \$1403  = advance & finish;
+  assign \$1404  = \$1403  ? es3_w : { es2_w[9], es2_w };
+  assign \$1405  = ~ mbeat0_nv;
+  assign \$1407  = ~ mbeat1_nv;
+  assign \$1408  = \$1407  & mbeat0_nv;
+  assign \$1409  = end_ok | end_bad;
+  assign \$1410  = endv & \$1409 ;
+  assign \$1411  = any_err | \$1410 ;
+  assign \$1412  = | k;
+  assign \$1413  = advance & \$1412 ;
+  assign \$1414  = vpos_n >= 4'h8;
+  assign \$1415  = vpos_n - 4'h8;
+  assign \$1416  = i_value__valid & allow_load;
+  assign \$1417  = ~ \$signal$358 ;
+  assign \$1418  = ~ \$signal$359 ;
+  assign \$1419  = \$signal$358  & \$signal$359 ;
+  assign \$1420  = ~ \$1419 ;
+  assign \$1421  = i_cmd__valid & i_cmd__ready;
+  assign \$1426  = advance & finish;
+  assign \$1427  = rows_left - 1'h1;
+  assign \$1428  = end_ok | end_bad;
+  assign \$1429  = endv & \$1428 ;
+  assign \$1430  = o_error_flags | flags;
   always @(posedge clk)
-    short_err <= \$2527 ;
+    short_err <= \$1431 ;
   always @(posedge clk)
-    pad_r <= \$2528 ;
+    pad_r <= \$1432 ;
   always @(posedge clk)
-    rbase <= \$2529 ;
+    rbase <= \$1433 ;
   always @(posedge clk)
-    rs_w <= \$2530 ;
+    rs_w <= \$1434 ;
   always @(posedge clk)
-    es_w <= \$2531 ;
+    es_w <= \$1435 ;
   always @(posedge clk)
-    es2_w <= \$2532 ;
+    es2_w <= \$1436 ;
   always @(posedge clk)
-    flush_d <= \$2533 ;
+    flush_d <= \$1437 ;
   always @(posedge clk)
-    mbeat0 <= \$2534 ;
+    mbeat0 <= \$1438 ;
   always @(posedge clk)
-    mbeat1 <= \$2535 ;
+    mbeat1 <= \$1439 ;
   always @(posedge clk)
-    mbeat0_v <= \$2536 ;
+    mbeat0_v <= \$1440 ;
   always @(posedge clk)
-    mbeat1_v <= \$2537 ;
+    mbeat1_v <= \$1441 ;
   always @(posedge clk)
-    vpos <= \$2538 ;
+    vpos <= \$1442 ;
   always @(posedge clk)
-    vlast_loaded <= \$2539 ;
+    vlast_loaded <= \$1443 ;
   always @(posedge clk)
-    prev_last <= \$2540 ;
+    prev_last <= \$1444 ;
   always @(posedge clk)
-    any_val <= \$2541 ;
+    any_val <= \$1445 ;
   always @(posedge clk)
-    \$signal$349  <= \$2542 ;
+    \$signal$333  <= \$1446 ;
   always @(posedge clk)
-    VB <= \$2543 ;
+    VB <= \$1447 ;
   always @(posedge clk)
-    \$signal  <= \$2544 ;
+    \$signal  <= \$1448 ;
   always @(posedge clk)
-    \$signal$346  <= \$2545 ;
+    \$signal$330  <= \$1449 ;
   always @(posedge clk)
-    \$signal$375  <= \$2546 ;
+    \$signal$361  <= \$1450 ;
   always @(posedge clk)
-    \$signal$376  <= \$2547 ;
+    \$signal$362  <= \$1451 ;
   always @(posedge clk)
-    running <= \$2548 ;
+    running <= \$1452 ;
   always @(posedge clk)
-    rows_left <= \$2549 ;
+    rows_left <= \$1453 ;
   always @(posedge clk)
-    cols_r <= \$2550 ;
+    cols_r <= \$1454 ;
   always @(posedge clk)
-    stride_w <= \$2551 ;
+    stride_w <= \$1455 ;
   always @(posedge clk)
-    endv <= \$2552 ;
+    endv <= \$1456 ;
   always @(posedge clk)
-    o_error_flags <= \$2553 ;
+    o_error_flags <= \$1457 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -9647,866 +7324,1730 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws0l = 2'h0;
-    casez ({ \$555 [1:0], grp0[3:0] })
+    ws0ll = 2'h0;
+    casez ({ \$315 [1:0], grp0[3:0] })
       6'h02:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h13:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h04:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h15:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h06:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h16:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h17:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h27:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h08:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h19:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h0a:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h1a:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h1b:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h2b:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h0c:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h1c:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h1d:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h2d:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h0e:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h1e:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h2e:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
       6'h1f:
-          ws0l = 2'h1;
+          ws0ll = 2'h1;
       6'h2f:
-          ws0l = 2'h2;
+          ws0ll = 2'h2;
       6'h3f:
-          ws0l = 2'h3;
+          ws0ll = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws0h = 2'h0;
-    casez ({ \$558 [1:0], grp0[7:4] })
+    ws0lh = 2'h0;
+    casez ({ \$325 [1:0], grp0[7:4] })
       6'h02:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h13:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h04:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h15:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h06:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h16:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h17:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h27:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h08:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h19:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h0a:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h1a:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h1b:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h2b:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h0c:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h1c:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h1d:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h2d:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h0e:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h1e:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h2e:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
       6'h1f:
-          ws0h = 2'h1;
+          ws0lh = 2'h1;
       6'h2f:
-          ws0h = 2'h2;
+          ws0lh = 2'h2;
       6'h3f:
-          ws0h = 2'h3;
+          ws0lh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws1l = 2'h0;
-    casez ({ \$852 [1:0], grp1[3:0] })
+    ws0hl = 2'h0;
+    casez ({ \$322 [1:0], grp0[11:8] })
       6'h02:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h13:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h04:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h15:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h06:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h16:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h17:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h27:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h08:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h19:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h0a:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h1a:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h1b:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h2b:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h0c:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h1c:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h1d:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h2d:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h0e:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h1e:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h2e:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
       6'h1f:
-          ws1l = 2'h1;
+          ws0hl = 2'h1;
       6'h2f:
-          ws1l = 2'h2;
+          ws0hl = 2'h2;
       6'h3f:
-          ws1l = 2'h3;
+          ws0hl = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws1h = 2'h0;
-    casez ({ \$855 [1:0], grp1[7:4] })
+    ws0hh = 2'h0;
+    casez ({ \$328 [1:0], grp0[15:12] })
       6'h02:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h13:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h04:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h15:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h06:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h16:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h17:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h27:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h08:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h19:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h0a:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h1a:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h1b:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h2b:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h0c:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h1c:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h1d:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h2d:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h0e:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h1e:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h2e:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
       6'h1f:
-          ws1h = 2'h1;
+          ws0hh = 2'h1;
       6'h2f:
-          ws1h = 2'h2;
+          ws0hh = 2'h2;
       6'h3f:
-          ws1h = 2'h3;
+          ws0hh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws2l = 2'h0;
-    casez ({ \$1165 [1:0], grp2[3:0] })
+    ws1ll = 2'h0;
+    casez ({ \$470 [1:0], grp1[3:0] })
       6'h02:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h13:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h04:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h15:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h06:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h16:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h17:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h27:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h08:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h19:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h0a:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h1a:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h1b:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h2b:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h0c:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h1c:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h1d:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h2d:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h0e:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h1e:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h2e:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
       6'h1f:
-          ws2l = 2'h1;
+          ws1ll = 2'h1;
       6'h2f:
-          ws2l = 2'h2;
+          ws1ll = 2'h2;
       6'h3f:
-          ws2l = 2'h3;
+          ws1ll = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws2h = 2'h0;
-    casez ({ \$1168 [1:0], grp2[7:4] })
+    ws1lh = 2'h0;
+    casez ({ \$480 [1:0], grp1[7:4] })
       6'h02:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h13:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h04:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h15:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h06:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h16:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h17:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h27:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h08:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h19:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h0a:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h1a:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h1b:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h2b:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h0c:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h1c:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h1d:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h2d:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h0e:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h1e:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h2e:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
       6'h1f:
-          ws2h = 2'h1;
+          ws1lh = 2'h1;
       6'h2f:
-          ws2h = 2'h2;
+          ws1lh = 2'h2;
       6'h3f:
-          ws2h = 2'h3;
+          ws1lh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws3l = 2'h0;
-    casez ({ \$1382 [1:0], grp3[3:0] })
+    ws1hl = 2'h0;
+    casez ({ \$477 [1:0], grp1[11:8] })
       6'h02:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h13:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h04:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h15:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h06:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h16:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h17:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h27:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h08:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h19:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h0a:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h1a:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h1b:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h2b:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h0c:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h1c:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h1d:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h2d:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h0e:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h1e:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h2e:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
       6'h1f:
-          ws3l = 2'h1;
+          ws1hl = 2'h1;
       6'h2f:
-          ws3l = 2'h2;
+          ws1hl = 2'h2;
       6'h3f:
-          ws3l = 2'h3;
+          ws1hl = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws3h = 2'h0;
-    casez ({ \$1385 [1:0], grp3[7:4] })
+    ws1hh = 2'h0;
+    casez ({ \$483 [1:0], grp1[15:12] })
       6'h02:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h13:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h04:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h15:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h06:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h16:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h17:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h27:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h08:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h19:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h0a:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h1a:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h1b:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h2b:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h0c:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h1c:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h1d:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h2d:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h0e:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h1e:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h2e:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
       6'h1f:
-          ws3h = 2'h1;
+          ws1hh = 2'h1;
       6'h2f:
-          ws3h = 2'h2;
+          ws1hh = 2'h2;
       6'h3f:
-          ws3h = 2'h3;
+          ws1hh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws4l = 2'h0;
-    casez ({ \$1711 [1:0], grp4[3:0] })
+    ws2ll = 2'h0;
+    casez ({ \$633 [1:0], grp2[3:0] })
       6'h02:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h13:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h04:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h15:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h06:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h16:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h17:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h27:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h08:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h19:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h0a:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h1a:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h1b:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h2b:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h0c:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h1c:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h1d:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h2d:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h0e:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h1e:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h2e:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
       6'h1f:
-          ws4l = 2'h1;
+          ws2ll = 2'h1;
       6'h2f:
-          ws4l = 2'h2;
+          ws2ll = 2'h2;
       6'h3f:
-          ws4l = 2'h3;
+          ws2ll = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws4h = 2'h0;
-    casez ({ \$1714 [1:0], grp4[7:4] })
+    ws2lh = 2'h0;
+    casez ({ \$643 [1:0], grp2[7:4] })
       6'h02:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h13:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h04:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h15:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h06:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h16:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h17:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h27:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h08:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h19:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h0a:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h1a:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h1b:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h2b:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h0c:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h1c:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h1d:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h2d:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h0e:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h1e:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h2e:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
       6'h1f:
-          ws4h = 2'h1;
+          ws2lh = 2'h1;
       6'h2f:
-          ws4h = 2'h2;
+          ws2lh = 2'h2;
       6'h3f:
-          ws4h = 2'h3;
+          ws2lh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws5l = 2'h0;
-    casez ({ \$1944 [1:0], grp5[3:0] })
+    ws2hl = 2'h0;
+    casez ({ \$640 [1:0], grp2[11:8] })
       6'h02:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h13:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h04:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h15:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h06:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h16:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h17:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h27:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h08:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h19:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h0a:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h1a:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h1b:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h2b:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h0c:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h1c:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h1d:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h2d:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h0e:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h1e:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h2e:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
       6'h1f:
-          ws5l = 2'h1;
+          ws2hl = 2'h1;
       6'h2f:
-          ws5l = 2'h2;
+          ws2hl = 2'h2;
       6'h3f:
-          ws5l = 2'h3;
+          ws2hl = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws5h = 2'h0;
-    casez ({ \$1947 [1:0], grp5[7:4] })
+    ws2hh = 2'h0;
+    casez ({ \$646 [1:0], grp2[15:12] })
       6'h02:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h13:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h04:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h15:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h06:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h16:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h17:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h27:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h08:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h19:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h0a:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h1a:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h1b:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h2b:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h0c:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h1c:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h1d:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h2d:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h0e:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h1e:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h2e:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
       6'h1f:
-          ws5h = 2'h1;
+          ws2hh = 2'h1;
       6'h2f:
-          ws5h = 2'h2;
+          ws2hh = 2'h2;
       6'h3f:
-          ws5h = 2'h3;
+          ws2hh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws6l = 2'h0;
-    casez ({ \$2193 [1:0], grp6[3:0] })
+    ws3ll = 2'h0;
+    casez ({ \$748 [1:0], grp3[3:0] })
       6'h02:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h13:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h04:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h15:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h06:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h16:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h17:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h27:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h08:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h19:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h0a:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h1a:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h1b:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h2b:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h0c:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h1c:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h1d:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h2d:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h0e:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h1e:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h2e:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
       6'h1f:
-          ws6l = 2'h1;
+          ws3ll = 2'h1;
       6'h2f:
-          ws6l = 2'h2;
+          ws3ll = 2'h2;
       6'h3f:
-          ws6l = 2'h3;
+          ws3ll = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws6h = 2'h0;
-    casez ({ \$2196 [1:0], grp6[7:4] })
+    ws3lh = 2'h0;
+    casez ({ \$758 [1:0], grp3[7:4] })
       6'h02:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h13:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h04:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h15:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h06:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h16:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h17:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h27:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h08:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h19:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h0a:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h1a:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h1b:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h2b:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h0c:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h1c:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h1d:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h2d:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h0e:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h1e:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h2e:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
       6'h1f:
-          ws6h = 2'h1;
+          ws3lh = 2'h1;
       6'h2f:
-          ws6h = 2'h2;
+          ws3lh = 2'h2;
       6'h3f:
-          ws6h = 2'h3;
+          ws3lh = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws7l = 2'h0;
-    casez ({ \$2378 [1:0], grp7[3:0] })
+    ws3hl = 2'h0;
+    casez ({ \$755 [1:0], grp3[11:8] })
       6'h02:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h13:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h04:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h15:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h06:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h16:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h17:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h27:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h08:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h19:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h0a:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h1a:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h1b:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h2b:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h0c:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h1c:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h1d:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h2d:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h0e:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h1e:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h2e:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
       6'h1f:
-          ws7l = 2'h1;
+          ws3hl = 2'h1;
       6'h2f:
-          ws7l = 2'h2;
+          ws3hl = 2'h2;
       6'h3f:
-          ws7l = 2'h3;
+          ws3hl = 2'h3;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    ws7h = 2'h0;
-    casez ({ \$2381 [1:0], grp7[7:4] })
+    ws3hh = 2'h0;
+    casez ({ \$761 [1:0], grp3[15:12] })
       6'h02:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h13:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h04:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h15:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h06:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h16:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h17:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h27:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h08:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h19:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h0a:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h1a:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h1b:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h2b:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h0c:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h1c:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h1d:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h2d:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h0e:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h1e:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h2e:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
       6'h1f:
-          ws7h = 2'h1;
+          ws3hh = 2'h1;
       6'h2f:
-          ws7h = 2'h2;
+          ws3hh = 2'h2;
       6'h3f:
-          ws7h = 2'h3;
+          ws3hh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws4ll = 2'h0;
+    casez ({ \$919 [1:0], grp4[3:0] })
+      6'h02:
+          ws4ll = 2'h1;
+      6'h13:
+          ws4ll = 2'h1;
+      6'h04:
+          ws4ll = 2'h2;
+      6'h15:
+          ws4ll = 2'h2;
+      6'h06:
+          ws4ll = 2'h1;
+      6'h16:
+          ws4ll = 2'h2;
+      6'h17:
+          ws4ll = 2'h1;
+      6'h27:
+          ws4ll = 2'h2;
+      6'h08:
+          ws4ll = 2'h3;
+      6'h19:
+          ws4ll = 2'h3;
+      6'h0a:
+          ws4ll = 2'h1;
+      6'h1a:
+          ws4ll = 2'h3;
+      6'h1b:
+          ws4ll = 2'h1;
+      6'h2b:
+          ws4ll = 2'h3;
+      6'h0c:
+          ws4ll = 2'h2;
+      6'h1c:
+          ws4ll = 2'h3;
+      6'h1d:
+          ws4ll = 2'h2;
+      6'h2d:
+          ws4ll = 2'h3;
+      6'h0e:
+          ws4ll = 2'h1;
+      6'h1e:
+          ws4ll = 2'h2;
+      6'h2e:
+          ws4ll = 2'h3;
+      6'h1f:
+          ws4ll = 2'h1;
+      6'h2f:
+          ws4ll = 2'h2;
+      6'h3f:
+          ws4ll = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws4lh = 2'h0;
+    casez ({ \$929 [1:0], grp4[7:4] })
+      6'h02:
+          ws4lh = 2'h1;
+      6'h13:
+          ws4lh = 2'h1;
+      6'h04:
+          ws4lh = 2'h2;
+      6'h15:
+          ws4lh = 2'h2;
+      6'h06:
+          ws4lh = 2'h1;
+      6'h16:
+          ws4lh = 2'h2;
+      6'h17:
+          ws4lh = 2'h1;
+      6'h27:
+          ws4lh = 2'h2;
+      6'h08:
+          ws4lh = 2'h3;
+      6'h19:
+          ws4lh = 2'h3;
+      6'h0a:
+          ws4lh = 2'h1;
+      6'h1a:
+          ws4lh = 2'h3;
+      6'h1b:
+          ws4lh = 2'h1;
+      6'h2b:
+          ws4lh = 2'h3;
+      6'h0c:
+          ws4lh = 2'h2;
+      6'h1c:
+          ws4lh = 2'h3;
+      6'h1d:
+          ws4lh = 2'h2;
+      6'h2d:
+          ws4lh = 2'h3;
+      6'h0e:
+          ws4lh = 2'h1;
+      6'h1e:
+          ws4lh = 2'h2;
+      6'h2e:
+          ws4lh = 2'h3;
+      6'h1f:
+          ws4lh = 2'h1;
+      6'h2f:
+          ws4lh = 2'h2;
+      6'h3f:
+          ws4lh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws4hl = 2'h0;
+    casez ({ \$926 [1:0], grp4[11:8] })
+      6'h02:
+          ws4hl = 2'h1;
+      6'h13:
+          ws4hl = 2'h1;
+      6'h04:
+          ws4hl = 2'h2;
+      6'h15:
+          ws4hl = 2'h2;
+      6'h06:
+          ws4hl = 2'h1;
+      6'h16:
+          ws4hl = 2'h2;
+      6'h17:
+          ws4hl = 2'h1;
+      6'h27:
+          ws4hl = 2'h2;
+      6'h08:
+          ws4hl = 2'h3;
+      6'h19:
+          ws4hl = 2'h3;
+      6'h0a:
+          ws4hl = 2'h1;
+      6'h1a:
+          ws4hl = 2'h3;
+      6'h1b:
+          ws4hl = 2'h1;
+      6'h2b:
+          ws4hl = 2'h3;
+      6'h0c:
+          ws4hl = 2'h2;
+      6'h1c:
+          ws4hl = 2'h3;
+      6'h1d:
+          ws4hl = 2'h2;
+      6'h2d:
+          ws4hl = 2'h3;
+      6'h0e:
+          ws4hl = 2'h1;
+      6'h1e:
+          ws4hl = 2'h2;
+      6'h2e:
+          ws4hl = 2'h3;
+      6'h1f:
+          ws4hl = 2'h1;
+      6'h2f:
+          ws4hl = 2'h2;
+      6'h3f:
+          ws4hl = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws4hh = 2'h0;
+    casez ({ \$932 [1:0], grp4[15:12] })
+      6'h02:
+          ws4hh = 2'h1;
+      6'h13:
+          ws4hh = 2'h1;
+      6'h04:
+          ws4hh = 2'h2;
+      6'h15:
+          ws4hh = 2'h2;
+      6'h06:
+          ws4hh = 2'h1;
+      6'h16:
+          ws4hh = 2'h2;
+      6'h17:
+          ws4hh = 2'h1;
+      6'h27:
+          ws4hh = 2'h2;
+      6'h08:
+          ws4hh = 2'h3;
+      6'h19:
+          ws4hh = 2'h3;
+      6'h0a:
+          ws4hh = 2'h1;
+      6'h1a:
+          ws4hh = 2'h3;
+      6'h1b:
+          ws4hh = 2'h1;
+      6'h2b:
+          ws4hh = 2'h3;
+      6'h0c:
+          ws4hh = 2'h2;
+      6'h1c:
+          ws4hh = 2'h3;
+      6'h1d:
+          ws4hh = 2'h2;
+      6'h2d:
+          ws4hh = 2'h3;
+      6'h0e:
+          ws4hh = 2'h1;
+      6'h1e:
+          ws4hh = 2'h2;
+      6'h2e:
+          ws4hh = 2'h3;
+      6'h1f:
+          ws4hh = 2'h1;
+      6'h2f:
+          ws4hh = 2'h2;
+      6'h3f:
+          ws4hh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws5ll = 2'h0;
+    casez ({ \$1042 [1:0], grp5[3:0] })
+      6'h02:
+          ws5ll = 2'h1;
+      6'h13:
+          ws5ll = 2'h1;
+      6'h04:
+          ws5ll = 2'h2;
+      6'h15:
+          ws5ll = 2'h2;
+      6'h06:
+          ws5ll = 2'h1;
+      6'h16:
+          ws5ll = 2'h2;
+      6'h17:
+          ws5ll = 2'h1;
+      6'h27:
+          ws5ll = 2'h2;
+      6'h08:
+          ws5ll = 2'h3;
+      6'h19:
+          ws5ll = 2'h3;
+      6'h0a:
+          ws5ll = 2'h1;
+      6'h1a:
+          ws5ll = 2'h3;
+      6'h1b:
+          ws5ll = 2'h1;
+      6'h2b:
+          ws5ll = 2'h3;
+      6'h0c:
+          ws5ll = 2'h2;
+      6'h1c:
+          ws5ll = 2'h3;
+      6'h1d:
+          ws5ll = 2'h2;
+      6'h2d:
+          ws5ll = 2'h3;
+      6'h0e:
+          ws5ll = 2'h1;
+      6'h1e:
+          ws5ll = 2'h2;
+      6'h2e:
+          ws5ll = 2'h3;
+      6'h1f:
+          ws5ll = 2'h1;
+      6'h2f:
+          ws5ll = 2'h2;
+      6'h3f:
+          ws5ll = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws5lh = 2'h0;
+    casez ({ \$1052 [1:0], grp5[7:4] })
+      6'h02:
+          ws5lh = 2'h1;
+      6'h13:
+          ws5lh = 2'h1;
+      6'h04:
+          ws5lh = 2'h2;
+      6'h15:
+          ws5lh = 2'h2;
+      6'h06:
+          ws5lh = 2'h1;
+      6'h16:
+          ws5lh = 2'h2;
+      6'h17:
+          ws5lh = 2'h1;
+      6'h27:
+          ws5lh = 2'h2;
+      6'h08:
+          ws5lh = 2'h3;
+      6'h19:
+          ws5lh = 2'h3;
+      6'h0a:
+          ws5lh = 2'h1;
+      6'h1a:
+          ws5lh = 2'h3;
+      6'h1b:
+          ws5lh = 2'h1;
+      6'h2b:
+          ws5lh = 2'h3;
+      6'h0c:
+          ws5lh = 2'h2;
+      6'h1c:
+          ws5lh = 2'h3;
+      6'h1d:
+          ws5lh = 2'h2;
+      6'h2d:
+          ws5lh = 2'h3;
+      6'h0e:
+          ws5lh = 2'h1;
+      6'h1e:
+          ws5lh = 2'h2;
+      6'h2e:
+          ws5lh = 2'h3;
+      6'h1f:
+          ws5lh = 2'h1;
+      6'h2f:
+          ws5lh = 2'h2;
+      6'h3f:
+          ws5lh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws5hl = 2'h0;
+    casez ({ \$1049 [1:0], grp5[11:8] })
+      6'h02:
+          ws5hl = 2'h1;
+      6'h13:
+          ws5hl = 2'h1;
+      6'h04:
+          ws5hl = 2'h2;
+      6'h15:
+          ws5hl = 2'h2;
+      6'h06:
+          ws5hl = 2'h1;
+      6'h16:
+          ws5hl = 2'h2;
+      6'h17:
+          ws5hl = 2'h1;
+      6'h27:
+          ws5hl = 2'h2;
+      6'h08:
+          ws5hl = 2'h3;
+      6'h19:
+          ws5hl = 2'h3;
+      6'h0a:
+          ws5hl = 2'h1;
+      6'h1a:
+          ws5hl = 2'h3;
+      6'h1b:
+          ws5hl = 2'h1;
+      6'h2b:
+          ws5hl = 2'h3;
+      6'h0c:
+          ws5hl = 2'h2;
+      6'h1c:
+          ws5hl = 2'h3;
+      6'h1d:
+          ws5hl = 2'h2;
+      6'h2d:
+          ws5hl = 2'h3;
+      6'h0e:
+          ws5hl = 2'h1;
+      6'h1e:
+          ws5hl = 2'h2;
+      6'h2e:
+          ws5hl = 2'h3;
+      6'h1f:
+          ws5hl = 2'h1;
+      6'h2f:
+          ws5hl = 2'h2;
+      6'h3f:
+          ws5hl = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws5hh = 2'h0;
+    casez ({ \$1055 [1:0], grp5[15:12] })
+      6'h02:
+          ws5hh = 2'h1;
+      6'h13:
+          ws5hh = 2'h1;
+      6'h04:
+          ws5hh = 2'h2;
+      6'h15:
+          ws5hh = 2'h2;
+      6'h06:
+          ws5hh = 2'h1;
+      6'h16:
+          ws5hh = 2'h2;
+      6'h17:
+          ws5hh = 2'h1;
+      6'h27:
+          ws5hh = 2'h2;
+      6'h08:
+          ws5hh = 2'h3;
+      6'h19:
+          ws5hh = 2'h3;
+      6'h0a:
+          ws5hh = 2'h1;
+      6'h1a:
+          ws5hh = 2'h3;
+      6'h1b:
+          ws5hh = 2'h1;
+      6'h2b:
+          ws5hh = 2'h3;
+      6'h0c:
+          ws5hh = 2'h2;
+      6'h1c:
+          ws5hh = 2'h3;
+      6'h1d:
+          ws5hh = 2'h2;
+      6'h2d:
+          ws5hh = 2'h3;
+      6'h0e:
+          ws5hh = 2'h1;
+      6'h1e:
+          ws5hh = 2'h2;
+      6'h2e:
+          ws5hh = 2'h3;
+      6'h1f:
+          ws5hh = 2'h1;
+      6'h2f:
+          ws5hh = 2'h2;
+      6'h3f:
+          ws5hh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws6ll = 2'h0;
+    casez ({ \$1173 [1:0], grp6[3:0] })
+      6'h02:
+          ws6ll = 2'h1;
+      6'h13:
+          ws6ll = 2'h1;
+      6'h04:
+          ws6ll = 2'h2;
+      6'h15:
+          ws6ll = 2'h2;
+      6'h06:
+          ws6ll = 2'h1;
+      6'h16:
+          ws6ll = 2'h2;
+      6'h17:
+          ws6ll = 2'h1;
+      6'h27:
+          ws6ll = 2'h2;
+      6'h08:
+          ws6ll = 2'h3;
+      6'h19:
+          ws6ll = 2'h3;
+      6'h0a:
+          ws6ll = 2'h1;
+      6'h1a:
+          ws6ll = 2'h3;
+      6'h1b:
+          ws6ll = 2'h1;
+      6'h2b:
+          ws6ll = 2'h3;
+      6'h0c:
+          ws6ll = 2'h2;
+      6'h1c:
+          ws6ll = 2'h3;
+      6'h1d:
+          ws6ll = 2'h2;
+      6'h2d:
+          ws6ll = 2'h3;
+      6'h0e:
+          ws6ll = 2'h1;
+      6'h1e:
+          ws6ll = 2'h2;
+      6'h2e:
+          ws6ll = 2'h3;
+      6'h1f:
+          ws6ll = 2'h1;
+      6'h2f:
+          ws6ll = 2'h2;
+      6'h3f:
+          ws6ll = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws6lh = 2'h0;
+    casez ({ \$1183 [1:0], grp6[7:4] })
+      6'h02:
+          ws6lh = 2'h1;
+      6'h13:
+          ws6lh = 2'h1;
+      6'h04:
+          ws6lh = 2'h2;
+      6'h15:
+          ws6lh = 2'h2;
+      6'h06:
+          ws6lh = 2'h1;
+      6'h16:
+          ws6lh = 2'h2;
+      6'h17:
+          ws6lh = 2'h1;
+      6'h27:
+          ws6lh = 2'h2;
+      6'h08:
+          ws6lh = 2'h3;
+      6'h19:
+          ws6lh = 2'h3;
+      6'h0a:
+          ws6lh = 2'h1;
+      6'h1a:
+          ws6lh = 2'h3;
+      6'h1b:
+          ws6lh = 2'h1;
+      6'h2b:
+          ws6lh = 2'h3;
+      6'h0c:
+          ws6lh = 2'h2;
+      6'h1c:
+          ws6lh = 2'h3;
+      6'h1d:
+          ws6lh = 2'h2;
+      6'h2d:
+          ws6lh = 2'h3;
+      6'h0e:
+          ws6lh = 2'h1;
+      6'h1e:
+          ws6lh = 2'h2;
+      6'h2e:
+          ws6lh = 2'h3;
+      6'h1f:
+          ws6lh = 2'h1;
+      6'h2f:
+          ws6lh = 2'h2;
+      6'h3f:
+          ws6lh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws6hl = 2'h0;
+    casez ({ \$1180 [1:0], grp6[11:8] })
+      6'h02:
+          ws6hl = 2'h1;
+      6'h13:
+          ws6hl = 2'h1;
+      6'h04:
+          ws6hl = 2'h2;
+      6'h15:
+          ws6hl = 2'h2;
+      6'h06:
+          ws6hl = 2'h1;
+      6'h16:
+          ws6hl = 2'h2;
+      6'h17:
+          ws6hl = 2'h1;
+      6'h27:
+          ws6hl = 2'h2;
+      6'h08:
+          ws6hl = 2'h3;
+      6'h19:
+          ws6hl = 2'h3;
+      6'h0a:
+          ws6hl = 2'h1;
+      6'h1a:
+          ws6hl = 2'h3;
+      6'h1b:
+          ws6hl = 2'h1;
+      6'h2b:
+          ws6hl = 2'h3;
+      6'h0c:
+          ws6hl = 2'h2;
+      6'h1c:
+          ws6hl = 2'h3;
+      6'h1d:
+          ws6hl = 2'h2;
+      6'h2d:
+          ws6hl = 2'h3;
+      6'h0e:
+          ws6hl = 2'h1;
+      6'h1e:
+          ws6hl = 2'h2;
+      6'h2e:
+          ws6hl = 2'h3;
+      6'h1f:
+          ws6hl = 2'h1;
+      6'h2f:
+          ws6hl = 2'h2;
+      6'h3f:
+          ws6hl = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws6hh = 2'h0;
+    casez ({ \$1186 [1:0], grp6[15:12] })
+      6'h02:
+          ws6hh = 2'h1;
+      6'h13:
+          ws6hh = 2'h1;
+      6'h04:
+          ws6hh = 2'h2;
+      6'h15:
+          ws6hh = 2'h2;
+      6'h06:
+          ws6hh = 2'h1;
+      6'h16:
+          ws6hh = 2'h2;
+      6'h17:
+          ws6hh = 2'h1;
+      6'h27:
+          ws6hh = 2'h2;
+      6'h08:
+          ws6hh = 2'h3;
+      6'h19:
+          ws6hh = 2'h3;
+      6'h0a:
+          ws6hh = 2'h1;
+      6'h1a:
+          ws6hh = 2'h3;
+      6'h1b:
+          ws6hh = 2'h1;
+      6'h2b:
+          ws6hh = 2'h3;
+      6'h0c:
+          ws6hh = 2'h2;
+      6'h1c:
+          ws6hh = 2'h3;
+      6'h1d:
+          ws6hh = 2'h2;
+      6'h2d:
+          ws6hh = 2'h3;
+      6'h0e:
+          ws6hh = 2'h1;
+      6'h1e:
+          ws6hh = 2'h2;
+      6'h2e:
+          ws6hh = 2'h3;
+      6'h1f:
+          ws6hh = 2'h1;
+      6'h2f:
+          ws6hh = 2'h2;
+      6'h3f:
+          ws6hh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws7ll = 2'h0;
+    casez ({ \$1272 [1:0], grp7[3:0] })
+      6'h02:
+          ws7ll = 2'h1;
+      6'h13:
+          ws7ll = 2'h1;
+      6'h04:
+          ws7ll = 2'h2;
+      6'h15:
+          ws7ll = 2'h2;
+      6'h06:
+          ws7ll = 2'h1;
+      6'h16:
+          ws7ll = 2'h2;
+      6'h17:
+          ws7ll = 2'h1;
+      6'h27:
+          ws7ll = 2'h2;
+      6'h08:
+          ws7ll = 2'h3;
+      6'h19:
+          ws7ll = 2'h3;
+      6'h0a:
+          ws7ll = 2'h1;
+      6'h1a:
+          ws7ll = 2'h3;
+      6'h1b:
+          ws7ll = 2'h1;
+      6'h2b:
+          ws7ll = 2'h3;
+      6'h0c:
+          ws7ll = 2'h2;
+      6'h1c:
+          ws7ll = 2'h3;
+      6'h1d:
+          ws7ll = 2'h2;
+      6'h2d:
+          ws7ll = 2'h3;
+      6'h0e:
+          ws7ll = 2'h1;
+      6'h1e:
+          ws7ll = 2'h2;
+      6'h2e:
+          ws7ll = 2'h3;
+      6'h1f:
+          ws7ll = 2'h1;
+      6'h2f:
+          ws7ll = 2'h2;
+      6'h3f:
+          ws7ll = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws7lh = 2'h0;
+    casez ({ \$1282 [1:0], grp7[7:4] })
+      6'h02:
+          ws7lh = 2'h1;
+      6'h13:
+          ws7lh = 2'h1;
+      6'h04:
+          ws7lh = 2'h2;
+      6'h15:
+          ws7lh = 2'h2;
+      6'h06:
+          ws7lh = 2'h1;
+      6'h16:
+          ws7lh = 2'h2;
+      6'h17:
+          ws7lh = 2'h1;
+      6'h27:
+          ws7lh = 2'h2;
+      6'h08:
+          ws7lh = 2'h3;
+      6'h19:
+          ws7lh = 2'h3;
+      6'h0a:
+          ws7lh = 2'h1;
+      6'h1a:
+          ws7lh = 2'h3;
+      6'h1b:
+          ws7lh = 2'h1;
+      6'h2b:
+          ws7lh = 2'h3;
+      6'h0c:
+          ws7lh = 2'h2;
+      6'h1c:
+          ws7lh = 2'h3;
+      6'h1d:
+          ws7lh = 2'h2;
+      6'h2d:
+          ws7lh = 2'h3;
+      6'h0e:
+          ws7lh = 2'h1;
+      6'h1e:
+          ws7lh = 2'h2;
+      6'h2e:
+          ws7lh = 2'h3;
+      6'h1f:
+          ws7lh = 2'h1;
+      6'h2f:
+          ws7lh = 2'h2;
+      6'h3f:
+          ws7lh = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws7hl = 2'h0;
+    casez ({ \$1279 [1:0], grp7[11:8] })
+      6'h02:
+          ws7hl = 2'h1;
+      6'h13:
+          ws7hl = 2'h1;
+      6'h04:
+          ws7hl = 2'h2;
+      6'h15:
+          ws7hl = 2'h2;
+      6'h06:
+          ws7hl = 2'h1;
+      6'h16:
+          ws7hl = 2'h2;
+      6'h17:
+          ws7hl = 2'h1;
+      6'h27:
+          ws7hl = 2'h2;
+      6'h08:
+          ws7hl = 2'h3;
+      6'h19:
+          ws7hl = 2'h3;
+      6'h0a:
+          ws7hl = 2'h1;
+      6'h1a:
+          ws7hl = 2'h3;
+      6'h1b:
+          ws7hl = 2'h1;
+      6'h2b:
+          ws7hl = 2'h3;
+      6'h0c:
+          ws7hl = 2'h2;
+      6'h1c:
+          ws7hl = 2'h3;
+      6'h1d:
+          ws7hl = 2'h2;
+      6'h2d:
+          ws7hl = 2'h3;
+      6'h0e:
+          ws7hl = 2'h1;
+      6'h1e:
+          ws7hl = 2'h2;
+      6'h2e:
+          ws7hl = 2'h3;
+      6'h1f:
+          ws7hl = 2'h1;
+      6'h2f:
+          ws7hl = 2'h2;
+      6'h3f:
+          ws7hl = 2'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    ws7hh = 2'h0;
+    casez ({ \$1285 [1:0], grp7[15:12] })
+      6'h02:
+          ws7hh = 2'h1;
+      6'h13:
+          ws7hh = 2'h1;
+      6'h04:
+          ws7hh = 2'h2;
+      6'h15:
+          ws7hh = 2'h2;
+      6'h06:
+          ws7hh = 2'h1;
+      6'h16:
+          ws7hh = 2'h2;
+      6'h17:
+          ws7hh = 2'h1;
+      6'h27:
+          ws7hh = 2'h2;
+      6'h08:
+          ws7hh = 2'h3;
+      6'h19:
+          ws7hh = 2'h3;
+      6'h0a:
+          ws7hh = 2'h1;
+      6'h1a:
+          ws7hh = 2'h3;
+      6'h1b:
+          ws7hh = 2'h1;
+      6'h2b:
+          ws7hh = 2'h3;
+      6'h0c:
+          ws7hh = 2'h2;
+      6'h1c:
+          ws7hh = 2'h3;
+      6'h1d:
+          ws7hh = 2'h2;
+      6'h2d:
+          ws7hh = 2'h3;
+      6'h0e:
+          ws7hh = 2'h1;
+      6'h1e:
+          ws7hh = 2'h2;
+      6'h2e:
+          ws7hh = 2'h3;
+      6'h1f:
+          ws7hh = 2'h1;
+      6'h2f:
+          ws7hh = 2'h2;
+      6'h3f:
+          ws7hh = 2'h3;
     endcase
   end
   always @* begin
@@ -10514,13 +9055,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     mbeat0_n = mbeat0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      mbeat0_n = 120'h000000000000000000000000000000;
-    end else if (\$2403 ) begin
+      mbeat0_n = 92'h00000000000000000000000;
+    end else if (\$1307 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
         2'h2:
-            mbeat0_n = 120'h000000000000000000000000000000;
+            mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else if (mat_end) begin
     end else begin
@@ -10534,18 +9075,18 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     mbeat1_n = mbeat1;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      mbeat1_n = 120'h000000000000000000000000000000;
-    end else if (\$2403 ) begin
+      mbeat1_n = 92'h00000000000000000000000;
+    end else if (\$1307 ) begin
       casez (flush_d)
         2'h1:
-            mbeat1_n = 120'h000000000000000000000000000000;
+            mbeat1_n = 92'h00000000000000000000000;
         2'h2:
-            mbeat1_n = 120'h000000000000000000000000000000;
+            mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else if (mat_end) begin
     end else begin
       if (sh) begin
-        mbeat1_n = 120'h000000000000000000000000000000;
+        mbeat1_n = 92'h00000000000000000000000;
       end
     end
   end
@@ -10555,7 +9096,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$2403 ) begin
+    end else if (\$1307 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -10575,7 +9116,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$2403 ) begin
+    end else if (\$1307 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -10594,58 +9135,58 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     sh = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$2403 ) begin
+    end else if (\$1307 ) begin
     end else if (mat_end) begin
     end else begin
-      sh = \$2408 ;
+      sh = \$1312 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$370  = \$signal$349 ;
-    if (\$2434 ) begin
-    end else if (\$2436 ) begin
-      if (\$2437 ) begin
-        \$signal$370  = VB;
+    \$signal$356  = \$signal$333 ;
+    if (\$1338 ) begin
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$356  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$372  = \$signal ;
-    if (\$2434 ) begin
-      \$signal$372  = 1'h0;
-    end else if (\$2436 ) begin
-      if (\$2437 ) begin
-        \$signal$372  = \$signal$346 ;
+    \$signal$358  = \$signal ;
+    if (\$1338 ) begin
+      \$signal$358  = 1'h0;
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$358  = \$signal$330 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$373  = \$signal$346 ;
-    if (\$2434 ) begin
-      \$signal$373  = 1'h0;
-    end else if (\$2436 ) begin
-      if (\$2437 ) begin
-        \$signal$373  = 1'h0;
+    \$signal$359  = \$signal$330 ;
+    if (\$1338 ) begin
+      \$signal$359  = 1'h0;
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$359  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$374  = \$signal$375 ;
-    if (\$2434 ) begin
-    end else if (\$2436 ) begin
-      if (\$2437 ) begin
-        \$signal$374  = \$signal$376 ;
+    \$signal$360  = \$signal$361 ;
+    if (\$1338 ) begin
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$360  = \$signal$362 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$2409 ;
-    if (\$2434 ) begin
+    allow_load = \$1313 ;
+    if (\$1338 ) begin
       allow_load = 1'h0;
     end
   end
@@ -10653,428 +9194,416 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$2416 ;
+      end_ok = \$1320 ;
     end else begin
-      end_ok = \$2427 ;
+      end_ok = \$1331 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$2424 ;
+      end_bad = \$1328 ;
     end else begin
-      end_bad = \$2431 ;
+      end_bad = \$1335 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$2442 ) begin
-      stride = \$2445 ;
+    if (\$1346 ) begin
+      stride = \$1349 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2527  = \$2450 ;
+    \$1431  = \$1354 ;
     if (rst) begin
-      \$2527  = 1'h0;
+      \$1431  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2528  = \$2475 ;
+    \$1432  = \$1379 ;
     if (rst) begin
-      \$2528  = 1'h0;
+      \$1432  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2529  = rbase;
+    \$1433  = rbase;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2529  = 8'h00;
-    end else if (\$2476 ) begin
+      \$1433  = 8'h00;
+    end else if (\$1380 ) begin
     end else if (mat_end) begin
-      \$2529  = 8'h00;
+      \$1433  = 8'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2529  = \$2485 [7:0];
+        \$1433  = \$1389 [7:0];
       end else begin
-        \$2529  = \$2402 [7:0];
+        \$1433  = \$1306 [7:0];
       end
     end
     if (rst) begin
-      \$2529  = 8'h00;
+      \$1433  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2530  = rs_w;
+    \$1434  = rs_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2530  = 8'h00;
-    end else if (\$2476 ) begin
+      \$1434  = 8'h00;
+    end else if (\$1380 ) begin
     end else if (mat_end) begin
-      \$2530  = 8'h00;
+      \$1434  = 8'h00;
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2530  = \$2488 [7:0];
+        \$1434  = \$1392 [7:0];
       end else begin
-        \$2530  = \$2496 [7:0];
+        \$1434  = \$1400 [7:0];
       end
     end
-    if (\$2517 ) begin
-      \$2530  = 8'h00;
+    if (\$1421 ) begin
+      \$1434  = 8'h00;
     end
     if (rst) begin
-      \$2530  = 8'h00;
+      \$1434  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2531  = es_w;
+    \$1435  = es_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2531  = { 2'h0, stride_w };
-    end else if (\$2476 ) begin
+      \$1435  = { 2'h0, stride_w };
+    end else if (\$1380 ) begin
     end else if (mat_end) begin
-      \$2531  = { 2'h0, stride_w };
+      \$1435  = { 2'h0, stride_w };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2531  = \$2491 [8:0];
+        \$1435  = \$1395 [8:0];
       end else begin
-        \$2531  = \$2498 [8:0];
+        \$1435  = \$1402 [8:0];
       end
     end
-    if (\$2517 ) begin
-      \$2531  = \$2519 [8:0];
+    if (\$1421 ) begin
+      \$1435  = \$1423 [8:0];
     end
     if (rst) begin
-      \$2531  = 9'h000;
+      \$1435  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2532  = es2_w;
+    \$1436  = es2_w;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$2532  = { 2'h0, \$2477  };
-    end else if (\$2476 ) begin
+      \$1436  = { 2'h0, \$1381  };
+    end else if (\$1380 ) begin
     end else if (mat_end) begin
-      \$2532  = { 2'h0, \$2484  };
+      \$1436  = { 2'h0, \$1388  };
     end else begin
       (* full_case = 32'd1 *)
       if (sh) begin
-        \$2532  = \$2494 [9:0];
+        \$1436  = \$1398 [9:0];
       end else begin
-        \$2532  = \$2500 [9:0];
+        \$1436  = \$1404 [9:0];
       end
     end
-    if (\$2517 ) begin
-      \$2532  = \$2521 [9:0];
+    if (\$1421 ) begin
+      \$1436  = \$1425 [9:0];
     end
     if (rst) begin
-      \$2532  = 10'h000;
+      \$1436  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2533  = flush_d;
+    \$1437  = flush_d;
     if (any_err) begin
-      \$2533  = 2'h0;
-    end else if (\$2476 ) begin
-      \$2533  = 2'h0;
+      \$1437  = 2'h0;
+    end else if (\$1380 ) begin
+      \$1437  = 2'h0;
     end else if (mat_end) begin
-      if (\$2480 ) begin
-        \$2533  = 2'h1;
+      if (\$1384 ) begin
+        \$1437  = 2'h1;
       end
-      if (\$2483 ) begin
-        \$2533  = 2'h2;
+      if (\$1387 ) begin
+        \$1437  = 2'h2;
       end
     end
     if (rst) begin
-      \$2533  = 2'h0;
+      \$1437  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2534  = mbeat0_n;
+    \$1438  = mbeat0_n;
     if (i_mask__valid) begin
-      if (\$2502 ) begin
-        \$2534  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      if (\$1406 ) begin
+        \$1438  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$2534  = 120'h000000000000000000000000000000;
+      \$1438  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2535  = mbeat1_n;
+    \$1439  = mbeat1_n;
     if (i_mask__valid) begin
-      if (\$2504 ) begin
-        \$2535  = { \$62 [6:0], \$61 [6:0], \$60 [6:0], \$59 [6:0], \$56 [6:0], \$55 [6:0], \$51 [6:0], 3'h0, in_c0, i_mask__payload };
+      if (\$1408 ) begin
+        \$1439  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$2535  = 120'h000000000000000000000000000000;
+      \$1439  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2536  = mbeat0_nv;
+    \$1440  = mbeat0_nv;
     if (i_mask__valid) begin
-      if (\$2502 ) begin
-        \$2536  = 1'h1;
+      if (\$1406 ) begin
+        \$1440  = 1'h1;
       end
     end
     if (rst) begin
-      \$2536  = 1'h0;
+      \$1440  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2537  = mbeat1_nv;
+    \$1441  = mbeat1_nv;
     if (i_mask__valid) begin
-      if (\$2504 ) begin
-        \$2537  = 1'h1;
+      if (\$1408 ) begin
+        \$1441  = 1'h1;
       end
     end
     if (rst) begin
-      \$2537  = 1'h0;
+      \$1441  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2538  = vpos;
-    if (\$2507 ) begin
-      \$2538  = 4'h0;
-    end else if (\$2509 ) begin
+    \$1442  = vpos;
+    if (\$1411 ) begin
+      \$1442  = 3'h0;
+    end else if (\$1413 ) begin
       (* full_case = 32'd1 *)
-      if (\$2510 ) begin
-        \$2538  = \$2511 [3:0];
+      if (\$1414 ) begin
+        \$1442  = \$1415 [2:0];
       end else begin
-        \$2538  = vpos_n[3:0];
+        \$1442  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$2538  = 4'h0;
+      \$1442  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2539  = vlast_loaded;
-    if (\$2507 ) begin
-      \$2539  = 1'h0;
+    \$1443  = vlast_loaded;
+    if (\$1411 ) begin
+      \$1443  = 1'h0;
     end
-    if (\$2512 ) begin
-      if (\$2516 ) begin
-        \$2539  = i_value__payload[64];
+    if (\$1416 ) begin
+      if (\$1420 ) begin
+        \$1443  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$2539  = 1'h0;
+      \$1443  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2540  = prev_last;
-    if (\$2507 ) begin
-      \$2540  = 1'h0;
-    end else if (\$2509 ) begin
-      if (\$2510 ) begin
-        \$2540  = \$signal$375 ;
+    \$1444  = prev_last;
+    if (\$1411 ) begin
+      \$1444  = 1'h0;
+    end else if (\$1413 ) begin
+      if (\$1414 ) begin
+        \$1444  = \$signal$361 ;
       end
     end
     if (rst) begin
-      \$2540  = 1'h0;
+      \$1444  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2541  = any_val;
-    if (\$2507 ) begin
-      \$2541  = 1'h0;
-    end else if (\$2509 ) begin
-      \$2541  = 1'h1;
+    \$1445  = any_val;
+    if (\$1411 ) begin
+      \$1445  = 1'h0;
+    end else if (\$1413 ) begin
+      \$1445  = 1'h1;
     end
     if (rst) begin
-      \$2541  = 1'h0;
+      \$1445  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2542  = \$signal$370 ;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-        \$2542  = i_value__payload[63:0];
+    \$1446  = \$signal$356 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1446  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$2542  = 64'h0000000000000000;
+      \$1446  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2543  = VB;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-      end else if (\$2514 ) begin
-        \$2543  = i_value__payload[63:0];
+    \$1447  = VB;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1447  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$2543  = 64'h0000000000000000;
+      \$1447  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2544  = \$signal$372 ;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-        \$2544  = 1'h1;
+    \$1448  = \$signal$358 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1448  = 1'h1;
       end
     end
     if (rst) begin
-      \$2544  = 1'h0;
+      \$1448  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2545  = \$signal$373 ;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-      end else if (\$2514 ) begin
-        \$2545  = 1'h1;
+    \$1449  = \$signal$359 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1449  = 1'h1;
       end
     end
     if (rst) begin
-      \$2545  = 1'h0;
+      \$1449  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2546  = \$signal$374 ;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-        \$2546  = i_value__payload[64];
+    \$1450  = \$signal$360 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1450  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$2546  = 1'h0;
+      \$1450  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2547  = \$signal$376 ;
-    if (\$2512 ) begin
-      if (\$2513 ) begin
-      end else if (\$2514 ) begin
-        \$2547  = i_value__payload[64];
+    \$1451  = \$signal$362 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1451  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$2547  = 1'h0;
+      \$1451  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2548  = running;
-    if (\$2517 ) begin
-      \$2548  = 1'h1;
+    \$1452  = running;
+    if (\$1421 ) begin
+      \$1452  = 1'h1;
     end
     if (mat_end) begin
-      \$2548  = 1'h0;
+      \$1452  = 1'h0;
     end
     if (any_err) begin
-      \$2548  = 1'h0;
+      \$1452  = 1'h0;
     end
     if (rst) begin
-      \$2548  = 1'h0;
+      \$1452  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2549  = rows_left;
-    if (\$2517 ) begin
-      \$2549  = i_cmd__payload[15:0];
+    \$1453  = rows_left;
+    if (\$1421 ) begin
+      \$1453  = i_cmd__payload[15:0];
     end
-    if (\$2522 ) begin
-      \$2549  = \$2523 [15:0];
+    if (\$1426 ) begin
+      \$1453  = \$1427 [15:0];
     end
     if (rst) begin
-      \$2549  = 16'h0000;
+      \$1453  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2550  = cols_r;
-    if (\$2517 ) begin
-      \$2550  = i_cmd__payload[26:16];
+    \$1454  = cols_r;
+    if (\$1421 ) begin
+      \$1454  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$2550  = 11'h000;
+      \$1454  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2551  = stride_w;
-    if (\$2517 ) begin
-      \$2551  = \$2518 [6:0];
+    \$1455  = stride_w;
+    if (\$1421 ) begin
+      \$1455  = \$1422 [6:0];
     end
     if (rst) begin
-      \$2551  = 7'h00;
+      \$1455  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2552  = endv;
+    \$1456  = endv;
     if (mat_end) begin
-      \$2552  = 1'h1;
+      \$1456  = 1'h1;
     end
-    if (\$2525 ) begin
-      \$2552  = 1'h0;
+    if (\$1429 ) begin
+      \$1456  = 1'h0;
     end
     if (any_err) begin
-      \$2552  = 1'h0;
+      \$1456  = 1'h0;
     end
     if (rst) begin
-      \$2552  = 1'h0;
+      \$1456  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$2553  = \$2526 ;
+    \$1457  = \$1430 ;
     if (rst) begin
-      \$2553  = 4'h0;
+      \$1457  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
   assign avail_words = \$2 [2:0];
-  assign in_lq_in0 = { 3'h0, in_c0 };
-  assign in_lq_in1 = { 3'h0, in_c1 };
-  assign in_lq_in2 = { 3'h0, in_c2 };
-  assign in_lq_in3 = { 3'h0, in_c3 };
-  assign in_lq_in4 = { 3'h0, in_c4 };
-  assign in_lq_in5 = { 3'h0, in_c5 };
-  assign in_lq_in6 = { 3'h0, in_c6 };
-  assign in_lq_in7 = { 3'h0, in_c7 };
-  assign in_lq_0_1 = \$51 [6:0];
-  assign in_lq_0_3 = \$52 [6:0];
-  assign in_lq_0_5 = \$53 [6:0];
-  assign in_lq_0_7 = \$54 [6:0];
-  assign in_lq_1_2 = \$55 [6:0];
-  assign in_lq_1_3 = \$56 [6:0];
-  assign in_lq_1_6 = \$57 [6:0];
-  assign in_lq_1_7 = \$58 [6:0];
-  assign in_lq_2_4 = \$59 [6:0];
-  assign in_lq_2_5 = \$60 [6:0];
-  assign in_lq_2_6 = \$61 [6:0];
-  assign in_lq_2_7 = \$62 [6:0];
+  assign in_lq_in0 = { 2'h0, in_c0 };
+  assign in_lq_in1 = { 2'h0, in_c1 };
+  assign in_lq_in2 = { 2'h0, in_c2 };
+  assign in_lq_in3 = { 2'h0, in_c3 };
+  assign in_lq_0_1 = \$59 [6:0];
+  assign in_lq_0_3 = \$60 [6:0];
+  assign in_lq_1_2 = \$61 [6:0];
+  assign in_lq_1_3 = \$62 [6:0];
   assign off1 = \$63 [7:0];
   assign q_total = \$64 [7:0];
   assign qw1 = \$65 [7:0];
@@ -11085,47 +9614,53 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign d1 = \$89 [8:0];
   assign d2 = \$93 [8:0];
   assign d3 = \$97 [8:0];
-  assign d4 = \$101 [8:0];
-  assign d5 = \$105 [8:0];
-  assign d6 = \$109 [8:0];
-  assign d7 = \$113 [8:0];
-  assign d8 = \$120 [8:0];
-  assign d9 = \$124 [8:0];
-  assign d10 = \$128 [8:0];
-  assign d11 = \$132 [8:0];
-  assign d12 = \$136 [8:0];
-  assign d13 = \$140 [8:0];
-  assign d14 = \$144 [8:0];
-  assign d15 = \$148 [8:0];
-  assign low_m1 = \$152 [2:0];
-  assign lr0 = \$555 [2:0];
-  assign ws0_rh = \$558 [1:0];
+  assign d4 = \$104 [8:0];
+  assign d5 = \$108 [8:0];
+  assign d6 = \$112 [8:0];
+  assign d7 = \$116 [8:0];
+  assign low_m1 = \$120 [3:0];
+  assign lr0 = \$315 [3:0];
+  assign ws0_rh = \$322 [2:0];
+  assign ws0l_rh = \$325 [1:0];
+  assign ws0h_rh = \$328 [1:0];
   assign selpos0 = { 1'h0, gsel0, ws0 };
-  assign rel0 = { \$561 [4:0], gsel0[1:0], ws0 };
-  assign lr1 = \$852 [2:0];
-  assign ws1_rh = \$855 [1:0];
+  assign rel0 = { \$331 [4:0], gsel0[0], ws0 };
+  assign lr1 = \$470 [3:0];
+  assign ws1_rh = \$477 [2:0];
+  assign ws1l_rh = \$480 [1:0];
+  assign ws1h_rh = \$483 [1:0];
   assign selpos1 = { 1'h0, gsel1, ws1 };
-  assign rel1 = { \$858 [4:0], gsel1[1:0], ws1 };
-  assign lr2 = \$1165 [2:0];
-  assign ws2_rh = \$1168 [1:0];
+  assign rel1 = { \$486 [4:0], gsel1[0], ws1 };
+  assign lr2 = \$633 [3:0];
+  assign ws2_rh = \$640 [2:0];
+  assign ws2l_rh = \$643 [1:0];
+  assign ws2h_rh = \$646 [1:0];
   assign selpos2 = { 1'h0, gsel2, ws2 };
-  assign rel2 = { \$1171 [4:0], gsel2[1:0], ws2 };
-  assign lr3 = \$1382 [2:0];
-  assign ws3_rh = \$1385 [1:0];
+  assign rel2 = { \$649 [4:0], gsel2[0], ws2 };
+  assign lr3 = \$748 [3:0];
+  assign ws3_rh = \$755 [2:0];
+  assign ws3l_rh = \$758 [1:0];
+  assign ws3h_rh = \$761 [1:0];
   assign selpos3 = { 1'h0, gsel3, ws3 };
-  assign rel3 = { \$1388 [4:0], gsel3[1:0], ws3 };
-  assign lr4 = \$1711 [2:0];
-  assign ws4_rh = \$1714 [1:0];
+  assign rel3 = { \$764 [4:0], gsel3[0], ws3 };
+  assign lr4 = \$919 [3:0];
+  assign ws4_rh = \$926 [2:0];
+  assign ws4l_rh = \$929 [1:0];
+  assign ws4h_rh = \$932 [1:0];
   assign selpos4 = { 1'h0, gsel4, ws4 };
-  assign rel4 = { \$1717 [4:0], gsel4[1:0], ws4 };
-  assign lr5 = \$1944 [2:0];
-  assign ws5_rh = \$1947 [1:0];
+  assign rel4 = { \$935 [4:0], gsel4[0], ws4 };
+  assign lr5 = \$1042 [3:0];
+  assign ws5_rh = \$1049 [2:0];
+  assign ws5l_rh = \$1052 [1:0];
+  assign ws5h_rh = \$1055 [1:0];
   assign selpos5 = { 1'h0, gsel5, ws5 };
-  assign rel5 = { \$1950 [4:0], gsel5[1:0], ws5 };
-  assign lr6 = \$2193 [2:0];
-  assign ws6_rh = \$2196 [1:0];
+  assign rel5 = { \$1058 [4:0], gsel5[0], ws5 };
+  assign lr6 = \$1173 [3:0];
+  assign ws6_rh = \$1180 [2:0];
+  assign ws6l_rh = \$1183 [1:0];
+  assign ws6h_rh = \$1186 [1:0];
   assign selpos6 = { 1'h0, gsel6, ws6 };
-  assign rel6 = { \$2199 [4:0], gsel6[1:0], ws6 };
+  assign rel6 = { \$1189 [4:0], gsel6[0], ws6 };
   assign gt7_0 = sat0[3];
   assign gt7_1 = sat1[3];
   assign gt7_2 = sat2[3];
@@ -11134,22 +9669,16 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign gt7_5 = sat5[3];
   assign gt7_6 = sat6[3];
   assign gt7_7 = sat7[3];
-  assign gt7_8 = sat8[3];
-  assign gt7_9 = sat9[3];
-  assign gt7_10 = sat10[3];
-  assign gt7_11 = sat11[3];
-  assign gt7_12 = sat12[3];
-  assign gt7_13 = sat13[3];
-  assign gt7_14 = sat14[3];
-  assign gt7_15 = sat15[3];
-  assign lr7 = \$2378 [2:0];
-  assign ws7_rh = \$2381 [1:0];
+  assign lr7 = \$1272 [3:0];
+  assign ws7_rh = \$1279 [2:0];
+  assign ws7l_rh = \$1282 [1:0];
+  assign ws7h_rh = \$1285 [1:0];
   assign selpos7 = { 1'h0, gsel7, ws7 };
-  assign rel7 = { \$2384 [4:0], gsel7[1:0], ws7 };
-  assign vavail = \$2388 [4:0];
-  assign r_adv = \$2402 [7:0];
+  assign rel7 = { \$1288 [4:0], gsel7[0], ws7 };
+  assign vavail = \$1292 [4:0];
+  assign r_adv = \$1306 [7:0];
   assign VB1 = VB;
-  assign \$signal$377  = \$signal$376 ;
+  assign \$signal$363  = \$signal$362 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -11176,54 +9705,54 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$2448 ;
+  assign flags[2] = \$1352 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
-  assign o_lanes__payload[161] = \$2395 ;
+  assign o_lanes__payload[161] = \$1299 ;
   assign o_lanes__payload[160] = finish;
-  assign o_lanes__payload[143:136] = vshift[63:56];
-  assign o_lanes__payload[135:128] = vshift[55:48];
-  assign o_lanes__payload[127:120] = vshift[47:40];
-  assign o_lanes__payload[119:112] = vshift[39:32];
-  assign o_lanes__payload[111:104] = vshift[31:24];
-  assign o_lanes__payload[103:96] = vshift[23:16];
-  assign o_lanes__payload[95:88] = vshift[15:8];
-  assign o_lanes__payload[87:80] = vshift[7:0];
-  assign o_lanes__payload[79:70] = { \$2384 [4:0], gsel7[1:0], ws7 };
+  assign o_lanes__payload[143:136] = vsh0[63:56];
+  assign o_lanes__payload[135:128] = vsh0[55:48];
+  assign o_lanes__payload[127:120] = vsh0[47:40];
+  assign o_lanes__payload[119:112] = vsh0[39:32];
+  assign o_lanes__payload[111:104] = vsh0[31:24];
+  assign o_lanes__payload[103:96] = vsh0[23:16];
+  assign o_lanes__payload[95:88] = vsh0[15:8];
+  assign o_lanes__payload[87:80] = vsh0[7:0];
+  assign o_lanes__payload[79:70] = { \$1288 [4:0], gsel7[0], ws7 };
   assign o_lanes__payload[159] = ln7;
   assign o_lanes__payload[151] = lv7;
-  assign o_lanes__payload[69:60] = { \$2199 [4:0], gsel6[1:0], ws6 };
+  assign o_lanes__payload[69:60] = { \$1189 [4:0], gsel6[0], ws6 };
   assign o_lanes__payload[158] = ln6;
   assign o_lanes__payload[150] = lv6;
-  assign o_lanes__payload[59:50] = { \$1950 [4:0], gsel5[1:0], ws5 };
+  assign o_lanes__payload[59:50] = { \$1058 [4:0], gsel5[0], ws5 };
   assign o_lanes__payload[157] = ln5;
   assign o_lanes__payload[149] = lv5;
-  assign o_lanes__payload[49:40] = { \$1717 [4:0], gsel4[1:0], ws4 };
+  assign o_lanes__payload[49:40] = { \$935 [4:0], gsel4[0], ws4 };
   assign o_lanes__payload[156] = ln4;
   assign o_lanes__payload[148] = lv4;
-  assign o_lanes__payload[39:30] = { \$1388 [4:0], gsel3[1:0], ws3 };
+  assign o_lanes__payload[39:30] = { \$764 [4:0], gsel3[0], ws3 };
   assign o_lanes__payload[155] = ln3;
   assign o_lanes__payload[147] = lv3;
-  assign o_lanes__payload[29:20] = { \$1171 [4:0], gsel2[1:0], ws2 };
+  assign o_lanes__payload[29:20] = { \$649 [4:0], gsel2[0], ws2 };
   assign o_lanes__payload[154] = ln2;
   assign o_lanes__payload[146] = lv2;
-  assign o_lanes__payload[19:10] = { \$858 [4:0], gsel1[1:0], ws1 };
+  assign o_lanes__payload[19:10] = { \$486 [4:0], gsel1[0], ws1 };
   assign o_lanes__payload[153] = ln1;
   assign o_lanes__payload[145] = lv1;
-  assign o_lanes__payload[9:0] = { \$561 [4:0], gsel0[1:0], ws0 };
+  assign o_lanes__payload[9:0] = { \$331 [4:0], gsel0[0], ws0 };
   assign o_lanes__payload[152] = ln0;
   assign o_lanes__payload[144] = lv0;
-  assign \$2444  = 12'hfe0;
-  assign \$2445 [4:0] = 5'h00;
-  assign \$2445 [11:5] = \$2443 [11:5];
-  assign \$2477  = { stride_w, 1'h0 };
-  assign \$2484  = { stride_w, 1'h0 };
-  assign \$2502  = \$2501 ;
-  assign \$2518  = { 5'h00, stride[11:5] };
-  assign \$2519  = { 5'h00, stride[11:5] };
-  assign \$2520  = { 5'h00, stride[11:5] };
-  assign \$2521  = { \$2520 , 1'h0 };
+  assign \$1348  = 12'hfe0;
+  assign \$1349 [4:0] = 5'h00;
+  assign \$1349 [11:5] = \$1347 [11:5];
+  assign \$1381  = { stride_w, 1'h0 };
+  assign \$1388  = { stride_w, 1'h0 };
+  assign \$1406  = \$1405 ;
+  assign \$1422  = { 5'h00, stride[11:5] };
+  assign \$1423  = { 5'h00, stride[11:5] };
+  assign \$1424  = { 5'h00, stride[11:5] };
+  assign \$1425  = { \$1424 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -11232,104 +9761,80 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire [11:0] \$12 ;
-  wire [11:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [12:0] \$16 ;
-  wire \$17 ;
-  wire [32:0] \$18 ;
-  wire \$19 ;
+  wire [50:0] \$12 ;
+  wire [51:0] \$13 ;
+  wire [102:0] \$14 ;
+  wire [39:0] \$15 ;
+  wire \$16 ;
+  wire [11:0] \$17 ;
+  wire [11:0] \$18 ;
+  wire [12:0] \$19 ;
   wire \$2 ;
-  wire [22:0] \$20 ;
-  wire [33:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [33:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [35:0] \$26 ;
-  wire [35:0] \$27 ;
-  wire [36:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [12:0] \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire [12:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire [12:0] \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  wire [35:0] \$30 ;
-  wire [37:0] \$31 ;
-  wire [56:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [33:0] \$34 ;
-  wire [33:0] \$35 ;
-  wire [33:0] \$36 ;
-  wire [34:0] \$37 ;
-  wire [35:0] \$38 ;
-  wire [35:0] \$39 ;
+  wire \$30 ;
+  wire [12:0] \$31 ;
+  wire [12:0] \$32 ;
+  wire [12:0] \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  wire [36:0] \$40 ;
-  wire [35:0] \$41 ;
-  wire [35:0] \$42 ;
-  wire [37:0] \$43 ;
-  wire [57:0] \$44 ;
-  wire [22:0] \$45 ;
-  wire [2:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
-  wire \$49 ;
-  wire \$5 ;
-  wire [12:0] \$50 ;
-  wire \$51 ;
-  wire \$52 ;
-  wire \$53 ;
-  wire [12:0] \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire [12:0] \$58 ;
-  wire [12:0] \$59 ;
+  wire [32:0] \$40 ;
+  wire [56:0] \$41 ;
+  wire [33:0] \$42 ;
+  wire [33:0] \$43 ;
+  wire [33:0] \$44 ;
+  wire [33:0] \$45 ;
+  wire [34:0] \$46 ;
+  wire [35:0] \$47 ;
+  wire [35:0] \$48 ;
+  wire [35:0] \$49 ;
+  wire [12:0] \$5 ;
+  wire [35:0] \$50 ;
+  wire [36:0] \$51 ;
+  wire [37:0] \$52 ;
+  wire [57:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [3:0] \$55 ;
+  reg \$56 ;
+  reg [40:0] \$57 ;
+  reg \$58 ;
+  reg [2:0] \$59 ;
   wire \$6 ;
-  wire [12:0] \$60 ;
-  reg \$61 ;
-  reg [32:0] \$62 ;
-  reg [15:0] \$63 ;
+  reg [31:0] \$60 ;
+  reg [32:0] \$61 ;
+  reg [15:0] \$62 ;
+  reg [49:0] \$63 ;
   reg [5:0] \$64 ;
   reg [7:0] \$65 ;
   reg \$66 ;
-  reg [31:0] \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  reg \$67 ;
+  reg [11:0] \$68 ;
   wire \$7 ;
-  reg \$70 ;
-  reg [1:0] \$71 ;
-  reg [32:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg [49:0] \$74 ;
-  reg [5:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg \$77 ;
-  reg [31:0] \$78 ;
-  reg \$79 ;
-  wire [50:0] \$8 ;
-  reg \$80 ;
-  reg [11:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg \$83 ;
-  reg [31:0] \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg [40:0] \$87 ;
+  wire \$8 ;
   wire \$9 ;
-  reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$22  = 8'h00;
-  reg [5:0] \$signal$29  = 6'h00;
-  reg [7:0] \$signal$30  = 8'h00;
-  reg [31:0] \$signal$32  = 32'd0;
-  reg [7:0] \$signal$37  = 8'h00;
-  reg [31:0] \$signal$39  = 32'd0;
-  reg [31:0] \$signal$42  = 32'd0;
+  reg [7:0] \$signal  = 8'h00;
+  reg [5:0] \$signal$16  = 6'h00;
+  reg \$signal$25  = 1'h0;
+  reg \$signal$26  = 1'h0;
+  reg [31:0] acc_r = 32'd0;
   reg busy = 1'h0;
   input clk;
   wire clk;
-  reg [1:0] cnt = 2'h0;
-  reg done = 1'h0;
-  wire fire12;
+  wire finishing;
   input [32:0] i_acc__payload;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -11349,10 +9854,6 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire i_rq__ready;
   input i_rq__valid;
   wire i_rq__valid;
-  reg last1 = 1'h0;
-  reg last2 = 1'h0;
-  reg last3 = 1'h0;
-  reg [15:0] m1 = 16'h0000;
   reg [15:0] mr = 16'h0000;
   output [40:0] o_res__payload;
   reg [40:0] o_res__payload = 41'h00000000000;
@@ -11363,190 +9864,251 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire o_res__ready;
   output o_res__valid;
   reg o_res__valid = 1'h0;
-  reg [49:0] p2 = 50'h0000000000000;
-  reg [50:0] q;
-  reg [11:0] r3 = 12'h000;
-  reg relu1 = 1'h0;
-  reg relu2 = 1'h0;
-  reg relu3 = 1'h0;
+  wire out_free;
+  reg ovf;
+  reg [49:0] p = 50'h0000000000000;
+  reg [2:0] phase = 3'h0;
+  reg [11:0] q_lo;
+  reg [11:0] r = 12'h000;
   reg [11:0] rr;
   input rst;
   wire rst;
-  reg [32:0] t1 = 33'h000000000;
-  wire take1;
-  wire take2;
-  wire take3;
-  wire take4;
-  reg [32:0] tr = 33'h000000000;
+  reg [32:0] t = 33'h000000000;
+  wire take;
+  reg [39:0] thr;
   reg [12:0] v;
-  reg v1 = 1'h0;
-  (* init = 1'h0 *)
-  wire v2;
-  reg v3 = 1'h0;
-  assign take2 = \$6  | \$7 ;
-  assign fire12 = v1 & take2;
-  assign \$8  = $signed({ p2, 1'h0 }) >>> \$signal ;
-  assign \$9  = ! q[50:11];
-  assign \$10  = q[50:11] == 40'hffffffffff;
-  assign \$11  = \$9  | \$10 ;
-  assign \$12  = q[50] ? 12'h800 : 12'h7ff;
-  assign \$13  = \$11  ? q[11:0] : \$12 ;
-  assign \$14  = $signed(\$13 ) + $signed(2'h1);
-  assign \$16  = $signed(r3) + $signed(\$signal$22 );
-  assign \$17  = i_acc__valid & i_rq__valid;
-  assign \$18  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$19  = done & take3;
-  assign \$22  = m1[12] ? \$21  : 34'h000000000;
-  assign \$24  = m1[13] ? \$23  : 34'h000000000;
-  assign \$25  = $signed(\$22 ) + $signed(\$24 );
-  assign \$27  = m1[14] ? \$26  : 36'h000000000;
-  assign \$28  = $signed(\$25 ) + $signed(\$27 );
-  assign \$30  = m1[15] ? \$29  : 36'h000000000;
-  assign \$31  = $signed(\$28 ) + $signed(\$30 );
-  assign \$34  = mr[12] ? \$33  : 34'h000000000;
-  assign \$36  = mr[13] ? \$35  : 34'h000000000;
-  assign \$37  = $signed(\$34 ) + $signed(\$36 );
-  assign \$39  = mr[14] ? \$38  : 36'h000000000;
-  assign \$40  = $signed(\$37 ) + $signed(\$39 );
-  assign \$42  = mr[15] ? \$41  : 36'h000000000;
-  assign \$43  = $signed(\$40 ) + $signed(\$42 );
-  assign \$44  = $signed(\$32 ) + $signed(\$43 );
-  assign \$46  = cnt - 1'h1;
-  assign \$47  = cnt == 1'h1;
-  assign \$48  = $signed(v) < $signed(\$signal$22 );
-  assign \$49  = relu3 & \$48 ;
-  assign \$50  = \$49  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
-  assign \$51  = $signed(\$50 ) < $signed(8'h80);
-  assign \$52  = $signed(v) < $signed(\$signal$22 );
-  assign \$53  = relu3 & \$52 ;
-  assign \$54  = \$53  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
-  assign \$55  = $signed(\$54 ) > $signed(8'h7f);
-  assign \$56  = $signed(v) < $signed(\$signal$22 );
-  assign \$57  = relu3 & \$56 ;
-  assign \$58  = \$57  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
-  assign \$59  = \$55  ? 13'h007f : \$58 ;
-  assign \$60  = \$51  ? 13'h1f80 : \$59 ;
+  reg [50:0] x;
+  assign \$27  = \$26  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$28  = $signed(\$27 ) > $signed(8'h7f);
+  assign \$29  = $signed(v) < $signed(\$signal );
+  assign \$30  = \$signal$25  & \$29 ;
+  assign \$31  = \$30  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$32  = \$28  ? 13'h007f : \$31 ;
+  assign \$33  = \$24  ? 13'h1f80 : \$32 ;
+  assign \$34  = take & i_acc__valid;
+  assign \$35  = \$34  & i_rq__valid;
+  assign \$36  = phase < 3'h4;
+  assign \$37  = busy & \$36 ;
+  assign \$38  = phase == 3'h4;
+  assign \$39  = busy & \$38 ;
+  assign \$40  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$43  = mr[12] ? \$42  : 34'h000000000;
+  assign \$45  = mr[13] ? \$44  : 34'h000000000;
+  assign \$46  = $signed(\$43 ) + $signed(\$45 );
+  assign \$48  = mr[14] ? \$47  : 36'h000000000;
+  assign \$50  = mr[15] ? \$49  : 36'h000000000;
+  assign \$51  = $signed(\$48 ) + $signed(\$50 );
+  assign \$52  = $signed(\$46 ) + $signed(\$51 );
+  assign \$53  = $signed(\$41 ) + $signed(\$52 );
+  assign \$55  = phase + 1'h1;
   always @(posedge clk)
-    v1 <= \$61 ;
+    o_res__valid <= \$56 ;
   always @(posedge clk)
-    t1 <= \$62 ;
+    o_res__payload <= \$57 ;
   always @(posedge clk)
-    m1 <= \$63 ;
+    busy <= \$58 ;
   always @(posedge clk)
-    \$signal$29  <= \$64 ;
+    phase <= \$59 ;
   always @(posedge clk)
-    \$signal$30  <= \$65 ;
+    acc_r <= \$60 ;
   always @(posedge clk)
-    relu1 <= \$66 ;
+    t <= \$61 ;
   always @(posedge clk)
-    \$signal$32  <= \$67 ;
+    mr <= \$62 ;
   always @(posedge clk)
-    last1 <= \$68 ;
+    p <= \$63 ;
   always @(posedge clk)
-    done <= \$69 ;
+    \$signal$16  <= \$64 ;
   always @(posedge clk)
-    busy <= \$70 ;
+    \$signal  <= \$65 ;
   always @(posedge clk)
-    cnt <= \$71 ;
+    \$signal$25  <= \$66 ;
   always @(posedge clk)
-    tr <= \$72 ;
+    \$signal$26  <= \$67 ;
   always @(posedge clk)
-    mr <= \$73 ;
-  always @(posedge clk)
-    p2 <= \$74 ;
-  always @(posedge clk)
-    \$signal  <= \$75 ;
-  always @(posedge clk)
-    \$signal$37  <= \$76 ;
-  always @(posedge clk)
-    relu2 <= \$77 ;
-  always @(posedge clk)
-    \$signal$39  <= \$78 ;
-  always @(posedge clk)
-    last2 <= \$79 ;
-  always @(posedge clk)
-    v3 <= \$80 ;
-  always @(posedge clk)
-    r3 <= \$81 ;
-  always @(posedge clk)
-    \$signal$22  <= \$82 ;
-  always @(posedge clk)
-    relu3 <= \$83 ;
-  always @(posedge clk)
-    \$signal$42  <= \$84 ;
-  always @(posedge clk)
-    last3 <= \$85 ;
-  always @(posedge clk)
-    o_res__valid <= \$86 ;
-  always @(posedge clk)
-    o_res__payload <= \$87 ;
+    r <= \$68 ;
   assign \$1  = ~ o_res__valid;
-  assign take4 = \$1  | o_res__ready;
-  assign \$2  = ~ v3;
-  assign take3 = \$2  | take4;
-  assign \$3  = ~ v1;
-  assign take1 = \$3  | fire12;
-  assign i_acc__ready = take1 & i_rq__valid;
-  assign i_rq__ready = take1 & i_acc__valid;
+  assign out_free = \$1  | o_res__ready;
+  assign \$2  = phase == 3'h5;
+  assign \$3  = busy & \$2 ;
+  assign finishing = \$3  & out_free;
   assign \$4  = ~ busy;
-  assign \$5  = ~ done;
-  assign \$6  = \$4  & \$5 ;
-  assign \$7  = done & take3;
+  assign take = \$4  | finishing;
+  assign i_acc__ready = take & i_rq__valid;
+  assign i_rq__ready = take & i_acc__valid;
+  assign \$5  = $signed(r) + $signed(\$signal );
+  assign \$6  = take & i_acc__valid;
+  assign \$7  = \$6  & i_rq__valid;
+  assign \$8  = phase < 3'h4;
+  assign \$9  = busy & \$8 ;
+  assign \$10  = phase == 3'h4;
+  assign \$11  = busy & \$10 ;
+  assign \$12  = $signed({ p, 1'h0 }) >>> \$signal$16 ;
+  assign \$13  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
+  assign \$14  = 40'hffffffffff << \$signal$16 ;
+  assign \$15  = x[50:11] & thr;
+  assign \$16  = | \$15 ;
+  assign \$17  = p[49] ? 12'h800 : 12'h7ff;
+  assign \$18  = ovf ? \$17  : q_lo;
+  assign \$19  = $signed(\$18 ) + $signed(2'h1);
+  assign \$21  = $signed(v) < $signed(\$signal );
+  assign \$22  = \$signal$25  & \$21 ;
+  assign \$23  = \$22  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$24  = $signed(\$23 ) < $signed(8'h80);
+  assign \$25  = $signed(v) < $signed(\$signal );
+  assign \$26  = \$signal$25  & \$25 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    q = 51'h0000000000000;
-    if (take3) begin
-      q = \$8 ;
+    v = 13'h0000;
+    if (finishing) begin
+      v = \$5 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    q_lo = 12'h000;
+    if (\$7 ) begin
+    end else if (\$9 ) begin
+    end else if (\$11 ) begin
+      q_lo = \$12 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    x = 51'h0000000000000;
+    if (\$7 ) begin
+    end else if (\$9 ) begin
+    end else if (\$11 ) begin
+      x = \$13 [50:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    thr = 40'h0000000000;
+    if (\$7 ) begin
+    end else if (\$9 ) begin
+    end else if (\$11 ) begin
+      thr = \$14 [39:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    ovf = 1'h0;
+    if (\$7 ) begin
+    end else if (\$9 ) begin
+    end else if (\$11 ) begin
+      ovf = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rr = 12'h000;
-    if (take3) begin
-      rr = \$15 [11:0];
+    if (\$7 ) begin
+    end else if (\$9 ) begin
+    end else if (\$11 ) begin
+      rr = \$20 [11:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    v = 13'h0000;
-    if (take4) begin
-      v = \$16 ;
+    \$56  = o_res__valid;
+    if (o_res__ready) begin
+      \$56  = 1'h0;
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = v1;
-    if (take1) begin
-      \$61  = \$17 ;
+    if (finishing) begin
+      \$56  = 1'h1;
     end
     if (rst) begin
-      \$61  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = t1;
-    if (take1) begin
-      \$62  = \$18 ;
+    \$57  = o_res__payload;
+    if (finishing) begin
+      \$57 [31:0] = acc_r;
+      \$57 [39:32] = \$33 [7:0];
+      \$57 [40] = \$signal$26 ;
     end
     if (rst) begin
-      \$62  = 33'h000000000;
+      \$57  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = m1;
-    if (take1) begin
-      \$63  = i_rq__payload[47:32];
+    \$58  = busy;
+    if (finishing) begin
+      \$58  = 1'h0;
+    end
+    if (\$35 ) begin
+      \$58  = 1'h1;
     end
     if (rst) begin
-      \$63  = 16'h0000;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = \$signal$29 ;
-    if (take1) begin
+    \$59  = phase;
+    if (\$35 ) begin
+      \$59  = 3'h0;
+    end else if (\$37 ) begin
+      \$59  = \$55 [2:0];
+    end else if (\$39 ) begin
+      \$59  = 3'h5;
+    end
+    if (rst) begin
+      \$59  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$60  = acc_r;
+    if (\$35 ) begin
+      \$60  = i_acc__payload[31:0];
+    end
+    if (rst) begin
+      \$60  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$61  = t;
+    if (\$35 ) begin
+      \$61  = \$40 ;
+    end
+    if (rst) begin
+      \$61  = 33'h000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$62  = mr;
+    if (\$35 ) begin
+      \$62  = i_rq__payload[47:32];
+    end else if (\$37 ) begin
+      \$62  = \$54 [15:0];
+    end
+    if (rst) begin
+      \$62  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$63  = p;
+    if (\$35 ) begin
+      \$63  = 50'h0000000000000;
+    end else if (\$37 ) begin
+      \$63  = \$53 [49:0];
+    end
+    if (rst) begin
+      \$63  = 50'h0000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$64  = \$signal$16 ;
+    if (\$35 ) begin
       \$64  = i_rq__payload[53:48];
     end
     if (rst) begin
@@ -11555,8 +10117,8 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = \$signal$30 ;
-    if (take1) begin
+    \$65  = \$signal ;
+    if (\$35 ) begin
       \$65  = i_rq__payload[61:54];
     end
     if (rst) begin
@@ -11565,8 +10127,8 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = relu1;
-    if (take1) begin
+    \$66  = \$signal$25 ;
+    if (\$35 ) begin
       \$66  = i_rq__payload[62];
     end
     if (rst) begin
@@ -11575,233 +10137,29 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = \$signal$32 ;
-    if (take1) begin
-      \$67  = i_acc__payload[31:0];
+    \$67  = \$signal$26 ;
+    if (\$35 ) begin
+      \$67  = i_acc__payload[32];
     end
     if (rst) begin
-      \$67  = 32'd0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = last1;
-    if (take1) begin
-      \$68  = i_acc__payload[32];
+    \$68  = r;
+    if (\$35 ) begin
+    end else if (\$37 ) begin
+    end else if (\$39 ) begin
+      \$68  = rr;
     end
     if (rst) begin
-      \$68  = 1'h0;
+      \$68  = 12'h000;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = done;
-    if (\$19 ) begin
-      \$69  = 1'h0;
-    end
-    if (fire12) begin
-    end else if (busy) begin
-      if (\$47 ) begin
-        \$69  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$69  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$70  = busy;
-    if (fire12) begin
-      \$70  = 1'h1;
-    end else if (busy) begin
-      if (\$47 ) begin
-        \$70  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$70  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$71  = cnt;
-    if (fire12) begin
-      \$71  = 2'h3;
-    end else if (busy) begin
-      \$71  = \$46 [1:0];
-    end
-    if (rst) begin
-      \$71  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$72  = tr;
-    if (fire12) begin
-      \$72  = t1;
-    end
-    if (rst) begin
-      \$72  = 33'h000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$73  = mr;
-    if (fire12) begin
-      \$73  = \$20 [15:0];
-    end else if (busy) begin
-      \$73  = \$45 [15:0];
-    end
-    if (rst) begin
-      \$73  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$74  = p2;
-    if (fire12) begin
-      \$74  = { \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31 [37], \$31  };
-    end else if (busy) begin
-      \$74  = \$44 [49:0];
-    end
-    if (rst) begin
-      \$74  = 50'h0000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$75  = \$signal ;
-    if (fire12) begin
-      \$75  = \$signal$29 ;
-    end
-    if (rst) begin
-      \$75  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$76  = \$signal$37 ;
-    if (fire12) begin
-      \$76  = \$signal$30 ;
-    end
-    if (rst) begin
-      \$76  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$77  = relu2;
-    if (fire12) begin
-      \$77  = relu1;
-    end
-    if (rst) begin
-      \$77  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$78  = \$signal$39 ;
-    if (fire12) begin
-      \$78  = \$signal$32 ;
-    end
-    if (rst) begin
-      \$78  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$79  = last2;
-    if (fire12) begin
-      \$79  = last1;
-    end
-    if (rst) begin
-      \$79  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$80  = v3;
-    if (take3) begin
-      \$80  = done;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$81  = r3;
-    if (take3) begin
-      \$81  = rr;
-    end
-    if (rst) begin
-      \$81  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$82  = \$signal$22 ;
-    if (take3) begin
-      \$82  = \$signal$37 ;
-    end
-    if (rst) begin
-      \$82  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$83  = relu3;
-    if (take3) begin
-      \$83  = relu2;
-    end
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$84  = \$signal$42 ;
-    if (take3) begin
-      \$84  = \$signal$39 ;
-    end
-    if (rst) begin
-      \$84  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$85  = last3;
-    if (take3) begin
-      \$85  = last2;
-    end
-    if (rst) begin
-      \$85  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$86  = o_res__valid;
-    if (take4) begin
-      \$86  = v3;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$87  = o_res__payload;
-    if (take4) begin
-      \$87 [31:0] = \$signal$42 ;
-      \$87 [39:32] = \$60 [7:0];
-      \$87 [40] = last3;
-    end
-    if (rst) begin
-      \$87  = 41'h00000000000;
-    end
-  end
-  assign v2 = done;
+  assign \o_res__payload.acc  = o_res__payload[31:0];
+  assign \o_res__payload.out  = o_res__payload[39:32];
+  assign \o_res__payload.last  = o_res__payload[40];
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
   assign \i_acc__payload.last  = i_acc__payload[32];
   assign \i_rq__payload.bias  = i_rq__payload[31:0];
@@ -11809,19 +10167,11 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \i_rq__payload.shift  = i_rq__payload[53:48];
   assign \i_rq__payload.zero_point  = i_rq__payload[61:54];
   assign \i_rq__payload.relu  = i_rq__payload[62];
-  assign \o_res__payload.acc  = o_res__payload[31:0];
-  assign \o_res__payload.out  = o_res__payload[39:32];
-  assign \o_res__payload.last  = o_res__payload[40];
-  assign \$15  = { \$14 [12], \$14 [12:1] };
-  assign \$20  = { 3'h0, m1, 4'h0 };
-  assign \$21  = { t1[32], t1 };
-  assign \$23  = { t1, 1'h0 };
-  assign \$26  = { t1[32], t1, 2'h0 };
-  assign \$29  = { t1, 3'h0 };
-  assign \$32  = { p2[49], p2[49], p2[49], p2, 4'h0 };
-  assign \$33  = { tr[32], tr };
-  assign \$35  = { tr, 1'h0 };
-  assign \$38  = { tr[32], tr, 2'h0 };
-  assign \$41  = { tr, 3'h0 };
-  assign \$45  = { 3'h0, mr, 4'h0 };
+  assign \$20  = { \$19 [12], \$19 [12:1] };
+  assign \$41  = { p[49], p[49], p[49], p, 4'h0 };
+  assign \$42  = { t[32], t };
+  assign \$44  = { t, 1'h0 };
+  assign \$47  = { t[32], t, 2'h0 };
+  assign \$49  = { t, 3'h0 };
+  assign \$54  = { 3'h0, mr, 4'h0 };
 endmodule

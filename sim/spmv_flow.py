@@ -118,18 +118,21 @@ def _check_range(a: np.ndarray, lo: int, hi: int, name: str, what: str) -> None:
 
 
 def spmv_config(*, lanes: int, bits: int, block: int, cols: int, dense: bool = False, bus_bits: int = 64,
-                acc_bits: int = 32, max_cols: int | None = None):
+                acc_bits: int = 32, max_cols: int | None = None, mask_words: int | None = None,
+                window_beats: int = 3, mul_steps: int = 1):
     """The :class:`~sparsefab.gen.spmv_config.SpmvConfig` used for a matrix of ``cols`` columns.
 
     ``max_cols`` defaults to the next power of two >= max(cols, 1024), so one compiled
-    binary serves every matrix up to that width.
+    binary serves every matrix up to that width.  ``mask_words``, ``window_beats`` and
+    ``mul_steps`` select e.g. the iCEBreaker form (``designs.build_spmv.board_defaults``).
     """
     from sparsefab.gen.spmv_config import SpmvConfig
 
     if max_cols is None:
         max_cols = min(65535, 1 << max(10, (int(cols) - 1).bit_length()))
     return SpmvConfig(lanes=lanes, weight_bits=bits, block=block, bus_bits=bus_bits, acc_bits=acc_bits,
-                      max_cols=max_cols, dense=dense)
+                      max_cols=max_cols, dense=dense, mask_words=mask_words, window_beats=window_beats,
+                      mul_steps=mul_steps)
 
 
 def _top_class(config):
@@ -287,7 +290,8 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
              acc_bits: int = 32, requant: Requant | dict | None = None, dense: bool = False,
              stalls: bool | float = False, seed: int = 1, max_cols: int | None = None,
              simulator: str = "verilator", engine: str | None = None,
-             build_root: str | None = None) -> SpmvResult:
+             build_root: str | None = None, mask_words: int | None = None, window_beats: int = 3,
+             mul_steps: int = 1) -> SpmvResult:
     """Run ``y = W @ x`` for every row ``x`` of ``X_codes`` on the RTL and return what it produced.
 
     Parameters
@@ -308,6 +312,9 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
         probability (True = 0.2); seeded by ``seed``.
     max_cols : int, optional
         Activation buffer size of the generated array (default: see :func:`spmv_config`).
+    mask_words, window_beats, mul_steps : int, optional
+        Decoder mask beat / window and requantization steps (:class:`SpmvConfig`; default the
+        array's defaults).
     simulator : {"verilator", "icarus"}
         ``icarus`` runs through the cocotb runner (needs ``iverilog``).
     engine : {"flow", "cocotb"}, optional
@@ -361,7 +368,8 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
     p_stall = 0.2 if stalls is True else float(stalls or 0.0)
 
     cfg = spmv_config(lanes=lanes, bits=bits, block=block, cols=cols, dense=dense, bus_bits=bus_bits,
-                      acc_bits=acc_bits, max_cols=max_cols)
+                      acc_bits=acc_bits, max_cols=max_cols, mask_words=mask_words, window_beats=window_beats,
+                      mul_steps=mul_steps)
     if cols > cfg.max_cols:
         raise SparsefabError(f"W_codes: cols={cols} exceeds the array's max_cols={cfg.max_cols}")
     if rows >= 1 << 16:

@@ -150,6 +150,12 @@ def _requant_cases(rng, n):
             k = 4 + 2 * i + j
             acc[k], bias[k], mult[k], shift[k], zp[k], relu[k] = a, 0, 1, 0, z, 0
     acc[20:24], bias[20:24], mult[20:24], shift[20:24] = 2047, 0, 3, [0, 1, 2, 3]
+    # the overflow test of the rounding shift is a thermometer over shift: the largest products
+    # with the largest shifts (47, the contract's limit), just above / below the 12-bit saturation
+    acc[24:32] = [(1 << 31) - 1, -(1 << 31), (1 << 31) - 1, -(1 << 31), 1 << 30, -(1 << 30), 5, -5]
+    bias[24:32] = [(1 << 31) - 1, -(1 << 31), 0, 0, 0, 0, 0, 0]
+    mult[24:32] = 65535
+    shift[24:32] = [47, 47, 37, 37, 36, 36, 46, 45]
     return acc, bias, mult, shift, zp, relu
 
 
