@@ -363,7 +363,7 @@ class KVCompressor(wiring.Component):
 
     def _quant(self, m, u, sg, k, R, tabs, tag):
         """Stages Q3..Q8 for one value at one step: returns per table (in ``tabs``) registered
-        ``(sym, esc, r)`` at Q8 plus the sign; ``k`` (shift 0..kmax) and ``R`` (reciprocal) must be
+        ``(sym, esc)`` at Q8, the raw escape field (``esc_bits``, two's complement) and the sign; ``k`` (shift 0..kmax) and ``R`` (reciprocal) must be
         valid one cycle before the multiply (at Q3)."""
         F, cb = kvg.HW_F, self.codebooks
         ups = cb.unit_per_step
@@ -430,7 +430,9 @@ class KVCompressor(wiring.Component):
         zs6 = self._reg(m, zs5) if slow else None
         sg6 = self._reg(m, sg5, 1)
         if esc_on:
-            r6, derr6 = self._reg(m, r5), self._reg(m, derr5)
+            # the raw escape field (two's complement, esc_bits) formed here, off the packer's item path
+            r6 = self._reg(m, Mux(sg5, -r5, r5).as_unsigned()[:cb.esc_bits], cb.esc_bits, name=f"{tag}_r6")
+            derr6 = self._reg(m, derr5)
         j6 = {}
         for ti in tabs:
             jw = _bl(len(self.tabs[ti][0]))
@@ -532,9 +534,11 @@ class KVCompressor(wiring.Component):
         set_ready, clr_ready = Signal(NBANK), Signal(NBANK)
         set_dec, clr_dec = Signal(NBANK), Signal(NBANK)
         set_drop = Signal(NBANK)
-        m.d.sync += [busy.eq((busy | set_busy) & ~clr_busy), ready.eq((ready | set_ready) & ~clr_ready),
-                     decided.eq((decided | set_dec) & ~clr_dec),
-                     drop.eq((set_ready & set_drop) | (~set_ready & drop & ~clr_busy))]
+        set_dec_e, clr_busy_p = Signal(NBANK), Signal(NBANK)     # driven by the issue controls below
+        clr_b = clr_busy | clr_busy_p
+        m.d.sync += [busy.eq((busy | set_busy) & ~clr_b), ready.eq((ready | set_ready) & ~clr_ready),
+                     decided.eq((decided | set_dec | set_dec_e) & ~clr_dec),
+                     drop.eq((set_ready & set_drop) | (~set_ready & drop & ~clr_b))]
         m.d.comb += self.busy.eq(busy.any())
 
         # ---------------------------------------------------------------- 1. input + statistics
@@ -564,10 +568,13 @@ class KVCompressor(wiring.Component):
             ex, man = h[10:15], h[0:10]
             m11 = Mux(ex == 0, man, Cat(man, Const(1, 1)))
             ex1 = Cat(ex[0] | (ex == 0), ex[1:])          # a = (m11 << max(ex, 1)) >> 1
-            mags.append(reg(m, self._shl(m, m11, ex1, AW + 1)[1:], AW, name=f"s1_a{q}"))
+            # the exponent shift in two registered halves (2 + 3 mux levels)
+            a0 = reg(m, self._shl(m, m11, ex1[:2], 14), 14, name=f"s0_a{q}")
+            ehi = reg(m, ex1[2:], 3, name=f"s0_e{q}")
+            mags.append(reg(m, self._shl(m, a0, Cat(Const(0, 2), ehi), AW + 1)[1:], AW, name=f"s1_a{q}"))
             bads.append(ex == 31)
         s_bad = reg(m, Cat(*bads).any(), 1, name="s1_bad")
-        ctx = [s_v, s_f, s_l, s_b, s_eb, s_bad]
+        ctx = [reg(m, c) for c in (s_v, s_f, s_l, s_b, s_eb, s_bad)]
         sums, maxs = mags, mags
         lvl = 0
         while len(sums) > 1:
@@ -599,11 +606,15 @@ class KVCompressor(wiring.Component):
         ws2, wa2 = reg(m, reg(m, w_s)), reg(m, reg(m, w_a))
         wctx = [reg(m, reg(m, c)) for c in wctx]
         # W3: the mbits bits below the leading one
-        def nxt(v, msb):
-            sh = self._shr(m, Cat(Const(0, mb), v) if mb else v, msb)
-            return sh[:mb] if mb else Const(0, 1)
-        fs = reg(m, nxt(ws2, ms), max(mb, 1), name="w3_fs")
-        fa = reg(m, nxt(wa2, ma), max(mb, 1), name="w3_fa")
+        # (in two registered halves: by the leading one's byte, then by its bit in the byte)
+        def nxt(v, msb, name):
+            if not mb:
+                return Const(0, 1)
+            hi = self._shr(m, Cat(Const(0, mb), v), Cat(Const(0, 3), msb[3:]))
+            lo = reg(m, hi[:mb + 7], mb + 7, name=f"{name}a")
+            return self._shr(m, lo, reg(m, msb[:3], 3))[:mb]
+        fs = reg(m, nxt(ws2, ms, "w3_fs"), max(mb, 1), name="w3_fs")
+        fa = reg(m, nxt(wa2, ma, "w3_fa"), max(mb, 1), name="w3_fa")
         ms3, ma3, s_any3, a_any3 = reg(m, ms), reg(m, ma), reg(m, s_any), reg(m, a_any)
         wctx = [reg(m, c) for c in wctx]
         _, _, w_eb, _ = wctx
@@ -611,7 +622,7 @@ class KVCompressor(wiring.Component):
         cwid = signed(16)
         ebm = reg(m, -w_eb - 24 - mb, signed(10), name="w3_ebm")
         wctx = [reg(m, c) for c in wctx]
-        fs, fa, ms3, ma3 = reg(m, fs), reg(m, fa), reg(m, ms3), reg(m, ma3)
+        ms3, ma3 = reg(m, ms3), reg(m, ma3)
         s_any3, a_any3 = reg(m, s_any3), reg(m, a_any3)
         code_s = reg(m, ((ms3 + ebm) << mb) | (fs if mb else 0), cwid, name="w4_cs")
         code_a = reg(m, ((ma3 + ebm) << mb) | (fa if mb else 0), cwid, name="w4_ca")
@@ -623,11 +634,14 @@ class KVCompressor(wiring.Component):
         s_any4, a_any4 = reg(m, s_any3), reg(m, a_any3)
         wctx = [reg(m, c) for c in wctx]
         tf4 = reg(m, Mux(~a_any4 | (tfv < 0), 0, Mux(tfv > T - 1, T - 1, tfv)), tw, name="w4_tf")
-        tm, tl, s_any4 = reg(m, tm), reg(m, tl), reg(m, s_any4)
+        # clamping commutes with the max (both monotone): clamp each code and compare them in parallel
+        def clamp(v):
+            return Mux(v < 0, 0, Mux(v > T - C, T - C, v))
+        ctm, ctl = reg(m, clamp(tm), tw, name="w4_ctm"), reg(m, clamp(tl), tw, name="w4_ctl")
+        tgt, s_any4 = reg(m, tm > tl, 1, name="w4_gt"), reg(m, s_any4)
         wctx = [reg(m, c) for c in wctx]
         # W5: window base
-        mx = Mux(tm > tl, tm, tl)
-        base5 = reg(m, Mux(~s_any4 | (mx < 0), 0, Mux(mx > T - C, T - C, mx)), tw, name="w5_base")
+        base5 = reg(m, Mux(~s_any4, 0, Mux(tgt, ctm, ctl)), tw, name="w5_base")
         tf5 = reg(m, tf4)
         wctx = [reg(m, c) for c in wctx]
         v5, b5, eb5, bad5 = wctx
@@ -638,32 +652,37 @@ class KVCompressor(wiring.Component):
                          b_s0e[b5].eq((base5 >> mb) + eb5 + 24)]
 
         # ---------------------------------------------------------------- 2. evaluation
-        ebank = Signal(bbw)
+        # issue control from registers only: the candidate bank (binary and one-hot) and the
+        # last-beat flag are kept as state, so "start the next group" is one lookup of the ready
+        # vector, not an adder, a compare and a variable bit select in series
+        ebank = Signal(bbw)              # bank being issued
         ebeat = Signal(btw)
         eiss = Signal()                  # issuing a group
-        e_last = eiss & (ebeat == BEATS - 1)
-        e_nb = Mux(e_last, ebank + 1, ebank)[:bbw]
-        e_can = (~eiss | e_last) & ready.bit_select(e_nb, 1)
-        e_start = e_can & ~drop.bit_select(e_nb, 1)
-        with m.If(e_last):
-            m.d.sync += [eiss.eq(0), ebank.eq(e_nb), ebeat.eq(0)]
+        elast = Signal()                 # issuing its last beat
+        ecand = Signal(bbw)              # next bank to issue
+        ecand_oh = Signal(NBANK, init=1)
+        e_can = (~eiss | elast) & (ready & ecand_oh).any()
+        e_start = e_can & ~(drop & ecand_oh).any()
+        with m.If(elast):
+            m.d.sync += [eiss.eq(0), ebeat.eq(0), elast.eq(0)]
         with m.Elif(eiss):
-            m.d.sync += ebeat.eq(ebeat + 1)
+            m.d.sync += [ebeat.eq(ebeat + 1), elast.eq(ebeat == BEATS - 2)]
         with m.If(e_can):
-            m.d.comb += clr_ready.bit_select(e_nb, 1).eq(1)
+            m.d.comb += clr_ready.eq(ecand_oh)
+            m.d.sync += [ecand.eq(ecand + 1), ecand_oh.eq(ecand_oh.rotate_left(1))]
             with m.If(e_start):
-                m.d.sync += [eiss.eq(1), ebeat.eq(0), ebank.eq(e_nb)]
+                m.d.sync += [eiss.eq(1), ebeat.eq(0), ebank.eq(ecand), elast.eq(BEATS == 1)]
             with m.Else():          # refused group: no pass, straight to the packer (which drops it)
-                m.d.comb += set_dec.bit_select(e_nb, 1).eq(1)
-                m.d.sync += ebank.eq(e_nb + 1)
+                m.d.comb += set_dec_e.eq(ecand_oh)
         m.d.comb += rd_e.addr.eq(addr(ebank, ebeat))
-        ev = [eiss, ebeat == 0, ebeat == BEATS - 1, ebank]           # valid, first, last, bank
+        ev = [eiss, ebeat == 0, elast, ebank]           # valid, first, last, bank
         ev = [reg(m, c) for c in ev]                                  # E1: data out of the RAM
         e_bank1 = ev[3]
         fronts = [self._front(m, rd_e.data[16 * q: 16 * q + 16], b_s0e[e_bank1], f"e{q}") for q in range(P)]
-        ev = [reg(m, reg(m, c)) for c in ev]                          # E3
-        f0 = Signal(max(mb, 1))
-        m.d.comb += f0.eq(b_base[ev[3]][:mb] if mb else 0)
+        ev = [reg(m, c) for c in ev]                                  # E2
+        # the window's first step code of this bank, looked up one stage ahead of its use
+        f0 = reg(m, b_base[ev[3]][:mb] if mb else Const(0, 1), max(mb, 1), name="e3_f0")
+        ev = [reg(m, c) for c in ev]                                  # E3
         ev = [reg(m, c) for c in ev]                                  # E4: u registered
         etabs = sorted({self.tab_of[i] for i in self.huff})
         bits = {}                                                      # (c, k) -> list over values
@@ -729,6 +748,9 @@ class KVCompressor(wiring.Component):
             g_any.append(reg(m, a_, 1, name=f"d3_a{gi}"))
             g_c.append(reg(m, c_, _bl(C), name=f"d3_c{gi}"))
             g_k.append(reg(m, k_, max(_bl(K - 1), 1), name=f"d3_k{gi}"))
+        # this bank's window base, fallback step and exponent bias, read one stage ahead
+        base_d, tf_d = reg(m, b_base[d_b], tw, name="d3_base"), reg(m, b_tf[d_b], tw, name="d3_tf")
+        eb_d = reg(m, b_eb[d_b] + 24, signed(10), name="d3_eb")
         d_v, d_b = reg(m, d_v), reg(m, d_b)
         f_any, f_c, f_k = Const(0, 1), Const(0, _bl(C)), Const(0, max(_bl(K - 1), 1))
         for gi in reversed(range(len(grp))):
@@ -736,12 +758,13 @@ class KVCompressor(wiring.Component):
             f_c = Mux(g_any[gi], g_c[gi], f_c)
             f_k = Mux(g_any[gi], g_k[gi], f_k)
         sel4 = reg(m, Mux(f_any, f_k, self.fb), range(K), name="d4_sel")
-        t4 = reg(m, Mux(f_any, b_base[d_b] + f_c, b_tf[d_b]), tw, name="d4_t")
+        t4 = reg(m, Mux(f_any, base_d + f_c, tf_d), tw, name="d4_t")
+        eb4 = reg(m, eb_d)
         d_v, d_b = reg(m, d_v), reg(m, d_b)
         # D5: step parameters of the packer, commit
         with m.If(d_v):
             m.d.comb += set_dec.bit_select(d_b, 1).eq(1)
-            m.d.sync += [b_sel[d_b].eq(sel4), b_t[d_b].eq(t4), b_s0p[d_b].eq((t4 >> mb) + b_eb[d_b] + 24),
+            m.d.sync += [b_sel[d_b].eq(sel4), b_t[d_b].eq(t4), b_s0p[d_b].eq((t4 >> mb) + eb4),
                          b_R[d_b].eq(Array(Const(r, self.rw) for r in self.R)[t4[:mb]] if mb else self.R[0])]
 
         # ---------------------------------------------------------------- 3. packing
@@ -750,27 +773,31 @@ class KVCompressor(wiring.Component):
         piss = Signal()
         inflight = Signal(3)
         ocount = Signal(2)
-        p_last = piss & (pbeat == BEATS - 1)
-        p_nb = Mux(p_last, pbank + 1, pbank)[:bbw]
-        p_dec = (~piss | p_last) & decided.bit_select(p_nb, 1)
-        p_drop = p_dec & drop.bit_select(p_nb, 1)
+        plast = Signal()
+        pcand = Signal(bbw)
+        pcand_oh = Signal(NBANK, init=1)
+        p_dec = (~piss | plast) & (decided & pcand_oh).any()
+        p_dropc = (drop & pcand_oh).any()
+        p_drop = p_dec & p_dropc
         fin = Signal()
         emit_done = Signal()
         credit = (ocount + inflight) < 2
-        p_start = p_dec & ~drop.bit_select(p_nb, 1) & credit
-        with m.If(p_last):
-            m.d.sync += [piss.eq(0), pbank.eq(p_nb), pbeat.eq(0)]
+        p_start = p_dec & ~p_dropc & credit
+        with m.If(plast):
+            m.d.sync += [piss.eq(0), pbeat.eq(0), plast.eq(0)]
         with m.Elif(piss):
-            m.d.sync += pbeat.eq(pbeat + 1)
+            m.d.sync += [pbeat.eq(pbeat + 1), plast.eq(pbeat == BEATS - 2)]
+        with m.If(p_drop | p_start):
+            m.d.comb += clr_dec.eq(pcand_oh)
+            m.d.sync += [pcand.eq(pcand + 1), pcand_oh.eq(pcand_oh.rotate_left(1))]
         with m.If(p_drop):
-            m.d.comb += [clr_dec.bit_select(p_nb, 1).eq(1), clr_busy.bit_select(p_nb, 1).eq(1)]
-            m.d.sync += [pbank.eq(p_nb + 1), self.error.eq(1), self.count_dropped.eq(self.count_dropped + 1)]
+            m.d.comb += clr_busy_p.eq(pcand_oh)
+            m.d.sync += [self.error.eq(1), self.count_dropped.eq(self.count_dropped + 1)]
         with m.Elif(p_start):
-            m.d.comb += clr_dec.bit_select(p_nb, 1).eq(1)
-            m.d.sync += [piss.eq(1), pbeat.eq(0), pbank.eq(p_nb)]
+            m.d.sync += [piss.eq(1), pbeat.eq(0), pbank.eq(pcand), plast.eq(BEATS == 1)]
         m.d.sync += inflight.eq(inflight + (p_start & ~p_drop) - fin)
         m.d.comb += rd_p.addr.eq(addr(pbank, pbeat))
-        pv = [piss, pbeat == 0, pbeat == BEATS - 1, pbank]
+        pv = [piss, pbeat == 0, plast, pbank]
         pv = [reg(m, c) for c in pv]
         pfr = [self._front(m, rd_p.data[16 * q: 16 * q + 16], b_s0p[pv[3]], f"p{q}") for q in range(P)]
         pv = [reg(m, reg(m, c)) for c in pv]
@@ -782,27 +809,29 @@ class KVCompressor(wiring.Component):
         for _ in range(8):
             pv = [reg(m, c) for c in pv]
             psel = reg(m, psel)
-        # P11: items (bit-reversed code, then the raw escape value) of every codebook; P12: select
+        # P11: code, length, escape flag and raw field of every codebook (table lookups, registered);
+        # P12: the escape item and the chosen codebook's item (two mux levels)
         items, ilens, escs = [], [], []
         iwl = _bl(self.iw)
         for q in range(P):
-            res, r8, sg8 = pres[q]
+            res, r8, _ = pres[q]
+            draw = reg(m, r8[:cb.esc_bits], max(cb.esc_bits, 1), name=f"p11_raw{q}") if cb.esc_bits else None
             it_k, ln_k, es_k = [], [], []
             for i in range(K):
                 sym, esc = res[self.tab_of[i]]
-                code = Array(Const(v, max(cb.max_len, 1)) for v in self.rcode[i])[sym]
-                ln = Array(Const(int(v), iwl) for v in cb.lengths[i])[sym]
+                code = reg(m, Array(Const(v, max(cb.max_len, 1)) for v in self.rcode[i])[sym],
+                           max(cb.max_len, 1), name=f"p_code{q}_{i}")
+                ln = reg(m, Array(Const(int(v), iwl) for v in cb.lengths[i])[sym], iwl, name=f"p_ln{q}_{i}")
                 if cb.has_esc(i):
                     le = int(cb.lengths[i, cb.esc])
-                    draw = Mux(sg8, -r8, r8).as_unsigned()[:cb.esc_bits]
+                    esc = reg(m, esc, 1, name=f"p_esc{q}_{i}")
                     code = Mux(esc, Const(self.rcode[i][cb.esc], max(cb.max_len, 1)) | (draw << le), code)
                     ln = Mux(esc, le + cb.esc_bits, ln)
                     es_k.append(esc)
                 else:
                     es_k.append(Const(0, 1))
-                it_k.append(reg(m, code, self.iw, name=f"p_it{q}_{i}"))
-                ln_k.append(reg(m, ln, iwl, name=f"p_ln{q}_{i}"))
-                es_k[-1] = reg(m, es_k[-1], 1)
+                it_k.append(code)
+                ln_k.append(ln)
             sel_r = reg(m, psel)
             items.append(reg(m, Array(it_k)[sel_r], self.iw, name=f"p12_it{q}"))
             ilens.append(reg(m, Array(ln_k)[sel_r], iwl, name=f"p12_ln{q}"))
