@@ -333,6 +333,32 @@ class KVCompressor(wiring.Component):
             msb = Mux(nz[c], Cat(pos[c], Const(c, _bl(nch))), msb)
         return self._reg(m, msb, _bl(n) + 1, name=f"{name}_msb"), self._reg(m, Cat(*nz).any(), 1, name=f"{name}_any")
 
+    @staticmethod
+    def _cand_bit(m, vec, oh, moved, name):
+        """``vec[candidate]`` from registers only: ``oh`` is the candidate one-hot, ``moved`` says it
+        advanced (rotated by one) at the last clock edge.  Both the current and the next candidate's
+        bits are registered every cycle, so the result is at most one cycle old: safe for flags that
+        only this candidate's owner clears (by moving on) and that others only set (seen a cycle later)."""
+        cur = KVCompressor._reg(m, (vec & oh).any(), 1, name=f"{name}_c")
+        nxt = KVCompressor._reg(m, (vec & oh.rotate_left(1)).any(), 1, name=f"{name}_n")
+        return Mux(moved, nxt, cur)
+
+    def _key(self, m, ex, man, name):
+        """Window key of an FP16 magnitude (exponent field ``ex``, mantissa ``man``): ``Cat(f, msb, nz)``
+        with ``msb`` the leading-one position of ``|x| * 2**24`` and ``f`` its ``mbits`` next bits (the
+        floor step code up to a constant), ``nz`` = ``|x| != 0``.  Monotone in ``|x|``."""
+        mb = self.params.mbits
+        # subnormal: leading one of the mantissa and the bits below it, left-aligned
+        lo = Const(0, 4)
+        for b in range(10):
+            lo = Mux(man[b], b, lo)
+        al = Signal(10, name=f"{name}_al")
+        m.d.comb += al.eq(self._shl(m, man, (9 - lo)[:4], 10))
+        normal = ex != 0
+        msb = Mux(normal, ex + 9, lo)
+        f = Mux(normal, man[10 - mb:], al[9 - mb:9]) if mb else Const(0, 0)
+        return Cat(f, msb[:6], normal | (man != 0))
+
     def _front(self, m, h, s0, tag):
         """FP16 pattern ``h`` (RAM output) and ``s0`` (both valid in the same cycle) -> sign and
         ``u = sat(floor(|x| * 2**F / 2**s0))`` (``UW`` bits; saturated to all ones), three stages."""
@@ -543,17 +569,21 @@ class KVCompressor(wiring.Component):
 
         # ---------------------------------------------------------------- 1. input + statistics
         wbank = Signal(bbw)
+        wbank_oh = Signal(NBANK, init=1)
         wbeat = Signal(btw)
         in_grp = Signal()
-        m.d.comb += self.i_values.ready.eq(in_grp | ~busy.bit_select(wbank, 1))
+        wmoved = Signal()
+        wfree = self._cand_bit(m, ~busy, wbank_oh, wmoved, "wfree")
+        m.d.comb += self.i_values.ready.eq(in_grp | wfree)
         hs = self.i_values.valid & self.i_values.ready
         last_in = wbeat == BEATS - 1
         m.d.comb += [wr.addr.eq(addr(wbank, wbeat)), wr.data.eq(self.i_values.payload.as_value()), wr.en.eq(hs)]
+        m.d.sync += wmoved.eq(hs & last_in)
         with m.If(hs):
             with m.If(~in_grp):
-                m.d.comb += set_busy.bit_select(wbank, 1).eq(1)
+                m.d.comb += set_busy.eq(wbank_oh)
             with m.If(last_in):
-                m.d.sync += [wbeat.eq(0), in_grp.eq(0), wbank.eq(wbank + 1)]
+                m.d.sync += [wbeat.eq(0), in_grp.eq(0), wbank.eq(wbank + 1), wbank_oh.eq(wbank_oh.rotate_left(1))]
             with m.Else():
                 m.d.sync += [wbeat.eq(wbeat + 1), in_grp.eq(1)]
         # S1: magnitudes
@@ -562,7 +592,8 @@ class KVCompressor(wiring.Component):
         s_l = reg(m, last_in, 1, name="s1_l")
         s_b = reg(m, wbank, bbw, name="s1_b")
         s_eb = reg(m, self.ebias, signed(8), name="s1_eb")
-        mags, bads = [], []
+        mags, bads, keys = [], [], []
+        KW = 1 + 6 + mb
         for q in range(P):
             h = self.i_values.payload[q]
             ex, man = h[10:15], h[0:10]
@@ -572,17 +603,20 @@ class KVCompressor(wiring.Component):
             a0 = reg(m, self._shl(m, m11, ex1[:2], 14), 14, name=f"s0_a{q}")
             ehi = reg(m, ex1[2:], 3, name=f"s0_e{q}")
             mags.append(reg(m, self._shl(m, a0, Cat(Const(0, 2), ehi), AW + 1)[1:], AW, name=f"s1_a{q}"))
+            # the window needs only code(max |x|) = max code(|x|) (the code is monotone): a 10-bit key
+            # (nonzero, leading-one position, the mbits bits below it) straight from the FP16 fields
+            keys.append(reg(m, reg(m, self._key(m, ex, man, f"s0_k{q}")), KW, name=f"s1_k{q}"))
             bads.append(ex == 31)
         s_bad = reg(m, Cat(*bads).any(), 1, name="s1_bad")
         ctx = [reg(m, c) for c in (s_v, s_f, s_l, s_b, s_eb, s_bad)]
-        sums, maxs = mags, mags
+        sums, maxs = mags, keys
         lvl = 0
         while len(sums) > 1:
             lvl += 1
             ns, nm = [], []
             for i in range(0, len(sums) - 1, 2):
                 ns.append(reg(m, sums[i] + sums[i + 1], name=f"s_sum{lvl}_{i}"))
-                nm.append(reg(m, Mux(maxs[i] > maxs[i + 1], maxs[i], maxs[i + 1]), AW, name=f"s_max{lvl}_{i}"))
+                nm.append(reg(m, Mux(maxs[i] > maxs[i + 1], maxs[i], maxs[i + 1]), KW, name=f"s_max{lvl}_{i}"))
             if len(sums) % 2:
                 ns.append(reg(m, sums[-1]))
                 nm.append(reg(m, maxs[-1]))
@@ -590,7 +624,7 @@ class KVCompressor(wiring.Component):
             ctx = [reg(m, c) for c in ctx]
         c_v, c_f, c_l, c_b, c_eb, c_bad = ctx
         SW = AW + _bl(G)
-        acc_s, acc_a, acc_bad = Signal(SW), Signal(AW), Signal()
+        acc_s, acc_a, acc_bad = Signal(SW), Signal(KW), Signal()
         n_s = Mux(c_f, 0, acc_s) + sums[0]
         n_a = Mux(c_f | (maxs[0] > acc_a), maxs[0], acc_a)
         n_bad = Mux(c_f, 0, acc_bad) | c_bad
@@ -598,12 +632,13 @@ class KVCompressor(wiring.Component):
             m.d.sync += [acc_s.eq(n_s), acc_a.eq(n_a), acc_bad.eq(n_bad)]
         w_v = reg(m, c_v & c_l, 1, name="w0_v")
         w_s = reg(m, n_s, SW, name="w0_s")
-        w_a = reg(m, n_a, AW, name="w0_a")
+        w_a = reg(m, n_a, KW, name="w0_a")
         wctx = [w_v, reg(m, c_b, bbw), reg(m, c_eb), reg(m, n_bad, 1)]
         # W1-W2: leading ones
         ms, s_any = self._msb(m, w_s, "ws")
-        ma, a_any = self._msb(m, w_a, "wa")
-        ws2, wa2 = reg(m, reg(m, w_s)), reg(m, reg(m, w_a))
+        wa2 = reg(m, reg(m, w_a))
+        ma, a_any = wa2[mb:mb + 6], wa2[-1]
+        ws2 = reg(m, reg(m, w_s))
         wctx = [reg(m, reg(m, c)) for c in wctx]
         # W3: the mbits bits below the leading one
         # (in two registered halves: by the leading one's byte, then by its bit in the byte)
@@ -614,7 +649,7 @@ class KVCompressor(wiring.Component):
             lo = reg(m, hi[:mb + 7], mb + 7, name=f"{name}a")
             return self._shr(m, lo, reg(m, msb[:3], 3))[:mb]
         fs = reg(m, nxt(ws2, ms, "w3_fs"), max(mb, 1), name="w3_fs")
-        fa = reg(m, nxt(wa2, ma, "w3_fa"), max(mb, 1), name="w3_fa")
+        fa = reg(m, reg(m, wa2[:mb]) if mb else Const(0, 1), max(mb, 1), name="w3_fa")
         ms3, ma3, s_any3, a_any3 = reg(m, ms), reg(m, ma), reg(m, s_any), reg(m, a_any)
         wctx = [reg(m, c) for c in wctx]
         _, _, w_eb, _ = wctx
@@ -661,8 +696,10 @@ class KVCompressor(wiring.Component):
         elast = Signal()                 # issuing its last beat
         ecand = Signal(bbw)              # next bank to issue
         ecand_oh = Signal(NBANK, init=1)
-        e_can = (~eiss | elast) & (ready & ecand_oh).any()
-        e_start = e_can & ~(drop & ecand_oh).any()
+        emoved = Signal()
+        e_can = (~eiss | elast) & self._cand_bit(m, ready, ecand_oh, emoved, "erdy")
+        e_start = e_can & ~self._cand_bit(m, drop, ecand_oh, emoved, "edrop")
+        m.d.sync += emoved.eq(e_can)
         with m.If(elast):
             m.d.sync += [eiss.eq(0), ebeat.eq(0), elast.eq(0)]
         with m.Elif(eiss):
@@ -776,8 +813,9 @@ class KVCompressor(wiring.Component):
         plast = Signal()
         pcand = Signal(bbw)
         pcand_oh = Signal(NBANK, init=1)
-        p_dec = (~piss | plast) & (decided & pcand_oh).any()
-        p_dropc = (drop & pcand_oh).any()
+        pmoved = Signal()
+        p_dec = (~piss | plast) & self._cand_bit(m, decided, pcand_oh, pmoved, "pdec")
+        p_dropc = self._cand_bit(m, drop, pcand_oh, pmoved, "pdrop")
         p_drop = p_dec & p_dropc
         fin = Signal()
         emit_done = Signal()
@@ -787,6 +825,7 @@ class KVCompressor(wiring.Component):
             m.d.sync += [piss.eq(0), pbeat.eq(0), plast.eq(0)]
         with m.Elif(piss):
             m.d.sync += [pbeat.eq(pbeat + 1), plast.eq(pbeat == BEATS - 2)]
+        m.d.sync += pmoved.eq(p_drop | p_start)
         with m.If(p_drop | p_start):
             m.d.comb += clr_dec.eq(pcand_oh)
             m.d.sync += [pcand.eq(pcand + 1), pcand_oh.eq(pcand_oh.rotate_left(1))]
@@ -897,11 +936,13 @@ class KVCompressor(wiring.Component):
             m.d.sync += esc_acc.eq(Mux(f12, 0, esc_acc) + e12)
         # P14: finalize: header | lane 0 | lane 1 reversed into the output buffer
         fin_v = reg(m, v12 & l12, 1, name="fin_v")
-        fin_b = reg(m, b12)
+        fin_oh = reg(m, Const(1, NBANK) << b12, NBANK, name="fin_oh")
         m.d.comb += fin.eq(fin_v)
-        sel_f, t_f = b_sel[fin_b], b_t[fin_b]
-        hdr_v = Cat(sel_f[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_f >> mb)[:p.ebits],
-                    t_f[:mb] if mb else Const(0, 0))
+        # header fields and the fallback flag read from the bank one stage ahead
+        sel_12, t_12 = b_sel[b12], b_t[b12]
+        hdr_v = reg(m, Cat(sel_12[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_12 >> mb)[:p.ebits],
+                           t_12[:mb] if mb else Const(0, 0)), name="fin_hdr")
+        fin_fb = reg(m, sel_12 == self.fb, 1, name="fin_fb")
         lane_lists = [w for w, _, _ in lane_words]
         l0 = Cat(*lane_lists[0])
         block = Signal(NBITS)
@@ -918,22 +959,26 @@ class KVCompressor(wiring.Component):
         with m.If(fin_v):
             m.d.sync += [slots[owp].eq(block), owp.eq(~owp),
                          self.count_blocks.eq(self.count_blocks + 1),
-                         self.count_fallback.eq(self.count_fallback + (sel_f == self.fb)),
+                         self.count_fallback.eq(self.count_fallback + fin_fb),
                          self.count_escapes.eq(self.count_escapes + esc_acc)]
-            m.d.comb += clr_busy.bit_select(fin_b, 1).eq(1)
+            m.d.comb += clr_busy.eq(fin_oh)
         m.d.sync += ocount.eq(ocount + fin_v - emit_done)
 
         # ---------------------------------------------------------------- 4. output words
+        # a registered output word (full rate: it reloads in the cycle the consumer takes it)
         cur_slot = slots[orp]
         words_o = Array(cur_slot[W * i: W * (i + 1)] for i in range(NWB))
-        m.d.comb += [self.o_words.valid.eq(ocount != 0), self.o_words.payload.data.eq(words_o[oword]),
-                     self.o_words.payload.last.eq(oword == NWB - 1)]
-        with m.If(self.o_words.valid & self.o_words.ready):
-            with m.If(oword == NWB - 1):
-                m.d.sync += [oword.eq(0), orp.eq(~orp)]
-                m.d.comb += emit_done.eq(1)
-            with m.Else():
-                m.d.sync += oword.eq(oword + 1)
+        ov, od, ol = Signal(name="o_v"), Signal(W, name="o_d"), Signal(name="o_l")
+        m.d.comb += [self.o_words.valid.eq(ov), self.o_words.payload.data.eq(od), self.o_words.payload.last.eq(ol)]
+        src_v = ocount != 0
+        with m.If(~ov | self.o_words.ready):
+            m.d.sync += [ov.eq(src_v), od.eq(words_o[oword]), ol.eq(oword == NWB - 1)]
+            with m.If(src_v):
+                with m.If(oword == NWB - 1):
+                    m.d.sync += [oword.eq(0), orp.eq(~orp)]
+                    m.d.comb += emit_done.eq(1)
+                with m.Else():
+                    m.d.sync += oword.eq(oword + 1)
         return m
 
 
