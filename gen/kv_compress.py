@@ -346,18 +346,25 @@ class KVCompressor(wiring.Component):
     def _key(self, m, ex, man, name):
         """Window key of an FP16 magnitude (exponent field ``ex``, mantissa ``man``): ``Cat(f, msb, nz)``
         with ``msb`` the leading-one position of ``|x| * 2**24`` and ``f`` its ``mbits`` next bits (the
-        floor step code up to a constant), ``nz`` = ``|x| != 0``.  Monotone in ``|x|``."""
+        floor step code up to a constant), ``nz`` = ``|x| != 0``.  Monotone in ``|x|``.  One register
+        stage inside; the caller registers the result (two cycles, as the magnitudes)."""
         mb = self.params.mbits
-        # subnormal: leading one of the mantissa and the bits below it, left-aligned
+        # subnormal: leading one of the mantissa and the bits below it, left-aligned (two stages:
+        # the leading one, registered, then the alignment shift)
         lo = Const(0, 4)
         for b in range(10):
             lo = Mux(man[b], b, lo)
+        lo = self._reg(m, lo, 4, name=f"{name}_lo")
+        sh = (9 - lo)[:4]
+        man_r = self._reg(m, man, 10, name=f"{name}_man")
+        normal = self._reg(m, ex != 0, 1, name=f"{name}_nrm")
+        msb_n = self._reg(m, ex + 9, 6, name=f"{name}_msbn")
+        nz = self._reg(m, (ex != 0) | (man != 0), 1, name=f"{name}_nz")
         al = Signal(10, name=f"{name}_al")
-        m.d.comb += al.eq(self._shl(m, man, (9 - lo)[:4], 10))
-        normal = ex != 0
-        msb = Mux(normal, ex + 9, lo)
-        f = Mux(normal, man[10 - mb:], al[9 - mb:9]) if mb else Const(0, 0)
-        return Cat(f, msb[:6], normal | (man != 0))
+        m.d.comb += al.eq(self._shl(m, man_r, sh, 10))
+        msb = Mux(normal, msb_n, lo)
+        f = Mux(normal, man_r[10 - mb:], al[9 - mb:9]) if mb else Const(0, 0)
+        return Cat(f, msb[:6], nz)
 
     def _front(self, m, h, s0, tag):
         """FP16 pattern ``h`` (RAM output) and ``s0`` (both valid in the same cycle) -> sign and
@@ -389,7 +396,7 @@ class KVCompressor(wiring.Component):
 
     def _quant(self, m, u, sg, k, R, tabs, tag):
         """Stages Q3..Q8 for one value at one step: returns per table (in ``tabs``) registered
-        ``(sym, esc)`` at Q8, the raw escape field (``esc_bits``, two's complement) and the sign; ``k`` (shift 0..kmax) and ``R`` (reciprocal) must be
+        ``(j, esc)`` at Q8 (``j`` the index in the sorted table ``self.tabs[ti]``), the raw escape field (``esc_bits``, two's complement) and the sign; ``k`` (shift 0..kmax) and ``R`` (reciprocal) must be
         valid one cycle before the multiply (at Q3)."""
         F, cb = kvg.HW_F, self.codebooks
         ups = cb.unit_per_step
@@ -487,13 +494,12 @@ class KVCompressor(wiring.Component):
         for ti in tabs:
             cs, ss = self.tabs[ti]
             if ti not in slow:
-                sym = self._reg(m, Array(Const(s, 6) for s in ss)[j6[ti]], 6, name=f"{tag}_sym{ti}")
-                q7[ti] = (sym, self._reg(m, fast5[ti], 1))
+                q7[ti] = (self._reg(m, j6[ti], name=f"{tag}_sym{ti}"), self._reg(m, fast5[ti], 1))
                 continue
             cw = max(_bl(c) for c in cs) + 2
             rec = self._reg(m, Array(Const(c << F, signed(cw + F)) for c in cs)[j6[ti]], signed(cw + F),
                             name=f"{tag}_rec{ti}")
-            sym = self._reg(m, Array(Const(s, 6) for s in ss)[j6[ti]], 6, name=f"{tag}_sym{ti}")
+            sym = self._reg(m, j6[ti], name=f"{tag}_sym{ti}")
             q7[ti] = (rec, sym, cw)
         sg7 = self._reg(m, sg7, 1)
         if esc_on:
@@ -501,24 +507,24 @@ class KVCompressor(wiring.Component):
         for ti in tabs:
             if ti not in slow:
                 sym, fe = q7[ti]
-                q7[ti] = (self._reg(m, sym, 6), self._reg(m, fe, 1))
+                q7[ti] = (self._reg(m, sym), self._reg(m, fe, 1))
                 continue
             rec, sym, cw = q7[ti]
             e = Signal(signed(self.zw + cw + F + 2))
             m.d.comb += e.eq(zs7 - rec)
             err = self._reg(m, Mux(e < 0, -e, e), self.zw + cw + F + 1, name=f"{tag}_err{ti}")
-            q7[ti] = (err, self._reg(m, sym, 6))
+            q7[ti] = (err, self._reg(m, sym))
         # Q8: escape decision
         sg8 = self._reg(m, sg7, 1)
         r8 = self._reg(m, r7) if esc_on else Const(0, 1)
         for ti in tabs:
             if ti not in slow:
                 sym, fe = q7[ti]
-                out[ti] = (self._reg(m, sym, 6), self._reg(m, fe, 1, name=f"{tag}_esc{ti}"))
+                out[ti] = (self._reg(m, sym), self._reg(m, fe, 1, name=f"{tag}_esc{ti}"))
                 continue
             err, sym = q7[ti]
             esc = (err > (ups << F)) & (derr7 < err) if esc_on else Const(0, 1)
-            out[ti] = (self._reg(m, sym, 6), self._reg(m, esc, 1, name=f"{tag}_esc{ti}"))
+            out[ti] = (self._reg(m, sym), self._reg(m, esc, 1, name=f"{tag}_esc{ti}"))
         return out, r8, sg8
 
     # ------------------------------------------------------------------ elaboration
@@ -605,7 +611,7 @@ class KVCompressor(wiring.Component):
             mags.append(reg(m, self._shl(m, a0, Cat(Const(0, 2), ehi), AW + 1)[1:], AW, name=f"s1_a{q}"))
             # the window needs only code(max |x|) = max code(|x|) (the code is monotone): a 10-bit key
             # (nonzero, leading-one position, the mbits bits below it) straight from the FP16 fields
-            keys.append(reg(m, reg(m, self._key(m, ex, man, f"s0_k{q}")), KW, name=f"s1_k{q}"))
+            keys.append(reg(m, self._key(m, ex, man, f"s0_k{q}"), KW, name=f"s1_k{q}"))
             bads.append(ex == 31)
         s_bad = reg(m, Cat(*bads).any(), 1, name="s1_bad")
         ctx = [reg(m, c) for c in (s_v, s_f, s_l, s_b, s_eb, s_bad)]
@@ -670,13 +676,19 @@ class KVCompressor(wiring.Component):
         wctx = [reg(m, c) for c in wctx]
         tf4 = reg(m, Mux(~a_any4 | (tfv < 0), 0, Mux(tfv > T - 1, T - 1, tfv)), tw, name="w4_tf")
         # clamping commutes with the max (both monotone): clamp each code and compare them in parallel
-        def clamp(v):
-            return Mux(v < 0, 0, Mux(v > T - C, T - C, v))
-        ctm, ctl = reg(m, clamp(tm), tw, name="w4_ctm"), reg(m, clamp(tl), tw, name="w4_ctl")
+        # (range flags and the compare registered here, the three mux levels in W5)
+        def clamp_flags(v, name):
+            return (reg(m, v < 0, 1, name=f"{name}_neg"), reg(m, v > T - C, 1, name=f"{name}_hi"),
+                    reg(m, v[:tw], tw, name=f"{name}_lo"))
+
+        def clamp(fl):
+            neg, hi, lo = fl
+            return Mux(neg, 0, Mux(hi, T - C, lo))
+        ftm, ftl = clamp_flags(tm, "w4_tm"), clamp_flags(tl, "w4_tl")
         tgt, s_any4 = reg(m, tm > tl, 1, name="w4_gt"), reg(m, s_any4)
         wctx = [reg(m, c) for c in wctx]
         # W5: window base
-        base5 = reg(m, Mux(~s_any4, 0, Mux(tgt, ctm, ctl)), tw, name="w5_base")
+        base5 = reg(m, Mux(~s_any4, 0, Mux(tgt, clamp(ftm), clamp(ftl))), tw, name="w5_base")
         tf5 = reg(m, tf4)
         wctx = [reg(m, c) for c in wctx]
         v5, b5, eb5, bad5 = wctx
@@ -733,7 +745,8 @@ class KVCompressor(wiring.Component):
                 res, _, _ = self._quant(m, u, sg, kc[:max(_bl(self.kmax), 1)], Rc, etabs, f"e{q}c{c}")
                 for i in self.huff:
                     sym, esc = res[self.tab_of[i]]
-                    ln = Array(Const(int(v), 4) for v in cb.lengths[i])[sym]
+                    ss = self.tabs[self.tab_of[i]][1]
+                    ln = Array(Const(int(cb.lengths[i, v]), 4) for v in ss)[sym]
                     if cb.has_esc(i):
                         ln = Mux(esc, int(cb.lengths[i, cb.esc]) + cb.esc_bits, ln)
                     bits.setdefault((c, i), []).append(reg(m, ln, _bl(self.iw), name=f"e{q}c{c}k{i}_b"))
@@ -857,10 +870,11 @@ class KVCompressor(wiring.Component):
             draw = reg(m, r8[:cb.esc_bits], max(cb.esc_bits, 1), name=f"p11_raw{q}") if cb.esc_bits else None
             it_k, ln_k, es_k = [], [], []
             for i in range(K):
-                sym, esc = res[self.tab_of[i]]
-                code = reg(m, Array(Const(v, max(cb.max_len, 1)) for v in self.rcode[i])[sym],
+                sym, esc = res[self.tab_of[i]]          # index in the sorted table: compose the lookups
+                ss = self.tabs[self.tab_of[i]][1]
+                code = reg(m, Array(Const(self.rcode[i][v], max(cb.max_len, 1)) for v in ss)[sym],
                            max(cb.max_len, 1), name=f"p_code{q}_{i}")
-                ln = reg(m, Array(Const(int(v), iwl) for v in cb.lengths[i])[sym], iwl, name=f"p_ln{q}_{i}")
+                ln = reg(m, Array(Const(int(cb.lengths[i, v]), iwl) for v in ss)[sym], iwl, name=f"p_ln{q}_{i}")
                 if cb.has_esc(i):
                     le = int(cb.lengths[i, cb.esc])
                     esc = reg(m, esc, 1, name=f"p_esc{q}_{i}")
@@ -915,14 +929,17 @@ class KVCompressor(wiring.Component):
             ch11, o11, w11 = reg(m, chunk), reg(m, cur[:6], 6), reg(m, cur[6:], posw - 6)
             sw_ = cw + 63
             npart = -(-sw_ // 64)
-            shv = self._shl(m, ch11, o11, npart * 64)
+            # the 0..63-bit shift in two registered halves (by the low 3 bits, then by whole bytes)
+            sha = reg(m, self._shl(m, ch11, o11[:3], cw + 7), cw + 7, name=f"p11b_l{ln_i}")
+            shv = self._shl(m, sha, Cat(Const(0, 3), reg(m, o11[3:], 3)), npart * 64)
             parts12 = [reg(m, shv[64 * j: 64 * (j + 1)], 64, name=f"p12_l{ln_i}_{j}") for j in range(npart)]
-            w12 = reg(m, w11)
+            w12 = reg(m, reg(m, w11))
             words = [Signal(64, name=f"lane{ln_i}_w{i}") for i in range(NW)]
             lane_words.append((words, parts12, w12))
-        v11, f11 = reg(m, p_v), reg(m, p_f)
-        v12, f12, l12, b12 = reg(m, v11), reg(m, f11), reg(m, reg(m, p_l)), reg(m, reg(m, p_b))
-        e12 = reg(m, reg(m, nesc))
+        v11, f11 = reg(m, reg(m, p_v)), reg(m, reg(m, p_f))
+        v12, f12 = reg(m, v11), reg(m, f11)
+        l12, b12 = reg(m, reg(m, reg(m, p_l))), reg(m, reg(m, reg(m, p_b)))
+        e12 = reg(m, reg(m, reg(m, nesc)))
         for words, parts12, w12 in lane_words:
             for i in range(NW):
                 add = Const(0, 64)
