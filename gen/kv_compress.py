@@ -368,7 +368,7 @@ class KVCompressor(wiring.Component):
 
     def _front(self, m, h, s0, tag):
         """FP16 pattern ``h`` (RAM output) and ``s0`` (both valid in the same cycle) -> sign and
-        ``u = sat(floor(|x| * 2**F / 2**s0))`` (``UW`` bits; saturated to all ones), three stages."""
+        ``u = sat(floor(|x| * 2**F / 2**s0))`` (``UW`` bits; saturated to all ones), four stages."""
         F = kvg.HW_F
         h = self._reg(m, h, 16, name=f"{tag}_h")
         s0 = self._reg(m, s0, name=f"{tag}_s0")
@@ -379,20 +379,23 @@ class KVCompressor(wiring.Component):
         m.d.comb += sh.eq(ex1 + (F - 1) - s0)
         uw = self.uw
         lmax = uw - 11
-        # registered: the shift, its negation and the range flags (no carry chain before the barrels)
-        r_sh = self._reg(m, sh, name=f"{tag}_sh")
-        r_nsh = self._reg(m, (s0 - (F - 1) - ex1)[:4], 4, name=f"{tag}_nsh")
+        # registered: the shift as a left shift of a window 11 bits wider (u = (m << (sh + 11)) >> 11
+        # covers left and right shifts) and the range flags (no carry chain before the barrel)
+        r_amt = self._reg(m, (ex1 + (F - 1 + 11) - s0)[:_bl(lmax + 11)], _bl(lmax + 11), name=f"{tag}_amt")
         r_sat = self._reg(m, sh > lmax, 1, name=f"{tag}_sat")
-        r_left = self._reg(m, sh >= 0, 1, name=f"{tag}_left")
         r_zero = self._reg(m, sh <= -11, 1, name=f"{tag}_zero")
         r_m = self._reg(m, m11, 11, name=f"{tag}_m")
         r_sg = self._reg(m, Cat(sign, ex == 30), 2, name=f"{tag}_sg")     # sign, |x| >= 2**15
         r_bad = self._reg(m, ex == 31, 1, name=f"{tag}_bad")
-        left = self._shl(m, r_m, r_sh[:_bl(lmax)], uw)
-        right = self._shr(m, r_m, r_nsh)
-        u = Mux(r_sat, Mux(r_m != 0, (1 << uw) - 1, 0),
-                Mux(r_left, left, Mux(r_zero, 0, right)))
-        return self._reg(m, u, uw, name=f"{tag}_u"), self._reg(m, r_sg, 2, name=f"{tag}_sg2"), r_bad
+        # the barrel in two registered halves (by amt[:2], then by amt[2:] in steps of 4)
+        a1 = self._reg(m, self._shl(m, r_m, r_amt[:2], 14), 14, name=f"{tag}_a1")
+        hi1 = self._reg(m, r_amt[2:], len(r_amt) - 2, name=f"{tag}_hi1")
+        sat1 = self._reg(m, r_sat & (r_m != 0), 1, name=f"{tag}_sat1")
+        zero1 = self._reg(m, r_zero | (r_sat & (r_m == 0)), 1, name=f"{tag}_zero1")
+        sg1 = self._reg(m, r_sg, 2, name=f"{tag}_sg1")
+        full = self._shl(m, a1, Cat(Const(0, 2), hi1), uw + 11)
+        u = Mux(sat1, (1 << uw) - 1, Mux(zero1, 0, full[11:]))
+        return self._reg(m, u, uw, name=f"{tag}_u"), self._reg(m, sg1, 2, name=f"{tag}_sg2"), r_bad
 
     def _quant(self, m, u, sg, k, R, tabs, tag):
         """Stages Q3..Q8 for one value at one step: returns per table (in ``tabs``) registered
@@ -729,10 +732,11 @@ class KVCompressor(wiring.Component):
         e_bank1 = ev[3]
         fronts = [self._front(m, rd_e.data[16 * q: 16 * q + 16], b_s0e[e_bank1], f"e{q}") for q in range(P)]
         ev = [reg(m, c) for c in ev]                                  # E2
-        # the window's first step code of this bank, looked up one stage ahead of its use
-        f0 = reg(m, b_base[ev[3]][:mb] if mb else Const(0, 1), max(mb, 1), name="e3_f0")
         ev = [reg(m, c) for c in ev]                                  # E3
-        ev = [reg(m, c) for c in ev]                                  # E4: u registered
+        # the window's first step code of this bank, looked up one stage ahead of its use
+        f0 = reg(m, b_base[ev[3]][:mb] if mb else Const(0, 1), max(mb, 1), name="e4_f0")
+        ev = [reg(m, c) for c in ev]                                  # E4
+        ev = [reg(m, c) for c in ev]                                  # E5: u registered
         etabs = sorted({self.tab_of[i] for i in self.huff})
         bits = {}                                                      # (c, k) -> list over values
         for c in range(C):
@@ -852,7 +856,7 @@ class KVCompressor(wiring.Component):
         pv = [piss, pbeat == 0, plast, pbank]
         pv = [reg(m, c) for c in pv]
         pfr = [self._front(m, rd_p.data[16 * q: 16 * q + 16], b_s0p[pv[3]], f"p{q}") for q in range(P)]
-        pv = [reg(m, reg(m, c)) for c in pv]
+        pv = [reg(m, reg(m, reg(m, c))) for c in pv]
         psel = reg(m, b_sel[pv[3]], range(K), name="p_sel")
         pR = reg(m, b_R[pv[3]], self.rw, name="p_R")
         pv = [reg(m, c) for c in pv]
