@@ -40,6 +40,11 @@ Architecture
   FP16 (subnormals, overflow to Inf): 4 pipeline stages for chain/spec; for walk 5 (sign and
   magnitude from the table, product, leading one and shift amount, shift with round/sticky bits,
   exponent add and Inf), plus one when ``obits > 0``.
+* **Stalls (walk)**: nothing behind the walk has a stall enable.  The last stage writes an
+  ``OUT_FIFO_DEPTH``-entry output FIFO (LUT RAM) whose head drives ``o_values``; the walk issues a
+  beat only while the beats in flight plus those in the FIFO leave room for it (a credit
+  counter), so backpressure stops the walk alone and no enable fans out to the ~10k pipeline
+  flip-flops (a net spread over the whole chip).  chain/spec keep a global pipeline enable.
 
 Ports
 -----
@@ -59,12 +64,13 @@ error : Out(1)
     overlapping / running past the block).  Cleared by reset.
 count_blocks, count_errors, count_decode_cycles, count_stall_cycles : Out(32)
     Blocks decoded, malformed blocks, cycles the decoder advanced, cycles it waited on the
-    output (backpressure).
+    output (backpressure; walk: cycles with a block and no output credit).
 
 Latency (``config.latency_last``, measured by tests/test_kv_decompress.py): a block's last
 word is accepted at cycle 0; with the output never stalled its last beat is valid at cycle
-``5 + group/values_per_cycle`` (21) for chain/spec and ``11 + a2 + a3 + group/values_per_cycle``
-(a2, a3 = ``walk_lookahead``; 30 for the defaults: first beat at 15) for walk.  Sustained
+``5 + group/values_per_cycle`` (21) for chain/spec and ``13 + a2 + a3 + group/values_per_cycle``
+(a2, a3 = ``walk_lookahead``; 32 for the defaults: first beat at 17) for walk, plus one when
+``obits > 0``.  Sustained
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 """
@@ -76,6 +82,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -84,9 +91,10 @@ from sparsefab.compress.errors import SparsefabError
 
 FORMAT_VERSION = 1
 PIPE_STAGES = 4          # chain/spec: decode register -> centroid -> multiply -> fp16 stage 1 -> output
-WALK_FRONT = 3           # walk: start, length decode, 2-symbol and 4-symbol stages (+ lookahead chunks)
-WALK_BACK = 8            # walk: D1 records, D2 windows, D3 rank, B1 magnitude, B2 product, B3 exponent,
-#                          B4 rounding, output register
+WALK_FRONT = 4           # walk: start, length decode, 2-symbol stage, 4-symbol stage over two cycles (+ lookahead)
+WALK_BACK = 9            # walk: D0 walk state, D1 records, D2 windows, D3 rank, B1 magnitude, B2 product,
+#                          B3 exponent, B4 rounding, output FIFO
+OUT_FIFO_DEPTH = 16      # walk: output FIFO (LUT RAM); > beats in flight from the walk to the FIFO
 CFG_ESC_LEN = 16
 CFG_ESC_CODE = 17
 CFG_LIM = 0
@@ -371,8 +379,17 @@ class KVDecompressor(wiring.Component):
         cmag = [[Signal(16, name=f"cmag{k}_{r}") for r in range(S)] for k in range(K)]
         csgn = [[Signal(name=f"csgn{k}_{r}") for r in range(S)] for k in range(K)]
         m.d.comb += self.i_cfg.ready.eq(1)
-        with m.If(self.i_cfg.valid):
-            a, d = self.i_cfg.payload.addr, self.i_cfg.payload.data
+        # table writes land two cycles after their beat (registered address/data, then the
+        # centroid magnitude precomputed), so the write decode is not behind the input port
+        cfg_v1, cfg_v = Signal(), Signal()
+        cfg_a1, cfg_a = Signal(10), Signal(10)
+        cfg_d1, cfg_d = Signal(16), Signal(16)
+        cfg_mag = Signal(16)
+        m.d.sync += [cfg_v1.eq(self.i_cfg.valid), cfg_a1.eq(self.i_cfg.payload.addr), cfg_d1.eq(self.i_cfg.payload.data),
+                     cfg_v.eq(cfg_v1), cfg_a.eq(cfg_a1), cfg_d.eq(cfg_d1),
+                     cfg_mag.eq(Mux(cfg_d1[15], -cfg_d1.as_signed(), cfg_d1))]
+        with m.If(cfg_v):
+            a, d = cfg_a, cfg_d
             for k in range(K):
                 for li in range(L):
                     with m.If(a == 64 * k + CFG_LIM + li):
@@ -385,8 +402,7 @@ class KVDecompressor(wiring.Component):
                     m.d.sync += esc_code[k].eq(d)
                 for r in range(S):
                     with m.If(a == 64 * k + CFG_TABLE + r):
-                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]),
-                                     cmag[k][r].eq(Mux(d[15], -d.as_signed(), d))]
+                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]), cmag[k][r].eq(cfg_mag)]
 
         # ---- load stage: words -> input buffer
         wpb = c.words_per_block
@@ -403,15 +419,14 @@ class KVDecompressor(wiring.Component):
             with m.Else():
                 m.d.sync += wcount.eq(wcount + 1)
 
+        if c.decoder == "walk":
+            self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full)
+            return m
+
         # ---- pipeline enable: the output register is free or being taken
         en = Signal()
         o_valid = Signal()
         m.d.comb += [en.eq(~o_valid | self.o_values.ready), self.o_values.valid.eq(o_valid)]
-
-        if c.decoder == "walk":
-            self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
-                       en=en, o_valid=o_valid)
-            return m
 
         # ---- decode stage
         busy = Signal()
@@ -631,7 +646,7 @@ class KVDecompressor(wiring.Component):
         return m
 
     # ------------------------------------------------------------------ walk decoder
-    def _walk(self, m, *, tabs, inbuf, full, en, o_valid):
+    def _walk(self, m, *, tabs, inbuf, full):
         """The ``walk`` decoder (module docstring): Phase A tables, the one-lookup walk,
         symbol extraction and the FP16 back end."""
         c = self._cfg
@@ -678,11 +693,12 @@ class KVDecompressor(wiring.Component):
         eschiA = Signal(L + 1)
         esc_lo = [Signal(L + 1, name=f"esclo{k}") for k in range(K)]
         esc_hi = [Signal(L + 1, name=f"eschi{k}") for k in range(K)]
+        # registered: derived from table registers that change only while the decoder is idle
         for k in range(K):
             if c.esc_bits:
                 lo = Signal(L + 1, name=f"esclo_c{k}")
                 m.d.comb += lo.eq((esc_code[k] << (L - esc_len[k]).as_unsigned()[:4])[:L + 1])
-                m.d.comb += [esc_lo[k].eq(Mux(esc_len[k] == 0, 0, lo)),
+                m.d.sync += [esc_lo[k].eq(Mux(esc_len[k] == 0, 0, lo)),
                              esc_hi[k].eq(Mux(esc_len[k] == 0, 0,
                                               lo + (Const(1, L + 1) << (L - esc_len[k]).as_unsigned()[:4])))]
             else:
@@ -691,18 +707,28 @@ class KVDecompressor(wiring.Component):
         streams_in = [lane_stream(inbuf[:N], ln, L + R) for ln in range(lanes)]
         SRW = R * NCH + L
         SR = [Signal(SRW, name=f"SR{ln}") for ln in range(lanes)]
+        # The block copy is taken one cycle after the start (the walk needs it only once Phase A has
+        # written a chunk; the input buffer's first word is rewritten at the earliest on that same
+        # edge), so the start signal itself drives only the shift registers and a few flags.
+        start_q, hA_q = Signal(), Signal()
+        m.d.sync += [start_q.eq(startA), hA_q.eq(hA)]
+        for h in range(2):
+            with m.If(start_q & (hA_q == h)):
+                m.d.sync += [blkbuf[h].eq(inbuf[:N]), hdr[h].eq(inbuf[:H])]
+        with m.If(startA):
+            m.d.sync += [SR[ln].eq(streams_in[ln][:SRW]) for ln in range(lanes)]
+        with m.Else():      # shifting past the block is harmless (Tv marks the valid chunks)
+            m.d.sync += [SR[ln].eq(SR[ln] >> R) for ln in range(lanes)]
         with m.If(startA):
             m.d.sync += [activeA.eq(1), kA.eq(0), full.eq(0), owned_a[hA].eq(1), hA.eq(~hA)]
             for h in range(2):
                 with m.If(hA == h):
-                    m.d.sync += [blkbuf[h].eq(inbuf[:N]), hdr[h].eq(inbuf[:H]), wc[h].eq(0)]
-            m.d.sync += [SR[ln].eq(streams_in[ln][:SRW]) for ln in range(lanes)]
+                    m.d.sync += wc[h].eq(0)
             for k in range(K):
                 with m.If(in_sel == k):
                     m.d.sync += [limA[li].eq(lim[k][li]) for li in range(L)]
                     m.d.sync += [escloA.eq(esc_lo[k]), eschiA.eq(esc_hi[k])]
         with m.Elif(activeA):
-            m.d.sync += [SR[ln].eq(SR[ln] >> R) for ln in range(lanes)]
             with m.If(kA == NCH - 1):
                 m.d.sync += activeA.eq(0)
             with m.Else():
@@ -758,10 +784,14 @@ class KVDecompressor(wiring.Component):
         for i in range(1, A3 + 1):
             m.d.sync += [Rv[i].eq(Rv[i - 1]), Rj[i].eq(Rj[i - 1]), Rh[i].eq(Rh[i - 1])]
 
-        # ---------------- stage 3: rel3, nxt4 (absolute, saturated) -> the chunk's records in LUT RAM
+        # ---------------- stage 3: rel3, nxt4 (absolute, saturated) -> the chunk's records in LUT RAM,
+        # over two cycles: 3a registers the pointer-doubling lookups (multiplexers indexed by rel2),
+        # 3b adds, saturates and writes
         RELW = TW + 2 * R2W                  # rel1 | rel2 | rel3
         depth = 2 << chw                      # two halves: the block being walked, the next one
         mem_n, mem_r = [], []
+        wq_en, wq_addr = Signal(), Signal(chw + 1)
+        m.d.sync += [wq_en.eq(Rv[A3]), wq_addr.eq(Cat(Rj[A3], Rh[A3]))]
         for ln in range(lanes):
             mn = Memory(shape=unsigned(PW * R), depth=depth, init=[])
             mr = Memory(shape=unsigned(RELW * R), depth=depth, init=[])
@@ -777,21 +807,25 @@ class KVDecompressor(wiring.Component):
                 r2 = flat_2[o]
                 cand_t = Array(flat_t[o:o + 2 * symw + 1])
                 cand_2 = Array(flat_2[o:o + 2 * symw + 1])
+                # 3a
+                s_t, s_ct = Signal(TW, name=f"s3t_{ln}_{o}"), Signal(TW, name=f"s3ct_{ln}_{o}")
+                s_r2, s_c2 = Signal(R2W, name=f"s3r2_{ln}_{o}"), Signal(R2W, name=f"s3c2_{ln}_{o}")
+                s_n2 = Signal(PW + 1, name=f"s3n2_{ln}_{o}")
+                m.d.sync += [s_t.eq(flat_t[o]), s_ct.eq(cand_t[r2]), s_r2.eq(r2), s_c2.eq(cand_2[r2]),
+                             s_n2.eq(Cat(Const(o, lR), Rj[A3]) + r2)]
+                # 3b
                 rel3 = Signal(R2W, name=f"rel3_{ln}_{o}")
-                n2 = Signal(PW + 1, name=f"n2_{ln}_{o}")
                 n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
-                m.d.comb += [rel3.eq(r2 + cand_t[r2]),
-                             n2.eq(Cat(Const(o, lR), Rj[A3]) + r2),
-                             n4.eq(n2 + cand_2[r2])]
+                m.d.comb += [rel3.eq(s_r2 + s_ct), n4.eq(s_n2 + s_c2)]
                 nsat = Signal(PW, name=f"n4s_{ln}_{o}")
-                m.d.comb += nsat.eq(Mux(n4 > SAT, SAT, n4[:PW]))
+                over = n4[PW:].any() if SAT == (1 << PW) - 1 else (n4 > SAT)    # a bit test, not a compare
+                m.d.comb += nsat.eq(Mux(over, SAT, n4[:PW]))
                 nrec.append(nsat)
-                rrec.append(Cat(flat_t[o], r2, rel3))
-            addr = Cat(Rj[A3], Rh[A3])
-            m.d.comb += [wn.addr.eq(addr), wn.data.eq(Cat(*nrec)), wn.en.eq(Rv[A3]),
-                         wr.addr.eq(addr), wr.data.eq(Cat(*rrec)), wr.en.eq(Rv[A3])]
+                rrec.append(Cat(s_t, s_r2, rel3))
+            m.d.comb += [wn.addr.eq(wq_addr), wn.data.eq(Cat(*nrec)), wn.en.eq(wq_en),
+                         wr.addr.eq(wq_addr), wr.data.eq(Cat(*rrec)), wr.en.eq(wq_en)]
         for h in range(2):
-            with m.If(Rv[A3] & (Rh[A3] == h)):
+            with m.If(wq_en & (wq_addr[-1] == h)):
                 m.d.sync += wc[h].eq(wc[h] + 1)
 
         # ---------------- the walk: p <- nxt4[p] for each lane, one lookup per cycle
@@ -801,19 +835,26 @@ class KVDecompressor(wiring.Component):
         act = Signal()
         ready = Signal()
         adv = Signal()
+        # Output credits: the pipeline behind the walk never stalls; a beat is issued only when the
+        # output FIFO has room for it and for every beat already in flight (``occ`` counts them).
+        occ = Signal(range(OUT_FIFO_DEPTH + 1))
+        room_out = Signal()
+        pop = Signal()
         m.d.comb += [act.eq(owned_a[hW]),
                      ready.eq(Cat(*[(p[ln] >> lR) < wc_a[hW] for ln in range(lanes)]).all()),
-                     adv.eq(act & en & ready)]
-        nsel, rsel = [], []
+                     room_out.eq(occ != OUT_FIFO_DEPTH),
+                     adv.eq(act & room_out & ready)]
+        m.d.sync += occ.eq(occ + adv - pop)
+        # The loop reads only the nxt4 table; everything else the walk feeds (the rel records, the
+        # block window) is read from a registered copy of p one stage later (D0), so p drives
+        # nothing but this lookup and the `ready` compare.
+        nsel = []
         for ln in range(lanes):
-            rn, rr = mem_n[ln].read_port(domain="comb"), mem_r[ln].read_port(domain="comb")
-            addr = Cat((p[ln] >> lR)[:chw], hW)
-            m.d.comb += [rn.addr.eq(addr), rr.addr.eq(addr)]
+            rn = mem_n[ln].read_port(domain="comb")
+            m.d.comb += rn.addr.eq(Cat((p[ln] >> lR)[:chw], hW))
             ns = Signal(PW, name=f"nsel{ln}")
-            rs = Signal(RELW, name=f"rsel{ln}")
-            m.d.comb += [ns.eq(rn.data.word_select(p[ln][:lR], PW)), rs.eq(rr.data.word_select(p[ln][:lR], RELW))]
+            m.d.comb += ns.eq(rn.data.word_select(p[ln][:lR], PW))
             nsel.append(ns)
-            rsel.append(rs)
         last_t = t == C - 1
         with m.If(adv):
             with m.If(last_t):
@@ -823,23 +864,38 @@ class KVDecompressor(wiring.Component):
                 m.d.sync += t.eq(t + 1)
                 m.d.sync += [pp.eq(ns) for pp, ns in zip(p, nsel, strict=True)]
 
-        # ---------------- D1: records at p, coarse window of the lane stream at the chunk of p
+        # ---------------- D0: the walk state registered (p, nxt4[p], the half)
+        d0_valid, d0_first, d0_last, d0_h = Signal(), Signal(), Signal(), Signal()
+        d0_p = [Signal(PW, name=f"d0p{ln}") for ln in range(lanes)]
+        d0_n = [Signal(PW, name=f"d0n{ln}") for ln in range(lanes)]
+        m.d.sync += [d0_valid.eq(adv), d0_first.eq(t == 0), d0_last.eq(last_t), d0_h.eq(hW)]
+        m.d.sync += [d0_p[ln].eq(p[ln]) for ln in range(lanes)]
+        m.d.sync += [d0_n[ln].eq(nsel[ln]) for ln in range(lanes)]
+
+        # ---------------- D1: records at p, coarse window of the lane stream at the chunk of p.
+        # The half read here is not refilled before this stage reads it: Phase A starts on a
+        # half at the earliest one cycle after the walk left it and writes its tables later.
         CWW = R - 1 + (spl + 1) * symw
-        hdrW = Mux(hW, hdr[1], hdr[0])
+        hdrW = Mux(d0_h, hdr[1], hdr[0])
         blkW = Signal(N)
-        m.d.comb += blkW.eq(Mux(hW, blkbuf[1], blkbuf[0]))
+        m.d.comb += blkW.eq(Mux(d0_h, blkbuf[1], blkbuf[0]))
         d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
         d1_hdr = Signal(H)
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
-        d1_n = [Signal(PW, name=f"d1n{ln}") for ln in range(lanes)]
         d1_rel = [Signal(RELW, name=f"d1rel{ln}") for ln in range(lanes)]
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
-        with m.If(en):
-            m.d.sync += [d1_valid.eq(adv), d1_first.eq(t == 0), d1_last.eq(last_t), d1_hdr.eq(hdrW)]
-            for ln in range(lanes):
-                st = lane_stream(blkW, ln, R * NCH + CWW)
-                m.d.sync += [d1_p[ln].eq(p[ln]), d1_n[ln].eq(nsel[ln]), d1_rel[ln].eq(rsel[ln]),
-                             d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), p[ln] >> lR), CWW))]
+        d1_span = [Signal(PW + 1, name=f"d1span{ln}") for ln in range(lanes)]   # nxt4[p] - p
+        m.d.sync += [d1_valid.eq(d0_valid), d1_first.eq(d0_first), d1_last.eq(d0_last), d1_hdr.eq(hdrW)]
+        m.d.sync += [d1_span[ln].eq(d0_n[ln] - d0_p[ln]) for ln in range(lanes)]
+        d1_over = Signal()              # the lanes' ends overlap (checked on the block's last beat)
+        m.d.sync += d1_over.eq(sum(d0_n) > room)
+        for ln in range(lanes):
+            rr = mem_r[ln].read_port(domain="comb")
+            m.d.comb += rr.addr.eq(Cat((d0_p[ln] >> lR)[:chw], d0_h))
+            st = lane_stream(blkW, ln, R * NCH + CWW)
+            m.d.sync += [d1_p[ln].eq(d0_p[ln]),
+                         d1_rel[ln].eq(rr.data.word_select(d0_p[ln][:lR], RELW)),
+                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW))]
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
         d2_valid, d2_first, d2_last, d2_err = Signal(), Signal(), Signal(), Signal()
@@ -850,9 +906,7 @@ class KVDecompressor(wiring.Component):
         oks = []
         for ln in range(lanes):
             rel = [Const(0, R2W), d1_rel[ln][:TW], d1_rel[ln][TW:TW + R2W], d1_rel[ln][TW + R2W:]]
-            span = Signal(PW + 1, name=f"span{ln}")
-            m.d.comb += span.eq(d1_n[ln] - d1_p[ln])
-            ends = rel[1:spl] + [span]
+            ends = rel[1:spl] + [d1_span[ln]]
             r0 = d1_p[ln][:lR]
             for j in range(spl):
                 v = j * lanes + ln
@@ -862,16 +916,16 @@ class KVDecompressor(wiring.Component):
                 ok = Signal(name=f"ok{v}")
                 m.d.comb += ok.eq((tot != 0) & (tot <= symw))
                 oks.append(ok)
-                with m.If(en):
-                    m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(r0 + rel[j], symw)),
-                                 d2_esc[v].eq(isesc),
-                                 d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
+                m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(r0 + rel[j], symw)),
+                             d2_esc[v].eq(isesc),
+                             d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
         sel1 = hdr_fields(d1_hdr)[0]
-        overrun = Signal()
-        m.d.comb += overrun.eq(d1_last & (sum(d1_n) > room))
-        with m.If(en):
-            m.d.sync += [d2_valid.eq(d1_valid), d2_first.eq(d1_first), d2_last.eq(d1_last), d2_hdr.eq(d1_hdr),
-                         d2_err.eq(~Cat(*oks).all() | overrun | (sel1 >= K))]
+        # the checks are registered unreduced; D3 reduces them into the block's error
+        d2_oks = Signal(V)
+        d2_bad = Signal()
+        m.d.sync += [d2_valid.eq(d1_valid), d2_first.eq(d1_first), d2_last.eq(d1_last), d2_hdr.eq(d1_hdr),
+                     d2_oks.eq(Cat(*oks)), d2_bad.eq((d1_last & d1_over) | (sel1 >= K))]
+        m.d.comb += d2_err.eq(~d2_oks.all() | d2_bad)
 
         # ---------------- D3: canonical rank, escape raw bits; block error accumulated over the block
         sel2, e2, f2, o2 = hdr_fields(d2_hdr)
@@ -895,22 +949,20 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += raw.eq(sub.bit_select(ln, c.esc_bits))
             else:
                 m.d.comb += raw.eq(0)
-            with m.If(en):
-                m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + off_a[ln]),
-                             d3_esc[v].eq(d2_esc[v]), d3_raw[v].eq(raw),
-                             d3_rmag[v].eq(Mux(raw < 0, -raw, raw))]
+            m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + off_a[ln]),
+                         d3_esc[v].eq(d2_esc[v]), d3_raw[v].eq(raw),
+                         d3_rmag[v].eq(Mux(raw < 0, -raw, raw))]
         acc = Signal()
         blk_err = Signal()
         m.d.comb += blk_err.eq((acc & ~d2_first) | d2_err)
-        with m.If(en):
-            m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_hdr.eq(d2_hdr), d3_err.eq(blk_err)]
-            with m.If(d2_valid):
-                m.d.sync += acc.eq(blk_err)
+        m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_hdr.eq(d2_hdr), d3_err.eq(blk_err)]
+        with m.If(d2_valid):
+            m.d.sync += acc.eq(blk_err)
         with m.If(adv):
             m.d.sync += self.count_decode_cycles.eq(self.count_decode_cycles + 1)
-        with m.If(act & ~en):
+        with m.If(act & ~room_out):
             m.d.sync += self.count_stall_cycles.eq(self.count_stall_cycles + 1)
-        with m.If(en & d2_valid & d2_last):
+        with m.If(d2_valid & d2_last):
             m.d.sync += self.count_blocks.eq(self.count_blocks + 1)
             with m.If(blk_err):
                 m.d.sync += [self.count_errors.eq(self.count_errors + 1), self.error.eq(1)]
@@ -922,11 +974,12 @@ class KVDecompressor(wiring.Component):
         MW = rbits                                  # magnitude width (|r| < 2**(rbits-1) + 1)
         b1_valid, b1_last, b1_err = Signal(), Signal(), Signal()
         b1_e, b1_f = Signal(c.ebits), Signal(max(c.mbits, 1))
+        b1_k = Signal(signed(10))                   # k = e + ebias: the value is p * 2**k
         b1_sgn = [Signal(name=f"b1sgn{v}") for v in range(V)]
         b1_mag = [Signal(MW, name=f"b1mag{v}") for v in range(V)]
         pad = [Const(0, 16)] * (128 - S)
-        with m.If(en):
-            m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3)]
+        m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3),
+                     b1_k.eq(e3 + self.ebias)]
         if not c.obits:
             cm = [Signal(16, name=f"cmw{r}") for r in range(S)]
             cs = [Signal(name=f"csw{r}") for r in range(S)]
@@ -935,10 +988,9 @@ class KVDecompressor(wiring.Component):
                     m.d.comb += [cm[r].eq(cmag[k][r]) for r in range(S)]
                     m.d.comb += [cs[r].eq(csgn[k][r]) for r in range(S)]
             cm_a, cs_a = Array(cm + pad), Array(cs + [Const(0, 1)] * (128 - S))
-            with m.If(en):
-                for v in range(V):
-                    m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cs_a[d3_rank[v]])),
-                                 b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cm_a[d3_rank[v]]))]
+            for v in range(V):
+                m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cs_a[d3_rank[v]])),
+                             b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cm_a[d3_rank[v]]))]
         else:
             # with a block offset: signed sum first, then sign/magnitude (one more stage)
             cv = [Signal(signed(16), name=f"cvw{r}") for r in range(S)]
@@ -949,96 +1001,124 @@ class KVDecompressor(wiring.Component):
             rr = [Signal(signed(rbits), name=f"b0r{v}") for v in range(V)]
             b0_valid, b0_last, b0_err = Signal(), Signal(), Signal()
             b0_e, b0_f = Signal(c.ebits), Signal(max(c.mbits, 1))
+            b0_k = Signal(signed(10))
             obase = Signal(signed(rbits))
             m.d.comb += obase.eq(o3.as_signed() << ups_shift)
-            with m.If(en):
-                m.d.sync += [b0_valid.eq(d3_valid), b0_last.eq(d3_last), b0_err.eq(d3_err), b0_e.eq(e3), b0_f.eq(f3)]
-                m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], cv_a[d3_rank[v]]) + obase) for v in range(V)]
-                m.d.sync += [b1_valid.eq(b0_valid), b1_last.eq(b0_last), b1_err.eq(b0_err), b1_e.eq(b0_e), b1_f.eq(b0_f)]
-                for v in range(V):
-                    m.d.sync += [b1_sgn[v].eq(rr[v] < 0), b1_mag[v].eq(Mux(rr[v] < 0, -rr[v], rr[v]))]
+            m.d.sync += [b0_valid.eq(d3_valid), b0_last.eq(d3_last), b0_err.eq(d3_err), b0_e.eq(e3), b0_f.eq(f3),
+                         b0_k.eq(e3 + self.ebias)]
+            m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], cv_a[d3_rank[v]]) + obase) for v in range(V)]
+            m.d.sync += [b1_valid.eq(b0_valid), b1_last.eq(b0_last), b1_err.eq(b0_err), b1_e.eq(b0_e), b1_f.eq(b0_f),
+                         b1_k.eq(b0_k)]
+            for v in range(V):
+                m.d.sync += [b1_sgn[v].eq(rr[v] < 0), b1_mag[v].eq(Mux(rr[v] < 0, -rr[v], rr[v]))]
 
-        # ---------------- B2: magnitude of p = r * (2**mbits + f); k = e + ebias
+        # ---------------- B2: magnitude of p = r * (2**mbits + f); per-beat exponent constants from k
+        # (each later compare is then against a register: no adder in front of a comparator)
         pbits = MW + c.mbits + 1
+        RMAX = pbits + 2                # a right shift this long drops every bit (round bit 0)
         b2_valid, b2_last, b2_err = Signal(), Signal(), Signal()
         b2_sgn = [Signal(name=f"b2sgn{v}") for v in range(V)]
         b2_mag = [Signal(pbits, name=f"b2mag{v}") for v in range(V)]
-        b2_kk = Signal(signed(11))      # -(k + 24): right shift of a subnormal
-        b2_k15 = Signal(signed(11))     # k + 15: biased exponent of bit 0
+        b2_kk10 = Signal(signed(11))    # -(k + 14): the value is normal iff msb >= this
+        b2_ksat = Signal(signed(11))    # min(-(k + 24), RMAX): shift of a subnormal (negative = left)
+        b2_nks = Signal(signed(11))     # -b2_ksat
+        b2_kle0 = Signal()              # b2_ksat <= 0
+        b2_k14 = Signal(signed(11))     # k + 14: biased exponent - 1 of bit 0
+        b2_t30 = Signal(signed(11))     # 16 - k: a normal value is Inf iff msb >= this
         mant = Signal(c.mbits + 1)
         m.d.comb += mant.eq((1 << c.mbits) + (b1_f if c.mbits else 0))
-        with m.If(en):
-            m.d.sync += [b2_valid.eq(b1_valid), b2_last.eq(b1_last), b2_err.eq(b1_err),
-                         b2_kk.eq(-(b1_e + self.ebias + 24)), b2_k15.eq(b1_e + self.ebias + 15)]
-            m.d.sync += [b2_sgn[v].eq(b1_sgn[v]) for v in range(V)]
-            m.d.sync += [b2_mag[v].eq(b1_mag[v] * mant) for v in range(V)]
+        far = b1_k < -(RMAX + 24)       # -(k + 24) > RMAX
+        m.d.sync += [b2_valid.eq(b1_valid), b2_last.eq(b1_last), b2_err.eq(b1_err),
+                     b2_kk10.eq(-(b1_k + 14)), b2_k14.eq(b1_k + 14), b2_t30.eq(16 - b1_k),
+                     b2_ksat.eq(Mux(far, RMAX, -(b1_k + 24))), b2_nks.eq(Mux(far, -RMAX, b1_k + 24)),
+                     b2_kle0.eq(~far & (b1_k >= -24))]
+        m.d.sync += [b2_sgn[v].eq(b1_sgn[v]) for v in range(V)]
+        m.d.sync += [b2_mag[v].eq(b1_mag[v] * mant) for v in range(V)]
 
-        # ---------------- B3: leading one, shift amount, biased exponent
-        SHW = signed(max(7, (pbits + 2).bit_length() + 1))
+        # ---------------- B3: leading one (a balanced tree), shift direction and amounts, exponent
+        def lead_one(vec, tag):
+            """(index of the highest set bit (0 if none), any bit set) of ``vec`` as a balanced tree."""
+            level = [(vec[i], Const(0, 0)) for i in range(len(vec))]     # (any bit set, index in group)
+            while len(level) > 1:
+                if len(level) % 2:
+                    level.append((Const(0, 1), Const(0, len(level[0][1]))))
+                nxt = []
+                for a in range(0, len(level), 2):
+                    (alo, ilo), (ahi, ihi) = level[a], level[a + 1]
+                    idx = Signal(len(ilo) + 1, name=f"lo{tag}_{len(level)}_{a}")
+                    m.d.comb += idx.eq(Mux(ahi, Cat(ihi, Const(1, 1)), Cat(ilo, Const(0, 1))))
+                    nxt.append((alo | ahi, idx))
+                level = nxt
+            return level[0][1], level[0][0]
+
+        RW = RMAX.bit_length()
         b3_valid, b3_last, b3_err = Signal(), Signal(), Signal()
         b3_sgn = [Signal(name=f"b3sgn{v}") for v in range(V)]
         b3_mag = [Signal(pbits, name=f"b3mag{v}") for v in range(V)]
-        b3_sh = [Signal(SHW, name=f"b3sh{v}") for v in range(V)]
-        b3_eb = [Signal(signed(11), name=f"b3eb{v}") for v in range(V)]
+        b3_left = [Signal(name=f"b3left{v}") for v in range(V)]          # shift left (or not at all)
+        b3_lamt = [Signal(4, name=f"b3lamt{v}") for v in range(V)]       # left shift (<= 10)
+        b3_ramt = [Signal(RW, name=f"b3ramt{v}") for v in range(V)]      # right shift (1..RMAX)
+        b3_em1 = [Signal(5, name=f"b3em1{v}") for v in range(V)]         # biased exponent - 1 (normal)
         b3_norm = [Signal(name=f"b3norm{v}") for v in range(V)]
-        with m.If(en):
-            m.d.sync += [b3_valid.eq(b2_valid), b3_last.eq(b2_last), b3_err.eq(b2_err)]
+        b3_big = [Signal(name=f"b3big{v}") for v in range(V)]            # normal with exponent >= 31
+        b3_nz = [Signal(name=f"b3nz{v}") for v in range(V)]
+        m.d.sync += [b3_valid.eq(b2_valid), b3_last.eq(b2_last), b3_err.eq(b2_err)]
         for v in range(V):
             mag = b2_mag[v]
-            msb = Signal(range(pbits), name=f"msb{v}")
-            for i in range(pbits):
-                with m.If(mag[i]):
-                    m.d.comb += msb.eq(i)
+            msb_t, nz = lead_one(mag, v)
+            msb = Signal(range(1 << (pbits - 1).bit_length()), name=f"msb{v}")
+            m.d.comb += msb.eq(msb_t)
             norm = Signal(name=f"norm{v}")
-            m.d.comb += norm.eq((msb - 10) >= b2_kk)
-            shv = Signal(signed(12), name=f"shv{v}")
-            m.d.comb += shv.eq(Mux(norm, msb - 10, b2_kk))
-            with m.If(en):
-                m.d.sync += [b3_sgn[v].eq(b2_sgn[v]), b3_mag[v].eq(mag), b3_norm[v].eq(norm),
-                             b3_eb[v].eq(msb + b2_k15),
-                             b3_sh[v].eq(Mux(shv > pbits + 1, pbits + 2, shv))]
+            m.d.comb += norm.eq(msb >= b2_kk10)
+            m.d.sync += [b3_sgn[v].eq(b2_sgn[v]), b3_mag[v].eq(mag), b3_norm[v].eq(norm), b3_nz[v].eq(nz),
+                         b3_left[v].eq(Mux(norm, msb <= 10, b2_kle0)),
+                         b3_lamt[v].eq(Mux(norm, 10 - msb, b2_nks)[:4]),
+                         b3_ramt[v].eq(Mux(norm, msb - 10, b2_ksat)[:RW]),
+                         b3_em1[v].eq((msb + b2_k14)[:5]),
+                         b3_big[v].eq(norm & (msb >= b2_t30))]
 
-        # ---------------- B4: shift with round-to-nearest-even bits
+        # ---------------- B4: shift with round-to-nearest-even bits (sticky from prefix ORs)
         b4_valid, b4_last, b4_err = Signal(), Signal(), Signal()
         b4_sgn = [Signal(name=f"b4sgn{v}") for v in range(V)]
         b4_q = [Signal(12, name=f"b4q{v}") for v in range(V)]
         b4_up = [Signal(name=f"b4up{v}") for v in range(V)]
-        b4_eb = [Signal(signed(11), name=f"b4eb{v}") for v in range(V)]
+        b4_em1 = [Signal(5, name=f"b4em1{v}") for v in range(V)]
         b4_norm = [Signal(name=f"b4norm{v}") for v in range(V)]
+        b4_big = [Signal(name=f"b4big{v}") for v in range(V)]
         b4_zero = [Signal(name=f"b4zero{v}") for v in range(V)]
-        with m.If(en):
-            m.d.sync += [b4_valid.eq(b3_valid), b4_last.eq(b3_last), b4_err.eq(b3_err)]
+        m.d.sync += [b4_valid.eq(b3_valid), b4_last.eq(b3_last), b4_err.eq(b3_err)]
         for v in range(V):
-            mag, sh = b3_mag[v], b3_sh[v]
+            mag, ramt = b3_mag[v], b3_ramt[v]
             wide = Cat(Const(0, 1), mag)             # one guard bit below bit 0
+            shifted = Signal(pbits + 1, name=f"shifted{v}")
+            m.d.comb += shifted.eq(wide >> ramt)     # bit 0 = round bit, bits 1.. = q
+            # stk[s]: some bit a right shift by s drops below its round bit is set (bits 0..s-2)
+            stk = [Const(0, 1), Const(0, 1)] + [mag[:min(i - 1, pbits)].any() for i in range(2, 1 << RW)]
+            qr = Signal(12, name=f"qr{v}")
+            ql = Signal(12, name=f"ql{v}")
+            m.d.comb += [qr.eq(shifted[1:]), ql.eq(mag << b3_lamt[v])]
             q = Signal(12, name=f"q{v}")
-            rnd = Signal(name=f"rnd{v}")
-            sticky = Signal(name=f"sticky{v}")
-            with m.If(sh <= 0):
-                m.d.comb += [q.eq(mag << (-sh).as_unsigned()[:4]), rnd.eq(0), sticky.eq(0)]
-            with m.Else():
-                s = sh.as_unsigned()[:SHW.width - 1]
-                shifted = Signal(pbits + 1, name=f"shifted{v}")
-                m.d.comb += shifted.eq(wide >> s)          # bit 0 = round bit, bits 1.. = q
-                m.d.comb += [q.eq(shifted[1:]), rnd.eq(shifted[0]),
-                             sticky.eq((mag & ((Const(1, pbits + 2) << (s - 1)[:SHW.width - 1]) - 1)[:pbits]) != 0)]
-            with m.If(en):
-                m.d.sync += [b4_sgn[v].eq(b3_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(rnd & (sticky | q[0])),
-                             b4_eb[v].eq(b3_eb[v]), b4_norm[v].eq(b3_norm[v]), b4_zero[v].eq(mag == 0)]
+            m.d.comb += q.eq(Mux(b3_left[v], ql, qr))
+            up = ~b3_left[v] & shifted[0] & (Array(stk)[ramt] | q[0])
+            m.d.sync += [b4_sgn[v].eq(b3_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(up), b4_em1[v].eq(b3_em1[v]),
+                         b4_norm[v].eq(b3_norm[v]), b4_big[v].eq(b3_big[v]), b4_zero[v].eq(~b3_nz[v])]
 
-        # ---------------- output register: exponent + rounded significand, overflow to Inf
-        with m.If(en):
-            m.d.sync += [o_valid.eq(b4_valid), self.o_values.payload.last.eq(b4_last),
-                         self.o_values.payload.error.eq(b4_err & b4_last)]
+        # ---------------- output FIFO entry: exponent + rounded significand, overflow to Inf
+        ow = len(self.o_values.payload.as_value())
+        ofifo = m.submodules.out_fifo = SyncFIFO(width=ow, depth=OUT_FIFO_DEPTH)
+        o_ent = Signal(out_layout(V))
+        m.d.comb += [ofifo.w_en.eq(b4_valid), ofifo.w_data.eq(o_ent),
+                     o_ent.last.eq(b4_last), o_ent.error.eq(b4_err & b4_last),
+                     self.o_values.valid.eq(ofifo.r_rdy), self.o_values.payload.eq(ofifo.r_data),
+                     ofifo.r_en.eq(self.o_values.ready), pop.eq(ofifo.r_rdy & self.o_values.ready)]
         for v in range(V):
             bits = Signal(17, name=f"fbits{v}")
             ebf = Signal(5, name=f"ebf{v}")
-            m.d.comb += ebf.eq(Mux(b4_norm[v], (b4_eb[v] - 1)[:5], 0))
-            m.d.comb += bits.eq((ebf << 10) + b4_q[v] + b4_up[v])
-            inf = (b4_norm[v] & (b4_eb[v] >= 31)) | (bits >= 0x7C00)
+            m.d.comb += ebf.eq(Mux(b4_norm[v], b4_em1[v], 0))
+            m.d.comb += bits.eq(Cat(b4_q[v][:10], ebf + b4_q[v][10:]) + b4_up[v])
+            inf = b4_big[v] | (bits >= 0x7C00)
             out = Mux(b4_zero[v], 0, Mux(inf, Cat(Const(0x7C00, 15), b4_sgn[v]), Cat(bits[:15], b4_sgn[v])))
-            with m.If(en):
-                m.d.sync += self.o_values.payload.data[v].eq(out)
+            m.d.comb += o_ent.data[v].eq(out)
 
 
 def build(**params) -> KVDecompressor:

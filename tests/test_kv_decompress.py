@@ -34,7 +34,7 @@ def test_config_validated():
         KVDecompressor(config=KVDecompressConfig(), lanes=2)
     c = KVDecompressConfig()
     assert (c.header_bits, c.words_per_block, c.spl, c.cycles_per_block) == (9, 8, 4, 16)
-    assert (c.decoder, c.walk_chunk, c.walk_chunks, c.walk_lookahead, c.latency_last) == ("walk", 32, 16, (1, 2), 30)
+    assert (c.decoder, c.walk_chunk, c.walk_chunks, c.walk_lookahead, c.latency_last) == ("walk", 32, 16, (1, 2), 32)
     assert KVDecompressConfig(decoder="chain").latency_last == 21
     assert KVDecompressConfig(lanes=1).decoder == "chain"             # 8 symbols per lane: no walk
     with pytest.raises(SparsefabError, match="walk decoder"):
