@@ -26,39 +26,37 @@ count_blocks, count_fallback, count_escapes, count_dropped : Out(32)
 busy : Out(1)
     A group is somewhere in the compressor.
 
-Architecture (four group banks in one block RAM, three free-running pipelines, no stall inside)
--------------------------------------------------------------------------------------------------
+Architecture (eight group banks in one block RAM, three free-running pipelines, no stall inside)
+--------------------------------------------------------------------------------------------------
 1. **Input + statistics** (``group / P`` cycles per group): FP16 unpack to exact integers in units
-   of 2**-24, ``S = sum |x|`` and ``A = max |x|`` by a registered adder / max tree and
-   accumulator; the group is written to its bank.  A 6-stage *window* pipeline then turns
-   ``S`` and ``A`` into the first candidate step code ``base`` (leading-one detection, the
-   ``mbits`` next bits) and the fallback step ``tf``.
+   of 2**-24 and ``S = sum |x|`` by a registered adder tree and accumulator; for ``A = max |x|``
+   only its step code matters, and the code is monotone, so the max is taken over 10-bit keys
+   (leading-one position and the ``mbits`` next bits) read from the FP16 fields; the group is
+   written to its bank.  A *window* pipeline then turns ``S`` and ``A`` into the first candidate
+   step code ``base`` and the fallback step ``tf``.
 2. **Evaluation** (``group / P`` cycles): the bank is read again; every value is quantized at the
    ``C = HW_CANDIDATES`` step codes ``base .. base+C-1`` in parallel (shared normalising shift,
    per candidate a 0..2-bit shift, a 16x14-bit multiply by the reciprocal of the step mantissa,
-   ``z ~ 8 |v|``), the nearest table centroid by comparators, the escape decision, and the code
-   length under EVERY Huffman codebook: ``C x K_huffman`` bit counters.  A 5-stage decision picks
-   the finest candidate that fits (ties: fewer bits, lower index), else the fallback.
+   ``z ~ 8 |v|``), the nearest table centroid (a uniform table with power-of-two spacing, as the
+   default and trained ``uniform`` tables: one adder and a shift, and the escape decision is a
+   constant compare of ``z``; other tables: one comparator per midpoint), and the code length
+   under EVERY Huffman codebook: ``C x K_huffman`` bit counters.  A 5-stage decision picks the
+   finest candidate that fits (ties: fewer bits, lower index), else the fallback.
 3. **Packing** (``group / P`` cycles): the bank is read a third time and quantized at the chosen
    step with the chosen codebook; codes (bit-reversed canonical codes, escape raw bits) are
    concatenated per lane and OR-ed into lane registers at their running bit position (lane 0
    forward from the header, lane 1 written backward from the block end by a fixed wiring
    reversal); the block goes to a 2-slot output buffer.
-4. **Output**: ``words_per_block`` words per block.
+4. **Output**: ``words_per_block`` words per block from a registered output word.
 
 The three passes run on three different groups at once (8 banks cover the pipeline depths), so the
 throughput is ``P`` values per cycle sustained (one group every ``group / P`` cycles) as long as
-``o_words`` keeps up (``words_per_block <= group / P``).  Pipeline depths: window 8 cycles after the
-last beat's statistics, evaluation 14 cycles from a read address to the bit counters, decision 5,
-packing 18 from a read address to the output buffer.  Tables (centroids, codes, lengths) are
+``o_words`` keeps up (``words_per_block <= group / P``) and a group lasts at least half the
+packer's depth (about 12 beats: the packer holds at most 2 blocks in flight or buffered).  Bank
+handoffs are decided from registered flags only.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
-Measured (default geometry, P = 4): 4.000 values/cycle sustained on real MiniLM groups in
-cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.17 with 20 % input
-idles and 30 % output backpressure), byte-identical block by block.  ECP5-85F (``sparsefab fpga
-build --board ulx3s-85f --design kv-compress``, harness included): 34,571 LUT4 (19,185 logic +
-15,386 carry), 20,233 FF, 52 MULT18X18D, 4 DP16KD; nextpnr's post-placement estimate 77.5 MHz
-(target 100), routing did not finish on the loaded machine.
+Measured (default geometry, P = 4): MEASURED_VPC
 """
 
 from __future__ import annotations
@@ -332,6 +330,22 @@ class KVCompressor(wiring.Component):
         for c in range(nch):
             msb = Mux(nz[c], Cat(pos[c], Const(c, _bl(nch))), msb)
         return self._reg(m, msb, _bl(n) + 1, name=f"{name}_msb"), self._reg(m, Cat(*nz).any(), 1, name=f"{name}_any")
+
+    @staticmethod
+    def _rom(m, table, idx, width, name):
+        """``table[idx]`` (constants) as registered 16-entry halves (one LUT4 level each) and a 2:1
+        mux after the register; out-of-range indices read 0."""
+        lo_n = min(len(idx), 4)
+        halves = []
+        for h in range(0, max(len(table), 1), 1 << lo_n):
+            part = table[h: h + (1 << lo_n)]
+            halves.append(KVCompressor._reg(m, Array(Const(v, width) for v in part)[idx[:lo_n]]
+                                            if len(part) > 1 else Const(part[0], width), width,
+                                            name=f"{name}_h{h >> lo_n}"))
+        if len(halves) == 1:
+            return halves[0]
+        sel = KVCompressor._reg(m, idx[lo_n:], max(len(idx) - lo_n, 1), name=f"{name}_hs")
+        return Array(halves)[sel] if len(halves) > 1 else halves[0]
 
     @staticmethod
     def _cand_bit(m, vec, oh, moved, name):
@@ -876,9 +890,8 @@ class KVCompressor(wiring.Component):
             for i in range(K):
                 sym, esc = res[self.tab_of[i]]          # index in the sorted table: compose the lookups
                 ss = self.tabs[self.tab_of[i]][1]
-                code = reg(m, Array(Const(self.rcode[i][v], max(cb.max_len, 1)) for v in ss)[sym],
-                           max(cb.max_len, 1), name=f"p_code{q}_{i}")
-                ln = reg(m, Array(Const(int(cb.lengths[i, v]), iwl) for v in ss)[sym], iwl, name=f"p_ln{q}_{i}")
+                code = self._rom(m, [self.rcode[i][v] for v in ss], sym, max(cb.max_len, 1), f"p_code{q}_{i}")
+                ln = self._rom(m, [int(cb.lengths[i, v]) for v in ss], sym, iwl, f"p_ln{q}_{i}")
                 if cb.has_esc(i):
                     le = int(cb.lengths[i, cb.esc])
                     esc = reg(m, esc, 1, name=f"p_esc{q}_{i}")
@@ -942,7 +955,9 @@ class KVCompressor(wiring.Component):
             lane_words.append((words, parts12, w12))
         v11, f11 = reg(m, reg(m, p_v)), reg(m, reg(m, p_f))
         v12, f12 = reg(m, v11), reg(m, f11)
-        l12, b12 = reg(m, reg(m, reg(m, p_l))), reg(m, reg(m, reg(m, p_b)))
+        b11 = reg(m, reg(m, p_b))
+        l12, b12 = reg(m, reg(m, reg(m, p_l))), reg(m, b11)
+        sel_12, t_12 = reg(m, b_sel[b11], name="p12_sel"), reg(m, b_t[b11], name="p12_t")   # a stage ahead
         e12 = reg(m, reg(m, reg(m, nesc)))
         for words, parts12, w12 in lane_words:
             for i in range(NW):
@@ -960,7 +975,6 @@ class KVCompressor(wiring.Component):
         fin_oh = reg(m, Const(1, NBANK) << b12, NBANK, name="fin_oh")
         m.d.comb += fin.eq(fin_v)
         # header fields and the fallback flag read from the bank one stage ahead
-        sel_12, t_12 = b_sel[b12], b_t[b12]
         hdr_v = reg(m, Cat(sel_12[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_12 >> mb)[:p.ebits],
                            t_12[:mb] if mb else Const(0, 0)), name="fin_hdr")
         fin_fb = reg(m, sel_12 == self.fb, 1, name="fin_fb")
