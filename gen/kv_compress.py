@@ -56,7 +56,14 @@ packer's depth (about 12 beats: the packer holds at most 2 blocks in flight or b
 handoffs are decided from registered flags only.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
-Measured (default geometry, P = 4): MEASURED_VPC
+Measured (default geometry, P = 4): 4.000 values/cycle sustained on 48 real MiniLM groups in
+cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.690 including the
+pipeline fill, first block 161 cycles after the first beat), byte-identical block by block, also
+with input idles and output backpressure (tests).  ECP5-85F in the fpga harness (Yosys
+``synth_ecp5``): 12,694 LUT4 + 2,798 CCU2C (18,290 LUT4 with carries; was 34,571 before the
+uniform-table shortcut), 12,933 FF, 52 MULT18X18D, 4 DP16KD.  The shortcut version alone
+(4d5012c) routed at 79.7 MHz (nextpnr router2); its critical path (window code -> reciprocal
+lookup, 9.8 of 12.5 ns in routing) and the other deep paths were then cut (see git log).
 """
 
 from __future__ import annotations
