@@ -2,14 +2,17 @@
 
 The decoder reads the bitmap sections of CONTRACTS C as bus beats and, every cycle, takes
 the next ``lanes`` set mask bits of a window of ``window_beats`` mask beats -- never a serial
-scan.  Its state is a RANK, ``rbase`` = the number of set bits of the window already taken
-(bits are taken in order), not a bit position, so the per-cycle feedback is a short add:
-``rbase += k``, ``k = min(lanes, set bits left in the rows in reach)``, both read from prefix
-counts at word boundaries.  The lanes are off that loop: with ``D[j]`` = set bits in coarse
-groups ``0..j`` (``C`` = 8 or 16 bits each) minus ``rbase``, saturated to ``0..lanes``, lane ``i``
-takes the first group with ``D[j] > i`` -- a compare with the CONSTANT ``i`` on a few bits,
-no carry chain and no per-lane comparator against a variable -- then the set bit of local
-rank ``i - D[j-1]`` inside that group (a popcount halving select).  Earlier versions
+scan.  Bits are taken in order, so what is taken is a count, not a bit position.  The state
+is ``D[j]`` = set bits in coarse groups ``0..j`` of the window (``C`` = 8 or 16 bits each)
+minus the set bits already taken, kept in REGISTERS and updated by subtracting the cycle's
+take ``k`` (a beat leaving the window shifts them by a beat's groups; a beat entering counts
+on from the one before it).  So the feedback loop is: ``D`` at the row ends (registers, a
+small mux) -> ``k = min(lanes, set bits left in the rows in reach)`` -> advance -> ``D - k``;
+and the lanes start from registers too: lane ``i`` takes the first group with ``D[j] > i``
+(``D`` saturated to ``0..lanes``: a compare with the CONSTANT ``i`` on a few bits, no carry
+chain and no per-lane comparator against a variable), then the set bit of local rank
+``i - D[j-1]`` inside that group (a popcount halving select).  Earlier versions kept a rank
+``rbase`` and subtracted it in front of both the loop and the lanes, and before that
 compared ``base + i`` with every prefix of the window in every lane (quadratic).
 
 One cycle may hold the tail of row ``r`` and the head of row ``r + 1`` (lanes are tagged
@@ -38,8 +41,9 @@ __all__ = ["BitmapDecoder", "cmd_layout", "lane_layout", "value_layout"]
 
 def _group_bits(config: SpmvConfig) -> int:
     """Bits per coarse group of the rank selection (a lane picks a group, then a bit in it):
-    8, or 16 for windows over 256 bits (half the groups to compare and mux per lane, for a
-    slightly deeper select inside the group)."""
+    8 for windows under 128 bits, else 16 (half the groups to compare and mux per lane, for a
+    slightly deeper select inside the group; at the iCEBreaker's 128-bit window 16 saves about
+    300 LUT4 at 8 lanes)."""
     return 8 if config.window_beats * config.mask_bus < 128 else 16
 
 
@@ -264,10 +268,15 @@ class BitmapDecoder(wiring.Component):
         slots = [Signal(M + (M // C) * M.bit_length(), name=f"mbeat{i}") for i in range(K)]  # oldest first
         sv = [Signal(name=f"mbeat{i}_v") for i in range(K)]           # valid (a prefix of slots)
         a_v = sv[0]
-        # Set bits of the window already taken (they are the first ``rbase`` set bits: taking is
-        # in order).  The state is a RANK, not a bit position, so the feedback loop is a short
-        # add; the lanes find the set bits of ranks rbase .. rbase+L-1 off the loop.
-        rbase = Signal(cnt_w)
+        # Rebased prefix counts: R[j] = set bits in groups 0..j of the window minus the set bits
+        # already taken (taking is in order, so those are the first ones), Rm1 = minus the set
+        # bits taken.  They are REGISTERS, updated by subtracting the cycle's take k, so neither
+        # the k -> advance loop nor the lanes start with a subtraction: k is read from R at the
+        # row ends, each lane compares R (saturated) with its constant lane number.  Invalid
+        # slots hold the window total (they count nothing).
+        rw = cnt_w + 1
+        R = [Signal(signed(rw), name=f"R{j}") for j in range(G)]
+        Rm1 = Signal(signed(rw))
         # current row start in words relative to slot 0: in [1 - max stride, NW] (a beat leaves
         # only when the current row ends beyond it, so the row end stays >= 1)
         rs_w = Signal(signed(max(max_stride // W, NW).bit_length() + 2))
@@ -313,45 +322,30 @@ class BitmapDecoder(wiring.Component):
             m.d.comb += c.eq(_popcount(self.i_mask.payload[g * C:(g + 1) * C]))
             in_cnts.append(c)
         in_lq = _prefix(m, in_cnts, lq_w, "in_lq")
-        local = [[slots[s][M + g * lq_w:M + (g + 1) * lq_w] for g in range(GS)] for s in range(K)]
-        off = [Const(0, cnt_w)]          # set bits in the slots before slot s
-        for s in range(1, K):
-            o = Signal(cnt_w, name=f"off{s}")
-            m.d.comb += o.eq(off[-1] + local[s - 1][-1])
-            off.append(o)
-        q_total = Signal(cnt_w)
-        m.d.comb += q_total.eq(off[-1] + local[-1][-1])
-        # cumulative set bits at each word boundary (0..NW words), absolute
-        qw = [Const(0, cnt_w)]
-        for x in range(1, NW + 1):
-            s, g = divmod(x * W // C - 1, GS)
-            q = Signal(cnt_w, name=f"qw{x}")
-            m.d.comb += q.eq(off[s] + local[s][g])
-            qw.append(q)
+        # rebased counts at each word boundary (0..NW words)
+        Rw = [Rm1] + [R[x * W // C - 1] for x in range(1, NW + 1)]
 
-        def q_at(words, name):
-            """Set bits of the window before word ``words`` (clamped to 0..NW)."""
-            out = Signal(cnt_w, name=name)
+        def r_at(words, name):
+            """Set bits of the window before word ``words`` (clamped to 0..NW), minus those taken."""
+            out = Signal(signed(rw), name=name)
             with m.If(words <= 0):
-                m.d.comb += out.eq(0)
+                m.d.comb += out.eq(Rm1)
             with m.Elif(words >= NW):
-                m.d.comb += out.eq(q_total)
+                m.d.comb += out.eq(R[-1])
             with m.Else():
-                m.d.comb += out.eq(Array(qw)[words[:max(1, (NW - 1).bit_length())]])
+                m.d.comb += out.eq(Array(Rw)[words[:max(1, (NW - 1).bit_length())]])
             return out
 
-        q_es = q_at(es_w, "q_es")
-        q_es2 = q_at(es2_w, "q_es2")
-        dw = cnt_w + 1
+        dw = rw
         k_cur_full = Signal(signed(dw))  # set bits left in the current row (if complete)
         lim_full = Signal(signed(dw))    # set bits this cycle may take
-        m.d.comb += k_cur_full.eq(q_es - rbase)
+        m.d.comb += k_cur_full.eq(r_at(es_w, "r_es"))
         with m.If(next_ok):
-            m.d.comb += lim_full.eq(q_es2 - rbase)
+            m.d.comb += lim_full.eq(r_at(es2_w, "r_es2"))
         with m.Elif(row_complete):
             m.d.comb += lim_full.eq(k_cur_full)
         with m.Else():
-            m.d.comb += lim_full.eq(q_total - rbase)
+            m.d.comb += lim_full.eq(R[-1])
         k = Signal(range(L + 1))
         m.d.comb += k.eq(Mux(lim_full[-1], 0, Mux(lim_full >= L, L, lim_full[:len(k)])))
         k_cur = Signal(range(L + 1))
@@ -360,31 +354,22 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += finish.eq(row_complete & (k_cur_full <= L))
 
         # ---------------------------------------------------------------- rank selection
-        # D[j] = set bits up to group j minus rbase.  Lane i takes the first group whose D
-        # exceeds i -- a compare against the CONSTANT i on D saturated to 0..L -- then the
-        # (i - D[j-1])-th set bit inside that C-bit group.
+        # D[j] = R[j].  Lane i takes the first group whose D exceeds i -- a compare against the
+        # CONSTANT i on D saturated to 0..L -- then the (i - D[j-1])-th set bit inside that
+        # C-bit group.
         sat_w = (L).bit_length()
         sat, low = [], []
-        # off[s] - rbase clamped to [-(M + C), L]: D is then exact wherever it is in -C..L
-        # (enough for the saturation, and for the low bits, used only when -C < D[j] < L)
-        b_lo, b_hi = -(M + C), L
-        d_w = max(lq_w, (M + C).bit_length(), L.bit_length()) + 2
-        for s in range(K):
-            bs_full = Signal(signed(cnt_w + 1), name=f"rbf{s}")
-            m.d.comb += bs_full.eq(off[s] - rbase)
-            bs = Signal(signed(d_w), name=f"rb{s}")
-            m.d.comb += bs.eq(Mux(bs_full < b_lo, b_lo, Mux(bs_full > b_hi, b_hi, bs_full)))
-            for g in range(GS):
-                j = s * GS + g
-                d = Signal(signed(d_w), name=f"d{j}")
-                m.d.comb += d.eq(local[s][g] + bs)
-                st = Signal(sat_w, name=f"sat{j}")
-                big = d[sat_w:-1].any() | _gt_const(d[:sat_w], L - 1)
-                m.d.comb += st.eq(Mux(d[-1], 0, Mux(big, L, d[:sat_w])))
-                sat.append(st)
-                low.append(d[:cb] if cb else Const(0, 1))
+        for j in range(G):
+            d = R[j]
+            st = Signal(sat_w, name=f"sat{j}")
+            big = _gt_const(d[:sat_w], L - 1)
+            if sat_w < rw - 1:
+                big = big | d[sat_w:-1].any()
+            m.d.comb += st.eq(Mux(d[-1], 0, Mux(big, L, d[:sat_w])))
+            sat.append(st)
+            low.append(d[:cb] if cb else Const(0, 1))
         low_m1 = Signal(max(1, cb), name="low_m1")
-        m.d.comb += low_m1.eq(-rbase if cb else 0)
+        m.d.comb += low_m1.eq(Rm1[:cb] if cb else 0)
         gbits = max(1, (G - 1).bit_length())
 
         es_bits = Signal(signed(len(es_w) + W.bit_length()))
@@ -487,49 +472,79 @@ class BitmapDecoder(wiring.Component):
                 else:
                     m_.d.comb += [s1[i].eq(0), v1[i].eq(0)]
 
-        r_adv = Signal(cnt_w)
-        m.d.comb += r_adv.eq(rbase + Mux(advance, k, 0))
+        kk = Signal(range(L + 1))        # set bits taken this cycle
+        m.d.comb += kk.eq(Mux(advance, k, 0))
+        # rebased counts after this cycle's drops, before subtracting kk (mirrors s1)
+        Rs = [Signal(signed(rw), name=f"Rs{j}") for j in range(G)]
+        Rsm1 = Signal(signed(rw))
+        m.d.comb += [x.eq(y) for x, y in zip(Rs, R, strict=True)] + [Rsm1.eq(Rm1)]
         # beats of a finished matrix still in the window, dropped the cycle after its last row
         # (the decoder is then idle: registered, off the advance path)
         flush_d = Signal(range(K + 1))
         with m.If(any_err):
             m.d.comb += [x.eq(0) for x in v1] + [x.eq(0) for x in s1]
-            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1), flush_d.eq(0)]
+            m.d.comb += [x.eq(0) for x in Rs] + [Rsm1.eq(0)]
+            m.d.sync += [rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1), flush_d.eq(0)]
         with m.Elif(flush_d != 0):
             with m.Switch(flush_d):
                 for d in range(1, K + 1):
                     with m.Case(d):
                         drop(m, d)
             m.d.sync += flush_d.eq(0)
-        with m.Elif(mat_end):
-            # the beats of this matrix still in the window: ceil(es / M) of them
-            for d in range(1, K + 1):
-                with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
-                    m.d.sync += flush_d.eq(d)
-            m.d.sync += [rbase.eq(0), rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
+            # a fresh start (nothing taken): absolute prefix counts of the beats left, from their
+            # local counts (off the k loop: nothing advances in a flush cycle)
+            m.d.comb += Rsm1.eq(0)
+            base = Const(0, rw)
+            for s_ in range(K):
+                loc = [s1[s_][M + g * lq_w:M + (g + 1) * lq_w] for g in range(GS)]
+                for g in range(GS):
+                    m.d.comb += Rs[s_ * GS + g].eq(base + loc[g])
+                if s_ + 1 < K:
+                    nb = Signal(rw, name=f"fresh{s_}")
+                    m.d.comb += nb.eq(base + loc[-1])
+                    base = nb
         with m.Else():
             # The oldest beat leaves once its set bits are all taken and the current row ends
-            # beyond it (decided from the registers at the START of the cycle).
+            # beyond it (decided from the registers at the START of the cycle, also in the
+            # matrix's last cycle: which slots change never depends on this cycle's advance).
             sh = Signal()
-            m.d.comb += sh.eq(running & a_v & (rbase >= local[0][-1]) & (es_w > MW))
-            fin = advance & finish
-            r_next = Mux(fin, es_w, rs_w)
-            e_next = Mux(fin, es2_w, es_w)
-            e2_next = Mux(fin, es3_w, es2_w)
+            m.d.comb += sh.eq(running & a_v & (R[GS - 1] <= 0) & (es_w > MW))
             with m.If(sh):
                 drop(m, 1)
-                m.d.sync += [rbase.eq(r_adv - local[0][-1]), rs_w.eq(r_next - MW), es_w.eq(e_next - MW),
-                             es2_w.eq(e2_next - MW)]
+                m.d.comb += [Rs[j].eq(R[j + GS] if j + GS < G else R[-1]) for j in range(G)]
+                m.d.comb += Rsm1.eq(R[GS - 1])
+            with m.If(mat_end):
+                # the beats of this matrix still in the window: ceil(es / M) of them, one fewer
+                # if the oldest leaves now (then es > M)
+                for d in range(1, K + 1):
+                    with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
+                        m.d.sync += flush_d.eq(d - sh)
+                m.d.sync += [rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
             with m.Else():
-                m.d.sync += [rbase.eq(r_adv), rs_w.eq(r_next), es_w.eq(e_next), es2_w.eq(e2_next)]
+                fin = advance & finish
+                r_next = Mux(fin, es_w, rs_w)
+                e_next = Mux(fin, es2_w, es_w)
+                e2_next = Mux(fin, es3_w, es2_w)
+                with m.If(sh):
+                    m.d.sync += [rs_w.eq(r_next - MW), es_w.eq(e_next - MW), es2_w.eq(e2_next - MW)]
+                with m.Else():
+                    m.d.sync += [rs_w.eq(r_next), es_w.eq(e_next), es2_w.eq(e2_next)]
         # refill from the mask FIFO into the first empty slot
         m.d.comb += self.i_mask.ready.eq(~v1[K - 1])
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
         m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
+        # the beat entering slot i counts from the end of slot i-1; the slots after it (empty)
+        # hold its total.  The add is off the k loop; only "- kk" follows k.
+        Rf = [Signal(signed(rw), name=f"Rf{j}") for j in range(G)]
+        m.d.comb += [x.eq(y) for x, y in zip(Rf, Rs, strict=True)]
         with m.If(self.i_mask.valid):
             for i in range(K):
                 with m.If(~v1[i] & (v1[i - 1] if i else 1)):
                     m.d.sync += [slots[i].eq(Cat(self.i_mask.payload, *in_lq)), sv[i].eq(1)]
+                    start = Rs[i * GS - 1] if i else Rsm1
+                    for j in range(i * GS, G):
+                        m.d.comb += Rf[j].eq(start + (in_lq[j - i * GS] if j < (i + 1) * GS else in_lq[-1]))
+        m.d.sync += [R[j].eq(Rf[j] - kk) for j in range(G)] + [Rm1.eq(Rsm1 - kk)]
 
         # ---------------------------------------------------------------- next value state
         VA1, VB1 = Signal(V), Signal(V)

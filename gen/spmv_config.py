@@ -131,7 +131,7 @@ class SpmvConfig:
         ``(window_beats - 1) * mask_bus`` bits ahead.  3 keeps lanes full at 90 % sparsity on
         real matrices; 2 is smaller (small FPGAs).  The decoder's per-lane logic grows with the
         window (a lane compares and muxes ``window_beats * mask_bus / C`` coarse groups, C = 8,
-        or 16 above 256 bits): on iCE40 8 lanes cost about 200 LUT4 each at a 128-bit window.
+        or 16 from 128 bits): on iCE40 a lane costs about 290 logic cells at a 128-bit window.
     value_words : int or None
         Value beat width in W-bit words.  None: ``ceil(lanes * weight_bits / bus_bits)``.
     mul_steps : int

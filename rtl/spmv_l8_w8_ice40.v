@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$2612$0 (\$39 [31:0]),
-    .\port$2973$0 (last3),
+    .\port$2623$0 (\$39 [31:0]),
+    .\port$3018$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2612$0 , w_en, w_level, r_data, r_en, \port$2973$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2623$0 , w_en, w_level, r_data, r_en, \port$3018$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2612$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$2612$0 ;
-  wire [31:0] \port$2612$0 ;
-  input \port$2973$0 ;
-  wire \port$2973$0 ;
+  input [31:0] \port$2623$0 ;
+  wire [31:0] \port$2623$0 ;
+  input \port$3018$0 ;
+  wire \port$3018$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2612$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$2973$0 , \port$2612$0  };
+      storage[w_port__addr] <= { \port$3018$0 , \port$2623$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2612$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$2973$0 , \port$2612$0  };
-  assign w_data = { \port$2973$0 , \port$2612$0  };
+  assign w_port__data = { \port$3018$0 , \port$2623$0  };
+  assign w_data = { \port$3018$0 , \port$2623$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -3695,71 +3695,71 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [1:0] \$1 ;
   wire [1:0] \$10 ;
-  wire [3:0] \$100 ;
+  wire \$100 ;
   wire \$1000 ;
-  wire [15:0] \$1001 ;
-  wire \$1002 ;
-  wire \$1003 ;
-  wire [15:0] \$1004 ;
-  wire [15:0] \$1005 ;
-  wire \$1006 ;
+  wire [3:0] \$1001 ;
+  wire [3:0] \$1002 ;
+  wire [3:0] \$1003 ;
+  wire \$1004 ;
+  wire \$1005 ;
+  wire [3:0] \$1006 ;
   wire \$1007 ;
-  wire [15:0] \$1008 ;
-  wire \$1009 ;
+  wire \$1008 ;
+  wire [3:0] \$1009 ;
   wire \$101 ;
-  wire \$1010 ;
-  wire [15:0] \$1011 ;
-  wire [15:0] \$1012 ;
-  wire [15:0] \$1013 ;
-  wire [3:0] \$1014 ;
+  wire [3:0] \$1010 ;
+  wire \$1011 ;
+  wire \$1012 ;
+  wire [3:0] \$1013 ;
+  wire \$1014 ;
   wire \$1015 ;
-  wire \$1016 ;
+  wire [3:0] \$1016 ;
   wire [3:0] \$1017 ;
   wire [3:0] \$1018 ;
-  wire \$1019 ;
+  wire [4:0] \$1019 ;
   wire \$102 ;
-  wire \$1020 ;
-  wire [3:0] \$1021 ;
-  wire \$1022 ;
-  wire \$1023 ;
-  wire [3:0] \$1024 ;
-  wire [3:0] \$1025 ;
-  wire [3:0] \$1026 ;
-  wire \$1027 ;
-  wire \$1028 ;
+  wire [1:0] \$1020 ;
+  wire [1:0] \$1021 ;
+  wire [2:0] \$1022 ;
+  wire [1:0] \$1023 ;
+  wire [1:0] \$1024 ;
+  wire [2:0] \$1025 ;
+  wire [4:0] \$1026 ;
+  wire [1:0] \$1027 ;
+  wire [1:0] \$1028 ;
   wire [3:0] \$1029 ;
-  wire [8:0] \$103 ;
-  wire \$1030 ;
-  wire \$1031 ;
+  wire \$103 ;
+  wire [1:0] \$1030 ;
+  wire [1:0] \$1031 ;
   wire [3:0] \$1032 ;
-  wire [3:0] \$1033 ;
-  wire \$1034 ;
-  wire \$1035 ;
-  wire [3:0] \$1036 ;
+  wire \$1033 ;
+  wire [8:0] \$1034 ;
+  wire [5:0] \$1035 ;
+  wire \$1036 ;
   wire \$1037 ;
   wire \$1038 ;
-  wire [3:0] \$1039 ;
-  wire [9:0] \$104 ;
-  wire [3:0] \$1040 ;
-  wire [3:0] \$1041 ;
-  wire [4:0] \$1042 ;
-  wire [1:0] \$1043 ;
-  wire [1:0] \$1044 ;
-  wire [2:0] \$1045 ;
-  wire [1:0] \$1046 ;
-  wire [1:0] \$1047 ;
-  wire [2:0] \$1048 ;
-  wire [4:0] \$1049 ;
+  wire \$1039 ;
+  wire \$104 ;
+  wire \$1040 ;
+  wire \$1041 ;
+  wire \$1042 ;
+  wire \$1043 ;
+  wire \$1044 ;
+  wire \$1045 ;
+  wire \$1046 ;
+  wire \$1047 ;
+  wire \$1048 ;
+  wire \$1049 ;
   wire \$105 ;
-  wire [1:0] \$1050 ;
-  wire [1:0] \$1051 ;
-  wire [3:0] \$1052 ;
-  wire [1:0] \$1053 ;
-  wire [1:0] \$1054 ;
-  wire [3:0] \$1055 ;
+  wire \$1050 ;
+  wire \$1051 ;
+  wire \$1052 ;
+  wire \$1053 ;
+  wire \$1054 ;
+  wire \$1055 ;
   wire \$1056 ;
-  wire [8:0] \$1057 ;
-  wire [5:0] \$1058 ;
+  wire \$1057 ;
+  wire \$1058 ;
   wire \$1059 ;
   wire \$106 ;
   wire \$1060 ;
@@ -3772,277 +3772,277 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1067 ;
   wire \$1068 ;
   wire \$1069 ;
-  wire [3:0] \$107 ;
+  wire \$107 ;
   wire \$1070 ;
   wire \$1071 ;
   wire \$1072 ;
-  wire \$1073 ;
-  wire \$1074 ;
+  wire [1:0] \$1073 ;
+  wire [1:0] \$1074 ;
   wire \$1075 ;
   wire \$1076 ;
-  wire \$1077 ;
+  wire [1:0] \$1077 ;
   wire \$1078 ;
   wire \$1079 ;
-  wire [9:0] \$108 ;
-  wire \$1080 ;
-  wire \$1081 ;
-  wire \$1082 ;
+  wire \$108 ;
+  wire [2:0] \$1080 ;
+  wire [2:0] \$1081 ;
+  wire [2:0] \$1082 ;
   wire \$1083 ;
   wire \$1084 ;
-  wire \$1085 ;
+  wire [2:0] \$1085 ;
   wire \$1086 ;
   wire \$1087 ;
-  wire \$1088 ;
-  wire \$1089 ;
+  wire [2:0] \$1088 ;
+  wire [2:0] \$1089 ;
   wire \$109 ;
   wire \$1090 ;
   wire \$1091 ;
-  wire \$1092 ;
-  wire \$1093 ;
-  wire \$1094 ;
+  wire [2:0] \$1092 ;
+  wire [2:0] \$1093 ;
+  wire [15:0] \$1094 ;
   wire \$1095 ;
-  wire [1:0] \$1096 ;
-  wire [1:0] \$1097 ;
-  wire \$1098 ;
+  wire \$1096 ;
+  wire [15:0] \$1097 ;
+  wire [15:0] \$1098 ;
   wire \$1099 ;
   wire [1:0] \$11 ;
   wire \$110 ;
-  wire [1:0] \$1100 ;
-  wire \$1101 ;
+  wire \$1100 ;
+  wire [15:0] \$1101 ;
   wire \$1102 ;
-  wire [2:0] \$1103 ;
-  wire [2:0] \$1104 ;
-  wire [2:0] \$1105 ;
-  wire \$1106 ;
+  wire \$1103 ;
+  wire [15:0] \$1104 ;
+  wire [15:0] \$1105 ;
+  wire [15:0] \$1106 ;
   wire \$1107 ;
-  wire [2:0] \$1108 ;
-  wire \$1109 ;
-  wire [3:0] \$111 ;
+  wire \$1108 ;
+  wire [15:0] \$1109 ;
+  wire \$111 ;
   wire \$1110 ;
-  wire [2:0] \$1111 ;
-  wire [2:0] \$1112 ;
-  wire \$1113 ;
+  wire \$1111 ;
+  wire [15:0] \$1112 ;
+  wire [15:0] \$1113 ;
   wire \$1114 ;
-  wire [2:0] \$1115 ;
-  wire [2:0] \$1116 ;
-  wire [15:0] \$1117 ;
+  wire \$1115 ;
+  wire [15:0] \$1116 ;
+  wire \$1117 ;
   wire \$1118 ;
-  wire \$1119 ;
-  wire [9:0] \$112 ;
+  wire [15:0] \$1119 ;
+  wire \$112 ;
   wire [15:0] \$1120 ;
   wire [15:0] \$1121 ;
-  wire \$1122 ;
+  wire [3:0] \$1122 ;
   wire \$1123 ;
-  wire [15:0] \$1124 ;
-  wire \$1125 ;
-  wire \$1126 ;
-  wire [15:0] \$1127 ;
-  wire [15:0] \$1128 ;
-  wire [15:0] \$1129 ;
+  wire \$1124 ;
+  wire [3:0] \$1125 ;
+  wire [3:0] \$1126 ;
+  wire \$1127 ;
+  wire \$1128 ;
+  wire [3:0] \$1129 ;
   wire \$113 ;
   wire \$1130 ;
   wire \$1131 ;
-  wire [15:0] \$1132 ;
-  wire \$1133 ;
-  wire \$1134 ;
-  wire [15:0] \$1135 ;
-  wire [15:0] \$1136 ;
-  wire \$1137 ;
+  wire [3:0] \$1132 ;
+  wire [3:0] \$1133 ;
+  wire [3:0] \$1134 ;
+  wire \$1135 ;
+  wire \$1136 ;
+  wire [3:0] \$1137 ;
   wire \$1138 ;
-  wire [15:0] \$1139 ;
+  wire \$1139 ;
   wire \$114 ;
-  wire \$1140 ;
-  wire \$1141 ;
-  wire [15:0] \$1142 ;
-  wire [15:0] \$1143 ;
-  wire [15:0] \$1144 ;
-  wire [3:0] \$1145 ;
+  wire [3:0] \$1140 ;
+  wire [3:0] \$1141 ;
+  wire \$1142 ;
+  wire \$1143 ;
+  wire [3:0] \$1144 ;
+  wire \$1145 ;
   wire \$1146 ;
-  wire \$1147 ;
+  wire [3:0] \$1147 ;
   wire [3:0] \$1148 ;
   wire [3:0] \$1149 ;
-  wire [3:0] \$115 ;
-  wire \$1150 ;
-  wire \$1151 ;
-  wire [3:0] \$1152 ;
-  wire \$1153 ;
-  wire \$1154 ;
-  wire [3:0] \$1155 ;
-  wire [3:0] \$1156 ;
-  wire [3:0] \$1157 ;
-  wire \$1158 ;
-  wire \$1159 ;
-  wire [9:0] \$116 ;
+  wire \$115 ;
+  wire [4:0] \$1150 ;
+  wire [1:0] \$1151 ;
+  wire [1:0] \$1152 ;
+  wire [2:0] \$1153 ;
+  wire [1:0] \$1154 ;
+  wire [1:0] \$1155 ;
+  wire [2:0] \$1156 ;
+  wire [4:0] \$1157 ;
+  wire [1:0] \$1158 ;
+  wire [1:0] \$1159 ;
+  wire \$116 ;
   wire [3:0] \$1160 ;
-  wire \$1161 ;
-  wire \$1162 ;
+  wire [1:0] \$1161 ;
+  wire [1:0] \$1162 ;
   wire [3:0] \$1163 ;
-  wire [3:0] \$1164 ;
-  wire \$1165 ;
-  wire \$1166 ;
-  wire [3:0] \$1167 ;
+  wire \$1164 ;
+  wire [8:0] \$1165 ;
+  wire [5:0] \$1166 ;
+  wire \$1167 ;
   wire \$1168 ;
   wire \$1169 ;
   wire \$117 ;
-  wire [3:0] \$1170 ;
-  wire [3:0] \$1171 ;
-  wire [3:0] \$1172 ;
-  wire [4:0] \$1173 ;
-  wire [1:0] \$1174 ;
-  wire [1:0] \$1175 ;
-  wire [2:0] \$1176 ;
-  wire [1:0] \$1177 ;
-  wire [1:0] \$1178 ;
+  wire \$1170 ;
+  wire \$1171 ;
+  wire [1:0] \$1172 ;
+  wire [1:0] \$1173 ;
+  wire \$1174 ;
+  wire \$1175 ;
+  wire [1:0] \$1176 ;
+  wire \$1177 ;
+  wire \$1178 ;
   wire [2:0] \$1179 ;
   wire \$118 ;
-  wire [4:0] \$1180 ;
-  wire [1:0] \$1181 ;
-  wire [1:0] \$1182 ;
-  wire [3:0] \$1183 ;
-  wire [1:0] \$1184 ;
-  wire [1:0] \$1185 ;
-  wire [3:0] \$1186 ;
-  wire \$1187 ;
-  wire [8:0] \$1188 ;
-  wire [5:0] \$1189 ;
-  wire [3:0] \$119 ;
+  wire [2:0] \$1180 ;
+  wire [2:0] \$1181 ;
+  wire \$1182 ;
+  wire \$1183 ;
+  wire [2:0] \$1184 ;
+  wire \$1185 ;
+  wire \$1186 ;
+  wire [2:0] \$1187 ;
+  wire [2:0] \$1188 ;
+  wire \$1189 ;
+  wire \$119 ;
   wire \$1190 ;
-  wire \$1191 ;
-  wire \$1192 ;
-  wire \$1193 ;
+  wire [2:0] \$1191 ;
+  wire [2:0] \$1192 ;
+  wire [15:0] \$1193 ;
   wire \$1194 ;
-  wire [1:0] \$1195 ;
-  wire [1:0] \$1196 ;
-  wire \$1197 ;
+  wire \$1195 ;
+  wire [15:0] \$1196 ;
+  wire [15:0] \$1197 ;
   wire \$1198 ;
-  wire [1:0] \$1199 ;
+  wire \$1199 ;
   wire [2:0] \$12 ;
-  wire [8:0] \$120 ;
-  wire \$1200 ;
+  wire \$120 ;
+  wire [15:0] \$1200 ;
   wire \$1201 ;
-  wire [2:0] \$1202 ;
-  wire [2:0] \$1203 ;
-  wire [2:0] \$1204 ;
-  wire \$1205 ;
+  wire \$1202 ;
+  wire [15:0] \$1203 ;
+  wire [15:0] \$1204 ;
+  wire [15:0] \$1205 ;
   wire \$1206 ;
-  wire [2:0] \$1207 ;
-  wire \$1208 ;
+  wire \$1207 ;
+  wire [15:0] \$1208 ;
   wire \$1209 ;
   wire \$121 ;
-  wire [2:0] \$1210 ;
-  wire [2:0] \$1211 ;
-  wire \$1212 ;
+  wire \$1210 ;
+  wire [15:0] \$1211 ;
+  wire [15:0] \$1212 ;
   wire \$1213 ;
-  wire [2:0] \$1214 ;
-  wire [2:0] \$1215 ;
-  wire [15:0] \$1216 ;
+  wire \$1214 ;
+  wire [15:0] \$1215 ;
+  wire \$1216 ;
   wire \$1217 ;
-  wire \$1218 ;
+  wire [15:0] \$1218 ;
   wire [15:0] \$1219 ;
   wire \$122 ;
   wire [15:0] \$1220 ;
-  wire \$1221 ;
+  wire [3:0] \$1221 ;
   wire \$1222 ;
-  wire [15:0] \$1223 ;
-  wire \$1224 ;
-  wire \$1225 ;
-  wire [15:0] \$1226 ;
-  wire [15:0] \$1227 ;
-  wire [15:0] \$1228 ;
+  wire \$1223 ;
+  wire [3:0] \$1224 ;
+  wire [3:0] \$1225 ;
+  wire \$1226 ;
+  wire \$1227 ;
+  wire [3:0] \$1228 ;
   wire \$1229 ;
   wire \$123 ;
   wire \$1230 ;
-  wire [15:0] \$1231 ;
-  wire \$1232 ;
-  wire \$1233 ;
-  wire [15:0] \$1234 ;
-  wire [15:0] \$1235 ;
-  wire \$1236 ;
+  wire [3:0] \$1231 ;
+  wire [3:0] \$1232 ;
+  wire [3:0] \$1233 ;
+  wire \$1234 ;
+  wire \$1235 ;
+  wire [3:0] \$1236 ;
   wire \$1237 ;
-  wire [15:0] \$1238 ;
-  wire \$1239 ;
+  wire \$1238 ;
+  wire [3:0] \$1239 ;
   wire \$124 ;
-  wire \$1240 ;
-  wire [15:0] \$1241 ;
-  wire [15:0] \$1242 ;
-  wire [15:0] \$1243 ;
-  wire [3:0] \$1244 ;
+  wire [3:0] \$1240 ;
+  wire \$1241 ;
+  wire \$1242 ;
+  wire [3:0] \$1243 ;
+  wire \$1244 ;
   wire \$1245 ;
-  wire \$1246 ;
+  wire [3:0] \$1246 ;
   wire [3:0] \$1247 ;
   wire [3:0] \$1248 ;
-  wire \$1249 ;
+  wire [4:0] \$1249 ;
   wire \$125 ;
-  wire \$1250 ;
-  wire [3:0] \$1251 ;
-  wire \$1252 ;
-  wire \$1253 ;
-  wire [3:0] \$1254 ;
-  wire [3:0] \$1255 ;
-  wire [3:0] \$1256 ;
-  wire \$1257 ;
-  wire \$1258 ;
+  wire [1:0] \$1250 ;
+  wire [1:0] \$1251 ;
+  wire [2:0] \$1252 ;
+  wire [1:0] \$1253 ;
+  wire [1:0] \$1254 ;
+  wire [2:0] \$1255 ;
+  wire [4:0] \$1256 ;
+  wire [1:0] \$1257 ;
+  wire [1:0] \$1258 ;
   wire [3:0] \$1259 ;
   wire \$126 ;
-  wire \$1260 ;
-  wire \$1261 ;
+  wire [1:0] \$1260 ;
+  wire [1:0] \$1261 ;
   wire [3:0] \$1262 ;
-  wire [3:0] \$1263 ;
-  wire \$1264 ;
-  wire \$1265 ;
-  wire [3:0] \$1266 ;
-  wire \$1267 ;
-  wire \$1268 ;
-  wire [3:0] \$1269 ;
+  wire \$1263 ;
+  wire [8:0] \$1264 ;
+  wire [5:0] \$1265 ;
+  wire [4:0] \$1266 ;
+  wire [4:0] \$1267 ;
+  wire [3:0] \$1268 ;
+  wire [5:0] \$1269 ;
   wire \$127 ;
-  wire [3:0] \$1270 ;
-  wire [3:0] \$1271 ;
-  wire [4:0] \$1272 ;
-  wire [1:0] \$1273 ;
-  wire [1:0] \$1274 ;
-  wire [2:0] \$1275 ;
-  wire [1:0] \$1276 ;
-  wire [1:0] \$1277 ;
-  wire [2:0] \$1278 ;
-  wire [4:0] \$1279 ;
+  wire \$1270 ;
+  wire \$1271 ;
+  wire \$1272 ;
+  wire \$1273 ;
+  wire \$1274 ;
+  wire \$1275 ;
+  wire \$1276 ;
+  wire \$1277 ;
+  wire \$1278 ;
+  wire \$1279 ;
   wire \$128 ;
-  wire [1:0] \$1280 ;
-  wire [1:0] \$1281 ;
-  wire [3:0] \$1282 ;
-  wire [1:0] \$1283 ;
-  wire [1:0] \$1284 ;
-  wire [3:0] \$1285 ;
-  wire \$1286 ;
-  wire [8:0] \$1287 ;
-  wire [5:0] \$1288 ;
-  wire [4:0] \$1289 ;
+  wire \$1280 ;
+  wire \$1281 ;
+  wire \$1282 ;
+  wire [9:0] \$1283 ;
+  wire [9:0] \$1284 ;
+  wire [9:0] \$1285 ;
+  wire [9:0] \$1286 ;
+  wire [9:0] \$1287 ;
+  wire [9:0] \$1288 ;
+  wire [9:0] \$1289 ;
   wire \$129 ;
-  wire [4:0] \$1290 ;
-  wire [3:0] \$1291 ;
-  wire [5:0] \$1292 ;
+  wire [9:0] \$1290 ;
+  wire [9:0] \$1291 ;
+  wire \$1292 ;
   wire \$1293 ;
   wire \$1294 ;
   wire \$1295 ;
   wire \$1296 ;
   wire \$1297 ;
   wire \$1298 ;
-  wire \$1299 ;
+  wire [9:0] \$1299 ;
   wire [1:0] \$13 ;
   wire \$130 ;
-  wire \$1300 ;
-  wire \$1301 ;
-  wire \$1302 ;
-  wire \$1303 ;
-  wire \$1304 ;
-  wire [3:0] \$1305 ;
-  wire [8:0] \$1306 ;
+  wire [9:0] \$1300 ;
+  wire [9:0] \$1301 ;
+  wire [9:0] \$1302 ;
+  wire [9:0] \$1303 ;
+  wire [9:0] \$1304 ;
+  wire [9:0] \$1305 ;
+  wire [9:0] \$1306 ;
   wire \$1307 ;
   wire \$1308 ;
-  wire \$1309 ;
+  wire [9:0] \$1309 ;
   wire \$131 ;
-  wire \$1310 ;
-  wire \$1311 ;
-  wire \$1312 ;
+  wire [9:0] \$1310 ;
+  wire [9:0] \$1311 ;
+  wire [9:0] \$1312 ;
   wire \$1313 ;
   wire \$1314 ;
   wire \$1315 ;
@@ -4122,89 +4122,107 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1382 ;
   wire \$1383 ;
   wire \$1384 ;
-  wire \$1385 ;
+  wire [1:0] \$1385 ;
   wire \$1386 ;
   wire \$1387 ;
-  wire [7:0] \$1388 ;
-  wire [8:0] \$1389 ;
+  wire \$1388 ;
+  wire [2:0] \$1389 ;
   wire \$139 ;
-  wire \$1390 ;
-  wire [8:0] \$1391 ;
-  wire [9:0] \$1392 ;
-  wire \$1393 ;
-  wire [9:0] \$1394 ;
-  wire [10:0] \$1395 ;
-  wire \$1396 ;
-  wire [10:0] \$1397 ;
-  wire [11:0] \$1398 ;
-  wire \$1399 ;
+  wire [7:0] \$1390 ;
+  wire \$1391 ;
+  wire [8:0] \$1392 ;
+  wire [9:0] \$1393 ;
+  wire \$1394 ;
+  wire [9:0] \$1395 ;
+  wire [10:0] \$1396 ;
+  wire \$1397 ;
+  wire [10:0] \$1398 ;
+  wire [11:0] \$1399 ;
   wire [1:0] \$14 ;
   wire \$140 ;
-  wire [8:0] \$1400 ;
-  wire \$1401 ;
-  wire [9:0] \$1402 ;
-  wire \$1403 ;
-  wire [10:0] \$1404 ;
-  wire \$1405 ;
+  wire \$1400 ;
+  wire [8:0] \$1401 ;
+  wire \$1402 ;
+  wire [9:0] \$1403 ;
+  wire \$1404 ;
+  wire [10:0] \$1405 ;
   wire \$1406 ;
   wire \$1407 ;
   wire \$1408 ;
   wire \$1409 ;
   wire \$141 ;
-  wire \$1410 ;
-  wire \$1411 ;
-  wire \$1412 ;
-  wire \$1413 ;
-  wire \$1414 ;
-  wire [5:0] \$1415 ;
-  wire \$1416 ;
-  wire \$1417 ;
-  wire \$1418 ;
+  wire [9:0] \$1410 ;
+  wire [9:0] \$1411 ;
+  wire [9:0] \$1412 ;
+  wire [9:0] \$1413 ;
+  wire [9:0] \$1414 ;
+  wire [9:0] \$1415 ;
+  wire [9:0] \$1416 ;
+  wire [9:0] \$1417 ;
+  wire [9:0] \$1418 ;
   wire \$1419 ;
   wire \$142 ;
   wire \$1420 ;
   wire \$1421 ;
-  wire [11:0] \$1422 ;
-  wire [11:0] \$1423 ;
-  wire [11:0] \$1424 ;
-  wire [12:0] \$1425 ;
+  wire \$1422 ;
+  wire \$1423 ;
+  wire \$1424 ;
+  wire [5:0] \$1425 ;
   wire \$1426 ;
-  wire [16:0] \$1427 ;
+  wire \$1427 ;
   wire \$1428 ;
   wire \$1429 ;
   wire \$143 ;
-  wire [3:0] \$1430 ;
-  reg \$1431 ;
-  reg \$1432 ;
-  reg [7:0] \$1433 ;
-  reg [7:0] \$1434 ;
-  reg [8:0] \$1435 ;
-  reg [9:0] \$1436 ;
-  reg [1:0] \$1437 ;
-  reg [91:0] \$1438 ;
-  reg [91:0] \$1439 ;
+  wire \$1430 ;
+  wire \$1431 ;
+  wire [11:0] \$1432 ;
+  wire [11:0] \$1433 ;
+  wire [11:0] \$1434 ;
+  wire [12:0] \$1435 ;
+  wire \$1436 ;
+  wire [16:0] \$1437 ;
+  wire \$1438 ;
+  wire \$1439 ;
   wire \$144 ;
-  reg \$1440 ;
+  wire [3:0] \$1440 ;
   reg \$1441 ;
-  reg [2:0] \$1442 ;
-  reg \$1443 ;
-  reg \$1444 ;
-  reg \$1445 ;
-  reg [63:0] \$1446 ;
-  reg [63:0] \$1447 ;
-  reg \$1448 ;
+  reg \$1442 ;
+  reg [7:0] \$1443 ;
+  reg [8:0] \$1444 ;
+  reg [9:0] \$1445 ;
+  reg [1:0] \$1446 ;
+  reg [91:0] \$1447 ;
+  reg [91:0] \$1448 ;
   reg \$1449 ;
   wire \$145 ;
   reg \$1450 ;
-  reg \$1451 ;
-  reg \$1452 ;
-  reg [15:0] \$1453 ;
-  reg [10:0] \$1454 ;
-  reg [6:0] \$1455 ;
-  reg \$1456 ;
-  reg [3:0] \$1457 ;
+  reg [8:0] \$1451 ;
+  reg [8:0] \$1452 ;
+  reg [8:0] \$1453 ;
+  reg [8:0] \$1454 ;
+  reg [8:0] \$1455 ;
+  reg [8:0] \$1456 ;
+  reg [8:0] \$1457 ;
+  reg [8:0] \$1458 ;
+  reg [8:0] \$1459 ;
   wire \$146 ;
+  reg [2:0] \$1460 ;
+  reg \$1461 ;
+  reg \$1462 ;
+  reg \$1463 ;
+  reg [63:0] \$1464 ;
+  reg [63:0] \$1465 ;
+  reg \$1466 ;
+  reg \$1467 ;
+  reg \$1468 ;
+  reg \$1469 ;
   wire \$147 ;
+  reg \$1470 ;
+  reg [15:0] \$1471 ;
+  reg [10:0] \$1472 ;
+  reg [6:0] \$1473 ;
+  reg \$1474 ;
+  reg [3:0] \$1475 ;
   wire \$148 ;
   wire \$149 ;
   wire [2:0] \$15 ;
@@ -4280,136 +4298,136 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$212 ;
   wire \$213 ;
   wire \$214 ;
-  wire \$215 ;
-  wire \$216 ;
+  wire [1:0] \$215 ;
+  wire [1:0] \$216 ;
   wire \$217 ;
   wire \$218 ;
-  wire \$219 ;
+  wire [1:0] \$219 ;
   wire [2:0] \$22 ;
   wire \$220 ;
   wire \$221 ;
-  wire \$222 ;
-  wire \$223 ;
-  wire \$224 ;
+  wire [2:0] \$222 ;
+  wire [2:0] \$223 ;
+  wire [2:0] \$224 ;
   wire \$225 ;
   wire \$226 ;
-  wire \$227 ;
+  wire [2:0] \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [3:0] \$23 ;
-  wire \$230 ;
-  wire \$231 ;
+  wire [2:0] \$230 ;
+  wire [2:0] \$231 ;
   wire \$232 ;
   wire \$233 ;
-  wire \$234 ;
-  wire \$235 ;
-  wire \$236 ;
+  wire [2:0] \$234 ;
+  wire [2:0] \$235 ;
+  wire [15:0] \$236 ;
   wire \$237 ;
-  wire [1:0] \$238 ;
-  wire [1:0] \$239 ;
+  wire \$238 ;
+  wire [15:0] \$239 ;
   wire [1:0] \$24 ;
-  wire \$240 ;
+  wire [15:0] \$240 ;
   wire \$241 ;
-  wire [1:0] \$242 ;
-  wire \$243 ;
+  wire \$242 ;
+  wire [15:0] \$243 ;
   wire \$244 ;
-  wire [2:0] \$245 ;
-  wire [2:0] \$246 ;
-  wire [2:0] \$247 ;
-  wire \$248 ;
+  wire \$245 ;
+  wire [15:0] \$246 ;
+  wire [15:0] \$247 ;
+  wire [15:0] \$248 ;
   wire \$249 ;
   wire [1:0] \$25 ;
-  wire [2:0] \$250 ;
-  wire \$251 ;
+  wire \$250 ;
+  wire [15:0] \$251 ;
   wire \$252 ;
-  wire [2:0] \$253 ;
-  wire [2:0] \$254 ;
-  wire \$255 ;
+  wire \$253 ;
+  wire [15:0] \$254 ;
+  wire [15:0] \$255 ;
   wire \$256 ;
-  wire [2:0] \$257 ;
-  wire [2:0] \$258 ;
-  wire [15:0] \$259 ;
+  wire \$257 ;
+  wire [15:0] \$258 ;
+  wire \$259 ;
   wire [2:0] \$26 ;
   wire \$260 ;
-  wire \$261 ;
+  wire [15:0] \$261 ;
   wire [15:0] \$262 ;
   wire [15:0] \$263 ;
-  wire \$264 ;
+  wire [3:0] \$264 ;
   wire \$265 ;
-  wire [15:0] \$266 ;
-  wire \$267 ;
-  wire \$268 ;
-  wire [15:0] \$269 ;
+  wire \$266 ;
+  wire [3:0] \$267 ;
+  wire [3:0] \$268 ;
+  wire \$269 ;
   wire [1:0] \$27 ;
-  wire [15:0] \$270 ;
-  wire [15:0] \$271 ;
+  wire \$270 ;
+  wire [3:0] \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire [15:0] \$274 ;
-  wire \$275 ;
-  wire \$276 ;
-  wire [15:0] \$277 ;
-  wire [15:0] \$278 ;
-  wire \$279 ;
+  wire [3:0] \$274 ;
+  wire [3:0] \$275 ;
+  wire [3:0] \$276 ;
+  wire \$277 ;
+  wire \$278 ;
+  wire [3:0] \$279 ;
   wire [1:0] \$28 ;
   wire \$280 ;
-  wire [15:0] \$281 ;
-  wire \$282 ;
-  wire \$283 ;
-  wire [15:0] \$284 ;
-  wire [15:0] \$285 ;
-  wire [15:0] \$286 ;
-  wire [3:0] \$287 ;
+  wire \$281 ;
+  wire [3:0] \$282 ;
+  wire [3:0] \$283 ;
+  wire \$284 ;
+  wire \$285 ;
+  wire [3:0] \$286 ;
+  wire \$287 ;
   wire \$288 ;
-  wire \$289 ;
+  wire [3:0] \$289 ;
   wire [2:0] \$29 ;
   wire [3:0] \$290 ;
   wire [3:0] \$291 ;
-  wire \$292 ;
-  wire \$293 ;
-  wire [3:0] \$294 ;
-  wire \$295 ;
-  wire \$296 ;
-  wire [3:0] \$297 ;
-  wire [3:0] \$298 ;
-  wire [3:0] \$299 ;
+  wire [4:0] \$292 ;
+  wire [1:0] \$293 ;
+  wire [1:0] \$294 ;
+  wire [2:0] \$295 ;
+  wire [1:0] \$296 ;
+  wire [1:0] \$297 ;
+  wire [2:0] \$298 ;
+  wire [4:0] \$299 ;
   wire [1:0] \$3 ;
   wire [3:0] \$30 ;
-  wire \$300 ;
-  wire \$301 ;
+  wire [1:0] \$300 ;
+  wire [1:0] \$301 ;
   wire [3:0] \$302 ;
-  wire \$303 ;
-  wire \$304 ;
+  wire [1:0] \$303 ;
+  wire [1:0] \$304 ;
   wire [3:0] \$305 ;
-  wire [3:0] \$306 ;
-  wire \$307 ;
-  wire \$308 ;
-  wire [3:0] \$309 ;
+  wire \$306 ;
+  wire [8:0] \$307 ;
+  wire [5:0] \$308 ;
+  wire \$309 ;
   wire [1:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
-  wire [3:0] \$312 ;
-  wire [3:0] \$313 ;
-  wire [3:0] \$314 ;
-  wire [4:0] \$315 ;
-  wire [1:0] \$316 ;
-  wire [1:0] \$317 ;
-  wire [2:0] \$318 ;
-  wire [1:0] \$319 ;
+  wire \$312 ;
+  wire \$313 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
+  wire \$317 ;
+  wire \$318 ;
+  wire \$319 ;
   wire [1:0] \$32 ;
-  wire [1:0] \$320 ;
-  wire [2:0] \$321 ;
-  wire [4:0] \$322 ;
-  wire [1:0] \$323 ;
-  wire [1:0] \$324 ;
-  wire [3:0] \$325 ;
-  wire [1:0] \$326 ;
-  wire [1:0] \$327 ;
-  wire [3:0] \$328 ;
+  wire \$320 ;
+  wire \$321 ;
+  wire \$322 ;
+  wire \$323 ;
+  wire \$324 ;
+  wire \$325 ;
+  wire \$326 ;
+  wire \$327 ;
+  wire \$328 ;
   wire \$329 ;
   wire [2:0] \$33 ;
-  wire [8:0] \$330 ;
-  wire [5:0] \$331 ;
+  wire \$330 ;
+  wire \$331 ;
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
@@ -4452,135 +4470,135 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$368 ;
   wire \$369 ;
   wire [3:0] \$37 ;
-  wire \$370 ;
-  wire \$371 ;
+  wire [1:0] \$370 ;
+  wire [1:0] \$371 ;
   wire \$372 ;
   wire \$373 ;
-  wire \$374 ;
+  wire [1:0] \$374 ;
   wire \$375 ;
   wire \$376 ;
-  wire \$377 ;
-  wire \$378 ;
-  wire \$379 ;
+  wire [2:0] \$377 ;
+  wire [2:0] \$378 ;
+  wire [2:0] \$379 ;
   wire [1:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
-  wire \$382 ;
+  wire [2:0] \$382 ;
   wire \$383 ;
   wire \$384 ;
-  wire \$385 ;
-  wire \$386 ;
+  wire [2:0] \$385 ;
+  wire [2:0] \$386 ;
   wire \$387 ;
   wire \$388 ;
-  wire \$389 ;
+  wire [2:0] \$389 ;
   wire [1:0] \$39 ;
-  wire \$390 ;
-  wire \$391 ;
+  wire [2:0] \$390 ;
+  wire [15:0] \$391 ;
   wire \$392 ;
-  wire [1:0] \$393 ;
-  wire [1:0] \$394 ;
-  wire \$395 ;
+  wire \$393 ;
+  wire [15:0] \$394 ;
+  wire [15:0] \$395 ;
   wire \$396 ;
-  wire [1:0] \$397 ;
-  wire \$398 ;
+  wire \$397 ;
+  wire [15:0] \$398 ;
   wire \$399 ;
   wire [1:0] \$4 ;
   wire [2:0] \$40 ;
-  wire [2:0] \$400 ;
-  wire [2:0] \$401 ;
-  wire [2:0] \$402 ;
-  wire \$403 ;
+  wire \$400 ;
+  wire [15:0] \$401 ;
+  wire [15:0] \$402 ;
+  wire [15:0] \$403 ;
   wire \$404 ;
-  wire [2:0] \$405 ;
-  wire \$406 ;
+  wire \$405 ;
+  wire [15:0] \$406 ;
   wire \$407 ;
-  wire [2:0] \$408 ;
-  wire [2:0] \$409 ;
+  wire \$408 ;
+  wire [15:0] \$409 ;
   wire [1:0] \$41 ;
-  wire \$410 ;
+  wire [15:0] \$410 ;
   wire \$411 ;
-  wire [2:0] \$412 ;
-  wire [2:0] \$413 ;
-  wire [15:0] \$414 ;
+  wire \$412 ;
+  wire [15:0] \$413 ;
+  wire \$414 ;
   wire \$415 ;
-  wire \$416 ;
+  wire [15:0] \$416 ;
   wire [15:0] \$417 ;
   wire [15:0] \$418 ;
-  wire \$419 ;
+  wire [3:0] \$419 ;
   wire [1:0] \$42 ;
   wire \$420 ;
-  wire [15:0] \$421 ;
-  wire \$422 ;
-  wire \$423 ;
-  wire [15:0] \$424 ;
-  wire [15:0] \$425 ;
-  wire [15:0] \$426 ;
+  wire \$421 ;
+  wire [3:0] \$422 ;
+  wire [3:0] \$423 ;
+  wire \$424 ;
+  wire \$425 ;
+  wire [3:0] \$426 ;
   wire \$427 ;
   wire \$428 ;
-  wire [15:0] \$429 ;
+  wire [3:0] \$429 ;
   wire [2:0] \$43 ;
-  wire \$430 ;
-  wire \$431 ;
-  wire [15:0] \$432 ;
-  wire [15:0] \$433 ;
-  wire \$434 ;
+  wire [3:0] \$430 ;
+  wire [3:0] \$431 ;
+  wire \$432 ;
+  wire \$433 ;
+  wire [3:0] \$434 ;
   wire \$435 ;
-  wire [15:0] \$436 ;
-  wire \$437 ;
-  wire \$438 ;
-  wire [15:0] \$439 ;
+  wire \$436 ;
+  wire [3:0] \$437 ;
+  wire [3:0] \$438 ;
+  wire \$439 ;
   wire [3:0] \$44 ;
-  wire [15:0] \$440 ;
-  wire [15:0] \$441 ;
-  wire [3:0] \$442 ;
+  wire \$440 ;
+  wire [3:0] \$441 ;
+  wire \$442 ;
   wire \$443 ;
-  wire \$444 ;
+  wire [3:0] \$444 ;
   wire [3:0] \$445 ;
   wire [3:0] \$446 ;
-  wire \$447 ;
-  wire \$448 ;
-  wire [3:0] \$449 ;
+  wire [4:0] \$447 ;
+  wire [1:0] \$448 ;
+  wire [1:0] \$449 ;
   wire [1:0] \$45 ;
-  wire \$450 ;
-  wire \$451 ;
-  wire [3:0] \$452 ;
-  wire [3:0] \$453 ;
-  wire [3:0] \$454 ;
-  wire \$455 ;
-  wire \$456 ;
+  wire [2:0] \$450 ;
+  wire [1:0] \$451 ;
+  wire [1:0] \$452 ;
+  wire [2:0] \$453 ;
+  wire [4:0] \$454 ;
+  wire [1:0] \$455 ;
+  wire [1:0] \$456 ;
   wire [3:0] \$457 ;
-  wire \$458 ;
-  wire \$459 ;
+  wire [1:0] \$458 ;
+  wire [1:0] \$459 ;
   wire [1:0] \$46 ;
   wire [3:0] \$460 ;
-  wire [3:0] \$461 ;
-  wire \$462 ;
-  wire \$463 ;
-  wire [3:0] \$464 ;
+  wire \$461 ;
+  wire [8:0] \$462 ;
+  wire [5:0] \$463 ;
+  wire \$464 ;
   wire \$465 ;
   wire \$466 ;
-  wire [3:0] \$467 ;
-  wire [3:0] \$468 ;
-  wire [3:0] \$469 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
   wire [2:0] \$47 ;
-  wire [4:0] \$470 ;
-  wire [1:0] \$471 ;
-  wire [1:0] \$472 ;
-  wire [2:0] \$473 ;
-  wire [1:0] \$474 ;
-  wire [1:0] \$475 ;
-  wire [2:0] \$476 ;
-  wire [4:0] \$477 ;
-  wire [1:0] \$478 ;
-  wire [1:0] \$479 ;
+  wire \$470 ;
+  wire \$471 ;
+  wire \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire \$475 ;
+  wire \$476 ;
+  wire \$477 ;
+  wire \$478 ;
+  wire \$479 ;
   wire [1:0] \$48 ;
-  wire [3:0] \$480 ;
-  wire [1:0] \$481 ;
-  wire [1:0] \$482 ;
-  wire [3:0] \$483 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
   wire \$484 ;
-  wire [8:0] \$485 ;
-  wire [5:0] \$486 ;
+  wire \$485 ;
+  wire \$486 ;
   wire \$487 ;
   wire \$488 ;
   wire \$489 ;
@@ -4633,263 +4651,263 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$530 ;
   wire \$531 ;
   wire \$532 ;
-  wire \$533 ;
-  wire \$534 ;
+  wire [1:0] \$533 ;
+  wire [1:0] \$534 ;
   wire \$535 ;
   wire \$536 ;
-  wire \$537 ;
+  wire [1:0] \$537 ;
   wire \$538 ;
   wire \$539 ;
   wire [2:0] \$54 ;
-  wire \$540 ;
-  wire \$541 ;
-  wire \$542 ;
+  wire [2:0] \$540 ;
+  wire [2:0] \$541 ;
+  wire [2:0] \$542 ;
   wire \$543 ;
   wire \$544 ;
-  wire \$545 ;
+  wire [2:0] \$545 ;
   wire \$546 ;
   wire \$547 ;
-  wire \$548 ;
-  wire \$549 ;
+  wire [2:0] \$548 ;
+  wire [2:0] \$549 ;
   wire [1:0] \$55 ;
   wire \$550 ;
   wire \$551 ;
-  wire \$552 ;
-  wire \$553 ;
-  wire \$554 ;
+  wire [2:0] \$552 ;
+  wire [2:0] \$553 ;
+  wire [15:0] \$554 ;
   wire \$555 ;
-  wire [1:0] \$556 ;
-  wire [1:0] \$557 ;
-  wire \$558 ;
+  wire \$556 ;
+  wire [15:0] \$557 ;
+  wire [15:0] \$558 ;
   wire \$559 ;
   wire [1:0] \$56 ;
-  wire [1:0] \$560 ;
-  wire \$561 ;
+  wire \$560 ;
+  wire [15:0] \$561 ;
   wire \$562 ;
-  wire [2:0] \$563 ;
-  wire [2:0] \$564 ;
-  wire [2:0] \$565 ;
-  wire \$566 ;
+  wire \$563 ;
+  wire [15:0] \$564 ;
+  wire [15:0] \$565 ;
+  wire [15:0] \$566 ;
   wire \$567 ;
-  wire [2:0] \$568 ;
-  wire \$569 ;
+  wire \$568 ;
+  wire [15:0] \$569 ;
   wire [2:0] \$57 ;
   wire \$570 ;
-  wire [2:0] \$571 ;
-  wire [2:0] \$572 ;
-  wire \$573 ;
+  wire \$571 ;
+  wire [15:0] \$572 ;
+  wire [15:0] \$573 ;
   wire \$574 ;
-  wire [2:0] \$575 ;
-  wire [2:0] \$576 ;
-  wire [15:0] \$577 ;
+  wire \$575 ;
+  wire [15:0] \$576 ;
+  wire \$577 ;
   wire \$578 ;
-  wire \$579 ;
+  wire [15:0] \$579 ;
   wire [3:0] \$58 ;
   wire [15:0] \$580 ;
   wire [15:0] \$581 ;
-  wire \$582 ;
+  wire [3:0] \$582 ;
   wire \$583 ;
-  wire [15:0] \$584 ;
-  wire \$585 ;
-  wire \$586 ;
-  wire [15:0] \$587 ;
-  wire [15:0] \$588 ;
-  wire [15:0] \$589 ;
+  wire \$584 ;
+  wire [3:0] \$585 ;
+  wire [3:0] \$586 ;
+  wire \$587 ;
+  wire \$588 ;
+  wire [3:0] \$589 ;
   wire [7:0] \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire [15:0] \$592 ;
-  wire \$593 ;
-  wire \$594 ;
-  wire [15:0] \$595 ;
-  wire [15:0] \$596 ;
-  wire \$597 ;
+  wire [3:0] \$592 ;
+  wire [3:0] \$593 ;
+  wire [3:0] \$594 ;
+  wire \$595 ;
+  wire \$596 ;
+  wire [3:0] \$597 ;
   wire \$598 ;
-  wire [15:0] \$599 ;
+  wire \$599 ;
   wire [1:0] \$6 ;
   wire [7:0] \$60 ;
-  wire \$600 ;
-  wire \$601 ;
-  wire [15:0] \$602 ;
-  wire [15:0] \$603 ;
-  wire [15:0] \$604 ;
-  wire [3:0] \$605 ;
+  wire [3:0] \$600 ;
+  wire [3:0] \$601 ;
+  wire \$602 ;
+  wire \$603 ;
+  wire [3:0] \$604 ;
+  wire \$605 ;
   wire \$606 ;
-  wire \$607 ;
+  wire [3:0] \$607 ;
   wire [3:0] \$608 ;
   wire [3:0] \$609 ;
   wire [7:0] \$61 ;
-  wire \$610 ;
-  wire \$611 ;
-  wire [3:0] \$612 ;
-  wire \$613 ;
-  wire \$614 ;
-  wire [3:0] \$615 ;
-  wire [3:0] \$616 ;
-  wire [3:0] \$617 ;
-  wire \$618 ;
-  wire \$619 ;
+  wire [4:0] \$610 ;
+  wire [1:0] \$611 ;
+  wire [1:0] \$612 ;
+  wire [2:0] \$613 ;
+  wire [1:0] \$614 ;
+  wire [1:0] \$615 ;
+  wire [2:0] \$616 ;
+  wire [4:0] \$617 ;
+  wire [1:0] \$618 ;
+  wire [1:0] \$619 ;
   wire [7:0] \$62 ;
   wire [3:0] \$620 ;
-  wire \$621 ;
-  wire \$622 ;
+  wire [1:0] \$621 ;
+  wire [1:0] \$622 ;
   wire [3:0] \$623 ;
-  wire [3:0] \$624 ;
-  wire \$625 ;
-  wire \$626 ;
-  wire [3:0] \$627 ;
+  wire \$624 ;
+  wire [8:0] \$625 ;
+  wire [5:0] \$626 ;
+  wire \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire [8:0] \$63 ;
-  wire [3:0] \$630 ;
-  wire [3:0] \$631 ;
-  wire [3:0] \$632 ;
-  wire [4:0] \$633 ;
-  wire [1:0] \$634 ;
-  wire [1:0] \$635 ;
-  wire [2:0] \$636 ;
-  wire [1:0] \$637 ;
-  wire [1:0] \$638 ;
-  wire [2:0] \$639 ;
-  wire [8:0] \$64 ;
-  wire [4:0] \$640 ;
-  wire [1:0] \$641 ;
-  wire [1:0] \$642 ;
-  wire [3:0] \$643 ;
-  wire [1:0] \$644 ;
-  wire [1:0] \$645 ;
-  wire [3:0] \$646 ;
+  wire \$63 ;
+  wire \$630 ;
+  wire \$631 ;
+  wire \$632 ;
+  wire \$633 ;
+  wire \$634 ;
+  wire \$635 ;
+  wire \$636 ;
+  wire \$637 ;
+  wire \$638 ;
+  wire \$639 ;
+  wire \$64 ;
+  wire \$640 ;
+  wire \$641 ;
+  wire \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire \$645 ;
+  wire \$646 ;
   wire \$647 ;
-  wire [8:0] \$648 ;
-  wire [5:0] \$649 ;
-  wire [8:0] \$65 ;
+  wire [1:0] \$648 ;
+  wire [1:0] \$649 ;
+  reg [8:0] \$65 ;
   wire \$650 ;
   wire \$651 ;
-  wire \$652 ;
+  wire [1:0] \$652 ;
   wire \$653 ;
   wire \$654 ;
-  wire \$655 ;
-  wire \$656 ;
-  wire \$657 ;
+  wire [2:0] \$655 ;
+  wire [2:0] \$656 ;
+  wire [2:0] \$657 ;
   wire \$658 ;
   wire \$659 ;
-  wire [8:0] \$66 ;
-  wire \$660 ;
+  wire \$66 ;
+  wire [2:0] \$660 ;
   wire \$661 ;
   wire \$662 ;
-  wire \$663 ;
-  wire \$664 ;
+  wire [2:0] \$663 ;
+  wire [2:0] \$664 ;
   wire \$665 ;
   wire \$666 ;
-  wire \$667 ;
-  wire \$668 ;
-  wire \$669 ;
-  wire [8:0] \$67 ;
+  wire [2:0] \$667 ;
+  wire [2:0] \$668 ;
+  wire [15:0] \$669 ;
+  wire \$67 ;
   wire \$670 ;
-  wire [1:0] \$671 ;
-  wire [1:0] \$672 ;
-  wire \$673 ;
+  wire \$671 ;
+  wire [15:0] \$672 ;
+  wire [15:0] \$673 ;
   wire \$674 ;
-  wire [1:0] \$675 ;
-  wire \$676 ;
+  wire \$675 ;
+  wire [15:0] \$676 ;
   wire \$677 ;
-  wire [2:0] \$678 ;
-  wire [2:0] \$679 ;
-  wire [8:0] \$68 ;
-  wire [2:0] \$680 ;
-  wire \$681 ;
+  wire \$678 ;
+  wire [15:0] \$679 ;
+  reg [8:0] \$68 ;
+  wire [15:0] \$680 ;
+  wire [15:0] \$681 ;
   wire \$682 ;
-  wire [2:0] \$683 ;
-  wire \$684 ;
+  wire \$683 ;
+  wire [15:0] \$684 ;
   wire \$685 ;
-  wire [2:0] \$686 ;
-  wire [2:0] \$687 ;
-  wire \$688 ;
+  wire \$686 ;
+  wire [15:0] \$687 ;
+  wire [15:0] \$688 ;
   wire \$689 ;
   wire \$69 ;
-  wire [2:0] \$690 ;
-  wire [2:0] \$691 ;
-  wire [15:0] \$692 ;
+  wire \$690 ;
+  wire [15:0] \$691 ;
+  wire \$692 ;
   wire \$693 ;
-  wire \$694 ;
+  wire [15:0] \$694 ;
   wire [15:0] \$695 ;
   wire [15:0] \$696 ;
-  wire \$697 ;
+  wire [3:0] \$697 ;
   wire \$698 ;
-  wire [15:0] \$699 ;
+  wire \$699 ;
   wire [1:0] \$7 ;
-  wire \$70 ;
-  wire \$700 ;
-  wire \$701 ;
-  wire [15:0] \$702 ;
-  wire [15:0] \$703 ;
-  wire [15:0] \$704 ;
+  wire [3:0] \$70 ;
+  wire [3:0] \$700 ;
+  wire [3:0] \$701 ;
+  wire \$702 ;
+  wire \$703 ;
+  wire [3:0] \$704 ;
   wire \$705 ;
   wire \$706 ;
-  wire [15:0] \$707 ;
-  wire \$708 ;
-  wire \$709 ;
-  reg [7:0] \$71 ;
-  wire [15:0] \$710 ;
-  wire [15:0] \$711 ;
-  wire \$712 ;
+  wire [3:0] \$707 ;
+  wire [3:0] \$708 ;
+  wire [3:0] \$709 ;
+  wire \$71 ;
+  wire \$710 ;
+  wire \$711 ;
+  wire [3:0] \$712 ;
   wire \$713 ;
-  wire [15:0] \$714 ;
-  wire \$715 ;
-  wire \$716 ;
-  wire [15:0] \$717 ;
-  wire [15:0] \$718 ;
-  wire [15:0] \$719 ;
-  wire \$72 ;
-  wire [3:0] \$720 ;
+  wire \$714 ;
+  wire [3:0] \$715 ;
+  wire [3:0] \$716 ;
+  wire \$717 ;
+  wire \$718 ;
+  wire [3:0] \$719 ;
+  wire [3:0] \$72 ;
+  wire \$720 ;
   wire \$721 ;
-  wire \$722 ;
+  wire [3:0] \$722 ;
   wire [3:0] \$723 ;
   wire [3:0] \$724 ;
-  wire \$725 ;
-  wire \$726 ;
-  wire [3:0] \$727 ;
-  wire \$728 ;
-  wire \$729 ;
+  wire [4:0] \$725 ;
+  wire [1:0] \$726 ;
+  wire [1:0] \$727 ;
+  wire [2:0] \$728 ;
+  wire [1:0] \$729 ;
   wire \$73 ;
-  wire [3:0] \$730 ;
-  wire [3:0] \$731 ;
-  wire [3:0] \$732 ;
-  wire \$733 ;
-  wire \$734 ;
+  wire [1:0] \$730 ;
+  wire [2:0] \$731 ;
+  wire [4:0] \$732 ;
+  wire [1:0] \$733 ;
+  wire [1:0] \$734 ;
   wire [3:0] \$735 ;
-  wire \$736 ;
-  wire \$737 ;
+  wire [1:0] \$736 ;
+  wire [1:0] \$737 ;
   wire [3:0] \$738 ;
-  wire [3:0] \$739 ;
-  reg [7:0] \$74 ;
-  wire \$740 ;
-  wire \$741 ;
-  wire [3:0] \$742 ;
+  wire \$739 ;
+  wire \$74 ;
+  wire [8:0] \$740 ;
+  wire [5:0] \$741 ;
+  wire \$742 ;
   wire \$743 ;
   wire \$744 ;
-  wire [3:0] \$745 ;
-  wire [3:0] \$746 ;
-  wire [3:0] \$747 ;
-  wire [4:0] \$748 ;
-  wire [1:0] \$749 ;
-  wire [8:0] \$75 ;
-  wire [1:0] \$750 ;
-  wire [2:0] \$751 ;
-  wire [1:0] \$752 ;
-  wire [1:0] \$753 ;
-  wire [2:0] \$754 ;
-  wire [4:0] \$755 ;
-  wire [1:0] \$756 ;
-  wire [1:0] \$757 ;
-  wire [3:0] \$758 ;
-  wire [1:0] \$759 ;
-  wire [8:0] \$76 ;
-  wire [1:0] \$760 ;
-  wire [3:0] \$761 ;
+  wire \$745 ;
+  wire \$746 ;
+  wire \$747 ;
+  wire \$748 ;
+  wire \$749 ;
+  wire \$75 ;
+  wire \$750 ;
+  wire \$751 ;
+  wire \$752 ;
+  wire \$753 ;
+  wire \$754 ;
+  wire \$755 ;
+  wire \$756 ;
+  wire \$757 ;
+  wire \$758 ;
+  wire \$759 ;
+  wire [3:0] \$76 ;
+  wire \$760 ;
+  wire \$761 ;
   wire \$762 ;
-  wire [8:0] \$763 ;
-  wire [5:0] \$764 ;
+  wire \$763 ;
+  wire \$764 ;
   wire \$765 ;
   wire \$766 ;
   wire \$767 ;
@@ -4906,7 +4924,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
-  wire [3:0] \$78 ;
+  wire \$78 ;
   wire \$780 ;
   wire \$781 ;
   wire \$782 ;
@@ -4917,7 +4935,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$787 ;
   wire \$788 ;
   wire \$789 ;
-  wire \$79 ;
+  wire [3:0] \$79 ;
   wire \$790 ;
   wire \$791 ;
   wire \$792 ;
@@ -4929,7 +4947,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$798 ;
   wire \$799 ;
   wire [2:0] \$8 ;
-  wire [3:0] \$80 ;
+  wire \$80 ;
   wire \$800 ;
   wire \$801 ;
   wire \$802 ;
@@ -4950,217 +4968,243 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$816 ;
   wire \$817 ;
   wire \$818 ;
-  wire \$819 ;
-  wire \$82 ;
-  wire \$820 ;
+  wire [1:0] \$819 ;
+  wire [3:0] \$82 ;
+  wire [1:0] \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire \$823 ;
+  wire [1:0] \$823 ;
   wire \$824 ;
   wire \$825 ;
-  wire \$826 ;
-  wire \$827 ;
-  wire \$828 ;
+  wire [2:0] \$826 ;
+  wire [2:0] \$827 ;
+  wire [2:0] \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
-  wire \$831 ;
+  wire [2:0] \$831 ;
   wire \$832 ;
   wire \$833 ;
-  wire \$834 ;
-  wire \$835 ;
+  wire [2:0] \$834 ;
+  wire [2:0] \$835 ;
   wire \$836 ;
   wire \$837 ;
-  wire \$838 ;
-  wire \$839 ;
-  wire [8:0] \$84 ;
-  wire \$840 ;
+  wire [2:0] \$838 ;
+  wire [2:0] \$839 ;
+  wire \$84 ;
+  wire [15:0] \$840 ;
   wire \$841 ;
-  wire [1:0] \$842 ;
-  wire [1:0] \$843 ;
-  wire \$844 ;
+  wire \$842 ;
+  wire [15:0] \$843 ;
+  wire [15:0] \$844 ;
   wire \$845 ;
-  wire [1:0] \$846 ;
-  wire \$847 ;
+  wire \$846 ;
+  wire [15:0] \$847 ;
   wire \$848 ;
-  wire [2:0] \$849 ;
-  wire [9:0] \$85 ;
-  wire [2:0] \$850 ;
-  wire [2:0] \$851 ;
-  wire \$852 ;
+  wire \$849 ;
+  wire [3:0] \$85 ;
+  wire [15:0] \$850 ;
+  wire [15:0] \$851 ;
+  wire [15:0] \$852 ;
   wire \$853 ;
-  wire [2:0] \$854 ;
-  wire \$855 ;
+  wire \$854 ;
+  wire [15:0] \$855 ;
   wire \$856 ;
-  wire [2:0] \$857 ;
-  wire [2:0] \$858 ;
-  wire \$859 ;
+  wire \$857 ;
+  wire [15:0] \$858 ;
+  wire [15:0] \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire [2:0] \$861 ;
-  wire [2:0] \$862 ;
-  wire [15:0] \$863 ;
+  wire \$861 ;
+  wire [15:0] \$862 ;
+  wire \$863 ;
   wire \$864 ;
-  wire \$865 ;
+  wire [15:0] \$865 ;
   wire [15:0] \$866 ;
   wire [15:0] \$867 ;
-  wire \$868 ;
+  wire [3:0] \$868 ;
   wire \$869 ;
   wire \$87 ;
-  wire [15:0] \$870 ;
-  wire \$871 ;
-  wire \$872 ;
-  wire [15:0] \$873 ;
-  wire [15:0] \$874 ;
-  wire [15:0] \$875 ;
+  wire \$870 ;
+  wire [3:0] \$871 ;
+  wire [3:0] \$872 ;
+  wire \$873 ;
+  wire \$874 ;
+  wire [3:0] \$875 ;
   wire \$876 ;
   wire \$877 ;
-  wire [15:0] \$878 ;
-  wire \$879 ;
+  wire [3:0] \$878 ;
+  wire [3:0] \$879 ;
   wire [3:0] \$88 ;
-  wire \$880 ;
-  wire [15:0] \$881 ;
-  wire [15:0] \$882 ;
-  wire \$883 ;
+  wire [3:0] \$880 ;
+  wire \$881 ;
+  wire \$882 ;
+  wire [3:0] \$883 ;
   wire \$884 ;
-  wire [15:0] \$885 ;
-  wire \$886 ;
-  wire \$887 ;
-  wire [15:0] \$888 ;
-  wire [15:0] \$889 ;
-  wire [9:0] \$89 ;
-  wire [15:0] \$890 ;
-  wire [3:0] \$891 ;
+  wire \$885 ;
+  wire [3:0] \$886 ;
+  wire [3:0] \$887 ;
+  wire \$888 ;
+  wire \$889 ;
+  wire \$89 ;
+  wire [3:0] \$890 ;
+  wire \$891 ;
   wire \$892 ;
-  wire \$893 ;
+  wire [3:0] \$893 ;
   wire [3:0] \$894 ;
   wire [3:0] \$895 ;
-  wire \$896 ;
-  wire \$897 ;
-  wire [3:0] \$898 ;
-  wire \$899 ;
+  wire [4:0] \$896 ;
+  wire [1:0] \$897 ;
+  wire [1:0] \$898 ;
+  wire [2:0] \$899 ;
   wire [3:0] \$9 ;
   wire \$90 ;
-  wire \$900 ;
-  wire [3:0] \$901 ;
-  wire [3:0] \$902 ;
-  wire [3:0] \$903 ;
-  wire \$904 ;
-  wire \$905 ;
+  wire [1:0] \$900 ;
+  wire [1:0] \$901 ;
+  wire [2:0] \$902 ;
+  wire [4:0] \$903 ;
+  wire [1:0] \$904 ;
+  wire [1:0] \$905 ;
   wire [3:0] \$906 ;
-  wire \$907 ;
-  wire \$908 ;
+  wire [1:0] \$907 ;
+  wire [1:0] \$908 ;
   wire [3:0] \$909 ;
-  wire \$91 ;
-  wire [3:0] \$910 ;
-  wire \$911 ;
-  wire \$912 ;
-  wire [3:0] \$913 ;
+  wire [3:0] \$91 ;
+  wire \$910 ;
+  wire [8:0] \$911 ;
+  wire [5:0] \$912 ;
+  wire \$913 ;
   wire \$914 ;
   wire \$915 ;
-  wire [3:0] \$916 ;
-  wire [3:0] \$917 ;
-  wire [3:0] \$918 ;
-  wire [4:0] \$919 ;
-  wire [3:0] \$92 ;
-  wire [1:0] \$920 ;
-  wire [1:0] \$921 ;
-  wire [2:0] \$922 ;
-  wire [1:0] \$923 ;
-  wire [1:0] \$924 ;
-  wire [2:0] \$925 ;
-  wire [4:0] \$926 ;
-  wire [1:0] \$927 ;
-  wire [1:0] \$928 ;
-  wire [3:0] \$929 ;
-  wire [9:0] \$93 ;
-  wire [1:0] \$930 ;
-  wire [1:0] \$931 ;
-  wire [3:0] \$932 ;
+  wire \$916 ;
+  wire \$917 ;
+  wire \$918 ;
+  wire \$919 ;
+  wire \$92 ;
+  wire \$920 ;
+  wire \$921 ;
+  wire \$922 ;
+  wire \$923 ;
+  wire \$924 ;
+  wire \$925 ;
+  wire \$926 ;
+  wire \$927 ;
+  wire \$928 ;
+  wire \$929 ;
+  wire \$93 ;
+  wire \$930 ;
+  wire \$931 ;
+  wire \$932 ;
   wire \$933 ;
-  wire [8:0] \$934 ;
-  wire [5:0] \$935 ;
+  wire \$934 ;
+  wire \$935 ;
   wire \$936 ;
   wire \$937 ;
   wire \$938 ;
   wire \$939 ;
-  wire \$94 ;
+  wire [3:0] \$94 ;
   wire \$940 ;
   wire \$941 ;
-  wire \$942 ;
-  wire \$943 ;
+  wire [1:0] \$942 ;
+  wire [1:0] \$943 ;
   wire \$944 ;
   wire \$945 ;
-  wire \$946 ;
+  wire [1:0] \$946 ;
   wire \$947 ;
   wire \$948 ;
-  wire \$949 ;
+  wire [2:0] \$949 ;
   wire \$95 ;
-  wire \$950 ;
-  wire \$951 ;
+  wire [2:0] \$950 ;
+  wire [2:0] \$951 ;
   wire \$952 ;
   wire \$953 ;
-  wire \$954 ;
+  wire [2:0] \$954 ;
   wire \$955 ;
   wire \$956 ;
-  wire \$957 ;
-  wire \$958 ;
+  wire [2:0] \$957 ;
+  wire [2:0] \$958 ;
   wire \$959 ;
-  wire [3:0] \$96 ;
+  wire \$96 ;
   wire \$960 ;
-  wire \$961 ;
-  wire \$962 ;
-  wire \$963 ;
+  wire [2:0] \$961 ;
+  wire [2:0] \$962 ;
+  wire [15:0] \$963 ;
   wire \$964 ;
-  wire [1:0] \$965 ;
-  wire [1:0] \$966 ;
-  wire \$967 ;
+  wire \$965 ;
+  wire [15:0] \$966 ;
+  wire [15:0] \$967 ;
   wire \$968 ;
-  wire [1:0] \$969 ;
-  wire [9:0] \$97 ;
-  wire \$970 ;
+  wire \$969 ;
+  wire [3:0] \$97 ;
+  wire [15:0] \$970 ;
   wire \$971 ;
-  wire [2:0] \$972 ;
-  wire [2:0] \$973 ;
-  wire [2:0] \$974 ;
-  wire \$975 ;
+  wire \$972 ;
+  wire [15:0] \$973 ;
+  wire [15:0] \$974 ;
+  wire [15:0] \$975 ;
   wire \$976 ;
-  wire [2:0] \$977 ;
-  wire \$978 ;
+  wire \$977 ;
+  wire [15:0] \$978 ;
   wire \$979 ;
   wire \$98 ;
-  wire [2:0] \$980 ;
-  wire [2:0] \$981 ;
-  wire \$982 ;
+  wire \$980 ;
+  wire [15:0] \$981 ;
+  wire [15:0] \$982 ;
   wire \$983 ;
-  wire [2:0] \$984 ;
-  wire [2:0] \$985 ;
-  wire [15:0] \$986 ;
+  wire \$984 ;
+  wire [15:0] \$985 ;
+  wire \$986 ;
   wire \$987 ;
-  wire \$988 ;
+  wire [15:0] \$988 ;
   wire [15:0] \$989 ;
   wire \$99 ;
   wire [15:0] \$990 ;
-  wire \$991 ;
+  wire [3:0] \$991 ;
   wire \$992 ;
-  wire [15:0] \$993 ;
-  wire \$994 ;
-  wire \$995 ;
-  wire [15:0] \$996 ;
-  wire [15:0] \$997 ;
-  wire [15:0] \$998 ;
+  wire \$993 ;
+  wire [3:0] \$994 ;
+  wire [3:0] \$995 ;
+  wire \$996 ;
+  wire \$997 ;
+  wire [3:0] \$998 ;
   wire \$999 ;
   reg \$signal  = 1'h0;
-  reg \$signal$330  = 1'h0;
-  reg [63:0] \$signal$333  = 64'h0000000000000000;
-  reg [63:0] \$signal$356 ;
-  reg \$signal$358 ;
-  reg \$signal$359 ;
-  reg \$signal$360 ;
-  reg \$signal$361  = 1'h0;
-  reg \$signal$362  = 1'h0;
+  reg \$signal$320  = 1'h0;
+  reg [63:0] \$signal$323  = 64'h0000000000000000;
+  reg [63:0] \$signal$365 ;
+  reg \$signal$367 ;
+  reg \$signal$368 ;
+  reg \$signal$369 ;
+  reg \$signal$370  = 1'h0;
+  reg \$signal$371  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$363 ;
+  wire \$signal$372 ;
+  reg [8:0] R0 = 9'h000;
+  reg [8:0] R1 = 9'h000;
+  reg [8:0] R2 = 9'h000;
+  reg [8:0] R3 = 9'h000;
+  reg [8:0] R4 = 9'h000;
+  reg [8:0] R5 = 9'h000;
+  reg [8:0] R6 = 9'h000;
+  reg [8:0] R7 = 9'h000;
+  reg [8:0] Rf0;
+  reg [8:0] Rf1;
+  reg [8:0] Rf2;
+  reg [8:0] Rf3;
+  reg [8:0] Rf4;
+  reg [8:0] Rf5;
+  reg [8:0] Rf6;
+  reg [8:0] Rf7;
+  reg [8:0] Rm1 = 9'h000;
+  reg [8:0] Rs0;
+  reg [8:0] Rs1;
+  reg [8:0] Rs2;
+  reg [8:0] Rs3;
+  reg [8:0] Rs4;
+  reg [8:0] Rs5;
+  reg [8:0] Rs6;
+  reg [8:0] Rs7;
+  reg [8:0] Rsm1;
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
@@ -5173,14 +5217,6 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   input clk;
   wire clk;
   reg [10:0] cols_r = 11'h000;
-  wire [8:0] d0;
-  wire [8:0] d1;
-  wire [8:0] d2;
-  wire [8:0] d3;
-  wire [8:0] d4;
-  wire [8:0] d5;
-  wire [8:0] d6;
-  wire [8:0] d7;
   wire [3:0] dlow0;
   wire [3:0] dlow1;
   wire [3:0] dlow2;
@@ -5201,6 +5237,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire finish;
   wire [3:0] flags;
   reg [1:0] flush_d = 2'h0;
+  reg [8:0] fresh0;
   wire [15:0] grp0;
   wire [15:0] grp1;
   wire [15:0] grp2;
@@ -5319,6 +5356,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [3:0] k;
   wire [3:0] k_cur;
   wire [8:0] k_cur_full;
+  wire [3:0] kk;
   wire last_row;
   reg [8:0] lim_full;
   wire ln0;
@@ -5389,22 +5427,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire o_lanes__ready;
   output o_lanes__valid;
   wire o_lanes__valid;
-  wire [7:0] off1;
   reg pad_r = 1'h0;
   reg prev_last = 1'h0;
-  reg [7:0] q_es;
-  reg [7:0] q_es2;
-  wire [7:0] q_total;
-  wire [7:0] qw1;
-  wire [7:0] qw2;
-  wire [7:0] qw3;
-  wire [7:0] qw4;
-  wire [7:0] r_adv;
-  wire [8:0] rb0;
-  wire [8:0] rb1;
-  reg [7:0] rbase = 8'h00;
-  wire [8:0] rbf0;
-  wire [8:0] rbf1;
+  reg [8:0] r_es;
+  reg [8:0] r_es2;
   wire [9:0] rel0;
   wire [9:0] rel1;
   wire [9:0] rel2;
@@ -5649,1474 +5675,1469 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$60  = in_c3 + in_c2;
   assign \$61  = in_c2 + \$59 [6:0];
   assign \$62  = \$60 [6:0] + \$59 [6:0];
-  assign \$63  = 1'h0 + mbeat0[91:85];
-  assign \$64  = \$63 [7:0] + mbeat1[91:85];
-  assign \$65  = 1'h0 + mbeat0[77:71];
-  assign \$66  = 1'h0 + mbeat0[91:85];
-  assign \$67  = \$63 [7:0] + mbeat1[77:71];
-  assign \$68  = \$63 [7:0] + mbeat1[91:85];
-  assign \$69  = $signed(es_w) <= $signed(1'h0);
-  assign \$70  = $signed(es_w) >= $signed(4'h4);
-  assign \$72  = $signed(es2_w) <= $signed(1'h0);
-  assign \$73  = $signed(es2_w) >= $signed(4'h4);
-  assign k_cur_full = q_es - rbase;
-  assign \$75  = q_es2 - rbase;
-  assign \$76  = \$64 [7:0] - rbase;
-  assign \$77  = $signed(lim_full) >= $signed(5'h08);
-  assign \$78  = \$77  ? 4'h8 : lim_full[3:0];
-  assign k = lim_full[8] ? 4'h0 : \$78 ;
-  assign \$79  = $signed(k_cur_full) >= $signed(5'h08);
-  assign \$80  = \$79  ? 4'h8 : k_cur_full[3:0];
-  assign k_cur = k_cur_full[8] ? 4'h0 : \$80 ;
-  assign \$81  = $signed(k_cur_full) <= $signed(5'h08);
-  assign finish = row_complete & \$81 ;
-  assign rbf0 = 1'h0 - rbase;
-  assign \$82  = $signed(rbf0) < $signed(8'hb0);
-  assign \$83  = $signed(rbf0) > $signed(5'h08);
-  assign \$84  = \$83  ? 9'h008 : rbf0;
-  assign rb0 = \$82  ? 9'h1b0 : \$84 ;
-  assign \$85  = $signed({ 1'h0, mbeat0[70:64] }) + $signed(rb0);
-  assign \$86  = | \$85 [7:4];
-  assign \$87  = \$86  | \$85 [3];
-  assign \$88  = \$87  ? 4'h8 : \$85 [3:0];
-  assign sat0 = \$85 [8] ? 4'h0 : \$88 ;
-  assign \$89  = $signed({ 1'h0, mbeat0[77:71] }) + $signed(rb0);
-  assign \$90  = | \$89 [7:4];
-  assign \$91  = \$90  | \$89 [3];
-  assign \$92  = \$91  ? 4'h8 : \$89 [3:0];
-  assign sat1 = \$89 [8] ? 4'h0 : \$92 ;
-  assign \$93  = $signed({ 1'h0, mbeat0[84:78] }) + $signed(rb0);
-  assign \$94  = | \$93 [7:4];
-  assign \$95  = \$94  | \$93 [3];
-  assign \$96  = \$95  ? 4'h8 : \$93 [3:0];
-  assign sat2 = \$93 [8] ? 4'h0 : \$96 ;
-  assign \$97  = $signed({ 1'h0, mbeat0[91:85] }) + $signed(rb0);
-  assign \$98  = | \$97 [7:4];
-  assign \$99  = \$98  | \$97 [3];
-  assign \$100  = \$99  ? 4'h8 : \$97 [3:0];
-  assign sat3 = \$97 [8] ? 4'h0 : \$100 ;
-  assign rbf1 = \$63 [7:0] - rbase;
-  assign \$101  = $signed(rbf1) < $signed(8'hb0);
-  assign \$102  = $signed(rbf1) > $signed(5'h08);
-  assign \$103  = \$102  ? 9'h008 : rbf1;
-  assign rb1 = \$101  ? 9'h1b0 : \$103 ;
-  assign \$104  = $signed({ 1'h0, mbeat1[70:64] }) + $signed(rb1);
-  assign \$105  = | \$104 [7:4];
-  assign \$106  = \$105  | \$104 [3];
-  assign \$107  = \$106  ? 4'h8 : \$104 [3:0];
-  assign sat4 = \$104 [8] ? 4'h0 : \$107 ;
-  assign \$108  = $signed({ 1'h0, mbeat1[77:71] }) + $signed(rb1);
-  assign \$109  = | \$108 [7:4];
-  assign \$110  = \$109  | \$108 [3];
-  assign \$111  = \$110  ? 4'h8 : \$108 [3:0];
-  assign sat5 = \$108 [8] ? 4'h0 : \$111 ;
-  assign \$112  = $signed({ 1'h0, mbeat1[84:78] }) + $signed(rb1);
-  assign \$113  = | \$112 [7:4];
-  assign \$114  = \$113  | \$112 [3];
-  assign \$115  = \$114  ? 4'h8 : \$112 [3:0];
-  assign sat6 = \$112 [8] ? 4'h0 : \$115 ;
-  assign \$116  = $signed({ 1'h0, mbeat1[91:85] }) + $signed(rb1);
-  assign \$117  = | \$116 [7:4];
-  assign \$118  = \$117  | \$116 [3];
-  assign \$119  = \$118  ? 4'h8 : \$116 [3:0];
-  assign sat7 = \$116 [8] ? 4'h0 : \$119 ;
-  assign \$120  = - rbase;
+  assign \$63  = $signed(es_w) <= $signed(1'h0);
+  assign \$64  = $signed(es_w) >= $signed(4'h4);
+  assign \$66  = $signed(es2_w) <= $signed(1'h0);
+  assign \$67  = $signed(es2_w) >= $signed(4'h4);
+  assign \$69  = $signed(lim_full) >= $signed(5'h08);
+  assign \$70  = \$69  ? 4'h8 : lim_full[3:0];
+  assign k = lim_full[8] ? 4'h0 : \$70 ;
+  assign \$71  = $signed(r_es) >= $signed(5'h08);
+  assign \$72  = \$71  ? 4'h8 : r_es[3:0];
+  assign k_cur = r_es[8] ? 4'h0 : \$72 ;
+  assign \$73  = $signed(r_es) <= $signed(5'h08);
+  assign finish = row_complete & \$73 ;
+  assign \$74  = | R0[7:4];
+  assign \$75  = R0[3] | \$74 ;
+  assign \$76  = \$75  ? 4'h8 : R0[3:0];
+  assign sat0 = R0[8] ? 4'h0 : \$76 ;
+  assign \$77  = | R1[7:4];
+  assign \$78  = R1[3] | \$77 ;
+  assign \$79  = \$78  ? 4'h8 : R1[3:0];
+  assign sat1 = R1[8] ? 4'h0 : \$79 ;
+  assign \$80  = | R2[7:4];
+  assign \$81  = R2[3] | \$80 ;
+  assign \$82  = \$81  ? 4'h8 : R2[3:0];
+  assign sat2 = R2[8] ? 4'h0 : \$82 ;
+  assign \$83  = | R3[7:4];
+  assign \$84  = R3[3] | \$83 ;
+  assign \$85  = \$84  ? 4'h8 : R3[3:0];
+  assign sat3 = R3[8] ? 4'h0 : \$85 ;
+  assign \$86  = | R4[7:4];
+  assign \$87  = R4[3] | \$86 ;
+  assign \$88  = \$87  ? 4'h8 : R4[3:0];
+  assign sat4 = R4[8] ? 4'h0 : \$88 ;
+  assign \$89  = | R5[7:4];
+  assign \$90  = R5[3] | \$89 ;
+  assign \$91  = \$90  ? 4'h8 : R5[3:0];
+  assign sat5 = R5[8] ? 4'h0 : \$91 ;
+  assign \$92  = | R6[7:4];
+  assign \$93  = R6[3] | \$92 ;
+  assign \$94  = \$93  ? 4'h8 : R6[3:0];
+  assign sat6 = R6[8] ? 4'h0 : \$94 ;
+  assign \$95  = | R7[7:4];
+  assign \$96  = R7[3] | \$95 ;
+  assign \$97  = \$96  ? 4'h8 : R7[3:0];
+  assign sat7 = R7[8] ? 4'h0 : \$97 ;
   assign es_bits = $signed(es_w) * $signed(7'h20);
   assign rs_bits = $signed(rs_w) * $signed(7'h20);
-  assign \$121  = ~ sat0[1];
-  assign \$122  = ~ sat0[2];
-  assign \$123  = \$121  & \$122 ;
-  assign \$124  = ~ sat0[3];
-  assign \$125  = \$124  & sat0[0];
-  assign \$126  = \$123  & \$125 ;
-  assign \$127  = ~ sat0[2];
-  assign \$128  = ~ sat0[3];
-  assign \$129  = \$127  & \$128 ;
-  assign \$130  = \$129  & sat0[1];
-  assign \$131  = \$126  | \$130 ;
-  assign \$132  = ~ sat0[3];
-  assign \$133  = \$132  & sat0[2];
-  assign \$134  = \$133  | sat0[3];
-  assign gt0_0 = \$131  | \$134 ;
-  assign \$135  = ~ sat1[1];
-  assign \$136  = ~ sat1[2];
-  assign \$137  = \$135  & \$136 ;
-  assign \$138  = ~ sat1[3];
-  assign \$139  = \$138  & sat1[0];
-  assign \$140  = \$137  & \$139 ;
-  assign \$141  = ~ sat1[2];
-  assign \$142  = ~ sat1[3];
-  assign \$143  = \$141  & \$142 ;
-  assign \$144  = \$143  & sat1[1];
-  assign \$145  = \$140  | \$144 ;
-  assign \$146  = ~ sat1[3];
-  assign \$147  = \$146  & sat1[2];
-  assign \$148  = \$147  | sat1[3];
-  assign gt0_1 = \$145  | \$148 ;
-  assign \$149  = ~ sat2[1];
-  assign \$150  = ~ sat2[2];
-  assign \$151  = \$149  & \$150 ;
-  assign \$152  = ~ sat2[3];
-  assign \$153  = \$152  & sat2[0];
-  assign \$154  = \$151  & \$153 ;
-  assign \$155  = ~ sat2[2];
-  assign \$156  = ~ sat2[3];
-  assign \$157  = \$155  & \$156 ;
-  assign \$158  = \$157  & sat2[1];
-  assign \$159  = \$154  | \$158 ;
-  assign \$160  = ~ sat2[3];
-  assign \$161  = \$160  & sat2[2];
-  assign \$162  = \$161  | sat2[3];
-  assign gt0_2 = \$159  | \$162 ;
-  assign \$163  = ~ sat3[1];
-  assign \$164  = ~ sat3[2];
-  assign \$165  = \$163  & \$164 ;
-  assign \$166  = ~ sat3[3];
-  assign \$167  = \$166  & sat3[0];
-  assign \$168  = \$165  & \$167 ;
-  assign \$169  = ~ sat3[2];
-  assign \$170  = ~ sat3[3];
-  assign \$171  = \$169  & \$170 ;
-  assign \$172  = \$171  & sat3[1];
-  assign \$173  = \$168  | \$172 ;
-  assign \$174  = ~ sat3[3];
-  assign \$175  = \$174  & sat3[2];
-  assign \$176  = \$175  | sat3[3];
-  assign gt0_3 = \$173  | \$176 ;
-  assign \$177  = ~ sat4[1];
-  assign \$178  = ~ sat4[2];
-  assign \$179  = \$177  & \$178 ;
-  assign \$180  = ~ sat4[3];
-  assign \$181  = \$180  & sat4[0];
-  assign \$182  = \$179  & \$181 ;
-  assign \$183  = ~ sat4[2];
-  assign \$184  = ~ sat4[3];
-  assign \$185  = \$183  & \$184 ;
-  assign \$186  = \$185  & sat4[1];
-  assign \$187  = \$182  | \$186 ;
-  assign \$188  = ~ sat4[3];
-  assign \$189  = \$188  & sat4[2];
-  assign \$190  = \$189  | sat4[3];
-  assign gt0_4 = \$187  | \$190 ;
-  assign \$191  = ~ sat5[1];
-  assign \$192  = ~ sat5[2];
-  assign \$193  = \$191  & \$192 ;
-  assign \$194  = ~ sat5[3];
-  assign \$195  = \$194  & sat5[0];
-  assign \$196  = \$193  & \$195 ;
-  assign \$197  = ~ sat5[2];
-  assign \$198  = ~ sat5[3];
-  assign \$199  = \$197  & \$198 ;
-  assign \$200  = \$199  & sat5[1];
-  assign \$201  = \$196  | \$200 ;
-  assign \$202  = ~ sat5[3];
-  assign \$203  = \$202  & sat5[2];
-  assign \$204  = \$203  | sat5[3];
-  assign gt0_5 = \$201  | \$204 ;
-  assign \$205  = ~ sat6[1];
-  assign \$206  = ~ sat6[2];
-  assign \$207  = \$205  & \$206 ;
-  assign \$208  = ~ sat6[3];
-  assign \$209  = \$208  & sat6[0];
-  assign \$210  = \$207  & \$209 ;
-  assign \$211  = ~ sat6[2];
-  assign \$212  = ~ sat6[3];
-  assign \$213  = \$211  & \$212 ;
-  assign \$214  = \$213  & sat6[1];
-  assign \$215  = \$210  | \$214 ;
-  assign \$216  = ~ sat6[3];
-  assign \$217  = \$216  & sat6[2];
-  assign \$218  = \$217  | sat6[3];
-  assign gt0_6 = \$215  | \$218 ;
-  assign \$219  = ~ sat7[1];
-  assign \$220  = ~ sat7[2];
-  assign \$221  = \$219  & \$220 ;
-  assign \$222  = ~ sat7[3];
-  assign \$223  = \$222  & sat7[0];
-  assign \$224  = \$221  & \$223 ;
-  assign \$225  = ~ sat7[2];
-  assign \$226  = ~ sat7[3];
-  assign \$227  = \$225  & \$226 ;
-  assign \$228  = \$227  & sat7[1];
-  assign \$229  = \$224  | \$228 ;
-  assign \$230  = ~ sat7[3];
-  assign \$231  = \$230  & sat7[2];
-  assign \$232  = \$231  | sat7[3];
-  assign gt0_7 = \$229  | \$232 ;
-  assign \$233  = ~ gt0_0;
-  assign \$234  = gt0_1 & \$233 ;
-  assign \$235  = \$234  ? 1'h1 : 1'h0;
-  assign \$236  = ~ gt0_1;
-  assign \$237  = gt0_2 & \$236 ;
-  assign \$238  = \$237  ? 2'h2 : 2'h0;
-  assign \$239  = { 1'h0, \$235  } | \$238 ;
-  assign \$240  = ~ gt0_2;
-  assign \$241  = gt0_3 & \$240 ;
-  assign \$242  = \$241  ? 2'h3 : 2'h0;
-  assign \$243  = ~ gt0_3;
-  assign \$244  = gt0_4 & \$243 ;
-  assign \$245  = \$244  ? 3'h4 : 3'h0;
-  assign \$246  = { 1'h0, \$242  } | \$245 ;
-  assign \$247  = { 1'h0, \$239  } | \$246 ;
-  assign \$248  = ~ gt0_4;
-  assign \$249  = gt0_5 & \$248 ;
-  assign \$250  = \$249  ? 3'h5 : 3'h0;
-  assign \$251  = ~ gt0_5;
-  assign \$252  = gt0_6 & \$251 ;
-  assign \$253  = \$252  ? 3'h6 : 3'h0;
-  assign \$254  = \$250  | \$253 ;
-  assign \$255  = ~ gt0_6;
-  assign \$256  = gt0_7 & \$255 ;
-  assign \$257  = \$256  ? 3'h7 : 3'h0;
-  assign \$258  = \$254  | \$257 ;
-  assign gsel0 = \$247  | \$258 ;
-  assign \$259  = gt0_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$260  = ~ gt0_0;
-  assign \$261  = gt0_1 & \$260 ;
-  assign \$262  = \$261  ? mbeat0[31:16] : 16'h0000;
-  assign \$263  = \$259  | \$262 ;
-  assign \$264  = ~ gt0_1;
-  assign \$265  = gt0_2 & \$264 ;
-  assign \$266  = \$265  ? mbeat0[47:32] : 16'h0000;
-  assign \$267  = ~ gt0_2;
-  assign \$268  = gt0_3 & \$267 ;
-  assign \$269  = \$268  ? mbeat0[63:48] : 16'h0000;
-  assign \$270  = \$266  | \$269 ;
-  assign \$271  = \$263  | \$270 ;
-  assign \$272  = ~ gt0_3;
-  assign \$273  = gt0_4 & \$272 ;
-  assign \$274  = \$273  ? mbeat1[15:0] : 16'h0000;
-  assign \$275  = ~ gt0_4;
-  assign \$276  = gt0_5 & \$275 ;
-  assign \$277  = \$276  ? mbeat1[31:16] : 16'h0000;
-  assign \$278  = \$274  | \$277 ;
-  assign \$279  = ~ gt0_5;
-  assign \$280  = gt0_6 & \$279 ;
-  assign \$281  = \$280  ? mbeat1[47:32] : 16'h0000;
-  assign \$282  = ~ gt0_6;
-  assign \$283  = gt0_7 & \$282 ;
-  assign \$284  = \$283  ? mbeat1[63:48] : 16'h0000;
-  assign \$285  = \$281  | \$284 ;
-  assign \$286  = \$278  | \$285 ;
-  assign grp0 = \$271  | \$286 ;
-  assign \$287  = gt0_0 ? \$120 [3:0] : 4'h0;
-  assign \$288  = ~ gt0_0;
-  assign \$289  = gt0_1 & \$288 ;
-  assign \$290  = \$289  ? \$85 [3:0] : 4'h0;
-  assign \$291  = \$287  | \$290 ;
-  assign \$292  = ~ gt0_1;
-  assign \$293  = gt0_2 & \$292 ;
-  assign \$294  = \$293  ? \$89 [3:0] : 4'h0;
-  assign \$295  = ~ gt0_2;
-  assign \$296  = gt0_3 & \$295 ;
-  assign \$297  = \$296  ? \$93 [3:0] : 4'h0;
-  assign \$298  = \$294  | \$297 ;
-  assign \$299  = \$291  | \$298 ;
-  assign \$300  = ~ gt0_3;
-  assign \$301  = gt0_4 & \$300 ;
-  assign \$302  = \$301  ? \$97 [3:0] : 4'h0;
-  assign \$303  = ~ gt0_4;
-  assign \$304  = gt0_5 & \$303 ;
-  assign \$305  = \$304  ? \$104 [3:0] : 4'h0;
-  assign \$306  = \$302  | \$305 ;
-  assign \$307  = ~ gt0_5;
-  assign \$308  = gt0_6 & \$307 ;
-  assign \$309  = \$308  ? \$108 [3:0] : 4'h0;
-  assign \$310  = ~ gt0_6;
-  assign \$311  = gt0_7 & \$310 ;
-  assign \$312  = \$311  ? \$112 [3:0] : 4'h0;
-  assign \$313  = \$309  | \$312 ;
-  assign \$314  = \$306  | \$313 ;
-  assign dlow0 = \$299  | \$314 ;
-  assign \$315  = 1'h0 - dlow0;
-  assign \$316  = grp0[0] + grp0[1];
-  assign \$317  = grp0[2] + grp0[3];
-  assign \$318  = \$316  + \$317 ;
-  assign \$319  = grp0[4] + grp0[5];
-  assign \$320  = grp0[6] + grp0[7];
-  assign \$321  = \$319  + \$320 ;
-  assign ws0_c = \$318  + \$321 ;
-  assign ws0_lo = \$315 [3:0] < ws0_c;
-  assign \$322  = \$315 [3:0] - ws0_c;
-  assign \$323  = grp0[0] + grp0[1];
-  assign \$324  = grp0[2] + grp0[3];
-  assign ws0l_c = \$323  + \$324 ;
-  assign ws0l_lo = \$315 [2:0] < ws0l_c;
-  assign \$325  = \$315 [2:0] - ws0l_c;
+  assign \$98  = ~ sat0[1];
+  assign \$99  = ~ sat0[2];
+  assign \$100  = \$98  & \$99 ;
+  assign \$101  = ~ sat0[3];
+  assign \$102  = \$101  & sat0[0];
+  assign \$103  = \$100  & \$102 ;
+  assign \$104  = ~ sat0[2];
+  assign \$105  = ~ sat0[3];
+  assign \$106  = \$104  & \$105 ;
+  assign \$107  = \$106  & sat0[1];
+  assign \$108  = \$103  | \$107 ;
+  assign \$109  = ~ sat0[3];
+  assign \$110  = \$109  & sat0[2];
+  assign \$111  = \$110  | sat0[3];
+  assign gt0_0 = \$108  | \$111 ;
+  assign \$112  = ~ sat1[1];
+  assign \$113  = ~ sat1[2];
+  assign \$114  = \$112  & \$113 ;
+  assign \$115  = ~ sat1[3];
+  assign \$116  = \$115  & sat1[0];
+  assign \$117  = \$114  & \$116 ;
+  assign \$118  = ~ sat1[2];
+  assign \$119  = ~ sat1[3];
+  assign \$120  = \$118  & \$119 ;
+  assign \$121  = \$120  & sat1[1];
+  assign \$122  = \$117  | \$121 ;
+  assign \$123  = ~ sat1[3];
+  assign \$124  = \$123  & sat1[2];
+  assign \$125  = \$124  | sat1[3];
+  assign gt0_1 = \$122  | \$125 ;
+  assign \$126  = ~ sat2[1];
+  assign \$127  = ~ sat2[2];
+  assign \$128  = \$126  & \$127 ;
+  assign \$129  = ~ sat2[3];
+  assign \$130  = \$129  & sat2[0];
+  assign \$131  = \$128  & \$130 ;
+  assign \$132  = ~ sat2[2];
+  assign \$133  = ~ sat2[3];
+  assign \$134  = \$132  & \$133 ;
+  assign \$135  = \$134  & sat2[1];
+  assign \$136  = \$131  | \$135 ;
+  assign \$137  = ~ sat2[3];
+  assign \$138  = \$137  & sat2[2];
+  assign \$139  = \$138  | sat2[3];
+  assign gt0_2 = \$136  | \$139 ;
+  assign \$140  = ~ sat3[1];
+  assign \$141  = ~ sat3[2];
+  assign \$142  = \$140  & \$141 ;
+  assign \$143  = ~ sat3[3];
+  assign \$144  = \$143  & sat3[0];
+  assign \$145  = \$142  & \$144 ;
+  assign \$146  = ~ sat3[2];
+  assign \$147  = ~ sat3[3];
+  assign \$148  = \$146  & \$147 ;
+  assign \$149  = \$148  & sat3[1];
+  assign \$150  = \$145  | \$149 ;
+  assign \$151  = ~ sat3[3];
+  assign \$152  = \$151  & sat3[2];
+  assign \$153  = \$152  | sat3[3];
+  assign gt0_3 = \$150  | \$153 ;
+  assign \$154  = ~ sat4[1];
+  assign \$155  = ~ sat4[2];
+  assign \$156  = \$154  & \$155 ;
+  assign \$157  = ~ sat4[3];
+  assign \$158  = \$157  & sat4[0];
+  assign \$159  = \$156  & \$158 ;
+  assign \$160  = ~ sat4[2];
+  assign \$161  = ~ sat4[3];
+  assign \$162  = \$160  & \$161 ;
+  assign \$163  = \$162  & sat4[1];
+  assign \$164  = \$159  | \$163 ;
+  assign \$165  = ~ sat4[3];
+  assign \$166  = \$165  & sat4[2];
+  assign \$167  = \$166  | sat4[3];
+  assign gt0_4 = \$164  | \$167 ;
+  assign \$168  = ~ sat5[1];
+  assign \$169  = ~ sat5[2];
+  assign \$170  = \$168  & \$169 ;
+  assign \$171  = ~ sat5[3];
+  assign \$172  = \$171  & sat5[0];
+  assign \$173  = \$170  & \$172 ;
+  assign \$174  = ~ sat5[2];
+  assign \$175  = ~ sat5[3];
+  assign \$176  = \$174  & \$175 ;
+  assign \$177  = \$176  & sat5[1];
+  assign \$178  = \$173  | \$177 ;
+  assign \$179  = ~ sat5[3];
+  assign \$180  = \$179  & sat5[2];
+  assign \$181  = \$180  | sat5[3];
+  assign gt0_5 = \$178  | \$181 ;
+  assign \$182  = ~ sat6[1];
+  assign \$183  = ~ sat6[2];
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = ~ sat6[3];
+  assign \$186  = \$185  & sat6[0];
+  assign \$187  = \$184  & \$186 ;
+  assign \$188  = ~ sat6[2];
+  assign \$189  = ~ sat6[3];
+  assign \$190  = \$188  & \$189 ;
+  assign \$191  = \$190  & sat6[1];
+  assign \$192  = \$187  | \$191 ;
+  assign \$193  = ~ sat6[3];
+  assign \$194  = \$193  & sat6[2];
+  assign \$195  = \$194  | sat6[3];
+  assign gt0_6 = \$192  | \$195 ;
+  assign \$196  = ~ sat7[1];
+  assign \$197  = ~ sat7[2];
+  assign \$198  = \$196  & \$197 ;
+  assign \$199  = ~ sat7[3];
+  assign \$200  = \$199  & sat7[0];
+  assign \$201  = \$198  & \$200 ;
+  assign \$202  = ~ sat7[2];
+  assign \$203  = ~ sat7[3];
+  assign \$204  = \$202  & \$203 ;
+  assign \$205  = \$204  & sat7[1];
+  assign \$206  = \$201  | \$205 ;
+  assign \$207  = ~ sat7[3];
+  assign \$208  = \$207  & sat7[2];
+  assign \$209  = \$208  | sat7[3];
+  assign gt0_7 = \$206  | \$209 ;
+  assign \$210  = ~ gt0_0;
+  assign \$211  = gt0_1 & \$210 ;
+  assign \$212  = \$211  ? 1'h1 : 1'h0;
+  assign \$213  = ~ gt0_1;
+  assign \$214  = gt0_2 & \$213 ;
+  assign \$215  = \$214  ? 2'h2 : 2'h0;
+  assign \$216  = { 1'h0, \$212  } | \$215 ;
+  assign \$217  = ~ gt0_2;
+  assign \$218  = gt0_3 & \$217 ;
+  assign \$219  = \$218  ? 2'h3 : 2'h0;
+  assign \$220  = ~ gt0_3;
+  assign \$221  = gt0_4 & \$220 ;
+  assign \$222  = \$221  ? 3'h4 : 3'h0;
+  assign \$223  = { 1'h0, \$219  } | \$222 ;
+  assign \$224  = { 1'h0, \$216  } | \$223 ;
+  assign \$225  = ~ gt0_4;
+  assign \$226  = gt0_5 & \$225 ;
+  assign \$227  = \$226  ? 3'h5 : 3'h0;
+  assign \$228  = ~ gt0_5;
+  assign \$229  = gt0_6 & \$228 ;
+  assign \$230  = \$229  ? 3'h6 : 3'h0;
+  assign \$231  = \$227  | \$230 ;
+  assign \$232  = ~ gt0_6;
+  assign \$233  = gt0_7 & \$232 ;
+  assign \$234  = \$233  ? 3'h7 : 3'h0;
+  assign \$235  = \$231  | \$234 ;
+  assign gsel0 = \$224  | \$235 ;
+  assign \$236  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$237  = ~ gt0_0;
+  assign \$238  = gt0_1 & \$237 ;
+  assign \$239  = \$238  ? mbeat0[31:16] : 16'h0000;
+  assign \$240  = \$236  | \$239 ;
+  assign \$241  = ~ gt0_1;
+  assign \$242  = gt0_2 & \$241 ;
+  assign \$243  = \$242  ? mbeat0[47:32] : 16'h0000;
+  assign \$244  = ~ gt0_2;
+  assign \$245  = gt0_3 & \$244 ;
+  assign \$246  = \$245  ? mbeat0[63:48] : 16'h0000;
+  assign \$247  = \$243  | \$246 ;
+  assign \$248  = \$240  | \$247 ;
+  assign \$249  = ~ gt0_3;
+  assign \$250  = gt0_4 & \$249 ;
+  assign \$251  = \$250  ? mbeat1[15:0] : 16'h0000;
+  assign \$252  = ~ gt0_4;
+  assign \$253  = gt0_5 & \$252 ;
+  assign \$254  = \$253  ? mbeat1[31:16] : 16'h0000;
+  assign \$255  = \$251  | \$254 ;
+  assign \$256  = ~ gt0_5;
+  assign \$257  = gt0_6 & \$256 ;
+  assign \$258  = \$257  ? mbeat1[47:32] : 16'h0000;
+  assign \$259  = ~ gt0_6;
+  assign \$260  = gt0_7 & \$259 ;
+  assign \$261  = \$260  ? mbeat1[63:48] : 16'h0000;
+  assign \$262  = \$258  | \$261 ;
+  assign \$263  = \$255  | \$262 ;
+  assign grp0 = \$248  | \$263 ;
+  assign \$264  = gt0_0 ? Rm1[3:0] : 4'h0;
+  assign \$265  = ~ gt0_0;
+  assign \$266  = gt0_1 & \$265 ;
+  assign \$267  = \$266  ? R0[3:0] : 4'h0;
+  assign \$268  = \$264  | \$267 ;
+  assign \$269  = ~ gt0_1;
+  assign \$270  = gt0_2 & \$269 ;
+  assign \$271  = \$270  ? R1[3:0] : 4'h0;
+  assign \$272  = ~ gt0_2;
+  assign \$273  = gt0_3 & \$272 ;
+  assign \$274  = \$273  ? R2[3:0] : 4'h0;
+  assign \$275  = \$271  | \$274 ;
+  assign \$276  = \$268  | \$275 ;
+  assign \$277  = ~ gt0_3;
+  assign \$278  = gt0_4 & \$277 ;
+  assign \$279  = \$278  ? R3[3:0] : 4'h0;
+  assign \$280  = ~ gt0_4;
+  assign \$281  = gt0_5 & \$280 ;
+  assign \$282  = \$281  ? R4[3:0] : 4'h0;
+  assign \$283  = \$279  | \$282 ;
+  assign \$284  = ~ gt0_5;
+  assign \$285  = gt0_6 & \$284 ;
+  assign \$286  = \$285  ? R5[3:0] : 4'h0;
+  assign \$287  = ~ gt0_6;
+  assign \$288  = gt0_7 & \$287 ;
+  assign \$289  = \$288  ? R6[3:0] : 4'h0;
+  assign \$290  = \$286  | \$289 ;
+  assign \$291  = \$283  | \$290 ;
+  assign dlow0 = \$276  | \$291 ;
+  assign \$292  = 1'h0 - dlow0;
+  assign \$293  = grp0[0] + grp0[1];
+  assign \$294  = grp0[2] + grp0[3];
+  assign \$295  = \$293  + \$294 ;
+  assign \$296  = grp0[4] + grp0[5];
+  assign \$297  = grp0[6] + grp0[7];
+  assign \$298  = \$296  + \$297 ;
+  assign ws0_c = \$295  + \$298 ;
+  assign ws0_lo = \$292 [3:0] < ws0_c;
+  assign \$299  = \$292 [3:0] - ws0_c;
+  assign \$300  = grp0[0] + grp0[1];
+  assign \$301  = grp0[2] + grp0[3];
+  assign ws0l_c = \$300  + \$301 ;
+  assign ws0l_lo = \$292 [2:0] < ws0l_c;
+  assign \$302  = \$292 [2:0] - ws0l_c;
   assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
-  assign \$326  = grp0[8] + grp0[9];
-  assign \$327  = grp0[10] + grp0[11];
-  assign ws0h_c = \$326  + \$327 ;
-  assign ws0h_lo = \$322 [2:0] < ws0h_c;
-  assign \$328  = \$322 [2:0] - ws0h_c;
+  assign \$303  = grp0[8] + grp0[9];
+  assign \$304  = grp0[10] + grp0[11];
+  assign ws0h_c = \$303  + \$304 ;
+  assign ws0h_lo = \$299 [2:0] < ws0h_c;
+  assign \$305  = \$299 [2:0] - ws0h_c;
   assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
   assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
   assign lv0 = k > 1'h0;
-  assign \$329  = k_cur <= 1'h0;
-  assign ln0 = finish & \$329 ;
-  assign \$330  = ln0 ? es_w : { rs_w[7], rs_w };
-  assign \$331  = gsel0[2:1] - \$330 [4:0];
-  assign \$332  = ~ sat0[2];
-  assign \$333  = ~ sat0[3];
-  assign \$334  = \$332  & \$333 ;
-  assign \$335  = \$334  & sat0[1];
-  assign \$336  = ~ sat0[3];
-  assign \$337  = \$336  & sat0[2];
-  assign \$338  = \$335  | \$337 ;
-  assign gt1_0 = \$338  | sat0[3];
-  assign \$339  = ~ sat1[2];
-  assign \$340  = ~ sat1[3];
-  assign \$341  = \$339  & \$340 ;
-  assign \$342  = \$341  & sat1[1];
-  assign \$343  = ~ sat1[3];
-  assign \$344  = \$343  & sat1[2];
-  assign \$345  = \$342  | \$344 ;
-  assign gt1_1 = \$345  | sat1[3];
-  assign \$346  = ~ sat2[2];
-  assign \$347  = ~ sat2[3];
-  assign \$348  = \$346  & \$347 ;
-  assign \$349  = \$348  & sat2[1];
-  assign \$350  = ~ sat2[3];
-  assign \$351  = \$350  & sat2[2];
-  assign \$352  = \$349  | \$351 ;
-  assign gt1_2 = \$352  | sat2[3];
-  assign \$353  = ~ sat3[2];
-  assign \$354  = ~ sat3[3];
-  assign \$355  = \$353  & \$354 ;
-  assign \$356  = \$355  & sat3[1];
-  assign \$357  = ~ sat3[3];
-  assign \$358  = \$357  & sat3[2];
-  assign \$359  = \$356  | \$358 ;
-  assign gt1_3 = \$359  | sat3[3];
-  assign \$360  = ~ sat4[2];
-  assign \$361  = ~ sat4[3];
-  assign \$362  = \$360  & \$361 ;
-  assign \$363  = \$362  & sat4[1];
-  assign \$364  = ~ sat4[3];
-  assign \$365  = \$364  & sat4[2];
-  assign \$366  = \$363  | \$365 ;
-  assign gt1_4 = \$366  | sat4[3];
-  assign \$367  = ~ sat5[2];
-  assign \$368  = ~ sat5[3];
-  assign \$369  = \$367  & \$368 ;
-  assign \$370  = \$369  & sat5[1];
-  assign \$371  = ~ sat5[3];
-  assign \$372  = \$371  & sat5[2];
-  assign \$373  = \$370  | \$372 ;
-  assign gt1_5 = \$373  | sat5[3];
-  assign \$374  = ~ sat6[2];
-  assign \$375  = ~ sat6[3];
-  assign \$376  = \$374  & \$375 ;
-  assign \$377  = \$376  & sat6[1];
-  assign \$378  = ~ sat6[3];
-  assign \$379  = \$378  & sat6[2];
-  assign \$380  = \$377  | \$379 ;
-  assign gt1_6 = \$380  | sat6[3];
-  assign \$381  = ~ sat7[2];
-  assign \$382  = ~ sat7[3];
-  assign \$383  = \$381  & \$382 ;
-  assign \$384  = \$383  & sat7[1];
-  assign \$385  = ~ sat7[3];
-  assign \$386  = \$385  & sat7[2];
-  assign \$387  = \$384  | \$386 ;
-  assign gt1_7 = \$387  | sat7[3];
-  assign \$388  = ~ gt1_0;
-  assign \$389  = gt1_1 & \$388 ;
-  assign \$390  = \$389  ? 1'h1 : 1'h0;
-  assign \$391  = ~ gt1_1;
-  assign \$392  = gt1_2 & \$391 ;
-  assign \$393  = \$392  ? 2'h2 : 2'h0;
-  assign \$394  = { 1'h0, \$390  } | \$393 ;
-  assign \$395  = ~ gt1_2;
-  assign \$396  = gt1_3 & \$395 ;
-  assign \$397  = \$396  ? 2'h3 : 2'h0;
-  assign \$398  = ~ gt1_3;
-  assign \$399  = gt1_4 & \$398 ;
-  assign \$400  = \$399  ? 3'h4 : 3'h0;
-  assign \$401  = { 1'h0, \$397  } | \$400 ;
-  assign \$402  = { 1'h0, \$394  } | \$401 ;
-  assign \$403  = ~ gt1_4;
-  assign \$404  = gt1_5 & \$403 ;
-  assign \$405  = \$404  ? 3'h5 : 3'h0;
-  assign \$406  = ~ gt1_5;
-  assign \$407  = gt1_6 & \$406 ;
-  assign \$408  = \$407  ? 3'h6 : 3'h0;
-  assign \$409  = \$405  | \$408 ;
-  assign \$410  = ~ gt1_6;
-  assign \$411  = gt1_7 & \$410 ;
-  assign \$412  = \$411  ? 3'h7 : 3'h0;
-  assign \$413  = \$409  | \$412 ;
-  assign gsel1 = \$402  | \$413 ;
-  assign \$414  = gt1_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$415  = ~ gt1_0;
-  assign \$416  = gt1_1 & \$415 ;
-  assign \$417  = \$416  ? mbeat0[31:16] : 16'h0000;
-  assign \$418  = \$414  | \$417 ;
-  assign \$419  = ~ gt1_1;
-  assign \$420  = gt1_2 & \$419 ;
-  assign \$421  = \$420  ? mbeat0[47:32] : 16'h0000;
-  assign \$422  = ~ gt1_2;
-  assign \$423  = gt1_3 & \$422 ;
-  assign \$424  = \$423  ? mbeat0[63:48] : 16'h0000;
-  assign \$425  = \$421  | \$424 ;
-  assign \$426  = \$418  | \$425 ;
-  assign \$427  = ~ gt1_3;
-  assign \$428  = gt1_4 & \$427 ;
-  assign \$429  = \$428  ? mbeat1[15:0] : 16'h0000;
-  assign \$430  = ~ gt1_4;
-  assign \$431  = gt1_5 & \$430 ;
-  assign \$432  = \$431  ? mbeat1[31:16] : 16'h0000;
-  assign \$433  = \$429  | \$432 ;
-  assign \$434  = ~ gt1_5;
-  assign \$435  = gt1_6 & \$434 ;
-  assign \$436  = \$435  ? mbeat1[47:32] : 16'h0000;
-  assign \$437  = ~ gt1_6;
-  assign \$438  = gt1_7 & \$437 ;
-  assign \$439  = \$438  ? mbeat1[63:48] : 16'h0000;
-  assign \$440  = \$436  | \$439 ;
-  assign \$441  = \$433  | \$440 ;
-  assign grp1 = \$426  | \$441 ;
-  assign \$442  = gt1_0 ? \$120 [3:0] : 4'h0;
-  assign \$443  = ~ gt1_0;
-  assign \$444  = gt1_1 & \$443 ;
-  assign \$445  = \$444  ? \$85 [3:0] : 4'h0;
-  assign \$446  = \$442  | \$445 ;
-  assign \$447  = ~ gt1_1;
-  assign \$448  = gt1_2 & \$447 ;
-  assign \$449  = \$448  ? \$89 [3:0] : 4'h0;
-  assign \$450  = ~ gt1_2;
-  assign \$451  = gt1_3 & \$450 ;
-  assign \$452  = \$451  ? \$93 [3:0] : 4'h0;
-  assign \$453  = \$449  | \$452 ;
-  assign \$454  = \$446  | \$453 ;
-  assign \$455  = ~ gt1_3;
-  assign \$456  = gt1_4 & \$455 ;
-  assign \$457  = \$456  ? \$97 [3:0] : 4'h0;
-  assign \$458  = ~ gt1_4;
-  assign \$459  = gt1_5 & \$458 ;
-  assign \$460  = \$459  ? \$104 [3:0] : 4'h0;
-  assign \$461  = \$457  | \$460 ;
-  assign \$462  = ~ gt1_5;
-  assign \$463  = gt1_6 & \$462 ;
-  assign \$464  = \$463  ? \$108 [3:0] : 4'h0;
-  assign \$465  = ~ gt1_6;
-  assign \$466  = gt1_7 & \$465 ;
-  assign \$467  = \$466  ? \$112 [3:0] : 4'h0;
-  assign \$468  = \$464  | \$467 ;
-  assign \$469  = \$461  | \$468 ;
-  assign dlow1 = \$454  | \$469 ;
-  assign \$470  = 1'h1 - dlow1;
-  assign \$471  = grp1[0] + grp1[1];
-  assign \$472  = grp1[2] + grp1[3];
-  assign \$473  = \$471  + \$472 ;
-  assign \$474  = grp1[4] + grp1[5];
-  assign \$475  = grp1[6] + grp1[7];
-  assign \$476  = \$474  + \$475 ;
-  assign ws1_c = \$473  + \$476 ;
-  assign ws1_lo = \$470 [3:0] < ws1_c;
-  assign \$477  = \$470 [3:0] - ws1_c;
-  assign \$478  = grp1[0] + grp1[1];
-  assign \$479  = grp1[2] + grp1[3];
-  assign ws1l_c = \$478  + \$479 ;
-  assign ws1l_lo = \$470 [2:0] < ws1l_c;
-  assign \$480  = \$470 [2:0] - ws1l_c;
+  assign \$306  = k_cur <= 1'h0;
+  assign ln0 = finish & \$306 ;
+  assign \$307  = ln0 ? es_w : { rs_w[7], rs_w };
+  assign \$308  = gsel0[2:1] - \$307 [4:0];
+  assign \$309  = ~ sat0[2];
+  assign \$310  = ~ sat0[3];
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = \$311  & sat0[1];
+  assign \$313  = ~ sat0[3];
+  assign \$314  = \$313  & sat0[2];
+  assign \$315  = \$312  | \$314 ;
+  assign gt1_0 = \$315  | sat0[3];
+  assign \$316  = ~ sat1[2];
+  assign \$317  = ~ sat1[3];
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = \$318  & sat1[1];
+  assign \$320  = ~ sat1[3];
+  assign \$321  = \$320  & sat1[2];
+  assign \$322  = \$319  | \$321 ;
+  assign gt1_1 = \$322  | sat1[3];
+  assign \$323  = ~ sat2[2];
+  assign \$324  = ~ sat2[3];
+  assign \$325  = \$323  & \$324 ;
+  assign \$326  = \$325  & sat2[1];
+  assign \$327  = ~ sat2[3];
+  assign \$328  = \$327  & sat2[2];
+  assign \$329  = \$326  | \$328 ;
+  assign gt1_2 = \$329  | sat2[3];
+  assign \$330  = ~ sat3[2];
+  assign \$331  = ~ sat3[3];
+  assign \$332  = \$330  & \$331 ;
+  assign \$333  = \$332  & sat3[1];
+  assign \$334  = ~ sat3[3];
+  assign \$335  = \$334  & sat3[2];
+  assign \$336  = \$333  | \$335 ;
+  assign gt1_3 = \$336  | sat3[3];
+  assign \$337  = ~ sat4[2];
+  assign \$338  = ~ sat4[3];
+  assign \$339  = \$337  & \$338 ;
+  assign \$340  = \$339  & sat4[1];
+  assign \$341  = ~ sat4[3];
+  assign \$342  = \$341  & sat4[2];
+  assign \$343  = \$340  | \$342 ;
+  assign gt1_4 = \$343  | sat4[3];
+  assign \$344  = ~ sat5[2];
+  assign \$345  = ~ sat5[3];
+  assign \$346  = \$344  & \$345 ;
+  assign \$347  = \$346  & sat5[1];
+  assign \$348  = ~ sat5[3];
+  assign \$349  = \$348  & sat5[2];
+  assign \$350  = \$347  | \$349 ;
+  assign gt1_5 = \$350  | sat5[3];
+  assign \$351  = ~ sat6[2];
+  assign \$352  = ~ sat6[3];
+  assign \$353  = \$351  & \$352 ;
+  assign \$354  = \$353  & sat6[1];
+  assign \$355  = ~ sat6[3];
+  assign \$356  = \$355  & sat6[2];
+  assign \$357  = \$354  | \$356 ;
+  assign gt1_6 = \$357  | sat6[3];
+  assign \$358  = ~ sat7[2];
+  assign \$359  = ~ sat7[3];
+  assign \$360  = \$358  & \$359 ;
+  assign \$361  = \$360  & sat7[1];
+  assign \$362  = ~ sat7[3];
+  assign \$363  = \$362  & sat7[2];
+  assign \$364  = \$361  | \$363 ;
+  assign gt1_7 = \$364  | sat7[3];
+  assign \$365  = ~ gt1_0;
+  assign \$366  = gt1_1 & \$365 ;
+  assign \$367  = \$366  ? 1'h1 : 1'h0;
+  assign \$368  = ~ gt1_1;
+  assign \$369  = gt1_2 & \$368 ;
+  assign \$370  = \$369  ? 2'h2 : 2'h0;
+  assign \$371  = { 1'h0, \$367  } | \$370 ;
+  assign \$372  = ~ gt1_2;
+  assign \$373  = gt1_3 & \$372 ;
+  assign \$374  = \$373  ? 2'h3 : 2'h0;
+  assign \$375  = ~ gt1_3;
+  assign \$376  = gt1_4 & \$375 ;
+  assign \$377  = \$376  ? 3'h4 : 3'h0;
+  assign \$378  = { 1'h0, \$374  } | \$377 ;
+  assign \$379  = { 1'h0, \$371  } | \$378 ;
+  assign \$380  = ~ gt1_4;
+  assign \$381  = gt1_5 & \$380 ;
+  assign \$382  = \$381  ? 3'h5 : 3'h0;
+  assign \$383  = ~ gt1_5;
+  assign \$384  = gt1_6 & \$383 ;
+  assign \$385  = \$384  ? 3'h6 : 3'h0;
+  assign \$386  = \$382  | \$385 ;
+  assign \$387  = ~ gt1_6;
+  assign \$388  = gt1_7 & \$387 ;
+  assign \$389  = \$388  ? 3'h7 : 3'h0;
+  assign \$390  = \$386  | \$389 ;
+  assign gsel1 = \$379  | \$390 ;
+  assign \$391  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$392  = ~ gt1_0;
+  assign \$393  = gt1_1 & \$392 ;
+  assign \$394  = \$393  ? mbeat0[31:16] : 16'h0000;
+  assign \$395  = \$391  | \$394 ;
+  assign \$396  = ~ gt1_1;
+  assign \$397  = gt1_2 & \$396 ;
+  assign \$398  = \$397  ? mbeat0[47:32] : 16'h0000;
+  assign \$399  = ~ gt1_2;
+  assign \$400  = gt1_3 & \$399 ;
+  assign \$401  = \$400  ? mbeat0[63:48] : 16'h0000;
+  assign \$402  = \$398  | \$401 ;
+  assign \$403  = \$395  | \$402 ;
+  assign \$404  = ~ gt1_3;
+  assign \$405  = gt1_4 & \$404 ;
+  assign \$406  = \$405  ? mbeat1[15:0] : 16'h0000;
+  assign \$407  = ~ gt1_4;
+  assign \$408  = gt1_5 & \$407 ;
+  assign \$409  = \$408  ? mbeat1[31:16] : 16'h0000;
+  assign \$410  = \$406  | \$409 ;
+  assign \$411  = ~ gt1_5;
+  assign \$412  = gt1_6 & \$411 ;
+  assign \$413  = \$412  ? mbeat1[47:32] : 16'h0000;
+  assign \$414  = ~ gt1_6;
+  assign \$415  = gt1_7 & \$414 ;
+  assign \$416  = \$415  ? mbeat1[63:48] : 16'h0000;
+  assign \$417  = \$413  | \$416 ;
+  assign \$418  = \$410  | \$417 ;
+  assign grp1 = \$403  | \$418 ;
+  assign \$419  = gt1_0 ? Rm1[3:0] : 4'h0;
+  assign \$420  = ~ gt1_0;
+  assign \$421  = gt1_1 & \$420 ;
+  assign \$422  = \$421  ? R0[3:0] : 4'h0;
+  assign \$423  = \$419  | \$422 ;
+  assign \$424  = ~ gt1_1;
+  assign \$425  = gt1_2 & \$424 ;
+  assign \$426  = \$425  ? R1[3:0] : 4'h0;
+  assign \$427  = ~ gt1_2;
+  assign \$428  = gt1_3 & \$427 ;
+  assign \$429  = \$428  ? R2[3:0] : 4'h0;
+  assign \$430  = \$426  | \$429 ;
+  assign \$431  = \$423  | \$430 ;
+  assign \$432  = ~ gt1_3;
+  assign \$433  = gt1_4 & \$432 ;
+  assign \$434  = \$433  ? R3[3:0] : 4'h0;
+  assign \$435  = ~ gt1_4;
+  assign \$436  = gt1_5 & \$435 ;
+  assign \$437  = \$436  ? R4[3:0] : 4'h0;
+  assign \$438  = \$434  | \$437 ;
+  assign \$439  = ~ gt1_5;
+  assign \$440  = gt1_6 & \$439 ;
+  assign \$441  = \$440  ? R5[3:0] : 4'h0;
+  assign \$442  = ~ gt1_6;
+  assign \$443  = gt1_7 & \$442 ;
+  assign \$444  = \$443  ? R6[3:0] : 4'h0;
+  assign \$445  = \$441  | \$444 ;
+  assign \$446  = \$438  | \$445 ;
+  assign dlow1 = \$431  | \$446 ;
+  assign \$447  = 1'h1 - dlow1;
+  assign \$448  = grp1[0] + grp1[1];
+  assign \$449  = grp1[2] + grp1[3];
+  assign \$450  = \$448  + \$449 ;
+  assign \$451  = grp1[4] + grp1[5];
+  assign \$452  = grp1[6] + grp1[7];
+  assign \$453  = \$451  + \$452 ;
+  assign ws1_c = \$450  + \$453 ;
+  assign ws1_lo = \$447 [3:0] < ws1_c;
+  assign \$454  = \$447 [3:0] - ws1_c;
+  assign \$455  = grp1[0] + grp1[1];
+  assign \$456  = grp1[2] + grp1[3];
+  assign ws1l_c = \$455  + \$456 ;
+  assign ws1l_lo = \$447 [2:0] < ws1l_c;
+  assign \$457  = \$447 [2:0] - ws1l_c;
   assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
-  assign \$481  = grp1[8] + grp1[9];
-  assign \$482  = grp1[10] + grp1[11];
-  assign ws1h_c = \$481  + \$482 ;
-  assign ws1h_lo = \$477 [2:0] < ws1h_c;
-  assign \$483  = \$477 [2:0] - ws1h_c;
+  assign \$458  = grp1[8] + grp1[9];
+  assign \$459  = grp1[10] + grp1[11];
+  assign ws1h_c = \$458  + \$459 ;
+  assign ws1h_lo = \$454 [2:0] < ws1h_c;
+  assign \$460  = \$454 [2:0] - ws1h_c;
   assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
   assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
   assign lv1 = k > 1'h1;
-  assign \$484  = k_cur <= 1'h1;
-  assign ln1 = finish & \$484 ;
-  assign \$485  = ln1 ? es_w : { rs_w[7], rs_w };
-  assign \$486  = gsel1[2:1] - \$485 [4:0];
-  assign \$487  = ~ sat0[2];
-  assign \$488  = sat0[1] & \$487 ;
-  assign \$489  = ~ sat0[3];
-  assign \$490  = \$489  & sat0[0];
-  assign \$491  = \$488  & \$490 ;
-  assign \$492  = ~ sat0[3];
-  assign \$493  = \$492  & sat0[2];
-  assign \$494  = \$491  | \$493 ;
-  assign gt2_0 = \$494  | sat0[3];
-  assign \$495  = ~ sat1[2];
-  assign \$496  = sat1[1] & \$495 ;
-  assign \$497  = ~ sat1[3];
-  assign \$498  = \$497  & sat1[0];
-  assign \$499  = \$496  & \$498 ;
-  assign \$500  = ~ sat1[3];
-  assign \$501  = \$500  & sat1[2];
-  assign \$502  = \$499  | \$501 ;
-  assign gt2_1 = \$502  | sat1[3];
-  assign \$503  = ~ sat2[2];
-  assign \$504  = sat2[1] & \$503 ;
-  assign \$505  = ~ sat2[3];
-  assign \$506  = \$505  & sat2[0];
-  assign \$507  = \$504  & \$506 ;
-  assign \$508  = ~ sat2[3];
-  assign \$509  = \$508  & sat2[2];
-  assign \$510  = \$507  | \$509 ;
-  assign gt2_2 = \$510  | sat2[3];
-  assign \$511  = ~ sat3[2];
-  assign \$512  = sat3[1] & \$511 ;
-  assign \$513  = ~ sat3[3];
-  assign \$514  = \$513  & sat3[0];
-  assign \$515  = \$512  & \$514 ;
-  assign \$516  = ~ sat3[3];
-  assign \$517  = \$516  & sat3[2];
-  assign \$518  = \$515  | \$517 ;
-  assign gt2_3 = \$518  | sat3[3];
-  assign \$519  = ~ sat4[2];
-  assign \$520  = sat4[1] & \$519 ;
-  assign \$521  = ~ sat4[3];
-  assign \$522  = \$521  & sat4[0];
-  assign \$523  = \$520  & \$522 ;
-  assign \$524  = ~ sat4[3];
-  assign \$525  = \$524  & sat4[2];
-  assign \$526  = \$523  | \$525 ;
-  assign gt2_4 = \$526  | sat4[3];
-  assign \$527  = ~ sat5[2];
-  assign \$528  = sat5[1] & \$527 ;
-  assign \$529  = ~ sat5[3];
-  assign \$530  = \$529  & sat5[0];
-  assign \$531  = \$528  & \$530 ;
-  assign \$532  = ~ sat5[3];
-  assign \$533  = \$532  & sat5[2];
-  assign \$534  = \$531  | \$533 ;
-  assign gt2_5 = \$534  | sat5[3];
-  assign \$535  = ~ sat6[2];
-  assign \$536  = sat6[1] & \$535 ;
-  assign \$537  = ~ sat6[3];
-  assign \$538  = \$537  & sat6[0];
-  assign \$539  = \$536  & \$538 ;
-  assign \$540  = ~ sat6[3];
-  assign \$541  = \$540  & sat6[2];
-  assign \$542  = \$539  | \$541 ;
-  assign gt2_6 = \$542  | sat6[3];
-  assign \$543  = ~ sat7[2];
-  assign \$544  = sat7[1] & \$543 ;
-  assign \$545  = ~ sat7[3];
-  assign \$546  = \$545  & sat7[0];
-  assign \$547  = \$544  & \$546 ;
-  assign \$548  = ~ sat7[3];
-  assign \$549  = \$548  & sat7[2];
-  assign \$550  = \$547  | \$549 ;
-  assign gt2_7 = \$550  | sat7[3];
-  assign \$551  = ~ gt2_0;
-  assign \$552  = gt2_1 & \$551 ;
-  assign \$553  = \$552  ? 1'h1 : 1'h0;
-  assign \$554  = ~ gt2_1;
-  assign \$555  = gt2_2 & \$554 ;
-  assign \$556  = \$555  ? 2'h2 : 2'h0;
-  assign \$557  = { 1'h0, \$553  } | \$556 ;
-  assign \$558  = ~ gt2_2;
-  assign \$559  = gt2_3 & \$558 ;
-  assign \$560  = \$559  ? 2'h3 : 2'h0;
-  assign \$561  = ~ gt2_3;
-  assign \$562  = gt2_4 & \$561 ;
-  assign \$563  = \$562  ? 3'h4 : 3'h0;
-  assign \$564  = { 1'h0, \$560  } | \$563 ;
-  assign \$565  = { 1'h0, \$557  } | \$564 ;
-  assign \$566  = ~ gt2_4;
-  assign \$567  = gt2_5 & \$566 ;
-  assign \$568  = \$567  ? 3'h5 : 3'h0;
-  assign \$569  = ~ gt2_5;
-  assign \$570  = gt2_6 & \$569 ;
-  assign \$571  = \$570  ? 3'h6 : 3'h0;
-  assign \$572  = \$568  | \$571 ;
-  assign \$573  = ~ gt2_6;
-  assign \$574  = gt2_7 & \$573 ;
-  assign \$575  = \$574  ? 3'h7 : 3'h0;
-  assign \$576  = \$572  | \$575 ;
-  assign gsel2 = \$565  | \$576 ;
-  assign \$577  = gt2_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$578  = ~ gt2_0;
-  assign \$579  = gt2_1 & \$578 ;
-  assign \$580  = \$579  ? mbeat0[31:16] : 16'h0000;
-  assign \$581  = \$577  | \$580 ;
-  assign \$582  = ~ gt2_1;
-  assign \$583  = gt2_2 & \$582 ;
-  assign \$584  = \$583  ? mbeat0[47:32] : 16'h0000;
-  assign \$585  = ~ gt2_2;
-  assign \$586  = gt2_3 & \$585 ;
-  assign \$587  = \$586  ? mbeat0[63:48] : 16'h0000;
-  assign \$588  = \$584  | \$587 ;
-  assign \$589  = \$581  | \$588 ;
-  assign \$590  = ~ gt2_3;
-  assign \$591  = gt2_4 & \$590 ;
-  assign \$592  = \$591  ? mbeat1[15:0] : 16'h0000;
-  assign \$593  = ~ gt2_4;
-  assign \$594  = gt2_5 & \$593 ;
-  assign \$595  = \$594  ? mbeat1[31:16] : 16'h0000;
-  assign \$596  = \$592  | \$595 ;
-  assign \$597  = ~ gt2_5;
-  assign \$598  = gt2_6 & \$597 ;
-  assign \$599  = \$598  ? mbeat1[47:32] : 16'h0000;
-  assign \$600  = ~ gt2_6;
-  assign \$601  = gt2_7 & \$600 ;
-  assign \$602  = \$601  ? mbeat1[63:48] : 16'h0000;
-  assign \$603  = \$599  | \$602 ;
-  assign \$604  = \$596  | \$603 ;
-  assign grp2 = \$589  | \$604 ;
-  assign \$605  = gt2_0 ? \$120 [3:0] : 4'h0;
-  assign \$606  = ~ gt2_0;
-  assign \$607  = gt2_1 & \$606 ;
-  assign \$608  = \$607  ? \$85 [3:0] : 4'h0;
-  assign \$609  = \$605  | \$608 ;
-  assign \$610  = ~ gt2_1;
-  assign \$611  = gt2_2 & \$610 ;
-  assign \$612  = \$611  ? \$89 [3:0] : 4'h0;
-  assign \$613  = ~ gt2_2;
-  assign \$614  = gt2_3 & \$613 ;
-  assign \$615  = \$614  ? \$93 [3:0] : 4'h0;
-  assign \$616  = \$612  | \$615 ;
-  assign \$617  = \$609  | \$616 ;
-  assign \$618  = ~ gt2_3;
-  assign \$619  = gt2_4 & \$618 ;
-  assign \$620  = \$619  ? \$97 [3:0] : 4'h0;
-  assign \$621  = ~ gt2_4;
-  assign \$622  = gt2_5 & \$621 ;
-  assign \$623  = \$622  ? \$104 [3:0] : 4'h0;
-  assign \$624  = \$620  | \$623 ;
-  assign \$625  = ~ gt2_5;
-  assign \$626  = gt2_6 & \$625 ;
-  assign \$627  = \$626  ? \$108 [3:0] : 4'h0;
-  assign \$628  = ~ gt2_6;
-  assign \$629  = gt2_7 & \$628 ;
-  assign \$630  = \$629  ? \$112 [3:0] : 4'h0;
-  assign \$631  = \$627  | \$630 ;
-  assign \$632  = \$624  | \$631 ;
-  assign dlow2 = \$617  | \$632 ;
-  assign \$633  = 2'h2 - dlow2;
-  assign \$634  = grp2[0] + grp2[1];
-  assign \$635  = grp2[2] + grp2[3];
-  assign \$636  = \$634  + \$635 ;
-  assign \$637  = grp2[4] + grp2[5];
-  assign \$638  = grp2[6] + grp2[7];
-  assign \$639  = \$637  + \$638 ;
-  assign ws2_c = \$636  + \$639 ;
-  assign ws2_lo = \$633 [3:0] < ws2_c;
-  assign \$640  = \$633 [3:0] - ws2_c;
-  assign \$641  = grp2[0] + grp2[1];
-  assign \$642  = grp2[2] + grp2[3];
-  assign ws2l_c = \$641  + \$642 ;
-  assign ws2l_lo = \$633 [2:0] < ws2l_c;
-  assign \$643  = \$633 [2:0] - ws2l_c;
+  assign \$461  = k_cur <= 1'h1;
+  assign ln1 = finish & \$461 ;
+  assign \$462  = ln1 ? es_w : { rs_w[7], rs_w };
+  assign \$463  = gsel1[2:1] - \$462 [4:0];
+  assign \$464  = ~ sat0[2];
+  assign \$465  = sat0[1] & \$464 ;
+  assign \$466  = ~ sat0[3];
+  assign \$467  = \$466  & sat0[0];
+  assign \$468  = \$465  & \$467 ;
+  assign \$469  = ~ sat0[3];
+  assign \$470  = \$469  & sat0[2];
+  assign \$471  = \$468  | \$470 ;
+  assign gt2_0 = \$471  | sat0[3];
+  assign \$472  = ~ sat1[2];
+  assign \$473  = sat1[1] & \$472 ;
+  assign \$474  = ~ sat1[3];
+  assign \$475  = \$474  & sat1[0];
+  assign \$476  = \$473  & \$475 ;
+  assign \$477  = ~ sat1[3];
+  assign \$478  = \$477  & sat1[2];
+  assign \$479  = \$476  | \$478 ;
+  assign gt2_1 = \$479  | sat1[3];
+  assign \$480  = ~ sat2[2];
+  assign \$481  = sat2[1] & \$480 ;
+  assign \$482  = ~ sat2[3];
+  assign \$483  = \$482  & sat2[0];
+  assign \$484  = \$481  & \$483 ;
+  assign \$485  = ~ sat2[3];
+  assign \$486  = \$485  & sat2[2];
+  assign \$487  = \$484  | \$486 ;
+  assign gt2_2 = \$487  | sat2[3];
+  assign \$488  = ~ sat3[2];
+  assign \$489  = sat3[1] & \$488 ;
+  assign \$490  = ~ sat3[3];
+  assign \$491  = \$490  & sat3[0];
+  assign \$492  = \$489  & \$491 ;
+  assign \$493  = ~ sat3[3];
+  assign \$494  = \$493  & sat3[2];
+  assign \$495  = \$492  | \$494 ;
+  assign gt2_3 = \$495  | sat3[3];
+  assign \$496  = ~ sat4[2];
+  assign \$497  = sat4[1] & \$496 ;
+  assign \$498  = ~ sat4[3];
+  assign \$499  = \$498  & sat4[0];
+  assign \$500  = \$497  & \$499 ;
+  assign \$501  = ~ sat4[3];
+  assign \$502  = \$501  & sat4[2];
+  assign \$503  = \$500  | \$502 ;
+  assign gt2_4 = \$503  | sat4[3];
+  assign \$504  = ~ sat5[2];
+  assign \$505  = sat5[1] & \$504 ;
+  assign \$506  = ~ sat5[3];
+  assign \$507  = \$506  & sat5[0];
+  assign \$508  = \$505  & \$507 ;
+  assign \$509  = ~ sat5[3];
+  assign \$510  = \$509  & sat5[2];
+  assign \$511  = \$508  | \$510 ;
+  assign gt2_5 = \$511  | sat5[3];
+  assign \$512  = ~ sat6[2];
+  assign \$513  = sat6[1] & \$512 ;
+  assign \$514  = ~ sat6[3];
+  assign \$515  = \$514  & sat6[0];
+  assign \$516  = \$513  & \$515 ;
+  assign \$517  = ~ sat6[3];
+  assign \$518  = \$517  & sat6[2];
+  assign \$519  = \$516  | \$518 ;
+  assign gt2_6 = \$519  | sat6[3];
+  assign \$520  = ~ sat7[2];
+  assign \$521  = sat7[1] & \$520 ;
+  assign \$522  = ~ sat7[3];
+  assign \$523  = \$522  & sat7[0];
+  assign \$524  = \$521  & \$523 ;
+  assign \$525  = ~ sat7[3];
+  assign \$526  = \$525  & sat7[2];
+  assign \$527  = \$524  | \$526 ;
+  assign gt2_7 = \$527  | sat7[3];
+  assign \$528  = ~ gt2_0;
+  assign \$529  = gt2_1 & \$528 ;
+  assign \$530  = \$529  ? 1'h1 : 1'h0;
+  assign \$531  = ~ gt2_1;
+  assign \$532  = gt2_2 & \$531 ;
+  assign \$533  = \$532  ? 2'h2 : 2'h0;
+  assign \$534  = { 1'h0, \$530  } | \$533 ;
+  assign \$535  = ~ gt2_2;
+  assign \$536  = gt2_3 & \$535 ;
+  assign \$537  = \$536  ? 2'h3 : 2'h0;
+  assign \$538  = ~ gt2_3;
+  assign \$539  = gt2_4 & \$538 ;
+  assign \$540  = \$539  ? 3'h4 : 3'h0;
+  assign \$541  = { 1'h0, \$537  } | \$540 ;
+  assign \$542  = { 1'h0, \$534  } | \$541 ;
+  assign \$543  = ~ gt2_4;
+  assign \$544  = gt2_5 & \$543 ;
+  assign \$545  = \$544  ? 3'h5 : 3'h0;
+  assign \$546  = ~ gt2_5;
+  assign \$547  = gt2_6 & \$546 ;
+  assign \$548  = \$547  ? 3'h6 : 3'h0;
+  assign \$549  = \$545  | \$548 ;
+  assign \$550  = ~ gt2_6;
+  assign \$551  = gt2_7 & \$550 ;
+  assign \$552  = \$551  ? 3'h7 : 3'h0;
+  assign \$553  = \$549  | \$552 ;
+  assign gsel2 = \$542  | \$553 ;
+  assign \$554  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$555  = ~ gt2_0;
+  assign \$556  = gt2_1 & \$555 ;
+  assign \$557  = \$556  ? mbeat0[31:16] : 16'h0000;
+  assign \$558  = \$554  | \$557 ;
+  assign \$559  = ~ gt2_1;
+  assign \$560  = gt2_2 & \$559 ;
+  assign \$561  = \$560  ? mbeat0[47:32] : 16'h0000;
+  assign \$562  = ~ gt2_2;
+  assign \$563  = gt2_3 & \$562 ;
+  assign \$564  = \$563  ? mbeat0[63:48] : 16'h0000;
+  assign \$565  = \$561  | \$564 ;
+  assign \$566  = \$558  | \$565 ;
+  assign \$567  = ~ gt2_3;
+  assign \$568  = gt2_4 & \$567 ;
+  assign \$569  = \$568  ? mbeat1[15:0] : 16'h0000;
+  assign \$570  = ~ gt2_4;
+  assign \$571  = gt2_5 & \$570 ;
+  assign \$572  = \$571  ? mbeat1[31:16] : 16'h0000;
+  assign \$573  = \$569  | \$572 ;
+  assign \$574  = ~ gt2_5;
+  assign \$575  = gt2_6 & \$574 ;
+  assign \$576  = \$575  ? mbeat1[47:32] : 16'h0000;
+  assign \$577  = ~ gt2_6;
+  assign \$578  = gt2_7 & \$577 ;
+  assign \$579  = \$578  ? mbeat1[63:48] : 16'h0000;
+  assign \$580  = \$576  | \$579 ;
+  assign \$581  = \$573  | \$580 ;
+  assign grp2 = \$566  | \$581 ;
+  assign \$582  = gt2_0 ? Rm1[3:0] : 4'h0;
+  assign \$583  = ~ gt2_0;
+  assign \$584  = gt2_1 & \$583 ;
+  assign \$585  = \$584  ? R0[3:0] : 4'h0;
+  assign \$586  = \$582  | \$585 ;
+  assign \$587  = ~ gt2_1;
+  assign \$588  = gt2_2 & \$587 ;
+  assign \$589  = \$588  ? R1[3:0] : 4'h0;
+  assign \$590  = ~ gt2_2;
+  assign \$591  = gt2_3 & \$590 ;
+  assign \$592  = \$591  ? R2[3:0] : 4'h0;
+  assign \$593  = \$589  | \$592 ;
+  assign \$594  = \$586  | \$593 ;
+  assign \$595  = ~ gt2_3;
+  assign \$596  = gt2_4 & \$595 ;
+  assign \$597  = \$596  ? R3[3:0] : 4'h0;
+  assign \$598  = ~ gt2_4;
+  assign \$599  = gt2_5 & \$598 ;
+  assign \$600  = \$599  ? R4[3:0] : 4'h0;
+  assign \$601  = \$597  | \$600 ;
+  assign \$602  = ~ gt2_5;
+  assign \$603  = gt2_6 & \$602 ;
+  assign \$604  = \$603  ? R5[3:0] : 4'h0;
+  assign \$605  = ~ gt2_6;
+  assign \$606  = gt2_7 & \$605 ;
+  assign \$607  = \$606  ? R6[3:0] : 4'h0;
+  assign \$608  = \$604  | \$607 ;
+  assign \$609  = \$601  | \$608 ;
+  assign dlow2 = \$594  | \$609 ;
+  assign \$610  = 2'h2 - dlow2;
+  assign \$611  = grp2[0] + grp2[1];
+  assign \$612  = grp2[2] + grp2[3];
+  assign \$613  = \$611  + \$612 ;
+  assign \$614  = grp2[4] + grp2[5];
+  assign \$615  = grp2[6] + grp2[7];
+  assign \$616  = \$614  + \$615 ;
+  assign ws2_c = \$613  + \$616 ;
+  assign ws2_lo = \$610 [3:0] < ws2_c;
+  assign \$617  = \$610 [3:0] - ws2_c;
+  assign \$618  = grp2[0] + grp2[1];
+  assign \$619  = grp2[2] + grp2[3];
+  assign ws2l_c = \$618  + \$619 ;
+  assign ws2l_lo = \$610 [2:0] < ws2l_c;
+  assign \$620  = \$610 [2:0] - ws2l_c;
   assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
-  assign \$644  = grp2[8] + grp2[9];
-  assign \$645  = grp2[10] + grp2[11];
-  assign ws2h_c = \$644  + \$645 ;
-  assign ws2h_lo = \$640 [2:0] < ws2h_c;
-  assign \$646  = \$640 [2:0] - ws2h_c;
+  assign \$621  = grp2[8] + grp2[9];
+  assign \$622  = grp2[10] + grp2[11];
+  assign ws2h_c = \$621  + \$622 ;
+  assign ws2h_lo = \$617 [2:0] < ws2h_c;
+  assign \$623  = \$617 [2:0] - ws2h_c;
   assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
   assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
   assign lv2 = k > 2'h2;
-  assign \$647  = k_cur <= 2'h2;
-  assign ln2 = finish & \$647 ;
-  assign \$648  = ln2 ? es_w : { rs_w[7], rs_w };
-  assign \$649  = gsel2[2:1] - \$648 [4:0];
-  assign \$650  = ~ sat0[3];
-  assign \$651  = \$650  & sat0[2];
-  assign gt3_0 = \$651  | sat0[3];
-  assign \$652  = ~ sat1[3];
-  assign \$653  = \$652  & sat1[2];
-  assign gt3_1 = \$653  | sat1[3];
-  assign \$654  = ~ sat2[3];
-  assign \$655  = \$654  & sat2[2];
-  assign gt3_2 = \$655  | sat2[3];
-  assign \$656  = ~ sat3[3];
-  assign \$657  = \$656  & sat3[2];
-  assign gt3_3 = \$657  | sat3[3];
-  assign \$658  = ~ sat4[3];
-  assign \$659  = \$658  & sat4[2];
-  assign gt3_4 = \$659  | sat4[3];
-  assign \$660  = ~ sat5[3];
-  assign \$661  = \$660  & sat5[2];
-  assign gt3_5 = \$661  | sat5[3];
-  assign \$662  = ~ sat6[3];
-  assign \$663  = \$662  & sat6[2];
-  assign gt3_6 = \$663  | sat6[3];
-  assign \$664  = ~ sat7[3];
-  assign \$665  = \$664  & sat7[2];
-  assign gt3_7 = \$665  | sat7[3];
-  assign \$666  = ~ gt3_0;
-  assign \$667  = gt3_1 & \$666 ;
-  assign \$668  = \$667  ? 1'h1 : 1'h0;
-  assign \$669  = ~ gt3_1;
-  assign \$670  = gt3_2 & \$669 ;
-  assign \$671  = \$670  ? 2'h2 : 2'h0;
-  assign \$672  = { 1'h0, \$668  } | \$671 ;
-  assign \$673  = ~ gt3_2;
-  assign \$674  = gt3_3 & \$673 ;
-  assign \$675  = \$674  ? 2'h3 : 2'h0;
-  assign \$676  = ~ gt3_3;
-  assign \$677  = gt3_4 & \$676 ;
-  assign \$678  = \$677  ? 3'h4 : 3'h0;
-  assign \$679  = { 1'h0, \$675  } | \$678 ;
-  assign \$680  = { 1'h0, \$672  } | \$679 ;
-  assign \$681  = ~ gt3_4;
-  assign \$682  = gt3_5 & \$681 ;
-  assign \$683  = \$682  ? 3'h5 : 3'h0;
-  assign \$684  = ~ gt3_5;
-  assign \$685  = gt3_6 & \$684 ;
-  assign \$686  = \$685  ? 3'h6 : 3'h0;
-  assign \$687  = \$683  | \$686 ;
-  assign \$688  = ~ gt3_6;
-  assign \$689  = gt3_7 & \$688 ;
-  assign \$690  = \$689  ? 3'h7 : 3'h0;
-  assign \$691  = \$687  | \$690 ;
-  assign gsel3 = \$680  | \$691 ;
-  assign \$692  = gt3_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$693  = ~ gt3_0;
-  assign \$694  = gt3_1 & \$693 ;
-  assign \$695  = \$694  ? mbeat0[31:16] : 16'h0000;
-  assign \$696  = \$692  | \$695 ;
-  assign \$697  = ~ gt3_1;
-  assign \$698  = gt3_2 & \$697 ;
-  assign \$699  = \$698  ? mbeat0[47:32] : 16'h0000;
-  assign \$700  = ~ gt3_2;
-  assign \$701  = gt3_3 & \$700 ;
-  assign \$702  = \$701  ? mbeat0[63:48] : 16'h0000;
-  assign \$703  = \$699  | \$702 ;
-  assign \$704  = \$696  | \$703 ;
-  assign \$705  = ~ gt3_3;
-  assign \$706  = gt3_4 & \$705 ;
-  assign \$707  = \$706  ? mbeat1[15:0] : 16'h0000;
-  assign \$708  = ~ gt3_4;
-  assign \$709  = gt3_5 & \$708 ;
-  assign \$710  = \$709  ? mbeat1[31:16] : 16'h0000;
-  assign \$711  = \$707  | \$710 ;
-  assign \$712  = ~ gt3_5;
-  assign \$713  = gt3_6 & \$712 ;
-  assign \$714  = \$713  ? mbeat1[47:32] : 16'h0000;
-  assign \$715  = ~ gt3_6;
-  assign \$716  = gt3_7 & \$715 ;
-  assign \$717  = \$716  ? mbeat1[63:48] : 16'h0000;
-  assign \$718  = \$714  | \$717 ;
-  assign \$719  = \$711  | \$718 ;
-  assign grp3 = \$704  | \$719 ;
-  assign \$720  = gt3_0 ? \$120 [3:0] : 4'h0;
-  assign \$721  = ~ gt3_0;
-  assign \$722  = gt3_1 & \$721 ;
-  assign \$723  = \$722  ? \$85 [3:0] : 4'h0;
-  assign \$724  = \$720  | \$723 ;
-  assign \$725  = ~ gt3_1;
-  assign \$726  = gt3_2 & \$725 ;
-  assign \$727  = \$726  ? \$89 [3:0] : 4'h0;
-  assign \$728  = ~ gt3_2;
-  assign \$729  = gt3_3 & \$728 ;
-  assign \$730  = \$729  ? \$93 [3:0] : 4'h0;
-  assign \$731  = \$727  | \$730 ;
-  assign \$732  = \$724  | \$731 ;
-  assign \$733  = ~ gt3_3;
-  assign \$734  = gt3_4 & \$733 ;
-  assign \$735  = \$734  ? \$97 [3:0] : 4'h0;
-  assign \$736  = ~ gt3_4;
-  assign \$737  = gt3_5 & \$736 ;
-  assign \$738  = \$737  ? \$104 [3:0] : 4'h0;
-  assign \$739  = \$735  | \$738 ;
-  assign \$740  = ~ gt3_5;
-  assign \$741  = gt3_6 & \$740 ;
-  assign \$742  = \$741  ? \$108 [3:0] : 4'h0;
-  assign \$743  = ~ gt3_6;
-  assign \$744  = gt3_7 & \$743 ;
-  assign \$745  = \$744  ? \$112 [3:0] : 4'h0;
-  assign \$746  = \$742  | \$745 ;
-  assign \$747  = \$739  | \$746 ;
-  assign dlow3 = \$732  | \$747 ;
-  assign \$748  = 2'h3 - dlow3;
-  assign \$749  = grp3[0] + grp3[1];
-  assign \$750  = grp3[2] + grp3[3];
-  assign \$751  = \$749  + \$750 ;
-  assign \$752  = grp3[4] + grp3[5];
-  assign \$753  = grp3[6] + grp3[7];
-  assign \$754  = \$752  + \$753 ;
-  assign ws3_c = \$751  + \$754 ;
-  assign ws3_lo = \$748 [3:0] < ws3_c;
-  assign \$755  = \$748 [3:0] - ws3_c;
-  assign \$756  = grp3[0] + grp3[1];
-  assign \$757  = grp3[2] + grp3[3];
-  assign ws3l_c = \$756  + \$757 ;
-  assign ws3l_lo = \$748 [2:0] < ws3l_c;
-  assign \$758  = \$748 [2:0] - ws3l_c;
+  assign \$624  = k_cur <= 2'h2;
+  assign ln2 = finish & \$624 ;
+  assign \$625  = ln2 ? es_w : { rs_w[7], rs_w };
+  assign \$626  = gsel2[2:1] - \$625 [4:0];
+  assign \$627  = ~ sat0[3];
+  assign \$628  = \$627  & sat0[2];
+  assign gt3_0 = \$628  | sat0[3];
+  assign \$629  = ~ sat1[3];
+  assign \$630  = \$629  & sat1[2];
+  assign gt3_1 = \$630  | sat1[3];
+  assign \$631  = ~ sat2[3];
+  assign \$632  = \$631  & sat2[2];
+  assign gt3_2 = \$632  | sat2[3];
+  assign \$633  = ~ sat3[3];
+  assign \$634  = \$633  & sat3[2];
+  assign gt3_3 = \$634  | sat3[3];
+  assign \$635  = ~ sat4[3];
+  assign \$636  = \$635  & sat4[2];
+  assign gt3_4 = \$636  | sat4[3];
+  assign \$637  = ~ sat5[3];
+  assign \$638  = \$637  & sat5[2];
+  assign gt3_5 = \$638  | sat5[3];
+  assign \$639  = ~ sat6[3];
+  assign \$640  = \$639  & sat6[2];
+  assign gt3_6 = \$640  | sat6[3];
+  assign \$641  = ~ sat7[3];
+  assign \$642  = \$641  & sat7[2];
+  assign gt3_7 = \$642  | sat7[3];
+  assign \$643  = ~ gt3_0;
+  assign \$644  = gt3_1 & \$643 ;
+  assign \$645  = \$644  ? 1'h1 : 1'h0;
+  assign \$646  = ~ gt3_1;
+  assign \$647  = gt3_2 & \$646 ;
+  assign \$648  = \$647  ? 2'h2 : 2'h0;
+  assign \$649  = { 1'h0, \$645  } | \$648 ;
+  assign \$650  = ~ gt3_2;
+  assign \$651  = gt3_3 & \$650 ;
+  assign \$652  = \$651  ? 2'h3 : 2'h0;
+  assign \$653  = ~ gt3_3;
+  assign \$654  = gt3_4 & \$653 ;
+  assign \$655  = \$654  ? 3'h4 : 3'h0;
+  assign \$656  = { 1'h0, \$652  } | \$655 ;
+  assign \$657  = { 1'h0, \$649  } | \$656 ;
+  assign \$658  = ~ gt3_4;
+  assign \$659  = gt3_5 & \$658 ;
+  assign \$660  = \$659  ? 3'h5 : 3'h0;
+  assign \$661  = ~ gt3_5;
+  assign \$662  = gt3_6 & \$661 ;
+  assign \$663  = \$662  ? 3'h6 : 3'h0;
+  assign \$664  = \$660  | \$663 ;
+  assign \$665  = ~ gt3_6;
+  assign \$666  = gt3_7 & \$665 ;
+  assign \$667  = \$666  ? 3'h7 : 3'h0;
+  assign \$668  = \$664  | \$667 ;
+  assign gsel3 = \$657  | \$668 ;
+  assign \$669  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$670  = ~ gt3_0;
+  assign \$671  = gt3_1 & \$670 ;
+  assign \$672  = \$671  ? mbeat0[31:16] : 16'h0000;
+  assign \$673  = \$669  | \$672 ;
+  assign \$674  = ~ gt3_1;
+  assign \$675  = gt3_2 & \$674 ;
+  assign \$676  = \$675  ? mbeat0[47:32] : 16'h0000;
+  assign \$677  = ~ gt3_2;
+  assign \$678  = gt3_3 & \$677 ;
+  assign \$679  = \$678  ? mbeat0[63:48] : 16'h0000;
+  assign \$680  = \$676  | \$679 ;
+  assign \$681  = \$673  | \$680 ;
+  assign \$682  = ~ gt3_3;
+  assign \$683  = gt3_4 & \$682 ;
+  assign \$684  = \$683  ? mbeat1[15:0] : 16'h0000;
+  assign \$685  = ~ gt3_4;
+  assign \$686  = gt3_5 & \$685 ;
+  assign \$687  = \$686  ? mbeat1[31:16] : 16'h0000;
+  assign \$688  = \$684  | \$687 ;
+  assign \$689  = ~ gt3_5;
+  assign \$690  = gt3_6 & \$689 ;
+  assign \$691  = \$690  ? mbeat1[47:32] : 16'h0000;
+  assign \$692  = ~ gt3_6;
+  assign \$693  = gt3_7 & \$692 ;
+  assign \$694  = \$693  ? mbeat1[63:48] : 16'h0000;
+  assign \$695  = \$691  | \$694 ;
+  assign \$696  = \$688  | \$695 ;
+  assign grp3 = \$681  | \$696 ;
+  assign \$697  = gt3_0 ? Rm1[3:0] : 4'h0;
+  assign \$698  = ~ gt3_0;
+  assign \$699  = gt3_1 & \$698 ;
+  assign \$700  = \$699  ? R0[3:0] : 4'h0;
+  assign \$701  = \$697  | \$700 ;
+  assign \$702  = ~ gt3_1;
+  assign \$703  = gt3_2 & \$702 ;
+  assign \$704  = \$703  ? R1[3:0] : 4'h0;
+  assign \$705  = ~ gt3_2;
+  assign \$706  = gt3_3 & \$705 ;
+  assign \$707  = \$706  ? R2[3:0] : 4'h0;
+  assign \$708  = \$704  | \$707 ;
+  assign \$709  = \$701  | \$708 ;
+  assign \$710  = ~ gt3_3;
+  assign \$711  = gt3_4 & \$710 ;
+  assign \$712  = \$711  ? R3[3:0] : 4'h0;
+  assign \$713  = ~ gt3_4;
+  assign \$714  = gt3_5 & \$713 ;
+  assign \$715  = \$714  ? R4[3:0] : 4'h0;
+  assign \$716  = \$712  | \$715 ;
+  assign \$717  = ~ gt3_5;
+  assign \$718  = gt3_6 & \$717 ;
+  assign \$719  = \$718  ? R5[3:0] : 4'h0;
+  assign \$720  = ~ gt3_6;
+  assign \$721  = gt3_7 & \$720 ;
+  assign \$722  = \$721  ? R6[3:0] : 4'h0;
+  assign \$723  = \$719  | \$722 ;
+  assign \$724  = \$716  | \$723 ;
+  assign dlow3 = \$709  | \$724 ;
+  assign \$725  = 2'h3 - dlow3;
+  assign \$726  = grp3[0] + grp3[1];
+  assign \$727  = grp3[2] + grp3[3];
+  assign \$728  = \$726  + \$727 ;
+  assign \$729  = grp3[4] + grp3[5];
+  assign \$730  = grp3[6] + grp3[7];
+  assign \$731  = \$729  + \$730 ;
+  assign ws3_c = \$728  + \$731 ;
+  assign ws3_lo = \$725 [3:0] < ws3_c;
+  assign \$732  = \$725 [3:0] - ws3_c;
+  assign \$733  = grp3[0] + grp3[1];
+  assign \$734  = grp3[2] + grp3[3];
+  assign ws3l_c = \$733  + \$734 ;
+  assign ws3l_lo = \$725 [2:0] < ws3l_c;
+  assign \$735  = \$725 [2:0] - ws3l_c;
   assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
-  assign \$759  = grp3[8] + grp3[9];
-  assign \$760  = grp3[10] + grp3[11];
-  assign ws3h_c = \$759  + \$760 ;
-  assign ws3h_lo = \$755 [2:0] < ws3h_c;
-  assign \$761  = \$755 [2:0] - ws3h_c;
+  assign \$736  = grp3[8] + grp3[9];
+  assign \$737  = grp3[10] + grp3[11];
+  assign ws3h_c = \$736  + \$737 ;
+  assign ws3h_lo = \$732 [2:0] < ws3h_c;
+  assign \$738  = \$732 [2:0] - ws3h_c;
   assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
   assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
   assign lv3 = k > 2'h3;
-  assign \$762  = k_cur <= 2'h3;
-  assign ln3 = finish & \$762 ;
-  assign \$763  = ln3 ? es_w : { rs_w[7], rs_w };
-  assign \$764  = gsel3[2:1] - \$763 [4:0];
-  assign \$765  = ~ sat0[1];
-  assign \$766  = \$765  & sat0[2];
-  assign \$767  = ~ sat0[3];
-  assign \$768  = \$767  & sat0[0];
-  assign \$769  = \$766  & \$768 ;
-  assign \$770  = ~ sat0[3];
-  assign \$771  = sat0[2] & \$770 ;
-  assign \$772  = \$771  & sat0[1];
-  assign \$773  = \$769  | \$772 ;
-  assign gt4_0 = \$773  | sat0[3];
-  assign \$774  = ~ sat1[1];
-  assign \$775  = \$774  & sat1[2];
-  assign \$776  = ~ sat1[3];
-  assign \$777  = \$776  & sat1[0];
-  assign \$778  = \$775  & \$777 ;
-  assign \$779  = ~ sat1[3];
-  assign \$780  = sat1[2] & \$779 ;
-  assign \$781  = \$780  & sat1[1];
-  assign \$782  = \$778  | \$781 ;
-  assign gt4_1 = \$782  | sat1[3];
-  assign \$783  = ~ sat2[1];
-  assign \$784  = \$783  & sat2[2];
-  assign \$785  = ~ sat2[3];
-  assign \$786  = \$785  & sat2[0];
-  assign \$787  = \$784  & \$786 ;
-  assign \$788  = ~ sat2[3];
-  assign \$789  = sat2[2] & \$788 ;
-  assign \$790  = \$789  & sat2[1];
-  assign \$791  = \$787  | \$790 ;
-  assign gt4_2 = \$791  | sat2[3];
-  assign \$792  = ~ sat3[1];
-  assign \$793  = \$792  & sat3[2];
-  assign \$794  = ~ sat3[3];
-  assign \$795  = \$794  & sat3[0];
-  assign \$796  = \$793  & \$795 ;
-  assign \$797  = ~ sat3[3];
-  assign \$798  = sat3[2] & \$797 ;
-  assign \$799  = \$798  & sat3[1];
-  assign \$800  = \$796  | \$799 ;
-  assign gt4_3 = \$800  | sat3[3];
-  assign \$801  = ~ sat4[1];
-  assign \$802  = \$801  & sat4[2];
-  assign \$803  = ~ sat4[3];
-  assign \$804  = \$803  & sat4[0];
-  assign \$805  = \$802  & \$804 ;
-  assign \$806  = ~ sat4[3];
-  assign \$807  = sat4[2] & \$806 ;
-  assign \$808  = \$807  & sat4[1];
-  assign \$809  = \$805  | \$808 ;
-  assign gt4_4 = \$809  | sat4[3];
-  assign \$810  = ~ sat5[1];
-  assign \$811  = \$810  & sat5[2];
-  assign \$812  = ~ sat5[3];
-  assign \$813  = \$812  & sat5[0];
-  assign \$814  = \$811  & \$813 ;
-  assign \$815  = ~ sat5[3];
-  assign \$816  = sat5[2] & \$815 ;
-  assign \$817  = \$816  & sat5[1];
-  assign \$818  = \$814  | \$817 ;
-  assign gt4_5 = \$818  | sat5[3];
-  assign \$819  = ~ sat6[1];
-  assign \$820  = \$819  & sat6[2];
-  assign \$821  = ~ sat6[3];
-  assign \$822  = \$821  & sat6[0];
-  assign \$823  = \$820  & \$822 ;
-  assign \$824  = ~ sat6[3];
-  assign \$825  = sat6[2] & \$824 ;
-  assign \$826  = \$825  & sat6[1];
-  assign \$827  = \$823  | \$826 ;
-  assign gt4_6 = \$827  | sat6[3];
-  assign \$828  = ~ sat7[1];
-  assign \$829  = \$828  & sat7[2];
-  assign \$830  = ~ sat7[3];
-  assign \$831  = \$830  & sat7[0];
-  assign \$832  = \$829  & \$831 ;
-  assign \$833  = ~ sat7[3];
-  assign \$834  = sat7[2] & \$833 ;
-  assign \$835  = \$834  & sat7[1];
-  assign \$836  = \$832  | \$835 ;
-  assign gt4_7 = \$836  | sat7[3];
-  assign \$837  = ~ gt4_0;
-  assign \$838  = gt4_1 & \$837 ;
-  assign \$839  = \$838  ? 1'h1 : 1'h0;
-  assign \$840  = ~ gt4_1;
-  assign \$841  = gt4_2 & \$840 ;
-  assign \$842  = \$841  ? 2'h2 : 2'h0;
-  assign \$843  = { 1'h0, \$839  } | \$842 ;
-  assign \$844  = ~ gt4_2;
-  assign \$845  = gt4_3 & \$844 ;
-  assign \$846  = \$845  ? 2'h3 : 2'h0;
-  assign \$847  = ~ gt4_3;
-  assign \$848  = gt4_4 & \$847 ;
-  assign \$849  = \$848  ? 3'h4 : 3'h0;
-  assign \$850  = { 1'h0, \$846  } | \$849 ;
-  assign \$851  = { 1'h0, \$843  } | \$850 ;
-  assign \$852  = ~ gt4_4;
-  assign \$853  = gt4_5 & \$852 ;
-  assign \$854  = \$853  ? 3'h5 : 3'h0;
-  assign \$855  = ~ gt4_5;
-  assign \$856  = gt4_6 & \$855 ;
-  assign \$857  = \$856  ? 3'h6 : 3'h0;
-  assign \$858  = \$854  | \$857 ;
-  assign \$859  = ~ gt4_6;
-  assign \$860  = gt4_7 & \$859 ;
-  assign \$861  = \$860  ? 3'h7 : 3'h0;
-  assign \$862  = \$858  | \$861 ;
-  assign gsel4 = \$851  | \$862 ;
-  assign \$863  = gt4_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$864  = ~ gt4_0;
-  assign \$865  = gt4_1 & \$864 ;
-  assign \$866  = \$865  ? mbeat0[31:16] : 16'h0000;
-  assign \$867  = \$863  | \$866 ;
-  assign \$868  = ~ gt4_1;
-  assign \$869  = gt4_2 & \$868 ;
-  assign \$870  = \$869  ? mbeat0[47:32] : 16'h0000;
-  assign \$871  = ~ gt4_2;
-  assign \$872  = gt4_3 & \$871 ;
-  assign \$873  = \$872  ? mbeat0[63:48] : 16'h0000;
-  assign \$874  = \$870  | \$873 ;
-  assign \$875  = \$867  | \$874 ;
-  assign \$876  = ~ gt4_3;
-  assign \$877  = gt4_4 & \$876 ;
-  assign \$878  = \$877  ? mbeat1[15:0] : 16'h0000;
-  assign \$879  = ~ gt4_4;
-  assign \$880  = gt4_5 & \$879 ;
-  assign \$881  = \$880  ? mbeat1[31:16] : 16'h0000;
-  assign \$882  = \$878  | \$881 ;
-  assign \$883  = ~ gt4_5;
-  assign \$884  = gt4_6 & \$883 ;
-  assign \$885  = \$884  ? mbeat1[47:32] : 16'h0000;
-  assign \$886  = ~ gt4_6;
-  assign \$887  = gt4_7 & \$886 ;
-  assign \$888  = \$887  ? mbeat1[63:48] : 16'h0000;
-  assign \$889  = \$885  | \$888 ;
-  assign \$890  = \$882  | \$889 ;
-  assign grp4 = \$875  | \$890 ;
-  assign \$891  = gt4_0 ? \$120 [3:0] : 4'h0;
-  assign \$892  = ~ gt4_0;
-  assign \$893  = gt4_1 & \$892 ;
-  assign \$894  = \$893  ? \$85 [3:0] : 4'h0;
-  assign \$895  = \$891  | \$894 ;
-  assign \$896  = ~ gt4_1;
-  assign \$897  = gt4_2 & \$896 ;
-  assign \$898  = \$897  ? \$89 [3:0] : 4'h0;
-  assign \$899  = ~ gt4_2;
-  assign \$900  = gt4_3 & \$899 ;
-  assign \$901  = \$900  ? \$93 [3:0] : 4'h0;
-  assign \$902  = \$898  | \$901 ;
-  assign \$903  = \$895  | \$902 ;
-  assign \$904  = ~ gt4_3;
-  assign \$905  = gt4_4 & \$904 ;
-  assign \$906  = \$905  ? \$97 [3:0] : 4'h0;
-  assign \$907  = ~ gt4_4;
-  assign \$908  = gt4_5 & \$907 ;
-  assign \$909  = \$908  ? \$104 [3:0] : 4'h0;
-  assign \$910  = \$906  | \$909 ;
-  assign \$911  = ~ gt4_5;
-  assign \$912  = gt4_6 & \$911 ;
-  assign \$913  = \$912  ? \$108 [3:0] : 4'h0;
-  assign \$914  = ~ gt4_6;
-  assign \$915  = gt4_7 & \$914 ;
-  assign \$916  = \$915  ? \$112 [3:0] : 4'h0;
-  assign \$917  = \$913  | \$916 ;
-  assign \$918  = \$910  | \$917 ;
-  assign dlow4 = \$903  | \$918 ;
-  assign \$919  = 3'h4 - dlow4;
-  assign \$920  = grp4[0] + grp4[1];
-  assign \$921  = grp4[2] + grp4[3];
-  assign \$922  = \$920  + \$921 ;
-  assign \$923  = grp4[4] + grp4[5];
-  assign \$924  = grp4[6] + grp4[7];
-  assign \$925  = \$923  + \$924 ;
-  assign ws4_c = \$922  + \$925 ;
-  assign ws4_lo = \$919 [3:0] < ws4_c;
-  assign \$926  = \$919 [3:0] - ws4_c;
-  assign \$927  = grp4[0] + grp4[1];
-  assign \$928  = grp4[2] + grp4[3];
-  assign ws4l_c = \$927  + \$928 ;
-  assign ws4l_lo = \$919 [2:0] < ws4l_c;
-  assign \$929  = \$919 [2:0] - ws4l_c;
+  assign \$739  = k_cur <= 2'h3;
+  assign ln3 = finish & \$739 ;
+  assign \$740  = ln3 ? es_w : { rs_w[7], rs_w };
+  assign \$741  = gsel3[2:1] - \$740 [4:0];
+  assign \$742  = ~ sat0[1];
+  assign \$743  = \$742  & sat0[2];
+  assign \$744  = ~ sat0[3];
+  assign \$745  = \$744  & sat0[0];
+  assign \$746  = \$743  & \$745 ;
+  assign \$747  = ~ sat0[3];
+  assign \$748  = sat0[2] & \$747 ;
+  assign \$749  = \$748  & sat0[1];
+  assign \$750  = \$746  | \$749 ;
+  assign gt4_0 = \$750  | sat0[3];
+  assign \$751  = ~ sat1[1];
+  assign \$752  = \$751  & sat1[2];
+  assign \$753  = ~ sat1[3];
+  assign \$754  = \$753  & sat1[0];
+  assign \$755  = \$752  & \$754 ;
+  assign \$756  = ~ sat1[3];
+  assign \$757  = sat1[2] & \$756 ;
+  assign \$758  = \$757  & sat1[1];
+  assign \$759  = \$755  | \$758 ;
+  assign gt4_1 = \$759  | sat1[3];
+  assign \$760  = ~ sat2[1];
+  assign \$761  = \$760  & sat2[2];
+  assign \$762  = ~ sat2[3];
+  assign \$763  = \$762  & sat2[0];
+  assign \$764  = \$761  & \$763 ;
+  assign \$765  = ~ sat2[3];
+  assign \$766  = sat2[2] & \$765 ;
+  assign \$767  = \$766  & sat2[1];
+  assign \$768  = \$764  | \$767 ;
+  assign gt4_2 = \$768  | sat2[3];
+  assign \$769  = ~ sat3[1];
+  assign \$770  = \$769  & sat3[2];
+  assign \$771  = ~ sat3[3];
+  assign \$772  = \$771  & sat3[0];
+  assign \$773  = \$770  & \$772 ;
+  assign \$774  = ~ sat3[3];
+  assign \$775  = sat3[2] & \$774 ;
+  assign \$776  = \$775  & sat3[1];
+  assign \$777  = \$773  | \$776 ;
+  assign gt4_3 = \$777  | sat3[3];
+  assign \$778  = ~ sat4[1];
+  assign \$779  = \$778  & sat4[2];
+  assign \$780  = ~ sat4[3];
+  assign \$781  = \$780  & sat4[0];
+  assign \$782  = \$779  & \$781 ;
+  assign \$783  = ~ sat4[3];
+  assign \$784  = sat4[2] & \$783 ;
+  assign \$785  = \$784  & sat4[1];
+  assign \$786  = \$782  | \$785 ;
+  assign gt4_4 = \$786  | sat4[3];
+  assign \$787  = ~ sat5[1];
+  assign \$788  = \$787  & sat5[2];
+  assign \$789  = ~ sat5[3];
+  assign \$790  = \$789  & sat5[0];
+  assign \$791  = \$788  & \$790 ;
+  assign \$792  = ~ sat5[3];
+  assign \$793  = sat5[2] & \$792 ;
+  assign \$794  = \$793  & sat5[1];
+  assign \$795  = \$791  | \$794 ;
+  assign gt4_5 = \$795  | sat5[3];
+  assign \$796  = ~ sat6[1];
+  assign \$797  = \$796  & sat6[2];
+  assign \$798  = ~ sat6[3];
+  assign \$799  = \$798  & sat6[0];
+  assign \$800  = \$797  & \$799 ;
+  assign \$801  = ~ sat6[3];
+  assign \$802  = sat6[2] & \$801 ;
+  assign \$803  = \$802  & sat6[1];
+  assign \$804  = \$800  | \$803 ;
+  assign gt4_6 = \$804  | sat6[3];
+  assign \$805  = ~ sat7[1];
+  assign \$806  = \$805  & sat7[2];
+  assign \$807  = ~ sat7[3];
+  assign \$808  = \$807  & sat7[0];
+  assign \$809  = \$806  & \$808 ;
+  assign \$810  = ~ sat7[3];
+  assign \$811  = sat7[2] & \$810 ;
+  assign \$812  = \$811  & sat7[1];
+  assign \$813  = \$809  | \$812 ;
+  assign gt4_7 = \$813  | sat7[3];
+  assign \$814  = ~ gt4_0;
+  assign \$815  = gt4_1 & \$814 ;
+  assign \$816  = \$815  ? 1'h1 : 1'h0;
+  assign \$817  = ~ gt4_1;
+  assign \$818  = gt4_2 & \$817 ;
+  assign \$819  = \$818  ? 2'h2 : 2'h0;
+  assign \$820  = { 1'h0, \$816  } | \$819 ;
+  assign \$821  = ~ gt4_2;
+  assign \$822  = gt4_3 & \$821 ;
+  assign \$823  = \$822  ? 2'h3 : 2'h0;
+  assign \$824  = ~ gt4_3;
+  assign \$825  = gt4_4 & \$824 ;
+  assign \$826  = \$825  ? 3'h4 : 3'h0;
+  assign \$827  = { 1'h0, \$823  } | \$826 ;
+  assign \$828  = { 1'h0, \$820  } | \$827 ;
+  assign \$829  = ~ gt4_4;
+  assign \$830  = gt4_5 & \$829 ;
+  assign \$831  = \$830  ? 3'h5 : 3'h0;
+  assign \$832  = ~ gt4_5;
+  assign \$833  = gt4_6 & \$832 ;
+  assign \$834  = \$833  ? 3'h6 : 3'h0;
+  assign \$835  = \$831  | \$834 ;
+  assign \$836  = ~ gt4_6;
+  assign \$837  = gt4_7 & \$836 ;
+  assign \$838  = \$837  ? 3'h7 : 3'h0;
+  assign \$839  = \$835  | \$838 ;
+  assign gsel4 = \$828  | \$839 ;
+  assign \$840  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$841  = ~ gt4_0;
+  assign \$842  = gt4_1 & \$841 ;
+  assign \$843  = \$842  ? mbeat0[31:16] : 16'h0000;
+  assign \$844  = \$840  | \$843 ;
+  assign \$845  = ~ gt4_1;
+  assign \$846  = gt4_2 & \$845 ;
+  assign \$847  = \$846  ? mbeat0[47:32] : 16'h0000;
+  assign \$848  = ~ gt4_2;
+  assign \$849  = gt4_3 & \$848 ;
+  assign \$850  = \$849  ? mbeat0[63:48] : 16'h0000;
+  assign \$851  = \$847  | \$850 ;
+  assign \$852  = \$844  | \$851 ;
+  assign \$853  = ~ gt4_3;
+  assign \$854  = gt4_4 & \$853 ;
+  assign \$855  = \$854  ? mbeat1[15:0] : 16'h0000;
+  assign \$856  = ~ gt4_4;
+  assign \$857  = gt4_5 & \$856 ;
+  assign \$858  = \$857  ? mbeat1[31:16] : 16'h0000;
+  assign \$859  = \$855  | \$858 ;
+  assign \$860  = ~ gt4_5;
+  assign \$861  = gt4_6 & \$860 ;
+  assign \$862  = \$861  ? mbeat1[47:32] : 16'h0000;
+  assign \$863  = ~ gt4_6;
+  assign \$864  = gt4_7 & \$863 ;
+  assign \$865  = \$864  ? mbeat1[63:48] : 16'h0000;
+  assign \$866  = \$862  | \$865 ;
+  assign \$867  = \$859  | \$866 ;
+  assign grp4 = \$852  | \$867 ;
+  assign \$868  = gt4_0 ? Rm1[3:0] : 4'h0;
+  assign \$869  = ~ gt4_0;
+  assign \$870  = gt4_1 & \$869 ;
+  assign \$871  = \$870  ? R0[3:0] : 4'h0;
+  assign \$872  = \$868  | \$871 ;
+  assign \$873  = ~ gt4_1;
+  assign \$874  = gt4_2 & \$873 ;
+  assign \$875  = \$874  ? R1[3:0] : 4'h0;
+  assign \$876  = ~ gt4_2;
+  assign \$877  = gt4_3 & \$876 ;
+  assign \$878  = \$877  ? R2[3:0] : 4'h0;
+  assign \$879  = \$875  | \$878 ;
+  assign \$880  = \$872  | \$879 ;
+  assign \$881  = ~ gt4_3;
+  assign \$882  = gt4_4 & \$881 ;
+  assign \$883  = \$882  ? R3[3:0] : 4'h0;
+  assign \$884  = ~ gt4_4;
+  assign \$885  = gt4_5 & \$884 ;
+  assign \$886  = \$885  ? R4[3:0] : 4'h0;
+  assign \$887  = \$883  | \$886 ;
+  assign \$888  = ~ gt4_5;
+  assign \$889  = gt4_6 & \$888 ;
+  assign \$890  = \$889  ? R5[3:0] : 4'h0;
+  assign \$891  = ~ gt4_6;
+  assign \$892  = gt4_7 & \$891 ;
+  assign \$893  = \$892  ? R6[3:0] : 4'h0;
+  assign \$894  = \$890  | \$893 ;
+  assign \$895  = \$887  | \$894 ;
+  assign dlow4 = \$880  | \$895 ;
+  assign \$896  = 3'h4 - dlow4;
+  assign \$897  = grp4[0] + grp4[1];
+  assign \$898  = grp4[2] + grp4[3];
+  assign \$899  = \$897  + \$898 ;
+  assign \$900  = grp4[4] + grp4[5];
+  assign \$901  = grp4[6] + grp4[7];
+  assign \$902  = \$900  + \$901 ;
+  assign ws4_c = \$899  + \$902 ;
+  assign ws4_lo = \$896 [3:0] < ws4_c;
+  assign \$903  = \$896 [3:0] - ws4_c;
+  assign \$904  = grp4[0] + grp4[1];
+  assign \$905  = grp4[2] + grp4[3];
+  assign ws4l_c = \$904  + \$905 ;
+  assign ws4l_lo = \$896 [2:0] < ws4l_c;
+  assign \$906  = \$896 [2:0] - ws4l_c;
   assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign \$930  = grp4[8] + grp4[9];
-  assign \$931  = grp4[10] + grp4[11];
-  assign ws4h_c = \$930  + \$931 ;
-  assign ws4h_lo = \$926 [2:0] < ws4h_c;
-  assign \$932  = \$926 [2:0] - ws4h_c;
+  assign \$907  = grp4[8] + grp4[9];
+  assign \$908  = grp4[10] + grp4[11];
+  assign ws4h_c = \$907  + \$908 ;
+  assign ws4h_lo = \$903 [2:0] < ws4h_c;
+  assign \$909  = \$903 [2:0] - ws4h_c;
   assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
   assign lv4 = k > 3'h4;
-  assign \$933  = k_cur <= 3'h4;
-  assign ln4 = finish & \$933 ;
-  assign \$934  = ln4 ? es_w : { rs_w[7], rs_w };
-  assign \$935  = gsel4[2:1] - \$934 [4:0];
-  assign \$936  = ~ sat0[3];
-  assign \$937  = sat0[2] & \$936 ;
-  assign \$938  = \$937  & sat0[1];
-  assign gt5_0 = \$938  | sat0[3];
-  assign \$939  = ~ sat1[3];
-  assign \$940  = sat1[2] & \$939 ;
-  assign \$941  = \$940  & sat1[1];
-  assign gt5_1 = \$941  | sat1[3];
-  assign \$942  = ~ sat2[3];
-  assign \$943  = sat2[2] & \$942 ;
-  assign \$944  = \$943  & sat2[1];
-  assign gt5_2 = \$944  | sat2[3];
-  assign \$945  = ~ sat3[3];
-  assign \$946  = sat3[2] & \$945 ;
-  assign \$947  = \$946  & sat3[1];
-  assign gt5_3 = \$947  | sat3[3];
-  assign \$948  = ~ sat4[3];
-  assign \$949  = sat4[2] & \$948 ;
-  assign \$950  = \$949  & sat4[1];
-  assign gt5_4 = \$950  | sat4[3];
-  assign \$951  = ~ sat5[3];
-  assign \$952  = sat5[2] & \$951 ;
-  assign \$953  = \$952  & sat5[1];
-  assign gt5_5 = \$953  | sat5[3];
-  assign \$954  = ~ sat6[3];
-  assign \$955  = sat6[2] & \$954 ;
-  assign \$956  = \$955  & sat6[1];
-  assign gt5_6 = \$956  | sat6[3];
-  assign \$957  = ~ sat7[3];
-  assign \$958  = sat7[2] & \$957 ;
-  assign \$959  = \$958  & sat7[1];
-  assign gt5_7 = \$959  | sat7[3];
-  assign \$960  = ~ gt5_0;
-  assign \$961  = gt5_1 & \$960 ;
-  assign \$962  = \$961  ? 1'h1 : 1'h0;
-  assign \$963  = ~ gt5_1;
-  assign \$964  = gt5_2 & \$963 ;
-  assign \$965  = \$964  ? 2'h2 : 2'h0;
-  assign \$966  = { 1'h0, \$962  } | \$965 ;
-  assign \$967  = ~ gt5_2;
-  assign \$968  = gt5_3 & \$967 ;
-  assign \$969  = \$968  ? 2'h3 : 2'h0;
-  assign \$970  = ~ gt5_3;
-  assign \$971  = gt5_4 & \$970 ;
-  assign \$972  = \$971  ? 3'h4 : 3'h0;
-  assign \$973  = { 1'h0, \$969  } | \$972 ;
-  assign \$974  = { 1'h0, \$966  } | \$973 ;
-  assign \$975  = ~ gt5_4;
-  assign \$976  = gt5_5 & \$975 ;
-  assign \$977  = \$976  ? 3'h5 : 3'h0;
-  assign \$978  = ~ gt5_5;
-  assign \$979  = gt5_6 & \$978 ;
-  assign \$980  = \$979  ? 3'h6 : 3'h0;
-  assign \$981  = \$977  | \$980 ;
-  assign \$982  = ~ gt5_6;
-  assign \$983  = gt5_7 & \$982 ;
-  assign \$984  = \$983  ? 3'h7 : 3'h0;
-  assign \$985  = \$981  | \$984 ;
-  assign gsel5 = \$974  | \$985 ;
-  assign \$986  = gt5_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$987  = ~ gt5_0;
-  assign \$988  = gt5_1 & \$987 ;
-  assign \$989  = \$988  ? mbeat0[31:16] : 16'h0000;
-  assign \$990  = \$986  | \$989 ;
-  assign \$991  = ~ gt5_1;
-  assign \$992  = gt5_2 & \$991 ;
-  assign \$993  = \$992  ? mbeat0[47:32] : 16'h0000;
-  assign \$994  = ~ gt5_2;
-  assign \$995  = gt5_3 & \$994 ;
-  assign \$996  = \$995  ? mbeat0[63:48] : 16'h0000;
-  assign \$997  = \$993  | \$996 ;
-  assign \$998  = \$990  | \$997 ;
-  assign \$999  = ~ gt5_3;
-  assign \$1000  = gt5_4 & \$999 ;
-  assign \$1001  = \$1000  ? mbeat1[15:0] : 16'h0000;
-  assign \$1002  = ~ gt5_4;
-  assign \$1003  = gt5_5 & \$1002 ;
-  assign \$1004  = \$1003  ? mbeat1[31:16] : 16'h0000;
-  assign \$1005  = \$1001  | \$1004 ;
-  assign \$1006  = ~ gt5_5;
-  assign \$1007  = gt5_6 & \$1006 ;
-  assign \$1008  = \$1007  ? mbeat1[47:32] : 16'h0000;
-  assign \$1009  = ~ gt5_6;
-  assign \$1010  = gt5_7 & \$1009 ;
-  assign \$1011  = \$1010  ? mbeat1[63:48] : 16'h0000;
-  assign \$1012  = \$1008  | \$1011 ;
-  assign \$1013  = \$1005  | \$1012 ;
-  assign grp5 = \$998  | \$1013 ;
-  assign \$1014  = gt5_0 ? \$120 [3:0] : 4'h0;
-  assign \$1015  = ~ gt5_0;
-  assign \$1016  = gt5_1 & \$1015 ;
-  assign \$1017  = \$1016  ? \$85 [3:0] : 4'h0;
-  assign \$1018  = \$1014  | \$1017 ;
-  assign \$1019  = ~ gt5_1;
-  assign \$1020  = gt5_2 & \$1019 ;
-  assign \$1021  = \$1020  ? \$89 [3:0] : 4'h0;
-  assign \$1022  = ~ gt5_2;
-  assign \$1023  = gt5_3 & \$1022 ;
-  assign \$1024  = \$1023  ? \$93 [3:0] : 4'h0;
-  assign \$1025  = \$1021  | \$1024 ;
-  assign \$1026  = \$1018  | \$1025 ;
-  assign \$1027  = ~ gt5_3;
-  assign \$1028  = gt5_4 & \$1027 ;
-  assign \$1029  = \$1028  ? \$97 [3:0] : 4'h0;
-  assign \$1030  = ~ gt5_4;
-  assign \$1031  = gt5_5 & \$1030 ;
-  assign \$1032  = \$1031  ? \$104 [3:0] : 4'h0;
-  assign \$1033  = \$1029  | \$1032 ;
-  assign \$1034  = ~ gt5_5;
-  assign \$1035  = gt5_6 & \$1034 ;
-  assign \$1036  = \$1035  ? \$108 [3:0] : 4'h0;
-  assign \$1037  = ~ gt5_6;
-  assign \$1038  = gt5_7 & \$1037 ;
-  assign \$1039  = \$1038  ? \$112 [3:0] : 4'h0;
-  assign \$1040  = \$1036  | \$1039 ;
-  assign \$1041  = \$1033  | \$1040 ;
-  assign dlow5 = \$1026  | \$1041 ;
-  assign \$1042  = 3'h5 - dlow5;
-  assign \$1043  = grp5[0] + grp5[1];
-  assign \$1044  = grp5[2] + grp5[3];
-  assign \$1045  = \$1043  + \$1044 ;
-  assign \$1046  = grp5[4] + grp5[5];
-  assign \$1047  = grp5[6] + grp5[7];
-  assign \$1048  = \$1046  + \$1047 ;
-  assign ws5_c = \$1045  + \$1048 ;
-  assign ws5_lo = \$1042 [3:0] < ws5_c;
-  assign \$1049  = \$1042 [3:0] - ws5_c;
-  assign \$1050  = grp5[0] + grp5[1];
-  assign \$1051  = grp5[2] + grp5[3];
-  assign ws5l_c = \$1050  + \$1051 ;
-  assign ws5l_lo = \$1042 [2:0] < ws5l_c;
-  assign \$1052  = \$1042 [2:0] - ws5l_c;
+  assign \$910  = k_cur <= 3'h4;
+  assign ln4 = finish & \$910 ;
+  assign \$911  = ln4 ? es_w : { rs_w[7], rs_w };
+  assign \$912  = gsel4[2:1] - \$911 [4:0];
+  assign \$913  = ~ sat0[3];
+  assign \$914  = sat0[2] & \$913 ;
+  assign \$915  = \$914  & sat0[1];
+  assign gt5_0 = \$915  | sat0[3];
+  assign \$916  = ~ sat1[3];
+  assign \$917  = sat1[2] & \$916 ;
+  assign \$918  = \$917  & sat1[1];
+  assign gt5_1 = \$918  | sat1[3];
+  assign \$919  = ~ sat2[3];
+  assign \$920  = sat2[2] & \$919 ;
+  assign \$921  = \$920  & sat2[1];
+  assign gt5_2 = \$921  | sat2[3];
+  assign \$922  = ~ sat3[3];
+  assign \$923  = sat3[2] & \$922 ;
+  assign \$924  = \$923  & sat3[1];
+  assign gt5_3 = \$924  | sat3[3];
+  assign \$925  = ~ sat4[3];
+  assign \$926  = sat4[2] & \$925 ;
+  assign \$927  = \$926  & sat4[1];
+  assign gt5_4 = \$927  | sat4[3];
+  assign \$928  = ~ sat5[3];
+  assign \$929  = sat5[2] & \$928 ;
+  assign \$930  = \$929  & sat5[1];
+  assign gt5_5 = \$930  | sat5[3];
+  assign \$931  = ~ sat6[3];
+  assign \$932  = sat6[2] & \$931 ;
+  assign \$933  = \$932  & sat6[1];
+  assign gt5_6 = \$933  | sat6[3];
+  assign \$934  = ~ sat7[3];
+  assign \$935  = sat7[2] & \$934 ;
+  assign \$936  = \$935  & sat7[1];
+  assign gt5_7 = \$936  | sat7[3];
+  assign \$937  = ~ gt5_0;
+  assign \$938  = gt5_1 & \$937 ;
+  assign \$939  = \$938  ? 1'h1 : 1'h0;
+  assign \$940  = ~ gt5_1;
+  assign \$941  = gt5_2 & \$940 ;
+  assign \$942  = \$941  ? 2'h2 : 2'h0;
+  assign \$943  = { 1'h0, \$939  } | \$942 ;
+  assign \$944  = ~ gt5_2;
+  assign \$945  = gt5_3 & \$944 ;
+  assign \$946  = \$945  ? 2'h3 : 2'h0;
+  assign \$947  = ~ gt5_3;
+  assign \$948  = gt5_4 & \$947 ;
+  assign \$949  = \$948  ? 3'h4 : 3'h0;
+  assign \$950  = { 1'h0, \$946  } | \$949 ;
+  assign \$951  = { 1'h0, \$943  } | \$950 ;
+  assign \$952  = ~ gt5_4;
+  assign \$953  = gt5_5 & \$952 ;
+  assign \$954  = \$953  ? 3'h5 : 3'h0;
+  assign \$955  = ~ gt5_5;
+  assign \$956  = gt5_6 & \$955 ;
+  assign \$957  = \$956  ? 3'h6 : 3'h0;
+  assign \$958  = \$954  | \$957 ;
+  assign \$959  = ~ gt5_6;
+  assign \$960  = gt5_7 & \$959 ;
+  assign \$961  = \$960  ? 3'h7 : 3'h0;
+  assign \$962  = \$958  | \$961 ;
+  assign gsel5 = \$951  | \$962 ;
+  assign \$963  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$964  = ~ gt5_0;
+  assign \$965  = gt5_1 & \$964 ;
+  assign \$966  = \$965  ? mbeat0[31:16] : 16'h0000;
+  assign \$967  = \$963  | \$966 ;
+  assign \$968  = ~ gt5_1;
+  assign \$969  = gt5_2 & \$968 ;
+  assign \$970  = \$969  ? mbeat0[47:32] : 16'h0000;
+  assign \$971  = ~ gt5_2;
+  assign \$972  = gt5_3 & \$971 ;
+  assign \$973  = \$972  ? mbeat0[63:48] : 16'h0000;
+  assign \$974  = \$970  | \$973 ;
+  assign \$975  = \$967  | \$974 ;
+  assign \$976  = ~ gt5_3;
+  assign \$977  = gt5_4 & \$976 ;
+  assign \$978  = \$977  ? mbeat1[15:0] : 16'h0000;
+  assign \$979  = ~ gt5_4;
+  assign \$980  = gt5_5 & \$979 ;
+  assign \$981  = \$980  ? mbeat1[31:16] : 16'h0000;
+  assign \$982  = \$978  | \$981 ;
+  assign \$983  = ~ gt5_5;
+  assign \$984  = gt5_6 & \$983 ;
+  assign \$985  = \$984  ? mbeat1[47:32] : 16'h0000;
+  assign \$986  = ~ gt5_6;
+  assign \$987  = gt5_7 & \$986 ;
+  assign \$988  = \$987  ? mbeat1[63:48] : 16'h0000;
+  assign \$989  = \$985  | \$988 ;
+  assign \$990  = \$982  | \$989 ;
+  assign grp5 = \$975  | \$990 ;
+  assign \$991  = gt5_0 ? Rm1[3:0] : 4'h0;
+  assign \$992  = ~ gt5_0;
+  assign \$993  = gt5_1 & \$992 ;
+  assign \$994  = \$993  ? R0[3:0] : 4'h0;
+  assign \$995  = \$991  | \$994 ;
+  assign \$996  = ~ gt5_1;
+  assign \$997  = gt5_2 & \$996 ;
+  assign \$998  = \$997  ? R1[3:0] : 4'h0;
+  assign \$999  = ~ gt5_2;
+  assign \$1000  = gt5_3 & \$999 ;
+  assign \$1001  = \$1000  ? R2[3:0] : 4'h0;
+  assign \$1002  = \$998  | \$1001 ;
+  assign \$1003  = \$995  | \$1002 ;
+  assign \$1004  = ~ gt5_3;
+  assign \$1005  = gt5_4 & \$1004 ;
+  assign \$1006  = \$1005  ? R3[3:0] : 4'h0;
+  assign \$1007  = ~ gt5_4;
+  assign \$1008  = gt5_5 & \$1007 ;
+  assign \$1009  = \$1008  ? R4[3:0] : 4'h0;
+  assign \$1010  = \$1006  | \$1009 ;
+  assign \$1011  = ~ gt5_5;
+  assign \$1012  = gt5_6 & \$1011 ;
+  assign \$1013  = \$1012  ? R5[3:0] : 4'h0;
+  assign \$1014  = ~ gt5_6;
+  assign \$1015  = gt5_7 & \$1014 ;
+  assign \$1016  = \$1015  ? R6[3:0] : 4'h0;
+  assign \$1017  = \$1013  | \$1016 ;
+  assign \$1018  = \$1010  | \$1017 ;
+  assign dlow5 = \$1003  | \$1018 ;
+  assign \$1019  = 3'h5 - dlow5;
+  assign \$1020  = grp5[0] + grp5[1];
+  assign \$1021  = grp5[2] + grp5[3];
+  assign \$1022  = \$1020  + \$1021 ;
+  assign \$1023  = grp5[4] + grp5[5];
+  assign \$1024  = grp5[6] + grp5[7];
+  assign \$1025  = \$1023  + \$1024 ;
+  assign ws5_c = \$1022  + \$1025 ;
+  assign ws5_lo = \$1019 [3:0] < ws5_c;
+  assign \$1026  = \$1019 [3:0] - ws5_c;
+  assign \$1027  = grp5[0] + grp5[1];
+  assign \$1028  = grp5[2] + grp5[3];
+  assign ws5l_c = \$1027  + \$1028 ;
+  assign ws5l_lo = \$1019 [2:0] < ws5l_c;
+  assign \$1029  = \$1019 [2:0] - ws5l_c;
   assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
-  assign \$1053  = grp5[8] + grp5[9];
-  assign \$1054  = grp5[10] + grp5[11];
-  assign ws5h_c = \$1053  + \$1054 ;
-  assign ws5h_lo = \$1049 [2:0] < ws5h_c;
-  assign \$1055  = \$1049 [2:0] - ws5h_c;
+  assign \$1030  = grp5[8] + grp5[9];
+  assign \$1031  = grp5[10] + grp5[11];
+  assign ws5h_c = \$1030  + \$1031 ;
+  assign ws5h_lo = \$1026 [2:0] < ws5h_c;
+  assign \$1032  = \$1026 [2:0] - ws5h_c;
   assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
   assign lv5 = k > 3'h5;
-  assign \$1056  = k_cur <= 3'h5;
-  assign ln5 = finish & \$1056 ;
-  assign \$1057  = ln5 ? es_w : { rs_w[7], rs_w };
-  assign \$1058  = gsel5[2:1] - \$1057 [4:0];
-  assign \$1059  = sat0[1] & sat0[2];
-  assign \$1060  = ~ sat0[3];
-  assign \$1061  = \$1060  & sat0[0];
-  assign \$1062  = \$1059  & \$1061 ;
-  assign gt6_0 = \$1062  | sat0[3];
-  assign \$1063  = sat1[1] & sat1[2];
-  assign \$1064  = ~ sat1[3];
-  assign \$1065  = \$1064  & sat1[0];
-  assign \$1066  = \$1063  & \$1065 ;
-  assign gt6_1 = \$1066  | sat1[3];
-  assign \$1067  = sat2[1] & sat2[2];
-  assign \$1068  = ~ sat2[3];
-  assign \$1069  = \$1068  & sat2[0];
-  assign \$1070  = \$1067  & \$1069 ;
-  assign gt6_2 = \$1070  | sat2[3];
-  assign \$1071  = sat3[1] & sat3[2];
-  assign \$1072  = ~ sat3[3];
-  assign \$1073  = \$1072  & sat3[0];
-  assign \$1074  = \$1071  & \$1073 ;
-  assign gt6_3 = \$1074  | sat3[3];
-  assign \$1075  = sat4[1] & sat4[2];
-  assign \$1076  = ~ sat4[3];
-  assign \$1077  = \$1076  & sat4[0];
-  assign \$1078  = \$1075  & \$1077 ;
-  assign gt6_4 = \$1078  | sat4[3];
-  assign \$1079  = sat5[1] & sat5[2];
-  assign \$1080  = ~ sat5[3];
-  assign \$1081  = \$1080  & sat5[0];
-  assign \$1082  = \$1079  & \$1081 ;
-  assign gt6_5 = \$1082  | sat5[3];
-  assign \$1083  = sat6[1] & sat6[2];
-  assign \$1084  = ~ sat6[3];
-  assign \$1085  = \$1084  & sat6[0];
-  assign \$1086  = \$1083  & \$1085 ;
-  assign gt6_6 = \$1086  | sat6[3];
-  assign \$1087  = sat7[1] & sat7[2];
-  assign \$1088  = ~ sat7[3];
-  assign \$1089  = \$1088  & sat7[0];
-  assign \$1090  = \$1087  & \$1089 ;
-  assign gt6_7 = \$1090  | sat7[3];
-  assign \$1091  = ~ gt6_0;
-  assign \$1092  = gt6_1 & \$1091 ;
-  assign \$1093  = \$1092  ? 1'h1 : 1'h0;
-  assign \$1094  = ~ gt6_1;
-  assign \$1095  = gt6_2 & \$1094 ;
-  assign \$1096  = \$1095  ? 2'h2 : 2'h0;
-  assign \$1097  = { 1'h0, \$1093  } | \$1096 ;
-  assign \$1098  = ~ gt6_2;
-  assign \$1099  = gt6_3 & \$1098 ;
-  assign \$1100  = \$1099  ? 2'h3 : 2'h0;
-  assign \$1101  = ~ gt6_3;
-  assign \$1102  = gt6_4 & \$1101 ;
-  assign \$1103  = \$1102  ? 3'h4 : 3'h0;
-  assign \$1104  = { 1'h0, \$1100  } | \$1103 ;
-  assign \$1105  = { 1'h0, \$1097  } | \$1104 ;
-  assign \$1106  = ~ gt6_4;
-  assign \$1107  = gt6_5 & \$1106 ;
-  assign \$1108  = \$1107  ? 3'h5 : 3'h0;
-  assign \$1109  = ~ gt6_5;
-  assign \$1110  = gt6_6 & \$1109 ;
-  assign \$1111  = \$1110  ? 3'h6 : 3'h0;
-  assign \$1112  = \$1108  | \$1111 ;
-  assign \$1113  = ~ gt6_6;
-  assign \$1114  = gt6_7 & \$1113 ;
-  assign \$1115  = \$1114  ? 3'h7 : 3'h0;
-  assign \$1116  = \$1112  | \$1115 ;
-  assign gsel6 = \$1105  | \$1116 ;
-  assign \$1117  = gt6_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1118  = ~ gt6_0;
-  assign \$1119  = gt6_1 & \$1118 ;
-  assign \$1120  = \$1119  ? mbeat0[31:16] : 16'h0000;
-  assign \$1121  = \$1117  | \$1120 ;
-  assign \$1122  = ~ gt6_1;
-  assign \$1123  = gt6_2 & \$1122 ;
-  assign \$1124  = \$1123  ? mbeat0[47:32] : 16'h0000;
-  assign \$1125  = ~ gt6_2;
-  assign \$1126  = gt6_3 & \$1125 ;
-  assign \$1127  = \$1126  ? mbeat0[63:48] : 16'h0000;
-  assign \$1128  = \$1124  | \$1127 ;
-  assign \$1129  = \$1121  | \$1128 ;
-  assign \$1130  = ~ gt6_3;
-  assign \$1131  = gt6_4 & \$1130 ;
-  assign \$1132  = \$1131  ? mbeat1[15:0] : 16'h0000;
-  assign \$1133  = ~ gt6_4;
-  assign \$1134  = gt6_5 & \$1133 ;
-  assign \$1135  = \$1134  ? mbeat1[31:16] : 16'h0000;
-  assign \$1136  = \$1132  | \$1135 ;
-  assign \$1137  = ~ gt6_5;
-  assign \$1138  = gt6_6 & \$1137 ;
-  assign \$1139  = \$1138  ? mbeat1[47:32] : 16'h0000;
-  assign \$1140  = ~ gt6_6;
-  assign \$1141  = gt6_7 & \$1140 ;
-  assign \$1142  = \$1141  ? mbeat1[63:48] : 16'h0000;
-  assign \$1143  = \$1139  | \$1142 ;
-  assign \$1144  = \$1136  | \$1143 ;
-  assign grp6 = \$1129  | \$1144 ;
-  assign \$1145  = gt6_0 ? \$120 [3:0] : 4'h0;
-  assign \$1146  = ~ gt6_0;
-  assign \$1147  = gt6_1 & \$1146 ;
-  assign \$1148  = \$1147  ? \$85 [3:0] : 4'h0;
-  assign \$1149  = \$1145  | \$1148 ;
-  assign \$1150  = ~ gt6_1;
-  assign \$1151  = gt6_2 & \$1150 ;
-  assign \$1152  = \$1151  ? \$89 [3:0] : 4'h0;
-  assign \$1153  = ~ gt6_2;
-  assign \$1154  = gt6_3 & \$1153 ;
-  assign \$1155  = \$1154  ? \$93 [3:0] : 4'h0;
-  assign \$1156  = \$1152  | \$1155 ;
-  assign \$1157  = \$1149  | \$1156 ;
-  assign \$1158  = ~ gt6_3;
-  assign \$1159  = gt6_4 & \$1158 ;
-  assign \$1160  = \$1159  ? \$97 [3:0] : 4'h0;
-  assign \$1161  = ~ gt6_4;
-  assign \$1162  = gt6_5 & \$1161 ;
-  assign \$1163  = \$1162  ? \$104 [3:0] : 4'h0;
-  assign \$1164  = \$1160  | \$1163 ;
-  assign \$1165  = ~ gt6_5;
-  assign \$1166  = gt6_6 & \$1165 ;
-  assign \$1167  = \$1166  ? \$108 [3:0] : 4'h0;
-  assign \$1168  = ~ gt6_6;
-  assign \$1169  = gt6_7 & \$1168 ;
-  assign \$1170  = \$1169  ? \$112 [3:0] : 4'h0;
-  assign \$1171  = \$1167  | \$1170 ;
-  assign \$1172  = \$1164  | \$1171 ;
-  assign dlow6 = \$1157  | \$1172 ;
-  assign \$1173  = 3'h6 - dlow6;
-  assign \$1174  = grp6[0] + grp6[1];
-  assign \$1175  = grp6[2] + grp6[3];
-  assign \$1176  = \$1174  + \$1175 ;
-  assign \$1177  = grp6[4] + grp6[5];
-  assign \$1178  = grp6[6] + grp6[7];
-  assign \$1179  = \$1177  + \$1178 ;
-  assign ws6_c = \$1176  + \$1179 ;
-  assign ws6_lo = \$1173 [3:0] < ws6_c;
-  assign \$1180  = \$1173 [3:0] - ws6_c;
-  assign \$1181  = grp6[0] + grp6[1];
-  assign \$1182  = grp6[2] + grp6[3];
-  assign ws6l_c = \$1181  + \$1182 ;
-  assign ws6l_lo = \$1173 [2:0] < ws6l_c;
-  assign \$1183  = \$1173 [2:0] - ws6l_c;
+  assign \$1033  = k_cur <= 3'h5;
+  assign ln5 = finish & \$1033 ;
+  assign \$1034  = ln5 ? es_w : { rs_w[7], rs_w };
+  assign \$1035  = gsel5[2:1] - \$1034 [4:0];
+  assign \$1036  = sat0[1] & sat0[2];
+  assign \$1037  = ~ sat0[3];
+  assign \$1038  = \$1037  & sat0[0];
+  assign \$1039  = \$1036  & \$1038 ;
+  assign gt6_0 = \$1039  | sat0[3];
+  assign \$1040  = sat1[1] & sat1[2];
+  assign \$1041  = ~ sat1[3];
+  assign \$1042  = \$1041  & sat1[0];
+  assign \$1043  = \$1040  & \$1042 ;
+  assign gt6_1 = \$1043  | sat1[3];
+  assign \$1044  = sat2[1] & sat2[2];
+  assign \$1045  = ~ sat2[3];
+  assign \$1046  = \$1045  & sat2[0];
+  assign \$1047  = \$1044  & \$1046 ;
+  assign gt6_2 = \$1047  | sat2[3];
+  assign \$1048  = sat3[1] & sat3[2];
+  assign \$1049  = ~ sat3[3];
+  assign \$1050  = \$1049  & sat3[0];
+  assign \$1051  = \$1048  & \$1050 ;
+  assign gt6_3 = \$1051  | sat3[3];
+  assign \$1052  = sat4[1] & sat4[2];
+  assign \$1053  = ~ sat4[3];
+  assign \$1054  = \$1053  & sat4[0];
+  assign \$1055  = \$1052  & \$1054 ;
+  assign gt6_4 = \$1055  | sat4[3];
+  assign \$1056  = sat5[1] & sat5[2];
+  assign \$1057  = ~ sat5[3];
+  assign \$1058  = \$1057  & sat5[0];
+  assign \$1059  = \$1056  & \$1058 ;
+  assign gt6_5 = \$1059  | sat5[3];
+  assign \$1060  = sat6[1] & sat6[2];
+  assign \$1061  = ~ sat6[3];
+  assign \$1062  = \$1061  & sat6[0];
+  assign \$1063  = \$1060  & \$1062 ;
+  assign gt6_6 = \$1063  | sat6[3];
+  assign \$1064  = sat7[1] & sat7[2];
+  assign \$1065  = ~ sat7[3];
+  assign \$1066  = \$1065  & sat7[0];
+  assign \$1067  = \$1064  & \$1066 ;
+  assign gt6_7 = \$1067  | sat7[3];
+  assign \$1068  = ~ gt6_0;
+  assign \$1069  = gt6_1 & \$1068 ;
+  assign \$1070  = \$1069  ? 1'h1 : 1'h0;
+  assign \$1071  = ~ gt6_1;
+  assign \$1072  = gt6_2 & \$1071 ;
+  assign \$1073  = \$1072  ? 2'h2 : 2'h0;
+  assign \$1074  = { 1'h0, \$1070  } | \$1073 ;
+  assign \$1075  = ~ gt6_2;
+  assign \$1076  = gt6_3 & \$1075 ;
+  assign \$1077  = \$1076  ? 2'h3 : 2'h0;
+  assign \$1078  = ~ gt6_3;
+  assign \$1079  = gt6_4 & \$1078 ;
+  assign \$1080  = \$1079  ? 3'h4 : 3'h0;
+  assign \$1081  = { 1'h0, \$1077  } | \$1080 ;
+  assign \$1082  = { 1'h0, \$1074  } | \$1081 ;
+  assign \$1083  = ~ gt6_4;
+  assign \$1084  = gt6_5 & \$1083 ;
+  assign \$1085  = \$1084  ? 3'h5 : 3'h0;
+  assign \$1086  = ~ gt6_5;
+  assign \$1087  = gt6_6 & \$1086 ;
+  assign \$1088  = \$1087  ? 3'h6 : 3'h0;
+  assign \$1089  = \$1085  | \$1088 ;
+  assign \$1090  = ~ gt6_6;
+  assign \$1091  = gt6_7 & \$1090 ;
+  assign \$1092  = \$1091  ? 3'h7 : 3'h0;
+  assign \$1093  = \$1089  | \$1092 ;
+  assign gsel6 = \$1082  | \$1093 ;
+  assign \$1094  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1095  = ~ gt6_0;
+  assign \$1096  = gt6_1 & \$1095 ;
+  assign \$1097  = \$1096  ? mbeat0[31:16] : 16'h0000;
+  assign \$1098  = \$1094  | \$1097 ;
+  assign \$1099  = ~ gt6_1;
+  assign \$1100  = gt6_2 & \$1099 ;
+  assign \$1101  = \$1100  ? mbeat0[47:32] : 16'h0000;
+  assign \$1102  = ~ gt6_2;
+  assign \$1103  = gt6_3 & \$1102 ;
+  assign \$1104  = \$1103  ? mbeat0[63:48] : 16'h0000;
+  assign \$1105  = \$1101  | \$1104 ;
+  assign \$1106  = \$1098  | \$1105 ;
+  assign \$1107  = ~ gt6_3;
+  assign \$1108  = gt6_4 & \$1107 ;
+  assign \$1109  = \$1108  ? mbeat1[15:0] : 16'h0000;
+  assign \$1110  = ~ gt6_4;
+  assign \$1111  = gt6_5 & \$1110 ;
+  assign \$1112  = \$1111  ? mbeat1[31:16] : 16'h0000;
+  assign \$1113  = \$1109  | \$1112 ;
+  assign \$1114  = ~ gt6_5;
+  assign \$1115  = gt6_6 & \$1114 ;
+  assign \$1116  = \$1115  ? mbeat1[47:32] : 16'h0000;
+  assign \$1117  = ~ gt6_6;
+  assign \$1118  = gt6_7 & \$1117 ;
+  assign \$1119  = \$1118  ? mbeat1[63:48] : 16'h0000;
+  assign \$1120  = \$1116  | \$1119 ;
+  assign \$1121  = \$1113  | \$1120 ;
+  assign grp6 = \$1106  | \$1121 ;
+  assign \$1122  = gt6_0 ? Rm1[3:0] : 4'h0;
+  assign \$1123  = ~ gt6_0;
+  assign \$1124  = gt6_1 & \$1123 ;
+  assign \$1125  = \$1124  ? R0[3:0] : 4'h0;
+  assign \$1126  = \$1122  | \$1125 ;
+  assign \$1127  = ~ gt6_1;
+  assign \$1128  = gt6_2 & \$1127 ;
+  assign \$1129  = \$1128  ? R1[3:0] : 4'h0;
+  assign \$1130  = ~ gt6_2;
+  assign \$1131  = gt6_3 & \$1130 ;
+  assign \$1132  = \$1131  ? R2[3:0] : 4'h0;
+  assign \$1133  = \$1129  | \$1132 ;
+  assign \$1134  = \$1126  | \$1133 ;
+  assign \$1135  = ~ gt6_3;
+  assign \$1136  = gt6_4 & \$1135 ;
+  assign \$1137  = \$1136  ? R3[3:0] : 4'h0;
+  assign \$1138  = ~ gt6_4;
+  assign \$1139  = gt6_5 & \$1138 ;
+  assign \$1140  = \$1139  ? R4[3:0] : 4'h0;
+  assign \$1141  = \$1137  | \$1140 ;
+  assign \$1142  = ~ gt6_5;
+  assign \$1143  = gt6_6 & \$1142 ;
+  assign \$1144  = \$1143  ? R5[3:0] : 4'h0;
+  assign \$1145  = ~ gt6_6;
+  assign \$1146  = gt6_7 & \$1145 ;
+  assign \$1147  = \$1146  ? R6[3:0] : 4'h0;
+  assign \$1148  = \$1144  | \$1147 ;
+  assign \$1149  = \$1141  | \$1148 ;
+  assign dlow6 = \$1134  | \$1149 ;
+  assign \$1150  = 3'h6 - dlow6;
+  assign \$1151  = grp6[0] + grp6[1];
+  assign \$1152  = grp6[2] + grp6[3];
+  assign \$1153  = \$1151  + \$1152 ;
+  assign \$1154  = grp6[4] + grp6[5];
+  assign \$1155  = grp6[6] + grp6[7];
+  assign \$1156  = \$1154  + \$1155 ;
+  assign ws6_c = \$1153  + \$1156 ;
+  assign ws6_lo = \$1150 [3:0] < ws6_c;
+  assign \$1157  = \$1150 [3:0] - ws6_c;
+  assign \$1158  = grp6[0] + grp6[1];
+  assign \$1159  = grp6[2] + grp6[3];
+  assign ws6l_c = \$1158  + \$1159 ;
+  assign ws6l_lo = \$1150 [2:0] < ws6l_c;
+  assign \$1160  = \$1150 [2:0] - ws6l_c;
   assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
-  assign \$1184  = grp6[8] + grp6[9];
-  assign \$1185  = grp6[10] + grp6[11];
-  assign ws6h_c = \$1184  + \$1185 ;
-  assign ws6h_lo = \$1180 [2:0] < ws6h_c;
-  assign \$1186  = \$1180 [2:0] - ws6h_c;
+  assign \$1161  = grp6[8] + grp6[9];
+  assign \$1162  = grp6[10] + grp6[11];
+  assign ws6h_c = \$1161  + \$1162 ;
+  assign ws6h_lo = \$1157 [2:0] < ws6h_c;
+  assign \$1163  = \$1157 [2:0] - ws6h_c;
   assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
   assign lv6 = k > 3'h6;
-  assign \$1187  = k_cur <= 3'h6;
-  assign ln6 = finish & \$1187 ;
-  assign \$1188  = ln6 ? es_w : { rs_w[7], rs_w };
-  assign \$1189  = gsel6[2:1] - \$1188 [4:0];
-  assign \$1190  = ~ sat0[3];
-  assign \$1191  = sat1[3] & \$1190 ;
-  assign \$1192  = \$1191  ? 1'h1 : 1'h0;
-  assign \$1193  = ~ sat1[3];
-  assign \$1194  = sat2[3] & \$1193 ;
-  assign \$1195  = \$1194  ? 2'h2 : 2'h0;
-  assign \$1196  = { 1'h0, \$1192  } | \$1195 ;
-  assign \$1197  = ~ sat2[3];
-  assign \$1198  = sat3[3] & \$1197 ;
-  assign \$1199  = \$1198  ? 2'h3 : 2'h0;
-  assign \$1200  = ~ sat3[3];
-  assign \$1201  = sat4[3] & \$1200 ;
-  assign \$1202  = \$1201  ? 3'h4 : 3'h0;
-  assign \$1203  = { 1'h0, \$1199  } | \$1202 ;
-  assign \$1204  = { 1'h0, \$1196  } | \$1203 ;
-  assign \$1205  = ~ sat4[3];
-  assign \$1206  = sat5[3] & \$1205 ;
-  assign \$1207  = \$1206  ? 3'h5 : 3'h0;
-  assign \$1208  = ~ sat5[3];
-  assign \$1209  = sat6[3] & \$1208 ;
-  assign \$1210  = \$1209  ? 3'h6 : 3'h0;
-  assign \$1211  = \$1207  | \$1210 ;
-  assign \$1212  = ~ sat6[3];
-  assign \$1213  = sat7[3] & \$1212 ;
-  assign \$1214  = \$1213  ? 3'h7 : 3'h0;
-  assign \$1215  = \$1211  | \$1214 ;
-  assign gsel7 = \$1204  | \$1215 ;
-  assign \$1216  = sat0[3] ? mbeat0[15:0] : 16'h0000;
-  assign \$1217  = ~ sat0[3];
-  assign \$1218  = sat1[3] & \$1217 ;
-  assign \$1219  = \$1218  ? mbeat0[31:16] : 16'h0000;
-  assign \$1220  = \$1216  | \$1219 ;
-  assign \$1221  = ~ sat1[3];
-  assign \$1222  = sat2[3] & \$1221 ;
-  assign \$1223  = \$1222  ? mbeat0[47:32] : 16'h0000;
-  assign \$1224  = ~ sat2[3];
-  assign \$1225  = sat3[3] & \$1224 ;
-  assign \$1226  = \$1225  ? mbeat0[63:48] : 16'h0000;
-  assign \$1227  = \$1223  | \$1226 ;
-  assign \$1228  = \$1220  | \$1227 ;
-  assign \$1229  = ~ sat3[3];
-  assign \$1230  = sat4[3] & \$1229 ;
-  assign \$1231  = \$1230  ? mbeat1[15:0] : 16'h0000;
-  assign \$1232  = ~ sat4[3];
-  assign \$1233  = sat5[3] & \$1232 ;
-  assign \$1234  = \$1233  ? mbeat1[31:16] : 16'h0000;
-  assign \$1235  = \$1231  | \$1234 ;
-  assign \$1236  = ~ sat5[3];
-  assign \$1237  = sat6[3] & \$1236 ;
-  assign \$1238  = \$1237  ? mbeat1[47:32] : 16'h0000;
-  assign \$1239  = ~ sat6[3];
-  assign \$1240  = sat7[3] & \$1239 ;
-  assign \$1241  = \$1240  ? mbeat1[63:48] : 16'h0000;
-  assign \$1242  = \$1238  | \$1241 ;
-  assign \$1243  = \$1235  | \$1242 ;
-  assign grp7 = \$1228  | \$1243 ;
-  assign \$1244  = sat0[3] ? \$120 [3:0] : 4'h0;
-  assign \$1245  = ~ sat0[3];
-  assign \$1246  = sat1[3] & \$1245 ;
-  assign \$1247  = \$1246  ? \$85 [3:0] : 4'h0;
-  assign \$1248  = \$1244  | \$1247 ;
-  assign \$1249  = ~ sat1[3];
-  assign \$1250  = sat2[3] & \$1249 ;
-  assign \$1251  = \$1250  ? \$89 [3:0] : 4'h0;
-  assign \$1252  = ~ sat2[3];
-  assign \$1253  = sat3[3] & \$1252 ;
-  assign \$1254  = \$1253  ? \$93 [3:0] : 4'h0;
-  assign \$1255  = \$1251  | \$1254 ;
-  assign \$1256  = \$1248  | \$1255 ;
-  assign \$1257  = ~ sat3[3];
-  assign \$1258  = sat4[3] & \$1257 ;
-  assign \$1259  = \$1258  ? \$97 [3:0] : 4'h0;
-  assign \$1260  = ~ sat4[3];
-  assign \$1261  = sat5[3] & \$1260 ;
-  assign \$1262  = \$1261  ? \$104 [3:0] : 4'h0;
-  assign \$1263  = \$1259  | \$1262 ;
-  assign \$1264  = ~ sat5[3];
-  assign \$1265  = sat6[3] & \$1264 ;
-  assign \$1266  = \$1265  ? \$108 [3:0] : 4'h0;
-  assign \$1267  = ~ sat6[3];
-  assign \$1268  = sat7[3] & \$1267 ;
-  assign \$1269  = \$1268  ? \$112 [3:0] : 4'h0;
-  assign \$1270  = \$1266  | \$1269 ;
-  assign \$1271  = \$1263  | \$1270 ;
-  assign dlow7 = \$1256  | \$1271 ;
-  assign \$1272  = 3'h7 - dlow7;
-  assign \$1273  = grp7[0] + grp7[1];
-  assign \$1274  = grp7[2] + grp7[3];
-  assign \$1275  = \$1273  + \$1274 ;
-  assign \$1276  = grp7[4] + grp7[5];
-  assign \$1277  = grp7[6] + grp7[7];
-  assign \$1278  = \$1276  + \$1277 ;
-  assign ws7_c = \$1275  + \$1278 ;
-  assign ws7_lo = \$1272 [3:0] < ws7_c;
-  assign \$1279  = \$1272 [3:0] - ws7_c;
-  assign \$1280  = grp7[0] + grp7[1];
-  assign \$1281  = grp7[2] + grp7[3];
-  assign ws7l_c = \$1280  + \$1281 ;
-  assign ws7l_lo = \$1272 [2:0] < ws7l_c;
-  assign \$1282  = \$1272 [2:0] - ws7l_c;
+  assign \$1164  = k_cur <= 3'h6;
+  assign ln6 = finish & \$1164 ;
+  assign \$1165  = ln6 ? es_w : { rs_w[7], rs_w };
+  assign \$1166  = gsel6[2:1] - \$1165 [4:0];
+  assign \$1167  = ~ sat0[3];
+  assign \$1168  = sat1[3] & \$1167 ;
+  assign \$1169  = \$1168  ? 1'h1 : 1'h0;
+  assign \$1170  = ~ sat1[3];
+  assign \$1171  = sat2[3] & \$1170 ;
+  assign \$1172  = \$1171  ? 2'h2 : 2'h0;
+  assign \$1173  = { 1'h0, \$1169  } | \$1172 ;
+  assign \$1174  = ~ sat2[3];
+  assign \$1175  = sat3[3] & \$1174 ;
+  assign \$1176  = \$1175  ? 2'h3 : 2'h0;
+  assign \$1177  = ~ sat3[3];
+  assign \$1178  = sat4[3] & \$1177 ;
+  assign \$1179  = \$1178  ? 3'h4 : 3'h0;
+  assign \$1180  = { 1'h0, \$1176  } | \$1179 ;
+  assign \$1181  = { 1'h0, \$1173  } | \$1180 ;
+  assign \$1182  = ~ sat4[3];
+  assign \$1183  = sat5[3] & \$1182 ;
+  assign \$1184  = \$1183  ? 3'h5 : 3'h0;
+  assign \$1185  = ~ sat5[3];
+  assign \$1186  = sat6[3] & \$1185 ;
+  assign \$1187  = \$1186  ? 3'h6 : 3'h0;
+  assign \$1188  = \$1184  | \$1187 ;
+  assign \$1189  = ~ sat6[3];
+  assign \$1190  = sat7[3] & \$1189 ;
+  assign \$1191  = \$1190  ? 3'h7 : 3'h0;
+  assign \$1192  = \$1188  | \$1191 ;
+  assign gsel7 = \$1181  | \$1192 ;
+  assign \$1193  = sat0[3] ? mbeat0[15:0] : 16'h0000;
+  assign \$1194  = ~ sat0[3];
+  assign \$1195  = sat1[3] & \$1194 ;
+  assign \$1196  = \$1195  ? mbeat0[31:16] : 16'h0000;
+  assign \$1197  = \$1193  | \$1196 ;
+  assign \$1198  = ~ sat1[3];
+  assign \$1199  = sat2[3] & \$1198 ;
+  assign \$1200  = \$1199  ? mbeat0[47:32] : 16'h0000;
+  assign \$1201  = ~ sat2[3];
+  assign \$1202  = sat3[3] & \$1201 ;
+  assign \$1203  = \$1202  ? mbeat0[63:48] : 16'h0000;
+  assign \$1204  = \$1200  | \$1203 ;
+  assign \$1205  = \$1197  | \$1204 ;
+  assign \$1206  = ~ sat3[3];
+  assign \$1207  = sat4[3] & \$1206 ;
+  assign \$1208  = \$1207  ? mbeat1[15:0] : 16'h0000;
+  assign \$1209  = ~ sat4[3];
+  assign \$1210  = sat5[3] & \$1209 ;
+  assign \$1211  = \$1210  ? mbeat1[31:16] : 16'h0000;
+  assign \$1212  = \$1208  | \$1211 ;
+  assign \$1213  = ~ sat5[3];
+  assign \$1214  = sat6[3] & \$1213 ;
+  assign \$1215  = \$1214  ? mbeat1[47:32] : 16'h0000;
+  assign \$1216  = ~ sat6[3];
+  assign \$1217  = sat7[3] & \$1216 ;
+  assign \$1218  = \$1217  ? mbeat1[63:48] : 16'h0000;
+  assign \$1219  = \$1215  | \$1218 ;
+  assign \$1220  = \$1212  | \$1219 ;
+  assign grp7 = \$1205  | \$1220 ;
+  assign \$1221  = sat0[3] ? Rm1[3:0] : 4'h0;
+  assign \$1222  = ~ sat0[3];
+  assign \$1223  = sat1[3] & \$1222 ;
+  assign \$1224  = \$1223  ? R0[3:0] : 4'h0;
+  assign \$1225  = \$1221  | \$1224 ;
+  assign \$1226  = ~ sat1[3];
+  assign \$1227  = sat2[3] & \$1226 ;
+  assign \$1228  = \$1227  ? R1[3:0] : 4'h0;
+  assign \$1229  = ~ sat2[3];
+  assign \$1230  = sat3[3] & \$1229 ;
+  assign \$1231  = \$1230  ? R2[3:0] : 4'h0;
+  assign \$1232  = \$1228  | \$1231 ;
+  assign \$1233  = \$1225  | \$1232 ;
+  assign \$1234  = ~ sat3[3];
+  assign \$1235  = sat4[3] & \$1234 ;
+  assign \$1236  = \$1235  ? R3[3:0] : 4'h0;
+  assign \$1237  = ~ sat4[3];
+  assign \$1238  = sat5[3] & \$1237 ;
+  assign \$1239  = \$1238  ? R4[3:0] : 4'h0;
+  assign \$1240  = \$1236  | \$1239 ;
+  assign \$1241  = ~ sat5[3];
+  assign \$1242  = sat6[3] & \$1241 ;
+  assign \$1243  = \$1242  ? R5[3:0] : 4'h0;
+  assign \$1244  = ~ sat6[3];
+  assign \$1245  = sat7[3] & \$1244 ;
+  assign \$1246  = \$1245  ? R6[3:0] : 4'h0;
+  assign \$1247  = \$1243  | \$1246 ;
+  assign \$1248  = \$1240  | \$1247 ;
+  assign dlow7 = \$1233  | \$1248 ;
+  assign \$1249  = 3'h7 - dlow7;
+  assign \$1250  = grp7[0] + grp7[1];
+  assign \$1251  = grp7[2] + grp7[3];
+  assign \$1252  = \$1250  + \$1251 ;
+  assign \$1253  = grp7[4] + grp7[5];
+  assign \$1254  = grp7[6] + grp7[7];
+  assign \$1255  = \$1253  + \$1254 ;
+  assign ws7_c = \$1252  + \$1255 ;
+  assign ws7_lo = \$1249 [3:0] < ws7_c;
+  assign \$1256  = \$1249 [3:0] - ws7_c;
+  assign \$1257  = grp7[0] + grp7[1];
+  assign \$1258  = grp7[2] + grp7[3];
+  assign ws7l_c = \$1257  + \$1258 ;
+  assign ws7l_lo = \$1249 [2:0] < ws7l_c;
+  assign \$1259  = \$1249 [2:0] - ws7l_c;
   assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
-  assign \$1283  = grp7[8] + grp7[9];
-  assign \$1284  = grp7[10] + grp7[11];
-  assign ws7h_c = \$1283  + \$1284 ;
-  assign ws7h_lo = \$1279 [2:0] < ws7h_c;
-  assign \$1285  = \$1279 [2:0] - ws7h_c;
+  assign \$1260  = grp7[8] + grp7[9];
+  assign \$1261  = grp7[10] + grp7[11];
+  assign ws7h_c = \$1260  + \$1261 ;
+  assign ws7h_lo = \$1256 [2:0] < ws7h_c;
+  assign \$1262  = \$1256 [2:0] - ws7h_c;
   assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign lv7 = k > 3'h7;
-  assign \$1286  = k_cur <= 3'h7;
-  assign ln7 = finish & \$1286 ;
-  assign \$1287  = ln7 ? es_w : { rs_w[7], rs_w };
-  assign \$1288  = gsel7[2:1] - \$1287 [4:0];
-  assign \$1289  = 4'h8 - vpos;
-  assign \$1290  = \$signal  ? \$1289  : 5'h00;
-  assign \$1291  = \$signal$330  ? 4'h8 : 4'h0;
-  assign \$1292  = $signed(\$1290 ) + $signed({ 1'h0, \$1291  });
-  assign vals_ok = k <= \$1292 [4:0];
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$333 [63:32] } : { VB[23:0], \$signal$333  };
+  assign \$1263  = k_cur <= 3'h7;
+  assign ln7 = finish & \$1263 ;
+  assign \$1264  = ln7 ? es_w : { rs_w[7], rs_w };
+  assign \$1265  = gsel7[2:1] - \$1264 [4:0];
+  assign \$1266  = 4'h8 - vpos;
+  assign \$1267  = \$signal  ? \$1266  : 5'h00;
+  assign \$1268  = \$signal$320  ? 4'h8 : 4'h0;
+  assign \$1269  = $signed(\$1267 ) + $signed({ 1'h0, \$1268  });
+  assign vals_ok = k <= \$1269 [4:0];
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$323 [63:32] } : { VB[23:0], \$signal$323  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
   assign last_row = rows_left == 1'h1;
-  assign \$1293  = ~ vals_ok;
-  assign \$1294  = running & \$1293 ;
-  assign short_now = \$1294  & vlast_loaded;
+  assign \$1270  = ~ vals_ok;
+  assign \$1271  = running & \$1270 ;
+  assign short_now = \$1271  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$1295  = mbeat0_v | row_complete;
-  assign \$1296  = running & \$1295 ;
-  assign \$1297  = \$1296  & vals_ok;
-  assign \$1298  = ~ any_err;
-  assign can_go = \$1297  & \$1298 ;
-  assign \$1299  = finish & last_row;
-  assign \$1300  = | k;
-  assign \$1301  = \$1300  | finish;
-  assign o_lanes__valid = can_go & \$1301 ;
-  assign \$1302  = ~ o_lanes__valid;
-  assign \$1303  = \$1302  | o_lanes__ready;
-  assign advance = can_go & \$1303 ;
-  assign \$1304  = advance & finish;
-  assign mat_end = \$1304  & last_row;
-  assign \$1305  = advance ? k : 4'h0;
-  assign \$1306  = rbase + \$1305 ;
-  assign \$1307  = | flush_d;
-  assign \$1308  = running & mbeat0_v;
-  assign \$1309  = rbase >= mbeat0[91:85];
-  assign \$1310  = \$1308  & \$1309 ;
-  assign \$1311  = $signed(es_w) > $signed(3'h2);
-  assign \$1312  = \$1310  & \$1311 ;
+  assign \$1272  = mbeat0_v | row_complete;
+  assign \$1273  = running & \$1272 ;
+  assign \$1274  = \$1273  & vals_ok;
+  assign \$1275  = ~ any_err;
+  assign can_go = \$1274  & \$1275 ;
+  assign \$1276  = finish & last_row;
+  assign \$1277  = | k;
+  assign \$1278  = \$1277  | finish;
+  assign o_lanes__valid = can_go & \$1278 ;
+  assign \$1279  = ~ o_lanes__valid;
+  assign \$1280  = \$1279  | o_lanes__ready;
+  assign advance = can_go & \$1280 ;
+  assign \$1281  = advance & finish;
+  assign mat_end = \$1281  & last_row;
+  assign kk = advance ? k : 4'h0;
+  assign \$1282  = | flush_d;
+  assign \$1283  = 1'h0 + mbeat0_n[70:64];
+  assign \$1284  = 1'h0 + mbeat0_n[77:71];
+  assign \$1285  = 1'h0 + mbeat0_n[84:78];
+  assign \$1286  = 1'h0 + mbeat0_n[91:85];
+  assign \$1287  = 1'h0 + mbeat0_n[91:85];
+  assign \$1288  = fresh0 + mbeat1_n[70:64];
+  assign \$1289  = fresh0 + mbeat1_n[77:71];
+  assign \$1290  = fresh0 + mbeat1_n[84:78];
+  assign \$1291  = fresh0 + mbeat1_n[91:85];
+  assign \$1292  = running & mbeat0_v;
+  assign \$1293  = $signed(R3) <= $signed(1'h0);
+  assign \$1294  = \$1292  & \$1293 ;
+  assign \$1295  = $signed(es_w) > $signed(3'h2);
+  assign \$1296  = \$1294  & \$1295 ;
   assign i_mask__ready = ~ mbeat1_nv;
+  assign \$1297  = ~ mbeat0_nv;
+  assign \$1299  = $signed(Rsm1) + $signed({ 1'h0, in_c0 });
+  assign \$1300  = $signed(Rsm1) + $signed({ 1'h0, \$59 [6:0] });
+  assign \$1301  = $signed(Rsm1) + $signed({ 1'h0, \$61 [6:0] });
+  assign \$1302  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
+  assign \$1303  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
+  assign \$1304  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
+  assign \$1305  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
+  assign \$1306  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
+  assign \$1307  = ~ mbeat1_nv;
+  assign \$1308  = \$1307  & mbeat0_nv;
+  assign \$1309  = $signed(Rs3) + $signed({ 1'h0, in_c0 });
+  assign \$1310  = $signed(Rs3) + $signed({ 1'h0, \$59 [6:0] });
+  assign \$1311  = $signed(Rs3) + $signed({ 1'h0, \$61 [6:0] });
+  assign \$1312  = $signed(Rs3) + $signed({ 1'h0, \$62 [6:0] });
   assign vpos_n = vpos + k;
   assign \$1313  = ~ vlast_loaded;
   assign \$1314  = ! vpos;
   assign \$1315  = \$signal  & \$1314 ;
-  assign \$1316  = \$1315  | \$signal$330 ;
+  assign \$1316  = \$1315  | \$signal$320 ;
   assign \$1317  = ~ \$1316 ;
   assign \$1318  = | vpos;
-  assign \$1319  = \$1318  ? \$signal$361  : prev_last;
+  assign \$1319  = \$1318  ? \$signal$370  : prev_last;
   assign \$1320  = \$1317  & \$1319 ;
   assign \$1321  = ! vpos;
   assign \$1322  = \$signal  & \$1321 ;
-  assign \$1323  = \$1322  | \$signal$330 ;
+  assign \$1323  = \$1322  | \$signal$320 ;
   assign \$1324  = ~ \$1323 ;
   assign \$1325  = | vpos;
-  assign \$1326  = \$1325  ? \$signal$361  : prev_last;
+  assign \$1326  = \$1325  ? \$signal$370  : prev_last;
   assign \$1327  = \$1324  & \$1326 ;
   assign \$1328  = ~ \$1327 ;
-  assign \$1329  = \$signal  & \$signal$361 ;
-  assign \$1330  = ~ \$signal$330 ;
+  assign \$1329  = \$signal  & \$signal$370 ;
+  assign \$1330  = ~ \$signal$320 ;
   assign \$1331  = \$1329  & \$1330 ;
-  assign \$1332  = ~ \$signal$330 ;
-  assign \$1333  = \$signal$361  & \$1332 ;
+  assign \$1332  = ~ \$signal$320 ;
+  assign \$1333  = \$signal$370  & \$1332 ;
   assign \$1334  = ~ \$1333 ;
   assign \$1335  = \$signal  & \$1334 ;
   assign \$1336  = end_ok | end_bad;
@@ -7125,7 +7146,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$1339  = | k;
   assign \$1340  = advance & \$1339 ;
   assign \$1341  = vpos_n >= 4'h8;
-  assign \$1342  = \$signal$358  & \$signal$359 ;
+  assign \$1342  = \$signal$367  & \$signal$368 ;
   assign \$1343  = ~ \$1342 ;
   assign i_value__ready = allow_load & \$1343 ;
   assign \$1344  = ~ running;
@@ -7139,25 +7160,25 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$1353  = ~ any_err;
   assign \$1354  = short_now & \$1353 ;
   assign \$1355  = o_lanes__valid & o_lanes__ready;
-  assign \$1356  = { \$331 [4:0], gsel0[0], ws0 } >= cols_r;
+  assign \$1356  = { \$308 [4:0], gsel0[0], ws0 } >= cols_r;
   assign \$1357  = lv0 & \$1356 ;
-  assign \$1358  = { \$486 [4:0], gsel1[0], ws1 } >= cols_r;
+  assign \$1358  = { \$463 [4:0], gsel1[0], ws1 } >= cols_r;
   assign \$1359  = lv1 & \$1358 ;
   assign \$1360  = \$1357  | \$1359 ;
-  assign \$1361  = { \$649 [4:0], gsel2[0], ws2 } >= cols_r;
+  assign \$1361  = { \$626 [4:0], gsel2[0], ws2 } >= cols_r;
   assign \$1362  = lv2 & \$1361 ;
-  assign \$1363  = { \$764 [4:0], gsel3[0], ws3 } >= cols_r;
+  assign \$1363  = { \$741 [4:0], gsel3[0], ws3 } >= cols_r;
   assign \$1364  = lv3 & \$1363 ;
   assign \$1365  = \$1362  | \$1364 ;
   assign \$1366  = \$1360  | \$1365 ;
-  assign \$1367  = { \$935 [4:0], gsel4[0], ws4 } >= cols_r;
+  assign \$1367  = { \$912 [4:0], gsel4[0], ws4 } >= cols_r;
   assign \$1368  = lv4 & \$1367 ;
-  assign \$1369  = { \$1058 [4:0], gsel5[0], ws5 } >= cols_r;
+  assign \$1369  = { \$1035 [4:0], gsel5[0], ws5 } >= cols_r;
   assign \$1370  = lv5 & \$1369 ;
   assign \$1371  = \$1368  | \$1370 ;
-  assign \$1372  = { \$1189 [4:0], gsel6[0], ws6 } >= cols_r;
+  assign \$1372  = { \$1166 [4:0], gsel6[0], ws6 } >= cols_r;
   assign \$1373  = lv6 & \$1372 ;
-  assign \$1374  = { \$1288 [4:0], gsel7[0], ws7 } >= cols_r;
+  assign \$1374  = { \$1265 [4:0], gsel7[0], ws7 } >= cols_r;
   assign \$1375  = lv7 & \$1374 ;
   assign \$1376  = \$1373  | \$1375 ;
   assign \$1377  = \$1371  | \$1376 ;
@@ -7167,112 +7188,138 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$1382  = $signed(es_bits) > $signed(1'h0);
   assign \$1383  = $signed(es_bits) <= $signed(8'h40);
   assign \$1384  = \$1382  & \$1383 ;
-  assign \$1385  = $signed(es_bits) > $signed(8'h40);
-  assign \$1386  = $signed(es_bits) <= $signed(9'h080);
-  assign \$1387  = \$1385  & \$1386 ;
-  assign \$1389  = \$1306 [7:0] - mbeat0[91:85];
-  assign \$1390  = advance & finish;
-  assign \$1391  = \$1390  ? es_w : { rs_w[7], rs_w };
-  assign \$1392  = $signed(\$1391 ) - $signed(3'h2);
-  assign \$1393  = advance & finish;
-  assign \$1394  = \$1393  ? es2_w : { es_w[8], es_w };
-  assign \$1395  = $signed(\$1394 ) - $signed(3'h2);
-  assign \$1396  = advance & finish;
-  assign \$1397  = \$1396  ? es3_w : { es2_w[9], es2_w };
-  assign \$1398  = $signed(\$1397 ) - $signed(3'h2);
-  assign \$1399  = advance & finish;
-  assign \$1400  = \$1399  ? es_w : { rs_w[7], rs_w };
-  assign \$1401  = advance & finish;
-  assign \$1402  = \$1401  ? es2_w : { es_w[8], es_w };
-  assign \$1403  = advance & finish;
-  assign \$1404  = \$1403  ? es3_w : { es2_w[9], es2_w };
-  assign \$1405  = ~ mbeat0_nv;
-  assign \$1407  = ~ mbeat1_nv;
-  assign \$1408  = \$1407  & mbeat0_nv;
-  assign \$1409  = end_ok | end_bad;
-  assign \$1410  = endv & \$1409 ;
-  assign \$1411  = any_err | \$1410 ;
-  assign \$1412  = | k;
-  assign \$1413  = advance & \$1412 ;
-  assign \$1414  = vpos_n >= 4'h8;
-  assign \$1415  = vpos_n - 4'h8;
-  assign \$1416  = i_value__valid & allow_load;
-  assign \$1417  = ~ \$signal$358 ;
-  assign \$1418  = ~ \$signal$359 ;
-  assign \$1419  = \$signal$358  & \$signal$359 ;
-  assign \$1420  = ~ \$1419 ;
-  assign \$1421  = i_cmd__valid & i_cmd__ready;
-  assign \$1426  = advance & finish;
-  assign \$1427  = rows_left - 1'h1;
-  assign \$1428  = end_ok | end_bad;
-  assign \$1429  = endv & \$1428 ;
-  assign \$1430  = o_error_flags | flags;
+  assign \$1385  = 1'h1 - sh;
+  assign \$1386  = $signed(es_bits) > $signed(8'h40);
+  assign \$1387  = $signed(es_bits) <= $signed(9'h080);
+  assign \$1388  = \$1386  & \$1387 ;
+  assign \$1389  = 2'h2 - sh;
+  assign \$1391  = advance & finish;
+  assign \$1392  = \$1391  ? es_w : { rs_w[7], rs_w };
+  assign \$1393  = $signed(\$1392 ) - $signed(3'h2);
+  assign \$1394  = advance & finish;
+  assign \$1395  = \$1394  ? es2_w : { es_w[8], es_w };
+  assign \$1396  = $signed(\$1395 ) - $signed(3'h2);
+  assign \$1397  = advance & finish;
+  assign \$1398  = \$1397  ? es3_w : { es2_w[9], es2_w };
+  assign \$1399  = $signed(\$1398 ) - $signed(3'h2);
+  assign \$1400  = advance & finish;
+  assign \$1401  = \$1400  ? es_w : { rs_w[7], rs_w };
+  assign \$1402  = advance & finish;
+  assign \$1403  = \$1402  ? es2_w : { es_w[8], es_w };
+  assign \$1404  = advance & finish;
+  assign \$1405  = \$1404  ? es3_w : { es2_w[9], es2_w };
+  assign \$1406  = ~ mbeat0_nv;
+  assign \$1408  = ~ mbeat1_nv;
+  assign \$1409  = \$1408  & mbeat0_nv;
+  assign \$1410  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$1411  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$1412  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$1413  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$1414  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$1415  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$1416  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$1417  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$1418  = $signed(Rsm1) - $signed({ 1'h0, kk });
+  assign \$1419  = end_ok | end_bad;
+  assign \$1420  = endv & \$1419 ;
+  assign \$1421  = any_err | \$1420 ;
+  assign \$1422  = | k;
+  assign \$1423  = advance & \$1422 ;
+  assign \$1424  = vpos_n >= 4'h8;
+  assign \$1425  = vpos_n - 4'h8;
+  assign \$1426  = i_value__valid & allow_load;
+  assign \$1427  = ~ \$signal$367 ;
+  assign \$1428  = ~ \$signal$368 ;
+  assign \$1429  = \$signal$367  & \$signal$368 ;
+  assign \$1430  = ~ \$1429 ;
+  assign \$1431  = i_cmd__valid & i_cmd__ready;
+  assign \$1436  = advance & finish;
+  assign \$1437  = rows_left - 1'h1;
+  assign \$1438  = end_ok | end_bad;
+  assign \$1439  = endv & \$1438 ;
+  assign \$1440  = o_error_flags | flags;
   always @(posedge clk)
-    short_err <= \$1431 ;
+    short_err <= \$1441 ;
   always @(posedge clk)
-    pad_r <= \$1432 ;
+    pad_r <= \$1442 ;
   always @(posedge clk)
-    rbase <= \$1433 ;
+    rs_w <= \$1443 ;
   always @(posedge clk)
-    rs_w <= \$1434 ;
+    es_w <= \$1444 ;
   always @(posedge clk)
-    es_w <= \$1435 ;
+    es2_w <= \$1445 ;
   always @(posedge clk)
-    es2_w <= \$1436 ;
+    flush_d <= \$1446 ;
   always @(posedge clk)
-    flush_d <= \$1437 ;
+    mbeat0 <= \$1447 ;
   always @(posedge clk)
-    mbeat0 <= \$1438 ;
+    mbeat1 <= \$1448 ;
   always @(posedge clk)
-    mbeat1 <= \$1439 ;
+    mbeat0_v <= \$1449 ;
   always @(posedge clk)
-    mbeat0_v <= \$1440 ;
+    mbeat1_v <= \$1450 ;
   always @(posedge clk)
-    mbeat1_v <= \$1441 ;
+    R0 <= \$1451 ;
   always @(posedge clk)
-    vpos <= \$1442 ;
+    R1 <= \$1452 ;
   always @(posedge clk)
-    vlast_loaded <= \$1443 ;
+    R2 <= \$1453 ;
   always @(posedge clk)
-    prev_last <= \$1444 ;
+    R3 <= \$1454 ;
   always @(posedge clk)
-    any_val <= \$1445 ;
+    R4 <= \$1455 ;
   always @(posedge clk)
-    \$signal$333  <= \$1446 ;
+    R5 <= \$1456 ;
   always @(posedge clk)
-    VB <= \$1447 ;
+    R6 <= \$1457 ;
   always @(posedge clk)
-    \$signal  <= \$1448 ;
+    R7 <= \$1458 ;
   always @(posedge clk)
-    \$signal$330  <= \$1449 ;
+    Rm1 <= \$1459 ;
   always @(posedge clk)
-    \$signal$361  <= \$1450 ;
+    vpos <= \$1460 ;
   always @(posedge clk)
-    \$signal$362  <= \$1451 ;
+    vlast_loaded <= \$1461 ;
   always @(posedge clk)
-    running <= \$1452 ;
+    prev_last <= \$1462 ;
   always @(posedge clk)
-    rows_left <= \$1453 ;
+    any_val <= \$1463 ;
   always @(posedge clk)
-    cols_r <= \$1454 ;
+    \$signal$323  <= \$1464 ;
   always @(posedge clk)
-    stride_w <= \$1455 ;
+    VB <= \$1465 ;
   always @(posedge clk)
-    endv <= \$1456 ;
+    \$signal  <= \$1466 ;
   always @(posedge clk)
-    o_error_flags <= \$1457 ;
+    \$signal$320  <= \$1467 ;
+  always @(posedge clk)
+    \$signal$370  <= \$1468 ;
+  always @(posedge clk)
+    \$signal$371  <= \$1469 ;
+  always @(posedge clk)
+    running <= \$1470 ;
+  always @(posedge clk)
+    rows_left <= \$1471 ;
+  always @(posedge clk)
+    cols_r <= \$1472 ;
+  always @(posedge clk)
+    stride_w <= \$1473 ;
+  always @(posedge clk)
+    endv <= \$1474 ;
+  always @(posedge clk)
+    o_error_flags <= \$1475 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     casez (es_w[1:0])
       2'h0:
-          \$71  = 8'h00;
+          \$65  = Rm1;
       2'h1:
-          \$71  = \$65 [7:0];
+          \$65  = R1;
       2'h2:
-          \$71  = \$66 [7:0];
+          \$65  = R3;
       2'h3:
-          \$71  = \$67 [7:0];
+          \$65  = R5;
     endcase
   end
   always @* begin
@@ -7280,52 +7327,55 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (es2_w[1:0])
       2'h0:
-          \$74  = 8'h00;
+          \$68  = Rm1;
       2'h1:
-          \$74  = \$65 [7:0];
+          \$68  = R1;
       2'h2:
-          \$74  = \$66 [7:0];
+          \$68  = R3;
       2'h3:
-          \$74  = \$67 [7:0];
+          \$68  = R5;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$69 ) begin
-      q_es = 8'h00;
-    end else if (\$70 ) begin
-      q_es = \$64 [7:0];
+    if (\$63 ) begin
+      r_es = Rm1;
+    end else if (\$64 ) begin
+      r_es = R7;
     end else begin
-      q_es = \$71 ;
+      r_es = \$65 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$72 ) begin
-      q_es2 = 8'h00;
-    end else if (\$73 ) begin
-      q_es2 = \$64 [7:0];
-    end else begin
-      q_es2 = \$74 ;
+    r_es2 = 9'h000;
+    if (next_ok) begin
+      (* full_case = 32'd1 *)
+      if (\$66 ) begin
+        r_es2 = Rm1;
+      end else if (\$67 ) begin
+        r_es2 = R7;
+      end else begin
+        r_es2 = \$68 ;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (next_ok) begin
-      lim_full = \$75 ;
+      lim_full = r_es2;
     end else if (row_complete) begin
-      lim_full = k_cur_full;
+      lim_full = r_es;
     end else begin
-      lim_full = \$76 ;
+      lim_full = R7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0ll = 2'h0;
-    casez ({ \$315 [1:0], grp0[3:0] })
+    casez ({ \$292 [1:0], grp0[3:0] })
       6'h02:
           ws0ll = 2'h1;
       6'h13:
@@ -7379,7 +7429,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0lh = 2'h0;
-    casez ({ \$325 [1:0], grp0[7:4] })
+    casez ({ \$302 [1:0], grp0[7:4] })
       6'h02:
           ws0lh = 2'h1;
       6'h13:
@@ -7433,7 +7483,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hl = 2'h0;
-    casez ({ \$322 [1:0], grp0[11:8] })
+    casez ({ \$299 [1:0], grp0[11:8] })
       6'h02:
           ws0hl = 2'h1;
       6'h13:
@@ -7487,7 +7537,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hh = 2'h0;
-    casez ({ \$328 [1:0], grp0[15:12] })
+    casez ({ \$305 [1:0], grp0[15:12] })
       6'h02:
           ws0hh = 2'h1;
       6'h13:
@@ -7541,7 +7591,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1ll = 2'h0;
-    casez ({ \$470 [1:0], grp1[3:0] })
+    casez ({ \$447 [1:0], grp1[3:0] })
       6'h02:
           ws1ll = 2'h1;
       6'h13:
@@ -7595,7 +7645,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1lh = 2'h0;
-    casez ({ \$480 [1:0], grp1[7:4] })
+    casez ({ \$457 [1:0], grp1[7:4] })
       6'h02:
           ws1lh = 2'h1;
       6'h13:
@@ -7649,7 +7699,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hl = 2'h0;
-    casez ({ \$477 [1:0], grp1[11:8] })
+    casez ({ \$454 [1:0], grp1[11:8] })
       6'h02:
           ws1hl = 2'h1;
       6'h13:
@@ -7703,7 +7753,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hh = 2'h0;
-    casez ({ \$483 [1:0], grp1[15:12] })
+    casez ({ \$460 [1:0], grp1[15:12] })
       6'h02:
           ws1hh = 2'h1;
       6'h13:
@@ -7757,7 +7807,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2ll = 2'h0;
-    casez ({ \$633 [1:0], grp2[3:0] })
+    casez ({ \$610 [1:0], grp2[3:0] })
       6'h02:
           ws2ll = 2'h1;
       6'h13:
@@ -7811,7 +7861,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2lh = 2'h0;
-    casez ({ \$643 [1:0], grp2[7:4] })
+    casez ({ \$620 [1:0], grp2[7:4] })
       6'h02:
           ws2lh = 2'h1;
       6'h13:
@@ -7865,7 +7915,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hl = 2'h0;
-    casez ({ \$640 [1:0], grp2[11:8] })
+    casez ({ \$617 [1:0], grp2[11:8] })
       6'h02:
           ws2hl = 2'h1;
       6'h13:
@@ -7919,7 +7969,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hh = 2'h0;
-    casez ({ \$646 [1:0], grp2[15:12] })
+    casez ({ \$623 [1:0], grp2[15:12] })
       6'h02:
           ws2hh = 2'h1;
       6'h13:
@@ -7973,7 +8023,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3ll = 2'h0;
-    casez ({ \$748 [1:0], grp3[3:0] })
+    casez ({ \$725 [1:0], grp3[3:0] })
       6'h02:
           ws3ll = 2'h1;
       6'h13:
@@ -8027,7 +8077,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3lh = 2'h0;
-    casez ({ \$758 [1:0], grp3[7:4] })
+    casez ({ \$735 [1:0], grp3[7:4] })
       6'h02:
           ws3lh = 2'h1;
       6'h13:
@@ -8081,7 +8131,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hl = 2'h0;
-    casez ({ \$755 [1:0], grp3[11:8] })
+    casez ({ \$732 [1:0], grp3[11:8] })
       6'h02:
           ws3hl = 2'h1;
       6'h13:
@@ -8135,7 +8185,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hh = 2'h0;
-    casez ({ \$761 [1:0], grp3[15:12] })
+    casez ({ \$738 [1:0], grp3[15:12] })
       6'h02:
           ws3hh = 2'h1;
       6'h13:
@@ -8189,7 +8239,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4ll = 2'h0;
-    casez ({ \$919 [1:0], grp4[3:0] })
+    casez ({ \$896 [1:0], grp4[3:0] })
       6'h02:
           ws4ll = 2'h1;
       6'h13:
@@ -8243,7 +8293,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4lh = 2'h0;
-    casez ({ \$929 [1:0], grp4[7:4] })
+    casez ({ \$906 [1:0], grp4[7:4] })
       6'h02:
           ws4lh = 2'h1;
       6'h13:
@@ -8297,7 +8347,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hl = 2'h0;
-    casez ({ \$926 [1:0], grp4[11:8] })
+    casez ({ \$903 [1:0], grp4[11:8] })
       6'h02:
           ws4hl = 2'h1;
       6'h13:
@@ -8351,7 +8401,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hh = 2'h0;
-    casez ({ \$932 [1:0], grp4[15:12] })
+    casez ({ \$909 [1:0], grp4[15:12] })
       6'h02:
           ws4hh = 2'h1;
       6'h13:
@@ -8405,7 +8455,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5ll = 2'h0;
-    casez ({ \$1042 [1:0], grp5[3:0] })
+    casez ({ \$1019 [1:0], grp5[3:0] })
       6'h02:
           ws5ll = 2'h1;
       6'h13:
@@ -8459,7 +8509,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5lh = 2'h0;
-    casez ({ \$1052 [1:0], grp5[7:4] })
+    casez ({ \$1029 [1:0], grp5[7:4] })
       6'h02:
           ws5lh = 2'h1;
       6'h13:
@@ -8513,7 +8563,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hl = 2'h0;
-    casez ({ \$1049 [1:0], grp5[11:8] })
+    casez ({ \$1026 [1:0], grp5[11:8] })
       6'h02:
           ws5hl = 2'h1;
       6'h13:
@@ -8567,7 +8617,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hh = 2'h0;
-    casez ({ \$1055 [1:0], grp5[15:12] })
+    casez ({ \$1032 [1:0], grp5[15:12] })
       6'h02:
           ws5hh = 2'h1;
       6'h13:
@@ -8621,7 +8671,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6ll = 2'h0;
-    casez ({ \$1173 [1:0], grp6[3:0] })
+    casez ({ \$1150 [1:0], grp6[3:0] })
       6'h02:
           ws6ll = 2'h1;
       6'h13:
@@ -8675,7 +8725,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6lh = 2'h0;
-    casez ({ \$1183 [1:0], grp6[7:4] })
+    casez ({ \$1160 [1:0], grp6[7:4] })
       6'h02:
           ws6lh = 2'h1;
       6'h13:
@@ -8729,7 +8779,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hl = 2'h0;
-    casez ({ \$1180 [1:0], grp6[11:8] })
+    casez ({ \$1157 [1:0], grp6[11:8] })
       6'h02:
           ws6hl = 2'h1;
       6'h13:
@@ -8783,7 +8833,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hh = 2'h0;
-    casez ({ \$1186 [1:0], grp6[15:12] })
+    casez ({ \$1163 [1:0], grp6[15:12] })
       6'h02:
           ws6hh = 2'h1;
       6'h13:
@@ -8837,7 +8887,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7ll = 2'h0;
-    casez ({ \$1272 [1:0], grp7[3:0] })
+    casez ({ \$1249 [1:0], grp7[3:0] })
       6'h02:
           ws7ll = 2'h1;
       6'h13:
@@ -8891,7 +8941,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7lh = 2'h0;
-    casez ({ \$1282 [1:0], grp7[7:4] })
+    casez ({ \$1259 [1:0], grp7[7:4] })
       6'h02:
           ws7lh = 2'h1;
       6'h13:
@@ -8945,7 +8995,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hl = 2'h0;
-    casez ({ \$1279 [1:0], grp7[11:8] })
+    casez ({ \$1256 [1:0], grp7[11:8] })
       6'h02:
           ws7hl = 2'h1;
       6'h13:
@@ -8999,7 +9049,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hh = 2'h0;
-    casez ({ \$1285 [1:0], grp7[15:12] })
+    casez ({ \$1262 [1:0], grp7[15:12] })
       6'h02:
           ws7hh = 2'h1;
       6'h13:
@@ -9056,14 +9106,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$1307 ) begin
+    end else if (\$1282 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
         2'h2:
             mbeat0_n = 92'h00000000000000000000000;
       endcase
-    end else if (mat_end) begin
     end else begin
       if (sh) begin
         mbeat0_n = mbeat1;
@@ -9076,14 +9125,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$1307 ) begin
+    end else if (\$1282 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
         2'h2:
             mbeat1_n = 92'h00000000000000000000000;
       endcase
-    end else if (mat_end) begin
     end else begin
       if (sh) begin
         mbeat1_n = 92'h00000000000000000000000;
@@ -9096,14 +9144,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$1307 ) begin
+    end else if (\$1282 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
         2'h2:
             mbeat0_nv = 1'h0;
       endcase
-    end else if (mat_end) begin
     end else begin
       if (sh) begin
         mbeat0_nv = mbeat1_v;
@@ -9116,14 +9163,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$1307 ) begin
+    end else if (\$1282 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
         2'h2:
             mbeat1_nv = 1'h0;
       endcase
-    end else if (mat_end) begin
     end else begin
       if (sh) begin
         mbeat1_nv = 1'h0;
@@ -9132,54 +9178,271 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs0 = R0;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs0 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs0 = \$1283 [8:0];
+    end else begin
+      if (sh) begin
+        Rs0 = R4;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs1 = R1;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs1 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs1 = \$1284 [8:0];
+    end else begin
+      if (sh) begin
+        Rs1 = R5;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs2 = R2;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs2 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs2 = \$1285 [8:0];
+    end else begin
+      if (sh) begin
+        Rs2 = R6;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs3 = R3;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs3 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs3 = \$1286 [8:0];
+    end else begin
+      if (sh) begin
+        Rs3 = R7;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs4 = R4;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs4 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs4 = \$1288 [8:0];
+    end else begin
+      if (sh) begin
+        Rs4 = R7;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs5 = R5;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs5 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs5 = \$1289 [8:0];
+    end else begin
+      if (sh) begin
+        Rs5 = R7;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs6 = R6;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs6 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs6 = \$1290 [8:0];
+    end else begin
+      if (sh) begin
+        Rs6 = R7;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rs7 = R7;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rs7 = 9'h000;
+    end else if (\$1282 ) begin
+      Rs7 = \$1291 [8:0];
+    end else begin
+      if (sh) begin
+        Rs7 = R7;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rsm1 = Rm1;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      Rsm1 = 9'h000;
+    end else if (\$1282 ) begin
+      Rsm1 = 9'h000;
+    end else begin
+      if (sh) begin
+        Rsm1 = R3;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    fresh0 = 9'h000;
+    if (any_err) begin
+    end else if (\$1282 ) begin
+      fresh0 = \$1287 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     sh = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$1307 ) begin
-    end else if (mat_end) begin
+    end else if (\$1282 ) begin
     end else begin
-      sh = \$1312 ;
+      sh = \$1296 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$356  = \$signal$333 ;
-    if (\$1338 ) begin
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$356  = VB;
+    Rf0 = Rs0;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf0 = \$1299 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$358  = \$signal ;
-    if (\$1338 ) begin
-      \$signal$358  = 1'h0;
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$358  = \$signal$330 ;
+    Rf1 = Rs1;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf1 = \$1300 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$359  = \$signal$330 ;
-    if (\$1338 ) begin
-      \$signal$359  = 1'h0;
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$359  = 1'h0;
+    Rf2 = Rs2;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf2 = \$1301 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$360  = \$signal$361 ;
+    Rf3 = Rs3;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf3 = \$1302 [8:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rf4 = Rs4;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf4 = \$1303 [8:0];
+      end
+      if (\$1308 ) begin
+        Rf4 = \$1309 [8:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rf5 = Rs5;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf5 = \$1304 [8:0];
+      end
+      if (\$1308 ) begin
+        Rf5 = \$1310 [8:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rf6 = Rs6;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf6 = \$1305 [8:0];
+      end
+      if (\$1308 ) begin
+        Rf6 = \$1311 [8:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    Rf7 = Rs7;
+    if (i_mask__valid) begin
+      if (\$1298 ) begin
+        Rf7 = \$1306 [8:0];
+      end
+      if (\$1308 ) begin
+        Rf7 = \$1312 [8:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$365  = \$signal$323 ;
     if (\$1338 ) begin
     end else if (\$1340 ) begin
       if (\$1341 ) begin
-        \$signal$360  = \$signal$362 ;
+        \$signal$365  = VB;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$367  = \$signal ;
+    if (\$1338 ) begin
+      \$signal$367  = 1'h0;
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$367  = \$signal$320 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$368  = \$signal$320 ;
+    if (\$1338 ) begin
+      \$signal$368  = 1'h0;
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$368  = 1'h0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$369  = \$signal$370 ;
+    if (\$1338 ) begin
+    end else if (\$1340 ) begin
+      if (\$1341 ) begin
+        \$signal$369  = \$signal$371 ;
       end
     end
   end
@@ -9217,279 +9480,150 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1431  = \$1354 ;
-    if (rst) begin
-      \$1431  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1432  = \$1379 ;
-    if (rst) begin
-      \$1432  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1433  = rbase;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1433  = 8'h00;
-    end else if (\$1380 ) begin
-    end else if (mat_end) begin
-      \$1433  = 8'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$1433  = \$1389 [7:0];
-      end else begin
-        \$1433  = \$1306 [7:0];
-      end
-    end
-    if (rst) begin
-      \$1433  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1434  = rs_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1434  = 8'h00;
-    end else if (\$1380 ) begin
-    end else if (mat_end) begin
-      \$1434  = 8'h00;
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$1434  = \$1392 [7:0];
-      end else begin
-        \$1434  = \$1400 [7:0];
-      end
-    end
-    if (\$1421 ) begin
-      \$1434  = 8'h00;
-    end
-    if (rst) begin
-      \$1434  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1435  = es_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1435  = { 2'h0, stride_w };
-    end else if (\$1380 ) begin
-    end else if (mat_end) begin
-      \$1435  = { 2'h0, stride_w };
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$1435  = \$1395 [8:0];
-      end else begin
-        \$1435  = \$1402 [8:0];
-      end
-    end
-    if (\$1421 ) begin
-      \$1435  = \$1423 [8:0];
-    end
-    if (rst) begin
-      \$1435  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1436  = es2_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1436  = { 2'h0, \$1381  };
-    end else if (\$1380 ) begin
-    end else if (mat_end) begin
-      \$1436  = { 2'h0, \$1388  };
-    end else begin
-      (* full_case = 32'd1 *)
-      if (sh) begin
-        \$1436  = \$1398 [9:0];
-      end else begin
-        \$1436  = \$1404 [9:0];
-      end
-    end
-    if (\$1421 ) begin
-      \$1436  = \$1425 [9:0];
-    end
-    if (rst) begin
-      \$1436  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1437  = flush_d;
-    if (any_err) begin
-      \$1437  = 2'h0;
-    end else if (\$1380 ) begin
-      \$1437  = 2'h0;
-    end else if (mat_end) begin
-      if (\$1384 ) begin
-        \$1437  = 2'h1;
-      end
-      if (\$1387 ) begin
-        \$1437  = 2'h2;
-      end
-    end
-    if (rst) begin
-      \$1437  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1438  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$1406 ) begin
-        \$1438  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$1438  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1439  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$1408 ) begin
-        \$1439  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$1439  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1440  = mbeat0_nv;
-    if (i_mask__valid) begin
-      if (\$1406 ) begin
-        \$1440  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1440  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1441  = mbeat1_nv;
-    if (i_mask__valid) begin
-      if (\$1408 ) begin
-        \$1441  = 1'h1;
-      end
-    end
+    \$1441  = \$1354 ;
     if (rst) begin
       \$1441  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1442  = vpos;
-    if (\$1411 ) begin
-      \$1442  = 3'h0;
-    end else if (\$1413 ) begin
+    \$1442  = \$1379 ;
+    if (rst) begin
+      \$1442  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1443  = rs_w;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$1443  = 8'h00;
+    end else if (\$1380 ) begin
+    end else begin
       (* full_case = 32'd1 *)
-      if (\$1414 ) begin
-        \$1442  = \$1415 [2:0];
+      if (mat_end) begin
+        \$1443  = 8'h00;
       end else begin
-        \$1442  = vpos_n[2:0];
+        (* full_case = 32'd1 *)
+        if (sh) begin
+          \$1443  = \$1393 [7:0];
+        end else begin
+          \$1443  = \$1401 [7:0];
+        end
+      end
+    end
+    if (\$1431 ) begin
+      \$1443  = 8'h00;
+    end
+    if (rst) begin
+      \$1443  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1444  = es_w;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$1444  = { 2'h0, stride_w };
+    end else if (\$1380 ) begin
+    end else begin
+      (* full_case = 32'd1 *)
+      if (mat_end) begin
+        \$1444  = { 2'h0, stride_w };
+      end else begin
+        (* full_case = 32'd1 *)
+        if (sh) begin
+          \$1444  = \$1396 [8:0];
+        end else begin
+          \$1444  = \$1403 [8:0];
+        end
+      end
+    end
+    if (\$1431 ) begin
+      \$1444  = \$1433 [8:0];
+    end
+    if (rst) begin
+      \$1444  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1445  = es2_w;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$1445  = { 2'h0, \$1381  };
+    end else if (\$1380 ) begin
+    end else begin
+      (* full_case = 32'd1 *)
+      if (mat_end) begin
+        \$1445  = { 2'h0, \$1390  };
+      end else begin
+        (* full_case = 32'd1 *)
+        if (sh) begin
+          \$1445  = \$1399 [9:0];
+        end else begin
+          \$1445  = \$1405 [9:0];
+        end
+      end
+    end
+    if (\$1431 ) begin
+      \$1445  = \$1435 [9:0];
+    end
+    if (rst) begin
+      \$1445  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1446  = flush_d;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$1446  = 2'h0;
+    end else if (\$1380 ) begin
+      \$1446  = 2'h0;
+    end else begin
+      if (mat_end) begin
+        if (\$1384 ) begin
+          \$1446  = \$1385 ;
+        end
+        if (\$1388 ) begin
+          \$1446  = \$1389 [1:0];
+        end
       end
     end
     if (rst) begin
-      \$1442  = 3'h0;
+      \$1446  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1443  = vlast_loaded;
-    if (\$1411 ) begin
-      \$1443  = 1'h0;
-    end
-    if (\$1416 ) begin
-      if (\$1420 ) begin
-        \$1443  = i_value__payload[64];
+    \$1447  = mbeat0_n;
+    if (i_mask__valid) begin
+      if (\$1407 ) begin
+        \$1447  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$1443  = 1'h0;
+      \$1447  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1444  = prev_last;
-    if (\$1411 ) begin
-      \$1444  = 1'h0;
-    end else if (\$1413 ) begin
-      if (\$1414 ) begin
-        \$1444  = \$signal$361 ;
+    \$1448  = mbeat1_n;
+    if (i_mask__valid) begin
+      if (\$1409 ) begin
+        \$1448  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
       end
     end
     if (rst) begin
-      \$1444  = 1'h0;
+      \$1448  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1445  = any_val;
-    if (\$1411 ) begin
-      \$1445  = 1'h0;
-    end else if (\$1413 ) begin
-      \$1445  = 1'h1;
-    end
-    if (rst) begin
-      \$1445  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1446  = \$signal$356 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1446  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$1446  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1447  = VB;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
-        \$1447  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$1447  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1448  = \$signal$358 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1448  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1448  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1449  = \$signal$359 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
+    \$1449  = mbeat0_nv;
+    if (i_mask__valid) begin
+      if (\$1407 ) begin
         \$1449  = 1'h1;
       end
     end
@@ -9499,10 +9633,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1450  = \$signal$360 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1450  = i_value__payload[64];
+    \$1450  = mbeat1_nv;
+    if (i_mask__valid) begin
+      if (\$1409 ) begin
+        \$1450  = 1'h1;
       end
     end
     if (rst) begin
@@ -9511,87 +9645,270 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1451  = \$signal$362 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
-        \$1451  = i_value__payload[64];
+    \$1451  = \$1410 [8:0];
+    if (rst) begin
+      \$1451  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1452  = \$1411 [8:0];
+    if (rst) begin
+      \$1452  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1453  = \$1412 [8:0];
+    if (rst) begin
+      \$1453  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1454  = \$1413 [8:0];
+    if (rst) begin
+      \$1454  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1455  = \$1414 [8:0];
+    if (rst) begin
+      \$1455  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1456  = \$1415 [8:0];
+    if (rst) begin
+      \$1456  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1457  = \$1416 [8:0];
+    if (rst) begin
+      \$1457  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1458  = \$1417 [8:0];
+    if (rst) begin
+      \$1458  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1459  = \$1418 [8:0];
+    if (rst) begin
+      \$1459  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1460  = vpos;
+    if (\$1421 ) begin
+      \$1460  = 3'h0;
+    end else if (\$1423 ) begin
+      (* full_case = 32'd1 *)
+      if (\$1424 ) begin
+        \$1460  = \$1425 [2:0];
+      end else begin
+        \$1460  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$1451  = 1'h0;
+      \$1460  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1452  = running;
+    \$1461  = vlast_loaded;
     if (\$1421 ) begin
-      \$1452  = 1'h1;
-    end
-    if (mat_end) begin
-      \$1452  = 1'h0;
-    end
-    if (any_err) begin
-      \$1452  = 1'h0;
-    end
-    if (rst) begin
-      \$1452  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1453  = rows_left;
-    if (\$1421 ) begin
-      \$1453  = i_cmd__payload[15:0];
+      \$1461  = 1'h0;
     end
     if (\$1426 ) begin
-      \$1453  = \$1427 [15:0];
+      if (\$1430 ) begin
+        \$1461  = i_value__payload[64];
+      end
     end
     if (rst) begin
-      \$1453  = 16'h0000;
+      \$1461  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1454  = cols_r;
+    \$1462  = prev_last;
     if (\$1421 ) begin
-      \$1454  = i_cmd__payload[26:16];
+      \$1462  = 1'h0;
+    end else if (\$1423 ) begin
+      if (\$1424 ) begin
+        \$1462  = \$signal$370 ;
+      end
     end
     if (rst) begin
-      \$1454  = 11'h000;
+      \$1462  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1455  = stride_w;
+    \$1463  = any_val;
     if (\$1421 ) begin
-      \$1455  = \$1422 [6:0];
+      \$1463  = 1'h0;
+    end else if (\$1423 ) begin
+      \$1463  = 1'h1;
     end
     if (rst) begin
-      \$1455  = 7'h00;
+      \$1463  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1456  = endv;
+    \$1464  = \$signal$365 ;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+        \$1464  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$1464  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1465  = VB;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+      end else if (\$1428 ) begin
+        \$1465  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$1465  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1466  = \$signal$367 ;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+        \$1466  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1466  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1467  = \$signal$368 ;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+      end else if (\$1428 ) begin
+        \$1467  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1467  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1468  = \$signal$369 ;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+        \$1468  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$1468  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1469  = \$signal$371 ;
+    if (\$1426 ) begin
+      if (\$1427 ) begin
+      end else if (\$1428 ) begin
+        \$1469  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$1469  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1470  = running;
+    if (\$1431 ) begin
+      \$1470  = 1'h1;
+    end
     if (mat_end) begin
-      \$1456  = 1'h1;
-    end
-    if (\$1429 ) begin
-      \$1456  = 1'h0;
+      \$1470  = 1'h0;
     end
     if (any_err) begin
-      \$1456  = 1'h0;
+      \$1470  = 1'h0;
     end
     if (rst) begin
-      \$1456  = 1'h0;
+      \$1470  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1457  = \$1430 ;
+    \$1471  = rows_left;
+    if (\$1431 ) begin
+      \$1471  = i_cmd__payload[15:0];
+    end
+    if (\$1436 ) begin
+      \$1471  = \$1437 [15:0];
+    end
     if (rst) begin
-      \$1457  = 4'h0;
+      \$1471  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1472  = cols_r;
+    if (\$1431 ) begin
+      \$1472  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$1472  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1473  = stride_w;
+    if (\$1431 ) begin
+      \$1473  = \$1432 [6:0];
+    end
+    if (rst) begin
+      \$1473  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1474  = endv;
+    if (mat_end) begin
+      \$1474  = 1'h1;
+    end
+    if (\$1439 ) begin
+      \$1474  = 1'h0;
+    end
+    if (any_err) begin
+      \$1474  = 1'h0;
+    end
+    if (rst) begin
+      \$1474  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1475  = \$1440 ;
+    if (rst) begin
+      \$1475  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -9604,63 +9921,50 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign in_lq_0_3 = \$60 [6:0];
   assign in_lq_1_2 = \$61 [6:0];
   assign in_lq_1_3 = \$62 [6:0];
-  assign off1 = \$63 [7:0];
-  assign q_total = \$64 [7:0];
-  assign qw1 = \$65 [7:0];
-  assign qw2 = \$66 [7:0];
-  assign qw3 = \$67 [7:0];
-  assign qw4 = \$68 [7:0];
-  assign d0 = \$85 [8:0];
-  assign d1 = \$89 [8:0];
-  assign d2 = \$93 [8:0];
-  assign d3 = \$97 [8:0];
-  assign d4 = \$104 [8:0];
-  assign d5 = \$108 [8:0];
-  assign d6 = \$112 [8:0];
-  assign d7 = \$116 [8:0];
-  assign low_m1 = \$120 [3:0];
-  assign lr0 = \$315 [3:0];
-  assign ws0_rh = \$322 [2:0];
-  assign ws0l_rh = \$325 [1:0];
-  assign ws0h_rh = \$328 [1:0];
+  assign k_cur_full = r_es;
+  assign low_m1 = Rm1[3:0];
+  assign lr0 = \$292 [3:0];
+  assign ws0_rh = \$299 [2:0];
+  assign ws0l_rh = \$302 [1:0];
+  assign ws0h_rh = \$305 [1:0];
   assign selpos0 = { 1'h0, gsel0, ws0 };
-  assign rel0 = { \$331 [4:0], gsel0[0], ws0 };
-  assign lr1 = \$470 [3:0];
-  assign ws1_rh = \$477 [2:0];
-  assign ws1l_rh = \$480 [1:0];
-  assign ws1h_rh = \$483 [1:0];
+  assign rel0 = { \$308 [4:0], gsel0[0], ws0 };
+  assign lr1 = \$447 [3:0];
+  assign ws1_rh = \$454 [2:0];
+  assign ws1l_rh = \$457 [1:0];
+  assign ws1h_rh = \$460 [1:0];
   assign selpos1 = { 1'h0, gsel1, ws1 };
-  assign rel1 = { \$486 [4:0], gsel1[0], ws1 };
-  assign lr2 = \$633 [3:0];
-  assign ws2_rh = \$640 [2:0];
-  assign ws2l_rh = \$643 [1:0];
-  assign ws2h_rh = \$646 [1:0];
+  assign rel1 = { \$463 [4:0], gsel1[0], ws1 };
+  assign lr2 = \$610 [3:0];
+  assign ws2_rh = \$617 [2:0];
+  assign ws2l_rh = \$620 [1:0];
+  assign ws2h_rh = \$623 [1:0];
   assign selpos2 = { 1'h0, gsel2, ws2 };
-  assign rel2 = { \$649 [4:0], gsel2[0], ws2 };
-  assign lr3 = \$748 [3:0];
-  assign ws3_rh = \$755 [2:0];
-  assign ws3l_rh = \$758 [1:0];
-  assign ws3h_rh = \$761 [1:0];
+  assign rel2 = { \$626 [4:0], gsel2[0], ws2 };
+  assign lr3 = \$725 [3:0];
+  assign ws3_rh = \$732 [2:0];
+  assign ws3l_rh = \$735 [1:0];
+  assign ws3h_rh = \$738 [1:0];
   assign selpos3 = { 1'h0, gsel3, ws3 };
-  assign rel3 = { \$764 [4:0], gsel3[0], ws3 };
-  assign lr4 = \$919 [3:0];
-  assign ws4_rh = \$926 [2:0];
-  assign ws4l_rh = \$929 [1:0];
-  assign ws4h_rh = \$932 [1:0];
+  assign rel3 = { \$741 [4:0], gsel3[0], ws3 };
+  assign lr4 = \$896 [3:0];
+  assign ws4_rh = \$903 [2:0];
+  assign ws4l_rh = \$906 [1:0];
+  assign ws4h_rh = \$909 [1:0];
   assign selpos4 = { 1'h0, gsel4, ws4 };
-  assign rel4 = { \$935 [4:0], gsel4[0], ws4 };
-  assign lr5 = \$1042 [3:0];
-  assign ws5_rh = \$1049 [2:0];
-  assign ws5l_rh = \$1052 [1:0];
-  assign ws5h_rh = \$1055 [1:0];
+  assign rel4 = { \$912 [4:0], gsel4[0], ws4 };
+  assign lr5 = \$1019 [3:0];
+  assign ws5_rh = \$1026 [2:0];
+  assign ws5l_rh = \$1029 [1:0];
+  assign ws5h_rh = \$1032 [1:0];
   assign selpos5 = { 1'h0, gsel5, ws5 };
-  assign rel5 = { \$1058 [4:0], gsel5[0], ws5 };
-  assign lr6 = \$1173 [3:0];
-  assign ws6_rh = \$1180 [2:0];
-  assign ws6l_rh = \$1183 [1:0];
-  assign ws6h_rh = \$1186 [1:0];
+  assign rel5 = { \$1035 [4:0], gsel5[0], ws5 };
+  assign lr6 = \$1150 [3:0];
+  assign ws6_rh = \$1157 [2:0];
+  assign ws6l_rh = \$1160 [1:0];
+  assign ws6h_rh = \$1163 [1:0];
   assign selpos6 = { 1'h0, gsel6, ws6 };
-  assign rel6 = { \$1189 [4:0], gsel6[0], ws6 };
+  assign rel6 = { \$1166 [4:0], gsel6[0], ws6 };
   assign gt7_0 = sat0[3];
   assign gt7_1 = sat1[3];
   assign gt7_2 = sat2[3];
@@ -9669,16 +9973,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign gt7_5 = sat5[3];
   assign gt7_6 = sat6[3];
   assign gt7_7 = sat7[3];
-  assign lr7 = \$1272 [3:0];
-  assign ws7_rh = \$1279 [2:0];
-  assign ws7l_rh = \$1282 [1:0];
-  assign ws7h_rh = \$1285 [1:0];
+  assign lr7 = \$1249 [3:0];
+  assign ws7_rh = \$1256 [2:0];
+  assign ws7l_rh = \$1259 [1:0];
+  assign ws7h_rh = \$1262 [1:0];
   assign selpos7 = { 1'h0, gsel7, ws7 };
-  assign rel7 = { \$1288 [4:0], gsel7[0], ws7 };
-  assign vavail = \$1292 [4:0];
-  assign r_adv = \$1306 [7:0];
+  assign rel7 = { \$1265 [4:0], gsel7[0], ws7 };
+  assign vavail = \$1269 [4:0];
   assign VB1 = VB;
-  assign \$signal$363  = \$signal$362 ;
+  assign \$signal$372  = \$signal$371 ;
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -9709,7 +10012,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
-  assign o_lanes__payload[161] = \$1299 ;
+  assign o_lanes__payload[161] = \$1276 ;
   assign o_lanes__payload[160] = finish;
   assign o_lanes__payload[143:136] = vsh0[63:56];
   assign o_lanes__payload[135:128] = vsh0[55:48];
@@ -9719,40 +10022,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign o_lanes__payload[103:96] = vsh0[23:16];
   assign o_lanes__payload[95:88] = vsh0[15:8];
   assign o_lanes__payload[87:80] = vsh0[7:0];
-  assign o_lanes__payload[79:70] = { \$1288 [4:0], gsel7[0], ws7 };
+  assign o_lanes__payload[79:70] = { \$1265 [4:0], gsel7[0], ws7 };
   assign o_lanes__payload[159] = ln7;
   assign o_lanes__payload[151] = lv7;
-  assign o_lanes__payload[69:60] = { \$1189 [4:0], gsel6[0], ws6 };
+  assign o_lanes__payload[69:60] = { \$1166 [4:0], gsel6[0], ws6 };
   assign o_lanes__payload[158] = ln6;
   assign o_lanes__payload[150] = lv6;
-  assign o_lanes__payload[59:50] = { \$1058 [4:0], gsel5[0], ws5 };
+  assign o_lanes__payload[59:50] = { \$1035 [4:0], gsel5[0], ws5 };
   assign o_lanes__payload[157] = ln5;
   assign o_lanes__payload[149] = lv5;
-  assign o_lanes__payload[49:40] = { \$935 [4:0], gsel4[0], ws4 };
+  assign o_lanes__payload[49:40] = { \$912 [4:0], gsel4[0], ws4 };
   assign o_lanes__payload[156] = ln4;
   assign o_lanes__payload[148] = lv4;
-  assign o_lanes__payload[39:30] = { \$764 [4:0], gsel3[0], ws3 };
+  assign o_lanes__payload[39:30] = { \$741 [4:0], gsel3[0], ws3 };
   assign o_lanes__payload[155] = ln3;
   assign o_lanes__payload[147] = lv3;
-  assign o_lanes__payload[29:20] = { \$649 [4:0], gsel2[0], ws2 };
+  assign o_lanes__payload[29:20] = { \$626 [4:0], gsel2[0], ws2 };
   assign o_lanes__payload[154] = ln2;
   assign o_lanes__payload[146] = lv2;
-  assign o_lanes__payload[19:10] = { \$486 [4:0], gsel1[0], ws1 };
+  assign o_lanes__payload[19:10] = { \$463 [4:0], gsel1[0], ws1 };
   assign o_lanes__payload[153] = ln1;
   assign o_lanes__payload[145] = lv1;
-  assign o_lanes__payload[9:0] = { \$331 [4:0], gsel0[0], ws0 };
+  assign o_lanes__payload[9:0] = { \$308 [4:0], gsel0[0], ws0 };
   assign o_lanes__payload[152] = ln0;
   assign o_lanes__payload[144] = lv0;
+  assign \$1298  = \$1297 ;
   assign \$1348  = 12'hfe0;
   assign \$1349 [4:0] = 5'h00;
   assign \$1349 [11:5] = \$1347 [11:5];
   assign \$1381  = { stride_w, 1'h0 };
-  assign \$1388  = { stride_w, 1'h0 };
-  assign \$1406  = \$1405 ;
-  assign \$1422  = { 5'h00, stride[11:5] };
-  assign \$1423  = { 5'h00, stride[11:5] };
-  assign \$1424  = { 5'h00, stride[11:5] };
-  assign \$1425  = { \$1424 , 1'h0 };
+  assign \$1390  = { stride_w, 1'h0 };
+  assign \$1407  = \$1406 ;
+  assign \$1432  = { 5'h00, stride[11:5] };
+  assign \$1433  = { 5'h00, stride[11:5] };
+  assign \$1434  = { 5'h00, stride[11:5] };
+  assign \$1435  = { \$1434 , 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

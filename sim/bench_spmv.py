@@ -52,6 +52,35 @@ def _codes(w: np.ndarray, sparsity: float) -> np.ndarray:
     return np.asarray(codes, dtype=np.int8)
 
 
+def _ice40_rows(mats: dict, xs: dict, max_cols: int) -> list[dict]:
+    """The iCEBreaker form of the array (8 lanes, ``designs.build_spmv.board_defaults``: 64-bit
+    mask beats, 2-beat window, 32-bit bus, requantization in logic) on the same matrices: its
+    utilization, printed and returned (it trades utilization at high sparsity for area)."""
+    from sparsefab.compress.quant import spmv_int
+    from sparsefab.gen.designs import board_defaults
+    from sparsefab.sim.spmv_flow import run_spmv
+
+    p = board_defaults("spmv", "icebreaker")
+    lanes = 8
+    out = []
+    print(f"iCEBreaker form: lanes {lanes}, {p}")
+    print(f"{'sparsity':>8} {'cycles':>10} {'ideal':>10} {'ideal/meas':>10} {'golden':>6}")
+    for sparsity in SPARSITIES:
+        cyc = ideal = 0
+        same = True
+        for w in mats.values():
+            c = _codes(w, sparsity)
+            x = xs[c.shape[1]]
+            r = run_spmv(c, x, lanes=lanes, bits=BITS, block=BLOCK, max_cols=max_cols, **p)
+            same &= bool(np.array_equal(r.y, spmv_int(c, x)))
+            cyc += r.cycles
+            ideal += r.ideal_cycles
+        out.append({"sparsity": sparsity, "lanes": lanes, "cycles": cyc, "ideal_cycles": ideal,
+                    "utilization": ideal / cyc, "golden": same, "params": p})
+        print(f"{sparsity:>8.2f} {cyc:>10} {ideal:>10} {ideal / cyc:>10.4f} {'yes' if same else 'NO':>6}")
+    return out
+
+
 def run(quick: bool = False) -> dict:
     """Run the section; print the table; return the figures."""
     from sparsefab.compress.quant import spmv_int
@@ -127,5 +156,6 @@ def run(quick: bool = False) -> dict:
     print(f"flow simulation speed: {speed:,.0f} simulated cycles/s of wall time, {cpu_speed:,.0f} per CPU second "
           f"({sim_cycles} cycles, C++ loop {sim_wall:.3f} s wall / {sim_cpu:.3f} s CPU; target >= 200,000); "
           f"section wall {time.perf_counter() - t_start:.1f} s")
-    return {"rows": rows_out, "sim_cycles_per_s": speed, "sim_cycles_per_cpu_s": cpu_speed, "sim_cycles": sim_cycles, "golden_mismatches": mismatches,
+    ice40 = _ice40_rows(mats, xs, max_cols)
+    return {"rows": rows_out, "ice40_rows": ice40, "sim_cycles_per_s": speed, "sim_cycles_per_cpu_s": cpu_speed, "sim_cycles": sim_cycles, "golden_mismatches": mismatches,
             "matrices": list(mats), "block": BLOCK, "bits": BITS}
