@@ -41,6 +41,9 @@ class Board:
         Clock constraint when ``--freq`` is not given (the project's target on this board).
     synth_opts : str
         Extra options for ``synth_ice40`` / ``synth_ecp5``.
+    pnr_opts : str
+        Extra options for nextpnr. The ECP5 uses ``--router router2``: router1 did not finish
+        the large KV designs in an hour on 2 cores, router2 routes the KV compressor in minutes.
     capacity : dict
         Device resources by report key (``luts``, ``ffs``, ``dsps``, ``brams``, ``spram``).
     tools : dict
@@ -59,6 +62,7 @@ class Board:
     device: str
     default_freq_mhz: float
     synth_opts: str
+    pnr_opts: str = ""
     capacity: dict = field(default_factory=dict)
     tools: dict = field(default_factory=dict)
     bitstream_ext: str = "bin"
@@ -99,6 +103,7 @@ BOARDS: dict[str, Board] = {
         device="LFE5U-85F-6BG381",
         default_freq_mhz=100.0,
         synth_opts="",
+        pnr_opts="--router router2",
         # LFE5U-85F: 83640 LUT4 (41820 slices x 2), 83640 FFs, 156 MULT18X18D, 208 DP16KD.
         capacity={"luts": 83640, "ffs": 83640, "dsps": 156, "brams": 208, "spram": 0},
         tools=_ECP5_TOOLS,

@@ -233,7 +233,7 @@ def build(design: str, *, board: str = "icebreaker", params: dict | None = None,
     cost = top.cost()
     out = Path(build_dir) if build_dir is not None else default_build_dir(b.name, design, params, freq)
     out.mkdir(parents=True, exist_ok=True)
-    nextpnr_opts = f"--seed {seed} --report {TOP}.report.json --timing-allow-fail"
+    nextpnr_opts = f"--seed {seed} --report {TOP}.report.json --timing-allow-fail {b.pnr_opts}".strip()
     try:
         plan = platform.build(top, name=TOP, build_dir=str(out), do_build=False,
                               synth_opts=b.synth_opts, nextpnr_opts=nextpnr_opts)

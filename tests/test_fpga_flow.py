@@ -65,6 +65,10 @@ def test_ecp5_build_two_seeds(tmp_path):
     assert r["seed"] in (1, 2)
     assert 10.0 < r["fmax_mhz"] < 400.0 and r["dsps"] == 4 and r["luts"] == r["lcs"] > 0
     assert Path(r["bitstream"]).suffix == ".bit" and Path(r["bitstream"]).stat().st_size > 1000
+    # the board's nextpnr options reach the tool: the ECP5 routes with router2
+    plan = json.loads((tmp_path / "e" / "build_top.json").read_text())["commands"]
+    pnr = next(c for c in plan if c[0] == "nextpnr-ecp5")
+    assert pnr[pnr.index("--router") + 1] == "router2"
 
 
 def test_bad_inputs_fail_before_tools(tmp_path):
