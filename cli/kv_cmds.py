@@ -71,7 +71,14 @@ def _compress(args) -> int:
         cb = kv.Codebooks.from_bytes(read_bytes(args.codebooks, "codebook"), str(args.codebooks))
     else:
         cb = _train_cb(x, args, params)   # self-calibrated; the codebooks are embedded either way
+    if args.rtl and (args.policy == "search" or (args.policy == "auto" and params.obits)):
+        raise SparsefabError("--rtl runs the hardware policy: use --policy hw (or auto) and no --offset-bits")
+    if args.rtl and args.dtype == "bf16":
+        raise SparsefabError("--rtl: the RTL compressor takes FP16, not --dtype bf16")
     data, st = kv.compress(x, codebooks=cb, params=params, dtype=args.dtype, policy=args.policy)
+    if args.rtl:
+        from sparsefab.sim.kv_flow import rtl_compress
+        st["rtl"] = rtl_compress(x, data)   # raises before anything is written if a block differs
     atomic_write_bytes(args.output, data)
     st = {"input": str(args.input), "output": str(args.output), "input_bytes": 2 * int(x.size), **st}
     if args.json:
@@ -82,6 +89,10 @@ def _compress(args) -> int:
               f"{st['blocks']} blocks ({st['fallback_blocks']} fallback, {st['escape_blocks']} with escapes, "
               f"{st['clipped_values']} clipped values), per codebook {st['per_codebook']}, "
               f"policy {st['policy']}")
+        if args.rtl:
+            r = st["rtl"]
+            print(f"RTL compressor: {r['blocks']} blocks identical to the file, {r['cycles']} cycles "
+                  f"({r['values_per_cycle']:.3f} values/cycle)")
     return 0
 
 
@@ -149,6 +160,9 @@ def register(commands) -> None:
                         "search = multi-pass step search + rate-distortion fill; auto (default) = hw "
                         "unless --offset-bits > 0")
     p.add_argument("--json", action="store_true", help="print one JSON object with the statistics")
+    p.add_argument("--rtl", action="store_true",
+                   help="also run the groups through the RTL compressor in simulation (FP16, hw policy, "
+                        "1-2 lanes); its blocks must equal the file's byte for byte")
     _geometry(p)
     _train_args(p)
     p.set_defaults(func=_compress)

@@ -1,8 +1,9 @@
-"""Run ``.sfk`` files through the RTL KV decompressor in simulation (cocotb + Verilator).
+"""Run ``.sfk`` files through the RTL KV codec in simulation (cocotb + Verilator).
 
-Used by ``sparsefab kv decompress --rtl``, the ``kv`` bench section and
-tests/test_kv_decompress.py.  One build per geometry: the codebooks are runtime tables
-written through ``i_cfg``, so any trained codebook set runs on the same compiled model.
+Used by ``sparsefab kv decompress --rtl`` / ``kv compress --rtl``, the ``kv`` bench section and
+tests/test_kv_decompress.py.  Decompressor: one build per geometry (the codebooks are runtime
+tables written through ``i_cfg``, so any trained codebook set runs on the same compiled model).
+Compressor: the codebooks are generator parameters, so each codebook set is its own (cached) build.
 """
 
 from __future__ import annotations
@@ -143,3 +144,34 @@ def rtl_decompress(data: bytes, *, stalls: bool = False, decoder: str = "auto") 
     out = kv.from_groups(groups, hdr.shape, hdr.params).view(np.float16)
     fig = measure(res) if not stalls else {"blocks": hdr.nblocks, **res["counters"]}
     return out, fig
+
+
+def rtl_compress(x: np.ndarray, data: bytes) -> dict:
+    """Run the groups of ``x`` through the RTL compressor; its blocks must equal those of ``data``.
+
+    ``data`` is the ``.sfk`` image that :func:`sparsefab.compress.kv.compress` made of ``x`` with
+    the hardware policy.  The cocotb scoreboard compares every RTL block, byte for byte, with the
+    golden ``encode_groups(..., policy="hw")`` blocks, and this function checks that those are the
+    blocks of the file, so a pass means the RTL writes the file's blocks.  Returns the hardware
+    figures (``blocks``, ``cycles``, ``values_per_cycle``, counters).  Raises SparsefabError (one
+    line) when the file is not FP16, when the geometry is outside the compressor's range, or when
+    any block differs.
+    """
+    from sparsefab.sim.tb_kv_compress import run_case as run_compressor
+
+    hdr, cb = kv.read_header(bytes(data))
+    if hdr.dtype != "fp16":
+        raise SparsefabError(f"RTL compressor takes FP16; this file is {hdr.dtype}")
+    if hdr.ebias < -128 or hdr.ebias > 127:
+        raise SparsefabError(f"ebias {hdr.ebias} outside the compressor's signed 8-bit port")
+    vals, _ = kv.input_values(np.asarray(x), "fp16")
+    groups = kv.to_groups(vals, hdr.params)
+    blocks, _ = kv.encode_groups(groups, cb, hdr.params, hdr.ebias, policy="hw")
+    if not np.array_equal(blocks, kv.file_blocks(data, hdr)):
+        raise SparsefabError("the file's blocks are not the hardware policy's (compress with --policy hw)")
+    res = run_compressor(groups.astype(np.float16), codebooks=cb, params=hdr.params, ebias=hdr.ebias,
+                         idle=0.0, backpressure=0.0)
+    return {"blocks": res["count_blocks"], "values": res["values"], "cycles": res["cycles"],
+            "values_per_cycle": res["values_per_cycle"],
+            "sustained_values_per_cycle": res["sustained_values_per_cycle"],
+            "fallback_blocks": res["count_fallback"], "escapes": res["count_escapes"]}

@@ -121,3 +121,30 @@ def test_compress_policies(kvfile, tmp_path, capsys):
     assert res["hw"]["file_bytes"] == res["search"]["file_bytes"]
     assert main(["kv", "compress", str(inp), "-o", str(tmp_path / "a.sfk"), "--iters", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["policy"] == "hw"
+
+
+def test_compress_rtl_identical(kvfile, tmp_path, capsys):
+    """``kv compress --rtl``: the RTL compressor writes the file's blocks (small geometry: fast build)."""
+    inp, x = kvfile
+    out = tmp_path / "r.sfk"
+    geo = ["--group", "32", "--block-bytes", "16", "--iters", "1"]
+    assert main(["kv", "compress", str(inp), "-o", str(out), *geo, "--rtl", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["rtl"]["blocks"] == st["blocks"] == x.size // 32
+    assert st["rtl"]["fallback_blocks"] == st["fallback_blocks"]
+    assert st["rtl"]["values_per_cycle"] > 0
+    ref = tmp_path / "s.sfk"
+    assert main(["kv", "compress", str(inp), "-o", str(ref), *geo]) == 0
+    assert out.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("extra,msg", [(["--policy", "search"], "hardware policy"),
+                                       (["--offset-bits", "4"], "hardware policy"),
+                                       (["--dtype", "bf16"], "FP16")])
+def test_compress_rtl_refuses_what_the_rtl_cannot_do(kvfile, tmp_path, capsys, extra, msg):
+    inp, _ = kvfile
+    out = tmp_path / "n.sfk"
+    assert main(["kv", "compress", str(inp), "-o", str(out), "--iters", "1", "--rtl", *extra]) == 1
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not out.exists()
