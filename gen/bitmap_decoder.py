@@ -24,7 +24,7 @@ Malformed input sets the sticky ``o_error`` (with its cause in ``o_error_flags``
 positions in :data:`sparsefab.gen.spmv_config.ERRORS`), abandons the matrix and returns
 to idle; the decoder never waits for input that a malformed stream will not deliver.  A set
 mask bit in row padding is caught when a lane takes it (every set bit of a row is taken);
-the flag rises the cycle after that bundle.
+the flag rises three cycles after that bundle leaves.
 """
 
 from __future__ import annotations
@@ -92,9 +92,21 @@ def _or(values, width=None):
     return _balanced(values, lambda a, b: a | b)
 
 
+_NIBBLE_COUNTS = [Const(bin(v).count("1"), 3) for v in range(16)]
+
+
 def _popcount(bits):
-    """Set bits of ``bits`` (a Value or a list of 1-bit values) by a balanced adder tree."""
-    return _balanced([bits[t] for t in range(len(bits))], lambda a, b: a + b)
+    """Set bits of ``bits`` (a Value or a list of 1-bit values): a lookup per 4 bits (one LUT4
+    level per count bit), then a balanced adder tree of those counts."""
+    bits = [bits[t] for t in range(len(bits))]
+    parts = []
+    for t in range(0, len(bits), 4):
+        nib = bits[t:t + 4]
+        if len(nib) == 1:
+            parts.append(nib[0])
+        else:
+            parts.append(Array(_NIBBLE_COUNTS[:1 << len(nib)])[Cat(*nib)])
+    return _balanced(parts, lambda a, b: a + b)
 
 
 def _prefix(m: Module, counts: list, width: int, name: str) -> list[Signal]:
@@ -202,13 +214,19 @@ class BitmapDecoder(wiring.Component):
     o_error_flags : Out(4)
         Sticky causes (``values_short``, ``values_extra``, ``mask_padding`` bits of ERRORS).
 
-    Latency: ``i_mask``/``i_value`` beats go straight into the window / value registers (no
-    input FIFO; ``ready`` is high when a slot is free after the current cycle); a bundle is
-    combinational from those registers.  Throughput: ``lanes`` nonzeros per cycle while the
+    Latency: a mask beat and the popcounts of its groups are registered in a one-beat input
+    buffer, then enter the window; value beats go straight into the value registers (``ready``
+    is high when a slot is free after the current cycle).  Each cycle's decision (from
+    registers only: the rebased prefix counts, and the counts at the current and next row ends
+    with the row flags, all kept in step with the state) is registered with each lane's group
+    and rank in it (stage A, which is ``o_lanes.valid``); the in-group bit select and the
+    column subtraction follow combinationally on ``o_lanes``.  A command's first cycle only
+    lets the row-end counts settle.  Throughput: ``lanes`` nonzeros per cycle while the
     window holds at least ``lanes`` set bits of at most two rows; at most one mask beat enters
     per cycle (``mask_bus`` bits: at density ``d`` at most ``d * mask_bus`` nonzeros per cycle);
-    at most one row boundary per cycle; one extra cycle per matrix to check the value stream's
-    end.
+    at most one row boundary per cycle; per matrix one cycle to start and one extra cycle to
+    check the value stream's end.  A padding bit raises ``o_error`` three cycles after its
+    bundle leaves (lane flags, their OR, the flush); no command is taken before that check.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -288,7 +306,7 @@ class BitmapDecoder(wiring.Component):
         any_val = Signal()               # this matrix consumed at least one value
         pad_r = Signal()                 # a lane of the last bundle fell in row padding
         err_flags = Signal(4)
-        m.d.comb += [self.o_busy.eq(running | endv), self.o_error_flags.eq(err_flags),
+        m.d.comb += [self.o_error_flags.eq(err_flags),
                      self.o_error.eq(err_flags.any())]
 
         # ---------------------------------------------------------------- window geometry
@@ -296,16 +314,17 @@ class BitmapDecoder(wiring.Component):
         # start the decoder's longest loop (row end -> counts there -> k -> advance -> state)
         es_w = Signal(signed(len(rs_w) + 1))
         es2_w = Signal(signed(len(rs_w) + 2))
-        es3_w = Signal(signed(len(rs_w) + 3))
-        m.d.comb += es3_w.eq(es2_w + stride_w)
-        avail_words = Signal(range(NW + 1))
-        m.d.comb += avail_words.eq(_popcount(sv) * MW)
+        es3_w = Signal(signed(len(rs_w) + 3))      # registers, kept in step
+        prime = Signal()                 # first cycle of a matrix: the row-end counts settle
+        m.d.sync += prime.eq(0)
+        # Row flags, REGISTERS (their next values are computed below for both outcomes of this
+        # cycle's row finish and selected by it, so the k -> advance loop starts at registers):
+        # row_complete = the current row's last word is inside the window (slots never drop past
+        # a row end that is not finished, so es_w >= 1); has_next = a row follows; last_row =
+        # this is the matrix's last row.
         row_complete = Signal()
-        # complete: the row's last word is inside the window (slots never drop past a row end
-        # that is not finished, so es_w >= 1)
-        m.d.comb += row_complete.eq(es_w <= avail_words)
         has_next = Signal()
-        m.d.comb += has_next.eq(rows_left > 1)
+        last_row = Signal()
         next_ok = Signal()
         m.d.comb += next_ok.eq(row_complete & has_next)
 
@@ -321,27 +340,47 @@ class BitmapDecoder(wiring.Component):
             c = Signal(cb + 1, name=f"in_c{g}")
             m.d.comb += c.eq(_popcount(self.i_mask.payload[g * C:(g + 1) * C]))
             in_cnts.append(c)
-        in_lq = _prefix(m, in_cnts, lq_w, "in_lq")
-        # rebased counts at each word boundary (0..NW words)
-        Rw = [Rm1] + [R[x * W // C - 1] for x in range(1, NW + 1)]
+        in_lq_now = _prefix(m, in_cnts, lq_w, "in_lq")
+        # The beat and its counts are registered in a one-beat input buffer before they reach the
+        # window (the popcount and prefix adders end at a register, not in the count update).
+        mbuf = Signal(SW)
+        mbuf_v = Signal()
+        in_lq = [mbuf[M + g * lq_w:M + (g + 1) * lq_w] for g in range(GS)]
 
-        def r_at(words, name):
-            """Set bits of the window before word ``words`` (clamped to 0..NW), minus those taken."""
+        def r_at(src, src_m1, words, name):
+            """Rebased count ``src`` at word boundary ``words`` (clamped to 0..NW): the set bits
+            before it minus those taken."""
             out = Signal(signed(rw), name=name)
+            at_w = [src_m1] + [src[x * W // C - 1] for x in range(1, NW + 1)]
             with m.If(words <= 0):
-                m.d.comb += out.eq(Rm1)
+                m.d.comb += out.eq(src_m1)
             with m.Elif(words >= NW):
-                m.d.comb += out.eq(R[-1])
+                m.d.comb += out.eq(src[-1])
             with m.Else():
-                m.d.comb += out.eq(Array(Rw)[words[:max(1, (NW - 1).bit_length())]])
+                m.d.comb += out.eq(Array(at_w)[words[:max(1, (NW - 1).bit_length())]])
+            return out
+
+        def r_at_sh(src, src_m1, words, name):
+            """``r_at(src, src_m1, words - dsh)``: the clamp and the word index are decoded from
+            ``words`` and ``words - MW`` (a constant away) and picked by ``sh``, so the select
+            does not wait on ``sh``."""
+            out = Signal(signed(rw), name=name)
+            at_w = [src_m1] + [src[x * W // C - 1] for x in range(1, NW + 1)]
+            sel = Signal(NW + 1, name=f"{name}_sel")
+            for shv, pos in ((0, words), (1, words - MW)):
+                one = [pos <= 0] + [pos == x for x in range(1, NW)] + [pos >= NW]
+                with m.If(sh == shv):
+                    m.d.comb += sel.eq(Cat(*one))
+            m.d.comb += out.eq(_or([Mux(sel[x], at_w[x], 0) for x in range(NW + 1)], rw))
             return out
 
         dw = rw
+        # REGISTERS: r_at(R, es_w) and r_at(R, es2_w), kept like the row flags
         k_cur_full = Signal(signed(dw))  # set bits left in the current row (if complete)
+        k_nxt_full = Signal(signed(dw))  # ... through the next row's end
         lim_full = Signal(signed(dw))    # set bits this cycle may take
-        m.d.comb += k_cur_full.eq(r_at(es_w, "r_es"))
         with m.If(next_ok):
-            m.d.comb += lim_full.eq(r_at(es2_w, "r_es2"))
+            m.d.comb += lim_full.eq(k_nxt_full)
         with m.Elif(row_complete):
             m.d.comb += lim_full.eq(k_cur_full)
         with m.Else():
@@ -373,13 +412,25 @@ class BitmapDecoder(wiring.Component):
         gbits = max(1, (G - 1).bit_length())
 
         es_bits = Signal(signed(len(es_w) + W.bit_length()))
-        rs_bits = Signal(signed(len(rs_w) + W.bit_length()))
-        m.d.comb += [es_bits.eq(es_w * W), rs_bits.eq(rs_w * W)]
+        m.d.comb += es_bits.eq(es_w * W)
         window = Cat(*[x[:M] for x in slots])
         rel_w = max(col_w, (max_stride - 1).bit_length())
         wlb = W.bit_length() - 1
         pl = self.o_lanes.payload
-        pad_lane = []
+        # Two stages.  Stage A (this cycle's decision, from the decoder's registers): each lane
+        # picks its C-bit group and its rank inside it; both are REGISTERED with the bundle's
+        # values and row flags.  Stage B (from those registers, feeding ``o_lanes``): the
+        # in-group rank select and the column subtraction.  ``ov`` = stage A holds a bundle.
+        ov = Signal()
+        rdy_a = Signal()
+        m.d.comb += rdy_a.eq(~ov | self.o_lanes.ready)
+        a_grp = [Signal(C, name=f"a_grp{i}") for i in range(L)]
+        a_gsel = [Signal(gbits, name=f"a_gsel{i}") for i in range(L)]
+        a_lr = [Signal(max(1, cb), name=f"a_lr{i}") for i in range(L)]
+        a_valid, a_nxt = Signal(L), Signal(L)
+        a_rs, a_es = Signal(rel_w - wlb), Signal(rel_w - wlb)
+        a_val = Signal(L * b)
+        a_row_end, a_last = Signal(), Signal()
         for i in range(L):
             gt = [Signal(name=f"gt{i}_{j}") for j in range(G)]
             for j in range(G):
@@ -394,31 +445,36 @@ class BitmapDecoder(wiring.Component):
                 dlow.eq(_or([Mux(first[0], low_m1, 0)] + [Mux(first[j], low[j - 1], 0) for j in range(1, G)],
                             max(1, cb))),
             ]
-            lr = Signal(max(1, cb), name=f"lr{i}")
-            m.d.comb += lr.eq(i - dlow)
-            within = _rank_select(m, grp, lr, f"ws{i}")
+            with m.If(rdy_a):
+                # the rank in the group, i - dlow, is one LUT level (i is a constant)
+                m.d.sync += [a_grp[i].eq(grp), a_gsel[i].eq(gsel), a_lr[i].eq(i - dlow),
+                             a_valid[i].eq(k > i), a_nxt[i].eq(finish & (k_cur <= i))]
+        with m.If(rdy_a):
+            m.d.sync += [a_rs.eq(rs_w[:rel_w - wlb]), a_es.eq(es_w[:rel_w - wlb])]
+        pad_lane = []
+        for i in range(L):
+            within = _rank_select(m, a_grp[i], a_lr[i], f"ws{i}")
             p = Signal(pos_bits, name=f"selpos{i}")
-            m.d.comb += p.eq(Cat(within, gsel) if cb else gsel)
-            valid_i = Signal(name=f"lv{i}")
-            nxt_i = Signal(name=f"ln{i}")
-            m.d.comb += [valid_i.eq(k > i), nxt_i.eq(finish & (k_cur <= i))]
+            m.d.comb += p.eq(Cat(within, a_gsel[i]) if cb else a_gsel[i])
             # column = position - row start; a valid lane is within its row's stride, so
             # rel_w bits (modular) hold it exactly
             # row starts are word aligned: the low log2(W) bits need no subtraction
             rel = Signal(rel_w, name=f"rel{i}")
-            m.d.comb += rel.eq(Cat(p[:wlb], p[wlb:] - Mux(nxt_i, es_w, rs_w)[:rel_w - wlb]))
-            pad_lane.append(valid_i & (rel >= cols_r))
+            m.d.comb += rel.eq(Cat(p[:wlb], p[wlb:] - Mux(a_nxt[i], a_es, a_rs)))
+            pad_lane.append(a_valid[i] & (rel >= cols_r))
             m.d.comb += [
-                pl.valid[i].eq(valid_i),
-                pl.nxt[i].eq(nxt_i),
+                pl.valid[i].eq(a_valid[i]),
+                pl.nxt[i].eq(a_nxt[i]),
                 pl.col[i].eq(rel[:col_w]),
+                pl.value[i].eq(a_val[i * b:(i + 1) * b]),
             ]
 
         # ---------------------------------------------------------------- values gearbox
         vavail = Signal(range(2 * VPB + 1))
         m.d.comb += vavail.eq(Mux(va_v, VPB - vpos, 0) + Mux(vb_v, VPB, 0))
         vals_ok = Signal()
-        m.d.comb += vals_ok.eq(k <= vavail)
+        # k <= vavail, without waiting for k's saturation
+        m.d.comb += vals_ok.eq((vavail >= L) | (lim_full <= vavail))
         vwin = Cat(VA, VB)
         # logarithmic byte shifter, largest step first so every stage is only as wide as what the
         # next stages still need (the L lanes' L*b bits at the end)
@@ -429,12 +485,8 @@ class BitmapDecoder(wiring.Component):
             stage = Signal(need, name=f"vsh{t}")
             m.d.comb += stage.eq(Mux(vpos[t], vshift[step:step + need], vshift[:need]))
             vshift = stage
-        for i in range(L):
-            m.d.comb += pl.value[i].eq(vshift[i * b:(i + 1) * b])
 
         # ---------------------------------------------------------------- lanes out
-        last_row = Signal()
-        m.d.comb += last_row.eq(rows_left == 1)
         # Errors act one cycle after detection (registered): nothing advances in the cycle that
         # finds them (a short value stream has vals_ok low; a padding bit left in a bundle), and
         # the flush then starts from registers, off the k -> advance path.
@@ -445,14 +497,25 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += any_err.eq(pad_r | short_err)
         m.d.sync += short_err.eq(short_now & ~any_err)
         can_go = Signal()
-        m.d.comb += can_go.eq(running & (a_v | row_complete) & vals_ok & ~any_err)
-        m.d.comb += [pl.row_end.eq(finish), pl.last.eq(finish & last_row),
-                     self.o_lanes.valid.eq(can_go & ((k != 0) | finish))]
+        m.d.comb += can_go.eq(running & ~prime & (a_v | row_complete) & vals_ok & ~any_err)
+        emit = Signal()                  # this cycle's decision is a bundle (into stage A)
+        m.d.comb += emit.eq(can_go & ((k != 0) | finish))
+        m.d.comb += [pl.row_end.eq(a_row_end), pl.last.eq(a_last), self.o_lanes.valid.eq(ov)]
         advance = Signal()
-        m.d.comb += advance.eq(can_go & (~self.o_lanes.valid | self.o_lanes.ready))
-        # padding bits are caught when a lane takes them (every set bit of a row is taken):
-        # registered, so the bundle goes out and the matrix is abandoned one cycle later
-        m.d.sync += pad_r.eq(self.o_lanes.valid & self.o_lanes.ready & _or(pad_lane))
+        m.d.comb += advance.eq(can_go & (~emit | rdy_a))
+        with m.If(rdy_a):
+            m.d.sync += [ov.eq(emit), a_row_end.eq(finish), a_last.eq(finish & last_row),
+                         a_val.eq(vshift[:L * b])]
+        with m.If(any_err):
+            m.d.sync += ov.eq(0)
+        # padding bits are caught when a lane takes them (every set bit of a row is taken): the
+        # lanes' flags are registered as the bundle goes out, their OR a cycle later, and the
+        # matrix is abandoned the cycle after that
+        pad_l = Signal(L)
+        pad_wait = Signal()
+        m.d.sync += [pad_l.eq(Mux(self.o_lanes.valid & self.o_lanes.ready, Cat(*pad_lane), 0)),
+                     pad_r.eq(pad_l.any())]
+        m.d.comb += pad_wait.eq(ov | pad_l.any() | pad_r)
 
         # ---------------------------------------------------------------- next mask state
         mat_end = Signal()
@@ -481,10 +544,20 @@ class BitmapDecoder(wiring.Component):
         # beats of a finished matrix still in the window, dropped the cycle after its last row
         # (the decoder is then idle: registered, off the advance path)
         flush_d = Signal(range(K + 1))
+        # sh: the oldest beat leaves (see below); sh_r = "its bits are all taken and the current
+        # row ends beyond it", a register computed with the next state
+        sh, sh_r = Signal(), Signal()
+        fin = Signal()
+        m.d.comb += fin.eq(advance & finish)
+        # next row ends if this cycle finishes no row (_n0) / the current row (_n1 = es2 - dsh)
+        dsh = Signal(range(MW + 1))
+        m.d.comb += dsh.eq(Mux(sh, MW, 0))
+        es_n0, es2_n0 = Signal.like(es_w), Signal.like(es2_w)
+        m.d.comb += [es_n0.eq(es_w - dsh), es2_n0.eq(es2_w - dsh)]
         with m.If(any_err):
             m.d.comb += [x.eq(0) for x in v1] + [x.eq(0) for x in s1]
             m.d.comb += [x.eq(0) for x in Rs] + [Rsm1.eq(0)]
-            m.d.sync += [rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1), flush_d.eq(0)]
+            m.d.sync += flush_d.eq(0)
         with m.Elif(flush_d != 0):
             with m.Switch(flush_d):
                 for d in range(1, K + 1):
@@ -507,8 +580,7 @@ class BitmapDecoder(wiring.Component):
             # The oldest beat leaves once its set bits are all taken and the current row ends
             # beyond it (decided from the registers at the START of the cycle, also in the
             # matrix's last cycle: which slots change never depends on this cycle's advance).
-            sh = Signal()
-            m.d.comb += sh.eq(running & a_v & (R[GS - 1] <= 0) & (es_w > MW))
+            m.d.comb += sh.eq(running & ~prime & sh_r)
             with m.If(sh):
                 drop(m, 1)
                 m.d.comb += [Rs[j].eq(R[j + GS] if j + GS < G else R[-1]) for j in range(G)]
@@ -519,28 +591,23 @@ class BitmapDecoder(wiring.Component):
                 for d in range(1, K + 1):
                     with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
                         m.d.sync += flush_d.eq(d - sh)
-                m.d.sync += [rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1)]
-            with m.Else():
-                fin = advance & finish
-                r_next = Mux(fin, es_w, rs_w)
-                e_next = Mux(fin, es2_w, es_w)
-                e2_next = Mux(fin, es3_w, es2_w)
-                with m.If(sh):
-                    m.d.sync += [rs_w.eq(r_next - MW), es_w.eq(e_next - MW), es2_w.eq(e2_next - MW)]
-                with m.Else():
-                    m.d.sync += [rs_w.eq(r_next), es_w.eq(e_next), es2_w.eq(e2_next)]
-        # refill from the mask FIFO into the first empty slot
-        m.d.comb += self.i_mask.ready.eq(~v1[K - 1])
+        # refill from the input buffer into the first empty slot
+        take_buf = Signal()
+        m.d.comb += [take_buf.eq(mbuf_v & ~v1[K - 1]), self.i_mask.ready.eq(~mbuf_v | ~v1[K - 1])]
+        with m.If(self.i_mask.valid & self.i_mask.ready):
+            m.d.sync += [mbuf.eq(Cat(self.i_mask.payload, *in_lq_now)), mbuf_v.eq(1)]
+        with m.Elif(take_buf):
+            m.d.sync += mbuf_v.eq(0)
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
         m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
         # the beat entering slot i counts from the end of slot i-1; the slots after it (empty)
         # hold its total.  The add is off the k loop; only "- kk" follows k.
         Rf = [Signal(signed(rw), name=f"Rf{j}") for j in range(G)]
         m.d.comb += [x.eq(y) for x, y in zip(Rf, Rs, strict=True)]
-        with m.If(self.i_mask.valid):
+        with m.If(mbuf_v):
             for i in range(K):
                 with m.If(~v1[i] & (v1[i - 1] if i else 1)):
-                    m.d.sync += [slots[i].eq(Cat(self.i_mask.payload, *in_lq)), sv[i].eq(1)]
+                    m.d.sync += [slots[i].eq(mbuf), sv[i].eq(1)]
                     start = Rs[i * GS - 1] if i else Rsm1
                     for j in range(i * GS, G):
                         m.d.comb += Rf[j].eq(start + (in_lq[j - i * GS] if j < (i + 1) * GS else in_lq[-1]))
@@ -586,14 +653,23 @@ class BitmapDecoder(wiring.Component):
                 m.d.sync += vlast_loaded.eq(vfifo.r_data[V])
 
         # ---------------------------------------------------------------- control
-        m.d.comb += self.i_cmd.ready.eq(~running & ~endv)
+        hn_n, lr_n = Signal(), Signal()
+        m.d.comb += [hn_n.eq(Mux(fin, rows_left > 2, rows_left > 1)),
+                     lr_n.eq(Mux(fin, rows_left == 2, rows_left == 1))]
+        # a bundle still in stage A, or its padding check, belongs to the matrix before
+        m.d.comb += [self.i_cmd.ready.eq(~running & ~endv & ~pad_wait),
+                     self.o_busy.eq(running | endv | pad_wait)]
         with m.If(self.i_cmd.valid & self.i_cmd.ready):
             cols = self.i_cmd.payload.cols
             stride = Signal(len(cols) + 1)
             m.d.comb += stride.eq((cols + (gran - 1)) & ~Const(gran - 1, len(cols) + 1))
             sw_new = stride >> (W.bit_length() - 1)
             m.d.sync += [running.eq(1), rows_left.eq(self.i_cmd.payload.rows), cols_r.eq(cols),
-                         stride_w.eq(sw_new), rs_w.eq(0), es_w.eq(sw_new), es2_w.eq(sw_new << 1)]
+                         stride_w.eq(sw_new)]
+            # the geometry is set now (below); the counts at the row ends follow it one cycle
+            # later (``prime``: nothing advances in that cycle)
+            m.d.sync += prime.eq(1)
+            m.d.comb += [hn_n.eq(self.i_cmd.payload.rows > 1), lr_n.eq(self.i_cmd.payload.rows == 1)]
         with m.If(advance & finish):
             m.d.sync += rows_left.eq(rows_left - 1)
         with m.If(mat_end):
@@ -602,6 +678,33 @@ class BitmapDecoder(wiring.Component):
             m.d.sync += endv.eq(0)
         with m.If(any_err):
             m.d.sync += [running.eq(0), endv.eq(0)]
+        # the row geometry and the registered flags and counts that follow it (next values for
+        # both outcomes of this cycle's row finish, selected by it; the counts' "- kk" comes last)
+        # (the geometry also moves at the matrix's end, so it never waits on that decision; the
+        # next command sets it, an error resets it)
+        with m.If(self.i_cmd.valid & self.i_cmd.ready):
+            m.d.sync += [rs_w.eq(0), es_w.eq(sw_new), es2_w.eq(sw_new << 1), es3_w.eq(sw_new + (sw_new << 1))]
+        with m.Elif(any_err):
+            m.d.sync += [rs_w.eq(0), es_w.eq(stride_w), es2_w.eq(stride_w << 1),
+                         es3_w.eq(stride_w + (stride_w << 1))]
+        with m.Else():
+            # both outcomes computed from registers, the late row finish picks one
+            m.d.sync += [rs_w.eq(Mux(fin, es_n0, rs_w - dsh)), es_w.eq(Mux(fin, es2_n0, es_n0)),
+                         es2_w.eq(Mux(fin, es3_w - dsh, es2_n0)),
+                         es3_w.eq(Mux(fin, es3_w + stride_w - dsh, es3_w - dsh))]
+        m.d.sync += [has_next.eq(hn_n), last_row.eq(lr_n)]
+        v_n = [Signal(name=f"mbeat{i}_vn") for i in range(K)]
+        m.d.comb += [v_n[i].eq(v1[i] | (mbuf_v & (v1[i - 1] if i else 1))) for i in range(K)]
+        av_n = Signal(range(NW + 1))
+        m.d.comb += av_n.eq(_popcount(v_n) * MW)
+        # counts at the next row ends (es - dsh, es2 - dsh, es3 - dsh): the window positions are
+        # decoded from the registers for both values of sh, then picked by it
+        c_a = r_at_sh(Rf, Rsm1, es_w, "r_a")
+        c_b = r_at_sh(Rf, Rsm1, es2_w, "r_b")
+        c_c = r_at_sh(Rf, Rsm1, es3_w, "r_c")
+        m.d.sync += [k_cur_full.eq(Mux(fin, c_b, c_a) - kk), k_nxt_full.eq(Mux(fin, c_c, c_b) - kk),
+                     row_complete.eq(Mux(fin, es2_n0 <= av_n, es_n0 <= av_n)),
+                     sh_r.eq(v_n[0] & (Rf[GS - 1] <= kk) & Mux(fin, es2_n0 > MW, es_n0 > MW))]
         flags = Signal(4)
         m.d.comb += [
             flags[ERRORS["values_short"]].eq(short_err),

@@ -154,11 +154,20 @@ class RequantStage(wiring.Component):
         t_w = max(cfg.acc_bits, BIAS_BITS) + 1
         return t_w, t_w + MULTIPLIER_BITS + 1
 
-    @staticmethod
-    def _round_shift(m: Module, p, sh):
-        """``r = (p + 2**(sh-1)) >> sh`` saturated to 12 bits (s12), as logic.
+    @classmethod
+    def _round_shift(cls, m: Module, p, sh):
+        """``r = (p + 2**(sh-1)) >> sh`` saturated to 12 bits (s12): :meth:`_shift_q` then the
+        rounding ``(q + 1) >> 1``."""
+        rr = Signal(signed(12))
+        m.d.comb += rr.eq((cls._shift_q(m, p, sh) + 1) >> 1)
+        return rr
 
-        Computed as ``q = (2p) >> sh``, ``r = (q + 1) >> 1`` (one shifter, no rounding constant;
+    @staticmethod
+    def _shift_q(m: Module, p, sh):
+        """``q = (2p) >> sh`` saturated to 12 bits (s12), as logic (the rounding shift before
+        its final ``(q + 1) >> 1``).
+
+        ``r = (p + 2**(sh-1)) >> sh`` is computed as ``q = (2p) >> sh``, ``r = (q + 1) >> 1`` (one shifter, no rounding constant;
         equal for every shift including 0), with ``q`` saturated to 12 bits: ``|r| > 1023`` clips
         to the same int8 whatever the zero point.  Only the low 12 bits of ``q`` are shifted (a
         trimmed shifter); "q's bits from 11 up all equal its sign" is tested with a thermometer
@@ -176,10 +185,9 @@ class RequantStage(wiring.Component):
         m.d.comb += thr.eq(Const((1 << n_hi) - 1, n_hi) << sh)
         ovf = Signal()
         m.d.comb += ovf.eq((x[11:] & thr).any())
-        qs = Mux(ovf, Mux(sign, -2048, 2047), q_lo.as_signed())
-        rr = Signal(signed(12))
-        m.d.comb += rr.eq((qs + 1) >> 1)
-        return rr
+        qs = Signal(signed(12))
+        m.d.comb += qs.eq(Mux(ovf, Mux(sign, -2048, 2047), q_lo.as_signed()))
+        return qs
 
     @staticmethod
     def _zp_sat(m: Module, r, zp, relu):
@@ -261,7 +269,7 @@ class RequantStage(wiring.Component):
         t = Signal(signed(t_w))
         mr = Signal(MULTIPLIER_BITS)
         p = Signal(signed(p_w))
-        r = Signal(signed(12))
+        qsh = Signal(signed(12))       # 2p >> shift, saturated; rounded in the output cycle
         sh, zp, relu, last = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal(), Signal()
 
         out_free = Signal()
@@ -275,6 +283,8 @@ class RequantStage(wiring.Component):
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(finishing):
+            r = Signal(signed(12))
+            m.d.comb += r.eq((qsh + 1) >> 1)
             sat = self._zp_sat(m, r, zp, relu)
             m.d.sync += [o.valid.eq(1), o.payload.acc.eq(acc_r), o.payload.out.eq(sat),
                          o.payload.last.eq(last), busy.eq(0)]
@@ -288,7 +298,7 @@ class RequantStage(wiring.Component):
             m.d.sync += [p.eq((p << d) + _balanced_sum([Mux(digit[j], t << j, 0) for j in range(d)])),
                          mr.eq(mr << d), phase.eq(phase + 1)]
         with m.Elif(busy & (phase == S)):
-            m.d.sync += [r.eq(self._round_shift(m, p, sh)), phase.eq(S + 1)]
+            m.d.sync += [qsh.eq(self._shift_q(m, p, sh)), phase.eq(S + 1)]
         return m
 
 

@@ -3010,13 +3010,13 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   wire [39:0] \$8 ;
   wire \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$22  = 8'h00;
-  reg [5:0] \$signal$29  = 6'h00;
-  reg [7:0] \$signal$30  = 8'h00;
-  reg [31:0] \$signal$32  = 32'd0;
-  reg [7:0] \$signal$34  = 8'h00;
-  reg [31:0] \$signal$36  = 32'd0;
-  reg [31:0] \$signal$39  = 32'd0;
+  reg [7:0] \$signal$23  = 8'h00;
+  reg [5:0] \$signal$30  = 6'h00;
+  reg [7:0] \$signal$31  = 8'h00;
+  reg [31:0] \$signal$33  = 32'd0;
+  reg [7:0] \$signal$35  = 8'h00;
+  reg [31:0] \$signal$37  = 32'd0;
+  reg [31:0] \$signal$40  = 32'd0;
   input clk;
   wire clk;
   input [32:0] i_acc__payload;
@@ -3054,6 +3054,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg ovf;
   reg [49:0] p2 = 50'h0000000000000;
   reg [11:0] q_lo;
+  reg [11:0] qs;
   reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
@@ -3073,15 +3074,17 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg v3 = 1'h0;
   reg [50:0] x;
   always @(posedge clk)
+    t1 <= \$32 ;
+  always @(posedge clk)
     m1 <= \$33 ;
   always @(posedge clk)
-    \$signal$29  <= \$34 ;
+    \$signal$30  <= \$34 ;
   always @(posedge clk)
-    \$signal$30  <= \$35 ;
+    \$signal$31  <= \$35 ;
   always @(posedge clk)
     relu1 <= \$36 ;
   always @(posedge clk)
-    \$signal$32  <= \$37 ;
+    \$signal$33  <= \$37 ;
   always @(posedge clk)
     last1 <= \$38 ;
   always @(posedge clk)
@@ -3091,11 +3094,11 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   always @(posedge clk)
     \$signal  <= \$41 ;
   always @(posedge clk)
-    \$signal$34  <= \$42 ;
+    \$signal$35  <= \$42 ;
   always @(posedge clk)
     relu2 <= \$43 ;
   always @(posedge clk)
-    \$signal$36  <= \$44 ;
+    \$signal$37  <= \$44 ;
   always @(posedge clk)
     last2 <= \$45 ;
   always @(posedge clk)
@@ -3103,11 +3106,11 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   always @(posedge clk)
     r3 <= \$47 ;
   always @(posedge clk)
-    \$signal$22  <= \$48 ;
+    \$signal$23  <= \$48 ;
   always @(posedge clk)
     relu3 <= \$49 ;
   always @(posedge clk)
-    \$signal$39  <= \$50 ;
+    \$signal$40  <= \$50 ;
   always @(posedge clk)
     last3 <= \$51 ;
   always @(posedge clk)
@@ -3131,28 +3134,26 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   assign \$9  = | \$8 ;
   assign \$10  = p2[49] ? 12'h800 : 12'h7ff;
   assign \$11  = ovf ? \$10  : q_lo;
-  assign \$12  = $signed(\$11 ) + $signed(2'h1);
-  assign \$14  = $signed(r3) + $signed(\$signal$22 );
+  assign \$12  = $signed(qs) + $signed(2'h1);
+  assign \$14  = $signed(r3) + $signed(\$signal$23 );
   assign \$15  = i_acc__valid & i_rq__valid;
   assign \$16  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
   assign \$17  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$18  = $signed(v) < $signed(\$signal$22 );
+  assign \$18  = $signed(v) < $signed(\$signal$23 );
   assign \$19  = relu3 & \$18 ;
-  assign \$20  = \$19  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$20  = \$19  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$21  = $signed(\$20 ) < $signed(8'h80);
-  assign \$22  = $signed(v) < $signed(\$signal$22 );
+  assign \$22  = $signed(v) < $signed(\$signal$23 );
   assign \$23  = relu3 & \$22 ;
-  assign \$24  = \$23  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$24  = \$23  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$25  = $signed(\$24 ) > $signed(8'h7f);
-  assign \$26  = $signed(v) < $signed(\$signal$22 );
+  assign \$26  = $signed(v) < $signed(\$signal$23 );
   assign \$27  = relu3 & \$26 ;
-  assign \$28  = \$27  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$28  = \$27  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$29  = \$25  ? 13'h007f : \$28 ;
   assign \$30  = \$21  ? 13'h1f80 : \$29 ;
   always @(posedge clk)
     v1 <= \$31 ;
-  always @(posedge clk)
-    t1 <= \$32 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$33  = m1;
@@ -3165,7 +3166,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$29 ;
+    \$34  = \$signal$30 ;
     if (take1) begin
       \$34  = i_rq__payload[53:48];
     end
@@ -3175,7 +3176,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = \$signal$30 ;
+    \$35  = \$signal$31 ;
     if (take1) begin
       \$35  = i_rq__payload[61:54];
     end
@@ -3195,7 +3196,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = \$signal$32 ;
+    \$37  = \$signal$33 ;
     if (take1) begin
       \$37  = i_acc__payload[31:0];
     end
@@ -3237,7 +3238,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$41  = \$signal ;
     if (take2) begin
-      \$41  = \$signal$29 ;
+      \$41  = \$signal$30 ;
     end
     if (rst) begin
       \$41  = 6'h00;
@@ -3245,9 +3246,9 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = \$signal$34 ;
+    \$42  = \$signal$35 ;
     if (take2) begin
-      \$42  = \$signal$30 ;
+      \$42  = \$signal$31 ;
     end
     if (rst) begin
       \$42  = 8'h00;
@@ -3265,9 +3266,9 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = \$signal$36 ;
+    \$44  = \$signal$37 ;
     if (take2) begin
-      \$44  = \$signal$32 ;
+      \$44  = \$signal$33 ;
     end
     if (rst) begin
       \$44  = 32'd0;
@@ -3305,9 +3306,9 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = \$signal$22 ;
+    \$48  = \$signal$23 ;
     if (take3) begin
-      \$48  = \$signal$34 ;
+      \$48  = \$signal$35 ;
     end
     if (rst) begin
       \$48  = 8'h00;
@@ -3325,9 +3326,9 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = \$signal$39 ;
+    \$50  = \$signal$40 ;
     if (take3) begin
-      \$50  = \$signal$36 ;
+      \$50  = \$signal$37 ;
     end
     if (rst) begin
       \$50  = 32'd0;
@@ -3357,7 +3358,7 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$53  = o_res__payload;
     if (take4) begin
-      \$53 [31:0] = \$signal$39 ;
+      \$53 [31:0] = \$signal$40 ;
       \$53 [39:32] = \$30 [7:0];
       \$53 [40] = last3;
     end
@@ -3391,6 +3392,13 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
     ovf = 1'h0;
     if (take3) begin
       ovf = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    qs = 12'h000;
+    if (take3) begin
+      qs = \$11 ;
     end
   end
   always @* begin

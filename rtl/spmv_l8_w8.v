@@ -273,7 +273,7 @@ module spmv_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payload, i
     .o_error_flags(\o_error_flags$62 ),
     .o_lanes__payload(i_lanes__payload),
     .o_lanes__ready(o_lanes__ready),
-    .o_lanes__valid(i_lanes__valid),
+    .ov(i_lanes__valid),
     .rst(rst)
   );
   \spmv_l8_w8.requant  requant (
@@ -596,7 +596,7 @@ module spmv_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payload, i
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_fired, r_en, wp__addr, i_lanes__payload, o_row__payload, o_row__valid, wp__data);
+module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp__addr, i_lanes__payload, i_lanes__valid, o_row__payload, o_row__valid, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
@@ -2167,8 +2167,8 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$7216$0 (\$39 [31:0]),
-    .\port$7702$0 (last3),
+    .\port$8466$0 (\$39 [31:0]),
+    .\port$9041$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2480,7 +2480,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$7216$0 , w_en, w_level, r_data, r_en, \port$7702$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$8466$0 , w_en, w_level, r_data, r_en, \port$9041$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2522,10 +2522,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7216$0 , w_en, w_level, r_data, r
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$7216$0 ;
-  wire [31:0] \port$7216$0 ;
-  input \port$7702$0 ;
-  wire \port$7702$0 ;
+  input [31:0] \port$8466$0 ;
+  wire [31:0] \port$8466$0 ;
+  input \port$9041$0 ;
+  wire \port$9041$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2561,7 +2561,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7216$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7702$0 , \port$7216$0  };
+      storage[w_port__addr] <= { \port$9041$0 , \port$8466$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2660,295 +2660,295 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$7216$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7702$0 , \port$7216$0  };
-  assign w_data = { \port$7702$0 , \port$7216$0  };
+  assign w_port__data = { \port$9041$0 , \port$8466$0  };
+  assign w_data = { \port$9041$0 , \port$8466$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rst, o_busy, o_lanes__valid, i_mask__ready, i_value__ready, i_cmd__ready, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, o_error_flags, i_mask__payload);
+module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rst, i_mask__ready, i_value__ready, i_cmd__ready, o_busy, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, ov, o_error_flags, i_mask__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [1:0] \$1 ;
-  wire [3:0] \$10 ;
-  wire [2:0] \$100 ;
-  wire \$1000 ;
-  wire \$1001 ;
-  wire [15:0] \$1002 ;
-  wire [15:0] \$1003 ;
-  wire \$1004 ;
+  reg [2:0] \$1 ;
+  reg [2:0] \$10 ;
+  wire [3:0] \$100 ;
+  wire [3:0] \$1000 ;
+  wire [3:0] \$1001 ;
+  wire \$1002 ;
+  wire \$1003 ;
+  wire [3:0] \$1004 ;
   wire \$1005 ;
-  wire [15:0] \$1006 ;
-  wire \$1007 ;
-  wire \$1008 ;
-  wire [15:0] \$1009 ;
-  wire [3:0] \$101 ;
-  wire [15:0] \$1010 ;
-  wire [15:0] \$1011 ;
-  wire [15:0] \$1012 ;
-  wire [15:0] \$1013 ;
-  wire \$1014 ;
-  wire \$1015 ;
-  wire [15:0] \$1016 ;
-  wire \$1017 ;
+  wire \$1006 ;
+  wire [3:0] \$1007 ;
+  wire [3:0] \$1008 ;
+  wire \$1009 ;
+  wire \$101 ;
+  wire \$1010 ;
+  wire [3:0] \$1011 ;
+  wire \$1012 ;
+  wire \$1013 ;
+  wire [3:0] \$1014 ;
+  wire [3:0] \$1015 ;
+  wire [3:0] \$1016 ;
+  wire [3:0] \$1017 ;
   wire \$1018 ;
-  wire [15:0] \$1019 ;
-  wire [1:0] \$102 ;
-  wire [15:0] \$1020 ;
+  wire \$1019 ;
+  wire \$102 ;
+  wire [3:0] \$1020 ;
   wire \$1021 ;
   wire \$1022 ;
-  wire [15:0] \$1023 ;
-  wire \$1024 ;
+  wire [3:0] \$1023 ;
+  wire [3:0] \$1024 ;
   wire \$1025 ;
-  wire [15:0] \$1026 ;
-  wire [15:0] \$1027 ;
-  wire [15:0] \$1028 ;
+  wire \$1026 ;
+  wire [3:0] \$1027 ;
+  wire \$1028 ;
   wire \$1029 ;
-  wire [1:0] \$103 ;
-  wire \$1030 ;
-  wire [15:0] \$1031 ;
-  wire \$1032 ;
+  wire [3:0] \$103 ;
+  wire [3:0] \$1030 ;
+  wire [3:0] \$1031 ;
+  wire [3:0] \$1032 ;
   wire \$1033 ;
-  wire [15:0] \$1034 ;
-  wire [15:0] \$1035 ;
+  wire \$1034 ;
+  wire [3:0] \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
-  wire [15:0] \$1038 ;
-  wire \$1039 ;
-  wire [2:0] \$104 ;
+  wire [3:0] \$1038 ;
+  wire [3:0] \$1039 ;
+  wire \$104 ;
   wire \$1040 ;
-  wire [15:0] \$1041 ;
-  wire [15:0] \$1042 ;
-  wire [15:0] \$1043 ;
-  wire [15:0] \$1044 ;
-  wire \$1045 ;
-  wire \$1046 ;
-  wire [15:0] \$1047 ;
-  wire \$1048 ;
-  wire \$1049 ;
-  wire [1:0] \$105 ;
-  wire [15:0] \$1050 ;
-  wire [15:0] \$1051 ;
-  wire \$1052 ;
+  wire \$1041 ;
+  wire [3:0] \$1042 ;
+  wire \$1043 ;
+  wire \$1044 ;
+  wire [3:0] \$1045 ;
+  wire [3:0] \$1046 ;
+  wire [3:0] \$1047 ;
+  wire [3:0] \$1048 ;
+  wire [3:0] \$1049 ;
+  wire \$105 ;
+  wire \$1050 ;
+  wire \$1051 ;
+  wire [3:0] \$1052 ;
   wire \$1053 ;
-  wire [15:0] \$1054 ;
-  wire \$1055 ;
-  wire \$1056 ;
-  wire [15:0] \$1057 ;
-  wire [15:0] \$1058 ;
-  wire [15:0] \$1059 ;
-  wire [1:0] \$106 ;
+  wire \$1054 ;
+  wire [3:0] \$1055 ;
+  wire [3:0] \$1056 ;
+  wire \$1057 ;
+  wire \$1058 ;
+  wire [3:0] \$1059 ;
+  wire [3:0] \$106 ;
   wire \$1060 ;
   wire \$1061 ;
-  wire [15:0] \$1062 ;
-  wire \$1063 ;
-  wire \$1064 ;
-  wire [15:0] \$1065 ;
-  wire [15:0] \$1066 ;
-  wire \$1067 ;
+  wire [3:0] \$1062 ;
+  wire [3:0] \$1063 ;
+  wire [3:0] \$1064 ;
+  wire \$1065 ;
+  wire \$1066 ;
+  wire [3:0] \$1067 ;
   wire \$1068 ;
-  wire [15:0] \$1069 ;
-  wire [2:0] \$107 ;
-  wire \$1070 ;
-  wire \$1071 ;
-  wire [15:0] \$1072 ;
-  wire [15:0] \$1073 ;
-  wire [15:0] \$1074 ;
-  wire [15:0] \$1075 ;
-  wire [15:0] \$1076 ;
-  wire [15:0] \$1077 ;
-  wire \$1078 ;
-  wire \$1079 ;
-  wire [3:0] \$108 ;
-  wire [15:0] \$1080 ;
+  wire \$1069 ;
+  wire \$107 ;
+  wire [3:0] \$1070 ;
+  wire [3:0] \$1071 ;
+  wire \$1072 ;
+  wire \$1073 ;
+  wire [3:0] \$1074 ;
+  wire \$1075 ;
+  wire \$1076 ;
+  wire [3:0] \$1077 ;
+  wire [3:0] \$1078 ;
+  wire [3:0] \$1079 ;
+  wire \$108 ;
+  wire [3:0] \$1080 ;
   wire \$1081 ;
   wire \$1082 ;
-  wire [15:0] \$1083 ;
-  wire [15:0] \$1084 ;
+  wire [3:0] \$1083 ;
+  wire \$1084 ;
   wire \$1085 ;
-  wire \$1086 ;
-  wire [15:0] \$1087 ;
+  wire [3:0] \$1086 ;
+  wire [3:0] \$1087 ;
   wire \$1088 ;
   wire \$1089 ;
-  wire [1:0] \$109 ;
-  wire [15:0] \$1090 ;
-  wire [15:0] \$1091 ;
-  wire [15:0] \$1092 ;
+  wire [3:0] \$109 ;
+  wire [3:0] \$1090 ;
+  wire \$1091 ;
+  wire \$1092 ;
   wire [3:0] \$1093 ;
-  wire \$1094 ;
-  wire \$1095 ;
-  wire [3:0] \$1096 ;
-  wire [3:0] \$1097 ;
-  wire \$1098 ;
+  wire [3:0] \$1094 ;
+  wire [3:0] \$1095 ;
+  wire \$1096 ;
+  wire \$1097 ;
+  wire [3:0] \$1098 ;
   wire \$1099 ;
-  wire [1:0] \$11 ;
-  wire [1:0] \$110 ;
-  wire [3:0] \$1100 ;
-  wire \$1101 ;
-  wire \$1102 ;
-  wire [3:0] \$1103 ;
-  wire [3:0] \$1104 ;
+  reg [2:0] \$11 ;
+  wire \$110 ;
+  wire \$1100 ;
+  wire [3:0] \$1101 ;
+  wire [3:0] \$1102 ;
+  wire \$1103 ;
+  wire \$1104 ;
   wire [3:0] \$1105 ;
   wire \$1106 ;
   wire \$1107 ;
   wire [3:0] \$1108 ;
-  wire \$1109 ;
-  wire [2:0] \$111 ;
-  wire \$1110 ;
+  wire [3:0] \$1109 ;
+  wire \$111 ;
+  wire [3:0] \$1110 ;
   wire [3:0] \$1111 ;
   wire [3:0] \$1112 ;
-  wire \$1113 ;
+  wire [3:0] \$1113 ;
   wire \$1114 ;
-  wire [3:0] \$1115 ;
-  wire \$1116 ;
+  wire \$1115 ;
+  wire [3:0] \$1116 ;
   wire \$1117 ;
-  wire [3:0] \$1118 ;
+  wire \$1118 ;
   wire [3:0] \$1119 ;
-  wire [1:0] \$112 ;
+  wire [3:0] \$112 ;
   wire [3:0] \$1120 ;
-  wire [3:0] \$1121 ;
+  wire \$1121 ;
   wire \$1122 ;
-  wire \$1123 ;
-  wire [3:0] \$1124 ;
+  wire [3:0] \$1123 ;
+  wire \$1124 ;
   wire \$1125 ;
-  wire \$1126 ;
+  wire [3:0] \$1126 ;
   wire [3:0] \$1127 ;
   wire [3:0] \$1128 ;
   wire \$1129 ;
-  wire [1:0] \$113 ;
+  wire \$113 ;
   wire \$1130 ;
-  wire [3:0] \$1131 ;
+  wire \$1131 ;
   wire \$1132 ;
   wire \$1133 ;
-  wire [3:0] \$1134 ;
-  wire [3:0] \$1135 ;
-  wire [3:0] \$1136 ;
+  wire \$1134 ;
+  wire \$1135 ;
+  wire \$1136 ;
   wire \$1137 ;
   wire \$1138 ;
-  wire [3:0] \$1139 ;
-  wire [2:0] \$114 ;
+  wire \$1139 ;
+  wire \$114 ;
   wire \$1140 ;
   wire \$1141 ;
-  wire [3:0] \$1142 ;
-  wire [3:0] \$1143 ;
+  wire \$1142 ;
+  wire \$1143 ;
   wire \$1144 ;
   wire \$1145 ;
-  wire [3:0] \$1146 ;
+  wire \$1146 ;
   wire \$1147 ;
   wire \$1148 ;
-  wire [3:0] \$1149 ;
+  wire \$1149 ;
   wire [3:0] \$115 ;
-  wire [3:0] \$1150 ;
-  wire [3:0] \$1151 ;
-  wire [3:0] \$1152 ;
-  wire [3:0] \$1153 ;
+  wire \$1150 ;
+  wire \$1151 ;
+  wire \$1152 ;
+  wire \$1153 ;
   wire \$1154 ;
   wire \$1155 ;
-  wire [3:0] \$1156 ;
+  wire \$1156 ;
   wire \$1157 ;
   wire \$1158 ;
-  wire [3:0] \$1159 ;
-  wire [1:0] \$116 ;
-  wire [3:0] \$1160 ;
+  wire \$1159 ;
+  wire \$116 ;
+  wire \$1160 ;
   wire \$1161 ;
   wire \$1162 ;
-  wire [3:0] \$1163 ;
+  wire \$1163 ;
   wire \$1164 ;
   wire \$1165 ;
-  wire [3:0] \$1166 ;
-  wire [3:0] \$1167 ;
-  wire [3:0] \$1168 ;
+  wire \$1166 ;
+  wire \$1167 ;
+  wire \$1168 ;
   wire \$1169 ;
-  wire [1:0] \$117 ;
+  wire \$117 ;
   wire \$1170 ;
-  wire [3:0] \$1171 ;
+  wire \$1171 ;
   wire \$1172 ;
   wire \$1173 ;
-  wire [3:0] \$1174 ;
-  wire [3:0] \$1175 ;
+  wire \$1174 ;
+  wire \$1175 ;
   wire \$1176 ;
   wire \$1177 ;
-  wire [3:0] \$1178 ;
+  wire \$1178 ;
   wire \$1179 ;
-  wire [2:0] \$118 ;
+  wire [3:0] \$118 ;
   wire \$1180 ;
-  wire [3:0] \$1181 ;
-  wire [3:0] \$1182 ;
-  wire [3:0] \$1183 ;
-  wire [3:0] \$1184 ;
+  wire \$1181 ;
+  wire \$1182 ;
+  wire \$1183 ;
+  wire \$1184 ;
   wire \$1185 ;
   wire \$1186 ;
-  wire [3:0] \$1187 ;
+  wire \$1187 ;
   wire \$1188 ;
   wire \$1189 ;
-  wire [1:0] \$119 ;
-  wire [3:0] \$1190 ;
-  wire [3:0] \$1191 ;
+  wire \$119 ;
+  wire \$1190 ;
+  wire \$1191 ;
   wire \$1192 ;
   wire \$1193 ;
-  wire [3:0] \$1194 ;
+  wire \$1194 ;
   wire \$1195 ;
   wire \$1196 ;
-  wire [3:0] \$1197 ;
-  wire [3:0] \$1198 ;
-  wire [3:0] \$1199 ;
-  wire [1:0] \$12 ;
-  wire [1:0] \$120 ;
+  wire \$1197 ;
+  wire \$1198 ;
+  wire \$1199 ;
+  wire [3:0] \$12 ;
+  wire \$120 ;
   wire \$1200 ;
   wire \$1201 ;
-  wire [3:0] \$1202 ;
+  wire \$1202 ;
   wire \$1203 ;
   wire \$1204 ;
-  wire [3:0] \$1205 ;
-  wire [3:0] \$1206 ;
+  wire \$1205 ;
+  wire \$1206 ;
   wire \$1207 ;
   wire \$1208 ;
-  wire [3:0] \$1209 ;
-  wire [2:0] \$121 ;
+  wire \$1209 ;
+  wire [3:0] \$121 ;
   wire \$1210 ;
   wire \$1211 ;
-  wire [3:0] \$1212 ;
-  wire [3:0] \$1213 ;
-  wire [3:0] \$1214 ;
-  wire [3:0] \$1215 ;
-  wire [3:0] \$1216 ;
-  wire [3:0] \$1217 ;
+  wire \$1212 ;
+  wire \$1213 ;
+  wire \$1214 ;
+  wire \$1215 ;
+  wire \$1216 ;
+  wire \$1217 ;
   wire \$1218 ;
   wire \$1219 ;
-  wire [3:0] \$122 ;
-  wire [3:0] \$1220 ;
+  wire \$122 ;
+  wire \$1220 ;
   wire \$1221 ;
   wire \$1222 ;
-  wire [3:0] \$1223 ;
-  wire [3:0] \$1224 ;
+  wire \$1223 ;
+  wire \$1224 ;
   wire \$1225 ;
   wire \$1226 ;
-  wire [3:0] \$1227 ;
+  wire \$1227 ;
   wire \$1228 ;
   wire \$1229 ;
-  wire [1:0] \$123 ;
-  wire [3:0] \$1230 ;
-  wire [3:0] \$1231 ;
-  wire [3:0] \$1232 ;
-  wire [4:0] \$1233 ;
-  wire [1:0] \$1234 ;
-  wire [1:0] \$1235 ;
-  wire [2:0] \$1236 ;
-  wire [1:0] \$1237 ;
-  wire [1:0] \$1238 ;
-  wire [2:0] \$1239 ;
-  wire [1:0] \$124 ;
-  wire [4:0] \$1240 ;
-  wire [1:0] \$1241 ;
-  wire [1:0] \$1242 ;
-  wire [3:0] \$1243 ;
-  wire [1:0] \$1244 ;
-  wire [1:0] \$1245 ;
-  wire [3:0] \$1246 ;
+  wire \$123 ;
+  wire \$1230 ;
+  wire \$1231 ;
+  wire \$1232 ;
+  wire \$1233 ;
+  wire \$1234 ;
+  wire \$1235 ;
+  wire \$1236 ;
+  wire \$1237 ;
+  wire \$1238 ;
+  wire \$1239 ;
+  wire [3:0] \$124 ;
+  wire \$1240 ;
+  wire \$1241 ;
+  wire \$1242 ;
+  wire \$1243 ;
+  wire \$1244 ;
+  wire \$1245 ;
+  wire \$1246 ;
   wire \$1247 ;
-  wire [7:0] \$1248 ;
-  wire [4:0] \$1249 ;
-  wire [2:0] \$125 ;
+  wire \$1248 ;
+  wire \$1249 ;
+  wire \$125 ;
   wire \$1250 ;
   wire \$1251 ;
   wire \$1252 ;
@@ -2959,7 +2959,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1257 ;
   wire \$1258 ;
   wire \$1259 ;
-  wire [1:0] \$126 ;
+  wire \$126 ;
   wire \$1260 ;
   wire \$1261 ;
   wire \$1262 ;
@@ -2970,7 +2970,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1267 ;
   wire \$1268 ;
   wire \$1269 ;
-  wire [1:0] \$127 ;
+  wire [3:0] \$127 ;
   wire \$1270 ;
   wire \$1271 ;
   wire \$1272 ;
@@ -2981,7 +2981,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1277 ;
   wire \$1278 ;
   wire \$1279 ;
-  wire [2:0] \$128 ;
+  wire \$128 ;
   wire \$1280 ;
   wire \$1281 ;
   wire \$1282 ;
@@ -2992,7 +2992,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1287 ;
   wire \$1288 ;
   wire \$1289 ;
-  wire [3:0] \$129 ;
+  wire \$129 ;
   wire \$1290 ;
   wire \$1291 ;
   wire \$1292 ;
@@ -3003,8 +3003,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1297 ;
   wire \$1298 ;
   wire \$1299 ;
-  wire [2:0] \$13 ;
-  wire [1:0] \$130 ;
+  reg [2:0] \$13 ;
+  wire [3:0] \$130 ;
   wire \$1300 ;
   wire \$1301 ;
   wire \$1302 ;
@@ -3015,7 +3015,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1307 ;
   wire \$1308 ;
   wire \$1309 ;
-  wire [1:0] \$131 ;
+  wire \$131 ;
   wire \$1310 ;
   wire \$1311 ;
   wire \$1312 ;
@@ -3026,7 +3026,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1317 ;
   wire \$1318 ;
   wire \$1319 ;
-  wire [2:0] \$132 ;
+  wire \$132 ;
   wire \$1320 ;
   wire \$1321 ;
   wire \$1322 ;
@@ -3037,7 +3037,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1327 ;
   wire \$1328 ;
   wire \$1329 ;
-  wire [1:0] \$133 ;
+  wire [3:0] \$133 ;
   wire \$1330 ;
   wire \$1331 ;
   wire \$1332 ;
@@ -3048,7 +3048,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1337 ;
   wire \$1338 ;
   wire \$1339 ;
-  wire [1:0] \$134 ;
+  wire \$134 ;
   wire \$1340 ;
   wire \$1341 ;
   wire \$1342 ;
@@ -3059,7 +3059,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1347 ;
   wire \$1348 ;
   wire \$1349 ;
-  wire [2:0] \$135 ;
+  wire \$135 ;
   wire \$1350 ;
   wire \$1351 ;
   wire \$1352 ;
@@ -3081,7 +3081,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1367 ;
   wire \$1368 ;
   wire \$1369 ;
-  wire [1:0] \$137 ;
+  wire \$137 ;
   wire \$1370 ;
   wire \$1371 ;
   wire \$1372 ;
@@ -3092,629 +3092,629 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1377 ;
   wire \$1378 ;
   wire \$1379 ;
-  wire [1:0] \$138 ;
+  wire \$138 ;
   wire \$1380 ;
   wire \$1381 ;
   wire \$1382 ;
   wire \$1383 ;
   wire \$1384 ;
   wire \$1385 ;
-  wire \$1386 ;
-  wire \$1387 ;
+  wire [1:0] \$1386 ;
+  wire [1:0] \$1387 ;
   wire \$1388 ;
   wire \$1389 ;
-  wire [2:0] \$139 ;
-  wire \$1390 ;
+  wire [3:0] \$139 ;
+  wire [1:0] \$1390 ;
   wire \$1391 ;
   wire \$1392 ;
-  wire \$1393 ;
-  wire \$1394 ;
-  wire \$1395 ;
+  wire [2:0] \$1393 ;
+  wire [2:0] \$1394 ;
+  wire [2:0] \$1395 ;
   wire \$1396 ;
   wire \$1397 ;
-  wire \$1398 ;
+  wire [2:0] \$1398 ;
   wire \$1399 ;
-  wire [1:0] \$14 ;
-  wire [1:0] \$140 ;
+  reg [2:0] \$14 ;
+  wire \$140 ;
   wire \$1400 ;
-  wire \$1401 ;
-  wire \$1402 ;
+  wire [2:0] \$1401 ;
+  wire [2:0] \$1402 ;
   wire \$1403 ;
   wire \$1404 ;
-  wire \$1405 ;
+  wire [2:0] \$1405 ;
   wire \$1406 ;
   wire \$1407 ;
-  wire \$1408 ;
-  wire \$1409 ;
-  wire [1:0] \$141 ;
-  wire \$1410 ;
-  wire \$1411 ;
+  wire [3:0] \$1408 ;
+  wire [3:0] \$1409 ;
+  wire \$141 ;
+  wire [3:0] \$1410 ;
+  wire [3:0] \$1411 ;
   wire \$1412 ;
   wire \$1413 ;
-  wire \$1414 ;
+  wire [3:0] \$1414 ;
   wire \$1415 ;
   wire \$1416 ;
-  wire \$1417 ;
-  wire \$1418 ;
+  wire [3:0] \$1417 ;
+  wire [3:0] \$1418 ;
   wire \$1419 ;
-  wire [2:0] \$142 ;
+  wire [3:0] \$142 ;
   wire \$1420 ;
-  wire \$1421 ;
+  wire [3:0] \$1421 ;
   wire \$1422 ;
   wire \$1423 ;
-  wire \$1424 ;
-  wire \$1425 ;
-  wire \$1426 ;
+  wire [3:0] \$1424 ;
+  wire [3:0] \$1425 ;
+  wire [3:0] \$1426 ;
   wire \$1427 ;
   wire \$1428 ;
-  wire \$1429 ;
-  wire [3:0] \$143 ;
+  wire [3:0] \$1429 ;
+  wire \$143 ;
   wire \$1430 ;
   wire \$1431 ;
-  wire \$1432 ;
-  wire \$1433 ;
+  wire [3:0] \$1432 ;
+  wire [3:0] \$1433 ;
   wire \$1434 ;
   wire \$1435 ;
-  wire \$1436 ;
+  wire [3:0] \$1436 ;
   wire \$1437 ;
   wire \$1438 ;
-  wire \$1439 ;
-  wire [1:0] \$144 ;
-  wire \$1440 ;
-  wire \$1441 ;
-  wire \$1442 ;
-  wire \$1443 ;
+  wire [4:0] \$1439 ;
+  wire \$144 ;
+  wire [4:0] \$1440 ;
+  wire [4:0] \$1441 ;
+  wire [4:0] \$1442 ;
+  wire [4:0] \$1443 ;
   wire \$1444 ;
   wire \$1445 ;
-  wire \$1446 ;
+  wire [4:0] \$1446 ;
   wire \$1447 ;
   wire \$1448 ;
-  wire \$1449 ;
-  wire [1:0] \$145 ;
-  wire \$1450 ;
+  wire [4:0] \$1449 ;
+  wire [3:0] \$145 ;
+  wire [4:0] \$1450 ;
   wire \$1451 ;
   wire \$1452 ;
-  wire \$1453 ;
+  wire [4:0] \$1453 ;
   wire \$1454 ;
   wire \$1455 ;
-  wire \$1456 ;
-  wire \$1457 ;
-  wire \$1458 ;
+  wire [4:0] \$1456 ;
+  wire [4:0] \$1457 ;
+  wire [4:0] \$1458 ;
   wire \$1459 ;
-  wire [2:0] \$146 ;
+  wire \$146 ;
   wire \$1460 ;
-  wire \$1461 ;
+  wire [4:0] \$1461 ;
   wire \$1462 ;
   wire \$1463 ;
-  wire \$1464 ;
-  wire \$1465 ;
+  wire [4:0] \$1464 ;
+  wire [4:0] \$1465 ;
   wire \$1466 ;
   wire \$1467 ;
-  wire \$1468 ;
+  wire [4:0] \$1468 ;
   wire \$1469 ;
-  wire [1:0] \$147 ;
+  wire \$147 ;
   wire \$1470 ;
-  wire \$1471 ;
-  wire \$1472 ;
-  wire \$1473 ;
-  wire \$1474 ;
+  wire [4:0] \$1471 ;
+  wire [4:0] \$1472 ;
+  wire [4:0] \$1473 ;
+  wire [4:0] \$1474 ;
   wire \$1475 ;
   wire \$1476 ;
-  wire \$1477 ;
+  wire [4:0] \$1477 ;
   wire \$1478 ;
   wire \$1479 ;
-  wire [1:0] \$148 ;
-  wire \$1480 ;
-  wire \$1481 ;
+  wire [3:0] \$148 ;
+  wire [4:0] \$1480 ;
+  wire [4:0] \$1481 ;
   wire \$1482 ;
   wire \$1483 ;
-  wire \$1484 ;
+  wire [4:0] \$1484 ;
   wire \$1485 ;
   wire \$1486 ;
-  wire \$1487 ;
-  wire \$1488 ;
-  wire \$1489 ;
-  wire [2:0] \$149 ;
+  wire [4:0] \$1487 ;
+  wire [4:0] \$1488 ;
+  wire [4:0] \$1489 ;
+  wire \$149 ;
   wire \$1490 ;
   wire \$1491 ;
-  wire \$1492 ;
+  wire [4:0] \$1492 ;
   wire \$1493 ;
   wire \$1494 ;
-  wire \$1495 ;
-  wire \$1496 ;
+  wire [4:0] \$1495 ;
+  wire [4:0] \$1496 ;
   wire \$1497 ;
   wire \$1498 ;
-  wire \$1499 ;
-  wire [1:0] \$15 ;
-  wire [3:0] \$150 ;
+  wire [4:0] \$1499 ;
+  wire [3:0] \$15 ;
+  wire \$150 ;
   wire \$1500 ;
   wire \$1501 ;
-  wire \$1502 ;
-  wire \$1503 ;
-  wire \$1504 ;
-  wire \$1505 ;
-  wire \$1506 ;
-  wire [1:0] \$1507 ;
-  wire [1:0] \$1508 ;
+  wire [5:0] \$1502 ;
+  wire [5:0] \$1503 ;
+  wire [5:0] \$1504 ;
+  wire [5:0] \$1505 ;
+  wire [5:0] \$1506 ;
+  wire [5:0] \$1507 ;
+  wire \$1508 ;
   wire \$1509 ;
-  wire [1:0] \$151 ;
-  wire \$1510 ;
-  wire [1:0] \$1511 ;
+  wire [3:0] \$151 ;
+  wire [5:0] \$1510 ;
+  wire \$1511 ;
   wire \$1512 ;
-  wire \$1513 ;
-  wire [2:0] \$1514 ;
-  wire [2:0] \$1515 ;
-  wire [2:0] \$1516 ;
-  wire \$1517 ;
-  wire \$1518 ;
-  wire [2:0] \$1519 ;
-  wire [1:0] \$152 ;
+  wire [5:0] \$1513 ;
+  wire [5:0] \$1514 ;
+  wire \$1515 ;
+  wire \$1516 ;
+  wire [5:0] \$1517 ;
+  wire [5:0] \$1518 ;
+  wire [15:0] \$1519 ;
+  wire \$152 ;
   wire \$1520 ;
   wire \$1521 ;
-  wire [2:0] \$1522 ;
-  wire [2:0] \$1523 ;
+  wire [15:0] \$1522 ;
+  wire [15:0] \$1523 ;
   wire \$1524 ;
   wire \$1525 ;
-  wire [2:0] \$1526 ;
+  wire [15:0] \$1526 ;
   wire \$1527 ;
   wire \$1528 ;
-  wire [3:0] \$1529 ;
-  wire [2:0] \$153 ;
-  wire [3:0] \$1530 ;
-  wire [3:0] \$1531 ;
-  wire [3:0] \$1532 ;
+  wire [15:0] \$1529 ;
+  wire \$153 ;
+  wire [15:0] \$1530 ;
+  wire [15:0] \$1531 ;
+  wire \$1532 ;
   wire \$1533 ;
-  wire \$1534 ;
-  wire [3:0] \$1535 ;
+  wire [15:0] \$1534 ;
+  wire \$1535 ;
   wire \$1536 ;
-  wire \$1537 ;
-  wire [3:0] \$1538 ;
-  wire [3:0] \$1539 ;
-  wire [1:0] \$154 ;
+  wire [15:0] \$1537 ;
+  wire [15:0] \$1538 ;
+  wire \$1539 ;
+  wire [3:0] \$154 ;
   wire \$1540 ;
-  wire \$1541 ;
-  wire [3:0] \$1542 ;
+  wire [15:0] \$1541 ;
+  wire \$1542 ;
   wire \$1543 ;
-  wire \$1544 ;
-  wire [3:0] \$1545 ;
-  wire [3:0] \$1546 ;
-  wire [3:0] \$1547 ;
+  wire [15:0] \$1544 ;
+  wire [15:0] \$1545 ;
+  wire [15:0] \$1546 ;
+  wire [15:0] \$1547 ;
   wire \$1548 ;
   wire \$1549 ;
-  wire [1:0] \$155 ;
-  wire [3:0] \$1550 ;
+  wire \$155 ;
+  wire [15:0] \$1550 ;
   wire \$1551 ;
   wire \$1552 ;
-  wire [3:0] \$1553 ;
-  wire [3:0] \$1554 ;
+  wire [15:0] \$1553 ;
+  wire [15:0] \$1554 ;
   wire \$1555 ;
   wire \$1556 ;
-  wire [3:0] \$1557 ;
+  wire [15:0] \$1557 ;
   wire \$1558 ;
   wire \$1559 ;
-  wire [2:0] \$156 ;
-  wire [4:0] \$1560 ;
-  wire [4:0] \$1561 ;
-  wire [4:0] \$1562 ;
-  wire [4:0] \$1563 ;
-  wire [4:0] \$1564 ;
-  wire \$1565 ;
+  wire \$156 ;
+  wire [15:0] \$1560 ;
+  wire [15:0] \$1561 ;
+  wire [15:0] \$1562 ;
+  wire \$1563 ;
+  wire \$1564 ;
+  wire [15:0] \$1565 ;
   wire \$1566 ;
-  wire [4:0] \$1567 ;
-  wire \$1568 ;
-  wire \$1569 ;
+  wire \$1567 ;
+  wire [15:0] \$1568 ;
+  wire [15:0] \$1569 ;
   wire [3:0] \$157 ;
-  wire [4:0] \$1570 ;
-  wire [4:0] \$1571 ;
-  wire \$1572 ;
+  wire \$1570 ;
+  wire \$1571 ;
+  wire [15:0] \$1572 ;
   wire \$1573 ;
-  wire [4:0] \$1574 ;
-  wire \$1575 ;
-  wire \$1576 ;
-  wire [4:0] \$1577 ;
-  wire [4:0] \$1578 ;
-  wire [4:0] \$1579 ;
-  wire [1:0] \$158 ;
+  wire \$1574 ;
+  wire [15:0] \$1575 ;
+  wire [15:0] \$1576 ;
+  wire [15:0] \$1577 ;
+  wire [15:0] \$1578 ;
+  wire [15:0] \$1579 ;
+  wire \$158 ;
   wire \$1580 ;
   wire \$1581 ;
-  wire [4:0] \$1582 ;
+  wire [15:0] \$1582 ;
   wire \$1583 ;
   wire \$1584 ;
-  wire [4:0] \$1585 ;
-  wire [4:0] \$1586 ;
+  wire [15:0] \$1585 ;
+  wire [15:0] \$1586 ;
   wire \$1587 ;
   wire \$1588 ;
-  wire [4:0] \$1589 ;
-  wire [1:0] \$159 ;
+  wire [15:0] \$1589 ;
+  wire \$159 ;
   wire \$1590 ;
   wire \$1591 ;
-  wire [4:0] \$1592 ;
-  wire [4:0] \$1593 ;
-  wire [4:0] \$1594 ;
-  wire [4:0] \$1595 ;
+  wire [15:0] \$1592 ;
+  wire [15:0] \$1593 ;
+  wire [15:0] \$1594 ;
+  wire \$1595 ;
   wire \$1596 ;
-  wire \$1597 ;
-  wire [4:0] \$1598 ;
+  wire [15:0] \$1597 ;
+  wire \$1598 ;
   wire \$1599 ;
-  wire [2:0] \$16 ;
-  wire [2:0] \$160 ;
-  wire \$1600 ;
-  wire [4:0] \$1601 ;
-  wire [4:0] \$1602 ;
+  reg [2:0] \$16 ;
+  wire [3:0] \$160 ;
+  wire [15:0] \$1600 ;
+  wire [15:0] \$1601 ;
+  wire \$1602 ;
   wire \$1603 ;
-  wire \$1604 ;
-  wire [4:0] \$1605 ;
+  wire [15:0] \$1604 ;
+  wire \$1605 ;
   wire \$1606 ;
-  wire \$1607 ;
-  wire [4:0] \$1608 ;
-  wire [4:0] \$1609 ;
-  wire [1:0] \$161 ;
-  wire [4:0] \$1610 ;
+  wire [15:0] \$1607 ;
+  wire [15:0] \$1608 ;
+  wire [15:0] \$1609 ;
+  wire \$161 ;
+  wire [15:0] \$1610 ;
   wire \$1611 ;
   wire \$1612 ;
-  wire [4:0] \$1613 ;
+  wire [15:0] \$1613 ;
   wire \$1614 ;
   wire \$1615 ;
-  wire [4:0] \$1616 ;
-  wire [4:0] \$1617 ;
+  wire [15:0] \$1616 ;
+  wire [15:0] \$1617 ;
   wire \$1618 ;
   wire \$1619 ;
-  wire [1:0] \$162 ;
-  wire [4:0] \$1620 ;
+  wire \$162 ;
+  wire [15:0] \$1620 ;
   wire \$1621 ;
   wire \$1622 ;
-  wire [5:0] \$1623 ;
-  wire [5:0] \$1624 ;
-  wire [5:0] \$1625 ;
-  wire [5:0] \$1626 ;
-  wire [5:0] \$1627 ;
-  wire [5:0] \$1628 ;
+  wire [15:0] \$1623 ;
+  wire [15:0] \$1624 ;
+  wire [15:0] \$1625 ;
+  wire \$1626 ;
+  wire \$1627 ;
+  wire [15:0] \$1628 ;
   wire \$1629 ;
-  wire [2:0] \$163 ;
+  wire [3:0] \$163 ;
   wire \$1630 ;
-  wire [5:0] \$1631 ;
-  wire \$1632 ;
+  wire [15:0] \$1631 ;
+  wire [15:0] \$1632 ;
   wire \$1633 ;
-  wire [5:0] \$1634 ;
-  wire [5:0] \$1635 ;
+  wire \$1634 ;
+  wire [15:0] \$1635 ;
   wire \$1636 ;
   wire \$1637 ;
-  wire [5:0] \$1638 ;
-  wire [5:0] \$1639 ;
-  wire [3:0] \$164 ;
+  wire [15:0] \$1638 ;
+  wire [15:0] \$1639 ;
+  wire \$164 ;
   wire [15:0] \$1640 ;
-  wire \$1641 ;
-  wire \$1642 ;
+  wire [15:0] \$1641 ;
+  wire [15:0] \$1642 ;
   wire [15:0] \$1643 ;
-  wire [15:0] \$1644 ;
+  wire \$1644 ;
   wire \$1645 ;
-  wire \$1646 ;
-  wire [15:0] \$1647 ;
+  wire [15:0] \$1646 ;
+  wire \$1647 ;
   wire \$1648 ;
-  wire \$1649 ;
-  wire [1:0] \$165 ;
+  wire [15:0] \$1649 ;
+  wire \$165 ;
   wire [15:0] \$1650 ;
-  wire [15:0] \$1651 ;
-  wire [15:0] \$1652 ;
-  wire \$1653 ;
+  wire \$1651 ;
+  wire \$1652 ;
+  wire [15:0] \$1653 ;
   wire \$1654 ;
-  wire [15:0] \$1655 ;
-  wire \$1656 ;
-  wire \$1657 ;
+  wire \$1655 ;
+  wire [15:0] \$1656 ;
+  wire [15:0] \$1657 ;
   wire [15:0] \$1658 ;
-  wire [15:0] \$1659 ;
-  wire [1:0] \$166 ;
+  wire [3:0] \$1659 ;
+  wire [3:0] \$166 ;
   wire \$1660 ;
   wire \$1661 ;
-  wire [15:0] \$1662 ;
-  wire \$1663 ;
+  wire [3:0] \$1662 ;
+  wire [3:0] \$1663 ;
   wire \$1664 ;
-  wire [15:0] \$1665 ;
-  wire [15:0] \$1666 ;
-  wire [15:0] \$1667 ;
-  wire [15:0] \$1668 ;
-  wire \$1669 ;
-  wire [2:0] \$167 ;
-  wire \$1670 ;
-  wire [15:0] \$1671 ;
+  wire \$1665 ;
+  wire [3:0] \$1666 ;
+  wire \$1667 ;
+  wire \$1668 ;
+  wire [3:0] \$1669 ;
+  wire \$167 ;
+  wire [3:0] \$1670 ;
+  wire [3:0] \$1671 ;
   wire \$1672 ;
   wire \$1673 ;
-  wire [15:0] \$1674 ;
-  wire [15:0] \$1675 ;
+  wire [3:0] \$1674 ;
+  wire \$1675 ;
   wire \$1676 ;
-  wire \$1677 ;
-  wire [15:0] \$1678 ;
+  wire [3:0] \$1677 ;
+  wire [3:0] \$1678 ;
   wire \$1679 ;
-  wire [1:0] \$168 ;
+  wire \$168 ;
   wire \$1680 ;
-  wire [15:0] \$1681 ;
-  wire [15:0] \$1682 ;
-  wire [15:0] \$1683 ;
-  wire \$1684 ;
-  wire \$1685 ;
-  wire [15:0] \$1686 ;
-  wire \$1687 ;
+  wire [3:0] \$1681 ;
+  wire \$1682 ;
+  wire \$1683 ;
+  wire [3:0] \$1684 ;
+  wire [3:0] \$1685 ;
+  wire [3:0] \$1686 ;
+  wire [3:0] \$1687 ;
   wire \$1688 ;
-  wire [15:0] \$1689 ;
-  wire [1:0] \$169 ;
-  wire [15:0] \$1690 ;
+  wire \$1689 ;
+  wire [3:0] \$169 ;
+  wire [3:0] \$1690 ;
   wire \$1691 ;
   wire \$1692 ;
-  wire [15:0] \$1693 ;
-  wire \$1694 ;
+  wire [3:0] \$1693 ;
+  wire [3:0] \$1694 ;
   wire \$1695 ;
-  wire [15:0] \$1696 ;
-  wire [15:0] \$1697 ;
-  wire [15:0] \$1698 ;
-  wire [15:0] \$1699 ;
-  wire [3:0] \$17 ;
-  wire [2:0] \$170 ;
-  wire [15:0] \$1700 ;
-  wire \$1701 ;
-  wire \$1702 ;
-  wire [15:0] \$1703 ;
+  wire \$1696 ;
+  wire [3:0] \$1697 ;
+  wire \$1698 ;
+  wire \$1699 ;
+  reg [2:0] \$17 ;
+  wire \$170 ;
+  wire [3:0] \$1700 ;
+  wire [3:0] \$1701 ;
+  wire [3:0] \$1702 ;
+  wire \$1703 ;
   wire \$1704 ;
-  wire \$1705 ;
-  wire [15:0] \$1706 ;
-  wire [15:0] \$1707 ;
-  wire \$1708 ;
-  wire \$1709 ;
-  wire [3:0] \$171 ;
-  wire [15:0] \$1710 ;
+  wire [3:0] \$1705 ;
+  wire \$1706 ;
+  wire \$1707 ;
+  wire [3:0] \$1708 ;
+  wire [3:0] \$1709 ;
+  wire \$171 ;
+  wire \$1710 ;
   wire \$1711 ;
-  wire \$1712 ;
-  wire [15:0] \$1713 ;
-  wire [15:0] \$1714 ;
-  wire [15:0] \$1715 ;
-  wire \$1716 ;
-  wire \$1717 ;
-  wire [15:0] \$1718 ;
-  wire \$1719 ;
-  wire [8:0] \$172 ;
+  wire [3:0] \$1712 ;
+  wire \$1713 ;
+  wire \$1714 ;
+  wire [3:0] \$1715 ;
+  wire [3:0] \$1716 ;
+  wire [3:0] \$1717 ;
+  wire [3:0] \$1718 ;
+  wire [3:0] \$1719 ;
+  wire [3:0] \$172 ;
   wire \$1720 ;
-  wire [15:0] \$1721 ;
-  wire [15:0] \$1722 ;
+  wire \$1721 ;
+  wire [3:0] \$1722 ;
   wire \$1723 ;
   wire \$1724 ;
-  wire [15:0] \$1725 ;
-  wire \$1726 ;
+  wire [3:0] \$1725 ;
+  wire [3:0] \$1726 ;
   wire \$1727 ;
-  wire [15:0] \$1728 ;
-  wire [15:0] \$1729 ;
-  wire [8:0] \$173 ;
-  wire [15:0] \$1730 ;
-  wire [15:0] \$1731 ;
-  wire \$1732 ;
-  wire \$1733 ;
-  wire [15:0] \$1734 ;
+  wire \$1728 ;
+  wire [3:0] \$1729 ;
+  wire \$173 ;
+  wire \$1730 ;
+  wire \$1731 ;
+  wire [3:0] \$1732 ;
+  wire [3:0] \$1733 ;
+  wire [3:0] \$1734 ;
   wire \$1735 ;
   wire \$1736 ;
-  wire [15:0] \$1737 ;
-  wire [15:0] \$1738 ;
+  wire [3:0] \$1737 ;
+  wire \$1738 ;
   wire \$1739 ;
-  wire [8:0] \$174 ;
-  wire \$1740 ;
-  wire [15:0] \$1741 ;
+  wire \$174 ;
+  wire [3:0] \$1740 ;
+  wire [3:0] \$1741 ;
   wire \$1742 ;
   wire \$1743 ;
-  wire [15:0] \$1744 ;
-  wire [15:0] \$1745 ;
-  wire [15:0] \$1746 ;
-  wire \$1747 ;
-  wire \$1748 ;
-  wire [15:0] \$1749 ;
-  wire [8:0] \$175 ;
-  wire \$1750 ;
+  wire [3:0] \$1744 ;
+  wire \$1745 ;
+  wire \$1746 ;
+  wire [3:0] \$1747 ;
+  wire [3:0] \$1748 ;
+  wire [3:0] \$1749 ;
+  wire [3:0] \$175 ;
+  wire [3:0] \$1750 ;
   wire \$1751 ;
-  wire [15:0] \$1752 ;
-  wire [15:0] \$1753 ;
+  wire \$1752 ;
+  wire [3:0] \$1753 ;
   wire \$1754 ;
   wire \$1755 ;
-  wire [15:0] \$1756 ;
-  wire \$1757 ;
+  wire [3:0] \$1756 ;
+  wire [3:0] \$1757 ;
   wire \$1758 ;
-  wire [15:0] \$1759 ;
-  wire [8:0] \$176 ;
-  wire [15:0] \$1760 ;
-  wire [15:0] \$1761 ;
-  wire [15:0] \$1762 ;
-  wire [15:0] \$1763 ;
-  wire [15:0] \$1764 ;
-  wire \$1765 ;
+  wire \$1759 ;
+  wire \$176 ;
+  wire [3:0] \$1760 ;
+  wire \$1761 ;
+  wire \$1762 ;
+  wire [3:0] \$1763 ;
+  wire [3:0] \$1764 ;
+  wire [3:0] \$1765 ;
   wire \$1766 ;
-  wire [15:0] \$1767 ;
-  wire \$1768 ;
+  wire \$1767 ;
+  wire [3:0] \$1768 ;
   wire \$1769 ;
-  wire [8:0] \$177 ;
-  wire [15:0] \$1770 ;
-  wire [15:0] \$1771 ;
-  wire \$1772 ;
+  wire \$177 ;
+  wire \$1770 ;
+  wire [3:0] \$1771 ;
+  wire [3:0] \$1772 ;
   wire \$1773 ;
-  wire [15:0] \$1774 ;
-  wire \$1775 ;
+  wire \$1774 ;
+  wire [3:0] \$1775 ;
   wire \$1776 ;
-  wire [15:0] \$1777 ;
-  wire [15:0] \$1778 ;
-  wire [15:0] \$1779 ;
-  wire [8:0] \$178 ;
+  wire \$1777 ;
+  wire [3:0] \$1778 ;
+  wire [3:0] \$1779 ;
+  wire [3:0] \$178 ;
   wire [3:0] \$1780 ;
-  wire \$1781 ;
-  wire \$1782 ;
+  wire [3:0] \$1781 ;
+  wire [3:0] \$1782 ;
   wire [3:0] \$1783 ;
-  wire [3:0] \$1784 ;
+  wire \$1784 ;
   wire \$1785 ;
-  wire \$1786 ;
-  wire [3:0] \$1787 ;
+  wire [3:0] \$1786 ;
+  wire \$1787 ;
   wire \$1788 ;
-  wire \$1789 ;
-  wire [8:0] \$179 ;
+  wire [3:0] \$1789 ;
+  wire \$179 ;
   wire [3:0] \$1790 ;
-  wire [3:0] \$1791 ;
-  wire [3:0] \$1792 ;
-  wire \$1793 ;
+  wire \$1791 ;
+  wire \$1792 ;
+  wire [3:0] \$1793 ;
   wire \$1794 ;
-  wire [3:0] \$1795 ;
-  wire \$1796 ;
-  wire \$1797 ;
+  wire \$1795 ;
+  wire [3:0] \$1796 ;
+  wire [3:0] \$1797 ;
   wire [3:0] \$1798 ;
-  wire [3:0] \$1799 ;
-  wire [1:0] \$18 ;
-  wire [8:0] \$180 ;
+  wire \$1799 ;
+  wire [3:0] \$18 ;
+  wire \$180 ;
   wire \$1800 ;
   wire \$1801 ;
-  wire [3:0] \$1802 ;
+  wire \$1802 ;
   wire \$1803 ;
   wire \$1804 ;
-  wire [3:0] \$1805 ;
-  wire [3:0] \$1806 ;
-  wire [3:0] \$1807 ;
-  wire [3:0] \$1808 ;
+  wire \$1805 ;
+  wire \$1806 ;
+  wire \$1807 ;
+  wire \$1808 ;
   wire \$1809 ;
-  wire [8:0] \$181 ;
+  wire [3:0] \$181 ;
   wire \$1810 ;
-  wire [3:0] \$1811 ;
+  wire \$1811 ;
   wire \$1812 ;
   wire \$1813 ;
-  wire [3:0] \$1814 ;
-  wire [3:0] \$1815 ;
+  wire \$1814 ;
+  wire \$1815 ;
   wire \$1816 ;
   wire \$1817 ;
-  wire [3:0] \$1818 ;
+  wire \$1818 ;
   wire \$1819 ;
-  wire [8:0] \$182 ;
+  wire \$182 ;
   wire \$1820 ;
-  wire [3:0] \$1821 ;
-  wire [3:0] \$1822 ;
-  wire [3:0] \$1823 ;
+  wire \$1821 ;
+  wire \$1822 ;
+  wire \$1823 ;
   wire \$1824 ;
   wire \$1825 ;
-  wire [3:0] \$1826 ;
+  wire \$1826 ;
   wire \$1827 ;
   wire \$1828 ;
-  wire [3:0] \$1829 ;
-  wire [8:0] \$183 ;
-  wire [3:0] \$1830 ;
+  wire \$1829 ;
+  wire \$183 ;
+  wire \$1830 ;
   wire \$1831 ;
   wire \$1832 ;
-  wire [3:0] \$1833 ;
+  wire \$1833 ;
   wire \$1834 ;
   wire \$1835 ;
-  wire [3:0] \$1836 ;
-  wire [3:0] \$1837 ;
-  wire [3:0] \$1838 ;
-  wire [3:0] \$1839 ;
-  wire [8:0] \$184 ;
-  wire [3:0] \$1840 ;
+  wire \$1836 ;
+  wire \$1837 ;
+  wire \$1838 ;
+  wire \$1839 ;
+  wire [3:0] \$184 ;
+  wire \$1840 ;
   wire \$1841 ;
   wire \$1842 ;
-  wire [3:0] \$1843 ;
+  wire \$1843 ;
   wire \$1844 ;
   wire \$1845 ;
-  wire [3:0] \$1846 ;
-  wire [3:0] \$1847 ;
+  wire \$1846 ;
+  wire \$1847 ;
   wire \$1848 ;
   wire \$1849 ;
-  wire [8:0] \$185 ;
-  wire [3:0] \$1850 ;
+  wire \$185 ;
+  wire \$1850 ;
   wire \$1851 ;
   wire \$1852 ;
-  wire [3:0] \$1853 ;
-  wire [3:0] \$1854 ;
-  wire [3:0] \$1855 ;
+  wire \$1853 ;
+  wire \$1854 ;
+  wire \$1855 ;
   wire \$1856 ;
   wire \$1857 ;
-  wire [3:0] \$1858 ;
+  wire \$1858 ;
   wire \$1859 ;
-  wire [8:0] \$186 ;
+  wire \$186 ;
   wire \$1860 ;
-  wire [3:0] \$1861 ;
-  wire [3:0] \$1862 ;
+  wire \$1861 ;
+  wire \$1862 ;
   wire \$1863 ;
   wire \$1864 ;
-  wire [3:0] \$1865 ;
+  wire \$1865 ;
   wire \$1866 ;
   wire \$1867 ;
-  wire [3:0] \$1868 ;
-  wire [3:0] \$1869 ;
-  wire [8:0] \$187 ;
-  wire [3:0] \$1870 ;
-  wire [3:0] \$1871 ;
+  wire \$1868 ;
+  wire \$1869 ;
+  wire [3:0] \$187 ;
+  wire \$1870 ;
+  wire \$1871 ;
   wire \$1872 ;
   wire \$1873 ;
-  wire [3:0] \$1874 ;
+  wire \$1874 ;
   wire \$1875 ;
   wire \$1876 ;
-  wire [3:0] \$1877 ;
-  wire [3:0] \$1878 ;
+  wire \$1877 ;
+  wire \$1878 ;
   wire \$1879 ;
-  wire [8:0] \$188 ;
+  wire \$188 ;
   wire \$1880 ;
-  wire [3:0] \$1881 ;
+  wire \$1881 ;
   wire \$1882 ;
   wire \$1883 ;
-  wire [3:0] \$1884 ;
-  wire [3:0] \$1885 ;
-  wire [3:0] \$1886 ;
+  wire \$1884 ;
+  wire \$1885 ;
+  wire \$1886 ;
   wire \$1887 ;
   wire \$1888 ;
-  wire [3:0] \$1889 ;
-  wire [8:0] \$189 ;
+  wire \$1889 ;
+  wire \$189 ;
   wire \$1890 ;
   wire \$1891 ;
-  wire [3:0] \$1892 ;
-  wire [3:0] \$1893 ;
+  wire \$1892 ;
+  wire \$1893 ;
   wire \$1894 ;
   wire \$1895 ;
-  wire [3:0] \$1896 ;
+  wire \$1896 ;
   wire \$1897 ;
   wire \$1898 ;
-  wire [3:0] \$1899 ;
-  wire [1:0] \$19 ;
-  wire [8:0] \$190 ;
-  wire [3:0] \$1900 ;
-  wire [3:0] \$1901 ;
-  wire [3:0] \$1902 ;
-  wire [3:0] \$1903 ;
-  wire [3:0] \$1904 ;
+  wire \$1899 ;
+  reg [2:0] \$19 ;
+  wire [3:0] \$190 ;
+  wire \$1900 ;
+  wire \$1901 ;
+  wire \$1902 ;
+  wire \$1903 ;
+  wire \$1904 ;
   wire \$1905 ;
   wire \$1906 ;
-  wire [3:0] \$1907 ;
+  wire \$1907 ;
   wire \$1908 ;
   wire \$1909 ;
-  wire [8:0] \$191 ;
-  wire [3:0] \$1910 ;
-  wire [3:0] \$1911 ;
+  wire \$191 ;
+  wire \$1910 ;
+  wire \$1911 ;
   wire \$1912 ;
   wire \$1913 ;
-  wire [3:0] \$1914 ;
+  wire \$1914 ;
   wire \$1915 ;
   wire \$1916 ;
-  wire [3:0] \$1917 ;
-  wire [3:0] \$1918 ;
-  wire [3:0] \$1919 ;
+  wire \$1917 ;
+  wire \$1918 ;
+  wire \$1919 ;
   wire \$192 ;
-  wire [4:0] \$1920 ;
-  wire [1:0] \$1921 ;
-  wire [1:0] \$1922 ;
-  wire [2:0] \$1923 ;
-  wire [1:0] \$1924 ;
-  wire [1:0] \$1925 ;
-  wire [2:0] \$1926 ;
-  wire [4:0] \$1927 ;
-  wire [1:0] \$1928 ;
-  wire [1:0] \$1929 ;
-  wire \$193 ;
-  wire [3:0] \$1930 ;
-  wire [1:0] \$1931 ;
-  wire [1:0] \$1932 ;
-  wire [3:0] \$1933 ;
+  wire \$1920 ;
+  wire \$1921 ;
+  wire \$1922 ;
+  wire \$1923 ;
+  wire \$1924 ;
+  wire \$1925 ;
+  wire \$1926 ;
+  wire \$1927 ;
+  wire \$1928 ;
+  wire \$1929 ;
+  wire [3:0] \$193 ;
+  wire \$1930 ;
+  wire \$1931 ;
+  wire \$1932 ;
+  wire \$1933 ;
   wire \$1934 ;
-  wire [7:0] \$1935 ;
-  wire [4:0] \$1936 ;
+  wire \$1935 ;
+  wire \$1936 ;
   wire \$1937 ;
   wire \$1938 ;
   wire \$1939 ;
-  reg [10:0] \$194 ;
+  wire \$194 ;
   wire \$1940 ;
   wire \$1941 ;
   wire \$1942 ;
@@ -3736,7 +3736,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1957 ;
   wire \$1958 ;
   wire \$1959 ;
-  wire \$196 ;
+  wire [3:0] \$196 ;
   wire \$1960 ;
   wire \$1961 ;
   wire \$1962 ;
@@ -3747,7 +3747,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1967 ;
   wire \$1968 ;
   wire \$1969 ;
-  reg [10:0] \$197 ;
+  wire \$197 ;
   wire \$1970 ;
   wire \$1971 ;
   wire \$1972 ;
@@ -3780,8 +3780,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$1997 ;
   wire \$1998 ;
   wire \$1999 ;
-  wire [2:0] \$2 ;
-  wire [2:0] \$20 ;
+  reg [2:0] \$2 ;
+  reg [2:0] \$20 ;
   wire \$200 ;
   wire \$2000 ;
   wire \$2001 ;
@@ -3793,7 +3793,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2007 ;
   wire \$2008 ;
   wire \$2009 ;
-  wire [3:0] \$201 ;
+  wire \$201 ;
   wire \$2010 ;
   wire \$2011 ;
   wire \$2012 ;
@@ -3804,7 +3804,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2017 ;
   wire \$2018 ;
   wire \$2019 ;
-  wire \$202 ;
+  wire [3:0] \$202 ;
   wire \$2020 ;
   wire \$2021 ;
   wire \$2022 ;
@@ -3870,7 +3870,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2077 ;
   wire \$2078 ;
   wire \$2079 ;
-  wire [3:0] \$208 ;
+  wire \$208 ;
   wire \$2080 ;
   wire \$2081 ;
   wire \$2082 ;
@@ -3884,1200 +3884,1200 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$209 ;
   wire \$2090 ;
   wire \$2091 ;
-  wire \$2092 ;
-  wire \$2093 ;
+  wire [1:0] \$2092 ;
+  wire [1:0] \$2093 ;
   wire \$2094 ;
   wire \$2095 ;
-  wire \$2096 ;
+  wire [1:0] \$2096 ;
   wire \$2097 ;
   wire \$2098 ;
-  wire \$2099 ;
-  wire [1:0] \$21 ;
+  wire [2:0] \$2099 ;
+  wire [3:0] \$21 ;
   wire \$210 ;
-  wire \$2100 ;
-  wire \$2101 ;
+  wire [2:0] \$2100 ;
+  wire [2:0] \$2101 ;
   wire \$2102 ;
   wire \$2103 ;
-  wire \$2104 ;
+  wire [2:0] \$2104 ;
   wire \$2105 ;
   wire \$2106 ;
-  wire \$2107 ;
-  wire \$2108 ;
+  wire [2:0] \$2107 ;
+  wire [2:0] \$2108 ;
   wire \$2109 ;
-  wire [3:0] \$211 ;
+  wire \$211 ;
   wire \$2110 ;
-  wire \$2111 ;
+  wire [2:0] \$2111 ;
   wire \$2112 ;
   wire \$2113 ;
-  wire \$2114 ;
-  wire \$2115 ;
-  wire \$2116 ;
-  wire \$2117 ;
+  wire [3:0] \$2114 ;
+  wire [3:0] \$2115 ;
+  wire [3:0] \$2116 ;
+  wire [3:0] \$2117 ;
   wire \$2118 ;
   wire \$2119 ;
   wire \$212 ;
-  wire \$2120 ;
+  wire [3:0] \$2120 ;
   wire \$2121 ;
   wire \$2122 ;
-  wire \$2123 ;
-  wire \$2124 ;
+  wire [3:0] \$2123 ;
+  wire [3:0] \$2124 ;
   wire \$2125 ;
   wire \$2126 ;
-  wire \$2127 ;
+  wire [3:0] \$2127 ;
   wire \$2128 ;
   wire \$2129 ;
   wire \$213 ;
-  wire \$2130 ;
-  wire \$2131 ;
-  wire \$2132 ;
+  wire [3:0] \$2130 ;
+  wire [3:0] \$2131 ;
+  wire [3:0] \$2132 ;
   wire \$2133 ;
   wire \$2134 ;
-  wire \$2135 ;
+  wire [3:0] \$2135 ;
   wire \$2136 ;
   wire \$2137 ;
-  wire \$2138 ;
-  wire \$2139 ;
-  wire [3:0] \$214 ;
+  wire [3:0] \$2138 ;
+  wire [3:0] \$2139 ;
+  wire \$214 ;
   wire \$2140 ;
   wire \$2141 ;
-  wire \$2142 ;
+  wire [3:0] \$2142 ;
   wire \$2143 ;
   wire \$2144 ;
-  wire \$2145 ;
-  wire \$2146 ;
-  wire \$2147 ;
-  wire \$2148 ;
-  wire \$2149 ;
+  wire [4:0] \$2145 ;
+  wire [4:0] \$2146 ;
+  wire [4:0] \$2147 ;
+  wire [4:0] \$2148 ;
+  wire [4:0] \$2149 ;
   wire \$215 ;
   wire \$2150 ;
   wire \$2151 ;
-  wire \$2152 ;
+  wire [4:0] \$2152 ;
   wire \$2153 ;
   wire \$2154 ;
-  wire \$2155 ;
-  wire \$2156 ;
+  wire [4:0] \$2155 ;
+  wire [4:0] \$2156 ;
   wire \$2157 ;
   wire \$2158 ;
-  wire \$2159 ;
+  wire [4:0] \$2159 ;
   wire \$216 ;
   wire \$2160 ;
   wire \$2161 ;
-  wire \$2162 ;
-  wire \$2163 ;
-  wire \$2164 ;
+  wire [4:0] \$2162 ;
+  wire [4:0] \$2163 ;
+  wire [4:0] \$2164 ;
   wire \$2165 ;
   wire \$2166 ;
-  wire \$2167 ;
+  wire [4:0] \$2167 ;
   wire \$2168 ;
   wire \$2169 ;
-  wire [3:0] \$217 ;
-  wire \$2170 ;
-  wire \$2171 ;
+  wire \$217 ;
+  wire [4:0] \$2170 ;
+  wire [4:0] \$2171 ;
   wire \$2172 ;
   wire \$2173 ;
-  wire \$2174 ;
+  wire [4:0] \$2174 ;
   wire \$2175 ;
   wire \$2176 ;
-  wire \$2177 ;
-  wire \$2178 ;
-  wire \$2179 ;
+  wire [4:0] \$2177 ;
+  wire [4:0] \$2178 ;
+  wire [4:0] \$2179 ;
   wire \$218 ;
-  wire \$2180 ;
+  wire [4:0] \$2180 ;
   wire \$2181 ;
   wire \$2182 ;
-  wire \$2183 ;
+  wire [4:0] \$2183 ;
   wire \$2184 ;
   wire \$2185 ;
-  wire \$2186 ;
-  wire \$2187 ;
+  wire [4:0] \$2186 ;
+  wire [4:0] \$2187 ;
   wire \$2188 ;
   wire \$2189 ;
   wire \$219 ;
-  wire \$2190 ;
+  wire [4:0] \$2190 ;
   wire \$2191 ;
   wire \$2192 ;
-  wire \$2193 ;
-  wire \$2194 ;
-  wire \$2195 ;
+  wire [4:0] \$2193 ;
+  wire [4:0] \$2194 ;
+  wire [4:0] \$2195 ;
   wire \$2196 ;
   wire \$2197 ;
-  wire \$2198 ;
+  wire [4:0] \$2198 ;
   wire \$2199 ;
-  wire [1:0] \$22 ;
-  wire [3:0] \$220 ;
+  reg [2:0] \$22 ;
+  wire \$220 ;
   wire \$2200 ;
-  wire \$2201 ;
-  wire \$2202 ;
+  wire [4:0] \$2201 ;
+  wire [4:0] \$2202 ;
   wire \$2203 ;
   wire \$2204 ;
-  wire \$2205 ;
+  wire [4:0] \$2205 ;
   wire \$2206 ;
   wire \$2207 ;
-  wire \$2208 ;
-  wire \$2209 ;
+  wire [5:0] \$2208 ;
+  wire [5:0] \$2209 ;
   wire \$221 ;
-  wire \$2210 ;
-  wire \$2211 ;
-  wire \$2212 ;
-  wire \$2213 ;
+  wire [5:0] \$2210 ;
+  wire [5:0] \$2211 ;
+  wire [5:0] \$2212 ;
+  wire [5:0] \$2213 ;
   wire \$2214 ;
   wire \$2215 ;
-  wire \$2216 ;
+  wire [5:0] \$2216 ;
   wire \$2217 ;
   wire \$2218 ;
-  wire \$2219 ;
+  wire [5:0] \$2219 ;
   wire \$222 ;
-  wire \$2220 ;
+  wire [5:0] \$2220 ;
   wire \$2221 ;
   wire \$2222 ;
-  wire \$2223 ;
-  wire \$2224 ;
-  wire \$2225 ;
+  wire [5:0] \$2223 ;
+  wire [5:0] \$2224 ;
+  wire [15:0] \$2225 ;
   wire \$2226 ;
   wire \$2227 ;
-  wire \$2228 ;
-  wire \$2229 ;
-  wire [3:0] \$223 ;
-  wire [1:0] \$2230 ;
-  wire [1:0] \$2231 ;
-  wire \$2232 ;
+  wire [15:0] \$2228 ;
+  wire [15:0] \$2229 ;
+  wire \$223 ;
+  wire \$2230 ;
+  wire \$2231 ;
+  wire [15:0] \$2232 ;
   wire \$2233 ;
-  wire [1:0] \$2234 ;
-  wire \$2235 ;
-  wire \$2236 ;
-  wire [2:0] \$2237 ;
-  wire [2:0] \$2238 ;
-  wire [2:0] \$2239 ;
+  wire \$2234 ;
+  wire [15:0] \$2235 ;
+  wire [15:0] \$2236 ;
+  wire [15:0] \$2237 ;
+  wire \$2238 ;
+  wire \$2239 ;
   wire \$224 ;
-  wire \$2240 ;
+  wire [15:0] \$2240 ;
   wire \$2241 ;
-  wire [2:0] \$2242 ;
-  wire \$2243 ;
-  wire \$2244 ;
-  wire [2:0] \$2245 ;
-  wire [2:0] \$2246 ;
-  wire \$2247 ;
+  wire \$2242 ;
+  wire [15:0] \$2243 ;
+  wire [15:0] \$2244 ;
+  wire \$2245 ;
+  wire \$2246 ;
+  wire [15:0] \$2247 ;
   wire \$2248 ;
-  wire [2:0] \$2249 ;
+  wire \$2249 ;
   wire \$225 ;
-  wire \$2250 ;
-  wire \$2251 ;
-  wire [3:0] \$2252 ;
-  wire [3:0] \$2253 ;
-  wire [3:0] \$2254 ;
-  wire [3:0] \$2255 ;
-  wire \$2256 ;
+  wire [15:0] \$2250 ;
+  wire [15:0] \$2251 ;
+  wire [15:0] \$2252 ;
+  wire [15:0] \$2253 ;
+  wire \$2254 ;
+  wire \$2255 ;
+  wire [15:0] \$2256 ;
   wire \$2257 ;
-  wire [3:0] \$2258 ;
-  wire \$2259 ;
-  wire [3:0] \$226 ;
-  wire \$2260 ;
-  wire [3:0] \$2261 ;
-  wire [3:0] \$2262 ;
-  wire \$2263 ;
+  wire \$2258 ;
+  wire [15:0] \$2259 ;
+  wire \$226 ;
+  wire [15:0] \$2260 ;
+  wire \$2261 ;
+  wire \$2262 ;
+  wire [15:0] \$2263 ;
   wire \$2264 ;
-  wire [3:0] \$2265 ;
-  wire \$2266 ;
-  wire \$2267 ;
-  wire [3:0] \$2268 ;
-  wire [3:0] \$2269 ;
+  wire \$2265 ;
+  wire [15:0] \$2266 ;
+  wire [15:0] \$2267 ;
+  wire [15:0] \$2268 ;
+  wire \$2269 ;
   wire \$227 ;
-  wire [3:0] \$2270 ;
-  wire \$2271 ;
+  wire \$2270 ;
+  wire [15:0] \$2271 ;
   wire \$2272 ;
-  wire [3:0] \$2273 ;
-  wire \$2274 ;
-  wire \$2275 ;
-  wire [3:0] \$2276 ;
-  wire [3:0] \$2277 ;
-  wire \$2278 ;
+  wire \$2273 ;
+  wire [15:0] \$2274 ;
+  wire [15:0] \$2275 ;
+  wire \$2276 ;
+  wire \$2277 ;
+  wire [15:0] \$2278 ;
   wire \$2279 ;
   wire \$228 ;
-  wire [3:0] \$2280 ;
-  wire \$2281 ;
-  wire \$2282 ;
-  wire [4:0] \$2283 ;
-  wire [4:0] \$2284 ;
-  wire [4:0] \$2285 ;
-  wire [4:0] \$2286 ;
-  wire [4:0] \$2287 ;
-  wire \$2288 ;
+  wire \$2280 ;
+  wire [15:0] \$2281 ;
+  wire [15:0] \$2282 ;
+  wire [15:0] \$2283 ;
+  wire [15:0] \$2284 ;
+  wire [15:0] \$2285 ;
+  wire \$2286 ;
+  wire \$2287 ;
+  wire [15:0] \$2288 ;
   wire \$2289 ;
-  wire [3:0] \$229 ;
-  wire [4:0] \$2290 ;
-  wire \$2291 ;
-  wire \$2292 ;
-  wire [4:0] \$2293 ;
-  wire [4:0] \$2294 ;
-  wire \$2295 ;
+  wire \$229 ;
+  wire \$2290 ;
+  wire [15:0] \$2291 ;
+  wire [15:0] \$2292 ;
+  wire \$2293 ;
+  wire \$2294 ;
+  wire [15:0] \$2295 ;
   wire \$2296 ;
-  wire [4:0] \$2297 ;
-  wire \$2298 ;
-  wire \$2299 ;
-  wire [2:0] \$23 ;
+  wire \$2297 ;
+  wire [15:0] \$2298 ;
+  wire [15:0] \$2299 ;
+  reg [2:0] \$23 ;
   wire \$230 ;
-  wire [4:0] \$2300 ;
-  wire [4:0] \$2301 ;
-  wire [4:0] \$2302 ;
-  wire \$2303 ;
+  wire [15:0] \$2300 ;
+  wire \$2301 ;
+  wire \$2302 ;
+  wire [15:0] \$2303 ;
   wire \$2304 ;
-  wire [4:0] \$2305 ;
-  wire \$2306 ;
-  wire \$2307 ;
-  wire [4:0] \$2308 ;
-  wire [4:0] \$2309 ;
+  wire \$2305 ;
+  wire [15:0] \$2306 ;
+  wire [15:0] \$2307 ;
+  wire \$2308 ;
+  wire \$2309 ;
   wire \$231 ;
-  wire \$2310 ;
+  wire [15:0] \$2310 ;
   wire \$2311 ;
-  wire [4:0] \$2312 ;
-  wire \$2313 ;
-  wire \$2314 ;
-  wire [4:0] \$2315 ;
-  wire [4:0] \$2316 ;
-  wire [4:0] \$2317 ;
-  wire [4:0] \$2318 ;
-  wire \$2319 ;
-  wire [3:0] \$232 ;
+  wire \$2312 ;
+  wire [15:0] \$2313 ;
+  wire [15:0] \$2314 ;
+  wire [15:0] \$2315 ;
+  wire [15:0] \$2316 ;
+  wire \$2317 ;
+  wire \$2318 ;
+  wire [15:0] \$2319 ;
+  wire \$232 ;
   wire \$2320 ;
-  wire [4:0] \$2321 ;
-  wire \$2322 ;
-  wire \$2323 ;
-  wire [4:0] \$2324 ;
-  wire [4:0] \$2325 ;
-  wire \$2326 ;
+  wire \$2321 ;
+  wire [15:0] \$2322 ;
+  wire [15:0] \$2323 ;
+  wire \$2324 ;
+  wire \$2325 ;
+  wire [15:0] \$2326 ;
   wire \$2327 ;
-  wire [4:0] \$2328 ;
-  wire \$2329 ;
+  wire \$2328 ;
+  wire [15:0] \$2329 ;
   wire \$233 ;
-  wire \$2330 ;
-  wire [4:0] \$2331 ;
-  wire [4:0] \$2332 ;
-  wire [4:0] \$2333 ;
-  wire \$2334 ;
+  wire [15:0] \$2330 ;
+  wire [15:0] \$2331 ;
+  wire \$2332 ;
+  wire \$2333 ;
+  wire [15:0] \$2334 ;
   wire \$2335 ;
-  wire [4:0] \$2336 ;
-  wire \$2337 ;
-  wire \$2338 ;
-  wire [4:0] \$2339 ;
+  wire \$2336 ;
+  wire [15:0] \$2337 ;
+  wire [15:0] \$2338 ;
+  wire \$2339 ;
   wire \$234 ;
-  wire [4:0] \$2340 ;
-  wire \$2341 ;
+  wire \$2340 ;
+  wire [15:0] \$2341 ;
   wire \$2342 ;
-  wire [4:0] \$2343 ;
-  wire \$2344 ;
-  wire \$2345 ;
-  wire [5:0] \$2346 ;
-  wire [5:0] \$2347 ;
-  wire [5:0] \$2348 ;
-  wire [5:0] \$2349 ;
-  wire [3:0] \$235 ;
-  wire [5:0] \$2350 ;
-  wire [5:0] \$2351 ;
-  wire \$2352 ;
+  wire \$2343 ;
+  wire [15:0] \$2344 ;
+  wire [15:0] \$2345 ;
+  wire [15:0] \$2346 ;
+  wire [15:0] \$2347 ;
+  wire [15:0] \$2348 ;
+  wire [15:0] \$2349 ;
+  wire \$235 ;
+  wire \$2350 ;
+  wire \$2351 ;
+  wire [15:0] \$2352 ;
   wire \$2353 ;
-  wire [5:0] \$2354 ;
-  wire \$2355 ;
-  wire \$2356 ;
-  wire [5:0] \$2357 ;
-  wire [5:0] \$2358 ;
-  wire \$2359 ;
+  wire \$2354 ;
+  wire [15:0] \$2355 ;
+  wire [15:0] \$2356 ;
+  wire \$2357 ;
+  wire \$2358 ;
+  wire [15:0] \$2359 ;
   wire \$236 ;
   wire \$2360 ;
-  wire [5:0] \$2361 ;
-  wire [5:0] \$2362 ;
+  wire \$2361 ;
+  wire [15:0] \$2362 ;
   wire [15:0] \$2363 ;
-  wire \$2364 ;
-  wire \$2365 ;
-  wire [15:0] \$2366 ;
-  wire [15:0] \$2367 ;
-  wire \$2368 ;
-  wire \$2369 ;
+  wire [15:0] \$2364 ;
+  wire [3:0] \$2365 ;
+  wire \$2366 ;
+  wire \$2367 ;
+  wire [3:0] \$2368 ;
+  wire [3:0] \$2369 ;
   wire \$237 ;
-  wire [15:0] \$2370 ;
+  wire \$2370 ;
   wire \$2371 ;
-  wire \$2372 ;
-  wire [15:0] \$2373 ;
-  wire [15:0] \$2374 ;
-  wire [15:0] \$2375 ;
-  wire \$2376 ;
-  wire \$2377 ;
-  wire [15:0] \$2378 ;
+  wire [3:0] \$2372 ;
+  wire \$2373 ;
+  wire \$2374 ;
+  wire [3:0] \$2375 ;
+  wire [3:0] \$2376 ;
+  wire [3:0] \$2377 ;
+  wire \$2378 ;
   wire \$2379 ;
-  wire [3:0] \$238 ;
-  wire \$2380 ;
-  wire [15:0] \$2381 ;
-  wire [15:0] \$2382 ;
-  wire \$2383 ;
-  wire \$2384 ;
-  wire [15:0] \$2385 ;
+  wire \$238 ;
+  wire [3:0] \$2380 ;
+  wire \$2381 ;
+  wire \$2382 ;
+  wire [3:0] \$2383 ;
+  wire [3:0] \$2384 ;
+  wire \$2385 ;
   wire \$2386 ;
-  wire \$2387 ;
-  wire [15:0] \$2388 ;
-  wire [15:0] \$2389 ;
+  wire [3:0] \$2387 ;
+  wire \$2388 ;
+  wire \$2389 ;
   wire \$239 ;
-  wire [15:0] \$2390 ;
-  wire [15:0] \$2391 ;
-  wire \$2392 ;
-  wire \$2393 ;
-  wire [15:0] \$2394 ;
+  wire [3:0] \$2390 ;
+  wire [3:0] \$2391 ;
+  wire [3:0] \$2392 ;
+  wire [3:0] \$2393 ;
+  wire \$2394 ;
   wire \$2395 ;
-  wire \$2396 ;
-  wire [15:0] \$2397 ;
-  wire [15:0] \$2398 ;
-  wire \$2399 ;
+  wire [3:0] \$2396 ;
+  wire \$2397 ;
+  wire \$2398 ;
+  wire [3:0] \$2399 ;
   wire [3:0] \$24 ;
   wire \$240 ;
-  wire \$2400 ;
-  wire [15:0] \$2401 ;
+  wire [3:0] \$2400 ;
+  wire \$2401 ;
   wire \$2402 ;
-  wire \$2403 ;
-  wire [15:0] \$2404 ;
-  wire [15:0] \$2405 ;
-  wire [15:0] \$2406 ;
-  wire \$2407 ;
-  wire \$2408 ;
-  wire [15:0] \$2409 ;
-  wire [3:0] \$241 ;
+  wire [3:0] \$2403 ;
+  wire \$2404 ;
+  wire \$2405 ;
+  wire [3:0] \$2406 ;
+  wire [3:0] \$2407 ;
+  wire [3:0] \$2408 ;
+  wire \$2409 ;
+  wire \$241 ;
   wire \$2410 ;
-  wire \$2411 ;
-  wire [15:0] \$2412 ;
-  wire [15:0] \$2413 ;
-  wire \$2414 ;
-  wire \$2415 ;
-  wire [15:0] \$2416 ;
+  wire [3:0] \$2411 ;
+  wire \$2412 ;
+  wire \$2413 ;
+  wire [3:0] \$2414 ;
+  wire [3:0] \$2415 ;
+  wire \$2416 ;
   wire \$2417 ;
-  wire \$2418 ;
-  wire [15:0] \$2419 ;
+  wire [3:0] \$2418 ;
+  wire \$2419 ;
   wire \$242 ;
-  wire [15:0] \$2420 ;
-  wire [15:0] \$2421 ;
-  wire [15:0] \$2422 ;
-  wire [15:0] \$2423 ;
-  wire \$2424 ;
-  wire \$2425 ;
-  wire [15:0] \$2426 ;
+  wire \$2420 ;
+  wire [3:0] \$2421 ;
+  wire [3:0] \$2422 ;
+  wire [3:0] \$2423 ;
+  wire [3:0] \$2424 ;
+  wire [3:0] \$2425 ;
+  wire \$2426 ;
   wire \$2427 ;
-  wire \$2428 ;
-  wire [15:0] \$2429 ;
+  wire [3:0] \$2428 ;
+  wire \$2429 ;
   wire \$243 ;
-  wire [15:0] \$2430 ;
-  wire \$2431 ;
-  wire \$2432 ;
-  wire [15:0] \$2433 ;
+  wire \$2430 ;
+  wire [3:0] \$2431 ;
+  wire [3:0] \$2432 ;
+  wire \$2433 ;
   wire \$2434 ;
-  wire \$2435 ;
-  wire [15:0] \$2436 ;
-  wire [15:0] \$2437 ;
-  wire [15:0] \$2438 ;
-  wire \$2439 ;
-  wire [3:0] \$244 ;
-  wire \$2440 ;
-  wire [15:0] \$2441 ;
+  wire [3:0] \$2435 ;
+  wire \$2436 ;
+  wire \$2437 ;
+  wire [3:0] \$2438 ;
+  wire [3:0] \$2439 ;
+  wire \$244 ;
+  wire [3:0] \$2440 ;
+  wire \$2441 ;
   wire \$2442 ;
-  wire \$2443 ;
-  wire [15:0] \$2444 ;
-  wire [15:0] \$2445 ;
-  wire \$2446 ;
-  wire \$2447 ;
-  wire [15:0] \$2448 ;
+  wire [3:0] \$2443 ;
+  wire \$2444 ;
+  wire \$2445 ;
+  wire [3:0] \$2446 ;
+  wire [3:0] \$2447 ;
+  wire \$2448 ;
   wire \$2449 ;
   wire \$245 ;
-  wire \$2450 ;
-  wire [15:0] \$2451 ;
-  wire [15:0] \$2452 ;
-  wire [15:0] \$2453 ;
-  wire [15:0] \$2454 ;
-  wire \$2455 ;
-  wire \$2456 ;
-  wire [15:0] \$2457 ;
+  wire [3:0] \$2450 ;
+  wire \$2451 ;
+  wire \$2452 ;
+  wire [3:0] \$2453 ;
+  wire [3:0] \$2454 ;
+  wire [3:0] \$2455 ;
+  wire [3:0] \$2456 ;
+  wire \$2457 ;
   wire \$2458 ;
-  wire \$2459 ;
+  wire [3:0] \$2459 ;
   wire \$246 ;
-  wire [15:0] \$2460 ;
-  wire [15:0] \$2461 ;
-  wire \$2462 ;
-  wire \$2463 ;
-  wire [15:0] \$2464 ;
+  wire \$2460 ;
+  wire \$2461 ;
+  wire [3:0] \$2462 ;
+  wire [3:0] \$2463 ;
+  wire \$2464 ;
   wire \$2465 ;
-  wire \$2466 ;
-  wire [15:0] \$2467 ;
-  wire [15:0] \$2468 ;
-  wire [15:0] \$2469 ;
-  wire [3:0] \$247 ;
-  wire \$2470 ;
-  wire \$2471 ;
-  wire [15:0] \$2472 ;
+  wire [3:0] \$2466 ;
+  wire \$2467 ;
+  wire \$2468 ;
+  wire [3:0] \$2469 ;
+  wire \$247 ;
+  wire [3:0] \$2470 ;
+  wire [3:0] \$2471 ;
+  wire \$2472 ;
   wire \$2473 ;
-  wire \$2474 ;
-  wire [15:0] \$2475 ;
-  wire [15:0] \$2476 ;
-  wire \$2477 ;
-  wire \$2478 ;
-  wire [15:0] \$2479 ;
+  wire [3:0] \$2474 ;
+  wire \$2475 ;
+  wire \$2476 ;
+  wire [3:0] \$2477 ;
+  wire [3:0] \$2478 ;
+  wire \$2479 ;
   wire \$248 ;
   wire \$2480 ;
-  wire \$2481 ;
-  wire [15:0] \$2482 ;
-  wire [15:0] \$2483 ;
-  wire [15:0] \$2484 ;
-  wire [15:0] \$2485 ;
-  wire [15:0] \$2486 ;
-  wire [15:0] \$2487 ;
-  wire \$2488 ;
-  wire \$2489 ;
+  wire [3:0] \$2481 ;
+  wire \$2482 ;
+  wire \$2483 ;
+  wire [3:0] \$2484 ;
+  wire [3:0] \$2485 ;
+  wire [3:0] \$2486 ;
+  wire [3:0] \$2487 ;
+  wire [3:0] \$2488 ;
+  wire [3:0] \$2489 ;
   wire \$249 ;
-  wire [15:0] \$2490 ;
+  wire \$2490 ;
   wire \$2491 ;
-  wire \$2492 ;
-  wire [15:0] \$2493 ;
-  wire [15:0] \$2494 ;
-  wire \$2495 ;
-  wire \$2496 ;
-  wire [15:0] \$2497 ;
+  wire [3:0] \$2492 ;
+  wire \$2493 ;
+  wire \$2494 ;
+  wire [3:0] \$2495 ;
+  wire [3:0] \$2496 ;
+  wire \$2497 ;
   wire \$2498 ;
-  wire \$2499 ;
-  wire [1:0] \$25 ;
-  wire [3:0] \$250 ;
-  wire [15:0] \$2500 ;
-  wire [15:0] \$2501 ;
-  wire [15:0] \$2502 ;
+  wire [3:0] \$2499 ;
+  reg [2:0] \$25 ;
+  wire \$250 ;
+  wire \$2500 ;
+  wire \$2501 ;
+  wire [3:0] \$2502 ;
   wire [3:0] \$2503 ;
-  wire \$2504 ;
+  wire [3:0] \$2504 ;
   wire \$2505 ;
-  wire [3:0] \$2506 ;
-  wire [3:0] \$2507 ;
+  wire \$2506 ;
+  wire \$2507 ;
   wire \$2508 ;
   wire \$2509 ;
   wire \$251 ;
-  wire [3:0] \$2510 ;
+  wire \$2510 ;
   wire \$2511 ;
   wire \$2512 ;
-  wire [3:0] \$2513 ;
-  wire [3:0] \$2514 ;
-  wire [3:0] \$2515 ;
+  wire \$2513 ;
+  wire \$2514 ;
+  wire \$2515 ;
   wire \$2516 ;
   wire \$2517 ;
-  wire [3:0] \$2518 ;
+  wire \$2518 ;
   wire \$2519 ;
   wire \$252 ;
   wire \$2520 ;
-  wire [3:0] \$2521 ;
-  wire [3:0] \$2522 ;
+  wire \$2521 ;
+  wire \$2522 ;
   wire \$2523 ;
   wire \$2524 ;
-  wire [3:0] \$2525 ;
+  wire \$2525 ;
   wire \$2526 ;
   wire \$2527 ;
-  wire [3:0] \$2528 ;
-  wire [3:0] \$2529 ;
-  wire [3:0] \$253 ;
-  wire [3:0] \$2530 ;
-  wire [3:0] \$2531 ;
+  wire \$2528 ;
+  wire \$2529 ;
+  wire \$253 ;
+  wire \$2530 ;
+  wire \$2531 ;
   wire \$2532 ;
   wire \$2533 ;
-  wire [3:0] \$2534 ;
+  wire \$2534 ;
   wire \$2535 ;
   wire \$2536 ;
-  wire [3:0] \$2537 ;
-  wire [3:0] \$2538 ;
+  wire \$2537 ;
+  wire \$2538 ;
   wire \$2539 ;
   wire \$254 ;
   wire \$2540 ;
-  wire [3:0] \$2541 ;
+  wire \$2541 ;
   wire \$2542 ;
   wire \$2543 ;
-  wire [3:0] \$2544 ;
-  wire [3:0] \$2545 ;
-  wire [3:0] \$2546 ;
+  wire \$2544 ;
+  wire \$2545 ;
+  wire \$2546 ;
   wire \$2547 ;
   wire \$2548 ;
-  wire [3:0] \$2549 ;
+  wire \$2549 ;
   wire \$255 ;
   wire \$2550 ;
   wire \$2551 ;
-  wire [3:0] \$2552 ;
-  wire [3:0] \$2553 ;
+  wire \$2552 ;
+  wire \$2553 ;
   wire \$2554 ;
   wire \$2555 ;
-  wire [3:0] \$2556 ;
+  wire \$2556 ;
   wire \$2557 ;
   wire \$2558 ;
-  wire [3:0] \$2559 ;
-  wire [3:0] \$256 ;
-  wire [3:0] \$2560 ;
-  wire [3:0] \$2561 ;
-  wire [3:0] \$2562 ;
-  wire [3:0] \$2563 ;
+  wire \$2559 ;
+  wire \$256 ;
+  wire \$2560 ;
+  wire \$2561 ;
+  wire \$2562 ;
+  wire \$2563 ;
   wire \$2564 ;
   wire \$2565 ;
-  wire [3:0] \$2566 ;
+  wire \$2566 ;
   wire \$2567 ;
   wire \$2568 ;
-  wire [3:0] \$2569 ;
+  wire \$2569 ;
   wire \$257 ;
-  wire [3:0] \$2570 ;
+  wire \$2570 ;
   wire \$2571 ;
   wire \$2572 ;
-  wire [3:0] \$2573 ;
+  wire \$2573 ;
   wire \$2574 ;
   wire \$2575 ;
-  wire [3:0] \$2576 ;
-  wire [3:0] \$2577 ;
-  wire [3:0] \$2578 ;
+  wire \$2576 ;
+  wire \$2577 ;
+  wire \$2578 ;
   wire \$2579 ;
   wire \$258 ;
   wire \$2580 ;
-  wire [3:0] \$2581 ;
-  wire \$2582 ;
-  wire \$2583 ;
-  wire [3:0] \$2584 ;
-  wire [3:0] \$2585 ;
-  wire \$2586 ;
+  wire \$2581 ;
+  wire [1:0] \$2582 ;
+  wire [1:0] \$2583 ;
+  wire \$2584 ;
+  wire \$2585 ;
+  wire [1:0] \$2586 ;
   wire \$2587 ;
-  wire [3:0] \$2588 ;
-  wire \$2589 ;
-  wire [3:0] \$259 ;
-  wire \$2590 ;
-  wire [3:0] \$2591 ;
-  wire [3:0] \$2592 ;
-  wire [3:0] \$2593 ;
-  wire [3:0] \$2594 ;
+  wire \$2588 ;
+  wire [2:0] \$2589 ;
+  wire \$259 ;
+  wire [2:0] \$2590 ;
+  wire [2:0] \$2591 ;
+  wire \$2592 ;
+  wire \$2593 ;
+  wire [2:0] \$2594 ;
   wire \$2595 ;
   wire \$2596 ;
-  wire [3:0] \$2597 ;
-  wire \$2598 ;
+  wire [2:0] \$2597 ;
+  wire [2:0] \$2598 ;
   wire \$2599 ;
-  wire [1:0] \$26 ;
+  reg [2:0] \$26 ;
   wire \$260 ;
-  wire [3:0] \$2600 ;
-  wire [3:0] \$2601 ;
+  wire \$2600 ;
+  wire [2:0] \$2601 ;
   wire \$2602 ;
   wire \$2603 ;
   wire [3:0] \$2604 ;
-  wire \$2605 ;
-  wire \$2606 ;
+  wire [3:0] \$2605 ;
+  wire [3:0] \$2606 ;
   wire [3:0] \$2607 ;
-  wire [3:0] \$2608 ;
-  wire [3:0] \$2609 ;
+  wire \$2608 ;
+  wire \$2609 ;
   wire \$261 ;
-  wire \$2610 ;
+  wire [3:0] \$2610 ;
   wire \$2611 ;
-  wire [3:0] \$2612 ;
-  wire \$2613 ;
-  wire \$2614 ;
-  wire [3:0] \$2615 ;
-  wire [3:0] \$2616 ;
-  wire \$2617 ;
+  wire \$2612 ;
+  wire [3:0] \$2613 ;
+  wire [3:0] \$2614 ;
+  wire \$2615 ;
+  wire \$2616 ;
+  wire [3:0] \$2617 ;
   wire \$2618 ;
-  wire [3:0] \$2619 ;
-  wire [3:0] \$262 ;
-  wire \$2620 ;
-  wire \$2621 ;
+  wire \$2619 ;
+  wire \$262 ;
+  wire [3:0] \$2620 ;
+  wire [3:0] \$2621 ;
   wire [3:0] \$2622 ;
-  wire [3:0] \$2623 ;
-  wire [3:0] \$2624 ;
+  wire \$2623 ;
+  wire \$2624 ;
   wire [3:0] \$2625 ;
-  wire [3:0] \$2626 ;
-  wire [3:0] \$2627 ;
-  wire \$2628 ;
-  wire \$2629 ;
+  wire \$2626 ;
+  wire \$2627 ;
+  wire [3:0] \$2628 ;
+  wire [3:0] \$2629 ;
   wire \$263 ;
-  wire [3:0] \$2630 ;
+  wire \$2630 ;
   wire \$2631 ;
-  wire \$2632 ;
-  wire [3:0] \$2633 ;
-  wire [3:0] \$2634 ;
-  wire \$2635 ;
-  wire \$2636 ;
-  wire [3:0] \$2637 ;
-  wire \$2638 ;
-  wire \$2639 ;
+  wire [3:0] \$2632 ;
+  wire \$2633 ;
+  wire \$2634 ;
+  wire [4:0] \$2635 ;
+  wire [4:0] \$2636 ;
+  wire [4:0] \$2637 ;
+  wire [4:0] \$2638 ;
+  wire [4:0] \$2639 ;
   wire \$264 ;
-  wire [3:0] \$2640 ;
-  wire [3:0] \$2641 ;
-  wire [3:0] \$2642 ;
-  wire [4:0] \$2643 ;
-  wire [1:0] \$2644 ;
-  wire [1:0] \$2645 ;
-  wire [2:0] \$2646 ;
-  wire [1:0] \$2647 ;
-  wire [1:0] \$2648 ;
-  wire [2:0] \$2649 ;
-  wire [3:0] \$265 ;
-  wire [4:0] \$2650 ;
-  wire [1:0] \$2651 ;
-  wire [1:0] \$2652 ;
-  wire [3:0] \$2653 ;
-  wire [1:0] \$2654 ;
-  wire [1:0] \$2655 ;
-  wire [3:0] \$2656 ;
-  wire \$2657 ;
-  wire [7:0] \$2658 ;
-  wire [4:0] \$2659 ;
+  wire \$2640 ;
+  wire \$2641 ;
+  wire [4:0] \$2642 ;
+  wire \$2643 ;
+  wire \$2644 ;
+  wire [4:0] \$2645 ;
+  wire [4:0] \$2646 ;
+  wire \$2647 ;
+  wire \$2648 ;
+  wire [4:0] \$2649 ;
+  wire \$265 ;
+  wire \$2650 ;
+  wire \$2651 ;
+  wire [4:0] \$2652 ;
+  wire [4:0] \$2653 ;
+  wire [4:0] \$2654 ;
+  wire \$2655 ;
+  wire \$2656 ;
+  wire [4:0] \$2657 ;
+  wire \$2658 ;
+  wire \$2659 ;
   wire \$266 ;
-  wire \$2660 ;
-  wire \$2661 ;
+  wire [4:0] \$2660 ;
+  wire [4:0] \$2661 ;
   wire \$2662 ;
   wire \$2663 ;
-  wire \$2664 ;
+  wire [4:0] \$2664 ;
   wire \$2665 ;
   wire \$2666 ;
-  wire \$2667 ;
-  wire \$2668 ;
-  wire \$2669 ;
+  wire [4:0] \$2667 ;
+  wire [4:0] \$2668 ;
+  wire [4:0] \$2669 ;
   wire \$267 ;
-  wire \$2670 ;
+  wire [4:0] \$2670 ;
   wire \$2671 ;
   wire \$2672 ;
-  wire \$2673 ;
+  wire [4:0] \$2673 ;
   wire \$2674 ;
   wire \$2675 ;
-  wire \$2676 ;
-  wire \$2677 ;
+  wire [4:0] \$2676 ;
+  wire [4:0] \$2677 ;
   wire \$2678 ;
   wire \$2679 ;
-  wire [3:0] \$268 ;
-  wire \$2680 ;
+  wire \$268 ;
+  wire [4:0] \$2680 ;
   wire \$2681 ;
   wire \$2682 ;
-  wire \$2683 ;
-  wire \$2684 ;
-  wire \$2685 ;
+  wire [4:0] \$2683 ;
+  wire [4:0] \$2684 ;
+  wire [4:0] \$2685 ;
   wire \$2686 ;
   wire \$2687 ;
-  wire \$2688 ;
+  wire [4:0] \$2688 ;
   wire \$2689 ;
   wire \$269 ;
   wire \$2690 ;
-  wire \$2691 ;
-  wire \$2692 ;
+  wire [4:0] \$2691 ;
+  wire [4:0] \$2692 ;
   wire \$2693 ;
   wire \$2694 ;
-  wire \$2695 ;
+  wire [4:0] \$2695 ;
   wire \$2696 ;
   wire \$2697 ;
-  wire \$2698 ;
-  wire \$2699 ;
-  wire [2:0] \$27 ;
+  wire [5:0] \$2698 ;
+  wire [5:0] \$2699 ;
+  wire [3:0] \$27 ;
   wire \$270 ;
-  wire \$2700 ;
-  wire \$2701 ;
-  wire \$2702 ;
-  wire \$2703 ;
+  wire [5:0] \$2700 ;
+  wire [5:0] \$2701 ;
+  wire [5:0] \$2702 ;
+  wire [5:0] \$2703 ;
   wire \$2704 ;
   wire \$2705 ;
-  wire \$2706 ;
+  wire [5:0] \$2706 ;
   wire \$2707 ;
   wire \$2708 ;
-  wire \$2709 ;
-  wire [3:0] \$271 ;
-  wire \$2710 ;
+  wire [5:0] \$2709 ;
+  wire \$271 ;
+  wire [5:0] \$2710 ;
   wire \$2711 ;
   wire \$2712 ;
-  wire \$2713 ;
-  wire \$2714 ;
-  wire \$2715 ;
+  wire [5:0] \$2713 ;
+  wire [5:0] \$2714 ;
+  wire [15:0] \$2715 ;
   wire \$2716 ;
   wire \$2717 ;
-  wire \$2718 ;
-  wire \$2719 ;
+  wire [15:0] \$2718 ;
+  wire [15:0] \$2719 ;
   wire \$272 ;
   wire \$2720 ;
   wire \$2721 ;
-  wire \$2722 ;
+  wire [15:0] \$2722 ;
   wire \$2723 ;
   wire \$2724 ;
-  wire \$2725 ;
-  wire \$2726 ;
-  wire \$2727 ;
+  wire [15:0] \$2725 ;
+  wire [15:0] \$2726 ;
+  wire [15:0] \$2727 ;
   wire \$2728 ;
   wire \$2729 ;
   wire \$273 ;
-  wire \$2730 ;
+  wire [15:0] \$2730 ;
   wire \$2731 ;
   wire \$2732 ;
-  wire \$2733 ;
-  wire \$2734 ;
+  wire [15:0] \$2733 ;
+  wire [15:0] \$2734 ;
   wire \$2735 ;
   wire \$2736 ;
-  wire [1:0] \$2737 ;
-  wire [1:0] \$2738 ;
+  wire [15:0] \$2737 ;
+  wire \$2738 ;
   wire \$2739 ;
-  wire [3:0] \$274 ;
-  wire \$2740 ;
-  wire [1:0] \$2741 ;
-  wire \$2742 ;
-  wire \$2743 ;
-  wire [2:0] \$2744 ;
-  wire [2:0] \$2745 ;
-  wire [2:0] \$2746 ;
+  wire \$274 ;
+  wire [15:0] \$2740 ;
+  wire [15:0] \$2741 ;
+  wire [15:0] \$2742 ;
+  wire [15:0] \$2743 ;
+  wire \$2744 ;
+  wire \$2745 ;
+  wire [15:0] \$2746 ;
   wire \$2747 ;
   wire \$2748 ;
-  wire [2:0] \$2749 ;
+  wire [15:0] \$2749 ;
   wire \$275 ;
-  wire \$2750 ;
+  wire [15:0] \$2750 ;
   wire \$2751 ;
-  wire [2:0] \$2752 ;
-  wire [2:0] \$2753 ;
+  wire \$2752 ;
+  wire [15:0] \$2753 ;
   wire \$2754 ;
   wire \$2755 ;
-  wire [2:0] \$2756 ;
-  wire \$2757 ;
-  wire \$2758 ;
-  wire [3:0] \$2759 ;
+  wire [15:0] \$2756 ;
+  wire [15:0] \$2757 ;
+  wire [15:0] \$2758 ;
+  wire \$2759 ;
   wire \$276 ;
-  wire [3:0] \$2760 ;
-  wire [3:0] \$2761 ;
-  wire [3:0] \$2762 ;
+  wire \$2760 ;
+  wire [15:0] \$2761 ;
+  wire \$2762 ;
   wire \$2763 ;
-  wire \$2764 ;
-  wire [3:0] \$2765 ;
+  wire [15:0] \$2764 ;
+  wire [15:0] \$2765 ;
   wire \$2766 ;
   wire \$2767 ;
-  wire [3:0] \$2768 ;
-  wire [3:0] \$2769 ;
-  wire [3:0] \$277 ;
+  wire [15:0] \$2768 ;
+  wire \$2769 ;
+  wire \$277 ;
   wire \$2770 ;
-  wire \$2771 ;
-  wire [3:0] \$2772 ;
-  wire \$2773 ;
-  wire \$2774 ;
-  wire [3:0] \$2775 ;
-  wire [3:0] \$2776 ;
-  wire [3:0] \$2777 ;
-  wire \$2778 ;
+  wire [15:0] \$2771 ;
+  wire [15:0] \$2772 ;
+  wire [15:0] \$2773 ;
+  wire [15:0] \$2774 ;
+  wire [15:0] \$2775 ;
+  wire \$2776 ;
+  wire \$2777 ;
+  wire [15:0] \$2778 ;
   wire \$2779 ;
   wire \$278 ;
-  wire [3:0] \$2780 ;
-  wire \$2781 ;
-  wire \$2782 ;
-  wire [3:0] \$2783 ;
-  wire [3:0] \$2784 ;
-  wire \$2785 ;
+  wire \$2780 ;
+  wire [15:0] \$2781 ;
+  wire [15:0] \$2782 ;
+  wire \$2783 ;
+  wire \$2784 ;
+  wire [15:0] \$2785 ;
   wire \$2786 ;
-  wire [3:0] \$2787 ;
-  wire \$2788 ;
-  wire \$2789 ;
+  wire \$2787 ;
+  wire [15:0] \$2788 ;
+  wire [15:0] \$2789 ;
   wire \$279 ;
-  wire [4:0] \$2790 ;
-  wire [4:0] \$2791 ;
-  wire [4:0] \$2792 ;
-  wire [4:0] \$2793 ;
-  wire [4:0] \$2794 ;
+  wire [15:0] \$2790 ;
+  wire \$2791 ;
+  wire \$2792 ;
+  wire [15:0] \$2793 ;
+  wire \$2794 ;
   wire \$2795 ;
-  wire \$2796 ;
-  wire [4:0] \$2797 ;
+  wire [15:0] \$2796 ;
+  wire [15:0] \$2797 ;
   wire \$2798 ;
   wire \$2799 ;
-  wire [1:0] \$28 ;
-  wire [3:0] \$280 ;
-  wire [4:0] \$2800 ;
-  wire [4:0] \$2801 ;
+  reg [2:0] \$28 ;
+  wire \$280 ;
+  wire [15:0] \$2800 ;
+  wire \$2801 ;
   wire \$2802 ;
-  wire \$2803 ;
-  wire [4:0] \$2804 ;
-  wire \$2805 ;
-  wire \$2806 ;
-  wire [4:0] \$2807 ;
-  wire [4:0] \$2808 ;
-  wire [4:0] \$2809 ;
+  wire [15:0] \$2803 ;
+  wire [15:0] \$2804 ;
+  wire [15:0] \$2805 ;
+  wire [15:0] \$2806 ;
+  wire \$2807 ;
+  wire \$2808 ;
+  wire [15:0] \$2809 ;
   wire \$281 ;
   wire \$2810 ;
   wire \$2811 ;
-  wire [4:0] \$2812 ;
-  wire \$2813 ;
+  wire [15:0] \$2812 ;
+  wire [15:0] \$2813 ;
   wire \$2814 ;
-  wire [4:0] \$2815 ;
-  wire [4:0] \$2816 ;
+  wire \$2815 ;
+  wire [15:0] \$2816 ;
   wire \$2817 ;
   wire \$2818 ;
-  wire [4:0] \$2819 ;
+  wire [15:0] \$2819 ;
   wire \$282 ;
-  wire \$2820 ;
-  wire \$2821 ;
-  wire [4:0] \$2822 ;
-  wire [4:0] \$2823 ;
-  wire [4:0] \$2824 ;
-  wire [4:0] \$2825 ;
+  wire [15:0] \$2820 ;
+  wire [15:0] \$2821 ;
+  wire \$2822 ;
+  wire \$2823 ;
+  wire [15:0] \$2824 ;
+  wire \$2825 ;
   wire \$2826 ;
-  wire \$2827 ;
-  wire [4:0] \$2828 ;
+  wire [15:0] \$2827 ;
+  wire [15:0] \$2828 ;
   wire \$2829 ;
-  wire [3:0] \$283 ;
+  wire \$283 ;
   wire \$2830 ;
-  wire [4:0] \$2831 ;
-  wire [4:0] \$2832 ;
+  wire [15:0] \$2831 ;
+  wire \$2832 ;
   wire \$2833 ;
-  wire \$2834 ;
-  wire [4:0] \$2835 ;
-  wire \$2836 ;
-  wire \$2837 ;
-  wire [4:0] \$2838 ;
-  wire [4:0] \$2839 ;
+  wire [15:0] \$2834 ;
+  wire [15:0] \$2835 ;
+  wire [15:0] \$2836 ;
+  wire [15:0] \$2837 ;
+  wire [15:0] \$2838 ;
+  wire [15:0] \$2839 ;
   wire \$284 ;
-  wire [4:0] \$2840 ;
+  wire \$2840 ;
   wire \$2841 ;
-  wire \$2842 ;
-  wire [4:0] \$2843 ;
+  wire [15:0] \$2842 ;
+  wire \$2843 ;
   wire \$2844 ;
-  wire \$2845 ;
-  wire [4:0] \$2846 ;
-  wire [4:0] \$2847 ;
+  wire [15:0] \$2845 ;
+  wire [15:0] \$2846 ;
+  wire \$2847 ;
   wire \$2848 ;
-  wire \$2849 ;
+  wire [15:0] \$2849 ;
   wire \$285 ;
-  wire [4:0] \$2850 ;
+  wire \$2850 ;
   wire \$2851 ;
-  wire \$2852 ;
-  wire [5:0] \$2853 ;
-  wire [5:0] \$2854 ;
-  wire [5:0] \$2855 ;
-  wire [5:0] \$2856 ;
-  wire [5:0] \$2857 ;
-  wire [5:0] \$2858 ;
-  wire \$2859 ;
-  wire [3:0] \$286 ;
+  wire [15:0] \$2852 ;
+  wire [15:0] \$2853 ;
+  wire [15:0] \$2854 ;
+  wire [3:0] \$2855 ;
+  wire \$2856 ;
+  wire \$2857 ;
+  wire [3:0] \$2858 ;
+  wire [3:0] \$2859 ;
+  wire \$286 ;
   wire \$2860 ;
-  wire [5:0] \$2861 ;
-  wire \$2862 ;
+  wire \$2861 ;
+  wire [3:0] \$2862 ;
   wire \$2863 ;
-  wire [5:0] \$2864 ;
-  wire [5:0] \$2865 ;
-  wire \$2866 ;
-  wire \$2867 ;
-  wire [5:0] \$2868 ;
-  wire [5:0] \$2869 ;
+  wire \$2864 ;
+  wire [3:0] \$2865 ;
+  wire [3:0] \$2866 ;
+  wire [3:0] \$2867 ;
+  wire \$2868 ;
+  wire \$2869 ;
   wire \$287 ;
-  wire [15:0] \$2870 ;
+  wire [3:0] \$2870 ;
   wire \$2871 ;
   wire \$2872 ;
-  wire [15:0] \$2873 ;
-  wire [15:0] \$2874 ;
+  wire [3:0] \$2873 ;
+  wire [3:0] \$2874 ;
   wire \$2875 ;
   wire \$2876 ;
-  wire [15:0] \$2877 ;
+  wire [3:0] \$2877 ;
   wire \$2878 ;
   wire \$2879 ;
   wire \$288 ;
-  wire [15:0] \$2880 ;
-  wire [15:0] \$2881 ;
-  wire [15:0] \$2882 ;
-  wire \$2883 ;
+  wire [3:0] \$2880 ;
+  wire [3:0] \$2881 ;
+  wire [3:0] \$2882 ;
+  wire [3:0] \$2883 ;
   wire \$2884 ;
-  wire [15:0] \$2885 ;
-  wire \$2886 ;
+  wire \$2885 ;
+  wire [3:0] \$2886 ;
   wire \$2887 ;
-  wire [15:0] \$2888 ;
-  wire [15:0] \$2889 ;
-  wire [3:0] \$289 ;
-  wire \$2890 ;
+  wire \$2888 ;
+  wire [3:0] \$2889 ;
+  wire \$289 ;
+  wire [3:0] \$2890 ;
   wire \$2891 ;
-  wire [15:0] \$2892 ;
-  wire \$2893 ;
+  wire \$2892 ;
+  wire [3:0] \$2893 ;
   wire \$2894 ;
-  wire [15:0] \$2895 ;
-  wire [15:0] \$2896 ;
-  wire [15:0] \$2897 ;
-  wire [15:0] \$2898 ;
+  wire \$2895 ;
+  wire [3:0] \$2896 ;
+  wire [3:0] \$2897 ;
+  wire [3:0] \$2898 ;
   wire \$2899 ;
-  wire [1:0] \$29 ;
+  reg [2:0] \$29 ;
   wire \$290 ;
   wire \$2900 ;
-  wire [15:0] \$2901 ;
+  wire [3:0] \$2901 ;
   wire \$2902 ;
   wire \$2903 ;
-  wire [15:0] \$2904 ;
-  wire [15:0] \$2905 ;
+  wire [3:0] \$2904 ;
+  wire [3:0] \$2905 ;
   wire \$2906 ;
   wire \$2907 ;
-  wire [15:0] \$2908 ;
+  wire [3:0] \$2908 ;
   wire \$2909 ;
   wire \$291 ;
   wire \$2910 ;
-  wire [15:0] \$2911 ;
-  wire [15:0] \$2912 ;
-  wire [15:0] \$2913 ;
-  wire \$2914 ;
-  wire \$2915 ;
-  wire [15:0] \$2916 ;
+  wire [3:0] \$2911 ;
+  wire [3:0] \$2912 ;
+  wire [3:0] \$2913 ;
+  wire [3:0] \$2914 ;
+  wire [3:0] \$2915 ;
+  wire \$2916 ;
   wire \$2917 ;
-  wire \$2918 ;
-  wire [15:0] \$2919 ;
-  wire [3:0] \$292 ;
-  wire [15:0] \$2920 ;
-  wire \$2921 ;
-  wire \$2922 ;
-  wire [15:0] \$2923 ;
+  wire [3:0] \$2918 ;
+  wire \$2919 ;
+  wire \$292 ;
+  wire \$2920 ;
+  wire [3:0] \$2921 ;
+  wire [3:0] \$2922 ;
+  wire \$2923 ;
   wire \$2924 ;
-  wire \$2925 ;
-  wire [15:0] \$2926 ;
-  wire [15:0] \$2927 ;
-  wire [15:0] \$2928 ;
-  wire [15:0] \$2929 ;
+  wire [3:0] \$2925 ;
+  wire \$2926 ;
+  wire \$2927 ;
+  wire [3:0] \$2928 ;
+  wire [3:0] \$2929 ;
   wire \$293 ;
-  wire [15:0] \$2930 ;
+  wire [3:0] \$2930 ;
   wire \$2931 ;
   wire \$2932 ;
-  wire [15:0] \$2933 ;
+  wire [3:0] \$2933 ;
   wire \$2934 ;
   wire \$2935 ;
-  wire [15:0] \$2936 ;
-  wire [15:0] \$2937 ;
+  wire [3:0] \$2936 ;
+  wire [3:0] \$2937 ;
   wire \$2938 ;
   wire \$2939 ;
   wire \$294 ;
-  wire [15:0] \$2940 ;
+  wire [3:0] \$2940 ;
   wire \$2941 ;
   wire \$2942 ;
-  wire [15:0] \$2943 ;
-  wire [15:0] \$2944 ;
-  wire [15:0] \$2945 ;
-  wire \$2946 ;
+  wire [3:0] \$2943 ;
+  wire [3:0] \$2944 ;
+  wire [3:0] \$2945 ;
+  wire [3:0] \$2946 ;
   wire \$2947 ;
-  wire [15:0] \$2948 ;
-  wire \$2949 ;
-  wire [3:0] \$295 ;
+  wire \$2948 ;
+  wire [3:0] \$2949 ;
+  wire \$295 ;
   wire \$2950 ;
-  wire [15:0] \$2951 ;
-  wire [15:0] \$2952 ;
-  wire \$2953 ;
+  wire \$2951 ;
+  wire [3:0] \$2952 ;
+  wire [3:0] \$2953 ;
   wire \$2954 ;
-  wire [15:0] \$2955 ;
-  wire \$2956 ;
+  wire \$2955 ;
+  wire [3:0] \$2956 ;
   wire \$2957 ;
-  wire [15:0] \$2958 ;
-  wire [15:0] \$2959 ;
+  wire \$2958 ;
+  wire [3:0] \$2959 ;
   wire \$296 ;
-  wire [15:0] \$2960 ;
-  wire [15:0] \$2961 ;
+  wire [3:0] \$2960 ;
+  wire [3:0] \$2961 ;
   wire \$2962 ;
   wire \$2963 ;
-  wire [15:0] \$2964 ;
+  wire [3:0] \$2964 ;
   wire \$2965 ;
   wire \$2966 ;
-  wire [15:0] \$2967 ;
-  wire [15:0] \$2968 ;
+  wire [3:0] \$2967 ;
+  wire [3:0] \$2968 ;
   wire \$2969 ;
   wire \$297 ;
   wire \$2970 ;
-  wire [15:0] \$2971 ;
+  wire [3:0] \$2971 ;
   wire \$2972 ;
   wire \$2973 ;
-  wire [15:0] \$2974 ;
-  wire [15:0] \$2975 ;
-  wire [15:0] \$2976 ;
-  wire \$2977 ;
-  wire \$2978 ;
-  wire [15:0] \$2979 ;
-  wire [3:0] \$298 ;
+  wire [3:0] \$2974 ;
+  wire [3:0] \$2975 ;
+  wire [3:0] \$2976 ;
+  wire [3:0] \$2977 ;
+  wire [3:0] \$2978 ;
+  wire [3:0] \$2979 ;
+  wire \$298 ;
   wire \$2980 ;
   wire \$2981 ;
-  wire [15:0] \$2982 ;
-  wire [15:0] \$2983 ;
+  wire [3:0] \$2982 ;
+  wire \$2983 ;
   wire \$2984 ;
-  wire \$2985 ;
-  wire [15:0] \$2986 ;
+  wire [3:0] \$2985 ;
+  wire [3:0] \$2986 ;
   wire \$2987 ;
   wire \$2988 ;
-  wire [15:0] \$2989 ;
+  wire [3:0] \$2989 ;
   wire \$299 ;
-  wire [15:0] \$2990 ;
-  wire [15:0] \$2991 ;
-  wire [15:0] \$2992 ;
-  wire [15:0] \$2993 ;
-  wire [15:0] \$2994 ;
+  wire \$2990 ;
+  wire \$2991 ;
+  wire [3:0] \$2992 ;
+  wire [3:0] \$2993 ;
+  wire [3:0] \$2994 ;
   wire \$2995 ;
   wire \$2996 ;
-  wire [15:0] \$2997 ;
+  wire \$2997 ;
   wire \$2998 ;
   wire \$2999 ;
-  wire [4:0] \$3 ;
-  wire [2:0] \$30 ;
+  wire [3:0] \$3 ;
+  wire [3:0] \$30 ;
   wire \$300 ;
-  wire [15:0] \$3000 ;
-  wire [15:0] \$3001 ;
+  wire \$3000 ;
+  wire \$3001 ;
   wire \$3002 ;
   wire \$3003 ;
-  wire [15:0] \$3004 ;
+  wire \$3004 ;
   wire \$3005 ;
   wire \$3006 ;
-  wire [15:0] \$3007 ;
-  wire [15:0] \$3008 ;
-  wire [15:0] \$3009 ;
-  wire [3:0] \$301 ;
-  wire [3:0] \$3010 ;
+  wire \$3007 ;
+  wire \$3008 ;
+  wire \$3009 ;
+  wire \$301 ;
+  wire \$3010 ;
   wire \$3011 ;
   wire \$3012 ;
-  wire [3:0] \$3013 ;
-  wire [3:0] \$3014 ;
+  wire \$3013 ;
+  wire \$3014 ;
   wire \$3015 ;
   wire \$3016 ;
-  wire [3:0] \$3017 ;
+  wire \$3017 ;
   wire \$3018 ;
   wire \$3019 ;
   wire \$302 ;
-  wire [3:0] \$3020 ;
-  wire [3:0] \$3021 ;
-  wire [3:0] \$3022 ;
+  wire \$3020 ;
+  wire \$3021 ;
+  wire \$3022 ;
   wire \$3023 ;
   wire \$3024 ;
-  wire [3:0] \$3025 ;
+  wire \$3025 ;
   wire \$3026 ;
   wire \$3027 ;
-  wire [3:0] \$3028 ;
-  wire [3:0] \$3029 ;
+  wire \$3028 ;
+  wire \$3029 ;
   wire \$303 ;
   wire \$3030 ;
   wire \$3031 ;
-  wire [3:0] \$3032 ;
+  wire \$3032 ;
   wire \$3033 ;
   wire \$3034 ;
-  wire [3:0] \$3035 ;
-  wire [3:0] \$3036 ;
-  wire [3:0] \$3037 ;
-  wire [3:0] \$3038 ;
+  wire \$3035 ;
+  wire \$3036 ;
+  wire \$3037 ;
+  wire \$3038 ;
   wire \$3039 ;
-  wire [3:0] \$304 ;
+  wire \$304 ;
   wire \$3040 ;
-  wire [3:0] \$3041 ;
+  wire \$3041 ;
   wire \$3042 ;
   wire \$3043 ;
-  wire [3:0] \$3044 ;
-  wire [3:0] \$3045 ;
+  wire \$3044 ;
+  wire \$3045 ;
   wire \$3046 ;
   wire \$3047 ;
-  wire [3:0] \$3048 ;
+  wire \$3048 ;
   wire \$3049 ;
   wire \$305 ;
   wire \$3050 ;
-  wire [3:0] \$3051 ;
-  wire [3:0] \$3052 ;
-  wire [3:0] \$3053 ;
+  wire \$3051 ;
+  wire \$3052 ;
+  wire \$3053 ;
   wire \$3054 ;
   wire \$3055 ;
-  wire [3:0] \$3056 ;
+  wire \$3056 ;
   wire \$3057 ;
   wire \$3058 ;
-  wire [3:0] \$3059 ;
+  wire \$3059 ;
   wire \$306 ;
-  wire [3:0] \$3060 ;
+  wire \$3060 ;
   wire \$3061 ;
   wire \$3062 ;
-  wire [3:0] \$3063 ;
+  wire \$3063 ;
   wire \$3064 ;
   wire \$3065 ;
-  wire [3:0] \$3066 ;
-  wire [3:0] \$3067 ;
-  wire [3:0] \$3068 ;
-  wire [3:0] \$3069 ;
-  wire [3:0] \$307 ;
-  wire [3:0] \$3070 ;
+  wire \$3066 ;
+  wire \$3067 ;
+  wire \$3068 ;
+  wire \$3069 ;
+  wire \$307 ;
+  wire \$3070 ;
   wire \$3071 ;
   wire \$3072 ;
-  wire [3:0] \$3073 ;
+  wire \$3073 ;
   wire \$3074 ;
   wire \$3075 ;
-  wire [3:0] \$3076 ;
-  wire [3:0] \$3077 ;
+  wire \$3076 ;
+  wire \$3077 ;
   wire \$3078 ;
   wire \$3079 ;
   wire \$308 ;
-  wire [3:0] \$3080 ;
+  wire \$3080 ;
   wire \$3081 ;
   wire \$3082 ;
-  wire [3:0] \$3083 ;
-  wire [3:0] \$3084 ;
-  wire [3:0] \$3085 ;
+  wire \$3083 ;
+  wire \$3084 ;
+  wire \$3085 ;
   wire \$3086 ;
   wire \$3087 ;
-  wire [3:0] \$3088 ;
+  wire \$3088 ;
   wire \$3089 ;
   wire \$309 ;
   wire \$3090 ;
-  wire [3:0] \$3091 ;
-  wire [3:0] \$3092 ;
+  wire \$3091 ;
+  wire \$3092 ;
   wire \$3093 ;
   wire \$3094 ;
-  wire [3:0] \$3095 ;
+  wire \$3095 ;
   wire \$3096 ;
   wire \$3097 ;
-  wire [3:0] \$3098 ;
-  wire [3:0] \$3099 ;
-  wire [3:0] \$31 ;
-  wire [3:0] \$310 ;
-  wire [3:0] \$3100 ;
-  wire [3:0] \$3101 ;
+  wire \$3098 ;
+  wire \$3099 ;
+  reg [2:0] \$31 ;
+  wire \$310 ;
+  wire \$3100 ;
+  wire \$3101 ;
   wire \$3102 ;
   wire \$3103 ;
-  wire [3:0] \$3104 ;
+  wire \$3104 ;
   wire \$3105 ;
   wire \$3106 ;
-  wire [3:0] \$3107 ;
-  wire [3:0] \$3108 ;
+  wire \$3107 ;
+  wire \$3108 ;
   wire \$3109 ;
   wire \$311 ;
   wire \$3110 ;
-  wire [3:0] \$3111 ;
+  wire \$3111 ;
   wire \$3112 ;
   wire \$3113 ;
-  wire [3:0] \$3114 ;
-  wire [3:0] \$3115 ;
-  wire [3:0] \$3116 ;
+  wire \$3114 ;
+  wire \$3115 ;
+  wire \$3116 ;
   wire \$3117 ;
   wire \$3118 ;
-  wire [3:0] \$3119 ;
+  wire \$3119 ;
   wire \$312 ;
   wire \$3120 ;
   wire \$3121 ;
-  wire [3:0] \$3122 ;
-  wire [3:0] \$3123 ;
+  wire \$3122 ;
+  wire \$3123 ;
   wire \$3124 ;
   wire \$3125 ;
-  wire [3:0] \$3126 ;
+  wire \$3126 ;
   wire \$3127 ;
   wire \$3128 ;
-  wire [3:0] \$3129 ;
+  wire \$3129 ;
   wire \$313 ;
-  wire [3:0] \$3130 ;
-  wire [3:0] \$3131 ;
-  wire [3:0] \$3132 ;
-  wire [3:0] \$3133 ;
-  wire [3:0] \$3134 ;
+  wire \$3130 ;
+  wire \$3131 ;
+  wire \$3132 ;
+  wire \$3133 ;
+  wire \$3134 ;
   wire \$3135 ;
   wire \$3136 ;
-  wire [3:0] \$3137 ;
+  wire \$3137 ;
   wire \$3138 ;
   wire \$3139 ;
   wire \$314 ;
-  wire [3:0] \$3140 ;
-  wire [3:0] \$3141 ;
+  wire \$3140 ;
+  wire \$3141 ;
   wire \$3142 ;
   wire \$3143 ;
-  wire [3:0] \$3144 ;
+  wire \$3144 ;
   wire \$3145 ;
   wire \$3146 ;
-  wire [3:0] \$3147 ;
-  wire [3:0] \$3148 ;
-  wire [3:0] \$3149 ;
+  wire \$3147 ;
+  wire \$3148 ;
+  wire \$3149 ;
   wire \$315 ;
-  wire [4:0] \$3150 ;
-  wire [1:0] \$3151 ;
-  wire [1:0] \$3152 ;
-  wire [2:0] \$3153 ;
-  wire [1:0] \$3154 ;
-  wire [1:0] \$3155 ;
-  wire [2:0] \$3156 ;
-  wire [4:0] \$3157 ;
-  wire [1:0] \$3158 ;
-  wire [1:0] \$3159 ;
+  wire \$3150 ;
+  wire \$3151 ;
+  wire \$3152 ;
+  wire \$3153 ;
+  wire \$3154 ;
+  wire \$3155 ;
+  wire \$3156 ;
+  wire \$3157 ;
+  wire \$3158 ;
+  wire \$3159 ;
   wire \$316 ;
-  wire [3:0] \$3160 ;
-  wire [1:0] \$3161 ;
-  wire [1:0] \$3162 ;
-  wire [3:0] \$3163 ;
+  wire \$3160 ;
+  wire \$3161 ;
+  wire \$3162 ;
+  wire \$3163 ;
   wire \$3164 ;
-  wire [7:0] \$3165 ;
-  wire [4:0] \$3166 ;
+  wire \$3165 ;
+  wire \$3166 ;
   wire \$3167 ;
   wire \$3168 ;
   wire \$3169 ;
@@ -5114,7 +5114,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$3197 ;
   wire \$3198 ;
   wire \$3199 ;
-  wire [1:0] \$32 ;
+  reg [2:0] \$32 ;
   wire \$320 ;
   wire \$3200 ;
   wire \$3201 ;
@@ -5225,7 +5225,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$3297 ;
   wire \$3298 ;
   wire \$3299 ;
-  wire [1:0] \$33 ;
+  wire [3:0] \$33 ;
   wire \$330 ;
   wire \$3300 ;
   wire \$3301 ;
@@ -5253,615 +5253,615 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$3321 ;
   wire \$3322 ;
   wire \$3323 ;
-  wire \$3324 ;
-  wire \$3325 ;
+  wire [1:0] \$3324 ;
+  wire [1:0] \$3325 ;
   wire \$3326 ;
   wire \$3327 ;
-  wire \$3328 ;
+  wire [1:0] \$3328 ;
   wire \$3329 ;
   wire \$333 ;
   wire \$3330 ;
-  wire \$3331 ;
-  wire \$3332 ;
-  wire \$3333 ;
+  wire [2:0] \$3331 ;
+  wire [2:0] \$3332 ;
+  wire [2:0] \$3333 ;
   wire \$3334 ;
   wire \$3335 ;
-  wire \$3336 ;
+  wire [2:0] \$3336 ;
   wire \$3337 ;
   wire \$3338 ;
-  wire \$3339 ;
+  wire [2:0] \$3339 ;
   wire \$334 ;
-  wire \$3340 ;
+  wire [2:0] \$3340 ;
   wire \$3341 ;
   wire \$3342 ;
-  wire \$3343 ;
+  wire [2:0] \$3343 ;
   wire \$3344 ;
   wire \$3345 ;
-  wire \$3346 ;
-  wire \$3347 ;
-  wire \$3348 ;
-  wire \$3349 ;
+  wire [3:0] \$3346 ;
+  wire [3:0] \$3347 ;
+  wire [3:0] \$3348 ;
+  wire [3:0] \$3349 ;
   wire \$335 ;
   wire \$3350 ;
   wire \$3351 ;
-  wire \$3352 ;
+  wire [3:0] \$3352 ;
   wire \$3353 ;
   wire \$3354 ;
-  wire \$3355 ;
-  wire \$3356 ;
+  wire [3:0] \$3355 ;
+  wire [3:0] \$3356 ;
   wire \$3357 ;
   wire \$3358 ;
-  wire \$3359 ;
+  wire [3:0] \$3359 ;
   wire \$336 ;
   wire \$3360 ;
   wire \$3361 ;
-  wire \$3362 ;
-  wire \$3363 ;
-  wire \$3364 ;
+  wire [3:0] \$3362 ;
+  wire [3:0] \$3363 ;
+  wire [3:0] \$3364 ;
   wire \$3365 ;
   wire \$3366 ;
-  wire \$3367 ;
+  wire [3:0] \$3367 ;
   wire \$3368 ;
   wire \$3369 ;
   wire \$337 ;
-  wire \$3370 ;
-  wire \$3371 ;
+  wire [3:0] \$3370 ;
+  wire [3:0] \$3371 ;
   wire \$3372 ;
   wire \$3373 ;
-  wire \$3374 ;
+  wire [3:0] \$3374 ;
   wire \$3375 ;
   wire \$3376 ;
-  wire \$3377 ;
-  wire \$3378 ;
-  wire \$3379 ;
+  wire [4:0] \$3377 ;
+  wire [4:0] \$3378 ;
+  wire [4:0] \$3379 ;
   wire \$338 ;
-  wire \$3380 ;
-  wire \$3381 ;
+  wire [4:0] \$3380 ;
+  wire [4:0] \$3381 ;
   wire \$3382 ;
   wire \$3383 ;
-  wire \$3384 ;
+  wire [4:0] \$3384 ;
   wire \$3385 ;
   wire \$3386 ;
-  wire \$3387 ;
-  wire \$3388 ;
+  wire [4:0] \$3387 ;
+  wire [4:0] \$3388 ;
   wire \$3389 ;
   wire \$339 ;
   wire \$3390 ;
-  wire \$3391 ;
+  wire [4:0] \$3391 ;
   wire \$3392 ;
   wire \$3393 ;
-  wire \$3394 ;
-  wire \$3395 ;
-  wire \$3396 ;
+  wire [4:0] \$3394 ;
+  wire [4:0] \$3395 ;
+  wire [4:0] \$3396 ;
   wire \$3397 ;
   wire \$3398 ;
-  wire \$3399 ;
-  wire [2:0] \$34 ;
+  wire [4:0] \$3399 ;
+  reg [2:0] \$34 ;
   wire \$340 ;
   wire \$3400 ;
   wire \$3401 ;
-  wire \$3402 ;
-  wire \$3403 ;
+  wire [4:0] \$3402 ;
+  wire [4:0] \$3403 ;
   wire \$3404 ;
   wire \$3405 ;
-  wire \$3406 ;
+  wire [4:0] \$3406 ;
   wire \$3407 ;
   wire \$3408 ;
-  wire \$3409 ;
+  wire [4:0] \$3409 ;
   wire \$341 ;
-  wire \$3410 ;
-  wire \$3411 ;
-  wire \$3412 ;
+  wire [4:0] \$3410 ;
+  wire [4:0] \$3411 ;
+  wire [4:0] \$3412 ;
   wire \$3413 ;
   wire \$3414 ;
-  wire \$3415 ;
+  wire [4:0] \$3415 ;
   wire \$3416 ;
   wire \$3417 ;
-  wire \$3418 ;
-  wire \$3419 ;
+  wire [4:0] \$3418 ;
+  wire [4:0] \$3419 ;
   wire \$342 ;
   wire \$3420 ;
   wire \$3421 ;
-  wire \$3422 ;
+  wire [4:0] \$3422 ;
   wire \$3423 ;
   wire \$3424 ;
-  wire \$3425 ;
-  wire \$3426 ;
-  wire \$3427 ;
+  wire [4:0] \$3425 ;
+  wire [4:0] \$3426 ;
+  wire [4:0] \$3427 ;
   wire \$3428 ;
   wire \$3429 ;
   wire \$343 ;
-  wire \$3430 ;
+  wire [4:0] \$3430 ;
   wire \$3431 ;
   wire \$3432 ;
-  wire \$3433 ;
-  wire \$3434 ;
+  wire [4:0] \$3433 ;
+  wire [4:0] \$3434 ;
   wire \$3435 ;
   wire \$3436 ;
-  wire \$3437 ;
+  wire [4:0] \$3437 ;
   wire \$3438 ;
   wire \$3439 ;
   wire \$344 ;
-  wire \$3440 ;
-  wire \$3441 ;
-  wire \$3442 ;
-  wire \$3443 ;
-  wire \$3444 ;
-  wire \$3445 ;
+  wire [5:0] \$3440 ;
+  wire [5:0] \$3441 ;
+  wire [5:0] \$3442 ;
+  wire [5:0] \$3443 ;
+  wire [5:0] \$3444 ;
+  wire [5:0] \$3445 ;
   wire \$3446 ;
   wire \$3447 ;
-  wire \$3448 ;
+  wire [5:0] \$3448 ;
   wire \$3449 ;
   wire \$345 ;
   wire \$3450 ;
-  wire \$3451 ;
-  wire \$3452 ;
+  wire [5:0] \$3451 ;
+  wire [5:0] \$3452 ;
   wire \$3453 ;
   wire \$3454 ;
-  wire \$3455 ;
-  wire \$3456 ;
-  wire \$3457 ;
+  wire [5:0] \$3455 ;
+  wire [5:0] \$3456 ;
+  wire [15:0] \$3457 ;
   wire \$3458 ;
   wire \$3459 ;
   wire \$346 ;
-  wire \$3460 ;
-  wire \$3461 ;
+  wire [15:0] \$3460 ;
+  wire [15:0] \$3461 ;
   wire \$3462 ;
   wire \$3463 ;
-  wire \$3464 ;
+  wire [15:0] \$3464 ;
   wire \$3465 ;
   wire \$3466 ;
-  wire \$3467 ;
-  wire \$3468 ;
-  wire \$3469 ;
+  wire [15:0] \$3467 ;
+  wire [15:0] \$3468 ;
+  wire [15:0] \$3469 ;
   wire \$347 ;
   wire \$3470 ;
   wire \$3471 ;
-  wire \$3472 ;
+  wire [15:0] \$3472 ;
   wire \$3473 ;
   wire \$3474 ;
-  wire \$3475 ;
-  wire \$3476 ;
+  wire [15:0] \$3475 ;
+  wire [15:0] \$3476 ;
   wire \$3477 ;
   wire \$3478 ;
-  wire \$3479 ;
+  wire [15:0] \$3479 ;
   wire \$348 ;
   wire \$3480 ;
   wire \$3481 ;
-  wire \$3482 ;
-  wire \$3483 ;
-  wire \$3484 ;
-  wire \$3485 ;
+  wire [15:0] \$3482 ;
+  wire [15:0] \$3483 ;
+  wire [15:0] \$3484 ;
+  wire [15:0] \$3485 ;
   wire \$3486 ;
   wire \$3487 ;
-  wire \$3488 ;
+  wire [15:0] \$3488 ;
   wire \$3489 ;
   wire \$349 ;
   wire \$3490 ;
-  wire \$3491 ;
-  wire \$3492 ;
+  wire [15:0] \$3491 ;
+  wire [15:0] \$3492 ;
   wire \$3493 ;
   wire \$3494 ;
-  wire \$3495 ;
-  wire [1:0] \$3496 ;
-  wire [1:0] \$3497 ;
-  wire \$3498 ;
-  wire \$3499 ;
-  wire [1:0] \$35 ;
+  wire [15:0] \$3495 ;
+  wire \$3496 ;
+  wire \$3497 ;
+  wire [15:0] \$3498 ;
+  wire [15:0] \$3499 ;
+  reg [2:0] \$35 ;
   wire \$350 ;
-  wire [1:0] \$3500 ;
+  wire [15:0] \$3500 ;
   wire \$3501 ;
   wire \$3502 ;
-  wire [2:0] \$3503 ;
-  wire [2:0] \$3504 ;
-  wire [2:0] \$3505 ;
-  wire \$3506 ;
-  wire \$3507 ;
-  wire [2:0] \$3508 ;
+  wire [15:0] \$3503 ;
+  wire \$3504 ;
+  wire \$3505 ;
+  wire [15:0] \$3506 ;
+  wire [15:0] \$3507 ;
+  wire \$3508 ;
   wire \$3509 ;
   wire \$351 ;
-  wire \$3510 ;
-  wire [2:0] \$3511 ;
-  wire [2:0] \$3512 ;
-  wire \$3513 ;
-  wire \$3514 ;
-  wire [2:0] \$3515 ;
-  wire \$3516 ;
-  wire \$3517 ;
-  wire [3:0] \$3518 ;
-  wire [3:0] \$3519 ;
+  wire [15:0] \$3510 ;
+  wire \$3511 ;
+  wire \$3512 ;
+  wire [15:0] \$3513 ;
+  wire [15:0] \$3514 ;
+  wire [15:0] \$3515 ;
+  wire [15:0] \$3516 ;
+  wire [15:0] \$3517 ;
+  wire \$3518 ;
+  wire \$3519 ;
   wire \$352 ;
-  wire [3:0] \$3520 ;
-  wire [3:0] \$3521 ;
+  wire [15:0] \$3520 ;
+  wire \$3521 ;
   wire \$3522 ;
-  wire \$3523 ;
-  wire [3:0] \$3524 ;
+  wire [15:0] \$3523 ;
+  wire [15:0] \$3524 ;
   wire \$3525 ;
   wire \$3526 ;
-  wire [3:0] \$3527 ;
-  wire [3:0] \$3528 ;
+  wire [15:0] \$3527 ;
+  wire \$3528 ;
   wire \$3529 ;
   wire \$353 ;
-  wire \$3530 ;
-  wire [3:0] \$3531 ;
-  wire \$3532 ;
+  wire [15:0] \$3530 ;
+  wire [15:0] \$3531 ;
+  wire [15:0] \$3532 ;
   wire \$3533 ;
-  wire [3:0] \$3534 ;
-  wire [3:0] \$3535 ;
-  wire [3:0] \$3536 ;
+  wire \$3534 ;
+  wire [15:0] \$3535 ;
+  wire \$3536 ;
   wire \$3537 ;
-  wire \$3538 ;
-  wire [3:0] \$3539 ;
+  wire [15:0] \$3538 ;
+  wire [15:0] \$3539 ;
   wire \$354 ;
   wire \$3540 ;
   wire \$3541 ;
-  wire [3:0] \$3542 ;
-  wire [3:0] \$3543 ;
+  wire [15:0] \$3542 ;
+  wire \$3543 ;
   wire \$3544 ;
-  wire \$3545 ;
-  wire [3:0] \$3546 ;
-  wire \$3547 ;
-  wire \$3548 ;
-  wire [4:0] \$3549 ;
+  wire [15:0] \$3545 ;
+  wire [15:0] \$3546 ;
+  wire [15:0] \$3547 ;
+  wire [15:0] \$3548 ;
+  wire \$3549 ;
   wire \$355 ;
-  wire [4:0] \$3550 ;
-  wire [4:0] \$3551 ;
-  wire [4:0] \$3552 ;
-  wire [4:0] \$3553 ;
-  wire \$3554 ;
-  wire \$3555 ;
-  wire [4:0] \$3556 ;
+  wire \$3550 ;
+  wire [15:0] \$3551 ;
+  wire \$3552 ;
+  wire \$3553 ;
+  wire [15:0] \$3554 ;
+  wire [15:0] \$3555 ;
+  wire \$3556 ;
   wire \$3557 ;
-  wire \$3558 ;
-  wire [4:0] \$3559 ;
+  wire [15:0] \$3558 ;
+  wire \$3559 ;
   wire \$356 ;
-  wire [4:0] \$3560 ;
-  wire \$3561 ;
-  wire \$3562 ;
-  wire [4:0] \$3563 ;
+  wire \$3560 ;
+  wire [15:0] \$3561 ;
+  wire [15:0] \$3562 ;
+  wire [15:0] \$3563 ;
   wire \$3564 ;
   wire \$3565 ;
-  wire [4:0] \$3566 ;
-  wire [4:0] \$3567 ;
-  wire [4:0] \$3568 ;
-  wire \$3569 ;
+  wire [15:0] \$3566 ;
+  wire \$3567 ;
+  wire \$3568 ;
+  wire [15:0] \$3569 ;
   wire \$357 ;
-  wire \$3570 ;
-  wire [4:0] \$3571 ;
+  wire [15:0] \$3570 ;
+  wire \$3571 ;
   wire \$3572 ;
-  wire \$3573 ;
-  wire [4:0] \$3574 ;
-  wire [4:0] \$3575 ;
-  wire \$3576 ;
-  wire \$3577 ;
-  wire [4:0] \$3578 ;
-  wire \$3579 ;
+  wire [15:0] \$3573 ;
+  wire \$3574 ;
+  wire \$3575 ;
+  wire [15:0] \$3576 ;
+  wire [15:0] \$3577 ;
+  wire [15:0] \$3578 ;
+  wire [15:0] \$3579 ;
   wire \$358 ;
-  wire \$3580 ;
-  wire [4:0] \$3581 ;
-  wire [4:0] \$3582 ;
-  wire [4:0] \$3583 ;
-  wire [4:0] \$3584 ;
+  wire [15:0] \$3580 ;
+  wire [15:0] \$3581 ;
+  wire \$3582 ;
+  wire \$3583 ;
+  wire [15:0] \$3584 ;
   wire \$3585 ;
   wire \$3586 ;
-  wire [4:0] \$3587 ;
-  wire \$3588 ;
+  wire [15:0] \$3587 ;
+  wire [15:0] \$3588 ;
   wire \$3589 ;
   wire \$359 ;
-  wire [4:0] \$3590 ;
-  wire [4:0] \$3591 ;
+  wire \$3590 ;
+  wire [15:0] \$3591 ;
   wire \$3592 ;
   wire \$3593 ;
-  wire [4:0] \$3594 ;
-  wire \$3595 ;
-  wire \$3596 ;
-  wire [4:0] \$3597 ;
-  wire [4:0] \$3598 ;
-  wire [4:0] \$3599 ;
-  wire [1:0] \$36 ;
+  wire [15:0] \$3594 ;
+  wire [15:0] \$3595 ;
+  wire [15:0] \$3596 ;
+  wire [3:0] \$3597 ;
+  wire \$3598 ;
+  wire \$3599 ;
+  wire [3:0] \$36 ;
   wire \$360 ;
-  wire \$3600 ;
-  wire \$3601 ;
-  wire [4:0] \$3602 ;
+  wire [3:0] \$3600 ;
+  wire [3:0] \$3601 ;
+  wire \$3602 ;
   wire \$3603 ;
-  wire \$3604 ;
-  wire [4:0] \$3605 ;
-  wire [4:0] \$3606 ;
-  wire \$3607 ;
-  wire \$3608 ;
-  wire [4:0] \$3609 ;
+  wire [3:0] \$3604 ;
+  wire \$3605 ;
+  wire \$3606 ;
+  wire [3:0] \$3607 ;
+  wire [3:0] \$3608 ;
+  wire [3:0] \$3609 ;
   wire \$361 ;
   wire \$3610 ;
   wire \$3611 ;
-  wire [5:0] \$3612 ;
-  wire [5:0] \$3613 ;
-  wire [5:0] \$3614 ;
-  wire [5:0] \$3615 ;
-  wire [5:0] \$3616 ;
-  wire [5:0] \$3617 ;
+  wire [3:0] \$3612 ;
+  wire \$3613 ;
+  wire \$3614 ;
+  wire [3:0] \$3615 ;
+  wire [3:0] \$3616 ;
+  wire \$3617 ;
   wire \$3618 ;
-  wire \$3619 ;
+  wire [3:0] \$3619 ;
   wire \$362 ;
-  wire [5:0] \$3620 ;
+  wire \$3620 ;
   wire \$3621 ;
-  wire \$3622 ;
-  wire [5:0] \$3623 ;
-  wire [5:0] \$3624 ;
-  wire \$3625 ;
+  wire [3:0] \$3622 ;
+  wire [3:0] \$3623 ;
+  wire [3:0] \$3624 ;
+  wire [3:0] \$3625 ;
   wire \$3626 ;
-  wire [5:0] \$3627 ;
-  wire [5:0] \$3628 ;
-  wire [15:0] \$3629 ;
+  wire \$3627 ;
+  wire [3:0] \$3628 ;
+  wire \$3629 ;
   wire \$363 ;
   wire \$3630 ;
-  wire \$3631 ;
-  wire [15:0] \$3632 ;
-  wire [15:0] \$3633 ;
+  wire [3:0] \$3631 ;
+  wire [3:0] \$3632 ;
+  wire \$3633 ;
   wire \$3634 ;
-  wire \$3635 ;
-  wire [15:0] \$3636 ;
+  wire [3:0] \$3635 ;
+  wire \$3636 ;
   wire \$3637 ;
-  wire \$3638 ;
-  wire [15:0] \$3639 ;
+  wire [3:0] \$3638 ;
+  wire [3:0] \$3639 ;
   wire \$364 ;
-  wire [15:0] \$3640 ;
-  wire [15:0] \$3641 ;
+  wire [3:0] \$3640 ;
+  wire \$3641 ;
   wire \$3642 ;
-  wire \$3643 ;
-  wire [15:0] \$3644 ;
+  wire [3:0] \$3643 ;
+  wire \$3644 ;
   wire \$3645 ;
-  wire \$3646 ;
-  wire [15:0] \$3647 ;
-  wire [15:0] \$3648 ;
+  wire [3:0] \$3646 ;
+  wire [3:0] \$3647 ;
+  wire \$3648 ;
   wire \$3649 ;
   wire \$365 ;
-  wire \$3650 ;
-  wire [15:0] \$3651 ;
+  wire [3:0] \$3650 ;
+  wire \$3651 ;
   wire \$3652 ;
-  wire \$3653 ;
-  wire [15:0] \$3654 ;
-  wire [15:0] \$3655 ;
-  wire [15:0] \$3656 ;
-  wire [15:0] \$3657 ;
+  wire [3:0] \$3653 ;
+  wire [3:0] \$3654 ;
+  wire [3:0] \$3655 ;
+  wire [3:0] \$3656 ;
+  wire [3:0] \$3657 ;
   wire \$3658 ;
   wire \$3659 ;
   wire \$366 ;
-  wire [15:0] \$3660 ;
+  wire [3:0] \$3660 ;
   wire \$3661 ;
   wire \$3662 ;
-  wire [15:0] \$3663 ;
-  wire [15:0] \$3664 ;
+  wire [3:0] \$3663 ;
+  wire [3:0] \$3664 ;
   wire \$3665 ;
   wire \$3666 ;
-  wire [15:0] \$3667 ;
+  wire [3:0] \$3667 ;
   wire \$3668 ;
   wire \$3669 ;
   wire \$367 ;
-  wire [15:0] \$3670 ;
-  wire [15:0] \$3671 ;
-  wire [15:0] \$3672 ;
+  wire [3:0] \$3670 ;
+  wire [3:0] \$3671 ;
+  wire [3:0] \$3672 ;
   wire \$3673 ;
   wire \$3674 ;
-  wire [15:0] \$3675 ;
+  wire [3:0] \$3675 ;
   wire \$3676 ;
   wire \$3677 ;
-  wire [15:0] \$3678 ;
-  wire [15:0] \$3679 ;
+  wire [3:0] \$3678 ;
+  wire [3:0] \$3679 ;
   wire \$368 ;
   wire \$3680 ;
   wire \$3681 ;
-  wire [15:0] \$3682 ;
+  wire [3:0] \$3682 ;
   wire \$3683 ;
   wire \$3684 ;
-  wire [15:0] \$3685 ;
-  wire [15:0] \$3686 ;
-  wire [15:0] \$3687 ;
-  wire [15:0] \$3688 ;
-  wire [15:0] \$3689 ;
+  wire [3:0] \$3685 ;
+  wire [3:0] \$3686 ;
+  wire [3:0] \$3687 ;
+  wire [3:0] \$3688 ;
+  wire \$3689 ;
   wire \$369 ;
   wire \$3690 ;
-  wire \$3691 ;
-  wire [15:0] \$3692 ;
+  wire [3:0] \$3691 ;
+  wire \$3692 ;
   wire \$3693 ;
-  wire \$3694 ;
-  wire [15:0] \$3695 ;
-  wire [15:0] \$3696 ;
+  wire [3:0] \$3694 ;
+  wire [3:0] \$3695 ;
+  wire \$3696 ;
   wire \$3697 ;
-  wire \$3698 ;
-  wire [15:0] \$3699 ;
-  wire [2:0] \$37 ;
+  wire [3:0] \$3698 ;
+  wire \$3699 ;
+  reg [2:0] \$37 ;
   wire \$370 ;
   wire \$3700 ;
-  wire \$3701 ;
-  wire [15:0] \$3702 ;
-  wire [15:0] \$3703 ;
-  wire [15:0] \$3704 ;
+  wire [3:0] \$3701 ;
+  wire [3:0] \$3702 ;
+  wire [3:0] \$3703 ;
+  wire \$3704 ;
   wire \$3705 ;
-  wire \$3706 ;
-  wire [15:0] \$3707 ;
+  wire [3:0] \$3706 ;
+  wire \$3707 ;
   wire \$3708 ;
-  wire \$3709 ;
+  wire [3:0] \$3709 ;
   wire \$371 ;
-  wire [15:0] \$3710 ;
-  wire [15:0] \$3711 ;
+  wire [3:0] \$3710 ;
+  wire \$3711 ;
   wire \$3712 ;
-  wire \$3713 ;
-  wire [15:0] \$3714 ;
+  wire [3:0] \$3713 ;
+  wire \$3714 ;
   wire \$3715 ;
-  wire \$3716 ;
-  wire [15:0] \$3717 ;
-  wire [15:0] \$3718 ;
-  wire [15:0] \$3719 ;
+  wire [3:0] \$3716 ;
+  wire [3:0] \$3717 ;
+  wire [3:0] \$3718 ;
+  wire [3:0] \$3719 ;
   wire \$372 ;
-  wire [15:0] \$3720 ;
-  wire \$3721 ;
+  wire [3:0] \$3720 ;
+  wire [3:0] \$3721 ;
   wire \$3722 ;
-  wire [15:0] \$3723 ;
-  wire \$3724 ;
+  wire \$3723 ;
+  wire [3:0] \$3724 ;
   wire \$3725 ;
-  wire [15:0] \$3726 ;
-  wire [15:0] \$3727 ;
-  wire \$3728 ;
+  wire \$3726 ;
+  wire [3:0] \$3727 ;
+  wire [3:0] \$3728 ;
   wire \$3729 ;
   wire \$373 ;
-  wire [15:0] \$3730 ;
-  wire \$3731 ;
+  wire \$3730 ;
+  wire [3:0] \$3731 ;
   wire \$3732 ;
-  wire [15:0] \$3733 ;
-  wire [15:0] \$3734 ;
-  wire [15:0] \$3735 ;
-  wire \$3736 ;
+  wire \$3733 ;
+  wire [3:0] \$3734 ;
+  wire [3:0] \$3735 ;
+  wire [3:0] \$3736 ;
   wire \$3737 ;
-  wire [15:0] \$3738 ;
+  wire \$3738 ;
   wire \$3739 ;
   wire \$374 ;
   wire \$3740 ;
-  wire [15:0] \$3741 ;
-  wire [15:0] \$3742 ;
+  wire \$3741 ;
+  wire \$3742 ;
   wire \$3743 ;
   wire \$3744 ;
-  wire [15:0] \$3745 ;
+  wire \$3745 ;
   wire \$3746 ;
   wire \$3747 ;
-  wire [15:0] \$3748 ;
-  wire [15:0] \$3749 ;
+  wire \$3748 ;
+  wire \$3749 ;
   wire \$375 ;
-  wire [15:0] \$3750 ;
-  wire [15:0] \$3751 ;
-  wire [15:0] \$3752 ;
-  wire [15:0] \$3753 ;
+  wire \$3750 ;
+  wire \$3751 ;
+  wire \$3752 ;
+  wire \$3753 ;
   wire \$3754 ;
   wire \$3755 ;
-  wire [15:0] \$3756 ;
+  wire \$3756 ;
   wire \$3757 ;
   wire \$3758 ;
-  wire [15:0] \$3759 ;
+  wire \$3759 ;
   wire \$376 ;
-  wire [15:0] \$3760 ;
+  wire \$3760 ;
   wire \$3761 ;
   wire \$3762 ;
-  wire [15:0] \$3763 ;
+  wire \$3763 ;
   wire \$3764 ;
   wire \$3765 ;
-  wire [15:0] \$3766 ;
-  wire [15:0] \$3767 ;
-  wire [15:0] \$3768 ;
-  wire [3:0] \$3769 ;
+  wire \$3766 ;
+  wire \$3767 ;
+  wire \$3768 ;
+  wire \$3769 ;
   wire \$377 ;
   wire \$3770 ;
   wire \$3771 ;
-  wire [3:0] \$3772 ;
-  wire [3:0] \$3773 ;
+  wire \$3772 ;
+  wire \$3773 ;
   wire \$3774 ;
   wire \$3775 ;
-  wire [3:0] \$3776 ;
+  wire \$3776 ;
   wire \$3777 ;
   wire \$3778 ;
-  wire [3:0] \$3779 ;
+  wire \$3779 ;
   wire \$378 ;
-  wire [3:0] \$3780 ;
-  wire [3:0] \$3781 ;
+  wire \$3780 ;
+  wire \$3781 ;
   wire \$3782 ;
   wire \$3783 ;
-  wire [3:0] \$3784 ;
+  wire \$3784 ;
   wire \$3785 ;
   wire \$3786 ;
-  wire [3:0] \$3787 ;
-  wire [3:0] \$3788 ;
+  wire \$3787 ;
+  wire \$3788 ;
   wire \$3789 ;
   wire \$379 ;
   wire \$3790 ;
-  wire [3:0] \$3791 ;
+  wire \$3791 ;
   wire \$3792 ;
   wire \$3793 ;
-  wire [3:0] \$3794 ;
-  wire [3:0] \$3795 ;
-  wire [3:0] \$3796 ;
-  wire [3:0] \$3797 ;
+  wire \$3794 ;
+  wire \$3795 ;
+  wire \$3796 ;
+  wire \$3797 ;
   wire \$3798 ;
   wire \$3799 ;
-  wire [3:0] \$38 ;
+  reg [2:0] \$38 ;
   wire \$380 ;
-  wire [3:0] \$3800 ;
+  wire \$3800 ;
   wire \$3801 ;
   wire \$3802 ;
-  wire [3:0] \$3803 ;
-  wire [3:0] \$3804 ;
+  wire \$3803 ;
+  wire \$3804 ;
   wire \$3805 ;
   wire \$3806 ;
-  wire [3:0] \$3807 ;
+  wire \$3807 ;
   wire \$3808 ;
   wire \$3809 ;
   wire \$381 ;
-  wire [3:0] \$3810 ;
-  wire [3:0] \$3811 ;
-  wire [3:0] \$3812 ;
+  wire \$3810 ;
+  wire \$3811 ;
+  wire \$3812 ;
   wire \$3813 ;
   wire \$3814 ;
-  wire [3:0] \$3815 ;
+  wire \$3815 ;
   wire \$3816 ;
   wire \$3817 ;
-  wire [3:0] \$3818 ;
-  wire [3:0] \$3819 ;
+  wire \$3818 ;
+  wire \$3819 ;
   wire \$382 ;
   wire \$3820 ;
   wire \$3821 ;
-  wire [3:0] \$3822 ;
+  wire \$3822 ;
   wire \$3823 ;
   wire \$3824 ;
-  wire [3:0] \$3825 ;
-  wire [3:0] \$3826 ;
-  wire [3:0] \$3827 ;
-  wire [3:0] \$3828 ;
-  wire [3:0] \$3829 ;
+  wire \$3825 ;
+  wire \$3826 ;
+  wire \$3827 ;
+  wire \$3828 ;
+  wire \$3829 ;
   wire \$383 ;
   wire \$3830 ;
   wire \$3831 ;
-  wire [3:0] \$3832 ;
+  wire \$3832 ;
   wire \$3833 ;
   wire \$3834 ;
-  wire [3:0] \$3835 ;
-  wire [3:0] \$3836 ;
+  wire \$3835 ;
+  wire \$3836 ;
   wire \$3837 ;
   wire \$3838 ;
-  wire [3:0] \$3839 ;
+  wire \$3839 ;
   wire \$384 ;
   wire \$3840 ;
   wire \$3841 ;
-  wire [3:0] \$3842 ;
-  wire [3:0] \$3843 ;
-  wire [3:0] \$3844 ;
+  wire \$3842 ;
+  wire \$3843 ;
+  wire \$3844 ;
   wire \$3845 ;
   wire \$3846 ;
-  wire [3:0] \$3847 ;
+  wire \$3847 ;
   wire \$3848 ;
   wire \$3849 ;
   wire \$385 ;
-  wire [3:0] \$3850 ;
-  wire [3:0] \$3851 ;
+  wire [1:0] \$3850 ;
+  wire [1:0] \$3851 ;
   wire \$3852 ;
   wire \$3853 ;
-  wire [3:0] \$3854 ;
+  wire [1:0] \$3854 ;
   wire \$3855 ;
   wire \$3856 ;
-  wire [3:0] \$3857 ;
-  wire [3:0] \$3858 ;
-  wire [3:0] \$3859 ;
+  wire [2:0] \$3857 ;
+  wire [2:0] \$3858 ;
+  wire [2:0] \$3859 ;
   wire \$386 ;
-  wire [3:0] \$3860 ;
+  wire \$3860 ;
   wire \$3861 ;
-  wire \$3862 ;
-  wire [3:0] \$3863 ;
+  wire [2:0] \$3862 ;
+  wire \$3863 ;
   wire \$3864 ;
-  wire \$3865 ;
-  wire [3:0] \$3866 ;
-  wire [3:0] \$3867 ;
+  wire [2:0] \$3865 ;
+  wire [2:0] \$3866 ;
+  wire \$3867 ;
   wire \$3868 ;
-  wire \$3869 ;
+  wire [2:0] \$3869 ;
   wire \$387 ;
-  wire [3:0] \$3870 ;
+  wire \$3870 ;
   wire \$3871 ;
-  wire \$3872 ;
+  wire [3:0] \$3872 ;
   wire [3:0] \$3873 ;
   wire [3:0] \$3874 ;
   wire [3:0] \$3875 ;
@@ -5882,1993 +5882,1993 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [3:0] \$3889 ;
   wire \$389 ;
   wire [3:0] \$3890 ;
-  wire [3:0] \$3891 ;
-  wire [3:0] \$3892 ;
+  wire \$3891 ;
+  wire \$3892 ;
   wire [3:0] \$3893 ;
   wire \$3894 ;
   wire \$3895 ;
   wire [3:0] \$3896 ;
-  wire \$3897 ;
+  wire [3:0] \$3897 ;
   wire \$3898 ;
-  wire [3:0] \$3899 ;
-  wire [1:0] \$39 ;
+  wire \$3899 ;
+  wire [3:0] \$39 ;
   wire \$390 ;
   wire [3:0] \$3900 ;
   wire \$3901 ;
   wire \$3902 ;
-  wire [3:0] \$3903 ;
-  wire \$3904 ;
-  wire \$3905 ;
-  wire [3:0] \$3906 ;
-  wire [3:0] \$3907 ;
-  wire [3:0] \$3908 ;
-  wire [4:0] \$3909 ;
+  wire [4:0] \$3903 ;
+  wire [4:0] \$3904 ;
+  wire [4:0] \$3905 ;
+  wire [4:0] \$3906 ;
+  wire [4:0] \$3907 ;
+  wire \$3908 ;
+  wire \$3909 ;
   wire \$391 ;
-  wire [1:0] \$3910 ;
-  wire [1:0] \$3911 ;
-  wire [2:0] \$3912 ;
-  wire [1:0] \$3913 ;
-  wire [1:0] \$3914 ;
-  wire [2:0] \$3915 ;
-  wire [4:0] \$3916 ;
-  wire [1:0] \$3917 ;
-  wire [1:0] \$3918 ;
-  wire [3:0] \$3919 ;
+  wire [4:0] \$3910 ;
+  wire \$3911 ;
+  wire \$3912 ;
+  wire [4:0] \$3913 ;
+  wire [4:0] \$3914 ;
+  wire \$3915 ;
+  wire \$3916 ;
+  wire [4:0] \$3917 ;
+  wire \$3918 ;
+  wire \$3919 ;
   wire \$392 ;
-  wire [1:0] \$3920 ;
-  wire [1:0] \$3921 ;
-  wire [3:0] \$3922 ;
+  wire [4:0] \$3920 ;
+  wire [4:0] \$3921 ;
+  wire [4:0] \$3922 ;
   wire \$3923 ;
-  wire [7:0] \$3924 ;
+  wire \$3924 ;
   wire [4:0] \$3925 ;
   wire \$3926 ;
   wire \$3927 ;
-  wire \$3928 ;
-  wire \$3929 ;
+  wire [4:0] \$3928 ;
+  wire [4:0] \$3929 ;
   wire \$393 ;
   wire \$3930 ;
   wire \$3931 ;
-  wire \$3932 ;
+  wire [4:0] \$3932 ;
   wire \$3933 ;
   wire \$3934 ;
-  wire \$3935 ;
-  wire \$3936 ;
-  wire \$3937 ;
-  wire \$3938 ;
+  wire [4:0] \$3935 ;
+  wire [4:0] \$3936 ;
+  wire [4:0] \$3937 ;
+  wire [4:0] \$3938 ;
   wire \$3939 ;
   wire \$394 ;
   wire \$3940 ;
-  wire \$3941 ;
+  wire [4:0] \$3941 ;
   wire \$3942 ;
   wire \$3943 ;
-  wire \$3944 ;
-  wire \$3945 ;
+  wire [4:0] \$3944 ;
+  wire [4:0] \$3945 ;
   wire \$3946 ;
   wire \$3947 ;
-  wire \$3948 ;
+  wire [4:0] \$3948 ;
   wire \$3949 ;
   wire \$395 ;
   wire \$3950 ;
-  wire \$3951 ;
-  wire \$3952 ;
-  wire \$3953 ;
+  wire [4:0] \$3951 ;
+  wire [4:0] \$3952 ;
+  wire [4:0] \$3953 ;
   wire \$3954 ;
   wire \$3955 ;
-  wire \$3956 ;
+  wire [4:0] \$3956 ;
   wire \$3957 ;
   wire \$3958 ;
-  wire \$3959 ;
+  wire [4:0] \$3959 ;
   wire \$396 ;
-  wire \$3960 ;
+  wire [4:0] \$3960 ;
   wire \$3961 ;
   wire \$3962 ;
-  wire \$3963 ;
+  wire [4:0] \$3963 ;
   wire \$3964 ;
   wire \$3965 ;
-  wire \$3966 ;
-  wire \$3967 ;
-  wire \$3968 ;
-  wire \$3969 ;
+  wire [5:0] \$3966 ;
+  wire [5:0] \$3967 ;
+  wire [5:0] \$3968 ;
+  wire [5:0] \$3969 ;
   wire \$397 ;
-  wire \$3970 ;
-  wire \$3971 ;
+  wire [5:0] \$3970 ;
+  wire [5:0] \$3971 ;
   wire \$3972 ;
   wire \$3973 ;
-  wire \$3974 ;
+  wire [5:0] \$3974 ;
   wire \$3975 ;
   wire \$3976 ;
-  wire \$3977 ;
-  wire \$3978 ;
+  wire [5:0] \$3977 ;
+  wire [5:0] \$3978 ;
   wire \$3979 ;
   wire \$398 ;
   wire \$3980 ;
-  wire \$3981 ;
-  wire \$3982 ;
-  wire \$3983 ;
+  wire [5:0] \$3981 ;
+  wire [5:0] \$3982 ;
+  wire [15:0] \$3983 ;
   wire \$3984 ;
   wire \$3985 ;
-  wire \$3986 ;
-  wire \$3987 ;
+  wire [15:0] \$3986 ;
+  wire [15:0] \$3987 ;
   wire \$3988 ;
   wire \$3989 ;
   wire \$399 ;
-  wire \$3990 ;
+  wire [15:0] \$3990 ;
   wire \$3991 ;
   wire \$3992 ;
-  wire \$3993 ;
-  wire \$3994 ;
-  wire \$3995 ;
+  wire [15:0] \$3993 ;
+  wire [15:0] \$3994 ;
+  wire [15:0] \$3995 ;
   wire \$3996 ;
   wire \$3997 ;
-  wire \$3998 ;
+  wire [15:0] \$3998 ;
   wire \$3999 ;
-  wire [1:0] \$4 ;
-  wire [1:0] \$40 ;
+  reg [2:0] \$4 ;
+  reg [2:0] \$40 ;
   wire \$400 ;
   wire \$4000 ;
-  wire \$4001 ;
-  wire \$4002 ;
+  wire [15:0] \$4001 ;
+  wire [15:0] \$4002 ;
   wire \$4003 ;
   wire \$4004 ;
-  wire \$4005 ;
+  wire [15:0] \$4005 ;
   wire \$4006 ;
   wire \$4007 ;
-  wire \$4008 ;
-  wire \$4009 ;
+  wire [15:0] \$4008 ;
+  wire [15:0] \$4009 ;
   wire \$401 ;
-  wire \$4010 ;
-  wire \$4011 ;
+  wire [15:0] \$4010 ;
+  wire [15:0] \$4011 ;
   wire \$4012 ;
   wire \$4013 ;
-  wire \$4014 ;
+  wire [15:0] \$4014 ;
   wire \$4015 ;
   wire \$4016 ;
-  wire \$4017 ;
-  wire \$4018 ;
+  wire [15:0] \$4017 ;
+  wire [15:0] \$4018 ;
   wire \$4019 ;
   wire \$402 ;
   wire \$4020 ;
-  wire \$4021 ;
+  wire [15:0] \$4021 ;
   wire \$4022 ;
   wire \$4023 ;
-  wire \$4024 ;
-  wire \$4025 ;
-  wire \$4026 ;
+  wire [15:0] \$4024 ;
+  wire [15:0] \$4025 ;
+  wire [15:0] \$4026 ;
   wire \$4027 ;
   wire \$4028 ;
-  wire \$4029 ;
+  wire [15:0] \$4029 ;
   wire \$403 ;
   wire \$4030 ;
   wire \$4031 ;
-  wire \$4032 ;
-  wire \$4033 ;
+  wire [15:0] \$4032 ;
+  wire [15:0] \$4033 ;
   wire \$4034 ;
   wire \$4035 ;
-  wire \$4036 ;
+  wire [15:0] \$4036 ;
   wire \$4037 ;
   wire \$4038 ;
-  wire [1:0] \$4039 ;
+  wire [15:0] \$4039 ;
   wire \$404 ;
-  wire [1:0] \$4040 ;
-  wire \$4041 ;
-  wire \$4042 ;
-  wire [1:0] \$4043 ;
+  wire [15:0] \$4040 ;
+  wire [15:0] \$4041 ;
+  wire [15:0] \$4042 ;
+  wire [15:0] \$4043 ;
   wire \$4044 ;
   wire \$4045 ;
-  wire [2:0] \$4046 ;
-  wire [2:0] \$4047 ;
-  wire [2:0] \$4048 ;
-  wire \$4049 ;
+  wire [15:0] \$4046 ;
+  wire \$4047 ;
+  wire \$4048 ;
+  wire [15:0] \$4049 ;
   wire \$405 ;
-  wire \$4050 ;
-  wire [2:0] \$4051 ;
+  wire [15:0] \$4050 ;
+  wire \$4051 ;
   wire \$4052 ;
-  wire \$4053 ;
-  wire [2:0] \$4054 ;
-  wire [2:0] \$4055 ;
-  wire \$4056 ;
-  wire \$4057 ;
-  wire [2:0] \$4058 ;
+  wire [15:0] \$4053 ;
+  wire \$4054 ;
+  wire \$4055 ;
+  wire [15:0] \$4056 ;
+  wire [15:0] \$4057 ;
+  wire [15:0] \$4058 ;
   wire \$4059 ;
   wire \$406 ;
   wire \$4060 ;
-  wire [3:0] \$4061 ;
-  wire [3:0] \$4062 ;
-  wire [3:0] \$4063 ;
-  wire [3:0] \$4064 ;
-  wire \$4065 ;
+  wire [15:0] \$4061 ;
+  wire \$4062 ;
+  wire \$4063 ;
+  wire [15:0] \$4064 ;
+  wire [15:0] \$4065 ;
   wire \$4066 ;
-  wire [3:0] \$4067 ;
-  wire \$4068 ;
+  wire \$4067 ;
+  wire [15:0] \$4068 ;
   wire \$4069 ;
   wire \$407 ;
-  wire [3:0] \$4070 ;
-  wire [3:0] \$4071 ;
-  wire \$4072 ;
-  wire \$4073 ;
-  wire [3:0] \$4074 ;
+  wire \$4070 ;
+  wire [15:0] \$4071 ;
+  wire [15:0] \$4072 ;
+  wire [15:0] \$4073 ;
+  wire [15:0] \$4074 ;
   wire \$4075 ;
   wire \$4076 ;
-  wire [3:0] \$4077 ;
-  wire [3:0] \$4078 ;
-  wire [3:0] \$4079 ;
+  wire [15:0] \$4077 ;
+  wire \$4078 ;
+  wire \$4079 ;
   wire \$408 ;
-  wire \$4080 ;
-  wire \$4081 ;
-  wire [3:0] \$4082 ;
+  wire [15:0] \$4080 ;
+  wire [15:0] \$4081 ;
+  wire \$4082 ;
   wire \$4083 ;
-  wire \$4084 ;
-  wire [3:0] \$4085 ;
-  wire [3:0] \$4086 ;
-  wire \$4087 ;
-  wire \$4088 ;
-  wire [3:0] \$4089 ;
+  wire [15:0] \$4084 ;
+  wire \$4085 ;
+  wire \$4086 ;
+  wire [15:0] \$4087 ;
+  wire [15:0] \$4088 ;
+  wire [15:0] \$4089 ;
   wire \$409 ;
   wire \$4090 ;
   wire \$4091 ;
-  wire [4:0] \$4092 ;
-  wire [4:0] \$4093 ;
-  wire [4:0] \$4094 ;
-  wire [4:0] \$4095 ;
-  wire [4:0] \$4096 ;
+  wire [15:0] \$4092 ;
+  wire \$4093 ;
+  wire \$4094 ;
+  wire [15:0] \$4095 ;
+  wire [15:0] \$4096 ;
   wire \$4097 ;
   wire \$4098 ;
-  wire [4:0] \$4099 ;
-  wire [2:0] \$41 ;
+  wire [15:0] \$4099 ;
+  reg [2:0] \$41 ;
   wire \$410 ;
   wire \$4100 ;
   wire \$4101 ;
-  wire [4:0] \$4102 ;
-  wire [4:0] \$4103 ;
-  wire \$4104 ;
-  wire \$4105 ;
-  wire [4:0] \$4106 ;
-  wire \$4107 ;
+  wire [15:0] \$4102 ;
+  wire [15:0] \$4103 ;
+  wire [15:0] \$4104 ;
+  wire [15:0] \$4105 ;
+  wire [15:0] \$4106 ;
+  wire [15:0] \$4107 ;
   wire \$4108 ;
-  wire [4:0] \$4109 ;
+  wire \$4109 ;
   wire \$411 ;
-  wire [4:0] \$4110 ;
-  wire [4:0] \$4111 ;
+  wire [15:0] \$4110 ;
+  wire \$4111 ;
   wire \$4112 ;
-  wire \$4113 ;
-  wire [4:0] \$4114 ;
+  wire [15:0] \$4113 ;
+  wire [15:0] \$4114 ;
   wire \$4115 ;
   wire \$4116 ;
-  wire [4:0] \$4117 ;
-  wire [4:0] \$4118 ;
+  wire [15:0] \$4117 ;
+  wire \$4118 ;
   wire \$4119 ;
   wire \$412 ;
-  wire \$4120 ;
-  wire [4:0] \$4121 ;
-  wire \$4122 ;
-  wire \$4123 ;
-  wire [4:0] \$4124 ;
-  wire [4:0] \$4125 ;
-  wire [4:0] \$4126 ;
-  wire [4:0] \$4127 ;
+  wire [15:0] \$4120 ;
+  wire [15:0] \$4121 ;
+  wire [15:0] \$4122 ;
+  wire [3:0] \$4123 ;
+  wire \$4124 ;
+  wire \$4125 ;
+  wire [3:0] \$4126 ;
+  wire [3:0] \$4127 ;
   wire \$4128 ;
   wire \$4129 ;
   wire \$413 ;
-  wire [4:0] \$4130 ;
+  wire [3:0] \$4130 ;
   wire \$4131 ;
   wire \$4132 ;
-  wire [4:0] \$4133 ;
-  wire [4:0] \$4134 ;
-  wire \$4135 ;
+  wire [3:0] \$4133 ;
+  wire [3:0] \$4134 ;
+  wire [3:0] \$4135 ;
   wire \$4136 ;
-  wire [4:0] \$4137 ;
-  wire \$4138 ;
+  wire \$4137 ;
+  wire [3:0] \$4138 ;
   wire \$4139 ;
   wire \$414 ;
-  wire [4:0] \$4140 ;
-  wire [4:0] \$4141 ;
-  wire [4:0] \$4142 ;
+  wire \$4140 ;
+  wire [3:0] \$4141 ;
+  wire [3:0] \$4142 ;
   wire \$4143 ;
   wire \$4144 ;
-  wire [4:0] \$4145 ;
+  wire [3:0] \$4145 ;
   wire \$4146 ;
   wire \$4147 ;
-  wire [4:0] \$4148 ;
-  wire [4:0] \$4149 ;
+  wire [3:0] \$4148 ;
+  wire [3:0] \$4149 ;
   wire \$415 ;
-  wire \$4150 ;
-  wire \$4151 ;
-  wire [4:0] \$4152 ;
+  wire [3:0] \$4150 ;
+  wire [3:0] \$4151 ;
+  wire \$4152 ;
   wire \$4153 ;
-  wire \$4154 ;
-  wire [5:0] \$4155 ;
-  wire [5:0] \$4156 ;
-  wire [5:0] \$4157 ;
-  wire [5:0] \$4158 ;
-  wire [5:0] \$4159 ;
+  wire [3:0] \$4154 ;
+  wire \$4155 ;
+  wire \$4156 ;
+  wire [3:0] \$4157 ;
+  wire [3:0] \$4158 ;
+  wire \$4159 ;
   wire \$416 ;
-  wire [5:0] \$4160 ;
-  wire \$4161 ;
+  wire \$4160 ;
+  wire [3:0] \$4161 ;
   wire \$4162 ;
-  wire [5:0] \$4163 ;
-  wire \$4164 ;
-  wire \$4165 ;
-  wire [5:0] \$4166 ;
-  wire [5:0] \$4167 ;
+  wire \$4163 ;
+  wire [3:0] \$4164 ;
+  wire [3:0] \$4165 ;
+  wire [3:0] \$4166 ;
+  wire \$4167 ;
   wire \$4168 ;
-  wire \$4169 ;
+  wire [3:0] \$4169 ;
   wire \$417 ;
-  wire [5:0] \$4170 ;
-  wire [5:0] \$4171 ;
-  wire [15:0] \$4172 ;
-  wire \$4173 ;
+  wire \$4170 ;
+  wire \$4171 ;
+  wire [3:0] \$4172 ;
+  wire [3:0] \$4173 ;
   wire \$4174 ;
-  wire [15:0] \$4175 ;
-  wire [15:0] \$4176 ;
+  wire \$4175 ;
+  wire [3:0] \$4176 ;
   wire \$4177 ;
   wire \$4178 ;
-  wire [15:0] \$4179 ;
+  wire [3:0] \$4179 ;
   wire \$418 ;
-  wire \$4180 ;
-  wire \$4181 ;
-  wire [15:0] \$4182 ;
-  wire [15:0] \$4183 ;
-  wire [15:0] \$4184 ;
+  wire [3:0] \$4180 ;
+  wire [3:0] \$4181 ;
+  wire [3:0] \$4182 ;
+  wire [3:0] \$4183 ;
+  wire \$4184 ;
   wire \$4185 ;
-  wire \$4186 ;
-  wire [15:0] \$4187 ;
+  wire [3:0] \$4186 ;
+  wire \$4187 ;
   wire \$4188 ;
-  wire \$4189 ;
+  wire [3:0] \$4189 ;
   wire \$419 ;
-  wire [15:0] \$4190 ;
-  wire [15:0] \$4191 ;
+  wire [3:0] \$4190 ;
+  wire \$4191 ;
   wire \$4192 ;
-  wire \$4193 ;
-  wire [15:0] \$4194 ;
+  wire [3:0] \$4193 ;
+  wire \$4194 ;
   wire \$4195 ;
-  wire \$4196 ;
-  wire [15:0] \$4197 ;
-  wire [15:0] \$4198 ;
-  wire [15:0] \$4199 ;
-  wire [1:0] \$42 ;
+  wire [3:0] \$4196 ;
+  wire [3:0] \$4197 ;
+  wire [3:0] \$4198 ;
+  wire \$4199 ;
+  wire [3:0] \$42 ;
   wire \$420 ;
-  wire [15:0] \$4200 ;
-  wire \$4201 ;
+  wire \$4200 ;
+  wire [3:0] \$4201 ;
   wire \$4202 ;
-  wire [15:0] \$4203 ;
-  wire \$4204 ;
-  wire \$4205 ;
-  wire [15:0] \$4206 ;
-  wire [15:0] \$4207 ;
-  wire \$4208 ;
+  wire \$4203 ;
+  wire [3:0] \$4204 ;
+  wire [3:0] \$4205 ;
+  wire \$4206 ;
+  wire \$4207 ;
+  wire [3:0] \$4208 ;
   wire \$4209 ;
   wire \$421 ;
-  wire [15:0] \$4210 ;
-  wire \$4211 ;
-  wire \$4212 ;
-  wire [15:0] \$4213 ;
-  wire [15:0] \$4214 ;
-  wire [15:0] \$4215 ;
+  wire \$4210 ;
+  wire [3:0] \$4211 ;
+  wire [3:0] \$4212 ;
+  wire [3:0] \$4213 ;
+  wire [3:0] \$4214 ;
+  wire \$4215 ;
   wire \$4216 ;
-  wire \$4217 ;
-  wire [15:0] \$4218 ;
+  wire [3:0] \$4217 ;
+  wire \$4218 ;
   wire \$4219 ;
   wire \$422 ;
-  wire \$4220 ;
-  wire [15:0] \$4221 ;
-  wire [15:0] \$4222 ;
+  wire [3:0] \$4220 ;
+  wire [3:0] \$4221 ;
+  wire \$4222 ;
   wire \$4223 ;
-  wire \$4224 ;
-  wire [15:0] \$4225 ;
+  wire [3:0] \$4224 ;
+  wire \$4225 ;
   wire \$4226 ;
-  wire \$4227 ;
-  wire [15:0] \$4228 ;
-  wire [15:0] \$4229 ;
+  wire [3:0] \$4227 ;
+  wire [3:0] \$4228 ;
+  wire [3:0] \$4229 ;
   wire \$423 ;
-  wire [15:0] \$4230 ;
-  wire [15:0] \$4231 ;
-  wire [15:0] \$4232 ;
+  wire \$4230 ;
+  wire \$4231 ;
+  wire [3:0] \$4232 ;
   wire \$4233 ;
   wire \$4234 ;
-  wire [15:0] \$4235 ;
-  wire \$4236 ;
+  wire [3:0] \$4235 ;
+  wire [3:0] \$4236 ;
   wire \$4237 ;
-  wire [15:0] \$4238 ;
-  wire [15:0] \$4239 ;
+  wire \$4238 ;
+  wire [3:0] \$4239 ;
   wire \$424 ;
   wire \$4240 ;
   wire \$4241 ;
-  wire [15:0] \$4242 ;
-  wire \$4243 ;
-  wire \$4244 ;
-  wire [15:0] \$4245 ;
-  wire [15:0] \$4246 ;
-  wire [15:0] \$4247 ;
+  wire [3:0] \$4242 ;
+  wire [3:0] \$4243 ;
+  wire [3:0] \$4244 ;
+  wire [3:0] \$4245 ;
+  wire [3:0] \$4246 ;
+  wire [3:0] \$4247 ;
   wire \$4248 ;
   wire \$4249 ;
   wire \$425 ;
-  wire [15:0] \$4250 ;
+  wire [3:0] \$4250 ;
   wire \$4251 ;
   wire \$4252 ;
-  wire [15:0] \$4253 ;
-  wire [15:0] \$4254 ;
+  wire [3:0] \$4253 ;
+  wire [3:0] \$4254 ;
   wire \$4255 ;
   wire \$4256 ;
-  wire [15:0] \$4257 ;
+  wire [3:0] \$4257 ;
   wire \$4258 ;
   wire \$4259 ;
   wire \$426 ;
-  wire [15:0] \$4260 ;
-  wire [15:0] \$4261 ;
-  wire [15:0] \$4262 ;
-  wire [15:0] \$4263 ;
+  wire [3:0] \$4260 ;
+  wire [3:0] \$4261 ;
+  wire [3:0] \$4262 ;
+  wire \$4263 ;
   wire \$4264 ;
   wire \$4265 ;
-  wire [15:0] \$4266 ;
+  wire \$4266 ;
   wire \$4267 ;
   wire \$4268 ;
-  wire [15:0] \$4269 ;
+  wire \$4269 ;
   wire \$427 ;
-  wire [15:0] \$4270 ;
+  wire \$4270 ;
   wire \$4271 ;
   wire \$4272 ;
-  wire [15:0] \$4273 ;
+  wire \$4273 ;
   wire \$4274 ;
   wire \$4275 ;
-  wire [15:0] \$4276 ;
-  wire [15:0] \$4277 ;
-  wire [15:0] \$4278 ;
+  wire \$4276 ;
+  wire \$4277 ;
+  wire \$4278 ;
   wire \$4279 ;
   wire \$428 ;
   wire \$4280 ;
-  wire [15:0] \$4281 ;
+  wire \$4281 ;
   wire \$4282 ;
   wire \$4283 ;
-  wire [15:0] \$4284 ;
-  wire [15:0] \$4285 ;
+  wire \$4284 ;
+  wire \$4285 ;
   wire \$4286 ;
   wire \$4287 ;
-  wire [15:0] \$4288 ;
+  wire \$4288 ;
   wire \$4289 ;
   wire \$429 ;
   wire \$4290 ;
-  wire [15:0] \$4291 ;
-  wire [15:0] \$4292 ;
-  wire [15:0] \$4293 ;
-  wire [15:0] \$4294 ;
-  wire [15:0] \$4295 ;
-  wire [15:0] \$4296 ;
+  wire \$4291 ;
+  wire \$4292 ;
+  wire \$4293 ;
+  wire \$4294 ;
+  wire \$4295 ;
+  wire \$4296 ;
   wire \$4297 ;
   wire \$4298 ;
-  wire [15:0] \$4299 ;
-  wire [1:0] \$43 ;
+  wire \$4299 ;
+  reg [2:0] \$43 ;
   wire \$430 ;
   wire \$4300 ;
   wire \$4301 ;
-  wire [15:0] \$4302 ;
-  wire [15:0] \$4303 ;
+  wire \$4302 ;
+  wire \$4303 ;
   wire \$4304 ;
   wire \$4305 ;
-  wire [15:0] \$4306 ;
+  wire \$4306 ;
   wire \$4307 ;
   wire \$4308 ;
-  wire [15:0] \$4309 ;
+  wire \$4309 ;
   wire \$431 ;
-  wire [15:0] \$4310 ;
-  wire [15:0] \$4311 ;
-  wire [3:0] \$4312 ;
+  wire \$4310 ;
+  wire \$4311 ;
+  wire \$4312 ;
   wire \$4313 ;
   wire \$4314 ;
-  wire [3:0] \$4315 ;
-  wire [3:0] \$4316 ;
+  wire \$4315 ;
+  wire \$4316 ;
   wire \$4317 ;
   wire \$4318 ;
-  wire [3:0] \$4319 ;
+  wire \$4319 ;
   wire \$432 ;
   wire \$4320 ;
   wire \$4321 ;
-  wire [3:0] \$4322 ;
-  wire [3:0] \$4323 ;
-  wire [3:0] \$4324 ;
+  wire \$4322 ;
+  wire \$4323 ;
+  wire \$4324 ;
   wire \$4325 ;
   wire \$4326 ;
-  wire [3:0] \$4327 ;
+  wire \$4327 ;
   wire \$4328 ;
   wire \$4329 ;
   wire \$433 ;
-  wire [3:0] \$4330 ;
-  wire [3:0] \$4331 ;
+  wire \$4330 ;
+  wire \$4331 ;
   wire \$4332 ;
   wire \$4333 ;
-  wire [3:0] \$4334 ;
+  wire \$4334 ;
   wire \$4335 ;
   wire \$4336 ;
-  wire [3:0] \$4337 ;
-  wire [3:0] \$4338 ;
-  wire [3:0] \$4339 ;
+  wire \$4337 ;
+  wire \$4338 ;
+  wire \$4339 ;
   wire \$434 ;
-  wire [3:0] \$4340 ;
+  wire \$4340 ;
   wire \$4341 ;
   wire \$4342 ;
-  wire [3:0] \$4343 ;
+  wire \$4343 ;
   wire \$4344 ;
   wire \$4345 ;
-  wire [3:0] \$4346 ;
-  wire [3:0] \$4347 ;
+  wire \$4346 ;
+  wire \$4347 ;
   wire \$4348 ;
   wire \$4349 ;
   wire \$435 ;
-  wire [3:0] \$4350 ;
+  wire \$4350 ;
   wire \$4351 ;
   wire \$4352 ;
-  wire [3:0] \$4353 ;
-  wire [3:0] \$4354 ;
-  wire [3:0] \$4355 ;
+  wire \$4353 ;
+  wire \$4354 ;
+  wire \$4355 ;
   wire \$4356 ;
   wire \$4357 ;
-  wire [3:0] \$4358 ;
+  wire \$4358 ;
   wire \$4359 ;
   wire \$436 ;
   wire \$4360 ;
-  wire [3:0] \$4361 ;
-  wire [3:0] \$4362 ;
+  wire \$4361 ;
+  wire \$4362 ;
   wire \$4363 ;
   wire \$4364 ;
-  wire [3:0] \$4365 ;
+  wire \$4365 ;
   wire \$4366 ;
   wire \$4367 ;
-  wire [3:0] \$4368 ;
-  wire [3:0] \$4369 ;
+  wire \$4368 ;
+  wire \$4369 ;
   wire \$437 ;
-  wire [3:0] \$4370 ;
-  wire [3:0] \$4371 ;
-  wire [3:0] \$4372 ;
+  wire \$4370 ;
+  wire \$4371 ;
+  wire \$4372 ;
   wire \$4373 ;
   wire \$4374 ;
-  wire [3:0] \$4375 ;
+  wire \$4375 ;
   wire \$4376 ;
   wire \$4377 ;
-  wire [3:0] \$4378 ;
-  wire [3:0] \$4379 ;
+  wire \$4378 ;
+  wire \$4379 ;
   wire \$438 ;
   wire \$4380 ;
   wire \$4381 ;
-  wire [3:0] \$4382 ;
+  wire \$4382 ;
   wire \$4383 ;
   wire \$4384 ;
-  wire [3:0] \$4385 ;
-  wire [3:0] \$4386 ;
-  wire [3:0] \$4387 ;
+  wire \$4385 ;
+  wire \$4386 ;
+  wire \$4387 ;
   wire \$4388 ;
   wire \$4389 ;
   wire \$439 ;
-  wire [3:0] \$4390 ;
+  wire \$4390 ;
   wire \$4391 ;
   wire \$4392 ;
-  wire [3:0] \$4393 ;
-  wire [3:0] \$4394 ;
+  wire \$4393 ;
+  wire \$4394 ;
   wire \$4395 ;
   wire \$4396 ;
-  wire [3:0] \$4397 ;
+  wire \$4397 ;
   wire \$4398 ;
   wire \$4399 ;
-  wire [2:0] \$44 ;
+  reg [2:0] \$44 ;
   wire \$440 ;
-  wire [3:0] \$4400 ;
-  wire [3:0] \$4401 ;
-  wire [3:0] \$4402 ;
-  wire [3:0] \$4403 ;
+  wire \$4400 ;
+  wire \$4401 ;
+  wire \$4402 ;
+  wire \$4403 ;
   wire \$4404 ;
   wire \$4405 ;
-  wire [3:0] \$4406 ;
+  wire \$4406 ;
   wire \$4407 ;
   wire \$4408 ;
-  wire [3:0] \$4409 ;
+  wire \$4409 ;
   wire \$441 ;
-  wire [3:0] \$4410 ;
+  wire \$4410 ;
   wire \$4411 ;
-  wire \$4412 ;
-  wire [3:0] \$4413 ;
+  wire [1:0] \$4412 ;
+  wire [1:0] \$4413 ;
   wire \$4414 ;
   wire \$4415 ;
-  wire [3:0] \$4416 ;
-  wire [3:0] \$4417 ;
-  wire [3:0] \$4418 ;
-  wire \$4419 ;
+  wire [1:0] \$4416 ;
+  wire \$4417 ;
+  wire \$4418 ;
+  wire [2:0] \$4419 ;
   wire \$442 ;
-  wire \$4420 ;
-  wire [3:0] \$4421 ;
+  wire [2:0] \$4420 ;
+  wire [2:0] \$4421 ;
   wire \$4422 ;
   wire \$4423 ;
-  wire [3:0] \$4424 ;
-  wire [3:0] \$4425 ;
+  wire [2:0] \$4424 ;
+  wire \$4425 ;
   wire \$4426 ;
-  wire \$4427 ;
-  wire [3:0] \$4428 ;
+  wire [2:0] \$4427 ;
+  wire [2:0] \$4428 ;
   wire \$4429 ;
   wire \$443 ;
   wire \$4430 ;
-  wire [3:0] \$4431 ;
-  wire [3:0] \$4432 ;
-  wire [3:0] \$4433 ;
+  wire [2:0] \$4431 ;
+  wire \$4432 ;
+  wire \$4433 ;
   wire [3:0] \$4434 ;
   wire [3:0] \$4435 ;
   wire [3:0] \$4436 ;
-  wire \$4437 ;
+  wire [3:0] \$4437 ;
   wire \$4438 ;
-  wire [3:0] \$4439 ;
+  wire \$4439 ;
   wire \$444 ;
-  wire \$4440 ;
+  wire [3:0] \$4440 ;
   wire \$4441 ;
-  wire [3:0] \$4442 ;
+  wire \$4442 ;
   wire [3:0] \$4443 ;
-  wire \$4444 ;
+  wire [3:0] \$4444 ;
   wire \$4445 ;
-  wire [3:0] \$4446 ;
-  wire \$4447 ;
+  wire \$4446 ;
+  wire [3:0] \$4447 ;
   wire \$4448 ;
-  wire [3:0] \$4449 ;
+  wire \$4449 ;
   wire \$445 ;
   wire [3:0] \$4450 ;
   wire [3:0] \$4451 ;
-  wire [4:0] \$4452 ;
-  wire [1:0] \$4453 ;
-  wire [1:0] \$4454 ;
-  wire [2:0] \$4455 ;
-  wire [1:0] \$4456 ;
-  wire [1:0] \$4457 ;
-  wire [2:0] \$4458 ;
-  wire [4:0] \$4459 ;
+  wire [3:0] \$4452 ;
+  wire \$4453 ;
+  wire \$4454 ;
+  wire [3:0] \$4455 ;
+  wire \$4456 ;
+  wire \$4457 ;
+  wire [3:0] \$4458 ;
+  wire [3:0] \$4459 ;
   wire \$446 ;
-  wire [1:0] \$4460 ;
-  wire [1:0] \$4461 ;
+  wire \$4460 ;
+  wire \$4461 ;
   wire [3:0] \$4462 ;
-  wire [1:0] \$4463 ;
-  wire [1:0] \$4464 ;
-  wire [3:0] \$4465 ;
-  wire \$4466 ;
-  wire [7:0] \$4467 ;
+  wire \$4463 ;
+  wire \$4464 ;
+  wire [4:0] \$4465 ;
+  wire [4:0] \$4466 ;
+  wire [4:0] \$4467 ;
   wire [4:0] \$4468 ;
-  wire \$4469 ;
+  wire [4:0] \$4469 ;
   wire \$447 ;
   wire \$4470 ;
   wire \$4471 ;
-  wire \$4472 ;
+  wire [4:0] \$4472 ;
   wire \$4473 ;
   wire \$4474 ;
-  wire \$4475 ;
-  wire \$4476 ;
+  wire [4:0] \$4475 ;
+  wire [4:0] \$4476 ;
   wire \$4477 ;
   wire \$4478 ;
-  wire \$4479 ;
+  wire [4:0] \$4479 ;
   wire \$448 ;
   wire \$4480 ;
   wire \$4481 ;
-  wire \$4482 ;
-  wire \$4483 ;
-  wire \$4484 ;
+  wire [4:0] \$4482 ;
+  wire [4:0] \$4483 ;
+  wire [4:0] \$4484 ;
   wire \$4485 ;
   wire \$4486 ;
-  wire \$4487 ;
+  wire [4:0] \$4487 ;
   wire \$4488 ;
   wire \$4489 ;
   wire \$449 ;
-  wire \$4490 ;
-  wire \$4491 ;
+  wire [4:0] \$4490 ;
+  wire [4:0] \$4491 ;
   wire \$4492 ;
   wire \$4493 ;
-  wire \$4494 ;
+  wire [4:0] \$4494 ;
   wire \$4495 ;
   wire \$4496 ;
-  wire \$4497 ;
-  wire \$4498 ;
-  wire \$4499 ;
+  wire [4:0] \$4497 ;
+  wire [4:0] \$4498 ;
+  wire [4:0] \$4499 ;
   wire [3:0] \$45 ;
   wire \$450 ;
-  wire \$4500 ;
+  wire [4:0] \$4500 ;
   wire \$4501 ;
   wire \$4502 ;
-  wire \$4503 ;
+  wire [4:0] \$4503 ;
   wire \$4504 ;
   wire \$4505 ;
-  wire \$4506 ;
-  wire \$4507 ;
+  wire [4:0] \$4506 ;
+  wire [4:0] \$4507 ;
   wire \$4508 ;
   wire \$4509 ;
   wire \$451 ;
-  wire \$4510 ;
+  wire [4:0] \$4510 ;
   wire \$4511 ;
   wire \$4512 ;
-  wire \$4513 ;
-  wire \$4514 ;
-  wire \$4515 ;
+  wire [4:0] \$4513 ;
+  wire [4:0] \$4514 ;
+  wire [4:0] \$4515 ;
   wire \$4516 ;
   wire \$4517 ;
-  wire \$4518 ;
+  wire [4:0] \$4518 ;
   wire \$4519 ;
   wire \$452 ;
   wire \$4520 ;
-  wire \$4521 ;
-  wire \$4522 ;
+  wire [4:0] \$4521 ;
+  wire [4:0] \$4522 ;
   wire \$4523 ;
   wire \$4524 ;
-  wire \$4525 ;
+  wire [4:0] \$4525 ;
   wire \$4526 ;
   wire \$4527 ;
-  wire \$4528 ;
-  wire \$4529 ;
+  wire [5:0] \$4528 ;
+  wire [5:0] \$4529 ;
   wire \$453 ;
-  wire \$4530 ;
-  wire \$4531 ;
-  wire \$4532 ;
-  wire \$4533 ;
+  wire [5:0] \$4530 ;
+  wire [5:0] \$4531 ;
+  wire [5:0] \$4532 ;
+  wire [5:0] \$4533 ;
   wire \$4534 ;
   wire \$4535 ;
-  wire \$4536 ;
+  wire [5:0] \$4536 ;
   wire \$4537 ;
   wire \$4538 ;
-  wire \$4539 ;
+  wire [5:0] \$4539 ;
   wire \$454 ;
-  wire \$4540 ;
+  wire [5:0] \$4540 ;
   wire \$4541 ;
   wire \$4542 ;
-  wire \$4543 ;
-  wire \$4544 ;
-  wire \$4545 ;
+  wire [5:0] \$4543 ;
+  wire [5:0] \$4544 ;
+  wire [15:0] \$4545 ;
   wire \$4546 ;
   wire \$4547 ;
-  wire \$4548 ;
-  wire \$4549 ;
+  wire [15:0] \$4548 ;
+  wire [15:0] \$4549 ;
   wire \$455 ;
   wire \$4550 ;
   wire \$4551 ;
-  wire \$4552 ;
+  wire [15:0] \$4552 ;
   wire \$4553 ;
   wire \$4554 ;
-  wire \$4555 ;
-  wire \$4556 ;
-  wire \$4557 ;
+  wire [15:0] \$4555 ;
+  wire [15:0] \$4556 ;
+  wire [15:0] \$4557 ;
   wire \$4558 ;
   wire \$4559 ;
   wire \$456 ;
-  wire \$4560 ;
+  wire [15:0] \$4560 ;
   wire \$4561 ;
   wire \$4562 ;
-  wire \$4563 ;
-  wire \$4564 ;
+  wire [15:0] \$4563 ;
+  wire [15:0] \$4564 ;
   wire \$4565 ;
   wire \$4566 ;
-  wire \$4567 ;
+  wire [15:0] \$4567 ;
   wire \$4568 ;
   wire \$4569 ;
   wire \$457 ;
-  wire \$4570 ;
-  wire \$4571 ;
-  wire \$4572 ;
-  wire \$4573 ;
+  wire [15:0] \$4570 ;
+  wire [15:0] \$4571 ;
+  wire [15:0] \$4572 ;
+  wire [15:0] \$4573 ;
   wire \$4574 ;
   wire \$4575 ;
-  wire \$4576 ;
+  wire [15:0] \$4576 ;
   wire \$4577 ;
   wire \$4578 ;
-  wire \$4579 ;
+  wire [15:0] \$4579 ;
   wire \$458 ;
-  wire \$4580 ;
+  wire [15:0] \$4580 ;
   wire \$4581 ;
   wire \$4582 ;
-  wire \$4583 ;
+  wire [15:0] \$4583 ;
   wire \$4584 ;
   wire \$4585 ;
-  wire \$4586 ;
-  wire \$4587 ;
-  wire \$4588 ;
+  wire [15:0] \$4586 ;
+  wire [15:0] \$4587 ;
+  wire [15:0] \$4588 ;
   wire \$4589 ;
   wire \$459 ;
   wire \$4590 ;
-  wire \$4591 ;
+  wire [15:0] \$4591 ;
   wire \$4592 ;
   wire \$4593 ;
-  wire \$4594 ;
-  wire \$4595 ;
+  wire [15:0] \$4594 ;
+  wire [15:0] \$4595 ;
   wire \$4596 ;
   wire \$4597 ;
-  wire \$4598 ;
+  wire [15:0] \$4598 ;
   wire \$4599 ;
-  wire [1:0] \$46 ;
+  reg [2:0] \$46 ;
   wire \$460 ;
   wire \$4600 ;
-  wire \$4601 ;
-  wire \$4602 ;
-  wire \$4603 ;
-  wire \$4604 ;
-  wire \$4605 ;
+  wire [15:0] \$4601 ;
+  wire [15:0] \$4602 ;
+  wire [15:0] \$4603 ;
+  wire [15:0] \$4604 ;
+  wire [15:0] \$4605 ;
   wire \$4606 ;
   wire \$4607 ;
-  wire \$4608 ;
+  wire [15:0] \$4608 ;
   wire \$4609 ;
   wire \$461 ;
   wire \$4610 ;
-  wire \$4611 ;
-  wire \$4612 ;
+  wire [15:0] \$4611 ;
+  wire [15:0] \$4612 ;
   wire \$4613 ;
   wire \$4614 ;
-  wire \$4615 ;
+  wire [15:0] \$4615 ;
   wire \$4616 ;
   wire \$4617 ;
-  wire [1:0] \$4618 ;
-  wire [1:0] \$4619 ;
+  wire [15:0] \$4618 ;
+  wire [15:0] \$4619 ;
   wire \$462 ;
-  wire \$4620 ;
+  wire [15:0] \$4620 ;
   wire \$4621 ;
-  wire [1:0] \$4622 ;
-  wire \$4623 ;
+  wire \$4622 ;
+  wire [15:0] \$4623 ;
   wire \$4624 ;
-  wire [2:0] \$4625 ;
-  wire [2:0] \$4626 ;
-  wire [2:0] \$4627 ;
+  wire \$4625 ;
+  wire [15:0] \$4626 ;
+  wire [15:0] \$4627 ;
   wire \$4628 ;
   wire \$4629 ;
   wire \$463 ;
-  wire [2:0] \$4630 ;
+  wire [15:0] \$4630 ;
   wire \$4631 ;
   wire \$4632 ;
-  wire [2:0] \$4633 ;
-  wire [2:0] \$4634 ;
-  wire \$4635 ;
-  wire \$4636 ;
-  wire [2:0] \$4637 ;
+  wire [15:0] \$4633 ;
+  wire [15:0] \$4634 ;
+  wire [15:0] \$4635 ;
+  wire [15:0] \$4636 ;
+  wire \$4637 ;
   wire \$4638 ;
-  wire \$4639 ;
+  wire [15:0] \$4639 ;
   wire \$464 ;
-  wire [3:0] \$4640 ;
-  wire [3:0] \$4641 ;
-  wire [3:0] \$4642 ;
-  wire [3:0] \$4643 ;
+  wire \$4640 ;
+  wire \$4641 ;
+  wire [15:0] \$4642 ;
+  wire [15:0] \$4643 ;
   wire \$4644 ;
   wire \$4645 ;
-  wire [3:0] \$4646 ;
+  wire [15:0] \$4646 ;
   wire \$4647 ;
   wire \$4648 ;
-  wire [3:0] \$4649 ;
+  wire [15:0] \$4649 ;
   wire \$465 ;
-  wire [3:0] \$4650 ;
-  wire \$4651 ;
+  wire [15:0] \$4650 ;
+  wire [15:0] \$4651 ;
   wire \$4652 ;
-  wire [3:0] \$4653 ;
-  wire \$4654 ;
+  wire \$4653 ;
+  wire [15:0] \$4654 ;
   wire \$4655 ;
-  wire [3:0] \$4656 ;
-  wire [3:0] \$4657 ;
-  wire [3:0] \$4658 ;
+  wire \$4656 ;
+  wire [15:0] \$4657 ;
+  wire [15:0] \$4658 ;
   wire \$4659 ;
   wire \$466 ;
   wire \$4660 ;
-  wire [3:0] \$4661 ;
+  wire [15:0] \$4661 ;
   wire \$4662 ;
   wire \$4663 ;
-  wire [3:0] \$4664 ;
-  wire [3:0] \$4665 ;
-  wire \$4666 ;
-  wire \$4667 ;
-  wire [3:0] \$4668 ;
-  wire \$4669 ;
+  wire [15:0] \$4664 ;
+  wire [15:0] \$4665 ;
+  wire [15:0] \$4666 ;
+  wire [15:0] \$4667 ;
+  wire [15:0] \$4668 ;
+  wire [15:0] \$4669 ;
   wire \$467 ;
   wire \$4670 ;
-  wire [4:0] \$4671 ;
-  wire [4:0] \$4672 ;
-  wire [4:0] \$4673 ;
-  wire [4:0] \$4674 ;
-  wire [4:0] \$4675 ;
-  wire \$4676 ;
+  wire \$4671 ;
+  wire [15:0] \$4672 ;
+  wire \$4673 ;
+  wire \$4674 ;
+  wire [15:0] \$4675 ;
+  wire [15:0] \$4676 ;
   wire \$4677 ;
-  wire [4:0] \$4678 ;
-  wire \$4679 ;
+  wire \$4678 ;
+  wire [15:0] \$4679 ;
   wire \$468 ;
   wire \$4680 ;
-  wire [4:0] \$4681 ;
-  wire [4:0] \$4682 ;
-  wire \$4683 ;
-  wire \$4684 ;
-  wire [4:0] \$4685 ;
+  wire \$4681 ;
+  wire [15:0] \$4682 ;
+  wire [15:0] \$4683 ;
+  wire [15:0] \$4684 ;
+  wire [3:0] \$4685 ;
   wire \$4686 ;
   wire \$4687 ;
-  wire [4:0] \$4688 ;
-  wire [4:0] \$4689 ;
+  wire [3:0] \$4688 ;
+  wire [3:0] \$4689 ;
   wire \$469 ;
-  wire [4:0] \$4690 ;
+  wire \$4690 ;
   wire \$4691 ;
-  wire \$4692 ;
-  wire [4:0] \$4693 ;
+  wire [3:0] \$4692 ;
+  wire \$4693 ;
   wire \$4694 ;
-  wire \$4695 ;
-  wire [4:0] \$4696 ;
-  wire [4:0] \$4697 ;
+  wire [3:0] \$4695 ;
+  wire [3:0] \$4696 ;
+  wire [3:0] \$4697 ;
   wire \$4698 ;
   wire \$4699 ;
-  wire [1:0] \$47 ;
+  reg [2:0] \$47 ;
   wire \$470 ;
-  wire [4:0] \$4700 ;
+  wire [3:0] \$4700 ;
   wire \$4701 ;
   wire \$4702 ;
-  wire [4:0] \$4703 ;
-  wire [4:0] \$4704 ;
-  wire [4:0] \$4705 ;
-  wire [4:0] \$4706 ;
-  wire \$4707 ;
+  wire [3:0] \$4703 ;
+  wire [3:0] \$4704 ;
+  wire \$4705 ;
+  wire \$4706 ;
+  wire [3:0] \$4707 ;
   wire \$4708 ;
-  wire [4:0] \$4709 ;
+  wire \$4709 ;
   wire \$471 ;
-  wire \$4710 ;
-  wire \$4711 ;
-  wire [4:0] \$4712 ;
-  wire [4:0] \$4713 ;
+  wire [3:0] \$4710 ;
+  wire [3:0] \$4711 ;
+  wire [3:0] \$4712 ;
+  wire [3:0] \$4713 ;
   wire \$4714 ;
   wire \$4715 ;
-  wire [4:0] \$4716 ;
+  wire [3:0] \$4716 ;
   wire \$4717 ;
   wire \$4718 ;
-  wire [4:0] \$4719 ;
+  wire [3:0] \$4719 ;
   wire \$472 ;
-  wire [4:0] \$4720 ;
-  wire [4:0] \$4721 ;
+  wire [3:0] \$4720 ;
+  wire \$4721 ;
   wire \$4722 ;
-  wire \$4723 ;
-  wire [4:0] \$4724 ;
+  wire [3:0] \$4723 ;
+  wire \$4724 ;
   wire \$4725 ;
-  wire \$4726 ;
-  wire [4:0] \$4727 ;
-  wire [4:0] \$4728 ;
+  wire [3:0] \$4726 ;
+  wire [3:0] \$4727 ;
+  wire [3:0] \$4728 ;
   wire \$4729 ;
   wire \$473 ;
   wire \$4730 ;
-  wire [4:0] \$4731 ;
+  wire [3:0] \$4731 ;
   wire \$4732 ;
   wire \$4733 ;
-  wire [5:0] \$4734 ;
-  wire [5:0] \$4735 ;
-  wire [5:0] \$4736 ;
-  wire [5:0] \$4737 ;
-  wire [5:0] \$4738 ;
-  wire [5:0] \$4739 ;
+  wire [3:0] \$4734 ;
+  wire [3:0] \$4735 ;
+  wire \$4736 ;
+  wire \$4737 ;
+  wire [3:0] \$4738 ;
+  wire \$4739 ;
   wire \$474 ;
   wire \$4740 ;
-  wire \$4741 ;
-  wire [5:0] \$4742 ;
-  wire \$4743 ;
-  wire \$4744 ;
-  wire [5:0] \$4745 ;
-  wire [5:0] \$4746 ;
+  wire [3:0] \$4741 ;
+  wire [3:0] \$4742 ;
+  wire [3:0] \$4743 ;
+  wire [3:0] \$4744 ;
+  wire [3:0] \$4745 ;
+  wire \$4746 ;
   wire \$4747 ;
-  wire \$4748 ;
-  wire [5:0] \$4749 ;
+  wire [3:0] \$4748 ;
+  wire \$4749 ;
   wire \$475 ;
-  wire [5:0] \$4750 ;
-  wire [15:0] \$4751 ;
-  wire \$4752 ;
+  wire \$4750 ;
+  wire [3:0] \$4751 ;
+  wire [3:0] \$4752 ;
   wire \$4753 ;
-  wire [15:0] \$4754 ;
-  wire [15:0] \$4755 ;
+  wire \$4754 ;
+  wire [3:0] \$4755 ;
   wire \$4756 ;
   wire \$4757 ;
-  wire [15:0] \$4758 ;
-  wire \$4759 ;
+  wire [3:0] \$4758 ;
+  wire [3:0] \$4759 ;
   wire \$476 ;
-  wire \$4760 ;
-  wire [15:0] \$4761 ;
-  wire [15:0] \$4762 ;
-  wire [15:0] \$4763 ;
+  wire [3:0] \$4760 ;
+  wire \$4761 ;
+  wire \$4762 ;
+  wire [3:0] \$4763 ;
   wire \$4764 ;
   wire \$4765 ;
-  wire [15:0] \$4766 ;
-  wire \$4767 ;
+  wire [3:0] \$4766 ;
+  wire [3:0] \$4767 ;
   wire \$4768 ;
-  wire [15:0] \$4769 ;
+  wire \$4769 ;
   wire \$477 ;
-  wire [15:0] \$4770 ;
+  wire [3:0] \$4770 ;
   wire \$4771 ;
   wire \$4772 ;
-  wire [15:0] \$4773 ;
-  wire \$4774 ;
-  wire \$4775 ;
-  wire [15:0] \$4776 ;
-  wire [15:0] \$4777 ;
-  wire [15:0] \$4778 ;
-  wire [15:0] \$4779 ;
+  wire [3:0] \$4773 ;
+  wire [3:0] \$4774 ;
+  wire [3:0] \$4775 ;
+  wire [3:0] \$4776 ;
+  wire \$4777 ;
+  wire \$4778 ;
+  wire [3:0] \$4779 ;
   wire \$478 ;
   wire \$4780 ;
   wire \$4781 ;
-  wire [15:0] \$4782 ;
-  wire \$4783 ;
+  wire [3:0] \$4782 ;
+  wire [3:0] \$4783 ;
   wire \$4784 ;
-  wire [15:0] \$4785 ;
-  wire [15:0] \$4786 ;
+  wire \$4785 ;
+  wire [3:0] \$4786 ;
   wire \$4787 ;
   wire \$4788 ;
-  wire [15:0] \$4789 ;
+  wire [3:0] \$4789 ;
   wire \$479 ;
-  wire \$4790 ;
-  wire \$4791 ;
-  wire [15:0] \$4792 ;
-  wire [15:0] \$4793 ;
-  wire [15:0] \$4794 ;
+  wire [3:0] \$4790 ;
+  wire [3:0] \$4791 ;
+  wire \$4792 ;
+  wire \$4793 ;
+  wire [3:0] \$4794 ;
   wire \$4795 ;
   wire \$4796 ;
-  wire [15:0] \$4797 ;
-  wire \$4798 ;
+  wire [3:0] \$4797 ;
+  wire [3:0] \$4798 ;
   wire \$4799 ;
-  wire [2:0] \$48 ;
+  wire [3:0] \$48 ;
   wire \$480 ;
-  wire [15:0] \$4800 ;
-  wire [15:0] \$4801 ;
+  wire \$4800 ;
+  wire [3:0] \$4801 ;
   wire \$4802 ;
   wire \$4803 ;
-  wire [15:0] \$4804 ;
-  wire \$4805 ;
-  wire \$4806 ;
-  wire [15:0] \$4807 ;
-  wire [15:0] \$4808 ;
-  wire [15:0] \$4809 ;
+  wire [3:0] \$4804 ;
+  wire [3:0] \$4805 ;
+  wire [3:0] \$4806 ;
+  wire [3:0] \$4807 ;
+  wire [3:0] \$4808 ;
+  wire [3:0] \$4809 ;
   wire \$481 ;
-  wire [15:0] \$4810 ;
-  wire [15:0] \$4811 ;
-  wire \$4812 ;
+  wire \$4810 ;
+  wire \$4811 ;
+  wire [3:0] \$4812 ;
   wire \$4813 ;
-  wire [15:0] \$4814 ;
-  wire \$4815 ;
-  wire \$4816 ;
-  wire [15:0] \$4817 ;
-  wire [15:0] \$4818 ;
-  wire \$4819 ;
+  wire \$4814 ;
+  wire [3:0] \$4815 ;
+  wire [3:0] \$4816 ;
+  wire \$4817 ;
+  wire \$4818 ;
+  wire [3:0] \$4819 ;
   wire \$482 ;
   wire \$4820 ;
-  wire [15:0] \$4821 ;
-  wire \$4822 ;
-  wire \$4823 ;
-  wire [15:0] \$4824 ;
-  wire [15:0] \$4825 ;
-  wire [15:0] \$4826 ;
+  wire \$4821 ;
+  wire [3:0] \$4822 ;
+  wire [3:0] \$4823 ;
+  wire [3:0] \$4824 ;
+  wire \$4825 ;
+  wire \$4826 ;
   wire \$4827 ;
   wire \$4828 ;
-  wire [15:0] \$4829 ;
+  wire \$4829 ;
   wire \$483 ;
-  wire \$4830 ;
-  wire \$4831 ;
-  wire [15:0] \$4832 ;
-  wire [15:0] \$4833 ;
-  wire \$4834 ;
+  wire [1:0] \$4830 ;
+  wire [1:0] \$4831 ;
+  wire \$4832 ;
+  wire \$4833 ;
+  wire [1:0] \$4834 ;
   wire \$4835 ;
-  wire [15:0] \$4836 ;
-  wire \$4837 ;
-  wire \$4838 ;
-  wire [15:0] \$4839 ;
+  wire \$4836 ;
+  wire [2:0] \$4837 ;
+  wire [2:0] \$4838 ;
+  wire [2:0] \$4839 ;
   wire \$484 ;
-  wire [15:0] \$4840 ;
-  wire [15:0] \$4841 ;
-  wire [15:0] \$4842 ;
+  wire \$4840 ;
+  wire \$4841 ;
+  wire [2:0] \$4842 ;
   wire \$4843 ;
   wire \$4844 ;
-  wire [15:0] \$4845 ;
-  wire \$4846 ;
+  wire [2:0] \$4845 ;
+  wire [2:0] \$4846 ;
   wire \$4847 ;
-  wire [15:0] \$4848 ;
-  wire [15:0] \$4849 ;
+  wire \$4848 ;
+  wire [2:0] \$4849 ;
   wire \$485 ;
   wire \$4850 ;
   wire \$4851 ;
-  wire [15:0] \$4852 ;
-  wire \$4853 ;
-  wire \$4854 ;
-  wire [15:0] \$4855 ;
-  wire [15:0] \$4856 ;
-  wire [15:0] \$4857 ;
-  wire \$4858 ;
+  wire [3:0] \$4852 ;
+  wire [3:0] \$4853 ;
+  wire [3:0] \$4854 ;
+  wire [3:0] \$4855 ;
+  wire \$4856 ;
+  wire \$4857 ;
+  wire [3:0] \$4858 ;
   wire \$4859 ;
   wire \$486 ;
-  wire [15:0] \$4860 ;
-  wire \$4861 ;
-  wire \$4862 ;
-  wire [15:0] \$4863 ;
-  wire [15:0] \$4864 ;
-  wire \$4865 ;
+  wire \$4860 ;
+  wire [3:0] \$4861 ;
+  wire [3:0] \$4862 ;
+  wire \$4863 ;
+  wire \$4864 ;
+  wire [3:0] \$4865 ;
   wire \$4866 ;
-  wire [15:0] \$4867 ;
-  wire \$4868 ;
-  wire \$4869 ;
+  wire \$4867 ;
+  wire [3:0] \$4868 ;
+  wire [3:0] \$4869 ;
   wire \$487 ;
-  wire [15:0] \$4870 ;
-  wire [15:0] \$4871 ;
-  wire [15:0] \$4872 ;
-  wire [15:0] \$4873 ;
-  wire [15:0] \$4874 ;
-  wire [15:0] \$4875 ;
-  wire \$4876 ;
-  wire \$4877 ;
-  wire [15:0] \$4878 ;
+  wire [3:0] \$4870 ;
+  wire \$4871 ;
+  wire \$4872 ;
+  wire [3:0] \$4873 ;
+  wire \$4874 ;
+  wire \$4875 ;
+  wire [3:0] \$4876 ;
+  wire [3:0] \$4877 ;
+  wire \$4878 ;
   wire \$4879 ;
   wire \$488 ;
-  wire \$4880 ;
-  wire [15:0] \$4881 ;
-  wire [15:0] \$4882 ;
-  wire \$4883 ;
-  wire \$4884 ;
-  wire [15:0] \$4885 ;
-  wire \$4886 ;
-  wire \$4887 ;
-  wire [15:0] \$4888 ;
-  wire [15:0] \$4889 ;
+  wire [3:0] \$4880 ;
+  wire \$4881 ;
+  wire \$4882 ;
+  wire [4:0] \$4883 ;
+  wire [4:0] \$4884 ;
+  wire [4:0] \$4885 ;
+  wire [4:0] \$4886 ;
+  wire [4:0] \$4887 ;
+  wire \$4888 ;
+  wire \$4889 ;
   wire \$489 ;
-  wire [15:0] \$4890 ;
-  wire [3:0] \$4891 ;
+  wire [4:0] \$4890 ;
+  wire \$4891 ;
   wire \$4892 ;
-  wire \$4893 ;
-  wire [3:0] \$4894 ;
-  wire [3:0] \$4895 ;
+  wire [4:0] \$4893 ;
+  wire [4:0] \$4894 ;
+  wire \$4895 ;
   wire \$4896 ;
-  wire \$4897 ;
-  wire [3:0] \$4898 ;
+  wire [4:0] \$4897 ;
+  wire \$4898 ;
   wire \$4899 ;
-  wire [1:0] \$49 ;
+  reg [2:0] \$49 ;
   wire \$490 ;
-  wire \$4900 ;
-  wire [3:0] \$4901 ;
-  wire [3:0] \$4902 ;
-  wire [3:0] \$4903 ;
+  wire [4:0] \$4900 ;
+  wire [4:0] \$4901 ;
+  wire [4:0] \$4902 ;
+  wire \$4903 ;
   wire \$4904 ;
-  wire \$4905 ;
-  wire [3:0] \$4906 ;
+  wire [4:0] \$4905 ;
+  wire \$4906 ;
   wire \$4907 ;
-  wire \$4908 ;
-  wire [3:0] \$4909 ;
+  wire [4:0] \$4908 ;
+  wire [4:0] \$4909 ;
   wire \$491 ;
-  wire [3:0] \$4910 ;
+  wire \$4910 ;
   wire \$4911 ;
-  wire \$4912 ;
-  wire [3:0] \$4913 ;
+  wire [4:0] \$4912 ;
+  wire \$4913 ;
   wire \$4914 ;
-  wire \$4915 ;
-  wire [3:0] \$4916 ;
-  wire [3:0] \$4917 ;
-  wire [3:0] \$4918 ;
-  wire [3:0] \$4919 ;
+  wire [4:0] \$4915 ;
+  wire [4:0] \$4916 ;
+  wire [4:0] \$4917 ;
+  wire [4:0] \$4918 ;
+  wire \$4919 ;
   wire \$492 ;
   wire \$4920 ;
-  wire \$4921 ;
-  wire [3:0] \$4922 ;
+  wire [4:0] \$4921 ;
+  wire \$4922 ;
   wire \$4923 ;
-  wire \$4924 ;
-  wire [3:0] \$4925 ;
-  wire [3:0] \$4926 ;
+  wire [4:0] \$4924 ;
+  wire [4:0] \$4925 ;
+  wire \$4926 ;
   wire \$4927 ;
-  wire \$4928 ;
-  wire [3:0] \$4929 ;
+  wire [4:0] \$4928 ;
+  wire \$4929 ;
   wire \$493 ;
   wire \$4930 ;
-  wire \$4931 ;
-  wire [3:0] \$4932 ;
-  wire [3:0] \$4933 ;
-  wire [3:0] \$4934 ;
+  wire [4:0] \$4931 ;
+  wire [4:0] \$4932 ;
+  wire [4:0] \$4933 ;
+  wire \$4934 ;
   wire \$4935 ;
-  wire \$4936 ;
-  wire [3:0] \$4937 ;
+  wire [4:0] \$4936 ;
+  wire \$4937 ;
   wire \$4938 ;
-  wire \$4939 ;
+  wire [4:0] \$4939 ;
   wire \$494 ;
-  wire [3:0] \$4940 ;
-  wire [3:0] \$4941 ;
+  wire [4:0] \$4940 ;
+  wire \$4941 ;
   wire \$4942 ;
-  wire \$4943 ;
-  wire [3:0] \$4944 ;
+  wire [4:0] \$4943 ;
+  wire \$4944 ;
   wire \$4945 ;
-  wire \$4946 ;
-  wire [3:0] \$4947 ;
-  wire [3:0] \$4948 ;
-  wire [3:0] \$4949 ;
+  wire [5:0] \$4946 ;
+  wire [5:0] \$4947 ;
+  wire [5:0] \$4948 ;
+  wire [5:0] \$4949 ;
   wire \$495 ;
-  wire [3:0] \$4950 ;
-  wire [3:0] \$4951 ;
+  wire [5:0] \$4950 ;
+  wire [5:0] \$4951 ;
   wire \$4952 ;
   wire \$4953 ;
-  wire [3:0] \$4954 ;
+  wire [5:0] \$4954 ;
   wire \$4955 ;
   wire \$4956 ;
-  wire [3:0] \$4957 ;
-  wire [3:0] \$4958 ;
+  wire [5:0] \$4957 ;
+  wire [5:0] \$4958 ;
   wire \$4959 ;
   wire \$496 ;
   wire \$4960 ;
-  wire [3:0] \$4961 ;
-  wire \$4962 ;
-  wire \$4963 ;
-  wire [3:0] \$4964 ;
-  wire [3:0] \$4965 ;
-  wire [3:0] \$4966 ;
-  wire \$4967 ;
+  wire [5:0] \$4961 ;
+  wire [5:0] \$4962 ;
+  wire [15:0] \$4963 ;
+  wire \$4964 ;
+  wire \$4965 ;
+  wire [15:0] \$4966 ;
+  wire [15:0] \$4967 ;
   wire \$4968 ;
-  wire [3:0] \$4969 ;
+  wire \$4969 ;
   wire \$497 ;
-  wire \$4970 ;
+  wire [15:0] \$4970 ;
   wire \$4971 ;
-  wire [3:0] \$4972 ;
-  wire [3:0] \$4973 ;
-  wire \$4974 ;
-  wire \$4975 ;
-  wire [3:0] \$4976 ;
+  wire \$4972 ;
+  wire [15:0] \$4973 ;
+  wire [15:0] \$4974 ;
+  wire [15:0] \$4975 ;
+  wire \$4976 ;
   wire \$4977 ;
-  wire \$4978 ;
-  wire [3:0] \$4979 ;
+  wire [15:0] \$4978 ;
+  wire \$4979 ;
   wire \$498 ;
-  wire [3:0] \$4980 ;
-  wire [3:0] \$4981 ;
-  wire [3:0] \$4982 ;
+  wire \$4980 ;
+  wire [15:0] \$4981 ;
+  wire [15:0] \$4982 ;
   wire \$4983 ;
   wire \$4984 ;
-  wire [3:0] \$4985 ;
+  wire [15:0] \$4985 ;
   wire \$4986 ;
   wire \$4987 ;
-  wire [3:0] \$4988 ;
-  wire [3:0] \$4989 ;
+  wire [15:0] \$4988 ;
+  wire [15:0] \$4989 ;
   wire \$499 ;
-  wire \$4990 ;
-  wire \$4991 ;
-  wire [3:0] \$4992 ;
+  wire [15:0] \$4990 ;
+  wire [15:0] \$4991 ;
+  wire \$4992 ;
   wire \$4993 ;
-  wire \$4994 ;
-  wire [3:0] \$4995 ;
-  wire [3:0] \$4996 ;
-  wire [3:0] \$4997 ;
-  wire \$4998 ;
+  wire [15:0] \$4994 ;
+  wire \$4995 ;
+  wire \$4996 ;
+  wire [15:0] \$4997 ;
+  wire [15:0] \$4998 ;
   wire \$4999 ;
-  wire [1:0] \$5 ;
-  wire [1:0] \$50 ;
+  reg [2:0] \$5 ;
+  reg [2:0] \$50 ;
   wire \$500 ;
-  wire [3:0] \$5000 ;
-  wire \$5001 ;
+  wire \$5000 ;
+  wire [15:0] \$5001 ;
   wire \$5002 ;
-  wire [3:0] \$5003 ;
-  wire [3:0] \$5004 ;
-  wire \$5005 ;
-  wire \$5006 ;
-  wire [3:0] \$5007 ;
+  wire \$5003 ;
+  wire [15:0] \$5004 ;
+  wire [15:0] \$5005 ;
+  wire [15:0] \$5006 ;
+  wire \$5007 ;
   wire \$5008 ;
-  wire \$5009 ;
+  wire [15:0] \$5009 ;
   wire \$501 ;
-  wire [3:0] \$5010 ;
-  wire [3:0] \$5011 ;
-  wire [3:0] \$5012 ;
-  wire [3:0] \$5013 ;
-  wire [3:0] \$5014 ;
-  wire [3:0] \$5015 ;
-  wire \$5016 ;
+  wire \$5010 ;
+  wire \$5011 ;
+  wire [15:0] \$5012 ;
+  wire [15:0] \$5013 ;
+  wire \$5014 ;
+  wire \$5015 ;
+  wire [15:0] \$5016 ;
   wire \$5017 ;
-  wire [3:0] \$5018 ;
-  wire \$5019 ;
+  wire \$5018 ;
+  wire [15:0] \$5019 ;
   wire \$502 ;
-  wire \$5020 ;
-  wire [3:0] \$5021 ;
-  wire [3:0] \$5022 ;
-  wire \$5023 ;
+  wire [15:0] \$5020 ;
+  wire [15:0] \$5021 ;
+  wire [15:0] \$5022 ;
+  wire [15:0] \$5023 ;
   wire \$5024 ;
-  wire [3:0] \$5025 ;
-  wire \$5026 ;
+  wire \$5025 ;
+  wire [15:0] \$5026 ;
   wire \$5027 ;
-  wire [3:0] \$5028 ;
-  wire [3:0] \$5029 ;
+  wire \$5028 ;
+  wire [15:0] \$5029 ;
   wire \$503 ;
-  wire [3:0] \$5030 ;
-  wire [4:0] \$5031 ;
-  wire [1:0] \$5032 ;
-  wire [1:0] \$5033 ;
-  wire [2:0] \$5034 ;
-  wire [1:0] \$5035 ;
-  wire [1:0] \$5036 ;
-  wire [2:0] \$5037 ;
-  wire [4:0] \$5038 ;
-  wire [1:0] \$5039 ;
+  wire [15:0] \$5030 ;
+  wire \$5031 ;
+  wire \$5032 ;
+  wire [15:0] \$5033 ;
+  wire \$5034 ;
+  wire \$5035 ;
+  wire [15:0] \$5036 ;
+  wire [15:0] \$5037 ;
+  wire [15:0] \$5038 ;
+  wire \$5039 ;
   wire \$504 ;
-  wire [1:0] \$5040 ;
-  wire [3:0] \$5041 ;
-  wire [1:0] \$5042 ;
-  wire [1:0] \$5043 ;
-  wire [3:0] \$5044 ;
-  wire \$5045 ;
-  wire [7:0] \$5046 ;
-  wire [4:0] \$5047 ;
-  wire \$5048 ;
+  wire \$5040 ;
+  wire [15:0] \$5041 ;
+  wire \$5042 ;
+  wire \$5043 ;
+  wire [15:0] \$5044 ;
+  wire [15:0] \$5045 ;
+  wire \$5046 ;
+  wire \$5047 ;
+  wire [15:0] \$5048 ;
   wire \$5049 ;
   wire \$505 ;
   wire \$5050 ;
-  wire \$5051 ;
-  wire \$5052 ;
-  wire [1:0] \$5053 ;
-  wire [1:0] \$5054 ;
+  wire [15:0] \$5051 ;
+  wire [15:0] \$5052 ;
+  wire [15:0] \$5053 ;
+  wire [15:0] \$5054 ;
   wire \$5055 ;
   wire \$5056 ;
-  wire [1:0] \$5057 ;
+  wire [15:0] \$5057 ;
   wire \$5058 ;
   wire \$5059 ;
   wire \$506 ;
-  wire [2:0] \$5060 ;
-  wire [2:0] \$5061 ;
-  wire [2:0] \$5062 ;
+  wire [15:0] \$5060 ;
+  wire [15:0] \$5061 ;
+  wire \$5062 ;
   wire \$5063 ;
-  wire \$5064 ;
-  wire [2:0] \$5065 ;
+  wire [15:0] \$5064 ;
+  wire \$5065 ;
   wire \$5066 ;
-  wire \$5067 ;
-  wire [2:0] \$5068 ;
-  wire [2:0] \$5069 ;
+  wire [15:0] \$5067 ;
+  wire [15:0] \$5068 ;
+  wire [15:0] \$5069 ;
   wire \$507 ;
   wire \$5070 ;
   wire \$5071 ;
-  wire [2:0] \$5072 ;
+  wire [15:0] \$5072 ;
   wire \$5073 ;
   wire \$5074 ;
-  wire [3:0] \$5075 ;
-  wire [3:0] \$5076 ;
-  wire [3:0] \$5077 ;
-  wire [3:0] \$5078 ;
-  wire \$5079 ;
+  wire [15:0] \$5075 ;
+  wire [15:0] \$5076 ;
+  wire \$5077 ;
+  wire \$5078 ;
+  wire [15:0] \$5079 ;
   wire \$508 ;
   wire \$5080 ;
-  wire [3:0] \$5081 ;
-  wire \$5082 ;
-  wire \$5083 ;
-  wire [3:0] \$5084 ;
-  wire [3:0] \$5085 ;
-  wire \$5086 ;
-  wire \$5087 ;
-  wire [3:0] \$5088 ;
+  wire \$5081 ;
+  wire [15:0] \$5082 ;
+  wire [15:0] \$5083 ;
+  wire [15:0] \$5084 ;
+  wire [15:0] \$5085 ;
+  wire [15:0] \$5086 ;
+  wire [15:0] \$5087 ;
+  wire \$5088 ;
   wire \$5089 ;
   wire \$509 ;
-  wire \$5090 ;
-  wire [3:0] \$5091 ;
-  wire [3:0] \$5092 ;
-  wire [3:0] \$5093 ;
-  wire \$5094 ;
+  wire [15:0] \$5090 ;
+  wire \$5091 ;
+  wire \$5092 ;
+  wire [15:0] \$5093 ;
+  wire [15:0] \$5094 ;
   wire \$5095 ;
-  wire [3:0] \$5096 ;
-  wire \$5097 ;
+  wire \$5096 ;
+  wire [15:0] \$5097 ;
   wire \$5098 ;
-  wire [3:0] \$5099 ;
-  wire [2:0] \$51 ;
+  wire \$5099 ;
+  wire [3:0] \$51 ;
   wire \$510 ;
-  wire [3:0] \$5100 ;
-  wire \$5101 ;
-  wire \$5102 ;
+  wire [15:0] \$5100 ;
+  wire [15:0] \$5101 ;
+  wire [15:0] \$5102 ;
   wire [3:0] \$5103 ;
   wire \$5104 ;
   wire \$5105 ;
-  wire [4:0] \$5106 ;
-  wire [4:0] \$5107 ;
-  wire [4:0] \$5108 ;
-  wire [4:0] \$5109 ;
+  wire [3:0] \$5106 ;
+  wire [3:0] \$5107 ;
+  wire \$5108 ;
+  wire \$5109 ;
   wire \$511 ;
-  wire [4:0] \$5110 ;
+  wire [3:0] \$5110 ;
   wire \$5111 ;
   wire \$5112 ;
-  wire [4:0] \$5113 ;
-  wire \$5114 ;
-  wire \$5115 ;
-  wire [4:0] \$5116 ;
-  wire [4:0] \$5117 ;
-  wire \$5118 ;
+  wire [3:0] \$5113 ;
+  wire [3:0] \$5114 ;
+  wire [3:0] \$5115 ;
+  wire \$5116 ;
+  wire \$5117 ;
+  wire [3:0] \$5118 ;
   wire \$5119 ;
   wire \$512 ;
-  wire [4:0] \$5120 ;
-  wire \$5121 ;
-  wire \$5122 ;
-  wire [4:0] \$5123 ;
-  wire [4:0] \$5124 ;
-  wire [4:0] \$5125 ;
+  wire \$5120 ;
+  wire [3:0] \$5121 ;
+  wire [3:0] \$5122 ;
+  wire \$5123 ;
+  wire \$5124 ;
+  wire [3:0] \$5125 ;
   wire \$5126 ;
   wire \$5127 ;
-  wire [4:0] \$5128 ;
-  wire \$5129 ;
+  wire [3:0] \$5128 ;
+  wire [3:0] \$5129 ;
   wire \$513 ;
-  wire \$5130 ;
-  wire [4:0] \$5131 ;
-  wire [4:0] \$5132 ;
+  wire [3:0] \$5130 ;
+  wire [3:0] \$5131 ;
+  wire \$5132 ;
   wire \$5133 ;
-  wire \$5134 ;
-  wire [4:0] \$5135 ;
+  wire [3:0] \$5134 ;
+  wire \$5135 ;
   wire \$5136 ;
-  wire \$5137 ;
-  wire [4:0] \$5138 ;
-  wire [4:0] \$5139 ;
+  wire [3:0] \$5137 ;
+  wire [3:0] \$5138 ;
+  wire \$5139 ;
   wire \$514 ;
-  wire [4:0] \$5140 ;
-  wire [4:0] \$5141 ;
+  wire \$5140 ;
+  wire [3:0] \$5141 ;
   wire \$5142 ;
   wire \$5143 ;
-  wire [4:0] \$5144 ;
-  wire \$5145 ;
-  wire \$5146 ;
-  wire [4:0] \$5147 ;
-  wire [4:0] \$5148 ;
-  wire \$5149 ;
+  wire [3:0] \$5144 ;
+  wire [3:0] \$5145 ;
+  wire [3:0] \$5146 ;
+  wire \$5147 ;
+  wire \$5148 ;
+  wire [3:0] \$5149 ;
   wire \$515 ;
   wire \$5150 ;
-  wire [4:0] \$5151 ;
-  wire \$5152 ;
-  wire \$5153 ;
-  wire [4:0] \$5154 ;
-  wire [4:0] \$5155 ;
-  wire [4:0] \$5156 ;
+  wire \$5151 ;
+  wire [3:0] \$5152 ;
+  wire [3:0] \$5153 ;
+  wire \$5154 ;
+  wire \$5155 ;
+  wire [3:0] \$5156 ;
   wire \$5157 ;
   wire \$5158 ;
-  wire [4:0] \$5159 ;
+  wire [3:0] \$5159 ;
   wire \$516 ;
-  wire \$5160 ;
-  wire \$5161 ;
-  wire [4:0] \$5162 ;
-  wire [4:0] \$5163 ;
+  wire [3:0] \$5160 ;
+  wire [3:0] \$5161 ;
+  wire [3:0] \$5162 ;
+  wire [3:0] \$5163 ;
   wire \$5164 ;
   wire \$5165 ;
-  wire [4:0] \$5166 ;
+  wire [3:0] \$5166 ;
   wire \$5167 ;
   wire \$5168 ;
-  wire [5:0] \$5169 ;
+  wire [3:0] \$5169 ;
   wire \$517 ;
-  wire [5:0] \$5170 ;
-  wire [5:0] \$5171 ;
-  wire [5:0] \$5172 ;
-  wire [5:0] \$5173 ;
-  wire [5:0] \$5174 ;
+  wire [3:0] \$5170 ;
+  wire \$5171 ;
+  wire \$5172 ;
+  wire [3:0] \$5173 ;
+  wire \$5174 ;
   wire \$5175 ;
-  wire \$5176 ;
-  wire [5:0] \$5177 ;
-  wire \$5178 ;
+  wire [3:0] \$5176 ;
+  wire [3:0] \$5177 ;
+  wire [3:0] \$5178 ;
   wire \$5179 ;
   wire \$518 ;
-  wire [5:0] \$5180 ;
-  wire [5:0] \$5181 ;
+  wire \$5180 ;
+  wire [3:0] \$5181 ;
   wire \$5182 ;
   wire \$5183 ;
-  wire [5:0] \$5184 ;
-  wire [5:0] \$5185 ;
-  wire [15:0] \$5186 ;
+  wire [3:0] \$5184 ;
+  wire [3:0] \$5185 ;
+  wire \$5186 ;
   wire \$5187 ;
-  wire \$5188 ;
-  wire [15:0] \$5189 ;
+  wire [3:0] \$5188 ;
+  wire \$5189 ;
   wire \$519 ;
-  wire [15:0] \$5190 ;
-  wire \$5191 ;
-  wire \$5192 ;
-  wire [15:0] \$5193 ;
-  wire \$5194 ;
+  wire \$5190 ;
+  wire [3:0] \$5191 ;
+  wire [3:0] \$5192 ;
+  wire [3:0] \$5193 ;
+  wire [3:0] \$5194 ;
   wire \$5195 ;
-  wire [15:0] \$5196 ;
-  wire [15:0] \$5197 ;
-  wire [15:0] \$5198 ;
+  wire \$5196 ;
+  wire [3:0] \$5197 ;
+  wire \$5198 ;
   wire \$5199 ;
-  wire [3:0] \$52 ;
+  reg [2:0] \$52 ;
   wire \$520 ;
-  wire \$5200 ;
-  wire [15:0] \$5201 ;
+  wire [3:0] \$5200 ;
+  wire [3:0] \$5201 ;
   wire \$5202 ;
   wire \$5203 ;
-  wire [15:0] \$5204 ;
-  wire [15:0] \$5205 ;
+  wire [3:0] \$5204 ;
+  wire \$5205 ;
   wire \$5206 ;
-  wire \$5207 ;
-  wire [15:0] \$5208 ;
-  wire \$5209 ;
+  wire [3:0] \$5207 ;
+  wire [3:0] \$5208 ;
+  wire [3:0] \$5209 ;
   wire \$521 ;
   wire \$5210 ;
-  wire [15:0] \$5211 ;
-  wire [15:0] \$5212 ;
-  wire [15:0] \$5213 ;
-  wire [15:0] \$5214 ;
-  wire \$5215 ;
-  wire \$5216 ;
-  wire [15:0] \$5217 ;
+  wire \$5211 ;
+  wire [3:0] \$5212 ;
+  wire \$5213 ;
+  wire \$5214 ;
+  wire [3:0] \$5215 ;
+  wire [3:0] \$5216 ;
+  wire \$5217 ;
   wire \$5218 ;
-  wire \$5219 ;
+  wire [3:0] \$5219 ;
   wire \$522 ;
-  wire [15:0] \$5220 ;
-  wire [15:0] \$5221 ;
-  wire \$5222 ;
-  wire \$5223 ;
-  wire [15:0] \$5224 ;
-  wire \$5225 ;
-  wire \$5226 ;
-  wire [15:0] \$5227 ;
-  wire [15:0] \$5228 ;
-  wire [15:0] \$5229 ;
+  wire \$5220 ;
+  wire \$5221 ;
+  wire [3:0] \$5222 ;
+  wire [3:0] \$5223 ;
+  wire [3:0] \$5224 ;
+  wire [3:0] \$5225 ;
+  wire [3:0] \$5226 ;
+  wire [3:0] \$5227 ;
+  wire \$5228 ;
+  wire \$5229 ;
   wire \$523 ;
-  wire \$5230 ;
+  wire [3:0] \$5230 ;
   wire \$5231 ;
-  wire [15:0] \$5232 ;
-  wire \$5233 ;
-  wire \$5234 ;
-  wire [15:0] \$5235 ;
-  wire [15:0] \$5236 ;
-  wire \$5237 ;
+  wire \$5232 ;
+  wire [3:0] \$5233 ;
+  wire [3:0] \$5234 ;
+  wire \$5235 ;
+  wire \$5236 ;
+  wire [3:0] \$5237 ;
   wire \$5238 ;
-  wire [15:0] \$5239 ;
+  wire \$5239 ;
   wire \$524 ;
-  wire \$5240 ;
-  wire \$5241 ;
-  wire [15:0] \$5242 ;
-  wire [15:0] \$5243 ;
-  wire [15:0] \$5244 ;
-  wire [15:0] \$5245 ;
-  wire [15:0] \$5246 ;
-  wire \$5247 ;
-  wire \$5248 ;
-  wire [15:0] \$5249 ;
+  wire [3:0] \$5240 ;
+  wire [3:0] \$5241 ;
+  wire [3:0] \$5242 ;
+  reg [2:0] \$5243 ;
+  reg [2:0] \$5244 ;
+  wire [4:0] \$5245 ;
+  wire [3:0] \$5246 ;
+  wire [3:0] \$5247 ;
+  wire [3:0] \$5248 ;
+  wire [4:0] \$5249 ;
   wire \$525 ;
-  wire \$5250 ;
-  wire \$5251 ;
-  wire [15:0] \$5252 ;
-  wire [15:0] \$5253 ;
-  wire \$5254 ;
-  wire \$5255 ;
-  wire [15:0] \$5256 ;
-  wire \$5257 ;
-  wire \$5258 ;
-  wire [15:0] \$5259 ;
+  reg [2:0] \$5250 ;
+  reg [2:0] \$5251 ;
+  wire [4:0] \$5252 ;
+  wire [3:0] \$5253 ;
+  wire [3:0] \$5254 ;
+  wire [3:0] \$5255 ;
+  wire [4:0] \$5256 ;
+  reg [2:0] \$5257 ;
+  reg [2:0] \$5258 ;
+  wire [4:0] \$5259 ;
   wire \$526 ;
-  wire [15:0] \$5260 ;
-  wire [15:0] \$5261 ;
-  wire \$5262 ;
-  wire \$5263 ;
-  wire [15:0] \$5264 ;
-  wire \$5265 ;
-  wire \$5266 ;
-  wire [15:0] \$5267 ;
-  wire [15:0] \$5268 ;
-  wire \$5269 ;
+  wire [3:0] \$5260 ;
+  wire [3:0] \$5261 ;
+  wire [3:0] \$5262 ;
+  wire [4:0] \$5263 ;
+  reg [2:0] \$5264 ;
+  reg [2:0] \$5265 ;
+  wire [4:0] \$5266 ;
+  wire [3:0] \$5267 ;
+  wire [3:0] \$5268 ;
+  wire [3:0] \$5269 ;
   wire \$527 ;
-  wire \$5270 ;
-  wire [15:0] \$5271 ;
-  wire \$5272 ;
-  wire \$5273 ;
-  wire [15:0] \$5274 ;
-  wire [15:0] \$5275 ;
-  wire [15:0] \$5276 ;
-  wire [15:0] \$5277 ;
-  wire \$5278 ;
-  wire \$5279 ;
+  wire [4:0] \$5270 ;
+  reg [2:0] \$5271 ;
+  reg [2:0] \$5272 ;
+  wire [4:0] \$5273 ;
+  wire [3:0] \$5274 ;
+  wire [3:0] \$5275 ;
+  wire [3:0] \$5276 ;
+  wire [4:0] \$5277 ;
+  reg [2:0] \$5278 ;
+  reg [2:0] \$5279 ;
   wire \$528 ;
-  wire [15:0] \$5280 ;
-  wire \$5281 ;
-  wire \$5282 ;
-  wire [15:0] \$5283 ;
-  wire [15:0] \$5284 ;
-  wire \$5285 ;
-  wire \$5286 ;
-  wire [15:0] \$5287 ;
-  wire \$5288 ;
-  wire \$5289 ;
+  wire [4:0] \$5280 ;
+  wire [3:0] \$5281 ;
+  wire [3:0] \$5282 ;
+  wire [3:0] \$5283 ;
+  wire [4:0] \$5284 ;
+  reg [2:0] \$5285 ;
+  reg [2:0] \$5286 ;
+  wire [4:0] \$5287 ;
+  wire [3:0] \$5288 ;
+  wire [3:0] \$5289 ;
   wire \$529 ;
-  wire [15:0] \$5290 ;
-  wire [15:0] \$5291 ;
-  wire [15:0] \$5292 ;
-  wire \$5293 ;
-  wire \$5294 ;
-  wire [15:0] \$5295 ;
-  wire \$5296 ;
-  wire \$5297 ;
-  wire [15:0] \$5298 ;
-  wire [15:0] \$5299 ;
-  wire [1:0] \$53 ;
+  wire [3:0] \$5290 ;
+  wire [4:0] \$5291 ;
+  reg [2:0] \$5292 ;
+  reg [2:0] \$5293 ;
+  wire [4:0] \$5294 ;
+  wire [3:0] \$5295 ;
+  wire [3:0] \$5296 ;
+  wire [3:0] \$5297 ;
+  wire [4:0] \$5298 ;
+  wire [4:0] \$5299 ;
+  reg [2:0] \$53 ;
   wire \$530 ;
-  wire \$5300 ;
-  wire \$5301 ;
-  wire [15:0] \$5302 ;
+  wire [4:0] \$5300 ;
+  wire [3:0] \$5301 ;
+  wire [5:0] \$5302 ;
   wire \$5303 ;
   wire \$5304 ;
-  wire [15:0] \$5305 ;
-  wire [15:0] \$5306 ;
-  wire [15:0] \$5307 ;
-  wire [15:0] \$5308 ;
-  wire [15:0] \$5309 ;
+  wire \$5305 ;
+  wire \$5306 ;
+  wire \$5307 ;
+  wire \$5308 ;
+  wire \$5309 ;
   wire \$531 ;
-  wire [15:0] \$5310 ;
+  wire \$5310 ;
   wire \$5311 ;
   wire \$5312 ;
-  wire [15:0] \$5313 ;
+  wire \$5313 ;
   wire \$5314 ;
   wire \$5315 ;
-  wire [15:0] \$5316 ;
-  wire [15:0] \$5317 ;
+  wire \$5316 ;
+  wire \$5317 ;
   wire \$5318 ;
   wire \$5319 ;
   wire \$532 ;
-  wire [15:0] \$5320 ;
-  wire \$5321 ;
+  wire [8:0] \$5320 ;
+  wire [9:0] \$5321 ;
   wire \$5322 ;
-  wire [15:0] \$5323 ;
-  wire [15:0] \$5324 ;
-  wire [15:0] \$5325 ;
-  wire [3:0] \$5326 ;
-  wire \$5327 ;
-  wire \$5328 ;
-  wire [3:0] \$5329 ;
+  wire [11:0] \$5323 ;
+  wire [11:0] \$5324 ;
+  wire [11:0] \$5325 ;
+  wire [11:0] \$5326 ;
+  wire [11:0] \$5327 ;
+  wire [11:0] \$5328 ;
+  wire [11:0] \$5329 ;
   wire \$533 ;
-  wire [3:0] \$5330 ;
-  wire \$5331 ;
-  wire \$5332 ;
-  wire [3:0] \$5333 ;
-  wire \$5334 ;
-  wire \$5335 ;
-  wire [3:0] \$5336 ;
-  wire [3:0] \$5337 ;
-  wire [3:0] \$5338 ;
-  wire \$5339 ;
+  wire [11:0] \$5330 ;
+  wire [11:0] \$5331 ;
+  wire [11:0] \$5332 ;
+  wire [11:0] \$5333 ;
+  wire [11:0] \$5334 ;
+  wire [11:0] \$5335 ;
+  wire [11:0] \$5336 ;
+  wire [11:0] \$5337 ;
+  wire [11:0] \$5338 ;
+  wire [11:0] \$5339 ;
   wire \$534 ;
-  wire \$5340 ;
-  wire [3:0] \$5341 ;
-  wire \$5342 ;
-  wire \$5343 ;
-  wire [3:0] \$5344 ;
-  wire [3:0] \$5345 ;
-  wire \$5346 ;
-  wire \$5347 ;
-  wire [3:0] \$5348 ;
-  wire \$5349 ;
+  wire [11:0] \$5340 ;
+  wire [11:0] \$5341 ;
+  wire [11:0] \$5342 ;
+  wire [11:0] \$5343 ;
+  wire [11:0] \$5344 ;
+  wire [11:0] \$5345 ;
+  wire [11:0] \$5346 ;
+  wire [11:0] \$5347 ;
+  wire [11:0] \$5348 ;
+  wire [11:0] \$5349 ;
   wire \$535 ;
-  wire \$5350 ;
-  wire [3:0] \$5351 ;
-  wire [3:0] \$5352 ;
-  wire [3:0] \$5353 ;
-  wire [3:0] \$5354 ;
-  wire \$5355 ;
-  wire \$5356 ;
-  wire [3:0] \$5357 ;
-  wire \$5358 ;
-  wire \$5359 ;
+  wire [11:0] \$5350 ;
+  wire [11:0] \$5351 ;
+  wire [11:0] \$5352 ;
+  wire [11:0] \$5353 ;
+  wire [11:0] \$5354 ;
+  wire [11:0] \$5355 ;
+  wire [11:0] \$5356 ;
+  wire [11:0] \$5357 ;
+  wire [11:0] \$5358 ;
+  wire [11:0] \$5359 ;
   wire \$536 ;
-  wire [3:0] \$5360 ;
-  wire [3:0] \$5361 ;
+  wire [11:0] \$5360 ;
+  wire \$5361 ;
   wire \$5362 ;
   wire \$5363 ;
-  wire [3:0] \$5364 ;
+  wire \$5364 ;
   wire \$5365 ;
   wire \$5366 ;
-  wire [3:0] \$5367 ;
-  wire [3:0] \$5368 ;
-  wire [3:0] \$5369 ;
+  wire \$5367 ;
+  wire \$5368 ;
+  wire [11:0] \$5369 ;
   wire \$537 ;
-  wire \$5370 ;
-  wire \$5371 ;
-  wire [3:0] \$5372 ;
-  wire \$5373 ;
-  wire \$5374 ;
-  wire [3:0] \$5375 ;
-  wire [3:0] \$5376 ;
-  wire \$5377 ;
-  wire \$5378 ;
-  wire [3:0] \$5379 ;
+  wire [11:0] \$5370 ;
+  wire [11:0] \$5371 ;
+  wire [11:0] \$5372 ;
+  wire [11:0] \$5373 ;
+  wire [11:0] \$5374 ;
+  wire [11:0] \$5375 ;
+  wire [11:0] \$5376 ;
+  wire [11:0] \$5377 ;
+  wire [11:0] \$5378 ;
+  wire [11:0] \$5379 ;
   wire \$538 ;
-  wire \$5380 ;
-  wire \$5381 ;
-  wire [3:0] \$5382 ;
-  wire [3:0] \$5383 ;
-  wire [3:0] \$5384 ;
-  wire [3:0] \$5385 ;
-  wire [3:0] \$5386 ;
-  wire \$5387 ;
-  wire \$5388 ;
-  wire [3:0] \$5389 ;
+  wire [11:0] \$5380 ;
+  wire [11:0] \$5381 ;
+  wire [11:0] \$5382 ;
+  wire [11:0] \$5383 ;
+  wire [11:0] \$5384 ;
+  wire [11:0] \$5385 ;
+  wire [11:0] \$5386 ;
+  wire [11:0] \$5387 ;
+  wire [11:0] \$5388 ;
+  wire [11:0] \$5389 ;
   wire \$539 ;
-  wire \$5390 ;
-  wire \$5391 ;
-  wire [3:0] \$5392 ;
-  wire [3:0] \$5393 ;
-  wire \$5394 ;
-  wire \$5395 ;
-  wire [3:0] \$5396 ;
-  wire \$5397 ;
-  wire \$5398 ;
-  wire [3:0] \$5399 ;
-  wire [1:0] \$54 ;
+  wire [11:0] \$5390 ;
+  wire [11:0] \$5391 ;
+  wire [11:0] \$5392 ;
+  wire [11:0] \$5393 ;
+  wire [11:0] \$5394 ;
+  wire [11:0] \$5395 ;
+  wire [11:0] \$5396 ;
+  wire [11:0] \$5397 ;
+  wire [11:0] \$5398 ;
+  wire [11:0] \$5399 ;
+  wire [3:0] \$54 ;
   wire \$540 ;
-  wire [3:0] \$5400 ;
-  wire [3:0] \$5401 ;
-  wire \$5402 ;
-  wire \$5403 ;
-  wire [3:0] \$5404 ;
+  wire [11:0] \$5400 ;
+  wire [11:0] \$5401 ;
+  wire [11:0] \$5402 ;
+  wire [11:0] \$5403 ;
+  wire [11:0] \$5404 ;
   wire \$5405 ;
   wire \$5406 ;
-  wire [3:0] \$5407 ;
-  wire [3:0] \$5408 ;
-  wire \$5409 ;
+  wire [11:0] \$5407 ;
+  wire [11:0] \$5408 ;
+  wire [11:0] \$5409 ;
   wire \$541 ;
-  wire \$5410 ;
-  wire [3:0] \$5411 ;
-  wire \$5412 ;
-  wire \$5413 ;
-  wire [3:0] \$5414 ;
-  wire [3:0] \$5415 ;
-  wire [3:0] \$5416 ;
-  wire [3:0] \$5417 ;
-  wire \$5418 ;
-  wire \$5419 ;
+  wire [11:0] \$5410 ;
+  wire [11:0] \$5411 ;
+  wire [11:0] \$5412 ;
+  wire [11:0] \$5413 ;
+  wire [11:0] \$5414 ;
+  wire [11:0] \$5415 ;
+  wire [11:0] \$5416 ;
+  wire [11:0] \$5417 ;
+  wire [11:0] \$5418 ;
+  wire [11:0] \$5419 ;
   wire \$542 ;
-  wire [3:0] \$5420 ;
-  wire \$5421 ;
-  wire \$5422 ;
-  wire [3:0] \$5423 ;
-  wire [3:0] \$5424 ;
-  wire \$5425 ;
-  wire \$5426 ;
-  wire [3:0] \$5427 ;
-  wire \$5428 ;
-  wire \$5429 ;
+  wire [11:0] \$5420 ;
+  wire [11:0] \$5421 ;
+  wire [11:0] \$5422 ;
+  wire [11:0] \$5423 ;
+  wire [11:0] \$5424 ;
+  wire [11:0] \$5425 ;
+  wire [11:0] \$5426 ;
+  wire [11:0] \$5427 ;
+  wire [11:0] \$5428 ;
+  wire [11:0] \$5429 ;
   wire \$543 ;
-  wire [3:0] \$5430 ;
-  wire [3:0] \$5431 ;
-  wire [3:0] \$5432 ;
-  wire \$5433 ;
-  wire \$5434 ;
-  wire [3:0] \$5435 ;
-  wire \$5436 ;
-  wire \$5437 ;
-  wire [3:0] \$5438 ;
-  wire [3:0] \$5439 ;
+  wire [11:0] \$5430 ;
+  wire \$5431 ;
+  wire \$5432 ;
+  wire [11:0] \$5433 ;
+  wire [11:0] \$5434 ;
+  wire [11:0] \$5435 ;
+  wire [11:0] \$5436 ;
+  wire [11:0] \$5437 ;
+  wire [11:0] \$5438 ;
+  wire [11:0] \$5439 ;
   wire \$544 ;
-  wire \$5440 ;
-  wire \$5441 ;
-  wire [3:0] \$5442 ;
-  wire \$5443 ;
-  wire \$5444 ;
-  wire [3:0] \$5445 ;
-  wire [3:0] \$5446 ;
-  wire [3:0] \$5447 ;
-  wire [3:0] \$5448 ;
-  wire [3:0] \$5449 ;
+  wire [11:0] \$5440 ;
+  wire [11:0] \$5441 ;
+  wire [11:0] \$5442 ;
+  wire [11:0] \$5443 ;
+  wire [11:0] \$5444 ;
+  wire \$5445 ;
+  wire \$5446 ;
+  wire \$5447 ;
+  wire \$5448 ;
+  wire \$5449 ;
   wire \$545 ;
-  wire [3:0] \$5450 ;
+  wire \$5450 ;
   wire \$5451 ;
   wire \$5452 ;
-  wire [3:0] \$5453 ;
+  wire \$5453 ;
   wire \$5454 ;
   wire \$5455 ;
-  wire [3:0] \$5456 ;
-  wire [3:0] \$5457 ;
+  wire \$5456 ;
+  wire \$5457 ;
   wire \$5458 ;
   wire \$5459 ;
   wire \$546 ;
-  wire [3:0] \$5460 ;
+  wire \$5460 ;
   wire \$5461 ;
   wire \$5462 ;
-  wire [3:0] \$5463 ;
-  wire [3:0] \$5464 ;
-  wire [3:0] \$5465 ;
-  wire [4:0] \$5466 ;
-  wire [1:0] \$5467 ;
-  wire [1:0] \$5468 ;
-  wire [2:0] \$5469 ;
+  wire \$5463 ;
+  wire \$5464 ;
+  wire \$5465 ;
+  wire \$5466 ;
+  wire \$5467 ;
+  wire \$5468 ;
+  wire \$5469 ;
   wire \$547 ;
-  wire [1:0] \$5470 ;
-  wire [1:0] \$5471 ;
-  wire [2:0] \$5472 ;
-  wire [4:0] \$5473 ;
-  wire [1:0] \$5474 ;
-  wire [1:0] \$5475 ;
-  wire [3:0] \$5476 ;
-  wire [1:0] \$5477 ;
-  wire [1:0] \$5478 ;
-  wire [3:0] \$5479 ;
+  wire \$5470 ;
+  wire \$5471 ;
+  wire \$5472 ;
+  wire \$5473 ;
+  wire \$5474 ;
+  wire \$5475 ;
+  wire \$5476 ;
+  wire \$5477 ;
+  wire \$5478 ;
+  wire \$5479 ;
   wire \$548 ;
   wire \$5480 ;
-  wire [7:0] \$5481 ;
-  wire [4:0] \$5482 ;
-  wire [4:0] \$5483 ;
-  wire [4:0] \$5484 ;
-  wire [3:0] \$5485 ;
-  wire [5:0] \$5486 ;
+  wire \$5481 ;
+  wire \$5482 ;
+  wire \$5483 ;
+  wire \$5484 ;
+  wire \$5485 ;
+  wire \$5486 ;
   wire \$5487 ;
-  wire \$5488 ;
-  wire \$5489 ;
+  wire [11:0] \$5488 ;
+  wire [11:0] \$5489 ;
   wire \$549 ;
-  wire \$5490 ;
+  wire [11:0] \$5490 ;
   wire \$5491 ;
   wire \$5492 ;
   wire \$5493 ;
   wire \$5494 ;
   wire \$5495 ;
-  wire \$5496 ;
-  wire \$5497 ;
+  reg [2:0] \$5496 ;
+  wire [4:0] \$5497 ;
   wire \$5498 ;
   wire \$5499 ;
-  wire [2:0] \$55 ;
+  reg [2:0] \$55 ;
   wire \$550 ;
-  wire [11:0] \$5500 ;
-  wire [11:0] \$5501 ;
-  wire [11:0] \$5502 ;
-  wire [11:0] \$5503 ;
-  wire [11:0] \$5504 ;
-  wire [11:0] \$5505 ;
-  wire [11:0] \$5506 ;
-  wire [11:0] \$5507 ;
-  wire [11:0] \$5508 ;
-  wire [11:0] \$5509 ;
+  wire \$5500 ;
+  wire \$5501 ;
+  wire \$5502 ;
+  wire \$5503 ;
+  wire \$5504 ;
+  wire \$5505 ;
+  wire \$5506 ;
+  wire \$5507 ;
+  wire \$5508 ;
+  wire \$5509 ;
   wire \$551 ;
-  wire [11:0] \$5510 ;
-  wire [11:0] \$5511 ;
-  wire [11:0] \$5512 ;
-  wire [11:0] \$5513 ;
-  wire [11:0] \$5514 ;
-  wire [11:0] \$5515 ;
-  wire [11:0] \$5516 ;
-  wire [11:0] \$5517 ;
-  wire [11:0] \$5518 ;
-  wire [11:0] \$5519 ;
+  wire [8:0] \$5510 ;
+  wire \$5511 ;
+  wire [8:0] \$5512 ;
+  wire \$5513 ;
+  wire [8:0] \$5514 ;
+  wire \$5515 ;
+  wire [8:0] \$5516 ;
+  wire \$5517 ;
+  wire [8:0] \$5518 ;
+  wire \$5519 ;
   wire \$552 ;
-  wire [11:0] \$5520 ;
-  wire [11:0] \$5521 ;
-  wire [11:0] \$5522 ;
-  wire [11:0] \$5523 ;
-  wire [11:0] \$5524 ;
-  wire [11:0] \$5525 ;
-  wire [11:0] \$5526 ;
-  wire [11:0] \$5527 ;
-  wire [11:0] \$5528 ;
-  wire [11:0] \$5529 ;
+  wire [8:0] \$5520 ;
+  wire \$5521 ;
+  wire [8:0] \$5522 ;
+  wire \$5523 ;
+  wire [8:0] \$5524 ;
+  wire \$5525 ;
+  wire [8:0] \$5526 ;
+  wire \$5527 ;
+  wire [8:0] \$5528 ;
+  wire \$5529 ;
   wire \$553 ;
-  wire [11:0] \$5530 ;
-  wire [11:0] \$5531 ;
-  wire [11:0] \$5532 ;
-  wire [11:0] \$5533 ;
-  wire [11:0] \$5534 ;
-  wire [11:0] \$5535 ;
-  wire [11:0] \$5536 ;
-  wire [11:0] \$5537 ;
-  wire \$5538 ;
-  wire \$5539 ;
+  wire [10:0] \$5530 ;
+  wire [10:0] \$5531 ;
+  wire [10:0] \$5532 ;
+  wire [10:0] \$5533 ;
+  wire [10:0] \$5534 ;
+  wire [10:0] \$5535 ;
+  wire [10:0] \$5536 ;
+  wire [10:0] \$5537 ;
+  wire [10:0] \$5538 ;
+  wire [10:0] \$5539 ;
   wire \$554 ;
-  wire \$5540 ;
-  wire \$5541 ;
-  wire \$5542 ;
-  wire \$5543 ;
-  wire \$5544 ;
-  wire [11:0] \$5545 ;
-  wire [11:0] \$5546 ;
-  wire [11:0] \$5547 ;
-  wire [11:0] \$5548 ;
-  wire [11:0] \$5549 ;
+  wire [10:0] \$5540 ;
+  wire [10:0] \$5541 ;
+  wire [10:0] \$5542 ;
+  wire [10:0] \$5543 ;
+  wire [10:0] \$5544 ;
+  wire [10:0] \$5545 ;
+  wire [10:0] \$5546 ;
+  wire [10:0] \$5547 ;
+  wire \$5548 ;
+  wire \$5549 ;
   wire \$555 ;
-  wire [11:0] \$5550 ;
-  wire [11:0] \$5551 ;
-  wire [11:0] \$5552 ;
-  wire [11:0] \$5553 ;
-  wire [11:0] \$5554 ;
-  wire [11:0] \$5555 ;
-  wire [11:0] \$5556 ;
-  wire [11:0] \$5557 ;
-  wire [11:0] \$5558 ;
-  wire [11:0] \$5559 ;
+  wire \$5550 ;
+  wire \$5551 ;
+  wire \$5552 ;
+  wire \$5553 ;
+  wire \$5554 ;
+  wire \$5555 ;
+  wire \$5556 ;
+  wire \$5557 ;
+  wire \$5558 ;
+  wire \$5559 ;
   wire \$556 ;
-  wire [11:0] \$5560 ;
-  wire [11:0] \$5561 ;
-  wire [11:0] \$5562 ;
-  wire [11:0] \$5563 ;
-  wire [11:0] \$5564 ;
-  wire [11:0] \$5565 ;
-  wire [11:0] \$5566 ;
-  wire [11:0] \$5567 ;
-  wire [11:0] \$5568 ;
-  wire [11:0] \$5569 ;
+  wire [9:0] \$5560 ;
+  wire \$5561 ;
+  wire [9:0] \$5562 ;
+  wire \$5563 ;
+  wire [9:0] \$5564 ;
+  wire \$5565 ;
+  wire [9:0] \$5566 ;
+  wire \$5567 ;
+  wire [9:0] \$5568 ;
+  wire \$5569 ;
   wire \$557 ;
-  wire [11:0] \$5570 ;
-  wire [11:0] \$5571 ;
-  wire [11:0] \$5572 ;
-  wire [11:0] \$5573 ;
-  wire [11:0] \$5574 ;
-  wire [11:0] \$5575 ;
-  wire [11:0] \$5576 ;
-  wire [11:0] \$5577 ;
-  wire [11:0] \$5578 ;
-  wire [11:0] \$5579 ;
+  wire [9:0] \$5570 ;
+  wire \$5571 ;
+  wire [9:0] \$5572 ;
+  wire \$5573 ;
+  wire [9:0] \$5574 ;
+  wire \$5575 ;
+  wire [9:0] \$5576 ;
+  wire \$5577 ;
+  wire [9:0] \$5578 ;
+  wire \$5579 ;
   wire \$558 ;
-  wire [11:0] \$5580 ;
-  wire \$5581 ;
-  wire \$5582 ;
-  wire [11:0] \$5583 ;
-  wire [11:0] \$5584 ;
-  wire [11:0] \$5585 ;
-  wire [11:0] \$5586 ;
-  wire [11:0] \$5587 ;
-  wire [11:0] \$5588 ;
-  wire [11:0] \$5589 ;
+  wire [10:0] \$5580 ;
+  wire [10:0] \$5581 ;
+  wire [10:0] \$5582 ;
+  wire [10:0] \$5583 ;
+  wire [10:0] \$5584 ;
+  wire [10:0] \$5585 ;
+  wire [10:0] \$5586 ;
+  wire [10:0] \$5587 ;
+  wire [10:0] \$5588 ;
+  wire [10:0] \$5589 ;
   wire \$559 ;
-  wire [11:0] \$5590 ;
-  wire [11:0] \$5591 ;
-  wire [11:0] \$5592 ;
-  wire [11:0] \$5593 ;
-  wire [11:0] \$5594 ;
-  wire [11:0] \$5595 ;
-  wire [11:0] \$5596 ;
-  wire [11:0] \$5597 ;
-  wire [11:0] \$5598 ;
-  wire [11:0] \$5599 ;
-  wire [1:0] \$56 ;
+  wire [10:0] \$5590 ;
+  wire [10:0] \$5591 ;
+  wire [10:0] \$5592 ;
+  wire [10:0] \$5593 ;
+  wire [10:0] \$5594 ;
+  wire [10:0] \$5595 ;
+  wire [10:0] \$5596 ;
+  wire [10:0] \$5597 ;
+  wire \$5598 ;
+  wire \$5599 ;
+  reg [2:0] \$56 ;
   wire \$560 ;
-  wire [11:0] \$5600 ;
-  wire [11:0] \$5601 ;
-  wire [11:0] \$5602 ;
-  wire [11:0] \$5603 ;
-  wire [11:0] \$5604 ;
-  wire [11:0] \$5605 ;
-  wire [11:0] \$5606 ;
+  wire \$5600 ;
+  wire \$5601 ;
+  wire \$5602 ;
+  wire \$5603 ;
+  wire \$5604 ;
+  wire \$5605 ;
+  wire \$5606 ;
   wire \$5607 ;
   wire \$5608 ;
-  wire [11:0] \$5609 ;
+  wire \$5609 ;
   wire \$561 ;
-  wire [11:0] \$5610 ;
-  wire [11:0] \$5611 ;
-  wire [11:0] \$5612 ;
-  wire [11:0] \$5613 ;
-  wire [11:0] \$5614 ;
-  wire [11:0] \$5615 ;
-  wire [11:0] \$5616 ;
-  wire [11:0] \$5617 ;
-  wire [11:0] \$5618 ;
-  wire [11:0] \$5619 ;
+  wire [10:0] \$5610 ;
+  wire \$5611 ;
+  wire [10:0] \$5612 ;
+  wire \$5613 ;
+  wire [10:0] \$5614 ;
+  wire \$5615 ;
+  wire [10:0] \$5616 ;
+  wire \$5617 ;
+  wire [10:0] \$5618 ;
+  wire \$5619 ;
   wire \$562 ;
-  wire [11:0] \$5620 ;
+  wire [10:0] \$5620 ;
   wire \$5621 ;
-  wire \$5622 ;
+  wire [10:0] \$5622 ;
   wire \$5623 ;
-  wire \$5624 ;
+  wire [10:0] \$5624 ;
   wire \$5625 ;
-  wire \$5626 ;
+  wire [10:0] \$5626 ;
   wire \$5627 ;
-  wire \$5628 ;
+  wire [10:0] \$5628 ;
   wire \$5629 ;
   wire \$563 ;
-  wire \$5630 ;
-  wire \$5631 ;
-  wire \$5632 ;
-  wire \$5633 ;
-  wire \$5634 ;
-  wire \$5635 ;
-  wire \$5636 ;
-  wire \$5637 ;
-  wire \$5638 ;
-  wire \$5639 ;
+  wire [10:0] \$5630 ;
+  wire [10:0] \$5631 ;
+  wire [10:0] \$5632 ;
+  wire [10:0] \$5633 ;
+  wire [10:0] \$5634 ;
+  wire [10:0] \$5635 ;
+  wire [10:0] \$5636 ;
+  wire [10:0] \$5637 ;
+  wire [10:0] \$5638 ;
+  wire [10:0] \$5639 ;
   wire \$564 ;
-  wire \$5640 ;
-  wire \$5641 ;
-  wire \$5642 ;
-  wire \$5643 ;
-  wire \$5644 ;
-  wire \$5645 ;
-  wire \$5646 ;
-  wire \$5647 ;
+  wire [10:0] \$5640 ;
+  wire [10:0] \$5641 ;
+  wire [10:0] \$5642 ;
+  wire [10:0] \$5643 ;
+  wire [10:0] \$5644 ;
+  wire [10:0] \$5645 ;
+  wire [10:0] \$5646 ;
+  wire [10:0] \$5647 ;
   wire \$5648 ;
   wire \$5649 ;
   wire \$565 ;
   wire \$5650 ;
-  wire \$5651 ;
+  wire [4:0] \$5651 ;
   wire \$5652 ;
   wire \$5653 ;
   wire \$5654 ;
-  wire [11:0] \$5655 ;
-  wire [11:0] \$5656 ;
-  wire [11:0] \$5657 ;
+  wire [4:0] \$5655 ;
+  wire \$5656 ;
+  wire \$5657 ;
   wire \$5658 ;
-  wire \$5659 ;
+  wire [4:0] \$5659 ;
   wire \$566 ;
   wire \$5660 ;
   wire \$5661 ;
   wire \$5662 ;
-  wire \$5663 ;
+  wire [4:0] \$5663 ;
   wire \$5664 ;
   wire \$5665 ;
   wire \$5666 ;
-  wire \$5667 ;
+  wire [4:0] \$5667 ;
   wire \$5668 ;
   wire \$5669 ;
   wire \$567 ;
   wire \$5670 ;
-  wire \$5671 ;
+  wire [4:0] \$5671 ;
   wire \$5672 ;
   wire \$5673 ;
   wire \$5674 ;
-  wire \$5675 ;
+  wire [4:0] \$5675 ;
   wire \$5676 ;
   wire \$5677 ;
   wire \$5678 ;
-  wire \$5679 ;
+  wire [4:0] \$5679 ;
   wire \$568 ;
   wire \$5680 ;
   wire \$5681 ;
@@ -7879,39 +7879,39 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5686 ;
   wire \$5687 ;
   wire \$5688 ;
-  wire [6:0] \$5689 ;
+  wire \$5689 ;
   wire \$569 ;
   wire \$5690 ;
   wire \$5691 ;
   wire \$5692 ;
-  wire [1:0] \$5693 ;
+  wire \$5693 ;
   wire \$5694 ;
   wire \$5695 ;
   wire \$5696 ;
-  wire [2:0] \$5697 ;
+  wire \$5697 ;
   wire \$5698 ;
   wire \$5699 ;
-  wire [1:0] \$57 ;
+  wire [3:0] \$57 ;
   wire \$570 ;
   wire \$5700 ;
-  wire [2:0] \$5701 ;
-  wire [6:0] \$5702 ;
-  wire \$5703 ;
-  wire [7:0] \$5704 ;
-  wire [8:0] \$5705 ;
+  wire \$5701 ;
+  wire \$5702 ;
+  wire [7:0] \$5703 ;
+  wire \$5704 ;
+  wire \$5705 ;
   wire \$5706 ;
-  wire [8:0] \$5707 ;
-  wire [9:0] \$5708 ;
-  wire \$5709 ;
+  wire \$5707 ;
+  wire \$5708 ;
+  wire [1:0] \$5709 ;
   wire \$571 ;
-  wire [9:0] \$5710 ;
-  wire [10:0] \$5711 ;
+  wire \$5710 ;
+  wire \$5711 ;
   wire \$5712 ;
-  wire [7:0] \$5713 ;
+  wire [2:0] \$5713 ;
   wire \$5714 ;
-  wire [8:0] \$5715 ;
+  wire \$5715 ;
   wire \$5716 ;
-  wire [9:0] \$5717 ;
+  wire [2:0] \$5717 ;
   wire \$5718 ;
   wire \$5719 ;
   wire \$572 ;
@@ -7919,7 +7919,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$5721 ;
   wire \$5722 ;
   wire \$5723 ;
-  wire [11:0] \$5724 ;
+  wire \$5724 ;
   wire [11:0] \$5725 ;
   wire [11:0] \$5726 ;
   wire [11:0] \$5727 ;
@@ -7960,111 +7960,185 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$5759 ;
   wire \$576 ;
   wire [11:0] \$5760 ;
-  wire \$5761 ;
+  wire [11:0] \$5761 ;
   wire \$5762 ;
   wire \$5763 ;
   wire \$5764 ;
   wire \$5765 ;
   wire \$5766 ;
-  wire [5:0] \$5767 ;
-  wire \$5768 ;
+  wire \$5767 ;
+  wire [5:0] \$5768 ;
   wire \$5769 ;
   wire \$577 ;
   wire \$5770 ;
   wire \$5771 ;
   wire \$5772 ;
   wire \$5773 ;
-  wire [11:0] \$5774 ;
+  wire \$5774 ;
   wire [11:0] \$5775 ;
-  wire [11:0] \$5776 ;
-  wire [12:0] \$5777 ;
+  wire \$5776 ;
+  wire [16:0] \$5777 ;
   wire \$5778 ;
-  wire [16:0] \$5779 ;
+  wire \$5779 ;
   wire \$578 ;
   wire \$5780 ;
-  wire \$5781 ;
-  wire [3:0] \$5782 ;
-  reg \$5783 ;
-  reg \$5784 ;
-  reg [6:0] \$5785 ;
-  reg [7:0] \$5786 ;
-  reg [8:0] \$5787 ;
-  reg [1:0] \$5788 ;
-  reg [287:0] \$5789 ;
+  wire [11:0] \$5781 ;
+  wire [11:0] \$5782 ;
+  wire [12:0] \$5783 ;
+  wire [11:0] \$5784 ;
+  wire [11:0] \$5785 ;
+  wire [12:0] \$5786 ;
+  wire [13:0] \$5787 ;
+  wire [6:0] \$5788 ;
+  wire [6:0] \$5789 ;
   wire \$579 ;
-  reg [287:0] \$5790 ;
-  reg [287:0] \$5791 ;
-  reg \$5792 ;
-  reg \$5793 ;
-  reg \$5794 ;
-  reg [10:0] \$5795 ;
-  reg [10:0] \$5796 ;
-  reg [10:0] \$5797 ;
-  reg [10:0] \$5798 ;
-  reg [10:0] \$5799 ;
-  wire [2:0] \$58 ;
+  wire [7:0] \$5790 ;
+  wire [7:0] \$5791 ;
+  wire [7:0] \$5792 ;
+  wire [8:0] \$5793 ;
+  wire [10:0] \$5794 ;
+  wire [10:0] \$5795 ;
+  wire [10:0] \$5796 ;
+  wire [11:0] \$5797 ;
+  wire [10:0] \$5798 ;
+  wire [11:0] \$5799 ;
+  reg [2:0] \$58 ;
   wire \$580 ;
-  reg [10:0] \$5800 ;
-  reg [10:0] \$5801 ;
-  reg [10:0] \$5802 ;
-  reg [10:0] \$5803 ;
-  reg [10:0] \$5804 ;
-  reg [10:0] \$5805 ;
-  reg [10:0] \$5806 ;
-  reg [10:0] \$5807 ;
-  reg [10:0] \$5808 ;
-  reg [10:0] \$5809 ;
+  wire [10:0] \$5800 ;
+  wire [11:0] \$5801 ;
+  wire [10:0] \$5802 ;
+  wire [11:0] \$5803 ;
+  wire \$5804 ;
+  wire \$5805 ;
+  wire \$5806 ;
+  wire \$5807 ;
+  wire \$5808 ;
+  wire \$5809 ;
   wire \$581 ;
-  reg [10:0] \$5810 ;
-  reg [10:0] \$5811 ;
-  reg [10:0] \$5812 ;
-  reg [10:0] \$5813 ;
-  reg [10:0] \$5814 ;
-  reg [10:0] \$5815 ;
-  reg [10:0] \$5816 ;
-  reg [10:0] \$5817 ;
-  reg [10:0] \$5818 ;
-  reg [10:0] \$5819 ;
+  wire \$5810 ;
+  wire \$5811 ;
+  wire \$5812 ;
+  wire [3:0] \$5813 ;
+  reg \$5814 ;
+  reg [15:0] \$5815 ;
+  reg [5:0] \$5816 ;
+  reg [3:0] \$5817 ;
+  reg [7:0] \$5818 ;
+  reg [7:0] \$5819 ;
   wire \$582 ;
-  reg [10:0] \$5820 ;
-  reg [10:0] \$5821 ;
-  reg [10:0] \$5822 ;
-  reg [10:0] \$5823 ;
-  reg [10:0] \$5824 ;
-  reg [10:0] \$5825 ;
-  reg [10:0] \$5826 ;
-  reg [10:0] \$5827 ;
-  reg [10:0] \$5828 ;
-  reg [10:0] \$5829 ;
+  reg [15:0] \$5820 ;
+  reg [5:0] \$5821 ;
+  reg [3:0] \$5822 ;
+  reg [15:0] \$5823 ;
+  reg [5:0] \$5824 ;
+  reg [3:0] \$5825 ;
+  reg [15:0] \$5826 ;
+  reg [5:0] \$5827 ;
+  reg [3:0] \$5828 ;
+  reg [15:0] \$5829 ;
   wire \$583 ;
-  reg [10:0] \$5830 ;
-  reg [10:0] \$5831 ;
-  reg [2:0] \$5832 ;
-  reg \$5833 ;
-  reg \$5834 ;
-  reg \$5835 ;
-  reg [63:0] \$5836 ;
-  reg [63:0] \$5837 ;
-  reg \$5838 ;
-  reg \$5839 ;
+  reg [5:0] \$5830 ;
+  reg [3:0] \$5831 ;
+  reg [15:0] \$5832 ;
+  reg [5:0] \$5833 ;
+  reg [3:0] \$5834 ;
+  reg [15:0] \$5835 ;
+  reg [5:0] \$5836 ;
+  reg [3:0] \$5837 ;
+  reg [15:0] \$5838 ;
+  reg [5:0] \$5839 ;
   wire \$584 ;
-  reg \$5840 ;
-  reg \$5841 ;
-  reg \$5842 ;
-  reg [15:0] \$5843 ;
-  reg [10:0] \$5844 ;
-  reg [5:0] \$5845 ;
+  reg [3:0] \$5840 ;
+  reg [3:0] \$5841 ;
+  reg [3:0] \$5842 ;
+  reg \$5843 ;
+  reg \$5844 ;
+  reg \$5845 ;
   reg \$5846 ;
-  reg [3:0] \$5847 ;
+  reg [63:0] \$5847 ;
+  reg [7:0] \$5848 ;
+  reg \$5849 ;
   wire \$585 ;
+  reg [1:0] \$5850 ;
+  reg [287:0] \$5851 ;
+  reg \$5852 ;
+  reg [287:0] \$5853 ;
+  reg [287:0] \$5854 ;
+  reg [287:0] \$5855 ;
+  reg \$5856 ;
+  reg \$5857 ;
+  reg \$5858 ;
+  reg [10:0] \$5859 ;
   wire \$586 ;
+  reg [10:0] \$5860 ;
+  reg [10:0] \$5861 ;
+  reg [10:0] \$5862 ;
+  reg [10:0] \$5863 ;
+  reg [10:0] \$5864 ;
+  reg [10:0] \$5865 ;
+  reg [10:0] \$5866 ;
+  reg [10:0] \$5867 ;
+  reg [10:0] \$5868 ;
+  reg [10:0] \$5869 ;
   wire \$587 ;
+  reg [10:0] \$5870 ;
+  reg [10:0] \$5871 ;
+  reg [10:0] \$5872 ;
+  reg [10:0] \$5873 ;
+  reg [10:0] \$5874 ;
+  reg [10:0] \$5875 ;
+  reg [10:0] \$5876 ;
+  reg [10:0] \$5877 ;
+  reg [10:0] \$5878 ;
+  reg [10:0] \$5879 ;
   wire \$588 ;
+  reg [10:0] \$5880 ;
+  reg [10:0] \$5881 ;
+  reg [10:0] \$5882 ;
+  reg [10:0] \$5883 ;
+  reg [10:0] \$5884 ;
+  reg [10:0] \$5885 ;
+  reg [10:0] \$5886 ;
+  reg [10:0] \$5887 ;
+  reg [10:0] \$5888 ;
+  reg [10:0] \$5889 ;
   wire \$589 ;
-  wire [3:0] \$59 ;
+  reg [10:0] \$5890 ;
+  reg [10:0] \$5891 ;
+  reg [10:0] \$5892 ;
+  reg [10:0] \$5893 ;
+  reg [10:0] \$5894 ;
+  reg [10:0] \$5895 ;
+  reg [2:0] \$5896 ;
+  reg \$5897 ;
+  reg \$5898 ;
+  reg \$5899 ;
+  reg [2:0] \$59 ;
   wire \$590 ;
+  reg [63:0] \$5900 ;
+  reg [63:0] \$5901 ;
+  reg \$5902 ;
+  reg \$5903 ;
+  reg \$5904 ;
+  reg \$5905 ;
+  reg \$5906 ;
+  reg [15:0] \$5907 ;
+  reg [10:0] \$5908 ;
+  reg [5:0] \$5909 ;
   wire \$591 ;
+  reg \$5910 ;
+  reg [6:0] \$5911 ;
+  reg [7:0] \$5912 ;
+  reg [8:0] \$5913 ;
+  reg [9:0] \$5914 ;
+  reg \$5915 ;
+  reg \$5916 ;
+  reg [10:0] \$5917 ;
+  reg [10:0] \$5918 ;
+  reg \$5919 ;
   wire \$592 ;
+  reg \$5920 ;
+  reg [3:0] \$5921 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
@@ -8072,8 +8146,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
-  wire [2:0] \$6 ;
-  wire [1:0] \$60 ;
+  wire [3:0] \$6 ;
+  wire [3:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
   wire \$602 ;
@@ -8084,7 +8158,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire [1:0] \$61 ;
+  reg [2:0] \$61 ;
   wire \$610 ;
   wire \$611 ;
   wire \$612 ;
@@ -8095,7 +8169,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
-  wire [2:0] \$62 ;
+  reg [2:0] \$62 ;
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
@@ -8106,7 +8180,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire [1:0] \$63 ;
+  wire [3:0] \$63 ;
   wire \$630 ;
   wire \$631 ;
   wire \$632 ;
@@ -8117,7 +8191,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$637 ;
   wire \$638 ;
   wire \$639 ;
-  wire [1:0] \$64 ;
+  reg [2:0] \$64 ;
   wire \$640 ;
   wire \$641 ;
   wire \$642 ;
@@ -8128,7 +8202,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$647 ;
   wire \$648 ;
   wire \$649 ;
-  wire [2:0] \$65 ;
+  reg [2:0] \$65 ;
   wire \$650 ;
   wire \$651 ;
   wire \$652 ;
@@ -8150,7 +8224,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
-  wire [1:0] \$67 ;
+  reg [2:0] \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
@@ -8161,7 +8235,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$677 ;
   wire \$678 ;
   wire \$679 ;
-  wire [1:0] \$68 ;
+  reg [2:0] \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
@@ -8172,7 +8246,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$687 ;
   wire \$688 ;
   wire \$689 ;
-  wire [2:0] \$69 ;
+  wire [3:0] \$69 ;
   wire \$690 ;
   wire \$691 ;
   wire \$692 ;
@@ -8183,8 +8257,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$697 ;
   wire \$698 ;
   wire \$699 ;
-  wire [1:0] \$7 ;
-  wire [1:0] \$70 ;
+  reg [2:0] \$7 ;
+  reg [2:0] \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
@@ -8195,338 +8269,345 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire [1:0] \$71 ;
+  reg [2:0] \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
   wire \$713 ;
   wire \$714 ;
   wire \$715 ;
-  wire \$716 ;
-  wire \$717 ;
+  wire [1:0] \$716 ;
+  wire [1:0] \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire [2:0] \$72 ;
-  wire \$720 ;
+  wire [3:0] \$72 ;
+  wire [1:0] \$720 ;
   wire \$721 ;
   wire \$722 ;
-  wire \$723 ;
-  wire \$724 ;
-  wire \$725 ;
+  wire [2:0] \$723 ;
+  wire [2:0] \$724 ;
+  wire [2:0] \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire \$728 ;
+  wire [2:0] \$728 ;
   wire \$729 ;
-  wire [3:0] \$73 ;
+  wire [8:0] \$73 ;
   wire \$730 ;
-  wire \$731 ;
-  wire \$732 ;
+  wire [2:0] \$731 ;
+  wire [2:0] \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire \$735 ;
+  wire [2:0] \$735 ;
   wire \$736 ;
   wire \$737 ;
-  wire \$738 ;
-  wire \$739 ;
-  wire [1:0] \$74 ;
-  wire \$740 ;
-  wire \$741 ;
+  wire [3:0] \$738 ;
+  wire [3:0] \$739 ;
+  wire [8:0] \$74 ;
+  wire [3:0] \$740 ;
+  wire [3:0] \$741 ;
   wire \$742 ;
   wire \$743 ;
-  wire \$744 ;
+  wire [3:0] \$744 ;
   wire \$745 ;
   wire \$746 ;
-  wire \$747 ;
-  wire \$748 ;
+  wire [3:0] \$747 ;
+  wire [3:0] \$748 ;
   wire \$749 ;
-  wire [1:0] \$75 ;
+  wire [8:0] \$75 ;
   wire \$750 ;
-  wire \$751 ;
+  wire [3:0] \$751 ;
   wire \$752 ;
   wire \$753 ;
-  wire \$754 ;
-  wire \$755 ;
-  wire \$756 ;
+  wire [3:0] \$754 ;
+  wire [3:0] \$755 ;
+  wire [3:0] \$756 ;
   wire \$757 ;
   wire \$758 ;
-  wire \$759 ;
-  wire [2:0] \$76 ;
+  wire [3:0] \$759 ;
+  wire [8:0] \$76 ;
   wire \$760 ;
   wire \$761 ;
-  wire \$762 ;
-  wire \$763 ;
+  wire [3:0] \$762 ;
+  wire [3:0] \$763 ;
   wire \$764 ;
   wire \$765 ;
-  wire \$766 ;
+  wire [3:0] \$766 ;
   wire \$767 ;
   wire \$768 ;
-  wire \$769 ;
-  wire [1:0] \$77 ;
-  wire \$770 ;
-  wire \$771 ;
-  wire \$772 ;
-  wire \$773 ;
+  wire [4:0] \$769 ;
+  wire [8:0] \$77 ;
+  wire [4:0] \$770 ;
+  wire [4:0] \$771 ;
+  wire [4:0] \$772 ;
+  wire [4:0] \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire \$776 ;
+  wire [4:0] \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire \$779 ;
-  wire [1:0] \$78 ;
-  wire \$780 ;
+  wire [4:0] \$779 ;
+  wire [8:0] \$78 ;
+  wire [4:0] \$780 ;
   wire \$781 ;
   wire \$782 ;
-  wire \$783 ;
+  wire [4:0] \$783 ;
   wire \$784 ;
   wire \$785 ;
-  wire \$786 ;
-  wire \$787 ;
-  wire \$788 ;
+  wire [4:0] \$786 ;
+  wire [4:0] \$787 ;
+  wire [4:0] \$788 ;
   wire \$789 ;
-  wire [2:0] \$79 ;
+  wire [8:0] \$79 ;
   wire \$790 ;
-  wire \$791 ;
+  wire [4:0] \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
-  wire \$795 ;
+  wire [4:0] \$794 ;
+  wire [4:0] \$795 ;
   wire \$796 ;
   wire \$797 ;
-  wire \$798 ;
+  wire [4:0] \$798 ;
   wire \$799 ;
-  wire [1:0] \$8 ;
-  wire [3:0] \$80 ;
+  reg [2:0] \$8 ;
+  wire [8:0] \$80 ;
   wire \$800 ;
-  wire \$801 ;
-  wire \$802 ;
-  wire \$803 ;
-  wire \$804 ;
+  wire [4:0] \$801 ;
+  wire [4:0] \$802 ;
+  wire [4:0] \$803 ;
+  wire [4:0] \$804 ;
   wire \$805 ;
   wire \$806 ;
-  wire \$807 ;
+  wire [4:0] \$807 ;
   wire \$808 ;
   wire \$809 ;
-  wire [1:0] \$81 ;
-  wire \$810 ;
-  wire \$811 ;
+  wire [8:0] \$81 ;
+  wire [4:0] \$810 ;
+  wire [4:0] \$811 ;
   wire \$812 ;
   wire \$813 ;
-  wire \$814 ;
+  wire [4:0] \$814 ;
   wire \$815 ;
   wire \$816 ;
-  wire \$817 ;
-  wire \$818 ;
-  wire \$819 ;
-  wire [1:0] \$82 ;
-  wire [1:0] \$820 ;
-  wire [1:0] \$821 ;
-  wire \$822 ;
+  wire [4:0] \$817 ;
+  wire [4:0] \$818 ;
+  wire [4:0] \$819 ;
+  wire [8:0] \$82 ;
+  wire \$820 ;
+  wire \$821 ;
+  wire [4:0] \$822 ;
   wire \$823 ;
-  wire [1:0] \$824 ;
-  wire \$825 ;
-  wire \$826 ;
-  wire [2:0] \$827 ;
-  wire [2:0] \$828 ;
-  wire [2:0] \$829 ;
-  wire [2:0] \$83 ;
+  wire \$824 ;
+  wire [4:0] \$825 ;
+  wire [4:0] \$826 ;
+  wire \$827 ;
+  wire \$828 ;
+  wire [4:0] \$829 ;
+  wire [8:0] \$83 ;
   wire \$830 ;
   wire \$831 ;
-  wire [2:0] \$832 ;
-  wire \$833 ;
-  wire \$834 ;
-  wire [2:0] \$835 ;
-  wire [2:0] \$836 ;
-  wire \$837 ;
+  wire [5:0] \$832 ;
+  wire [5:0] \$833 ;
+  wire [5:0] \$834 ;
+  wire [5:0] \$835 ;
+  wire [5:0] \$836 ;
+  wire [5:0] \$837 ;
   wire \$838 ;
-  wire [2:0] \$839 ;
-  wire [1:0] \$84 ;
-  wire \$840 ;
+  wire \$839 ;
+  wire [8:0] \$84 ;
+  wire [5:0] \$840 ;
   wire \$841 ;
-  wire [3:0] \$842 ;
-  wire [3:0] \$843 ;
-  wire [3:0] \$844 ;
-  wire [3:0] \$845 ;
+  wire \$842 ;
+  wire [5:0] \$843 ;
+  wire [5:0] \$844 ;
+  wire \$845 ;
   wire \$846 ;
-  wire \$847 ;
-  wire [3:0] \$848 ;
-  wire \$849 ;
-  wire [1:0] \$85 ;
+  wire [5:0] \$847 ;
+  wire [5:0] \$848 ;
+  wire [15:0] \$849 ;
+  wire [8:0] \$85 ;
   wire \$850 ;
-  wire [3:0] \$851 ;
-  wire [3:0] \$852 ;
-  wire \$853 ;
+  wire \$851 ;
+  wire [15:0] \$852 ;
+  wire [15:0] \$853 ;
   wire \$854 ;
-  wire [3:0] \$855 ;
-  wire \$856 ;
+  wire \$855 ;
+  wire [15:0] \$856 ;
   wire \$857 ;
-  wire [3:0] \$858 ;
-  wire [3:0] \$859 ;
-  wire [2:0] \$86 ;
-  wire [3:0] \$860 ;
-  wire \$861 ;
+  wire \$858 ;
+  wire [15:0] \$859 ;
+  wire [8:0] \$86 ;
+  wire [15:0] \$860 ;
+  wire [15:0] \$861 ;
   wire \$862 ;
-  wire [3:0] \$863 ;
-  wire \$864 ;
+  wire \$863 ;
+  wire [15:0] \$864 ;
   wire \$865 ;
-  wire [3:0] \$866 ;
-  wire [3:0] \$867 ;
-  wire \$868 ;
+  wire \$866 ;
+  wire [15:0] \$867 ;
+  wire [15:0] \$868 ;
   wire \$869 ;
-  wire [3:0] \$87 ;
-  wire [3:0] \$870 ;
-  wire \$871 ;
+  wire [8:0] \$87 ;
+  wire \$870 ;
+  wire [15:0] \$871 ;
   wire \$872 ;
-  wire [4:0] \$873 ;
-  wire [4:0] \$874 ;
-  wire [4:0] \$875 ;
-  wire [4:0] \$876 ;
-  wire [4:0] \$877 ;
+  wire \$873 ;
+  wire [15:0] \$874 ;
+  wire [15:0] \$875 ;
+  wire [15:0] \$876 ;
+  wire [15:0] \$877 ;
   wire \$878 ;
   wire \$879 ;
-  wire [1:0] \$88 ;
-  wire [4:0] \$880 ;
+  wire [8:0] \$88 ;
+  wire [15:0] \$880 ;
   wire \$881 ;
   wire \$882 ;
-  wire [4:0] \$883 ;
-  wire [4:0] \$884 ;
+  wire [15:0] \$883 ;
+  wire [15:0] \$884 ;
   wire \$885 ;
   wire \$886 ;
-  wire [4:0] \$887 ;
+  wire [15:0] \$887 ;
   wire \$888 ;
   wire \$889 ;
-  wire [1:0] \$89 ;
-  wire [4:0] \$890 ;
-  wire [4:0] \$891 ;
-  wire [4:0] \$892 ;
+  wire [8:0] \$89 ;
+  wire [15:0] \$890 ;
+  wire [15:0] \$891 ;
+  wire [15:0] \$892 ;
   wire \$893 ;
   wire \$894 ;
-  wire [4:0] \$895 ;
+  wire [15:0] \$895 ;
   wire \$896 ;
   wire \$897 ;
-  wire [4:0] \$898 ;
-  wire [4:0] \$899 ;
-  wire [2:0] \$9 ;
-  wire [2:0] \$90 ;
+  wire [15:0] \$898 ;
+  wire [15:0] \$899 ;
+  wire [3:0] \$9 ;
+  wire [8:0] \$90 ;
   wire \$900 ;
   wire \$901 ;
-  wire [4:0] \$902 ;
+  wire [15:0] \$902 ;
   wire \$903 ;
   wire \$904 ;
-  wire [4:0] \$905 ;
-  wire [4:0] \$906 ;
-  wire [4:0] \$907 ;
-  wire [4:0] \$908 ;
-  wire \$909 ;
-  wire [1:0] \$91 ;
+  wire [15:0] \$905 ;
+  wire [15:0] \$906 ;
+  wire [15:0] \$907 ;
+  wire [15:0] \$908 ;
+  wire [15:0] \$909 ;
+  wire [8:0] \$91 ;
   wire \$910 ;
-  wire [4:0] \$911 ;
-  wire \$912 ;
+  wire \$911 ;
+  wire [15:0] \$912 ;
   wire \$913 ;
-  wire [4:0] \$914 ;
-  wire [4:0] \$915 ;
-  wire \$916 ;
+  wire \$914 ;
+  wire [15:0] \$915 ;
+  wire [15:0] \$916 ;
   wire \$917 ;
-  wire [4:0] \$918 ;
-  wire \$919 ;
-  wire [1:0] \$92 ;
+  wire \$918 ;
+  wire [15:0] \$919 ;
+  wire [8:0] \$92 ;
   wire \$920 ;
-  wire [4:0] \$921 ;
-  wire [4:0] \$922 ;
-  wire [4:0] \$923 ;
-  wire \$924 ;
+  wire \$921 ;
+  wire [15:0] \$922 ;
+  wire [15:0] \$923 ;
+  wire [15:0] \$924 ;
   wire \$925 ;
-  wire [4:0] \$926 ;
-  wire \$927 ;
+  wire \$926 ;
+  wire [15:0] \$927 ;
   wire \$928 ;
-  wire [4:0] \$929 ;
-  wire [2:0] \$93 ;
-  wire [4:0] \$930 ;
-  wire \$931 ;
+  wire \$929 ;
+  wire \$93 ;
+  wire [15:0] \$930 ;
+  wire [15:0] \$931 ;
   wire \$932 ;
-  wire [4:0] \$933 ;
-  wire \$934 ;
+  wire \$933 ;
+  wire [15:0] \$934 ;
   wire \$935 ;
-  wire [5:0] \$936 ;
-  wire [5:0] \$937 ;
-  wire [5:0] \$938 ;
-  wire [5:0] \$939 ;
+  wire \$936 ;
+  wire [15:0] \$937 ;
+  wire [15:0] \$938 ;
+  wire [15:0] \$939 ;
   wire [3:0] \$94 ;
-  wire [5:0] \$940 ;
-  wire [5:0] \$941 ;
+  wire [15:0] \$940 ;
+  wire \$941 ;
   wire \$942 ;
-  wire \$943 ;
-  wire [5:0] \$944 ;
+  wire [15:0] \$943 ;
+  wire \$944 ;
   wire \$945 ;
-  wire \$946 ;
-  wire [5:0] \$947 ;
-  wire [5:0] \$948 ;
+  wire [15:0] \$946 ;
+  wire [15:0] \$947 ;
+  wire \$948 ;
   wire \$949 ;
-  wire [1:0] \$95 ;
-  wire \$950 ;
-  wire [5:0] \$951 ;
-  wire [5:0] \$952 ;
+  wire \$95 ;
+  wire [15:0] \$950 ;
+  wire \$951 ;
+  wire \$952 ;
   wire [15:0] \$953 ;
-  wire \$954 ;
-  wire \$955 ;
-  wire [15:0] \$956 ;
-  wire [15:0] \$957 ;
-  wire \$958 ;
+  wire [15:0] \$954 ;
+  wire [15:0] \$955 ;
+  wire \$956 ;
+  wire \$957 ;
+  wire [15:0] \$958 ;
   wire \$959 ;
-  wire [1:0] \$96 ;
-  wire [15:0] \$960 ;
-  wire \$961 ;
-  wire \$962 ;
-  wire [15:0] \$963 ;
-  wire [15:0] \$964 ;
+  wire [3:0] \$96 ;
+  wire \$960 ;
+  wire [15:0] \$961 ;
+  wire [15:0] \$962 ;
+  wire \$963 ;
+  wire \$964 ;
   wire [15:0] \$965 ;
   wire \$966 ;
   wire \$967 ;
   wire [15:0] \$968 ;
-  wire \$969 ;
-  wire [2:0] \$97 ;
-  wire \$970 ;
+  wire [15:0] \$969 ;
+  wire \$97 ;
+  wire [15:0] \$970 ;
   wire [15:0] \$971 ;
   wire [15:0] \$972 ;
-  wire \$973 ;
+  wire [15:0] \$973 ;
   wire \$974 ;
-  wire [15:0] \$975 ;
-  wire \$976 ;
+  wire \$975 ;
+  wire [15:0] \$976 ;
   wire \$977 ;
-  wire [15:0] \$978 ;
+  wire \$978 ;
   wire [15:0] \$979 ;
-  wire [1:0] \$98 ;
+  wire \$98 ;
   wire [15:0] \$980 ;
-  wire [15:0] \$981 ;
+  wire \$981 ;
   wire \$982 ;
-  wire \$983 ;
-  wire [15:0] \$984 ;
+  wire [15:0] \$983 ;
+  wire \$984 ;
   wire \$985 ;
-  wire \$986 ;
+  wire [15:0] \$986 ;
   wire [15:0] \$987 ;
   wire [15:0] \$988 ;
-  wire \$989 ;
-  wire [1:0] \$99 ;
+  wire [3:0] \$989 ;
+  wire \$99 ;
   wire \$990 ;
-  wire [15:0] \$991 ;
-  wire \$992 ;
-  wire \$993 ;
-  wire [15:0] \$994 ;
-  wire [15:0] \$995 ;
-  wire [15:0] \$996 ;
+  wire \$991 ;
+  wire [3:0] \$992 ;
+  wire [3:0] \$993 ;
+  wire \$994 ;
+  wire \$995 ;
+  wire [3:0] \$996 ;
   wire \$997 ;
   wire \$998 ;
-  wire [15:0] \$999 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$634  = 1'h0;
-  reg [63:0] \$signal$637  = 64'h0000000000000000;
-  reg [63:0] \$signal$738 ;
-  reg \$signal$740 ;
-  reg \$signal$741 ;
-  reg \$signal$742 ;
-  reg \$signal$743  = 1'h0;
-  reg \$signal$744  = 1'h0;
+  wire [3:0] \$999 ;
+  wire [7:0] \$like ;
+  reg [3:0] \$signal  = 4'h0;
+  reg [7:0] \$signal$476  = 8'h00;
+  reg \$signal$626  = 1'h0;
+  reg \$signal$628  = 1'h0;
+  reg [63:0] \$signal$631  = 64'h0000000000000000;
+  reg \$signal$645  = 1'h0;
+  reg \$signal$701 ;
+  reg \$signal$708  = 1'h0;
+  reg [63:0] \$signal$749 ;
+  reg \$signal$751 ;
+  reg \$signal$752 ;
+  reg \$signal$753 ;
+  reg \$signal$754  = 1'h0;
+  reg \$signal$755  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$745 ;
+  wire \$signal$756 ;
+  reg \$signal$765 ;
   reg [10:0] R0 = 11'h000;
   reg [10:0] R1 = 11'h000;
   reg [10:0] R10 = 11'h000;
@@ -8640,11 +8721,39 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
+  reg [3:0] a_es = 4'h0;
+  reg [15:0] a_grp0 = 16'h0000;
+  reg [15:0] a_grp1 = 16'h0000;
+  reg [15:0] a_grp2 = 16'h0000;
+  reg [15:0] a_grp3 = 16'h0000;
+  reg [15:0] a_grp4 = 16'h0000;
+  reg [15:0] a_grp5 = 16'h0000;
+  reg [15:0] a_grp6 = 16'h0000;
+  reg [15:0] a_grp7 = 16'h0000;
+  reg [5:0] a_gsel0 = 6'h00;
+  reg [5:0] a_gsel1 = 6'h00;
+  reg [5:0] a_gsel2 = 6'h00;
+  reg [5:0] a_gsel3 = 6'h00;
+  reg [5:0] a_gsel4 = 6'h00;
+  reg [5:0] a_gsel5 = 6'h00;
+  reg [5:0] a_gsel6 = 6'h00;
+  reg [5:0] a_gsel7 = 6'h00;
+  reg a_last = 1'h0;
+  reg [3:0] a_lr0 = 4'h0;
+  reg [3:0] a_lr1 = 4'h0;
+  reg [3:0] a_lr2 = 4'h0;
+  reg [3:0] a_lr3 = 4'h0;
+  reg [3:0] a_lr4 = 4'h0;
+  reg [3:0] a_lr5 = 4'h0;
+  reg [3:0] a_lr6 = 4'h0;
+  reg [3:0] a_lr7 = 4'h0;
+  reg [7:0] a_nxt = 8'h00;
+  reg [63:0] a_val = 64'h0000000000000000;
   wire advance;
   reg allow_load;
   wire any_err;
   reg any_val = 1'h0;
-  wire [3:0] avail_words;
+  wire [3:0] av_n;
   wire can_go;
   input clk;
   wire clk;
@@ -8657,15 +8766,19 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [3:0] dlow5;
   wire [3:0] dlow6;
   wire [3:0] dlow7;
+  wire [1:0] dsh;
+  wire emit;
   reg end_bad;
   reg end_ok;
   reg endv = 1'h0;
   (* init = 4'h0 *)
   wire [3:0] err_flags;
+  wire [8:0] es2_n0;
   reg [8:0] es2_w = 9'h000;
-  wire [9:0] es3_w;
+  reg [9:0] es3_w = 10'h000;
   wire [14:0] es_bits;
   reg [7:0] es_w = 8'h00;
+  wire fin;
   wire finish;
   wire [3:0] flags;
   reg [1:0] flush_d = 2'h0;
@@ -8975,7 +9088,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire gt7_7;
   wire gt7_8;
   wire gt7_9;
-  wire has_next;
+  reg has_next = 1'h0;
   input [26:0] i_cmd__payload;
   wire [26:0] i_cmd__payload;
   wire [10:0] \i_cmd__payload.cols ;
@@ -9044,48 +9157,31 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [7:0] in_lq_in9;
   wire [3:0] k;
   wire [3:0] k_cur;
-  wire [10:0] k_cur_full;
+  reg [10:0] k_cur_full = 11'h000;
+  reg [10:0] k_nxt_full = 11'h000;
   wire [3:0] kk;
-  wire last_row;
+  reg last_row = 1'h0;
   reg [10:0] lim_full;
-  wire ln0;
-  wire ln1;
-  wire ln2;
-  wire ln3;
-  wire ln4;
-  wire ln5;
-  wire ln6;
-  wire ln7;
   wire [3:0] low_m1;
-  wire [3:0] lr0;
-  wire [3:0] lr1;
-  wire [3:0] lr2;
-  wire [3:0] lr3;
-  wire [3:0] lr4;
-  wire [3:0] lr5;
-  wire [3:0] lr6;
-  wire [3:0] lr7;
-  wire lv0;
-  wire lv1;
-  wire lv2;
-  wire lv3;
-  wire lv4;
-  wire lv5;
-  wire lv6;
-  wire lv7;
+  reg lr_n;
   wire mat_end;
   reg [287:0] mbeat0 = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
   reg [287:0] mbeat0_n;
   reg mbeat0_nv;
   reg mbeat0_v = 1'h0;
+  wire mbeat0_vn;
   reg [287:0] mbeat1 = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
   reg [287:0] mbeat1_n;
   reg mbeat1_nv;
   reg mbeat1_v = 1'h0;
+  wire mbeat1_vn;
   reg [287:0] mbeat2 = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
   reg [287:0] mbeat2_n;
   reg mbeat2_nv;
   reg mbeat2_v = 1'h0;
+  wire mbeat2_vn;
+  reg [287:0] mbuf = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+  reg mbuf_v = 1'h0;
   wire next_ok;
   output o_busy;
   wire o_busy;
@@ -9118,12 +9214,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [7:0] \o_lanes__payload.value[7] ;
   input o_lanes__ready;
   wire o_lanes__ready;
-  output o_lanes__valid;
+  (* init = 1'h0 *)
   wire o_lanes__valid;
+  output ov;
+  reg ov = 1'h0;
+  reg [7:0] pad_l = 8'h00;
   reg pad_r = 1'h0;
+  wire pad_wait;
   reg prev_last = 1'h0;
-  reg [10:0] r_es;
-  reg [10:0] r_es2;
+  reg prime = 1'h0;
+  wire [10:0] r_a;
+  reg [9:0] r_a_sel;
+  wire [10:0] r_b;
+  reg [9:0] r_b_sel;
+  wire [10:0] r_c;
+  reg [9:0] r_c_sel;
+  wire rdy_a;
   wire [9:0] rel0;
   wire [9:0] rel1;
   wire [9:0] rel2;
@@ -9132,9 +9238,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [9:0] rel5;
   wire [9:0] rel6;
   wire [9:0] rel7;
-  wire row_complete;
+  reg row_complete = 1'h0;
   reg [15:0] rows_left = 16'h0000;
-  wire [13:0] rs_bits;
   reg [6:0] rs_w = 7'h00;
   input rst;
   wire rst;
@@ -9183,11 +9288,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [9:0] selpos5;
   wire [9:0] selpos6;
   wire [9:0] selpos7;
-  reg sh;
   reg short_err = 1'h0;
   wire short_now;
   reg [11:0] stride;
   reg [5:0] stride_w = 6'h00;
+  wire take_buf;
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
@@ -9201,13 +9306,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws0_lo;
   wire [2:0] ws0_rh;
   wire [2:0] ws0h;
-  wire [2:0] ws0h_c;
+  reg [2:0] ws0h_c;
   wire ws0h_lo;
   wire [1:0] ws0h_rh;
   reg [1:0] ws0hh;
   reg [1:0] ws0hl;
   wire [2:0] ws0l;
-  wire [2:0] ws0l_c;
+  reg [2:0] ws0l_c;
   wire ws0l_lo;
   wire [1:0] ws0l_rh;
   reg [1:0] ws0lh;
@@ -9217,13 +9322,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws1_lo;
   wire [2:0] ws1_rh;
   wire [2:0] ws1h;
-  wire [2:0] ws1h_c;
+  reg [2:0] ws1h_c;
   wire ws1h_lo;
   wire [1:0] ws1h_rh;
   reg [1:0] ws1hh;
   reg [1:0] ws1hl;
   wire [2:0] ws1l;
-  wire [2:0] ws1l_c;
+  reg [2:0] ws1l_c;
   wire ws1l_lo;
   wire [1:0] ws1l_rh;
   reg [1:0] ws1lh;
@@ -9233,13 +9338,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws2_lo;
   wire [2:0] ws2_rh;
   wire [2:0] ws2h;
-  wire [2:0] ws2h_c;
+  reg [2:0] ws2h_c;
   wire ws2h_lo;
   wire [1:0] ws2h_rh;
   reg [1:0] ws2hh;
   reg [1:0] ws2hl;
   wire [2:0] ws2l;
-  wire [2:0] ws2l_c;
+  reg [2:0] ws2l_c;
   wire ws2l_lo;
   wire [1:0] ws2l_rh;
   reg [1:0] ws2lh;
@@ -9249,13 +9354,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws3_lo;
   wire [2:0] ws3_rh;
   wire [2:0] ws3h;
-  wire [2:0] ws3h_c;
+  reg [2:0] ws3h_c;
   wire ws3h_lo;
   wire [1:0] ws3h_rh;
   reg [1:0] ws3hh;
   reg [1:0] ws3hl;
   wire [2:0] ws3l;
-  wire [2:0] ws3l_c;
+  reg [2:0] ws3l_c;
   wire ws3l_lo;
   wire [1:0] ws3l_rh;
   reg [1:0] ws3lh;
@@ -9265,13 +9370,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws4_lo;
   wire [2:0] ws4_rh;
   wire [2:0] ws4h;
-  wire [2:0] ws4h_c;
+  reg [2:0] ws4h_c;
   wire ws4h_lo;
   wire [1:0] ws4h_rh;
   reg [1:0] ws4hh;
   reg [1:0] ws4hl;
   wire [2:0] ws4l;
-  wire [2:0] ws4l_c;
+  reg [2:0] ws4l_c;
   wire ws4l_lo;
   wire [1:0] ws4l_rh;
   reg [1:0] ws4lh;
@@ -9281,13 +9386,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws5_lo;
   wire [2:0] ws5_rh;
   wire [2:0] ws5h;
-  wire [2:0] ws5h_c;
+  reg [2:0] ws5h_c;
   wire ws5h_lo;
   wire [1:0] ws5h_rh;
   reg [1:0] ws5hh;
   reg [1:0] ws5hl;
   wire [2:0] ws5l;
-  wire [2:0] ws5l_c;
+  reg [2:0] ws5l_c;
   wire ws5l_lo;
   wire [1:0] ws5l_rh;
   reg [1:0] ws5lh;
@@ -9297,13 +9402,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws6_lo;
   wire [2:0] ws6_rh;
   wire [2:0] ws6h;
-  wire [2:0] ws6h_c;
+  reg [2:0] ws6h_c;
   wire ws6h_lo;
   wire [1:0] ws6h_rh;
   reg [1:0] ws6hh;
   reg [1:0] ws6hl;
   wire [2:0] ws6l;
-  wire [2:0] ws6l_c;
+  reg [2:0] ws6l_c;
   wire ws6l_lo;
   wire [1:0] ws6l_rh;
   reg [1:0] ws6lh;
@@ -9313,6388 +9418,7622 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire ws7_lo;
   wire [2:0] ws7_rh;
   wire [2:0] ws7h;
-  wire [2:0] ws7h_c;
+  reg [2:0] ws7h_c;
   wire ws7h_lo;
   wire [1:0] ws7h_rh;
   reg [1:0] ws7hh;
   reg [1:0] ws7hl;
   wire [2:0] ws7l;
-  wire [2:0] ws7l_c;
+  reg [2:0] ws7l_c;
   wire ws7l_lo;
   wire [1:0] ws7l_rh;
   reg [1:0] ws7lh;
   reg [1:0] ws7ll;
-  assign \$3856  = gt4_23 & \$3855 ;
-  assign \$3857  = \$3856  ? R22[3:0] : 4'h0;
-  assign \$3858  = \$3854  | \$3857 ;
-  assign \$3859  = \$3851  | \$3858 ;
-  assign \$3860  = \$3844  | \$3859 ;
-  assign \$3861  = ~ gt4_23;
-  assign \$3862  = gt4_24 & \$3861 ;
-  assign \$3863  = \$3862  ? R23[3:0] : 4'h0;
-  assign \$3864  = ~ gt4_24;
-  assign \$3865  = gt4_25 & \$3864 ;
-  assign \$3866  = \$3865  ? R24[3:0] : 4'h0;
-  assign \$3867  = \$3863  | \$3866 ;
-  assign \$3868  = ~ gt4_25;
-  assign \$3869  = gt4_26 & \$3868 ;
-  assign \$3870  = \$3869  ? R25[3:0] : 4'h0;
-  assign \$3871  = ~ gt4_26;
-  assign \$3872  = gt4_27 & \$3871 ;
-  assign \$3873  = \$3872  ? R26[3:0] : 4'h0;
-  assign \$3874  = \$3870  | \$3873 ;
-  assign \$3875  = \$3867  | \$3874 ;
-  assign \$3876  = ~ gt4_27;
-  assign \$3877  = gt4_28 & \$3876 ;
-  assign \$3878  = \$3877  ? R27[3:0] : 4'h0;
-  assign \$3879  = ~ gt4_28;
-  assign \$3880  = gt4_29 & \$3879 ;
-  assign \$3881  = \$3880  ? R28[3:0] : 4'h0;
+  assign \$3806  = ~ sat23[3];
+  assign \$3807  = sat23[2] & \$3806 ;
+  assign \$3808  = \$3807  & sat23[1];
+  assign gt5_23 = \$3808  | sat23[3];
+  assign \$3809  = ~ sat24[3];
+  assign \$3810  = sat24[2] & \$3809 ;
+  assign \$3811  = \$3810  & sat24[1];
+  assign gt5_24 = \$3811  | sat24[3];
+  assign \$3812  = ~ sat25[3];
+  assign \$3813  = sat25[2] & \$3812 ;
+  assign \$3814  = \$3813  & sat25[1];
+  assign gt5_25 = \$3814  | sat25[3];
+  assign \$3815  = ~ sat26[3];
+  assign \$3816  = sat26[2] & \$3815 ;
+  assign \$3817  = \$3816  & sat26[1];
+  assign gt5_26 = \$3817  | sat26[3];
+  assign \$3818  = ~ sat27[3];
+  assign \$3819  = sat27[2] & \$3818 ;
+  assign \$3820  = \$3819  & sat27[1];
+  assign gt5_27 = \$3820  | sat27[3];
+  assign \$3821  = ~ sat28[3];
+  assign \$3822  = sat28[2] & \$3821 ;
+  assign \$3823  = \$3822  & sat28[1];
+  assign gt5_28 = \$3823  | sat28[3];
+  assign \$3824  = ~ sat29[3];
+  assign \$3825  = sat29[2] & \$3824 ;
+  assign \$3826  = \$3825  & sat29[1];
+  assign gt5_29 = \$3826  | sat29[3];
+  assign \$3827  = ~ sat30[3];
+  assign \$3828  = sat30[2] & \$3827 ;
+  assign \$3829  = \$3828  & sat30[1];
+  assign gt5_30 = \$3829  | sat30[3];
+  assign \$3830  = ~ sat31[3];
+  assign \$3831  = sat31[2] & \$3830 ;
+  assign \$3832  = \$3831  & sat31[1];
+  assign gt5_31 = \$3832  | sat31[3];
+  assign \$3833  = ~ sat32[3];
+  assign \$3834  = sat32[2] & \$3833 ;
+  assign \$3835  = \$3834  & sat32[1];
+  assign gt5_32 = \$3835  | sat32[3];
+  assign \$3836  = ~ sat33[3];
+  assign \$3837  = sat33[2] & \$3836 ;
+  assign \$3838  = \$3837  & sat33[1];
+  assign gt5_33 = \$3838  | sat33[3];
+  assign \$3839  = ~ sat34[3];
+  assign \$3840  = sat34[2] & \$3839 ;
+  assign \$3841  = \$3840  & sat34[1];
+  assign gt5_34 = \$3841  | sat34[3];
+  assign \$3842  = ~ sat35[3];
+  assign \$3843  = sat35[2] & \$3842 ;
+  assign \$3844  = \$3843  & sat35[1];
+  assign gt5_35 = \$3844  | sat35[3];
+  assign \$3845  = ~ gt5_0;
+  assign \$3846  = gt5_1 & \$3845 ;
+  assign \$3847  = \$3846  ? 1'h1 : 1'h0;
+  assign \$3848  = ~ gt5_1;
+  assign \$3849  = gt5_2 & \$3848 ;
+  assign \$3850  = \$3849  ? 2'h2 : 2'h0;
+  assign \$3851  = { 1'h0, \$3847  } | \$3850 ;
+  assign \$3852  = ~ gt5_2;
+  assign \$3853  = gt5_3 & \$3852 ;
+  assign \$3854  = \$3853  ? 2'h3 : 2'h0;
+  assign \$3855  = ~ gt5_3;
+  assign \$3856  = gt5_4 & \$3855 ;
+  assign \$3857  = \$3856  ? 3'h4 : 3'h0;
+  assign \$3858  = { 1'h0, \$3854  } | \$3857 ;
+  assign \$3859  = { 1'h0, \$3851  } | \$3858 ;
+  assign \$3860  = ~ gt5_4;
+  assign \$3861  = gt5_5 & \$3860 ;
+  assign \$3862  = \$3861  ? 3'h5 : 3'h0;
+  assign \$3863  = ~ gt5_5;
+  assign \$3864  = gt5_6 & \$3863 ;
+  assign \$3865  = \$3864  ? 3'h6 : 3'h0;
+  assign \$3866  = \$3862  | \$3865 ;
+  assign \$3867  = ~ gt5_6;
+  assign \$3868  = gt5_7 & \$3867 ;
+  assign \$3869  = \$3868  ? 3'h7 : 3'h0;
+  assign \$3870  = ~ gt5_7;
+  assign \$3871  = gt5_8 & \$3870 ;
+  assign \$3872  = \$3871  ? 4'h8 : 4'h0;
+  assign \$3873  = { 1'h0, \$3869  } | \$3872 ;
+  assign \$3874  = { 1'h0, \$3866  } | \$3873 ;
+  assign \$3875  = { 1'h0, \$3859  } | \$3874 ;
+  assign \$3876  = ~ gt5_8;
+  assign \$3877  = gt5_9 & \$3876 ;
+  assign \$3878  = \$3877  ? 4'h9 : 4'h0;
+  assign \$3879  = ~ gt5_9;
+  assign \$3880  = gt5_10 & \$3879 ;
+  assign \$3881  = \$3880  ? 4'ha : 4'h0;
   assign \$3882  = \$3878  | \$3881 ;
-  assign \$3883  = ~ gt4_29;
-  assign \$3884  = gt4_30 & \$3883 ;
-  assign \$3885  = \$3884  ? R29[3:0] : 4'h0;
-  assign \$3886  = ~ gt4_30;
-  assign \$3887  = gt4_31 & \$3886 ;
-  assign \$3888  = \$3887  ? R30[3:0] : 4'h0;
+  assign \$3883  = ~ gt5_10;
+  assign \$3884  = gt5_11 & \$3883 ;
+  assign \$3885  = \$3884  ? 4'hb : 4'h0;
+  assign \$3886  = ~ gt5_11;
+  assign \$3887  = gt5_12 & \$3886 ;
+  assign \$3888  = \$3887  ? 4'hc : 4'h0;
   assign \$3889  = \$3885  | \$3888 ;
   assign \$3890  = \$3882  | \$3889 ;
-  assign \$3891  = \$3875  | \$3890 ;
-  assign \$3892  = \$3860  | \$3891 ;
-  assign \$3893  = \$3829  | \$3892 ;
-  assign \$3894  = ~ gt4_31;
-  assign \$3895  = gt4_32 & \$3894 ;
-  assign \$3896  = \$3895  ? R31[3:0] : 4'h0;
-  assign \$3897  = ~ gt4_32;
-  assign \$3898  = gt4_33 & \$3897 ;
-  assign \$3899  = \$3898  ? R32[3:0] : 4'h0;
-  assign \$3900  = \$3896  | \$3899 ;
-  assign \$3901  = ~ gt4_33;
-  assign \$3902  = gt4_34 & \$3901 ;
-  assign \$3903  = \$3902  ? R33[3:0] : 4'h0;
-  assign \$3904  = ~ gt4_34;
-  assign \$3905  = gt4_35 & \$3904 ;
-  assign \$3906  = \$3905  ? R34[3:0] : 4'h0;
-  assign \$3907  = \$3903  | \$3906 ;
-  assign \$3908  = \$3900  | \$3907 ;
-  assign dlow4 = \$3893  | \$3908 ;
-  assign \$3909  = 3'h4 - dlow4;
-  assign \$3910  = grp4[0] + grp4[1];
-  assign \$3911  = grp4[2] + grp4[3];
-  assign \$3912  = \$3910  + \$3911 ;
-  assign \$3913  = grp4[4] + grp4[5];
-  assign \$3914  = grp4[6] + grp4[7];
-  assign \$3915  = \$3913  + \$3914 ;
-  assign ws4_c = \$3912  + \$3915 ;
-  assign ws4_lo = \$3909 [3:0] < ws4_c;
-  assign \$3916  = \$3909 [3:0] - ws4_c;
-  assign \$3917  = grp4[0] + grp4[1];
-  assign \$3918  = grp4[2] + grp4[3];
-  assign ws4l_c = \$3917  + \$3918 ;
-  assign ws4l_lo = \$3909 [2:0] < ws4l_c;
-  assign \$3919  = \$3909 [2:0] - ws4l_c;
-  assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign \$3920  = grp4[8] + grp4[9];
-  assign \$3921  = grp4[10] + grp4[11];
-  assign ws4h_c = \$3920  + \$3921 ;
-  assign ws4h_lo = \$3916 [2:0] < ws4h_c;
-  assign \$3922  = \$3916 [2:0] - ws4h_c;
-  assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
-  assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
-  assign lv4 = k > 3'h4;
-  assign \$3923  = k_cur <= 3'h4;
-  assign ln4 = finish & \$3923 ;
-  assign \$3924  = ln4 ? es_w : { rs_w[6], rs_w };
-  assign \$3925  = gsel4[5:2] - \$3924 [3:0];
-  assign \$3926  = ~ sat0[3];
-  assign \$3927  = sat0[2] & \$3926 ;
-  assign \$3928  = \$3927  & sat0[1];
-  assign gt5_0 = \$3928  | sat0[3];
-  assign \$3929  = ~ sat1[3];
-  assign \$3930  = sat1[2] & \$3929 ;
-  assign \$3931  = \$3930  & sat1[1];
-  assign gt5_1 = \$3931  | sat1[3];
-  assign \$3932  = ~ sat2[3];
-  assign \$3933  = sat2[2] & \$3932 ;
-  assign \$3934  = \$3933  & sat2[1];
-  assign gt5_2 = \$3934  | sat2[3];
-  assign \$3935  = ~ sat3[3];
-  assign \$3936  = sat3[2] & \$3935 ;
-  assign \$3937  = \$3936  & sat3[1];
-  assign gt5_3 = \$3937  | sat3[3];
-  assign \$3938  = ~ sat4[3];
-  assign \$3939  = sat4[2] & \$3938 ;
-  assign \$3940  = \$3939  & sat4[1];
-  assign gt5_4 = \$3940  | sat4[3];
-  assign \$3941  = ~ sat5[3];
-  assign \$3942  = sat5[2] & \$3941 ;
-  assign \$3943  = \$3942  & sat5[1];
-  assign gt5_5 = \$3943  | sat5[3];
-  assign \$3944  = ~ sat6[3];
-  assign \$3945  = sat6[2] & \$3944 ;
-  assign \$3946  = \$3945  & sat6[1];
-  assign gt5_6 = \$3946  | sat6[3];
-  assign \$3947  = ~ sat7[3];
-  assign \$3948  = sat7[2] & \$3947 ;
-  assign \$3949  = \$3948  & sat7[1];
-  assign gt5_7 = \$3949  | sat7[3];
-  assign \$3950  = ~ sat8[3];
-  assign \$3951  = sat8[2] & \$3950 ;
-  assign \$3952  = \$3951  & sat8[1];
-  assign gt5_8 = \$3952  | sat8[3];
-  assign \$3953  = ~ sat9[3];
-  assign \$3954  = sat9[2] & \$3953 ;
-  assign \$3955  = \$3954  & sat9[1];
-  assign gt5_9 = \$3955  | sat9[3];
-  assign \$3956  = ~ sat10[3];
-  assign \$3957  = sat10[2] & \$3956 ;
-  assign \$3958  = \$3957  & sat10[1];
-  assign gt5_10 = \$3958  | sat10[3];
-  assign \$3959  = ~ sat11[3];
-  assign \$3960  = sat11[2] & \$3959 ;
-  assign \$3961  = \$3960  & sat11[1];
-  assign gt5_11 = \$3961  | sat11[3];
-  assign \$3962  = ~ sat12[3];
-  assign \$3963  = sat12[2] & \$3962 ;
-  assign \$3964  = \$3963  & sat12[1];
-  assign gt5_12 = \$3964  | sat12[3];
-  assign \$3965  = ~ sat13[3];
-  assign \$3966  = sat13[2] & \$3965 ;
-  assign \$3967  = \$3966  & sat13[1];
-  assign gt5_13 = \$3967  | sat13[3];
-  assign \$3968  = ~ sat14[3];
-  assign \$3969  = sat14[2] & \$3968 ;
-  assign \$3970  = \$3969  & sat14[1];
-  assign gt5_14 = \$3970  | sat14[3];
-  assign \$3971  = ~ sat15[3];
-  assign \$3972  = sat15[2] & \$3971 ;
-  assign \$3973  = \$3972  & sat15[1];
-  assign gt5_15 = \$3973  | sat15[3];
-  assign \$3974  = ~ sat16[3];
-  assign \$3975  = sat16[2] & \$3974 ;
-  assign \$3976  = \$3975  & sat16[1];
-  assign gt5_16 = \$3976  | sat16[3];
-  assign \$3977  = ~ sat17[3];
-  assign \$3978  = sat17[2] & \$3977 ;
-  assign \$3979  = \$3978  & sat17[1];
-  assign gt5_17 = \$3979  | sat17[3];
-  assign \$3980  = ~ sat18[3];
-  assign \$3981  = sat18[2] & \$3980 ;
-  assign \$3982  = \$3981  & sat18[1];
-  assign gt5_18 = \$3982  | sat18[3];
-  assign \$3983  = ~ sat19[3];
-  assign \$3984  = sat19[2] & \$3983 ;
-  assign \$3985  = \$3984  & sat19[1];
-  assign gt5_19 = \$3985  | sat19[3];
-  assign \$3986  = ~ sat20[3];
-  assign \$3987  = sat20[2] & \$3986 ;
-  assign \$3988  = \$3987  & sat20[1];
-  assign gt5_20 = \$3988  | sat20[3];
-  assign \$3989  = ~ sat21[3];
-  assign \$3990  = sat21[2] & \$3989 ;
-  assign \$3991  = \$3990  & sat21[1];
-  assign gt5_21 = \$3991  | sat21[3];
-  assign \$3992  = ~ sat22[3];
-  assign \$3993  = sat22[2] & \$3992 ;
-  assign \$3994  = \$3993  & sat22[1];
-  assign gt5_22 = \$3994  | sat22[3];
-  assign \$3995  = ~ sat23[3];
-  assign \$3996  = sat23[2] & \$3995 ;
-  assign \$3997  = \$3996  & sat23[1];
-  assign gt5_23 = \$3997  | sat23[3];
-  assign \$3998  = ~ sat24[3];
-  assign \$3999  = sat24[2] & \$3998 ;
-  assign \$4000  = \$3999  & sat24[1];
-  assign gt5_24 = \$4000  | sat24[3];
-  assign \$4001  = ~ sat25[3];
-  assign \$4002  = sat25[2] & \$4001 ;
-  assign \$4003  = \$4002  & sat25[1];
-  assign gt5_25 = \$4003  | sat25[3];
-  assign \$4004  = ~ sat26[3];
-  assign \$4005  = sat26[2] & \$4004 ;
-  assign \$4006  = \$4005  & sat26[1];
-  assign gt5_26 = \$4006  | sat26[3];
-  assign \$4007  = ~ sat27[3];
-  assign \$4008  = sat27[2] & \$4007 ;
-  assign \$4009  = \$4008  & sat27[1];
-  assign gt5_27 = \$4009  | sat27[3];
-  assign \$4010  = ~ sat28[3];
-  assign \$4011  = sat28[2] & \$4010 ;
-  assign \$4012  = \$4011  & sat28[1];
-  assign gt5_28 = \$4012  | sat28[3];
-  assign \$4013  = ~ sat29[3];
-  assign \$4014  = sat29[2] & \$4013 ;
-  assign \$4015  = \$4014  & sat29[1];
-  assign gt5_29 = \$4015  | sat29[3];
-  assign \$4016  = ~ sat30[3];
-  assign \$4017  = sat30[2] & \$4016 ;
-  assign \$4018  = \$4017  & sat30[1];
-  assign gt5_30 = \$4018  | sat30[3];
-  assign \$4019  = ~ sat31[3];
-  assign \$4020  = sat31[2] & \$4019 ;
-  assign \$4021  = \$4020  & sat31[1];
-  assign gt5_31 = \$4021  | sat31[3];
-  assign \$4022  = ~ sat32[3];
-  assign \$4023  = sat32[2] & \$4022 ;
-  assign \$4024  = \$4023  & sat32[1];
-  assign gt5_32 = \$4024  | sat32[3];
-  assign \$4025  = ~ sat33[3];
-  assign \$4026  = sat33[2] & \$4025 ;
-  assign \$4027  = \$4026  & sat33[1];
-  assign gt5_33 = \$4027  | sat33[3];
-  assign \$4028  = ~ sat34[3];
-  assign \$4029  = sat34[2] & \$4028 ;
-  assign \$4030  = \$4029  & sat34[1];
-  assign gt5_34 = \$4030  | sat34[3];
-  assign \$4031  = ~ sat35[3];
-  assign \$4032  = sat35[2] & \$4031 ;
-  assign \$4033  = \$4032  & sat35[1];
-  assign gt5_35 = \$4033  | sat35[3];
-  assign \$4034  = ~ gt5_0;
-  assign \$4035  = gt5_1 & \$4034 ;
-  assign \$4036  = \$4035  ? 1'h1 : 1'h0;
-  assign \$4037  = ~ gt5_1;
-  assign \$4038  = gt5_2 & \$4037 ;
-  assign \$4039  = \$4038  ? 2'h2 : 2'h0;
-  assign \$4040  = { 1'h0, \$4036  } | \$4039 ;
-  assign \$4041  = ~ gt5_2;
-  assign \$4042  = gt5_3 & \$4041 ;
-  assign \$4043  = \$4042  ? 2'h3 : 2'h0;
-  assign \$4044  = ~ gt5_3;
-  assign \$4045  = gt5_4 & \$4044 ;
-  assign \$4046  = \$4045  ? 3'h4 : 3'h0;
-  assign \$4047  = { 1'h0, \$4043  } | \$4046 ;
-  assign \$4048  = { 1'h0, \$4040  } | \$4047 ;
-  assign \$4049  = ~ gt5_4;
-  assign \$4050  = gt5_5 & \$4049 ;
-  assign \$4051  = \$4050  ? 3'h5 : 3'h0;
-  assign \$4052  = ~ gt5_5;
-  assign \$4053  = gt5_6 & \$4052 ;
-  assign \$4054  = \$4053  ? 3'h6 : 3'h0;
-  assign \$4055  = \$4051  | \$4054 ;
-  assign \$4056  = ~ gt5_6;
-  assign \$4057  = gt5_7 & \$4056 ;
-  assign \$4058  = \$4057  ? 3'h7 : 3'h0;
-  assign \$4059  = ~ gt5_7;
-  assign \$4060  = gt5_8 & \$4059 ;
-  assign \$4061  = \$4060  ? 4'h8 : 4'h0;
-  assign \$4062  = { 1'h0, \$4058  } | \$4061 ;
-  assign \$4063  = { 1'h0, \$4055  } | \$4062 ;
-  assign \$4064  = { 1'h0, \$4048  } | \$4063 ;
-  assign \$4065  = ~ gt5_8;
-  assign \$4066  = gt5_9 & \$4065 ;
-  assign \$4067  = \$4066  ? 4'h9 : 4'h0;
-  assign \$4068  = ~ gt5_9;
-  assign \$4069  = gt5_10 & \$4068 ;
-  assign \$4070  = \$4069  ? 4'ha : 4'h0;
-  assign \$4071  = \$4067  | \$4070 ;
-  assign \$4072  = ~ gt5_10;
-  assign \$4073  = gt5_11 & \$4072 ;
-  assign \$4074  = \$4073  ? 4'hb : 4'h0;
-  assign \$4075  = ~ gt5_11;
-  assign \$4076  = gt5_12 & \$4075 ;
-  assign \$4077  = \$4076  ? 4'hc : 4'h0;
-  assign \$4078  = \$4074  | \$4077 ;
-  assign \$4079  = \$4071  | \$4078 ;
-  assign \$4080  = ~ gt5_12;
-  assign \$4081  = gt5_13 & \$4080 ;
-  assign \$4082  = \$4081  ? 4'hd : 4'h0;
-  assign \$4083  = ~ gt5_13;
-  assign \$4084  = gt5_14 & \$4083 ;
-  assign \$4085  = \$4084  ? 4'he : 4'h0;
-  assign \$4086  = \$4082  | \$4085 ;
-  assign \$4087  = ~ gt5_14;
-  assign \$4088  = gt5_15 & \$4087 ;
-  assign \$4089  = \$4088  ? 4'hf : 4'h0;
-  assign \$4090  = ~ gt5_15;
-  assign \$4091  = gt5_16 & \$4090 ;
-  assign \$4092  = \$4091  ? 5'h10 : 5'h00;
-  assign \$4093  = { 1'h0, \$4089  } | \$4092 ;
-  assign \$4094  = { 1'h0, \$4086  } | \$4093 ;
-  assign \$4095  = { 1'h0, \$4079  } | \$4094 ;
-  assign \$4096  = { 1'h0, \$4064  } | \$4095 ;
-  assign \$4097  = ~ gt5_16;
-  assign \$4098  = gt5_17 & \$4097 ;
-  assign \$4099  = \$4098  ? 5'h11 : 5'h00;
-  assign \$4100  = ~ gt5_17;
-  assign \$4101  = gt5_18 & \$4100 ;
-  assign \$4102  = \$4101  ? 5'h12 : 5'h00;
+  assign \$3891  = ~ gt5_12;
+  assign \$3892  = gt5_13 & \$3891 ;
+  assign \$3893  = \$3892  ? 4'hd : 4'h0;
+  assign \$3894  = ~ gt5_13;
+  assign \$3895  = gt5_14 & \$3894 ;
+  assign \$3896  = \$3895  ? 4'he : 4'h0;
+  assign \$3897  = \$3893  | \$3896 ;
+  assign \$3898  = ~ gt5_14;
+  assign \$3899  = gt5_15 & \$3898 ;
+  assign \$3900  = \$3899  ? 4'hf : 4'h0;
+  assign \$3901  = ~ gt5_15;
+  assign \$3902  = gt5_16 & \$3901 ;
+  assign \$3903  = \$3902  ? 5'h10 : 5'h00;
+  assign \$3904  = { 1'h0, \$3900  } | \$3903 ;
+  assign \$3905  = { 1'h0, \$3897  } | \$3904 ;
+  assign \$3906  = { 1'h0, \$3890  } | \$3905 ;
+  assign \$3907  = { 1'h0, \$3875  } | \$3906 ;
+  assign \$3908  = ~ gt5_16;
+  assign \$3909  = gt5_17 & \$3908 ;
+  assign \$3910  = \$3909  ? 5'h11 : 5'h00;
+  assign \$3911  = ~ gt5_17;
+  assign \$3912  = gt5_18 & \$3911 ;
+  assign \$3913  = \$3912  ? 5'h12 : 5'h00;
+  assign \$3914  = \$3910  | \$3913 ;
+  assign \$3915  = ~ gt5_18;
+  assign \$3916  = gt5_19 & \$3915 ;
+  assign \$3917  = \$3916  ? 5'h13 : 5'h00;
+  assign \$3918  = ~ gt5_19;
+  assign \$3919  = gt5_20 & \$3918 ;
+  assign \$3920  = \$3919  ? 5'h14 : 5'h00;
+  assign \$3921  = \$3917  | \$3920 ;
+  assign \$3922  = \$3914  | \$3921 ;
+  assign \$3923  = ~ gt5_20;
+  assign \$3924  = gt5_21 & \$3923 ;
+  assign \$3925  = \$3924  ? 5'h15 : 5'h00;
+  assign \$3926  = ~ gt5_21;
+  assign \$3927  = gt5_22 & \$3926 ;
+  assign \$3928  = \$3927  ? 5'h16 : 5'h00;
+  assign \$3929  = \$3925  | \$3928 ;
+  assign \$3930  = ~ gt5_22;
+  assign \$3931  = gt5_23 & \$3930 ;
+  assign \$3932  = \$3931  ? 5'h17 : 5'h00;
+  assign \$3933  = ~ gt5_23;
+  assign \$3934  = gt5_24 & \$3933 ;
+  assign \$3935  = \$3934  ? 5'h18 : 5'h00;
+  assign \$3936  = \$3932  | \$3935 ;
+  assign \$3937  = \$3929  | \$3936 ;
+  assign \$3938  = \$3922  | \$3937 ;
+  assign \$3939  = ~ gt5_24;
+  assign \$3940  = gt5_25 & \$3939 ;
+  assign \$3941  = \$3940  ? 5'h19 : 5'h00;
+  assign \$3942  = ~ gt5_25;
+  assign \$3943  = gt5_26 & \$3942 ;
+  assign \$3944  = \$3943  ? 5'h1a : 5'h00;
+  assign \$3945  = \$3941  | \$3944 ;
+  assign \$3946  = ~ gt5_26;
+  assign \$3947  = gt5_27 & \$3946 ;
+  assign \$3948  = \$3947  ? 5'h1b : 5'h00;
+  assign \$3949  = ~ gt5_27;
+  assign \$3950  = gt5_28 & \$3949 ;
+  assign \$3951  = \$3950  ? 5'h1c : 5'h00;
+  assign \$3952  = \$3948  | \$3951 ;
+  assign \$3953  = \$3945  | \$3952 ;
+  assign \$3954  = ~ gt5_28;
+  assign \$3955  = gt5_29 & \$3954 ;
+  assign \$3956  = \$3955  ? 5'h1d : 5'h00;
+  assign \$3957  = ~ gt5_29;
+  assign \$3958  = gt5_30 & \$3957 ;
+  assign \$3959  = \$3958  ? 5'h1e : 5'h00;
+  assign \$3960  = \$3956  | \$3959 ;
+  assign \$3961  = ~ gt5_30;
+  assign \$3962  = gt5_31 & \$3961 ;
+  assign \$3963  = \$3962  ? 5'h1f : 5'h00;
+  assign \$3964  = ~ gt5_31;
+  assign \$3965  = gt5_32 & \$3964 ;
+  assign \$3966  = \$3965  ? 6'h20 : 6'h00;
+  assign \$3967  = { 1'h0, \$3963  } | \$3966 ;
+  assign \$3968  = { 1'h0, \$3960  } | \$3967 ;
+  assign \$3969  = { 1'h0, \$3953  } | \$3968 ;
+  assign \$3970  = { 1'h0, \$3938  } | \$3969 ;
+  assign \$3971  = { 1'h0, \$3907  } | \$3970 ;
+  assign \$3972  = ~ gt5_32;
+  assign \$3973  = gt5_33 & \$3972 ;
+  assign \$3974  = \$3973  ? 6'h21 : 6'h00;
+  assign \$3975  = ~ gt5_33;
+  assign \$3976  = gt5_34 & \$3975 ;
+  assign \$3977  = \$3976  ? 6'h22 : 6'h00;
+  assign \$3978  = \$3974  | \$3977 ;
+  assign \$3979  = ~ gt5_34;
+  assign \$3980  = gt5_35 & \$3979 ;
+  assign \$3981  = \$3980  ? 6'h23 : 6'h00;
+  assign \$3982  = \$3978  | \$3981 ;
+  assign gsel5 = \$3971  | \$3982 ;
+  assign \$3983  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3984  = ~ gt5_0;
+  assign \$3985  = gt5_1 & \$3984 ;
+  assign \$3986  = \$3985  ? mbeat0[31:16] : 16'h0000;
+  assign \$3987  = \$3983  | \$3986 ;
+  assign \$3988  = ~ gt5_1;
+  assign \$3989  = gt5_2 & \$3988 ;
+  assign \$3990  = \$3989  ? mbeat0[47:32] : 16'h0000;
+  assign \$3991  = ~ gt5_2;
+  assign \$3992  = gt5_3 & \$3991 ;
+  assign \$3993  = \$3992  ? mbeat0[63:48] : 16'h0000;
+  assign \$3994  = \$3990  | \$3993 ;
+  assign \$3995  = \$3987  | \$3994 ;
+  assign \$3996  = ~ gt5_3;
+  assign \$3997  = gt5_4 & \$3996 ;
+  assign \$3998  = \$3997  ? mbeat0[79:64] : 16'h0000;
+  assign \$3999  = ~ gt5_4;
+  assign \$4000  = gt5_5 & \$3999 ;
+  assign \$4001  = \$4000  ? mbeat0[95:80] : 16'h0000;
+  assign \$4002  = \$3998  | \$4001 ;
+  assign \$4003  = ~ gt5_5;
+  assign \$4004  = gt5_6 & \$4003 ;
+  assign \$4005  = \$4004  ? mbeat0[111:96] : 16'h0000;
+  assign \$4006  = ~ gt5_6;
+  assign \$4007  = gt5_7 & \$4006 ;
+  assign \$4008  = \$4007  ? mbeat0[127:112] : 16'h0000;
+  assign \$4009  = \$4005  | \$4008 ;
+  assign \$4010  = \$4002  | \$4009 ;
+  assign \$4011  = \$3995  | \$4010 ;
+  assign \$4012  = ~ gt5_7;
+  assign \$4013  = gt5_8 & \$4012 ;
+  assign \$4014  = \$4013  ? mbeat0[143:128] : 16'h0000;
+  assign \$4015  = ~ gt5_8;
+  assign \$4016  = gt5_9 & \$4015 ;
+  assign \$4017  = \$4016  ? mbeat0[159:144] : 16'h0000;
+  assign \$4018  = \$4014  | \$4017 ;
+  assign \$4019  = ~ gt5_9;
+  assign \$4020  = gt5_10 & \$4019 ;
+  assign \$4021  = \$4020  ? mbeat0[175:160] : 16'h0000;
+  assign \$4022  = ~ gt5_10;
+  assign \$4023  = gt5_11 & \$4022 ;
+  assign \$4024  = \$4023  ? mbeat0[191:176] : 16'h0000;
+  assign \$4025  = \$4021  | \$4024 ;
+  assign \$4026  = \$4018  | \$4025 ;
+  assign \$4027  = ~ gt5_11;
+  assign \$4028  = gt5_12 & \$4027 ;
+  assign \$4029  = \$4028  ? mbeat1[15:0] : 16'h0000;
+  assign \$4030  = ~ gt5_12;
+  assign \$4031  = gt5_13 & \$4030 ;
+  assign \$4032  = \$4031  ? mbeat1[31:16] : 16'h0000;
+  assign \$4033  = \$4029  | \$4032 ;
+  assign \$4034  = ~ gt5_13;
+  assign \$4035  = gt5_14 & \$4034 ;
+  assign \$4036  = \$4035  ? mbeat1[47:32] : 16'h0000;
+  assign \$4037  = ~ gt5_14;
+  assign \$4038  = gt5_15 & \$4037 ;
+  assign \$4039  = \$4038  ? mbeat1[63:48] : 16'h0000;
+  assign \$4040  = \$4036  | \$4039 ;
+  assign \$4041  = \$4033  | \$4040 ;
+  assign \$4042  = \$4026  | \$4041 ;
+  assign \$4043  = \$4011  | \$4042 ;
+  assign \$4044  = ~ gt5_15;
+  assign \$4045  = gt5_16 & \$4044 ;
+  assign \$4046  = \$4045  ? mbeat1[79:64] : 16'h0000;
+  assign \$4047  = ~ gt5_16;
+  assign \$4048  = gt5_17 & \$4047 ;
+  assign \$4049  = \$4048  ? mbeat1[95:80] : 16'h0000;
+  assign \$4050  = \$4046  | \$4049 ;
+  assign \$4051  = ~ gt5_17;
+  assign \$4052  = gt5_18 & \$4051 ;
+  assign \$4053  = \$4052  ? mbeat1[111:96] : 16'h0000;
+  assign \$4054  = ~ gt5_18;
+  assign \$4055  = gt5_19 & \$4054 ;
+  assign \$4056  = \$4055  ? mbeat1[127:112] : 16'h0000;
+  assign \$4057  = \$4053  | \$4056 ;
+  assign \$4058  = \$4050  | \$4057 ;
+  assign \$4059  = ~ gt5_19;
+  assign \$4060  = gt5_20 & \$4059 ;
+  assign \$4061  = \$4060  ? mbeat1[143:128] : 16'h0000;
+  assign \$4062  = ~ gt5_20;
+  assign \$4063  = gt5_21 & \$4062 ;
+  assign \$4064  = \$4063  ? mbeat1[159:144] : 16'h0000;
+  assign \$4065  = \$4061  | \$4064 ;
+  assign \$4066  = ~ gt5_21;
+  assign \$4067  = gt5_22 & \$4066 ;
+  assign \$4068  = \$4067  ? mbeat1[175:160] : 16'h0000;
+  assign \$4069  = ~ gt5_22;
+  assign \$4070  = gt5_23 & \$4069 ;
+  assign \$4071  = \$4070  ? mbeat1[191:176] : 16'h0000;
+  assign \$4072  = \$4068  | \$4071 ;
+  assign \$4073  = \$4065  | \$4072 ;
+  assign \$4074  = \$4058  | \$4073 ;
+  assign \$4075  = ~ gt5_23;
+  assign \$4076  = gt5_24 & \$4075 ;
+  assign \$4077  = \$4076  ? mbeat2[15:0] : 16'h0000;
+  assign \$4078  = ~ gt5_24;
+  assign \$4079  = gt5_25 & \$4078 ;
+  assign \$4080  = \$4079  ? mbeat2[31:16] : 16'h0000;
+  assign \$4081  = \$4077  | \$4080 ;
+  assign \$4082  = ~ gt5_25;
+  assign \$4083  = gt5_26 & \$4082 ;
+  assign \$4084  = \$4083  ? mbeat2[47:32] : 16'h0000;
+  assign \$4085  = ~ gt5_26;
+  assign \$4086  = gt5_27 & \$4085 ;
+  assign \$4087  = \$4086  ? mbeat2[63:48] : 16'h0000;
+  assign \$4088  = \$4084  | \$4087 ;
+  assign \$4089  = \$4081  | \$4088 ;
+  assign \$4090  = ~ gt5_27;
+  assign \$4091  = gt5_28 & \$4090 ;
+  assign \$4092  = \$4091  ? mbeat2[79:64] : 16'h0000;
+  assign \$4093  = ~ gt5_28;
+  assign \$4094  = gt5_29 & \$4093 ;
+  assign \$4095  = \$4094  ? mbeat2[95:80] : 16'h0000;
+  assign \$4096  = \$4092  | \$4095 ;
+  assign \$4097  = ~ gt5_29;
+  assign \$4098  = gt5_30 & \$4097 ;
+  assign \$4099  = \$4098  ? mbeat2[111:96] : 16'h0000;
+  assign \$4100  = ~ gt5_30;
+  assign \$4101  = gt5_31 & \$4100 ;
+  assign \$4102  = \$4101  ? mbeat2[127:112] : 16'h0000;
   assign \$4103  = \$4099  | \$4102 ;
-  assign \$4104  = ~ gt5_18;
-  assign \$4105  = gt5_19 & \$4104 ;
-  assign \$4106  = \$4105  ? 5'h13 : 5'h00;
-  assign \$4107  = ~ gt5_19;
-  assign \$4108  = gt5_20 & \$4107 ;
-  assign \$4109  = \$4108  ? 5'h14 : 5'h00;
-  assign \$4110  = \$4106  | \$4109 ;
-  assign \$4111  = \$4103  | \$4110 ;
-  assign \$4112  = ~ gt5_20;
-  assign \$4113  = gt5_21 & \$4112 ;
-  assign \$4114  = \$4113  ? 5'h15 : 5'h00;
-  assign \$4115  = ~ gt5_21;
-  assign \$4116  = gt5_22 & \$4115 ;
-  assign \$4117  = \$4116  ? 5'h16 : 5'h00;
-  assign \$4118  = \$4114  | \$4117 ;
-  assign \$4119  = ~ gt5_22;
-  assign \$4120  = gt5_23 & \$4119 ;
-  assign \$4121  = \$4120  ? 5'h17 : 5'h00;
-  assign \$4122  = ~ gt5_23;
-  assign \$4123  = gt5_24 & \$4122 ;
-  assign \$4124  = \$4123  ? 5'h18 : 5'h00;
-  assign \$4125  = \$4121  | \$4124 ;
-  assign \$4126  = \$4118  | \$4125 ;
-  assign \$4127  = \$4111  | \$4126 ;
-  assign \$4128  = ~ gt5_24;
-  assign \$4129  = gt5_25 & \$4128 ;
-  assign \$4130  = \$4129  ? 5'h19 : 5'h00;
-  assign \$4131  = ~ gt5_25;
-  assign \$4132  = gt5_26 & \$4131 ;
-  assign \$4133  = \$4132  ? 5'h1a : 5'h00;
+  assign \$4104  = \$4096  | \$4103 ;
+  assign \$4105  = \$4089  | \$4104 ;
+  assign \$4106  = \$4074  | \$4105 ;
+  assign \$4107  = \$4043  | \$4106 ;
+  assign \$4108  = ~ gt5_31;
+  assign \$4109  = gt5_32 & \$4108 ;
+  assign \$4110  = \$4109  ? mbeat2[143:128] : 16'h0000;
+  assign \$4111  = ~ gt5_32;
+  assign \$4112  = gt5_33 & \$4111 ;
+  assign \$4113  = \$4112  ? mbeat2[159:144] : 16'h0000;
+  assign \$4114  = \$4110  | \$4113 ;
+  assign \$4115  = ~ gt5_33;
+  assign \$4116  = gt5_34 & \$4115 ;
+  assign \$4117  = \$4116  ? mbeat2[175:160] : 16'h0000;
+  assign \$4118  = ~ gt5_34;
+  assign \$4119  = gt5_35 & \$4118 ;
+  assign \$4120  = \$4119  ? mbeat2[191:176] : 16'h0000;
+  assign \$4121  = \$4117  | \$4120 ;
+  assign \$4122  = \$4114  | \$4121 ;
+  assign grp5 = \$4107  | \$4122 ;
+  assign \$4123  = gt5_0 ? Rm1[3:0] : 4'h0;
+  assign \$4124  = ~ gt5_0;
+  assign \$4125  = gt5_1 & \$4124 ;
+  assign \$4126  = \$4125  ? R0[3:0] : 4'h0;
+  assign \$4127  = \$4123  | \$4126 ;
+  assign \$4128  = ~ gt5_1;
+  assign \$4129  = gt5_2 & \$4128 ;
+  assign \$4130  = \$4129  ? R1[3:0] : 4'h0;
+  assign \$4131  = ~ gt5_2;
+  assign \$4132  = gt5_3 & \$4131 ;
+  assign \$4133  = \$4132  ? R2[3:0] : 4'h0;
   assign \$4134  = \$4130  | \$4133 ;
-  assign \$4135  = ~ gt5_26;
-  assign \$4136  = gt5_27 & \$4135 ;
-  assign \$4137  = \$4136  ? 5'h1b : 5'h00;
-  assign \$4138  = ~ gt5_27;
-  assign \$4139  = gt5_28 & \$4138 ;
-  assign \$4140  = \$4139  ? 5'h1c : 5'h00;
-  assign \$4141  = \$4137  | \$4140 ;
-  assign \$4142  = \$4134  | \$4141 ;
-  assign \$4143  = ~ gt5_28;
-  assign \$4144  = gt5_29 & \$4143 ;
-  assign \$4145  = \$4144  ? 5'h1d : 5'h00;
-  assign \$4146  = ~ gt5_29;
-  assign \$4147  = gt5_30 & \$4146 ;
-  assign \$4148  = \$4147  ? 5'h1e : 5'h00;
+  assign \$4135  = \$4127  | \$4134 ;
+  assign \$4136  = ~ gt5_3;
+  assign \$4137  = gt5_4 & \$4136 ;
+  assign \$4138  = \$4137  ? R3[3:0] : 4'h0;
+  assign \$4139  = ~ gt5_4;
+  assign \$4140  = gt5_5 & \$4139 ;
+  assign \$4141  = \$4140  ? R4[3:0] : 4'h0;
+  assign \$4142  = \$4138  | \$4141 ;
+  assign \$4143  = ~ gt5_5;
+  assign \$4144  = gt5_6 & \$4143 ;
+  assign \$4145  = \$4144  ? R5[3:0] : 4'h0;
+  assign \$4146  = ~ gt5_6;
+  assign \$4147  = gt5_7 & \$4146 ;
+  assign \$4148  = \$4147  ? R6[3:0] : 4'h0;
   assign \$4149  = \$4145  | \$4148 ;
-  assign \$4150  = ~ gt5_30;
-  assign \$4151  = gt5_31 & \$4150 ;
-  assign \$4152  = \$4151  ? 5'h1f : 5'h00;
-  assign \$4153  = ~ gt5_31;
-  assign \$4154  = gt5_32 & \$4153 ;
-  assign \$4155  = \$4154  ? 6'h20 : 6'h00;
-  assign \$4156  = { 1'h0, \$4152  } | \$4155 ;
-  assign \$4157  = { 1'h0, \$4149  } | \$4156 ;
-  assign \$4158  = { 1'h0, \$4142  } | \$4157 ;
-  assign \$4159  = { 1'h0, \$4127  } | \$4158 ;
-  assign \$4160  = { 1'h0, \$4096  } | \$4159 ;
-  assign \$4161  = ~ gt5_32;
-  assign \$4162  = gt5_33 & \$4161 ;
-  assign \$4163  = \$4162  ? 6'h21 : 6'h00;
-  assign \$4164  = ~ gt5_33;
-  assign \$4165  = gt5_34 & \$4164 ;
-  assign \$4166  = \$4165  ? 6'h22 : 6'h00;
-  assign \$4167  = \$4163  | \$4166 ;
-  assign \$4168  = ~ gt5_34;
-  assign \$4169  = gt5_35 & \$4168 ;
-  assign \$4170  = \$4169  ? 6'h23 : 6'h00;
-  assign \$4171  = \$4167  | \$4170 ;
-  assign gsel5 = \$4160  | \$4171 ;
-  assign \$4172  = gt5_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$4173  = ~ gt5_0;
-  assign \$4174  = gt5_1 & \$4173 ;
-  assign \$4175  = \$4174  ? mbeat0[31:16] : 16'h0000;
-  assign \$4176  = \$4172  | \$4175 ;
-  assign \$4177  = ~ gt5_1;
-  assign \$4178  = gt5_2 & \$4177 ;
-  assign \$4179  = \$4178  ? mbeat0[47:32] : 16'h0000;
-  assign \$4180  = ~ gt5_2;
-  assign \$4181  = gt5_3 & \$4180 ;
-  assign \$4182  = \$4181  ? mbeat0[63:48] : 16'h0000;
-  assign \$4183  = \$4179  | \$4182 ;
-  assign \$4184  = \$4176  | \$4183 ;
-  assign \$4185  = ~ gt5_3;
-  assign \$4186  = gt5_4 & \$4185 ;
-  assign \$4187  = \$4186  ? mbeat0[79:64] : 16'h0000;
-  assign \$4188  = ~ gt5_4;
-  assign \$4189  = gt5_5 & \$4188 ;
-  assign \$4190  = \$4189  ? mbeat0[95:80] : 16'h0000;
-  assign \$4191  = \$4187  | \$4190 ;
-  assign \$4192  = ~ gt5_5;
-  assign \$4193  = gt5_6 & \$4192 ;
-  assign \$4194  = \$4193  ? mbeat0[111:96] : 16'h0000;
-  assign \$4195  = ~ gt5_6;
-  assign \$4196  = gt5_7 & \$4195 ;
-  assign \$4197  = \$4196  ? mbeat0[127:112] : 16'h0000;
-  assign \$4198  = \$4194  | \$4197 ;
-  assign \$4199  = \$4191  | \$4198 ;
-  assign \$4200  = \$4184  | \$4199 ;
-  assign \$4201  = ~ gt5_7;
-  assign \$4202  = gt5_8 & \$4201 ;
-  assign \$4203  = \$4202  ? mbeat0[143:128] : 16'h0000;
-  assign \$4204  = ~ gt5_8;
-  assign \$4205  = gt5_9 & \$4204 ;
-  assign \$4206  = \$4205  ? mbeat0[159:144] : 16'h0000;
-  assign \$4207  = \$4203  | \$4206 ;
-  assign \$4208  = ~ gt5_9;
-  assign \$4209  = gt5_10 & \$4208 ;
-  assign \$4210  = \$4209  ? mbeat0[175:160] : 16'h0000;
-  assign \$4211  = ~ gt5_10;
-  assign \$4212  = gt5_11 & \$4211 ;
-  assign \$4213  = \$4212  ? mbeat0[191:176] : 16'h0000;
-  assign \$4214  = \$4210  | \$4213 ;
-  assign \$4215  = \$4207  | \$4214 ;
-  assign \$4216  = ~ gt5_11;
-  assign \$4217  = gt5_12 & \$4216 ;
-  assign \$4218  = \$4217  ? mbeat1[15:0] : 16'h0000;
-  assign \$4219  = ~ gt5_12;
-  assign \$4220  = gt5_13 & \$4219 ;
-  assign \$4221  = \$4220  ? mbeat1[31:16] : 16'h0000;
-  assign \$4222  = \$4218  | \$4221 ;
-  assign \$4223  = ~ gt5_13;
-  assign \$4224  = gt5_14 & \$4223 ;
-  assign \$4225  = \$4224  ? mbeat1[47:32] : 16'h0000;
-  assign \$4226  = ~ gt5_14;
-  assign \$4227  = gt5_15 & \$4226 ;
-  assign \$4228  = \$4227  ? mbeat1[63:48] : 16'h0000;
-  assign \$4229  = \$4225  | \$4228 ;
-  assign \$4230  = \$4222  | \$4229 ;
-  assign \$4231  = \$4215  | \$4230 ;
-  assign \$4232  = \$4200  | \$4231 ;
-  assign \$4233  = ~ gt5_15;
-  assign \$4234  = gt5_16 & \$4233 ;
-  assign \$4235  = \$4234  ? mbeat1[79:64] : 16'h0000;
-  assign \$4236  = ~ gt5_16;
-  assign \$4237  = gt5_17 & \$4236 ;
-  assign \$4238  = \$4237  ? mbeat1[95:80] : 16'h0000;
-  assign \$4239  = \$4235  | \$4238 ;
-  assign \$4240  = ~ gt5_17;
-  assign \$4241  = gt5_18 & \$4240 ;
-  assign \$4242  = \$4241  ? mbeat1[111:96] : 16'h0000;
-  assign \$4243  = ~ gt5_18;
-  assign \$4244  = gt5_19 & \$4243 ;
-  assign \$4245  = \$4244  ? mbeat1[127:112] : 16'h0000;
-  assign \$4246  = \$4242  | \$4245 ;
-  assign \$4247  = \$4239  | \$4246 ;
-  assign \$4248  = ~ gt5_19;
-  assign \$4249  = gt5_20 & \$4248 ;
-  assign \$4250  = \$4249  ? mbeat1[143:128] : 16'h0000;
-  assign \$4251  = ~ gt5_20;
-  assign \$4252  = gt5_21 & \$4251 ;
-  assign \$4253  = \$4252  ? mbeat1[159:144] : 16'h0000;
+  assign \$4150  = \$4142  | \$4149 ;
+  assign \$4151  = \$4135  | \$4150 ;
+  assign \$4152  = ~ gt5_7;
+  assign \$4153  = gt5_8 & \$4152 ;
+  assign \$4154  = \$4153  ? R7[3:0] : 4'h0;
+  assign \$4155  = ~ gt5_8;
+  assign \$4156  = gt5_9 & \$4155 ;
+  assign \$4157  = \$4156  ? R8[3:0] : 4'h0;
+  assign \$4158  = \$4154  | \$4157 ;
+  assign \$4159  = ~ gt5_9;
+  assign \$4160  = gt5_10 & \$4159 ;
+  assign \$4161  = \$4160  ? R9[3:0] : 4'h0;
+  assign \$4162  = ~ gt5_10;
+  assign \$4163  = gt5_11 & \$4162 ;
+  assign \$4164  = \$4163  ? R10[3:0] : 4'h0;
+  assign \$4165  = \$4161  | \$4164 ;
+  assign \$4166  = \$4158  | \$4165 ;
+  assign \$4167  = ~ gt5_11;
+  assign \$4168  = gt5_12 & \$4167 ;
+  assign \$4169  = \$4168  ? R11[3:0] : 4'h0;
+  assign \$4170  = ~ gt5_12;
+  assign \$4171  = gt5_13 & \$4170 ;
+  assign \$4172  = \$4171  ? R12[3:0] : 4'h0;
+  assign \$4173  = \$4169  | \$4172 ;
+  assign \$4174  = ~ gt5_13;
+  assign \$4175  = gt5_14 & \$4174 ;
+  assign \$4176  = \$4175  ? R13[3:0] : 4'h0;
+  assign \$4177  = ~ gt5_14;
+  assign \$4178  = gt5_15 & \$4177 ;
+  assign \$4179  = \$4178  ? R14[3:0] : 4'h0;
+  assign \$4180  = \$4176  | \$4179 ;
+  assign \$4181  = \$4173  | \$4180 ;
+  assign \$4182  = \$4166  | \$4181 ;
+  assign \$4183  = \$4151  | \$4182 ;
+  assign \$4184  = ~ gt5_15;
+  assign \$4185  = gt5_16 & \$4184 ;
+  assign \$4186  = \$4185  ? R15[3:0] : 4'h0;
+  assign \$4187  = ~ gt5_16;
+  assign \$4188  = gt5_17 & \$4187 ;
+  assign \$4189  = \$4188  ? R16[3:0] : 4'h0;
+  assign \$4190  = \$4186  | \$4189 ;
+  assign \$4191  = ~ gt5_17;
+  assign \$4192  = gt5_18 & \$4191 ;
+  assign \$4193  = \$4192  ? R17[3:0] : 4'h0;
+  assign \$4194  = ~ gt5_18;
+  assign \$4195  = gt5_19 & \$4194 ;
+  assign \$4196  = \$4195  ? R18[3:0] : 4'h0;
+  assign \$4197  = \$4193  | \$4196 ;
+  assign \$4198  = \$4190  | \$4197 ;
+  assign \$4199  = ~ gt5_19;
+  assign \$4200  = gt5_20 & \$4199 ;
+  assign \$4201  = \$4200  ? R19[3:0] : 4'h0;
+  assign \$4202  = ~ gt5_20;
+  assign \$4203  = gt5_21 & \$4202 ;
+  assign \$4204  = \$4203  ? R20[3:0] : 4'h0;
+  assign \$4205  = \$4201  | \$4204 ;
+  assign \$4206  = ~ gt5_21;
+  assign \$4207  = gt5_22 & \$4206 ;
+  assign \$4208  = \$4207  ? R21[3:0] : 4'h0;
+  assign \$4209  = ~ gt5_22;
+  assign \$4210  = gt5_23 & \$4209 ;
+  assign \$4211  = \$4210  ? R22[3:0] : 4'h0;
+  assign \$4212  = \$4208  | \$4211 ;
+  assign \$4213  = \$4205  | \$4212 ;
+  assign \$4214  = \$4198  | \$4213 ;
+  assign \$4215  = ~ gt5_23;
+  assign \$4216  = gt5_24 & \$4215 ;
+  assign \$4217  = \$4216  ? R23[3:0] : 4'h0;
+  assign \$4218  = ~ gt5_24;
+  assign \$4219  = gt5_25 & \$4218 ;
+  assign \$4220  = \$4219  ? R24[3:0] : 4'h0;
+  assign \$4221  = \$4217  | \$4220 ;
+  assign \$4222  = ~ gt5_25;
+  assign \$4223  = gt5_26 & \$4222 ;
+  assign \$4224  = \$4223  ? R25[3:0] : 4'h0;
+  assign \$4225  = ~ gt5_26;
+  assign \$4226  = gt5_27 & \$4225 ;
+  assign \$4227  = \$4226  ? R26[3:0] : 4'h0;
+  assign \$4228  = \$4224  | \$4227 ;
+  assign \$4229  = \$4221  | \$4228 ;
+  assign \$4230  = ~ gt5_27;
+  assign \$4231  = gt5_28 & \$4230 ;
+  assign \$4232  = \$4231  ? R27[3:0] : 4'h0;
+  assign \$4233  = ~ gt5_28;
+  assign \$4234  = gt5_29 & \$4233 ;
+  assign \$4235  = \$4234  ? R28[3:0] : 4'h0;
+  assign \$4236  = \$4232  | \$4235 ;
+  assign \$4237  = ~ gt5_29;
+  assign \$4238  = gt5_30 & \$4237 ;
+  assign \$4239  = \$4238  ? R29[3:0] : 4'h0;
+  assign \$4240  = ~ gt5_30;
+  assign \$4241  = gt5_31 & \$4240 ;
+  assign \$4242  = \$4241  ? R30[3:0] : 4'h0;
+  assign \$4243  = \$4239  | \$4242 ;
+  assign \$4244  = \$4236  | \$4243 ;
+  assign \$4245  = \$4229  | \$4244 ;
+  assign \$4246  = \$4214  | \$4245 ;
+  assign \$4247  = \$4183  | \$4246 ;
+  assign \$4248  = ~ gt5_31;
+  assign \$4249  = gt5_32 & \$4248 ;
+  assign \$4250  = \$4249  ? R31[3:0] : 4'h0;
+  assign \$4251  = ~ gt5_32;
+  assign \$4252  = gt5_33 & \$4251 ;
+  assign \$4253  = \$4252  ? R32[3:0] : 4'h0;
   assign \$4254  = \$4250  | \$4253 ;
-  assign \$4255  = ~ gt5_21;
-  assign \$4256  = gt5_22 & \$4255 ;
-  assign \$4257  = \$4256  ? mbeat1[175:160] : 16'h0000;
-  assign \$4258  = ~ gt5_22;
-  assign \$4259  = gt5_23 & \$4258 ;
-  assign \$4260  = \$4259  ? mbeat1[191:176] : 16'h0000;
+  assign \$4255  = ~ gt5_33;
+  assign \$4256  = gt5_34 & \$4255 ;
+  assign \$4257  = \$4256  ? R33[3:0] : 4'h0;
+  assign \$4258  = ~ gt5_34;
+  assign \$4259  = gt5_35 & \$4258 ;
+  assign \$4260  = \$4259  ? R34[3:0] : 4'h0;
   assign \$4261  = \$4257  | \$4260 ;
   assign \$4262  = \$4254  | \$4261 ;
-  assign \$4263  = \$4247  | \$4262 ;
-  assign \$4264  = ~ gt5_23;
-  assign \$4265  = gt5_24 & \$4264 ;
-  assign \$4266  = \$4265  ? mbeat2[15:0] : 16'h0000;
-  assign \$4267  = ~ gt5_24;
-  assign \$4268  = gt5_25 & \$4267 ;
-  assign \$4269  = \$4268  ? mbeat2[31:16] : 16'h0000;
-  assign \$4270  = \$4266  | \$4269 ;
-  assign \$4271  = ~ gt5_25;
-  assign \$4272  = gt5_26 & \$4271 ;
-  assign \$4273  = \$4272  ? mbeat2[47:32] : 16'h0000;
-  assign \$4274  = ~ gt5_26;
-  assign \$4275  = gt5_27 & \$4274 ;
-  assign \$4276  = \$4275  ? mbeat2[63:48] : 16'h0000;
-  assign \$4277  = \$4273  | \$4276 ;
-  assign \$4278  = \$4270  | \$4277 ;
-  assign \$4279  = ~ gt5_27;
-  assign \$4280  = gt5_28 & \$4279 ;
-  assign \$4281  = \$4280  ? mbeat2[79:64] : 16'h0000;
-  assign \$4282  = ~ gt5_28;
-  assign \$4283  = gt5_29 & \$4282 ;
-  assign \$4284  = \$4283  ? mbeat2[95:80] : 16'h0000;
-  assign \$4285  = \$4281  | \$4284 ;
-  assign \$4286  = ~ gt5_29;
-  assign \$4287  = gt5_30 & \$4286 ;
-  assign \$4288  = \$4287  ? mbeat2[111:96] : 16'h0000;
-  assign \$4289  = ~ gt5_30;
-  assign \$4290  = gt5_31 & \$4289 ;
-  assign \$4291  = \$4290  ? mbeat2[127:112] : 16'h0000;
-  assign \$4292  = \$4288  | \$4291 ;
-  assign \$4293  = \$4285  | \$4292 ;
-  assign \$4294  = \$4278  | \$4293 ;
-  assign \$4295  = \$4263  | \$4294 ;
-  assign \$4296  = \$4232  | \$4295 ;
-  assign \$4297  = ~ gt5_31;
-  assign \$4298  = gt5_32 & \$4297 ;
-  assign \$4299  = \$4298  ? mbeat2[143:128] : 16'h0000;
-  assign \$4300  = ~ gt5_32;
-  assign \$4301  = gt5_33 & \$4300 ;
-  assign \$4302  = \$4301  ? mbeat2[159:144] : 16'h0000;
-  assign \$4303  = \$4299  | \$4302 ;
-  assign \$4304  = ~ gt5_33;
-  assign \$4305  = gt5_34 & \$4304 ;
-  assign \$4306  = \$4305  ? mbeat2[175:160] : 16'h0000;
-  assign \$4307  = ~ gt5_34;
-  assign \$4308  = gt5_35 & \$4307 ;
-  assign \$4309  = \$4308  ? mbeat2[191:176] : 16'h0000;
-  assign \$4310  = \$4306  | \$4309 ;
-  assign \$4311  = \$4303  | \$4310 ;
-  assign grp5 = \$4296  | \$4311 ;
-  assign \$4312  = gt5_0 ? Rm1[3:0] : 4'h0;
-  assign \$4313  = ~ gt5_0;
-  assign \$4314  = gt5_1 & \$4313 ;
-  assign \$4315  = \$4314  ? R0[3:0] : 4'h0;
-  assign \$4316  = \$4312  | \$4315 ;
-  assign \$4317  = ~ gt5_1;
-  assign \$4318  = gt5_2 & \$4317 ;
-  assign \$4319  = \$4318  ? R1[3:0] : 4'h0;
-  assign \$4320  = ~ gt5_2;
-  assign \$4321  = gt5_3 & \$4320 ;
-  assign \$4322  = \$4321  ? R2[3:0] : 4'h0;
-  assign \$4323  = \$4319  | \$4322 ;
-  assign \$4324  = \$4316  | \$4323 ;
-  assign \$4325  = ~ gt5_3;
-  assign \$4326  = gt5_4 & \$4325 ;
-  assign \$4327  = \$4326  ? R3[3:0] : 4'h0;
-  assign \$4328  = ~ gt5_4;
-  assign \$4329  = gt5_5 & \$4328 ;
-  assign \$4330  = \$4329  ? R4[3:0] : 4'h0;
-  assign \$4331  = \$4327  | \$4330 ;
-  assign \$4332  = ~ gt5_5;
-  assign \$4333  = gt5_6 & \$4332 ;
-  assign \$4334  = \$4333  ? R5[3:0] : 4'h0;
-  assign \$4335  = ~ gt5_6;
-  assign \$4336  = gt5_7 & \$4335 ;
-  assign \$4337  = \$4336  ? R6[3:0] : 4'h0;
-  assign \$4338  = \$4334  | \$4337 ;
-  assign \$4339  = \$4331  | \$4338 ;
-  assign \$4340  = \$4324  | \$4339 ;
-  assign \$4341  = ~ gt5_7;
-  assign \$4342  = gt5_8 & \$4341 ;
-  assign \$4343  = \$4342  ? R7[3:0] : 4'h0;
-  assign \$4344  = ~ gt5_8;
-  assign \$4345  = gt5_9 & \$4344 ;
-  assign \$4346  = \$4345  ? R8[3:0] : 4'h0;
-  assign \$4347  = \$4343  | \$4346 ;
-  assign \$4348  = ~ gt5_9;
-  assign \$4349  = gt5_10 & \$4348 ;
-  assign \$4350  = \$4349  ? R9[3:0] : 4'h0;
-  assign \$4351  = ~ gt5_10;
-  assign \$4352  = gt5_11 & \$4351 ;
-  assign \$4353  = \$4352  ? R10[3:0] : 4'h0;
-  assign \$4354  = \$4350  | \$4353 ;
-  assign \$4355  = \$4347  | \$4354 ;
-  assign \$4356  = ~ gt5_11;
-  assign \$4357  = gt5_12 & \$4356 ;
-  assign \$4358  = \$4357  ? R11[3:0] : 4'h0;
-  assign \$4359  = ~ gt5_12;
-  assign \$4360  = gt5_13 & \$4359 ;
-  assign \$4361  = \$4360  ? R12[3:0] : 4'h0;
-  assign \$4362  = \$4358  | \$4361 ;
-  assign \$4363  = ~ gt5_13;
-  assign \$4364  = gt5_14 & \$4363 ;
-  assign \$4365  = \$4364  ? R13[3:0] : 4'h0;
-  assign \$4366  = ~ gt5_14;
-  assign \$4367  = gt5_15 & \$4366 ;
-  assign \$4368  = \$4367  ? R14[3:0] : 4'h0;
-  assign \$4369  = \$4365  | \$4368 ;
-  assign \$4370  = \$4362  | \$4369 ;
-  assign \$4371  = \$4355  | \$4370 ;
-  assign \$4372  = \$4340  | \$4371 ;
-  assign \$4373  = ~ gt5_15;
-  assign \$4374  = gt5_16 & \$4373 ;
-  assign \$4375  = \$4374  ? R15[3:0] : 4'h0;
-  assign \$4376  = ~ gt5_16;
-  assign \$4377  = gt5_17 & \$4376 ;
-  assign \$4378  = \$4377  ? R16[3:0] : 4'h0;
-  assign \$4379  = \$4375  | \$4378 ;
-  assign \$4380  = ~ gt5_17;
-  assign \$4381  = gt5_18 & \$4380 ;
-  assign \$4382  = \$4381  ? R17[3:0] : 4'h0;
-  assign \$4383  = ~ gt5_18;
-  assign \$4384  = gt5_19 & \$4383 ;
-  assign \$4385  = \$4384  ? R18[3:0] : 4'h0;
-  assign \$4386  = \$4382  | \$4385 ;
-  assign \$4387  = \$4379  | \$4386 ;
-  assign \$4388  = ~ gt5_19;
-  assign \$4389  = gt5_20 & \$4388 ;
-  assign \$4390  = \$4389  ? R19[3:0] : 4'h0;
-  assign \$4391  = ~ gt5_20;
-  assign \$4392  = gt5_21 & \$4391 ;
-  assign \$4393  = \$4392  ? R20[3:0] : 4'h0;
-  assign \$4394  = \$4390  | \$4393 ;
-  assign \$4395  = ~ gt5_21;
-  assign \$4396  = gt5_22 & \$4395 ;
-  assign \$4397  = \$4396  ? R21[3:0] : 4'h0;
-  assign \$4398  = ~ gt5_22;
-  assign \$4399  = gt5_23 & \$4398 ;
-  assign \$4400  = \$4399  ? R22[3:0] : 4'h0;
-  assign \$4401  = \$4397  | \$4400 ;
-  assign \$4402  = \$4394  | \$4401 ;
-  assign \$4403  = \$4387  | \$4402 ;
-  assign \$4404  = ~ gt5_23;
-  assign \$4405  = gt5_24 & \$4404 ;
-  assign \$4406  = \$4405  ? R23[3:0] : 4'h0;
-  assign \$4407  = ~ gt5_24;
-  assign \$4408  = gt5_25 & \$4407 ;
-  assign \$4409  = \$4408  ? R24[3:0] : 4'h0;
-  assign \$4410  = \$4406  | \$4409 ;
-  assign \$4411  = ~ gt5_25;
-  assign \$4412  = gt5_26 & \$4411 ;
-  assign \$4413  = \$4412  ? R25[3:0] : 4'h0;
-  assign \$4414  = ~ gt5_26;
-  assign \$4415  = gt5_27 & \$4414 ;
-  assign \$4416  = \$4415  ? R26[3:0] : 4'h0;
-  assign \$4417  = \$4413  | \$4416 ;
-  assign \$4418  = \$4410  | \$4417 ;
-  assign \$4419  = ~ gt5_27;
-  assign \$4420  = gt5_28 & \$4419 ;
-  assign \$4421  = \$4420  ? R27[3:0] : 4'h0;
-  assign \$4422  = ~ gt5_28;
-  assign \$4423  = gt5_29 & \$4422 ;
-  assign \$4424  = \$4423  ? R28[3:0] : 4'h0;
-  assign \$4425  = \$4421  | \$4424 ;
-  assign \$4426  = ~ gt5_29;
-  assign \$4427  = gt5_30 & \$4426 ;
-  assign \$4428  = \$4427  ? R29[3:0] : 4'h0;
-  assign \$4429  = ~ gt5_30;
-  assign \$4430  = gt5_31 & \$4429 ;
-  assign \$4431  = \$4430  ? R30[3:0] : 4'h0;
-  assign \$4432  = \$4428  | \$4431 ;
-  assign \$4433  = \$4425  | \$4432 ;
-  assign \$4434  = \$4418  | \$4433 ;
-  assign \$4435  = \$4403  | \$4434 ;
-  assign \$4436  = \$4372  | \$4435 ;
-  assign \$4437  = ~ gt5_31;
-  assign \$4438  = gt5_32 & \$4437 ;
-  assign \$4439  = \$4438  ? R31[3:0] : 4'h0;
-  assign \$4440  = ~ gt5_32;
-  assign \$4441  = gt5_33 & \$4440 ;
-  assign \$4442  = \$4441  ? R32[3:0] : 4'h0;
-  assign \$4443  = \$4439  | \$4442 ;
-  assign \$4444  = ~ gt5_33;
-  assign \$4445  = gt5_34 & \$4444 ;
-  assign \$4446  = \$4445  ? R33[3:0] : 4'h0;
-  assign \$4447  = ~ gt5_34;
-  assign \$4448  = gt5_35 & \$4447 ;
-  assign \$4449  = \$4448  ? R34[3:0] : 4'h0;
-  assign \$4450  = \$4446  | \$4449 ;
-  assign \$4451  = \$4443  | \$4450 ;
-  assign dlow5 = \$4436  | \$4451 ;
-  assign \$4452  = 3'h5 - dlow5;
-  assign \$4453  = grp5[0] + grp5[1];
-  assign \$4454  = grp5[2] + grp5[3];
-  assign \$4455  = \$4453  + \$4454 ;
-  assign \$4456  = grp5[4] + grp5[5];
-  assign \$4457  = grp5[6] + grp5[7];
-  assign \$4458  = \$4456  + \$4457 ;
-  assign ws5_c = \$4455  + \$4458 ;
-  assign ws5_lo = \$4452 [3:0] < ws5_c;
-  assign \$4459  = \$4452 [3:0] - ws5_c;
-  assign \$4460  = grp5[0] + grp5[1];
-  assign \$4461  = grp5[2] + grp5[3];
-  assign ws5l_c = \$4460  + \$4461 ;
-  assign ws5l_lo = \$4452 [2:0] < ws5l_c;
-  assign \$4462  = \$4452 [2:0] - ws5l_c;
+  assign dlow5 = \$4247  | \$4262 ;
+  assign \$4263  = sat0[1] & sat0[2];
+  assign \$4264  = ~ sat0[3];
+  assign \$4265  = \$4264  & sat0[0];
+  assign \$4266  = \$4263  & \$4265 ;
+  assign gt6_0 = \$4266  | sat0[3];
+  assign \$4267  = sat1[1] & sat1[2];
+  assign \$4268  = ~ sat1[3];
+  assign \$4269  = \$4268  & sat1[0];
+  assign \$4270  = \$4267  & \$4269 ;
+  assign gt6_1 = \$4270  | sat1[3];
+  assign \$4271  = sat2[1] & sat2[2];
+  assign \$4272  = ~ sat2[3];
+  assign \$4273  = \$4272  & sat2[0];
+  assign \$4274  = \$4271  & \$4273 ;
+  assign gt6_2 = \$4274  | sat2[3];
+  assign \$4275  = sat3[1] & sat3[2];
+  assign \$4276  = ~ sat3[3];
+  assign \$4277  = \$4276  & sat3[0];
+  assign \$4278  = \$4275  & \$4277 ;
+  assign gt6_3 = \$4278  | sat3[3];
+  assign \$4279  = sat4[1] & sat4[2];
+  assign \$4280  = ~ sat4[3];
+  assign \$4281  = \$4280  & sat4[0];
+  assign \$4282  = \$4279  & \$4281 ;
+  assign gt6_4 = \$4282  | sat4[3];
+  assign \$4283  = sat5[1] & sat5[2];
+  assign \$4284  = ~ sat5[3];
+  assign \$4285  = \$4284  & sat5[0];
+  assign \$4286  = \$4283  & \$4285 ;
+  assign gt6_5 = \$4286  | sat5[3];
+  assign \$4287  = sat6[1] & sat6[2];
+  assign \$4288  = ~ sat6[3];
+  assign \$4289  = \$4288  & sat6[0];
+  assign \$4290  = \$4287  & \$4289 ;
+  assign gt6_6 = \$4290  | sat6[3];
+  assign \$4291  = sat7[1] & sat7[2];
+  assign \$4292  = ~ sat7[3];
+  assign \$4293  = \$4292  & sat7[0];
+  assign \$4294  = \$4291  & \$4293 ;
+  assign gt6_7 = \$4294  | sat7[3];
+  assign \$4295  = sat8[1] & sat8[2];
+  assign \$4296  = ~ sat8[3];
+  assign \$4297  = \$4296  & sat8[0];
+  assign \$4298  = \$4295  & \$4297 ;
+  assign gt6_8 = \$4298  | sat8[3];
+  assign \$4299  = sat9[1] & sat9[2];
+  assign \$4300  = ~ sat9[3];
+  assign \$4301  = \$4300  & sat9[0];
+  assign \$4302  = \$4299  & \$4301 ;
+  assign gt6_9 = \$4302  | sat9[3];
+  assign \$4303  = sat10[1] & sat10[2];
+  assign \$4304  = ~ sat10[3];
+  assign \$4305  = \$4304  & sat10[0];
+  assign \$4306  = \$4303  & \$4305 ;
+  assign gt6_10 = \$4306  | sat10[3];
+  assign \$4307  = sat11[1] & sat11[2];
+  assign \$4308  = ~ sat11[3];
+  assign \$4309  = \$4308  & sat11[0];
+  assign \$4310  = \$4307  & \$4309 ;
+  assign gt6_11 = \$4310  | sat11[3];
+  assign \$4311  = sat12[1] & sat12[2];
+  assign \$4312  = ~ sat12[3];
+  assign \$4313  = \$4312  & sat12[0];
+  assign \$4314  = \$4311  & \$4313 ;
+  assign gt6_12 = \$4314  | sat12[3];
+  assign \$4315  = sat13[1] & sat13[2];
+  assign \$4316  = ~ sat13[3];
+  assign \$4317  = \$4316  & sat13[0];
+  assign \$4318  = \$4315  & \$4317 ;
+  assign gt6_13 = \$4318  | sat13[3];
+  assign \$4319  = sat14[1] & sat14[2];
+  assign \$4320  = ~ sat14[3];
+  assign \$4321  = \$4320  & sat14[0];
+  assign \$4322  = \$4319  & \$4321 ;
+  assign gt6_14 = \$4322  | sat14[3];
+  assign \$4323  = sat15[1] & sat15[2];
+  assign \$4324  = ~ sat15[3];
+  assign \$4325  = \$4324  & sat15[0];
+  assign \$4326  = \$4323  & \$4325 ;
+  assign gt6_15 = \$4326  | sat15[3];
+  assign \$4327  = sat16[1] & sat16[2];
+  assign \$4328  = ~ sat16[3];
+  assign \$4329  = \$4328  & sat16[0];
+  assign \$4330  = \$4327  & \$4329 ;
+  assign gt6_16 = \$4330  | sat16[3];
+  assign \$4331  = sat17[1] & sat17[2];
+  assign \$4332  = ~ sat17[3];
+  assign \$4333  = \$4332  & sat17[0];
+  assign \$4334  = \$4331  & \$4333 ;
+  assign gt6_17 = \$4334  | sat17[3];
+  assign \$4335  = sat18[1] & sat18[2];
+  assign \$4336  = ~ sat18[3];
+  assign \$4337  = \$4336  & sat18[0];
+  assign \$4338  = \$4335  & \$4337 ;
+  assign gt6_18 = \$4338  | sat18[3];
+  assign \$4339  = sat19[1] & sat19[2];
+  assign \$4340  = ~ sat19[3];
+  assign \$4341  = \$4340  & sat19[0];
+  assign \$4342  = \$4339  & \$4341 ;
+  assign gt6_19 = \$4342  | sat19[3];
+  assign \$4343  = sat20[1] & sat20[2];
+  assign \$4344  = ~ sat20[3];
+  assign \$4345  = \$4344  & sat20[0];
+  assign \$4346  = \$4343  & \$4345 ;
+  assign gt6_20 = \$4346  | sat20[3];
+  assign \$4347  = sat21[1] & sat21[2];
+  assign \$4348  = ~ sat21[3];
+  assign \$4349  = \$4348  & sat21[0];
+  assign \$4350  = \$4347  & \$4349 ;
+  assign gt6_21 = \$4350  | sat21[3];
+  assign \$4351  = sat22[1] & sat22[2];
+  assign \$4352  = ~ sat22[3];
+  assign \$4353  = \$4352  & sat22[0];
+  assign \$4354  = \$4351  & \$4353 ;
+  assign gt6_22 = \$4354  | sat22[3];
+  assign \$4355  = sat23[1] & sat23[2];
+  assign \$4356  = ~ sat23[3];
+  assign \$4357  = \$4356  & sat23[0];
+  assign \$4358  = \$4355  & \$4357 ;
+  assign gt6_23 = \$4358  | sat23[3];
+  assign \$4359  = sat24[1] & sat24[2];
+  assign \$4360  = ~ sat24[3];
+  assign \$4361  = \$4360  & sat24[0];
+  assign \$4362  = \$4359  & \$4361 ;
+  assign gt6_24 = \$4362  | sat24[3];
+  assign \$4363  = sat25[1] & sat25[2];
+  assign \$4364  = ~ sat25[3];
+  assign \$4365  = \$4364  & sat25[0];
+  assign \$4366  = \$4363  & \$4365 ;
+  assign gt6_25 = \$4366  | sat25[3];
+  assign \$4367  = sat26[1] & sat26[2];
+  assign \$4368  = ~ sat26[3];
+  assign \$4369  = \$4368  & sat26[0];
+  assign \$4370  = \$4367  & \$4369 ;
+  assign gt6_26 = \$4370  | sat26[3];
+  assign \$4371  = sat27[1] & sat27[2];
+  assign \$4372  = ~ sat27[3];
+  assign \$4373  = \$4372  & sat27[0];
+  assign \$4374  = \$4371  & \$4373 ;
+  assign gt6_27 = \$4374  | sat27[3];
+  assign \$4375  = sat28[1] & sat28[2];
+  assign \$4376  = ~ sat28[3];
+  assign \$4377  = \$4376  & sat28[0];
+  assign \$4378  = \$4375  & \$4377 ;
+  assign gt6_28 = \$4378  | sat28[3];
+  assign \$4379  = sat29[1] & sat29[2];
+  assign \$4380  = ~ sat29[3];
+  assign \$4381  = \$4380  & sat29[0];
+  assign \$4382  = \$4379  & \$4381 ;
+  assign gt6_29 = \$4382  | sat29[3];
+  assign \$4383  = sat30[1] & sat30[2];
+  assign \$4384  = ~ sat30[3];
+  assign \$4385  = \$4384  & sat30[0];
+  assign \$4386  = \$4383  & \$4385 ;
+  assign gt6_30 = \$4386  | sat30[3];
+  assign \$4387  = sat31[1] & sat31[2];
+  assign \$4388  = ~ sat31[3];
+  assign \$4389  = \$4388  & sat31[0];
+  assign \$4390  = \$4387  & \$4389 ;
+  assign gt6_31 = \$4390  | sat31[3];
+  assign \$4391  = sat32[1] & sat32[2];
+  assign \$4392  = ~ sat32[3];
+  assign \$4393  = \$4392  & sat32[0];
+  assign \$4394  = \$4391  & \$4393 ;
+  assign gt6_32 = \$4394  | sat32[3];
+  assign \$4395  = sat33[1] & sat33[2];
+  assign \$4396  = ~ sat33[3];
+  assign \$4397  = \$4396  & sat33[0];
+  assign \$4398  = \$4395  & \$4397 ;
+  assign gt6_33 = \$4398  | sat33[3];
+  assign \$4399  = sat34[1] & sat34[2];
+  assign \$4400  = ~ sat34[3];
+  assign \$4401  = \$4400  & sat34[0];
+  assign \$4402  = \$4399  & \$4401 ;
+  assign gt6_34 = \$4402  | sat34[3];
+  assign \$4403  = sat35[1] & sat35[2];
+  assign \$4404  = ~ sat35[3];
+  assign \$4405  = \$4404  & sat35[0];
+  assign \$4406  = \$4403  & \$4405 ;
+  assign gt6_35 = \$4406  | sat35[3];
+  assign \$4407  = ~ gt6_0;
+  assign \$4408  = gt6_1 & \$4407 ;
+  assign \$4409  = \$4408  ? 1'h1 : 1'h0;
+  assign \$4410  = ~ gt6_1;
+  assign \$4411  = gt6_2 & \$4410 ;
+  assign \$4412  = \$4411  ? 2'h2 : 2'h0;
+  assign \$4413  = { 1'h0, \$4409  } | \$4412 ;
+  assign \$4414  = ~ gt6_2;
+  assign \$4415  = gt6_3 & \$4414 ;
+  assign \$4416  = \$4415  ? 2'h3 : 2'h0;
+  assign \$4417  = ~ gt6_3;
+  assign \$4418  = gt6_4 & \$4417 ;
+  assign \$4419  = \$4418  ? 3'h4 : 3'h0;
+  assign \$4420  = { 1'h0, \$4416  } | \$4419 ;
+  assign \$4421  = { 1'h0, \$4413  } | \$4420 ;
+  assign \$4422  = ~ gt6_4;
+  assign \$4423  = gt6_5 & \$4422 ;
+  assign \$4424  = \$4423  ? 3'h5 : 3'h0;
+  assign \$4425  = ~ gt6_5;
+  assign \$4426  = gt6_6 & \$4425 ;
+  assign \$4427  = \$4426  ? 3'h6 : 3'h0;
+  assign \$4428  = \$4424  | \$4427 ;
+  assign \$4429  = ~ gt6_6;
+  assign \$4430  = gt6_7 & \$4429 ;
+  assign \$4431  = \$4430  ? 3'h7 : 3'h0;
+  assign \$4432  = ~ gt6_7;
+  assign \$4433  = gt6_8 & \$4432 ;
+  assign \$4434  = \$4433  ? 4'h8 : 4'h0;
+  assign \$4435  = { 1'h0, \$4431  } | \$4434 ;
+  assign \$4436  = { 1'h0, \$4428  } | \$4435 ;
+  assign \$4437  = { 1'h0, \$4421  } | \$4436 ;
+  assign \$4438  = ~ gt6_8;
+  assign \$4439  = gt6_9 & \$4438 ;
+  assign \$4440  = \$4439  ? 4'h9 : 4'h0;
+  assign \$4441  = ~ gt6_9;
+  assign \$4442  = gt6_10 & \$4441 ;
+  assign \$4443  = \$4442  ? 4'ha : 4'h0;
+  assign \$4444  = \$4440  | \$4443 ;
+  assign \$4445  = ~ gt6_10;
+  assign \$4446  = gt6_11 & \$4445 ;
+  assign \$4447  = \$4446  ? 4'hb : 4'h0;
+  assign \$4448  = ~ gt6_11;
+  assign \$4449  = gt6_12 & \$4448 ;
+  assign \$4450  = \$4449  ? 4'hc : 4'h0;
+  assign \$4451  = \$4447  | \$4450 ;
+  assign \$4452  = \$4444  | \$4451 ;
+  assign \$4453  = ~ gt6_12;
+  assign \$4454  = gt6_13 & \$4453 ;
+  assign \$4455  = \$4454  ? 4'hd : 4'h0;
+  assign \$4456  = ~ gt6_13;
+  assign \$4457  = gt6_14 & \$4456 ;
+  assign \$4458  = \$4457  ? 4'he : 4'h0;
+  assign \$4459  = \$4455  | \$4458 ;
+  assign \$4460  = ~ gt6_14;
+  assign \$4461  = gt6_15 & \$4460 ;
+  assign \$4462  = \$4461  ? 4'hf : 4'h0;
+  assign \$4463  = ~ gt6_15;
+  assign \$4464  = gt6_16 & \$4463 ;
+  assign \$4465  = \$4464  ? 5'h10 : 5'h00;
+  assign \$4466  = { 1'h0, \$4462  } | \$4465 ;
+  assign \$4467  = { 1'h0, \$4459  } | \$4466 ;
+  assign \$4468  = { 1'h0, \$4452  } | \$4467 ;
+  assign \$4469  = { 1'h0, \$4437  } | \$4468 ;
+  assign \$4470  = ~ gt6_16;
+  assign \$4471  = gt6_17 & \$4470 ;
+  assign \$4472  = \$4471  ? 5'h11 : 5'h00;
+  assign \$4473  = ~ gt6_17;
+  assign \$4474  = gt6_18 & \$4473 ;
+  assign \$4475  = \$4474  ? 5'h12 : 5'h00;
+  assign \$4476  = \$4472  | \$4475 ;
+  assign \$4477  = ~ gt6_18;
+  assign \$4478  = gt6_19 & \$4477 ;
+  assign \$4479  = \$4478  ? 5'h13 : 5'h00;
+  assign \$4480  = ~ gt6_19;
+  assign \$4481  = gt6_20 & \$4480 ;
+  assign \$4482  = \$4481  ? 5'h14 : 5'h00;
+  assign \$4483  = \$4479  | \$4482 ;
+  assign \$4484  = \$4476  | \$4483 ;
+  assign \$4485  = ~ gt6_20;
+  assign \$4486  = gt6_21 & \$4485 ;
+  assign \$4487  = \$4486  ? 5'h15 : 5'h00;
+  assign \$4488  = ~ gt6_21;
+  assign \$4489  = gt6_22 & \$4488 ;
+  assign \$4490  = \$4489  ? 5'h16 : 5'h00;
+  assign \$4491  = \$4487  | \$4490 ;
+  assign \$4492  = ~ gt6_22;
+  assign \$4493  = gt6_23 & \$4492 ;
+  assign \$4494  = \$4493  ? 5'h17 : 5'h00;
+  assign \$4495  = ~ gt6_23;
+  assign \$4496  = gt6_24 & \$4495 ;
+  assign \$4497  = \$4496  ? 5'h18 : 5'h00;
+  assign \$4498  = \$4494  | \$4497 ;
+  assign \$4499  = \$4491  | \$4498 ;
+  assign \$4500  = \$4484  | \$4499 ;
+  assign \$4501  = ~ gt6_24;
+  assign \$4502  = gt6_25 & \$4501 ;
+  assign \$4503  = \$4502  ? 5'h19 : 5'h00;
+  assign \$4504  = ~ gt6_25;
+  assign \$4505  = gt6_26 & \$4504 ;
+  assign \$4506  = \$4505  ? 5'h1a : 5'h00;
+  assign \$4507  = \$4503  | \$4506 ;
+  assign \$4508  = ~ gt6_26;
+  assign \$4509  = gt6_27 & \$4508 ;
+  assign \$4510  = \$4509  ? 5'h1b : 5'h00;
+  assign \$4511  = ~ gt6_27;
+  assign \$4512  = gt6_28 & \$4511 ;
+  assign \$4513  = \$4512  ? 5'h1c : 5'h00;
+  assign \$4514  = \$4510  | \$4513 ;
+  assign \$4515  = \$4507  | \$4514 ;
+  assign \$4516  = ~ gt6_28;
+  assign \$4517  = gt6_29 & \$4516 ;
+  assign \$4518  = \$4517  ? 5'h1d : 5'h00;
+  assign \$4519  = ~ gt6_29;
+  assign \$4520  = gt6_30 & \$4519 ;
+  assign \$4521  = \$4520  ? 5'h1e : 5'h00;
+  assign \$4522  = \$4518  | \$4521 ;
+  assign \$4523  = ~ gt6_30;
+  assign \$4524  = gt6_31 & \$4523 ;
+  assign \$4525  = \$4524  ? 5'h1f : 5'h00;
+  assign \$4526  = ~ gt6_31;
+  assign \$4527  = gt6_32 & \$4526 ;
+  assign \$4528  = \$4527  ? 6'h20 : 6'h00;
+  assign \$4529  = { 1'h0, \$4525  } | \$4528 ;
+  assign \$4530  = { 1'h0, \$4522  } | \$4529 ;
+  assign \$4531  = { 1'h0, \$4515  } | \$4530 ;
+  assign \$4532  = { 1'h0, \$4500  } | \$4531 ;
+  assign \$4533  = { 1'h0, \$4469  } | \$4532 ;
+  assign \$4534  = ~ gt6_32;
+  assign \$4535  = gt6_33 & \$4534 ;
+  assign \$4536  = \$4535  ? 6'h21 : 6'h00;
+  assign \$4537  = ~ gt6_33;
+  assign \$4538  = gt6_34 & \$4537 ;
+  assign \$4539  = \$4538  ? 6'h22 : 6'h00;
+  assign \$4540  = \$4536  | \$4539 ;
+  assign \$4541  = ~ gt6_34;
+  assign \$4542  = gt6_35 & \$4541 ;
+  assign \$4543  = \$4542  ? 6'h23 : 6'h00;
+  assign \$4544  = \$4540  | \$4543 ;
+  assign gsel6 = \$4533  | \$4544 ;
+  assign \$4545  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$4546  = ~ gt6_0;
+  assign \$4547  = gt6_1 & \$4546 ;
+  assign \$4548  = \$4547  ? mbeat0[31:16] : 16'h0000;
+  assign \$4549  = \$4545  | \$4548 ;
+  assign \$4550  = ~ gt6_1;
+  assign \$4551  = gt6_2 & \$4550 ;
+  assign \$4552  = \$4551  ? mbeat0[47:32] : 16'h0000;
+  assign \$4553  = ~ gt6_2;
+  assign \$4554  = gt6_3 & \$4553 ;
+  assign \$4555  = \$4554  ? mbeat0[63:48] : 16'h0000;
+  assign \$4556  = \$4552  | \$4555 ;
+  assign \$4557  = \$4549  | \$4556 ;
+  assign \$4558  = ~ gt6_3;
+  assign \$4559  = gt6_4 & \$4558 ;
+  assign \$4560  = \$4559  ? mbeat0[79:64] : 16'h0000;
+  assign \$4561  = ~ gt6_4;
+  assign \$4562  = gt6_5 & \$4561 ;
+  assign \$4563  = \$4562  ? mbeat0[95:80] : 16'h0000;
+  assign \$4564  = \$4560  | \$4563 ;
+  assign \$4565  = ~ gt6_5;
+  assign \$4566  = gt6_6 & \$4565 ;
+  assign \$4567  = \$4566  ? mbeat0[111:96] : 16'h0000;
+  assign \$4568  = ~ gt6_6;
+  assign \$4569  = gt6_7 & \$4568 ;
+  assign \$4570  = \$4569  ? mbeat0[127:112] : 16'h0000;
+  assign \$4571  = \$4567  | \$4570 ;
+  assign \$4572  = \$4564  | \$4571 ;
+  assign \$4573  = \$4557  | \$4572 ;
+  assign \$4574  = ~ gt6_7;
+  assign \$4575  = gt6_8 & \$4574 ;
+  assign \$4576  = \$4575  ? mbeat0[143:128] : 16'h0000;
+  assign \$4577  = ~ gt6_8;
+  assign \$4578  = gt6_9 & \$4577 ;
+  assign \$4579  = \$4578  ? mbeat0[159:144] : 16'h0000;
+  assign \$4580  = \$4576  | \$4579 ;
+  assign \$4581  = ~ gt6_9;
+  assign \$4582  = gt6_10 & \$4581 ;
+  assign \$4583  = \$4582  ? mbeat0[175:160] : 16'h0000;
+  assign \$4584  = ~ gt6_10;
+  assign \$4585  = gt6_11 & \$4584 ;
+  assign \$4586  = \$4585  ? mbeat0[191:176] : 16'h0000;
+  assign \$4587  = \$4583  | \$4586 ;
+  assign \$4588  = \$4580  | \$4587 ;
+  assign \$4589  = ~ gt6_11;
+  assign \$4590  = gt6_12 & \$4589 ;
+  assign \$4591  = \$4590  ? mbeat1[15:0] : 16'h0000;
+  assign \$4592  = ~ gt6_12;
+  assign \$4593  = gt6_13 & \$4592 ;
+  assign \$4594  = \$4593  ? mbeat1[31:16] : 16'h0000;
+  assign \$4595  = \$4591  | \$4594 ;
+  assign \$4596  = ~ gt6_13;
+  assign \$4597  = gt6_14 & \$4596 ;
+  assign \$4598  = \$4597  ? mbeat1[47:32] : 16'h0000;
+  assign \$4599  = ~ gt6_14;
+  assign \$4600  = gt6_15 & \$4599 ;
+  assign \$4601  = \$4600  ? mbeat1[63:48] : 16'h0000;
+  assign \$4602  = \$4598  | \$4601 ;
+  assign \$4603  = \$4595  | \$4602 ;
+  assign \$4604  = \$4588  | \$4603 ;
+  assign \$4605  = \$4573  | \$4604 ;
+  assign \$4606  = ~ gt6_15;
+  assign \$4607  = gt6_16 & \$4606 ;
+  assign \$4608  = \$4607  ? mbeat1[79:64] : 16'h0000;
+  assign \$4609  = ~ gt6_16;
+  assign \$4610  = gt6_17 & \$4609 ;
+  assign \$4611  = \$4610  ? mbeat1[95:80] : 16'h0000;
+  assign \$4612  = \$4608  | \$4611 ;
+  assign \$4613  = ~ gt6_17;
+  assign \$4614  = gt6_18 & \$4613 ;
+  assign \$4615  = \$4614  ? mbeat1[111:96] : 16'h0000;
+  assign \$4616  = ~ gt6_18;
+  assign \$4617  = gt6_19 & \$4616 ;
+  assign \$4618  = \$4617  ? mbeat1[127:112] : 16'h0000;
+  assign \$4619  = \$4615  | \$4618 ;
+  assign \$4620  = \$4612  | \$4619 ;
+  assign \$4621  = ~ gt6_19;
+  assign \$4622  = gt6_20 & \$4621 ;
+  assign \$4623  = \$4622  ? mbeat1[143:128] : 16'h0000;
+  assign \$4624  = ~ gt6_20;
+  assign \$4625  = gt6_21 & \$4624 ;
+  assign \$4626  = \$4625  ? mbeat1[159:144] : 16'h0000;
+  assign \$4627  = \$4623  | \$4626 ;
+  assign \$4628  = ~ gt6_21;
+  assign \$4629  = gt6_22 & \$4628 ;
+  assign \$4630  = \$4629  ? mbeat1[175:160] : 16'h0000;
+  assign \$4631  = ~ gt6_22;
+  assign \$4632  = gt6_23 & \$4631 ;
+  assign \$4633  = \$4632  ? mbeat1[191:176] : 16'h0000;
+  assign \$4634  = \$4630  | \$4633 ;
+  assign \$4635  = \$4627  | \$4634 ;
+  assign \$4636  = \$4620  | \$4635 ;
+  assign \$4637  = ~ gt6_23;
+  assign \$4638  = gt6_24 & \$4637 ;
+  assign \$4639  = \$4638  ? mbeat2[15:0] : 16'h0000;
+  assign \$4640  = ~ gt6_24;
+  assign \$4641  = gt6_25 & \$4640 ;
+  assign \$4642  = \$4641  ? mbeat2[31:16] : 16'h0000;
+  assign \$4643  = \$4639  | \$4642 ;
+  assign \$4644  = ~ gt6_25;
+  assign \$4645  = gt6_26 & \$4644 ;
+  assign \$4646  = \$4645  ? mbeat2[47:32] : 16'h0000;
+  assign \$4647  = ~ gt6_26;
+  assign \$4648  = gt6_27 & \$4647 ;
+  assign \$4649  = \$4648  ? mbeat2[63:48] : 16'h0000;
+  assign \$4650  = \$4646  | \$4649 ;
+  assign \$4651  = \$4643  | \$4650 ;
+  assign \$4652  = ~ gt6_27;
+  assign \$4653  = gt6_28 & \$4652 ;
+  assign \$4654  = \$4653  ? mbeat2[79:64] : 16'h0000;
+  assign \$4655  = ~ gt6_28;
+  assign \$4656  = gt6_29 & \$4655 ;
+  assign \$4657  = \$4656  ? mbeat2[95:80] : 16'h0000;
+  assign \$4658  = \$4654  | \$4657 ;
+  assign \$4659  = ~ gt6_29;
+  assign \$4660  = gt6_30 & \$4659 ;
+  assign \$4661  = \$4660  ? mbeat2[111:96] : 16'h0000;
+  assign \$4662  = ~ gt6_30;
+  assign \$4663  = gt6_31 & \$4662 ;
+  assign \$4664  = \$4663  ? mbeat2[127:112] : 16'h0000;
+  assign \$4665  = \$4661  | \$4664 ;
+  assign \$4666  = \$4658  | \$4665 ;
+  assign \$4667  = \$4651  | \$4666 ;
+  assign \$4668  = \$4636  | \$4667 ;
+  assign \$4669  = \$4605  | \$4668 ;
+  assign \$4670  = ~ gt6_31;
+  assign \$4671  = gt6_32 & \$4670 ;
+  assign \$4672  = \$4671  ? mbeat2[143:128] : 16'h0000;
+  assign \$4673  = ~ gt6_32;
+  assign \$4674  = gt6_33 & \$4673 ;
+  assign \$4675  = \$4674  ? mbeat2[159:144] : 16'h0000;
+  assign \$4676  = \$4672  | \$4675 ;
+  assign \$4677  = ~ gt6_33;
+  assign \$4678  = gt6_34 & \$4677 ;
+  assign \$4679  = \$4678  ? mbeat2[175:160] : 16'h0000;
+  assign \$4680  = ~ gt6_34;
+  assign \$4681  = gt6_35 & \$4680 ;
+  assign \$4682  = \$4681  ? mbeat2[191:176] : 16'h0000;
+  assign \$4683  = \$4679  | \$4682 ;
+  assign \$4684  = \$4676  | \$4683 ;
+  assign grp6 = \$4669  | \$4684 ;
+  assign \$4685  = gt6_0 ? Rm1[3:0] : 4'h0;
+  assign \$4686  = ~ gt6_0;
+  assign \$4687  = gt6_1 & \$4686 ;
+  assign \$4688  = \$4687  ? R0[3:0] : 4'h0;
+  assign \$4689  = \$4685  | \$4688 ;
+  assign \$4690  = ~ gt6_1;
+  assign \$4691  = gt6_2 & \$4690 ;
+  assign \$4692  = \$4691  ? R1[3:0] : 4'h0;
+  assign \$4693  = ~ gt6_2;
+  assign \$4694  = gt6_3 & \$4693 ;
+  assign \$4695  = \$4694  ? R2[3:0] : 4'h0;
+  assign \$4696  = \$4692  | \$4695 ;
+  assign \$4697  = \$4689  | \$4696 ;
+  assign \$4698  = ~ gt6_3;
+  assign \$4699  = gt6_4 & \$4698 ;
+  assign \$4700  = \$4699  ? R3[3:0] : 4'h0;
+  assign \$4701  = ~ gt6_4;
+  assign \$4702  = gt6_5 & \$4701 ;
+  assign \$4703  = \$4702  ? R4[3:0] : 4'h0;
+  assign \$4704  = \$4700  | \$4703 ;
+  assign \$4705  = ~ gt6_5;
+  assign \$4706  = gt6_6 & \$4705 ;
+  assign \$4707  = \$4706  ? R5[3:0] : 4'h0;
+  assign \$4708  = ~ gt6_6;
+  assign \$4709  = gt6_7 & \$4708 ;
+  assign \$4710  = \$4709  ? R6[3:0] : 4'h0;
+  assign \$4711  = \$4707  | \$4710 ;
+  assign \$4712  = \$4704  | \$4711 ;
+  assign \$4713  = \$4697  | \$4712 ;
+  assign \$4714  = ~ gt6_7;
+  assign \$4715  = gt6_8 & \$4714 ;
+  assign \$4716  = \$4715  ? R7[3:0] : 4'h0;
+  assign \$4717  = ~ gt6_8;
+  assign \$4718  = gt6_9 & \$4717 ;
+  assign \$4719  = \$4718  ? R8[3:0] : 4'h0;
+  assign \$4720  = \$4716  | \$4719 ;
+  assign \$4721  = ~ gt6_9;
+  assign \$4722  = gt6_10 & \$4721 ;
+  assign \$4723  = \$4722  ? R9[3:0] : 4'h0;
+  assign \$4724  = ~ gt6_10;
+  assign \$4725  = gt6_11 & \$4724 ;
+  assign \$4726  = \$4725  ? R10[3:0] : 4'h0;
+  assign \$4727  = \$4723  | \$4726 ;
+  assign \$4728  = \$4720  | \$4727 ;
+  assign \$4729  = ~ gt6_11;
+  assign \$4730  = gt6_12 & \$4729 ;
+  assign \$4731  = \$4730  ? R11[3:0] : 4'h0;
+  assign \$4732  = ~ gt6_12;
+  assign \$4733  = gt6_13 & \$4732 ;
+  assign \$4734  = \$4733  ? R12[3:0] : 4'h0;
+  assign \$4735  = \$4731  | \$4734 ;
+  assign \$4736  = ~ gt6_13;
+  assign \$4737  = gt6_14 & \$4736 ;
+  assign \$4738  = \$4737  ? R13[3:0] : 4'h0;
+  assign \$4739  = ~ gt6_14;
+  assign \$4740  = gt6_15 & \$4739 ;
+  assign \$4741  = \$4740  ? R14[3:0] : 4'h0;
+  assign \$4742  = \$4738  | \$4741 ;
+  assign \$4743  = \$4735  | \$4742 ;
+  assign \$4744  = \$4728  | \$4743 ;
+  assign \$4745  = \$4713  | \$4744 ;
+  assign \$4746  = ~ gt6_15;
+  assign \$4747  = gt6_16 & \$4746 ;
+  assign \$4748  = \$4747  ? R15[3:0] : 4'h0;
+  assign \$4749  = ~ gt6_16;
+  assign \$4750  = gt6_17 & \$4749 ;
+  assign \$4751  = \$4750  ? R16[3:0] : 4'h0;
+  assign \$4752  = \$4748  | \$4751 ;
+  assign \$4753  = ~ gt6_17;
+  assign \$4754  = gt6_18 & \$4753 ;
+  assign \$4755  = \$4754  ? R17[3:0] : 4'h0;
+  assign \$4756  = ~ gt6_18;
+  assign \$4757  = gt6_19 & \$4756 ;
+  assign \$4758  = \$4757  ? R18[3:0] : 4'h0;
+  assign \$4759  = \$4755  | \$4758 ;
+  assign \$4760  = \$4752  | \$4759 ;
+  assign \$4761  = ~ gt6_19;
+  assign \$4762  = gt6_20 & \$4761 ;
+  assign \$4763  = \$4762  ? R19[3:0] : 4'h0;
+  assign \$4764  = ~ gt6_20;
+  assign \$4765  = gt6_21 & \$4764 ;
+  assign \$4766  = \$4765  ? R20[3:0] : 4'h0;
+  assign \$4767  = \$4763  | \$4766 ;
+  assign \$4768  = ~ gt6_21;
+  assign \$4769  = gt6_22 & \$4768 ;
+  assign \$4770  = \$4769  ? R21[3:0] : 4'h0;
+  assign \$4771  = ~ gt6_22;
+  assign \$4772  = gt6_23 & \$4771 ;
+  assign \$4773  = \$4772  ? R22[3:0] : 4'h0;
+  assign \$4774  = \$4770  | \$4773 ;
+  assign \$4775  = \$4767  | \$4774 ;
+  assign \$4776  = \$4760  | \$4775 ;
+  assign \$4777  = ~ gt6_23;
+  assign \$4778  = gt6_24 & \$4777 ;
+  assign \$4779  = \$4778  ? R23[3:0] : 4'h0;
+  assign \$4780  = ~ gt6_24;
+  assign \$4781  = gt6_25 & \$4780 ;
+  assign \$4782  = \$4781  ? R24[3:0] : 4'h0;
+  assign \$4783  = \$4779  | \$4782 ;
+  assign \$4784  = ~ gt6_25;
+  assign \$4785  = gt6_26 & \$4784 ;
+  assign \$4786  = \$4785  ? R25[3:0] : 4'h0;
+  assign \$4787  = ~ gt6_26;
+  assign \$4788  = gt6_27 & \$4787 ;
+  assign \$4789  = \$4788  ? R26[3:0] : 4'h0;
+  assign \$4790  = \$4786  | \$4789 ;
+  assign \$4791  = \$4783  | \$4790 ;
+  assign \$4792  = ~ gt6_27;
+  assign \$4793  = gt6_28 & \$4792 ;
+  assign \$4794  = \$4793  ? R27[3:0] : 4'h0;
+  assign \$4795  = ~ gt6_28;
+  assign \$4796  = gt6_29 & \$4795 ;
+  assign \$4797  = \$4796  ? R28[3:0] : 4'h0;
+  assign \$4798  = \$4794  | \$4797 ;
+  assign \$4799  = ~ gt6_29;
+  assign \$4800  = gt6_30 & \$4799 ;
+  assign \$4801  = \$4800  ? R29[3:0] : 4'h0;
+  assign \$4802  = ~ gt6_30;
+  assign \$4803  = gt6_31 & \$4802 ;
+  assign \$4804  = \$4803  ? R30[3:0] : 4'h0;
+  assign \$4805  = \$4801  | \$4804 ;
+  assign \$4806  = \$4798  | \$4805 ;
+  assign \$4807  = \$4791  | \$4806 ;
+  assign \$4808  = \$4776  | \$4807 ;
+  assign \$4809  = \$4745  | \$4808 ;
+  assign \$4810  = ~ gt6_31;
+  assign \$4811  = gt6_32 & \$4810 ;
+  assign \$4812  = \$4811  ? R31[3:0] : 4'h0;
+  assign \$4813  = ~ gt6_32;
+  assign \$4814  = gt6_33 & \$4813 ;
+  assign \$4815  = \$4814  ? R32[3:0] : 4'h0;
+  assign \$4816  = \$4812  | \$4815 ;
+  assign \$4817  = ~ gt6_33;
+  assign \$4818  = gt6_34 & \$4817 ;
+  assign \$4819  = \$4818  ? R33[3:0] : 4'h0;
+  assign \$4820  = ~ gt6_34;
+  assign \$4821  = gt6_35 & \$4820 ;
+  assign \$4822  = \$4821  ? R34[3:0] : 4'h0;
+  assign \$4823  = \$4819  | \$4822 ;
+  assign \$4824  = \$4816  | \$4823 ;
+  assign dlow6 = \$4809  | \$4824 ;
+  assign \$4825  = ~ sat0[3];
+  assign \$4826  = sat1[3] & \$4825 ;
+  assign \$4827  = \$4826  ? 1'h1 : 1'h0;
+  assign \$4828  = ~ sat1[3];
+  assign \$4829  = sat2[3] & \$4828 ;
+  assign \$4830  = \$4829  ? 2'h2 : 2'h0;
+  assign \$4831  = { 1'h0, \$4827  } | \$4830 ;
+  assign \$4832  = ~ sat2[3];
+  assign \$4833  = sat3[3] & \$4832 ;
+  assign \$4834  = \$4833  ? 2'h3 : 2'h0;
+  assign \$4835  = ~ sat3[3];
+  assign \$4836  = sat4[3] & \$4835 ;
+  assign \$4837  = \$4836  ? 3'h4 : 3'h0;
+  assign \$4838  = { 1'h0, \$4834  } | \$4837 ;
+  assign \$4839  = { 1'h0, \$4831  } | \$4838 ;
+  assign \$4840  = ~ sat4[3];
+  assign \$4841  = sat5[3] & \$4840 ;
+  assign \$4842  = \$4841  ? 3'h5 : 3'h0;
+  assign \$4843  = ~ sat5[3];
+  assign \$4844  = sat6[3] & \$4843 ;
+  assign \$4845  = \$4844  ? 3'h6 : 3'h0;
+  assign \$4846  = \$4842  | \$4845 ;
+  assign \$4847  = ~ sat6[3];
+  assign \$4848  = sat7[3] & \$4847 ;
+  assign \$4849  = \$4848  ? 3'h7 : 3'h0;
+  assign \$4850  = ~ sat7[3];
+  assign \$4851  = sat8[3] & \$4850 ;
+  assign \$4852  = \$4851  ? 4'h8 : 4'h0;
+  assign \$4853  = { 1'h0, \$4849  } | \$4852 ;
+  assign \$4854  = { 1'h0, \$4846  } | \$4853 ;
+  assign \$4855  = { 1'h0, \$4839  } | \$4854 ;
+  assign \$4856  = ~ sat8[3];
+  assign \$4857  = sat9[3] & \$4856 ;
+  assign \$4858  = \$4857  ? 4'h9 : 4'h0;
+  assign \$4859  = ~ sat9[3];
+  assign \$4860  = sat10[3] & \$4859 ;
+  assign \$4861  = \$4860  ? 4'ha : 4'h0;
+  assign \$4862  = \$4858  | \$4861 ;
+  assign \$4863  = ~ sat10[3];
+  assign \$4864  = sat11[3] & \$4863 ;
+  assign \$4865  = \$4864  ? 4'hb : 4'h0;
+  assign \$4866  = ~ sat11[3];
+  assign \$4867  = sat12[3] & \$4866 ;
+  assign \$4868  = \$4867  ? 4'hc : 4'h0;
+  assign \$4869  = \$4865  | \$4868 ;
+  assign \$4870  = \$4862  | \$4869 ;
+  assign \$4871  = ~ sat12[3];
+  assign \$4872  = sat13[3] & \$4871 ;
+  assign \$4873  = \$4872  ? 4'hd : 4'h0;
+  assign \$4874  = ~ sat13[3];
+  assign \$4875  = sat14[3] & \$4874 ;
+  assign \$4876  = \$4875  ? 4'he : 4'h0;
+  assign \$4877  = \$4873  | \$4876 ;
+  assign \$4878  = ~ sat14[3];
+  assign \$4879  = sat15[3] & \$4878 ;
+  assign \$4880  = \$4879  ? 4'hf : 4'h0;
+  assign \$4881  = ~ sat15[3];
+  assign \$4882  = sat16[3] & \$4881 ;
+  assign \$4883  = \$4882  ? 5'h10 : 5'h00;
+  assign \$4884  = { 1'h0, \$4880  } | \$4883 ;
+  assign \$4885  = { 1'h0, \$4877  } | \$4884 ;
+  assign \$4886  = { 1'h0, \$4870  } | \$4885 ;
+  assign \$4887  = { 1'h0, \$4855  } | \$4886 ;
+  assign \$4888  = ~ sat16[3];
+  assign \$4889  = sat17[3] & \$4888 ;
+  assign \$4890  = \$4889  ? 5'h11 : 5'h00;
+  assign \$4891  = ~ sat17[3];
+  assign \$4892  = sat18[3] & \$4891 ;
+  assign \$4893  = \$4892  ? 5'h12 : 5'h00;
+  assign \$4894  = \$4890  | \$4893 ;
+  assign \$4895  = ~ sat18[3];
+  assign \$4896  = sat19[3] & \$4895 ;
+  assign \$4897  = \$4896  ? 5'h13 : 5'h00;
+  assign \$4898  = ~ sat19[3];
+  assign \$4899  = sat20[3] & \$4898 ;
+  assign \$4900  = \$4899  ? 5'h14 : 5'h00;
+  assign \$4901  = \$4897  | \$4900 ;
+  assign \$4902  = \$4894  | \$4901 ;
+  assign \$4903  = ~ sat20[3];
+  assign \$4904  = sat21[3] & \$4903 ;
+  assign \$4905  = \$4904  ? 5'h15 : 5'h00;
+  assign \$4906  = ~ sat21[3];
+  assign \$4907  = sat22[3] & \$4906 ;
+  assign \$4908  = \$4907  ? 5'h16 : 5'h00;
+  assign \$4909  = \$4905  | \$4908 ;
+  assign \$4910  = ~ sat22[3];
+  assign \$4911  = sat23[3] & \$4910 ;
+  assign \$4912  = \$4911  ? 5'h17 : 5'h00;
+  assign \$4913  = ~ sat23[3];
+  assign \$4914  = sat24[3] & \$4913 ;
+  assign \$4915  = \$4914  ? 5'h18 : 5'h00;
+  assign \$4916  = \$4912  | \$4915 ;
+  assign \$4917  = \$4909  | \$4916 ;
+  assign \$4918  = \$4902  | \$4917 ;
+  assign \$4919  = ~ sat24[3];
+  assign \$4920  = sat25[3] & \$4919 ;
+  assign \$4921  = \$4920  ? 5'h19 : 5'h00;
+  assign \$4922  = ~ sat25[3];
+  assign \$4923  = sat26[3] & \$4922 ;
+  assign \$4924  = \$4923  ? 5'h1a : 5'h00;
+  assign \$4925  = \$4921  | \$4924 ;
+  assign \$4926  = ~ sat26[3];
+  assign \$4927  = sat27[3] & \$4926 ;
+  assign \$4928  = \$4927  ? 5'h1b : 5'h00;
+  assign \$4929  = ~ sat27[3];
+  assign \$4930  = sat28[3] & \$4929 ;
+  assign \$4931  = \$4930  ? 5'h1c : 5'h00;
+  assign \$4932  = \$4928  | \$4931 ;
+  assign \$4933  = \$4925  | \$4932 ;
+  assign \$4934  = ~ sat28[3];
+  assign \$4935  = sat29[3] & \$4934 ;
+  assign \$4936  = \$4935  ? 5'h1d : 5'h00;
+  assign \$4937  = ~ sat29[3];
+  assign \$4938  = sat30[3] & \$4937 ;
+  assign \$4939  = \$4938  ? 5'h1e : 5'h00;
+  assign \$4940  = \$4936  | \$4939 ;
+  assign \$4941  = ~ sat30[3];
+  assign \$4942  = sat31[3] & \$4941 ;
+  assign \$4943  = \$4942  ? 5'h1f : 5'h00;
+  assign \$4944  = ~ sat31[3];
+  assign \$4945  = sat32[3] & \$4944 ;
+  assign \$4946  = \$4945  ? 6'h20 : 6'h00;
+  assign \$4947  = { 1'h0, \$4943  } | \$4946 ;
+  assign \$4948  = { 1'h0, \$4940  } | \$4947 ;
+  assign \$4949  = { 1'h0, \$4933  } | \$4948 ;
+  assign \$4950  = { 1'h0, \$4918  } | \$4949 ;
+  assign \$4951  = { 1'h0, \$4887  } | \$4950 ;
+  assign \$4952  = ~ sat32[3];
+  assign \$4953  = sat33[3] & \$4952 ;
+  assign \$4954  = \$4953  ? 6'h21 : 6'h00;
+  assign \$4955  = ~ sat33[3];
+  assign \$4956  = sat34[3] & \$4955 ;
+  assign \$4957  = \$4956  ? 6'h22 : 6'h00;
+  assign \$4958  = \$4954  | \$4957 ;
+  assign \$4959  = ~ sat34[3];
+  assign \$4960  = sat35[3] & \$4959 ;
+  assign \$4961  = \$4960  ? 6'h23 : 6'h00;
+  assign \$4962  = \$4958  | \$4961 ;
+  assign gsel7 = \$4951  | \$4962 ;
+  assign \$4963  = sat0[3] ? mbeat0[15:0] : 16'h0000;
+  assign \$4964  = ~ sat0[3];
+  assign \$4965  = sat1[3] & \$4964 ;
+  assign \$4966  = \$4965  ? mbeat0[31:16] : 16'h0000;
+  assign \$4967  = \$4963  | \$4966 ;
+  assign \$4968  = ~ sat1[3];
+  assign \$4969  = sat2[3] & \$4968 ;
+  assign \$4970  = \$4969  ? mbeat0[47:32] : 16'h0000;
+  assign \$4971  = ~ sat2[3];
+  assign \$4972  = sat3[3] & \$4971 ;
+  assign \$4973  = \$4972  ? mbeat0[63:48] : 16'h0000;
+  assign \$4974  = \$4970  | \$4973 ;
+  assign \$4975  = \$4967  | \$4974 ;
+  assign \$4976  = ~ sat3[3];
+  assign \$4977  = sat4[3] & \$4976 ;
+  assign \$4978  = \$4977  ? mbeat0[79:64] : 16'h0000;
+  assign \$4979  = ~ sat4[3];
+  assign \$4980  = sat5[3] & \$4979 ;
+  assign \$4981  = \$4980  ? mbeat0[95:80] : 16'h0000;
+  assign \$4982  = \$4978  | \$4981 ;
+  assign \$4983  = ~ sat5[3];
+  assign \$4984  = sat6[3] & \$4983 ;
+  assign \$4985  = \$4984  ? mbeat0[111:96] : 16'h0000;
+  assign \$4986  = ~ sat6[3];
+  assign \$4987  = sat7[3] & \$4986 ;
+  assign \$4988  = \$4987  ? mbeat0[127:112] : 16'h0000;
+  assign \$4989  = \$4985  | \$4988 ;
+  assign \$4990  = \$4982  | \$4989 ;
+  assign \$4991  = \$4975  | \$4990 ;
+  assign \$4992  = ~ sat7[3];
+  assign \$4993  = sat8[3] & \$4992 ;
+  assign \$4994  = \$4993  ? mbeat0[143:128] : 16'h0000;
+  assign \$4995  = ~ sat8[3];
+  assign \$4996  = sat9[3] & \$4995 ;
+  assign \$4997  = \$4996  ? mbeat0[159:144] : 16'h0000;
+  assign \$4998  = \$4994  | \$4997 ;
+  assign \$4999  = ~ sat9[3];
+  assign \$5000  = sat10[3] & \$4999 ;
+  assign \$5001  = \$5000  ? mbeat0[175:160] : 16'h0000;
+  assign \$5002  = ~ sat10[3];
+  assign \$5003  = sat11[3] & \$5002 ;
+  assign \$5004  = \$5003  ? mbeat0[191:176] : 16'h0000;
+  assign \$5005  = \$5001  | \$5004 ;
+  assign \$5006  = \$4998  | \$5005 ;
+  assign \$5007  = ~ sat11[3];
+  assign \$5008  = sat12[3] & \$5007 ;
+  assign \$5009  = \$5008  ? mbeat1[15:0] : 16'h0000;
+  assign \$5010  = ~ sat12[3];
+  assign \$5011  = sat13[3] & \$5010 ;
+  assign \$5012  = \$5011  ? mbeat1[31:16] : 16'h0000;
+  assign \$5013  = \$5009  | \$5012 ;
+  assign \$5014  = ~ sat13[3];
+  assign \$5015  = sat14[3] & \$5014 ;
+  assign \$5016  = \$5015  ? mbeat1[47:32] : 16'h0000;
+  assign \$5017  = ~ sat14[3];
+  assign \$5018  = sat15[3] & \$5017 ;
+  assign \$5019  = \$5018  ? mbeat1[63:48] : 16'h0000;
+  assign \$5020  = \$5016  | \$5019 ;
+  assign \$5021  = \$5013  | \$5020 ;
+  assign \$5022  = \$5006  | \$5021 ;
+  assign \$5023  = \$4991  | \$5022 ;
+  assign \$5024  = ~ sat15[3];
+  assign \$5025  = sat16[3] & \$5024 ;
+  assign \$5026  = \$5025  ? mbeat1[79:64] : 16'h0000;
+  assign \$5027  = ~ sat16[3];
+  assign \$5028  = sat17[3] & \$5027 ;
+  assign \$5029  = \$5028  ? mbeat1[95:80] : 16'h0000;
+  assign \$5030  = \$5026  | \$5029 ;
+  assign \$5031  = ~ sat17[3];
+  assign \$5032  = sat18[3] & \$5031 ;
+  assign \$5033  = \$5032  ? mbeat1[111:96] : 16'h0000;
+  assign \$5034  = ~ sat18[3];
+  assign \$5035  = sat19[3] & \$5034 ;
+  assign \$5036  = \$5035  ? mbeat1[127:112] : 16'h0000;
+  assign \$5037  = \$5033  | \$5036 ;
+  assign \$5038  = \$5030  | \$5037 ;
+  assign \$5039  = ~ sat19[3];
+  assign \$5040  = sat20[3] & \$5039 ;
+  assign \$5041  = \$5040  ? mbeat1[143:128] : 16'h0000;
+  assign \$5042  = ~ sat20[3];
+  assign \$5043  = sat21[3] & \$5042 ;
+  assign \$5044  = \$5043  ? mbeat1[159:144] : 16'h0000;
+  assign \$5045  = \$5041  | \$5044 ;
+  assign \$5046  = ~ sat21[3];
+  assign \$5047  = sat22[3] & \$5046 ;
+  assign \$5048  = \$5047  ? mbeat1[175:160] : 16'h0000;
+  assign \$5049  = ~ sat22[3];
+  assign \$5050  = sat23[3] & \$5049 ;
+  assign \$5051  = \$5050  ? mbeat1[191:176] : 16'h0000;
+  assign \$5052  = \$5048  | \$5051 ;
+  assign \$5053  = \$5045  | \$5052 ;
+  assign \$5054  = \$5038  | \$5053 ;
+  assign \$5055  = ~ sat23[3];
+  assign \$5056  = sat24[3] & \$5055 ;
+  assign \$5057  = \$5056  ? mbeat2[15:0] : 16'h0000;
+  assign \$5058  = ~ sat24[3];
+  assign \$5059  = sat25[3] & \$5058 ;
+  assign \$5060  = \$5059  ? mbeat2[31:16] : 16'h0000;
+  assign \$5061  = \$5057  | \$5060 ;
+  assign \$5062  = ~ sat25[3];
+  assign \$5063  = sat26[3] & \$5062 ;
+  assign \$5064  = \$5063  ? mbeat2[47:32] : 16'h0000;
+  assign \$5065  = ~ sat26[3];
+  assign \$5066  = sat27[3] & \$5065 ;
+  assign \$5067  = \$5066  ? mbeat2[63:48] : 16'h0000;
+  assign \$5068  = \$5064  | \$5067 ;
+  assign \$5069  = \$5061  | \$5068 ;
+  assign \$5070  = ~ sat27[3];
+  assign \$5071  = sat28[3] & \$5070 ;
+  assign \$5072  = \$5071  ? mbeat2[79:64] : 16'h0000;
+  assign \$5073  = ~ sat28[3];
+  assign \$5074  = sat29[3] & \$5073 ;
+  assign \$5075  = \$5074  ? mbeat2[95:80] : 16'h0000;
+  assign \$5076  = \$5072  | \$5075 ;
+  assign \$5077  = ~ sat29[3];
+  assign \$5078  = sat30[3] & \$5077 ;
+  assign \$5079  = \$5078  ? mbeat2[111:96] : 16'h0000;
+  assign \$5080  = ~ sat30[3];
+  assign \$5081  = sat31[3] & \$5080 ;
+  assign \$5082  = \$5081  ? mbeat2[127:112] : 16'h0000;
+  assign \$5083  = \$5079  | \$5082 ;
+  assign \$5084  = \$5076  | \$5083 ;
+  assign \$5085  = \$5069  | \$5084 ;
+  assign \$5086  = \$5054  | \$5085 ;
+  assign \$5087  = \$5023  | \$5086 ;
+  assign \$5088  = ~ sat31[3];
+  assign \$5089  = sat32[3] & \$5088 ;
+  assign \$5090  = \$5089  ? mbeat2[143:128] : 16'h0000;
+  assign \$5091  = ~ sat32[3];
+  assign \$5092  = sat33[3] & \$5091 ;
+  assign \$5093  = \$5092  ? mbeat2[159:144] : 16'h0000;
+  assign \$5094  = \$5090  | \$5093 ;
+  assign \$5095  = ~ sat33[3];
+  assign \$5096  = sat34[3] & \$5095 ;
+  assign \$5097  = \$5096  ? mbeat2[175:160] : 16'h0000;
+  assign \$5098  = ~ sat34[3];
+  assign \$5099  = sat35[3] & \$5098 ;
+  assign \$5100  = \$5099  ? mbeat2[191:176] : 16'h0000;
+  assign \$5101  = \$5097  | \$5100 ;
+  assign \$5102  = \$5094  | \$5101 ;
+  assign grp7 = \$5087  | \$5102 ;
+  assign \$5103  = sat0[3] ? Rm1[3:0] : 4'h0;
+  assign \$5104  = ~ sat0[3];
+  assign \$5105  = sat1[3] & \$5104 ;
+  assign \$5106  = \$5105  ? R0[3:0] : 4'h0;
+  assign \$5107  = \$5103  | \$5106 ;
+  assign \$5108  = ~ sat1[3];
+  assign \$5109  = sat2[3] & \$5108 ;
+  assign \$5110  = \$5109  ? R1[3:0] : 4'h0;
+  assign \$5111  = ~ sat2[3];
+  assign \$5112  = sat3[3] & \$5111 ;
+  assign \$5113  = \$5112  ? R2[3:0] : 4'h0;
+  assign \$5114  = \$5110  | \$5113 ;
+  assign \$5115  = \$5107  | \$5114 ;
+  assign \$5116  = ~ sat3[3];
+  assign \$5117  = sat4[3] & \$5116 ;
+  assign \$5118  = \$5117  ? R3[3:0] : 4'h0;
+  assign \$5119  = ~ sat4[3];
+  assign \$5120  = sat5[3] & \$5119 ;
+  assign \$5121  = \$5120  ? R4[3:0] : 4'h0;
+  assign \$5122  = \$5118  | \$5121 ;
+  assign \$5123  = ~ sat5[3];
+  assign \$5124  = sat6[3] & \$5123 ;
+  assign \$5125  = \$5124  ? R5[3:0] : 4'h0;
+  assign \$5126  = ~ sat6[3];
+  assign \$5127  = sat7[3] & \$5126 ;
+  assign \$5128  = \$5127  ? R6[3:0] : 4'h0;
+  assign \$5129  = \$5125  | \$5128 ;
+  assign \$5130  = \$5122  | \$5129 ;
+  assign \$5131  = \$5115  | \$5130 ;
+  assign \$5132  = ~ sat7[3];
+  assign \$5133  = sat8[3] & \$5132 ;
+  assign \$5134  = \$5133  ? R7[3:0] : 4'h0;
+  assign \$5135  = ~ sat8[3];
+  assign \$5136  = sat9[3] & \$5135 ;
+  assign \$5137  = \$5136  ? R8[3:0] : 4'h0;
+  assign \$5138  = \$5134  | \$5137 ;
+  assign \$5139  = ~ sat9[3];
+  assign \$5140  = sat10[3] & \$5139 ;
+  assign \$5141  = \$5140  ? R9[3:0] : 4'h0;
+  assign \$5142  = ~ sat10[3];
+  assign \$5143  = sat11[3] & \$5142 ;
+  assign \$5144  = \$5143  ? R10[3:0] : 4'h0;
+  assign \$5145  = \$5141  | \$5144 ;
+  assign \$5146  = \$5138  | \$5145 ;
+  assign \$5147  = ~ sat11[3];
+  assign \$5148  = sat12[3] & \$5147 ;
+  assign \$5149  = \$5148  ? R11[3:0] : 4'h0;
+  assign \$5150  = ~ sat12[3];
+  assign \$5151  = sat13[3] & \$5150 ;
+  assign \$5152  = \$5151  ? R12[3:0] : 4'h0;
+  assign \$5153  = \$5149  | \$5152 ;
+  assign \$5154  = ~ sat13[3];
+  assign \$5155  = sat14[3] & \$5154 ;
+  assign \$5156  = \$5155  ? R13[3:0] : 4'h0;
+  assign \$5157  = ~ sat14[3];
+  assign \$5158  = sat15[3] & \$5157 ;
+  assign \$5159  = \$5158  ? R14[3:0] : 4'h0;
+  assign \$5160  = \$5156  | \$5159 ;
+  assign \$5161  = \$5153  | \$5160 ;
+  assign \$5162  = \$5146  | \$5161 ;
+  assign \$5163  = \$5131  | \$5162 ;
+  assign \$5164  = ~ sat15[3];
+  assign \$5165  = sat16[3] & \$5164 ;
+  assign \$5166  = \$5165  ? R15[3:0] : 4'h0;
+  assign \$5167  = ~ sat16[3];
+  assign \$5168  = sat17[3] & \$5167 ;
+  assign \$5169  = \$5168  ? R16[3:0] : 4'h0;
+  assign \$5170  = \$5166  | \$5169 ;
+  assign \$5171  = ~ sat17[3];
+  assign \$5172  = sat18[3] & \$5171 ;
+  assign \$5173  = \$5172  ? R17[3:0] : 4'h0;
+  assign \$5174  = ~ sat18[3];
+  assign \$5175  = sat19[3] & \$5174 ;
+  assign \$5176  = \$5175  ? R18[3:0] : 4'h0;
+  assign \$5177  = \$5173  | \$5176 ;
+  assign \$5178  = \$5170  | \$5177 ;
+  assign \$5179  = ~ sat19[3];
+  assign \$5180  = sat20[3] & \$5179 ;
+  assign \$5181  = \$5180  ? R19[3:0] : 4'h0;
+  assign \$5182  = ~ sat20[3];
+  assign \$5183  = sat21[3] & \$5182 ;
+  assign \$5184  = \$5183  ? R20[3:0] : 4'h0;
+  assign \$5185  = \$5181  | \$5184 ;
+  assign \$5186  = ~ sat21[3];
+  assign \$5187  = sat22[3] & \$5186 ;
+  assign \$5188  = \$5187  ? R21[3:0] : 4'h0;
+  assign \$5189  = ~ sat22[3];
+  assign \$5190  = sat23[3] & \$5189 ;
+  assign \$5191  = \$5190  ? R22[3:0] : 4'h0;
+  assign \$5192  = \$5188  | \$5191 ;
+  assign \$5193  = \$5185  | \$5192 ;
+  assign \$5194  = \$5178  | \$5193 ;
+  assign \$5195  = ~ sat23[3];
+  assign \$5196  = sat24[3] & \$5195 ;
+  assign \$5197  = \$5196  ? R23[3:0] : 4'h0;
+  assign \$5198  = ~ sat24[3];
+  assign \$5199  = sat25[3] & \$5198 ;
+  assign \$5200  = \$5199  ? R24[3:0] : 4'h0;
+  assign \$5201  = \$5197  | \$5200 ;
+  assign \$5202  = ~ sat25[3];
+  assign \$5203  = sat26[3] & \$5202 ;
+  assign \$5204  = \$5203  ? R25[3:0] : 4'h0;
+  assign \$5205  = ~ sat26[3];
+  assign \$5206  = sat27[3] & \$5205 ;
+  assign \$5207  = \$5206  ? R26[3:0] : 4'h0;
+  assign \$5208  = \$5204  | \$5207 ;
+  assign \$5209  = \$5201  | \$5208 ;
+  assign \$5210  = ~ sat27[3];
+  assign \$5211  = sat28[3] & \$5210 ;
+  assign \$5212  = \$5211  ? R27[3:0] : 4'h0;
+  assign \$5213  = ~ sat28[3];
+  assign \$5214  = sat29[3] & \$5213 ;
+  assign \$5215  = \$5214  ? R28[3:0] : 4'h0;
+  assign \$5216  = \$5212  | \$5215 ;
+  assign \$5217  = ~ sat29[3];
+  assign \$5218  = sat30[3] & \$5217 ;
+  assign \$5219  = \$5218  ? R29[3:0] : 4'h0;
+  assign \$5220  = ~ sat30[3];
+  assign \$5221  = sat31[3] & \$5220 ;
+  assign \$5222  = \$5221  ? R30[3:0] : 4'h0;
+  assign \$5223  = \$5219  | \$5222 ;
+  assign \$5224  = \$5216  | \$5223 ;
+  assign \$5225  = \$5209  | \$5224 ;
+  assign \$5226  = \$5194  | \$5225 ;
+  assign \$5227  = \$5163  | \$5226 ;
+  assign \$5228  = ~ sat31[3];
+  assign \$5229  = sat32[3] & \$5228 ;
+  assign \$5230  = \$5229  ? R31[3:0] : 4'h0;
+  assign \$5231  = ~ sat32[3];
+  assign \$5232  = sat33[3] & \$5231 ;
+  assign \$5233  = \$5232  ? R32[3:0] : 4'h0;
+  assign \$5234  = \$5230  | \$5233 ;
+  assign \$5235  = ~ sat33[3];
+  assign \$5236  = sat34[3] & \$5235 ;
+  assign \$5237  = \$5236  ? R33[3:0] : 4'h0;
+  assign \$5238  = ~ sat34[3];
+  assign \$5239  = sat35[3] & \$5238 ;
+  assign \$5240  = \$5239  ? R34[3:0] : 4'h0;
+  assign \$5241  = \$5237  | \$5240 ;
+  assign \$5242  = \$5234  | \$5241 ;
+  assign dlow7 = \$5227  | \$5242 ;
+  assign ws0_c = \$5243  + \$5244 ;
+  assign ws0_lo = a_lr0 < ws0_c;
+  assign \$5245  = a_lr0 - ws0_c;
+  assign ws0l_lo = a_lr0[2:0] < ws0l_c;
+  assign \$5246  = a_lr0[2:0] - ws0l_c;
+  assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
+  assign ws0h_lo = \$5245 [2:0] < ws0h_c;
+  assign \$5247  = \$5245 [2:0] - ws0h_c;
+  assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
+  assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
+  assign \$5248  = a_nxt[0] ? a_es : \$signal ;
+  assign \$5249  = a_gsel0[5:2] - \$5248 ;
+  assign ws1_c = \$5250  + \$5251 ;
+  assign ws1_lo = a_lr1 < ws1_c;
+  assign \$5252  = a_lr1 - ws1_c;
+  assign ws1l_lo = a_lr1[2:0] < ws1l_c;
+  assign \$5253  = a_lr1[2:0] - ws1l_c;
+  assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
+  assign ws1h_lo = \$5252 [2:0] < ws1h_c;
+  assign \$5254  = \$5252 [2:0] - ws1h_c;
+  assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
+  assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
+  assign \$5255  = a_nxt[1] ? a_es : \$signal ;
+  assign \$5256  = a_gsel1[5:2] - \$5255 ;
+  assign ws2_c = \$5257  + \$5258 ;
+  assign ws2_lo = a_lr2 < ws2_c;
+  assign \$5259  = a_lr2 - ws2_c;
+  assign ws2l_lo = a_lr2[2:0] < ws2l_c;
+  assign \$5260  = a_lr2[2:0] - ws2l_c;
+  assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
+  assign ws2h_lo = \$5259 [2:0] < ws2h_c;
+  assign \$5261  = \$5259 [2:0] - ws2h_c;
+  assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
+  assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
+  assign \$5262  = a_nxt[2] ? a_es : \$signal ;
+  assign \$5263  = a_gsel2[5:2] - \$5262 ;
+  assign ws3_c = \$5264  + \$5265 ;
+  assign ws3_lo = a_lr3 < ws3_c;
+  assign \$5266  = a_lr3 - ws3_c;
+  assign ws3l_lo = a_lr3[2:0] < ws3l_c;
+  assign \$5267  = a_lr3[2:0] - ws3l_c;
+  assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
+  assign ws3h_lo = \$5266 [2:0] < ws3h_c;
+  assign \$5268  = \$5266 [2:0] - ws3h_c;
+  assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
+  assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
+  assign \$5269  = a_nxt[3] ? a_es : \$signal ;
+  assign \$5270  = a_gsel3[5:2] - \$5269 ;
+  assign ws4_c = \$5271  + \$5272 ;
+  assign ws4_lo = a_lr4 < ws4_c;
+  assign \$5273  = a_lr4 - ws4_c;
+  assign ws4l_lo = a_lr4[2:0] < ws4l_c;
+  assign \$5274  = a_lr4[2:0] - ws4l_c;
+  assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
+  assign ws4h_lo = \$5273 [2:0] < ws4h_c;
+  assign \$5275  = \$5273 [2:0] - ws4h_c;
+  assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
+  assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
+  assign \$5276  = a_nxt[4] ? a_es : \$signal ;
+  assign \$5277  = a_gsel4[5:2] - \$5276 ;
+  assign ws5_c = \$5278  + \$5279 ;
+  assign ws5_lo = a_lr5 < ws5_c;
+  assign \$5280  = a_lr5 - ws5_c;
+  assign ws5l_lo = a_lr5[2:0] < ws5l_c;
+  assign \$5281  = a_lr5[2:0] - ws5l_c;
   assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
-  assign \$4463  = grp5[8] + grp5[9];
-  assign \$4464  = grp5[10] + grp5[11];
-  assign ws5h_c = \$4463  + \$4464 ;
-  assign ws5h_lo = \$4459 [2:0] < ws5h_c;
-  assign \$4465  = \$4459 [2:0] - ws5h_c;
+  assign ws5h_lo = \$5280 [2:0] < ws5h_c;
+  assign \$5282  = \$5280 [2:0] - ws5h_c;
   assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
-  assign lv5 = k > 3'h5;
-  assign \$4466  = k_cur <= 3'h5;
-  assign ln5 = finish & \$4466 ;
-  assign \$4467  = ln5 ? es_w : { rs_w[6], rs_w };
-  assign \$4468  = gsel5[5:2] - \$4467 [3:0];
-  assign \$4469  = sat0[1] & sat0[2];
-  assign \$4470  = ~ sat0[3];
-  assign \$4471  = \$4470  & sat0[0];
-  assign \$4472  = \$4469  & \$4471 ;
-  assign gt6_0 = \$4472  | sat0[3];
-  assign \$4473  = sat1[1] & sat1[2];
-  assign \$4474  = ~ sat1[3];
-  assign \$4475  = \$4474  & sat1[0];
-  assign \$4476  = \$4473  & \$4475 ;
-  assign gt6_1 = \$4476  | sat1[3];
-  assign \$4477  = sat2[1] & sat2[2];
-  assign \$4478  = ~ sat2[3];
-  assign \$4479  = \$4478  & sat2[0];
-  assign \$4480  = \$4477  & \$4479 ;
-  assign gt6_2 = \$4480  | sat2[3];
-  assign \$4481  = sat3[1] & sat3[2];
-  assign \$4482  = ~ sat3[3];
-  assign \$4483  = \$4482  & sat3[0];
-  assign \$4484  = \$4481  & \$4483 ;
-  assign gt6_3 = \$4484  | sat3[3];
-  assign \$4485  = sat4[1] & sat4[2];
-  assign \$4486  = ~ sat4[3];
-  assign \$4487  = \$4486  & sat4[0];
-  assign \$4488  = \$4485  & \$4487 ;
-  assign gt6_4 = \$4488  | sat4[3];
-  assign \$4489  = sat5[1] & sat5[2];
-  assign \$4490  = ~ sat5[3];
-  assign \$4491  = \$4490  & sat5[0];
-  assign \$4492  = \$4489  & \$4491 ;
-  assign gt6_5 = \$4492  | sat5[3];
-  assign \$4493  = sat6[1] & sat6[2];
-  assign \$4494  = ~ sat6[3];
-  assign \$4495  = \$4494  & sat6[0];
-  assign \$4496  = \$4493  & \$4495 ;
-  assign gt6_6 = \$4496  | sat6[3];
-  assign \$4497  = sat7[1] & sat7[2];
-  assign \$4498  = ~ sat7[3];
-  assign \$4499  = \$4498  & sat7[0];
-  assign \$4500  = \$4497  & \$4499 ;
-  assign gt6_7 = \$4500  | sat7[3];
-  assign \$4501  = sat8[1] & sat8[2];
-  assign \$4502  = ~ sat8[3];
-  assign \$4503  = \$4502  & sat8[0];
-  assign \$4504  = \$4501  & \$4503 ;
-  assign gt6_8 = \$4504  | sat8[3];
-  assign \$4505  = sat9[1] & sat9[2];
-  assign \$4506  = ~ sat9[3];
-  assign \$4507  = \$4506  & sat9[0];
-  assign \$4508  = \$4505  & \$4507 ;
-  assign gt6_9 = \$4508  | sat9[3];
-  assign \$4509  = sat10[1] & sat10[2];
-  assign \$4510  = ~ sat10[3];
-  assign \$4511  = \$4510  & sat10[0];
-  assign \$4512  = \$4509  & \$4511 ;
-  assign gt6_10 = \$4512  | sat10[3];
-  assign \$4513  = sat11[1] & sat11[2];
-  assign \$4514  = ~ sat11[3];
-  assign \$4515  = \$4514  & sat11[0];
-  assign \$4516  = \$4513  & \$4515 ;
-  assign gt6_11 = \$4516  | sat11[3];
-  assign \$4517  = sat12[1] & sat12[2];
-  assign \$4518  = ~ sat12[3];
-  assign \$4519  = \$4518  & sat12[0];
-  assign \$4520  = \$4517  & \$4519 ;
-  assign gt6_12 = \$4520  | sat12[3];
-  assign \$4521  = sat13[1] & sat13[2];
-  assign \$4522  = ~ sat13[3];
-  assign \$4523  = \$4522  & sat13[0];
-  assign \$4524  = \$4521  & \$4523 ;
-  assign gt6_13 = \$4524  | sat13[3];
-  assign \$4525  = sat14[1] & sat14[2];
-  assign \$4526  = ~ sat14[3];
-  assign \$4527  = \$4526  & sat14[0];
-  assign \$4528  = \$4525  & \$4527 ;
-  assign gt6_14 = \$4528  | sat14[3];
-  assign \$4529  = sat15[1] & sat15[2];
-  assign \$4530  = ~ sat15[3];
-  assign \$4531  = \$4530  & sat15[0];
-  assign \$4532  = \$4529  & \$4531 ;
-  assign gt6_15 = \$4532  | sat15[3];
-  assign \$4533  = sat16[1] & sat16[2];
-  assign \$4534  = ~ sat16[3];
-  assign \$4535  = \$4534  & sat16[0];
-  assign \$4536  = \$4533  & \$4535 ;
-  assign gt6_16 = \$4536  | sat16[3];
-  assign \$4537  = sat17[1] & sat17[2];
-  assign \$4538  = ~ sat17[3];
-  assign \$4539  = \$4538  & sat17[0];
-  assign \$4540  = \$4537  & \$4539 ;
-  assign gt6_17 = \$4540  | sat17[3];
-  assign \$4541  = sat18[1] & sat18[2];
-  assign \$4542  = ~ sat18[3];
-  assign \$4543  = \$4542  & sat18[0];
-  assign \$4544  = \$4541  & \$4543 ;
-  assign gt6_18 = \$4544  | sat18[3];
-  assign \$4545  = sat19[1] & sat19[2];
-  assign \$4546  = ~ sat19[3];
-  assign \$4547  = \$4546  & sat19[0];
-  assign \$4548  = \$4545  & \$4547 ;
-  assign gt6_19 = \$4548  | sat19[3];
-  assign \$4549  = sat20[1] & sat20[2];
-  assign \$4550  = ~ sat20[3];
-  assign \$4551  = \$4550  & sat20[0];
-  assign \$4552  = \$4549  & \$4551 ;
-  assign gt6_20 = \$4552  | sat20[3];
-  assign \$4553  = sat21[1] & sat21[2];
-  assign \$4554  = ~ sat21[3];
-  assign \$4555  = \$4554  & sat21[0];
-  assign \$4556  = \$4553  & \$4555 ;
-  assign gt6_21 = \$4556  | sat21[3];
-  assign \$4557  = sat22[1] & sat22[2];
-  assign \$4558  = ~ sat22[3];
-  assign \$4559  = \$4558  & sat22[0];
-  assign \$4560  = \$4557  & \$4559 ;
-  assign gt6_22 = \$4560  | sat22[3];
-  assign \$4561  = sat23[1] & sat23[2];
-  assign \$4562  = ~ sat23[3];
-  assign \$4563  = \$4562  & sat23[0];
-  assign \$4564  = \$4561  & \$4563 ;
-  assign gt6_23 = \$4564  | sat23[3];
-  assign \$4565  = sat24[1] & sat24[2];
-  assign \$4566  = ~ sat24[3];
-  assign \$4567  = \$4566  & sat24[0];
-  assign \$4568  = \$4565  & \$4567 ;
-  assign gt6_24 = \$4568  | sat24[3];
-  assign \$4569  = sat25[1] & sat25[2];
-  assign \$4570  = ~ sat25[3];
-  assign \$4571  = \$4570  & sat25[0];
-  assign \$4572  = \$4569  & \$4571 ;
-  assign gt6_25 = \$4572  | sat25[3];
-  assign \$4573  = sat26[1] & sat26[2];
-  assign \$4574  = ~ sat26[3];
-  assign \$4575  = \$4574  & sat26[0];
-  assign \$4576  = \$4573  & \$4575 ;
-  assign gt6_26 = \$4576  | sat26[3];
-  assign \$4577  = sat27[1] & sat27[2];
-  assign \$4578  = ~ sat27[3];
-  assign \$4579  = \$4578  & sat27[0];
-  assign \$4580  = \$4577  & \$4579 ;
-  assign gt6_27 = \$4580  | sat27[3];
-  assign \$4581  = sat28[1] & sat28[2];
-  assign \$4582  = ~ sat28[3];
-  assign \$4583  = \$4582  & sat28[0];
-  assign \$4584  = \$4581  & \$4583 ;
-  assign gt6_28 = \$4584  | sat28[3];
-  assign \$4585  = sat29[1] & sat29[2];
-  assign \$4586  = ~ sat29[3];
-  assign \$4587  = \$4586  & sat29[0];
-  assign \$4588  = \$4585  & \$4587 ;
-  assign gt6_29 = \$4588  | sat29[3];
-  assign \$4589  = sat30[1] & sat30[2];
-  assign \$4590  = ~ sat30[3];
-  assign \$4591  = \$4590  & sat30[0];
-  assign \$4592  = \$4589  & \$4591 ;
-  assign gt6_30 = \$4592  | sat30[3];
-  assign \$4593  = sat31[1] & sat31[2];
-  assign \$4594  = ~ sat31[3];
-  assign \$4595  = \$4594  & sat31[0];
-  assign \$4596  = \$4593  & \$4595 ;
-  assign gt6_31 = \$4596  | sat31[3];
-  assign \$4597  = sat32[1] & sat32[2];
-  assign \$4598  = ~ sat32[3];
-  assign \$4599  = \$4598  & sat32[0];
-  assign \$4600  = \$4597  & \$4599 ;
-  assign gt6_32 = \$4600  | sat32[3];
-  assign \$4601  = sat33[1] & sat33[2];
-  assign \$4602  = ~ sat33[3];
-  assign \$4603  = \$4602  & sat33[0];
-  assign \$4604  = \$4601  & \$4603 ;
-  assign gt6_33 = \$4604  | sat33[3];
-  assign \$4605  = sat34[1] & sat34[2];
-  assign \$4606  = ~ sat34[3];
-  assign \$4607  = \$4606  & sat34[0];
-  assign \$4608  = \$4605  & \$4607 ;
-  assign gt6_34 = \$4608  | sat34[3];
-  assign \$4609  = sat35[1] & sat35[2];
-  assign \$4610  = ~ sat35[3];
-  assign \$4611  = \$4610  & sat35[0];
-  assign \$4612  = \$4609  & \$4611 ;
-  assign gt6_35 = \$4612  | sat35[3];
-  assign \$4613  = ~ gt6_0;
-  assign \$4614  = gt6_1 & \$4613 ;
-  assign \$4615  = \$4614  ? 1'h1 : 1'h0;
-  assign \$4616  = ~ gt6_1;
-  assign \$4617  = gt6_2 & \$4616 ;
-  assign \$4618  = \$4617  ? 2'h2 : 2'h0;
-  assign \$4619  = { 1'h0, \$4615  } | \$4618 ;
-  assign \$4620  = ~ gt6_2;
-  assign \$4621  = gt6_3 & \$4620 ;
-  assign \$4622  = \$4621  ? 2'h3 : 2'h0;
-  assign \$4623  = ~ gt6_3;
-  assign \$4624  = gt6_4 & \$4623 ;
-  assign \$4625  = \$4624  ? 3'h4 : 3'h0;
-  assign \$4626  = { 1'h0, \$4622  } | \$4625 ;
-  assign \$4627  = { 1'h0, \$4619  } | \$4626 ;
-  assign \$4628  = ~ gt6_4;
-  assign \$4629  = gt6_5 & \$4628 ;
-  assign \$4630  = \$4629  ? 3'h5 : 3'h0;
-  assign \$4631  = ~ gt6_5;
-  assign \$4632  = gt6_6 & \$4631 ;
-  assign \$4633  = \$4632  ? 3'h6 : 3'h0;
-  assign \$4634  = \$4630  | \$4633 ;
-  assign \$4635  = ~ gt6_6;
-  assign \$4636  = gt6_7 & \$4635 ;
-  assign \$4637  = \$4636  ? 3'h7 : 3'h0;
-  assign \$4638  = ~ gt6_7;
-  assign \$4639  = gt6_8 & \$4638 ;
-  assign \$4640  = \$4639  ? 4'h8 : 4'h0;
-  assign \$4641  = { 1'h0, \$4637  } | \$4640 ;
-  assign \$4642  = { 1'h0, \$4634  } | \$4641 ;
-  assign \$4643  = { 1'h0, \$4627  } | \$4642 ;
-  assign \$4644  = ~ gt6_8;
-  assign \$4645  = gt6_9 & \$4644 ;
-  assign \$4646  = \$4645  ? 4'h9 : 4'h0;
-  assign \$4647  = ~ gt6_9;
-  assign \$4648  = gt6_10 & \$4647 ;
-  assign \$4649  = \$4648  ? 4'ha : 4'h0;
-  assign \$4650  = \$4646  | \$4649 ;
-  assign \$4651  = ~ gt6_10;
-  assign \$4652  = gt6_11 & \$4651 ;
-  assign \$4653  = \$4652  ? 4'hb : 4'h0;
-  assign \$4654  = ~ gt6_11;
-  assign \$4655  = gt6_12 & \$4654 ;
-  assign \$4656  = \$4655  ? 4'hc : 4'h0;
-  assign \$4657  = \$4653  | \$4656 ;
-  assign \$4658  = \$4650  | \$4657 ;
-  assign \$4659  = ~ gt6_12;
-  assign \$4660  = gt6_13 & \$4659 ;
-  assign \$4661  = \$4660  ? 4'hd : 4'h0;
-  assign \$4662  = ~ gt6_13;
-  assign \$4663  = gt6_14 & \$4662 ;
-  assign \$4664  = \$4663  ? 4'he : 4'h0;
-  assign \$4665  = \$4661  | \$4664 ;
-  assign \$4666  = ~ gt6_14;
-  assign \$4667  = gt6_15 & \$4666 ;
-  assign \$4668  = \$4667  ? 4'hf : 4'h0;
-  assign \$4669  = ~ gt6_15;
-  assign \$4670  = gt6_16 & \$4669 ;
-  assign \$4671  = \$4670  ? 5'h10 : 5'h00;
-  assign \$4672  = { 1'h0, \$4668  } | \$4671 ;
-  assign \$4673  = { 1'h0, \$4665  } | \$4672 ;
-  assign \$4674  = { 1'h0, \$4658  } | \$4673 ;
-  assign \$4675  = { 1'h0, \$4643  } | \$4674 ;
-  assign \$4676  = ~ gt6_16;
-  assign \$4677  = gt6_17 & \$4676 ;
-  assign \$4678  = \$4677  ? 5'h11 : 5'h00;
-  assign \$4679  = ~ gt6_17;
-  assign \$4680  = gt6_18 & \$4679 ;
-  assign \$4681  = \$4680  ? 5'h12 : 5'h00;
-  assign \$4682  = \$4678  | \$4681 ;
-  assign \$4683  = ~ gt6_18;
-  assign \$4684  = gt6_19 & \$4683 ;
-  assign \$4685  = \$4684  ? 5'h13 : 5'h00;
-  assign \$4686  = ~ gt6_19;
-  assign \$4687  = gt6_20 & \$4686 ;
-  assign \$4688  = \$4687  ? 5'h14 : 5'h00;
-  assign \$4689  = \$4685  | \$4688 ;
-  assign \$4690  = \$4682  | \$4689 ;
-  assign \$4691  = ~ gt6_20;
-  assign \$4692  = gt6_21 & \$4691 ;
-  assign \$4693  = \$4692  ? 5'h15 : 5'h00;
-  assign \$4694  = ~ gt6_21;
-  assign \$4695  = gt6_22 & \$4694 ;
-  assign \$4696  = \$4695  ? 5'h16 : 5'h00;
-  assign \$4697  = \$4693  | \$4696 ;
-  assign \$4698  = ~ gt6_22;
-  assign \$4699  = gt6_23 & \$4698 ;
-  assign \$4700  = \$4699  ? 5'h17 : 5'h00;
-  assign \$4701  = ~ gt6_23;
-  assign \$4702  = gt6_24 & \$4701 ;
-  assign \$4703  = \$4702  ? 5'h18 : 5'h00;
-  assign \$4704  = \$4700  | \$4703 ;
-  assign \$4705  = \$4697  | \$4704 ;
-  assign \$4706  = \$4690  | \$4705 ;
-  assign \$4707  = ~ gt6_24;
-  assign \$4708  = gt6_25 & \$4707 ;
-  assign \$4709  = \$4708  ? 5'h19 : 5'h00;
-  assign \$4710  = ~ gt6_25;
-  assign \$4711  = gt6_26 & \$4710 ;
-  assign \$4712  = \$4711  ? 5'h1a : 5'h00;
-  assign \$4713  = \$4709  | \$4712 ;
-  assign \$4714  = ~ gt6_26;
-  assign \$4715  = gt6_27 & \$4714 ;
-  assign \$4716  = \$4715  ? 5'h1b : 5'h00;
-  assign \$4717  = ~ gt6_27;
-  assign \$4718  = gt6_28 & \$4717 ;
-  assign \$4719  = \$4718  ? 5'h1c : 5'h00;
-  assign \$4720  = \$4716  | \$4719 ;
-  assign \$4721  = \$4713  | \$4720 ;
-  assign \$4722  = ~ gt6_28;
-  assign \$4723  = gt6_29 & \$4722 ;
-  assign \$4724  = \$4723  ? 5'h1d : 5'h00;
-  assign \$4725  = ~ gt6_29;
-  assign \$4726  = gt6_30 & \$4725 ;
-  assign \$4727  = \$4726  ? 5'h1e : 5'h00;
-  assign \$4728  = \$4724  | \$4727 ;
-  assign \$4729  = ~ gt6_30;
-  assign \$4730  = gt6_31 & \$4729 ;
-  assign \$4731  = \$4730  ? 5'h1f : 5'h00;
-  assign \$4732  = ~ gt6_31;
-  assign \$4733  = gt6_32 & \$4732 ;
-  assign \$4734  = \$4733  ? 6'h20 : 6'h00;
-  assign \$4735  = { 1'h0, \$4731  } | \$4734 ;
-  assign \$4736  = { 1'h0, \$4728  } | \$4735 ;
-  assign \$4737  = { 1'h0, \$4721  } | \$4736 ;
-  assign \$4738  = { 1'h0, \$4706  } | \$4737 ;
-  assign \$4739  = { 1'h0, \$4675  } | \$4738 ;
-  assign \$4740  = ~ gt6_32;
-  assign \$4741  = gt6_33 & \$4740 ;
-  assign \$4742  = \$4741  ? 6'h21 : 6'h00;
-  assign \$4743  = ~ gt6_33;
-  assign \$4744  = gt6_34 & \$4743 ;
-  assign \$4745  = \$4744  ? 6'h22 : 6'h00;
-  assign \$4746  = \$4742  | \$4745 ;
-  assign \$4747  = ~ gt6_34;
-  assign \$4748  = gt6_35 & \$4747 ;
-  assign \$4749  = \$4748  ? 6'h23 : 6'h00;
-  assign \$4750  = \$4746  | \$4749 ;
-  assign gsel6 = \$4739  | \$4750 ;
-  assign \$4751  = gt6_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$4752  = ~ gt6_0;
-  assign \$4753  = gt6_1 & \$4752 ;
-  assign \$4754  = \$4753  ? mbeat0[31:16] : 16'h0000;
-  assign \$4755  = \$4751  | \$4754 ;
-  assign \$4756  = ~ gt6_1;
-  assign \$4757  = gt6_2 & \$4756 ;
-  assign \$4758  = \$4757  ? mbeat0[47:32] : 16'h0000;
-  assign \$4759  = ~ gt6_2;
-  assign \$4760  = gt6_3 & \$4759 ;
-  assign \$4761  = \$4760  ? mbeat0[63:48] : 16'h0000;
-  assign \$4762  = \$4758  | \$4761 ;
-  assign \$4763  = \$4755  | \$4762 ;
-  assign \$4764  = ~ gt6_3;
-  assign \$4765  = gt6_4 & \$4764 ;
-  assign \$4766  = \$4765  ? mbeat0[79:64] : 16'h0000;
-  assign \$4767  = ~ gt6_4;
-  assign \$4768  = gt6_5 & \$4767 ;
-  assign \$4769  = \$4768  ? mbeat0[95:80] : 16'h0000;
-  assign \$4770  = \$4766  | \$4769 ;
-  assign \$4771  = ~ gt6_5;
-  assign \$4772  = gt6_6 & \$4771 ;
-  assign \$4773  = \$4772  ? mbeat0[111:96] : 16'h0000;
-  assign \$4774  = ~ gt6_6;
-  assign \$4775  = gt6_7 & \$4774 ;
-  assign \$4776  = \$4775  ? mbeat0[127:112] : 16'h0000;
-  assign \$4777  = \$4773  | \$4776 ;
-  assign \$4778  = \$4770  | \$4777 ;
-  assign \$4779  = \$4763  | \$4778 ;
-  assign \$4780  = ~ gt6_7;
-  assign \$4781  = gt6_8 & \$4780 ;
-  assign \$4782  = \$4781  ? mbeat0[143:128] : 16'h0000;
-  assign \$4783  = ~ gt6_8;
-  assign \$4784  = gt6_9 & \$4783 ;
-  assign \$4785  = \$4784  ? mbeat0[159:144] : 16'h0000;
-  assign \$4786  = \$4782  | \$4785 ;
-  assign \$4787  = ~ gt6_9;
-  assign \$4788  = gt6_10 & \$4787 ;
-  assign \$4789  = \$4788  ? mbeat0[175:160] : 16'h0000;
-  assign \$4790  = ~ gt6_10;
-  assign \$4791  = gt6_11 & \$4790 ;
-  assign \$4792  = \$4791  ? mbeat0[191:176] : 16'h0000;
-  assign \$4793  = \$4789  | \$4792 ;
-  assign \$4794  = \$4786  | \$4793 ;
-  assign \$4795  = ~ gt6_11;
-  assign \$4796  = gt6_12 & \$4795 ;
-  assign \$4797  = \$4796  ? mbeat1[15:0] : 16'h0000;
-  assign \$4798  = ~ gt6_12;
-  assign \$4799  = gt6_13 & \$4798 ;
-  assign \$4800  = \$4799  ? mbeat1[31:16] : 16'h0000;
-  assign \$4801  = \$4797  | \$4800 ;
-  assign \$4802  = ~ gt6_13;
-  assign \$4803  = gt6_14 & \$4802 ;
-  assign \$4804  = \$4803  ? mbeat1[47:32] : 16'h0000;
-  assign \$4805  = ~ gt6_14;
-  assign \$4806  = gt6_15 & \$4805 ;
-  assign \$4807  = \$4806  ? mbeat1[63:48] : 16'h0000;
-  assign \$4808  = \$4804  | \$4807 ;
-  assign \$4809  = \$4801  | \$4808 ;
-  assign \$4810  = \$4794  | \$4809 ;
-  assign \$4811  = \$4779  | \$4810 ;
-  assign \$4812  = ~ gt6_15;
-  assign \$4813  = gt6_16 & \$4812 ;
-  assign \$4814  = \$4813  ? mbeat1[79:64] : 16'h0000;
-  assign \$4815  = ~ gt6_16;
-  assign \$4816  = gt6_17 & \$4815 ;
-  assign \$4817  = \$4816  ? mbeat1[95:80] : 16'h0000;
-  assign \$4818  = \$4814  | \$4817 ;
-  assign \$4819  = ~ gt6_17;
-  assign \$4820  = gt6_18 & \$4819 ;
-  assign \$4821  = \$4820  ? mbeat1[111:96] : 16'h0000;
-  assign \$4822  = ~ gt6_18;
-  assign \$4823  = gt6_19 & \$4822 ;
-  assign \$4824  = \$4823  ? mbeat1[127:112] : 16'h0000;
-  assign \$4825  = \$4821  | \$4824 ;
-  assign \$4826  = \$4818  | \$4825 ;
-  assign \$4827  = ~ gt6_19;
-  assign \$4828  = gt6_20 & \$4827 ;
-  assign \$4829  = \$4828  ? mbeat1[143:128] : 16'h0000;
-  assign \$4830  = ~ gt6_20;
-  assign \$4831  = gt6_21 & \$4830 ;
-  assign \$4832  = \$4831  ? mbeat1[159:144] : 16'h0000;
-  assign \$4833  = \$4829  | \$4832 ;
-  assign \$4834  = ~ gt6_21;
-  assign \$4835  = gt6_22 & \$4834 ;
-  assign \$4836  = \$4835  ? mbeat1[175:160] : 16'h0000;
-  assign \$4837  = ~ gt6_22;
-  assign \$4838  = gt6_23 & \$4837 ;
-  assign \$4839  = \$4838  ? mbeat1[191:176] : 16'h0000;
-  assign \$4840  = \$4836  | \$4839 ;
-  assign \$4841  = \$4833  | \$4840 ;
-  assign \$4842  = \$4826  | \$4841 ;
-  assign \$4843  = ~ gt6_23;
-  assign \$4844  = gt6_24 & \$4843 ;
-  assign \$4845  = \$4844  ? mbeat2[15:0] : 16'h0000;
-  assign \$4846  = ~ gt6_24;
-  assign \$4847  = gt6_25 & \$4846 ;
-  assign \$4848  = \$4847  ? mbeat2[31:16] : 16'h0000;
-  assign \$4849  = \$4845  | \$4848 ;
-  assign \$4850  = ~ gt6_25;
-  assign \$4851  = gt6_26 & \$4850 ;
-  assign \$4852  = \$4851  ? mbeat2[47:32] : 16'h0000;
-  assign \$4853  = ~ gt6_26;
-  assign \$4854  = gt6_27 & \$4853 ;
-  assign \$4855  = \$4854  ? mbeat2[63:48] : 16'h0000;
-  assign \$4856  = \$4852  | \$4855 ;
-  assign \$4857  = \$4849  | \$4856 ;
-  assign \$4858  = ~ gt6_27;
-  assign \$4859  = gt6_28 & \$4858 ;
-  assign \$4860  = \$4859  ? mbeat2[79:64] : 16'h0000;
-  assign \$4861  = ~ gt6_28;
-  assign \$4862  = gt6_29 & \$4861 ;
-  assign \$4863  = \$4862  ? mbeat2[95:80] : 16'h0000;
-  assign \$4864  = \$4860  | \$4863 ;
-  assign \$4865  = ~ gt6_29;
-  assign \$4866  = gt6_30 & \$4865 ;
-  assign \$4867  = \$4866  ? mbeat2[111:96] : 16'h0000;
-  assign \$4868  = ~ gt6_30;
-  assign \$4869  = gt6_31 & \$4868 ;
-  assign \$4870  = \$4869  ? mbeat2[127:112] : 16'h0000;
-  assign \$4871  = \$4867  | \$4870 ;
-  assign \$4872  = \$4864  | \$4871 ;
-  assign \$4873  = \$4857  | \$4872 ;
-  assign \$4874  = \$4842  | \$4873 ;
-  assign \$4875  = \$4811  | \$4874 ;
-  assign \$4876  = ~ gt6_31;
-  assign \$4877  = gt6_32 & \$4876 ;
-  assign \$4878  = \$4877  ? mbeat2[143:128] : 16'h0000;
-  assign \$4879  = ~ gt6_32;
-  assign \$4880  = gt6_33 & \$4879 ;
-  assign \$4881  = \$4880  ? mbeat2[159:144] : 16'h0000;
-  assign \$4882  = \$4878  | \$4881 ;
-  assign \$4883  = ~ gt6_33;
-  assign \$4884  = gt6_34 & \$4883 ;
-  assign \$4885  = \$4884  ? mbeat2[175:160] : 16'h0000;
-  assign \$4886  = ~ gt6_34;
-  assign \$4887  = gt6_35 & \$4886 ;
-  assign \$4888  = \$4887  ? mbeat2[191:176] : 16'h0000;
-  assign \$4889  = \$4885  | \$4888 ;
-  assign \$4890  = \$4882  | \$4889 ;
-  assign grp6 = \$4875  | \$4890 ;
-  assign \$4891  = gt6_0 ? Rm1[3:0] : 4'h0;
-  assign \$4892  = ~ gt6_0;
-  assign \$4893  = gt6_1 & \$4892 ;
-  assign \$4894  = \$4893  ? R0[3:0] : 4'h0;
-  assign \$4895  = \$4891  | \$4894 ;
-  assign \$4896  = ~ gt6_1;
-  assign \$4897  = gt6_2 & \$4896 ;
-  assign \$4898  = \$4897  ? R1[3:0] : 4'h0;
-  assign \$4899  = ~ gt6_2;
-  assign \$4900  = gt6_3 & \$4899 ;
-  assign \$4901  = \$4900  ? R2[3:0] : 4'h0;
-  assign \$4902  = \$4898  | \$4901 ;
-  assign \$4903  = \$4895  | \$4902 ;
-  assign \$4904  = ~ gt6_3;
-  assign \$4905  = gt6_4 & \$4904 ;
-  assign \$4906  = \$4905  ? R3[3:0] : 4'h0;
-  assign \$4907  = ~ gt6_4;
-  assign \$4908  = gt6_5 & \$4907 ;
-  assign \$4909  = \$4908  ? R4[3:0] : 4'h0;
-  assign \$4910  = \$4906  | \$4909 ;
-  assign \$4911  = ~ gt6_5;
-  assign \$4912  = gt6_6 & \$4911 ;
-  assign \$4913  = \$4912  ? R5[3:0] : 4'h0;
-  assign \$4914  = ~ gt6_6;
-  assign \$4915  = gt6_7 & \$4914 ;
-  assign \$4916  = \$4915  ? R6[3:0] : 4'h0;
-  assign \$4917  = \$4913  | \$4916 ;
-  assign \$4918  = \$4910  | \$4917 ;
-  assign \$4919  = \$4903  | \$4918 ;
-  assign \$4920  = ~ gt6_7;
-  assign \$4921  = gt6_8 & \$4920 ;
-  assign \$4922  = \$4921  ? R7[3:0] : 4'h0;
-  assign \$4923  = ~ gt6_8;
-  assign \$4924  = gt6_9 & \$4923 ;
-  assign \$4925  = \$4924  ? R8[3:0] : 4'h0;
-  assign \$4926  = \$4922  | \$4925 ;
-  assign \$4927  = ~ gt6_9;
-  assign \$4928  = gt6_10 & \$4927 ;
-  assign \$4929  = \$4928  ? R9[3:0] : 4'h0;
-  assign \$4930  = ~ gt6_10;
-  assign \$4931  = gt6_11 & \$4930 ;
-  assign \$4932  = \$4931  ? R10[3:0] : 4'h0;
-  assign \$4933  = \$4929  | \$4932 ;
-  assign \$4934  = \$4926  | \$4933 ;
-  assign \$4935  = ~ gt6_11;
-  assign \$4936  = gt6_12 & \$4935 ;
-  assign \$4937  = \$4936  ? R11[3:0] : 4'h0;
-  assign \$4938  = ~ gt6_12;
-  assign \$4939  = gt6_13 & \$4938 ;
-  assign \$4940  = \$4939  ? R12[3:0] : 4'h0;
-  assign \$4941  = \$4937  | \$4940 ;
-  assign \$4942  = ~ gt6_13;
-  assign \$4943  = gt6_14 & \$4942 ;
-  assign \$4944  = \$4943  ? R13[3:0] : 4'h0;
-  assign \$4945  = ~ gt6_14;
-  assign \$4946  = gt6_15 & \$4945 ;
-  assign \$4947  = \$4946  ? R14[3:0] : 4'h0;
-  assign \$4948  = \$4944  | \$4947 ;
-  assign \$4949  = \$4941  | \$4948 ;
-  assign \$4950  = \$4934  | \$4949 ;
-  assign \$4951  = \$4919  | \$4950 ;
-  assign \$4952  = ~ gt6_15;
-  assign \$4953  = gt6_16 & \$4952 ;
-  assign \$4954  = \$4953  ? R15[3:0] : 4'h0;
-  assign \$4955  = ~ gt6_16;
-  assign \$4956  = gt6_17 & \$4955 ;
-  assign \$4957  = \$4956  ? R16[3:0] : 4'h0;
-  assign \$4958  = \$4954  | \$4957 ;
-  assign \$4959  = ~ gt6_17;
-  assign \$4960  = gt6_18 & \$4959 ;
-  assign \$4961  = \$4960  ? R17[3:0] : 4'h0;
-  assign \$4962  = ~ gt6_18;
-  assign \$4963  = gt6_19 & \$4962 ;
-  assign \$4964  = \$4963  ? R18[3:0] : 4'h0;
-  assign \$4965  = \$4961  | \$4964 ;
-  assign \$4966  = \$4958  | \$4965 ;
-  assign \$4967  = ~ gt6_19;
-  assign \$4968  = gt6_20 & \$4967 ;
-  assign \$4969  = \$4968  ? R19[3:0] : 4'h0;
-  assign \$4970  = ~ gt6_20;
-  assign \$4971  = gt6_21 & \$4970 ;
-  assign \$4972  = \$4971  ? R20[3:0] : 4'h0;
-  assign \$4973  = \$4969  | \$4972 ;
-  assign \$4974  = ~ gt6_21;
-  assign \$4975  = gt6_22 & \$4974 ;
-  assign \$4976  = \$4975  ? R21[3:0] : 4'h0;
-  assign \$4977  = ~ gt6_22;
-  assign \$4978  = gt6_23 & \$4977 ;
-  assign \$4979  = \$4978  ? R22[3:0] : 4'h0;
-  assign \$4980  = \$4976  | \$4979 ;
-  assign \$4981  = \$4973  | \$4980 ;
-  assign \$4982  = \$4966  | \$4981 ;
-  assign \$4983  = ~ gt6_23;
-  assign \$4984  = gt6_24 & \$4983 ;
-  assign \$4985  = \$4984  ? R23[3:0] : 4'h0;
-  assign \$4986  = ~ gt6_24;
-  assign \$4987  = gt6_25 & \$4986 ;
-  assign \$4988  = \$4987  ? R24[3:0] : 4'h0;
-  assign \$4989  = \$4985  | \$4988 ;
-  assign \$4990  = ~ gt6_25;
-  assign \$4991  = gt6_26 & \$4990 ;
-  assign \$4992  = \$4991  ? R25[3:0] : 4'h0;
-  assign \$4993  = ~ gt6_26;
-  assign \$4994  = gt6_27 & \$4993 ;
-  assign \$4995  = \$4994  ? R26[3:0] : 4'h0;
-  assign \$4996  = \$4992  | \$4995 ;
-  assign \$4997  = \$4989  | \$4996 ;
-  assign \$4998  = ~ gt6_27;
-  assign \$4999  = gt6_28 & \$4998 ;
-  assign \$5000  = \$4999  ? R27[3:0] : 4'h0;
-  assign \$5001  = ~ gt6_28;
-  assign \$5002  = gt6_29 & \$5001 ;
-  assign \$5003  = \$5002  ? R28[3:0] : 4'h0;
-  assign \$5004  = \$5000  | \$5003 ;
-  assign \$5005  = ~ gt6_29;
-  assign \$5006  = gt6_30 & \$5005 ;
-  assign \$5007  = \$5006  ? R29[3:0] : 4'h0;
-  assign \$5008  = ~ gt6_30;
-  assign \$5009  = gt6_31 & \$5008 ;
-  assign \$5010  = \$5009  ? R30[3:0] : 4'h0;
-  assign \$5011  = \$5007  | \$5010 ;
-  assign \$5012  = \$5004  | \$5011 ;
-  assign \$5013  = \$4997  | \$5012 ;
-  assign \$5014  = \$4982  | \$5013 ;
-  assign \$5015  = \$4951  | \$5014 ;
-  assign \$5016  = ~ gt6_31;
-  assign \$5017  = gt6_32 & \$5016 ;
-  assign \$5018  = \$5017  ? R31[3:0] : 4'h0;
-  assign \$5019  = ~ gt6_32;
-  assign \$5020  = gt6_33 & \$5019 ;
-  assign \$5021  = \$5020  ? R32[3:0] : 4'h0;
-  assign \$5022  = \$5018  | \$5021 ;
-  assign \$5023  = ~ gt6_33;
-  assign \$5024  = gt6_34 & \$5023 ;
-  assign \$5025  = \$5024  ? R33[3:0] : 4'h0;
-  assign \$5026  = ~ gt6_34;
-  assign \$5027  = gt6_35 & \$5026 ;
-  assign \$5028  = \$5027  ? R34[3:0] : 4'h0;
-  assign \$5029  = \$5025  | \$5028 ;
-  assign \$5030  = \$5022  | \$5029 ;
-  assign dlow6 = \$5015  | \$5030 ;
-  assign \$5031  = 3'h6 - dlow6;
-  assign \$5032  = grp6[0] + grp6[1];
-  assign \$5033  = grp6[2] + grp6[3];
-  assign \$5034  = \$5032  + \$5033 ;
-  assign \$5035  = grp6[4] + grp6[5];
-  assign \$5036  = grp6[6] + grp6[7];
-  assign \$5037  = \$5035  + \$5036 ;
-  assign ws6_c = \$5034  + \$5037 ;
-  assign ws6_lo = \$5031 [3:0] < ws6_c;
-  assign \$5038  = \$5031 [3:0] - ws6_c;
-  assign \$5039  = grp6[0] + grp6[1];
-  assign \$5040  = grp6[2] + grp6[3];
-  assign ws6l_c = \$5039  + \$5040 ;
-  assign ws6l_lo = \$5031 [2:0] < ws6l_c;
-  assign \$5041  = \$5031 [2:0] - ws6l_c;
+  assign \$5283  = a_nxt[5] ? a_es : \$signal ;
+  assign \$5284  = a_gsel5[5:2] - \$5283 ;
+  assign ws6_c = \$5285  + \$5286 ;
+  assign ws6_lo = a_lr6 < ws6_c;
+  assign \$5287  = a_lr6 - ws6_c;
+  assign ws6l_lo = a_lr6[2:0] < ws6l_c;
+  assign \$5288  = a_lr6[2:0] - ws6l_c;
   assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
-  assign \$5042  = grp6[8] + grp6[9];
-  assign \$5043  = grp6[10] + grp6[11];
-  assign ws6h_c = \$5042  + \$5043 ;
-  assign ws6h_lo = \$5038 [2:0] < ws6h_c;
-  assign \$5044  = \$5038 [2:0] - ws6h_c;
+  assign ws6h_lo = \$5287 [2:0] < ws6h_c;
+  assign \$5289  = \$5287 [2:0] - ws6h_c;
   assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
-  assign lv6 = k > 3'h6;
-  assign \$5045  = k_cur <= 3'h6;
-  assign ln6 = finish & \$5045 ;
-  assign \$5046  = ln6 ? es_w : { rs_w[6], rs_w };
-  assign \$5047  = gsel6[5:2] - \$5046 [3:0];
-  assign \$5048  = ~ sat0[3];
-  assign \$5049  = sat1[3] & \$5048 ;
-  assign \$5050  = \$5049  ? 1'h1 : 1'h0;
-  assign \$5051  = ~ sat1[3];
-  assign \$5052  = sat2[3] & \$5051 ;
-  assign \$5053  = \$5052  ? 2'h2 : 2'h0;
-  assign \$5054  = { 1'h0, \$5050  } | \$5053 ;
-  assign \$5055  = ~ sat2[3];
-  assign \$5056  = sat3[3] & \$5055 ;
-  assign \$5057  = \$5056  ? 2'h3 : 2'h0;
-  assign \$5058  = ~ sat3[3];
-  assign \$5059  = sat4[3] & \$5058 ;
-  assign \$5060  = \$5059  ? 3'h4 : 3'h0;
-  assign \$5061  = { 1'h0, \$5057  } | \$5060 ;
-  assign \$5062  = { 1'h0, \$5054  } | \$5061 ;
-  assign \$5063  = ~ sat4[3];
-  assign \$5064  = sat5[3] & \$5063 ;
-  assign \$5065  = \$5064  ? 3'h5 : 3'h0;
-  assign \$5066  = ~ sat5[3];
-  assign \$5067  = sat6[3] & \$5066 ;
-  assign \$5068  = \$5067  ? 3'h6 : 3'h0;
-  assign \$5069  = \$5065  | \$5068 ;
-  assign \$5070  = ~ sat6[3];
-  assign \$5071  = sat7[3] & \$5070 ;
-  assign \$5072  = \$5071  ? 3'h7 : 3'h0;
-  assign \$5073  = ~ sat7[3];
-  assign \$5074  = sat8[3] & \$5073 ;
-  assign \$5075  = \$5074  ? 4'h8 : 4'h0;
-  assign \$5076  = { 1'h0, \$5072  } | \$5075 ;
-  assign \$5077  = { 1'h0, \$5069  } | \$5076 ;
-  assign \$5078  = { 1'h0, \$5062  } | \$5077 ;
-  assign \$5079  = ~ sat8[3];
-  assign \$5080  = sat9[3] & \$5079 ;
-  assign \$5081  = \$5080  ? 4'h9 : 4'h0;
-  assign \$5082  = ~ sat9[3];
-  assign \$5083  = sat10[3] & \$5082 ;
-  assign \$5084  = \$5083  ? 4'ha : 4'h0;
-  assign \$5085  = \$5081  | \$5084 ;
-  assign \$5086  = ~ sat10[3];
-  assign \$5087  = sat11[3] & \$5086 ;
-  assign \$5088  = \$5087  ? 4'hb : 4'h0;
-  assign \$5089  = ~ sat11[3];
-  assign \$5090  = sat12[3] & \$5089 ;
-  assign \$5091  = \$5090  ? 4'hc : 4'h0;
-  assign \$5092  = \$5088  | \$5091 ;
-  assign \$5093  = \$5085  | \$5092 ;
-  assign \$5094  = ~ sat12[3];
-  assign \$5095  = sat13[3] & \$5094 ;
-  assign \$5096  = \$5095  ? 4'hd : 4'h0;
-  assign \$5097  = ~ sat13[3];
-  assign \$5098  = sat14[3] & \$5097 ;
-  assign \$5099  = \$5098  ? 4'he : 4'h0;
-  assign \$5100  = \$5096  | \$5099 ;
-  assign \$5101  = ~ sat14[3];
-  assign \$5102  = sat15[3] & \$5101 ;
-  assign \$5103  = \$5102  ? 4'hf : 4'h0;
-  assign \$5104  = ~ sat15[3];
-  assign \$5105  = sat16[3] & \$5104 ;
-  assign \$5106  = \$5105  ? 5'h10 : 5'h00;
-  assign \$5107  = { 1'h0, \$5103  } | \$5106 ;
-  assign \$5108  = { 1'h0, \$5100  } | \$5107 ;
-  assign \$5109  = { 1'h0, \$5093  } | \$5108 ;
-  assign \$5110  = { 1'h0, \$5078  } | \$5109 ;
-  assign \$5111  = ~ sat16[3];
-  assign \$5112  = sat17[3] & \$5111 ;
-  assign \$5113  = \$5112  ? 5'h11 : 5'h00;
-  assign \$5114  = ~ sat17[3];
-  assign \$5115  = sat18[3] & \$5114 ;
-  assign \$5116  = \$5115  ? 5'h12 : 5'h00;
-  assign \$5117  = \$5113  | \$5116 ;
-  assign \$5118  = ~ sat18[3];
-  assign \$5119  = sat19[3] & \$5118 ;
-  assign \$5120  = \$5119  ? 5'h13 : 5'h00;
-  assign \$5121  = ~ sat19[3];
-  assign \$5122  = sat20[3] & \$5121 ;
-  assign \$5123  = \$5122  ? 5'h14 : 5'h00;
-  assign \$5124  = \$5120  | \$5123 ;
-  assign \$5125  = \$5117  | \$5124 ;
-  assign \$5126  = ~ sat20[3];
-  assign \$5127  = sat21[3] & \$5126 ;
-  assign \$5128  = \$5127  ? 5'h15 : 5'h00;
-  assign \$5129  = ~ sat21[3];
-  assign \$5130  = sat22[3] & \$5129 ;
-  assign \$5131  = \$5130  ? 5'h16 : 5'h00;
-  assign \$5132  = \$5128  | \$5131 ;
-  assign \$5133  = ~ sat22[3];
-  assign \$5134  = sat23[3] & \$5133 ;
-  assign \$5135  = \$5134  ? 5'h17 : 5'h00;
-  assign \$5136  = ~ sat23[3];
-  assign \$5137  = sat24[3] & \$5136 ;
-  assign \$5138  = \$5137  ? 5'h18 : 5'h00;
-  assign \$5139  = \$5135  | \$5138 ;
-  assign \$5140  = \$5132  | \$5139 ;
-  assign \$5141  = \$5125  | \$5140 ;
-  assign \$5142  = ~ sat24[3];
-  assign \$5143  = sat25[3] & \$5142 ;
-  assign \$5144  = \$5143  ? 5'h19 : 5'h00;
-  assign \$5145  = ~ sat25[3];
-  assign \$5146  = sat26[3] & \$5145 ;
-  assign \$5147  = \$5146  ? 5'h1a : 5'h00;
-  assign \$5148  = \$5144  | \$5147 ;
-  assign \$5149  = ~ sat26[3];
-  assign \$5150  = sat27[3] & \$5149 ;
-  assign \$5151  = \$5150  ? 5'h1b : 5'h00;
-  assign \$5152  = ~ sat27[3];
-  assign \$5153  = sat28[3] & \$5152 ;
-  assign \$5154  = \$5153  ? 5'h1c : 5'h00;
-  assign \$5155  = \$5151  | \$5154 ;
-  assign \$5156  = \$5148  | \$5155 ;
-  assign \$5157  = ~ sat28[3];
-  assign \$5158  = sat29[3] & \$5157 ;
-  assign \$5159  = \$5158  ? 5'h1d : 5'h00;
-  assign \$5160  = ~ sat29[3];
-  assign \$5161  = sat30[3] & \$5160 ;
-  assign \$5162  = \$5161  ? 5'h1e : 5'h00;
-  assign \$5163  = \$5159  | \$5162 ;
-  assign \$5164  = ~ sat30[3];
-  assign \$5165  = sat31[3] & \$5164 ;
-  assign \$5166  = \$5165  ? 5'h1f : 5'h00;
-  assign \$5167  = ~ sat31[3];
-  assign \$5168  = sat32[3] & \$5167 ;
-  assign \$5169  = \$5168  ? 6'h20 : 6'h00;
-  assign \$5170  = { 1'h0, \$5166  } | \$5169 ;
-  assign \$5171  = { 1'h0, \$5163  } | \$5170 ;
-  assign \$5172  = { 1'h0, \$5156  } | \$5171 ;
-  assign \$5173  = { 1'h0, \$5141  } | \$5172 ;
-  assign \$5174  = { 1'h0, \$5110  } | \$5173 ;
-  assign \$5175  = ~ sat32[3];
-  assign \$5176  = sat33[3] & \$5175 ;
-  assign \$5177  = \$5176  ? 6'h21 : 6'h00;
-  assign \$5178  = ~ sat33[3];
-  assign \$5179  = sat34[3] & \$5178 ;
-  assign \$5180  = \$5179  ? 6'h22 : 6'h00;
-  assign \$5181  = \$5177  | \$5180 ;
-  assign \$5182  = ~ sat34[3];
-  assign \$5183  = sat35[3] & \$5182 ;
-  assign \$5184  = \$5183  ? 6'h23 : 6'h00;
-  assign \$5185  = \$5181  | \$5184 ;
-  assign gsel7 = \$5174  | \$5185 ;
-  assign \$5186  = sat0[3] ? mbeat0[15:0] : 16'h0000;
-  assign \$5187  = ~ sat0[3];
-  assign \$5188  = sat1[3] & \$5187 ;
-  assign \$5189  = \$5188  ? mbeat0[31:16] : 16'h0000;
-  assign \$5190  = \$5186  | \$5189 ;
-  assign \$5191  = ~ sat1[3];
-  assign \$5192  = sat2[3] & \$5191 ;
-  assign \$5193  = \$5192  ? mbeat0[47:32] : 16'h0000;
-  assign \$5194  = ~ sat2[3];
-  assign \$5195  = sat3[3] & \$5194 ;
-  assign \$5196  = \$5195  ? mbeat0[63:48] : 16'h0000;
-  assign \$5197  = \$5193  | \$5196 ;
-  assign \$5198  = \$5190  | \$5197 ;
-  assign \$5199  = ~ sat3[3];
-  assign \$5200  = sat4[3] & \$5199 ;
-  assign \$5201  = \$5200  ? mbeat0[79:64] : 16'h0000;
-  assign \$5202  = ~ sat4[3];
-  assign \$5203  = sat5[3] & \$5202 ;
-  assign \$5204  = \$5203  ? mbeat0[95:80] : 16'h0000;
-  assign \$5205  = \$5201  | \$5204 ;
-  assign \$5206  = ~ sat5[3];
-  assign \$5207  = sat6[3] & \$5206 ;
-  assign \$5208  = \$5207  ? mbeat0[111:96] : 16'h0000;
-  assign \$5209  = ~ sat6[3];
-  assign \$5210  = sat7[3] & \$5209 ;
-  assign \$5211  = \$5210  ? mbeat0[127:112] : 16'h0000;
-  assign \$5212  = \$5208  | \$5211 ;
-  assign \$5213  = \$5205  | \$5212 ;
-  assign \$5214  = \$5198  | \$5213 ;
-  assign \$5215  = ~ sat7[3];
-  assign \$5216  = sat8[3] & \$5215 ;
-  assign \$5217  = \$5216  ? mbeat0[143:128] : 16'h0000;
-  assign \$5218  = ~ sat8[3];
-  assign \$5219  = sat9[3] & \$5218 ;
-  assign \$5220  = \$5219  ? mbeat0[159:144] : 16'h0000;
-  assign \$5221  = \$5217  | \$5220 ;
-  assign \$5222  = ~ sat9[3];
-  assign \$5223  = sat10[3] & \$5222 ;
-  assign \$5224  = \$5223  ? mbeat0[175:160] : 16'h0000;
-  assign \$5225  = ~ sat10[3];
-  assign \$5226  = sat11[3] & \$5225 ;
-  assign \$5227  = \$5226  ? mbeat0[191:176] : 16'h0000;
-  assign \$5228  = \$5224  | \$5227 ;
-  assign \$5229  = \$5221  | \$5228 ;
-  assign \$5230  = ~ sat11[3];
-  assign \$5231  = sat12[3] & \$5230 ;
-  assign \$5232  = \$5231  ? mbeat1[15:0] : 16'h0000;
-  assign \$5233  = ~ sat12[3];
-  assign \$5234  = sat13[3] & \$5233 ;
-  assign \$5235  = \$5234  ? mbeat1[31:16] : 16'h0000;
-  assign \$5236  = \$5232  | \$5235 ;
-  assign \$5237  = ~ sat13[3];
-  assign \$5238  = sat14[3] & \$5237 ;
-  assign \$5239  = \$5238  ? mbeat1[47:32] : 16'h0000;
-  assign \$5240  = ~ sat14[3];
-  assign \$5241  = sat15[3] & \$5240 ;
-  assign \$5242  = \$5241  ? mbeat1[63:48] : 16'h0000;
-  assign \$5243  = \$5239  | \$5242 ;
-  assign \$5244  = \$5236  | \$5243 ;
-  assign \$5245  = \$5229  | \$5244 ;
-  assign \$5246  = \$5214  | \$5245 ;
-  assign \$5247  = ~ sat15[3];
-  assign \$5248  = sat16[3] & \$5247 ;
-  assign \$5249  = \$5248  ? mbeat1[79:64] : 16'h0000;
-  assign \$5250  = ~ sat16[3];
-  assign \$5251  = sat17[3] & \$5250 ;
-  assign \$5252  = \$5251  ? mbeat1[95:80] : 16'h0000;
-  assign \$5253  = \$5249  | \$5252 ;
-  assign \$5254  = ~ sat17[3];
-  assign \$5255  = sat18[3] & \$5254 ;
-  assign \$5256  = \$5255  ? mbeat1[111:96] : 16'h0000;
-  assign \$5257  = ~ sat18[3];
-  assign \$5258  = sat19[3] & \$5257 ;
-  assign \$5259  = \$5258  ? mbeat1[127:112] : 16'h0000;
-  assign \$5260  = \$5256  | \$5259 ;
-  assign \$5261  = \$5253  | \$5260 ;
-  assign \$5262  = ~ sat19[3];
-  assign \$5263  = sat20[3] & \$5262 ;
-  assign \$5264  = \$5263  ? mbeat1[143:128] : 16'h0000;
-  assign \$5265  = ~ sat20[3];
-  assign \$5266  = sat21[3] & \$5265 ;
-  assign \$5267  = \$5266  ? mbeat1[159:144] : 16'h0000;
-  assign \$5268  = \$5264  | \$5267 ;
-  assign \$5269  = ~ sat21[3];
-  assign \$5270  = sat22[3] & \$5269 ;
-  assign \$5271  = \$5270  ? mbeat1[175:160] : 16'h0000;
-  assign \$5272  = ~ sat22[3];
-  assign \$5273  = sat23[3] & \$5272 ;
-  assign \$5274  = \$5273  ? mbeat1[191:176] : 16'h0000;
-  assign \$5275  = \$5271  | \$5274 ;
-  assign \$5276  = \$5268  | \$5275 ;
-  assign \$5277  = \$5261  | \$5276 ;
-  assign \$5278  = ~ sat23[3];
-  assign \$5279  = sat24[3] & \$5278 ;
-  assign \$5280  = \$5279  ? mbeat2[15:0] : 16'h0000;
-  assign \$5281  = ~ sat24[3];
-  assign \$5282  = sat25[3] & \$5281 ;
-  assign \$5283  = \$5282  ? mbeat2[31:16] : 16'h0000;
-  assign \$5284  = \$5280  | \$5283 ;
-  assign \$5285  = ~ sat25[3];
-  assign \$5286  = sat26[3] & \$5285 ;
-  assign \$5287  = \$5286  ? mbeat2[47:32] : 16'h0000;
-  assign \$5288  = ~ sat26[3];
-  assign \$5289  = sat27[3] & \$5288 ;
-  assign \$5290  = \$5289  ? mbeat2[63:48] : 16'h0000;
-  assign \$5291  = \$5287  | \$5290 ;
-  assign \$5292  = \$5284  | \$5291 ;
-  assign \$5293  = ~ sat27[3];
-  assign \$5294  = sat28[3] & \$5293 ;
-  assign \$5295  = \$5294  ? mbeat2[79:64] : 16'h0000;
-  assign \$5296  = ~ sat28[3];
-  assign \$5297  = sat29[3] & \$5296 ;
-  assign \$5298  = \$5297  ? mbeat2[95:80] : 16'h0000;
-  assign \$5299  = \$5295  | \$5298 ;
-  assign \$5300  = ~ sat29[3];
-  assign \$5301  = sat30[3] & \$5300 ;
-  assign \$5302  = \$5301  ? mbeat2[111:96] : 16'h0000;
-  assign \$5303  = ~ sat30[3];
-  assign \$5304  = sat31[3] & \$5303 ;
-  assign \$5305  = \$5304  ? mbeat2[127:112] : 16'h0000;
-  assign \$5306  = \$5302  | \$5305 ;
-  assign \$5307  = \$5299  | \$5306 ;
-  assign \$5308  = \$5292  | \$5307 ;
-  assign \$5309  = \$5277  | \$5308 ;
-  assign \$5310  = \$5246  | \$5309 ;
-  assign \$5311  = ~ sat31[3];
-  assign \$5312  = sat32[3] & \$5311 ;
-  assign \$5313  = \$5312  ? mbeat2[143:128] : 16'h0000;
-  assign \$5314  = ~ sat32[3];
-  assign \$5315  = sat33[3] & \$5314 ;
-  assign \$5316  = \$5315  ? mbeat2[159:144] : 16'h0000;
-  assign \$5317  = \$5313  | \$5316 ;
-  assign \$5318  = ~ sat33[3];
-  assign \$5319  = sat34[3] & \$5318 ;
-  assign \$5320  = \$5319  ? mbeat2[175:160] : 16'h0000;
-  assign \$5321  = ~ sat34[3];
-  assign \$5322  = sat35[3] & \$5321 ;
-  assign \$5323  = \$5322  ? mbeat2[191:176] : 16'h0000;
-  assign \$5324  = \$5320  | \$5323 ;
-  assign \$5325  = \$5317  | \$5324 ;
-  assign grp7 = \$5310  | \$5325 ;
-  assign \$5326  = sat0[3] ? Rm1[3:0] : 4'h0;
-  assign \$5327  = ~ sat0[3];
-  assign \$5328  = sat1[3] & \$5327 ;
-  assign \$5329  = \$5328  ? R0[3:0] : 4'h0;
-  assign \$5330  = \$5326  | \$5329 ;
-  assign \$5331  = ~ sat1[3];
-  assign \$5332  = sat2[3] & \$5331 ;
-  assign \$5333  = \$5332  ? R1[3:0] : 4'h0;
-  assign \$5334  = ~ sat2[3];
-  assign \$5335  = sat3[3] & \$5334 ;
-  assign \$5336  = \$5335  ? R2[3:0] : 4'h0;
-  assign \$5337  = \$5333  | \$5336 ;
-  assign \$5338  = \$5330  | \$5337 ;
-  assign \$5339  = ~ sat3[3];
-  assign \$5340  = sat4[3] & \$5339 ;
-  assign \$5341  = \$5340  ? R3[3:0] : 4'h0;
-  assign \$5342  = ~ sat4[3];
-  assign \$5343  = sat5[3] & \$5342 ;
-  assign \$5344  = \$5343  ? R4[3:0] : 4'h0;
-  assign \$5345  = \$5341  | \$5344 ;
-  assign \$5346  = ~ sat5[3];
-  assign \$5347  = sat6[3] & \$5346 ;
-  assign \$5348  = \$5347  ? R5[3:0] : 4'h0;
-  assign \$5349  = ~ sat6[3];
-  assign \$5350  = sat7[3] & \$5349 ;
-  assign \$5351  = \$5350  ? R6[3:0] : 4'h0;
-  assign \$5352  = \$5348  | \$5351 ;
-  assign \$5353  = \$5345  | \$5352 ;
-  assign \$5354  = \$5338  | \$5353 ;
-  assign \$5355  = ~ sat7[3];
-  assign \$5356  = sat8[3] & \$5355 ;
-  assign \$5357  = \$5356  ? R7[3:0] : 4'h0;
-  assign \$5358  = ~ sat8[3];
-  assign \$5359  = sat9[3] & \$5358 ;
-  assign \$5360  = \$5359  ? R8[3:0] : 4'h0;
-  assign \$5361  = \$5357  | \$5360 ;
-  assign \$5362  = ~ sat9[3];
-  assign \$5363  = sat10[3] & \$5362 ;
-  assign \$5364  = \$5363  ? R9[3:0] : 4'h0;
-  assign \$5365  = ~ sat10[3];
-  assign \$5366  = sat11[3] & \$5365 ;
-  assign \$5367  = \$5366  ? R10[3:0] : 4'h0;
-  assign \$5368  = \$5364  | \$5367 ;
-  assign \$5369  = \$5361  | \$5368 ;
-  assign \$5370  = ~ sat11[3];
-  assign \$5371  = sat12[3] & \$5370 ;
-  assign \$5372  = \$5371  ? R11[3:0] : 4'h0;
-  assign \$5373  = ~ sat12[3];
-  assign \$5374  = sat13[3] & \$5373 ;
-  assign \$5375  = \$5374  ? R12[3:0] : 4'h0;
-  assign \$5376  = \$5372  | \$5375 ;
-  assign \$5377  = ~ sat13[3];
-  assign \$5378  = sat14[3] & \$5377 ;
-  assign \$5379  = \$5378  ? R13[3:0] : 4'h0;
-  assign \$5380  = ~ sat14[3];
-  assign \$5381  = sat15[3] & \$5380 ;
-  assign \$5382  = \$5381  ? R14[3:0] : 4'h0;
-  assign \$5383  = \$5379  | \$5382 ;
-  assign \$5384  = \$5376  | \$5383 ;
-  assign \$5385  = \$5369  | \$5384 ;
-  assign \$5386  = \$5354  | \$5385 ;
-  assign \$5387  = ~ sat15[3];
-  assign \$5388  = sat16[3] & \$5387 ;
-  assign \$5389  = \$5388  ? R15[3:0] : 4'h0;
-  assign \$5390  = ~ sat16[3];
-  assign \$5391  = sat17[3] & \$5390 ;
-  assign \$5392  = \$5391  ? R16[3:0] : 4'h0;
-  assign \$5393  = \$5389  | \$5392 ;
-  assign \$5394  = ~ sat17[3];
-  assign \$5395  = sat18[3] & \$5394 ;
-  assign \$5396  = \$5395  ? R17[3:0] : 4'h0;
-  assign \$5397  = ~ sat18[3];
-  assign \$5398  = sat19[3] & \$5397 ;
-  assign \$5399  = \$5398  ? R18[3:0] : 4'h0;
-  assign \$5400  = \$5396  | \$5399 ;
-  assign \$5401  = \$5393  | \$5400 ;
-  assign \$5402  = ~ sat19[3];
-  assign \$5403  = sat20[3] & \$5402 ;
-  assign \$5404  = \$5403  ? R19[3:0] : 4'h0;
-  assign \$5405  = ~ sat20[3];
-  assign \$5406  = sat21[3] & \$5405 ;
-  assign \$5407  = \$5406  ? R20[3:0] : 4'h0;
-  assign \$5408  = \$5404  | \$5407 ;
-  assign \$5409  = ~ sat21[3];
-  assign \$5410  = sat22[3] & \$5409 ;
-  assign \$5411  = \$5410  ? R21[3:0] : 4'h0;
-  assign \$5412  = ~ sat22[3];
-  assign \$5413  = sat23[3] & \$5412 ;
-  assign \$5414  = \$5413  ? R22[3:0] : 4'h0;
-  assign \$5415  = \$5411  | \$5414 ;
-  assign \$5416  = \$5408  | \$5415 ;
-  assign \$5417  = \$5401  | \$5416 ;
-  assign \$5418  = ~ sat23[3];
-  assign \$5419  = sat24[3] & \$5418 ;
-  assign \$5420  = \$5419  ? R23[3:0] : 4'h0;
-  assign \$5421  = ~ sat24[3];
-  assign \$5422  = sat25[3] & \$5421 ;
-  assign \$5423  = \$5422  ? R24[3:0] : 4'h0;
-  assign \$5424  = \$5420  | \$5423 ;
-  assign \$5425  = ~ sat25[3];
-  assign \$5426  = sat26[3] & \$5425 ;
-  assign \$5427  = \$5426  ? R25[3:0] : 4'h0;
-  assign \$5428  = ~ sat26[3];
-  assign \$5429  = sat27[3] & \$5428 ;
-  assign \$5430  = \$5429  ? R26[3:0] : 4'h0;
-  assign \$5431  = \$5427  | \$5430 ;
-  assign \$5432  = \$5424  | \$5431 ;
-  assign \$5433  = ~ sat27[3];
-  assign \$5434  = sat28[3] & \$5433 ;
-  assign \$5435  = \$5434  ? R27[3:0] : 4'h0;
-  assign \$5436  = ~ sat28[3];
-  assign \$5437  = sat29[3] & \$5436 ;
-  assign \$5438  = \$5437  ? R28[3:0] : 4'h0;
-  assign \$5439  = \$5435  | \$5438 ;
-  assign \$5440  = ~ sat29[3];
-  assign \$5441  = sat30[3] & \$5440 ;
-  assign \$5442  = \$5441  ? R29[3:0] : 4'h0;
-  assign \$5443  = ~ sat30[3];
-  assign \$5444  = sat31[3] & \$5443 ;
-  assign \$5445  = \$5444  ? R30[3:0] : 4'h0;
-  assign \$5446  = \$5442  | \$5445 ;
-  assign \$5447  = \$5439  | \$5446 ;
-  assign \$5448  = \$5432  | \$5447 ;
-  assign \$5449  = \$5417  | \$5448 ;
-  assign \$5450  = \$5386  | \$5449 ;
-  assign \$5451  = ~ sat31[3];
-  assign \$5452  = sat32[3] & \$5451 ;
-  assign \$5453  = \$5452  ? R31[3:0] : 4'h0;
-  assign \$5454  = ~ sat32[3];
-  assign \$5455  = sat33[3] & \$5454 ;
-  assign \$5456  = \$5455  ? R32[3:0] : 4'h0;
-  assign \$5457  = \$5453  | \$5456 ;
-  assign \$5458  = ~ sat33[3];
-  assign \$5459  = sat34[3] & \$5458 ;
-  assign \$5460  = \$5459  ? R33[3:0] : 4'h0;
-  assign \$5461  = ~ sat34[3];
-  assign \$5462  = sat35[3] & \$5461 ;
-  assign \$5463  = \$5462  ? R34[3:0] : 4'h0;
-  assign \$5464  = \$5460  | \$5463 ;
-  assign \$5465  = \$5457  | \$5464 ;
-  assign dlow7 = \$5450  | \$5465 ;
-  assign \$5466  = 3'h7 - dlow7;
-  assign \$5467  = grp7[0] + grp7[1];
-  assign \$5468  = grp7[2] + grp7[3];
-  assign \$5469  = \$5467  + \$5468 ;
-  assign \$5470  = grp7[4] + grp7[5];
-  assign \$5471  = grp7[6] + grp7[7];
-  assign \$5472  = \$5470  + \$5471 ;
-  assign ws7_c = \$5469  + \$5472 ;
-  assign ws7_lo = \$5466 [3:0] < ws7_c;
-  assign \$5473  = \$5466 [3:0] - ws7_c;
-  assign \$5474  = grp7[0] + grp7[1];
-  assign \$5475  = grp7[2] + grp7[3];
-  assign ws7l_c = \$5474  + \$5475 ;
-  assign ws7l_lo = \$5466 [2:0] < ws7l_c;
-  assign \$5476  = \$5466 [2:0] - ws7l_c;
+  assign \$5290  = a_nxt[6] ? a_es : \$signal ;
+  assign \$5291  = a_gsel6[5:2] - \$5290 ;
+  assign ws7_c = \$5292  + \$5293 ;
+  assign ws7_lo = a_lr7 < ws7_c;
+  assign \$5294  = a_lr7 - ws7_c;
+  assign ws7l_lo = a_lr7[2:0] < ws7l_c;
+  assign \$5295  = a_lr7[2:0] - ws7l_c;
   assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
-  assign \$5477  = grp7[8] + grp7[9];
-  assign \$5478  = grp7[10] + grp7[11];
-  assign ws7h_c = \$5477  + \$5478 ;
-  assign ws7h_lo = \$5473 [2:0] < ws7h_c;
-  assign \$5479  = \$5473 [2:0] - ws7h_c;
+  assign ws7h_lo = \$5294 [2:0] < ws7h_c;
+  assign \$5296  = \$5294 [2:0] - ws7h_c;
   assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
-  assign lv7 = k > 3'h7;
-  assign \$5480  = k_cur <= 3'h7;
-  assign ln7 = finish & \$5480 ;
-  assign \$5481  = ln7 ? es_w : { rs_w[6], rs_w };
-  assign \$5482  = gsel7[5:2] - \$5481 [3:0];
-  assign \$5483  = 4'h8 - vpos;
-  assign \$5484  = \$signal  ? \$5483  : 5'h00;
-  assign \$5485  = \$signal$634  ? 4'h8 : 4'h0;
-  assign \$5486  = $signed(\$5484 ) + $signed({ 1'h0, \$5485  });
-  assign vals_ok = k <= \$5486 [4:0];
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$637 [63:32] } : { VB[23:0], \$signal$637  };
+  assign \$5297  = a_nxt[7] ? a_es : \$signal ;
+  assign \$5298  = a_gsel7[5:2] - \$5297 ;
+  assign \$5299  = 4'h8 - vpos;
+  assign \$5300  = \$signal$626  ? \$5299  : 5'h00;
+  assign \$5301  = \$signal$628  ? 4'h8 : 4'h0;
+  assign \$5302  = $signed(\$5300 ) + $signed({ 1'h0, \$5301  });
+  assign \$5303  = \$5302 [4:0] >= 4'h8;
+  assign \$5304  = $signed(lim_full) <= $signed({ 1'h0, \$5302 [4:0] });
+  assign vals_ok = \$5303  | \$5304 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$631 [63:32] } : { VB[23:0], \$signal$631  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign last_row = rows_left == 1'h1;
-  assign \$5487  = ~ vals_ok;
-  assign \$5488  = running & \$5487 ;
-  assign short_now = \$5488  & vlast_loaded;
+  assign \$5305  = ~ vals_ok;
+  assign \$5306  = running & \$5305 ;
+  assign short_now = \$5306  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$5489  = mbeat0_v | row_complete;
-  assign \$5490  = running & \$5489 ;
-  assign \$5491  = \$5490  & vals_ok;
-  assign \$5492  = ~ any_err;
-  assign can_go = \$5491  & \$5492 ;
-  assign \$5493  = finish & last_row;
-  assign \$5494  = | k;
-  assign \$5495  = \$5494  | finish;
-  assign o_lanes__valid = can_go & \$5495 ;
-  assign \$5496  = ~ o_lanes__valid;
-  assign \$5497  = \$5496  | o_lanes__ready;
-  assign advance = can_go & \$5497 ;
-  assign \$5498  = advance & finish;
-  assign mat_end = \$5498  & last_row;
+  assign \$5307  = ~ prime;
+  assign \$5308  = running & \$5307 ;
+  assign \$5309  = mbeat0_v | row_complete;
+  assign \$5310  = \$5308  & \$5309 ;
+  assign \$5311  = \$5310  & vals_ok;
+  assign \$5312  = ~ any_err;
+  assign can_go = \$5311  & \$5312 ;
+  assign \$5313  = | k;
+  assign \$5314  = \$5313  | finish;
+  assign emit = can_go & \$5314 ;
+  assign \$5315  = ~ emit;
+  assign \$5316  = \$5315  | rdy_a;
+  assign advance = can_go & \$5316 ;
+  assign \$5317  = | pad_l;
+  assign \$5318  = ov | \$5317 ;
+  assign pad_wait = \$5318  | pad_r;
+  assign \$5319  = advance & finish;
+  assign mat_end = \$5319  & last_row;
   assign kk = advance ? k : 4'h0;
-  assign \$5499  = | flush_d;
-  assign \$5500  = 1'h0 + mbeat0_n[199:192];
-  assign \$5501  = 1'h0 + mbeat0_n[207:200];
-  assign \$5502  = 1'h0 + mbeat0_n[215:208];
-  assign \$5503  = 1'h0 + mbeat0_n[223:216];
-  assign \$5504  = 1'h0 + mbeat0_n[231:224];
-  assign \$5505  = 1'h0 + mbeat0_n[239:232];
-  assign \$5506  = 1'h0 + mbeat0_n[247:240];
-  assign \$5507  = 1'h0 + mbeat0_n[255:248];
-  assign \$5508  = 1'h0 + mbeat0_n[263:256];
-  assign \$5509  = 1'h0 + mbeat0_n[271:264];
-  assign \$5510  = 1'h0 + mbeat0_n[279:272];
-  assign \$5511  = 1'h0 + mbeat0_n[287:280];
-  assign \$5512  = 1'h0 + mbeat0_n[287:280];
-  assign \$5513  = fresh0 + mbeat1_n[199:192];
-  assign \$5514  = fresh0 + mbeat1_n[207:200];
-  assign \$5515  = fresh0 + mbeat1_n[215:208];
-  assign \$5516  = fresh0 + mbeat1_n[223:216];
-  assign \$5517  = fresh0 + mbeat1_n[231:224];
-  assign \$5518  = fresh0 + mbeat1_n[239:232];
-  assign \$5519  = fresh0 + mbeat1_n[247:240];
-  assign \$5520  = fresh0 + mbeat1_n[255:248];
-  assign \$5521  = fresh0 + mbeat1_n[263:256];
-  assign \$5522  = fresh0 + mbeat1_n[271:264];
-  assign \$5523  = fresh0 + mbeat1_n[279:272];
-  assign \$5524  = fresh0 + mbeat1_n[287:280];
-  assign \$5525  = fresh0 + mbeat1_n[287:280];
-  assign \$5526  = fresh1 + mbeat2_n[199:192];
-  assign \$5527  = fresh1 + mbeat2_n[207:200];
-  assign \$5528  = fresh1 + mbeat2_n[215:208];
-  assign \$5529  = fresh1 + mbeat2_n[223:216];
-  assign \$5530  = fresh1 + mbeat2_n[231:224];
-  assign \$5531  = fresh1 + mbeat2_n[239:232];
-  assign \$5532  = fresh1 + mbeat2_n[247:240];
-  assign \$5533  = fresh1 + mbeat2_n[255:248];
-  assign \$5534  = fresh1 + mbeat2_n[263:256];
-  assign \$5535  = fresh1 + mbeat2_n[271:264];
-  assign \$5536  = fresh1 + mbeat2_n[279:272];
-  assign \$5537  = fresh1 + mbeat2_n[287:280];
-  assign \$5538  = running & mbeat0_v;
-  assign \$5539  = $signed(R11) <= $signed(1'h0);
-  assign \$5540  = \$5538  & \$5539 ;
-  assign \$5541  = $signed(es_w) > $signed(3'h3);
-  assign \$5542  = \$5540  & \$5541 ;
-  assign i_mask__ready = ~ mbeat2_nv;
-  assign \$5543  = ~ mbeat0_nv;
-  assign \$5545  = $signed(Rsm1) + $signed({ 1'h0, in_c0 });
-  assign \$5546  = $signed(Rsm1) + $signed({ 1'h0, \$172 [7:0] });
-  assign \$5547  = $signed(Rsm1) + $signed({ 1'h0, \$178 [7:0] });
-  assign \$5548  = $signed(Rsm1) + $signed({ 1'h0, \$179 [7:0] });
-  assign \$5549  = $signed(Rsm1) + $signed({ 1'h0, \$184 [7:0] });
-  assign \$5550  = $signed(Rsm1) + $signed({ 1'h0, \$185 [7:0] });
-  assign \$5551  = $signed(Rsm1) + $signed({ 1'h0, \$186 [7:0] });
-  assign \$5552  = $signed(Rsm1) + $signed({ 1'h0, \$187 [7:0] });
-  assign \$5553  = $signed(Rsm1) + $signed({ 1'h0, \$188 [7:0] });
-  assign \$5554  = $signed(Rsm1) + $signed({ 1'h0, \$189 [7:0] });
-  assign \$5555  = $signed(Rsm1) + $signed({ 1'h0, \$190 [7:0] });
-  assign \$5556  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5557  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5558  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5559  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5560  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5561  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5562  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5563  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5564  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5565  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5566  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5567  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5568  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5569  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5570  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5571  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5572  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5573  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5574  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5575  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5576  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5577  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5578  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5579  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5580  = $signed(Rsm1) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5581  = ~ mbeat1_nv;
-  assign \$5582  = \$5581  & mbeat0_nv;
-  assign \$5583  = $signed(Rs11) + $signed({ 1'h0, in_c0 });
-  assign \$5584  = $signed(Rs11) + $signed({ 1'h0, \$172 [7:0] });
-  assign \$5585  = $signed(Rs11) + $signed({ 1'h0, \$178 [7:0] });
-  assign \$5586  = $signed(Rs11) + $signed({ 1'h0, \$179 [7:0] });
-  assign \$5587  = $signed(Rs11) + $signed({ 1'h0, \$184 [7:0] });
-  assign \$5588  = $signed(Rs11) + $signed({ 1'h0, \$185 [7:0] });
-  assign \$5589  = $signed(Rs11) + $signed({ 1'h0, \$186 [7:0] });
-  assign \$5590  = $signed(Rs11) + $signed({ 1'h0, \$187 [7:0] });
-  assign \$5591  = $signed(Rs11) + $signed({ 1'h0, \$188 [7:0] });
-  assign \$5592  = $signed(Rs11) + $signed({ 1'h0, \$189 [7:0] });
-  assign \$5593  = $signed(Rs11) + $signed({ 1'h0, \$190 [7:0] });
-  assign \$5594  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5595  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5596  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5597  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5598  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5599  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5600  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5601  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5602  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5603  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5604  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5605  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5606  = $signed(Rs11) + $signed({ 1'h0, \$191 [7:0] });
-  assign \$5607  = ~ mbeat2_nv;
-  assign \$5608  = \$5607  & mbeat1_nv;
-  assign \$5609  = $signed(Rs23) + $signed({ 1'h0, in_c0 });
-  assign \$5610  = $signed(Rs23) + $signed({ 1'h0, \$172 [7:0] });
-  assign \$5611  = $signed(Rs23) + $signed({ 1'h0, \$178 [7:0] });
-  assign \$5612  = $signed(Rs23) + $signed({ 1'h0, \$179 [7:0] });
-  assign \$5613  = $signed(Rs23) + $signed({ 1'h0, \$184 [7:0] });
-  assign \$5614  = $signed(Rs23) + $signed({ 1'h0, \$185 [7:0] });
-  assign \$5615  = $signed(Rs23) + $signed({ 1'h0, \$186 [7:0] });
-  assign \$5616  = $signed(Rs23) + $signed({ 1'h0, \$187 [7:0] });
-  assign \$5617  = $signed(Rs23) + $signed({ 1'h0, \$188 [7:0] });
-  assign \$5618  = $signed(Rs23) + $signed({ 1'h0, \$189 [7:0] });
-  assign \$5619  = $signed(Rs23) + $signed({ 1'h0, \$190 [7:0] });
-  assign \$5620  = $signed(Rs23) + $signed({ 1'h0, \$191 [7:0] });
+  assign fin = advance & finish;
+  assign dsh = \$signal$701  ? 2'h3 : 2'h0;
+  assign \$5320  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$5321  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$5322  = | flush_d;
+  assign \$5323  = 1'h0 + mbeat0_n[199:192];
+  assign \$5324  = 1'h0 + mbeat0_n[207:200];
+  assign \$5325  = 1'h0 + mbeat0_n[215:208];
+  assign \$5326  = 1'h0 + mbeat0_n[223:216];
+  assign \$5327  = 1'h0 + mbeat0_n[231:224];
+  assign \$5328  = 1'h0 + mbeat0_n[239:232];
+  assign \$5329  = 1'h0 + mbeat0_n[247:240];
+  assign \$5330  = 1'h0 + mbeat0_n[255:248];
+  assign \$5331  = 1'h0 + mbeat0_n[263:256];
+  assign \$5332  = 1'h0 + mbeat0_n[271:264];
+  assign \$5333  = 1'h0 + mbeat0_n[279:272];
+  assign \$5334  = 1'h0 + mbeat0_n[287:280];
+  assign \$5335  = 1'h0 + mbeat0_n[287:280];
+  assign \$5336  = fresh0 + mbeat1_n[199:192];
+  assign \$5337  = fresh0 + mbeat1_n[207:200];
+  assign \$5338  = fresh0 + mbeat1_n[215:208];
+  assign \$5339  = fresh0 + mbeat1_n[223:216];
+  assign \$5340  = fresh0 + mbeat1_n[231:224];
+  assign \$5341  = fresh0 + mbeat1_n[239:232];
+  assign \$5342  = fresh0 + mbeat1_n[247:240];
+  assign \$5343  = fresh0 + mbeat1_n[255:248];
+  assign \$5344  = fresh0 + mbeat1_n[263:256];
+  assign \$5345  = fresh0 + mbeat1_n[271:264];
+  assign \$5346  = fresh0 + mbeat1_n[279:272];
+  assign \$5347  = fresh0 + mbeat1_n[287:280];
+  assign \$5348  = fresh0 + mbeat1_n[287:280];
+  assign \$5349  = fresh1 + mbeat2_n[199:192];
+  assign \$5350  = fresh1 + mbeat2_n[207:200];
+  assign \$5351  = fresh1 + mbeat2_n[215:208];
+  assign \$5352  = fresh1 + mbeat2_n[223:216];
+  assign \$5353  = fresh1 + mbeat2_n[231:224];
+  assign \$5354  = fresh1 + mbeat2_n[239:232];
+  assign \$5355  = fresh1 + mbeat2_n[247:240];
+  assign \$5356  = fresh1 + mbeat2_n[255:248];
+  assign \$5357  = fresh1 + mbeat2_n[263:256];
+  assign \$5358  = fresh1 + mbeat2_n[271:264];
+  assign \$5359  = fresh1 + mbeat2_n[279:272];
+  assign \$5360  = fresh1 + mbeat2_n[287:280];
+  assign \$5361  = ~ prime;
+  assign \$5362  = running & \$5361 ;
+  assign \$5363  = \$5362  & \$signal$708 ;
+  assign \$5364  = ~ mbeat2_nv;
+  assign take_buf = mbuf_v & \$5364 ;
+  assign \$5365  = ~ mbuf_v;
+  assign \$5366  = ~ mbeat2_nv;
+  assign i_mask__ready = \$5365  | \$5366 ;
+  assign \$5367  = ~ mbeat0_nv;
+  assign \$5369  = $signed(Rsm1) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$5370  = $signed(Rsm1) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$5371  = $signed(Rsm1) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$5372  = $signed(Rsm1) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$5373  = $signed(Rsm1) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$5374  = $signed(Rsm1) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$5375  = $signed(Rsm1) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$5376  = $signed(Rsm1) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$5377  = $signed(Rsm1) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$5378  = $signed(Rsm1) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$5379  = $signed(Rsm1) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$5380  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5381  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5382  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5383  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5384  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5385  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5386  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5387  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5388  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5389  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5390  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5391  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5392  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5393  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5394  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5395  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5396  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5397  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5398  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5399  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5400  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5401  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5402  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5403  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5404  = $signed(Rsm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5405  = ~ mbeat1_nv;
+  assign \$5406  = \$5405  & mbeat0_nv;
+  assign \$5407  = $signed(Rs11) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$5408  = $signed(Rs11) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$5409  = $signed(Rs11) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$5410  = $signed(Rs11) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$5411  = $signed(Rs11) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$5412  = $signed(Rs11) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$5413  = $signed(Rs11) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$5414  = $signed(Rs11) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$5415  = $signed(Rs11) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$5416  = $signed(Rs11) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$5417  = $signed(Rs11) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$5418  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5419  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5420  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5421  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5422  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5423  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5424  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5425  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5426  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5427  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5428  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5429  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5430  = $signed(Rs11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$5431  = ~ mbeat2_nv;
+  assign \$5432  = \$5431  & mbeat1_nv;
+  assign \$5433  = $signed(Rs23) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$5434  = $signed(Rs23) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$5435  = $signed(Rs23) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$5436  = $signed(Rs23) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$5437  = $signed(Rs23) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$5438  = $signed(Rs23) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$5439  = $signed(Rs23) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$5440  = $signed(Rs23) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$5441  = $signed(Rs23) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$5442  = $signed(Rs23) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$5443  = $signed(Rs23) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$5444  = $signed(Rs23) + $signed({ 1'h0, mbuf[287:280] });
   assign vpos_n = vpos + k;
-  assign \$5621  = ~ vlast_loaded;
-  assign \$5622  = ! vpos;
-  assign \$5623  = \$signal  & \$5622 ;
-  assign \$5624  = \$5623  | \$signal$634 ;
-  assign \$5625  = ~ \$5624 ;
-  assign \$5626  = | vpos;
-  assign \$5627  = \$5626  ? \$signal$743  : prev_last;
-  assign \$5628  = \$5625  & \$5627 ;
-  assign \$5629  = ! vpos;
-  assign \$5630  = \$signal  & \$5629 ;
-  assign \$5631  = \$5630  | \$signal$634 ;
-  assign \$5632  = ~ \$5631 ;
-  assign \$5633  = | vpos;
-  assign \$5634  = \$5633  ? \$signal$743  : prev_last;
-  assign \$5635  = \$5632  & \$5634 ;
-  assign \$5636  = ~ \$5635 ;
-  assign \$5637  = \$signal  & \$signal$743 ;
-  assign \$5638  = ~ \$signal$634 ;
-  assign \$5639  = \$5637  & \$5638 ;
-  assign \$5640  = ~ \$signal$634 ;
-  assign \$5641  = \$signal$743  & \$5640 ;
-  assign \$5642  = ~ \$5641 ;
-  assign \$5643  = \$signal  & \$5642 ;
-  assign \$5644  = end_ok | end_bad;
-  assign \$5645  = endv & \$5644 ;
-  assign \$5646  = any_err | \$5645 ;
-  assign \$5647  = | k;
-  assign \$5648  = advance & \$5647 ;
-  assign \$5649  = vpos_n >= 4'h8;
-  assign \$5650  = \$signal$740  & \$signal$741 ;
-  assign \$5651  = ~ \$5650 ;
-  assign i_value__ready = allow_load & \$5651 ;
-  assign \$5652  = ~ running;
-  assign \$5653  = ~ endv;
-  assign i_cmd__ready = \$5652  & \$5653 ;
-  assign \$5654  = i_cmd__valid & i_cmd__ready;
-  assign \$5655  = i_cmd__payload[26:16] + 6'h3f;
-  assign \$5658  = endv & end_bad;
-  assign \$5659  = ~ any_err;
-  assign \$5660  = \$5658  & \$5659 ;
-  assign \$5661  = ~ any_err;
-  assign \$5662  = short_now & \$5661 ;
-  assign \$5663  = o_lanes__valid & o_lanes__ready;
-  assign \$5664  = { \$1249 [3:0], gsel0[1:0], ws0 } >= cols_r;
-  assign \$5665  = lv0 & \$5664 ;
-  assign \$5666  = { \$1936 [3:0], gsel1[1:0], ws1 } >= cols_r;
-  assign \$5667  = lv1 & \$5666 ;
-  assign \$5668  = \$5665  | \$5667 ;
-  assign \$5669  = { \$2659 [3:0], gsel2[1:0], ws2 } >= cols_r;
-  assign \$5670  = lv2 & \$5669 ;
-  assign \$5671  = { \$3166 [3:0], gsel3[1:0], ws3 } >= cols_r;
-  assign \$5672  = lv3 & \$5671 ;
-  assign \$5673  = \$5670  | \$5672 ;
-  assign \$5674  = \$5668  | \$5673 ;
-  assign \$5675  = { \$3925 [3:0], gsel4[1:0], ws4 } >= cols_r;
-  assign \$5676  = lv4 & \$5675 ;
-  assign \$5677  = { \$4468 [3:0], gsel5[1:0], ws5 } >= cols_r;
-  assign \$5678  = lv5 & \$5677 ;
-  assign \$5679  = \$5676  | \$5678 ;
-  assign \$5680  = { \$5047 [3:0], gsel6[1:0], ws6 } >= cols_r;
-  assign \$5681  = lv6 & \$5680 ;
-  assign \$5682  = { \$5482 [3:0], gsel7[1:0], ws7 } >= cols_r;
-  assign \$5683  = lv7 & \$5682 ;
-  assign \$5684  = \$5681  | \$5683 ;
-  assign \$5685  = \$5679  | \$5684 ;
-  assign \$5686  = \$5674  | \$5685 ;
-  assign \$5687  = \$5663  & \$5686 ;
-  assign \$5688  = | flush_d;
-  assign \$5690  = $signed(es_bits) > $signed(1'h0);
-  assign \$5691  = $signed(es_bits) <= $signed(9'h0c0);
-  assign \$5692  = \$5690  & \$5691 ;
-  assign \$5693  = 1'h1 - sh;
-  assign \$5694  = $signed(es_bits) > $signed(9'h0c0);
-  assign \$5695  = $signed(es_bits) <= $signed(10'h180);
-  assign \$5696  = \$5694  & \$5695 ;
-  assign \$5697  = 2'h2 - sh;
-  assign \$5698  = $signed(es_bits) > $signed(10'h180);
-  assign \$5699  = $signed(es_bits) <= $signed(11'h240);
-  assign \$5700  = \$5698  & \$5699 ;
-  assign \$5701  = 2'h3 - sh;
-  assign \$5703  = advance & finish;
-  assign \$5704  = \$5703  ? es_w : { rs_w[6], rs_w };
-  assign \$5705  = $signed(\$5704 ) - $signed(3'h3);
-  assign \$5706  = advance & finish;
-  assign \$5707  = \$5706  ? es2_w : { es_w[7], es_w };
-  assign \$5708  = $signed(\$5707 ) - $signed(3'h3);
-  assign \$5709  = advance & finish;
-  assign \$5710  = \$5709  ? es3_w : { es2_w[8], es2_w };
-  assign \$5711  = $signed(\$5710 ) - $signed(3'h3);
-  assign \$5712  = advance & finish;
-  assign \$5713  = \$5712  ? es_w : { rs_w[6], rs_w };
-  assign \$5714  = advance & finish;
-  assign \$5715  = \$5714  ? es2_w : { es_w[7], es_w };
-  assign \$5716  = advance & finish;
-  assign \$5717  = \$5716  ? es3_w : { es2_w[8], es2_w };
-  assign \$5718  = ~ mbeat0_nv;
-  assign \$5720  = ~ mbeat1_nv;
-  assign \$5721  = \$5720  & mbeat0_nv;
-  assign \$5722  = ~ mbeat2_nv;
-  assign \$5723  = \$5722  & mbeat1_nv;
-  assign \$5724  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$5725  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$5726  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$5727  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$5728  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$5729  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$5730  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$5731  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$5732  = $signed(Rf8) - $signed({ 1'h0, kk });
-  assign \$5733  = $signed(Rf9) - $signed({ 1'h0, kk });
-  assign \$5734  = $signed(Rf10) - $signed({ 1'h0, kk });
-  assign \$5735  = $signed(Rf11) - $signed({ 1'h0, kk });
-  assign \$5736  = $signed(Rf12) - $signed({ 1'h0, kk });
-  assign \$5737  = $signed(Rf13) - $signed({ 1'h0, kk });
-  assign \$5738  = $signed(Rf14) - $signed({ 1'h0, kk });
-  assign \$5739  = $signed(Rf15) - $signed({ 1'h0, kk });
-  assign \$5740  = $signed(Rf16) - $signed({ 1'h0, kk });
-  assign \$5741  = $signed(Rf17) - $signed({ 1'h0, kk });
-  assign \$5742  = $signed(Rf18) - $signed({ 1'h0, kk });
-  assign \$5743  = $signed(Rf19) - $signed({ 1'h0, kk });
-  assign \$5744  = $signed(Rf20) - $signed({ 1'h0, kk });
-  assign \$5745  = $signed(Rf21) - $signed({ 1'h0, kk });
-  assign \$5746  = $signed(Rf22) - $signed({ 1'h0, kk });
-  assign \$5747  = $signed(Rf23) - $signed({ 1'h0, kk });
-  assign \$5748  = $signed(Rf24) - $signed({ 1'h0, kk });
-  assign \$5749  = $signed(Rf25) - $signed({ 1'h0, kk });
-  assign \$5750  = $signed(Rf26) - $signed({ 1'h0, kk });
-  assign \$5751  = $signed(Rf27) - $signed({ 1'h0, kk });
-  assign \$5752  = $signed(Rf28) - $signed({ 1'h0, kk });
-  assign \$5753  = $signed(Rf29) - $signed({ 1'h0, kk });
-  assign \$5754  = $signed(Rf30) - $signed({ 1'h0, kk });
-  assign \$5755  = $signed(Rf31) - $signed({ 1'h0, kk });
-  assign \$5756  = $signed(Rf32) - $signed({ 1'h0, kk });
-  assign \$5757  = $signed(Rf33) - $signed({ 1'h0, kk });
-  assign \$5758  = $signed(Rf34) - $signed({ 1'h0, kk });
-  assign \$5759  = $signed(Rf35) - $signed({ 1'h0, kk });
-  assign \$5760  = $signed(Rsm1) - $signed({ 1'h0, kk });
-  assign \$5761  = end_ok | end_bad;
-  assign \$5762  = endv & \$5761 ;
-  assign \$5763  = any_err | \$5762 ;
-  assign \$5764  = | k;
-  assign \$5765  = advance & \$5764 ;
-  assign \$5766  = vpos_n >= 4'h8;
-  assign \$5767  = vpos_n - 4'h8;
-  assign \$5768  = i_value__valid & allow_load;
-  assign \$5769  = ~ \$signal$740 ;
-  assign \$5770  = ~ \$signal$741 ;
-  assign \$5771  = \$signal$740  & \$signal$741 ;
-  assign \$5772  = ~ \$5771 ;
-  assign \$5773  = i_cmd__valid & i_cmd__ready;
-  assign \$5778  = advance & finish;
-  assign \$5779  = rows_left - 1'h1;
-  assign \$5780  = end_ok | end_bad;
-  assign \$5781  = endv & \$5780 ;
-  assign \$5782  = o_error_flags | flags;
-  always @(posedge clk)
-    short_err <= \$5783 ;
-  always @(posedge clk)
-    pad_r <= \$5784 ;
-  always @(posedge clk)
-    rs_w <= \$5785 ;
-  always @(posedge clk)
-    es_w <= \$5786 ;
-  always @(posedge clk)
-    es2_w <= \$5787 ;
-  always @(posedge clk)
-    flush_d <= \$5788 ;
-  always @(posedge clk)
-    mbeat0 <= \$5789 ;
-  always @(posedge clk)
-    mbeat1 <= \$5790 ;
-  always @(posedge clk)
-    mbeat2 <= \$5791 ;
-  always @(posedge clk)
-    mbeat0_v <= \$5792 ;
-  always @(posedge clk)
-    mbeat1_v <= \$5793 ;
-  always @(posedge clk)
-    mbeat2_v <= \$5794 ;
-  always @(posedge clk)
-    R0 <= \$5795 ;
-  always @(posedge clk)
-    R1 <= \$5796 ;
-  always @(posedge clk)
-    R2 <= \$5797 ;
-  always @(posedge clk)
-    R3 <= \$5798 ;
-  always @(posedge clk)
-    R4 <= \$5799 ;
-  always @(posedge clk)
-    R5 <= \$5800 ;
-  always @(posedge clk)
-    R6 <= \$5801 ;
-  always @(posedge clk)
-    R7 <= \$5802 ;
-  always @(posedge clk)
-    R8 <= \$5803 ;
-  always @(posedge clk)
-    R9 <= \$5804 ;
-  always @(posedge clk)
-    R10 <= \$5805 ;
-  always @(posedge clk)
-    R11 <= \$5806 ;
-  always @(posedge clk)
-    R12 <= \$5807 ;
-  always @(posedge clk)
-    R13 <= \$5808 ;
-  always @(posedge clk)
-    R14 <= \$5809 ;
-  always @(posedge clk)
-    R15 <= \$5810 ;
-  always @(posedge clk)
-    R16 <= \$5811 ;
-  always @(posedge clk)
-    R17 <= \$5812 ;
-  always @(posedge clk)
-    R18 <= \$5813 ;
-  always @(posedge clk)
-    R19 <= \$5814 ;
-  always @(posedge clk)
-    R20 <= \$5815 ;
-  always @(posedge clk)
-    R21 <= \$5816 ;
-  always @(posedge clk)
-    R22 <= \$5817 ;
-  always @(posedge clk)
-    R23 <= \$5818 ;
-  always @(posedge clk)
-    R24 <= \$5819 ;
-  always @(posedge clk)
-    R25 <= \$5820 ;
-  always @(posedge clk)
-    R26 <= \$5821 ;
-  always @(posedge clk)
-    R27 <= \$5822 ;
-  always @(posedge clk)
-    R28 <= \$5823 ;
-  always @(posedge clk)
-    R29 <= \$5824 ;
-  always @(posedge clk)
-    R30 <= \$5825 ;
-  always @(posedge clk)
-    R31 <= \$5826 ;
-  always @(posedge clk)
-    R32 <= \$5827 ;
-  always @(posedge clk)
-    R33 <= \$5828 ;
-  always @(posedge clk)
-    R34 <= \$5829 ;
-  always @(posedge clk)
-    R35 <= \$5830 ;
-  always @(posedge clk)
-    Rm1 <= \$5831 ;
-  always @(posedge clk)
-    vpos <= \$5832 ;
-  always @(posedge clk)
-    vlast_loaded <= \$5833 ;
-  always @(posedge clk)
-    prev_last <= \$5834 ;
-  always @(posedge clk)
-    any_val <= \$5835 ;
-  always @(posedge clk)
-    \$signal$637  <= \$5836 ;
-  always @(posedge clk)
-    VB <= \$5837 ;
-  always @(posedge clk)
-    \$signal  <= \$5838 ;
-  always @(posedge clk)
-    \$signal$634  <= \$5839 ;
-  always @(posedge clk)
-    \$signal$743  <= \$5840 ;
-  always @(posedge clk)
-    \$signal$744  <= \$5841 ;
-  always @(posedge clk)
-    running <= \$5842 ;
-  always @(posedge clk)
-    rows_left <= \$5843 ;
-  always @(posedge clk)
-    cols_r <= \$5844 ;
-  always @(posedge clk)
-    stride_w <= \$5845 ;
-  always @(posedge clk)
-    endv <= \$5846 ;
-  always @(posedge clk)
-    o_error_flags <= \$5847 ;
-  assign o_busy = running | endv;
+  assign \$5445  = ~ vlast_loaded;
+  assign \$5446  = ! vpos;
+  assign \$5447  = \$signal$626  & \$5446 ;
+  assign \$5448  = \$5447  | \$signal$628 ;
+  assign \$5449  = ~ \$5448 ;
+  assign \$5450  = | vpos;
+  assign \$5451  = \$5450  ? \$signal$754  : prev_last;
+  assign \$5452  = \$5449  & \$5451 ;
+  assign \$5453  = ! vpos;
+  assign \$5454  = \$signal$626  & \$5453 ;
+  assign \$5455  = \$5454  | \$signal$628 ;
+  assign \$5456  = ~ \$5455 ;
+  assign \$5457  = | vpos;
+  assign \$5458  = \$5457  ? \$signal$754  : prev_last;
+  assign \$5459  = \$5456  & \$5458 ;
+  assign \$5460  = ~ \$5459 ;
+  assign \$5461  = \$signal$626  & \$signal$754 ;
+  assign \$5462  = ~ \$signal$628 ;
+  assign \$5463  = \$5461  & \$5462 ;
+  assign \$5464  = ~ \$signal$628 ;
+  assign \$5465  = \$signal$754  & \$5464 ;
+  assign \$5466  = ~ \$5465 ;
+  assign \$5467  = \$signal$626  & \$5466 ;
+  assign \$5468  = end_ok | end_bad;
+  assign \$5469  = endv & \$5468 ;
+  assign \$5470  = any_err | \$5469 ;
+  assign \$5471  = | k;
+  assign \$5472  = advance & \$5471 ;
+  assign \$5473  = vpos_n >= 4'h8;
+  assign \$5474  = \$signal$751  & \$signal$752 ;
+  assign \$5475  = ~ \$5474 ;
+  assign i_value__ready = allow_load & \$5475 ;
+  assign \$5476  = rows_left > 2'h2;
+  assign \$5477  = rows_left > 1'h1;
+  assign \$5478  = fin ? \$5476  : \$5477 ;
+  assign \$5479  = rows_left == 2'h2;
+  assign \$5480  = rows_left == 1'h1;
+  assign \$5481  = fin ? \$5479  : \$5480 ;
+  assign \$5482  = ~ running;
+  assign \$5483  = ~ endv;
+  assign \$5484  = \$5482  & \$5483 ;
+  assign \$5485  = ~ pad_wait;
+  assign i_cmd__ready = \$5484  & \$5485 ;
+  assign \$5486  = running | endv;
+  assign o_busy = \$5486  | pad_wait;
+  assign \$5487  = i_cmd__valid & i_cmd__ready;
+  assign \$5488  = i_cmd__payload[26:16] + 6'h3f;
+  assign \$5491  = i_cmd__payload[15:0] > 1'h1;
+  assign \$5492  = i_cmd__payload[15:0] == 1'h1;
+  assign mbeat0_vn = mbeat0_nv | \$5493 ;
+  assign \$5494  = mbuf_v & mbeat0_nv;
+  assign mbeat1_vn = mbeat1_nv | \$5494 ;
+  assign \$5495  = mbuf_v & mbeat1_nv;
+  assign mbeat2_vn = mbeat2_nv | \$5495 ;
+  assign \$5497  = \$5496  * 2'h3;
+  assign \$5498  = ! \$signal$701 ;
+  assign \$5499  = $signed(es_w) <= $signed(1'h0);
+  assign \$5500  = es_w == 1'h1;
+  assign \$5501  = es_w == 2'h2;
+  assign \$5502  = es_w == 2'h3;
+  assign \$5503  = es_w == 3'h4;
+  assign \$5504  = es_w == 3'h5;
+  assign \$5505  = es_w == 3'h6;
+  assign \$5506  = es_w == 3'h7;
+  assign \$5507  = es_w == 4'h8;
+  assign \$5508  = $signed(es_w) >= $signed(5'h09);
+  assign \$5510  = $signed(es_w) - $signed(3'h3);
+  assign \$5511  = $signed(\$5510 ) <= $signed(1'h0);
+  assign \$5512  = $signed(es_w) - $signed(3'h3);
+  assign \$5513  = \$5512  == 1'h1;
+  assign \$5514  = $signed(es_w) - $signed(3'h3);
+  assign \$5515  = \$5514  == 2'h2;
+  assign \$5516  = $signed(es_w) - $signed(3'h3);
+  assign \$5517  = \$5516  == 2'h3;
+  assign \$5518  = $signed(es_w) - $signed(3'h3);
+  assign \$5519  = \$5518  == 3'h4;
+  assign \$5520  = $signed(es_w) - $signed(3'h3);
+  assign \$5521  = \$5520  == 3'h5;
+  assign \$5522  = $signed(es_w) - $signed(3'h3);
+  assign \$5523  = \$5522  == 3'h6;
+  assign \$5524  = $signed(es_w) - $signed(3'h3);
+  assign \$5525  = \$5524  == 3'h7;
+  assign \$5526  = $signed(es_w) - $signed(3'h3);
+  assign \$5527  = \$5526  == 4'h8;
+  assign \$5528  = $signed(es_w) - $signed(3'h3);
+  assign \$5529  = $signed(\$5528 ) >= $signed(5'h09);
+  assign \$5530  = r_a_sel[0] ? Rsm1 : 11'h000;
+  assign \$5531  = r_a_sel[1] ? Rf3 : 11'h000;
+  assign \$5532  = \$5530  | \$5531 ;
+  assign \$5533  = r_a_sel[2] ? Rf7 : 11'h000;
+  assign \$5534  = r_a_sel[3] ? Rf11 : 11'h000;
+  assign \$5535  = \$5533  | \$5534 ;
+  assign \$5536  = \$5532  | \$5535 ;
+  assign \$5537  = r_a_sel[4] ? Rf15 : 11'h000;
+  assign \$5538  = r_a_sel[5] ? Rf19 : 11'h000;
+  assign \$5539  = \$5537  | \$5538 ;
+  assign \$5540  = r_a_sel[6] ? Rf23 : 11'h000;
+  assign \$5541  = r_a_sel[7] ? Rf27 : 11'h000;
+  assign \$5542  = \$5540  | \$5541 ;
+  assign \$5543  = \$5539  | \$5542 ;
+  assign \$5544  = \$5536  | \$5543 ;
+  assign \$5545  = r_a_sel[8] ? Rf31 : 11'h000;
+  assign \$5546  = r_a_sel[9] ? Rf35 : 11'h000;
+  assign \$5547  = \$5545  | \$5546 ;
+  assign r_a = \$5544  | \$5547 ;
+  assign \$5548  = ! \$signal$701 ;
+  assign \$5549  = $signed(es2_w) <= $signed(1'h0);
+  assign \$5550  = es2_w == 1'h1;
+  assign \$5551  = es2_w == 2'h2;
+  assign \$5552  = es2_w == 2'h3;
+  assign \$5553  = es2_w == 3'h4;
+  assign \$5554  = es2_w == 3'h5;
+  assign \$5555  = es2_w == 3'h6;
+  assign \$5556  = es2_w == 3'h7;
+  assign \$5557  = es2_w == 4'h8;
+  assign \$5558  = $signed(es2_w) >= $signed(5'h09);
+  assign \$5560  = $signed(es2_w) - $signed(3'h3);
+  assign \$5561  = $signed(\$5560 ) <= $signed(1'h0);
+  assign \$5562  = $signed(es2_w) - $signed(3'h3);
+  assign \$5563  = \$5562  == 1'h1;
+  assign \$5564  = $signed(es2_w) - $signed(3'h3);
+  assign \$5565  = \$5564  == 2'h2;
+  assign \$5566  = $signed(es2_w) - $signed(3'h3);
+  assign \$5567  = \$5566  == 2'h3;
+  assign \$5568  = $signed(es2_w) - $signed(3'h3);
+  assign \$5569  = \$5568  == 3'h4;
+  assign \$5570  = $signed(es2_w) - $signed(3'h3);
+  assign \$5571  = \$5570  == 3'h5;
+  assign \$5572  = $signed(es2_w) - $signed(3'h3);
+  assign \$5573  = \$5572  == 3'h6;
+  assign \$5574  = $signed(es2_w) - $signed(3'h3);
+  assign \$5575  = \$5574  == 3'h7;
+  assign \$5576  = $signed(es2_w) - $signed(3'h3);
+  assign \$5577  = \$5576  == 4'h8;
+  assign \$5578  = $signed(es2_w) - $signed(3'h3);
+  assign \$5579  = $signed(\$5578 ) >= $signed(5'h09);
+  assign \$5580  = r_b_sel[0] ? Rsm1 : 11'h000;
+  assign \$5581  = r_b_sel[1] ? Rf3 : 11'h000;
+  assign \$5582  = \$5580  | \$5581 ;
+  assign \$5583  = r_b_sel[2] ? Rf7 : 11'h000;
+  assign \$5584  = r_b_sel[3] ? Rf11 : 11'h000;
+  assign \$5585  = \$5583  | \$5584 ;
+  assign \$5586  = \$5582  | \$5585 ;
+  assign \$5587  = r_b_sel[4] ? Rf15 : 11'h000;
+  assign \$5588  = r_b_sel[5] ? Rf19 : 11'h000;
+  assign \$5589  = \$5587  | \$5588 ;
+  assign \$5590  = r_b_sel[6] ? Rf23 : 11'h000;
+  assign \$5591  = r_b_sel[7] ? Rf27 : 11'h000;
+  assign \$5592  = \$5590  | \$5591 ;
+  assign \$5593  = \$5589  | \$5592 ;
+  assign \$5594  = \$5586  | \$5593 ;
+  assign \$5595  = r_b_sel[8] ? Rf31 : 11'h000;
+  assign \$5596  = r_b_sel[9] ? Rf35 : 11'h000;
+  assign \$5597  = \$5595  | \$5596 ;
+  assign r_b = \$5594  | \$5597 ;
+  assign \$5598  = ! \$signal$701 ;
+  assign \$5599  = $signed(es3_w) <= $signed(1'h0);
+  assign \$5600  = es3_w == 1'h1;
+  assign \$5601  = es3_w == 2'h2;
+  assign \$5602  = es3_w == 2'h3;
+  assign \$5603  = es3_w == 3'h4;
+  assign \$5604  = es3_w == 3'h5;
+  assign \$5605  = es3_w == 3'h6;
+  assign \$5606  = es3_w == 3'h7;
+  assign \$5607  = es3_w == 4'h8;
+  assign \$5608  = $signed(es3_w) >= $signed(5'h09);
+  assign \$5610  = $signed(es3_w) - $signed(3'h3);
+  assign \$5611  = $signed(\$5610 ) <= $signed(1'h0);
+  assign \$5612  = $signed(es3_w) - $signed(3'h3);
+  assign \$5613  = \$5612  == 1'h1;
+  assign \$5614  = $signed(es3_w) - $signed(3'h3);
+  assign \$5615  = \$5614  == 2'h2;
+  assign \$5616  = $signed(es3_w) - $signed(3'h3);
+  assign \$5617  = \$5616  == 2'h3;
+  assign \$5618  = $signed(es3_w) - $signed(3'h3);
+  assign \$5619  = \$5618  == 3'h4;
+  assign \$5620  = $signed(es3_w) - $signed(3'h3);
+  assign \$5621  = \$5620  == 3'h5;
+  assign \$5622  = $signed(es3_w) - $signed(3'h3);
+  assign \$5623  = \$5622  == 3'h6;
+  assign \$5624  = $signed(es3_w) - $signed(3'h3);
+  assign \$5625  = \$5624  == 3'h7;
+  assign \$5626  = $signed(es3_w) - $signed(3'h3);
+  assign \$5627  = \$5626  == 4'h8;
+  assign \$5628  = $signed(es3_w) - $signed(3'h3);
+  assign \$5629  = $signed(\$5628 ) >= $signed(5'h09);
+  assign \$5630  = r_c_sel[0] ? Rsm1 : 11'h000;
+  assign \$5631  = r_c_sel[1] ? Rf3 : 11'h000;
+  assign \$5632  = \$5630  | \$5631 ;
+  assign \$5633  = r_c_sel[2] ? Rf7 : 11'h000;
+  assign \$5634  = r_c_sel[3] ? Rf11 : 11'h000;
+  assign \$5635  = \$5633  | \$5634 ;
+  assign \$5636  = \$5632  | \$5635 ;
+  assign \$5637  = r_c_sel[4] ? Rf15 : 11'h000;
+  assign \$5638  = r_c_sel[5] ? Rf19 : 11'h000;
+  assign \$5639  = \$5637  | \$5638 ;
+  assign \$5640  = r_c_sel[6] ? Rf23 : 11'h000;
+  assign \$5641  = r_c_sel[7] ? Rf27 : 11'h000;
+  assign \$5642  = \$5640  | \$5641 ;
+  assign \$5643  = \$5639  | \$5642 ;
+  assign \$5644  = \$5636  | \$5643 ;
+  assign \$5645  = r_c_sel[8] ? Rf31 : 11'h000;
+  assign \$5646  = r_c_sel[9] ? Rf35 : 11'h000;
+  assign \$5647  = \$5645  | \$5646 ;
+  assign r_c = \$5644  | \$5647 ;
+  assign \$5648  = endv & end_bad;
+  assign \$5649  = ~ any_err;
+  assign \$5650  = \$5648  & \$5649 ;
+  assign \$5651  = 1'h0 - dlow0;
+  assign \$5652  = k > 1'h0;
+  assign \$5653  = k_cur <= 1'h0;
+  assign \$5654  = finish & \$5653 ;
+  assign \$5655  = 1'h1 - dlow1;
+  assign \$5656  = k > 1'h1;
+  assign \$5657  = k_cur <= 1'h1;
+  assign \$5658  = finish & \$5657 ;
+  assign \$5659  = 2'h2 - dlow2;
+  assign \$5660  = k > 2'h2;
+  assign \$5661  = k_cur <= 2'h2;
+  assign \$5662  = finish & \$5661 ;
+  assign \$5663  = 2'h3 - dlow3;
+  assign \$5664  = k > 2'h3;
+  assign \$5665  = k_cur <= 2'h3;
+  assign \$5666  = finish & \$5665 ;
+  assign \$5667  = 3'h4 - dlow4;
+  assign \$5668  = k > 3'h4;
+  assign \$5669  = k_cur <= 3'h4;
+  assign \$5670  = finish & \$5669 ;
+  assign \$5671  = 3'h5 - dlow5;
+  assign \$5672  = k > 3'h5;
+  assign \$5673  = k_cur <= 3'h5;
+  assign \$5674  = finish & \$5673 ;
+  assign \$5675  = 3'h6 - dlow6;
+  assign \$5676  = k > 3'h6;
+  assign \$5677  = k_cur <= 3'h6;
+  assign \$5678  = finish & \$5677 ;
+  assign \$5679  = 3'h7 - dlow7;
+  assign \$5680  = k > 3'h7;
+  assign \$5681  = k_cur <= 3'h7;
+  assign \$5682  = finish & \$5681 ;
+  assign \$5683  = ~ any_err;
+  assign \$5684  = short_now & \$5683 ;
+  assign \$5685  = finish & last_row;
+  assign \$5686  = ov & o_lanes__ready;
+  assign \$5687  = { \$5249 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
+  assign \$5688  = \$signal$476 [0] & \$5687 ;
+  assign \$5689  = { \$5256 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
+  assign \$5690  = \$signal$476 [1] & \$5689 ;
+  assign \$5691  = { \$5263 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
+  assign \$5692  = \$signal$476 [2] & \$5691 ;
+  assign \$5693  = { \$5270 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
+  assign \$5694  = \$signal$476 [3] & \$5693 ;
+  assign \$5695  = { \$5277 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
+  assign \$5696  = \$signal$476 [4] & \$5695 ;
+  assign \$5697  = { \$5284 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
+  assign \$5698  = \$signal$476 [5] & \$5697 ;
+  assign \$5699  = { \$5291 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
+  assign \$5700  = \$signal$476 [6] & \$5699 ;
+  assign \$5701  = { \$5298 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
+  assign \$5702  = \$signal$476 [7] & \$5701 ;
+  assign \$5703  = \$5686  ? { \$5702 , \$5700 , \$5698 , \$5696 , \$5694 , \$5692 , \$5690 , \$5688  } : 8'h00;
+  assign \$5704  = | pad_l;
+  assign \$5705  = | flush_d;
+  assign \$5706  = $signed(es_bits) > $signed(1'h0);
+  assign \$5707  = $signed(es_bits) <= $signed(9'h0c0);
+  assign \$5708  = \$5706  & \$5707 ;
+  assign \$5709  = 1'h1 - \$signal$701 ;
+  assign \$5710  = $signed(es_bits) > $signed(9'h0c0);
+  assign \$5711  = $signed(es_bits) <= $signed(10'h180);
+  assign \$5712  = \$5710  & \$5711 ;
+  assign \$5713  = 2'h2 - \$signal$701 ;
+  assign \$5714  = $signed(es_bits) > $signed(10'h180);
+  assign \$5715  = $signed(es_bits) <= $signed(11'h240);
+  assign \$5716  = \$5714  & \$5715 ;
+  assign \$5717  = 2'h3 - \$signal$701 ;
+  assign \$5718  = i_mask__valid & i_mask__ready;
+  assign \$5719  = ~ mbeat0_nv;
+  assign \$5721  = ~ mbeat1_nv;
+  assign \$5722  = \$5721  & mbeat0_nv;
+  assign \$5723  = ~ mbeat2_nv;
+  assign \$5724  = \$5723  & mbeat1_nv;
+  assign \$5725  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$5726  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$5727  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$5728  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$5729  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$5730  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$5731  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$5732  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$5733  = $signed(Rf8) - $signed({ 1'h0, kk });
+  assign \$5734  = $signed(Rf9) - $signed({ 1'h0, kk });
+  assign \$5735  = $signed(Rf10) - $signed({ 1'h0, kk });
+  assign \$5736  = $signed(Rf11) - $signed({ 1'h0, kk });
+  assign \$5737  = $signed(Rf12) - $signed({ 1'h0, kk });
+  assign \$5738  = $signed(Rf13) - $signed({ 1'h0, kk });
+  assign \$5739  = $signed(Rf14) - $signed({ 1'h0, kk });
+  assign \$5740  = $signed(Rf15) - $signed({ 1'h0, kk });
+  assign \$5741  = $signed(Rf16) - $signed({ 1'h0, kk });
+  assign \$5742  = $signed(Rf17) - $signed({ 1'h0, kk });
+  assign \$5743  = $signed(Rf18) - $signed({ 1'h0, kk });
+  assign \$5744  = $signed(Rf19) - $signed({ 1'h0, kk });
+  assign \$5745  = $signed(Rf20) - $signed({ 1'h0, kk });
+  assign \$5746  = $signed(Rf21) - $signed({ 1'h0, kk });
+  assign \$5747  = $signed(Rf22) - $signed({ 1'h0, kk });
+  assign \$5748  = $signed(Rf23) - $signed({ 1'h0, kk });
+  assign \$5749  = $signed(Rf24) - $signed({ 1'h0, kk });
+  assign \$5750  = $signed(Rf25) - $signed({ 1'h0, kk });
+  assign \$5751  = $signed(Rf26) - $signed({ 1'h0, kk });
+  assign \$5752  = $signed(Rf27) - $signed({ 1'h0, kk });
+  assign \$5753  = $signed(Rf28) - $signed({ 1'h0, kk });
+  assign \$5754  = $signed(Rf29) - $signed({ 1'h0, kk });
+  assign \$5755  = $signed(Rf30) - $signed({ 1'h0, kk });
+  assign \$5756  = $signed(Rf31) - $signed({ 1'h0, kk });
+  assign \$5757  = $signed(Rf32) - $signed({ 1'h0, kk });
+  assign \$5758  = $signed(Rf33) - $signed({ 1'h0, kk });
+  assign \$5759  = $signed(Rf34) - $signed({ 1'h0, kk });
+  assign \$5760  = $signed(Rf35) - $signed({ 1'h0, kk });
+  assign \$5761  = $signed(Rsm1) - $signed({ 1'h0, kk });
+  assign \$5762  = end_ok | end_bad;
+  assign \$5763  = endv & \$5762 ;
+  assign \$5764  = any_err | \$5763 ;
+  assign \$5765  = | k;
+  assign \$5766  = advance & \$5765 ;
+  assign \$5767  = vpos_n >= 4'h8;
+  assign \$5768  = vpos_n - 4'h8;
+  assign \$5769  = i_value__valid & allow_load;
+  assign \$5770  = ~ \$signal$751 ;
+  assign \$5771  = ~ \$signal$752 ;
+  assign \$5772  = \$signal$751  & \$signal$752 ;
+  assign \$5773  = ~ \$5772 ;
+  assign \$5774  = i_cmd__valid & i_cmd__ready;
+  assign \$5776  = advance & finish;
+  assign \$5777  = rows_left - 1'h1;
+  assign \$5778  = end_ok | end_bad;
+  assign \$5779  = endv & \$5778 ;
+  assign \$5780  = i_cmd__valid & i_cmd__ready;
+  assign \$5787  = \$5784  + \$5786 ;
+  assign \$5790  = stride_w + \$5789 ;
+  assign \$5791  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$5792  = fin ? \$5320 [7:0] : \$5791 ;
+  assign \$5793  = fin ? \$5321 [8:0] : { \$5320 [7], \$5320 [7:0] };
+  assign \$5794  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$5795  = fin ? \$5794  : { \$5321 [8], \$5321 [8], \$5321 [8:0] };
+  assign \$5796  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$5797  = $signed(\$5796 ) - $signed({ 1'h0, dsh });
+  assign \$5798  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$5799  = fin ? \$5797  : { \$5798 [10], \$5798  };
+  assign \$5800  = fin ? r_b : r_a;
+  assign \$5801  = $signed(\$5800 ) - $signed({ 1'h0, kk });
+  assign \$5802  = fin ? r_c : r_b;
+  assign \$5803  = $signed(\$5802 ) - $signed({ 1'h0, kk });
+  assign \$5804  = $signed(\$5321 [8:0]) <= $signed({ 1'h0, \$5497 [3:0] });
+  assign \$5805  = $signed(\$5320 [7:0]) <= $signed({ 1'h0, \$5497 [3:0] });
+  assign \$5806  = fin ? \$5804  : \$5805 ;
+  assign \$5807  = $signed(Rf11) <= $signed({ 1'h0, kk });
+  assign \$5808  = mbeat0_vn & \$5807 ;
+  assign \$5809  = $signed(\$5321 [8:0]) > $signed(3'h3);
+  assign \$5810  = $signed(\$5320 [7:0]) > $signed(3'h3);
+  assign \$5811  = fin ? \$5809  : \$5810 ;
+  assign \$5812  = \$5808  & \$5811 ;
+  assign \$5813  = o_error_flags | flags;
+  always @(posedge clk)
+    prime <= \$5814 ;
+  always @(posedge clk)
+    a_grp0 <= \$5815 ;
+  always @(posedge clk)
+    a_gsel0 <= \$5816 ;
+  always @(posedge clk)
+    a_lr0 <= \$5817 ;
+  always @(posedge clk)
+    \$signal$476  <= \$5818 ;
+  always @(posedge clk)
+    a_nxt <= \$5819 ;
+  always @(posedge clk)
+    a_grp1 <= \$5820 ;
+  always @(posedge clk)
+    a_gsel1 <= \$5821 ;
+  always @(posedge clk)
+    a_lr1 <= \$5822 ;
+  always @(posedge clk)
+    a_grp2 <= \$5823 ;
+  always @(posedge clk)
+    a_gsel2 <= \$5824 ;
+  always @(posedge clk)
+    a_lr2 <= \$5825 ;
+  always @(posedge clk)
+    a_grp3 <= \$5826 ;
+  always @(posedge clk)
+    a_gsel3 <= \$5827 ;
+  always @(posedge clk)
+    a_lr3 <= \$5828 ;
+  always @(posedge clk)
+    a_grp4 <= \$5829 ;
+  always @(posedge clk)
+    a_gsel4 <= \$5830 ;
+  always @(posedge clk)
+    a_lr4 <= \$5831 ;
+  always @(posedge clk)
+    a_grp5 <= \$5832 ;
+  always @(posedge clk)
+    a_gsel5 <= \$5833 ;
+  always @(posedge clk)
+    a_lr5 <= \$5834 ;
+  always @(posedge clk)
+    a_grp6 <= \$5835 ;
+  always @(posedge clk)
+    a_gsel6 <= \$5836 ;
+  always @(posedge clk)
+    a_lr6 <= \$5837 ;
+  always @(posedge clk)
+    a_grp7 <= \$5838 ;
+  always @(posedge clk)
+    a_gsel7 <= \$5839 ;
+  always @(posedge clk)
+    a_lr7 <= \$5840 ;
+  always @(posedge clk)
+    \$signal  <= \$5841 ;
+  always @(posedge clk)
+    a_es <= \$5842 ;
+  always @(posedge clk)
+    short_err <= \$5843 ;
+  always @(posedge clk)
+    ov <= \$5844 ;
+  always @(posedge clk)
+    \$signal$645  <= \$5845 ;
+  always @(posedge clk)
+    a_last <= \$5846 ;
+  always @(posedge clk)
+    a_val <= \$5847 ;
+  always @(posedge clk)
+    pad_l <= \$5848 ;
+  always @(posedge clk)
+    pad_r <= \$5849 ;
+  always @(posedge clk)
+    flush_d <= \$5850 ;
+  always @(posedge clk)
+    mbuf <= \$5851 ;
+  always @(posedge clk)
+    mbuf_v <= \$5852 ;
+  always @(posedge clk)
+    mbeat0 <= \$5853 ;
+  always @(posedge clk)
+    mbeat1 <= \$5854 ;
+  always @(posedge clk)
+    mbeat2 <= \$5855 ;
+  always @(posedge clk)
+    mbeat0_v <= \$5856 ;
+  always @(posedge clk)
+    mbeat1_v <= \$5857 ;
+  always @(posedge clk)
+    mbeat2_v <= \$5858 ;
+  always @(posedge clk)
+    R0 <= \$5859 ;
+  always @(posedge clk)
+    R1 <= \$5860 ;
+  always @(posedge clk)
+    R2 <= \$5861 ;
+  always @(posedge clk)
+    R3 <= \$5862 ;
+  always @(posedge clk)
+    R4 <= \$5863 ;
+  always @(posedge clk)
+    R5 <= \$5864 ;
+  always @(posedge clk)
+    R6 <= \$5865 ;
+  always @(posedge clk)
+    R7 <= \$5866 ;
+  always @(posedge clk)
+    R8 <= \$5867 ;
+  always @(posedge clk)
+    R9 <= \$5868 ;
+  always @(posedge clk)
+    R10 <= \$5869 ;
+  always @(posedge clk)
+    R11 <= \$5870 ;
+  always @(posedge clk)
+    R12 <= \$5871 ;
+  always @(posedge clk)
+    R13 <= \$5872 ;
+  always @(posedge clk)
+    R14 <= \$5873 ;
+  always @(posedge clk)
+    R15 <= \$5874 ;
+  always @(posedge clk)
+    R16 <= \$5875 ;
+  always @(posedge clk)
+    R17 <= \$5876 ;
+  always @(posedge clk)
+    R18 <= \$5877 ;
+  always @(posedge clk)
+    R19 <= \$5878 ;
+  always @(posedge clk)
+    R20 <= \$5879 ;
+  always @(posedge clk)
+    R21 <= \$5880 ;
+  always @(posedge clk)
+    R22 <= \$5881 ;
+  always @(posedge clk)
+    R23 <= \$5882 ;
+  always @(posedge clk)
+    R24 <= \$5883 ;
+  always @(posedge clk)
+    R25 <= \$5884 ;
+  always @(posedge clk)
+    R26 <= \$5885 ;
+  always @(posedge clk)
+    R27 <= \$5886 ;
+  always @(posedge clk)
+    R28 <= \$5887 ;
+  always @(posedge clk)
+    R29 <= \$5888 ;
+  always @(posedge clk)
+    R30 <= \$5889 ;
+  always @(posedge clk)
+    R31 <= \$5890 ;
+  always @(posedge clk)
+    R32 <= \$5891 ;
+  always @(posedge clk)
+    R33 <= \$5892 ;
+  always @(posedge clk)
+    R34 <= \$5893 ;
+  always @(posedge clk)
+    R35 <= \$5894 ;
+  always @(posedge clk)
+    Rm1 <= \$5895 ;
+  always @(posedge clk)
+    vpos <= \$5896 ;
+  always @(posedge clk)
+    vlast_loaded <= \$5897 ;
+  always @(posedge clk)
+    prev_last <= \$5898 ;
+  always @(posedge clk)
+    any_val <= \$5899 ;
+  always @(posedge clk)
+    \$signal$631  <= \$5900 ;
+  always @(posedge clk)
+    VB <= \$5901 ;
+  always @(posedge clk)
+    \$signal$626  <= \$5902 ;
+  always @(posedge clk)
+    \$signal$628  <= \$5903 ;
+  always @(posedge clk)
+    \$signal$754  <= \$5904 ;
+  always @(posedge clk)
+    \$signal$755  <= \$5905 ;
+  always @(posedge clk)
+    running <= \$5906 ;
+  always @(posedge clk)
+    rows_left <= \$5907 ;
+  always @(posedge clk)
+    cols_r <= \$5908 ;
+  always @(posedge clk)
+    stride_w <= \$5909 ;
+  always @(posedge clk)
+    endv <= \$5910 ;
+  always @(posedge clk)
+    rs_w <= \$5911 ;
+  always @(posedge clk)
+    es_w <= \$5912 ;
+  always @(posedge clk)
+    es2_w <= \$5913 ;
+  always @(posedge clk)
+    es3_w <= \$5914 ;
+  always @(posedge clk)
+    has_next <= \$5915 ;
+  always @(posedge clk)
+    last_row <= \$5916 ;
+  always @(posedge clk)
+    k_cur_full <= \$5917 ;
+  always @(posedge clk)
+    k_nxt_full <= \$5918 ;
+  always @(posedge clk)
+    row_complete <= \$5919 ;
+  always @(posedge clk)
+    \$signal$708  <= \$5920 ;
+  always @(posedge clk)
+    o_error_flags <= \$5921 ;
   assign o_error = | o_error_flags;
-  assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
-  assign \$1  = mbeat0_v + mbeat1_v;
-  assign \$2  = \$1  + mbeat2_v;
-  assign \$3  = \$2  * 2'h3;
-  assign row_complete = $signed(es_w) <= $signed({ 1'h0, \$3 [3:0] });
-  assign has_next = rows_left > 1'h1;
   assign next_ok = row_complete & has_next;
-  assign \$4  = i_mask__payload[0] + i_mask__payload[1];
-  assign \$5  = i_mask__payload[2] + i_mask__payload[3];
+  assign \$3  = \$1  + \$2 ;
   assign \$6  = \$4  + \$5 ;
-  assign \$7  = i_mask__payload[4] + i_mask__payload[5];
-  assign \$8  = i_mask__payload[6] + i_mask__payload[7];
+  assign in_c0 = \$3  + \$6 ;
   assign \$9  = \$7  + \$8 ;
-  assign \$10  = \$6  + \$9 ;
-  assign \$11  = i_mask__payload[8] + i_mask__payload[9];
-  assign \$12  = i_mask__payload[10] + i_mask__payload[11];
-  assign \$13  = \$11  + \$12 ;
-  assign \$14  = i_mask__payload[12] + i_mask__payload[13];
-  assign \$15  = i_mask__payload[14] + i_mask__payload[15];
-  assign \$16  = \$14  + \$15 ;
-  assign \$17  = \$13  + \$16 ;
-  assign in_c0 = \$10  + \$17 ;
-  assign \$18  = i_mask__payload[16] + i_mask__payload[17];
-  assign \$19  = i_mask__payload[18] + i_mask__payload[19];
-  assign \$20  = \$18  + \$19 ;
-  assign \$21  = i_mask__payload[20] + i_mask__payload[21];
-  assign \$22  = i_mask__payload[22] + i_mask__payload[23];
-  assign \$23  = \$21  + \$22 ;
-  assign \$24  = \$20  + \$23 ;
-  assign \$25  = i_mask__payload[24] + i_mask__payload[25];
-  assign \$26  = i_mask__payload[26] + i_mask__payload[27];
+  assign \$12  = \$10  + \$11 ;
+  assign in_c1 = \$9  + \$12 ;
+  assign \$15  = \$13  + \$14 ;
+  assign \$18  = \$16  + \$17 ;
+  assign in_c2 = \$15  + \$18 ;
+  assign \$21  = \$19  + \$20 ;
+  assign \$24  = \$22  + \$23 ;
+  assign in_c3 = \$21  + \$24 ;
   assign \$27  = \$25  + \$26 ;
-  assign \$28  = i_mask__payload[28] + i_mask__payload[29];
-  assign \$29  = i_mask__payload[30] + i_mask__payload[31];
   assign \$30  = \$28  + \$29 ;
-  assign \$31  = \$27  + \$30 ;
-  assign in_c1 = \$24  + \$31 ;
-  assign \$32  = i_mask__payload[32] + i_mask__payload[33];
-  assign \$33  = i_mask__payload[34] + i_mask__payload[35];
-  assign \$34  = \$32  + \$33 ;
-  assign \$35  = i_mask__payload[36] + i_mask__payload[37];
-  assign \$36  = i_mask__payload[38] + i_mask__payload[39];
-  assign \$37  = \$35  + \$36 ;
-  assign \$38  = \$34  + \$37 ;
-  assign \$39  = i_mask__payload[40] + i_mask__payload[41];
-  assign \$40  = i_mask__payload[42] + i_mask__payload[43];
-  assign \$41  = \$39  + \$40 ;
-  assign \$42  = i_mask__payload[44] + i_mask__payload[45];
-  assign \$43  = i_mask__payload[46] + i_mask__payload[47];
-  assign \$44  = \$42  + \$43 ;
-  assign \$45  = \$41  + \$44 ;
-  assign in_c2 = \$38  + \$45 ;
-  assign \$46  = i_mask__payload[48] + i_mask__payload[49];
-  assign \$47  = i_mask__payload[50] + i_mask__payload[51];
+  assign in_c4 = \$27  + \$30 ;
+  assign \$33  = \$31  + \$32 ;
+  assign \$36  = \$34  + \$35 ;
+  assign in_c5 = \$33  + \$36 ;
+  assign \$39  = \$37  + \$38 ;
+  assign \$42  = \$40  + \$41 ;
+  assign in_c6 = \$39  + \$42 ;
+  assign \$45  = \$43  + \$44 ;
   assign \$48  = \$46  + \$47 ;
-  assign \$49  = i_mask__payload[52] + i_mask__payload[53];
-  assign \$50  = i_mask__payload[54] + i_mask__payload[55];
+  assign in_c7 = \$45  + \$48 ;
   assign \$51  = \$49  + \$50 ;
-  assign \$52  = \$48  + \$51 ;
-  assign \$53  = i_mask__payload[56] + i_mask__payload[57];
-  assign \$54  = i_mask__payload[58] + i_mask__payload[59];
-  assign \$55  = \$53  + \$54 ;
-  assign \$56  = i_mask__payload[60] + i_mask__payload[61];
-  assign \$57  = i_mask__payload[62] + i_mask__payload[63];
-  assign \$58  = \$56  + \$57 ;
-  assign \$59  = \$55  + \$58 ;
-  assign in_c3 = \$52  + \$59 ;
-  assign \$60  = i_mask__payload[64] + i_mask__payload[65];
-  assign \$61  = i_mask__payload[66] + i_mask__payload[67];
-  assign \$62  = \$60  + \$61 ;
-  assign \$63  = i_mask__payload[68] + i_mask__payload[69];
-  assign \$64  = i_mask__payload[70] + i_mask__payload[71];
-  assign \$65  = \$63  + \$64 ;
-  assign \$66  = \$62  + \$65 ;
-  assign \$67  = i_mask__payload[72] + i_mask__payload[73];
-  assign \$68  = i_mask__payload[74] + i_mask__payload[75];
+  assign \$54  = \$52  + \$53 ;
+  assign in_c8 = \$51  + \$54 ;
+  assign \$57  = \$55  + \$56 ;
+  assign \$60  = \$58  + \$59 ;
+  assign in_c9 = \$57  + \$60 ;
+  assign \$63  = \$61  + \$62 ;
+  assign \$66  = \$64  + \$65 ;
+  assign in_c10 = \$63  + \$66 ;
   assign \$69  = \$67  + \$68 ;
-  assign \$70  = i_mask__payload[76] + i_mask__payload[77];
-  assign \$71  = i_mask__payload[78] + i_mask__payload[79];
   assign \$72  = \$70  + \$71 ;
-  assign \$73  = \$69  + \$72 ;
-  assign in_c4 = \$66  + \$73 ;
-  assign \$74  = i_mask__payload[80] + i_mask__payload[81];
-  assign \$75  = i_mask__payload[82] + i_mask__payload[83];
-  assign \$76  = \$74  + \$75 ;
-  assign \$77  = i_mask__payload[84] + i_mask__payload[85];
-  assign \$78  = i_mask__payload[86] + i_mask__payload[87];
-  assign \$79  = \$77  + \$78 ;
-  assign \$80  = \$76  + \$79 ;
-  assign \$81  = i_mask__payload[88] + i_mask__payload[89];
-  assign \$82  = i_mask__payload[90] + i_mask__payload[91];
-  assign \$83  = \$81  + \$82 ;
-  assign \$84  = i_mask__payload[92] + i_mask__payload[93];
-  assign \$85  = i_mask__payload[94] + i_mask__payload[95];
-  assign \$86  = \$84  + \$85 ;
-  assign \$87  = \$83  + \$86 ;
-  assign in_c5 = \$80  + \$87 ;
-  assign \$88  = i_mask__payload[96] + i_mask__payload[97];
-  assign \$89  = i_mask__payload[98] + i_mask__payload[99];
-  assign \$90  = \$88  + \$89 ;
-  assign \$91  = i_mask__payload[100] + i_mask__payload[101];
-  assign \$92  = i_mask__payload[102] + i_mask__payload[103];
-  assign \$93  = \$91  + \$92 ;
-  assign \$94  = \$90  + \$93 ;
-  assign \$95  = i_mask__payload[104] + i_mask__payload[105];
-  assign \$96  = i_mask__payload[106] + i_mask__payload[107];
-  assign \$97  = \$95  + \$96 ;
-  assign \$98  = i_mask__payload[108] + i_mask__payload[109];
-  assign \$99  = i_mask__payload[110] + i_mask__payload[111];
-  assign \$100  = \$98  + \$99 ;
-  assign \$101  = \$97  + \$100 ;
-  assign in_c6 = \$94  + \$101 ;
-  assign \$102  = i_mask__payload[112] + i_mask__payload[113];
-  assign \$103  = i_mask__payload[114] + i_mask__payload[115];
-  assign \$104  = \$102  + \$103 ;
-  assign \$105  = i_mask__payload[116] + i_mask__payload[117];
-  assign \$106  = i_mask__payload[118] + i_mask__payload[119];
-  assign \$107  = \$105  + \$106 ;
-  assign \$108  = \$104  + \$107 ;
-  assign \$109  = i_mask__payload[120] + i_mask__payload[121];
-  assign \$110  = i_mask__payload[122] + i_mask__payload[123];
-  assign \$111  = \$109  + \$110 ;
-  assign \$112  = i_mask__payload[124] + i_mask__payload[125];
-  assign \$113  = i_mask__payload[126] + i_mask__payload[127];
-  assign \$114  = \$112  + \$113 ;
-  assign \$115  = \$111  + \$114 ;
-  assign in_c7 = \$108  + \$115 ;
-  assign \$116  = i_mask__payload[128] + i_mask__payload[129];
-  assign \$117  = i_mask__payload[130] + i_mask__payload[131];
-  assign \$118  = \$116  + \$117 ;
-  assign \$119  = i_mask__payload[132] + i_mask__payload[133];
-  assign \$120  = i_mask__payload[134] + i_mask__payload[135];
-  assign \$121  = \$119  + \$120 ;
-  assign \$122  = \$118  + \$121 ;
-  assign \$123  = i_mask__payload[136] + i_mask__payload[137];
-  assign \$124  = i_mask__payload[138] + i_mask__payload[139];
-  assign \$125  = \$123  + \$124 ;
-  assign \$126  = i_mask__payload[140] + i_mask__payload[141];
-  assign \$127  = i_mask__payload[142] + i_mask__payload[143];
-  assign \$128  = \$126  + \$127 ;
-  assign \$129  = \$125  + \$128 ;
-  assign in_c8 = \$122  + \$129 ;
-  assign \$130  = i_mask__payload[144] + i_mask__payload[145];
-  assign \$131  = i_mask__payload[146] + i_mask__payload[147];
-  assign \$132  = \$130  + \$131 ;
-  assign \$133  = i_mask__payload[148] + i_mask__payload[149];
-  assign \$134  = i_mask__payload[150] + i_mask__payload[151];
-  assign \$135  = \$133  + \$134 ;
-  assign \$136  = \$132  + \$135 ;
-  assign \$137  = i_mask__payload[152] + i_mask__payload[153];
-  assign \$138  = i_mask__payload[154] + i_mask__payload[155];
-  assign \$139  = \$137  + \$138 ;
-  assign \$140  = i_mask__payload[156] + i_mask__payload[157];
-  assign \$141  = i_mask__payload[158] + i_mask__payload[159];
-  assign \$142  = \$140  + \$141 ;
-  assign \$143  = \$139  + \$142 ;
-  assign in_c9 = \$136  + \$143 ;
-  assign \$144  = i_mask__payload[160] + i_mask__payload[161];
-  assign \$145  = i_mask__payload[162] + i_mask__payload[163];
-  assign \$146  = \$144  + \$145 ;
-  assign \$147  = i_mask__payload[164] + i_mask__payload[165];
-  assign \$148  = i_mask__payload[166] + i_mask__payload[167];
-  assign \$149  = \$147  + \$148 ;
-  assign \$150  = \$146  + \$149 ;
-  assign \$151  = i_mask__payload[168] + i_mask__payload[169];
-  assign \$152  = i_mask__payload[170] + i_mask__payload[171];
-  assign \$153  = \$151  + \$152 ;
-  assign \$154  = i_mask__payload[172] + i_mask__payload[173];
-  assign \$155  = i_mask__payload[174] + i_mask__payload[175];
-  assign \$156  = \$154  + \$155 ;
-  assign \$157  = \$153  + \$156 ;
-  assign in_c10 = \$150  + \$157 ;
-  assign \$158  = i_mask__payload[176] + i_mask__payload[177];
-  assign \$159  = i_mask__payload[178] + i_mask__payload[179];
-  assign \$160  = \$158  + \$159 ;
-  assign \$161  = i_mask__payload[180] + i_mask__payload[181];
-  assign \$162  = i_mask__payload[182] + i_mask__payload[183];
-  assign \$163  = \$161  + \$162 ;
-  assign \$164  = \$160  + \$163 ;
-  assign \$165  = i_mask__payload[184] + i_mask__payload[185];
-  assign \$166  = i_mask__payload[186] + i_mask__payload[187];
-  assign \$167  = \$165  + \$166 ;
-  assign \$168  = i_mask__payload[188] + i_mask__payload[189];
-  assign \$169  = i_mask__payload[190] + i_mask__payload[191];
-  assign \$170  = \$168  + \$169 ;
-  assign \$171  = \$167  + \$170 ;
-  assign in_c11 = \$164  + \$171 ;
-  assign \$172  = in_c1 + in_c0;
-  assign \$173  = in_c3 + in_c2;
-  assign \$174  = in_c5 + in_c4;
-  assign \$175  = in_c7 + in_c6;
-  assign \$176  = in_c9 + in_c8;
-  assign \$177  = in_c11 + in_c10;
-  assign \$178  = in_c2 + \$172 [7:0];
-  assign \$179  = \$173 [7:0] + \$172 [7:0];
-  assign \$180  = in_c6 + \$174 [7:0];
-  assign \$181  = \$175 [7:0] + \$174 [7:0];
-  assign \$182  = in_c10 + \$176 [7:0];
-  assign \$183  = \$177 [7:0] + \$176 [7:0];
-  assign \$184  = in_c4 + \$179 [7:0];
-  assign \$185  = \$174 [7:0] + \$179 [7:0];
-  assign \$186  = \$180 [7:0] + \$179 [7:0];
-  assign \$187  = \$181 [7:0] + \$179 [7:0];
-  assign \$188  = in_c8 + \$187 [7:0];
-  assign \$189  = \$176 [7:0] + \$187 [7:0];
-  assign \$190  = \$182 [7:0] + \$187 [7:0];
-  assign \$191  = \$183 [7:0] + \$187 [7:0];
-  assign \$192  = $signed(es_w) <= $signed(1'h0);
-  assign \$193  = $signed(es_w) >= $signed(5'h09);
-  assign \$195  = $signed(es2_w) <= $signed(1'h0);
-  assign \$196  = $signed(es2_w) >= $signed(5'h09);
-  assign \$198  = $signed(lim_full) >= $signed(5'h08);
-  assign \$199  = \$198  ? 4'h8 : lim_full[3:0];
-  assign k = lim_full[10] ? 4'h0 : \$199 ;
-  assign \$200  = $signed(r_es) >= $signed(5'h08);
-  assign \$201  = \$200  ? 4'h8 : r_es[3:0];
-  assign k_cur = r_es[10] ? 4'h0 : \$201 ;
-  assign \$202  = $signed(r_es) <= $signed(5'h08);
-  assign finish = row_complete & \$202 ;
-  assign \$203  = | R0[9:4];
-  assign \$204  = R0[3] | \$203 ;
-  assign \$205  = \$204  ? 4'h8 : R0[3:0];
-  assign sat0 = R0[10] ? 4'h0 : \$205 ;
-  assign \$206  = | R1[9:4];
-  assign \$207  = R1[3] | \$206 ;
-  assign \$208  = \$207  ? 4'h8 : R1[3:0];
-  assign sat1 = R1[10] ? 4'h0 : \$208 ;
-  assign \$209  = | R2[9:4];
-  assign \$210  = R2[3] | \$209 ;
-  assign \$211  = \$210  ? 4'h8 : R2[3:0];
-  assign sat2 = R2[10] ? 4'h0 : \$211 ;
-  assign \$212  = | R3[9:4];
-  assign \$213  = R3[3] | \$212 ;
-  assign \$214  = \$213  ? 4'h8 : R3[3:0];
-  assign sat3 = R3[10] ? 4'h0 : \$214 ;
-  assign \$215  = | R4[9:4];
-  assign \$216  = R4[3] | \$215 ;
-  assign \$217  = \$216  ? 4'h8 : R4[3:0];
-  assign sat4 = R4[10] ? 4'h0 : \$217 ;
-  assign \$218  = | R5[9:4];
-  assign \$219  = R5[3] | \$218 ;
-  assign \$220  = \$219  ? 4'h8 : R5[3:0];
-  assign sat5 = R5[10] ? 4'h0 : \$220 ;
-  assign \$221  = | R6[9:4];
-  assign \$222  = R6[3] | \$221 ;
-  assign \$223  = \$222  ? 4'h8 : R6[3:0];
-  assign sat6 = R6[10] ? 4'h0 : \$223 ;
-  assign \$224  = | R7[9:4];
-  assign \$225  = R7[3] | \$224 ;
-  assign \$226  = \$225  ? 4'h8 : R7[3:0];
-  assign sat7 = R7[10] ? 4'h0 : \$226 ;
-  assign \$227  = | R8[9:4];
-  assign \$228  = R8[3] | \$227 ;
-  assign \$229  = \$228  ? 4'h8 : R8[3:0];
-  assign sat8 = R8[10] ? 4'h0 : \$229 ;
-  assign \$230  = | R9[9:4];
-  assign \$231  = R9[3] | \$230 ;
-  assign \$232  = \$231  ? 4'h8 : R9[3:0];
-  assign sat9 = R9[10] ? 4'h0 : \$232 ;
-  assign \$233  = | R10[9:4];
-  assign \$234  = R10[3] | \$233 ;
-  assign \$235  = \$234  ? 4'h8 : R10[3:0];
-  assign sat10 = R10[10] ? 4'h0 : \$235 ;
-  assign \$236  = | R11[9:4];
-  assign \$237  = R11[3] | \$236 ;
-  assign \$238  = \$237  ? 4'h8 : R11[3:0];
-  assign sat11 = R11[10] ? 4'h0 : \$238 ;
-  assign \$239  = | R12[9:4];
-  assign \$240  = R12[3] | \$239 ;
-  assign \$241  = \$240  ? 4'h8 : R12[3:0];
-  assign sat12 = R12[10] ? 4'h0 : \$241 ;
-  assign \$242  = | R13[9:4];
-  assign \$243  = R13[3] | \$242 ;
-  assign \$244  = \$243  ? 4'h8 : R13[3:0];
-  assign sat13 = R13[10] ? 4'h0 : \$244 ;
-  assign \$245  = | R14[9:4];
-  assign \$246  = R14[3] | \$245 ;
-  assign \$247  = \$246  ? 4'h8 : R14[3:0];
-  assign sat14 = R14[10] ? 4'h0 : \$247 ;
-  assign \$248  = | R15[9:4];
-  assign \$249  = R15[3] | \$248 ;
-  assign \$250  = \$249  ? 4'h8 : R15[3:0];
-  assign sat15 = R15[10] ? 4'h0 : \$250 ;
-  assign \$251  = | R16[9:4];
-  assign \$252  = R16[3] | \$251 ;
-  assign \$253  = \$252  ? 4'h8 : R16[3:0];
-  assign sat16 = R16[10] ? 4'h0 : \$253 ;
-  assign \$254  = | R17[9:4];
-  assign \$255  = R17[3] | \$254 ;
-  assign \$256  = \$255  ? 4'h8 : R17[3:0];
-  assign sat17 = R17[10] ? 4'h0 : \$256 ;
-  assign \$257  = | R18[9:4];
-  assign \$258  = R18[3] | \$257 ;
-  assign \$259  = \$258  ? 4'h8 : R18[3:0];
-  assign sat18 = R18[10] ? 4'h0 : \$259 ;
-  assign \$260  = | R19[9:4];
-  assign \$261  = R19[3] | \$260 ;
-  assign \$262  = \$261  ? 4'h8 : R19[3:0];
-  assign sat19 = R19[10] ? 4'h0 : \$262 ;
-  assign \$263  = | R20[9:4];
-  assign \$264  = R20[3] | \$263 ;
-  assign \$265  = \$264  ? 4'h8 : R20[3:0];
-  assign sat20 = R20[10] ? 4'h0 : \$265 ;
-  assign \$266  = | R21[9:4];
-  assign \$267  = R21[3] | \$266 ;
-  assign \$268  = \$267  ? 4'h8 : R21[3:0];
-  assign sat21 = R21[10] ? 4'h0 : \$268 ;
-  assign \$269  = | R22[9:4];
-  assign \$270  = R22[3] | \$269 ;
-  assign \$271  = \$270  ? 4'h8 : R22[3:0];
-  assign sat22 = R22[10] ? 4'h0 : \$271 ;
-  assign \$272  = | R23[9:4];
-  assign \$273  = R23[3] | \$272 ;
-  assign \$274  = \$273  ? 4'h8 : R23[3:0];
-  assign sat23 = R23[10] ? 4'h0 : \$274 ;
-  assign \$275  = | R24[9:4];
-  assign \$276  = R24[3] | \$275 ;
-  assign \$277  = \$276  ? 4'h8 : R24[3:0];
-  assign sat24 = R24[10] ? 4'h0 : \$277 ;
-  assign \$278  = | R25[9:4];
-  assign \$279  = R25[3] | \$278 ;
-  assign \$280  = \$279  ? 4'h8 : R25[3:0];
-  assign sat25 = R25[10] ? 4'h0 : \$280 ;
-  assign \$281  = | R26[9:4];
-  assign \$282  = R26[3] | \$281 ;
-  assign \$283  = \$282  ? 4'h8 : R26[3:0];
-  assign sat26 = R26[10] ? 4'h0 : \$283 ;
-  assign \$284  = | R27[9:4];
-  assign \$285  = R27[3] | \$284 ;
-  assign \$286  = \$285  ? 4'h8 : R27[3:0];
-  assign sat27 = R27[10] ? 4'h0 : \$286 ;
-  assign \$287  = | R28[9:4];
-  assign \$288  = R28[3] | \$287 ;
-  assign \$289  = \$288  ? 4'h8 : R28[3:0];
-  assign sat28 = R28[10] ? 4'h0 : \$289 ;
-  assign \$290  = | R29[9:4];
-  assign \$291  = R29[3] | \$290 ;
-  assign \$292  = \$291  ? 4'h8 : R29[3:0];
-  assign sat29 = R29[10] ? 4'h0 : \$292 ;
-  assign \$293  = | R30[9:4];
-  assign \$294  = R30[3] | \$293 ;
-  assign \$295  = \$294  ? 4'h8 : R30[3:0];
-  assign sat30 = R30[10] ? 4'h0 : \$295 ;
-  assign \$296  = | R31[9:4];
-  assign \$297  = R31[3] | \$296 ;
-  assign \$298  = \$297  ? 4'h8 : R31[3:0];
-  assign sat31 = R31[10] ? 4'h0 : \$298 ;
-  assign \$299  = | R32[9:4];
-  assign \$300  = R32[3] | \$299 ;
-  assign \$301  = \$300  ? 4'h8 : R32[3:0];
-  assign sat32 = R32[10] ? 4'h0 : \$301 ;
-  assign \$302  = | R33[9:4];
-  assign \$303  = R33[3] | \$302 ;
-  assign \$304  = \$303  ? 4'h8 : R33[3:0];
-  assign sat33 = R33[10] ? 4'h0 : \$304 ;
-  assign \$305  = | R34[9:4];
-  assign \$306  = R34[3] | \$305 ;
-  assign \$307  = \$306  ? 4'h8 : R34[3:0];
-  assign sat34 = R34[10] ? 4'h0 : \$307 ;
-  assign \$308  = | R35[9:4];
-  assign \$309  = R35[3] | \$308 ;
-  assign \$310  = \$309  ? 4'h8 : R35[3:0];
-  assign sat35 = R35[10] ? 4'h0 : \$310 ;
+  assign in_c11 = \$69  + \$72 ;
+  assign \$73  = in_c1 + in_c0;
+  assign \$74  = in_c3 + in_c2;
+  assign \$75  = in_c5 + in_c4;
+  assign \$76  = in_c7 + in_c6;
+  assign \$77  = in_c9 + in_c8;
+  assign \$78  = in_c11 + in_c10;
+  assign \$79  = in_c2 + \$73 [7:0];
+  assign \$80  = \$74 [7:0] + \$73 [7:0];
+  assign \$81  = in_c6 + \$75 [7:0];
+  assign \$82  = \$76 [7:0] + \$75 [7:0];
+  assign \$83  = in_c10 + \$77 [7:0];
+  assign \$84  = \$78 [7:0] + \$77 [7:0];
+  assign \$85  = in_c4 + \$80 [7:0];
+  assign \$86  = \$75 [7:0] + \$80 [7:0];
+  assign \$87  = \$81 [7:0] + \$80 [7:0];
+  assign \$88  = \$82 [7:0] + \$80 [7:0];
+  assign \$89  = in_c8 + \$88 [7:0];
+  assign \$90  = \$77 [7:0] + \$88 [7:0];
+  assign \$91  = \$83 [7:0] + \$88 [7:0];
+  assign \$92  = \$84 [7:0] + \$88 [7:0];
+  assign \$93  = $signed(lim_full) >= $signed(5'h08);
+  assign \$94  = \$93  ? 4'h8 : lim_full[3:0];
+  assign k = lim_full[10] ? 4'h0 : \$94 ;
+  assign \$95  = $signed(k_cur_full) >= $signed(5'h08);
+  assign \$96  = \$95  ? 4'h8 : k_cur_full[3:0];
+  assign k_cur = k_cur_full[10] ? 4'h0 : \$96 ;
+  assign \$97  = $signed(k_cur_full) <= $signed(5'h08);
+  assign finish = row_complete & \$97 ;
+  assign \$98  = | R0[9:4];
+  assign \$99  = R0[3] | \$98 ;
+  assign \$100  = \$99  ? 4'h8 : R0[3:0];
+  assign sat0 = R0[10] ? 4'h0 : \$100 ;
+  assign \$101  = | R1[9:4];
+  assign \$102  = R1[3] | \$101 ;
+  assign \$103  = \$102  ? 4'h8 : R1[3:0];
+  assign sat1 = R1[10] ? 4'h0 : \$103 ;
+  assign \$104  = | R2[9:4];
+  assign \$105  = R2[3] | \$104 ;
+  assign \$106  = \$105  ? 4'h8 : R2[3:0];
+  assign sat2 = R2[10] ? 4'h0 : \$106 ;
+  assign \$107  = | R3[9:4];
+  assign \$108  = R3[3] | \$107 ;
+  assign \$109  = \$108  ? 4'h8 : R3[3:0];
+  assign sat3 = R3[10] ? 4'h0 : \$109 ;
+  assign \$110  = | R4[9:4];
+  assign \$111  = R4[3] | \$110 ;
+  assign \$112  = \$111  ? 4'h8 : R4[3:0];
+  assign sat4 = R4[10] ? 4'h0 : \$112 ;
+  assign \$113  = | R5[9:4];
+  assign \$114  = R5[3] | \$113 ;
+  assign \$115  = \$114  ? 4'h8 : R5[3:0];
+  assign sat5 = R5[10] ? 4'h0 : \$115 ;
+  assign \$116  = | R6[9:4];
+  assign \$117  = R6[3] | \$116 ;
+  assign \$118  = \$117  ? 4'h8 : R6[3:0];
+  assign sat6 = R6[10] ? 4'h0 : \$118 ;
+  assign \$119  = | R7[9:4];
+  assign \$120  = R7[3] | \$119 ;
+  assign \$121  = \$120  ? 4'h8 : R7[3:0];
+  assign sat7 = R7[10] ? 4'h0 : \$121 ;
+  assign \$122  = | R8[9:4];
+  assign \$123  = R8[3] | \$122 ;
+  assign \$124  = \$123  ? 4'h8 : R8[3:0];
+  assign sat8 = R8[10] ? 4'h0 : \$124 ;
+  assign \$125  = | R9[9:4];
+  assign \$126  = R9[3] | \$125 ;
+  assign \$127  = \$126  ? 4'h8 : R9[3:0];
+  assign sat9 = R9[10] ? 4'h0 : \$127 ;
+  assign \$128  = | R10[9:4];
+  assign \$129  = R10[3] | \$128 ;
+  assign \$130  = \$129  ? 4'h8 : R10[3:0];
+  assign sat10 = R10[10] ? 4'h0 : \$130 ;
+  assign \$131  = | R11[9:4];
+  assign \$132  = R11[3] | \$131 ;
+  assign \$133  = \$132  ? 4'h8 : R11[3:0];
+  assign sat11 = R11[10] ? 4'h0 : \$133 ;
+  assign \$134  = | R12[9:4];
+  assign \$135  = R12[3] | \$134 ;
+  assign \$136  = \$135  ? 4'h8 : R12[3:0];
+  assign sat12 = R12[10] ? 4'h0 : \$136 ;
+  assign \$137  = | R13[9:4];
+  assign \$138  = R13[3] | \$137 ;
+  assign \$139  = \$138  ? 4'h8 : R13[3:0];
+  assign sat13 = R13[10] ? 4'h0 : \$139 ;
+  assign \$140  = | R14[9:4];
+  assign \$141  = R14[3] | \$140 ;
+  assign \$142  = \$141  ? 4'h8 : R14[3:0];
+  assign sat14 = R14[10] ? 4'h0 : \$142 ;
+  assign \$143  = | R15[9:4];
+  assign \$144  = R15[3] | \$143 ;
+  assign \$145  = \$144  ? 4'h8 : R15[3:0];
+  assign sat15 = R15[10] ? 4'h0 : \$145 ;
+  assign \$146  = | R16[9:4];
+  assign \$147  = R16[3] | \$146 ;
+  assign \$148  = \$147  ? 4'h8 : R16[3:0];
+  assign sat16 = R16[10] ? 4'h0 : \$148 ;
+  assign \$149  = | R17[9:4];
+  assign \$150  = R17[3] | \$149 ;
+  assign \$151  = \$150  ? 4'h8 : R17[3:0];
+  assign sat17 = R17[10] ? 4'h0 : \$151 ;
+  assign \$152  = | R18[9:4];
+  assign \$153  = R18[3] | \$152 ;
+  assign \$154  = \$153  ? 4'h8 : R18[3:0];
+  assign sat18 = R18[10] ? 4'h0 : \$154 ;
+  assign \$155  = | R19[9:4];
+  assign \$156  = R19[3] | \$155 ;
+  assign \$157  = \$156  ? 4'h8 : R19[3:0];
+  assign sat19 = R19[10] ? 4'h0 : \$157 ;
+  assign \$158  = | R20[9:4];
+  assign \$159  = R20[3] | \$158 ;
+  assign \$160  = \$159  ? 4'h8 : R20[3:0];
+  assign sat20 = R20[10] ? 4'h0 : \$160 ;
+  assign \$161  = | R21[9:4];
+  assign \$162  = R21[3] | \$161 ;
+  assign \$163  = \$162  ? 4'h8 : R21[3:0];
+  assign sat21 = R21[10] ? 4'h0 : \$163 ;
+  assign \$164  = | R22[9:4];
+  assign \$165  = R22[3] | \$164 ;
+  assign \$166  = \$165  ? 4'h8 : R22[3:0];
+  assign sat22 = R22[10] ? 4'h0 : \$166 ;
+  assign \$167  = | R23[9:4];
+  assign \$168  = R23[3] | \$167 ;
+  assign \$169  = \$168  ? 4'h8 : R23[3:0];
+  assign sat23 = R23[10] ? 4'h0 : \$169 ;
+  assign \$170  = | R24[9:4];
+  assign \$171  = R24[3] | \$170 ;
+  assign \$172  = \$171  ? 4'h8 : R24[3:0];
+  assign sat24 = R24[10] ? 4'h0 : \$172 ;
+  assign \$173  = | R25[9:4];
+  assign \$174  = R25[3] | \$173 ;
+  assign \$175  = \$174  ? 4'h8 : R25[3:0];
+  assign sat25 = R25[10] ? 4'h0 : \$175 ;
+  assign \$176  = | R26[9:4];
+  assign \$177  = R26[3] | \$176 ;
+  assign \$178  = \$177  ? 4'h8 : R26[3:0];
+  assign sat26 = R26[10] ? 4'h0 : \$178 ;
+  assign \$179  = | R27[9:4];
+  assign \$180  = R27[3] | \$179 ;
+  assign \$181  = \$180  ? 4'h8 : R27[3:0];
+  assign sat27 = R27[10] ? 4'h0 : \$181 ;
+  assign \$182  = | R28[9:4];
+  assign \$183  = R28[3] | \$182 ;
+  assign \$184  = \$183  ? 4'h8 : R28[3:0];
+  assign sat28 = R28[10] ? 4'h0 : \$184 ;
+  assign \$185  = | R29[9:4];
+  assign \$186  = R29[3] | \$185 ;
+  assign \$187  = \$186  ? 4'h8 : R29[3:0];
+  assign sat29 = R29[10] ? 4'h0 : \$187 ;
+  assign \$188  = | R30[9:4];
+  assign \$189  = R30[3] | \$188 ;
+  assign \$190  = \$189  ? 4'h8 : R30[3:0];
+  assign sat30 = R30[10] ? 4'h0 : \$190 ;
+  assign \$191  = | R31[9:4];
+  assign \$192  = R31[3] | \$191 ;
+  assign \$193  = \$192  ? 4'h8 : R31[3:0];
+  assign sat31 = R31[10] ? 4'h0 : \$193 ;
+  assign \$194  = | R32[9:4];
+  assign \$195  = R32[3] | \$194 ;
+  assign \$196  = \$195  ? 4'h8 : R32[3:0];
+  assign sat32 = R32[10] ? 4'h0 : \$196 ;
+  assign \$197  = | R33[9:4];
+  assign \$198  = R33[3] | \$197 ;
+  assign \$199  = \$198  ? 4'h8 : R33[3:0];
+  assign sat33 = R33[10] ? 4'h0 : \$199 ;
+  assign \$200  = | R34[9:4];
+  assign \$201  = R34[3] | \$200 ;
+  assign \$202  = \$201  ? 4'h8 : R34[3:0];
+  assign sat34 = R34[10] ? 4'h0 : \$202 ;
+  assign \$203  = | R35[9:4];
+  assign \$204  = R35[3] | \$203 ;
+  assign \$205  = \$204  ? 4'h8 : R35[3:0];
+  assign sat35 = R35[10] ? 4'h0 : \$205 ;
   assign es_bits = $signed(es_w) * $signed(8'h40);
-  assign rs_bits = $signed(rs_w) * $signed(8'h40);
-  assign \$311  = ~ sat0[1];
-  assign \$312  = ~ sat0[2];
+  assign \$206  = ~ ov;
+  assign rdy_a = \$206  | o_lanes__ready;
+  assign \$207  = ~ sat0[1];
+  assign \$208  = ~ sat0[2];
+  assign \$209  = \$207  & \$208 ;
+  assign \$210  = ~ sat0[3];
+  assign \$211  = \$210  & sat0[0];
+  assign \$212  = \$209  & \$211 ;
+  assign \$213  = ~ sat0[2];
+  assign \$214  = ~ sat0[3];
+  assign \$215  = \$213  & \$214 ;
+  assign \$216  = \$215  & sat0[1];
+  assign \$217  = \$212  | \$216 ;
+  assign \$218  = ~ sat0[3];
+  assign \$219  = \$218  & sat0[2];
+  assign \$220  = \$219  | sat0[3];
+  assign gt0_0 = \$217  | \$220 ;
+  assign \$221  = ~ sat1[1];
+  assign \$222  = ~ sat1[2];
+  assign \$223  = \$221  & \$222 ;
+  assign \$224  = ~ sat1[3];
+  assign \$225  = \$224  & sat1[0];
+  assign \$226  = \$223  & \$225 ;
+  assign \$227  = ~ sat1[2];
+  assign \$228  = ~ sat1[3];
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = \$229  & sat1[1];
+  assign \$231  = \$226  | \$230 ;
+  assign \$232  = ~ sat1[3];
+  assign \$233  = \$232  & sat1[2];
+  assign \$234  = \$233  | sat1[3];
+  assign gt0_1 = \$231  | \$234 ;
+  assign \$235  = ~ sat2[1];
+  assign \$236  = ~ sat2[2];
+  assign \$237  = \$235  & \$236 ;
+  assign \$238  = ~ sat2[3];
+  assign \$239  = \$238  & sat2[0];
+  assign \$240  = \$237  & \$239 ;
+  assign \$241  = ~ sat2[2];
+  assign \$242  = ~ sat2[3];
+  assign \$243  = \$241  & \$242 ;
+  assign \$244  = \$243  & sat2[1];
+  assign \$245  = \$240  | \$244 ;
+  assign \$246  = ~ sat2[3];
+  assign \$247  = \$246  & sat2[2];
+  assign \$248  = \$247  | sat2[3];
+  assign gt0_2 = \$245  | \$248 ;
+  assign \$249  = ~ sat3[1];
+  assign \$250  = ~ sat3[2];
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = ~ sat3[3];
+  assign \$253  = \$252  & sat3[0];
+  assign \$254  = \$251  & \$253 ;
+  assign \$255  = ~ sat3[2];
+  assign \$256  = ~ sat3[3];
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = \$257  & sat3[1];
+  assign \$259  = \$254  | \$258 ;
+  assign \$260  = ~ sat3[3];
+  assign \$261  = \$260  & sat3[2];
+  assign \$262  = \$261  | sat3[3];
+  assign gt0_3 = \$259  | \$262 ;
+  assign \$263  = ~ sat4[1];
+  assign \$264  = ~ sat4[2];
+  assign \$265  = \$263  & \$264 ;
+  assign \$266  = ~ sat4[3];
+  assign \$267  = \$266  & sat4[0];
+  assign \$268  = \$265  & \$267 ;
+  assign \$269  = ~ sat4[2];
+  assign \$270  = ~ sat4[3];
+  assign \$271  = \$269  & \$270 ;
+  assign \$272  = \$271  & sat4[1];
+  assign \$273  = \$268  | \$272 ;
+  assign \$274  = ~ sat4[3];
+  assign \$275  = \$274  & sat4[2];
+  assign \$276  = \$275  | sat4[3];
+  assign gt0_4 = \$273  | \$276 ;
+  assign \$277  = ~ sat5[1];
+  assign \$278  = ~ sat5[2];
+  assign \$279  = \$277  & \$278 ;
+  assign \$280  = ~ sat5[3];
+  assign \$281  = \$280  & sat5[0];
+  assign \$282  = \$279  & \$281 ;
+  assign \$283  = ~ sat5[2];
+  assign \$284  = ~ sat5[3];
+  assign \$285  = \$283  & \$284 ;
+  assign \$286  = \$285  & sat5[1];
+  assign \$287  = \$282  | \$286 ;
+  assign \$288  = ~ sat5[3];
+  assign \$289  = \$288  & sat5[2];
+  assign \$290  = \$289  | sat5[3];
+  assign gt0_5 = \$287  | \$290 ;
+  assign \$291  = ~ sat6[1];
+  assign \$292  = ~ sat6[2];
+  assign \$293  = \$291  & \$292 ;
+  assign \$294  = ~ sat6[3];
+  assign \$295  = \$294  & sat6[0];
+  assign \$296  = \$293  & \$295 ;
+  assign \$297  = ~ sat6[2];
+  assign \$298  = ~ sat6[3];
+  assign \$299  = \$297  & \$298 ;
+  assign \$300  = \$299  & sat6[1];
+  assign \$301  = \$296  | \$300 ;
+  assign \$302  = ~ sat6[3];
+  assign \$303  = \$302  & sat6[2];
+  assign \$304  = \$303  | sat6[3];
+  assign gt0_6 = \$301  | \$304 ;
+  assign \$305  = ~ sat7[1];
+  assign \$306  = ~ sat7[2];
+  assign \$307  = \$305  & \$306 ;
+  assign \$308  = ~ sat7[3];
+  assign \$309  = \$308  & sat7[0];
+  assign \$310  = \$307  & \$309 ;
+  assign \$311  = ~ sat7[2];
+  assign \$312  = ~ sat7[3];
   assign \$313  = \$311  & \$312 ;
-  assign \$314  = ~ sat0[3];
-  assign \$315  = \$314  & sat0[0];
-  assign \$316  = \$313  & \$315 ;
-  assign \$317  = ~ sat0[2];
-  assign \$318  = ~ sat0[3];
-  assign \$319  = \$317  & \$318 ;
-  assign \$320  = \$319  & sat0[1];
-  assign \$321  = \$316  | \$320 ;
-  assign \$322  = ~ sat0[3];
-  assign \$323  = \$322  & sat0[2];
-  assign \$324  = \$323  | sat0[3];
-  assign gt0_0 = \$321  | \$324 ;
-  assign \$325  = ~ sat1[1];
-  assign \$326  = ~ sat1[2];
+  assign \$314  = \$313  & sat7[1];
+  assign \$315  = \$310  | \$314 ;
+  assign \$316  = ~ sat7[3];
+  assign \$317  = \$316  & sat7[2];
+  assign \$318  = \$317  | sat7[3];
+  assign gt0_7 = \$315  | \$318 ;
+  assign \$319  = ~ sat8[1];
+  assign \$320  = ~ sat8[2];
+  assign \$321  = \$319  & \$320 ;
+  assign \$322  = ~ sat8[3];
+  assign \$323  = \$322  & sat8[0];
+  assign \$324  = \$321  & \$323 ;
+  assign \$325  = ~ sat8[2];
+  assign \$326  = ~ sat8[3];
   assign \$327  = \$325  & \$326 ;
-  assign \$328  = ~ sat1[3];
-  assign \$329  = \$328  & sat1[0];
-  assign \$330  = \$327  & \$329 ;
-  assign \$331  = ~ sat1[2];
-  assign \$332  = ~ sat1[3];
-  assign \$333  = \$331  & \$332 ;
-  assign \$334  = \$333  & sat1[1];
-  assign \$335  = \$330  | \$334 ;
-  assign \$336  = ~ sat1[3];
-  assign \$337  = \$336  & sat1[2];
-  assign \$338  = \$337  | sat1[3];
-  assign gt0_1 = \$335  | \$338 ;
-  assign \$339  = ~ sat2[1];
-  assign \$340  = ~ sat2[2];
+  assign \$328  = \$327  & sat8[1];
+  assign \$329  = \$324  | \$328 ;
+  assign \$330  = ~ sat8[3];
+  assign \$331  = \$330  & sat8[2];
+  assign \$332  = \$331  | sat8[3];
+  assign gt0_8 = \$329  | \$332 ;
+  assign \$333  = ~ sat9[1];
+  assign \$334  = ~ sat9[2];
+  assign \$335  = \$333  & \$334 ;
+  assign \$336  = ~ sat9[3];
+  assign \$337  = \$336  & sat9[0];
+  assign \$338  = \$335  & \$337 ;
+  assign \$339  = ~ sat9[2];
+  assign \$340  = ~ sat9[3];
   assign \$341  = \$339  & \$340 ;
-  assign \$342  = ~ sat2[3];
-  assign \$343  = \$342  & sat2[0];
-  assign \$344  = \$341  & \$343 ;
-  assign \$345  = ~ sat2[2];
-  assign \$346  = ~ sat2[3];
-  assign \$347  = \$345  & \$346 ;
-  assign \$348  = \$347  & sat2[1];
-  assign \$349  = \$344  | \$348 ;
-  assign \$350  = ~ sat2[3];
-  assign \$351  = \$350  & sat2[2];
-  assign \$352  = \$351  | sat2[3];
-  assign gt0_2 = \$349  | \$352 ;
-  assign \$353  = ~ sat3[1];
-  assign \$354  = ~ sat3[2];
+  assign \$342  = \$341  & sat9[1];
+  assign \$343  = \$338  | \$342 ;
+  assign \$344  = ~ sat9[3];
+  assign \$345  = \$344  & sat9[2];
+  assign \$346  = \$345  | sat9[3];
+  assign gt0_9 = \$343  | \$346 ;
+  assign \$347  = ~ sat10[1];
+  assign \$348  = ~ sat10[2];
+  assign \$349  = \$347  & \$348 ;
+  assign \$350  = ~ sat10[3];
+  assign \$351  = \$350  & sat10[0];
+  assign \$352  = \$349  & \$351 ;
+  assign \$353  = ~ sat10[2];
+  assign \$354  = ~ sat10[3];
   assign \$355  = \$353  & \$354 ;
-  assign \$356  = ~ sat3[3];
-  assign \$357  = \$356  & sat3[0];
-  assign \$358  = \$355  & \$357 ;
-  assign \$359  = ~ sat3[2];
-  assign \$360  = ~ sat3[3];
-  assign \$361  = \$359  & \$360 ;
-  assign \$362  = \$361  & sat3[1];
-  assign \$363  = \$358  | \$362 ;
-  assign \$364  = ~ sat3[3];
-  assign \$365  = \$364  & sat3[2];
-  assign \$366  = \$365  | sat3[3];
-  assign gt0_3 = \$363  | \$366 ;
-  assign \$367  = ~ sat4[1];
-  assign \$368  = ~ sat4[2];
+  assign \$356  = \$355  & sat10[1];
+  assign \$357  = \$352  | \$356 ;
+  assign \$358  = ~ sat10[3];
+  assign \$359  = \$358  & sat10[2];
+  assign \$360  = \$359  | sat10[3];
+  assign gt0_10 = \$357  | \$360 ;
+  assign \$361  = ~ sat11[1];
+  assign \$362  = ~ sat11[2];
+  assign \$363  = \$361  & \$362 ;
+  assign \$364  = ~ sat11[3];
+  assign \$365  = \$364  & sat11[0];
+  assign \$366  = \$363  & \$365 ;
+  assign \$367  = ~ sat11[2];
+  assign \$368  = ~ sat11[3];
   assign \$369  = \$367  & \$368 ;
-  assign \$370  = ~ sat4[3];
-  assign \$371  = \$370  & sat4[0];
-  assign \$372  = \$369  & \$371 ;
-  assign \$373  = ~ sat4[2];
-  assign \$374  = ~ sat4[3];
-  assign \$375  = \$373  & \$374 ;
-  assign \$376  = \$375  & sat4[1];
-  assign \$377  = \$372  | \$376 ;
-  assign \$378  = ~ sat4[3];
-  assign \$379  = \$378  & sat4[2];
-  assign \$380  = \$379  | sat4[3];
-  assign gt0_4 = \$377  | \$380 ;
-  assign \$381  = ~ sat5[1];
-  assign \$382  = ~ sat5[2];
+  assign \$370  = \$369  & sat11[1];
+  assign \$371  = \$366  | \$370 ;
+  assign \$372  = ~ sat11[3];
+  assign \$373  = \$372  & sat11[2];
+  assign \$374  = \$373  | sat11[3];
+  assign gt0_11 = \$371  | \$374 ;
+  assign \$375  = ~ sat12[1];
+  assign \$376  = ~ sat12[2];
+  assign \$377  = \$375  & \$376 ;
+  assign \$378  = ~ sat12[3];
+  assign \$379  = \$378  & sat12[0];
+  assign \$380  = \$377  & \$379 ;
+  assign \$381  = ~ sat12[2];
+  assign \$382  = ~ sat12[3];
   assign \$383  = \$381  & \$382 ;
-  assign \$384  = ~ sat5[3];
-  assign \$385  = \$384  & sat5[0];
-  assign \$386  = \$383  & \$385 ;
-  assign \$387  = ~ sat5[2];
-  assign \$388  = ~ sat5[3];
-  assign \$389  = \$387  & \$388 ;
-  assign \$390  = \$389  & sat5[1];
-  assign \$391  = \$386  | \$390 ;
-  assign \$392  = ~ sat5[3];
-  assign \$393  = \$392  & sat5[2];
-  assign \$394  = \$393  | sat5[3];
-  assign gt0_5 = \$391  | \$394 ;
-  assign \$395  = ~ sat6[1];
-  assign \$396  = ~ sat6[2];
+  assign \$384  = \$383  & sat12[1];
+  assign \$385  = \$380  | \$384 ;
+  assign \$386  = ~ sat12[3];
+  assign \$387  = \$386  & sat12[2];
+  assign \$388  = \$387  | sat12[3];
+  assign gt0_12 = \$385  | \$388 ;
+  assign \$389  = ~ sat13[1];
+  assign \$390  = ~ sat13[2];
+  assign \$391  = \$389  & \$390 ;
+  assign \$392  = ~ sat13[3];
+  assign \$393  = \$392  & sat13[0];
+  assign \$394  = \$391  & \$393 ;
+  assign \$395  = ~ sat13[2];
+  assign \$396  = ~ sat13[3];
   assign \$397  = \$395  & \$396 ;
-  assign \$398  = ~ sat6[3];
-  assign \$399  = \$398  & sat6[0];
-  assign \$400  = \$397  & \$399 ;
-  assign \$401  = ~ sat6[2];
-  assign \$402  = ~ sat6[3];
-  assign \$403  = \$401  & \$402 ;
-  assign \$404  = \$403  & sat6[1];
-  assign \$405  = \$400  | \$404 ;
-  assign \$406  = ~ sat6[3];
-  assign \$407  = \$406  & sat6[2];
-  assign \$408  = \$407  | sat6[3];
-  assign gt0_6 = \$405  | \$408 ;
-  assign \$409  = ~ sat7[1];
-  assign \$410  = ~ sat7[2];
+  assign \$398  = \$397  & sat13[1];
+  assign \$399  = \$394  | \$398 ;
+  assign \$400  = ~ sat13[3];
+  assign \$401  = \$400  & sat13[2];
+  assign \$402  = \$401  | sat13[3];
+  assign gt0_13 = \$399  | \$402 ;
+  assign \$403  = ~ sat14[1];
+  assign \$404  = ~ sat14[2];
+  assign \$405  = \$403  & \$404 ;
+  assign \$406  = ~ sat14[3];
+  assign \$407  = \$406  & sat14[0];
+  assign \$408  = \$405  & \$407 ;
+  assign \$409  = ~ sat14[2];
+  assign \$410  = ~ sat14[3];
   assign \$411  = \$409  & \$410 ;
-  assign \$412  = ~ sat7[3];
-  assign \$413  = \$412  & sat7[0];
-  assign \$414  = \$411  & \$413 ;
-  assign \$415  = ~ sat7[2];
-  assign \$416  = ~ sat7[3];
-  assign \$417  = \$415  & \$416 ;
-  assign \$418  = \$417  & sat7[1];
-  assign \$419  = \$414  | \$418 ;
-  assign \$420  = ~ sat7[3];
-  assign \$421  = \$420  & sat7[2];
-  assign \$422  = \$421  | sat7[3];
-  assign gt0_7 = \$419  | \$422 ;
-  assign \$423  = ~ sat8[1];
-  assign \$424  = ~ sat8[2];
+  assign \$412  = \$411  & sat14[1];
+  assign \$413  = \$408  | \$412 ;
+  assign \$414  = ~ sat14[3];
+  assign \$415  = \$414  & sat14[2];
+  assign \$416  = \$415  | sat14[3];
+  assign gt0_14 = \$413  | \$416 ;
+  assign \$417  = ~ sat15[1];
+  assign \$418  = ~ sat15[2];
+  assign \$419  = \$417  & \$418 ;
+  assign \$420  = ~ sat15[3];
+  assign \$421  = \$420  & sat15[0];
+  assign \$422  = \$419  & \$421 ;
+  assign \$423  = ~ sat15[2];
+  assign \$424  = ~ sat15[3];
   assign \$425  = \$423  & \$424 ;
-  assign \$426  = ~ sat8[3];
-  assign \$427  = \$426  & sat8[0];
-  assign \$428  = \$425  & \$427 ;
-  assign \$429  = ~ sat8[2];
-  assign \$430  = ~ sat8[3];
-  assign \$431  = \$429  & \$430 ;
-  assign \$432  = \$431  & sat8[1];
-  assign \$433  = \$428  | \$432 ;
-  assign \$434  = ~ sat8[3];
-  assign \$435  = \$434  & sat8[2];
-  assign \$436  = \$435  | sat8[3];
-  assign gt0_8 = \$433  | \$436 ;
-  assign \$437  = ~ sat9[1];
-  assign \$438  = ~ sat9[2];
+  assign \$426  = \$425  & sat15[1];
+  assign \$427  = \$422  | \$426 ;
+  assign \$428  = ~ sat15[3];
+  assign \$429  = \$428  & sat15[2];
+  assign \$430  = \$429  | sat15[3];
+  assign gt0_15 = \$427  | \$430 ;
+  assign \$431  = ~ sat16[1];
+  assign \$432  = ~ sat16[2];
+  assign \$433  = \$431  & \$432 ;
+  assign \$434  = ~ sat16[3];
+  assign \$435  = \$434  & sat16[0];
+  assign \$436  = \$433  & \$435 ;
+  assign \$437  = ~ sat16[2];
+  assign \$438  = ~ sat16[3];
   assign \$439  = \$437  & \$438 ;
-  assign \$440  = ~ sat9[3];
-  assign \$441  = \$440  & sat9[0];
-  assign \$442  = \$439  & \$441 ;
-  assign \$443  = ~ sat9[2];
-  assign \$444  = ~ sat9[3];
-  assign \$445  = \$443  & \$444 ;
-  assign \$446  = \$445  & sat9[1];
-  assign \$447  = \$442  | \$446 ;
-  assign \$448  = ~ sat9[3];
-  assign \$449  = \$448  & sat9[2];
-  assign \$450  = \$449  | sat9[3];
-  assign gt0_9 = \$447  | \$450 ;
-  assign \$451  = ~ sat10[1];
-  assign \$452  = ~ sat10[2];
+  assign \$440  = \$439  & sat16[1];
+  assign \$441  = \$436  | \$440 ;
+  assign \$442  = ~ sat16[3];
+  assign \$443  = \$442  & sat16[2];
+  assign \$444  = \$443  | sat16[3];
+  assign gt0_16 = \$441  | \$444 ;
+  assign \$445  = ~ sat17[1];
+  assign \$446  = ~ sat17[2];
+  assign \$447  = \$445  & \$446 ;
+  assign \$448  = ~ sat17[3];
+  assign \$449  = \$448  & sat17[0];
+  assign \$450  = \$447  & \$449 ;
+  assign \$451  = ~ sat17[2];
+  assign \$452  = ~ sat17[3];
   assign \$453  = \$451  & \$452 ;
-  assign \$454  = ~ sat10[3];
-  assign \$455  = \$454  & sat10[0];
-  assign \$456  = \$453  & \$455 ;
-  assign \$457  = ~ sat10[2];
-  assign \$458  = ~ sat10[3];
-  assign \$459  = \$457  & \$458 ;
-  assign \$460  = \$459  & sat10[1];
-  assign \$461  = \$456  | \$460 ;
-  assign \$462  = ~ sat10[3];
-  assign \$463  = \$462  & sat10[2];
-  assign \$464  = \$463  | sat10[3];
-  assign gt0_10 = \$461  | \$464 ;
-  assign \$465  = ~ sat11[1];
-  assign \$466  = ~ sat11[2];
+  assign \$454  = \$453  & sat17[1];
+  assign \$455  = \$450  | \$454 ;
+  assign \$456  = ~ sat17[3];
+  assign \$457  = \$456  & sat17[2];
+  assign \$458  = \$457  | sat17[3];
+  assign gt0_17 = \$455  | \$458 ;
+  assign \$459  = ~ sat18[1];
+  assign \$460  = ~ sat18[2];
+  assign \$461  = \$459  & \$460 ;
+  assign \$462  = ~ sat18[3];
+  assign \$463  = \$462  & sat18[0];
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = ~ sat18[2];
+  assign \$466  = ~ sat18[3];
   assign \$467  = \$465  & \$466 ;
-  assign \$468  = ~ sat11[3];
-  assign \$469  = \$468  & sat11[0];
-  assign \$470  = \$467  & \$469 ;
-  assign \$471  = ~ sat11[2];
-  assign \$472  = ~ sat11[3];
-  assign \$473  = \$471  & \$472 ;
-  assign \$474  = \$473  & sat11[1];
-  assign \$475  = \$470  | \$474 ;
-  assign \$476  = ~ sat11[3];
-  assign \$477  = \$476  & sat11[2];
-  assign \$478  = \$477  | sat11[3];
-  assign gt0_11 = \$475  | \$478 ;
-  assign \$479  = ~ sat12[1];
-  assign \$480  = ~ sat12[2];
+  assign \$468  = \$467  & sat18[1];
+  assign \$469  = \$464  | \$468 ;
+  assign \$470  = ~ sat18[3];
+  assign \$471  = \$470  & sat18[2];
+  assign \$472  = \$471  | sat18[3];
+  assign gt0_18 = \$469  | \$472 ;
+  assign \$473  = ~ sat19[1];
+  assign \$474  = ~ sat19[2];
+  assign \$475  = \$473  & \$474 ;
+  assign \$476  = ~ sat19[3];
+  assign \$477  = \$476  & sat19[0];
+  assign \$478  = \$475  & \$477 ;
+  assign \$479  = ~ sat19[2];
+  assign \$480  = ~ sat19[3];
   assign \$481  = \$479  & \$480 ;
-  assign \$482  = ~ sat12[3];
-  assign \$483  = \$482  & sat12[0];
-  assign \$484  = \$481  & \$483 ;
-  assign \$485  = ~ sat12[2];
-  assign \$486  = ~ sat12[3];
-  assign \$487  = \$485  & \$486 ;
-  assign \$488  = \$487  & sat12[1];
-  assign \$489  = \$484  | \$488 ;
-  assign \$490  = ~ sat12[3];
-  assign \$491  = \$490  & sat12[2];
-  assign \$492  = \$491  | sat12[3];
-  assign gt0_12 = \$489  | \$492 ;
-  assign \$493  = ~ sat13[1];
-  assign \$494  = ~ sat13[2];
+  assign \$482  = \$481  & sat19[1];
+  assign \$483  = \$478  | \$482 ;
+  assign \$484  = ~ sat19[3];
+  assign \$485  = \$484  & sat19[2];
+  assign \$486  = \$485  | sat19[3];
+  assign gt0_19 = \$483  | \$486 ;
+  assign \$487  = ~ sat20[1];
+  assign \$488  = ~ sat20[2];
+  assign \$489  = \$487  & \$488 ;
+  assign \$490  = ~ sat20[3];
+  assign \$491  = \$490  & sat20[0];
+  assign \$492  = \$489  & \$491 ;
+  assign \$493  = ~ sat20[2];
+  assign \$494  = ~ sat20[3];
   assign \$495  = \$493  & \$494 ;
-  assign \$496  = ~ sat13[3];
-  assign \$497  = \$496  & sat13[0];
-  assign \$498  = \$495  & \$497 ;
-  assign \$499  = ~ sat13[2];
-  assign \$500  = ~ sat13[3];
-  assign \$501  = \$499  & \$500 ;
-  assign \$502  = \$501  & sat13[1];
-  assign \$503  = \$498  | \$502 ;
-  assign \$504  = ~ sat13[3];
-  assign \$505  = \$504  & sat13[2];
-  assign \$506  = \$505  | sat13[3];
-  assign gt0_13 = \$503  | \$506 ;
-  assign \$507  = ~ sat14[1];
-  assign \$508  = ~ sat14[2];
+  assign \$496  = \$495  & sat20[1];
+  assign \$497  = \$492  | \$496 ;
+  assign \$498  = ~ sat20[3];
+  assign \$499  = \$498  & sat20[2];
+  assign \$500  = \$499  | sat20[3];
+  assign gt0_20 = \$497  | \$500 ;
+  assign \$501  = ~ sat21[1];
+  assign \$502  = ~ sat21[2];
+  assign \$503  = \$501  & \$502 ;
+  assign \$504  = ~ sat21[3];
+  assign \$505  = \$504  & sat21[0];
+  assign \$506  = \$503  & \$505 ;
+  assign \$507  = ~ sat21[2];
+  assign \$508  = ~ sat21[3];
   assign \$509  = \$507  & \$508 ;
-  assign \$510  = ~ sat14[3];
-  assign \$511  = \$510  & sat14[0];
-  assign \$512  = \$509  & \$511 ;
-  assign \$513  = ~ sat14[2];
-  assign \$514  = ~ sat14[3];
-  assign \$515  = \$513  & \$514 ;
-  assign \$516  = \$515  & sat14[1];
-  assign \$517  = \$512  | \$516 ;
-  assign \$518  = ~ sat14[3];
-  assign \$519  = \$518  & sat14[2];
-  assign \$520  = \$519  | sat14[3];
-  assign gt0_14 = \$517  | \$520 ;
-  assign \$521  = ~ sat15[1];
-  assign \$522  = ~ sat15[2];
+  assign \$510  = \$509  & sat21[1];
+  assign \$511  = \$506  | \$510 ;
+  assign \$512  = ~ sat21[3];
+  assign \$513  = \$512  & sat21[2];
+  assign \$514  = \$513  | sat21[3];
+  assign gt0_21 = \$511  | \$514 ;
+  assign \$515  = ~ sat22[1];
+  assign \$516  = ~ sat22[2];
+  assign \$517  = \$515  & \$516 ;
+  assign \$518  = ~ sat22[3];
+  assign \$519  = \$518  & sat22[0];
+  assign \$520  = \$517  & \$519 ;
+  assign \$521  = ~ sat22[2];
+  assign \$522  = ~ sat22[3];
   assign \$523  = \$521  & \$522 ;
-  assign \$524  = ~ sat15[3];
-  assign \$525  = \$524  & sat15[0];
-  assign \$526  = \$523  & \$525 ;
-  assign \$527  = ~ sat15[2];
-  assign \$528  = ~ sat15[3];
-  assign \$529  = \$527  & \$528 ;
-  assign \$530  = \$529  & sat15[1];
-  assign \$531  = \$526  | \$530 ;
-  assign \$532  = ~ sat15[3];
-  assign \$533  = \$532  & sat15[2];
-  assign \$534  = \$533  | sat15[3];
-  assign gt0_15 = \$531  | \$534 ;
-  assign \$535  = ~ sat16[1];
-  assign \$536  = ~ sat16[2];
+  assign \$524  = \$523  & sat22[1];
+  assign \$525  = \$520  | \$524 ;
+  assign \$526  = ~ sat22[3];
+  assign \$527  = \$526  & sat22[2];
+  assign \$528  = \$527  | sat22[3];
+  assign gt0_22 = \$525  | \$528 ;
+  assign \$529  = ~ sat23[1];
+  assign \$530  = ~ sat23[2];
+  assign \$531  = \$529  & \$530 ;
+  assign \$532  = ~ sat23[3];
+  assign \$533  = \$532  & sat23[0];
+  assign \$534  = \$531  & \$533 ;
+  assign \$535  = ~ sat23[2];
+  assign \$536  = ~ sat23[3];
   assign \$537  = \$535  & \$536 ;
-  assign \$538  = ~ sat16[3];
-  assign \$539  = \$538  & sat16[0];
-  assign \$540  = \$537  & \$539 ;
-  assign \$541  = ~ sat16[2];
-  assign \$542  = ~ sat16[3];
-  assign \$543  = \$541  & \$542 ;
-  assign \$544  = \$543  & sat16[1];
-  assign \$545  = \$540  | \$544 ;
-  assign \$546  = ~ sat16[3];
-  assign \$547  = \$546  & sat16[2];
-  assign \$548  = \$547  | sat16[3];
-  assign gt0_16 = \$545  | \$548 ;
-  assign \$549  = ~ sat17[1];
-  assign \$550  = ~ sat17[2];
+  assign \$538  = \$537  & sat23[1];
+  assign \$539  = \$534  | \$538 ;
+  assign \$540  = ~ sat23[3];
+  assign \$541  = \$540  & sat23[2];
+  assign \$542  = \$541  | sat23[3];
+  assign gt0_23 = \$539  | \$542 ;
+  assign \$543  = ~ sat24[1];
+  assign \$544  = ~ sat24[2];
+  assign \$545  = \$543  & \$544 ;
+  assign \$546  = ~ sat24[3];
+  assign \$547  = \$546  & sat24[0];
+  assign \$548  = \$545  & \$547 ;
+  assign \$549  = ~ sat24[2];
+  assign \$550  = ~ sat24[3];
   assign \$551  = \$549  & \$550 ;
-  assign \$552  = ~ sat17[3];
-  assign \$553  = \$552  & sat17[0];
-  assign \$554  = \$551  & \$553 ;
-  assign \$555  = ~ sat17[2];
-  assign \$556  = ~ sat17[3];
-  assign \$557  = \$555  & \$556 ;
-  assign \$558  = \$557  & sat17[1];
-  assign \$559  = \$554  | \$558 ;
-  assign \$560  = ~ sat17[3];
-  assign \$561  = \$560  & sat17[2];
-  assign \$562  = \$561  | sat17[3];
-  assign gt0_17 = \$559  | \$562 ;
-  assign \$563  = ~ sat18[1];
-  assign \$564  = ~ sat18[2];
+  assign \$552  = \$551  & sat24[1];
+  assign \$553  = \$548  | \$552 ;
+  assign \$554  = ~ sat24[3];
+  assign \$555  = \$554  & sat24[2];
+  assign \$556  = \$555  | sat24[3];
+  assign gt0_24 = \$553  | \$556 ;
+  assign \$557  = ~ sat25[1];
+  assign \$558  = ~ sat25[2];
+  assign \$559  = \$557  & \$558 ;
+  assign \$560  = ~ sat25[3];
+  assign \$561  = \$560  & sat25[0];
+  assign \$562  = \$559  & \$561 ;
+  assign \$563  = ~ sat25[2];
+  assign \$564  = ~ sat25[3];
   assign \$565  = \$563  & \$564 ;
-  assign \$566  = ~ sat18[3];
-  assign \$567  = \$566  & sat18[0];
-  assign \$568  = \$565  & \$567 ;
-  assign \$569  = ~ sat18[2];
-  assign \$570  = ~ sat18[3];
-  assign \$571  = \$569  & \$570 ;
-  assign \$572  = \$571  & sat18[1];
-  assign \$573  = \$568  | \$572 ;
-  assign \$574  = ~ sat18[3];
-  assign \$575  = \$574  & sat18[2];
-  assign \$576  = \$575  | sat18[3];
-  assign gt0_18 = \$573  | \$576 ;
-  assign \$577  = ~ sat19[1];
-  assign \$578  = ~ sat19[2];
+  assign \$566  = \$565  & sat25[1];
+  assign \$567  = \$562  | \$566 ;
+  assign \$568  = ~ sat25[3];
+  assign \$569  = \$568  & sat25[2];
+  assign \$570  = \$569  | sat25[3];
+  assign gt0_25 = \$567  | \$570 ;
+  assign \$571  = ~ sat26[1];
+  assign \$572  = ~ sat26[2];
+  assign \$573  = \$571  & \$572 ;
+  assign \$574  = ~ sat26[3];
+  assign \$575  = \$574  & sat26[0];
+  assign \$576  = \$573  & \$575 ;
+  assign \$577  = ~ sat26[2];
+  assign \$578  = ~ sat26[3];
   assign \$579  = \$577  & \$578 ;
-  assign \$580  = ~ sat19[3];
-  assign \$581  = \$580  & sat19[0];
-  assign \$582  = \$579  & \$581 ;
-  assign \$583  = ~ sat19[2];
-  assign \$584  = ~ sat19[3];
-  assign \$585  = \$583  & \$584 ;
-  assign \$586  = \$585  & sat19[1];
-  assign \$587  = \$582  | \$586 ;
-  assign \$588  = ~ sat19[3];
-  assign \$589  = \$588  & sat19[2];
-  assign \$590  = \$589  | sat19[3];
-  assign gt0_19 = \$587  | \$590 ;
-  assign \$591  = ~ sat20[1];
-  assign \$592  = ~ sat20[2];
+  assign \$580  = \$579  & sat26[1];
+  assign \$581  = \$576  | \$580 ;
+  assign \$582  = ~ sat26[3];
+  assign \$583  = \$582  & sat26[2];
+  assign \$584  = \$583  | sat26[3];
+  assign gt0_26 = \$581  | \$584 ;
+  assign \$585  = ~ sat27[1];
+  assign \$586  = ~ sat27[2];
+  assign \$587  = \$585  & \$586 ;
+  assign \$588  = ~ sat27[3];
+  assign \$589  = \$588  & sat27[0];
+  assign \$590  = \$587  & \$589 ;
+  assign \$591  = ~ sat27[2];
+  assign \$592  = ~ sat27[3];
   assign \$593  = \$591  & \$592 ;
-  assign \$594  = ~ sat20[3];
-  assign \$595  = \$594  & sat20[0];
-  assign \$596  = \$593  & \$595 ;
-  assign \$597  = ~ sat20[2];
-  assign \$598  = ~ sat20[3];
-  assign \$599  = \$597  & \$598 ;
-  assign \$600  = \$599  & sat20[1];
-  assign \$601  = \$596  | \$600 ;
-  assign \$602  = ~ sat20[3];
-  assign \$603  = \$602  & sat20[2];
-  assign \$604  = \$603  | sat20[3];
-  assign gt0_20 = \$601  | \$604 ;
-  assign \$605  = ~ sat21[1];
-  assign \$606  = ~ sat21[2];
+  assign \$594  = \$593  & sat27[1];
+  assign \$595  = \$590  | \$594 ;
+  assign \$596  = ~ sat27[3];
+  assign \$597  = \$596  & sat27[2];
+  assign \$598  = \$597  | sat27[3];
+  assign gt0_27 = \$595  | \$598 ;
+  assign \$599  = ~ sat28[1];
+  assign \$600  = ~ sat28[2];
+  assign \$601  = \$599  & \$600 ;
+  assign \$602  = ~ sat28[3];
+  assign \$603  = \$602  & sat28[0];
+  assign \$604  = \$601  & \$603 ;
+  assign \$605  = ~ sat28[2];
+  assign \$606  = ~ sat28[3];
   assign \$607  = \$605  & \$606 ;
-  assign \$608  = ~ sat21[3];
-  assign \$609  = \$608  & sat21[0];
-  assign \$610  = \$607  & \$609 ;
-  assign \$611  = ~ sat21[2];
-  assign \$612  = ~ sat21[3];
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = \$613  & sat21[1];
-  assign \$615  = \$610  | \$614 ;
-  assign \$616  = ~ sat21[3];
-  assign \$617  = \$616  & sat21[2];
-  assign \$618  = \$617  | sat21[3];
-  assign gt0_21 = \$615  | \$618 ;
-  assign \$619  = ~ sat22[1];
-  assign \$620  = ~ sat22[2];
+  assign \$608  = \$607  & sat28[1];
+  assign \$609  = \$604  | \$608 ;
+  assign \$610  = ~ sat28[3];
+  assign \$611  = \$610  & sat28[2];
+  assign \$612  = \$611  | sat28[3];
+  assign gt0_28 = \$609  | \$612 ;
+  assign \$613  = ~ sat29[1];
+  assign \$614  = ~ sat29[2];
+  assign \$615  = \$613  & \$614 ;
+  assign \$616  = ~ sat29[3];
+  assign \$617  = \$616  & sat29[0];
+  assign \$618  = \$615  & \$617 ;
+  assign \$619  = ~ sat29[2];
+  assign \$620  = ~ sat29[3];
   assign \$621  = \$619  & \$620 ;
-  assign \$622  = ~ sat22[3];
-  assign \$623  = \$622  & sat22[0];
-  assign \$624  = \$621  & \$623 ;
-  assign \$625  = ~ sat22[2];
-  assign \$626  = ~ sat22[3];
-  assign \$627  = \$625  & \$626 ;
-  assign \$628  = \$627  & sat22[1];
-  assign \$629  = \$624  | \$628 ;
-  assign \$630  = ~ sat22[3];
-  assign \$631  = \$630  & sat22[2];
-  assign \$632  = \$631  | sat22[3];
-  assign gt0_22 = \$629  | \$632 ;
-  assign \$633  = ~ sat23[1];
-  assign \$634  = ~ sat23[2];
+  assign \$622  = \$621  & sat29[1];
+  assign \$623  = \$618  | \$622 ;
+  assign \$624  = ~ sat29[3];
+  assign \$625  = \$624  & sat29[2];
+  assign \$626  = \$625  | sat29[3];
+  assign gt0_29 = \$623  | \$626 ;
+  assign \$627  = ~ sat30[1];
+  assign \$628  = ~ sat30[2];
+  assign \$629  = \$627  & \$628 ;
+  assign \$630  = ~ sat30[3];
+  assign \$631  = \$630  & sat30[0];
+  assign \$632  = \$629  & \$631 ;
+  assign \$633  = ~ sat30[2];
+  assign \$634  = ~ sat30[3];
   assign \$635  = \$633  & \$634 ;
-  assign \$636  = ~ sat23[3];
-  assign \$637  = \$636  & sat23[0];
-  assign \$638  = \$635  & \$637 ;
-  assign \$639  = ~ sat23[2];
-  assign \$640  = ~ sat23[3];
-  assign \$641  = \$639  & \$640 ;
-  assign \$642  = \$641  & sat23[1];
-  assign \$643  = \$638  | \$642 ;
-  assign \$644  = ~ sat23[3];
-  assign \$645  = \$644  & sat23[2];
-  assign \$646  = \$645  | sat23[3];
-  assign gt0_23 = \$643  | \$646 ;
-  assign \$647  = ~ sat24[1];
-  assign \$648  = ~ sat24[2];
+  assign \$636  = \$635  & sat30[1];
+  assign \$637  = \$632  | \$636 ;
+  assign \$638  = ~ sat30[3];
+  assign \$639  = \$638  & sat30[2];
+  assign \$640  = \$639  | sat30[3];
+  assign gt0_30 = \$637  | \$640 ;
+  assign \$641  = ~ sat31[1];
+  assign \$642  = ~ sat31[2];
+  assign \$643  = \$641  & \$642 ;
+  assign \$644  = ~ sat31[3];
+  assign \$645  = \$644  & sat31[0];
+  assign \$646  = \$643  & \$645 ;
+  assign \$647  = ~ sat31[2];
+  assign \$648  = ~ sat31[3];
   assign \$649  = \$647  & \$648 ;
-  assign \$650  = ~ sat24[3];
-  assign \$651  = \$650  & sat24[0];
-  assign \$652  = \$649  & \$651 ;
-  assign \$653  = ~ sat24[2];
-  assign \$654  = ~ sat24[3];
-  assign \$655  = \$653  & \$654 ;
-  assign \$656  = \$655  & sat24[1];
-  assign \$657  = \$652  | \$656 ;
-  assign \$658  = ~ sat24[3];
-  assign \$659  = \$658  & sat24[2];
-  assign \$660  = \$659  | sat24[3];
-  assign gt0_24 = \$657  | \$660 ;
-  assign \$661  = ~ sat25[1];
-  assign \$662  = ~ sat25[2];
+  assign \$650  = \$649  & sat31[1];
+  assign \$651  = \$646  | \$650 ;
+  assign \$652  = ~ sat31[3];
+  assign \$653  = \$652  & sat31[2];
+  assign \$654  = \$653  | sat31[3];
+  assign gt0_31 = \$651  | \$654 ;
+  assign \$655  = ~ sat32[1];
+  assign \$656  = ~ sat32[2];
+  assign \$657  = \$655  & \$656 ;
+  assign \$658  = ~ sat32[3];
+  assign \$659  = \$658  & sat32[0];
+  assign \$660  = \$657  & \$659 ;
+  assign \$661  = ~ sat32[2];
+  assign \$662  = ~ sat32[3];
   assign \$663  = \$661  & \$662 ;
-  assign \$664  = ~ sat25[3];
-  assign \$665  = \$664  & sat25[0];
-  assign \$666  = \$663  & \$665 ;
-  assign \$667  = ~ sat25[2];
-  assign \$668  = ~ sat25[3];
-  assign \$669  = \$667  & \$668 ;
-  assign \$670  = \$669  & sat25[1];
-  assign \$671  = \$666  | \$670 ;
-  assign \$672  = ~ sat25[3];
-  assign \$673  = \$672  & sat25[2];
-  assign \$674  = \$673  | sat25[3];
-  assign gt0_25 = \$671  | \$674 ;
-  assign \$675  = ~ sat26[1];
-  assign \$676  = ~ sat26[2];
+  assign \$664  = \$663  & sat32[1];
+  assign \$665  = \$660  | \$664 ;
+  assign \$666  = ~ sat32[3];
+  assign \$667  = \$666  & sat32[2];
+  assign \$668  = \$667  | sat32[3];
+  assign gt0_32 = \$665  | \$668 ;
+  assign \$669  = ~ sat33[1];
+  assign \$670  = ~ sat33[2];
+  assign \$671  = \$669  & \$670 ;
+  assign \$672  = ~ sat33[3];
+  assign \$673  = \$672  & sat33[0];
+  assign \$674  = \$671  & \$673 ;
+  assign \$675  = ~ sat33[2];
+  assign \$676  = ~ sat33[3];
   assign \$677  = \$675  & \$676 ;
-  assign \$678  = ~ sat26[3];
-  assign \$679  = \$678  & sat26[0];
-  assign \$680  = \$677  & \$679 ;
-  assign \$681  = ~ sat26[2];
-  assign \$682  = ~ sat26[3];
-  assign \$683  = \$681  & \$682 ;
-  assign \$684  = \$683  & sat26[1];
-  assign \$685  = \$680  | \$684 ;
-  assign \$686  = ~ sat26[3];
-  assign \$687  = \$686  & sat26[2];
-  assign \$688  = \$687  | sat26[3];
-  assign gt0_26 = \$685  | \$688 ;
-  assign \$689  = ~ sat27[1];
-  assign \$690  = ~ sat27[2];
+  assign \$678  = \$677  & sat33[1];
+  assign \$679  = \$674  | \$678 ;
+  assign \$680  = ~ sat33[3];
+  assign \$681  = \$680  & sat33[2];
+  assign \$682  = \$681  | sat33[3];
+  assign gt0_33 = \$679  | \$682 ;
+  assign \$683  = ~ sat34[1];
+  assign \$684  = ~ sat34[2];
+  assign \$685  = \$683  & \$684 ;
+  assign \$686  = ~ sat34[3];
+  assign \$687  = \$686  & sat34[0];
+  assign \$688  = \$685  & \$687 ;
+  assign \$689  = ~ sat34[2];
+  assign \$690  = ~ sat34[3];
   assign \$691  = \$689  & \$690 ;
-  assign \$692  = ~ sat27[3];
-  assign \$693  = \$692  & sat27[0];
-  assign \$694  = \$691  & \$693 ;
-  assign \$695  = ~ sat27[2];
-  assign \$696  = ~ sat27[3];
-  assign \$697  = \$695  & \$696 ;
-  assign \$698  = \$697  & sat27[1];
-  assign \$699  = \$694  | \$698 ;
-  assign \$700  = ~ sat27[3];
-  assign \$701  = \$700  & sat27[2];
-  assign \$702  = \$701  | sat27[3];
-  assign gt0_27 = \$699  | \$702 ;
-  assign \$703  = ~ sat28[1];
-  assign \$704  = ~ sat28[2];
+  assign \$692  = \$691  & sat34[1];
+  assign \$693  = \$688  | \$692 ;
+  assign \$694  = ~ sat34[3];
+  assign \$695  = \$694  & sat34[2];
+  assign \$696  = \$695  | sat34[3];
+  assign gt0_34 = \$693  | \$696 ;
+  assign \$697  = ~ sat35[1];
+  assign \$698  = ~ sat35[2];
+  assign \$699  = \$697  & \$698 ;
+  assign \$700  = ~ sat35[3];
+  assign \$701  = \$700  & sat35[0];
+  assign \$702  = \$699  & \$701 ;
+  assign \$703  = ~ sat35[2];
+  assign \$704  = ~ sat35[3];
   assign \$705  = \$703  & \$704 ;
-  assign \$706  = ~ sat28[3];
-  assign \$707  = \$706  & sat28[0];
-  assign \$708  = \$705  & \$707 ;
-  assign \$709  = ~ sat28[2];
-  assign \$710  = ~ sat28[3];
-  assign \$711  = \$709  & \$710 ;
-  assign \$712  = \$711  & sat28[1];
-  assign \$713  = \$708  | \$712 ;
-  assign \$714  = ~ sat28[3];
-  assign \$715  = \$714  & sat28[2];
-  assign \$716  = \$715  | sat28[3];
-  assign gt0_28 = \$713  | \$716 ;
-  assign \$717  = ~ sat29[1];
-  assign \$718  = ~ sat29[2];
-  assign \$719  = \$717  & \$718 ;
-  assign \$720  = ~ sat29[3];
-  assign \$721  = \$720  & sat29[0];
-  assign \$722  = \$719  & \$721 ;
-  assign \$723  = ~ sat29[2];
-  assign \$724  = ~ sat29[3];
-  assign \$725  = \$723  & \$724 ;
-  assign \$726  = \$725  & sat29[1];
-  assign \$727  = \$722  | \$726 ;
-  assign \$728  = ~ sat29[3];
-  assign \$729  = \$728  & sat29[2];
-  assign \$730  = \$729  | sat29[3];
-  assign gt0_29 = \$727  | \$730 ;
-  assign \$731  = ~ sat30[1];
-  assign \$732  = ~ sat30[2];
-  assign \$733  = \$731  & \$732 ;
-  assign \$734  = ~ sat30[3];
-  assign \$735  = \$734  & sat30[0];
-  assign \$736  = \$733  & \$735 ;
-  assign \$737  = ~ sat30[2];
-  assign \$738  = ~ sat30[3];
-  assign \$739  = \$737  & \$738 ;
-  assign \$740  = \$739  & sat30[1];
-  assign \$741  = \$736  | \$740 ;
-  assign \$742  = ~ sat30[3];
-  assign \$743  = \$742  & sat30[2];
-  assign \$744  = \$743  | sat30[3];
-  assign gt0_30 = \$741  | \$744 ;
-  assign \$745  = ~ sat31[1];
-  assign \$746  = ~ sat31[2];
-  assign \$747  = \$745  & \$746 ;
-  assign \$748  = ~ sat31[3];
-  assign \$749  = \$748  & sat31[0];
-  assign \$750  = \$747  & \$749 ;
-  assign \$751  = ~ sat31[2];
-  assign \$752  = ~ sat31[3];
-  assign \$753  = \$751  & \$752 ;
-  assign \$754  = \$753  & sat31[1];
-  assign \$755  = \$750  | \$754 ;
-  assign \$756  = ~ sat31[3];
-  assign \$757  = \$756  & sat31[2];
-  assign \$758  = \$757  | sat31[3];
-  assign gt0_31 = \$755  | \$758 ;
-  assign \$759  = ~ sat32[1];
-  assign \$760  = ~ sat32[2];
-  assign \$761  = \$759  & \$760 ;
-  assign \$762  = ~ sat32[3];
-  assign \$763  = \$762  & sat32[0];
-  assign \$764  = \$761  & \$763 ;
-  assign \$765  = ~ sat32[2];
-  assign \$766  = ~ sat32[3];
-  assign \$767  = \$765  & \$766 ;
-  assign \$768  = \$767  & sat32[1];
-  assign \$769  = \$764  | \$768 ;
-  assign \$770  = ~ sat32[3];
-  assign \$771  = \$770  & sat32[2];
-  assign \$772  = \$771  | sat32[3];
-  assign gt0_32 = \$769  | \$772 ;
-  assign \$773  = ~ sat33[1];
-  assign \$774  = ~ sat33[2];
-  assign \$775  = \$773  & \$774 ;
-  assign \$776  = ~ sat33[3];
-  assign \$777  = \$776  & sat33[0];
-  assign \$778  = \$775  & \$777 ;
-  assign \$779  = ~ sat33[2];
-  assign \$780  = ~ sat33[3];
-  assign \$781  = \$779  & \$780 ;
-  assign \$782  = \$781  & sat33[1];
-  assign \$783  = \$778  | \$782 ;
-  assign \$784  = ~ sat33[3];
-  assign \$785  = \$784  & sat33[2];
-  assign \$786  = \$785  | sat33[3];
-  assign gt0_33 = \$783  | \$786 ;
-  assign \$787  = ~ sat34[1];
-  assign \$788  = ~ sat34[2];
-  assign \$789  = \$787  & \$788 ;
-  assign \$790  = ~ sat34[3];
-  assign \$791  = \$790  & sat34[0];
-  assign \$792  = \$789  & \$791 ;
-  assign \$793  = ~ sat34[2];
-  assign \$794  = ~ sat34[3];
-  assign \$795  = \$793  & \$794 ;
-  assign \$796  = \$795  & sat34[1];
-  assign \$797  = \$792  | \$796 ;
-  assign \$798  = ~ sat34[3];
-  assign \$799  = \$798  & sat34[2];
-  assign \$800  = \$799  | sat34[3];
-  assign gt0_34 = \$797  | \$800 ;
-  assign \$801  = ~ sat35[1];
-  assign \$802  = ~ sat35[2];
-  assign \$803  = \$801  & \$802 ;
-  assign \$804  = ~ sat35[3];
-  assign \$805  = \$804  & sat35[0];
-  assign \$806  = \$803  & \$805 ;
-  assign \$807  = ~ sat35[2];
-  assign \$808  = ~ sat35[3];
-  assign \$809  = \$807  & \$808 ;
-  assign \$810  = \$809  & sat35[1];
-  assign \$811  = \$806  | \$810 ;
-  assign \$812  = ~ sat35[3];
-  assign \$813  = \$812  & sat35[2];
-  assign \$814  = \$813  | sat35[3];
-  assign gt0_35 = \$811  | \$814 ;
-  assign \$815  = ~ gt0_0;
-  assign \$816  = gt0_1 & \$815 ;
-  assign \$817  = \$816  ? 1'h1 : 1'h0;
-  assign \$818  = ~ gt0_1;
-  assign \$819  = gt0_2 & \$818 ;
-  assign \$820  = \$819  ? 2'h2 : 2'h0;
-  assign \$821  = { 1'h0, \$817  } | \$820 ;
-  assign \$822  = ~ gt0_2;
-  assign \$823  = gt0_3 & \$822 ;
-  assign \$824  = \$823  ? 2'h3 : 2'h0;
-  assign \$825  = ~ gt0_3;
-  assign \$826  = gt0_4 & \$825 ;
-  assign \$827  = \$826  ? 3'h4 : 3'h0;
-  assign \$828  = { 1'h0, \$824  } | \$827 ;
-  assign \$829  = { 1'h0, \$821  } | \$828 ;
-  assign \$830  = ~ gt0_4;
-  assign \$831  = gt0_5 & \$830 ;
-  assign \$832  = \$831  ? 3'h5 : 3'h0;
-  assign \$833  = ~ gt0_5;
-  assign \$834  = gt0_6 & \$833 ;
-  assign \$835  = \$834  ? 3'h6 : 3'h0;
-  assign \$836  = \$832  | \$835 ;
-  assign \$837  = ~ gt0_6;
-  assign \$838  = gt0_7 & \$837 ;
-  assign \$839  = \$838  ? 3'h7 : 3'h0;
-  assign \$840  = ~ gt0_7;
-  assign \$841  = gt0_8 & \$840 ;
-  assign \$842  = \$841  ? 4'h8 : 4'h0;
-  assign \$843  = { 1'h0, \$839  } | \$842 ;
-  assign \$844  = { 1'h0, \$836  } | \$843 ;
-  assign \$845  = { 1'h0, \$829  } | \$844 ;
-  assign \$846  = ~ gt0_8;
-  assign \$847  = gt0_9 & \$846 ;
-  assign \$848  = \$847  ? 4'h9 : 4'h0;
-  assign \$849  = ~ gt0_9;
-  assign \$850  = gt0_10 & \$849 ;
-  assign \$851  = \$850  ? 4'ha : 4'h0;
-  assign \$852  = \$848  | \$851 ;
-  assign \$853  = ~ gt0_10;
-  assign \$854  = gt0_11 & \$853 ;
-  assign \$855  = \$854  ? 4'hb : 4'h0;
-  assign \$856  = ~ gt0_11;
-  assign \$857  = gt0_12 & \$856 ;
-  assign \$858  = \$857  ? 4'hc : 4'h0;
-  assign \$859  = \$855  | \$858 ;
-  assign \$860  = \$852  | \$859 ;
-  assign \$861  = ~ gt0_12;
-  assign \$862  = gt0_13 & \$861 ;
-  assign \$863  = \$862  ? 4'hd : 4'h0;
-  assign \$864  = ~ gt0_13;
-  assign \$865  = gt0_14 & \$864 ;
-  assign \$866  = \$865  ? 4'he : 4'h0;
-  assign \$867  = \$863  | \$866 ;
-  assign \$868  = ~ gt0_14;
-  assign \$869  = gt0_15 & \$868 ;
-  assign \$870  = \$869  ? 4'hf : 4'h0;
-  assign \$871  = ~ gt0_15;
-  assign \$872  = gt0_16 & \$871 ;
-  assign \$873  = \$872  ? 5'h10 : 5'h00;
-  assign \$874  = { 1'h0, \$870  } | \$873 ;
-  assign \$875  = { 1'h0, \$867  } | \$874 ;
-  assign \$876  = { 1'h0, \$860  } | \$875 ;
-  assign \$877  = { 1'h0, \$845  } | \$876 ;
-  assign \$878  = ~ gt0_16;
-  assign \$879  = gt0_17 & \$878 ;
-  assign \$880  = \$879  ? 5'h11 : 5'h00;
-  assign \$881  = ~ gt0_17;
-  assign \$882  = gt0_18 & \$881 ;
-  assign \$883  = \$882  ? 5'h12 : 5'h00;
+  assign \$706  = \$705  & sat35[1];
+  assign \$707  = \$702  | \$706 ;
+  assign \$708  = ~ sat35[3];
+  assign \$709  = \$708  & sat35[2];
+  assign \$710  = \$709  | sat35[3];
+  assign gt0_35 = \$707  | \$710 ;
+  assign \$711  = ~ gt0_0;
+  assign \$712  = gt0_1 & \$711 ;
+  assign \$713  = \$712  ? 1'h1 : 1'h0;
+  assign \$714  = ~ gt0_1;
+  assign \$715  = gt0_2 & \$714 ;
+  assign \$716  = \$715  ? 2'h2 : 2'h0;
+  assign \$717  = { 1'h0, \$713  } | \$716 ;
+  assign \$718  = ~ gt0_2;
+  assign \$719  = gt0_3 & \$718 ;
+  assign \$720  = \$719  ? 2'h3 : 2'h0;
+  assign \$721  = ~ gt0_3;
+  assign \$722  = gt0_4 & \$721 ;
+  assign \$723  = \$722  ? 3'h4 : 3'h0;
+  assign \$724  = { 1'h0, \$720  } | \$723 ;
+  assign \$725  = { 1'h0, \$717  } | \$724 ;
+  assign \$726  = ~ gt0_4;
+  assign \$727  = gt0_5 & \$726 ;
+  assign \$728  = \$727  ? 3'h5 : 3'h0;
+  assign \$729  = ~ gt0_5;
+  assign \$730  = gt0_6 & \$729 ;
+  assign \$731  = \$730  ? 3'h6 : 3'h0;
+  assign \$732  = \$728  | \$731 ;
+  assign \$733  = ~ gt0_6;
+  assign \$734  = gt0_7 & \$733 ;
+  assign \$735  = \$734  ? 3'h7 : 3'h0;
+  assign \$736  = ~ gt0_7;
+  assign \$737  = gt0_8 & \$736 ;
+  assign \$738  = \$737  ? 4'h8 : 4'h0;
+  assign \$739  = { 1'h0, \$735  } | \$738 ;
+  assign \$740  = { 1'h0, \$732  } | \$739 ;
+  assign \$741  = { 1'h0, \$725  } | \$740 ;
+  assign \$742  = ~ gt0_8;
+  assign \$743  = gt0_9 & \$742 ;
+  assign \$744  = \$743  ? 4'h9 : 4'h0;
+  assign \$745  = ~ gt0_9;
+  assign \$746  = gt0_10 & \$745 ;
+  assign \$747  = \$746  ? 4'ha : 4'h0;
+  assign \$748  = \$744  | \$747 ;
+  assign \$749  = ~ gt0_10;
+  assign \$750  = gt0_11 & \$749 ;
+  assign \$751  = \$750  ? 4'hb : 4'h0;
+  assign \$752  = ~ gt0_11;
+  assign \$753  = gt0_12 & \$752 ;
+  assign \$754  = \$753  ? 4'hc : 4'h0;
+  assign \$755  = \$751  | \$754 ;
+  assign \$756  = \$748  | \$755 ;
+  assign \$757  = ~ gt0_12;
+  assign \$758  = gt0_13 & \$757 ;
+  assign \$759  = \$758  ? 4'hd : 4'h0;
+  assign \$760  = ~ gt0_13;
+  assign \$761  = gt0_14 & \$760 ;
+  assign \$762  = \$761  ? 4'he : 4'h0;
+  assign \$763  = \$759  | \$762 ;
+  assign \$764  = ~ gt0_14;
+  assign \$765  = gt0_15 & \$764 ;
+  assign \$766  = \$765  ? 4'hf : 4'h0;
+  assign \$767  = ~ gt0_15;
+  assign \$768  = gt0_16 & \$767 ;
+  assign \$769  = \$768  ? 5'h10 : 5'h00;
+  assign \$770  = { 1'h0, \$766  } | \$769 ;
+  assign \$771  = { 1'h0, \$763  } | \$770 ;
+  assign \$772  = { 1'h0, \$756  } | \$771 ;
+  assign \$773  = { 1'h0, \$741  } | \$772 ;
+  assign \$774  = ~ gt0_16;
+  assign \$775  = gt0_17 & \$774 ;
+  assign \$776  = \$775  ? 5'h11 : 5'h00;
+  assign \$777  = ~ gt0_17;
+  assign \$778  = gt0_18 & \$777 ;
+  assign \$779  = \$778  ? 5'h12 : 5'h00;
+  assign \$780  = \$776  | \$779 ;
+  assign \$781  = ~ gt0_18;
+  assign \$782  = gt0_19 & \$781 ;
+  assign \$783  = \$782  ? 5'h13 : 5'h00;
+  assign \$784  = ~ gt0_19;
+  assign \$785  = gt0_20 & \$784 ;
+  assign \$786  = \$785  ? 5'h14 : 5'h00;
+  assign \$787  = \$783  | \$786 ;
+  assign \$788  = \$780  | \$787 ;
+  assign \$789  = ~ gt0_20;
+  assign \$790  = gt0_21 & \$789 ;
+  assign \$791  = \$790  ? 5'h15 : 5'h00;
+  assign \$792  = ~ gt0_21;
+  assign \$793  = gt0_22 & \$792 ;
+  assign \$794  = \$793  ? 5'h16 : 5'h00;
+  assign \$795  = \$791  | \$794 ;
+  assign \$796  = ~ gt0_22;
+  assign \$797  = gt0_23 & \$796 ;
+  assign \$798  = \$797  ? 5'h17 : 5'h00;
+  assign \$799  = ~ gt0_23;
+  assign \$800  = gt0_24 & \$799 ;
+  assign \$801  = \$800  ? 5'h18 : 5'h00;
+  assign \$802  = \$798  | \$801 ;
+  assign \$803  = \$795  | \$802 ;
+  assign \$804  = \$788  | \$803 ;
+  assign \$805  = ~ gt0_24;
+  assign \$806  = gt0_25 & \$805 ;
+  assign \$807  = \$806  ? 5'h19 : 5'h00;
+  assign \$808  = ~ gt0_25;
+  assign \$809  = gt0_26 & \$808 ;
+  assign \$810  = \$809  ? 5'h1a : 5'h00;
+  assign \$811  = \$807  | \$810 ;
+  assign \$812  = ~ gt0_26;
+  assign \$813  = gt0_27 & \$812 ;
+  assign \$814  = \$813  ? 5'h1b : 5'h00;
+  assign \$815  = ~ gt0_27;
+  assign \$816  = gt0_28 & \$815 ;
+  assign \$817  = \$816  ? 5'h1c : 5'h00;
+  assign \$818  = \$814  | \$817 ;
+  assign \$819  = \$811  | \$818 ;
+  assign \$820  = ~ gt0_28;
+  assign \$821  = gt0_29 & \$820 ;
+  assign \$822  = \$821  ? 5'h1d : 5'h00;
+  assign \$823  = ~ gt0_29;
+  assign \$824  = gt0_30 & \$823 ;
+  assign \$825  = \$824  ? 5'h1e : 5'h00;
+  assign \$826  = \$822  | \$825 ;
+  assign \$827  = ~ gt0_30;
+  assign \$828  = gt0_31 & \$827 ;
+  assign \$829  = \$828  ? 5'h1f : 5'h00;
+  assign \$830  = ~ gt0_31;
+  assign \$831  = gt0_32 & \$830 ;
+  assign \$832  = \$831  ? 6'h20 : 6'h00;
+  assign \$833  = { 1'h0, \$829  } | \$832 ;
+  assign \$834  = { 1'h0, \$826  } | \$833 ;
+  assign \$835  = { 1'h0, \$819  } | \$834 ;
+  assign \$836  = { 1'h0, \$804  } | \$835 ;
+  assign \$837  = { 1'h0, \$773  } | \$836 ;
+  assign \$838  = ~ gt0_32;
+  assign \$839  = gt0_33 & \$838 ;
+  assign \$840  = \$839  ? 6'h21 : 6'h00;
+  assign \$841  = ~ gt0_33;
+  assign \$842  = gt0_34 & \$841 ;
+  assign \$843  = \$842  ? 6'h22 : 6'h00;
+  assign \$844  = \$840  | \$843 ;
+  assign \$845  = ~ gt0_34;
+  assign \$846  = gt0_35 & \$845 ;
+  assign \$847  = \$846  ? 6'h23 : 6'h00;
+  assign \$848  = \$844  | \$847 ;
+  assign gsel0 = \$837  | \$848 ;
+  assign \$849  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$850  = ~ gt0_0;
+  assign \$851  = gt0_1 & \$850 ;
+  assign \$852  = \$851  ? mbeat0[31:16] : 16'h0000;
+  assign \$853  = \$849  | \$852 ;
+  assign \$854  = ~ gt0_1;
+  assign \$855  = gt0_2 & \$854 ;
+  assign \$856  = \$855  ? mbeat0[47:32] : 16'h0000;
+  assign \$857  = ~ gt0_2;
+  assign \$858  = gt0_3 & \$857 ;
+  assign \$859  = \$858  ? mbeat0[63:48] : 16'h0000;
+  assign \$860  = \$856  | \$859 ;
+  assign \$861  = \$853  | \$860 ;
+  assign \$862  = ~ gt0_3;
+  assign \$863  = gt0_4 & \$862 ;
+  assign \$864  = \$863  ? mbeat0[79:64] : 16'h0000;
+  assign \$865  = ~ gt0_4;
+  assign \$866  = gt0_5 & \$865 ;
+  assign \$867  = \$866  ? mbeat0[95:80] : 16'h0000;
+  assign \$868  = \$864  | \$867 ;
+  assign \$869  = ~ gt0_5;
+  assign \$870  = gt0_6 & \$869 ;
+  assign \$871  = \$870  ? mbeat0[111:96] : 16'h0000;
+  assign \$872  = ~ gt0_6;
+  assign \$873  = gt0_7 & \$872 ;
+  assign \$874  = \$873  ? mbeat0[127:112] : 16'h0000;
+  assign \$875  = \$871  | \$874 ;
+  assign \$876  = \$868  | \$875 ;
+  assign \$877  = \$861  | \$876 ;
+  assign \$878  = ~ gt0_7;
+  assign \$879  = gt0_8 & \$878 ;
+  assign \$880  = \$879  ? mbeat0[143:128] : 16'h0000;
+  assign \$881  = ~ gt0_8;
+  assign \$882  = gt0_9 & \$881 ;
+  assign \$883  = \$882  ? mbeat0[159:144] : 16'h0000;
   assign \$884  = \$880  | \$883 ;
-  assign \$885  = ~ gt0_18;
-  assign \$886  = gt0_19 & \$885 ;
-  assign \$887  = \$886  ? 5'h13 : 5'h00;
-  assign \$888  = ~ gt0_19;
-  assign \$889  = gt0_20 & \$888 ;
-  assign \$890  = \$889  ? 5'h14 : 5'h00;
+  assign \$885  = ~ gt0_9;
+  assign \$886  = gt0_10 & \$885 ;
+  assign \$887  = \$886  ? mbeat0[175:160] : 16'h0000;
+  assign \$888  = ~ gt0_10;
+  assign \$889  = gt0_11 & \$888 ;
+  assign \$890  = \$889  ? mbeat0[191:176] : 16'h0000;
   assign \$891  = \$887  | \$890 ;
   assign \$892  = \$884  | \$891 ;
-  assign \$893  = ~ gt0_20;
-  assign \$894  = gt0_21 & \$893 ;
-  assign \$895  = \$894  ? 5'h15 : 5'h00;
-  assign \$896  = ~ gt0_21;
-  assign \$897  = gt0_22 & \$896 ;
-  assign \$898  = \$897  ? 5'h16 : 5'h00;
+  assign \$893  = ~ gt0_11;
+  assign \$894  = gt0_12 & \$893 ;
+  assign \$895  = \$894  ? mbeat1[15:0] : 16'h0000;
+  assign \$896  = ~ gt0_12;
+  assign \$897  = gt0_13 & \$896 ;
+  assign \$898  = \$897  ? mbeat1[31:16] : 16'h0000;
   assign \$899  = \$895  | \$898 ;
-  assign \$900  = ~ gt0_22;
-  assign \$901  = gt0_23 & \$900 ;
-  assign \$902  = \$901  ? 5'h17 : 5'h00;
-  assign \$903  = ~ gt0_23;
-  assign \$904  = gt0_24 & \$903 ;
-  assign \$905  = \$904  ? 5'h18 : 5'h00;
+  assign \$900  = ~ gt0_13;
+  assign \$901  = gt0_14 & \$900 ;
+  assign \$902  = \$901  ? mbeat1[47:32] : 16'h0000;
+  assign \$903  = ~ gt0_14;
+  assign \$904  = gt0_15 & \$903 ;
+  assign \$905  = \$904  ? mbeat1[63:48] : 16'h0000;
   assign \$906  = \$902  | \$905 ;
   assign \$907  = \$899  | \$906 ;
   assign \$908  = \$892  | \$907 ;
-  assign \$909  = ~ gt0_24;
-  assign \$910  = gt0_25 & \$909 ;
-  assign \$911  = \$910  ? 5'h19 : 5'h00;
-  assign \$912  = ~ gt0_25;
-  assign \$913  = gt0_26 & \$912 ;
-  assign \$914  = \$913  ? 5'h1a : 5'h00;
-  assign \$915  = \$911  | \$914 ;
-  assign \$916  = ~ gt0_26;
-  assign \$917  = gt0_27 & \$916 ;
-  assign \$918  = \$917  ? 5'h1b : 5'h00;
-  assign \$919  = ~ gt0_27;
-  assign \$920  = gt0_28 & \$919 ;
-  assign \$921  = \$920  ? 5'h1c : 5'h00;
-  assign \$922  = \$918  | \$921 ;
-  assign \$923  = \$915  | \$922 ;
-  assign \$924  = ~ gt0_28;
-  assign \$925  = gt0_29 & \$924 ;
-  assign \$926  = \$925  ? 5'h1d : 5'h00;
-  assign \$927  = ~ gt0_29;
-  assign \$928  = gt0_30 & \$927 ;
-  assign \$929  = \$928  ? 5'h1e : 5'h00;
-  assign \$930  = \$926  | \$929 ;
-  assign \$931  = ~ gt0_30;
-  assign \$932  = gt0_31 & \$931 ;
-  assign \$933  = \$932  ? 5'h1f : 5'h00;
-  assign \$934  = ~ gt0_31;
-  assign \$935  = gt0_32 & \$934 ;
-  assign \$936  = \$935  ? 6'h20 : 6'h00;
-  assign \$937  = { 1'h0, \$933  } | \$936 ;
-  assign \$938  = { 1'h0, \$930  } | \$937 ;
-  assign \$939  = { 1'h0, \$923  } | \$938 ;
-  assign \$940  = { 1'h0, \$908  } | \$939 ;
-  assign \$941  = { 1'h0, \$877  } | \$940 ;
-  assign \$942  = ~ gt0_32;
-  assign \$943  = gt0_33 & \$942 ;
-  assign \$944  = \$943  ? 6'h21 : 6'h00;
-  assign \$945  = ~ gt0_33;
-  assign \$946  = gt0_34 & \$945 ;
-  assign \$947  = \$946  ? 6'h22 : 6'h00;
-  assign \$948  = \$944  | \$947 ;
-  assign \$949  = ~ gt0_34;
-  assign \$950  = gt0_35 & \$949 ;
-  assign \$951  = \$950  ? 6'h23 : 6'h00;
-  assign \$952  = \$948  | \$951 ;
-  assign gsel0 = \$941  | \$952 ;
-  assign \$953  = gt0_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$954  = ~ gt0_0;
-  assign \$955  = gt0_1 & \$954 ;
-  assign \$956  = \$955  ? mbeat0[31:16] : 16'h0000;
-  assign \$957  = \$953  | \$956 ;
-  assign \$958  = ~ gt0_1;
-  assign \$959  = gt0_2 & \$958 ;
-  assign \$960  = \$959  ? mbeat0[47:32] : 16'h0000;
-  assign \$961  = ~ gt0_2;
-  assign \$962  = gt0_3 & \$961 ;
-  assign \$963  = \$962  ? mbeat0[63:48] : 16'h0000;
-  assign \$964  = \$960  | \$963 ;
-  assign \$965  = \$957  | \$964 ;
-  assign \$966  = ~ gt0_3;
-  assign \$967  = gt0_4 & \$966 ;
-  assign \$968  = \$967  ? mbeat0[79:64] : 16'h0000;
-  assign \$969  = ~ gt0_4;
-  assign \$970  = gt0_5 & \$969 ;
-  assign \$971  = \$970  ? mbeat0[95:80] : 16'h0000;
-  assign \$972  = \$968  | \$971 ;
-  assign \$973  = ~ gt0_5;
-  assign \$974  = gt0_6 & \$973 ;
-  assign \$975  = \$974  ? mbeat0[111:96] : 16'h0000;
-  assign \$976  = ~ gt0_6;
-  assign \$977  = gt0_7 & \$976 ;
-  assign \$978  = \$977  ? mbeat0[127:112] : 16'h0000;
-  assign \$979  = \$975  | \$978 ;
-  assign \$980  = \$972  | \$979 ;
-  assign \$981  = \$965  | \$980 ;
-  assign \$982  = ~ gt0_7;
-  assign \$983  = gt0_8 & \$982 ;
-  assign \$984  = \$983  ? mbeat0[143:128] : 16'h0000;
-  assign \$985  = ~ gt0_8;
-  assign \$986  = gt0_9 & \$985 ;
-  assign \$987  = \$986  ? mbeat0[159:144] : 16'h0000;
-  assign \$988  = \$984  | \$987 ;
-  assign \$989  = ~ gt0_9;
-  assign \$990  = gt0_10 & \$989 ;
-  assign \$991  = \$990  ? mbeat0[175:160] : 16'h0000;
-  assign \$992  = ~ gt0_10;
-  assign \$993  = gt0_11 & \$992 ;
-  assign \$994  = \$993  ? mbeat0[191:176] : 16'h0000;
-  assign \$995  = \$991  | \$994 ;
-  assign \$996  = \$988  | \$995 ;
-  assign \$997  = ~ gt0_11;
-  assign \$998  = gt0_12 & \$997 ;
-  assign \$999  = \$998  ? mbeat1[15:0] : 16'h0000;
-  assign \$1000  = ~ gt0_12;
-  assign \$1001  = gt0_13 & \$1000 ;
-  assign \$1002  = \$1001  ? mbeat1[31:16] : 16'h0000;
-  assign \$1003  = \$999  | \$1002 ;
-  assign \$1004  = ~ gt0_13;
-  assign \$1005  = gt0_14 & \$1004 ;
-  assign \$1006  = \$1005  ? mbeat1[47:32] : 16'h0000;
-  assign \$1007  = ~ gt0_14;
-  assign \$1008  = gt0_15 & \$1007 ;
-  assign \$1009  = \$1008  ? mbeat1[63:48] : 16'h0000;
-  assign \$1010  = \$1006  | \$1009 ;
-  assign \$1011  = \$1003  | \$1010 ;
-  assign \$1012  = \$996  | \$1011 ;
-  assign \$1013  = \$981  | \$1012 ;
-  assign \$1014  = ~ gt0_15;
-  assign \$1015  = gt0_16 & \$1014 ;
-  assign \$1016  = \$1015  ? mbeat1[79:64] : 16'h0000;
-  assign \$1017  = ~ gt0_16;
-  assign \$1018  = gt0_17 & \$1017 ;
-  assign \$1019  = \$1018  ? mbeat1[95:80] : 16'h0000;
-  assign \$1020  = \$1016  | \$1019 ;
-  assign \$1021  = ~ gt0_17;
-  assign \$1022  = gt0_18 & \$1021 ;
-  assign \$1023  = \$1022  ? mbeat1[111:96] : 16'h0000;
-  assign \$1024  = ~ gt0_18;
-  assign \$1025  = gt0_19 & \$1024 ;
-  assign \$1026  = \$1025  ? mbeat1[127:112] : 16'h0000;
-  assign \$1027  = \$1023  | \$1026 ;
-  assign \$1028  = \$1020  | \$1027 ;
-  assign \$1029  = ~ gt0_19;
-  assign \$1030  = gt0_20 & \$1029 ;
-  assign \$1031  = \$1030  ? mbeat1[143:128] : 16'h0000;
-  assign \$1032  = ~ gt0_20;
-  assign \$1033  = gt0_21 & \$1032 ;
-  assign \$1034  = \$1033  ? mbeat1[159:144] : 16'h0000;
-  assign \$1035  = \$1031  | \$1034 ;
-  assign \$1036  = ~ gt0_21;
-  assign \$1037  = gt0_22 & \$1036 ;
-  assign \$1038  = \$1037  ? mbeat1[175:160] : 16'h0000;
-  assign \$1039  = ~ gt0_22;
-  assign \$1040  = gt0_23 & \$1039 ;
-  assign \$1041  = \$1040  ? mbeat1[191:176] : 16'h0000;
-  assign \$1042  = \$1038  | \$1041 ;
-  assign \$1043  = \$1035  | \$1042 ;
-  assign \$1044  = \$1028  | \$1043 ;
-  assign \$1045  = ~ gt0_23;
-  assign \$1046  = gt0_24 & \$1045 ;
-  assign \$1047  = \$1046  ? mbeat2[15:0] : 16'h0000;
-  assign \$1048  = ~ gt0_24;
-  assign \$1049  = gt0_25 & \$1048 ;
-  assign \$1050  = \$1049  ? mbeat2[31:16] : 16'h0000;
-  assign \$1051  = \$1047  | \$1050 ;
-  assign \$1052  = ~ gt0_25;
-  assign \$1053  = gt0_26 & \$1052 ;
-  assign \$1054  = \$1053  ? mbeat2[47:32] : 16'h0000;
-  assign \$1055  = ~ gt0_26;
-  assign \$1056  = gt0_27 & \$1055 ;
-  assign \$1057  = \$1056  ? mbeat2[63:48] : 16'h0000;
-  assign \$1058  = \$1054  | \$1057 ;
-  assign \$1059  = \$1051  | \$1058 ;
-  assign \$1060  = ~ gt0_27;
-  assign \$1061  = gt0_28 & \$1060 ;
-  assign \$1062  = \$1061  ? mbeat2[79:64] : 16'h0000;
-  assign \$1063  = ~ gt0_28;
-  assign \$1064  = gt0_29 & \$1063 ;
-  assign \$1065  = \$1064  ? mbeat2[95:80] : 16'h0000;
-  assign \$1066  = \$1062  | \$1065 ;
-  assign \$1067  = ~ gt0_29;
-  assign \$1068  = gt0_30 & \$1067 ;
-  assign \$1069  = \$1068  ? mbeat2[111:96] : 16'h0000;
-  assign \$1070  = ~ gt0_30;
-  assign \$1071  = gt0_31 & \$1070 ;
-  assign \$1072  = \$1071  ? mbeat2[127:112] : 16'h0000;
-  assign \$1073  = \$1069  | \$1072 ;
-  assign \$1074  = \$1066  | \$1073 ;
-  assign \$1075  = \$1059  | \$1074 ;
-  assign \$1076  = \$1044  | \$1075 ;
-  assign \$1077  = \$1013  | \$1076 ;
-  assign \$1078  = ~ gt0_31;
-  assign \$1079  = gt0_32 & \$1078 ;
-  assign \$1080  = \$1079  ? mbeat2[143:128] : 16'h0000;
-  assign \$1081  = ~ gt0_32;
-  assign \$1082  = gt0_33 & \$1081 ;
-  assign \$1083  = \$1082  ? mbeat2[159:144] : 16'h0000;
-  assign \$1084  = \$1080  | \$1083 ;
-  assign \$1085  = ~ gt0_33;
-  assign \$1086  = gt0_34 & \$1085 ;
-  assign \$1087  = \$1086  ? mbeat2[175:160] : 16'h0000;
-  assign \$1088  = ~ gt0_34;
-  assign \$1089  = gt0_35 & \$1088 ;
-  assign \$1090  = \$1089  ? mbeat2[191:176] : 16'h0000;
-  assign \$1091  = \$1087  | \$1090 ;
-  assign \$1092  = \$1084  | \$1091 ;
-  assign grp0 = \$1077  | \$1092 ;
-  assign \$1093  = gt0_0 ? Rm1[3:0] : 4'h0;
-  assign \$1094  = ~ gt0_0;
-  assign \$1095  = gt0_1 & \$1094 ;
-  assign \$1096  = \$1095  ? R0[3:0] : 4'h0;
-  assign \$1097  = \$1093  | \$1096 ;
-  assign \$1098  = ~ gt0_1;
-  assign \$1099  = gt0_2 & \$1098 ;
-  assign \$1100  = \$1099  ? R1[3:0] : 4'h0;
-  assign \$1101  = ~ gt0_2;
-  assign \$1102  = gt0_3 & \$1101 ;
-  assign \$1103  = \$1102  ? R2[3:0] : 4'h0;
-  assign \$1104  = \$1100  | \$1103 ;
-  assign \$1105  = \$1097  | \$1104 ;
-  assign \$1106  = ~ gt0_3;
-  assign \$1107  = gt0_4 & \$1106 ;
-  assign \$1108  = \$1107  ? R3[3:0] : 4'h0;
-  assign \$1109  = ~ gt0_4;
-  assign \$1110  = gt0_5 & \$1109 ;
-  assign \$1111  = \$1110  ? R4[3:0] : 4'h0;
-  assign \$1112  = \$1108  | \$1111 ;
-  assign \$1113  = ~ gt0_5;
-  assign \$1114  = gt0_6 & \$1113 ;
-  assign \$1115  = \$1114  ? R5[3:0] : 4'h0;
-  assign \$1116  = ~ gt0_6;
-  assign \$1117  = gt0_7 & \$1116 ;
-  assign \$1118  = \$1117  ? R6[3:0] : 4'h0;
-  assign \$1119  = \$1115  | \$1118 ;
-  assign \$1120  = \$1112  | \$1119 ;
-  assign \$1121  = \$1105  | \$1120 ;
-  assign \$1122  = ~ gt0_7;
-  assign \$1123  = gt0_8 & \$1122 ;
-  assign \$1124  = \$1123  ? R7[3:0] : 4'h0;
-  assign \$1125  = ~ gt0_8;
-  assign \$1126  = gt0_9 & \$1125 ;
-  assign \$1127  = \$1126  ? R8[3:0] : 4'h0;
-  assign \$1128  = \$1124  | \$1127 ;
-  assign \$1129  = ~ gt0_9;
-  assign \$1130  = gt0_10 & \$1129 ;
-  assign \$1131  = \$1130  ? R9[3:0] : 4'h0;
-  assign \$1132  = ~ gt0_10;
-  assign \$1133  = gt0_11 & \$1132 ;
-  assign \$1134  = \$1133  ? R10[3:0] : 4'h0;
-  assign \$1135  = \$1131  | \$1134 ;
-  assign \$1136  = \$1128  | \$1135 ;
-  assign \$1137  = ~ gt0_11;
-  assign \$1138  = gt0_12 & \$1137 ;
-  assign \$1139  = \$1138  ? R11[3:0] : 4'h0;
-  assign \$1140  = ~ gt0_12;
-  assign \$1141  = gt0_13 & \$1140 ;
-  assign \$1142  = \$1141  ? R12[3:0] : 4'h0;
-  assign \$1143  = \$1139  | \$1142 ;
-  assign \$1144  = ~ gt0_13;
-  assign \$1145  = gt0_14 & \$1144 ;
-  assign \$1146  = \$1145  ? R13[3:0] : 4'h0;
-  assign \$1147  = ~ gt0_14;
-  assign \$1148  = gt0_15 & \$1147 ;
-  assign \$1149  = \$1148  ? R14[3:0] : 4'h0;
-  assign \$1150  = \$1146  | \$1149 ;
-  assign \$1151  = \$1143  | \$1150 ;
-  assign \$1152  = \$1136  | \$1151 ;
-  assign \$1153  = \$1121  | \$1152 ;
-  assign \$1154  = ~ gt0_15;
-  assign \$1155  = gt0_16 & \$1154 ;
-  assign \$1156  = \$1155  ? R15[3:0] : 4'h0;
-  assign \$1157  = ~ gt0_16;
-  assign \$1158  = gt0_17 & \$1157 ;
-  assign \$1159  = \$1158  ? R16[3:0] : 4'h0;
-  assign \$1160  = \$1156  | \$1159 ;
-  assign \$1161  = ~ gt0_17;
-  assign \$1162  = gt0_18 & \$1161 ;
-  assign \$1163  = \$1162  ? R17[3:0] : 4'h0;
-  assign \$1164  = ~ gt0_18;
-  assign \$1165  = gt0_19 & \$1164 ;
-  assign \$1166  = \$1165  ? R18[3:0] : 4'h0;
-  assign \$1167  = \$1163  | \$1166 ;
-  assign \$1168  = \$1160  | \$1167 ;
-  assign \$1169  = ~ gt0_19;
-  assign \$1170  = gt0_20 & \$1169 ;
-  assign \$1171  = \$1170  ? R19[3:0] : 4'h0;
-  assign \$1172  = ~ gt0_20;
-  assign \$1173  = gt0_21 & \$1172 ;
-  assign \$1174  = \$1173  ? R20[3:0] : 4'h0;
-  assign \$1175  = \$1171  | \$1174 ;
-  assign \$1176  = ~ gt0_21;
-  assign \$1177  = gt0_22 & \$1176 ;
-  assign \$1178  = \$1177  ? R21[3:0] : 4'h0;
-  assign \$1179  = ~ gt0_22;
-  assign \$1180  = gt0_23 & \$1179 ;
-  assign \$1181  = \$1180  ? R22[3:0] : 4'h0;
-  assign \$1182  = \$1178  | \$1181 ;
-  assign \$1183  = \$1175  | \$1182 ;
-  assign \$1184  = \$1168  | \$1183 ;
-  assign \$1185  = ~ gt0_23;
-  assign \$1186  = gt0_24 & \$1185 ;
-  assign \$1187  = \$1186  ? R23[3:0] : 4'h0;
-  assign \$1188  = ~ gt0_24;
-  assign \$1189  = gt0_25 & \$1188 ;
-  assign \$1190  = \$1189  ? R24[3:0] : 4'h0;
-  assign \$1191  = \$1187  | \$1190 ;
-  assign \$1192  = ~ gt0_25;
-  assign \$1193  = gt0_26 & \$1192 ;
-  assign \$1194  = \$1193  ? R25[3:0] : 4'h0;
-  assign \$1195  = ~ gt0_26;
-  assign \$1196  = gt0_27 & \$1195 ;
-  assign \$1197  = \$1196  ? R26[3:0] : 4'h0;
-  assign \$1198  = \$1194  | \$1197 ;
-  assign \$1199  = \$1191  | \$1198 ;
-  assign \$1200  = ~ gt0_27;
-  assign \$1201  = gt0_28 & \$1200 ;
-  assign \$1202  = \$1201  ? R27[3:0] : 4'h0;
-  assign \$1203  = ~ gt0_28;
-  assign \$1204  = gt0_29 & \$1203 ;
-  assign \$1205  = \$1204  ? R28[3:0] : 4'h0;
-  assign \$1206  = \$1202  | \$1205 ;
-  assign \$1207  = ~ gt0_29;
-  assign \$1208  = gt0_30 & \$1207 ;
-  assign \$1209  = \$1208  ? R29[3:0] : 4'h0;
-  assign \$1210  = ~ gt0_30;
-  assign \$1211  = gt0_31 & \$1210 ;
-  assign \$1212  = \$1211  ? R30[3:0] : 4'h0;
-  assign \$1213  = \$1209  | \$1212 ;
-  assign \$1214  = \$1206  | \$1213 ;
-  assign \$1215  = \$1199  | \$1214 ;
-  assign \$1216  = \$1184  | \$1215 ;
-  assign \$1217  = \$1153  | \$1216 ;
-  assign \$1218  = ~ gt0_31;
-  assign \$1219  = gt0_32 & \$1218 ;
-  assign \$1220  = \$1219  ? R31[3:0] : 4'h0;
-  assign \$1221  = ~ gt0_32;
-  assign \$1222  = gt0_33 & \$1221 ;
-  assign \$1223  = \$1222  ? R32[3:0] : 4'h0;
-  assign \$1224  = \$1220  | \$1223 ;
-  assign \$1225  = ~ gt0_33;
-  assign \$1226  = gt0_34 & \$1225 ;
-  assign \$1227  = \$1226  ? R33[3:0] : 4'h0;
-  assign \$1228  = ~ gt0_34;
-  assign \$1229  = gt0_35 & \$1228 ;
-  assign \$1230  = \$1229  ? R34[3:0] : 4'h0;
-  assign \$1231  = \$1227  | \$1230 ;
-  assign \$1232  = \$1224  | \$1231 ;
-  assign dlow0 = \$1217  | \$1232 ;
-  assign \$1233  = 1'h0 - dlow0;
-  assign \$1234  = grp0[0] + grp0[1];
-  assign \$1235  = grp0[2] + grp0[3];
-  assign \$1236  = \$1234  + \$1235 ;
-  assign \$1237  = grp0[4] + grp0[5];
-  assign \$1238  = grp0[6] + grp0[7];
-  assign \$1239  = \$1237  + \$1238 ;
-  assign ws0_c = \$1236  + \$1239 ;
-  assign ws0_lo = \$1233 [3:0] < ws0_c;
-  assign \$1240  = \$1233 [3:0] - ws0_c;
-  assign \$1241  = grp0[0] + grp0[1];
-  assign \$1242  = grp0[2] + grp0[3];
-  assign ws0l_c = \$1241  + \$1242 ;
-  assign ws0l_lo = \$1233 [2:0] < ws0l_c;
-  assign \$1243  = \$1233 [2:0] - ws0l_c;
-  assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
-  assign \$1244  = grp0[8] + grp0[9];
-  assign \$1245  = grp0[10] + grp0[11];
-  assign ws0h_c = \$1244  + \$1245 ;
-  assign ws0h_lo = \$1240 [2:0] < ws0h_c;
-  assign \$1246  = \$1240 [2:0] - ws0h_c;
-  assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
-  assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
-  assign lv0 = k > 1'h0;
-  assign \$1247  = k_cur <= 1'h0;
-  assign ln0 = finish & \$1247 ;
-  assign \$1248  = ln0 ? es_w : { rs_w[6], rs_w };
-  assign \$1249  = gsel0[5:2] - \$1248 [3:0];
-  assign \$1250  = ~ sat0[2];
-  assign \$1251  = ~ sat0[3];
-  assign \$1252  = \$1250  & \$1251 ;
-  assign \$1253  = \$1252  & sat0[1];
-  assign \$1254  = ~ sat0[3];
-  assign \$1255  = \$1254  & sat0[2];
-  assign \$1256  = \$1253  | \$1255 ;
-  assign gt1_0 = \$1256  | sat0[3];
-  assign \$1257  = ~ sat1[2];
-  assign \$1258  = ~ sat1[3];
-  assign \$1259  = \$1257  & \$1258 ;
-  assign \$1260  = \$1259  & sat1[1];
-  assign \$1261  = ~ sat1[3];
-  assign \$1262  = \$1261  & sat1[2];
-  assign \$1263  = \$1260  | \$1262 ;
-  assign gt1_1 = \$1263  | sat1[3];
-  assign \$1264  = ~ sat2[2];
-  assign \$1265  = ~ sat2[3];
-  assign \$1266  = \$1264  & \$1265 ;
-  assign \$1267  = \$1266  & sat2[1];
-  assign \$1268  = ~ sat2[3];
-  assign \$1269  = \$1268  & sat2[2];
-  assign \$1270  = \$1267  | \$1269 ;
-  assign gt1_2 = \$1270  | sat2[3];
-  assign \$1271  = ~ sat3[2];
-  assign \$1272  = ~ sat3[3];
-  assign \$1273  = \$1271  & \$1272 ;
-  assign \$1274  = \$1273  & sat3[1];
-  assign \$1275  = ~ sat3[3];
-  assign \$1276  = \$1275  & sat3[2];
-  assign \$1277  = \$1274  | \$1276 ;
-  assign gt1_3 = \$1277  | sat3[3];
-  assign \$1278  = ~ sat4[2];
-  assign \$1279  = ~ sat4[3];
-  assign \$1280  = \$1278  & \$1279 ;
-  assign \$1281  = \$1280  & sat4[1];
-  assign \$1282  = ~ sat4[3];
-  assign \$1283  = \$1282  & sat4[2];
-  assign \$1284  = \$1281  | \$1283 ;
-  assign gt1_4 = \$1284  | sat4[3];
-  assign \$1285  = ~ sat5[2];
-  assign \$1286  = ~ sat5[3];
-  assign \$1287  = \$1285  & \$1286 ;
-  assign \$1288  = \$1287  & sat5[1];
-  assign \$1289  = ~ sat5[3];
-  assign \$1290  = \$1289  & sat5[2];
-  assign \$1291  = \$1288  | \$1290 ;
-  assign gt1_5 = \$1291  | sat5[3];
-  assign \$1292  = ~ sat6[2];
-  assign \$1293  = ~ sat6[3];
-  assign \$1294  = \$1292  & \$1293 ;
-  assign \$1295  = \$1294  & sat6[1];
-  assign \$1296  = ~ sat6[3];
-  assign \$1297  = \$1296  & sat6[2];
-  assign \$1298  = \$1295  | \$1297 ;
-  assign gt1_6 = \$1298  | sat6[3];
-  assign \$1299  = ~ sat7[2];
-  assign \$1300  = ~ sat7[3];
-  assign \$1301  = \$1299  & \$1300 ;
-  assign \$1302  = \$1301  & sat7[1];
-  assign \$1303  = ~ sat7[3];
-  assign \$1304  = \$1303  & sat7[2];
-  assign \$1305  = \$1302  | \$1304 ;
-  assign gt1_7 = \$1305  | sat7[3];
-  assign \$1306  = ~ sat8[2];
-  assign \$1307  = ~ sat8[3];
-  assign \$1308  = \$1306  & \$1307 ;
-  assign \$1309  = \$1308  & sat8[1];
-  assign \$1310  = ~ sat8[3];
-  assign \$1311  = \$1310  & sat8[2];
-  assign \$1312  = \$1309  | \$1311 ;
-  assign gt1_8 = \$1312  | sat8[3];
-  assign \$1313  = ~ sat9[2];
-  assign \$1314  = ~ sat9[3];
-  assign \$1315  = \$1313  & \$1314 ;
-  assign \$1316  = \$1315  & sat9[1];
-  assign \$1317  = ~ sat9[3];
-  assign \$1318  = \$1317  & sat9[2];
-  assign \$1319  = \$1316  | \$1318 ;
-  assign gt1_9 = \$1319  | sat9[3];
-  assign \$1320  = ~ sat10[2];
-  assign \$1321  = ~ sat10[3];
-  assign \$1322  = \$1320  & \$1321 ;
-  assign \$1323  = \$1322  & sat10[1];
-  assign \$1324  = ~ sat10[3];
-  assign \$1325  = \$1324  & sat10[2];
-  assign \$1326  = \$1323  | \$1325 ;
-  assign gt1_10 = \$1326  | sat10[3];
-  assign \$1327  = ~ sat11[2];
-  assign \$1328  = ~ sat11[3];
-  assign \$1329  = \$1327  & \$1328 ;
-  assign \$1330  = \$1329  & sat11[1];
-  assign \$1331  = ~ sat11[3];
-  assign \$1332  = \$1331  & sat11[2];
-  assign \$1333  = \$1330  | \$1332 ;
-  assign gt1_11 = \$1333  | sat11[3];
-  assign \$1334  = ~ sat12[2];
-  assign \$1335  = ~ sat12[3];
-  assign \$1336  = \$1334  & \$1335 ;
-  assign \$1337  = \$1336  & sat12[1];
-  assign \$1338  = ~ sat12[3];
-  assign \$1339  = \$1338  & sat12[2];
-  assign \$1340  = \$1337  | \$1339 ;
-  assign gt1_12 = \$1340  | sat12[3];
-  assign \$1341  = ~ sat13[2];
-  assign \$1342  = ~ sat13[3];
-  assign \$1343  = \$1341  & \$1342 ;
-  assign \$1344  = \$1343  & sat13[1];
-  assign \$1345  = ~ sat13[3];
-  assign \$1346  = \$1345  & sat13[2];
-  assign \$1347  = \$1344  | \$1346 ;
-  assign gt1_13 = \$1347  | sat13[3];
-  assign \$1348  = ~ sat14[2];
-  assign \$1349  = ~ sat14[3];
-  assign \$1350  = \$1348  & \$1349 ;
-  assign \$1351  = \$1350  & sat14[1];
-  assign \$1352  = ~ sat14[3];
-  assign \$1353  = \$1352  & sat14[2];
-  assign \$1354  = \$1351  | \$1353 ;
-  assign gt1_14 = \$1354  | sat14[3];
-  assign \$1355  = ~ sat15[2];
-  assign \$1356  = ~ sat15[3];
-  assign \$1357  = \$1355  & \$1356 ;
-  assign \$1358  = \$1357  & sat15[1];
-  assign \$1359  = ~ sat15[3];
-  assign \$1360  = \$1359  & sat15[2];
-  assign \$1361  = \$1358  | \$1360 ;
-  assign gt1_15 = \$1361  | sat15[3];
-  assign \$1362  = ~ sat16[2];
-  assign \$1363  = ~ sat16[3];
-  assign \$1364  = \$1362  & \$1363 ;
-  assign \$1365  = \$1364  & sat16[1];
-  assign \$1366  = ~ sat16[3];
-  assign \$1367  = \$1366  & sat16[2];
-  assign \$1368  = \$1365  | \$1367 ;
-  assign gt1_16 = \$1368  | sat16[3];
-  assign \$1369  = ~ sat17[2];
-  assign \$1370  = ~ sat17[3];
-  assign \$1371  = \$1369  & \$1370 ;
-  assign \$1372  = \$1371  & sat17[1];
-  assign \$1373  = ~ sat17[3];
-  assign \$1374  = \$1373  & sat17[2];
-  assign \$1375  = \$1372  | \$1374 ;
-  assign gt1_17 = \$1375  | sat17[3];
-  assign \$1376  = ~ sat18[2];
-  assign \$1377  = ~ sat18[3];
-  assign \$1378  = \$1376  & \$1377 ;
-  assign \$1379  = \$1378  & sat18[1];
-  assign \$1380  = ~ sat18[3];
-  assign \$1381  = \$1380  & sat18[2];
-  assign \$1382  = \$1379  | \$1381 ;
-  assign gt1_18 = \$1382  | sat18[3];
-  assign \$1383  = ~ sat19[2];
-  assign \$1384  = ~ sat19[3];
-  assign \$1385  = \$1383  & \$1384 ;
-  assign \$1386  = \$1385  & sat19[1];
-  assign \$1387  = ~ sat19[3];
-  assign \$1388  = \$1387  & sat19[2];
-  assign \$1389  = \$1386  | \$1388 ;
-  assign gt1_19 = \$1389  | sat19[3];
-  assign \$1390  = ~ sat20[2];
-  assign \$1391  = ~ sat20[3];
-  assign \$1392  = \$1390  & \$1391 ;
-  assign \$1393  = \$1392  & sat20[1];
-  assign \$1394  = ~ sat20[3];
-  assign \$1395  = \$1394  & sat20[2];
-  assign \$1396  = \$1393  | \$1395 ;
-  assign gt1_20 = \$1396  | sat20[3];
-  assign \$1397  = ~ sat21[2];
-  assign \$1398  = ~ sat21[3];
-  assign \$1399  = \$1397  & \$1398 ;
-  assign \$1400  = \$1399  & sat21[1];
-  assign \$1401  = ~ sat21[3];
-  assign \$1402  = \$1401  & sat21[2];
-  assign \$1403  = \$1400  | \$1402 ;
-  assign gt1_21 = \$1403  | sat21[3];
-  assign \$1404  = ~ sat22[2];
-  assign \$1405  = ~ sat22[3];
-  assign \$1406  = \$1404  & \$1405 ;
-  assign \$1407  = \$1406  & sat22[1];
-  assign \$1408  = ~ sat22[3];
-  assign \$1409  = \$1408  & sat22[2];
-  assign \$1410  = \$1407  | \$1409 ;
-  assign gt1_22 = \$1410  | sat22[3];
-  assign \$1411  = ~ sat23[2];
-  assign \$1412  = ~ sat23[3];
-  assign \$1413  = \$1411  & \$1412 ;
-  assign \$1414  = \$1413  & sat23[1];
-  assign \$1415  = ~ sat23[3];
-  assign \$1416  = \$1415  & sat23[2];
-  assign \$1417  = \$1414  | \$1416 ;
-  assign gt1_23 = \$1417  | sat23[3];
-  assign \$1418  = ~ sat24[2];
-  assign \$1419  = ~ sat24[3];
-  assign \$1420  = \$1418  & \$1419 ;
-  assign \$1421  = \$1420  & sat24[1];
-  assign \$1422  = ~ sat24[3];
-  assign \$1423  = \$1422  & sat24[2];
-  assign \$1424  = \$1421  | \$1423 ;
-  assign gt1_24 = \$1424  | sat24[3];
-  assign \$1425  = ~ sat25[2];
-  assign \$1426  = ~ sat25[3];
-  assign \$1427  = \$1425  & \$1426 ;
-  assign \$1428  = \$1427  & sat25[1];
-  assign \$1429  = ~ sat25[3];
-  assign \$1430  = \$1429  & sat25[2];
-  assign \$1431  = \$1428  | \$1430 ;
-  assign gt1_25 = \$1431  | sat25[3];
-  assign \$1432  = ~ sat26[2];
-  assign \$1433  = ~ sat26[3];
-  assign \$1434  = \$1432  & \$1433 ;
-  assign \$1435  = \$1434  & sat26[1];
-  assign \$1436  = ~ sat26[3];
-  assign \$1437  = \$1436  & sat26[2];
-  assign \$1438  = \$1435  | \$1437 ;
-  assign gt1_26 = \$1438  | sat26[3];
-  assign \$1439  = ~ sat27[2];
-  assign \$1440  = ~ sat27[3];
-  assign \$1441  = \$1439  & \$1440 ;
-  assign \$1442  = \$1441  & sat27[1];
-  assign \$1443  = ~ sat27[3];
-  assign \$1444  = \$1443  & sat27[2];
-  assign \$1445  = \$1442  | \$1444 ;
-  assign gt1_27 = \$1445  | sat27[3];
-  assign \$1446  = ~ sat28[2];
-  assign \$1447  = ~ sat28[3];
-  assign \$1448  = \$1446  & \$1447 ;
-  assign \$1449  = \$1448  & sat28[1];
-  assign \$1450  = ~ sat28[3];
-  assign \$1451  = \$1450  & sat28[2];
-  assign \$1452  = \$1449  | \$1451 ;
-  assign gt1_28 = \$1452  | sat28[3];
-  assign \$1453  = ~ sat29[2];
-  assign \$1454  = ~ sat29[3];
-  assign \$1455  = \$1453  & \$1454 ;
-  assign \$1456  = \$1455  & sat29[1];
-  assign \$1457  = ~ sat29[3];
-  assign \$1458  = \$1457  & sat29[2];
-  assign \$1459  = \$1456  | \$1458 ;
-  assign gt1_29 = \$1459  | sat29[3];
-  assign \$1460  = ~ sat30[2];
-  assign \$1461  = ~ sat30[3];
-  assign \$1462  = \$1460  & \$1461 ;
-  assign \$1463  = \$1462  & sat30[1];
-  assign \$1464  = ~ sat30[3];
-  assign \$1465  = \$1464  & sat30[2];
-  assign \$1466  = \$1463  | \$1465 ;
-  assign gt1_30 = \$1466  | sat30[3];
-  assign \$1467  = ~ sat31[2];
-  assign \$1468  = ~ sat31[3];
-  assign \$1469  = \$1467  & \$1468 ;
-  assign \$1470  = \$1469  & sat31[1];
-  assign \$1471  = ~ sat31[3];
-  assign \$1472  = \$1471  & sat31[2];
-  assign \$1473  = \$1470  | \$1472 ;
-  assign gt1_31 = \$1473  | sat31[3];
-  assign \$1474  = ~ sat32[2];
-  assign \$1475  = ~ sat32[3];
-  assign \$1476  = \$1474  & \$1475 ;
-  assign \$1477  = \$1476  & sat32[1];
-  assign \$1478  = ~ sat32[3];
-  assign \$1479  = \$1478  & sat32[2];
-  assign \$1480  = \$1477  | \$1479 ;
-  assign gt1_32 = \$1480  | sat32[3];
-  assign \$1481  = ~ sat33[2];
-  assign \$1482  = ~ sat33[3];
-  assign \$1483  = \$1481  & \$1482 ;
-  assign \$1484  = \$1483  & sat33[1];
-  assign \$1485  = ~ sat33[3];
-  assign \$1486  = \$1485  & sat33[2];
-  assign \$1487  = \$1484  | \$1486 ;
-  assign gt1_33 = \$1487  | sat33[3];
-  assign \$1488  = ~ sat34[2];
-  assign \$1489  = ~ sat34[3];
-  assign \$1490  = \$1488  & \$1489 ;
-  assign \$1491  = \$1490  & sat34[1];
-  assign \$1492  = ~ sat34[3];
-  assign \$1493  = \$1492  & sat34[2];
-  assign \$1494  = \$1491  | \$1493 ;
-  assign gt1_34 = \$1494  | sat34[3];
-  assign \$1495  = ~ sat35[2];
-  assign \$1496  = ~ sat35[3];
-  assign \$1497  = \$1495  & \$1496 ;
-  assign \$1498  = \$1497  & sat35[1];
-  assign \$1499  = ~ sat35[3];
-  assign \$1500  = \$1499  & sat35[2];
-  assign \$1501  = \$1498  | \$1500 ;
-  assign gt1_35 = \$1501  | sat35[3];
-  assign \$1502  = ~ gt1_0;
-  assign \$1503  = gt1_1 & \$1502 ;
-  assign \$1504  = \$1503  ? 1'h1 : 1'h0;
-  assign \$1505  = ~ gt1_1;
-  assign \$1506  = gt1_2 & \$1505 ;
-  assign \$1507  = \$1506  ? 2'h2 : 2'h0;
-  assign \$1508  = { 1'h0, \$1504  } | \$1507 ;
-  assign \$1509  = ~ gt1_2;
-  assign \$1510  = gt1_3 & \$1509 ;
-  assign \$1511  = \$1510  ? 2'h3 : 2'h0;
-  assign \$1512  = ~ gt1_3;
-  assign \$1513  = gt1_4 & \$1512 ;
-  assign \$1514  = \$1513  ? 3'h4 : 3'h0;
-  assign \$1515  = { 1'h0, \$1511  } | \$1514 ;
-  assign \$1516  = { 1'h0, \$1508  } | \$1515 ;
-  assign \$1517  = ~ gt1_4;
-  assign \$1518  = gt1_5 & \$1517 ;
-  assign \$1519  = \$1518  ? 3'h5 : 3'h0;
-  assign \$1520  = ~ gt1_5;
-  assign \$1521  = gt1_6 & \$1520 ;
-  assign \$1522  = \$1521  ? 3'h6 : 3'h0;
+  assign \$909  = \$877  | \$908 ;
+  assign \$910  = ~ gt0_15;
+  assign \$911  = gt0_16 & \$910 ;
+  assign \$912  = \$911  ? mbeat1[79:64] : 16'h0000;
+  assign \$913  = ~ gt0_16;
+  assign \$914  = gt0_17 & \$913 ;
+  assign \$915  = \$914  ? mbeat1[95:80] : 16'h0000;
+  assign \$916  = \$912  | \$915 ;
+  assign \$917  = ~ gt0_17;
+  assign \$918  = gt0_18 & \$917 ;
+  assign \$919  = \$918  ? mbeat1[111:96] : 16'h0000;
+  assign \$920  = ~ gt0_18;
+  assign \$921  = gt0_19 & \$920 ;
+  assign \$922  = \$921  ? mbeat1[127:112] : 16'h0000;
+  assign \$923  = \$919  | \$922 ;
+  assign \$924  = \$916  | \$923 ;
+  assign \$925  = ~ gt0_19;
+  assign \$926  = gt0_20 & \$925 ;
+  assign \$927  = \$926  ? mbeat1[143:128] : 16'h0000;
+  assign \$928  = ~ gt0_20;
+  assign \$929  = gt0_21 & \$928 ;
+  assign \$930  = \$929  ? mbeat1[159:144] : 16'h0000;
+  assign \$931  = \$927  | \$930 ;
+  assign \$932  = ~ gt0_21;
+  assign \$933  = gt0_22 & \$932 ;
+  assign \$934  = \$933  ? mbeat1[175:160] : 16'h0000;
+  assign \$935  = ~ gt0_22;
+  assign \$936  = gt0_23 & \$935 ;
+  assign \$937  = \$936  ? mbeat1[191:176] : 16'h0000;
+  assign \$938  = \$934  | \$937 ;
+  assign \$939  = \$931  | \$938 ;
+  assign \$940  = \$924  | \$939 ;
+  assign \$941  = ~ gt0_23;
+  assign \$942  = gt0_24 & \$941 ;
+  assign \$943  = \$942  ? mbeat2[15:0] : 16'h0000;
+  assign \$944  = ~ gt0_24;
+  assign \$945  = gt0_25 & \$944 ;
+  assign \$946  = \$945  ? mbeat2[31:16] : 16'h0000;
+  assign \$947  = \$943  | \$946 ;
+  assign \$948  = ~ gt0_25;
+  assign \$949  = gt0_26 & \$948 ;
+  assign \$950  = \$949  ? mbeat2[47:32] : 16'h0000;
+  assign \$951  = ~ gt0_26;
+  assign \$952  = gt0_27 & \$951 ;
+  assign \$953  = \$952  ? mbeat2[63:48] : 16'h0000;
+  assign \$954  = \$950  | \$953 ;
+  assign \$955  = \$947  | \$954 ;
+  assign \$956  = ~ gt0_27;
+  assign \$957  = gt0_28 & \$956 ;
+  assign \$958  = \$957  ? mbeat2[79:64] : 16'h0000;
+  assign \$959  = ~ gt0_28;
+  assign \$960  = gt0_29 & \$959 ;
+  assign \$961  = \$960  ? mbeat2[95:80] : 16'h0000;
+  assign \$962  = \$958  | \$961 ;
+  assign \$963  = ~ gt0_29;
+  assign \$964  = gt0_30 & \$963 ;
+  assign \$965  = \$964  ? mbeat2[111:96] : 16'h0000;
+  assign \$966  = ~ gt0_30;
+  assign \$967  = gt0_31 & \$966 ;
+  assign \$968  = \$967  ? mbeat2[127:112] : 16'h0000;
+  assign \$969  = \$965  | \$968 ;
+  assign \$970  = \$962  | \$969 ;
+  assign \$971  = \$955  | \$970 ;
+  assign \$972  = \$940  | \$971 ;
+  assign \$973  = \$909  | \$972 ;
+  assign \$974  = ~ gt0_31;
+  assign \$975  = gt0_32 & \$974 ;
+  assign \$976  = \$975  ? mbeat2[143:128] : 16'h0000;
+  assign \$977  = ~ gt0_32;
+  assign \$978  = gt0_33 & \$977 ;
+  assign \$979  = \$978  ? mbeat2[159:144] : 16'h0000;
+  assign \$980  = \$976  | \$979 ;
+  assign \$981  = ~ gt0_33;
+  assign \$982  = gt0_34 & \$981 ;
+  assign \$983  = \$982  ? mbeat2[175:160] : 16'h0000;
+  assign \$984  = ~ gt0_34;
+  assign \$985  = gt0_35 & \$984 ;
+  assign \$986  = \$985  ? mbeat2[191:176] : 16'h0000;
+  assign \$987  = \$983  | \$986 ;
+  assign \$988  = \$980  | \$987 ;
+  assign grp0 = \$973  | \$988 ;
+  assign \$989  = gt0_0 ? Rm1[3:0] : 4'h0;
+  assign \$990  = ~ gt0_0;
+  assign \$991  = gt0_1 & \$990 ;
+  assign \$992  = \$991  ? R0[3:0] : 4'h0;
+  assign \$993  = \$989  | \$992 ;
+  assign \$994  = ~ gt0_1;
+  assign \$995  = gt0_2 & \$994 ;
+  assign \$996  = \$995  ? R1[3:0] : 4'h0;
+  assign \$997  = ~ gt0_2;
+  assign \$998  = gt0_3 & \$997 ;
+  assign \$999  = \$998  ? R2[3:0] : 4'h0;
+  assign \$1000  = \$996  | \$999 ;
+  assign \$1001  = \$993  | \$1000 ;
+  assign \$1002  = ~ gt0_3;
+  assign \$1003  = gt0_4 & \$1002 ;
+  assign \$1004  = \$1003  ? R3[3:0] : 4'h0;
+  assign \$1005  = ~ gt0_4;
+  assign \$1006  = gt0_5 & \$1005 ;
+  assign \$1007  = \$1006  ? R4[3:0] : 4'h0;
+  assign \$1008  = \$1004  | \$1007 ;
+  assign \$1009  = ~ gt0_5;
+  assign \$1010  = gt0_6 & \$1009 ;
+  assign \$1011  = \$1010  ? R5[3:0] : 4'h0;
+  assign \$1012  = ~ gt0_6;
+  assign \$1013  = gt0_7 & \$1012 ;
+  assign \$1014  = \$1013  ? R6[3:0] : 4'h0;
+  assign \$1015  = \$1011  | \$1014 ;
+  assign \$1016  = \$1008  | \$1015 ;
+  assign \$1017  = \$1001  | \$1016 ;
+  assign \$1018  = ~ gt0_7;
+  assign \$1019  = gt0_8 & \$1018 ;
+  assign \$1020  = \$1019  ? R7[3:0] : 4'h0;
+  assign \$1021  = ~ gt0_8;
+  assign \$1022  = gt0_9 & \$1021 ;
+  assign \$1023  = \$1022  ? R8[3:0] : 4'h0;
+  assign \$1024  = \$1020  | \$1023 ;
+  assign \$1025  = ~ gt0_9;
+  assign \$1026  = gt0_10 & \$1025 ;
+  assign \$1027  = \$1026  ? R9[3:0] : 4'h0;
+  assign \$1028  = ~ gt0_10;
+  assign \$1029  = gt0_11 & \$1028 ;
+  assign \$1030  = \$1029  ? R10[3:0] : 4'h0;
+  assign \$1031  = \$1027  | \$1030 ;
+  assign \$1032  = \$1024  | \$1031 ;
+  assign \$1033  = ~ gt0_11;
+  assign \$1034  = gt0_12 & \$1033 ;
+  assign \$1035  = \$1034  ? R11[3:0] : 4'h0;
+  assign \$1036  = ~ gt0_12;
+  assign \$1037  = gt0_13 & \$1036 ;
+  assign \$1038  = \$1037  ? R12[3:0] : 4'h0;
+  assign \$1039  = \$1035  | \$1038 ;
+  assign \$1040  = ~ gt0_13;
+  assign \$1041  = gt0_14 & \$1040 ;
+  assign \$1042  = \$1041  ? R13[3:0] : 4'h0;
+  assign \$1043  = ~ gt0_14;
+  assign \$1044  = gt0_15 & \$1043 ;
+  assign \$1045  = \$1044  ? R14[3:0] : 4'h0;
+  assign \$1046  = \$1042  | \$1045 ;
+  assign \$1047  = \$1039  | \$1046 ;
+  assign \$1048  = \$1032  | \$1047 ;
+  assign \$1049  = \$1017  | \$1048 ;
+  assign \$1050  = ~ gt0_15;
+  assign \$1051  = gt0_16 & \$1050 ;
+  assign \$1052  = \$1051  ? R15[3:0] : 4'h0;
+  assign \$1053  = ~ gt0_16;
+  assign \$1054  = gt0_17 & \$1053 ;
+  assign \$1055  = \$1054  ? R16[3:0] : 4'h0;
+  assign \$1056  = \$1052  | \$1055 ;
+  assign \$1057  = ~ gt0_17;
+  assign \$1058  = gt0_18 & \$1057 ;
+  assign \$1059  = \$1058  ? R17[3:0] : 4'h0;
+  assign \$1060  = ~ gt0_18;
+  assign \$1061  = gt0_19 & \$1060 ;
+  assign \$1062  = \$1061  ? R18[3:0] : 4'h0;
+  assign \$1063  = \$1059  | \$1062 ;
+  assign \$1064  = \$1056  | \$1063 ;
+  assign \$1065  = ~ gt0_19;
+  assign \$1066  = gt0_20 & \$1065 ;
+  assign \$1067  = \$1066  ? R19[3:0] : 4'h0;
+  assign \$1068  = ~ gt0_20;
+  assign \$1069  = gt0_21 & \$1068 ;
+  assign \$1070  = \$1069  ? R20[3:0] : 4'h0;
+  assign \$1071  = \$1067  | \$1070 ;
+  assign \$1072  = ~ gt0_21;
+  assign \$1073  = gt0_22 & \$1072 ;
+  assign \$1074  = \$1073  ? R21[3:0] : 4'h0;
+  assign \$1075  = ~ gt0_22;
+  assign \$1076  = gt0_23 & \$1075 ;
+  assign \$1077  = \$1076  ? R22[3:0] : 4'h0;
+  assign \$1078  = \$1074  | \$1077 ;
+  assign \$1079  = \$1071  | \$1078 ;
+  assign \$1080  = \$1064  | \$1079 ;
+  assign \$1081  = ~ gt0_23;
+  assign \$1082  = gt0_24 & \$1081 ;
+  assign \$1083  = \$1082  ? R23[3:0] : 4'h0;
+  assign \$1084  = ~ gt0_24;
+  assign \$1085  = gt0_25 & \$1084 ;
+  assign \$1086  = \$1085  ? R24[3:0] : 4'h0;
+  assign \$1087  = \$1083  | \$1086 ;
+  assign \$1088  = ~ gt0_25;
+  assign \$1089  = gt0_26 & \$1088 ;
+  assign \$1090  = \$1089  ? R25[3:0] : 4'h0;
+  assign \$1091  = ~ gt0_26;
+  assign \$1092  = gt0_27 & \$1091 ;
+  assign \$1093  = \$1092  ? R26[3:0] : 4'h0;
+  assign \$1094  = \$1090  | \$1093 ;
+  assign \$1095  = \$1087  | \$1094 ;
+  assign \$1096  = ~ gt0_27;
+  assign \$1097  = gt0_28 & \$1096 ;
+  assign \$1098  = \$1097  ? R27[3:0] : 4'h0;
+  assign \$1099  = ~ gt0_28;
+  assign \$1100  = gt0_29 & \$1099 ;
+  assign \$1101  = \$1100  ? R28[3:0] : 4'h0;
+  assign \$1102  = \$1098  | \$1101 ;
+  assign \$1103  = ~ gt0_29;
+  assign \$1104  = gt0_30 & \$1103 ;
+  assign \$1105  = \$1104  ? R29[3:0] : 4'h0;
+  assign \$1106  = ~ gt0_30;
+  assign \$1107  = gt0_31 & \$1106 ;
+  assign \$1108  = \$1107  ? R30[3:0] : 4'h0;
+  assign \$1109  = \$1105  | \$1108 ;
+  assign \$1110  = \$1102  | \$1109 ;
+  assign \$1111  = \$1095  | \$1110 ;
+  assign \$1112  = \$1080  | \$1111 ;
+  assign \$1113  = \$1049  | \$1112 ;
+  assign \$1114  = ~ gt0_31;
+  assign \$1115  = gt0_32 & \$1114 ;
+  assign \$1116  = \$1115  ? R31[3:0] : 4'h0;
+  assign \$1117  = ~ gt0_32;
+  assign \$1118  = gt0_33 & \$1117 ;
+  assign \$1119  = \$1118  ? R32[3:0] : 4'h0;
+  assign \$1120  = \$1116  | \$1119 ;
+  assign \$1121  = ~ gt0_33;
+  assign \$1122  = gt0_34 & \$1121 ;
+  assign \$1123  = \$1122  ? R33[3:0] : 4'h0;
+  assign \$1124  = ~ gt0_34;
+  assign \$1125  = gt0_35 & \$1124 ;
+  assign \$1126  = \$1125  ? R34[3:0] : 4'h0;
+  assign \$1127  = \$1123  | \$1126 ;
+  assign \$1128  = \$1120  | \$1127 ;
+  assign dlow0 = \$1113  | \$1128 ;
+  assign \$1129  = ~ sat0[2];
+  assign \$1130  = ~ sat0[3];
+  assign \$1131  = \$1129  & \$1130 ;
+  assign \$1132  = \$1131  & sat0[1];
+  assign \$1133  = ~ sat0[3];
+  assign \$1134  = \$1133  & sat0[2];
+  assign \$1135  = \$1132  | \$1134 ;
+  assign gt1_0 = \$1135  | sat0[3];
+  assign \$1136  = ~ sat1[2];
+  assign \$1137  = ~ sat1[3];
+  assign \$1138  = \$1136  & \$1137 ;
+  assign \$1139  = \$1138  & sat1[1];
+  assign \$1140  = ~ sat1[3];
+  assign \$1141  = \$1140  & sat1[2];
+  assign \$1142  = \$1139  | \$1141 ;
+  assign gt1_1 = \$1142  | sat1[3];
+  assign \$1143  = ~ sat2[2];
+  assign \$1144  = ~ sat2[3];
+  assign \$1145  = \$1143  & \$1144 ;
+  assign \$1146  = \$1145  & sat2[1];
+  assign \$1147  = ~ sat2[3];
+  assign \$1148  = \$1147  & sat2[2];
+  assign \$1149  = \$1146  | \$1148 ;
+  assign gt1_2 = \$1149  | sat2[3];
+  assign \$1150  = ~ sat3[2];
+  assign \$1151  = ~ sat3[3];
+  assign \$1152  = \$1150  & \$1151 ;
+  assign \$1153  = \$1152  & sat3[1];
+  assign \$1154  = ~ sat3[3];
+  assign \$1155  = \$1154  & sat3[2];
+  assign \$1156  = \$1153  | \$1155 ;
+  assign gt1_3 = \$1156  | sat3[3];
+  assign \$1157  = ~ sat4[2];
+  assign \$1158  = ~ sat4[3];
+  assign \$1159  = \$1157  & \$1158 ;
+  assign \$1160  = \$1159  & sat4[1];
+  assign \$1161  = ~ sat4[3];
+  assign \$1162  = \$1161  & sat4[2];
+  assign \$1163  = \$1160  | \$1162 ;
+  assign gt1_4 = \$1163  | sat4[3];
+  assign \$1164  = ~ sat5[2];
+  assign \$1165  = ~ sat5[3];
+  assign \$1166  = \$1164  & \$1165 ;
+  assign \$1167  = \$1166  & sat5[1];
+  assign \$1168  = ~ sat5[3];
+  assign \$1169  = \$1168  & sat5[2];
+  assign \$1170  = \$1167  | \$1169 ;
+  assign gt1_5 = \$1170  | sat5[3];
+  assign \$1171  = ~ sat6[2];
+  assign \$1172  = ~ sat6[3];
+  assign \$1173  = \$1171  & \$1172 ;
+  assign \$1174  = \$1173  & sat6[1];
+  assign \$1175  = ~ sat6[3];
+  assign \$1176  = \$1175  & sat6[2];
+  assign \$1177  = \$1174  | \$1176 ;
+  assign gt1_6 = \$1177  | sat6[3];
+  assign \$1178  = ~ sat7[2];
+  assign \$1179  = ~ sat7[3];
+  assign \$1180  = \$1178  & \$1179 ;
+  assign \$1181  = \$1180  & sat7[1];
+  assign \$1182  = ~ sat7[3];
+  assign \$1183  = \$1182  & sat7[2];
+  assign \$1184  = \$1181  | \$1183 ;
+  assign gt1_7 = \$1184  | sat7[3];
+  assign \$1185  = ~ sat8[2];
+  assign \$1186  = ~ sat8[3];
+  assign \$1187  = \$1185  & \$1186 ;
+  assign \$1188  = \$1187  & sat8[1];
+  assign \$1189  = ~ sat8[3];
+  assign \$1190  = \$1189  & sat8[2];
+  assign \$1191  = \$1188  | \$1190 ;
+  assign gt1_8 = \$1191  | sat8[3];
+  assign \$1192  = ~ sat9[2];
+  assign \$1193  = ~ sat9[3];
+  assign \$1194  = \$1192  & \$1193 ;
+  assign \$1195  = \$1194  & sat9[1];
+  assign \$1196  = ~ sat9[3];
+  assign \$1197  = \$1196  & sat9[2];
+  assign \$1198  = \$1195  | \$1197 ;
+  assign gt1_9 = \$1198  | sat9[3];
+  assign \$1199  = ~ sat10[2];
+  assign \$1200  = ~ sat10[3];
+  assign \$1201  = \$1199  & \$1200 ;
+  assign \$1202  = \$1201  & sat10[1];
+  assign \$1203  = ~ sat10[3];
+  assign \$1204  = \$1203  & sat10[2];
+  assign \$1205  = \$1202  | \$1204 ;
+  assign gt1_10 = \$1205  | sat10[3];
+  assign \$1206  = ~ sat11[2];
+  assign \$1207  = ~ sat11[3];
+  assign \$1208  = \$1206  & \$1207 ;
+  assign \$1209  = \$1208  & sat11[1];
+  assign \$1210  = ~ sat11[3];
+  assign \$1211  = \$1210  & sat11[2];
+  assign \$1212  = \$1209  | \$1211 ;
+  assign gt1_11 = \$1212  | sat11[3];
+  assign \$1213  = ~ sat12[2];
+  assign \$1214  = ~ sat12[3];
+  assign \$1215  = \$1213  & \$1214 ;
+  assign \$1216  = \$1215  & sat12[1];
+  assign \$1217  = ~ sat12[3];
+  assign \$1218  = \$1217  & sat12[2];
+  assign \$1219  = \$1216  | \$1218 ;
+  assign gt1_12 = \$1219  | sat12[3];
+  assign \$1220  = ~ sat13[2];
+  assign \$1221  = ~ sat13[3];
+  assign \$1222  = \$1220  & \$1221 ;
+  assign \$1223  = \$1222  & sat13[1];
+  assign \$1224  = ~ sat13[3];
+  assign \$1225  = \$1224  & sat13[2];
+  assign \$1226  = \$1223  | \$1225 ;
+  assign gt1_13 = \$1226  | sat13[3];
+  assign \$1227  = ~ sat14[2];
+  assign \$1228  = ~ sat14[3];
+  assign \$1229  = \$1227  & \$1228 ;
+  assign \$1230  = \$1229  & sat14[1];
+  assign \$1231  = ~ sat14[3];
+  assign \$1232  = \$1231  & sat14[2];
+  assign \$1233  = \$1230  | \$1232 ;
+  assign gt1_14 = \$1233  | sat14[3];
+  assign \$1234  = ~ sat15[2];
+  assign \$1235  = ~ sat15[3];
+  assign \$1236  = \$1234  & \$1235 ;
+  assign \$1237  = \$1236  & sat15[1];
+  assign \$1238  = ~ sat15[3];
+  assign \$1239  = \$1238  & sat15[2];
+  assign \$1240  = \$1237  | \$1239 ;
+  assign gt1_15 = \$1240  | sat15[3];
+  assign \$1241  = ~ sat16[2];
+  assign \$1242  = ~ sat16[3];
+  assign \$1243  = \$1241  & \$1242 ;
+  assign \$1244  = \$1243  & sat16[1];
+  assign \$1245  = ~ sat16[3];
+  assign \$1246  = \$1245  & sat16[2];
+  assign \$1247  = \$1244  | \$1246 ;
+  assign gt1_16 = \$1247  | sat16[3];
+  assign \$1248  = ~ sat17[2];
+  assign \$1249  = ~ sat17[3];
+  assign \$1250  = \$1248  & \$1249 ;
+  assign \$1251  = \$1250  & sat17[1];
+  assign \$1252  = ~ sat17[3];
+  assign \$1253  = \$1252  & sat17[2];
+  assign \$1254  = \$1251  | \$1253 ;
+  assign gt1_17 = \$1254  | sat17[3];
+  assign \$1255  = ~ sat18[2];
+  assign \$1256  = ~ sat18[3];
+  assign \$1257  = \$1255  & \$1256 ;
+  assign \$1258  = \$1257  & sat18[1];
+  assign \$1259  = ~ sat18[3];
+  assign \$1260  = \$1259  & sat18[2];
+  assign \$1261  = \$1258  | \$1260 ;
+  assign gt1_18 = \$1261  | sat18[3];
+  assign \$1262  = ~ sat19[2];
+  assign \$1263  = ~ sat19[3];
+  assign \$1264  = \$1262  & \$1263 ;
+  assign \$1265  = \$1264  & sat19[1];
+  assign \$1266  = ~ sat19[3];
+  assign \$1267  = \$1266  & sat19[2];
+  assign \$1268  = \$1265  | \$1267 ;
+  assign gt1_19 = \$1268  | sat19[3];
+  assign \$1269  = ~ sat20[2];
+  assign \$1270  = ~ sat20[3];
+  assign \$1271  = \$1269  & \$1270 ;
+  assign \$1272  = \$1271  & sat20[1];
+  assign \$1273  = ~ sat20[3];
+  assign \$1274  = \$1273  & sat20[2];
+  assign \$1275  = \$1272  | \$1274 ;
+  assign gt1_20 = \$1275  | sat20[3];
+  assign \$1276  = ~ sat21[2];
+  assign \$1277  = ~ sat21[3];
+  assign \$1278  = \$1276  & \$1277 ;
+  assign \$1279  = \$1278  & sat21[1];
+  assign \$1280  = ~ sat21[3];
+  assign \$1281  = \$1280  & sat21[2];
+  assign \$1282  = \$1279  | \$1281 ;
+  assign gt1_21 = \$1282  | sat21[3];
+  assign \$1283  = ~ sat22[2];
+  assign \$1284  = ~ sat22[3];
+  assign \$1285  = \$1283  & \$1284 ;
+  assign \$1286  = \$1285  & sat22[1];
+  assign \$1287  = ~ sat22[3];
+  assign \$1288  = \$1287  & sat22[2];
+  assign \$1289  = \$1286  | \$1288 ;
+  assign gt1_22 = \$1289  | sat22[3];
+  assign \$1290  = ~ sat23[2];
+  assign \$1291  = ~ sat23[3];
+  assign \$1292  = \$1290  & \$1291 ;
+  assign \$1293  = \$1292  & sat23[1];
+  assign \$1294  = ~ sat23[3];
+  assign \$1295  = \$1294  & sat23[2];
+  assign \$1296  = \$1293  | \$1295 ;
+  assign gt1_23 = \$1296  | sat23[3];
+  assign \$1297  = ~ sat24[2];
+  assign \$1298  = ~ sat24[3];
+  assign \$1299  = \$1297  & \$1298 ;
+  assign \$1300  = \$1299  & sat24[1];
+  assign \$1301  = ~ sat24[3];
+  assign \$1302  = \$1301  & sat24[2];
+  assign \$1303  = \$1300  | \$1302 ;
+  assign gt1_24 = \$1303  | sat24[3];
+  assign \$1304  = ~ sat25[2];
+  assign \$1305  = ~ sat25[3];
+  assign \$1306  = \$1304  & \$1305 ;
+  assign \$1307  = \$1306  & sat25[1];
+  assign \$1308  = ~ sat25[3];
+  assign \$1309  = \$1308  & sat25[2];
+  assign \$1310  = \$1307  | \$1309 ;
+  assign gt1_25 = \$1310  | sat25[3];
+  assign \$1311  = ~ sat26[2];
+  assign \$1312  = ~ sat26[3];
+  assign \$1313  = \$1311  & \$1312 ;
+  assign \$1314  = \$1313  & sat26[1];
+  assign \$1315  = ~ sat26[3];
+  assign \$1316  = \$1315  & sat26[2];
+  assign \$1317  = \$1314  | \$1316 ;
+  assign gt1_26 = \$1317  | sat26[3];
+  assign \$1318  = ~ sat27[2];
+  assign \$1319  = ~ sat27[3];
+  assign \$1320  = \$1318  & \$1319 ;
+  assign \$1321  = \$1320  & sat27[1];
+  assign \$1322  = ~ sat27[3];
+  assign \$1323  = \$1322  & sat27[2];
+  assign \$1324  = \$1321  | \$1323 ;
+  assign gt1_27 = \$1324  | sat27[3];
+  assign \$1325  = ~ sat28[2];
+  assign \$1326  = ~ sat28[3];
+  assign \$1327  = \$1325  & \$1326 ;
+  assign \$1328  = \$1327  & sat28[1];
+  assign \$1329  = ~ sat28[3];
+  assign \$1330  = \$1329  & sat28[2];
+  assign \$1331  = \$1328  | \$1330 ;
+  assign gt1_28 = \$1331  | sat28[3];
+  assign \$1332  = ~ sat29[2];
+  assign \$1333  = ~ sat29[3];
+  assign \$1334  = \$1332  & \$1333 ;
+  assign \$1335  = \$1334  & sat29[1];
+  assign \$1336  = ~ sat29[3];
+  assign \$1337  = \$1336  & sat29[2];
+  assign \$1338  = \$1335  | \$1337 ;
+  assign gt1_29 = \$1338  | sat29[3];
+  assign \$1339  = ~ sat30[2];
+  assign \$1340  = ~ sat30[3];
+  assign \$1341  = \$1339  & \$1340 ;
+  assign \$1342  = \$1341  & sat30[1];
+  assign \$1343  = ~ sat30[3];
+  assign \$1344  = \$1343  & sat30[2];
+  assign \$1345  = \$1342  | \$1344 ;
+  assign gt1_30 = \$1345  | sat30[3];
+  assign \$1346  = ~ sat31[2];
+  assign \$1347  = ~ sat31[3];
+  assign \$1348  = \$1346  & \$1347 ;
+  assign \$1349  = \$1348  & sat31[1];
+  assign \$1350  = ~ sat31[3];
+  assign \$1351  = \$1350  & sat31[2];
+  assign \$1352  = \$1349  | \$1351 ;
+  assign gt1_31 = \$1352  | sat31[3];
+  assign \$1353  = ~ sat32[2];
+  assign \$1354  = ~ sat32[3];
+  assign \$1355  = \$1353  & \$1354 ;
+  assign \$1356  = \$1355  & sat32[1];
+  assign \$1357  = ~ sat32[3];
+  assign \$1358  = \$1357  & sat32[2];
+  assign \$1359  = \$1356  | \$1358 ;
+  assign gt1_32 = \$1359  | sat32[3];
+  assign \$1360  = ~ sat33[2];
+  assign \$1361  = ~ sat33[3];
+  assign \$1362  = \$1360  & \$1361 ;
+  assign \$1363  = \$1362  & sat33[1];
+  assign \$1364  = ~ sat33[3];
+  assign \$1365  = \$1364  & sat33[2];
+  assign \$1366  = \$1363  | \$1365 ;
+  assign gt1_33 = \$1366  | sat33[3];
+  assign \$1367  = ~ sat34[2];
+  assign \$1368  = ~ sat34[3];
+  assign \$1369  = \$1367  & \$1368 ;
+  assign \$1370  = \$1369  & sat34[1];
+  assign \$1371  = ~ sat34[3];
+  assign \$1372  = \$1371  & sat34[2];
+  assign \$1373  = \$1370  | \$1372 ;
+  assign gt1_34 = \$1373  | sat34[3];
+  assign \$1374  = ~ sat35[2];
+  assign \$1375  = ~ sat35[3];
+  assign \$1376  = \$1374  & \$1375 ;
+  assign \$1377  = \$1376  & sat35[1];
+  assign \$1378  = ~ sat35[3];
+  assign \$1379  = \$1378  & sat35[2];
+  assign \$1380  = \$1377  | \$1379 ;
+  assign gt1_35 = \$1380  | sat35[3];
+  assign \$1381  = ~ gt1_0;
+  assign \$1382  = gt1_1 & \$1381 ;
+  assign \$1383  = \$1382  ? 1'h1 : 1'h0;
+  assign \$1384  = ~ gt1_1;
+  assign \$1385  = gt1_2 & \$1384 ;
+  assign \$1386  = \$1385  ? 2'h2 : 2'h0;
+  assign \$1387  = { 1'h0, \$1383  } | \$1386 ;
+  assign \$1388  = ~ gt1_2;
+  assign \$1389  = gt1_3 & \$1388 ;
+  assign \$1390  = \$1389  ? 2'h3 : 2'h0;
+  assign \$1391  = ~ gt1_3;
+  assign \$1392  = gt1_4 & \$1391 ;
+  assign \$1393  = \$1392  ? 3'h4 : 3'h0;
+  assign \$1394  = { 1'h0, \$1390  } | \$1393 ;
+  assign \$1395  = { 1'h0, \$1387  } | \$1394 ;
+  assign \$1396  = ~ gt1_4;
+  assign \$1397  = gt1_5 & \$1396 ;
+  assign \$1398  = \$1397  ? 3'h5 : 3'h0;
+  assign \$1399  = ~ gt1_5;
+  assign \$1400  = gt1_6 & \$1399 ;
+  assign \$1401  = \$1400  ? 3'h6 : 3'h0;
+  assign \$1402  = \$1398  | \$1401 ;
+  assign \$1403  = ~ gt1_6;
+  assign \$1404  = gt1_7 & \$1403 ;
+  assign \$1405  = \$1404  ? 3'h7 : 3'h0;
+  assign \$1406  = ~ gt1_7;
+  assign \$1407  = gt1_8 & \$1406 ;
+  assign \$1408  = \$1407  ? 4'h8 : 4'h0;
+  assign \$1409  = { 1'h0, \$1405  } | \$1408 ;
+  assign \$1410  = { 1'h0, \$1402  } | \$1409 ;
+  assign \$1411  = { 1'h0, \$1395  } | \$1410 ;
+  assign \$1412  = ~ gt1_8;
+  assign \$1413  = gt1_9 & \$1412 ;
+  assign \$1414  = \$1413  ? 4'h9 : 4'h0;
+  assign \$1415  = ~ gt1_9;
+  assign \$1416  = gt1_10 & \$1415 ;
+  assign \$1417  = \$1416  ? 4'ha : 4'h0;
+  assign \$1418  = \$1414  | \$1417 ;
+  assign \$1419  = ~ gt1_10;
+  assign \$1420  = gt1_11 & \$1419 ;
+  assign \$1421  = \$1420  ? 4'hb : 4'h0;
+  assign \$1422  = ~ gt1_11;
+  assign \$1423  = gt1_12 & \$1422 ;
+  assign \$1424  = \$1423  ? 4'hc : 4'h0;
+  assign \$1425  = \$1421  | \$1424 ;
+  assign \$1426  = \$1418  | \$1425 ;
+  assign \$1427  = ~ gt1_12;
+  assign \$1428  = gt1_13 & \$1427 ;
+  assign \$1429  = \$1428  ? 4'hd : 4'h0;
+  assign \$1430  = ~ gt1_13;
+  assign \$1431  = gt1_14 & \$1430 ;
+  assign \$1432  = \$1431  ? 4'he : 4'h0;
+  assign \$1433  = \$1429  | \$1432 ;
+  assign \$1434  = ~ gt1_14;
+  assign \$1435  = gt1_15 & \$1434 ;
+  assign \$1436  = \$1435  ? 4'hf : 4'h0;
+  assign \$1437  = ~ gt1_15;
+  assign \$1438  = gt1_16 & \$1437 ;
+  assign \$1439  = \$1438  ? 5'h10 : 5'h00;
+  assign \$1440  = { 1'h0, \$1436  } | \$1439 ;
+  assign \$1441  = { 1'h0, \$1433  } | \$1440 ;
+  assign \$1442  = { 1'h0, \$1426  } | \$1441 ;
+  assign \$1443  = { 1'h0, \$1411  } | \$1442 ;
+  assign \$1444  = ~ gt1_16;
+  assign \$1445  = gt1_17 & \$1444 ;
+  assign \$1446  = \$1445  ? 5'h11 : 5'h00;
+  assign \$1447  = ~ gt1_17;
+  assign \$1448  = gt1_18 & \$1447 ;
+  assign \$1449  = \$1448  ? 5'h12 : 5'h00;
+  assign \$1450  = \$1446  | \$1449 ;
+  assign \$1451  = ~ gt1_18;
+  assign \$1452  = gt1_19 & \$1451 ;
+  assign \$1453  = \$1452  ? 5'h13 : 5'h00;
+  assign \$1454  = ~ gt1_19;
+  assign \$1455  = gt1_20 & \$1454 ;
+  assign \$1456  = \$1455  ? 5'h14 : 5'h00;
+  assign \$1457  = \$1453  | \$1456 ;
+  assign \$1458  = \$1450  | \$1457 ;
+  assign \$1459  = ~ gt1_20;
+  assign \$1460  = gt1_21 & \$1459 ;
+  assign \$1461  = \$1460  ? 5'h15 : 5'h00;
+  assign \$1462  = ~ gt1_21;
+  assign \$1463  = gt1_22 & \$1462 ;
+  assign \$1464  = \$1463  ? 5'h16 : 5'h00;
+  assign \$1465  = \$1461  | \$1464 ;
+  assign \$1466  = ~ gt1_22;
+  assign \$1467  = gt1_23 & \$1466 ;
+  assign \$1468  = \$1467  ? 5'h17 : 5'h00;
+  assign \$1469  = ~ gt1_23;
+  assign \$1470  = gt1_24 & \$1469 ;
+  assign \$1471  = \$1470  ? 5'h18 : 5'h00;
+  assign \$1472  = \$1468  | \$1471 ;
+  assign \$1473  = \$1465  | \$1472 ;
+  assign \$1474  = \$1458  | \$1473 ;
+  assign \$1475  = ~ gt1_24;
+  assign \$1476  = gt1_25 & \$1475 ;
+  assign \$1477  = \$1476  ? 5'h19 : 5'h00;
+  assign \$1478  = ~ gt1_25;
+  assign \$1479  = gt1_26 & \$1478 ;
+  assign \$1480  = \$1479  ? 5'h1a : 5'h00;
+  assign \$1481  = \$1477  | \$1480 ;
+  assign \$1482  = ~ gt1_26;
+  assign \$1483  = gt1_27 & \$1482 ;
+  assign \$1484  = \$1483  ? 5'h1b : 5'h00;
+  assign \$1485  = ~ gt1_27;
+  assign \$1486  = gt1_28 & \$1485 ;
+  assign \$1487  = \$1486  ? 5'h1c : 5'h00;
+  assign \$1488  = \$1484  | \$1487 ;
+  assign \$1489  = \$1481  | \$1488 ;
+  assign \$1490  = ~ gt1_28;
+  assign \$1491  = gt1_29 & \$1490 ;
+  assign \$1492  = \$1491  ? 5'h1d : 5'h00;
+  assign \$1493  = ~ gt1_29;
+  assign \$1494  = gt1_30 & \$1493 ;
+  assign \$1495  = \$1494  ? 5'h1e : 5'h00;
+  assign \$1496  = \$1492  | \$1495 ;
+  assign \$1497  = ~ gt1_30;
+  assign \$1498  = gt1_31 & \$1497 ;
+  assign \$1499  = \$1498  ? 5'h1f : 5'h00;
+  assign \$1500  = ~ gt1_31;
+  assign \$1501  = gt1_32 & \$1500 ;
+  assign \$1502  = \$1501  ? 6'h20 : 6'h00;
+  assign \$1503  = { 1'h0, \$1499  } | \$1502 ;
+  assign \$1504  = { 1'h0, \$1496  } | \$1503 ;
+  assign \$1505  = { 1'h0, \$1489  } | \$1504 ;
+  assign \$1506  = { 1'h0, \$1474  } | \$1505 ;
+  assign \$1507  = { 1'h0, \$1443  } | \$1506 ;
+  assign \$1508  = ~ gt1_32;
+  assign \$1509  = gt1_33 & \$1508 ;
+  assign \$1510  = \$1509  ? 6'h21 : 6'h00;
+  assign \$1511  = ~ gt1_33;
+  assign \$1512  = gt1_34 & \$1511 ;
+  assign \$1513  = \$1512  ? 6'h22 : 6'h00;
+  assign \$1514  = \$1510  | \$1513 ;
+  assign \$1515  = ~ gt1_34;
+  assign \$1516  = gt1_35 & \$1515 ;
+  assign \$1517  = \$1516  ? 6'h23 : 6'h00;
+  assign \$1518  = \$1514  | \$1517 ;
+  assign gsel1 = \$1507  | \$1518 ;
+  assign \$1519  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1520  = ~ gt1_0;
+  assign \$1521  = gt1_1 & \$1520 ;
+  assign \$1522  = \$1521  ? mbeat0[31:16] : 16'h0000;
   assign \$1523  = \$1519  | \$1522 ;
-  assign \$1524  = ~ gt1_6;
-  assign \$1525  = gt1_7 & \$1524 ;
-  assign \$1526  = \$1525  ? 3'h7 : 3'h0;
-  assign \$1527  = ~ gt1_7;
-  assign \$1528  = gt1_8 & \$1527 ;
-  assign \$1529  = \$1528  ? 4'h8 : 4'h0;
-  assign \$1530  = { 1'h0, \$1526  } | \$1529 ;
-  assign \$1531  = { 1'h0, \$1523  } | \$1530 ;
-  assign \$1532  = { 1'h0, \$1516  } | \$1531 ;
-  assign \$1533  = ~ gt1_8;
-  assign \$1534  = gt1_9 & \$1533 ;
-  assign \$1535  = \$1534  ? 4'h9 : 4'h0;
-  assign \$1536  = ~ gt1_9;
-  assign \$1537  = gt1_10 & \$1536 ;
-  assign \$1538  = \$1537  ? 4'ha : 4'h0;
-  assign \$1539  = \$1535  | \$1538 ;
-  assign \$1540  = ~ gt1_10;
-  assign \$1541  = gt1_11 & \$1540 ;
-  assign \$1542  = \$1541  ? 4'hb : 4'h0;
-  assign \$1543  = ~ gt1_11;
-  assign \$1544  = gt1_12 & \$1543 ;
-  assign \$1545  = \$1544  ? 4'hc : 4'h0;
-  assign \$1546  = \$1542  | \$1545 ;
-  assign \$1547  = \$1539  | \$1546 ;
-  assign \$1548  = ~ gt1_12;
-  assign \$1549  = gt1_13 & \$1548 ;
-  assign \$1550  = \$1549  ? 4'hd : 4'h0;
-  assign \$1551  = ~ gt1_13;
-  assign \$1552  = gt1_14 & \$1551 ;
-  assign \$1553  = \$1552  ? 4'he : 4'h0;
+  assign \$1524  = ~ gt1_1;
+  assign \$1525  = gt1_2 & \$1524 ;
+  assign \$1526  = \$1525  ? mbeat0[47:32] : 16'h0000;
+  assign \$1527  = ~ gt1_2;
+  assign \$1528  = gt1_3 & \$1527 ;
+  assign \$1529  = \$1528  ? mbeat0[63:48] : 16'h0000;
+  assign \$1530  = \$1526  | \$1529 ;
+  assign \$1531  = \$1523  | \$1530 ;
+  assign \$1532  = ~ gt1_3;
+  assign \$1533  = gt1_4 & \$1532 ;
+  assign \$1534  = \$1533  ? mbeat0[79:64] : 16'h0000;
+  assign \$1535  = ~ gt1_4;
+  assign \$1536  = gt1_5 & \$1535 ;
+  assign \$1537  = \$1536  ? mbeat0[95:80] : 16'h0000;
+  assign \$1538  = \$1534  | \$1537 ;
+  assign \$1539  = ~ gt1_5;
+  assign \$1540  = gt1_6 & \$1539 ;
+  assign \$1541  = \$1540  ? mbeat0[111:96] : 16'h0000;
+  assign \$1542  = ~ gt1_6;
+  assign \$1543  = gt1_7 & \$1542 ;
+  assign \$1544  = \$1543  ? mbeat0[127:112] : 16'h0000;
+  assign \$1545  = \$1541  | \$1544 ;
+  assign \$1546  = \$1538  | \$1545 ;
+  assign \$1547  = \$1531  | \$1546 ;
+  assign \$1548  = ~ gt1_7;
+  assign \$1549  = gt1_8 & \$1548 ;
+  assign \$1550  = \$1549  ? mbeat0[143:128] : 16'h0000;
+  assign \$1551  = ~ gt1_8;
+  assign \$1552  = gt1_9 & \$1551 ;
+  assign \$1553  = \$1552  ? mbeat0[159:144] : 16'h0000;
   assign \$1554  = \$1550  | \$1553 ;
-  assign \$1555  = ~ gt1_14;
-  assign \$1556  = gt1_15 & \$1555 ;
-  assign \$1557  = \$1556  ? 4'hf : 4'h0;
-  assign \$1558  = ~ gt1_15;
-  assign \$1559  = gt1_16 & \$1558 ;
-  assign \$1560  = \$1559  ? 5'h10 : 5'h00;
-  assign \$1561  = { 1'h0, \$1557  } | \$1560 ;
-  assign \$1562  = { 1'h0, \$1554  } | \$1561 ;
-  assign \$1563  = { 1'h0, \$1547  } | \$1562 ;
-  assign \$1564  = { 1'h0, \$1532  } | \$1563 ;
-  assign \$1565  = ~ gt1_16;
-  assign \$1566  = gt1_17 & \$1565 ;
-  assign \$1567  = \$1566  ? 5'h11 : 5'h00;
-  assign \$1568  = ~ gt1_17;
-  assign \$1569  = gt1_18 & \$1568 ;
-  assign \$1570  = \$1569  ? 5'h12 : 5'h00;
-  assign \$1571  = \$1567  | \$1570 ;
-  assign \$1572  = ~ gt1_18;
-  assign \$1573  = gt1_19 & \$1572 ;
-  assign \$1574  = \$1573  ? 5'h13 : 5'h00;
-  assign \$1575  = ~ gt1_19;
-  assign \$1576  = gt1_20 & \$1575 ;
-  assign \$1577  = \$1576  ? 5'h14 : 5'h00;
-  assign \$1578  = \$1574  | \$1577 ;
-  assign \$1579  = \$1571  | \$1578 ;
-  assign \$1580  = ~ gt1_20;
-  assign \$1581  = gt1_21 & \$1580 ;
-  assign \$1582  = \$1581  ? 5'h15 : 5'h00;
-  assign \$1583  = ~ gt1_21;
-  assign \$1584  = gt1_22 & \$1583 ;
-  assign \$1585  = \$1584  ? 5'h16 : 5'h00;
+  assign \$1555  = ~ gt1_9;
+  assign \$1556  = gt1_10 & \$1555 ;
+  assign \$1557  = \$1556  ? mbeat0[175:160] : 16'h0000;
+  assign \$1558  = ~ gt1_10;
+  assign \$1559  = gt1_11 & \$1558 ;
+  assign \$1560  = \$1559  ? mbeat0[191:176] : 16'h0000;
+  assign \$1561  = \$1557  | \$1560 ;
+  assign \$1562  = \$1554  | \$1561 ;
+  assign \$1563  = ~ gt1_11;
+  assign \$1564  = gt1_12 & \$1563 ;
+  assign \$1565  = \$1564  ? mbeat1[15:0] : 16'h0000;
+  assign \$1566  = ~ gt1_12;
+  assign \$1567  = gt1_13 & \$1566 ;
+  assign \$1568  = \$1567  ? mbeat1[31:16] : 16'h0000;
+  assign \$1569  = \$1565  | \$1568 ;
+  assign \$1570  = ~ gt1_13;
+  assign \$1571  = gt1_14 & \$1570 ;
+  assign \$1572  = \$1571  ? mbeat1[47:32] : 16'h0000;
+  assign \$1573  = ~ gt1_14;
+  assign \$1574  = gt1_15 & \$1573 ;
+  assign \$1575  = \$1574  ? mbeat1[63:48] : 16'h0000;
+  assign \$1576  = \$1572  | \$1575 ;
+  assign \$1577  = \$1569  | \$1576 ;
+  assign \$1578  = \$1562  | \$1577 ;
+  assign \$1579  = \$1547  | \$1578 ;
+  assign \$1580  = ~ gt1_15;
+  assign \$1581  = gt1_16 & \$1580 ;
+  assign \$1582  = \$1581  ? mbeat1[79:64] : 16'h0000;
+  assign \$1583  = ~ gt1_16;
+  assign \$1584  = gt1_17 & \$1583 ;
+  assign \$1585  = \$1584  ? mbeat1[95:80] : 16'h0000;
   assign \$1586  = \$1582  | \$1585 ;
-  assign \$1587  = ~ gt1_22;
-  assign \$1588  = gt1_23 & \$1587 ;
-  assign \$1589  = \$1588  ? 5'h17 : 5'h00;
-  assign \$1590  = ~ gt1_23;
-  assign \$1591  = gt1_24 & \$1590 ;
-  assign \$1592  = \$1591  ? 5'h18 : 5'h00;
+  assign \$1587  = ~ gt1_17;
+  assign \$1588  = gt1_18 & \$1587 ;
+  assign \$1589  = \$1588  ? mbeat1[111:96] : 16'h0000;
+  assign \$1590  = ~ gt1_18;
+  assign \$1591  = gt1_19 & \$1590 ;
+  assign \$1592  = \$1591  ? mbeat1[127:112] : 16'h0000;
   assign \$1593  = \$1589  | \$1592 ;
   assign \$1594  = \$1586  | \$1593 ;
-  assign \$1595  = \$1579  | \$1594 ;
-  assign \$1596  = ~ gt1_24;
-  assign \$1597  = gt1_25 & \$1596 ;
-  assign \$1598  = \$1597  ? 5'h19 : 5'h00;
-  assign \$1599  = ~ gt1_25;
-  assign \$1600  = gt1_26 & \$1599 ;
-  assign \$1601  = \$1600  ? 5'h1a : 5'h00;
-  assign \$1602  = \$1598  | \$1601 ;
-  assign \$1603  = ~ gt1_26;
-  assign \$1604  = gt1_27 & \$1603 ;
-  assign \$1605  = \$1604  ? 5'h1b : 5'h00;
-  assign \$1606  = ~ gt1_27;
-  assign \$1607  = gt1_28 & \$1606 ;
-  assign \$1608  = \$1607  ? 5'h1c : 5'h00;
-  assign \$1609  = \$1605  | \$1608 ;
-  assign \$1610  = \$1602  | \$1609 ;
-  assign \$1611  = ~ gt1_28;
-  assign \$1612  = gt1_29 & \$1611 ;
-  assign \$1613  = \$1612  ? 5'h1d : 5'h00;
-  assign \$1614  = ~ gt1_29;
-  assign \$1615  = gt1_30 & \$1614 ;
-  assign \$1616  = \$1615  ? 5'h1e : 5'h00;
+  assign \$1595  = ~ gt1_19;
+  assign \$1596  = gt1_20 & \$1595 ;
+  assign \$1597  = \$1596  ? mbeat1[143:128] : 16'h0000;
+  assign \$1598  = ~ gt1_20;
+  assign \$1599  = gt1_21 & \$1598 ;
+  assign \$1600  = \$1599  ? mbeat1[159:144] : 16'h0000;
+  assign \$1601  = \$1597  | \$1600 ;
+  assign \$1602  = ~ gt1_21;
+  assign \$1603  = gt1_22 & \$1602 ;
+  assign \$1604  = \$1603  ? mbeat1[175:160] : 16'h0000;
+  assign \$1605  = ~ gt1_22;
+  assign \$1606  = gt1_23 & \$1605 ;
+  assign \$1607  = \$1606  ? mbeat1[191:176] : 16'h0000;
+  assign \$1608  = \$1604  | \$1607 ;
+  assign \$1609  = \$1601  | \$1608 ;
+  assign \$1610  = \$1594  | \$1609 ;
+  assign \$1611  = ~ gt1_23;
+  assign \$1612  = gt1_24 & \$1611 ;
+  assign \$1613  = \$1612  ? mbeat2[15:0] : 16'h0000;
+  assign \$1614  = ~ gt1_24;
+  assign \$1615  = gt1_25 & \$1614 ;
+  assign \$1616  = \$1615  ? mbeat2[31:16] : 16'h0000;
   assign \$1617  = \$1613  | \$1616 ;
-  assign \$1618  = ~ gt1_30;
-  assign \$1619  = gt1_31 & \$1618 ;
-  assign \$1620  = \$1619  ? 5'h1f : 5'h00;
-  assign \$1621  = ~ gt1_31;
-  assign \$1622  = gt1_32 & \$1621 ;
-  assign \$1623  = \$1622  ? 6'h20 : 6'h00;
-  assign \$1624  = { 1'h0, \$1620  } | \$1623 ;
-  assign \$1625  = { 1'h0, \$1617  } | \$1624 ;
-  assign \$1626  = { 1'h0, \$1610  } | \$1625 ;
-  assign \$1627  = { 1'h0, \$1595  } | \$1626 ;
-  assign \$1628  = { 1'h0, \$1564  } | \$1627 ;
-  assign \$1629  = ~ gt1_32;
-  assign \$1630  = gt1_33 & \$1629 ;
-  assign \$1631  = \$1630  ? 6'h21 : 6'h00;
-  assign \$1632  = ~ gt1_33;
-  assign \$1633  = gt1_34 & \$1632 ;
-  assign \$1634  = \$1633  ? 6'h22 : 6'h00;
-  assign \$1635  = \$1631  | \$1634 ;
-  assign \$1636  = ~ gt1_34;
-  assign \$1637  = gt1_35 & \$1636 ;
-  assign \$1638  = \$1637  ? 6'h23 : 6'h00;
+  assign \$1618  = ~ gt1_25;
+  assign \$1619  = gt1_26 & \$1618 ;
+  assign \$1620  = \$1619  ? mbeat2[47:32] : 16'h0000;
+  assign \$1621  = ~ gt1_26;
+  assign \$1622  = gt1_27 & \$1621 ;
+  assign \$1623  = \$1622  ? mbeat2[63:48] : 16'h0000;
+  assign \$1624  = \$1620  | \$1623 ;
+  assign \$1625  = \$1617  | \$1624 ;
+  assign \$1626  = ~ gt1_27;
+  assign \$1627  = gt1_28 & \$1626 ;
+  assign \$1628  = \$1627  ? mbeat2[79:64] : 16'h0000;
+  assign \$1629  = ~ gt1_28;
+  assign \$1630  = gt1_29 & \$1629 ;
+  assign \$1631  = \$1630  ? mbeat2[95:80] : 16'h0000;
+  assign \$1632  = \$1628  | \$1631 ;
+  assign \$1633  = ~ gt1_29;
+  assign \$1634  = gt1_30 & \$1633 ;
+  assign \$1635  = \$1634  ? mbeat2[111:96] : 16'h0000;
+  assign \$1636  = ~ gt1_30;
+  assign \$1637  = gt1_31 & \$1636 ;
+  assign \$1638  = \$1637  ? mbeat2[127:112] : 16'h0000;
   assign \$1639  = \$1635  | \$1638 ;
-  assign gsel1 = \$1628  | \$1639 ;
-  assign \$1640  = gt1_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1641  = ~ gt1_0;
-  assign \$1642  = gt1_1 & \$1641 ;
-  assign \$1643  = \$1642  ? mbeat0[31:16] : 16'h0000;
-  assign \$1644  = \$1640  | \$1643 ;
-  assign \$1645  = ~ gt1_1;
-  assign \$1646  = gt1_2 & \$1645 ;
-  assign \$1647  = \$1646  ? mbeat0[47:32] : 16'h0000;
-  assign \$1648  = ~ gt1_2;
-  assign \$1649  = gt1_3 & \$1648 ;
-  assign \$1650  = \$1649  ? mbeat0[63:48] : 16'h0000;
-  assign \$1651  = \$1647  | \$1650 ;
-  assign \$1652  = \$1644  | \$1651 ;
-  assign \$1653  = ~ gt1_3;
-  assign \$1654  = gt1_4 & \$1653 ;
-  assign \$1655  = \$1654  ? mbeat0[79:64] : 16'h0000;
-  assign \$1656  = ~ gt1_4;
-  assign \$1657  = gt1_5 & \$1656 ;
-  assign \$1658  = \$1657  ? mbeat0[95:80] : 16'h0000;
-  assign \$1659  = \$1655  | \$1658 ;
-  assign \$1660  = ~ gt1_5;
-  assign \$1661  = gt1_6 & \$1660 ;
-  assign \$1662  = \$1661  ? mbeat0[111:96] : 16'h0000;
-  assign \$1663  = ~ gt1_6;
-  assign \$1664  = gt1_7 & \$1663 ;
-  assign \$1665  = \$1664  ? mbeat0[127:112] : 16'h0000;
-  assign \$1666  = \$1662  | \$1665 ;
-  assign \$1667  = \$1659  | \$1666 ;
-  assign \$1668  = \$1652  | \$1667 ;
-  assign \$1669  = ~ gt1_7;
-  assign \$1670  = gt1_8 & \$1669 ;
-  assign \$1671  = \$1670  ? mbeat0[143:128] : 16'h0000;
-  assign \$1672  = ~ gt1_8;
-  assign \$1673  = gt1_9 & \$1672 ;
-  assign \$1674  = \$1673  ? mbeat0[159:144] : 16'h0000;
-  assign \$1675  = \$1671  | \$1674 ;
-  assign \$1676  = ~ gt1_9;
-  assign \$1677  = gt1_10 & \$1676 ;
-  assign \$1678  = \$1677  ? mbeat0[175:160] : 16'h0000;
-  assign \$1679  = ~ gt1_10;
-  assign \$1680  = gt1_11 & \$1679 ;
-  assign \$1681  = \$1680  ? mbeat0[191:176] : 16'h0000;
-  assign \$1682  = \$1678  | \$1681 ;
-  assign \$1683  = \$1675  | \$1682 ;
-  assign \$1684  = ~ gt1_11;
-  assign \$1685  = gt1_12 & \$1684 ;
-  assign \$1686  = \$1685  ? mbeat1[15:0] : 16'h0000;
-  assign \$1687  = ~ gt1_12;
-  assign \$1688  = gt1_13 & \$1687 ;
-  assign \$1689  = \$1688  ? mbeat1[31:16] : 16'h0000;
-  assign \$1690  = \$1686  | \$1689 ;
-  assign \$1691  = ~ gt1_13;
-  assign \$1692  = gt1_14 & \$1691 ;
-  assign \$1693  = \$1692  ? mbeat1[47:32] : 16'h0000;
-  assign \$1694  = ~ gt1_14;
-  assign \$1695  = gt1_15 & \$1694 ;
-  assign \$1696  = \$1695  ? mbeat1[63:48] : 16'h0000;
-  assign \$1697  = \$1693  | \$1696 ;
-  assign \$1698  = \$1690  | \$1697 ;
-  assign \$1699  = \$1683  | \$1698 ;
-  assign \$1700  = \$1668  | \$1699 ;
-  assign \$1701  = ~ gt1_15;
-  assign \$1702  = gt1_16 & \$1701 ;
-  assign \$1703  = \$1702  ? mbeat1[79:64] : 16'h0000;
-  assign \$1704  = ~ gt1_16;
-  assign \$1705  = gt1_17 & \$1704 ;
-  assign \$1706  = \$1705  ? mbeat1[95:80] : 16'h0000;
-  assign \$1707  = \$1703  | \$1706 ;
-  assign \$1708  = ~ gt1_17;
-  assign \$1709  = gt1_18 & \$1708 ;
-  assign \$1710  = \$1709  ? mbeat1[111:96] : 16'h0000;
-  assign \$1711  = ~ gt1_18;
-  assign \$1712  = gt1_19 & \$1711 ;
-  assign \$1713  = \$1712  ? mbeat1[127:112] : 16'h0000;
-  assign \$1714  = \$1710  | \$1713 ;
-  assign \$1715  = \$1707  | \$1714 ;
-  assign \$1716  = ~ gt1_19;
-  assign \$1717  = gt1_20 & \$1716 ;
-  assign \$1718  = \$1717  ? mbeat1[143:128] : 16'h0000;
-  assign \$1719  = ~ gt1_20;
-  assign \$1720  = gt1_21 & \$1719 ;
-  assign \$1721  = \$1720  ? mbeat1[159:144] : 16'h0000;
-  assign \$1722  = \$1718  | \$1721 ;
-  assign \$1723  = ~ gt1_21;
-  assign \$1724  = gt1_22 & \$1723 ;
-  assign \$1725  = \$1724  ? mbeat1[175:160] : 16'h0000;
-  assign \$1726  = ~ gt1_22;
-  assign \$1727  = gt1_23 & \$1726 ;
-  assign \$1728  = \$1727  ? mbeat1[191:176] : 16'h0000;
-  assign \$1729  = \$1725  | \$1728 ;
-  assign \$1730  = \$1722  | \$1729 ;
-  assign \$1731  = \$1715  | \$1730 ;
-  assign \$1732  = ~ gt1_23;
-  assign \$1733  = gt1_24 & \$1732 ;
-  assign \$1734  = \$1733  ? mbeat2[15:0] : 16'h0000;
-  assign \$1735  = ~ gt1_24;
-  assign \$1736  = gt1_25 & \$1735 ;
-  assign \$1737  = \$1736  ? mbeat2[31:16] : 16'h0000;
-  assign \$1738  = \$1734  | \$1737 ;
-  assign \$1739  = ~ gt1_25;
-  assign \$1740  = gt1_26 & \$1739 ;
-  assign \$1741  = \$1740  ? mbeat2[47:32] : 16'h0000;
-  assign \$1742  = ~ gt1_26;
-  assign \$1743  = gt1_27 & \$1742 ;
-  assign \$1744  = \$1743  ? mbeat2[63:48] : 16'h0000;
-  assign \$1745  = \$1741  | \$1744 ;
-  assign \$1746  = \$1738  | \$1745 ;
-  assign \$1747  = ~ gt1_27;
-  assign \$1748  = gt1_28 & \$1747 ;
-  assign \$1749  = \$1748  ? mbeat2[79:64] : 16'h0000;
-  assign \$1750  = ~ gt1_28;
-  assign \$1751  = gt1_29 & \$1750 ;
-  assign \$1752  = \$1751  ? mbeat2[95:80] : 16'h0000;
-  assign \$1753  = \$1749  | \$1752 ;
-  assign \$1754  = ~ gt1_29;
-  assign \$1755  = gt1_30 & \$1754 ;
-  assign \$1756  = \$1755  ? mbeat2[111:96] : 16'h0000;
-  assign \$1757  = ~ gt1_30;
-  assign \$1758  = gt1_31 & \$1757 ;
-  assign \$1759  = \$1758  ? mbeat2[127:112] : 16'h0000;
-  assign \$1760  = \$1756  | \$1759 ;
-  assign \$1761  = \$1753  | \$1760 ;
-  assign \$1762  = \$1746  | \$1761 ;
-  assign \$1763  = \$1731  | \$1762 ;
-  assign \$1764  = \$1700  | \$1763 ;
-  assign \$1765  = ~ gt1_31;
-  assign \$1766  = gt1_32 & \$1765 ;
-  assign \$1767  = \$1766  ? mbeat2[143:128] : 16'h0000;
-  assign \$1768  = ~ gt1_32;
-  assign \$1769  = gt1_33 & \$1768 ;
-  assign \$1770  = \$1769  ? mbeat2[159:144] : 16'h0000;
-  assign \$1771  = \$1767  | \$1770 ;
-  assign \$1772  = ~ gt1_33;
-  assign \$1773  = gt1_34 & \$1772 ;
-  assign \$1774  = \$1773  ? mbeat2[175:160] : 16'h0000;
-  assign \$1775  = ~ gt1_34;
-  assign \$1776  = gt1_35 & \$1775 ;
-  assign \$1777  = \$1776  ? mbeat2[191:176] : 16'h0000;
-  assign \$1778  = \$1774  | \$1777 ;
-  assign \$1779  = \$1771  | \$1778 ;
-  assign grp1 = \$1764  | \$1779 ;
-  assign \$1780  = gt1_0 ? Rm1[3:0] : 4'h0;
-  assign \$1781  = ~ gt1_0;
-  assign \$1782  = gt1_1 & \$1781 ;
-  assign \$1783  = \$1782  ? R0[3:0] : 4'h0;
-  assign \$1784  = \$1780  | \$1783 ;
-  assign \$1785  = ~ gt1_1;
-  assign \$1786  = gt1_2 & \$1785 ;
-  assign \$1787  = \$1786  ? R1[3:0] : 4'h0;
-  assign \$1788  = ~ gt1_2;
-  assign \$1789  = gt1_3 & \$1788 ;
-  assign \$1790  = \$1789  ? R2[3:0] : 4'h0;
-  assign \$1791  = \$1787  | \$1790 ;
-  assign \$1792  = \$1784  | \$1791 ;
-  assign \$1793  = ~ gt1_3;
-  assign \$1794  = gt1_4 & \$1793 ;
-  assign \$1795  = \$1794  ? R3[3:0] : 4'h0;
-  assign \$1796  = ~ gt1_4;
-  assign \$1797  = gt1_5 & \$1796 ;
-  assign \$1798  = \$1797  ? R4[3:0] : 4'h0;
-  assign \$1799  = \$1795  | \$1798 ;
-  assign \$1800  = ~ gt1_5;
-  assign \$1801  = gt1_6 & \$1800 ;
-  assign \$1802  = \$1801  ? R5[3:0] : 4'h0;
-  assign \$1803  = ~ gt1_6;
-  assign \$1804  = gt1_7 & \$1803 ;
-  assign \$1805  = \$1804  ? R6[3:0] : 4'h0;
-  assign \$1806  = \$1802  | \$1805 ;
-  assign \$1807  = \$1799  | \$1806 ;
-  assign \$1808  = \$1792  | \$1807 ;
-  assign \$1809  = ~ gt1_7;
-  assign \$1810  = gt1_8 & \$1809 ;
-  assign \$1811  = \$1810  ? R7[3:0] : 4'h0;
-  assign \$1812  = ~ gt1_8;
-  assign \$1813  = gt1_9 & \$1812 ;
-  assign \$1814  = \$1813  ? R8[3:0] : 4'h0;
-  assign \$1815  = \$1811  | \$1814 ;
-  assign \$1816  = ~ gt1_9;
-  assign \$1817  = gt1_10 & \$1816 ;
-  assign \$1818  = \$1817  ? R9[3:0] : 4'h0;
-  assign \$1819  = ~ gt1_10;
-  assign \$1820  = gt1_11 & \$1819 ;
-  assign \$1821  = \$1820  ? R10[3:0] : 4'h0;
-  assign \$1822  = \$1818  | \$1821 ;
-  assign \$1823  = \$1815  | \$1822 ;
-  assign \$1824  = ~ gt1_11;
-  assign \$1825  = gt1_12 & \$1824 ;
-  assign \$1826  = \$1825  ? R11[3:0] : 4'h0;
-  assign \$1827  = ~ gt1_12;
-  assign \$1828  = gt1_13 & \$1827 ;
-  assign \$1829  = \$1828  ? R12[3:0] : 4'h0;
-  assign \$1830  = \$1826  | \$1829 ;
-  assign \$1831  = ~ gt1_13;
-  assign \$1832  = gt1_14 & \$1831 ;
-  assign \$1833  = \$1832  ? R13[3:0] : 4'h0;
-  assign \$1834  = ~ gt1_14;
-  assign \$1835  = gt1_15 & \$1834 ;
-  assign \$1836  = \$1835  ? R14[3:0] : 4'h0;
-  assign \$1837  = \$1833  | \$1836 ;
-  assign \$1838  = \$1830  | \$1837 ;
-  assign \$1839  = \$1823  | \$1838 ;
-  assign \$1840  = \$1808  | \$1839 ;
-  assign \$1841  = ~ gt1_15;
-  assign \$1842  = gt1_16 & \$1841 ;
-  assign \$1843  = \$1842  ? R15[3:0] : 4'h0;
-  assign \$1844  = ~ gt1_16;
-  assign \$1845  = gt1_17 & \$1844 ;
-  assign \$1846  = \$1845  ? R16[3:0] : 4'h0;
-  assign \$1847  = \$1843  | \$1846 ;
-  assign \$1848  = ~ gt1_17;
-  assign \$1849  = gt1_18 & \$1848 ;
-  assign \$1850  = \$1849  ? R17[3:0] : 4'h0;
-  assign \$1851  = ~ gt1_18;
-  assign \$1852  = gt1_19 & \$1851 ;
-  assign \$1853  = \$1852  ? R18[3:0] : 4'h0;
-  assign \$1854  = \$1850  | \$1853 ;
-  assign \$1855  = \$1847  | \$1854 ;
-  assign \$1856  = ~ gt1_19;
-  assign \$1857  = gt1_20 & \$1856 ;
-  assign \$1858  = \$1857  ? R19[3:0] : 4'h0;
-  assign \$1859  = ~ gt1_20;
-  assign \$1860  = gt1_21 & \$1859 ;
-  assign \$1861  = \$1860  ? R20[3:0] : 4'h0;
-  assign \$1862  = \$1858  | \$1861 ;
-  assign \$1863  = ~ gt1_21;
-  assign \$1864  = gt1_22 & \$1863 ;
-  assign \$1865  = \$1864  ? R21[3:0] : 4'h0;
-  assign \$1866  = ~ gt1_22;
-  assign \$1867  = gt1_23 & \$1866 ;
-  assign \$1868  = \$1867  ? R22[3:0] : 4'h0;
-  assign \$1869  = \$1865  | \$1868 ;
-  assign \$1870  = \$1862  | \$1869 ;
-  assign \$1871  = \$1855  | \$1870 ;
-  assign \$1872  = ~ gt1_23;
-  assign \$1873  = gt1_24 & \$1872 ;
-  assign \$1874  = \$1873  ? R23[3:0] : 4'h0;
-  assign \$1875  = ~ gt1_24;
-  assign \$1876  = gt1_25 & \$1875 ;
-  assign \$1877  = \$1876  ? R24[3:0] : 4'h0;
-  assign \$1878  = \$1874  | \$1877 ;
-  assign \$1879  = ~ gt1_25;
-  assign \$1880  = gt1_26 & \$1879 ;
-  assign \$1881  = \$1880  ? R25[3:0] : 4'h0;
-  assign \$1882  = ~ gt1_26;
-  assign \$1883  = gt1_27 & \$1882 ;
-  assign \$1884  = \$1883  ? R26[3:0] : 4'h0;
-  assign \$1885  = \$1881  | \$1884 ;
-  assign \$1886  = \$1878  | \$1885 ;
-  assign \$1887  = ~ gt1_27;
-  assign \$1888  = gt1_28 & \$1887 ;
-  assign \$1889  = \$1888  ? R27[3:0] : 4'h0;
-  assign \$1890  = ~ gt1_28;
-  assign \$1891  = gt1_29 & \$1890 ;
-  assign \$1892  = \$1891  ? R28[3:0] : 4'h0;
-  assign \$1893  = \$1889  | \$1892 ;
-  assign \$1894  = ~ gt1_29;
-  assign \$1895  = gt1_30 & \$1894 ;
-  assign \$1896  = \$1895  ? R29[3:0] : 4'h0;
-  assign \$1897  = ~ gt1_30;
-  assign \$1898  = gt1_31 & \$1897 ;
-  assign \$1899  = \$1898  ? R30[3:0] : 4'h0;
-  assign \$1900  = \$1896  | \$1899 ;
-  assign \$1901  = \$1893  | \$1900 ;
-  assign \$1902  = \$1886  | \$1901 ;
-  assign \$1903  = \$1871  | \$1902 ;
-  assign \$1904  = \$1840  | \$1903 ;
-  assign \$1905  = ~ gt1_31;
-  assign \$1906  = gt1_32 & \$1905 ;
-  assign \$1907  = \$1906  ? R31[3:0] : 4'h0;
-  assign \$1908  = ~ gt1_32;
-  assign \$1909  = gt1_33 & \$1908 ;
-  assign \$1910  = \$1909  ? R32[3:0] : 4'h0;
-  assign \$1911  = \$1907  | \$1910 ;
-  assign \$1912  = ~ gt1_33;
-  assign \$1913  = gt1_34 & \$1912 ;
-  assign \$1914  = \$1913  ? R33[3:0] : 4'h0;
-  assign \$1915  = ~ gt1_34;
-  assign \$1916  = gt1_35 & \$1915 ;
-  assign \$1917  = \$1916  ? R34[3:0] : 4'h0;
-  assign \$1918  = \$1914  | \$1917 ;
-  assign \$1919  = \$1911  | \$1918 ;
-  assign dlow1 = \$1904  | \$1919 ;
-  assign \$1920  = 1'h1 - dlow1;
-  assign \$1921  = grp1[0] + grp1[1];
-  assign \$1922  = grp1[2] + grp1[3];
-  assign \$1923  = \$1921  + \$1922 ;
-  assign \$1924  = grp1[4] + grp1[5];
-  assign \$1925  = grp1[6] + grp1[7];
-  assign \$1926  = \$1924  + \$1925 ;
-  assign ws1_c = \$1923  + \$1926 ;
-  assign ws1_lo = \$1920 [3:0] < ws1_c;
-  assign \$1927  = \$1920 [3:0] - ws1_c;
-  assign \$1928  = grp1[0] + grp1[1];
-  assign \$1929  = grp1[2] + grp1[3];
-  assign ws1l_c = \$1928  + \$1929 ;
-  assign ws1l_lo = \$1920 [2:0] < ws1l_c;
-  assign \$1930  = \$1920 [2:0] - ws1l_c;
-  assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
-  assign \$1931  = grp1[8] + grp1[9];
-  assign \$1932  = grp1[10] + grp1[11];
-  assign ws1h_c = \$1931  + \$1932 ;
-  assign ws1h_lo = \$1927 [2:0] < ws1h_c;
-  assign \$1933  = \$1927 [2:0] - ws1h_c;
-  assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
-  assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
-  assign lv1 = k > 1'h1;
-  assign \$1934  = k_cur <= 1'h1;
-  assign ln1 = finish & \$1934 ;
-  assign \$1935  = ln1 ? es_w : { rs_w[6], rs_w };
-  assign \$1936  = gsel1[5:2] - \$1935 [3:0];
-  assign \$1937  = ~ sat0[2];
-  assign \$1938  = sat0[1] & \$1937 ;
-  assign \$1939  = ~ sat0[3];
-  assign \$1940  = \$1939  & sat0[0];
-  assign \$1941  = \$1938  & \$1940 ;
-  assign \$1942  = ~ sat0[3];
-  assign \$1943  = \$1942  & sat0[2];
-  assign \$1944  = \$1941  | \$1943 ;
-  assign gt2_0 = \$1944  | sat0[3];
-  assign \$1945  = ~ sat1[2];
-  assign \$1946  = sat1[1] & \$1945 ;
-  assign \$1947  = ~ sat1[3];
-  assign \$1948  = \$1947  & sat1[0];
-  assign \$1949  = \$1946  & \$1948 ;
-  assign \$1950  = ~ sat1[3];
-  assign \$1951  = \$1950  & sat1[2];
-  assign \$1952  = \$1949  | \$1951 ;
-  assign gt2_1 = \$1952  | sat1[3];
-  assign \$1953  = ~ sat2[2];
-  assign \$1954  = sat2[1] & \$1953 ;
-  assign \$1955  = ~ sat2[3];
-  assign \$1956  = \$1955  & sat2[0];
-  assign \$1957  = \$1954  & \$1956 ;
-  assign \$1958  = ~ sat2[3];
-  assign \$1959  = \$1958  & sat2[2];
-  assign \$1960  = \$1957  | \$1959 ;
-  assign gt2_2 = \$1960  | sat2[3];
-  assign \$1961  = ~ sat3[2];
-  assign \$1962  = sat3[1] & \$1961 ;
-  assign \$1963  = ~ sat3[3];
-  assign \$1964  = \$1963  & sat3[0];
-  assign \$1965  = \$1962  & \$1964 ;
-  assign \$1966  = ~ sat3[3];
-  assign \$1967  = \$1966  & sat3[2];
-  assign \$1968  = \$1965  | \$1967 ;
-  assign gt2_3 = \$1968  | sat3[3];
-  assign \$1969  = ~ sat4[2];
-  assign \$1970  = sat4[1] & \$1969 ;
-  assign \$1971  = ~ sat4[3];
-  assign \$1972  = \$1971  & sat4[0];
-  assign \$1973  = \$1970  & \$1972 ;
-  assign \$1974  = ~ sat4[3];
-  assign \$1975  = \$1974  & sat4[2];
-  assign \$1976  = \$1973  | \$1975 ;
-  assign gt2_4 = \$1976  | sat4[3];
-  assign \$1977  = ~ sat5[2];
-  assign \$1978  = sat5[1] & \$1977 ;
-  assign \$1979  = ~ sat5[3];
-  assign \$1980  = \$1979  & sat5[0];
-  assign \$1981  = \$1978  & \$1980 ;
-  assign \$1982  = ~ sat5[3];
-  assign \$1983  = \$1982  & sat5[2];
-  assign \$1984  = \$1981  | \$1983 ;
-  assign gt2_5 = \$1984  | sat5[3];
-  assign \$1985  = ~ sat6[2];
-  assign \$1986  = sat6[1] & \$1985 ;
-  assign \$1987  = ~ sat6[3];
-  assign \$1988  = \$1987  & sat6[0];
-  assign \$1989  = \$1986  & \$1988 ;
-  assign \$1990  = ~ sat6[3];
-  assign \$1991  = \$1990  & sat6[2];
-  assign \$1992  = \$1989  | \$1991 ;
-  assign gt2_6 = \$1992  | sat6[3];
-  assign \$1993  = ~ sat7[2];
-  assign \$1994  = sat7[1] & \$1993 ;
-  assign \$1995  = ~ sat7[3];
-  assign \$1996  = \$1995  & sat7[0];
-  assign \$1997  = \$1994  & \$1996 ;
-  assign \$1998  = ~ sat7[3];
-  assign \$1999  = \$1998  & sat7[2];
-  assign \$2000  = \$1997  | \$1999 ;
-  assign gt2_7 = \$2000  | sat7[3];
-  assign \$2001  = ~ sat8[2];
-  assign \$2002  = sat8[1] & \$2001 ;
-  assign \$2003  = ~ sat8[3];
-  assign \$2004  = \$2003  & sat8[0];
-  assign \$2005  = \$2002  & \$2004 ;
-  assign \$2006  = ~ sat8[3];
-  assign \$2007  = \$2006  & sat8[2];
-  assign \$2008  = \$2005  | \$2007 ;
-  assign gt2_8 = \$2008  | sat8[3];
-  assign \$2009  = ~ sat9[2];
-  assign \$2010  = sat9[1] & \$2009 ;
-  assign \$2011  = ~ sat9[3];
-  assign \$2012  = \$2011  & sat9[0];
-  assign \$2013  = \$2010  & \$2012 ;
-  assign \$2014  = ~ sat9[3];
-  assign \$2015  = \$2014  & sat9[2];
-  assign \$2016  = \$2013  | \$2015 ;
-  assign gt2_9 = \$2016  | sat9[3];
-  assign \$2017  = ~ sat10[2];
-  assign \$2018  = sat10[1] & \$2017 ;
-  assign \$2019  = ~ sat10[3];
-  assign \$2020  = \$2019  & sat10[0];
-  assign \$2021  = \$2018  & \$2020 ;
-  assign \$2022  = ~ sat10[3];
-  assign \$2023  = \$2022  & sat10[2];
-  assign \$2024  = \$2021  | \$2023 ;
-  assign gt2_10 = \$2024  | sat10[3];
-  assign \$2025  = ~ sat11[2];
-  assign \$2026  = sat11[1] & \$2025 ;
-  assign \$2027  = ~ sat11[3];
-  assign \$2028  = \$2027  & sat11[0];
-  assign \$2029  = \$2026  & \$2028 ;
-  assign \$2030  = ~ sat11[3];
-  assign \$2031  = \$2030  & sat11[2];
-  assign \$2032  = \$2029  | \$2031 ;
-  assign gt2_11 = \$2032  | sat11[3];
-  assign \$2033  = ~ sat12[2];
-  assign \$2034  = sat12[1] & \$2033 ;
-  assign \$2035  = ~ sat12[3];
-  assign \$2036  = \$2035  & sat12[0];
-  assign \$2037  = \$2034  & \$2036 ;
-  assign \$2038  = ~ sat12[3];
-  assign \$2039  = \$2038  & sat12[2];
-  assign \$2040  = \$2037  | \$2039 ;
-  assign gt2_12 = \$2040  | sat12[3];
-  assign \$2041  = ~ sat13[2];
-  assign \$2042  = sat13[1] & \$2041 ;
-  assign \$2043  = ~ sat13[3];
-  assign \$2044  = \$2043  & sat13[0];
-  assign \$2045  = \$2042  & \$2044 ;
-  assign \$2046  = ~ sat13[3];
-  assign \$2047  = \$2046  & sat13[2];
-  assign \$2048  = \$2045  | \$2047 ;
-  assign gt2_13 = \$2048  | sat13[3];
-  assign \$2049  = ~ sat14[2];
-  assign \$2050  = sat14[1] & \$2049 ;
-  assign \$2051  = ~ sat14[3];
-  assign \$2052  = \$2051  & sat14[0];
-  assign \$2053  = \$2050  & \$2052 ;
-  assign \$2054  = ~ sat14[3];
-  assign \$2055  = \$2054  & sat14[2];
-  assign \$2056  = \$2053  | \$2055 ;
-  assign gt2_14 = \$2056  | sat14[3];
-  assign \$2057  = ~ sat15[2];
-  assign \$2058  = sat15[1] & \$2057 ;
-  assign \$2059  = ~ sat15[3];
-  assign \$2060  = \$2059  & sat15[0];
-  assign \$2061  = \$2058  & \$2060 ;
-  assign \$2062  = ~ sat15[3];
-  assign \$2063  = \$2062  & sat15[2];
-  assign \$2064  = \$2061  | \$2063 ;
-  assign gt2_15 = \$2064  | sat15[3];
-  assign \$2065  = ~ sat16[2];
-  assign \$2066  = sat16[1] & \$2065 ;
-  assign \$2067  = ~ sat16[3];
-  assign \$2068  = \$2067  & sat16[0];
-  assign \$2069  = \$2066  & \$2068 ;
-  assign \$2070  = ~ sat16[3];
-  assign \$2071  = \$2070  & sat16[2];
-  assign \$2072  = \$2069  | \$2071 ;
-  assign gt2_16 = \$2072  | sat16[3];
-  assign \$2073  = ~ sat17[2];
-  assign \$2074  = sat17[1] & \$2073 ;
-  assign \$2075  = ~ sat17[3];
-  assign \$2076  = \$2075  & sat17[0];
-  assign \$2077  = \$2074  & \$2076 ;
-  assign \$2078  = ~ sat17[3];
-  assign \$2079  = \$2078  & sat17[2];
-  assign \$2080  = \$2077  | \$2079 ;
-  assign gt2_17 = \$2080  | sat17[3];
-  assign \$2081  = ~ sat18[2];
-  assign \$2082  = sat18[1] & \$2081 ;
-  assign \$2083  = ~ sat18[3];
-  assign \$2084  = \$2083  & sat18[0];
-  assign \$2085  = \$2082  & \$2084 ;
-  assign \$2086  = ~ sat18[3];
-  assign \$2087  = \$2086  & sat18[2];
-  assign \$2088  = \$2085  | \$2087 ;
-  assign gt2_18 = \$2088  | sat18[3];
-  assign \$2089  = ~ sat19[2];
-  assign \$2090  = sat19[1] & \$2089 ;
-  assign \$2091  = ~ sat19[3];
-  assign \$2092  = \$2091  & sat19[0];
-  assign \$2093  = \$2090  & \$2092 ;
-  assign \$2094  = ~ sat19[3];
-  assign \$2095  = \$2094  & sat19[2];
-  assign \$2096  = \$2093  | \$2095 ;
-  assign gt2_19 = \$2096  | sat19[3];
-  assign \$2097  = ~ sat20[2];
-  assign \$2098  = sat20[1] & \$2097 ;
-  assign \$2099  = ~ sat20[3];
-  assign \$2100  = \$2099  & sat20[0];
-  assign \$2101  = \$2098  & \$2100 ;
-  assign \$2102  = ~ sat20[3];
-  assign \$2103  = \$2102  & sat20[2];
-  assign \$2104  = \$2101  | \$2103 ;
-  assign gt2_20 = \$2104  | sat20[3];
-  assign \$2105  = ~ sat21[2];
-  assign \$2106  = sat21[1] & \$2105 ;
-  assign \$2107  = ~ sat21[3];
-  assign \$2108  = \$2107  & sat21[0];
-  assign \$2109  = \$2106  & \$2108 ;
-  assign \$2110  = ~ sat21[3];
-  assign \$2111  = \$2110  & sat21[2];
-  assign \$2112  = \$2109  | \$2111 ;
-  assign gt2_21 = \$2112  | sat21[3];
-  assign \$2113  = ~ sat22[2];
-  assign \$2114  = sat22[1] & \$2113 ;
-  assign \$2115  = ~ sat22[3];
-  assign \$2116  = \$2115  & sat22[0];
-  assign \$2117  = \$2114  & \$2116 ;
-  assign \$2118  = ~ sat22[3];
-  assign \$2119  = \$2118  & sat22[2];
-  assign \$2120  = \$2117  | \$2119 ;
-  assign gt2_22 = \$2120  | sat22[3];
-  assign \$2121  = ~ sat23[2];
-  assign \$2122  = sat23[1] & \$2121 ;
-  assign \$2123  = ~ sat23[3];
-  assign \$2124  = \$2123  & sat23[0];
-  assign \$2125  = \$2122  & \$2124 ;
-  assign \$2126  = ~ sat23[3];
-  assign \$2127  = \$2126  & sat23[2];
-  assign \$2128  = \$2125  | \$2127 ;
-  assign gt2_23 = \$2128  | sat23[3];
-  assign \$2129  = ~ sat24[2];
-  assign \$2130  = sat24[1] & \$2129 ;
-  assign \$2131  = ~ sat24[3];
-  assign \$2132  = \$2131  & sat24[0];
-  assign \$2133  = \$2130  & \$2132 ;
-  assign \$2134  = ~ sat24[3];
-  assign \$2135  = \$2134  & sat24[2];
-  assign \$2136  = \$2133  | \$2135 ;
-  assign gt2_24 = \$2136  | sat24[3];
-  assign \$2137  = ~ sat25[2];
-  assign \$2138  = sat25[1] & \$2137 ;
-  assign \$2139  = ~ sat25[3];
-  assign \$2140  = \$2139  & sat25[0];
-  assign \$2141  = \$2138  & \$2140 ;
-  assign \$2142  = ~ sat25[3];
-  assign \$2143  = \$2142  & sat25[2];
-  assign \$2144  = \$2141  | \$2143 ;
-  assign gt2_25 = \$2144  | sat25[3];
-  assign \$2145  = ~ sat26[2];
-  assign \$2146  = sat26[1] & \$2145 ;
-  assign \$2147  = ~ sat26[3];
-  assign \$2148  = \$2147  & sat26[0];
-  assign \$2149  = \$2146  & \$2148 ;
-  assign \$2150  = ~ sat26[3];
-  assign \$2151  = \$2150  & sat26[2];
-  assign \$2152  = \$2149  | \$2151 ;
-  assign gt2_26 = \$2152  | sat26[3];
-  assign \$2153  = ~ sat27[2];
-  assign \$2154  = sat27[1] & \$2153 ;
-  assign \$2155  = ~ sat27[3];
-  assign \$2156  = \$2155  & sat27[0];
-  assign \$2157  = \$2154  & \$2156 ;
-  assign \$2158  = ~ sat27[3];
-  assign \$2159  = \$2158  & sat27[2];
-  assign \$2160  = \$2157  | \$2159 ;
-  assign gt2_27 = \$2160  | sat27[3];
-  assign \$2161  = ~ sat28[2];
-  assign \$2162  = sat28[1] & \$2161 ;
-  assign \$2163  = ~ sat28[3];
-  assign \$2164  = \$2163  & sat28[0];
-  assign \$2165  = \$2162  & \$2164 ;
-  assign \$2166  = ~ sat28[3];
-  assign \$2167  = \$2166  & sat28[2];
-  assign \$2168  = \$2165  | \$2167 ;
-  assign gt2_28 = \$2168  | sat28[3];
-  assign \$2169  = ~ sat29[2];
-  assign \$2170  = sat29[1] & \$2169 ;
-  assign \$2171  = ~ sat29[3];
-  assign \$2172  = \$2171  & sat29[0];
-  assign \$2173  = \$2170  & \$2172 ;
-  assign \$2174  = ~ sat29[3];
-  assign \$2175  = \$2174  & sat29[2];
-  assign \$2176  = \$2173  | \$2175 ;
-  assign gt2_29 = \$2176  | sat29[3];
-  assign \$2177  = ~ sat30[2];
-  assign \$2178  = sat30[1] & \$2177 ;
-  assign \$2179  = ~ sat30[3];
-  assign \$2180  = \$2179  & sat30[0];
-  assign \$2181  = \$2178  & \$2180 ;
-  assign \$2182  = ~ sat30[3];
-  assign \$2183  = \$2182  & sat30[2];
-  assign \$2184  = \$2181  | \$2183 ;
-  assign gt2_30 = \$2184  | sat30[3];
-  assign \$2185  = ~ sat31[2];
-  assign \$2186  = sat31[1] & \$2185 ;
-  assign \$2187  = ~ sat31[3];
-  assign \$2188  = \$2187  & sat31[0];
-  assign \$2189  = \$2186  & \$2188 ;
-  assign \$2190  = ~ sat31[3];
-  assign \$2191  = \$2190  & sat31[2];
-  assign \$2192  = \$2189  | \$2191 ;
-  assign gt2_31 = \$2192  | sat31[3];
-  assign \$2193  = ~ sat32[2];
-  assign \$2194  = sat32[1] & \$2193 ;
-  assign \$2195  = ~ sat32[3];
-  assign \$2196  = \$2195  & sat32[0];
-  assign \$2197  = \$2194  & \$2196 ;
-  assign \$2198  = ~ sat32[3];
-  assign \$2199  = \$2198  & sat32[2];
-  assign \$2200  = \$2197  | \$2199 ;
-  assign gt2_32 = \$2200  | sat32[3];
-  assign \$2201  = ~ sat33[2];
-  assign \$2202  = sat33[1] & \$2201 ;
-  assign \$2203  = ~ sat33[3];
-  assign \$2204  = \$2203  & sat33[0];
-  assign \$2205  = \$2202  & \$2204 ;
-  assign \$2206  = ~ sat33[3];
-  assign \$2207  = \$2206  & sat33[2];
-  assign \$2208  = \$2205  | \$2207 ;
-  assign gt2_33 = \$2208  | sat33[3];
-  assign \$2209  = ~ sat34[2];
-  assign \$2210  = sat34[1] & \$2209 ;
-  assign \$2211  = ~ sat34[3];
-  assign \$2212  = \$2211  & sat34[0];
-  assign \$2213  = \$2210  & \$2212 ;
-  assign \$2214  = ~ sat34[3];
-  assign \$2215  = \$2214  & sat34[2];
-  assign \$2216  = \$2213  | \$2215 ;
-  assign gt2_34 = \$2216  | sat34[3];
-  assign \$2217  = ~ sat35[2];
-  assign \$2218  = sat35[1] & \$2217 ;
-  assign \$2219  = ~ sat35[3];
-  assign \$2220  = \$2219  & sat35[0];
-  assign \$2221  = \$2218  & \$2220 ;
-  assign \$2222  = ~ sat35[3];
-  assign \$2223  = \$2222  & sat35[2];
-  assign \$2224  = \$2221  | \$2223 ;
-  assign gt2_35 = \$2224  | sat35[3];
-  assign \$2225  = ~ gt2_0;
-  assign \$2226  = gt2_1 & \$2225 ;
-  assign \$2227  = \$2226  ? 1'h1 : 1'h0;
-  assign \$2228  = ~ gt2_1;
-  assign \$2229  = gt2_2 & \$2228 ;
-  assign \$2230  = \$2229  ? 2'h2 : 2'h0;
-  assign \$2231  = { 1'h0, \$2227  } | \$2230 ;
-  assign \$2232  = ~ gt2_2;
-  assign \$2233  = gt2_3 & \$2232 ;
-  assign \$2234  = \$2233  ? 2'h3 : 2'h0;
-  assign \$2235  = ~ gt2_3;
-  assign \$2236  = gt2_4 & \$2235 ;
-  assign \$2237  = \$2236  ? 3'h4 : 3'h0;
-  assign \$2238  = { 1'h0, \$2234  } | \$2237 ;
-  assign \$2239  = { 1'h0, \$2231  } | \$2238 ;
-  assign \$2240  = ~ gt2_4;
-  assign \$2241  = gt2_5 & \$2240 ;
-  assign \$2242  = \$2241  ? 3'h5 : 3'h0;
-  assign \$2243  = ~ gt2_5;
-  assign \$2244  = gt2_6 & \$2243 ;
-  assign \$2245  = \$2244  ? 3'h6 : 3'h0;
-  assign \$2246  = \$2242  | \$2245 ;
-  assign \$2247  = ~ gt2_6;
-  assign \$2248  = gt2_7 & \$2247 ;
-  assign \$2249  = \$2248  ? 3'h7 : 3'h0;
-  assign \$2250  = ~ gt2_7;
-  assign \$2251  = gt2_8 & \$2250 ;
-  assign \$2252  = \$2251  ? 4'h8 : 4'h0;
-  assign \$2253  = { 1'h0, \$2249  } | \$2252 ;
-  assign \$2254  = { 1'h0, \$2246  } | \$2253 ;
-  assign \$2255  = { 1'h0, \$2239  } | \$2254 ;
-  assign \$2256  = ~ gt2_8;
-  assign \$2257  = gt2_9 & \$2256 ;
-  assign \$2258  = \$2257  ? 4'h9 : 4'h0;
-  assign \$2259  = ~ gt2_9;
-  assign \$2260  = gt2_10 & \$2259 ;
-  assign \$2261  = \$2260  ? 4'ha : 4'h0;
-  assign \$2262  = \$2258  | \$2261 ;
-  assign \$2263  = ~ gt2_10;
-  assign \$2264  = gt2_11 & \$2263 ;
-  assign \$2265  = \$2264  ? 4'hb : 4'h0;
-  assign \$2266  = ~ gt2_11;
-  assign \$2267  = gt2_12 & \$2266 ;
-  assign \$2268  = \$2267  ? 4'hc : 4'h0;
-  assign \$2269  = \$2265  | \$2268 ;
-  assign \$2270  = \$2262  | \$2269 ;
-  assign \$2271  = ~ gt2_12;
-  assign \$2272  = gt2_13 & \$2271 ;
-  assign \$2273  = \$2272  ? 4'hd : 4'h0;
-  assign \$2274  = ~ gt2_13;
-  assign \$2275  = gt2_14 & \$2274 ;
-  assign \$2276  = \$2275  ? 4'he : 4'h0;
-  assign \$2277  = \$2273  | \$2276 ;
-  assign \$2278  = ~ gt2_14;
-  assign \$2279  = gt2_15 & \$2278 ;
-  assign \$2280  = \$2279  ? 4'hf : 4'h0;
-  assign \$2281  = ~ gt2_15;
-  assign \$2282  = gt2_16 & \$2281 ;
-  assign \$2283  = \$2282  ? 5'h10 : 5'h00;
-  assign \$2284  = { 1'h0, \$2280  } | \$2283 ;
-  assign \$2285  = { 1'h0, \$2277  } | \$2284 ;
-  assign \$2286  = { 1'h0, \$2270  } | \$2285 ;
-  assign \$2287  = { 1'h0, \$2255  } | \$2286 ;
-  assign \$2288  = ~ gt2_16;
-  assign \$2289  = gt2_17 & \$2288 ;
-  assign \$2290  = \$2289  ? 5'h11 : 5'h00;
-  assign \$2291  = ~ gt2_17;
-  assign \$2292  = gt2_18 & \$2291 ;
-  assign \$2293  = \$2292  ? 5'h12 : 5'h00;
-  assign \$2294  = \$2290  | \$2293 ;
-  assign \$2295  = ~ gt2_18;
-  assign \$2296  = gt2_19 & \$2295 ;
-  assign \$2297  = \$2296  ? 5'h13 : 5'h00;
-  assign \$2298  = ~ gt2_19;
-  assign \$2299  = gt2_20 & \$2298 ;
-  assign \$2300  = \$2299  ? 5'h14 : 5'h00;
-  assign \$2301  = \$2297  | \$2300 ;
-  assign \$2302  = \$2294  | \$2301 ;
-  assign \$2303  = ~ gt2_20;
-  assign \$2304  = gt2_21 & \$2303 ;
-  assign \$2305  = \$2304  ? 5'h15 : 5'h00;
-  assign \$2306  = ~ gt2_21;
-  assign \$2307  = gt2_22 & \$2306 ;
-  assign \$2308  = \$2307  ? 5'h16 : 5'h00;
-  assign \$2309  = \$2305  | \$2308 ;
-  assign \$2310  = ~ gt2_22;
-  assign \$2311  = gt2_23 & \$2310 ;
-  assign \$2312  = \$2311  ? 5'h17 : 5'h00;
-  assign \$2313  = ~ gt2_23;
-  assign \$2314  = gt2_24 & \$2313 ;
-  assign \$2315  = \$2314  ? 5'h18 : 5'h00;
-  assign \$2316  = \$2312  | \$2315 ;
-  assign \$2317  = \$2309  | \$2316 ;
-  assign \$2318  = \$2302  | \$2317 ;
-  assign \$2319  = ~ gt2_24;
-  assign \$2320  = gt2_25 & \$2319 ;
-  assign \$2321  = \$2320  ? 5'h19 : 5'h00;
-  assign \$2322  = ~ gt2_25;
-  assign \$2323  = gt2_26 & \$2322 ;
-  assign \$2324  = \$2323  ? 5'h1a : 5'h00;
-  assign \$2325  = \$2321  | \$2324 ;
-  assign \$2326  = ~ gt2_26;
-  assign \$2327  = gt2_27 & \$2326 ;
-  assign \$2328  = \$2327  ? 5'h1b : 5'h00;
-  assign \$2329  = ~ gt2_27;
-  assign \$2330  = gt2_28 & \$2329 ;
-  assign \$2331  = \$2330  ? 5'h1c : 5'h00;
-  assign \$2332  = \$2328  | \$2331 ;
-  assign \$2333  = \$2325  | \$2332 ;
-  assign \$2334  = ~ gt2_28;
-  assign \$2335  = gt2_29 & \$2334 ;
-  assign \$2336  = \$2335  ? 5'h1d : 5'h00;
-  assign \$2337  = ~ gt2_29;
-  assign \$2338  = gt2_30 & \$2337 ;
-  assign \$2339  = \$2338  ? 5'h1e : 5'h00;
-  assign \$2340  = \$2336  | \$2339 ;
-  assign \$2341  = ~ gt2_30;
-  assign \$2342  = gt2_31 & \$2341 ;
-  assign \$2343  = \$2342  ? 5'h1f : 5'h00;
-  assign \$2344  = ~ gt2_31;
-  assign \$2345  = gt2_32 & \$2344 ;
-  assign \$2346  = \$2345  ? 6'h20 : 6'h00;
-  assign \$2347  = { 1'h0, \$2343  } | \$2346 ;
-  assign \$2348  = { 1'h0, \$2340  } | \$2347 ;
-  assign \$2349  = { 1'h0, \$2333  } | \$2348 ;
-  assign \$2350  = { 1'h0, \$2318  } | \$2349 ;
-  assign \$2351  = { 1'h0, \$2287  } | \$2350 ;
-  assign \$2352  = ~ gt2_32;
-  assign \$2353  = gt2_33 & \$2352 ;
-  assign \$2354  = \$2353  ? 6'h21 : 6'h00;
-  assign \$2355  = ~ gt2_33;
-  assign \$2356  = gt2_34 & \$2355 ;
-  assign \$2357  = \$2356  ? 6'h22 : 6'h00;
-  assign \$2358  = \$2354  | \$2357 ;
-  assign \$2359  = ~ gt2_34;
-  assign \$2360  = gt2_35 & \$2359 ;
-  assign \$2361  = \$2360  ? 6'h23 : 6'h00;
-  assign \$2362  = \$2358  | \$2361 ;
-  assign gsel2 = \$2351  | \$2362 ;
-  assign \$2363  = gt2_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$2364  = ~ gt2_0;
-  assign \$2365  = gt2_1 & \$2364 ;
-  assign \$2366  = \$2365  ? mbeat0[31:16] : 16'h0000;
-  assign \$2367  = \$2363  | \$2366 ;
-  assign \$2368  = ~ gt2_1;
-  assign \$2369  = gt2_2 & \$2368 ;
-  assign \$2370  = \$2369  ? mbeat0[47:32] : 16'h0000;
-  assign \$2371  = ~ gt2_2;
-  assign \$2372  = gt2_3 & \$2371 ;
-  assign \$2373  = \$2372  ? mbeat0[63:48] : 16'h0000;
-  assign \$2374  = \$2370  | \$2373 ;
-  assign \$2375  = \$2367  | \$2374 ;
-  assign \$2376  = ~ gt2_3;
-  assign \$2377  = gt2_4 & \$2376 ;
-  assign \$2378  = \$2377  ? mbeat0[79:64] : 16'h0000;
-  assign \$2379  = ~ gt2_4;
-  assign \$2380  = gt2_5 & \$2379 ;
-  assign \$2381  = \$2380  ? mbeat0[95:80] : 16'h0000;
-  assign \$2382  = \$2378  | \$2381 ;
-  assign \$2383  = ~ gt2_5;
-  assign \$2384  = gt2_6 & \$2383 ;
-  assign \$2385  = \$2384  ? mbeat0[111:96] : 16'h0000;
-  assign \$2386  = ~ gt2_6;
-  assign \$2387  = gt2_7 & \$2386 ;
-  assign \$2388  = \$2387  ? mbeat0[127:112] : 16'h0000;
-  assign \$2389  = \$2385  | \$2388 ;
-  assign \$2390  = \$2382  | \$2389 ;
-  assign \$2391  = \$2375  | \$2390 ;
-  assign \$2392  = ~ gt2_7;
-  assign \$2393  = gt2_8 & \$2392 ;
-  assign \$2394  = \$2393  ? mbeat0[143:128] : 16'h0000;
-  assign \$2395  = ~ gt2_8;
-  assign \$2396  = gt2_9 & \$2395 ;
-  assign \$2397  = \$2396  ? mbeat0[159:144] : 16'h0000;
-  assign \$2398  = \$2394  | \$2397 ;
-  assign \$2399  = ~ gt2_9;
-  assign \$2400  = gt2_10 & \$2399 ;
-  assign \$2401  = \$2400  ? mbeat0[175:160] : 16'h0000;
-  assign \$2402  = ~ gt2_10;
-  assign \$2403  = gt2_11 & \$2402 ;
-  assign \$2404  = \$2403  ? mbeat0[191:176] : 16'h0000;
-  assign \$2405  = \$2401  | \$2404 ;
-  assign \$2406  = \$2398  | \$2405 ;
-  assign \$2407  = ~ gt2_11;
-  assign \$2408  = gt2_12 & \$2407 ;
-  assign \$2409  = \$2408  ? mbeat1[15:0] : 16'h0000;
-  assign \$2410  = ~ gt2_12;
-  assign \$2411  = gt2_13 & \$2410 ;
-  assign \$2412  = \$2411  ? mbeat1[31:16] : 16'h0000;
-  assign \$2413  = \$2409  | \$2412 ;
-  assign \$2414  = ~ gt2_13;
-  assign \$2415  = gt2_14 & \$2414 ;
-  assign \$2416  = \$2415  ? mbeat1[47:32] : 16'h0000;
-  assign \$2417  = ~ gt2_14;
-  assign \$2418  = gt2_15 & \$2417 ;
-  assign \$2419  = \$2418  ? mbeat1[63:48] : 16'h0000;
-  assign \$2420  = \$2416  | \$2419 ;
-  assign \$2421  = \$2413  | \$2420 ;
-  assign \$2422  = \$2406  | \$2421 ;
-  assign \$2423  = \$2391  | \$2422 ;
-  assign \$2424  = ~ gt2_15;
-  assign \$2425  = gt2_16 & \$2424 ;
-  assign \$2426  = \$2425  ? mbeat1[79:64] : 16'h0000;
-  assign \$2427  = ~ gt2_16;
-  assign \$2428  = gt2_17 & \$2427 ;
-  assign \$2429  = \$2428  ? mbeat1[95:80] : 16'h0000;
-  assign \$2430  = \$2426  | \$2429 ;
-  assign \$2431  = ~ gt2_17;
-  assign \$2432  = gt2_18 & \$2431 ;
-  assign \$2433  = \$2432  ? mbeat1[111:96] : 16'h0000;
-  assign \$2434  = ~ gt2_18;
-  assign \$2435  = gt2_19 & \$2434 ;
-  assign \$2436  = \$2435  ? mbeat1[127:112] : 16'h0000;
-  assign \$2437  = \$2433  | \$2436 ;
-  assign \$2438  = \$2430  | \$2437 ;
-  assign \$2439  = ~ gt2_19;
-  assign \$2440  = gt2_20 & \$2439 ;
-  assign \$2441  = \$2440  ? mbeat1[143:128] : 16'h0000;
-  assign \$2442  = ~ gt2_20;
-  assign \$2443  = gt2_21 & \$2442 ;
-  assign \$2444  = \$2443  ? mbeat1[159:144] : 16'h0000;
-  assign \$2445  = \$2441  | \$2444 ;
-  assign \$2446  = ~ gt2_21;
-  assign \$2447  = gt2_22 & \$2446 ;
-  assign \$2448  = \$2447  ? mbeat1[175:160] : 16'h0000;
-  assign \$2449  = ~ gt2_22;
-  assign \$2450  = gt2_23 & \$2449 ;
-  assign \$2451  = \$2450  ? mbeat1[191:176] : 16'h0000;
-  assign \$2452  = \$2448  | \$2451 ;
-  assign \$2453  = \$2445  | \$2452 ;
-  assign \$2454  = \$2438  | \$2453 ;
-  assign \$2455  = ~ gt2_23;
-  assign \$2456  = gt2_24 & \$2455 ;
-  assign \$2457  = \$2456  ? mbeat2[15:0] : 16'h0000;
-  assign \$2458  = ~ gt2_24;
-  assign \$2459  = gt2_25 & \$2458 ;
-  assign \$2460  = \$2459  ? mbeat2[31:16] : 16'h0000;
-  assign \$2461  = \$2457  | \$2460 ;
-  assign \$2462  = ~ gt2_25;
-  assign \$2463  = gt2_26 & \$2462 ;
-  assign \$2464  = \$2463  ? mbeat2[47:32] : 16'h0000;
-  assign \$2465  = ~ gt2_26;
-  assign \$2466  = gt2_27 & \$2465 ;
-  assign \$2467  = \$2466  ? mbeat2[63:48] : 16'h0000;
-  assign \$2468  = \$2464  | \$2467 ;
-  assign \$2469  = \$2461  | \$2468 ;
-  assign \$2470  = ~ gt2_27;
-  assign \$2471  = gt2_28 & \$2470 ;
-  assign \$2472  = \$2471  ? mbeat2[79:64] : 16'h0000;
-  assign \$2473  = ~ gt2_28;
-  assign \$2474  = gt2_29 & \$2473 ;
-  assign \$2475  = \$2474  ? mbeat2[95:80] : 16'h0000;
-  assign \$2476  = \$2472  | \$2475 ;
-  assign \$2477  = ~ gt2_29;
-  assign \$2478  = gt2_30 & \$2477 ;
-  assign \$2479  = \$2478  ? mbeat2[111:96] : 16'h0000;
-  assign \$2480  = ~ gt2_30;
-  assign \$2481  = gt2_31 & \$2480 ;
-  assign \$2482  = \$2481  ? mbeat2[127:112] : 16'h0000;
-  assign \$2483  = \$2479  | \$2482 ;
-  assign \$2484  = \$2476  | \$2483 ;
-  assign \$2485  = \$2469  | \$2484 ;
-  assign \$2486  = \$2454  | \$2485 ;
-  assign \$2487  = \$2423  | \$2486 ;
-  assign \$2488  = ~ gt2_31;
-  assign \$2489  = gt2_32 & \$2488 ;
-  assign \$2490  = \$2489  ? mbeat2[143:128] : 16'h0000;
-  assign \$2491  = ~ gt2_32;
-  assign \$2492  = gt2_33 & \$2491 ;
-  assign \$2493  = \$2492  ? mbeat2[159:144] : 16'h0000;
-  assign \$2494  = \$2490  | \$2493 ;
-  assign \$2495  = ~ gt2_33;
-  assign \$2496  = gt2_34 & \$2495 ;
-  assign \$2497  = \$2496  ? mbeat2[175:160] : 16'h0000;
-  assign \$2498  = ~ gt2_34;
-  assign \$2499  = gt2_35 & \$2498 ;
-  assign \$2500  = \$2499  ? mbeat2[191:176] : 16'h0000;
-  assign \$2501  = \$2497  | \$2500 ;
-  assign \$2502  = \$2494  | \$2501 ;
-  assign grp2 = \$2487  | \$2502 ;
-  assign \$2503  = gt2_0 ? Rm1[3:0] : 4'h0;
-  assign \$2504  = ~ gt2_0;
-  assign \$2505  = gt2_1 & \$2504 ;
-  assign \$2506  = \$2505  ? R0[3:0] : 4'h0;
-  assign \$2507  = \$2503  | \$2506 ;
-  assign \$2508  = ~ gt2_1;
-  assign \$2509  = gt2_2 & \$2508 ;
-  assign \$2510  = \$2509  ? R1[3:0] : 4'h0;
-  assign \$2511  = ~ gt2_2;
-  assign \$2512  = gt2_3 & \$2511 ;
-  assign \$2513  = \$2512  ? R2[3:0] : 4'h0;
-  assign \$2514  = \$2510  | \$2513 ;
-  assign \$2515  = \$2507  | \$2514 ;
-  assign \$2516  = ~ gt2_3;
-  assign \$2517  = gt2_4 & \$2516 ;
-  assign \$2518  = \$2517  ? R3[3:0] : 4'h0;
-  assign \$2519  = ~ gt2_4;
-  assign \$2520  = gt2_5 & \$2519 ;
-  assign \$2521  = \$2520  ? R4[3:0] : 4'h0;
-  assign \$2522  = \$2518  | \$2521 ;
-  assign \$2523  = ~ gt2_5;
-  assign \$2524  = gt2_6 & \$2523 ;
-  assign \$2525  = \$2524  ? R5[3:0] : 4'h0;
-  assign \$2526  = ~ gt2_6;
-  assign \$2527  = gt2_7 & \$2526 ;
-  assign \$2528  = \$2527  ? R6[3:0] : 4'h0;
-  assign \$2529  = \$2525  | \$2528 ;
-  assign \$2530  = \$2522  | \$2529 ;
-  assign \$2531  = \$2515  | \$2530 ;
-  assign \$2532  = ~ gt2_7;
-  assign \$2533  = gt2_8 & \$2532 ;
-  assign \$2534  = \$2533  ? R7[3:0] : 4'h0;
-  assign \$2535  = ~ gt2_8;
-  assign \$2536  = gt2_9 & \$2535 ;
-  assign \$2537  = \$2536  ? R8[3:0] : 4'h0;
-  assign \$2538  = \$2534  | \$2537 ;
-  assign \$2539  = ~ gt2_9;
-  assign \$2540  = gt2_10 & \$2539 ;
-  assign \$2541  = \$2540  ? R9[3:0] : 4'h0;
-  assign \$2542  = ~ gt2_10;
-  assign \$2543  = gt2_11 & \$2542 ;
-  assign \$2544  = \$2543  ? R10[3:0] : 4'h0;
-  assign \$2545  = \$2541  | \$2544 ;
-  assign \$2546  = \$2538  | \$2545 ;
-  assign \$2547  = ~ gt2_11;
-  assign \$2548  = gt2_12 & \$2547 ;
-  assign \$2549  = \$2548  ? R11[3:0] : 4'h0;
-  assign \$2550  = ~ gt2_12;
-  assign \$2551  = gt2_13 & \$2550 ;
-  assign \$2552  = \$2551  ? R12[3:0] : 4'h0;
-  assign \$2553  = \$2549  | \$2552 ;
-  assign \$2554  = ~ gt2_13;
-  assign \$2555  = gt2_14 & \$2554 ;
-  assign \$2556  = \$2555  ? R13[3:0] : 4'h0;
-  assign \$2557  = ~ gt2_14;
-  assign \$2558  = gt2_15 & \$2557 ;
-  assign \$2559  = \$2558  ? R14[3:0] : 4'h0;
-  assign \$2560  = \$2556  | \$2559 ;
-  assign \$2561  = \$2553  | \$2560 ;
-  assign \$2562  = \$2546  | \$2561 ;
-  assign \$2563  = \$2531  | \$2562 ;
-  assign \$2564  = ~ gt2_15;
-  assign \$2565  = gt2_16 & \$2564 ;
-  assign \$2566  = \$2565  ? R15[3:0] : 4'h0;
-  assign \$2567  = ~ gt2_16;
-  assign \$2568  = gt2_17 & \$2567 ;
-  assign \$2569  = \$2568  ? R16[3:0] : 4'h0;
-  assign \$2570  = \$2566  | \$2569 ;
-  assign \$2571  = ~ gt2_17;
-  assign \$2572  = gt2_18 & \$2571 ;
-  assign \$2573  = \$2572  ? R17[3:0] : 4'h0;
-  assign \$2574  = ~ gt2_18;
-  assign \$2575  = gt2_19 & \$2574 ;
-  assign \$2576  = \$2575  ? R18[3:0] : 4'h0;
-  assign \$2577  = \$2573  | \$2576 ;
-  assign \$2578  = \$2570  | \$2577 ;
-  assign \$2579  = ~ gt2_19;
-  assign \$2580  = gt2_20 & \$2579 ;
-  assign \$2581  = \$2580  ? R19[3:0] : 4'h0;
-  assign \$2582  = ~ gt2_20;
-  assign \$2583  = gt2_21 & \$2582 ;
-  assign \$2584  = \$2583  ? R20[3:0] : 4'h0;
-  assign \$2585  = \$2581  | \$2584 ;
-  assign \$2586  = ~ gt2_21;
-  assign \$2587  = gt2_22 & \$2586 ;
-  assign \$2588  = \$2587  ? R21[3:0] : 4'h0;
-  assign \$2589  = ~ gt2_22;
-  assign \$2590  = gt2_23 & \$2589 ;
-  assign \$2591  = \$2590  ? R22[3:0] : 4'h0;
-  assign \$2592  = \$2588  | \$2591 ;
-  assign \$2593  = \$2585  | \$2592 ;
-  assign \$2594  = \$2578  | \$2593 ;
-  assign \$2595  = ~ gt2_23;
-  assign \$2596  = gt2_24 & \$2595 ;
-  assign \$2597  = \$2596  ? R23[3:0] : 4'h0;
-  assign \$2598  = ~ gt2_24;
-  assign \$2599  = gt2_25 & \$2598 ;
-  assign \$2600  = \$2599  ? R24[3:0] : 4'h0;
-  assign \$2601  = \$2597  | \$2600 ;
-  assign \$2602  = ~ gt2_25;
-  assign \$2603  = gt2_26 & \$2602 ;
-  assign \$2604  = \$2603  ? R25[3:0] : 4'h0;
-  assign \$2605  = ~ gt2_26;
-  assign \$2606  = gt2_27 & \$2605 ;
-  assign \$2607  = \$2606  ? R26[3:0] : 4'h0;
-  assign \$2608  = \$2604  | \$2607 ;
-  assign \$2609  = \$2601  | \$2608 ;
-  assign \$2610  = ~ gt2_27;
-  assign \$2611  = gt2_28 & \$2610 ;
-  assign \$2612  = \$2611  ? R27[3:0] : 4'h0;
-  assign \$2613  = ~ gt2_28;
-  assign \$2614  = gt2_29 & \$2613 ;
-  assign \$2615  = \$2614  ? R28[3:0] : 4'h0;
-  assign \$2616  = \$2612  | \$2615 ;
-  assign \$2617  = ~ gt2_29;
-  assign \$2618  = gt2_30 & \$2617 ;
-  assign \$2619  = \$2618  ? R29[3:0] : 4'h0;
-  assign \$2620  = ~ gt2_30;
-  assign \$2621  = gt2_31 & \$2620 ;
-  assign \$2622  = \$2621  ? R30[3:0] : 4'h0;
-  assign \$2623  = \$2619  | \$2622 ;
-  assign \$2624  = \$2616  | \$2623 ;
-  assign \$2625  = \$2609  | \$2624 ;
-  assign \$2626  = \$2594  | \$2625 ;
-  assign \$2627  = \$2563  | \$2626 ;
-  assign \$2628  = ~ gt2_31;
-  assign \$2629  = gt2_32 & \$2628 ;
-  assign \$2630  = \$2629  ? R31[3:0] : 4'h0;
-  assign \$2631  = ~ gt2_32;
-  assign \$2632  = gt2_33 & \$2631 ;
-  assign \$2633  = \$2632  ? R32[3:0] : 4'h0;
-  assign \$2634  = \$2630  | \$2633 ;
-  assign \$2635  = ~ gt2_33;
-  assign \$2636  = gt2_34 & \$2635 ;
-  assign \$2637  = \$2636  ? R33[3:0] : 4'h0;
-  assign \$2638  = ~ gt2_34;
-  assign \$2639  = gt2_35 & \$2638 ;
-  assign \$2640  = \$2639  ? R34[3:0] : 4'h0;
-  assign \$2641  = \$2637  | \$2640 ;
-  assign \$2642  = \$2634  | \$2641 ;
-  assign dlow2 = \$2627  | \$2642 ;
-  assign \$2643  = 2'h2 - dlow2;
-  assign \$2644  = grp2[0] + grp2[1];
-  assign \$2645  = grp2[2] + grp2[3];
-  assign \$2646  = \$2644  + \$2645 ;
-  assign \$2647  = grp2[4] + grp2[5];
-  assign \$2648  = grp2[6] + grp2[7];
-  assign \$2649  = \$2647  + \$2648 ;
-  assign ws2_c = \$2646  + \$2649 ;
-  assign ws2_lo = \$2643 [3:0] < ws2_c;
-  assign \$2650  = \$2643 [3:0] - ws2_c;
-  assign \$2651  = grp2[0] + grp2[1];
-  assign \$2652  = grp2[2] + grp2[3];
-  assign ws2l_c = \$2651  + \$2652 ;
-  assign ws2l_lo = \$2643 [2:0] < ws2l_c;
-  assign \$2653  = \$2643 [2:0] - ws2l_c;
-  assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
-  assign \$2654  = grp2[8] + grp2[9];
-  assign \$2655  = grp2[10] + grp2[11];
-  assign ws2h_c = \$2654  + \$2655 ;
-  assign ws2h_lo = \$2650 [2:0] < ws2h_c;
-  assign \$2656  = \$2650 [2:0] - ws2h_c;
-  assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
-  assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
-  assign lv2 = k > 2'h2;
-  assign \$2657  = k_cur <= 2'h2;
-  assign ln2 = finish & \$2657 ;
-  assign \$2658  = ln2 ? es_w : { rs_w[6], rs_w };
-  assign \$2659  = gsel2[5:2] - \$2658 [3:0];
-  assign \$2660  = ~ sat0[3];
-  assign \$2661  = \$2660  & sat0[2];
-  assign gt3_0 = \$2661  | sat0[3];
-  assign \$2662  = ~ sat1[3];
-  assign \$2663  = \$2662  & sat1[2];
-  assign gt3_1 = \$2663  | sat1[3];
-  assign \$2664  = ~ sat2[3];
-  assign \$2665  = \$2664  & sat2[2];
-  assign gt3_2 = \$2665  | sat2[3];
-  assign \$2666  = ~ sat3[3];
-  assign \$2667  = \$2666  & sat3[2];
-  assign gt3_3 = \$2667  | sat3[3];
-  assign \$2668  = ~ sat4[3];
-  assign \$2669  = \$2668  & sat4[2];
-  assign gt3_4 = \$2669  | sat4[3];
-  assign \$2670  = ~ sat5[3];
-  assign \$2671  = \$2670  & sat5[2];
-  assign gt3_5 = \$2671  | sat5[3];
-  assign \$2672  = ~ sat6[3];
-  assign \$2673  = \$2672  & sat6[2];
-  assign gt3_6 = \$2673  | sat6[3];
-  assign \$2674  = ~ sat7[3];
-  assign \$2675  = \$2674  & sat7[2];
-  assign gt3_7 = \$2675  | sat7[3];
-  assign \$2676  = ~ sat8[3];
-  assign \$2677  = \$2676  & sat8[2];
-  assign gt3_8 = \$2677  | sat8[3];
-  assign \$2678  = ~ sat9[3];
-  assign \$2679  = \$2678  & sat9[2];
-  assign gt3_9 = \$2679  | sat9[3];
-  assign \$2680  = ~ sat10[3];
-  assign \$2681  = \$2680  & sat10[2];
-  assign gt3_10 = \$2681  | sat10[3];
-  assign \$2682  = ~ sat11[3];
-  assign \$2683  = \$2682  & sat11[2];
-  assign gt3_11 = \$2683  | sat11[3];
-  assign \$2684  = ~ sat12[3];
-  assign \$2685  = \$2684  & sat12[2];
-  assign gt3_12 = \$2685  | sat12[3];
-  assign \$2686  = ~ sat13[3];
-  assign \$2687  = \$2686  & sat13[2];
-  assign gt3_13 = \$2687  | sat13[3];
-  assign \$2688  = ~ sat14[3];
-  assign \$2689  = \$2688  & sat14[2];
-  assign gt3_14 = \$2689  | sat14[3];
-  assign \$2690  = ~ sat15[3];
-  assign \$2691  = \$2690  & sat15[2];
-  assign gt3_15 = \$2691  | sat15[3];
-  assign \$2692  = ~ sat16[3];
-  assign \$2693  = \$2692  & sat16[2];
-  assign gt3_16 = \$2693  | sat16[3];
-  assign \$2694  = ~ sat17[3];
-  assign \$2695  = \$2694  & sat17[2];
-  assign gt3_17 = \$2695  | sat17[3];
-  assign \$2696  = ~ sat18[3];
-  assign \$2697  = \$2696  & sat18[2];
-  assign gt3_18 = \$2697  | sat18[3];
-  assign \$2698  = ~ sat19[3];
-  assign \$2699  = \$2698  & sat19[2];
-  assign gt3_19 = \$2699  | sat19[3];
-  assign \$2700  = ~ sat20[3];
-  assign \$2701  = \$2700  & sat20[2];
-  assign gt3_20 = \$2701  | sat20[3];
-  assign \$2702  = ~ sat21[3];
-  assign \$2703  = \$2702  & sat21[2];
-  assign gt3_21 = \$2703  | sat21[3];
-  assign \$2704  = ~ sat22[3];
-  assign \$2705  = \$2704  & sat22[2];
-  assign gt3_22 = \$2705  | sat22[3];
-  assign \$2706  = ~ sat23[3];
-  assign \$2707  = \$2706  & sat23[2];
-  assign gt3_23 = \$2707  | sat23[3];
-  assign \$2708  = ~ sat24[3];
-  assign \$2709  = \$2708  & sat24[2];
-  assign gt3_24 = \$2709  | sat24[3];
-  assign \$2710  = ~ sat25[3];
-  assign \$2711  = \$2710  & sat25[2];
-  assign gt3_25 = \$2711  | sat25[3];
-  assign \$2712  = ~ sat26[3];
-  assign \$2713  = \$2712  & sat26[2];
-  assign gt3_26 = \$2713  | sat26[3];
-  assign \$2714  = ~ sat27[3];
-  assign \$2715  = \$2714  & sat27[2];
-  assign gt3_27 = \$2715  | sat27[3];
-  assign \$2716  = ~ sat28[3];
-  assign \$2717  = \$2716  & sat28[2];
-  assign gt3_28 = \$2717  | sat28[3];
-  assign \$2718  = ~ sat29[3];
-  assign \$2719  = \$2718  & sat29[2];
-  assign gt3_29 = \$2719  | sat29[3];
-  assign \$2720  = ~ sat30[3];
-  assign \$2721  = \$2720  & sat30[2];
-  assign gt3_30 = \$2721  | sat30[3];
-  assign \$2722  = ~ sat31[3];
-  assign \$2723  = \$2722  & sat31[2];
-  assign gt3_31 = \$2723  | sat31[3];
-  assign \$2724  = ~ sat32[3];
-  assign \$2725  = \$2724  & sat32[2];
-  assign gt3_32 = \$2725  | sat32[3];
-  assign \$2726  = ~ sat33[3];
-  assign \$2727  = \$2726  & sat33[2];
-  assign gt3_33 = \$2727  | sat33[3];
-  assign \$2728  = ~ sat34[3];
-  assign \$2729  = \$2728  & sat34[2];
-  assign gt3_34 = \$2729  | sat34[3];
-  assign \$2730  = ~ sat35[3];
-  assign \$2731  = \$2730  & sat35[2];
-  assign gt3_35 = \$2731  | sat35[3];
-  assign \$2732  = ~ gt3_0;
-  assign \$2733  = gt3_1 & \$2732 ;
-  assign \$2734  = \$2733  ? 1'h1 : 1'h0;
-  assign \$2735  = ~ gt3_1;
-  assign \$2736  = gt3_2 & \$2735 ;
-  assign \$2737  = \$2736  ? 2'h2 : 2'h0;
-  assign \$2738  = { 1'h0, \$2734  } | \$2737 ;
-  assign \$2739  = ~ gt3_2;
-  assign \$2740  = gt3_3 & \$2739 ;
-  assign \$2741  = \$2740  ? 2'h3 : 2'h0;
-  assign \$2742  = ~ gt3_3;
-  assign \$2743  = gt3_4 & \$2742 ;
-  assign \$2744  = \$2743  ? 3'h4 : 3'h0;
-  assign \$2745  = { 1'h0, \$2741  } | \$2744 ;
-  assign \$2746  = { 1'h0, \$2738  } | \$2745 ;
-  assign \$2747  = ~ gt3_4;
-  assign \$2748  = gt3_5 & \$2747 ;
-  assign \$2749  = \$2748  ? 3'h5 : 3'h0;
-  assign \$2750  = ~ gt3_5;
-  assign \$2751  = gt3_6 & \$2750 ;
-  assign \$2752  = \$2751  ? 3'h6 : 3'h0;
-  assign \$2753  = \$2749  | \$2752 ;
-  assign \$2754  = ~ gt3_6;
-  assign \$2755  = gt3_7 & \$2754 ;
-  assign \$2756  = \$2755  ? 3'h7 : 3'h0;
-  assign \$2757  = ~ gt3_7;
-  assign \$2758  = gt3_8 & \$2757 ;
-  assign \$2759  = \$2758  ? 4'h8 : 4'h0;
-  assign \$2760  = { 1'h0, \$2756  } | \$2759 ;
-  assign \$2761  = { 1'h0, \$2753  } | \$2760 ;
-  assign \$2762  = { 1'h0, \$2746  } | \$2761 ;
-  assign \$2763  = ~ gt3_8;
-  assign \$2764  = gt3_9 & \$2763 ;
-  assign \$2765  = \$2764  ? 4'h9 : 4'h0;
-  assign \$2766  = ~ gt3_9;
-  assign \$2767  = gt3_10 & \$2766 ;
-  assign \$2768  = \$2767  ? 4'ha : 4'h0;
-  assign \$2769  = \$2765  | \$2768 ;
-  assign \$2770  = ~ gt3_10;
-  assign \$2771  = gt3_11 & \$2770 ;
-  assign \$2772  = \$2771  ? 4'hb : 4'h0;
-  assign \$2773  = ~ gt3_11;
-  assign \$2774  = gt3_12 & \$2773 ;
-  assign \$2775  = \$2774  ? 4'hc : 4'h0;
-  assign \$2776  = \$2772  | \$2775 ;
-  assign \$2777  = \$2769  | \$2776 ;
-  assign \$2778  = ~ gt3_12;
-  assign \$2779  = gt3_13 & \$2778 ;
-  assign \$2780  = \$2779  ? 4'hd : 4'h0;
-  assign \$2781  = ~ gt3_13;
-  assign \$2782  = gt3_14 & \$2781 ;
-  assign \$2783  = \$2782  ? 4'he : 4'h0;
-  assign \$2784  = \$2780  | \$2783 ;
-  assign \$2785  = ~ gt3_14;
-  assign \$2786  = gt3_15 & \$2785 ;
-  assign \$2787  = \$2786  ? 4'hf : 4'h0;
-  assign \$2788  = ~ gt3_15;
-  assign \$2789  = gt3_16 & \$2788 ;
-  assign \$2790  = \$2789  ? 5'h10 : 5'h00;
-  assign \$2791  = { 1'h0, \$2787  } | \$2790 ;
-  assign \$2792  = { 1'h0, \$2784  } | \$2791 ;
-  assign \$2793  = { 1'h0, \$2777  } | \$2792 ;
-  assign \$2794  = { 1'h0, \$2762  } | \$2793 ;
-  assign \$2795  = ~ gt3_16;
-  assign \$2796  = gt3_17 & \$2795 ;
-  assign \$2797  = \$2796  ? 5'h11 : 5'h00;
-  assign \$2798  = ~ gt3_17;
-  assign \$2799  = gt3_18 & \$2798 ;
-  assign \$2800  = \$2799  ? 5'h12 : 5'h00;
-  assign \$2801  = \$2797  | \$2800 ;
-  assign \$2802  = ~ gt3_18;
-  assign \$2803  = gt3_19 & \$2802 ;
-  assign \$2804  = \$2803  ? 5'h13 : 5'h00;
-  assign \$2805  = ~ gt3_19;
-  assign \$2806  = gt3_20 & \$2805 ;
-  assign \$2807  = \$2806  ? 5'h14 : 5'h00;
-  assign \$2808  = \$2804  | \$2807 ;
-  assign \$2809  = \$2801  | \$2808 ;
-  assign \$2810  = ~ gt3_20;
-  assign \$2811  = gt3_21 & \$2810 ;
-  assign \$2812  = \$2811  ? 5'h15 : 5'h00;
-  assign \$2813  = ~ gt3_21;
-  assign \$2814  = gt3_22 & \$2813 ;
-  assign \$2815  = \$2814  ? 5'h16 : 5'h00;
-  assign \$2816  = \$2812  | \$2815 ;
-  assign \$2817  = ~ gt3_22;
-  assign \$2818  = gt3_23 & \$2817 ;
-  assign \$2819  = \$2818  ? 5'h17 : 5'h00;
-  assign \$2820  = ~ gt3_23;
-  assign \$2821  = gt3_24 & \$2820 ;
-  assign \$2822  = \$2821  ? 5'h18 : 5'h00;
-  assign \$2823  = \$2819  | \$2822 ;
-  assign \$2824  = \$2816  | \$2823 ;
-  assign \$2825  = \$2809  | \$2824 ;
-  assign \$2826  = ~ gt3_24;
-  assign \$2827  = gt3_25 & \$2826 ;
-  assign \$2828  = \$2827  ? 5'h19 : 5'h00;
-  assign \$2829  = ~ gt3_25;
-  assign \$2830  = gt3_26 & \$2829 ;
-  assign \$2831  = \$2830  ? 5'h1a : 5'h00;
-  assign \$2832  = \$2828  | \$2831 ;
-  assign \$2833  = ~ gt3_26;
-  assign \$2834  = gt3_27 & \$2833 ;
-  assign \$2835  = \$2834  ? 5'h1b : 5'h00;
-  assign \$2836  = ~ gt3_27;
-  assign \$2837  = gt3_28 & \$2836 ;
-  assign \$2838  = \$2837  ? 5'h1c : 5'h00;
-  assign \$2839  = \$2835  | \$2838 ;
-  assign \$2840  = \$2832  | \$2839 ;
-  assign \$2841  = ~ gt3_28;
-  assign \$2842  = gt3_29 & \$2841 ;
-  assign \$2843  = \$2842  ? 5'h1d : 5'h00;
-  assign \$2844  = ~ gt3_29;
-  assign \$2845  = gt3_30 & \$2844 ;
-  assign \$2846  = \$2845  ? 5'h1e : 5'h00;
-  assign \$2847  = \$2843  | \$2846 ;
-  assign \$2848  = ~ gt3_30;
-  assign \$2849  = gt3_31 & \$2848 ;
-  assign \$2850  = \$2849  ? 5'h1f : 5'h00;
-  assign \$2851  = ~ gt3_31;
-  assign \$2852  = gt3_32 & \$2851 ;
-  assign \$2853  = \$2852  ? 6'h20 : 6'h00;
-  assign \$2854  = { 1'h0, \$2850  } | \$2853 ;
-  assign \$2855  = { 1'h0, \$2847  } | \$2854 ;
-  assign \$2856  = { 1'h0, \$2840  } | \$2855 ;
-  assign \$2857  = { 1'h0, \$2825  } | \$2856 ;
-  assign \$2858  = { 1'h0, \$2794  } | \$2857 ;
-  assign \$2859  = ~ gt3_32;
-  assign \$2860  = gt3_33 & \$2859 ;
-  assign \$2861  = \$2860  ? 6'h21 : 6'h00;
-  assign \$2862  = ~ gt3_33;
-  assign \$2863  = gt3_34 & \$2862 ;
-  assign \$2864  = \$2863  ? 6'h22 : 6'h00;
-  assign \$2865  = \$2861  | \$2864 ;
-  assign \$2866  = ~ gt3_34;
-  assign \$2867  = gt3_35 & \$2866 ;
-  assign \$2868  = \$2867  ? 6'h23 : 6'h00;
-  assign \$2869  = \$2865  | \$2868 ;
-  assign gsel3 = \$2858  | \$2869 ;
-  assign \$2870  = gt3_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$2871  = ~ gt3_0;
-  assign \$2872  = gt3_1 & \$2871 ;
-  assign \$2873  = \$2872  ? mbeat0[31:16] : 16'h0000;
+  assign \$1640  = \$1632  | \$1639 ;
+  assign \$1641  = \$1625  | \$1640 ;
+  assign \$1642  = \$1610  | \$1641 ;
+  assign \$1643  = \$1579  | \$1642 ;
+  assign \$1644  = ~ gt1_31;
+  assign \$1645  = gt1_32 & \$1644 ;
+  assign \$1646  = \$1645  ? mbeat2[143:128] : 16'h0000;
+  assign \$1647  = ~ gt1_32;
+  assign \$1648  = gt1_33 & \$1647 ;
+  assign \$1649  = \$1648  ? mbeat2[159:144] : 16'h0000;
+  assign \$1650  = \$1646  | \$1649 ;
+  assign \$1651  = ~ gt1_33;
+  assign \$1652  = gt1_34 & \$1651 ;
+  assign \$1653  = \$1652  ? mbeat2[175:160] : 16'h0000;
+  assign \$1654  = ~ gt1_34;
+  assign \$1655  = gt1_35 & \$1654 ;
+  assign \$1656  = \$1655  ? mbeat2[191:176] : 16'h0000;
+  assign \$1657  = \$1653  | \$1656 ;
+  assign \$1658  = \$1650  | \$1657 ;
+  assign grp1 = \$1643  | \$1658 ;
+  assign \$1659  = gt1_0 ? Rm1[3:0] : 4'h0;
+  assign \$1660  = ~ gt1_0;
+  assign \$1661  = gt1_1 & \$1660 ;
+  assign \$1662  = \$1661  ? R0[3:0] : 4'h0;
+  assign \$1663  = \$1659  | \$1662 ;
+  assign \$1664  = ~ gt1_1;
+  assign \$1665  = gt1_2 & \$1664 ;
+  assign \$1666  = \$1665  ? R1[3:0] : 4'h0;
+  assign \$1667  = ~ gt1_2;
+  assign \$1668  = gt1_3 & \$1667 ;
+  assign \$1669  = \$1668  ? R2[3:0] : 4'h0;
+  assign \$1670  = \$1666  | \$1669 ;
+  assign \$1671  = \$1663  | \$1670 ;
+  assign \$1672  = ~ gt1_3;
+  assign \$1673  = gt1_4 & \$1672 ;
+  assign \$1674  = \$1673  ? R3[3:0] : 4'h0;
+  assign \$1675  = ~ gt1_4;
+  assign \$1676  = gt1_5 & \$1675 ;
+  assign \$1677  = \$1676  ? R4[3:0] : 4'h0;
+  assign \$1678  = \$1674  | \$1677 ;
+  assign \$1679  = ~ gt1_5;
+  assign \$1680  = gt1_6 & \$1679 ;
+  assign \$1681  = \$1680  ? R5[3:0] : 4'h0;
+  assign \$1682  = ~ gt1_6;
+  assign \$1683  = gt1_7 & \$1682 ;
+  assign \$1684  = \$1683  ? R6[3:0] : 4'h0;
+  assign \$1685  = \$1681  | \$1684 ;
+  assign \$1686  = \$1678  | \$1685 ;
+  assign \$1687  = \$1671  | \$1686 ;
+  assign \$1688  = ~ gt1_7;
+  assign \$1689  = gt1_8 & \$1688 ;
+  assign \$1690  = \$1689  ? R7[3:0] : 4'h0;
+  assign \$1691  = ~ gt1_8;
+  assign \$1692  = gt1_9 & \$1691 ;
+  assign \$1693  = \$1692  ? R8[3:0] : 4'h0;
+  assign \$1694  = \$1690  | \$1693 ;
+  assign \$1695  = ~ gt1_9;
+  assign \$1696  = gt1_10 & \$1695 ;
+  assign \$1697  = \$1696  ? R9[3:0] : 4'h0;
+  assign \$1698  = ~ gt1_10;
+  assign \$1699  = gt1_11 & \$1698 ;
+  assign \$1700  = \$1699  ? R10[3:0] : 4'h0;
+  assign \$1701  = \$1697  | \$1700 ;
+  assign \$1702  = \$1694  | \$1701 ;
+  assign \$1703  = ~ gt1_11;
+  assign \$1704  = gt1_12 & \$1703 ;
+  assign \$1705  = \$1704  ? R11[3:0] : 4'h0;
+  assign \$1706  = ~ gt1_12;
+  assign \$1707  = gt1_13 & \$1706 ;
+  assign \$1708  = \$1707  ? R12[3:0] : 4'h0;
+  assign \$1709  = \$1705  | \$1708 ;
+  assign \$1710  = ~ gt1_13;
+  assign \$1711  = gt1_14 & \$1710 ;
+  assign \$1712  = \$1711  ? R13[3:0] : 4'h0;
+  assign \$1713  = ~ gt1_14;
+  assign \$1714  = gt1_15 & \$1713 ;
+  assign \$1715  = \$1714  ? R14[3:0] : 4'h0;
+  assign \$1716  = \$1712  | \$1715 ;
+  assign \$1717  = \$1709  | \$1716 ;
+  assign \$1718  = \$1702  | \$1717 ;
+  assign \$1719  = \$1687  | \$1718 ;
+  assign \$1720  = ~ gt1_15;
+  assign \$1721  = gt1_16 & \$1720 ;
+  assign \$1722  = \$1721  ? R15[3:0] : 4'h0;
+  assign \$1723  = ~ gt1_16;
+  assign \$1724  = gt1_17 & \$1723 ;
+  assign \$1725  = \$1724  ? R16[3:0] : 4'h0;
+  assign \$1726  = \$1722  | \$1725 ;
+  assign \$1727  = ~ gt1_17;
+  assign \$1728  = gt1_18 & \$1727 ;
+  assign \$1729  = \$1728  ? R17[3:0] : 4'h0;
+  assign \$1730  = ~ gt1_18;
+  assign \$1731  = gt1_19 & \$1730 ;
+  assign \$1732  = \$1731  ? R18[3:0] : 4'h0;
+  assign \$1733  = \$1729  | \$1732 ;
+  assign \$1734  = \$1726  | \$1733 ;
+  assign \$1735  = ~ gt1_19;
+  assign \$1736  = gt1_20 & \$1735 ;
+  assign \$1737  = \$1736  ? R19[3:0] : 4'h0;
+  assign \$1738  = ~ gt1_20;
+  assign \$1739  = gt1_21 & \$1738 ;
+  assign \$1740  = \$1739  ? R20[3:0] : 4'h0;
+  assign \$1741  = \$1737  | \$1740 ;
+  assign \$1742  = ~ gt1_21;
+  assign \$1743  = gt1_22 & \$1742 ;
+  assign \$1744  = \$1743  ? R21[3:0] : 4'h0;
+  assign \$1745  = ~ gt1_22;
+  assign \$1746  = gt1_23 & \$1745 ;
+  assign \$1747  = \$1746  ? R22[3:0] : 4'h0;
+  assign \$1748  = \$1744  | \$1747 ;
+  assign \$1749  = \$1741  | \$1748 ;
+  assign \$1750  = \$1734  | \$1749 ;
+  assign \$1751  = ~ gt1_23;
+  assign \$1752  = gt1_24 & \$1751 ;
+  assign \$1753  = \$1752  ? R23[3:0] : 4'h0;
+  assign \$1754  = ~ gt1_24;
+  assign \$1755  = gt1_25 & \$1754 ;
+  assign \$1756  = \$1755  ? R24[3:0] : 4'h0;
+  assign \$1757  = \$1753  | \$1756 ;
+  assign \$1758  = ~ gt1_25;
+  assign \$1759  = gt1_26 & \$1758 ;
+  assign \$1760  = \$1759  ? R25[3:0] : 4'h0;
+  assign \$1761  = ~ gt1_26;
+  assign \$1762  = gt1_27 & \$1761 ;
+  assign \$1763  = \$1762  ? R26[3:0] : 4'h0;
+  assign \$1764  = \$1760  | \$1763 ;
+  assign \$1765  = \$1757  | \$1764 ;
+  assign \$1766  = ~ gt1_27;
+  assign \$1767  = gt1_28 & \$1766 ;
+  assign \$1768  = \$1767  ? R27[3:0] : 4'h0;
+  assign \$1769  = ~ gt1_28;
+  assign \$1770  = gt1_29 & \$1769 ;
+  assign \$1771  = \$1770  ? R28[3:0] : 4'h0;
+  assign \$1772  = \$1768  | \$1771 ;
+  assign \$1773  = ~ gt1_29;
+  assign \$1774  = gt1_30 & \$1773 ;
+  assign \$1775  = \$1774  ? R29[3:0] : 4'h0;
+  assign \$1776  = ~ gt1_30;
+  assign \$1777  = gt1_31 & \$1776 ;
+  assign \$1778  = \$1777  ? R30[3:0] : 4'h0;
+  assign \$1779  = \$1775  | \$1778 ;
+  assign \$1780  = \$1772  | \$1779 ;
+  assign \$1781  = \$1765  | \$1780 ;
+  assign \$1782  = \$1750  | \$1781 ;
+  assign \$1783  = \$1719  | \$1782 ;
+  assign \$1784  = ~ gt1_31;
+  assign \$1785  = gt1_32 & \$1784 ;
+  assign \$1786  = \$1785  ? R31[3:0] : 4'h0;
+  assign \$1787  = ~ gt1_32;
+  assign \$1788  = gt1_33 & \$1787 ;
+  assign \$1789  = \$1788  ? R32[3:0] : 4'h0;
+  assign \$1790  = \$1786  | \$1789 ;
+  assign \$1791  = ~ gt1_33;
+  assign \$1792  = gt1_34 & \$1791 ;
+  assign \$1793  = \$1792  ? R33[3:0] : 4'h0;
+  assign \$1794  = ~ gt1_34;
+  assign \$1795  = gt1_35 & \$1794 ;
+  assign \$1796  = \$1795  ? R34[3:0] : 4'h0;
+  assign \$1797  = \$1793  | \$1796 ;
+  assign \$1798  = \$1790  | \$1797 ;
+  assign dlow1 = \$1783  | \$1798 ;
+  assign \$1799  = ~ sat0[2];
+  assign \$1800  = sat0[1] & \$1799 ;
+  assign \$1801  = ~ sat0[3];
+  assign \$1802  = \$1801  & sat0[0];
+  assign \$1803  = \$1800  & \$1802 ;
+  assign \$1804  = ~ sat0[3];
+  assign \$1805  = \$1804  & sat0[2];
+  assign \$1806  = \$1803  | \$1805 ;
+  assign gt2_0 = \$1806  | sat0[3];
+  assign \$1807  = ~ sat1[2];
+  assign \$1808  = sat1[1] & \$1807 ;
+  assign \$1809  = ~ sat1[3];
+  assign \$1810  = \$1809  & sat1[0];
+  assign \$1811  = \$1808  & \$1810 ;
+  assign \$1812  = ~ sat1[3];
+  assign \$1813  = \$1812  & sat1[2];
+  assign \$1814  = \$1811  | \$1813 ;
+  assign gt2_1 = \$1814  | sat1[3];
+  assign \$1815  = ~ sat2[2];
+  assign \$1816  = sat2[1] & \$1815 ;
+  assign \$1817  = ~ sat2[3];
+  assign \$1818  = \$1817  & sat2[0];
+  assign \$1819  = \$1816  & \$1818 ;
+  assign \$1820  = ~ sat2[3];
+  assign \$1821  = \$1820  & sat2[2];
+  assign \$1822  = \$1819  | \$1821 ;
+  assign gt2_2 = \$1822  | sat2[3];
+  assign \$1823  = ~ sat3[2];
+  assign \$1824  = sat3[1] & \$1823 ;
+  assign \$1825  = ~ sat3[3];
+  assign \$1826  = \$1825  & sat3[0];
+  assign \$1827  = \$1824  & \$1826 ;
+  assign \$1828  = ~ sat3[3];
+  assign \$1829  = \$1828  & sat3[2];
+  assign \$1830  = \$1827  | \$1829 ;
+  assign gt2_3 = \$1830  | sat3[3];
+  assign \$1831  = ~ sat4[2];
+  assign \$1832  = sat4[1] & \$1831 ;
+  assign \$1833  = ~ sat4[3];
+  assign \$1834  = \$1833  & sat4[0];
+  assign \$1835  = \$1832  & \$1834 ;
+  assign \$1836  = ~ sat4[3];
+  assign \$1837  = \$1836  & sat4[2];
+  assign \$1838  = \$1835  | \$1837 ;
+  assign gt2_4 = \$1838  | sat4[3];
+  assign \$1839  = ~ sat5[2];
+  assign \$1840  = sat5[1] & \$1839 ;
+  assign \$1841  = ~ sat5[3];
+  assign \$1842  = \$1841  & sat5[0];
+  assign \$1843  = \$1840  & \$1842 ;
+  assign \$1844  = ~ sat5[3];
+  assign \$1845  = \$1844  & sat5[2];
+  assign \$1846  = \$1843  | \$1845 ;
+  assign gt2_5 = \$1846  | sat5[3];
+  assign \$1847  = ~ sat6[2];
+  assign \$1848  = sat6[1] & \$1847 ;
+  assign \$1849  = ~ sat6[3];
+  assign \$1850  = \$1849  & sat6[0];
+  assign \$1851  = \$1848  & \$1850 ;
+  assign \$1852  = ~ sat6[3];
+  assign \$1853  = \$1852  & sat6[2];
+  assign \$1854  = \$1851  | \$1853 ;
+  assign gt2_6 = \$1854  | sat6[3];
+  assign \$1855  = ~ sat7[2];
+  assign \$1856  = sat7[1] & \$1855 ;
+  assign \$1857  = ~ sat7[3];
+  assign \$1858  = \$1857  & sat7[0];
+  assign \$1859  = \$1856  & \$1858 ;
+  assign \$1860  = ~ sat7[3];
+  assign \$1861  = \$1860  & sat7[2];
+  assign \$1862  = \$1859  | \$1861 ;
+  assign gt2_7 = \$1862  | sat7[3];
+  assign \$1863  = ~ sat8[2];
+  assign \$1864  = sat8[1] & \$1863 ;
+  assign \$1865  = ~ sat8[3];
+  assign \$1866  = \$1865  & sat8[0];
+  assign \$1867  = \$1864  & \$1866 ;
+  assign \$1868  = ~ sat8[3];
+  assign \$1869  = \$1868  & sat8[2];
+  assign \$1870  = \$1867  | \$1869 ;
+  assign gt2_8 = \$1870  | sat8[3];
+  assign \$1871  = ~ sat9[2];
+  assign \$1872  = sat9[1] & \$1871 ;
+  assign \$1873  = ~ sat9[3];
+  assign \$1874  = \$1873  & sat9[0];
+  assign \$1875  = \$1872  & \$1874 ;
+  assign \$1876  = ~ sat9[3];
+  assign \$1877  = \$1876  & sat9[2];
+  assign \$1878  = \$1875  | \$1877 ;
+  assign gt2_9 = \$1878  | sat9[3];
+  assign \$1879  = ~ sat10[2];
+  assign \$1880  = sat10[1] & \$1879 ;
+  assign \$1881  = ~ sat10[3];
+  assign \$1882  = \$1881  & sat10[0];
+  assign \$1883  = \$1880  & \$1882 ;
+  assign \$1884  = ~ sat10[3];
+  assign \$1885  = \$1884  & sat10[2];
+  assign \$1886  = \$1883  | \$1885 ;
+  assign gt2_10 = \$1886  | sat10[3];
+  assign \$1887  = ~ sat11[2];
+  assign \$1888  = sat11[1] & \$1887 ;
+  assign \$1889  = ~ sat11[3];
+  assign \$1890  = \$1889  & sat11[0];
+  assign \$1891  = \$1888  & \$1890 ;
+  assign \$1892  = ~ sat11[3];
+  assign \$1893  = \$1892  & sat11[2];
+  assign \$1894  = \$1891  | \$1893 ;
+  assign gt2_11 = \$1894  | sat11[3];
+  assign \$1895  = ~ sat12[2];
+  assign \$1896  = sat12[1] & \$1895 ;
+  assign \$1897  = ~ sat12[3];
+  assign \$1898  = \$1897  & sat12[0];
+  assign \$1899  = \$1896  & \$1898 ;
+  assign \$1900  = ~ sat12[3];
+  assign \$1901  = \$1900  & sat12[2];
+  assign \$1902  = \$1899  | \$1901 ;
+  assign gt2_12 = \$1902  | sat12[3];
+  assign \$1903  = ~ sat13[2];
+  assign \$1904  = sat13[1] & \$1903 ;
+  assign \$1905  = ~ sat13[3];
+  assign \$1906  = \$1905  & sat13[0];
+  assign \$1907  = \$1904  & \$1906 ;
+  assign \$1908  = ~ sat13[3];
+  assign \$1909  = \$1908  & sat13[2];
+  assign \$1910  = \$1907  | \$1909 ;
+  assign gt2_13 = \$1910  | sat13[3];
+  assign \$1911  = ~ sat14[2];
+  assign \$1912  = sat14[1] & \$1911 ;
+  assign \$1913  = ~ sat14[3];
+  assign \$1914  = \$1913  & sat14[0];
+  assign \$1915  = \$1912  & \$1914 ;
+  assign \$1916  = ~ sat14[3];
+  assign \$1917  = \$1916  & sat14[2];
+  assign \$1918  = \$1915  | \$1917 ;
+  assign gt2_14 = \$1918  | sat14[3];
+  assign \$1919  = ~ sat15[2];
+  assign \$1920  = sat15[1] & \$1919 ;
+  assign \$1921  = ~ sat15[3];
+  assign \$1922  = \$1921  & sat15[0];
+  assign \$1923  = \$1920  & \$1922 ;
+  assign \$1924  = ~ sat15[3];
+  assign \$1925  = \$1924  & sat15[2];
+  assign \$1926  = \$1923  | \$1925 ;
+  assign gt2_15 = \$1926  | sat15[3];
+  assign \$1927  = ~ sat16[2];
+  assign \$1928  = sat16[1] & \$1927 ;
+  assign \$1929  = ~ sat16[3];
+  assign \$1930  = \$1929  & sat16[0];
+  assign \$1931  = \$1928  & \$1930 ;
+  assign \$1932  = ~ sat16[3];
+  assign \$1933  = \$1932  & sat16[2];
+  assign \$1934  = \$1931  | \$1933 ;
+  assign gt2_16 = \$1934  | sat16[3];
+  assign \$1935  = ~ sat17[2];
+  assign \$1936  = sat17[1] & \$1935 ;
+  assign \$1937  = ~ sat17[3];
+  assign \$1938  = \$1937  & sat17[0];
+  assign \$1939  = \$1936  & \$1938 ;
+  assign \$1940  = ~ sat17[3];
+  assign \$1941  = \$1940  & sat17[2];
+  assign \$1942  = \$1939  | \$1941 ;
+  assign gt2_17 = \$1942  | sat17[3];
+  assign \$1943  = ~ sat18[2];
+  assign \$1944  = sat18[1] & \$1943 ;
+  assign \$1945  = ~ sat18[3];
+  assign \$1946  = \$1945  & sat18[0];
+  assign \$1947  = \$1944  & \$1946 ;
+  assign \$1948  = ~ sat18[3];
+  assign \$1949  = \$1948  & sat18[2];
+  assign \$1950  = \$1947  | \$1949 ;
+  assign gt2_18 = \$1950  | sat18[3];
+  assign \$1951  = ~ sat19[2];
+  assign \$1952  = sat19[1] & \$1951 ;
+  assign \$1953  = ~ sat19[3];
+  assign \$1954  = \$1953  & sat19[0];
+  assign \$1955  = \$1952  & \$1954 ;
+  assign \$1956  = ~ sat19[3];
+  assign \$1957  = \$1956  & sat19[2];
+  assign \$1958  = \$1955  | \$1957 ;
+  assign gt2_19 = \$1958  | sat19[3];
+  assign \$1959  = ~ sat20[2];
+  assign \$1960  = sat20[1] & \$1959 ;
+  assign \$1961  = ~ sat20[3];
+  assign \$1962  = \$1961  & sat20[0];
+  assign \$1963  = \$1960  & \$1962 ;
+  assign \$1964  = ~ sat20[3];
+  assign \$1965  = \$1964  & sat20[2];
+  assign \$1966  = \$1963  | \$1965 ;
+  assign gt2_20 = \$1966  | sat20[3];
+  assign \$1967  = ~ sat21[2];
+  assign \$1968  = sat21[1] & \$1967 ;
+  assign \$1969  = ~ sat21[3];
+  assign \$1970  = \$1969  & sat21[0];
+  assign \$1971  = \$1968  & \$1970 ;
+  assign \$1972  = ~ sat21[3];
+  assign \$1973  = \$1972  & sat21[2];
+  assign \$1974  = \$1971  | \$1973 ;
+  assign gt2_21 = \$1974  | sat21[3];
+  assign \$1975  = ~ sat22[2];
+  assign \$1976  = sat22[1] & \$1975 ;
+  assign \$1977  = ~ sat22[3];
+  assign \$1978  = \$1977  & sat22[0];
+  assign \$1979  = \$1976  & \$1978 ;
+  assign \$1980  = ~ sat22[3];
+  assign \$1981  = \$1980  & sat22[2];
+  assign \$1982  = \$1979  | \$1981 ;
+  assign gt2_22 = \$1982  | sat22[3];
+  assign \$1983  = ~ sat23[2];
+  assign \$1984  = sat23[1] & \$1983 ;
+  assign \$1985  = ~ sat23[3];
+  assign \$1986  = \$1985  & sat23[0];
+  assign \$1987  = \$1984  & \$1986 ;
+  assign \$1988  = ~ sat23[3];
+  assign \$1989  = \$1988  & sat23[2];
+  assign \$1990  = \$1987  | \$1989 ;
+  assign gt2_23 = \$1990  | sat23[3];
+  assign \$1991  = ~ sat24[2];
+  assign \$1992  = sat24[1] & \$1991 ;
+  assign \$1993  = ~ sat24[3];
+  assign \$1994  = \$1993  & sat24[0];
+  assign \$1995  = \$1992  & \$1994 ;
+  assign \$1996  = ~ sat24[3];
+  assign \$1997  = \$1996  & sat24[2];
+  assign \$1998  = \$1995  | \$1997 ;
+  assign gt2_24 = \$1998  | sat24[3];
+  assign \$1999  = ~ sat25[2];
+  assign \$2000  = sat25[1] & \$1999 ;
+  assign \$2001  = ~ sat25[3];
+  assign \$2002  = \$2001  & sat25[0];
+  assign \$2003  = \$2000  & \$2002 ;
+  assign \$2004  = ~ sat25[3];
+  assign \$2005  = \$2004  & sat25[2];
+  assign \$2006  = \$2003  | \$2005 ;
+  assign gt2_25 = \$2006  | sat25[3];
+  assign \$2007  = ~ sat26[2];
+  assign \$2008  = sat26[1] & \$2007 ;
+  assign \$2009  = ~ sat26[3];
+  assign \$2010  = \$2009  & sat26[0];
+  assign \$2011  = \$2008  & \$2010 ;
+  assign \$2012  = ~ sat26[3];
+  assign \$2013  = \$2012  & sat26[2];
+  assign \$2014  = \$2011  | \$2013 ;
+  assign gt2_26 = \$2014  | sat26[3];
+  assign \$2015  = ~ sat27[2];
+  assign \$2016  = sat27[1] & \$2015 ;
+  assign \$2017  = ~ sat27[3];
+  assign \$2018  = \$2017  & sat27[0];
+  assign \$2019  = \$2016  & \$2018 ;
+  assign \$2020  = ~ sat27[3];
+  assign \$2021  = \$2020  & sat27[2];
+  assign \$2022  = \$2019  | \$2021 ;
+  assign gt2_27 = \$2022  | sat27[3];
+  assign \$2023  = ~ sat28[2];
+  assign \$2024  = sat28[1] & \$2023 ;
+  assign \$2025  = ~ sat28[3];
+  assign \$2026  = \$2025  & sat28[0];
+  assign \$2027  = \$2024  & \$2026 ;
+  assign \$2028  = ~ sat28[3];
+  assign \$2029  = \$2028  & sat28[2];
+  assign \$2030  = \$2027  | \$2029 ;
+  assign gt2_28 = \$2030  | sat28[3];
+  assign \$2031  = ~ sat29[2];
+  assign \$2032  = sat29[1] & \$2031 ;
+  assign \$2033  = ~ sat29[3];
+  assign \$2034  = \$2033  & sat29[0];
+  assign \$2035  = \$2032  & \$2034 ;
+  assign \$2036  = ~ sat29[3];
+  assign \$2037  = \$2036  & sat29[2];
+  assign \$2038  = \$2035  | \$2037 ;
+  assign gt2_29 = \$2038  | sat29[3];
+  assign \$2039  = ~ sat30[2];
+  assign \$2040  = sat30[1] & \$2039 ;
+  assign \$2041  = ~ sat30[3];
+  assign \$2042  = \$2041  & sat30[0];
+  assign \$2043  = \$2040  & \$2042 ;
+  assign \$2044  = ~ sat30[3];
+  assign \$2045  = \$2044  & sat30[2];
+  assign \$2046  = \$2043  | \$2045 ;
+  assign gt2_30 = \$2046  | sat30[3];
+  assign \$2047  = ~ sat31[2];
+  assign \$2048  = sat31[1] & \$2047 ;
+  assign \$2049  = ~ sat31[3];
+  assign \$2050  = \$2049  & sat31[0];
+  assign \$2051  = \$2048  & \$2050 ;
+  assign \$2052  = ~ sat31[3];
+  assign \$2053  = \$2052  & sat31[2];
+  assign \$2054  = \$2051  | \$2053 ;
+  assign gt2_31 = \$2054  | sat31[3];
+  assign \$2055  = ~ sat32[2];
+  assign \$2056  = sat32[1] & \$2055 ;
+  assign \$2057  = ~ sat32[3];
+  assign \$2058  = \$2057  & sat32[0];
+  assign \$2059  = \$2056  & \$2058 ;
+  assign \$2060  = ~ sat32[3];
+  assign \$2061  = \$2060  & sat32[2];
+  assign \$2062  = \$2059  | \$2061 ;
+  assign gt2_32 = \$2062  | sat32[3];
+  assign \$2063  = ~ sat33[2];
+  assign \$2064  = sat33[1] & \$2063 ;
+  assign \$2065  = ~ sat33[3];
+  assign \$2066  = \$2065  & sat33[0];
+  assign \$2067  = \$2064  & \$2066 ;
+  assign \$2068  = ~ sat33[3];
+  assign \$2069  = \$2068  & sat33[2];
+  assign \$2070  = \$2067  | \$2069 ;
+  assign gt2_33 = \$2070  | sat33[3];
+  assign \$2071  = ~ sat34[2];
+  assign \$2072  = sat34[1] & \$2071 ;
+  assign \$2073  = ~ sat34[3];
+  assign \$2074  = \$2073  & sat34[0];
+  assign \$2075  = \$2072  & \$2074 ;
+  assign \$2076  = ~ sat34[3];
+  assign \$2077  = \$2076  & sat34[2];
+  assign \$2078  = \$2075  | \$2077 ;
+  assign gt2_34 = \$2078  | sat34[3];
+  assign \$2079  = ~ sat35[2];
+  assign \$2080  = sat35[1] & \$2079 ;
+  assign \$2081  = ~ sat35[3];
+  assign \$2082  = \$2081  & sat35[0];
+  assign \$2083  = \$2080  & \$2082 ;
+  assign \$2084  = ~ sat35[3];
+  assign \$2085  = \$2084  & sat35[2];
+  assign \$2086  = \$2083  | \$2085 ;
+  assign gt2_35 = \$2086  | sat35[3];
+  assign \$2087  = ~ gt2_0;
+  assign \$2088  = gt2_1 & \$2087 ;
+  assign \$2089  = \$2088  ? 1'h1 : 1'h0;
+  assign \$2090  = ~ gt2_1;
+  assign \$2091  = gt2_2 & \$2090 ;
+  assign \$2092  = \$2091  ? 2'h2 : 2'h0;
+  assign \$2093  = { 1'h0, \$2089  } | \$2092 ;
+  assign \$2094  = ~ gt2_2;
+  assign \$2095  = gt2_3 & \$2094 ;
+  assign \$2096  = \$2095  ? 2'h3 : 2'h0;
+  assign \$2097  = ~ gt2_3;
+  assign \$2098  = gt2_4 & \$2097 ;
+  assign \$2099  = \$2098  ? 3'h4 : 3'h0;
+  assign \$2100  = { 1'h0, \$2096  } | \$2099 ;
+  assign \$2101  = { 1'h0, \$2093  } | \$2100 ;
+  assign \$2102  = ~ gt2_4;
+  assign \$2103  = gt2_5 & \$2102 ;
+  assign \$2104  = \$2103  ? 3'h5 : 3'h0;
+  assign \$2105  = ~ gt2_5;
+  assign \$2106  = gt2_6 & \$2105 ;
+  assign \$2107  = \$2106  ? 3'h6 : 3'h0;
+  assign \$2108  = \$2104  | \$2107 ;
+  assign \$2109  = ~ gt2_6;
+  assign \$2110  = gt2_7 & \$2109 ;
+  assign \$2111  = \$2110  ? 3'h7 : 3'h0;
+  assign \$2112  = ~ gt2_7;
+  assign \$2113  = gt2_8 & \$2112 ;
+  assign \$2114  = \$2113  ? 4'h8 : 4'h0;
+  assign \$2115  = { 1'h0, \$2111  } | \$2114 ;
+  assign \$2116  = { 1'h0, \$2108  } | \$2115 ;
+  assign \$2117  = { 1'h0, \$2101  } | \$2116 ;
+  assign \$2118  = ~ gt2_8;
+  assign \$2119  = gt2_9 & \$2118 ;
+  assign \$2120  = \$2119  ? 4'h9 : 4'h0;
+  assign \$2121  = ~ gt2_9;
+  assign \$2122  = gt2_10 & \$2121 ;
+  assign \$2123  = \$2122  ? 4'ha : 4'h0;
+  assign \$2124  = \$2120  | \$2123 ;
+  assign \$2125  = ~ gt2_10;
+  assign \$2126  = gt2_11 & \$2125 ;
+  assign \$2127  = \$2126  ? 4'hb : 4'h0;
+  assign \$2128  = ~ gt2_11;
+  assign \$2129  = gt2_12 & \$2128 ;
+  assign \$2130  = \$2129  ? 4'hc : 4'h0;
+  assign \$2131  = \$2127  | \$2130 ;
+  assign \$2132  = \$2124  | \$2131 ;
+  assign \$2133  = ~ gt2_12;
+  assign \$2134  = gt2_13 & \$2133 ;
+  assign \$2135  = \$2134  ? 4'hd : 4'h0;
+  assign \$2136  = ~ gt2_13;
+  assign \$2137  = gt2_14 & \$2136 ;
+  assign \$2138  = \$2137  ? 4'he : 4'h0;
+  assign \$2139  = \$2135  | \$2138 ;
+  assign \$2140  = ~ gt2_14;
+  assign \$2141  = gt2_15 & \$2140 ;
+  assign \$2142  = \$2141  ? 4'hf : 4'h0;
+  assign \$2143  = ~ gt2_15;
+  assign \$2144  = gt2_16 & \$2143 ;
+  assign \$2145  = \$2144  ? 5'h10 : 5'h00;
+  assign \$2146  = { 1'h0, \$2142  } | \$2145 ;
+  assign \$2147  = { 1'h0, \$2139  } | \$2146 ;
+  assign \$2148  = { 1'h0, \$2132  } | \$2147 ;
+  assign \$2149  = { 1'h0, \$2117  } | \$2148 ;
+  assign \$2150  = ~ gt2_16;
+  assign \$2151  = gt2_17 & \$2150 ;
+  assign \$2152  = \$2151  ? 5'h11 : 5'h00;
+  assign \$2153  = ~ gt2_17;
+  assign \$2154  = gt2_18 & \$2153 ;
+  assign \$2155  = \$2154  ? 5'h12 : 5'h00;
+  assign \$2156  = \$2152  | \$2155 ;
+  assign \$2157  = ~ gt2_18;
+  assign \$2158  = gt2_19 & \$2157 ;
+  assign \$2159  = \$2158  ? 5'h13 : 5'h00;
+  assign \$2160  = ~ gt2_19;
+  assign \$2161  = gt2_20 & \$2160 ;
+  assign \$2162  = \$2161  ? 5'h14 : 5'h00;
+  assign \$2163  = \$2159  | \$2162 ;
+  assign \$2164  = \$2156  | \$2163 ;
+  assign \$2165  = ~ gt2_20;
+  assign \$2166  = gt2_21 & \$2165 ;
+  assign \$2167  = \$2166  ? 5'h15 : 5'h00;
+  assign \$2168  = ~ gt2_21;
+  assign \$2169  = gt2_22 & \$2168 ;
+  assign \$2170  = \$2169  ? 5'h16 : 5'h00;
+  assign \$2171  = \$2167  | \$2170 ;
+  assign \$2172  = ~ gt2_22;
+  assign \$2173  = gt2_23 & \$2172 ;
+  assign \$2174  = \$2173  ? 5'h17 : 5'h00;
+  assign \$2175  = ~ gt2_23;
+  assign \$2176  = gt2_24 & \$2175 ;
+  assign \$2177  = \$2176  ? 5'h18 : 5'h00;
+  assign \$2178  = \$2174  | \$2177 ;
+  assign \$2179  = \$2171  | \$2178 ;
+  assign \$2180  = \$2164  | \$2179 ;
+  assign \$2181  = ~ gt2_24;
+  assign \$2182  = gt2_25 & \$2181 ;
+  assign \$2183  = \$2182  ? 5'h19 : 5'h00;
+  assign \$2184  = ~ gt2_25;
+  assign \$2185  = gt2_26 & \$2184 ;
+  assign \$2186  = \$2185  ? 5'h1a : 5'h00;
+  assign \$2187  = \$2183  | \$2186 ;
+  assign \$2188  = ~ gt2_26;
+  assign \$2189  = gt2_27 & \$2188 ;
+  assign \$2190  = \$2189  ? 5'h1b : 5'h00;
+  assign \$2191  = ~ gt2_27;
+  assign \$2192  = gt2_28 & \$2191 ;
+  assign \$2193  = \$2192  ? 5'h1c : 5'h00;
+  assign \$2194  = \$2190  | \$2193 ;
+  assign \$2195  = \$2187  | \$2194 ;
+  assign \$2196  = ~ gt2_28;
+  assign \$2197  = gt2_29 & \$2196 ;
+  assign \$2198  = \$2197  ? 5'h1d : 5'h00;
+  assign \$2199  = ~ gt2_29;
+  assign \$2200  = gt2_30 & \$2199 ;
+  assign \$2201  = \$2200  ? 5'h1e : 5'h00;
+  assign \$2202  = \$2198  | \$2201 ;
+  assign \$2203  = ~ gt2_30;
+  assign \$2204  = gt2_31 & \$2203 ;
+  assign \$2205  = \$2204  ? 5'h1f : 5'h00;
+  assign \$2206  = ~ gt2_31;
+  assign \$2207  = gt2_32 & \$2206 ;
+  assign \$2208  = \$2207  ? 6'h20 : 6'h00;
+  assign \$2209  = { 1'h0, \$2205  } | \$2208 ;
+  assign \$2210  = { 1'h0, \$2202  } | \$2209 ;
+  assign \$2211  = { 1'h0, \$2195  } | \$2210 ;
+  assign \$2212  = { 1'h0, \$2180  } | \$2211 ;
+  assign \$2213  = { 1'h0, \$2149  } | \$2212 ;
+  assign \$2214  = ~ gt2_32;
+  assign \$2215  = gt2_33 & \$2214 ;
+  assign \$2216  = \$2215  ? 6'h21 : 6'h00;
+  assign \$2217  = ~ gt2_33;
+  assign \$2218  = gt2_34 & \$2217 ;
+  assign \$2219  = \$2218  ? 6'h22 : 6'h00;
+  assign \$2220  = \$2216  | \$2219 ;
+  assign \$2221  = ~ gt2_34;
+  assign \$2222  = gt2_35 & \$2221 ;
+  assign \$2223  = \$2222  ? 6'h23 : 6'h00;
+  assign \$2224  = \$2220  | \$2223 ;
+  assign gsel2 = \$2213  | \$2224 ;
+  assign \$2225  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2226  = ~ gt2_0;
+  assign \$2227  = gt2_1 & \$2226 ;
+  assign \$2228  = \$2227  ? mbeat0[31:16] : 16'h0000;
+  assign \$2229  = \$2225  | \$2228 ;
+  assign \$2230  = ~ gt2_1;
+  assign \$2231  = gt2_2 & \$2230 ;
+  assign \$2232  = \$2231  ? mbeat0[47:32] : 16'h0000;
+  assign \$2233  = ~ gt2_2;
+  assign \$2234  = gt2_3 & \$2233 ;
+  assign \$2235  = \$2234  ? mbeat0[63:48] : 16'h0000;
+  assign \$2236  = \$2232  | \$2235 ;
+  assign \$2237  = \$2229  | \$2236 ;
+  assign \$2238  = ~ gt2_3;
+  assign \$2239  = gt2_4 & \$2238 ;
+  assign \$2240  = \$2239  ? mbeat0[79:64] : 16'h0000;
+  assign \$2241  = ~ gt2_4;
+  assign \$2242  = gt2_5 & \$2241 ;
+  assign \$2243  = \$2242  ? mbeat0[95:80] : 16'h0000;
+  assign \$2244  = \$2240  | \$2243 ;
+  assign \$2245  = ~ gt2_5;
+  assign \$2246  = gt2_6 & \$2245 ;
+  assign \$2247  = \$2246  ? mbeat0[111:96] : 16'h0000;
+  assign \$2248  = ~ gt2_6;
+  assign \$2249  = gt2_7 & \$2248 ;
+  assign \$2250  = \$2249  ? mbeat0[127:112] : 16'h0000;
+  assign \$2251  = \$2247  | \$2250 ;
+  assign \$2252  = \$2244  | \$2251 ;
+  assign \$2253  = \$2237  | \$2252 ;
+  assign \$2254  = ~ gt2_7;
+  assign \$2255  = gt2_8 & \$2254 ;
+  assign \$2256  = \$2255  ? mbeat0[143:128] : 16'h0000;
+  assign \$2257  = ~ gt2_8;
+  assign \$2258  = gt2_9 & \$2257 ;
+  assign \$2259  = \$2258  ? mbeat0[159:144] : 16'h0000;
+  assign \$2260  = \$2256  | \$2259 ;
+  assign \$2261  = ~ gt2_9;
+  assign \$2262  = gt2_10 & \$2261 ;
+  assign \$2263  = \$2262  ? mbeat0[175:160] : 16'h0000;
+  assign \$2264  = ~ gt2_10;
+  assign \$2265  = gt2_11 & \$2264 ;
+  assign \$2266  = \$2265  ? mbeat0[191:176] : 16'h0000;
+  assign \$2267  = \$2263  | \$2266 ;
+  assign \$2268  = \$2260  | \$2267 ;
+  assign \$2269  = ~ gt2_11;
+  assign \$2270  = gt2_12 & \$2269 ;
+  assign \$2271  = \$2270  ? mbeat1[15:0] : 16'h0000;
+  assign \$2272  = ~ gt2_12;
+  assign \$2273  = gt2_13 & \$2272 ;
+  assign \$2274  = \$2273  ? mbeat1[31:16] : 16'h0000;
+  assign \$2275  = \$2271  | \$2274 ;
+  assign \$2276  = ~ gt2_13;
+  assign \$2277  = gt2_14 & \$2276 ;
+  assign \$2278  = \$2277  ? mbeat1[47:32] : 16'h0000;
+  assign \$2279  = ~ gt2_14;
+  assign \$2280  = gt2_15 & \$2279 ;
+  assign \$2281  = \$2280  ? mbeat1[63:48] : 16'h0000;
+  assign \$2282  = \$2278  | \$2281 ;
+  assign \$2283  = \$2275  | \$2282 ;
+  assign \$2284  = \$2268  | \$2283 ;
+  assign \$2285  = \$2253  | \$2284 ;
+  assign \$2286  = ~ gt2_15;
+  assign \$2287  = gt2_16 & \$2286 ;
+  assign \$2288  = \$2287  ? mbeat1[79:64] : 16'h0000;
+  assign \$2289  = ~ gt2_16;
+  assign \$2290  = gt2_17 & \$2289 ;
+  assign \$2291  = \$2290  ? mbeat1[95:80] : 16'h0000;
+  assign \$2292  = \$2288  | \$2291 ;
+  assign \$2293  = ~ gt2_17;
+  assign \$2294  = gt2_18 & \$2293 ;
+  assign \$2295  = \$2294  ? mbeat1[111:96] : 16'h0000;
+  assign \$2296  = ~ gt2_18;
+  assign \$2297  = gt2_19 & \$2296 ;
+  assign \$2298  = \$2297  ? mbeat1[127:112] : 16'h0000;
+  assign \$2299  = \$2295  | \$2298 ;
+  assign \$2300  = \$2292  | \$2299 ;
+  assign \$2301  = ~ gt2_19;
+  assign \$2302  = gt2_20 & \$2301 ;
+  assign \$2303  = \$2302  ? mbeat1[143:128] : 16'h0000;
+  assign \$2304  = ~ gt2_20;
+  assign \$2305  = gt2_21 & \$2304 ;
+  assign \$2306  = \$2305  ? mbeat1[159:144] : 16'h0000;
+  assign \$2307  = \$2303  | \$2306 ;
+  assign \$2308  = ~ gt2_21;
+  assign \$2309  = gt2_22 & \$2308 ;
+  assign \$2310  = \$2309  ? mbeat1[175:160] : 16'h0000;
+  assign \$2311  = ~ gt2_22;
+  assign \$2312  = gt2_23 & \$2311 ;
+  assign \$2313  = \$2312  ? mbeat1[191:176] : 16'h0000;
+  assign \$2314  = \$2310  | \$2313 ;
+  assign \$2315  = \$2307  | \$2314 ;
+  assign \$2316  = \$2300  | \$2315 ;
+  assign \$2317  = ~ gt2_23;
+  assign \$2318  = gt2_24 & \$2317 ;
+  assign \$2319  = \$2318  ? mbeat2[15:0] : 16'h0000;
+  assign \$2320  = ~ gt2_24;
+  assign \$2321  = gt2_25 & \$2320 ;
+  assign \$2322  = \$2321  ? mbeat2[31:16] : 16'h0000;
+  assign \$2323  = \$2319  | \$2322 ;
+  assign \$2324  = ~ gt2_25;
+  assign \$2325  = gt2_26 & \$2324 ;
+  assign \$2326  = \$2325  ? mbeat2[47:32] : 16'h0000;
+  assign \$2327  = ~ gt2_26;
+  assign \$2328  = gt2_27 & \$2327 ;
+  assign \$2329  = \$2328  ? mbeat2[63:48] : 16'h0000;
+  assign \$2330  = \$2326  | \$2329 ;
+  assign \$2331  = \$2323  | \$2330 ;
+  assign \$2332  = ~ gt2_27;
+  assign \$2333  = gt2_28 & \$2332 ;
+  assign \$2334  = \$2333  ? mbeat2[79:64] : 16'h0000;
+  assign \$2335  = ~ gt2_28;
+  assign \$2336  = gt2_29 & \$2335 ;
+  assign \$2337  = \$2336  ? mbeat2[95:80] : 16'h0000;
+  assign \$2338  = \$2334  | \$2337 ;
+  assign \$2339  = ~ gt2_29;
+  assign \$2340  = gt2_30 & \$2339 ;
+  assign \$2341  = \$2340  ? mbeat2[111:96] : 16'h0000;
+  assign \$2342  = ~ gt2_30;
+  assign \$2343  = gt2_31 & \$2342 ;
+  assign \$2344  = \$2343  ? mbeat2[127:112] : 16'h0000;
+  assign \$2345  = \$2341  | \$2344 ;
+  assign \$2346  = \$2338  | \$2345 ;
+  assign \$2347  = \$2331  | \$2346 ;
+  assign \$2348  = \$2316  | \$2347 ;
+  assign \$2349  = \$2285  | \$2348 ;
+  assign \$2350  = ~ gt2_31;
+  assign \$2351  = gt2_32 & \$2350 ;
+  assign \$2352  = \$2351  ? mbeat2[143:128] : 16'h0000;
+  assign \$2353  = ~ gt2_32;
+  assign \$2354  = gt2_33 & \$2353 ;
+  assign \$2355  = \$2354  ? mbeat2[159:144] : 16'h0000;
+  assign \$2356  = \$2352  | \$2355 ;
+  assign \$2357  = ~ gt2_33;
+  assign \$2358  = gt2_34 & \$2357 ;
+  assign \$2359  = \$2358  ? mbeat2[175:160] : 16'h0000;
+  assign \$2360  = ~ gt2_34;
+  assign \$2361  = gt2_35 & \$2360 ;
+  assign \$2362  = \$2361  ? mbeat2[191:176] : 16'h0000;
+  assign \$2363  = \$2359  | \$2362 ;
+  assign \$2364  = \$2356  | \$2363 ;
+  assign grp2 = \$2349  | \$2364 ;
+  assign \$2365  = gt2_0 ? Rm1[3:0] : 4'h0;
+  assign \$2366  = ~ gt2_0;
+  assign \$2367  = gt2_1 & \$2366 ;
+  assign \$2368  = \$2367  ? R0[3:0] : 4'h0;
+  assign \$2369  = \$2365  | \$2368 ;
+  assign \$2370  = ~ gt2_1;
+  assign \$2371  = gt2_2 & \$2370 ;
+  assign \$2372  = \$2371  ? R1[3:0] : 4'h0;
+  assign \$2373  = ~ gt2_2;
+  assign \$2374  = gt2_3 & \$2373 ;
+  assign \$2375  = \$2374  ? R2[3:0] : 4'h0;
+  assign \$2376  = \$2372  | \$2375 ;
+  assign \$2377  = \$2369  | \$2376 ;
+  assign \$2378  = ~ gt2_3;
+  assign \$2379  = gt2_4 & \$2378 ;
+  assign \$2380  = \$2379  ? R3[3:0] : 4'h0;
+  assign \$2381  = ~ gt2_4;
+  assign \$2382  = gt2_5 & \$2381 ;
+  assign \$2383  = \$2382  ? R4[3:0] : 4'h0;
+  assign \$2384  = \$2380  | \$2383 ;
+  assign \$2385  = ~ gt2_5;
+  assign \$2386  = gt2_6 & \$2385 ;
+  assign \$2387  = \$2386  ? R5[3:0] : 4'h0;
+  assign \$2388  = ~ gt2_6;
+  assign \$2389  = gt2_7 & \$2388 ;
+  assign \$2390  = \$2389  ? R6[3:0] : 4'h0;
+  assign \$2391  = \$2387  | \$2390 ;
+  assign \$2392  = \$2384  | \$2391 ;
+  assign \$2393  = \$2377  | \$2392 ;
+  assign \$2394  = ~ gt2_7;
+  assign \$2395  = gt2_8 & \$2394 ;
+  assign \$2396  = \$2395  ? R7[3:0] : 4'h0;
+  assign \$2397  = ~ gt2_8;
+  assign \$2398  = gt2_9 & \$2397 ;
+  assign \$2399  = \$2398  ? R8[3:0] : 4'h0;
+  assign \$2400  = \$2396  | \$2399 ;
+  assign \$2401  = ~ gt2_9;
+  assign \$2402  = gt2_10 & \$2401 ;
+  assign \$2403  = \$2402  ? R9[3:0] : 4'h0;
+  assign \$2404  = ~ gt2_10;
+  assign \$2405  = gt2_11 & \$2404 ;
+  assign \$2406  = \$2405  ? R10[3:0] : 4'h0;
+  assign \$2407  = \$2403  | \$2406 ;
+  assign \$2408  = \$2400  | \$2407 ;
+  assign \$2409  = ~ gt2_11;
+  assign \$2410  = gt2_12 & \$2409 ;
+  assign \$2411  = \$2410  ? R11[3:0] : 4'h0;
+  assign \$2412  = ~ gt2_12;
+  assign \$2413  = gt2_13 & \$2412 ;
+  assign \$2414  = \$2413  ? R12[3:0] : 4'h0;
+  assign \$2415  = \$2411  | \$2414 ;
+  assign \$2416  = ~ gt2_13;
+  assign \$2417  = gt2_14 & \$2416 ;
+  assign \$2418  = \$2417  ? R13[3:0] : 4'h0;
+  assign \$2419  = ~ gt2_14;
+  assign \$2420  = gt2_15 & \$2419 ;
+  assign \$2421  = \$2420  ? R14[3:0] : 4'h0;
+  assign \$2422  = \$2418  | \$2421 ;
+  assign \$2423  = \$2415  | \$2422 ;
+  assign \$2424  = \$2408  | \$2423 ;
+  assign \$2425  = \$2393  | \$2424 ;
+  assign \$2426  = ~ gt2_15;
+  assign \$2427  = gt2_16 & \$2426 ;
+  assign \$2428  = \$2427  ? R15[3:0] : 4'h0;
+  assign \$2429  = ~ gt2_16;
+  assign \$2430  = gt2_17 & \$2429 ;
+  assign \$2431  = \$2430  ? R16[3:0] : 4'h0;
+  assign \$2432  = \$2428  | \$2431 ;
+  assign \$2433  = ~ gt2_17;
+  assign \$2434  = gt2_18 & \$2433 ;
+  assign \$2435  = \$2434  ? R17[3:0] : 4'h0;
+  assign \$2436  = ~ gt2_18;
+  assign \$2437  = gt2_19 & \$2436 ;
+  assign \$2438  = \$2437  ? R18[3:0] : 4'h0;
+  assign \$2439  = \$2435  | \$2438 ;
+  assign \$2440  = \$2432  | \$2439 ;
+  assign \$2441  = ~ gt2_19;
+  assign \$2442  = gt2_20 & \$2441 ;
+  assign \$2443  = \$2442  ? R19[3:0] : 4'h0;
+  assign \$2444  = ~ gt2_20;
+  assign \$2445  = gt2_21 & \$2444 ;
+  assign \$2446  = \$2445  ? R20[3:0] : 4'h0;
+  assign \$2447  = \$2443  | \$2446 ;
+  assign \$2448  = ~ gt2_21;
+  assign \$2449  = gt2_22 & \$2448 ;
+  assign \$2450  = \$2449  ? R21[3:0] : 4'h0;
+  assign \$2451  = ~ gt2_22;
+  assign \$2452  = gt2_23 & \$2451 ;
+  assign \$2453  = \$2452  ? R22[3:0] : 4'h0;
+  assign \$2454  = \$2450  | \$2453 ;
+  assign \$2455  = \$2447  | \$2454 ;
+  assign \$2456  = \$2440  | \$2455 ;
+  assign \$2457  = ~ gt2_23;
+  assign \$2458  = gt2_24 & \$2457 ;
+  assign \$2459  = \$2458  ? R23[3:0] : 4'h0;
+  assign \$2460  = ~ gt2_24;
+  assign \$2461  = gt2_25 & \$2460 ;
+  assign \$2462  = \$2461  ? R24[3:0] : 4'h0;
+  assign \$2463  = \$2459  | \$2462 ;
+  assign \$2464  = ~ gt2_25;
+  assign \$2465  = gt2_26 & \$2464 ;
+  assign \$2466  = \$2465  ? R25[3:0] : 4'h0;
+  assign \$2467  = ~ gt2_26;
+  assign \$2468  = gt2_27 & \$2467 ;
+  assign \$2469  = \$2468  ? R26[3:0] : 4'h0;
+  assign \$2470  = \$2466  | \$2469 ;
+  assign \$2471  = \$2463  | \$2470 ;
+  assign \$2472  = ~ gt2_27;
+  assign \$2473  = gt2_28 & \$2472 ;
+  assign \$2474  = \$2473  ? R27[3:0] : 4'h0;
+  assign \$2475  = ~ gt2_28;
+  assign \$2476  = gt2_29 & \$2475 ;
+  assign \$2477  = \$2476  ? R28[3:0] : 4'h0;
+  assign \$2478  = \$2474  | \$2477 ;
+  assign \$2479  = ~ gt2_29;
+  assign \$2480  = gt2_30 & \$2479 ;
+  assign \$2481  = \$2480  ? R29[3:0] : 4'h0;
+  assign \$2482  = ~ gt2_30;
+  assign \$2483  = gt2_31 & \$2482 ;
+  assign \$2484  = \$2483  ? R30[3:0] : 4'h0;
+  assign \$2485  = \$2481  | \$2484 ;
+  assign \$2486  = \$2478  | \$2485 ;
+  assign \$2487  = \$2471  | \$2486 ;
+  assign \$2488  = \$2456  | \$2487 ;
+  assign \$2489  = \$2425  | \$2488 ;
+  assign \$2490  = ~ gt2_31;
+  assign \$2491  = gt2_32 & \$2490 ;
+  assign \$2492  = \$2491  ? R31[3:0] : 4'h0;
+  assign \$2493  = ~ gt2_32;
+  assign \$2494  = gt2_33 & \$2493 ;
+  assign \$2495  = \$2494  ? R32[3:0] : 4'h0;
+  assign \$2496  = \$2492  | \$2495 ;
+  assign \$2497  = ~ gt2_33;
+  assign \$2498  = gt2_34 & \$2497 ;
+  assign \$2499  = \$2498  ? R33[3:0] : 4'h0;
+  assign \$2500  = ~ gt2_34;
+  assign \$2501  = gt2_35 & \$2500 ;
+  assign \$2502  = \$2501  ? R34[3:0] : 4'h0;
+  assign \$2503  = \$2499  | \$2502 ;
+  assign \$2504  = \$2496  | \$2503 ;
+  assign dlow2 = \$2489  | \$2504 ;
+  assign \$2505  = ~ sat0[3];
+  assign \$2506  = \$2505  & sat0[2];
+  assign gt3_0 = \$2506  | sat0[3];
+  assign \$2507  = ~ sat1[3];
+  assign \$2508  = \$2507  & sat1[2];
+  assign gt3_1 = \$2508  | sat1[3];
+  assign \$2509  = ~ sat2[3];
+  assign \$2510  = \$2509  & sat2[2];
+  assign gt3_2 = \$2510  | sat2[3];
+  assign \$2511  = ~ sat3[3];
+  assign \$2512  = \$2511  & sat3[2];
+  assign gt3_3 = \$2512  | sat3[3];
+  assign \$2513  = ~ sat4[3];
+  assign \$2514  = \$2513  & sat4[2];
+  assign gt3_4 = \$2514  | sat4[3];
+  assign \$2515  = ~ sat5[3];
+  assign \$2516  = \$2515  & sat5[2];
+  assign gt3_5 = \$2516  | sat5[3];
+  assign \$2517  = ~ sat6[3];
+  assign \$2518  = \$2517  & sat6[2];
+  assign gt3_6 = \$2518  | sat6[3];
+  assign \$2519  = ~ sat7[3];
+  assign \$2520  = \$2519  & sat7[2];
+  assign gt3_7 = \$2520  | sat7[3];
+  assign \$2521  = ~ sat8[3];
+  assign \$2522  = \$2521  & sat8[2];
+  assign gt3_8 = \$2522  | sat8[3];
+  assign \$2523  = ~ sat9[3];
+  assign \$2524  = \$2523  & sat9[2];
+  assign gt3_9 = \$2524  | sat9[3];
+  assign \$2525  = ~ sat10[3];
+  assign \$2526  = \$2525  & sat10[2];
+  assign gt3_10 = \$2526  | sat10[3];
+  assign \$2527  = ~ sat11[3];
+  assign \$2528  = \$2527  & sat11[2];
+  assign gt3_11 = \$2528  | sat11[3];
+  assign \$2529  = ~ sat12[3];
+  assign \$2530  = \$2529  & sat12[2];
+  assign gt3_12 = \$2530  | sat12[3];
+  assign \$2531  = ~ sat13[3];
+  assign \$2532  = \$2531  & sat13[2];
+  assign gt3_13 = \$2532  | sat13[3];
+  assign \$2533  = ~ sat14[3];
+  assign \$2534  = \$2533  & sat14[2];
+  assign gt3_14 = \$2534  | sat14[3];
+  assign \$2535  = ~ sat15[3];
+  assign \$2536  = \$2535  & sat15[2];
+  assign gt3_15 = \$2536  | sat15[3];
+  assign \$2537  = ~ sat16[3];
+  assign \$2538  = \$2537  & sat16[2];
+  assign gt3_16 = \$2538  | sat16[3];
+  assign \$2539  = ~ sat17[3];
+  assign \$2540  = \$2539  & sat17[2];
+  assign gt3_17 = \$2540  | sat17[3];
+  assign \$2541  = ~ sat18[3];
+  assign \$2542  = \$2541  & sat18[2];
+  assign gt3_18 = \$2542  | sat18[3];
+  assign \$2543  = ~ sat19[3];
+  assign \$2544  = \$2543  & sat19[2];
+  assign gt3_19 = \$2544  | sat19[3];
+  assign \$2545  = ~ sat20[3];
+  assign \$2546  = \$2545  & sat20[2];
+  assign gt3_20 = \$2546  | sat20[3];
+  assign \$2547  = ~ sat21[3];
+  assign \$2548  = \$2547  & sat21[2];
+  assign gt3_21 = \$2548  | sat21[3];
+  assign \$2549  = ~ sat22[3];
+  assign \$2550  = \$2549  & sat22[2];
+  assign gt3_22 = \$2550  | sat22[3];
+  assign \$2551  = ~ sat23[3];
+  assign \$2552  = \$2551  & sat23[2];
+  assign gt3_23 = \$2552  | sat23[3];
+  assign \$2553  = ~ sat24[3];
+  assign \$2554  = \$2553  & sat24[2];
+  assign gt3_24 = \$2554  | sat24[3];
+  assign \$2555  = ~ sat25[3];
+  assign \$2556  = \$2555  & sat25[2];
+  assign gt3_25 = \$2556  | sat25[3];
+  assign \$2557  = ~ sat26[3];
+  assign \$2558  = \$2557  & sat26[2];
+  assign gt3_26 = \$2558  | sat26[3];
+  assign \$2559  = ~ sat27[3];
+  assign \$2560  = \$2559  & sat27[2];
+  assign gt3_27 = \$2560  | sat27[3];
+  assign \$2561  = ~ sat28[3];
+  assign \$2562  = \$2561  & sat28[2];
+  assign gt3_28 = \$2562  | sat28[3];
+  assign \$2563  = ~ sat29[3];
+  assign \$2564  = \$2563  & sat29[2];
+  assign gt3_29 = \$2564  | sat29[3];
+  assign \$2565  = ~ sat30[3];
+  assign \$2566  = \$2565  & sat30[2];
+  assign gt3_30 = \$2566  | sat30[3];
+  assign \$2567  = ~ sat31[3];
+  assign \$2568  = \$2567  & sat31[2];
+  assign gt3_31 = \$2568  | sat31[3];
+  assign \$2569  = ~ sat32[3];
+  assign \$2570  = \$2569  & sat32[2];
+  assign gt3_32 = \$2570  | sat32[3];
+  assign \$2571  = ~ sat33[3];
+  assign \$2572  = \$2571  & sat33[2];
+  assign gt3_33 = \$2572  | sat33[3];
+  assign \$2573  = ~ sat34[3];
+  assign \$2574  = \$2573  & sat34[2];
+  assign gt3_34 = \$2574  | sat34[3];
+  assign \$2575  = ~ sat35[3];
+  assign \$2576  = \$2575  & sat35[2];
+  assign gt3_35 = \$2576  | sat35[3];
+  assign \$2577  = ~ gt3_0;
+  assign \$2578  = gt3_1 & \$2577 ;
+  assign \$2579  = \$2578  ? 1'h1 : 1'h0;
+  assign \$2580  = ~ gt3_1;
+  assign \$2581  = gt3_2 & \$2580 ;
+  assign \$2582  = \$2581  ? 2'h2 : 2'h0;
+  assign \$2583  = { 1'h0, \$2579  } | \$2582 ;
+  assign \$2584  = ~ gt3_2;
+  assign \$2585  = gt3_3 & \$2584 ;
+  assign \$2586  = \$2585  ? 2'h3 : 2'h0;
+  assign \$2587  = ~ gt3_3;
+  assign \$2588  = gt3_4 & \$2587 ;
+  assign \$2589  = \$2588  ? 3'h4 : 3'h0;
+  assign \$2590  = { 1'h0, \$2586  } | \$2589 ;
+  assign \$2591  = { 1'h0, \$2583  } | \$2590 ;
+  assign \$2592  = ~ gt3_4;
+  assign \$2593  = gt3_5 & \$2592 ;
+  assign \$2594  = \$2593  ? 3'h5 : 3'h0;
+  assign \$2595  = ~ gt3_5;
+  assign \$2596  = gt3_6 & \$2595 ;
+  assign \$2597  = \$2596  ? 3'h6 : 3'h0;
+  assign \$2598  = \$2594  | \$2597 ;
+  assign \$2599  = ~ gt3_6;
+  assign \$2600  = gt3_7 & \$2599 ;
+  assign \$2601  = \$2600  ? 3'h7 : 3'h0;
+  assign \$2602  = ~ gt3_7;
+  assign \$2603  = gt3_8 & \$2602 ;
+  assign \$2604  = \$2603  ? 4'h8 : 4'h0;
+  assign \$2605  = { 1'h0, \$2601  } | \$2604 ;
+  assign \$2606  = { 1'h0, \$2598  } | \$2605 ;
+  assign \$2607  = { 1'h0, \$2591  } | \$2606 ;
+  assign \$2608  = ~ gt3_8;
+  assign \$2609  = gt3_9 & \$2608 ;
+  assign \$2610  = \$2609  ? 4'h9 : 4'h0;
+  assign \$2611  = ~ gt3_9;
+  assign \$2612  = gt3_10 & \$2611 ;
+  assign \$2613  = \$2612  ? 4'ha : 4'h0;
+  assign \$2614  = \$2610  | \$2613 ;
+  assign \$2615  = ~ gt3_10;
+  assign \$2616  = gt3_11 & \$2615 ;
+  assign \$2617  = \$2616  ? 4'hb : 4'h0;
+  assign \$2618  = ~ gt3_11;
+  assign \$2619  = gt3_12 & \$2618 ;
+  assign \$2620  = \$2619  ? 4'hc : 4'h0;
+  assign \$2621  = \$2617  | \$2620 ;
+  assign \$2622  = \$2614  | \$2621 ;
+  assign \$2623  = ~ gt3_12;
+  assign \$2624  = gt3_13 & \$2623 ;
+  assign \$2625  = \$2624  ? 4'hd : 4'h0;
+  assign \$2626  = ~ gt3_13;
+  assign \$2627  = gt3_14 & \$2626 ;
+  assign \$2628  = \$2627  ? 4'he : 4'h0;
+  assign \$2629  = \$2625  | \$2628 ;
+  assign \$2630  = ~ gt3_14;
+  assign \$2631  = gt3_15 & \$2630 ;
+  assign \$2632  = \$2631  ? 4'hf : 4'h0;
+  assign \$2633  = ~ gt3_15;
+  assign \$2634  = gt3_16 & \$2633 ;
+  assign \$2635  = \$2634  ? 5'h10 : 5'h00;
+  assign \$2636  = { 1'h0, \$2632  } | \$2635 ;
+  assign \$2637  = { 1'h0, \$2629  } | \$2636 ;
+  assign \$2638  = { 1'h0, \$2622  } | \$2637 ;
+  assign \$2639  = { 1'h0, \$2607  } | \$2638 ;
+  assign \$2640  = ~ gt3_16;
+  assign \$2641  = gt3_17 & \$2640 ;
+  assign \$2642  = \$2641  ? 5'h11 : 5'h00;
+  assign \$2643  = ~ gt3_17;
+  assign \$2644  = gt3_18 & \$2643 ;
+  assign \$2645  = \$2644  ? 5'h12 : 5'h00;
+  assign \$2646  = \$2642  | \$2645 ;
+  assign \$2647  = ~ gt3_18;
+  assign \$2648  = gt3_19 & \$2647 ;
+  assign \$2649  = \$2648  ? 5'h13 : 5'h00;
+  assign \$2650  = ~ gt3_19;
+  assign \$2651  = gt3_20 & \$2650 ;
+  assign \$2652  = \$2651  ? 5'h14 : 5'h00;
+  assign \$2653  = \$2649  | \$2652 ;
+  assign \$2654  = \$2646  | \$2653 ;
+  assign \$2655  = ~ gt3_20;
+  assign \$2656  = gt3_21 & \$2655 ;
+  assign \$2657  = \$2656  ? 5'h15 : 5'h00;
+  assign \$2658  = ~ gt3_21;
+  assign \$2659  = gt3_22 & \$2658 ;
+  assign \$2660  = \$2659  ? 5'h16 : 5'h00;
+  assign \$2661  = \$2657  | \$2660 ;
+  assign \$2662  = ~ gt3_22;
+  assign \$2663  = gt3_23 & \$2662 ;
+  assign \$2664  = \$2663  ? 5'h17 : 5'h00;
+  assign \$2665  = ~ gt3_23;
+  assign \$2666  = gt3_24 & \$2665 ;
+  assign \$2667  = \$2666  ? 5'h18 : 5'h00;
+  assign \$2668  = \$2664  | \$2667 ;
+  assign \$2669  = \$2661  | \$2668 ;
+  assign \$2670  = \$2654  | \$2669 ;
+  assign \$2671  = ~ gt3_24;
+  assign \$2672  = gt3_25 & \$2671 ;
+  assign \$2673  = \$2672  ? 5'h19 : 5'h00;
+  assign \$2674  = ~ gt3_25;
+  assign \$2675  = gt3_26 & \$2674 ;
+  assign \$2676  = \$2675  ? 5'h1a : 5'h00;
+  assign \$2677  = \$2673  | \$2676 ;
+  assign \$2678  = ~ gt3_26;
+  assign \$2679  = gt3_27 & \$2678 ;
+  assign \$2680  = \$2679  ? 5'h1b : 5'h00;
+  assign \$2681  = ~ gt3_27;
+  assign \$2682  = gt3_28 & \$2681 ;
+  assign \$2683  = \$2682  ? 5'h1c : 5'h00;
+  assign \$2684  = \$2680  | \$2683 ;
+  assign \$2685  = \$2677  | \$2684 ;
+  assign \$2686  = ~ gt3_28;
+  assign \$2687  = gt3_29 & \$2686 ;
+  assign \$2688  = \$2687  ? 5'h1d : 5'h00;
+  assign \$2689  = ~ gt3_29;
+  assign \$2690  = gt3_30 & \$2689 ;
+  assign \$2691  = \$2690  ? 5'h1e : 5'h00;
+  assign \$2692  = \$2688  | \$2691 ;
+  assign \$2693  = ~ gt3_30;
+  assign \$2694  = gt3_31 & \$2693 ;
+  assign \$2695  = \$2694  ? 5'h1f : 5'h00;
+  assign \$2696  = ~ gt3_31;
+  assign \$2697  = gt3_32 & \$2696 ;
+  assign \$2698  = \$2697  ? 6'h20 : 6'h00;
+  assign \$2699  = { 1'h0, \$2695  } | \$2698 ;
+  assign \$2700  = { 1'h0, \$2692  } | \$2699 ;
+  assign \$2701  = { 1'h0, \$2685  } | \$2700 ;
+  assign \$2702  = { 1'h0, \$2670  } | \$2701 ;
+  assign \$2703  = { 1'h0, \$2639  } | \$2702 ;
+  assign \$2704  = ~ gt3_32;
+  assign \$2705  = gt3_33 & \$2704 ;
+  assign \$2706  = \$2705  ? 6'h21 : 6'h00;
+  assign \$2707  = ~ gt3_33;
+  assign \$2708  = gt3_34 & \$2707 ;
+  assign \$2709  = \$2708  ? 6'h22 : 6'h00;
+  assign \$2710  = \$2706  | \$2709 ;
+  assign \$2711  = ~ gt3_34;
+  assign \$2712  = gt3_35 & \$2711 ;
+  assign \$2713  = \$2712  ? 6'h23 : 6'h00;
+  assign \$2714  = \$2710  | \$2713 ;
+  assign gsel3 = \$2703  | \$2714 ;
+  assign \$2715  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2716  = ~ gt3_0;
+  assign \$2717  = gt3_1 & \$2716 ;
+  assign \$2718  = \$2717  ? mbeat0[31:16] : 16'h0000;
+  assign \$2719  = \$2715  | \$2718 ;
+  assign \$2720  = ~ gt3_1;
+  assign \$2721  = gt3_2 & \$2720 ;
+  assign \$2722  = \$2721  ? mbeat0[47:32] : 16'h0000;
+  assign \$2723  = ~ gt3_2;
+  assign \$2724  = gt3_3 & \$2723 ;
+  assign \$2725  = \$2724  ? mbeat0[63:48] : 16'h0000;
+  assign \$2726  = \$2722  | \$2725 ;
+  assign \$2727  = \$2719  | \$2726 ;
+  assign \$2728  = ~ gt3_3;
+  assign \$2729  = gt3_4 & \$2728 ;
+  assign \$2730  = \$2729  ? mbeat0[79:64] : 16'h0000;
+  assign \$2731  = ~ gt3_4;
+  assign \$2732  = gt3_5 & \$2731 ;
+  assign \$2733  = \$2732  ? mbeat0[95:80] : 16'h0000;
+  assign \$2734  = \$2730  | \$2733 ;
+  assign \$2735  = ~ gt3_5;
+  assign \$2736  = gt3_6 & \$2735 ;
+  assign \$2737  = \$2736  ? mbeat0[111:96] : 16'h0000;
+  assign \$2738  = ~ gt3_6;
+  assign \$2739  = gt3_7 & \$2738 ;
+  assign \$2740  = \$2739  ? mbeat0[127:112] : 16'h0000;
+  assign \$2741  = \$2737  | \$2740 ;
+  assign \$2742  = \$2734  | \$2741 ;
+  assign \$2743  = \$2727  | \$2742 ;
+  assign \$2744  = ~ gt3_7;
+  assign \$2745  = gt3_8 & \$2744 ;
+  assign \$2746  = \$2745  ? mbeat0[143:128] : 16'h0000;
+  assign \$2747  = ~ gt3_8;
+  assign \$2748  = gt3_9 & \$2747 ;
+  assign \$2749  = \$2748  ? mbeat0[159:144] : 16'h0000;
+  assign \$2750  = \$2746  | \$2749 ;
+  assign \$2751  = ~ gt3_9;
+  assign \$2752  = gt3_10 & \$2751 ;
+  assign \$2753  = \$2752  ? mbeat0[175:160] : 16'h0000;
+  assign \$2754  = ~ gt3_10;
+  assign \$2755  = gt3_11 & \$2754 ;
+  assign \$2756  = \$2755  ? mbeat0[191:176] : 16'h0000;
+  assign \$2757  = \$2753  | \$2756 ;
+  assign \$2758  = \$2750  | \$2757 ;
+  assign \$2759  = ~ gt3_11;
+  assign \$2760  = gt3_12 & \$2759 ;
+  assign \$2761  = \$2760  ? mbeat1[15:0] : 16'h0000;
+  assign \$2762  = ~ gt3_12;
+  assign \$2763  = gt3_13 & \$2762 ;
+  assign \$2764  = \$2763  ? mbeat1[31:16] : 16'h0000;
+  assign \$2765  = \$2761  | \$2764 ;
+  assign \$2766  = ~ gt3_13;
+  assign \$2767  = gt3_14 & \$2766 ;
+  assign \$2768  = \$2767  ? mbeat1[47:32] : 16'h0000;
+  assign \$2769  = ~ gt3_14;
+  assign \$2770  = gt3_15 & \$2769 ;
+  assign \$2771  = \$2770  ? mbeat1[63:48] : 16'h0000;
+  assign \$2772  = \$2768  | \$2771 ;
+  assign \$2773  = \$2765  | \$2772 ;
+  assign \$2774  = \$2758  | \$2773 ;
+  assign \$2775  = \$2743  | \$2774 ;
+  assign \$2776  = ~ gt3_15;
+  assign \$2777  = gt3_16 & \$2776 ;
+  assign \$2778  = \$2777  ? mbeat1[79:64] : 16'h0000;
+  assign \$2779  = ~ gt3_16;
+  assign \$2780  = gt3_17 & \$2779 ;
+  assign \$2781  = \$2780  ? mbeat1[95:80] : 16'h0000;
+  assign \$2782  = \$2778  | \$2781 ;
+  assign \$2783  = ~ gt3_17;
+  assign \$2784  = gt3_18 & \$2783 ;
+  assign \$2785  = \$2784  ? mbeat1[111:96] : 16'h0000;
+  assign \$2786  = ~ gt3_18;
+  assign \$2787  = gt3_19 & \$2786 ;
+  assign \$2788  = \$2787  ? mbeat1[127:112] : 16'h0000;
+  assign \$2789  = \$2785  | \$2788 ;
+  assign \$2790  = \$2782  | \$2789 ;
+  assign \$2791  = ~ gt3_19;
+  assign \$2792  = gt3_20 & \$2791 ;
+  assign \$2793  = \$2792  ? mbeat1[143:128] : 16'h0000;
+  assign \$2794  = ~ gt3_20;
+  assign \$2795  = gt3_21 & \$2794 ;
+  assign \$2796  = \$2795  ? mbeat1[159:144] : 16'h0000;
+  assign \$2797  = \$2793  | \$2796 ;
+  assign \$2798  = ~ gt3_21;
+  assign \$2799  = gt3_22 & \$2798 ;
+  assign \$2800  = \$2799  ? mbeat1[175:160] : 16'h0000;
+  assign \$2801  = ~ gt3_22;
+  assign \$2802  = gt3_23 & \$2801 ;
+  assign \$2803  = \$2802  ? mbeat1[191:176] : 16'h0000;
+  assign \$2804  = \$2800  | \$2803 ;
+  assign \$2805  = \$2797  | \$2804 ;
+  assign \$2806  = \$2790  | \$2805 ;
+  assign \$2807  = ~ gt3_23;
+  assign \$2808  = gt3_24 & \$2807 ;
+  assign \$2809  = \$2808  ? mbeat2[15:0] : 16'h0000;
+  assign \$2810  = ~ gt3_24;
+  assign \$2811  = gt3_25 & \$2810 ;
+  assign \$2812  = \$2811  ? mbeat2[31:16] : 16'h0000;
+  assign \$2813  = \$2809  | \$2812 ;
+  assign \$2814  = ~ gt3_25;
+  assign \$2815  = gt3_26 & \$2814 ;
+  assign \$2816  = \$2815  ? mbeat2[47:32] : 16'h0000;
+  assign \$2817  = ~ gt3_26;
+  assign \$2818  = gt3_27 & \$2817 ;
+  assign \$2819  = \$2818  ? mbeat2[63:48] : 16'h0000;
+  assign \$2820  = \$2816  | \$2819 ;
+  assign \$2821  = \$2813  | \$2820 ;
+  assign \$2822  = ~ gt3_27;
+  assign \$2823  = gt3_28 & \$2822 ;
+  assign \$2824  = \$2823  ? mbeat2[79:64] : 16'h0000;
+  assign \$2825  = ~ gt3_28;
+  assign \$2826  = gt3_29 & \$2825 ;
+  assign \$2827  = \$2826  ? mbeat2[95:80] : 16'h0000;
+  assign \$2828  = \$2824  | \$2827 ;
+  assign \$2829  = ~ gt3_29;
+  assign \$2830  = gt3_30 & \$2829 ;
+  assign \$2831  = \$2830  ? mbeat2[111:96] : 16'h0000;
+  assign \$2832  = ~ gt3_30;
+  assign \$2833  = gt3_31 & \$2832 ;
+  assign \$2834  = \$2833  ? mbeat2[127:112] : 16'h0000;
+  assign \$2835  = \$2831  | \$2834 ;
+  assign \$2836  = \$2828  | \$2835 ;
+  assign \$2837  = \$2821  | \$2836 ;
+  assign \$2838  = \$2806  | \$2837 ;
+  assign \$2839  = \$2775  | \$2838 ;
+  assign \$2840  = ~ gt3_31;
+  assign \$2841  = gt3_32 & \$2840 ;
+  assign \$2842  = \$2841  ? mbeat2[143:128] : 16'h0000;
+  assign \$2843  = ~ gt3_32;
+  assign \$2844  = gt3_33 & \$2843 ;
+  assign \$2845  = \$2844  ? mbeat2[159:144] : 16'h0000;
+  assign \$2846  = \$2842  | \$2845 ;
+  assign \$2847  = ~ gt3_33;
+  assign \$2848  = gt3_34 & \$2847 ;
+  assign \$2849  = \$2848  ? mbeat2[175:160] : 16'h0000;
+  assign \$2850  = ~ gt3_34;
+  assign \$2851  = gt3_35 & \$2850 ;
+  assign \$2852  = \$2851  ? mbeat2[191:176] : 16'h0000;
+  assign \$2853  = \$2849  | \$2852 ;
+  assign \$2854  = \$2846  | \$2853 ;
+  assign grp3 = \$2839  | \$2854 ;
+  assign \$2855  = gt3_0 ? Rm1[3:0] : 4'h0;
+  assign \$2856  = ~ gt3_0;
+  assign \$2857  = gt3_1 & \$2856 ;
+  assign \$2858  = \$2857  ? R0[3:0] : 4'h0;
+  assign \$2859  = \$2855  | \$2858 ;
+  assign \$2860  = ~ gt3_1;
+  assign \$2861  = gt3_2 & \$2860 ;
+  assign \$2862  = \$2861  ? R1[3:0] : 4'h0;
+  assign \$2863  = ~ gt3_2;
+  assign \$2864  = gt3_3 & \$2863 ;
+  assign \$2865  = \$2864  ? R2[3:0] : 4'h0;
+  assign \$2866  = \$2862  | \$2865 ;
+  assign \$2867  = \$2859  | \$2866 ;
+  assign \$2868  = ~ gt3_3;
+  assign \$2869  = gt3_4 & \$2868 ;
+  assign \$2870  = \$2869  ? R3[3:0] : 4'h0;
+  assign \$2871  = ~ gt3_4;
+  assign \$2872  = gt3_5 & \$2871 ;
+  assign \$2873  = \$2872  ? R4[3:0] : 4'h0;
   assign \$2874  = \$2870  | \$2873 ;
-  assign \$2875  = ~ gt3_1;
-  assign \$2876  = gt3_2 & \$2875 ;
-  assign \$2877  = \$2876  ? mbeat0[47:32] : 16'h0000;
-  assign \$2878  = ~ gt3_2;
-  assign \$2879  = gt3_3 & \$2878 ;
-  assign \$2880  = \$2879  ? mbeat0[63:48] : 16'h0000;
+  assign \$2875  = ~ gt3_5;
+  assign \$2876  = gt3_6 & \$2875 ;
+  assign \$2877  = \$2876  ? R5[3:0] : 4'h0;
+  assign \$2878  = ~ gt3_6;
+  assign \$2879  = gt3_7 & \$2878 ;
+  assign \$2880  = \$2879  ? R6[3:0] : 4'h0;
   assign \$2881  = \$2877  | \$2880 ;
   assign \$2882  = \$2874  | \$2881 ;
-  assign \$2883  = ~ gt3_3;
-  assign \$2884  = gt3_4 & \$2883 ;
-  assign \$2885  = \$2884  ? mbeat0[79:64] : 16'h0000;
-  assign \$2886  = ~ gt3_4;
-  assign \$2887  = gt3_5 & \$2886 ;
-  assign \$2888  = \$2887  ? mbeat0[95:80] : 16'h0000;
-  assign \$2889  = \$2885  | \$2888 ;
-  assign \$2890  = ~ gt3_5;
-  assign \$2891  = gt3_6 & \$2890 ;
-  assign \$2892  = \$2891  ? mbeat0[111:96] : 16'h0000;
-  assign \$2893  = ~ gt3_6;
-  assign \$2894  = gt3_7 & \$2893 ;
-  assign \$2895  = \$2894  ? mbeat0[127:112] : 16'h0000;
-  assign \$2896  = \$2892  | \$2895 ;
-  assign \$2897  = \$2889  | \$2896 ;
-  assign \$2898  = \$2882  | \$2897 ;
-  assign \$2899  = ~ gt3_7;
-  assign \$2900  = gt3_8 & \$2899 ;
-  assign \$2901  = \$2900  ? mbeat0[143:128] : 16'h0000;
-  assign \$2902  = ~ gt3_8;
-  assign \$2903  = gt3_9 & \$2902 ;
-  assign \$2904  = \$2903  ? mbeat0[159:144] : 16'h0000;
+  assign \$2883  = \$2867  | \$2882 ;
+  assign \$2884  = ~ gt3_7;
+  assign \$2885  = gt3_8 & \$2884 ;
+  assign \$2886  = \$2885  ? R7[3:0] : 4'h0;
+  assign \$2887  = ~ gt3_8;
+  assign \$2888  = gt3_9 & \$2887 ;
+  assign \$2889  = \$2888  ? R8[3:0] : 4'h0;
+  assign \$2890  = \$2886  | \$2889 ;
+  assign \$2891  = ~ gt3_9;
+  assign \$2892  = gt3_10 & \$2891 ;
+  assign \$2893  = \$2892  ? R9[3:0] : 4'h0;
+  assign \$2894  = ~ gt3_10;
+  assign \$2895  = gt3_11 & \$2894 ;
+  assign \$2896  = \$2895  ? R10[3:0] : 4'h0;
+  assign \$2897  = \$2893  | \$2896 ;
+  assign \$2898  = \$2890  | \$2897 ;
+  assign \$2899  = ~ gt3_11;
+  assign \$2900  = gt3_12 & \$2899 ;
+  assign \$2901  = \$2900  ? R11[3:0] : 4'h0;
+  assign \$2902  = ~ gt3_12;
+  assign \$2903  = gt3_13 & \$2902 ;
+  assign \$2904  = \$2903  ? R12[3:0] : 4'h0;
   assign \$2905  = \$2901  | \$2904 ;
-  assign \$2906  = ~ gt3_9;
-  assign \$2907  = gt3_10 & \$2906 ;
-  assign \$2908  = \$2907  ? mbeat0[175:160] : 16'h0000;
-  assign \$2909  = ~ gt3_10;
-  assign \$2910  = gt3_11 & \$2909 ;
-  assign \$2911  = \$2910  ? mbeat0[191:176] : 16'h0000;
+  assign \$2906  = ~ gt3_13;
+  assign \$2907  = gt3_14 & \$2906 ;
+  assign \$2908  = \$2907  ? R13[3:0] : 4'h0;
+  assign \$2909  = ~ gt3_14;
+  assign \$2910  = gt3_15 & \$2909 ;
+  assign \$2911  = \$2910  ? R14[3:0] : 4'h0;
   assign \$2912  = \$2908  | \$2911 ;
   assign \$2913  = \$2905  | \$2912 ;
-  assign \$2914  = ~ gt3_11;
-  assign \$2915  = gt3_12 & \$2914 ;
-  assign \$2916  = \$2915  ? mbeat1[15:0] : 16'h0000;
-  assign \$2917  = ~ gt3_12;
-  assign \$2918  = gt3_13 & \$2917 ;
-  assign \$2919  = \$2918  ? mbeat1[31:16] : 16'h0000;
-  assign \$2920  = \$2916  | \$2919 ;
-  assign \$2921  = ~ gt3_13;
-  assign \$2922  = gt3_14 & \$2921 ;
-  assign \$2923  = \$2922  ? mbeat1[47:32] : 16'h0000;
-  assign \$2924  = ~ gt3_14;
-  assign \$2925  = gt3_15 & \$2924 ;
-  assign \$2926  = \$2925  ? mbeat1[63:48] : 16'h0000;
-  assign \$2927  = \$2923  | \$2926 ;
-  assign \$2928  = \$2920  | \$2927 ;
-  assign \$2929  = \$2913  | \$2928 ;
-  assign \$2930  = \$2898  | \$2929 ;
-  assign \$2931  = ~ gt3_15;
-  assign \$2932  = gt3_16 & \$2931 ;
-  assign \$2933  = \$2932  ? mbeat1[79:64] : 16'h0000;
-  assign \$2934  = ~ gt3_16;
-  assign \$2935  = gt3_17 & \$2934 ;
-  assign \$2936  = \$2935  ? mbeat1[95:80] : 16'h0000;
+  assign \$2914  = \$2898  | \$2913 ;
+  assign \$2915  = \$2883  | \$2914 ;
+  assign \$2916  = ~ gt3_15;
+  assign \$2917  = gt3_16 & \$2916 ;
+  assign \$2918  = \$2917  ? R15[3:0] : 4'h0;
+  assign \$2919  = ~ gt3_16;
+  assign \$2920  = gt3_17 & \$2919 ;
+  assign \$2921  = \$2920  ? R16[3:0] : 4'h0;
+  assign \$2922  = \$2918  | \$2921 ;
+  assign \$2923  = ~ gt3_17;
+  assign \$2924  = gt3_18 & \$2923 ;
+  assign \$2925  = \$2924  ? R17[3:0] : 4'h0;
+  assign \$2926  = ~ gt3_18;
+  assign \$2927  = gt3_19 & \$2926 ;
+  assign \$2928  = \$2927  ? R18[3:0] : 4'h0;
+  assign \$2929  = \$2925  | \$2928 ;
+  assign \$2930  = \$2922  | \$2929 ;
+  assign \$2931  = ~ gt3_19;
+  assign \$2932  = gt3_20 & \$2931 ;
+  assign \$2933  = \$2932  ? R19[3:0] : 4'h0;
+  assign \$2934  = ~ gt3_20;
+  assign \$2935  = gt3_21 & \$2934 ;
+  assign \$2936  = \$2935  ? R20[3:0] : 4'h0;
   assign \$2937  = \$2933  | \$2936 ;
-  assign \$2938  = ~ gt3_17;
-  assign \$2939  = gt3_18 & \$2938 ;
-  assign \$2940  = \$2939  ? mbeat1[111:96] : 16'h0000;
-  assign \$2941  = ~ gt3_18;
-  assign \$2942  = gt3_19 & \$2941 ;
-  assign \$2943  = \$2942  ? mbeat1[127:112] : 16'h0000;
+  assign \$2938  = ~ gt3_21;
+  assign \$2939  = gt3_22 & \$2938 ;
+  assign \$2940  = \$2939  ? R21[3:0] : 4'h0;
+  assign \$2941  = ~ gt3_22;
+  assign \$2942  = gt3_23 & \$2941 ;
+  assign \$2943  = \$2942  ? R22[3:0] : 4'h0;
   assign \$2944  = \$2940  | \$2943 ;
   assign \$2945  = \$2937  | \$2944 ;
-  assign \$2946  = ~ gt3_19;
-  assign \$2947  = gt3_20 & \$2946 ;
-  assign \$2948  = \$2947  ? mbeat1[143:128] : 16'h0000;
-  assign \$2949  = ~ gt3_20;
-  assign \$2950  = gt3_21 & \$2949 ;
-  assign \$2951  = \$2950  ? mbeat1[159:144] : 16'h0000;
-  assign \$2952  = \$2948  | \$2951 ;
-  assign \$2953  = ~ gt3_21;
-  assign \$2954  = gt3_22 & \$2953 ;
-  assign \$2955  = \$2954  ? mbeat1[175:160] : 16'h0000;
-  assign \$2956  = ~ gt3_22;
-  assign \$2957  = gt3_23 & \$2956 ;
-  assign \$2958  = \$2957  ? mbeat1[191:176] : 16'h0000;
-  assign \$2959  = \$2955  | \$2958 ;
-  assign \$2960  = \$2952  | \$2959 ;
-  assign \$2961  = \$2945  | \$2960 ;
-  assign \$2962  = ~ gt3_23;
-  assign \$2963  = gt3_24 & \$2962 ;
-  assign \$2964  = \$2963  ? mbeat2[15:0] : 16'h0000;
-  assign \$2965  = ~ gt3_24;
-  assign \$2966  = gt3_25 & \$2965 ;
-  assign \$2967  = \$2966  ? mbeat2[31:16] : 16'h0000;
+  assign \$2946  = \$2930  | \$2945 ;
+  assign \$2947  = ~ gt3_23;
+  assign \$2948  = gt3_24 & \$2947 ;
+  assign \$2949  = \$2948  ? R23[3:0] : 4'h0;
+  assign \$2950  = ~ gt3_24;
+  assign \$2951  = gt3_25 & \$2950 ;
+  assign \$2952  = \$2951  ? R24[3:0] : 4'h0;
+  assign \$2953  = \$2949  | \$2952 ;
+  assign \$2954  = ~ gt3_25;
+  assign \$2955  = gt3_26 & \$2954 ;
+  assign \$2956  = \$2955  ? R25[3:0] : 4'h0;
+  assign \$2957  = ~ gt3_26;
+  assign \$2958  = gt3_27 & \$2957 ;
+  assign \$2959  = \$2958  ? R26[3:0] : 4'h0;
+  assign \$2960  = \$2956  | \$2959 ;
+  assign \$2961  = \$2953  | \$2960 ;
+  assign \$2962  = ~ gt3_27;
+  assign \$2963  = gt3_28 & \$2962 ;
+  assign \$2964  = \$2963  ? R27[3:0] : 4'h0;
+  assign \$2965  = ~ gt3_28;
+  assign \$2966  = gt3_29 & \$2965 ;
+  assign \$2967  = \$2966  ? R28[3:0] : 4'h0;
   assign \$2968  = \$2964  | \$2967 ;
-  assign \$2969  = ~ gt3_25;
-  assign \$2970  = gt3_26 & \$2969 ;
-  assign \$2971  = \$2970  ? mbeat2[47:32] : 16'h0000;
-  assign \$2972  = ~ gt3_26;
-  assign \$2973  = gt3_27 & \$2972 ;
-  assign \$2974  = \$2973  ? mbeat2[63:48] : 16'h0000;
+  assign \$2969  = ~ gt3_29;
+  assign \$2970  = gt3_30 & \$2969 ;
+  assign \$2971  = \$2970  ? R29[3:0] : 4'h0;
+  assign \$2972  = ~ gt3_30;
+  assign \$2973  = gt3_31 & \$2972 ;
+  assign \$2974  = \$2973  ? R30[3:0] : 4'h0;
   assign \$2975  = \$2971  | \$2974 ;
   assign \$2976  = \$2968  | \$2975 ;
-  assign \$2977  = ~ gt3_27;
-  assign \$2978  = gt3_28 & \$2977 ;
-  assign \$2979  = \$2978  ? mbeat2[79:64] : 16'h0000;
-  assign \$2980  = ~ gt3_28;
-  assign \$2981  = gt3_29 & \$2980 ;
-  assign \$2982  = \$2981  ? mbeat2[95:80] : 16'h0000;
-  assign \$2983  = \$2979  | \$2982 ;
-  assign \$2984  = ~ gt3_29;
-  assign \$2985  = gt3_30 & \$2984 ;
-  assign \$2986  = \$2985  ? mbeat2[111:96] : 16'h0000;
-  assign \$2987  = ~ gt3_30;
-  assign \$2988  = gt3_31 & \$2987 ;
-  assign \$2989  = \$2988  ? mbeat2[127:112] : 16'h0000;
-  assign \$2990  = \$2986  | \$2989 ;
-  assign \$2991  = \$2983  | \$2990 ;
-  assign \$2992  = \$2976  | \$2991 ;
-  assign \$2993  = \$2961  | \$2992 ;
-  assign \$2994  = \$2930  | \$2993 ;
-  assign \$2995  = ~ gt3_31;
-  assign \$2996  = gt3_32 & \$2995 ;
-  assign \$2997  = \$2996  ? mbeat2[143:128] : 16'h0000;
-  assign \$2998  = ~ gt3_32;
-  assign \$2999  = gt3_33 & \$2998 ;
-  assign \$3000  = \$2999  ? mbeat2[159:144] : 16'h0000;
-  assign \$3001  = \$2997  | \$3000 ;
-  assign \$3002  = ~ gt3_33;
-  assign \$3003  = gt3_34 & \$3002 ;
-  assign \$3004  = \$3003  ? mbeat2[175:160] : 16'h0000;
-  assign \$3005  = ~ gt3_34;
-  assign \$3006  = gt3_35 & \$3005 ;
-  assign \$3007  = \$3006  ? mbeat2[191:176] : 16'h0000;
-  assign \$3008  = \$3004  | \$3007 ;
-  assign \$3009  = \$3001  | \$3008 ;
-  assign grp3 = \$2994  | \$3009 ;
-  assign \$3010  = gt3_0 ? Rm1[3:0] : 4'h0;
-  assign \$3011  = ~ gt3_0;
-  assign \$3012  = gt3_1 & \$3011 ;
-  assign \$3013  = \$3012  ? R0[3:0] : 4'h0;
-  assign \$3014  = \$3010  | \$3013 ;
-  assign \$3015  = ~ gt3_1;
-  assign \$3016  = gt3_2 & \$3015 ;
-  assign \$3017  = \$3016  ? R1[3:0] : 4'h0;
-  assign \$3018  = ~ gt3_2;
-  assign \$3019  = gt3_3 & \$3018 ;
-  assign \$3020  = \$3019  ? R2[3:0] : 4'h0;
+  assign \$2977  = \$2961  | \$2976 ;
+  assign \$2978  = \$2946  | \$2977 ;
+  assign \$2979  = \$2915  | \$2978 ;
+  assign \$2980  = ~ gt3_31;
+  assign \$2981  = gt3_32 & \$2980 ;
+  assign \$2982  = \$2981  ? R31[3:0] : 4'h0;
+  assign \$2983  = ~ gt3_32;
+  assign \$2984  = gt3_33 & \$2983 ;
+  assign \$2985  = \$2984  ? R32[3:0] : 4'h0;
+  assign \$2986  = \$2982  | \$2985 ;
+  assign \$2987  = ~ gt3_33;
+  assign \$2988  = gt3_34 & \$2987 ;
+  assign \$2989  = \$2988  ? R33[3:0] : 4'h0;
+  assign \$2990  = ~ gt3_34;
+  assign \$2991  = gt3_35 & \$2990 ;
+  assign \$2992  = \$2991  ? R34[3:0] : 4'h0;
+  assign \$2993  = \$2989  | \$2992 ;
+  assign \$2994  = \$2986  | \$2993 ;
+  assign dlow3 = \$2979  | \$2994 ;
+  assign \$2995  = ~ sat0[1];
+  assign \$2996  = \$2995  & sat0[2];
+  assign \$2997  = ~ sat0[3];
+  assign \$2998  = \$2997  & sat0[0];
+  assign \$2999  = \$2996  & \$2998 ;
+  assign \$3000  = ~ sat0[3];
+  assign \$3001  = sat0[2] & \$3000 ;
+  assign \$3002  = \$3001  & sat0[1];
+  assign \$3003  = \$2999  | \$3002 ;
+  assign gt4_0 = \$3003  | sat0[3];
+  assign \$3004  = ~ sat1[1];
+  assign \$3005  = \$3004  & sat1[2];
+  assign \$3006  = ~ sat1[3];
+  assign \$3007  = \$3006  & sat1[0];
+  assign \$3008  = \$3005  & \$3007 ;
+  assign \$3009  = ~ sat1[3];
+  assign \$3010  = sat1[2] & \$3009 ;
+  assign \$3011  = \$3010  & sat1[1];
+  assign \$3012  = \$3008  | \$3011 ;
+  assign gt4_1 = \$3012  | sat1[3];
+  assign \$3013  = ~ sat2[1];
+  assign \$3014  = \$3013  & sat2[2];
+  assign \$3015  = ~ sat2[3];
+  assign \$3016  = \$3015  & sat2[0];
+  assign \$3017  = \$3014  & \$3016 ;
+  assign \$3018  = ~ sat2[3];
+  assign \$3019  = sat2[2] & \$3018 ;
+  assign \$3020  = \$3019  & sat2[1];
   assign \$3021  = \$3017  | \$3020 ;
-  assign \$3022  = \$3014  | \$3021 ;
-  assign \$3023  = ~ gt3_3;
-  assign \$3024  = gt3_4 & \$3023 ;
-  assign \$3025  = \$3024  ? R3[3:0] : 4'h0;
-  assign \$3026  = ~ gt3_4;
-  assign \$3027  = gt3_5 & \$3026 ;
-  assign \$3028  = \$3027  ? R4[3:0] : 4'h0;
-  assign \$3029  = \$3025  | \$3028 ;
-  assign \$3030  = ~ gt3_5;
-  assign \$3031  = gt3_6 & \$3030 ;
-  assign \$3032  = \$3031  ? R5[3:0] : 4'h0;
-  assign \$3033  = ~ gt3_6;
-  assign \$3034  = gt3_7 & \$3033 ;
-  assign \$3035  = \$3034  ? R6[3:0] : 4'h0;
-  assign \$3036  = \$3032  | \$3035 ;
-  assign \$3037  = \$3029  | \$3036 ;
-  assign \$3038  = \$3022  | \$3037 ;
-  assign \$3039  = ~ gt3_7;
-  assign \$3040  = gt3_8 & \$3039 ;
-  assign \$3041  = \$3040  ? R7[3:0] : 4'h0;
-  assign \$3042  = ~ gt3_8;
-  assign \$3043  = gt3_9 & \$3042 ;
-  assign \$3044  = \$3043  ? R8[3:0] : 4'h0;
-  assign \$3045  = \$3041  | \$3044 ;
-  assign \$3046  = ~ gt3_9;
-  assign \$3047  = gt3_10 & \$3046 ;
-  assign \$3048  = \$3047  ? R9[3:0] : 4'h0;
-  assign \$3049  = ~ gt3_10;
-  assign \$3050  = gt3_11 & \$3049 ;
-  assign \$3051  = \$3050  ? R10[3:0] : 4'h0;
-  assign \$3052  = \$3048  | \$3051 ;
-  assign \$3053  = \$3045  | \$3052 ;
-  assign \$3054  = ~ gt3_11;
-  assign \$3055  = gt3_12 & \$3054 ;
-  assign \$3056  = \$3055  ? R11[3:0] : 4'h0;
-  assign \$3057  = ~ gt3_12;
-  assign \$3058  = gt3_13 & \$3057 ;
-  assign \$3059  = \$3058  ? R12[3:0] : 4'h0;
-  assign \$3060  = \$3056  | \$3059 ;
-  assign \$3061  = ~ gt3_13;
-  assign \$3062  = gt3_14 & \$3061 ;
-  assign \$3063  = \$3062  ? R13[3:0] : 4'h0;
-  assign \$3064  = ~ gt3_14;
-  assign \$3065  = gt3_15 & \$3064 ;
-  assign \$3066  = \$3065  ? R14[3:0] : 4'h0;
-  assign \$3067  = \$3063  | \$3066 ;
-  assign \$3068  = \$3060  | \$3067 ;
-  assign \$3069  = \$3053  | \$3068 ;
-  assign \$3070  = \$3038  | \$3069 ;
-  assign \$3071  = ~ gt3_15;
-  assign \$3072  = gt3_16 & \$3071 ;
-  assign \$3073  = \$3072  ? R15[3:0] : 4'h0;
-  assign \$3074  = ~ gt3_16;
-  assign \$3075  = gt3_17 & \$3074 ;
-  assign \$3076  = \$3075  ? R16[3:0] : 4'h0;
-  assign \$3077  = \$3073  | \$3076 ;
-  assign \$3078  = ~ gt3_17;
-  assign \$3079  = gt3_18 & \$3078 ;
-  assign \$3080  = \$3079  ? R17[3:0] : 4'h0;
-  assign \$3081  = ~ gt3_18;
-  assign \$3082  = gt3_19 & \$3081 ;
-  assign \$3083  = \$3082  ? R18[3:0] : 4'h0;
+  assign gt4_2 = \$3021  | sat2[3];
+  assign \$3022  = ~ sat3[1];
+  assign \$3023  = \$3022  & sat3[2];
+  assign \$3024  = ~ sat3[3];
+  assign \$3025  = \$3024  & sat3[0];
+  assign \$3026  = \$3023  & \$3025 ;
+  assign \$3027  = ~ sat3[3];
+  assign \$3028  = sat3[2] & \$3027 ;
+  assign \$3029  = \$3028  & sat3[1];
+  assign \$3030  = \$3026  | \$3029 ;
+  assign gt4_3 = \$3030  | sat3[3];
+  assign \$3031  = ~ sat4[1];
+  assign \$3032  = \$3031  & sat4[2];
+  assign \$3033  = ~ sat4[3];
+  assign \$3034  = \$3033  & sat4[0];
+  assign \$3035  = \$3032  & \$3034 ;
+  assign \$3036  = ~ sat4[3];
+  assign \$3037  = sat4[2] & \$3036 ;
+  assign \$3038  = \$3037  & sat4[1];
+  assign \$3039  = \$3035  | \$3038 ;
+  assign gt4_4 = \$3039  | sat4[3];
+  assign \$3040  = ~ sat5[1];
+  assign \$3041  = \$3040  & sat5[2];
+  assign \$3042  = ~ sat5[3];
+  assign \$3043  = \$3042  & sat5[0];
+  assign \$3044  = \$3041  & \$3043 ;
+  assign \$3045  = ~ sat5[3];
+  assign \$3046  = sat5[2] & \$3045 ;
+  assign \$3047  = \$3046  & sat5[1];
+  assign \$3048  = \$3044  | \$3047 ;
+  assign gt4_5 = \$3048  | sat5[3];
+  assign \$3049  = ~ sat6[1];
+  assign \$3050  = \$3049  & sat6[2];
+  assign \$3051  = ~ sat6[3];
+  assign \$3052  = \$3051  & sat6[0];
+  assign \$3053  = \$3050  & \$3052 ;
+  assign \$3054  = ~ sat6[3];
+  assign \$3055  = sat6[2] & \$3054 ;
+  assign \$3056  = \$3055  & sat6[1];
+  assign \$3057  = \$3053  | \$3056 ;
+  assign gt4_6 = \$3057  | sat6[3];
+  assign \$3058  = ~ sat7[1];
+  assign \$3059  = \$3058  & sat7[2];
+  assign \$3060  = ~ sat7[3];
+  assign \$3061  = \$3060  & sat7[0];
+  assign \$3062  = \$3059  & \$3061 ;
+  assign \$3063  = ~ sat7[3];
+  assign \$3064  = sat7[2] & \$3063 ;
+  assign \$3065  = \$3064  & sat7[1];
+  assign \$3066  = \$3062  | \$3065 ;
+  assign gt4_7 = \$3066  | sat7[3];
+  assign \$3067  = ~ sat8[1];
+  assign \$3068  = \$3067  & sat8[2];
+  assign \$3069  = ~ sat8[3];
+  assign \$3070  = \$3069  & sat8[0];
+  assign \$3071  = \$3068  & \$3070 ;
+  assign \$3072  = ~ sat8[3];
+  assign \$3073  = sat8[2] & \$3072 ;
+  assign \$3074  = \$3073  & sat8[1];
+  assign \$3075  = \$3071  | \$3074 ;
+  assign gt4_8 = \$3075  | sat8[3];
+  assign \$3076  = ~ sat9[1];
+  assign \$3077  = \$3076  & sat9[2];
+  assign \$3078  = ~ sat9[3];
+  assign \$3079  = \$3078  & sat9[0];
+  assign \$3080  = \$3077  & \$3079 ;
+  assign \$3081  = ~ sat9[3];
+  assign \$3082  = sat9[2] & \$3081 ;
+  assign \$3083  = \$3082  & sat9[1];
   assign \$3084  = \$3080  | \$3083 ;
-  assign \$3085  = \$3077  | \$3084 ;
-  assign \$3086  = ~ gt3_19;
-  assign \$3087  = gt3_20 & \$3086 ;
-  assign \$3088  = \$3087  ? R19[3:0] : 4'h0;
-  assign \$3089  = ~ gt3_20;
-  assign \$3090  = gt3_21 & \$3089 ;
-  assign \$3091  = \$3090  ? R20[3:0] : 4'h0;
-  assign \$3092  = \$3088  | \$3091 ;
-  assign \$3093  = ~ gt3_21;
-  assign \$3094  = gt3_22 & \$3093 ;
-  assign \$3095  = \$3094  ? R21[3:0] : 4'h0;
-  assign \$3096  = ~ gt3_22;
-  assign \$3097  = gt3_23 & \$3096 ;
-  assign \$3098  = \$3097  ? R22[3:0] : 4'h0;
-  assign \$3099  = \$3095  | \$3098 ;
-  assign \$3100  = \$3092  | \$3099 ;
-  assign \$3101  = \$3085  | \$3100 ;
-  assign \$3102  = ~ gt3_23;
-  assign \$3103  = gt3_24 & \$3102 ;
-  assign \$3104  = \$3103  ? R23[3:0] : 4'h0;
-  assign \$3105  = ~ gt3_24;
-  assign \$3106  = gt3_25 & \$3105 ;
-  assign \$3107  = \$3106  ? R24[3:0] : 4'h0;
-  assign \$3108  = \$3104  | \$3107 ;
-  assign \$3109  = ~ gt3_25;
-  assign \$3110  = gt3_26 & \$3109 ;
-  assign \$3111  = \$3110  ? R25[3:0] : 4'h0;
-  assign \$3112  = ~ gt3_26;
-  assign \$3113  = gt3_27 & \$3112 ;
-  assign \$3114  = \$3113  ? R26[3:0] : 4'h0;
-  assign \$3115  = \$3111  | \$3114 ;
-  assign \$3116  = \$3108  | \$3115 ;
-  assign \$3117  = ~ gt3_27;
-  assign \$3118  = gt3_28 & \$3117 ;
-  assign \$3119  = \$3118  ? R27[3:0] : 4'h0;
-  assign \$3120  = ~ gt3_28;
-  assign \$3121  = gt3_29 & \$3120 ;
-  assign \$3122  = \$3121  ? R28[3:0] : 4'h0;
-  assign \$3123  = \$3119  | \$3122 ;
-  assign \$3124  = ~ gt3_29;
-  assign \$3125  = gt3_30 & \$3124 ;
-  assign \$3126  = \$3125  ? R29[3:0] : 4'h0;
-  assign \$3127  = ~ gt3_30;
-  assign \$3128  = gt3_31 & \$3127 ;
-  assign \$3129  = \$3128  ? R30[3:0] : 4'h0;
-  assign \$3130  = \$3126  | \$3129 ;
-  assign \$3131  = \$3123  | \$3130 ;
-  assign \$3132  = \$3116  | \$3131 ;
-  assign \$3133  = \$3101  | \$3132 ;
-  assign \$3134  = \$3070  | \$3133 ;
-  assign \$3135  = ~ gt3_31;
-  assign \$3136  = gt3_32 & \$3135 ;
-  assign \$3137  = \$3136  ? R31[3:0] : 4'h0;
-  assign \$3138  = ~ gt3_32;
-  assign \$3139  = gt3_33 & \$3138 ;
-  assign \$3140  = \$3139  ? R32[3:0] : 4'h0;
-  assign \$3141  = \$3137  | \$3140 ;
-  assign \$3142  = ~ gt3_33;
-  assign \$3143  = gt3_34 & \$3142 ;
-  assign \$3144  = \$3143  ? R33[3:0] : 4'h0;
-  assign \$3145  = ~ gt3_34;
-  assign \$3146  = gt3_35 & \$3145 ;
-  assign \$3147  = \$3146  ? R34[3:0] : 4'h0;
-  assign \$3148  = \$3144  | \$3147 ;
-  assign \$3149  = \$3141  | \$3148 ;
-  assign dlow3 = \$3134  | \$3149 ;
-  assign \$3150  = 2'h3 - dlow3;
-  assign \$3151  = grp3[0] + grp3[1];
-  assign \$3152  = grp3[2] + grp3[3];
-  assign \$3153  = \$3151  + \$3152 ;
-  assign \$3154  = grp3[4] + grp3[5];
-  assign \$3155  = grp3[6] + grp3[7];
-  assign \$3156  = \$3154  + \$3155 ;
-  assign ws3_c = \$3153  + \$3156 ;
-  assign ws3_lo = \$3150 [3:0] < ws3_c;
-  assign \$3157  = \$3150 [3:0] - ws3_c;
-  assign \$3158  = grp3[0] + grp3[1];
-  assign \$3159  = grp3[2] + grp3[3];
-  assign ws3l_c = \$3158  + \$3159 ;
-  assign ws3l_lo = \$3150 [2:0] < ws3l_c;
-  assign \$3160  = \$3150 [2:0] - ws3l_c;
-  assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
-  assign \$3161  = grp3[8] + grp3[9];
-  assign \$3162  = grp3[10] + grp3[11];
-  assign ws3h_c = \$3161  + \$3162 ;
-  assign ws3h_lo = \$3157 [2:0] < ws3h_c;
-  assign \$3163  = \$3157 [2:0] - ws3h_c;
-  assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
-  assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
-  assign lv3 = k > 2'h3;
-  assign \$3164  = k_cur <= 2'h3;
-  assign ln3 = finish & \$3164 ;
-  assign \$3165  = ln3 ? es_w : { rs_w[6], rs_w };
-  assign \$3166  = gsel3[5:2] - \$3165 [3:0];
-  assign \$3167  = ~ sat0[1];
-  assign \$3168  = \$3167  & sat0[2];
-  assign \$3169  = ~ sat0[3];
-  assign \$3170  = \$3169  & sat0[0];
-  assign \$3171  = \$3168  & \$3170 ;
-  assign \$3172  = ~ sat0[3];
-  assign \$3173  = sat0[2] & \$3172 ;
-  assign \$3174  = \$3173  & sat0[1];
-  assign \$3175  = \$3171  | \$3174 ;
-  assign gt4_0 = \$3175  | sat0[3];
-  assign \$3176  = ~ sat1[1];
-  assign \$3177  = \$3176  & sat1[2];
-  assign \$3178  = ~ sat1[3];
-  assign \$3179  = \$3178  & sat1[0];
-  assign \$3180  = \$3177  & \$3179 ;
-  assign \$3181  = ~ sat1[3];
-  assign \$3182  = sat1[2] & \$3181 ;
-  assign \$3183  = \$3182  & sat1[1];
-  assign \$3184  = \$3180  | \$3183 ;
-  assign gt4_1 = \$3184  | sat1[3];
-  assign \$3185  = ~ sat2[1];
-  assign \$3186  = \$3185  & sat2[2];
-  assign \$3187  = ~ sat2[3];
-  assign \$3188  = \$3187  & sat2[0];
-  assign \$3189  = \$3186  & \$3188 ;
-  assign \$3190  = ~ sat2[3];
-  assign \$3191  = sat2[2] & \$3190 ;
-  assign \$3192  = \$3191  & sat2[1];
-  assign \$3193  = \$3189  | \$3192 ;
-  assign gt4_2 = \$3193  | sat2[3];
-  assign \$3194  = ~ sat3[1];
-  assign \$3195  = \$3194  & sat3[2];
-  assign \$3196  = ~ sat3[3];
-  assign \$3197  = \$3196  & sat3[0];
-  assign \$3198  = \$3195  & \$3197 ;
-  assign \$3199  = ~ sat3[3];
-  assign \$3200  = sat3[2] & \$3199 ;
-  assign \$3201  = \$3200  & sat3[1];
-  assign \$3202  = \$3198  | \$3201 ;
-  assign gt4_3 = \$3202  | sat3[3];
-  assign \$3203  = ~ sat4[1];
-  assign \$3204  = \$3203  & sat4[2];
-  assign \$3205  = ~ sat4[3];
-  assign \$3206  = \$3205  & sat4[0];
-  assign \$3207  = \$3204  & \$3206 ;
-  assign \$3208  = ~ sat4[3];
-  assign \$3209  = sat4[2] & \$3208 ;
-  assign \$3210  = \$3209  & sat4[1];
-  assign \$3211  = \$3207  | \$3210 ;
-  assign gt4_4 = \$3211  | sat4[3];
-  assign \$3212  = ~ sat5[1];
-  assign \$3213  = \$3212  & sat5[2];
-  assign \$3214  = ~ sat5[3];
-  assign \$3215  = \$3214  & sat5[0];
-  assign \$3216  = \$3213  & \$3215 ;
-  assign \$3217  = ~ sat5[3];
-  assign \$3218  = sat5[2] & \$3217 ;
-  assign \$3219  = \$3218  & sat5[1];
-  assign \$3220  = \$3216  | \$3219 ;
-  assign gt4_5 = \$3220  | sat5[3];
-  assign \$3221  = ~ sat6[1];
-  assign \$3222  = \$3221  & sat6[2];
-  assign \$3223  = ~ sat6[3];
-  assign \$3224  = \$3223  & sat6[0];
-  assign \$3225  = \$3222  & \$3224 ;
-  assign \$3226  = ~ sat6[3];
-  assign \$3227  = sat6[2] & \$3226 ;
-  assign \$3228  = \$3227  & sat6[1];
-  assign \$3229  = \$3225  | \$3228 ;
-  assign gt4_6 = \$3229  | sat6[3];
-  assign \$3230  = ~ sat7[1];
-  assign \$3231  = \$3230  & sat7[2];
-  assign \$3232  = ~ sat7[3];
-  assign \$3233  = \$3232  & sat7[0];
-  assign \$3234  = \$3231  & \$3233 ;
-  assign \$3235  = ~ sat7[3];
-  assign \$3236  = sat7[2] & \$3235 ;
-  assign \$3237  = \$3236  & sat7[1];
-  assign \$3238  = \$3234  | \$3237 ;
-  assign gt4_7 = \$3238  | sat7[3];
-  assign \$3239  = ~ sat8[1];
-  assign \$3240  = \$3239  & sat8[2];
-  assign \$3241  = ~ sat8[3];
-  assign \$3242  = \$3241  & sat8[0];
-  assign \$3243  = \$3240  & \$3242 ;
-  assign \$3244  = ~ sat8[3];
-  assign \$3245  = sat8[2] & \$3244 ;
-  assign \$3246  = \$3245  & sat8[1];
-  assign \$3247  = \$3243  | \$3246 ;
-  assign gt4_8 = \$3247  | sat8[3];
-  assign \$3248  = ~ sat9[1];
-  assign \$3249  = \$3248  & sat9[2];
-  assign \$3250  = ~ sat9[3];
-  assign \$3251  = \$3250  & sat9[0];
-  assign \$3252  = \$3249  & \$3251 ;
-  assign \$3253  = ~ sat9[3];
-  assign \$3254  = sat9[2] & \$3253 ;
-  assign \$3255  = \$3254  & sat9[1];
-  assign \$3256  = \$3252  | \$3255 ;
-  assign gt4_9 = \$3256  | sat9[3];
-  assign \$3257  = ~ sat10[1];
-  assign \$3258  = \$3257  & sat10[2];
-  assign \$3259  = ~ sat10[3];
-  assign \$3260  = \$3259  & sat10[0];
-  assign \$3261  = \$3258  & \$3260 ;
-  assign \$3262  = ~ sat10[3];
-  assign \$3263  = sat10[2] & \$3262 ;
-  assign \$3264  = \$3263  & sat10[1];
-  assign \$3265  = \$3261  | \$3264 ;
-  assign gt4_10 = \$3265  | sat10[3];
-  assign \$3266  = ~ sat11[1];
-  assign \$3267  = \$3266  & sat11[2];
-  assign \$3268  = ~ sat11[3];
-  assign \$3269  = \$3268  & sat11[0];
-  assign \$3270  = \$3267  & \$3269 ;
-  assign \$3271  = ~ sat11[3];
-  assign \$3272  = sat11[2] & \$3271 ;
-  assign \$3273  = \$3272  & sat11[1];
-  assign \$3274  = \$3270  | \$3273 ;
-  assign gt4_11 = \$3274  | sat11[3];
-  assign \$3275  = ~ sat12[1];
-  assign \$3276  = \$3275  & sat12[2];
-  assign \$3277  = ~ sat12[3];
-  assign \$3278  = \$3277  & sat12[0];
-  assign \$3279  = \$3276  & \$3278 ;
-  assign \$3280  = ~ sat12[3];
-  assign \$3281  = sat12[2] & \$3280 ;
-  assign \$3282  = \$3281  & sat12[1];
-  assign \$3283  = \$3279  | \$3282 ;
-  assign gt4_12 = \$3283  | sat12[3];
-  assign \$3284  = ~ sat13[1];
-  assign \$3285  = \$3284  & sat13[2];
-  assign \$3286  = ~ sat13[3];
-  assign \$3287  = \$3286  & sat13[0];
-  assign \$3288  = \$3285  & \$3287 ;
-  assign \$3289  = ~ sat13[3];
-  assign \$3290  = sat13[2] & \$3289 ;
-  assign \$3291  = \$3290  & sat13[1];
-  assign \$3292  = \$3288  | \$3291 ;
-  assign gt4_13 = \$3292  | sat13[3];
-  assign \$3293  = ~ sat14[1];
-  assign \$3294  = \$3293  & sat14[2];
-  assign \$3295  = ~ sat14[3];
-  assign \$3296  = \$3295  & sat14[0];
-  assign \$3297  = \$3294  & \$3296 ;
-  assign \$3298  = ~ sat14[3];
-  assign \$3299  = sat14[2] & \$3298 ;
-  assign \$3300  = \$3299  & sat14[1];
-  assign \$3301  = \$3297  | \$3300 ;
-  assign gt4_14 = \$3301  | sat14[3];
-  assign \$3302  = ~ sat15[1];
-  assign \$3303  = \$3302  & sat15[2];
-  assign \$3304  = ~ sat15[3];
-  assign \$3305  = \$3304  & sat15[0];
-  assign \$3306  = \$3303  & \$3305 ;
-  assign \$3307  = ~ sat15[3];
-  assign \$3308  = sat15[2] & \$3307 ;
-  assign \$3309  = \$3308  & sat15[1];
-  assign \$3310  = \$3306  | \$3309 ;
-  assign gt4_15 = \$3310  | sat15[3];
-  assign \$3311  = ~ sat16[1];
-  assign \$3312  = \$3311  & sat16[2];
-  assign \$3313  = ~ sat16[3];
-  assign \$3314  = \$3313  & sat16[0];
-  assign \$3315  = \$3312  & \$3314 ;
-  assign \$3316  = ~ sat16[3];
-  assign \$3317  = sat16[2] & \$3316 ;
-  assign \$3318  = \$3317  & sat16[1];
-  assign \$3319  = \$3315  | \$3318 ;
-  assign gt4_16 = \$3319  | sat16[3];
-  assign \$3320  = ~ sat17[1];
-  assign \$3321  = \$3320  & sat17[2];
-  assign \$3322  = ~ sat17[3];
-  assign \$3323  = \$3322  & sat17[0];
-  assign \$3324  = \$3321  & \$3323 ;
-  assign \$3325  = ~ sat17[3];
-  assign \$3326  = sat17[2] & \$3325 ;
-  assign \$3327  = \$3326  & sat17[1];
-  assign \$3328  = \$3324  | \$3327 ;
-  assign gt4_17 = \$3328  | sat17[3];
-  assign \$3329  = ~ sat18[1];
-  assign \$3330  = \$3329  & sat18[2];
-  assign \$3331  = ~ sat18[3];
-  assign \$3332  = \$3331  & sat18[0];
-  assign \$3333  = \$3330  & \$3332 ;
-  assign \$3334  = ~ sat18[3];
-  assign \$3335  = sat18[2] & \$3334 ;
-  assign \$3336  = \$3335  & sat18[1];
-  assign \$3337  = \$3333  | \$3336 ;
-  assign gt4_18 = \$3337  | sat18[3];
-  assign \$3338  = ~ sat19[1];
-  assign \$3339  = \$3338  & sat19[2];
-  assign \$3340  = ~ sat19[3];
-  assign \$3341  = \$3340  & sat19[0];
-  assign \$3342  = \$3339  & \$3341 ;
-  assign \$3343  = ~ sat19[3];
-  assign \$3344  = sat19[2] & \$3343 ;
-  assign \$3345  = \$3344  & sat19[1];
-  assign \$3346  = \$3342  | \$3345 ;
-  assign gt4_19 = \$3346  | sat19[3];
-  assign \$3347  = ~ sat20[1];
-  assign \$3348  = \$3347  & sat20[2];
-  assign \$3349  = ~ sat20[3];
-  assign \$3350  = \$3349  & sat20[0];
-  assign \$3351  = \$3348  & \$3350 ;
-  assign \$3352  = ~ sat20[3];
-  assign \$3353  = sat20[2] & \$3352 ;
-  assign \$3354  = \$3353  & sat20[1];
-  assign \$3355  = \$3351  | \$3354 ;
-  assign gt4_20 = \$3355  | sat20[3];
-  assign \$3356  = ~ sat21[1];
-  assign \$3357  = \$3356  & sat21[2];
-  assign \$3358  = ~ sat21[3];
-  assign \$3359  = \$3358  & sat21[0];
-  assign \$3360  = \$3357  & \$3359 ;
-  assign \$3361  = ~ sat21[3];
-  assign \$3362  = sat21[2] & \$3361 ;
-  assign \$3363  = \$3362  & sat21[1];
-  assign \$3364  = \$3360  | \$3363 ;
-  assign gt4_21 = \$3364  | sat21[3];
-  assign \$3365  = ~ sat22[1];
-  assign \$3366  = \$3365  & sat22[2];
-  assign \$3367  = ~ sat22[3];
-  assign \$3368  = \$3367  & sat22[0];
-  assign \$3369  = \$3366  & \$3368 ;
-  assign \$3370  = ~ sat22[3];
-  assign \$3371  = sat22[2] & \$3370 ;
-  assign \$3372  = \$3371  & sat22[1];
-  assign \$3373  = \$3369  | \$3372 ;
-  assign gt4_22 = \$3373  | sat22[3];
-  assign \$3374  = ~ sat23[1];
-  assign \$3375  = \$3374  & sat23[2];
-  assign \$3376  = ~ sat23[3];
-  assign \$3377  = \$3376  & sat23[0];
-  assign \$3378  = \$3375  & \$3377 ;
-  assign \$3379  = ~ sat23[3];
-  assign \$3380  = sat23[2] & \$3379 ;
-  assign \$3381  = \$3380  & sat23[1];
-  assign \$3382  = \$3378  | \$3381 ;
-  assign gt4_23 = \$3382  | sat23[3];
-  assign \$3383  = ~ sat24[1];
-  assign \$3384  = \$3383  & sat24[2];
-  assign \$3385  = ~ sat24[3];
-  assign \$3386  = \$3385  & sat24[0];
-  assign \$3387  = \$3384  & \$3386 ;
-  assign \$3388  = ~ sat24[3];
-  assign \$3389  = sat24[2] & \$3388 ;
-  assign \$3390  = \$3389  & sat24[1];
-  assign \$3391  = \$3387  | \$3390 ;
-  assign gt4_24 = \$3391  | sat24[3];
-  assign \$3392  = ~ sat25[1];
-  assign \$3393  = \$3392  & sat25[2];
-  assign \$3394  = ~ sat25[3];
-  assign \$3395  = \$3394  & sat25[0];
-  assign \$3396  = \$3393  & \$3395 ;
-  assign \$3397  = ~ sat25[3];
-  assign \$3398  = sat25[2] & \$3397 ;
-  assign \$3399  = \$3398  & sat25[1];
-  assign \$3400  = \$3396  | \$3399 ;
-  assign gt4_25 = \$3400  | sat25[3];
-  assign \$3401  = ~ sat26[1];
-  assign \$3402  = \$3401  & sat26[2];
-  assign \$3403  = ~ sat26[3];
-  assign \$3404  = \$3403  & sat26[0];
-  assign \$3405  = \$3402  & \$3404 ;
-  assign \$3406  = ~ sat26[3];
-  assign \$3407  = sat26[2] & \$3406 ;
-  assign \$3408  = \$3407  & sat26[1];
-  assign \$3409  = \$3405  | \$3408 ;
-  assign gt4_26 = \$3409  | sat26[3];
-  assign \$3410  = ~ sat27[1];
-  assign \$3411  = \$3410  & sat27[2];
-  assign \$3412  = ~ sat27[3];
-  assign \$3413  = \$3412  & sat27[0];
-  assign \$3414  = \$3411  & \$3413 ;
-  assign \$3415  = ~ sat27[3];
-  assign \$3416  = sat27[2] & \$3415 ;
-  assign \$3417  = \$3416  & sat27[1];
-  assign \$3418  = \$3414  | \$3417 ;
-  assign gt4_27 = \$3418  | sat27[3];
-  assign \$3419  = ~ sat28[1];
-  assign \$3420  = \$3419  & sat28[2];
-  assign \$3421  = ~ sat28[3];
-  assign \$3422  = \$3421  & sat28[0];
-  assign \$3423  = \$3420  & \$3422 ;
-  assign \$3424  = ~ sat28[3];
-  assign \$3425  = sat28[2] & \$3424 ;
-  assign \$3426  = \$3425  & sat28[1];
-  assign \$3427  = \$3423  | \$3426 ;
-  assign gt4_28 = \$3427  | sat28[3];
-  assign \$3428  = ~ sat29[1];
-  assign \$3429  = \$3428  & sat29[2];
-  assign \$3430  = ~ sat29[3];
-  assign \$3431  = \$3430  & sat29[0];
-  assign \$3432  = \$3429  & \$3431 ;
-  assign \$3433  = ~ sat29[3];
-  assign \$3434  = sat29[2] & \$3433 ;
-  assign \$3435  = \$3434  & sat29[1];
-  assign \$3436  = \$3432  | \$3435 ;
-  assign gt4_29 = \$3436  | sat29[3];
-  assign \$3437  = ~ sat30[1];
-  assign \$3438  = \$3437  & sat30[2];
-  assign \$3439  = ~ sat30[3];
-  assign \$3440  = \$3439  & sat30[0];
-  assign \$3441  = \$3438  & \$3440 ;
-  assign \$3442  = ~ sat30[3];
-  assign \$3443  = sat30[2] & \$3442 ;
-  assign \$3444  = \$3443  & sat30[1];
-  assign \$3445  = \$3441  | \$3444 ;
-  assign gt4_30 = \$3445  | sat30[3];
-  assign \$3446  = ~ sat31[1];
-  assign \$3447  = \$3446  & sat31[2];
-  assign \$3448  = ~ sat31[3];
-  assign \$3449  = \$3448  & sat31[0];
-  assign \$3450  = \$3447  & \$3449 ;
-  assign \$3451  = ~ sat31[3];
-  assign \$3452  = sat31[2] & \$3451 ;
-  assign \$3453  = \$3452  & sat31[1];
-  assign \$3454  = \$3450  | \$3453 ;
-  assign gt4_31 = \$3454  | sat31[3];
-  assign \$3455  = ~ sat32[1];
-  assign \$3456  = \$3455  & sat32[2];
-  assign \$3457  = ~ sat32[3];
-  assign \$3458  = \$3457  & sat32[0];
-  assign \$3459  = \$3456  & \$3458 ;
-  assign \$3460  = ~ sat32[3];
-  assign \$3461  = sat32[2] & \$3460 ;
-  assign \$3462  = \$3461  & sat32[1];
-  assign \$3463  = \$3459  | \$3462 ;
-  assign gt4_32 = \$3463  | sat32[3];
-  assign \$3464  = ~ sat33[1];
-  assign \$3465  = \$3464  & sat33[2];
-  assign \$3466  = ~ sat33[3];
-  assign \$3467  = \$3466  & sat33[0];
-  assign \$3468  = \$3465  & \$3467 ;
-  assign \$3469  = ~ sat33[3];
-  assign \$3470  = sat33[2] & \$3469 ;
-  assign \$3471  = \$3470  & sat33[1];
-  assign \$3472  = \$3468  | \$3471 ;
-  assign gt4_33 = \$3472  | sat33[3];
-  assign \$3473  = ~ sat34[1];
-  assign \$3474  = \$3473  & sat34[2];
-  assign \$3475  = ~ sat34[3];
-  assign \$3476  = \$3475  & sat34[0];
-  assign \$3477  = \$3474  & \$3476 ;
-  assign \$3478  = ~ sat34[3];
-  assign \$3479  = sat34[2] & \$3478 ;
-  assign \$3480  = \$3479  & sat34[1];
-  assign \$3481  = \$3477  | \$3480 ;
-  assign gt4_34 = \$3481  | sat34[3];
-  assign \$3482  = ~ sat35[1];
-  assign \$3483  = \$3482  & sat35[2];
-  assign \$3484  = ~ sat35[3];
-  assign \$3485  = \$3484  & sat35[0];
-  assign \$3486  = \$3483  & \$3485 ;
-  assign \$3487  = ~ sat35[3];
-  assign \$3488  = sat35[2] & \$3487 ;
-  assign \$3489  = \$3488  & sat35[1];
-  assign \$3490  = \$3486  | \$3489 ;
-  assign gt4_35 = \$3490  | sat35[3];
-  assign \$3491  = ~ gt4_0;
-  assign \$3492  = gt4_1 & \$3491 ;
-  assign \$3493  = \$3492  ? 1'h1 : 1'h0;
-  assign \$3494  = ~ gt4_1;
-  assign \$3495  = gt4_2 & \$3494 ;
-  assign \$3496  = \$3495  ? 2'h2 : 2'h0;
-  assign \$3497  = { 1'h0, \$3493  } | \$3496 ;
-  assign \$3498  = ~ gt4_2;
-  assign \$3499  = gt4_3 & \$3498 ;
-  assign \$3500  = \$3499  ? 2'h3 : 2'h0;
-  assign \$3501  = ~ gt4_3;
-  assign \$3502  = gt4_4 & \$3501 ;
-  assign \$3503  = \$3502  ? 3'h4 : 3'h0;
-  assign \$3504  = { 1'h0, \$3500  } | \$3503 ;
-  assign \$3505  = { 1'h0, \$3497  } | \$3504 ;
-  assign \$3506  = ~ gt4_4;
-  assign \$3507  = gt4_5 & \$3506 ;
-  assign \$3508  = \$3507  ? 3'h5 : 3'h0;
-  assign \$3509  = ~ gt4_5;
-  assign \$3510  = gt4_6 & \$3509 ;
-  assign \$3511  = \$3510  ? 3'h6 : 3'h0;
-  assign \$3512  = \$3508  | \$3511 ;
-  assign \$3513  = ~ gt4_6;
-  assign \$3514  = gt4_7 & \$3513 ;
-  assign \$3515  = \$3514  ? 3'h7 : 3'h0;
-  assign \$3516  = ~ gt4_7;
-  assign \$3517  = gt4_8 & \$3516 ;
-  assign \$3518  = \$3517  ? 4'h8 : 4'h0;
-  assign \$3519  = { 1'h0, \$3515  } | \$3518 ;
-  assign \$3520  = { 1'h0, \$3512  } | \$3519 ;
-  assign \$3521  = { 1'h0, \$3505  } | \$3520 ;
-  assign \$3522  = ~ gt4_8;
-  assign \$3523  = gt4_9 & \$3522 ;
-  assign \$3524  = \$3523  ? 4'h9 : 4'h0;
-  assign \$3525  = ~ gt4_9;
-  assign \$3526  = gt4_10 & \$3525 ;
-  assign \$3527  = \$3526  ? 4'ha : 4'h0;
-  assign \$3528  = \$3524  | \$3527 ;
-  assign \$3529  = ~ gt4_10;
-  assign \$3530  = gt4_11 & \$3529 ;
-  assign \$3531  = \$3530  ? 4'hb : 4'h0;
-  assign \$3532  = ~ gt4_11;
-  assign \$3533  = gt4_12 & \$3532 ;
-  assign \$3534  = \$3533  ? 4'hc : 4'h0;
-  assign \$3535  = \$3531  | \$3534 ;
-  assign \$3536  = \$3528  | \$3535 ;
-  assign \$3537  = ~ gt4_12;
-  assign \$3538  = gt4_13 & \$3537 ;
-  assign \$3539  = \$3538  ? 4'hd : 4'h0;
-  assign \$3540  = ~ gt4_13;
-  assign \$3541  = gt4_14 & \$3540 ;
-  assign \$3542  = \$3541  ? 4'he : 4'h0;
-  assign \$3543  = \$3539  | \$3542 ;
-  assign \$3544  = ~ gt4_14;
-  assign \$3545  = gt4_15 & \$3544 ;
-  assign \$3546  = \$3545  ? 4'hf : 4'h0;
-  assign \$3547  = ~ gt4_15;
-  assign \$3548  = gt4_16 & \$3547 ;
-  assign \$3549  = \$3548  ? 5'h10 : 5'h00;
-  assign \$3550  = { 1'h0, \$3546  } | \$3549 ;
-  assign \$3551  = { 1'h0, \$3543  } | \$3550 ;
-  assign \$3552  = { 1'h0, \$3536  } | \$3551 ;
-  assign \$3553  = { 1'h0, \$3521  } | \$3552 ;
-  assign \$3554  = ~ gt4_16;
-  assign \$3555  = gt4_17 & \$3554 ;
-  assign \$3556  = \$3555  ? 5'h11 : 5'h00;
-  assign \$3557  = ~ gt4_17;
-  assign \$3558  = gt4_18 & \$3557 ;
-  assign \$3559  = \$3558  ? 5'h12 : 5'h00;
-  assign \$3560  = \$3556  | \$3559 ;
-  assign \$3561  = ~ gt4_18;
-  assign \$3562  = gt4_19 & \$3561 ;
-  assign \$3563  = \$3562  ? 5'h13 : 5'h00;
-  assign \$3564  = ~ gt4_19;
-  assign \$3565  = gt4_20 & \$3564 ;
-  assign \$3566  = \$3565  ? 5'h14 : 5'h00;
-  assign \$3567  = \$3563  | \$3566 ;
-  assign \$3568  = \$3560  | \$3567 ;
-  assign \$3569  = ~ gt4_20;
-  assign \$3570  = gt4_21 & \$3569 ;
-  assign \$3571  = \$3570  ? 5'h15 : 5'h00;
-  assign \$3572  = ~ gt4_21;
-  assign \$3573  = gt4_22 & \$3572 ;
-  assign \$3574  = \$3573  ? 5'h16 : 5'h00;
-  assign \$3575  = \$3571  | \$3574 ;
-  assign \$3576  = ~ gt4_22;
-  assign \$3577  = gt4_23 & \$3576 ;
-  assign \$3578  = \$3577  ? 5'h17 : 5'h00;
-  assign \$3579  = ~ gt4_23;
-  assign \$3580  = gt4_24 & \$3579 ;
-  assign \$3581  = \$3580  ? 5'h18 : 5'h00;
-  assign \$3582  = \$3578  | \$3581 ;
-  assign \$3583  = \$3575  | \$3582 ;
-  assign \$3584  = \$3568  | \$3583 ;
-  assign \$3585  = ~ gt4_24;
-  assign \$3586  = gt4_25 & \$3585 ;
-  assign \$3587  = \$3586  ? 5'h19 : 5'h00;
-  assign \$3588  = ~ gt4_25;
-  assign \$3589  = gt4_26 & \$3588 ;
-  assign \$3590  = \$3589  ? 5'h1a : 5'h00;
-  assign \$3591  = \$3587  | \$3590 ;
-  assign \$3592  = ~ gt4_26;
-  assign \$3593  = gt4_27 & \$3592 ;
-  assign \$3594  = \$3593  ? 5'h1b : 5'h00;
-  assign \$3595  = ~ gt4_27;
-  assign \$3596  = gt4_28 & \$3595 ;
-  assign \$3597  = \$3596  ? 5'h1c : 5'h00;
-  assign \$3598  = \$3594  | \$3597 ;
-  assign \$3599  = \$3591  | \$3598 ;
-  assign \$3600  = ~ gt4_28;
-  assign \$3601  = gt4_29 & \$3600 ;
-  assign \$3602  = \$3601  ? 5'h1d : 5'h00;
-  assign \$3603  = ~ gt4_29;
-  assign \$3604  = gt4_30 & \$3603 ;
-  assign \$3605  = \$3604  ? 5'h1e : 5'h00;
-  assign \$3606  = \$3602  | \$3605 ;
-  assign \$3607  = ~ gt4_30;
-  assign \$3608  = gt4_31 & \$3607 ;
-  assign \$3609  = \$3608  ? 5'h1f : 5'h00;
-  assign \$3610  = ~ gt4_31;
-  assign \$3611  = gt4_32 & \$3610 ;
-  assign \$3612  = \$3611  ? 6'h20 : 6'h00;
-  assign \$3613  = { 1'h0, \$3609  } | \$3612 ;
-  assign \$3614  = { 1'h0, \$3606  } | \$3613 ;
-  assign \$3615  = { 1'h0, \$3599  } | \$3614 ;
-  assign \$3616  = { 1'h0, \$3584  } | \$3615 ;
-  assign \$3617  = { 1'h0, \$3553  } | \$3616 ;
-  assign \$3618  = ~ gt4_32;
-  assign \$3619  = gt4_33 & \$3618 ;
-  assign \$3620  = \$3619  ? 6'h21 : 6'h00;
-  assign \$3621  = ~ gt4_33;
-  assign \$3622  = gt4_34 & \$3621 ;
-  assign \$3623  = \$3622  ? 6'h22 : 6'h00;
-  assign \$3624  = \$3620  | \$3623 ;
-  assign \$3625  = ~ gt4_34;
-  assign \$3626  = gt4_35 & \$3625 ;
-  assign \$3627  = \$3626  ? 6'h23 : 6'h00;
-  assign \$3628  = \$3624  | \$3627 ;
-  assign gsel4 = \$3617  | \$3628 ;
-  assign \$3629  = gt4_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$3630  = ~ gt4_0;
-  assign \$3631  = gt4_1 & \$3630 ;
-  assign \$3632  = \$3631  ? mbeat0[31:16] : 16'h0000;
-  assign \$3633  = \$3629  | \$3632 ;
-  assign \$3634  = ~ gt4_1;
-  assign \$3635  = gt4_2 & \$3634 ;
-  assign \$3636  = \$3635  ? mbeat0[47:32] : 16'h0000;
-  assign \$3637  = ~ gt4_2;
-  assign \$3638  = gt4_3 & \$3637 ;
-  assign \$3639  = \$3638  ? mbeat0[63:48] : 16'h0000;
-  assign \$3640  = \$3636  | \$3639 ;
-  assign \$3641  = \$3633  | \$3640 ;
-  assign \$3642  = ~ gt4_3;
-  assign \$3643  = gt4_4 & \$3642 ;
-  assign \$3644  = \$3643  ? mbeat0[79:64] : 16'h0000;
-  assign \$3645  = ~ gt4_4;
-  assign \$3646  = gt4_5 & \$3645 ;
-  assign \$3647  = \$3646  ? mbeat0[95:80] : 16'h0000;
-  assign \$3648  = \$3644  | \$3647 ;
-  assign \$3649  = ~ gt4_5;
-  assign \$3650  = gt4_6 & \$3649 ;
-  assign \$3651  = \$3650  ? mbeat0[111:96] : 16'h0000;
-  assign \$3652  = ~ gt4_6;
-  assign \$3653  = gt4_7 & \$3652 ;
-  assign \$3654  = \$3653  ? mbeat0[127:112] : 16'h0000;
-  assign \$3655  = \$3651  | \$3654 ;
-  assign \$3656  = \$3648  | \$3655 ;
-  assign \$3657  = \$3641  | \$3656 ;
-  assign \$3658  = ~ gt4_7;
-  assign \$3659  = gt4_8 & \$3658 ;
-  assign \$3660  = \$3659  ? mbeat0[143:128] : 16'h0000;
-  assign \$3661  = ~ gt4_8;
-  assign \$3662  = gt4_9 & \$3661 ;
-  assign \$3663  = \$3662  ? mbeat0[159:144] : 16'h0000;
+  assign gt4_9 = \$3084  | sat9[3];
+  assign \$3085  = ~ sat10[1];
+  assign \$3086  = \$3085  & sat10[2];
+  assign \$3087  = ~ sat10[3];
+  assign \$3088  = \$3087  & sat10[0];
+  assign \$3089  = \$3086  & \$3088 ;
+  assign \$3090  = ~ sat10[3];
+  assign \$3091  = sat10[2] & \$3090 ;
+  assign \$3092  = \$3091  & sat10[1];
+  assign \$3093  = \$3089  | \$3092 ;
+  assign gt4_10 = \$3093  | sat10[3];
+  assign \$3094  = ~ sat11[1];
+  assign \$3095  = \$3094  & sat11[2];
+  assign \$3096  = ~ sat11[3];
+  assign \$3097  = \$3096  & sat11[0];
+  assign \$3098  = \$3095  & \$3097 ;
+  assign \$3099  = ~ sat11[3];
+  assign \$3100  = sat11[2] & \$3099 ;
+  assign \$3101  = \$3100  & sat11[1];
+  assign \$3102  = \$3098  | \$3101 ;
+  assign gt4_11 = \$3102  | sat11[3];
+  assign \$3103  = ~ sat12[1];
+  assign \$3104  = \$3103  & sat12[2];
+  assign \$3105  = ~ sat12[3];
+  assign \$3106  = \$3105  & sat12[0];
+  assign \$3107  = \$3104  & \$3106 ;
+  assign \$3108  = ~ sat12[3];
+  assign \$3109  = sat12[2] & \$3108 ;
+  assign \$3110  = \$3109  & sat12[1];
+  assign \$3111  = \$3107  | \$3110 ;
+  assign gt4_12 = \$3111  | sat12[3];
+  assign \$3112  = ~ sat13[1];
+  assign \$3113  = \$3112  & sat13[2];
+  assign \$3114  = ~ sat13[3];
+  assign \$3115  = \$3114  & sat13[0];
+  assign \$3116  = \$3113  & \$3115 ;
+  assign \$3117  = ~ sat13[3];
+  assign \$3118  = sat13[2] & \$3117 ;
+  assign \$3119  = \$3118  & sat13[1];
+  assign \$3120  = \$3116  | \$3119 ;
+  assign gt4_13 = \$3120  | sat13[3];
+  assign \$3121  = ~ sat14[1];
+  assign \$3122  = \$3121  & sat14[2];
+  assign \$3123  = ~ sat14[3];
+  assign \$3124  = \$3123  & sat14[0];
+  assign \$3125  = \$3122  & \$3124 ;
+  assign \$3126  = ~ sat14[3];
+  assign \$3127  = sat14[2] & \$3126 ;
+  assign \$3128  = \$3127  & sat14[1];
+  assign \$3129  = \$3125  | \$3128 ;
+  assign gt4_14 = \$3129  | sat14[3];
+  assign \$3130  = ~ sat15[1];
+  assign \$3131  = \$3130  & sat15[2];
+  assign \$3132  = ~ sat15[3];
+  assign \$3133  = \$3132  & sat15[0];
+  assign \$3134  = \$3131  & \$3133 ;
+  assign \$3135  = ~ sat15[3];
+  assign \$3136  = sat15[2] & \$3135 ;
+  assign \$3137  = \$3136  & sat15[1];
+  assign \$3138  = \$3134  | \$3137 ;
+  assign gt4_15 = \$3138  | sat15[3];
+  assign \$3139  = ~ sat16[1];
+  assign \$3140  = \$3139  & sat16[2];
+  assign \$3141  = ~ sat16[3];
+  assign \$3142  = \$3141  & sat16[0];
+  assign \$3143  = \$3140  & \$3142 ;
+  assign \$3144  = ~ sat16[3];
+  assign \$3145  = sat16[2] & \$3144 ;
+  assign \$3146  = \$3145  & sat16[1];
+  assign \$3147  = \$3143  | \$3146 ;
+  assign gt4_16 = \$3147  | sat16[3];
+  assign \$3148  = ~ sat17[1];
+  assign \$3149  = \$3148  & sat17[2];
+  assign \$3150  = ~ sat17[3];
+  assign \$3151  = \$3150  & sat17[0];
+  assign \$3152  = \$3149  & \$3151 ;
+  assign \$3153  = ~ sat17[3];
+  assign \$3154  = sat17[2] & \$3153 ;
+  assign \$3155  = \$3154  & sat17[1];
+  assign \$3156  = \$3152  | \$3155 ;
+  assign gt4_17 = \$3156  | sat17[3];
+  assign \$3157  = ~ sat18[1];
+  assign \$3158  = \$3157  & sat18[2];
+  assign \$3159  = ~ sat18[3];
+  assign \$3160  = \$3159  & sat18[0];
+  assign \$3161  = \$3158  & \$3160 ;
+  assign \$3162  = ~ sat18[3];
+  assign \$3163  = sat18[2] & \$3162 ;
+  assign \$3164  = \$3163  & sat18[1];
+  assign \$3165  = \$3161  | \$3164 ;
+  assign gt4_18 = \$3165  | sat18[3];
+  assign \$3166  = ~ sat19[1];
+  assign \$3167  = \$3166  & sat19[2];
+  assign \$3168  = ~ sat19[3];
+  assign \$3169  = \$3168  & sat19[0];
+  assign \$3170  = \$3167  & \$3169 ;
+  assign \$3171  = ~ sat19[3];
+  assign \$3172  = sat19[2] & \$3171 ;
+  assign \$3173  = \$3172  & sat19[1];
+  assign \$3174  = \$3170  | \$3173 ;
+  assign gt4_19 = \$3174  | sat19[3];
+  assign \$3175  = ~ sat20[1];
+  assign \$3176  = \$3175  & sat20[2];
+  assign \$3177  = ~ sat20[3];
+  assign \$3178  = \$3177  & sat20[0];
+  assign \$3179  = \$3176  & \$3178 ;
+  assign \$3180  = ~ sat20[3];
+  assign \$3181  = sat20[2] & \$3180 ;
+  assign \$3182  = \$3181  & sat20[1];
+  assign \$3183  = \$3179  | \$3182 ;
+  assign gt4_20 = \$3183  | sat20[3];
+  assign \$3184  = ~ sat21[1];
+  assign \$3185  = \$3184  & sat21[2];
+  assign \$3186  = ~ sat21[3];
+  assign \$3187  = \$3186  & sat21[0];
+  assign \$3188  = \$3185  & \$3187 ;
+  assign \$3189  = ~ sat21[3];
+  assign \$3190  = sat21[2] & \$3189 ;
+  assign \$3191  = \$3190  & sat21[1];
+  assign \$3192  = \$3188  | \$3191 ;
+  assign gt4_21 = \$3192  | sat21[3];
+  assign \$3193  = ~ sat22[1];
+  assign \$3194  = \$3193  & sat22[2];
+  assign \$3195  = ~ sat22[3];
+  assign \$3196  = \$3195  & sat22[0];
+  assign \$3197  = \$3194  & \$3196 ;
+  assign \$3198  = ~ sat22[3];
+  assign \$3199  = sat22[2] & \$3198 ;
+  assign \$3200  = \$3199  & sat22[1];
+  assign \$3201  = \$3197  | \$3200 ;
+  assign gt4_22 = \$3201  | sat22[3];
+  assign \$3202  = ~ sat23[1];
+  assign \$3203  = \$3202  & sat23[2];
+  assign \$3204  = ~ sat23[3];
+  assign \$3205  = \$3204  & sat23[0];
+  assign \$3206  = \$3203  & \$3205 ;
+  assign \$3207  = ~ sat23[3];
+  assign \$3208  = sat23[2] & \$3207 ;
+  assign \$3209  = \$3208  & sat23[1];
+  assign \$3210  = \$3206  | \$3209 ;
+  assign gt4_23 = \$3210  | sat23[3];
+  assign \$3211  = ~ sat24[1];
+  assign \$3212  = \$3211  & sat24[2];
+  assign \$3213  = ~ sat24[3];
+  assign \$3214  = \$3213  & sat24[0];
+  assign \$3215  = \$3212  & \$3214 ;
+  assign \$3216  = ~ sat24[3];
+  assign \$3217  = sat24[2] & \$3216 ;
+  assign \$3218  = \$3217  & sat24[1];
+  assign \$3219  = \$3215  | \$3218 ;
+  assign gt4_24 = \$3219  | sat24[3];
+  assign \$3220  = ~ sat25[1];
+  assign \$3221  = \$3220  & sat25[2];
+  assign \$3222  = ~ sat25[3];
+  assign \$3223  = \$3222  & sat25[0];
+  assign \$3224  = \$3221  & \$3223 ;
+  assign \$3225  = ~ sat25[3];
+  assign \$3226  = sat25[2] & \$3225 ;
+  assign \$3227  = \$3226  & sat25[1];
+  assign \$3228  = \$3224  | \$3227 ;
+  assign gt4_25 = \$3228  | sat25[3];
+  assign \$3229  = ~ sat26[1];
+  assign \$3230  = \$3229  & sat26[2];
+  assign \$3231  = ~ sat26[3];
+  assign \$3232  = \$3231  & sat26[0];
+  assign \$3233  = \$3230  & \$3232 ;
+  assign \$3234  = ~ sat26[3];
+  assign \$3235  = sat26[2] & \$3234 ;
+  assign \$3236  = \$3235  & sat26[1];
+  assign \$3237  = \$3233  | \$3236 ;
+  assign gt4_26 = \$3237  | sat26[3];
+  assign \$3238  = ~ sat27[1];
+  assign \$3239  = \$3238  & sat27[2];
+  assign \$3240  = ~ sat27[3];
+  assign \$3241  = \$3240  & sat27[0];
+  assign \$3242  = \$3239  & \$3241 ;
+  assign \$3243  = ~ sat27[3];
+  assign \$3244  = sat27[2] & \$3243 ;
+  assign \$3245  = \$3244  & sat27[1];
+  assign \$3246  = \$3242  | \$3245 ;
+  assign gt4_27 = \$3246  | sat27[3];
+  assign \$3247  = ~ sat28[1];
+  assign \$3248  = \$3247  & sat28[2];
+  assign \$3249  = ~ sat28[3];
+  assign \$3250  = \$3249  & sat28[0];
+  assign \$3251  = \$3248  & \$3250 ;
+  assign \$3252  = ~ sat28[3];
+  assign \$3253  = sat28[2] & \$3252 ;
+  assign \$3254  = \$3253  & sat28[1];
+  assign \$3255  = \$3251  | \$3254 ;
+  assign gt4_28 = \$3255  | sat28[3];
+  assign \$3256  = ~ sat29[1];
+  assign \$3257  = \$3256  & sat29[2];
+  assign \$3258  = ~ sat29[3];
+  assign \$3259  = \$3258  & sat29[0];
+  assign \$3260  = \$3257  & \$3259 ;
+  assign \$3261  = ~ sat29[3];
+  assign \$3262  = sat29[2] & \$3261 ;
+  assign \$3263  = \$3262  & sat29[1];
+  assign \$3264  = \$3260  | \$3263 ;
+  assign gt4_29 = \$3264  | sat29[3];
+  assign \$3265  = ~ sat30[1];
+  assign \$3266  = \$3265  & sat30[2];
+  assign \$3267  = ~ sat30[3];
+  assign \$3268  = \$3267  & sat30[0];
+  assign \$3269  = \$3266  & \$3268 ;
+  assign \$3270  = ~ sat30[3];
+  assign \$3271  = sat30[2] & \$3270 ;
+  assign \$3272  = \$3271  & sat30[1];
+  assign \$3273  = \$3269  | \$3272 ;
+  assign gt4_30 = \$3273  | sat30[3];
+  assign \$3274  = ~ sat31[1];
+  assign \$3275  = \$3274  & sat31[2];
+  assign \$3276  = ~ sat31[3];
+  assign \$3277  = \$3276  & sat31[0];
+  assign \$3278  = \$3275  & \$3277 ;
+  assign \$3279  = ~ sat31[3];
+  assign \$3280  = sat31[2] & \$3279 ;
+  assign \$3281  = \$3280  & sat31[1];
+  assign \$3282  = \$3278  | \$3281 ;
+  assign gt4_31 = \$3282  | sat31[3];
+  assign \$3283  = ~ sat32[1];
+  assign \$3284  = \$3283  & sat32[2];
+  assign \$3285  = ~ sat32[3];
+  assign \$3286  = \$3285  & sat32[0];
+  assign \$3287  = \$3284  & \$3286 ;
+  assign \$3288  = ~ sat32[3];
+  assign \$3289  = sat32[2] & \$3288 ;
+  assign \$3290  = \$3289  & sat32[1];
+  assign \$3291  = \$3287  | \$3290 ;
+  assign gt4_32 = \$3291  | sat32[3];
+  assign \$3292  = ~ sat33[1];
+  assign \$3293  = \$3292  & sat33[2];
+  assign \$3294  = ~ sat33[3];
+  assign \$3295  = \$3294  & sat33[0];
+  assign \$3296  = \$3293  & \$3295 ;
+  assign \$3297  = ~ sat33[3];
+  assign \$3298  = sat33[2] & \$3297 ;
+  assign \$3299  = \$3298  & sat33[1];
+  assign \$3300  = \$3296  | \$3299 ;
+  assign gt4_33 = \$3300  | sat33[3];
+  assign \$3301  = ~ sat34[1];
+  assign \$3302  = \$3301  & sat34[2];
+  assign \$3303  = ~ sat34[3];
+  assign \$3304  = \$3303  & sat34[0];
+  assign \$3305  = \$3302  & \$3304 ;
+  assign \$3306  = ~ sat34[3];
+  assign \$3307  = sat34[2] & \$3306 ;
+  assign \$3308  = \$3307  & sat34[1];
+  assign \$3309  = \$3305  | \$3308 ;
+  assign gt4_34 = \$3309  | sat34[3];
+  assign \$3310  = ~ sat35[1];
+  assign \$3311  = \$3310  & sat35[2];
+  assign \$3312  = ~ sat35[3];
+  assign \$3313  = \$3312  & sat35[0];
+  assign \$3314  = \$3311  & \$3313 ;
+  assign \$3315  = ~ sat35[3];
+  assign \$3316  = sat35[2] & \$3315 ;
+  assign \$3317  = \$3316  & sat35[1];
+  assign \$3318  = \$3314  | \$3317 ;
+  assign gt4_35 = \$3318  | sat35[3];
+  assign \$3319  = ~ gt4_0;
+  assign \$3320  = gt4_1 & \$3319 ;
+  assign \$3321  = \$3320  ? 1'h1 : 1'h0;
+  assign \$3322  = ~ gt4_1;
+  assign \$3323  = gt4_2 & \$3322 ;
+  assign \$3324  = \$3323  ? 2'h2 : 2'h0;
+  assign \$3325  = { 1'h0, \$3321  } | \$3324 ;
+  assign \$3326  = ~ gt4_2;
+  assign \$3327  = gt4_3 & \$3326 ;
+  assign \$3328  = \$3327  ? 2'h3 : 2'h0;
+  assign \$3329  = ~ gt4_3;
+  assign \$3330  = gt4_4 & \$3329 ;
+  assign \$3331  = \$3330  ? 3'h4 : 3'h0;
+  assign \$3332  = { 1'h0, \$3328  } | \$3331 ;
+  assign \$3333  = { 1'h0, \$3325  } | \$3332 ;
+  assign \$3334  = ~ gt4_4;
+  assign \$3335  = gt4_5 & \$3334 ;
+  assign \$3336  = \$3335  ? 3'h5 : 3'h0;
+  assign \$3337  = ~ gt4_5;
+  assign \$3338  = gt4_6 & \$3337 ;
+  assign \$3339  = \$3338  ? 3'h6 : 3'h0;
+  assign \$3340  = \$3336  | \$3339 ;
+  assign \$3341  = ~ gt4_6;
+  assign \$3342  = gt4_7 & \$3341 ;
+  assign \$3343  = \$3342  ? 3'h7 : 3'h0;
+  assign \$3344  = ~ gt4_7;
+  assign \$3345  = gt4_8 & \$3344 ;
+  assign \$3346  = \$3345  ? 4'h8 : 4'h0;
+  assign \$3347  = { 1'h0, \$3343  } | \$3346 ;
+  assign \$3348  = { 1'h0, \$3340  } | \$3347 ;
+  assign \$3349  = { 1'h0, \$3333  } | \$3348 ;
+  assign \$3350  = ~ gt4_8;
+  assign \$3351  = gt4_9 & \$3350 ;
+  assign \$3352  = \$3351  ? 4'h9 : 4'h0;
+  assign \$3353  = ~ gt4_9;
+  assign \$3354  = gt4_10 & \$3353 ;
+  assign \$3355  = \$3354  ? 4'ha : 4'h0;
+  assign \$3356  = \$3352  | \$3355 ;
+  assign \$3357  = ~ gt4_10;
+  assign \$3358  = gt4_11 & \$3357 ;
+  assign \$3359  = \$3358  ? 4'hb : 4'h0;
+  assign \$3360  = ~ gt4_11;
+  assign \$3361  = gt4_12 & \$3360 ;
+  assign \$3362  = \$3361  ? 4'hc : 4'h0;
+  assign \$3363  = \$3359  | \$3362 ;
+  assign \$3364  = \$3356  | \$3363 ;
+  assign \$3365  = ~ gt4_12;
+  assign \$3366  = gt4_13 & \$3365 ;
+  assign \$3367  = \$3366  ? 4'hd : 4'h0;
+  assign \$3368  = ~ gt4_13;
+  assign \$3369  = gt4_14 & \$3368 ;
+  assign \$3370  = \$3369  ? 4'he : 4'h0;
+  assign \$3371  = \$3367  | \$3370 ;
+  assign \$3372  = ~ gt4_14;
+  assign \$3373  = gt4_15 & \$3372 ;
+  assign \$3374  = \$3373  ? 4'hf : 4'h0;
+  assign \$3375  = ~ gt4_15;
+  assign \$3376  = gt4_16 & \$3375 ;
+  assign \$3377  = \$3376  ? 5'h10 : 5'h00;
+  assign \$3378  = { 1'h0, \$3374  } | \$3377 ;
+  assign \$3379  = { 1'h0, \$3371  } | \$3378 ;
+  assign \$3380  = { 1'h0, \$3364  } | \$3379 ;
+  assign \$3381  = { 1'h0, \$3349  } | \$3380 ;
+  assign \$3382  = ~ gt4_16;
+  assign \$3383  = gt4_17 & \$3382 ;
+  assign \$3384  = \$3383  ? 5'h11 : 5'h00;
+  assign \$3385  = ~ gt4_17;
+  assign \$3386  = gt4_18 & \$3385 ;
+  assign \$3387  = \$3386  ? 5'h12 : 5'h00;
+  assign \$3388  = \$3384  | \$3387 ;
+  assign \$3389  = ~ gt4_18;
+  assign \$3390  = gt4_19 & \$3389 ;
+  assign \$3391  = \$3390  ? 5'h13 : 5'h00;
+  assign \$3392  = ~ gt4_19;
+  assign \$3393  = gt4_20 & \$3392 ;
+  assign \$3394  = \$3393  ? 5'h14 : 5'h00;
+  assign \$3395  = \$3391  | \$3394 ;
+  assign \$3396  = \$3388  | \$3395 ;
+  assign \$3397  = ~ gt4_20;
+  assign \$3398  = gt4_21 & \$3397 ;
+  assign \$3399  = \$3398  ? 5'h15 : 5'h00;
+  assign \$3400  = ~ gt4_21;
+  assign \$3401  = gt4_22 & \$3400 ;
+  assign \$3402  = \$3401  ? 5'h16 : 5'h00;
+  assign \$3403  = \$3399  | \$3402 ;
+  assign \$3404  = ~ gt4_22;
+  assign \$3405  = gt4_23 & \$3404 ;
+  assign \$3406  = \$3405  ? 5'h17 : 5'h00;
+  assign \$3407  = ~ gt4_23;
+  assign \$3408  = gt4_24 & \$3407 ;
+  assign \$3409  = \$3408  ? 5'h18 : 5'h00;
+  assign \$3410  = \$3406  | \$3409 ;
+  assign \$3411  = \$3403  | \$3410 ;
+  assign \$3412  = \$3396  | \$3411 ;
+  assign \$3413  = ~ gt4_24;
+  assign \$3414  = gt4_25 & \$3413 ;
+  assign \$3415  = \$3414  ? 5'h19 : 5'h00;
+  assign \$3416  = ~ gt4_25;
+  assign \$3417  = gt4_26 & \$3416 ;
+  assign \$3418  = \$3417  ? 5'h1a : 5'h00;
+  assign \$3419  = \$3415  | \$3418 ;
+  assign \$3420  = ~ gt4_26;
+  assign \$3421  = gt4_27 & \$3420 ;
+  assign \$3422  = \$3421  ? 5'h1b : 5'h00;
+  assign \$3423  = ~ gt4_27;
+  assign \$3424  = gt4_28 & \$3423 ;
+  assign \$3425  = \$3424  ? 5'h1c : 5'h00;
+  assign \$3426  = \$3422  | \$3425 ;
+  assign \$3427  = \$3419  | \$3426 ;
+  assign \$3428  = ~ gt4_28;
+  assign \$3429  = gt4_29 & \$3428 ;
+  assign \$3430  = \$3429  ? 5'h1d : 5'h00;
+  assign \$3431  = ~ gt4_29;
+  assign \$3432  = gt4_30 & \$3431 ;
+  assign \$3433  = \$3432  ? 5'h1e : 5'h00;
+  assign \$3434  = \$3430  | \$3433 ;
+  assign \$3435  = ~ gt4_30;
+  assign \$3436  = gt4_31 & \$3435 ;
+  assign \$3437  = \$3436  ? 5'h1f : 5'h00;
+  assign \$3438  = ~ gt4_31;
+  assign \$3439  = gt4_32 & \$3438 ;
+  assign \$3440  = \$3439  ? 6'h20 : 6'h00;
+  assign \$3441  = { 1'h0, \$3437  } | \$3440 ;
+  assign \$3442  = { 1'h0, \$3434  } | \$3441 ;
+  assign \$3443  = { 1'h0, \$3427  } | \$3442 ;
+  assign \$3444  = { 1'h0, \$3412  } | \$3443 ;
+  assign \$3445  = { 1'h0, \$3381  } | \$3444 ;
+  assign \$3446  = ~ gt4_32;
+  assign \$3447  = gt4_33 & \$3446 ;
+  assign \$3448  = \$3447  ? 6'h21 : 6'h00;
+  assign \$3449  = ~ gt4_33;
+  assign \$3450  = gt4_34 & \$3449 ;
+  assign \$3451  = \$3450  ? 6'h22 : 6'h00;
+  assign \$3452  = \$3448  | \$3451 ;
+  assign \$3453  = ~ gt4_34;
+  assign \$3454  = gt4_35 & \$3453 ;
+  assign \$3455  = \$3454  ? 6'h23 : 6'h00;
+  assign \$3456  = \$3452  | \$3455 ;
+  assign gsel4 = \$3445  | \$3456 ;
+  assign \$3457  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3458  = ~ gt4_0;
+  assign \$3459  = gt4_1 & \$3458 ;
+  assign \$3460  = \$3459  ? mbeat0[31:16] : 16'h0000;
+  assign \$3461  = \$3457  | \$3460 ;
+  assign \$3462  = ~ gt4_1;
+  assign \$3463  = gt4_2 & \$3462 ;
+  assign \$3464  = \$3463  ? mbeat0[47:32] : 16'h0000;
+  assign \$3465  = ~ gt4_2;
+  assign \$3466  = gt4_3 & \$3465 ;
+  assign \$3467  = \$3466  ? mbeat0[63:48] : 16'h0000;
+  assign \$3468  = \$3464  | \$3467 ;
+  assign \$3469  = \$3461  | \$3468 ;
+  assign \$3470  = ~ gt4_3;
+  assign \$3471  = gt4_4 & \$3470 ;
+  assign \$3472  = \$3471  ? mbeat0[79:64] : 16'h0000;
+  assign \$3473  = ~ gt4_4;
+  assign \$3474  = gt4_5 & \$3473 ;
+  assign \$3475  = \$3474  ? mbeat0[95:80] : 16'h0000;
+  assign \$3476  = \$3472  | \$3475 ;
+  assign \$3477  = ~ gt4_5;
+  assign \$3478  = gt4_6 & \$3477 ;
+  assign \$3479  = \$3478  ? mbeat0[111:96] : 16'h0000;
+  assign \$3480  = ~ gt4_6;
+  assign \$3481  = gt4_7 & \$3480 ;
+  assign \$3482  = \$3481  ? mbeat0[127:112] : 16'h0000;
+  assign \$3483  = \$3479  | \$3482 ;
+  assign \$3484  = \$3476  | \$3483 ;
+  assign \$3485  = \$3469  | \$3484 ;
+  assign \$3486  = ~ gt4_7;
+  assign \$3487  = gt4_8 & \$3486 ;
+  assign \$3488  = \$3487  ? mbeat0[143:128] : 16'h0000;
+  assign \$3489  = ~ gt4_8;
+  assign \$3490  = gt4_9 & \$3489 ;
+  assign \$3491  = \$3490  ? mbeat0[159:144] : 16'h0000;
+  assign \$3492  = \$3488  | \$3491 ;
+  assign \$3493  = ~ gt4_9;
+  assign \$3494  = gt4_10 & \$3493 ;
+  assign \$3495  = \$3494  ? mbeat0[175:160] : 16'h0000;
+  assign \$3496  = ~ gt4_10;
+  assign \$3497  = gt4_11 & \$3496 ;
+  assign \$3498  = \$3497  ? mbeat0[191:176] : 16'h0000;
+  assign \$3499  = \$3495  | \$3498 ;
+  assign \$3500  = \$3492  | \$3499 ;
+  assign \$3501  = ~ gt4_11;
+  assign \$3502  = gt4_12 & \$3501 ;
+  assign \$3503  = \$3502  ? mbeat1[15:0] : 16'h0000;
+  assign \$3504  = ~ gt4_12;
+  assign \$3505  = gt4_13 & \$3504 ;
+  assign \$3506  = \$3505  ? mbeat1[31:16] : 16'h0000;
+  assign \$3507  = \$3503  | \$3506 ;
+  assign \$3508  = ~ gt4_13;
+  assign \$3509  = gt4_14 & \$3508 ;
+  assign \$3510  = \$3509  ? mbeat1[47:32] : 16'h0000;
+  assign \$3511  = ~ gt4_14;
+  assign \$3512  = gt4_15 & \$3511 ;
+  assign \$3513  = \$3512  ? mbeat1[63:48] : 16'h0000;
+  assign \$3514  = \$3510  | \$3513 ;
+  assign \$3515  = \$3507  | \$3514 ;
+  assign \$3516  = \$3500  | \$3515 ;
+  assign \$3517  = \$3485  | \$3516 ;
+  assign \$3518  = ~ gt4_15;
+  assign \$3519  = gt4_16 & \$3518 ;
+  assign \$3520  = \$3519  ? mbeat1[79:64] : 16'h0000;
+  assign \$3521  = ~ gt4_16;
+  assign \$3522  = gt4_17 & \$3521 ;
+  assign \$3523  = \$3522  ? mbeat1[95:80] : 16'h0000;
+  assign \$3524  = \$3520  | \$3523 ;
+  assign \$3525  = ~ gt4_17;
+  assign \$3526  = gt4_18 & \$3525 ;
+  assign \$3527  = \$3526  ? mbeat1[111:96] : 16'h0000;
+  assign \$3528  = ~ gt4_18;
+  assign \$3529  = gt4_19 & \$3528 ;
+  assign \$3530  = \$3529  ? mbeat1[127:112] : 16'h0000;
+  assign \$3531  = \$3527  | \$3530 ;
+  assign \$3532  = \$3524  | \$3531 ;
+  assign \$3533  = ~ gt4_19;
+  assign \$3534  = gt4_20 & \$3533 ;
+  assign \$3535  = \$3534  ? mbeat1[143:128] : 16'h0000;
+  assign \$3536  = ~ gt4_20;
+  assign \$3537  = gt4_21 & \$3536 ;
+  assign \$3538  = \$3537  ? mbeat1[159:144] : 16'h0000;
+  assign \$3539  = \$3535  | \$3538 ;
+  assign \$3540  = ~ gt4_21;
+  assign \$3541  = gt4_22 & \$3540 ;
+  assign \$3542  = \$3541  ? mbeat1[175:160] : 16'h0000;
+  assign \$3543  = ~ gt4_22;
+  assign \$3544  = gt4_23 & \$3543 ;
+  assign \$3545  = \$3544  ? mbeat1[191:176] : 16'h0000;
+  assign \$3546  = \$3542  | \$3545 ;
+  assign \$3547  = \$3539  | \$3546 ;
+  assign \$3548  = \$3532  | \$3547 ;
+  assign \$3549  = ~ gt4_23;
+  assign \$3550  = gt4_24 & \$3549 ;
+  assign \$3551  = \$3550  ? mbeat2[15:0] : 16'h0000;
+  assign \$3552  = ~ gt4_24;
+  assign \$3553  = gt4_25 & \$3552 ;
+  assign \$3554  = \$3553  ? mbeat2[31:16] : 16'h0000;
+  assign \$3555  = \$3551  | \$3554 ;
+  assign \$3556  = ~ gt4_25;
+  assign \$3557  = gt4_26 & \$3556 ;
+  assign \$3558  = \$3557  ? mbeat2[47:32] : 16'h0000;
+  assign \$3559  = ~ gt4_26;
+  assign \$3560  = gt4_27 & \$3559 ;
+  assign \$3561  = \$3560  ? mbeat2[63:48] : 16'h0000;
+  assign \$3562  = \$3558  | \$3561 ;
+  assign \$3563  = \$3555  | \$3562 ;
+  assign \$3564  = ~ gt4_27;
+  assign \$3565  = gt4_28 & \$3564 ;
+  assign \$3566  = \$3565  ? mbeat2[79:64] : 16'h0000;
+  assign \$3567  = ~ gt4_28;
+  assign \$3568  = gt4_29 & \$3567 ;
+  assign \$3569  = \$3568  ? mbeat2[95:80] : 16'h0000;
+  assign \$3570  = \$3566  | \$3569 ;
+  assign \$3571  = ~ gt4_29;
+  assign \$3572  = gt4_30 & \$3571 ;
+  assign \$3573  = \$3572  ? mbeat2[111:96] : 16'h0000;
+  assign \$3574  = ~ gt4_30;
+  assign \$3575  = gt4_31 & \$3574 ;
+  assign \$3576  = \$3575  ? mbeat2[127:112] : 16'h0000;
+  assign \$3577  = \$3573  | \$3576 ;
+  assign \$3578  = \$3570  | \$3577 ;
+  assign \$3579  = \$3563  | \$3578 ;
+  assign \$3580  = \$3548  | \$3579 ;
+  assign \$3581  = \$3517  | \$3580 ;
+  assign \$3582  = ~ gt4_31;
+  assign \$3583  = gt4_32 & \$3582 ;
+  assign \$3584  = \$3583  ? mbeat2[143:128] : 16'h0000;
+  assign \$3585  = ~ gt4_32;
+  assign \$3586  = gt4_33 & \$3585 ;
+  assign \$3587  = \$3586  ? mbeat2[159:144] : 16'h0000;
+  assign \$3588  = \$3584  | \$3587 ;
+  assign \$3589  = ~ gt4_33;
+  assign \$3590  = gt4_34 & \$3589 ;
+  assign \$3591  = \$3590  ? mbeat2[175:160] : 16'h0000;
+  assign \$3592  = ~ gt4_34;
+  assign \$3593  = gt4_35 & \$3592 ;
+  assign \$3594  = \$3593  ? mbeat2[191:176] : 16'h0000;
+  assign \$3595  = \$3591  | \$3594 ;
+  assign \$3596  = \$3588  | \$3595 ;
+  assign grp4 = \$3581  | \$3596 ;
+  assign \$3597  = gt4_0 ? Rm1[3:0] : 4'h0;
+  assign \$3598  = ~ gt4_0;
+  assign \$3599  = gt4_1 & \$3598 ;
+  assign \$3600  = \$3599  ? R0[3:0] : 4'h0;
+  assign \$3601  = \$3597  | \$3600 ;
+  assign \$3602  = ~ gt4_1;
+  assign \$3603  = gt4_2 & \$3602 ;
+  assign \$3604  = \$3603  ? R1[3:0] : 4'h0;
+  assign \$3605  = ~ gt4_2;
+  assign \$3606  = gt4_3 & \$3605 ;
+  assign \$3607  = \$3606  ? R2[3:0] : 4'h0;
+  assign \$3608  = \$3604  | \$3607 ;
+  assign \$3609  = \$3601  | \$3608 ;
+  assign \$3610  = ~ gt4_3;
+  assign \$3611  = gt4_4 & \$3610 ;
+  assign \$3612  = \$3611  ? R3[3:0] : 4'h0;
+  assign \$3613  = ~ gt4_4;
+  assign \$3614  = gt4_5 & \$3613 ;
+  assign \$3615  = \$3614  ? R4[3:0] : 4'h0;
+  assign \$3616  = \$3612  | \$3615 ;
+  assign \$3617  = ~ gt4_5;
+  assign \$3618  = gt4_6 & \$3617 ;
+  assign \$3619  = \$3618  ? R5[3:0] : 4'h0;
+  assign \$3620  = ~ gt4_6;
+  assign \$3621  = gt4_7 & \$3620 ;
+  assign \$3622  = \$3621  ? R6[3:0] : 4'h0;
+  assign \$3623  = \$3619  | \$3622 ;
+  assign \$3624  = \$3616  | \$3623 ;
+  assign \$3625  = \$3609  | \$3624 ;
+  assign \$3626  = ~ gt4_7;
+  assign \$3627  = gt4_8 & \$3626 ;
+  assign \$3628  = \$3627  ? R7[3:0] : 4'h0;
+  assign \$3629  = ~ gt4_8;
+  assign \$3630  = gt4_9 & \$3629 ;
+  assign \$3631  = \$3630  ? R8[3:0] : 4'h0;
+  assign \$3632  = \$3628  | \$3631 ;
+  assign \$3633  = ~ gt4_9;
+  assign \$3634  = gt4_10 & \$3633 ;
+  assign \$3635  = \$3634  ? R9[3:0] : 4'h0;
+  assign \$3636  = ~ gt4_10;
+  assign \$3637  = gt4_11 & \$3636 ;
+  assign \$3638  = \$3637  ? R10[3:0] : 4'h0;
+  assign \$3639  = \$3635  | \$3638 ;
+  assign \$3640  = \$3632  | \$3639 ;
+  assign \$3641  = ~ gt4_11;
+  assign \$3642  = gt4_12 & \$3641 ;
+  assign \$3643  = \$3642  ? R11[3:0] : 4'h0;
+  assign \$3644  = ~ gt4_12;
+  assign \$3645  = gt4_13 & \$3644 ;
+  assign \$3646  = \$3645  ? R12[3:0] : 4'h0;
+  assign \$3647  = \$3643  | \$3646 ;
+  assign \$3648  = ~ gt4_13;
+  assign \$3649  = gt4_14 & \$3648 ;
+  assign \$3650  = \$3649  ? R13[3:0] : 4'h0;
+  assign \$3651  = ~ gt4_14;
+  assign \$3652  = gt4_15 & \$3651 ;
+  assign \$3653  = \$3652  ? R14[3:0] : 4'h0;
+  assign \$3654  = \$3650  | \$3653 ;
+  assign \$3655  = \$3647  | \$3654 ;
+  assign \$3656  = \$3640  | \$3655 ;
+  assign \$3657  = \$3625  | \$3656 ;
+  assign \$3658  = ~ gt4_15;
+  assign \$3659  = gt4_16 & \$3658 ;
+  assign \$3660  = \$3659  ? R15[3:0] : 4'h0;
+  assign \$3661  = ~ gt4_16;
+  assign \$3662  = gt4_17 & \$3661 ;
+  assign \$3663  = \$3662  ? R16[3:0] : 4'h0;
   assign \$3664  = \$3660  | \$3663 ;
-  assign \$3665  = ~ gt4_9;
-  assign \$3666  = gt4_10 & \$3665 ;
-  assign \$3667  = \$3666  ? mbeat0[175:160] : 16'h0000;
-  assign \$3668  = ~ gt4_10;
-  assign \$3669  = gt4_11 & \$3668 ;
-  assign \$3670  = \$3669  ? mbeat0[191:176] : 16'h0000;
+  assign \$3665  = ~ gt4_17;
+  assign \$3666  = gt4_18 & \$3665 ;
+  assign \$3667  = \$3666  ? R17[3:0] : 4'h0;
+  assign \$3668  = ~ gt4_18;
+  assign \$3669  = gt4_19 & \$3668 ;
+  assign \$3670  = \$3669  ? R18[3:0] : 4'h0;
   assign \$3671  = \$3667  | \$3670 ;
   assign \$3672  = \$3664  | \$3671 ;
-  assign \$3673  = ~ gt4_11;
-  assign \$3674  = gt4_12 & \$3673 ;
-  assign \$3675  = \$3674  ? mbeat1[15:0] : 16'h0000;
-  assign \$3676  = ~ gt4_12;
-  assign \$3677  = gt4_13 & \$3676 ;
-  assign \$3678  = \$3677  ? mbeat1[31:16] : 16'h0000;
+  assign \$3673  = ~ gt4_19;
+  assign \$3674  = gt4_20 & \$3673 ;
+  assign \$3675  = \$3674  ? R19[3:0] : 4'h0;
+  assign \$3676  = ~ gt4_20;
+  assign \$3677  = gt4_21 & \$3676 ;
+  assign \$3678  = \$3677  ? R20[3:0] : 4'h0;
   assign \$3679  = \$3675  | \$3678 ;
-  assign \$3680  = ~ gt4_13;
-  assign \$3681  = gt4_14 & \$3680 ;
-  assign \$3682  = \$3681  ? mbeat1[47:32] : 16'h0000;
-  assign \$3683  = ~ gt4_14;
-  assign \$3684  = gt4_15 & \$3683 ;
-  assign \$3685  = \$3684  ? mbeat1[63:48] : 16'h0000;
+  assign \$3680  = ~ gt4_21;
+  assign \$3681  = gt4_22 & \$3680 ;
+  assign \$3682  = \$3681  ? R21[3:0] : 4'h0;
+  assign \$3683  = ~ gt4_22;
+  assign \$3684  = gt4_23 & \$3683 ;
+  assign \$3685  = \$3684  ? R22[3:0] : 4'h0;
   assign \$3686  = \$3682  | \$3685 ;
   assign \$3687  = \$3679  | \$3686 ;
   assign \$3688  = \$3672  | \$3687 ;
-  assign \$3689  = \$3657  | \$3688 ;
-  assign \$3690  = ~ gt4_15;
-  assign \$3691  = gt4_16 & \$3690 ;
-  assign \$3692  = \$3691  ? mbeat1[79:64] : 16'h0000;
-  assign \$3693  = ~ gt4_16;
-  assign \$3694  = gt4_17 & \$3693 ;
-  assign \$3695  = \$3694  ? mbeat1[95:80] : 16'h0000;
-  assign \$3696  = \$3692  | \$3695 ;
-  assign \$3697  = ~ gt4_17;
-  assign \$3698  = gt4_18 & \$3697 ;
-  assign \$3699  = \$3698  ? mbeat1[111:96] : 16'h0000;
-  assign \$3700  = ~ gt4_18;
-  assign \$3701  = gt4_19 & \$3700 ;
-  assign \$3702  = \$3701  ? mbeat1[127:112] : 16'h0000;
-  assign \$3703  = \$3699  | \$3702 ;
-  assign \$3704  = \$3696  | \$3703 ;
-  assign \$3705  = ~ gt4_19;
-  assign \$3706  = gt4_20 & \$3705 ;
-  assign \$3707  = \$3706  ? mbeat1[143:128] : 16'h0000;
-  assign \$3708  = ~ gt4_20;
-  assign \$3709  = gt4_21 & \$3708 ;
-  assign \$3710  = \$3709  ? mbeat1[159:144] : 16'h0000;
-  assign \$3711  = \$3707  | \$3710 ;
-  assign \$3712  = ~ gt4_21;
-  assign \$3713  = gt4_22 & \$3712 ;
-  assign \$3714  = \$3713  ? mbeat1[175:160] : 16'h0000;
-  assign \$3715  = ~ gt4_22;
-  assign \$3716  = gt4_23 & \$3715 ;
-  assign \$3717  = \$3716  ? mbeat1[191:176] : 16'h0000;
-  assign \$3718  = \$3714  | \$3717 ;
-  assign \$3719  = \$3711  | \$3718 ;
-  assign \$3720  = \$3704  | \$3719 ;
-  assign \$3721  = ~ gt4_23;
-  assign \$3722  = gt4_24 & \$3721 ;
-  assign \$3723  = \$3722  ? mbeat2[15:0] : 16'h0000;
-  assign \$3724  = ~ gt4_24;
-  assign \$3725  = gt4_25 & \$3724 ;
-  assign \$3726  = \$3725  ? mbeat2[31:16] : 16'h0000;
-  assign \$3727  = \$3723  | \$3726 ;
-  assign \$3728  = ~ gt4_25;
-  assign \$3729  = gt4_26 & \$3728 ;
-  assign \$3730  = \$3729  ? mbeat2[47:32] : 16'h0000;
-  assign \$3731  = ~ gt4_26;
-  assign \$3732  = gt4_27 & \$3731 ;
-  assign \$3733  = \$3732  ? mbeat2[63:48] : 16'h0000;
-  assign \$3734  = \$3730  | \$3733 ;
-  assign \$3735  = \$3727  | \$3734 ;
-  assign \$3736  = ~ gt4_27;
-  assign \$3737  = gt4_28 & \$3736 ;
-  assign \$3738  = \$3737  ? mbeat2[79:64] : 16'h0000;
-  assign \$3739  = ~ gt4_28;
-  assign \$3740  = gt4_29 & \$3739 ;
-  assign \$3741  = \$3740  ? mbeat2[95:80] : 16'h0000;
-  assign \$3742  = \$3738  | \$3741 ;
-  assign \$3743  = ~ gt4_29;
-  assign \$3744  = gt4_30 & \$3743 ;
-  assign \$3745  = \$3744  ? mbeat2[111:96] : 16'h0000;
-  assign \$3746  = ~ gt4_30;
-  assign \$3747  = gt4_31 & \$3746 ;
-  assign \$3748  = \$3747  ? mbeat2[127:112] : 16'h0000;
-  assign \$3749  = \$3745  | \$3748 ;
-  assign \$3750  = \$3742  | \$3749 ;
-  assign \$3751  = \$3735  | \$3750 ;
-  assign \$3752  = \$3720  | \$3751 ;
-  assign \$3753  = \$3689  | \$3752 ;
-  assign \$3754  = ~ gt4_31;
-  assign \$3755  = gt4_32 & \$3754 ;
-  assign \$3756  = \$3755  ? mbeat2[143:128] : 16'h0000;
-  assign \$3757  = ~ gt4_32;
-  assign \$3758  = gt4_33 & \$3757 ;
-  assign \$3759  = \$3758  ? mbeat2[159:144] : 16'h0000;
-  assign \$3760  = \$3756  | \$3759 ;
-  assign \$3761  = ~ gt4_33;
-  assign \$3762  = gt4_34 & \$3761 ;
-  assign \$3763  = \$3762  ? mbeat2[175:160] : 16'h0000;
-  assign \$3764  = ~ gt4_34;
-  assign \$3765  = gt4_35 & \$3764 ;
-  assign \$3766  = \$3765  ? mbeat2[191:176] : 16'h0000;
-  assign \$3767  = \$3763  | \$3766 ;
-  assign \$3768  = \$3760  | \$3767 ;
-  assign grp4 = \$3753  | \$3768 ;
-  assign \$3769  = gt4_0 ? Rm1[3:0] : 4'h0;
-  assign \$3770  = ~ gt4_0;
-  assign \$3771  = gt4_1 & \$3770 ;
-  assign \$3772  = \$3771  ? R0[3:0] : 4'h0;
-  assign \$3773  = \$3769  | \$3772 ;
-  assign \$3774  = ~ gt4_1;
-  assign \$3775  = gt4_2 & \$3774 ;
-  assign \$3776  = \$3775  ? R1[3:0] : 4'h0;
-  assign \$3777  = ~ gt4_2;
-  assign \$3778  = gt4_3 & \$3777 ;
-  assign \$3779  = \$3778  ? R2[3:0] : 4'h0;
-  assign \$3780  = \$3776  | \$3779 ;
-  assign \$3781  = \$3773  | \$3780 ;
-  assign \$3782  = ~ gt4_3;
-  assign \$3783  = gt4_4 & \$3782 ;
-  assign \$3784  = \$3783  ? R3[3:0] : 4'h0;
-  assign \$3785  = ~ gt4_4;
-  assign \$3786  = gt4_5 & \$3785 ;
-  assign \$3787  = \$3786  ? R4[3:0] : 4'h0;
-  assign \$3788  = \$3784  | \$3787 ;
-  assign \$3789  = ~ gt4_5;
-  assign \$3790  = gt4_6 & \$3789 ;
-  assign \$3791  = \$3790  ? R5[3:0] : 4'h0;
-  assign \$3792  = ~ gt4_6;
-  assign \$3793  = gt4_7 & \$3792 ;
-  assign \$3794  = \$3793  ? R6[3:0] : 4'h0;
-  assign \$3795  = \$3791  | \$3794 ;
-  assign \$3796  = \$3788  | \$3795 ;
-  assign \$3797  = \$3781  | \$3796 ;
-  assign \$3798  = ~ gt4_7;
-  assign \$3799  = gt4_8 & \$3798 ;
-  assign \$3800  = \$3799  ? R7[3:0] : 4'h0;
-  assign \$3801  = ~ gt4_8;
-  assign \$3802  = gt4_9 & \$3801 ;
-  assign \$3803  = \$3802  ? R8[3:0] : 4'h0;
-  assign \$3804  = \$3800  | \$3803 ;
-  assign \$3805  = ~ gt4_9;
-  assign \$3806  = gt4_10 & \$3805 ;
-  assign \$3807  = \$3806  ? R9[3:0] : 4'h0;
-  assign \$3808  = ~ gt4_10;
-  assign \$3809  = gt4_11 & \$3808 ;
-  assign \$3810  = \$3809  ? R10[3:0] : 4'h0;
-  assign \$3811  = \$3807  | \$3810 ;
-  assign \$3812  = \$3804  | \$3811 ;
-  assign \$3813  = ~ gt4_11;
-  assign \$3814  = gt4_12 & \$3813 ;
-  assign \$3815  = \$3814  ? R11[3:0] : 4'h0;
-  assign \$3816  = ~ gt4_12;
-  assign \$3817  = gt4_13 & \$3816 ;
-  assign \$3818  = \$3817  ? R12[3:0] : 4'h0;
-  assign \$3819  = \$3815  | \$3818 ;
-  assign \$3820  = ~ gt4_13;
-  assign \$3821  = gt4_14 & \$3820 ;
-  assign \$3822  = \$3821  ? R13[3:0] : 4'h0;
-  assign \$3823  = ~ gt4_14;
-  assign \$3824  = gt4_15 & \$3823 ;
-  assign \$3825  = \$3824  ? R14[3:0] : 4'h0;
-  assign \$3826  = \$3822  | \$3825 ;
-  assign \$3827  = \$3819  | \$3826 ;
-  assign \$3828  = \$3812  | \$3827 ;
-  assign \$3829  = \$3797  | \$3828 ;
-  assign \$3830  = ~ gt4_15;
-  assign \$3831  = gt4_16 & \$3830 ;
-  assign \$3832  = \$3831  ? R15[3:0] : 4'h0;
-  assign \$3833  = ~ gt4_16;
-  assign \$3834  = gt4_17 & \$3833 ;
-  assign \$3835  = \$3834  ? R16[3:0] : 4'h0;
-  assign \$3836  = \$3832  | \$3835 ;
-  assign \$3837  = ~ gt4_17;
-  assign \$3838  = gt4_18 & \$3837 ;
-  assign \$3839  = \$3838  ? R17[3:0] : 4'h0;
-  assign \$3840  = ~ gt4_18;
-  assign \$3841  = gt4_19 & \$3840 ;
-  assign \$3842  = \$3841  ? R18[3:0] : 4'h0;
-  assign \$3843  = \$3839  | \$3842 ;
-  assign \$3844  = \$3836  | \$3843 ;
-  assign \$3845  = ~ gt4_19;
-  assign \$3846  = gt4_20 & \$3845 ;
-  assign \$3847  = \$3846  ? R19[3:0] : 4'h0;
-  assign \$3848  = ~ gt4_20;
-  assign \$3849  = gt4_21 & \$3848 ;
-  assign \$3850  = \$3849  ? R20[3:0] : 4'h0;
-  assign \$3851  = \$3847  | \$3850 ;
-  assign \$3852  = ~ gt4_21;
-  assign \$3853  = gt4_22 & \$3852 ;
-  assign \$3854  = \$3853  ? R21[3:0] : 4'h0;
-  assign \$3855  = ~ gt4_22;
+  assign \$3689  = ~ gt4_23;
+  assign \$3690  = gt4_24 & \$3689 ;
+  assign \$3691  = \$3690  ? R23[3:0] : 4'h0;
+  assign \$3692  = ~ gt4_24;
+  assign \$3693  = gt4_25 & \$3692 ;
+  assign \$3694  = \$3693  ? R24[3:0] : 4'h0;
+  assign \$3695  = \$3691  | \$3694 ;
+  assign \$3696  = ~ gt4_25;
+  assign \$3697  = gt4_26 & \$3696 ;
+  assign \$3698  = \$3697  ? R25[3:0] : 4'h0;
+  assign \$3699  = ~ gt4_26;
+  assign \$3700  = gt4_27 & \$3699 ;
+  assign \$3701  = \$3700  ? R26[3:0] : 4'h0;
+  assign \$3702  = \$3698  | \$3701 ;
+  assign \$3703  = \$3695  | \$3702 ;
+  assign \$3704  = ~ gt4_27;
+  assign \$3705  = gt4_28 & \$3704 ;
+  assign \$3706  = \$3705  ? R27[3:0] : 4'h0;
+  assign \$3707  = ~ gt4_28;
+  assign \$3708  = gt4_29 & \$3707 ;
+  assign \$3709  = \$3708  ? R28[3:0] : 4'h0;
+  assign \$3710  = \$3706  | \$3709 ;
+  assign \$3711  = ~ gt4_29;
+  assign \$3712  = gt4_30 & \$3711 ;
+  assign \$3713  = \$3712  ? R29[3:0] : 4'h0;
+  assign \$3714  = ~ gt4_30;
+  assign \$3715  = gt4_31 & \$3714 ;
+  assign \$3716  = \$3715  ? R30[3:0] : 4'h0;
+  assign \$3717  = \$3713  | \$3716 ;
+  assign \$3718  = \$3710  | \$3717 ;
+  assign \$3719  = \$3703  | \$3718 ;
+  assign \$3720  = \$3688  | \$3719 ;
+  assign \$3721  = \$3657  | \$3720 ;
+  assign \$3722  = ~ gt4_31;
+  assign \$3723  = gt4_32 & \$3722 ;
+  assign \$3724  = \$3723  ? R31[3:0] : 4'h0;
+  assign \$3725  = ~ gt4_32;
+  assign \$3726  = gt4_33 & \$3725 ;
+  assign \$3727  = \$3726  ? R32[3:0] : 4'h0;
+  assign \$3728  = \$3724  | \$3727 ;
+  assign \$3729  = ~ gt4_33;
+  assign \$3730  = gt4_34 & \$3729 ;
+  assign \$3731  = \$3730  ? R33[3:0] : 4'h0;
+  assign \$3732  = ~ gt4_34;
+  assign \$3733  = gt4_35 & \$3732 ;
+  assign \$3734  = \$3733  ? R34[3:0] : 4'h0;
+  assign \$3735  = \$3731  | \$3734 ;
+  assign \$3736  = \$3728  | \$3735 ;
+  assign dlow4 = \$3721  | \$3736 ;
+  assign \$3737  = ~ sat0[3];
+  assign \$3738  = sat0[2] & \$3737 ;
+  assign \$3739  = \$3738  & sat0[1];
+  assign gt5_0 = \$3739  | sat0[3];
+  assign \$3740  = ~ sat1[3];
+  assign \$3741  = sat1[2] & \$3740 ;
+  assign \$3742  = \$3741  & sat1[1];
+  assign gt5_1 = \$3742  | sat1[3];
+  assign \$3743  = ~ sat2[3];
+  assign \$3744  = sat2[2] & \$3743 ;
+  assign \$3745  = \$3744  & sat2[1];
+  assign gt5_2 = \$3745  | sat2[3];
+  assign \$3746  = ~ sat3[3];
+  assign \$3747  = sat3[2] & \$3746 ;
+  assign \$3748  = \$3747  & sat3[1];
+  assign gt5_3 = \$3748  | sat3[3];
+  assign \$3749  = ~ sat4[3];
+  assign \$3750  = sat4[2] & \$3749 ;
+  assign \$3751  = \$3750  & sat4[1];
+  assign gt5_4 = \$3751  | sat4[3];
+  assign \$3752  = ~ sat5[3];
+  assign \$3753  = sat5[2] & \$3752 ;
+  assign \$3754  = \$3753  & sat5[1];
+  assign gt5_5 = \$3754  | sat5[3];
+  assign \$3755  = ~ sat6[3];
+  assign \$3756  = sat6[2] & \$3755 ;
+  assign \$3757  = \$3756  & sat6[1];
+  assign gt5_6 = \$3757  | sat6[3];
+  assign \$3758  = ~ sat7[3];
+  assign \$3759  = sat7[2] & \$3758 ;
+  assign \$3760  = \$3759  & sat7[1];
+  assign gt5_7 = \$3760  | sat7[3];
+  assign \$3761  = ~ sat8[3];
+  assign \$3762  = sat8[2] & \$3761 ;
+  assign \$3763  = \$3762  & sat8[1];
+  assign gt5_8 = \$3763  | sat8[3];
+  assign \$3764  = ~ sat9[3];
+  assign \$3765  = sat9[2] & \$3764 ;
+  assign \$3766  = \$3765  & sat9[1];
+  assign gt5_9 = \$3766  | sat9[3];
+  assign \$3767  = ~ sat10[3];
+  assign \$3768  = sat10[2] & \$3767 ;
+  assign \$3769  = \$3768  & sat10[1];
+  assign gt5_10 = \$3769  | sat10[3];
+  assign \$3770  = ~ sat11[3];
+  assign \$3771  = sat11[2] & \$3770 ;
+  assign \$3772  = \$3771  & sat11[1];
+  assign gt5_11 = \$3772  | sat11[3];
+  assign \$3773  = ~ sat12[3];
+  assign \$3774  = sat12[2] & \$3773 ;
+  assign \$3775  = \$3774  & sat12[1];
+  assign gt5_12 = \$3775  | sat12[3];
+  assign \$3776  = ~ sat13[3];
+  assign \$3777  = sat13[2] & \$3776 ;
+  assign \$3778  = \$3777  & sat13[1];
+  assign gt5_13 = \$3778  | sat13[3];
+  assign \$3779  = ~ sat14[3];
+  assign \$3780  = sat14[2] & \$3779 ;
+  assign \$3781  = \$3780  & sat14[1];
+  assign gt5_14 = \$3781  | sat14[3];
+  assign \$3782  = ~ sat15[3];
+  assign \$3783  = sat15[2] & \$3782 ;
+  assign \$3784  = \$3783  & sat15[1];
+  assign gt5_15 = \$3784  | sat15[3];
+  assign \$3785  = ~ sat16[3];
+  assign \$3786  = sat16[2] & \$3785 ;
+  assign \$3787  = \$3786  & sat16[1];
+  assign gt5_16 = \$3787  | sat16[3];
+  assign \$3788  = ~ sat17[3];
+  assign \$3789  = sat17[2] & \$3788 ;
+  assign \$3790  = \$3789  & sat17[1];
+  assign gt5_17 = \$3790  | sat17[3];
+  assign \$3791  = ~ sat18[3];
+  assign \$3792  = sat18[2] & \$3791 ;
+  assign \$3793  = \$3792  & sat18[1];
+  assign gt5_18 = \$3793  | sat18[3];
+  assign \$3794  = ~ sat19[3];
+  assign \$3795  = sat19[2] & \$3794 ;
+  assign \$3796  = \$3795  & sat19[1];
+  assign gt5_19 = \$3796  | sat19[3];
+  assign \$3797  = ~ sat20[3];
+  assign \$3798  = sat20[2] & \$3797 ;
+  assign \$3799  = \$3798  & sat20[1];
+  assign gt5_20 = \$3799  | sat20[3];
+  assign \$3800  = ~ sat21[3];
+  assign \$3801  = sat21[2] & \$3800 ;
+  assign \$3802  = \$3801  & sat21[1];
+  assign gt5_21 = \$3802  | sat21[3];
+  assign \$3803  = ~ sat22[3];
+  assign \$3804  = sat22[2] & \$3803 ;
+  assign \$3805  = \$3804  & sat22[1];
+  assign gt5_22 = \$3805  | sat22[3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$192 ) begin
-      r_es = Rm1;
-    end else if (\$193 ) begin
-      r_es = R35;
-    end else begin
-      r_es = \$194 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    r_es2 = 11'h000;
-    if (next_ok) begin
-      (* full_case = 32'd1 *)
-      if (\$195 ) begin
-        r_es2 = Rm1;
-      end else if (\$196 ) begin
-        r_es2 = R35;
-      end else begin
-        r_es2 = \$197 ;
-      end
-    end
+    casez (a_grp0[3:0])
+      4'h0:
+          \$5243  = 3'h0;
+      4'h1:
+          \$5243  = 3'h1;
+      4'h2:
+          \$5243  = 3'h1;
+      4'h3:
+          \$5243  = 3'h2;
+      4'h4:
+          \$5243  = 3'h1;
+      4'h5:
+          \$5243  = 3'h2;
+      4'h6:
+          \$5243  = 3'h2;
+      4'h7:
+          \$5243  = 3'h3;
+      4'h8:
+          \$5243  = 3'h1;
+      4'h9:
+          \$5243  = 3'h2;
+      4'ha:
+          \$5243  = 3'h2;
+      4'hb:
+          \$5243  = 3'h3;
+      4'hc:
+          \$5243  = 3'h2;
+      4'hd:
+          \$5243  = 3'h3;
+      4'he:
+          \$5243  = 3'h3;
+      4'hf:
+          \$5243  = 3'h4;
+    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
+    casez (a_grp0[7:4])
+      4'h0:
+          \$5244  = 3'h0;
+      4'h1:
+          \$5244  = 3'h1;
+      4'h2:
+          \$5244  = 3'h1;
+      4'h3:
+          \$5244  = 3'h2;
+      4'h4:
+          \$5244  = 3'h1;
+      4'h5:
+          \$5244  = 3'h2;
+      4'h6:
+          \$5244  = 3'h2;
+      4'h7:
+          \$5244  = 3'h3;
+      4'h8:
+          \$5244  = 3'h1;
+      4'h9:
+          \$5244  = 3'h2;
+      4'ha:
+          \$5244  = 3'h2;
+      4'hb:
+          \$5244  = 3'h3;
+      4'hc:
+          \$5244  = 3'h2;
+      4'hd:
+          \$5244  = 3'h3;
+      4'he:
+          \$5244  = 3'h3;
+      4'hf:
+          \$5244  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[3:0])
+      4'h0:
+          ws0l_c = 3'h0;
+      4'h1:
+          ws0l_c = 3'h1;
+      4'h2:
+          ws0l_c = 3'h1;
+      4'h3:
+          ws0l_c = 3'h2;
+      4'h4:
+          ws0l_c = 3'h1;
+      4'h5:
+          ws0l_c = 3'h2;
+      4'h6:
+          ws0l_c = 3'h2;
+      4'h7:
+          ws0l_c = 3'h3;
+      4'h8:
+          ws0l_c = 3'h1;
+      4'h9:
+          ws0l_c = 3'h2;
+      4'ha:
+          ws0l_c = 3'h2;
+      4'hb:
+          ws0l_c = 3'h3;
+      4'hc:
+          ws0l_c = 3'h2;
+      4'hd:
+          ws0l_c = 3'h3;
+      4'he:
+          ws0l_c = 3'h3;
+      4'hf:
+          ws0l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[11:8])
+      4'h0:
+          ws0h_c = 3'h0;
+      4'h1:
+          ws0h_c = 3'h1;
+      4'h2:
+          ws0h_c = 3'h1;
+      4'h3:
+          ws0h_c = 3'h2;
+      4'h4:
+          ws0h_c = 3'h1;
+      4'h5:
+          ws0h_c = 3'h2;
+      4'h6:
+          ws0h_c = 3'h2;
+      4'h7:
+          ws0h_c = 3'h3;
+      4'h8:
+          ws0h_c = 3'h1;
+      4'h9:
+          ws0h_c = 3'h2;
+      4'ha:
+          ws0h_c = 3'h2;
+      4'hb:
+          ws0h_c = 3'h3;
+      4'hc:
+          ws0h_c = 3'h2;
+      4'hd:
+          ws0h_c = 3'h3;
+      4'he:
+          ws0h_c = 3'h3;
+      4'hf:
+          ws0h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[3:0])
+      4'h0:
+          \$5250  = 3'h0;
+      4'h1:
+          \$5250  = 3'h1;
+      4'h2:
+          \$5250  = 3'h1;
+      4'h3:
+          \$5250  = 3'h2;
+      4'h4:
+          \$5250  = 3'h1;
+      4'h5:
+          \$5250  = 3'h2;
+      4'h6:
+          \$5250  = 3'h2;
+      4'h7:
+          \$5250  = 3'h3;
+      4'h8:
+          \$5250  = 3'h1;
+      4'h9:
+          \$5250  = 3'h2;
+      4'ha:
+          \$5250  = 3'h2;
+      4'hb:
+          \$5250  = 3'h3;
+      4'hc:
+          \$5250  = 3'h2;
+      4'hd:
+          \$5250  = 3'h3;
+      4'he:
+          \$5250  = 3'h3;
+      4'hf:
+          \$5250  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[7:4])
+      4'h0:
+          \$5251  = 3'h0;
+      4'h1:
+          \$5251  = 3'h1;
+      4'h2:
+          \$5251  = 3'h1;
+      4'h3:
+          \$5251  = 3'h2;
+      4'h4:
+          \$5251  = 3'h1;
+      4'h5:
+          \$5251  = 3'h2;
+      4'h6:
+          \$5251  = 3'h2;
+      4'h7:
+          \$5251  = 3'h3;
+      4'h8:
+          \$5251  = 3'h1;
+      4'h9:
+          \$5251  = 3'h2;
+      4'ha:
+          \$5251  = 3'h2;
+      4'hb:
+          \$5251  = 3'h3;
+      4'hc:
+          \$5251  = 3'h2;
+      4'hd:
+          \$5251  = 3'h3;
+      4'he:
+          \$5251  = 3'h3;
+      4'hf:
+          \$5251  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[3:0])
+      4'h0:
+          ws1l_c = 3'h0;
+      4'h1:
+          ws1l_c = 3'h1;
+      4'h2:
+          ws1l_c = 3'h1;
+      4'h3:
+          ws1l_c = 3'h2;
+      4'h4:
+          ws1l_c = 3'h1;
+      4'h5:
+          ws1l_c = 3'h2;
+      4'h6:
+          ws1l_c = 3'h2;
+      4'h7:
+          ws1l_c = 3'h3;
+      4'h8:
+          ws1l_c = 3'h1;
+      4'h9:
+          ws1l_c = 3'h2;
+      4'ha:
+          ws1l_c = 3'h2;
+      4'hb:
+          ws1l_c = 3'h3;
+      4'hc:
+          ws1l_c = 3'h2;
+      4'hd:
+          ws1l_c = 3'h3;
+      4'he:
+          ws1l_c = 3'h3;
+      4'hf:
+          ws1l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[11:8])
+      4'h0:
+          ws1h_c = 3'h0;
+      4'h1:
+          ws1h_c = 3'h1;
+      4'h2:
+          ws1h_c = 3'h1;
+      4'h3:
+          ws1h_c = 3'h2;
+      4'h4:
+          ws1h_c = 3'h1;
+      4'h5:
+          ws1h_c = 3'h2;
+      4'h6:
+          ws1h_c = 3'h2;
+      4'h7:
+          ws1h_c = 3'h3;
+      4'h8:
+          ws1h_c = 3'h1;
+      4'h9:
+          ws1h_c = 3'h2;
+      4'ha:
+          ws1h_c = 3'h2;
+      4'hb:
+          ws1h_c = 3'h3;
+      4'hc:
+          ws1h_c = 3'h2;
+      4'hd:
+          ws1h_c = 3'h3;
+      4'he:
+          ws1h_c = 3'h3;
+      4'hf:
+          ws1h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[3:0])
+      4'h0:
+          \$5257  = 3'h0;
+      4'h1:
+          \$5257  = 3'h1;
+      4'h2:
+          \$5257  = 3'h1;
+      4'h3:
+          \$5257  = 3'h2;
+      4'h4:
+          \$5257  = 3'h1;
+      4'h5:
+          \$5257  = 3'h2;
+      4'h6:
+          \$5257  = 3'h2;
+      4'h7:
+          \$5257  = 3'h3;
+      4'h8:
+          \$5257  = 3'h1;
+      4'h9:
+          \$5257  = 3'h2;
+      4'ha:
+          \$5257  = 3'h2;
+      4'hb:
+          \$5257  = 3'h3;
+      4'hc:
+          \$5257  = 3'h2;
+      4'hd:
+          \$5257  = 3'h3;
+      4'he:
+          \$5257  = 3'h3;
+      4'hf:
+          \$5257  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[7:4])
+      4'h0:
+          \$5258  = 3'h0;
+      4'h1:
+          \$5258  = 3'h1;
+      4'h2:
+          \$5258  = 3'h1;
+      4'h3:
+          \$5258  = 3'h2;
+      4'h4:
+          \$5258  = 3'h1;
+      4'h5:
+          \$5258  = 3'h2;
+      4'h6:
+          \$5258  = 3'h2;
+      4'h7:
+          \$5258  = 3'h3;
+      4'h8:
+          \$5258  = 3'h1;
+      4'h9:
+          \$5258  = 3'h2;
+      4'ha:
+          \$5258  = 3'h2;
+      4'hb:
+          \$5258  = 3'h3;
+      4'hc:
+          \$5258  = 3'h2;
+      4'hd:
+          \$5258  = 3'h3;
+      4'he:
+          \$5258  = 3'h3;
+      4'hf:
+          \$5258  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[3:0])
+      4'h0:
+          ws2l_c = 3'h0;
+      4'h1:
+          ws2l_c = 3'h1;
+      4'h2:
+          ws2l_c = 3'h1;
+      4'h3:
+          ws2l_c = 3'h2;
+      4'h4:
+          ws2l_c = 3'h1;
+      4'h5:
+          ws2l_c = 3'h2;
+      4'h6:
+          ws2l_c = 3'h2;
+      4'h7:
+          ws2l_c = 3'h3;
+      4'h8:
+          ws2l_c = 3'h1;
+      4'h9:
+          ws2l_c = 3'h2;
+      4'ha:
+          ws2l_c = 3'h2;
+      4'hb:
+          ws2l_c = 3'h3;
+      4'hc:
+          ws2l_c = 3'h2;
+      4'hd:
+          ws2l_c = 3'h3;
+      4'he:
+          ws2l_c = 3'h3;
+      4'hf:
+          ws2l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[11:8])
+      4'h0:
+          ws2h_c = 3'h0;
+      4'h1:
+          ws2h_c = 3'h1;
+      4'h2:
+          ws2h_c = 3'h1;
+      4'h3:
+          ws2h_c = 3'h2;
+      4'h4:
+          ws2h_c = 3'h1;
+      4'h5:
+          ws2h_c = 3'h2;
+      4'h6:
+          ws2h_c = 3'h2;
+      4'h7:
+          ws2h_c = 3'h3;
+      4'h8:
+          ws2h_c = 3'h1;
+      4'h9:
+          ws2h_c = 3'h2;
+      4'ha:
+          ws2h_c = 3'h2;
+      4'hb:
+          ws2h_c = 3'h3;
+      4'hc:
+          ws2h_c = 3'h2;
+      4'hd:
+          ws2h_c = 3'h3;
+      4'he:
+          ws2h_c = 3'h3;
+      4'hf:
+          ws2h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[3:0])
+      4'h0:
+          \$5264  = 3'h0;
+      4'h1:
+          \$5264  = 3'h1;
+      4'h2:
+          \$5264  = 3'h1;
+      4'h3:
+          \$5264  = 3'h2;
+      4'h4:
+          \$5264  = 3'h1;
+      4'h5:
+          \$5264  = 3'h2;
+      4'h6:
+          \$5264  = 3'h2;
+      4'h7:
+          \$5264  = 3'h3;
+      4'h8:
+          \$5264  = 3'h1;
+      4'h9:
+          \$5264  = 3'h2;
+      4'ha:
+          \$5264  = 3'h2;
+      4'hb:
+          \$5264  = 3'h3;
+      4'hc:
+          \$5264  = 3'h2;
+      4'hd:
+          \$5264  = 3'h3;
+      4'he:
+          \$5264  = 3'h3;
+      4'hf:
+          \$5264  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[7:4])
+      4'h0:
+          \$5265  = 3'h0;
+      4'h1:
+          \$5265  = 3'h1;
+      4'h2:
+          \$5265  = 3'h1;
+      4'h3:
+          \$5265  = 3'h2;
+      4'h4:
+          \$5265  = 3'h1;
+      4'h5:
+          \$5265  = 3'h2;
+      4'h6:
+          \$5265  = 3'h2;
+      4'h7:
+          \$5265  = 3'h3;
+      4'h8:
+          \$5265  = 3'h1;
+      4'h9:
+          \$5265  = 3'h2;
+      4'ha:
+          \$5265  = 3'h2;
+      4'hb:
+          \$5265  = 3'h3;
+      4'hc:
+          \$5265  = 3'h2;
+      4'hd:
+          \$5265  = 3'h3;
+      4'he:
+          \$5265  = 3'h3;
+      4'hf:
+          \$5265  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[3:0])
+      4'h0:
+          ws3l_c = 3'h0;
+      4'h1:
+          ws3l_c = 3'h1;
+      4'h2:
+          ws3l_c = 3'h1;
+      4'h3:
+          ws3l_c = 3'h2;
+      4'h4:
+          ws3l_c = 3'h1;
+      4'h5:
+          ws3l_c = 3'h2;
+      4'h6:
+          ws3l_c = 3'h2;
+      4'h7:
+          ws3l_c = 3'h3;
+      4'h8:
+          ws3l_c = 3'h1;
+      4'h9:
+          ws3l_c = 3'h2;
+      4'ha:
+          ws3l_c = 3'h2;
+      4'hb:
+          ws3l_c = 3'h3;
+      4'hc:
+          ws3l_c = 3'h2;
+      4'hd:
+          ws3l_c = 3'h3;
+      4'he:
+          ws3l_c = 3'h3;
+      4'hf:
+          ws3l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[11:8])
+      4'h0:
+          ws3h_c = 3'h0;
+      4'h1:
+          ws3h_c = 3'h1;
+      4'h2:
+          ws3h_c = 3'h1;
+      4'h3:
+          ws3h_c = 3'h2;
+      4'h4:
+          ws3h_c = 3'h1;
+      4'h5:
+          ws3h_c = 3'h2;
+      4'h6:
+          ws3h_c = 3'h2;
+      4'h7:
+          ws3h_c = 3'h3;
+      4'h8:
+          ws3h_c = 3'h1;
+      4'h9:
+          ws3h_c = 3'h2;
+      4'ha:
+          ws3h_c = 3'h2;
+      4'hb:
+          ws3h_c = 3'h3;
+      4'hc:
+          ws3h_c = 3'h2;
+      4'hd:
+          ws3h_c = 3'h3;
+      4'he:
+          ws3h_c = 3'h3;
+      4'hf:
+          ws3h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[3:0])
+      4'h0:
+          \$5271  = 3'h0;
+      4'h1:
+          \$5271  = 3'h1;
+      4'h2:
+          \$5271  = 3'h1;
+      4'h3:
+          \$5271  = 3'h2;
+      4'h4:
+          \$5271  = 3'h1;
+      4'h5:
+          \$5271  = 3'h2;
+      4'h6:
+          \$5271  = 3'h2;
+      4'h7:
+          \$5271  = 3'h3;
+      4'h8:
+          \$5271  = 3'h1;
+      4'h9:
+          \$5271  = 3'h2;
+      4'ha:
+          \$5271  = 3'h2;
+      4'hb:
+          \$5271  = 3'h3;
+      4'hc:
+          \$5271  = 3'h2;
+      4'hd:
+          \$5271  = 3'h3;
+      4'he:
+          \$5271  = 3'h3;
+      4'hf:
+          \$5271  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[7:4])
+      4'h0:
+          \$5272  = 3'h0;
+      4'h1:
+          \$5272  = 3'h1;
+      4'h2:
+          \$5272  = 3'h1;
+      4'h3:
+          \$5272  = 3'h2;
+      4'h4:
+          \$5272  = 3'h1;
+      4'h5:
+          \$5272  = 3'h2;
+      4'h6:
+          \$5272  = 3'h2;
+      4'h7:
+          \$5272  = 3'h3;
+      4'h8:
+          \$5272  = 3'h1;
+      4'h9:
+          \$5272  = 3'h2;
+      4'ha:
+          \$5272  = 3'h2;
+      4'hb:
+          \$5272  = 3'h3;
+      4'hc:
+          \$5272  = 3'h2;
+      4'hd:
+          \$5272  = 3'h3;
+      4'he:
+          \$5272  = 3'h3;
+      4'hf:
+          \$5272  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[3:0])
+      4'h0:
+          ws4l_c = 3'h0;
+      4'h1:
+          ws4l_c = 3'h1;
+      4'h2:
+          ws4l_c = 3'h1;
+      4'h3:
+          ws4l_c = 3'h2;
+      4'h4:
+          ws4l_c = 3'h1;
+      4'h5:
+          ws4l_c = 3'h2;
+      4'h6:
+          ws4l_c = 3'h2;
+      4'h7:
+          ws4l_c = 3'h3;
+      4'h8:
+          ws4l_c = 3'h1;
+      4'h9:
+          ws4l_c = 3'h2;
+      4'ha:
+          ws4l_c = 3'h2;
+      4'hb:
+          ws4l_c = 3'h3;
+      4'hc:
+          ws4l_c = 3'h2;
+      4'hd:
+          ws4l_c = 3'h3;
+      4'he:
+          ws4l_c = 3'h3;
+      4'hf:
+          ws4l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[11:8])
+      4'h0:
+          ws4h_c = 3'h0;
+      4'h1:
+          ws4h_c = 3'h1;
+      4'h2:
+          ws4h_c = 3'h1;
+      4'h3:
+          ws4h_c = 3'h2;
+      4'h4:
+          ws4h_c = 3'h1;
+      4'h5:
+          ws4h_c = 3'h2;
+      4'h6:
+          ws4h_c = 3'h2;
+      4'h7:
+          ws4h_c = 3'h3;
+      4'h8:
+          ws4h_c = 3'h1;
+      4'h9:
+          ws4h_c = 3'h2;
+      4'ha:
+          ws4h_c = 3'h2;
+      4'hb:
+          ws4h_c = 3'h3;
+      4'hc:
+          ws4h_c = 3'h2;
+      4'hd:
+          ws4h_c = 3'h3;
+      4'he:
+          ws4h_c = 3'h3;
+      4'hf:
+          ws4h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[3:0])
+      4'h0:
+          \$5278  = 3'h0;
+      4'h1:
+          \$5278  = 3'h1;
+      4'h2:
+          \$5278  = 3'h1;
+      4'h3:
+          \$5278  = 3'h2;
+      4'h4:
+          \$5278  = 3'h1;
+      4'h5:
+          \$5278  = 3'h2;
+      4'h6:
+          \$5278  = 3'h2;
+      4'h7:
+          \$5278  = 3'h3;
+      4'h8:
+          \$5278  = 3'h1;
+      4'h9:
+          \$5278  = 3'h2;
+      4'ha:
+          \$5278  = 3'h2;
+      4'hb:
+          \$5278  = 3'h3;
+      4'hc:
+          \$5278  = 3'h2;
+      4'hd:
+          \$5278  = 3'h3;
+      4'he:
+          \$5278  = 3'h3;
+      4'hf:
+          \$5278  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[7:4])
+      4'h0:
+          \$5279  = 3'h0;
+      4'h1:
+          \$5279  = 3'h1;
+      4'h2:
+          \$5279  = 3'h1;
+      4'h3:
+          \$5279  = 3'h2;
+      4'h4:
+          \$5279  = 3'h1;
+      4'h5:
+          \$5279  = 3'h2;
+      4'h6:
+          \$5279  = 3'h2;
+      4'h7:
+          \$5279  = 3'h3;
+      4'h8:
+          \$5279  = 3'h1;
+      4'h9:
+          \$5279  = 3'h2;
+      4'ha:
+          \$5279  = 3'h2;
+      4'hb:
+          \$5279  = 3'h3;
+      4'hc:
+          \$5279  = 3'h2;
+      4'hd:
+          \$5279  = 3'h3;
+      4'he:
+          \$5279  = 3'h3;
+      4'hf:
+          \$5279  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[3:0])
+      4'h0:
+          ws5l_c = 3'h0;
+      4'h1:
+          ws5l_c = 3'h1;
+      4'h2:
+          ws5l_c = 3'h1;
+      4'h3:
+          ws5l_c = 3'h2;
+      4'h4:
+          ws5l_c = 3'h1;
+      4'h5:
+          ws5l_c = 3'h2;
+      4'h6:
+          ws5l_c = 3'h2;
+      4'h7:
+          ws5l_c = 3'h3;
+      4'h8:
+          ws5l_c = 3'h1;
+      4'h9:
+          ws5l_c = 3'h2;
+      4'ha:
+          ws5l_c = 3'h2;
+      4'hb:
+          ws5l_c = 3'h3;
+      4'hc:
+          ws5l_c = 3'h2;
+      4'hd:
+          ws5l_c = 3'h3;
+      4'he:
+          ws5l_c = 3'h3;
+      4'hf:
+          ws5l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[11:8])
+      4'h0:
+          ws5h_c = 3'h0;
+      4'h1:
+          ws5h_c = 3'h1;
+      4'h2:
+          ws5h_c = 3'h1;
+      4'h3:
+          ws5h_c = 3'h2;
+      4'h4:
+          ws5h_c = 3'h1;
+      4'h5:
+          ws5h_c = 3'h2;
+      4'h6:
+          ws5h_c = 3'h2;
+      4'h7:
+          ws5h_c = 3'h3;
+      4'h8:
+          ws5h_c = 3'h1;
+      4'h9:
+          ws5h_c = 3'h2;
+      4'ha:
+          ws5h_c = 3'h2;
+      4'hb:
+          ws5h_c = 3'h3;
+      4'hc:
+          ws5h_c = 3'h2;
+      4'hd:
+          ws5h_c = 3'h3;
+      4'he:
+          ws5h_c = 3'h3;
+      4'hf:
+          ws5h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[3:0])
+      4'h0:
+          \$5285  = 3'h0;
+      4'h1:
+          \$5285  = 3'h1;
+      4'h2:
+          \$5285  = 3'h1;
+      4'h3:
+          \$5285  = 3'h2;
+      4'h4:
+          \$5285  = 3'h1;
+      4'h5:
+          \$5285  = 3'h2;
+      4'h6:
+          \$5285  = 3'h2;
+      4'h7:
+          \$5285  = 3'h3;
+      4'h8:
+          \$5285  = 3'h1;
+      4'h9:
+          \$5285  = 3'h2;
+      4'ha:
+          \$5285  = 3'h2;
+      4'hb:
+          \$5285  = 3'h3;
+      4'hc:
+          \$5285  = 3'h2;
+      4'hd:
+          \$5285  = 3'h3;
+      4'he:
+          \$5285  = 3'h3;
+      4'hf:
+          \$5285  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[7:4])
+      4'h0:
+          \$5286  = 3'h0;
+      4'h1:
+          \$5286  = 3'h1;
+      4'h2:
+          \$5286  = 3'h1;
+      4'h3:
+          \$5286  = 3'h2;
+      4'h4:
+          \$5286  = 3'h1;
+      4'h5:
+          \$5286  = 3'h2;
+      4'h6:
+          \$5286  = 3'h2;
+      4'h7:
+          \$5286  = 3'h3;
+      4'h8:
+          \$5286  = 3'h1;
+      4'h9:
+          \$5286  = 3'h2;
+      4'ha:
+          \$5286  = 3'h2;
+      4'hb:
+          \$5286  = 3'h3;
+      4'hc:
+          \$5286  = 3'h2;
+      4'hd:
+          \$5286  = 3'h3;
+      4'he:
+          \$5286  = 3'h3;
+      4'hf:
+          \$5286  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[3:0])
+      4'h0:
+          ws6l_c = 3'h0;
+      4'h1:
+          ws6l_c = 3'h1;
+      4'h2:
+          ws6l_c = 3'h1;
+      4'h3:
+          ws6l_c = 3'h2;
+      4'h4:
+          ws6l_c = 3'h1;
+      4'h5:
+          ws6l_c = 3'h2;
+      4'h6:
+          ws6l_c = 3'h2;
+      4'h7:
+          ws6l_c = 3'h3;
+      4'h8:
+          ws6l_c = 3'h1;
+      4'h9:
+          ws6l_c = 3'h2;
+      4'ha:
+          ws6l_c = 3'h2;
+      4'hb:
+          ws6l_c = 3'h3;
+      4'hc:
+          ws6l_c = 3'h2;
+      4'hd:
+          ws6l_c = 3'h3;
+      4'he:
+          ws6l_c = 3'h3;
+      4'hf:
+          ws6l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[11:8])
+      4'h0:
+          ws6h_c = 3'h0;
+      4'h1:
+          ws6h_c = 3'h1;
+      4'h2:
+          ws6h_c = 3'h1;
+      4'h3:
+          ws6h_c = 3'h2;
+      4'h4:
+          ws6h_c = 3'h1;
+      4'h5:
+          ws6h_c = 3'h2;
+      4'h6:
+          ws6h_c = 3'h2;
+      4'h7:
+          ws6h_c = 3'h3;
+      4'h8:
+          ws6h_c = 3'h1;
+      4'h9:
+          ws6h_c = 3'h2;
+      4'ha:
+          ws6h_c = 3'h2;
+      4'hb:
+          ws6h_c = 3'h3;
+      4'hc:
+          ws6h_c = 3'h2;
+      4'hd:
+          ws6h_c = 3'h3;
+      4'he:
+          ws6h_c = 3'h3;
+      4'hf:
+          ws6h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[3:0])
+      4'h0:
+          \$5292  = 3'h0;
+      4'h1:
+          \$5292  = 3'h1;
+      4'h2:
+          \$5292  = 3'h1;
+      4'h3:
+          \$5292  = 3'h2;
+      4'h4:
+          \$5292  = 3'h1;
+      4'h5:
+          \$5292  = 3'h2;
+      4'h6:
+          \$5292  = 3'h2;
+      4'h7:
+          \$5292  = 3'h3;
+      4'h8:
+          \$5292  = 3'h1;
+      4'h9:
+          \$5292  = 3'h2;
+      4'ha:
+          \$5292  = 3'h2;
+      4'hb:
+          \$5292  = 3'h3;
+      4'hc:
+          \$5292  = 3'h2;
+      4'hd:
+          \$5292  = 3'h3;
+      4'he:
+          \$5292  = 3'h3;
+      4'hf:
+          \$5292  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[7:4])
+      4'h0:
+          \$5293  = 3'h0;
+      4'h1:
+          \$5293  = 3'h1;
+      4'h2:
+          \$5293  = 3'h1;
+      4'h3:
+          \$5293  = 3'h2;
+      4'h4:
+          \$5293  = 3'h1;
+      4'h5:
+          \$5293  = 3'h2;
+      4'h6:
+          \$5293  = 3'h2;
+      4'h7:
+          \$5293  = 3'h3;
+      4'h8:
+          \$5293  = 3'h1;
+      4'h9:
+          \$5293  = 3'h2;
+      4'ha:
+          \$5293  = 3'h2;
+      4'hb:
+          \$5293  = 3'h3;
+      4'hc:
+          \$5293  = 3'h2;
+      4'hd:
+          \$5293  = 3'h3;
+      4'he:
+          \$5293  = 3'h3;
+      4'hf:
+          \$5293  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[3:0])
+      4'h0:
+          ws7l_c = 3'h0;
+      4'h1:
+          ws7l_c = 3'h1;
+      4'h2:
+          ws7l_c = 3'h1;
+      4'h3:
+          ws7l_c = 3'h2;
+      4'h4:
+          ws7l_c = 3'h1;
+      4'h5:
+          ws7l_c = 3'h2;
+      4'h6:
+          ws7l_c = 3'h2;
+      4'h7:
+          ws7l_c = 3'h3;
+      4'h8:
+          ws7l_c = 3'h1;
+      4'h9:
+          ws7l_c = 3'h2;
+      4'ha:
+          ws7l_c = 3'h2;
+      4'hb:
+          ws7l_c = 3'h3;
+      4'hc:
+          ws7l_c = 3'h2;
+      4'hd:
+          ws7l_c = 3'h3;
+      4'he:
+          ws7l_c = 3'h3;
+      4'hf:
+          ws7l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[11:8])
+      4'h0:
+          ws7h_c = 3'h0;
+      4'h1:
+          ws7h_c = 3'h1;
+      4'h2:
+          ws7h_c = 3'h1;
+      4'h3:
+          ws7h_c = 3'h2;
+      4'h4:
+          ws7h_c = 3'h1;
+      4'h5:
+          ws7h_c = 3'h2;
+      4'h6:
+          ws7h_c = 3'h2;
+      4'h7:
+          ws7h_c = 3'h3;
+      4'h8:
+          ws7h_c = 3'h1;
+      4'h9:
+          ws7h_c = 3'h2;
+      4'ha:
+          ws7h_c = 3'h2;
+      4'hb:
+          ws7h_c = 3'h3;
+      4'hc:
+          ws7h_c = 3'h2;
+      4'hd:
+          ws7h_c = 3'h3;
+      4'he:
+          ws7h_c = 3'h3;
+      4'hf:
+          ws7h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez ({ mbeat2_vn, mbeat1_vn, mbeat0_vn })
+      3'h0:
+          \$5496  = 3'h0;
+      3'h1:
+          \$5496  = 3'h1;
+      3'h2:
+          \$5496  = 3'h1;
+      3'h3:
+          \$5496  = 3'h2;
+      3'h4:
+          \$5496  = 3'h1;
+      3'h5:
+          \$5496  = 3'h2;
+      3'h6:
+          \$5496  = 3'h2;
+      3'h7:
+          \$5496  = 3'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
     if (next_ok) begin
-      lim_full = r_es2;
+      lim_full = k_nxt_full;
     end else if (row_complete) begin
-      lim_full = r_es;
+      lim_full = k_cur_full;
     end else begin
       lim_full = R35;
     end
@@ -15702,7 +17041,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0ll = 2'h0;
-    casez ({ \$1233 [1:0], grp0[3:0] })
+    casez ({ a_lr0[1:0], a_grp0[3:0] })
       6'h02:
           ws0ll = 2'h1;
       6'h13:
@@ -15756,7 +17095,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0lh = 2'h0;
-    casez ({ \$1243 [1:0], grp0[7:4] })
+    casez ({ \$5246 [1:0], a_grp0[7:4] })
       6'h02:
           ws0lh = 2'h1;
       6'h13:
@@ -15810,7 +17149,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hl = 2'h0;
-    casez ({ \$1240 [1:0], grp0[11:8] })
+    casez ({ \$5245 [1:0], a_grp0[11:8] })
       6'h02:
           ws0hl = 2'h1;
       6'h13:
@@ -15864,7 +17203,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hh = 2'h0;
-    casez ({ \$1246 [1:0], grp0[15:12] })
+    casez ({ \$5247 [1:0], a_grp0[15:12] })
       6'h02:
           ws0hh = 2'h1;
       6'h13:
@@ -15918,7 +17257,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1ll = 2'h0;
-    casez ({ \$1920 [1:0], grp1[3:0] })
+    casez ({ a_lr1[1:0], a_grp1[3:0] })
       6'h02:
           ws1ll = 2'h1;
       6'h13:
@@ -15972,7 +17311,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1lh = 2'h0;
-    casez ({ \$1930 [1:0], grp1[7:4] })
+    casez ({ \$5253 [1:0], a_grp1[7:4] })
       6'h02:
           ws1lh = 2'h1;
       6'h13:
@@ -16026,7 +17365,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hl = 2'h0;
-    casez ({ \$1927 [1:0], grp1[11:8] })
+    casez ({ \$5252 [1:0], a_grp1[11:8] })
       6'h02:
           ws1hl = 2'h1;
       6'h13:
@@ -16080,7 +17419,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hh = 2'h0;
-    casez ({ \$1933 [1:0], grp1[15:12] })
+    casez ({ \$5254 [1:0], a_grp1[15:12] })
       6'h02:
           ws1hh = 2'h1;
       6'h13:
@@ -16134,7 +17473,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2ll = 2'h0;
-    casez ({ \$2643 [1:0], grp2[3:0] })
+    casez ({ a_lr2[1:0], a_grp2[3:0] })
       6'h02:
           ws2ll = 2'h1;
       6'h13:
@@ -16188,7 +17527,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2lh = 2'h0;
-    casez ({ \$2653 [1:0], grp2[7:4] })
+    casez ({ \$5260 [1:0], a_grp2[7:4] })
       6'h02:
           ws2lh = 2'h1;
       6'h13:
@@ -16242,7 +17581,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hl = 2'h0;
-    casez ({ \$2650 [1:0], grp2[11:8] })
+    casez ({ \$5259 [1:0], a_grp2[11:8] })
       6'h02:
           ws2hl = 2'h1;
       6'h13:
@@ -16296,7 +17635,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hh = 2'h0;
-    casez ({ \$2656 [1:0], grp2[15:12] })
+    casez ({ \$5261 [1:0], a_grp2[15:12] })
       6'h02:
           ws2hh = 2'h1;
       6'h13:
@@ -16350,7 +17689,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3ll = 2'h0;
-    casez ({ \$3150 [1:0], grp3[3:0] })
+    casez ({ a_lr3[1:0], a_grp3[3:0] })
       6'h02:
           ws3ll = 2'h1;
       6'h13:
@@ -16404,7 +17743,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3lh = 2'h0;
-    casez ({ \$3160 [1:0], grp3[7:4] })
+    casez ({ \$5267 [1:0], a_grp3[7:4] })
       6'h02:
           ws3lh = 2'h1;
       6'h13:
@@ -16458,7 +17797,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hl = 2'h0;
-    casez ({ \$3157 [1:0], grp3[11:8] })
+    casez ({ \$5266 [1:0], a_grp3[11:8] })
       6'h02:
           ws3hl = 2'h1;
       6'h13:
@@ -16512,7 +17851,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hh = 2'h0;
-    casez ({ \$3163 [1:0], grp3[15:12] })
+    casez ({ \$5268 [1:0], a_grp3[15:12] })
       6'h02:
           ws3hh = 2'h1;
       6'h13:
@@ -16566,7 +17905,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4ll = 2'h0;
-    casez ({ \$3909 [1:0], grp4[3:0] })
+    casez ({ a_lr4[1:0], a_grp4[3:0] })
       6'h02:
           ws4ll = 2'h1;
       6'h13:
@@ -16620,7 +17959,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4lh = 2'h0;
-    casez ({ \$3919 [1:0], grp4[7:4] })
+    casez ({ \$5274 [1:0], a_grp4[7:4] })
       6'h02:
           ws4lh = 2'h1;
       6'h13:
@@ -16674,7 +18013,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hl = 2'h0;
-    casez ({ \$3916 [1:0], grp4[11:8] })
+    casez ({ \$5273 [1:0], a_grp4[11:8] })
       6'h02:
           ws4hl = 2'h1;
       6'h13:
@@ -16728,7 +18067,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hh = 2'h0;
-    casez ({ \$3922 [1:0], grp4[15:12] })
+    casez ({ \$5275 [1:0], a_grp4[15:12] })
       6'h02:
           ws4hh = 2'h1;
       6'h13:
@@ -16782,7 +18121,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5ll = 2'h0;
-    casez ({ \$4452 [1:0], grp5[3:0] })
+    casez ({ a_lr5[1:0], a_grp5[3:0] })
       6'h02:
           ws5ll = 2'h1;
       6'h13:
@@ -16836,7 +18175,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5lh = 2'h0;
-    casez ({ \$4462 [1:0], grp5[7:4] })
+    casez ({ \$5281 [1:0], a_grp5[7:4] })
       6'h02:
           ws5lh = 2'h1;
       6'h13:
@@ -16890,7 +18229,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hl = 2'h0;
-    casez ({ \$4459 [1:0], grp5[11:8] })
+    casez ({ \$5280 [1:0], a_grp5[11:8] })
       6'h02:
           ws5hl = 2'h1;
       6'h13:
@@ -16944,7 +18283,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hh = 2'h0;
-    casez ({ \$4465 [1:0], grp5[15:12] })
+    casez ({ \$5282 [1:0], a_grp5[15:12] })
       6'h02:
           ws5hh = 2'h1;
       6'h13:
@@ -16998,7 +18337,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6ll = 2'h0;
-    casez ({ \$5031 [1:0], grp6[3:0] })
+    casez ({ a_lr6[1:0], a_grp6[3:0] })
       6'h02:
           ws6ll = 2'h1;
       6'h13:
@@ -17052,7 +18391,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6lh = 2'h0;
-    casez ({ \$5041 [1:0], grp6[7:4] })
+    casez ({ \$5288 [1:0], a_grp6[7:4] })
       6'h02:
           ws6lh = 2'h1;
       6'h13:
@@ -17106,7 +18445,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hl = 2'h0;
-    casez ({ \$5038 [1:0], grp6[11:8] })
+    casez ({ \$5287 [1:0], a_grp6[11:8] })
       6'h02:
           ws6hl = 2'h1;
       6'h13:
@@ -17160,7 +18499,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hh = 2'h0;
-    casez ({ \$5044 [1:0], grp6[15:12] })
+    casez ({ \$5289 [1:0], a_grp6[15:12] })
       6'h02:
           ws6hh = 2'h1;
       6'h13:
@@ -17214,7 +18553,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7ll = 2'h0;
-    casez ({ \$5466 [1:0], grp7[3:0] })
+    casez ({ a_lr7[1:0], a_grp7[3:0] })
       6'h02:
           ws7ll = 2'h1;
       6'h13:
@@ -17268,7 +18607,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7lh = 2'h0;
-    casez ({ \$5476 [1:0], grp7[7:4] })
+    casez ({ \$5295 [1:0], a_grp7[7:4] })
       6'h02:
           ws7lh = 2'h1;
       6'h13:
@@ -17322,7 +18661,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hl = 2'h0;
-    casez ({ \$5473 [1:0], grp7[11:8] })
+    casez ({ \$5294 [1:0], a_grp7[11:8] })
       6'h02:
           ws7hl = 2'h1;
       6'h13:
@@ -17376,7 +18715,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hh = 2'h0;
-    casez ({ \$5479 [1:0], grp7[15:12] })
+    casez ({ \$5296 [1:0], a_grp7[15:12] })
       6'h02:
           ws7hh = 2'h1;
       6'h13:
@@ -17433,7 +18772,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -17443,7 +18782,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -17454,7 +18793,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = mbeat2;
@@ -17464,7 +18803,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat1_n = mbeat2;
       end
     end
@@ -17475,7 +18814,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
@@ -17485,7 +18824,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       end
     end
@@ -17496,7 +18835,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -17506,7 +18845,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -17517,7 +18856,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = mbeat2_v;
@@ -17527,7 +18866,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat1_nv = mbeat2_v;
       end
     end
@@ -17538,7 +18877,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_nv = 1'h0;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_nv = 1'h0;
@@ -17548,7 +18887,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_nv = 1'h0;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         mbeat2_nv = 1'h0;
       end
     end
@@ -17559,10 +18898,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs0 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs0 = \$5500 [10:0];
+    end else if (\$5322 ) begin
+      Rs0 = \$5323 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs0 = R12;
       end
     end
@@ -17573,10 +18912,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs1 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs1 = \$5501 [10:0];
+    end else if (\$5322 ) begin
+      Rs1 = \$5324 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs1 = R13;
       end
     end
@@ -17587,10 +18926,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs2 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs2 = \$5502 [10:0];
+    end else if (\$5322 ) begin
+      Rs2 = \$5325 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs2 = R14;
       end
     end
@@ -17601,10 +18940,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs3 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs3 = \$5503 [10:0];
+    end else if (\$5322 ) begin
+      Rs3 = \$5326 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs3 = R15;
       end
     end
@@ -17615,10 +18954,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs4 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs4 = \$5504 [10:0];
+    end else if (\$5322 ) begin
+      Rs4 = \$5327 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs4 = R16;
       end
     end
@@ -17629,10 +18968,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs5 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs5 = \$5505 [10:0];
+    end else if (\$5322 ) begin
+      Rs5 = \$5328 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs5 = R17;
       end
     end
@@ -17643,10 +18982,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs6 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs6 = \$5506 [10:0];
+    end else if (\$5322 ) begin
+      Rs6 = \$5329 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs6 = R18;
       end
     end
@@ -17657,10 +18996,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs7 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs7 = \$5507 [10:0];
+    end else if (\$5322 ) begin
+      Rs7 = \$5330 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs7 = R19;
       end
     end
@@ -17671,10 +19010,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs8 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs8 = \$5508 [10:0];
+    end else if (\$5322 ) begin
+      Rs8 = \$5331 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs8 = R20;
       end
     end
@@ -17685,10 +19024,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs9 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs9 = \$5509 [10:0];
+    end else if (\$5322 ) begin
+      Rs9 = \$5332 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs9 = R21;
       end
     end
@@ -17699,10 +19038,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs10 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs10 = \$5510 [10:0];
+    end else if (\$5322 ) begin
+      Rs10 = \$5333 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs10 = R22;
       end
     end
@@ -17713,10 +19052,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs11 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs11 = \$5511 [10:0];
+    end else if (\$5322 ) begin
+      Rs11 = \$5334 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs11 = R23;
       end
     end
@@ -17727,10 +19066,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs12 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs12 = \$5513 [10:0];
+    end else if (\$5322 ) begin
+      Rs12 = \$5336 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs12 = R24;
       end
     end
@@ -17741,10 +19080,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs13 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs13 = \$5514 [10:0];
+    end else if (\$5322 ) begin
+      Rs13 = \$5337 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs13 = R25;
       end
     end
@@ -17755,10 +19094,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs14 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs14 = \$5515 [10:0];
+    end else if (\$5322 ) begin
+      Rs14 = \$5338 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs14 = R26;
       end
     end
@@ -17769,10 +19108,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs15 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs15 = \$5516 [10:0];
+    end else if (\$5322 ) begin
+      Rs15 = \$5339 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs15 = R27;
       end
     end
@@ -17783,10 +19122,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs16 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs16 = \$5517 [10:0];
+    end else if (\$5322 ) begin
+      Rs16 = \$5340 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs16 = R28;
       end
     end
@@ -17797,10 +19136,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs17 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs17 = \$5518 [10:0];
+    end else if (\$5322 ) begin
+      Rs17 = \$5341 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs17 = R29;
       end
     end
@@ -17811,10 +19150,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs18 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs18 = \$5519 [10:0];
+    end else if (\$5322 ) begin
+      Rs18 = \$5342 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs18 = R30;
       end
     end
@@ -17825,10 +19164,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs19 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs19 = \$5520 [10:0];
+    end else if (\$5322 ) begin
+      Rs19 = \$5343 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs19 = R31;
       end
     end
@@ -17839,10 +19178,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs20 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs20 = \$5521 [10:0];
+    end else if (\$5322 ) begin
+      Rs20 = \$5344 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs20 = R32;
       end
     end
@@ -17853,10 +19192,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs21 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs21 = \$5522 [10:0];
+    end else if (\$5322 ) begin
+      Rs21 = \$5345 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs21 = R33;
       end
     end
@@ -17867,10 +19206,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs22 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs22 = \$5523 [10:0];
+    end else if (\$5322 ) begin
+      Rs22 = \$5346 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs22 = R34;
       end
     end
@@ -17881,10 +19220,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs23 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs23 = \$5524 [10:0];
+    end else if (\$5322 ) begin
+      Rs23 = \$5347 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs23 = R35;
       end
     end
@@ -17895,10 +19234,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs24 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs24 = \$5526 [10:0];
+    end else if (\$5322 ) begin
+      Rs24 = \$5349 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs24 = R35;
       end
     end
@@ -17909,10 +19248,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs25 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs25 = \$5527 [10:0];
+    end else if (\$5322 ) begin
+      Rs25 = \$5350 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs25 = R35;
       end
     end
@@ -17923,10 +19262,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs26 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs26 = \$5528 [10:0];
+    end else if (\$5322 ) begin
+      Rs26 = \$5351 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs26 = R35;
       end
     end
@@ -17937,10 +19276,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs27 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs27 = \$5529 [10:0];
+    end else if (\$5322 ) begin
+      Rs27 = \$5352 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs27 = R35;
       end
     end
@@ -17951,10 +19290,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs28 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs28 = \$5530 [10:0];
+    end else if (\$5322 ) begin
+      Rs28 = \$5353 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs28 = R35;
       end
     end
@@ -17965,10 +19304,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs29 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs29 = \$5531 [10:0];
+    end else if (\$5322 ) begin
+      Rs29 = \$5354 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs29 = R35;
       end
     end
@@ -17979,10 +19318,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs30 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs30 = \$5532 [10:0];
+    end else if (\$5322 ) begin
+      Rs30 = \$5355 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs30 = R35;
       end
     end
@@ -17993,10 +19332,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs31 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs31 = \$5533 [10:0];
+    end else if (\$5322 ) begin
+      Rs31 = \$5356 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs31 = R35;
       end
     end
@@ -18007,10 +19346,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs32 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs32 = \$5534 [10:0];
+    end else if (\$5322 ) begin
+      Rs32 = \$5357 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs32 = R35;
       end
     end
@@ -18021,10 +19360,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs33 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs33 = \$5535 [10:0];
+    end else if (\$5322 ) begin
+      Rs33 = \$5358 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs33 = R35;
       end
     end
@@ -18035,10 +19374,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs34 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs34 = \$5536 [10:0];
+    end else if (\$5322 ) begin
+      Rs34 = \$5359 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs34 = R35;
       end
     end
@@ -18049,10 +19388,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs35 = 11'h000;
-    end else if (\$5499 ) begin
-      Rs35 = \$5537 [10:0];
+    end else if (\$5322 ) begin
+      Rs35 = \$5360 [10:0];
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rs35 = R35;
       end
     end
@@ -18063,10 +19402,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rsm1 = 11'h000;
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
       Rsm1 = 11'h000;
     end else begin
-      if (sh) begin
+      if (\$signal$701 ) begin
         Rsm1 = R11;
       end
     end
@@ -18075,506 +19414,506 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 11'h000;
     if (any_err) begin
-    end else if (\$5499 ) begin
-      fresh0 = \$5512 [10:0];
+    end else if (\$5322 ) begin
+      fresh0 = \$5335 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh1 = 11'h000;
     if (any_err) begin
-    end else if (\$5499 ) begin
-      fresh1 = \$5525 [10:0];
+    end else if (\$5322 ) begin
+      fresh1 = \$5348 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    sh = 1'h0;
+    \$signal$701  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$5499 ) begin
+    end else if (\$5322 ) begin
     end else begin
-      sh = \$5542 ;
+      \$signal$701  = \$5363 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rs0;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf0 = \$5545 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf0 = \$5369 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rs1;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf1 = \$5546 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf1 = \$5370 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rs2;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf2 = \$5547 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf2 = \$5371 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rs3;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf3 = \$5548 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf3 = \$5372 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rs4;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf4 = \$5549 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf4 = \$5373 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rs5;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf5 = \$5550 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf5 = \$5374 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rs6;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf6 = \$5551 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf6 = \$5375 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rs7;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf7 = \$5552 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf7 = \$5376 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf8 = Rs8;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf8 = \$5553 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf8 = \$5377 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf9 = Rs9;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf9 = \$5554 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf9 = \$5378 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf10 = Rs10;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf10 = \$5555 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf10 = \$5379 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf11 = Rs11;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf11 = \$5556 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf11 = \$5380 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf12 = Rs12;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf12 = \$5557 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf12 = \$5381 [10:0];
       end
-      if (\$5582 ) begin
-        Rf12 = \$5583 [10:0];
+      if (\$5406 ) begin
+        Rf12 = \$5407 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf13 = Rs13;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf13 = \$5558 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf13 = \$5382 [10:0];
       end
-      if (\$5582 ) begin
-        Rf13 = \$5584 [10:0];
+      if (\$5406 ) begin
+        Rf13 = \$5408 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf14 = Rs14;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf14 = \$5559 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf14 = \$5383 [10:0];
       end
-      if (\$5582 ) begin
-        Rf14 = \$5585 [10:0];
+      if (\$5406 ) begin
+        Rf14 = \$5409 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf15 = Rs15;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf15 = \$5560 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf15 = \$5384 [10:0];
       end
-      if (\$5582 ) begin
-        Rf15 = \$5586 [10:0];
+      if (\$5406 ) begin
+        Rf15 = \$5410 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf16 = Rs16;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf16 = \$5561 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf16 = \$5385 [10:0];
       end
-      if (\$5582 ) begin
-        Rf16 = \$5587 [10:0];
+      if (\$5406 ) begin
+        Rf16 = \$5411 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf17 = Rs17;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf17 = \$5562 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf17 = \$5386 [10:0];
       end
-      if (\$5582 ) begin
-        Rf17 = \$5588 [10:0];
+      if (\$5406 ) begin
+        Rf17 = \$5412 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf18 = Rs18;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf18 = \$5563 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf18 = \$5387 [10:0];
       end
-      if (\$5582 ) begin
-        Rf18 = \$5589 [10:0];
+      if (\$5406 ) begin
+        Rf18 = \$5413 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf19 = Rs19;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf19 = \$5564 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf19 = \$5388 [10:0];
       end
-      if (\$5582 ) begin
-        Rf19 = \$5590 [10:0];
+      if (\$5406 ) begin
+        Rf19 = \$5414 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf20 = Rs20;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf20 = \$5565 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf20 = \$5389 [10:0];
       end
-      if (\$5582 ) begin
-        Rf20 = \$5591 [10:0];
+      if (\$5406 ) begin
+        Rf20 = \$5415 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf21 = Rs21;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf21 = \$5566 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf21 = \$5390 [10:0];
       end
-      if (\$5582 ) begin
-        Rf21 = \$5592 [10:0];
+      if (\$5406 ) begin
+        Rf21 = \$5416 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf22 = Rs22;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf22 = \$5567 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf22 = \$5391 [10:0];
       end
-      if (\$5582 ) begin
-        Rf22 = \$5593 [10:0];
+      if (\$5406 ) begin
+        Rf22 = \$5417 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf23 = Rs23;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf23 = \$5568 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf23 = \$5392 [10:0];
       end
-      if (\$5582 ) begin
-        Rf23 = \$5594 [10:0];
+      if (\$5406 ) begin
+        Rf23 = \$5418 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf24 = Rs24;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf24 = \$5569 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf24 = \$5393 [10:0];
       end
-      if (\$5582 ) begin
-        Rf24 = \$5595 [10:0];
+      if (\$5406 ) begin
+        Rf24 = \$5419 [10:0];
       end
-      if (\$5608 ) begin
-        Rf24 = \$5609 [10:0];
+      if (\$5432 ) begin
+        Rf24 = \$5433 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf25 = Rs25;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf25 = \$5570 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf25 = \$5394 [10:0];
       end
-      if (\$5582 ) begin
-        Rf25 = \$5596 [10:0];
+      if (\$5406 ) begin
+        Rf25 = \$5420 [10:0];
       end
-      if (\$5608 ) begin
-        Rf25 = \$5610 [10:0];
+      if (\$5432 ) begin
+        Rf25 = \$5434 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf26 = Rs26;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf26 = \$5571 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf26 = \$5395 [10:0];
       end
-      if (\$5582 ) begin
-        Rf26 = \$5597 [10:0];
+      if (\$5406 ) begin
+        Rf26 = \$5421 [10:0];
       end
-      if (\$5608 ) begin
-        Rf26 = \$5611 [10:0];
+      if (\$5432 ) begin
+        Rf26 = \$5435 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf27 = Rs27;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf27 = \$5572 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf27 = \$5396 [10:0];
       end
-      if (\$5582 ) begin
-        Rf27 = \$5598 [10:0];
+      if (\$5406 ) begin
+        Rf27 = \$5422 [10:0];
       end
-      if (\$5608 ) begin
-        Rf27 = \$5612 [10:0];
+      if (\$5432 ) begin
+        Rf27 = \$5436 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf28 = Rs28;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf28 = \$5573 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf28 = \$5397 [10:0];
       end
-      if (\$5582 ) begin
-        Rf28 = \$5599 [10:0];
+      if (\$5406 ) begin
+        Rf28 = \$5423 [10:0];
       end
-      if (\$5608 ) begin
-        Rf28 = \$5613 [10:0];
+      if (\$5432 ) begin
+        Rf28 = \$5437 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf29 = Rs29;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf29 = \$5574 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf29 = \$5398 [10:0];
       end
-      if (\$5582 ) begin
-        Rf29 = \$5600 [10:0];
+      if (\$5406 ) begin
+        Rf29 = \$5424 [10:0];
       end
-      if (\$5608 ) begin
-        Rf29 = \$5614 [10:0];
+      if (\$5432 ) begin
+        Rf29 = \$5438 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf30 = Rs30;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf30 = \$5575 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf30 = \$5399 [10:0];
       end
-      if (\$5582 ) begin
-        Rf30 = \$5601 [10:0];
+      if (\$5406 ) begin
+        Rf30 = \$5425 [10:0];
       end
-      if (\$5608 ) begin
-        Rf30 = \$5615 [10:0];
+      if (\$5432 ) begin
+        Rf30 = \$5439 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf31 = Rs31;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf31 = \$5576 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf31 = \$5400 [10:0];
       end
-      if (\$5582 ) begin
-        Rf31 = \$5602 [10:0];
+      if (\$5406 ) begin
+        Rf31 = \$5426 [10:0];
       end
-      if (\$5608 ) begin
-        Rf31 = \$5616 [10:0];
+      if (\$5432 ) begin
+        Rf31 = \$5440 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf32 = Rs32;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf32 = \$5577 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf32 = \$5401 [10:0];
       end
-      if (\$5582 ) begin
-        Rf32 = \$5603 [10:0];
+      if (\$5406 ) begin
+        Rf32 = \$5427 [10:0];
       end
-      if (\$5608 ) begin
-        Rf32 = \$5617 [10:0];
+      if (\$5432 ) begin
+        Rf32 = \$5441 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf33 = Rs33;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf33 = \$5578 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf33 = \$5402 [10:0];
       end
-      if (\$5582 ) begin
-        Rf33 = \$5604 [10:0];
+      if (\$5406 ) begin
+        Rf33 = \$5428 [10:0];
       end
-      if (\$5608 ) begin
-        Rf33 = \$5618 [10:0];
+      if (\$5432 ) begin
+        Rf33 = \$5442 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf34 = Rs34;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf34 = \$5579 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf34 = \$5403 [10:0];
       end
-      if (\$5582 ) begin
-        Rf34 = \$5605 [10:0];
+      if (\$5406 ) begin
+        Rf34 = \$5429 [10:0];
       end
-      if (\$5608 ) begin
-        Rf34 = \$5619 [10:0];
+      if (\$5432 ) begin
+        Rf34 = \$5443 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf35 = Rs35;
-    if (i_mask__valid) begin
-      if (\$5544 ) begin
-        Rf35 = \$5580 [10:0];
+    if (mbuf_v) begin
+      if (\$5368 ) begin
+        Rf35 = \$5404 [10:0];
       end
-      if (\$5582 ) begin
-        Rf35 = \$5606 [10:0];
+      if (\$5406 ) begin
+        Rf35 = \$5430 [10:0];
       end
-      if (\$5608 ) begin
-        Rf35 = \$5620 [10:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$738  = \$signal$637 ;
-    if (\$5646 ) begin
-    end else if (\$5648 ) begin
-      if (\$5649 ) begin
-        \$signal$738  = VB;
+      if (\$5432 ) begin
+        Rf35 = \$5444 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$740  = \$signal ;
-    if (\$5646 ) begin
-      \$signal$740  = 1'h0;
-    end else if (\$5648 ) begin
-      if (\$5649 ) begin
-        \$signal$740  = \$signal$634 ;
+    \$signal$749  = \$signal$631 ;
+    if (\$5470 ) begin
+    end else if (\$5472 ) begin
+      if (\$5473 ) begin
+        \$signal$749  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$741  = \$signal$634 ;
-    if (\$5646 ) begin
-      \$signal$741  = 1'h0;
-    end else if (\$5648 ) begin
-      if (\$5649 ) begin
-        \$signal$741  = 1'h0;
+    \$signal$751  = \$signal$626 ;
+    if (\$5470 ) begin
+      \$signal$751  = 1'h0;
+    end else if (\$5472 ) begin
+      if (\$5473 ) begin
+        \$signal$751  = \$signal$628 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$742  = \$signal$743 ;
-    if (\$5646 ) begin
-    end else if (\$5648 ) begin
-      if (\$5649 ) begin
-        \$signal$742  = \$signal$744 ;
+    \$signal$752  = \$signal$628 ;
+    if (\$5470 ) begin
+      \$signal$752  = 1'h0;
+    end else if (\$5472 ) begin
+      if (\$5473 ) begin
+        \$signal$752  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$5621 ;
-    if (\$5646 ) begin
+    \$signal$753  = \$signal$754 ;
+    if (\$5470 ) begin
+    end else if (\$5472 ) begin
+      if (\$5473 ) begin
+        \$signal$753  = \$signal$755 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    allow_load = \$5445 ;
+    if (\$5470 ) begin
       allow_load = 1'h0;
     end
   end
@@ -18582,737 +19921,2945 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$5628 ;
+      end_ok = \$5452 ;
     end else begin
-      end_ok = \$5639 ;
+      end_ok = \$5463 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$5636 ;
+      end_bad = \$5460 ;
     end else begin
-      end_bad = \$5643 ;
+      end_bad = \$5467 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$765  = \$5478 ;
+    if (\$5487 ) begin
+      \$signal$765  = \$5491 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    lr_n = \$5481 ;
+    if (\$5487 ) begin
+      lr_n = \$5492 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$5654 ) begin
-      stride = \$5657 ;
+    if (\$5487 ) begin
+      stride = \$5490 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5783  = \$5662 ;
+    r_a_sel = 10'h000;
+    if (\$5498 ) begin
+      r_a_sel = { \$5508 , \$5507 , \$5506 , \$5505 , \$5504 , \$5503 , \$5502 , \$5501 , \$5500 , \$5499  };
+    end
+    if (\$5509 ) begin
+      r_a_sel = { \$5529 , \$5527 , \$5525 , \$5523 , \$5521 , \$5519 , \$5517 , \$5515 , \$5513 , \$5511  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    r_b_sel = 10'h000;
+    if (\$5548 ) begin
+      r_b_sel = { \$5558 , \$5557 , \$5556 , \$5555 , \$5554 , \$5553 , \$5552 , \$5551 , \$5550 , \$5549  };
+    end
+    if (\$5559 ) begin
+      r_b_sel = { \$5579 , \$5577 , \$5575 , \$5573 , \$5571 , \$5569 , \$5567 , \$5565 , \$5563 , \$5561  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    r_c_sel = 10'h000;
+    if (\$5598 ) begin
+      r_c_sel = { \$5608 , \$5607 , \$5606 , \$5605 , \$5604 , \$5603 , \$5602 , \$5601 , \$5600 , \$5599  };
+    end
+    if (\$5609 ) begin
+      r_c_sel = { \$5629 , \$5627 , \$5625 , \$5623 , \$5621 , \$5619 , \$5617 , \$5615 , \$5613 , \$5611  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5814  = 1'h0;
+    if (\$5774 ) begin
+      \$5814  = 1'h1;
+    end
     if (rst) begin
-      \$5783  = 1'h0;
+      \$5814  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5784  = \$5687 ;
+    \$5815  = a_grp0;
+    if (rdy_a) begin
+      \$5815  = grp0;
+    end
     if (rst) begin
-      \$5784  = 1'h0;
+      \$5815  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5785  = rs_w;
+    \$5816  = a_gsel0;
+    if (rdy_a) begin
+      \$5816  = gsel0;
+    end
+    if (rst) begin
+      \$5816  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5817  = a_lr0;
+    if (rdy_a) begin
+      \$5817  = \$5651 [3:0];
+    end
+    if (rst) begin
+      \$5817  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5818  = \$signal$476 ;
+    if (rdy_a) begin
+      \$5818 [0] = \$5652 ;
+      \$5818 [1] = \$5656 ;
+      \$5818 [2] = \$5660 ;
+      \$5818 [3] = \$5664 ;
+      \$5818 [4] = \$5668 ;
+      \$5818 [5] = \$5672 ;
+      \$5818 [6] = \$5676 ;
+      \$5818 [7] = \$5680 ;
+    end
+    if (rst) begin
+      \$5818  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5819  = a_nxt;
+    if (rdy_a) begin
+      \$5819 [0] = \$5654 ;
+      \$5819 [1] = \$5658 ;
+      \$5819 [2] = \$5662 ;
+      \$5819 [3] = \$5666 ;
+      \$5819 [4] = \$5670 ;
+      \$5819 [5] = \$5674 ;
+      \$5819 [6] = \$5678 ;
+      \$5819 [7] = \$5682 ;
+    end
+    if (rst) begin
+      \$5819  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5820  = a_grp1;
+    if (rdy_a) begin
+      \$5820  = grp1;
+    end
+    if (rst) begin
+      \$5820  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5821  = a_gsel1;
+    if (rdy_a) begin
+      \$5821  = gsel1;
+    end
+    if (rst) begin
+      \$5821  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5822  = a_lr1;
+    if (rdy_a) begin
+      \$5822  = \$5655 [3:0];
+    end
+    if (rst) begin
+      \$5822  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5823  = a_grp2;
+    if (rdy_a) begin
+      \$5823  = grp2;
+    end
+    if (rst) begin
+      \$5823  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5824  = a_gsel2;
+    if (rdy_a) begin
+      \$5824  = gsel2;
+    end
+    if (rst) begin
+      \$5824  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5825  = a_lr2;
+    if (rdy_a) begin
+      \$5825  = \$5659 [3:0];
+    end
+    if (rst) begin
+      \$5825  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5826  = a_grp3;
+    if (rdy_a) begin
+      \$5826  = grp3;
+    end
+    if (rst) begin
+      \$5826  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5827  = a_gsel3;
+    if (rdy_a) begin
+      \$5827  = gsel3;
+    end
+    if (rst) begin
+      \$5827  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5828  = a_lr3;
+    if (rdy_a) begin
+      \$5828  = \$5663 [3:0];
+    end
+    if (rst) begin
+      \$5828  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5829  = a_grp4;
+    if (rdy_a) begin
+      \$5829  = grp4;
+    end
+    if (rst) begin
+      \$5829  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5830  = a_gsel4;
+    if (rdy_a) begin
+      \$5830  = gsel4;
+    end
+    if (rst) begin
+      \$5830  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5831  = a_lr4;
+    if (rdy_a) begin
+      \$5831  = \$5667 [3:0];
+    end
+    if (rst) begin
+      \$5831  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5832  = a_grp5;
+    if (rdy_a) begin
+      \$5832  = grp5;
+    end
+    if (rst) begin
+      \$5832  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5833  = a_gsel5;
+    if (rdy_a) begin
+      \$5833  = gsel5;
+    end
+    if (rst) begin
+      \$5833  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5834  = a_lr5;
+    if (rdy_a) begin
+      \$5834  = \$5671 [3:0];
+    end
+    if (rst) begin
+      \$5834  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5835  = a_grp6;
+    if (rdy_a) begin
+      \$5835  = grp6;
+    end
+    if (rst) begin
+      \$5835  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5836  = a_gsel6;
+    if (rdy_a) begin
+      \$5836  = gsel6;
+    end
+    if (rst) begin
+      \$5836  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5837  = a_lr6;
+    if (rdy_a) begin
+      \$5837  = \$5675 [3:0];
+    end
+    if (rst) begin
+      \$5837  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5838  = a_grp7;
+    if (rdy_a) begin
+      \$5838  = grp7;
+    end
+    if (rst) begin
+      \$5838  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5839  = a_gsel7;
+    if (rdy_a) begin
+      \$5839  = gsel7;
+    end
+    if (rst) begin
+      \$5839  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5840  = a_lr7;
+    if (rdy_a) begin
+      \$5840  = \$5679 [3:0];
+    end
+    if (rst) begin
+      \$5840  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5841  = \$signal ;
+    if (rdy_a) begin
+      \$5841  = rs_w[3:0];
+    end
+    if (rst) begin
+      \$5841  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5842  = a_es;
+    if (rdy_a) begin
+      \$5842  = es_w[3:0];
+    end
+    if (rst) begin
+      \$5842  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5843  = \$5684 ;
+    if (rst) begin
+      \$5843  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5844  = ov;
+    if (rdy_a) begin
+      \$5844  = emit;
+    end
+    if (any_err) begin
+      \$5844  = 1'h0;
+    end
+    if (rst) begin
+      \$5844  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5845  = \$signal$645 ;
+    if (rdy_a) begin
+      \$5845  = finish;
+    end
+    if (rst) begin
+      \$5845  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5846  = a_last;
+    if (rdy_a) begin
+      \$5846  = \$5685 ;
+    end
+    if (rst) begin
+      \$5846  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5847  = a_val;
+    if (rdy_a) begin
+      \$5847  = vsh0;
+    end
+    if (rst) begin
+      \$5847  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5848  = \$5703 ;
+    if (rst) begin
+      \$5848  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5849  = \$5704 ;
+    if (rst) begin
+      \$5849  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5850  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$5785  = 7'h00;
-    end else if (\$5688 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$5785  = 7'h00;
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$5785  = \$5705 [6:0];
-        end else begin
-          \$5785  = \$5713 [6:0];
-        end
-      end
-    end
-    if (\$5773 ) begin
-      \$5785  = 7'h00;
-    end
-    if (rst) begin
-      \$5785  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5786  = es_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$5786  = { 2'h0, stride_w };
-    end else if (\$5688 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$5786  = { 2'h0, stride_w };
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$5786  = \$5708 [7:0];
-        end else begin
-          \$5786  = \$5715 [7:0];
-        end
-      end
-    end
-    if (\$5773 ) begin
-      \$5786  = \$5775 [7:0];
-    end
-    if (rst) begin
-      \$5786  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5787  = es2_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$5787  = { 2'h0, \$5689  };
-    end else if (\$5688 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$5787  = { 2'h0, \$5702  };
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$5787  = \$5711 [8:0];
-        end else begin
-          \$5787  = \$5717 [8:0];
-        end
-      end
-    end
-    if (\$5773 ) begin
-      \$5787  = \$5777 [8:0];
-    end
-    if (rst) begin
-      \$5787  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5788  = flush_d;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$5788  = 2'h0;
-    end else if (\$5688 ) begin
-      \$5788  = 2'h0;
+      \$5850  = 2'h0;
+    end else if (\$5705 ) begin
+      \$5850  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$5692 ) begin
-          \$5788  = \$5693 ;
+        if (\$5708 ) begin
+          \$5850  = \$5709 ;
         end
-        if (\$5696 ) begin
-          \$5788  = \$5697 [1:0];
+        if (\$5712 ) begin
+          \$5850  = \$5713 [1:0];
         end
-        if (\$5700 ) begin
-          \$5788  = \$5701 [1:0];
+        if (\$5716 ) begin
+          \$5850  = \$5717 [1:0];
         end
       end
     end
     if (rst) begin
-      \$5788  = 2'h0;
+      \$5850  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5789  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$5719 ) begin
-        \$5789  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$5851  = mbuf;
+    if (\$5718 ) begin
+      \$5851  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
+    end
+    if (rst) begin
+      \$5851  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5852  = mbuf_v;
+    if (\$5718 ) begin
+      \$5852  = 1'h1;
+    end else if (take_buf) begin
+      \$5852  = 1'h0;
+    end
+    if (rst) begin
+      \$5852  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5853  = mbeat0_n;
+    if (mbuf_v) begin
+      if (\$5720 ) begin
+        \$5853  = mbuf;
       end
     end
     if (rst) begin
-      \$5789  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$5853  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5790  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$5721 ) begin
-        \$5790  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$5854  = mbeat1_n;
+    if (mbuf_v) begin
+      if (\$5722 ) begin
+        \$5854  = mbuf;
       end
     end
     if (rst) begin
-      \$5790  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$5854  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5791  = mbeat2_n;
-    if (i_mask__valid) begin
-      if (\$5723 ) begin
-        \$5791  = { \$191 [7:0], \$190 [7:0], \$189 [7:0], \$188 [7:0], \$187 [7:0], \$186 [7:0], \$185 [7:0], \$184 [7:0], \$179 [7:0], \$178 [7:0], \$172 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$5855  = mbeat2_n;
+    if (mbuf_v) begin
+      if (\$5724 ) begin
+        \$5855  = mbuf;
       end
     end
     if (rst) begin
-      \$5791  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$5855  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5792  = mbeat0_nv;
-    if (i_mask__valid) begin
-      if (\$5719 ) begin
-        \$5792  = 1'h1;
+    \$5856  = mbeat0_nv;
+    if (mbuf_v) begin
+      if (\$5720 ) begin
+        \$5856  = 1'h1;
       end
     end
     if (rst) begin
-      \$5792  = 1'h0;
+      \$5856  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5793  = mbeat1_nv;
-    if (i_mask__valid) begin
-      if (\$5721 ) begin
-        \$5793  = 1'h1;
+    \$5857  = mbeat1_nv;
+    if (mbuf_v) begin
+      if (\$5722 ) begin
+        \$5857  = 1'h1;
       end
     end
     if (rst) begin
-      \$5793  = 1'h0;
+      \$5857  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5794  = mbeat2_nv;
-    if (i_mask__valid) begin
-      if (\$5723 ) begin
-        \$5794  = 1'h1;
+    \$5858  = mbeat2_nv;
+    if (mbuf_v) begin
+      if (\$5724 ) begin
+        \$5858  = 1'h1;
       end
     end
     if (rst) begin
-      \$5794  = 1'h0;
+      \$5858  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5795  = \$5724 [10:0];
+    \$5859  = \$5725 [10:0];
     if (rst) begin
-      \$5795  = 11'h000;
+      \$5859  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5796  = \$5725 [10:0];
+    \$5860  = \$5726 [10:0];
     if (rst) begin
-      \$5796  = 11'h000;
+      \$5860  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5797  = \$5726 [10:0];
+    \$5861  = \$5727 [10:0];
     if (rst) begin
-      \$5797  = 11'h000;
+      \$5861  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5798  = \$5727 [10:0];
+    \$5862  = \$5728 [10:0];
     if (rst) begin
-      \$5798  = 11'h000;
+      \$5862  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5799  = \$5728 [10:0];
+    \$5863  = \$5729 [10:0];
     if (rst) begin
-      \$5799  = 11'h000;
+      \$5863  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5800  = \$5729 [10:0];
+    \$5864  = \$5730 [10:0];
     if (rst) begin
-      \$5800  = 11'h000;
+      \$5864  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5801  = \$5730 [10:0];
+    \$5865  = \$5731 [10:0];
     if (rst) begin
-      \$5801  = 11'h000;
+      \$5865  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5802  = \$5731 [10:0];
+    \$5866  = \$5732 [10:0];
     if (rst) begin
-      \$5802  = 11'h000;
+      \$5866  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5803  = \$5732 [10:0];
+    \$5867  = \$5733 [10:0];
     if (rst) begin
-      \$5803  = 11'h000;
+      \$5867  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5804  = \$5733 [10:0];
+    \$5868  = \$5734 [10:0];
     if (rst) begin
-      \$5804  = 11'h000;
+      \$5868  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5805  = \$5734 [10:0];
+    \$5869  = \$5735 [10:0];
     if (rst) begin
-      \$5805  = 11'h000;
+      \$5869  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5806  = \$5735 [10:0];
+    \$5870  = \$5736 [10:0];
     if (rst) begin
-      \$5806  = 11'h000;
+      \$5870  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5807  = \$5736 [10:0];
+    \$5871  = \$5737 [10:0];
     if (rst) begin
-      \$5807  = 11'h000;
+      \$5871  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5808  = \$5737 [10:0];
+    \$5872  = \$5738 [10:0];
     if (rst) begin
-      \$5808  = 11'h000;
+      \$5872  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5809  = \$5738 [10:0];
+    \$5873  = \$5739 [10:0];
     if (rst) begin
-      \$5809  = 11'h000;
+      \$5873  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5810  = \$5739 [10:0];
+    \$5874  = \$5740 [10:0];
     if (rst) begin
-      \$5810  = 11'h000;
+      \$5874  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5811  = \$5740 [10:0];
+    \$5875  = \$5741 [10:0];
     if (rst) begin
-      \$5811  = 11'h000;
+      \$5875  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5812  = \$5741 [10:0];
+    \$5876  = \$5742 [10:0];
     if (rst) begin
-      \$5812  = 11'h000;
+      \$5876  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5813  = \$5742 [10:0];
+    \$5877  = \$5743 [10:0];
     if (rst) begin
-      \$5813  = 11'h000;
+      \$5877  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5814  = \$5743 [10:0];
+    \$5878  = \$5744 [10:0];
     if (rst) begin
-      \$5814  = 11'h000;
+      \$5878  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5815  = \$5744 [10:0];
+    \$5879  = \$5745 [10:0];
     if (rst) begin
-      \$5815  = 11'h000;
+      \$5879  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5816  = \$5745 [10:0];
+    \$5880  = \$5746 [10:0];
     if (rst) begin
-      \$5816  = 11'h000;
+      \$5880  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5817  = \$5746 [10:0];
+    \$5881  = \$5747 [10:0];
     if (rst) begin
-      \$5817  = 11'h000;
+      \$5881  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5818  = \$5747 [10:0];
+    \$5882  = \$5748 [10:0];
     if (rst) begin
-      \$5818  = 11'h000;
+      \$5882  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5819  = \$5748 [10:0];
+    \$5883  = \$5749 [10:0];
     if (rst) begin
-      \$5819  = 11'h000;
+      \$5883  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5820  = \$5749 [10:0];
+    \$5884  = \$5750 [10:0];
     if (rst) begin
-      \$5820  = 11'h000;
+      \$5884  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5821  = \$5750 [10:0];
+    \$5885  = \$5751 [10:0];
     if (rst) begin
-      \$5821  = 11'h000;
+      \$5885  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5822  = \$5751 [10:0];
+    \$5886  = \$5752 [10:0];
     if (rst) begin
-      \$5822  = 11'h000;
+      \$5886  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5823  = \$5752 [10:0];
+    \$5887  = \$5753 [10:0];
     if (rst) begin
-      \$5823  = 11'h000;
+      \$5887  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5824  = \$5753 [10:0];
+    \$5888  = \$5754 [10:0];
     if (rst) begin
-      \$5824  = 11'h000;
+      \$5888  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5825  = \$5754 [10:0];
+    \$5889  = \$5755 [10:0];
     if (rst) begin
-      \$5825  = 11'h000;
+      \$5889  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5826  = \$5755 [10:0];
+    \$5890  = \$5756 [10:0];
     if (rst) begin
-      \$5826  = 11'h000;
+      \$5890  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5827  = \$5756 [10:0];
+    \$5891  = \$5757 [10:0];
     if (rst) begin
-      \$5827  = 11'h000;
+      \$5891  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5828  = \$5757 [10:0];
+    \$5892  = \$5758 [10:0];
     if (rst) begin
-      \$5828  = 11'h000;
+      \$5892  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5829  = \$5758 [10:0];
+    \$5893  = \$5759 [10:0];
     if (rst) begin
-      \$5829  = 11'h000;
+      \$5893  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5830  = \$5759 [10:0];
+    \$5894  = \$5760 [10:0];
     if (rst) begin
-      \$5830  = 11'h000;
+      \$5894  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5831  = \$5760 [10:0];
+    \$5895  = \$5761 [10:0];
     if (rst) begin
-      \$5831  = 11'h000;
+      \$5895  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5832  = vpos;
-    if (\$5763 ) begin
-      \$5832  = 3'h0;
-    end else if (\$5765 ) begin
+    \$5896  = vpos;
+    if (\$5764 ) begin
+      \$5896  = 3'h0;
+    end else if (\$5766 ) begin
       (* full_case = 32'd1 *)
-      if (\$5766 ) begin
-        \$5832  = \$5767 [2:0];
+      if (\$5767 ) begin
+        \$5896  = \$5768 [2:0];
       end else begin
-        \$5832  = vpos_n[2:0];
+        \$5896  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$5832  = 3'h0;
+      \$5896  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5833  = vlast_loaded;
-    if (\$5763 ) begin
-      \$5833  = 1'h0;
+    \$5897  = vlast_loaded;
+    if (\$5764 ) begin
+      \$5897  = 1'h0;
     end
-    if (\$5768 ) begin
-      if (\$5772 ) begin
-        \$5833  = i_value__payload[64];
+    if (\$5769 ) begin
+      if (\$5773 ) begin
+        \$5897  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$5833  = 1'h0;
+      \$5897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5834  = prev_last;
-    if (\$5763 ) begin
-      \$5834  = 1'h0;
-    end else if (\$5765 ) begin
-      if (\$5766 ) begin
-        \$5834  = \$signal$743 ;
+    \$5898  = prev_last;
+    if (\$5764 ) begin
+      \$5898  = 1'h0;
+    end else if (\$5766 ) begin
+      if (\$5767 ) begin
+        \$5898  = \$signal$754 ;
       end
     end
     if (rst) begin
-      \$5834  = 1'h0;
+      \$5898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5835  = any_val;
-    if (\$5763 ) begin
-      \$5835  = 1'h0;
-    end else if (\$5765 ) begin
-      \$5835  = 1'h1;
+    \$5899  = any_val;
+    if (\$5764 ) begin
+      \$5899  = 1'h0;
+    end else if (\$5766 ) begin
+      \$5899  = 1'h1;
     end
     if (rst) begin
-      \$5835  = 1'h0;
+      \$5899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5836  = \$signal$738 ;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-        \$5836  = i_value__payload[63:0];
+    \$5900  = \$signal$749 ;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+        \$5900  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$5836  = 64'h0000000000000000;
+      \$5900  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5837  = VB;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-      end else if (\$5770 ) begin
-        \$5837  = i_value__payload[63:0];
+    \$5901  = VB;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+      end else if (\$5771 ) begin
+        \$5901  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$5837  = 64'h0000000000000000;
+      \$5901  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5838  = \$signal$740 ;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-        \$5838  = 1'h1;
+    \$5902  = \$signal$751 ;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+        \$5902  = 1'h1;
       end
     end
     if (rst) begin
-      \$5838  = 1'h0;
+      \$5902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5839  = \$signal$741 ;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-      end else if (\$5770 ) begin
-        \$5839  = 1'h1;
+    \$5903  = \$signal$752 ;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+      end else if (\$5771 ) begin
+        \$5903  = 1'h1;
       end
     end
     if (rst) begin
-      \$5839  = 1'h0;
+      \$5903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5840  = \$signal$742 ;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-        \$5840  = i_value__payload[64];
+    \$5904  = \$signal$753 ;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+        \$5904  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$5840  = 1'h0;
+      \$5904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5841  = \$signal$744 ;
-    if (\$5768 ) begin
-      if (\$5769 ) begin
-      end else if (\$5770 ) begin
-        \$5841  = i_value__payload[64];
+    \$5905  = \$signal$755 ;
+    if (\$5769 ) begin
+      if (\$5770 ) begin
+      end else if (\$5771 ) begin
+        \$5905  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$5841  = 1'h0;
+      \$5905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5842  = running;
-    if (\$5773 ) begin
-      \$5842  = 1'h1;
+    \$5906  = running;
+    if (\$5774 ) begin
+      \$5906  = 1'h1;
     end
     if (mat_end) begin
-      \$5842  = 1'h0;
+      \$5906  = 1'h0;
     end
     if (any_err) begin
-      \$5842  = 1'h0;
+      \$5906  = 1'h0;
     end
     if (rst) begin
-      \$5842  = 1'h0;
+      \$5906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5843  = rows_left;
-    if (\$5773 ) begin
-      \$5843  = i_cmd__payload[15:0];
+    \$5907  = rows_left;
+    if (\$5774 ) begin
+      \$5907  = i_cmd__payload[15:0];
     end
-    if (\$5778 ) begin
-      \$5843  = \$5779 [15:0];
+    if (\$5776 ) begin
+      \$5907  = \$5777 [15:0];
     end
     if (rst) begin
-      \$5843  = 16'h0000;
+      \$5907  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5844  = cols_r;
-    if (\$5773 ) begin
-      \$5844  = i_cmd__payload[26:16];
+    \$5908  = cols_r;
+    if (\$5774 ) begin
+      \$5908  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$5844  = 11'h000;
+      \$5908  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5845  = stride_w;
-    if (\$5773 ) begin
-      \$5845  = \$5774 [5:0];
+    \$5909  = stride_w;
+    if (\$5774 ) begin
+      \$5909  = \$5775 [5:0];
     end
     if (rst) begin
-      \$5845  = 6'h00;
+      \$5909  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5846  = endv;
+    \$5910  = endv;
     if (mat_end) begin
-      \$5846  = 1'h1;
+      \$5910  = 1'h1;
     end
-    if (\$5781 ) begin
-      \$5846  = 1'h0;
+    if (\$5779 ) begin
+      \$5910  = 1'h0;
     end
     if (any_err) begin
-      \$5846  = 1'h0;
+      \$5910  = 1'h0;
     end
     if (rst) begin
-      \$5846  = 1'h0;
+      \$5910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$5847  = \$5782 ;
+    (* full_case = 32'd1 *)
+    if (\$5780 ) begin
+      \$5911  = 7'h00;
+    end else if (any_err) begin
+      \$5911  = 7'h00;
+    end else begin
+      \$5911  = \$5792 [6:0];
+    end
     if (rst) begin
-      \$5847  = 4'h0;
+      \$5911  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$194  = 11'h000;
-    casez (es_w[3:0])
+    (* full_case = 32'd1 *)
+    if (\$5780 ) begin
+      \$5912  = \$5781 [7:0];
+    end else if (any_err) begin
+      \$5912  = { 2'h0, stride_w };
+    end else begin
+      \$5912  = \$5793 [7:0];
+    end
+    if (rst) begin
+      \$5912  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$5780 ) begin
+      \$5913  = \$5783 [8:0];
+    end else if (any_err) begin
+      \$5913  = { 2'h0, \$5788  };
+    end else begin
+      \$5913  = \$5795 [8:0];
+    end
+    if (rst) begin
+      \$5913  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$5780 ) begin
+      \$5914  = \$5787 [9:0];
+    end else if (any_err) begin
+      \$5914  = { 2'h0, \$5790  };
+    end else begin
+      \$5914  = \$5799 [9:0];
+    end
+    if (rst) begin
+      \$5914  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5915  = \$signal$765 ;
+    if (rst) begin
+      \$5915  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5916  = lr_n;
+    if (rst) begin
+      \$5916  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5917  = \$5801 [10:0];
+    if (rst) begin
+      \$5917  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5918  = \$5803 [10:0];
+    if (rst) begin
+      \$5918  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5919  = \$5806 ;
+    if (rst) begin
+      \$5919  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5920  = \$5812 ;
+    if (rst) begin
+      \$5920  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5921  = \$5813 ;
+    if (rst) begin
+      \$5921  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[3:0])
       4'h0:
-          \$194  = Rm1;
+          \$1  = 3'h0;
       4'h1:
-          \$194  = R3;
+          \$1  = 3'h1;
       4'h2:
-          \$194  = R7;
+          \$1  = 3'h1;
       4'h3:
-          \$194  = R11;
+          \$1  = 3'h2;
       4'h4:
-          \$194  = R15;
+          \$1  = 3'h1;
       4'h5:
-          \$194  = R19;
+          \$1  = 3'h2;
       4'h6:
-          \$194  = R23;
+          \$1  = 3'h2;
       4'h7:
-          \$194  = R27;
+          \$1  = 3'h3;
       4'h8:
-          \$194  = R31;
+          \$1  = 3'h1;
       4'h9:
-          \$194  = R35;
+          \$1  = 3'h2;
+      4'ha:
+          \$1  = 3'h2;
+      4'hb:
+          \$1  = 3'h3;
+      4'hc:
+          \$1  = 3'h2;
+      4'hd:
+          \$1  = 3'h3;
+      4'he:
+          \$1  = 3'h3;
+      4'hf:
+          \$1  = 3'h4;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$197  = 11'h000;
-    casez (es2_w[3:0])
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[7:4])
       4'h0:
-          \$197  = Rm1;
+          \$2  = 3'h0;
       4'h1:
-          \$197  = R3;
+          \$2  = 3'h1;
       4'h2:
-          \$197  = R7;
+          \$2  = 3'h1;
       4'h3:
-          \$197  = R11;
+          \$2  = 3'h2;
       4'h4:
-          \$197  = R15;
+          \$2  = 3'h1;
       4'h5:
-          \$197  = R19;
+          \$2  = 3'h2;
       4'h6:
-          \$197  = R23;
+          \$2  = 3'h2;
       4'h7:
-          \$197  = R27;
+          \$2  = 3'h3;
       4'h8:
-          \$197  = R31;
+          \$2  = 3'h1;
       4'h9:
-          \$197  = R35;
+          \$2  = 3'h2;
+      4'ha:
+          \$2  = 3'h2;
+      4'hb:
+          \$2  = 3'h3;
+      4'hc:
+          \$2  = 3'h2;
+      4'hd:
+          \$2  = 3'h3;
+      4'he:
+          \$2  = 3'h3;
+      4'hf:
+          \$2  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[11:8])
+      4'h0:
+          \$4  = 3'h0;
+      4'h1:
+          \$4  = 3'h1;
+      4'h2:
+          \$4  = 3'h1;
+      4'h3:
+          \$4  = 3'h2;
+      4'h4:
+          \$4  = 3'h1;
+      4'h5:
+          \$4  = 3'h2;
+      4'h6:
+          \$4  = 3'h2;
+      4'h7:
+          \$4  = 3'h3;
+      4'h8:
+          \$4  = 3'h1;
+      4'h9:
+          \$4  = 3'h2;
+      4'ha:
+          \$4  = 3'h2;
+      4'hb:
+          \$4  = 3'h3;
+      4'hc:
+          \$4  = 3'h2;
+      4'hd:
+          \$4  = 3'h3;
+      4'he:
+          \$4  = 3'h3;
+      4'hf:
+          \$4  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[15:12])
+      4'h0:
+          \$5  = 3'h0;
+      4'h1:
+          \$5  = 3'h1;
+      4'h2:
+          \$5  = 3'h1;
+      4'h3:
+          \$5  = 3'h2;
+      4'h4:
+          \$5  = 3'h1;
+      4'h5:
+          \$5  = 3'h2;
+      4'h6:
+          \$5  = 3'h2;
+      4'h7:
+          \$5  = 3'h3;
+      4'h8:
+          \$5  = 3'h1;
+      4'h9:
+          \$5  = 3'h2;
+      4'ha:
+          \$5  = 3'h2;
+      4'hb:
+          \$5  = 3'h3;
+      4'hc:
+          \$5  = 3'h2;
+      4'hd:
+          \$5  = 3'h3;
+      4'he:
+          \$5  = 3'h3;
+      4'hf:
+          \$5  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[19:16])
+      4'h0:
+          \$7  = 3'h0;
+      4'h1:
+          \$7  = 3'h1;
+      4'h2:
+          \$7  = 3'h1;
+      4'h3:
+          \$7  = 3'h2;
+      4'h4:
+          \$7  = 3'h1;
+      4'h5:
+          \$7  = 3'h2;
+      4'h6:
+          \$7  = 3'h2;
+      4'h7:
+          \$7  = 3'h3;
+      4'h8:
+          \$7  = 3'h1;
+      4'h9:
+          \$7  = 3'h2;
+      4'ha:
+          \$7  = 3'h2;
+      4'hb:
+          \$7  = 3'h3;
+      4'hc:
+          \$7  = 3'h2;
+      4'hd:
+          \$7  = 3'h3;
+      4'he:
+          \$7  = 3'h3;
+      4'hf:
+          \$7  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[23:20])
+      4'h0:
+          \$8  = 3'h0;
+      4'h1:
+          \$8  = 3'h1;
+      4'h2:
+          \$8  = 3'h1;
+      4'h3:
+          \$8  = 3'h2;
+      4'h4:
+          \$8  = 3'h1;
+      4'h5:
+          \$8  = 3'h2;
+      4'h6:
+          \$8  = 3'h2;
+      4'h7:
+          \$8  = 3'h3;
+      4'h8:
+          \$8  = 3'h1;
+      4'h9:
+          \$8  = 3'h2;
+      4'ha:
+          \$8  = 3'h2;
+      4'hb:
+          \$8  = 3'h3;
+      4'hc:
+          \$8  = 3'h2;
+      4'hd:
+          \$8  = 3'h3;
+      4'he:
+          \$8  = 3'h3;
+      4'hf:
+          \$8  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[27:24])
+      4'h0:
+          \$10  = 3'h0;
+      4'h1:
+          \$10  = 3'h1;
+      4'h2:
+          \$10  = 3'h1;
+      4'h3:
+          \$10  = 3'h2;
+      4'h4:
+          \$10  = 3'h1;
+      4'h5:
+          \$10  = 3'h2;
+      4'h6:
+          \$10  = 3'h2;
+      4'h7:
+          \$10  = 3'h3;
+      4'h8:
+          \$10  = 3'h1;
+      4'h9:
+          \$10  = 3'h2;
+      4'ha:
+          \$10  = 3'h2;
+      4'hb:
+          \$10  = 3'h3;
+      4'hc:
+          \$10  = 3'h2;
+      4'hd:
+          \$10  = 3'h3;
+      4'he:
+          \$10  = 3'h3;
+      4'hf:
+          \$10  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[31:28])
+      4'h0:
+          \$11  = 3'h0;
+      4'h1:
+          \$11  = 3'h1;
+      4'h2:
+          \$11  = 3'h1;
+      4'h3:
+          \$11  = 3'h2;
+      4'h4:
+          \$11  = 3'h1;
+      4'h5:
+          \$11  = 3'h2;
+      4'h6:
+          \$11  = 3'h2;
+      4'h7:
+          \$11  = 3'h3;
+      4'h8:
+          \$11  = 3'h1;
+      4'h9:
+          \$11  = 3'h2;
+      4'ha:
+          \$11  = 3'h2;
+      4'hb:
+          \$11  = 3'h3;
+      4'hc:
+          \$11  = 3'h2;
+      4'hd:
+          \$11  = 3'h3;
+      4'he:
+          \$11  = 3'h3;
+      4'hf:
+          \$11  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[35:32])
+      4'h0:
+          \$13  = 3'h0;
+      4'h1:
+          \$13  = 3'h1;
+      4'h2:
+          \$13  = 3'h1;
+      4'h3:
+          \$13  = 3'h2;
+      4'h4:
+          \$13  = 3'h1;
+      4'h5:
+          \$13  = 3'h2;
+      4'h6:
+          \$13  = 3'h2;
+      4'h7:
+          \$13  = 3'h3;
+      4'h8:
+          \$13  = 3'h1;
+      4'h9:
+          \$13  = 3'h2;
+      4'ha:
+          \$13  = 3'h2;
+      4'hb:
+          \$13  = 3'h3;
+      4'hc:
+          \$13  = 3'h2;
+      4'hd:
+          \$13  = 3'h3;
+      4'he:
+          \$13  = 3'h3;
+      4'hf:
+          \$13  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[39:36])
+      4'h0:
+          \$14  = 3'h0;
+      4'h1:
+          \$14  = 3'h1;
+      4'h2:
+          \$14  = 3'h1;
+      4'h3:
+          \$14  = 3'h2;
+      4'h4:
+          \$14  = 3'h1;
+      4'h5:
+          \$14  = 3'h2;
+      4'h6:
+          \$14  = 3'h2;
+      4'h7:
+          \$14  = 3'h3;
+      4'h8:
+          \$14  = 3'h1;
+      4'h9:
+          \$14  = 3'h2;
+      4'ha:
+          \$14  = 3'h2;
+      4'hb:
+          \$14  = 3'h3;
+      4'hc:
+          \$14  = 3'h2;
+      4'hd:
+          \$14  = 3'h3;
+      4'he:
+          \$14  = 3'h3;
+      4'hf:
+          \$14  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[43:40])
+      4'h0:
+          \$16  = 3'h0;
+      4'h1:
+          \$16  = 3'h1;
+      4'h2:
+          \$16  = 3'h1;
+      4'h3:
+          \$16  = 3'h2;
+      4'h4:
+          \$16  = 3'h1;
+      4'h5:
+          \$16  = 3'h2;
+      4'h6:
+          \$16  = 3'h2;
+      4'h7:
+          \$16  = 3'h3;
+      4'h8:
+          \$16  = 3'h1;
+      4'h9:
+          \$16  = 3'h2;
+      4'ha:
+          \$16  = 3'h2;
+      4'hb:
+          \$16  = 3'h3;
+      4'hc:
+          \$16  = 3'h2;
+      4'hd:
+          \$16  = 3'h3;
+      4'he:
+          \$16  = 3'h3;
+      4'hf:
+          \$16  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[47:44])
+      4'h0:
+          \$17  = 3'h0;
+      4'h1:
+          \$17  = 3'h1;
+      4'h2:
+          \$17  = 3'h1;
+      4'h3:
+          \$17  = 3'h2;
+      4'h4:
+          \$17  = 3'h1;
+      4'h5:
+          \$17  = 3'h2;
+      4'h6:
+          \$17  = 3'h2;
+      4'h7:
+          \$17  = 3'h3;
+      4'h8:
+          \$17  = 3'h1;
+      4'h9:
+          \$17  = 3'h2;
+      4'ha:
+          \$17  = 3'h2;
+      4'hb:
+          \$17  = 3'h3;
+      4'hc:
+          \$17  = 3'h2;
+      4'hd:
+          \$17  = 3'h3;
+      4'he:
+          \$17  = 3'h3;
+      4'hf:
+          \$17  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[51:48])
+      4'h0:
+          \$19  = 3'h0;
+      4'h1:
+          \$19  = 3'h1;
+      4'h2:
+          \$19  = 3'h1;
+      4'h3:
+          \$19  = 3'h2;
+      4'h4:
+          \$19  = 3'h1;
+      4'h5:
+          \$19  = 3'h2;
+      4'h6:
+          \$19  = 3'h2;
+      4'h7:
+          \$19  = 3'h3;
+      4'h8:
+          \$19  = 3'h1;
+      4'h9:
+          \$19  = 3'h2;
+      4'ha:
+          \$19  = 3'h2;
+      4'hb:
+          \$19  = 3'h3;
+      4'hc:
+          \$19  = 3'h2;
+      4'hd:
+          \$19  = 3'h3;
+      4'he:
+          \$19  = 3'h3;
+      4'hf:
+          \$19  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[55:52])
+      4'h0:
+          \$20  = 3'h0;
+      4'h1:
+          \$20  = 3'h1;
+      4'h2:
+          \$20  = 3'h1;
+      4'h3:
+          \$20  = 3'h2;
+      4'h4:
+          \$20  = 3'h1;
+      4'h5:
+          \$20  = 3'h2;
+      4'h6:
+          \$20  = 3'h2;
+      4'h7:
+          \$20  = 3'h3;
+      4'h8:
+          \$20  = 3'h1;
+      4'h9:
+          \$20  = 3'h2;
+      4'ha:
+          \$20  = 3'h2;
+      4'hb:
+          \$20  = 3'h3;
+      4'hc:
+          \$20  = 3'h2;
+      4'hd:
+          \$20  = 3'h3;
+      4'he:
+          \$20  = 3'h3;
+      4'hf:
+          \$20  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[59:56])
+      4'h0:
+          \$22  = 3'h0;
+      4'h1:
+          \$22  = 3'h1;
+      4'h2:
+          \$22  = 3'h1;
+      4'h3:
+          \$22  = 3'h2;
+      4'h4:
+          \$22  = 3'h1;
+      4'h5:
+          \$22  = 3'h2;
+      4'h6:
+          \$22  = 3'h2;
+      4'h7:
+          \$22  = 3'h3;
+      4'h8:
+          \$22  = 3'h1;
+      4'h9:
+          \$22  = 3'h2;
+      4'ha:
+          \$22  = 3'h2;
+      4'hb:
+          \$22  = 3'h3;
+      4'hc:
+          \$22  = 3'h2;
+      4'hd:
+          \$22  = 3'h3;
+      4'he:
+          \$22  = 3'h3;
+      4'hf:
+          \$22  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[63:60])
+      4'h0:
+          \$23  = 3'h0;
+      4'h1:
+          \$23  = 3'h1;
+      4'h2:
+          \$23  = 3'h1;
+      4'h3:
+          \$23  = 3'h2;
+      4'h4:
+          \$23  = 3'h1;
+      4'h5:
+          \$23  = 3'h2;
+      4'h6:
+          \$23  = 3'h2;
+      4'h7:
+          \$23  = 3'h3;
+      4'h8:
+          \$23  = 3'h1;
+      4'h9:
+          \$23  = 3'h2;
+      4'ha:
+          \$23  = 3'h2;
+      4'hb:
+          \$23  = 3'h3;
+      4'hc:
+          \$23  = 3'h2;
+      4'hd:
+          \$23  = 3'h3;
+      4'he:
+          \$23  = 3'h3;
+      4'hf:
+          \$23  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[67:64])
+      4'h0:
+          \$25  = 3'h0;
+      4'h1:
+          \$25  = 3'h1;
+      4'h2:
+          \$25  = 3'h1;
+      4'h3:
+          \$25  = 3'h2;
+      4'h4:
+          \$25  = 3'h1;
+      4'h5:
+          \$25  = 3'h2;
+      4'h6:
+          \$25  = 3'h2;
+      4'h7:
+          \$25  = 3'h3;
+      4'h8:
+          \$25  = 3'h1;
+      4'h9:
+          \$25  = 3'h2;
+      4'ha:
+          \$25  = 3'h2;
+      4'hb:
+          \$25  = 3'h3;
+      4'hc:
+          \$25  = 3'h2;
+      4'hd:
+          \$25  = 3'h3;
+      4'he:
+          \$25  = 3'h3;
+      4'hf:
+          \$25  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[71:68])
+      4'h0:
+          \$26  = 3'h0;
+      4'h1:
+          \$26  = 3'h1;
+      4'h2:
+          \$26  = 3'h1;
+      4'h3:
+          \$26  = 3'h2;
+      4'h4:
+          \$26  = 3'h1;
+      4'h5:
+          \$26  = 3'h2;
+      4'h6:
+          \$26  = 3'h2;
+      4'h7:
+          \$26  = 3'h3;
+      4'h8:
+          \$26  = 3'h1;
+      4'h9:
+          \$26  = 3'h2;
+      4'ha:
+          \$26  = 3'h2;
+      4'hb:
+          \$26  = 3'h3;
+      4'hc:
+          \$26  = 3'h2;
+      4'hd:
+          \$26  = 3'h3;
+      4'he:
+          \$26  = 3'h3;
+      4'hf:
+          \$26  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[75:72])
+      4'h0:
+          \$28  = 3'h0;
+      4'h1:
+          \$28  = 3'h1;
+      4'h2:
+          \$28  = 3'h1;
+      4'h3:
+          \$28  = 3'h2;
+      4'h4:
+          \$28  = 3'h1;
+      4'h5:
+          \$28  = 3'h2;
+      4'h6:
+          \$28  = 3'h2;
+      4'h7:
+          \$28  = 3'h3;
+      4'h8:
+          \$28  = 3'h1;
+      4'h9:
+          \$28  = 3'h2;
+      4'ha:
+          \$28  = 3'h2;
+      4'hb:
+          \$28  = 3'h3;
+      4'hc:
+          \$28  = 3'h2;
+      4'hd:
+          \$28  = 3'h3;
+      4'he:
+          \$28  = 3'h3;
+      4'hf:
+          \$28  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[79:76])
+      4'h0:
+          \$29  = 3'h0;
+      4'h1:
+          \$29  = 3'h1;
+      4'h2:
+          \$29  = 3'h1;
+      4'h3:
+          \$29  = 3'h2;
+      4'h4:
+          \$29  = 3'h1;
+      4'h5:
+          \$29  = 3'h2;
+      4'h6:
+          \$29  = 3'h2;
+      4'h7:
+          \$29  = 3'h3;
+      4'h8:
+          \$29  = 3'h1;
+      4'h9:
+          \$29  = 3'h2;
+      4'ha:
+          \$29  = 3'h2;
+      4'hb:
+          \$29  = 3'h3;
+      4'hc:
+          \$29  = 3'h2;
+      4'hd:
+          \$29  = 3'h3;
+      4'he:
+          \$29  = 3'h3;
+      4'hf:
+          \$29  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[83:80])
+      4'h0:
+          \$31  = 3'h0;
+      4'h1:
+          \$31  = 3'h1;
+      4'h2:
+          \$31  = 3'h1;
+      4'h3:
+          \$31  = 3'h2;
+      4'h4:
+          \$31  = 3'h1;
+      4'h5:
+          \$31  = 3'h2;
+      4'h6:
+          \$31  = 3'h2;
+      4'h7:
+          \$31  = 3'h3;
+      4'h8:
+          \$31  = 3'h1;
+      4'h9:
+          \$31  = 3'h2;
+      4'ha:
+          \$31  = 3'h2;
+      4'hb:
+          \$31  = 3'h3;
+      4'hc:
+          \$31  = 3'h2;
+      4'hd:
+          \$31  = 3'h3;
+      4'he:
+          \$31  = 3'h3;
+      4'hf:
+          \$31  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[87:84])
+      4'h0:
+          \$32  = 3'h0;
+      4'h1:
+          \$32  = 3'h1;
+      4'h2:
+          \$32  = 3'h1;
+      4'h3:
+          \$32  = 3'h2;
+      4'h4:
+          \$32  = 3'h1;
+      4'h5:
+          \$32  = 3'h2;
+      4'h6:
+          \$32  = 3'h2;
+      4'h7:
+          \$32  = 3'h3;
+      4'h8:
+          \$32  = 3'h1;
+      4'h9:
+          \$32  = 3'h2;
+      4'ha:
+          \$32  = 3'h2;
+      4'hb:
+          \$32  = 3'h3;
+      4'hc:
+          \$32  = 3'h2;
+      4'hd:
+          \$32  = 3'h3;
+      4'he:
+          \$32  = 3'h3;
+      4'hf:
+          \$32  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[91:88])
+      4'h0:
+          \$34  = 3'h0;
+      4'h1:
+          \$34  = 3'h1;
+      4'h2:
+          \$34  = 3'h1;
+      4'h3:
+          \$34  = 3'h2;
+      4'h4:
+          \$34  = 3'h1;
+      4'h5:
+          \$34  = 3'h2;
+      4'h6:
+          \$34  = 3'h2;
+      4'h7:
+          \$34  = 3'h3;
+      4'h8:
+          \$34  = 3'h1;
+      4'h9:
+          \$34  = 3'h2;
+      4'ha:
+          \$34  = 3'h2;
+      4'hb:
+          \$34  = 3'h3;
+      4'hc:
+          \$34  = 3'h2;
+      4'hd:
+          \$34  = 3'h3;
+      4'he:
+          \$34  = 3'h3;
+      4'hf:
+          \$34  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[95:92])
+      4'h0:
+          \$35  = 3'h0;
+      4'h1:
+          \$35  = 3'h1;
+      4'h2:
+          \$35  = 3'h1;
+      4'h3:
+          \$35  = 3'h2;
+      4'h4:
+          \$35  = 3'h1;
+      4'h5:
+          \$35  = 3'h2;
+      4'h6:
+          \$35  = 3'h2;
+      4'h7:
+          \$35  = 3'h3;
+      4'h8:
+          \$35  = 3'h1;
+      4'h9:
+          \$35  = 3'h2;
+      4'ha:
+          \$35  = 3'h2;
+      4'hb:
+          \$35  = 3'h3;
+      4'hc:
+          \$35  = 3'h2;
+      4'hd:
+          \$35  = 3'h3;
+      4'he:
+          \$35  = 3'h3;
+      4'hf:
+          \$35  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[99:96])
+      4'h0:
+          \$37  = 3'h0;
+      4'h1:
+          \$37  = 3'h1;
+      4'h2:
+          \$37  = 3'h1;
+      4'h3:
+          \$37  = 3'h2;
+      4'h4:
+          \$37  = 3'h1;
+      4'h5:
+          \$37  = 3'h2;
+      4'h6:
+          \$37  = 3'h2;
+      4'h7:
+          \$37  = 3'h3;
+      4'h8:
+          \$37  = 3'h1;
+      4'h9:
+          \$37  = 3'h2;
+      4'ha:
+          \$37  = 3'h2;
+      4'hb:
+          \$37  = 3'h3;
+      4'hc:
+          \$37  = 3'h2;
+      4'hd:
+          \$37  = 3'h3;
+      4'he:
+          \$37  = 3'h3;
+      4'hf:
+          \$37  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[103:100])
+      4'h0:
+          \$38  = 3'h0;
+      4'h1:
+          \$38  = 3'h1;
+      4'h2:
+          \$38  = 3'h1;
+      4'h3:
+          \$38  = 3'h2;
+      4'h4:
+          \$38  = 3'h1;
+      4'h5:
+          \$38  = 3'h2;
+      4'h6:
+          \$38  = 3'h2;
+      4'h7:
+          \$38  = 3'h3;
+      4'h8:
+          \$38  = 3'h1;
+      4'h9:
+          \$38  = 3'h2;
+      4'ha:
+          \$38  = 3'h2;
+      4'hb:
+          \$38  = 3'h3;
+      4'hc:
+          \$38  = 3'h2;
+      4'hd:
+          \$38  = 3'h3;
+      4'he:
+          \$38  = 3'h3;
+      4'hf:
+          \$38  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[107:104])
+      4'h0:
+          \$40  = 3'h0;
+      4'h1:
+          \$40  = 3'h1;
+      4'h2:
+          \$40  = 3'h1;
+      4'h3:
+          \$40  = 3'h2;
+      4'h4:
+          \$40  = 3'h1;
+      4'h5:
+          \$40  = 3'h2;
+      4'h6:
+          \$40  = 3'h2;
+      4'h7:
+          \$40  = 3'h3;
+      4'h8:
+          \$40  = 3'h1;
+      4'h9:
+          \$40  = 3'h2;
+      4'ha:
+          \$40  = 3'h2;
+      4'hb:
+          \$40  = 3'h3;
+      4'hc:
+          \$40  = 3'h2;
+      4'hd:
+          \$40  = 3'h3;
+      4'he:
+          \$40  = 3'h3;
+      4'hf:
+          \$40  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[111:108])
+      4'h0:
+          \$41  = 3'h0;
+      4'h1:
+          \$41  = 3'h1;
+      4'h2:
+          \$41  = 3'h1;
+      4'h3:
+          \$41  = 3'h2;
+      4'h4:
+          \$41  = 3'h1;
+      4'h5:
+          \$41  = 3'h2;
+      4'h6:
+          \$41  = 3'h2;
+      4'h7:
+          \$41  = 3'h3;
+      4'h8:
+          \$41  = 3'h1;
+      4'h9:
+          \$41  = 3'h2;
+      4'ha:
+          \$41  = 3'h2;
+      4'hb:
+          \$41  = 3'h3;
+      4'hc:
+          \$41  = 3'h2;
+      4'hd:
+          \$41  = 3'h3;
+      4'he:
+          \$41  = 3'h3;
+      4'hf:
+          \$41  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[115:112])
+      4'h0:
+          \$43  = 3'h0;
+      4'h1:
+          \$43  = 3'h1;
+      4'h2:
+          \$43  = 3'h1;
+      4'h3:
+          \$43  = 3'h2;
+      4'h4:
+          \$43  = 3'h1;
+      4'h5:
+          \$43  = 3'h2;
+      4'h6:
+          \$43  = 3'h2;
+      4'h7:
+          \$43  = 3'h3;
+      4'h8:
+          \$43  = 3'h1;
+      4'h9:
+          \$43  = 3'h2;
+      4'ha:
+          \$43  = 3'h2;
+      4'hb:
+          \$43  = 3'h3;
+      4'hc:
+          \$43  = 3'h2;
+      4'hd:
+          \$43  = 3'h3;
+      4'he:
+          \$43  = 3'h3;
+      4'hf:
+          \$43  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[119:116])
+      4'h0:
+          \$44  = 3'h0;
+      4'h1:
+          \$44  = 3'h1;
+      4'h2:
+          \$44  = 3'h1;
+      4'h3:
+          \$44  = 3'h2;
+      4'h4:
+          \$44  = 3'h1;
+      4'h5:
+          \$44  = 3'h2;
+      4'h6:
+          \$44  = 3'h2;
+      4'h7:
+          \$44  = 3'h3;
+      4'h8:
+          \$44  = 3'h1;
+      4'h9:
+          \$44  = 3'h2;
+      4'ha:
+          \$44  = 3'h2;
+      4'hb:
+          \$44  = 3'h3;
+      4'hc:
+          \$44  = 3'h2;
+      4'hd:
+          \$44  = 3'h3;
+      4'he:
+          \$44  = 3'h3;
+      4'hf:
+          \$44  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[123:120])
+      4'h0:
+          \$46  = 3'h0;
+      4'h1:
+          \$46  = 3'h1;
+      4'h2:
+          \$46  = 3'h1;
+      4'h3:
+          \$46  = 3'h2;
+      4'h4:
+          \$46  = 3'h1;
+      4'h5:
+          \$46  = 3'h2;
+      4'h6:
+          \$46  = 3'h2;
+      4'h7:
+          \$46  = 3'h3;
+      4'h8:
+          \$46  = 3'h1;
+      4'h9:
+          \$46  = 3'h2;
+      4'ha:
+          \$46  = 3'h2;
+      4'hb:
+          \$46  = 3'h3;
+      4'hc:
+          \$46  = 3'h2;
+      4'hd:
+          \$46  = 3'h3;
+      4'he:
+          \$46  = 3'h3;
+      4'hf:
+          \$46  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[127:124])
+      4'h0:
+          \$47  = 3'h0;
+      4'h1:
+          \$47  = 3'h1;
+      4'h2:
+          \$47  = 3'h1;
+      4'h3:
+          \$47  = 3'h2;
+      4'h4:
+          \$47  = 3'h1;
+      4'h5:
+          \$47  = 3'h2;
+      4'h6:
+          \$47  = 3'h2;
+      4'h7:
+          \$47  = 3'h3;
+      4'h8:
+          \$47  = 3'h1;
+      4'h9:
+          \$47  = 3'h2;
+      4'ha:
+          \$47  = 3'h2;
+      4'hb:
+          \$47  = 3'h3;
+      4'hc:
+          \$47  = 3'h2;
+      4'hd:
+          \$47  = 3'h3;
+      4'he:
+          \$47  = 3'h3;
+      4'hf:
+          \$47  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[131:128])
+      4'h0:
+          \$49  = 3'h0;
+      4'h1:
+          \$49  = 3'h1;
+      4'h2:
+          \$49  = 3'h1;
+      4'h3:
+          \$49  = 3'h2;
+      4'h4:
+          \$49  = 3'h1;
+      4'h5:
+          \$49  = 3'h2;
+      4'h6:
+          \$49  = 3'h2;
+      4'h7:
+          \$49  = 3'h3;
+      4'h8:
+          \$49  = 3'h1;
+      4'h9:
+          \$49  = 3'h2;
+      4'ha:
+          \$49  = 3'h2;
+      4'hb:
+          \$49  = 3'h3;
+      4'hc:
+          \$49  = 3'h2;
+      4'hd:
+          \$49  = 3'h3;
+      4'he:
+          \$49  = 3'h3;
+      4'hf:
+          \$49  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[135:132])
+      4'h0:
+          \$50  = 3'h0;
+      4'h1:
+          \$50  = 3'h1;
+      4'h2:
+          \$50  = 3'h1;
+      4'h3:
+          \$50  = 3'h2;
+      4'h4:
+          \$50  = 3'h1;
+      4'h5:
+          \$50  = 3'h2;
+      4'h6:
+          \$50  = 3'h2;
+      4'h7:
+          \$50  = 3'h3;
+      4'h8:
+          \$50  = 3'h1;
+      4'h9:
+          \$50  = 3'h2;
+      4'ha:
+          \$50  = 3'h2;
+      4'hb:
+          \$50  = 3'h3;
+      4'hc:
+          \$50  = 3'h2;
+      4'hd:
+          \$50  = 3'h3;
+      4'he:
+          \$50  = 3'h3;
+      4'hf:
+          \$50  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[139:136])
+      4'h0:
+          \$52  = 3'h0;
+      4'h1:
+          \$52  = 3'h1;
+      4'h2:
+          \$52  = 3'h1;
+      4'h3:
+          \$52  = 3'h2;
+      4'h4:
+          \$52  = 3'h1;
+      4'h5:
+          \$52  = 3'h2;
+      4'h6:
+          \$52  = 3'h2;
+      4'h7:
+          \$52  = 3'h3;
+      4'h8:
+          \$52  = 3'h1;
+      4'h9:
+          \$52  = 3'h2;
+      4'ha:
+          \$52  = 3'h2;
+      4'hb:
+          \$52  = 3'h3;
+      4'hc:
+          \$52  = 3'h2;
+      4'hd:
+          \$52  = 3'h3;
+      4'he:
+          \$52  = 3'h3;
+      4'hf:
+          \$52  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[143:140])
+      4'h0:
+          \$53  = 3'h0;
+      4'h1:
+          \$53  = 3'h1;
+      4'h2:
+          \$53  = 3'h1;
+      4'h3:
+          \$53  = 3'h2;
+      4'h4:
+          \$53  = 3'h1;
+      4'h5:
+          \$53  = 3'h2;
+      4'h6:
+          \$53  = 3'h2;
+      4'h7:
+          \$53  = 3'h3;
+      4'h8:
+          \$53  = 3'h1;
+      4'h9:
+          \$53  = 3'h2;
+      4'ha:
+          \$53  = 3'h2;
+      4'hb:
+          \$53  = 3'h3;
+      4'hc:
+          \$53  = 3'h2;
+      4'hd:
+          \$53  = 3'h3;
+      4'he:
+          \$53  = 3'h3;
+      4'hf:
+          \$53  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[147:144])
+      4'h0:
+          \$55  = 3'h0;
+      4'h1:
+          \$55  = 3'h1;
+      4'h2:
+          \$55  = 3'h1;
+      4'h3:
+          \$55  = 3'h2;
+      4'h4:
+          \$55  = 3'h1;
+      4'h5:
+          \$55  = 3'h2;
+      4'h6:
+          \$55  = 3'h2;
+      4'h7:
+          \$55  = 3'h3;
+      4'h8:
+          \$55  = 3'h1;
+      4'h9:
+          \$55  = 3'h2;
+      4'ha:
+          \$55  = 3'h2;
+      4'hb:
+          \$55  = 3'h3;
+      4'hc:
+          \$55  = 3'h2;
+      4'hd:
+          \$55  = 3'h3;
+      4'he:
+          \$55  = 3'h3;
+      4'hf:
+          \$55  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[151:148])
+      4'h0:
+          \$56  = 3'h0;
+      4'h1:
+          \$56  = 3'h1;
+      4'h2:
+          \$56  = 3'h1;
+      4'h3:
+          \$56  = 3'h2;
+      4'h4:
+          \$56  = 3'h1;
+      4'h5:
+          \$56  = 3'h2;
+      4'h6:
+          \$56  = 3'h2;
+      4'h7:
+          \$56  = 3'h3;
+      4'h8:
+          \$56  = 3'h1;
+      4'h9:
+          \$56  = 3'h2;
+      4'ha:
+          \$56  = 3'h2;
+      4'hb:
+          \$56  = 3'h3;
+      4'hc:
+          \$56  = 3'h2;
+      4'hd:
+          \$56  = 3'h3;
+      4'he:
+          \$56  = 3'h3;
+      4'hf:
+          \$56  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[155:152])
+      4'h0:
+          \$58  = 3'h0;
+      4'h1:
+          \$58  = 3'h1;
+      4'h2:
+          \$58  = 3'h1;
+      4'h3:
+          \$58  = 3'h2;
+      4'h4:
+          \$58  = 3'h1;
+      4'h5:
+          \$58  = 3'h2;
+      4'h6:
+          \$58  = 3'h2;
+      4'h7:
+          \$58  = 3'h3;
+      4'h8:
+          \$58  = 3'h1;
+      4'h9:
+          \$58  = 3'h2;
+      4'ha:
+          \$58  = 3'h2;
+      4'hb:
+          \$58  = 3'h3;
+      4'hc:
+          \$58  = 3'h2;
+      4'hd:
+          \$58  = 3'h3;
+      4'he:
+          \$58  = 3'h3;
+      4'hf:
+          \$58  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[159:156])
+      4'h0:
+          \$59  = 3'h0;
+      4'h1:
+          \$59  = 3'h1;
+      4'h2:
+          \$59  = 3'h1;
+      4'h3:
+          \$59  = 3'h2;
+      4'h4:
+          \$59  = 3'h1;
+      4'h5:
+          \$59  = 3'h2;
+      4'h6:
+          \$59  = 3'h2;
+      4'h7:
+          \$59  = 3'h3;
+      4'h8:
+          \$59  = 3'h1;
+      4'h9:
+          \$59  = 3'h2;
+      4'ha:
+          \$59  = 3'h2;
+      4'hb:
+          \$59  = 3'h3;
+      4'hc:
+          \$59  = 3'h2;
+      4'hd:
+          \$59  = 3'h3;
+      4'he:
+          \$59  = 3'h3;
+      4'hf:
+          \$59  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[163:160])
+      4'h0:
+          \$61  = 3'h0;
+      4'h1:
+          \$61  = 3'h1;
+      4'h2:
+          \$61  = 3'h1;
+      4'h3:
+          \$61  = 3'h2;
+      4'h4:
+          \$61  = 3'h1;
+      4'h5:
+          \$61  = 3'h2;
+      4'h6:
+          \$61  = 3'h2;
+      4'h7:
+          \$61  = 3'h3;
+      4'h8:
+          \$61  = 3'h1;
+      4'h9:
+          \$61  = 3'h2;
+      4'ha:
+          \$61  = 3'h2;
+      4'hb:
+          \$61  = 3'h3;
+      4'hc:
+          \$61  = 3'h2;
+      4'hd:
+          \$61  = 3'h3;
+      4'he:
+          \$61  = 3'h3;
+      4'hf:
+          \$61  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[167:164])
+      4'h0:
+          \$62  = 3'h0;
+      4'h1:
+          \$62  = 3'h1;
+      4'h2:
+          \$62  = 3'h1;
+      4'h3:
+          \$62  = 3'h2;
+      4'h4:
+          \$62  = 3'h1;
+      4'h5:
+          \$62  = 3'h2;
+      4'h6:
+          \$62  = 3'h2;
+      4'h7:
+          \$62  = 3'h3;
+      4'h8:
+          \$62  = 3'h1;
+      4'h9:
+          \$62  = 3'h2;
+      4'ha:
+          \$62  = 3'h2;
+      4'hb:
+          \$62  = 3'h3;
+      4'hc:
+          \$62  = 3'h2;
+      4'hd:
+          \$62  = 3'h3;
+      4'he:
+          \$62  = 3'h3;
+      4'hf:
+          \$62  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[171:168])
+      4'h0:
+          \$64  = 3'h0;
+      4'h1:
+          \$64  = 3'h1;
+      4'h2:
+          \$64  = 3'h1;
+      4'h3:
+          \$64  = 3'h2;
+      4'h4:
+          \$64  = 3'h1;
+      4'h5:
+          \$64  = 3'h2;
+      4'h6:
+          \$64  = 3'h2;
+      4'h7:
+          \$64  = 3'h3;
+      4'h8:
+          \$64  = 3'h1;
+      4'h9:
+          \$64  = 3'h2;
+      4'ha:
+          \$64  = 3'h2;
+      4'hb:
+          \$64  = 3'h3;
+      4'hc:
+          \$64  = 3'h2;
+      4'hd:
+          \$64  = 3'h3;
+      4'he:
+          \$64  = 3'h3;
+      4'hf:
+          \$64  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[175:172])
+      4'h0:
+          \$65  = 3'h0;
+      4'h1:
+          \$65  = 3'h1;
+      4'h2:
+          \$65  = 3'h1;
+      4'h3:
+          \$65  = 3'h2;
+      4'h4:
+          \$65  = 3'h1;
+      4'h5:
+          \$65  = 3'h2;
+      4'h6:
+          \$65  = 3'h2;
+      4'h7:
+          \$65  = 3'h3;
+      4'h8:
+          \$65  = 3'h1;
+      4'h9:
+          \$65  = 3'h2;
+      4'ha:
+          \$65  = 3'h2;
+      4'hb:
+          \$65  = 3'h3;
+      4'hc:
+          \$65  = 3'h2;
+      4'hd:
+          \$65  = 3'h3;
+      4'he:
+          \$65  = 3'h3;
+      4'hf:
+          \$65  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[179:176])
+      4'h0:
+          \$67  = 3'h0;
+      4'h1:
+          \$67  = 3'h1;
+      4'h2:
+          \$67  = 3'h1;
+      4'h3:
+          \$67  = 3'h2;
+      4'h4:
+          \$67  = 3'h1;
+      4'h5:
+          \$67  = 3'h2;
+      4'h6:
+          \$67  = 3'h2;
+      4'h7:
+          \$67  = 3'h3;
+      4'h8:
+          \$67  = 3'h1;
+      4'h9:
+          \$67  = 3'h2;
+      4'ha:
+          \$67  = 3'h2;
+      4'hb:
+          \$67  = 3'h3;
+      4'hc:
+          \$67  = 3'h2;
+      4'hd:
+          \$67  = 3'h3;
+      4'he:
+          \$67  = 3'h3;
+      4'hf:
+          \$67  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[183:180])
+      4'h0:
+          \$68  = 3'h0;
+      4'h1:
+          \$68  = 3'h1;
+      4'h2:
+          \$68  = 3'h1;
+      4'h3:
+          \$68  = 3'h2;
+      4'h4:
+          \$68  = 3'h1;
+      4'h5:
+          \$68  = 3'h2;
+      4'h6:
+          \$68  = 3'h2;
+      4'h7:
+          \$68  = 3'h3;
+      4'h8:
+          \$68  = 3'h1;
+      4'h9:
+          \$68  = 3'h2;
+      4'ha:
+          \$68  = 3'h2;
+      4'hb:
+          \$68  = 3'h3;
+      4'hc:
+          \$68  = 3'h2;
+      4'hd:
+          \$68  = 3'h3;
+      4'he:
+          \$68  = 3'h3;
+      4'hf:
+          \$68  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[187:184])
+      4'h0:
+          \$70  = 3'h0;
+      4'h1:
+          \$70  = 3'h1;
+      4'h2:
+          \$70  = 3'h1;
+      4'h3:
+          \$70  = 3'h2;
+      4'h4:
+          \$70  = 3'h1;
+      4'h5:
+          \$70  = 3'h2;
+      4'h6:
+          \$70  = 3'h2;
+      4'h7:
+          \$70  = 3'h3;
+      4'h8:
+          \$70  = 3'h1;
+      4'h9:
+          \$70  = 3'h2;
+      4'ha:
+          \$70  = 3'h2;
+      4'hb:
+          \$70  = 3'h3;
+      4'hc:
+          \$70  = 3'h2;
+      4'hd:
+          \$70  = 3'h3;
+      4'he:
+          \$70  = 3'h3;
+      4'hf:
+          \$70  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[191:188])
+      4'h0:
+          \$71  = 3'h0;
+      4'h1:
+          \$71  = 3'h1;
+      4'h2:
+          \$71  = 3'h1;
+      4'h3:
+          \$71  = 3'h2;
+      4'h4:
+          \$71  = 3'h1;
+      4'h5:
+          \$71  = 3'h2;
+      4'h6:
+          \$71  = 3'h2;
+      4'h7:
+          \$71  = 3'h3;
+      4'h8:
+          \$71  = 3'h1;
+      4'h9:
+          \$71  = 3'h2;
+      4'ha:
+          \$71  = 3'h2;
+      4'hb:
+          \$71  = 3'h3;
+      4'hc:
+          \$71  = 3'h2;
+      4'hd:
+          \$71  = 3'h3;
+      4'he:
+          \$71  = 3'h3;
+      4'hf:
+          \$71  = 3'h4;
     endcase
   end
   assign err_flags = o_error_flags;
-  assign avail_words = \$3 [3:0];
   assign in_lq_in0 = { 3'h0, in_c0 };
   assign in_lq_in1 = { 3'h0, in_c1 };
   assign in_lq_in2 = { 3'h0, in_c2 };
@@ -19325,70 +22872,27 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign in_lq_in9 = { 3'h0, in_c9 };
   assign in_lq_in10 = { 3'h0, in_c10 };
   assign in_lq_in11 = { 3'h0, in_c11 };
-  assign in_lq_0_1 = \$172 [7:0];
-  assign in_lq_0_3 = \$173 [7:0];
-  assign in_lq_0_5 = \$174 [7:0];
-  assign in_lq_0_7 = \$175 [7:0];
-  assign in_lq_0_9 = \$176 [7:0];
-  assign in_lq_0_11 = \$177 [7:0];
-  assign in_lq_1_2 = \$178 [7:0];
-  assign in_lq_1_3 = \$179 [7:0];
-  assign in_lq_1_6 = \$180 [7:0];
-  assign in_lq_1_7 = \$181 [7:0];
-  assign in_lq_1_10 = \$182 [7:0];
-  assign in_lq_1_11 = \$183 [7:0];
-  assign in_lq_2_4 = \$184 [7:0];
-  assign in_lq_2_5 = \$185 [7:0];
-  assign in_lq_2_6 = \$186 [7:0];
-  assign in_lq_2_7 = \$187 [7:0];
-  assign in_lq_3_8 = \$188 [7:0];
-  assign in_lq_3_9 = \$189 [7:0];
-  assign in_lq_3_10 = \$190 [7:0];
-  assign in_lq_3_11 = \$191 [7:0];
-  assign k_cur_full = r_es;
+  assign in_lq_0_1 = \$73 [7:0];
+  assign in_lq_0_3 = \$74 [7:0];
+  assign in_lq_0_5 = \$75 [7:0];
+  assign in_lq_0_7 = \$76 [7:0];
+  assign in_lq_0_9 = \$77 [7:0];
+  assign in_lq_0_11 = \$78 [7:0];
+  assign in_lq_1_2 = \$79 [7:0];
+  assign in_lq_1_3 = \$80 [7:0];
+  assign in_lq_1_6 = \$81 [7:0];
+  assign in_lq_1_7 = \$82 [7:0];
+  assign in_lq_1_10 = \$83 [7:0];
+  assign in_lq_1_11 = \$84 [7:0];
+  assign in_lq_2_4 = \$85 [7:0];
+  assign in_lq_2_5 = \$86 [7:0];
+  assign in_lq_2_6 = \$87 [7:0];
+  assign in_lq_2_7 = \$88 [7:0];
+  assign in_lq_3_8 = \$89 [7:0];
+  assign in_lq_3_9 = \$90 [7:0];
+  assign in_lq_3_10 = \$91 [7:0];
+  assign in_lq_3_11 = \$92 [7:0];
   assign low_m1 = Rm1[3:0];
-  assign lr0 = \$1233 [3:0];
-  assign ws0_rh = \$1240 [2:0];
-  assign ws0l_rh = \$1243 [1:0];
-  assign ws0h_rh = \$1246 [1:0];
-  assign selpos0 = { gsel0, ws0 };
-  assign rel0 = { \$1249 [3:0], gsel0[1:0], ws0 };
-  assign lr1 = \$1920 [3:0];
-  assign ws1_rh = \$1927 [2:0];
-  assign ws1l_rh = \$1930 [1:0];
-  assign ws1h_rh = \$1933 [1:0];
-  assign selpos1 = { gsel1, ws1 };
-  assign rel1 = { \$1936 [3:0], gsel1[1:0], ws1 };
-  assign lr2 = \$2643 [3:0];
-  assign ws2_rh = \$2650 [2:0];
-  assign ws2l_rh = \$2653 [1:0];
-  assign ws2h_rh = \$2656 [1:0];
-  assign selpos2 = { gsel2, ws2 };
-  assign rel2 = { \$2659 [3:0], gsel2[1:0], ws2 };
-  assign lr3 = \$3150 [3:0];
-  assign ws3_rh = \$3157 [2:0];
-  assign ws3l_rh = \$3160 [1:0];
-  assign ws3h_rh = \$3163 [1:0];
-  assign selpos3 = { gsel3, ws3 };
-  assign rel3 = { \$3166 [3:0], gsel3[1:0], ws3 };
-  assign lr4 = \$3909 [3:0];
-  assign ws4_rh = \$3916 [2:0];
-  assign ws4l_rh = \$3919 [1:0];
-  assign ws4h_rh = \$3922 [1:0];
-  assign selpos4 = { gsel4, ws4 };
-  assign rel4 = { \$3925 [3:0], gsel4[1:0], ws4 };
-  assign lr5 = \$4452 [3:0];
-  assign ws5_rh = \$4459 [2:0];
-  assign ws5l_rh = \$4462 [1:0];
-  assign ws5h_rh = \$4465 [1:0];
-  assign selpos5 = { gsel5, ws5 };
-  assign rel5 = { \$4468 [3:0], gsel5[1:0], ws5 };
-  assign lr6 = \$5031 [3:0];
-  assign ws6_rh = \$5038 [2:0];
-  assign ws6l_rh = \$5041 [1:0];
-  assign ws6h_rh = \$5044 [1:0];
-  assign selpos6 = { gsel6, ws6 };
-  assign rel6 = { \$5047 [3:0], gsel6[1:0], ws6 };
   assign gt7_0 = sat0[3];
   assign gt7_1 = sat1[3];
   assign gt7_2 = sat2[3];
@@ -19425,15 +22929,53 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign gt7_33 = sat33[3];
   assign gt7_34 = sat34[3];
   assign gt7_35 = sat35[3];
-  assign lr7 = \$5466 [3:0];
-  assign ws7_rh = \$5473 [2:0];
-  assign ws7l_rh = \$5476 [1:0];
-  assign ws7h_rh = \$5479 [1:0];
-  assign selpos7 = { gsel7, ws7 };
-  assign rel7 = { \$5482 [3:0], gsel7[1:0], ws7 };
-  assign vavail = \$5486 [4:0];
+  assign ws0_rh = \$5245 [2:0];
+  assign ws0l_rh = \$5246 [1:0];
+  assign ws0h_rh = \$5247 [1:0];
+  assign selpos0 = { a_gsel0, ws0 };
+  assign rel0 = { \$5249 [3:0], a_gsel0[1:0], ws0 };
+  assign ws1_rh = \$5252 [2:0];
+  assign ws1l_rh = \$5253 [1:0];
+  assign ws1h_rh = \$5254 [1:0];
+  assign selpos1 = { a_gsel1, ws1 };
+  assign rel1 = { \$5256 [3:0], a_gsel1[1:0], ws1 };
+  assign ws2_rh = \$5259 [2:0];
+  assign ws2l_rh = \$5260 [1:0];
+  assign ws2h_rh = \$5261 [1:0];
+  assign selpos2 = { a_gsel2, ws2 };
+  assign rel2 = { \$5263 [3:0], a_gsel2[1:0], ws2 };
+  assign ws3_rh = \$5266 [2:0];
+  assign ws3l_rh = \$5267 [1:0];
+  assign ws3h_rh = \$5268 [1:0];
+  assign selpos3 = { a_gsel3, ws3 };
+  assign rel3 = { \$5270 [3:0], a_gsel3[1:0], ws3 };
+  assign ws4_rh = \$5273 [2:0];
+  assign ws4l_rh = \$5274 [1:0];
+  assign ws4h_rh = \$5275 [1:0];
+  assign selpos4 = { a_gsel4, ws4 };
+  assign rel4 = { \$5277 [3:0], a_gsel4[1:0], ws4 };
+  assign ws5_rh = \$5280 [2:0];
+  assign ws5l_rh = \$5281 [1:0];
+  assign ws5h_rh = \$5282 [1:0];
+  assign selpos5 = { a_gsel5, ws5 };
+  assign rel5 = { \$5284 [3:0], a_gsel5[1:0], ws5 };
+  assign ws6_rh = \$5287 [2:0];
+  assign ws6l_rh = \$5288 [1:0];
+  assign ws6h_rh = \$5289 [1:0];
+  assign selpos6 = { a_gsel6, ws6 };
+  assign rel6 = { \$5291 [3:0], a_gsel6[1:0], ws6 };
+  assign ws7_rh = \$5294 [2:0];
+  assign ws7l_rh = \$5295 [1:0];
+  assign ws7h_rh = \$5296 [1:0];
+  assign selpos7 = { a_gsel7, ws7 };
+  assign rel7 = { \$5298 [3:0], a_gsel7[1:0], ws7 };
+  assign vavail = \$5302 [4:0];
+  assign o_lanes__valid = ov;
+  assign \$like  = \$5320 [7:0];
+  assign es2_n0 = \$5321 [8:0];
   assign VB1 = VB;
-  assign \$signal$745  = \$signal$744 ;
+  assign \$signal$756  = \$signal$755 ;
+  assign av_n = \$5497 [3:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -19460,55 +23002,62 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$5660 ;
+  assign flags[2] = \$5650 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
-  assign o_lanes__payload[161] = \$5493 ;
-  assign o_lanes__payload[160] = finish;
-  assign o_lanes__payload[143:136] = vsh0[63:56];
-  assign o_lanes__payload[135:128] = vsh0[55:48];
-  assign o_lanes__payload[127:120] = vsh0[47:40];
-  assign o_lanes__payload[119:112] = vsh0[39:32];
-  assign o_lanes__payload[111:104] = vsh0[31:24];
-  assign o_lanes__payload[103:96] = vsh0[23:16];
-  assign o_lanes__payload[95:88] = vsh0[15:8];
-  assign o_lanes__payload[87:80] = vsh0[7:0];
-  assign o_lanes__payload[79:70] = { \$5482 [3:0], gsel7[1:0], ws7 };
-  assign o_lanes__payload[159] = ln7;
-  assign o_lanes__payload[151] = lv7;
-  assign o_lanes__payload[69:60] = { \$5047 [3:0], gsel6[1:0], ws6 };
-  assign o_lanes__payload[158] = ln6;
-  assign o_lanes__payload[150] = lv6;
-  assign o_lanes__payload[59:50] = { \$4468 [3:0], gsel5[1:0], ws5 };
-  assign o_lanes__payload[157] = ln5;
-  assign o_lanes__payload[149] = lv5;
-  assign o_lanes__payload[49:40] = { \$3925 [3:0], gsel4[1:0], ws4 };
-  assign o_lanes__payload[156] = ln4;
-  assign o_lanes__payload[148] = lv4;
-  assign o_lanes__payload[39:30] = { \$3166 [3:0], gsel3[1:0], ws3 };
-  assign o_lanes__payload[155] = ln3;
-  assign o_lanes__payload[147] = lv3;
-  assign o_lanes__payload[29:20] = { \$2659 [3:0], gsel2[1:0], ws2 };
-  assign o_lanes__payload[154] = ln2;
-  assign o_lanes__payload[146] = lv2;
-  assign o_lanes__payload[19:10] = { \$1936 [3:0], gsel1[1:0], ws1 };
-  assign o_lanes__payload[153] = ln1;
-  assign o_lanes__payload[145] = lv1;
-  assign o_lanes__payload[9:0] = { \$1249 [3:0], gsel0[1:0], ws0 };
-  assign o_lanes__payload[152] = ln0;
-  assign o_lanes__payload[144] = lv0;
-  assign \$5544  = \$5543 ;
-  assign \$5656  = 12'hfc0;
-  assign \$5657 [5:0] = 6'h00;
-  assign \$5657 [11:6] = \$5655 [11:6];
-  assign \$5689  = { stride_w, 1'h0 };
-  assign \$5702  = { stride_w, 1'h0 };
-  assign \$5719  = \$5718 ;
-  assign \$5774  = { 6'h00, stride[11:6] };
+  assign o_lanes__payload[161] = a_last;
+  assign o_lanes__payload[160] = \$signal$645 ;
+  assign o_lanes__payload[143:136] = a_val[63:56];
+  assign o_lanes__payload[79:70] = { \$5298 [3:0], a_gsel7[1:0], ws7 };
+  assign o_lanes__payload[159] = a_nxt[7];
+  assign o_lanes__payload[151] = \$signal$476 [7];
+  assign o_lanes__payload[135:128] = a_val[55:48];
+  assign o_lanes__payload[69:60] = { \$5291 [3:0], a_gsel6[1:0], ws6 };
+  assign o_lanes__payload[158] = a_nxt[6];
+  assign o_lanes__payload[150] = \$signal$476 [6];
+  assign o_lanes__payload[127:120] = a_val[47:40];
+  assign o_lanes__payload[59:50] = { \$5284 [3:0], a_gsel5[1:0], ws5 };
+  assign o_lanes__payload[157] = a_nxt[5];
+  assign o_lanes__payload[149] = \$signal$476 [5];
+  assign o_lanes__payload[119:112] = a_val[39:32];
+  assign o_lanes__payload[49:40] = { \$5277 [3:0], a_gsel4[1:0], ws4 };
+  assign o_lanes__payload[156] = a_nxt[4];
+  assign o_lanes__payload[148] = \$signal$476 [4];
+  assign o_lanes__payload[111:104] = a_val[31:24];
+  assign o_lanes__payload[39:30] = { \$5270 [3:0], a_gsel3[1:0], ws3 };
+  assign o_lanes__payload[155] = a_nxt[3];
+  assign o_lanes__payload[147] = \$signal$476 [3];
+  assign o_lanes__payload[103:96] = a_val[23:16];
+  assign o_lanes__payload[29:20] = { \$5263 [3:0], a_gsel2[1:0], ws2 };
+  assign o_lanes__payload[154] = a_nxt[2];
+  assign o_lanes__payload[146] = \$signal$476 [2];
+  assign o_lanes__payload[95:88] = a_val[15:8];
+  assign o_lanes__payload[19:10] = { \$5256 [3:0], a_gsel1[1:0], ws1 };
+  assign o_lanes__payload[153] = a_nxt[1];
+  assign o_lanes__payload[145] = \$signal$476 [1];
+  assign o_lanes__payload[87:80] = a_val[7:0];
+  assign o_lanes__payload[9:0] = { \$5249 [3:0], a_gsel0[1:0], ws0 };
+  assign o_lanes__payload[152] = a_nxt[0];
+  assign o_lanes__payload[144] = \$signal$476 [0];
+  assign \$5368  = \$5367 ;
+  assign \$5489  = 12'hfc0;
+  assign \$5490 [5:0] = 6'h00;
+  assign \$5490 [11:6] = \$5488 [11:6];
+  assign \$5493  = mbuf_v;
+  assign \$5509  = \$signal$701 ;
+  assign \$5559  = \$signal$701 ;
+  assign \$5609  = \$signal$701 ;
+  assign \$5720  = \$5719 ;
   assign \$5775  = { 6'h00, stride[11:6] };
-  assign \$5776  = { 6'h00, stride[11:6] };
-  assign \$5777  = { \$5776 , 1'h0 };
+  assign \$5781  = { 6'h00, stride[11:6] };
+  assign \$5782  = { 6'h00, stride[11:6] };
+  assign \$5783  = { \$5782 , 1'h0 };
+  assign \$5784  = { 6'h00, stride[11:6] };
+  assign \$5785  = { 6'h00, stride[11:6] };
+  assign \$5786  = { \$5785 , 1'h0 };
+  assign \$5788  = { stride_w, 1'h0 };
+  assign \$5789  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -19568,13 +23117,13 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   wire [39:0] \$8 ;
   wire \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$22  = 8'h00;
-  reg [5:0] \$signal$29  = 6'h00;
-  reg [7:0] \$signal$30  = 8'h00;
-  reg [31:0] \$signal$32  = 32'd0;
-  reg [7:0] \$signal$34  = 8'h00;
-  reg [31:0] \$signal$36  = 32'd0;
-  reg [31:0] \$signal$39  = 32'd0;
+  reg [7:0] \$signal$23  = 8'h00;
+  reg [5:0] \$signal$30  = 6'h00;
+  reg [7:0] \$signal$31  = 8'h00;
+  reg [31:0] \$signal$33  = 32'd0;
+  reg [7:0] \$signal$35  = 8'h00;
+  reg [31:0] \$signal$37  = 32'd0;
+  reg [31:0] \$signal$40  = 32'd0;
   input clk;
   wire clk;
   input [32:0] i_acc__payload;
@@ -19612,6 +23161,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg ovf;
   reg [49:0] p2 = 50'h0000000000000;
   reg [11:0] q_lo;
+  reg [11:0] qs;
   reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
@@ -19631,15 +23181,17 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg v3 = 1'h0;
   reg [50:0] x;
   always @(posedge clk)
+    t1 <= \$32 ;
+  always @(posedge clk)
     m1 <= \$33 ;
   always @(posedge clk)
-    \$signal$29  <= \$34 ;
+    \$signal$30  <= \$34 ;
   always @(posedge clk)
-    \$signal$30  <= \$35 ;
+    \$signal$31  <= \$35 ;
   always @(posedge clk)
     relu1 <= \$36 ;
   always @(posedge clk)
-    \$signal$32  <= \$37 ;
+    \$signal$33  <= \$37 ;
   always @(posedge clk)
     last1 <= \$38 ;
   always @(posedge clk)
@@ -19649,11 +23201,11 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   always @(posedge clk)
     \$signal  <= \$41 ;
   always @(posedge clk)
-    \$signal$34  <= \$42 ;
+    \$signal$35  <= \$42 ;
   always @(posedge clk)
     relu2 <= \$43 ;
   always @(posedge clk)
-    \$signal$36  <= \$44 ;
+    \$signal$37  <= \$44 ;
   always @(posedge clk)
     last2 <= \$45 ;
   always @(posedge clk)
@@ -19661,11 +23213,11 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   always @(posedge clk)
     r3 <= \$47 ;
   always @(posedge clk)
-    \$signal$22  <= \$48 ;
+    \$signal$23  <= \$48 ;
   always @(posedge clk)
     relu3 <= \$49 ;
   always @(posedge clk)
-    \$signal$39  <= \$50 ;
+    \$signal$40  <= \$50 ;
   always @(posedge clk)
     last3 <= \$51 ;
   always @(posedge clk)
@@ -19689,28 +23241,26 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \$9  = | \$8 ;
   assign \$10  = p2[49] ? 12'h800 : 12'h7ff;
   assign \$11  = ovf ? \$10  : q_lo;
-  assign \$12  = $signed(\$11 ) + $signed(2'h1);
-  assign \$14  = $signed(r3) + $signed(\$signal$22 );
+  assign \$12  = $signed(qs) + $signed(2'h1);
+  assign \$14  = $signed(r3) + $signed(\$signal$23 );
   assign \$15  = i_acc__valid & i_rq__valid;
   assign \$16  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
   assign \$17  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$18  = $signed(v) < $signed(\$signal$22 );
+  assign \$18  = $signed(v) < $signed(\$signal$23 );
   assign \$19  = relu3 & \$18 ;
-  assign \$20  = \$19  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$20  = \$19  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$21  = $signed(\$20 ) < $signed(8'h80);
-  assign \$22  = $signed(v) < $signed(\$signal$22 );
+  assign \$22  = $signed(v) < $signed(\$signal$23 );
   assign \$23  = relu3 & \$22 ;
-  assign \$24  = \$23  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$24  = \$23  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$25  = $signed(\$24 ) > $signed(8'h7f);
-  assign \$26  = $signed(v) < $signed(\$signal$22 );
+  assign \$26  = $signed(v) < $signed(\$signal$23 );
   assign \$27  = relu3 & \$26 ;
-  assign \$28  = \$27  ? { \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22 [7], \$signal$22  } : v;
+  assign \$28  = \$27  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
   assign \$29  = \$25  ? 13'h007f : \$28 ;
   assign \$30  = \$21  ? 13'h1f80 : \$29 ;
   always @(posedge clk)
     v1 <= \$31 ;
-  always @(posedge clk)
-    t1 <= \$32 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$33  = m1;
@@ -19723,7 +23273,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$29 ;
+    \$34  = \$signal$30 ;
     if (take1) begin
       \$34  = i_rq__payload[53:48];
     end
@@ -19733,7 +23283,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = \$signal$30 ;
+    \$35  = \$signal$31 ;
     if (take1) begin
       \$35  = i_rq__payload[61:54];
     end
@@ -19753,7 +23303,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = \$signal$32 ;
+    \$37  = \$signal$33 ;
     if (take1) begin
       \$37  = i_acc__payload[31:0];
     end
@@ -19795,7 +23345,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$41  = \$signal ;
     if (take2) begin
-      \$41  = \$signal$29 ;
+      \$41  = \$signal$30 ;
     end
     if (rst) begin
       \$41  = 6'h00;
@@ -19803,9 +23353,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = \$signal$34 ;
+    \$42  = \$signal$35 ;
     if (take2) begin
-      \$42  = \$signal$30 ;
+      \$42  = \$signal$31 ;
     end
     if (rst) begin
       \$42  = 8'h00;
@@ -19823,9 +23373,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = \$signal$36 ;
+    \$44  = \$signal$37 ;
     if (take2) begin
-      \$44  = \$signal$32 ;
+      \$44  = \$signal$33 ;
     end
     if (rst) begin
       \$44  = 32'd0;
@@ -19863,9 +23413,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = \$signal$22 ;
+    \$48  = \$signal$23 ;
     if (take3) begin
-      \$48  = \$signal$34 ;
+      \$48  = \$signal$35 ;
     end
     if (rst) begin
       \$48  = 8'h00;
@@ -19883,9 +23433,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = \$signal$39 ;
+    \$50  = \$signal$40 ;
     if (take3) begin
-      \$50  = \$signal$36 ;
+      \$50  = \$signal$37 ;
     end
     if (rst) begin
       \$50  = 32'd0;
@@ -19915,7 +23465,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$53  = o_res__payload;
     if (take4) begin
-      \$53 [31:0] = \$signal$39 ;
+      \$53 [31:0] = \$signal$40 ;
       \$53 [39:32] = \$30 [7:0];
       \$53 [40] = last3;
     end
@@ -19949,6 +23499,13 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
     ovf = 1'h0;
     if (take3) begin
       ovf = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    qs = 12'h000;
+    if (take3) begin
+      qs = \$11 ;
     end
   end
   always @* begin

@@ -273,7 +273,7 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
     .o_error_flags(\o_error_flags$62 ),
     .o_lanes__payload(i_lanes__payload),
     .o_lanes__ready(o_lanes__ready),
-    .o_lanes__valid(i_lanes__valid),
+    .ov(i_lanes__valid),
     .rst(rst)
   );
   \spmv_l8_w8_ice40.requant  requant (
@@ -596,7 +596,7 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o_fired, r_en, wp__addr, i_lanes__payload, o_row__payload, o_row__valid, wp__data);
+module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp__addr, i_lanes__payload, i_lanes__valid, o_row__payload, o_row__valid, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$2623$0 (\$39 [31:0]),
-    .\port$3018$0 (last3),
+    .\port$3325$0 (\$39 [31:0]),
+    .\port$3809$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2623$0 , w_en, w_level, r_data, r_en, \port$3018$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3325$0 , w_en, w_level, r_data, r_en, \port$3809$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2623$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$2623$0 ;
-  wire [31:0] \port$2623$0 ;
-  input \port$3018$0 ;
-  wire \port$3018$0 ;
+  input [31:0] \port$3325$0 ;
+  wire [31:0] \port$3325$0 ;
+  input \port$3809$0 ;
+  wire \port$3809$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2623$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3018$0 , \port$2623$0  };
+      storage[w_port__addr] <= { \port$3809$0 , \port$3325$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,418 +3684,418 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$2623$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3018$0 , \port$2623$0  };
-  assign w_data = { \port$3018$0 , \port$2623$0  };
+  assign w_port__data = { \port$3809$0 , \port$3325$0  };
+  assign w_data = { \port$3809$0 , \port$3325$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rst, o_busy, o_lanes__valid, i_mask__ready, i_value__ready, i_cmd__ready, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, o_error_flags, i_mask__payload);
+module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rst, i_mask__ready, i_value__ready, i_cmd__ready, o_busy, o_lanes__ready, i_cmd__valid, i_cmd__payload, o_lanes__payload, ov, o_error_flags, i_mask__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [1:0] \$1 ;
-  wire [1:0] \$10 ;
+  reg [2:0] \$1 ;
+  reg [2:0] \$10 ;
   wire \$100 ;
-  wire \$1000 ;
-  wire [3:0] \$1001 ;
-  wire [3:0] \$1002 ;
+  wire [3:0] \$1000 ;
+  wire \$1001 ;
+  wire \$1002 ;
   wire [3:0] \$1003 ;
   wire \$1004 ;
   wire \$1005 ;
   wire [3:0] \$1006 ;
-  wire \$1007 ;
-  wire \$1008 ;
-  wire [3:0] \$1009 ;
+  wire [3:0] \$1007 ;
+  wire [3:0] \$1008 ;
+  wire \$1009 ;
   wire \$101 ;
-  wire [3:0] \$1010 ;
+  wire \$1010 ;
   wire \$1011 ;
   wire \$1012 ;
-  wire [3:0] \$1013 ;
-  wire \$1014 ;
-  wire \$1015 ;
-  wire [3:0] \$1016 ;
-  wire [3:0] \$1017 ;
-  wire [3:0] \$1018 ;
-  wire [4:0] \$1019 ;
+  wire \$1013 ;
+  wire [1:0] \$1014 ;
+  wire [1:0] \$1015 ;
+  wire \$1016 ;
+  wire \$1017 ;
+  wire [1:0] \$1018 ;
+  wire \$1019 ;
   wire \$102 ;
-  wire [1:0] \$1020 ;
-  wire [1:0] \$1021 ;
+  wire \$1020 ;
+  wire [2:0] \$1021 ;
   wire [2:0] \$1022 ;
-  wire [1:0] \$1023 ;
-  wire [1:0] \$1024 ;
-  wire [2:0] \$1025 ;
-  wire [4:0] \$1026 ;
-  wire [1:0] \$1027 ;
-  wire [1:0] \$1028 ;
-  wire [3:0] \$1029 ;
+  wire [2:0] \$1023 ;
+  wire \$1024 ;
+  wire \$1025 ;
+  wire [2:0] \$1026 ;
+  wire \$1027 ;
+  wire \$1028 ;
+  wire [2:0] \$1029 ;
   wire \$103 ;
-  wire [1:0] \$1030 ;
-  wire [1:0] \$1031 ;
-  wire [3:0] \$1032 ;
-  wire \$1033 ;
-  wire [8:0] \$1034 ;
-  wire [5:0] \$1035 ;
+  wire [2:0] \$1030 ;
+  wire \$1031 ;
+  wire \$1032 ;
+  wire [2:0] \$1033 ;
+  wire [2:0] \$1034 ;
+  wire [15:0] \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
-  wire \$1038 ;
-  wire \$1039 ;
+  wire [15:0] \$1038 ;
+  wire [15:0] \$1039 ;
   wire \$104 ;
   wire \$1040 ;
   wire \$1041 ;
-  wire \$1042 ;
+  wire [15:0] \$1042 ;
   wire \$1043 ;
   wire \$1044 ;
-  wire \$1045 ;
-  wire \$1046 ;
-  wire \$1047 ;
+  wire [15:0] \$1045 ;
+  wire [15:0] \$1046 ;
+  wire [15:0] \$1047 ;
   wire \$1048 ;
   wire \$1049 ;
   wire \$105 ;
-  wire \$1050 ;
+  wire [15:0] \$1050 ;
   wire \$1051 ;
   wire \$1052 ;
-  wire \$1053 ;
-  wire \$1054 ;
+  wire [15:0] \$1053 ;
+  wire [15:0] \$1054 ;
   wire \$1055 ;
   wire \$1056 ;
-  wire \$1057 ;
+  wire [15:0] \$1057 ;
   wire \$1058 ;
   wire \$1059 ;
   wire \$106 ;
-  wire \$1060 ;
-  wire \$1061 ;
-  wire \$1062 ;
-  wire \$1063 ;
+  wire [15:0] \$1060 ;
+  wire [15:0] \$1061 ;
+  wire [15:0] \$1062 ;
+  wire [3:0] \$1063 ;
   wire \$1064 ;
   wire \$1065 ;
-  wire \$1066 ;
-  wire \$1067 ;
+  wire [3:0] \$1066 ;
+  wire [3:0] \$1067 ;
   wire \$1068 ;
   wire \$1069 ;
   wire \$107 ;
-  wire \$1070 ;
+  wire [3:0] \$1070 ;
   wire \$1071 ;
   wire \$1072 ;
-  wire [1:0] \$1073 ;
-  wire [1:0] \$1074 ;
-  wire \$1075 ;
+  wire [3:0] \$1073 ;
+  wire [3:0] \$1074 ;
+  wire [3:0] \$1075 ;
   wire \$1076 ;
-  wire [1:0] \$1077 ;
-  wire \$1078 ;
+  wire \$1077 ;
+  wire [3:0] \$1078 ;
   wire \$1079 ;
   wire \$108 ;
-  wire [2:0] \$1080 ;
-  wire [2:0] \$1081 ;
-  wire [2:0] \$1082 ;
+  wire \$1080 ;
+  wire [3:0] \$1081 ;
+  wire [3:0] \$1082 ;
   wire \$1083 ;
   wire \$1084 ;
-  wire [2:0] \$1085 ;
+  wire [3:0] \$1085 ;
   wire \$1086 ;
   wire \$1087 ;
-  wire [2:0] \$1088 ;
-  wire [2:0] \$1089 ;
+  wire [3:0] \$1088 ;
+  wire [3:0] \$1089 ;
   wire \$109 ;
-  wire \$1090 ;
-  wire \$1091 ;
-  wire [2:0] \$1092 ;
-  wire [2:0] \$1093 ;
-  wire [15:0] \$1094 ;
-  wire \$1095 ;
-  wire \$1096 ;
-  wire [15:0] \$1097 ;
-  wire [15:0] \$1098 ;
-  wire \$1099 ;
-  wire [1:0] \$11 ;
+  wire [3:0] \$1090 ;
+  reg [2:0] \$1091 ;
+  reg [2:0] \$1092 ;
+  wire [4:0] \$1093 ;
+  wire [3:0] \$1094 ;
+  wire [3:0] \$1095 ;
+  wire [4:0] \$1096 ;
+  wire [5:0] \$1097 ;
+  reg [2:0] \$1098 ;
+  reg [2:0] \$1099 ;
+  reg [2:0] \$11 ;
   wire \$110 ;
-  wire \$1100 ;
-  wire [15:0] \$1101 ;
-  wire \$1102 ;
-  wire \$1103 ;
-  wire [15:0] \$1104 ;
-  wire [15:0] \$1105 ;
-  wire [15:0] \$1106 ;
-  wire \$1107 ;
-  wire \$1108 ;
-  wire [15:0] \$1109 ;
+  wire [4:0] \$1100 ;
+  wire [3:0] \$1101 ;
+  wire [3:0] \$1102 ;
+  wire [4:0] \$1103 ;
+  wire [5:0] \$1104 ;
+  reg [2:0] \$1105 ;
+  reg [2:0] \$1106 ;
+  wire [4:0] \$1107 ;
+  wire [3:0] \$1108 ;
+  wire [3:0] \$1109 ;
   wire \$111 ;
-  wire \$1110 ;
-  wire \$1111 ;
-  wire [15:0] \$1112 ;
-  wire [15:0] \$1113 ;
-  wire \$1114 ;
-  wire \$1115 ;
-  wire [15:0] \$1116 ;
-  wire \$1117 ;
-  wire \$1118 ;
-  wire [15:0] \$1119 ;
+  wire [4:0] \$1110 ;
+  wire [5:0] \$1111 ;
+  reg [2:0] \$1112 ;
+  reg [2:0] \$1113 ;
+  wire [4:0] \$1114 ;
+  wire [3:0] \$1115 ;
+  wire [3:0] \$1116 ;
+  wire [4:0] \$1117 ;
+  wire [5:0] \$1118 ;
+  reg [2:0] \$1119 ;
   wire \$112 ;
-  wire [15:0] \$1120 ;
-  wire [15:0] \$1121 ;
+  reg [2:0] \$1120 ;
+  wire [4:0] \$1121 ;
   wire [3:0] \$1122 ;
-  wire \$1123 ;
-  wire \$1124 ;
-  wire [3:0] \$1125 ;
-  wire [3:0] \$1126 ;
-  wire \$1127 ;
-  wire \$1128 ;
+  wire [3:0] \$1123 ;
+  wire [4:0] \$1124 ;
+  wire [5:0] \$1125 ;
+  reg [2:0] \$1126 ;
+  reg [2:0] \$1127 ;
+  wire [4:0] \$1128 ;
   wire [3:0] \$1129 ;
   wire \$113 ;
-  wire \$1130 ;
-  wire \$1131 ;
-  wire [3:0] \$1132 ;
-  wire [3:0] \$1133 ;
-  wire [3:0] \$1134 ;
-  wire \$1135 ;
-  wire \$1136 ;
+  wire [3:0] \$1130 ;
+  wire [4:0] \$1131 ;
+  wire [5:0] \$1132 ;
+  reg [2:0] \$1133 ;
+  reg [2:0] \$1134 ;
+  wire [4:0] \$1135 ;
+  wire [3:0] \$1136 ;
   wire [3:0] \$1137 ;
-  wire \$1138 ;
-  wire \$1139 ;
+  wire [4:0] \$1138 ;
+  wire [5:0] \$1139 ;
   wire \$114 ;
-  wire [3:0] \$1140 ;
-  wire [3:0] \$1141 ;
-  wire \$1142 ;
-  wire \$1143 ;
+  reg [2:0] \$1140 ;
+  reg [2:0] \$1141 ;
+  wire [4:0] \$1142 ;
+  wire [3:0] \$1143 ;
   wire [3:0] \$1144 ;
-  wire \$1145 ;
-  wire \$1146 ;
-  wire [3:0] \$1147 ;
-  wire [3:0] \$1148 ;
+  wire [4:0] \$1145 ;
+  wire [5:0] \$1146 ;
+  wire [4:0] \$1147 ;
+  wire [4:0] \$1148 ;
   wire [3:0] \$1149 ;
   wire \$115 ;
-  wire [4:0] \$1150 ;
-  wire [1:0] \$1151 ;
-  wire [1:0] \$1152 ;
-  wire [2:0] \$1153 ;
-  wire [1:0] \$1154 ;
-  wire [1:0] \$1155 ;
-  wire [2:0] \$1156 ;
-  wire [4:0] \$1157 ;
-  wire [1:0] \$1158 ;
-  wire [1:0] \$1159 ;
+  wire [5:0] \$1150 ;
+  wire \$1151 ;
+  wire \$1152 ;
+  wire \$1153 ;
+  wire \$1154 ;
+  wire \$1155 ;
+  wire \$1156 ;
+  wire \$1157 ;
+  wire \$1158 ;
+  wire \$1159 ;
   wire \$116 ;
-  wire [3:0] \$1160 ;
-  wire [1:0] \$1161 ;
-  wire [1:0] \$1162 ;
-  wire [3:0] \$1163 ;
+  wire \$1160 ;
+  wire \$1161 ;
+  wire \$1162 ;
+  wire \$1163 ;
   wire \$1164 ;
-  wire [8:0] \$1165 ;
-  wire [5:0] \$1166 ;
+  wire \$1165 ;
+  wire \$1166 ;
   wire \$1167 ;
-  wire \$1168 ;
-  wire \$1169 ;
+  wire [9:0] \$1168 ;
+  wire [10:0] \$1169 ;
   wire \$117 ;
   wire \$1170 ;
-  wire \$1171 ;
-  wire [1:0] \$1172 ;
-  wire [1:0] \$1173 ;
-  wire \$1174 ;
-  wire \$1175 ;
-  wire [1:0] \$1176 ;
-  wire \$1177 ;
-  wire \$1178 ;
-  wire [2:0] \$1179 ;
+  wire [9:0] \$1171 ;
+  wire [9:0] \$1172 ;
+  wire [9:0] \$1173 ;
+  wire [9:0] \$1174 ;
+  wire [9:0] \$1175 ;
+  wire [9:0] \$1176 ;
+  wire [9:0] \$1177 ;
+  wire [9:0] \$1178 ;
+  wire [9:0] \$1179 ;
   wire \$118 ;
-  wire [2:0] \$1180 ;
-  wire [2:0] \$1181 ;
+  wire \$1180 ;
+  wire \$1181 ;
   wire \$1182 ;
   wire \$1183 ;
-  wire [2:0] \$1184 ;
+  wire \$1184 ;
   wire \$1185 ;
   wire \$1186 ;
-  wire [2:0] \$1187 ;
-  wire [2:0] \$1188 ;
-  wire \$1189 ;
+  wire \$1187 ;
+  wire [9:0] \$1188 ;
+  wire [9:0] \$1189 ;
   wire \$119 ;
-  wire \$1190 ;
-  wire [2:0] \$1191 ;
-  wire [2:0] \$1192 ;
-  wire [15:0] \$1193 ;
-  wire \$1194 ;
-  wire \$1195 ;
-  wire [15:0] \$1196 ;
-  wire [15:0] \$1197 ;
-  wire \$1198 ;
-  wire \$1199 ;
-  wire [2:0] \$12 ;
+  wire [9:0] \$1190 ;
+  wire [9:0] \$1191 ;
+  wire [9:0] \$1192 ;
+  wire [9:0] \$1193 ;
+  wire [9:0] \$1194 ;
+  wire [9:0] \$1195 ;
+  wire \$1196 ;
+  wire \$1197 ;
+  wire [9:0] \$1198 ;
+  wire [9:0] \$1199 ;
+  wire [3:0] \$12 ;
   wire \$120 ;
-  wire [15:0] \$1200 ;
-  wire \$1201 ;
+  wire [9:0] \$1200 ;
+  wire [9:0] \$1201 ;
   wire \$1202 ;
-  wire [15:0] \$1203 ;
-  wire [15:0] \$1204 ;
-  wire [15:0] \$1205 ;
+  wire \$1203 ;
+  wire \$1204 ;
+  wire \$1205 ;
   wire \$1206 ;
   wire \$1207 ;
-  wire [15:0] \$1208 ;
+  wire \$1208 ;
   wire \$1209 ;
   wire \$121 ;
   wire \$1210 ;
-  wire [15:0] \$1211 ;
-  wire [15:0] \$1212 ;
+  wire \$1211 ;
+  wire \$1212 ;
   wire \$1213 ;
   wire \$1214 ;
-  wire [15:0] \$1215 ;
+  wire \$1215 ;
   wire \$1216 ;
   wire \$1217 ;
-  wire [15:0] \$1218 ;
-  wire [15:0] \$1219 ;
+  wire \$1218 ;
+  wire \$1219 ;
   wire \$122 ;
-  wire [15:0] \$1220 ;
-  wire [3:0] \$1221 ;
+  wire \$1220 ;
+  wire \$1221 ;
   wire \$1222 ;
   wire \$1223 ;
-  wire [3:0] \$1224 ;
-  wire [3:0] \$1225 ;
+  wire \$1224 ;
+  wire \$1225 ;
   wire \$1226 ;
   wire \$1227 ;
-  wire [3:0] \$1228 ;
+  wire \$1228 ;
   wire \$1229 ;
   wire \$123 ;
   wire \$1230 ;
-  wire [3:0] \$1231 ;
-  wire [3:0] \$1232 ;
-  wire [3:0] \$1233 ;
+  wire \$1231 ;
+  wire \$1232 ;
+  wire \$1233 ;
   wire \$1234 ;
   wire \$1235 ;
-  wire [3:0] \$1236 ;
+  wire \$1236 ;
   wire \$1237 ;
   wire \$1238 ;
-  wire [3:0] \$1239 ;
+  wire \$1239 ;
   wire \$124 ;
-  wire [3:0] \$1240 ;
+  wire \$1240 ;
   wire \$1241 ;
   wire \$1242 ;
-  wire [3:0] \$1243 ;
+  wire \$1243 ;
   wire \$1244 ;
-  wire \$1245 ;
-  wire [3:0] \$1246 ;
-  wire [3:0] \$1247 ;
-  wire [3:0] \$1248 ;
-  wire [4:0] \$1249 ;
+  wire [11:0] \$1245 ;
+  wire [11:0] \$1246 ;
+  wire [11:0] \$1247 ;
+  wire \$1248 ;
+  wire \$1249 ;
   wire \$125 ;
-  wire [1:0] \$1250 ;
-  wire [1:0] \$1251 ;
-  wire [2:0] \$1252 ;
-  wire [1:0] \$1253 ;
-  wire [1:0] \$1254 ;
-  wire [2:0] \$1255 ;
-  wire [4:0] \$1256 ;
-  wire [1:0] \$1257 ;
-  wire [1:0] \$1258 ;
-  wire [3:0] \$1259 ;
+  wire \$1250 ;
+  wire \$1251 ;
+  reg [2:0] \$1252 ;
+  wire [4:0] \$1253 ;
+  wire \$1254 ;
+  wire \$1255 ;
+  wire \$1256 ;
+  wire \$1257 ;
+  wire \$1258 ;
+  wire \$1259 ;
   wire \$126 ;
-  wire [1:0] \$1260 ;
-  wire [1:0] \$1261 ;
-  wire [3:0] \$1262 ;
-  wire \$1263 ;
-  wire [8:0] \$1264 ;
-  wire [5:0] \$1265 ;
-  wire [4:0] \$1266 ;
-  wire [4:0] \$1267 ;
-  wire [3:0] \$1268 ;
-  wire [5:0] \$1269 ;
+  wire \$1260 ;
+  wire [9:0] \$1261 ;
+  wire \$1262 ;
+  wire [9:0] \$1263 ;
+  wire \$1264 ;
+  wire [9:0] \$1265 ;
+  wire \$1266 ;
+  wire [9:0] \$1267 ;
+  wire \$1268 ;
+  wire [9:0] \$1269 ;
   wire \$127 ;
   wire \$1270 ;
-  wire \$1271 ;
-  wire \$1272 ;
-  wire \$1273 ;
-  wire \$1274 ;
-  wire \$1275 ;
-  wire \$1276 ;
-  wire \$1277 ;
-  wire \$1278 ;
+  wire [8:0] \$1271 ;
+  wire [8:0] \$1272 ;
+  wire [8:0] \$1273 ;
+  wire [8:0] \$1274 ;
+  wire [8:0] \$1275 ;
+  wire [8:0] \$1276 ;
+  wire [8:0] \$1277 ;
+  wire [8:0] \$1278 ;
   wire \$1279 ;
   wire \$128 ;
   wire \$1280 ;
   wire \$1281 ;
   wire \$1282 ;
-  wire [9:0] \$1283 ;
-  wire [9:0] \$1284 ;
-  wire [9:0] \$1285 ;
-  wire [9:0] \$1286 ;
-  wire [9:0] \$1287 ;
-  wire [9:0] \$1288 ;
-  wire [9:0] \$1289 ;
+  wire \$1283 ;
+  wire \$1284 ;
+  wire \$1285 ;
+  wire [10:0] \$1286 ;
+  wire \$1287 ;
+  wire [10:0] \$1288 ;
+  wire \$1289 ;
   wire \$129 ;
-  wire [9:0] \$1290 ;
-  wire [9:0] \$1291 ;
-  wire \$1292 ;
+  wire [10:0] \$1290 ;
+  wire \$1291 ;
+  wire [10:0] \$1292 ;
   wire \$1293 ;
-  wire \$1294 ;
+  wire [10:0] \$1294 ;
   wire \$1295 ;
-  wire \$1296 ;
-  wire \$1297 ;
-  wire \$1298 ;
-  wire [9:0] \$1299 ;
-  wire [1:0] \$13 ;
+  wire [8:0] \$1296 ;
+  wire [8:0] \$1297 ;
+  wire [8:0] \$1298 ;
+  wire [8:0] \$1299 ;
+  reg [2:0] \$13 ;
   wire \$130 ;
-  wire [9:0] \$1300 ;
-  wire [9:0] \$1301 ;
-  wire [9:0] \$1302 ;
-  wire [9:0] \$1303 ;
-  wire [9:0] \$1304 ;
-  wire [9:0] \$1305 ;
-  wire [9:0] \$1306 ;
+  wire [8:0] \$1300 ;
+  wire [8:0] \$1301 ;
+  wire [8:0] \$1302 ;
+  wire [8:0] \$1303 ;
+  wire \$1304 ;
+  wire \$1305 ;
+  wire \$1306 ;
   wire \$1307 ;
   wire \$1308 ;
-  wire [9:0] \$1309 ;
+  wire \$1309 ;
   wire \$131 ;
-  wire [9:0] \$1310 ;
-  wire [9:0] \$1311 ;
-  wire [9:0] \$1312 ;
-  wire \$1313 ;
+  wire \$1310 ;
+  wire [11:0] \$1311 ;
+  wire \$1312 ;
+  wire [11:0] \$1313 ;
   wire \$1314 ;
-  wire \$1315 ;
+  wire [11:0] \$1315 ;
   wire \$1316 ;
-  wire \$1317 ;
+  wire [11:0] \$1317 ;
   wire \$1318 ;
-  wire \$1319 ;
+  wire [11:0] \$1319 ;
   wire \$132 ;
   wire \$1320 ;
-  wire \$1321 ;
-  wire \$1322 ;
-  wire \$1323 ;
-  wire \$1324 ;
-  wire \$1325 ;
-  wire \$1326 ;
-  wire \$1327 ;
-  wire \$1328 ;
+  wire [8:0] \$1321 ;
+  wire [8:0] \$1322 ;
+  wire [8:0] \$1323 ;
+  wire [8:0] \$1324 ;
+  wire [8:0] \$1325 ;
+  wire [8:0] \$1326 ;
+  wire [8:0] \$1327 ;
+  wire [8:0] \$1328 ;
   wire \$1329 ;
   wire \$133 ;
   wire \$1330 ;
   wire \$1331 ;
-  wire \$1332 ;
+  wire [4:0] \$1332 ;
   wire \$1333 ;
   wire \$1334 ;
   wire \$1335 ;
-  wire \$1336 ;
+  wire [4:0] \$1336 ;
   wire \$1337 ;
   wire \$1338 ;
   wire \$1339 ;
   wire \$134 ;
-  wire \$1340 ;
+  wire [4:0] \$1340 ;
   wire \$1341 ;
   wire \$1342 ;
   wire \$1343 ;
-  wire \$1344 ;
+  wire [4:0] \$1344 ;
   wire \$1345 ;
   wire \$1346 ;
-  wire [11:0] \$1347 ;
-  wire [11:0] \$1348 ;
-  wire [11:0] \$1349 ;
+  wire \$1347 ;
+  wire [4:0] \$1348 ;
+  wire \$1349 ;
   wire \$135 ;
   wire \$1350 ;
   wire \$1351 ;
-  wire \$1352 ;
+  wire [4:0] \$1352 ;
   wire \$1353 ;
   wire \$1354 ;
   wire \$1355 ;
-  wire \$1356 ;
+  wire [4:0] \$1356 ;
   wire \$1357 ;
   wire \$1358 ;
   wire \$1359 ;
   wire \$136 ;
-  wire \$1360 ;
+  wire [4:0] \$1360 ;
   wire \$1361 ;
   wire \$1362 ;
   wire \$1363 ;
@@ -4118,125 +4118,188 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1379 ;
   wire \$138 ;
   wire \$1380 ;
-  wire [7:0] \$1381 ;
+  wire \$1381 ;
   wire \$1382 ;
   wire \$1383 ;
-  wire \$1384 ;
-  wire [1:0] \$1385 ;
+  wire [7:0] \$1384 ;
+  wire \$1385 ;
   wire \$1386 ;
   wire \$1387 ;
   wire \$1388 ;
-  wire [2:0] \$1389 ;
+  wire \$1389 ;
   wire \$139 ;
-  wire [7:0] \$1390 ;
+  wire [1:0] \$1390 ;
   wire \$1391 ;
-  wire [8:0] \$1392 ;
-  wire [9:0] \$1393 ;
-  wire \$1394 ;
-  wire [9:0] \$1395 ;
-  wire [10:0] \$1396 ;
+  wire \$1392 ;
+  wire \$1393 ;
+  wire [2:0] \$1394 ;
+  wire \$1395 ;
+  wire \$1396 ;
   wire \$1397 ;
-  wire [10:0] \$1398 ;
-  wire [11:0] \$1399 ;
-  wire [1:0] \$14 ;
+  wire \$1398 ;
+  wire \$1399 ;
+  reg [2:0] \$14 ;
   wire \$140 ;
-  wire \$1400 ;
-  wire [8:0] \$1401 ;
-  wire \$1402 ;
+  wire [9:0] \$1400 ;
+  wire [9:0] \$1401 ;
+  wire [9:0] \$1402 ;
   wire [9:0] \$1403 ;
-  wire \$1404 ;
-  wire [10:0] \$1405 ;
-  wire \$1406 ;
-  wire \$1407 ;
-  wire \$1408 ;
+  wire [9:0] \$1404 ;
+  wire [9:0] \$1405 ;
+  wire [9:0] \$1406 ;
+  wire [9:0] \$1407 ;
+  wire [9:0] \$1408 ;
   wire \$1409 ;
   wire \$141 ;
-  wire [9:0] \$1410 ;
-  wire [9:0] \$1411 ;
-  wire [9:0] \$1412 ;
-  wire [9:0] \$1413 ;
-  wire [9:0] \$1414 ;
-  wire [9:0] \$1415 ;
-  wire [9:0] \$1416 ;
-  wire [9:0] \$1417 ;
-  wire [9:0] \$1418 ;
+  wire \$1410 ;
+  wire \$1411 ;
+  wire \$1412 ;
+  wire \$1413 ;
+  wire \$1414 ;
+  wire [5:0] \$1415 ;
+  wire \$1416 ;
+  wire \$1417 ;
+  wire \$1418 ;
   wire \$1419 ;
   wire \$142 ;
   wire \$1420 ;
   wire \$1421 ;
-  wire \$1422 ;
+  wire [11:0] \$1422 ;
   wire \$1423 ;
-  wire \$1424 ;
-  wire [5:0] \$1425 ;
+  wire [16:0] \$1424 ;
+  wire \$1425 ;
   wire \$1426 ;
   wire \$1427 ;
-  wire \$1428 ;
-  wire \$1429 ;
+  wire [11:0] \$1428 ;
+  wire [11:0] \$1429 ;
   wire \$143 ;
-  wire \$1430 ;
-  wire \$1431 ;
+  wire [12:0] \$1430 ;
+  wire [11:0] \$1431 ;
   wire [11:0] \$1432 ;
-  wire [11:0] \$1433 ;
-  wire [11:0] \$1434 ;
-  wire [12:0] \$1435 ;
-  wire \$1436 ;
-  wire [16:0] \$1437 ;
-  wire \$1438 ;
-  wire \$1439 ;
+  wire [12:0] \$1433 ;
+  wire [13:0] \$1434 ;
+  wire [7:0] \$1435 ;
+  wire [7:0] \$1436 ;
+  wire [8:0] \$1437 ;
+  wire [8:0] \$1438 ;
+  wire [8:0] \$1439 ;
   wire \$144 ;
-  wire [3:0] \$1440 ;
-  reg \$1441 ;
-  reg \$1442 ;
-  reg [7:0] \$1443 ;
-  reg [8:0] \$1444 ;
-  reg [9:0] \$1445 ;
-  reg [1:0] \$1446 ;
-  reg [91:0] \$1447 ;
-  reg [91:0] \$1448 ;
-  reg \$1449 ;
+  wire [9:0] \$1440 ;
+  wire [11:0] \$1441 ;
+  wire [11:0] \$1442 ;
+  wire [11:0] \$1443 ;
+  wire [12:0] \$1444 ;
+  wire [11:0] \$1445 ;
+  wire [12:0] \$1446 ;
+  wire [8:0] \$1447 ;
+  wire [9:0] \$1448 ;
+  wire [8:0] \$1449 ;
   wire \$145 ;
-  reg \$1450 ;
-  reg [8:0] \$1451 ;
-  reg [8:0] \$1452 ;
-  reg [8:0] \$1453 ;
-  reg [8:0] \$1454 ;
-  reg [8:0] \$1455 ;
-  reg [8:0] \$1456 ;
-  reg [8:0] \$1457 ;
-  reg [8:0] \$1458 ;
-  reg [8:0] \$1459 ;
+  wire [9:0] \$1450 ;
+  wire \$1451 ;
+  wire \$1452 ;
+  wire \$1453 ;
+  wire \$1454 ;
+  wire \$1455 ;
+  wire \$1456 ;
+  wire \$1457 ;
+  wire \$1458 ;
+  wire \$1459 ;
   wire \$146 ;
-  reg [2:0] \$1460 ;
+  wire [3:0] \$1460 ;
   reg \$1461 ;
-  reg \$1462 ;
-  reg \$1463 ;
-  reg [63:0] \$1464 ;
-  reg [63:0] \$1465 ;
-  reg \$1466 ;
-  reg \$1467 ;
-  reg \$1468 ;
-  reg \$1469 ;
+  reg [15:0] \$1462 ;
+  reg [2:0] \$1463 ;
+  reg [3:0] \$1464 ;
+  reg [7:0] \$1465 ;
+  reg [7:0] \$1466 ;
+  reg [15:0] \$1467 ;
+  reg [2:0] \$1468 ;
+  reg [3:0] \$1469 ;
   wire \$147 ;
-  reg \$1470 ;
-  reg [15:0] \$1471 ;
-  reg [10:0] \$1472 ;
-  reg [6:0] \$1473 ;
-  reg \$1474 ;
+  reg [15:0] \$1470 ;
+  reg [2:0] \$1471 ;
+  reg [3:0] \$1472 ;
+  reg [15:0] \$1473 ;
+  reg [2:0] \$1474 ;
   reg [3:0] \$1475 ;
+  reg [15:0] \$1476 ;
+  reg [2:0] \$1477 ;
+  reg [3:0] \$1478 ;
+  reg [15:0] \$1479 ;
   wire \$148 ;
+  reg [2:0] \$1480 ;
+  reg [3:0] \$1481 ;
+  reg [15:0] \$1482 ;
+  reg [2:0] \$1483 ;
+  reg [3:0] \$1484 ;
+  reg [15:0] \$1485 ;
+  reg [2:0] \$1486 ;
+  reg [3:0] \$1487 ;
+  reg [4:0] \$1488 ;
+  reg [4:0] \$1489 ;
   wire \$149 ;
-  wire [2:0] \$15 ;
+  reg \$1490 ;
+  reg \$1491 ;
+  reg \$1492 ;
+  reg \$1493 ;
+  reg [63:0] \$1494 ;
+  reg [7:0] \$1495 ;
+  reg \$1496 ;
+  reg [1:0] \$1497 ;
+  reg [91:0] \$1498 ;
+  reg \$1499 ;
+  wire [3:0] \$15 ;
   wire \$150 ;
+  reg [91:0] \$1500 ;
+  reg [91:0] \$1501 ;
+  reg \$1502 ;
+  reg \$1503 ;
+  reg [8:0] \$1504 ;
+  reg [8:0] \$1505 ;
+  reg [8:0] \$1506 ;
+  reg [8:0] \$1507 ;
+  reg [8:0] \$1508 ;
+  reg [8:0] \$1509 ;
   wire \$151 ;
+  reg [8:0] \$1510 ;
+  reg [8:0] \$1511 ;
+  reg [8:0] \$1512 ;
+  reg [2:0] \$1513 ;
+  reg \$1514 ;
+  reg \$1515 ;
+  reg \$1516 ;
+  reg [63:0] \$1517 ;
+  reg [63:0] \$1518 ;
+  reg \$1519 ;
   wire \$152 ;
+  reg \$1520 ;
+  reg \$1521 ;
+  reg \$1522 ;
+  reg \$1523 ;
+  reg [15:0] \$1524 ;
+  reg [10:0] \$1525 ;
+  reg [6:0] \$1526 ;
+  reg \$1527 ;
+  reg [7:0] \$1528 ;
+  reg [8:0] \$1529 ;
   wire \$153 ;
+  reg [9:0] \$1530 ;
+  reg [10:0] \$1531 ;
+  reg \$1532 ;
+  reg \$1533 ;
+  reg [8:0] \$1534 ;
+  reg [8:0] \$1535 ;
+  reg \$1536 ;
+  reg \$1537 ;
+  reg [3:0] \$1538 ;
   wire \$154 ;
   wire \$155 ;
   wire \$156 ;
   wire \$157 ;
   wire \$158 ;
   wire \$159 ;
-  wire [3:0] \$16 ;
+  reg [2:0] \$16 ;
   wire \$160 ;
   wire \$161 ;
   wire \$162 ;
@@ -4247,523 +4310,523 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
-  wire [1:0] \$17 ;
+  reg [2:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
   wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
+  wire [1:0] \$176 ;
+  wire [1:0] \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [1:0] \$18 ;
-  wire \$180 ;
+  wire [3:0] \$18 ;
+  wire [1:0] \$180 ;
   wire \$181 ;
   wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire \$185 ;
+  wire [2:0] \$183 ;
+  wire [2:0] \$184 ;
+  wire [2:0] \$185 ;
   wire \$186 ;
   wire \$187 ;
-  wire \$188 ;
+  wire [2:0] \$188 ;
   wire \$189 ;
-  wire [2:0] \$19 ;
+  reg [2:0] \$19 ;
   wire \$190 ;
-  wire \$191 ;
-  wire \$192 ;
+  wire [2:0] \$191 ;
+  wire [2:0] \$192 ;
   wire \$193 ;
   wire \$194 ;
-  wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
+  wire [2:0] \$195 ;
+  wire [2:0] \$196 ;
+  wire [15:0] \$197 ;
   wire \$198 ;
   wire \$199 ;
-  wire [3:0] \$2 ;
-  wire [1:0] \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  reg [2:0] \$2 ;
+  reg [2:0] \$20 ;
+  wire [15:0] \$200 ;
+  wire [15:0] \$201 ;
   wire \$202 ;
   wire \$203 ;
-  wire \$204 ;
+  wire [15:0] \$204 ;
   wire \$205 ;
   wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
-  wire \$209 ;
-  wire [1:0] \$21 ;
+  wire [15:0] \$207 ;
+  wire [15:0] \$208 ;
+  wire [15:0] \$209 ;
+  wire [3:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
-  wire \$212 ;
+  wire [15:0] \$212 ;
   wire \$213 ;
   wire \$214 ;
-  wire [1:0] \$215 ;
-  wire [1:0] \$216 ;
+  wire [15:0] \$215 ;
+  wire [15:0] \$216 ;
   wire \$217 ;
   wire \$218 ;
-  wire [1:0] \$219 ;
-  wire [2:0] \$22 ;
+  wire [15:0] \$219 ;
+  reg [2:0] \$22 ;
   wire \$220 ;
   wire \$221 ;
-  wire [2:0] \$222 ;
-  wire [2:0] \$223 ;
-  wire [2:0] \$224 ;
-  wire \$225 ;
+  wire [15:0] \$222 ;
+  wire [15:0] \$223 ;
+  wire [15:0] \$224 ;
+  wire [3:0] \$225 ;
   wire \$226 ;
-  wire [2:0] \$227 ;
-  wire \$228 ;
-  wire \$229 ;
-  wire [3:0] \$23 ;
-  wire [2:0] \$230 ;
-  wire [2:0] \$231 ;
-  wire \$232 ;
+  wire \$227 ;
+  wire [3:0] \$228 ;
+  wire [3:0] \$229 ;
+  reg [2:0] \$23 ;
+  wire \$230 ;
+  wire \$231 ;
+  wire [3:0] \$232 ;
   wire \$233 ;
-  wire [2:0] \$234 ;
-  wire [2:0] \$235 ;
-  wire [15:0] \$236 ;
-  wire \$237 ;
+  wire \$234 ;
+  wire [3:0] \$235 ;
+  wire [3:0] \$236 ;
+  wire [3:0] \$237 ;
   wire \$238 ;
-  wire [15:0] \$239 ;
-  wire [1:0] \$24 ;
-  wire [15:0] \$240 ;
+  wire \$239 ;
+  wire [3:0] \$24 ;
+  wire [3:0] \$240 ;
   wire \$241 ;
   wire \$242 ;
-  wire [15:0] \$243 ;
-  wire \$244 ;
+  wire [3:0] \$243 ;
+  wire [3:0] \$244 ;
   wire \$245 ;
-  wire [15:0] \$246 ;
-  wire [15:0] \$247 ;
-  wire [15:0] \$248 ;
+  wire \$246 ;
+  wire [3:0] \$247 ;
+  wire \$248 ;
   wire \$249 ;
-  wire [1:0] \$25 ;
-  wire \$250 ;
-  wire [15:0] \$251 ;
-  wire \$252 ;
+  wire [7:0] \$25 ;
+  wire [3:0] \$250 ;
+  wire [3:0] \$251 ;
+  wire [3:0] \$252 ;
   wire \$253 ;
-  wire [15:0] \$254 ;
-  wire [15:0] \$255 ;
+  wire \$254 ;
+  wire \$255 ;
   wire \$256 ;
   wire \$257 ;
-  wire [15:0] \$258 ;
+  wire \$258 ;
   wire \$259 ;
-  wire [2:0] \$26 ;
+  wire [7:0] \$26 ;
   wire \$260 ;
-  wire [15:0] \$261 ;
-  wire [15:0] \$262 ;
-  wire [15:0] \$263 ;
-  wire [3:0] \$264 ;
+  wire \$261 ;
+  wire \$262 ;
+  wire \$263 ;
+  wire \$264 ;
   wire \$265 ;
   wire \$266 ;
-  wire [3:0] \$267 ;
-  wire [3:0] \$268 ;
+  wire \$267 ;
+  wire \$268 ;
   wire \$269 ;
-  wire [1:0] \$27 ;
+  wire [7:0] \$27 ;
   wire \$270 ;
-  wire [3:0] \$271 ;
+  wire \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire [3:0] \$274 ;
-  wire [3:0] \$275 ;
-  wire [3:0] \$276 ;
+  wire \$274 ;
+  wire \$275 ;
+  wire \$276 ;
   wire \$277 ;
   wire \$278 ;
-  wire [3:0] \$279 ;
-  wire [1:0] \$28 ;
+  wire \$279 ;
+  wire [7:0] \$28 ;
   wire \$280 ;
   wire \$281 ;
-  wire [3:0] \$282 ;
-  wire [3:0] \$283 ;
+  wire \$282 ;
+  wire \$283 ;
   wire \$284 ;
   wire \$285 ;
-  wire [3:0] \$286 ;
+  wire \$286 ;
   wire \$287 ;
   wire \$288 ;
-  wire [3:0] \$289 ;
-  wire [2:0] \$29 ;
-  wire [3:0] \$290 ;
-  wire [3:0] \$291 ;
-  wire [4:0] \$292 ;
-  wire [1:0] \$293 ;
-  wire [1:0] \$294 ;
-  wire [2:0] \$295 ;
-  wire [1:0] \$296 ;
-  wire [1:0] \$297 ;
-  wire [2:0] \$298 ;
-  wire [4:0] \$299 ;
-  wire [1:0] \$3 ;
+  wire \$289 ;
+  wire \$29 ;
+  wire \$290 ;
+  wire \$291 ;
+  wire \$292 ;
+  wire \$293 ;
+  wire \$294 ;
+  wire \$295 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
+  wire \$299 ;
+  wire [3:0] \$3 ;
   wire [3:0] \$30 ;
-  wire [1:0] \$300 ;
-  wire [1:0] \$301 ;
-  wire [3:0] \$302 ;
-  wire [1:0] \$303 ;
-  wire [1:0] \$304 ;
-  wire [3:0] \$305 ;
+  wire \$300 ;
+  wire \$301 ;
+  wire \$302 ;
+  wire \$303 ;
+  wire \$304 ;
+  wire \$305 ;
   wire \$306 ;
-  wire [8:0] \$307 ;
-  wire [5:0] \$308 ;
+  wire \$307 ;
+  wire \$308 ;
   wire \$309 ;
-  wire [1:0] \$31 ;
+  wire \$31 ;
   wire \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
+  wire [1:0] \$314 ;
+  wire [1:0] \$315 ;
   wire \$316 ;
   wire \$317 ;
-  wire \$318 ;
+  wire [1:0] \$318 ;
   wire \$319 ;
-  wire [1:0] \$32 ;
+  wire [3:0] \$32 ;
   wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
-  wire \$323 ;
+  wire [2:0] \$321 ;
+  wire [2:0] \$322 ;
+  wire [2:0] \$323 ;
   wire \$324 ;
   wire \$325 ;
-  wire \$326 ;
+  wire [2:0] \$326 ;
   wire \$327 ;
   wire \$328 ;
-  wire \$329 ;
-  wire [2:0] \$33 ;
-  wire \$330 ;
+  wire [2:0] \$329 ;
+  wire \$33 ;
+  wire [2:0] \$330 ;
   wire \$331 ;
   wire \$332 ;
-  wire \$333 ;
-  wire \$334 ;
-  wire \$335 ;
+  wire [2:0] \$333 ;
+  wire [2:0] \$334 ;
+  wire [15:0] \$335 ;
   wire \$336 ;
   wire \$337 ;
-  wire \$338 ;
-  wire \$339 ;
-  wire [1:0] \$34 ;
+  wire [15:0] \$338 ;
+  wire [15:0] \$339 ;
+  wire \$34 ;
   wire \$340 ;
   wire \$341 ;
-  wire \$342 ;
+  wire [15:0] \$342 ;
   wire \$343 ;
   wire \$344 ;
-  wire \$345 ;
-  wire \$346 ;
-  wire \$347 ;
+  wire [15:0] \$345 ;
+  wire [15:0] \$346 ;
+  wire [15:0] \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [1:0] \$35 ;
-  wire \$350 ;
+  wire \$35 ;
+  wire [15:0] \$350 ;
   wire \$351 ;
   wire \$352 ;
-  wire \$353 ;
-  wire \$354 ;
+  wire [15:0] \$353 ;
+  wire [15:0] \$354 ;
   wire \$355 ;
   wire \$356 ;
-  wire \$357 ;
+  wire [15:0] \$357 ;
   wire \$358 ;
   wire \$359 ;
-  wire [2:0] \$36 ;
-  wire \$360 ;
-  wire \$361 ;
-  wire \$362 ;
-  wire \$363 ;
+  wire [3:0] \$36 ;
+  wire [15:0] \$360 ;
+  wire [15:0] \$361 ;
+  wire [15:0] \$362 ;
+  wire [3:0] \$363 ;
   wire \$364 ;
   wire \$365 ;
-  wire \$366 ;
-  wire \$367 ;
+  wire [3:0] \$366 ;
+  wire [3:0] \$367 ;
   wire \$368 ;
   wire \$369 ;
-  wire [3:0] \$37 ;
-  wire [1:0] \$370 ;
-  wire [1:0] \$371 ;
+  wire \$37 ;
+  wire [3:0] \$370 ;
+  wire \$371 ;
   wire \$372 ;
-  wire \$373 ;
-  wire [1:0] \$374 ;
-  wire \$375 ;
+  wire [3:0] \$373 ;
+  wire [3:0] \$374 ;
+  wire [3:0] \$375 ;
   wire \$376 ;
-  wire [2:0] \$377 ;
-  wire [2:0] \$378 ;
-  wire [2:0] \$379 ;
-  wire [1:0] \$38 ;
+  wire \$377 ;
+  wire [3:0] \$378 ;
+  wire \$379 ;
+  wire \$38 ;
   wire \$380 ;
-  wire \$381 ;
-  wire [2:0] \$382 ;
+  wire [3:0] \$381 ;
+  wire [3:0] \$382 ;
   wire \$383 ;
   wire \$384 ;
-  wire [2:0] \$385 ;
-  wire [2:0] \$386 ;
+  wire [3:0] \$385 ;
+  wire \$386 ;
   wire \$387 ;
-  wire \$388 ;
-  wire [2:0] \$389 ;
-  wire [1:0] \$39 ;
-  wire [2:0] \$390 ;
-  wire [15:0] \$391 ;
+  wire [3:0] \$388 ;
+  wire [3:0] \$389 ;
+  wire [3:0] \$39 ;
+  wire [3:0] \$390 ;
+  wire \$391 ;
   wire \$392 ;
   wire \$393 ;
-  wire [15:0] \$394 ;
-  wire [15:0] \$395 ;
+  wire \$394 ;
+  wire \$395 ;
   wire \$396 ;
   wire \$397 ;
-  wire [15:0] \$398 ;
+  wire \$398 ;
   wire \$399 ;
-  wire [1:0] \$4 ;
-  wire [2:0] \$40 ;
+  reg [2:0] \$4 ;
+  wire \$40 ;
   wire \$400 ;
-  wire [15:0] \$401 ;
-  wire [15:0] \$402 ;
-  wire [15:0] \$403 ;
+  wire \$401 ;
+  wire \$402 ;
+  wire \$403 ;
   wire \$404 ;
   wire \$405 ;
-  wire [15:0] \$406 ;
+  wire \$406 ;
   wire \$407 ;
   wire \$408 ;
-  wire [15:0] \$409 ;
-  wire [1:0] \$41 ;
-  wire [15:0] \$410 ;
+  wire \$409 ;
+  wire \$41 ;
+  wire \$410 ;
   wire \$411 ;
   wire \$412 ;
-  wire [15:0] \$413 ;
+  wire \$413 ;
   wire \$414 ;
   wire \$415 ;
-  wire [15:0] \$416 ;
-  wire [15:0] \$417 ;
-  wire [15:0] \$418 ;
-  wire [3:0] \$419 ;
-  wire [1:0] \$42 ;
+  wire \$416 ;
+  wire \$417 ;
+  wire \$418 ;
+  wire \$419 ;
+  wire [3:0] \$42 ;
   wire \$420 ;
   wire \$421 ;
-  wire [3:0] \$422 ;
-  wire [3:0] \$423 ;
+  wire \$422 ;
+  wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire [3:0] \$426 ;
+  wire \$426 ;
   wire \$427 ;
   wire \$428 ;
-  wire [3:0] \$429 ;
-  wire [2:0] \$43 ;
-  wire [3:0] \$430 ;
-  wire [3:0] \$431 ;
+  wire \$429 ;
+  wire \$43 ;
+  wire \$430 ;
+  wire \$431 ;
   wire \$432 ;
   wire \$433 ;
-  wire [3:0] \$434 ;
+  wire \$434 ;
   wire \$435 ;
   wire \$436 ;
-  wire [3:0] \$437 ;
-  wire [3:0] \$438 ;
+  wire \$437 ;
+  wire \$438 ;
   wire \$439 ;
-  wire [3:0] \$44 ;
+  wire \$44 ;
   wire \$440 ;
-  wire [3:0] \$441 ;
+  wire \$441 ;
   wire \$442 ;
   wire \$443 ;
-  wire [3:0] \$444 ;
-  wire [3:0] \$445 ;
-  wire [3:0] \$446 ;
-  wire [4:0] \$447 ;
-  wire [1:0] \$448 ;
-  wire [1:0] \$449 ;
-  wire [1:0] \$45 ;
-  wire [2:0] \$450 ;
-  wire [1:0] \$451 ;
-  wire [1:0] \$452 ;
-  wire [2:0] \$453 ;
-  wire [4:0] \$454 ;
-  wire [1:0] \$455 ;
-  wire [1:0] \$456 ;
-  wire [3:0] \$457 ;
-  wire [1:0] \$458 ;
-  wire [1:0] \$459 ;
-  wire [1:0] \$46 ;
-  wire [3:0] \$460 ;
-  wire \$461 ;
-  wire [8:0] \$462 ;
-  wire [5:0] \$463 ;
-  wire \$464 ;
+  wire \$444 ;
+  wire \$445 ;
+  wire \$446 ;
+  wire \$447 ;
+  wire \$448 ;
+  wire \$449 ;
+  wire [3:0] \$45 ;
+  wire \$450 ;
+  wire \$451 ;
+  wire \$452 ;
+  wire \$453 ;
+  wire \$454 ;
+  wire \$455 ;
+  wire \$456 ;
+  wire \$457 ;
+  wire \$458 ;
+  wire \$459 ;
+  wire \$46 ;
+  wire [1:0] \$460 ;
+  wire [1:0] \$461 ;
+  wire \$462 ;
+  wire \$463 ;
+  wire [1:0] \$464 ;
   wire \$465 ;
   wire \$466 ;
-  wire \$467 ;
-  wire \$468 ;
-  wire \$469 ;
-  wire [2:0] \$47 ;
+  wire [2:0] \$467 ;
+  wire [2:0] \$468 ;
+  wire [2:0] \$469 ;
+  wire \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire \$472 ;
+  wire [2:0] \$472 ;
   wire \$473 ;
   wire \$474 ;
-  wire \$475 ;
-  wire \$476 ;
+  wire [2:0] \$475 ;
+  wire [2:0] \$476 ;
   wire \$477 ;
   wire \$478 ;
-  wire \$479 ;
-  wire [1:0] \$48 ;
-  wire \$480 ;
-  wire \$481 ;
+  wire [2:0] \$479 ;
+  wire [3:0] \$48 ;
+  wire [2:0] \$480 ;
+  wire [15:0] \$481 ;
   wire \$482 ;
   wire \$483 ;
-  wire \$484 ;
-  wire \$485 ;
+  wire [15:0] \$484 ;
+  wire [15:0] \$485 ;
   wire \$486 ;
   wire \$487 ;
-  wire \$488 ;
+  wire [15:0] \$488 ;
   wire \$489 ;
-  wire [1:0] \$49 ;
+  wire \$49 ;
   wire \$490 ;
-  wire \$491 ;
-  wire \$492 ;
-  wire \$493 ;
+  wire [15:0] \$491 ;
+  wire [15:0] \$492 ;
+  wire [15:0] \$493 ;
   wire \$494 ;
   wire \$495 ;
-  wire \$496 ;
+  wire [15:0] \$496 ;
   wire \$497 ;
   wire \$498 ;
-  wire \$499 ;
-  wire [2:0] \$5 ;
-  wire [2:0] \$50 ;
-  wire \$500 ;
+  wire [15:0] \$499 ;
+  reg [2:0] \$5 ;
+  wire \$50 ;
+  wire [15:0] \$500 ;
   wire \$501 ;
   wire \$502 ;
-  wire \$503 ;
+  wire [15:0] \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire \$506 ;
-  wire \$507 ;
-  wire \$508 ;
-  wire \$509 ;
+  wire [15:0] \$506 ;
+  wire [15:0] \$507 ;
+  wire [15:0] \$508 ;
+  wire [3:0] \$509 ;
   wire [3:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
-  wire \$512 ;
-  wire \$513 ;
+  wire [3:0] \$512 ;
+  wire [3:0] \$513 ;
   wire \$514 ;
   wire \$515 ;
-  wire \$516 ;
+  wire [3:0] \$516 ;
   wire \$517 ;
   wire \$518 ;
-  wire \$519 ;
-  wire [1:0] \$52 ;
-  wire \$520 ;
-  wire \$521 ;
+  wire [3:0] \$519 ;
+  wire \$52 ;
+  wire [3:0] \$520 ;
+  wire [3:0] \$521 ;
   wire \$522 ;
   wire \$523 ;
-  wire \$524 ;
+  wire [3:0] \$524 ;
   wire \$525 ;
   wire \$526 ;
-  wire \$527 ;
-  wire \$528 ;
+  wire [3:0] \$527 ;
+  wire [3:0] \$528 ;
   wire \$529 ;
-  wire [1:0] \$53 ;
+  wire \$53 ;
   wire \$530 ;
-  wire \$531 ;
+  wire [3:0] \$531 ;
   wire \$532 ;
-  wire [1:0] \$533 ;
-  wire [1:0] \$534 ;
-  wire \$535 ;
-  wire \$536 ;
-  wire [1:0] \$537 ;
+  wire \$533 ;
+  wire [3:0] \$534 ;
+  wire [3:0] \$535 ;
+  wire [3:0] \$536 ;
+  wire \$537 ;
   wire \$538 ;
   wire \$539 ;
-  wire [2:0] \$54 ;
-  wire [2:0] \$540 ;
-  wire [2:0] \$541 ;
-  wire [2:0] \$542 ;
+  wire [3:0] \$54 ;
+  wire \$540 ;
+  wire \$541 ;
+  wire \$542 ;
   wire \$543 ;
   wire \$544 ;
-  wire [2:0] \$545 ;
+  wire \$545 ;
   wire \$546 ;
   wire \$547 ;
-  wire [2:0] \$548 ;
-  wire [2:0] \$549 ;
-  wire [1:0] \$55 ;
+  wire \$548 ;
+  wire \$549 ;
+  wire \$55 ;
   wire \$550 ;
   wire \$551 ;
-  wire [2:0] \$552 ;
-  wire [2:0] \$553 ;
-  wire [15:0] \$554 ;
+  wire \$552 ;
+  wire \$553 ;
+  wire \$554 ;
   wire \$555 ;
   wire \$556 ;
-  wire [15:0] \$557 ;
-  wire [15:0] \$558 ;
-  wire \$559 ;
-  wire [1:0] \$56 ;
+  wire \$557 ;
+  wire [1:0] \$558 ;
+  wire [1:0] \$559 ;
+  wire \$56 ;
   wire \$560 ;
-  wire [15:0] \$561 ;
-  wire \$562 ;
+  wire \$561 ;
+  wire [1:0] \$562 ;
   wire \$563 ;
-  wire [15:0] \$564 ;
-  wire [15:0] \$565 ;
-  wire [15:0] \$566 ;
-  wire \$567 ;
+  wire \$564 ;
+  wire [2:0] \$565 ;
+  wire [2:0] \$566 ;
+  wire [2:0] \$567 ;
   wire \$568 ;
-  wire [15:0] \$569 ;
-  wire [2:0] \$57 ;
-  wire \$570 ;
+  wire \$569 ;
+  wire [3:0] \$57 ;
+  wire [2:0] \$570 ;
   wire \$571 ;
-  wire [15:0] \$572 ;
-  wire [15:0] \$573 ;
-  wire \$574 ;
+  wire \$572 ;
+  wire [2:0] \$573 ;
+  wire [2:0] \$574 ;
   wire \$575 ;
-  wire [15:0] \$576 ;
-  wire \$577 ;
-  wire \$578 ;
+  wire \$576 ;
+  wire [2:0] \$577 ;
+  wire [2:0] \$578 ;
   wire [15:0] \$579 ;
-  wire [3:0] \$58 ;
-  wire [15:0] \$580 ;
-  wire [15:0] \$581 ;
-  wire [3:0] \$582 ;
-  wire \$583 ;
+  wire \$58 ;
+  wire \$580 ;
+  wire \$581 ;
+  wire [15:0] \$582 ;
+  wire [15:0] \$583 ;
   wire \$584 ;
-  wire [3:0] \$585 ;
-  wire [3:0] \$586 ;
+  wire \$585 ;
+  wire [15:0] \$586 ;
   wire \$587 ;
   wire \$588 ;
-  wire [3:0] \$589 ;
-  wire [7:0] \$59 ;
-  wire \$590 ;
-  wire \$591 ;
-  wire [3:0] \$592 ;
-  wire [3:0] \$593 ;
-  wire [3:0] \$594 ;
+  wire [15:0] \$589 ;
+  wire \$59 ;
+  wire [15:0] \$590 ;
+  wire [15:0] \$591 ;
+  wire \$592 ;
+  wire \$593 ;
+  wire [15:0] \$594 ;
   wire \$595 ;
   wire \$596 ;
-  wire [3:0] \$597 ;
-  wire \$598 ;
+  wire [15:0] \$597 ;
+  wire [15:0] \$598 ;
   wire \$599 ;
-  wire [1:0] \$6 ;
-  wire [7:0] \$60 ;
-  wire [3:0] \$600 ;
-  wire [3:0] \$601 ;
+  wire [3:0] \$6 ;
+  wire \$60 ;
+  wire \$600 ;
+  wire [15:0] \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire [3:0] \$604 ;
-  wire \$605 ;
-  wire \$606 ;
+  wire [15:0] \$604 ;
+  wire [15:0] \$605 ;
+  wire [15:0] \$606 ;
   wire [3:0] \$607 ;
-  wire [3:0] \$608 ;
-  wire [3:0] \$609 ;
-  wire [7:0] \$61 ;
-  wire [4:0] \$610 ;
-  wire [1:0] \$611 ;
-  wire [1:0] \$612 ;
-  wire [2:0] \$613 ;
-  wire [1:0] \$614 ;
-  wire [1:0] \$615 ;
-  wire [2:0] \$616 ;
-  wire [4:0] \$617 ;
-  wire [1:0] \$618 ;
-  wire [1:0] \$619 ;
-  wire [7:0] \$62 ;
-  wire [3:0] \$620 ;
-  wire [1:0] \$621 ;
-  wire [1:0] \$622 ;
-  wire [3:0] \$623 ;
+  wire \$608 ;
+  wire \$609 ;
+  wire \$61 ;
+  wire [3:0] \$610 ;
+  wire [3:0] \$611 ;
+  wire \$612 ;
+  wire \$613 ;
+  wire [3:0] \$614 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire [3:0] \$617 ;
+  wire [3:0] \$618 ;
+  wire [3:0] \$619 ;
+  wire \$62 ;
+  wire \$620 ;
+  wire \$621 ;
+  wire [3:0] \$622 ;
+  wire \$623 ;
   wire \$624 ;
-  wire [8:0] \$625 ;
-  wire [5:0] \$626 ;
+  wire [3:0] \$625 ;
+  wire [3:0] \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire \$629 ;
+  wire [3:0] \$629 ;
   wire \$63 ;
   wire \$630 ;
   wire \$631 ;
-  wire \$632 ;
-  wire \$633 ;
-  wire \$634 ;
+  wire [3:0] \$632 ;
+  wire [3:0] \$633 ;
+  wire [3:0] \$634 ;
   wire \$635 ;
   wire \$636 ;
   wire \$637 ;
@@ -4778,164 +4841,164 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$645 ;
   wire \$646 ;
   wire \$647 ;
-  wire [1:0] \$648 ;
-  wire [1:0] \$649 ;
-  reg [8:0] \$65 ;
+  wire \$648 ;
+  wire \$649 ;
+  wire \$65 ;
   wire \$650 ;
   wire \$651 ;
-  wire [1:0] \$652 ;
+  wire \$652 ;
   wire \$653 ;
   wire \$654 ;
-  wire [2:0] \$655 ;
-  wire [2:0] \$656 ;
-  wire [2:0] \$657 ;
+  wire \$655 ;
+  wire \$656 ;
+  wire \$657 ;
   wire \$658 ;
   wire \$659 ;
   wire \$66 ;
-  wire [2:0] \$660 ;
+  wire \$660 ;
   wire \$661 ;
   wire \$662 ;
-  wire [2:0] \$663 ;
-  wire [2:0] \$664 ;
+  wire \$663 ;
+  wire \$664 ;
   wire \$665 ;
   wire \$666 ;
-  wire [2:0] \$667 ;
-  wire [2:0] \$668 ;
-  wire [15:0] \$669 ;
+  wire \$667 ;
+  wire \$668 ;
+  wire \$669 ;
   wire \$67 ;
   wire \$670 ;
   wire \$671 ;
-  wire [15:0] \$672 ;
-  wire [15:0] \$673 ;
+  wire \$672 ;
+  wire \$673 ;
   wire \$674 ;
   wire \$675 ;
-  wire [15:0] \$676 ;
+  wire \$676 ;
   wire \$677 ;
   wire \$678 ;
-  wire [15:0] \$679 ;
-  reg [8:0] \$68 ;
-  wire [15:0] \$680 ;
-  wire [15:0] \$681 ;
+  wire \$679 ;
+  wire \$68 ;
+  wire \$680 ;
+  wire \$681 ;
   wire \$682 ;
   wire \$683 ;
-  wire [15:0] \$684 ;
+  wire \$684 ;
   wire \$685 ;
   wire \$686 ;
-  wire [15:0] \$687 ;
-  wire [15:0] \$688 ;
+  wire \$687 ;
+  wire \$688 ;
   wire \$689 ;
   wire \$69 ;
   wire \$690 ;
-  wire [15:0] \$691 ;
+  wire \$691 ;
   wire \$692 ;
   wire \$693 ;
-  wire [15:0] \$694 ;
-  wire [15:0] \$695 ;
-  wire [15:0] \$696 ;
-  wire [3:0] \$697 ;
+  wire \$694 ;
+  wire \$695 ;
+  wire \$696 ;
+  wire \$697 ;
   wire \$698 ;
   wire \$699 ;
-  wire [1:0] \$7 ;
-  wire [3:0] \$70 ;
-  wire [3:0] \$700 ;
-  wire [3:0] \$701 ;
+  reg [2:0] \$7 ;
+  wire \$70 ;
+  wire \$700 ;
+  wire \$701 ;
   wire \$702 ;
   wire \$703 ;
-  wire [3:0] \$704 ;
+  wire \$704 ;
   wire \$705 ;
   wire \$706 ;
-  wire [3:0] \$707 ;
-  wire [3:0] \$708 ;
-  wire [3:0] \$709 ;
+  wire \$707 ;
+  wire \$708 ;
+  wire \$709 ;
   wire \$71 ;
   wire \$710 ;
   wire \$711 ;
-  wire [3:0] \$712 ;
-  wire \$713 ;
+  wire [1:0] \$712 ;
+  wire [1:0] \$713 ;
   wire \$714 ;
-  wire [3:0] \$715 ;
-  wire [3:0] \$716 ;
+  wire \$715 ;
+  wire [1:0] \$716 ;
   wire \$717 ;
   wire \$718 ;
-  wire [3:0] \$719 ;
-  wire [3:0] \$72 ;
-  wire \$720 ;
-  wire \$721 ;
-  wire [3:0] \$722 ;
-  wire [3:0] \$723 ;
-  wire [3:0] \$724 ;
-  wire [4:0] \$725 ;
-  wire [1:0] \$726 ;
-  wire [1:0] \$727 ;
+  wire [2:0] \$719 ;
+  wire \$72 ;
+  wire [2:0] \$720 ;
+  wire [2:0] \$721 ;
+  wire \$722 ;
+  wire \$723 ;
+  wire [2:0] \$724 ;
+  wire \$725 ;
+  wire \$726 ;
+  wire [2:0] \$727 ;
   wire [2:0] \$728 ;
-  wire [1:0] \$729 ;
+  wire \$729 ;
   wire \$73 ;
-  wire [1:0] \$730 ;
+  wire \$730 ;
   wire [2:0] \$731 ;
-  wire [4:0] \$732 ;
-  wire [1:0] \$733 ;
-  wire [1:0] \$734 ;
-  wire [3:0] \$735 ;
-  wire [1:0] \$736 ;
-  wire [1:0] \$737 ;
-  wire [3:0] \$738 ;
+  wire [2:0] \$732 ;
+  wire [15:0] \$733 ;
+  wire \$734 ;
+  wire \$735 ;
+  wire [15:0] \$736 ;
+  wire [15:0] \$737 ;
+  wire \$738 ;
   wire \$739 ;
   wire \$74 ;
-  wire [8:0] \$740 ;
-  wire [5:0] \$741 ;
+  wire [15:0] \$740 ;
+  wire \$741 ;
   wire \$742 ;
-  wire \$743 ;
-  wire \$744 ;
-  wire \$745 ;
+  wire [15:0] \$743 ;
+  wire [15:0] \$744 ;
+  wire [15:0] \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire \$748 ;
+  wire [15:0] \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
-  wire \$751 ;
-  wire \$752 ;
+  wire [15:0] \$751 ;
+  wire [15:0] \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire \$755 ;
+  wire [15:0] \$755 ;
   wire \$756 ;
   wire \$757 ;
-  wire \$758 ;
-  wire \$759 ;
-  wire [3:0] \$76 ;
-  wire \$760 ;
-  wire \$761 ;
+  wire [15:0] \$758 ;
+  wire [15:0] \$759 ;
+  wire \$76 ;
+  wire [15:0] \$760 ;
+  wire [3:0] \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire \$764 ;
-  wire \$765 ;
+  wire [3:0] \$764 ;
+  wire [3:0] \$765 ;
   wire \$766 ;
   wire \$767 ;
-  wire \$768 ;
+  wire [3:0] \$768 ;
   wire \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire \$771 ;
-  wire \$772 ;
-  wire \$773 ;
+  wire [3:0] \$771 ;
+  wire [3:0] \$772 ;
+  wire [3:0] \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire \$776 ;
+  wire [3:0] \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire \$779 ;
+  wire [3:0] \$779 ;
   wire \$78 ;
-  wire \$780 ;
+  wire [3:0] \$780 ;
   wire \$781 ;
   wire \$782 ;
-  wire \$783 ;
+  wire [3:0] \$783 ;
   wire \$784 ;
   wire \$785 ;
-  wire \$786 ;
-  wire \$787 ;
-  wire \$788 ;
+  wire [3:0] \$786 ;
+  wire [3:0] \$787 ;
+  wire [3:0] \$788 ;
   wire \$789 ;
-  wire [3:0] \$79 ;
+  wire \$79 ;
   wire \$790 ;
   wire \$791 ;
   wire \$792 ;
@@ -4946,7 +5009,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$797 ;
   wire \$798 ;
   wire \$799 ;
-  wire [2:0] \$8 ;
+  reg [2:0] \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
@@ -4967,112 +5030,112 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$815 ;
   wire \$816 ;
   wire \$817 ;
-  wire \$818 ;
+  wire [1:0] \$818 ;
   wire [1:0] \$819 ;
-  wire [3:0] \$82 ;
-  wire [1:0] \$820 ;
+  wire \$82 ;
+  wire \$820 ;
   wire \$821 ;
-  wire \$822 ;
-  wire [1:0] \$823 ;
+  wire [1:0] \$822 ;
+  wire \$823 ;
   wire \$824 ;
-  wire \$825 ;
+  wire [2:0] \$825 ;
   wire [2:0] \$826 ;
   wire [2:0] \$827 ;
-  wire [2:0] \$828 ;
+  wire \$828 ;
   wire \$829 ;
   wire \$83 ;
-  wire \$830 ;
-  wire [2:0] \$831 ;
+  wire [2:0] \$830 ;
+  wire \$831 ;
   wire \$832 ;
-  wire \$833 ;
+  wire [2:0] \$833 ;
   wire [2:0] \$834 ;
-  wire [2:0] \$835 ;
+  wire \$835 ;
   wire \$836 ;
-  wire \$837 ;
+  wire [2:0] \$837 ;
   wire [2:0] \$838 ;
-  wire [2:0] \$839 ;
+  wire [15:0] \$839 ;
   wire \$84 ;
-  wire [15:0] \$840 ;
+  wire \$840 ;
   wire \$841 ;
-  wire \$842 ;
+  wire [15:0] \$842 ;
   wire [15:0] \$843 ;
-  wire [15:0] \$844 ;
+  wire \$844 ;
   wire \$845 ;
-  wire \$846 ;
-  wire [15:0] \$847 ;
+  wire [15:0] \$846 ;
+  wire \$847 ;
   wire \$848 ;
-  wire \$849 ;
-  wire [3:0] \$85 ;
+  wire [15:0] \$849 ;
+  wire \$85 ;
   wire [15:0] \$850 ;
   wire [15:0] \$851 ;
-  wire [15:0] \$852 ;
+  wire \$852 ;
   wire \$853 ;
-  wire \$854 ;
-  wire [15:0] \$855 ;
+  wire [15:0] \$854 ;
+  wire \$855 ;
   wire \$856 ;
-  wire \$857 ;
+  wire [15:0] \$857 ;
   wire [15:0] \$858 ;
-  wire [15:0] \$859 ;
+  wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire \$861 ;
-  wire [15:0] \$862 ;
+  wire [15:0] \$861 ;
+  wire \$862 ;
   wire \$863 ;
-  wire \$864 ;
+  wire [15:0] \$864 ;
   wire [15:0] \$865 ;
   wire [15:0] \$866 ;
-  wire [15:0] \$867 ;
-  wire [3:0] \$868 ;
+  wire [3:0] \$867 ;
+  wire \$868 ;
   wire \$869 ;
   wire \$87 ;
-  wire \$870 ;
+  wire [3:0] \$870 ;
   wire [3:0] \$871 ;
-  wire [3:0] \$872 ;
+  wire \$872 ;
   wire \$873 ;
-  wire \$874 ;
-  wire [3:0] \$875 ;
+  wire [3:0] \$874 ;
+  wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
+  wire [3:0] \$877 ;
   wire [3:0] \$878 ;
   wire [3:0] \$879 ;
-  wire [3:0] \$88 ;
-  wire [3:0] \$880 ;
+  wire \$88 ;
+  wire \$880 ;
   wire \$881 ;
-  wire \$882 ;
-  wire [3:0] \$883 ;
+  wire [3:0] \$882 ;
+  wire \$883 ;
   wire \$884 ;
-  wire \$885 ;
+  wire [3:0] \$885 ;
   wire [3:0] \$886 ;
-  wire [3:0] \$887 ;
+  wire \$887 ;
   wire \$888 ;
-  wire \$889 ;
+  wire [3:0] \$889 ;
   wire \$89 ;
-  wire [3:0] \$890 ;
+  wire \$890 ;
   wire \$891 ;
-  wire \$892 ;
+  wire [3:0] \$892 ;
   wire [3:0] \$893 ;
   wire [3:0] \$894 ;
-  wire [3:0] \$895 ;
-  wire [4:0] \$896 ;
-  wire [1:0] \$897 ;
-  wire [1:0] \$898 ;
-  wire [2:0] \$899 ;
+  wire \$895 ;
+  wire \$896 ;
+  wire \$897 ;
+  wire \$898 ;
+  wire \$899 ;
   wire [3:0] \$9 ;
   wire \$90 ;
-  wire [1:0] \$900 ;
-  wire [1:0] \$901 ;
-  wire [2:0] \$902 ;
-  wire [4:0] \$903 ;
-  wire [1:0] \$904 ;
-  wire [1:0] \$905 ;
-  wire [3:0] \$906 ;
-  wire [1:0] \$907 ;
-  wire [1:0] \$908 ;
-  wire [3:0] \$909 ;
-  wire [3:0] \$91 ;
+  wire \$900 ;
+  wire \$901 ;
+  wire \$902 ;
+  wire \$903 ;
+  wire \$904 ;
+  wire \$905 ;
+  wire \$906 ;
+  wire \$907 ;
+  wire \$908 ;
+  wire \$909 ;
+  wire \$91 ;
   wire \$910 ;
-  wire [8:0] \$911 ;
-  wire [5:0] \$912 ;
+  wire \$911 ;
+  wire \$912 ;
   wire \$913 ;
   wire \$914 ;
   wire \$915 ;
@@ -5094,91 +5157,98 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$93 ;
   wire \$930 ;
   wire \$931 ;
-  wire \$932 ;
-  wire \$933 ;
+  wire [1:0] \$932 ;
+  wire [1:0] \$933 ;
   wire \$934 ;
   wire \$935 ;
-  wire \$936 ;
+  wire [1:0] \$936 ;
   wire \$937 ;
   wire \$938 ;
-  wire \$939 ;
-  wire [3:0] \$94 ;
-  wire \$940 ;
-  wire \$941 ;
-  wire [1:0] \$942 ;
-  wire [1:0] \$943 ;
-  wire \$944 ;
+  wire [2:0] \$939 ;
+  wire \$94 ;
+  wire [2:0] \$940 ;
+  wire [2:0] \$941 ;
+  wire \$942 ;
+  wire \$943 ;
+  wire [2:0] \$944 ;
   wire \$945 ;
-  wire [1:0] \$946 ;
-  wire \$947 ;
-  wire \$948 ;
-  wire [2:0] \$949 ;
+  wire \$946 ;
+  wire [2:0] \$947 ;
+  wire [2:0] \$948 ;
+  wire \$949 ;
   wire \$95 ;
-  wire [2:0] \$950 ;
+  wire \$950 ;
   wire [2:0] \$951 ;
-  wire \$952 ;
-  wire \$953 ;
-  wire [2:0] \$954 ;
+  wire [2:0] \$952 ;
+  wire [15:0] \$953 ;
+  wire \$954 ;
   wire \$955 ;
-  wire \$956 ;
-  wire [2:0] \$957 ;
-  wire [2:0] \$958 ;
+  wire [15:0] \$956 ;
+  wire [15:0] \$957 ;
+  wire \$958 ;
   wire \$959 ;
   wire \$96 ;
-  wire \$960 ;
-  wire [2:0] \$961 ;
-  wire [2:0] \$962 ;
+  wire [15:0] \$960 ;
+  wire \$961 ;
+  wire \$962 ;
   wire [15:0] \$963 ;
-  wire \$964 ;
-  wire \$965 ;
-  wire [15:0] \$966 ;
-  wire [15:0] \$967 ;
-  wire \$968 ;
+  wire [15:0] \$964 ;
+  wire [15:0] \$965 ;
+  wire \$966 ;
+  wire \$967 ;
+  wire [15:0] \$968 ;
   wire \$969 ;
-  wire [3:0] \$97 ;
-  wire [15:0] \$970 ;
-  wire \$971 ;
-  wire \$972 ;
-  wire [15:0] \$973 ;
-  wire [15:0] \$974 ;
+  wire \$97 ;
+  wire \$970 ;
+  wire [15:0] \$971 ;
+  wire [15:0] \$972 ;
+  wire \$973 ;
+  wire \$974 ;
   wire [15:0] \$975 ;
   wire \$976 ;
   wire \$977 ;
   wire [15:0] \$978 ;
-  wire \$979 ;
+  wire [15:0] \$979 ;
   wire \$98 ;
-  wire \$980 ;
-  wire [15:0] \$981 ;
-  wire [15:0] \$982 ;
+  wire [15:0] \$980 ;
+  wire [3:0] \$981 ;
+  wire \$982 ;
   wire \$983 ;
-  wire \$984 ;
-  wire [15:0] \$985 ;
+  wire [3:0] \$984 ;
+  wire [3:0] \$985 ;
   wire \$986 ;
   wire \$987 ;
-  wire [15:0] \$988 ;
-  wire [15:0] \$989 ;
+  wire [3:0] \$988 ;
+  wire \$989 ;
   wire \$99 ;
-  wire [15:0] \$990 ;
+  wire \$990 ;
   wire [3:0] \$991 ;
-  wire \$992 ;
-  wire \$993 ;
-  wire [3:0] \$994 ;
-  wire [3:0] \$995 ;
-  wire \$996 ;
+  wire [3:0] \$992 ;
+  wire [3:0] \$993 ;
+  wire \$994 ;
+  wire \$995 ;
+  wire [3:0] \$996 ;
   wire \$997 ;
-  wire [3:0] \$998 ;
-  wire \$999 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$320  = 1'h0;
-  reg [63:0] \$signal$323  = 64'h0000000000000000;
-  reg [63:0] \$signal$365 ;
-  reg \$signal$367 ;
-  reg \$signal$368 ;
-  reg \$signal$369 ;
-  reg \$signal$370  = 1'h0;
-  reg \$signal$371  = 1'h0;
+  wire \$998 ;
+  wire [3:0] \$999 ;
+  wire [8:0] \$like ;
+  reg [4:0] \$signal  = 5'h00;
+  reg [7:0] \$signal$163  = 8'h00;
+  reg \$signal$313  = 1'h0;
+  reg \$signal$315  = 1'h0;
+  reg [63:0] \$signal$318  = 64'h0000000000000000;
+  reg \$signal$332  = 1'h0;
+  reg \$signal$357 ;
+  reg \$signal$363  = 1'h0;
+  reg [63:0] \$signal$376 ;
+  reg \$signal$378 ;
+  reg \$signal$379 ;
+  reg \$signal$380 ;
+  reg \$signal$381  = 1'h0;
+  reg \$signal$382  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$372 ;
+  wire \$signal$383 ;
+  reg \$signal$392 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -5208,11 +5278,39 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [63:0] VB = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
   wire [63:0] VB1;
+  reg [4:0] a_es = 5'h00;
+  reg [15:0] a_grp0 = 16'h0000;
+  reg [15:0] a_grp1 = 16'h0000;
+  reg [15:0] a_grp2 = 16'h0000;
+  reg [15:0] a_grp3 = 16'h0000;
+  reg [15:0] a_grp4 = 16'h0000;
+  reg [15:0] a_grp5 = 16'h0000;
+  reg [15:0] a_grp6 = 16'h0000;
+  reg [15:0] a_grp7 = 16'h0000;
+  reg [2:0] a_gsel0 = 3'h0;
+  reg [2:0] a_gsel1 = 3'h0;
+  reg [2:0] a_gsel2 = 3'h0;
+  reg [2:0] a_gsel3 = 3'h0;
+  reg [2:0] a_gsel4 = 3'h0;
+  reg [2:0] a_gsel5 = 3'h0;
+  reg [2:0] a_gsel6 = 3'h0;
+  reg [2:0] a_gsel7 = 3'h0;
+  reg a_last = 1'h0;
+  reg [3:0] a_lr0 = 4'h0;
+  reg [3:0] a_lr1 = 4'h0;
+  reg [3:0] a_lr2 = 4'h0;
+  reg [3:0] a_lr3 = 4'h0;
+  reg [3:0] a_lr4 = 4'h0;
+  reg [3:0] a_lr5 = 4'h0;
+  reg [3:0] a_lr6 = 4'h0;
+  reg [3:0] a_lr7 = 4'h0;
+  reg [7:0] a_nxt = 8'h00;
+  reg [63:0] a_val = 64'h0000000000000000;
   wire advance;
   reg allow_load;
   wire any_err;
   reg any_val = 1'h0;
-  wire [2:0] avail_words;
+  wire [2:0] av_n;
   wire can_go;
   input clk;
   wire clk;
@@ -5225,15 +5323,19 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [3:0] dlow5;
   wire [3:0] dlow6;
   wire [3:0] dlow7;
+  wire [1:0] dsh;
+  wire emit;
   reg end_bad;
   reg end_ok;
   reg endv = 1'h0;
   (* init = 4'h0 *)
   wire [3:0] err_flags;
+  wire [9:0] es2_n0;
   reg [9:0] es2_w = 10'h000;
-  wire [10:0] es3_w;
+  reg [10:0] es3_w = 11'h000;
   wire [14:0] es_bits;
   reg [8:0] es_w = 9'h000;
+  wire fin;
   wire finish;
   wire [3:0] flags;
   reg [1:0] flush_d = 2'h0;
@@ -5318,7 +5420,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire gt7_5;
   wire gt7_6;
   wire gt7_7;
-  wire has_next;
+  reg has_next = 1'h0;
   input [26:0] i_cmd__payload;
   wire [26:0] i_cmd__payload;
   wire [10:0] \i_cmd__payload.cols ;
@@ -5355,44 +5457,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [6:0] in_lq_in3;
   wire [3:0] k;
   wire [3:0] k_cur;
-  wire [8:0] k_cur_full;
+  reg [8:0] k_cur_full = 9'h000;
+  reg [8:0] k_nxt_full = 9'h000;
   wire [3:0] kk;
-  wire last_row;
+  reg last_row = 1'h0;
   reg [8:0] lim_full;
-  wire ln0;
-  wire ln1;
-  wire ln2;
-  wire ln3;
-  wire ln4;
-  wire ln5;
-  wire ln6;
-  wire ln7;
   wire [3:0] low_m1;
-  wire [3:0] lr0;
-  wire [3:0] lr1;
-  wire [3:0] lr2;
-  wire [3:0] lr3;
-  wire [3:0] lr4;
-  wire [3:0] lr5;
-  wire [3:0] lr6;
-  wire [3:0] lr7;
-  wire lv0;
-  wire lv1;
-  wire lv2;
-  wire lv3;
-  wire lv4;
-  wire lv5;
-  wire lv6;
-  wire lv7;
+  reg lr_n;
   wire mat_end;
   reg [91:0] mbeat0 = 92'h00000000000000000000000;
   reg [91:0] mbeat0_n;
   reg mbeat0_nv;
   reg mbeat0_v = 1'h0;
+  wire mbeat0_vn;
   reg [91:0] mbeat1 = 92'h00000000000000000000000;
   reg [91:0] mbeat1_n;
   reg mbeat1_nv;
   reg mbeat1_v = 1'h0;
+  wire mbeat1_vn;
+  reg [91:0] mbuf = 92'h00000000000000000000000;
+  reg mbuf_v = 1'h0;
   wire next_ok;
   output o_busy;
   wire o_busy;
@@ -5425,12 +5509,22 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [7:0] \o_lanes__payload.value[7] ;
   input o_lanes__ready;
   wire o_lanes__ready;
-  output o_lanes__valid;
+  (* init = 1'h0 *)
   wire o_lanes__valid;
+  output ov;
+  reg ov = 1'h0;
+  reg [7:0] pad_l = 8'h00;
   reg pad_r = 1'h0;
+  wire pad_wait;
   reg prev_last = 1'h0;
-  reg [8:0] r_es;
-  reg [8:0] r_es2;
+  reg prime = 1'h0;
+  wire [8:0] r_a;
+  reg [4:0] r_a_sel;
+  wire [8:0] r_b;
+  reg [4:0] r_b_sel;
+  wire [8:0] r_c;
+  reg [4:0] r_c_sel;
+  wire rdy_a;
   wire [9:0] rel0;
   wire [9:0] rel1;
   wire [9:0] rel2;
@@ -5439,9 +5533,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [9:0] rel5;
   wire [9:0] rel6;
   wire [9:0] rel7;
-  wire row_complete;
+  reg row_complete = 1'h0;
   reg [15:0] rows_left = 16'h0000;
-  wire [13:0] rs_bits;
   reg [7:0] rs_w = 8'h00;
   input rst;
   wire rst;
@@ -5462,11 +5555,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [7:0] selpos5;
   wire [7:0] selpos6;
   wire [7:0] selpos7;
-  reg sh;
   reg short_err = 1'h0;
   wire short_now;
   reg [11:0] stride;
   reg [6:0] stride_w = 7'h00;
+  wire take_buf;
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
@@ -5480,13 +5573,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws0_lo;
   wire [2:0] ws0_rh;
   wire [2:0] ws0h;
-  wire [2:0] ws0h_c;
+  reg [2:0] ws0h_c;
   wire ws0h_lo;
   wire [1:0] ws0h_rh;
   reg [1:0] ws0hh;
   reg [1:0] ws0hl;
   wire [2:0] ws0l;
-  wire [2:0] ws0l_c;
+  reg [2:0] ws0l_c;
   wire ws0l_lo;
   wire [1:0] ws0l_rh;
   reg [1:0] ws0lh;
@@ -5496,13 +5589,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws1_lo;
   wire [2:0] ws1_rh;
   wire [2:0] ws1h;
-  wire [2:0] ws1h_c;
+  reg [2:0] ws1h_c;
   wire ws1h_lo;
   wire [1:0] ws1h_rh;
   reg [1:0] ws1hh;
   reg [1:0] ws1hl;
   wire [2:0] ws1l;
-  wire [2:0] ws1l_c;
+  reg [2:0] ws1l_c;
   wire ws1l_lo;
   wire [1:0] ws1l_rh;
   reg [1:0] ws1lh;
@@ -5512,13 +5605,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws2_lo;
   wire [2:0] ws2_rh;
   wire [2:0] ws2h;
-  wire [2:0] ws2h_c;
+  reg [2:0] ws2h_c;
   wire ws2h_lo;
   wire [1:0] ws2h_rh;
   reg [1:0] ws2hh;
   reg [1:0] ws2hl;
   wire [2:0] ws2l;
-  wire [2:0] ws2l_c;
+  reg [2:0] ws2l_c;
   wire ws2l_lo;
   wire [1:0] ws2l_rh;
   reg [1:0] ws2lh;
@@ -5528,13 +5621,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws3_lo;
   wire [2:0] ws3_rh;
   wire [2:0] ws3h;
-  wire [2:0] ws3h_c;
+  reg [2:0] ws3h_c;
   wire ws3h_lo;
   wire [1:0] ws3h_rh;
   reg [1:0] ws3hh;
   reg [1:0] ws3hl;
   wire [2:0] ws3l;
-  wire [2:0] ws3l_c;
+  reg [2:0] ws3l_c;
   wire ws3l_lo;
   wire [1:0] ws3l_rh;
   reg [1:0] ws3lh;
@@ -5544,13 +5637,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws4_lo;
   wire [2:0] ws4_rh;
   wire [2:0] ws4h;
-  wire [2:0] ws4h_c;
+  reg [2:0] ws4h_c;
   wire ws4h_lo;
   wire [1:0] ws4h_rh;
   reg [1:0] ws4hh;
   reg [1:0] ws4hl;
   wire [2:0] ws4l;
-  wire [2:0] ws4l_c;
+  reg [2:0] ws4l_c;
   wire ws4l_lo;
   wire [1:0] ws4l_rh;
   reg [1:0] ws4lh;
@@ -5560,13 +5653,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws5_lo;
   wire [2:0] ws5_rh;
   wire [2:0] ws5h;
-  wire [2:0] ws5h_c;
+  reg [2:0] ws5h_c;
   wire ws5h_lo;
   wire [1:0] ws5h_rh;
   reg [1:0] ws5hh;
   reg [1:0] ws5hl;
   wire [2:0] ws5l;
-  wire [2:0] ws5l_c;
+  reg [2:0] ws5l_c;
   wire ws5l_lo;
   wire [1:0] ws5l_rh;
   reg [1:0] ws5lh;
@@ -5576,13 +5669,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws6_lo;
   wire [2:0] ws6_rh;
   wire [2:0] ws6h;
-  wire [2:0] ws6h_c;
+  reg [2:0] ws6h_c;
   wire ws6h_lo;
   wire [1:0] ws6h_rh;
   reg [1:0] ws6hh;
   reg [1:0] ws6hl;
   wire [2:0] ws6l;
-  wire [2:0] ws6l_c;
+  reg [2:0] ws6l_c;
   wire ws6l_lo;
   wire [1:0] ws6l_rh;
   reg [1:0] ws6lh;
@@ -5592,1782 +5685,3608 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire ws7_lo;
   wire [2:0] ws7_rh;
   wire [2:0] ws7h;
-  wire [2:0] ws7h_c;
+  reg [2:0] ws7h_c;
   wire ws7h_lo;
   wire [1:0] ws7h_rh;
   reg [1:0] ws7hh;
   reg [1:0] ws7hl;
   wire [2:0] ws7l;
-  wire [2:0] ws7l_c;
+  reg [2:0] ws7l_c;
   wire ws7l_lo;
   wire [1:0] ws7l_rh;
   reg [1:0] ws7lh;
   reg [1:0] ws7ll;
-  assign o_busy = running | endv;
   assign o_error = | o_error_flags;
-  assign es3_w = $signed(es2_w) + $signed({ 1'h0, stride_w });
-  assign \$1  = mbeat0_v + mbeat1_v;
-  assign \$2  = \$1  * 2'h2;
-  assign row_complete = $signed(es_w) <= $signed({ 1'h0, \$2 [2:0] });
-  assign has_next = rows_left > 1'h1;
   assign next_ok = row_complete & has_next;
-  assign \$3  = i_mask__payload[0] + i_mask__payload[1];
-  assign \$4  = i_mask__payload[2] + i_mask__payload[3];
-  assign \$5  = \$3  + \$4 ;
-  assign \$6  = i_mask__payload[4] + i_mask__payload[5];
-  assign \$7  = i_mask__payload[6] + i_mask__payload[7];
-  assign \$8  = \$6  + \$7 ;
-  assign \$9  = \$5  + \$8 ;
-  assign \$10  = i_mask__payload[8] + i_mask__payload[9];
-  assign \$11  = i_mask__payload[10] + i_mask__payload[11];
+  assign \$3  = \$1  + \$2 ;
+  assign \$6  = \$4  + \$5 ;
+  assign in_c0 = \$3  + \$6 ;
+  assign \$9  = \$7  + \$8 ;
   assign \$12  = \$10  + \$11 ;
-  assign \$13  = i_mask__payload[12] + i_mask__payload[13];
-  assign \$14  = i_mask__payload[14] + i_mask__payload[15];
+  assign in_c1 = \$9  + \$12 ;
   assign \$15  = \$13  + \$14 ;
-  assign \$16  = \$12  + \$15 ;
-  assign in_c0 = \$9  + \$16 ;
-  assign \$17  = i_mask__payload[16] + i_mask__payload[17];
-  assign \$18  = i_mask__payload[18] + i_mask__payload[19];
-  assign \$19  = \$17  + \$18 ;
-  assign \$20  = i_mask__payload[20] + i_mask__payload[21];
-  assign \$21  = i_mask__payload[22] + i_mask__payload[23];
-  assign \$22  = \$20  + \$21 ;
-  assign \$23  = \$19  + \$22 ;
-  assign \$24  = i_mask__payload[24] + i_mask__payload[25];
-  assign \$25  = i_mask__payload[26] + i_mask__payload[27];
-  assign \$26  = \$24  + \$25 ;
-  assign \$27  = i_mask__payload[28] + i_mask__payload[29];
-  assign \$28  = i_mask__payload[30] + i_mask__payload[31];
-  assign \$29  = \$27  + \$28 ;
-  assign \$30  = \$26  + \$29 ;
-  assign in_c1 = \$23  + \$30 ;
-  assign \$31  = i_mask__payload[32] + i_mask__payload[33];
-  assign \$32  = i_mask__payload[34] + i_mask__payload[35];
-  assign \$33  = \$31  + \$32 ;
-  assign \$34  = i_mask__payload[36] + i_mask__payload[37];
-  assign \$35  = i_mask__payload[38] + i_mask__payload[39];
-  assign \$36  = \$34  + \$35 ;
-  assign \$37  = \$33  + \$36 ;
-  assign \$38  = i_mask__payload[40] + i_mask__payload[41];
-  assign \$39  = i_mask__payload[42] + i_mask__payload[43];
-  assign \$40  = \$38  + \$39 ;
-  assign \$41  = i_mask__payload[44] + i_mask__payload[45];
-  assign \$42  = i_mask__payload[46] + i_mask__payload[47];
-  assign \$43  = \$41  + \$42 ;
-  assign \$44  = \$40  + \$43 ;
-  assign in_c2 = \$37  + \$44 ;
-  assign \$45  = i_mask__payload[48] + i_mask__payload[49];
-  assign \$46  = i_mask__payload[50] + i_mask__payload[51];
-  assign \$47  = \$45  + \$46 ;
-  assign \$48  = i_mask__payload[52] + i_mask__payload[53];
-  assign \$49  = i_mask__payload[54] + i_mask__payload[55];
-  assign \$50  = \$48  + \$49 ;
-  assign \$51  = \$47  + \$50 ;
-  assign \$52  = i_mask__payload[56] + i_mask__payload[57];
-  assign \$53  = i_mask__payload[58] + i_mask__payload[59];
-  assign \$54  = \$52  + \$53 ;
-  assign \$55  = i_mask__payload[60] + i_mask__payload[61];
-  assign \$56  = i_mask__payload[62] + i_mask__payload[63];
-  assign \$57  = \$55  + \$56 ;
-  assign \$58  = \$54  + \$57 ;
-  assign in_c3 = \$51  + \$58 ;
-  assign \$59  = in_c1 + in_c0;
-  assign \$60  = in_c3 + in_c2;
-  assign \$61  = in_c2 + \$59 [6:0];
-  assign \$62  = \$60 [6:0] + \$59 [6:0];
-  assign \$63  = $signed(es_w) <= $signed(1'h0);
-  assign \$64  = $signed(es_w) >= $signed(4'h4);
-  assign \$66  = $signed(es2_w) <= $signed(1'h0);
-  assign \$67  = $signed(es2_w) >= $signed(4'h4);
-  assign \$69  = $signed(lim_full) >= $signed(5'h08);
-  assign \$70  = \$69  ? 4'h8 : lim_full[3:0];
-  assign k = lim_full[8] ? 4'h0 : \$70 ;
-  assign \$71  = $signed(r_es) >= $signed(5'h08);
-  assign \$72  = \$71  ? 4'h8 : r_es[3:0];
-  assign k_cur = r_es[8] ? 4'h0 : \$72 ;
-  assign \$73  = $signed(r_es) <= $signed(5'h08);
-  assign finish = row_complete & \$73 ;
-  assign \$74  = | R0[7:4];
-  assign \$75  = R0[3] | \$74 ;
-  assign \$76  = \$75  ? 4'h8 : R0[3:0];
-  assign sat0 = R0[8] ? 4'h0 : \$76 ;
-  assign \$77  = | R1[7:4];
-  assign \$78  = R1[3] | \$77 ;
-  assign \$79  = \$78  ? 4'h8 : R1[3:0];
-  assign sat1 = R1[8] ? 4'h0 : \$79 ;
-  assign \$80  = | R2[7:4];
-  assign \$81  = R2[3] | \$80 ;
-  assign \$82  = \$81  ? 4'h8 : R2[3:0];
-  assign sat2 = R2[8] ? 4'h0 : \$82 ;
-  assign \$83  = | R3[7:4];
-  assign \$84  = R3[3] | \$83 ;
-  assign \$85  = \$84  ? 4'h8 : R3[3:0];
-  assign sat3 = R3[8] ? 4'h0 : \$85 ;
-  assign \$86  = | R4[7:4];
-  assign \$87  = R4[3] | \$86 ;
-  assign \$88  = \$87  ? 4'h8 : R4[3:0];
-  assign sat4 = R4[8] ? 4'h0 : \$88 ;
-  assign \$89  = | R5[7:4];
-  assign \$90  = R5[3] | \$89 ;
-  assign \$91  = \$90  ? 4'h8 : R5[3:0];
-  assign sat5 = R5[8] ? 4'h0 : \$91 ;
-  assign \$92  = | R6[7:4];
-  assign \$93  = R6[3] | \$92 ;
-  assign \$94  = \$93  ? 4'h8 : R6[3:0];
-  assign sat6 = R6[8] ? 4'h0 : \$94 ;
-  assign \$95  = | R7[7:4];
-  assign \$96  = R7[3] | \$95 ;
-  assign \$97  = \$96  ? 4'h8 : R7[3:0];
-  assign sat7 = R7[8] ? 4'h0 : \$97 ;
+  assign \$18  = \$16  + \$17 ;
+  assign in_c2 = \$15  + \$18 ;
+  assign \$21  = \$19  + \$20 ;
+  assign \$24  = \$22  + \$23 ;
+  assign in_c3 = \$21  + \$24 ;
+  assign \$25  = in_c1 + in_c0;
+  assign \$26  = in_c3 + in_c2;
+  assign \$27  = in_c2 + \$25 [6:0];
+  assign \$28  = \$26 [6:0] + \$25 [6:0];
+  assign \$29  = $signed(lim_full) >= $signed(5'h08);
+  assign \$30  = \$29  ? 4'h8 : lim_full[3:0];
+  assign k = lim_full[8] ? 4'h0 : \$30 ;
+  assign \$31  = $signed(k_cur_full) >= $signed(5'h08);
+  assign \$32  = \$31  ? 4'h8 : k_cur_full[3:0];
+  assign k_cur = k_cur_full[8] ? 4'h0 : \$32 ;
+  assign \$33  = $signed(k_cur_full) <= $signed(5'h08);
+  assign finish = row_complete & \$33 ;
+  assign \$34  = | R0[7:4];
+  assign \$35  = R0[3] | \$34 ;
+  assign \$36  = \$35  ? 4'h8 : R0[3:0];
+  assign sat0 = R0[8] ? 4'h0 : \$36 ;
+  assign \$37  = | R1[7:4];
+  assign \$38  = R1[3] | \$37 ;
+  assign \$39  = \$38  ? 4'h8 : R1[3:0];
+  assign sat1 = R1[8] ? 4'h0 : \$39 ;
+  assign \$40  = | R2[7:4];
+  assign \$41  = R2[3] | \$40 ;
+  assign \$42  = \$41  ? 4'h8 : R2[3:0];
+  assign sat2 = R2[8] ? 4'h0 : \$42 ;
+  assign \$43  = | R3[7:4];
+  assign \$44  = R3[3] | \$43 ;
+  assign \$45  = \$44  ? 4'h8 : R3[3:0];
+  assign sat3 = R3[8] ? 4'h0 : \$45 ;
+  assign \$46  = | R4[7:4];
+  assign \$47  = R4[3] | \$46 ;
+  assign \$48  = \$47  ? 4'h8 : R4[3:0];
+  assign sat4 = R4[8] ? 4'h0 : \$48 ;
+  assign \$49  = | R5[7:4];
+  assign \$50  = R5[3] | \$49 ;
+  assign \$51  = \$50  ? 4'h8 : R5[3:0];
+  assign sat5 = R5[8] ? 4'h0 : \$51 ;
+  assign \$52  = | R6[7:4];
+  assign \$53  = R6[3] | \$52 ;
+  assign \$54  = \$53  ? 4'h8 : R6[3:0];
+  assign sat6 = R6[8] ? 4'h0 : \$54 ;
+  assign \$55  = | R7[7:4];
+  assign \$56  = R7[3] | \$55 ;
+  assign \$57  = \$56  ? 4'h8 : R7[3:0];
+  assign sat7 = R7[8] ? 4'h0 : \$57 ;
   assign es_bits = $signed(es_w) * $signed(7'h20);
-  assign rs_bits = $signed(rs_w) * $signed(7'h20);
-  assign \$98  = ~ sat0[1];
-  assign \$99  = ~ sat0[2];
-  assign \$100  = \$98  & \$99 ;
-  assign \$101  = ~ sat0[3];
-  assign \$102  = \$101  & sat0[0];
-  assign \$103  = \$100  & \$102 ;
-  assign \$104  = ~ sat0[2];
-  assign \$105  = ~ sat0[3];
-  assign \$106  = \$104  & \$105 ;
-  assign \$107  = \$106  & sat0[1];
-  assign \$108  = \$103  | \$107 ;
-  assign \$109  = ~ sat0[3];
-  assign \$110  = \$109  & sat0[2];
-  assign \$111  = \$110  | sat0[3];
-  assign gt0_0 = \$108  | \$111 ;
-  assign \$112  = ~ sat1[1];
-  assign \$113  = ~ sat1[2];
-  assign \$114  = \$112  & \$113 ;
-  assign \$115  = ~ sat1[3];
-  assign \$116  = \$115  & sat1[0];
-  assign \$117  = \$114  & \$116 ;
-  assign \$118  = ~ sat1[2];
-  assign \$119  = ~ sat1[3];
-  assign \$120  = \$118  & \$119 ;
-  assign \$121  = \$120  & sat1[1];
-  assign \$122  = \$117  | \$121 ;
-  assign \$123  = ~ sat1[3];
-  assign \$124  = \$123  & sat1[2];
-  assign \$125  = \$124  | sat1[3];
-  assign gt0_1 = \$122  | \$125 ;
-  assign \$126  = ~ sat2[1];
-  assign \$127  = ~ sat2[2];
-  assign \$128  = \$126  & \$127 ;
-  assign \$129  = ~ sat2[3];
-  assign \$130  = \$129  & sat2[0];
-  assign \$131  = \$128  & \$130 ;
-  assign \$132  = ~ sat2[2];
-  assign \$133  = ~ sat2[3];
-  assign \$134  = \$132  & \$133 ;
-  assign \$135  = \$134  & sat2[1];
-  assign \$136  = \$131  | \$135 ;
-  assign \$137  = ~ sat2[3];
-  assign \$138  = \$137  & sat2[2];
-  assign \$139  = \$138  | sat2[3];
-  assign gt0_2 = \$136  | \$139 ;
-  assign \$140  = ~ sat3[1];
-  assign \$141  = ~ sat3[2];
-  assign \$142  = \$140  & \$141 ;
-  assign \$143  = ~ sat3[3];
-  assign \$144  = \$143  & sat3[0];
-  assign \$145  = \$142  & \$144 ;
-  assign \$146  = ~ sat3[2];
-  assign \$147  = ~ sat3[3];
-  assign \$148  = \$146  & \$147 ;
-  assign \$149  = \$148  & sat3[1];
-  assign \$150  = \$145  | \$149 ;
-  assign \$151  = ~ sat3[3];
-  assign \$152  = \$151  & sat3[2];
-  assign \$153  = \$152  | sat3[3];
-  assign gt0_3 = \$150  | \$153 ;
-  assign \$154  = ~ sat4[1];
-  assign \$155  = ~ sat4[2];
-  assign \$156  = \$154  & \$155 ;
-  assign \$157  = ~ sat4[3];
-  assign \$158  = \$157  & sat4[0];
-  assign \$159  = \$156  & \$158 ;
-  assign \$160  = ~ sat4[2];
-  assign \$161  = ~ sat4[3];
-  assign \$162  = \$160  & \$161 ;
-  assign \$163  = \$162  & sat4[1];
-  assign \$164  = \$159  | \$163 ;
-  assign \$165  = ~ sat4[3];
-  assign \$166  = \$165  & sat4[2];
-  assign \$167  = \$166  | sat4[3];
-  assign gt0_4 = \$164  | \$167 ;
-  assign \$168  = ~ sat5[1];
-  assign \$169  = ~ sat5[2];
-  assign \$170  = \$168  & \$169 ;
-  assign \$171  = ~ sat5[3];
-  assign \$172  = \$171  & sat5[0];
-  assign \$173  = \$170  & \$172 ;
-  assign \$174  = ~ sat5[2];
-  assign \$175  = ~ sat5[3];
-  assign \$176  = \$174  & \$175 ;
-  assign \$177  = \$176  & sat5[1];
-  assign \$178  = \$173  | \$177 ;
-  assign \$179  = ~ sat5[3];
-  assign \$180  = \$179  & sat5[2];
-  assign \$181  = \$180  | sat5[3];
-  assign gt0_5 = \$178  | \$181 ;
-  assign \$182  = ~ sat6[1];
-  assign \$183  = ~ sat6[2];
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = ~ sat6[3];
-  assign \$186  = \$185  & sat6[0];
-  assign \$187  = \$184  & \$186 ;
-  assign \$188  = ~ sat6[2];
-  assign \$189  = ~ sat6[3];
-  assign \$190  = \$188  & \$189 ;
-  assign \$191  = \$190  & sat6[1];
-  assign \$192  = \$187  | \$191 ;
-  assign \$193  = ~ sat6[3];
-  assign \$194  = \$193  & sat6[2];
-  assign \$195  = \$194  | sat6[3];
-  assign gt0_6 = \$192  | \$195 ;
-  assign \$196  = ~ sat7[1];
-  assign \$197  = ~ sat7[2];
-  assign \$198  = \$196  & \$197 ;
-  assign \$199  = ~ sat7[3];
-  assign \$200  = \$199  & sat7[0];
-  assign \$201  = \$198  & \$200 ;
-  assign \$202  = ~ sat7[2];
-  assign \$203  = ~ sat7[3];
-  assign \$204  = \$202  & \$203 ;
-  assign \$205  = \$204  & sat7[1];
-  assign \$206  = \$201  | \$205 ;
-  assign \$207  = ~ sat7[3];
-  assign \$208  = \$207  & sat7[2];
-  assign \$209  = \$208  | sat7[3];
-  assign gt0_7 = \$206  | \$209 ;
-  assign \$210  = ~ gt0_0;
-  assign \$211  = gt0_1 & \$210 ;
-  assign \$212  = \$211  ? 1'h1 : 1'h0;
-  assign \$213  = ~ gt0_1;
-  assign \$214  = gt0_2 & \$213 ;
-  assign \$215  = \$214  ? 2'h2 : 2'h0;
-  assign \$216  = { 1'h0, \$212  } | \$215 ;
-  assign \$217  = ~ gt0_2;
-  assign \$218  = gt0_3 & \$217 ;
-  assign \$219  = \$218  ? 2'h3 : 2'h0;
-  assign \$220  = ~ gt0_3;
-  assign \$221  = gt0_4 & \$220 ;
-  assign \$222  = \$221  ? 3'h4 : 3'h0;
-  assign \$223  = { 1'h0, \$219  } | \$222 ;
-  assign \$224  = { 1'h0, \$216  } | \$223 ;
-  assign \$225  = ~ gt0_4;
-  assign \$226  = gt0_5 & \$225 ;
-  assign \$227  = \$226  ? 3'h5 : 3'h0;
-  assign \$228  = ~ gt0_5;
-  assign \$229  = gt0_6 & \$228 ;
-  assign \$230  = \$229  ? 3'h6 : 3'h0;
-  assign \$231  = \$227  | \$230 ;
-  assign \$232  = ~ gt0_6;
-  assign \$233  = gt0_7 & \$232 ;
-  assign \$234  = \$233  ? 3'h7 : 3'h0;
-  assign \$235  = \$231  | \$234 ;
-  assign gsel0 = \$224  | \$235 ;
-  assign \$236  = gt0_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$237  = ~ gt0_0;
-  assign \$238  = gt0_1 & \$237 ;
-  assign \$239  = \$238  ? mbeat0[31:16] : 16'h0000;
-  assign \$240  = \$236  | \$239 ;
-  assign \$241  = ~ gt0_1;
-  assign \$242  = gt0_2 & \$241 ;
-  assign \$243  = \$242  ? mbeat0[47:32] : 16'h0000;
-  assign \$244  = ~ gt0_2;
-  assign \$245  = gt0_3 & \$244 ;
-  assign \$246  = \$245  ? mbeat0[63:48] : 16'h0000;
-  assign \$247  = \$243  | \$246 ;
-  assign \$248  = \$240  | \$247 ;
-  assign \$249  = ~ gt0_3;
-  assign \$250  = gt0_4 & \$249 ;
-  assign \$251  = \$250  ? mbeat1[15:0] : 16'h0000;
-  assign \$252  = ~ gt0_4;
-  assign \$253  = gt0_5 & \$252 ;
-  assign \$254  = \$253  ? mbeat1[31:16] : 16'h0000;
-  assign \$255  = \$251  | \$254 ;
-  assign \$256  = ~ gt0_5;
-  assign \$257  = gt0_6 & \$256 ;
-  assign \$258  = \$257  ? mbeat1[47:32] : 16'h0000;
-  assign \$259  = ~ gt0_6;
-  assign \$260  = gt0_7 & \$259 ;
-  assign \$261  = \$260  ? mbeat1[63:48] : 16'h0000;
-  assign \$262  = \$258  | \$261 ;
-  assign \$263  = \$255  | \$262 ;
-  assign grp0 = \$248  | \$263 ;
-  assign \$264  = gt0_0 ? Rm1[3:0] : 4'h0;
-  assign \$265  = ~ gt0_0;
-  assign \$266  = gt0_1 & \$265 ;
-  assign \$267  = \$266  ? R0[3:0] : 4'h0;
-  assign \$268  = \$264  | \$267 ;
-  assign \$269  = ~ gt0_1;
-  assign \$270  = gt0_2 & \$269 ;
-  assign \$271  = \$270  ? R1[3:0] : 4'h0;
-  assign \$272  = ~ gt0_2;
-  assign \$273  = gt0_3 & \$272 ;
-  assign \$274  = \$273  ? R2[3:0] : 4'h0;
-  assign \$275  = \$271  | \$274 ;
-  assign \$276  = \$268  | \$275 ;
-  assign \$277  = ~ gt0_3;
-  assign \$278  = gt0_4 & \$277 ;
-  assign \$279  = \$278  ? R3[3:0] : 4'h0;
-  assign \$280  = ~ gt0_4;
-  assign \$281  = gt0_5 & \$280 ;
-  assign \$282  = \$281  ? R4[3:0] : 4'h0;
-  assign \$283  = \$279  | \$282 ;
-  assign \$284  = ~ gt0_5;
-  assign \$285  = gt0_6 & \$284 ;
-  assign \$286  = \$285  ? R5[3:0] : 4'h0;
-  assign \$287  = ~ gt0_6;
-  assign \$288  = gt0_7 & \$287 ;
-  assign \$289  = \$288  ? R6[3:0] : 4'h0;
-  assign \$290  = \$286  | \$289 ;
-  assign \$291  = \$283  | \$290 ;
-  assign dlow0 = \$276  | \$291 ;
-  assign \$292  = 1'h0 - dlow0;
-  assign \$293  = grp0[0] + grp0[1];
-  assign \$294  = grp0[2] + grp0[3];
-  assign \$295  = \$293  + \$294 ;
-  assign \$296  = grp0[4] + grp0[5];
-  assign \$297  = grp0[6] + grp0[7];
-  assign \$298  = \$296  + \$297 ;
-  assign ws0_c = \$295  + \$298 ;
-  assign ws0_lo = \$292 [3:0] < ws0_c;
-  assign \$299  = \$292 [3:0] - ws0_c;
-  assign \$300  = grp0[0] + grp0[1];
-  assign \$301  = grp0[2] + grp0[3];
-  assign ws0l_c = \$300  + \$301 ;
-  assign ws0l_lo = \$292 [2:0] < ws0l_c;
-  assign \$302  = \$292 [2:0] - ws0l_c;
-  assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
-  assign \$303  = grp0[8] + grp0[9];
-  assign \$304  = grp0[10] + grp0[11];
-  assign ws0h_c = \$303  + \$304 ;
-  assign ws0h_lo = \$299 [2:0] < ws0h_c;
-  assign \$305  = \$299 [2:0] - ws0h_c;
-  assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
-  assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
-  assign lv0 = k > 1'h0;
-  assign \$306  = k_cur <= 1'h0;
-  assign ln0 = finish & \$306 ;
-  assign \$307  = ln0 ? es_w : { rs_w[7], rs_w };
-  assign \$308  = gsel0[2:1] - \$307 [4:0];
-  assign \$309  = ~ sat0[2];
-  assign \$310  = ~ sat0[3];
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = \$311  & sat0[1];
-  assign \$313  = ~ sat0[3];
-  assign \$314  = \$313  & sat0[2];
-  assign \$315  = \$312  | \$314 ;
-  assign gt1_0 = \$315  | sat0[3];
-  assign \$316  = ~ sat1[2];
-  assign \$317  = ~ sat1[3];
-  assign \$318  = \$316  & \$317 ;
-  assign \$319  = \$318  & sat1[1];
-  assign \$320  = ~ sat1[3];
-  assign \$321  = \$320  & sat1[2];
-  assign \$322  = \$319  | \$321 ;
-  assign gt1_1 = \$322  | sat1[3];
-  assign \$323  = ~ sat2[2];
-  assign \$324  = ~ sat2[3];
-  assign \$325  = \$323  & \$324 ;
-  assign \$326  = \$325  & sat2[1];
-  assign \$327  = ~ sat2[3];
-  assign \$328  = \$327  & sat2[2];
-  assign \$329  = \$326  | \$328 ;
-  assign gt1_2 = \$329  | sat2[3];
-  assign \$330  = ~ sat3[2];
-  assign \$331  = ~ sat3[3];
-  assign \$332  = \$330  & \$331 ;
-  assign \$333  = \$332  & sat3[1];
-  assign \$334  = ~ sat3[3];
-  assign \$335  = \$334  & sat3[2];
-  assign \$336  = \$333  | \$335 ;
-  assign gt1_3 = \$336  | sat3[3];
-  assign \$337  = ~ sat4[2];
-  assign \$338  = ~ sat4[3];
-  assign \$339  = \$337  & \$338 ;
-  assign \$340  = \$339  & sat4[1];
-  assign \$341  = ~ sat4[3];
-  assign \$342  = \$341  & sat4[2];
-  assign \$343  = \$340  | \$342 ;
-  assign gt1_4 = \$343  | sat4[3];
-  assign \$344  = ~ sat5[2];
-  assign \$345  = ~ sat5[3];
-  assign \$346  = \$344  & \$345 ;
-  assign \$347  = \$346  & sat5[1];
-  assign \$348  = ~ sat5[3];
-  assign \$349  = \$348  & sat5[2];
-  assign \$350  = \$347  | \$349 ;
-  assign gt1_5 = \$350  | sat5[3];
-  assign \$351  = ~ sat6[2];
-  assign \$352  = ~ sat6[3];
-  assign \$353  = \$351  & \$352 ;
-  assign \$354  = \$353  & sat6[1];
-  assign \$355  = ~ sat6[3];
-  assign \$356  = \$355  & sat6[2];
-  assign \$357  = \$354  | \$356 ;
-  assign gt1_6 = \$357  | sat6[3];
-  assign \$358  = ~ sat7[2];
-  assign \$359  = ~ sat7[3];
-  assign \$360  = \$358  & \$359 ;
-  assign \$361  = \$360  & sat7[1];
-  assign \$362  = ~ sat7[3];
-  assign \$363  = \$362  & sat7[2];
-  assign \$364  = \$361  | \$363 ;
-  assign gt1_7 = \$364  | sat7[3];
-  assign \$365  = ~ gt1_0;
-  assign \$366  = gt1_1 & \$365 ;
-  assign \$367  = \$366  ? 1'h1 : 1'h0;
+  assign \$58  = ~ ov;
+  assign rdy_a = \$58  | o_lanes__ready;
+  assign \$59  = ~ sat0[1];
+  assign \$60  = ~ sat0[2];
+  assign \$61  = \$59  & \$60 ;
+  assign \$62  = ~ sat0[3];
+  assign \$63  = \$62  & sat0[0];
+  assign \$64  = \$61  & \$63 ;
+  assign \$65  = ~ sat0[2];
+  assign \$66  = ~ sat0[3];
+  assign \$67  = \$65  & \$66 ;
+  assign \$68  = \$67  & sat0[1];
+  assign \$69  = \$64  | \$68 ;
+  assign \$70  = ~ sat0[3];
+  assign \$71  = \$70  & sat0[2];
+  assign \$72  = \$71  | sat0[3];
+  assign gt0_0 = \$69  | \$72 ;
+  assign \$73  = ~ sat1[1];
+  assign \$74  = ~ sat1[2];
+  assign \$75  = \$73  & \$74 ;
+  assign \$76  = ~ sat1[3];
+  assign \$77  = \$76  & sat1[0];
+  assign \$78  = \$75  & \$77 ;
+  assign \$79  = ~ sat1[2];
+  assign \$80  = ~ sat1[3];
+  assign \$81  = \$79  & \$80 ;
+  assign \$82  = \$81  & sat1[1];
+  assign \$83  = \$78  | \$82 ;
+  assign \$84  = ~ sat1[3];
+  assign \$85  = \$84  & sat1[2];
+  assign \$86  = \$85  | sat1[3];
+  assign gt0_1 = \$83  | \$86 ;
+  assign \$87  = ~ sat2[1];
+  assign \$88  = ~ sat2[2];
+  assign \$89  = \$87  & \$88 ;
+  assign \$90  = ~ sat2[3];
+  assign \$91  = \$90  & sat2[0];
+  assign \$92  = \$89  & \$91 ;
+  assign \$93  = ~ sat2[2];
+  assign \$94  = ~ sat2[3];
+  assign \$95  = \$93  & \$94 ;
+  assign \$96  = \$95  & sat2[1];
+  assign \$97  = \$92  | \$96 ;
+  assign \$98  = ~ sat2[3];
+  assign \$99  = \$98  & sat2[2];
+  assign \$100  = \$99  | sat2[3];
+  assign gt0_2 = \$97  | \$100 ;
+  assign \$101  = ~ sat3[1];
+  assign \$102  = ~ sat3[2];
+  assign \$103  = \$101  & \$102 ;
+  assign \$104  = ~ sat3[3];
+  assign \$105  = \$104  & sat3[0];
+  assign \$106  = \$103  & \$105 ;
+  assign \$107  = ~ sat3[2];
+  assign \$108  = ~ sat3[3];
+  assign \$109  = \$107  & \$108 ;
+  assign \$110  = \$109  & sat3[1];
+  assign \$111  = \$106  | \$110 ;
+  assign \$112  = ~ sat3[3];
+  assign \$113  = \$112  & sat3[2];
+  assign \$114  = \$113  | sat3[3];
+  assign gt0_3 = \$111  | \$114 ;
+  assign \$115  = ~ sat4[1];
+  assign \$116  = ~ sat4[2];
+  assign \$117  = \$115  & \$116 ;
+  assign \$118  = ~ sat4[3];
+  assign \$119  = \$118  & sat4[0];
+  assign \$120  = \$117  & \$119 ;
+  assign \$121  = ~ sat4[2];
+  assign \$122  = ~ sat4[3];
+  assign \$123  = \$121  & \$122 ;
+  assign \$124  = \$123  & sat4[1];
+  assign \$125  = \$120  | \$124 ;
+  assign \$126  = ~ sat4[3];
+  assign \$127  = \$126  & sat4[2];
+  assign \$128  = \$127  | sat4[3];
+  assign gt0_4 = \$125  | \$128 ;
+  assign \$129  = ~ sat5[1];
+  assign \$130  = ~ sat5[2];
+  assign \$131  = \$129  & \$130 ;
+  assign \$132  = ~ sat5[3];
+  assign \$133  = \$132  & sat5[0];
+  assign \$134  = \$131  & \$133 ;
+  assign \$135  = ~ sat5[2];
+  assign \$136  = ~ sat5[3];
+  assign \$137  = \$135  & \$136 ;
+  assign \$138  = \$137  & sat5[1];
+  assign \$139  = \$134  | \$138 ;
+  assign \$140  = ~ sat5[3];
+  assign \$141  = \$140  & sat5[2];
+  assign \$142  = \$141  | sat5[3];
+  assign gt0_5 = \$139  | \$142 ;
+  assign \$143  = ~ sat6[1];
+  assign \$144  = ~ sat6[2];
+  assign \$145  = \$143  & \$144 ;
+  assign \$146  = ~ sat6[3];
+  assign \$147  = \$146  & sat6[0];
+  assign \$148  = \$145  & \$147 ;
+  assign \$149  = ~ sat6[2];
+  assign \$150  = ~ sat6[3];
+  assign \$151  = \$149  & \$150 ;
+  assign \$152  = \$151  & sat6[1];
+  assign \$153  = \$148  | \$152 ;
+  assign \$154  = ~ sat6[3];
+  assign \$155  = \$154  & sat6[2];
+  assign \$156  = \$155  | sat6[3];
+  assign gt0_6 = \$153  | \$156 ;
+  assign \$157  = ~ sat7[1];
+  assign \$158  = ~ sat7[2];
+  assign \$159  = \$157  & \$158 ;
+  assign \$160  = ~ sat7[3];
+  assign \$161  = \$160  & sat7[0];
+  assign \$162  = \$159  & \$161 ;
+  assign \$163  = ~ sat7[2];
+  assign \$164  = ~ sat7[3];
+  assign \$165  = \$163  & \$164 ;
+  assign \$166  = \$165  & sat7[1];
+  assign \$167  = \$162  | \$166 ;
+  assign \$168  = ~ sat7[3];
+  assign \$169  = \$168  & sat7[2];
+  assign \$170  = \$169  | sat7[3];
+  assign gt0_7 = \$167  | \$170 ;
+  assign \$171  = ~ gt0_0;
+  assign \$172  = gt0_1 & \$171 ;
+  assign \$173  = \$172  ? 1'h1 : 1'h0;
+  assign \$174  = ~ gt0_1;
+  assign \$175  = gt0_2 & \$174 ;
+  assign \$176  = \$175  ? 2'h2 : 2'h0;
+  assign \$177  = { 1'h0, \$173  } | \$176 ;
+  assign \$178  = ~ gt0_2;
+  assign \$179  = gt0_3 & \$178 ;
+  assign \$180  = \$179  ? 2'h3 : 2'h0;
+  assign \$181  = ~ gt0_3;
+  assign \$182  = gt0_4 & \$181 ;
+  assign \$183  = \$182  ? 3'h4 : 3'h0;
+  assign \$184  = { 1'h0, \$180  } | \$183 ;
+  assign \$185  = { 1'h0, \$177  } | \$184 ;
+  assign \$186  = ~ gt0_4;
+  assign \$187  = gt0_5 & \$186 ;
+  assign \$188  = \$187  ? 3'h5 : 3'h0;
+  assign \$189  = ~ gt0_5;
+  assign \$190  = gt0_6 & \$189 ;
+  assign \$191  = \$190  ? 3'h6 : 3'h0;
+  assign \$192  = \$188  | \$191 ;
+  assign \$193  = ~ gt0_6;
+  assign \$194  = gt0_7 & \$193 ;
+  assign \$195  = \$194  ? 3'h7 : 3'h0;
+  assign \$196  = \$192  | \$195 ;
+  assign gsel0 = \$185  | \$196 ;
+  assign \$197  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$198  = ~ gt0_0;
+  assign \$199  = gt0_1 & \$198 ;
+  assign \$200  = \$199  ? mbeat0[31:16] : 16'h0000;
+  assign \$201  = \$197  | \$200 ;
+  assign \$202  = ~ gt0_1;
+  assign \$203  = gt0_2 & \$202 ;
+  assign \$204  = \$203  ? mbeat0[47:32] : 16'h0000;
+  assign \$205  = ~ gt0_2;
+  assign \$206  = gt0_3 & \$205 ;
+  assign \$207  = \$206  ? mbeat0[63:48] : 16'h0000;
+  assign \$208  = \$204  | \$207 ;
+  assign \$209  = \$201  | \$208 ;
+  assign \$210  = ~ gt0_3;
+  assign \$211  = gt0_4 & \$210 ;
+  assign \$212  = \$211  ? mbeat1[15:0] : 16'h0000;
+  assign \$213  = ~ gt0_4;
+  assign \$214  = gt0_5 & \$213 ;
+  assign \$215  = \$214  ? mbeat1[31:16] : 16'h0000;
+  assign \$216  = \$212  | \$215 ;
+  assign \$217  = ~ gt0_5;
+  assign \$218  = gt0_6 & \$217 ;
+  assign \$219  = \$218  ? mbeat1[47:32] : 16'h0000;
+  assign \$220  = ~ gt0_6;
+  assign \$221  = gt0_7 & \$220 ;
+  assign \$222  = \$221  ? mbeat1[63:48] : 16'h0000;
+  assign \$223  = \$219  | \$222 ;
+  assign \$224  = \$216  | \$223 ;
+  assign grp0 = \$209  | \$224 ;
+  assign \$225  = gt0_0 ? Rm1[3:0] : 4'h0;
+  assign \$226  = ~ gt0_0;
+  assign \$227  = gt0_1 & \$226 ;
+  assign \$228  = \$227  ? R0[3:0] : 4'h0;
+  assign \$229  = \$225  | \$228 ;
+  assign \$230  = ~ gt0_1;
+  assign \$231  = gt0_2 & \$230 ;
+  assign \$232  = \$231  ? R1[3:0] : 4'h0;
+  assign \$233  = ~ gt0_2;
+  assign \$234  = gt0_3 & \$233 ;
+  assign \$235  = \$234  ? R2[3:0] : 4'h0;
+  assign \$236  = \$232  | \$235 ;
+  assign \$237  = \$229  | \$236 ;
+  assign \$238  = ~ gt0_3;
+  assign \$239  = gt0_4 & \$238 ;
+  assign \$240  = \$239  ? R3[3:0] : 4'h0;
+  assign \$241  = ~ gt0_4;
+  assign \$242  = gt0_5 & \$241 ;
+  assign \$243  = \$242  ? R4[3:0] : 4'h0;
+  assign \$244  = \$240  | \$243 ;
+  assign \$245  = ~ gt0_5;
+  assign \$246  = gt0_6 & \$245 ;
+  assign \$247  = \$246  ? R5[3:0] : 4'h0;
+  assign \$248  = ~ gt0_6;
+  assign \$249  = gt0_7 & \$248 ;
+  assign \$250  = \$249  ? R6[3:0] : 4'h0;
+  assign \$251  = \$247  | \$250 ;
+  assign \$252  = \$244  | \$251 ;
+  assign dlow0 = \$237  | \$252 ;
+  assign \$253  = ~ sat0[2];
+  assign \$254  = ~ sat0[3];
+  assign \$255  = \$253  & \$254 ;
+  assign \$256  = \$255  & sat0[1];
+  assign \$257  = ~ sat0[3];
+  assign \$258  = \$257  & sat0[2];
+  assign \$259  = \$256  | \$258 ;
+  assign gt1_0 = \$259  | sat0[3];
+  assign \$260  = ~ sat1[2];
+  assign \$261  = ~ sat1[3];
+  assign \$262  = \$260  & \$261 ;
+  assign \$263  = \$262  & sat1[1];
+  assign \$264  = ~ sat1[3];
+  assign \$265  = \$264  & sat1[2];
+  assign \$266  = \$263  | \$265 ;
+  assign gt1_1 = \$266  | sat1[3];
+  assign \$267  = ~ sat2[2];
+  assign \$268  = ~ sat2[3];
+  assign \$269  = \$267  & \$268 ;
+  assign \$270  = \$269  & sat2[1];
+  assign \$271  = ~ sat2[3];
+  assign \$272  = \$271  & sat2[2];
+  assign \$273  = \$270  | \$272 ;
+  assign gt1_2 = \$273  | sat2[3];
+  assign \$274  = ~ sat3[2];
+  assign \$275  = ~ sat3[3];
+  assign \$276  = \$274  & \$275 ;
+  assign \$277  = \$276  & sat3[1];
+  assign \$278  = ~ sat3[3];
+  assign \$279  = \$278  & sat3[2];
+  assign \$280  = \$277  | \$279 ;
+  assign gt1_3 = \$280  | sat3[3];
+  assign \$281  = ~ sat4[2];
+  assign \$282  = ~ sat4[3];
+  assign \$283  = \$281  & \$282 ;
+  assign \$284  = \$283  & sat4[1];
+  assign \$285  = ~ sat4[3];
+  assign \$286  = \$285  & sat4[2];
+  assign \$287  = \$284  | \$286 ;
+  assign gt1_4 = \$287  | sat4[3];
+  assign \$288  = ~ sat5[2];
+  assign \$289  = ~ sat5[3];
+  assign \$290  = \$288  & \$289 ;
+  assign \$291  = \$290  & sat5[1];
+  assign \$292  = ~ sat5[3];
+  assign \$293  = \$292  & sat5[2];
+  assign \$294  = \$291  | \$293 ;
+  assign gt1_5 = \$294  | sat5[3];
+  assign \$295  = ~ sat6[2];
+  assign \$296  = ~ sat6[3];
+  assign \$297  = \$295  & \$296 ;
+  assign \$298  = \$297  & sat6[1];
+  assign \$299  = ~ sat6[3];
+  assign \$300  = \$299  & sat6[2];
+  assign \$301  = \$298  | \$300 ;
+  assign gt1_6 = \$301  | sat6[3];
+  assign \$302  = ~ sat7[2];
+  assign \$303  = ~ sat7[3];
+  assign \$304  = \$302  & \$303 ;
+  assign \$305  = \$304  & sat7[1];
+  assign \$306  = ~ sat7[3];
+  assign \$307  = \$306  & sat7[2];
+  assign \$308  = \$305  | \$307 ;
+  assign gt1_7 = \$308  | sat7[3];
+  assign \$309  = ~ gt1_0;
+  assign \$310  = gt1_1 & \$309 ;
+  assign \$311  = \$310  ? 1'h1 : 1'h0;
+  assign \$312  = ~ gt1_1;
+  assign \$313  = gt1_2 & \$312 ;
+  assign \$314  = \$313  ? 2'h2 : 2'h0;
+  assign \$315  = { 1'h0, \$311  } | \$314 ;
+  assign \$316  = ~ gt1_2;
+  assign \$317  = gt1_3 & \$316 ;
+  assign \$318  = \$317  ? 2'h3 : 2'h0;
+  assign \$319  = ~ gt1_3;
+  assign \$320  = gt1_4 & \$319 ;
+  assign \$321  = \$320  ? 3'h4 : 3'h0;
+  assign \$322  = { 1'h0, \$318  } | \$321 ;
+  assign \$323  = { 1'h0, \$315  } | \$322 ;
+  assign \$324  = ~ gt1_4;
+  assign \$325  = gt1_5 & \$324 ;
+  assign \$326  = \$325  ? 3'h5 : 3'h0;
+  assign \$327  = ~ gt1_5;
+  assign \$328  = gt1_6 & \$327 ;
+  assign \$329  = \$328  ? 3'h6 : 3'h0;
+  assign \$330  = \$326  | \$329 ;
+  assign \$331  = ~ gt1_6;
+  assign \$332  = gt1_7 & \$331 ;
+  assign \$333  = \$332  ? 3'h7 : 3'h0;
+  assign \$334  = \$330  | \$333 ;
+  assign gsel1 = \$323  | \$334 ;
+  assign \$335  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$336  = ~ gt1_0;
+  assign \$337  = gt1_1 & \$336 ;
+  assign \$338  = \$337  ? mbeat0[31:16] : 16'h0000;
+  assign \$339  = \$335  | \$338 ;
+  assign \$340  = ~ gt1_1;
+  assign \$341  = gt1_2 & \$340 ;
+  assign \$342  = \$341  ? mbeat0[47:32] : 16'h0000;
+  assign \$343  = ~ gt1_2;
+  assign \$344  = gt1_3 & \$343 ;
+  assign \$345  = \$344  ? mbeat0[63:48] : 16'h0000;
+  assign \$346  = \$342  | \$345 ;
+  assign \$347  = \$339  | \$346 ;
+  assign \$348  = ~ gt1_3;
+  assign \$349  = gt1_4 & \$348 ;
+  assign \$350  = \$349  ? mbeat1[15:0] : 16'h0000;
+  assign \$351  = ~ gt1_4;
+  assign \$352  = gt1_5 & \$351 ;
+  assign \$353  = \$352  ? mbeat1[31:16] : 16'h0000;
+  assign \$354  = \$350  | \$353 ;
+  assign \$355  = ~ gt1_5;
+  assign \$356  = gt1_6 & \$355 ;
+  assign \$357  = \$356  ? mbeat1[47:32] : 16'h0000;
+  assign \$358  = ~ gt1_6;
+  assign \$359  = gt1_7 & \$358 ;
+  assign \$360  = \$359  ? mbeat1[63:48] : 16'h0000;
+  assign \$361  = \$357  | \$360 ;
+  assign \$362  = \$354  | \$361 ;
+  assign grp1 = \$347  | \$362 ;
+  assign \$363  = gt1_0 ? Rm1[3:0] : 4'h0;
+  assign \$364  = ~ gt1_0;
+  assign \$365  = gt1_1 & \$364 ;
+  assign \$366  = \$365  ? R0[3:0] : 4'h0;
+  assign \$367  = \$363  | \$366 ;
   assign \$368  = ~ gt1_1;
   assign \$369  = gt1_2 & \$368 ;
-  assign \$370  = \$369  ? 2'h2 : 2'h0;
-  assign \$371  = { 1'h0, \$367  } | \$370 ;
-  assign \$372  = ~ gt1_2;
-  assign \$373  = gt1_3 & \$372 ;
-  assign \$374  = \$373  ? 2'h3 : 2'h0;
-  assign \$375  = ~ gt1_3;
-  assign \$376  = gt1_4 & \$375 ;
-  assign \$377  = \$376  ? 3'h4 : 3'h0;
-  assign \$378  = { 1'h0, \$374  } | \$377 ;
-  assign \$379  = { 1'h0, \$371  } | \$378 ;
-  assign \$380  = ~ gt1_4;
-  assign \$381  = gt1_5 & \$380 ;
-  assign \$382  = \$381  ? 3'h5 : 3'h0;
+  assign \$370  = \$369  ? R1[3:0] : 4'h0;
+  assign \$371  = ~ gt1_2;
+  assign \$372  = gt1_3 & \$371 ;
+  assign \$373  = \$372  ? R2[3:0] : 4'h0;
+  assign \$374  = \$370  | \$373 ;
+  assign \$375  = \$367  | \$374 ;
+  assign \$376  = ~ gt1_3;
+  assign \$377  = gt1_4 & \$376 ;
+  assign \$378  = \$377  ? R3[3:0] : 4'h0;
+  assign \$379  = ~ gt1_4;
+  assign \$380  = gt1_5 & \$379 ;
+  assign \$381  = \$380  ? R4[3:0] : 4'h0;
+  assign \$382  = \$378  | \$381 ;
   assign \$383  = ~ gt1_5;
   assign \$384  = gt1_6 & \$383 ;
-  assign \$385  = \$384  ? 3'h6 : 3'h0;
-  assign \$386  = \$382  | \$385 ;
-  assign \$387  = ~ gt1_6;
-  assign \$388  = gt1_7 & \$387 ;
-  assign \$389  = \$388  ? 3'h7 : 3'h0;
-  assign \$390  = \$386  | \$389 ;
-  assign gsel1 = \$379  | \$390 ;
-  assign \$391  = gt1_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$392  = ~ gt1_0;
-  assign \$393  = gt1_1 & \$392 ;
-  assign \$394  = \$393  ? mbeat0[31:16] : 16'h0000;
-  assign \$395  = \$391  | \$394 ;
-  assign \$396  = ~ gt1_1;
-  assign \$397  = gt1_2 & \$396 ;
-  assign \$398  = \$397  ? mbeat0[47:32] : 16'h0000;
-  assign \$399  = ~ gt1_2;
-  assign \$400  = gt1_3 & \$399 ;
-  assign \$401  = \$400  ? mbeat0[63:48] : 16'h0000;
-  assign \$402  = \$398  | \$401 ;
-  assign \$403  = \$395  | \$402 ;
-  assign \$404  = ~ gt1_3;
-  assign \$405  = gt1_4 & \$404 ;
-  assign \$406  = \$405  ? mbeat1[15:0] : 16'h0000;
-  assign \$407  = ~ gt1_4;
-  assign \$408  = gt1_5 & \$407 ;
-  assign \$409  = \$408  ? mbeat1[31:16] : 16'h0000;
-  assign \$410  = \$406  | \$409 ;
-  assign \$411  = ~ gt1_5;
-  assign \$412  = gt1_6 & \$411 ;
-  assign \$413  = \$412  ? mbeat1[47:32] : 16'h0000;
-  assign \$414  = ~ gt1_6;
-  assign \$415  = gt1_7 & \$414 ;
-  assign \$416  = \$415  ? mbeat1[63:48] : 16'h0000;
-  assign \$417  = \$413  | \$416 ;
-  assign \$418  = \$410  | \$417 ;
-  assign grp1 = \$403  | \$418 ;
-  assign \$419  = gt1_0 ? Rm1[3:0] : 4'h0;
-  assign \$420  = ~ gt1_0;
-  assign \$421  = gt1_1 & \$420 ;
-  assign \$422  = \$421  ? R0[3:0] : 4'h0;
-  assign \$423  = \$419  | \$422 ;
-  assign \$424  = ~ gt1_1;
-  assign \$425  = gt1_2 & \$424 ;
-  assign \$426  = \$425  ? R1[3:0] : 4'h0;
-  assign \$427  = ~ gt1_2;
-  assign \$428  = gt1_3 & \$427 ;
-  assign \$429  = \$428  ? R2[3:0] : 4'h0;
-  assign \$430  = \$426  | \$429 ;
-  assign \$431  = \$423  | \$430 ;
-  assign \$432  = ~ gt1_3;
-  assign \$433  = gt1_4 & \$432 ;
-  assign \$434  = \$433  ? R3[3:0] : 4'h0;
-  assign \$435  = ~ gt1_4;
-  assign \$436  = gt1_5 & \$435 ;
-  assign \$437  = \$436  ? R4[3:0] : 4'h0;
-  assign \$438  = \$434  | \$437 ;
-  assign \$439  = ~ gt1_5;
-  assign \$440  = gt1_6 & \$439 ;
-  assign \$441  = \$440  ? R5[3:0] : 4'h0;
-  assign \$442  = ~ gt1_6;
-  assign \$443  = gt1_7 & \$442 ;
-  assign \$444  = \$443  ? R6[3:0] : 4'h0;
-  assign \$445  = \$441  | \$444 ;
-  assign \$446  = \$438  | \$445 ;
-  assign dlow1 = \$431  | \$446 ;
-  assign \$447  = 1'h1 - dlow1;
-  assign \$448  = grp1[0] + grp1[1];
-  assign \$449  = grp1[2] + grp1[3];
-  assign \$450  = \$448  + \$449 ;
-  assign \$451  = grp1[4] + grp1[5];
-  assign \$452  = grp1[6] + grp1[7];
-  assign \$453  = \$451  + \$452 ;
-  assign ws1_c = \$450  + \$453 ;
-  assign ws1_lo = \$447 [3:0] < ws1_c;
-  assign \$454  = \$447 [3:0] - ws1_c;
-  assign \$455  = grp1[0] + grp1[1];
-  assign \$456  = grp1[2] + grp1[3];
-  assign ws1l_c = \$455  + \$456 ;
-  assign ws1l_lo = \$447 [2:0] < ws1l_c;
-  assign \$457  = \$447 [2:0] - ws1l_c;
-  assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
-  assign \$458  = grp1[8] + grp1[9];
-  assign \$459  = grp1[10] + grp1[11];
-  assign ws1h_c = \$458  + \$459 ;
-  assign ws1h_lo = \$454 [2:0] < ws1h_c;
-  assign \$460  = \$454 [2:0] - ws1h_c;
-  assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
-  assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
-  assign lv1 = k > 1'h1;
-  assign \$461  = k_cur <= 1'h1;
-  assign ln1 = finish & \$461 ;
-  assign \$462  = ln1 ? es_w : { rs_w[7], rs_w };
-  assign \$463  = gsel1[2:1] - \$462 [4:0];
-  assign \$464  = ~ sat0[2];
-  assign \$465  = sat0[1] & \$464 ;
-  assign \$466  = ~ sat0[3];
-  assign \$467  = \$466  & sat0[0];
-  assign \$468  = \$465  & \$467 ;
-  assign \$469  = ~ sat0[3];
-  assign \$470  = \$469  & sat0[2];
-  assign \$471  = \$468  | \$470 ;
-  assign gt2_0 = \$471  | sat0[3];
-  assign \$472  = ~ sat1[2];
-  assign \$473  = sat1[1] & \$472 ;
-  assign \$474  = ~ sat1[3];
-  assign \$475  = \$474  & sat1[0];
-  assign \$476  = \$473  & \$475 ;
-  assign \$477  = ~ sat1[3];
-  assign \$478  = \$477  & sat1[2];
-  assign \$479  = \$476  | \$478 ;
-  assign gt2_1 = \$479  | sat1[3];
-  assign \$480  = ~ sat2[2];
-  assign \$481  = sat2[1] & \$480 ;
-  assign \$482  = ~ sat2[3];
-  assign \$483  = \$482  & sat2[0];
-  assign \$484  = \$481  & \$483 ;
-  assign \$485  = ~ sat2[3];
-  assign \$486  = \$485  & sat2[2];
-  assign \$487  = \$484  | \$486 ;
-  assign gt2_2 = \$487  | sat2[3];
-  assign \$488  = ~ sat3[2];
-  assign \$489  = sat3[1] & \$488 ;
-  assign \$490  = ~ sat3[3];
-  assign \$491  = \$490  & sat3[0];
-  assign \$492  = \$489  & \$491 ;
-  assign \$493  = ~ sat3[3];
-  assign \$494  = \$493  & sat3[2];
-  assign \$495  = \$492  | \$494 ;
-  assign gt2_3 = \$495  | sat3[3];
-  assign \$496  = ~ sat4[2];
-  assign \$497  = sat4[1] & \$496 ;
-  assign \$498  = ~ sat4[3];
-  assign \$499  = \$498  & sat4[0];
-  assign \$500  = \$497  & \$499 ;
-  assign \$501  = ~ sat4[3];
-  assign \$502  = \$501  & sat4[2];
-  assign \$503  = \$500  | \$502 ;
-  assign gt2_4 = \$503  | sat4[3];
-  assign \$504  = ~ sat5[2];
-  assign \$505  = sat5[1] & \$504 ;
-  assign \$506  = ~ sat5[3];
-  assign \$507  = \$506  & sat5[0];
-  assign \$508  = \$505  & \$507 ;
-  assign \$509  = ~ sat5[3];
-  assign \$510  = \$509  & sat5[2];
-  assign \$511  = \$508  | \$510 ;
-  assign gt2_5 = \$511  | sat5[3];
-  assign \$512  = ~ sat6[2];
-  assign \$513  = sat6[1] & \$512 ;
-  assign \$514  = ~ sat6[3];
-  assign \$515  = \$514  & sat6[0];
-  assign \$516  = \$513  & \$515 ;
-  assign \$517  = ~ sat6[3];
-  assign \$518  = \$517  & sat6[2];
-  assign \$519  = \$516  | \$518 ;
-  assign gt2_6 = \$519  | sat6[3];
-  assign \$520  = ~ sat7[2];
-  assign \$521  = sat7[1] & \$520 ;
-  assign \$522  = ~ sat7[3];
-  assign \$523  = \$522  & sat7[0];
-  assign \$524  = \$521  & \$523 ;
-  assign \$525  = ~ sat7[3];
-  assign \$526  = \$525  & sat7[2];
-  assign \$527  = \$524  | \$526 ;
-  assign gt2_7 = \$527  | sat7[3];
-  assign \$528  = ~ gt2_0;
-  assign \$529  = gt2_1 & \$528 ;
-  assign \$530  = \$529  ? 1'h1 : 1'h0;
-  assign \$531  = ~ gt2_1;
-  assign \$532  = gt2_2 & \$531 ;
-  assign \$533  = \$532  ? 2'h2 : 2'h0;
-  assign \$534  = { 1'h0, \$530  } | \$533 ;
-  assign \$535  = ~ gt2_2;
-  assign \$536  = gt2_3 & \$535 ;
-  assign \$537  = \$536  ? 2'h3 : 2'h0;
-  assign \$538  = ~ gt2_3;
-  assign \$539  = gt2_4 & \$538 ;
-  assign \$540  = \$539  ? 3'h4 : 3'h0;
-  assign \$541  = { 1'h0, \$537  } | \$540 ;
-  assign \$542  = { 1'h0, \$534  } | \$541 ;
-  assign \$543  = ~ gt2_4;
-  assign \$544  = gt2_5 & \$543 ;
-  assign \$545  = \$544  ? 3'h5 : 3'h0;
-  assign \$546  = ~ gt2_5;
-  assign \$547  = gt2_6 & \$546 ;
-  assign \$548  = \$547  ? 3'h6 : 3'h0;
-  assign \$549  = \$545  | \$548 ;
-  assign \$550  = ~ gt2_6;
-  assign \$551  = gt2_7 & \$550 ;
-  assign \$552  = \$551  ? 3'h7 : 3'h0;
-  assign \$553  = \$549  | \$552 ;
-  assign gsel2 = \$542  | \$553 ;
-  assign \$554  = gt2_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$555  = ~ gt2_0;
-  assign \$556  = gt2_1 & \$555 ;
-  assign \$557  = \$556  ? mbeat0[31:16] : 16'h0000;
-  assign \$558  = \$554  | \$557 ;
-  assign \$559  = ~ gt2_1;
-  assign \$560  = gt2_2 & \$559 ;
-  assign \$561  = \$560  ? mbeat0[47:32] : 16'h0000;
-  assign \$562  = ~ gt2_2;
-  assign \$563  = gt2_3 & \$562 ;
-  assign \$564  = \$563  ? mbeat0[63:48] : 16'h0000;
-  assign \$565  = \$561  | \$564 ;
-  assign \$566  = \$558  | \$565 ;
-  assign \$567  = ~ gt2_3;
-  assign \$568  = gt2_4 & \$567 ;
-  assign \$569  = \$568  ? mbeat1[15:0] : 16'h0000;
-  assign \$570  = ~ gt2_4;
-  assign \$571  = gt2_5 & \$570 ;
-  assign \$572  = \$571  ? mbeat1[31:16] : 16'h0000;
-  assign \$573  = \$569  | \$572 ;
-  assign \$574  = ~ gt2_5;
-  assign \$575  = gt2_6 & \$574 ;
-  assign \$576  = \$575  ? mbeat1[47:32] : 16'h0000;
-  assign \$577  = ~ gt2_6;
-  assign \$578  = gt2_7 & \$577 ;
-  assign \$579  = \$578  ? mbeat1[63:48] : 16'h0000;
-  assign \$580  = \$576  | \$579 ;
-  assign \$581  = \$573  | \$580 ;
-  assign grp2 = \$566  | \$581 ;
-  assign \$582  = gt2_0 ? Rm1[3:0] : 4'h0;
-  assign \$583  = ~ gt2_0;
-  assign \$584  = gt2_1 & \$583 ;
-  assign \$585  = \$584  ? R0[3:0] : 4'h0;
-  assign \$586  = \$582  | \$585 ;
-  assign \$587  = ~ gt2_1;
-  assign \$588  = gt2_2 & \$587 ;
-  assign \$589  = \$588  ? R1[3:0] : 4'h0;
-  assign \$590  = ~ gt2_2;
-  assign \$591  = gt2_3 & \$590 ;
-  assign \$592  = \$591  ? R2[3:0] : 4'h0;
-  assign \$593  = \$589  | \$592 ;
-  assign \$594  = \$586  | \$593 ;
-  assign \$595  = ~ gt2_3;
-  assign \$596  = gt2_4 & \$595 ;
-  assign \$597  = \$596  ? R3[3:0] : 4'h0;
-  assign \$598  = ~ gt2_4;
-  assign \$599  = gt2_5 & \$598 ;
-  assign \$600  = \$599  ? R4[3:0] : 4'h0;
-  assign \$601  = \$597  | \$600 ;
-  assign \$602  = ~ gt2_5;
-  assign \$603  = gt2_6 & \$602 ;
-  assign \$604  = \$603  ? R5[3:0] : 4'h0;
-  assign \$605  = ~ gt2_6;
-  assign \$606  = gt2_7 & \$605 ;
-  assign \$607  = \$606  ? R6[3:0] : 4'h0;
-  assign \$608  = \$604  | \$607 ;
-  assign \$609  = \$601  | \$608 ;
-  assign dlow2 = \$594  | \$609 ;
-  assign \$610  = 2'h2 - dlow2;
-  assign \$611  = grp2[0] + grp2[1];
-  assign \$612  = grp2[2] + grp2[3];
-  assign \$613  = \$611  + \$612 ;
-  assign \$614  = grp2[4] + grp2[5];
-  assign \$615  = grp2[6] + grp2[7];
-  assign \$616  = \$614  + \$615 ;
-  assign ws2_c = \$613  + \$616 ;
-  assign ws2_lo = \$610 [3:0] < ws2_c;
-  assign \$617  = \$610 [3:0] - ws2_c;
-  assign \$618  = grp2[0] + grp2[1];
-  assign \$619  = grp2[2] + grp2[3];
-  assign ws2l_c = \$618  + \$619 ;
-  assign ws2l_lo = \$610 [2:0] < ws2l_c;
-  assign \$620  = \$610 [2:0] - ws2l_c;
-  assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
-  assign \$621  = grp2[8] + grp2[9];
-  assign \$622  = grp2[10] + grp2[11];
-  assign ws2h_c = \$621  + \$622 ;
-  assign ws2h_lo = \$617 [2:0] < ws2h_c;
-  assign \$623  = \$617 [2:0] - ws2h_c;
-  assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
-  assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
-  assign lv2 = k > 2'h2;
-  assign \$624  = k_cur <= 2'h2;
-  assign ln2 = finish & \$624 ;
-  assign \$625  = ln2 ? es_w : { rs_w[7], rs_w };
-  assign \$626  = gsel2[2:1] - \$625 [4:0];
-  assign \$627  = ~ sat0[3];
-  assign \$628  = \$627  & sat0[2];
-  assign gt3_0 = \$628  | sat0[3];
-  assign \$629  = ~ sat1[3];
-  assign \$630  = \$629  & sat1[2];
-  assign gt3_1 = \$630  | sat1[3];
-  assign \$631  = ~ sat2[3];
-  assign \$632  = \$631  & sat2[2];
-  assign gt3_2 = \$632  | sat2[3];
-  assign \$633  = ~ sat3[3];
-  assign \$634  = \$633  & sat3[2];
-  assign gt3_3 = \$634  | sat3[3];
-  assign \$635  = ~ sat4[3];
-  assign \$636  = \$635  & sat4[2];
-  assign gt3_4 = \$636  | sat4[3];
-  assign \$637  = ~ sat5[3];
-  assign \$638  = \$637  & sat5[2];
-  assign gt3_5 = \$638  | sat5[3];
-  assign \$639  = ~ sat6[3];
-  assign \$640  = \$639  & sat6[2];
-  assign gt3_6 = \$640  | sat6[3];
-  assign \$641  = ~ sat7[3];
-  assign \$642  = \$641  & sat7[2];
-  assign gt3_7 = \$642  | sat7[3];
-  assign \$643  = ~ gt3_0;
-  assign \$644  = gt3_1 & \$643 ;
-  assign \$645  = \$644  ? 1'h1 : 1'h0;
-  assign \$646  = ~ gt3_1;
-  assign \$647  = gt3_2 & \$646 ;
-  assign \$648  = \$647  ? 2'h2 : 2'h0;
-  assign \$649  = { 1'h0, \$645  } | \$648 ;
-  assign \$650  = ~ gt3_2;
-  assign \$651  = gt3_3 & \$650 ;
-  assign \$652  = \$651  ? 2'h3 : 2'h0;
-  assign \$653  = ~ gt3_3;
-  assign \$654  = gt3_4 & \$653 ;
-  assign \$655  = \$654  ? 3'h4 : 3'h0;
-  assign \$656  = { 1'h0, \$652  } | \$655 ;
-  assign \$657  = { 1'h0, \$649  } | \$656 ;
-  assign \$658  = ~ gt3_4;
-  assign \$659  = gt3_5 & \$658 ;
-  assign \$660  = \$659  ? 3'h5 : 3'h0;
-  assign \$661  = ~ gt3_5;
-  assign \$662  = gt3_6 & \$661 ;
-  assign \$663  = \$662  ? 3'h6 : 3'h0;
-  assign \$664  = \$660  | \$663 ;
-  assign \$665  = ~ gt3_6;
-  assign \$666  = gt3_7 & \$665 ;
-  assign \$667  = \$666  ? 3'h7 : 3'h0;
-  assign \$668  = \$664  | \$667 ;
-  assign gsel3 = \$657  | \$668 ;
-  assign \$669  = gt3_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$670  = ~ gt3_0;
-  assign \$671  = gt3_1 & \$670 ;
-  assign \$672  = \$671  ? mbeat0[31:16] : 16'h0000;
-  assign \$673  = \$669  | \$672 ;
-  assign \$674  = ~ gt3_1;
-  assign \$675  = gt3_2 & \$674 ;
-  assign \$676  = \$675  ? mbeat0[47:32] : 16'h0000;
-  assign \$677  = ~ gt3_2;
-  assign \$678  = gt3_3 & \$677 ;
-  assign \$679  = \$678  ? mbeat0[63:48] : 16'h0000;
-  assign \$680  = \$676  | \$679 ;
-  assign \$681  = \$673  | \$680 ;
-  assign \$682  = ~ gt3_3;
-  assign \$683  = gt3_4 & \$682 ;
-  assign \$684  = \$683  ? mbeat1[15:0] : 16'h0000;
-  assign \$685  = ~ gt3_4;
-  assign \$686  = gt3_5 & \$685 ;
-  assign \$687  = \$686  ? mbeat1[31:16] : 16'h0000;
+  assign \$385  = \$384  ? R5[3:0] : 4'h0;
+  assign \$386  = ~ gt1_6;
+  assign \$387  = gt1_7 & \$386 ;
+  assign \$388  = \$387  ? R6[3:0] : 4'h0;
+  assign \$389  = \$385  | \$388 ;
+  assign \$390  = \$382  | \$389 ;
+  assign dlow1 = \$375  | \$390 ;
+  assign \$391  = ~ sat0[2];
+  assign \$392  = sat0[1] & \$391 ;
+  assign \$393  = ~ sat0[3];
+  assign \$394  = \$393  & sat0[0];
+  assign \$395  = \$392  & \$394 ;
+  assign \$396  = ~ sat0[3];
+  assign \$397  = \$396  & sat0[2];
+  assign \$398  = \$395  | \$397 ;
+  assign gt2_0 = \$398  | sat0[3];
+  assign \$399  = ~ sat1[2];
+  assign \$400  = sat1[1] & \$399 ;
+  assign \$401  = ~ sat1[3];
+  assign \$402  = \$401  & sat1[0];
+  assign \$403  = \$400  & \$402 ;
+  assign \$404  = ~ sat1[3];
+  assign \$405  = \$404  & sat1[2];
+  assign \$406  = \$403  | \$405 ;
+  assign gt2_1 = \$406  | sat1[3];
+  assign \$407  = ~ sat2[2];
+  assign \$408  = sat2[1] & \$407 ;
+  assign \$409  = ~ sat2[3];
+  assign \$410  = \$409  & sat2[0];
+  assign \$411  = \$408  & \$410 ;
+  assign \$412  = ~ sat2[3];
+  assign \$413  = \$412  & sat2[2];
+  assign \$414  = \$411  | \$413 ;
+  assign gt2_2 = \$414  | sat2[3];
+  assign \$415  = ~ sat3[2];
+  assign \$416  = sat3[1] & \$415 ;
+  assign \$417  = ~ sat3[3];
+  assign \$418  = \$417  & sat3[0];
+  assign \$419  = \$416  & \$418 ;
+  assign \$420  = ~ sat3[3];
+  assign \$421  = \$420  & sat3[2];
+  assign \$422  = \$419  | \$421 ;
+  assign gt2_3 = \$422  | sat3[3];
+  assign \$423  = ~ sat4[2];
+  assign \$424  = sat4[1] & \$423 ;
+  assign \$425  = ~ sat4[3];
+  assign \$426  = \$425  & sat4[0];
+  assign \$427  = \$424  & \$426 ;
+  assign \$428  = ~ sat4[3];
+  assign \$429  = \$428  & sat4[2];
+  assign \$430  = \$427  | \$429 ;
+  assign gt2_4 = \$430  | sat4[3];
+  assign \$431  = ~ sat5[2];
+  assign \$432  = sat5[1] & \$431 ;
+  assign \$433  = ~ sat5[3];
+  assign \$434  = \$433  & sat5[0];
+  assign \$435  = \$432  & \$434 ;
+  assign \$436  = ~ sat5[3];
+  assign \$437  = \$436  & sat5[2];
+  assign \$438  = \$435  | \$437 ;
+  assign gt2_5 = \$438  | sat5[3];
+  assign \$439  = ~ sat6[2];
+  assign \$440  = sat6[1] & \$439 ;
+  assign \$441  = ~ sat6[3];
+  assign \$442  = \$441  & sat6[0];
+  assign \$443  = \$440  & \$442 ;
+  assign \$444  = ~ sat6[3];
+  assign \$445  = \$444  & sat6[2];
+  assign \$446  = \$443  | \$445 ;
+  assign gt2_6 = \$446  | sat6[3];
+  assign \$447  = ~ sat7[2];
+  assign \$448  = sat7[1] & \$447 ;
+  assign \$449  = ~ sat7[3];
+  assign \$450  = \$449  & sat7[0];
+  assign \$451  = \$448  & \$450 ;
+  assign \$452  = ~ sat7[3];
+  assign \$453  = \$452  & sat7[2];
+  assign \$454  = \$451  | \$453 ;
+  assign gt2_7 = \$454  | sat7[3];
+  assign \$455  = ~ gt2_0;
+  assign \$456  = gt2_1 & \$455 ;
+  assign \$457  = \$456  ? 1'h1 : 1'h0;
+  assign \$458  = ~ gt2_1;
+  assign \$459  = gt2_2 & \$458 ;
+  assign \$460  = \$459  ? 2'h2 : 2'h0;
+  assign \$461  = { 1'h0, \$457  } | \$460 ;
+  assign \$462  = ~ gt2_2;
+  assign \$463  = gt2_3 & \$462 ;
+  assign \$464  = \$463  ? 2'h3 : 2'h0;
+  assign \$465  = ~ gt2_3;
+  assign \$466  = gt2_4 & \$465 ;
+  assign \$467  = \$466  ? 3'h4 : 3'h0;
+  assign \$468  = { 1'h0, \$464  } | \$467 ;
+  assign \$469  = { 1'h0, \$461  } | \$468 ;
+  assign \$470  = ~ gt2_4;
+  assign \$471  = gt2_5 & \$470 ;
+  assign \$472  = \$471  ? 3'h5 : 3'h0;
+  assign \$473  = ~ gt2_5;
+  assign \$474  = gt2_6 & \$473 ;
+  assign \$475  = \$474  ? 3'h6 : 3'h0;
+  assign \$476  = \$472  | \$475 ;
+  assign \$477  = ~ gt2_6;
+  assign \$478  = gt2_7 & \$477 ;
+  assign \$479  = \$478  ? 3'h7 : 3'h0;
+  assign \$480  = \$476  | \$479 ;
+  assign gsel2 = \$469  | \$480 ;
+  assign \$481  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$482  = ~ gt2_0;
+  assign \$483  = gt2_1 & \$482 ;
+  assign \$484  = \$483  ? mbeat0[31:16] : 16'h0000;
+  assign \$485  = \$481  | \$484 ;
+  assign \$486  = ~ gt2_1;
+  assign \$487  = gt2_2 & \$486 ;
+  assign \$488  = \$487  ? mbeat0[47:32] : 16'h0000;
+  assign \$489  = ~ gt2_2;
+  assign \$490  = gt2_3 & \$489 ;
+  assign \$491  = \$490  ? mbeat0[63:48] : 16'h0000;
+  assign \$492  = \$488  | \$491 ;
+  assign \$493  = \$485  | \$492 ;
+  assign \$494  = ~ gt2_3;
+  assign \$495  = gt2_4 & \$494 ;
+  assign \$496  = \$495  ? mbeat1[15:0] : 16'h0000;
+  assign \$497  = ~ gt2_4;
+  assign \$498  = gt2_5 & \$497 ;
+  assign \$499  = \$498  ? mbeat1[31:16] : 16'h0000;
+  assign \$500  = \$496  | \$499 ;
+  assign \$501  = ~ gt2_5;
+  assign \$502  = gt2_6 & \$501 ;
+  assign \$503  = \$502  ? mbeat1[47:32] : 16'h0000;
+  assign \$504  = ~ gt2_6;
+  assign \$505  = gt2_7 & \$504 ;
+  assign \$506  = \$505  ? mbeat1[63:48] : 16'h0000;
+  assign \$507  = \$503  | \$506 ;
+  assign \$508  = \$500  | \$507 ;
+  assign grp2 = \$493  | \$508 ;
+  assign \$509  = gt2_0 ? Rm1[3:0] : 4'h0;
+  assign \$510  = ~ gt2_0;
+  assign \$511  = gt2_1 & \$510 ;
+  assign \$512  = \$511  ? R0[3:0] : 4'h0;
+  assign \$513  = \$509  | \$512 ;
+  assign \$514  = ~ gt2_1;
+  assign \$515  = gt2_2 & \$514 ;
+  assign \$516  = \$515  ? R1[3:0] : 4'h0;
+  assign \$517  = ~ gt2_2;
+  assign \$518  = gt2_3 & \$517 ;
+  assign \$519  = \$518  ? R2[3:0] : 4'h0;
+  assign \$520  = \$516  | \$519 ;
+  assign \$521  = \$513  | \$520 ;
+  assign \$522  = ~ gt2_3;
+  assign \$523  = gt2_4 & \$522 ;
+  assign \$524  = \$523  ? R3[3:0] : 4'h0;
+  assign \$525  = ~ gt2_4;
+  assign \$526  = gt2_5 & \$525 ;
+  assign \$527  = \$526  ? R4[3:0] : 4'h0;
+  assign \$528  = \$524  | \$527 ;
+  assign \$529  = ~ gt2_5;
+  assign \$530  = gt2_6 & \$529 ;
+  assign \$531  = \$530  ? R5[3:0] : 4'h0;
+  assign \$532  = ~ gt2_6;
+  assign \$533  = gt2_7 & \$532 ;
+  assign \$534  = \$533  ? R6[3:0] : 4'h0;
+  assign \$535  = \$531  | \$534 ;
+  assign \$536  = \$528  | \$535 ;
+  assign dlow2 = \$521  | \$536 ;
+  assign \$537  = ~ sat0[3];
+  assign \$538  = \$537  & sat0[2];
+  assign gt3_0 = \$538  | sat0[3];
+  assign \$539  = ~ sat1[3];
+  assign \$540  = \$539  & sat1[2];
+  assign gt3_1 = \$540  | sat1[3];
+  assign \$541  = ~ sat2[3];
+  assign \$542  = \$541  & sat2[2];
+  assign gt3_2 = \$542  | sat2[3];
+  assign \$543  = ~ sat3[3];
+  assign \$544  = \$543  & sat3[2];
+  assign gt3_3 = \$544  | sat3[3];
+  assign \$545  = ~ sat4[3];
+  assign \$546  = \$545  & sat4[2];
+  assign gt3_4 = \$546  | sat4[3];
+  assign \$547  = ~ sat5[3];
+  assign \$548  = \$547  & sat5[2];
+  assign gt3_5 = \$548  | sat5[3];
+  assign \$549  = ~ sat6[3];
+  assign \$550  = \$549  & sat6[2];
+  assign gt3_6 = \$550  | sat6[3];
+  assign \$551  = ~ sat7[3];
+  assign \$552  = \$551  & sat7[2];
+  assign gt3_7 = \$552  | sat7[3];
+  assign \$553  = ~ gt3_0;
+  assign \$554  = gt3_1 & \$553 ;
+  assign \$555  = \$554  ? 1'h1 : 1'h0;
+  assign \$556  = ~ gt3_1;
+  assign \$557  = gt3_2 & \$556 ;
+  assign \$558  = \$557  ? 2'h2 : 2'h0;
+  assign \$559  = { 1'h0, \$555  } | \$558 ;
+  assign \$560  = ~ gt3_2;
+  assign \$561  = gt3_3 & \$560 ;
+  assign \$562  = \$561  ? 2'h3 : 2'h0;
+  assign \$563  = ~ gt3_3;
+  assign \$564  = gt3_4 & \$563 ;
+  assign \$565  = \$564  ? 3'h4 : 3'h0;
+  assign \$566  = { 1'h0, \$562  } | \$565 ;
+  assign \$567  = { 1'h0, \$559  } | \$566 ;
+  assign \$568  = ~ gt3_4;
+  assign \$569  = gt3_5 & \$568 ;
+  assign \$570  = \$569  ? 3'h5 : 3'h0;
+  assign \$571  = ~ gt3_5;
+  assign \$572  = gt3_6 & \$571 ;
+  assign \$573  = \$572  ? 3'h6 : 3'h0;
+  assign \$574  = \$570  | \$573 ;
+  assign \$575  = ~ gt3_6;
+  assign \$576  = gt3_7 & \$575 ;
+  assign \$577  = \$576  ? 3'h7 : 3'h0;
+  assign \$578  = \$574  | \$577 ;
+  assign gsel3 = \$567  | \$578 ;
+  assign \$579  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$580  = ~ gt3_0;
+  assign \$581  = gt3_1 & \$580 ;
+  assign \$582  = \$581  ? mbeat0[31:16] : 16'h0000;
+  assign \$583  = \$579  | \$582 ;
+  assign \$584  = ~ gt3_1;
+  assign \$585  = gt3_2 & \$584 ;
+  assign \$586  = \$585  ? mbeat0[47:32] : 16'h0000;
+  assign \$587  = ~ gt3_2;
+  assign \$588  = gt3_3 & \$587 ;
+  assign \$589  = \$588  ? mbeat0[63:48] : 16'h0000;
+  assign \$590  = \$586  | \$589 ;
+  assign \$591  = \$583  | \$590 ;
+  assign \$592  = ~ gt3_3;
+  assign \$593  = gt3_4 & \$592 ;
+  assign \$594  = \$593  ? mbeat1[15:0] : 16'h0000;
+  assign \$595  = ~ gt3_4;
+  assign \$596  = gt3_5 & \$595 ;
+  assign \$597  = \$596  ? mbeat1[31:16] : 16'h0000;
+  assign \$598  = \$594  | \$597 ;
+  assign \$599  = ~ gt3_5;
+  assign \$600  = gt3_6 & \$599 ;
+  assign \$601  = \$600  ? mbeat1[47:32] : 16'h0000;
+  assign \$602  = ~ gt3_6;
+  assign \$603  = gt3_7 & \$602 ;
+  assign \$604  = \$603  ? mbeat1[63:48] : 16'h0000;
+  assign \$605  = \$601  | \$604 ;
+  assign \$606  = \$598  | \$605 ;
+  assign grp3 = \$591  | \$606 ;
+  assign \$607  = gt3_0 ? Rm1[3:0] : 4'h0;
+  assign \$608  = ~ gt3_0;
+  assign \$609  = gt3_1 & \$608 ;
+  assign \$610  = \$609  ? R0[3:0] : 4'h0;
+  assign \$611  = \$607  | \$610 ;
+  assign \$612  = ~ gt3_1;
+  assign \$613  = gt3_2 & \$612 ;
+  assign \$614  = \$613  ? R1[3:0] : 4'h0;
+  assign \$615  = ~ gt3_2;
+  assign \$616  = gt3_3 & \$615 ;
+  assign \$617  = \$616  ? R2[3:0] : 4'h0;
+  assign \$618  = \$614  | \$617 ;
+  assign \$619  = \$611  | \$618 ;
+  assign \$620  = ~ gt3_3;
+  assign \$621  = gt3_4 & \$620 ;
+  assign \$622  = \$621  ? R3[3:0] : 4'h0;
+  assign \$623  = ~ gt3_4;
+  assign \$624  = gt3_5 & \$623 ;
+  assign \$625  = \$624  ? R4[3:0] : 4'h0;
+  assign \$626  = \$622  | \$625 ;
+  assign \$627  = ~ gt3_5;
+  assign \$628  = gt3_6 & \$627 ;
+  assign \$629  = \$628  ? R5[3:0] : 4'h0;
+  assign \$630  = ~ gt3_6;
+  assign \$631  = gt3_7 & \$630 ;
+  assign \$632  = \$631  ? R6[3:0] : 4'h0;
+  assign \$633  = \$629  | \$632 ;
+  assign \$634  = \$626  | \$633 ;
+  assign dlow3 = \$619  | \$634 ;
+  assign \$635  = ~ sat0[1];
+  assign \$636  = \$635  & sat0[2];
+  assign \$637  = ~ sat0[3];
+  assign \$638  = \$637  & sat0[0];
+  assign \$639  = \$636  & \$638 ;
+  assign \$640  = ~ sat0[3];
+  assign \$641  = sat0[2] & \$640 ;
+  assign \$642  = \$641  & sat0[1];
+  assign \$643  = \$639  | \$642 ;
+  assign gt4_0 = \$643  | sat0[3];
+  assign \$644  = ~ sat1[1];
+  assign \$645  = \$644  & sat1[2];
+  assign \$646  = ~ sat1[3];
+  assign \$647  = \$646  & sat1[0];
+  assign \$648  = \$645  & \$647 ;
+  assign \$649  = ~ sat1[3];
+  assign \$650  = sat1[2] & \$649 ;
+  assign \$651  = \$650  & sat1[1];
+  assign \$652  = \$648  | \$651 ;
+  assign gt4_1 = \$652  | sat1[3];
+  assign \$653  = ~ sat2[1];
+  assign \$654  = \$653  & sat2[2];
+  assign \$655  = ~ sat2[3];
+  assign \$656  = \$655  & sat2[0];
+  assign \$657  = \$654  & \$656 ;
+  assign \$658  = ~ sat2[3];
+  assign \$659  = sat2[2] & \$658 ;
+  assign \$660  = \$659  & sat2[1];
+  assign \$661  = \$657  | \$660 ;
+  assign gt4_2 = \$661  | sat2[3];
+  assign \$662  = ~ sat3[1];
+  assign \$663  = \$662  & sat3[2];
+  assign \$664  = ~ sat3[3];
+  assign \$665  = \$664  & sat3[0];
+  assign \$666  = \$663  & \$665 ;
+  assign \$667  = ~ sat3[3];
+  assign \$668  = sat3[2] & \$667 ;
+  assign \$669  = \$668  & sat3[1];
+  assign \$670  = \$666  | \$669 ;
+  assign gt4_3 = \$670  | sat3[3];
+  assign \$671  = ~ sat4[1];
+  assign \$672  = \$671  & sat4[2];
+  assign \$673  = ~ sat4[3];
+  assign \$674  = \$673  & sat4[0];
+  assign \$675  = \$672  & \$674 ;
+  assign \$676  = ~ sat4[3];
+  assign \$677  = sat4[2] & \$676 ;
+  assign \$678  = \$677  & sat4[1];
+  assign \$679  = \$675  | \$678 ;
+  assign gt4_4 = \$679  | sat4[3];
+  assign \$680  = ~ sat5[1];
+  assign \$681  = \$680  & sat5[2];
+  assign \$682  = ~ sat5[3];
+  assign \$683  = \$682  & sat5[0];
+  assign \$684  = \$681  & \$683 ;
+  assign \$685  = ~ sat5[3];
+  assign \$686  = sat5[2] & \$685 ;
+  assign \$687  = \$686  & sat5[1];
   assign \$688  = \$684  | \$687 ;
-  assign \$689  = ~ gt3_5;
-  assign \$690  = gt3_6 & \$689 ;
-  assign \$691  = \$690  ? mbeat1[47:32] : 16'h0000;
-  assign \$692  = ~ gt3_6;
-  assign \$693  = gt3_7 & \$692 ;
-  assign \$694  = \$693  ? mbeat1[63:48] : 16'h0000;
-  assign \$695  = \$691  | \$694 ;
-  assign \$696  = \$688  | \$695 ;
-  assign grp3 = \$681  | \$696 ;
-  assign \$697  = gt3_0 ? Rm1[3:0] : 4'h0;
-  assign \$698  = ~ gt3_0;
-  assign \$699  = gt3_1 & \$698 ;
-  assign \$700  = \$699  ? R0[3:0] : 4'h0;
-  assign \$701  = \$697  | \$700 ;
-  assign \$702  = ~ gt3_1;
-  assign \$703  = gt3_2 & \$702 ;
-  assign \$704  = \$703  ? R1[3:0] : 4'h0;
-  assign \$705  = ~ gt3_2;
-  assign \$706  = gt3_3 & \$705 ;
-  assign \$707  = \$706  ? R2[3:0] : 4'h0;
-  assign \$708  = \$704  | \$707 ;
-  assign \$709  = \$701  | \$708 ;
-  assign \$710  = ~ gt3_3;
-  assign \$711  = gt3_4 & \$710 ;
-  assign \$712  = \$711  ? R3[3:0] : 4'h0;
-  assign \$713  = ~ gt3_4;
-  assign \$714  = gt3_5 & \$713 ;
-  assign \$715  = \$714  ? R4[3:0] : 4'h0;
-  assign \$716  = \$712  | \$715 ;
-  assign \$717  = ~ gt3_5;
-  assign \$718  = gt3_6 & \$717 ;
-  assign \$719  = \$718  ? R5[3:0] : 4'h0;
-  assign \$720  = ~ gt3_6;
-  assign \$721  = gt3_7 & \$720 ;
-  assign \$722  = \$721  ? R6[3:0] : 4'h0;
-  assign \$723  = \$719  | \$722 ;
-  assign \$724  = \$716  | \$723 ;
-  assign dlow3 = \$709  | \$724 ;
-  assign \$725  = 2'h3 - dlow3;
-  assign \$726  = grp3[0] + grp3[1];
-  assign \$727  = grp3[2] + grp3[3];
-  assign \$728  = \$726  + \$727 ;
-  assign \$729  = grp3[4] + grp3[5];
-  assign \$730  = grp3[6] + grp3[7];
-  assign \$731  = \$729  + \$730 ;
-  assign ws3_c = \$728  + \$731 ;
-  assign ws3_lo = \$725 [3:0] < ws3_c;
-  assign \$732  = \$725 [3:0] - ws3_c;
-  assign \$733  = grp3[0] + grp3[1];
-  assign \$734  = grp3[2] + grp3[3];
-  assign ws3l_c = \$733  + \$734 ;
-  assign ws3l_lo = \$725 [2:0] < ws3l_c;
-  assign \$735  = \$725 [2:0] - ws3l_c;
-  assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
-  assign \$736  = grp3[8] + grp3[9];
-  assign \$737  = grp3[10] + grp3[11];
-  assign ws3h_c = \$736  + \$737 ;
-  assign ws3h_lo = \$732 [2:0] < ws3h_c;
-  assign \$738  = \$732 [2:0] - ws3h_c;
-  assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
-  assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
-  assign lv3 = k > 2'h3;
-  assign \$739  = k_cur <= 2'h3;
-  assign ln3 = finish & \$739 ;
-  assign \$740  = ln3 ? es_w : { rs_w[7], rs_w };
-  assign \$741  = gsel3[2:1] - \$740 [4:0];
-  assign \$742  = ~ sat0[1];
-  assign \$743  = \$742  & sat0[2];
-  assign \$744  = ~ sat0[3];
-  assign \$745  = \$744  & sat0[0];
-  assign \$746  = \$743  & \$745 ;
-  assign \$747  = ~ sat0[3];
-  assign \$748  = sat0[2] & \$747 ;
-  assign \$749  = \$748  & sat0[1];
-  assign \$750  = \$746  | \$749 ;
-  assign gt4_0 = \$750  | sat0[3];
-  assign \$751  = ~ sat1[1];
-  assign \$752  = \$751  & sat1[2];
-  assign \$753  = ~ sat1[3];
-  assign \$754  = \$753  & sat1[0];
-  assign \$755  = \$752  & \$754 ;
-  assign \$756  = ~ sat1[3];
-  assign \$757  = sat1[2] & \$756 ;
-  assign \$758  = \$757  & sat1[1];
+  assign gt4_5 = \$688  | sat5[3];
+  assign \$689  = ~ sat6[1];
+  assign \$690  = \$689  & sat6[2];
+  assign \$691  = ~ sat6[3];
+  assign \$692  = \$691  & sat6[0];
+  assign \$693  = \$690  & \$692 ;
+  assign \$694  = ~ sat6[3];
+  assign \$695  = sat6[2] & \$694 ;
+  assign \$696  = \$695  & sat6[1];
+  assign \$697  = \$693  | \$696 ;
+  assign gt4_6 = \$697  | sat6[3];
+  assign \$698  = ~ sat7[1];
+  assign \$699  = \$698  & sat7[2];
+  assign \$700  = ~ sat7[3];
+  assign \$701  = \$700  & sat7[0];
+  assign \$702  = \$699  & \$701 ;
+  assign \$703  = ~ sat7[3];
+  assign \$704  = sat7[2] & \$703 ;
+  assign \$705  = \$704  & sat7[1];
+  assign \$706  = \$702  | \$705 ;
+  assign gt4_7 = \$706  | sat7[3];
+  assign \$707  = ~ gt4_0;
+  assign \$708  = gt4_1 & \$707 ;
+  assign \$709  = \$708  ? 1'h1 : 1'h0;
+  assign \$710  = ~ gt4_1;
+  assign \$711  = gt4_2 & \$710 ;
+  assign \$712  = \$711  ? 2'h2 : 2'h0;
+  assign \$713  = { 1'h0, \$709  } | \$712 ;
+  assign \$714  = ~ gt4_2;
+  assign \$715  = gt4_3 & \$714 ;
+  assign \$716  = \$715  ? 2'h3 : 2'h0;
+  assign \$717  = ~ gt4_3;
+  assign \$718  = gt4_4 & \$717 ;
+  assign \$719  = \$718  ? 3'h4 : 3'h0;
+  assign \$720  = { 1'h0, \$716  } | \$719 ;
+  assign \$721  = { 1'h0, \$713  } | \$720 ;
+  assign \$722  = ~ gt4_4;
+  assign \$723  = gt4_5 & \$722 ;
+  assign \$724  = \$723  ? 3'h5 : 3'h0;
+  assign \$725  = ~ gt4_5;
+  assign \$726  = gt4_6 & \$725 ;
+  assign \$727  = \$726  ? 3'h6 : 3'h0;
+  assign \$728  = \$724  | \$727 ;
+  assign \$729  = ~ gt4_6;
+  assign \$730  = gt4_7 & \$729 ;
+  assign \$731  = \$730  ? 3'h7 : 3'h0;
+  assign \$732  = \$728  | \$731 ;
+  assign gsel4 = \$721  | \$732 ;
+  assign \$733  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$734  = ~ gt4_0;
+  assign \$735  = gt4_1 & \$734 ;
+  assign \$736  = \$735  ? mbeat0[31:16] : 16'h0000;
+  assign \$737  = \$733  | \$736 ;
+  assign \$738  = ~ gt4_1;
+  assign \$739  = gt4_2 & \$738 ;
+  assign \$740  = \$739  ? mbeat0[47:32] : 16'h0000;
+  assign \$741  = ~ gt4_2;
+  assign \$742  = gt4_3 & \$741 ;
+  assign \$743  = \$742  ? mbeat0[63:48] : 16'h0000;
+  assign \$744  = \$740  | \$743 ;
+  assign \$745  = \$737  | \$744 ;
+  assign \$746  = ~ gt4_3;
+  assign \$747  = gt4_4 & \$746 ;
+  assign \$748  = \$747  ? mbeat1[15:0] : 16'h0000;
+  assign \$749  = ~ gt4_4;
+  assign \$750  = gt4_5 & \$749 ;
+  assign \$751  = \$750  ? mbeat1[31:16] : 16'h0000;
+  assign \$752  = \$748  | \$751 ;
+  assign \$753  = ~ gt4_5;
+  assign \$754  = gt4_6 & \$753 ;
+  assign \$755  = \$754  ? mbeat1[47:32] : 16'h0000;
+  assign \$756  = ~ gt4_6;
+  assign \$757  = gt4_7 & \$756 ;
+  assign \$758  = \$757  ? mbeat1[63:48] : 16'h0000;
   assign \$759  = \$755  | \$758 ;
-  assign gt4_1 = \$759  | sat1[3];
-  assign \$760  = ~ sat2[1];
-  assign \$761  = \$760  & sat2[2];
-  assign \$762  = ~ sat2[3];
-  assign \$763  = \$762  & sat2[0];
-  assign \$764  = \$761  & \$763 ;
-  assign \$765  = ~ sat2[3];
-  assign \$766  = sat2[2] & \$765 ;
-  assign \$767  = \$766  & sat2[1];
-  assign \$768  = \$764  | \$767 ;
-  assign gt4_2 = \$768  | sat2[3];
-  assign \$769  = ~ sat3[1];
-  assign \$770  = \$769  & sat3[2];
-  assign \$771  = ~ sat3[3];
-  assign \$772  = \$771  & sat3[0];
-  assign \$773  = \$770  & \$772 ;
-  assign \$774  = ~ sat3[3];
-  assign \$775  = sat3[2] & \$774 ;
-  assign \$776  = \$775  & sat3[1];
-  assign \$777  = \$773  | \$776 ;
-  assign gt4_3 = \$777  | sat3[3];
-  assign \$778  = ~ sat4[1];
-  assign \$779  = \$778  & sat4[2];
-  assign \$780  = ~ sat4[3];
-  assign \$781  = \$780  & sat4[0];
-  assign \$782  = \$779  & \$781 ;
-  assign \$783  = ~ sat4[3];
-  assign \$784  = sat4[2] & \$783 ;
-  assign \$785  = \$784  & sat4[1];
-  assign \$786  = \$782  | \$785 ;
-  assign gt4_4 = \$786  | sat4[3];
-  assign \$787  = ~ sat5[1];
-  assign \$788  = \$787  & sat5[2];
-  assign \$789  = ~ sat5[3];
-  assign \$790  = \$789  & sat5[0];
-  assign \$791  = \$788  & \$790 ;
-  assign \$792  = ~ sat5[3];
-  assign \$793  = sat5[2] & \$792 ;
-  assign \$794  = \$793  & sat5[1];
-  assign \$795  = \$791  | \$794 ;
-  assign gt4_5 = \$795  | sat5[3];
-  assign \$796  = ~ sat6[1];
-  assign \$797  = \$796  & sat6[2];
-  assign \$798  = ~ sat6[3];
-  assign \$799  = \$798  & sat6[0];
-  assign \$800  = \$797  & \$799 ;
-  assign \$801  = ~ sat6[3];
-  assign \$802  = sat6[2] & \$801 ;
-  assign \$803  = \$802  & sat6[1];
-  assign \$804  = \$800  | \$803 ;
-  assign gt4_6 = \$804  | sat6[3];
-  assign \$805  = ~ sat7[1];
-  assign \$806  = \$805  & sat7[2];
-  assign \$807  = ~ sat7[3];
-  assign \$808  = \$807  & sat7[0];
-  assign \$809  = \$806  & \$808 ;
+  assign \$760  = \$752  | \$759 ;
+  assign grp4 = \$745  | \$760 ;
+  assign \$761  = gt4_0 ? Rm1[3:0] : 4'h0;
+  assign \$762  = ~ gt4_0;
+  assign \$763  = gt4_1 & \$762 ;
+  assign \$764  = \$763  ? R0[3:0] : 4'h0;
+  assign \$765  = \$761  | \$764 ;
+  assign \$766  = ~ gt4_1;
+  assign \$767  = gt4_2 & \$766 ;
+  assign \$768  = \$767  ? R1[3:0] : 4'h0;
+  assign \$769  = ~ gt4_2;
+  assign \$770  = gt4_3 & \$769 ;
+  assign \$771  = \$770  ? R2[3:0] : 4'h0;
+  assign \$772  = \$768  | \$771 ;
+  assign \$773  = \$765  | \$772 ;
+  assign \$774  = ~ gt4_3;
+  assign \$775  = gt4_4 & \$774 ;
+  assign \$776  = \$775  ? R3[3:0] : 4'h0;
+  assign \$777  = ~ gt4_4;
+  assign \$778  = gt4_5 & \$777 ;
+  assign \$779  = \$778  ? R4[3:0] : 4'h0;
+  assign \$780  = \$776  | \$779 ;
+  assign \$781  = ~ gt4_5;
+  assign \$782  = gt4_6 & \$781 ;
+  assign \$783  = \$782  ? R5[3:0] : 4'h0;
+  assign \$784  = ~ gt4_6;
+  assign \$785  = gt4_7 & \$784 ;
+  assign \$786  = \$785  ? R6[3:0] : 4'h0;
+  assign \$787  = \$783  | \$786 ;
+  assign \$788  = \$780  | \$787 ;
+  assign dlow4 = \$773  | \$788 ;
+  assign \$789  = ~ sat0[3];
+  assign \$790  = sat0[2] & \$789 ;
+  assign \$791  = \$790  & sat0[1];
+  assign gt5_0 = \$791  | sat0[3];
+  assign \$792  = ~ sat1[3];
+  assign \$793  = sat1[2] & \$792 ;
+  assign \$794  = \$793  & sat1[1];
+  assign gt5_1 = \$794  | sat1[3];
+  assign \$795  = ~ sat2[3];
+  assign \$796  = sat2[2] & \$795 ;
+  assign \$797  = \$796  & sat2[1];
+  assign gt5_2 = \$797  | sat2[3];
+  assign \$798  = ~ sat3[3];
+  assign \$799  = sat3[2] & \$798 ;
+  assign \$800  = \$799  & sat3[1];
+  assign gt5_3 = \$800  | sat3[3];
+  assign \$801  = ~ sat4[3];
+  assign \$802  = sat4[2] & \$801 ;
+  assign \$803  = \$802  & sat4[1];
+  assign gt5_4 = \$803  | sat4[3];
+  assign \$804  = ~ sat5[3];
+  assign \$805  = sat5[2] & \$804 ;
+  assign \$806  = \$805  & sat5[1];
+  assign gt5_5 = \$806  | sat5[3];
+  assign \$807  = ~ sat6[3];
+  assign \$808  = sat6[2] & \$807 ;
+  assign \$809  = \$808  & sat6[1];
+  assign gt5_6 = \$809  | sat6[3];
   assign \$810  = ~ sat7[3];
   assign \$811  = sat7[2] & \$810 ;
   assign \$812  = \$811  & sat7[1];
-  assign \$813  = \$809  | \$812 ;
-  assign gt4_7 = \$813  | sat7[3];
-  assign \$814  = ~ gt4_0;
-  assign \$815  = gt4_1 & \$814 ;
-  assign \$816  = \$815  ? 1'h1 : 1'h0;
-  assign \$817  = ~ gt4_1;
-  assign \$818  = gt4_2 & \$817 ;
-  assign \$819  = \$818  ? 2'h2 : 2'h0;
-  assign \$820  = { 1'h0, \$816  } | \$819 ;
-  assign \$821  = ~ gt4_2;
-  assign \$822  = gt4_3 & \$821 ;
-  assign \$823  = \$822  ? 2'h3 : 2'h0;
-  assign \$824  = ~ gt4_3;
-  assign \$825  = gt4_4 & \$824 ;
-  assign \$826  = \$825  ? 3'h4 : 3'h0;
-  assign \$827  = { 1'h0, \$823  } | \$826 ;
-  assign \$828  = { 1'h0, \$820  } | \$827 ;
-  assign \$829  = ~ gt4_4;
-  assign \$830  = gt4_5 & \$829 ;
-  assign \$831  = \$830  ? 3'h5 : 3'h0;
-  assign \$832  = ~ gt4_5;
-  assign \$833  = gt4_6 & \$832 ;
-  assign \$834  = \$833  ? 3'h6 : 3'h0;
-  assign \$835  = \$831  | \$834 ;
-  assign \$836  = ~ gt4_6;
-  assign \$837  = gt4_7 & \$836 ;
-  assign \$838  = \$837  ? 3'h7 : 3'h0;
-  assign \$839  = \$835  | \$838 ;
-  assign gsel4 = \$828  | \$839 ;
-  assign \$840  = gt4_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$841  = ~ gt4_0;
-  assign \$842  = gt4_1 & \$841 ;
-  assign \$843  = \$842  ? mbeat0[31:16] : 16'h0000;
-  assign \$844  = \$840  | \$843 ;
-  assign \$845  = ~ gt4_1;
-  assign \$846  = gt4_2 & \$845 ;
-  assign \$847  = \$846  ? mbeat0[47:32] : 16'h0000;
-  assign \$848  = ~ gt4_2;
-  assign \$849  = gt4_3 & \$848 ;
-  assign \$850  = \$849  ? mbeat0[63:48] : 16'h0000;
-  assign \$851  = \$847  | \$850 ;
-  assign \$852  = \$844  | \$851 ;
-  assign \$853  = ~ gt4_3;
-  assign \$854  = gt4_4 & \$853 ;
-  assign \$855  = \$854  ? mbeat1[15:0] : 16'h0000;
-  assign \$856  = ~ gt4_4;
-  assign \$857  = gt4_5 & \$856 ;
-  assign \$858  = \$857  ? mbeat1[31:16] : 16'h0000;
-  assign \$859  = \$855  | \$858 ;
-  assign \$860  = ~ gt4_5;
-  assign \$861  = gt4_6 & \$860 ;
-  assign \$862  = \$861  ? mbeat1[47:32] : 16'h0000;
-  assign \$863  = ~ gt4_6;
-  assign \$864  = gt4_7 & \$863 ;
-  assign \$865  = \$864  ? mbeat1[63:48] : 16'h0000;
-  assign \$866  = \$862  | \$865 ;
-  assign \$867  = \$859  | \$866 ;
-  assign grp4 = \$852  | \$867 ;
-  assign \$868  = gt4_0 ? Rm1[3:0] : 4'h0;
-  assign \$869  = ~ gt4_0;
-  assign \$870  = gt4_1 & \$869 ;
-  assign \$871  = \$870  ? R0[3:0] : 4'h0;
-  assign \$872  = \$868  | \$871 ;
-  assign \$873  = ~ gt4_1;
-  assign \$874  = gt4_2 & \$873 ;
-  assign \$875  = \$874  ? R1[3:0] : 4'h0;
-  assign \$876  = ~ gt4_2;
-  assign \$877  = gt4_3 & \$876 ;
-  assign \$878  = \$877  ? R2[3:0] : 4'h0;
-  assign \$879  = \$875  | \$878 ;
-  assign \$880  = \$872  | \$879 ;
-  assign \$881  = ~ gt4_3;
-  assign \$882  = gt4_4 & \$881 ;
-  assign \$883  = \$882  ? R3[3:0] : 4'h0;
-  assign \$884  = ~ gt4_4;
-  assign \$885  = gt4_5 & \$884 ;
-  assign \$886  = \$885  ? R4[3:0] : 4'h0;
-  assign \$887  = \$883  | \$886 ;
-  assign \$888  = ~ gt4_5;
-  assign \$889  = gt4_6 & \$888 ;
-  assign \$890  = \$889  ? R5[3:0] : 4'h0;
-  assign \$891  = ~ gt4_6;
-  assign \$892  = gt4_7 & \$891 ;
-  assign \$893  = \$892  ? R6[3:0] : 4'h0;
-  assign \$894  = \$890  | \$893 ;
-  assign \$895  = \$887  | \$894 ;
-  assign dlow4 = \$880  | \$895 ;
-  assign \$896  = 3'h4 - dlow4;
-  assign \$897  = grp4[0] + grp4[1];
-  assign \$898  = grp4[2] + grp4[3];
-  assign \$899  = \$897  + \$898 ;
-  assign \$900  = grp4[4] + grp4[5];
-  assign \$901  = grp4[6] + grp4[7];
-  assign \$902  = \$900  + \$901 ;
-  assign ws4_c = \$899  + \$902 ;
-  assign ws4_lo = \$896 [3:0] < ws4_c;
-  assign \$903  = \$896 [3:0] - ws4_c;
-  assign \$904  = grp4[0] + grp4[1];
-  assign \$905  = grp4[2] + grp4[3];
-  assign ws4l_c = \$904  + \$905 ;
-  assign ws4l_lo = \$896 [2:0] < ws4l_c;
-  assign \$906  = \$896 [2:0] - ws4l_c;
+  assign gt5_7 = \$812  | sat7[3];
+  assign \$813  = ~ gt5_0;
+  assign \$814  = gt5_1 & \$813 ;
+  assign \$815  = \$814  ? 1'h1 : 1'h0;
+  assign \$816  = ~ gt5_1;
+  assign \$817  = gt5_2 & \$816 ;
+  assign \$818  = \$817  ? 2'h2 : 2'h0;
+  assign \$819  = { 1'h0, \$815  } | \$818 ;
+  assign \$820  = ~ gt5_2;
+  assign \$821  = gt5_3 & \$820 ;
+  assign \$822  = \$821  ? 2'h3 : 2'h0;
+  assign \$823  = ~ gt5_3;
+  assign \$824  = gt5_4 & \$823 ;
+  assign \$825  = \$824  ? 3'h4 : 3'h0;
+  assign \$826  = { 1'h0, \$822  } | \$825 ;
+  assign \$827  = { 1'h0, \$819  } | \$826 ;
+  assign \$828  = ~ gt5_4;
+  assign \$829  = gt5_5 & \$828 ;
+  assign \$830  = \$829  ? 3'h5 : 3'h0;
+  assign \$831  = ~ gt5_5;
+  assign \$832  = gt5_6 & \$831 ;
+  assign \$833  = \$832  ? 3'h6 : 3'h0;
+  assign \$834  = \$830  | \$833 ;
+  assign \$835  = ~ gt5_6;
+  assign \$836  = gt5_7 & \$835 ;
+  assign \$837  = \$836  ? 3'h7 : 3'h0;
+  assign \$838  = \$834  | \$837 ;
+  assign gsel5 = \$827  | \$838 ;
+  assign \$839  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$840  = ~ gt5_0;
+  assign \$841  = gt5_1 & \$840 ;
+  assign \$842  = \$841  ? mbeat0[31:16] : 16'h0000;
+  assign \$843  = \$839  | \$842 ;
+  assign \$844  = ~ gt5_1;
+  assign \$845  = gt5_2 & \$844 ;
+  assign \$846  = \$845  ? mbeat0[47:32] : 16'h0000;
+  assign \$847  = ~ gt5_2;
+  assign \$848  = gt5_3 & \$847 ;
+  assign \$849  = \$848  ? mbeat0[63:48] : 16'h0000;
+  assign \$850  = \$846  | \$849 ;
+  assign \$851  = \$843  | \$850 ;
+  assign \$852  = ~ gt5_3;
+  assign \$853  = gt5_4 & \$852 ;
+  assign \$854  = \$853  ? mbeat1[15:0] : 16'h0000;
+  assign \$855  = ~ gt5_4;
+  assign \$856  = gt5_5 & \$855 ;
+  assign \$857  = \$856  ? mbeat1[31:16] : 16'h0000;
+  assign \$858  = \$854  | \$857 ;
+  assign \$859  = ~ gt5_5;
+  assign \$860  = gt5_6 & \$859 ;
+  assign \$861  = \$860  ? mbeat1[47:32] : 16'h0000;
+  assign \$862  = ~ gt5_6;
+  assign \$863  = gt5_7 & \$862 ;
+  assign \$864  = \$863  ? mbeat1[63:48] : 16'h0000;
+  assign \$865  = \$861  | \$864 ;
+  assign \$866  = \$858  | \$865 ;
+  assign grp5 = \$851  | \$866 ;
+  assign \$867  = gt5_0 ? Rm1[3:0] : 4'h0;
+  assign \$868  = ~ gt5_0;
+  assign \$869  = gt5_1 & \$868 ;
+  assign \$870  = \$869  ? R0[3:0] : 4'h0;
+  assign \$871  = \$867  | \$870 ;
+  assign \$872  = ~ gt5_1;
+  assign \$873  = gt5_2 & \$872 ;
+  assign \$874  = \$873  ? R1[3:0] : 4'h0;
+  assign \$875  = ~ gt5_2;
+  assign \$876  = gt5_3 & \$875 ;
+  assign \$877  = \$876  ? R2[3:0] : 4'h0;
+  assign \$878  = \$874  | \$877 ;
+  assign \$879  = \$871  | \$878 ;
+  assign \$880  = ~ gt5_3;
+  assign \$881  = gt5_4 & \$880 ;
+  assign \$882  = \$881  ? R3[3:0] : 4'h0;
+  assign \$883  = ~ gt5_4;
+  assign \$884  = gt5_5 & \$883 ;
+  assign \$885  = \$884  ? R4[3:0] : 4'h0;
+  assign \$886  = \$882  | \$885 ;
+  assign \$887  = ~ gt5_5;
+  assign \$888  = gt5_6 & \$887 ;
+  assign \$889  = \$888  ? R5[3:0] : 4'h0;
+  assign \$890  = ~ gt5_6;
+  assign \$891  = gt5_7 & \$890 ;
+  assign \$892  = \$891  ? R6[3:0] : 4'h0;
+  assign \$893  = \$889  | \$892 ;
+  assign \$894  = \$886  | \$893 ;
+  assign dlow5 = \$879  | \$894 ;
+  assign \$895  = sat0[1] & sat0[2];
+  assign \$896  = ~ sat0[3];
+  assign \$897  = \$896  & sat0[0];
+  assign \$898  = \$895  & \$897 ;
+  assign gt6_0 = \$898  | sat0[3];
+  assign \$899  = sat1[1] & sat1[2];
+  assign \$900  = ~ sat1[3];
+  assign \$901  = \$900  & sat1[0];
+  assign \$902  = \$899  & \$901 ;
+  assign gt6_1 = \$902  | sat1[3];
+  assign \$903  = sat2[1] & sat2[2];
+  assign \$904  = ~ sat2[3];
+  assign \$905  = \$904  & sat2[0];
+  assign \$906  = \$903  & \$905 ;
+  assign gt6_2 = \$906  | sat2[3];
+  assign \$907  = sat3[1] & sat3[2];
+  assign \$908  = ~ sat3[3];
+  assign \$909  = \$908  & sat3[0];
+  assign \$910  = \$907  & \$909 ;
+  assign gt6_3 = \$910  | sat3[3];
+  assign \$911  = sat4[1] & sat4[2];
+  assign \$912  = ~ sat4[3];
+  assign \$913  = \$912  & sat4[0];
+  assign \$914  = \$911  & \$913 ;
+  assign gt6_4 = \$914  | sat4[3];
+  assign \$915  = sat5[1] & sat5[2];
+  assign \$916  = ~ sat5[3];
+  assign \$917  = \$916  & sat5[0];
+  assign \$918  = \$915  & \$917 ;
+  assign gt6_5 = \$918  | sat5[3];
+  assign \$919  = sat6[1] & sat6[2];
+  assign \$920  = ~ sat6[3];
+  assign \$921  = \$920  & sat6[0];
+  assign \$922  = \$919  & \$921 ;
+  assign gt6_6 = \$922  | sat6[3];
+  assign \$923  = sat7[1] & sat7[2];
+  assign \$924  = ~ sat7[3];
+  assign \$925  = \$924  & sat7[0];
+  assign \$926  = \$923  & \$925 ;
+  assign gt6_7 = \$926  | sat7[3];
+  assign \$927  = ~ gt6_0;
+  assign \$928  = gt6_1 & \$927 ;
+  assign \$929  = \$928  ? 1'h1 : 1'h0;
+  assign \$930  = ~ gt6_1;
+  assign \$931  = gt6_2 & \$930 ;
+  assign \$932  = \$931  ? 2'h2 : 2'h0;
+  assign \$933  = { 1'h0, \$929  } | \$932 ;
+  assign \$934  = ~ gt6_2;
+  assign \$935  = gt6_3 & \$934 ;
+  assign \$936  = \$935  ? 2'h3 : 2'h0;
+  assign \$937  = ~ gt6_3;
+  assign \$938  = gt6_4 & \$937 ;
+  assign \$939  = \$938  ? 3'h4 : 3'h0;
+  assign \$940  = { 1'h0, \$936  } | \$939 ;
+  assign \$941  = { 1'h0, \$933  } | \$940 ;
+  assign \$942  = ~ gt6_4;
+  assign \$943  = gt6_5 & \$942 ;
+  assign \$944  = \$943  ? 3'h5 : 3'h0;
+  assign \$945  = ~ gt6_5;
+  assign \$946  = gt6_6 & \$945 ;
+  assign \$947  = \$946  ? 3'h6 : 3'h0;
+  assign \$948  = \$944  | \$947 ;
+  assign \$949  = ~ gt6_6;
+  assign \$950  = gt6_7 & \$949 ;
+  assign \$951  = \$950  ? 3'h7 : 3'h0;
+  assign \$952  = \$948  | \$951 ;
+  assign gsel6 = \$941  | \$952 ;
+  assign \$953  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$954  = ~ gt6_0;
+  assign \$955  = gt6_1 & \$954 ;
+  assign \$956  = \$955  ? mbeat0[31:16] : 16'h0000;
+  assign \$957  = \$953  | \$956 ;
+  assign \$958  = ~ gt6_1;
+  assign \$959  = gt6_2 & \$958 ;
+  assign \$960  = \$959  ? mbeat0[47:32] : 16'h0000;
+  assign \$961  = ~ gt6_2;
+  assign \$962  = gt6_3 & \$961 ;
+  assign \$963  = \$962  ? mbeat0[63:48] : 16'h0000;
+  assign \$964  = \$960  | \$963 ;
+  assign \$965  = \$957  | \$964 ;
+  assign \$966  = ~ gt6_3;
+  assign \$967  = gt6_4 & \$966 ;
+  assign \$968  = \$967  ? mbeat1[15:0] : 16'h0000;
+  assign \$969  = ~ gt6_4;
+  assign \$970  = gt6_5 & \$969 ;
+  assign \$971  = \$970  ? mbeat1[31:16] : 16'h0000;
+  assign \$972  = \$968  | \$971 ;
+  assign \$973  = ~ gt6_5;
+  assign \$974  = gt6_6 & \$973 ;
+  assign \$975  = \$974  ? mbeat1[47:32] : 16'h0000;
+  assign \$976  = ~ gt6_6;
+  assign \$977  = gt6_7 & \$976 ;
+  assign \$978  = \$977  ? mbeat1[63:48] : 16'h0000;
+  assign \$979  = \$975  | \$978 ;
+  assign \$980  = \$972  | \$979 ;
+  assign grp6 = \$965  | \$980 ;
+  assign \$981  = gt6_0 ? Rm1[3:0] : 4'h0;
+  assign \$982  = ~ gt6_0;
+  assign \$983  = gt6_1 & \$982 ;
+  assign \$984  = \$983  ? R0[3:0] : 4'h0;
+  assign \$985  = \$981  | \$984 ;
+  assign \$986  = ~ gt6_1;
+  assign \$987  = gt6_2 & \$986 ;
+  assign \$988  = \$987  ? R1[3:0] : 4'h0;
+  assign \$989  = ~ gt6_2;
+  assign \$990  = gt6_3 & \$989 ;
+  assign \$991  = \$990  ? R2[3:0] : 4'h0;
+  assign \$992  = \$988  | \$991 ;
+  assign \$993  = \$985  | \$992 ;
+  assign \$994  = ~ gt6_3;
+  assign \$995  = gt6_4 & \$994 ;
+  assign \$996  = \$995  ? R3[3:0] : 4'h0;
+  assign \$997  = ~ gt6_4;
+  assign \$998  = gt6_5 & \$997 ;
+  assign \$999  = \$998  ? R4[3:0] : 4'h0;
+  assign \$1000  = \$996  | \$999 ;
+  assign \$1001  = ~ gt6_5;
+  assign \$1002  = gt6_6 & \$1001 ;
+  assign \$1003  = \$1002  ? R5[3:0] : 4'h0;
+  assign \$1004  = ~ gt6_6;
+  assign \$1005  = gt6_7 & \$1004 ;
+  assign \$1006  = \$1005  ? R6[3:0] : 4'h0;
+  assign \$1007  = \$1003  | \$1006 ;
+  assign \$1008  = \$1000  | \$1007 ;
+  assign dlow6 = \$993  | \$1008 ;
+  assign \$1009  = ~ sat0[3];
+  assign \$1010  = sat1[3] & \$1009 ;
+  assign \$1011  = \$1010  ? 1'h1 : 1'h0;
+  assign \$1012  = ~ sat1[3];
+  assign \$1013  = sat2[3] & \$1012 ;
+  assign \$1014  = \$1013  ? 2'h2 : 2'h0;
+  assign \$1015  = { 1'h0, \$1011  } | \$1014 ;
+  assign \$1016  = ~ sat2[3];
+  assign \$1017  = sat3[3] & \$1016 ;
+  assign \$1018  = \$1017  ? 2'h3 : 2'h0;
+  assign \$1019  = ~ sat3[3];
+  assign \$1020  = sat4[3] & \$1019 ;
+  assign \$1021  = \$1020  ? 3'h4 : 3'h0;
+  assign \$1022  = { 1'h0, \$1018  } | \$1021 ;
+  assign \$1023  = { 1'h0, \$1015  } | \$1022 ;
+  assign \$1024  = ~ sat4[3];
+  assign \$1025  = sat5[3] & \$1024 ;
+  assign \$1026  = \$1025  ? 3'h5 : 3'h0;
+  assign \$1027  = ~ sat5[3];
+  assign \$1028  = sat6[3] & \$1027 ;
+  assign \$1029  = \$1028  ? 3'h6 : 3'h0;
+  assign \$1030  = \$1026  | \$1029 ;
+  assign \$1031  = ~ sat6[3];
+  assign \$1032  = sat7[3] & \$1031 ;
+  assign \$1033  = \$1032  ? 3'h7 : 3'h0;
+  assign \$1034  = \$1030  | \$1033 ;
+  assign gsel7 = \$1023  | \$1034 ;
+  assign \$1035  = sat0[3] ? mbeat0[15:0] : 16'h0000;
+  assign \$1036  = ~ sat0[3];
+  assign \$1037  = sat1[3] & \$1036 ;
+  assign \$1038  = \$1037  ? mbeat0[31:16] : 16'h0000;
+  assign \$1039  = \$1035  | \$1038 ;
+  assign \$1040  = ~ sat1[3];
+  assign \$1041  = sat2[3] & \$1040 ;
+  assign \$1042  = \$1041  ? mbeat0[47:32] : 16'h0000;
+  assign \$1043  = ~ sat2[3];
+  assign \$1044  = sat3[3] & \$1043 ;
+  assign \$1045  = \$1044  ? mbeat0[63:48] : 16'h0000;
+  assign \$1046  = \$1042  | \$1045 ;
+  assign \$1047  = \$1039  | \$1046 ;
+  assign \$1048  = ~ sat3[3];
+  assign \$1049  = sat4[3] & \$1048 ;
+  assign \$1050  = \$1049  ? mbeat1[15:0] : 16'h0000;
+  assign \$1051  = ~ sat4[3];
+  assign \$1052  = sat5[3] & \$1051 ;
+  assign \$1053  = \$1052  ? mbeat1[31:16] : 16'h0000;
+  assign \$1054  = \$1050  | \$1053 ;
+  assign \$1055  = ~ sat5[3];
+  assign \$1056  = sat6[3] & \$1055 ;
+  assign \$1057  = \$1056  ? mbeat1[47:32] : 16'h0000;
+  assign \$1058  = ~ sat6[3];
+  assign \$1059  = sat7[3] & \$1058 ;
+  assign \$1060  = \$1059  ? mbeat1[63:48] : 16'h0000;
+  assign \$1061  = \$1057  | \$1060 ;
+  assign \$1062  = \$1054  | \$1061 ;
+  assign grp7 = \$1047  | \$1062 ;
+  assign \$1063  = sat0[3] ? Rm1[3:0] : 4'h0;
+  assign \$1064  = ~ sat0[3];
+  assign \$1065  = sat1[3] & \$1064 ;
+  assign \$1066  = \$1065  ? R0[3:0] : 4'h0;
+  assign \$1067  = \$1063  | \$1066 ;
+  assign \$1068  = ~ sat1[3];
+  assign \$1069  = sat2[3] & \$1068 ;
+  assign \$1070  = \$1069  ? R1[3:0] : 4'h0;
+  assign \$1071  = ~ sat2[3];
+  assign \$1072  = sat3[3] & \$1071 ;
+  assign \$1073  = \$1072  ? R2[3:0] : 4'h0;
+  assign \$1074  = \$1070  | \$1073 ;
+  assign \$1075  = \$1067  | \$1074 ;
+  assign \$1076  = ~ sat3[3];
+  assign \$1077  = sat4[3] & \$1076 ;
+  assign \$1078  = \$1077  ? R3[3:0] : 4'h0;
+  assign \$1079  = ~ sat4[3];
+  assign \$1080  = sat5[3] & \$1079 ;
+  assign \$1081  = \$1080  ? R4[3:0] : 4'h0;
+  assign \$1082  = \$1078  | \$1081 ;
+  assign \$1083  = ~ sat5[3];
+  assign \$1084  = sat6[3] & \$1083 ;
+  assign \$1085  = \$1084  ? R5[3:0] : 4'h0;
+  assign \$1086  = ~ sat6[3];
+  assign \$1087  = sat7[3] & \$1086 ;
+  assign \$1088  = \$1087  ? R6[3:0] : 4'h0;
+  assign \$1089  = \$1085  | \$1088 ;
+  assign \$1090  = \$1082  | \$1089 ;
+  assign dlow7 = \$1075  | \$1090 ;
+  assign ws0_c = \$1091  + \$1092 ;
+  assign ws0_lo = a_lr0 < ws0_c;
+  assign \$1093  = a_lr0 - ws0_c;
+  assign ws0l_lo = a_lr0[2:0] < ws0l_c;
+  assign \$1094  = a_lr0[2:0] - ws0l_c;
+  assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
+  assign ws0h_lo = \$1093 [2:0] < ws0h_c;
+  assign \$1095  = \$1093 [2:0] - ws0h_c;
+  assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
+  assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
+  assign \$1096  = a_nxt[0] ? a_es : \$signal ;
+  assign \$1097  = a_gsel0[2:1] - \$1096 ;
+  assign ws1_c = \$1098  + \$1099 ;
+  assign ws1_lo = a_lr1 < ws1_c;
+  assign \$1100  = a_lr1 - ws1_c;
+  assign ws1l_lo = a_lr1[2:0] < ws1l_c;
+  assign \$1101  = a_lr1[2:0] - ws1l_c;
+  assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
+  assign ws1h_lo = \$1100 [2:0] < ws1h_c;
+  assign \$1102  = \$1100 [2:0] - ws1h_c;
+  assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
+  assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
+  assign \$1103  = a_nxt[1] ? a_es : \$signal ;
+  assign \$1104  = a_gsel1[2:1] - \$1103 ;
+  assign ws2_c = \$1105  + \$1106 ;
+  assign ws2_lo = a_lr2 < ws2_c;
+  assign \$1107  = a_lr2 - ws2_c;
+  assign ws2l_lo = a_lr2[2:0] < ws2l_c;
+  assign \$1108  = a_lr2[2:0] - ws2l_c;
+  assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
+  assign ws2h_lo = \$1107 [2:0] < ws2h_c;
+  assign \$1109  = \$1107 [2:0] - ws2h_c;
+  assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
+  assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
+  assign \$1110  = a_nxt[2] ? a_es : \$signal ;
+  assign \$1111  = a_gsel2[2:1] - \$1110 ;
+  assign ws3_c = \$1112  + \$1113 ;
+  assign ws3_lo = a_lr3 < ws3_c;
+  assign \$1114  = a_lr3 - ws3_c;
+  assign ws3l_lo = a_lr3[2:0] < ws3l_c;
+  assign \$1115  = a_lr3[2:0] - ws3l_c;
+  assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
+  assign ws3h_lo = \$1114 [2:0] < ws3h_c;
+  assign \$1116  = \$1114 [2:0] - ws3h_c;
+  assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
+  assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
+  assign \$1117  = a_nxt[3] ? a_es : \$signal ;
+  assign \$1118  = a_gsel3[2:1] - \$1117 ;
+  assign ws4_c = \$1119  + \$1120 ;
+  assign ws4_lo = a_lr4 < ws4_c;
+  assign \$1121  = a_lr4 - ws4_c;
+  assign ws4l_lo = a_lr4[2:0] < ws4l_c;
+  assign \$1122  = a_lr4[2:0] - ws4l_c;
   assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign \$907  = grp4[8] + grp4[9];
-  assign \$908  = grp4[10] + grp4[11];
-  assign ws4h_c = \$907  + \$908 ;
-  assign ws4h_lo = \$903 [2:0] < ws4h_c;
-  assign \$909  = \$903 [2:0] - ws4h_c;
+  assign ws4h_lo = \$1121 [2:0] < ws4h_c;
+  assign \$1123  = \$1121 [2:0] - ws4h_c;
   assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
-  assign lv4 = k > 3'h4;
-  assign \$910  = k_cur <= 3'h4;
-  assign ln4 = finish & \$910 ;
-  assign \$911  = ln4 ? es_w : { rs_w[7], rs_w };
-  assign \$912  = gsel4[2:1] - \$911 [4:0];
-  assign \$913  = ~ sat0[3];
-  assign \$914  = sat0[2] & \$913 ;
-  assign \$915  = \$914  & sat0[1];
-  assign gt5_0 = \$915  | sat0[3];
-  assign \$916  = ~ sat1[3];
-  assign \$917  = sat1[2] & \$916 ;
-  assign \$918  = \$917  & sat1[1];
-  assign gt5_1 = \$918  | sat1[3];
-  assign \$919  = ~ sat2[3];
-  assign \$920  = sat2[2] & \$919 ;
-  assign \$921  = \$920  & sat2[1];
-  assign gt5_2 = \$921  | sat2[3];
-  assign \$922  = ~ sat3[3];
-  assign \$923  = sat3[2] & \$922 ;
-  assign \$924  = \$923  & sat3[1];
-  assign gt5_3 = \$924  | sat3[3];
-  assign \$925  = ~ sat4[3];
-  assign \$926  = sat4[2] & \$925 ;
-  assign \$927  = \$926  & sat4[1];
-  assign gt5_4 = \$927  | sat4[3];
-  assign \$928  = ~ sat5[3];
-  assign \$929  = sat5[2] & \$928 ;
-  assign \$930  = \$929  & sat5[1];
-  assign gt5_5 = \$930  | sat5[3];
-  assign \$931  = ~ sat6[3];
-  assign \$932  = sat6[2] & \$931 ;
-  assign \$933  = \$932  & sat6[1];
-  assign gt5_6 = \$933  | sat6[3];
-  assign \$934  = ~ sat7[3];
-  assign \$935  = sat7[2] & \$934 ;
-  assign \$936  = \$935  & sat7[1];
-  assign gt5_7 = \$936  | sat7[3];
-  assign \$937  = ~ gt5_0;
-  assign \$938  = gt5_1 & \$937 ;
-  assign \$939  = \$938  ? 1'h1 : 1'h0;
-  assign \$940  = ~ gt5_1;
-  assign \$941  = gt5_2 & \$940 ;
-  assign \$942  = \$941  ? 2'h2 : 2'h0;
-  assign \$943  = { 1'h0, \$939  } | \$942 ;
-  assign \$944  = ~ gt5_2;
-  assign \$945  = gt5_3 & \$944 ;
-  assign \$946  = \$945  ? 2'h3 : 2'h0;
-  assign \$947  = ~ gt5_3;
-  assign \$948  = gt5_4 & \$947 ;
-  assign \$949  = \$948  ? 3'h4 : 3'h0;
-  assign \$950  = { 1'h0, \$946  } | \$949 ;
-  assign \$951  = { 1'h0, \$943  } | \$950 ;
-  assign \$952  = ~ gt5_4;
-  assign \$953  = gt5_5 & \$952 ;
-  assign \$954  = \$953  ? 3'h5 : 3'h0;
-  assign \$955  = ~ gt5_5;
-  assign \$956  = gt5_6 & \$955 ;
-  assign \$957  = \$956  ? 3'h6 : 3'h0;
-  assign \$958  = \$954  | \$957 ;
-  assign \$959  = ~ gt5_6;
-  assign \$960  = gt5_7 & \$959 ;
-  assign \$961  = \$960  ? 3'h7 : 3'h0;
-  assign \$962  = \$958  | \$961 ;
-  assign gsel5 = \$951  | \$962 ;
-  assign \$963  = gt5_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$964  = ~ gt5_0;
-  assign \$965  = gt5_1 & \$964 ;
-  assign \$966  = \$965  ? mbeat0[31:16] : 16'h0000;
-  assign \$967  = \$963  | \$966 ;
-  assign \$968  = ~ gt5_1;
-  assign \$969  = gt5_2 & \$968 ;
-  assign \$970  = \$969  ? mbeat0[47:32] : 16'h0000;
-  assign \$971  = ~ gt5_2;
-  assign \$972  = gt5_3 & \$971 ;
-  assign \$973  = \$972  ? mbeat0[63:48] : 16'h0000;
-  assign \$974  = \$970  | \$973 ;
-  assign \$975  = \$967  | \$974 ;
-  assign \$976  = ~ gt5_3;
-  assign \$977  = gt5_4 & \$976 ;
-  assign \$978  = \$977  ? mbeat1[15:0] : 16'h0000;
-  assign \$979  = ~ gt5_4;
-  assign \$980  = gt5_5 & \$979 ;
-  assign \$981  = \$980  ? mbeat1[31:16] : 16'h0000;
-  assign \$982  = \$978  | \$981 ;
-  assign \$983  = ~ gt5_5;
-  assign \$984  = gt5_6 & \$983 ;
-  assign \$985  = \$984  ? mbeat1[47:32] : 16'h0000;
-  assign \$986  = ~ gt5_6;
-  assign \$987  = gt5_7 & \$986 ;
-  assign \$988  = \$987  ? mbeat1[63:48] : 16'h0000;
-  assign \$989  = \$985  | \$988 ;
-  assign \$990  = \$982  | \$989 ;
-  assign grp5 = \$975  | \$990 ;
-  assign \$991  = gt5_0 ? Rm1[3:0] : 4'h0;
-  assign \$992  = ~ gt5_0;
-  assign \$993  = gt5_1 & \$992 ;
-  assign \$994  = \$993  ? R0[3:0] : 4'h0;
-  assign \$995  = \$991  | \$994 ;
-  assign \$996  = ~ gt5_1;
-  assign \$997  = gt5_2 & \$996 ;
-  assign \$998  = \$997  ? R1[3:0] : 4'h0;
-  assign \$999  = ~ gt5_2;
-  assign \$1000  = gt5_3 & \$999 ;
-  assign \$1001  = \$1000  ? R2[3:0] : 4'h0;
-  assign \$1002  = \$998  | \$1001 ;
-  assign \$1003  = \$995  | \$1002 ;
-  assign \$1004  = ~ gt5_3;
-  assign \$1005  = gt5_4 & \$1004 ;
-  assign \$1006  = \$1005  ? R3[3:0] : 4'h0;
-  assign \$1007  = ~ gt5_4;
-  assign \$1008  = gt5_5 & \$1007 ;
-  assign \$1009  = \$1008  ? R4[3:0] : 4'h0;
-  assign \$1010  = \$1006  | \$1009 ;
-  assign \$1011  = ~ gt5_5;
-  assign \$1012  = gt5_6 & \$1011 ;
-  assign \$1013  = \$1012  ? R5[3:0] : 4'h0;
-  assign \$1014  = ~ gt5_6;
-  assign \$1015  = gt5_7 & \$1014 ;
-  assign \$1016  = \$1015  ? R6[3:0] : 4'h0;
-  assign \$1017  = \$1013  | \$1016 ;
-  assign \$1018  = \$1010  | \$1017 ;
-  assign dlow5 = \$1003  | \$1018 ;
-  assign \$1019  = 3'h5 - dlow5;
-  assign \$1020  = grp5[0] + grp5[1];
-  assign \$1021  = grp5[2] + grp5[3];
-  assign \$1022  = \$1020  + \$1021 ;
-  assign \$1023  = grp5[4] + grp5[5];
-  assign \$1024  = grp5[6] + grp5[7];
-  assign \$1025  = \$1023  + \$1024 ;
-  assign ws5_c = \$1022  + \$1025 ;
-  assign ws5_lo = \$1019 [3:0] < ws5_c;
-  assign \$1026  = \$1019 [3:0] - ws5_c;
-  assign \$1027  = grp5[0] + grp5[1];
-  assign \$1028  = grp5[2] + grp5[3];
-  assign ws5l_c = \$1027  + \$1028 ;
-  assign ws5l_lo = \$1019 [2:0] < ws5l_c;
-  assign \$1029  = \$1019 [2:0] - ws5l_c;
+  assign \$1124  = a_nxt[4] ? a_es : \$signal ;
+  assign \$1125  = a_gsel4[2:1] - \$1124 ;
+  assign ws5_c = \$1126  + \$1127 ;
+  assign ws5_lo = a_lr5 < ws5_c;
+  assign \$1128  = a_lr5 - ws5_c;
+  assign ws5l_lo = a_lr5[2:0] < ws5l_c;
+  assign \$1129  = a_lr5[2:0] - ws5l_c;
   assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
-  assign \$1030  = grp5[8] + grp5[9];
-  assign \$1031  = grp5[10] + grp5[11];
-  assign ws5h_c = \$1030  + \$1031 ;
-  assign ws5h_lo = \$1026 [2:0] < ws5h_c;
-  assign \$1032  = \$1026 [2:0] - ws5h_c;
+  assign ws5h_lo = \$1128 [2:0] < ws5h_c;
+  assign \$1130  = \$1128 [2:0] - ws5h_c;
   assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
-  assign lv5 = k > 3'h5;
-  assign \$1033  = k_cur <= 3'h5;
-  assign ln5 = finish & \$1033 ;
-  assign \$1034  = ln5 ? es_w : { rs_w[7], rs_w };
-  assign \$1035  = gsel5[2:1] - \$1034 [4:0];
-  assign \$1036  = sat0[1] & sat0[2];
-  assign \$1037  = ~ sat0[3];
-  assign \$1038  = \$1037  & sat0[0];
-  assign \$1039  = \$1036  & \$1038 ;
-  assign gt6_0 = \$1039  | sat0[3];
-  assign \$1040  = sat1[1] & sat1[2];
-  assign \$1041  = ~ sat1[3];
-  assign \$1042  = \$1041  & sat1[0];
-  assign \$1043  = \$1040  & \$1042 ;
-  assign gt6_1 = \$1043  | sat1[3];
-  assign \$1044  = sat2[1] & sat2[2];
-  assign \$1045  = ~ sat2[3];
-  assign \$1046  = \$1045  & sat2[0];
-  assign \$1047  = \$1044  & \$1046 ;
-  assign gt6_2 = \$1047  | sat2[3];
-  assign \$1048  = sat3[1] & sat3[2];
-  assign \$1049  = ~ sat3[3];
-  assign \$1050  = \$1049  & sat3[0];
-  assign \$1051  = \$1048  & \$1050 ;
-  assign gt6_3 = \$1051  | sat3[3];
-  assign \$1052  = sat4[1] & sat4[2];
-  assign \$1053  = ~ sat4[3];
-  assign \$1054  = \$1053  & sat4[0];
-  assign \$1055  = \$1052  & \$1054 ;
-  assign gt6_4 = \$1055  | sat4[3];
-  assign \$1056  = sat5[1] & sat5[2];
-  assign \$1057  = ~ sat5[3];
-  assign \$1058  = \$1057  & sat5[0];
-  assign \$1059  = \$1056  & \$1058 ;
-  assign gt6_5 = \$1059  | sat5[3];
-  assign \$1060  = sat6[1] & sat6[2];
-  assign \$1061  = ~ sat6[3];
-  assign \$1062  = \$1061  & sat6[0];
-  assign \$1063  = \$1060  & \$1062 ;
-  assign gt6_6 = \$1063  | sat6[3];
-  assign \$1064  = sat7[1] & sat7[2];
-  assign \$1065  = ~ sat7[3];
-  assign \$1066  = \$1065  & sat7[0];
-  assign \$1067  = \$1064  & \$1066 ;
-  assign gt6_7 = \$1067  | sat7[3];
-  assign \$1068  = ~ gt6_0;
-  assign \$1069  = gt6_1 & \$1068 ;
-  assign \$1070  = \$1069  ? 1'h1 : 1'h0;
-  assign \$1071  = ~ gt6_1;
-  assign \$1072  = gt6_2 & \$1071 ;
-  assign \$1073  = \$1072  ? 2'h2 : 2'h0;
-  assign \$1074  = { 1'h0, \$1070  } | \$1073 ;
-  assign \$1075  = ~ gt6_2;
-  assign \$1076  = gt6_3 & \$1075 ;
-  assign \$1077  = \$1076  ? 2'h3 : 2'h0;
-  assign \$1078  = ~ gt6_3;
-  assign \$1079  = gt6_4 & \$1078 ;
-  assign \$1080  = \$1079  ? 3'h4 : 3'h0;
-  assign \$1081  = { 1'h0, \$1077  } | \$1080 ;
-  assign \$1082  = { 1'h0, \$1074  } | \$1081 ;
-  assign \$1083  = ~ gt6_4;
-  assign \$1084  = gt6_5 & \$1083 ;
-  assign \$1085  = \$1084  ? 3'h5 : 3'h0;
-  assign \$1086  = ~ gt6_5;
-  assign \$1087  = gt6_6 & \$1086 ;
-  assign \$1088  = \$1087  ? 3'h6 : 3'h0;
-  assign \$1089  = \$1085  | \$1088 ;
-  assign \$1090  = ~ gt6_6;
-  assign \$1091  = gt6_7 & \$1090 ;
-  assign \$1092  = \$1091  ? 3'h7 : 3'h0;
-  assign \$1093  = \$1089  | \$1092 ;
-  assign gsel6 = \$1082  | \$1093 ;
-  assign \$1094  = gt6_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1095  = ~ gt6_0;
-  assign \$1096  = gt6_1 & \$1095 ;
-  assign \$1097  = \$1096  ? mbeat0[31:16] : 16'h0000;
-  assign \$1098  = \$1094  | \$1097 ;
-  assign \$1099  = ~ gt6_1;
-  assign \$1100  = gt6_2 & \$1099 ;
-  assign \$1101  = \$1100  ? mbeat0[47:32] : 16'h0000;
-  assign \$1102  = ~ gt6_2;
-  assign \$1103  = gt6_3 & \$1102 ;
-  assign \$1104  = \$1103  ? mbeat0[63:48] : 16'h0000;
-  assign \$1105  = \$1101  | \$1104 ;
-  assign \$1106  = \$1098  | \$1105 ;
-  assign \$1107  = ~ gt6_3;
-  assign \$1108  = gt6_4 & \$1107 ;
-  assign \$1109  = \$1108  ? mbeat1[15:0] : 16'h0000;
-  assign \$1110  = ~ gt6_4;
-  assign \$1111  = gt6_5 & \$1110 ;
-  assign \$1112  = \$1111  ? mbeat1[31:16] : 16'h0000;
-  assign \$1113  = \$1109  | \$1112 ;
-  assign \$1114  = ~ gt6_5;
-  assign \$1115  = gt6_6 & \$1114 ;
-  assign \$1116  = \$1115  ? mbeat1[47:32] : 16'h0000;
-  assign \$1117  = ~ gt6_6;
-  assign \$1118  = gt6_7 & \$1117 ;
-  assign \$1119  = \$1118  ? mbeat1[63:48] : 16'h0000;
-  assign \$1120  = \$1116  | \$1119 ;
-  assign \$1121  = \$1113  | \$1120 ;
-  assign grp6 = \$1106  | \$1121 ;
-  assign \$1122  = gt6_0 ? Rm1[3:0] : 4'h0;
-  assign \$1123  = ~ gt6_0;
-  assign \$1124  = gt6_1 & \$1123 ;
-  assign \$1125  = \$1124  ? R0[3:0] : 4'h0;
-  assign \$1126  = \$1122  | \$1125 ;
-  assign \$1127  = ~ gt6_1;
-  assign \$1128  = gt6_2 & \$1127 ;
-  assign \$1129  = \$1128  ? R1[3:0] : 4'h0;
-  assign \$1130  = ~ gt6_2;
-  assign \$1131  = gt6_3 & \$1130 ;
-  assign \$1132  = \$1131  ? R2[3:0] : 4'h0;
-  assign \$1133  = \$1129  | \$1132 ;
-  assign \$1134  = \$1126  | \$1133 ;
-  assign \$1135  = ~ gt6_3;
-  assign \$1136  = gt6_4 & \$1135 ;
-  assign \$1137  = \$1136  ? R3[3:0] : 4'h0;
-  assign \$1138  = ~ gt6_4;
-  assign \$1139  = gt6_5 & \$1138 ;
-  assign \$1140  = \$1139  ? R4[3:0] : 4'h0;
-  assign \$1141  = \$1137  | \$1140 ;
-  assign \$1142  = ~ gt6_5;
-  assign \$1143  = gt6_6 & \$1142 ;
-  assign \$1144  = \$1143  ? R5[3:0] : 4'h0;
-  assign \$1145  = ~ gt6_6;
-  assign \$1146  = gt6_7 & \$1145 ;
-  assign \$1147  = \$1146  ? R6[3:0] : 4'h0;
-  assign \$1148  = \$1144  | \$1147 ;
-  assign \$1149  = \$1141  | \$1148 ;
-  assign dlow6 = \$1134  | \$1149 ;
-  assign \$1150  = 3'h6 - dlow6;
-  assign \$1151  = grp6[0] + grp6[1];
-  assign \$1152  = grp6[2] + grp6[3];
-  assign \$1153  = \$1151  + \$1152 ;
-  assign \$1154  = grp6[4] + grp6[5];
-  assign \$1155  = grp6[6] + grp6[7];
-  assign \$1156  = \$1154  + \$1155 ;
-  assign ws6_c = \$1153  + \$1156 ;
-  assign ws6_lo = \$1150 [3:0] < ws6_c;
-  assign \$1157  = \$1150 [3:0] - ws6_c;
-  assign \$1158  = grp6[0] + grp6[1];
-  assign \$1159  = grp6[2] + grp6[3];
-  assign ws6l_c = \$1158  + \$1159 ;
-  assign ws6l_lo = \$1150 [2:0] < ws6l_c;
-  assign \$1160  = \$1150 [2:0] - ws6l_c;
+  assign \$1131  = a_nxt[5] ? a_es : \$signal ;
+  assign \$1132  = a_gsel5[2:1] - \$1131 ;
+  assign ws6_c = \$1133  + \$1134 ;
+  assign ws6_lo = a_lr6 < ws6_c;
+  assign \$1135  = a_lr6 - ws6_c;
+  assign ws6l_lo = a_lr6[2:0] < ws6l_c;
+  assign \$1136  = a_lr6[2:0] - ws6l_c;
   assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
-  assign \$1161  = grp6[8] + grp6[9];
-  assign \$1162  = grp6[10] + grp6[11];
-  assign ws6h_c = \$1161  + \$1162 ;
-  assign ws6h_lo = \$1157 [2:0] < ws6h_c;
-  assign \$1163  = \$1157 [2:0] - ws6h_c;
+  assign ws6h_lo = \$1135 [2:0] < ws6h_c;
+  assign \$1137  = \$1135 [2:0] - ws6h_c;
   assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
-  assign lv6 = k > 3'h6;
-  assign \$1164  = k_cur <= 3'h6;
-  assign ln6 = finish & \$1164 ;
-  assign \$1165  = ln6 ? es_w : { rs_w[7], rs_w };
-  assign \$1166  = gsel6[2:1] - \$1165 [4:0];
-  assign \$1167  = ~ sat0[3];
-  assign \$1168  = sat1[3] & \$1167 ;
-  assign \$1169  = \$1168  ? 1'h1 : 1'h0;
-  assign \$1170  = ~ sat1[3];
-  assign \$1171  = sat2[3] & \$1170 ;
-  assign \$1172  = \$1171  ? 2'h2 : 2'h0;
-  assign \$1173  = { 1'h0, \$1169  } | \$1172 ;
-  assign \$1174  = ~ sat2[3];
-  assign \$1175  = sat3[3] & \$1174 ;
-  assign \$1176  = \$1175  ? 2'h3 : 2'h0;
-  assign \$1177  = ~ sat3[3];
-  assign \$1178  = sat4[3] & \$1177 ;
-  assign \$1179  = \$1178  ? 3'h4 : 3'h0;
-  assign \$1180  = { 1'h0, \$1176  } | \$1179 ;
-  assign \$1181  = { 1'h0, \$1173  } | \$1180 ;
-  assign \$1182  = ~ sat4[3];
-  assign \$1183  = sat5[3] & \$1182 ;
-  assign \$1184  = \$1183  ? 3'h5 : 3'h0;
-  assign \$1185  = ~ sat5[3];
-  assign \$1186  = sat6[3] & \$1185 ;
-  assign \$1187  = \$1186  ? 3'h6 : 3'h0;
-  assign \$1188  = \$1184  | \$1187 ;
-  assign \$1189  = ~ sat6[3];
-  assign \$1190  = sat7[3] & \$1189 ;
-  assign \$1191  = \$1190  ? 3'h7 : 3'h0;
-  assign \$1192  = \$1188  | \$1191 ;
-  assign gsel7 = \$1181  | \$1192 ;
-  assign \$1193  = sat0[3] ? mbeat0[15:0] : 16'h0000;
-  assign \$1194  = ~ sat0[3];
-  assign \$1195  = sat1[3] & \$1194 ;
-  assign \$1196  = \$1195  ? mbeat0[31:16] : 16'h0000;
-  assign \$1197  = \$1193  | \$1196 ;
-  assign \$1198  = ~ sat1[3];
-  assign \$1199  = sat2[3] & \$1198 ;
-  assign \$1200  = \$1199  ? mbeat0[47:32] : 16'h0000;
-  assign \$1201  = ~ sat2[3];
-  assign \$1202  = sat3[3] & \$1201 ;
-  assign \$1203  = \$1202  ? mbeat0[63:48] : 16'h0000;
-  assign \$1204  = \$1200  | \$1203 ;
-  assign \$1205  = \$1197  | \$1204 ;
-  assign \$1206  = ~ sat3[3];
-  assign \$1207  = sat4[3] & \$1206 ;
-  assign \$1208  = \$1207  ? mbeat1[15:0] : 16'h0000;
-  assign \$1209  = ~ sat4[3];
-  assign \$1210  = sat5[3] & \$1209 ;
-  assign \$1211  = \$1210  ? mbeat1[31:16] : 16'h0000;
-  assign \$1212  = \$1208  | \$1211 ;
-  assign \$1213  = ~ sat5[3];
-  assign \$1214  = sat6[3] & \$1213 ;
-  assign \$1215  = \$1214  ? mbeat1[47:32] : 16'h0000;
-  assign \$1216  = ~ sat6[3];
-  assign \$1217  = sat7[3] & \$1216 ;
-  assign \$1218  = \$1217  ? mbeat1[63:48] : 16'h0000;
-  assign \$1219  = \$1215  | \$1218 ;
-  assign \$1220  = \$1212  | \$1219 ;
-  assign grp7 = \$1205  | \$1220 ;
-  assign \$1221  = sat0[3] ? Rm1[3:0] : 4'h0;
-  assign \$1222  = ~ sat0[3];
-  assign \$1223  = sat1[3] & \$1222 ;
-  assign \$1224  = \$1223  ? R0[3:0] : 4'h0;
-  assign \$1225  = \$1221  | \$1224 ;
-  assign \$1226  = ~ sat1[3];
-  assign \$1227  = sat2[3] & \$1226 ;
-  assign \$1228  = \$1227  ? R1[3:0] : 4'h0;
-  assign \$1229  = ~ sat2[3];
-  assign \$1230  = sat3[3] & \$1229 ;
-  assign \$1231  = \$1230  ? R2[3:0] : 4'h0;
-  assign \$1232  = \$1228  | \$1231 ;
-  assign \$1233  = \$1225  | \$1232 ;
-  assign \$1234  = ~ sat3[3];
-  assign \$1235  = sat4[3] & \$1234 ;
-  assign \$1236  = \$1235  ? R3[3:0] : 4'h0;
-  assign \$1237  = ~ sat4[3];
-  assign \$1238  = sat5[3] & \$1237 ;
-  assign \$1239  = \$1238  ? R4[3:0] : 4'h0;
-  assign \$1240  = \$1236  | \$1239 ;
-  assign \$1241  = ~ sat5[3];
-  assign \$1242  = sat6[3] & \$1241 ;
-  assign \$1243  = \$1242  ? R5[3:0] : 4'h0;
-  assign \$1244  = ~ sat6[3];
-  assign \$1245  = sat7[3] & \$1244 ;
-  assign \$1246  = \$1245  ? R6[3:0] : 4'h0;
-  assign \$1247  = \$1243  | \$1246 ;
-  assign \$1248  = \$1240  | \$1247 ;
-  assign dlow7 = \$1233  | \$1248 ;
-  assign \$1249  = 3'h7 - dlow7;
-  assign \$1250  = grp7[0] + grp7[1];
-  assign \$1251  = grp7[2] + grp7[3];
-  assign \$1252  = \$1250  + \$1251 ;
-  assign \$1253  = grp7[4] + grp7[5];
-  assign \$1254  = grp7[6] + grp7[7];
-  assign \$1255  = \$1253  + \$1254 ;
-  assign ws7_c = \$1252  + \$1255 ;
-  assign ws7_lo = \$1249 [3:0] < ws7_c;
-  assign \$1256  = \$1249 [3:0] - ws7_c;
-  assign \$1257  = grp7[0] + grp7[1];
-  assign \$1258  = grp7[2] + grp7[3];
-  assign ws7l_c = \$1257  + \$1258 ;
-  assign ws7l_lo = \$1249 [2:0] < ws7l_c;
-  assign \$1259  = \$1249 [2:0] - ws7l_c;
+  assign \$1138  = a_nxt[6] ? a_es : \$signal ;
+  assign \$1139  = a_gsel6[2:1] - \$1138 ;
+  assign ws7_c = \$1140  + \$1141 ;
+  assign ws7_lo = a_lr7 < ws7_c;
+  assign \$1142  = a_lr7 - ws7_c;
+  assign ws7l_lo = a_lr7[2:0] < ws7l_c;
+  assign \$1143  = a_lr7[2:0] - ws7l_c;
   assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
-  assign \$1260  = grp7[8] + grp7[9];
-  assign \$1261  = grp7[10] + grp7[11];
-  assign ws7h_c = \$1260  + \$1261 ;
-  assign ws7h_lo = \$1256 [2:0] < ws7h_c;
-  assign \$1262  = \$1256 [2:0] - ws7h_c;
+  assign ws7h_lo = \$1142 [2:0] < ws7h_c;
+  assign \$1144  = \$1142 [2:0] - ws7h_c;
   assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
-  assign lv7 = k > 3'h7;
-  assign \$1263  = k_cur <= 3'h7;
-  assign ln7 = finish & \$1263 ;
-  assign \$1264  = ln7 ? es_w : { rs_w[7], rs_w };
-  assign \$1265  = gsel7[2:1] - \$1264 [4:0];
-  assign \$1266  = 4'h8 - vpos;
-  assign \$1267  = \$signal  ? \$1266  : 5'h00;
-  assign \$1268  = \$signal$320  ? 4'h8 : 4'h0;
-  assign \$1269  = $signed(\$1267 ) + $signed({ 1'h0, \$1268  });
-  assign vals_ok = k <= \$1269 [4:0];
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$323 [63:32] } : { VB[23:0], \$signal$323  };
+  assign \$1145  = a_nxt[7] ? a_es : \$signal ;
+  assign \$1146  = a_gsel7[2:1] - \$1145 ;
+  assign \$1147  = 4'h8 - vpos;
+  assign \$1148  = \$signal$313  ? \$1147  : 5'h00;
+  assign \$1149  = \$signal$315  ? 4'h8 : 4'h0;
+  assign \$1150  = $signed(\$1148 ) + $signed({ 1'h0, \$1149  });
+  assign \$1151  = \$1150 [4:0] >= 4'h8;
+  assign \$1152  = $signed(lim_full) <= $signed({ 1'h0, \$1150 [4:0] });
+  assign vals_ok = \$1151  | \$1152 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$318 [63:32] } : { VB[23:0], \$signal$318  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign last_row = rows_left == 1'h1;
-  assign \$1270  = ~ vals_ok;
-  assign \$1271  = running & \$1270 ;
-  assign short_now = \$1271  & vlast_loaded;
+  assign \$1153  = ~ vals_ok;
+  assign \$1154  = running & \$1153 ;
+  assign short_now = \$1154  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$1272  = mbeat0_v | row_complete;
-  assign \$1273  = running & \$1272 ;
-  assign \$1274  = \$1273  & vals_ok;
-  assign \$1275  = ~ any_err;
-  assign can_go = \$1274  & \$1275 ;
-  assign \$1276  = finish & last_row;
-  assign \$1277  = | k;
-  assign \$1278  = \$1277  | finish;
-  assign o_lanes__valid = can_go & \$1278 ;
-  assign \$1279  = ~ o_lanes__valid;
-  assign \$1280  = \$1279  | o_lanes__ready;
-  assign advance = can_go & \$1280 ;
-  assign \$1281  = advance & finish;
-  assign mat_end = \$1281  & last_row;
+  assign \$1155  = ~ prime;
+  assign \$1156  = running & \$1155 ;
+  assign \$1157  = mbeat0_v | row_complete;
+  assign \$1158  = \$1156  & \$1157 ;
+  assign \$1159  = \$1158  & vals_ok;
+  assign \$1160  = ~ any_err;
+  assign can_go = \$1159  & \$1160 ;
+  assign \$1161  = | k;
+  assign \$1162  = \$1161  | finish;
+  assign emit = can_go & \$1162 ;
+  assign \$1163  = ~ emit;
+  assign \$1164  = \$1163  | rdy_a;
+  assign advance = can_go & \$1164 ;
+  assign \$1165  = | pad_l;
+  assign \$1166  = ov | \$1165 ;
+  assign pad_wait = \$1166  | pad_r;
+  assign \$1167  = advance & finish;
+  assign mat_end = \$1167  & last_row;
   assign kk = advance ? k : 4'h0;
-  assign \$1282  = | flush_d;
-  assign \$1283  = 1'h0 + mbeat0_n[70:64];
-  assign \$1284  = 1'h0 + mbeat0_n[77:71];
-  assign \$1285  = 1'h0 + mbeat0_n[84:78];
-  assign \$1286  = 1'h0 + mbeat0_n[91:85];
-  assign \$1287  = 1'h0 + mbeat0_n[91:85];
-  assign \$1288  = fresh0 + mbeat1_n[70:64];
-  assign \$1289  = fresh0 + mbeat1_n[77:71];
-  assign \$1290  = fresh0 + mbeat1_n[84:78];
-  assign \$1291  = fresh0 + mbeat1_n[91:85];
-  assign \$1292  = running & mbeat0_v;
-  assign \$1293  = $signed(R3) <= $signed(1'h0);
-  assign \$1294  = \$1292  & \$1293 ;
-  assign \$1295  = $signed(es_w) > $signed(3'h2);
-  assign \$1296  = \$1294  & \$1295 ;
-  assign i_mask__ready = ~ mbeat1_nv;
-  assign \$1297  = ~ mbeat0_nv;
-  assign \$1299  = $signed(Rsm1) + $signed({ 1'h0, in_c0 });
-  assign \$1300  = $signed(Rsm1) + $signed({ 1'h0, \$59 [6:0] });
-  assign \$1301  = $signed(Rsm1) + $signed({ 1'h0, \$61 [6:0] });
-  assign \$1302  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
-  assign \$1303  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
-  assign \$1304  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
-  assign \$1305  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
-  assign \$1306  = $signed(Rsm1) + $signed({ 1'h0, \$62 [6:0] });
-  assign \$1307  = ~ mbeat1_nv;
-  assign \$1308  = \$1307  & mbeat0_nv;
-  assign \$1309  = $signed(Rs3) + $signed({ 1'h0, in_c0 });
-  assign \$1310  = $signed(Rs3) + $signed({ 1'h0, \$59 [6:0] });
-  assign \$1311  = $signed(Rs3) + $signed({ 1'h0, \$61 [6:0] });
-  assign \$1312  = $signed(Rs3) + $signed({ 1'h0, \$62 [6:0] });
+  assign fin = advance & finish;
+  assign dsh = \$signal$357  ? 2'h2 : 2'h0;
+  assign \$1168  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$1169  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$1170  = | flush_d;
+  assign \$1171  = 1'h0 + mbeat0_n[70:64];
+  assign \$1172  = 1'h0 + mbeat0_n[77:71];
+  assign \$1173  = 1'h0 + mbeat0_n[84:78];
+  assign \$1174  = 1'h0 + mbeat0_n[91:85];
+  assign \$1175  = 1'h0 + mbeat0_n[91:85];
+  assign \$1176  = fresh0 + mbeat1_n[70:64];
+  assign \$1177  = fresh0 + mbeat1_n[77:71];
+  assign \$1178  = fresh0 + mbeat1_n[84:78];
+  assign \$1179  = fresh0 + mbeat1_n[91:85];
+  assign \$1180  = ~ prime;
+  assign \$1181  = running & \$1180 ;
+  assign \$1182  = \$1181  & \$signal$363 ;
+  assign \$1183  = ~ mbeat1_nv;
+  assign take_buf = mbuf_v & \$1183 ;
+  assign \$1184  = ~ mbuf_v;
+  assign \$1185  = ~ mbeat1_nv;
+  assign i_mask__ready = \$1184  | \$1185 ;
+  assign \$1186  = ~ mbeat0_nv;
+  assign \$1188  = $signed(Rsm1) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$1189  = $signed(Rsm1) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$1190  = $signed(Rsm1) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$1191  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$1192  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$1193  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$1194  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$1195  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$1196  = ~ mbeat1_nv;
+  assign \$1197  = \$1196  & mbeat0_nv;
+  assign \$1198  = $signed(Rs3) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$1199  = $signed(Rs3) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$1200  = $signed(Rs3) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$1201  = $signed(Rs3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
-  assign \$1313  = ~ vlast_loaded;
-  assign \$1314  = ! vpos;
-  assign \$1315  = \$signal  & \$1314 ;
-  assign \$1316  = \$1315  | \$signal$320 ;
-  assign \$1317  = ~ \$1316 ;
-  assign \$1318  = | vpos;
-  assign \$1319  = \$1318  ? \$signal$370  : prev_last;
-  assign \$1320  = \$1317  & \$1319 ;
-  assign \$1321  = ! vpos;
-  assign \$1322  = \$signal  & \$1321 ;
-  assign \$1323  = \$1322  | \$signal$320 ;
-  assign \$1324  = ~ \$1323 ;
-  assign \$1325  = | vpos;
-  assign \$1326  = \$1325  ? \$signal$370  : prev_last;
-  assign \$1327  = \$1324  & \$1326 ;
-  assign \$1328  = ~ \$1327 ;
-  assign \$1329  = \$signal  & \$signal$370 ;
-  assign \$1330  = ~ \$signal$320 ;
+  assign \$1202  = ~ vlast_loaded;
+  assign \$1203  = ! vpos;
+  assign \$1204  = \$signal$313  & \$1203 ;
+  assign \$1205  = \$1204  | \$signal$315 ;
+  assign \$1206  = ~ \$1205 ;
+  assign \$1207  = | vpos;
+  assign \$1208  = \$1207  ? \$signal$381  : prev_last;
+  assign \$1209  = \$1206  & \$1208 ;
+  assign \$1210  = ! vpos;
+  assign \$1211  = \$signal$313  & \$1210 ;
+  assign \$1212  = \$1211  | \$signal$315 ;
+  assign \$1213  = ~ \$1212 ;
+  assign \$1214  = | vpos;
+  assign \$1215  = \$1214  ? \$signal$381  : prev_last;
+  assign \$1216  = \$1213  & \$1215 ;
+  assign \$1217  = ~ \$1216 ;
+  assign \$1218  = \$signal$313  & \$signal$381 ;
+  assign \$1219  = ~ \$signal$315 ;
+  assign \$1220  = \$1218  & \$1219 ;
+  assign \$1221  = ~ \$signal$315 ;
+  assign \$1222  = \$signal$381  & \$1221 ;
+  assign \$1223  = ~ \$1222 ;
+  assign \$1224  = \$signal$313  & \$1223 ;
+  assign \$1225  = end_ok | end_bad;
+  assign \$1226  = endv & \$1225 ;
+  assign \$1227  = any_err | \$1226 ;
+  assign \$1228  = | k;
+  assign \$1229  = advance & \$1228 ;
+  assign \$1230  = vpos_n >= 4'h8;
+  assign \$1231  = \$signal$378  & \$signal$379 ;
+  assign \$1232  = ~ \$1231 ;
+  assign i_value__ready = allow_load & \$1232 ;
+  assign \$1233  = rows_left > 2'h2;
+  assign \$1234  = rows_left > 1'h1;
+  assign \$1235  = fin ? \$1233  : \$1234 ;
+  assign \$1236  = rows_left == 2'h2;
+  assign \$1237  = rows_left == 1'h1;
+  assign \$1238  = fin ? \$1236  : \$1237 ;
+  assign \$1239  = ~ running;
+  assign \$1240  = ~ endv;
+  assign \$1241  = \$1239  & \$1240 ;
+  assign \$1242  = ~ pad_wait;
+  assign i_cmd__ready = \$1241  & \$1242 ;
+  assign \$1243  = running | endv;
+  assign o_busy = \$1243  | pad_wait;
+  assign \$1244  = i_cmd__valid & i_cmd__ready;
+  assign \$1245  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$1248  = i_cmd__payload[15:0] > 1'h1;
+  assign \$1249  = i_cmd__payload[15:0] == 1'h1;
+  assign mbeat0_vn = mbeat0_nv | \$1250 ;
+  assign \$1251  = mbuf_v & mbeat0_nv;
+  assign mbeat1_vn = mbeat1_nv | \$1251 ;
+  assign \$1253  = \$1252  * 2'h2;
+  assign \$1254  = ! \$signal$357 ;
+  assign \$1255  = $signed(es_w) <= $signed(1'h0);
+  assign \$1256  = es_w == 1'h1;
+  assign \$1257  = es_w == 2'h2;
+  assign \$1258  = es_w == 2'h3;
+  assign \$1259  = $signed(es_w) >= $signed(4'h4);
+  assign \$1261  = $signed(es_w) - $signed(3'h2);
+  assign \$1262  = $signed(\$1261 ) <= $signed(1'h0);
+  assign \$1263  = $signed(es_w) - $signed(3'h2);
+  assign \$1264  = \$1263  == 1'h1;
+  assign \$1265  = $signed(es_w) - $signed(3'h2);
+  assign \$1266  = \$1265  == 2'h2;
+  assign \$1267  = $signed(es_w) - $signed(3'h2);
+  assign \$1268  = \$1267  == 2'h3;
+  assign \$1269  = $signed(es_w) - $signed(3'h2);
+  assign \$1270  = $signed(\$1269 ) >= $signed(4'h4);
+  assign \$1271  = r_a_sel[0] ? Rsm1 : 9'h000;
+  assign \$1272  = r_a_sel[1] ? Rf1 : 9'h000;
+  assign \$1273  = \$1271  | \$1272 ;
+  assign \$1274  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$1275  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$1276  = \$1274  | \$1275 ;
+  assign \$1277  = \$1273  | \$1276 ;
+  assign \$1278  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$1277  | \$1278 ;
+  assign \$1279  = ! \$signal$357 ;
+  assign \$1280  = $signed(es2_w) <= $signed(1'h0);
+  assign \$1281  = es2_w == 1'h1;
+  assign \$1282  = es2_w == 2'h2;
+  assign \$1283  = es2_w == 2'h3;
+  assign \$1284  = $signed(es2_w) >= $signed(4'h4);
+  assign \$1286  = $signed(es2_w) - $signed(3'h2);
+  assign \$1287  = $signed(\$1286 ) <= $signed(1'h0);
+  assign \$1288  = $signed(es2_w) - $signed(3'h2);
+  assign \$1289  = \$1288  == 1'h1;
+  assign \$1290  = $signed(es2_w) - $signed(3'h2);
+  assign \$1291  = \$1290  == 2'h2;
+  assign \$1292  = $signed(es2_w) - $signed(3'h2);
+  assign \$1293  = \$1292  == 2'h3;
+  assign \$1294  = $signed(es2_w) - $signed(3'h2);
+  assign \$1295  = $signed(\$1294 ) >= $signed(4'h4);
+  assign \$1296  = r_b_sel[0] ? Rsm1 : 9'h000;
+  assign \$1297  = r_b_sel[1] ? Rf1 : 9'h000;
+  assign \$1298  = \$1296  | \$1297 ;
+  assign \$1299  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$1300  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$1301  = \$1299  | \$1300 ;
+  assign \$1302  = \$1298  | \$1301 ;
+  assign \$1303  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$1302  | \$1303 ;
+  assign \$1304  = ! \$signal$357 ;
+  assign \$1305  = $signed(es3_w) <= $signed(1'h0);
+  assign \$1306  = es3_w == 1'h1;
+  assign \$1307  = es3_w == 2'h2;
+  assign \$1308  = es3_w == 2'h3;
+  assign \$1309  = $signed(es3_w) >= $signed(4'h4);
+  assign \$1311  = $signed(es3_w) - $signed(3'h2);
+  assign \$1312  = $signed(\$1311 ) <= $signed(1'h0);
+  assign \$1313  = $signed(es3_w) - $signed(3'h2);
+  assign \$1314  = \$1313  == 1'h1;
+  assign \$1315  = $signed(es3_w) - $signed(3'h2);
+  assign \$1316  = \$1315  == 2'h2;
+  assign \$1317  = $signed(es3_w) - $signed(3'h2);
+  assign \$1318  = \$1317  == 2'h3;
+  assign \$1319  = $signed(es3_w) - $signed(3'h2);
+  assign \$1320  = $signed(\$1319 ) >= $signed(4'h4);
+  assign \$1321  = r_c_sel[0] ? Rsm1 : 9'h000;
+  assign \$1322  = r_c_sel[1] ? Rf1 : 9'h000;
+  assign \$1323  = \$1321  | \$1322 ;
+  assign \$1324  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$1325  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$1326  = \$1324  | \$1325 ;
+  assign \$1327  = \$1323  | \$1326 ;
+  assign \$1328  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$1327  | \$1328 ;
+  assign \$1329  = endv & end_bad;
+  assign \$1330  = ~ any_err;
   assign \$1331  = \$1329  & \$1330 ;
-  assign \$1332  = ~ \$signal$320 ;
-  assign \$1333  = \$signal$370  & \$1332 ;
-  assign \$1334  = ~ \$1333 ;
-  assign \$1335  = \$signal  & \$1334 ;
-  assign \$1336  = end_ok | end_bad;
-  assign \$1337  = endv & \$1336 ;
-  assign \$1338  = any_err | \$1337 ;
-  assign \$1339  = | k;
-  assign \$1340  = advance & \$1339 ;
-  assign \$1341  = vpos_n >= 4'h8;
-  assign \$1342  = \$signal$367  & \$signal$368 ;
-  assign \$1343  = ~ \$1342 ;
-  assign i_value__ready = allow_load & \$1343 ;
-  assign \$1344  = ~ running;
-  assign \$1345  = ~ endv;
-  assign i_cmd__ready = \$1344  & \$1345 ;
-  assign \$1346  = i_cmd__valid & i_cmd__ready;
-  assign \$1347  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$1350  = endv & end_bad;
-  assign \$1351  = ~ any_err;
-  assign \$1352  = \$1350  & \$1351 ;
-  assign \$1353  = ~ any_err;
-  assign \$1354  = short_now & \$1353 ;
-  assign \$1355  = o_lanes__valid & o_lanes__ready;
-  assign \$1356  = { \$308 [4:0], gsel0[0], ws0 } >= cols_r;
-  assign \$1357  = lv0 & \$1356 ;
-  assign \$1358  = { \$463 [4:0], gsel1[0], ws1 } >= cols_r;
-  assign \$1359  = lv1 & \$1358 ;
-  assign \$1360  = \$1357  | \$1359 ;
-  assign \$1361  = { \$626 [4:0], gsel2[0], ws2 } >= cols_r;
-  assign \$1362  = lv2 & \$1361 ;
-  assign \$1363  = { \$741 [4:0], gsel3[0], ws3 } >= cols_r;
-  assign \$1364  = lv3 & \$1363 ;
-  assign \$1365  = \$1362  | \$1364 ;
-  assign \$1366  = \$1360  | \$1365 ;
-  assign \$1367  = { \$912 [4:0], gsel4[0], ws4 } >= cols_r;
-  assign \$1368  = lv4 & \$1367 ;
-  assign \$1369  = { \$1035 [4:0], gsel5[0], ws5 } >= cols_r;
-  assign \$1370  = lv5 & \$1369 ;
-  assign \$1371  = \$1368  | \$1370 ;
-  assign \$1372  = { \$1166 [4:0], gsel6[0], ws6 } >= cols_r;
-  assign \$1373  = lv6 & \$1372 ;
-  assign \$1374  = { \$1265 [4:0], gsel7[0], ws7 } >= cols_r;
-  assign \$1375  = lv7 & \$1374 ;
-  assign \$1376  = \$1373  | \$1375 ;
-  assign \$1377  = \$1371  | \$1376 ;
-  assign \$1378  = \$1366  | \$1377 ;
-  assign \$1379  = \$1355  & \$1378 ;
-  assign \$1380  = | flush_d;
-  assign \$1382  = $signed(es_bits) > $signed(1'h0);
-  assign \$1383  = $signed(es_bits) <= $signed(8'h40);
-  assign \$1384  = \$1382  & \$1383 ;
-  assign \$1385  = 1'h1 - sh;
-  assign \$1386  = $signed(es_bits) > $signed(8'h40);
-  assign \$1387  = $signed(es_bits) <= $signed(9'h080);
-  assign \$1388  = \$1386  & \$1387 ;
-  assign \$1389  = 2'h2 - sh;
-  assign \$1391  = advance & finish;
-  assign \$1392  = \$1391  ? es_w : { rs_w[7], rs_w };
-  assign \$1393  = $signed(\$1392 ) - $signed(3'h2);
-  assign \$1394  = advance & finish;
-  assign \$1395  = \$1394  ? es2_w : { es_w[8], es_w };
-  assign \$1396  = $signed(\$1395 ) - $signed(3'h2);
-  assign \$1397  = advance & finish;
-  assign \$1398  = \$1397  ? es3_w : { es2_w[9], es2_w };
-  assign \$1399  = $signed(\$1398 ) - $signed(3'h2);
-  assign \$1400  = advance & finish;
-  assign \$1401  = \$1400  ? es_w : { rs_w[7], rs_w };
-  assign \$1402  = advance & finish;
-  assign \$1403  = \$1402  ? es2_w : { es_w[8], es_w };
-  assign \$1404  = advance & finish;
-  assign \$1405  = \$1404  ? es3_w : { es2_w[9], es2_w };
-  assign \$1406  = ~ mbeat0_nv;
-  assign \$1408  = ~ mbeat1_nv;
-  assign \$1409  = \$1408  & mbeat0_nv;
-  assign \$1410  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$1411  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$1412  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$1413  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$1414  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$1415  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$1416  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$1417  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$1418  = $signed(Rsm1) - $signed({ 1'h0, kk });
-  assign \$1419  = end_ok | end_bad;
-  assign \$1420  = endv & \$1419 ;
-  assign \$1421  = any_err | \$1420 ;
-  assign \$1422  = | k;
-  assign \$1423  = advance & \$1422 ;
-  assign \$1424  = vpos_n >= 4'h8;
-  assign \$1425  = vpos_n - 4'h8;
-  assign \$1426  = i_value__valid & allow_load;
-  assign \$1427  = ~ \$signal$367 ;
-  assign \$1428  = ~ \$signal$368 ;
-  assign \$1429  = \$signal$367  & \$signal$368 ;
-  assign \$1430  = ~ \$1429 ;
-  assign \$1431  = i_cmd__valid & i_cmd__ready;
-  assign \$1436  = advance & finish;
-  assign \$1437  = rows_left - 1'h1;
-  assign \$1438  = end_ok | end_bad;
-  assign \$1439  = endv & \$1438 ;
-  assign \$1440  = o_error_flags | flags;
+  assign \$1332  = 1'h0 - dlow0;
+  assign \$1333  = k > 1'h0;
+  assign \$1334  = k_cur <= 1'h0;
+  assign \$1335  = finish & \$1334 ;
+  assign \$1336  = 1'h1 - dlow1;
+  assign \$1337  = k > 1'h1;
+  assign \$1338  = k_cur <= 1'h1;
+  assign \$1339  = finish & \$1338 ;
+  assign \$1340  = 2'h2 - dlow2;
+  assign \$1341  = k > 2'h2;
+  assign \$1342  = k_cur <= 2'h2;
+  assign \$1343  = finish & \$1342 ;
+  assign \$1344  = 2'h3 - dlow3;
+  assign \$1345  = k > 2'h3;
+  assign \$1346  = k_cur <= 2'h3;
+  assign \$1347  = finish & \$1346 ;
+  assign \$1348  = 3'h4 - dlow4;
+  assign \$1349  = k > 3'h4;
+  assign \$1350  = k_cur <= 3'h4;
+  assign \$1351  = finish & \$1350 ;
+  assign \$1352  = 3'h5 - dlow5;
+  assign \$1353  = k > 3'h5;
+  assign \$1354  = k_cur <= 3'h5;
+  assign \$1355  = finish & \$1354 ;
+  assign \$1356  = 3'h6 - dlow6;
+  assign \$1357  = k > 3'h6;
+  assign \$1358  = k_cur <= 3'h6;
+  assign \$1359  = finish & \$1358 ;
+  assign \$1360  = 3'h7 - dlow7;
+  assign \$1361  = k > 3'h7;
+  assign \$1362  = k_cur <= 3'h7;
+  assign \$1363  = finish & \$1362 ;
+  assign \$1364  = ~ any_err;
+  assign \$1365  = short_now & \$1364 ;
+  assign \$1366  = finish & last_row;
+  assign \$1367  = ov & o_lanes__ready;
+  assign \$1368  = { \$1097 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$1369  = \$signal$163 [0] & \$1368 ;
+  assign \$1370  = { \$1104 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$1371  = \$signal$163 [1] & \$1370 ;
+  assign \$1372  = { \$1111 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$1373  = \$signal$163 [2] & \$1372 ;
+  assign \$1374  = { \$1118 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$1375  = \$signal$163 [3] & \$1374 ;
+  assign \$1376  = { \$1125 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$1377  = \$signal$163 [4] & \$1376 ;
+  assign \$1378  = { \$1132 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$1379  = \$signal$163 [5] & \$1378 ;
+  assign \$1380  = { \$1139 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$1381  = \$signal$163 [6] & \$1380 ;
+  assign \$1382  = { \$1146 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$1383  = \$signal$163 [7] & \$1382 ;
+  assign \$1384  = \$1367  ? { \$1383 , \$1381 , \$1379 , \$1377 , \$1375 , \$1373 , \$1371 , \$1369  } : 8'h00;
+  assign \$1385  = | pad_l;
+  assign \$1386  = | flush_d;
+  assign \$1387  = $signed(es_bits) > $signed(1'h0);
+  assign \$1388  = $signed(es_bits) <= $signed(8'h40);
+  assign \$1389  = \$1387  & \$1388 ;
+  assign \$1390  = 1'h1 - \$signal$357 ;
+  assign \$1391  = $signed(es_bits) > $signed(8'h40);
+  assign \$1392  = $signed(es_bits) <= $signed(9'h080);
+  assign \$1393  = \$1391  & \$1392 ;
+  assign \$1394  = 2'h2 - \$signal$357 ;
+  assign \$1395  = i_mask__valid & i_mask__ready;
+  assign \$1396  = ~ mbeat0_nv;
+  assign \$1398  = ~ mbeat1_nv;
+  assign \$1399  = \$1398  & mbeat0_nv;
+  assign \$1400  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$1401  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$1402  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$1403  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$1404  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$1405  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$1406  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$1407  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$1408  = $signed(Rsm1) - $signed({ 1'h0, kk });
+  assign \$1409  = end_ok | end_bad;
+  assign \$1410  = endv & \$1409 ;
+  assign \$1411  = any_err | \$1410 ;
+  assign \$1412  = | k;
+  assign \$1413  = advance & \$1412 ;
+  assign \$1414  = vpos_n >= 4'h8;
+  assign \$1415  = vpos_n - 4'h8;
+  assign \$1416  = i_value__valid & allow_load;
+  assign \$1417  = ~ \$signal$378 ;
+  assign \$1418  = ~ \$signal$379 ;
+  assign \$1419  = \$signal$378  & \$signal$379 ;
+  assign \$1420  = ~ \$1419 ;
+  assign \$1421  = i_cmd__valid & i_cmd__ready;
+  assign \$1423  = advance & finish;
+  assign \$1424  = rows_left - 1'h1;
+  assign \$1425  = end_ok | end_bad;
+  assign \$1426  = endv & \$1425 ;
+  assign \$1427  = i_cmd__valid & i_cmd__ready;
+  assign \$1434  = \$1431  + \$1433 ;
+  assign \$1437  = stride_w + \$1436 ;
+  assign \$1438  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$1439  = fin ? \$1168 [8:0] : \$1438 ;
+  assign \$1440  = fin ? \$1169 [9:0] : { \$1168 [8], \$1168 [8:0] };
+  assign \$1441  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$1442  = fin ? \$1441  : { \$1169 [9], \$1169 [9], \$1169 [9:0] };
+  assign \$1443  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$1444  = $signed(\$1443 ) - $signed({ 1'h0, dsh });
+  assign \$1445  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$1446  = fin ? \$1444  : { \$1445 [11], \$1445  };
+  assign \$1447  = fin ? r_b : r_a;
+  assign \$1448  = $signed(\$1447 ) - $signed({ 1'h0, kk });
+  assign \$1449  = fin ? r_c : r_b;
+  assign \$1450  = $signed(\$1449 ) - $signed({ 1'h0, kk });
+  assign \$1451  = $signed(\$1169 [9:0]) <= $signed({ 1'h0, \$1253 [2:0] });
+  assign \$1452  = $signed(\$1168 [8:0]) <= $signed({ 1'h0, \$1253 [2:0] });
+  assign \$1453  = fin ? \$1451  : \$1452 ;
+  assign \$1454  = $signed(Rf3) <= $signed({ 1'h0, kk });
+  assign \$1455  = mbeat0_vn & \$1454 ;
+  assign \$1456  = $signed(\$1169 [9:0]) > $signed(3'h2);
+  assign \$1457  = $signed(\$1168 [8:0]) > $signed(3'h2);
+  assign \$1458  = fin ? \$1456  : \$1457 ;
+  assign \$1459  = \$1455  & \$1458 ;
+  assign \$1460  = o_error_flags | flags;
   always @(posedge clk)
-    short_err <= \$1441 ;
+    prime <= \$1461 ;
   always @(posedge clk)
-    pad_r <= \$1442 ;
+    a_grp0 <= \$1462 ;
   always @(posedge clk)
-    rs_w <= \$1443 ;
+    a_gsel0 <= \$1463 ;
   always @(posedge clk)
-    es_w <= \$1444 ;
+    a_lr0 <= \$1464 ;
   always @(posedge clk)
-    es2_w <= \$1445 ;
+    \$signal$163  <= \$1465 ;
   always @(posedge clk)
-    flush_d <= \$1446 ;
+    a_nxt <= \$1466 ;
   always @(posedge clk)
-    mbeat0 <= \$1447 ;
+    a_grp1 <= \$1467 ;
   always @(posedge clk)
-    mbeat1 <= \$1448 ;
+    a_gsel1 <= \$1468 ;
   always @(posedge clk)
-    mbeat0_v <= \$1449 ;
+    a_lr1 <= \$1469 ;
   always @(posedge clk)
-    mbeat1_v <= \$1450 ;
+    a_grp2 <= \$1470 ;
   always @(posedge clk)
-    R0 <= \$1451 ;
+    a_gsel2 <= \$1471 ;
   always @(posedge clk)
-    R1 <= \$1452 ;
+    a_lr2 <= \$1472 ;
   always @(posedge clk)
-    R2 <= \$1453 ;
+    a_grp3 <= \$1473 ;
   always @(posedge clk)
-    R3 <= \$1454 ;
+    a_gsel3 <= \$1474 ;
   always @(posedge clk)
-    R4 <= \$1455 ;
+    a_lr3 <= \$1475 ;
   always @(posedge clk)
-    R5 <= \$1456 ;
+    a_grp4 <= \$1476 ;
   always @(posedge clk)
-    R6 <= \$1457 ;
+    a_gsel4 <= \$1477 ;
   always @(posedge clk)
-    R7 <= \$1458 ;
+    a_lr4 <= \$1478 ;
   always @(posedge clk)
-    Rm1 <= \$1459 ;
+    a_grp5 <= \$1479 ;
   always @(posedge clk)
-    vpos <= \$1460 ;
+    a_gsel5 <= \$1480 ;
   always @(posedge clk)
-    vlast_loaded <= \$1461 ;
+    a_lr5 <= \$1481 ;
   always @(posedge clk)
-    prev_last <= \$1462 ;
+    a_grp6 <= \$1482 ;
   always @(posedge clk)
-    any_val <= \$1463 ;
+    a_gsel6 <= \$1483 ;
   always @(posedge clk)
-    \$signal$323  <= \$1464 ;
+    a_lr6 <= \$1484 ;
   always @(posedge clk)
-    VB <= \$1465 ;
+    a_grp7 <= \$1485 ;
   always @(posedge clk)
-    \$signal  <= \$1466 ;
+    a_gsel7 <= \$1486 ;
   always @(posedge clk)
-    \$signal$320  <= \$1467 ;
+    a_lr7 <= \$1487 ;
   always @(posedge clk)
-    \$signal$370  <= \$1468 ;
+    \$signal  <= \$1488 ;
   always @(posedge clk)
-    \$signal$371  <= \$1469 ;
+    a_es <= \$1489 ;
   always @(posedge clk)
-    running <= \$1470 ;
+    short_err <= \$1490 ;
   always @(posedge clk)
-    rows_left <= \$1471 ;
+    ov <= \$1491 ;
   always @(posedge clk)
-    cols_r <= \$1472 ;
+    \$signal$332  <= \$1492 ;
   always @(posedge clk)
-    stride_w <= \$1473 ;
+    a_last <= \$1493 ;
   always @(posedge clk)
-    endv <= \$1474 ;
+    a_val <= \$1494 ;
   always @(posedge clk)
-    o_error_flags <= \$1475 ;
+    pad_l <= \$1495 ;
+  always @(posedge clk)
+    pad_r <= \$1496 ;
+  always @(posedge clk)
+    flush_d <= \$1497 ;
+  always @(posedge clk)
+    mbuf <= \$1498 ;
+  always @(posedge clk)
+    mbuf_v <= \$1499 ;
+  always @(posedge clk)
+    mbeat0 <= \$1500 ;
+  always @(posedge clk)
+    mbeat1 <= \$1501 ;
+  always @(posedge clk)
+    mbeat0_v <= \$1502 ;
+  always @(posedge clk)
+    mbeat1_v <= \$1503 ;
+  always @(posedge clk)
+    R0 <= \$1504 ;
+  always @(posedge clk)
+    R1 <= \$1505 ;
+  always @(posedge clk)
+    R2 <= \$1506 ;
+  always @(posedge clk)
+    R3 <= \$1507 ;
+  always @(posedge clk)
+    R4 <= \$1508 ;
+  always @(posedge clk)
+    R5 <= \$1509 ;
+  always @(posedge clk)
+    R6 <= \$1510 ;
+  always @(posedge clk)
+    R7 <= \$1511 ;
+  always @(posedge clk)
+    Rm1 <= \$1512 ;
+  always @(posedge clk)
+    vpos <= \$1513 ;
+  always @(posedge clk)
+    vlast_loaded <= \$1514 ;
+  always @(posedge clk)
+    prev_last <= \$1515 ;
+  always @(posedge clk)
+    any_val <= \$1516 ;
+  always @(posedge clk)
+    \$signal$318  <= \$1517 ;
+  always @(posedge clk)
+    VB <= \$1518 ;
+  always @(posedge clk)
+    \$signal$313  <= \$1519 ;
+  always @(posedge clk)
+    \$signal$315  <= \$1520 ;
+  always @(posedge clk)
+    \$signal$381  <= \$1521 ;
+  always @(posedge clk)
+    \$signal$382  <= \$1522 ;
+  always @(posedge clk)
+    running <= \$1523 ;
+  always @(posedge clk)
+    rows_left <= \$1524 ;
+  always @(posedge clk)
+    cols_r <= \$1525 ;
+  always @(posedge clk)
+    stride_w <= \$1526 ;
+  always @(posedge clk)
+    endv <= \$1527 ;
+  always @(posedge clk)
+    rs_w <= \$1528 ;
+  always @(posedge clk)
+    es_w <= \$1529 ;
+  always @(posedge clk)
+    es2_w <= \$1530 ;
+  always @(posedge clk)
+    es3_w <= \$1531 ;
+  always @(posedge clk)
+    has_next <= \$1532 ;
+  always @(posedge clk)
+    last_row <= \$1533 ;
+  always @(posedge clk)
+    k_cur_full <= \$1534 ;
+  always @(posedge clk)
+    k_nxt_full <= \$1535 ;
+  always @(posedge clk)
+    row_complete <= \$1536 ;
+  always @(posedge clk)
+    \$signal$363  <= \$1537 ;
+  always @(posedge clk)
+    o_error_flags <= \$1538 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    casez (es_w[1:0])
-      2'h0:
-          \$65  = Rm1;
-      2'h1:
-          \$65  = R1;
-      2'h2:
-          \$65  = R3;
-      2'h3:
-          \$65  = R5;
+    casez (i_mask__payload[3:0])
+      4'h0:
+          \$1  = 3'h0;
+      4'h1:
+          \$1  = 3'h1;
+      4'h2:
+          \$1  = 3'h1;
+      4'h3:
+          \$1  = 3'h2;
+      4'h4:
+          \$1  = 3'h1;
+      4'h5:
+          \$1  = 3'h2;
+      4'h6:
+          \$1  = 3'h2;
+      4'h7:
+          \$1  = 3'h3;
+      4'h8:
+          \$1  = 3'h1;
+      4'h9:
+          \$1  = 3'h2;
+      4'ha:
+          \$1  = 3'h2;
+      4'hb:
+          \$1  = 3'h3;
+      4'hc:
+          \$1  = 3'h2;
+      4'hd:
+          \$1  = 3'h3;
+      4'he:
+          \$1  = 3'h3;
+      4'hf:
+          \$1  = 3'h4;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    casez (es2_w[1:0])
-      2'h0:
-          \$68  = Rm1;
-      2'h1:
-          \$68  = R1;
-      2'h2:
-          \$68  = R3;
-      2'h3:
-          \$68  = R5;
+    casez (i_mask__payload[7:4])
+      4'h0:
+          \$2  = 3'h0;
+      4'h1:
+          \$2  = 3'h1;
+      4'h2:
+          \$2  = 3'h1;
+      4'h3:
+          \$2  = 3'h2;
+      4'h4:
+          \$2  = 3'h1;
+      4'h5:
+          \$2  = 3'h2;
+      4'h6:
+          \$2  = 3'h2;
+      4'h7:
+          \$2  = 3'h3;
+      4'h8:
+          \$2  = 3'h1;
+      4'h9:
+          \$2  = 3'h2;
+      4'ha:
+          \$2  = 3'h2;
+      4'hb:
+          \$2  = 3'h3;
+      4'hc:
+          \$2  = 3'h2;
+      4'hd:
+          \$2  = 3'h3;
+      4'he:
+          \$2  = 3'h3;
+      4'hf:
+          \$2  = 3'h4;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$63 ) begin
-      r_es = Rm1;
-    end else if (\$64 ) begin
-      r_es = R7;
-    end else begin
-      r_es = \$65 ;
-    end
+    casez (i_mask__payload[11:8])
+      4'h0:
+          \$4  = 3'h0;
+      4'h1:
+          \$4  = 3'h1;
+      4'h2:
+          \$4  = 3'h1;
+      4'h3:
+          \$4  = 3'h2;
+      4'h4:
+          \$4  = 3'h1;
+      4'h5:
+          \$4  = 3'h2;
+      4'h6:
+          \$4  = 3'h2;
+      4'h7:
+          \$4  = 3'h3;
+      4'h8:
+          \$4  = 3'h1;
+      4'h9:
+          \$4  = 3'h2;
+      4'ha:
+          \$4  = 3'h2;
+      4'hb:
+          \$4  = 3'h3;
+      4'hc:
+          \$4  = 3'h2;
+      4'hd:
+          \$4  = 3'h3;
+      4'he:
+          \$4  = 3'h3;
+      4'hf:
+          \$4  = 3'h4;
+    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    r_es2 = 9'h000;
-    if (next_ok) begin
-      (* full_case = 32'd1 *)
-      if (\$66 ) begin
-        r_es2 = Rm1;
-      end else if (\$67 ) begin
-        r_es2 = R7;
-      end else begin
-        r_es2 = \$68 ;
-      end
-    end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[15:12])
+      4'h0:
+          \$5  = 3'h0;
+      4'h1:
+          \$5  = 3'h1;
+      4'h2:
+          \$5  = 3'h1;
+      4'h3:
+          \$5  = 3'h2;
+      4'h4:
+          \$5  = 3'h1;
+      4'h5:
+          \$5  = 3'h2;
+      4'h6:
+          \$5  = 3'h2;
+      4'h7:
+          \$5  = 3'h3;
+      4'h8:
+          \$5  = 3'h1;
+      4'h9:
+          \$5  = 3'h2;
+      4'ha:
+          \$5  = 3'h2;
+      4'hb:
+          \$5  = 3'h3;
+      4'hc:
+          \$5  = 3'h2;
+      4'hd:
+          \$5  = 3'h3;
+      4'he:
+          \$5  = 3'h3;
+      4'hf:
+          \$5  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[19:16])
+      4'h0:
+          \$7  = 3'h0;
+      4'h1:
+          \$7  = 3'h1;
+      4'h2:
+          \$7  = 3'h1;
+      4'h3:
+          \$7  = 3'h2;
+      4'h4:
+          \$7  = 3'h1;
+      4'h5:
+          \$7  = 3'h2;
+      4'h6:
+          \$7  = 3'h2;
+      4'h7:
+          \$7  = 3'h3;
+      4'h8:
+          \$7  = 3'h1;
+      4'h9:
+          \$7  = 3'h2;
+      4'ha:
+          \$7  = 3'h2;
+      4'hb:
+          \$7  = 3'h3;
+      4'hc:
+          \$7  = 3'h2;
+      4'hd:
+          \$7  = 3'h3;
+      4'he:
+          \$7  = 3'h3;
+      4'hf:
+          \$7  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[23:20])
+      4'h0:
+          \$8  = 3'h0;
+      4'h1:
+          \$8  = 3'h1;
+      4'h2:
+          \$8  = 3'h1;
+      4'h3:
+          \$8  = 3'h2;
+      4'h4:
+          \$8  = 3'h1;
+      4'h5:
+          \$8  = 3'h2;
+      4'h6:
+          \$8  = 3'h2;
+      4'h7:
+          \$8  = 3'h3;
+      4'h8:
+          \$8  = 3'h1;
+      4'h9:
+          \$8  = 3'h2;
+      4'ha:
+          \$8  = 3'h2;
+      4'hb:
+          \$8  = 3'h3;
+      4'hc:
+          \$8  = 3'h2;
+      4'hd:
+          \$8  = 3'h3;
+      4'he:
+          \$8  = 3'h3;
+      4'hf:
+          \$8  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[27:24])
+      4'h0:
+          \$10  = 3'h0;
+      4'h1:
+          \$10  = 3'h1;
+      4'h2:
+          \$10  = 3'h1;
+      4'h3:
+          \$10  = 3'h2;
+      4'h4:
+          \$10  = 3'h1;
+      4'h5:
+          \$10  = 3'h2;
+      4'h6:
+          \$10  = 3'h2;
+      4'h7:
+          \$10  = 3'h3;
+      4'h8:
+          \$10  = 3'h1;
+      4'h9:
+          \$10  = 3'h2;
+      4'ha:
+          \$10  = 3'h2;
+      4'hb:
+          \$10  = 3'h3;
+      4'hc:
+          \$10  = 3'h2;
+      4'hd:
+          \$10  = 3'h3;
+      4'he:
+          \$10  = 3'h3;
+      4'hf:
+          \$10  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[31:28])
+      4'h0:
+          \$11  = 3'h0;
+      4'h1:
+          \$11  = 3'h1;
+      4'h2:
+          \$11  = 3'h1;
+      4'h3:
+          \$11  = 3'h2;
+      4'h4:
+          \$11  = 3'h1;
+      4'h5:
+          \$11  = 3'h2;
+      4'h6:
+          \$11  = 3'h2;
+      4'h7:
+          \$11  = 3'h3;
+      4'h8:
+          \$11  = 3'h1;
+      4'h9:
+          \$11  = 3'h2;
+      4'ha:
+          \$11  = 3'h2;
+      4'hb:
+          \$11  = 3'h3;
+      4'hc:
+          \$11  = 3'h2;
+      4'hd:
+          \$11  = 3'h3;
+      4'he:
+          \$11  = 3'h3;
+      4'hf:
+          \$11  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[35:32])
+      4'h0:
+          \$13  = 3'h0;
+      4'h1:
+          \$13  = 3'h1;
+      4'h2:
+          \$13  = 3'h1;
+      4'h3:
+          \$13  = 3'h2;
+      4'h4:
+          \$13  = 3'h1;
+      4'h5:
+          \$13  = 3'h2;
+      4'h6:
+          \$13  = 3'h2;
+      4'h7:
+          \$13  = 3'h3;
+      4'h8:
+          \$13  = 3'h1;
+      4'h9:
+          \$13  = 3'h2;
+      4'ha:
+          \$13  = 3'h2;
+      4'hb:
+          \$13  = 3'h3;
+      4'hc:
+          \$13  = 3'h2;
+      4'hd:
+          \$13  = 3'h3;
+      4'he:
+          \$13  = 3'h3;
+      4'hf:
+          \$13  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[39:36])
+      4'h0:
+          \$14  = 3'h0;
+      4'h1:
+          \$14  = 3'h1;
+      4'h2:
+          \$14  = 3'h1;
+      4'h3:
+          \$14  = 3'h2;
+      4'h4:
+          \$14  = 3'h1;
+      4'h5:
+          \$14  = 3'h2;
+      4'h6:
+          \$14  = 3'h2;
+      4'h7:
+          \$14  = 3'h3;
+      4'h8:
+          \$14  = 3'h1;
+      4'h9:
+          \$14  = 3'h2;
+      4'ha:
+          \$14  = 3'h2;
+      4'hb:
+          \$14  = 3'h3;
+      4'hc:
+          \$14  = 3'h2;
+      4'hd:
+          \$14  = 3'h3;
+      4'he:
+          \$14  = 3'h3;
+      4'hf:
+          \$14  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[43:40])
+      4'h0:
+          \$16  = 3'h0;
+      4'h1:
+          \$16  = 3'h1;
+      4'h2:
+          \$16  = 3'h1;
+      4'h3:
+          \$16  = 3'h2;
+      4'h4:
+          \$16  = 3'h1;
+      4'h5:
+          \$16  = 3'h2;
+      4'h6:
+          \$16  = 3'h2;
+      4'h7:
+          \$16  = 3'h3;
+      4'h8:
+          \$16  = 3'h1;
+      4'h9:
+          \$16  = 3'h2;
+      4'ha:
+          \$16  = 3'h2;
+      4'hb:
+          \$16  = 3'h3;
+      4'hc:
+          \$16  = 3'h2;
+      4'hd:
+          \$16  = 3'h3;
+      4'he:
+          \$16  = 3'h3;
+      4'hf:
+          \$16  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[47:44])
+      4'h0:
+          \$17  = 3'h0;
+      4'h1:
+          \$17  = 3'h1;
+      4'h2:
+          \$17  = 3'h1;
+      4'h3:
+          \$17  = 3'h2;
+      4'h4:
+          \$17  = 3'h1;
+      4'h5:
+          \$17  = 3'h2;
+      4'h6:
+          \$17  = 3'h2;
+      4'h7:
+          \$17  = 3'h3;
+      4'h8:
+          \$17  = 3'h1;
+      4'h9:
+          \$17  = 3'h2;
+      4'ha:
+          \$17  = 3'h2;
+      4'hb:
+          \$17  = 3'h3;
+      4'hc:
+          \$17  = 3'h2;
+      4'hd:
+          \$17  = 3'h3;
+      4'he:
+          \$17  = 3'h3;
+      4'hf:
+          \$17  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[51:48])
+      4'h0:
+          \$19  = 3'h0;
+      4'h1:
+          \$19  = 3'h1;
+      4'h2:
+          \$19  = 3'h1;
+      4'h3:
+          \$19  = 3'h2;
+      4'h4:
+          \$19  = 3'h1;
+      4'h5:
+          \$19  = 3'h2;
+      4'h6:
+          \$19  = 3'h2;
+      4'h7:
+          \$19  = 3'h3;
+      4'h8:
+          \$19  = 3'h1;
+      4'h9:
+          \$19  = 3'h2;
+      4'ha:
+          \$19  = 3'h2;
+      4'hb:
+          \$19  = 3'h3;
+      4'hc:
+          \$19  = 3'h2;
+      4'hd:
+          \$19  = 3'h3;
+      4'he:
+          \$19  = 3'h3;
+      4'hf:
+          \$19  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[55:52])
+      4'h0:
+          \$20  = 3'h0;
+      4'h1:
+          \$20  = 3'h1;
+      4'h2:
+          \$20  = 3'h1;
+      4'h3:
+          \$20  = 3'h2;
+      4'h4:
+          \$20  = 3'h1;
+      4'h5:
+          \$20  = 3'h2;
+      4'h6:
+          \$20  = 3'h2;
+      4'h7:
+          \$20  = 3'h3;
+      4'h8:
+          \$20  = 3'h1;
+      4'h9:
+          \$20  = 3'h2;
+      4'ha:
+          \$20  = 3'h2;
+      4'hb:
+          \$20  = 3'h3;
+      4'hc:
+          \$20  = 3'h2;
+      4'hd:
+          \$20  = 3'h3;
+      4'he:
+          \$20  = 3'h3;
+      4'hf:
+          \$20  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[59:56])
+      4'h0:
+          \$22  = 3'h0;
+      4'h1:
+          \$22  = 3'h1;
+      4'h2:
+          \$22  = 3'h1;
+      4'h3:
+          \$22  = 3'h2;
+      4'h4:
+          \$22  = 3'h1;
+      4'h5:
+          \$22  = 3'h2;
+      4'h6:
+          \$22  = 3'h2;
+      4'h7:
+          \$22  = 3'h3;
+      4'h8:
+          \$22  = 3'h1;
+      4'h9:
+          \$22  = 3'h2;
+      4'ha:
+          \$22  = 3'h2;
+      4'hb:
+          \$22  = 3'h3;
+      4'hc:
+          \$22  = 3'h2;
+      4'hd:
+          \$22  = 3'h3;
+      4'he:
+          \$22  = 3'h3;
+      4'hf:
+          \$22  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (i_mask__payload[63:60])
+      4'h0:
+          \$23  = 3'h0;
+      4'h1:
+          \$23  = 3'h1;
+      4'h2:
+          \$23  = 3'h1;
+      4'h3:
+          \$23  = 3'h2;
+      4'h4:
+          \$23  = 3'h1;
+      4'h5:
+          \$23  = 3'h2;
+      4'h6:
+          \$23  = 3'h2;
+      4'h7:
+          \$23  = 3'h3;
+      4'h8:
+          \$23  = 3'h1;
+      4'h9:
+          \$23  = 3'h2;
+      4'ha:
+          \$23  = 3'h2;
+      4'hb:
+          \$23  = 3'h3;
+      4'hc:
+          \$23  = 3'h2;
+      4'hd:
+          \$23  = 3'h3;
+      4'he:
+          \$23  = 3'h3;
+      4'hf:
+          \$23  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[3:0])
+      4'h0:
+          \$1091  = 3'h0;
+      4'h1:
+          \$1091  = 3'h1;
+      4'h2:
+          \$1091  = 3'h1;
+      4'h3:
+          \$1091  = 3'h2;
+      4'h4:
+          \$1091  = 3'h1;
+      4'h5:
+          \$1091  = 3'h2;
+      4'h6:
+          \$1091  = 3'h2;
+      4'h7:
+          \$1091  = 3'h3;
+      4'h8:
+          \$1091  = 3'h1;
+      4'h9:
+          \$1091  = 3'h2;
+      4'ha:
+          \$1091  = 3'h2;
+      4'hb:
+          \$1091  = 3'h3;
+      4'hc:
+          \$1091  = 3'h2;
+      4'hd:
+          \$1091  = 3'h3;
+      4'he:
+          \$1091  = 3'h3;
+      4'hf:
+          \$1091  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[7:4])
+      4'h0:
+          \$1092  = 3'h0;
+      4'h1:
+          \$1092  = 3'h1;
+      4'h2:
+          \$1092  = 3'h1;
+      4'h3:
+          \$1092  = 3'h2;
+      4'h4:
+          \$1092  = 3'h1;
+      4'h5:
+          \$1092  = 3'h2;
+      4'h6:
+          \$1092  = 3'h2;
+      4'h7:
+          \$1092  = 3'h3;
+      4'h8:
+          \$1092  = 3'h1;
+      4'h9:
+          \$1092  = 3'h2;
+      4'ha:
+          \$1092  = 3'h2;
+      4'hb:
+          \$1092  = 3'h3;
+      4'hc:
+          \$1092  = 3'h2;
+      4'hd:
+          \$1092  = 3'h3;
+      4'he:
+          \$1092  = 3'h3;
+      4'hf:
+          \$1092  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[3:0])
+      4'h0:
+          ws0l_c = 3'h0;
+      4'h1:
+          ws0l_c = 3'h1;
+      4'h2:
+          ws0l_c = 3'h1;
+      4'h3:
+          ws0l_c = 3'h2;
+      4'h4:
+          ws0l_c = 3'h1;
+      4'h5:
+          ws0l_c = 3'h2;
+      4'h6:
+          ws0l_c = 3'h2;
+      4'h7:
+          ws0l_c = 3'h3;
+      4'h8:
+          ws0l_c = 3'h1;
+      4'h9:
+          ws0l_c = 3'h2;
+      4'ha:
+          ws0l_c = 3'h2;
+      4'hb:
+          ws0l_c = 3'h3;
+      4'hc:
+          ws0l_c = 3'h2;
+      4'hd:
+          ws0l_c = 3'h3;
+      4'he:
+          ws0l_c = 3'h3;
+      4'hf:
+          ws0l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp0[11:8])
+      4'h0:
+          ws0h_c = 3'h0;
+      4'h1:
+          ws0h_c = 3'h1;
+      4'h2:
+          ws0h_c = 3'h1;
+      4'h3:
+          ws0h_c = 3'h2;
+      4'h4:
+          ws0h_c = 3'h1;
+      4'h5:
+          ws0h_c = 3'h2;
+      4'h6:
+          ws0h_c = 3'h2;
+      4'h7:
+          ws0h_c = 3'h3;
+      4'h8:
+          ws0h_c = 3'h1;
+      4'h9:
+          ws0h_c = 3'h2;
+      4'ha:
+          ws0h_c = 3'h2;
+      4'hb:
+          ws0h_c = 3'h3;
+      4'hc:
+          ws0h_c = 3'h2;
+      4'hd:
+          ws0h_c = 3'h3;
+      4'he:
+          ws0h_c = 3'h3;
+      4'hf:
+          ws0h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[3:0])
+      4'h0:
+          \$1098  = 3'h0;
+      4'h1:
+          \$1098  = 3'h1;
+      4'h2:
+          \$1098  = 3'h1;
+      4'h3:
+          \$1098  = 3'h2;
+      4'h4:
+          \$1098  = 3'h1;
+      4'h5:
+          \$1098  = 3'h2;
+      4'h6:
+          \$1098  = 3'h2;
+      4'h7:
+          \$1098  = 3'h3;
+      4'h8:
+          \$1098  = 3'h1;
+      4'h9:
+          \$1098  = 3'h2;
+      4'ha:
+          \$1098  = 3'h2;
+      4'hb:
+          \$1098  = 3'h3;
+      4'hc:
+          \$1098  = 3'h2;
+      4'hd:
+          \$1098  = 3'h3;
+      4'he:
+          \$1098  = 3'h3;
+      4'hf:
+          \$1098  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[7:4])
+      4'h0:
+          \$1099  = 3'h0;
+      4'h1:
+          \$1099  = 3'h1;
+      4'h2:
+          \$1099  = 3'h1;
+      4'h3:
+          \$1099  = 3'h2;
+      4'h4:
+          \$1099  = 3'h1;
+      4'h5:
+          \$1099  = 3'h2;
+      4'h6:
+          \$1099  = 3'h2;
+      4'h7:
+          \$1099  = 3'h3;
+      4'h8:
+          \$1099  = 3'h1;
+      4'h9:
+          \$1099  = 3'h2;
+      4'ha:
+          \$1099  = 3'h2;
+      4'hb:
+          \$1099  = 3'h3;
+      4'hc:
+          \$1099  = 3'h2;
+      4'hd:
+          \$1099  = 3'h3;
+      4'he:
+          \$1099  = 3'h3;
+      4'hf:
+          \$1099  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[3:0])
+      4'h0:
+          ws1l_c = 3'h0;
+      4'h1:
+          ws1l_c = 3'h1;
+      4'h2:
+          ws1l_c = 3'h1;
+      4'h3:
+          ws1l_c = 3'h2;
+      4'h4:
+          ws1l_c = 3'h1;
+      4'h5:
+          ws1l_c = 3'h2;
+      4'h6:
+          ws1l_c = 3'h2;
+      4'h7:
+          ws1l_c = 3'h3;
+      4'h8:
+          ws1l_c = 3'h1;
+      4'h9:
+          ws1l_c = 3'h2;
+      4'ha:
+          ws1l_c = 3'h2;
+      4'hb:
+          ws1l_c = 3'h3;
+      4'hc:
+          ws1l_c = 3'h2;
+      4'hd:
+          ws1l_c = 3'h3;
+      4'he:
+          ws1l_c = 3'h3;
+      4'hf:
+          ws1l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp1[11:8])
+      4'h0:
+          ws1h_c = 3'h0;
+      4'h1:
+          ws1h_c = 3'h1;
+      4'h2:
+          ws1h_c = 3'h1;
+      4'h3:
+          ws1h_c = 3'h2;
+      4'h4:
+          ws1h_c = 3'h1;
+      4'h5:
+          ws1h_c = 3'h2;
+      4'h6:
+          ws1h_c = 3'h2;
+      4'h7:
+          ws1h_c = 3'h3;
+      4'h8:
+          ws1h_c = 3'h1;
+      4'h9:
+          ws1h_c = 3'h2;
+      4'ha:
+          ws1h_c = 3'h2;
+      4'hb:
+          ws1h_c = 3'h3;
+      4'hc:
+          ws1h_c = 3'h2;
+      4'hd:
+          ws1h_c = 3'h3;
+      4'he:
+          ws1h_c = 3'h3;
+      4'hf:
+          ws1h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[3:0])
+      4'h0:
+          \$1105  = 3'h0;
+      4'h1:
+          \$1105  = 3'h1;
+      4'h2:
+          \$1105  = 3'h1;
+      4'h3:
+          \$1105  = 3'h2;
+      4'h4:
+          \$1105  = 3'h1;
+      4'h5:
+          \$1105  = 3'h2;
+      4'h6:
+          \$1105  = 3'h2;
+      4'h7:
+          \$1105  = 3'h3;
+      4'h8:
+          \$1105  = 3'h1;
+      4'h9:
+          \$1105  = 3'h2;
+      4'ha:
+          \$1105  = 3'h2;
+      4'hb:
+          \$1105  = 3'h3;
+      4'hc:
+          \$1105  = 3'h2;
+      4'hd:
+          \$1105  = 3'h3;
+      4'he:
+          \$1105  = 3'h3;
+      4'hf:
+          \$1105  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[7:4])
+      4'h0:
+          \$1106  = 3'h0;
+      4'h1:
+          \$1106  = 3'h1;
+      4'h2:
+          \$1106  = 3'h1;
+      4'h3:
+          \$1106  = 3'h2;
+      4'h4:
+          \$1106  = 3'h1;
+      4'h5:
+          \$1106  = 3'h2;
+      4'h6:
+          \$1106  = 3'h2;
+      4'h7:
+          \$1106  = 3'h3;
+      4'h8:
+          \$1106  = 3'h1;
+      4'h9:
+          \$1106  = 3'h2;
+      4'ha:
+          \$1106  = 3'h2;
+      4'hb:
+          \$1106  = 3'h3;
+      4'hc:
+          \$1106  = 3'h2;
+      4'hd:
+          \$1106  = 3'h3;
+      4'he:
+          \$1106  = 3'h3;
+      4'hf:
+          \$1106  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[3:0])
+      4'h0:
+          ws2l_c = 3'h0;
+      4'h1:
+          ws2l_c = 3'h1;
+      4'h2:
+          ws2l_c = 3'h1;
+      4'h3:
+          ws2l_c = 3'h2;
+      4'h4:
+          ws2l_c = 3'h1;
+      4'h5:
+          ws2l_c = 3'h2;
+      4'h6:
+          ws2l_c = 3'h2;
+      4'h7:
+          ws2l_c = 3'h3;
+      4'h8:
+          ws2l_c = 3'h1;
+      4'h9:
+          ws2l_c = 3'h2;
+      4'ha:
+          ws2l_c = 3'h2;
+      4'hb:
+          ws2l_c = 3'h3;
+      4'hc:
+          ws2l_c = 3'h2;
+      4'hd:
+          ws2l_c = 3'h3;
+      4'he:
+          ws2l_c = 3'h3;
+      4'hf:
+          ws2l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp2[11:8])
+      4'h0:
+          ws2h_c = 3'h0;
+      4'h1:
+          ws2h_c = 3'h1;
+      4'h2:
+          ws2h_c = 3'h1;
+      4'h3:
+          ws2h_c = 3'h2;
+      4'h4:
+          ws2h_c = 3'h1;
+      4'h5:
+          ws2h_c = 3'h2;
+      4'h6:
+          ws2h_c = 3'h2;
+      4'h7:
+          ws2h_c = 3'h3;
+      4'h8:
+          ws2h_c = 3'h1;
+      4'h9:
+          ws2h_c = 3'h2;
+      4'ha:
+          ws2h_c = 3'h2;
+      4'hb:
+          ws2h_c = 3'h3;
+      4'hc:
+          ws2h_c = 3'h2;
+      4'hd:
+          ws2h_c = 3'h3;
+      4'he:
+          ws2h_c = 3'h3;
+      4'hf:
+          ws2h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[3:0])
+      4'h0:
+          \$1112  = 3'h0;
+      4'h1:
+          \$1112  = 3'h1;
+      4'h2:
+          \$1112  = 3'h1;
+      4'h3:
+          \$1112  = 3'h2;
+      4'h4:
+          \$1112  = 3'h1;
+      4'h5:
+          \$1112  = 3'h2;
+      4'h6:
+          \$1112  = 3'h2;
+      4'h7:
+          \$1112  = 3'h3;
+      4'h8:
+          \$1112  = 3'h1;
+      4'h9:
+          \$1112  = 3'h2;
+      4'ha:
+          \$1112  = 3'h2;
+      4'hb:
+          \$1112  = 3'h3;
+      4'hc:
+          \$1112  = 3'h2;
+      4'hd:
+          \$1112  = 3'h3;
+      4'he:
+          \$1112  = 3'h3;
+      4'hf:
+          \$1112  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[7:4])
+      4'h0:
+          \$1113  = 3'h0;
+      4'h1:
+          \$1113  = 3'h1;
+      4'h2:
+          \$1113  = 3'h1;
+      4'h3:
+          \$1113  = 3'h2;
+      4'h4:
+          \$1113  = 3'h1;
+      4'h5:
+          \$1113  = 3'h2;
+      4'h6:
+          \$1113  = 3'h2;
+      4'h7:
+          \$1113  = 3'h3;
+      4'h8:
+          \$1113  = 3'h1;
+      4'h9:
+          \$1113  = 3'h2;
+      4'ha:
+          \$1113  = 3'h2;
+      4'hb:
+          \$1113  = 3'h3;
+      4'hc:
+          \$1113  = 3'h2;
+      4'hd:
+          \$1113  = 3'h3;
+      4'he:
+          \$1113  = 3'h3;
+      4'hf:
+          \$1113  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[3:0])
+      4'h0:
+          ws3l_c = 3'h0;
+      4'h1:
+          ws3l_c = 3'h1;
+      4'h2:
+          ws3l_c = 3'h1;
+      4'h3:
+          ws3l_c = 3'h2;
+      4'h4:
+          ws3l_c = 3'h1;
+      4'h5:
+          ws3l_c = 3'h2;
+      4'h6:
+          ws3l_c = 3'h2;
+      4'h7:
+          ws3l_c = 3'h3;
+      4'h8:
+          ws3l_c = 3'h1;
+      4'h9:
+          ws3l_c = 3'h2;
+      4'ha:
+          ws3l_c = 3'h2;
+      4'hb:
+          ws3l_c = 3'h3;
+      4'hc:
+          ws3l_c = 3'h2;
+      4'hd:
+          ws3l_c = 3'h3;
+      4'he:
+          ws3l_c = 3'h3;
+      4'hf:
+          ws3l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp3[11:8])
+      4'h0:
+          ws3h_c = 3'h0;
+      4'h1:
+          ws3h_c = 3'h1;
+      4'h2:
+          ws3h_c = 3'h1;
+      4'h3:
+          ws3h_c = 3'h2;
+      4'h4:
+          ws3h_c = 3'h1;
+      4'h5:
+          ws3h_c = 3'h2;
+      4'h6:
+          ws3h_c = 3'h2;
+      4'h7:
+          ws3h_c = 3'h3;
+      4'h8:
+          ws3h_c = 3'h1;
+      4'h9:
+          ws3h_c = 3'h2;
+      4'ha:
+          ws3h_c = 3'h2;
+      4'hb:
+          ws3h_c = 3'h3;
+      4'hc:
+          ws3h_c = 3'h2;
+      4'hd:
+          ws3h_c = 3'h3;
+      4'he:
+          ws3h_c = 3'h3;
+      4'hf:
+          ws3h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[3:0])
+      4'h0:
+          \$1119  = 3'h0;
+      4'h1:
+          \$1119  = 3'h1;
+      4'h2:
+          \$1119  = 3'h1;
+      4'h3:
+          \$1119  = 3'h2;
+      4'h4:
+          \$1119  = 3'h1;
+      4'h5:
+          \$1119  = 3'h2;
+      4'h6:
+          \$1119  = 3'h2;
+      4'h7:
+          \$1119  = 3'h3;
+      4'h8:
+          \$1119  = 3'h1;
+      4'h9:
+          \$1119  = 3'h2;
+      4'ha:
+          \$1119  = 3'h2;
+      4'hb:
+          \$1119  = 3'h3;
+      4'hc:
+          \$1119  = 3'h2;
+      4'hd:
+          \$1119  = 3'h3;
+      4'he:
+          \$1119  = 3'h3;
+      4'hf:
+          \$1119  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[7:4])
+      4'h0:
+          \$1120  = 3'h0;
+      4'h1:
+          \$1120  = 3'h1;
+      4'h2:
+          \$1120  = 3'h1;
+      4'h3:
+          \$1120  = 3'h2;
+      4'h4:
+          \$1120  = 3'h1;
+      4'h5:
+          \$1120  = 3'h2;
+      4'h6:
+          \$1120  = 3'h2;
+      4'h7:
+          \$1120  = 3'h3;
+      4'h8:
+          \$1120  = 3'h1;
+      4'h9:
+          \$1120  = 3'h2;
+      4'ha:
+          \$1120  = 3'h2;
+      4'hb:
+          \$1120  = 3'h3;
+      4'hc:
+          \$1120  = 3'h2;
+      4'hd:
+          \$1120  = 3'h3;
+      4'he:
+          \$1120  = 3'h3;
+      4'hf:
+          \$1120  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[3:0])
+      4'h0:
+          ws4l_c = 3'h0;
+      4'h1:
+          ws4l_c = 3'h1;
+      4'h2:
+          ws4l_c = 3'h1;
+      4'h3:
+          ws4l_c = 3'h2;
+      4'h4:
+          ws4l_c = 3'h1;
+      4'h5:
+          ws4l_c = 3'h2;
+      4'h6:
+          ws4l_c = 3'h2;
+      4'h7:
+          ws4l_c = 3'h3;
+      4'h8:
+          ws4l_c = 3'h1;
+      4'h9:
+          ws4l_c = 3'h2;
+      4'ha:
+          ws4l_c = 3'h2;
+      4'hb:
+          ws4l_c = 3'h3;
+      4'hc:
+          ws4l_c = 3'h2;
+      4'hd:
+          ws4l_c = 3'h3;
+      4'he:
+          ws4l_c = 3'h3;
+      4'hf:
+          ws4l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp4[11:8])
+      4'h0:
+          ws4h_c = 3'h0;
+      4'h1:
+          ws4h_c = 3'h1;
+      4'h2:
+          ws4h_c = 3'h1;
+      4'h3:
+          ws4h_c = 3'h2;
+      4'h4:
+          ws4h_c = 3'h1;
+      4'h5:
+          ws4h_c = 3'h2;
+      4'h6:
+          ws4h_c = 3'h2;
+      4'h7:
+          ws4h_c = 3'h3;
+      4'h8:
+          ws4h_c = 3'h1;
+      4'h9:
+          ws4h_c = 3'h2;
+      4'ha:
+          ws4h_c = 3'h2;
+      4'hb:
+          ws4h_c = 3'h3;
+      4'hc:
+          ws4h_c = 3'h2;
+      4'hd:
+          ws4h_c = 3'h3;
+      4'he:
+          ws4h_c = 3'h3;
+      4'hf:
+          ws4h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[3:0])
+      4'h0:
+          \$1126  = 3'h0;
+      4'h1:
+          \$1126  = 3'h1;
+      4'h2:
+          \$1126  = 3'h1;
+      4'h3:
+          \$1126  = 3'h2;
+      4'h4:
+          \$1126  = 3'h1;
+      4'h5:
+          \$1126  = 3'h2;
+      4'h6:
+          \$1126  = 3'h2;
+      4'h7:
+          \$1126  = 3'h3;
+      4'h8:
+          \$1126  = 3'h1;
+      4'h9:
+          \$1126  = 3'h2;
+      4'ha:
+          \$1126  = 3'h2;
+      4'hb:
+          \$1126  = 3'h3;
+      4'hc:
+          \$1126  = 3'h2;
+      4'hd:
+          \$1126  = 3'h3;
+      4'he:
+          \$1126  = 3'h3;
+      4'hf:
+          \$1126  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[7:4])
+      4'h0:
+          \$1127  = 3'h0;
+      4'h1:
+          \$1127  = 3'h1;
+      4'h2:
+          \$1127  = 3'h1;
+      4'h3:
+          \$1127  = 3'h2;
+      4'h4:
+          \$1127  = 3'h1;
+      4'h5:
+          \$1127  = 3'h2;
+      4'h6:
+          \$1127  = 3'h2;
+      4'h7:
+          \$1127  = 3'h3;
+      4'h8:
+          \$1127  = 3'h1;
+      4'h9:
+          \$1127  = 3'h2;
+      4'ha:
+          \$1127  = 3'h2;
+      4'hb:
+          \$1127  = 3'h3;
+      4'hc:
+          \$1127  = 3'h2;
+      4'hd:
+          \$1127  = 3'h3;
+      4'he:
+          \$1127  = 3'h3;
+      4'hf:
+          \$1127  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[3:0])
+      4'h0:
+          ws5l_c = 3'h0;
+      4'h1:
+          ws5l_c = 3'h1;
+      4'h2:
+          ws5l_c = 3'h1;
+      4'h3:
+          ws5l_c = 3'h2;
+      4'h4:
+          ws5l_c = 3'h1;
+      4'h5:
+          ws5l_c = 3'h2;
+      4'h6:
+          ws5l_c = 3'h2;
+      4'h7:
+          ws5l_c = 3'h3;
+      4'h8:
+          ws5l_c = 3'h1;
+      4'h9:
+          ws5l_c = 3'h2;
+      4'ha:
+          ws5l_c = 3'h2;
+      4'hb:
+          ws5l_c = 3'h3;
+      4'hc:
+          ws5l_c = 3'h2;
+      4'hd:
+          ws5l_c = 3'h3;
+      4'he:
+          ws5l_c = 3'h3;
+      4'hf:
+          ws5l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp5[11:8])
+      4'h0:
+          ws5h_c = 3'h0;
+      4'h1:
+          ws5h_c = 3'h1;
+      4'h2:
+          ws5h_c = 3'h1;
+      4'h3:
+          ws5h_c = 3'h2;
+      4'h4:
+          ws5h_c = 3'h1;
+      4'h5:
+          ws5h_c = 3'h2;
+      4'h6:
+          ws5h_c = 3'h2;
+      4'h7:
+          ws5h_c = 3'h3;
+      4'h8:
+          ws5h_c = 3'h1;
+      4'h9:
+          ws5h_c = 3'h2;
+      4'ha:
+          ws5h_c = 3'h2;
+      4'hb:
+          ws5h_c = 3'h3;
+      4'hc:
+          ws5h_c = 3'h2;
+      4'hd:
+          ws5h_c = 3'h3;
+      4'he:
+          ws5h_c = 3'h3;
+      4'hf:
+          ws5h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[3:0])
+      4'h0:
+          \$1133  = 3'h0;
+      4'h1:
+          \$1133  = 3'h1;
+      4'h2:
+          \$1133  = 3'h1;
+      4'h3:
+          \$1133  = 3'h2;
+      4'h4:
+          \$1133  = 3'h1;
+      4'h5:
+          \$1133  = 3'h2;
+      4'h6:
+          \$1133  = 3'h2;
+      4'h7:
+          \$1133  = 3'h3;
+      4'h8:
+          \$1133  = 3'h1;
+      4'h9:
+          \$1133  = 3'h2;
+      4'ha:
+          \$1133  = 3'h2;
+      4'hb:
+          \$1133  = 3'h3;
+      4'hc:
+          \$1133  = 3'h2;
+      4'hd:
+          \$1133  = 3'h3;
+      4'he:
+          \$1133  = 3'h3;
+      4'hf:
+          \$1133  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[7:4])
+      4'h0:
+          \$1134  = 3'h0;
+      4'h1:
+          \$1134  = 3'h1;
+      4'h2:
+          \$1134  = 3'h1;
+      4'h3:
+          \$1134  = 3'h2;
+      4'h4:
+          \$1134  = 3'h1;
+      4'h5:
+          \$1134  = 3'h2;
+      4'h6:
+          \$1134  = 3'h2;
+      4'h7:
+          \$1134  = 3'h3;
+      4'h8:
+          \$1134  = 3'h1;
+      4'h9:
+          \$1134  = 3'h2;
+      4'ha:
+          \$1134  = 3'h2;
+      4'hb:
+          \$1134  = 3'h3;
+      4'hc:
+          \$1134  = 3'h2;
+      4'hd:
+          \$1134  = 3'h3;
+      4'he:
+          \$1134  = 3'h3;
+      4'hf:
+          \$1134  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[3:0])
+      4'h0:
+          ws6l_c = 3'h0;
+      4'h1:
+          ws6l_c = 3'h1;
+      4'h2:
+          ws6l_c = 3'h1;
+      4'h3:
+          ws6l_c = 3'h2;
+      4'h4:
+          ws6l_c = 3'h1;
+      4'h5:
+          ws6l_c = 3'h2;
+      4'h6:
+          ws6l_c = 3'h2;
+      4'h7:
+          ws6l_c = 3'h3;
+      4'h8:
+          ws6l_c = 3'h1;
+      4'h9:
+          ws6l_c = 3'h2;
+      4'ha:
+          ws6l_c = 3'h2;
+      4'hb:
+          ws6l_c = 3'h3;
+      4'hc:
+          ws6l_c = 3'h2;
+      4'hd:
+          ws6l_c = 3'h3;
+      4'he:
+          ws6l_c = 3'h3;
+      4'hf:
+          ws6l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp6[11:8])
+      4'h0:
+          ws6h_c = 3'h0;
+      4'h1:
+          ws6h_c = 3'h1;
+      4'h2:
+          ws6h_c = 3'h1;
+      4'h3:
+          ws6h_c = 3'h2;
+      4'h4:
+          ws6h_c = 3'h1;
+      4'h5:
+          ws6h_c = 3'h2;
+      4'h6:
+          ws6h_c = 3'h2;
+      4'h7:
+          ws6h_c = 3'h3;
+      4'h8:
+          ws6h_c = 3'h1;
+      4'h9:
+          ws6h_c = 3'h2;
+      4'ha:
+          ws6h_c = 3'h2;
+      4'hb:
+          ws6h_c = 3'h3;
+      4'hc:
+          ws6h_c = 3'h2;
+      4'hd:
+          ws6h_c = 3'h3;
+      4'he:
+          ws6h_c = 3'h3;
+      4'hf:
+          ws6h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[3:0])
+      4'h0:
+          \$1140  = 3'h0;
+      4'h1:
+          \$1140  = 3'h1;
+      4'h2:
+          \$1140  = 3'h1;
+      4'h3:
+          \$1140  = 3'h2;
+      4'h4:
+          \$1140  = 3'h1;
+      4'h5:
+          \$1140  = 3'h2;
+      4'h6:
+          \$1140  = 3'h2;
+      4'h7:
+          \$1140  = 3'h3;
+      4'h8:
+          \$1140  = 3'h1;
+      4'h9:
+          \$1140  = 3'h2;
+      4'ha:
+          \$1140  = 3'h2;
+      4'hb:
+          \$1140  = 3'h3;
+      4'hc:
+          \$1140  = 3'h2;
+      4'hd:
+          \$1140  = 3'h3;
+      4'he:
+          \$1140  = 3'h3;
+      4'hf:
+          \$1140  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[7:4])
+      4'h0:
+          \$1141  = 3'h0;
+      4'h1:
+          \$1141  = 3'h1;
+      4'h2:
+          \$1141  = 3'h1;
+      4'h3:
+          \$1141  = 3'h2;
+      4'h4:
+          \$1141  = 3'h1;
+      4'h5:
+          \$1141  = 3'h2;
+      4'h6:
+          \$1141  = 3'h2;
+      4'h7:
+          \$1141  = 3'h3;
+      4'h8:
+          \$1141  = 3'h1;
+      4'h9:
+          \$1141  = 3'h2;
+      4'ha:
+          \$1141  = 3'h2;
+      4'hb:
+          \$1141  = 3'h3;
+      4'hc:
+          \$1141  = 3'h2;
+      4'hd:
+          \$1141  = 3'h3;
+      4'he:
+          \$1141  = 3'h3;
+      4'hf:
+          \$1141  = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[3:0])
+      4'h0:
+          ws7l_c = 3'h0;
+      4'h1:
+          ws7l_c = 3'h1;
+      4'h2:
+          ws7l_c = 3'h1;
+      4'h3:
+          ws7l_c = 3'h2;
+      4'h4:
+          ws7l_c = 3'h1;
+      4'h5:
+          ws7l_c = 3'h2;
+      4'h6:
+          ws7l_c = 3'h2;
+      4'h7:
+          ws7l_c = 3'h3;
+      4'h8:
+          ws7l_c = 3'h1;
+      4'h9:
+          ws7l_c = 3'h2;
+      4'ha:
+          ws7l_c = 3'h2;
+      4'hb:
+          ws7l_c = 3'h3;
+      4'hc:
+          ws7l_c = 3'h2;
+      4'hd:
+          ws7l_c = 3'h3;
+      4'he:
+          ws7l_c = 3'h3;
+      4'hf:
+          ws7l_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (a_grp7[11:8])
+      4'h0:
+          ws7h_c = 3'h0;
+      4'h1:
+          ws7h_c = 3'h1;
+      4'h2:
+          ws7h_c = 3'h1;
+      4'h3:
+          ws7h_c = 3'h2;
+      4'h4:
+          ws7h_c = 3'h1;
+      4'h5:
+          ws7h_c = 3'h2;
+      4'h6:
+          ws7h_c = 3'h2;
+      4'h7:
+          ws7h_c = 3'h3;
+      4'h8:
+          ws7h_c = 3'h1;
+      4'h9:
+          ws7h_c = 3'h2;
+      4'ha:
+          ws7h_c = 3'h2;
+      4'hb:
+          ws7h_c = 3'h3;
+      4'hc:
+          ws7h_c = 3'h2;
+      4'hd:
+          ws7h_c = 3'h3;
+      4'he:
+          ws7h_c = 3'h3;
+      4'hf:
+          ws7h_c = 3'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez ({ mbeat1_vn, mbeat0_vn })
+      2'h0:
+          \$1252  = 3'h0;
+      2'h1:
+          \$1252  = 3'h1;
+      2'h2:
+          \$1252  = 3'h1;
+      2'h3:
+          \$1252  = 3'h2;
+    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (next_ok) begin
-      lim_full = r_es2;
+      lim_full = k_nxt_full;
     end else if (row_complete) begin
-      lim_full = r_es;
+      lim_full = k_cur_full;
     end else begin
       lim_full = R7;
     end
@@ -7375,7 +9294,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0ll = 2'h0;
-    casez ({ \$292 [1:0], grp0[3:0] })
+    casez ({ a_lr0[1:0], a_grp0[3:0] })
       6'h02:
           ws0ll = 2'h1;
       6'h13:
@@ -7429,7 +9348,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0lh = 2'h0;
-    casez ({ \$302 [1:0], grp0[7:4] })
+    casez ({ \$1094 [1:0], a_grp0[7:4] })
       6'h02:
           ws0lh = 2'h1;
       6'h13:
@@ -7483,7 +9402,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hl = 2'h0;
-    casez ({ \$299 [1:0], grp0[11:8] })
+    casez ({ \$1093 [1:0], a_grp0[11:8] })
       6'h02:
           ws0hl = 2'h1;
       6'h13:
@@ -7537,7 +9456,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hh = 2'h0;
-    casez ({ \$305 [1:0], grp0[15:12] })
+    casez ({ \$1095 [1:0], a_grp0[15:12] })
       6'h02:
           ws0hh = 2'h1;
       6'h13:
@@ -7591,7 +9510,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1ll = 2'h0;
-    casez ({ \$447 [1:0], grp1[3:0] })
+    casez ({ a_lr1[1:0], a_grp1[3:0] })
       6'h02:
           ws1ll = 2'h1;
       6'h13:
@@ -7645,7 +9564,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1lh = 2'h0;
-    casez ({ \$457 [1:0], grp1[7:4] })
+    casez ({ \$1101 [1:0], a_grp1[7:4] })
       6'h02:
           ws1lh = 2'h1;
       6'h13:
@@ -7699,7 +9618,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hl = 2'h0;
-    casez ({ \$454 [1:0], grp1[11:8] })
+    casez ({ \$1100 [1:0], a_grp1[11:8] })
       6'h02:
           ws1hl = 2'h1;
       6'h13:
@@ -7753,7 +9672,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hh = 2'h0;
-    casez ({ \$460 [1:0], grp1[15:12] })
+    casez ({ \$1102 [1:0], a_grp1[15:12] })
       6'h02:
           ws1hh = 2'h1;
       6'h13:
@@ -7807,7 +9726,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2ll = 2'h0;
-    casez ({ \$610 [1:0], grp2[3:0] })
+    casez ({ a_lr2[1:0], a_grp2[3:0] })
       6'h02:
           ws2ll = 2'h1;
       6'h13:
@@ -7861,7 +9780,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2lh = 2'h0;
-    casez ({ \$620 [1:0], grp2[7:4] })
+    casez ({ \$1108 [1:0], a_grp2[7:4] })
       6'h02:
           ws2lh = 2'h1;
       6'h13:
@@ -7915,7 +9834,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hl = 2'h0;
-    casez ({ \$617 [1:0], grp2[11:8] })
+    casez ({ \$1107 [1:0], a_grp2[11:8] })
       6'h02:
           ws2hl = 2'h1;
       6'h13:
@@ -7969,7 +9888,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hh = 2'h0;
-    casez ({ \$623 [1:0], grp2[15:12] })
+    casez ({ \$1109 [1:0], a_grp2[15:12] })
       6'h02:
           ws2hh = 2'h1;
       6'h13:
@@ -8023,7 +9942,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3ll = 2'h0;
-    casez ({ \$725 [1:0], grp3[3:0] })
+    casez ({ a_lr3[1:0], a_grp3[3:0] })
       6'h02:
           ws3ll = 2'h1;
       6'h13:
@@ -8077,7 +9996,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3lh = 2'h0;
-    casez ({ \$735 [1:0], grp3[7:4] })
+    casez ({ \$1115 [1:0], a_grp3[7:4] })
       6'h02:
           ws3lh = 2'h1;
       6'h13:
@@ -8131,7 +10050,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hl = 2'h0;
-    casez ({ \$732 [1:0], grp3[11:8] })
+    casez ({ \$1114 [1:0], a_grp3[11:8] })
       6'h02:
           ws3hl = 2'h1;
       6'h13:
@@ -8185,7 +10104,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hh = 2'h0;
-    casez ({ \$738 [1:0], grp3[15:12] })
+    casez ({ \$1116 [1:0], a_grp3[15:12] })
       6'h02:
           ws3hh = 2'h1;
       6'h13:
@@ -8239,7 +10158,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4ll = 2'h0;
-    casez ({ \$896 [1:0], grp4[3:0] })
+    casez ({ a_lr4[1:0], a_grp4[3:0] })
       6'h02:
           ws4ll = 2'h1;
       6'h13:
@@ -8293,7 +10212,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4lh = 2'h0;
-    casez ({ \$906 [1:0], grp4[7:4] })
+    casez ({ \$1122 [1:0], a_grp4[7:4] })
       6'h02:
           ws4lh = 2'h1;
       6'h13:
@@ -8347,7 +10266,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hl = 2'h0;
-    casez ({ \$903 [1:0], grp4[11:8] })
+    casez ({ \$1121 [1:0], a_grp4[11:8] })
       6'h02:
           ws4hl = 2'h1;
       6'h13:
@@ -8401,7 +10320,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hh = 2'h0;
-    casez ({ \$909 [1:0], grp4[15:12] })
+    casez ({ \$1123 [1:0], a_grp4[15:12] })
       6'h02:
           ws4hh = 2'h1;
       6'h13:
@@ -8455,7 +10374,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5ll = 2'h0;
-    casez ({ \$1019 [1:0], grp5[3:0] })
+    casez ({ a_lr5[1:0], a_grp5[3:0] })
       6'h02:
           ws5ll = 2'h1;
       6'h13:
@@ -8509,7 +10428,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5lh = 2'h0;
-    casez ({ \$1029 [1:0], grp5[7:4] })
+    casez ({ \$1129 [1:0], a_grp5[7:4] })
       6'h02:
           ws5lh = 2'h1;
       6'h13:
@@ -8563,7 +10482,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hl = 2'h0;
-    casez ({ \$1026 [1:0], grp5[11:8] })
+    casez ({ \$1128 [1:0], a_grp5[11:8] })
       6'h02:
           ws5hl = 2'h1;
       6'h13:
@@ -8617,7 +10536,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hh = 2'h0;
-    casez ({ \$1032 [1:0], grp5[15:12] })
+    casez ({ \$1130 [1:0], a_grp5[15:12] })
       6'h02:
           ws5hh = 2'h1;
       6'h13:
@@ -8671,7 +10590,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6ll = 2'h0;
-    casez ({ \$1150 [1:0], grp6[3:0] })
+    casez ({ a_lr6[1:0], a_grp6[3:0] })
       6'h02:
           ws6ll = 2'h1;
       6'h13:
@@ -8725,7 +10644,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6lh = 2'h0;
-    casez ({ \$1160 [1:0], grp6[7:4] })
+    casez ({ \$1136 [1:0], a_grp6[7:4] })
       6'h02:
           ws6lh = 2'h1;
       6'h13:
@@ -8779,7 +10698,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hl = 2'h0;
-    casez ({ \$1157 [1:0], grp6[11:8] })
+    casez ({ \$1135 [1:0], a_grp6[11:8] })
       6'h02:
           ws6hl = 2'h1;
       6'h13:
@@ -8833,7 +10752,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hh = 2'h0;
-    casez ({ \$1163 [1:0], grp6[15:12] })
+    casez ({ \$1137 [1:0], a_grp6[15:12] })
       6'h02:
           ws6hh = 2'h1;
       6'h13:
@@ -8887,7 +10806,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7ll = 2'h0;
-    casez ({ \$1249 [1:0], grp7[3:0] })
+    casez ({ a_lr7[1:0], a_grp7[3:0] })
       6'h02:
           ws7ll = 2'h1;
       6'h13:
@@ -8941,7 +10860,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7lh = 2'h0;
-    casez ({ \$1259 [1:0], grp7[7:4] })
+    casez ({ \$1143 [1:0], a_grp7[7:4] })
       6'h02:
           ws7lh = 2'h1;
       6'h13:
@@ -8995,7 +10914,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hl = 2'h0;
-    casez ({ \$1256 [1:0], grp7[11:8] })
+    casez ({ \$1142 [1:0], a_grp7[11:8] })
       6'h02:
           ws7hl = 2'h1;
       6'h13:
@@ -9049,7 +10968,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hh = 2'h0;
-    casez ({ \$1262 [1:0], grp7[15:12] })
+    casez ({ \$1144 [1:0], a_grp7[15:12] })
       6'h02:
           ws7hh = 2'h1;
       6'h13:
@@ -9106,7 +11025,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -9114,7 +11033,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -9125,7 +11044,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
@@ -9133,7 +11052,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         mbeat1_n = 92'h00000000000000000000000;
       end
     end
@@ -9144,7 +11063,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -9152,7 +11071,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -9163,7 +11082,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -9171,7 +11090,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         mbeat1_nv = 1'h0;
       end
     end
@@ -9182,10 +11101,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs0 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs0 = \$1283 [8:0];
+    end else if (\$1170 ) begin
+      Rs0 = \$1171 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs0 = R4;
       end
     end
@@ -9196,10 +11115,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs1 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs1 = \$1284 [8:0];
+    end else if (\$1170 ) begin
+      Rs1 = \$1172 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs1 = R5;
       end
     end
@@ -9210,10 +11129,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs2 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs2 = \$1285 [8:0];
+    end else if (\$1170 ) begin
+      Rs2 = \$1173 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs2 = R6;
       end
     end
@@ -9224,10 +11143,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs3 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs3 = \$1286 [8:0];
+    end else if (\$1170 ) begin
+      Rs3 = \$1174 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs3 = R7;
       end
     end
@@ -9238,10 +11157,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs4 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs4 = \$1288 [8:0];
+    end else if (\$1170 ) begin
+      Rs4 = \$1176 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs4 = R7;
       end
     end
@@ -9252,10 +11171,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs5 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs5 = \$1289 [8:0];
+    end else if (\$1170 ) begin
+      Rs5 = \$1177 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs5 = R7;
       end
     end
@@ -9266,10 +11185,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs6 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs6 = \$1290 [8:0];
+    end else if (\$1170 ) begin
+      Rs6 = \$1178 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs6 = R7;
       end
     end
@@ -9280,10 +11199,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rs7 = 9'h000;
-    end else if (\$1282 ) begin
-      Rs7 = \$1291 [8:0];
+    end else if (\$1170 ) begin
+      Rs7 = \$1179 [8:0];
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rs7 = R7;
       end
     end
@@ -9294,10 +11213,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       Rsm1 = 9'h000;
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
       Rsm1 = 9'h000;
     end else begin
-      if (sh) begin
+      if (\$signal$357 ) begin
         Rsm1 = R3;
       end
     end
@@ -9306,150 +11225,150 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 9'h000;
     if (any_err) begin
-    end else if (\$1282 ) begin
-      fresh0 = \$1287 [8:0];
+    end else if (\$1170 ) begin
+      fresh0 = \$1175 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    sh = 1'h0;
+    \$signal$357  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$1282 ) begin
+    end else if (\$1170 ) begin
     end else begin
-      sh = \$1296 ;
+      \$signal$357  = \$1182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rs0;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf0 = \$1299 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf0 = \$1188 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rs1;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf1 = \$1300 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf1 = \$1189 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rs2;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf2 = \$1301 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf2 = \$1190 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rs3;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf3 = \$1302 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf3 = \$1191 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rs4;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf4 = \$1303 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf4 = \$1192 [8:0];
       end
-      if (\$1308 ) begin
-        Rf4 = \$1309 [8:0];
+      if (\$1197 ) begin
+        Rf4 = \$1198 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rs5;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf5 = \$1304 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf5 = \$1193 [8:0];
       end
-      if (\$1308 ) begin
-        Rf5 = \$1310 [8:0];
+      if (\$1197 ) begin
+        Rf5 = \$1199 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rs6;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf6 = \$1305 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf6 = \$1194 [8:0];
       end
-      if (\$1308 ) begin
-        Rf6 = \$1311 [8:0];
+      if (\$1197 ) begin
+        Rf6 = \$1200 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rs7;
-    if (i_mask__valid) begin
-      if (\$1298 ) begin
-        Rf7 = \$1306 [8:0];
+    if (mbuf_v) begin
+      if (\$1187 ) begin
+        Rf7 = \$1195 [8:0];
       end
-      if (\$1308 ) begin
-        Rf7 = \$1312 [8:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$365  = \$signal$323 ;
-    if (\$1338 ) begin
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$365  = VB;
+      if (\$1197 ) begin
+        Rf7 = \$1201 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$367  = \$signal ;
-    if (\$1338 ) begin
-      \$signal$367  = 1'h0;
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$367  = \$signal$320 ;
+    \$signal$376  = \$signal$318 ;
+    if (\$1227 ) begin
+    end else if (\$1229 ) begin
+      if (\$1230 ) begin
+        \$signal$376  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$368  = \$signal$320 ;
-    if (\$1338 ) begin
-      \$signal$368  = 1'h0;
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$368  = 1'h0;
+    \$signal$378  = \$signal$313 ;
+    if (\$1227 ) begin
+      \$signal$378  = 1'h0;
+    end else if (\$1229 ) begin
+      if (\$1230 ) begin
+        \$signal$378  = \$signal$315 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$369  = \$signal$370 ;
-    if (\$1338 ) begin
-    end else if (\$1340 ) begin
-      if (\$1341 ) begin
-        \$signal$369  = \$signal$371 ;
+    \$signal$379  = \$signal$315 ;
+    if (\$1227 ) begin
+      \$signal$379  = 1'h0;
+    end else if (\$1229 ) begin
+      if (\$1230 ) begin
+        \$signal$379  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$1313 ;
-    if (\$1338 ) begin
+    \$signal$380  = \$signal$381 ;
+    if (\$1227 ) begin
+    end else if (\$1229 ) begin
+      if (\$1230 ) begin
+        \$signal$380  = \$signal$382 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    allow_load = \$1202 ;
+    if (\$1227 ) begin
       allow_load = 1'h0;
     end
   end
@@ -9457,282 +11376,76 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$1320 ;
+      end_ok = \$1209 ;
     end else begin
-      end_ok = \$1331 ;
+      end_ok = \$1220 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$1328 ;
+      end_bad = \$1217 ;
     end else begin
-      end_bad = \$1335 ;
+      end_bad = \$1224 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$392  = \$1235 ;
+    if (\$1244 ) begin
+      \$signal$392  = \$1248 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    lr_n = \$1238 ;
+    if (\$1244 ) begin
+      lr_n = \$1249 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$1346 ) begin
-      stride = \$1349 ;
+    if (\$1244 ) begin
+      stride = \$1247 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1441  = \$1354 ;
-    if (rst) begin
-      \$1441  = 1'h0;
+    r_a_sel = 5'h00;
+    if (\$1254 ) begin
+      r_a_sel = { \$1259 , \$1258 , \$1257 , \$1256 , \$1255  };
+    end
+    if (\$1260 ) begin
+      r_a_sel = { \$1270 , \$1268 , \$1266 , \$1264 , \$1262  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1442  = \$1379 ;
-    if (rst) begin
-      \$1442  = 1'h0;
+    r_b_sel = 5'h00;
+    if (\$1279 ) begin
+      r_b_sel = { \$1284 , \$1283 , \$1282 , \$1281 , \$1280  };
+    end
+    if (\$1285 ) begin
+      r_b_sel = { \$1295 , \$1293 , \$1291 , \$1289 , \$1287  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1443  = rs_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1443  = 8'h00;
-    end else if (\$1380 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$1443  = 8'h00;
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$1443  = \$1393 [7:0];
-        end else begin
-          \$1443  = \$1401 [7:0];
-        end
-      end
+    r_c_sel = 5'h00;
+    if (\$1304 ) begin
+      r_c_sel = { \$1309 , \$1308 , \$1307 , \$1306 , \$1305  };
     end
-    if (\$1431 ) begin
-      \$1443  = 8'h00;
-    end
-    if (rst) begin
-      \$1443  = 8'h00;
+    if (\$1310 ) begin
+      r_c_sel = { \$1320 , \$1318 , \$1316 , \$1314 , \$1312  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1444  = es_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1444  = { 2'h0, stride_w };
-    end else if (\$1380 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$1444  = { 2'h0, stride_w };
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$1444  = \$1396 [8:0];
-        end else begin
-          \$1444  = \$1403 [8:0];
-        end
-      end
-    end
-    if (\$1431 ) begin
-      \$1444  = \$1433 [8:0];
-    end
-    if (rst) begin
-      \$1444  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1445  = es2_w;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1445  = { 2'h0, \$1381  };
-    end else if (\$1380 ) begin
-    end else begin
-      (* full_case = 32'd1 *)
-      if (mat_end) begin
-        \$1445  = { 2'h0, \$1390  };
-      end else begin
-        (* full_case = 32'd1 *)
-        if (sh) begin
-          \$1445  = \$1399 [9:0];
-        end else begin
-          \$1445  = \$1405 [9:0];
-        end
-      end
-    end
-    if (\$1431 ) begin
-      \$1445  = \$1435 [9:0];
-    end
-    if (rst) begin
-      \$1445  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1446  = flush_d;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$1446  = 2'h0;
-    end else if (\$1380 ) begin
-      \$1446  = 2'h0;
-    end else begin
-      if (mat_end) begin
-        if (\$1384 ) begin
-          \$1446  = \$1385 ;
-        end
-        if (\$1388 ) begin
-          \$1446  = \$1389 [1:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1446  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1447  = mbeat0_n;
-    if (i_mask__valid) begin
-      if (\$1407 ) begin
-        \$1447  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$1447  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1448  = mbeat1_n;
-    if (i_mask__valid) begin
-      if (\$1409 ) begin
-        \$1448  = { \$62 [6:0], \$61 [6:0], \$59 [6:0], 2'h0, in_c0, i_mask__payload };
-      end
-    end
-    if (rst) begin
-      \$1448  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1449  = mbeat0_nv;
-    if (i_mask__valid) begin
-      if (\$1407 ) begin
-        \$1449  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1449  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1450  = mbeat1_nv;
-    if (i_mask__valid) begin
-      if (\$1409 ) begin
-        \$1450  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$1450  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1451  = \$1410 [8:0];
-    if (rst) begin
-      \$1451  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1452  = \$1411 [8:0];
-    if (rst) begin
-      \$1452  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1453  = \$1412 [8:0];
-    if (rst) begin
-      \$1453  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1454  = \$1413 [8:0];
-    if (rst) begin
-      \$1454  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1455  = \$1414 [8:0];
-    if (rst) begin
-      \$1455  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1456  = \$1415 [8:0];
-    if (rst) begin
-      \$1456  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1457  = \$1416 [8:0];
-    if (rst) begin
-      \$1457  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1458  = \$1417 [8:0];
-    if (rst) begin
-      \$1458  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1459  = \$1418 [8:0];
-    if (rst) begin
-      \$1459  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1460  = vpos;
+    \$1461  = 1'h0;
     if (\$1421 ) begin
-      \$1460  = 3'h0;
-    end else if (\$1423 ) begin
-      (* full_case = 32'd1 *)
-      if (\$1424 ) begin
-        \$1460  = \$1425 [2:0];
-      end else begin
-        \$1460  = vpos_n[2:0];
-      end
-    end
-    if (rst) begin
-      \$1460  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1461  = vlast_loaded;
-    if (\$1421 ) begin
-      \$1461  = 1'h0;
-    end
-    if (\$1426 ) begin
-      if (\$1430 ) begin
-        \$1461  = i_value__payload[64];
-      end
+      \$1461  = 1'h1;
     end
     if (rst) begin
       \$1461  = 1'h0;
@@ -9740,231 +11453,830 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1462  = prev_last;
-    if (\$1421 ) begin
-      \$1462  = 1'h0;
-    end else if (\$1423 ) begin
-      if (\$1424 ) begin
-        \$1462  = \$signal$370 ;
-      end
+    \$1462  = a_grp0;
+    if (rdy_a) begin
+      \$1462  = grp0;
     end
     if (rst) begin
-      \$1462  = 1'h0;
+      \$1462  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1463  = any_val;
-    if (\$1421 ) begin
-      \$1463  = 1'h0;
-    end else if (\$1423 ) begin
-      \$1463  = 1'h1;
+    \$1463  = a_gsel0;
+    if (rdy_a) begin
+      \$1463  = gsel0;
     end
     if (rst) begin
-      \$1463  = 1'h0;
+      \$1463  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1464  = \$signal$365 ;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-        \$1464  = i_value__payload[63:0];
-      end
+    \$1464  = a_lr0;
+    if (rdy_a) begin
+      \$1464  = \$1332 [3:0];
     end
     if (rst) begin
-      \$1464  = 64'h0000000000000000;
+      \$1464  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1465  = VB;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-      end else if (\$1428 ) begin
-        \$1465  = i_value__payload[63:0];
-      end
+    \$1465  = \$signal$163 ;
+    if (rdy_a) begin
+      \$1465 [0] = \$1333 ;
+      \$1465 [1] = \$1337 ;
+      \$1465 [2] = \$1341 ;
+      \$1465 [3] = \$1345 ;
+      \$1465 [4] = \$1349 ;
+      \$1465 [5] = \$1353 ;
+      \$1465 [6] = \$1357 ;
+      \$1465 [7] = \$1361 ;
     end
     if (rst) begin
-      \$1465  = 64'h0000000000000000;
+      \$1465  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1466  = \$signal$367 ;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-        \$1466  = 1'h1;
-      end
+    \$1466  = a_nxt;
+    if (rdy_a) begin
+      \$1466 [0] = \$1335 ;
+      \$1466 [1] = \$1339 ;
+      \$1466 [2] = \$1343 ;
+      \$1466 [3] = \$1347 ;
+      \$1466 [4] = \$1351 ;
+      \$1466 [5] = \$1355 ;
+      \$1466 [6] = \$1359 ;
+      \$1466 [7] = \$1363 ;
     end
     if (rst) begin
-      \$1466  = 1'h0;
+      \$1466  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1467  = \$signal$368 ;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-      end else if (\$1428 ) begin
-        \$1467  = 1'h1;
-      end
+    \$1467  = a_grp1;
+    if (rdy_a) begin
+      \$1467  = grp1;
     end
     if (rst) begin
-      \$1467  = 1'h0;
+      \$1467  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1468  = \$signal$369 ;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-        \$1468  = i_value__payload[64];
-      end
+    \$1468  = a_gsel1;
+    if (rdy_a) begin
+      \$1468  = gsel1;
     end
     if (rst) begin
-      \$1468  = 1'h0;
+      \$1468  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1469  = \$signal$371 ;
-    if (\$1426 ) begin
-      if (\$1427 ) begin
-      end else if (\$1428 ) begin
-        \$1469  = i_value__payload[64];
-      end
+    \$1469  = a_lr1;
+    if (rdy_a) begin
+      \$1469  = \$1336 [3:0];
     end
     if (rst) begin
-      \$1469  = 1'h0;
+      \$1469  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1470  = running;
-    if (\$1431 ) begin
-      \$1470  = 1'h1;
-    end
-    if (mat_end) begin
-      \$1470  = 1'h0;
-    end
-    if (any_err) begin
-      \$1470  = 1'h0;
+    \$1470  = a_grp2;
+    if (rdy_a) begin
+      \$1470  = grp2;
     end
     if (rst) begin
-      \$1470  = 1'h0;
+      \$1470  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1471  = rows_left;
-    if (\$1431 ) begin
-      \$1471  = i_cmd__payload[15:0];
-    end
-    if (\$1436 ) begin
-      \$1471  = \$1437 [15:0];
+    \$1471  = a_gsel2;
+    if (rdy_a) begin
+      \$1471  = gsel2;
     end
     if (rst) begin
-      \$1471  = 16'h0000;
+      \$1471  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1472  = cols_r;
-    if (\$1431 ) begin
-      \$1472  = i_cmd__payload[26:16];
+    \$1472  = a_lr2;
+    if (rdy_a) begin
+      \$1472  = \$1340 [3:0];
     end
     if (rst) begin
-      \$1472  = 11'h000;
+      \$1472  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1473  = stride_w;
-    if (\$1431 ) begin
-      \$1473  = \$1432 [6:0];
+    \$1473  = a_grp3;
+    if (rdy_a) begin
+      \$1473  = grp3;
     end
     if (rst) begin
-      \$1473  = 7'h00;
+      \$1473  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1474  = endv;
-    if (mat_end) begin
-      \$1474  = 1'h1;
-    end
-    if (\$1439 ) begin
-      \$1474  = 1'h0;
-    end
-    if (any_err) begin
-      \$1474  = 1'h0;
+    \$1474  = a_gsel3;
+    if (rdy_a) begin
+      \$1474  = gsel3;
     end
     if (rst) begin
-      \$1474  = 1'h0;
+      \$1474  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1475  = \$1440 ;
+    \$1475  = a_lr3;
+    if (rdy_a) begin
+      \$1475  = \$1344 [3:0];
+    end
     if (rst) begin
       \$1475  = 4'h0;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1476  = a_grp4;
+    if (rdy_a) begin
+      \$1476  = grp4;
+    end
+    if (rst) begin
+      \$1476  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1477  = a_gsel4;
+    if (rdy_a) begin
+      \$1477  = gsel4;
+    end
+    if (rst) begin
+      \$1477  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1478  = a_lr4;
+    if (rdy_a) begin
+      \$1478  = \$1348 [3:0];
+    end
+    if (rst) begin
+      \$1478  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1479  = a_grp5;
+    if (rdy_a) begin
+      \$1479  = grp5;
+    end
+    if (rst) begin
+      \$1479  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1480  = a_gsel5;
+    if (rdy_a) begin
+      \$1480  = gsel5;
+    end
+    if (rst) begin
+      \$1480  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1481  = a_lr5;
+    if (rdy_a) begin
+      \$1481  = \$1352 [3:0];
+    end
+    if (rst) begin
+      \$1481  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1482  = a_grp6;
+    if (rdy_a) begin
+      \$1482  = grp6;
+    end
+    if (rst) begin
+      \$1482  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1483  = a_gsel6;
+    if (rdy_a) begin
+      \$1483  = gsel6;
+    end
+    if (rst) begin
+      \$1483  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1484  = a_lr6;
+    if (rdy_a) begin
+      \$1484  = \$1356 [3:0];
+    end
+    if (rst) begin
+      \$1484  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1485  = a_grp7;
+    if (rdy_a) begin
+      \$1485  = grp7;
+    end
+    if (rst) begin
+      \$1485  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1486  = a_gsel7;
+    if (rdy_a) begin
+      \$1486  = gsel7;
+    end
+    if (rst) begin
+      \$1486  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1487  = a_lr7;
+    if (rdy_a) begin
+      \$1487  = \$1360 [3:0];
+    end
+    if (rst) begin
+      \$1487  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1488  = \$signal ;
+    if (rdy_a) begin
+      \$1488  = rs_w[4:0];
+    end
+    if (rst) begin
+      \$1488  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1489  = a_es;
+    if (rdy_a) begin
+      \$1489  = es_w[4:0];
+    end
+    if (rst) begin
+      \$1489  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1490  = \$1365 ;
+    if (rst) begin
+      \$1490  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1491  = ov;
+    if (rdy_a) begin
+      \$1491  = emit;
+    end
+    if (any_err) begin
+      \$1491  = 1'h0;
+    end
+    if (rst) begin
+      \$1491  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1492  = \$signal$332 ;
+    if (rdy_a) begin
+      \$1492  = finish;
+    end
+    if (rst) begin
+      \$1492  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1493  = a_last;
+    if (rdy_a) begin
+      \$1493  = \$1366 ;
+    end
+    if (rst) begin
+      \$1493  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1494  = a_val;
+    if (rdy_a) begin
+      \$1494  = vsh0;
+    end
+    if (rst) begin
+      \$1494  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1495  = \$1384 ;
+    if (rst) begin
+      \$1495  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1496  = \$1385 ;
+    if (rst) begin
+      \$1496  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1497  = flush_d;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$1497  = 2'h0;
+    end else if (\$1386 ) begin
+      \$1497  = 2'h0;
+    end else begin
+      if (mat_end) begin
+        if (\$1389 ) begin
+          \$1497  = \$1390 ;
+        end
+        if (\$1393 ) begin
+          \$1497  = \$1394 [1:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1497  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1498  = mbuf;
+    if (\$1395 ) begin
+      \$1498  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    end
+    if (rst) begin
+      \$1498  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1499  = mbuf_v;
+    if (\$1395 ) begin
+      \$1499  = 1'h1;
+    end else if (take_buf) begin
+      \$1499  = 1'h0;
+    end
+    if (rst) begin
+      \$1499  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1500  = mbeat0_n;
+    if (mbuf_v) begin
+      if (\$1397 ) begin
+        \$1500  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$1500  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1501  = mbeat1_n;
+    if (mbuf_v) begin
+      if (\$1399 ) begin
+        \$1501  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$1501  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1502  = mbeat0_nv;
+    if (mbuf_v) begin
+      if (\$1397 ) begin
+        \$1502  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1502  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1503  = mbeat1_nv;
+    if (mbuf_v) begin
+      if (\$1399 ) begin
+        \$1503  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1503  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1504  = \$1400 [8:0];
+    if (rst) begin
+      \$1504  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1505  = \$1401 [8:0];
+    if (rst) begin
+      \$1505  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1506  = \$1402 [8:0];
+    if (rst) begin
+      \$1506  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1507  = \$1403 [8:0];
+    if (rst) begin
+      \$1507  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1508  = \$1404 [8:0];
+    if (rst) begin
+      \$1508  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1509  = \$1405 [8:0];
+    if (rst) begin
+      \$1509  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1510  = \$1406 [8:0];
+    if (rst) begin
+      \$1510  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1511  = \$1407 [8:0];
+    if (rst) begin
+      \$1511  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1512  = \$1408 [8:0];
+    if (rst) begin
+      \$1512  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1513  = vpos;
+    if (\$1411 ) begin
+      \$1513  = 3'h0;
+    end else if (\$1413 ) begin
+      (* full_case = 32'd1 *)
+      if (\$1414 ) begin
+        \$1513  = \$1415 [2:0];
+      end else begin
+        \$1513  = vpos_n[2:0];
+      end
+    end
+    if (rst) begin
+      \$1513  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1514  = vlast_loaded;
+    if (\$1411 ) begin
+      \$1514  = 1'h0;
+    end
+    if (\$1416 ) begin
+      if (\$1420 ) begin
+        \$1514  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$1514  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1515  = prev_last;
+    if (\$1411 ) begin
+      \$1515  = 1'h0;
+    end else if (\$1413 ) begin
+      if (\$1414 ) begin
+        \$1515  = \$signal$381 ;
+      end
+    end
+    if (rst) begin
+      \$1515  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1516  = any_val;
+    if (\$1411 ) begin
+      \$1516  = 1'h0;
+    end else if (\$1413 ) begin
+      \$1516  = 1'h1;
+    end
+    if (rst) begin
+      \$1516  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1517  = \$signal$376 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1517  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$1517  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1518  = VB;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1518  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$1518  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1519  = \$signal$378 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1519  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1519  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1520  = \$signal$379 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1520  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$1520  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1521  = \$signal$380 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+        \$1521  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$1521  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1522  = \$signal$382 ;
+    if (\$1416 ) begin
+      if (\$1417 ) begin
+      end else if (\$1418 ) begin
+        \$1522  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$1522  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1523  = running;
+    if (\$1421 ) begin
+      \$1523  = 1'h1;
+    end
+    if (mat_end) begin
+      \$1523  = 1'h0;
+    end
+    if (any_err) begin
+      \$1523  = 1'h0;
+    end
+    if (rst) begin
+      \$1523  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1524  = rows_left;
+    if (\$1421 ) begin
+      \$1524  = i_cmd__payload[15:0];
+    end
+    if (\$1423 ) begin
+      \$1524  = \$1424 [15:0];
+    end
+    if (rst) begin
+      \$1524  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1525  = cols_r;
+    if (\$1421 ) begin
+      \$1525  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$1525  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1526  = stride_w;
+    if (\$1421 ) begin
+      \$1526  = \$1422 [6:0];
+    end
+    if (rst) begin
+      \$1526  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1527  = endv;
+    if (mat_end) begin
+      \$1527  = 1'h1;
+    end
+    if (\$1426 ) begin
+      \$1527  = 1'h0;
+    end
+    if (any_err) begin
+      \$1527  = 1'h0;
+    end
+    if (rst) begin
+      \$1527  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$1427 ) begin
+      \$1528  = 8'h00;
+    end else if (any_err) begin
+      \$1528  = 8'h00;
+    end else begin
+      \$1528  = \$1439 [7:0];
+    end
+    if (rst) begin
+      \$1528  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$1427 ) begin
+      \$1529  = \$1428 [8:0];
+    end else if (any_err) begin
+      \$1529  = { 2'h0, stride_w };
+    end else begin
+      \$1529  = \$1440 [8:0];
+    end
+    if (rst) begin
+      \$1529  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$1427 ) begin
+      \$1530  = \$1430 [9:0];
+    end else if (any_err) begin
+      \$1530  = { 2'h0, \$1435  };
+    end else begin
+      \$1530  = \$1442 [9:0];
+    end
+    if (rst) begin
+      \$1530  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$1427 ) begin
+      \$1531  = \$1434 [10:0];
+    end else if (any_err) begin
+      \$1531  = { 2'h0, \$1437  };
+    end else begin
+      \$1531  = \$1446 [10:0];
+    end
+    if (rst) begin
+      \$1531  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1532  = \$signal$392 ;
+    if (rst) begin
+      \$1532  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1533  = lr_n;
+    if (rst) begin
+      \$1533  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1534  = \$1448 [8:0];
+    if (rst) begin
+      \$1534  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1535  = \$1450 [8:0];
+    if (rst) begin
+      \$1535  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1536  = \$1453 ;
+    if (rst) begin
+      \$1536  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1537  = \$1459 ;
+    if (rst) begin
+      \$1537  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$1538  = \$1460 ;
+    if (rst) begin
+      \$1538  = 4'h0;
+    end
+  end
   assign err_flags = o_error_flags;
-  assign avail_words = \$2 [2:0];
   assign in_lq_in0 = { 2'h0, in_c0 };
   assign in_lq_in1 = { 2'h0, in_c1 };
   assign in_lq_in2 = { 2'h0, in_c2 };
   assign in_lq_in3 = { 2'h0, in_c3 };
-  assign in_lq_0_1 = \$59 [6:0];
-  assign in_lq_0_3 = \$60 [6:0];
-  assign in_lq_1_2 = \$61 [6:0];
-  assign in_lq_1_3 = \$62 [6:0];
-  assign k_cur_full = r_es;
+  assign in_lq_0_1 = \$25 [6:0];
+  assign in_lq_0_3 = \$26 [6:0];
+  assign in_lq_1_2 = \$27 [6:0];
+  assign in_lq_1_3 = \$28 [6:0];
   assign low_m1 = Rm1[3:0];
-  assign lr0 = \$292 [3:0];
-  assign ws0_rh = \$299 [2:0];
-  assign ws0l_rh = \$302 [1:0];
-  assign ws0h_rh = \$305 [1:0];
-  assign selpos0 = { 1'h0, gsel0, ws0 };
-  assign rel0 = { \$308 [4:0], gsel0[0], ws0 };
-  assign lr1 = \$447 [3:0];
-  assign ws1_rh = \$454 [2:0];
-  assign ws1l_rh = \$457 [1:0];
-  assign ws1h_rh = \$460 [1:0];
-  assign selpos1 = { 1'h0, gsel1, ws1 };
-  assign rel1 = { \$463 [4:0], gsel1[0], ws1 };
-  assign lr2 = \$610 [3:0];
-  assign ws2_rh = \$617 [2:0];
-  assign ws2l_rh = \$620 [1:0];
-  assign ws2h_rh = \$623 [1:0];
-  assign selpos2 = { 1'h0, gsel2, ws2 };
-  assign rel2 = { \$626 [4:0], gsel2[0], ws2 };
-  assign lr3 = \$725 [3:0];
-  assign ws3_rh = \$732 [2:0];
-  assign ws3l_rh = \$735 [1:0];
-  assign ws3h_rh = \$738 [1:0];
-  assign selpos3 = { 1'h0, gsel3, ws3 };
-  assign rel3 = { \$741 [4:0], gsel3[0], ws3 };
-  assign lr4 = \$896 [3:0];
-  assign ws4_rh = \$903 [2:0];
-  assign ws4l_rh = \$906 [1:0];
-  assign ws4h_rh = \$909 [1:0];
-  assign selpos4 = { 1'h0, gsel4, ws4 };
-  assign rel4 = { \$912 [4:0], gsel4[0], ws4 };
-  assign lr5 = \$1019 [3:0];
-  assign ws5_rh = \$1026 [2:0];
-  assign ws5l_rh = \$1029 [1:0];
-  assign ws5h_rh = \$1032 [1:0];
-  assign selpos5 = { 1'h0, gsel5, ws5 };
-  assign rel5 = { \$1035 [4:0], gsel5[0], ws5 };
-  assign lr6 = \$1150 [3:0];
-  assign ws6_rh = \$1157 [2:0];
-  assign ws6l_rh = \$1160 [1:0];
-  assign ws6h_rh = \$1163 [1:0];
-  assign selpos6 = { 1'h0, gsel6, ws6 };
-  assign rel6 = { \$1166 [4:0], gsel6[0], ws6 };
   assign gt7_0 = sat0[3];
   assign gt7_1 = sat1[3];
   assign gt7_2 = sat2[3];
@@ -9973,15 +12285,53 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign gt7_5 = sat5[3];
   assign gt7_6 = sat6[3];
   assign gt7_7 = sat7[3];
-  assign lr7 = \$1249 [3:0];
-  assign ws7_rh = \$1256 [2:0];
-  assign ws7l_rh = \$1259 [1:0];
-  assign ws7h_rh = \$1262 [1:0];
-  assign selpos7 = { 1'h0, gsel7, ws7 };
-  assign rel7 = { \$1265 [4:0], gsel7[0], ws7 };
-  assign vavail = \$1269 [4:0];
+  assign ws0_rh = \$1093 [2:0];
+  assign ws0l_rh = \$1094 [1:0];
+  assign ws0h_rh = \$1095 [1:0];
+  assign selpos0 = { 1'h0, a_gsel0, ws0 };
+  assign rel0 = { \$1097 [4:0], a_gsel0[0], ws0 };
+  assign ws1_rh = \$1100 [2:0];
+  assign ws1l_rh = \$1101 [1:0];
+  assign ws1h_rh = \$1102 [1:0];
+  assign selpos1 = { 1'h0, a_gsel1, ws1 };
+  assign rel1 = { \$1104 [4:0], a_gsel1[0], ws1 };
+  assign ws2_rh = \$1107 [2:0];
+  assign ws2l_rh = \$1108 [1:0];
+  assign ws2h_rh = \$1109 [1:0];
+  assign selpos2 = { 1'h0, a_gsel2, ws2 };
+  assign rel2 = { \$1111 [4:0], a_gsel2[0], ws2 };
+  assign ws3_rh = \$1114 [2:0];
+  assign ws3l_rh = \$1115 [1:0];
+  assign ws3h_rh = \$1116 [1:0];
+  assign selpos3 = { 1'h0, a_gsel3, ws3 };
+  assign rel3 = { \$1118 [4:0], a_gsel3[0], ws3 };
+  assign ws4_rh = \$1121 [2:0];
+  assign ws4l_rh = \$1122 [1:0];
+  assign ws4h_rh = \$1123 [1:0];
+  assign selpos4 = { 1'h0, a_gsel4, ws4 };
+  assign rel4 = { \$1125 [4:0], a_gsel4[0], ws4 };
+  assign ws5_rh = \$1128 [2:0];
+  assign ws5l_rh = \$1129 [1:0];
+  assign ws5h_rh = \$1130 [1:0];
+  assign selpos5 = { 1'h0, a_gsel5, ws5 };
+  assign rel5 = { \$1132 [4:0], a_gsel5[0], ws5 };
+  assign ws6_rh = \$1135 [2:0];
+  assign ws6l_rh = \$1136 [1:0];
+  assign ws6h_rh = \$1137 [1:0];
+  assign selpos6 = { 1'h0, a_gsel6, ws6 };
+  assign rel6 = { \$1139 [4:0], a_gsel6[0], ws6 };
+  assign ws7_rh = \$1142 [2:0];
+  assign ws7l_rh = \$1143 [1:0];
+  assign ws7h_rh = \$1144 [1:0];
+  assign selpos7 = { 1'h0, a_gsel7, ws7 };
+  assign rel7 = { \$1146 [4:0], a_gsel7[0], ws7 };
+  assign vavail = \$1150 [4:0];
+  assign o_lanes__valid = ov;
+  assign \$like  = \$1168 [8:0];
+  assign es2_n0 = \$1169 [9:0];
   assign VB1 = VB;
-  assign \$signal$372  = \$signal$371 ;
+  assign \$signal$383  = \$signal$382 ;
+  assign av_n = \$1253 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -10008,55 +12358,62 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$1352 ;
+  assign flags[2] = \$1331 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
-  assign o_lanes__payload[161] = \$1276 ;
-  assign o_lanes__payload[160] = finish;
-  assign o_lanes__payload[143:136] = vsh0[63:56];
-  assign o_lanes__payload[135:128] = vsh0[55:48];
-  assign o_lanes__payload[127:120] = vsh0[47:40];
-  assign o_lanes__payload[119:112] = vsh0[39:32];
-  assign o_lanes__payload[111:104] = vsh0[31:24];
-  assign o_lanes__payload[103:96] = vsh0[23:16];
-  assign o_lanes__payload[95:88] = vsh0[15:8];
-  assign o_lanes__payload[87:80] = vsh0[7:0];
-  assign o_lanes__payload[79:70] = { \$1265 [4:0], gsel7[0], ws7 };
-  assign o_lanes__payload[159] = ln7;
-  assign o_lanes__payload[151] = lv7;
-  assign o_lanes__payload[69:60] = { \$1166 [4:0], gsel6[0], ws6 };
-  assign o_lanes__payload[158] = ln6;
-  assign o_lanes__payload[150] = lv6;
-  assign o_lanes__payload[59:50] = { \$1035 [4:0], gsel5[0], ws5 };
-  assign o_lanes__payload[157] = ln5;
-  assign o_lanes__payload[149] = lv5;
-  assign o_lanes__payload[49:40] = { \$912 [4:0], gsel4[0], ws4 };
-  assign o_lanes__payload[156] = ln4;
-  assign o_lanes__payload[148] = lv4;
-  assign o_lanes__payload[39:30] = { \$741 [4:0], gsel3[0], ws3 };
-  assign o_lanes__payload[155] = ln3;
-  assign o_lanes__payload[147] = lv3;
-  assign o_lanes__payload[29:20] = { \$626 [4:0], gsel2[0], ws2 };
-  assign o_lanes__payload[154] = ln2;
-  assign o_lanes__payload[146] = lv2;
-  assign o_lanes__payload[19:10] = { \$463 [4:0], gsel1[0], ws1 };
-  assign o_lanes__payload[153] = ln1;
-  assign o_lanes__payload[145] = lv1;
-  assign o_lanes__payload[9:0] = { \$308 [4:0], gsel0[0], ws0 };
-  assign o_lanes__payload[152] = ln0;
-  assign o_lanes__payload[144] = lv0;
-  assign \$1298  = \$1297 ;
-  assign \$1348  = 12'hfe0;
-  assign \$1349 [4:0] = 5'h00;
-  assign \$1349 [11:5] = \$1347 [11:5];
-  assign \$1381  = { stride_w, 1'h0 };
-  assign \$1390  = { stride_w, 1'h0 };
-  assign \$1407  = \$1406 ;
+  assign o_lanes__payload[161] = a_last;
+  assign o_lanes__payload[160] = \$signal$332 ;
+  assign o_lanes__payload[143:136] = a_val[63:56];
+  assign o_lanes__payload[79:70] = { \$1146 [4:0], a_gsel7[0], ws7 };
+  assign o_lanes__payload[159] = a_nxt[7];
+  assign o_lanes__payload[151] = \$signal$163 [7];
+  assign o_lanes__payload[135:128] = a_val[55:48];
+  assign o_lanes__payload[69:60] = { \$1139 [4:0], a_gsel6[0], ws6 };
+  assign o_lanes__payload[158] = a_nxt[6];
+  assign o_lanes__payload[150] = \$signal$163 [6];
+  assign o_lanes__payload[127:120] = a_val[47:40];
+  assign o_lanes__payload[59:50] = { \$1132 [4:0], a_gsel5[0], ws5 };
+  assign o_lanes__payload[157] = a_nxt[5];
+  assign o_lanes__payload[149] = \$signal$163 [5];
+  assign o_lanes__payload[119:112] = a_val[39:32];
+  assign o_lanes__payload[49:40] = { \$1125 [4:0], a_gsel4[0], ws4 };
+  assign o_lanes__payload[156] = a_nxt[4];
+  assign o_lanes__payload[148] = \$signal$163 [4];
+  assign o_lanes__payload[111:104] = a_val[31:24];
+  assign o_lanes__payload[39:30] = { \$1118 [4:0], a_gsel3[0], ws3 };
+  assign o_lanes__payload[155] = a_nxt[3];
+  assign o_lanes__payload[147] = \$signal$163 [3];
+  assign o_lanes__payload[103:96] = a_val[23:16];
+  assign o_lanes__payload[29:20] = { \$1111 [4:0], a_gsel2[0], ws2 };
+  assign o_lanes__payload[154] = a_nxt[2];
+  assign o_lanes__payload[146] = \$signal$163 [2];
+  assign o_lanes__payload[95:88] = a_val[15:8];
+  assign o_lanes__payload[19:10] = { \$1104 [4:0], a_gsel1[0], ws1 };
+  assign o_lanes__payload[153] = a_nxt[1];
+  assign o_lanes__payload[145] = \$signal$163 [1];
+  assign o_lanes__payload[87:80] = a_val[7:0];
+  assign o_lanes__payload[9:0] = { \$1097 [4:0], a_gsel0[0], ws0 };
+  assign o_lanes__payload[152] = a_nxt[0];
+  assign o_lanes__payload[144] = \$signal$163 [0];
+  assign \$1187  = \$1186 ;
+  assign \$1246  = 12'hfe0;
+  assign \$1247 [4:0] = 5'h00;
+  assign \$1247 [11:5] = \$1245 [11:5];
+  assign \$1250  = mbuf_v;
+  assign \$1260  = \$signal$357 ;
+  assign \$1285  = \$signal$357 ;
+  assign \$1310  = \$signal$357 ;
+  assign \$1397  = \$1396 ;
+  assign \$1422  = { 5'h00, stride[11:5] };
+  assign \$1428  = { 5'h00, stride[11:5] };
+  assign \$1429  = { 5'h00, stride[11:5] };
+  assign \$1430  = { \$1429 , 1'h0 };
+  assign \$1431  = { 5'h00, stride[11:5] };
   assign \$1432  = { 5'h00, stride[11:5] };
-  assign \$1433  = { 5'h00, stride[11:5] };
-  assign \$1434  = { 5'h00, stride[11:5] };
-  assign \$1435  = { \$1434 , 1'h0 };
+  assign \$1433  = { \$1432 , 1'h0 };
+  assign \$1435  = { stride_w, 1'h0 };
+  assign \$1436  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10065,16 +12422,16 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire [50:0] \$12 ;
-  wire [51:0] \$13 ;
-  wire [102:0] \$14 ;
-  wire [39:0] \$15 ;
-  wire \$16 ;
-  wire [11:0] \$17 ;
-  wire [11:0] \$18 ;
-  wire [12:0] \$19 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [50:0] \$14 ;
+  wire [51:0] \$15 ;
+  wire [102:0] \$16 ;
+  wire [39:0] \$17 ;
+  wire \$18 ;
+  wire [11:0] \$19 ;
   wire \$2 ;
-  wire [12:0] \$20 ;
+  wire [11:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
   wire [12:0] \$23 ;
@@ -10117,7 +12474,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg [40:0] \$57 ;
   reg \$58 ;
   reg [2:0] \$59 ;
-  wire \$6 ;
+  wire [12:0] \$6 ;
   reg [31:0] \$60 ;
   reg [32:0] \$61 ;
   reg [15:0] \$62 ;
@@ -10127,13 +12484,13 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg \$66 ;
   reg \$67 ;
   reg [11:0] \$68 ;
-  wire \$7 ;
+  wire [12:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$16  = 6'h00;
-  reg \$signal$25  = 1'h0;
+  reg [5:0] \$signal$17  = 6'h00;
   reg \$signal$26  = 1'h0;
+  reg \$signal$27  = 1'h0;
   reg [31:0] acc_r = 32'd0;
   reg busy = 1'h0;
   input clk;
@@ -10173,8 +12530,9 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg [49:0] p = 50'h0000000000000;
   reg [2:0] phase = 3'h0;
   reg [11:0] q_lo;
-  reg [11:0] r = 12'h000;
-  reg [11:0] rr;
+  reg [11:0] qs;
+  reg [11:0] qsh = 12'h000;
+  reg [11:0] r;
   input rst;
   wire rst;
   reg [32:0] t = 33'h000000000;
@@ -10185,7 +12543,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \$27  = \$26  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
   assign \$28  = $signed(\$27 ) > $signed(8'h7f);
   assign \$29  = $signed(v) < $signed(\$signal );
-  assign \$30  = \$signal$25  & \$29 ;
+  assign \$30  = \$signal$26  & \$29 ;
   assign \$31  = \$30  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
   assign \$32  = \$28  ? 13'h007f : \$31 ;
   assign \$33  = \$24  ? 13'h1f80 : \$32 ;
@@ -10222,15 +12580,15 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   always @(posedge clk)
     p <= \$63 ;
   always @(posedge clk)
-    \$signal$16  <= \$64 ;
+    \$signal$17  <= \$64 ;
   always @(posedge clk)
     \$signal  <= \$65 ;
   always @(posedge clk)
-    \$signal$25  <= \$66 ;
+    \$signal$26  <= \$66 ;
   always @(posedge clk)
-    \$signal$26  <= \$67 ;
+    \$signal$27  <= \$67 ;
   always @(posedge clk)
-    r <= \$68 ;
+    qsh <= \$68 ;
   assign \$1  = ~ o_res__valid;
   assign out_free = \$1  | o_res__ready;
   assign \$2  = phase == 3'h5;
@@ -10240,77 +12598,84 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign take = \$4  | finishing;
   assign i_acc__ready = take & i_rq__valid;
   assign i_rq__ready = take & i_acc__valid;
-  assign \$5  = $signed(r) + $signed(\$signal );
-  assign \$6  = take & i_acc__valid;
-  assign \$7  = \$6  & i_rq__valid;
-  assign \$8  = phase < 3'h4;
-  assign \$9  = busy & \$8 ;
-  assign \$10  = phase == 3'h4;
+  assign \$5  = $signed(qsh) + $signed(2'h1);
+  assign \$7  = $signed(r) + $signed(\$signal );
+  assign \$8  = take & i_acc__valid;
+  assign \$9  = \$8  & i_rq__valid;
+  assign \$10  = phase < 3'h4;
   assign \$11  = busy & \$10 ;
-  assign \$12  = $signed({ p, 1'h0 }) >>> \$signal$16 ;
-  assign \$13  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
-  assign \$14  = 40'hffffffffff << \$signal$16 ;
-  assign \$15  = x[50:11] & thr;
-  assign \$16  = | \$15 ;
-  assign \$17  = p[49] ? 12'h800 : 12'h7ff;
-  assign \$18  = ovf ? \$17  : q_lo;
-  assign \$19  = $signed(\$18 ) + $signed(2'h1);
+  assign \$12  = phase == 3'h4;
+  assign \$13  = busy & \$12 ;
+  assign \$14  = $signed({ p, 1'h0 }) >>> \$signal$17 ;
+  assign \$15  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
+  assign \$16  = 40'hffffffffff << \$signal$17 ;
+  assign \$17  = x[50:11] & thr;
+  assign \$18  = | \$17 ;
+  assign \$19  = p[49] ? 12'h800 : 12'h7ff;
+  assign \$20  = ovf ? \$19  : q_lo;
   assign \$21  = $signed(v) < $signed(\$signal );
-  assign \$22  = \$signal$25  & \$21 ;
+  assign \$22  = \$signal$26  & \$21 ;
   assign \$23  = \$22  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
   assign \$24  = $signed(\$23 ) < $signed(8'h80);
   assign \$25  = $signed(v) < $signed(\$signal );
-  assign \$26  = \$signal$25  & \$25 ;
+  assign \$26  = \$signal$26  & \$25 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    r = 12'h000;
+    if (finishing) begin
+      r = \$6 [11:0];
+    end
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     v = 13'h0000;
     if (finishing) begin
-      v = \$5 ;
+      v = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     q_lo = 12'h000;
-    if (\$7 ) begin
-    end else if (\$9 ) begin
+    if (\$9 ) begin
     end else if (\$11 ) begin
-      q_lo = \$12 [11:0];
+    end else if (\$13 ) begin
+      q_lo = \$14 [11:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     x = 51'h0000000000000;
-    if (\$7 ) begin
-    end else if (\$9 ) begin
+    if (\$9 ) begin
     end else if (\$11 ) begin
-      x = \$13 [50:0];
+    end else if (\$13 ) begin
+      x = \$15 [50:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     thr = 40'h0000000000;
-    if (\$7 ) begin
-    end else if (\$9 ) begin
+    if (\$9 ) begin
     end else if (\$11 ) begin
-      thr = \$14 [39:0];
+    end else if (\$13 ) begin
+      thr = \$16 [39:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     ovf = 1'h0;
-    if (\$7 ) begin
-    end else if (\$9 ) begin
+    if (\$9 ) begin
     end else if (\$11 ) begin
-      ovf = \$16 ;
+    end else if (\$13 ) begin
+      ovf = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rr = 12'h000;
-    if (\$7 ) begin
-    end else if (\$9 ) begin
+    qs = 12'h000;
+    if (\$9 ) begin
     end else if (\$11 ) begin
-      rr = \$20 [11:0];
+    end else if (\$13 ) begin
+      qs = \$20 ;
     end
   end
   always @* begin
@@ -10332,7 +12697,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (finishing) begin
       \$57 [31:0] = acc_r;
       \$57 [39:32] = \$33 [7:0];
-      \$57 [40] = \$signal$26 ;
+      \$57 [40] = \$signal$27 ;
     end
     if (rst) begin
       \$57  = 41'h00000000000;
@@ -10411,7 +12776,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = \$signal$16 ;
+    \$64  = \$signal$17 ;
     if (\$35 ) begin
       \$64  = i_rq__payload[53:48];
     end
@@ -10431,7 +12796,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = \$signal$25 ;
+    \$66  = \$signal$26 ;
     if (\$35 ) begin
       \$66  = i_rq__payload[62];
     end
@@ -10441,7 +12806,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = \$signal$26 ;
+    \$67  = \$signal$27 ;
     if (\$35 ) begin
       \$67  = i_acc__payload[32];
     end
@@ -10451,11 +12816,11 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = r;
+    \$68  = qsh;
     if (\$35 ) begin
     end else if (\$37 ) begin
     end else if (\$39 ) begin
-      \$68  = rr;
+      \$68  = qs;
     end
     if (rst) begin
       \$68  = 12'h000;
@@ -10471,7 +12836,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \i_rq__payload.shift  = i_rq__payload[53:48];
   assign \i_rq__payload.zero_point  = i_rq__payload[61:54];
   assign \i_rq__payload.relu  = i_rq__payload[62];
-  assign \$20  = { \$19 [12], \$19 [12:1] };
+  assign \$6  = { \$5 [12], \$5 [12:1] };
   assign \$41  = { p[49], p[49], p[49], p, 4'h0 };
   assign \$42  = { t[32], t };
   assign \$44  = { t, 1'h0 };
