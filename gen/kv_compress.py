@@ -44,15 +44,24 @@ Architecture (eight group banks in one block RAM, three free-running pipelines, 
    finest candidate that fits (ties: fewer bits, lower index), else the fallback.
 3. **Packing** (``group / P`` cycles): the bank is read a third time and quantized at the chosen
    step with the chosen codebook; codes (bit-reversed canonical codes, escape raw bits) are
-   concatenated per lane and OR-ed into lane registers at their running bit position (lane 0
-   forward from the header, lane 1 written backward from the block end by a fixed wiring
-   reversal); the block goes to a 2-slot output buffer.
-4. **Output**: ``words_per_block`` words per block from a registered output word.
+   concatenated per lane into one chunk per cycle, which a two-stage shifter places at its running
+   bit position inside two ``LW``-bit lane words (``LW``: 64, or a larger power of two holding a
+   whole chunk or an output word).  A lane keeps only its two open words, by parity (word ``w``
+   in the even or odd register): a chunk ORs into both, and a chunk that opens word ``w + 1``
+   clears the register of the finished word ``w - 1`` first; both registers are written every
+   cycle to an even and an odd lane-word RAM (small LUT RAMs; ``NSLOT = 4`` block slots).  Lane 0
+   runs forward from the header; lane 1 runs from bit ``pad = NW * LW - nbits`` and the padded
+   block is its bit reversal, so lane-1 word ``NW - 1 - i`` lands reversed in block word ``i``.
+   No register holds a whole block: the deepest cone is a 3-input OR with a clear.
+4. **Output**: per output word one read of each lane RAM (registered addresses from counters),
+   then parity select, the lane ends (words past a lane's last word read as 0), the lane-1 bit
+   reversal and the header OR, registered; a 6-entry output FIFO with credits takes the
+   backpressure, so ``o_words.ready`` drives no pipeline enable.
 
 The three passes run on three different groups at once (8 banks cover the pipeline depths), so the
 throughput is ``P`` values per cycle sustained (one group every ``group / P`` cycles) as long as
-``o_words`` keeps up (``words_per_block <= group / P``) and a group lasts at least half the
-packer's depth (about 12 beats: the packer holds at most 2 blocks in flight or buffered).  Bank
+``o_words`` keeps up (``words_per_block <= group / P``) and a group lasts at least a quarter of
+the packer's depth (the packer holds at most ``NSLOT = 4`` blocks in flight or buffered).  Bank
 handoffs are decided from registered flags only.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
@@ -78,6 +87,7 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -89,6 +99,7 @@ __all__ = ["KVCompressConfig", "KVCompressor", "build", "config_dict"]
 
 AW = 40            # |x| * 2**24 < 2**40 for every finite FP16 x
 NBANK = 8          # group banks: input, window, evaluation, decision, packing overlap
+NSLOT = 4          # output block slots (blocks in the packer or waiting for o_words)
 
 
 def _bl(x: int) -> int:
@@ -252,6 +263,12 @@ class KVCompressor(wiring.Component):
                 row.append(sum(((int(codes[s]) >> (ln - 1 - j)) & 1) << j for j in range(ln)))
             self.rcode.append(row)
         self.iw = cb.max_len + cb.esc_bits      # widest coded symbol
+        # packer back end: lane words of LW bits (a power of two holding a whole lane chunk and at least
+        # one output word), NW of them per block, NSLOT blocks buffered
+        cw = (self.config.values_per_cycle // p.lanes) * self.iw
+        self.lw = max(64, self.config.bus_bits, 1 << (cw - 1).bit_length())
+        self.nw = -(-p.nbits // self.lw)
+        self.nslot = NSLOT
 
     def _fast_table(self, ti: int):
         """``(K1, s, width, e_pos, e_neg)`` when centroid table ``ti`` takes the comparator-free path,
@@ -848,8 +865,10 @@ class KVCompressor(wiring.Component):
         pbank = Signal(bbw)
         pbeat = Signal(btw)
         piss = Signal()
-        inflight = Signal(3)
-        ocount = Signal(2)
+        inflight = Signal(range(self.nslot + 1))
+        ocount = Signal(range(self.nslot + 1))
+        pslot = Signal(max(self.nslot - 1, 1).bit_length())          # next block's output slot
+        pslot_cur = Signal(max(self.nslot - 1, 1).bit_length())
         plast = Signal()
         pcand = Signal(bbw)
         pcand_oh = Signal(NBANK, init=1)
@@ -859,7 +878,7 @@ class KVCompressor(wiring.Component):
         p_drop = p_dec & p_dropc
         fin = Signal()
         emit_done = Signal()
-        credit = (ocount + inflight) < 2
+        credit = (ocount + inflight) < self.nslot
         p_start = p_dec & ~p_dropc & credit
         with m.If(plast):
             m.d.sync += [piss.eq(0), pbeat.eq(0), plast.eq(0)]
@@ -873,10 +892,11 @@ class KVCompressor(wiring.Component):
             m.d.comb += clr_busy_p.eq(pcand_oh)
             m.d.sync += [self.error.eq(1), self.count_dropped.eq(self.count_dropped + 1)]
         with m.Elif(p_start):
-            m.d.sync += [piss.eq(1), pbeat.eq(0), pbank.eq(pcand), plast.eq(BEATS == 1)]
+            m.d.sync += [piss.eq(1), pbeat.eq(0), pbank.eq(pcand), plast.eq(BEATS == 1), pslot_cur.eq(pslot),
+                         pslot.eq(Mux(pslot == self.nslot - 1, 0, pslot + 1))]
         m.d.sync += inflight.eq(inflight + (p_start & ~p_drop) - fin)
         m.d.comb += rd_p.addr.eq(addr(pbank, pbeat))
-        pv = [piss, pbeat == 0, plast, pbank]
+        pv = [piss, pbeat == 0, plast, pbank, pslot_cur]
         pv = [reg(m, c) for c in pv]
         pfr = [self._front(m, rd_p.data[16 * q: 16 * q + 16], b_s0p[pv[3]], f"p{q}") for q in range(P)]
         pv = [reg(m, reg(m, reg(m, c))) for c in pv]
@@ -941,88 +961,164 @@ class KVCompressor(wiring.Component):
         for _ in range(nlvl):
             pv = [reg(m, c) for c in pv]
             nesc = reg(m, nesc)
-        # P11: running bit position per lane; P12: shift into 64-bit words; P13: OR into the lane
-        p_v, p_f, p_l, p_b = pv
-        NW = -(-NBITS // 64)
-        posw = _bl(NBITS + 64 * 2)
-        lane_words = []
+        # X0..X5: per lane a two-word gearbox into lane-word RAMs (see "Packer back end" above)
+        p_v, p_f, p_l, p_b, p_s = pv
+        LW, NW, NSLOT = self.lw, self.nw, self.nslot
+        lwb = LW.bit_length() - 1
+        HD = -(-NW // 2)                    # lane words per slot in each (even/odd) bank
+        hb = max(HD - 1, 1).bit_length()
+        posw = _bl(NW * LW + LW)
+        sw = max(NSLOT - 1, 1).bit_length()
+        iwd = _bl(NW)                       # word indices 0..NW (NW: past the block, never written)
+        pad = NW * LW - NBITS               # lane 1 starts here: the padded block is its bit reversal
+        ctxs = [[p_v, p_f, p_l, p_s]]
+        for _ in range(6):
+            ctxs.append([reg(m, c) for c in ctxs[-1]])
+
+        def ctx_at(k):
+            return ctxs[k]
+        lane_out = []
         for ln_i, (chunk, clen, cw) in enumerate(lanes):
-            start = self.hdr if ln_i == 0 else 0
+            start = self.hdr if ln_i == 0 else pad
+            # X0: running bit position (the only loop: an adder and a 2:1 mux)
             pos = Signal(posw, name=f"pos{ln_i}")
             cur = Mux(p_f, start, pos)
             with m.If(p_v):
                 m.d.sync += pos.eq(cur + clen)
-            ch11, o11, w11 = reg(m, chunk), reg(m, cur[:6], 6), reg(m, cur[6:], posw - 6)
-            sw_ = cw + 63
-            npart = -(-sw_ // 64)
-            # the 0..63-bit shift in two registered halves (by the low 3 bits, then by whole bytes)
-            sha = reg(m, self._shl(m, ch11, o11[:3], cw + 7), cw + 7, name=f"p11b_l{ln_i}")
-            shv = self._shl(m, sha, Cat(Const(0, 3), reg(m, o11[3:], 3)), npart * 64)
-            parts12 = [reg(m, shv[64 * j: 64 * (j + 1)], 64, name=f"p12_l{ln_i}_{j}") for j in range(npart)]
-            w12 = reg(m, reg(m, w11))
-            words = [Signal(64, name=f"lane{ln_i}_w{i}") for i in range(NW)]
-            lane_words.append((words, parts12, w12))
-        v11, f11 = reg(m, reg(m, p_v)), reg(m, reg(m, p_f))
-        v12, f12 = reg(m, v11), reg(m, f11)
-        b11 = reg(m, reg(m, p_b))
-        l12, b12 = reg(m, reg(m, reg(m, p_l))), reg(m, b11)
-        sel_12, t_12 = reg(m, b_sel[b11], name="p12_sel"), reg(m, b_t[b11], name="p12_t")   # a stage ahead
-        e12 = reg(m, reg(m, reg(m, nesc)))
-        for words, parts12, w12 in lane_words:
-            for i in range(NW):
-                add = Const(0, 64)
-                for j, part in enumerate(parts12):
-                    if i - j >= 0:
-                        add = add | Mux(w12 == i - j, part, 0)
-                with m.If(v12):
-                    m.d.sync += words[i].eq(Mux(f12, 0, words[i]) | add)
+            ch1 = reg(m, chunk, cw, name=f"x1_ch{ln_i}")
+            o1 = reg(m, cur[:lwb], lwb, name=f"x1_o{ln_i}")
+            w1 = reg(m, cur[lwb:], posw - lwb, name=f"x1_w{ln_i}")
+            # X1: shift by the offset's low 3 bits; X2: by whole bytes (the chunk lands in 2 words)
+            sa = reg(m, self._shl(m, ch1, o1[:3], cw + 7), cw + 7, name=f"x2_sa{ln_i}")
+            o2, w2 = reg(m, o1[3:], lwb - 3, name=f"x2_o{ln_i}"), reg(m, w1, name=f"x2_w{ln_i}")
+            sv = reg(m, self._shl(m, sa, Cat(Const(0, 3), o2), 2 * LW), 2 * LW, name=f"x3_sv{ln_i}")
+            # the previous chunk's word of this lane: did the chunk open a new word?
+            wprev = Signal(posw - lwb, name=f"x2_wprev{ln_i}")
+            x2_v, x2_f = ctx_at(2)[0], ctx_at(2)[1]
+            with m.If(x2_v):
+                m.d.sync += wprev.eq(w2)
+            w3 = reg(m, w2, name=f"x3_w{ln_i}")
+            adv3 = reg(m, w2 != wprev, 1, name=f"x3_adv{ln_i}")
+            f3 = reg(m, x2_f, 1, name=f"x3_f{ln_i}")
+            # X3: the two words by parity (word w -> even or odd register), clears, word indices
+            par = w3[0]
+            lo, hi = sv[:LW], sv[LW:]
+            pe = reg(m, Mux(par, hi, lo), LW, name=f"x4_pe{ln_i}")
+            po = reg(m, Mux(par, lo, hi), LW, name=f"x4_po{ln_i}")
+            ce = reg(m, f3 | (adv3 & par), 1, name=f"x4_ce{ln_i}")        # first, or the even word completed
+            co = reg(m, f3 | (adv3 & ~par), 1, name=f"x4_co{ln_i}")
+            wn = w3[:iwd] + 1
+            ie = reg(m, Mux(par, wn, w3[:iwd]), iwd, name=f"x4_ie{ln_i}")
+            io = reg(m, Mux(par, w3[:iwd], wn), iwd, name=f"x4_io{ln_i}")
+            # X4: OR into the word registers (fresh word: cleared); X5: write both to the lane RAMs
+            x4_v = ctx_at(4)[0]
+            re_, ro_ = Signal(LW, name=f"x5_re{ln_i}"), Signal(LW, name=f"x5_ro{ln_i}")
+            with m.If(x4_v):
+                m.d.sync += [re_.eq(Mux(ce, 0, re_) | pe), ro_.eq(Mux(co, 0, ro_) | po)]
+            ie5, io5 = reg(m, ie, name=f"x5_ie{ln_i}"), reg(m, io, name=f"x5_io{ln_i}")
+            end5 = reg(m, Mux(ie > io, ie, io), iwd, name=f"x5_end{ln_i}")     # last word this chunk touched
+            x5_v, _, _, x5_s = ctx_at(5)
+            banks = []
+            for par_i, (rr, ii) in enumerate(((re_, ie5), (ro_, io5))):
+                mem_l = Memory(shape=unsigned(LW), depth=NSLOT * HD, init=[])
+                m.submodules[f"lane{ln_i}_{'eo'[par_i]}"] = mem_l
+                wp = mem_l.write_port()
+                m.d.comb += [wp.addr.eq(Cat(ii[1:1 + hb], x5_s[:sw]) if HD > 1 else x5_s[:sw]), wp.data.eq(rr),
+                             wp.en.eq(x5_v & (ii < NW))]
+                banks.append(mem_l.read_port())
+            lane_out.append((banks, end5))
         esc_acc = Signal(range(G + 1))
-        with m.If(v12):
-            m.d.sync += esc_acc.eq(Mux(f12, 0, esc_acc) + e12)
-        # P14: finalize: header | lane 0 | lane 1 reversed into the output buffer
-        fin_v = reg(m, v12 & l12, 1, name="fin_v")
-        fin_oh = reg(m, Const(1, NBANK) << b12, NBANK, name="fin_oh")
+        e1 = reg(m, nesc)
+        x1_v, x1_f = ctx_at(1)[0], ctx_at(1)[1]
+        n_esc = Mux(x1_f, 0, esc_acc) + e1
+        with m.If(x1_v):
+            m.d.sync += esc_acc.eq(n_esc)
+        esc_6 = reg(m, n_esc, range(G + 1), name="x2_esc")             # the block's count, piped to X6
+        for _ in range(4):
+            esc_6 = reg(m, esc_6)
+        # header fields and the fallback flag of the bank (a stage ahead of the finish)
+        b1 = reg(m, reg(m, p_b))
+        sel_3, t_3 = reg(m, b_sel[b1], name="x3_sel"), reg(m, b_t[b1], name="x3_t")
+        hdr_4 = reg(m, Cat(sel_3[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_3 >> mb)[:p.ebits],
+                           t_3[:mb] if mb else Const(0, 0)), self.hdr, name="x4_hdr")
+        fb_4 = reg(m, sel_3 == self.fb, 1, name="x4_fb")
+        b4 = reg(m, reg(m, reg(m, b1)))
+        x5_v, _, x5_l, x5_s = ctx_at(5)
+        # X6: the block is in its slot: per-slot header and lane ends, counters, bank freed
+        slot_hdr = Array(Signal(self.hdr, name=f"slot_hdr{i}") for i in range(NSLOT))
+        slot_end = [Array(Signal(iwd, name=f"slot_end{ln_i}_{i}") for i in range(NSLOT)) for ln_i in range(L)]
+        fin_v = reg(m, x5_v & x5_l, 1, name="fin_v")
+        fin_oh = reg(m, Const(1, NBANK) << b4, NBANK, name="fin_oh")
         m.d.comb += fin.eq(fin_v)
-        # header fields and the fallback flag read from the bank one stage ahead
-        hdr_v = reg(m, Cat(sel_12[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_12 >> mb)[:p.ebits],
-                           t_12[:mb] if mb else Const(0, 0)), name="fin_hdr")
-        fin_fb = reg(m, sel_12 == self.fb, 1, name="fin_fb")
-        lane_lists = [w for w, _, _ in lane_words]
-        l0 = Cat(*lane_lists[0])
-        block = Signal(NBITS)
-        if L == 2:
-            l1 = Cat(*lane_lists[1])
-            m.d.comb += block.eq(hdr_v | l0[:NBITS] | Cat(*[l1[NBITS - 1 - k] for k in range(NBITS)]))
-        else:
-            m.d.comb += block.eq(hdr_v | l0[:NBITS])
-        W = cfg.bus_bits
-        NWB = cfg.words_per_block
-        slots = Array(Signal(NWB * W, name=f"oslot{i}") for i in range(2))
-        owp, orp = Signal(), Signal()
-        oword = Signal(range(NWB))
+        hdr_5, fb_6 = reg(m, hdr_4, name="x5_hdr"), reg(m, reg(m, fb_4))
+        with m.If(x5_v & x5_l):
+            m.d.sync += [slot_hdr[x5_s].eq(hdr_5)]
+            m.d.sync += [slot_end[ln_i][x5_s].eq(end5) for ln_i, (_, end5) in enumerate(lane_out)]
         with m.If(fin_v):
-            m.d.sync += [slots[owp].eq(block), owp.eq(~owp),
-                         self.count_blocks.eq(self.count_blocks + 1),
-                         self.count_fallback.eq(self.count_fallback + fin_fb),
-                         self.count_escapes.eq(self.count_escapes + esc_acc)]
+            m.d.sync += [self.count_blocks.eq(self.count_blocks + 1),
+                         self.count_fallback.eq(self.count_fallback + fb_6),
+                         self.count_escapes.eq(self.count_escapes + esc_6)]
             m.d.comb += clr_busy.eq(fin_oh)
         m.d.sync += ocount.eq(ocount + fin_v - emit_done)
 
         # ---------------------------------------------------------------- 4. output words
-        # a registered output word (full rate: it reloads in the cycle the consumer takes it)
-        cur_slot = slots[orp]
-        words_o = Array(cur_slot[W * i: W * (i + 1)] for i in range(NWB))
-        ov, od, ol = Signal(name="o_v"), Signal(W, name="o_d"), Signal(name="o_l")
-        m.d.comb += [self.o_words.valid.eq(ov), self.o_words.payload.data.eq(od), self.o_words.payload.last.eq(ol)]
-        src_v = ocount != 0
-        with m.If(~ov | self.o_words.ready):
-            m.d.sync += [ov.eq(src_v), od.eq(words_o[oword]), ol.eq(oword == NWB - 1)]
-            with m.If(src_v):
-                with m.If(oword == NWB - 1):
-                    m.d.sync += [oword.eq(0), orp.eq(~orp)]
-                    m.d.comb += emit_done.eq(1)
-                with m.Else():
-                    m.d.sync += oword.eq(oword + 1)
+        # O0: read address from counters (slot, lane-0 word i, lane-1 word NW-1-i); O1: RAM data;
+        # O2: parity select, masks, lane-1 bit reversal, header OR; O3 (W < LW): the W-bit slice;
+        # then an output FIFO with credits (no backpressure path into the pipeline)
+        W = cfg.bus_bits
+        NWB = cfg.words_per_block
+        SUB = LW // W
+        DEPTH = 6
+        fifo = SyncFIFOBuffered(width=W + 1, depth=DEPTH)
+        m.submodules.ofifo = fifo
+        oslot = Signal(sw)
+        ok = Signal(range(NWB))
+        oi = Signal(max(NW - 1, 1).bit_length())                 # lane-0 word of output word ok
+        oj = Signal(max(NW - 1, 1).bit_length(), init=NW - 1)    # lane-1 word (reversed order)
+        osub = Signal(range(max(SUB, 2)))
+        pending = Signal(range(DEPTH + 1))
+        issue = Signal()
+        m.d.comb += issue.eq((ocount != 0) & ((fifo.level + pending) < DEPTH))
+        wr_o = Signal()
+        m.d.sync += pending.eq(pending + issue - wr_o)
+        with m.If(issue):
+            with m.If(ok == NWB - 1):
+                m.d.sync += [ok.eq(0), oi.eq(0), oj.eq(NW - 1), osub.eq(0),
+                             oslot.eq(Mux(oslot == NSLOT - 1, 0, oslot + 1))]
+                m.d.comb += emit_done.eq(1)
+            with m.Else():
+                m.d.sync += ok.eq(ok + 1)
+                if SUB > 1:
+                    with m.If(osub == SUB - 1):
+                        m.d.sync += [osub.eq(0), oi.eq(oi + 1), oj.eq(oj - 1)]
+                    with m.Else():
+                        m.d.sync += osub.eq(osub + 1)
+                else:
+                    m.d.sync += [oi.eq(oi + 1), oj.eq(oj - 1)]
+        for ln_i, (banks, _) in enumerate(lane_out):
+            wi = oi if ln_i == 0 else oj
+            for rp in banks:
+                m.d.comb += rp.addr.eq(Cat(wi[1:1 + hb], oslot) if HD > 1 else oslot)
+        o1_v = reg(m, issue, 1, name="o1_v")
+        o1_l = reg(m, issue & (ok == NWB - 1), 1, name="o1_l")
+        o1_h = reg(m, Mux(oi == 0, slot_hdr[oslot], 0), self.hdr, name="o1_h")
+        o1_sub = reg(m, osub, name="o1_sub")
+        o1_m = [reg(m, (oi, oj)[ln_i] <= slot_end[ln_i][oslot], 1, name=f"o1_m{ln_i}") for ln_i in range(L)]
+        o1_p = [reg(m, (oi, oj)[ln_i][0], 1, name=f"o1_p{ln_i}") for ln_i in range(L)]
+        word = Const(0, LW) | o1_h
+        for ln_i, (banks, _) in enumerate(lane_out):
+            lw_ = Mux(o1_m[ln_i], Mux(o1_p[ln_i], banks[1].data, banks[0].data), 0)
+            word = word | (lw_ if ln_i == 0 else Cat(*[lw_[LW - 1 - k] for k in range(LW)]))
+        o2_d = reg(m, word, LW, name="o2_d")
+        o2_v, o2_l, o2_sub = reg(m, o1_v), reg(m, o1_l), reg(m, o1_sub)
+        if SUB > 1:
+            o3_d = reg(m, Array(o2_d[W * i: W * (i + 1)] for i in range(SUB))[o2_sub], W, name="o3_d")
+            o3_v, o3_l = reg(m, o2_v), reg(m, o2_l)
+        else:
+            o3_d, o3_v, o3_l = o2_d, o2_v, o2_l
+        m.d.comb += [fifo.w_data.eq(Cat(o3_d, o3_l)), fifo.w_en.eq(o3_v), wr_o.eq(o3_v),
+                     self.o_words.valid.eq(fifo.r_rdy), self.o_words.payload.data.eq(fifo.r_data[:W]),
+                     self.o_words.payload.last.eq(fifo.r_data[W]), fifo.r_en.eq(self.o_words.ready)]
         return m
 
 

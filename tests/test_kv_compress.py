@@ -62,6 +62,13 @@ def _ebias(x, p, cb):
     return kv.choose_ebias(float(np.abs(v[np.isfinite(v)]).max()), p, cb)
 
 
+def _counters(cb, info, blocks, dropped):
+    """The hardware counters the golden encoder's ``info`` implies."""
+    fixed = [i for i in range(cb.k) if cb.fixed_rate(i)]
+    return {"count_blocks": blocks, "count_fallback": int(np.isin(info["sel"], fixed).sum()),
+            "count_escapes": int(info["escapes"].sum()), "count_dropped": dropped, "error": int(dropped > 0)}
+
+
 # ---------------------------------------------------------------------------- pure checks
 
 def test_rejects_bad_parameters():
@@ -127,7 +134,7 @@ def test_uniform_index_equals_midpoint_count(cs):
 
 # ---------------------------------------------------------------------------- Amaranth simulator
 
-def _amaranth_run(dut, x16, ebias, seed, idle=0.25, bp=0.3, nblocks=None, ends=None):
+def _amaranth_run(dut, x16, ebias, seed, idle=0.25, bp=0.3, nblocks=None, ends=None, counters=None):
     import random
 
     from amaranth.sim import Simulator
@@ -168,6 +175,9 @@ def _amaranth_run(dut, x16, ebias, seed, idle=0.25, bp=0.3, nblocks=None, ends=N
                     words = []
                     if ends is not None:
                         ends.append(n)
+        if counters is not None:        # a block's counters are updated before its first word leaves
+            for k in ("count_blocks", "count_fallback", "count_escapes", "count_dropped", "error"):
+                counters[k] = ctx.get(getattr(dut, k))
 
     sim.add_testbench(drive, background=True)
     sim.add_testbench(monitor)
@@ -193,8 +203,10 @@ def test_amaranth_sim_bit_exact(lanes):
     want, info = kv.encode_groups(x[keep].astype(np.float64), cb, p, eb, policy="hw")
     assert info["escapes"].sum() >= 4, info["escapes"]          # the escape decision is exercised
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32)
-    got = _amaranth_run(dut, x, eb, SEED, nblocks=int(keep.sum()))
+    cnt = {}
+    got = _amaranth_run(dut, x, eb, SEED, nblocks=int(keep.sum()), counters=cnt)
     assert len(got) == keep.sum()
+    assert cnt == _counters(cb, info, int(keep.sum()), int((~keep).sum())), (cnt, SEED)
     for i, g in enumerate(got):
         assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED})"
 
@@ -206,10 +218,11 @@ def test_amaranth_sim_one_beat_groups():
     rng = np.random.default_rng(SEED + 8)
     x = np.concatenate([_random(10, 8, rng), _heavy(4, 8, rng)])
     eb = _ebias(x, p, cb)
-    want, _ = kv.encode_groups(x.astype(np.float64), cb, p, eb, policy="hw")
+    want, info = kv.encode_groups(x.astype(np.float64), cb, p, eb, policy="hw")
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=8, bus_bits=64)
-    ends = []
-    got = _amaranth_run(dut, x, eb, SEED + 8, idle=0.0, bp=0.0, ends=ends)
+    ends, cnt = [], {}
+    got = _amaranth_run(dut, x, eb, SEED + 8, idle=0.0, bp=0.0, ends=ends, counters=cnt)
+    assert cnt == _counters(cb, info, x.shape[0], 0), (cnt, SEED + 8)
     for i, g in enumerate(got):
         assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 8})"
     # the packer keeps at most 2 blocks in flight or buffered (output credit): 2 blocks per packer depth
