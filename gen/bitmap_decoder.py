@@ -393,20 +393,10 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += finish.eq(row_complete & (k_cur_full <= L))
 
         # ---------------------------------------------------------------- rank selection
-        # D[j] = R[j].  Lane i takes the first group whose D exceeds i -- a compare against the
-        # CONSTANT i on D saturated to 0..L -- then the (i - D[j-1])-th set bit inside that
-        # C-bit group.
-        sat_w = (L).bit_length()
-        sat, low = [], []
-        for j in range(G):
-            d = R[j]
-            st = Signal(sat_w, name=f"sat{j}")
-            big = _gt_const(d[:sat_w], L - 1)
-            if sat_w < rw - 1:
-                big = big | d[sat_w:-1].any()
-            m.d.comb += st.eq(Mux(d[-1], 0, Mux(big, L, d[:sat_w])))
-            sat.append(st)
-            low.append(d[:cb] if cb else Const(0, 1))
+        # D[j] = R[j].  Lane i takes the first group whose D exceeds i -- a compare of the
+        # register with the CONSTANT i (plain logic, no carry chain) -- then the (i - D[j-1])-th
+        # set bit inside that C-bit group.
+        low = [R[j][:cb] if cb else Const(0, 1) for j in range(G)]
         low_m1 = Signal(max(1, cb), name="low_m1")
         m.d.comb += low_m1.eq(Rm1[:cb] if cb else 0)
         gbits = max(1, (G - 1).bit_length())
@@ -434,7 +424,7 @@ class BitmapDecoder(wiring.Component):
         for i in range(L):
             gt = [Signal(name=f"gt{i}_{j}") for j in range(G)]
             for j in range(G):
-                m.d.comb += gt[j].eq(_gt_const(sat[j], i))
+                m.d.comb += gt[j].eq(~R[j][-1] & _gt_const(R[j][:-1], i))
             first = [gt[0]] + [gt[j] & ~gt[j - 1] for j in range(1, G)]
             gsel = Signal(gbits, name=f"gsel{i}")
             grp = Signal(C, name=f"grp{i}")
@@ -447,7 +437,8 @@ class BitmapDecoder(wiring.Component):
             ]
             with m.If(rdy_a):
                 # the rank in the group, i - dlow, is one LUT level (i is a constant)
-                m.d.sync += [a_grp[i].eq(grp), a_gsel[i].eq(gsel), a_lr[i].eq(i - dlow),
+                lr_tab = Array([Const((i - v) % (1 << max(1, cb)), max(1, cb)) for v in range(1 << max(1, cb))])
+                m.d.sync += [a_grp[i].eq(grp), a_gsel[i].eq(gsel), a_lr[i].eq(lr_tab[dlow]),
                              a_valid[i].eq(k > i), a_nxt[i].eq(finish & (k_cur <= i))]
         with m.If(rdy_a):
             m.d.sync += [a_rs.eq(rs_w[:rel_w - wlb]), a_es.eq(es_w[:rel_w - wlb])]
@@ -583,17 +574,27 @@ class BitmapDecoder(wiring.Component):
             m.d.comb += sh.eq(running & ~prime & sh_r)
             with m.If(sh):
                 drop(m, 1)
-                m.d.comb += [Rs[j].eq(R[j + GS] if j + GS < G else R[-1]) for j in range(G)]
-                m.d.comb += Rsm1.eq(R[GS - 1])
             with m.If(mat_end):
                 # the beats of this matrix still in the window: ceil(es / M) of them, one fewer
                 # if the oldest leaves now (then es > M)
                 for d in range(1, K + 1):
                     with m.If((es_bits > (d - 1) * M) & (es_bits <= d * M)):
                         m.d.sync += flush_d.eq(d - sh)
+        # The running/idle branch, kept apart from the error and flush cycles (which set the
+        # counts from registers and take no beat), so the refill and the row-end lookups below
+        # never wait on those decisions: Rn = counts after this cycle's drop (sh), v_d = slots
+        # still valid.
+        special = Signal()
+        m.d.comb += special.eq(any_err | (flush_d != 0))
+        Rn = [Signal(signed(rw), name=f"Rn{j}") for j in range(G)]
+        Rnm1 = Signal(signed(rw))
+        m.d.comb += [Rn[j].eq(Mux(sh, R[j + GS] if j + GS < G else R[-1], R[j])) for j in range(G)]
+        m.d.comb += Rnm1.eq(Mux(sh, R[GS - 1], Rm1))
+        v_d = [(Mux(sh, sv[i + 1], sv[i]) if i + 1 < K else sv[i] & ~sh) for i in range(K)]
         # refill from the input buffer into the first empty slot
         take_buf = Signal()
-        m.d.comb += [take_buf.eq(mbuf_v & ~v1[K - 1]), self.i_mask.ready.eq(~mbuf_v | ~v1[K - 1])]
+        m.d.comb += [take_buf.eq(mbuf_v & ~special & ~v_d[K - 1]),
+                     self.i_mask.ready.eq(~mbuf_v | (~special & ~v_d[K - 1]))]
         with m.If(self.i_mask.valid & self.i_mask.ready):
             m.d.sync += [mbuf.eq(Cat(self.i_mask.payload, *in_lq_now)), mbuf_v.eq(1)]
         with m.Elif(take_buf):
@@ -603,15 +604,18 @@ class BitmapDecoder(wiring.Component):
         # the beat entering slot i counts from the end of slot i-1; the slots after it (empty)
         # hold its total.  The add is off the k loop; only "- kk" follows k.
         Rf = [Signal(signed(rw), name=f"Rf{j}") for j in range(G)]
-        m.d.comb += [x.eq(y) for x, y in zip(Rf, Rs, strict=True)]
-        with m.If(mbuf_v):
+        m.d.comb += [x.eq(y) for x, y in zip(Rf, Rn, strict=True)]
+        with m.If(take_buf):
             for i in range(K):
-                with m.If(~v1[i] & (v1[i - 1] if i else 1)):
+                with m.If(~v_d[i] & (v_d[i - 1] if i else 1)):
                     m.d.sync += [slots[i].eq(mbuf), sv[i].eq(1)]
-                    start = Rs[i * GS - 1] if i else Rsm1
+                    start = Rn[i * GS - 1] if i else Rnm1
                     for j in range(i * GS, G):
                         m.d.comb += Rf[j].eq(start + (in_lq[j - i * GS] if j < (i + 1) * GS else in_lq[-1]))
-        m.d.sync += [R[j].eq(Rf[j] - kk) for j in range(G)] + [Rm1.eq(Rsm1 - kk)]
+        with m.If(special):
+            m.d.sync += [R[j].eq(Rs[j]) for j in range(G)] + [Rm1.eq(Rsm1)]
+        with m.Else():
+            m.d.sync += [R[j].eq(Rf[j] - kk) for j in range(G)] + [Rm1.eq(Rnm1 - kk)]
 
         # ---------------------------------------------------------------- next value state
         VA1, VB1 = Signal(V), Signal(V)
@@ -693,15 +697,17 @@ class BitmapDecoder(wiring.Component):
                          es2_w.eq(Mux(fin, es3_w - dsh, es2_n0)),
                          es3_w.eq(Mux(fin, es3_w + stride_w - dsh, es3_w - dsh))]
         m.d.sync += [has_next.eq(hn_n), last_row.eq(lr_n)]
+        # slot valid bits of the next cycle, as the running branch leaves them (after an error
+        # or in a flush cycle the registers below are not used before the next priming cycle)
         v_n = [Signal(name=f"mbeat{i}_vn") for i in range(K)]
-        m.d.comb += [v_n[i].eq(v1[i] | (mbuf_v & (v1[i - 1] if i else 1))) for i in range(K)]
+        m.d.comb += [v_n[i].eq(v_d[i] | (mbuf_v & (v_d[i - 1] if i else 1))) for i in range(K)]
         av_n = Signal(range(NW + 1))
         m.d.comb += av_n.eq(_popcount(v_n) * MW)
         # counts at the next row ends (es - dsh, es2 - dsh, es3 - dsh): the window positions are
         # decoded from the registers for both values of sh, then picked by it
-        c_a = r_at_sh(Rf, Rsm1, es_w, "r_a")
-        c_b = r_at_sh(Rf, Rsm1, es2_w, "r_b")
-        c_c = r_at_sh(Rf, Rsm1, es3_w, "r_c")
+        c_a = r_at_sh(Rf, Rnm1, es_w, "r_a")
+        c_b = r_at_sh(Rf, Rnm1, es2_w, "r_b")
+        c_c = r_at_sh(Rf, Rnm1, es3_w, "r_c")
         m.d.sync += [k_cur_full.eq(Mux(fin, c_b, c_a) - kk), k_nxt_full.eq(Mux(fin, c_c, c_b) - kk),
                      row_complete.eq(Mux(fin, es2_n0 <= av_n, es_n0 <= av_n)),
                      sh_r.eq(v_n[0] & (Rf[GS - 1] <= kk) & Mux(fin, es2_n0 > MW, es_n0 > MW))]

@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$3325$0 (\$39 [31:0]),
-    .\port$3809$0 (last3),
+    .\port$5894$0 (\$39 [31:0]),
+    .\port$6378$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3325$0 , w_en, w_level, r_data, r_en, \port$3809$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_data, r_en, \port$6378$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3325$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$3325$0 ;
-  wire [31:0] \port$3325$0 ;
-  input \port$3809$0 ;
-  wire \port$3809$0 ;
+  input [31:0] \port$5894$0 ;
+  wire [31:0] \port$5894$0 ;
+  input \port$6378$0 ;
+  wire \port$6378$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3325$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$3809$0 , \port$3325$0  };
+      storage[w_port__addr] <= { \port$6378$0 , \port$5894$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$3325$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$3809$0 , \port$3325$0  };
-  assign w_data = { \port$3809$0 , \port$3325$0  };
+  assign w_port__data = { \port$6378$0 , \port$5894$0  };
+  assign w_data = { \port$6378$0 , \port$5894$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -3696,173 +3696,173 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [2:0] \$1 ;
   reg [2:0] \$10 ;
   wire \$100 ;
-  wire [3:0] \$1000 ;
+  wire \$1000 ;
   wire \$1001 ;
   wire \$1002 ;
-  wire [3:0] \$1003 ;
+  wire \$1003 ;
   wire \$1004 ;
   wire \$1005 ;
-  wire [3:0] \$1006 ;
-  wire [3:0] \$1007 ;
-  wire [3:0] \$1008 ;
+  wire \$1006 ;
+  wire \$1007 ;
+  wire \$1008 ;
   wire \$1009 ;
   wire \$101 ;
   wire \$1010 ;
   wire \$1011 ;
   wire \$1012 ;
   wire \$1013 ;
-  wire [1:0] \$1014 ;
-  wire [1:0] \$1015 ;
+  wire \$1014 ;
+  wire \$1015 ;
   wire \$1016 ;
   wire \$1017 ;
-  wire [1:0] \$1018 ;
+  wire \$1018 ;
   wire \$1019 ;
   wire \$102 ;
   wire \$1020 ;
-  wire [2:0] \$1021 ;
-  wire [2:0] \$1022 ;
-  wire [2:0] \$1023 ;
+  wire \$1021 ;
+  wire \$1022 ;
+  wire \$1023 ;
   wire \$1024 ;
   wire \$1025 ;
-  wire [2:0] \$1026 ;
-  wire \$1027 ;
+  wire [1:0] \$1026 ;
+  wire [1:0] \$1027 ;
   wire \$1028 ;
-  wire [2:0] \$1029 ;
+  wire \$1029 ;
   wire \$103 ;
-  wire [2:0] \$1030 ;
+  wire [1:0] \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
   wire [2:0] \$1033 ;
   wire [2:0] \$1034 ;
-  wire [15:0] \$1035 ;
+  wire [2:0] \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
-  wire [15:0] \$1038 ;
-  wire [15:0] \$1039 ;
+  wire [2:0] \$1038 ;
+  wire \$1039 ;
   wire \$104 ;
   wire \$1040 ;
-  wire \$1041 ;
-  wire [15:0] \$1042 ;
+  wire [2:0] \$1041 ;
+  wire [2:0] \$1042 ;
   wire \$1043 ;
   wire \$1044 ;
-  wire [15:0] \$1045 ;
-  wire [15:0] \$1046 ;
+  wire [2:0] \$1045 ;
+  wire [2:0] \$1046 ;
   wire [15:0] \$1047 ;
   wire \$1048 ;
   wire \$1049 ;
   wire \$105 ;
   wire [15:0] \$1050 ;
-  wire \$1051 ;
+  wire [15:0] \$1051 ;
   wire \$1052 ;
-  wire [15:0] \$1053 ;
+  wire \$1053 ;
   wire [15:0] \$1054 ;
   wire \$1055 ;
   wire \$1056 ;
   wire [15:0] \$1057 ;
-  wire \$1058 ;
-  wire \$1059 ;
+  wire [15:0] \$1058 ;
+  wire [15:0] \$1059 ;
   wire \$106 ;
-  wire [15:0] \$1060 ;
-  wire [15:0] \$1061 ;
+  wire \$1060 ;
+  wire \$1061 ;
   wire [15:0] \$1062 ;
-  wire [3:0] \$1063 ;
+  wire \$1063 ;
   wire \$1064 ;
-  wire \$1065 ;
-  wire [3:0] \$1066 ;
-  wire [3:0] \$1067 ;
+  wire [15:0] \$1065 ;
+  wire [15:0] \$1066 ;
+  wire \$1067 ;
   wire \$1068 ;
-  wire \$1069 ;
+  wire [15:0] \$1069 ;
   wire \$107 ;
-  wire [3:0] \$1070 ;
+  wire \$1070 ;
   wire \$1071 ;
-  wire \$1072 ;
-  wire [3:0] \$1073 ;
-  wire [3:0] \$1074 ;
+  wire [15:0] \$1072 ;
+  wire [15:0] \$1073 ;
+  wire [15:0] \$1074 ;
   wire [3:0] \$1075 ;
   wire \$1076 ;
   wire \$1077 ;
   wire [3:0] \$1078 ;
-  wire \$1079 ;
+  wire [3:0] \$1079 ;
   wire \$108 ;
   wire \$1080 ;
-  wire [3:0] \$1081 ;
+  wire \$1081 ;
   wire [3:0] \$1082 ;
   wire \$1083 ;
   wire \$1084 ;
   wire [3:0] \$1085 ;
-  wire \$1086 ;
-  wire \$1087 ;
-  wire [3:0] \$1088 ;
-  wire [3:0] \$1089 ;
+  wire [3:0] \$1086 ;
+  wire [3:0] \$1087 ;
+  wire \$1088 ;
+  wire \$1089 ;
   wire \$109 ;
   wire [3:0] \$1090 ;
-  reg [2:0] \$1091 ;
-  reg [2:0] \$1092 ;
-  wire [4:0] \$1093 ;
+  wire \$1091 ;
+  wire \$1092 ;
+  wire [3:0] \$1093 ;
   wire [3:0] \$1094 ;
-  wire [3:0] \$1095 ;
-  wire [4:0] \$1096 ;
-  wire [5:0] \$1097 ;
-  reg [2:0] \$1098 ;
-  reg [2:0] \$1099 ;
+  wire \$1095 ;
+  wire \$1096 ;
+  wire [3:0] \$1097 ;
+  wire \$1098 ;
+  wire \$1099 ;
   reg [2:0] \$11 ;
   wire \$110 ;
-  wire [4:0] \$1100 ;
+  wire [3:0] \$1100 ;
   wire [3:0] \$1101 ;
   wire [3:0] \$1102 ;
-  wire [4:0] \$1103 ;
-  wire [5:0] \$1104 ;
-  reg [2:0] \$1105 ;
-  reg [2:0] \$1106 ;
-  wire [4:0] \$1107 ;
-  wire [3:0] \$1108 ;
-  wire [3:0] \$1109 ;
+  wire \$1103 ;
+  wire \$1104 ;
+  wire \$1105 ;
+  wire \$1106 ;
+  wire \$1107 ;
+  wire \$1108 ;
+  wire \$1109 ;
   wire \$111 ;
-  wire [4:0] \$1110 ;
-  wire [5:0] \$1111 ;
-  reg [2:0] \$1112 ;
-  reg [2:0] \$1113 ;
-  wire [4:0] \$1114 ;
-  wire [3:0] \$1115 ;
-  wire [3:0] \$1116 ;
-  wire [4:0] \$1117 ;
-  wire [5:0] \$1118 ;
-  reg [2:0] \$1119 ;
+  wire \$1110 ;
+  wire \$1111 ;
+  wire \$1112 ;
+  wire \$1113 ;
+  wire \$1114 ;
+  wire \$1115 ;
+  wire \$1116 ;
+  wire \$1117 ;
+  wire \$1118 ;
+  wire \$1119 ;
   wire \$112 ;
-  reg [2:0] \$1120 ;
-  wire [4:0] \$1121 ;
-  wire [3:0] \$1122 ;
-  wire [3:0] \$1123 ;
-  wire [4:0] \$1124 ;
-  wire [5:0] \$1125 ;
-  reg [2:0] \$1126 ;
-  reg [2:0] \$1127 ;
-  wire [4:0] \$1128 ;
-  wire [3:0] \$1129 ;
+  wire \$1120 ;
+  wire \$1121 ;
+  wire \$1122 ;
+  wire \$1123 ;
+  wire \$1124 ;
+  wire \$1125 ;
+  wire \$1126 ;
+  wire \$1127 ;
+  wire \$1128 ;
+  wire \$1129 ;
   wire \$113 ;
-  wire [3:0] \$1130 ;
-  wire [4:0] \$1131 ;
-  wire [5:0] \$1132 ;
-  reg [2:0] \$1133 ;
-  reg [2:0] \$1134 ;
-  wire [4:0] \$1135 ;
-  wire [3:0] \$1136 ;
-  wire [3:0] \$1137 ;
-  wire [4:0] \$1138 ;
-  wire [5:0] \$1139 ;
+  wire \$1130 ;
+  wire \$1131 ;
+  wire \$1132 ;
+  wire \$1133 ;
+  wire \$1134 ;
+  wire \$1135 ;
+  wire \$1136 ;
+  wire \$1137 ;
+  wire \$1138 ;
+  wire \$1139 ;
   wire \$114 ;
-  reg [2:0] \$1140 ;
-  reg [2:0] \$1141 ;
-  wire [4:0] \$1142 ;
-  wire [3:0] \$1143 ;
-  wire [3:0] \$1144 ;
-  wire [4:0] \$1145 ;
-  wire [5:0] \$1146 ;
-  wire [4:0] \$1147 ;
-  wire [4:0] \$1148 ;
-  wire [3:0] \$1149 ;
+  wire \$1140 ;
+  wire \$1141 ;
+  wire \$1142 ;
+  wire \$1143 ;
+  wire \$1144 ;
+  wire \$1145 ;
+  wire \$1146 ;
+  wire \$1147 ;
+  wire \$1148 ;
+  wire \$1149 ;
   wire \$115 ;
-  wire [5:0] \$1150 ;
+  wire \$1150 ;
   wire \$1151 ;
   wire \$1152 ;
   wire \$1153 ;
@@ -3881,19 +3881,19 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1165 ;
   wire \$1166 ;
   wire \$1167 ;
-  wire [9:0] \$1168 ;
-  wire [10:0] \$1169 ;
+  wire \$1168 ;
+  wire \$1169 ;
   wire \$117 ;
   wire \$1170 ;
-  wire [9:0] \$1171 ;
-  wire [9:0] \$1172 ;
-  wire [9:0] \$1173 ;
-  wire [9:0] \$1174 ;
-  wire [9:0] \$1175 ;
-  wire [9:0] \$1176 ;
-  wire [9:0] \$1177 ;
-  wire [9:0] \$1178 ;
-  wire [9:0] \$1179 ;
+  wire \$1171 ;
+  wire \$1172 ;
+  wire \$1173 ;
+  wire \$1174 ;
+  wire \$1175 ;
+  wire \$1176 ;
+  wire \$1177 ;
+  wire \$1178 ;
+  wire \$1179 ;
   wire \$118 ;
   wire \$1180 ;
   wire \$1181 ;
@@ -3903,23 +3903,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1185 ;
   wire \$1186 ;
   wire \$1187 ;
-  wire [9:0] \$1188 ;
-  wire [9:0] \$1189 ;
+  wire \$1188 ;
+  wire \$1189 ;
   wire \$119 ;
-  wire [9:0] \$1190 ;
-  wire [9:0] \$1191 ;
-  wire [9:0] \$1192 ;
-  wire [9:0] \$1193 ;
-  wire [9:0] \$1194 ;
-  wire [9:0] \$1195 ;
+  wire \$1190 ;
+  wire \$1191 ;
+  wire \$1192 ;
+  wire \$1193 ;
+  wire \$1194 ;
+  wire \$1195 ;
   wire \$1196 ;
   wire \$1197 ;
-  wire [9:0] \$1198 ;
-  wire [9:0] \$1199 ;
+  wire \$1198 ;
+  wire \$1199 ;
   wire [3:0] \$12 ;
   wire \$120 ;
-  wire [9:0] \$1200 ;
-  wire [9:0] \$1201 ;
+  wire \$1200 ;
+  wire \$1201 ;
   wire \$1202 ;
   wire \$1203 ;
   wire \$1204 ;
@@ -3967,16 +3967,16 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1242 ;
   wire \$1243 ;
   wire \$1244 ;
-  wire [11:0] \$1245 ;
-  wire [11:0] \$1246 ;
-  wire [11:0] \$1247 ;
+  wire \$1245 ;
+  wire \$1246 ;
+  wire \$1247 ;
   wire \$1248 ;
   wire \$1249 ;
   wire \$125 ;
   wire \$1250 ;
   wire \$1251 ;
-  reg [2:0] \$1252 ;
-  wire [4:0] \$1253 ;
+  wire \$1252 ;
+  wire \$1253 ;
   wire \$1254 ;
   wire \$1255 ;
   wire \$1256 ;
@@ -3985,25 +3985,25 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1259 ;
   wire \$126 ;
   wire \$1260 ;
-  wire [9:0] \$1261 ;
+  wire \$1261 ;
   wire \$1262 ;
-  wire [9:0] \$1263 ;
+  wire \$1263 ;
   wire \$1264 ;
-  wire [9:0] \$1265 ;
+  wire \$1265 ;
   wire \$1266 ;
-  wire [9:0] \$1267 ;
+  wire \$1267 ;
   wire \$1268 ;
-  wire [9:0] \$1269 ;
+  wire \$1269 ;
   wire \$127 ;
   wire \$1270 ;
-  wire [8:0] \$1271 ;
-  wire [8:0] \$1272 ;
-  wire [8:0] \$1273 ;
-  wire [8:0] \$1274 ;
-  wire [8:0] \$1275 ;
-  wire [8:0] \$1276 ;
-  wire [8:0] \$1277 ;
-  wire [8:0] \$1278 ;
+  wire \$1271 ;
+  wire \$1272 ;
+  wire \$1273 ;
+  wire \$1274 ;
+  wire \$1275 ;
+  wire \$1276 ;
+  wire \$1277 ;
+  wire \$1278 ;
   wire \$1279 ;
   wire \$128 ;
   wire \$1280 ;
@@ -4012,27 +4012,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1283 ;
   wire \$1284 ;
   wire \$1285 ;
-  wire [10:0] \$1286 ;
+  wire \$1286 ;
   wire \$1287 ;
-  wire [10:0] \$1288 ;
+  wire \$1288 ;
   wire \$1289 ;
   wire \$129 ;
-  wire [10:0] \$1290 ;
+  wire \$1290 ;
   wire \$1291 ;
-  wire [10:0] \$1292 ;
+  wire \$1292 ;
   wire \$1293 ;
-  wire [10:0] \$1294 ;
+  wire \$1294 ;
   wire \$1295 ;
-  wire [8:0] \$1296 ;
-  wire [8:0] \$1297 ;
-  wire [8:0] \$1298 ;
-  wire [8:0] \$1299 ;
+  wire \$1296 ;
+  wire \$1297 ;
+  wire \$1298 ;
+  wire \$1299 ;
   reg [2:0] \$13 ;
   wire \$130 ;
-  wire [8:0] \$1300 ;
-  wire [8:0] \$1301 ;
-  wire [8:0] \$1302 ;
-  wire [8:0] \$1303 ;
+  wire \$1300 ;
+  wire \$1301 ;
+  wire \$1302 ;
+  wire \$1303 ;
   wire \$1304 ;
   wire \$1305 ;
   wire \$1306 ;
@@ -4041,61 +4041,61 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1309 ;
   wire \$131 ;
   wire \$1310 ;
-  wire [11:0] \$1311 ;
+  wire \$1311 ;
   wire \$1312 ;
-  wire [11:0] \$1313 ;
+  wire \$1313 ;
   wire \$1314 ;
-  wire [11:0] \$1315 ;
+  wire \$1315 ;
   wire \$1316 ;
-  wire [11:0] \$1317 ;
+  wire \$1317 ;
   wire \$1318 ;
-  wire [11:0] \$1319 ;
+  wire \$1319 ;
   wire \$132 ;
   wire \$1320 ;
-  wire [8:0] \$1321 ;
-  wire [8:0] \$1322 ;
-  wire [8:0] \$1323 ;
-  wire [8:0] \$1324 ;
-  wire [8:0] \$1325 ;
-  wire [8:0] \$1326 ;
-  wire [8:0] \$1327 ;
-  wire [8:0] \$1328 ;
+  wire \$1321 ;
+  wire \$1322 ;
+  wire \$1323 ;
+  wire \$1324 ;
+  wire \$1325 ;
+  wire \$1326 ;
+  wire \$1327 ;
+  wire \$1328 ;
   wire \$1329 ;
   wire \$133 ;
   wire \$1330 ;
   wire \$1331 ;
-  wire [4:0] \$1332 ;
+  wire \$1332 ;
   wire \$1333 ;
   wire \$1334 ;
   wire \$1335 ;
-  wire [4:0] \$1336 ;
+  wire \$1336 ;
   wire \$1337 ;
   wire \$1338 ;
   wire \$1339 ;
   wire \$134 ;
-  wire [4:0] \$1340 ;
+  wire \$1340 ;
   wire \$1341 ;
   wire \$1342 ;
   wire \$1343 ;
-  wire [4:0] \$1344 ;
+  wire \$1344 ;
   wire \$1345 ;
   wire \$1346 ;
   wire \$1347 ;
-  wire [4:0] \$1348 ;
+  wire \$1348 ;
   wire \$1349 ;
   wire \$135 ;
   wire \$1350 ;
   wire \$1351 ;
-  wire [4:0] \$1352 ;
+  wire \$1352 ;
   wire \$1353 ;
   wire \$1354 ;
   wire \$1355 ;
-  wire [4:0] \$1356 ;
+  wire \$1356 ;
   wire \$1357 ;
   wire \$1358 ;
   wire \$1359 ;
   wire \$136 ;
-  wire [4:0] \$1360 ;
+  wire \$1360 ;
   wire \$1361 ;
   wire \$1362 ;
   wire \$1363 ;
@@ -4121,18 +4121,18 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1381 ;
   wire \$1382 ;
   wire \$1383 ;
-  wire [7:0] \$1384 ;
+  wire \$1384 ;
   wire \$1385 ;
   wire \$1386 ;
   wire \$1387 ;
   wire \$1388 ;
   wire \$1389 ;
   wire \$139 ;
-  wire [1:0] \$1390 ;
+  wire \$1390 ;
   wire \$1391 ;
   wire \$1392 ;
   wire \$1393 ;
-  wire [2:0] \$1394 ;
+  wire \$1394 ;
   wire \$1395 ;
   wire \$1396 ;
   wire \$1397 ;
@@ -4140,15 +4140,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1399 ;
   reg [2:0] \$14 ;
   wire \$140 ;
-  wire [9:0] \$1400 ;
-  wire [9:0] \$1401 ;
-  wire [9:0] \$1402 ;
-  wire [9:0] \$1403 ;
-  wire [9:0] \$1404 ;
-  wire [9:0] \$1405 ;
-  wire [9:0] \$1406 ;
-  wire [9:0] \$1407 ;
-  wire [9:0] \$1408 ;
+  wire \$1400 ;
+  wire \$1401 ;
+  wire \$1402 ;
+  wire \$1403 ;
+  wire \$1404 ;
+  wire \$1405 ;
+  wire \$1406 ;
+  wire \$1407 ;
+  wire \$1408 ;
   wire \$1409 ;
   wire \$141 ;
   wire \$1410 ;
@@ -4156,7 +4156,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1412 ;
   wire \$1413 ;
   wire \$1414 ;
-  wire [5:0] \$1415 ;
+  wire \$1415 ;
   wire \$1416 ;
   wire \$1417 ;
   wire \$1418 ;
@@ -4164,38 +4164,38 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$142 ;
   wire \$1420 ;
   wire \$1421 ;
-  wire [11:0] \$1422 ;
+  wire \$1422 ;
   wire \$1423 ;
-  wire [16:0] \$1424 ;
+  wire \$1424 ;
   wire \$1425 ;
   wire \$1426 ;
   wire \$1427 ;
-  wire [11:0] \$1428 ;
-  wire [11:0] \$1429 ;
+  wire \$1428 ;
+  wire \$1429 ;
   wire \$143 ;
-  wire [12:0] \$1430 ;
-  wire [11:0] \$1431 ;
-  wire [11:0] \$1432 ;
-  wire [12:0] \$1433 ;
-  wire [13:0] \$1434 ;
-  wire [7:0] \$1435 ;
-  wire [7:0] \$1436 ;
-  wire [8:0] \$1437 ;
-  wire [8:0] \$1438 ;
-  wire [8:0] \$1439 ;
+  wire \$1430 ;
+  wire \$1431 ;
+  wire \$1432 ;
+  wire \$1433 ;
+  wire \$1434 ;
+  wire \$1435 ;
+  wire \$1436 ;
+  wire \$1437 ;
+  wire \$1438 ;
+  wire \$1439 ;
   wire \$144 ;
-  wire [9:0] \$1440 ;
-  wire [11:0] \$1441 ;
-  wire [11:0] \$1442 ;
-  wire [11:0] \$1443 ;
-  wire [12:0] \$1444 ;
-  wire [11:0] \$1445 ;
-  wire [12:0] \$1446 ;
-  wire [8:0] \$1447 ;
-  wire [9:0] \$1448 ;
-  wire [8:0] \$1449 ;
+  wire \$1440 ;
+  wire \$1441 ;
+  wire \$1442 ;
+  wire \$1443 ;
+  wire \$1444 ;
+  wire \$1445 ;
+  wire \$1446 ;
+  wire \$1447 ;
+  wire \$1448 ;
+  wire \$1449 ;
   wire \$145 ;
-  wire [9:0] \$1450 ;
+  wire \$1450 ;
   wire \$1451 ;
   wire \$1452 ;
   wire \$1453 ;
@@ -4206,361 +4206,2782 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1458 ;
   wire \$1459 ;
   wire \$146 ;
-  wire [3:0] \$1460 ;
-  reg \$1461 ;
-  reg [15:0] \$1462 ;
-  reg [2:0] \$1463 ;
-  reg [3:0] \$1464 ;
-  reg [7:0] \$1465 ;
-  reg [7:0] \$1466 ;
-  reg [15:0] \$1467 ;
-  reg [2:0] \$1468 ;
-  reg [3:0] \$1469 ;
+  wire \$1460 ;
+  wire \$1461 ;
+  wire \$1462 ;
+  wire \$1463 ;
+  wire \$1464 ;
+  wire \$1465 ;
+  wire \$1466 ;
+  wire \$1467 ;
+  wire \$1468 ;
+  wire \$1469 ;
   wire \$147 ;
-  reg [15:0] \$1470 ;
-  reg [2:0] \$1471 ;
-  reg [3:0] \$1472 ;
-  reg [15:0] \$1473 ;
-  reg [2:0] \$1474 ;
-  reg [3:0] \$1475 ;
-  reg [15:0] \$1476 ;
-  reg [2:0] \$1477 ;
-  reg [3:0] \$1478 ;
-  reg [15:0] \$1479 ;
+  wire \$1470 ;
+  wire \$1471 ;
+  wire \$1472 ;
+  wire \$1473 ;
+  wire \$1474 ;
+  wire \$1475 ;
+  wire \$1476 ;
+  wire \$1477 ;
+  wire \$1478 ;
+  wire \$1479 ;
   wire \$148 ;
-  reg [2:0] \$1480 ;
-  reg [3:0] \$1481 ;
-  reg [15:0] \$1482 ;
-  reg [2:0] \$1483 ;
-  reg [3:0] \$1484 ;
-  reg [15:0] \$1485 ;
-  reg [2:0] \$1486 ;
-  reg [3:0] \$1487 ;
-  reg [4:0] \$1488 ;
-  reg [4:0] \$1489 ;
+  wire \$1480 ;
+  wire \$1481 ;
+  wire \$1482 ;
+  wire \$1483 ;
+  wire \$1484 ;
+  wire \$1485 ;
+  wire \$1486 ;
+  wire \$1487 ;
+  wire \$1488 ;
+  wire \$1489 ;
   wire \$149 ;
-  reg \$1490 ;
-  reg \$1491 ;
-  reg \$1492 ;
-  reg \$1493 ;
-  reg [63:0] \$1494 ;
-  reg [7:0] \$1495 ;
-  reg \$1496 ;
-  reg [1:0] \$1497 ;
-  reg [91:0] \$1498 ;
-  reg \$1499 ;
+  wire \$1490 ;
+  wire \$1491 ;
+  wire \$1492 ;
+  wire \$1493 ;
+  wire \$1494 ;
+  wire \$1495 ;
+  wire \$1496 ;
+  wire \$1497 ;
+  wire \$1498 ;
+  wire \$1499 ;
   wire [3:0] \$15 ;
   wire \$150 ;
-  reg [91:0] \$1500 ;
-  reg [91:0] \$1501 ;
-  reg \$1502 ;
-  reg \$1503 ;
-  reg [8:0] \$1504 ;
-  reg [8:0] \$1505 ;
-  reg [8:0] \$1506 ;
-  reg [8:0] \$1507 ;
-  reg [8:0] \$1508 ;
-  reg [8:0] \$1509 ;
+  wire \$1500 ;
+  wire \$1501 ;
+  wire \$1502 ;
+  wire \$1503 ;
+  wire \$1504 ;
+  wire \$1505 ;
+  wire \$1506 ;
+  wire \$1507 ;
+  wire [1:0] \$1508 ;
+  wire [1:0] \$1509 ;
   wire \$151 ;
-  reg [8:0] \$1510 ;
-  reg [8:0] \$1511 ;
-  reg [8:0] \$1512 ;
-  reg [2:0] \$1513 ;
-  reg \$1514 ;
-  reg \$1515 ;
-  reg \$1516 ;
-  reg [63:0] \$1517 ;
-  reg [63:0] \$1518 ;
-  reg \$1519 ;
+  wire \$1510 ;
+  wire \$1511 ;
+  wire [1:0] \$1512 ;
+  wire \$1513 ;
+  wire \$1514 ;
+  wire [2:0] \$1515 ;
+  wire [2:0] \$1516 ;
+  wire [2:0] \$1517 ;
+  wire \$1518 ;
+  wire \$1519 ;
   wire \$152 ;
-  reg \$1520 ;
-  reg \$1521 ;
-  reg \$1522 ;
-  reg \$1523 ;
-  reg [15:0] \$1524 ;
-  reg [10:0] \$1525 ;
-  reg [6:0] \$1526 ;
-  reg \$1527 ;
-  reg [7:0] \$1528 ;
-  reg [8:0] \$1529 ;
+  wire [2:0] \$1520 ;
+  wire \$1521 ;
+  wire \$1522 ;
+  wire [2:0] \$1523 ;
+  wire [2:0] \$1524 ;
+  wire \$1525 ;
+  wire \$1526 ;
+  wire [2:0] \$1527 ;
+  wire [2:0] \$1528 ;
+  wire [15:0] \$1529 ;
   wire \$153 ;
-  reg [9:0] \$1530 ;
-  reg [10:0] \$1531 ;
-  reg \$1532 ;
-  reg \$1533 ;
-  reg [8:0] \$1534 ;
-  reg [8:0] \$1535 ;
-  reg \$1536 ;
-  reg \$1537 ;
-  reg [3:0] \$1538 ;
+  wire \$1530 ;
+  wire \$1531 ;
+  wire [15:0] \$1532 ;
+  wire [15:0] \$1533 ;
+  wire \$1534 ;
+  wire \$1535 ;
+  wire [15:0] \$1536 ;
+  wire \$1537 ;
+  wire \$1538 ;
+  wire [15:0] \$1539 ;
   wire \$154 ;
+  wire [15:0] \$1540 ;
+  wire [15:0] \$1541 ;
+  wire \$1542 ;
+  wire \$1543 ;
+  wire [15:0] \$1544 ;
+  wire \$1545 ;
+  wire \$1546 ;
+  wire [15:0] \$1547 ;
+  wire [15:0] \$1548 ;
+  wire \$1549 ;
   wire \$155 ;
+  wire \$1550 ;
+  wire [15:0] \$1551 ;
+  wire \$1552 ;
+  wire \$1553 ;
+  wire [15:0] \$1554 ;
+  wire [15:0] \$1555 ;
+  wire [15:0] \$1556 ;
+  wire [3:0] \$1557 ;
+  wire \$1558 ;
+  wire \$1559 ;
   wire \$156 ;
+  wire [3:0] \$1560 ;
+  wire [3:0] \$1561 ;
+  wire \$1562 ;
+  wire \$1563 ;
+  wire [3:0] \$1564 ;
+  wire \$1565 ;
+  wire \$1566 ;
+  wire [3:0] \$1567 ;
+  wire [3:0] \$1568 ;
+  wire [3:0] \$1569 ;
   wire \$157 ;
+  wire \$1570 ;
+  wire \$1571 ;
+  wire [3:0] \$1572 ;
+  wire \$1573 ;
+  wire \$1574 ;
+  wire [3:0] \$1575 ;
+  wire [3:0] \$1576 ;
+  wire \$1577 ;
+  wire \$1578 ;
+  wire [3:0] \$1579 ;
   wire \$158 ;
+  wire \$1580 ;
+  wire \$1581 ;
+  wire [3:0] \$1582 ;
+  wire [3:0] \$1583 ;
+  wire [3:0] \$1584 ;
+  wire \$1585 ;
+  wire \$1586 ;
+  wire \$1587 ;
+  wire \$1588 ;
+  wire \$1589 ;
   wire \$159 ;
+  wire \$1590 ;
+  wire \$1591 ;
+  wire \$1592 ;
+  wire \$1593 ;
+  wire \$1594 ;
+  wire \$1595 ;
+  wire \$1596 ;
+  wire \$1597 ;
+  wire \$1598 ;
+  wire \$1599 ;
   reg [2:0] \$16 ;
   wire \$160 ;
+  wire \$1600 ;
+  wire \$1601 ;
+  wire \$1602 ;
+  wire \$1603 ;
+  wire \$1604 ;
+  wire \$1605 ;
+  wire \$1606 ;
+  wire \$1607 ;
+  wire \$1608 ;
+  wire \$1609 ;
   wire \$161 ;
+  wire \$1610 ;
+  wire \$1611 ;
+  wire \$1612 ;
+  wire \$1613 ;
+  wire \$1614 ;
+  wire \$1615 ;
+  wire \$1616 ;
+  wire \$1617 ;
+  wire \$1618 ;
+  wire \$1619 ;
   wire \$162 ;
+  wire \$1620 ;
+  wire \$1621 ;
+  wire \$1622 ;
+  wire \$1623 ;
+  wire \$1624 ;
+  wire \$1625 ;
+  wire \$1626 ;
+  wire \$1627 ;
+  wire \$1628 ;
+  wire \$1629 ;
   wire \$163 ;
+  wire \$1630 ;
+  wire \$1631 ;
+  wire \$1632 ;
+  wire \$1633 ;
+  wire \$1634 ;
+  wire \$1635 ;
+  wire \$1636 ;
+  wire \$1637 ;
+  wire \$1638 ;
+  wire \$1639 ;
   wire \$164 ;
+  wire \$1640 ;
+  wire \$1641 ;
+  wire \$1642 ;
+  wire \$1643 ;
+  wire \$1644 ;
+  wire \$1645 ;
+  wire \$1646 ;
+  wire \$1647 ;
+  wire \$1648 ;
+  wire \$1649 ;
   wire \$165 ;
+  wire \$1650 ;
+  wire \$1651 ;
+  wire \$1652 ;
+  wire \$1653 ;
+  wire \$1654 ;
+  wire \$1655 ;
+  wire \$1656 ;
+  wire \$1657 ;
+  wire \$1658 ;
+  wire \$1659 ;
   wire \$166 ;
+  wire \$1660 ;
+  wire \$1661 ;
+  wire \$1662 ;
+  wire \$1663 ;
+  wire \$1664 ;
+  wire \$1665 ;
+  wire \$1666 ;
+  wire \$1667 ;
+  wire \$1668 ;
+  wire \$1669 ;
   wire \$167 ;
+  wire \$1670 ;
+  wire \$1671 ;
+  wire \$1672 ;
+  wire \$1673 ;
+  wire \$1674 ;
+  wire \$1675 ;
+  wire \$1676 ;
+  wire \$1677 ;
+  wire \$1678 ;
+  wire \$1679 ;
   wire \$168 ;
+  wire \$1680 ;
+  wire \$1681 ;
+  wire \$1682 ;
+  wire \$1683 ;
+  wire \$1684 ;
+  wire \$1685 ;
+  wire \$1686 ;
+  wire \$1687 ;
+  wire \$1688 ;
+  wire \$1689 ;
   wire \$169 ;
+  wire \$1690 ;
+  wire \$1691 ;
+  wire \$1692 ;
+  wire \$1693 ;
+  wire \$1694 ;
+  wire \$1695 ;
+  wire \$1696 ;
+  wire \$1697 ;
+  wire \$1698 ;
+  wire \$1699 ;
   reg [2:0] \$17 ;
   wire \$170 ;
+  wire \$1700 ;
+  wire \$1701 ;
+  wire \$1702 ;
+  wire \$1703 ;
+  wire \$1704 ;
+  wire \$1705 ;
+  wire \$1706 ;
+  wire \$1707 ;
+  wire \$1708 ;
+  wire \$1709 ;
   wire \$171 ;
+  wire \$1710 ;
+  wire \$1711 ;
+  wire \$1712 ;
+  wire \$1713 ;
+  wire \$1714 ;
+  wire \$1715 ;
+  wire \$1716 ;
+  wire \$1717 ;
+  wire \$1718 ;
+  wire \$1719 ;
   wire \$172 ;
+  wire \$1720 ;
+  wire \$1721 ;
+  wire \$1722 ;
+  wire \$1723 ;
+  wire \$1724 ;
+  wire \$1725 ;
+  wire \$1726 ;
+  wire \$1727 ;
+  wire \$1728 ;
+  wire \$1729 ;
   wire \$173 ;
+  wire \$1730 ;
+  wire \$1731 ;
+  wire \$1732 ;
+  wire \$1733 ;
+  wire \$1734 ;
+  wire \$1735 ;
+  wire \$1736 ;
+  wire \$1737 ;
+  wire \$1738 ;
+  wire \$1739 ;
   wire \$174 ;
+  wire \$1740 ;
+  wire \$1741 ;
+  wire \$1742 ;
+  wire \$1743 ;
+  wire \$1744 ;
+  wire \$1745 ;
+  wire \$1746 ;
+  wire \$1747 ;
+  wire \$1748 ;
+  wire \$1749 ;
   wire \$175 ;
-  wire [1:0] \$176 ;
-  wire [1:0] \$177 ;
+  wire \$1750 ;
+  wire \$1751 ;
+  wire \$1752 ;
+  wire \$1753 ;
+  wire \$1754 ;
+  wire \$1755 ;
+  wire \$1756 ;
+  wire \$1757 ;
+  wire \$1758 ;
+  wire \$1759 ;
+  wire \$176 ;
+  wire \$1760 ;
+  wire \$1761 ;
+  wire \$1762 ;
+  wire \$1763 ;
+  wire \$1764 ;
+  wire \$1765 ;
+  wire \$1766 ;
+  wire \$1767 ;
+  wire \$1768 ;
+  wire \$1769 ;
+  wire \$177 ;
+  wire \$1770 ;
+  wire \$1771 ;
+  wire \$1772 ;
+  wire \$1773 ;
+  wire \$1774 ;
+  wire \$1775 ;
+  wire \$1776 ;
+  wire \$1777 ;
+  wire \$1778 ;
+  wire \$1779 ;
   wire \$178 ;
+  wire \$1780 ;
+  wire \$1781 ;
+  wire \$1782 ;
+  wire \$1783 ;
+  wire \$1784 ;
+  wire \$1785 ;
+  wire \$1786 ;
+  wire \$1787 ;
+  wire \$1788 ;
+  wire \$1789 ;
   wire \$179 ;
+  wire \$1790 ;
+  wire \$1791 ;
+  wire \$1792 ;
+  wire \$1793 ;
+  wire \$1794 ;
+  wire \$1795 ;
+  wire \$1796 ;
+  wire \$1797 ;
+  wire \$1798 ;
+  wire \$1799 ;
   wire [3:0] \$18 ;
-  wire [1:0] \$180 ;
+  wire \$180 ;
+  wire \$1800 ;
+  wire \$1801 ;
+  wire \$1802 ;
+  wire \$1803 ;
+  wire \$1804 ;
+  wire \$1805 ;
+  wire \$1806 ;
+  wire \$1807 ;
+  wire \$1808 ;
+  wire \$1809 ;
   wire \$181 ;
+  wire \$1810 ;
+  wire \$1811 ;
+  wire \$1812 ;
+  wire \$1813 ;
+  wire \$1814 ;
+  wire \$1815 ;
+  wire \$1816 ;
+  wire \$1817 ;
+  wire \$1818 ;
+  wire \$1819 ;
   wire \$182 ;
-  wire [2:0] \$183 ;
-  wire [2:0] \$184 ;
-  wire [2:0] \$185 ;
+  wire \$1820 ;
+  wire \$1821 ;
+  wire \$1822 ;
+  wire \$1823 ;
+  wire \$1824 ;
+  wire \$1825 ;
+  wire \$1826 ;
+  wire \$1827 ;
+  wire \$1828 ;
+  wire \$1829 ;
+  wire \$183 ;
+  wire \$1830 ;
+  wire \$1831 ;
+  wire \$1832 ;
+  wire \$1833 ;
+  wire \$1834 ;
+  wire \$1835 ;
+  wire \$1836 ;
+  wire \$1837 ;
+  wire \$1838 ;
+  wire \$1839 ;
+  wire \$184 ;
+  wire \$1840 ;
+  wire \$1841 ;
+  wire \$1842 ;
+  wire \$1843 ;
+  wire \$1844 ;
+  wire \$1845 ;
+  wire \$1846 ;
+  wire \$1847 ;
+  wire \$1848 ;
+  wire \$1849 ;
+  wire \$185 ;
+  wire \$1850 ;
+  wire \$1851 ;
+  wire \$1852 ;
+  wire \$1853 ;
+  wire \$1854 ;
+  wire \$1855 ;
+  wire \$1856 ;
+  wire \$1857 ;
+  wire \$1858 ;
+  wire \$1859 ;
   wire \$186 ;
+  wire \$1860 ;
+  wire \$1861 ;
+  wire \$1862 ;
+  wire \$1863 ;
+  wire \$1864 ;
+  wire \$1865 ;
+  wire \$1866 ;
+  wire \$1867 ;
+  wire \$1868 ;
+  wire \$1869 ;
   wire \$187 ;
-  wire [2:0] \$188 ;
+  wire \$1870 ;
+  wire \$1871 ;
+  wire \$1872 ;
+  wire \$1873 ;
+  wire \$1874 ;
+  wire \$1875 ;
+  wire \$1876 ;
+  wire \$1877 ;
+  wire [1:0] \$1878 ;
+  wire [1:0] \$1879 ;
+  wire \$188 ;
+  wire \$1880 ;
+  wire \$1881 ;
+  wire [1:0] \$1882 ;
+  wire \$1883 ;
+  wire \$1884 ;
+  wire [2:0] \$1885 ;
+  wire [2:0] \$1886 ;
+  wire [2:0] \$1887 ;
+  wire \$1888 ;
+  wire \$1889 ;
   wire \$189 ;
+  wire [2:0] \$1890 ;
+  wire \$1891 ;
+  wire \$1892 ;
+  wire [2:0] \$1893 ;
+  wire [2:0] \$1894 ;
+  wire \$1895 ;
+  wire \$1896 ;
+  wire [2:0] \$1897 ;
+  wire [2:0] \$1898 ;
+  wire [15:0] \$1899 ;
   reg [2:0] \$19 ;
   wire \$190 ;
-  wire [2:0] \$191 ;
-  wire [2:0] \$192 ;
+  wire \$1900 ;
+  wire \$1901 ;
+  wire [15:0] \$1902 ;
+  wire [15:0] \$1903 ;
+  wire \$1904 ;
+  wire \$1905 ;
+  wire [15:0] \$1906 ;
+  wire \$1907 ;
+  wire \$1908 ;
+  wire [15:0] \$1909 ;
+  wire \$191 ;
+  wire [15:0] \$1910 ;
+  wire [15:0] \$1911 ;
+  wire \$1912 ;
+  wire \$1913 ;
+  wire [15:0] \$1914 ;
+  wire \$1915 ;
+  wire \$1916 ;
+  wire [15:0] \$1917 ;
+  wire [15:0] \$1918 ;
+  wire \$1919 ;
+  wire \$192 ;
+  wire \$1920 ;
+  wire [15:0] \$1921 ;
+  wire \$1922 ;
+  wire \$1923 ;
+  wire [15:0] \$1924 ;
+  wire [15:0] \$1925 ;
+  wire [15:0] \$1926 ;
+  wire [3:0] \$1927 ;
+  wire \$1928 ;
+  wire \$1929 ;
   wire \$193 ;
+  wire [3:0] \$1930 ;
+  wire [3:0] \$1931 ;
+  wire \$1932 ;
+  wire \$1933 ;
+  wire [3:0] \$1934 ;
+  wire \$1935 ;
+  wire \$1936 ;
+  wire [3:0] \$1937 ;
+  wire [3:0] \$1938 ;
+  wire [3:0] \$1939 ;
   wire \$194 ;
-  wire [2:0] \$195 ;
-  wire [2:0] \$196 ;
-  wire [15:0] \$197 ;
+  wire \$1940 ;
+  wire \$1941 ;
+  wire [3:0] \$1942 ;
+  wire \$1943 ;
+  wire \$1944 ;
+  wire [3:0] \$1945 ;
+  wire [3:0] \$1946 ;
+  wire \$1947 ;
+  wire \$1948 ;
+  wire [3:0] \$1949 ;
+  wire \$195 ;
+  wire \$1950 ;
+  wire \$1951 ;
+  wire [3:0] \$1952 ;
+  wire [3:0] \$1953 ;
+  wire [3:0] \$1954 ;
+  wire \$1955 ;
+  wire \$1956 ;
+  wire \$1957 ;
+  wire \$1958 ;
+  wire \$1959 ;
+  wire \$196 ;
+  wire \$1960 ;
+  wire \$1961 ;
+  wire \$1962 ;
+  wire \$1963 ;
+  wire \$1964 ;
+  wire \$1965 ;
+  wire \$1966 ;
+  wire \$1967 ;
+  wire \$1968 ;
+  wire \$1969 ;
+  wire \$197 ;
+  wire \$1970 ;
+  wire \$1971 ;
+  wire \$1972 ;
+  wire \$1973 ;
+  wire \$1974 ;
+  wire \$1975 ;
+  wire \$1976 ;
+  wire \$1977 ;
+  wire \$1978 ;
+  wire \$1979 ;
   wire \$198 ;
+  wire \$1980 ;
+  wire \$1981 ;
+  wire \$1982 ;
+  wire \$1983 ;
+  wire \$1984 ;
+  wire \$1985 ;
+  wire \$1986 ;
+  wire \$1987 ;
+  wire \$1988 ;
+  wire \$1989 ;
   wire \$199 ;
+  wire \$1990 ;
+  wire \$1991 ;
+  wire \$1992 ;
+  wire \$1993 ;
+  wire \$1994 ;
+  wire \$1995 ;
+  wire \$1996 ;
+  wire \$1997 ;
+  wire \$1998 ;
+  wire \$1999 ;
   reg [2:0] \$2 ;
   reg [2:0] \$20 ;
-  wire [15:0] \$200 ;
-  wire [15:0] \$201 ;
+  wire \$200 ;
+  wire \$2000 ;
+  wire \$2001 ;
+  wire \$2002 ;
+  wire \$2003 ;
+  wire \$2004 ;
+  wire \$2005 ;
+  wire \$2006 ;
+  wire \$2007 ;
+  wire \$2008 ;
+  wire \$2009 ;
+  wire \$201 ;
+  wire \$2010 ;
+  wire \$2011 ;
+  wire \$2012 ;
+  wire \$2013 ;
+  wire \$2014 ;
+  wire \$2015 ;
+  wire \$2016 ;
+  wire \$2017 ;
+  wire \$2018 ;
+  wire \$2019 ;
   wire \$202 ;
+  wire \$2020 ;
+  wire \$2021 ;
+  wire \$2022 ;
+  wire \$2023 ;
+  wire \$2024 ;
+  wire \$2025 ;
+  wire \$2026 ;
+  wire \$2027 ;
+  wire \$2028 ;
+  wire \$2029 ;
   wire \$203 ;
-  wire [15:0] \$204 ;
+  wire \$2030 ;
+  wire \$2031 ;
+  wire \$2032 ;
+  wire \$2033 ;
+  wire \$2034 ;
+  wire \$2035 ;
+  wire \$2036 ;
+  wire \$2037 ;
+  wire \$2038 ;
+  wire \$2039 ;
+  wire \$204 ;
+  wire \$2040 ;
+  wire \$2041 ;
+  wire \$2042 ;
+  wire \$2043 ;
+  wire \$2044 ;
+  wire \$2045 ;
+  wire \$2046 ;
+  wire \$2047 ;
+  wire \$2048 ;
+  wire \$2049 ;
   wire \$205 ;
+  wire \$2050 ;
+  wire \$2051 ;
+  wire \$2052 ;
+  wire \$2053 ;
+  wire \$2054 ;
+  wire \$2055 ;
+  wire \$2056 ;
+  wire \$2057 ;
+  wire \$2058 ;
+  wire \$2059 ;
   wire \$206 ;
-  wire [15:0] \$207 ;
-  wire [15:0] \$208 ;
-  wire [15:0] \$209 ;
+  wire \$2060 ;
+  wire \$2061 ;
+  wire \$2062 ;
+  wire \$2063 ;
+  wire \$2064 ;
+  wire \$2065 ;
+  wire \$2066 ;
+  wire \$2067 ;
+  wire \$2068 ;
+  wire \$2069 ;
+  wire \$207 ;
+  wire \$2070 ;
+  wire \$2071 ;
+  wire \$2072 ;
+  wire \$2073 ;
+  wire \$2074 ;
+  wire \$2075 ;
+  wire \$2076 ;
+  wire \$2077 ;
+  wire \$2078 ;
+  wire \$2079 ;
+  wire \$208 ;
+  wire \$2080 ;
+  wire \$2081 ;
+  wire \$2082 ;
+  wire \$2083 ;
+  wire \$2084 ;
+  wire \$2085 ;
+  wire \$2086 ;
+  wire \$2087 ;
+  wire \$2088 ;
+  wire \$2089 ;
+  wire \$209 ;
+  wire \$2090 ;
+  wire \$2091 ;
+  wire \$2092 ;
+  wire \$2093 ;
+  wire \$2094 ;
+  wire \$2095 ;
+  wire \$2096 ;
+  wire \$2097 ;
+  wire \$2098 ;
+  wire \$2099 ;
   wire [3:0] \$21 ;
   wire \$210 ;
+  wire \$2100 ;
+  wire \$2101 ;
+  wire \$2102 ;
+  wire \$2103 ;
+  wire \$2104 ;
+  wire \$2105 ;
+  wire \$2106 ;
+  wire \$2107 ;
+  wire \$2108 ;
+  wire \$2109 ;
   wire \$211 ;
-  wire [15:0] \$212 ;
+  wire \$2110 ;
+  wire \$2111 ;
+  wire \$2112 ;
+  wire \$2113 ;
+  wire \$2114 ;
+  wire \$2115 ;
+  wire \$2116 ;
+  wire \$2117 ;
+  wire \$2118 ;
+  wire \$2119 ;
+  wire \$212 ;
+  wire \$2120 ;
+  wire \$2121 ;
+  wire \$2122 ;
+  wire \$2123 ;
+  wire \$2124 ;
+  wire \$2125 ;
+  wire \$2126 ;
+  wire \$2127 ;
+  wire \$2128 ;
+  wire \$2129 ;
   wire \$213 ;
+  wire \$2130 ;
+  wire \$2131 ;
+  wire \$2132 ;
+  wire \$2133 ;
+  wire \$2134 ;
+  wire \$2135 ;
+  wire \$2136 ;
+  wire \$2137 ;
+  wire \$2138 ;
+  wire \$2139 ;
   wire \$214 ;
-  wire [15:0] \$215 ;
-  wire [15:0] \$216 ;
+  wire \$2140 ;
+  wire \$2141 ;
+  wire \$2142 ;
+  wire \$2143 ;
+  wire \$2144 ;
+  wire \$2145 ;
+  wire \$2146 ;
+  wire \$2147 ;
+  wire \$2148 ;
+  wire \$2149 ;
+  wire \$215 ;
+  wire \$2150 ;
+  wire \$2151 ;
+  wire \$2152 ;
+  wire \$2153 ;
+  wire \$2154 ;
+  wire \$2155 ;
+  wire \$2156 ;
+  wire \$2157 ;
+  wire \$2158 ;
+  wire \$2159 ;
+  wire \$216 ;
+  wire \$2160 ;
+  wire \$2161 ;
+  wire \$2162 ;
+  wire \$2163 ;
+  wire \$2164 ;
+  wire \$2165 ;
+  wire \$2166 ;
+  wire \$2167 ;
+  wire \$2168 ;
+  wire \$2169 ;
   wire \$217 ;
+  wire \$2170 ;
+  wire \$2171 ;
+  wire \$2172 ;
+  wire \$2173 ;
+  wire \$2174 ;
+  wire \$2175 ;
+  wire \$2176 ;
+  wire \$2177 ;
+  wire \$2178 ;
+  wire \$2179 ;
   wire \$218 ;
-  wire [15:0] \$219 ;
+  wire \$2180 ;
+  wire \$2181 ;
+  wire \$2182 ;
+  wire \$2183 ;
+  wire \$2184 ;
+  wire \$2185 ;
+  wire \$2186 ;
+  wire \$2187 ;
+  wire \$2188 ;
+  wire \$2189 ;
+  wire \$219 ;
+  wire \$2190 ;
+  wire \$2191 ;
+  wire \$2192 ;
+  wire \$2193 ;
+  wire \$2194 ;
+  wire \$2195 ;
+  wire \$2196 ;
+  wire \$2197 ;
+  wire \$2198 ;
+  wire \$2199 ;
   reg [2:0] \$22 ;
   wire \$220 ;
+  wire \$2200 ;
+  wire \$2201 ;
+  wire \$2202 ;
+  wire \$2203 ;
+  wire \$2204 ;
+  wire \$2205 ;
+  wire \$2206 ;
+  wire \$2207 ;
+  wire \$2208 ;
+  wire \$2209 ;
   wire \$221 ;
-  wire [15:0] \$222 ;
-  wire [15:0] \$223 ;
-  wire [15:0] \$224 ;
-  wire [3:0] \$225 ;
+  wire \$2210 ;
+  wire \$2211 ;
+  wire \$2212 ;
+  wire \$2213 ;
+  wire \$2214 ;
+  wire \$2215 ;
+  wire \$2216 ;
+  wire \$2217 ;
+  wire \$2218 ;
+  wire \$2219 ;
+  wire \$222 ;
+  wire \$2220 ;
+  wire \$2221 ;
+  wire \$2222 ;
+  wire \$2223 ;
+  wire \$2224 ;
+  wire \$2225 ;
+  wire \$2226 ;
+  wire \$2227 ;
+  wire \$2228 ;
+  wire \$2229 ;
+  wire \$223 ;
+  wire \$2230 ;
+  wire \$2231 ;
+  wire \$2232 ;
+  wire \$2233 ;
+  wire \$2234 ;
+  wire \$2235 ;
+  wire \$2236 ;
+  wire \$2237 ;
+  wire \$2238 ;
+  wire \$2239 ;
+  wire \$224 ;
+  wire \$2240 ;
+  wire \$2241 ;
+  wire \$2242 ;
+  wire \$2243 ;
+  wire \$2244 ;
+  wire \$2245 ;
+  wire \$2246 ;
+  wire \$2247 ;
+  wire \$2248 ;
+  wire \$2249 ;
+  wire \$225 ;
+  wire \$2250 ;
+  wire \$2251 ;
+  wire \$2252 ;
+  wire \$2253 ;
+  wire \$2254 ;
+  wire \$2255 ;
+  wire \$2256 ;
+  wire \$2257 ;
+  wire \$2258 ;
+  wire \$2259 ;
   wire \$226 ;
+  wire \$2260 ;
+  wire \$2261 ;
+  wire \$2262 ;
+  wire \$2263 ;
+  wire \$2264 ;
+  wire \$2265 ;
+  wire \$2266 ;
+  wire \$2267 ;
+  wire \$2268 ;
+  wire \$2269 ;
   wire \$227 ;
-  wire [3:0] \$228 ;
-  wire [3:0] \$229 ;
+  wire \$2270 ;
+  wire \$2271 ;
+  wire \$2272 ;
+  wire \$2273 ;
+  wire \$2274 ;
+  wire \$2275 ;
+  wire \$2276 ;
+  wire \$2277 ;
+  wire \$2278 ;
+  wire \$2279 ;
+  wire \$228 ;
+  wire \$2280 ;
+  wire \$2281 ;
+  wire \$2282 ;
+  wire \$2283 ;
+  wire \$2284 ;
+  wire \$2285 ;
+  wire \$2286 ;
+  wire \$2287 ;
+  wire \$2288 ;
+  wire \$2289 ;
+  wire \$229 ;
+  wire \$2290 ;
+  wire \$2291 ;
+  wire \$2292 ;
+  wire \$2293 ;
+  wire \$2294 ;
+  wire \$2295 ;
+  wire \$2296 ;
+  wire \$2297 ;
+  wire \$2298 ;
+  wire \$2299 ;
   reg [2:0] \$23 ;
   wire \$230 ;
+  wire \$2300 ;
+  wire \$2301 ;
+  wire \$2302 ;
+  wire \$2303 ;
+  wire \$2304 ;
+  wire \$2305 ;
+  wire \$2306 ;
+  wire \$2307 ;
+  wire \$2308 ;
+  wire \$2309 ;
   wire \$231 ;
-  wire [3:0] \$232 ;
+  wire \$2310 ;
+  wire \$2311 ;
+  wire \$2312 ;
+  wire \$2313 ;
+  wire \$2314 ;
+  wire \$2315 ;
+  wire \$2316 ;
+  wire \$2317 ;
+  wire \$2318 ;
+  wire \$2319 ;
+  wire \$232 ;
+  wire \$2320 ;
+  wire \$2321 ;
+  wire \$2322 ;
+  wire \$2323 ;
+  wire \$2324 ;
+  wire \$2325 ;
+  wire \$2326 ;
+  wire \$2327 ;
+  wire \$2328 ;
+  wire \$2329 ;
   wire \$233 ;
+  wire \$2330 ;
+  wire \$2331 ;
+  wire \$2332 ;
+  wire \$2333 ;
+  wire \$2334 ;
+  wire \$2335 ;
+  wire \$2336 ;
+  wire \$2337 ;
+  wire \$2338 ;
+  wire \$2339 ;
   wire \$234 ;
-  wire [3:0] \$235 ;
-  wire [3:0] \$236 ;
-  wire [3:0] \$237 ;
+  wire \$2340 ;
+  wire \$2341 ;
+  wire \$2342 ;
+  wire \$2343 ;
+  wire \$2344 ;
+  wire \$2345 ;
+  wire \$2346 ;
+  wire \$2347 ;
+  wire \$2348 ;
+  wire \$2349 ;
+  wire \$235 ;
+  wire \$2350 ;
+  wire \$2351 ;
+  wire \$2352 ;
+  wire \$2353 ;
+  wire \$2354 ;
+  wire \$2355 ;
+  wire \$2356 ;
+  wire \$2357 ;
+  wire \$2358 ;
+  wire \$2359 ;
+  wire \$236 ;
+  wire \$2360 ;
+  wire \$2361 ;
+  wire \$2362 ;
+  wire \$2363 ;
+  wire \$2364 ;
+  wire \$2365 ;
+  wire \$2366 ;
+  wire \$2367 ;
+  wire [1:0] \$2368 ;
+  wire [1:0] \$2369 ;
+  wire \$237 ;
+  wire \$2370 ;
+  wire \$2371 ;
+  wire [1:0] \$2372 ;
+  wire \$2373 ;
+  wire \$2374 ;
+  wire [2:0] \$2375 ;
+  wire [2:0] \$2376 ;
+  wire [2:0] \$2377 ;
+  wire \$2378 ;
+  wire \$2379 ;
   wire \$238 ;
+  wire [2:0] \$2380 ;
+  wire \$2381 ;
+  wire \$2382 ;
+  wire [2:0] \$2383 ;
+  wire [2:0] \$2384 ;
+  wire \$2385 ;
+  wire \$2386 ;
+  wire [2:0] \$2387 ;
+  wire [2:0] \$2388 ;
+  wire [15:0] \$2389 ;
   wire \$239 ;
+  wire \$2390 ;
+  wire \$2391 ;
+  wire [15:0] \$2392 ;
+  wire [15:0] \$2393 ;
+  wire \$2394 ;
+  wire \$2395 ;
+  wire [15:0] \$2396 ;
+  wire \$2397 ;
+  wire \$2398 ;
+  wire [15:0] \$2399 ;
   wire [3:0] \$24 ;
-  wire [3:0] \$240 ;
+  wire \$240 ;
+  wire [15:0] \$2400 ;
+  wire [15:0] \$2401 ;
+  wire \$2402 ;
+  wire \$2403 ;
+  wire [15:0] \$2404 ;
+  wire \$2405 ;
+  wire \$2406 ;
+  wire [15:0] \$2407 ;
+  wire [15:0] \$2408 ;
+  wire \$2409 ;
   wire \$241 ;
+  wire \$2410 ;
+  wire [15:0] \$2411 ;
+  wire \$2412 ;
+  wire \$2413 ;
+  wire [15:0] \$2414 ;
+  wire [15:0] \$2415 ;
+  wire [15:0] \$2416 ;
+  wire [3:0] \$2417 ;
+  wire \$2418 ;
+  wire \$2419 ;
   wire \$242 ;
-  wire [3:0] \$243 ;
-  wire [3:0] \$244 ;
+  wire [3:0] \$2420 ;
+  wire [3:0] \$2421 ;
+  wire \$2422 ;
+  wire \$2423 ;
+  wire [3:0] \$2424 ;
+  wire \$2425 ;
+  wire \$2426 ;
+  wire [3:0] \$2427 ;
+  wire [3:0] \$2428 ;
+  wire [3:0] \$2429 ;
+  wire \$243 ;
+  wire \$2430 ;
+  wire \$2431 ;
+  wire [3:0] \$2432 ;
+  wire \$2433 ;
+  wire \$2434 ;
+  wire [3:0] \$2435 ;
+  wire [3:0] \$2436 ;
+  wire \$2437 ;
+  wire \$2438 ;
+  wire [3:0] \$2439 ;
+  wire \$244 ;
+  wire \$2440 ;
+  wire \$2441 ;
+  wire [3:0] \$2442 ;
+  wire [3:0] \$2443 ;
+  wire [3:0] \$2444 ;
+  wire \$2445 ;
+  wire \$2446 ;
+  wire \$2447 ;
+  wire \$2448 ;
+  wire \$2449 ;
   wire \$245 ;
+  wire \$2450 ;
+  wire \$2451 ;
+  wire \$2452 ;
+  wire \$2453 ;
+  wire \$2454 ;
+  wire \$2455 ;
+  wire \$2456 ;
+  wire \$2457 ;
+  wire \$2458 ;
+  wire \$2459 ;
   wire \$246 ;
-  wire [3:0] \$247 ;
+  wire \$2460 ;
+  wire \$2461 ;
+  wire \$2462 ;
+  wire \$2463 ;
+  wire \$2464 ;
+  wire \$2465 ;
+  wire \$2466 ;
+  wire \$2467 ;
+  wire \$2468 ;
+  wire \$2469 ;
+  wire \$247 ;
+  wire \$2470 ;
+  wire \$2471 ;
+  wire \$2472 ;
+  wire \$2473 ;
+  wire \$2474 ;
+  wire \$2475 ;
+  wire \$2476 ;
+  wire \$2477 ;
+  wire \$2478 ;
+  wire \$2479 ;
   wire \$248 ;
+  wire \$2480 ;
+  wire \$2481 ;
+  wire \$2482 ;
+  wire \$2483 ;
+  wire \$2484 ;
+  wire \$2485 ;
+  wire \$2486 ;
+  wire \$2487 ;
+  wire \$2488 ;
+  wire \$2489 ;
   wire \$249 ;
+  wire \$2490 ;
+  wire \$2491 ;
+  wire \$2492 ;
+  wire \$2493 ;
+  wire \$2494 ;
+  wire \$2495 ;
+  wire \$2496 ;
+  wire \$2497 ;
+  wire \$2498 ;
+  wire \$2499 ;
   wire [7:0] \$25 ;
-  wire [3:0] \$250 ;
-  wire [3:0] \$251 ;
-  wire [3:0] \$252 ;
+  wire \$250 ;
+  wire \$2500 ;
+  wire \$2501 ;
+  wire \$2502 ;
+  wire \$2503 ;
+  wire \$2504 ;
+  wire \$2505 ;
+  wire \$2506 ;
+  wire \$2507 ;
+  wire \$2508 ;
+  wire \$2509 ;
+  wire \$251 ;
+  wire \$2510 ;
+  wire \$2511 ;
+  wire \$2512 ;
+  wire \$2513 ;
+  wire \$2514 ;
+  wire \$2515 ;
+  wire \$2516 ;
+  wire \$2517 ;
+  wire \$2518 ;
+  wire \$2519 ;
+  wire \$252 ;
+  wire \$2520 ;
+  wire \$2521 ;
+  wire \$2522 ;
+  wire \$2523 ;
+  wire \$2524 ;
+  wire \$2525 ;
+  wire \$2526 ;
+  wire \$2527 ;
+  wire \$2528 ;
+  wire \$2529 ;
   wire \$253 ;
+  wire \$2530 ;
+  wire \$2531 ;
+  wire \$2532 ;
+  wire \$2533 ;
+  wire \$2534 ;
+  wire \$2535 ;
+  wire \$2536 ;
+  wire \$2537 ;
+  wire \$2538 ;
+  wire \$2539 ;
   wire \$254 ;
+  wire \$2540 ;
+  wire \$2541 ;
+  wire \$2542 ;
+  wire \$2543 ;
+  wire \$2544 ;
+  wire \$2545 ;
+  wire \$2546 ;
+  wire \$2547 ;
+  wire \$2548 ;
+  wire \$2549 ;
   wire \$255 ;
+  wire \$2550 ;
+  wire \$2551 ;
+  wire \$2552 ;
+  wire \$2553 ;
+  wire \$2554 ;
+  wire \$2555 ;
+  wire \$2556 ;
+  wire \$2557 ;
+  wire \$2558 ;
+  wire \$2559 ;
   wire \$256 ;
+  wire \$2560 ;
+  wire \$2561 ;
+  wire \$2562 ;
+  wire \$2563 ;
+  wire \$2564 ;
+  wire \$2565 ;
+  wire \$2566 ;
+  wire \$2567 ;
+  wire \$2568 ;
+  wire \$2569 ;
   wire \$257 ;
+  wire \$2570 ;
+  wire \$2571 ;
+  wire \$2572 ;
+  wire \$2573 ;
+  wire \$2574 ;
+  wire \$2575 ;
+  wire \$2576 ;
+  wire \$2577 ;
+  wire \$2578 ;
+  wire \$2579 ;
   wire \$258 ;
+  wire \$2580 ;
+  wire \$2581 ;
+  wire \$2582 ;
+  wire \$2583 ;
+  wire \$2584 ;
+  wire \$2585 ;
+  wire \$2586 ;
+  wire \$2587 ;
+  wire \$2588 ;
+  wire \$2589 ;
   wire \$259 ;
+  wire \$2590 ;
+  wire \$2591 ;
+  wire \$2592 ;
+  wire \$2593 ;
+  wire \$2594 ;
+  wire \$2595 ;
+  wire \$2596 ;
+  wire \$2597 ;
+  wire \$2598 ;
+  wire \$2599 ;
   wire [7:0] \$26 ;
   wire \$260 ;
+  wire \$2600 ;
+  wire \$2601 ;
+  wire \$2602 ;
+  wire \$2603 ;
+  wire \$2604 ;
+  wire \$2605 ;
+  wire \$2606 ;
+  wire \$2607 ;
+  wire \$2608 ;
+  wire \$2609 ;
   wire \$261 ;
+  wire \$2610 ;
+  wire \$2611 ;
+  wire \$2612 ;
+  wire \$2613 ;
+  wire \$2614 ;
+  wire \$2615 ;
+  wire \$2616 ;
+  wire \$2617 ;
+  wire \$2618 ;
+  wire \$2619 ;
   wire \$262 ;
+  wire \$2620 ;
+  wire \$2621 ;
+  wire \$2622 ;
+  wire \$2623 ;
+  wire \$2624 ;
+  wire \$2625 ;
+  wire \$2626 ;
+  wire \$2627 ;
+  wire \$2628 ;
+  wire \$2629 ;
   wire \$263 ;
+  wire \$2630 ;
+  wire \$2631 ;
+  wire \$2632 ;
+  wire \$2633 ;
+  wire \$2634 ;
+  wire \$2635 ;
+  wire \$2636 ;
+  wire \$2637 ;
+  wire \$2638 ;
+  wire \$2639 ;
   wire \$264 ;
+  wire \$2640 ;
+  wire \$2641 ;
+  wire \$2642 ;
+  wire \$2643 ;
+  wire \$2644 ;
+  wire \$2645 ;
+  wire \$2646 ;
+  wire \$2647 ;
+  wire \$2648 ;
+  wire \$2649 ;
   wire \$265 ;
+  wire \$2650 ;
+  wire \$2651 ;
+  wire \$2652 ;
+  wire \$2653 ;
+  wire \$2654 ;
+  wire \$2655 ;
+  wire \$2656 ;
+  wire \$2657 ;
+  wire \$2658 ;
+  wire \$2659 ;
   wire \$266 ;
+  wire \$2660 ;
+  wire \$2661 ;
+  wire \$2662 ;
+  wire \$2663 ;
+  wire \$2664 ;
+  wire \$2665 ;
+  wire \$2666 ;
+  wire \$2667 ;
+  wire \$2668 ;
+  wire \$2669 ;
   wire \$267 ;
+  wire \$2670 ;
+  wire \$2671 ;
+  wire \$2672 ;
+  wire \$2673 ;
+  wire \$2674 ;
+  wire \$2675 ;
+  wire \$2676 ;
+  wire \$2677 ;
+  wire \$2678 ;
+  wire \$2679 ;
   wire \$268 ;
+  wire \$2680 ;
+  wire \$2681 ;
+  wire \$2682 ;
+  wire \$2683 ;
+  wire \$2684 ;
+  wire \$2685 ;
+  wire \$2686 ;
+  wire \$2687 ;
+  wire \$2688 ;
+  wire \$2689 ;
   wire \$269 ;
+  wire \$2690 ;
+  wire \$2691 ;
+  wire \$2692 ;
+  wire \$2693 ;
+  wire \$2694 ;
+  wire \$2695 ;
+  wire \$2696 ;
+  wire \$2697 ;
+  wire \$2698 ;
+  wire \$2699 ;
   wire [7:0] \$27 ;
   wire \$270 ;
+  wire \$2700 ;
+  wire \$2701 ;
+  wire \$2702 ;
+  wire \$2703 ;
+  wire \$2704 ;
+  wire \$2705 ;
+  wire \$2706 ;
+  wire \$2707 ;
+  wire \$2708 ;
+  wire \$2709 ;
   wire \$271 ;
+  wire \$2710 ;
+  wire \$2711 ;
+  wire \$2712 ;
+  wire \$2713 ;
+  wire \$2714 ;
+  wire \$2715 ;
+  wire \$2716 ;
+  wire \$2717 ;
+  wire \$2718 ;
+  wire \$2719 ;
   wire \$272 ;
+  wire \$2720 ;
+  wire \$2721 ;
+  wire \$2722 ;
+  wire \$2723 ;
+  wire \$2724 ;
+  wire \$2725 ;
+  wire \$2726 ;
+  wire \$2727 ;
+  wire \$2728 ;
+  wire \$2729 ;
   wire \$273 ;
+  wire \$2730 ;
+  wire \$2731 ;
+  wire \$2732 ;
+  wire \$2733 ;
+  wire \$2734 ;
+  wire \$2735 ;
+  wire \$2736 ;
+  wire \$2737 ;
+  wire \$2738 ;
+  wire \$2739 ;
   wire \$274 ;
+  wire \$2740 ;
+  wire \$2741 ;
+  wire \$2742 ;
+  wire \$2743 ;
+  wire \$2744 ;
+  wire \$2745 ;
+  wire [1:0] \$2746 ;
+  wire [1:0] \$2747 ;
+  wire \$2748 ;
+  wire \$2749 ;
   wire \$275 ;
+  wire [1:0] \$2750 ;
+  wire \$2751 ;
+  wire \$2752 ;
+  wire [2:0] \$2753 ;
+  wire [2:0] \$2754 ;
+  wire [2:0] \$2755 ;
+  wire \$2756 ;
+  wire \$2757 ;
+  wire [2:0] \$2758 ;
+  wire \$2759 ;
   wire \$276 ;
+  wire \$2760 ;
+  wire [2:0] \$2761 ;
+  wire [2:0] \$2762 ;
+  wire \$2763 ;
+  wire \$2764 ;
+  wire [2:0] \$2765 ;
+  wire [2:0] \$2766 ;
+  wire [15:0] \$2767 ;
+  wire \$2768 ;
+  wire \$2769 ;
   wire \$277 ;
+  wire [15:0] \$2770 ;
+  wire [15:0] \$2771 ;
+  wire \$2772 ;
+  wire \$2773 ;
+  wire [15:0] \$2774 ;
+  wire \$2775 ;
+  wire \$2776 ;
+  wire [15:0] \$2777 ;
+  wire [15:0] \$2778 ;
+  wire [15:0] \$2779 ;
   wire \$278 ;
+  wire \$2780 ;
+  wire \$2781 ;
+  wire [15:0] \$2782 ;
+  wire \$2783 ;
+  wire \$2784 ;
+  wire [15:0] \$2785 ;
+  wire [15:0] \$2786 ;
+  wire \$2787 ;
+  wire \$2788 ;
+  wire [15:0] \$2789 ;
   wire \$279 ;
+  wire \$2790 ;
+  wire \$2791 ;
+  wire [15:0] \$2792 ;
+  wire [15:0] \$2793 ;
+  wire [15:0] \$2794 ;
+  wire [3:0] \$2795 ;
+  wire \$2796 ;
+  wire \$2797 ;
+  wire [3:0] \$2798 ;
+  wire [3:0] \$2799 ;
   wire [7:0] \$28 ;
   wire \$280 ;
+  wire \$2800 ;
+  wire \$2801 ;
+  wire [3:0] \$2802 ;
+  wire \$2803 ;
+  wire \$2804 ;
+  wire [3:0] \$2805 ;
+  wire [3:0] \$2806 ;
+  wire [3:0] \$2807 ;
+  wire \$2808 ;
+  wire \$2809 ;
   wire \$281 ;
+  wire [3:0] \$2810 ;
+  wire \$2811 ;
+  wire \$2812 ;
+  wire [3:0] \$2813 ;
+  wire [3:0] \$2814 ;
+  wire \$2815 ;
+  wire \$2816 ;
+  wire [3:0] \$2817 ;
+  wire \$2818 ;
+  wire \$2819 ;
   wire \$282 ;
+  wire [3:0] \$2820 ;
+  wire [3:0] \$2821 ;
+  wire [3:0] \$2822 ;
+  wire \$2823 ;
+  wire \$2824 ;
+  wire \$2825 ;
+  wire \$2826 ;
+  wire \$2827 ;
+  wire \$2828 ;
+  wire \$2829 ;
   wire \$283 ;
+  wire \$2830 ;
+  wire \$2831 ;
+  wire \$2832 ;
+  wire \$2833 ;
+  wire \$2834 ;
+  wire \$2835 ;
+  wire \$2836 ;
+  wire \$2837 ;
+  wire \$2838 ;
+  wire \$2839 ;
   wire \$284 ;
+  wire \$2840 ;
+  wire \$2841 ;
+  wire \$2842 ;
+  wire \$2843 ;
+  wire \$2844 ;
+  wire \$2845 ;
+  wire \$2846 ;
+  wire \$2847 ;
+  wire \$2848 ;
+  wire \$2849 ;
   wire \$285 ;
+  wire \$2850 ;
+  wire \$2851 ;
+  wire \$2852 ;
+  wire \$2853 ;
+  wire \$2854 ;
+  wire \$2855 ;
+  wire \$2856 ;
+  wire \$2857 ;
+  wire \$2858 ;
+  wire \$2859 ;
   wire \$286 ;
+  wire \$2860 ;
+  wire \$2861 ;
+  wire \$2862 ;
+  wire \$2863 ;
+  wire \$2864 ;
+  wire \$2865 ;
+  wire \$2866 ;
+  wire \$2867 ;
+  wire \$2868 ;
+  wire \$2869 ;
   wire \$287 ;
+  wire \$2870 ;
+  wire \$2871 ;
+  wire \$2872 ;
+  wire \$2873 ;
+  wire \$2874 ;
+  wire \$2875 ;
+  wire \$2876 ;
+  wire \$2877 ;
+  wire \$2878 ;
+  wire \$2879 ;
   wire \$288 ;
+  wire \$2880 ;
+  wire \$2881 ;
+  wire \$2882 ;
+  wire \$2883 ;
+  wire \$2884 ;
+  wire \$2885 ;
+  wire \$2886 ;
+  wire \$2887 ;
+  wire \$2888 ;
+  wire \$2889 ;
   wire \$289 ;
+  wire \$2890 ;
+  wire \$2891 ;
+  wire \$2892 ;
+  wire \$2893 ;
+  wire \$2894 ;
+  wire \$2895 ;
+  wire \$2896 ;
+  wire \$2897 ;
+  wire \$2898 ;
+  wire \$2899 ;
   wire \$29 ;
   wire \$290 ;
+  wire \$2900 ;
+  wire \$2901 ;
+  wire \$2902 ;
+  wire \$2903 ;
+  wire \$2904 ;
+  wire \$2905 ;
+  wire \$2906 ;
+  wire \$2907 ;
+  wire \$2908 ;
+  wire \$2909 ;
   wire \$291 ;
+  wire \$2910 ;
+  wire \$2911 ;
+  wire \$2912 ;
+  wire \$2913 ;
+  wire \$2914 ;
+  wire \$2915 ;
+  wire \$2916 ;
+  wire \$2917 ;
+  wire \$2918 ;
+  wire \$2919 ;
   wire \$292 ;
+  wire \$2920 ;
+  wire \$2921 ;
+  wire \$2922 ;
+  wire \$2923 ;
+  wire \$2924 ;
+  wire \$2925 ;
+  wire \$2926 ;
+  wire \$2927 ;
+  wire \$2928 ;
+  wire \$2929 ;
   wire \$293 ;
+  wire \$2930 ;
+  wire \$2931 ;
+  wire \$2932 ;
+  wire \$2933 ;
+  wire \$2934 ;
+  wire \$2935 ;
+  wire \$2936 ;
+  wire \$2937 ;
+  wire \$2938 ;
+  wire \$2939 ;
   wire \$294 ;
+  wire \$2940 ;
+  wire \$2941 ;
+  wire \$2942 ;
+  wire \$2943 ;
+  wire \$2944 ;
+  wire \$2945 ;
+  wire \$2946 ;
+  wire \$2947 ;
+  wire \$2948 ;
+  wire \$2949 ;
   wire \$295 ;
+  wire \$2950 ;
+  wire \$2951 ;
+  wire \$2952 ;
+  wire \$2953 ;
+  wire \$2954 ;
+  wire \$2955 ;
+  wire \$2956 ;
+  wire \$2957 ;
+  wire \$2958 ;
+  wire \$2959 ;
   wire \$296 ;
+  wire \$2960 ;
+  wire \$2961 ;
+  wire \$2962 ;
+  wire \$2963 ;
+  wire \$2964 ;
+  wire \$2965 ;
+  wire \$2966 ;
+  wire \$2967 ;
+  wire \$2968 ;
+  wire \$2969 ;
   wire \$297 ;
+  wire \$2970 ;
+  wire \$2971 ;
+  wire \$2972 ;
+  wire \$2973 ;
+  wire \$2974 ;
+  wire \$2975 ;
+  wire \$2976 ;
+  wire \$2977 ;
+  wire \$2978 ;
+  wire \$2979 ;
   wire \$298 ;
+  wire \$2980 ;
+  wire \$2981 ;
+  wire \$2982 ;
+  wire \$2983 ;
+  wire \$2984 ;
+  wire \$2985 ;
+  wire \$2986 ;
+  wire \$2987 ;
+  wire \$2988 ;
+  wire \$2989 ;
   wire \$299 ;
+  wire \$2990 ;
+  wire \$2991 ;
+  wire \$2992 ;
+  wire \$2993 ;
+  wire \$2994 ;
+  wire \$2995 ;
+  wire \$2996 ;
+  wire \$2997 ;
+  wire \$2998 ;
+  wire \$2999 ;
   wire [3:0] \$3 ;
   wire [3:0] \$30 ;
   wire \$300 ;
+  wire \$3000 ;
+  wire \$3001 ;
+  wire \$3002 ;
+  wire \$3003 ;
+  wire \$3004 ;
+  wire \$3005 ;
+  wire \$3006 ;
+  wire \$3007 ;
+  wire \$3008 ;
+  wire \$3009 ;
   wire \$301 ;
+  wire \$3010 ;
+  wire \$3011 ;
+  wire \$3012 ;
+  wire \$3013 ;
+  wire \$3014 ;
+  wire \$3015 ;
+  wire \$3016 ;
+  wire \$3017 ;
+  wire \$3018 ;
+  wire \$3019 ;
   wire \$302 ;
+  wire \$3020 ;
+  wire \$3021 ;
+  wire \$3022 ;
+  wire \$3023 ;
+  wire \$3024 ;
+  wire \$3025 ;
+  wire \$3026 ;
+  wire \$3027 ;
+  wire \$3028 ;
+  wire \$3029 ;
   wire \$303 ;
+  wire \$3030 ;
+  wire \$3031 ;
+  wire \$3032 ;
+  wire \$3033 ;
+  wire \$3034 ;
+  wire \$3035 ;
+  wire \$3036 ;
+  wire \$3037 ;
+  wire \$3038 ;
+  wire \$3039 ;
   wire \$304 ;
+  wire \$3040 ;
+  wire \$3041 ;
+  wire \$3042 ;
+  wire \$3043 ;
+  wire \$3044 ;
+  wire \$3045 ;
+  wire \$3046 ;
+  wire \$3047 ;
+  wire \$3048 ;
+  wire \$3049 ;
   wire \$305 ;
+  wire \$3050 ;
+  wire \$3051 ;
+  wire \$3052 ;
+  wire \$3053 ;
+  wire \$3054 ;
+  wire \$3055 ;
+  wire \$3056 ;
+  wire \$3057 ;
+  wire \$3058 ;
+  wire \$3059 ;
   wire \$306 ;
+  wire \$3060 ;
+  wire \$3061 ;
+  wire \$3062 ;
+  wire \$3063 ;
+  wire \$3064 ;
+  wire \$3065 ;
+  wire \$3066 ;
+  wire \$3067 ;
+  wire \$3068 ;
+  wire \$3069 ;
   wire \$307 ;
+  wire \$3070 ;
+  wire \$3071 ;
+  wire \$3072 ;
+  wire \$3073 ;
+  wire \$3074 ;
+  wire \$3075 ;
+  wire \$3076 ;
+  wire \$3077 ;
+  wire \$3078 ;
+  wire \$3079 ;
   wire \$308 ;
+  wire \$3080 ;
+  wire \$3081 ;
+  wire \$3082 ;
+  wire \$3083 ;
+  wire \$3084 ;
+  wire \$3085 ;
+  wire \$3086 ;
+  wire \$3087 ;
+  wire \$3088 ;
+  wire \$3089 ;
   wire \$309 ;
+  wire \$3090 ;
+  wire \$3091 ;
+  wire \$3092 ;
+  wire \$3093 ;
+  wire \$3094 ;
+  wire \$3095 ;
+  wire \$3096 ;
+  wire \$3097 ;
+  wire \$3098 ;
+  wire \$3099 ;
   wire \$31 ;
   wire \$310 ;
+  wire \$3100 ;
+  wire \$3101 ;
+  wire \$3102 ;
+  wire \$3103 ;
+  wire \$3104 ;
+  wire \$3105 ;
+  wire \$3106 ;
+  wire \$3107 ;
+  wire \$3108 ;
+  wire \$3109 ;
   wire \$311 ;
+  wire \$3110 ;
+  wire \$3111 ;
+  wire \$3112 ;
+  wire \$3113 ;
+  wire \$3114 ;
+  wire \$3115 ;
+  wire \$3116 ;
+  wire \$3117 ;
+  wire \$3118 ;
+  wire \$3119 ;
   wire \$312 ;
+  wire \$3120 ;
+  wire \$3121 ;
+  wire \$3122 ;
+  wire \$3123 ;
+  wire \$3124 ;
+  wire \$3125 ;
+  wire \$3126 ;
+  wire \$3127 ;
+  wire \$3128 ;
+  wire \$3129 ;
   wire \$313 ;
-  wire [1:0] \$314 ;
-  wire [1:0] \$315 ;
+  wire \$3130 ;
+  wire \$3131 ;
+  wire [1:0] \$3132 ;
+  wire [1:0] \$3133 ;
+  wire \$3134 ;
+  wire \$3135 ;
+  wire [1:0] \$3136 ;
+  wire \$3137 ;
+  wire \$3138 ;
+  wire [2:0] \$3139 ;
+  wire \$314 ;
+  wire [2:0] \$3140 ;
+  wire [2:0] \$3141 ;
+  wire \$3142 ;
+  wire \$3143 ;
+  wire [2:0] \$3144 ;
+  wire \$3145 ;
+  wire \$3146 ;
+  wire [2:0] \$3147 ;
+  wire [2:0] \$3148 ;
+  wire \$3149 ;
+  wire \$315 ;
+  wire \$3150 ;
+  wire [2:0] \$3151 ;
+  wire [2:0] \$3152 ;
+  wire [15:0] \$3153 ;
+  wire \$3154 ;
+  wire \$3155 ;
+  wire [15:0] \$3156 ;
+  wire [15:0] \$3157 ;
+  wire \$3158 ;
+  wire \$3159 ;
   wire \$316 ;
+  wire [15:0] \$3160 ;
+  wire \$3161 ;
+  wire \$3162 ;
+  wire [15:0] \$3163 ;
+  wire [15:0] \$3164 ;
+  wire [15:0] \$3165 ;
+  wire \$3166 ;
+  wire \$3167 ;
+  wire [15:0] \$3168 ;
+  wire \$3169 ;
   wire \$317 ;
-  wire [1:0] \$318 ;
+  wire \$3170 ;
+  wire [15:0] \$3171 ;
+  wire [15:0] \$3172 ;
+  wire \$3173 ;
+  wire \$3174 ;
+  wire [15:0] \$3175 ;
+  wire \$3176 ;
+  wire \$3177 ;
+  wire [15:0] \$3178 ;
+  wire [15:0] \$3179 ;
+  wire \$318 ;
+  wire [15:0] \$3180 ;
+  wire [3:0] \$3181 ;
+  wire \$3182 ;
+  wire \$3183 ;
+  wire [3:0] \$3184 ;
+  wire [3:0] \$3185 ;
+  wire \$3186 ;
+  wire \$3187 ;
+  wire [3:0] \$3188 ;
+  wire \$3189 ;
   wire \$319 ;
+  wire \$3190 ;
+  wire [3:0] \$3191 ;
+  wire [3:0] \$3192 ;
+  wire [3:0] \$3193 ;
+  wire \$3194 ;
+  wire \$3195 ;
+  wire [3:0] \$3196 ;
+  wire \$3197 ;
+  wire \$3198 ;
+  wire [3:0] \$3199 ;
   wire [3:0] \$32 ;
   wire \$320 ;
-  wire [2:0] \$321 ;
-  wire [2:0] \$322 ;
-  wire [2:0] \$323 ;
+  wire [3:0] \$3200 ;
+  wire \$3201 ;
+  wire \$3202 ;
+  wire [3:0] \$3203 ;
+  wire \$3204 ;
+  wire \$3205 ;
+  wire [3:0] \$3206 ;
+  wire [3:0] \$3207 ;
+  wire [3:0] \$3208 ;
+  wire \$3209 ;
+  wire \$321 ;
+  wire \$3210 ;
+  wire \$3211 ;
+  wire \$3212 ;
+  wire \$3213 ;
+  wire \$3214 ;
+  wire \$3215 ;
+  wire \$3216 ;
+  wire \$3217 ;
+  wire \$3218 ;
+  wire \$3219 ;
+  wire \$322 ;
+  wire \$3220 ;
+  wire \$3221 ;
+  wire \$3222 ;
+  wire \$3223 ;
+  wire \$3224 ;
+  wire \$3225 ;
+  wire \$3226 ;
+  wire \$3227 ;
+  wire \$3228 ;
+  wire \$3229 ;
+  wire \$323 ;
+  wire \$3230 ;
+  wire \$3231 ;
+  wire \$3232 ;
+  wire \$3233 ;
+  wire \$3234 ;
+  wire \$3235 ;
+  wire \$3236 ;
+  wire \$3237 ;
+  wire \$3238 ;
+  wire \$3239 ;
   wire \$324 ;
+  wire \$3240 ;
+  wire \$3241 ;
+  wire \$3242 ;
+  wire \$3243 ;
+  wire \$3244 ;
+  wire \$3245 ;
+  wire \$3246 ;
+  wire \$3247 ;
+  wire \$3248 ;
+  wire \$3249 ;
   wire \$325 ;
-  wire [2:0] \$326 ;
+  wire \$3250 ;
+  wire \$3251 ;
+  wire \$3252 ;
+  wire \$3253 ;
+  wire \$3254 ;
+  wire \$3255 ;
+  wire \$3256 ;
+  wire \$3257 ;
+  wire \$3258 ;
+  wire \$3259 ;
+  wire \$326 ;
+  wire \$3260 ;
+  wire \$3261 ;
+  wire \$3262 ;
+  wire \$3263 ;
+  wire \$3264 ;
+  wire \$3265 ;
+  wire \$3266 ;
+  wire \$3267 ;
+  wire \$3268 ;
+  wire \$3269 ;
   wire \$327 ;
+  wire \$3270 ;
+  wire \$3271 ;
+  wire \$3272 ;
+  wire \$3273 ;
+  wire \$3274 ;
+  wire \$3275 ;
+  wire \$3276 ;
+  wire \$3277 ;
+  wire \$3278 ;
+  wire \$3279 ;
   wire \$328 ;
-  wire [2:0] \$329 ;
+  wire \$3280 ;
+  wire \$3281 ;
+  wire \$3282 ;
+  wire \$3283 ;
+  wire \$3284 ;
+  wire \$3285 ;
+  wire \$3286 ;
+  wire \$3287 ;
+  wire \$3288 ;
+  wire \$3289 ;
+  wire \$329 ;
+  wire \$3290 ;
+  wire \$3291 ;
+  wire \$3292 ;
+  wire \$3293 ;
+  wire \$3294 ;
+  wire \$3295 ;
+  wire \$3296 ;
+  wire \$3297 ;
+  wire \$3298 ;
+  wire \$3299 ;
   wire \$33 ;
-  wire [2:0] \$330 ;
+  wire \$330 ;
+  wire \$3300 ;
+  wire \$3301 ;
+  wire \$3302 ;
+  wire \$3303 ;
+  wire \$3304 ;
+  wire \$3305 ;
+  wire \$3306 ;
+  wire \$3307 ;
+  wire \$3308 ;
+  wire \$3309 ;
   wire \$331 ;
+  wire \$3310 ;
+  wire \$3311 ;
+  wire \$3312 ;
+  wire \$3313 ;
+  wire \$3314 ;
+  wire \$3315 ;
+  wire \$3316 ;
+  wire \$3317 ;
+  wire \$3318 ;
+  wire \$3319 ;
   wire \$332 ;
-  wire [2:0] \$333 ;
-  wire [2:0] \$334 ;
-  wire [15:0] \$335 ;
+  wire \$3320 ;
+  wire \$3321 ;
+  wire \$3322 ;
+  wire \$3323 ;
+  wire \$3324 ;
+  wire \$3325 ;
+  wire \$3326 ;
+  wire \$3327 ;
+  wire \$3328 ;
+  wire \$3329 ;
+  wire \$333 ;
+  wire \$3330 ;
+  wire \$3331 ;
+  wire \$3332 ;
+  wire \$3333 ;
+  wire \$3334 ;
+  wire \$3335 ;
+  wire \$3336 ;
+  wire \$3337 ;
+  wire \$3338 ;
+  wire \$3339 ;
+  wire \$334 ;
+  wire \$3340 ;
+  wire \$3341 ;
+  wire \$3342 ;
+  wire \$3343 ;
+  wire \$3344 ;
+  wire \$3345 ;
+  wire \$3346 ;
+  wire \$3347 ;
+  wire \$3348 ;
+  wire \$3349 ;
+  wire \$335 ;
+  wire \$3350 ;
+  wire \$3351 ;
+  wire \$3352 ;
+  wire \$3353 ;
+  wire \$3354 ;
+  wire \$3355 ;
+  wire \$3356 ;
+  wire \$3357 ;
+  wire \$3358 ;
+  wire \$3359 ;
   wire \$336 ;
+  wire \$3360 ;
+  wire \$3361 ;
+  wire \$3362 ;
+  wire \$3363 ;
+  wire \$3364 ;
+  wire \$3365 ;
+  wire \$3366 ;
+  wire \$3367 ;
+  wire \$3368 ;
+  wire \$3369 ;
   wire \$337 ;
-  wire [15:0] \$338 ;
-  wire [15:0] \$339 ;
+  wire \$3370 ;
+  wire \$3371 ;
+  wire \$3372 ;
+  wire \$3373 ;
+  wire \$3374 ;
+  wire \$3375 ;
+  wire \$3376 ;
+  wire \$3377 ;
+  wire \$3378 ;
+  wire \$3379 ;
+  wire \$338 ;
+  wire \$3380 ;
+  wire \$3381 ;
+  wire \$3382 ;
+  wire \$3383 ;
+  wire \$3384 ;
+  wire \$3385 ;
+  wire \$3386 ;
+  wire \$3387 ;
+  wire \$3388 ;
+  wire \$3389 ;
+  wire \$339 ;
+  wire \$3390 ;
+  wire \$3391 ;
+  wire \$3392 ;
+  wire \$3393 ;
+  wire \$3394 ;
+  wire \$3395 ;
+  wire \$3396 ;
+  wire \$3397 ;
+  wire \$3398 ;
+  wire \$3399 ;
   wire \$34 ;
   wire \$340 ;
+  wire \$3400 ;
+  wire \$3401 ;
+  wire \$3402 ;
+  wire \$3403 ;
+  wire \$3404 ;
+  wire \$3405 ;
+  wire \$3406 ;
+  wire \$3407 ;
+  wire \$3408 ;
+  wire \$3409 ;
   wire \$341 ;
-  wire [15:0] \$342 ;
+  wire \$3410 ;
+  wire \$3411 ;
+  wire \$3412 ;
+  wire \$3413 ;
+  wire [1:0] \$3414 ;
+  wire [1:0] \$3415 ;
+  wire \$3416 ;
+  wire \$3417 ;
+  wire [1:0] \$3418 ;
+  wire \$3419 ;
+  wire \$342 ;
+  wire \$3420 ;
+  wire [2:0] \$3421 ;
+  wire [2:0] \$3422 ;
+  wire [2:0] \$3423 ;
+  wire \$3424 ;
+  wire \$3425 ;
+  wire [2:0] \$3426 ;
+  wire \$3427 ;
+  wire \$3428 ;
+  wire [2:0] \$3429 ;
   wire \$343 ;
+  wire [2:0] \$3430 ;
+  wire \$3431 ;
+  wire \$3432 ;
+  wire [2:0] \$3433 ;
+  wire [2:0] \$3434 ;
+  wire [15:0] \$3435 ;
+  wire \$3436 ;
+  wire \$3437 ;
+  wire [15:0] \$3438 ;
+  wire [15:0] \$3439 ;
   wire \$344 ;
-  wire [15:0] \$345 ;
-  wire [15:0] \$346 ;
-  wire [15:0] \$347 ;
+  wire \$3440 ;
+  wire \$3441 ;
+  wire [15:0] \$3442 ;
+  wire \$3443 ;
+  wire \$3444 ;
+  wire [15:0] \$3445 ;
+  wire [15:0] \$3446 ;
+  wire [15:0] \$3447 ;
+  wire \$3448 ;
+  wire \$3449 ;
+  wire \$345 ;
+  wire [15:0] \$3450 ;
+  wire \$3451 ;
+  wire \$3452 ;
+  wire [15:0] \$3453 ;
+  wire [15:0] \$3454 ;
+  wire \$3455 ;
+  wire \$3456 ;
+  wire [15:0] \$3457 ;
+  wire \$3458 ;
+  wire \$3459 ;
+  wire \$346 ;
+  wire [15:0] \$3460 ;
+  wire [15:0] \$3461 ;
+  wire [15:0] \$3462 ;
+  wire [3:0] \$3463 ;
+  wire \$3464 ;
+  wire \$3465 ;
+  wire [3:0] \$3466 ;
+  wire [3:0] \$3467 ;
+  wire \$3468 ;
+  wire \$3469 ;
+  wire \$347 ;
+  wire [3:0] \$3470 ;
+  wire \$3471 ;
+  wire \$3472 ;
+  wire [3:0] \$3473 ;
+  wire [3:0] \$3474 ;
+  wire [3:0] \$3475 ;
+  wire \$3476 ;
+  wire \$3477 ;
+  wire [3:0] \$3478 ;
+  wire \$3479 ;
   wire \$348 ;
+  wire \$3480 ;
+  wire [3:0] \$3481 ;
+  wire [3:0] \$3482 ;
+  wire \$3483 ;
+  wire \$3484 ;
+  wire [3:0] \$3485 ;
+  wire \$3486 ;
+  wire \$3487 ;
+  wire [3:0] \$3488 ;
+  wire [3:0] \$3489 ;
   wire \$349 ;
+  wire [3:0] \$3490 ;
+  reg [2:0] \$3491 ;
+  reg [2:0] \$3492 ;
+  wire [4:0] \$3493 ;
+  wire [3:0] \$3494 ;
+  wire [3:0] \$3495 ;
+  wire [4:0] \$3496 ;
+  wire [5:0] \$3497 ;
+  reg [2:0] \$3498 ;
+  reg [2:0] \$3499 ;
   wire \$35 ;
-  wire [15:0] \$350 ;
+  wire \$350 ;
+  wire [4:0] \$3500 ;
+  wire [3:0] \$3501 ;
+  wire [3:0] \$3502 ;
+  wire [4:0] \$3503 ;
+  wire [5:0] \$3504 ;
+  reg [2:0] \$3505 ;
+  reg [2:0] \$3506 ;
+  wire [4:0] \$3507 ;
+  wire [3:0] \$3508 ;
+  wire [3:0] \$3509 ;
   wire \$351 ;
+  wire [4:0] \$3510 ;
+  wire [5:0] \$3511 ;
+  reg [2:0] \$3512 ;
+  reg [2:0] \$3513 ;
+  wire [4:0] \$3514 ;
+  wire [3:0] \$3515 ;
+  wire [3:0] \$3516 ;
+  wire [4:0] \$3517 ;
+  wire [5:0] \$3518 ;
+  reg [2:0] \$3519 ;
   wire \$352 ;
-  wire [15:0] \$353 ;
-  wire [15:0] \$354 ;
+  reg [2:0] \$3520 ;
+  wire [4:0] \$3521 ;
+  wire [3:0] \$3522 ;
+  wire [3:0] \$3523 ;
+  wire [4:0] \$3524 ;
+  wire [5:0] \$3525 ;
+  reg [2:0] \$3526 ;
+  reg [2:0] \$3527 ;
+  wire [4:0] \$3528 ;
+  wire [3:0] \$3529 ;
+  wire \$353 ;
+  wire [3:0] \$3530 ;
+  wire [4:0] \$3531 ;
+  wire [5:0] \$3532 ;
+  reg [2:0] \$3533 ;
+  reg [2:0] \$3534 ;
+  wire [4:0] \$3535 ;
+  wire [3:0] \$3536 ;
+  wire [3:0] \$3537 ;
+  wire [4:0] \$3538 ;
+  wire [5:0] \$3539 ;
+  wire \$354 ;
+  reg [2:0] \$3540 ;
+  reg [2:0] \$3541 ;
+  wire [4:0] \$3542 ;
+  wire [3:0] \$3543 ;
+  wire [3:0] \$3544 ;
+  wire [4:0] \$3545 ;
+  wire [5:0] \$3546 ;
+  wire [4:0] \$3547 ;
+  wire [4:0] \$3548 ;
+  wire [3:0] \$3549 ;
   wire \$355 ;
+  wire [5:0] \$3550 ;
+  wire \$3551 ;
+  wire \$3552 ;
+  wire \$3553 ;
+  wire \$3554 ;
+  wire \$3555 ;
+  wire \$3556 ;
+  wire \$3557 ;
+  wire \$3558 ;
+  wire \$3559 ;
   wire \$356 ;
-  wire [15:0] \$357 ;
+  wire \$3560 ;
+  wire \$3561 ;
+  wire \$3562 ;
+  wire \$3563 ;
+  wire \$3564 ;
+  wire \$3565 ;
+  wire \$3566 ;
+  wire \$3567 ;
+  wire [9:0] \$3568 ;
+  wire [10:0] \$3569 ;
+  wire \$357 ;
+  wire \$3570 ;
+  wire [9:0] \$3571 ;
+  wire [9:0] \$3572 ;
+  wire [9:0] \$3573 ;
+  wire [9:0] \$3574 ;
+  wire [9:0] \$3575 ;
+  wire [9:0] \$3576 ;
+  wire [9:0] \$3577 ;
+  wire [9:0] \$3578 ;
+  wire [9:0] \$3579 ;
   wire \$358 ;
+  wire \$3580 ;
+  wire \$3581 ;
+  wire \$3582 ;
+  wire \$3583 ;
+  wire \$3584 ;
+  wire \$3585 ;
+  wire \$3586 ;
+  wire \$3587 ;
+  wire \$3588 ;
+  wire \$3589 ;
   wire \$359 ;
-  wire [3:0] \$36 ;
-  wire [15:0] \$360 ;
-  wire [15:0] \$361 ;
-  wire [15:0] \$362 ;
-  wire [3:0] \$363 ;
+  wire \$3590 ;
+  wire \$3591 ;
+  wire \$3592 ;
+  wire \$3593 ;
+  wire \$3594 ;
+  wire \$3595 ;
+  wire \$3596 ;
+  wire \$3597 ;
+  wire [9:0] \$3598 ;
+  wire [9:0] \$3599 ;
+  wire \$36 ;
+  wire \$360 ;
+  wire [9:0] \$3600 ;
+  wire [9:0] \$3601 ;
+  wire [9:0] \$3602 ;
+  wire [9:0] \$3603 ;
+  wire [9:0] \$3604 ;
+  wire [9:0] \$3605 ;
+  wire \$3606 ;
+  wire \$3607 ;
+  wire \$3608 ;
+  wire \$3609 ;
+  wire \$361 ;
+  wire \$3610 ;
+  wire [9:0] \$3611 ;
+  wire [9:0] \$3612 ;
+  wire [9:0] \$3613 ;
+  wire [9:0] \$3614 ;
+  wire \$3615 ;
+  wire \$3616 ;
+  wire \$3617 ;
+  wire \$3618 ;
+  wire \$3619 ;
+  wire \$362 ;
+  wire \$3620 ;
+  wire \$3621 ;
+  wire \$3622 ;
+  wire \$3623 ;
+  wire \$3624 ;
+  wire \$3625 ;
+  wire \$3626 ;
+  wire \$3627 ;
+  wire \$3628 ;
+  wire \$3629 ;
+  wire \$363 ;
+  wire \$3630 ;
+  wire \$3631 ;
+  wire \$3632 ;
+  wire \$3633 ;
+  wire \$3634 ;
+  wire \$3635 ;
+  wire \$3636 ;
+  wire \$3637 ;
+  wire \$3638 ;
+  wire \$3639 ;
   wire \$364 ;
+  wire \$3640 ;
+  wire \$3641 ;
+  wire \$3642 ;
+  wire \$3643 ;
+  wire \$3644 ;
+  wire \$3645 ;
+  wire \$3646 ;
+  wire \$3647 ;
+  wire \$3648 ;
+  wire \$3649 ;
   wire \$365 ;
-  wire [3:0] \$366 ;
-  wire [3:0] \$367 ;
+  wire \$3650 ;
+  wire \$3651 ;
+  wire \$3652 ;
+  wire \$3653 ;
+  wire \$3654 ;
+  wire \$3655 ;
+  wire \$3656 ;
+  wire \$3657 ;
+  wire [11:0] \$3658 ;
+  wire [11:0] \$3659 ;
+  wire \$366 ;
+  wire [11:0] \$3660 ;
+  wire \$3661 ;
+  wire \$3662 ;
+  wire \$3663 ;
+  wire \$3664 ;
+  wire \$3665 ;
+  wire \$3666 ;
+  wire \$3667 ;
+  wire \$3668 ;
+  reg [2:0] \$3669 ;
+  wire \$367 ;
+  wire [4:0] \$3670 ;
+  wire \$3671 ;
+  wire \$3672 ;
+  wire \$3673 ;
+  wire \$3674 ;
+  wire \$3675 ;
+  wire \$3676 ;
+  wire \$3677 ;
+  wire [9:0] \$3678 ;
+  wire \$3679 ;
   wire \$368 ;
+  wire [9:0] \$3680 ;
+  wire \$3681 ;
+  wire [9:0] \$3682 ;
+  wire \$3683 ;
+  wire [9:0] \$3684 ;
+  wire \$3685 ;
+  wire [9:0] \$3686 ;
+  wire \$3687 ;
+  wire [8:0] \$3688 ;
+  wire [8:0] \$3689 ;
   wire \$369 ;
+  wire [8:0] \$3690 ;
+  wire [8:0] \$3691 ;
+  wire [8:0] \$3692 ;
+  wire [8:0] \$3693 ;
+  wire [8:0] \$3694 ;
+  wire [8:0] \$3695 ;
+  wire \$3696 ;
+  wire \$3697 ;
+  wire \$3698 ;
+  wire \$3699 ;
   wire \$37 ;
-  wire [3:0] \$370 ;
+  wire \$370 ;
+  wire \$3700 ;
+  wire \$3701 ;
+  wire \$3702 ;
+  wire [10:0] \$3703 ;
+  wire \$3704 ;
+  wire [10:0] \$3705 ;
+  wire \$3706 ;
+  wire [10:0] \$3707 ;
+  wire \$3708 ;
+  wire [10:0] \$3709 ;
   wire \$371 ;
+  wire \$3710 ;
+  wire [10:0] \$3711 ;
+  wire \$3712 ;
+  wire [8:0] \$3713 ;
+  wire [8:0] \$3714 ;
+  wire [8:0] \$3715 ;
+  wire [8:0] \$3716 ;
+  wire [8:0] \$3717 ;
+  wire [8:0] \$3718 ;
+  wire [8:0] \$3719 ;
   wire \$372 ;
-  wire [3:0] \$373 ;
-  wire [3:0] \$374 ;
-  wire [3:0] \$375 ;
+  wire [8:0] \$3720 ;
+  wire \$3721 ;
+  wire \$3722 ;
+  wire \$3723 ;
+  wire \$3724 ;
+  wire \$3725 ;
+  wire \$3726 ;
+  wire \$3727 ;
+  wire [11:0] \$3728 ;
+  wire \$3729 ;
+  wire \$373 ;
+  wire [11:0] \$3730 ;
+  wire \$3731 ;
+  wire [11:0] \$3732 ;
+  wire \$3733 ;
+  wire [11:0] \$3734 ;
+  wire \$3735 ;
+  wire [11:0] \$3736 ;
+  wire \$3737 ;
+  wire [8:0] \$3738 ;
+  wire [8:0] \$3739 ;
+  wire \$374 ;
+  wire [8:0] \$3740 ;
+  wire [8:0] \$3741 ;
+  wire [8:0] \$3742 ;
+  wire [8:0] \$3743 ;
+  wire [8:0] \$3744 ;
+  wire [8:0] \$3745 ;
+  wire \$3746 ;
+  wire \$3747 ;
+  wire \$3748 ;
+  reg [3:0] \$3749 ;
+  wire \$375 ;
+  wire \$3750 ;
+  wire \$3751 ;
+  wire \$3752 ;
+  reg [3:0] \$3753 ;
+  wire \$3754 ;
+  wire \$3755 ;
+  wire \$3756 ;
+  reg [3:0] \$3757 ;
+  wire \$3758 ;
+  wire \$3759 ;
   wire \$376 ;
+  wire \$3760 ;
+  reg [3:0] \$3761 ;
+  wire \$3762 ;
+  wire \$3763 ;
+  wire \$3764 ;
+  reg [3:0] \$3765 ;
+  wire \$3766 ;
+  wire \$3767 ;
+  wire \$3768 ;
+  reg [3:0] \$3769 ;
   wire \$377 ;
-  wire [3:0] \$378 ;
+  wire \$3770 ;
+  wire \$3771 ;
+  wire \$3772 ;
+  reg [3:0] \$3773 ;
+  wire \$3774 ;
+  wire \$3775 ;
+  wire \$3776 ;
+  reg [3:0] \$3777 ;
+  wire \$3778 ;
+  wire \$3779 ;
+  wire \$378 ;
+  wire \$3780 ;
+  wire \$3781 ;
+  wire \$3782 ;
+  wire \$3783 ;
+  wire \$3784 ;
+  wire \$3785 ;
+  wire \$3786 ;
+  wire \$3787 ;
+  wire \$3788 ;
+  wire \$3789 ;
   wire \$379 ;
+  wire \$3790 ;
+  wire \$3791 ;
+  wire \$3792 ;
+  wire \$3793 ;
+  wire \$3794 ;
+  wire \$3795 ;
+  wire \$3796 ;
+  wire \$3797 ;
+  wire \$3798 ;
+  wire \$3799 ;
   wire \$38 ;
   wire \$380 ;
-  wire [3:0] \$381 ;
-  wire [3:0] \$382 ;
+  wire \$3800 ;
+  wire [7:0] \$3801 ;
+  wire \$3802 ;
+  wire \$3803 ;
+  wire \$3804 ;
+  wire \$3805 ;
+  wire \$3806 ;
+  wire [1:0] \$3807 ;
+  wire \$3808 ;
+  wire \$3809 ;
+  wire \$381 ;
+  wire \$3810 ;
+  wire [2:0] \$3811 ;
+  wire \$3812 ;
+  wire \$3813 ;
+  wire \$3814 ;
+  wire \$3815 ;
+  wire \$3816 ;
+  wire \$3817 ;
+  wire \$3818 ;
+  wire \$3819 ;
+  wire \$382 ;
+  wire \$3820 ;
+  wire [9:0] \$3821 ;
+  wire [9:0] \$3822 ;
+  wire [9:0] \$3823 ;
+  wire [9:0] \$3824 ;
+  wire [9:0] \$3825 ;
+  wire [9:0] \$3826 ;
+  wire [9:0] \$3827 ;
+  wire [9:0] \$3828 ;
+  wire [9:0] \$3829 ;
   wire \$383 ;
+  wire \$3830 ;
+  wire \$3831 ;
+  wire \$3832 ;
+  wire \$3833 ;
+  wire \$3834 ;
+  wire \$3835 ;
+  wire [5:0] \$3836 ;
+  wire \$3837 ;
+  wire \$3838 ;
+  wire \$3839 ;
   wire \$384 ;
-  wire [3:0] \$385 ;
+  wire \$3840 ;
+  wire \$3841 ;
+  wire \$3842 ;
+  wire [11:0] \$3843 ;
+  wire \$3844 ;
+  wire [16:0] \$3845 ;
+  wire \$3846 ;
+  wire \$3847 ;
+  wire \$3848 ;
+  wire [11:0] \$3849 ;
+  wire \$385 ;
+  wire [11:0] \$3850 ;
+  wire [12:0] \$3851 ;
+  wire [11:0] \$3852 ;
+  wire [11:0] \$3853 ;
+  wire [12:0] \$3854 ;
+  wire [13:0] \$3855 ;
+  wire [7:0] \$3856 ;
+  wire [7:0] \$3857 ;
+  wire [8:0] \$3858 ;
+  wire [8:0] \$3859 ;
   wire \$386 ;
+  wire [8:0] \$3860 ;
+  wire [9:0] \$3861 ;
+  wire [11:0] \$3862 ;
+  wire [11:0] \$3863 ;
+  wire [11:0] \$3864 ;
+  wire [12:0] \$3865 ;
+  wire [11:0] \$3866 ;
+  wire [12:0] \$3867 ;
+  wire [8:0] \$3868 ;
+  wire [9:0] \$3869 ;
   wire \$387 ;
-  wire [3:0] \$388 ;
-  wire [3:0] \$389 ;
-  wire [3:0] \$39 ;
-  wire [3:0] \$390 ;
+  wire [8:0] \$3870 ;
+  wire [9:0] \$3871 ;
+  wire \$3872 ;
+  wire \$3873 ;
+  wire \$3874 ;
+  wire \$3875 ;
+  wire \$3876 ;
+  wire \$3877 ;
+  wire \$3878 ;
+  wire \$3879 ;
+  wire \$388 ;
+  wire \$3880 ;
+  wire [3:0] \$3881 ;
+  reg \$3882 ;
+  reg [15:0] \$3883 ;
+  reg [2:0] \$3884 ;
+  reg [3:0] \$3885 ;
+  reg [7:0] \$3886 ;
+  reg [7:0] \$3887 ;
+  reg [15:0] \$3888 ;
+  reg [2:0] \$3889 ;
+  wire \$389 ;
+  reg [3:0] \$3890 ;
+  reg [15:0] \$3891 ;
+  reg [2:0] \$3892 ;
+  reg [3:0] \$3893 ;
+  reg [15:0] \$3894 ;
+  reg [2:0] \$3895 ;
+  reg [3:0] \$3896 ;
+  reg [15:0] \$3897 ;
+  reg [2:0] \$3898 ;
+  reg [3:0] \$3899 ;
+  wire \$39 ;
+  wire \$390 ;
+  reg [15:0] \$3900 ;
+  reg [2:0] \$3901 ;
+  reg [3:0] \$3902 ;
+  reg [15:0] \$3903 ;
+  reg [2:0] \$3904 ;
+  reg [3:0] \$3905 ;
+  reg [15:0] \$3906 ;
+  reg [2:0] \$3907 ;
+  reg [3:0] \$3908 ;
+  reg [4:0] \$3909 ;
   wire \$391 ;
+  reg [4:0] \$3910 ;
+  reg \$3911 ;
+  reg \$3912 ;
+  reg \$3913 ;
+  reg \$3914 ;
+  reg [63:0] \$3915 ;
+  reg [7:0] \$3916 ;
+  reg \$3917 ;
+  reg [1:0] \$3918 ;
+  reg [91:0] \$3919 ;
   wire \$392 ;
+  reg \$3920 ;
+  reg [91:0] \$3921 ;
+  reg [91:0] \$3922 ;
+  reg \$3923 ;
+  reg \$3924 ;
+  reg [8:0] \$3925 ;
+  reg [8:0] \$3926 ;
+  reg [8:0] \$3927 ;
+  reg [8:0] \$3928 ;
+  reg [8:0] \$3929 ;
   wire \$393 ;
+  reg [8:0] \$3930 ;
+  reg [8:0] \$3931 ;
+  reg [8:0] \$3932 ;
+  reg [8:0] \$3933 ;
+  reg [2:0] \$3934 ;
+  reg \$3935 ;
+  reg \$3936 ;
+  reg \$3937 ;
+  reg [63:0] \$3938 ;
+  reg [63:0] \$3939 ;
   wire \$394 ;
+  reg \$3940 ;
+  reg \$3941 ;
+  reg \$3942 ;
+  reg \$3943 ;
+  reg \$3944 ;
+  reg [15:0] \$3945 ;
+  reg [10:0] \$3946 ;
+  reg [6:0] \$3947 ;
+  reg \$3948 ;
+  reg [7:0] \$3949 ;
   wire \$395 ;
+  reg [8:0] \$3950 ;
+  reg [9:0] \$3951 ;
+  reg [10:0] \$3952 ;
+  reg \$3953 ;
+  reg \$3954 ;
+  reg [8:0] \$3955 ;
+  reg [8:0] \$3956 ;
+  reg \$3957 ;
+  reg \$3958 ;
+  reg [3:0] \$3959 ;
   wire \$396 ;
   wire \$397 ;
   wire \$398 ;
@@ -4588,7 +7009,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire [3:0] \$42 ;
+  wire \$42 ;
   wire \$420 ;
   wire \$421 ;
   wire \$422 ;
@@ -4621,7 +7042,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$447 ;
   wire \$448 ;
   wire \$449 ;
-  wire [3:0] \$45 ;
+  wire \$45 ;
   wire \$450 ;
   wire \$451 ;
   wire \$452 ;
@@ -4633,95 +7054,95 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$458 ;
   wire \$459 ;
   wire \$46 ;
-  wire [1:0] \$460 ;
-  wire [1:0] \$461 ;
+  wire \$460 ;
+  wire \$461 ;
   wire \$462 ;
   wire \$463 ;
-  wire [1:0] \$464 ;
+  wire \$464 ;
   wire \$465 ;
   wire \$466 ;
-  wire [2:0] \$467 ;
-  wire [2:0] \$468 ;
-  wire [2:0] \$469 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
   wire \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire [2:0] \$472 ;
+  wire \$472 ;
   wire \$473 ;
   wire \$474 ;
-  wire [2:0] \$475 ;
-  wire [2:0] \$476 ;
+  wire \$475 ;
+  wire \$476 ;
   wire \$477 ;
   wire \$478 ;
-  wire [2:0] \$479 ;
-  wire [3:0] \$48 ;
-  wire [2:0] \$480 ;
-  wire [15:0] \$481 ;
+  wire \$479 ;
+  wire \$48 ;
+  wire \$480 ;
+  wire \$481 ;
   wire \$482 ;
   wire \$483 ;
-  wire [15:0] \$484 ;
-  wire [15:0] \$485 ;
+  wire \$484 ;
+  wire \$485 ;
   wire \$486 ;
   wire \$487 ;
-  wire [15:0] \$488 ;
+  wire \$488 ;
   wire \$489 ;
   wire \$49 ;
   wire \$490 ;
-  wire [15:0] \$491 ;
-  wire [15:0] \$492 ;
-  wire [15:0] \$493 ;
+  wire \$491 ;
+  wire \$492 ;
+  wire \$493 ;
   wire \$494 ;
   wire \$495 ;
-  wire [15:0] \$496 ;
+  wire \$496 ;
   wire \$497 ;
   wire \$498 ;
-  wire [15:0] \$499 ;
+  wire \$499 ;
   reg [2:0] \$5 ;
   wire \$50 ;
-  wire [15:0] \$500 ;
+  wire \$500 ;
   wire \$501 ;
   wire \$502 ;
-  wire [15:0] \$503 ;
+  wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire [15:0] \$506 ;
-  wire [15:0] \$507 ;
-  wire [15:0] \$508 ;
-  wire [3:0] \$509 ;
-  wire [3:0] \$51 ;
+  wire \$506 ;
+  wire \$507 ;
+  wire \$508 ;
+  wire \$509 ;
+  wire \$51 ;
   wire \$510 ;
   wire \$511 ;
-  wire [3:0] \$512 ;
-  wire [3:0] \$513 ;
+  wire \$512 ;
+  wire \$513 ;
   wire \$514 ;
   wire \$515 ;
-  wire [3:0] \$516 ;
+  wire \$516 ;
   wire \$517 ;
   wire \$518 ;
-  wire [3:0] \$519 ;
+  wire \$519 ;
   wire \$52 ;
-  wire [3:0] \$520 ;
-  wire [3:0] \$521 ;
+  wire \$520 ;
+  wire \$521 ;
   wire \$522 ;
   wire \$523 ;
-  wire [3:0] \$524 ;
+  wire \$524 ;
   wire \$525 ;
   wire \$526 ;
-  wire [3:0] \$527 ;
-  wire [3:0] \$528 ;
+  wire \$527 ;
+  wire \$528 ;
   wire \$529 ;
   wire \$53 ;
   wire \$530 ;
-  wire [3:0] \$531 ;
+  wire \$531 ;
   wire \$532 ;
   wire \$533 ;
-  wire [3:0] \$534 ;
-  wire [3:0] \$535 ;
-  wire [3:0] \$536 ;
+  wire \$534 ;
+  wire \$535 ;
+  wire \$536 ;
   wire \$537 ;
   wire \$538 ;
   wire \$539 ;
-  wire [3:0] \$54 ;
+  wire \$54 ;
   wire \$540 ;
   wire \$541 ;
   wire \$542 ;
@@ -4735,98 +7156,98 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$55 ;
   wire \$550 ;
   wire \$551 ;
-  wire \$552 ;
-  wire \$553 ;
+  wire [1:0] \$552 ;
+  wire [1:0] \$553 ;
   wire \$554 ;
   wire \$555 ;
-  wire \$556 ;
+  wire [1:0] \$556 ;
   wire \$557 ;
-  wire [1:0] \$558 ;
-  wire [1:0] \$559 ;
+  wire \$558 ;
+  wire [2:0] \$559 ;
   wire \$56 ;
-  wire \$560 ;
-  wire \$561 ;
-  wire [1:0] \$562 ;
+  wire [2:0] \$560 ;
+  wire [2:0] \$561 ;
+  wire \$562 ;
   wire \$563 ;
-  wire \$564 ;
-  wire [2:0] \$565 ;
-  wire [2:0] \$566 ;
+  wire [2:0] \$564 ;
+  wire \$565 ;
+  wire \$566 ;
   wire [2:0] \$567 ;
-  wire \$568 ;
+  wire [2:0] \$568 ;
   wire \$569 ;
-  wire [3:0] \$57 ;
-  wire [2:0] \$570 ;
-  wire \$571 ;
-  wire \$572 ;
-  wire [2:0] \$573 ;
-  wire [2:0] \$574 ;
+  wire \$57 ;
+  wire \$570 ;
+  wire [2:0] \$571 ;
+  wire [2:0] \$572 ;
+  wire [15:0] \$573 ;
+  wire \$574 ;
   wire \$575 ;
-  wire \$576 ;
-  wire [2:0] \$577 ;
-  wire [2:0] \$578 ;
-  wire [15:0] \$579 ;
+  wire [15:0] \$576 ;
+  wire [15:0] \$577 ;
+  wire \$578 ;
+  wire \$579 ;
   wire \$58 ;
-  wire \$580 ;
+  wire [15:0] \$580 ;
   wire \$581 ;
-  wire [15:0] \$582 ;
+  wire \$582 ;
   wire [15:0] \$583 ;
-  wire \$584 ;
-  wire \$585 ;
-  wire [15:0] \$586 ;
+  wire [15:0] \$584 ;
+  wire [15:0] \$585 ;
+  wire \$586 ;
   wire \$587 ;
-  wire \$588 ;
-  wire [15:0] \$589 ;
+  wire [15:0] \$588 ;
+  wire \$589 ;
   wire \$59 ;
-  wire [15:0] \$590 ;
+  wire \$590 ;
   wire [15:0] \$591 ;
-  wire \$592 ;
+  wire [15:0] \$592 ;
   wire \$593 ;
-  wire [15:0] \$594 ;
-  wire \$595 ;
+  wire \$594 ;
+  wire [15:0] \$595 ;
   wire \$596 ;
-  wire [15:0] \$597 ;
+  wire \$597 ;
   wire [15:0] \$598 ;
-  wire \$599 ;
+  wire [15:0] \$599 ;
   wire [3:0] \$6 ;
   wire \$60 ;
-  wire \$600 ;
-  wire [15:0] \$601 ;
+  wire [15:0] \$600 ;
+  wire [3:0] \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire [15:0] \$604 ;
-  wire [15:0] \$605 ;
-  wire [15:0] \$606 ;
-  wire [3:0] \$607 ;
-  wire \$608 ;
+  wire [3:0] \$604 ;
+  wire [3:0] \$605 ;
+  wire \$606 ;
+  wire \$607 ;
+  wire [3:0] \$608 ;
   wire \$609 ;
   wire \$61 ;
-  wire [3:0] \$610 ;
+  wire \$610 ;
   wire [3:0] \$611 ;
-  wire \$612 ;
-  wire \$613 ;
-  wire [3:0] \$614 ;
+  wire [3:0] \$612 ;
+  wire [3:0] \$613 ;
+  wire \$614 ;
   wire \$615 ;
-  wire \$616 ;
-  wire [3:0] \$617 ;
-  wire [3:0] \$618 ;
+  wire [3:0] \$616 ;
+  wire \$617 ;
+  wire \$618 ;
   wire [3:0] \$619 ;
   wire \$62 ;
-  wire \$620 ;
+  wire [3:0] \$620 ;
   wire \$621 ;
-  wire [3:0] \$622 ;
-  wire \$623 ;
+  wire \$622 ;
+  wire [3:0] \$623 ;
   wire \$624 ;
-  wire [3:0] \$625 ;
+  wire \$625 ;
   wire [3:0] \$626 ;
-  wire \$627 ;
-  wire \$628 ;
-  wire [3:0] \$629 ;
+  wire [3:0] \$627 ;
+  wire [3:0] \$628 ;
+  wire \$629 ;
   wire \$63 ;
   wire \$630 ;
   wire \$631 ;
-  wire [3:0] \$632 ;
-  wire [3:0] \$633 ;
-  wire [3:0] \$634 ;
+  wire \$632 ;
+  wire \$633 ;
+  wire \$634 ;
   wire \$635 ;
   wire \$636 ;
   wire \$637 ;
@@ -4913,90 +7334,90 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$71 ;
   wire \$710 ;
   wire \$711 ;
-  wire [1:0] \$712 ;
-  wire [1:0] \$713 ;
+  wire \$712 ;
+  wire \$713 ;
   wire \$714 ;
   wire \$715 ;
-  wire [1:0] \$716 ;
+  wire \$716 ;
   wire \$717 ;
   wire \$718 ;
-  wire [2:0] \$719 ;
+  wire \$719 ;
   wire \$72 ;
-  wire [2:0] \$720 ;
-  wire [2:0] \$721 ;
+  wire \$720 ;
+  wire \$721 ;
   wire \$722 ;
   wire \$723 ;
-  wire [2:0] \$724 ;
+  wire \$724 ;
   wire \$725 ;
   wire \$726 ;
-  wire [2:0] \$727 ;
-  wire [2:0] \$728 ;
+  wire \$727 ;
+  wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
-  wire [2:0] \$731 ;
-  wire [2:0] \$732 ;
-  wire [15:0] \$733 ;
+  wire \$731 ;
+  wire \$732 ;
+  wire \$733 ;
   wire \$734 ;
   wire \$735 ;
-  wire [15:0] \$736 ;
-  wire [15:0] \$737 ;
+  wire \$736 ;
+  wire \$737 ;
   wire \$738 ;
   wire \$739 ;
   wire \$74 ;
-  wire [15:0] \$740 ;
+  wire \$740 ;
   wire \$741 ;
   wire \$742 ;
-  wire [15:0] \$743 ;
-  wire [15:0] \$744 ;
-  wire [15:0] \$745 ;
+  wire \$743 ;
+  wire \$744 ;
+  wire \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire [15:0] \$748 ;
+  wire \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
-  wire [15:0] \$751 ;
-  wire [15:0] \$752 ;
+  wire \$751 ;
+  wire \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire [15:0] \$755 ;
+  wire \$755 ;
   wire \$756 ;
   wire \$757 ;
-  wire [15:0] \$758 ;
-  wire [15:0] \$759 ;
+  wire \$758 ;
+  wire \$759 ;
   wire \$76 ;
-  wire [15:0] \$760 ;
-  wire [3:0] \$761 ;
+  wire \$760 ;
+  wire \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire [3:0] \$764 ;
-  wire [3:0] \$765 ;
+  wire \$764 ;
+  wire \$765 ;
   wire \$766 ;
   wire \$767 ;
-  wire [3:0] \$768 ;
+  wire \$768 ;
   wire \$769 ;
   wire \$77 ;
   wire \$770 ;
-  wire [3:0] \$771 ;
-  wire [3:0] \$772 ;
-  wire [3:0] \$773 ;
+  wire \$771 ;
+  wire \$772 ;
+  wire \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire [3:0] \$776 ;
+  wire \$776 ;
   wire \$777 ;
   wire \$778 ;
-  wire [3:0] \$779 ;
+  wire \$779 ;
   wire \$78 ;
-  wire [3:0] \$780 ;
+  wire \$780 ;
   wire \$781 ;
   wire \$782 ;
-  wire [3:0] \$783 ;
+  wire \$783 ;
   wire \$784 ;
   wire \$785 ;
-  wire [3:0] \$786 ;
-  wire [3:0] \$787 ;
-  wire [3:0] \$788 ;
+  wire \$786 ;
+  wire \$787 ;
+  wire \$788 ;
   wire \$789 ;
   wire \$79 ;
   wire \$790 ;
@@ -5030,91 +7451,91 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$815 ;
   wire \$816 ;
   wire \$817 ;
-  wire [1:0] \$818 ;
-  wire [1:0] \$819 ;
+  wire \$818 ;
+  wire \$819 ;
   wire \$82 ;
   wire \$820 ;
   wire \$821 ;
-  wire [1:0] \$822 ;
+  wire \$822 ;
   wire \$823 ;
   wire \$824 ;
-  wire [2:0] \$825 ;
-  wire [2:0] \$826 ;
-  wire [2:0] \$827 ;
+  wire \$825 ;
+  wire \$826 ;
+  wire \$827 ;
   wire \$828 ;
   wire \$829 ;
   wire \$83 ;
-  wire [2:0] \$830 ;
+  wire \$830 ;
   wire \$831 ;
   wire \$832 ;
-  wire [2:0] \$833 ;
-  wire [2:0] \$834 ;
+  wire \$833 ;
+  wire \$834 ;
   wire \$835 ;
   wire \$836 ;
-  wire [2:0] \$837 ;
-  wire [2:0] \$838 ;
-  wire [15:0] \$839 ;
+  wire \$837 ;
+  wire \$838 ;
+  wire \$839 ;
   wire \$84 ;
   wire \$840 ;
   wire \$841 ;
-  wire [15:0] \$842 ;
-  wire [15:0] \$843 ;
+  wire \$842 ;
+  wire \$843 ;
   wire \$844 ;
   wire \$845 ;
-  wire [15:0] \$846 ;
+  wire \$846 ;
   wire \$847 ;
   wire \$848 ;
-  wire [15:0] \$849 ;
+  wire \$849 ;
   wire \$85 ;
-  wire [15:0] \$850 ;
-  wire [15:0] \$851 ;
+  wire \$850 ;
+  wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire [15:0] \$854 ;
+  wire \$854 ;
   wire \$855 ;
   wire \$856 ;
-  wire [15:0] \$857 ;
-  wire [15:0] \$858 ;
+  wire \$857 ;
+  wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire [15:0] \$861 ;
+  wire \$861 ;
   wire \$862 ;
   wire \$863 ;
-  wire [15:0] \$864 ;
-  wire [15:0] \$865 ;
-  wire [15:0] \$866 ;
-  wire [3:0] \$867 ;
+  wire \$864 ;
+  wire \$865 ;
+  wire \$866 ;
+  wire \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
-  wire [3:0] \$870 ;
-  wire [3:0] \$871 ;
+  wire \$870 ;
+  wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  wire [3:0] \$874 ;
+  wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire [3:0] \$877 ;
-  wire [3:0] \$878 ;
-  wire [3:0] \$879 ;
+  wire \$877 ;
+  wire \$878 ;
+  wire \$879 ;
   wire \$88 ;
   wire \$880 ;
   wire \$881 ;
-  wire [3:0] \$882 ;
+  wire \$882 ;
   wire \$883 ;
   wire \$884 ;
-  wire [3:0] \$885 ;
-  wire [3:0] \$886 ;
+  wire \$885 ;
+  wire \$886 ;
   wire \$887 ;
   wire \$888 ;
-  wire [3:0] \$889 ;
+  wire \$889 ;
   wire \$89 ;
   wire \$890 ;
   wire \$891 ;
-  wire [3:0] \$892 ;
-  wire [3:0] \$893 ;
-  wire [3:0] \$894 ;
+  wire \$892 ;
+  wire \$893 ;
+  wire \$894 ;
   wire \$895 ;
   wire \$896 ;
   wire \$897 ;
@@ -5157,98 +7578,98 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$93 ;
   wire \$930 ;
   wire \$931 ;
-  wire [1:0] \$932 ;
-  wire [1:0] \$933 ;
+  wire \$932 ;
+  wire \$933 ;
   wire \$934 ;
   wire \$935 ;
-  wire [1:0] \$936 ;
+  wire \$936 ;
   wire \$937 ;
   wire \$938 ;
-  wire [2:0] \$939 ;
+  wire \$939 ;
   wire \$94 ;
-  wire [2:0] \$940 ;
-  wire [2:0] \$941 ;
+  wire \$940 ;
+  wire \$941 ;
   wire \$942 ;
   wire \$943 ;
-  wire [2:0] \$944 ;
+  wire \$944 ;
   wire \$945 ;
   wire \$946 ;
-  wire [2:0] \$947 ;
-  wire [2:0] \$948 ;
+  wire \$947 ;
+  wire \$948 ;
   wire \$949 ;
   wire \$95 ;
   wire \$950 ;
-  wire [2:0] \$951 ;
-  wire [2:0] \$952 ;
-  wire [15:0] \$953 ;
+  wire \$951 ;
+  wire \$952 ;
+  wire \$953 ;
   wire \$954 ;
   wire \$955 ;
-  wire [15:0] \$956 ;
-  wire [15:0] \$957 ;
+  wire \$956 ;
+  wire \$957 ;
   wire \$958 ;
   wire \$959 ;
   wire \$96 ;
-  wire [15:0] \$960 ;
+  wire \$960 ;
   wire \$961 ;
   wire \$962 ;
-  wire [15:0] \$963 ;
-  wire [15:0] \$964 ;
-  wire [15:0] \$965 ;
+  wire \$963 ;
+  wire \$964 ;
+  wire \$965 ;
   wire \$966 ;
   wire \$967 ;
-  wire [15:0] \$968 ;
+  wire \$968 ;
   wire \$969 ;
   wire \$97 ;
   wire \$970 ;
-  wire [15:0] \$971 ;
-  wire [15:0] \$972 ;
+  wire \$971 ;
+  wire \$972 ;
   wire \$973 ;
   wire \$974 ;
-  wire [15:0] \$975 ;
+  wire \$975 ;
   wire \$976 ;
   wire \$977 ;
-  wire [15:0] \$978 ;
-  wire [15:0] \$979 ;
+  wire \$978 ;
+  wire \$979 ;
   wire \$98 ;
-  wire [15:0] \$980 ;
-  wire [3:0] \$981 ;
+  wire \$980 ;
+  wire \$981 ;
   wire \$982 ;
   wire \$983 ;
-  wire [3:0] \$984 ;
-  wire [3:0] \$985 ;
+  wire \$984 ;
+  wire \$985 ;
   wire \$986 ;
   wire \$987 ;
-  wire [3:0] \$988 ;
+  wire \$988 ;
   wire \$989 ;
   wire \$99 ;
   wire \$990 ;
-  wire [3:0] \$991 ;
-  wire [3:0] \$992 ;
-  wire [3:0] \$993 ;
+  wire \$991 ;
+  wire \$992 ;
+  wire \$993 ;
   wire \$994 ;
   wire \$995 ;
-  wire [3:0] \$996 ;
+  wire \$996 ;
   wire \$997 ;
   wire \$998 ;
-  wire [3:0] \$999 ;
+  wire \$999 ;
   wire [8:0] \$like ;
   reg [4:0] \$signal  = 5'h00;
-  reg [7:0] \$signal$163  = 8'h00;
-  reg \$signal$313  = 1'h0;
-  reg \$signal$315  = 1'h0;
-  reg [63:0] \$signal$318  = 64'h0000000000000000;
-  reg \$signal$332  = 1'h0;
-  reg \$signal$357 ;
-  reg \$signal$363  = 1'h0;
-  reg [63:0] \$signal$376 ;
-  reg \$signal$378 ;
-  reg \$signal$379 ;
+  reg [7:0] \$signal$155  = 8'h00;
+  reg \$signal$305  = 1'h0;
+  reg \$signal$307  = 1'h0;
+  reg [63:0] \$signal$310  = 64'h0000000000000000;
+  reg \$signal$324  = 1'h0;
+  reg \$signal$349 ;
+  reg \$signal$355  = 1'h0;
+  reg [63:0] \$signal$378 ;
   reg \$signal$380 ;
-  reg \$signal$381  = 1'h0;
-  reg \$signal$382  = 1'h0;
+  reg \$signal$381 ;
+  reg \$signal$382 ;
+  reg \$signal$383  = 1'h0;
+  reg \$signal$384  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$383 ;
-  reg \$signal$392 ;
+  wire \$signal$385 ;
+  reg \$signal$394 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -5266,6 +7687,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [8:0] Rf6;
   reg [8:0] Rf7;
   reg [8:0] Rm1 = 9'h000;
+  wire [8:0] Rn0;
+  wire [8:0] Rn1;
+  wire [8:0] Rn2;
+  wire [8:0] Rn3;
+  wire [8:0] Rn4;
+  wire [8:0] Rn5;
+  wire [8:0] Rn6;
+  wire [8:0] Rn7;
+  wire [8:0] Rnm1;
   reg [8:0] Rs0;
   reg [8:0] Rs1;
   reg [8:0] Rs2;
@@ -5539,14 +7969,6 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   input rst;
   wire rst;
   reg running = 1'h0;
-  wire [3:0] sat0;
-  wire [3:0] sat1;
-  wire [3:0] sat2;
-  wire [3:0] sat3;
-  wire [3:0] sat4;
-  wire [3:0] sat5;
-  wire [3:0] sat6;
-  wire [3:0] sat7;
   wire [7:0] selpos0;
   wire [7:0] selpos1;
   wire [7:0] selpos2;
@@ -5557,6 +7979,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [7:0] selpos7;
   reg short_err = 1'h0;
   wire short_now;
+  wire special;
   reg [11:0] stride;
   reg [6:0] stride_w = 7'h00;
   wire take_buf;
@@ -5722,1726 +8145,4148 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign k_cur = k_cur_full[8] ? 4'h0 : \$32 ;
   assign \$33  = $signed(k_cur_full) <= $signed(5'h08);
   assign finish = row_complete & \$33 ;
-  assign \$34  = | R0[7:4];
-  assign \$35  = R0[3] | \$34 ;
-  assign \$36  = \$35  ? 4'h8 : R0[3:0];
-  assign sat0 = R0[8] ? 4'h0 : \$36 ;
-  assign \$37  = | R1[7:4];
-  assign \$38  = R1[3] | \$37 ;
-  assign \$39  = \$38  ? 4'h8 : R1[3:0];
-  assign sat1 = R1[8] ? 4'h0 : \$39 ;
-  assign \$40  = | R2[7:4];
-  assign \$41  = R2[3] | \$40 ;
-  assign \$42  = \$41  ? 4'h8 : R2[3:0];
-  assign sat2 = R2[8] ? 4'h0 : \$42 ;
-  assign \$43  = | R3[7:4];
-  assign \$44  = R3[3] | \$43 ;
-  assign \$45  = \$44  ? 4'h8 : R3[3:0];
-  assign sat3 = R3[8] ? 4'h0 : \$45 ;
-  assign \$46  = | R4[7:4];
-  assign \$47  = R4[3] | \$46 ;
-  assign \$48  = \$47  ? 4'h8 : R4[3:0];
-  assign sat4 = R4[8] ? 4'h0 : \$48 ;
-  assign \$49  = | R5[7:4];
-  assign \$50  = R5[3] | \$49 ;
-  assign \$51  = \$50  ? 4'h8 : R5[3:0];
-  assign sat5 = R5[8] ? 4'h0 : \$51 ;
-  assign \$52  = | R6[7:4];
-  assign \$53  = R6[3] | \$52 ;
-  assign \$54  = \$53  ? 4'h8 : R6[3:0];
-  assign sat6 = R6[8] ? 4'h0 : \$54 ;
-  assign \$55  = | R7[7:4];
-  assign \$56  = R7[3] | \$55 ;
-  assign \$57  = \$56  ? 4'h8 : R7[3:0];
-  assign sat7 = R7[8] ? 4'h0 : \$57 ;
   assign es_bits = $signed(es_w) * $signed(7'h20);
-  assign \$58  = ~ ov;
-  assign rdy_a = \$58  | o_lanes__ready;
-  assign \$59  = ~ sat0[1];
-  assign \$60  = ~ sat0[2];
-  assign \$61  = \$59  & \$60 ;
-  assign \$62  = ~ sat0[3];
-  assign \$63  = \$62  & sat0[0];
-  assign \$64  = \$61  & \$63 ;
-  assign \$65  = ~ sat0[2];
-  assign \$66  = ~ sat0[3];
-  assign \$67  = \$65  & \$66 ;
-  assign \$68  = \$67  & sat0[1];
-  assign \$69  = \$64  | \$68 ;
-  assign \$70  = ~ sat0[3];
-  assign \$71  = \$70  & sat0[2];
-  assign \$72  = \$71  | sat0[3];
-  assign gt0_0 = \$69  | \$72 ;
-  assign \$73  = ~ sat1[1];
-  assign \$74  = ~ sat1[2];
+  assign \$34  = ~ ov;
+  assign rdy_a = \$34  | o_lanes__ready;
+  assign \$35  = ~ R0[8];
+  assign \$36  = ~ R0[1];
+  assign \$37  = ~ R0[2];
+  assign \$38  = \$36  & \$37 ;
+  assign \$39  = ~ R0[3];
+  assign \$40  = ~ R0[4];
+  assign \$41  = \$39  & \$40 ;
+  assign \$42  = \$38  & \$41 ;
+  assign \$43  = ~ R0[5];
+  assign \$44  = ~ R0[6];
+  assign \$45  = \$43  & \$44 ;
+  assign \$46  = ~ R0[7];
+  assign \$47  = \$46  & R0[0];
+  assign \$48  = \$45  & \$47 ;
+  assign \$49  = \$42  & \$48 ;
+  assign \$50  = ~ R0[2];
+  assign \$51  = ~ R0[3];
+  assign \$52  = \$50  & \$51 ;
+  assign \$53  = ~ R0[4];
+  assign \$54  = ~ R0[5];
+  assign \$55  = \$53  & \$54 ;
+  assign \$56  = \$52  & \$55 ;
+  assign \$57  = ~ R0[6];
+  assign \$58  = ~ R0[7];
+  assign \$59  = \$57  & \$58 ;
+  assign \$60  = \$59  & R0[1];
+  assign \$61  = \$56  & \$60 ;
+  assign \$62  = \$49  | \$61 ;
+  assign \$63  = ~ R0[3];
+  assign \$64  = ~ R0[4];
+  assign \$65  = \$63  & \$64 ;
+  assign \$66  = ~ R0[5];
+  assign \$67  = ~ R0[6];
+  assign \$68  = \$66  & \$67 ;
+  assign \$69  = \$65  & \$68 ;
+  assign \$70  = ~ R0[7];
+  assign \$71  = \$70  & R0[2];
+  assign \$72  = \$69  & \$71 ;
+  assign \$73  = ~ R0[4];
+  assign \$74  = ~ R0[5];
   assign \$75  = \$73  & \$74 ;
-  assign \$76  = ~ sat1[3];
-  assign \$77  = \$76  & sat1[0];
-  assign \$78  = \$75  & \$77 ;
-  assign \$79  = ~ sat1[2];
-  assign \$80  = ~ sat1[3];
-  assign \$81  = \$79  & \$80 ;
-  assign \$82  = \$81  & sat1[1];
-  assign \$83  = \$78  | \$82 ;
-  assign \$84  = ~ sat1[3];
-  assign \$85  = \$84  & sat1[2];
-  assign \$86  = \$85  | sat1[3];
-  assign gt0_1 = \$83  | \$86 ;
-  assign \$87  = ~ sat2[1];
-  assign \$88  = ~ sat2[2];
-  assign \$89  = \$87  & \$88 ;
-  assign \$90  = ~ sat2[3];
-  assign \$91  = \$90  & sat2[0];
-  assign \$92  = \$89  & \$91 ;
-  assign \$93  = ~ sat2[2];
-  assign \$94  = ~ sat2[3];
-  assign \$95  = \$93  & \$94 ;
-  assign \$96  = \$95  & sat2[1];
-  assign \$97  = \$92  | \$96 ;
-  assign \$98  = ~ sat2[3];
-  assign \$99  = \$98  & sat2[2];
-  assign \$100  = \$99  | sat2[3];
-  assign gt0_2 = \$97  | \$100 ;
-  assign \$101  = ~ sat3[1];
-  assign \$102  = ~ sat3[2];
-  assign \$103  = \$101  & \$102 ;
-  assign \$104  = ~ sat3[3];
-  assign \$105  = \$104  & sat3[0];
-  assign \$106  = \$103  & \$105 ;
-  assign \$107  = ~ sat3[2];
-  assign \$108  = ~ sat3[3];
+  assign \$76  = ~ R0[6];
+  assign \$77  = ~ R0[7];
+  assign \$78  = \$76  & \$77 ;
+  assign \$79  = \$75  & \$78 ;
+  assign \$80  = \$79  & R0[3];
+  assign \$81  = \$72  | \$80 ;
+  assign \$82  = \$62  | \$81 ;
+  assign \$83  = ~ R0[5];
+  assign \$84  = ~ R0[6];
+  assign \$85  = \$83  & \$84 ;
+  assign \$86  = ~ R0[7];
+  assign \$87  = \$86  & R0[4];
+  assign \$88  = \$85  & \$87 ;
+  assign \$89  = ~ R0[6];
+  assign \$90  = ~ R0[7];
+  assign \$91  = \$89  & \$90 ;
+  assign \$92  = \$91  & R0[5];
+  assign \$93  = \$88  | \$92 ;
+  assign \$94  = ~ R0[7];
+  assign \$95  = \$94  & R0[6];
+  assign \$96  = \$95  | R0[7];
+  assign \$97  = \$93  | \$96 ;
+  assign \$98  = \$82  | \$97 ;
+  assign gt0_0 = \$35  & \$98 ;
+  assign \$99  = ~ R1[8];
+  assign \$100  = ~ R1[1];
+  assign \$101  = ~ R1[2];
+  assign \$102  = \$100  & \$101 ;
+  assign \$103  = ~ R1[3];
+  assign \$104  = ~ R1[4];
+  assign \$105  = \$103  & \$104 ;
+  assign \$106  = \$102  & \$105 ;
+  assign \$107  = ~ R1[5];
+  assign \$108  = ~ R1[6];
   assign \$109  = \$107  & \$108 ;
-  assign \$110  = \$109  & sat3[1];
-  assign \$111  = \$106  | \$110 ;
-  assign \$112  = ~ sat3[3];
-  assign \$113  = \$112  & sat3[2];
-  assign \$114  = \$113  | sat3[3];
-  assign gt0_3 = \$111  | \$114 ;
-  assign \$115  = ~ sat4[1];
-  assign \$116  = ~ sat4[2];
-  assign \$117  = \$115  & \$116 ;
-  assign \$118  = ~ sat4[3];
-  assign \$119  = \$118  & sat4[0];
-  assign \$120  = \$117  & \$119 ;
-  assign \$121  = ~ sat4[2];
-  assign \$122  = ~ sat4[3];
+  assign \$110  = ~ R1[7];
+  assign \$111  = \$110  & R1[0];
+  assign \$112  = \$109  & \$111 ;
+  assign \$113  = \$106  & \$112 ;
+  assign \$114  = ~ R1[2];
+  assign \$115  = ~ R1[3];
+  assign \$116  = \$114  & \$115 ;
+  assign \$117  = ~ R1[4];
+  assign \$118  = ~ R1[5];
+  assign \$119  = \$117  & \$118 ;
+  assign \$120  = \$116  & \$119 ;
+  assign \$121  = ~ R1[6];
+  assign \$122  = ~ R1[7];
   assign \$123  = \$121  & \$122 ;
-  assign \$124  = \$123  & sat4[1];
-  assign \$125  = \$120  | \$124 ;
-  assign \$126  = ~ sat4[3];
-  assign \$127  = \$126  & sat4[2];
-  assign \$128  = \$127  | sat4[3];
-  assign gt0_4 = \$125  | \$128 ;
-  assign \$129  = ~ sat5[1];
-  assign \$130  = ~ sat5[2];
-  assign \$131  = \$129  & \$130 ;
-  assign \$132  = ~ sat5[3];
-  assign \$133  = \$132  & sat5[0];
-  assign \$134  = \$131  & \$133 ;
-  assign \$135  = ~ sat5[2];
-  assign \$136  = ~ sat5[3];
-  assign \$137  = \$135  & \$136 ;
-  assign \$138  = \$137  & sat5[1];
-  assign \$139  = \$134  | \$138 ;
-  assign \$140  = ~ sat5[3];
-  assign \$141  = \$140  & sat5[2];
-  assign \$142  = \$141  | sat5[3];
-  assign gt0_5 = \$139  | \$142 ;
-  assign \$143  = ~ sat6[1];
-  assign \$144  = ~ sat6[2];
-  assign \$145  = \$143  & \$144 ;
-  assign \$146  = ~ sat6[3];
-  assign \$147  = \$146  & sat6[0];
-  assign \$148  = \$145  & \$147 ;
-  assign \$149  = ~ sat6[2];
-  assign \$150  = ~ sat6[3];
-  assign \$151  = \$149  & \$150 ;
-  assign \$152  = \$151  & sat6[1];
-  assign \$153  = \$148  | \$152 ;
-  assign \$154  = ~ sat6[3];
-  assign \$155  = \$154  & sat6[2];
-  assign \$156  = \$155  | sat6[3];
-  assign gt0_6 = \$153  | \$156 ;
-  assign \$157  = ~ sat7[1];
-  assign \$158  = ~ sat7[2];
-  assign \$159  = \$157  & \$158 ;
-  assign \$160  = ~ sat7[3];
-  assign \$161  = \$160  & sat7[0];
-  assign \$162  = \$159  & \$161 ;
-  assign \$163  = ~ sat7[2];
-  assign \$164  = ~ sat7[3];
-  assign \$165  = \$163  & \$164 ;
-  assign \$166  = \$165  & sat7[1];
-  assign \$167  = \$162  | \$166 ;
-  assign \$168  = ~ sat7[3];
-  assign \$169  = \$168  & sat7[2];
-  assign \$170  = \$169  | sat7[3];
-  assign gt0_7 = \$167  | \$170 ;
-  assign \$171  = ~ gt0_0;
-  assign \$172  = gt0_1 & \$171 ;
-  assign \$173  = \$172  ? 1'h1 : 1'h0;
-  assign \$174  = ~ gt0_1;
-  assign \$175  = gt0_2 & \$174 ;
-  assign \$176  = \$175  ? 2'h2 : 2'h0;
-  assign \$177  = { 1'h0, \$173  } | \$176 ;
-  assign \$178  = ~ gt0_2;
-  assign \$179  = gt0_3 & \$178 ;
-  assign \$180  = \$179  ? 2'h3 : 2'h0;
-  assign \$181  = ~ gt0_3;
-  assign \$182  = gt0_4 & \$181 ;
-  assign \$183  = \$182  ? 3'h4 : 3'h0;
-  assign \$184  = { 1'h0, \$180  } | \$183 ;
-  assign \$185  = { 1'h0, \$177  } | \$184 ;
-  assign \$186  = ~ gt0_4;
-  assign \$187  = gt0_5 & \$186 ;
-  assign \$188  = \$187  ? 3'h5 : 3'h0;
-  assign \$189  = ~ gt0_5;
-  assign \$190  = gt0_6 & \$189 ;
-  assign \$191  = \$190  ? 3'h6 : 3'h0;
-  assign \$192  = \$188  | \$191 ;
-  assign \$193  = ~ gt0_6;
-  assign \$194  = gt0_7 & \$193 ;
-  assign \$195  = \$194  ? 3'h7 : 3'h0;
-  assign \$196  = \$192  | \$195 ;
-  assign gsel0 = \$185  | \$196 ;
-  assign \$197  = gt0_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$198  = ~ gt0_0;
-  assign \$199  = gt0_1 & \$198 ;
-  assign \$200  = \$199  ? mbeat0[31:16] : 16'h0000;
-  assign \$201  = \$197  | \$200 ;
-  assign \$202  = ~ gt0_1;
-  assign \$203  = gt0_2 & \$202 ;
-  assign \$204  = \$203  ? mbeat0[47:32] : 16'h0000;
-  assign \$205  = ~ gt0_2;
-  assign \$206  = gt0_3 & \$205 ;
-  assign \$207  = \$206  ? mbeat0[63:48] : 16'h0000;
-  assign \$208  = \$204  | \$207 ;
-  assign \$209  = \$201  | \$208 ;
-  assign \$210  = ~ gt0_3;
-  assign \$211  = gt0_4 & \$210 ;
-  assign \$212  = \$211  ? mbeat1[15:0] : 16'h0000;
-  assign \$213  = ~ gt0_4;
-  assign \$214  = gt0_5 & \$213 ;
-  assign \$215  = \$214  ? mbeat1[31:16] : 16'h0000;
-  assign \$216  = \$212  | \$215 ;
-  assign \$217  = ~ gt0_5;
-  assign \$218  = gt0_6 & \$217 ;
-  assign \$219  = \$218  ? mbeat1[47:32] : 16'h0000;
-  assign \$220  = ~ gt0_6;
-  assign \$221  = gt0_7 & \$220 ;
-  assign \$222  = \$221  ? mbeat1[63:48] : 16'h0000;
-  assign \$223  = \$219  | \$222 ;
-  assign \$224  = \$216  | \$223 ;
-  assign grp0 = \$209  | \$224 ;
-  assign \$225  = gt0_0 ? Rm1[3:0] : 4'h0;
-  assign \$226  = ~ gt0_0;
-  assign \$227  = gt0_1 & \$226 ;
-  assign \$228  = \$227  ? R0[3:0] : 4'h0;
-  assign \$229  = \$225  | \$228 ;
-  assign \$230  = ~ gt0_1;
-  assign \$231  = gt0_2 & \$230 ;
-  assign \$232  = \$231  ? R1[3:0] : 4'h0;
-  assign \$233  = ~ gt0_2;
-  assign \$234  = gt0_3 & \$233 ;
-  assign \$235  = \$234  ? R2[3:0] : 4'h0;
-  assign \$236  = \$232  | \$235 ;
-  assign \$237  = \$229  | \$236 ;
-  assign \$238  = ~ gt0_3;
-  assign \$239  = gt0_4 & \$238 ;
-  assign \$240  = \$239  ? R3[3:0] : 4'h0;
-  assign \$241  = ~ gt0_4;
-  assign \$242  = gt0_5 & \$241 ;
-  assign \$243  = \$242  ? R4[3:0] : 4'h0;
-  assign \$244  = \$240  | \$243 ;
-  assign \$245  = ~ gt0_5;
-  assign \$246  = gt0_6 & \$245 ;
-  assign \$247  = \$246  ? R5[3:0] : 4'h0;
-  assign \$248  = ~ gt0_6;
-  assign \$249  = gt0_7 & \$248 ;
-  assign \$250  = \$249  ? R6[3:0] : 4'h0;
-  assign \$251  = \$247  | \$250 ;
-  assign \$252  = \$244  | \$251 ;
-  assign dlow0 = \$237  | \$252 ;
-  assign \$253  = ~ sat0[2];
-  assign \$254  = ~ sat0[3];
-  assign \$255  = \$253  & \$254 ;
-  assign \$256  = \$255  & sat0[1];
-  assign \$257  = ~ sat0[3];
-  assign \$258  = \$257  & sat0[2];
-  assign \$259  = \$256  | \$258 ;
-  assign gt1_0 = \$259  | sat0[3];
-  assign \$260  = ~ sat1[2];
-  assign \$261  = ~ sat1[3];
-  assign \$262  = \$260  & \$261 ;
-  assign \$263  = \$262  & sat1[1];
-  assign \$264  = ~ sat1[3];
-  assign \$265  = \$264  & sat1[2];
-  assign \$266  = \$263  | \$265 ;
-  assign gt1_1 = \$266  | sat1[3];
-  assign \$267  = ~ sat2[2];
-  assign \$268  = ~ sat2[3];
-  assign \$269  = \$267  & \$268 ;
-  assign \$270  = \$269  & sat2[1];
-  assign \$271  = ~ sat2[3];
-  assign \$272  = \$271  & sat2[2];
-  assign \$273  = \$270  | \$272 ;
-  assign gt1_2 = \$273  | sat2[3];
-  assign \$274  = ~ sat3[2];
-  assign \$275  = ~ sat3[3];
-  assign \$276  = \$274  & \$275 ;
-  assign \$277  = \$276  & sat3[1];
-  assign \$278  = ~ sat3[3];
-  assign \$279  = \$278  & sat3[2];
-  assign \$280  = \$277  | \$279 ;
-  assign gt1_3 = \$280  | sat3[3];
-  assign \$281  = ~ sat4[2];
-  assign \$282  = ~ sat4[3];
+  assign \$124  = \$123  & R1[1];
+  assign \$125  = \$120  & \$124 ;
+  assign \$126  = \$113  | \$125 ;
+  assign \$127  = ~ R1[3];
+  assign \$128  = ~ R1[4];
+  assign \$129  = \$127  & \$128 ;
+  assign \$130  = ~ R1[5];
+  assign \$131  = ~ R1[6];
+  assign \$132  = \$130  & \$131 ;
+  assign \$133  = \$129  & \$132 ;
+  assign \$134  = ~ R1[7];
+  assign \$135  = \$134  & R1[2];
+  assign \$136  = \$133  & \$135 ;
+  assign \$137  = ~ R1[4];
+  assign \$138  = ~ R1[5];
+  assign \$139  = \$137  & \$138 ;
+  assign \$140  = ~ R1[6];
+  assign \$141  = ~ R1[7];
+  assign \$142  = \$140  & \$141 ;
+  assign \$143  = \$139  & \$142 ;
+  assign \$144  = \$143  & R1[3];
+  assign \$145  = \$136  | \$144 ;
+  assign \$146  = \$126  | \$145 ;
+  assign \$147  = ~ R1[5];
+  assign \$148  = ~ R1[6];
+  assign \$149  = \$147  & \$148 ;
+  assign \$150  = ~ R1[7];
+  assign \$151  = \$150  & R1[4];
+  assign \$152  = \$149  & \$151 ;
+  assign \$153  = ~ R1[6];
+  assign \$154  = ~ R1[7];
+  assign \$155  = \$153  & \$154 ;
+  assign \$156  = \$155  & R1[5];
+  assign \$157  = \$152  | \$156 ;
+  assign \$158  = ~ R1[7];
+  assign \$159  = \$158  & R1[6];
+  assign \$160  = \$159  | R1[7];
+  assign \$161  = \$157  | \$160 ;
+  assign \$162  = \$146  | \$161 ;
+  assign gt0_1 = \$99  & \$162 ;
+  assign \$163  = ~ R2[8];
+  assign \$164  = ~ R2[1];
+  assign \$165  = ~ R2[2];
+  assign \$166  = \$164  & \$165 ;
+  assign \$167  = ~ R2[3];
+  assign \$168  = ~ R2[4];
+  assign \$169  = \$167  & \$168 ;
+  assign \$170  = \$166  & \$169 ;
+  assign \$171  = ~ R2[5];
+  assign \$172  = ~ R2[6];
+  assign \$173  = \$171  & \$172 ;
+  assign \$174  = ~ R2[7];
+  assign \$175  = \$174  & R2[0];
+  assign \$176  = \$173  & \$175 ;
+  assign \$177  = \$170  & \$176 ;
+  assign \$178  = ~ R2[2];
+  assign \$179  = ~ R2[3];
+  assign \$180  = \$178  & \$179 ;
+  assign \$181  = ~ R2[4];
+  assign \$182  = ~ R2[5];
+  assign \$183  = \$181  & \$182 ;
+  assign \$184  = \$180  & \$183 ;
+  assign \$185  = ~ R2[6];
+  assign \$186  = ~ R2[7];
+  assign \$187  = \$185  & \$186 ;
+  assign \$188  = \$187  & R2[1];
+  assign \$189  = \$184  & \$188 ;
+  assign \$190  = \$177  | \$189 ;
+  assign \$191  = ~ R2[3];
+  assign \$192  = ~ R2[4];
+  assign \$193  = \$191  & \$192 ;
+  assign \$194  = ~ R2[5];
+  assign \$195  = ~ R2[6];
+  assign \$196  = \$194  & \$195 ;
+  assign \$197  = \$193  & \$196 ;
+  assign \$198  = ~ R2[7];
+  assign \$199  = \$198  & R2[2];
+  assign \$200  = \$197  & \$199 ;
+  assign \$201  = ~ R2[4];
+  assign \$202  = ~ R2[5];
+  assign \$203  = \$201  & \$202 ;
+  assign \$204  = ~ R2[6];
+  assign \$205  = ~ R2[7];
+  assign \$206  = \$204  & \$205 ;
+  assign \$207  = \$203  & \$206 ;
+  assign \$208  = \$207  & R2[3];
+  assign \$209  = \$200  | \$208 ;
+  assign \$210  = \$190  | \$209 ;
+  assign \$211  = ~ R2[5];
+  assign \$212  = ~ R2[6];
+  assign \$213  = \$211  & \$212 ;
+  assign \$214  = ~ R2[7];
+  assign \$215  = \$214  & R2[4];
+  assign \$216  = \$213  & \$215 ;
+  assign \$217  = ~ R2[6];
+  assign \$218  = ~ R2[7];
+  assign \$219  = \$217  & \$218 ;
+  assign \$220  = \$219  & R2[5];
+  assign \$221  = \$216  | \$220 ;
+  assign \$222  = ~ R2[7];
+  assign \$223  = \$222  & R2[6];
+  assign \$224  = \$223  | R2[7];
+  assign \$225  = \$221  | \$224 ;
+  assign \$226  = \$210  | \$225 ;
+  assign gt0_2 = \$163  & \$226 ;
+  assign \$227  = ~ R3[8];
+  assign \$228  = ~ R3[1];
+  assign \$229  = ~ R3[2];
+  assign \$230  = \$228  & \$229 ;
+  assign \$231  = ~ R3[3];
+  assign \$232  = ~ R3[4];
+  assign \$233  = \$231  & \$232 ;
+  assign \$234  = \$230  & \$233 ;
+  assign \$235  = ~ R3[5];
+  assign \$236  = ~ R3[6];
+  assign \$237  = \$235  & \$236 ;
+  assign \$238  = ~ R3[7];
+  assign \$239  = \$238  & R3[0];
+  assign \$240  = \$237  & \$239 ;
+  assign \$241  = \$234  & \$240 ;
+  assign \$242  = ~ R3[2];
+  assign \$243  = ~ R3[3];
+  assign \$244  = \$242  & \$243 ;
+  assign \$245  = ~ R3[4];
+  assign \$246  = ~ R3[5];
+  assign \$247  = \$245  & \$246 ;
+  assign \$248  = \$244  & \$247 ;
+  assign \$249  = ~ R3[6];
+  assign \$250  = ~ R3[7];
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = \$251  & R3[1];
+  assign \$253  = \$248  & \$252 ;
+  assign \$254  = \$241  | \$253 ;
+  assign \$255  = ~ R3[3];
+  assign \$256  = ~ R3[4];
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = ~ R3[5];
+  assign \$259  = ~ R3[6];
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = \$257  & \$260 ;
+  assign \$262  = ~ R3[7];
+  assign \$263  = \$262  & R3[2];
+  assign \$264  = \$261  & \$263 ;
+  assign \$265  = ~ R3[4];
+  assign \$266  = ~ R3[5];
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = ~ R3[6];
+  assign \$269  = ~ R3[7];
+  assign \$270  = \$268  & \$269 ;
+  assign \$271  = \$267  & \$270 ;
+  assign \$272  = \$271  & R3[3];
+  assign \$273  = \$264  | \$272 ;
+  assign \$274  = \$254  | \$273 ;
+  assign \$275  = ~ R3[5];
+  assign \$276  = ~ R3[6];
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = ~ R3[7];
+  assign \$279  = \$278  & R3[4];
+  assign \$280  = \$277  & \$279 ;
+  assign \$281  = ~ R3[6];
+  assign \$282  = ~ R3[7];
   assign \$283  = \$281  & \$282 ;
-  assign \$284  = \$283  & sat4[1];
-  assign \$285  = ~ sat4[3];
-  assign \$286  = \$285  & sat4[2];
-  assign \$287  = \$284  | \$286 ;
-  assign gt1_4 = \$287  | sat4[3];
-  assign \$288  = ~ sat5[2];
-  assign \$289  = ~ sat5[3];
-  assign \$290  = \$288  & \$289 ;
-  assign \$291  = \$290  & sat5[1];
-  assign \$292  = ~ sat5[3];
-  assign \$293  = \$292  & sat5[2];
-  assign \$294  = \$291  | \$293 ;
-  assign gt1_5 = \$294  | sat5[3];
-  assign \$295  = ~ sat6[2];
-  assign \$296  = ~ sat6[3];
+  assign \$284  = \$283  & R3[5];
+  assign \$285  = \$280  | \$284 ;
+  assign \$286  = ~ R3[7];
+  assign \$287  = \$286  & R3[6];
+  assign \$288  = \$287  | R3[7];
+  assign \$289  = \$285  | \$288 ;
+  assign \$290  = \$274  | \$289 ;
+  assign gt0_3 = \$227  & \$290 ;
+  assign \$291  = ~ R4[8];
+  assign \$292  = ~ R4[1];
+  assign \$293  = ~ R4[2];
+  assign \$294  = \$292  & \$293 ;
+  assign \$295  = ~ R4[3];
+  assign \$296  = ~ R4[4];
   assign \$297  = \$295  & \$296 ;
-  assign \$298  = \$297  & sat6[1];
-  assign \$299  = ~ sat6[3];
-  assign \$300  = \$299  & sat6[2];
-  assign \$301  = \$298  | \$300 ;
-  assign gt1_6 = \$301  | sat6[3];
-  assign \$302  = ~ sat7[2];
-  assign \$303  = ~ sat7[3];
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = \$304  & sat7[1];
-  assign \$306  = ~ sat7[3];
-  assign \$307  = \$306  & sat7[2];
-  assign \$308  = \$305  | \$307 ;
-  assign gt1_7 = \$308  | sat7[3];
-  assign \$309  = ~ gt1_0;
-  assign \$310  = gt1_1 & \$309 ;
-  assign \$311  = \$310  ? 1'h1 : 1'h0;
-  assign \$312  = ~ gt1_1;
-  assign \$313  = gt1_2 & \$312 ;
-  assign \$314  = \$313  ? 2'h2 : 2'h0;
-  assign \$315  = { 1'h0, \$311  } | \$314 ;
-  assign \$316  = ~ gt1_2;
-  assign \$317  = gt1_3 & \$316 ;
-  assign \$318  = \$317  ? 2'h3 : 2'h0;
-  assign \$319  = ~ gt1_3;
-  assign \$320  = gt1_4 & \$319 ;
-  assign \$321  = \$320  ? 3'h4 : 3'h0;
-  assign \$322  = { 1'h0, \$318  } | \$321 ;
-  assign \$323  = { 1'h0, \$315  } | \$322 ;
-  assign \$324  = ~ gt1_4;
-  assign \$325  = gt1_5 & \$324 ;
-  assign \$326  = \$325  ? 3'h5 : 3'h0;
-  assign \$327  = ~ gt1_5;
-  assign \$328  = gt1_6 & \$327 ;
-  assign \$329  = \$328  ? 3'h6 : 3'h0;
-  assign \$330  = \$326  | \$329 ;
-  assign \$331  = ~ gt1_6;
-  assign \$332  = gt1_7 & \$331 ;
-  assign \$333  = \$332  ? 3'h7 : 3'h0;
-  assign \$334  = \$330  | \$333 ;
-  assign gsel1 = \$323  | \$334 ;
-  assign \$335  = gt1_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$336  = ~ gt1_0;
-  assign \$337  = gt1_1 & \$336 ;
-  assign \$338  = \$337  ? mbeat0[31:16] : 16'h0000;
-  assign \$339  = \$335  | \$338 ;
-  assign \$340  = ~ gt1_1;
-  assign \$341  = gt1_2 & \$340 ;
-  assign \$342  = \$341  ? mbeat0[47:32] : 16'h0000;
-  assign \$343  = ~ gt1_2;
-  assign \$344  = gt1_3 & \$343 ;
-  assign \$345  = \$344  ? mbeat0[63:48] : 16'h0000;
-  assign \$346  = \$342  | \$345 ;
-  assign \$347  = \$339  | \$346 ;
-  assign \$348  = ~ gt1_3;
-  assign \$349  = gt1_4 & \$348 ;
-  assign \$350  = \$349  ? mbeat1[15:0] : 16'h0000;
-  assign \$351  = ~ gt1_4;
-  assign \$352  = gt1_5 & \$351 ;
-  assign \$353  = \$352  ? mbeat1[31:16] : 16'h0000;
-  assign \$354  = \$350  | \$353 ;
-  assign \$355  = ~ gt1_5;
-  assign \$356  = gt1_6 & \$355 ;
-  assign \$357  = \$356  ? mbeat1[47:32] : 16'h0000;
-  assign \$358  = ~ gt1_6;
-  assign \$359  = gt1_7 & \$358 ;
-  assign \$360  = \$359  ? mbeat1[63:48] : 16'h0000;
-  assign \$361  = \$357  | \$360 ;
-  assign \$362  = \$354  | \$361 ;
-  assign grp1 = \$347  | \$362 ;
-  assign \$363  = gt1_0 ? Rm1[3:0] : 4'h0;
-  assign \$364  = ~ gt1_0;
-  assign \$365  = gt1_1 & \$364 ;
-  assign \$366  = \$365  ? R0[3:0] : 4'h0;
-  assign \$367  = \$363  | \$366 ;
-  assign \$368  = ~ gt1_1;
-  assign \$369  = gt1_2 & \$368 ;
-  assign \$370  = \$369  ? R1[3:0] : 4'h0;
-  assign \$371  = ~ gt1_2;
-  assign \$372  = gt1_3 & \$371 ;
-  assign \$373  = \$372  ? R2[3:0] : 4'h0;
-  assign \$374  = \$370  | \$373 ;
-  assign \$375  = \$367  | \$374 ;
-  assign \$376  = ~ gt1_3;
-  assign \$377  = gt1_4 & \$376 ;
-  assign \$378  = \$377  ? R3[3:0] : 4'h0;
-  assign \$379  = ~ gt1_4;
-  assign \$380  = gt1_5 & \$379 ;
-  assign \$381  = \$380  ? R4[3:0] : 4'h0;
-  assign \$382  = \$378  | \$381 ;
-  assign \$383  = ~ gt1_5;
-  assign \$384  = gt1_6 & \$383 ;
-  assign \$385  = \$384  ? R5[3:0] : 4'h0;
-  assign \$386  = ~ gt1_6;
-  assign \$387  = gt1_7 & \$386 ;
-  assign \$388  = \$387  ? R6[3:0] : 4'h0;
-  assign \$389  = \$385  | \$388 ;
-  assign \$390  = \$382  | \$389 ;
-  assign dlow1 = \$375  | \$390 ;
-  assign \$391  = ~ sat0[2];
-  assign \$392  = sat0[1] & \$391 ;
-  assign \$393  = ~ sat0[3];
-  assign \$394  = \$393  & sat0[0];
-  assign \$395  = \$392  & \$394 ;
-  assign \$396  = ~ sat0[3];
-  assign \$397  = \$396  & sat0[2];
-  assign \$398  = \$395  | \$397 ;
-  assign gt2_0 = \$398  | sat0[3];
-  assign \$399  = ~ sat1[2];
-  assign \$400  = sat1[1] & \$399 ;
-  assign \$401  = ~ sat1[3];
-  assign \$402  = \$401  & sat1[0];
-  assign \$403  = \$400  & \$402 ;
-  assign \$404  = ~ sat1[3];
-  assign \$405  = \$404  & sat1[2];
-  assign \$406  = \$403  | \$405 ;
-  assign gt2_1 = \$406  | sat1[3];
-  assign \$407  = ~ sat2[2];
-  assign \$408  = sat2[1] & \$407 ;
-  assign \$409  = ~ sat2[3];
-  assign \$410  = \$409  & sat2[0];
-  assign \$411  = \$408  & \$410 ;
-  assign \$412  = ~ sat2[3];
-  assign \$413  = \$412  & sat2[2];
-  assign \$414  = \$411  | \$413 ;
-  assign gt2_2 = \$414  | sat2[3];
-  assign \$415  = ~ sat3[2];
-  assign \$416  = sat3[1] & \$415 ;
-  assign \$417  = ~ sat3[3];
-  assign \$418  = \$417  & sat3[0];
-  assign \$419  = \$416  & \$418 ;
-  assign \$420  = ~ sat3[3];
-  assign \$421  = \$420  & sat3[2];
-  assign \$422  = \$419  | \$421 ;
-  assign gt2_3 = \$422  | sat3[3];
-  assign \$423  = ~ sat4[2];
-  assign \$424  = sat4[1] & \$423 ;
-  assign \$425  = ~ sat4[3];
-  assign \$426  = \$425  & sat4[0];
-  assign \$427  = \$424  & \$426 ;
-  assign \$428  = ~ sat4[3];
-  assign \$429  = \$428  & sat4[2];
-  assign \$430  = \$427  | \$429 ;
-  assign gt2_4 = \$430  | sat4[3];
-  assign \$431  = ~ sat5[2];
-  assign \$432  = sat5[1] & \$431 ;
-  assign \$433  = ~ sat5[3];
-  assign \$434  = \$433  & sat5[0];
-  assign \$435  = \$432  & \$434 ;
-  assign \$436  = ~ sat5[3];
-  assign \$437  = \$436  & sat5[2];
-  assign \$438  = \$435  | \$437 ;
-  assign gt2_5 = \$438  | sat5[3];
-  assign \$439  = ~ sat6[2];
-  assign \$440  = sat6[1] & \$439 ;
-  assign \$441  = ~ sat6[3];
-  assign \$442  = \$441  & sat6[0];
-  assign \$443  = \$440  & \$442 ;
-  assign \$444  = ~ sat6[3];
-  assign \$445  = \$444  & sat6[2];
-  assign \$446  = \$443  | \$445 ;
-  assign gt2_6 = \$446  | sat6[3];
-  assign \$447  = ~ sat7[2];
-  assign \$448  = sat7[1] & \$447 ;
-  assign \$449  = ~ sat7[3];
-  assign \$450  = \$449  & sat7[0];
-  assign \$451  = \$448  & \$450 ;
-  assign \$452  = ~ sat7[3];
-  assign \$453  = \$452  & sat7[2];
-  assign \$454  = \$451  | \$453 ;
-  assign gt2_7 = \$454  | sat7[3];
-  assign \$455  = ~ gt2_0;
-  assign \$456  = gt2_1 & \$455 ;
-  assign \$457  = \$456  ? 1'h1 : 1'h0;
-  assign \$458  = ~ gt2_1;
-  assign \$459  = gt2_2 & \$458 ;
-  assign \$460  = \$459  ? 2'h2 : 2'h0;
-  assign \$461  = { 1'h0, \$457  } | \$460 ;
-  assign \$462  = ~ gt2_2;
-  assign \$463  = gt2_3 & \$462 ;
-  assign \$464  = \$463  ? 2'h3 : 2'h0;
-  assign \$465  = ~ gt2_3;
-  assign \$466  = gt2_4 & \$465 ;
-  assign \$467  = \$466  ? 3'h4 : 3'h0;
-  assign \$468  = { 1'h0, \$464  } | \$467 ;
-  assign \$469  = { 1'h0, \$461  } | \$468 ;
-  assign \$470  = ~ gt2_4;
-  assign \$471  = gt2_5 & \$470 ;
-  assign \$472  = \$471  ? 3'h5 : 3'h0;
-  assign \$473  = ~ gt2_5;
-  assign \$474  = gt2_6 & \$473 ;
-  assign \$475  = \$474  ? 3'h6 : 3'h0;
-  assign \$476  = \$472  | \$475 ;
-  assign \$477  = ~ gt2_6;
-  assign \$478  = gt2_7 & \$477 ;
-  assign \$479  = \$478  ? 3'h7 : 3'h0;
-  assign \$480  = \$476  | \$479 ;
-  assign gsel2 = \$469  | \$480 ;
-  assign \$481  = gt2_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$482  = ~ gt2_0;
-  assign \$483  = gt2_1 & \$482 ;
-  assign \$484  = \$483  ? mbeat0[31:16] : 16'h0000;
-  assign \$485  = \$481  | \$484 ;
-  assign \$486  = ~ gt2_1;
-  assign \$487  = gt2_2 & \$486 ;
-  assign \$488  = \$487  ? mbeat0[47:32] : 16'h0000;
-  assign \$489  = ~ gt2_2;
-  assign \$490  = gt2_3 & \$489 ;
-  assign \$491  = \$490  ? mbeat0[63:48] : 16'h0000;
-  assign \$492  = \$488  | \$491 ;
-  assign \$493  = \$485  | \$492 ;
-  assign \$494  = ~ gt2_3;
-  assign \$495  = gt2_4 & \$494 ;
-  assign \$496  = \$495  ? mbeat1[15:0] : 16'h0000;
-  assign \$497  = ~ gt2_4;
-  assign \$498  = gt2_5 & \$497 ;
-  assign \$499  = \$498  ? mbeat1[31:16] : 16'h0000;
-  assign \$500  = \$496  | \$499 ;
-  assign \$501  = ~ gt2_5;
-  assign \$502  = gt2_6 & \$501 ;
-  assign \$503  = \$502  ? mbeat1[47:32] : 16'h0000;
-  assign \$504  = ~ gt2_6;
-  assign \$505  = gt2_7 & \$504 ;
-  assign \$506  = \$505  ? mbeat1[63:48] : 16'h0000;
-  assign \$507  = \$503  | \$506 ;
-  assign \$508  = \$500  | \$507 ;
-  assign grp2 = \$493  | \$508 ;
-  assign \$509  = gt2_0 ? Rm1[3:0] : 4'h0;
-  assign \$510  = ~ gt2_0;
-  assign \$511  = gt2_1 & \$510 ;
-  assign \$512  = \$511  ? R0[3:0] : 4'h0;
-  assign \$513  = \$509  | \$512 ;
-  assign \$514  = ~ gt2_1;
-  assign \$515  = gt2_2 & \$514 ;
-  assign \$516  = \$515  ? R1[3:0] : 4'h0;
-  assign \$517  = ~ gt2_2;
-  assign \$518  = gt2_3 & \$517 ;
-  assign \$519  = \$518  ? R2[3:0] : 4'h0;
-  assign \$520  = \$516  | \$519 ;
-  assign \$521  = \$513  | \$520 ;
-  assign \$522  = ~ gt2_3;
-  assign \$523  = gt2_4 & \$522 ;
-  assign \$524  = \$523  ? R3[3:0] : 4'h0;
-  assign \$525  = ~ gt2_4;
-  assign \$526  = gt2_5 & \$525 ;
-  assign \$527  = \$526  ? R4[3:0] : 4'h0;
-  assign \$528  = \$524  | \$527 ;
-  assign \$529  = ~ gt2_5;
-  assign \$530  = gt2_6 & \$529 ;
-  assign \$531  = \$530  ? R5[3:0] : 4'h0;
-  assign \$532  = ~ gt2_6;
-  assign \$533  = gt2_7 & \$532 ;
-  assign \$534  = \$533  ? R6[3:0] : 4'h0;
-  assign \$535  = \$531  | \$534 ;
-  assign \$536  = \$528  | \$535 ;
-  assign dlow2 = \$521  | \$536 ;
-  assign \$537  = ~ sat0[3];
-  assign \$538  = \$537  & sat0[2];
-  assign gt3_0 = \$538  | sat0[3];
-  assign \$539  = ~ sat1[3];
-  assign \$540  = \$539  & sat1[2];
-  assign gt3_1 = \$540  | sat1[3];
-  assign \$541  = ~ sat2[3];
-  assign \$542  = \$541  & sat2[2];
-  assign gt3_2 = \$542  | sat2[3];
-  assign \$543  = ~ sat3[3];
-  assign \$544  = \$543  & sat3[2];
-  assign gt3_3 = \$544  | sat3[3];
-  assign \$545  = ~ sat4[3];
-  assign \$546  = \$545  & sat4[2];
-  assign gt3_4 = \$546  | sat4[3];
-  assign \$547  = ~ sat5[3];
-  assign \$548  = \$547  & sat5[2];
-  assign gt3_5 = \$548  | sat5[3];
-  assign \$549  = ~ sat6[3];
-  assign \$550  = \$549  & sat6[2];
-  assign gt3_6 = \$550  | sat6[3];
-  assign \$551  = ~ sat7[3];
-  assign \$552  = \$551  & sat7[2];
-  assign gt3_7 = \$552  | sat7[3];
-  assign \$553  = ~ gt3_0;
-  assign \$554  = gt3_1 & \$553 ;
-  assign \$555  = \$554  ? 1'h1 : 1'h0;
-  assign \$556  = ~ gt3_1;
-  assign \$557  = gt3_2 & \$556 ;
-  assign \$558  = \$557  ? 2'h2 : 2'h0;
-  assign \$559  = { 1'h0, \$555  } | \$558 ;
-  assign \$560  = ~ gt3_2;
-  assign \$561  = gt3_3 & \$560 ;
-  assign \$562  = \$561  ? 2'h3 : 2'h0;
-  assign \$563  = ~ gt3_3;
-  assign \$564  = gt3_4 & \$563 ;
-  assign \$565  = \$564  ? 3'h4 : 3'h0;
-  assign \$566  = { 1'h0, \$562  } | \$565 ;
-  assign \$567  = { 1'h0, \$559  } | \$566 ;
-  assign \$568  = ~ gt3_4;
-  assign \$569  = gt3_5 & \$568 ;
-  assign \$570  = \$569  ? 3'h5 : 3'h0;
-  assign \$571  = ~ gt3_5;
-  assign \$572  = gt3_6 & \$571 ;
-  assign \$573  = \$572  ? 3'h6 : 3'h0;
-  assign \$574  = \$570  | \$573 ;
-  assign \$575  = ~ gt3_6;
-  assign \$576  = gt3_7 & \$575 ;
-  assign \$577  = \$576  ? 3'h7 : 3'h0;
-  assign \$578  = \$574  | \$577 ;
-  assign gsel3 = \$567  | \$578 ;
-  assign \$579  = gt3_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$580  = ~ gt3_0;
-  assign \$581  = gt3_1 & \$580 ;
-  assign \$582  = \$581  ? mbeat0[31:16] : 16'h0000;
-  assign \$583  = \$579  | \$582 ;
-  assign \$584  = ~ gt3_1;
-  assign \$585  = gt3_2 & \$584 ;
-  assign \$586  = \$585  ? mbeat0[47:32] : 16'h0000;
-  assign \$587  = ~ gt3_2;
-  assign \$588  = gt3_3 & \$587 ;
-  assign \$589  = \$588  ? mbeat0[63:48] : 16'h0000;
-  assign \$590  = \$586  | \$589 ;
-  assign \$591  = \$583  | \$590 ;
-  assign \$592  = ~ gt3_3;
-  assign \$593  = gt3_4 & \$592 ;
-  assign \$594  = \$593  ? mbeat1[15:0] : 16'h0000;
-  assign \$595  = ~ gt3_4;
-  assign \$596  = gt3_5 & \$595 ;
-  assign \$597  = \$596  ? mbeat1[31:16] : 16'h0000;
-  assign \$598  = \$594  | \$597 ;
-  assign \$599  = ~ gt3_5;
-  assign \$600  = gt3_6 & \$599 ;
-  assign \$601  = \$600  ? mbeat1[47:32] : 16'h0000;
-  assign \$602  = ~ gt3_6;
-  assign \$603  = gt3_7 & \$602 ;
-  assign \$604  = \$603  ? mbeat1[63:48] : 16'h0000;
+  assign \$298  = \$294  & \$297 ;
+  assign \$299  = ~ R4[5];
+  assign \$300  = ~ R4[6];
+  assign \$301  = \$299  & \$300 ;
+  assign \$302  = ~ R4[7];
+  assign \$303  = \$302  & R4[0];
+  assign \$304  = \$301  & \$303 ;
+  assign \$305  = \$298  & \$304 ;
+  assign \$306  = ~ R4[2];
+  assign \$307  = ~ R4[3];
+  assign \$308  = \$306  & \$307 ;
+  assign \$309  = ~ R4[4];
+  assign \$310  = ~ R4[5];
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = \$308  & \$311 ;
+  assign \$313  = ~ R4[6];
+  assign \$314  = ~ R4[7];
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = \$315  & R4[1];
+  assign \$317  = \$312  & \$316 ;
+  assign \$318  = \$305  | \$317 ;
+  assign \$319  = ~ R4[3];
+  assign \$320  = ~ R4[4];
+  assign \$321  = \$319  & \$320 ;
+  assign \$322  = ~ R4[5];
+  assign \$323  = ~ R4[6];
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = \$321  & \$324 ;
+  assign \$326  = ~ R4[7];
+  assign \$327  = \$326  & R4[2];
+  assign \$328  = \$325  & \$327 ;
+  assign \$329  = ~ R4[4];
+  assign \$330  = ~ R4[5];
+  assign \$331  = \$329  & \$330 ;
+  assign \$332  = ~ R4[6];
+  assign \$333  = ~ R4[7];
+  assign \$334  = \$332  & \$333 ;
+  assign \$335  = \$331  & \$334 ;
+  assign \$336  = \$335  & R4[3];
+  assign \$337  = \$328  | \$336 ;
+  assign \$338  = \$318  | \$337 ;
+  assign \$339  = ~ R4[5];
+  assign \$340  = ~ R4[6];
+  assign \$341  = \$339  & \$340 ;
+  assign \$342  = ~ R4[7];
+  assign \$343  = \$342  & R4[4];
+  assign \$344  = \$341  & \$343 ;
+  assign \$345  = ~ R4[6];
+  assign \$346  = ~ R4[7];
+  assign \$347  = \$345  & \$346 ;
+  assign \$348  = \$347  & R4[5];
+  assign \$349  = \$344  | \$348 ;
+  assign \$350  = ~ R4[7];
+  assign \$351  = \$350  & R4[6];
+  assign \$352  = \$351  | R4[7];
+  assign \$353  = \$349  | \$352 ;
+  assign \$354  = \$338  | \$353 ;
+  assign gt0_4 = \$291  & \$354 ;
+  assign \$355  = ~ R5[8];
+  assign \$356  = ~ R5[1];
+  assign \$357  = ~ R5[2];
+  assign \$358  = \$356  & \$357 ;
+  assign \$359  = ~ R5[3];
+  assign \$360  = ~ R5[4];
+  assign \$361  = \$359  & \$360 ;
+  assign \$362  = \$358  & \$361 ;
+  assign \$363  = ~ R5[5];
+  assign \$364  = ~ R5[6];
+  assign \$365  = \$363  & \$364 ;
+  assign \$366  = ~ R5[7];
+  assign \$367  = \$366  & R5[0];
+  assign \$368  = \$365  & \$367 ;
+  assign \$369  = \$362  & \$368 ;
+  assign \$370  = ~ R5[2];
+  assign \$371  = ~ R5[3];
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = ~ R5[4];
+  assign \$374  = ~ R5[5];
+  assign \$375  = \$373  & \$374 ;
+  assign \$376  = \$372  & \$375 ;
+  assign \$377  = ~ R5[6];
+  assign \$378  = ~ R5[7];
+  assign \$379  = \$377  & \$378 ;
+  assign \$380  = \$379  & R5[1];
+  assign \$381  = \$376  & \$380 ;
+  assign \$382  = \$369  | \$381 ;
+  assign \$383  = ~ R5[3];
+  assign \$384  = ~ R5[4];
+  assign \$385  = \$383  & \$384 ;
+  assign \$386  = ~ R5[5];
+  assign \$387  = ~ R5[6];
+  assign \$388  = \$386  & \$387 ;
+  assign \$389  = \$385  & \$388 ;
+  assign \$390  = ~ R5[7];
+  assign \$391  = \$390  & R5[2];
+  assign \$392  = \$389  & \$391 ;
+  assign \$393  = ~ R5[4];
+  assign \$394  = ~ R5[5];
+  assign \$395  = \$393  & \$394 ;
+  assign \$396  = ~ R5[6];
+  assign \$397  = ~ R5[7];
+  assign \$398  = \$396  & \$397 ;
+  assign \$399  = \$395  & \$398 ;
+  assign \$400  = \$399  & R5[3];
+  assign \$401  = \$392  | \$400 ;
+  assign \$402  = \$382  | \$401 ;
+  assign \$403  = ~ R5[5];
+  assign \$404  = ~ R5[6];
+  assign \$405  = \$403  & \$404 ;
+  assign \$406  = ~ R5[7];
+  assign \$407  = \$406  & R5[4];
+  assign \$408  = \$405  & \$407 ;
+  assign \$409  = ~ R5[6];
+  assign \$410  = ~ R5[7];
+  assign \$411  = \$409  & \$410 ;
+  assign \$412  = \$411  & R5[5];
+  assign \$413  = \$408  | \$412 ;
+  assign \$414  = ~ R5[7];
+  assign \$415  = \$414  & R5[6];
+  assign \$416  = \$415  | R5[7];
+  assign \$417  = \$413  | \$416 ;
+  assign \$418  = \$402  | \$417 ;
+  assign gt0_5 = \$355  & \$418 ;
+  assign \$419  = ~ R6[8];
+  assign \$420  = ~ R6[1];
+  assign \$421  = ~ R6[2];
+  assign \$422  = \$420  & \$421 ;
+  assign \$423  = ~ R6[3];
+  assign \$424  = ~ R6[4];
+  assign \$425  = \$423  & \$424 ;
+  assign \$426  = \$422  & \$425 ;
+  assign \$427  = ~ R6[5];
+  assign \$428  = ~ R6[6];
+  assign \$429  = \$427  & \$428 ;
+  assign \$430  = ~ R6[7];
+  assign \$431  = \$430  & R6[0];
+  assign \$432  = \$429  & \$431 ;
+  assign \$433  = \$426  & \$432 ;
+  assign \$434  = ~ R6[2];
+  assign \$435  = ~ R6[3];
+  assign \$436  = \$434  & \$435 ;
+  assign \$437  = ~ R6[4];
+  assign \$438  = ~ R6[5];
+  assign \$439  = \$437  & \$438 ;
+  assign \$440  = \$436  & \$439 ;
+  assign \$441  = ~ R6[6];
+  assign \$442  = ~ R6[7];
+  assign \$443  = \$441  & \$442 ;
+  assign \$444  = \$443  & R6[1];
+  assign \$445  = \$440  & \$444 ;
+  assign \$446  = \$433  | \$445 ;
+  assign \$447  = ~ R6[3];
+  assign \$448  = ~ R6[4];
+  assign \$449  = \$447  & \$448 ;
+  assign \$450  = ~ R6[5];
+  assign \$451  = ~ R6[6];
+  assign \$452  = \$450  & \$451 ;
+  assign \$453  = \$449  & \$452 ;
+  assign \$454  = ~ R6[7];
+  assign \$455  = \$454  & R6[2];
+  assign \$456  = \$453  & \$455 ;
+  assign \$457  = ~ R6[4];
+  assign \$458  = ~ R6[5];
+  assign \$459  = \$457  & \$458 ;
+  assign \$460  = ~ R6[6];
+  assign \$461  = ~ R6[7];
+  assign \$462  = \$460  & \$461 ;
+  assign \$463  = \$459  & \$462 ;
+  assign \$464  = \$463  & R6[3];
+  assign \$465  = \$456  | \$464 ;
+  assign \$466  = \$446  | \$465 ;
+  assign \$467  = ~ R6[5];
+  assign \$468  = ~ R6[6];
+  assign \$469  = \$467  & \$468 ;
+  assign \$470  = ~ R6[7];
+  assign \$471  = \$470  & R6[4];
+  assign \$472  = \$469  & \$471 ;
+  assign \$473  = ~ R6[6];
+  assign \$474  = ~ R6[7];
+  assign \$475  = \$473  & \$474 ;
+  assign \$476  = \$475  & R6[5];
+  assign \$477  = \$472  | \$476 ;
+  assign \$478  = ~ R6[7];
+  assign \$479  = \$478  & R6[6];
+  assign \$480  = \$479  | R6[7];
+  assign \$481  = \$477  | \$480 ;
+  assign \$482  = \$466  | \$481 ;
+  assign gt0_6 = \$419  & \$482 ;
+  assign \$483  = ~ R7[8];
+  assign \$484  = ~ R7[1];
+  assign \$485  = ~ R7[2];
+  assign \$486  = \$484  & \$485 ;
+  assign \$487  = ~ R7[3];
+  assign \$488  = ~ R7[4];
+  assign \$489  = \$487  & \$488 ;
+  assign \$490  = \$486  & \$489 ;
+  assign \$491  = ~ R7[5];
+  assign \$492  = ~ R7[6];
+  assign \$493  = \$491  & \$492 ;
+  assign \$494  = ~ R7[7];
+  assign \$495  = \$494  & R7[0];
+  assign \$496  = \$493  & \$495 ;
+  assign \$497  = \$490  & \$496 ;
+  assign \$498  = ~ R7[2];
+  assign \$499  = ~ R7[3];
+  assign \$500  = \$498  & \$499 ;
+  assign \$501  = ~ R7[4];
+  assign \$502  = ~ R7[5];
+  assign \$503  = \$501  & \$502 ;
+  assign \$504  = \$500  & \$503 ;
+  assign \$505  = ~ R7[6];
+  assign \$506  = ~ R7[7];
+  assign \$507  = \$505  & \$506 ;
+  assign \$508  = \$507  & R7[1];
+  assign \$509  = \$504  & \$508 ;
+  assign \$510  = \$497  | \$509 ;
+  assign \$511  = ~ R7[3];
+  assign \$512  = ~ R7[4];
+  assign \$513  = \$511  & \$512 ;
+  assign \$514  = ~ R7[5];
+  assign \$515  = ~ R7[6];
+  assign \$516  = \$514  & \$515 ;
+  assign \$517  = \$513  & \$516 ;
+  assign \$518  = ~ R7[7];
+  assign \$519  = \$518  & R7[2];
+  assign \$520  = \$517  & \$519 ;
+  assign \$521  = ~ R7[4];
+  assign \$522  = ~ R7[5];
+  assign \$523  = \$521  & \$522 ;
+  assign \$524  = ~ R7[6];
+  assign \$525  = ~ R7[7];
+  assign \$526  = \$524  & \$525 ;
+  assign \$527  = \$523  & \$526 ;
+  assign \$528  = \$527  & R7[3];
+  assign \$529  = \$520  | \$528 ;
+  assign \$530  = \$510  | \$529 ;
+  assign \$531  = ~ R7[5];
+  assign \$532  = ~ R7[6];
+  assign \$533  = \$531  & \$532 ;
+  assign \$534  = ~ R7[7];
+  assign \$535  = \$534  & R7[4];
+  assign \$536  = \$533  & \$535 ;
+  assign \$537  = ~ R7[6];
+  assign \$538  = ~ R7[7];
+  assign \$539  = \$537  & \$538 ;
+  assign \$540  = \$539  & R7[5];
+  assign \$541  = \$536  | \$540 ;
+  assign \$542  = ~ R7[7];
+  assign \$543  = \$542  & R7[6];
+  assign \$544  = \$543  | R7[7];
+  assign \$545  = \$541  | \$544 ;
+  assign \$546  = \$530  | \$545 ;
+  assign gt0_7 = \$483  & \$546 ;
+  assign \$547  = ~ gt0_0;
+  assign \$548  = gt0_1 & \$547 ;
+  assign \$549  = \$548  ? 1'h1 : 1'h0;
+  assign \$550  = ~ gt0_1;
+  assign \$551  = gt0_2 & \$550 ;
+  assign \$552  = \$551  ? 2'h2 : 2'h0;
+  assign \$553  = { 1'h0, \$549  } | \$552 ;
+  assign \$554  = ~ gt0_2;
+  assign \$555  = gt0_3 & \$554 ;
+  assign \$556  = \$555  ? 2'h3 : 2'h0;
+  assign \$557  = ~ gt0_3;
+  assign \$558  = gt0_4 & \$557 ;
+  assign \$559  = \$558  ? 3'h4 : 3'h0;
+  assign \$560  = { 1'h0, \$556  } | \$559 ;
+  assign \$561  = { 1'h0, \$553  } | \$560 ;
+  assign \$562  = ~ gt0_4;
+  assign \$563  = gt0_5 & \$562 ;
+  assign \$564  = \$563  ? 3'h5 : 3'h0;
+  assign \$565  = ~ gt0_5;
+  assign \$566  = gt0_6 & \$565 ;
+  assign \$567  = \$566  ? 3'h6 : 3'h0;
+  assign \$568  = \$564  | \$567 ;
+  assign \$569  = ~ gt0_6;
+  assign \$570  = gt0_7 & \$569 ;
+  assign \$571  = \$570  ? 3'h7 : 3'h0;
+  assign \$572  = \$568  | \$571 ;
+  assign gsel0 = \$561  | \$572 ;
+  assign \$573  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$574  = ~ gt0_0;
+  assign \$575  = gt0_1 & \$574 ;
+  assign \$576  = \$575  ? mbeat0[31:16] : 16'h0000;
+  assign \$577  = \$573  | \$576 ;
+  assign \$578  = ~ gt0_1;
+  assign \$579  = gt0_2 & \$578 ;
+  assign \$580  = \$579  ? mbeat0[47:32] : 16'h0000;
+  assign \$581  = ~ gt0_2;
+  assign \$582  = gt0_3 & \$581 ;
+  assign \$583  = \$582  ? mbeat0[63:48] : 16'h0000;
+  assign \$584  = \$580  | \$583 ;
+  assign \$585  = \$577  | \$584 ;
+  assign \$586  = ~ gt0_3;
+  assign \$587  = gt0_4 & \$586 ;
+  assign \$588  = \$587  ? mbeat1[15:0] : 16'h0000;
+  assign \$589  = ~ gt0_4;
+  assign \$590  = gt0_5 & \$589 ;
+  assign \$591  = \$590  ? mbeat1[31:16] : 16'h0000;
+  assign \$592  = \$588  | \$591 ;
+  assign \$593  = ~ gt0_5;
+  assign \$594  = gt0_6 & \$593 ;
+  assign \$595  = \$594  ? mbeat1[47:32] : 16'h0000;
+  assign \$596  = ~ gt0_6;
+  assign \$597  = gt0_7 & \$596 ;
+  assign \$598  = \$597  ? mbeat1[63:48] : 16'h0000;
+  assign \$599  = \$595  | \$598 ;
+  assign \$600  = \$592  | \$599 ;
+  assign grp0 = \$585  | \$600 ;
+  assign \$601  = gt0_0 ? Rm1[3:0] : 4'h0;
+  assign \$602  = ~ gt0_0;
+  assign \$603  = gt0_1 & \$602 ;
+  assign \$604  = \$603  ? R0[3:0] : 4'h0;
   assign \$605  = \$601  | \$604 ;
-  assign \$606  = \$598  | \$605 ;
-  assign grp3 = \$591  | \$606 ;
-  assign \$607  = gt3_0 ? Rm1[3:0] : 4'h0;
-  assign \$608  = ~ gt3_0;
-  assign \$609  = gt3_1 & \$608 ;
-  assign \$610  = \$609  ? R0[3:0] : 4'h0;
-  assign \$611  = \$607  | \$610 ;
-  assign \$612  = ~ gt3_1;
-  assign \$613  = gt3_2 & \$612 ;
-  assign \$614  = \$613  ? R1[3:0] : 4'h0;
-  assign \$615  = ~ gt3_2;
-  assign \$616  = gt3_3 & \$615 ;
-  assign \$617  = \$616  ? R2[3:0] : 4'h0;
-  assign \$618  = \$614  | \$617 ;
-  assign \$619  = \$611  | \$618 ;
-  assign \$620  = ~ gt3_3;
-  assign \$621  = gt3_4 & \$620 ;
-  assign \$622  = \$621  ? R3[3:0] : 4'h0;
-  assign \$623  = ~ gt3_4;
-  assign \$624  = gt3_5 & \$623 ;
-  assign \$625  = \$624  ? R4[3:0] : 4'h0;
-  assign \$626  = \$622  | \$625 ;
-  assign \$627  = ~ gt3_5;
-  assign \$628  = gt3_6 & \$627 ;
-  assign \$629  = \$628  ? R5[3:0] : 4'h0;
-  assign \$630  = ~ gt3_6;
-  assign \$631  = gt3_7 & \$630 ;
-  assign \$632  = \$631  ? R6[3:0] : 4'h0;
-  assign \$633  = \$629  | \$632 ;
-  assign \$634  = \$626  | \$633 ;
-  assign dlow3 = \$619  | \$634 ;
-  assign \$635  = ~ sat0[1];
-  assign \$636  = \$635  & sat0[2];
-  assign \$637  = ~ sat0[3];
-  assign \$638  = \$637  & sat0[0];
-  assign \$639  = \$636  & \$638 ;
-  assign \$640  = ~ sat0[3];
-  assign \$641  = sat0[2] & \$640 ;
-  assign \$642  = \$641  & sat0[1];
-  assign \$643  = \$639  | \$642 ;
-  assign gt4_0 = \$643  | sat0[3];
-  assign \$644  = ~ sat1[1];
-  assign \$645  = \$644  & sat1[2];
-  assign \$646  = ~ sat1[3];
-  assign \$647  = \$646  & sat1[0];
-  assign \$648  = \$645  & \$647 ;
-  assign \$649  = ~ sat1[3];
-  assign \$650  = sat1[2] & \$649 ;
-  assign \$651  = \$650  & sat1[1];
-  assign \$652  = \$648  | \$651 ;
-  assign gt4_1 = \$652  | sat1[3];
-  assign \$653  = ~ sat2[1];
-  assign \$654  = \$653  & sat2[2];
-  assign \$655  = ~ sat2[3];
-  assign \$656  = \$655  & sat2[0];
-  assign \$657  = \$654  & \$656 ;
-  assign \$658  = ~ sat2[3];
-  assign \$659  = sat2[2] & \$658 ;
-  assign \$660  = \$659  & sat2[1];
-  assign \$661  = \$657  | \$660 ;
-  assign gt4_2 = \$661  | sat2[3];
-  assign \$662  = ~ sat3[1];
-  assign \$663  = \$662  & sat3[2];
-  assign \$664  = ~ sat3[3];
-  assign \$665  = \$664  & sat3[0];
+  assign \$606  = ~ gt0_1;
+  assign \$607  = gt0_2 & \$606 ;
+  assign \$608  = \$607  ? R1[3:0] : 4'h0;
+  assign \$609  = ~ gt0_2;
+  assign \$610  = gt0_3 & \$609 ;
+  assign \$611  = \$610  ? R2[3:0] : 4'h0;
+  assign \$612  = \$608  | \$611 ;
+  assign \$613  = \$605  | \$612 ;
+  assign \$614  = ~ gt0_3;
+  assign \$615  = gt0_4 & \$614 ;
+  assign \$616  = \$615  ? R3[3:0] : 4'h0;
+  assign \$617  = ~ gt0_4;
+  assign \$618  = gt0_5 & \$617 ;
+  assign \$619  = \$618  ? R4[3:0] : 4'h0;
+  assign \$620  = \$616  | \$619 ;
+  assign \$621  = ~ gt0_5;
+  assign \$622  = gt0_6 & \$621 ;
+  assign \$623  = \$622  ? R5[3:0] : 4'h0;
+  assign \$624  = ~ gt0_6;
+  assign \$625  = gt0_7 & \$624 ;
+  assign \$626  = \$625  ? R6[3:0] : 4'h0;
+  assign \$627  = \$623  | \$626 ;
+  assign \$628  = \$620  | \$627 ;
+  assign dlow0 = \$613  | \$628 ;
+  assign \$629  = ~ R0[8];
+  assign \$630  = ~ R0[2];
+  assign \$631  = ~ R0[3];
+  assign \$632  = \$630  & \$631 ;
+  assign \$633  = ~ R0[4];
+  assign \$634  = ~ R0[5];
+  assign \$635  = \$633  & \$634 ;
+  assign \$636  = \$632  & \$635 ;
+  assign \$637  = ~ R0[6];
+  assign \$638  = ~ R0[7];
+  assign \$639  = \$637  & \$638 ;
+  assign \$640  = \$639  & R0[1];
+  assign \$641  = \$636  & \$640 ;
+  assign \$642  = ~ R0[3];
+  assign \$643  = ~ R0[4];
+  assign \$644  = \$642  & \$643 ;
+  assign \$645  = ~ R0[5];
+  assign \$646  = ~ R0[6];
+  assign \$647  = \$645  & \$646 ;
+  assign \$648  = \$644  & \$647 ;
+  assign \$649  = ~ R0[7];
+  assign \$650  = \$649  & R0[2];
+  assign \$651  = \$648  & \$650 ;
+  assign \$652  = \$641  | \$651 ;
+  assign \$653  = ~ R0[4];
+  assign \$654  = ~ R0[5];
+  assign \$655  = \$653  & \$654 ;
+  assign \$656  = ~ R0[6];
+  assign \$657  = ~ R0[7];
+  assign \$658  = \$656  & \$657 ;
+  assign \$659  = \$655  & \$658 ;
+  assign \$660  = \$659  & R0[3];
+  assign \$661  = ~ R0[5];
+  assign \$662  = ~ R0[6];
+  assign \$663  = \$661  & \$662 ;
+  assign \$664  = ~ R0[7];
+  assign \$665  = \$664  & R0[4];
   assign \$666  = \$663  & \$665 ;
-  assign \$667  = ~ sat3[3];
-  assign \$668  = sat3[2] & \$667 ;
-  assign \$669  = \$668  & sat3[1];
-  assign \$670  = \$666  | \$669 ;
-  assign gt4_3 = \$670  | sat3[3];
-  assign \$671  = ~ sat4[1];
-  assign \$672  = \$671  & sat4[2];
-  assign \$673  = ~ sat4[3];
-  assign \$674  = \$673  & sat4[0];
-  assign \$675  = \$672  & \$674 ;
-  assign \$676  = ~ sat4[3];
-  assign \$677  = sat4[2] & \$676 ;
-  assign \$678  = \$677  & sat4[1];
-  assign \$679  = \$675  | \$678 ;
-  assign gt4_4 = \$679  | sat4[3];
-  assign \$680  = ~ sat5[1];
-  assign \$681  = \$680  & sat5[2];
-  assign \$682  = ~ sat5[3];
-  assign \$683  = \$682  & sat5[0];
-  assign \$684  = \$681  & \$683 ;
-  assign \$685  = ~ sat5[3];
-  assign \$686  = sat5[2] & \$685 ;
-  assign \$687  = \$686  & sat5[1];
-  assign \$688  = \$684  | \$687 ;
-  assign gt4_5 = \$688  | sat5[3];
-  assign \$689  = ~ sat6[1];
-  assign \$690  = \$689  & sat6[2];
-  assign \$691  = ~ sat6[3];
-  assign \$692  = \$691  & sat6[0];
-  assign \$693  = \$690  & \$692 ;
-  assign \$694  = ~ sat6[3];
-  assign \$695  = sat6[2] & \$694 ;
-  assign \$696  = \$695  & sat6[1];
-  assign \$697  = \$693  | \$696 ;
-  assign gt4_6 = \$697  | sat6[3];
-  assign \$698  = ~ sat7[1];
-  assign \$699  = \$698  & sat7[2];
-  assign \$700  = ~ sat7[3];
-  assign \$701  = \$700  & sat7[0];
-  assign \$702  = \$699  & \$701 ;
-  assign \$703  = ~ sat7[3];
-  assign \$704  = sat7[2] & \$703 ;
-  assign \$705  = \$704  & sat7[1];
-  assign \$706  = \$702  | \$705 ;
-  assign gt4_7 = \$706  | sat7[3];
-  assign \$707  = ~ gt4_0;
-  assign \$708  = gt4_1 & \$707 ;
-  assign \$709  = \$708  ? 1'h1 : 1'h0;
-  assign \$710  = ~ gt4_1;
-  assign \$711  = gt4_2 & \$710 ;
-  assign \$712  = \$711  ? 2'h2 : 2'h0;
-  assign \$713  = { 1'h0, \$709  } | \$712 ;
-  assign \$714  = ~ gt4_2;
-  assign \$715  = gt4_3 & \$714 ;
-  assign \$716  = \$715  ? 2'h3 : 2'h0;
-  assign \$717  = ~ gt4_3;
-  assign \$718  = gt4_4 & \$717 ;
-  assign \$719  = \$718  ? 3'h4 : 3'h0;
-  assign \$720  = { 1'h0, \$716  } | \$719 ;
-  assign \$721  = { 1'h0, \$713  } | \$720 ;
-  assign \$722  = ~ gt4_4;
-  assign \$723  = gt4_5 & \$722 ;
-  assign \$724  = \$723  ? 3'h5 : 3'h0;
-  assign \$725  = ~ gt4_5;
-  assign \$726  = gt4_6 & \$725 ;
-  assign \$727  = \$726  ? 3'h6 : 3'h0;
-  assign \$728  = \$724  | \$727 ;
-  assign \$729  = ~ gt4_6;
-  assign \$730  = gt4_7 & \$729 ;
-  assign \$731  = \$730  ? 3'h7 : 3'h0;
-  assign \$732  = \$728  | \$731 ;
-  assign gsel4 = \$721  | \$732 ;
-  assign \$733  = gt4_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$734  = ~ gt4_0;
-  assign \$735  = gt4_1 & \$734 ;
-  assign \$736  = \$735  ? mbeat0[31:16] : 16'h0000;
-  assign \$737  = \$733  | \$736 ;
-  assign \$738  = ~ gt4_1;
-  assign \$739  = gt4_2 & \$738 ;
-  assign \$740  = \$739  ? mbeat0[47:32] : 16'h0000;
-  assign \$741  = ~ gt4_2;
-  assign \$742  = gt4_3 & \$741 ;
-  assign \$743  = \$742  ? mbeat0[63:48] : 16'h0000;
-  assign \$744  = \$740  | \$743 ;
-  assign \$745  = \$737  | \$744 ;
-  assign \$746  = ~ gt4_3;
-  assign \$747  = gt4_4 & \$746 ;
-  assign \$748  = \$747  ? mbeat1[15:0] : 16'h0000;
-  assign \$749  = ~ gt4_4;
-  assign \$750  = gt4_5 & \$749 ;
-  assign \$751  = \$750  ? mbeat1[31:16] : 16'h0000;
-  assign \$752  = \$748  | \$751 ;
-  assign \$753  = ~ gt4_5;
-  assign \$754  = gt4_6 & \$753 ;
-  assign \$755  = \$754  ? mbeat1[47:32] : 16'h0000;
-  assign \$756  = ~ gt4_6;
-  assign \$757  = gt4_7 & \$756 ;
-  assign \$758  = \$757  ? mbeat1[63:48] : 16'h0000;
-  assign \$759  = \$755  | \$758 ;
-  assign \$760  = \$752  | \$759 ;
-  assign grp4 = \$745  | \$760 ;
-  assign \$761  = gt4_0 ? Rm1[3:0] : 4'h0;
-  assign \$762  = ~ gt4_0;
-  assign \$763  = gt4_1 & \$762 ;
-  assign \$764  = \$763  ? R0[3:0] : 4'h0;
-  assign \$765  = \$761  | \$764 ;
-  assign \$766  = ~ gt4_1;
-  assign \$767  = gt4_2 & \$766 ;
-  assign \$768  = \$767  ? R1[3:0] : 4'h0;
-  assign \$769  = ~ gt4_2;
-  assign \$770  = gt4_3 & \$769 ;
-  assign \$771  = \$770  ? R2[3:0] : 4'h0;
-  assign \$772  = \$768  | \$771 ;
-  assign \$773  = \$765  | \$772 ;
-  assign \$774  = ~ gt4_3;
-  assign \$775  = gt4_4 & \$774 ;
-  assign \$776  = \$775  ? R3[3:0] : 4'h0;
-  assign \$777  = ~ gt4_4;
-  assign \$778  = gt4_5 & \$777 ;
-  assign \$779  = \$778  ? R4[3:0] : 4'h0;
-  assign \$780  = \$776  | \$779 ;
-  assign \$781  = ~ gt4_5;
-  assign \$782  = gt4_6 & \$781 ;
-  assign \$783  = \$782  ? R5[3:0] : 4'h0;
-  assign \$784  = ~ gt4_6;
-  assign \$785  = gt4_7 & \$784 ;
-  assign \$786  = \$785  ? R6[3:0] : 4'h0;
-  assign \$787  = \$783  | \$786 ;
-  assign \$788  = \$780  | \$787 ;
-  assign dlow4 = \$773  | \$788 ;
-  assign \$789  = ~ sat0[3];
-  assign \$790  = sat0[2] & \$789 ;
-  assign \$791  = \$790  & sat0[1];
-  assign gt5_0 = \$791  | sat0[3];
-  assign \$792  = ~ sat1[3];
-  assign \$793  = sat1[2] & \$792 ;
-  assign \$794  = \$793  & sat1[1];
-  assign gt5_1 = \$794  | sat1[3];
-  assign \$795  = ~ sat2[3];
-  assign \$796  = sat2[2] & \$795 ;
-  assign \$797  = \$796  & sat2[1];
-  assign gt5_2 = \$797  | sat2[3];
-  assign \$798  = ~ sat3[3];
-  assign \$799  = sat3[2] & \$798 ;
-  assign \$800  = \$799  & sat3[1];
-  assign gt5_3 = \$800  | sat3[3];
-  assign \$801  = ~ sat4[3];
-  assign \$802  = sat4[2] & \$801 ;
-  assign \$803  = \$802  & sat4[1];
-  assign gt5_4 = \$803  | sat4[3];
-  assign \$804  = ~ sat5[3];
-  assign \$805  = sat5[2] & \$804 ;
-  assign \$806  = \$805  & sat5[1];
-  assign gt5_5 = \$806  | sat5[3];
-  assign \$807  = ~ sat6[3];
-  assign \$808  = sat6[2] & \$807 ;
-  assign \$809  = \$808  & sat6[1];
-  assign gt5_6 = \$809  | sat6[3];
-  assign \$810  = ~ sat7[3];
-  assign \$811  = sat7[2] & \$810 ;
-  assign \$812  = \$811  & sat7[1];
-  assign gt5_7 = \$812  | sat7[3];
-  assign \$813  = ~ gt5_0;
-  assign \$814  = gt5_1 & \$813 ;
-  assign \$815  = \$814  ? 1'h1 : 1'h0;
-  assign \$816  = ~ gt5_1;
-  assign \$817  = gt5_2 & \$816 ;
-  assign \$818  = \$817  ? 2'h2 : 2'h0;
-  assign \$819  = { 1'h0, \$815  } | \$818 ;
-  assign \$820  = ~ gt5_2;
-  assign \$821  = gt5_3 & \$820 ;
-  assign \$822  = \$821  ? 2'h3 : 2'h0;
-  assign \$823  = ~ gt5_3;
-  assign \$824  = gt5_4 & \$823 ;
-  assign \$825  = \$824  ? 3'h4 : 3'h0;
-  assign \$826  = { 1'h0, \$822  } | \$825 ;
-  assign \$827  = { 1'h0, \$819  } | \$826 ;
-  assign \$828  = ~ gt5_4;
-  assign \$829  = gt5_5 & \$828 ;
-  assign \$830  = \$829  ? 3'h5 : 3'h0;
-  assign \$831  = ~ gt5_5;
-  assign \$832  = gt5_6 & \$831 ;
-  assign \$833  = \$832  ? 3'h6 : 3'h0;
-  assign \$834  = \$830  | \$833 ;
-  assign \$835  = ~ gt5_6;
-  assign \$836  = gt5_7 & \$835 ;
-  assign \$837  = \$836  ? 3'h7 : 3'h0;
-  assign \$838  = \$834  | \$837 ;
-  assign gsel5 = \$827  | \$838 ;
-  assign \$839  = gt5_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$840  = ~ gt5_0;
-  assign \$841  = gt5_1 & \$840 ;
-  assign \$842  = \$841  ? mbeat0[31:16] : 16'h0000;
-  assign \$843  = \$839  | \$842 ;
-  assign \$844  = ~ gt5_1;
-  assign \$845  = gt5_2 & \$844 ;
-  assign \$846  = \$845  ? mbeat0[47:32] : 16'h0000;
-  assign \$847  = ~ gt5_2;
-  assign \$848  = gt5_3 & \$847 ;
-  assign \$849  = \$848  ? mbeat0[63:48] : 16'h0000;
-  assign \$850  = \$846  | \$849 ;
-  assign \$851  = \$843  | \$850 ;
-  assign \$852  = ~ gt5_3;
-  assign \$853  = gt5_4 & \$852 ;
-  assign \$854  = \$853  ? mbeat1[15:0] : 16'h0000;
-  assign \$855  = ~ gt5_4;
-  assign \$856  = gt5_5 & \$855 ;
-  assign \$857  = \$856  ? mbeat1[31:16] : 16'h0000;
-  assign \$858  = \$854  | \$857 ;
-  assign \$859  = ~ gt5_5;
-  assign \$860  = gt5_6 & \$859 ;
-  assign \$861  = \$860  ? mbeat1[47:32] : 16'h0000;
-  assign \$862  = ~ gt5_6;
-  assign \$863  = gt5_7 & \$862 ;
-  assign \$864  = \$863  ? mbeat1[63:48] : 16'h0000;
-  assign \$865  = \$861  | \$864 ;
-  assign \$866  = \$858  | \$865 ;
-  assign grp5 = \$851  | \$866 ;
-  assign \$867  = gt5_0 ? Rm1[3:0] : 4'h0;
-  assign \$868  = ~ gt5_0;
-  assign \$869  = gt5_1 & \$868 ;
-  assign \$870  = \$869  ? R0[3:0] : 4'h0;
-  assign \$871  = \$867  | \$870 ;
-  assign \$872  = ~ gt5_1;
-  assign \$873  = gt5_2 & \$872 ;
-  assign \$874  = \$873  ? R1[3:0] : 4'h0;
-  assign \$875  = ~ gt5_2;
-  assign \$876  = gt5_3 & \$875 ;
-  assign \$877  = \$876  ? R2[3:0] : 4'h0;
-  assign \$878  = \$874  | \$877 ;
-  assign \$879  = \$871  | \$878 ;
-  assign \$880  = ~ gt5_3;
-  assign \$881  = gt5_4 & \$880 ;
-  assign \$882  = \$881  ? R3[3:0] : 4'h0;
-  assign \$883  = ~ gt5_4;
-  assign \$884  = gt5_5 & \$883 ;
-  assign \$885  = \$884  ? R4[3:0] : 4'h0;
-  assign \$886  = \$882  | \$885 ;
-  assign \$887  = ~ gt5_5;
-  assign \$888  = gt5_6 & \$887 ;
-  assign \$889  = \$888  ? R5[3:0] : 4'h0;
-  assign \$890  = ~ gt5_6;
-  assign \$891  = gt5_7 & \$890 ;
-  assign \$892  = \$891  ? R6[3:0] : 4'h0;
-  assign \$893  = \$889  | \$892 ;
-  assign \$894  = \$886  | \$893 ;
-  assign dlow5 = \$879  | \$894 ;
-  assign \$895  = sat0[1] & sat0[2];
-  assign \$896  = ~ sat0[3];
-  assign \$897  = \$896  & sat0[0];
-  assign \$898  = \$895  & \$897 ;
-  assign gt6_0 = \$898  | sat0[3];
-  assign \$899  = sat1[1] & sat1[2];
-  assign \$900  = ~ sat1[3];
-  assign \$901  = \$900  & sat1[0];
-  assign \$902  = \$899  & \$901 ;
-  assign gt6_1 = \$902  | sat1[3];
-  assign \$903  = sat2[1] & sat2[2];
-  assign \$904  = ~ sat2[3];
-  assign \$905  = \$904  & sat2[0];
-  assign \$906  = \$903  & \$905 ;
-  assign gt6_2 = \$906  | sat2[3];
-  assign \$907  = sat3[1] & sat3[2];
-  assign \$908  = ~ sat3[3];
-  assign \$909  = \$908  & sat3[0];
-  assign \$910  = \$907  & \$909 ;
-  assign gt6_3 = \$910  | sat3[3];
-  assign \$911  = sat4[1] & sat4[2];
-  assign \$912  = ~ sat4[3];
-  assign \$913  = \$912  & sat4[0];
-  assign \$914  = \$911  & \$913 ;
-  assign gt6_4 = \$914  | sat4[3];
-  assign \$915  = sat5[1] & sat5[2];
-  assign \$916  = ~ sat5[3];
-  assign \$917  = \$916  & sat5[0];
-  assign \$918  = \$915  & \$917 ;
-  assign gt6_5 = \$918  | sat5[3];
-  assign \$919  = sat6[1] & sat6[2];
-  assign \$920  = ~ sat6[3];
-  assign \$921  = \$920  & sat6[0];
-  assign \$922  = \$919  & \$921 ;
-  assign gt6_6 = \$922  | sat6[3];
-  assign \$923  = sat7[1] & sat7[2];
-  assign \$924  = ~ sat7[3];
-  assign \$925  = \$924  & sat7[0];
-  assign \$926  = \$923  & \$925 ;
-  assign gt6_7 = \$926  | sat7[3];
-  assign \$927  = ~ gt6_0;
-  assign \$928  = gt6_1 & \$927 ;
-  assign \$929  = \$928  ? 1'h1 : 1'h0;
-  assign \$930  = ~ gt6_1;
-  assign \$931  = gt6_2 & \$930 ;
-  assign \$932  = \$931  ? 2'h2 : 2'h0;
-  assign \$933  = { 1'h0, \$929  } | \$932 ;
-  assign \$934  = ~ gt6_2;
-  assign \$935  = gt6_3 & \$934 ;
-  assign \$936  = \$935  ? 2'h3 : 2'h0;
-  assign \$937  = ~ gt6_3;
-  assign \$938  = gt6_4 & \$937 ;
-  assign \$939  = \$938  ? 3'h4 : 3'h0;
-  assign \$940  = { 1'h0, \$936  } | \$939 ;
-  assign \$941  = { 1'h0, \$933  } | \$940 ;
-  assign \$942  = ~ gt6_4;
-  assign \$943  = gt6_5 & \$942 ;
-  assign \$944  = \$943  ? 3'h5 : 3'h0;
-  assign \$945  = ~ gt6_5;
-  assign \$946  = gt6_6 & \$945 ;
-  assign \$947  = \$946  ? 3'h6 : 3'h0;
-  assign \$948  = \$944  | \$947 ;
-  assign \$949  = ~ gt6_6;
-  assign \$950  = gt6_7 & \$949 ;
-  assign \$951  = \$950  ? 3'h7 : 3'h0;
-  assign \$952  = \$948  | \$951 ;
-  assign gsel6 = \$941  | \$952 ;
-  assign \$953  = gt6_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$954  = ~ gt6_0;
-  assign \$955  = gt6_1 & \$954 ;
-  assign \$956  = \$955  ? mbeat0[31:16] : 16'h0000;
-  assign \$957  = \$953  | \$956 ;
-  assign \$958  = ~ gt6_1;
-  assign \$959  = gt6_2 & \$958 ;
-  assign \$960  = \$959  ? mbeat0[47:32] : 16'h0000;
-  assign \$961  = ~ gt6_2;
-  assign \$962  = gt6_3 & \$961 ;
-  assign \$963  = \$962  ? mbeat0[63:48] : 16'h0000;
-  assign \$964  = \$960  | \$963 ;
-  assign \$965  = \$957  | \$964 ;
-  assign \$966  = ~ gt6_3;
-  assign \$967  = gt6_4 & \$966 ;
-  assign \$968  = \$967  ? mbeat1[15:0] : 16'h0000;
-  assign \$969  = ~ gt6_4;
-  assign \$970  = gt6_5 & \$969 ;
-  assign \$971  = \$970  ? mbeat1[31:16] : 16'h0000;
-  assign \$972  = \$968  | \$971 ;
-  assign \$973  = ~ gt6_5;
-  assign \$974  = gt6_6 & \$973 ;
-  assign \$975  = \$974  ? mbeat1[47:32] : 16'h0000;
-  assign \$976  = ~ gt6_6;
-  assign \$977  = gt6_7 & \$976 ;
-  assign \$978  = \$977  ? mbeat1[63:48] : 16'h0000;
-  assign \$979  = \$975  | \$978 ;
-  assign \$980  = \$972  | \$979 ;
-  assign grp6 = \$965  | \$980 ;
-  assign \$981  = gt6_0 ? Rm1[3:0] : 4'h0;
-  assign \$982  = ~ gt6_0;
-  assign \$983  = gt6_1 & \$982 ;
-  assign \$984  = \$983  ? R0[3:0] : 4'h0;
-  assign \$985  = \$981  | \$984 ;
-  assign \$986  = ~ gt6_1;
-  assign \$987  = gt6_2 & \$986 ;
-  assign \$988  = \$987  ? R1[3:0] : 4'h0;
-  assign \$989  = ~ gt6_2;
-  assign \$990  = gt6_3 & \$989 ;
-  assign \$991  = \$990  ? R2[3:0] : 4'h0;
-  assign \$992  = \$988  | \$991 ;
-  assign \$993  = \$985  | \$992 ;
-  assign \$994  = ~ gt6_3;
-  assign \$995  = gt6_4 & \$994 ;
-  assign \$996  = \$995  ? R3[3:0] : 4'h0;
-  assign \$997  = ~ gt6_4;
-  assign \$998  = gt6_5 & \$997 ;
-  assign \$999  = \$998  ? R4[3:0] : 4'h0;
-  assign \$1000  = \$996  | \$999 ;
-  assign \$1001  = ~ gt6_5;
-  assign \$1002  = gt6_6 & \$1001 ;
-  assign \$1003  = \$1002  ? R5[3:0] : 4'h0;
-  assign \$1004  = ~ gt6_6;
-  assign \$1005  = gt6_7 & \$1004 ;
-  assign \$1006  = \$1005  ? R6[3:0] : 4'h0;
-  assign \$1007  = \$1003  | \$1006 ;
-  assign \$1008  = \$1000  | \$1007 ;
-  assign dlow6 = \$993  | \$1008 ;
-  assign \$1009  = ~ sat0[3];
-  assign \$1010  = sat1[3] & \$1009 ;
-  assign \$1011  = \$1010  ? 1'h1 : 1'h0;
-  assign \$1012  = ~ sat1[3];
-  assign \$1013  = sat2[3] & \$1012 ;
-  assign \$1014  = \$1013  ? 2'h2 : 2'h0;
-  assign \$1015  = { 1'h0, \$1011  } | \$1014 ;
-  assign \$1016  = ~ sat2[3];
-  assign \$1017  = sat3[3] & \$1016 ;
-  assign \$1018  = \$1017  ? 2'h3 : 2'h0;
-  assign \$1019  = ~ sat3[3];
-  assign \$1020  = sat4[3] & \$1019 ;
-  assign \$1021  = \$1020  ? 3'h4 : 3'h0;
-  assign \$1022  = { 1'h0, \$1018  } | \$1021 ;
-  assign \$1023  = { 1'h0, \$1015  } | \$1022 ;
-  assign \$1024  = ~ sat4[3];
-  assign \$1025  = sat5[3] & \$1024 ;
-  assign \$1026  = \$1025  ? 3'h5 : 3'h0;
-  assign \$1027  = ~ sat5[3];
-  assign \$1028  = sat6[3] & \$1027 ;
-  assign \$1029  = \$1028  ? 3'h6 : 3'h0;
-  assign \$1030  = \$1026  | \$1029 ;
-  assign \$1031  = ~ sat6[3];
-  assign \$1032  = sat7[3] & \$1031 ;
-  assign \$1033  = \$1032  ? 3'h7 : 3'h0;
-  assign \$1034  = \$1030  | \$1033 ;
-  assign gsel7 = \$1023  | \$1034 ;
-  assign \$1035  = sat0[3] ? mbeat0[15:0] : 16'h0000;
-  assign \$1036  = ~ sat0[3];
-  assign \$1037  = sat1[3] & \$1036 ;
-  assign \$1038  = \$1037  ? mbeat0[31:16] : 16'h0000;
-  assign \$1039  = \$1035  | \$1038 ;
-  assign \$1040  = ~ sat1[3];
-  assign \$1041  = sat2[3] & \$1040 ;
-  assign \$1042  = \$1041  ? mbeat0[47:32] : 16'h0000;
-  assign \$1043  = ~ sat2[3];
-  assign \$1044  = sat3[3] & \$1043 ;
-  assign \$1045  = \$1044  ? mbeat0[63:48] : 16'h0000;
+  assign \$667  = \$660  | \$666 ;
+  assign \$668  = \$652  | \$667 ;
+  assign \$669  = ~ R0[6];
+  assign \$670  = ~ R0[7];
+  assign \$671  = \$669  & \$670 ;
+  assign \$672  = \$671  & R0[5];
+  assign \$673  = ~ R0[7];
+  assign \$674  = \$673  & R0[6];
+  assign \$675  = \$672  | \$674 ;
+  assign \$676  = \$675  | R0[7];
+  assign \$677  = \$668  | \$676 ;
+  assign gt1_0 = \$629  & \$677 ;
+  assign \$678  = ~ R1[8];
+  assign \$679  = ~ R1[2];
+  assign \$680  = ~ R1[3];
+  assign \$681  = \$679  & \$680 ;
+  assign \$682  = ~ R1[4];
+  assign \$683  = ~ R1[5];
+  assign \$684  = \$682  & \$683 ;
+  assign \$685  = \$681  & \$684 ;
+  assign \$686  = ~ R1[6];
+  assign \$687  = ~ R1[7];
+  assign \$688  = \$686  & \$687 ;
+  assign \$689  = \$688  & R1[1];
+  assign \$690  = \$685  & \$689 ;
+  assign \$691  = ~ R1[3];
+  assign \$692  = ~ R1[4];
+  assign \$693  = \$691  & \$692 ;
+  assign \$694  = ~ R1[5];
+  assign \$695  = ~ R1[6];
+  assign \$696  = \$694  & \$695 ;
+  assign \$697  = \$693  & \$696 ;
+  assign \$698  = ~ R1[7];
+  assign \$699  = \$698  & R1[2];
+  assign \$700  = \$697  & \$699 ;
+  assign \$701  = \$690  | \$700 ;
+  assign \$702  = ~ R1[4];
+  assign \$703  = ~ R1[5];
+  assign \$704  = \$702  & \$703 ;
+  assign \$705  = ~ R1[6];
+  assign \$706  = ~ R1[7];
+  assign \$707  = \$705  & \$706 ;
+  assign \$708  = \$704  & \$707 ;
+  assign \$709  = \$708  & R1[3];
+  assign \$710  = ~ R1[5];
+  assign \$711  = ~ R1[6];
+  assign \$712  = \$710  & \$711 ;
+  assign \$713  = ~ R1[7];
+  assign \$714  = \$713  & R1[4];
+  assign \$715  = \$712  & \$714 ;
+  assign \$716  = \$709  | \$715 ;
+  assign \$717  = \$701  | \$716 ;
+  assign \$718  = ~ R1[6];
+  assign \$719  = ~ R1[7];
+  assign \$720  = \$718  & \$719 ;
+  assign \$721  = \$720  & R1[5];
+  assign \$722  = ~ R1[7];
+  assign \$723  = \$722  & R1[6];
+  assign \$724  = \$721  | \$723 ;
+  assign \$725  = \$724  | R1[7];
+  assign \$726  = \$717  | \$725 ;
+  assign gt1_1 = \$678  & \$726 ;
+  assign \$727  = ~ R2[8];
+  assign \$728  = ~ R2[2];
+  assign \$729  = ~ R2[3];
+  assign \$730  = \$728  & \$729 ;
+  assign \$731  = ~ R2[4];
+  assign \$732  = ~ R2[5];
+  assign \$733  = \$731  & \$732 ;
+  assign \$734  = \$730  & \$733 ;
+  assign \$735  = ~ R2[6];
+  assign \$736  = ~ R2[7];
+  assign \$737  = \$735  & \$736 ;
+  assign \$738  = \$737  & R2[1];
+  assign \$739  = \$734  & \$738 ;
+  assign \$740  = ~ R2[3];
+  assign \$741  = ~ R2[4];
+  assign \$742  = \$740  & \$741 ;
+  assign \$743  = ~ R2[5];
+  assign \$744  = ~ R2[6];
+  assign \$745  = \$743  & \$744 ;
+  assign \$746  = \$742  & \$745 ;
+  assign \$747  = ~ R2[7];
+  assign \$748  = \$747  & R2[2];
+  assign \$749  = \$746  & \$748 ;
+  assign \$750  = \$739  | \$749 ;
+  assign \$751  = ~ R2[4];
+  assign \$752  = ~ R2[5];
+  assign \$753  = \$751  & \$752 ;
+  assign \$754  = ~ R2[6];
+  assign \$755  = ~ R2[7];
+  assign \$756  = \$754  & \$755 ;
+  assign \$757  = \$753  & \$756 ;
+  assign \$758  = \$757  & R2[3];
+  assign \$759  = ~ R2[5];
+  assign \$760  = ~ R2[6];
+  assign \$761  = \$759  & \$760 ;
+  assign \$762  = ~ R2[7];
+  assign \$763  = \$762  & R2[4];
+  assign \$764  = \$761  & \$763 ;
+  assign \$765  = \$758  | \$764 ;
+  assign \$766  = \$750  | \$765 ;
+  assign \$767  = ~ R2[6];
+  assign \$768  = ~ R2[7];
+  assign \$769  = \$767  & \$768 ;
+  assign \$770  = \$769  & R2[5];
+  assign \$771  = ~ R2[7];
+  assign \$772  = \$771  & R2[6];
+  assign \$773  = \$770  | \$772 ;
+  assign \$774  = \$773  | R2[7];
+  assign \$775  = \$766  | \$774 ;
+  assign gt1_2 = \$727  & \$775 ;
+  assign \$776  = ~ R3[8];
+  assign \$777  = ~ R3[2];
+  assign \$778  = ~ R3[3];
+  assign \$779  = \$777  & \$778 ;
+  assign \$780  = ~ R3[4];
+  assign \$781  = ~ R3[5];
+  assign \$782  = \$780  & \$781 ;
+  assign \$783  = \$779  & \$782 ;
+  assign \$784  = ~ R3[6];
+  assign \$785  = ~ R3[7];
+  assign \$786  = \$784  & \$785 ;
+  assign \$787  = \$786  & R3[1];
+  assign \$788  = \$783  & \$787 ;
+  assign \$789  = ~ R3[3];
+  assign \$790  = ~ R3[4];
+  assign \$791  = \$789  & \$790 ;
+  assign \$792  = ~ R3[5];
+  assign \$793  = ~ R3[6];
+  assign \$794  = \$792  & \$793 ;
+  assign \$795  = \$791  & \$794 ;
+  assign \$796  = ~ R3[7];
+  assign \$797  = \$796  & R3[2];
+  assign \$798  = \$795  & \$797 ;
+  assign \$799  = \$788  | \$798 ;
+  assign \$800  = ~ R3[4];
+  assign \$801  = ~ R3[5];
+  assign \$802  = \$800  & \$801 ;
+  assign \$803  = ~ R3[6];
+  assign \$804  = ~ R3[7];
+  assign \$805  = \$803  & \$804 ;
+  assign \$806  = \$802  & \$805 ;
+  assign \$807  = \$806  & R3[3];
+  assign \$808  = ~ R3[5];
+  assign \$809  = ~ R3[6];
+  assign \$810  = \$808  & \$809 ;
+  assign \$811  = ~ R3[7];
+  assign \$812  = \$811  & R3[4];
+  assign \$813  = \$810  & \$812 ;
+  assign \$814  = \$807  | \$813 ;
+  assign \$815  = \$799  | \$814 ;
+  assign \$816  = ~ R3[6];
+  assign \$817  = ~ R3[7];
+  assign \$818  = \$816  & \$817 ;
+  assign \$819  = \$818  & R3[5];
+  assign \$820  = ~ R3[7];
+  assign \$821  = \$820  & R3[6];
+  assign \$822  = \$819  | \$821 ;
+  assign \$823  = \$822  | R3[7];
+  assign \$824  = \$815  | \$823 ;
+  assign gt1_3 = \$776  & \$824 ;
+  assign \$825  = ~ R4[8];
+  assign \$826  = ~ R4[2];
+  assign \$827  = ~ R4[3];
+  assign \$828  = \$826  & \$827 ;
+  assign \$829  = ~ R4[4];
+  assign \$830  = ~ R4[5];
+  assign \$831  = \$829  & \$830 ;
+  assign \$832  = \$828  & \$831 ;
+  assign \$833  = ~ R4[6];
+  assign \$834  = ~ R4[7];
+  assign \$835  = \$833  & \$834 ;
+  assign \$836  = \$835  & R4[1];
+  assign \$837  = \$832  & \$836 ;
+  assign \$838  = ~ R4[3];
+  assign \$839  = ~ R4[4];
+  assign \$840  = \$838  & \$839 ;
+  assign \$841  = ~ R4[5];
+  assign \$842  = ~ R4[6];
+  assign \$843  = \$841  & \$842 ;
+  assign \$844  = \$840  & \$843 ;
+  assign \$845  = ~ R4[7];
+  assign \$846  = \$845  & R4[2];
+  assign \$847  = \$844  & \$846 ;
+  assign \$848  = \$837  | \$847 ;
+  assign \$849  = ~ R4[4];
+  assign \$850  = ~ R4[5];
+  assign \$851  = \$849  & \$850 ;
+  assign \$852  = ~ R4[6];
+  assign \$853  = ~ R4[7];
+  assign \$854  = \$852  & \$853 ;
+  assign \$855  = \$851  & \$854 ;
+  assign \$856  = \$855  & R4[3];
+  assign \$857  = ~ R4[5];
+  assign \$858  = ~ R4[6];
+  assign \$859  = \$857  & \$858 ;
+  assign \$860  = ~ R4[7];
+  assign \$861  = \$860  & R4[4];
+  assign \$862  = \$859  & \$861 ;
+  assign \$863  = \$856  | \$862 ;
+  assign \$864  = \$848  | \$863 ;
+  assign \$865  = ~ R4[6];
+  assign \$866  = ~ R4[7];
+  assign \$867  = \$865  & \$866 ;
+  assign \$868  = \$867  & R4[5];
+  assign \$869  = ~ R4[7];
+  assign \$870  = \$869  & R4[6];
+  assign \$871  = \$868  | \$870 ;
+  assign \$872  = \$871  | R4[7];
+  assign \$873  = \$864  | \$872 ;
+  assign gt1_4 = \$825  & \$873 ;
+  assign \$874  = ~ R5[8];
+  assign \$875  = ~ R5[2];
+  assign \$876  = ~ R5[3];
+  assign \$877  = \$875  & \$876 ;
+  assign \$878  = ~ R5[4];
+  assign \$879  = ~ R5[5];
+  assign \$880  = \$878  & \$879 ;
+  assign \$881  = \$877  & \$880 ;
+  assign \$882  = ~ R5[6];
+  assign \$883  = ~ R5[7];
+  assign \$884  = \$882  & \$883 ;
+  assign \$885  = \$884  & R5[1];
+  assign \$886  = \$881  & \$885 ;
+  assign \$887  = ~ R5[3];
+  assign \$888  = ~ R5[4];
+  assign \$889  = \$887  & \$888 ;
+  assign \$890  = ~ R5[5];
+  assign \$891  = ~ R5[6];
+  assign \$892  = \$890  & \$891 ;
+  assign \$893  = \$889  & \$892 ;
+  assign \$894  = ~ R5[7];
+  assign \$895  = \$894  & R5[2];
+  assign \$896  = \$893  & \$895 ;
+  assign \$897  = \$886  | \$896 ;
+  assign \$898  = ~ R5[4];
+  assign \$899  = ~ R5[5];
+  assign \$900  = \$898  & \$899 ;
+  assign \$901  = ~ R5[6];
+  assign \$902  = ~ R5[7];
+  assign \$903  = \$901  & \$902 ;
+  assign \$904  = \$900  & \$903 ;
+  assign \$905  = \$904  & R5[3];
+  assign \$906  = ~ R5[5];
+  assign \$907  = ~ R5[6];
+  assign \$908  = \$906  & \$907 ;
+  assign \$909  = ~ R5[7];
+  assign \$910  = \$909  & R5[4];
+  assign \$911  = \$908  & \$910 ;
+  assign \$912  = \$905  | \$911 ;
+  assign \$913  = \$897  | \$912 ;
+  assign \$914  = ~ R5[6];
+  assign \$915  = ~ R5[7];
+  assign \$916  = \$914  & \$915 ;
+  assign \$917  = \$916  & R5[5];
+  assign \$918  = ~ R5[7];
+  assign \$919  = \$918  & R5[6];
+  assign \$920  = \$917  | \$919 ;
+  assign \$921  = \$920  | R5[7];
+  assign \$922  = \$913  | \$921 ;
+  assign gt1_5 = \$874  & \$922 ;
+  assign \$923  = ~ R6[8];
+  assign \$924  = ~ R6[2];
+  assign \$925  = ~ R6[3];
+  assign \$926  = \$924  & \$925 ;
+  assign \$927  = ~ R6[4];
+  assign \$928  = ~ R6[5];
+  assign \$929  = \$927  & \$928 ;
+  assign \$930  = \$926  & \$929 ;
+  assign \$931  = ~ R6[6];
+  assign \$932  = ~ R6[7];
+  assign \$933  = \$931  & \$932 ;
+  assign \$934  = \$933  & R6[1];
+  assign \$935  = \$930  & \$934 ;
+  assign \$936  = ~ R6[3];
+  assign \$937  = ~ R6[4];
+  assign \$938  = \$936  & \$937 ;
+  assign \$939  = ~ R6[5];
+  assign \$940  = ~ R6[6];
+  assign \$941  = \$939  & \$940 ;
+  assign \$942  = \$938  & \$941 ;
+  assign \$943  = ~ R6[7];
+  assign \$944  = \$943  & R6[2];
+  assign \$945  = \$942  & \$944 ;
+  assign \$946  = \$935  | \$945 ;
+  assign \$947  = ~ R6[4];
+  assign \$948  = ~ R6[5];
+  assign \$949  = \$947  & \$948 ;
+  assign \$950  = ~ R6[6];
+  assign \$951  = ~ R6[7];
+  assign \$952  = \$950  & \$951 ;
+  assign \$953  = \$949  & \$952 ;
+  assign \$954  = \$953  & R6[3];
+  assign \$955  = ~ R6[5];
+  assign \$956  = ~ R6[6];
+  assign \$957  = \$955  & \$956 ;
+  assign \$958  = ~ R6[7];
+  assign \$959  = \$958  & R6[4];
+  assign \$960  = \$957  & \$959 ;
+  assign \$961  = \$954  | \$960 ;
+  assign \$962  = \$946  | \$961 ;
+  assign \$963  = ~ R6[6];
+  assign \$964  = ~ R6[7];
+  assign \$965  = \$963  & \$964 ;
+  assign \$966  = \$965  & R6[5];
+  assign \$967  = ~ R6[7];
+  assign \$968  = \$967  & R6[6];
+  assign \$969  = \$966  | \$968 ;
+  assign \$970  = \$969  | R6[7];
+  assign \$971  = \$962  | \$970 ;
+  assign gt1_6 = \$923  & \$971 ;
+  assign \$972  = ~ R7[8];
+  assign \$973  = ~ R7[2];
+  assign \$974  = ~ R7[3];
+  assign \$975  = \$973  & \$974 ;
+  assign \$976  = ~ R7[4];
+  assign \$977  = ~ R7[5];
+  assign \$978  = \$976  & \$977 ;
+  assign \$979  = \$975  & \$978 ;
+  assign \$980  = ~ R7[6];
+  assign \$981  = ~ R7[7];
+  assign \$982  = \$980  & \$981 ;
+  assign \$983  = \$982  & R7[1];
+  assign \$984  = \$979  & \$983 ;
+  assign \$985  = ~ R7[3];
+  assign \$986  = ~ R7[4];
+  assign \$987  = \$985  & \$986 ;
+  assign \$988  = ~ R7[5];
+  assign \$989  = ~ R7[6];
+  assign \$990  = \$988  & \$989 ;
+  assign \$991  = \$987  & \$990 ;
+  assign \$992  = ~ R7[7];
+  assign \$993  = \$992  & R7[2];
+  assign \$994  = \$991  & \$993 ;
+  assign \$995  = \$984  | \$994 ;
+  assign \$996  = ~ R7[4];
+  assign \$997  = ~ R7[5];
+  assign \$998  = \$996  & \$997 ;
+  assign \$999  = ~ R7[6];
+  assign \$1000  = ~ R7[7];
+  assign \$1001  = \$999  & \$1000 ;
+  assign \$1002  = \$998  & \$1001 ;
+  assign \$1003  = \$1002  & R7[3];
+  assign \$1004  = ~ R7[5];
+  assign \$1005  = ~ R7[6];
+  assign \$1006  = \$1004  & \$1005 ;
+  assign \$1007  = ~ R7[7];
+  assign \$1008  = \$1007  & R7[4];
+  assign \$1009  = \$1006  & \$1008 ;
+  assign \$1010  = \$1003  | \$1009 ;
+  assign \$1011  = \$995  | \$1010 ;
+  assign \$1012  = ~ R7[6];
+  assign \$1013  = ~ R7[7];
+  assign \$1014  = \$1012  & \$1013 ;
+  assign \$1015  = \$1014  & R7[5];
+  assign \$1016  = ~ R7[7];
+  assign \$1017  = \$1016  & R7[6];
+  assign \$1018  = \$1015  | \$1017 ;
+  assign \$1019  = \$1018  | R7[7];
+  assign \$1020  = \$1011  | \$1019 ;
+  assign gt1_7 = \$972  & \$1020 ;
+  assign \$1021  = ~ gt1_0;
+  assign \$1022  = gt1_1 & \$1021 ;
+  assign \$1023  = \$1022  ? 1'h1 : 1'h0;
+  assign \$1024  = ~ gt1_1;
+  assign \$1025  = gt1_2 & \$1024 ;
+  assign \$1026  = \$1025  ? 2'h2 : 2'h0;
+  assign \$1027  = { 1'h0, \$1023  } | \$1026 ;
+  assign \$1028  = ~ gt1_2;
+  assign \$1029  = gt1_3 & \$1028 ;
+  assign \$1030  = \$1029  ? 2'h3 : 2'h0;
+  assign \$1031  = ~ gt1_3;
+  assign \$1032  = gt1_4 & \$1031 ;
+  assign \$1033  = \$1032  ? 3'h4 : 3'h0;
+  assign \$1034  = { 1'h0, \$1030  } | \$1033 ;
+  assign \$1035  = { 1'h0, \$1027  } | \$1034 ;
+  assign \$1036  = ~ gt1_4;
+  assign \$1037  = gt1_5 & \$1036 ;
+  assign \$1038  = \$1037  ? 3'h5 : 3'h0;
+  assign \$1039  = ~ gt1_5;
+  assign \$1040  = gt1_6 & \$1039 ;
+  assign \$1041  = \$1040  ? 3'h6 : 3'h0;
+  assign \$1042  = \$1038  | \$1041 ;
+  assign \$1043  = ~ gt1_6;
+  assign \$1044  = gt1_7 & \$1043 ;
+  assign \$1045  = \$1044  ? 3'h7 : 3'h0;
   assign \$1046  = \$1042  | \$1045 ;
-  assign \$1047  = \$1039  | \$1046 ;
-  assign \$1048  = ~ sat3[3];
-  assign \$1049  = sat4[3] & \$1048 ;
-  assign \$1050  = \$1049  ? mbeat1[15:0] : 16'h0000;
-  assign \$1051  = ~ sat4[3];
-  assign \$1052  = sat5[3] & \$1051 ;
-  assign \$1053  = \$1052  ? mbeat1[31:16] : 16'h0000;
-  assign \$1054  = \$1050  | \$1053 ;
-  assign \$1055  = ~ sat5[3];
-  assign \$1056  = sat6[3] & \$1055 ;
-  assign \$1057  = \$1056  ? mbeat1[47:32] : 16'h0000;
-  assign \$1058  = ~ sat6[3];
-  assign \$1059  = sat7[3] & \$1058 ;
-  assign \$1060  = \$1059  ? mbeat1[63:48] : 16'h0000;
-  assign \$1061  = \$1057  | \$1060 ;
-  assign \$1062  = \$1054  | \$1061 ;
-  assign grp7 = \$1047  | \$1062 ;
-  assign \$1063  = sat0[3] ? Rm1[3:0] : 4'h0;
-  assign \$1064  = ~ sat0[3];
-  assign \$1065  = sat1[3] & \$1064 ;
-  assign \$1066  = \$1065  ? R0[3:0] : 4'h0;
-  assign \$1067  = \$1063  | \$1066 ;
-  assign \$1068  = ~ sat1[3];
-  assign \$1069  = sat2[3] & \$1068 ;
-  assign \$1070  = \$1069  ? R1[3:0] : 4'h0;
-  assign \$1071  = ~ sat2[3];
-  assign \$1072  = sat3[3] & \$1071 ;
-  assign \$1073  = \$1072  ? R2[3:0] : 4'h0;
-  assign \$1074  = \$1070  | \$1073 ;
-  assign \$1075  = \$1067  | \$1074 ;
-  assign \$1076  = ~ sat3[3];
-  assign \$1077  = sat4[3] & \$1076 ;
-  assign \$1078  = \$1077  ? R3[3:0] : 4'h0;
-  assign \$1079  = ~ sat4[3];
-  assign \$1080  = sat5[3] & \$1079 ;
-  assign \$1081  = \$1080  ? R4[3:0] : 4'h0;
-  assign \$1082  = \$1078  | \$1081 ;
-  assign \$1083  = ~ sat5[3];
-  assign \$1084  = sat6[3] & \$1083 ;
-  assign \$1085  = \$1084  ? R5[3:0] : 4'h0;
-  assign \$1086  = ~ sat6[3];
-  assign \$1087  = sat7[3] & \$1086 ;
-  assign \$1088  = \$1087  ? R6[3:0] : 4'h0;
-  assign \$1089  = \$1085  | \$1088 ;
-  assign \$1090  = \$1082  | \$1089 ;
-  assign dlow7 = \$1075  | \$1090 ;
-  assign ws0_c = \$1091  + \$1092 ;
+  assign gsel1 = \$1035  | \$1046 ;
+  assign \$1047  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1048  = ~ gt1_0;
+  assign \$1049  = gt1_1 & \$1048 ;
+  assign \$1050  = \$1049  ? mbeat0[31:16] : 16'h0000;
+  assign \$1051  = \$1047  | \$1050 ;
+  assign \$1052  = ~ gt1_1;
+  assign \$1053  = gt1_2 & \$1052 ;
+  assign \$1054  = \$1053  ? mbeat0[47:32] : 16'h0000;
+  assign \$1055  = ~ gt1_2;
+  assign \$1056  = gt1_3 & \$1055 ;
+  assign \$1057  = \$1056  ? mbeat0[63:48] : 16'h0000;
+  assign \$1058  = \$1054  | \$1057 ;
+  assign \$1059  = \$1051  | \$1058 ;
+  assign \$1060  = ~ gt1_3;
+  assign \$1061  = gt1_4 & \$1060 ;
+  assign \$1062  = \$1061  ? mbeat1[15:0] : 16'h0000;
+  assign \$1063  = ~ gt1_4;
+  assign \$1064  = gt1_5 & \$1063 ;
+  assign \$1065  = \$1064  ? mbeat1[31:16] : 16'h0000;
+  assign \$1066  = \$1062  | \$1065 ;
+  assign \$1067  = ~ gt1_5;
+  assign \$1068  = gt1_6 & \$1067 ;
+  assign \$1069  = \$1068  ? mbeat1[47:32] : 16'h0000;
+  assign \$1070  = ~ gt1_6;
+  assign \$1071  = gt1_7 & \$1070 ;
+  assign \$1072  = \$1071  ? mbeat1[63:48] : 16'h0000;
+  assign \$1073  = \$1069  | \$1072 ;
+  assign \$1074  = \$1066  | \$1073 ;
+  assign grp1 = \$1059  | \$1074 ;
+  assign \$1075  = gt1_0 ? Rm1[3:0] : 4'h0;
+  assign \$1076  = ~ gt1_0;
+  assign \$1077  = gt1_1 & \$1076 ;
+  assign \$1078  = \$1077  ? R0[3:0] : 4'h0;
+  assign \$1079  = \$1075  | \$1078 ;
+  assign \$1080  = ~ gt1_1;
+  assign \$1081  = gt1_2 & \$1080 ;
+  assign \$1082  = \$1081  ? R1[3:0] : 4'h0;
+  assign \$1083  = ~ gt1_2;
+  assign \$1084  = gt1_3 & \$1083 ;
+  assign \$1085  = \$1084  ? R2[3:0] : 4'h0;
+  assign \$1086  = \$1082  | \$1085 ;
+  assign \$1087  = \$1079  | \$1086 ;
+  assign \$1088  = ~ gt1_3;
+  assign \$1089  = gt1_4 & \$1088 ;
+  assign \$1090  = \$1089  ? R3[3:0] : 4'h0;
+  assign \$1091  = ~ gt1_4;
+  assign \$1092  = gt1_5 & \$1091 ;
+  assign \$1093  = \$1092  ? R4[3:0] : 4'h0;
+  assign \$1094  = \$1090  | \$1093 ;
+  assign \$1095  = ~ gt1_5;
+  assign \$1096  = gt1_6 & \$1095 ;
+  assign \$1097  = \$1096  ? R5[3:0] : 4'h0;
+  assign \$1098  = ~ gt1_6;
+  assign \$1099  = gt1_7 & \$1098 ;
+  assign \$1100  = \$1099  ? R6[3:0] : 4'h0;
+  assign \$1101  = \$1097  | \$1100 ;
+  assign \$1102  = \$1094  | \$1101 ;
+  assign dlow1 = \$1087  | \$1102 ;
+  assign \$1103  = ~ R0[8];
+  assign \$1104  = ~ R0[2];
+  assign \$1105  = R0[1] & \$1104 ;
+  assign \$1106  = ~ R0[3];
+  assign \$1107  = ~ R0[4];
+  assign \$1108  = \$1106  & \$1107 ;
+  assign \$1109  = \$1105  & \$1108 ;
+  assign \$1110  = ~ R0[5];
+  assign \$1111  = ~ R0[6];
+  assign \$1112  = \$1110  & \$1111 ;
+  assign \$1113  = ~ R0[7];
+  assign \$1114  = \$1113  & R0[0];
+  assign \$1115  = \$1112  & \$1114 ;
+  assign \$1116  = \$1109  & \$1115 ;
+  assign \$1117  = ~ R0[3];
+  assign \$1118  = ~ R0[4];
+  assign \$1119  = \$1117  & \$1118 ;
+  assign \$1120  = ~ R0[5];
+  assign \$1121  = ~ R0[6];
+  assign \$1122  = \$1120  & \$1121 ;
+  assign \$1123  = \$1119  & \$1122 ;
+  assign \$1124  = ~ R0[7];
+  assign \$1125  = \$1124  & R0[2];
+  assign \$1126  = \$1123  & \$1125 ;
+  assign \$1127  = \$1116  | \$1126 ;
+  assign \$1128  = ~ R0[4];
+  assign \$1129  = ~ R0[5];
+  assign \$1130  = \$1128  & \$1129 ;
+  assign \$1131  = ~ R0[6];
+  assign \$1132  = ~ R0[7];
+  assign \$1133  = \$1131  & \$1132 ;
+  assign \$1134  = \$1130  & \$1133 ;
+  assign \$1135  = \$1134  & R0[3];
+  assign \$1136  = ~ R0[5];
+  assign \$1137  = ~ R0[6];
+  assign \$1138  = \$1136  & \$1137 ;
+  assign \$1139  = ~ R0[7];
+  assign \$1140  = \$1139  & R0[4];
+  assign \$1141  = \$1138  & \$1140 ;
+  assign \$1142  = \$1135  | \$1141 ;
+  assign \$1143  = \$1127  | \$1142 ;
+  assign \$1144  = ~ R0[6];
+  assign \$1145  = ~ R0[7];
+  assign \$1146  = \$1144  & \$1145 ;
+  assign \$1147  = \$1146  & R0[5];
+  assign \$1148  = ~ R0[7];
+  assign \$1149  = \$1148  & R0[6];
+  assign \$1150  = \$1147  | \$1149 ;
+  assign \$1151  = \$1150  | R0[7];
+  assign \$1152  = \$1143  | \$1151 ;
+  assign gt2_0 = \$1103  & \$1152 ;
+  assign \$1153  = ~ R1[8];
+  assign \$1154  = ~ R1[2];
+  assign \$1155  = R1[1] & \$1154 ;
+  assign \$1156  = ~ R1[3];
+  assign \$1157  = ~ R1[4];
+  assign \$1158  = \$1156  & \$1157 ;
+  assign \$1159  = \$1155  & \$1158 ;
+  assign \$1160  = ~ R1[5];
+  assign \$1161  = ~ R1[6];
+  assign \$1162  = \$1160  & \$1161 ;
+  assign \$1163  = ~ R1[7];
+  assign \$1164  = \$1163  & R1[0];
+  assign \$1165  = \$1162  & \$1164 ;
+  assign \$1166  = \$1159  & \$1165 ;
+  assign \$1167  = ~ R1[3];
+  assign \$1168  = ~ R1[4];
+  assign \$1169  = \$1167  & \$1168 ;
+  assign \$1170  = ~ R1[5];
+  assign \$1171  = ~ R1[6];
+  assign \$1172  = \$1170  & \$1171 ;
+  assign \$1173  = \$1169  & \$1172 ;
+  assign \$1174  = ~ R1[7];
+  assign \$1175  = \$1174  & R1[2];
+  assign \$1176  = \$1173  & \$1175 ;
+  assign \$1177  = \$1166  | \$1176 ;
+  assign \$1178  = ~ R1[4];
+  assign \$1179  = ~ R1[5];
+  assign \$1180  = \$1178  & \$1179 ;
+  assign \$1181  = ~ R1[6];
+  assign \$1182  = ~ R1[7];
+  assign \$1183  = \$1181  & \$1182 ;
+  assign \$1184  = \$1180  & \$1183 ;
+  assign \$1185  = \$1184  & R1[3];
+  assign \$1186  = ~ R1[5];
+  assign \$1187  = ~ R1[6];
+  assign \$1188  = \$1186  & \$1187 ;
+  assign \$1189  = ~ R1[7];
+  assign \$1190  = \$1189  & R1[4];
+  assign \$1191  = \$1188  & \$1190 ;
+  assign \$1192  = \$1185  | \$1191 ;
+  assign \$1193  = \$1177  | \$1192 ;
+  assign \$1194  = ~ R1[6];
+  assign \$1195  = ~ R1[7];
+  assign \$1196  = \$1194  & \$1195 ;
+  assign \$1197  = \$1196  & R1[5];
+  assign \$1198  = ~ R1[7];
+  assign \$1199  = \$1198  & R1[6];
+  assign \$1200  = \$1197  | \$1199 ;
+  assign \$1201  = \$1200  | R1[7];
+  assign \$1202  = \$1193  | \$1201 ;
+  assign gt2_1 = \$1153  & \$1202 ;
+  assign \$1203  = ~ R2[8];
+  assign \$1204  = ~ R2[2];
+  assign \$1205  = R2[1] & \$1204 ;
+  assign \$1206  = ~ R2[3];
+  assign \$1207  = ~ R2[4];
+  assign \$1208  = \$1206  & \$1207 ;
+  assign \$1209  = \$1205  & \$1208 ;
+  assign \$1210  = ~ R2[5];
+  assign \$1211  = ~ R2[6];
+  assign \$1212  = \$1210  & \$1211 ;
+  assign \$1213  = ~ R2[7];
+  assign \$1214  = \$1213  & R2[0];
+  assign \$1215  = \$1212  & \$1214 ;
+  assign \$1216  = \$1209  & \$1215 ;
+  assign \$1217  = ~ R2[3];
+  assign \$1218  = ~ R2[4];
+  assign \$1219  = \$1217  & \$1218 ;
+  assign \$1220  = ~ R2[5];
+  assign \$1221  = ~ R2[6];
+  assign \$1222  = \$1220  & \$1221 ;
+  assign \$1223  = \$1219  & \$1222 ;
+  assign \$1224  = ~ R2[7];
+  assign \$1225  = \$1224  & R2[2];
+  assign \$1226  = \$1223  & \$1225 ;
+  assign \$1227  = \$1216  | \$1226 ;
+  assign \$1228  = ~ R2[4];
+  assign \$1229  = ~ R2[5];
+  assign \$1230  = \$1228  & \$1229 ;
+  assign \$1231  = ~ R2[6];
+  assign \$1232  = ~ R2[7];
+  assign \$1233  = \$1231  & \$1232 ;
+  assign \$1234  = \$1230  & \$1233 ;
+  assign \$1235  = \$1234  & R2[3];
+  assign \$1236  = ~ R2[5];
+  assign \$1237  = ~ R2[6];
+  assign \$1238  = \$1236  & \$1237 ;
+  assign \$1239  = ~ R2[7];
+  assign \$1240  = \$1239  & R2[4];
+  assign \$1241  = \$1238  & \$1240 ;
+  assign \$1242  = \$1235  | \$1241 ;
+  assign \$1243  = \$1227  | \$1242 ;
+  assign \$1244  = ~ R2[6];
+  assign \$1245  = ~ R2[7];
+  assign \$1246  = \$1244  & \$1245 ;
+  assign \$1247  = \$1246  & R2[5];
+  assign \$1248  = ~ R2[7];
+  assign \$1249  = \$1248  & R2[6];
+  assign \$1250  = \$1247  | \$1249 ;
+  assign \$1251  = \$1250  | R2[7];
+  assign \$1252  = \$1243  | \$1251 ;
+  assign gt2_2 = \$1203  & \$1252 ;
+  assign \$1253  = ~ R3[8];
+  assign \$1254  = ~ R3[2];
+  assign \$1255  = R3[1] & \$1254 ;
+  assign \$1256  = ~ R3[3];
+  assign \$1257  = ~ R3[4];
+  assign \$1258  = \$1256  & \$1257 ;
+  assign \$1259  = \$1255  & \$1258 ;
+  assign \$1260  = ~ R3[5];
+  assign \$1261  = ~ R3[6];
+  assign \$1262  = \$1260  & \$1261 ;
+  assign \$1263  = ~ R3[7];
+  assign \$1264  = \$1263  & R3[0];
+  assign \$1265  = \$1262  & \$1264 ;
+  assign \$1266  = \$1259  & \$1265 ;
+  assign \$1267  = ~ R3[3];
+  assign \$1268  = ~ R3[4];
+  assign \$1269  = \$1267  & \$1268 ;
+  assign \$1270  = ~ R3[5];
+  assign \$1271  = ~ R3[6];
+  assign \$1272  = \$1270  & \$1271 ;
+  assign \$1273  = \$1269  & \$1272 ;
+  assign \$1274  = ~ R3[7];
+  assign \$1275  = \$1274  & R3[2];
+  assign \$1276  = \$1273  & \$1275 ;
+  assign \$1277  = \$1266  | \$1276 ;
+  assign \$1278  = ~ R3[4];
+  assign \$1279  = ~ R3[5];
+  assign \$1280  = \$1278  & \$1279 ;
+  assign \$1281  = ~ R3[6];
+  assign \$1282  = ~ R3[7];
+  assign \$1283  = \$1281  & \$1282 ;
+  assign \$1284  = \$1280  & \$1283 ;
+  assign \$1285  = \$1284  & R3[3];
+  assign \$1286  = ~ R3[5];
+  assign \$1287  = ~ R3[6];
+  assign \$1288  = \$1286  & \$1287 ;
+  assign \$1289  = ~ R3[7];
+  assign \$1290  = \$1289  & R3[4];
+  assign \$1291  = \$1288  & \$1290 ;
+  assign \$1292  = \$1285  | \$1291 ;
+  assign \$1293  = \$1277  | \$1292 ;
+  assign \$1294  = ~ R3[6];
+  assign \$1295  = ~ R3[7];
+  assign \$1296  = \$1294  & \$1295 ;
+  assign \$1297  = \$1296  & R3[5];
+  assign \$1298  = ~ R3[7];
+  assign \$1299  = \$1298  & R3[6];
+  assign \$1300  = \$1297  | \$1299 ;
+  assign \$1301  = \$1300  | R3[7];
+  assign \$1302  = \$1293  | \$1301 ;
+  assign gt2_3 = \$1253  & \$1302 ;
+  assign \$1303  = ~ R4[8];
+  assign \$1304  = ~ R4[2];
+  assign \$1305  = R4[1] & \$1304 ;
+  assign \$1306  = ~ R4[3];
+  assign \$1307  = ~ R4[4];
+  assign \$1308  = \$1306  & \$1307 ;
+  assign \$1309  = \$1305  & \$1308 ;
+  assign \$1310  = ~ R4[5];
+  assign \$1311  = ~ R4[6];
+  assign \$1312  = \$1310  & \$1311 ;
+  assign \$1313  = ~ R4[7];
+  assign \$1314  = \$1313  & R4[0];
+  assign \$1315  = \$1312  & \$1314 ;
+  assign \$1316  = \$1309  & \$1315 ;
+  assign \$1317  = ~ R4[3];
+  assign \$1318  = ~ R4[4];
+  assign \$1319  = \$1317  & \$1318 ;
+  assign \$1320  = ~ R4[5];
+  assign \$1321  = ~ R4[6];
+  assign \$1322  = \$1320  & \$1321 ;
+  assign \$1323  = \$1319  & \$1322 ;
+  assign \$1324  = ~ R4[7];
+  assign \$1325  = \$1324  & R4[2];
+  assign \$1326  = \$1323  & \$1325 ;
+  assign \$1327  = \$1316  | \$1326 ;
+  assign \$1328  = ~ R4[4];
+  assign \$1329  = ~ R4[5];
+  assign \$1330  = \$1328  & \$1329 ;
+  assign \$1331  = ~ R4[6];
+  assign \$1332  = ~ R4[7];
+  assign \$1333  = \$1331  & \$1332 ;
+  assign \$1334  = \$1330  & \$1333 ;
+  assign \$1335  = \$1334  & R4[3];
+  assign \$1336  = ~ R4[5];
+  assign \$1337  = ~ R4[6];
+  assign \$1338  = \$1336  & \$1337 ;
+  assign \$1339  = ~ R4[7];
+  assign \$1340  = \$1339  & R4[4];
+  assign \$1341  = \$1338  & \$1340 ;
+  assign \$1342  = \$1335  | \$1341 ;
+  assign \$1343  = \$1327  | \$1342 ;
+  assign \$1344  = ~ R4[6];
+  assign \$1345  = ~ R4[7];
+  assign \$1346  = \$1344  & \$1345 ;
+  assign \$1347  = \$1346  & R4[5];
+  assign \$1348  = ~ R4[7];
+  assign \$1349  = \$1348  & R4[6];
+  assign \$1350  = \$1347  | \$1349 ;
+  assign \$1351  = \$1350  | R4[7];
+  assign \$1352  = \$1343  | \$1351 ;
+  assign gt2_4 = \$1303  & \$1352 ;
+  assign \$1353  = ~ R5[8];
+  assign \$1354  = ~ R5[2];
+  assign \$1355  = R5[1] & \$1354 ;
+  assign \$1356  = ~ R5[3];
+  assign \$1357  = ~ R5[4];
+  assign \$1358  = \$1356  & \$1357 ;
+  assign \$1359  = \$1355  & \$1358 ;
+  assign \$1360  = ~ R5[5];
+  assign \$1361  = ~ R5[6];
+  assign \$1362  = \$1360  & \$1361 ;
+  assign \$1363  = ~ R5[7];
+  assign \$1364  = \$1363  & R5[0];
+  assign \$1365  = \$1362  & \$1364 ;
+  assign \$1366  = \$1359  & \$1365 ;
+  assign \$1367  = ~ R5[3];
+  assign \$1368  = ~ R5[4];
+  assign \$1369  = \$1367  & \$1368 ;
+  assign \$1370  = ~ R5[5];
+  assign \$1371  = ~ R5[6];
+  assign \$1372  = \$1370  & \$1371 ;
+  assign \$1373  = \$1369  & \$1372 ;
+  assign \$1374  = ~ R5[7];
+  assign \$1375  = \$1374  & R5[2];
+  assign \$1376  = \$1373  & \$1375 ;
+  assign \$1377  = \$1366  | \$1376 ;
+  assign \$1378  = ~ R5[4];
+  assign \$1379  = ~ R5[5];
+  assign \$1380  = \$1378  & \$1379 ;
+  assign \$1381  = ~ R5[6];
+  assign \$1382  = ~ R5[7];
+  assign \$1383  = \$1381  & \$1382 ;
+  assign \$1384  = \$1380  & \$1383 ;
+  assign \$1385  = \$1384  & R5[3];
+  assign \$1386  = ~ R5[5];
+  assign \$1387  = ~ R5[6];
+  assign \$1388  = \$1386  & \$1387 ;
+  assign \$1389  = ~ R5[7];
+  assign \$1390  = \$1389  & R5[4];
+  assign \$1391  = \$1388  & \$1390 ;
+  assign \$1392  = \$1385  | \$1391 ;
+  assign \$1393  = \$1377  | \$1392 ;
+  assign \$1394  = ~ R5[6];
+  assign \$1395  = ~ R5[7];
+  assign \$1396  = \$1394  & \$1395 ;
+  assign \$1397  = \$1396  & R5[5];
+  assign \$1398  = ~ R5[7];
+  assign \$1399  = \$1398  & R5[6];
+  assign \$1400  = \$1397  | \$1399 ;
+  assign \$1401  = \$1400  | R5[7];
+  assign \$1402  = \$1393  | \$1401 ;
+  assign gt2_5 = \$1353  & \$1402 ;
+  assign \$1403  = ~ R6[8];
+  assign \$1404  = ~ R6[2];
+  assign \$1405  = R6[1] & \$1404 ;
+  assign \$1406  = ~ R6[3];
+  assign \$1407  = ~ R6[4];
+  assign \$1408  = \$1406  & \$1407 ;
+  assign \$1409  = \$1405  & \$1408 ;
+  assign \$1410  = ~ R6[5];
+  assign \$1411  = ~ R6[6];
+  assign \$1412  = \$1410  & \$1411 ;
+  assign \$1413  = ~ R6[7];
+  assign \$1414  = \$1413  & R6[0];
+  assign \$1415  = \$1412  & \$1414 ;
+  assign \$1416  = \$1409  & \$1415 ;
+  assign \$1417  = ~ R6[3];
+  assign \$1418  = ~ R6[4];
+  assign \$1419  = \$1417  & \$1418 ;
+  assign \$1420  = ~ R6[5];
+  assign \$1421  = ~ R6[6];
+  assign \$1422  = \$1420  & \$1421 ;
+  assign \$1423  = \$1419  & \$1422 ;
+  assign \$1424  = ~ R6[7];
+  assign \$1425  = \$1424  & R6[2];
+  assign \$1426  = \$1423  & \$1425 ;
+  assign \$1427  = \$1416  | \$1426 ;
+  assign \$1428  = ~ R6[4];
+  assign \$1429  = ~ R6[5];
+  assign \$1430  = \$1428  & \$1429 ;
+  assign \$1431  = ~ R6[6];
+  assign \$1432  = ~ R6[7];
+  assign \$1433  = \$1431  & \$1432 ;
+  assign \$1434  = \$1430  & \$1433 ;
+  assign \$1435  = \$1434  & R6[3];
+  assign \$1436  = ~ R6[5];
+  assign \$1437  = ~ R6[6];
+  assign \$1438  = \$1436  & \$1437 ;
+  assign \$1439  = ~ R6[7];
+  assign \$1440  = \$1439  & R6[4];
+  assign \$1441  = \$1438  & \$1440 ;
+  assign \$1442  = \$1435  | \$1441 ;
+  assign \$1443  = \$1427  | \$1442 ;
+  assign \$1444  = ~ R6[6];
+  assign \$1445  = ~ R6[7];
+  assign \$1446  = \$1444  & \$1445 ;
+  assign \$1447  = \$1446  & R6[5];
+  assign \$1448  = ~ R6[7];
+  assign \$1449  = \$1448  & R6[6];
+  assign \$1450  = \$1447  | \$1449 ;
+  assign \$1451  = \$1450  | R6[7];
+  assign \$1452  = \$1443  | \$1451 ;
+  assign gt2_6 = \$1403  & \$1452 ;
+  assign \$1453  = ~ R7[8];
+  assign \$1454  = ~ R7[2];
+  assign \$1455  = R7[1] & \$1454 ;
+  assign \$1456  = ~ R7[3];
+  assign \$1457  = ~ R7[4];
+  assign \$1458  = \$1456  & \$1457 ;
+  assign \$1459  = \$1455  & \$1458 ;
+  assign \$1460  = ~ R7[5];
+  assign \$1461  = ~ R7[6];
+  assign \$1462  = \$1460  & \$1461 ;
+  assign \$1463  = ~ R7[7];
+  assign \$1464  = \$1463  & R7[0];
+  assign \$1465  = \$1462  & \$1464 ;
+  assign \$1466  = \$1459  & \$1465 ;
+  assign \$1467  = ~ R7[3];
+  assign \$1468  = ~ R7[4];
+  assign \$1469  = \$1467  & \$1468 ;
+  assign \$1470  = ~ R7[5];
+  assign \$1471  = ~ R7[6];
+  assign \$1472  = \$1470  & \$1471 ;
+  assign \$1473  = \$1469  & \$1472 ;
+  assign \$1474  = ~ R7[7];
+  assign \$1475  = \$1474  & R7[2];
+  assign \$1476  = \$1473  & \$1475 ;
+  assign \$1477  = \$1466  | \$1476 ;
+  assign \$1478  = ~ R7[4];
+  assign \$1479  = ~ R7[5];
+  assign \$1480  = \$1478  & \$1479 ;
+  assign \$1481  = ~ R7[6];
+  assign \$1482  = ~ R7[7];
+  assign \$1483  = \$1481  & \$1482 ;
+  assign \$1484  = \$1480  & \$1483 ;
+  assign \$1485  = \$1484  & R7[3];
+  assign \$1486  = ~ R7[5];
+  assign \$1487  = ~ R7[6];
+  assign \$1488  = \$1486  & \$1487 ;
+  assign \$1489  = ~ R7[7];
+  assign \$1490  = \$1489  & R7[4];
+  assign \$1491  = \$1488  & \$1490 ;
+  assign \$1492  = \$1485  | \$1491 ;
+  assign \$1493  = \$1477  | \$1492 ;
+  assign \$1494  = ~ R7[6];
+  assign \$1495  = ~ R7[7];
+  assign \$1496  = \$1494  & \$1495 ;
+  assign \$1497  = \$1496  & R7[5];
+  assign \$1498  = ~ R7[7];
+  assign \$1499  = \$1498  & R7[6];
+  assign \$1500  = \$1497  | \$1499 ;
+  assign \$1501  = \$1500  | R7[7];
+  assign \$1502  = \$1493  | \$1501 ;
+  assign gt2_7 = \$1453  & \$1502 ;
+  assign \$1503  = ~ gt2_0;
+  assign \$1504  = gt2_1 & \$1503 ;
+  assign \$1505  = \$1504  ? 1'h1 : 1'h0;
+  assign \$1506  = ~ gt2_1;
+  assign \$1507  = gt2_2 & \$1506 ;
+  assign \$1508  = \$1507  ? 2'h2 : 2'h0;
+  assign \$1509  = { 1'h0, \$1505  } | \$1508 ;
+  assign \$1510  = ~ gt2_2;
+  assign \$1511  = gt2_3 & \$1510 ;
+  assign \$1512  = \$1511  ? 2'h3 : 2'h0;
+  assign \$1513  = ~ gt2_3;
+  assign \$1514  = gt2_4 & \$1513 ;
+  assign \$1515  = \$1514  ? 3'h4 : 3'h0;
+  assign \$1516  = { 1'h0, \$1512  } | \$1515 ;
+  assign \$1517  = { 1'h0, \$1509  } | \$1516 ;
+  assign \$1518  = ~ gt2_4;
+  assign \$1519  = gt2_5 & \$1518 ;
+  assign \$1520  = \$1519  ? 3'h5 : 3'h0;
+  assign \$1521  = ~ gt2_5;
+  assign \$1522  = gt2_6 & \$1521 ;
+  assign \$1523  = \$1522  ? 3'h6 : 3'h0;
+  assign \$1524  = \$1520  | \$1523 ;
+  assign \$1525  = ~ gt2_6;
+  assign \$1526  = gt2_7 & \$1525 ;
+  assign \$1527  = \$1526  ? 3'h7 : 3'h0;
+  assign \$1528  = \$1524  | \$1527 ;
+  assign gsel2 = \$1517  | \$1528 ;
+  assign \$1529  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1530  = ~ gt2_0;
+  assign \$1531  = gt2_1 & \$1530 ;
+  assign \$1532  = \$1531  ? mbeat0[31:16] : 16'h0000;
+  assign \$1533  = \$1529  | \$1532 ;
+  assign \$1534  = ~ gt2_1;
+  assign \$1535  = gt2_2 & \$1534 ;
+  assign \$1536  = \$1535  ? mbeat0[47:32] : 16'h0000;
+  assign \$1537  = ~ gt2_2;
+  assign \$1538  = gt2_3 & \$1537 ;
+  assign \$1539  = \$1538  ? mbeat0[63:48] : 16'h0000;
+  assign \$1540  = \$1536  | \$1539 ;
+  assign \$1541  = \$1533  | \$1540 ;
+  assign \$1542  = ~ gt2_3;
+  assign \$1543  = gt2_4 & \$1542 ;
+  assign \$1544  = \$1543  ? mbeat1[15:0] : 16'h0000;
+  assign \$1545  = ~ gt2_4;
+  assign \$1546  = gt2_5 & \$1545 ;
+  assign \$1547  = \$1546  ? mbeat1[31:16] : 16'h0000;
+  assign \$1548  = \$1544  | \$1547 ;
+  assign \$1549  = ~ gt2_5;
+  assign \$1550  = gt2_6 & \$1549 ;
+  assign \$1551  = \$1550  ? mbeat1[47:32] : 16'h0000;
+  assign \$1552  = ~ gt2_6;
+  assign \$1553  = gt2_7 & \$1552 ;
+  assign \$1554  = \$1553  ? mbeat1[63:48] : 16'h0000;
+  assign \$1555  = \$1551  | \$1554 ;
+  assign \$1556  = \$1548  | \$1555 ;
+  assign grp2 = \$1541  | \$1556 ;
+  assign \$1557  = gt2_0 ? Rm1[3:0] : 4'h0;
+  assign \$1558  = ~ gt2_0;
+  assign \$1559  = gt2_1 & \$1558 ;
+  assign \$1560  = \$1559  ? R0[3:0] : 4'h0;
+  assign \$1561  = \$1557  | \$1560 ;
+  assign \$1562  = ~ gt2_1;
+  assign \$1563  = gt2_2 & \$1562 ;
+  assign \$1564  = \$1563  ? R1[3:0] : 4'h0;
+  assign \$1565  = ~ gt2_2;
+  assign \$1566  = gt2_3 & \$1565 ;
+  assign \$1567  = \$1566  ? R2[3:0] : 4'h0;
+  assign \$1568  = \$1564  | \$1567 ;
+  assign \$1569  = \$1561  | \$1568 ;
+  assign \$1570  = ~ gt2_3;
+  assign \$1571  = gt2_4 & \$1570 ;
+  assign \$1572  = \$1571  ? R3[3:0] : 4'h0;
+  assign \$1573  = ~ gt2_4;
+  assign \$1574  = gt2_5 & \$1573 ;
+  assign \$1575  = \$1574  ? R4[3:0] : 4'h0;
+  assign \$1576  = \$1572  | \$1575 ;
+  assign \$1577  = ~ gt2_5;
+  assign \$1578  = gt2_6 & \$1577 ;
+  assign \$1579  = \$1578  ? R5[3:0] : 4'h0;
+  assign \$1580  = ~ gt2_6;
+  assign \$1581  = gt2_7 & \$1580 ;
+  assign \$1582  = \$1581  ? R6[3:0] : 4'h0;
+  assign \$1583  = \$1579  | \$1582 ;
+  assign \$1584  = \$1576  | \$1583 ;
+  assign dlow2 = \$1569  | \$1584 ;
+  assign \$1585  = ~ R0[8];
+  assign \$1586  = ~ R0[3];
+  assign \$1587  = ~ R0[4];
+  assign \$1588  = \$1586  & \$1587 ;
+  assign \$1589  = ~ R0[5];
+  assign \$1590  = ~ R0[6];
+  assign \$1591  = \$1589  & \$1590 ;
+  assign \$1592  = \$1588  & \$1591 ;
+  assign \$1593  = ~ R0[7];
+  assign \$1594  = \$1593  & R0[2];
+  assign \$1595  = \$1592  & \$1594 ;
+  assign \$1596  = ~ R0[4];
+  assign \$1597  = ~ R0[5];
+  assign \$1598  = \$1596  & \$1597 ;
+  assign \$1599  = ~ R0[6];
+  assign \$1600  = ~ R0[7];
+  assign \$1601  = \$1599  & \$1600 ;
+  assign \$1602  = \$1598  & \$1601 ;
+  assign \$1603  = \$1602  & R0[3];
+  assign \$1604  = \$1595  | \$1603 ;
+  assign \$1605  = ~ R0[5];
+  assign \$1606  = ~ R0[6];
+  assign \$1607  = \$1605  & \$1606 ;
+  assign \$1608  = ~ R0[7];
+  assign \$1609  = \$1608  & R0[4];
+  assign \$1610  = \$1607  & \$1609 ;
+  assign \$1611  = ~ R0[6];
+  assign \$1612  = ~ R0[7];
+  assign \$1613  = \$1611  & \$1612 ;
+  assign \$1614  = \$1613  & R0[5];
+  assign \$1615  = \$1610  | \$1614 ;
+  assign \$1616  = \$1604  | \$1615 ;
+  assign \$1617  = ~ R0[7];
+  assign \$1618  = \$1617  & R0[6];
+  assign \$1619  = \$1618  | R0[7];
+  assign \$1620  = \$1616  | \$1619 ;
+  assign gt3_0 = \$1585  & \$1620 ;
+  assign \$1621  = ~ R1[8];
+  assign \$1622  = ~ R1[3];
+  assign \$1623  = ~ R1[4];
+  assign \$1624  = \$1622  & \$1623 ;
+  assign \$1625  = ~ R1[5];
+  assign \$1626  = ~ R1[6];
+  assign \$1627  = \$1625  & \$1626 ;
+  assign \$1628  = \$1624  & \$1627 ;
+  assign \$1629  = ~ R1[7];
+  assign \$1630  = \$1629  & R1[2];
+  assign \$1631  = \$1628  & \$1630 ;
+  assign \$1632  = ~ R1[4];
+  assign \$1633  = ~ R1[5];
+  assign \$1634  = \$1632  & \$1633 ;
+  assign \$1635  = ~ R1[6];
+  assign \$1636  = ~ R1[7];
+  assign \$1637  = \$1635  & \$1636 ;
+  assign \$1638  = \$1634  & \$1637 ;
+  assign \$1639  = \$1638  & R1[3];
+  assign \$1640  = \$1631  | \$1639 ;
+  assign \$1641  = ~ R1[5];
+  assign \$1642  = ~ R1[6];
+  assign \$1643  = \$1641  & \$1642 ;
+  assign \$1644  = ~ R1[7];
+  assign \$1645  = \$1644  & R1[4];
+  assign \$1646  = \$1643  & \$1645 ;
+  assign \$1647  = ~ R1[6];
+  assign \$1648  = ~ R1[7];
+  assign \$1649  = \$1647  & \$1648 ;
+  assign \$1650  = \$1649  & R1[5];
+  assign \$1651  = \$1646  | \$1650 ;
+  assign \$1652  = \$1640  | \$1651 ;
+  assign \$1653  = ~ R1[7];
+  assign \$1654  = \$1653  & R1[6];
+  assign \$1655  = \$1654  | R1[7];
+  assign \$1656  = \$1652  | \$1655 ;
+  assign gt3_1 = \$1621  & \$1656 ;
+  assign \$1657  = ~ R2[8];
+  assign \$1658  = ~ R2[3];
+  assign \$1659  = ~ R2[4];
+  assign \$1660  = \$1658  & \$1659 ;
+  assign \$1661  = ~ R2[5];
+  assign \$1662  = ~ R2[6];
+  assign \$1663  = \$1661  & \$1662 ;
+  assign \$1664  = \$1660  & \$1663 ;
+  assign \$1665  = ~ R2[7];
+  assign \$1666  = \$1665  & R2[2];
+  assign \$1667  = \$1664  & \$1666 ;
+  assign \$1668  = ~ R2[4];
+  assign \$1669  = ~ R2[5];
+  assign \$1670  = \$1668  & \$1669 ;
+  assign \$1671  = ~ R2[6];
+  assign \$1672  = ~ R2[7];
+  assign \$1673  = \$1671  & \$1672 ;
+  assign \$1674  = \$1670  & \$1673 ;
+  assign \$1675  = \$1674  & R2[3];
+  assign \$1676  = \$1667  | \$1675 ;
+  assign \$1677  = ~ R2[5];
+  assign \$1678  = ~ R2[6];
+  assign \$1679  = \$1677  & \$1678 ;
+  assign \$1680  = ~ R2[7];
+  assign \$1681  = \$1680  & R2[4];
+  assign \$1682  = \$1679  & \$1681 ;
+  assign \$1683  = ~ R2[6];
+  assign \$1684  = ~ R2[7];
+  assign \$1685  = \$1683  & \$1684 ;
+  assign \$1686  = \$1685  & R2[5];
+  assign \$1687  = \$1682  | \$1686 ;
+  assign \$1688  = \$1676  | \$1687 ;
+  assign \$1689  = ~ R2[7];
+  assign \$1690  = \$1689  & R2[6];
+  assign \$1691  = \$1690  | R2[7];
+  assign \$1692  = \$1688  | \$1691 ;
+  assign gt3_2 = \$1657  & \$1692 ;
+  assign \$1693  = ~ R3[8];
+  assign \$1694  = ~ R3[3];
+  assign \$1695  = ~ R3[4];
+  assign \$1696  = \$1694  & \$1695 ;
+  assign \$1697  = ~ R3[5];
+  assign \$1698  = ~ R3[6];
+  assign \$1699  = \$1697  & \$1698 ;
+  assign \$1700  = \$1696  & \$1699 ;
+  assign \$1701  = ~ R3[7];
+  assign \$1702  = \$1701  & R3[2];
+  assign \$1703  = \$1700  & \$1702 ;
+  assign \$1704  = ~ R3[4];
+  assign \$1705  = ~ R3[5];
+  assign \$1706  = \$1704  & \$1705 ;
+  assign \$1707  = ~ R3[6];
+  assign \$1708  = ~ R3[7];
+  assign \$1709  = \$1707  & \$1708 ;
+  assign \$1710  = \$1706  & \$1709 ;
+  assign \$1711  = \$1710  & R3[3];
+  assign \$1712  = \$1703  | \$1711 ;
+  assign \$1713  = ~ R3[5];
+  assign \$1714  = ~ R3[6];
+  assign \$1715  = \$1713  & \$1714 ;
+  assign \$1716  = ~ R3[7];
+  assign \$1717  = \$1716  & R3[4];
+  assign \$1718  = \$1715  & \$1717 ;
+  assign \$1719  = ~ R3[6];
+  assign \$1720  = ~ R3[7];
+  assign \$1721  = \$1719  & \$1720 ;
+  assign \$1722  = \$1721  & R3[5];
+  assign \$1723  = \$1718  | \$1722 ;
+  assign \$1724  = \$1712  | \$1723 ;
+  assign \$1725  = ~ R3[7];
+  assign \$1726  = \$1725  & R3[6];
+  assign \$1727  = \$1726  | R3[7];
+  assign \$1728  = \$1724  | \$1727 ;
+  assign gt3_3 = \$1693  & \$1728 ;
+  assign \$1729  = ~ R4[8];
+  assign \$1730  = ~ R4[3];
+  assign \$1731  = ~ R4[4];
+  assign \$1732  = \$1730  & \$1731 ;
+  assign \$1733  = ~ R4[5];
+  assign \$1734  = ~ R4[6];
+  assign \$1735  = \$1733  & \$1734 ;
+  assign \$1736  = \$1732  & \$1735 ;
+  assign \$1737  = ~ R4[7];
+  assign \$1738  = \$1737  & R4[2];
+  assign \$1739  = \$1736  & \$1738 ;
+  assign \$1740  = ~ R4[4];
+  assign \$1741  = ~ R4[5];
+  assign \$1742  = \$1740  & \$1741 ;
+  assign \$1743  = ~ R4[6];
+  assign \$1744  = ~ R4[7];
+  assign \$1745  = \$1743  & \$1744 ;
+  assign \$1746  = \$1742  & \$1745 ;
+  assign \$1747  = \$1746  & R4[3];
+  assign \$1748  = \$1739  | \$1747 ;
+  assign \$1749  = ~ R4[5];
+  assign \$1750  = ~ R4[6];
+  assign \$1751  = \$1749  & \$1750 ;
+  assign \$1752  = ~ R4[7];
+  assign \$1753  = \$1752  & R4[4];
+  assign \$1754  = \$1751  & \$1753 ;
+  assign \$1755  = ~ R4[6];
+  assign \$1756  = ~ R4[7];
+  assign \$1757  = \$1755  & \$1756 ;
+  assign \$1758  = \$1757  & R4[5];
+  assign \$1759  = \$1754  | \$1758 ;
+  assign \$1760  = \$1748  | \$1759 ;
+  assign \$1761  = ~ R4[7];
+  assign \$1762  = \$1761  & R4[6];
+  assign \$1763  = \$1762  | R4[7];
+  assign \$1764  = \$1760  | \$1763 ;
+  assign gt3_4 = \$1729  & \$1764 ;
+  assign \$1765  = ~ R5[8];
+  assign \$1766  = ~ R5[3];
+  assign \$1767  = ~ R5[4];
+  assign \$1768  = \$1766  & \$1767 ;
+  assign \$1769  = ~ R5[5];
+  assign \$1770  = ~ R5[6];
+  assign \$1771  = \$1769  & \$1770 ;
+  assign \$1772  = \$1768  & \$1771 ;
+  assign \$1773  = ~ R5[7];
+  assign \$1774  = \$1773  & R5[2];
+  assign \$1775  = \$1772  & \$1774 ;
+  assign \$1776  = ~ R5[4];
+  assign \$1777  = ~ R5[5];
+  assign \$1778  = \$1776  & \$1777 ;
+  assign \$1779  = ~ R5[6];
+  assign \$1780  = ~ R5[7];
+  assign \$1781  = \$1779  & \$1780 ;
+  assign \$1782  = \$1778  & \$1781 ;
+  assign \$1783  = \$1782  & R5[3];
+  assign \$1784  = \$1775  | \$1783 ;
+  assign \$1785  = ~ R5[5];
+  assign \$1786  = ~ R5[6];
+  assign \$1787  = \$1785  & \$1786 ;
+  assign \$1788  = ~ R5[7];
+  assign \$1789  = \$1788  & R5[4];
+  assign \$1790  = \$1787  & \$1789 ;
+  assign \$1791  = ~ R5[6];
+  assign \$1792  = ~ R5[7];
+  assign \$1793  = \$1791  & \$1792 ;
+  assign \$1794  = \$1793  & R5[5];
+  assign \$1795  = \$1790  | \$1794 ;
+  assign \$1796  = \$1784  | \$1795 ;
+  assign \$1797  = ~ R5[7];
+  assign \$1798  = \$1797  & R5[6];
+  assign \$1799  = \$1798  | R5[7];
+  assign \$1800  = \$1796  | \$1799 ;
+  assign gt3_5 = \$1765  & \$1800 ;
+  assign \$1801  = ~ R6[8];
+  assign \$1802  = ~ R6[3];
+  assign \$1803  = ~ R6[4];
+  assign \$1804  = \$1802  & \$1803 ;
+  assign \$1805  = ~ R6[5];
+  assign \$1806  = ~ R6[6];
+  assign \$1807  = \$1805  & \$1806 ;
+  assign \$1808  = \$1804  & \$1807 ;
+  assign \$1809  = ~ R6[7];
+  assign \$1810  = \$1809  & R6[2];
+  assign \$1811  = \$1808  & \$1810 ;
+  assign \$1812  = ~ R6[4];
+  assign \$1813  = ~ R6[5];
+  assign \$1814  = \$1812  & \$1813 ;
+  assign \$1815  = ~ R6[6];
+  assign \$1816  = ~ R6[7];
+  assign \$1817  = \$1815  & \$1816 ;
+  assign \$1818  = \$1814  & \$1817 ;
+  assign \$1819  = \$1818  & R6[3];
+  assign \$1820  = \$1811  | \$1819 ;
+  assign \$1821  = ~ R6[5];
+  assign \$1822  = ~ R6[6];
+  assign \$1823  = \$1821  & \$1822 ;
+  assign \$1824  = ~ R6[7];
+  assign \$1825  = \$1824  & R6[4];
+  assign \$1826  = \$1823  & \$1825 ;
+  assign \$1827  = ~ R6[6];
+  assign \$1828  = ~ R6[7];
+  assign \$1829  = \$1827  & \$1828 ;
+  assign \$1830  = \$1829  & R6[5];
+  assign \$1831  = \$1826  | \$1830 ;
+  assign \$1832  = \$1820  | \$1831 ;
+  assign \$1833  = ~ R6[7];
+  assign \$1834  = \$1833  & R6[6];
+  assign \$1835  = \$1834  | R6[7];
+  assign \$1836  = \$1832  | \$1835 ;
+  assign gt3_6 = \$1801  & \$1836 ;
+  assign \$1837  = ~ R7[8];
+  assign \$1838  = ~ R7[3];
+  assign \$1839  = ~ R7[4];
+  assign \$1840  = \$1838  & \$1839 ;
+  assign \$1841  = ~ R7[5];
+  assign \$1842  = ~ R7[6];
+  assign \$1843  = \$1841  & \$1842 ;
+  assign \$1844  = \$1840  & \$1843 ;
+  assign \$1845  = ~ R7[7];
+  assign \$1846  = \$1845  & R7[2];
+  assign \$1847  = \$1844  & \$1846 ;
+  assign \$1848  = ~ R7[4];
+  assign \$1849  = ~ R7[5];
+  assign \$1850  = \$1848  & \$1849 ;
+  assign \$1851  = ~ R7[6];
+  assign \$1852  = ~ R7[7];
+  assign \$1853  = \$1851  & \$1852 ;
+  assign \$1854  = \$1850  & \$1853 ;
+  assign \$1855  = \$1854  & R7[3];
+  assign \$1856  = \$1847  | \$1855 ;
+  assign \$1857  = ~ R7[5];
+  assign \$1858  = ~ R7[6];
+  assign \$1859  = \$1857  & \$1858 ;
+  assign \$1860  = ~ R7[7];
+  assign \$1861  = \$1860  & R7[4];
+  assign \$1862  = \$1859  & \$1861 ;
+  assign \$1863  = ~ R7[6];
+  assign \$1864  = ~ R7[7];
+  assign \$1865  = \$1863  & \$1864 ;
+  assign \$1866  = \$1865  & R7[5];
+  assign \$1867  = \$1862  | \$1866 ;
+  assign \$1868  = \$1856  | \$1867 ;
+  assign \$1869  = ~ R7[7];
+  assign \$1870  = \$1869  & R7[6];
+  assign \$1871  = \$1870  | R7[7];
+  assign \$1872  = \$1868  | \$1871 ;
+  assign gt3_7 = \$1837  & \$1872 ;
+  assign \$1873  = ~ gt3_0;
+  assign \$1874  = gt3_1 & \$1873 ;
+  assign \$1875  = \$1874  ? 1'h1 : 1'h0;
+  assign \$1876  = ~ gt3_1;
+  assign \$1877  = gt3_2 & \$1876 ;
+  assign \$1878  = \$1877  ? 2'h2 : 2'h0;
+  assign \$1879  = { 1'h0, \$1875  } | \$1878 ;
+  assign \$1880  = ~ gt3_2;
+  assign \$1881  = gt3_3 & \$1880 ;
+  assign \$1882  = \$1881  ? 2'h3 : 2'h0;
+  assign \$1883  = ~ gt3_3;
+  assign \$1884  = gt3_4 & \$1883 ;
+  assign \$1885  = \$1884  ? 3'h4 : 3'h0;
+  assign \$1886  = { 1'h0, \$1882  } | \$1885 ;
+  assign \$1887  = { 1'h0, \$1879  } | \$1886 ;
+  assign \$1888  = ~ gt3_4;
+  assign \$1889  = gt3_5 & \$1888 ;
+  assign \$1890  = \$1889  ? 3'h5 : 3'h0;
+  assign \$1891  = ~ gt3_5;
+  assign \$1892  = gt3_6 & \$1891 ;
+  assign \$1893  = \$1892  ? 3'h6 : 3'h0;
+  assign \$1894  = \$1890  | \$1893 ;
+  assign \$1895  = ~ gt3_6;
+  assign \$1896  = gt3_7 & \$1895 ;
+  assign \$1897  = \$1896  ? 3'h7 : 3'h0;
+  assign \$1898  = \$1894  | \$1897 ;
+  assign gsel3 = \$1887  | \$1898 ;
+  assign \$1899  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1900  = ~ gt3_0;
+  assign \$1901  = gt3_1 & \$1900 ;
+  assign \$1902  = \$1901  ? mbeat0[31:16] : 16'h0000;
+  assign \$1903  = \$1899  | \$1902 ;
+  assign \$1904  = ~ gt3_1;
+  assign \$1905  = gt3_2 & \$1904 ;
+  assign \$1906  = \$1905  ? mbeat0[47:32] : 16'h0000;
+  assign \$1907  = ~ gt3_2;
+  assign \$1908  = gt3_3 & \$1907 ;
+  assign \$1909  = \$1908  ? mbeat0[63:48] : 16'h0000;
+  assign \$1910  = \$1906  | \$1909 ;
+  assign \$1911  = \$1903  | \$1910 ;
+  assign \$1912  = ~ gt3_3;
+  assign \$1913  = gt3_4 & \$1912 ;
+  assign \$1914  = \$1913  ? mbeat1[15:0] : 16'h0000;
+  assign \$1915  = ~ gt3_4;
+  assign \$1916  = gt3_5 & \$1915 ;
+  assign \$1917  = \$1916  ? mbeat1[31:16] : 16'h0000;
+  assign \$1918  = \$1914  | \$1917 ;
+  assign \$1919  = ~ gt3_5;
+  assign \$1920  = gt3_6 & \$1919 ;
+  assign \$1921  = \$1920  ? mbeat1[47:32] : 16'h0000;
+  assign \$1922  = ~ gt3_6;
+  assign \$1923  = gt3_7 & \$1922 ;
+  assign \$1924  = \$1923  ? mbeat1[63:48] : 16'h0000;
+  assign \$1925  = \$1921  | \$1924 ;
+  assign \$1926  = \$1918  | \$1925 ;
+  assign grp3 = \$1911  | \$1926 ;
+  assign \$1927  = gt3_0 ? Rm1[3:0] : 4'h0;
+  assign \$1928  = ~ gt3_0;
+  assign \$1929  = gt3_1 & \$1928 ;
+  assign \$1930  = \$1929  ? R0[3:0] : 4'h0;
+  assign \$1931  = \$1927  | \$1930 ;
+  assign \$1932  = ~ gt3_1;
+  assign \$1933  = gt3_2 & \$1932 ;
+  assign \$1934  = \$1933  ? R1[3:0] : 4'h0;
+  assign \$1935  = ~ gt3_2;
+  assign \$1936  = gt3_3 & \$1935 ;
+  assign \$1937  = \$1936  ? R2[3:0] : 4'h0;
+  assign \$1938  = \$1934  | \$1937 ;
+  assign \$1939  = \$1931  | \$1938 ;
+  assign \$1940  = ~ gt3_3;
+  assign \$1941  = gt3_4 & \$1940 ;
+  assign \$1942  = \$1941  ? R3[3:0] : 4'h0;
+  assign \$1943  = ~ gt3_4;
+  assign \$1944  = gt3_5 & \$1943 ;
+  assign \$1945  = \$1944  ? R4[3:0] : 4'h0;
+  assign \$1946  = \$1942  | \$1945 ;
+  assign \$1947  = ~ gt3_5;
+  assign \$1948  = gt3_6 & \$1947 ;
+  assign \$1949  = \$1948  ? R5[3:0] : 4'h0;
+  assign \$1950  = ~ gt3_6;
+  assign \$1951  = gt3_7 & \$1950 ;
+  assign \$1952  = \$1951  ? R6[3:0] : 4'h0;
+  assign \$1953  = \$1949  | \$1952 ;
+  assign \$1954  = \$1946  | \$1953 ;
+  assign dlow3 = \$1939  | \$1954 ;
+  assign \$1955  = ~ R0[8];
+  assign \$1956  = ~ R0[1];
+  assign \$1957  = \$1956  & R0[2];
+  assign \$1958  = ~ R0[3];
+  assign \$1959  = ~ R0[4];
+  assign \$1960  = \$1958  & \$1959 ;
+  assign \$1961  = \$1957  & \$1960 ;
+  assign \$1962  = ~ R0[5];
+  assign \$1963  = ~ R0[6];
+  assign \$1964  = \$1962  & \$1963 ;
+  assign \$1965  = ~ R0[7];
+  assign \$1966  = \$1965  & R0[0];
+  assign \$1967  = \$1964  & \$1966 ;
+  assign \$1968  = \$1961  & \$1967 ;
+  assign \$1969  = ~ R0[3];
+  assign \$1970  = R0[2] & \$1969 ;
+  assign \$1971  = ~ R0[4];
+  assign \$1972  = ~ R0[5];
+  assign \$1973  = \$1971  & \$1972 ;
+  assign \$1974  = \$1970  & \$1973 ;
+  assign \$1975  = ~ R0[6];
+  assign \$1976  = ~ R0[7];
+  assign \$1977  = \$1975  & \$1976 ;
+  assign \$1978  = \$1977  & R0[1];
+  assign \$1979  = \$1974  & \$1978 ;
+  assign \$1980  = \$1968  | \$1979 ;
+  assign \$1981  = ~ R0[4];
+  assign \$1982  = ~ R0[5];
+  assign \$1983  = \$1981  & \$1982 ;
+  assign \$1984  = ~ R0[6];
+  assign \$1985  = ~ R0[7];
+  assign \$1986  = \$1984  & \$1985 ;
+  assign \$1987  = \$1983  & \$1986 ;
+  assign \$1988  = \$1987  & R0[3];
+  assign \$1989  = ~ R0[5];
+  assign \$1990  = ~ R0[6];
+  assign \$1991  = \$1989  & \$1990 ;
+  assign \$1992  = ~ R0[7];
+  assign \$1993  = \$1992  & R0[4];
+  assign \$1994  = \$1991  & \$1993 ;
+  assign \$1995  = \$1988  | \$1994 ;
+  assign \$1996  = \$1980  | \$1995 ;
+  assign \$1997  = ~ R0[6];
+  assign \$1998  = ~ R0[7];
+  assign \$1999  = \$1997  & \$1998 ;
+  assign \$2000  = \$1999  & R0[5];
+  assign \$2001  = ~ R0[7];
+  assign \$2002  = \$2001  & R0[6];
+  assign \$2003  = \$2000  | \$2002 ;
+  assign \$2004  = \$2003  | R0[7];
+  assign \$2005  = \$1996  | \$2004 ;
+  assign gt4_0 = \$1955  & \$2005 ;
+  assign \$2006  = ~ R1[8];
+  assign \$2007  = ~ R1[1];
+  assign \$2008  = \$2007  & R1[2];
+  assign \$2009  = ~ R1[3];
+  assign \$2010  = ~ R1[4];
+  assign \$2011  = \$2009  & \$2010 ;
+  assign \$2012  = \$2008  & \$2011 ;
+  assign \$2013  = ~ R1[5];
+  assign \$2014  = ~ R1[6];
+  assign \$2015  = \$2013  & \$2014 ;
+  assign \$2016  = ~ R1[7];
+  assign \$2017  = \$2016  & R1[0];
+  assign \$2018  = \$2015  & \$2017 ;
+  assign \$2019  = \$2012  & \$2018 ;
+  assign \$2020  = ~ R1[3];
+  assign \$2021  = R1[2] & \$2020 ;
+  assign \$2022  = ~ R1[4];
+  assign \$2023  = ~ R1[5];
+  assign \$2024  = \$2022  & \$2023 ;
+  assign \$2025  = \$2021  & \$2024 ;
+  assign \$2026  = ~ R1[6];
+  assign \$2027  = ~ R1[7];
+  assign \$2028  = \$2026  & \$2027 ;
+  assign \$2029  = \$2028  & R1[1];
+  assign \$2030  = \$2025  & \$2029 ;
+  assign \$2031  = \$2019  | \$2030 ;
+  assign \$2032  = ~ R1[4];
+  assign \$2033  = ~ R1[5];
+  assign \$2034  = \$2032  & \$2033 ;
+  assign \$2035  = ~ R1[6];
+  assign \$2036  = ~ R1[7];
+  assign \$2037  = \$2035  & \$2036 ;
+  assign \$2038  = \$2034  & \$2037 ;
+  assign \$2039  = \$2038  & R1[3];
+  assign \$2040  = ~ R1[5];
+  assign \$2041  = ~ R1[6];
+  assign \$2042  = \$2040  & \$2041 ;
+  assign \$2043  = ~ R1[7];
+  assign \$2044  = \$2043  & R1[4];
+  assign \$2045  = \$2042  & \$2044 ;
+  assign \$2046  = \$2039  | \$2045 ;
+  assign \$2047  = \$2031  | \$2046 ;
+  assign \$2048  = ~ R1[6];
+  assign \$2049  = ~ R1[7];
+  assign \$2050  = \$2048  & \$2049 ;
+  assign \$2051  = \$2050  & R1[5];
+  assign \$2052  = ~ R1[7];
+  assign \$2053  = \$2052  & R1[6];
+  assign \$2054  = \$2051  | \$2053 ;
+  assign \$2055  = \$2054  | R1[7];
+  assign \$2056  = \$2047  | \$2055 ;
+  assign gt4_1 = \$2006  & \$2056 ;
+  assign \$2057  = ~ R2[8];
+  assign \$2058  = ~ R2[1];
+  assign \$2059  = \$2058  & R2[2];
+  assign \$2060  = ~ R2[3];
+  assign \$2061  = ~ R2[4];
+  assign \$2062  = \$2060  & \$2061 ;
+  assign \$2063  = \$2059  & \$2062 ;
+  assign \$2064  = ~ R2[5];
+  assign \$2065  = ~ R2[6];
+  assign \$2066  = \$2064  & \$2065 ;
+  assign \$2067  = ~ R2[7];
+  assign \$2068  = \$2067  & R2[0];
+  assign \$2069  = \$2066  & \$2068 ;
+  assign \$2070  = \$2063  & \$2069 ;
+  assign \$2071  = ~ R2[3];
+  assign \$2072  = R2[2] & \$2071 ;
+  assign \$2073  = ~ R2[4];
+  assign \$2074  = ~ R2[5];
+  assign \$2075  = \$2073  & \$2074 ;
+  assign \$2076  = \$2072  & \$2075 ;
+  assign \$2077  = ~ R2[6];
+  assign \$2078  = ~ R2[7];
+  assign \$2079  = \$2077  & \$2078 ;
+  assign \$2080  = \$2079  & R2[1];
+  assign \$2081  = \$2076  & \$2080 ;
+  assign \$2082  = \$2070  | \$2081 ;
+  assign \$2083  = ~ R2[4];
+  assign \$2084  = ~ R2[5];
+  assign \$2085  = \$2083  & \$2084 ;
+  assign \$2086  = ~ R2[6];
+  assign \$2087  = ~ R2[7];
+  assign \$2088  = \$2086  & \$2087 ;
+  assign \$2089  = \$2085  & \$2088 ;
+  assign \$2090  = \$2089  & R2[3];
+  assign \$2091  = ~ R2[5];
+  assign \$2092  = ~ R2[6];
+  assign \$2093  = \$2091  & \$2092 ;
+  assign \$2094  = ~ R2[7];
+  assign \$2095  = \$2094  & R2[4];
+  assign \$2096  = \$2093  & \$2095 ;
+  assign \$2097  = \$2090  | \$2096 ;
+  assign \$2098  = \$2082  | \$2097 ;
+  assign \$2099  = ~ R2[6];
+  assign \$2100  = ~ R2[7];
+  assign \$2101  = \$2099  & \$2100 ;
+  assign \$2102  = \$2101  & R2[5];
+  assign \$2103  = ~ R2[7];
+  assign \$2104  = \$2103  & R2[6];
+  assign \$2105  = \$2102  | \$2104 ;
+  assign \$2106  = \$2105  | R2[7];
+  assign \$2107  = \$2098  | \$2106 ;
+  assign gt4_2 = \$2057  & \$2107 ;
+  assign \$2108  = ~ R3[8];
+  assign \$2109  = ~ R3[1];
+  assign \$2110  = \$2109  & R3[2];
+  assign \$2111  = ~ R3[3];
+  assign \$2112  = ~ R3[4];
+  assign \$2113  = \$2111  & \$2112 ;
+  assign \$2114  = \$2110  & \$2113 ;
+  assign \$2115  = ~ R3[5];
+  assign \$2116  = ~ R3[6];
+  assign \$2117  = \$2115  & \$2116 ;
+  assign \$2118  = ~ R3[7];
+  assign \$2119  = \$2118  & R3[0];
+  assign \$2120  = \$2117  & \$2119 ;
+  assign \$2121  = \$2114  & \$2120 ;
+  assign \$2122  = ~ R3[3];
+  assign \$2123  = R3[2] & \$2122 ;
+  assign \$2124  = ~ R3[4];
+  assign \$2125  = ~ R3[5];
+  assign \$2126  = \$2124  & \$2125 ;
+  assign \$2127  = \$2123  & \$2126 ;
+  assign \$2128  = ~ R3[6];
+  assign \$2129  = ~ R3[7];
+  assign \$2130  = \$2128  & \$2129 ;
+  assign \$2131  = \$2130  & R3[1];
+  assign \$2132  = \$2127  & \$2131 ;
+  assign \$2133  = \$2121  | \$2132 ;
+  assign \$2134  = ~ R3[4];
+  assign \$2135  = ~ R3[5];
+  assign \$2136  = \$2134  & \$2135 ;
+  assign \$2137  = ~ R3[6];
+  assign \$2138  = ~ R3[7];
+  assign \$2139  = \$2137  & \$2138 ;
+  assign \$2140  = \$2136  & \$2139 ;
+  assign \$2141  = \$2140  & R3[3];
+  assign \$2142  = ~ R3[5];
+  assign \$2143  = ~ R3[6];
+  assign \$2144  = \$2142  & \$2143 ;
+  assign \$2145  = ~ R3[7];
+  assign \$2146  = \$2145  & R3[4];
+  assign \$2147  = \$2144  & \$2146 ;
+  assign \$2148  = \$2141  | \$2147 ;
+  assign \$2149  = \$2133  | \$2148 ;
+  assign \$2150  = ~ R3[6];
+  assign \$2151  = ~ R3[7];
+  assign \$2152  = \$2150  & \$2151 ;
+  assign \$2153  = \$2152  & R3[5];
+  assign \$2154  = ~ R3[7];
+  assign \$2155  = \$2154  & R3[6];
+  assign \$2156  = \$2153  | \$2155 ;
+  assign \$2157  = \$2156  | R3[7];
+  assign \$2158  = \$2149  | \$2157 ;
+  assign gt4_3 = \$2108  & \$2158 ;
+  assign \$2159  = ~ R4[8];
+  assign \$2160  = ~ R4[1];
+  assign \$2161  = \$2160  & R4[2];
+  assign \$2162  = ~ R4[3];
+  assign \$2163  = ~ R4[4];
+  assign \$2164  = \$2162  & \$2163 ;
+  assign \$2165  = \$2161  & \$2164 ;
+  assign \$2166  = ~ R4[5];
+  assign \$2167  = ~ R4[6];
+  assign \$2168  = \$2166  & \$2167 ;
+  assign \$2169  = ~ R4[7];
+  assign \$2170  = \$2169  & R4[0];
+  assign \$2171  = \$2168  & \$2170 ;
+  assign \$2172  = \$2165  & \$2171 ;
+  assign \$2173  = ~ R4[3];
+  assign \$2174  = R4[2] & \$2173 ;
+  assign \$2175  = ~ R4[4];
+  assign \$2176  = ~ R4[5];
+  assign \$2177  = \$2175  & \$2176 ;
+  assign \$2178  = \$2174  & \$2177 ;
+  assign \$2179  = ~ R4[6];
+  assign \$2180  = ~ R4[7];
+  assign \$2181  = \$2179  & \$2180 ;
+  assign \$2182  = \$2181  & R4[1];
+  assign \$2183  = \$2178  & \$2182 ;
+  assign \$2184  = \$2172  | \$2183 ;
+  assign \$2185  = ~ R4[4];
+  assign \$2186  = ~ R4[5];
+  assign \$2187  = \$2185  & \$2186 ;
+  assign \$2188  = ~ R4[6];
+  assign \$2189  = ~ R4[7];
+  assign \$2190  = \$2188  & \$2189 ;
+  assign \$2191  = \$2187  & \$2190 ;
+  assign \$2192  = \$2191  & R4[3];
+  assign \$2193  = ~ R4[5];
+  assign \$2194  = ~ R4[6];
+  assign \$2195  = \$2193  & \$2194 ;
+  assign \$2196  = ~ R4[7];
+  assign \$2197  = \$2196  & R4[4];
+  assign \$2198  = \$2195  & \$2197 ;
+  assign \$2199  = \$2192  | \$2198 ;
+  assign \$2200  = \$2184  | \$2199 ;
+  assign \$2201  = ~ R4[6];
+  assign \$2202  = ~ R4[7];
+  assign \$2203  = \$2201  & \$2202 ;
+  assign \$2204  = \$2203  & R4[5];
+  assign \$2205  = ~ R4[7];
+  assign \$2206  = \$2205  & R4[6];
+  assign \$2207  = \$2204  | \$2206 ;
+  assign \$2208  = \$2207  | R4[7];
+  assign \$2209  = \$2200  | \$2208 ;
+  assign gt4_4 = \$2159  & \$2209 ;
+  assign \$2210  = ~ R5[8];
+  assign \$2211  = ~ R5[1];
+  assign \$2212  = \$2211  & R5[2];
+  assign \$2213  = ~ R5[3];
+  assign \$2214  = ~ R5[4];
+  assign \$2215  = \$2213  & \$2214 ;
+  assign \$2216  = \$2212  & \$2215 ;
+  assign \$2217  = ~ R5[5];
+  assign \$2218  = ~ R5[6];
+  assign \$2219  = \$2217  & \$2218 ;
+  assign \$2220  = ~ R5[7];
+  assign \$2221  = \$2220  & R5[0];
+  assign \$2222  = \$2219  & \$2221 ;
+  assign \$2223  = \$2216  & \$2222 ;
+  assign \$2224  = ~ R5[3];
+  assign \$2225  = R5[2] & \$2224 ;
+  assign \$2226  = ~ R5[4];
+  assign \$2227  = ~ R5[5];
+  assign \$2228  = \$2226  & \$2227 ;
+  assign \$2229  = \$2225  & \$2228 ;
+  assign \$2230  = ~ R5[6];
+  assign \$2231  = ~ R5[7];
+  assign \$2232  = \$2230  & \$2231 ;
+  assign \$2233  = \$2232  & R5[1];
+  assign \$2234  = \$2229  & \$2233 ;
+  assign \$2235  = \$2223  | \$2234 ;
+  assign \$2236  = ~ R5[4];
+  assign \$2237  = ~ R5[5];
+  assign \$2238  = \$2236  & \$2237 ;
+  assign \$2239  = ~ R5[6];
+  assign \$2240  = ~ R5[7];
+  assign \$2241  = \$2239  & \$2240 ;
+  assign \$2242  = \$2238  & \$2241 ;
+  assign \$2243  = \$2242  & R5[3];
+  assign \$2244  = ~ R5[5];
+  assign \$2245  = ~ R5[6];
+  assign \$2246  = \$2244  & \$2245 ;
+  assign \$2247  = ~ R5[7];
+  assign \$2248  = \$2247  & R5[4];
+  assign \$2249  = \$2246  & \$2248 ;
+  assign \$2250  = \$2243  | \$2249 ;
+  assign \$2251  = \$2235  | \$2250 ;
+  assign \$2252  = ~ R5[6];
+  assign \$2253  = ~ R5[7];
+  assign \$2254  = \$2252  & \$2253 ;
+  assign \$2255  = \$2254  & R5[5];
+  assign \$2256  = ~ R5[7];
+  assign \$2257  = \$2256  & R5[6];
+  assign \$2258  = \$2255  | \$2257 ;
+  assign \$2259  = \$2258  | R5[7];
+  assign \$2260  = \$2251  | \$2259 ;
+  assign gt4_5 = \$2210  & \$2260 ;
+  assign \$2261  = ~ R6[8];
+  assign \$2262  = ~ R6[1];
+  assign \$2263  = \$2262  & R6[2];
+  assign \$2264  = ~ R6[3];
+  assign \$2265  = ~ R6[4];
+  assign \$2266  = \$2264  & \$2265 ;
+  assign \$2267  = \$2263  & \$2266 ;
+  assign \$2268  = ~ R6[5];
+  assign \$2269  = ~ R6[6];
+  assign \$2270  = \$2268  & \$2269 ;
+  assign \$2271  = ~ R6[7];
+  assign \$2272  = \$2271  & R6[0];
+  assign \$2273  = \$2270  & \$2272 ;
+  assign \$2274  = \$2267  & \$2273 ;
+  assign \$2275  = ~ R6[3];
+  assign \$2276  = R6[2] & \$2275 ;
+  assign \$2277  = ~ R6[4];
+  assign \$2278  = ~ R6[5];
+  assign \$2279  = \$2277  & \$2278 ;
+  assign \$2280  = \$2276  & \$2279 ;
+  assign \$2281  = ~ R6[6];
+  assign \$2282  = ~ R6[7];
+  assign \$2283  = \$2281  & \$2282 ;
+  assign \$2284  = \$2283  & R6[1];
+  assign \$2285  = \$2280  & \$2284 ;
+  assign \$2286  = \$2274  | \$2285 ;
+  assign \$2287  = ~ R6[4];
+  assign \$2288  = ~ R6[5];
+  assign \$2289  = \$2287  & \$2288 ;
+  assign \$2290  = ~ R6[6];
+  assign \$2291  = ~ R6[7];
+  assign \$2292  = \$2290  & \$2291 ;
+  assign \$2293  = \$2289  & \$2292 ;
+  assign \$2294  = \$2293  & R6[3];
+  assign \$2295  = ~ R6[5];
+  assign \$2296  = ~ R6[6];
+  assign \$2297  = \$2295  & \$2296 ;
+  assign \$2298  = ~ R6[7];
+  assign \$2299  = \$2298  & R6[4];
+  assign \$2300  = \$2297  & \$2299 ;
+  assign \$2301  = \$2294  | \$2300 ;
+  assign \$2302  = \$2286  | \$2301 ;
+  assign \$2303  = ~ R6[6];
+  assign \$2304  = ~ R6[7];
+  assign \$2305  = \$2303  & \$2304 ;
+  assign \$2306  = \$2305  & R6[5];
+  assign \$2307  = ~ R6[7];
+  assign \$2308  = \$2307  & R6[6];
+  assign \$2309  = \$2306  | \$2308 ;
+  assign \$2310  = \$2309  | R6[7];
+  assign \$2311  = \$2302  | \$2310 ;
+  assign gt4_6 = \$2261  & \$2311 ;
+  assign \$2312  = ~ R7[8];
+  assign \$2313  = ~ R7[1];
+  assign \$2314  = \$2313  & R7[2];
+  assign \$2315  = ~ R7[3];
+  assign \$2316  = ~ R7[4];
+  assign \$2317  = \$2315  & \$2316 ;
+  assign \$2318  = \$2314  & \$2317 ;
+  assign \$2319  = ~ R7[5];
+  assign \$2320  = ~ R7[6];
+  assign \$2321  = \$2319  & \$2320 ;
+  assign \$2322  = ~ R7[7];
+  assign \$2323  = \$2322  & R7[0];
+  assign \$2324  = \$2321  & \$2323 ;
+  assign \$2325  = \$2318  & \$2324 ;
+  assign \$2326  = ~ R7[3];
+  assign \$2327  = R7[2] & \$2326 ;
+  assign \$2328  = ~ R7[4];
+  assign \$2329  = ~ R7[5];
+  assign \$2330  = \$2328  & \$2329 ;
+  assign \$2331  = \$2327  & \$2330 ;
+  assign \$2332  = ~ R7[6];
+  assign \$2333  = ~ R7[7];
+  assign \$2334  = \$2332  & \$2333 ;
+  assign \$2335  = \$2334  & R7[1];
+  assign \$2336  = \$2331  & \$2335 ;
+  assign \$2337  = \$2325  | \$2336 ;
+  assign \$2338  = ~ R7[4];
+  assign \$2339  = ~ R7[5];
+  assign \$2340  = \$2338  & \$2339 ;
+  assign \$2341  = ~ R7[6];
+  assign \$2342  = ~ R7[7];
+  assign \$2343  = \$2341  & \$2342 ;
+  assign \$2344  = \$2340  & \$2343 ;
+  assign \$2345  = \$2344  & R7[3];
+  assign \$2346  = ~ R7[5];
+  assign \$2347  = ~ R7[6];
+  assign \$2348  = \$2346  & \$2347 ;
+  assign \$2349  = ~ R7[7];
+  assign \$2350  = \$2349  & R7[4];
+  assign \$2351  = \$2348  & \$2350 ;
+  assign \$2352  = \$2345  | \$2351 ;
+  assign \$2353  = \$2337  | \$2352 ;
+  assign \$2354  = ~ R7[6];
+  assign \$2355  = ~ R7[7];
+  assign \$2356  = \$2354  & \$2355 ;
+  assign \$2357  = \$2356  & R7[5];
+  assign \$2358  = ~ R7[7];
+  assign \$2359  = \$2358  & R7[6];
+  assign \$2360  = \$2357  | \$2359 ;
+  assign \$2361  = \$2360  | R7[7];
+  assign \$2362  = \$2353  | \$2361 ;
+  assign gt4_7 = \$2312  & \$2362 ;
+  assign \$2363  = ~ gt4_0;
+  assign \$2364  = gt4_1 & \$2363 ;
+  assign \$2365  = \$2364  ? 1'h1 : 1'h0;
+  assign \$2366  = ~ gt4_1;
+  assign \$2367  = gt4_2 & \$2366 ;
+  assign \$2368  = \$2367  ? 2'h2 : 2'h0;
+  assign \$2369  = { 1'h0, \$2365  } | \$2368 ;
+  assign \$2370  = ~ gt4_2;
+  assign \$2371  = gt4_3 & \$2370 ;
+  assign \$2372  = \$2371  ? 2'h3 : 2'h0;
+  assign \$2373  = ~ gt4_3;
+  assign \$2374  = gt4_4 & \$2373 ;
+  assign \$2375  = \$2374  ? 3'h4 : 3'h0;
+  assign \$2376  = { 1'h0, \$2372  } | \$2375 ;
+  assign \$2377  = { 1'h0, \$2369  } | \$2376 ;
+  assign \$2378  = ~ gt4_4;
+  assign \$2379  = gt4_5 & \$2378 ;
+  assign \$2380  = \$2379  ? 3'h5 : 3'h0;
+  assign \$2381  = ~ gt4_5;
+  assign \$2382  = gt4_6 & \$2381 ;
+  assign \$2383  = \$2382  ? 3'h6 : 3'h0;
+  assign \$2384  = \$2380  | \$2383 ;
+  assign \$2385  = ~ gt4_6;
+  assign \$2386  = gt4_7 & \$2385 ;
+  assign \$2387  = \$2386  ? 3'h7 : 3'h0;
+  assign \$2388  = \$2384  | \$2387 ;
+  assign gsel4 = \$2377  | \$2388 ;
+  assign \$2389  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2390  = ~ gt4_0;
+  assign \$2391  = gt4_1 & \$2390 ;
+  assign \$2392  = \$2391  ? mbeat0[31:16] : 16'h0000;
+  assign \$2393  = \$2389  | \$2392 ;
+  assign \$2394  = ~ gt4_1;
+  assign \$2395  = gt4_2 & \$2394 ;
+  assign \$2396  = \$2395  ? mbeat0[47:32] : 16'h0000;
+  assign \$2397  = ~ gt4_2;
+  assign \$2398  = gt4_3 & \$2397 ;
+  assign \$2399  = \$2398  ? mbeat0[63:48] : 16'h0000;
+  assign \$2400  = \$2396  | \$2399 ;
+  assign \$2401  = \$2393  | \$2400 ;
+  assign \$2402  = ~ gt4_3;
+  assign \$2403  = gt4_4 & \$2402 ;
+  assign \$2404  = \$2403  ? mbeat1[15:0] : 16'h0000;
+  assign \$2405  = ~ gt4_4;
+  assign \$2406  = gt4_5 & \$2405 ;
+  assign \$2407  = \$2406  ? mbeat1[31:16] : 16'h0000;
+  assign \$2408  = \$2404  | \$2407 ;
+  assign \$2409  = ~ gt4_5;
+  assign \$2410  = gt4_6 & \$2409 ;
+  assign \$2411  = \$2410  ? mbeat1[47:32] : 16'h0000;
+  assign \$2412  = ~ gt4_6;
+  assign \$2413  = gt4_7 & \$2412 ;
+  assign \$2414  = \$2413  ? mbeat1[63:48] : 16'h0000;
+  assign \$2415  = \$2411  | \$2414 ;
+  assign \$2416  = \$2408  | \$2415 ;
+  assign grp4 = \$2401  | \$2416 ;
+  assign \$2417  = gt4_0 ? Rm1[3:0] : 4'h0;
+  assign \$2418  = ~ gt4_0;
+  assign \$2419  = gt4_1 & \$2418 ;
+  assign \$2420  = \$2419  ? R0[3:0] : 4'h0;
+  assign \$2421  = \$2417  | \$2420 ;
+  assign \$2422  = ~ gt4_1;
+  assign \$2423  = gt4_2 & \$2422 ;
+  assign \$2424  = \$2423  ? R1[3:0] : 4'h0;
+  assign \$2425  = ~ gt4_2;
+  assign \$2426  = gt4_3 & \$2425 ;
+  assign \$2427  = \$2426  ? R2[3:0] : 4'h0;
+  assign \$2428  = \$2424  | \$2427 ;
+  assign \$2429  = \$2421  | \$2428 ;
+  assign \$2430  = ~ gt4_3;
+  assign \$2431  = gt4_4 & \$2430 ;
+  assign \$2432  = \$2431  ? R3[3:0] : 4'h0;
+  assign \$2433  = ~ gt4_4;
+  assign \$2434  = gt4_5 & \$2433 ;
+  assign \$2435  = \$2434  ? R4[3:0] : 4'h0;
+  assign \$2436  = \$2432  | \$2435 ;
+  assign \$2437  = ~ gt4_5;
+  assign \$2438  = gt4_6 & \$2437 ;
+  assign \$2439  = \$2438  ? R5[3:0] : 4'h0;
+  assign \$2440  = ~ gt4_6;
+  assign \$2441  = gt4_7 & \$2440 ;
+  assign \$2442  = \$2441  ? R6[3:0] : 4'h0;
+  assign \$2443  = \$2439  | \$2442 ;
+  assign \$2444  = \$2436  | \$2443 ;
+  assign dlow4 = \$2429  | \$2444 ;
+  assign \$2445  = ~ R0[8];
+  assign \$2446  = ~ R0[3];
+  assign \$2447  = R0[2] & \$2446 ;
+  assign \$2448  = ~ R0[4];
+  assign \$2449  = ~ R0[5];
+  assign \$2450  = \$2448  & \$2449 ;
+  assign \$2451  = \$2447  & \$2450 ;
+  assign \$2452  = ~ R0[6];
+  assign \$2453  = ~ R0[7];
+  assign \$2454  = \$2452  & \$2453 ;
+  assign \$2455  = \$2454  & R0[1];
+  assign \$2456  = \$2451  & \$2455 ;
+  assign \$2457  = ~ R0[4];
+  assign \$2458  = ~ R0[5];
+  assign \$2459  = \$2457  & \$2458 ;
+  assign \$2460  = ~ R0[6];
+  assign \$2461  = ~ R0[7];
+  assign \$2462  = \$2460  & \$2461 ;
+  assign \$2463  = \$2459  & \$2462 ;
+  assign \$2464  = \$2463  & R0[3];
+  assign \$2465  = \$2456  | \$2464 ;
+  assign \$2466  = ~ R0[5];
+  assign \$2467  = ~ R0[6];
+  assign \$2468  = \$2466  & \$2467 ;
+  assign \$2469  = ~ R0[7];
+  assign \$2470  = \$2469  & R0[4];
+  assign \$2471  = \$2468  & \$2470 ;
+  assign \$2472  = ~ R0[6];
+  assign \$2473  = ~ R0[7];
+  assign \$2474  = \$2472  & \$2473 ;
+  assign \$2475  = \$2474  & R0[5];
+  assign \$2476  = \$2471  | \$2475 ;
+  assign \$2477  = \$2465  | \$2476 ;
+  assign \$2478  = ~ R0[7];
+  assign \$2479  = \$2478  & R0[6];
+  assign \$2480  = \$2479  | R0[7];
+  assign \$2481  = \$2477  | \$2480 ;
+  assign gt5_0 = \$2445  & \$2481 ;
+  assign \$2482  = ~ R1[8];
+  assign \$2483  = ~ R1[3];
+  assign \$2484  = R1[2] & \$2483 ;
+  assign \$2485  = ~ R1[4];
+  assign \$2486  = ~ R1[5];
+  assign \$2487  = \$2485  & \$2486 ;
+  assign \$2488  = \$2484  & \$2487 ;
+  assign \$2489  = ~ R1[6];
+  assign \$2490  = ~ R1[7];
+  assign \$2491  = \$2489  & \$2490 ;
+  assign \$2492  = \$2491  & R1[1];
+  assign \$2493  = \$2488  & \$2492 ;
+  assign \$2494  = ~ R1[4];
+  assign \$2495  = ~ R1[5];
+  assign \$2496  = \$2494  & \$2495 ;
+  assign \$2497  = ~ R1[6];
+  assign \$2498  = ~ R1[7];
+  assign \$2499  = \$2497  & \$2498 ;
+  assign \$2500  = \$2496  & \$2499 ;
+  assign \$2501  = \$2500  & R1[3];
+  assign \$2502  = \$2493  | \$2501 ;
+  assign \$2503  = ~ R1[5];
+  assign \$2504  = ~ R1[6];
+  assign \$2505  = \$2503  & \$2504 ;
+  assign \$2506  = ~ R1[7];
+  assign \$2507  = \$2506  & R1[4];
+  assign \$2508  = \$2505  & \$2507 ;
+  assign \$2509  = ~ R1[6];
+  assign \$2510  = ~ R1[7];
+  assign \$2511  = \$2509  & \$2510 ;
+  assign \$2512  = \$2511  & R1[5];
+  assign \$2513  = \$2508  | \$2512 ;
+  assign \$2514  = \$2502  | \$2513 ;
+  assign \$2515  = ~ R1[7];
+  assign \$2516  = \$2515  & R1[6];
+  assign \$2517  = \$2516  | R1[7];
+  assign \$2518  = \$2514  | \$2517 ;
+  assign gt5_1 = \$2482  & \$2518 ;
+  assign \$2519  = ~ R2[8];
+  assign \$2520  = ~ R2[3];
+  assign \$2521  = R2[2] & \$2520 ;
+  assign \$2522  = ~ R2[4];
+  assign \$2523  = ~ R2[5];
+  assign \$2524  = \$2522  & \$2523 ;
+  assign \$2525  = \$2521  & \$2524 ;
+  assign \$2526  = ~ R2[6];
+  assign \$2527  = ~ R2[7];
+  assign \$2528  = \$2526  & \$2527 ;
+  assign \$2529  = \$2528  & R2[1];
+  assign \$2530  = \$2525  & \$2529 ;
+  assign \$2531  = ~ R2[4];
+  assign \$2532  = ~ R2[5];
+  assign \$2533  = \$2531  & \$2532 ;
+  assign \$2534  = ~ R2[6];
+  assign \$2535  = ~ R2[7];
+  assign \$2536  = \$2534  & \$2535 ;
+  assign \$2537  = \$2533  & \$2536 ;
+  assign \$2538  = \$2537  & R2[3];
+  assign \$2539  = \$2530  | \$2538 ;
+  assign \$2540  = ~ R2[5];
+  assign \$2541  = ~ R2[6];
+  assign \$2542  = \$2540  & \$2541 ;
+  assign \$2543  = ~ R2[7];
+  assign \$2544  = \$2543  & R2[4];
+  assign \$2545  = \$2542  & \$2544 ;
+  assign \$2546  = ~ R2[6];
+  assign \$2547  = ~ R2[7];
+  assign \$2548  = \$2546  & \$2547 ;
+  assign \$2549  = \$2548  & R2[5];
+  assign \$2550  = \$2545  | \$2549 ;
+  assign \$2551  = \$2539  | \$2550 ;
+  assign \$2552  = ~ R2[7];
+  assign \$2553  = \$2552  & R2[6];
+  assign \$2554  = \$2553  | R2[7];
+  assign \$2555  = \$2551  | \$2554 ;
+  assign gt5_2 = \$2519  & \$2555 ;
+  assign \$2556  = ~ R3[8];
+  assign \$2557  = ~ R3[3];
+  assign \$2558  = R3[2] & \$2557 ;
+  assign \$2559  = ~ R3[4];
+  assign \$2560  = ~ R3[5];
+  assign \$2561  = \$2559  & \$2560 ;
+  assign \$2562  = \$2558  & \$2561 ;
+  assign \$2563  = ~ R3[6];
+  assign \$2564  = ~ R3[7];
+  assign \$2565  = \$2563  & \$2564 ;
+  assign \$2566  = \$2565  & R3[1];
+  assign \$2567  = \$2562  & \$2566 ;
+  assign \$2568  = ~ R3[4];
+  assign \$2569  = ~ R3[5];
+  assign \$2570  = \$2568  & \$2569 ;
+  assign \$2571  = ~ R3[6];
+  assign \$2572  = ~ R3[7];
+  assign \$2573  = \$2571  & \$2572 ;
+  assign \$2574  = \$2570  & \$2573 ;
+  assign \$2575  = \$2574  & R3[3];
+  assign \$2576  = \$2567  | \$2575 ;
+  assign \$2577  = ~ R3[5];
+  assign \$2578  = ~ R3[6];
+  assign \$2579  = \$2577  & \$2578 ;
+  assign \$2580  = ~ R3[7];
+  assign \$2581  = \$2580  & R3[4];
+  assign \$2582  = \$2579  & \$2581 ;
+  assign \$2583  = ~ R3[6];
+  assign \$2584  = ~ R3[7];
+  assign \$2585  = \$2583  & \$2584 ;
+  assign \$2586  = \$2585  & R3[5];
+  assign \$2587  = \$2582  | \$2586 ;
+  assign \$2588  = \$2576  | \$2587 ;
+  assign \$2589  = ~ R3[7];
+  assign \$2590  = \$2589  & R3[6];
+  assign \$2591  = \$2590  | R3[7];
+  assign \$2592  = \$2588  | \$2591 ;
+  assign gt5_3 = \$2556  & \$2592 ;
+  assign \$2593  = ~ R4[8];
+  assign \$2594  = ~ R4[3];
+  assign \$2595  = R4[2] & \$2594 ;
+  assign \$2596  = ~ R4[4];
+  assign \$2597  = ~ R4[5];
+  assign \$2598  = \$2596  & \$2597 ;
+  assign \$2599  = \$2595  & \$2598 ;
+  assign \$2600  = ~ R4[6];
+  assign \$2601  = ~ R4[7];
+  assign \$2602  = \$2600  & \$2601 ;
+  assign \$2603  = \$2602  & R4[1];
+  assign \$2604  = \$2599  & \$2603 ;
+  assign \$2605  = ~ R4[4];
+  assign \$2606  = ~ R4[5];
+  assign \$2607  = \$2605  & \$2606 ;
+  assign \$2608  = ~ R4[6];
+  assign \$2609  = ~ R4[7];
+  assign \$2610  = \$2608  & \$2609 ;
+  assign \$2611  = \$2607  & \$2610 ;
+  assign \$2612  = \$2611  & R4[3];
+  assign \$2613  = \$2604  | \$2612 ;
+  assign \$2614  = ~ R4[5];
+  assign \$2615  = ~ R4[6];
+  assign \$2616  = \$2614  & \$2615 ;
+  assign \$2617  = ~ R4[7];
+  assign \$2618  = \$2617  & R4[4];
+  assign \$2619  = \$2616  & \$2618 ;
+  assign \$2620  = ~ R4[6];
+  assign \$2621  = ~ R4[7];
+  assign \$2622  = \$2620  & \$2621 ;
+  assign \$2623  = \$2622  & R4[5];
+  assign \$2624  = \$2619  | \$2623 ;
+  assign \$2625  = \$2613  | \$2624 ;
+  assign \$2626  = ~ R4[7];
+  assign \$2627  = \$2626  & R4[6];
+  assign \$2628  = \$2627  | R4[7];
+  assign \$2629  = \$2625  | \$2628 ;
+  assign gt5_4 = \$2593  & \$2629 ;
+  assign \$2630  = ~ R5[8];
+  assign \$2631  = ~ R5[3];
+  assign \$2632  = R5[2] & \$2631 ;
+  assign \$2633  = ~ R5[4];
+  assign \$2634  = ~ R5[5];
+  assign \$2635  = \$2633  & \$2634 ;
+  assign \$2636  = \$2632  & \$2635 ;
+  assign \$2637  = ~ R5[6];
+  assign \$2638  = ~ R5[7];
+  assign \$2639  = \$2637  & \$2638 ;
+  assign \$2640  = \$2639  & R5[1];
+  assign \$2641  = \$2636  & \$2640 ;
+  assign \$2642  = ~ R5[4];
+  assign \$2643  = ~ R5[5];
+  assign \$2644  = \$2642  & \$2643 ;
+  assign \$2645  = ~ R5[6];
+  assign \$2646  = ~ R5[7];
+  assign \$2647  = \$2645  & \$2646 ;
+  assign \$2648  = \$2644  & \$2647 ;
+  assign \$2649  = \$2648  & R5[3];
+  assign \$2650  = \$2641  | \$2649 ;
+  assign \$2651  = ~ R5[5];
+  assign \$2652  = ~ R5[6];
+  assign \$2653  = \$2651  & \$2652 ;
+  assign \$2654  = ~ R5[7];
+  assign \$2655  = \$2654  & R5[4];
+  assign \$2656  = \$2653  & \$2655 ;
+  assign \$2657  = ~ R5[6];
+  assign \$2658  = ~ R5[7];
+  assign \$2659  = \$2657  & \$2658 ;
+  assign \$2660  = \$2659  & R5[5];
+  assign \$2661  = \$2656  | \$2660 ;
+  assign \$2662  = \$2650  | \$2661 ;
+  assign \$2663  = ~ R5[7];
+  assign \$2664  = \$2663  & R5[6];
+  assign \$2665  = \$2664  | R5[7];
+  assign \$2666  = \$2662  | \$2665 ;
+  assign gt5_5 = \$2630  & \$2666 ;
+  assign \$2667  = ~ R6[8];
+  assign \$2668  = ~ R6[3];
+  assign \$2669  = R6[2] & \$2668 ;
+  assign \$2670  = ~ R6[4];
+  assign \$2671  = ~ R6[5];
+  assign \$2672  = \$2670  & \$2671 ;
+  assign \$2673  = \$2669  & \$2672 ;
+  assign \$2674  = ~ R6[6];
+  assign \$2675  = ~ R6[7];
+  assign \$2676  = \$2674  & \$2675 ;
+  assign \$2677  = \$2676  & R6[1];
+  assign \$2678  = \$2673  & \$2677 ;
+  assign \$2679  = ~ R6[4];
+  assign \$2680  = ~ R6[5];
+  assign \$2681  = \$2679  & \$2680 ;
+  assign \$2682  = ~ R6[6];
+  assign \$2683  = ~ R6[7];
+  assign \$2684  = \$2682  & \$2683 ;
+  assign \$2685  = \$2681  & \$2684 ;
+  assign \$2686  = \$2685  & R6[3];
+  assign \$2687  = \$2678  | \$2686 ;
+  assign \$2688  = ~ R6[5];
+  assign \$2689  = ~ R6[6];
+  assign \$2690  = \$2688  & \$2689 ;
+  assign \$2691  = ~ R6[7];
+  assign \$2692  = \$2691  & R6[4];
+  assign \$2693  = \$2690  & \$2692 ;
+  assign \$2694  = ~ R6[6];
+  assign \$2695  = ~ R6[7];
+  assign \$2696  = \$2694  & \$2695 ;
+  assign \$2697  = \$2696  & R6[5];
+  assign \$2698  = \$2693  | \$2697 ;
+  assign \$2699  = \$2687  | \$2698 ;
+  assign \$2700  = ~ R6[7];
+  assign \$2701  = \$2700  & R6[6];
+  assign \$2702  = \$2701  | R6[7];
+  assign \$2703  = \$2699  | \$2702 ;
+  assign gt5_6 = \$2667  & \$2703 ;
+  assign \$2704  = ~ R7[8];
+  assign \$2705  = ~ R7[3];
+  assign \$2706  = R7[2] & \$2705 ;
+  assign \$2707  = ~ R7[4];
+  assign \$2708  = ~ R7[5];
+  assign \$2709  = \$2707  & \$2708 ;
+  assign \$2710  = \$2706  & \$2709 ;
+  assign \$2711  = ~ R7[6];
+  assign \$2712  = ~ R7[7];
+  assign \$2713  = \$2711  & \$2712 ;
+  assign \$2714  = \$2713  & R7[1];
+  assign \$2715  = \$2710  & \$2714 ;
+  assign \$2716  = ~ R7[4];
+  assign \$2717  = ~ R7[5];
+  assign \$2718  = \$2716  & \$2717 ;
+  assign \$2719  = ~ R7[6];
+  assign \$2720  = ~ R7[7];
+  assign \$2721  = \$2719  & \$2720 ;
+  assign \$2722  = \$2718  & \$2721 ;
+  assign \$2723  = \$2722  & R7[3];
+  assign \$2724  = \$2715  | \$2723 ;
+  assign \$2725  = ~ R7[5];
+  assign \$2726  = ~ R7[6];
+  assign \$2727  = \$2725  & \$2726 ;
+  assign \$2728  = ~ R7[7];
+  assign \$2729  = \$2728  & R7[4];
+  assign \$2730  = \$2727  & \$2729 ;
+  assign \$2731  = ~ R7[6];
+  assign \$2732  = ~ R7[7];
+  assign \$2733  = \$2731  & \$2732 ;
+  assign \$2734  = \$2733  & R7[5];
+  assign \$2735  = \$2730  | \$2734 ;
+  assign \$2736  = \$2724  | \$2735 ;
+  assign \$2737  = ~ R7[7];
+  assign \$2738  = \$2737  & R7[6];
+  assign \$2739  = \$2738  | R7[7];
+  assign \$2740  = \$2736  | \$2739 ;
+  assign gt5_7 = \$2704  & \$2740 ;
+  assign \$2741  = ~ gt5_0;
+  assign \$2742  = gt5_1 & \$2741 ;
+  assign \$2743  = \$2742  ? 1'h1 : 1'h0;
+  assign \$2744  = ~ gt5_1;
+  assign \$2745  = gt5_2 & \$2744 ;
+  assign \$2746  = \$2745  ? 2'h2 : 2'h0;
+  assign \$2747  = { 1'h0, \$2743  } | \$2746 ;
+  assign \$2748  = ~ gt5_2;
+  assign \$2749  = gt5_3 & \$2748 ;
+  assign \$2750  = \$2749  ? 2'h3 : 2'h0;
+  assign \$2751  = ~ gt5_3;
+  assign \$2752  = gt5_4 & \$2751 ;
+  assign \$2753  = \$2752  ? 3'h4 : 3'h0;
+  assign \$2754  = { 1'h0, \$2750  } | \$2753 ;
+  assign \$2755  = { 1'h0, \$2747  } | \$2754 ;
+  assign \$2756  = ~ gt5_4;
+  assign \$2757  = gt5_5 & \$2756 ;
+  assign \$2758  = \$2757  ? 3'h5 : 3'h0;
+  assign \$2759  = ~ gt5_5;
+  assign \$2760  = gt5_6 & \$2759 ;
+  assign \$2761  = \$2760  ? 3'h6 : 3'h0;
+  assign \$2762  = \$2758  | \$2761 ;
+  assign \$2763  = ~ gt5_6;
+  assign \$2764  = gt5_7 & \$2763 ;
+  assign \$2765  = \$2764  ? 3'h7 : 3'h0;
+  assign \$2766  = \$2762  | \$2765 ;
+  assign gsel5 = \$2755  | \$2766 ;
+  assign \$2767  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2768  = ~ gt5_0;
+  assign \$2769  = gt5_1 & \$2768 ;
+  assign \$2770  = \$2769  ? mbeat0[31:16] : 16'h0000;
+  assign \$2771  = \$2767  | \$2770 ;
+  assign \$2772  = ~ gt5_1;
+  assign \$2773  = gt5_2 & \$2772 ;
+  assign \$2774  = \$2773  ? mbeat0[47:32] : 16'h0000;
+  assign \$2775  = ~ gt5_2;
+  assign \$2776  = gt5_3 & \$2775 ;
+  assign \$2777  = \$2776  ? mbeat0[63:48] : 16'h0000;
+  assign \$2778  = \$2774  | \$2777 ;
+  assign \$2779  = \$2771  | \$2778 ;
+  assign \$2780  = ~ gt5_3;
+  assign \$2781  = gt5_4 & \$2780 ;
+  assign \$2782  = \$2781  ? mbeat1[15:0] : 16'h0000;
+  assign \$2783  = ~ gt5_4;
+  assign \$2784  = gt5_5 & \$2783 ;
+  assign \$2785  = \$2784  ? mbeat1[31:16] : 16'h0000;
+  assign \$2786  = \$2782  | \$2785 ;
+  assign \$2787  = ~ gt5_5;
+  assign \$2788  = gt5_6 & \$2787 ;
+  assign \$2789  = \$2788  ? mbeat1[47:32] : 16'h0000;
+  assign \$2790  = ~ gt5_6;
+  assign \$2791  = gt5_7 & \$2790 ;
+  assign \$2792  = \$2791  ? mbeat1[63:48] : 16'h0000;
+  assign \$2793  = \$2789  | \$2792 ;
+  assign \$2794  = \$2786  | \$2793 ;
+  assign grp5 = \$2779  | \$2794 ;
+  assign \$2795  = gt5_0 ? Rm1[3:0] : 4'h0;
+  assign \$2796  = ~ gt5_0;
+  assign \$2797  = gt5_1 & \$2796 ;
+  assign \$2798  = \$2797  ? R0[3:0] : 4'h0;
+  assign \$2799  = \$2795  | \$2798 ;
+  assign \$2800  = ~ gt5_1;
+  assign \$2801  = gt5_2 & \$2800 ;
+  assign \$2802  = \$2801  ? R1[3:0] : 4'h0;
+  assign \$2803  = ~ gt5_2;
+  assign \$2804  = gt5_3 & \$2803 ;
+  assign \$2805  = \$2804  ? R2[3:0] : 4'h0;
+  assign \$2806  = \$2802  | \$2805 ;
+  assign \$2807  = \$2799  | \$2806 ;
+  assign \$2808  = ~ gt5_3;
+  assign \$2809  = gt5_4 & \$2808 ;
+  assign \$2810  = \$2809  ? R3[3:0] : 4'h0;
+  assign \$2811  = ~ gt5_4;
+  assign \$2812  = gt5_5 & \$2811 ;
+  assign \$2813  = \$2812  ? R4[3:0] : 4'h0;
+  assign \$2814  = \$2810  | \$2813 ;
+  assign \$2815  = ~ gt5_5;
+  assign \$2816  = gt5_6 & \$2815 ;
+  assign \$2817  = \$2816  ? R5[3:0] : 4'h0;
+  assign \$2818  = ~ gt5_6;
+  assign \$2819  = gt5_7 & \$2818 ;
+  assign \$2820  = \$2819  ? R6[3:0] : 4'h0;
+  assign \$2821  = \$2817  | \$2820 ;
+  assign \$2822  = \$2814  | \$2821 ;
+  assign dlow5 = \$2807  | \$2822 ;
+  assign \$2823  = ~ R0[8];
+  assign \$2824  = R0[1] & R0[2];
+  assign \$2825  = ~ R0[3];
+  assign \$2826  = ~ R0[4];
+  assign \$2827  = \$2825  & \$2826 ;
+  assign \$2828  = \$2824  & \$2827 ;
+  assign \$2829  = ~ R0[5];
+  assign \$2830  = ~ R0[6];
+  assign \$2831  = \$2829  & \$2830 ;
+  assign \$2832  = ~ R0[7];
+  assign \$2833  = \$2832  & R0[0];
+  assign \$2834  = \$2831  & \$2833 ;
+  assign \$2835  = \$2828  & \$2834 ;
+  assign \$2836  = ~ R0[4];
+  assign \$2837  = ~ R0[5];
+  assign \$2838  = \$2836  & \$2837 ;
+  assign \$2839  = ~ R0[6];
+  assign \$2840  = ~ R0[7];
+  assign \$2841  = \$2839  & \$2840 ;
+  assign \$2842  = \$2838  & \$2841 ;
+  assign \$2843  = \$2842  & R0[3];
+  assign \$2844  = \$2835  | \$2843 ;
+  assign \$2845  = ~ R0[5];
+  assign \$2846  = ~ R0[6];
+  assign \$2847  = \$2845  & \$2846 ;
+  assign \$2848  = ~ R0[7];
+  assign \$2849  = \$2848  & R0[4];
+  assign \$2850  = \$2847  & \$2849 ;
+  assign \$2851  = ~ R0[6];
+  assign \$2852  = ~ R0[7];
+  assign \$2853  = \$2851  & \$2852 ;
+  assign \$2854  = \$2853  & R0[5];
+  assign \$2855  = \$2850  | \$2854 ;
+  assign \$2856  = \$2844  | \$2855 ;
+  assign \$2857  = ~ R0[7];
+  assign \$2858  = \$2857  & R0[6];
+  assign \$2859  = \$2858  | R0[7];
+  assign \$2860  = \$2856  | \$2859 ;
+  assign gt6_0 = \$2823  & \$2860 ;
+  assign \$2861  = ~ R1[8];
+  assign \$2862  = R1[1] & R1[2];
+  assign \$2863  = ~ R1[3];
+  assign \$2864  = ~ R1[4];
+  assign \$2865  = \$2863  & \$2864 ;
+  assign \$2866  = \$2862  & \$2865 ;
+  assign \$2867  = ~ R1[5];
+  assign \$2868  = ~ R1[6];
+  assign \$2869  = \$2867  & \$2868 ;
+  assign \$2870  = ~ R1[7];
+  assign \$2871  = \$2870  & R1[0];
+  assign \$2872  = \$2869  & \$2871 ;
+  assign \$2873  = \$2866  & \$2872 ;
+  assign \$2874  = ~ R1[4];
+  assign \$2875  = ~ R1[5];
+  assign \$2876  = \$2874  & \$2875 ;
+  assign \$2877  = ~ R1[6];
+  assign \$2878  = ~ R1[7];
+  assign \$2879  = \$2877  & \$2878 ;
+  assign \$2880  = \$2876  & \$2879 ;
+  assign \$2881  = \$2880  & R1[3];
+  assign \$2882  = \$2873  | \$2881 ;
+  assign \$2883  = ~ R1[5];
+  assign \$2884  = ~ R1[6];
+  assign \$2885  = \$2883  & \$2884 ;
+  assign \$2886  = ~ R1[7];
+  assign \$2887  = \$2886  & R1[4];
+  assign \$2888  = \$2885  & \$2887 ;
+  assign \$2889  = ~ R1[6];
+  assign \$2890  = ~ R1[7];
+  assign \$2891  = \$2889  & \$2890 ;
+  assign \$2892  = \$2891  & R1[5];
+  assign \$2893  = \$2888  | \$2892 ;
+  assign \$2894  = \$2882  | \$2893 ;
+  assign \$2895  = ~ R1[7];
+  assign \$2896  = \$2895  & R1[6];
+  assign \$2897  = \$2896  | R1[7];
+  assign \$2898  = \$2894  | \$2897 ;
+  assign gt6_1 = \$2861  & \$2898 ;
+  assign \$2899  = ~ R2[8];
+  assign \$2900  = R2[1] & R2[2];
+  assign \$2901  = ~ R2[3];
+  assign \$2902  = ~ R2[4];
+  assign \$2903  = \$2901  & \$2902 ;
+  assign \$2904  = \$2900  & \$2903 ;
+  assign \$2905  = ~ R2[5];
+  assign \$2906  = ~ R2[6];
+  assign \$2907  = \$2905  & \$2906 ;
+  assign \$2908  = ~ R2[7];
+  assign \$2909  = \$2908  & R2[0];
+  assign \$2910  = \$2907  & \$2909 ;
+  assign \$2911  = \$2904  & \$2910 ;
+  assign \$2912  = ~ R2[4];
+  assign \$2913  = ~ R2[5];
+  assign \$2914  = \$2912  & \$2913 ;
+  assign \$2915  = ~ R2[6];
+  assign \$2916  = ~ R2[7];
+  assign \$2917  = \$2915  & \$2916 ;
+  assign \$2918  = \$2914  & \$2917 ;
+  assign \$2919  = \$2918  & R2[3];
+  assign \$2920  = \$2911  | \$2919 ;
+  assign \$2921  = ~ R2[5];
+  assign \$2922  = ~ R2[6];
+  assign \$2923  = \$2921  & \$2922 ;
+  assign \$2924  = ~ R2[7];
+  assign \$2925  = \$2924  & R2[4];
+  assign \$2926  = \$2923  & \$2925 ;
+  assign \$2927  = ~ R2[6];
+  assign \$2928  = ~ R2[7];
+  assign \$2929  = \$2927  & \$2928 ;
+  assign \$2930  = \$2929  & R2[5];
+  assign \$2931  = \$2926  | \$2930 ;
+  assign \$2932  = \$2920  | \$2931 ;
+  assign \$2933  = ~ R2[7];
+  assign \$2934  = \$2933  & R2[6];
+  assign \$2935  = \$2934  | R2[7];
+  assign \$2936  = \$2932  | \$2935 ;
+  assign gt6_2 = \$2899  & \$2936 ;
+  assign \$2937  = ~ R3[8];
+  assign \$2938  = R3[1] & R3[2];
+  assign \$2939  = ~ R3[3];
+  assign \$2940  = ~ R3[4];
+  assign \$2941  = \$2939  & \$2940 ;
+  assign \$2942  = \$2938  & \$2941 ;
+  assign \$2943  = ~ R3[5];
+  assign \$2944  = ~ R3[6];
+  assign \$2945  = \$2943  & \$2944 ;
+  assign \$2946  = ~ R3[7];
+  assign \$2947  = \$2946  & R3[0];
+  assign \$2948  = \$2945  & \$2947 ;
+  assign \$2949  = \$2942  & \$2948 ;
+  assign \$2950  = ~ R3[4];
+  assign \$2951  = ~ R3[5];
+  assign \$2952  = \$2950  & \$2951 ;
+  assign \$2953  = ~ R3[6];
+  assign \$2954  = ~ R3[7];
+  assign \$2955  = \$2953  & \$2954 ;
+  assign \$2956  = \$2952  & \$2955 ;
+  assign \$2957  = \$2956  & R3[3];
+  assign \$2958  = \$2949  | \$2957 ;
+  assign \$2959  = ~ R3[5];
+  assign \$2960  = ~ R3[6];
+  assign \$2961  = \$2959  & \$2960 ;
+  assign \$2962  = ~ R3[7];
+  assign \$2963  = \$2962  & R3[4];
+  assign \$2964  = \$2961  & \$2963 ;
+  assign \$2965  = ~ R3[6];
+  assign \$2966  = ~ R3[7];
+  assign \$2967  = \$2965  & \$2966 ;
+  assign \$2968  = \$2967  & R3[5];
+  assign \$2969  = \$2964  | \$2968 ;
+  assign \$2970  = \$2958  | \$2969 ;
+  assign \$2971  = ~ R3[7];
+  assign \$2972  = \$2971  & R3[6];
+  assign \$2973  = \$2972  | R3[7];
+  assign \$2974  = \$2970  | \$2973 ;
+  assign gt6_3 = \$2937  & \$2974 ;
+  assign \$2975  = ~ R4[8];
+  assign \$2976  = R4[1] & R4[2];
+  assign \$2977  = ~ R4[3];
+  assign \$2978  = ~ R4[4];
+  assign \$2979  = \$2977  & \$2978 ;
+  assign \$2980  = \$2976  & \$2979 ;
+  assign \$2981  = ~ R4[5];
+  assign \$2982  = ~ R4[6];
+  assign \$2983  = \$2981  & \$2982 ;
+  assign \$2984  = ~ R4[7];
+  assign \$2985  = \$2984  & R4[0];
+  assign \$2986  = \$2983  & \$2985 ;
+  assign \$2987  = \$2980  & \$2986 ;
+  assign \$2988  = ~ R4[4];
+  assign \$2989  = ~ R4[5];
+  assign \$2990  = \$2988  & \$2989 ;
+  assign \$2991  = ~ R4[6];
+  assign \$2992  = ~ R4[7];
+  assign \$2993  = \$2991  & \$2992 ;
+  assign \$2994  = \$2990  & \$2993 ;
+  assign \$2995  = \$2994  & R4[3];
+  assign \$2996  = \$2987  | \$2995 ;
+  assign \$2997  = ~ R4[5];
+  assign \$2998  = ~ R4[6];
+  assign \$2999  = \$2997  & \$2998 ;
+  assign \$3000  = ~ R4[7];
+  assign \$3001  = \$3000  & R4[4];
+  assign \$3002  = \$2999  & \$3001 ;
+  assign \$3003  = ~ R4[6];
+  assign \$3004  = ~ R4[7];
+  assign \$3005  = \$3003  & \$3004 ;
+  assign \$3006  = \$3005  & R4[5];
+  assign \$3007  = \$3002  | \$3006 ;
+  assign \$3008  = \$2996  | \$3007 ;
+  assign \$3009  = ~ R4[7];
+  assign \$3010  = \$3009  & R4[6];
+  assign \$3011  = \$3010  | R4[7];
+  assign \$3012  = \$3008  | \$3011 ;
+  assign gt6_4 = \$2975  & \$3012 ;
+  assign \$3013  = ~ R5[8];
+  assign \$3014  = R5[1] & R5[2];
+  assign \$3015  = ~ R5[3];
+  assign \$3016  = ~ R5[4];
+  assign \$3017  = \$3015  & \$3016 ;
+  assign \$3018  = \$3014  & \$3017 ;
+  assign \$3019  = ~ R5[5];
+  assign \$3020  = ~ R5[6];
+  assign \$3021  = \$3019  & \$3020 ;
+  assign \$3022  = ~ R5[7];
+  assign \$3023  = \$3022  & R5[0];
+  assign \$3024  = \$3021  & \$3023 ;
+  assign \$3025  = \$3018  & \$3024 ;
+  assign \$3026  = ~ R5[4];
+  assign \$3027  = ~ R5[5];
+  assign \$3028  = \$3026  & \$3027 ;
+  assign \$3029  = ~ R5[6];
+  assign \$3030  = ~ R5[7];
+  assign \$3031  = \$3029  & \$3030 ;
+  assign \$3032  = \$3028  & \$3031 ;
+  assign \$3033  = \$3032  & R5[3];
+  assign \$3034  = \$3025  | \$3033 ;
+  assign \$3035  = ~ R5[5];
+  assign \$3036  = ~ R5[6];
+  assign \$3037  = \$3035  & \$3036 ;
+  assign \$3038  = ~ R5[7];
+  assign \$3039  = \$3038  & R5[4];
+  assign \$3040  = \$3037  & \$3039 ;
+  assign \$3041  = ~ R5[6];
+  assign \$3042  = ~ R5[7];
+  assign \$3043  = \$3041  & \$3042 ;
+  assign \$3044  = \$3043  & R5[5];
+  assign \$3045  = \$3040  | \$3044 ;
+  assign \$3046  = \$3034  | \$3045 ;
+  assign \$3047  = ~ R5[7];
+  assign \$3048  = \$3047  & R5[6];
+  assign \$3049  = \$3048  | R5[7];
+  assign \$3050  = \$3046  | \$3049 ;
+  assign gt6_5 = \$3013  & \$3050 ;
+  assign \$3051  = ~ R6[8];
+  assign \$3052  = R6[1] & R6[2];
+  assign \$3053  = ~ R6[3];
+  assign \$3054  = ~ R6[4];
+  assign \$3055  = \$3053  & \$3054 ;
+  assign \$3056  = \$3052  & \$3055 ;
+  assign \$3057  = ~ R6[5];
+  assign \$3058  = ~ R6[6];
+  assign \$3059  = \$3057  & \$3058 ;
+  assign \$3060  = ~ R6[7];
+  assign \$3061  = \$3060  & R6[0];
+  assign \$3062  = \$3059  & \$3061 ;
+  assign \$3063  = \$3056  & \$3062 ;
+  assign \$3064  = ~ R6[4];
+  assign \$3065  = ~ R6[5];
+  assign \$3066  = \$3064  & \$3065 ;
+  assign \$3067  = ~ R6[6];
+  assign \$3068  = ~ R6[7];
+  assign \$3069  = \$3067  & \$3068 ;
+  assign \$3070  = \$3066  & \$3069 ;
+  assign \$3071  = \$3070  & R6[3];
+  assign \$3072  = \$3063  | \$3071 ;
+  assign \$3073  = ~ R6[5];
+  assign \$3074  = ~ R6[6];
+  assign \$3075  = \$3073  & \$3074 ;
+  assign \$3076  = ~ R6[7];
+  assign \$3077  = \$3076  & R6[4];
+  assign \$3078  = \$3075  & \$3077 ;
+  assign \$3079  = ~ R6[6];
+  assign \$3080  = ~ R6[7];
+  assign \$3081  = \$3079  & \$3080 ;
+  assign \$3082  = \$3081  & R6[5];
+  assign \$3083  = \$3078  | \$3082 ;
+  assign \$3084  = \$3072  | \$3083 ;
+  assign \$3085  = ~ R6[7];
+  assign \$3086  = \$3085  & R6[6];
+  assign \$3087  = \$3086  | R6[7];
+  assign \$3088  = \$3084  | \$3087 ;
+  assign gt6_6 = \$3051  & \$3088 ;
+  assign \$3089  = ~ R7[8];
+  assign \$3090  = R7[1] & R7[2];
+  assign \$3091  = ~ R7[3];
+  assign \$3092  = ~ R7[4];
+  assign \$3093  = \$3091  & \$3092 ;
+  assign \$3094  = \$3090  & \$3093 ;
+  assign \$3095  = ~ R7[5];
+  assign \$3096  = ~ R7[6];
+  assign \$3097  = \$3095  & \$3096 ;
+  assign \$3098  = ~ R7[7];
+  assign \$3099  = \$3098  & R7[0];
+  assign \$3100  = \$3097  & \$3099 ;
+  assign \$3101  = \$3094  & \$3100 ;
+  assign \$3102  = ~ R7[4];
+  assign \$3103  = ~ R7[5];
+  assign \$3104  = \$3102  & \$3103 ;
+  assign \$3105  = ~ R7[6];
+  assign \$3106  = ~ R7[7];
+  assign \$3107  = \$3105  & \$3106 ;
+  assign \$3108  = \$3104  & \$3107 ;
+  assign \$3109  = \$3108  & R7[3];
+  assign \$3110  = \$3101  | \$3109 ;
+  assign \$3111  = ~ R7[5];
+  assign \$3112  = ~ R7[6];
+  assign \$3113  = \$3111  & \$3112 ;
+  assign \$3114  = ~ R7[7];
+  assign \$3115  = \$3114  & R7[4];
+  assign \$3116  = \$3113  & \$3115 ;
+  assign \$3117  = ~ R7[6];
+  assign \$3118  = ~ R7[7];
+  assign \$3119  = \$3117  & \$3118 ;
+  assign \$3120  = \$3119  & R7[5];
+  assign \$3121  = \$3116  | \$3120 ;
+  assign \$3122  = \$3110  | \$3121 ;
+  assign \$3123  = ~ R7[7];
+  assign \$3124  = \$3123  & R7[6];
+  assign \$3125  = \$3124  | R7[7];
+  assign \$3126  = \$3122  | \$3125 ;
+  assign gt6_7 = \$3089  & \$3126 ;
+  assign \$3127  = ~ gt6_0;
+  assign \$3128  = gt6_1 & \$3127 ;
+  assign \$3129  = \$3128  ? 1'h1 : 1'h0;
+  assign \$3130  = ~ gt6_1;
+  assign \$3131  = gt6_2 & \$3130 ;
+  assign \$3132  = \$3131  ? 2'h2 : 2'h0;
+  assign \$3133  = { 1'h0, \$3129  } | \$3132 ;
+  assign \$3134  = ~ gt6_2;
+  assign \$3135  = gt6_3 & \$3134 ;
+  assign \$3136  = \$3135  ? 2'h3 : 2'h0;
+  assign \$3137  = ~ gt6_3;
+  assign \$3138  = gt6_4 & \$3137 ;
+  assign \$3139  = \$3138  ? 3'h4 : 3'h0;
+  assign \$3140  = { 1'h0, \$3136  } | \$3139 ;
+  assign \$3141  = { 1'h0, \$3133  } | \$3140 ;
+  assign \$3142  = ~ gt6_4;
+  assign \$3143  = gt6_5 & \$3142 ;
+  assign \$3144  = \$3143  ? 3'h5 : 3'h0;
+  assign \$3145  = ~ gt6_5;
+  assign \$3146  = gt6_6 & \$3145 ;
+  assign \$3147  = \$3146  ? 3'h6 : 3'h0;
+  assign \$3148  = \$3144  | \$3147 ;
+  assign \$3149  = ~ gt6_6;
+  assign \$3150  = gt6_7 & \$3149 ;
+  assign \$3151  = \$3150  ? 3'h7 : 3'h0;
+  assign \$3152  = \$3148  | \$3151 ;
+  assign gsel6 = \$3141  | \$3152 ;
+  assign \$3153  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3154  = ~ gt6_0;
+  assign \$3155  = gt6_1 & \$3154 ;
+  assign \$3156  = \$3155  ? mbeat0[31:16] : 16'h0000;
+  assign \$3157  = \$3153  | \$3156 ;
+  assign \$3158  = ~ gt6_1;
+  assign \$3159  = gt6_2 & \$3158 ;
+  assign \$3160  = \$3159  ? mbeat0[47:32] : 16'h0000;
+  assign \$3161  = ~ gt6_2;
+  assign \$3162  = gt6_3 & \$3161 ;
+  assign \$3163  = \$3162  ? mbeat0[63:48] : 16'h0000;
+  assign \$3164  = \$3160  | \$3163 ;
+  assign \$3165  = \$3157  | \$3164 ;
+  assign \$3166  = ~ gt6_3;
+  assign \$3167  = gt6_4 & \$3166 ;
+  assign \$3168  = \$3167  ? mbeat1[15:0] : 16'h0000;
+  assign \$3169  = ~ gt6_4;
+  assign \$3170  = gt6_5 & \$3169 ;
+  assign \$3171  = \$3170  ? mbeat1[31:16] : 16'h0000;
+  assign \$3172  = \$3168  | \$3171 ;
+  assign \$3173  = ~ gt6_5;
+  assign \$3174  = gt6_6 & \$3173 ;
+  assign \$3175  = \$3174  ? mbeat1[47:32] : 16'h0000;
+  assign \$3176  = ~ gt6_6;
+  assign \$3177  = gt6_7 & \$3176 ;
+  assign \$3178  = \$3177  ? mbeat1[63:48] : 16'h0000;
+  assign \$3179  = \$3175  | \$3178 ;
+  assign \$3180  = \$3172  | \$3179 ;
+  assign grp6 = \$3165  | \$3180 ;
+  assign \$3181  = gt6_0 ? Rm1[3:0] : 4'h0;
+  assign \$3182  = ~ gt6_0;
+  assign \$3183  = gt6_1 & \$3182 ;
+  assign \$3184  = \$3183  ? R0[3:0] : 4'h0;
+  assign \$3185  = \$3181  | \$3184 ;
+  assign \$3186  = ~ gt6_1;
+  assign \$3187  = gt6_2 & \$3186 ;
+  assign \$3188  = \$3187  ? R1[3:0] : 4'h0;
+  assign \$3189  = ~ gt6_2;
+  assign \$3190  = gt6_3 & \$3189 ;
+  assign \$3191  = \$3190  ? R2[3:0] : 4'h0;
+  assign \$3192  = \$3188  | \$3191 ;
+  assign \$3193  = \$3185  | \$3192 ;
+  assign \$3194  = ~ gt6_3;
+  assign \$3195  = gt6_4 & \$3194 ;
+  assign \$3196  = \$3195  ? R3[3:0] : 4'h0;
+  assign \$3197  = ~ gt6_4;
+  assign \$3198  = gt6_5 & \$3197 ;
+  assign \$3199  = \$3198  ? R4[3:0] : 4'h0;
+  assign \$3200  = \$3196  | \$3199 ;
+  assign \$3201  = ~ gt6_5;
+  assign \$3202  = gt6_6 & \$3201 ;
+  assign \$3203  = \$3202  ? R5[3:0] : 4'h0;
+  assign \$3204  = ~ gt6_6;
+  assign \$3205  = gt6_7 & \$3204 ;
+  assign \$3206  = \$3205  ? R6[3:0] : 4'h0;
+  assign \$3207  = \$3203  | \$3206 ;
+  assign \$3208  = \$3200  | \$3207 ;
+  assign dlow6 = \$3193  | \$3208 ;
+  assign \$3209  = ~ R0[8];
+  assign \$3210  = ~ R0[4];
+  assign \$3211  = ~ R0[5];
+  assign \$3212  = \$3210  & \$3211 ;
+  assign \$3213  = ~ R0[6];
+  assign \$3214  = ~ R0[7];
+  assign \$3215  = \$3213  & \$3214 ;
+  assign \$3216  = \$3212  & \$3215 ;
+  assign \$3217  = \$3216  & R0[3];
+  assign \$3218  = ~ R0[5];
+  assign \$3219  = ~ R0[6];
+  assign \$3220  = \$3218  & \$3219 ;
+  assign \$3221  = ~ R0[7];
+  assign \$3222  = \$3221  & R0[4];
+  assign \$3223  = \$3220  & \$3222 ;
+  assign \$3224  = \$3217  | \$3223 ;
+  assign \$3225  = ~ R0[6];
+  assign \$3226  = ~ R0[7];
+  assign \$3227  = \$3225  & \$3226 ;
+  assign \$3228  = \$3227  & R0[5];
+  assign \$3229  = ~ R0[7];
+  assign \$3230  = \$3229  & R0[6];
+  assign \$3231  = \$3228  | \$3230 ;
+  assign \$3232  = \$3224  | \$3231 ;
+  assign \$3233  = \$3232  | R0[7];
+  assign gt7_0 = \$3209  & \$3233 ;
+  assign \$3234  = ~ R1[8];
+  assign \$3235  = ~ R1[4];
+  assign \$3236  = ~ R1[5];
+  assign \$3237  = \$3235  & \$3236 ;
+  assign \$3238  = ~ R1[6];
+  assign \$3239  = ~ R1[7];
+  assign \$3240  = \$3238  & \$3239 ;
+  assign \$3241  = \$3237  & \$3240 ;
+  assign \$3242  = \$3241  & R1[3];
+  assign \$3243  = ~ R1[5];
+  assign \$3244  = ~ R1[6];
+  assign \$3245  = \$3243  & \$3244 ;
+  assign \$3246  = ~ R1[7];
+  assign \$3247  = \$3246  & R1[4];
+  assign \$3248  = \$3245  & \$3247 ;
+  assign \$3249  = \$3242  | \$3248 ;
+  assign \$3250  = ~ R1[6];
+  assign \$3251  = ~ R1[7];
+  assign \$3252  = \$3250  & \$3251 ;
+  assign \$3253  = \$3252  & R1[5];
+  assign \$3254  = ~ R1[7];
+  assign \$3255  = \$3254  & R1[6];
+  assign \$3256  = \$3253  | \$3255 ;
+  assign \$3257  = \$3249  | \$3256 ;
+  assign \$3258  = \$3257  | R1[7];
+  assign gt7_1 = \$3234  & \$3258 ;
+  assign \$3259  = ~ R2[8];
+  assign \$3260  = ~ R2[4];
+  assign \$3261  = ~ R2[5];
+  assign \$3262  = \$3260  & \$3261 ;
+  assign \$3263  = ~ R2[6];
+  assign \$3264  = ~ R2[7];
+  assign \$3265  = \$3263  & \$3264 ;
+  assign \$3266  = \$3262  & \$3265 ;
+  assign \$3267  = \$3266  & R2[3];
+  assign \$3268  = ~ R2[5];
+  assign \$3269  = ~ R2[6];
+  assign \$3270  = \$3268  & \$3269 ;
+  assign \$3271  = ~ R2[7];
+  assign \$3272  = \$3271  & R2[4];
+  assign \$3273  = \$3270  & \$3272 ;
+  assign \$3274  = \$3267  | \$3273 ;
+  assign \$3275  = ~ R2[6];
+  assign \$3276  = ~ R2[7];
+  assign \$3277  = \$3275  & \$3276 ;
+  assign \$3278  = \$3277  & R2[5];
+  assign \$3279  = ~ R2[7];
+  assign \$3280  = \$3279  & R2[6];
+  assign \$3281  = \$3278  | \$3280 ;
+  assign \$3282  = \$3274  | \$3281 ;
+  assign \$3283  = \$3282  | R2[7];
+  assign gt7_2 = \$3259  & \$3283 ;
+  assign \$3284  = ~ R3[8];
+  assign \$3285  = ~ R3[4];
+  assign \$3286  = ~ R3[5];
+  assign \$3287  = \$3285  & \$3286 ;
+  assign \$3288  = ~ R3[6];
+  assign \$3289  = ~ R3[7];
+  assign \$3290  = \$3288  & \$3289 ;
+  assign \$3291  = \$3287  & \$3290 ;
+  assign \$3292  = \$3291  & R3[3];
+  assign \$3293  = ~ R3[5];
+  assign \$3294  = ~ R3[6];
+  assign \$3295  = \$3293  & \$3294 ;
+  assign \$3296  = ~ R3[7];
+  assign \$3297  = \$3296  & R3[4];
+  assign \$3298  = \$3295  & \$3297 ;
+  assign \$3299  = \$3292  | \$3298 ;
+  assign \$3300  = ~ R3[6];
+  assign \$3301  = ~ R3[7];
+  assign \$3302  = \$3300  & \$3301 ;
+  assign \$3303  = \$3302  & R3[5];
+  assign \$3304  = ~ R3[7];
+  assign \$3305  = \$3304  & R3[6];
+  assign \$3306  = \$3303  | \$3305 ;
+  assign \$3307  = \$3299  | \$3306 ;
+  assign \$3308  = \$3307  | R3[7];
+  assign gt7_3 = \$3284  & \$3308 ;
+  assign \$3309  = ~ R4[8];
+  assign \$3310  = ~ R4[4];
+  assign \$3311  = ~ R4[5];
+  assign \$3312  = \$3310  & \$3311 ;
+  assign \$3313  = ~ R4[6];
+  assign \$3314  = ~ R4[7];
+  assign \$3315  = \$3313  & \$3314 ;
+  assign \$3316  = \$3312  & \$3315 ;
+  assign \$3317  = \$3316  & R4[3];
+  assign \$3318  = ~ R4[5];
+  assign \$3319  = ~ R4[6];
+  assign \$3320  = \$3318  & \$3319 ;
+  assign \$3321  = ~ R4[7];
+  assign \$3322  = \$3321  & R4[4];
+  assign \$3323  = \$3320  & \$3322 ;
+  assign \$3324  = \$3317  | \$3323 ;
+  assign \$3325  = ~ R4[6];
+  assign \$3326  = ~ R4[7];
+  assign \$3327  = \$3325  & \$3326 ;
+  assign \$3328  = \$3327  & R4[5];
+  assign \$3329  = ~ R4[7];
+  assign \$3330  = \$3329  & R4[6];
+  assign \$3331  = \$3328  | \$3330 ;
+  assign \$3332  = \$3324  | \$3331 ;
+  assign \$3333  = \$3332  | R4[7];
+  assign gt7_4 = \$3309  & \$3333 ;
+  assign \$3334  = ~ R5[8];
+  assign \$3335  = ~ R5[4];
+  assign \$3336  = ~ R5[5];
+  assign \$3337  = \$3335  & \$3336 ;
+  assign \$3338  = ~ R5[6];
+  assign \$3339  = ~ R5[7];
+  assign \$3340  = \$3338  & \$3339 ;
+  assign \$3341  = \$3337  & \$3340 ;
+  assign \$3342  = \$3341  & R5[3];
+  assign \$3343  = ~ R5[5];
+  assign \$3344  = ~ R5[6];
+  assign \$3345  = \$3343  & \$3344 ;
+  assign \$3346  = ~ R5[7];
+  assign \$3347  = \$3346  & R5[4];
+  assign \$3348  = \$3345  & \$3347 ;
+  assign \$3349  = \$3342  | \$3348 ;
+  assign \$3350  = ~ R5[6];
+  assign \$3351  = ~ R5[7];
+  assign \$3352  = \$3350  & \$3351 ;
+  assign \$3353  = \$3352  & R5[5];
+  assign \$3354  = ~ R5[7];
+  assign \$3355  = \$3354  & R5[6];
+  assign \$3356  = \$3353  | \$3355 ;
+  assign \$3357  = \$3349  | \$3356 ;
+  assign \$3358  = \$3357  | R5[7];
+  assign gt7_5 = \$3334  & \$3358 ;
+  assign \$3359  = ~ R6[8];
+  assign \$3360  = ~ R6[4];
+  assign \$3361  = ~ R6[5];
+  assign \$3362  = \$3360  & \$3361 ;
+  assign \$3363  = ~ R6[6];
+  assign \$3364  = ~ R6[7];
+  assign \$3365  = \$3363  & \$3364 ;
+  assign \$3366  = \$3362  & \$3365 ;
+  assign \$3367  = \$3366  & R6[3];
+  assign \$3368  = ~ R6[5];
+  assign \$3369  = ~ R6[6];
+  assign \$3370  = \$3368  & \$3369 ;
+  assign \$3371  = ~ R6[7];
+  assign \$3372  = \$3371  & R6[4];
+  assign \$3373  = \$3370  & \$3372 ;
+  assign \$3374  = \$3367  | \$3373 ;
+  assign \$3375  = ~ R6[6];
+  assign \$3376  = ~ R6[7];
+  assign \$3377  = \$3375  & \$3376 ;
+  assign \$3378  = \$3377  & R6[5];
+  assign \$3379  = ~ R6[7];
+  assign \$3380  = \$3379  & R6[6];
+  assign \$3381  = \$3378  | \$3380 ;
+  assign \$3382  = \$3374  | \$3381 ;
+  assign \$3383  = \$3382  | R6[7];
+  assign gt7_6 = \$3359  & \$3383 ;
+  assign \$3384  = ~ R7[8];
+  assign \$3385  = ~ R7[4];
+  assign \$3386  = ~ R7[5];
+  assign \$3387  = \$3385  & \$3386 ;
+  assign \$3388  = ~ R7[6];
+  assign \$3389  = ~ R7[7];
+  assign \$3390  = \$3388  & \$3389 ;
+  assign \$3391  = \$3387  & \$3390 ;
+  assign \$3392  = \$3391  & R7[3];
+  assign \$3393  = ~ R7[5];
+  assign \$3394  = ~ R7[6];
+  assign \$3395  = \$3393  & \$3394 ;
+  assign \$3396  = ~ R7[7];
+  assign \$3397  = \$3396  & R7[4];
+  assign \$3398  = \$3395  & \$3397 ;
+  assign \$3399  = \$3392  | \$3398 ;
+  assign \$3400  = ~ R7[6];
+  assign \$3401  = ~ R7[7];
+  assign \$3402  = \$3400  & \$3401 ;
+  assign \$3403  = \$3402  & R7[5];
+  assign \$3404  = ~ R7[7];
+  assign \$3405  = \$3404  & R7[6];
+  assign \$3406  = \$3403  | \$3405 ;
+  assign \$3407  = \$3399  | \$3406 ;
+  assign \$3408  = \$3407  | R7[7];
+  assign gt7_7 = \$3384  & \$3408 ;
+  assign \$3409  = ~ gt7_0;
+  assign \$3410  = gt7_1 & \$3409 ;
+  assign \$3411  = \$3410  ? 1'h1 : 1'h0;
+  assign \$3412  = ~ gt7_1;
+  assign \$3413  = gt7_2 & \$3412 ;
+  assign \$3414  = \$3413  ? 2'h2 : 2'h0;
+  assign \$3415  = { 1'h0, \$3411  } | \$3414 ;
+  assign \$3416  = ~ gt7_2;
+  assign \$3417  = gt7_3 & \$3416 ;
+  assign \$3418  = \$3417  ? 2'h3 : 2'h0;
+  assign \$3419  = ~ gt7_3;
+  assign \$3420  = gt7_4 & \$3419 ;
+  assign \$3421  = \$3420  ? 3'h4 : 3'h0;
+  assign \$3422  = { 1'h0, \$3418  } | \$3421 ;
+  assign \$3423  = { 1'h0, \$3415  } | \$3422 ;
+  assign \$3424  = ~ gt7_4;
+  assign \$3425  = gt7_5 & \$3424 ;
+  assign \$3426  = \$3425  ? 3'h5 : 3'h0;
+  assign \$3427  = ~ gt7_5;
+  assign \$3428  = gt7_6 & \$3427 ;
+  assign \$3429  = \$3428  ? 3'h6 : 3'h0;
+  assign \$3430  = \$3426  | \$3429 ;
+  assign \$3431  = ~ gt7_6;
+  assign \$3432  = gt7_7 & \$3431 ;
+  assign \$3433  = \$3432  ? 3'h7 : 3'h0;
+  assign \$3434  = \$3430  | \$3433 ;
+  assign gsel7 = \$3423  | \$3434 ;
+  assign \$3435  = gt7_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3436  = ~ gt7_0;
+  assign \$3437  = gt7_1 & \$3436 ;
+  assign \$3438  = \$3437  ? mbeat0[31:16] : 16'h0000;
+  assign \$3439  = \$3435  | \$3438 ;
+  assign \$3440  = ~ gt7_1;
+  assign \$3441  = gt7_2 & \$3440 ;
+  assign \$3442  = \$3441  ? mbeat0[47:32] : 16'h0000;
+  assign \$3443  = ~ gt7_2;
+  assign \$3444  = gt7_3 & \$3443 ;
+  assign \$3445  = \$3444  ? mbeat0[63:48] : 16'h0000;
+  assign \$3446  = \$3442  | \$3445 ;
+  assign \$3447  = \$3439  | \$3446 ;
+  assign \$3448  = ~ gt7_3;
+  assign \$3449  = gt7_4 & \$3448 ;
+  assign \$3450  = \$3449  ? mbeat1[15:0] : 16'h0000;
+  assign \$3451  = ~ gt7_4;
+  assign \$3452  = gt7_5 & \$3451 ;
+  assign \$3453  = \$3452  ? mbeat1[31:16] : 16'h0000;
+  assign \$3454  = \$3450  | \$3453 ;
+  assign \$3455  = ~ gt7_5;
+  assign \$3456  = gt7_6 & \$3455 ;
+  assign \$3457  = \$3456  ? mbeat1[47:32] : 16'h0000;
+  assign \$3458  = ~ gt7_6;
+  assign \$3459  = gt7_7 & \$3458 ;
+  assign \$3460  = \$3459  ? mbeat1[63:48] : 16'h0000;
+  assign \$3461  = \$3457  | \$3460 ;
+  assign \$3462  = \$3454  | \$3461 ;
+  assign grp7 = \$3447  | \$3462 ;
+  assign \$3463  = gt7_0 ? Rm1[3:0] : 4'h0;
+  assign \$3464  = ~ gt7_0;
+  assign \$3465  = gt7_1 & \$3464 ;
+  assign \$3466  = \$3465  ? R0[3:0] : 4'h0;
+  assign \$3467  = \$3463  | \$3466 ;
+  assign \$3468  = ~ gt7_1;
+  assign \$3469  = gt7_2 & \$3468 ;
+  assign \$3470  = \$3469  ? R1[3:0] : 4'h0;
+  assign \$3471  = ~ gt7_2;
+  assign \$3472  = gt7_3 & \$3471 ;
+  assign \$3473  = \$3472  ? R2[3:0] : 4'h0;
+  assign \$3474  = \$3470  | \$3473 ;
+  assign \$3475  = \$3467  | \$3474 ;
+  assign \$3476  = ~ gt7_3;
+  assign \$3477  = gt7_4 & \$3476 ;
+  assign \$3478  = \$3477  ? R3[3:0] : 4'h0;
+  assign \$3479  = ~ gt7_4;
+  assign \$3480  = gt7_5 & \$3479 ;
+  assign \$3481  = \$3480  ? R4[3:0] : 4'h0;
+  assign \$3482  = \$3478  | \$3481 ;
+  assign \$3483  = ~ gt7_5;
+  assign \$3484  = gt7_6 & \$3483 ;
+  assign \$3485  = \$3484  ? R5[3:0] : 4'h0;
+  assign \$3486  = ~ gt7_6;
+  assign \$3487  = gt7_7 & \$3486 ;
+  assign \$3488  = \$3487  ? R6[3:0] : 4'h0;
+  assign \$3489  = \$3485  | \$3488 ;
+  assign \$3490  = \$3482  | \$3489 ;
+  assign dlow7 = \$3475  | \$3490 ;
+  assign ws0_c = \$3491  + \$3492 ;
   assign ws0_lo = a_lr0 < ws0_c;
-  assign \$1093  = a_lr0 - ws0_c;
+  assign \$3493  = a_lr0 - ws0_c;
   assign ws0l_lo = a_lr0[2:0] < ws0l_c;
-  assign \$1094  = a_lr0[2:0] - ws0l_c;
+  assign \$3494  = a_lr0[2:0] - ws0l_c;
   assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
-  assign ws0h_lo = \$1093 [2:0] < ws0h_c;
-  assign \$1095  = \$1093 [2:0] - ws0h_c;
+  assign ws0h_lo = \$3493 [2:0] < ws0h_c;
+  assign \$3495  = \$3493 [2:0] - ws0h_c;
   assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
   assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
-  assign \$1096  = a_nxt[0] ? a_es : \$signal ;
-  assign \$1097  = a_gsel0[2:1] - \$1096 ;
-  assign ws1_c = \$1098  + \$1099 ;
+  assign \$3496  = a_nxt[0] ? a_es : \$signal ;
+  assign \$3497  = a_gsel0[2:1] - \$3496 ;
+  assign ws1_c = \$3498  + \$3499 ;
   assign ws1_lo = a_lr1 < ws1_c;
-  assign \$1100  = a_lr1 - ws1_c;
+  assign \$3500  = a_lr1 - ws1_c;
   assign ws1l_lo = a_lr1[2:0] < ws1l_c;
-  assign \$1101  = a_lr1[2:0] - ws1l_c;
+  assign \$3501  = a_lr1[2:0] - ws1l_c;
   assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
-  assign ws1h_lo = \$1100 [2:0] < ws1h_c;
-  assign \$1102  = \$1100 [2:0] - ws1h_c;
+  assign ws1h_lo = \$3500 [2:0] < ws1h_c;
+  assign \$3502  = \$3500 [2:0] - ws1h_c;
   assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
   assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
-  assign \$1103  = a_nxt[1] ? a_es : \$signal ;
-  assign \$1104  = a_gsel1[2:1] - \$1103 ;
-  assign ws2_c = \$1105  + \$1106 ;
+  assign \$3503  = a_nxt[1] ? a_es : \$signal ;
+  assign \$3504  = a_gsel1[2:1] - \$3503 ;
+  assign ws2_c = \$3505  + \$3506 ;
   assign ws2_lo = a_lr2 < ws2_c;
-  assign \$1107  = a_lr2 - ws2_c;
+  assign \$3507  = a_lr2 - ws2_c;
   assign ws2l_lo = a_lr2[2:0] < ws2l_c;
-  assign \$1108  = a_lr2[2:0] - ws2l_c;
+  assign \$3508  = a_lr2[2:0] - ws2l_c;
   assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
-  assign ws2h_lo = \$1107 [2:0] < ws2h_c;
-  assign \$1109  = \$1107 [2:0] - ws2h_c;
+  assign ws2h_lo = \$3507 [2:0] < ws2h_c;
+  assign \$3509  = \$3507 [2:0] - ws2h_c;
   assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
   assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
-  assign \$1110  = a_nxt[2] ? a_es : \$signal ;
-  assign \$1111  = a_gsel2[2:1] - \$1110 ;
-  assign ws3_c = \$1112  + \$1113 ;
+  assign \$3510  = a_nxt[2] ? a_es : \$signal ;
+  assign \$3511  = a_gsel2[2:1] - \$3510 ;
+  assign ws3_c = \$3512  + \$3513 ;
   assign ws3_lo = a_lr3 < ws3_c;
-  assign \$1114  = a_lr3 - ws3_c;
+  assign \$3514  = a_lr3 - ws3_c;
   assign ws3l_lo = a_lr3[2:0] < ws3l_c;
-  assign \$1115  = a_lr3[2:0] - ws3l_c;
+  assign \$3515  = a_lr3[2:0] - ws3l_c;
   assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
-  assign ws3h_lo = \$1114 [2:0] < ws3h_c;
-  assign \$1116  = \$1114 [2:0] - ws3h_c;
+  assign ws3h_lo = \$3514 [2:0] < ws3h_c;
+  assign \$3516  = \$3514 [2:0] - ws3h_c;
   assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
   assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
-  assign \$1117  = a_nxt[3] ? a_es : \$signal ;
-  assign \$1118  = a_gsel3[2:1] - \$1117 ;
-  assign ws4_c = \$1119  + \$1120 ;
+  assign \$3517  = a_nxt[3] ? a_es : \$signal ;
+  assign \$3518  = a_gsel3[2:1] - \$3517 ;
+  assign ws4_c = \$3519  + \$3520 ;
   assign ws4_lo = a_lr4 < ws4_c;
-  assign \$1121  = a_lr4 - ws4_c;
+  assign \$3521  = a_lr4 - ws4_c;
   assign ws4l_lo = a_lr4[2:0] < ws4l_c;
-  assign \$1122  = a_lr4[2:0] - ws4l_c;
+  assign \$3522  = a_lr4[2:0] - ws4l_c;
   assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign ws4h_lo = \$1121 [2:0] < ws4h_c;
-  assign \$1123  = \$1121 [2:0] - ws4h_c;
+  assign ws4h_lo = \$3521 [2:0] < ws4h_c;
+  assign \$3523  = \$3521 [2:0] - ws4h_c;
   assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
-  assign \$1124  = a_nxt[4] ? a_es : \$signal ;
-  assign \$1125  = a_gsel4[2:1] - \$1124 ;
-  assign ws5_c = \$1126  + \$1127 ;
+  assign \$3524  = a_nxt[4] ? a_es : \$signal ;
+  assign \$3525  = a_gsel4[2:1] - \$3524 ;
+  assign ws5_c = \$3526  + \$3527 ;
   assign ws5_lo = a_lr5 < ws5_c;
-  assign \$1128  = a_lr5 - ws5_c;
+  assign \$3528  = a_lr5 - ws5_c;
   assign ws5l_lo = a_lr5[2:0] < ws5l_c;
-  assign \$1129  = a_lr5[2:0] - ws5l_c;
+  assign \$3529  = a_lr5[2:0] - ws5l_c;
   assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
-  assign ws5h_lo = \$1128 [2:0] < ws5h_c;
-  assign \$1130  = \$1128 [2:0] - ws5h_c;
+  assign ws5h_lo = \$3528 [2:0] < ws5h_c;
+  assign \$3530  = \$3528 [2:0] - ws5h_c;
   assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
-  assign \$1131  = a_nxt[5] ? a_es : \$signal ;
-  assign \$1132  = a_gsel5[2:1] - \$1131 ;
-  assign ws6_c = \$1133  + \$1134 ;
+  assign \$3531  = a_nxt[5] ? a_es : \$signal ;
+  assign \$3532  = a_gsel5[2:1] - \$3531 ;
+  assign ws6_c = \$3533  + \$3534 ;
   assign ws6_lo = a_lr6 < ws6_c;
-  assign \$1135  = a_lr6 - ws6_c;
+  assign \$3535  = a_lr6 - ws6_c;
   assign ws6l_lo = a_lr6[2:0] < ws6l_c;
-  assign \$1136  = a_lr6[2:0] - ws6l_c;
+  assign \$3536  = a_lr6[2:0] - ws6l_c;
   assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
-  assign ws6h_lo = \$1135 [2:0] < ws6h_c;
-  assign \$1137  = \$1135 [2:0] - ws6h_c;
+  assign ws6h_lo = \$3535 [2:0] < ws6h_c;
+  assign \$3537  = \$3535 [2:0] - ws6h_c;
   assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
-  assign \$1138  = a_nxt[6] ? a_es : \$signal ;
-  assign \$1139  = a_gsel6[2:1] - \$1138 ;
-  assign ws7_c = \$1140  + \$1141 ;
+  assign \$3538  = a_nxt[6] ? a_es : \$signal ;
+  assign \$3539  = a_gsel6[2:1] - \$3538 ;
+  assign ws7_c = \$3540  + \$3541 ;
   assign ws7_lo = a_lr7 < ws7_c;
-  assign \$1142  = a_lr7 - ws7_c;
+  assign \$3542  = a_lr7 - ws7_c;
   assign ws7l_lo = a_lr7[2:0] < ws7l_c;
-  assign \$1143  = a_lr7[2:0] - ws7l_c;
+  assign \$3543  = a_lr7[2:0] - ws7l_c;
   assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
-  assign ws7h_lo = \$1142 [2:0] < ws7h_c;
-  assign \$1144  = \$1142 [2:0] - ws7h_c;
+  assign ws7h_lo = \$3542 [2:0] < ws7h_c;
+  assign \$3544  = \$3542 [2:0] - ws7h_c;
   assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
-  assign \$1145  = a_nxt[7] ? a_es : \$signal ;
-  assign \$1146  = a_gsel7[2:1] - \$1145 ;
-  assign \$1147  = 4'h8 - vpos;
-  assign \$1148  = \$signal$313  ? \$1147  : 5'h00;
-  assign \$1149  = \$signal$315  ? 4'h8 : 4'h0;
-  assign \$1150  = $signed(\$1148 ) + $signed({ 1'h0, \$1149  });
-  assign \$1151  = \$1150 [4:0] >= 4'h8;
-  assign \$1152  = $signed(lim_full) <= $signed({ 1'h0, \$1150 [4:0] });
-  assign vals_ok = \$1151  | \$1152 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$318 [63:32] } : { VB[23:0], \$signal$318  };
+  assign \$3545  = a_nxt[7] ? a_es : \$signal ;
+  assign \$3546  = a_gsel7[2:1] - \$3545 ;
+  assign \$3547  = 4'h8 - vpos;
+  assign \$3548  = \$signal$305  ? \$3547  : 5'h00;
+  assign \$3549  = \$signal$307  ? 4'h8 : 4'h0;
+  assign \$3550  = $signed(\$3548 ) + $signed({ 1'h0, \$3549  });
+  assign \$3551  = \$3550 [4:0] >= 4'h8;
+  assign \$3552  = $signed(lim_full) <= $signed({ 1'h0, \$3550 [4:0] });
+  assign vals_ok = \$3551  | \$3552 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$310 [63:32] } : { VB[23:0], \$signal$310  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$1153  = ~ vals_ok;
-  assign \$1154  = running & \$1153 ;
-  assign short_now = \$1154  & vlast_loaded;
+  assign \$3553  = ~ vals_ok;
+  assign \$3554  = running & \$3553 ;
+  assign short_now = \$3554  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$1155  = ~ prime;
-  assign \$1156  = running & \$1155 ;
-  assign \$1157  = mbeat0_v | row_complete;
-  assign \$1158  = \$1156  & \$1157 ;
-  assign \$1159  = \$1158  & vals_ok;
-  assign \$1160  = ~ any_err;
-  assign can_go = \$1159  & \$1160 ;
-  assign \$1161  = | k;
-  assign \$1162  = \$1161  | finish;
-  assign emit = can_go & \$1162 ;
-  assign \$1163  = ~ emit;
-  assign \$1164  = \$1163  | rdy_a;
-  assign advance = can_go & \$1164 ;
-  assign \$1165  = | pad_l;
-  assign \$1166  = ov | \$1165 ;
-  assign pad_wait = \$1166  | pad_r;
-  assign \$1167  = advance & finish;
-  assign mat_end = \$1167  & last_row;
+  assign \$3555  = ~ prime;
+  assign \$3556  = running & \$3555 ;
+  assign \$3557  = mbeat0_v | row_complete;
+  assign \$3558  = \$3556  & \$3557 ;
+  assign \$3559  = \$3558  & vals_ok;
+  assign \$3560  = ~ any_err;
+  assign can_go = \$3559  & \$3560 ;
+  assign \$3561  = | k;
+  assign \$3562  = \$3561  | finish;
+  assign emit = can_go & \$3562 ;
+  assign \$3563  = ~ emit;
+  assign \$3564  = \$3563  | rdy_a;
+  assign advance = can_go & \$3564 ;
+  assign \$3565  = | pad_l;
+  assign \$3566  = ov | \$3565 ;
+  assign pad_wait = \$3566  | pad_r;
+  assign \$3567  = advance & finish;
+  assign mat_end = \$3567  & last_row;
   assign kk = advance ? k : 4'h0;
   assign fin = advance & finish;
-  assign dsh = \$signal$357  ? 2'h2 : 2'h0;
-  assign \$1168  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$1169  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$1170  = | flush_d;
-  assign \$1171  = 1'h0 + mbeat0_n[70:64];
-  assign \$1172  = 1'h0 + mbeat0_n[77:71];
-  assign \$1173  = 1'h0 + mbeat0_n[84:78];
-  assign \$1174  = 1'h0 + mbeat0_n[91:85];
-  assign \$1175  = 1'h0 + mbeat0_n[91:85];
-  assign \$1176  = fresh0 + mbeat1_n[70:64];
-  assign \$1177  = fresh0 + mbeat1_n[77:71];
-  assign \$1178  = fresh0 + mbeat1_n[84:78];
-  assign \$1179  = fresh0 + mbeat1_n[91:85];
-  assign \$1180  = ~ prime;
-  assign \$1181  = running & \$1180 ;
-  assign \$1182  = \$1181  & \$signal$363 ;
-  assign \$1183  = ~ mbeat1_nv;
-  assign take_buf = mbuf_v & \$1183 ;
-  assign \$1184  = ~ mbuf_v;
-  assign \$1185  = ~ mbeat1_nv;
-  assign i_mask__ready = \$1184  | \$1185 ;
-  assign \$1186  = ~ mbeat0_nv;
-  assign \$1188  = $signed(Rsm1) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$1189  = $signed(Rsm1) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$1190  = $signed(Rsm1) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$1191  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$1192  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$1193  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$1194  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$1195  = $signed(Rsm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$1196  = ~ mbeat1_nv;
-  assign \$1197  = \$1196  & mbeat0_nv;
-  assign \$1198  = $signed(Rs3) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$1199  = $signed(Rs3) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$1200  = $signed(Rs3) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$1201  = $signed(Rs3) + $signed({ 1'h0, mbuf[91:85] });
+  assign dsh = \$signal$349  ? 2'h2 : 2'h0;
+  assign \$3568  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$3569  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$3570  = | flush_d;
+  assign \$3571  = 1'h0 + mbeat0_n[70:64];
+  assign \$3572  = 1'h0 + mbeat0_n[77:71];
+  assign \$3573  = 1'h0 + mbeat0_n[84:78];
+  assign \$3574  = 1'h0 + mbeat0_n[91:85];
+  assign \$3575  = 1'h0 + mbeat0_n[91:85];
+  assign \$3576  = fresh0 + mbeat1_n[70:64];
+  assign \$3577  = fresh0 + mbeat1_n[77:71];
+  assign \$3578  = fresh0 + mbeat1_n[84:78];
+  assign \$3579  = fresh0 + mbeat1_n[91:85];
+  assign \$3580  = ~ prime;
+  assign \$3581  = running & \$3580 ;
+  assign \$3582  = \$3581  & \$signal$355 ;
+  assign \$3583  = | flush_d;
+  assign special = any_err | \$3583 ;
+  assign Rn0 = \$signal$349  ? R4 : R0;
+  assign Rn1 = \$signal$349  ? R5 : R1;
+  assign Rn2 = \$signal$349  ? R6 : R2;
+  assign Rn3 = \$signal$349  ? R7 : R3;
+  assign Rn4 = \$signal$349  ? R7 : R4;
+  assign Rn5 = \$signal$349  ? R7 : R5;
+  assign Rn6 = \$signal$349  ? R7 : R6;
+  assign Rnm1 = \$signal$349  ? R3 : Rm1;
+  assign \$3584  = ~ special;
+  assign \$3585  = mbuf_v & \$3584 ;
+  assign \$3586  = ~ \$signal$349 ;
+  assign \$3587  = mbeat1_v & \$3586 ;
+  assign \$3588  = ~ \$3587 ;
+  assign take_buf = \$3585  & \$3588 ;
+  assign \$3589  = ~ mbuf_v;
+  assign \$3590  = ~ special;
+  assign \$3591  = ~ \$signal$349 ;
+  assign \$3592  = mbeat1_v & \$3591 ;
+  assign \$3593  = ~ \$3592 ;
+  assign \$3594  = \$3590  & \$3593 ;
+  assign i_mask__ready = \$3589  | \$3594 ;
+  assign \$3595  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3596  = ~ \$3595 ;
+  assign \$3598  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3599  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3600  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3601  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3602  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3603  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3604  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3605  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3606  = ~ \$signal$349 ;
+  assign \$3607  = mbeat1_v & \$3606 ;
+  assign \$3608  = ~ \$3607 ;
+  assign \$3609  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3610  = \$3608  & \$3609 ;
+  assign \$3611  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3612  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3613  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3614  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
-  assign \$1202  = ~ vlast_loaded;
-  assign \$1203  = ! vpos;
-  assign \$1204  = \$signal$313  & \$1203 ;
-  assign \$1205  = \$1204  | \$signal$315 ;
-  assign \$1206  = ~ \$1205 ;
-  assign \$1207  = | vpos;
-  assign \$1208  = \$1207  ? \$signal$381  : prev_last;
-  assign \$1209  = \$1206  & \$1208 ;
-  assign \$1210  = ! vpos;
-  assign \$1211  = \$signal$313  & \$1210 ;
-  assign \$1212  = \$1211  | \$signal$315 ;
-  assign \$1213  = ~ \$1212 ;
-  assign \$1214  = | vpos;
-  assign \$1215  = \$1214  ? \$signal$381  : prev_last;
-  assign \$1216  = \$1213  & \$1215 ;
-  assign \$1217  = ~ \$1216 ;
-  assign \$1218  = \$signal$313  & \$signal$381 ;
-  assign \$1219  = ~ \$signal$315 ;
-  assign \$1220  = \$1218  & \$1219 ;
-  assign \$1221  = ~ \$signal$315 ;
-  assign \$1222  = \$signal$381  & \$1221 ;
-  assign \$1223  = ~ \$1222 ;
-  assign \$1224  = \$signal$313  & \$1223 ;
-  assign \$1225  = end_ok | end_bad;
-  assign \$1226  = endv & \$1225 ;
-  assign \$1227  = any_err | \$1226 ;
-  assign \$1228  = | k;
-  assign \$1229  = advance & \$1228 ;
-  assign \$1230  = vpos_n >= 4'h8;
-  assign \$1231  = \$signal$378  & \$signal$379 ;
-  assign \$1232  = ~ \$1231 ;
-  assign i_value__ready = allow_load & \$1232 ;
-  assign \$1233  = rows_left > 2'h2;
-  assign \$1234  = rows_left > 1'h1;
-  assign \$1235  = fin ? \$1233  : \$1234 ;
-  assign \$1236  = rows_left == 2'h2;
-  assign \$1237  = rows_left == 1'h1;
-  assign \$1238  = fin ? \$1236  : \$1237 ;
-  assign \$1239  = ~ running;
-  assign \$1240  = ~ endv;
-  assign \$1241  = \$1239  & \$1240 ;
-  assign \$1242  = ~ pad_wait;
-  assign i_cmd__ready = \$1241  & \$1242 ;
-  assign \$1243  = running | endv;
-  assign o_busy = \$1243  | pad_wait;
-  assign \$1244  = i_cmd__valid & i_cmd__ready;
-  assign \$1245  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$1248  = i_cmd__payload[15:0] > 1'h1;
-  assign \$1249  = i_cmd__payload[15:0] == 1'h1;
-  assign mbeat0_vn = mbeat0_nv | \$1250 ;
-  assign \$1251  = mbuf_v & mbeat0_nv;
-  assign mbeat1_vn = mbeat1_nv | \$1251 ;
-  assign \$1253  = \$1252  * 2'h2;
-  assign \$1254  = ! \$signal$357 ;
-  assign \$1255  = $signed(es_w) <= $signed(1'h0);
-  assign \$1256  = es_w == 1'h1;
-  assign \$1257  = es_w == 2'h2;
-  assign \$1258  = es_w == 2'h3;
-  assign \$1259  = $signed(es_w) >= $signed(4'h4);
-  assign \$1261  = $signed(es_w) - $signed(3'h2);
-  assign \$1262  = $signed(\$1261 ) <= $signed(1'h0);
-  assign \$1263  = $signed(es_w) - $signed(3'h2);
-  assign \$1264  = \$1263  == 1'h1;
-  assign \$1265  = $signed(es_w) - $signed(3'h2);
-  assign \$1266  = \$1265  == 2'h2;
-  assign \$1267  = $signed(es_w) - $signed(3'h2);
-  assign \$1268  = \$1267  == 2'h3;
-  assign \$1269  = $signed(es_w) - $signed(3'h2);
-  assign \$1270  = $signed(\$1269 ) >= $signed(4'h4);
-  assign \$1271  = r_a_sel[0] ? Rsm1 : 9'h000;
-  assign \$1272  = r_a_sel[1] ? Rf1 : 9'h000;
-  assign \$1273  = \$1271  | \$1272 ;
-  assign \$1274  = r_a_sel[2] ? Rf3 : 9'h000;
-  assign \$1275  = r_a_sel[3] ? Rf5 : 9'h000;
-  assign \$1276  = \$1274  | \$1275 ;
-  assign \$1277  = \$1273  | \$1276 ;
-  assign \$1278  = r_a_sel[4] ? Rf7 : 9'h000;
-  assign r_a = \$1277  | \$1278 ;
-  assign \$1279  = ! \$signal$357 ;
-  assign \$1280  = $signed(es2_w) <= $signed(1'h0);
-  assign \$1281  = es2_w == 1'h1;
-  assign \$1282  = es2_w == 2'h2;
-  assign \$1283  = es2_w == 2'h3;
-  assign \$1284  = $signed(es2_w) >= $signed(4'h4);
-  assign \$1286  = $signed(es2_w) - $signed(3'h2);
-  assign \$1287  = $signed(\$1286 ) <= $signed(1'h0);
-  assign \$1288  = $signed(es2_w) - $signed(3'h2);
-  assign \$1289  = \$1288  == 1'h1;
-  assign \$1290  = $signed(es2_w) - $signed(3'h2);
-  assign \$1291  = \$1290  == 2'h2;
-  assign \$1292  = $signed(es2_w) - $signed(3'h2);
-  assign \$1293  = \$1292  == 2'h3;
-  assign \$1294  = $signed(es2_w) - $signed(3'h2);
-  assign \$1295  = $signed(\$1294 ) >= $signed(4'h4);
-  assign \$1296  = r_b_sel[0] ? Rsm1 : 9'h000;
-  assign \$1297  = r_b_sel[1] ? Rf1 : 9'h000;
-  assign \$1298  = \$1296  | \$1297 ;
-  assign \$1299  = r_b_sel[2] ? Rf3 : 9'h000;
-  assign \$1300  = r_b_sel[3] ? Rf5 : 9'h000;
-  assign \$1301  = \$1299  | \$1300 ;
-  assign \$1302  = \$1298  | \$1301 ;
-  assign \$1303  = r_b_sel[4] ? Rf7 : 9'h000;
-  assign r_b = \$1302  | \$1303 ;
-  assign \$1304  = ! \$signal$357 ;
-  assign \$1305  = $signed(es3_w) <= $signed(1'h0);
-  assign \$1306  = es3_w == 1'h1;
-  assign \$1307  = es3_w == 2'h2;
-  assign \$1308  = es3_w == 2'h3;
-  assign \$1309  = $signed(es3_w) >= $signed(4'h4);
-  assign \$1311  = $signed(es3_w) - $signed(3'h2);
-  assign \$1312  = $signed(\$1311 ) <= $signed(1'h0);
-  assign \$1313  = $signed(es3_w) - $signed(3'h2);
-  assign \$1314  = \$1313  == 1'h1;
-  assign \$1315  = $signed(es3_w) - $signed(3'h2);
-  assign \$1316  = \$1315  == 2'h2;
-  assign \$1317  = $signed(es3_w) - $signed(3'h2);
-  assign \$1318  = \$1317  == 2'h3;
-  assign \$1319  = $signed(es3_w) - $signed(3'h2);
-  assign \$1320  = $signed(\$1319 ) >= $signed(4'h4);
-  assign \$1321  = r_c_sel[0] ? Rsm1 : 9'h000;
-  assign \$1322  = r_c_sel[1] ? Rf1 : 9'h000;
-  assign \$1323  = \$1321  | \$1322 ;
-  assign \$1324  = r_c_sel[2] ? Rf3 : 9'h000;
-  assign \$1325  = r_c_sel[3] ? Rf5 : 9'h000;
-  assign \$1326  = \$1324  | \$1325 ;
-  assign \$1327  = \$1323  | \$1326 ;
-  assign \$1328  = r_c_sel[4] ? Rf7 : 9'h000;
-  assign r_c = \$1327  | \$1328 ;
-  assign \$1329  = endv & end_bad;
-  assign \$1330  = ~ any_err;
-  assign \$1331  = \$1329  & \$1330 ;
-  assign \$1332  = 1'h0 - dlow0;
-  assign \$1333  = k > 1'h0;
-  assign \$1334  = k_cur <= 1'h0;
-  assign \$1335  = finish & \$1334 ;
-  assign \$1336  = 1'h1 - dlow1;
-  assign \$1337  = k > 1'h1;
-  assign \$1338  = k_cur <= 1'h1;
-  assign \$1339  = finish & \$1338 ;
-  assign \$1340  = 2'h2 - dlow2;
-  assign \$1341  = k > 2'h2;
-  assign \$1342  = k_cur <= 2'h2;
-  assign \$1343  = finish & \$1342 ;
-  assign \$1344  = 2'h3 - dlow3;
-  assign \$1345  = k > 2'h3;
-  assign \$1346  = k_cur <= 2'h3;
-  assign \$1347  = finish & \$1346 ;
-  assign \$1348  = 3'h4 - dlow4;
-  assign \$1349  = k > 3'h4;
-  assign \$1350  = k_cur <= 3'h4;
-  assign \$1351  = finish & \$1350 ;
-  assign \$1352  = 3'h5 - dlow5;
-  assign \$1353  = k > 3'h5;
-  assign \$1354  = k_cur <= 3'h5;
-  assign \$1355  = finish & \$1354 ;
-  assign \$1356  = 3'h6 - dlow6;
-  assign \$1357  = k > 3'h6;
-  assign \$1358  = k_cur <= 3'h6;
-  assign \$1359  = finish & \$1358 ;
-  assign \$1360  = 3'h7 - dlow7;
-  assign \$1361  = k > 3'h7;
-  assign \$1362  = k_cur <= 3'h7;
-  assign \$1363  = finish & \$1362 ;
-  assign \$1364  = ~ any_err;
-  assign \$1365  = short_now & \$1364 ;
-  assign \$1366  = finish & last_row;
-  assign \$1367  = ov & o_lanes__ready;
-  assign \$1368  = { \$1097 [4:0], a_gsel0[0], ws0 } >= cols_r;
-  assign \$1369  = \$signal$163 [0] & \$1368 ;
-  assign \$1370  = { \$1104 [4:0], a_gsel1[0], ws1 } >= cols_r;
-  assign \$1371  = \$signal$163 [1] & \$1370 ;
-  assign \$1372  = { \$1111 [4:0], a_gsel2[0], ws2 } >= cols_r;
-  assign \$1373  = \$signal$163 [2] & \$1372 ;
-  assign \$1374  = { \$1118 [4:0], a_gsel3[0], ws3 } >= cols_r;
-  assign \$1375  = \$signal$163 [3] & \$1374 ;
-  assign \$1376  = { \$1125 [4:0], a_gsel4[0], ws4 } >= cols_r;
-  assign \$1377  = \$signal$163 [4] & \$1376 ;
-  assign \$1378  = { \$1132 [4:0], a_gsel5[0], ws5 } >= cols_r;
-  assign \$1379  = \$signal$163 [5] & \$1378 ;
-  assign \$1380  = { \$1139 [4:0], a_gsel6[0], ws6 } >= cols_r;
-  assign \$1381  = \$signal$163 [6] & \$1380 ;
-  assign \$1382  = { \$1146 [4:0], a_gsel7[0], ws7 } >= cols_r;
-  assign \$1383  = \$signal$163 [7] & \$1382 ;
-  assign \$1384  = \$1367  ? { \$1383 , \$1381 , \$1379 , \$1377 , \$1375 , \$1373 , \$1371 , \$1369  } : 8'h00;
-  assign \$1385  = | pad_l;
-  assign \$1386  = | flush_d;
-  assign \$1387  = $signed(es_bits) > $signed(1'h0);
-  assign \$1388  = $signed(es_bits) <= $signed(8'h40);
-  assign \$1389  = \$1387  & \$1388 ;
-  assign \$1390  = 1'h1 - \$signal$357 ;
-  assign \$1391  = $signed(es_bits) > $signed(8'h40);
-  assign \$1392  = $signed(es_bits) <= $signed(9'h080);
-  assign \$1393  = \$1391  & \$1392 ;
-  assign \$1394  = 2'h2 - \$signal$357 ;
-  assign \$1395  = i_mask__valid & i_mask__ready;
-  assign \$1396  = ~ mbeat0_nv;
-  assign \$1398  = ~ mbeat1_nv;
-  assign \$1399  = \$1398  & mbeat0_nv;
-  assign \$1400  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$1401  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$1402  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$1403  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$1404  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$1405  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$1406  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$1407  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$1408  = $signed(Rsm1) - $signed({ 1'h0, kk });
-  assign \$1409  = end_ok | end_bad;
-  assign \$1410  = endv & \$1409 ;
-  assign \$1411  = any_err | \$1410 ;
-  assign \$1412  = | k;
-  assign \$1413  = advance & \$1412 ;
-  assign \$1414  = vpos_n >= 4'h8;
-  assign \$1415  = vpos_n - 4'h8;
-  assign \$1416  = i_value__valid & allow_load;
-  assign \$1417  = ~ \$signal$378 ;
-  assign \$1418  = ~ \$signal$379 ;
-  assign \$1419  = \$signal$378  & \$signal$379 ;
-  assign \$1420  = ~ \$1419 ;
-  assign \$1421  = i_cmd__valid & i_cmd__ready;
-  assign \$1423  = advance & finish;
-  assign \$1424  = rows_left - 1'h1;
-  assign \$1425  = end_ok | end_bad;
-  assign \$1426  = endv & \$1425 ;
-  assign \$1427  = i_cmd__valid & i_cmd__ready;
-  assign \$1434  = \$1431  + \$1433 ;
-  assign \$1437  = stride_w + \$1436 ;
-  assign \$1438  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$1439  = fin ? \$1168 [8:0] : \$1438 ;
-  assign \$1440  = fin ? \$1169 [9:0] : { \$1168 [8], \$1168 [8:0] };
-  assign \$1441  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$1442  = fin ? \$1441  : { \$1169 [9], \$1169 [9], \$1169 [9:0] };
-  assign \$1443  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$1444  = $signed(\$1443 ) - $signed({ 1'h0, dsh });
-  assign \$1445  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$1446  = fin ? \$1444  : { \$1445 [11], \$1445  };
-  assign \$1447  = fin ? r_b : r_a;
-  assign \$1448  = $signed(\$1447 ) - $signed({ 1'h0, kk });
-  assign \$1449  = fin ? r_c : r_b;
-  assign \$1450  = $signed(\$1449 ) - $signed({ 1'h0, kk });
-  assign \$1451  = $signed(\$1169 [9:0]) <= $signed({ 1'h0, \$1253 [2:0] });
-  assign \$1452  = $signed(\$1168 [8:0]) <= $signed({ 1'h0, \$1253 [2:0] });
-  assign \$1453  = fin ? \$1451  : \$1452 ;
-  assign \$1454  = $signed(Rf3) <= $signed({ 1'h0, kk });
-  assign \$1455  = mbeat0_vn & \$1454 ;
-  assign \$1456  = $signed(\$1169 [9:0]) > $signed(3'h2);
-  assign \$1457  = $signed(\$1168 [8:0]) > $signed(3'h2);
-  assign \$1458  = fin ? \$1456  : \$1457 ;
-  assign \$1459  = \$1455  & \$1458 ;
-  assign \$1460  = o_error_flags | flags;
-  always @(posedge clk)
-    prime <= \$1461 ;
-  always @(posedge clk)
-    a_grp0 <= \$1462 ;
-  always @(posedge clk)
-    a_gsel0 <= \$1463 ;
-  always @(posedge clk)
-    a_lr0 <= \$1464 ;
-  always @(posedge clk)
-    \$signal$163  <= \$1465 ;
-  always @(posedge clk)
-    a_nxt <= \$1466 ;
-  always @(posedge clk)
-    a_grp1 <= \$1467 ;
-  always @(posedge clk)
-    a_gsel1 <= \$1468 ;
-  always @(posedge clk)
-    a_lr1 <= \$1469 ;
-  always @(posedge clk)
-    a_grp2 <= \$1470 ;
-  always @(posedge clk)
-    a_gsel2 <= \$1471 ;
-  always @(posedge clk)
-    a_lr2 <= \$1472 ;
-  always @(posedge clk)
-    a_grp3 <= \$1473 ;
-  always @(posedge clk)
-    a_gsel3 <= \$1474 ;
-  always @(posedge clk)
-    a_lr3 <= \$1475 ;
-  always @(posedge clk)
-    a_grp4 <= \$1476 ;
-  always @(posedge clk)
-    a_gsel4 <= \$1477 ;
-  always @(posedge clk)
-    a_lr4 <= \$1478 ;
-  always @(posedge clk)
-    a_grp5 <= \$1479 ;
-  always @(posedge clk)
-    a_gsel5 <= \$1480 ;
-  always @(posedge clk)
-    a_lr5 <= \$1481 ;
-  always @(posedge clk)
-    a_grp6 <= \$1482 ;
-  always @(posedge clk)
-    a_gsel6 <= \$1483 ;
-  always @(posedge clk)
-    a_lr6 <= \$1484 ;
-  always @(posedge clk)
-    a_grp7 <= \$1485 ;
+  assign \$3615  = ~ vlast_loaded;
+  assign \$3616  = ! vpos;
+  assign \$3617  = \$signal$305  & \$3616 ;
+  assign \$3618  = \$3617  | \$signal$307 ;
+  assign \$3619  = ~ \$3618 ;
+  assign \$3620  = | vpos;
+  assign \$3621  = \$3620  ? \$signal$383  : prev_last;
+  assign \$3622  = \$3619  & \$3621 ;
+  assign \$3623  = ! vpos;
+  assign \$3624  = \$signal$305  & \$3623 ;
+  assign \$3625  = \$3624  | \$signal$307 ;
+  assign \$3626  = ~ \$3625 ;
+  assign \$3627  = | vpos;
+  assign \$3628  = \$3627  ? \$signal$383  : prev_last;
+  assign \$3629  = \$3626  & \$3628 ;
+  assign \$3630  = ~ \$3629 ;
+  assign \$3631  = \$signal$305  & \$signal$383 ;
+  assign \$3632  = ~ \$signal$307 ;
+  assign \$3633  = \$3631  & \$3632 ;
+  assign \$3634  = ~ \$signal$307 ;
+  assign \$3635  = \$signal$383  & \$3634 ;
+  assign \$3636  = ~ \$3635 ;
+  assign \$3637  = \$signal$305  & \$3636 ;
+  assign \$3638  = end_ok | end_bad;
+  assign \$3639  = endv & \$3638 ;
+  assign \$3640  = any_err | \$3639 ;
+  assign \$3641  = | k;
+  assign \$3642  = advance & \$3641 ;
+  assign \$3643  = vpos_n >= 4'h8;
+  assign \$3644  = \$signal$380  & \$signal$381 ;
+  assign \$3645  = ~ \$3644 ;
+  assign i_value__ready = allow_load & \$3645 ;
+  assign \$3646  = rows_left > 2'h2;
+  assign \$3647  = rows_left > 1'h1;
+  assign \$3648  = fin ? \$3646  : \$3647 ;
+  assign \$3649  = rows_left == 2'h2;
+  assign \$3650  = rows_left == 1'h1;
+  assign \$3651  = fin ? \$3649  : \$3650 ;
+  assign \$3652  = ~ running;
+  assign \$3653  = ~ endv;
+  assign \$3654  = \$3652  & \$3653 ;
+  assign \$3655  = ~ pad_wait;
+  assign i_cmd__ready = \$3654  & \$3655 ;
+  assign \$3656  = running | endv;
+  assign o_busy = \$3656  | pad_wait;
+  assign \$3657  = i_cmd__valid & i_cmd__ready;
+  assign \$3658  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$3661  = i_cmd__payload[15:0] > 1'h1;
+  assign \$3662  = i_cmd__payload[15:0] == 1'h1;
+  assign \$3663  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$3663  | \$3664 ;
+  assign \$3665  = ~ \$signal$349 ;
+  assign \$3666  = mbeat1_v & \$3665 ;
+  assign \$3667  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3668  = mbuf_v & \$3667 ;
+  assign mbeat1_vn = \$3666  | \$3668 ;
+  assign \$3670  = \$3669  * 2'h2;
+  assign \$3671  = ! \$signal$349 ;
+  assign \$3672  = $signed(es_w) <= $signed(1'h0);
+  assign \$3673  = es_w == 1'h1;
+  assign \$3674  = es_w == 2'h2;
+  assign \$3675  = es_w == 2'h3;
+  assign \$3676  = $signed(es_w) >= $signed(4'h4);
+  assign \$3678  = $signed(es_w) - $signed(3'h2);
+  assign \$3679  = $signed(\$3678 ) <= $signed(1'h0);
+  assign \$3680  = $signed(es_w) - $signed(3'h2);
+  assign \$3681  = \$3680  == 1'h1;
+  assign \$3682  = $signed(es_w) - $signed(3'h2);
+  assign \$3683  = \$3682  == 2'h2;
+  assign \$3684  = $signed(es_w) - $signed(3'h2);
+  assign \$3685  = \$3684  == 2'h3;
+  assign \$3686  = $signed(es_w) - $signed(3'h2);
+  assign \$3687  = $signed(\$3686 ) >= $signed(4'h4);
+  assign \$3688  = r_a_sel[0] ? Rnm1 : 9'h000;
+  assign \$3689  = r_a_sel[1] ? Rf1 : 9'h000;
+  assign \$3690  = \$3688  | \$3689 ;
+  assign \$3691  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$3692  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3693  = \$3691  | \$3692 ;
+  assign \$3694  = \$3690  | \$3693 ;
+  assign \$3695  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$3694  | \$3695 ;
+  assign \$3696  = ! \$signal$349 ;
+  assign \$3697  = $signed(es2_w) <= $signed(1'h0);
+  assign \$3698  = es2_w == 1'h1;
+  assign \$3699  = es2_w == 2'h2;
+  assign \$3700  = es2_w == 2'h3;
+  assign \$3701  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3703  = $signed(es2_w) - $signed(3'h2);
+  assign \$3704  = $signed(\$3703 ) <= $signed(1'h0);
+  assign \$3705  = $signed(es2_w) - $signed(3'h2);
+  assign \$3706  = \$3705  == 1'h1;
+  assign \$3707  = $signed(es2_w) - $signed(3'h2);
+  assign \$3708  = \$3707  == 2'h2;
+  assign \$3709  = $signed(es2_w) - $signed(3'h2);
+  assign \$3710  = \$3709  == 2'h3;
+  assign \$3711  = $signed(es2_w) - $signed(3'h2);
+  assign \$3712  = $signed(\$3711 ) >= $signed(4'h4);
+  assign \$3713  = r_b_sel[0] ? Rnm1 : 9'h000;
+  assign \$3714  = r_b_sel[1] ? Rf1 : 9'h000;
+  assign \$3715  = \$3713  | \$3714 ;
+  assign \$3716  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$3717  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3718  = \$3716  | \$3717 ;
+  assign \$3719  = \$3715  | \$3718 ;
+  assign \$3720  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$3719  | \$3720 ;
+  assign \$3721  = ! \$signal$349 ;
+  assign \$3722  = $signed(es3_w) <= $signed(1'h0);
+  assign \$3723  = es3_w == 1'h1;
+  assign \$3724  = es3_w == 2'h2;
+  assign \$3725  = es3_w == 2'h3;
+  assign \$3726  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3728  = $signed(es3_w) - $signed(3'h2);
+  assign \$3729  = $signed(\$3728 ) <= $signed(1'h0);
+  assign \$3730  = $signed(es3_w) - $signed(3'h2);
+  assign \$3731  = \$3730  == 1'h1;
+  assign \$3732  = $signed(es3_w) - $signed(3'h2);
+  assign \$3733  = \$3732  == 2'h2;
+  assign \$3734  = $signed(es3_w) - $signed(3'h2);
+  assign \$3735  = \$3734  == 2'h3;
+  assign \$3736  = $signed(es3_w) - $signed(3'h2);
+  assign \$3737  = $signed(\$3736 ) >= $signed(4'h4);
+  assign \$3738  = r_c_sel[0] ? Rnm1 : 9'h000;
+  assign \$3739  = r_c_sel[1] ? Rf1 : 9'h000;
+  assign \$3740  = \$3738  | \$3739 ;
+  assign \$3741  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$3742  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3743  = \$3741  | \$3742 ;
+  assign \$3744  = \$3740  | \$3743 ;
+  assign \$3745  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$3744  | \$3745 ;
+  assign \$3746  = endv & end_bad;
+  assign \$3747  = ~ any_err;
+  assign \$3748  = \$3746  & \$3747 ;
+  assign \$3750  = k > 1'h0;
+  assign \$3751  = k_cur <= 1'h0;
+  assign \$3752  = finish & \$3751 ;
+  assign \$3754  = k > 1'h1;
+  assign \$3755  = k_cur <= 1'h1;
+  assign \$3756  = finish & \$3755 ;
+  assign \$3758  = k > 2'h2;
+  assign \$3759  = k_cur <= 2'h2;
+  assign \$3760  = finish & \$3759 ;
+  assign \$3762  = k > 2'h3;
+  assign \$3763  = k_cur <= 2'h3;
+  assign \$3764  = finish & \$3763 ;
+  assign \$3766  = k > 3'h4;
+  assign \$3767  = k_cur <= 3'h4;
+  assign \$3768  = finish & \$3767 ;
+  assign \$3770  = k > 3'h5;
+  assign \$3771  = k_cur <= 3'h5;
+  assign \$3772  = finish & \$3771 ;
+  assign \$3774  = k > 3'h6;
+  assign \$3775  = k_cur <= 3'h6;
+  assign \$3776  = finish & \$3775 ;
+  assign \$3778  = k > 3'h7;
+  assign \$3779  = k_cur <= 3'h7;
+  assign \$3780  = finish & \$3779 ;
+  assign \$3781  = ~ any_err;
+  assign \$3782  = short_now & \$3781 ;
+  assign \$3783  = finish & last_row;
+  assign \$3784  = ov & o_lanes__ready;
+  assign \$3785  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$3786  = \$signal$155 [0] & \$3785 ;
+  assign \$3787  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$3788  = \$signal$155 [1] & \$3787 ;
+  assign \$3789  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$3790  = \$signal$155 [2] & \$3789 ;
+  assign \$3791  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$3792  = \$signal$155 [3] & \$3791 ;
+  assign \$3793  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$3794  = \$signal$155 [4] & \$3793 ;
+  assign \$3795  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$3796  = \$signal$155 [5] & \$3795 ;
+  assign \$3797  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$3798  = \$signal$155 [6] & \$3797 ;
+  assign \$3799  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$3800  = \$signal$155 [7] & \$3799 ;
+  assign \$3801  = \$3784  ? { \$3800 , \$3798 , \$3796 , \$3794 , \$3792 , \$3790 , \$3788 , \$3786  } : 8'h00;
+  assign \$3802  = | pad_l;
+  assign \$3803  = | flush_d;
+  assign \$3804  = $signed(es_bits) > $signed(1'h0);
+  assign \$3805  = $signed(es_bits) <= $signed(8'h40);
+  assign \$3806  = \$3804  & \$3805 ;
+  assign \$3807  = 1'h1 - \$signal$349 ;
+  assign \$3808  = $signed(es_bits) > $signed(8'h40);
+  assign \$3809  = $signed(es_bits) <= $signed(9'h080);
+  assign \$3810  = \$3808  & \$3809 ;
+  assign \$3811  = 2'h2 - \$signal$349 ;
+  assign \$3812  = i_mask__valid & i_mask__ready;
+  assign \$3813  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3814  = ~ \$3813 ;
+  assign \$3816  = ~ \$signal$349 ;
+  assign \$3817  = mbeat1_v & \$3816 ;
+  assign \$3818  = ~ \$3817 ;
+  assign \$3819  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3820  = \$3818  & \$3819 ;
+  assign \$3821  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$3822  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$3823  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$3824  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$3825  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$3826  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$3827  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$3828  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$3829  = $signed(Rnm1) - $signed({ 1'h0, kk });
+  assign \$3830  = end_ok | end_bad;
+  assign \$3831  = endv & \$3830 ;
+  assign \$3832  = any_err | \$3831 ;
+  assign \$3833  = | k;
+  assign \$3834  = advance & \$3833 ;
+  assign \$3835  = vpos_n >= 4'h8;
+  assign \$3836  = vpos_n - 4'h8;
+  assign \$3837  = i_value__valid & allow_load;
+  assign \$3838  = ~ \$signal$380 ;
+  assign \$3839  = ~ \$signal$381 ;
+  assign \$3840  = \$signal$380  & \$signal$381 ;
+  assign \$3841  = ~ \$3840 ;
+  assign \$3842  = i_cmd__valid & i_cmd__ready;
+  assign \$3844  = advance & finish;
+  assign \$3845  = rows_left - 1'h1;
+  assign \$3846  = end_ok | end_bad;
+  assign \$3847  = endv & \$3846 ;
+  assign \$3848  = i_cmd__valid & i_cmd__ready;
+  assign \$3855  = \$3852  + \$3854 ;
+  assign \$3858  = stride_w + \$3857 ;
+  assign \$3859  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$3860  = fin ? \$3568 [8:0] : \$3859 ;
+  assign \$3861  = fin ? \$3569 [9:0] : { \$3568 [8], \$3568 [8:0] };
+  assign \$3862  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3863  = fin ? \$3862  : { \$3569 [9], \$3569 [9], \$3569 [9:0] };
+  assign \$3864  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$3865  = $signed(\$3864 ) - $signed({ 1'h0, dsh });
+  assign \$3866  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3867  = fin ? \$3865  : { \$3866 [11], \$3866  };
+  assign \$3868  = fin ? r_b : r_a;
+  assign \$3869  = $signed(\$3868 ) - $signed({ 1'h0, kk });
+  assign \$3870  = fin ? r_c : r_b;
+  assign \$3871  = $signed(\$3870 ) - $signed({ 1'h0, kk });
+  assign \$3872  = $signed(\$3569 [9:0]) <= $signed({ 1'h0, \$3670 [2:0] });
+  assign \$3873  = $signed(\$3568 [8:0]) <= $signed({ 1'h0, \$3670 [2:0] });
+  assign \$3874  = fin ? \$3872  : \$3873 ;
+  assign \$3875  = $signed(Rf3) <= $signed({ 1'h0, kk });
+  assign \$3876  = mbeat0_vn & \$3875 ;
+  assign \$3877  = $signed(\$3569 [9:0]) > $signed(3'h2);
+  assign \$3878  = $signed(\$3568 [8:0]) > $signed(3'h2);
+  assign \$3879  = fin ? \$3877  : \$3878 ;
+  assign \$3880  = \$3876  & \$3879 ;
+  assign \$3881  = o_error_flags | flags;
+  always @(posedge clk)
+    prime <= \$3882 ;
+  always @(posedge clk)
+    a_grp0 <= \$3883 ;
+  always @(posedge clk)
+    a_gsel0 <= \$3884 ;
+  always @(posedge clk)
+    a_lr0 <= \$3885 ;
+  always @(posedge clk)
+    \$signal$155  <= \$3886 ;
+  always @(posedge clk)
+    a_nxt <= \$3887 ;
+  always @(posedge clk)
+    a_grp1 <= \$3888 ;
+  always @(posedge clk)
+    a_gsel1 <= \$3889 ;
+  always @(posedge clk)
+    a_lr1 <= \$3890 ;
+  always @(posedge clk)
+    a_grp2 <= \$3891 ;
+  always @(posedge clk)
+    a_gsel2 <= \$3892 ;
+  always @(posedge clk)
+    a_lr2 <= \$3893 ;
+  always @(posedge clk)
+    a_grp3 <= \$3894 ;
+  always @(posedge clk)
+    a_gsel3 <= \$3895 ;
+  always @(posedge clk)
+    a_lr3 <= \$3896 ;
+  always @(posedge clk)
+    a_grp4 <= \$3897 ;
+  always @(posedge clk)
+    a_gsel4 <= \$3898 ;
+  always @(posedge clk)
+    a_lr4 <= \$3899 ;
+  always @(posedge clk)
+    a_grp5 <= \$3900 ;
+  always @(posedge clk)
+    a_gsel5 <= \$3901 ;
+  always @(posedge clk)
+    a_lr5 <= \$3902 ;
+  always @(posedge clk)
+    a_grp6 <= \$3903 ;
+  always @(posedge clk)
+    a_gsel6 <= \$3904 ;
+  always @(posedge clk)
+    a_lr6 <= \$3905 ;
+  always @(posedge clk)
+    a_grp7 <= \$3906 ;
   always @(posedge clk)
-    a_gsel7 <= \$1486 ;
+    a_gsel7 <= \$3907 ;
   always @(posedge clk)
-    a_lr7 <= \$1487 ;
+    a_lr7 <= \$3908 ;
   always @(posedge clk)
-    \$signal  <= \$1488 ;
+    \$signal  <= \$3909 ;
   always @(posedge clk)
-    a_es <= \$1489 ;
+    a_es <= \$3910 ;
   always @(posedge clk)
-    short_err <= \$1490 ;
+    short_err <= \$3911 ;
   always @(posedge clk)
-    ov <= \$1491 ;
+    ov <= \$3912 ;
   always @(posedge clk)
-    \$signal$332  <= \$1492 ;
+    \$signal$324  <= \$3913 ;
   always @(posedge clk)
-    a_last <= \$1493 ;
+    a_last <= \$3914 ;
   always @(posedge clk)
-    a_val <= \$1494 ;
+    a_val <= \$3915 ;
   always @(posedge clk)
-    pad_l <= \$1495 ;
+    pad_l <= \$3916 ;
   always @(posedge clk)
-    pad_r <= \$1496 ;
+    pad_r <= \$3917 ;
   always @(posedge clk)
-    flush_d <= \$1497 ;
+    flush_d <= \$3918 ;
   always @(posedge clk)
-    mbuf <= \$1498 ;
+    mbuf <= \$3919 ;
   always @(posedge clk)
-    mbuf_v <= \$1499 ;
+    mbuf_v <= \$3920 ;
   always @(posedge clk)
-    mbeat0 <= \$1500 ;
+    mbeat0 <= \$3921 ;
   always @(posedge clk)
-    mbeat1 <= \$1501 ;
+    mbeat1 <= \$3922 ;
   always @(posedge clk)
-    mbeat0_v <= \$1502 ;
+    mbeat0_v <= \$3923 ;
   always @(posedge clk)
-    mbeat1_v <= \$1503 ;
+    mbeat1_v <= \$3924 ;
   always @(posedge clk)
-    R0 <= \$1504 ;
+    R0 <= \$3925 ;
   always @(posedge clk)
-    R1 <= \$1505 ;
+    R1 <= \$3926 ;
   always @(posedge clk)
-    R2 <= \$1506 ;
+    R2 <= \$3927 ;
   always @(posedge clk)
-    R3 <= \$1507 ;
+    R3 <= \$3928 ;
   always @(posedge clk)
-    R4 <= \$1508 ;
+    R4 <= \$3929 ;
   always @(posedge clk)
-    R5 <= \$1509 ;
+    R5 <= \$3930 ;
   always @(posedge clk)
-    R6 <= \$1510 ;
+    R6 <= \$3931 ;
   always @(posedge clk)
-    R7 <= \$1511 ;
+    R7 <= \$3932 ;
   always @(posedge clk)
-    Rm1 <= \$1512 ;
+    Rm1 <= \$3933 ;
   always @(posedge clk)
-    vpos <= \$1513 ;
+    vpos <= \$3934 ;
   always @(posedge clk)
-    vlast_loaded <= \$1514 ;
+    vlast_loaded <= \$3935 ;
   always @(posedge clk)
-    prev_last <= \$1515 ;
+    prev_last <= \$3936 ;
   always @(posedge clk)
-    any_val <= \$1516 ;
+    any_val <= \$3937 ;
   always @(posedge clk)
-    \$signal$318  <= \$1517 ;
+    \$signal$310  <= \$3938 ;
   always @(posedge clk)
-    VB <= \$1518 ;
+    VB <= \$3939 ;
   always @(posedge clk)
-    \$signal$313  <= \$1519 ;
+    \$signal$305  <= \$3940 ;
   always @(posedge clk)
-    \$signal$315  <= \$1520 ;
+    \$signal$307  <= \$3941 ;
   always @(posedge clk)
-    \$signal$381  <= \$1521 ;
+    \$signal$383  <= \$3942 ;
   always @(posedge clk)
-    \$signal$382  <= \$1522 ;
+    \$signal$384  <= \$3943 ;
   always @(posedge clk)
-    running <= \$1523 ;
+    running <= \$3944 ;
   always @(posedge clk)
-    rows_left <= \$1524 ;
+    rows_left <= \$3945 ;
   always @(posedge clk)
-    cols_r <= \$1525 ;
+    cols_r <= \$3946 ;
   always @(posedge clk)
-    stride_w <= \$1526 ;
+    stride_w <= \$3947 ;
   always @(posedge clk)
-    endv <= \$1527 ;
+    endv <= \$3948 ;
   always @(posedge clk)
-    rs_w <= \$1528 ;
+    rs_w <= \$3949 ;
   always @(posedge clk)
-    es_w <= \$1529 ;
+    es_w <= \$3950 ;
   always @(posedge clk)
-    es2_w <= \$1530 ;
+    es2_w <= \$3951 ;
   always @(posedge clk)
-    es3_w <= \$1531 ;
+    es3_w <= \$3952 ;
   always @(posedge clk)
-    has_next <= \$1532 ;
+    has_next <= \$3953 ;
   always @(posedge clk)
-    last_row <= \$1533 ;
+    last_row <= \$3954 ;
   always @(posedge clk)
-    k_cur_full <= \$1534 ;
+    k_cur_full <= \$3955 ;
   always @(posedge clk)
-    k_nxt_full <= \$1535 ;
+    k_nxt_full <= \$3956 ;
   always @(posedge clk)
-    row_complete <= \$1536 ;
+    row_complete <= \$3957 ;
   always @(posedge clk)
-    \$signal$363  <= \$1537 ;
+    \$signal$355  <= \$3958 ;
   always @(posedge clk)
-    o_error_flags <= \$1538 ;
+    o_error_flags <= \$3959 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -8055,37 +12900,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp0[3:0])
       4'h0:
-          \$1091  = 3'h0;
+          \$3491  = 3'h0;
       4'h1:
-          \$1091  = 3'h1;
+          \$3491  = 3'h1;
       4'h2:
-          \$1091  = 3'h1;
+          \$3491  = 3'h1;
       4'h3:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'h4:
-          \$1091  = 3'h1;
+          \$3491  = 3'h1;
       4'h5:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'h6:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'h7:
-          \$1091  = 3'h3;
+          \$3491  = 3'h3;
       4'h8:
-          \$1091  = 3'h1;
+          \$3491  = 3'h1;
       4'h9:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'ha:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'hb:
-          \$1091  = 3'h3;
+          \$3491  = 3'h3;
       4'hc:
-          \$1091  = 3'h2;
+          \$3491  = 3'h2;
       4'hd:
-          \$1091  = 3'h3;
+          \$3491  = 3'h3;
       4'he:
-          \$1091  = 3'h3;
+          \$3491  = 3'h3;
       4'hf:
-          \$1091  = 3'h4;
+          \$3491  = 3'h4;
     endcase
   end
   always @* begin
@@ -8093,37 +12938,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp0[7:4])
       4'h0:
-          \$1092  = 3'h0;
+          \$3492  = 3'h0;
       4'h1:
-          \$1092  = 3'h1;
+          \$3492  = 3'h1;
       4'h2:
-          \$1092  = 3'h1;
+          \$3492  = 3'h1;
       4'h3:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'h4:
-          \$1092  = 3'h1;
+          \$3492  = 3'h1;
       4'h5:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'h6:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'h7:
-          \$1092  = 3'h3;
+          \$3492  = 3'h3;
       4'h8:
-          \$1092  = 3'h1;
+          \$3492  = 3'h1;
       4'h9:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'ha:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'hb:
-          \$1092  = 3'h3;
+          \$3492  = 3'h3;
       4'hc:
-          \$1092  = 3'h2;
+          \$3492  = 3'h2;
       4'hd:
-          \$1092  = 3'h3;
+          \$3492  = 3'h3;
       4'he:
-          \$1092  = 3'h3;
+          \$3492  = 3'h3;
       4'hf:
-          \$1092  = 3'h4;
+          \$3492  = 3'h4;
     endcase
   end
   always @* begin
@@ -8207,37 +13052,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp1[3:0])
       4'h0:
-          \$1098  = 3'h0;
+          \$3498  = 3'h0;
       4'h1:
-          \$1098  = 3'h1;
+          \$3498  = 3'h1;
       4'h2:
-          \$1098  = 3'h1;
+          \$3498  = 3'h1;
       4'h3:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'h4:
-          \$1098  = 3'h1;
+          \$3498  = 3'h1;
       4'h5:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'h6:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'h7:
-          \$1098  = 3'h3;
+          \$3498  = 3'h3;
       4'h8:
-          \$1098  = 3'h1;
+          \$3498  = 3'h1;
       4'h9:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'ha:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'hb:
-          \$1098  = 3'h3;
+          \$3498  = 3'h3;
       4'hc:
-          \$1098  = 3'h2;
+          \$3498  = 3'h2;
       4'hd:
-          \$1098  = 3'h3;
+          \$3498  = 3'h3;
       4'he:
-          \$1098  = 3'h3;
+          \$3498  = 3'h3;
       4'hf:
-          \$1098  = 3'h4;
+          \$3498  = 3'h4;
     endcase
   end
   always @* begin
@@ -8245,37 +13090,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp1[7:4])
       4'h0:
-          \$1099  = 3'h0;
+          \$3499  = 3'h0;
       4'h1:
-          \$1099  = 3'h1;
+          \$3499  = 3'h1;
       4'h2:
-          \$1099  = 3'h1;
+          \$3499  = 3'h1;
       4'h3:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'h4:
-          \$1099  = 3'h1;
+          \$3499  = 3'h1;
       4'h5:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'h6:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'h7:
-          \$1099  = 3'h3;
+          \$3499  = 3'h3;
       4'h8:
-          \$1099  = 3'h1;
+          \$3499  = 3'h1;
       4'h9:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'ha:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'hb:
-          \$1099  = 3'h3;
+          \$3499  = 3'h3;
       4'hc:
-          \$1099  = 3'h2;
+          \$3499  = 3'h2;
       4'hd:
-          \$1099  = 3'h3;
+          \$3499  = 3'h3;
       4'he:
-          \$1099  = 3'h3;
+          \$3499  = 3'h3;
       4'hf:
-          \$1099  = 3'h4;
+          \$3499  = 3'h4;
     endcase
   end
   always @* begin
@@ -8359,37 +13204,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp2[3:0])
       4'h0:
-          \$1105  = 3'h0;
+          \$3505  = 3'h0;
       4'h1:
-          \$1105  = 3'h1;
+          \$3505  = 3'h1;
       4'h2:
-          \$1105  = 3'h1;
+          \$3505  = 3'h1;
       4'h3:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'h4:
-          \$1105  = 3'h1;
+          \$3505  = 3'h1;
       4'h5:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'h6:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'h7:
-          \$1105  = 3'h3;
+          \$3505  = 3'h3;
       4'h8:
-          \$1105  = 3'h1;
+          \$3505  = 3'h1;
       4'h9:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'ha:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'hb:
-          \$1105  = 3'h3;
+          \$3505  = 3'h3;
       4'hc:
-          \$1105  = 3'h2;
+          \$3505  = 3'h2;
       4'hd:
-          \$1105  = 3'h3;
+          \$3505  = 3'h3;
       4'he:
-          \$1105  = 3'h3;
+          \$3505  = 3'h3;
       4'hf:
-          \$1105  = 3'h4;
+          \$3505  = 3'h4;
     endcase
   end
   always @* begin
@@ -8397,37 +13242,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp2[7:4])
       4'h0:
-          \$1106  = 3'h0;
+          \$3506  = 3'h0;
       4'h1:
-          \$1106  = 3'h1;
+          \$3506  = 3'h1;
       4'h2:
-          \$1106  = 3'h1;
+          \$3506  = 3'h1;
       4'h3:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'h4:
-          \$1106  = 3'h1;
+          \$3506  = 3'h1;
       4'h5:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'h6:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'h7:
-          \$1106  = 3'h3;
+          \$3506  = 3'h3;
       4'h8:
-          \$1106  = 3'h1;
+          \$3506  = 3'h1;
       4'h9:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'ha:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'hb:
-          \$1106  = 3'h3;
+          \$3506  = 3'h3;
       4'hc:
-          \$1106  = 3'h2;
+          \$3506  = 3'h2;
       4'hd:
-          \$1106  = 3'h3;
+          \$3506  = 3'h3;
       4'he:
-          \$1106  = 3'h3;
+          \$3506  = 3'h3;
       4'hf:
-          \$1106  = 3'h4;
+          \$3506  = 3'h4;
     endcase
   end
   always @* begin
@@ -8511,37 +13356,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp3[3:0])
       4'h0:
-          \$1112  = 3'h0;
+          \$3512  = 3'h0;
       4'h1:
-          \$1112  = 3'h1;
+          \$3512  = 3'h1;
       4'h2:
-          \$1112  = 3'h1;
+          \$3512  = 3'h1;
       4'h3:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'h4:
-          \$1112  = 3'h1;
+          \$3512  = 3'h1;
       4'h5:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'h6:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'h7:
-          \$1112  = 3'h3;
+          \$3512  = 3'h3;
       4'h8:
-          \$1112  = 3'h1;
+          \$3512  = 3'h1;
       4'h9:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'ha:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'hb:
-          \$1112  = 3'h3;
+          \$3512  = 3'h3;
       4'hc:
-          \$1112  = 3'h2;
+          \$3512  = 3'h2;
       4'hd:
-          \$1112  = 3'h3;
+          \$3512  = 3'h3;
       4'he:
-          \$1112  = 3'h3;
+          \$3512  = 3'h3;
       4'hf:
-          \$1112  = 3'h4;
+          \$3512  = 3'h4;
     endcase
   end
   always @* begin
@@ -8549,37 +13394,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp3[7:4])
       4'h0:
-          \$1113  = 3'h0;
+          \$3513  = 3'h0;
       4'h1:
-          \$1113  = 3'h1;
+          \$3513  = 3'h1;
       4'h2:
-          \$1113  = 3'h1;
+          \$3513  = 3'h1;
       4'h3:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'h4:
-          \$1113  = 3'h1;
+          \$3513  = 3'h1;
       4'h5:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'h6:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'h7:
-          \$1113  = 3'h3;
+          \$3513  = 3'h3;
       4'h8:
-          \$1113  = 3'h1;
+          \$3513  = 3'h1;
       4'h9:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'ha:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'hb:
-          \$1113  = 3'h3;
+          \$3513  = 3'h3;
       4'hc:
-          \$1113  = 3'h2;
+          \$3513  = 3'h2;
       4'hd:
-          \$1113  = 3'h3;
+          \$3513  = 3'h3;
       4'he:
-          \$1113  = 3'h3;
+          \$3513  = 3'h3;
       4'hf:
-          \$1113  = 3'h4;
+          \$3513  = 3'h4;
     endcase
   end
   always @* begin
@@ -8663,37 +13508,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp4[3:0])
       4'h0:
-          \$1119  = 3'h0;
+          \$3519  = 3'h0;
       4'h1:
-          \$1119  = 3'h1;
+          \$3519  = 3'h1;
       4'h2:
-          \$1119  = 3'h1;
+          \$3519  = 3'h1;
       4'h3:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'h4:
-          \$1119  = 3'h1;
+          \$3519  = 3'h1;
       4'h5:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'h6:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'h7:
-          \$1119  = 3'h3;
+          \$3519  = 3'h3;
       4'h8:
-          \$1119  = 3'h1;
+          \$3519  = 3'h1;
       4'h9:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'ha:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'hb:
-          \$1119  = 3'h3;
+          \$3519  = 3'h3;
       4'hc:
-          \$1119  = 3'h2;
+          \$3519  = 3'h2;
       4'hd:
-          \$1119  = 3'h3;
+          \$3519  = 3'h3;
       4'he:
-          \$1119  = 3'h3;
+          \$3519  = 3'h3;
       4'hf:
-          \$1119  = 3'h4;
+          \$3519  = 3'h4;
     endcase
   end
   always @* begin
@@ -8701,37 +13546,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp4[7:4])
       4'h0:
-          \$1120  = 3'h0;
+          \$3520  = 3'h0;
       4'h1:
-          \$1120  = 3'h1;
+          \$3520  = 3'h1;
       4'h2:
-          \$1120  = 3'h1;
+          \$3520  = 3'h1;
       4'h3:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'h4:
-          \$1120  = 3'h1;
+          \$3520  = 3'h1;
       4'h5:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'h6:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'h7:
-          \$1120  = 3'h3;
+          \$3520  = 3'h3;
       4'h8:
-          \$1120  = 3'h1;
+          \$3520  = 3'h1;
       4'h9:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'ha:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'hb:
-          \$1120  = 3'h3;
+          \$3520  = 3'h3;
       4'hc:
-          \$1120  = 3'h2;
+          \$3520  = 3'h2;
       4'hd:
-          \$1120  = 3'h3;
+          \$3520  = 3'h3;
       4'he:
-          \$1120  = 3'h3;
+          \$3520  = 3'h3;
       4'hf:
-          \$1120  = 3'h4;
+          \$3520  = 3'h4;
     endcase
   end
   always @* begin
@@ -8815,37 +13660,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp5[3:0])
       4'h0:
-          \$1126  = 3'h0;
+          \$3526  = 3'h0;
       4'h1:
-          \$1126  = 3'h1;
+          \$3526  = 3'h1;
       4'h2:
-          \$1126  = 3'h1;
+          \$3526  = 3'h1;
       4'h3:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'h4:
-          \$1126  = 3'h1;
+          \$3526  = 3'h1;
       4'h5:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'h6:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'h7:
-          \$1126  = 3'h3;
+          \$3526  = 3'h3;
       4'h8:
-          \$1126  = 3'h1;
+          \$3526  = 3'h1;
       4'h9:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'ha:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'hb:
-          \$1126  = 3'h3;
+          \$3526  = 3'h3;
       4'hc:
-          \$1126  = 3'h2;
+          \$3526  = 3'h2;
       4'hd:
-          \$1126  = 3'h3;
+          \$3526  = 3'h3;
       4'he:
-          \$1126  = 3'h3;
+          \$3526  = 3'h3;
       4'hf:
-          \$1126  = 3'h4;
+          \$3526  = 3'h4;
     endcase
   end
   always @* begin
@@ -8853,37 +13698,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp5[7:4])
       4'h0:
-          \$1127  = 3'h0;
+          \$3527  = 3'h0;
       4'h1:
-          \$1127  = 3'h1;
+          \$3527  = 3'h1;
       4'h2:
-          \$1127  = 3'h1;
+          \$3527  = 3'h1;
       4'h3:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'h4:
-          \$1127  = 3'h1;
+          \$3527  = 3'h1;
       4'h5:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'h6:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'h7:
-          \$1127  = 3'h3;
+          \$3527  = 3'h3;
       4'h8:
-          \$1127  = 3'h1;
+          \$3527  = 3'h1;
       4'h9:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'ha:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'hb:
-          \$1127  = 3'h3;
+          \$3527  = 3'h3;
       4'hc:
-          \$1127  = 3'h2;
+          \$3527  = 3'h2;
       4'hd:
-          \$1127  = 3'h3;
+          \$3527  = 3'h3;
       4'he:
-          \$1127  = 3'h3;
+          \$3527  = 3'h3;
       4'hf:
-          \$1127  = 3'h4;
+          \$3527  = 3'h4;
     endcase
   end
   always @* begin
@@ -8967,37 +13812,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp6[3:0])
       4'h0:
-          \$1133  = 3'h0;
+          \$3533  = 3'h0;
       4'h1:
-          \$1133  = 3'h1;
+          \$3533  = 3'h1;
       4'h2:
-          \$1133  = 3'h1;
+          \$3533  = 3'h1;
       4'h3:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'h4:
-          \$1133  = 3'h1;
+          \$3533  = 3'h1;
       4'h5:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'h6:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'h7:
-          \$1133  = 3'h3;
+          \$3533  = 3'h3;
       4'h8:
-          \$1133  = 3'h1;
+          \$3533  = 3'h1;
       4'h9:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'ha:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'hb:
-          \$1133  = 3'h3;
+          \$3533  = 3'h3;
       4'hc:
-          \$1133  = 3'h2;
+          \$3533  = 3'h2;
       4'hd:
-          \$1133  = 3'h3;
+          \$3533  = 3'h3;
       4'he:
-          \$1133  = 3'h3;
+          \$3533  = 3'h3;
       4'hf:
-          \$1133  = 3'h4;
+          \$3533  = 3'h4;
     endcase
   end
   always @* begin
@@ -9005,37 +13850,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp6[7:4])
       4'h0:
-          \$1134  = 3'h0;
+          \$3534  = 3'h0;
       4'h1:
-          \$1134  = 3'h1;
+          \$3534  = 3'h1;
       4'h2:
-          \$1134  = 3'h1;
+          \$3534  = 3'h1;
       4'h3:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'h4:
-          \$1134  = 3'h1;
+          \$3534  = 3'h1;
       4'h5:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'h6:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'h7:
-          \$1134  = 3'h3;
+          \$3534  = 3'h3;
       4'h8:
-          \$1134  = 3'h1;
+          \$3534  = 3'h1;
       4'h9:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'ha:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'hb:
-          \$1134  = 3'h3;
+          \$3534  = 3'h3;
       4'hc:
-          \$1134  = 3'h2;
+          \$3534  = 3'h2;
       4'hd:
-          \$1134  = 3'h3;
+          \$3534  = 3'h3;
       4'he:
-          \$1134  = 3'h3;
+          \$3534  = 3'h3;
       4'hf:
-          \$1134  = 3'h4;
+          \$3534  = 3'h4;
     endcase
   end
   always @* begin
@@ -9119,37 +13964,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp7[3:0])
       4'h0:
-          \$1140  = 3'h0;
+          \$3540  = 3'h0;
       4'h1:
-          \$1140  = 3'h1;
+          \$3540  = 3'h1;
       4'h2:
-          \$1140  = 3'h1;
+          \$3540  = 3'h1;
       4'h3:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'h4:
-          \$1140  = 3'h1;
+          \$3540  = 3'h1;
       4'h5:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'h6:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'h7:
-          \$1140  = 3'h3;
+          \$3540  = 3'h3;
       4'h8:
-          \$1140  = 3'h1;
+          \$3540  = 3'h1;
       4'h9:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'ha:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'hb:
-          \$1140  = 3'h3;
+          \$3540  = 3'h3;
       4'hc:
-          \$1140  = 3'h2;
+          \$3540  = 3'h2;
       4'hd:
-          \$1140  = 3'h3;
+          \$3540  = 3'h3;
       4'he:
-          \$1140  = 3'h3;
+          \$3540  = 3'h3;
       4'hf:
-          \$1140  = 3'h4;
+          \$3540  = 3'h4;
     endcase
   end
   always @* begin
@@ -9157,37 +14002,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp7[7:4])
       4'h0:
-          \$1141  = 3'h0;
+          \$3541  = 3'h0;
       4'h1:
-          \$1141  = 3'h1;
+          \$3541  = 3'h1;
       4'h2:
-          \$1141  = 3'h1;
+          \$3541  = 3'h1;
       4'h3:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'h4:
-          \$1141  = 3'h1;
+          \$3541  = 3'h1;
       4'h5:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'h6:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'h7:
-          \$1141  = 3'h3;
+          \$3541  = 3'h3;
       4'h8:
-          \$1141  = 3'h1;
+          \$3541  = 3'h1;
       4'h9:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'ha:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'hb:
-          \$1141  = 3'h3;
+          \$3541  = 3'h3;
       4'hc:
-          \$1141  = 3'h2;
+          \$3541  = 3'h2;
       4'hd:
-          \$1141  = 3'h3;
+          \$3541  = 3'h3;
       4'he:
-          \$1141  = 3'h3;
+          \$3541  = 3'h3;
       4'hf:
-          \$1141  = 3'h4;
+          \$3541  = 3'h4;
     endcase
   end
   always @* begin
@@ -9271,13 +14116,317 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez ({ mbeat1_vn, mbeat0_vn })
       2'h0:
-          \$1252  = 3'h0;
+          \$3669  = 3'h0;
       2'h1:
-          \$1252  = 3'h1;
+          \$3669  = 3'h1;
       2'h2:
-          \$1252  = 3'h1;
+          \$3669  = 3'h1;
       2'h3:
-          \$1252  = 3'h2;
+          \$3669  = 3'h2;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow0)
+      4'h0:
+          \$3749  = 4'h0;
+      4'h1:
+          \$3749  = 4'hf;
+      4'h2:
+          \$3749  = 4'he;
+      4'h3:
+          \$3749  = 4'hd;
+      4'h4:
+          \$3749  = 4'hc;
+      4'h5:
+          \$3749  = 4'hb;
+      4'h6:
+          \$3749  = 4'ha;
+      4'h7:
+          \$3749  = 4'h9;
+      4'h8:
+          \$3749  = 4'h8;
+      4'h9:
+          \$3749  = 4'h7;
+      4'ha:
+          \$3749  = 4'h6;
+      4'hb:
+          \$3749  = 4'h5;
+      4'hc:
+          \$3749  = 4'h4;
+      4'hd:
+          \$3749  = 4'h3;
+      4'he:
+          \$3749  = 4'h2;
+      4'hf:
+          \$3749  = 4'h1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow1)
+      4'h0:
+          \$3753  = 4'h1;
+      4'h1:
+          \$3753  = 4'h0;
+      4'h2:
+          \$3753  = 4'hf;
+      4'h3:
+          \$3753  = 4'he;
+      4'h4:
+          \$3753  = 4'hd;
+      4'h5:
+          \$3753  = 4'hc;
+      4'h6:
+          \$3753  = 4'hb;
+      4'h7:
+          \$3753  = 4'ha;
+      4'h8:
+          \$3753  = 4'h9;
+      4'h9:
+          \$3753  = 4'h8;
+      4'ha:
+          \$3753  = 4'h7;
+      4'hb:
+          \$3753  = 4'h6;
+      4'hc:
+          \$3753  = 4'h5;
+      4'hd:
+          \$3753  = 4'h4;
+      4'he:
+          \$3753  = 4'h3;
+      4'hf:
+          \$3753  = 4'h2;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow2)
+      4'h0:
+          \$3757  = 4'h2;
+      4'h1:
+          \$3757  = 4'h1;
+      4'h2:
+          \$3757  = 4'h0;
+      4'h3:
+          \$3757  = 4'hf;
+      4'h4:
+          \$3757  = 4'he;
+      4'h5:
+          \$3757  = 4'hd;
+      4'h6:
+          \$3757  = 4'hc;
+      4'h7:
+          \$3757  = 4'hb;
+      4'h8:
+          \$3757  = 4'ha;
+      4'h9:
+          \$3757  = 4'h9;
+      4'ha:
+          \$3757  = 4'h8;
+      4'hb:
+          \$3757  = 4'h7;
+      4'hc:
+          \$3757  = 4'h6;
+      4'hd:
+          \$3757  = 4'h5;
+      4'he:
+          \$3757  = 4'h4;
+      4'hf:
+          \$3757  = 4'h3;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow3)
+      4'h0:
+          \$3761  = 4'h3;
+      4'h1:
+          \$3761  = 4'h2;
+      4'h2:
+          \$3761  = 4'h1;
+      4'h3:
+          \$3761  = 4'h0;
+      4'h4:
+          \$3761  = 4'hf;
+      4'h5:
+          \$3761  = 4'he;
+      4'h6:
+          \$3761  = 4'hd;
+      4'h7:
+          \$3761  = 4'hc;
+      4'h8:
+          \$3761  = 4'hb;
+      4'h9:
+          \$3761  = 4'ha;
+      4'ha:
+          \$3761  = 4'h9;
+      4'hb:
+          \$3761  = 4'h8;
+      4'hc:
+          \$3761  = 4'h7;
+      4'hd:
+          \$3761  = 4'h6;
+      4'he:
+          \$3761  = 4'h5;
+      4'hf:
+          \$3761  = 4'h4;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow4)
+      4'h0:
+          \$3765  = 4'h4;
+      4'h1:
+          \$3765  = 4'h3;
+      4'h2:
+          \$3765  = 4'h2;
+      4'h3:
+          \$3765  = 4'h1;
+      4'h4:
+          \$3765  = 4'h0;
+      4'h5:
+          \$3765  = 4'hf;
+      4'h6:
+          \$3765  = 4'he;
+      4'h7:
+          \$3765  = 4'hd;
+      4'h8:
+          \$3765  = 4'hc;
+      4'h9:
+          \$3765  = 4'hb;
+      4'ha:
+          \$3765  = 4'ha;
+      4'hb:
+          \$3765  = 4'h9;
+      4'hc:
+          \$3765  = 4'h8;
+      4'hd:
+          \$3765  = 4'h7;
+      4'he:
+          \$3765  = 4'h6;
+      4'hf:
+          \$3765  = 4'h5;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow5)
+      4'h0:
+          \$3769  = 4'h5;
+      4'h1:
+          \$3769  = 4'h4;
+      4'h2:
+          \$3769  = 4'h3;
+      4'h3:
+          \$3769  = 4'h2;
+      4'h4:
+          \$3769  = 4'h1;
+      4'h5:
+          \$3769  = 4'h0;
+      4'h6:
+          \$3769  = 4'hf;
+      4'h7:
+          \$3769  = 4'he;
+      4'h8:
+          \$3769  = 4'hd;
+      4'h9:
+          \$3769  = 4'hc;
+      4'ha:
+          \$3769  = 4'hb;
+      4'hb:
+          \$3769  = 4'ha;
+      4'hc:
+          \$3769  = 4'h9;
+      4'hd:
+          \$3769  = 4'h8;
+      4'he:
+          \$3769  = 4'h7;
+      4'hf:
+          \$3769  = 4'h6;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow6)
+      4'h0:
+          \$3773  = 4'h6;
+      4'h1:
+          \$3773  = 4'h5;
+      4'h2:
+          \$3773  = 4'h4;
+      4'h3:
+          \$3773  = 4'h3;
+      4'h4:
+          \$3773  = 4'h2;
+      4'h5:
+          \$3773  = 4'h1;
+      4'h6:
+          \$3773  = 4'h0;
+      4'h7:
+          \$3773  = 4'hf;
+      4'h8:
+          \$3773  = 4'he;
+      4'h9:
+          \$3773  = 4'hd;
+      4'ha:
+          \$3773  = 4'hc;
+      4'hb:
+          \$3773  = 4'hb;
+      4'hc:
+          \$3773  = 4'ha;
+      4'hd:
+          \$3773  = 4'h9;
+      4'he:
+          \$3773  = 4'h8;
+      4'hf:
+          \$3773  = 4'h7;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    casez (dlow7)
+      4'h0:
+          \$3777  = 4'h7;
+      4'h1:
+          \$3777  = 4'h6;
+      4'h2:
+          \$3777  = 4'h5;
+      4'h3:
+          \$3777  = 4'h4;
+      4'h4:
+          \$3777  = 4'h3;
+      4'h5:
+          \$3777  = 4'h2;
+      4'h6:
+          \$3777  = 4'h1;
+      4'h7:
+          \$3777  = 4'h0;
+      4'h8:
+          \$3777  = 4'hf;
+      4'h9:
+          \$3777  = 4'he;
+      4'ha:
+          \$3777  = 4'hd;
+      4'hb:
+          \$3777  = 4'hc;
+      4'hc:
+          \$3777  = 4'hb;
+      4'hd:
+          \$3777  = 4'ha;
+      4'he:
+          \$3777  = 4'h9;
+      4'hf:
+          \$3777  = 4'h8;
     endcase
   end
   always @* begin
@@ -9348,7 +14497,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0lh = 2'h0;
-    casez ({ \$1094 [1:0], a_grp0[7:4] })
+    casez ({ \$3494 [1:0], a_grp0[7:4] })
       6'h02:
           ws0lh = 2'h1;
       6'h13:
@@ -9402,7 +14551,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hl = 2'h0;
-    casez ({ \$1093 [1:0], a_grp0[11:8] })
+    casez ({ \$3493 [1:0], a_grp0[11:8] })
       6'h02:
           ws0hl = 2'h1;
       6'h13:
@@ -9456,7 +14605,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hh = 2'h0;
-    casez ({ \$1095 [1:0], a_grp0[15:12] })
+    casez ({ \$3495 [1:0], a_grp0[15:12] })
       6'h02:
           ws0hh = 2'h1;
       6'h13:
@@ -9564,7 +14713,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1lh = 2'h0;
-    casez ({ \$1101 [1:0], a_grp1[7:4] })
+    casez ({ \$3501 [1:0], a_grp1[7:4] })
       6'h02:
           ws1lh = 2'h1;
       6'h13:
@@ -9618,7 +14767,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hl = 2'h0;
-    casez ({ \$1100 [1:0], a_grp1[11:8] })
+    casez ({ \$3500 [1:0], a_grp1[11:8] })
       6'h02:
           ws1hl = 2'h1;
       6'h13:
@@ -9672,7 +14821,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hh = 2'h0;
-    casez ({ \$1102 [1:0], a_grp1[15:12] })
+    casez ({ \$3502 [1:0], a_grp1[15:12] })
       6'h02:
           ws1hh = 2'h1;
       6'h13:
@@ -9780,7 +14929,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2lh = 2'h0;
-    casez ({ \$1108 [1:0], a_grp2[7:4] })
+    casez ({ \$3508 [1:0], a_grp2[7:4] })
       6'h02:
           ws2lh = 2'h1;
       6'h13:
@@ -9834,7 +14983,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hl = 2'h0;
-    casez ({ \$1107 [1:0], a_grp2[11:8] })
+    casez ({ \$3507 [1:0], a_grp2[11:8] })
       6'h02:
           ws2hl = 2'h1;
       6'h13:
@@ -9888,7 +15037,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hh = 2'h0;
-    casez ({ \$1109 [1:0], a_grp2[15:12] })
+    casez ({ \$3509 [1:0], a_grp2[15:12] })
       6'h02:
           ws2hh = 2'h1;
       6'h13:
@@ -9996,7 +15145,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3lh = 2'h0;
-    casez ({ \$1115 [1:0], a_grp3[7:4] })
+    casez ({ \$3515 [1:0], a_grp3[7:4] })
       6'h02:
           ws3lh = 2'h1;
       6'h13:
@@ -10050,7 +15199,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hl = 2'h0;
-    casez ({ \$1114 [1:0], a_grp3[11:8] })
+    casez ({ \$3514 [1:0], a_grp3[11:8] })
       6'h02:
           ws3hl = 2'h1;
       6'h13:
@@ -10104,7 +15253,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hh = 2'h0;
-    casez ({ \$1116 [1:0], a_grp3[15:12] })
+    casez ({ \$3516 [1:0], a_grp3[15:12] })
       6'h02:
           ws3hh = 2'h1;
       6'h13:
@@ -10212,7 +15361,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4lh = 2'h0;
-    casez ({ \$1122 [1:0], a_grp4[7:4] })
+    casez ({ \$3522 [1:0], a_grp4[7:4] })
       6'h02:
           ws4lh = 2'h1;
       6'h13:
@@ -10266,7 +15415,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hl = 2'h0;
-    casez ({ \$1121 [1:0], a_grp4[11:8] })
+    casez ({ \$3521 [1:0], a_grp4[11:8] })
       6'h02:
           ws4hl = 2'h1;
       6'h13:
@@ -10320,7 +15469,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hh = 2'h0;
-    casez ({ \$1123 [1:0], a_grp4[15:12] })
+    casez ({ \$3523 [1:0], a_grp4[15:12] })
       6'h02:
           ws4hh = 2'h1;
       6'h13:
@@ -10428,7 +15577,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5lh = 2'h0;
-    casez ({ \$1129 [1:0], a_grp5[7:4] })
+    casez ({ \$3529 [1:0], a_grp5[7:4] })
       6'h02:
           ws5lh = 2'h1;
       6'h13:
@@ -10482,7 +15631,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hl = 2'h0;
-    casez ({ \$1128 [1:0], a_grp5[11:8] })
+    casez ({ \$3528 [1:0], a_grp5[11:8] })
       6'h02:
           ws5hl = 2'h1;
       6'h13:
@@ -10536,7 +15685,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hh = 2'h0;
-    casez ({ \$1130 [1:0], a_grp5[15:12] })
+    casez ({ \$3530 [1:0], a_grp5[15:12] })
       6'h02:
           ws5hh = 2'h1;
       6'h13:
@@ -10644,7 +15793,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6lh = 2'h0;
-    casez ({ \$1136 [1:0], a_grp6[7:4] })
+    casez ({ \$3536 [1:0], a_grp6[7:4] })
       6'h02:
           ws6lh = 2'h1;
       6'h13:
@@ -10698,7 +15847,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hl = 2'h0;
-    casez ({ \$1135 [1:0], a_grp6[11:8] })
+    casez ({ \$3535 [1:0], a_grp6[11:8] })
       6'h02:
           ws6hl = 2'h1;
       6'h13:
@@ -10752,7 +15901,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hh = 2'h0;
-    casez ({ \$1137 [1:0], a_grp6[15:12] })
+    casez ({ \$3537 [1:0], a_grp6[15:12] })
       6'h02:
           ws6hh = 2'h1;
       6'h13:
@@ -10860,7 +16009,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7lh = 2'h0;
-    casez ({ \$1143 [1:0], a_grp7[7:4] })
+    casez ({ \$3543 [1:0], a_grp7[7:4] })
       6'h02:
           ws7lh = 2'h1;
       6'h13:
@@ -10914,7 +16063,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hl = 2'h0;
-    casez ({ \$1142 [1:0], a_grp7[11:8] })
+    casez ({ \$3542 [1:0], a_grp7[11:8] })
       6'h02:
           ws7hl = 2'h1;
       6'h13:
@@ -10968,7 +16117,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hh = 2'h0;
-    casez ({ \$1144 [1:0], a_grp7[15:12] })
+    casez ({ \$3544 [1:0], a_grp7[15:12] })
       6'h02:
           ws7hh = 2'h1;
       6'h13:
@@ -11025,7 +16174,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -11033,7 +16182,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$357 ) begin
+      if (\$signal$349 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -11044,7 +16193,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
@@ -11052,7 +16201,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$357 ) begin
+      if (\$signal$349 ) begin
         mbeat1_n = 92'h00000000000000000000000;
       end
     end
@@ -11063,7 +16212,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -11071,7 +16220,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$357 ) begin
+      if (\$signal$349 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -11082,7 +16231,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -11090,7 +16239,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$357 ) begin
+      if (\$signal$349 ) begin
         mbeat1_nv = 1'h0;
       end
     end
@@ -11098,277 +16247,232 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs0 = R0;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs0 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs0 = \$1171 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs0 = R4;
-      end
+    end else if (\$3570 ) begin
+      Rs0 = \$3571 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs1 = R1;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs1 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs1 = \$1172 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs1 = R5;
-      end
+    end else if (\$3570 ) begin
+      Rs1 = \$3572 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs2 = R2;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs2 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs2 = \$1173 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs2 = R6;
-      end
+    end else if (\$3570 ) begin
+      Rs2 = \$3573 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs3 = R3;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs3 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs3 = \$1174 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs3 = R7;
-      end
+    end else if (\$3570 ) begin
+      Rs3 = \$3574 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs4 = R4;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs4 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs4 = \$1176 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs4 = R7;
-      end
+    end else if (\$3570 ) begin
+      Rs4 = \$3576 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs5 = R5;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs5 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs5 = \$1177 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs5 = R7;
-      end
+    end else if (\$3570 ) begin
+      Rs5 = \$3577 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs6 = R6;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs6 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs6 = \$1178 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs6 = R7;
-      end
+    end else if (\$3570 ) begin
+      Rs6 = \$3578 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rs7 = R7;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rs7 = 9'h000;
-    end else if (\$1170 ) begin
-      Rs7 = \$1179 [8:0];
-    end else begin
-      if (\$signal$357 ) begin
-        Rs7 = R7;
-      end
+    end else if (\$3570 ) begin
+      Rs7 = \$3579 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rsm1 = Rm1;
-    (* full_case = 32'd1 *)
     if (any_err) begin
       Rsm1 = 9'h000;
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
       Rsm1 = 9'h000;
-    end else begin
-      if (\$signal$357 ) begin
-        Rsm1 = R3;
-      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 9'h000;
     if (any_err) begin
-    end else if (\$1170 ) begin
-      fresh0 = \$1175 [8:0];
+    end else if (\$3570 ) begin
+      fresh0 = \$3575 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$357  = 1'h0;
+    \$signal$349  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$1170 ) begin
+    end else if (\$3570 ) begin
     end else begin
-      \$signal$357  = \$1182 ;
+      \$signal$349  = \$3582 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf0 = Rs0;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf0 = \$1188 [8:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf1 = Rs1;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf1 = \$1189 [8:0];
+    Rf0 = Rn0;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf0 = \$3598 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf2 = Rs2;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf2 = \$1190 [8:0];
+    Rf1 = Rn1;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf1 = \$3599 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf3 = Rs3;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf3 = \$1191 [8:0];
+    Rf2 = Rn2;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf2 = \$3600 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf4 = Rs4;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf4 = \$1192 [8:0];
-      end
-      if (\$1197 ) begin
-        Rf4 = \$1198 [8:0];
+    Rf3 = Rn3;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf3 = \$3601 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf5 = Rs5;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf5 = \$1193 [8:0];
+    Rf4 = Rn4;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf4 = \$3602 [8:0];
       end
-      if (\$1197 ) begin
-        Rf5 = \$1199 [8:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf6 = Rs6;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf6 = \$1194 [8:0];
-      end
-      if (\$1197 ) begin
-        Rf6 = \$1200 [8:0];
+      if (\$3610 ) begin
+        Rf4 = \$3611 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    Rf7 = Rs7;
-    if (mbuf_v) begin
-      if (\$1187 ) begin
-        Rf7 = \$1195 [8:0];
+    Rf5 = Rn5;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf5 = \$3603 [8:0];
       end
-      if (\$1197 ) begin
-        Rf7 = \$1201 [8:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$376  = \$signal$318 ;
-    if (\$1227 ) begin
-    end else if (\$1229 ) begin
-      if (\$1230 ) begin
-        \$signal$376  = VB;
+      if (\$3610 ) begin
+        Rf5 = \$3612 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$378  = \$signal$313 ;
-    if (\$1227 ) begin
-      \$signal$378  = 1'h0;
-    end else if (\$1229 ) begin
-      if (\$1230 ) begin
-        \$signal$378  = \$signal$315 ;
+    Rf6 = Rn6;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf6 = \$3604 [8:0];
+      end
+      if (\$3610 ) begin
+        Rf6 = \$3613 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$379  = \$signal$315 ;
-    if (\$1227 ) begin
-      \$signal$379  = 1'h0;
-    end else if (\$1229 ) begin
-      if (\$1230 ) begin
-        \$signal$379  = 1'h0;
+    Rf7 = Rn7;
+    if (take_buf) begin
+      if (\$3597 ) begin
+        Rf7 = \$3605 [8:0];
+      end
+      if (\$3610 ) begin
+        Rf7 = \$3614 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$380  = \$signal$381 ;
-    if (\$1227 ) begin
-    end else if (\$1229 ) begin
-      if (\$1230 ) begin
-        \$signal$380  = \$signal$382 ;
+    \$signal$378  = \$signal$310 ;
+    if (\$3640 ) begin
+    end else if (\$3642 ) begin
+      if (\$3643 ) begin
+        \$signal$378  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$1202 ;
-    if (\$1227 ) begin
+    \$signal$380  = \$signal$305 ;
+    if (\$3640 ) begin
+      \$signal$380  = 1'h0;
+    end else if (\$3642 ) begin
+      if (\$3643 ) begin
+        \$signal$380  = \$signal$307 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$381  = \$signal$307 ;
+    if (\$3640 ) begin
+      \$signal$381  = 1'h0;
+    end else if (\$3642 ) begin
+      if (\$3643 ) begin
+        \$signal$381  = 1'h0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$signal$382  = \$signal$383 ;
+    if (\$3640 ) begin
+    end else if (\$3642 ) begin
+      if (\$3643 ) begin
+        \$signal$382  = \$signal$384 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    allow_load = \$3615 ;
+    if (\$3640 ) begin
       allow_load = 1'h0;
     end
   end
@@ -11376,895 +16480,940 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$1209 ;
+      end_ok = \$3622 ;
     end else begin
-      end_ok = \$1220 ;
+      end_ok = \$3633 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$1217 ;
+      end_bad = \$3630 ;
     end else begin
-      end_bad = \$1224 ;
+      end_bad = \$3637 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$392  = \$1235 ;
-    if (\$1244 ) begin
-      \$signal$392  = \$1248 ;
+    \$signal$394  = \$3648 ;
+    if (\$3657 ) begin
+      \$signal$394  = \$3661 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$1238 ;
-    if (\$1244 ) begin
-      lr_n = \$1249 ;
+    lr_n = \$3651 ;
+    if (\$3657 ) begin
+      lr_n = \$3662 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$1244 ) begin
-      stride = \$1247 ;
+    if (\$3657 ) begin
+      stride = \$3660 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 5'h00;
-    if (\$1254 ) begin
-      r_a_sel = { \$1259 , \$1258 , \$1257 , \$1256 , \$1255  };
+    if (\$3671 ) begin
+      r_a_sel = { \$3676 , \$3675 , \$3674 , \$3673 , \$3672  };
     end
-    if (\$1260 ) begin
-      r_a_sel = { \$1270 , \$1268 , \$1266 , \$1264 , \$1262  };
+    if (\$3677 ) begin
+      r_a_sel = { \$3687 , \$3685 , \$3683 , \$3681 , \$3679  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 5'h00;
-    if (\$1279 ) begin
-      r_b_sel = { \$1284 , \$1283 , \$1282 , \$1281 , \$1280  };
+    if (\$3696 ) begin
+      r_b_sel = { \$3701 , \$3700 , \$3699 , \$3698 , \$3697  };
     end
-    if (\$1285 ) begin
-      r_b_sel = { \$1295 , \$1293 , \$1291 , \$1289 , \$1287  };
+    if (\$3702 ) begin
+      r_b_sel = { \$3712 , \$3710 , \$3708 , \$3706 , \$3704  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 5'h00;
-    if (\$1304 ) begin
-      r_c_sel = { \$1309 , \$1308 , \$1307 , \$1306 , \$1305  };
+    if (\$3721 ) begin
+      r_c_sel = { \$3726 , \$3725 , \$3724 , \$3723 , \$3722  };
     end
-    if (\$1310 ) begin
-      r_c_sel = { \$1320 , \$1318 , \$1316 , \$1314 , \$1312  };
+    if (\$3727 ) begin
+      r_c_sel = { \$3737 , \$3735 , \$3733 , \$3731 , \$3729  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1461  = 1'h0;
-    if (\$1421 ) begin
-      \$1461  = 1'h1;
+    \$3882  = 1'h0;
+    if (\$3842 ) begin
+      \$3882  = 1'h1;
     end
     if (rst) begin
-      \$1461  = 1'h0;
+      \$3882  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1462  = a_grp0;
+    \$3883  = a_grp0;
     if (rdy_a) begin
-      \$1462  = grp0;
+      \$3883  = grp0;
     end
     if (rst) begin
-      \$1462  = 16'h0000;
+      \$3883  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1463  = a_gsel0;
+    \$3884  = a_gsel0;
     if (rdy_a) begin
-      \$1463  = gsel0;
+      \$3884  = gsel0;
     end
     if (rst) begin
-      \$1463  = 3'h0;
+      \$3884  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1464  = a_lr0;
+    \$3885  = a_lr0;
     if (rdy_a) begin
-      \$1464  = \$1332 [3:0];
+      \$3885  = \$3749 ;
     end
     if (rst) begin
-      \$1464  = 4'h0;
+      \$3885  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1465  = \$signal$163 ;
+    \$3886  = \$signal$155 ;
     if (rdy_a) begin
-      \$1465 [0] = \$1333 ;
-      \$1465 [1] = \$1337 ;
-      \$1465 [2] = \$1341 ;
-      \$1465 [3] = \$1345 ;
-      \$1465 [4] = \$1349 ;
-      \$1465 [5] = \$1353 ;
-      \$1465 [6] = \$1357 ;
-      \$1465 [7] = \$1361 ;
+      \$3886 [0] = \$3750 ;
+      \$3886 [1] = \$3754 ;
+      \$3886 [2] = \$3758 ;
+      \$3886 [3] = \$3762 ;
+      \$3886 [4] = \$3766 ;
+      \$3886 [5] = \$3770 ;
+      \$3886 [6] = \$3774 ;
+      \$3886 [7] = \$3778 ;
     end
     if (rst) begin
-      \$1465  = 8'h00;
+      \$3886  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1466  = a_nxt;
+    \$3887  = a_nxt;
     if (rdy_a) begin
-      \$1466 [0] = \$1335 ;
-      \$1466 [1] = \$1339 ;
-      \$1466 [2] = \$1343 ;
-      \$1466 [3] = \$1347 ;
-      \$1466 [4] = \$1351 ;
-      \$1466 [5] = \$1355 ;
-      \$1466 [6] = \$1359 ;
-      \$1466 [7] = \$1363 ;
+      \$3887 [0] = \$3752 ;
+      \$3887 [1] = \$3756 ;
+      \$3887 [2] = \$3760 ;
+      \$3887 [3] = \$3764 ;
+      \$3887 [4] = \$3768 ;
+      \$3887 [5] = \$3772 ;
+      \$3887 [6] = \$3776 ;
+      \$3887 [7] = \$3780 ;
     end
     if (rst) begin
-      \$1466  = 8'h00;
+      \$3887  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1467  = a_grp1;
+    \$3888  = a_grp1;
     if (rdy_a) begin
-      \$1467  = grp1;
+      \$3888  = grp1;
     end
     if (rst) begin
-      \$1467  = 16'h0000;
+      \$3888  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1468  = a_gsel1;
+    \$3889  = a_gsel1;
     if (rdy_a) begin
-      \$1468  = gsel1;
+      \$3889  = gsel1;
     end
     if (rst) begin
-      \$1468  = 3'h0;
+      \$3889  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1469  = a_lr1;
+    \$3890  = a_lr1;
     if (rdy_a) begin
-      \$1469  = \$1336 [3:0];
+      \$3890  = \$3753 ;
     end
     if (rst) begin
-      \$1469  = 4'h0;
+      \$3890  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1470  = a_grp2;
+    \$3891  = a_grp2;
     if (rdy_a) begin
-      \$1470  = grp2;
+      \$3891  = grp2;
     end
     if (rst) begin
-      \$1470  = 16'h0000;
+      \$3891  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1471  = a_gsel2;
+    \$3892  = a_gsel2;
     if (rdy_a) begin
-      \$1471  = gsel2;
+      \$3892  = gsel2;
     end
     if (rst) begin
-      \$1471  = 3'h0;
+      \$3892  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1472  = a_lr2;
+    \$3893  = a_lr2;
     if (rdy_a) begin
-      \$1472  = \$1340 [3:0];
+      \$3893  = \$3757 ;
     end
     if (rst) begin
-      \$1472  = 4'h0;
+      \$3893  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1473  = a_grp3;
+    \$3894  = a_grp3;
     if (rdy_a) begin
-      \$1473  = grp3;
+      \$3894  = grp3;
     end
     if (rst) begin
-      \$1473  = 16'h0000;
+      \$3894  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1474  = a_gsel3;
+    \$3895  = a_gsel3;
     if (rdy_a) begin
-      \$1474  = gsel3;
+      \$3895  = gsel3;
     end
     if (rst) begin
-      \$1474  = 3'h0;
+      \$3895  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1475  = a_lr3;
+    \$3896  = a_lr3;
     if (rdy_a) begin
-      \$1475  = \$1344 [3:0];
+      \$3896  = \$3761 ;
     end
     if (rst) begin
-      \$1475  = 4'h0;
+      \$3896  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1476  = a_grp4;
+    \$3897  = a_grp4;
     if (rdy_a) begin
-      \$1476  = grp4;
+      \$3897  = grp4;
     end
     if (rst) begin
-      \$1476  = 16'h0000;
+      \$3897  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1477  = a_gsel4;
+    \$3898  = a_gsel4;
     if (rdy_a) begin
-      \$1477  = gsel4;
+      \$3898  = gsel4;
     end
     if (rst) begin
-      \$1477  = 3'h0;
+      \$3898  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1478  = a_lr4;
+    \$3899  = a_lr4;
     if (rdy_a) begin
-      \$1478  = \$1348 [3:0];
+      \$3899  = \$3765 ;
     end
     if (rst) begin
-      \$1478  = 4'h0;
+      \$3899  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1479  = a_grp5;
+    \$3900  = a_grp5;
     if (rdy_a) begin
-      \$1479  = grp5;
+      \$3900  = grp5;
     end
     if (rst) begin
-      \$1479  = 16'h0000;
+      \$3900  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1480  = a_gsel5;
+    \$3901  = a_gsel5;
     if (rdy_a) begin
-      \$1480  = gsel5;
+      \$3901  = gsel5;
     end
     if (rst) begin
-      \$1480  = 3'h0;
+      \$3901  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1481  = a_lr5;
+    \$3902  = a_lr5;
     if (rdy_a) begin
-      \$1481  = \$1352 [3:0];
+      \$3902  = \$3769 ;
     end
     if (rst) begin
-      \$1481  = 4'h0;
+      \$3902  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1482  = a_grp6;
+    \$3903  = a_grp6;
     if (rdy_a) begin
-      \$1482  = grp6;
+      \$3903  = grp6;
     end
     if (rst) begin
-      \$1482  = 16'h0000;
+      \$3903  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1483  = a_gsel6;
+    \$3904  = a_gsel6;
     if (rdy_a) begin
-      \$1483  = gsel6;
+      \$3904  = gsel6;
     end
     if (rst) begin
-      \$1483  = 3'h0;
+      \$3904  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1484  = a_lr6;
+    \$3905  = a_lr6;
     if (rdy_a) begin
-      \$1484  = \$1356 [3:0];
+      \$3905  = \$3773 ;
     end
     if (rst) begin
-      \$1484  = 4'h0;
+      \$3905  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1485  = a_grp7;
+    \$3906  = a_grp7;
     if (rdy_a) begin
-      \$1485  = grp7;
+      \$3906  = grp7;
     end
     if (rst) begin
-      \$1485  = 16'h0000;
+      \$3906  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1486  = a_gsel7;
+    \$3907  = a_gsel7;
     if (rdy_a) begin
-      \$1486  = gsel7;
+      \$3907  = gsel7;
     end
     if (rst) begin
-      \$1486  = 3'h0;
+      \$3907  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1487  = a_lr7;
+    \$3908  = a_lr7;
     if (rdy_a) begin
-      \$1487  = \$1360 [3:0];
+      \$3908  = \$3777 ;
     end
     if (rst) begin
-      \$1487  = 4'h0;
+      \$3908  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1488  = \$signal ;
+    \$3909  = \$signal ;
     if (rdy_a) begin
-      \$1488  = rs_w[4:0];
+      \$3909  = rs_w[4:0];
     end
     if (rst) begin
-      \$1488  = 5'h00;
+      \$3909  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1489  = a_es;
+    \$3910  = a_es;
     if (rdy_a) begin
-      \$1489  = es_w[4:0];
+      \$3910  = es_w[4:0];
     end
     if (rst) begin
-      \$1489  = 5'h00;
+      \$3910  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1490  = \$1365 ;
+    \$3911  = \$3782 ;
     if (rst) begin
-      \$1490  = 1'h0;
+      \$3911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1491  = ov;
+    \$3912  = ov;
     if (rdy_a) begin
-      \$1491  = emit;
+      \$3912  = emit;
     end
     if (any_err) begin
-      \$1491  = 1'h0;
+      \$3912  = 1'h0;
     end
     if (rst) begin
-      \$1491  = 1'h0;
+      \$3912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1492  = \$signal$332 ;
+    \$3913  = \$signal$324 ;
     if (rdy_a) begin
-      \$1492  = finish;
+      \$3913  = finish;
     end
     if (rst) begin
-      \$1492  = 1'h0;
+      \$3913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1493  = a_last;
+    \$3914  = a_last;
     if (rdy_a) begin
-      \$1493  = \$1366 ;
+      \$3914  = \$3783 ;
     end
     if (rst) begin
-      \$1493  = 1'h0;
+      \$3914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1494  = a_val;
+    \$3915  = a_val;
     if (rdy_a) begin
-      \$1494  = vsh0;
+      \$3915  = vsh0;
     end
     if (rst) begin
-      \$1494  = 64'h0000000000000000;
+      \$3915  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1495  = \$1384 ;
+    \$3916  = \$3801 ;
     if (rst) begin
-      \$1495  = 8'h00;
+      \$3916  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1496  = \$1385 ;
+    \$3917  = \$3802 ;
     if (rst) begin
-      \$1496  = 1'h0;
+      \$3917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1497  = flush_d;
+    \$3918  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$1497  = 2'h0;
-    end else if (\$1386 ) begin
-      \$1497  = 2'h0;
+      \$3918  = 2'h0;
+    end else if (\$3803 ) begin
+      \$3918  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$1389 ) begin
-          \$1497  = \$1390 ;
+        if (\$3806 ) begin
+          \$3918  = \$3807 ;
         end
-        if (\$1393 ) begin
-          \$1497  = \$1394 [1:0];
+        if (\$3810 ) begin
+          \$3918  = \$3811 [1:0];
         end
       end
     end
     if (rst) begin
-      \$1497  = 2'h0;
+      \$3918  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1498  = mbuf;
-    if (\$1395 ) begin
-      \$1498  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    \$3919  = mbuf;
+    if (\$3812 ) begin
+      \$3919  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
-      \$1498  = 92'h00000000000000000000000;
+      \$3919  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1499  = mbuf_v;
-    if (\$1395 ) begin
-      \$1499  = 1'h1;
+    \$3920  = mbuf_v;
+    if (\$3812 ) begin
+      \$3920  = 1'h1;
     end else if (take_buf) begin
-      \$1499  = 1'h0;
+      \$3920  = 1'h0;
     end
     if (rst) begin
-      \$1499  = 1'h0;
+      \$3920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1500  = mbeat0_n;
-    if (mbuf_v) begin
-      if (\$1397 ) begin
-        \$1500  = mbuf;
+    \$3921  = mbeat0_n;
+    if (take_buf) begin
+      if (\$3815 ) begin
+        \$3921  = mbuf;
       end
     end
     if (rst) begin
-      \$1500  = 92'h00000000000000000000000;
+      \$3921  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1501  = mbeat1_n;
-    if (mbuf_v) begin
-      if (\$1399 ) begin
-        \$1501  = mbuf;
+    \$3922  = mbeat1_n;
+    if (take_buf) begin
+      if (\$3820 ) begin
+        \$3922  = mbuf;
       end
     end
     if (rst) begin
-      \$1501  = 92'h00000000000000000000000;
+      \$3922  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1502  = mbeat0_nv;
-    if (mbuf_v) begin
-      if (\$1397 ) begin
-        \$1502  = 1'h1;
+    \$3923  = mbeat0_nv;
+    if (take_buf) begin
+      if (\$3815 ) begin
+        \$3923  = 1'h1;
       end
     end
     if (rst) begin
-      \$1502  = 1'h0;
+      \$3923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1503  = mbeat1_nv;
-    if (mbuf_v) begin
-      if (\$1399 ) begin
-        \$1503  = 1'h1;
+    \$3924  = mbeat1_nv;
+    if (take_buf) begin
+      if (\$3820 ) begin
+        \$3924  = 1'h1;
       end
     end
     if (rst) begin
-      \$1503  = 1'h0;
+      \$3924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1504  = \$1400 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3925  = Rs0;
+    end else begin
+      \$3925  = \$3821 [8:0];
+    end
     if (rst) begin
-      \$1504  = 9'h000;
+      \$3925  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1505  = \$1401 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3926  = Rs1;
+    end else begin
+      \$3926  = \$3822 [8:0];
+    end
     if (rst) begin
-      \$1505  = 9'h000;
+      \$3926  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1506  = \$1402 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3927  = Rs2;
+    end else begin
+      \$3927  = \$3823 [8:0];
+    end
     if (rst) begin
-      \$1506  = 9'h000;
+      \$3927  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1507  = \$1403 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3928  = Rs3;
+    end else begin
+      \$3928  = \$3824 [8:0];
+    end
     if (rst) begin
-      \$1507  = 9'h000;
+      \$3928  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1508  = \$1404 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3929  = Rs4;
+    end else begin
+      \$3929  = \$3825 [8:0];
+    end
     if (rst) begin
-      \$1508  = 9'h000;
+      \$3929  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1509  = \$1405 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3930  = Rs5;
+    end else begin
+      \$3930  = \$3826 [8:0];
+    end
     if (rst) begin
-      \$1509  = 9'h000;
+      \$3930  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1510  = \$1406 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3931  = Rs6;
+    end else begin
+      \$3931  = \$3827 [8:0];
+    end
     if (rst) begin
-      \$1510  = 9'h000;
+      \$3931  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1511  = \$1407 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3932  = Rs7;
+    end else begin
+      \$3932  = \$3828 [8:0];
+    end
     if (rst) begin
-      \$1511  = 9'h000;
+      \$3932  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1512  = \$1408 [8:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3933  = Rsm1;
+    end else begin
+      \$3933  = \$3829 [8:0];
+    end
     if (rst) begin
-      \$1512  = 9'h000;
+      \$3933  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1513  = vpos;
-    if (\$1411 ) begin
-      \$1513  = 3'h0;
-    end else if (\$1413 ) begin
+    \$3934  = vpos;
+    if (\$3832 ) begin
+      \$3934  = 3'h0;
+    end else if (\$3834 ) begin
       (* full_case = 32'd1 *)
-      if (\$1414 ) begin
-        \$1513  = \$1415 [2:0];
+      if (\$3835 ) begin
+        \$3934  = \$3836 [2:0];
       end else begin
-        \$1513  = vpos_n[2:0];
+        \$3934  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$1513  = 3'h0;
+      \$3934  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1514  = vlast_loaded;
-    if (\$1411 ) begin
-      \$1514  = 1'h0;
+    \$3935  = vlast_loaded;
+    if (\$3832 ) begin
+      \$3935  = 1'h0;
     end
-    if (\$1416 ) begin
-      if (\$1420 ) begin
-        \$1514  = i_value__payload[64];
+    if (\$3837 ) begin
+      if (\$3841 ) begin
+        \$3935  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$1514  = 1'h0;
+      \$3935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1515  = prev_last;
-    if (\$1411 ) begin
-      \$1515  = 1'h0;
-    end else if (\$1413 ) begin
-      if (\$1414 ) begin
-        \$1515  = \$signal$381 ;
+    \$3936  = prev_last;
+    if (\$3832 ) begin
+      \$3936  = 1'h0;
+    end else if (\$3834 ) begin
+      if (\$3835 ) begin
+        \$3936  = \$signal$383 ;
       end
     end
     if (rst) begin
-      \$1515  = 1'h0;
+      \$3936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1516  = any_val;
-    if (\$1411 ) begin
-      \$1516  = 1'h0;
-    end else if (\$1413 ) begin
-      \$1516  = 1'h1;
+    \$3937  = any_val;
+    if (\$3832 ) begin
+      \$3937  = 1'h0;
+    end else if (\$3834 ) begin
+      \$3937  = 1'h1;
     end
     if (rst) begin
-      \$1516  = 1'h0;
+      \$3937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1517  = \$signal$376 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1517  = i_value__payload[63:0];
+    \$3938  = \$signal$378 ;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+        \$3938  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$1517  = 64'h0000000000000000;
+      \$3938  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1518  = VB;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
-        \$1518  = i_value__payload[63:0];
+    \$3939  = VB;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+      end else if (\$3839 ) begin
+        \$3939  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$1518  = 64'h0000000000000000;
+      \$3939  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1519  = \$signal$378 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1519  = 1'h1;
+    \$3940  = \$signal$380 ;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+        \$3940  = 1'h1;
       end
     end
     if (rst) begin
-      \$1519  = 1'h0;
+      \$3940  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1520  = \$signal$379 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
-        \$1520  = 1'h1;
+    \$3941  = \$signal$381 ;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+      end else if (\$3839 ) begin
+        \$3941  = 1'h1;
       end
     end
     if (rst) begin
-      \$1520  = 1'h0;
+      \$3941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1521  = \$signal$380 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-        \$1521  = i_value__payload[64];
+    \$3942  = \$signal$382 ;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+        \$3942  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$1521  = 1'h0;
+      \$3942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1522  = \$signal$382 ;
-    if (\$1416 ) begin
-      if (\$1417 ) begin
-      end else if (\$1418 ) begin
-        \$1522  = i_value__payload[64];
+    \$3943  = \$signal$384 ;
+    if (\$3837 ) begin
+      if (\$3838 ) begin
+      end else if (\$3839 ) begin
+        \$3943  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$1522  = 1'h0;
+      \$3943  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1523  = running;
-    if (\$1421 ) begin
-      \$1523  = 1'h1;
+    \$3944  = running;
+    if (\$3842 ) begin
+      \$3944  = 1'h1;
     end
     if (mat_end) begin
-      \$1523  = 1'h0;
+      \$3944  = 1'h0;
     end
     if (any_err) begin
-      \$1523  = 1'h0;
+      \$3944  = 1'h0;
     end
     if (rst) begin
-      \$1523  = 1'h0;
+      \$3944  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1524  = rows_left;
-    if (\$1421 ) begin
-      \$1524  = i_cmd__payload[15:0];
+    \$3945  = rows_left;
+    if (\$3842 ) begin
+      \$3945  = i_cmd__payload[15:0];
     end
-    if (\$1423 ) begin
-      \$1524  = \$1424 [15:0];
+    if (\$3844 ) begin
+      \$3945  = \$3845 [15:0];
     end
     if (rst) begin
-      \$1524  = 16'h0000;
+      \$3945  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1525  = cols_r;
-    if (\$1421 ) begin
-      \$1525  = i_cmd__payload[26:16];
+    \$3946  = cols_r;
+    if (\$3842 ) begin
+      \$3946  = i_cmd__payload[26:16];
     end
     if (rst) begin
-      \$1525  = 11'h000;
+      \$3946  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1526  = stride_w;
-    if (\$1421 ) begin
-      \$1526  = \$1422 [6:0];
+    \$3947  = stride_w;
+    if (\$3842 ) begin
+      \$3947  = \$3843 [6:0];
     end
     if (rst) begin
-      \$1526  = 7'h00;
+      \$3947  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1527  = endv;
+    \$3948  = endv;
     if (mat_end) begin
-      \$1527  = 1'h1;
+      \$3948  = 1'h1;
     end
-    if (\$1426 ) begin
-      \$1527  = 1'h0;
+    if (\$3847 ) begin
+      \$3948  = 1'h0;
     end
     if (any_err) begin
-      \$1527  = 1'h0;
+      \$3948  = 1'h0;
     end
     if (rst) begin
-      \$1527  = 1'h0;
+      \$3948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$1427 ) begin
-      \$1528  = 8'h00;
+    if (\$3848 ) begin
+      \$3949  = 8'h00;
     end else if (any_err) begin
-      \$1528  = 8'h00;
+      \$3949  = 8'h00;
     end else begin
-      \$1528  = \$1439 [7:0];
+      \$3949  = \$3860 [7:0];
     end
     if (rst) begin
-      \$1528  = 8'h00;
+      \$3949  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$1427 ) begin
-      \$1529  = \$1428 [8:0];
+    if (\$3848 ) begin
+      \$3950  = \$3849 [8:0];
     end else if (any_err) begin
-      \$1529  = { 2'h0, stride_w };
+      \$3950  = { 2'h0, stride_w };
     end else begin
-      \$1529  = \$1440 [8:0];
+      \$3950  = \$3861 [8:0];
     end
     if (rst) begin
-      \$1529  = 9'h000;
+      \$3950  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$1427 ) begin
-      \$1530  = \$1430 [9:0];
+    if (\$3848 ) begin
+      \$3951  = \$3851 [9:0];
     end else if (any_err) begin
-      \$1530  = { 2'h0, \$1435  };
+      \$3951  = { 2'h0, \$3856  };
     end else begin
-      \$1530  = \$1442 [9:0];
+      \$3951  = \$3863 [9:0];
     end
     if (rst) begin
-      \$1530  = 10'h000;
+      \$3951  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$1427 ) begin
-      \$1531  = \$1434 [10:0];
+    if (\$3848 ) begin
+      \$3952  = \$3855 [10:0];
     end else if (any_err) begin
-      \$1531  = { 2'h0, \$1437  };
+      \$3952  = { 2'h0, \$3858  };
     end else begin
-      \$1531  = \$1446 [10:0];
+      \$3952  = \$3867 [10:0];
     end
     if (rst) begin
-      \$1531  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1532  = \$signal$392 ;
-    if (rst) begin
-      \$1532  = 1'h0;
+      \$3952  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1533  = lr_n;
+    \$3953  = \$signal$394 ;
     if (rst) begin
-      \$1533  = 1'h0;
+      \$3953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1534  = \$1448 [8:0];
+    \$3954  = lr_n;
     if (rst) begin
-      \$1534  = 9'h000;
+      \$3954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1535  = \$1450 [8:0];
+    \$3955  = \$3869 [8:0];
     if (rst) begin
-      \$1535  = 9'h000;
+      \$3955  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1536  = \$1453 ;
+    \$3956  = \$3871 [8:0];
     if (rst) begin
-      \$1536  = 1'h0;
+      \$3956  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1537  = \$1459 ;
+    \$3957  = \$3874 ;
     if (rst) begin
-      \$1537  = 1'h0;
+      \$3957  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$1538  = \$1460 ;
+    \$3958  = \$3880 ;
     if (rst) begin
-      \$1538  = 4'h0;
+      \$3958  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3959  = \$3881 ;
+    if (rst) begin
+      \$3959  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -12277,61 +17426,53 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign in_lq_1_2 = \$27 [6:0];
   assign in_lq_1_3 = \$28 [6:0];
   assign low_m1 = Rm1[3:0];
-  assign gt7_0 = sat0[3];
-  assign gt7_1 = sat1[3];
-  assign gt7_2 = sat2[3];
-  assign gt7_3 = sat3[3];
-  assign gt7_4 = sat4[3];
-  assign gt7_5 = sat5[3];
-  assign gt7_6 = sat6[3];
-  assign gt7_7 = sat7[3];
-  assign ws0_rh = \$1093 [2:0];
-  assign ws0l_rh = \$1094 [1:0];
-  assign ws0h_rh = \$1095 [1:0];
+  assign ws0_rh = \$3493 [2:0];
+  assign ws0l_rh = \$3494 [1:0];
+  assign ws0h_rh = \$3495 [1:0];
   assign selpos0 = { 1'h0, a_gsel0, ws0 };
-  assign rel0 = { \$1097 [4:0], a_gsel0[0], ws0 };
-  assign ws1_rh = \$1100 [2:0];
-  assign ws1l_rh = \$1101 [1:0];
-  assign ws1h_rh = \$1102 [1:0];
+  assign rel0 = { \$3497 [4:0], a_gsel0[0], ws0 };
+  assign ws1_rh = \$3500 [2:0];
+  assign ws1l_rh = \$3501 [1:0];
+  assign ws1h_rh = \$3502 [1:0];
   assign selpos1 = { 1'h0, a_gsel1, ws1 };
-  assign rel1 = { \$1104 [4:0], a_gsel1[0], ws1 };
-  assign ws2_rh = \$1107 [2:0];
-  assign ws2l_rh = \$1108 [1:0];
-  assign ws2h_rh = \$1109 [1:0];
+  assign rel1 = { \$3504 [4:0], a_gsel1[0], ws1 };
+  assign ws2_rh = \$3507 [2:0];
+  assign ws2l_rh = \$3508 [1:0];
+  assign ws2h_rh = \$3509 [1:0];
   assign selpos2 = { 1'h0, a_gsel2, ws2 };
-  assign rel2 = { \$1111 [4:0], a_gsel2[0], ws2 };
-  assign ws3_rh = \$1114 [2:0];
-  assign ws3l_rh = \$1115 [1:0];
-  assign ws3h_rh = \$1116 [1:0];
+  assign rel2 = { \$3511 [4:0], a_gsel2[0], ws2 };
+  assign ws3_rh = \$3514 [2:0];
+  assign ws3l_rh = \$3515 [1:0];
+  assign ws3h_rh = \$3516 [1:0];
   assign selpos3 = { 1'h0, a_gsel3, ws3 };
-  assign rel3 = { \$1118 [4:0], a_gsel3[0], ws3 };
-  assign ws4_rh = \$1121 [2:0];
-  assign ws4l_rh = \$1122 [1:0];
-  assign ws4h_rh = \$1123 [1:0];
+  assign rel3 = { \$3518 [4:0], a_gsel3[0], ws3 };
+  assign ws4_rh = \$3521 [2:0];
+  assign ws4l_rh = \$3522 [1:0];
+  assign ws4h_rh = \$3523 [1:0];
   assign selpos4 = { 1'h0, a_gsel4, ws4 };
-  assign rel4 = { \$1125 [4:0], a_gsel4[0], ws4 };
-  assign ws5_rh = \$1128 [2:0];
-  assign ws5l_rh = \$1129 [1:0];
-  assign ws5h_rh = \$1130 [1:0];
+  assign rel4 = { \$3525 [4:0], a_gsel4[0], ws4 };
+  assign ws5_rh = \$3528 [2:0];
+  assign ws5l_rh = \$3529 [1:0];
+  assign ws5h_rh = \$3530 [1:0];
   assign selpos5 = { 1'h0, a_gsel5, ws5 };
-  assign rel5 = { \$1132 [4:0], a_gsel5[0], ws5 };
-  assign ws6_rh = \$1135 [2:0];
-  assign ws6l_rh = \$1136 [1:0];
-  assign ws6h_rh = \$1137 [1:0];
+  assign rel5 = { \$3532 [4:0], a_gsel5[0], ws5 };
+  assign ws6_rh = \$3535 [2:0];
+  assign ws6l_rh = \$3536 [1:0];
+  assign ws6h_rh = \$3537 [1:0];
   assign selpos6 = { 1'h0, a_gsel6, ws6 };
-  assign rel6 = { \$1139 [4:0], a_gsel6[0], ws6 };
-  assign ws7_rh = \$1142 [2:0];
-  assign ws7l_rh = \$1143 [1:0];
-  assign ws7h_rh = \$1144 [1:0];
+  assign rel6 = { \$3539 [4:0], a_gsel6[0], ws6 };
+  assign ws7_rh = \$3542 [2:0];
+  assign ws7l_rh = \$3543 [1:0];
+  assign ws7h_rh = \$3544 [1:0];
   assign selpos7 = { 1'h0, a_gsel7, ws7 };
-  assign rel7 = { \$1146 [4:0], a_gsel7[0], ws7 };
-  assign vavail = \$1150 [4:0];
+  assign rel7 = { \$3546 [4:0], a_gsel7[0], ws7 };
+  assign vavail = \$3550 [4:0];
   assign o_lanes__valid = ov;
-  assign \$like  = \$1168 [8:0];
-  assign es2_n0 = \$1169 [9:0];
+  assign \$like  = \$3568 [8:0];
+  assign es2_n0 = \$3569 [9:0];
   assign VB1 = VB;
-  assign \$signal$383  = \$signal$382 ;
-  assign av_n = \$1253 [2:0];
+  assign \$signal$385  = \$signal$384 ;
+  assign av_n = \$3670 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -12358,62 +17499,63 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$1331 ;
+  assign flags[2] = \$3748 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$332 ;
+  assign o_lanes__payload[160] = \$signal$324 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
-  assign o_lanes__payload[79:70] = { \$1146 [4:0], a_gsel7[0], ws7 };
+  assign o_lanes__payload[79:70] = { \$3546 [4:0], a_gsel7[0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
-  assign o_lanes__payload[151] = \$signal$163 [7];
+  assign o_lanes__payload[151] = \$signal$155 [7];
   assign o_lanes__payload[135:128] = a_val[55:48];
-  assign o_lanes__payload[69:60] = { \$1139 [4:0], a_gsel6[0], ws6 };
+  assign o_lanes__payload[69:60] = { \$3539 [4:0], a_gsel6[0], ws6 };
   assign o_lanes__payload[158] = a_nxt[6];
-  assign o_lanes__payload[150] = \$signal$163 [6];
+  assign o_lanes__payload[150] = \$signal$155 [6];
   assign o_lanes__payload[127:120] = a_val[47:40];
-  assign o_lanes__payload[59:50] = { \$1132 [4:0], a_gsel5[0], ws5 };
+  assign o_lanes__payload[59:50] = { \$3532 [4:0], a_gsel5[0], ws5 };
   assign o_lanes__payload[157] = a_nxt[5];
-  assign o_lanes__payload[149] = \$signal$163 [5];
+  assign o_lanes__payload[149] = \$signal$155 [5];
   assign o_lanes__payload[119:112] = a_val[39:32];
-  assign o_lanes__payload[49:40] = { \$1125 [4:0], a_gsel4[0], ws4 };
+  assign o_lanes__payload[49:40] = { \$3525 [4:0], a_gsel4[0], ws4 };
   assign o_lanes__payload[156] = a_nxt[4];
-  assign o_lanes__payload[148] = \$signal$163 [4];
+  assign o_lanes__payload[148] = \$signal$155 [4];
   assign o_lanes__payload[111:104] = a_val[31:24];
-  assign o_lanes__payload[39:30] = { \$1118 [4:0], a_gsel3[0], ws3 };
+  assign o_lanes__payload[39:30] = { \$3518 [4:0], a_gsel3[0], ws3 };
   assign o_lanes__payload[155] = a_nxt[3];
-  assign o_lanes__payload[147] = \$signal$163 [3];
+  assign o_lanes__payload[147] = \$signal$155 [3];
   assign o_lanes__payload[103:96] = a_val[23:16];
-  assign o_lanes__payload[29:20] = { \$1111 [4:0], a_gsel2[0], ws2 };
+  assign o_lanes__payload[29:20] = { \$3511 [4:0], a_gsel2[0], ws2 };
   assign o_lanes__payload[154] = a_nxt[2];
-  assign o_lanes__payload[146] = \$signal$163 [2];
+  assign o_lanes__payload[146] = \$signal$155 [2];
   assign o_lanes__payload[95:88] = a_val[15:8];
-  assign o_lanes__payload[19:10] = { \$1104 [4:0], a_gsel1[0], ws1 };
+  assign o_lanes__payload[19:10] = { \$3504 [4:0], a_gsel1[0], ws1 };
   assign o_lanes__payload[153] = a_nxt[1];
-  assign o_lanes__payload[145] = \$signal$163 [1];
+  assign o_lanes__payload[145] = \$signal$155 [1];
   assign o_lanes__payload[87:80] = a_val[7:0];
-  assign o_lanes__payload[9:0] = { \$1097 [4:0], a_gsel0[0], ws0 };
+  assign o_lanes__payload[9:0] = { \$3497 [4:0], a_gsel0[0], ws0 };
   assign o_lanes__payload[152] = a_nxt[0];
-  assign o_lanes__payload[144] = \$signal$163 [0];
-  assign \$1187  = \$1186 ;
-  assign \$1246  = 12'hfe0;
-  assign \$1247 [4:0] = 5'h00;
-  assign \$1247 [11:5] = \$1245 [11:5];
-  assign \$1250  = mbuf_v;
-  assign \$1260  = \$signal$357 ;
-  assign \$1285  = \$signal$357 ;
-  assign \$1310  = \$signal$357 ;
-  assign \$1397  = \$1396 ;
-  assign \$1422  = { 5'h00, stride[11:5] };
-  assign \$1428  = { 5'h00, stride[11:5] };
-  assign \$1429  = { 5'h00, stride[11:5] };
-  assign \$1430  = { \$1429 , 1'h0 };
-  assign \$1431  = { 5'h00, stride[11:5] };
-  assign \$1432  = { 5'h00, stride[11:5] };
-  assign \$1433  = { \$1432 , 1'h0 };
-  assign \$1435  = { stride_w, 1'h0 };
-  assign \$1436  = { stride_w, 1'h0 };
+  assign o_lanes__payload[144] = \$signal$155 [0];
+  assign Rn7 = R7;
+  assign \$3597  = \$3596 ;
+  assign \$3659  = 12'hfe0;
+  assign \$3660 [4:0] = 5'h00;
+  assign \$3660 [11:5] = \$3658 [11:5];
+  assign \$3664  = mbuf_v;
+  assign \$3677  = \$signal$349 ;
+  assign \$3702  = \$signal$349 ;
+  assign \$3727  = \$signal$349 ;
+  assign \$3815  = \$3814 ;
+  assign \$3843  = { 5'h00, stride[11:5] };
+  assign \$3849  = { 5'h00, stride[11:5] };
+  assign \$3850  = { 5'h00, stride[11:5] };
+  assign \$3851  = { \$3850 , 1'h0 };
+  assign \$3852  = { 5'h00, stride[11:5] };
+  assign \$3853  = { 5'h00, stride[11:5] };
+  assign \$3854  = { \$3853 , 1'h0 };
+  assign \$3856  = { stride_w, 1'h0 };
+  assign \$3857  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
