@@ -625,6 +625,12 @@ class BitmapDecoder(wiring.Component):
         m.d.comb += vpos_n.eq(vpos + k)
         allow_load = Signal()
         m.d.comb += allow_load.eq(~vlast_loaded)
+        # "this cycle's take uses up VA" (vpos + k >= VPB) and "takes any value" (k != 0), decided
+        # from lim_full and vpos, beside k's saturation rather than after it
+        need = Signal(range(VPB + 1))
+        m.d.comb += need.eq(VPB - vpos)
+        cross, takes = Signal(), Signal()
+        m.d.comb += [cross.eq((need <= L) & (lim_full >= need)), takes.eq(lim_full > 0)]
 
         end_ok = Signal()
         end_bad = Signal()
@@ -639,9 +645,9 @@ class BitmapDecoder(wiring.Component):
         with m.If(any_err | (endv & (end_ok | end_bad))):
             m.d.comb += [va1.eq(0), vb1.eq(0), allow_load.eq(0)]
             m.d.sync += [vpos.eq(0), vlast_loaded.eq(0), prev_last.eq(0), any_val.eq(0)]
-        with m.Elif(advance & (k != 0)):
+        with m.Elif(advance & takes):
             m.d.sync += any_val.eq(1)
-            with m.If(vpos_n >= VPB):
+            with m.If(cross):
                 m.d.comb += [VA1.eq(VB), va1.eq(vb_v), val1.eq(vb_l), vb1.eq(0)]
                 m.d.sync += [vpos.eq(vpos_n - VPB), prev_last.eq(va_l)]
             with m.Else():

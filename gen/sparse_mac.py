@@ -31,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparsefab.compress.errors import SparsefabError
-from sparsefab.gen.bitmap_decoder import BitmapDecoder, cmd_layout, lane_layout, value_layout
+from sparsefab.gen.bitmap_decoder import BitmapDecoder, _gt_const, cmd_layout, lane_layout, value_layout
 from sparsefab.gen.spmv_config import (
     BIAS_BITS,
     COUNTER_BITS,
@@ -163,7 +163,7 @@ class RequantStage(wiring.Component):
         return rr
 
     @staticmethod
-    def _shift_q(m: Module, p, sh):
+    def _shift_q(m: Module, p, sh, thr=None):
         """``q = (2p) >> sh`` saturated to 12 bits (s12), as logic (the rounding shift before
         its final ``(q + 1) >> 1``).
 
@@ -176,13 +176,25 @@ class RequantStage(wiring.Component):
         """
         pp = Cat(Const(0, 1), p).as_signed()
         q_lo = Signal(12)
-        m.d.comb += q_lo.eq((pp >> sh)[:12])
+        # (pp >> sh)[:12] as an explicit logarithmic shifter, largest step first, each stage only
+        # as wide as the later stages still need (one 2:1 mux level per shift bit)
+        n_sh = len(sh)
+        ext = Cat(pp, pp[-1].replicate((1 << n_sh) - 1 + 12))
+        cur = ext
+        for t in reversed(range(n_sh)):
+            step = 1 << t
+            need = 12 + step - 1
+            stage = Signal(need, name=f"rsh{t}")
+            m.d.comb += stage.eq(Mux(sh[t], cur[step:step + need], cur[:need]))
+            cur = stage
+        m.d.comb += q_lo.eq(cur[:12])
         sign = p[-1]
         x = Signal(len(pp))
         m.d.comb += x.eq(pp ^ sign.replicate(len(pp)))
         n_hi = len(pp) - 11
-        thr = Signal(n_hi)             # thermometer: bit i set iff i >= sh (a shifted constant)
-        m.d.comb += thr.eq(Const((1 << n_hi) - 1, n_hi) << sh)
+        if thr is None:                # thermometer: bit i set iff i >= sh (a shifted constant)
+            thr = Signal(n_hi)
+            m.d.comb += thr.eq(Const((1 << n_hi) - 1, n_hi) << sh)
         ovf = Signal()
         m.d.comb += ovf.eq((x[11:] & thr).any())
         qs = Signal(signed(12))
@@ -271,6 +283,10 @@ class RequantStage(wiring.Component):
         p = Signal(signed(p_w))
         qsh = Signal(signed(12))       # 2p >> shift, saturated; rounded in the output cycle
         sh, zp, relu, last = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal(), Signal()
+        # the overflow test's thermometer (bit i set iff i >= shift), registered with the row's
+        # parameters so the shift cycle starts from it
+        n_hi = p_w + 1 - 11
+        thr = Signal(n_hi)
 
         out_free = Signal()
         m.d.comb += out_free.eq(~o.valid | o.ready)
@@ -291,14 +307,15 @@ class RequantStage(wiring.Component):
         with m.If(take & self.i_acc.valid & self.i_rq.valid):
             a, q = self.i_acc.payload, self.i_rq.payload
             m.d.sync += [busy.eq(1), phase.eq(0), acc_r.eq(a.acc), t.eq(a.acc + q.bias), mr.eq(q.multiplier),
-                         p.eq(0), sh.eq(q.shift), zp.eq(q.zero_point), relu.eq(q.relu), last.eq(a.last)]
+                         p.eq(0), sh.eq(q.shift), zp.eq(q.zero_point), relu.eq(q.relu), last.eq(a.last),
+                         thr.eq(Cat(*[~_gt_const(q.shift, i) for i in range(n_hi)]))]
         with m.Elif(busy & (phase < S)):
             # t * digit as shifted, gated copies of t summed by a balanced tree: logic, not a multiplier
             digit = mr[MULTIPLIER_BITS - d:]
             m.d.sync += [p.eq((p << d) + _balanced_sum([Mux(digit[j], t << j, 0) for j in range(d)])),
                          mr.eq(mr << d), phase.eq(phase + 1)]
         with m.Elif(busy & (phase == S)):
-            m.d.sync += [qsh.eq(self._shift_q(m, p, sh)), phase.eq(S + 1)]
+            m.d.sync += [qsh.eq(self._shift_q(m, p, sh, thr)), phase.eq(S + 1)]
         return m
 
 

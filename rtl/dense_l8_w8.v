@@ -2153,7 +2153,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   \dense_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$154$0 (\$39 [31:0]),
-    .\port$394$0 (last3),
+    .\port$399$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2465,7 +2465,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$394$0 , r_rdy, clk);
+module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$399$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2509,8 +2509,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   wire [3:0] level;
   input [31:0] \port$154$0 ;
   wire [31:0] \port$154$0 ;
-  input \port$394$0 ;
-  wire \port$394$0 ;
+  input \port$399$0 ;
+  wire \port$399$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2546,7 +2546,7 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$394$0 , \port$154$0  };
+      storage[w_port__addr] <= { \port$399$0 , \port$154$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2645,8 +2645,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$394$0 , \port$154$0  };
-  assign w_data = { \port$394$0 , \port$154$0  };
+  assign w_port__data = { \port$399$0 , \port$154$0  };
+  assign w_data = { \port$399$0 , \port$154$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -2958,65 +2958,70 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [11:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [12:0] \$12 ;
-  wire [12:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire \$15 ;
-  wire [32:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire \$18 ;
-  wire \$19 ;
+  wire [51:0] \$11 ;
+  wire [102:0] \$12 ;
+  wire [39:0] \$13 ;
+  wire \$14 ;
+  wire [11:0] \$15 ;
+  wire [11:0] \$16 ;
+  wire [12:0] \$17 ;
+  wire [12:0] \$18 ;
+  wire [12:0] \$19 ;
   wire \$2 ;
-  wire [12:0] \$20 ;
-  wire \$21 ;
-  wire \$22 ;
+  wire \$20 ;
+  wire [32:0] \$21 ;
+  wire [48:0] \$22 ;
   wire \$23 ;
-  wire [12:0] \$24 ;
-  wire \$25 ;
+  wire \$24 ;
+  wire [12:0] \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [12:0] \$28 ;
+  wire \$28 ;
   wire [12:0] \$29 ;
   wire \$3 ;
-  wire [12:0] \$30 ;
-  reg \$31 ;
-  reg [32:0] \$32 ;
-  reg [15:0] \$33 ;
-  reg [5:0] \$34 ;
-  reg [7:0] \$35 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire [12:0] \$33 ;
+  wire [12:0] \$34 ;
+  wire [12:0] \$35 ;
   reg \$36 ;
-  reg [31:0] \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  reg [32:0] \$37 ;
+  reg [15:0] \$38 ;
+  reg [5:0] \$39 ;
   wire \$4 ;
-  reg [49:0] \$40 ;
-  reg [5:0] \$41 ;
-  reg [7:0] \$42 ;
+  reg [7:0] \$40 ;
+  reg \$41 ;
+  reg [31:0] \$42 ;
   reg \$43 ;
-  reg [31:0] \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg [11:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg \$49 ;
-  wire [50:0] \$5 ;
-  reg [31:0] \$50 ;
+  reg \$44 ;
+  reg [49:0] \$45 ;
+  reg [5:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg \$48 ;
+  reg [31:0] \$49 ;
+  wire [42:0] \$5 ;
+  reg \$50 ;
   reg \$51 ;
-  reg \$52 ;
-  reg [40:0] \$53 ;
-  wire [51:0] \$6 ;
-  wire [102:0] \$7 ;
-  wire [39:0] \$8 ;
-  wire \$9 ;
+  reg [11:0] \$52 ;
+  reg [7:0] \$53 ;
+  reg \$54 ;
+  reg [31:0] \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg [40:0] \$58 ;
+  wire [26:0] \$6 ;
+  wire [18:0] \$7 ;
+  wire [14:0] \$8 ;
+  wire [12:0] \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$23  = 8'h00;
-  reg [5:0] \$signal$30  = 6'h00;
-  reg [7:0] \$signal$31  = 8'h00;
-  reg [31:0] \$signal$33  = 32'd0;
-  reg [7:0] \$signal$35  = 8'h00;
-  reg [31:0] \$signal$37  = 32'd0;
-  reg [31:0] \$signal$40  = 32'd0;
+  reg [7:0] \$signal$29  = 8'h00;
+  reg [5:0] \$signal$36  = 6'h00;
+  reg [7:0] \$signal$37  = 8'h00;
+  reg [31:0] \$signal$39  = 32'd0;
+  reg [7:0] \$signal$41  = 8'h00;
+  reg [31:0] \$signal$43  = 32'd0;
+  reg [31:0] \$signal$46  = 32'd0;
   input clk;
   wire clk;
   input [32:0] i_acc__payload;
@@ -3060,6 +3065,12 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg relu2 = 1'h0;
   reg relu3 = 1'h0;
   reg [11:0] rr;
+  reg [11:0] rsh0;
+  reg [12:0] rsh1;
+  reg [14:0] rsh2;
+  reg [18:0] rsh3;
+  reg [26:0] rsh4;
+  reg [42:0] rsh5;
   input rst;
   wire rst;
   reg [32:0] t1 = 33'h000000000;
@@ -3074,49 +3085,51 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg v3 = 1'h0;
   reg [50:0] x;
   always @(posedge clk)
-    t1 <= \$32 ;
+    v1 <= \$36 ;
   always @(posedge clk)
-    m1 <= \$33 ;
+    t1 <= \$37 ;
   always @(posedge clk)
-    \$signal$30  <= \$34 ;
+    m1 <= \$38 ;
   always @(posedge clk)
-    \$signal$31  <= \$35 ;
+    \$signal$36  <= \$39 ;
   always @(posedge clk)
-    relu1 <= \$36 ;
+    \$signal$37  <= \$40 ;
   always @(posedge clk)
-    \$signal$33  <= \$37 ;
+    relu1 <= \$41 ;
   always @(posedge clk)
-    last1 <= \$38 ;
+    \$signal$39  <= \$42 ;
   always @(posedge clk)
-    v2 <= \$39 ;
+    last1 <= \$43 ;
   always @(posedge clk)
-    p2 <= \$40 ;
+    v2 <= \$44 ;
   always @(posedge clk)
-    \$signal  <= \$41 ;
+    p2 <= \$45 ;
   always @(posedge clk)
-    \$signal$35  <= \$42 ;
+    \$signal  <= \$46 ;
   always @(posedge clk)
-    relu2 <= \$43 ;
+    \$signal$41  <= \$47 ;
   always @(posedge clk)
-    \$signal$37  <= \$44 ;
+    relu2 <= \$48 ;
   always @(posedge clk)
-    last2 <= \$45 ;
+    \$signal$43  <= \$49 ;
   always @(posedge clk)
-    v3 <= \$46 ;
+    last2 <= \$50 ;
   always @(posedge clk)
-    r3 <= \$47 ;
+    v3 <= \$51 ;
   always @(posedge clk)
-    \$signal$23  <= \$48 ;
+    r3 <= \$52 ;
   always @(posedge clk)
-    relu3 <= \$49 ;
+    \$signal$29  <= \$53 ;
   always @(posedge clk)
-    \$signal$40  <= \$50 ;
+    relu3 <= \$54 ;
   always @(posedge clk)
-    last3 <= \$51 ;
+    \$signal$46  <= \$55 ;
   always @(posedge clk)
-    o_res__valid <= \$52 ;
+    last3 <= \$56 ;
   always @(posedge clk)
-    o_res__payload <= \$53 ;
+    o_res__valid <= \$57 ;
+  always @(posedge clk)
+    o_res__payload <= \$58 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
@@ -3127,68 +3140,132 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   assign take1 = \$4  | take2;
   assign i_acc__ready = take1 & i_rq__valid;
   assign i_rq__ready = take1 & i_acc__valid;
-  assign \$5  = $signed({ p2, 1'h0 }) >>> \$signal ;
-  assign \$6  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
-  assign \$7  = 40'hffffffffff << \$signal ;
-  assign \$8  = x[50:11] & thr;
-  assign \$9  = | \$8 ;
-  assign \$10  = p2[49] ? 12'h800 : 12'h7ff;
-  assign \$11  = ovf ? \$10  : q_lo;
-  assign \$12  = $signed(qs) + $signed(2'h1);
-  assign \$14  = $signed(r3) + $signed(\$signal$23 );
-  assign \$15  = i_acc__valid & i_rq__valid;
-  assign \$16  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$17  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$18  = $signed(v) < $signed(\$signal$23 );
-  assign \$19  = relu3 & \$18 ;
-  assign \$20  = \$19  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$21  = $signed(\$20 ) < $signed(8'h80);
-  assign \$22  = $signed(v) < $signed(\$signal$23 );
-  assign \$23  = relu3 & \$22 ;
-  assign \$24  = \$23  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$25  = $signed(\$24 ) > $signed(8'h7f);
-  assign \$26  = $signed(v) < $signed(\$signal$23 );
-  assign \$27  = relu3 & \$26 ;
-  assign \$28  = \$27  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$29  = \$25  ? 13'h007f : \$28 ;
-  assign \$30  = \$21  ? 13'h1f80 : \$29 ;
-  always @(posedge clk)
-    v1 <= \$31 ;
+  assign \$5  = \$signal [5] ? { p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49:31] } : { p2[41:0], 1'h0 };
+  assign \$6  = \$signal [4] ? rsh5[42:16] : rsh5[26:0];
+  assign \$7  = \$signal [3] ? rsh4[26:8] : rsh4[18:0];
+  assign \$8  = \$signal [2] ? rsh3[18:4] : rsh3[14:0];
+  assign \$9  = \$signal [1] ? rsh2[14:2] : rsh2[12:0];
+  assign \$10  = \$signal [0] ? rsh1[12:1] : rsh1[11:0];
+  assign \$11  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
+  assign \$12  = 40'hffffffffff << \$signal ;
+  assign \$13  = x[50:11] & thr;
+  assign \$14  = | \$13 ;
+  assign \$15  = p2[49] ? 12'h800 : 12'h7ff;
+  assign \$16  = ovf ? \$15  : q_lo;
+  assign \$17  = $signed(qs) + $signed(2'h1);
+  assign \$19  = $signed(r3) + $signed(\$signal$29 );
+  assign \$20  = i_acc__valid & i_rq__valid;
+  assign \$21  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$22  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$23  = $signed(v) < $signed(\$signal$29 );
+  assign \$24  = relu3 & \$23 ;
+  assign \$25  = \$24  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$26  = $signed(\$25 ) < $signed(8'h80);
+  assign \$27  = $signed(v) < $signed(\$signal$29 );
+  assign \$28  = relu3 & \$27 ;
+  assign \$29  = \$28  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$30  = $signed(\$29 ) > $signed(8'h7f);
+  assign \$31  = $signed(v) < $signed(\$signal$29 );
+  assign \$32  = relu3 & \$31 ;
+  assign \$33  = \$32  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$34  = \$30  ? 13'h007f : \$33 ;
+  assign \$35  = \$26  ? 13'h1f80 : \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = m1;
-    if (take1) begin
-      \$33  = i_rq__payload[47:32];
-    end
-    if (rst) begin
-      \$33  = 16'h0000;
+    rsh5 = 43'h00000000000;
+    if (take3) begin
+      rsh5 = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$30 ;
-    if (take1) begin
-      \$34  = i_rq__payload[53:48];
-    end
-    if (rst) begin
-      \$34  = 6'h00;
+    rsh4 = 27'h0000000;
+    if (take3) begin
+      rsh4 = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = \$signal$31 ;
-    if (take1) begin
-      \$35  = i_rq__payload[61:54];
-    end
-    if (rst) begin
-      \$35  = 8'h00;
+    rsh3 = 19'h00000;
+    if (take3) begin
+      rsh3 = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = relu1;
+    rsh2 = 15'h0000;
+    if (take3) begin
+      rsh2 = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh1 = 13'h0000;
+    if (take3) begin
+      rsh1 = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh0 = 12'h000;
+    if (take3) begin
+      rsh0 = \$10 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    q_lo = 12'h000;
+    if (take3) begin
+      q_lo = rsh0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    x = 51'h0000000000000;
+    if (take3) begin
+      x = \$11 [50:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    thr = 40'h0000000000;
+    if (take3) begin
+      thr = \$12 [39:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    ovf = 1'h0;
+    if (take3) begin
+      ovf = \$14 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    qs = 12'h000;
+    if (take3) begin
+      qs = \$16 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rr = 12'h000;
+    if (take3) begin
+      rr = \$18 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    v = 13'h0000;
+    if (take4) begin
+      v = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$36  = v1;
     if (take1) begin
-      \$36  = i_rq__payload[62];
+      \$36  = \$20 ;
     end
     if (rst) begin
       \$36  = 1'h0;
@@ -3196,69 +3273,69 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = \$signal$33 ;
+    \$37  = t1;
     if (take1) begin
-      \$37  = i_acc__payload[31:0];
+      \$37  = \$21 ;
     end
     if (rst) begin
-      \$37  = 32'd0;
+      \$37  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = last1;
+    \$38  = m1;
     if (take1) begin
-      \$38  = i_acc__payload[32];
+      \$38  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$38  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = v2;
-    if (take2) begin
-      \$39  = v1;
+    \$39  = \$signal$36 ;
+    if (take1) begin
+      \$39  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$39  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = p2;
-    if (take2) begin
-      \$40  = { \$17 [48], \$17  };
+    \$40  = \$signal$37 ;
+    if (take1) begin
+      \$40  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$40  = 50'h0000000000000;
+      \$40  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = \$signal ;
-    if (take2) begin
-      \$41  = \$signal$30 ;
+    \$41  = relu1;
+    if (take1) begin
+      \$41  = i_rq__payload[62];
     end
     if (rst) begin
-      \$41  = 6'h00;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = \$signal$35 ;
-    if (take2) begin
-      \$42  = \$signal$31 ;
+    \$42  = \$signal$39 ;
+    if (take1) begin
+      \$42  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$42  = 8'h00;
+      \$42  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = relu2;
-    if (take2) begin
-      \$43  = relu1;
+    \$43  = last1;
+    if (take1) begin
+      \$43  = i_acc__payload[32];
     end
     if (rst) begin
       \$43  = 1'h0;
@@ -3266,79 +3343,79 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = \$signal$37 ;
+    \$44  = v2;
     if (take2) begin
-      \$44  = \$signal$33 ;
+      \$44  = v1;
     end
     if (rst) begin
-      \$44  = 32'd0;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = last2;
+    \$45  = p2;
     if (take2) begin
-      \$45  = last1;
+      \$45  = { \$22 [48], \$22  };
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$45  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = v3;
-    if (take3) begin
-      \$46  = v2;
+    \$46  = \$signal ;
+    if (take2) begin
+      \$46  = \$signal$36 ;
     end
     if (rst) begin
-      \$46  = 1'h0;
+      \$46  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = r3;
-    if (take3) begin
-      \$47  = rr;
+    \$47  = \$signal$41 ;
+    if (take2) begin
+      \$47  = \$signal$37 ;
     end
     if (rst) begin
-      \$47  = 12'h000;
+      \$47  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = \$signal$23 ;
-    if (take3) begin
-      \$48  = \$signal$35 ;
+    \$48  = relu2;
+    if (take2) begin
+      \$48  = relu1;
     end
     if (rst) begin
-      \$48  = 8'h00;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = relu3;
-    if (take3) begin
-      \$49  = relu2;
+    \$49  = \$signal$43 ;
+    if (take2) begin
+      \$49  = \$signal$39 ;
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$49  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = \$signal$40 ;
-    if (take3) begin
-      \$50  = \$signal$37 ;
+    \$50  = last2;
+    if (take2) begin
+      \$50  = last1;
     end
     if (rst) begin
-      \$50  = 32'd0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = last3;
+    \$51  = v3;
     if (take3) begin
-      \$51  = last2;
+      \$51  = v2;
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -3346,93 +3423,74 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = o_res__valid;
+    \$52  = r3;
+    if (take3) begin
+      \$52  = rr;
+    end
+    if (rst) begin
+      \$52  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$53  = \$signal$29 ;
+    if (take3) begin
+      \$53  = \$signal$41 ;
+    end
+    if (rst) begin
+      \$53  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$54  = relu3;
+    if (take3) begin
+      \$54  = relu2;
+    end
+    if (rst) begin
+      \$54  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$55  = \$signal$46 ;
+    if (take3) begin
+      \$55  = \$signal$43 ;
+    end
+    if (rst) begin
+      \$55  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$56  = last3;
+    if (take3) begin
+      \$56  = last2;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$57  = o_res__valid;
     if (take4) begin
-      \$52  = v3;
+      \$57  = v3;
     end
     if (rst) begin
-      \$52  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = o_res__payload;
+    \$58  = o_res__payload;
     if (take4) begin
-      \$53 [31:0] = \$signal$40 ;
-      \$53 [39:32] = \$30 [7:0];
-      \$53 [40] = last3;
+      \$58 [31:0] = \$signal$46 ;
+      \$58 [39:32] = \$35 [7:0];
+      \$58 [40] = last3;
     end
     if (rst) begin
-      \$53  = 41'h00000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    q_lo = 12'h000;
-    if (take3) begin
-      q_lo = \$5 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    x = 51'h0000000000000;
-    if (take3) begin
-      x = \$6 [50:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    thr = 40'h0000000000;
-    if (take3) begin
-      thr = \$7 [39:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    ovf = 1'h0;
-    if (take3) begin
-      ovf = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    qs = 12'h000;
-    if (take3) begin
-      qs = \$11 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rr = 12'h000;
-    if (take3) begin
-      rr = \$13 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    v = 13'h0000;
-    if (take4) begin
-      v = \$14 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = v1;
-    if (take1) begin
-      \$31  = \$15 ;
-    end
-    if (rst) begin
-      \$31  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = t1;
-    if (take1) begin
-      \$32  = \$16 ;
-    end
-    if (rst) begin
-      \$32  = 33'h000000000;
+      \$58  = 41'h00000000000;
     end
   end
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
@@ -3445,5 +3503,5 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$13  = { \$12 [12], \$12 [12:1] };
+  assign \$18  = { \$17 [12], \$17 [12:1] };
 endmodule

@@ -2168,7 +2168,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$28109$0 (\$39 [31:0]),
-    .\port$28684$0 (last3),
+    .\port$28689$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2480,7 +2480,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, r_en, \port$28684$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, r_en, \port$28689$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2524,8 +2524,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   wire [3:0] level;
   input [31:0] \port$28109$0 ;
   wire [31:0] \port$28109$0 ;
-  input \port$28684$0 ;
-  wire \port$28684$0 ;
+  input \port$28689$0 ;
+  wire \port$28689$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2561,7 +2561,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$28684$0 , \port$28109$0  };
+      storage[w_port__addr] <= { \port$28689$0 , \port$28109$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2660,8 +2660,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$28684$0 , \port$28109$0  };
-  assign w_data = { \port$28684$0 , \port$28109$0  };
+  assign w_port__data = { \port$28689$0 , \port$28109$0  };
+  assign w_data = { \port$28689$0 , \port$28109$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -19228,7 +19228,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$249 ;
   wire \$2490 ;
   wire \$24900 ;
-  wire \$24901 ;
+  wire [4:0] \$24901 ;
   wire \$24902 ;
   wire \$24903 ;
   wire \$24904 ;
@@ -19274,10 +19274,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24940 ;
   wire \$24941 ;
   wire \$24942 ;
-  wire [11:0] \$24943 ;
+  wire \$24943 ;
   wire [11:0] \$24944 ;
   wire [11:0] \$24945 ;
-  wire \$24946 ;
+  wire [11:0] \$24946 ;
   wire \$24947 ;
   wire \$24948 ;
   wire \$24949 ;
@@ -19289,9 +19289,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24954 ;
   wire \$24955 ;
   wire \$24956 ;
-  reg [2:0] \$24957 ;
-  wire [4:0] \$24958 ;
-  wire \$24959 ;
+  wire \$24957 ;
+  reg [2:0] \$24958 ;
+  wire [4:0] \$24959 ;
   wire \$2496 ;
   wire \$24960 ;
   wire \$24961 ;
@@ -19305,29 +19305,29 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24969 ;
   wire \$2497 ;
   wire \$24970 ;
-  wire [8:0] \$24971 ;
-  wire \$24972 ;
-  wire [8:0] \$24973 ;
-  wire \$24974 ;
-  wire [8:0] \$24975 ;
-  wire \$24976 ;
-  wire [8:0] \$24977 ;
-  wire \$24978 ;
-  wire [8:0] \$24979 ;
+  wire \$24971 ;
+  wire [8:0] \$24972 ;
+  wire \$24973 ;
+  wire [8:0] \$24974 ;
+  wire \$24975 ;
+  wire [8:0] \$24976 ;
+  wire \$24977 ;
+  wire [8:0] \$24978 ;
+  wire \$24979 ;
   wire \$2498 ;
-  wire \$24980 ;
-  wire [8:0] \$24981 ;
-  wire \$24982 ;
-  wire [8:0] \$24983 ;
-  wire \$24984 ;
-  wire [8:0] \$24985 ;
-  wire \$24986 ;
-  wire [8:0] \$24987 ;
-  wire \$24988 ;
-  wire [8:0] \$24989 ;
+  wire [8:0] \$24980 ;
+  wire \$24981 ;
+  wire [8:0] \$24982 ;
+  wire \$24983 ;
+  wire [8:0] \$24984 ;
+  wire \$24985 ;
+  wire [8:0] \$24986 ;
+  wire \$24987 ;
+  wire [8:0] \$24988 ;
+  wire \$24989 ;
   wire \$2499 ;
-  wire \$24990 ;
-  wire [10:0] \$24991 ;
+  wire [8:0] \$24990 ;
+  wire \$24991 ;
   wire [10:0] \$24992 ;
   wire [10:0] \$24993 ;
   wire [10:0] \$24994 ;
@@ -19348,7 +19348,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25006 ;
   wire [10:0] \$25007 ;
   wire [10:0] \$25008 ;
-  wire \$25009 ;
+  wire [10:0] \$25009 ;
   wire \$2501 ;
   wire \$25010 ;
   wire \$25011 ;
@@ -19362,29 +19362,29 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25019 ;
   wire \$2502 ;
   wire \$25020 ;
-  wire [9:0] \$25021 ;
-  wire \$25022 ;
-  wire [9:0] \$25023 ;
-  wire \$25024 ;
-  wire [9:0] \$25025 ;
-  wire \$25026 ;
-  wire [9:0] \$25027 ;
-  wire \$25028 ;
-  wire [9:0] \$25029 ;
+  wire \$25021 ;
+  wire [9:0] \$25022 ;
+  wire \$25023 ;
+  wire [9:0] \$25024 ;
+  wire \$25025 ;
+  wire [9:0] \$25026 ;
+  wire \$25027 ;
+  wire [9:0] \$25028 ;
+  wire \$25029 ;
   wire \$2503 ;
-  wire \$25030 ;
-  wire [9:0] \$25031 ;
-  wire \$25032 ;
-  wire [9:0] \$25033 ;
-  wire \$25034 ;
-  wire [9:0] \$25035 ;
-  wire \$25036 ;
-  wire [9:0] \$25037 ;
-  wire \$25038 ;
-  wire [9:0] \$25039 ;
+  wire [9:0] \$25030 ;
+  wire \$25031 ;
+  wire [9:0] \$25032 ;
+  wire \$25033 ;
+  wire [9:0] \$25034 ;
+  wire \$25035 ;
+  wire [9:0] \$25036 ;
+  wire \$25037 ;
+  wire [9:0] \$25038 ;
+  wire \$25039 ;
   wire \$2504 ;
-  wire \$25040 ;
-  wire [10:0] \$25041 ;
+  wire [9:0] \$25040 ;
+  wire \$25041 ;
   wire [10:0] \$25042 ;
   wire [10:0] \$25043 ;
   wire [10:0] \$25044 ;
@@ -19403,7 +19403,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25056 ;
   wire [10:0] \$25057 ;
   wire [10:0] \$25058 ;
-  wire \$25059 ;
+  wire [10:0] \$25059 ;
   wire \$2506 ;
   wire \$25060 ;
   wire \$25061 ;
@@ -19417,29 +19417,29 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25069 ;
   wire \$2507 ;
   wire \$25070 ;
-  wire [10:0] \$25071 ;
-  wire \$25072 ;
-  wire [10:0] \$25073 ;
-  wire \$25074 ;
-  wire [10:0] \$25075 ;
-  wire \$25076 ;
-  wire [10:0] \$25077 ;
-  wire \$25078 ;
-  wire [10:0] \$25079 ;
+  wire \$25071 ;
+  wire [10:0] \$25072 ;
+  wire \$25073 ;
+  wire [10:0] \$25074 ;
+  wire \$25075 ;
+  wire [10:0] \$25076 ;
+  wire \$25077 ;
+  wire [10:0] \$25078 ;
+  wire \$25079 ;
   wire \$2508 ;
-  wire \$25080 ;
-  wire [10:0] \$25081 ;
-  wire \$25082 ;
-  wire [10:0] \$25083 ;
-  wire \$25084 ;
-  wire [10:0] \$25085 ;
-  wire \$25086 ;
-  wire [10:0] \$25087 ;
-  wire \$25088 ;
-  wire [10:0] \$25089 ;
+  wire [10:0] \$25080 ;
+  wire \$25081 ;
+  wire [10:0] \$25082 ;
+  wire \$25083 ;
+  wire [10:0] \$25084 ;
+  wire \$25085 ;
+  wire [10:0] \$25086 ;
+  wire \$25087 ;
+  wire [10:0] \$25088 ;
+  wire \$25089 ;
   wire \$2509 ;
-  wire \$25090 ;
-  wire [10:0] \$25091 ;
+  wire [10:0] \$25090 ;
+  wire \$25091 ;
   wire [10:0] \$25092 ;
   wire [10:0] \$25093 ;
   wire [10:0] \$25094 ;
@@ -19459,43 +19459,43 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25106 ;
   wire [10:0] \$25107 ;
   wire [10:0] \$25108 ;
-  wire \$25109 ;
+  wire [10:0] \$25109 ;
   wire \$2511 ;
   wire \$25110 ;
   wire \$25111 ;
-  reg [3:0] \$25112 ;
-  wire \$25113 ;
+  wire \$25112 ;
+  reg [3:0] \$25113 ;
   wire \$25114 ;
   wire \$25115 ;
-  reg [3:0] \$25116 ;
-  wire \$25117 ;
+  wire \$25116 ;
+  reg [3:0] \$25117 ;
   wire \$25118 ;
   wire \$25119 ;
   wire \$2512 ;
-  reg [3:0] \$25120 ;
-  wire \$25121 ;
+  wire \$25120 ;
+  reg [3:0] \$25121 ;
   wire \$25122 ;
   wire \$25123 ;
-  reg [3:0] \$25124 ;
-  wire \$25125 ;
+  wire \$25124 ;
+  reg [3:0] \$25125 ;
   wire \$25126 ;
   wire \$25127 ;
-  reg [3:0] \$25128 ;
-  wire \$25129 ;
+  wire \$25128 ;
+  reg [3:0] \$25129 ;
   wire \$2513 ;
   wire \$25130 ;
   wire \$25131 ;
-  reg [3:0] \$25132 ;
-  wire \$25133 ;
+  wire \$25132 ;
+  reg [3:0] \$25133 ;
   wire \$25134 ;
   wire \$25135 ;
-  reg [3:0] \$25136 ;
-  wire \$25137 ;
+  wire \$25136 ;
+  reg [3:0] \$25137 ;
   wire \$25138 ;
   wire \$25139 ;
   wire \$2514 ;
-  reg [3:0] \$25140 ;
-  wire \$25141 ;
+  wire \$25140 ;
+  reg [3:0] \$25141 ;
   wire \$25142 ;
   wire \$25143 ;
   wire \$25144 ;
@@ -19520,23 +19520,23 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25161 ;
   wire \$25162 ;
   wire \$25163 ;
-  wire [7:0] \$25164 ;
-  wire \$25165 ;
+  wire \$25164 ;
+  wire [7:0] \$25165 ;
   wire \$25166 ;
   wire \$25167 ;
   wire \$25168 ;
   wire \$25169 ;
   wire \$2517 ;
-  wire [1:0] \$25170 ;
-  wire \$25171 ;
+  wire \$25170 ;
+  wire [1:0] \$25171 ;
   wire \$25172 ;
   wire \$25173 ;
-  wire [2:0] \$25174 ;
-  wire \$25175 ;
+  wire \$25174 ;
+  wire [2:0] \$25175 ;
   wire \$25176 ;
   wire \$25177 ;
-  wire [2:0] \$25178 ;
-  wire \$25179 ;
+  wire \$25178 ;
+  wire [2:0] \$25179 ;
   wire \$2518 ;
   wire \$25180 ;
   wire \$25181 ;
@@ -19551,7 +19551,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2519 ;
   wire \$25190 ;
   wire \$25191 ;
-  wire [11:0] \$25192 ;
+  wire \$25192 ;
   wire [11:0] \$25193 ;
   wire [11:0] \$25194 ;
   wire [11:0] \$25195 ;
@@ -19592,53 +19592,53 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$25226 ;
   wire [11:0] \$25227 ;
   wire [11:0] \$25228 ;
-  wire \$25229 ;
+  wire [11:0] \$25229 ;
   wire \$2523 ;
   wire \$25230 ;
   wire \$25231 ;
   wire \$25232 ;
   wire \$25233 ;
-  wire \$25234 ;
-  wire [5:0] \$25235 ;
+  wire [5:0] \$25234 ;
+  wire \$25235 ;
   wire \$25236 ;
   wire \$25237 ;
   wire \$25238 ;
   wire \$25239 ;
   wire \$2524 ;
   wire \$25240 ;
-  wire \$25241 ;
-  wire [11:0] \$25242 ;
-  wire \$25243 ;
-  wire [16:0] \$25244 ;
+  wire [11:0] \$25241 ;
+  wire \$25242 ;
+  wire [16:0] \$25243 ;
+  wire \$25244 ;
   wire \$25245 ;
   wire \$25246 ;
-  wire \$25247 ;
+  wire [11:0] \$25247 ;
   wire [11:0] \$25248 ;
-  wire [11:0] \$25249 ;
+  wire [12:0] \$25249 ;
   wire \$2525 ;
-  wire [12:0] \$25250 ;
+  wire [11:0] \$25250 ;
   wire [11:0] \$25251 ;
-  wire [11:0] \$25252 ;
-  wire [12:0] \$25253 ;
-  wire [13:0] \$25254 ;
+  wire [12:0] \$25252 ;
+  wire [13:0] \$25253 ;
+  wire [6:0] \$25254 ;
   wire [6:0] \$25255 ;
-  wire [6:0] \$25256 ;
+  wire [7:0] \$25256 ;
   wire [7:0] \$25257 ;
   wire [7:0] \$25258 ;
-  wire [7:0] \$25259 ;
+  wire [8:0] \$25259 ;
   wire \$2526 ;
-  wire [8:0] \$25260 ;
+  wire [10:0] \$25260 ;
   wire [10:0] \$25261 ;
   wire [10:0] \$25262 ;
-  wire [10:0] \$25263 ;
-  wire [11:0] \$25264 ;
-  wire [10:0] \$25265 ;
-  wire [11:0] \$25266 ;
-  wire [10:0] \$25267 ;
-  wire [11:0] \$25268 ;
-  wire [10:0] \$25269 ;
+  wire [11:0] \$25263 ;
+  wire [10:0] \$25264 ;
+  wire [11:0] \$25265 ;
+  wire [10:0] \$25266 ;
+  wire [11:0] \$25267 ;
+  wire [10:0] \$25268 ;
+  wire [11:0] \$25269 ;
   wire \$2527 ;
-  wire [11:0] \$25270 ;
+  wire \$25270 ;
   wire \$25271 ;
   wire \$25272 ;
   wire \$25273 ;
@@ -19647,59 +19647,59 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25276 ;
   wire \$25277 ;
   wire \$25278 ;
-  wire \$25279 ;
+  wire [3:0] \$25279 ;
   wire \$2528 ;
-  wire [3:0] \$25280 ;
-  reg \$25281 ;
-  reg [15:0] \$25282 ;
-  reg [5:0] \$25283 ;
-  reg [3:0] \$25284 ;
+  reg \$25280 ;
+  reg [15:0] \$25281 ;
+  reg [5:0] \$25282 ;
+  reg [3:0] \$25283 ;
+  reg [7:0] \$25284 ;
   reg [7:0] \$25285 ;
-  reg [7:0] \$25286 ;
-  reg [15:0] \$25287 ;
-  reg [5:0] \$25288 ;
-  reg [3:0] \$25289 ;
+  reg [15:0] \$25286 ;
+  reg [5:0] \$25287 ;
+  reg [3:0] \$25288 ;
+  reg [15:0] \$25289 ;
   wire \$2529 ;
-  reg [15:0] \$25290 ;
-  reg [5:0] \$25291 ;
-  reg [3:0] \$25292 ;
-  reg [15:0] \$25293 ;
-  reg [5:0] \$25294 ;
-  reg [3:0] \$25295 ;
-  reg [15:0] \$25296 ;
-  reg [5:0] \$25297 ;
-  reg [3:0] \$25298 ;
-  reg [15:0] \$25299 ;
+  reg [5:0] \$25290 ;
+  reg [3:0] \$25291 ;
+  reg [15:0] \$25292 ;
+  reg [5:0] \$25293 ;
+  reg [3:0] \$25294 ;
+  reg [15:0] \$25295 ;
+  reg [5:0] \$25296 ;
+  reg [3:0] \$25297 ;
+  reg [15:0] \$25298 ;
+  reg [5:0] \$25299 ;
   wire \$253 ;
   wire \$2530 ;
-  reg [5:0] \$25300 ;
-  reg [3:0] \$25301 ;
-  reg [15:0] \$25302 ;
-  reg [5:0] \$25303 ;
-  reg [3:0] \$25304 ;
-  reg [15:0] \$25305 ;
-  reg [5:0] \$25306 ;
+  reg [3:0] \$25300 ;
+  reg [15:0] \$25301 ;
+  reg [5:0] \$25302 ;
+  reg [3:0] \$25303 ;
+  reg [15:0] \$25304 ;
+  reg [5:0] \$25305 ;
+  reg [3:0] \$25306 ;
   reg [3:0] \$25307 ;
   reg [3:0] \$25308 ;
-  reg [3:0] \$25309 ;
+  reg \$25309 ;
   wire \$2531 ;
   reg \$25310 ;
   reg \$25311 ;
   reg \$25312 ;
-  reg \$25313 ;
-  reg [63:0] \$25314 ;
-  reg [7:0] \$25315 ;
-  reg \$25316 ;
-  reg [1:0] \$25317 ;
-  reg [287:0] \$25318 ;
-  reg \$25319 ;
+  reg [63:0] \$25313 ;
+  reg [7:0] \$25314 ;
+  reg \$25315 ;
+  reg [1:0] \$25316 ;
+  reg [287:0] \$25317 ;
+  reg \$25318 ;
+  reg [287:0] \$25319 ;
   wire \$2532 ;
   reg [287:0] \$25320 ;
   reg [287:0] \$25321 ;
-  reg [287:0] \$25322 ;
+  reg \$25322 ;
   reg \$25323 ;
   reg \$25324 ;
-  reg \$25325 ;
+  reg [10:0] \$25325 ;
   reg [10:0] \$25326 ;
   reg [10:0] \$25327 ;
   reg [10:0] \$25328 ;
@@ -19740,35 +19740,34 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2536 ;
   reg [10:0] \$25360 ;
   reg [10:0] \$25361 ;
-  reg [10:0] \$25362 ;
-  reg [2:0] \$25363 ;
+  reg [2:0] \$25362 ;
+  reg \$25363 ;
   reg \$25364 ;
   reg \$25365 ;
-  reg \$25366 ;
+  reg [63:0] \$25366 ;
   reg [63:0] \$25367 ;
-  reg [63:0] \$25368 ;
+  reg \$25368 ;
   reg \$25369 ;
   wire \$2537 ;
   reg \$25370 ;
   reg \$25371 ;
   reg \$25372 ;
-  reg \$25373 ;
-  reg [15:0] \$25374 ;
-  reg [10:0] \$25375 ;
-  reg [5:0] \$25376 ;
-  reg \$25377 ;
-  reg [6:0] \$25378 ;
-  reg [7:0] \$25379 ;
+  reg [15:0] \$25373 ;
+  reg [10:0] \$25374 ;
+  reg [5:0] \$25375 ;
+  reg \$25376 ;
+  reg [6:0] \$25377 ;
+  reg [7:0] \$25378 ;
+  reg [8:0] \$25379 ;
   wire \$2538 ;
-  reg [8:0] \$25380 ;
-  reg [9:0] \$25381 ;
+  reg [9:0] \$25380 ;
+  reg \$25381 ;
   reg \$25382 ;
-  reg \$25383 ;
+  reg [10:0] \$25383 ;
   reg [10:0] \$25384 ;
-  reg [10:0] \$25385 ;
+  reg \$25385 ;
   reg \$25386 ;
-  reg \$25387 ;
-  reg [3:0] \$25388 ;
+  reg [3:0] \$25387 ;
   wire \$2539 ;
   wire \$254 ;
   wire \$2540 ;
@@ -28074,7 +28073,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg \$signal$757  = 1'h0;
   (* init = 1'h0 *)
   wire \$signal$758 ;
-  reg \$signal$767 ;
+  wire \$signal$762 ;
+  reg \$signal$770 ;
   reg [10:0] R0 = 11'h000;
   reg [10:0] R1 = 11'h000;
   reg [10:0] R10 = 11'h000;
@@ -28686,6 +28686,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire mbeat2_vn;
   reg [287:0] mbuf = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
   reg mbuf_v = 1'h0;
+  wire [3:0] need;
   wire next_ok;
   output o_busy;
   wire o_busy;
@@ -28762,6 +28763,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg [11:0] stride;
   reg [5:0] stride_w = 6'h00;
   wire take_buf;
+  wire takes;
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
@@ -54174,586 +54176,587 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$24899  = $signed(Rn23) + $signed({ 1'h0, mbuf[287:280] });
   assign vpos_n = vpos + k;
   assign \$24900  = ~ vlast_loaded;
-  assign \$24901  = ! vpos;
-  assign \$24902  = \$signal$590  & \$24901 ;
-  assign \$24903  = \$24902  | \$signal$592 ;
-  assign \$24904  = ~ \$24903 ;
-  assign \$24905  = | vpos;
-  assign \$24906  = \$24905  ? \$signal$756  : prev_last;
-  assign \$24907  = \$24904  & \$24906 ;
-  assign \$24908  = ! vpos;
-  assign \$24909  = \$signal$590  & \$24908 ;
-  assign \$24910  = \$24909  | \$signal$592 ;
-  assign \$24911  = ~ \$24910 ;
-  assign \$24912  = | vpos;
-  assign \$24913  = \$24912  ? \$signal$756  : prev_last;
-  assign \$24914  = \$24911  & \$24913 ;
-  assign \$24915  = ~ \$24914 ;
-  assign \$24916  = \$signal$590  & \$signal$756 ;
-  assign \$24917  = ~ \$signal$592 ;
-  assign \$24918  = \$24916  & \$24917 ;
-  assign \$24919  = ~ \$signal$592 ;
-  assign \$24920  = \$signal$756  & \$24919 ;
-  assign \$24921  = ~ \$24920 ;
-  assign \$24922  = \$signal$590  & \$24921 ;
-  assign \$24923  = end_ok | end_bad;
-  assign \$24924  = endv & \$24923 ;
-  assign \$24925  = any_err | \$24924 ;
-  assign \$24926  = | k;
-  assign \$24927  = advance & \$24926 ;
-  assign \$24928  = vpos_n >= 4'h8;
-  assign \$24929  = \$signal$753  & \$signal$754 ;
-  assign \$24930  = ~ \$24929 ;
-  assign i_value__ready = allow_load & \$24930 ;
-  assign \$24931  = rows_left > 2'h2;
-  assign \$24932  = rows_left > 1'h1;
-  assign \$24933  = fin ? \$24931  : \$24932 ;
-  assign \$24934  = rows_left == 2'h2;
-  assign \$24935  = rows_left == 1'h1;
-  assign \$24936  = fin ? \$24934  : \$24935 ;
-  assign \$24937  = ~ running;
-  assign \$24938  = ~ endv;
-  assign \$24939  = \$24937  & \$24938 ;
-  assign \$24940  = ~ pad_wait;
-  assign i_cmd__ready = \$24939  & \$24940 ;
-  assign \$24941  = running | endv;
-  assign o_busy = \$24941  | pad_wait;
-  assign \$24942  = i_cmd__valid & i_cmd__ready;
-  assign \$24943  = i_cmd__payload[26:16] + 6'h3f;
-  assign \$24946  = i_cmd__payload[15:0] > 1'h1;
-  assign \$24947  = i_cmd__payload[15:0] == 1'h1;
-  assign \$24948  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$24948  | \$24949 ;
-  assign \$24950  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24951  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$24952  = mbuf_v & \$24951 ;
-  assign mbeat1_vn = \$24950  | \$24952 ;
-  assign \$24953  = ~ \$signal$665 ;
-  assign \$24954  = mbeat2_v & \$24953 ;
-  assign \$24955  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24956  = mbuf_v & \$24955 ;
-  assign mbeat2_vn = \$24954  | \$24956 ;
-  assign \$24958  = \$24957  * 2'h3;
-  assign \$24959  = ! \$signal$665 ;
-  assign \$24960  = $signed(es_w) <= $signed(1'h0);
-  assign \$24961  = es_w == 1'h1;
-  assign \$24962  = es_w == 2'h2;
-  assign \$24963  = es_w == 2'h3;
-  assign \$24964  = es_w == 3'h4;
-  assign \$24965  = es_w == 3'h5;
-  assign \$24966  = es_w == 3'h6;
-  assign \$24967  = es_w == 3'h7;
-  assign \$24968  = es_w == 4'h8;
-  assign \$24969  = $signed(es_w) >= $signed(5'h09);
-  assign \$24971  = $signed(es_w) - $signed(3'h3);
-  assign \$24972  = $signed(\$24971 ) <= $signed(1'h0);
-  assign \$24973  = $signed(es_w) - $signed(3'h3);
-  assign \$24974  = \$24973  == 1'h1;
-  assign \$24975  = $signed(es_w) - $signed(3'h3);
-  assign \$24976  = \$24975  == 2'h2;
-  assign \$24977  = $signed(es_w) - $signed(3'h3);
-  assign \$24978  = \$24977  == 2'h3;
-  assign \$24979  = $signed(es_w) - $signed(3'h3);
-  assign \$24980  = \$24979  == 3'h4;
-  assign \$24981  = $signed(es_w) - $signed(3'h3);
-  assign \$24982  = \$24981  == 3'h5;
-  assign \$24983  = $signed(es_w) - $signed(3'h3);
-  assign \$24984  = \$24983  == 3'h6;
-  assign \$24985  = $signed(es_w) - $signed(3'h3);
-  assign \$24986  = \$24985  == 3'h7;
-  assign \$24987  = $signed(es_w) - $signed(3'h3);
-  assign \$24988  = \$24987  == 4'h8;
-  assign \$24989  = $signed(es_w) - $signed(3'h3);
-  assign \$24990  = $signed(\$24989 ) >= $signed(5'h09);
-  assign \$24991  = r_a_sel[0] ? Rnm1 : 11'h000;
-  assign \$24992  = r_a_sel[1] ? Rf3 : 11'h000;
-  assign \$24993  = \$24991  | \$24992 ;
-  assign \$24994  = r_a_sel[2] ? Rf7 : 11'h000;
-  assign \$24995  = r_a_sel[3] ? Rf11 : 11'h000;
-  assign \$24996  = \$24994  | \$24995 ;
-  assign \$24997  = \$24993  | \$24996 ;
-  assign \$24998  = r_a_sel[4] ? Rf15 : 11'h000;
-  assign \$24999  = r_a_sel[5] ? Rf19 : 11'h000;
-  assign \$25000  = \$24998  | \$24999 ;
-  assign \$25001  = r_a_sel[6] ? Rf23 : 11'h000;
-  assign \$25002  = r_a_sel[7] ? Rf27 : 11'h000;
-  assign \$25003  = \$25001  | \$25002 ;
-  assign \$25004  = \$25000  | \$25003 ;
-  assign \$25005  = \$24997  | \$25004 ;
-  assign \$25006  = r_a_sel[8] ? Rf31 : 11'h000;
-  assign \$25007  = r_a_sel[9] ? Rf35 : 11'h000;
-  assign \$25008  = \$25006  | \$25007 ;
-  assign r_a = \$25005  | \$25008 ;
-  assign \$25009  = ! \$signal$665 ;
-  assign \$25010  = $signed(es2_w) <= $signed(1'h0);
-  assign \$25011  = es2_w == 1'h1;
-  assign \$25012  = es2_w == 2'h2;
-  assign \$25013  = es2_w == 2'h3;
-  assign \$25014  = es2_w == 3'h4;
-  assign \$25015  = es2_w == 3'h5;
-  assign \$25016  = es2_w == 3'h6;
-  assign \$25017  = es2_w == 3'h7;
-  assign \$25018  = es2_w == 4'h8;
-  assign \$25019  = $signed(es2_w) >= $signed(5'h09);
-  assign \$25021  = $signed(es2_w) - $signed(3'h3);
-  assign \$25022  = $signed(\$25021 ) <= $signed(1'h0);
-  assign \$25023  = $signed(es2_w) - $signed(3'h3);
-  assign \$25024  = \$25023  == 1'h1;
-  assign \$25025  = $signed(es2_w) - $signed(3'h3);
-  assign \$25026  = \$25025  == 2'h2;
-  assign \$25027  = $signed(es2_w) - $signed(3'h3);
-  assign \$25028  = \$25027  == 2'h3;
-  assign \$25029  = $signed(es2_w) - $signed(3'h3);
-  assign \$25030  = \$25029  == 3'h4;
-  assign \$25031  = $signed(es2_w) - $signed(3'h3);
-  assign \$25032  = \$25031  == 3'h5;
-  assign \$25033  = $signed(es2_w) - $signed(3'h3);
-  assign \$25034  = \$25033  == 3'h6;
-  assign \$25035  = $signed(es2_w) - $signed(3'h3);
-  assign \$25036  = \$25035  == 3'h7;
-  assign \$25037  = $signed(es2_w) - $signed(3'h3);
-  assign \$25038  = \$25037  == 4'h8;
-  assign \$25039  = $signed(es2_w) - $signed(3'h3);
-  assign \$25040  = $signed(\$25039 ) >= $signed(5'h09);
-  assign \$25041  = r_b_sel[0] ? Rnm1 : 11'h000;
-  assign \$25042  = r_b_sel[1] ? Rf3 : 11'h000;
-  assign \$25043  = \$25041  | \$25042 ;
-  assign \$25044  = r_b_sel[2] ? Rf7 : 11'h000;
-  assign \$25045  = r_b_sel[3] ? Rf11 : 11'h000;
-  assign \$25046  = \$25044  | \$25045 ;
-  assign \$25047  = \$25043  | \$25046 ;
-  assign \$25048  = r_b_sel[4] ? Rf15 : 11'h000;
-  assign \$25049  = r_b_sel[5] ? Rf19 : 11'h000;
-  assign \$25050  = \$25048  | \$25049 ;
-  assign \$25051  = r_b_sel[6] ? Rf23 : 11'h000;
-  assign \$25052  = r_b_sel[7] ? Rf27 : 11'h000;
-  assign \$25053  = \$25051  | \$25052 ;
-  assign \$25054  = \$25050  | \$25053 ;
-  assign \$25055  = \$25047  | \$25054 ;
-  assign \$25056  = r_b_sel[8] ? Rf31 : 11'h000;
-  assign \$25057  = r_b_sel[9] ? Rf35 : 11'h000;
-  assign \$25058  = \$25056  | \$25057 ;
-  assign r_b = \$25055  | \$25058 ;
-  assign \$25059  = ! \$signal$665 ;
-  assign \$25060  = $signed(es3_w) <= $signed(1'h0);
-  assign \$25061  = es3_w == 1'h1;
-  assign \$25062  = es3_w == 2'h2;
-  assign \$25063  = es3_w == 2'h3;
-  assign \$25064  = es3_w == 3'h4;
-  assign \$25065  = es3_w == 3'h5;
-  assign \$25066  = es3_w == 3'h6;
-  assign \$25067  = es3_w == 3'h7;
-  assign \$25068  = es3_w == 4'h8;
-  assign \$25069  = $signed(es3_w) >= $signed(5'h09);
-  assign \$25071  = $signed(es3_w) - $signed(3'h3);
-  assign \$25072  = $signed(\$25071 ) <= $signed(1'h0);
-  assign \$25073  = $signed(es3_w) - $signed(3'h3);
-  assign \$25074  = \$25073  == 1'h1;
-  assign \$25075  = $signed(es3_w) - $signed(3'h3);
-  assign \$25076  = \$25075  == 2'h2;
-  assign \$25077  = $signed(es3_w) - $signed(3'h3);
-  assign \$25078  = \$25077  == 2'h3;
-  assign \$25079  = $signed(es3_w) - $signed(3'h3);
-  assign \$25080  = \$25079  == 3'h4;
-  assign \$25081  = $signed(es3_w) - $signed(3'h3);
-  assign \$25082  = \$25081  == 3'h5;
-  assign \$25083  = $signed(es3_w) - $signed(3'h3);
-  assign \$25084  = \$25083  == 3'h6;
-  assign \$25085  = $signed(es3_w) - $signed(3'h3);
-  assign \$25086  = \$25085  == 3'h7;
-  assign \$25087  = $signed(es3_w) - $signed(3'h3);
-  assign \$25088  = \$25087  == 4'h8;
-  assign \$25089  = $signed(es3_w) - $signed(3'h3);
-  assign \$25090  = $signed(\$25089 ) >= $signed(5'h09);
-  assign \$25091  = r_c_sel[0] ? Rnm1 : 11'h000;
-  assign \$25092  = r_c_sel[1] ? Rf3 : 11'h000;
-  assign \$25093  = \$25091  | \$25092 ;
-  assign \$25094  = r_c_sel[2] ? Rf7 : 11'h000;
-  assign \$25095  = r_c_sel[3] ? Rf11 : 11'h000;
-  assign \$25096  = \$25094  | \$25095 ;
-  assign \$25097  = \$25093  | \$25096 ;
-  assign \$25098  = r_c_sel[4] ? Rf15 : 11'h000;
-  assign \$25099  = r_c_sel[5] ? Rf19 : 11'h000;
-  assign \$25100  = \$25098  | \$25099 ;
-  assign \$25101  = r_c_sel[6] ? Rf23 : 11'h000;
-  assign \$25102  = r_c_sel[7] ? Rf27 : 11'h000;
-  assign \$25103  = \$25101  | \$25102 ;
-  assign \$25104  = \$25100  | \$25103 ;
-  assign \$25105  = \$25097  | \$25104 ;
-  assign \$25106  = r_c_sel[8] ? Rf31 : 11'h000;
-  assign \$25107  = r_c_sel[9] ? Rf35 : 11'h000;
-  assign \$25108  = \$25106  | \$25107 ;
-  assign r_c = \$25105  | \$25108 ;
-  assign \$25109  = endv & end_bad;
-  assign \$25110  = ~ any_err;
-  assign \$25111  = \$25109  & \$25110 ;
-  assign \$25113  = k > 1'h0;
-  assign \$25114  = k_cur <= 1'h0;
-  assign \$25115  = finish & \$25114 ;
-  assign \$25117  = k > 1'h1;
-  assign \$25118  = k_cur <= 1'h1;
-  assign \$25119  = finish & \$25118 ;
-  assign \$25121  = k > 2'h2;
-  assign \$25122  = k_cur <= 2'h2;
-  assign \$25123  = finish & \$25122 ;
-  assign \$25125  = k > 2'h3;
-  assign \$25126  = k_cur <= 2'h3;
-  assign \$25127  = finish & \$25126 ;
-  assign \$25129  = k > 3'h4;
-  assign \$25130  = k_cur <= 3'h4;
-  assign \$25131  = finish & \$25130 ;
-  assign \$25133  = k > 3'h5;
-  assign \$25134  = k_cur <= 3'h5;
-  assign \$25135  = finish & \$25134 ;
-  assign \$25137  = k > 3'h6;
-  assign \$25138  = k_cur <= 3'h6;
-  assign \$25139  = finish & \$25138 ;
-  assign \$25141  = k > 3'h7;
-  assign \$25142  = k_cur <= 3'h7;
-  assign \$25143  = finish & \$25142 ;
-  assign \$25144  = ~ any_err;
-  assign \$25145  = short_now & \$25144 ;
-  assign \$25146  = finish & last_row;
-  assign \$25147  = ov & o_lanes__ready;
-  assign \$25148  = { \$24689 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
-  assign \$25149  = \$signal$440 [0] & \$25148 ;
-  assign \$25150  = { \$24696 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
-  assign \$25151  = \$signal$440 [1] & \$25150 ;
-  assign \$25152  = { \$24703 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
-  assign \$25153  = \$signal$440 [2] & \$25152 ;
-  assign \$25154  = { \$24710 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
-  assign \$25155  = \$signal$440 [3] & \$25154 ;
-  assign \$25156  = { \$24717 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
-  assign \$25157  = \$signal$440 [4] & \$25156 ;
-  assign \$25158  = { \$24724 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
-  assign \$25159  = \$signal$440 [5] & \$25158 ;
-  assign \$25160  = { \$24731 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
-  assign \$25161  = \$signal$440 [6] & \$25160 ;
-  assign \$25162  = { \$24738 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
-  assign \$25163  = \$signal$440 [7] & \$25162 ;
-  assign \$25164  = \$25147  ? { \$25163 , \$25161 , \$25159 , \$25157 , \$25155 , \$25153 , \$25151 , \$25149  } : 8'h00;
-  assign \$25165  = | pad_l;
-  assign \$25166  = | flush_d;
-  assign \$25167  = $signed(es_bits) > $signed(1'h0);
-  assign \$25168  = $signed(es_bits) <= $signed(9'h0c0);
-  assign \$25169  = \$25167  & \$25168 ;
-  assign \$25170  = 1'h1 - \$signal$665 ;
-  assign \$25171  = $signed(es_bits) > $signed(9'h0c0);
-  assign \$25172  = $signed(es_bits) <= $signed(10'h180);
-  assign \$25173  = \$25171  & \$25172 ;
-  assign \$25174  = 2'h2 - \$signal$665 ;
-  assign \$25175  = $signed(es_bits) > $signed(10'h180);
-  assign \$25176  = $signed(es_bits) <= $signed(11'h240);
-  assign \$25177  = \$25175  & \$25176 ;
-  assign \$25178  = 2'h3 - \$signal$665 ;
-  assign \$25179  = i_mask__valid & i_mask__ready;
-  assign \$25180  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$25181  = ~ \$25180 ;
-  assign \$25183  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$25184  = ~ \$25183 ;
-  assign \$25185  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$25186  = \$25184  & \$25185 ;
-  assign \$25187  = ~ \$signal$665 ;
-  assign \$25188  = mbeat2_v & \$25187 ;
-  assign \$25189  = ~ \$25188 ;
-  assign \$25190  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$25191  = \$25189  & \$25190 ;
-  assign \$25192  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$25193  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$25194  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$25195  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$25196  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$25197  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$25198  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$25199  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$25200  = $signed(Rf8) - $signed({ 1'h0, kk });
-  assign \$25201  = $signed(Rf9) - $signed({ 1'h0, kk });
-  assign \$25202  = $signed(Rf10) - $signed({ 1'h0, kk });
-  assign \$25203  = $signed(Rf11) - $signed({ 1'h0, kk });
-  assign \$25204  = $signed(Rf12) - $signed({ 1'h0, kk });
-  assign \$25205  = $signed(Rf13) - $signed({ 1'h0, kk });
-  assign \$25206  = $signed(Rf14) - $signed({ 1'h0, kk });
-  assign \$25207  = $signed(Rf15) - $signed({ 1'h0, kk });
-  assign \$25208  = $signed(Rf16) - $signed({ 1'h0, kk });
-  assign \$25209  = $signed(Rf17) - $signed({ 1'h0, kk });
-  assign \$25210  = $signed(Rf18) - $signed({ 1'h0, kk });
-  assign \$25211  = $signed(Rf19) - $signed({ 1'h0, kk });
-  assign \$25212  = $signed(Rf20) - $signed({ 1'h0, kk });
-  assign \$25213  = $signed(Rf21) - $signed({ 1'h0, kk });
-  assign \$25214  = $signed(Rf22) - $signed({ 1'h0, kk });
-  assign \$25215  = $signed(Rf23) - $signed({ 1'h0, kk });
-  assign \$25216  = $signed(Rf24) - $signed({ 1'h0, kk });
-  assign \$25217  = $signed(Rf25) - $signed({ 1'h0, kk });
-  assign \$25218  = $signed(Rf26) - $signed({ 1'h0, kk });
-  assign \$25219  = $signed(Rf27) - $signed({ 1'h0, kk });
-  assign \$25220  = $signed(Rf28) - $signed({ 1'h0, kk });
-  assign \$25221  = $signed(Rf29) - $signed({ 1'h0, kk });
-  assign \$25222  = $signed(Rf30) - $signed({ 1'h0, kk });
-  assign \$25223  = $signed(Rf31) - $signed({ 1'h0, kk });
-  assign \$25224  = $signed(Rf32) - $signed({ 1'h0, kk });
-  assign \$25225  = $signed(Rf33) - $signed({ 1'h0, kk });
-  assign \$25226  = $signed(Rf34) - $signed({ 1'h0, kk });
-  assign \$25227  = $signed(Rf35) - $signed({ 1'h0, kk });
-  assign \$25228  = $signed(Rnm1) - $signed({ 1'h0, kk });
-  assign \$25229  = end_ok | end_bad;
-  assign \$25230  = endv & \$25229 ;
-  assign \$25231  = any_err | \$25230 ;
-  assign \$25232  = | k;
-  assign \$25233  = advance & \$25232 ;
-  assign \$25234  = vpos_n >= 4'h8;
-  assign \$25235  = vpos_n - 4'h8;
-  assign \$25236  = i_value__valid & allow_load;
-  assign \$25237  = ~ \$signal$753 ;
-  assign \$25238  = ~ \$signal$754 ;
-  assign \$25239  = \$signal$753  & \$signal$754 ;
-  assign \$25240  = ~ \$25239 ;
-  assign \$25241  = i_cmd__valid & i_cmd__ready;
-  assign \$25243  = advance & finish;
-  assign \$25244  = rows_left - 1'h1;
-  assign \$25245  = end_ok | end_bad;
-  assign \$25246  = endv & \$25245 ;
-  assign \$25247  = i_cmd__valid & i_cmd__ready;
-  assign \$25254  = \$25251  + \$25253 ;
-  assign \$25257  = stride_w + \$25256 ;
-  assign \$25258  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$25259  = fin ? \$24760 [7:0] : \$25258 ;
-  assign \$25260  = fin ? \$24761 [8:0] : { \$24760 [7], \$24760 [7:0] };
-  assign \$25261  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25262  = fin ? \$25261  : { \$24761 [8], \$24761 [8], \$24761 [8:0] };
-  assign \$25263  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$25264  = $signed(\$25263 ) - $signed({ 1'h0, dsh });
-  assign \$25265  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25266  = fin ? \$25264  : { \$25265 [10], \$25265  };
-  assign \$25267  = fin ? r_b : r_a;
-  assign \$25268  = $signed(\$25267 ) - $signed({ 1'h0, kk });
-  assign \$25269  = fin ? r_c : r_b;
-  assign \$25270  = $signed(\$25269 ) - $signed({ 1'h0, kk });
-  assign \$25271  = $signed(\$24761 [8:0]) <= $signed({ 1'h0, \$24958 [3:0] });
-  assign \$25272  = $signed(\$24760 [7:0]) <= $signed({ 1'h0, \$24958 [3:0] });
-  assign \$25273  = fin ? \$25271  : \$25272 ;
-  assign \$25274  = $signed(Rf11) <= $signed({ 1'h0, kk });
-  assign \$25275  = mbeat0_vn & \$25274 ;
-  assign \$25276  = $signed(\$24761 [8:0]) > $signed(3'h3);
-  assign \$25277  = $signed(\$24760 [7:0]) > $signed(3'h3);
-  assign \$25278  = fin ? \$25276  : \$25277 ;
-  assign \$25279  = \$25275  & \$25278 ;
-  assign \$25280  = o_error_flags | flags;
-  always @(posedge clk)
-    prime <= \$25281 ;
-  always @(posedge clk)
-    a_grp0 <= \$25282 ;
-  always @(posedge clk)
-    a_gsel0 <= \$25283 ;
-  always @(posedge clk)
-    a_lr0 <= \$25284 ;
-  always @(posedge clk)
-    \$signal$440  <= \$25285 ;
-  always @(posedge clk)
-    a_nxt <= \$25286 ;
-  always @(posedge clk)
-    a_grp1 <= \$25287 ;
-  always @(posedge clk)
-    a_gsel1 <= \$25288 ;
-  always @(posedge clk)
-    a_lr1 <= \$25289 ;
-  always @(posedge clk)
-    a_grp2 <= \$25290 ;
-  always @(posedge clk)
-    a_gsel2 <= \$25291 ;
-  always @(posedge clk)
-    a_lr2 <= \$25292 ;
-  always @(posedge clk)
-    a_grp3 <= \$25293 ;
-  always @(posedge clk)
-    a_gsel3 <= \$25294 ;
-  always @(posedge clk)
-    a_lr3 <= \$25295 ;
-  always @(posedge clk)
-    a_grp4 <= \$25296 ;
-  always @(posedge clk)
-    a_gsel4 <= \$25297 ;
-  always @(posedge clk)
-    a_lr4 <= \$25298 ;
-  always @(posedge clk)
-    a_grp5 <= \$25299 ;
-  always @(posedge clk)
-    a_gsel5 <= \$25300 ;
-  always @(posedge clk)
-    a_lr5 <= \$25301 ;
-  always @(posedge clk)
-    a_grp6 <= \$25302 ;
-  always @(posedge clk)
-    a_gsel6 <= \$25303 ;
-  always @(posedge clk)
-    a_lr6 <= \$25304 ;
-  always @(posedge clk)
-    a_grp7 <= \$25305 ;
-  always @(posedge clk)
-    a_gsel7 <= \$25306 ;
-  always @(posedge clk)
-    a_lr7 <= \$25307 ;
-  always @(posedge clk)
-    \$signal  <= \$25308 ;
-  always @(posedge clk)
-    a_es <= \$25309 ;
-  always @(posedge clk)
-    short_err <= \$25310 ;
-  always @(posedge clk)
-    ov <= \$25311 ;
-  always @(posedge clk)
-    \$signal$609  <= \$25312 ;
-  always @(posedge clk)
-    a_last <= \$25313 ;
-  always @(posedge clk)
-    a_val <= \$25314 ;
-  always @(posedge clk)
-    pad_l <= \$25315 ;
-  always @(posedge clk)
-    pad_r <= \$25316 ;
-  always @(posedge clk)
-    flush_d <= \$25317 ;
-  always @(posedge clk)
-    mbuf <= \$25318 ;
-  always @(posedge clk)
-    mbuf_v <= \$25319 ;
-  always @(posedge clk)
-    mbeat0 <= \$25320 ;
-  always @(posedge clk)
-    mbeat1 <= \$25321 ;
-  always @(posedge clk)
-    mbeat2 <= \$25322 ;
-  always @(posedge clk)
-    mbeat0_v <= \$25323 ;
-  always @(posedge clk)
-    mbeat1_v <= \$25324 ;
-  always @(posedge clk)
-    mbeat2_v <= \$25325 ;
-  always @(posedge clk)
-    R0 <= \$25326 ;
-  always @(posedge clk)
-    R1 <= \$25327 ;
-  always @(posedge clk)
-    R2 <= \$25328 ;
-  always @(posedge clk)
-    R3 <= \$25329 ;
-  always @(posedge clk)
-    R4 <= \$25330 ;
-  always @(posedge clk)
-    R5 <= \$25331 ;
-  always @(posedge clk)
-    R6 <= \$25332 ;
-  always @(posedge clk)
-    R7 <= \$25333 ;
-  always @(posedge clk)
-    R8 <= \$25334 ;
-  always @(posedge clk)
-    R9 <= \$25335 ;
-  always @(posedge clk)
-    R10 <= \$25336 ;
-  always @(posedge clk)
-    R11 <= \$25337 ;
-  always @(posedge clk)
-    R12 <= \$25338 ;
-  always @(posedge clk)
-    R13 <= \$25339 ;
-  always @(posedge clk)
-    R14 <= \$25340 ;
-  always @(posedge clk)
-    R15 <= \$25341 ;
-  always @(posedge clk)
-    R16 <= \$25342 ;
-  always @(posedge clk)
-    R17 <= \$25343 ;
-  always @(posedge clk)
-    R18 <= \$25344 ;
-  always @(posedge clk)
-    R19 <= \$25345 ;
-  always @(posedge clk)
-    R20 <= \$25346 ;
-  always @(posedge clk)
-    R21 <= \$25347 ;
-  always @(posedge clk)
-    R22 <= \$25348 ;
-  always @(posedge clk)
-    R23 <= \$25349 ;
-  always @(posedge clk)
-    R24 <= \$25350 ;
-  always @(posedge clk)
-    R25 <= \$25351 ;
-  always @(posedge clk)
-    R26 <= \$25352 ;
-  always @(posedge clk)
-    R27 <= \$25353 ;
-  always @(posedge clk)
-    R28 <= \$25354 ;
-  always @(posedge clk)
-    R29 <= \$25355 ;
-  always @(posedge clk)
-    R30 <= \$25356 ;
-  always @(posedge clk)
-    R31 <= \$25357 ;
-  always @(posedge clk)
-    R32 <= \$25358 ;
-  always @(posedge clk)
-    R33 <= \$25359 ;
-  always @(posedge clk)
-    R34 <= \$25360 ;
-  always @(posedge clk)
-    R35 <= \$25361 ;
-  always @(posedge clk)
-    Rm1 <= \$25362 ;
-  always @(posedge clk)
-    vpos <= \$25363 ;
-  always @(posedge clk)
-    vlast_loaded <= \$25364 ;
-  always @(posedge clk)
-    prev_last <= \$25365 ;
-  always @(posedge clk)
-    any_val <= \$25366 ;
-  always @(posedge clk)
-    \$signal$595  <= \$25367 ;
-  always @(posedge clk)
-    VB <= \$25368 ;
-  always @(posedge clk)
-    \$signal$590  <= \$25369 ;
-  always @(posedge clk)
-    \$signal$592  <= \$25370 ;
-  always @(posedge clk)
-    \$signal$756  <= \$25371 ;
-  always @(posedge clk)
-    \$signal$757  <= \$25372 ;
-  always @(posedge clk)
-    running <= \$25373 ;
-  always @(posedge clk)
-    rows_left <= \$25374 ;
-  always @(posedge clk)
-    cols_r <= \$25375 ;
-  always @(posedge clk)
-    stride_w <= \$25376 ;
-  always @(posedge clk)
-    endv <= \$25377 ;
-  always @(posedge clk)
-    rs_w <= \$25378 ;
-  always @(posedge clk)
-    es_w <= \$25379 ;
-  always @(posedge clk)
-    es2_w <= \$25380 ;
-  always @(posedge clk)
-    es3_w <= \$25381 ;
-  always @(posedge clk)
-    has_next <= \$25382 ;
-  always @(posedge clk)
-    last_row <= \$25383 ;
-  always @(posedge clk)
-    k_cur_full <= \$25384 ;
-  always @(posedge clk)
-    k_nxt_full <= \$25385 ;
-  always @(posedge clk)
-    row_complete <= \$25386 ;
-  always @(posedge clk)
-    \$signal$672  <= \$25387 ;
-  always @(posedge clk)
-    o_error_flags <= \$25388 ;
+  assign \$24901  = 4'h8 - vpos;
+  assign \$24902  = \$24901 [3:0] <= 4'h8;
+  assign \$24903  = $signed(lim_full) >= $signed({ 1'h0, \$24901 [3:0] });
+  assign \$signal$762  = \$24902  & \$24903 ;
+  assign takes = $signed(lim_full) > $signed(1'h0);
+  assign \$24904  = ! vpos;
+  assign \$24905  = \$signal$590  & \$24904 ;
+  assign \$24906  = \$24905  | \$signal$592 ;
+  assign \$24907  = ~ \$24906 ;
+  assign \$24908  = | vpos;
+  assign \$24909  = \$24908  ? \$signal$756  : prev_last;
+  assign \$24910  = \$24907  & \$24909 ;
+  assign \$24911  = ! vpos;
+  assign \$24912  = \$signal$590  & \$24911 ;
+  assign \$24913  = \$24912  | \$signal$592 ;
+  assign \$24914  = ~ \$24913 ;
+  assign \$24915  = | vpos;
+  assign \$24916  = \$24915  ? \$signal$756  : prev_last;
+  assign \$24917  = \$24914  & \$24916 ;
+  assign \$24918  = ~ \$24917 ;
+  assign \$24919  = \$signal$590  & \$signal$756 ;
+  assign \$24920  = ~ \$signal$592 ;
+  assign \$24921  = \$24919  & \$24920 ;
+  assign \$24922  = ~ \$signal$592 ;
+  assign \$24923  = \$signal$756  & \$24922 ;
+  assign \$24924  = ~ \$24923 ;
+  assign \$24925  = \$signal$590  & \$24924 ;
+  assign \$24926  = end_ok | end_bad;
+  assign \$24927  = endv & \$24926 ;
+  assign \$24928  = any_err | \$24927 ;
+  assign \$24929  = advance & takes;
+  assign \$24930  = \$signal$753  & \$signal$754 ;
+  assign \$24931  = ~ \$24930 ;
+  assign i_value__ready = allow_load & \$24931 ;
+  assign \$24932  = rows_left > 2'h2;
+  assign \$24933  = rows_left > 1'h1;
+  assign \$24934  = fin ? \$24932  : \$24933 ;
+  assign \$24935  = rows_left == 2'h2;
+  assign \$24936  = rows_left == 1'h1;
+  assign \$24937  = fin ? \$24935  : \$24936 ;
+  assign \$24938  = ~ running;
+  assign \$24939  = ~ endv;
+  assign \$24940  = \$24938  & \$24939 ;
+  assign \$24941  = ~ pad_wait;
+  assign i_cmd__ready = \$24940  & \$24941 ;
+  assign \$24942  = running | endv;
+  assign o_busy = \$24942  | pad_wait;
+  assign \$24943  = i_cmd__valid & i_cmd__ready;
+  assign \$24944  = i_cmd__payload[26:16] + 6'h3f;
+  assign \$24947  = i_cmd__payload[15:0] > 1'h1;
+  assign \$24948  = i_cmd__payload[15:0] == 1'h1;
+  assign \$24949  = \$signal$665  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$24949  | \$24950 ;
+  assign \$24951  = \$signal$665  ? mbeat2_v : mbeat1_v;
+  assign \$24952  = \$signal$665  ? mbeat1_v : mbeat0_v;
+  assign \$24953  = mbuf_v & \$24952 ;
+  assign mbeat1_vn = \$24951  | \$24953 ;
+  assign \$24954  = ~ \$signal$665 ;
+  assign \$24955  = mbeat2_v & \$24954 ;
+  assign \$24956  = \$signal$665  ? mbeat2_v : mbeat1_v;
+  assign \$24957  = mbuf_v & \$24956 ;
+  assign mbeat2_vn = \$24955  | \$24957 ;
+  assign \$24959  = \$24958  * 2'h3;
+  assign \$24960  = ! \$signal$665 ;
+  assign \$24961  = $signed(es_w) <= $signed(1'h0);
+  assign \$24962  = es_w == 1'h1;
+  assign \$24963  = es_w == 2'h2;
+  assign \$24964  = es_w == 2'h3;
+  assign \$24965  = es_w == 3'h4;
+  assign \$24966  = es_w == 3'h5;
+  assign \$24967  = es_w == 3'h6;
+  assign \$24968  = es_w == 3'h7;
+  assign \$24969  = es_w == 4'h8;
+  assign \$24970  = $signed(es_w) >= $signed(5'h09);
+  assign \$24972  = $signed(es_w) - $signed(3'h3);
+  assign \$24973  = $signed(\$24972 ) <= $signed(1'h0);
+  assign \$24974  = $signed(es_w) - $signed(3'h3);
+  assign \$24975  = \$24974  == 1'h1;
+  assign \$24976  = $signed(es_w) - $signed(3'h3);
+  assign \$24977  = \$24976  == 2'h2;
+  assign \$24978  = $signed(es_w) - $signed(3'h3);
+  assign \$24979  = \$24978  == 2'h3;
+  assign \$24980  = $signed(es_w) - $signed(3'h3);
+  assign \$24981  = \$24980  == 3'h4;
+  assign \$24982  = $signed(es_w) - $signed(3'h3);
+  assign \$24983  = \$24982  == 3'h5;
+  assign \$24984  = $signed(es_w) - $signed(3'h3);
+  assign \$24985  = \$24984  == 3'h6;
+  assign \$24986  = $signed(es_w) - $signed(3'h3);
+  assign \$24987  = \$24986  == 3'h7;
+  assign \$24988  = $signed(es_w) - $signed(3'h3);
+  assign \$24989  = \$24988  == 4'h8;
+  assign \$24990  = $signed(es_w) - $signed(3'h3);
+  assign \$24991  = $signed(\$24990 ) >= $signed(5'h09);
+  assign \$24992  = r_a_sel[0] ? Rnm1 : 11'h000;
+  assign \$24993  = r_a_sel[1] ? Rf3 : 11'h000;
+  assign \$24994  = \$24992  | \$24993 ;
+  assign \$24995  = r_a_sel[2] ? Rf7 : 11'h000;
+  assign \$24996  = r_a_sel[3] ? Rf11 : 11'h000;
+  assign \$24997  = \$24995  | \$24996 ;
+  assign \$24998  = \$24994  | \$24997 ;
+  assign \$24999  = r_a_sel[4] ? Rf15 : 11'h000;
+  assign \$25000  = r_a_sel[5] ? Rf19 : 11'h000;
+  assign \$25001  = \$24999  | \$25000 ;
+  assign \$25002  = r_a_sel[6] ? Rf23 : 11'h000;
+  assign \$25003  = r_a_sel[7] ? Rf27 : 11'h000;
+  assign \$25004  = \$25002  | \$25003 ;
+  assign \$25005  = \$25001  | \$25004 ;
+  assign \$25006  = \$24998  | \$25005 ;
+  assign \$25007  = r_a_sel[8] ? Rf31 : 11'h000;
+  assign \$25008  = r_a_sel[9] ? Rf35 : 11'h000;
+  assign \$25009  = \$25007  | \$25008 ;
+  assign r_a = \$25006  | \$25009 ;
+  assign \$25010  = ! \$signal$665 ;
+  assign \$25011  = $signed(es2_w) <= $signed(1'h0);
+  assign \$25012  = es2_w == 1'h1;
+  assign \$25013  = es2_w == 2'h2;
+  assign \$25014  = es2_w == 2'h3;
+  assign \$25015  = es2_w == 3'h4;
+  assign \$25016  = es2_w == 3'h5;
+  assign \$25017  = es2_w == 3'h6;
+  assign \$25018  = es2_w == 3'h7;
+  assign \$25019  = es2_w == 4'h8;
+  assign \$25020  = $signed(es2_w) >= $signed(5'h09);
+  assign \$25022  = $signed(es2_w) - $signed(3'h3);
+  assign \$25023  = $signed(\$25022 ) <= $signed(1'h0);
+  assign \$25024  = $signed(es2_w) - $signed(3'h3);
+  assign \$25025  = \$25024  == 1'h1;
+  assign \$25026  = $signed(es2_w) - $signed(3'h3);
+  assign \$25027  = \$25026  == 2'h2;
+  assign \$25028  = $signed(es2_w) - $signed(3'h3);
+  assign \$25029  = \$25028  == 2'h3;
+  assign \$25030  = $signed(es2_w) - $signed(3'h3);
+  assign \$25031  = \$25030  == 3'h4;
+  assign \$25032  = $signed(es2_w) - $signed(3'h3);
+  assign \$25033  = \$25032  == 3'h5;
+  assign \$25034  = $signed(es2_w) - $signed(3'h3);
+  assign \$25035  = \$25034  == 3'h6;
+  assign \$25036  = $signed(es2_w) - $signed(3'h3);
+  assign \$25037  = \$25036  == 3'h7;
+  assign \$25038  = $signed(es2_w) - $signed(3'h3);
+  assign \$25039  = \$25038  == 4'h8;
+  assign \$25040  = $signed(es2_w) - $signed(3'h3);
+  assign \$25041  = $signed(\$25040 ) >= $signed(5'h09);
+  assign \$25042  = r_b_sel[0] ? Rnm1 : 11'h000;
+  assign \$25043  = r_b_sel[1] ? Rf3 : 11'h000;
+  assign \$25044  = \$25042  | \$25043 ;
+  assign \$25045  = r_b_sel[2] ? Rf7 : 11'h000;
+  assign \$25046  = r_b_sel[3] ? Rf11 : 11'h000;
+  assign \$25047  = \$25045  | \$25046 ;
+  assign \$25048  = \$25044  | \$25047 ;
+  assign \$25049  = r_b_sel[4] ? Rf15 : 11'h000;
+  assign \$25050  = r_b_sel[5] ? Rf19 : 11'h000;
+  assign \$25051  = \$25049  | \$25050 ;
+  assign \$25052  = r_b_sel[6] ? Rf23 : 11'h000;
+  assign \$25053  = r_b_sel[7] ? Rf27 : 11'h000;
+  assign \$25054  = \$25052  | \$25053 ;
+  assign \$25055  = \$25051  | \$25054 ;
+  assign \$25056  = \$25048  | \$25055 ;
+  assign \$25057  = r_b_sel[8] ? Rf31 : 11'h000;
+  assign \$25058  = r_b_sel[9] ? Rf35 : 11'h000;
+  assign \$25059  = \$25057  | \$25058 ;
+  assign r_b = \$25056  | \$25059 ;
+  assign \$25060  = ! \$signal$665 ;
+  assign \$25061  = $signed(es3_w) <= $signed(1'h0);
+  assign \$25062  = es3_w == 1'h1;
+  assign \$25063  = es3_w == 2'h2;
+  assign \$25064  = es3_w == 2'h3;
+  assign \$25065  = es3_w == 3'h4;
+  assign \$25066  = es3_w == 3'h5;
+  assign \$25067  = es3_w == 3'h6;
+  assign \$25068  = es3_w == 3'h7;
+  assign \$25069  = es3_w == 4'h8;
+  assign \$25070  = $signed(es3_w) >= $signed(5'h09);
+  assign \$25072  = $signed(es3_w) - $signed(3'h3);
+  assign \$25073  = $signed(\$25072 ) <= $signed(1'h0);
+  assign \$25074  = $signed(es3_w) - $signed(3'h3);
+  assign \$25075  = \$25074  == 1'h1;
+  assign \$25076  = $signed(es3_w) - $signed(3'h3);
+  assign \$25077  = \$25076  == 2'h2;
+  assign \$25078  = $signed(es3_w) - $signed(3'h3);
+  assign \$25079  = \$25078  == 2'h3;
+  assign \$25080  = $signed(es3_w) - $signed(3'h3);
+  assign \$25081  = \$25080  == 3'h4;
+  assign \$25082  = $signed(es3_w) - $signed(3'h3);
+  assign \$25083  = \$25082  == 3'h5;
+  assign \$25084  = $signed(es3_w) - $signed(3'h3);
+  assign \$25085  = \$25084  == 3'h6;
+  assign \$25086  = $signed(es3_w) - $signed(3'h3);
+  assign \$25087  = \$25086  == 3'h7;
+  assign \$25088  = $signed(es3_w) - $signed(3'h3);
+  assign \$25089  = \$25088  == 4'h8;
+  assign \$25090  = $signed(es3_w) - $signed(3'h3);
+  assign \$25091  = $signed(\$25090 ) >= $signed(5'h09);
+  assign \$25092  = r_c_sel[0] ? Rnm1 : 11'h000;
+  assign \$25093  = r_c_sel[1] ? Rf3 : 11'h000;
+  assign \$25094  = \$25092  | \$25093 ;
+  assign \$25095  = r_c_sel[2] ? Rf7 : 11'h000;
+  assign \$25096  = r_c_sel[3] ? Rf11 : 11'h000;
+  assign \$25097  = \$25095  | \$25096 ;
+  assign \$25098  = \$25094  | \$25097 ;
+  assign \$25099  = r_c_sel[4] ? Rf15 : 11'h000;
+  assign \$25100  = r_c_sel[5] ? Rf19 : 11'h000;
+  assign \$25101  = \$25099  | \$25100 ;
+  assign \$25102  = r_c_sel[6] ? Rf23 : 11'h000;
+  assign \$25103  = r_c_sel[7] ? Rf27 : 11'h000;
+  assign \$25104  = \$25102  | \$25103 ;
+  assign \$25105  = \$25101  | \$25104 ;
+  assign \$25106  = \$25098  | \$25105 ;
+  assign \$25107  = r_c_sel[8] ? Rf31 : 11'h000;
+  assign \$25108  = r_c_sel[9] ? Rf35 : 11'h000;
+  assign \$25109  = \$25107  | \$25108 ;
+  assign r_c = \$25106  | \$25109 ;
+  assign \$25110  = endv & end_bad;
+  assign \$25111  = ~ any_err;
+  assign \$25112  = \$25110  & \$25111 ;
+  assign \$25114  = k > 1'h0;
+  assign \$25115  = k_cur <= 1'h0;
+  assign \$25116  = finish & \$25115 ;
+  assign \$25118  = k > 1'h1;
+  assign \$25119  = k_cur <= 1'h1;
+  assign \$25120  = finish & \$25119 ;
+  assign \$25122  = k > 2'h2;
+  assign \$25123  = k_cur <= 2'h2;
+  assign \$25124  = finish & \$25123 ;
+  assign \$25126  = k > 2'h3;
+  assign \$25127  = k_cur <= 2'h3;
+  assign \$25128  = finish & \$25127 ;
+  assign \$25130  = k > 3'h4;
+  assign \$25131  = k_cur <= 3'h4;
+  assign \$25132  = finish & \$25131 ;
+  assign \$25134  = k > 3'h5;
+  assign \$25135  = k_cur <= 3'h5;
+  assign \$25136  = finish & \$25135 ;
+  assign \$25138  = k > 3'h6;
+  assign \$25139  = k_cur <= 3'h6;
+  assign \$25140  = finish & \$25139 ;
+  assign \$25142  = k > 3'h7;
+  assign \$25143  = k_cur <= 3'h7;
+  assign \$25144  = finish & \$25143 ;
+  assign \$25145  = ~ any_err;
+  assign \$25146  = short_now & \$25145 ;
+  assign \$25147  = finish & last_row;
+  assign \$25148  = ov & o_lanes__ready;
+  assign \$25149  = { \$24689 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
+  assign \$25150  = \$signal$440 [0] & \$25149 ;
+  assign \$25151  = { \$24696 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
+  assign \$25152  = \$signal$440 [1] & \$25151 ;
+  assign \$25153  = { \$24703 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
+  assign \$25154  = \$signal$440 [2] & \$25153 ;
+  assign \$25155  = { \$24710 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
+  assign \$25156  = \$signal$440 [3] & \$25155 ;
+  assign \$25157  = { \$24717 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
+  assign \$25158  = \$signal$440 [4] & \$25157 ;
+  assign \$25159  = { \$24724 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
+  assign \$25160  = \$signal$440 [5] & \$25159 ;
+  assign \$25161  = { \$24731 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
+  assign \$25162  = \$signal$440 [6] & \$25161 ;
+  assign \$25163  = { \$24738 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
+  assign \$25164  = \$signal$440 [7] & \$25163 ;
+  assign \$25165  = \$25148  ? { \$25164 , \$25162 , \$25160 , \$25158 , \$25156 , \$25154 , \$25152 , \$25150  } : 8'h00;
+  assign \$25166  = | pad_l;
+  assign \$25167  = | flush_d;
+  assign \$25168  = $signed(es_bits) > $signed(1'h0);
+  assign \$25169  = $signed(es_bits) <= $signed(9'h0c0);
+  assign \$25170  = \$25168  & \$25169 ;
+  assign \$25171  = 1'h1 - \$signal$665 ;
+  assign \$25172  = $signed(es_bits) > $signed(9'h0c0);
+  assign \$25173  = $signed(es_bits) <= $signed(10'h180);
+  assign \$25174  = \$25172  & \$25173 ;
+  assign \$25175  = 2'h2 - \$signal$665 ;
+  assign \$25176  = $signed(es_bits) > $signed(10'h180);
+  assign \$25177  = $signed(es_bits) <= $signed(11'h240);
+  assign \$25178  = \$25176  & \$25177 ;
+  assign \$25179  = 2'h3 - \$signal$665 ;
+  assign \$25180  = i_mask__valid & i_mask__ready;
+  assign \$25181  = \$signal$665  ? mbeat1_v : mbeat0_v;
+  assign \$25182  = ~ \$25181 ;
+  assign \$25184  = \$signal$665  ? mbeat2_v : mbeat1_v;
+  assign \$25185  = ~ \$25184 ;
+  assign \$25186  = \$signal$665  ? mbeat1_v : mbeat0_v;
+  assign \$25187  = \$25185  & \$25186 ;
+  assign \$25188  = ~ \$signal$665 ;
+  assign \$25189  = mbeat2_v & \$25188 ;
+  assign \$25190  = ~ \$25189 ;
+  assign \$25191  = \$signal$665  ? mbeat2_v : mbeat1_v;
+  assign \$25192  = \$25190  & \$25191 ;
+  assign \$25193  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$25194  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$25195  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$25196  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$25197  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$25198  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$25199  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$25200  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$25201  = $signed(Rf8) - $signed({ 1'h0, kk });
+  assign \$25202  = $signed(Rf9) - $signed({ 1'h0, kk });
+  assign \$25203  = $signed(Rf10) - $signed({ 1'h0, kk });
+  assign \$25204  = $signed(Rf11) - $signed({ 1'h0, kk });
+  assign \$25205  = $signed(Rf12) - $signed({ 1'h0, kk });
+  assign \$25206  = $signed(Rf13) - $signed({ 1'h0, kk });
+  assign \$25207  = $signed(Rf14) - $signed({ 1'h0, kk });
+  assign \$25208  = $signed(Rf15) - $signed({ 1'h0, kk });
+  assign \$25209  = $signed(Rf16) - $signed({ 1'h0, kk });
+  assign \$25210  = $signed(Rf17) - $signed({ 1'h0, kk });
+  assign \$25211  = $signed(Rf18) - $signed({ 1'h0, kk });
+  assign \$25212  = $signed(Rf19) - $signed({ 1'h0, kk });
+  assign \$25213  = $signed(Rf20) - $signed({ 1'h0, kk });
+  assign \$25214  = $signed(Rf21) - $signed({ 1'h0, kk });
+  assign \$25215  = $signed(Rf22) - $signed({ 1'h0, kk });
+  assign \$25216  = $signed(Rf23) - $signed({ 1'h0, kk });
+  assign \$25217  = $signed(Rf24) - $signed({ 1'h0, kk });
+  assign \$25218  = $signed(Rf25) - $signed({ 1'h0, kk });
+  assign \$25219  = $signed(Rf26) - $signed({ 1'h0, kk });
+  assign \$25220  = $signed(Rf27) - $signed({ 1'h0, kk });
+  assign \$25221  = $signed(Rf28) - $signed({ 1'h0, kk });
+  assign \$25222  = $signed(Rf29) - $signed({ 1'h0, kk });
+  assign \$25223  = $signed(Rf30) - $signed({ 1'h0, kk });
+  assign \$25224  = $signed(Rf31) - $signed({ 1'h0, kk });
+  assign \$25225  = $signed(Rf32) - $signed({ 1'h0, kk });
+  assign \$25226  = $signed(Rf33) - $signed({ 1'h0, kk });
+  assign \$25227  = $signed(Rf34) - $signed({ 1'h0, kk });
+  assign \$25228  = $signed(Rf35) - $signed({ 1'h0, kk });
+  assign \$25229  = $signed(Rnm1) - $signed({ 1'h0, kk });
+  assign \$25230  = end_ok | end_bad;
+  assign \$25231  = endv & \$25230 ;
+  assign \$25232  = any_err | \$25231 ;
+  assign \$25233  = advance & takes;
+  assign \$25234  = vpos_n - 4'h8;
+  assign \$25235  = i_value__valid & allow_load;
+  assign \$25236  = ~ \$signal$753 ;
+  assign \$25237  = ~ \$signal$754 ;
+  assign \$25238  = \$signal$753  & \$signal$754 ;
+  assign \$25239  = ~ \$25238 ;
+  assign \$25240  = i_cmd__valid & i_cmd__ready;
+  assign \$25242  = advance & finish;
+  assign \$25243  = rows_left - 1'h1;
+  assign \$25244  = end_ok | end_bad;
+  assign \$25245  = endv & \$25244 ;
+  assign \$25246  = i_cmd__valid & i_cmd__ready;
+  assign \$25253  = \$25250  + \$25252 ;
+  assign \$25256  = stride_w + \$25255 ;
+  assign \$25257  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$25258  = fin ? \$24760 [7:0] : \$25257 ;
+  assign \$25259  = fin ? \$24761 [8:0] : { \$24760 [7], \$24760 [7:0] };
+  assign \$25260  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25261  = fin ? \$25260  : { \$24761 [8], \$24761 [8], \$24761 [8:0] };
+  assign \$25262  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$25263  = $signed(\$25262 ) - $signed({ 1'h0, dsh });
+  assign \$25264  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25265  = fin ? \$25263  : { \$25264 [10], \$25264  };
+  assign \$25266  = fin ? r_b : r_a;
+  assign \$25267  = $signed(\$25266 ) - $signed({ 1'h0, kk });
+  assign \$25268  = fin ? r_c : r_b;
+  assign \$25269  = $signed(\$25268 ) - $signed({ 1'h0, kk });
+  assign \$25270  = $signed(\$24761 [8:0]) <= $signed({ 1'h0, \$24959 [3:0] });
+  assign \$25271  = $signed(\$24760 [7:0]) <= $signed({ 1'h0, \$24959 [3:0] });
+  assign \$25272  = fin ? \$25270  : \$25271 ;
+  assign \$25273  = $signed(Rf11) <= $signed({ 1'h0, kk });
+  assign \$25274  = mbeat0_vn & \$25273 ;
+  assign \$25275  = $signed(\$24761 [8:0]) > $signed(3'h3);
+  assign \$25276  = $signed(\$24760 [7:0]) > $signed(3'h3);
+  assign \$25277  = fin ? \$25275  : \$25276 ;
+  assign \$25278  = \$25274  & \$25277 ;
+  assign \$25279  = o_error_flags | flags;
+  always @(posedge clk)
+    prime <= \$25280 ;
+  always @(posedge clk)
+    a_grp0 <= \$25281 ;
+  always @(posedge clk)
+    a_gsel0 <= \$25282 ;
+  always @(posedge clk)
+    a_lr0 <= \$25283 ;
+  always @(posedge clk)
+    \$signal$440  <= \$25284 ;
+  always @(posedge clk)
+    a_nxt <= \$25285 ;
+  always @(posedge clk)
+    a_grp1 <= \$25286 ;
+  always @(posedge clk)
+    a_gsel1 <= \$25287 ;
+  always @(posedge clk)
+    a_lr1 <= \$25288 ;
+  always @(posedge clk)
+    a_grp2 <= \$25289 ;
+  always @(posedge clk)
+    a_gsel2 <= \$25290 ;
+  always @(posedge clk)
+    a_lr2 <= \$25291 ;
+  always @(posedge clk)
+    a_grp3 <= \$25292 ;
+  always @(posedge clk)
+    a_gsel3 <= \$25293 ;
+  always @(posedge clk)
+    a_lr3 <= \$25294 ;
+  always @(posedge clk)
+    a_grp4 <= \$25295 ;
+  always @(posedge clk)
+    a_gsel4 <= \$25296 ;
+  always @(posedge clk)
+    a_lr4 <= \$25297 ;
+  always @(posedge clk)
+    a_grp5 <= \$25298 ;
+  always @(posedge clk)
+    a_gsel5 <= \$25299 ;
+  always @(posedge clk)
+    a_lr5 <= \$25300 ;
+  always @(posedge clk)
+    a_grp6 <= \$25301 ;
+  always @(posedge clk)
+    a_gsel6 <= \$25302 ;
+  always @(posedge clk)
+    a_lr6 <= \$25303 ;
+  always @(posedge clk)
+    a_grp7 <= \$25304 ;
+  always @(posedge clk)
+    a_gsel7 <= \$25305 ;
+  always @(posedge clk)
+    a_lr7 <= \$25306 ;
+  always @(posedge clk)
+    \$signal  <= \$25307 ;
+  always @(posedge clk)
+    a_es <= \$25308 ;
+  always @(posedge clk)
+    short_err <= \$25309 ;
+  always @(posedge clk)
+    ov <= \$25310 ;
+  always @(posedge clk)
+    \$signal$609  <= \$25311 ;
+  always @(posedge clk)
+    a_last <= \$25312 ;
+  always @(posedge clk)
+    a_val <= \$25313 ;
+  always @(posedge clk)
+    pad_l <= \$25314 ;
+  always @(posedge clk)
+    pad_r <= \$25315 ;
+  always @(posedge clk)
+    flush_d <= \$25316 ;
+  always @(posedge clk)
+    mbuf <= \$25317 ;
+  always @(posedge clk)
+    mbuf_v <= \$25318 ;
+  always @(posedge clk)
+    mbeat0 <= \$25319 ;
+  always @(posedge clk)
+    mbeat1 <= \$25320 ;
+  always @(posedge clk)
+    mbeat2 <= \$25321 ;
+  always @(posedge clk)
+    mbeat0_v <= \$25322 ;
+  always @(posedge clk)
+    mbeat1_v <= \$25323 ;
+  always @(posedge clk)
+    mbeat2_v <= \$25324 ;
+  always @(posedge clk)
+    R0 <= \$25325 ;
+  always @(posedge clk)
+    R1 <= \$25326 ;
+  always @(posedge clk)
+    R2 <= \$25327 ;
+  always @(posedge clk)
+    R3 <= \$25328 ;
+  always @(posedge clk)
+    R4 <= \$25329 ;
+  always @(posedge clk)
+    R5 <= \$25330 ;
+  always @(posedge clk)
+    R6 <= \$25331 ;
+  always @(posedge clk)
+    R7 <= \$25332 ;
+  always @(posedge clk)
+    R8 <= \$25333 ;
+  always @(posedge clk)
+    R9 <= \$25334 ;
+  always @(posedge clk)
+    R10 <= \$25335 ;
+  always @(posedge clk)
+    R11 <= \$25336 ;
+  always @(posedge clk)
+    R12 <= \$25337 ;
+  always @(posedge clk)
+    R13 <= \$25338 ;
+  always @(posedge clk)
+    R14 <= \$25339 ;
+  always @(posedge clk)
+    R15 <= \$25340 ;
+  always @(posedge clk)
+    R16 <= \$25341 ;
+  always @(posedge clk)
+    R17 <= \$25342 ;
+  always @(posedge clk)
+    R18 <= \$25343 ;
+  always @(posedge clk)
+    R19 <= \$25344 ;
+  always @(posedge clk)
+    R20 <= \$25345 ;
+  always @(posedge clk)
+    R21 <= \$25346 ;
+  always @(posedge clk)
+    R22 <= \$25347 ;
+  always @(posedge clk)
+    R23 <= \$25348 ;
+  always @(posedge clk)
+    R24 <= \$25349 ;
+  always @(posedge clk)
+    R25 <= \$25350 ;
+  always @(posedge clk)
+    R26 <= \$25351 ;
+  always @(posedge clk)
+    R27 <= \$25352 ;
+  always @(posedge clk)
+    R28 <= \$25353 ;
+  always @(posedge clk)
+    R29 <= \$25354 ;
+  always @(posedge clk)
+    R30 <= \$25355 ;
+  always @(posedge clk)
+    R31 <= \$25356 ;
+  always @(posedge clk)
+    R32 <= \$25357 ;
+  always @(posedge clk)
+    R33 <= \$25358 ;
+  always @(posedge clk)
+    R34 <= \$25359 ;
+  always @(posedge clk)
+    R35 <= \$25360 ;
+  always @(posedge clk)
+    Rm1 <= \$25361 ;
+  always @(posedge clk)
+    vpos <= \$25362 ;
+  always @(posedge clk)
+    vlast_loaded <= \$25363 ;
+  always @(posedge clk)
+    prev_last <= \$25364 ;
+  always @(posedge clk)
+    any_val <= \$25365 ;
+  always @(posedge clk)
+    \$signal$595  <= \$25366 ;
+  always @(posedge clk)
+    VB <= \$25367 ;
+  always @(posedge clk)
+    \$signal$590  <= \$25368 ;
+  always @(posedge clk)
+    \$signal$592  <= \$25369 ;
+  always @(posedge clk)
+    \$signal$756  <= \$25370 ;
+  always @(posedge clk)
+    \$signal$757  <= \$25371 ;
+  always @(posedge clk)
+    running <= \$25372 ;
+  always @(posedge clk)
+    rows_left <= \$25373 ;
+  always @(posedge clk)
+    cols_r <= \$25374 ;
+  always @(posedge clk)
+    stride_w <= \$25375 ;
+  always @(posedge clk)
+    endv <= \$25376 ;
+  always @(posedge clk)
+    rs_w <= \$25377 ;
+  always @(posedge clk)
+    es_w <= \$25378 ;
+  always @(posedge clk)
+    es2_w <= \$25379 ;
+  always @(posedge clk)
+    es3_w <= \$25380 ;
+  always @(posedge clk)
+    has_next <= \$25381 ;
+  always @(posedge clk)
+    last_row <= \$25382 ;
+  always @(posedge clk)
+    k_cur_full <= \$25383 ;
+  always @(posedge clk)
+    k_nxt_full <= \$25384 ;
+  always @(posedge clk)
+    row_complete <= \$25385 ;
+  always @(posedge clk)
+    \$signal$672  <= \$25386 ;
+  always @(posedge clk)
+    o_error_flags <= \$25387 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -57799,21 +57802,21 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez ({ mbeat2_vn, mbeat1_vn, mbeat0_vn })
       3'h0:
-          \$24957  = 3'h0;
+          \$24958  = 3'h0;
       3'h1:
-          \$24957  = 3'h1;
+          \$24958  = 3'h1;
       3'h2:
-          \$24957  = 3'h1;
+          \$24958  = 3'h1;
       3'h3:
-          \$24957  = 3'h2;
+          \$24958  = 3'h2;
       3'h4:
-          \$24957  = 3'h1;
+          \$24958  = 3'h1;
       3'h5:
-          \$24957  = 3'h2;
+          \$24958  = 3'h2;
       3'h6:
-          \$24957  = 3'h2;
+          \$24958  = 3'h2;
       3'h7:
-          \$24957  = 3'h3;
+          \$24958  = 3'h3;
     endcase
   end
   always @* begin
@@ -57821,37 +57824,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$25112  = 4'h0;
+          \$25113  = 4'h0;
       4'h1:
-          \$25112  = 4'hf;
+          \$25113  = 4'hf;
       4'h2:
-          \$25112  = 4'he;
+          \$25113  = 4'he;
       4'h3:
-          \$25112  = 4'hd;
+          \$25113  = 4'hd;
       4'h4:
-          \$25112  = 4'hc;
+          \$25113  = 4'hc;
       4'h5:
-          \$25112  = 4'hb;
+          \$25113  = 4'hb;
       4'h6:
-          \$25112  = 4'ha;
+          \$25113  = 4'ha;
       4'h7:
-          \$25112  = 4'h9;
+          \$25113  = 4'h9;
       4'h8:
-          \$25112  = 4'h8;
+          \$25113  = 4'h8;
       4'h9:
-          \$25112  = 4'h7;
+          \$25113  = 4'h7;
       4'ha:
-          \$25112  = 4'h6;
+          \$25113  = 4'h6;
       4'hb:
-          \$25112  = 4'h5;
+          \$25113  = 4'h5;
       4'hc:
-          \$25112  = 4'h4;
+          \$25113  = 4'h4;
       4'hd:
-          \$25112  = 4'h3;
+          \$25113  = 4'h3;
       4'he:
-          \$25112  = 4'h2;
+          \$25113  = 4'h2;
       4'hf:
-          \$25112  = 4'h1;
+          \$25113  = 4'h1;
     endcase
   end
   always @* begin
@@ -57859,37 +57862,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$25116  = 4'h1;
+          \$25117  = 4'h1;
       4'h1:
-          \$25116  = 4'h0;
+          \$25117  = 4'h0;
       4'h2:
-          \$25116  = 4'hf;
+          \$25117  = 4'hf;
       4'h3:
-          \$25116  = 4'he;
+          \$25117  = 4'he;
       4'h4:
-          \$25116  = 4'hd;
+          \$25117  = 4'hd;
       4'h5:
-          \$25116  = 4'hc;
+          \$25117  = 4'hc;
       4'h6:
-          \$25116  = 4'hb;
+          \$25117  = 4'hb;
       4'h7:
-          \$25116  = 4'ha;
+          \$25117  = 4'ha;
       4'h8:
-          \$25116  = 4'h9;
+          \$25117  = 4'h9;
       4'h9:
-          \$25116  = 4'h8;
+          \$25117  = 4'h8;
       4'ha:
-          \$25116  = 4'h7;
+          \$25117  = 4'h7;
       4'hb:
-          \$25116  = 4'h6;
+          \$25117  = 4'h6;
       4'hc:
-          \$25116  = 4'h5;
+          \$25117  = 4'h5;
       4'hd:
-          \$25116  = 4'h4;
+          \$25117  = 4'h4;
       4'he:
-          \$25116  = 4'h3;
+          \$25117  = 4'h3;
       4'hf:
-          \$25116  = 4'h2;
+          \$25117  = 4'h2;
     endcase
   end
   always @* begin
@@ -57897,37 +57900,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$25120  = 4'h2;
+          \$25121  = 4'h2;
       4'h1:
-          \$25120  = 4'h1;
+          \$25121  = 4'h1;
       4'h2:
-          \$25120  = 4'h0;
+          \$25121  = 4'h0;
       4'h3:
-          \$25120  = 4'hf;
+          \$25121  = 4'hf;
       4'h4:
-          \$25120  = 4'he;
+          \$25121  = 4'he;
       4'h5:
-          \$25120  = 4'hd;
+          \$25121  = 4'hd;
       4'h6:
-          \$25120  = 4'hc;
+          \$25121  = 4'hc;
       4'h7:
-          \$25120  = 4'hb;
+          \$25121  = 4'hb;
       4'h8:
-          \$25120  = 4'ha;
+          \$25121  = 4'ha;
       4'h9:
-          \$25120  = 4'h9;
+          \$25121  = 4'h9;
       4'ha:
-          \$25120  = 4'h8;
+          \$25121  = 4'h8;
       4'hb:
-          \$25120  = 4'h7;
+          \$25121  = 4'h7;
       4'hc:
-          \$25120  = 4'h6;
+          \$25121  = 4'h6;
       4'hd:
-          \$25120  = 4'h5;
+          \$25121  = 4'h5;
       4'he:
-          \$25120  = 4'h4;
+          \$25121  = 4'h4;
       4'hf:
-          \$25120  = 4'h3;
+          \$25121  = 4'h3;
     endcase
   end
   always @* begin
@@ -57935,37 +57938,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$25124  = 4'h3;
+          \$25125  = 4'h3;
       4'h1:
-          \$25124  = 4'h2;
+          \$25125  = 4'h2;
       4'h2:
-          \$25124  = 4'h1;
+          \$25125  = 4'h1;
       4'h3:
-          \$25124  = 4'h0;
+          \$25125  = 4'h0;
       4'h4:
-          \$25124  = 4'hf;
+          \$25125  = 4'hf;
       4'h5:
-          \$25124  = 4'he;
+          \$25125  = 4'he;
       4'h6:
-          \$25124  = 4'hd;
+          \$25125  = 4'hd;
       4'h7:
-          \$25124  = 4'hc;
+          \$25125  = 4'hc;
       4'h8:
-          \$25124  = 4'hb;
+          \$25125  = 4'hb;
       4'h9:
-          \$25124  = 4'ha;
+          \$25125  = 4'ha;
       4'ha:
-          \$25124  = 4'h9;
+          \$25125  = 4'h9;
       4'hb:
-          \$25124  = 4'h8;
+          \$25125  = 4'h8;
       4'hc:
-          \$25124  = 4'h7;
+          \$25125  = 4'h7;
       4'hd:
-          \$25124  = 4'h6;
+          \$25125  = 4'h6;
       4'he:
-          \$25124  = 4'h5;
+          \$25125  = 4'h5;
       4'hf:
-          \$25124  = 4'h4;
+          \$25125  = 4'h4;
     endcase
   end
   always @* begin
@@ -57973,37 +57976,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$25128  = 4'h4;
+          \$25129  = 4'h4;
       4'h1:
-          \$25128  = 4'h3;
+          \$25129  = 4'h3;
       4'h2:
-          \$25128  = 4'h2;
+          \$25129  = 4'h2;
       4'h3:
-          \$25128  = 4'h1;
+          \$25129  = 4'h1;
       4'h4:
-          \$25128  = 4'h0;
+          \$25129  = 4'h0;
       4'h5:
-          \$25128  = 4'hf;
+          \$25129  = 4'hf;
       4'h6:
-          \$25128  = 4'he;
+          \$25129  = 4'he;
       4'h7:
-          \$25128  = 4'hd;
+          \$25129  = 4'hd;
       4'h8:
-          \$25128  = 4'hc;
+          \$25129  = 4'hc;
       4'h9:
-          \$25128  = 4'hb;
+          \$25129  = 4'hb;
       4'ha:
-          \$25128  = 4'ha;
+          \$25129  = 4'ha;
       4'hb:
-          \$25128  = 4'h9;
+          \$25129  = 4'h9;
       4'hc:
-          \$25128  = 4'h8;
+          \$25129  = 4'h8;
       4'hd:
-          \$25128  = 4'h7;
+          \$25129  = 4'h7;
       4'he:
-          \$25128  = 4'h6;
+          \$25129  = 4'h6;
       4'hf:
-          \$25128  = 4'h5;
+          \$25129  = 4'h5;
     endcase
   end
   always @* begin
@@ -58011,37 +58014,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$25132  = 4'h5;
+          \$25133  = 4'h5;
       4'h1:
-          \$25132  = 4'h4;
+          \$25133  = 4'h4;
       4'h2:
-          \$25132  = 4'h3;
+          \$25133  = 4'h3;
       4'h3:
-          \$25132  = 4'h2;
+          \$25133  = 4'h2;
       4'h4:
-          \$25132  = 4'h1;
+          \$25133  = 4'h1;
       4'h5:
-          \$25132  = 4'h0;
+          \$25133  = 4'h0;
       4'h6:
-          \$25132  = 4'hf;
+          \$25133  = 4'hf;
       4'h7:
-          \$25132  = 4'he;
+          \$25133  = 4'he;
       4'h8:
-          \$25132  = 4'hd;
+          \$25133  = 4'hd;
       4'h9:
-          \$25132  = 4'hc;
+          \$25133  = 4'hc;
       4'ha:
-          \$25132  = 4'hb;
+          \$25133  = 4'hb;
       4'hb:
-          \$25132  = 4'ha;
+          \$25133  = 4'ha;
       4'hc:
-          \$25132  = 4'h9;
+          \$25133  = 4'h9;
       4'hd:
-          \$25132  = 4'h8;
+          \$25133  = 4'h8;
       4'he:
-          \$25132  = 4'h7;
+          \$25133  = 4'h7;
       4'hf:
-          \$25132  = 4'h6;
+          \$25133  = 4'h6;
     endcase
   end
   always @* begin
@@ -58049,37 +58052,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$25136  = 4'h6;
+          \$25137  = 4'h6;
       4'h1:
-          \$25136  = 4'h5;
+          \$25137  = 4'h5;
       4'h2:
-          \$25136  = 4'h4;
+          \$25137  = 4'h4;
       4'h3:
-          \$25136  = 4'h3;
+          \$25137  = 4'h3;
       4'h4:
-          \$25136  = 4'h2;
+          \$25137  = 4'h2;
       4'h5:
-          \$25136  = 4'h1;
+          \$25137  = 4'h1;
       4'h6:
-          \$25136  = 4'h0;
+          \$25137  = 4'h0;
       4'h7:
-          \$25136  = 4'hf;
+          \$25137  = 4'hf;
       4'h8:
-          \$25136  = 4'he;
+          \$25137  = 4'he;
       4'h9:
-          \$25136  = 4'hd;
+          \$25137  = 4'hd;
       4'ha:
-          \$25136  = 4'hc;
+          \$25137  = 4'hc;
       4'hb:
-          \$25136  = 4'hb;
+          \$25137  = 4'hb;
       4'hc:
-          \$25136  = 4'ha;
+          \$25137  = 4'ha;
       4'hd:
-          \$25136  = 4'h9;
+          \$25137  = 4'h9;
       4'he:
-          \$25136  = 4'h8;
+          \$25137  = 4'h8;
       4'hf:
-          \$25136  = 4'h7;
+          \$25137  = 4'h7;
     endcase
   end
   always @* begin
@@ -58087,37 +58090,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$25140  = 4'h7;
+          \$25141  = 4'h7;
       4'h1:
-          \$25140  = 4'h6;
+          \$25141  = 4'h6;
       4'h2:
-          \$25140  = 4'h5;
+          \$25141  = 4'h5;
       4'h3:
-          \$25140  = 4'h4;
+          \$25141  = 4'h4;
       4'h4:
-          \$25140  = 4'h3;
+          \$25141  = 4'h3;
       4'h5:
-          \$25140  = 4'h2;
+          \$25141  = 4'h2;
       4'h6:
-          \$25140  = 4'h1;
+          \$25141  = 4'h1;
       4'h7:
-          \$25140  = 4'h0;
+          \$25141  = 4'h0;
       4'h8:
-          \$25140  = 4'hf;
+          \$25141  = 4'hf;
       4'h9:
-          \$25140  = 4'he;
+          \$25141  = 4'he;
       4'ha:
-          \$25140  = 4'hd;
+          \$25141  = 4'hd;
       4'hb:
-          \$25140  = 4'hc;
+          \$25141  = 4'hc;
       4'hc:
-          \$25140  = 4'hb;
+          \$25141  = 4'hb;
       4'hd:
-          \$25140  = 4'ha;
+          \$25141  = 4'ha;
       4'he:
-          \$25140  = 4'h9;
+          \$25141  = 4'h9;
       4'hf:
-          \$25140  = 4'h8;
+          \$25141  = 4'h8;
     endcase
   end
   always @* begin
@@ -60779,9 +60782,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$751  = \$signal$595 ;
-    if (\$24925 ) begin
-    end else if (\$24927 ) begin
-      if (\$24928 ) begin
+    if (\$24928 ) begin
+    end else if (\$24929 ) begin
+      if (\$signal$762 ) begin
         \$signal$751  = VB;
       end
     end
@@ -60789,10 +60792,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$753  = \$signal$590 ;
-    if (\$24925 ) begin
+    if (\$24928 ) begin
       \$signal$753  = 1'h0;
-    end else if (\$24927 ) begin
-      if (\$24928 ) begin
+    end else if (\$24929 ) begin
+      if (\$signal$762 ) begin
         \$signal$753  = \$signal$592 ;
       end
     end
@@ -60800,10 +60803,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$754  = \$signal$592 ;
-    if (\$24925 ) begin
+    if (\$24928 ) begin
       \$signal$754  = 1'h0;
-    end else if (\$24927 ) begin
-      if (\$24928 ) begin
+    end else if (\$24929 ) begin
+      if (\$signal$762 ) begin
         \$signal$754  = 1'h0;
       end
     end
@@ -60811,9 +60814,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$755  = \$signal$756 ;
-    if (\$24925 ) begin
-    end else if (\$24927 ) begin
-      if (\$24928 ) begin
+    if (\$24928 ) begin
+    end else if (\$24929 ) begin
+      if (\$signal$762 ) begin
         \$signal$755  = \$signal$757 ;
       end
     end
@@ -60821,7 +60824,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     allow_load = \$24900 ;
-    if (\$24925 ) begin
+    if (\$24928 ) begin
       allow_load = 1'h0;
     end
   end
@@ -60829,123 +60832,140 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$24907 ;
+      end_ok = \$24910 ;
     end else begin
-      end_ok = \$24918 ;
+      end_ok = \$24921 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$24915 ;
+      end_bad = \$24918 ;
     end else begin
-      end_bad = \$24922 ;
+      end_bad = \$24925 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$767  = \$24933 ;
-    if (\$24942 ) begin
-      \$signal$767  = \$24946 ;
+    \$signal$770  = \$24934 ;
+    if (\$24943 ) begin
+      \$signal$770  = \$24947 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$24936 ;
-    if (\$24942 ) begin
-      lr_n = \$24947 ;
+    lr_n = \$24937 ;
+    if (\$24943 ) begin
+      lr_n = \$24948 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$24942 ) begin
-      stride = \$24945 ;
+    if (\$24943 ) begin
+      stride = \$24946 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 10'h000;
-    if (\$24959 ) begin
-      r_a_sel = { \$24969 , \$24968 , \$24967 , \$24966 , \$24965 , \$24964 , \$24963 , \$24962 , \$24961 , \$24960  };
+    if (\$24960 ) begin
+      r_a_sel = { \$24970 , \$24969 , \$24968 , \$24967 , \$24966 , \$24965 , \$24964 , \$24963 , \$24962 , \$24961  };
     end
-    if (\$24970 ) begin
-      r_a_sel = { \$24990 , \$24988 , \$24986 , \$24984 , \$24982 , \$24980 , \$24978 , \$24976 , \$24974 , \$24972  };
+    if (\$24971 ) begin
+      r_a_sel = { \$24991 , \$24989 , \$24987 , \$24985 , \$24983 , \$24981 , \$24979 , \$24977 , \$24975 , \$24973  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 10'h000;
-    if (\$25009 ) begin
-      r_b_sel = { \$25019 , \$25018 , \$25017 , \$25016 , \$25015 , \$25014 , \$25013 , \$25012 , \$25011 , \$25010  };
+    if (\$25010 ) begin
+      r_b_sel = { \$25020 , \$25019 , \$25018 , \$25017 , \$25016 , \$25015 , \$25014 , \$25013 , \$25012 , \$25011  };
     end
-    if (\$25020 ) begin
-      r_b_sel = { \$25040 , \$25038 , \$25036 , \$25034 , \$25032 , \$25030 , \$25028 , \$25026 , \$25024 , \$25022  };
+    if (\$25021 ) begin
+      r_b_sel = { \$25041 , \$25039 , \$25037 , \$25035 , \$25033 , \$25031 , \$25029 , \$25027 , \$25025 , \$25023  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 10'h000;
-    if (\$25059 ) begin
-      r_c_sel = { \$25069 , \$25068 , \$25067 , \$25066 , \$25065 , \$25064 , \$25063 , \$25062 , \$25061 , \$25060  };
+    if (\$25060 ) begin
+      r_c_sel = { \$25070 , \$25069 , \$25068 , \$25067 , \$25066 , \$25065 , \$25064 , \$25063 , \$25062 , \$25061  };
     end
-    if (\$25070 ) begin
-      r_c_sel = { \$25090 , \$25088 , \$25086 , \$25084 , \$25082 , \$25080 , \$25078 , \$25076 , \$25074 , \$25072  };
+    if (\$25071 ) begin
+      r_c_sel = { \$25091 , \$25089 , \$25087 , \$25085 , \$25083 , \$25081 , \$25079 , \$25077 , \$25075 , \$25073  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25281  = 1'h0;
-    if (\$25241 ) begin
-      \$25281  = 1'h1;
+    \$25280  = 1'h0;
+    if (\$25240 ) begin
+      \$25280  = 1'h1;
     end
     if (rst) begin
-      \$25281  = 1'h0;
+      \$25280  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25282  = a_grp0;
+    \$25281  = a_grp0;
     if (rdy_a) begin
-      \$25282  = grp0;
+      \$25281  = grp0;
     end
     if (rst) begin
-      \$25282  = 16'h0000;
+      \$25281  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25283  = a_gsel0;
+    \$25282  = a_gsel0;
     if (rdy_a) begin
-      \$25283  = gsel0;
+      \$25282  = gsel0;
     end
     if (rst) begin
-      \$25283  = 6'h00;
+      \$25282  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25284  = a_lr0;
+    \$25283  = a_lr0;
     if (rdy_a) begin
-      \$25284  = \$25112 ;
+      \$25283  = \$25113 ;
     end
     if (rst) begin
-      \$25284  = 4'h0;
+      \$25283  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25285  = \$signal$440 ;
+    \$25284  = \$signal$440 ;
     if (rdy_a) begin
-      \$25285 [0] = \$25113 ;
-      \$25285 [1] = \$25117 ;
-      \$25285 [2] = \$25121 ;
-      \$25285 [3] = \$25125 ;
-      \$25285 [4] = \$25129 ;
-      \$25285 [5] = \$25133 ;
-      \$25285 [6] = \$25137 ;
-      \$25285 [7] = \$25141 ;
+      \$25284 [0] = \$25114 ;
+      \$25284 [1] = \$25118 ;
+      \$25284 [2] = \$25122 ;
+      \$25284 [3] = \$25126 ;
+      \$25284 [4] = \$25130 ;
+      \$25284 [5] = \$25134 ;
+      \$25284 [6] = \$25138 ;
+      \$25284 [7] = \$25142 ;
+    end
+    if (rst) begin
+      \$25284  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25285  = a_nxt;
+    if (rdy_a) begin
+      \$25285 [0] = \$25116 ;
+      \$25285 [1] = \$25120 ;
+      \$25285 [2] = \$25124 ;
+      \$25285 [3] = \$25128 ;
+      \$25285 [4] = \$25132 ;
+      \$25285 [5] = \$25136 ;
+      \$25285 [6] = \$25140 ;
+      \$25285 [7] = \$25144 ;
     end
     if (rst) begin
       \$25285  = 8'h00;
@@ -60953,226 +60973,219 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25286  = a_nxt;
+    \$25286  = a_grp1;
     if (rdy_a) begin
-      \$25286 [0] = \$25115 ;
-      \$25286 [1] = \$25119 ;
-      \$25286 [2] = \$25123 ;
-      \$25286 [3] = \$25127 ;
-      \$25286 [4] = \$25131 ;
-      \$25286 [5] = \$25135 ;
-      \$25286 [6] = \$25139 ;
-      \$25286 [7] = \$25143 ;
+      \$25286  = grp1;
     end
     if (rst) begin
-      \$25286  = 8'h00;
+      \$25286  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25287  = a_grp1;
+    \$25287  = a_gsel1;
     if (rdy_a) begin
-      \$25287  = grp1;
+      \$25287  = gsel1;
     end
     if (rst) begin
-      \$25287  = 16'h0000;
+      \$25287  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25288  = a_gsel1;
+    \$25288  = a_lr1;
     if (rdy_a) begin
-      \$25288  = gsel1;
+      \$25288  = \$25117 ;
     end
     if (rst) begin
-      \$25288  = 6'h00;
+      \$25288  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25289  = a_lr1;
+    \$25289  = a_grp2;
     if (rdy_a) begin
-      \$25289  = \$25116 ;
+      \$25289  = grp2;
     end
     if (rst) begin
-      \$25289  = 4'h0;
+      \$25289  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25290  = a_grp2;
+    \$25290  = a_gsel2;
     if (rdy_a) begin
-      \$25290  = grp2;
+      \$25290  = gsel2;
     end
     if (rst) begin
-      \$25290  = 16'h0000;
+      \$25290  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25291  = a_gsel2;
+    \$25291  = a_lr2;
     if (rdy_a) begin
-      \$25291  = gsel2;
+      \$25291  = \$25121 ;
     end
     if (rst) begin
-      \$25291  = 6'h00;
+      \$25291  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25292  = a_lr2;
+    \$25292  = a_grp3;
     if (rdy_a) begin
-      \$25292  = \$25120 ;
+      \$25292  = grp3;
     end
     if (rst) begin
-      \$25292  = 4'h0;
+      \$25292  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25293  = a_grp3;
+    \$25293  = a_gsel3;
     if (rdy_a) begin
-      \$25293  = grp3;
+      \$25293  = gsel3;
     end
     if (rst) begin
-      \$25293  = 16'h0000;
+      \$25293  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25294  = a_gsel3;
+    \$25294  = a_lr3;
     if (rdy_a) begin
-      \$25294  = gsel3;
+      \$25294  = \$25125 ;
     end
     if (rst) begin
-      \$25294  = 6'h00;
+      \$25294  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25295  = a_lr3;
+    \$25295  = a_grp4;
     if (rdy_a) begin
-      \$25295  = \$25124 ;
+      \$25295  = grp4;
     end
     if (rst) begin
-      \$25295  = 4'h0;
+      \$25295  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25296  = a_grp4;
+    \$25296  = a_gsel4;
     if (rdy_a) begin
-      \$25296  = grp4;
+      \$25296  = gsel4;
     end
     if (rst) begin
-      \$25296  = 16'h0000;
+      \$25296  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25297  = a_gsel4;
+    \$25297  = a_lr4;
     if (rdy_a) begin
-      \$25297  = gsel4;
+      \$25297  = \$25129 ;
     end
     if (rst) begin
-      \$25297  = 6'h00;
+      \$25297  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25298  = a_lr4;
+    \$25298  = a_grp5;
     if (rdy_a) begin
-      \$25298  = \$25128 ;
+      \$25298  = grp5;
     end
     if (rst) begin
-      \$25298  = 4'h0;
+      \$25298  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25299  = a_grp5;
+    \$25299  = a_gsel5;
     if (rdy_a) begin
-      \$25299  = grp5;
+      \$25299  = gsel5;
     end
     if (rst) begin
-      \$25299  = 16'h0000;
+      \$25299  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25300  = a_gsel5;
+    \$25300  = a_lr5;
     if (rdy_a) begin
-      \$25300  = gsel5;
+      \$25300  = \$25133 ;
     end
     if (rst) begin
-      \$25300  = 6'h00;
+      \$25300  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25301  = a_lr5;
+    \$25301  = a_grp6;
     if (rdy_a) begin
-      \$25301  = \$25132 ;
+      \$25301  = grp6;
     end
     if (rst) begin
-      \$25301  = 4'h0;
+      \$25301  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25302  = a_grp6;
+    \$25302  = a_gsel6;
     if (rdy_a) begin
-      \$25302  = grp6;
+      \$25302  = gsel6;
     end
     if (rst) begin
-      \$25302  = 16'h0000;
+      \$25302  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25303  = a_gsel6;
+    \$25303  = a_lr6;
     if (rdy_a) begin
-      \$25303  = gsel6;
+      \$25303  = \$25137 ;
     end
     if (rst) begin
-      \$25303  = 6'h00;
+      \$25303  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25304  = a_lr6;
+    \$25304  = a_grp7;
     if (rdy_a) begin
-      \$25304  = \$25136 ;
+      \$25304  = grp7;
     end
     if (rst) begin
-      \$25304  = 4'h0;
+      \$25304  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25305  = a_grp7;
+    \$25305  = a_gsel7;
     if (rdy_a) begin
-      \$25305  = grp7;
+      \$25305  = gsel7;
     end
     if (rst) begin
-      \$25305  = 16'h0000;
+      \$25305  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25306  = a_gsel7;
+    \$25306  = a_lr7;
     if (rdy_a) begin
-      \$25306  = gsel7;
+      \$25306  = \$25141 ;
     end
     if (rst) begin
-      \$25306  = 6'h00;
+      \$25306  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25307  = a_lr7;
+    \$25307  = \$signal ;
     if (rdy_a) begin
-      \$25307  = \$25140 ;
+      \$25307  = rs_w[3:0];
     end
     if (rst) begin
       \$25307  = 4'h0;
@@ -61180,9 +61193,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25308  = \$signal ;
+    \$25308  = a_es;
     if (rdy_a) begin
-      \$25308  = rs_w[3:0];
+      \$25308  = es_w[3:0];
     end
     if (rst) begin
       \$25308  = 4'h0;
@@ -61190,29 +61203,29 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25309  = a_es;
-    if (rdy_a) begin
-      \$25309  = es_w[3:0];
-    end
+    \$25309  = \$25146 ;
     if (rst) begin
-      \$25309  = 4'h0;
+      \$25309  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25310  = \$25145 ;
+    \$25310  = ov;
+    if (rdy_a) begin
+      \$25310  = emit;
+    end
+    if (any_err) begin
+      \$25310  = 1'h0;
+    end
     if (rst) begin
       \$25310  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25311  = ov;
+    \$25311  = \$signal$609 ;
     if (rdy_a) begin
-      \$25311  = emit;
-    end
-    if (any_err) begin
-      \$25311  = 1'h0;
+      \$25311  = finish;
     end
     if (rst) begin
       \$25311  = 1'h0;
@@ -61220,9 +61233,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25312  = \$signal$609 ;
+    \$25312  = a_last;
     if (rdy_a) begin
-      \$25312  = finish;
+      \$25312  = \$25147 ;
     end
     if (rst) begin
       \$25312  = 1'h0;
@@ -61230,90 +61243,92 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25313  = a_last;
+    \$25313  = a_val;
     if (rdy_a) begin
-      \$25313  = \$25146 ;
+      \$25313  = vsh0;
     end
     if (rst) begin
-      \$25313  = 1'h0;
+      \$25313  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25314  = a_val;
-    if (rdy_a) begin
-      \$25314  = vsh0;
-    end
+    \$25314  = \$25165 ;
     if (rst) begin
-      \$25314  = 64'h0000000000000000;
+      \$25314  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25315  = \$25164 ;
+    \$25315  = \$25166 ;
     if (rst) begin
-      \$25315  = 8'h00;
+      \$25315  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25316  = \$25165 ;
-    if (rst) begin
-      \$25316  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25317  = flush_d;
+    \$25316  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$25317  = 2'h0;
-    end else if (\$25166 ) begin
-      \$25317  = 2'h0;
+      \$25316  = 2'h0;
+    end else if (\$25167 ) begin
+      \$25316  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$25169 ) begin
-          \$25317  = \$25170 ;
+        if (\$25170 ) begin
+          \$25316  = \$25171 ;
         end
-        if (\$25173 ) begin
-          \$25317  = \$25174 [1:0];
+        if (\$25174 ) begin
+          \$25316  = \$25175 [1:0];
         end
-        if (\$25177 ) begin
-          \$25317  = \$25178 [1:0];
+        if (\$25178 ) begin
+          \$25316  = \$25179 [1:0];
         end
       end
     end
     if (rst) begin
-      \$25317  = 2'h0;
+      \$25316  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25318  = mbuf;
-    if (\$25179 ) begin
-      \$25318  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$25317  = mbuf;
+    if (\$25180 ) begin
+      \$25317  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
-      \$25318  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25317  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25319  = mbuf_v;
-    if (\$25179 ) begin
-      \$25319  = 1'h1;
+    \$25318  = mbuf_v;
+    if (\$25180 ) begin
+      \$25318  = 1'h1;
     end else if (take_buf) begin
-      \$25319  = 1'h0;
+      \$25318  = 1'h0;
     end
     if (rst) begin
-      \$25319  = 1'h0;
+      \$25318  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25320  = mbeat0_n;
+    \$25319  = mbeat0_n;
     if (take_buf) begin
-      if (\$25182 ) begin
+      if (\$25183 ) begin
+        \$25319  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$25319  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25320  = mbeat1_n;
+    if (take_buf) begin
+      if (\$25187 ) begin
         \$25320  = mbuf;
       end
     end
@@ -61323,9 +61338,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25321  = mbeat1_n;
+    \$25321  = mbeat2_n;
     if (take_buf) begin
-      if (\$25186 ) begin
+      if (\$25192 ) begin
         \$25321  = mbuf;
       end
     end
@@ -61335,21 +61350,21 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25322  = mbeat2_n;
+    \$25322  = mbeat0_nv;
     if (take_buf) begin
-      if (\$25191 ) begin
-        \$25322  = mbuf;
+      if (\$25183 ) begin
+        \$25322  = 1'h1;
       end
     end
     if (rst) begin
-      \$25322  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25322  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25323  = mbeat0_nv;
+    \$25323  = mbeat1_nv;
     if (take_buf) begin
-      if (\$25182 ) begin
+      if (\$25187 ) begin
         \$25323  = 1'h1;
       end
     end
@@ -61359,9 +61374,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25324  = mbeat1_nv;
+    \$25324  = mbeat2_nv;
     if (take_buf) begin
-      if (\$25186 ) begin
+      if (\$25192 ) begin
         \$25324  = 1'h1;
       end
     end
@@ -61371,23 +61386,23 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25325  = mbeat2_nv;
-    if (take_buf) begin
-      if (\$25191 ) begin
-        \$25325  = 1'h1;
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25325  = Rs0;
+    end else begin
+      \$25325  = \$25193 [10:0];
     end
     if (rst) begin
-      \$25325  = 1'h0;
+      \$25325  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25326  = Rs0;
+      \$25326  = Rs1;
     end else begin
-      \$25326  = \$25192 [10:0];
+      \$25326  = \$25194 [10:0];
     end
     if (rst) begin
       \$25326  = 11'h000;
@@ -61397,9 +61412,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25327  = Rs1;
+      \$25327  = Rs2;
     end else begin
-      \$25327  = \$25193 [10:0];
+      \$25327  = \$25195 [10:0];
     end
     if (rst) begin
       \$25327  = 11'h000;
@@ -61409,9 +61424,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25328  = Rs2;
+      \$25328  = Rs3;
     end else begin
-      \$25328  = \$25194 [10:0];
+      \$25328  = \$25196 [10:0];
     end
     if (rst) begin
       \$25328  = 11'h000;
@@ -61421,9 +61436,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25329  = Rs3;
+      \$25329  = Rs4;
     end else begin
-      \$25329  = \$25195 [10:0];
+      \$25329  = \$25197 [10:0];
     end
     if (rst) begin
       \$25329  = 11'h000;
@@ -61433,9 +61448,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25330  = Rs4;
+      \$25330  = Rs5;
     end else begin
-      \$25330  = \$25196 [10:0];
+      \$25330  = \$25198 [10:0];
     end
     if (rst) begin
       \$25330  = 11'h000;
@@ -61445,9 +61460,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25331  = Rs5;
+      \$25331  = Rs6;
     end else begin
-      \$25331  = \$25197 [10:0];
+      \$25331  = \$25199 [10:0];
     end
     if (rst) begin
       \$25331  = 11'h000;
@@ -61457,9 +61472,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25332  = Rs6;
+      \$25332  = Rs7;
     end else begin
-      \$25332  = \$25198 [10:0];
+      \$25332  = \$25200 [10:0];
     end
     if (rst) begin
       \$25332  = 11'h000;
@@ -61469,9 +61484,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25333  = Rs7;
+      \$25333  = Rs8;
     end else begin
-      \$25333  = \$25199 [10:0];
+      \$25333  = \$25201 [10:0];
     end
     if (rst) begin
       \$25333  = 11'h000;
@@ -61481,9 +61496,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25334  = Rs8;
+      \$25334  = Rs9;
     end else begin
-      \$25334  = \$25200 [10:0];
+      \$25334  = \$25202 [10:0];
     end
     if (rst) begin
       \$25334  = 11'h000;
@@ -61493,9 +61508,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25335  = Rs9;
+      \$25335  = Rs10;
     end else begin
-      \$25335  = \$25201 [10:0];
+      \$25335  = \$25203 [10:0];
     end
     if (rst) begin
       \$25335  = 11'h000;
@@ -61505,9 +61520,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25336  = Rs10;
+      \$25336  = Rs11;
     end else begin
-      \$25336  = \$25202 [10:0];
+      \$25336  = \$25204 [10:0];
     end
     if (rst) begin
       \$25336  = 11'h000;
@@ -61517,9 +61532,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25337  = Rs11;
+      \$25337  = Rs12;
     end else begin
-      \$25337  = \$25203 [10:0];
+      \$25337  = \$25205 [10:0];
     end
     if (rst) begin
       \$25337  = 11'h000;
@@ -61529,9 +61544,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25338  = Rs12;
+      \$25338  = Rs13;
     end else begin
-      \$25338  = \$25204 [10:0];
+      \$25338  = \$25206 [10:0];
     end
     if (rst) begin
       \$25338  = 11'h000;
@@ -61541,9 +61556,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25339  = Rs13;
+      \$25339  = Rs14;
     end else begin
-      \$25339  = \$25205 [10:0];
+      \$25339  = \$25207 [10:0];
     end
     if (rst) begin
       \$25339  = 11'h000;
@@ -61553,9 +61568,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25340  = Rs14;
+      \$25340  = Rs15;
     end else begin
-      \$25340  = \$25206 [10:0];
+      \$25340  = \$25208 [10:0];
     end
     if (rst) begin
       \$25340  = 11'h000;
@@ -61565,9 +61580,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25341  = Rs15;
+      \$25341  = Rs16;
     end else begin
-      \$25341  = \$25207 [10:0];
+      \$25341  = \$25209 [10:0];
     end
     if (rst) begin
       \$25341  = 11'h000;
@@ -61577,9 +61592,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25342  = Rs16;
+      \$25342  = Rs17;
     end else begin
-      \$25342  = \$25208 [10:0];
+      \$25342  = \$25210 [10:0];
     end
     if (rst) begin
       \$25342  = 11'h000;
@@ -61589,9 +61604,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25343  = Rs17;
+      \$25343  = Rs18;
     end else begin
-      \$25343  = \$25209 [10:0];
+      \$25343  = \$25211 [10:0];
     end
     if (rst) begin
       \$25343  = 11'h000;
@@ -61601,9 +61616,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25344  = Rs18;
+      \$25344  = Rs19;
     end else begin
-      \$25344  = \$25210 [10:0];
+      \$25344  = \$25212 [10:0];
     end
     if (rst) begin
       \$25344  = 11'h000;
@@ -61613,9 +61628,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25345  = Rs19;
+      \$25345  = Rs20;
     end else begin
-      \$25345  = \$25211 [10:0];
+      \$25345  = \$25213 [10:0];
     end
     if (rst) begin
       \$25345  = 11'h000;
@@ -61625,9 +61640,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25346  = Rs20;
+      \$25346  = Rs21;
     end else begin
-      \$25346  = \$25212 [10:0];
+      \$25346  = \$25214 [10:0];
     end
     if (rst) begin
       \$25346  = 11'h000;
@@ -61637,9 +61652,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25347  = Rs21;
+      \$25347  = Rs22;
     end else begin
-      \$25347  = \$25213 [10:0];
+      \$25347  = \$25215 [10:0];
     end
     if (rst) begin
       \$25347  = 11'h000;
@@ -61649,9 +61664,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25348  = Rs22;
+      \$25348  = Rs23;
     end else begin
-      \$25348  = \$25214 [10:0];
+      \$25348  = \$25216 [10:0];
     end
     if (rst) begin
       \$25348  = 11'h000;
@@ -61661,9 +61676,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25349  = Rs23;
+      \$25349  = Rs24;
     end else begin
-      \$25349  = \$25215 [10:0];
+      \$25349  = \$25217 [10:0];
     end
     if (rst) begin
       \$25349  = 11'h000;
@@ -61673,9 +61688,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25350  = Rs24;
+      \$25350  = Rs25;
     end else begin
-      \$25350  = \$25216 [10:0];
+      \$25350  = \$25218 [10:0];
     end
     if (rst) begin
       \$25350  = 11'h000;
@@ -61685,9 +61700,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25351  = Rs25;
+      \$25351  = Rs26;
     end else begin
-      \$25351  = \$25217 [10:0];
+      \$25351  = \$25219 [10:0];
     end
     if (rst) begin
       \$25351  = 11'h000;
@@ -61697,9 +61712,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25352  = Rs26;
+      \$25352  = Rs27;
     end else begin
-      \$25352  = \$25218 [10:0];
+      \$25352  = \$25220 [10:0];
     end
     if (rst) begin
       \$25352  = 11'h000;
@@ -61709,9 +61724,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25353  = Rs27;
+      \$25353  = Rs28;
     end else begin
-      \$25353  = \$25219 [10:0];
+      \$25353  = \$25221 [10:0];
     end
     if (rst) begin
       \$25353  = 11'h000;
@@ -61721,9 +61736,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25354  = Rs28;
+      \$25354  = Rs29;
     end else begin
-      \$25354  = \$25220 [10:0];
+      \$25354  = \$25222 [10:0];
     end
     if (rst) begin
       \$25354  = 11'h000;
@@ -61733,9 +61748,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25355  = Rs29;
+      \$25355  = Rs30;
     end else begin
-      \$25355  = \$25221 [10:0];
+      \$25355  = \$25223 [10:0];
     end
     if (rst) begin
       \$25355  = 11'h000;
@@ -61745,9 +61760,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25356  = Rs30;
+      \$25356  = Rs31;
     end else begin
-      \$25356  = \$25222 [10:0];
+      \$25356  = \$25224 [10:0];
     end
     if (rst) begin
       \$25356  = 11'h000;
@@ -61757,9 +61772,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25357  = Rs31;
+      \$25357  = Rs32;
     end else begin
-      \$25357  = \$25223 [10:0];
+      \$25357  = \$25225 [10:0];
     end
     if (rst) begin
       \$25357  = 11'h000;
@@ -61769,9 +61784,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25358  = Rs32;
+      \$25358  = Rs33;
     end else begin
-      \$25358  = \$25224 [10:0];
+      \$25358  = \$25226 [10:0];
     end
     if (rst) begin
       \$25358  = 11'h000;
@@ -61781,9 +61796,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25359  = Rs33;
+      \$25359  = Rs34;
     end else begin
-      \$25359  = \$25225 [10:0];
+      \$25359  = \$25227 [10:0];
     end
     if (rst) begin
       \$25359  = 11'h000;
@@ -61793,9 +61808,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25360  = Rs34;
+      \$25360  = Rs35;
     end else begin
-      \$25360  = \$25226 [10:0];
+      \$25360  = \$25228 [10:0];
     end
     if (rst) begin
       \$25360  = 11'h000;
@@ -61805,9 +61820,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25361  = Rs35;
+      \$25361  = Rsm1;
     end else begin
-      \$25361  = \$25227 [10:0];
+      \$25361  = \$25229 [10:0];
     end
     if (rst) begin
       \$25361  = 11'h000;
@@ -61815,57 +61830,57 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25362  = Rsm1;
-    end else begin
-      \$25362  = \$25228 [10:0];
-    end
-    if (rst) begin
-      \$25362  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25363  = vpos;
-    if (\$25231 ) begin
-      \$25363  = 3'h0;
+    \$25362  = vpos;
+    if (\$25232 ) begin
+      \$25362  = 3'h0;
     end else if (\$25233 ) begin
       (* full_case = 32'd1 *)
-      if (\$25234 ) begin
-        \$25363  = \$25235 [2:0];
+      if (\$signal$762 ) begin
+        \$25362  = \$25234 [2:0];
       end else begin
-        \$25363  = vpos_n[2:0];
+        \$25362  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$25363  = 3'h0;
+      \$25362  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25364  = vlast_loaded;
-    if (\$25231 ) begin
+    \$25363  = vlast_loaded;
+    if (\$25232 ) begin
+      \$25363  = 1'h0;
+    end
+    if (\$25235 ) begin
+      if (\$25239 ) begin
+        \$25363  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25363  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25364  = prev_last;
+    if (\$25232 ) begin
+      \$25364  = 1'h0;
+    end else if (\$25233 ) begin
+      if (\$signal$762 ) begin
+        \$25364  = \$signal$756 ;
+      end
+    end
+    if (rst) begin
       \$25364  = 1'h0;
     end
-    if (\$25236 ) begin
-      if (\$25240 ) begin
-        \$25364  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$25364  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25365  = prev_last;
-    if (\$25231 ) begin
+    \$25365  = any_val;
+    if (\$25232 ) begin
       \$25365  = 1'h0;
     end else if (\$25233 ) begin
-      if (\$25234 ) begin
-        \$25365  = \$signal$756 ;
-      end
+      \$25365  = 1'h1;
     end
     if (rst) begin
       \$25365  = 1'h0;
@@ -61873,21 +61888,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25366  = any_val;
-    if (\$25231 ) begin
-      \$25366  = 1'h0;
-    end else if (\$25233 ) begin
-      \$25366  = 1'h1;
+    \$25366  = \$signal$751 ;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+        \$25366  = i_value__payload[63:0];
+      end
     end
     if (rst) begin
-      \$25366  = 1'h0;
+      \$25366  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25367  = \$signal$751 ;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
+    \$25367  = VB;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+      end else if (\$25237 ) begin
         \$25367  = i_value__payload[63:0];
       end
     end
@@ -61897,22 +61913,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25368  = VB;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
-      end else if (\$25238 ) begin
-        \$25368  = i_value__payload[63:0];
+    \$25368  = \$signal$753 ;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+        \$25368  = 1'h1;
       end
     end
     if (rst) begin
-      \$25368  = 64'h0000000000000000;
+      \$25368  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25369  = \$signal$753 ;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
+    \$25369  = \$signal$754 ;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+      end else if (\$25237 ) begin
         \$25369  = 1'h1;
       end
     end
@@ -61922,11 +61938,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25370  = \$signal$754 ;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
-      end else if (\$25238 ) begin
-        \$25370  = 1'h1;
+    \$25370  = \$signal$755 ;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+        \$25370  = i_value__payload[64];
       end
     end
     if (rst) begin
@@ -61935,9 +61950,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25371  = \$signal$755 ;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
+    \$25371  = \$signal$757 ;
+    if (\$25235 ) begin
+      if (\$25236 ) begin
+      end else if (\$25237 ) begin
         \$25371  = i_value__payload[64];
       end
     end
@@ -61947,12 +61963,15 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25372  = \$signal$757 ;
-    if (\$25236 ) begin
-      if (\$25237 ) begin
-      end else if (\$25238 ) begin
-        \$25372  = i_value__payload[64];
-      end
+    \$25372  = running;
+    if (\$25240 ) begin
+      \$25372  = 1'h1;
+    end
+    if (mat_end) begin
+      \$25372  = 1'h0;
+    end
+    if (any_err) begin
+      \$25372  = 1'h0;
     end
     if (rst) begin
       \$25372  = 1'h0;
@@ -61960,156 +61979,147 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25373  = running;
-    if (\$25241 ) begin
-      \$25373  = 1'h1;
+    \$25373  = rows_left;
+    if (\$25240 ) begin
+      \$25373  = i_cmd__payload[15:0];
     end
+    if (\$25242 ) begin
+      \$25373  = \$25243 [15:0];
+    end
+    if (rst) begin
+      \$25373  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25374  = cols_r;
+    if (\$25240 ) begin
+      \$25374  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$25374  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25375  = stride_w;
+    if (\$25240 ) begin
+      \$25375  = \$25241 [5:0];
+    end
+    if (rst) begin
+      \$25375  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25376  = endv;
     if (mat_end) begin
-      \$25373  = 1'h0;
+      \$25376  = 1'h1;
+    end
+    if (\$25245 ) begin
+      \$25376  = 1'h0;
     end
     if (any_err) begin
-      \$25373  = 1'h0;
+      \$25376  = 1'h0;
     end
     if (rst) begin
-      \$25373  = 1'h0;
+      \$25376  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25374  = rows_left;
-    if (\$25241 ) begin
-      \$25374  = i_cmd__payload[15:0];
-    end
-    if (\$25243 ) begin
-      \$25374  = \$25244 [15:0];
-    end
-    if (rst) begin
-      \$25374  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25375  = cols_r;
-    if (\$25241 ) begin
-      \$25375  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$25375  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25376  = stride_w;
-    if (\$25241 ) begin
-      \$25376  = \$25242 [5:0];
-    end
-    if (rst) begin
-      \$25376  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25377  = endv;
-    if (mat_end) begin
-      \$25377  = 1'h1;
-    end
+    (* full_case = 32'd1 *)
     if (\$25246 ) begin
-      \$25377  = 1'h0;
-    end
-    if (any_err) begin
-      \$25377  = 1'h0;
+      \$25377  = 7'h00;
+    end else if (any_err) begin
+      \$25377  = 7'h00;
+    end else begin
+      \$25377  = \$25258 [6:0];
     end
     if (rst) begin
-      \$25377  = 1'h0;
+      \$25377  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25247 ) begin
-      \$25378  = 7'h00;
+    if (\$25246 ) begin
+      \$25378  = \$25247 [7:0];
     end else if (any_err) begin
-      \$25378  = 7'h00;
+      \$25378  = { 2'h0, stride_w };
     end else begin
-      \$25378  = \$25259 [6:0];
+      \$25378  = \$25259 [7:0];
     end
     if (rst) begin
-      \$25378  = 7'h00;
+      \$25378  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25247 ) begin
-      \$25379  = \$25248 [7:0];
+    if (\$25246 ) begin
+      \$25379  = \$25249 [8:0];
     end else if (any_err) begin
-      \$25379  = { 2'h0, stride_w };
+      \$25379  = { 2'h0, \$25254  };
     end else begin
-      \$25379  = \$25260 [7:0];
+      \$25379  = \$25261 [8:0];
     end
     if (rst) begin
-      \$25379  = 8'h00;
+      \$25379  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25247 ) begin
-      \$25380  = \$25250 [8:0];
+    if (\$25246 ) begin
+      \$25380  = \$25253 [9:0];
     end else if (any_err) begin
-      \$25380  = { 2'h0, \$25255  };
+      \$25380  = { 2'h0, \$25256  };
     end else begin
-      \$25380  = \$25262 [8:0];
+      \$25380  = \$25265 [9:0];
     end
     if (rst) begin
-      \$25380  = 9'h000;
+      \$25380  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$25247 ) begin
-      \$25381  = \$25254 [9:0];
-    end else if (any_err) begin
-      \$25381  = { 2'h0, \$25257  };
-    end else begin
-      \$25381  = \$25266 [9:0];
-    end
+    \$25381  = \$signal$770 ;
     if (rst) begin
-      \$25381  = 10'h000;
+      \$25381  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25382  = \$signal$767 ;
+    \$25382  = lr_n;
     if (rst) begin
       \$25382  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25383  = lr_n;
+    \$25383  = \$25267 [10:0];
     if (rst) begin
-      \$25383  = 1'h0;
+      \$25383  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25384  = \$25268 [10:0];
+    \$25384  = \$25269 [10:0];
     if (rst) begin
       \$25384  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25385  = \$25270 [10:0];
+    \$25385  = \$25272 ;
     if (rst) begin
-      \$25385  = 11'h000;
+      \$25385  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25386  = \$25273 ;
+    \$25386  = \$25278 ;
     if (rst) begin
       \$25386  = 1'h0;
     end
@@ -62118,14 +62128,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$25387  = \$25279 ;
     if (rst) begin
-      \$25387  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25388  = \$25280 ;
-    if (rst) begin
-      \$25388  = 4'h0;
+      \$25387  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -62208,7 +62211,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign es2_n0 = \$24761 [8:0];
   assign VB1 = VB;
   assign \$signal$758  = \$signal$757 ;
-  assign av_n = \$24958 [3:0];
+  assign need = \$24901 [3:0];
+  assign av_n = \$24959 [3:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -62235,7 +62239,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$25111 ;
+  assign flags[2] = \$25112 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
@@ -62275,23 +62279,23 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign o_lanes__payload[144] = \$signal$440 [0];
   assign Rn35 = R35;
   assign \$24818  = \$24817 ;
-  assign \$24944  = 12'hfc0;
-  assign \$24945 [5:0] = 6'h00;
-  assign \$24945 [11:6] = \$24943 [11:6];
-  assign \$24949  = mbuf_v;
-  assign \$24970  = \$signal$665 ;
-  assign \$25020  = \$signal$665 ;
-  assign \$25070  = \$signal$665 ;
-  assign \$25182  = \$25181 ;
-  assign \$25242  = { 6'h00, stride[11:6] };
+  assign \$24945  = 12'hfc0;
+  assign \$24946 [5:0] = 6'h00;
+  assign \$24946 [11:6] = \$24944 [11:6];
+  assign \$24950  = mbuf_v;
+  assign \$24971  = \$signal$665 ;
+  assign \$25021  = \$signal$665 ;
+  assign \$25071  = \$signal$665 ;
+  assign \$25183  = \$25182 ;
+  assign \$25241  = { 6'h00, stride[11:6] };
+  assign \$25247  = { 6'h00, stride[11:6] };
   assign \$25248  = { 6'h00, stride[11:6] };
-  assign \$25249  = { 6'h00, stride[11:6] };
-  assign \$25250  = { \$25249 , 1'h0 };
+  assign \$25249  = { \$25248 , 1'h0 };
+  assign \$25250  = { 6'h00, stride[11:6] };
   assign \$25251  = { 6'h00, stride[11:6] };
-  assign \$25252  = { 6'h00, stride[11:6] };
-  assign \$25253  = { \$25252 , 1'h0 };
+  assign \$25252  = { \$25251 , 1'h0 };
+  assign \$25254  = { stride_w, 1'h0 };
   assign \$25255  = { stride_w, 1'h0 };
-  assign \$25256  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -62299,65 +62303,70 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [11:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [12:0] \$12 ;
-  wire [12:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire \$15 ;
-  wire [32:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire \$18 ;
-  wire \$19 ;
+  wire [51:0] \$11 ;
+  wire [102:0] \$12 ;
+  wire [39:0] \$13 ;
+  wire \$14 ;
+  wire [11:0] \$15 ;
+  wire [11:0] \$16 ;
+  wire [12:0] \$17 ;
+  wire [12:0] \$18 ;
+  wire [12:0] \$19 ;
   wire \$2 ;
-  wire [12:0] \$20 ;
-  wire \$21 ;
-  wire \$22 ;
+  wire \$20 ;
+  wire [32:0] \$21 ;
+  wire [48:0] \$22 ;
   wire \$23 ;
-  wire [12:0] \$24 ;
-  wire \$25 ;
+  wire \$24 ;
+  wire [12:0] \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [12:0] \$28 ;
+  wire \$28 ;
   wire [12:0] \$29 ;
   wire \$3 ;
-  wire [12:0] \$30 ;
-  reg \$31 ;
-  reg [32:0] \$32 ;
-  reg [15:0] \$33 ;
-  reg [5:0] \$34 ;
-  reg [7:0] \$35 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire [12:0] \$33 ;
+  wire [12:0] \$34 ;
+  wire [12:0] \$35 ;
   reg \$36 ;
-  reg [31:0] \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  reg [32:0] \$37 ;
+  reg [15:0] \$38 ;
+  reg [5:0] \$39 ;
   wire \$4 ;
-  reg [49:0] \$40 ;
-  reg [5:0] \$41 ;
-  reg [7:0] \$42 ;
+  reg [7:0] \$40 ;
+  reg \$41 ;
+  reg [31:0] \$42 ;
   reg \$43 ;
-  reg [31:0] \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg [11:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg \$49 ;
-  wire [50:0] \$5 ;
-  reg [31:0] \$50 ;
+  reg \$44 ;
+  reg [49:0] \$45 ;
+  reg [5:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg \$48 ;
+  reg [31:0] \$49 ;
+  wire [42:0] \$5 ;
+  reg \$50 ;
   reg \$51 ;
-  reg \$52 ;
-  reg [40:0] \$53 ;
-  wire [51:0] \$6 ;
-  wire [102:0] \$7 ;
-  wire [39:0] \$8 ;
-  wire \$9 ;
+  reg [11:0] \$52 ;
+  reg [7:0] \$53 ;
+  reg \$54 ;
+  reg [31:0] \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg [40:0] \$58 ;
+  wire [26:0] \$6 ;
+  wire [18:0] \$7 ;
+  wire [14:0] \$8 ;
+  wire [12:0] \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$23  = 8'h00;
-  reg [5:0] \$signal$30  = 6'h00;
-  reg [7:0] \$signal$31  = 8'h00;
-  reg [31:0] \$signal$33  = 32'd0;
-  reg [7:0] \$signal$35  = 8'h00;
-  reg [31:0] \$signal$37  = 32'd0;
-  reg [31:0] \$signal$40  = 32'd0;
+  reg [7:0] \$signal$29  = 8'h00;
+  reg [5:0] \$signal$36  = 6'h00;
+  reg [7:0] \$signal$37  = 8'h00;
+  reg [31:0] \$signal$39  = 32'd0;
+  reg [7:0] \$signal$41  = 8'h00;
+  reg [31:0] \$signal$43  = 32'd0;
+  reg [31:0] \$signal$46  = 32'd0;
   input clk;
   wire clk;
   input [32:0] i_acc__payload;
@@ -62401,6 +62410,12 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg relu2 = 1'h0;
   reg relu3 = 1'h0;
   reg [11:0] rr;
+  reg [11:0] rsh0;
+  reg [12:0] rsh1;
+  reg [14:0] rsh2;
+  reg [18:0] rsh3;
+  reg [26:0] rsh4;
+  reg [42:0] rsh5;
   input rst;
   wire rst;
   reg [32:0] t1 = 33'h000000000;
@@ -62415,49 +62430,51 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg v3 = 1'h0;
   reg [50:0] x;
   always @(posedge clk)
-    t1 <= \$32 ;
+    v1 <= \$36 ;
   always @(posedge clk)
-    m1 <= \$33 ;
+    t1 <= \$37 ;
   always @(posedge clk)
-    \$signal$30  <= \$34 ;
+    m1 <= \$38 ;
   always @(posedge clk)
-    \$signal$31  <= \$35 ;
+    \$signal$36  <= \$39 ;
   always @(posedge clk)
-    relu1 <= \$36 ;
+    \$signal$37  <= \$40 ;
   always @(posedge clk)
-    \$signal$33  <= \$37 ;
+    relu1 <= \$41 ;
   always @(posedge clk)
-    last1 <= \$38 ;
+    \$signal$39  <= \$42 ;
   always @(posedge clk)
-    v2 <= \$39 ;
+    last1 <= \$43 ;
   always @(posedge clk)
-    p2 <= \$40 ;
+    v2 <= \$44 ;
   always @(posedge clk)
-    \$signal  <= \$41 ;
+    p2 <= \$45 ;
   always @(posedge clk)
-    \$signal$35  <= \$42 ;
+    \$signal  <= \$46 ;
   always @(posedge clk)
-    relu2 <= \$43 ;
+    \$signal$41  <= \$47 ;
   always @(posedge clk)
-    \$signal$37  <= \$44 ;
+    relu2 <= \$48 ;
   always @(posedge clk)
-    last2 <= \$45 ;
+    \$signal$43  <= \$49 ;
   always @(posedge clk)
-    v3 <= \$46 ;
+    last2 <= \$50 ;
   always @(posedge clk)
-    r3 <= \$47 ;
+    v3 <= \$51 ;
   always @(posedge clk)
-    \$signal$23  <= \$48 ;
+    r3 <= \$52 ;
   always @(posedge clk)
-    relu3 <= \$49 ;
+    \$signal$29  <= \$53 ;
   always @(posedge clk)
-    \$signal$40  <= \$50 ;
+    relu3 <= \$54 ;
   always @(posedge clk)
-    last3 <= \$51 ;
+    \$signal$46  <= \$55 ;
   always @(posedge clk)
-    o_res__valid <= \$52 ;
+    last3 <= \$56 ;
   always @(posedge clk)
-    o_res__payload <= \$53 ;
+    o_res__valid <= \$57 ;
+  always @(posedge clk)
+    o_res__payload <= \$58 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
@@ -62468,68 +62485,132 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign take1 = \$4  | take2;
   assign i_acc__ready = take1 & i_rq__valid;
   assign i_rq__ready = take1 & i_acc__valid;
-  assign \$5  = $signed({ p2, 1'h0 }) >>> \$signal ;
-  assign \$6  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
-  assign \$7  = 40'hffffffffff << \$signal ;
-  assign \$8  = x[50:11] & thr;
-  assign \$9  = | \$8 ;
-  assign \$10  = p2[49] ? 12'h800 : 12'h7ff;
-  assign \$11  = ovf ? \$10  : q_lo;
-  assign \$12  = $signed(qs) + $signed(2'h1);
-  assign \$14  = $signed(r3) + $signed(\$signal$23 );
-  assign \$15  = i_acc__valid & i_rq__valid;
-  assign \$16  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$17  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$18  = $signed(v) < $signed(\$signal$23 );
-  assign \$19  = relu3 & \$18 ;
-  assign \$20  = \$19  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$21  = $signed(\$20 ) < $signed(8'h80);
-  assign \$22  = $signed(v) < $signed(\$signal$23 );
-  assign \$23  = relu3 & \$22 ;
-  assign \$24  = \$23  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$25  = $signed(\$24 ) > $signed(8'h7f);
-  assign \$26  = $signed(v) < $signed(\$signal$23 );
-  assign \$27  = relu3 & \$26 ;
-  assign \$28  = \$27  ? { \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23 [7], \$signal$23  } : v;
-  assign \$29  = \$25  ? 13'h007f : \$28 ;
-  assign \$30  = \$21  ? 13'h1f80 : \$29 ;
-  always @(posedge clk)
-    v1 <= \$31 ;
+  assign \$5  = \$signal [5] ? { p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49:31] } : { p2[41:0], 1'h0 };
+  assign \$6  = \$signal [4] ? rsh5[42:16] : rsh5[26:0];
+  assign \$7  = \$signal [3] ? rsh4[26:8] : rsh4[18:0];
+  assign \$8  = \$signal [2] ? rsh3[18:4] : rsh3[14:0];
+  assign \$9  = \$signal [1] ? rsh2[14:2] : rsh2[12:0];
+  assign \$10  = \$signal [0] ? rsh1[12:1] : rsh1[11:0];
+  assign \$11  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
+  assign \$12  = 40'hffffffffff << \$signal ;
+  assign \$13  = x[50:11] & thr;
+  assign \$14  = | \$13 ;
+  assign \$15  = p2[49] ? 12'h800 : 12'h7ff;
+  assign \$16  = ovf ? \$15  : q_lo;
+  assign \$17  = $signed(qs) + $signed(2'h1);
+  assign \$19  = $signed(r3) + $signed(\$signal$29 );
+  assign \$20  = i_acc__valid & i_rq__valid;
+  assign \$21  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$22  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$23  = $signed(v) < $signed(\$signal$29 );
+  assign \$24  = relu3 & \$23 ;
+  assign \$25  = \$24  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$26  = $signed(\$25 ) < $signed(8'h80);
+  assign \$27  = $signed(v) < $signed(\$signal$29 );
+  assign \$28  = relu3 & \$27 ;
+  assign \$29  = \$28  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$30  = $signed(\$29 ) > $signed(8'h7f);
+  assign \$31  = $signed(v) < $signed(\$signal$29 );
+  assign \$32  = relu3 & \$31 ;
+  assign \$33  = \$32  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
+  assign \$34  = \$30  ? 13'h007f : \$33 ;
+  assign \$35  = \$26  ? 13'h1f80 : \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = m1;
-    if (take1) begin
-      \$33  = i_rq__payload[47:32];
-    end
-    if (rst) begin
-      \$33  = 16'h0000;
+    rsh5 = 43'h00000000000;
+    if (take3) begin
+      rsh5 = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$30 ;
-    if (take1) begin
-      \$34  = i_rq__payload[53:48];
-    end
-    if (rst) begin
-      \$34  = 6'h00;
+    rsh4 = 27'h0000000;
+    if (take3) begin
+      rsh4 = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = \$signal$31 ;
-    if (take1) begin
-      \$35  = i_rq__payload[61:54];
-    end
-    if (rst) begin
-      \$35  = 8'h00;
+    rsh3 = 19'h00000;
+    if (take3) begin
+      rsh3 = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = relu1;
+    rsh2 = 15'h0000;
+    if (take3) begin
+      rsh2 = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh1 = 13'h0000;
+    if (take3) begin
+      rsh1 = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh0 = 12'h000;
+    if (take3) begin
+      rsh0 = \$10 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    q_lo = 12'h000;
+    if (take3) begin
+      q_lo = rsh0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    x = 51'h0000000000000;
+    if (take3) begin
+      x = \$11 [50:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    thr = 40'h0000000000;
+    if (take3) begin
+      thr = \$12 [39:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    ovf = 1'h0;
+    if (take3) begin
+      ovf = \$14 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    qs = 12'h000;
+    if (take3) begin
+      qs = \$16 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rr = 12'h000;
+    if (take3) begin
+      rr = \$18 [11:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    v = 13'h0000;
+    if (take4) begin
+      v = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$36  = v1;
     if (take1) begin
-      \$36  = i_rq__payload[62];
+      \$36  = \$20 ;
     end
     if (rst) begin
       \$36  = 1'h0;
@@ -62537,69 +62618,69 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = \$signal$33 ;
+    \$37  = t1;
     if (take1) begin
-      \$37  = i_acc__payload[31:0];
+      \$37  = \$21 ;
     end
     if (rst) begin
-      \$37  = 32'd0;
+      \$37  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = last1;
+    \$38  = m1;
     if (take1) begin
-      \$38  = i_acc__payload[32];
+      \$38  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$38  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = v2;
-    if (take2) begin
-      \$39  = v1;
+    \$39  = \$signal$36 ;
+    if (take1) begin
+      \$39  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$39  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = p2;
-    if (take2) begin
-      \$40  = { \$17 [48], \$17  };
+    \$40  = \$signal$37 ;
+    if (take1) begin
+      \$40  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$40  = 50'h0000000000000;
+      \$40  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = \$signal ;
-    if (take2) begin
-      \$41  = \$signal$30 ;
+    \$41  = relu1;
+    if (take1) begin
+      \$41  = i_rq__payload[62];
     end
     if (rst) begin
-      \$41  = 6'h00;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = \$signal$35 ;
-    if (take2) begin
-      \$42  = \$signal$31 ;
+    \$42  = \$signal$39 ;
+    if (take1) begin
+      \$42  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$42  = 8'h00;
+      \$42  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = relu2;
-    if (take2) begin
-      \$43  = relu1;
+    \$43  = last1;
+    if (take1) begin
+      \$43  = i_acc__payload[32];
     end
     if (rst) begin
       \$43  = 1'h0;
@@ -62607,79 +62688,79 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = \$signal$37 ;
+    \$44  = v2;
     if (take2) begin
-      \$44  = \$signal$33 ;
+      \$44  = v1;
     end
     if (rst) begin
-      \$44  = 32'd0;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = last2;
+    \$45  = p2;
     if (take2) begin
-      \$45  = last1;
+      \$45  = { \$22 [48], \$22  };
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$45  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = v3;
-    if (take3) begin
-      \$46  = v2;
+    \$46  = \$signal ;
+    if (take2) begin
+      \$46  = \$signal$36 ;
     end
     if (rst) begin
-      \$46  = 1'h0;
+      \$46  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = r3;
-    if (take3) begin
-      \$47  = rr;
+    \$47  = \$signal$41 ;
+    if (take2) begin
+      \$47  = \$signal$37 ;
     end
     if (rst) begin
-      \$47  = 12'h000;
+      \$47  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = \$signal$23 ;
-    if (take3) begin
-      \$48  = \$signal$35 ;
+    \$48  = relu2;
+    if (take2) begin
+      \$48  = relu1;
     end
     if (rst) begin
-      \$48  = 8'h00;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = relu3;
-    if (take3) begin
-      \$49  = relu2;
+    \$49  = \$signal$43 ;
+    if (take2) begin
+      \$49  = \$signal$39 ;
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$49  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = \$signal$40 ;
-    if (take3) begin
-      \$50  = \$signal$37 ;
+    \$50  = last2;
+    if (take2) begin
+      \$50  = last1;
     end
     if (rst) begin
-      \$50  = 32'd0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = last3;
+    \$51  = v3;
     if (take3) begin
-      \$51  = last2;
+      \$51  = v2;
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -62687,93 +62768,74 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = o_res__valid;
+    \$52  = r3;
+    if (take3) begin
+      \$52  = rr;
+    end
+    if (rst) begin
+      \$52  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$53  = \$signal$29 ;
+    if (take3) begin
+      \$53  = \$signal$41 ;
+    end
+    if (rst) begin
+      \$53  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$54  = relu3;
+    if (take3) begin
+      \$54  = relu2;
+    end
+    if (rst) begin
+      \$54  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$55  = \$signal$46 ;
+    if (take3) begin
+      \$55  = \$signal$43 ;
+    end
+    if (rst) begin
+      \$55  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$56  = last3;
+    if (take3) begin
+      \$56  = last2;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$57  = o_res__valid;
     if (take4) begin
-      \$52  = v3;
+      \$57  = v3;
     end
     if (rst) begin
-      \$52  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = o_res__payload;
+    \$58  = o_res__payload;
     if (take4) begin
-      \$53 [31:0] = \$signal$40 ;
-      \$53 [39:32] = \$30 [7:0];
-      \$53 [40] = last3;
+      \$58 [31:0] = \$signal$46 ;
+      \$58 [39:32] = \$35 [7:0];
+      \$58 [40] = last3;
     end
     if (rst) begin
-      \$53  = 41'h00000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    q_lo = 12'h000;
-    if (take3) begin
-      q_lo = \$5 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    x = 51'h0000000000000;
-    if (take3) begin
-      x = \$6 [50:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    thr = 40'h0000000000;
-    if (take3) begin
-      thr = \$7 [39:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    ovf = 1'h0;
-    if (take3) begin
-      ovf = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    qs = 12'h000;
-    if (take3) begin
-      qs = \$11 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rr = 12'h000;
-    if (take3) begin
-      rr = \$13 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    v = 13'h0000;
-    if (take4) begin
-      v = \$14 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = v1;
-    if (take1) begin
-      \$31  = \$15 ;
-    end
-    if (rst) begin
-      \$31  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = t1;
-    if (take1) begin
-      \$32  = \$16 ;
-    end
-    if (rst) begin
-      \$32  = 33'h000000000;
+      \$58  = 41'h00000000000;
     end
   end
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
@@ -62786,5 +62848,5 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$13  = { \$12 [12], \$12 [12:1] };
+  assign \$18  = { \$17 [12], \$17 [12:1] };
 endmodule

@@ -3192,7 +3192,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$5894$0 (\$39 [31:0]),
-    .\port$6378$0 (last3),
+    .\port$7032$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_data, r_en, \port$6378$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_data, r_en, \port$7032$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3548,8 +3548,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   wire [3:0] level;
   input [31:0] \port$5894$0 ;
   wire [31:0] \port$5894$0 ;
-  input \port$6378$0 ;
-  wire \port$6378$0 ;
+  input \port$7032$0 ;
+  wire \port$7032$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$6378$0 , \port$5894$0  };
+      storage[w_port__addr] <= { \port$7032$0 , \port$5894$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$6378$0 , \port$5894$0  };
-  assign w_data = { \port$6378$0 , \port$5894$0  };
+  assign w_port__data = { \port$7032$0 , \port$5894$0  };
+  assign w_data = { \port$7032$0 , \port$5894$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -6601,7 +6601,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [9:0] \$3613 ;
   wire [9:0] \$3614 ;
   wire \$3615 ;
-  wire \$3616 ;
+  wire [4:0] \$3616 ;
   wire \$3617 ;
   wire \$3618 ;
   wire \$3619 ;
@@ -6647,11 +6647,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3655 ;
   wire \$3656 ;
   wire \$3657 ;
-  wire [11:0] \$3658 ;
+  wire \$3658 ;
   wire [11:0] \$3659 ;
   wire \$366 ;
   wire [11:0] \$3660 ;
-  wire \$3661 ;
+  wire [11:0] \$3661 ;
   wire \$3662 ;
   wire \$3663 ;
   wire \$3664 ;
@@ -6659,28 +6659,28 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3666 ;
   wire \$3667 ;
   wire \$3668 ;
-  reg [2:0] \$3669 ;
+  wire \$3669 ;
   wire \$367 ;
-  wire [4:0] \$3670 ;
-  wire \$3671 ;
+  reg [2:0] \$3670 ;
+  wire [4:0] \$3671 ;
   wire \$3672 ;
   wire \$3673 ;
   wire \$3674 ;
   wire \$3675 ;
   wire \$3676 ;
   wire \$3677 ;
-  wire [9:0] \$3678 ;
-  wire \$3679 ;
+  wire \$3678 ;
+  wire [9:0] \$3679 ;
   wire \$368 ;
-  wire [9:0] \$3680 ;
-  wire \$3681 ;
-  wire [9:0] \$3682 ;
-  wire \$3683 ;
-  wire [9:0] \$3684 ;
-  wire \$3685 ;
-  wire [9:0] \$3686 ;
-  wire \$3687 ;
-  wire [8:0] \$3688 ;
+  wire \$3680 ;
+  wire [9:0] \$3681 ;
+  wire \$3682 ;
+  wire [9:0] \$3683 ;
+  wire \$3684 ;
+  wire [9:0] \$3685 ;
+  wire \$3686 ;
+  wire [9:0] \$3687 ;
+  wire \$3688 ;
   wire [8:0] \$3689 ;
   wire \$369 ;
   wire [8:0] \$3690 ;
@@ -6689,7 +6689,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3693 ;
   wire [8:0] \$3694 ;
   wire [8:0] \$3695 ;
-  wire \$3696 ;
+  wire [8:0] \$3696 ;
   wire \$3697 ;
   wire \$3698 ;
   wire \$3699 ;
@@ -6698,18 +6698,18 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3700 ;
   wire \$3701 ;
   wire \$3702 ;
-  wire [10:0] \$3703 ;
-  wire \$3704 ;
-  wire [10:0] \$3705 ;
-  wire \$3706 ;
-  wire [10:0] \$3707 ;
-  wire \$3708 ;
-  wire [10:0] \$3709 ;
+  wire \$3703 ;
+  wire [10:0] \$3704 ;
+  wire \$3705 ;
+  wire [10:0] \$3706 ;
+  wire \$3707 ;
+  wire [10:0] \$3708 ;
+  wire \$3709 ;
   wire \$371 ;
-  wire \$3710 ;
-  wire [10:0] \$3711 ;
-  wire \$3712 ;
-  wire [8:0] \$3713 ;
+  wire [10:0] \$3710 ;
+  wire \$3711 ;
+  wire [10:0] \$3712 ;
+  wire \$3713 ;
   wire [8:0] \$3714 ;
   wire [8:0] \$3715 ;
   wire [8:0] \$3716 ;
@@ -6718,25 +6718,25 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3719 ;
   wire \$372 ;
   wire [8:0] \$3720 ;
-  wire \$3721 ;
+  wire [8:0] \$3721 ;
   wire \$3722 ;
   wire \$3723 ;
   wire \$3724 ;
   wire \$3725 ;
   wire \$3726 ;
   wire \$3727 ;
-  wire [11:0] \$3728 ;
-  wire \$3729 ;
+  wire \$3728 ;
+  wire [11:0] \$3729 ;
   wire \$373 ;
-  wire [11:0] \$3730 ;
-  wire \$3731 ;
-  wire [11:0] \$3732 ;
-  wire \$3733 ;
-  wire [11:0] \$3734 ;
-  wire \$3735 ;
-  wire [11:0] \$3736 ;
-  wire \$3737 ;
-  wire [8:0] \$3738 ;
+  wire \$3730 ;
+  wire [11:0] \$3731 ;
+  wire \$3732 ;
+  wire [11:0] \$3733 ;
+  wire \$3734 ;
+  wire [11:0] \$3735 ;
+  wire \$3736 ;
+  wire [11:0] \$3737 ;
+  wire \$3738 ;
   wire [8:0] \$3739 ;
   wire \$374 ;
   wire [8:0] \$3740 ;
@@ -6745,42 +6745,42 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3743 ;
   wire [8:0] \$3744 ;
   wire [8:0] \$3745 ;
-  wire \$3746 ;
+  wire [8:0] \$3746 ;
   wire \$3747 ;
   wire \$3748 ;
-  reg [3:0] \$3749 ;
+  wire \$3749 ;
   wire \$375 ;
-  wire \$3750 ;
+  reg [3:0] \$3750 ;
   wire \$3751 ;
   wire \$3752 ;
-  reg [3:0] \$3753 ;
-  wire \$3754 ;
+  wire \$3753 ;
+  reg [3:0] \$3754 ;
   wire \$3755 ;
   wire \$3756 ;
-  reg [3:0] \$3757 ;
-  wire \$3758 ;
+  wire \$3757 ;
+  reg [3:0] \$3758 ;
   wire \$3759 ;
   wire \$376 ;
   wire \$3760 ;
-  reg [3:0] \$3761 ;
-  wire \$3762 ;
+  wire \$3761 ;
+  reg [3:0] \$3762 ;
   wire \$3763 ;
   wire \$3764 ;
-  reg [3:0] \$3765 ;
-  wire \$3766 ;
+  wire \$3765 ;
+  reg [3:0] \$3766 ;
   wire \$3767 ;
   wire \$3768 ;
-  reg [3:0] \$3769 ;
+  wire \$3769 ;
   wire \$377 ;
-  wire \$3770 ;
+  reg [3:0] \$3770 ;
   wire \$3771 ;
   wire \$3772 ;
-  reg [3:0] \$3773 ;
-  wire \$3774 ;
+  wire \$3773 ;
+  reg [3:0] \$3774 ;
   wire \$3775 ;
   wire \$3776 ;
-  reg [3:0] \$3777 ;
-  wire \$3778 ;
+  wire \$3777 ;
+  reg [3:0] \$3778 ;
   wire \$3779 ;
   wire \$378 ;
   wire \$3780 ;
@@ -6807,19 +6807,19 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$38 ;
   wire \$380 ;
   wire \$3800 ;
-  wire [7:0] \$3801 ;
-  wire \$3802 ;
+  wire \$3801 ;
+  wire [7:0] \$3802 ;
   wire \$3803 ;
   wire \$3804 ;
   wire \$3805 ;
   wire \$3806 ;
-  wire [1:0] \$3807 ;
-  wire \$3808 ;
+  wire \$3807 ;
+  wire [1:0] \$3808 ;
   wire \$3809 ;
   wire \$381 ;
   wire \$3810 ;
-  wire [2:0] \$3811 ;
-  wire \$3812 ;
+  wire \$3811 ;
+  wire [2:0] \$3812 ;
   wire \$3813 ;
   wire \$3814 ;
   wire \$3815 ;
@@ -6829,7 +6829,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3819 ;
   wire \$382 ;
   wire \$3820 ;
-  wire [9:0] \$3821 ;
+  wire \$3821 ;
   wire [9:0] \$3822 ;
   wire [9:0] \$3823 ;
   wire [9:0] \$3824 ;
@@ -6839,52 +6839,52 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [9:0] \$3828 ;
   wire [9:0] \$3829 ;
   wire \$383 ;
-  wire \$3830 ;
+  wire [9:0] \$3830 ;
   wire \$3831 ;
   wire \$3832 ;
   wire \$3833 ;
   wire \$3834 ;
-  wire \$3835 ;
-  wire [5:0] \$3836 ;
+  wire [5:0] \$3835 ;
+  wire \$3836 ;
   wire \$3837 ;
   wire \$3838 ;
   wire \$3839 ;
   wire \$384 ;
   wire \$3840 ;
   wire \$3841 ;
-  wire \$3842 ;
-  wire [11:0] \$3843 ;
-  wire \$3844 ;
-  wire [16:0] \$3845 ;
+  wire [11:0] \$3842 ;
+  wire \$3843 ;
+  wire [16:0] \$3844 ;
+  wire \$3845 ;
   wire \$3846 ;
   wire \$3847 ;
-  wire \$3848 ;
+  wire [11:0] \$3848 ;
   wire [11:0] \$3849 ;
   wire \$385 ;
-  wire [11:0] \$3850 ;
-  wire [12:0] \$3851 ;
+  wire [12:0] \$3850 ;
+  wire [11:0] \$3851 ;
   wire [11:0] \$3852 ;
-  wire [11:0] \$3853 ;
-  wire [12:0] \$3854 ;
-  wire [13:0] \$3855 ;
+  wire [12:0] \$3853 ;
+  wire [13:0] \$3854 ;
+  wire [7:0] \$3855 ;
   wire [7:0] \$3856 ;
-  wire [7:0] \$3857 ;
+  wire [8:0] \$3857 ;
   wire [8:0] \$3858 ;
   wire [8:0] \$3859 ;
   wire \$386 ;
-  wire [8:0] \$3860 ;
-  wire [9:0] \$3861 ;
+  wire [9:0] \$3860 ;
+  wire [11:0] \$3861 ;
   wire [11:0] \$3862 ;
   wire [11:0] \$3863 ;
-  wire [11:0] \$3864 ;
-  wire [12:0] \$3865 ;
-  wire [11:0] \$3866 ;
-  wire [12:0] \$3867 ;
-  wire [8:0] \$3868 ;
-  wire [9:0] \$3869 ;
+  wire [12:0] \$3864 ;
+  wire [11:0] \$3865 ;
+  wire [12:0] \$3866 ;
+  wire [8:0] \$3867 ;
+  wire [9:0] \$3868 ;
+  wire [8:0] \$3869 ;
   wire \$387 ;
-  wire [8:0] \$3870 ;
-  wire [9:0] \$3871 ;
+  wire [9:0] \$3870 ;
+  wire \$3871 ;
   wire \$3872 ;
   wire \$3873 ;
   wire \$3874 ;
@@ -6894,56 +6894,56 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3878 ;
   wire \$3879 ;
   wire \$388 ;
-  wire \$3880 ;
-  wire [3:0] \$3881 ;
-  reg \$3882 ;
-  reg [15:0] \$3883 ;
-  reg [2:0] \$3884 ;
-  reg [3:0] \$3885 ;
+  wire [3:0] \$3880 ;
+  reg \$3881 ;
+  reg [15:0] \$3882 ;
+  reg [2:0] \$3883 ;
+  reg [3:0] \$3884 ;
+  reg [7:0] \$3885 ;
   reg [7:0] \$3886 ;
-  reg [7:0] \$3887 ;
-  reg [15:0] \$3888 ;
-  reg [2:0] \$3889 ;
+  reg [15:0] \$3887 ;
+  reg [2:0] \$3888 ;
+  reg [3:0] \$3889 ;
   wire \$389 ;
-  reg [3:0] \$3890 ;
-  reg [15:0] \$3891 ;
-  reg [2:0] \$3892 ;
-  reg [3:0] \$3893 ;
-  reg [15:0] \$3894 ;
-  reg [2:0] \$3895 ;
-  reg [3:0] \$3896 ;
-  reg [15:0] \$3897 ;
-  reg [2:0] \$3898 ;
-  reg [3:0] \$3899 ;
+  reg [15:0] \$3890 ;
+  reg [2:0] \$3891 ;
+  reg [3:0] \$3892 ;
+  reg [15:0] \$3893 ;
+  reg [2:0] \$3894 ;
+  reg [3:0] \$3895 ;
+  reg [15:0] \$3896 ;
+  reg [2:0] \$3897 ;
+  reg [3:0] \$3898 ;
+  reg [15:0] \$3899 ;
   wire \$39 ;
   wire \$390 ;
-  reg [15:0] \$3900 ;
-  reg [2:0] \$3901 ;
-  reg [3:0] \$3902 ;
-  reg [15:0] \$3903 ;
-  reg [2:0] \$3904 ;
-  reg [3:0] \$3905 ;
-  reg [15:0] \$3906 ;
-  reg [2:0] \$3907 ;
-  reg [3:0] \$3908 ;
+  reg [2:0] \$3900 ;
+  reg [3:0] \$3901 ;
+  reg [15:0] \$3902 ;
+  reg [2:0] \$3903 ;
+  reg [3:0] \$3904 ;
+  reg [15:0] \$3905 ;
+  reg [2:0] \$3906 ;
+  reg [3:0] \$3907 ;
+  reg [4:0] \$3908 ;
   reg [4:0] \$3909 ;
   wire \$391 ;
-  reg [4:0] \$3910 ;
+  reg \$3910 ;
   reg \$3911 ;
   reg \$3912 ;
   reg \$3913 ;
-  reg \$3914 ;
-  reg [63:0] \$3915 ;
-  reg [7:0] \$3916 ;
-  reg \$3917 ;
-  reg [1:0] \$3918 ;
-  reg [91:0] \$3919 ;
+  reg [63:0] \$3914 ;
+  reg [7:0] \$3915 ;
+  reg \$3916 ;
+  reg [1:0] \$3917 ;
+  reg [91:0] \$3918 ;
+  reg \$3919 ;
   wire \$392 ;
-  reg \$3920 ;
+  reg [91:0] \$3920 ;
   reg [91:0] \$3921 ;
-  reg [91:0] \$3922 ;
+  reg \$3922 ;
   reg \$3923 ;
-  reg \$3924 ;
+  reg [8:0] \$3924 ;
   reg [8:0] \$3925 ;
   reg [8:0] \$3926 ;
   reg [8:0] \$3927 ;
@@ -6953,35 +6953,34 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [8:0] \$3930 ;
   reg [8:0] \$3931 ;
   reg [8:0] \$3932 ;
-  reg [8:0] \$3933 ;
-  reg [2:0] \$3934 ;
+  reg [2:0] \$3933 ;
+  reg \$3934 ;
   reg \$3935 ;
   reg \$3936 ;
-  reg \$3937 ;
+  reg [63:0] \$3937 ;
   reg [63:0] \$3938 ;
-  reg [63:0] \$3939 ;
+  reg \$3939 ;
   wire \$394 ;
   reg \$3940 ;
   reg \$3941 ;
   reg \$3942 ;
   reg \$3943 ;
-  reg \$3944 ;
-  reg [15:0] \$3945 ;
-  reg [10:0] \$3946 ;
-  reg [6:0] \$3947 ;
-  reg \$3948 ;
-  reg [7:0] \$3949 ;
+  reg [15:0] \$3944 ;
+  reg [10:0] \$3945 ;
+  reg [6:0] \$3946 ;
+  reg \$3947 ;
+  reg [7:0] \$3948 ;
+  reg [8:0] \$3949 ;
   wire \$395 ;
-  reg [8:0] \$3950 ;
-  reg [9:0] \$3951 ;
-  reg [10:0] \$3952 ;
+  reg [9:0] \$3950 ;
+  reg [10:0] \$3951 ;
+  reg \$3952 ;
   reg \$3953 ;
-  reg \$3954 ;
+  reg [8:0] \$3954 ;
   reg [8:0] \$3955 ;
-  reg [8:0] \$3956 ;
+  reg \$3956 ;
   reg \$3957 ;
-  reg \$3958 ;
-  reg [3:0] \$3959 ;
+  reg [3:0] \$3958 ;
   wire \$396 ;
   wire \$397 ;
   wire \$398 ;
@@ -7669,7 +7668,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg \$signal$384  = 1'h0;
   (* init = 1'h0 *)
   wire \$signal$385 ;
-  reg \$signal$394 ;
+  wire \$signal$389 ;
+  reg \$signal$397 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -7907,6 +7907,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire mbeat1_vn;
   reg [91:0] mbuf = 92'h00000000000000000000000;
   reg mbuf_v = 1'h0;
+  wire [3:0] need;
   wire next_ok;
   output o_busy;
   wire o_busy;
@@ -7983,6 +7984,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [11:0] stride;
   reg [6:0] stride_w = 7'h00;
   wire take_buf;
+  wire takes;
   wire vals_ok;
   wire [4:0] vavail;
   reg vlast_loaded = 1'h0;
@@ -11882,411 +11884,412 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$3614  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
   assign \$3615  = ~ vlast_loaded;
-  assign \$3616  = ! vpos;
-  assign \$3617  = \$signal$305  & \$3616 ;
-  assign \$3618  = \$3617  | \$signal$307 ;
-  assign \$3619  = ~ \$3618 ;
-  assign \$3620  = | vpos;
-  assign \$3621  = \$3620  ? \$signal$383  : prev_last;
-  assign \$3622  = \$3619  & \$3621 ;
-  assign \$3623  = ! vpos;
-  assign \$3624  = \$signal$305  & \$3623 ;
-  assign \$3625  = \$3624  | \$signal$307 ;
-  assign \$3626  = ~ \$3625 ;
-  assign \$3627  = | vpos;
-  assign \$3628  = \$3627  ? \$signal$383  : prev_last;
-  assign \$3629  = \$3626  & \$3628 ;
-  assign \$3630  = ~ \$3629 ;
-  assign \$3631  = \$signal$305  & \$signal$383 ;
-  assign \$3632  = ~ \$signal$307 ;
-  assign \$3633  = \$3631  & \$3632 ;
-  assign \$3634  = ~ \$signal$307 ;
-  assign \$3635  = \$signal$383  & \$3634 ;
-  assign \$3636  = ~ \$3635 ;
-  assign \$3637  = \$signal$305  & \$3636 ;
-  assign \$3638  = end_ok | end_bad;
-  assign \$3639  = endv & \$3638 ;
-  assign \$3640  = any_err | \$3639 ;
-  assign \$3641  = | k;
-  assign \$3642  = advance & \$3641 ;
-  assign \$3643  = vpos_n >= 4'h8;
-  assign \$3644  = \$signal$380  & \$signal$381 ;
-  assign \$3645  = ~ \$3644 ;
-  assign i_value__ready = allow_load & \$3645 ;
-  assign \$3646  = rows_left > 2'h2;
-  assign \$3647  = rows_left > 1'h1;
-  assign \$3648  = fin ? \$3646  : \$3647 ;
-  assign \$3649  = rows_left == 2'h2;
-  assign \$3650  = rows_left == 1'h1;
-  assign \$3651  = fin ? \$3649  : \$3650 ;
-  assign \$3652  = ~ running;
-  assign \$3653  = ~ endv;
-  assign \$3654  = \$3652  & \$3653 ;
-  assign \$3655  = ~ pad_wait;
-  assign i_cmd__ready = \$3654  & \$3655 ;
-  assign \$3656  = running | endv;
-  assign o_busy = \$3656  | pad_wait;
-  assign \$3657  = i_cmd__valid & i_cmd__ready;
-  assign \$3658  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$3661  = i_cmd__payload[15:0] > 1'h1;
-  assign \$3662  = i_cmd__payload[15:0] == 1'h1;
-  assign \$3663  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$3663  | \$3664 ;
-  assign \$3665  = ~ \$signal$349 ;
-  assign \$3666  = mbeat1_v & \$3665 ;
-  assign \$3667  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3668  = mbuf_v & \$3667 ;
-  assign mbeat1_vn = \$3666  | \$3668 ;
-  assign \$3670  = \$3669  * 2'h2;
-  assign \$3671  = ! \$signal$349 ;
-  assign \$3672  = $signed(es_w) <= $signed(1'h0);
-  assign \$3673  = es_w == 1'h1;
-  assign \$3674  = es_w == 2'h2;
-  assign \$3675  = es_w == 2'h3;
-  assign \$3676  = $signed(es_w) >= $signed(4'h4);
-  assign \$3678  = $signed(es_w) - $signed(3'h2);
-  assign \$3679  = $signed(\$3678 ) <= $signed(1'h0);
-  assign \$3680  = $signed(es_w) - $signed(3'h2);
-  assign \$3681  = \$3680  == 1'h1;
-  assign \$3682  = $signed(es_w) - $signed(3'h2);
-  assign \$3683  = \$3682  == 2'h2;
-  assign \$3684  = $signed(es_w) - $signed(3'h2);
-  assign \$3685  = \$3684  == 2'h3;
-  assign \$3686  = $signed(es_w) - $signed(3'h2);
-  assign \$3687  = $signed(\$3686 ) >= $signed(4'h4);
-  assign \$3688  = r_a_sel[0] ? Rnm1 : 9'h000;
-  assign \$3689  = r_a_sel[1] ? Rf1 : 9'h000;
-  assign \$3690  = \$3688  | \$3689 ;
-  assign \$3691  = r_a_sel[2] ? Rf3 : 9'h000;
-  assign \$3692  = r_a_sel[3] ? Rf5 : 9'h000;
-  assign \$3693  = \$3691  | \$3692 ;
-  assign \$3694  = \$3690  | \$3693 ;
-  assign \$3695  = r_a_sel[4] ? Rf7 : 9'h000;
-  assign r_a = \$3694  | \$3695 ;
-  assign \$3696  = ! \$signal$349 ;
-  assign \$3697  = $signed(es2_w) <= $signed(1'h0);
-  assign \$3698  = es2_w == 1'h1;
-  assign \$3699  = es2_w == 2'h2;
-  assign \$3700  = es2_w == 2'h3;
-  assign \$3701  = $signed(es2_w) >= $signed(4'h4);
-  assign \$3703  = $signed(es2_w) - $signed(3'h2);
-  assign \$3704  = $signed(\$3703 ) <= $signed(1'h0);
-  assign \$3705  = $signed(es2_w) - $signed(3'h2);
-  assign \$3706  = \$3705  == 1'h1;
-  assign \$3707  = $signed(es2_w) - $signed(3'h2);
-  assign \$3708  = \$3707  == 2'h2;
-  assign \$3709  = $signed(es2_w) - $signed(3'h2);
-  assign \$3710  = \$3709  == 2'h3;
-  assign \$3711  = $signed(es2_w) - $signed(3'h2);
-  assign \$3712  = $signed(\$3711 ) >= $signed(4'h4);
-  assign \$3713  = r_b_sel[0] ? Rnm1 : 9'h000;
-  assign \$3714  = r_b_sel[1] ? Rf1 : 9'h000;
-  assign \$3715  = \$3713  | \$3714 ;
-  assign \$3716  = r_b_sel[2] ? Rf3 : 9'h000;
-  assign \$3717  = r_b_sel[3] ? Rf5 : 9'h000;
-  assign \$3718  = \$3716  | \$3717 ;
-  assign \$3719  = \$3715  | \$3718 ;
-  assign \$3720  = r_b_sel[4] ? Rf7 : 9'h000;
-  assign r_b = \$3719  | \$3720 ;
-  assign \$3721  = ! \$signal$349 ;
-  assign \$3722  = $signed(es3_w) <= $signed(1'h0);
-  assign \$3723  = es3_w == 1'h1;
-  assign \$3724  = es3_w == 2'h2;
-  assign \$3725  = es3_w == 2'h3;
-  assign \$3726  = $signed(es3_w) >= $signed(4'h4);
-  assign \$3728  = $signed(es3_w) - $signed(3'h2);
-  assign \$3729  = $signed(\$3728 ) <= $signed(1'h0);
-  assign \$3730  = $signed(es3_w) - $signed(3'h2);
-  assign \$3731  = \$3730  == 1'h1;
-  assign \$3732  = $signed(es3_w) - $signed(3'h2);
-  assign \$3733  = \$3732  == 2'h2;
-  assign \$3734  = $signed(es3_w) - $signed(3'h2);
-  assign \$3735  = \$3734  == 2'h3;
-  assign \$3736  = $signed(es3_w) - $signed(3'h2);
-  assign \$3737  = $signed(\$3736 ) >= $signed(4'h4);
-  assign \$3738  = r_c_sel[0] ? Rnm1 : 9'h000;
-  assign \$3739  = r_c_sel[1] ? Rf1 : 9'h000;
-  assign \$3740  = \$3738  | \$3739 ;
-  assign \$3741  = r_c_sel[2] ? Rf3 : 9'h000;
-  assign \$3742  = r_c_sel[3] ? Rf5 : 9'h000;
-  assign \$3743  = \$3741  | \$3742 ;
-  assign \$3744  = \$3740  | \$3743 ;
-  assign \$3745  = r_c_sel[4] ? Rf7 : 9'h000;
-  assign r_c = \$3744  | \$3745 ;
-  assign \$3746  = endv & end_bad;
-  assign \$3747  = ~ any_err;
-  assign \$3748  = \$3746  & \$3747 ;
-  assign \$3750  = k > 1'h0;
-  assign \$3751  = k_cur <= 1'h0;
-  assign \$3752  = finish & \$3751 ;
-  assign \$3754  = k > 1'h1;
-  assign \$3755  = k_cur <= 1'h1;
-  assign \$3756  = finish & \$3755 ;
-  assign \$3758  = k > 2'h2;
-  assign \$3759  = k_cur <= 2'h2;
-  assign \$3760  = finish & \$3759 ;
-  assign \$3762  = k > 2'h3;
-  assign \$3763  = k_cur <= 2'h3;
-  assign \$3764  = finish & \$3763 ;
-  assign \$3766  = k > 3'h4;
-  assign \$3767  = k_cur <= 3'h4;
-  assign \$3768  = finish & \$3767 ;
-  assign \$3770  = k > 3'h5;
-  assign \$3771  = k_cur <= 3'h5;
-  assign \$3772  = finish & \$3771 ;
-  assign \$3774  = k > 3'h6;
-  assign \$3775  = k_cur <= 3'h6;
-  assign \$3776  = finish & \$3775 ;
-  assign \$3778  = k > 3'h7;
-  assign \$3779  = k_cur <= 3'h7;
-  assign \$3780  = finish & \$3779 ;
-  assign \$3781  = ~ any_err;
-  assign \$3782  = short_now & \$3781 ;
-  assign \$3783  = finish & last_row;
-  assign \$3784  = ov & o_lanes__ready;
-  assign \$3785  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
-  assign \$3786  = \$signal$155 [0] & \$3785 ;
-  assign \$3787  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
-  assign \$3788  = \$signal$155 [1] & \$3787 ;
-  assign \$3789  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
-  assign \$3790  = \$signal$155 [2] & \$3789 ;
-  assign \$3791  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
-  assign \$3792  = \$signal$155 [3] & \$3791 ;
-  assign \$3793  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
-  assign \$3794  = \$signal$155 [4] & \$3793 ;
-  assign \$3795  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
-  assign \$3796  = \$signal$155 [5] & \$3795 ;
-  assign \$3797  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
-  assign \$3798  = \$signal$155 [6] & \$3797 ;
-  assign \$3799  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
-  assign \$3800  = \$signal$155 [7] & \$3799 ;
-  assign \$3801  = \$3784  ? { \$3800 , \$3798 , \$3796 , \$3794 , \$3792 , \$3790 , \$3788 , \$3786  } : 8'h00;
-  assign \$3802  = | pad_l;
-  assign \$3803  = | flush_d;
-  assign \$3804  = $signed(es_bits) > $signed(1'h0);
-  assign \$3805  = $signed(es_bits) <= $signed(8'h40);
-  assign \$3806  = \$3804  & \$3805 ;
-  assign \$3807  = 1'h1 - \$signal$349 ;
-  assign \$3808  = $signed(es_bits) > $signed(8'h40);
-  assign \$3809  = $signed(es_bits) <= $signed(9'h080);
-  assign \$3810  = \$3808  & \$3809 ;
-  assign \$3811  = 2'h2 - \$signal$349 ;
-  assign \$3812  = i_mask__valid & i_mask__ready;
-  assign \$3813  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3814  = ~ \$3813 ;
-  assign \$3816  = ~ \$signal$349 ;
-  assign \$3817  = mbeat1_v & \$3816 ;
-  assign \$3818  = ~ \$3817 ;
-  assign \$3819  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3820  = \$3818  & \$3819 ;
-  assign \$3821  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$3822  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$3823  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$3824  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$3825  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$3826  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$3827  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$3828  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$3829  = $signed(Rnm1) - $signed({ 1'h0, kk });
-  assign \$3830  = end_ok | end_bad;
-  assign \$3831  = endv & \$3830 ;
-  assign \$3832  = any_err | \$3831 ;
-  assign \$3833  = | k;
-  assign \$3834  = advance & \$3833 ;
-  assign \$3835  = vpos_n >= 4'h8;
-  assign \$3836  = vpos_n - 4'h8;
-  assign \$3837  = i_value__valid & allow_load;
-  assign \$3838  = ~ \$signal$380 ;
-  assign \$3839  = ~ \$signal$381 ;
-  assign \$3840  = \$signal$380  & \$signal$381 ;
-  assign \$3841  = ~ \$3840 ;
-  assign \$3842  = i_cmd__valid & i_cmd__ready;
-  assign \$3844  = advance & finish;
-  assign \$3845  = rows_left - 1'h1;
-  assign \$3846  = end_ok | end_bad;
-  assign \$3847  = endv & \$3846 ;
-  assign \$3848  = i_cmd__valid & i_cmd__ready;
-  assign \$3855  = \$3852  + \$3854 ;
-  assign \$3858  = stride_w + \$3857 ;
-  assign \$3859  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$3860  = fin ? \$3568 [8:0] : \$3859 ;
-  assign \$3861  = fin ? \$3569 [9:0] : { \$3568 [8], \$3568 [8:0] };
-  assign \$3862  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3863  = fin ? \$3862  : { \$3569 [9], \$3569 [9], \$3569 [9:0] };
-  assign \$3864  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$3865  = $signed(\$3864 ) - $signed({ 1'h0, dsh });
-  assign \$3866  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3867  = fin ? \$3865  : { \$3866 [11], \$3866  };
-  assign \$3868  = fin ? r_b : r_a;
-  assign \$3869  = $signed(\$3868 ) - $signed({ 1'h0, kk });
-  assign \$3870  = fin ? r_c : r_b;
-  assign \$3871  = $signed(\$3870 ) - $signed({ 1'h0, kk });
-  assign \$3872  = $signed(\$3569 [9:0]) <= $signed({ 1'h0, \$3670 [2:0] });
-  assign \$3873  = $signed(\$3568 [8:0]) <= $signed({ 1'h0, \$3670 [2:0] });
-  assign \$3874  = fin ? \$3872  : \$3873 ;
-  assign \$3875  = $signed(Rf3) <= $signed({ 1'h0, kk });
-  assign \$3876  = mbeat0_vn & \$3875 ;
-  assign \$3877  = $signed(\$3569 [9:0]) > $signed(3'h2);
-  assign \$3878  = $signed(\$3568 [8:0]) > $signed(3'h2);
-  assign \$3879  = fin ? \$3877  : \$3878 ;
-  assign \$3880  = \$3876  & \$3879 ;
-  assign \$3881  = o_error_flags | flags;
-  always @(posedge clk)
-    prime <= \$3882 ;
-  always @(posedge clk)
-    a_grp0 <= \$3883 ;
-  always @(posedge clk)
-    a_gsel0 <= \$3884 ;
-  always @(posedge clk)
-    a_lr0 <= \$3885 ;
-  always @(posedge clk)
-    \$signal$155  <= \$3886 ;
-  always @(posedge clk)
-    a_nxt <= \$3887 ;
-  always @(posedge clk)
-    a_grp1 <= \$3888 ;
-  always @(posedge clk)
-    a_gsel1 <= \$3889 ;
-  always @(posedge clk)
-    a_lr1 <= \$3890 ;
-  always @(posedge clk)
-    a_grp2 <= \$3891 ;
-  always @(posedge clk)
-    a_gsel2 <= \$3892 ;
-  always @(posedge clk)
-    a_lr2 <= \$3893 ;
-  always @(posedge clk)
-    a_grp3 <= \$3894 ;
-  always @(posedge clk)
-    a_gsel3 <= \$3895 ;
-  always @(posedge clk)
-    a_lr3 <= \$3896 ;
-  always @(posedge clk)
-    a_grp4 <= \$3897 ;
-  always @(posedge clk)
-    a_gsel4 <= \$3898 ;
-  always @(posedge clk)
-    a_lr4 <= \$3899 ;
-  always @(posedge clk)
-    a_grp5 <= \$3900 ;
-  always @(posedge clk)
-    a_gsel5 <= \$3901 ;
-  always @(posedge clk)
-    a_lr5 <= \$3902 ;
-  always @(posedge clk)
-    a_grp6 <= \$3903 ;
-  always @(posedge clk)
-    a_gsel6 <= \$3904 ;
-  always @(posedge clk)
-    a_lr6 <= \$3905 ;
-  always @(posedge clk)
-    a_grp7 <= \$3906 ;
+  assign \$3616  = 4'h8 - vpos;
+  assign \$3617  = \$3616 [3:0] <= 4'h8;
+  assign \$3618  = $signed(lim_full) >= $signed({ 1'h0, \$3616 [3:0] });
+  assign \$signal$389  = \$3617  & \$3618 ;
+  assign takes = $signed(lim_full) > $signed(1'h0);
+  assign \$3619  = ! vpos;
+  assign \$3620  = \$signal$305  & \$3619 ;
+  assign \$3621  = \$3620  | \$signal$307 ;
+  assign \$3622  = ~ \$3621 ;
+  assign \$3623  = | vpos;
+  assign \$3624  = \$3623  ? \$signal$383  : prev_last;
+  assign \$3625  = \$3622  & \$3624 ;
+  assign \$3626  = ! vpos;
+  assign \$3627  = \$signal$305  & \$3626 ;
+  assign \$3628  = \$3627  | \$signal$307 ;
+  assign \$3629  = ~ \$3628 ;
+  assign \$3630  = | vpos;
+  assign \$3631  = \$3630  ? \$signal$383  : prev_last;
+  assign \$3632  = \$3629  & \$3631 ;
+  assign \$3633  = ~ \$3632 ;
+  assign \$3634  = \$signal$305  & \$signal$383 ;
+  assign \$3635  = ~ \$signal$307 ;
+  assign \$3636  = \$3634  & \$3635 ;
+  assign \$3637  = ~ \$signal$307 ;
+  assign \$3638  = \$signal$383  & \$3637 ;
+  assign \$3639  = ~ \$3638 ;
+  assign \$3640  = \$signal$305  & \$3639 ;
+  assign \$3641  = end_ok | end_bad;
+  assign \$3642  = endv & \$3641 ;
+  assign \$3643  = any_err | \$3642 ;
+  assign \$3644  = advance & takes;
+  assign \$3645  = \$signal$380  & \$signal$381 ;
+  assign \$3646  = ~ \$3645 ;
+  assign i_value__ready = allow_load & \$3646 ;
+  assign \$3647  = rows_left > 2'h2;
+  assign \$3648  = rows_left > 1'h1;
+  assign \$3649  = fin ? \$3647  : \$3648 ;
+  assign \$3650  = rows_left == 2'h2;
+  assign \$3651  = rows_left == 1'h1;
+  assign \$3652  = fin ? \$3650  : \$3651 ;
+  assign \$3653  = ~ running;
+  assign \$3654  = ~ endv;
+  assign \$3655  = \$3653  & \$3654 ;
+  assign \$3656  = ~ pad_wait;
+  assign i_cmd__ready = \$3655  & \$3656 ;
+  assign \$3657  = running | endv;
+  assign o_busy = \$3657  | pad_wait;
+  assign \$3658  = i_cmd__valid & i_cmd__ready;
+  assign \$3659  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$3662  = i_cmd__payload[15:0] > 1'h1;
+  assign \$3663  = i_cmd__payload[15:0] == 1'h1;
+  assign \$3664  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$3664  | \$3665 ;
+  assign \$3666  = ~ \$signal$349 ;
+  assign \$3667  = mbeat1_v & \$3666 ;
+  assign \$3668  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3669  = mbuf_v & \$3668 ;
+  assign mbeat1_vn = \$3667  | \$3669 ;
+  assign \$3671  = \$3670  * 2'h2;
+  assign \$3672  = ! \$signal$349 ;
+  assign \$3673  = $signed(es_w) <= $signed(1'h0);
+  assign \$3674  = es_w == 1'h1;
+  assign \$3675  = es_w == 2'h2;
+  assign \$3676  = es_w == 2'h3;
+  assign \$3677  = $signed(es_w) >= $signed(4'h4);
+  assign \$3679  = $signed(es_w) - $signed(3'h2);
+  assign \$3680  = $signed(\$3679 ) <= $signed(1'h0);
+  assign \$3681  = $signed(es_w) - $signed(3'h2);
+  assign \$3682  = \$3681  == 1'h1;
+  assign \$3683  = $signed(es_w) - $signed(3'h2);
+  assign \$3684  = \$3683  == 2'h2;
+  assign \$3685  = $signed(es_w) - $signed(3'h2);
+  assign \$3686  = \$3685  == 2'h3;
+  assign \$3687  = $signed(es_w) - $signed(3'h2);
+  assign \$3688  = $signed(\$3687 ) >= $signed(4'h4);
+  assign \$3689  = r_a_sel[0] ? Rnm1 : 9'h000;
+  assign \$3690  = r_a_sel[1] ? Rf1 : 9'h000;
+  assign \$3691  = \$3689  | \$3690 ;
+  assign \$3692  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$3693  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3694  = \$3692  | \$3693 ;
+  assign \$3695  = \$3691  | \$3694 ;
+  assign \$3696  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$3695  | \$3696 ;
+  assign \$3697  = ! \$signal$349 ;
+  assign \$3698  = $signed(es2_w) <= $signed(1'h0);
+  assign \$3699  = es2_w == 1'h1;
+  assign \$3700  = es2_w == 2'h2;
+  assign \$3701  = es2_w == 2'h3;
+  assign \$3702  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3704  = $signed(es2_w) - $signed(3'h2);
+  assign \$3705  = $signed(\$3704 ) <= $signed(1'h0);
+  assign \$3706  = $signed(es2_w) - $signed(3'h2);
+  assign \$3707  = \$3706  == 1'h1;
+  assign \$3708  = $signed(es2_w) - $signed(3'h2);
+  assign \$3709  = \$3708  == 2'h2;
+  assign \$3710  = $signed(es2_w) - $signed(3'h2);
+  assign \$3711  = \$3710  == 2'h3;
+  assign \$3712  = $signed(es2_w) - $signed(3'h2);
+  assign \$3713  = $signed(\$3712 ) >= $signed(4'h4);
+  assign \$3714  = r_b_sel[0] ? Rnm1 : 9'h000;
+  assign \$3715  = r_b_sel[1] ? Rf1 : 9'h000;
+  assign \$3716  = \$3714  | \$3715 ;
+  assign \$3717  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$3718  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3719  = \$3717  | \$3718 ;
+  assign \$3720  = \$3716  | \$3719 ;
+  assign \$3721  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$3720  | \$3721 ;
+  assign \$3722  = ! \$signal$349 ;
+  assign \$3723  = $signed(es3_w) <= $signed(1'h0);
+  assign \$3724  = es3_w == 1'h1;
+  assign \$3725  = es3_w == 2'h2;
+  assign \$3726  = es3_w == 2'h3;
+  assign \$3727  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3729  = $signed(es3_w) - $signed(3'h2);
+  assign \$3730  = $signed(\$3729 ) <= $signed(1'h0);
+  assign \$3731  = $signed(es3_w) - $signed(3'h2);
+  assign \$3732  = \$3731  == 1'h1;
+  assign \$3733  = $signed(es3_w) - $signed(3'h2);
+  assign \$3734  = \$3733  == 2'h2;
+  assign \$3735  = $signed(es3_w) - $signed(3'h2);
+  assign \$3736  = \$3735  == 2'h3;
+  assign \$3737  = $signed(es3_w) - $signed(3'h2);
+  assign \$3738  = $signed(\$3737 ) >= $signed(4'h4);
+  assign \$3739  = r_c_sel[0] ? Rnm1 : 9'h000;
+  assign \$3740  = r_c_sel[1] ? Rf1 : 9'h000;
+  assign \$3741  = \$3739  | \$3740 ;
+  assign \$3742  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$3743  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3744  = \$3742  | \$3743 ;
+  assign \$3745  = \$3741  | \$3744 ;
+  assign \$3746  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$3745  | \$3746 ;
+  assign \$3747  = endv & end_bad;
+  assign \$3748  = ~ any_err;
+  assign \$3749  = \$3747  & \$3748 ;
+  assign \$3751  = k > 1'h0;
+  assign \$3752  = k_cur <= 1'h0;
+  assign \$3753  = finish & \$3752 ;
+  assign \$3755  = k > 1'h1;
+  assign \$3756  = k_cur <= 1'h1;
+  assign \$3757  = finish & \$3756 ;
+  assign \$3759  = k > 2'h2;
+  assign \$3760  = k_cur <= 2'h2;
+  assign \$3761  = finish & \$3760 ;
+  assign \$3763  = k > 2'h3;
+  assign \$3764  = k_cur <= 2'h3;
+  assign \$3765  = finish & \$3764 ;
+  assign \$3767  = k > 3'h4;
+  assign \$3768  = k_cur <= 3'h4;
+  assign \$3769  = finish & \$3768 ;
+  assign \$3771  = k > 3'h5;
+  assign \$3772  = k_cur <= 3'h5;
+  assign \$3773  = finish & \$3772 ;
+  assign \$3775  = k > 3'h6;
+  assign \$3776  = k_cur <= 3'h6;
+  assign \$3777  = finish & \$3776 ;
+  assign \$3779  = k > 3'h7;
+  assign \$3780  = k_cur <= 3'h7;
+  assign \$3781  = finish & \$3780 ;
+  assign \$3782  = ~ any_err;
+  assign \$3783  = short_now & \$3782 ;
+  assign \$3784  = finish & last_row;
+  assign \$3785  = ov & o_lanes__ready;
+  assign \$3786  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$3787  = \$signal$155 [0] & \$3786 ;
+  assign \$3788  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$3789  = \$signal$155 [1] & \$3788 ;
+  assign \$3790  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$3791  = \$signal$155 [2] & \$3790 ;
+  assign \$3792  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$3793  = \$signal$155 [3] & \$3792 ;
+  assign \$3794  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$3795  = \$signal$155 [4] & \$3794 ;
+  assign \$3796  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$3797  = \$signal$155 [5] & \$3796 ;
+  assign \$3798  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$3799  = \$signal$155 [6] & \$3798 ;
+  assign \$3800  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$3801  = \$signal$155 [7] & \$3800 ;
+  assign \$3802  = \$3785  ? { \$3801 , \$3799 , \$3797 , \$3795 , \$3793 , \$3791 , \$3789 , \$3787  } : 8'h00;
+  assign \$3803  = | pad_l;
+  assign \$3804  = | flush_d;
+  assign \$3805  = $signed(es_bits) > $signed(1'h0);
+  assign \$3806  = $signed(es_bits) <= $signed(8'h40);
+  assign \$3807  = \$3805  & \$3806 ;
+  assign \$3808  = 1'h1 - \$signal$349 ;
+  assign \$3809  = $signed(es_bits) > $signed(8'h40);
+  assign \$3810  = $signed(es_bits) <= $signed(9'h080);
+  assign \$3811  = \$3809  & \$3810 ;
+  assign \$3812  = 2'h2 - \$signal$349 ;
+  assign \$3813  = i_mask__valid & i_mask__ready;
+  assign \$3814  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3815  = ~ \$3814 ;
+  assign \$3817  = ~ \$signal$349 ;
+  assign \$3818  = mbeat1_v & \$3817 ;
+  assign \$3819  = ~ \$3818 ;
+  assign \$3820  = \$signal$349  ? mbeat1_v : mbeat0_v;
+  assign \$3821  = \$3819  & \$3820 ;
+  assign \$3822  = $signed(Rf0) - $signed({ 1'h0, kk });
+  assign \$3823  = $signed(Rf1) - $signed({ 1'h0, kk });
+  assign \$3824  = $signed(Rf2) - $signed({ 1'h0, kk });
+  assign \$3825  = $signed(Rf3) - $signed({ 1'h0, kk });
+  assign \$3826  = $signed(Rf4) - $signed({ 1'h0, kk });
+  assign \$3827  = $signed(Rf5) - $signed({ 1'h0, kk });
+  assign \$3828  = $signed(Rf6) - $signed({ 1'h0, kk });
+  assign \$3829  = $signed(Rf7) - $signed({ 1'h0, kk });
+  assign \$3830  = $signed(Rnm1) - $signed({ 1'h0, kk });
+  assign \$3831  = end_ok | end_bad;
+  assign \$3832  = endv & \$3831 ;
+  assign \$3833  = any_err | \$3832 ;
+  assign \$3834  = advance & takes;
+  assign \$3835  = vpos_n - 4'h8;
+  assign \$3836  = i_value__valid & allow_load;
+  assign \$3837  = ~ \$signal$380 ;
+  assign \$3838  = ~ \$signal$381 ;
+  assign \$3839  = \$signal$380  & \$signal$381 ;
+  assign \$3840  = ~ \$3839 ;
+  assign \$3841  = i_cmd__valid & i_cmd__ready;
+  assign \$3843  = advance & finish;
+  assign \$3844  = rows_left - 1'h1;
+  assign \$3845  = end_ok | end_bad;
+  assign \$3846  = endv & \$3845 ;
+  assign \$3847  = i_cmd__valid & i_cmd__ready;
+  assign \$3854  = \$3851  + \$3853 ;
+  assign \$3857  = stride_w + \$3856 ;
+  assign \$3858  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$3859  = fin ? \$3568 [8:0] : \$3858 ;
+  assign \$3860  = fin ? \$3569 [9:0] : { \$3568 [8], \$3568 [8:0] };
+  assign \$3861  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3862  = fin ? \$3861  : { \$3569 [9], \$3569 [9], \$3569 [9:0] };
+  assign \$3863  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$3864  = $signed(\$3863 ) - $signed({ 1'h0, dsh });
+  assign \$3865  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3866  = fin ? \$3864  : { \$3865 [11], \$3865  };
+  assign \$3867  = fin ? r_b : r_a;
+  assign \$3868  = $signed(\$3867 ) - $signed({ 1'h0, kk });
+  assign \$3869  = fin ? r_c : r_b;
+  assign \$3870  = $signed(\$3869 ) - $signed({ 1'h0, kk });
+  assign \$3871  = $signed(\$3569 [9:0]) <= $signed({ 1'h0, \$3671 [2:0] });
+  assign \$3872  = $signed(\$3568 [8:0]) <= $signed({ 1'h0, \$3671 [2:0] });
+  assign \$3873  = fin ? \$3871  : \$3872 ;
+  assign \$3874  = $signed(Rf3) <= $signed({ 1'h0, kk });
+  assign \$3875  = mbeat0_vn & \$3874 ;
+  assign \$3876  = $signed(\$3569 [9:0]) > $signed(3'h2);
+  assign \$3877  = $signed(\$3568 [8:0]) > $signed(3'h2);
+  assign \$3878  = fin ? \$3876  : \$3877 ;
+  assign \$3879  = \$3875  & \$3878 ;
+  assign \$3880  = o_error_flags | flags;
+  always @(posedge clk)
+    prime <= \$3881 ;
+  always @(posedge clk)
+    a_grp0 <= \$3882 ;
+  always @(posedge clk)
+    a_gsel0 <= \$3883 ;
+  always @(posedge clk)
+    a_lr0 <= \$3884 ;
+  always @(posedge clk)
+    \$signal$155  <= \$3885 ;
+  always @(posedge clk)
+    a_nxt <= \$3886 ;
+  always @(posedge clk)
+    a_grp1 <= \$3887 ;
+  always @(posedge clk)
+    a_gsel1 <= \$3888 ;
+  always @(posedge clk)
+    a_lr1 <= \$3889 ;
+  always @(posedge clk)
+    a_grp2 <= \$3890 ;
+  always @(posedge clk)
+    a_gsel2 <= \$3891 ;
+  always @(posedge clk)
+    a_lr2 <= \$3892 ;
+  always @(posedge clk)
+    a_grp3 <= \$3893 ;
+  always @(posedge clk)
+    a_gsel3 <= \$3894 ;
+  always @(posedge clk)
+    a_lr3 <= \$3895 ;
+  always @(posedge clk)
+    a_grp4 <= \$3896 ;
+  always @(posedge clk)
+    a_gsel4 <= \$3897 ;
+  always @(posedge clk)
+    a_lr4 <= \$3898 ;
+  always @(posedge clk)
+    a_grp5 <= \$3899 ;
+  always @(posedge clk)
+    a_gsel5 <= \$3900 ;
+  always @(posedge clk)
+    a_lr5 <= \$3901 ;
+  always @(posedge clk)
+    a_grp6 <= \$3902 ;
+  always @(posedge clk)
+    a_gsel6 <= \$3903 ;
+  always @(posedge clk)
+    a_lr6 <= \$3904 ;
+  always @(posedge clk)
+    a_grp7 <= \$3905 ;
   always @(posedge clk)
-    a_gsel7 <= \$3907 ;
+    a_gsel7 <= \$3906 ;
   always @(posedge clk)
-    a_lr7 <= \$3908 ;
+    a_lr7 <= \$3907 ;
   always @(posedge clk)
-    \$signal  <= \$3909 ;
+    \$signal  <= \$3908 ;
   always @(posedge clk)
-    a_es <= \$3910 ;
+    a_es <= \$3909 ;
   always @(posedge clk)
-    short_err <= \$3911 ;
+    short_err <= \$3910 ;
   always @(posedge clk)
-    ov <= \$3912 ;
+    ov <= \$3911 ;
   always @(posedge clk)
-    \$signal$324  <= \$3913 ;
+    \$signal$324  <= \$3912 ;
   always @(posedge clk)
-    a_last <= \$3914 ;
+    a_last <= \$3913 ;
   always @(posedge clk)
-    a_val <= \$3915 ;
+    a_val <= \$3914 ;
   always @(posedge clk)
-    pad_l <= \$3916 ;
+    pad_l <= \$3915 ;
   always @(posedge clk)
-    pad_r <= \$3917 ;
+    pad_r <= \$3916 ;
   always @(posedge clk)
-    flush_d <= \$3918 ;
+    flush_d <= \$3917 ;
   always @(posedge clk)
-    mbuf <= \$3919 ;
+    mbuf <= \$3918 ;
   always @(posedge clk)
-    mbuf_v <= \$3920 ;
+    mbuf_v <= \$3919 ;
   always @(posedge clk)
-    mbeat0 <= \$3921 ;
+    mbeat0 <= \$3920 ;
   always @(posedge clk)
-    mbeat1 <= \$3922 ;
+    mbeat1 <= \$3921 ;
   always @(posedge clk)
-    mbeat0_v <= \$3923 ;
+    mbeat0_v <= \$3922 ;
   always @(posedge clk)
-    mbeat1_v <= \$3924 ;
+    mbeat1_v <= \$3923 ;
   always @(posedge clk)
-    R0 <= \$3925 ;
+    R0 <= \$3924 ;
   always @(posedge clk)
-    R1 <= \$3926 ;
+    R1 <= \$3925 ;
   always @(posedge clk)
-    R2 <= \$3927 ;
+    R2 <= \$3926 ;
   always @(posedge clk)
-    R3 <= \$3928 ;
+    R3 <= \$3927 ;
   always @(posedge clk)
-    R4 <= \$3929 ;
+    R4 <= \$3928 ;
   always @(posedge clk)
-    R5 <= \$3930 ;
+    R5 <= \$3929 ;
   always @(posedge clk)
-    R6 <= \$3931 ;
+    R6 <= \$3930 ;
   always @(posedge clk)
-    R7 <= \$3932 ;
+    R7 <= \$3931 ;
   always @(posedge clk)
-    Rm1 <= \$3933 ;
+    Rm1 <= \$3932 ;
   always @(posedge clk)
-    vpos <= \$3934 ;
+    vpos <= \$3933 ;
   always @(posedge clk)
-    vlast_loaded <= \$3935 ;
+    vlast_loaded <= \$3934 ;
   always @(posedge clk)
-    prev_last <= \$3936 ;
+    prev_last <= \$3935 ;
   always @(posedge clk)
-    any_val <= \$3937 ;
+    any_val <= \$3936 ;
   always @(posedge clk)
-    \$signal$310  <= \$3938 ;
+    \$signal$310  <= \$3937 ;
   always @(posedge clk)
-    VB <= \$3939 ;
+    VB <= \$3938 ;
   always @(posedge clk)
-    \$signal$305  <= \$3940 ;
+    \$signal$305  <= \$3939 ;
   always @(posedge clk)
-    \$signal$307  <= \$3941 ;
+    \$signal$307  <= \$3940 ;
   always @(posedge clk)
-    \$signal$383  <= \$3942 ;
+    \$signal$383  <= \$3941 ;
   always @(posedge clk)
-    \$signal$384  <= \$3943 ;
+    \$signal$384  <= \$3942 ;
   always @(posedge clk)
-    running <= \$3944 ;
+    running <= \$3943 ;
   always @(posedge clk)
-    rows_left <= \$3945 ;
+    rows_left <= \$3944 ;
   always @(posedge clk)
-    cols_r <= \$3946 ;
+    cols_r <= \$3945 ;
   always @(posedge clk)
-    stride_w <= \$3947 ;
+    stride_w <= \$3946 ;
   always @(posedge clk)
-    endv <= \$3948 ;
+    endv <= \$3947 ;
   always @(posedge clk)
-    rs_w <= \$3949 ;
+    rs_w <= \$3948 ;
   always @(posedge clk)
-    es_w <= \$3950 ;
+    es_w <= \$3949 ;
   always @(posedge clk)
-    es2_w <= \$3951 ;
+    es2_w <= \$3950 ;
   always @(posedge clk)
-    es3_w <= \$3952 ;
+    es3_w <= \$3951 ;
   always @(posedge clk)
-    has_next <= \$3953 ;
+    has_next <= \$3952 ;
   always @(posedge clk)
-    last_row <= \$3954 ;
+    last_row <= \$3953 ;
   always @(posedge clk)
-    k_cur_full <= \$3955 ;
+    k_cur_full <= \$3954 ;
   always @(posedge clk)
-    k_nxt_full <= \$3956 ;
+    k_nxt_full <= \$3955 ;
   always @(posedge clk)
-    row_complete <= \$3957 ;
+    row_complete <= \$3956 ;
   always @(posedge clk)
-    \$signal$355  <= \$3958 ;
+    \$signal$355  <= \$3957 ;
   always @(posedge clk)
-    o_error_flags <= \$3959 ;
+    o_error_flags <= \$3958 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -14116,13 +14119,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez ({ mbeat1_vn, mbeat0_vn })
       2'h0:
-          \$3669  = 3'h0;
+          \$3670  = 3'h0;
       2'h1:
-          \$3669  = 3'h1;
+          \$3670  = 3'h1;
       2'h2:
-          \$3669  = 3'h1;
+          \$3670  = 3'h1;
       2'h3:
-          \$3669  = 3'h2;
+          \$3670  = 3'h2;
     endcase
   end
   always @* begin
@@ -14130,37 +14133,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$3749  = 4'h0;
+          \$3750  = 4'h0;
       4'h1:
-          \$3749  = 4'hf;
+          \$3750  = 4'hf;
       4'h2:
-          \$3749  = 4'he;
+          \$3750  = 4'he;
       4'h3:
-          \$3749  = 4'hd;
+          \$3750  = 4'hd;
       4'h4:
-          \$3749  = 4'hc;
+          \$3750  = 4'hc;
       4'h5:
-          \$3749  = 4'hb;
+          \$3750  = 4'hb;
       4'h6:
-          \$3749  = 4'ha;
+          \$3750  = 4'ha;
       4'h7:
-          \$3749  = 4'h9;
+          \$3750  = 4'h9;
       4'h8:
-          \$3749  = 4'h8;
+          \$3750  = 4'h8;
       4'h9:
-          \$3749  = 4'h7;
+          \$3750  = 4'h7;
       4'ha:
-          \$3749  = 4'h6;
+          \$3750  = 4'h6;
       4'hb:
-          \$3749  = 4'h5;
+          \$3750  = 4'h5;
       4'hc:
-          \$3749  = 4'h4;
+          \$3750  = 4'h4;
       4'hd:
-          \$3749  = 4'h3;
+          \$3750  = 4'h3;
       4'he:
-          \$3749  = 4'h2;
+          \$3750  = 4'h2;
       4'hf:
-          \$3749  = 4'h1;
+          \$3750  = 4'h1;
     endcase
   end
   always @* begin
@@ -14168,37 +14171,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$3753  = 4'h1;
+          \$3754  = 4'h1;
       4'h1:
-          \$3753  = 4'h0;
+          \$3754  = 4'h0;
       4'h2:
-          \$3753  = 4'hf;
+          \$3754  = 4'hf;
       4'h3:
-          \$3753  = 4'he;
+          \$3754  = 4'he;
       4'h4:
-          \$3753  = 4'hd;
+          \$3754  = 4'hd;
       4'h5:
-          \$3753  = 4'hc;
+          \$3754  = 4'hc;
       4'h6:
-          \$3753  = 4'hb;
+          \$3754  = 4'hb;
       4'h7:
-          \$3753  = 4'ha;
+          \$3754  = 4'ha;
       4'h8:
-          \$3753  = 4'h9;
+          \$3754  = 4'h9;
       4'h9:
-          \$3753  = 4'h8;
+          \$3754  = 4'h8;
       4'ha:
-          \$3753  = 4'h7;
+          \$3754  = 4'h7;
       4'hb:
-          \$3753  = 4'h6;
+          \$3754  = 4'h6;
       4'hc:
-          \$3753  = 4'h5;
+          \$3754  = 4'h5;
       4'hd:
-          \$3753  = 4'h4;
+          \$3754  = 4'h4;
       4'he:
-          \$3753  = 4'h3;
+          \$3754  = 4'h3;
       4'hf:
-          \$3753  = 4'h2;
+          \$3754  = 4'h2;
     endcase
   end
   always @* begin
@@ -14206,37 +14209,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$3757  = 4'h2;
+          \$3758  = 4'h2;
       4'h1:
-          \$3757  = 4'h1;
+          \$3758  = 4'h1;
       4'h2:
-          \$3757  = 4'h0;
+          \$3758  = 4'h0;
       4'h3:
-          \$3757  = 4'hf;
+          \$3758  = 4'hf;
       4'h4:
-          \$3757  = 4'he;
+          \$3758  = 4'he;
       4'h5:
-          \$3757  = 4'hd;
+          \$3758  = 4'hd;
       4'h6:
-          \$3757  = 4'hc;
+          \$3758  = 4'hc;
       4'h7:
-          \$3757  = 4'hb;
+          \$3758  = 4'hb;
       4'h8:
-          \$3757  = 4'ha;
+          \$3758  = 4'ha;
       4'h9:
-          \$3757  = 4'h9;
+          \$3758  = 4'h9;
       4'ha:
-          \$3757  = 4'h8;
+          \$3758  = 4'h8;
       4'hb:
-          \$3757  = 4'h7;
+          \$3758  = 4'h7;
       4'hc:
-          \$3757  = 4'h6;
+          \$3758  = 4'h6;
       4'hd:
-          \$3757  = 4'h5;
+          \$3758  = 4'h5;
       4'he:
-          \$3757  = 4'h4;
+          \$3758  = 4'h4;
       4'hf:
-          \$3757  = 4'h3;
+          \$3758  = 4'h3;
     endcase
   end
   always @* begin
@@ -14244,37 +14247,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$3761  = 4'h3;
+          \$3762  = 4'h3;
       4'h1:
-          \$3761  = 4'h2;
+          \$3762  = 4'h2;
       4'h2:
-          \$3761  = 4'h1;
+          \$3762  = 4'h1;
       4'h3:
-          \$3761  = 4'h0;
+          \$3762  = 4'h0;
       4'h4:
-          \$3761  = 4'hf;
+          \$3762  = 4'hf;
       4'h5:
-          \$3761  = 4'he;
+          \$3762  = 4'he;
       4'h6:
-          \$3761  = 4'hd;
+          \$3762  = 4'hd;
       4'h7:
-          \$3761  = 4'hc;
+          \$3762  = 4'hc;
       4'h8:
-          \$3761  = 4'hb;
+          \$3762  = 4'hb;
       4'h9:
-          \$3761  = 4'ha;
+          \$3762  = 4'ha;
       4'ha:
-          \$3761  = 4'h9;
+          \$3762  = 4'h9;
       4'hb:
-          \$3761  = 4'h8;
+          \$3762  = 4'h8;
       4'hc:
-          \$3761  = 4'h7;
+          \$3762  = 4'h7;
       4'hd:
-          \$3761  = 4'h6;
+          \$3762  = 4'h6;
       4'he:
-          \$3761  = 4'h5;
+          \$3762  = 4'h5;
       4'hf:
-          \$3761  = 4'h4;
+          \$3762  = 4'h4;
     endcase
   end
   always @* begin
@@ -14282,37 +14285,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$3765  = 4'h4;
+          \$3766  = 4'h4;
       4'h1:
-          \$3765  = 4'h3;
+          \$3766  = 4'h3;
       4'h2:
-          \$3765  = 4'h2;
+          \$3766  = 4'h2;
       4'h3:
-          \$3765  = 4'h1;
+          \$3766  = 4'h1;
       4'h4:
-          \$3765  = 4'h0;
+          \$3766  = 4'h0;
       4'h5:
-          \$3765  = 4'hf;
+          \$3766  = 4'hf;
       4'h6:
-          \$3765  = 4'he;
+          \$3766  = 4'he;
       4'h7:
-          \$3765  = 4'hd;
+          \$3766  = 4'hd;
       4'h8:
-          \$3765  = 4'hc;
+          \$3766  = 4'hc;
       4'h9:
-          \$3765  = 4'hb;
+          \$3766  = 4'hb;
       4'ha:
-          \$3765  = 4'ha;
+          \$3766  = 4'ha;
       4'hb:
-          \$3765  = 4'h9;
+          \$3766  = 4'h9;
       4'hc:
-          \$3765  = 4'h8;
+          \$3766  = 4'h8;
       4'hd:
-          \$3765  = 4'h7;
+          \$3766  = 4'h7;
       4'he:
-          \$3765  = 4'h6;
+          \$3766  = 4'h6;
       4'hf:
-          \$3765  = 4'h5;
+          \$3766  = 4'h5;
     endcase
   end
   always @* begin
@@ -14320,37 +14323,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$3769  = 4'h5;
+          \$3770  = 4'h5;
       4'h1:
-          \$3769  = 4'h4;
+          \$3770  = 4'h4;
       4'h2:
-          \$3769  = 4'h3;
+          \$3770  = 4'h3;
       4'h3:
-          \$3769  = 4'h2;
+          \$3770  = 4'h2;
       4'h4:
-          \$3769  = 4'h1;
+          \$3770  = 4'h1;
       4'h5:
-          \$3769  = 4'h0;
+          \$3770  = 4'h0;
       4'h6:
-          \$3769  = 4'hf;
+          \$3770  = 4'hf;
       4'h7:
-          \$3769  = 4'he;
+          \$3770  = 4'he;
       4'h8:
-          \$3769  = 4'hd;
+          \$3770  = 4'hd;
       4'h9:
-          \$3769  = 4'hc;
+          \$3770  = 4'hc;
       4'ha:
-          \$3769  = 4'hb;
+          \$3770  = 4'hb;
       4'hb:
-          \$3769  = 4'ha;
+          \$3770  = 4'ha;
       4'hc:
-          \$3769  = 4'h9;
+          \$3770  = 4'h9;
       4'hd:
-          \$3769  = 4'h8;
+          \$3770  = 4'h8;
       4'he:
-          \$3769  = 4'h7;
+          \$3770  = 4'h7;
       4'hf:
-          \$3769  = 4'h6;
+          \$3770  = 4'h6;
     endcase
   end
   always @* begin
@@ -14358,37 +14361,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$3773  = 4'h6;
+          \$3774  = 4'h6;
       4'h1:
-          \$3773  = 4'h5;
+          \$3774  = 4'h5;
       4'h2:
-          \$3773  = 4'h4;
+          \$3774  = 4'h4;
       4'h3:
-          \$3773  = 4'h3;
+          \$3774  = 4'h3;
       4'h4:
-          \$3773  = 4'h2;
+          \$3774  = 4'h2;
       4'h5:
-          \$3773  = 4'h1;
+          \$3774  = 4'h1;
       4'h6:
-          \$3773  = 4'h0;
+          \$3774  = 4'h0;
       4'h7:
-          \$3773  = 4'hf;
+          \$3774  = 4'hf;
       4'h8:
-          \$3773  = 4'he;
+          \$3774  = 4'he;
       4'h9:
-          \$3773  = 4'hd;
+          \$3774  = 4'hd;
       4'ha:
-          \$3773  = 4'hc;
+          \$3774  = 4'hc;
       4'hb:
-          \$3773  = 4'hb;
+          \$3774  = 4'hb;
       4'hc:
-          \$3773  = 4'ha;
+          \$3774  = 4'ha;
       4'hd:
-          \$3773  = 4'h9;
+          \$3774  = 4'h9;
       4'he:
-          \$3773  = 4'h8;
+          \$3774  = 4'h8;
       4'hf:
-          \$3773  = 4'h7;
+          \$3774  = 4'h7;
     endcase
   end
   always @* begin
@@ -14396,37 +14399,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$3777  = 4'h7;
+          \$3778  = 4'h7;
       4'h1:
-          \$3777  = 4'h6;
+          \$3778  = 4'h6;
       4'h2:
-          \$3777  = 4'h5;
+          \$3778  = 4'h5;
       4'h3:
-          \$3777  = 4'h4;
+          \$3778  = 4'h4;
       4'h4:
-          \$3777  = 4'h3;
+          \$3778  = 4'h3;
       4'h5:
-          \$3777  = 4'h2;
+          \$3778  = 4'h2;
       4'h6:
-          \$3777  = 4'h1;
+          \$3778  = 4'h1;
       4'h7:
-          \$3777  = 4'h0;
+          \$3778  = 4'h0;
       4'h8:
-          \$3777  = 4'hf;
+          \$3778  = 4'hf;
       4'h9:
-          \$3777  = 4'he;
+          \$3778  = 4'he;
       4'ha:
-          \$3777  = 4'hd;
+          \$3778  = 4'hd;
       4'hb:
-          \$3777  = 4'hc;
+          \$3778  = 4'hc;
       4'hc:
-          \$3777  = 4'hb;
+          \$3778  = 4'hb;
       4'hd:
-          \$3777  = 4'ha;
+          \$3778  = 4'ha;
       4'he:
-          \$3777  = 4'h9;
+          \$3778  = 4'h9;
       4'hf:
-          \$3777  = 4'h8;
+          \$3778  = 4'h8;
     endcase
   end
   always @* begin
@@ -16430,9 +16433,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$378  = \$signal$310 ;
-    if (\$3640 ) begin
-    end else if (\$3642 ) begin
-      if (\$3643 ) begin
+    if (\$3643 ) begin
+    end else if (\$3644 ) begin
+      if (\$signal$389 ) begin
         \$signal$378  = VB;
       end
     end
@@ -16440,10 +16443,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$380  = \$signal$305 ;
-    if (\$3640 ) begin
+    if (\$3643 ) begin
       \$signal$380  = 1'h0;
-    end else if (\$3642 ) begin
-      if (\$3643 ) begin
+    end else if (\$3644 ) begin
+      if (\$signal$389 ) begin
         \$signal$380  = \$signal$307 ;
       end
     end
@@ -16451,10 +16454,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$381  = \$signal$307 ;
-    if (\$3640 ) begin
+    if (\$3643 ) begin
       \$signal$381  = 1'h0;
-    end else if (\$3642 ) begin
-      if (\$3643 ) begin
+    end else if (\$3644 ) begin
+      if (\$signal$389 ) begin
         \$signal$381  = 1'h0;
       end
     end
@@ -16462,9 +16465,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$signal$382  = \$signal$383 ;
-    if (\$3640 ) begin
-    end else if (\$3642 ) begin
-      if (\$3643 ) begin
+    if (\$3643 ) begin
+    end else if (\$3644 ) begin
+      if (\$signal$389 ) begin
         \$signal$382  = \$signal$384 ;
       end
     end
@@ -16472,7 +16475,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     allow_load = \$3615 ;
-    if (\$3640 ) begin
+    if (\$3643 ) begin
       allow_load = 1'h0;
     end
   end
@@ -16480,123 +16483,140 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$3622 ;
+      end_ok = \$3625 ;
     end else begin
-      end_ok = \$3633 ;
+      end_ok = \$3636 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$3630 ;
+      end_bad = \$3633 ;
     end else begin
-      end_bad = \$3637 ;
+      end_bad = \$3640 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$394  = \$3648 ;
-    if (\$3657 ) begin
-      \$signal$394  = \$3661 ;
+    \$signal$397  = \$3649 ;
+    if (\$3658 ) begin
+      \$signal$397  = \$3662 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$3651 ;
-    if (\$3657 ) begin
-      lr_n = \$3662 ;
+    lr_n = \$3652 ;
+    if (\$3658 ) begin
+      lr_n = \$3663 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$3657 ) begin
-      stride = \$3660 ;
+    if (\$3658 ) begin
+      stride = \$3661 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 5'h00;
-    if (\$3671 ) begin
-      r_a_sel = { \$3676 , \$3675 , \$3674 , \$3673 , \$3672  };
+    if (\$3672 ) begin
+      r_a_sel = { \$3677 , \$3676 , \$3675 , \$3674 , \$3673  };
     end
-    if (\$3677 ) begin
-      r_a_sel = { \$3687 , \$3685 , \$3683 , \$3681 , \$3679  };
+    if (\$3678 ) begin
+      r_a_sel = { \$3688 , \$3686 , \$3684 , \$3682 , \$3680  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 5'h00;
-    if (\$3696 ) begin
-      r_b_sel = { \$3701 , \$3700 , \$3699 , \$3698 , \$3697  };
+    if (\$3697 ) begin
+      r_b_sel = { \$3702 , \$3701 , \$3700 , \$3699 , \$3698  };
     end
-    if (\$3702 ) begin
-      r_b_sel = { \$3712 , \$3710 , \$3708 , \$3706 , \$3704  };
+    if (\$3703 ) begin
+      r_b_sel = { \$3713 , \$3711 , \$3709 , \$3707 , \$3705  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 5'h00;
-    if (\$3721 ) begin
-      r_c_sel = { \$3726 , \$3725 , \$3724 , \$3723 , \$3722  };
+    if (\$3722 ) begin
+      r_c_sel = { \$3727 , \$3726 , \$3725 , \$3724 , \$3723  };
     end
-    if (\$3727 ) begin
-      r_c_sel = { \$3737 , \$3735 , \$3733 , \$3731 , \$3729  };
+    if (\$3728 ) begin
+      r_c_sel = { \$3738 , \$3736 , \$3734 , \$3732 , \$3730  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3882  = 1'h0;
-    if (\$3842 ) begin
-      \$3882  = 1'h1;
+    \$3881  = 1'h0;
+    if (\$3841 ) begin
+      \$3881  = 1'h1;
     end
     if (rst) begin
-      \$3882  = 1'h0;
+      \$3881  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3883  = a_grp0;
+    \$3882  = a_grp0;
     if (rdy_a) begin
-      \$3883  = grp0;
+      \$3882  = grp0;
     end
     if (rst) begin
-      \$3883  = 16'h0000;
+      \$3882  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3884  = a_gsel0;
+    \$3883  = a_gsel0;
     if (rdy_a) begin
-      \$3884  = gsel0;
+      \$3883  = gsel0;
     end
     if (rst) begin
-      \$3884  = 3'h0;
+      \$3883  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3885  = a_lr0;
+    \$3884  = a_lr0;
     if (rdy_a) begin
-      \$3885  = \$3749 ;
+      \$3884  = \$3750 ;
     end
     if (rst) begin
-      \$3885  = 4'h0;
+      \$3884  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3886  = \$signal$155 ;
+    \$3885  = \$signal$155 ;
     if (rdy_a) begin
-      \$3886 [0] = \$3750 ;
-      \$3886 [1] = \$3754 ;
-      \$3886 [2] = \$3758 ;
-      \$3886 [3] = \$3762 ;
-      \$3886 [4] = \$3766 ;
-      \$3886 [5] = \$3770 ;
-      \$3886 [6] = \$3774 ;
-      \$3886 [7] = \$3778 ;
+      \$3885 [0] = \$3751 ;
+      \$3885 [1] = \$3755 ;
+      \$3885 [2] = \$3759 ;
+      \$3885 [3] = \$3763 ;
+      \$3885 [4] = \$3767 ;
+      \$3885 [5] = \$3771 ;
+      \$3885 [6] = \$3775 ;
+      \$3885 [7] = \$3779 ;
+    end
+    if (rst) begin
+      \$3885  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3886  = a_nxt;
+    if (rdy_a) begin
+      \$3886 [0] = \$3753 ;
+      \$3886 [1] = \$3757 ;
+      \$3886 [2] = \$3761 ;
+      \$3886 [3] = \$3765 ;
+      \$3886 [4] = \$3769 ;
+      \$3886 [5] = \$3773 ;
+      \$3886 [6] = \$3777 ;
+      \$3886 [7] = \$3781 ;
     end
     if (rst) begin
       \$3886  = 8'h00;
@@ -16604,236 +16624,229 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3887  = a_nxt;
+    \$3887  = a_grp1;
     if (rdy_a) begin
-      \$3887 [0] = \$3752 ;
-      \$3887 [1] = \$3756 ;
-      \$3887 [2] = \$3760 ;
-      \$3887 [3] = \$3764 ;
-      \$3887 [4] = \$3768 ;
-      \$3887 [5] = \$3772 ;
-      \$3887 [6] = \$3776 ;
-      \$3887 [7] = \$3780 ;
+      \$3887  = grp1;
     end
     if (rst) begin
-      \$3887  = 8'h00;
+      \$3887  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3888  = a_grp1;
+    \$3888  = a_gsel1;
     if (rdy_a) begin
-      \$3888  = grp1;
+      \$3888  = gsel1;
     end
     if (rst) begin
-      \$3888  = 16'h0000;
+      \$3888  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3889  = a_gsel1;
+    \$3889  = a_lr1;
     if (rdy_a) begin
-      \$3889  = gsel1;
+      \$3889  = \$3754 ;
     end
     if (rst) begin
-      \$3889  = 3'h0;
+      \$3889  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3890  = a_lr1;
+    \$3890  = a_grp2;
     if (rdy_a) begin
-      \$3890  = \$3753 ;
+      \$3890  = grp2;
     end
     if (rst) begin
-      \$3890  = 4'h0;
+      \$3890  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3891  = a_grp2;
+    \$3891  = a_gsel2;
     if (rdy_a) begin
-      \$3891  = grp2;
+      \$3891  = gsel2;
     end
     if (rst) begin
-      \$3891  = 16'h0000;
+      \$3891  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3892  = a_gsel2;
+    \$3892  = a_lr2;
     if (rdy_a) begin
-      \$3892  = gsel2;
+      \$3892  = \$3758 ;
     end
     if (rst) begin
-      \$3892  = 3'h0;
+      \$3892  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3893  = a_lr2;
+    \$3893  = a_grp3;
     if (rdy_a) begin
-      \$3893  = \$3757 ;
+      \$3893  = grp3;
     end
     if (rst) begin
-      \$3893  = 4'h0;
+      \$3893  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3894  = a_grp3;
+    \$3894  = a_gsel3;
     if (rdy_a) begin
-      \$3894  = grp3;
+      \$3894  = gsel3;
     end
     if (rst) begin
-      \$3894  = 16'h0000;
+      \$3894  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3895  = a_gsel3;
+    \$3895  = a_lr3;
     if (rdy_a) begin
-      \$3895  = gsel3;
+      \$3895  = \$3762 ;
     end
     if (rst) begin
-      \$3895  = 3'h0;
+      \$3895  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3896  = a_lr3;
+    \$3896  = a_grp4;
     if (rdy_a) begin
-      \$3896  = \$3761 ;
+      \$3896  = grp4;
     end
     if (rst) begin
-      \$3896  = 4'h0;
+      \$3896  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3897  = a_grp4;
+    \$3897  = a_gsel4;
     if (rdy_a) begin
-      \$3897  = grp4;
+      \$3897  = gsel4;
     end
     if (rst) begin
-      \$3897  = 16'h0000;
+      \$3897  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3898  = a_gsel4;
+    \$3898  = a_lr4;
     if (rdy_a) begin
-      \$3898  = gsel4;
+      \$3898  = \$3766 ;
     end
     if (rst) begin
-      \$3898  = 3'h0;
+      \$3898  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3899  = a_lr4;
+    \$3899  = a_grp5;
     if (rdy_a) begin
-      \$3899  = \$3765 ;
+      \$3899  = grp5;
     end
     if (rst) begin
-      \$3899  = 4'h0;
+      \$3899  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3900  = a_grp5;
+    \$3900  = a_gsel5;
     if (rdy_a) begin
-      \$3900  = grp5;
+      \$3900  = gsel5;
     end
     if (rst) begin
-      \$3900  = 16'h0000;
+      \$3900  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3901  = a_gsel5;
+    \$3901  = a_lr5;
     if (rdy_a) begin
-      \$3901  = gsel5;
+      \$3901  = \$3770 ;
     end
     if (rst) begin
-      \$3901  = 3'h0;
+      \$3901  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3902  = a_lr5;
+    \$3902  = a_grp6;
     if (rdy_a) begin
-      \$3902  = \$3769 ;
+      \$3902  = grp6;
     end
     if (rst) begin
-      \$3902  = 4'h0;
+      \$3902  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3903  = a_grp6;
+    \$3903  = a_gsel6;
     if (rdy_a) begin
-      \$3903  = grp6;
+      \$3903  = gsel6;
     end
     if (rst) begin
-      \$3903  = 16'h0000;
+      \$3903  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3904  = a_gsel6;
+    \$3904  = a_lr6;
     if (rdy_a) begin
-      \$3904  = gsel6;
+      \$3904  = \$3774 ;
     end
     if (rst) begin
-      \$3904  = 3'h0;
+      \$3904  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3905  = a_lr6;
+    \$3905  = a_grp7;
     if (rdy_a) begin
-      \$3905  = \$3773 ;
+      \$3905  = grp7;
     end
     if (rst) begin
-      \$3905  = 4'h0;
+      \$3905  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3906  = a_grp7;
+    \$3906  = a_gsel7;
     if (rdy_a) begin
-      \$3906  = grp7;
+      \$3906  = gsel7;
     end
     if (rst) begin
-      \$3906  = 16'h0000;
+      \$3906  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3907  = a_gsel7;
+    \$3907  = a_lr7;
     if (rdy_a) begin
-      \$3907  = gsel7;
+      \$3907  = \$3778 ;
     end
     if (rst) begin
-      \$3907  = 3'h0;
+      \$3907  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3908  = a_lr7;
+    \$3908  = \$signal ;
     if (rdy_a) begin
-      \$3908  = \$3777 ;
+      \$3908  = rs_w[4:0];
     end
     if (rst) begin
-      \$3908  = 4'h0;
+      \$3908  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3909  = \$signal ;
+    \$3909  = a_es;
     if (rdy_a) begin
-      \$3909  = rs_w[4:0];
+      \$3909  = es_w[4:0];
     end
     if (rst) begin
       \$3909  = 5'h00;
@@ -16841,29 +16854,29 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3910  = a_es;
-    if (rdy_a) begin
-      \$3910  = es_w[4:0];
-    end
+    \$3910  = \$3783 ;
     if (rst) begin
-      \$3910  = 5'h00;
+      \$3910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3911  = \$3782 ;
+    \$3911  = ov;
+    if (rdy_a) begin
+      \$3911  = emit;
+    end
+    if (any_err) begin
+      \$3911  = 1'h0;
+    end
     if (rst) begin
       \$3911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3912  = ov;
+    \$3912  = \$signal$324 ;
     if (rdy_a) begin
-      \$3912  = emit;
-    end
-    if (any_err) begin
-      \$3912  = 1'h0;
+      \$3912  = finish;
     end
     if (rst) begin
       \$3912  = 1'h0;
@@ -16871,9 +16884,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3913  = \$signal$324 ;
+    \$3913  = a_last;
     if (rdy_a) begin
-      \$3913  = finish;
+      \$3913  = \$3784 ;
     end
     if (rst) begin
       \$3913  = 1'h0;
@@ -16881,87 +16894,89 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3914  = a_last;
+    \$3914  = a_val;
     if (rdy_a) begin
-      \$3914  = \$3783 ;
+      \$3914  = vsh0;
     end
     if (rst) begin
-      \$3914  = 1'h0;
+      \$3914  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3915  = a_val;
-    if (rdy_a) begin
-      \$3915  = vsh0;
-    end
+    \$3915  = \$3802 ;
     if (rst) begin
-      \$3915  = 64'h0000000000000000;
+      \$3915  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3916  = \$3801 ;
+    \$3916  = \$3803 ;
     if (rst) begin
-      \$3916  = 8'h00;
+      \$3916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3917  = \$3802 ;
-    if (rst) begin
-      \$3917  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3918  = flush_d;
+    \$3917  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$3918  = 2'h0;
-    end else if (\$3803 ) begin
-      \$3918  = 2'h0;
+      \$3917  = 2'h0;
+    end else if (\$3804 ) begin
+      \$3917  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$3806 ) begin
-          \$3918  = \$3807 ;
+        if (\$3807 ) begin
+          \$3917  = \$3808 ;
         end
-        if (\$3810 ) begin
-          \$3918  = \$3811 [1:0];
+        if (\$3811 ) begin
+          \$3917  = \$3812 [1:0];
         end
       end
     end
     if (rst) begin
-      \$3918  = 2'h0;
+      \$3917  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3919  = mbuf;
-    if (\$3812 ) begin
-      \$3919  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    \$3918  = mbuf;
+    if (\$3813 ) begin
+      \$3918  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
-      \$3919  = 92'h00000000000000000000000;
+      \$3918  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3920  = mbuf_v;
-    if (\$3812 ) begin
-      \$3920  = 1'h1;
+    \$3919  = mbuf_v;
+    if (\$3813 ) begin
+      \$3919  = 1'h1;
     end else if (take_buf) begin
-      \$3920  = 1'h0;
+      \$3919  = 1'h0;
     end
     if (rst) begin
-      \$3920  = 1'h0;
+      \$3919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3921  = mbeat0_n;
+    \$3920  = mbeat0_n;
     if (take_buf) begin
-      if (\$3815 ) begin
+      if (\$3816 ) begin
+        \$3920  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$3920  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3921  = mbeat1_n;
+    if (take_buf) begin
+      if (\$3821 ) begin
         \$3921  = mbuf;
       end
     end
@@ -16971,21 +16986,21 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3922  = mbeat1_n;
+    \$3922  = mbeat0_nv;
     if (take_buf) begin
-      if (\$3820 ) begin
-        \$3922  = mbuf;
+      if (\$3816 ) begin
+        \$3922  = 1'h1;
       end
     end
     if (rst) begin
-      \$3922  = 92'h00000000000000000000000;
+      \$3922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3923  = mbeat0_nv;
+    \$3923  = mbeat1_nv;
     if (take_buf) begin
-      if (\$3815 ) begin
+      if (\$3821 ) begin
         \$3923  = 1'h1;
       end
     end
@@ -16995,23 +17010,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3924  = mbeat1_nv;
-    if (take_buf) begin
-      if (\$3820 ) begin
-        \$3924  = 1'h1;
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3924  = Rs0;
+    end else begin
+      \$3924  = \$3822 [8:0];
     end
     if (rst) begin
-      \$3924  = 1'h0;
+      \$3924  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3925  = Rs0;
+      \$3925  = Rs1;
     end else begin
-      \$3925  = \$3821 [8:0];
+      \$3925  = \$3823 [8:0];
     end
     if (rst) begin
       \$3925  = 9'h000;
@@ -17021,9 +17036,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3926  = Rs1;
+      \$3926  = Rs2;
     end else begin
-      \$3926  = \$3822 [8:0];
+      \$3926  = \$3824 [8:0];
     end
     if (rst) begin
       \$3926  = 9'h000;
@@ -17033,9 +17048,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3927  = Rs2;
+      \$3927  = Rs3;
     end else begin
-      \$3927  = \$3823 [8:0];
+      \$3927  = \$3825 [8:0];
     end
     if (rst) begin
       \$3927  = 9'h000;
@@ -17045,9 +17060,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3928  = Rs3;
+      \$3928  = Rs4;
     end else begin
-      \$3928  = \$3824 [8:0];
+      \$3928  = \$3826 [8:0];
     end
     if (rst) begin
       \$3928  = 9'h000;
@@ -17057,9 +17072,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3929  = Rs4;
+      \$3929  = Rs5;
     end else begin
-      \$3929  = \$3825 [8:0];
+      \$3929  = \$3827 [8:0];
     end
     if (rst) begin
       \$3929  = 9'h000;
@@ -17069,9 +17084,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3930  = Rs5;
+      \$3930  = Rs6;
     end else begin
-      \$3930  = \$3826 [8:0];
+      \$3930  = \$3828 [8:0];
     end
     if (rst) begin
       \$3930  = 9'h000;
@@ -17081,9 +17096,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3931  = Rs6;
+      \$3931  = Rs7;
     end else begin
-      \$3931  = \$3827 [8:0];
+      \$3931  = \$3829 [8:0];
     end
     if (rst) begin
       \$3931  = 9'h000;
@@ -17093,9 +17108,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3932  = Rs7;
+      \$3932  = Rsm1;
     end else begin
-      \$3932  = \$3828 [8:0];
+      \$3932  = \$3830 [8:0];
     end
     if (rst) begin
       \$3932  = 9'h000;
@@ -17103,57 +17118,57 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3933  = Rsm1;
-    end else begin
-      \$3933  = \$3829 [8:0];
-    end
-    if (rst) begin
-      \$3933  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3934  = vpos;
-    if (\$3832 ) begin
-      \$3934  = 3'h0;
+    \$3933  = vpos;
+    if (\$3833 ) begin
+      \$3933  = 3'h0;
     end else if (\$3834 ) begin
       (* full_case = 32'd1 *)
-      if (\$3835 ) begin
-        \$3934  = \$3836 [2:0];
+      if (\$signal$389 ) begin
+        \$3933  = \$3835 [2:0];
       end else begin
-        \$3934  = vpos_n[2:0];
+        \$3933  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$3934  = 3'h0;
+      \$3933  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3935  = vlast_loaded;
-    if (\$3832 ) begin
+    \$3934  = vlast_loaded;
+    if (\$3833 ) begin
+      \$3934  = 1'h0;
+    end
+    if (\$3836 ) begin
+      if (\$3840 ) begin
+        \$3934  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$3934  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3935  = prev_last;
+    if (\$3833 ) begin
+      \$3935  = 1'h0;
+    end else if (\$3834 ) begin
+      if (\$signal$389 ) begin
+        \$3935  = \$signal$383 ;
+      end
+    end
+    if (rst) begin
       \$3935  = 1'h0;
     end
-    if (\$3837 ) begin
-      if (\$3841 ) begin
-        \$3935  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$3935  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3936  = prev_last;
-    if (\$3832 ) begin
+    \$3936  = any_val;
+    if (\$3833 ) begin
       \$3936  = 1'h0;
     end else if (\$3834 ) begin
-      if (\$3835 ) begin
-        \$3936  = \$signal$383 ;
-      end
+      \$3936  = 1'h1;
     end
     if (rst) begin
       \$3936  = 1'h0;
@@ -17161,21 +17176,22 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3937  = any_val;
-    if (\$3832 ) begin
-      \$3937  = 1'h0;
-    end else if (\$3834 ) begin
-      \$3937  = 1'h1;
+    \$3937  = \$signal$378 ;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+        \$3937  = i_value__payload[63:0];
+      end
     end
     if (rst) begin
-      \$3937  = 1'h0;
+      \$3937  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3938  = \$signal$378 ;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
+    \$3938  = VB;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+      end else if (\$3838 ) begin
         \$3938  = i_value__payload[63:0];
       end
     end
@@ -17185,22 +17201,22 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3939  = VB;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
-      end else if (\$3839 ) begin
-        \$3939  = i_value__payload[63:0];
+    \$3939  = \$signal$380 ;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+        \$3939  = 1'h1;
       end
     end
     if (rst) begin
-      \$3939  = 64'h0000000000000000;
+      \$3939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3940  = \$signal$380 ;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
+    \$3940  = \$signal$381 ;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+      end else if (\$3838 ) begin
         \$3940  = 1'h1;
       end
     end
@@ -17210,11 +17226,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3941  = \$signal$381 ;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
-      end else if (\$3839 ) begin
-        \$3941  = 1'h1;
+    \$3941  = \$signal$382 ;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+        \$3941  = i_value__payload[64];
       end
     end
     if (rst) begin
@@ -17223,9 +17238,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3942  = \$signal$382 ;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
+    \$3942  = \$signal$384 ;
+    if (\$3836 ) begin
+      if (\$3837 ) begin
+      end else if (\$3838 ) begin
         \$3942  = i_value__payload[64];
       end
     end
@@ -17235,12 +17251,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3943  = \$signal$384 ;
-    if (\$3837 ) begin
-      if (\$3838 ) begin
-      end else if (\$3839 ) begin
-        \$3943  = i_value__payload[64];
-      end
+    \$3943  = running;
+    if (\$3841 ) begin
+      \$3943  = 1'h1;
+    end
+    if (mat_end) begin
+      \$3943  = 1'h0;
+    end
+    if (any_err) begin
+      \$3943  = 1'h0;
     end
     if (rst) begin
       \$3943  = 1'h0;
@@ -17248,156 +17267,147 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3944  = running;
-    if (\$3842 ) begin
-      \$3944  = 1'h1;
+    \$3944  = rows_left;
+    if (\$3841 ) begin
+      \$3944  = i_cmd__payload[15:0];
     end
+    if (\$3843 ) begin
+      \$3944  = \$3844 [15:0];
+    end
+    if (rst) begin
+      \$3944  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3945  = cols_r;
+    if (\$3841 ) begin
+      \$3945  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$3945  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3946  = stride_w;
+    if (\$3841 ) begin
+      \$3946  = \$3842 [6:0];
+    end
+    if (rst) begin
+      \$3946  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3947  = endv;
     if (mat_end) begin
-      \$3944  = 1'h0;
+      \$3947  = 1'h1;
+    end
+    if (\$3846 ) begin
+      \$3947  = 1'h0;
     end
     if (any_err) begin
-      \$3944  = 1'h0;
+      \$3947  = 1'h0;
     end
     if (rst) begin
-      \$3944  = 1'h0;
+      \$3947  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3945  = rows_left;
-    if (\$3842 ) begin
-      \$3945  = i_cmd__payload[15:0];
-    end
-    if (\$3844 ) begin
-      \$3945  = \$3845 [15:0];
-    end
-    if (rst) begin
-      \$3945  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3946  = cols_r;
-    if (\$3842 ) begin
-      \$3946  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$3946  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3947  = stride_w;
-    if (\$3842 ) begin
-      \$3947  = \$3843 [6:0];
-    end
-    if (rst) begin
-      \$3947  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3948  = endv;
-    if (mat_end) begin
-      \$3948  = 1'h1;
-    end
+    (* full_case = 32'd1 *)
     if (\$3847 ) begin
-      \$3948  = 1'h0;
-    end
-    if (any_err) begin
-      \$3948  = 1'h0;
+      \$3948  = 8'h00;
+    end else if (any_err) begin
+      \$3948  = 8'h00;
+    end else begin
+      \$3948  = \$3859 [7:0];
     end
     if (rst) begin
-      \$3948  = 1'h0;
+      \$3948  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3848 ) begin
-      \$3949  = 8'h00;
+    if (\$3847 ) begin
+      \$3949  = \$3848 [8:0];
     end else if (any_err) begin
-      \$3949  = 8'h00;
+      \$3949  = { 2'h0, stride_w };
     end else begin
-      \$3949  = \$3860 [7:0];
+      \$3949  = \$3860 [8:0];
     end
     if (rst) begin
-      \$3949  = 8'h00;
+      \$3949  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3848 ) begin
-      \$3950  = \$3849 [8:0];
+    if (\$3847 ) begin
+      \$3950  = \$3850 [9:0];
     end else if (any_err) begin
-      \$3950  = { 2'h0, stride_w };
+      \$3950  = { 2'h0, \$3855  };
     end else begin
-      \$3950  = \$3861 [8:0];
+      \$3950  = \$3862 [9:0];
     end
     if (rst) begin
-      \$3950  = 9'h000;
+      \$3950  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3848 ) begin
-      \$3951  = \$3851 [9:0];
+    if (\$3847 ) begin
+      \$3951  = \$3854 [10:0];
     end else if (any_err) begin
-      \$3951  = { 2'h0, \$3856  };
+      \$3951  = { 2'h0, \$3857  };
     end else begin
-      \$3951  = \$3863 [9:0];
+      \$3951  = \$3866 [10:0];
     end
     if (rst) begin
-      \$3951  = 10'h000;
+      \$3951  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$3848 ) begin
-      \$3952  = \$3855 [10:0];
-    end else if (any_err) begin
-      \$3952  = { 2'h0, \$3858  };
-    end else begin
-      \$3952  = \$3867 [10:0];
-    end
+    \$3952  = \$signal$397 ;
     if (rst) begin
-      \$3952  = 11'h000;
+      \$3952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3953  = \$signal$394 ;
+    \$3953  = lr_n;
     if (rst) begin
       \$3953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3954  = lr_n;
+    \$3954  = \$3868 [8:0];
     if (rst) begin
-      \$3954  = 1'h0;
+      \$3954  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3955  = \$3869 [8:0];
+    \$3955  = \$3870 [8:0];
     if (rst) begin
       \$3955  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3956  = \$3871 [8:0];
+    \$3956  = \$3873 ;
     if (rst) begin
-      \$3956  = 9'h000;
+      \$3956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3957  = \$3874 ;
+    \$3957  = \$3879 ;
     if (rst) begin
       \$3957  = 1'h0;
     end
@@ -17406,14 +17416,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$3958  = \$3880 ;
     if (rst) begin
-      \$3958  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3959  = \$3881 ;
-    if (rst) begin
-      \$3959  = 4'h0;
+      \$3958  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -17472,7 +17475,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign es2_n0 = \$3569 [9:0];
   assign VB1 = VB;
   assign \$signal$385  = \$signal$384 ;
-  assign av_n = \$3670 [2:0];
+  assign need = \$3616 [3:0];
+  assign av_n = \$3671 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17499,7 +17503,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$3748 ;
+  assign flags[2] = \$3749 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
@@ -17539,23 +17543,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign o_lanes__payload[144] = \$signal$155 [0];
   assign Rn7 = R7;
   assign \$3597  = \$3596 ;
-  assign \$3659  = 12'hfe0;
-  assign \$3660 [4:0] = 5'h00;
-  assign \$3660 [11:5] = \$3658 [11:5];
-  assign \$3664  = mbuf_v;
-  assign \$3677  = \$signal$349 ;
-  assign \$3702  = \$signal$349 ;
-  assign \$3727  = \$signal$349 ;
-  assign \$3815  = \$3814 ;
-  assign \$3843  = { 5'h00, stride[11:5] };
+  assign \$3660  = 12'hfe0;
+  assign \$3661 [4:0] = 5'h00;
+  assign \$3661 [11:5] = \$3659 [11:5];
+  assign \$3665  = mbuf_v;
+  assign \$3678  = \$signal$349 ;
+  assign \$3703  = \$signal$349 ;
+  assign \$3728  = \$signal$349 ;
+  assign \$3816  = \$3815 ;
+  assign \$3842  = { 5'h00, stride[11:5] };
+  assign \$3848  = { 5'h00, stride[11:5] };
   assign \$3849  = { 5'h00, stride[11:5] };
-  assign \$3850  = { 5'h00, stride[11:5] };
-  assign \$3851  = { \$3850 , 1'h0 };
+  assign \$3850  = { \$3849 , 1'h0 };
+  assign \$3851  = { 5'h00, stride[11:5] };
   assign \$3852  = { 5'h00, stride[11:5] };
-  assign \$3853  = { 5'h00, stride[11:5] };
-  assign \$3854  = { \$3853 , 1'h0 };
+  assign \$3853  = { \$3852 , 1'h0 };
+  assign \$3855  = { stride_w, 1'h0 };
   assign \$3856  = { stride_w, 1'h0 };
-  assign \$3857  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -17563,76 +17567,731 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire \$105 ;
+  wire \$106 ;
+  wire \$107 ;
+  wire \$108 ;
+  wire \$109 ;
   wire \$11 ;
+  wire \$110 ;
+  wire \$111 ;
+  wire \$112 ;
+  wire \$113 ;
+  wire \$114 ;
+  wire \$115 ;
+  wire \$116 ;
+  wire \$117 ;
+  wire \$118 ;
+  wire \$119 ;
   wire \$12 ;
+  wire \$120 ;
+  wire \$121 ;
+  wire \$122 ;
+  wire \$123 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire \$126 ;
+  wire \$127 ;
+  wire \$128 ;
+  wire \$129 ;
   wire \$13 ;
-  wire [50:0] \$14 ;
-  wire [51:0] \$15 ;
-  wire [102:0] \$16 ;
-  wire [39:0] \$17 ;
-  wire \$18 ;
+  wire \$130 ;
+  wire \$131 ;
+  wire \$132 ;
+  wire \$133 ;
+  wire \$134 ;
+  wire \$135 ;
+  wire \$136 ;
+  wire \$137 ;
+  wire \$138 ;
+  wire \$139 ;
+  wire [42:0] \$14 ;
+  wire \$140 ;
+  wire \$141 ;
+  wire \$142 ;
+  wire \$143 ;
+  wire \$144 ;
+  wire \$145 ;
+  wire \$146 ;
+  wire \$147 ;
+  wire \$148 ;
+  wire \$149 ;
+  wire [26:0] \$15 ;
+  wire \$150 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
+  wire \$156 ;
+  wire \$157 ;
+  wire \$158 ;
+  wire \$159 ;
+  wire [18:0] \$16 ;
+  wire \$160 ;
+  wire \$161 ;
+  wire \$162 ;
+  wire \$163 ;
+  wire \$164 ;
+  wire \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire [14:0] \$17 ;
+  wire \$170 ;
+  wire \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire \$179 ;
+  wire [12:0] \$18 ;
+  wire \$180 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire [11:0] \$19 ;
+  wire \$190 ;
+  wire \$191 ;
+  wire \$192 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
+  wire \$196 ;
+  wire \$197 ;
+  wire \$198 ;
+  wire \$199 ;
   wire \$2 ;
-  wire [11:0] \$20 ;
-  wire \$21 ;
+  wire [51:0] \$20 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
+  wire \$206 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
+  wire [39:0] \$21 ;
+  wire \$210 ;
+  wire \$211 ;
+  wire \$212 ;
+  wire \$213 ;
+  wire \$214 ;
+  wire \$215 ;
+  wire \$216 ;
+  wire \$217 ;
+  wire \$218 ;
+  wire \$219 ;
   wire \$22 ;
-  wire [12:0] \$23 ;
-  wire \$24 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
+  wire \$227 ;
+  wire \$228 ;
+  wire \$229 ;
+  wire [11:0] \$23 ;
+  wire \$230 ;
+  wire \$231 ;
+  wire \$232 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire \$235 ;
+  wire \$236 ;
+  wire \$237 ;
+  wire \$238 ;
+  wire \$239 ;
+  wire [11:0] \$24 ;
+  wire \$240 ;
+  wire \$241 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire \$246 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
   wire \$25 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire \$254 ;
+  wire \$255 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
+  wire \$259 ;
   wire \$26 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire \$262 ;
+  wire \$263 ;
+  wire \$264 ;
+  wire \$265 ;
+  wire \$266 ;
+  wire \$267 ;
+  wire \$268 ;
+  wire \$269 ;
   wire [12:0] \$27 ;
+  wire \$270 ;
+  wire \$271 ;
+  wire \$272 ;
+  wire \$273 ;
+  wire \$274 ;
+  wire \$275 ;
+  wire \$276 ;
+  wire \$277 ;
+  wire \$278 ;
+  wire \$279 ;
   wire \$28 ;
+  wire \$280 ;
+  wire \$281 ;
+  wire \$282 ;
+  wire \$283 ;
+  wire \$284 ;
+  wire \$285 ;
+  wire \$286 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire \$29 ;
+  wire \$290 ;
+  wire \$291 ;
+  wire \$292 ;
+  wire \$293 ;
+  wire \$294 ;
+  wire \$295 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
+  wire \$299 ;
   wire \$3 ;
   wire \$30 ;
+  wire \$300 ;
+  wire \$301 ;
+  wire \$302 ;
+  wire \$303 ;
+  wire \$304 ;
+  wire \$305 ;
+  wire \$306 ;
+  wire \$307 ;
+  wire \$308 ;
+  wire \$309 ;
   wire [12:0] \$31 ;
-  wire [12:0] \$32 ;
-  wire [12:0] \$33 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
+  wire \$313 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
+  wire \$317 ;
+  wire \$318 ;
+  wire \$319 ;
+  wire \$32 ;
+  wire \$320 ;
+  wire \$321 ;
+  wire \$322 ;
+  wire \$323 ;
+  wire \$324 ;
+  wire \$325 ;
+  wire \$326 ;
+  wire \$327 ;
+  wire \$328 ;
+  wire \$329 ;
+  wire \$33 ;
+  wire \$330 ;
+  wire \$331 ;
+  wire \$332 ;
+  wire \$333 ;
+  wire \$334 ;
+  wire \$335 ;
+  wire \$336 ;
+  wire \$337 ;
+  wire \$338 ;
+  wire \$339 ;
   wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$37 ;
+  wire \$340 ;
+  wire \$341 ;
+  wire \$342 ;
+  wire \$343 ;
+  wire \$344 ;
+  wire \$345 ;
+  wire \$346 ;
+  wire \$347 ;
+  wire \$348 ;
+  wire \$349 ;
+  wire [12:0] \$35 ;
+  wire \$350 ;
+  wire \$351 ;
+  wire \$352 ;
+  wire \$353 ;
+  wire \$354 ;
+  wire \$355 ;
+  wire \$356 ;
+  wire \$357 ;
+  wire \$358 ;
+  wire \$359 ;
+  wire [12:0] \$36 ;
+  wire \$360 ;
+  wire \$361 ;
+  wire \$362 ;
+  wire \$363 ;
+  wire \$364 ;
+  wire \$365 ;
+  wire \$366 ;
+  wire \$367 ;
+  wire \$368 ;
+  wire \$369 ;
+  wire [12:0] \$37 ;
+  wire \$370 ;
+  wire \$371 ;
+  wire \$372 ;
+  wire \$373 ;
+  wire \$374 ;
+  wire \$375 ;
+  wire \$376 ;
+  wire \$377 ;
+  wire \$378 ;
+  wire \$379 ;
   wire \$38 ;
+  wire \$380 ;
+  wire \$381 ;
+  wire \$382 ;
+  wire \$383 ;
+  wire \$384 ;
+  wire \$385 ;
+  wire \$386 ;
+  wire \$387 ;
+  wire \$388 ;
+  wire \$389 ;
   wire \$39 ;
+  wire \$390 ;
+  wire \$391 ;
+  wire \$392 ;
+  wire \$393 ;
+  wire \$394 ;
+  wire \$395 ;
+  wire \$396 ;
+  wire \$397 ;
+  wire \$398 ;
+  wire \$399 ;
   wire \$4 ;
-  wire [32:0] \$40 ;
-  wire [56:0] \$41 ;
-  wire [33:0] \$42 ;
-  wire [33:0] \$43 ;
-  wire [33:0] \$44 ;
-  wire [33:0] \$45 ;
-  wire [34:0] \$46 ;
-  wire [35:0] \$47 ;
-  wire [35:0] \$48 ;
-  wire [35:0] \$49 ;
+  wire \$40 ;
+  wire \$400 ;
+  wire \$401 ;
+  wire \$402 ;
+  wire \$403 ;
+  wire \$404 ;
+  wire \$405 ;
+  wire \$406 ;
+  wire \$407 ;
+  wire \$408 ;
+  wire \$409 ;
+  wire \$41 ;
+  wire \$410 ;
+  wire \$411 ;
+  wire \$412 ;
+  wire \$413 ;
+  wire \$414 ;
+  wire \$415 ;
+  wire \$416 ;
+  wire \$417 ;
+  wire \$418 ;
+  wire \$419 ;
+  wire \$42 ;
+  wire \$420 ;
+  wire \$421 ;
+  wire \$422 ;
+  wire \$423 ;
+  wire \$424 ;
+  wire \$425 ;
+  wire \$426 ;
+  wire \$427 ;
+  wire \$428 ;
+  wire \$429 ;
+  wire \$43 ;
+  wire \$430 ;
+  wire \$431 ;
+  wire \$432 ;
+  wire \$433 ;
+  wire \$434 ;
+  wire \$435 ;
+  wire \$436 ;
+  wire \$437 ;
+  wire \$438 ;
+  wire \$439 ;
+  wire [32:0] \$44 ;
+  wire \$440 ;
+  wire \$441 ;
+  wire \$442 ;
+  wire \$443 ;
+  wire \$444 ;
+  wire \$445 ;
+  wire \$446 ;
+  wire \$447 ;
+  wire \$448 ;
+  wire \$449 ;
+  wire \$45 ;
+  wire \$450 ;
+  wire \$451 ;
+  wire \$452 ;
+  wire \$453 ;
+  wire \$454 ;
+  wire \$455 ;
+  wire \$456 ;
+  wire \$457 ;
+  wire \$458 ;
+  wire \$459 ;
+  wire \$46 ;
+  wire \$460 ;
+  wire \$461 ;
+  wire \$462 ;
+  wire \$463 ;
+  wire \$464 ;
+  wire \$465 ;
+  wire \$466 ;
+  wire \$467 ;
+  wire \$468 ;
+  wire \$469 ;
+  wire \$47 ;
+  wire \$470 ;
+  wire \$471 ;
+  wire \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire \$475 ;
+  wire \$476 ;
+  wire \$477 ;
+  wire \$478 ;
+  wire \$479 ;
+  wire \$48 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
+  wire \$484 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire \$487 ;
+  wire \$488 ;
+  wire \$489 ;
+  wire \$49 ;
+  wire \$490 ;
+  wire \$491 ;
+  wire \$492 ;
+  wire \$493 ;
+  wire \$494 ;
+  wire \$495 ;
+  wire \$496 ;
+  wire \$497 ;
+  wire \$498 ;
+  wire \$499 ;
   wire [12:0] \$5 ;
-  wire [35:0] \$50 ;
-  wire [36:0] \$51 ;
-  wire [37:0] \$52 ;
-  wire [57:0] \$53 ;
-  wire [22:0] \$54 ;
-  wire [3:0] \$55 ;
-  reg \$56 ;
-  reg [40:0] \$57 ;
-  reg \$58 ;
-  reg [2:0] \$59 ;
+  wire \$50 ;
+  wire \$500 ;
+  wire \$501 ;
+  wire \$502 ;
+  wire \$503 ;
+  wire \$504 ;
+  wire \$505 ;
+  wire \$506 ;
+  wire \$507 ;
+  wire \$508 ;
+  wire \$509 ;
+  wire \$51 ;
+  wire \$510 ;
+  wire \$511 ;
+  wire \$512 ;
+  wire \$513 ;
+  wire \$514 ;
+  wire \$515 ;
+  wire \$516 ;
+  wire \$517 ;
+  wire \$518 ;
+  wire \$519 ;
+  wire \$52 ;
+  wire \$520 ;
+  wire \$521 ;
+  wire \$522 ;
+  wire \$523 ;
+  wire \$524 ;
+  wire \$525 ;
+  wire \$526 ;
+  wire \$527 ;
+  wire \$528 ;
+  wire \$529 ;
+  wire \$53 ;
+  wire \$530 ;
+  wire \$531 ;
+  wire \$532 ;
+  wire \$533 ;
+  wire \$534 ;
+  wire \$535 ;
+  wire \$536 ;
+  wire \$537 ;
+  wire \$538 ;
+  wire \$539 ;
+  wire \$54 ;
+  wire \$540 ;
+  wire \$541 ;
+  wire \$542 ;
+  wire \$543 ;
+  wire \$544 ;
+  wire \$545 ;
+  wire \$546 ;
+  wire \$547 ;
+  wire \$548 ;
+  wire \$549 ;
+  wire \$55 ;
+  wire \$550 ;
+  wire \$551 ;
+  wire \$552 ;
+  wire \$553 ;
+  wire \$554 ;
+  wire \$555 ;
+  wire \$556 ;
+  wire \$557 ;
+  wire \$558 ;
+  wire \$559 ;
+  wire \$56 ;
+  wire \$560 ;
+  wire \$561 ;
+  wire \$562 ;
+  wire \$563 ;
+  wire \$564 ;
+  wire \$565 ;
+  wire \$566 ;
+  wire \$567 ;
+  wire \$568 ;
+  wire \$569 ;
+  wire \$57 ;
+  wire \$570 ;
+  wire \$571 ;
+  wire \$572 ;
+  wire \$573 ;
+  wire \$574 ;
+  wire \$575 ;
+  wire \$576 ;
+  wire \$577 ;
+  wire \$578 ;
+  wire \$579 ;
+  wire \$58 ;
+  wire \$580 ;
+  wire \$581 ;
+  wire \$582 ;
+  wire \$583 ;
+  wire \$584 ;
+  wire \$585 ;
+  wire \$586 ;
+  wire \$587 ;
+  wire \$588 ;
+  wire \$589 ;
+  wire \$59 ;
+  wire \$590 ;
+  wire \$591 ;
+  wire \$592 ;
+  wire \$593 ;
+  wire \$594 ;
+  wire \$595 ;
+  wire \$596 ;
+  wire \$597 ;
+  wire \$598 ;
+  wire \$599 ;
   wire [12:0] \$6 ;
-  reg [31:0] \$60 ;
-  reg [32:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [49:0] \$63 ;
-  reg [5:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg [11:0] \$68 ;
+  wire \$60 ;
+  wire \$600 ;
+  wire \$601 ;
+  wire \$602 ;
+  wire \$603 ;
+  wire \$604 ;
+  wire \$605 ;
+  wire \$606 ;
+  wire \$607 ;
+  wire \$608 ;
+  wire \$609 ;
+  wire \$61 ;
+  wire \$610 ;
+  wire \$611 ;
+  wire \$612 ;
+  wire \$613 ;
+  wire \$614 ;
+  wire \$615 ;
+  wire \$616 ;
+  wire \$617 ;
+  wire \$618 ;
+  wire \$619 ;
+  wire \$62 ;
+  wire \$620 ;
+  wire \$621 ;
+  wire \$622 ;
+  wire \$623 ;
+  wire \$624 ;
+  wire \$625 ;
+  wire \$626 ;
+  wire \$627 ;
+  wire \$628 ;
+  wire \$629 ;
+  wire \$63 ;
+  wire \$630 ;
+  wire \$631 ;
+  wire \$632 ;
+  wire \$633 ;
+  wire \$634 ;
+  wire \$635 ;
+  wire \$636 ;
+  wire \$637 ;
+  wire \$638 ;
+  wire \$639 ;
+  wire \$64 ;
+  wire \$640 ;
+  wire \$641 ;
+  wire \$642 ;
+  wire \$643 ;
+  wire \$644 ;
+  wire \$645 ;
+  wire \$646 ;
+  wire \$647 ;
+  wire \$648 ;
+  wire \$649 ;
+  wire \$65 ;
+  wire \$650 ;
+  wire \$651 ;
+  wire \$652 ;
+  wire \$653 ;
+  wire \$654 ;
+  wire \$655 ;
+  wire \$656 ;
+  wire \$657 ;
+  wire \$658 ;
+  wire \$659 ;
+  wire \$66 ;
+  wire \$660 ;
+  wire \$661 ;
+  wire \$662 ;
+  wire \$663 ;
+  wire \$664 ;
+  wire \$665 ;
+  wire \$666 ;
+  wire \$667 ;
+  wire \$668 ;
+  wire \$669 ;
+  wire \$67 ;
+  wire \$670 ;
+  wire \$671 ;
+  wire \$672 ;
+  wire \$673 ;
+  wire \$674 ;
+  wire \$675 ;
+  wire \$676 ;
+  wire \$677 ;
+  wire \$678 ;
+  wire \$679 ;
+  wire \$68 ;
+  wire \$680 ;
+  wire \$681 ;
+  wire \$682 ;
+  wire \$683 ;
+  wire \$684 ;
+  wire \$685 ;
+  wire \$686 ;
+  wire \$687 ;
+  wire \$688 ;
+  wire \$689 ;
+  wire \$69 ;
+  wire \$690 ;
+  wire \$691 ;
+  wire \$692 ;
+  wire \$693 ;
+  wire \$694 ;
+  wire [56:0] \$695 ;
+  wire [33:0] \$696 ;
+  wire [33:0] \$697 ;
+  wire [33:0] \$698 ;
+  wire [33:0] \$699 ;
   wire [12:0] \$7 ;
+  wire \$70 ;
+  wire [34:0] \$700 ;
+  wire [35:0] \$701 ;
+  wire [35:0] \$702 ;
+  wire [35:0] \$703 ;
+  wire [35:0] \$704 ;
+  wire [36:0] \$705 ;
+  wire [37:0] \$706 ;
+  wire [57:0] \$707 ;
+  wire [22:0] \$708 ;
+  wire [3:0] \$709 ;
+  wire \$71 ;
+  reg \$710 ;
+  reg [40:0] \$711 ;
+  reg \$712 ;
+  reg [2:0] \$713 ;
+  reg [31:0] \$714 ;
+  reg [32:0] \$715 ;
+  reg [15:0] \$716 ;
+  reg [49:0] \$717 ;
+  reg [5:0] \$718 ;
+  reg [7:0] \$719 ;
+  wire \$72 ;
+  reg \$720 ;
+  reg \$721 ;
+  reg [39:0] \$722 ;
+  reg [11:0] \$723 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
   wire \$8 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$17  = 6'h00;
-  reg \$signal$26  = 1'h0;
-  reg \$signal$27  = 1'h0;
+  reg [5:0] \$signal$16  = 6'h00;
+  reg \$signal$32  = 1'h0;
+  reg \$signal$33  = 1'h0;
   reg [31:0] acc_r = 32'd0;
   reg busy = 1'h0;
   input clk;
@@ -17675,62 +18334,479 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg [11:0] qs;
   reg [11:0] qsh = 12'h000;
   reg [11:0] r;
+  reg [11:0] rsh0;
+  reg [12:0] rsh1;
+  reg [14:0] rsh2;
+  reg [18:0] rsh3;
+  reg [26:0] rsh4;
+  reg [42:0] rsh5;
   input rst;
   wire rst;
   reg [32:0] t = 33'h000000000;
   wire take;
-  reg [39:0] thr;
+  reg [39:0] thr = 40'h0000000000;
   reg [12:0] v;
   reg [50:0] x;
-  assign \$27  = \$26  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$28  = $signed(\$27 ) > $signed(8'h7f);
-  assign \$29  = $signed(v) < $signed(\$signal );
-  assign \$30  = \$signal$26  & \$29 ;
-  assign \$31  = \$30  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$32  = \$28  ? 13'h007f : \$31 ;
-  assign \$33  = \$24  ? 13'h1f80 : \$32 ;
-  assign \$34  = take & i_acc__valid;
-  assign \$35  = \$34  & i_rq__valid;
-  assign \$36  = phase < 3'h4;
-  assign \$37  = busy & \$36 ;
-  assign \$38  = phase == 3'h4;
-  assign \$39  = busy & \$38 ;
-  assign \$40  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$43  = mr[12] ? \$42  : 34'h000000000;
-  assign \$45  = mr[13] ? \$44  : 34'h000000000;
-  assign \$46  = $signed(\$43 ) + $signed(\$45 );
-  assign \$48  = mr[14] ? \$47  : 36'h000000000;
-  assign \$50  = mr[15] ? \$49  : 36'h000000000;
-  assign \$51  = $signed(\$48 ) + $signed(\$50 );
-  assign \$52  = $signed(\$46 ) + $signed(\$51 );
-  assign \$53  = $signed(\$41 ) + $signed(\$52 );
-  assign \$55  = phase + 1'h1;
+  assign \$272  = \$269  & \$271 ;
+  assign \$273  = ~ i_rq__payload[52];
+  assign \$274  = i_rq__payload[51] & \$273 ;
+  assign \$275  = ~ i_rq__payload[53];
+  assign \$276  = \$275  & i_rq__payload[50];
+  assign \$277  = \$274  & \$276 ;
+  assign \$278  = \$272  | \$277 ;
+  assign \$279  = ~ i_rq__payload[53];
+  assign \$280  = \$279  & i_rq__payload[52];
+  assign \$281  = \$280  | i_rq__payload[53];
+  assign \$282  = \$278  | \$281 ;
+  assign \$283  = ~ \$282 ;
+  assign \$284  = ~ i_rq__payload[52];
+  assign \$285  = i_rq__payload[51] & \$284 ;
+  assign \$286  = ~ i_rq__payload[53];
+  assign \$287  = \$286  & i_rq__payload[50];
+  assign \$288  = \$285  & \$287 ;
+  assign \$289  = ~ i_rq__payload[53];
+  assign \$290  = \$289  & i_rq__payload[52];
+  assign \$291  = \$288  | \$290 ;
+  assign \$292  = \$291  | i_rq__payload[53];
+  assign \$293  = ~ \$292 ;
+  assign \$294  = ~ i_rq__payload[49];
+  assign \$295  = \$294  & i_rq__payload[50];
+  assign \$296  = ~ i_rq__payload[52];
+  assign \$297  = i_rq__payload[51] & \$296 ;
+  assign \$298  = \$295  & \$297 ;
+  assign \$299  = ~ i_rq__payload[53];
+  assign \$300  = \$299  & i_rq__payload[48];
+  assign \$301  = \$298  & \$300 ;
+  assign \$302  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$303  = ~ i_rq__payload[52];
+  assign \$304  = ~ i_rq__payload[53];
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = \$302  & \$305 ;
+  assign \$307  = \$306  & i_rq__payload[49];
+  assign \$308  = \$301  | \$307 ;
+  assign \$309  = ~ i_rq__payload[53];
+  assign \$310  = \$309  & i_rq__payload[52];
+  assign \$311  = \$310  | i_rq__payload[53];
+  assign \$312  = \$308  | \$311 ;
+  assign \$313  = ~ \$312 ;
+  assign \$314  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$315  = ~ i_rq__payload[52];
+  assign \$316  = ~ i_rq__payload[53];
+  assign \$317  = \$315  & \$316 ;
+  assign \$318  = \$314  & \$317 ;
+  assign \$319  = \$318  & i_rq__payload[49];
+  assign \$320  = ~ i_rq__payload[53];
+  assign \$321  = \$320  & i_rq__payload[52];
+  assign \$322  = \$319  | \$321 ;
+  assign \$323  = \$322  | i_rq__payload[53];
+  assign \$324  = ~ \$323 ;
+  assign \$325  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$326  = ~ i_rq__payload[52];
+  assign \$327  = i_rq__payload[51] & \$326 ;
+  assign \$328  = \$325  & \$327 ;
+  assign \$329  = ~ i_rq__payload[53];
+  assign \$330  = \$329  & i_rq__payload[48];
+  assign \$331  = \$328  & \$330 ;
+  assign \$332  = ~ i_rq__payload[53];
+  assign \$333  = \$332  & i_rq__payload[52];
+  assign \$334  = \$331  | \$333 ;
+  assign \$335  = \$334  | i_rq__payload[53];
+  assign \$336  = ~ \$335 ;
+  assign \$337  = ~ i_rq__payload[53];
+  assign \$338  = \$337  & i_rq__payload[52];
+  assign \$339  = \$338  | i_rq__payload[53];
+  assign \$340  = ~ \$339 ;
+  assign \$341  = ~ i_rq__payload[49];
+  assign \$342  = ~ i_rq__payload[50];
+  assign \$343  = \$341  & \$342 ;
+  assign \$344  = ~ i_rq__payload[51];
+  assign \$345  = \$344  & i_rq__payload[52];
+  assign \$346  = \$343  & \$345 ;
+  assign \$347  = ~ i_rq__payload[53];
+  assign \$348  = \$347  & i_rq__payload[48];
+  assign \$349  = \$346  & \$348 ;
+  assign \$350  = ~ i_rq__payload[50];
+  assign \$351  = ~ i_rq__payload[51];
+  assign \$352  = \$350  & \$351 ;
+  assign \$353  = ~ i_rq__payload[53];
+  assign \$354  = i_rq__payload[52] & \$353 ;
+  assign \$355  = \$352  & \$354 ;
+  assign \$356  = \$355  & i_rq__payload[49];
+  assign \$357  = \$349  | \$356 ;
+  assign \$358  = ~ i_rq__payload[51];
+  assign \$359  = \$358  & i_rq__payload[52];
+  assign \$360  = ~ i_rq__payload[53];
+  assign \$361  = \$360  & i_rq__payload[50];
+  assign \$362  = \$359  & \$361 ;
+  assign \$363  = ~ i_rq__payload[53];
+  assign \$364  = i_rq__payload[52] & \$363 ;
+  assign \$365  = \$364  & i_rq__payload[51];
+  assign \$366  = \$362  | \$365 ;
+  assign \$367  = \$357  | \$366 ;
+  assign \$368  = \$367  | i_rq__payload[53];
+  assign \$369  = ~ \$368 ;
+  assign \$370  = ~ i_rq__payload[50];
+  assign \$371  = ~ i_rq__payload[51];
+  assign \$372  = \$370  & \$371 ;
+  assign \$373  = ~ i_rq__payload[53];
+  assign \$374  = i_rq__payload[52] & \$373 ;
+  assign \$375  = \$372  & \$374 ;
+  assign \$376  = \$375  & i_rq__payload[49];
+  assign \$377  = ~ i_rq__payload[51];
+  assign \$378  = \$377  & i_rq__payload[52];
+  assign \$379  = ~ i_rq__payload[53];
+  assign \$380  = \$379  & i_rq__payload[50];
+  assign \$381  = \$378  & \$380 ;
+  assign \$382  = \$376  | \$381 ;
+  assign \$383  = ~ i_rq__payload[53];
+  assign \$384  = i_rq__payload[52] & \$383 ;
+  assign \$385  = \$384  & i_rq__payload[51];
+  assign \$386  = \$385  | i_rq__payload[53];
+  assign \$387  = \$382  | \$386 ;
+  assign \$388  = ~ \$387 ;
+  assign \$389  = ~ i_rq__payload[50];
+  assign \$390  = i_rq__payload[49] & \$389 ;
+  assign \$391  = ~ i_rq__payload[51];
+  assign \$392  = \$391  & i_rq__payload[52];
+  assign \$393  = \$390  & \$392 ;
+  assign \$394  = ~ i_rq__payload[53];
+  assign \$395  = \$394  & i_rq__payload[48];
+  assign \$396  = \$393  & \$395 ;
+  assign \$397  = ~ i_rq__payload[51];
+  assign \$398  = \$397  & i_rq__payload[52];
+  assign \$399  = ~ i_rq__payload[53];
+  assign \$400  = \$399  & i_rq__payload[50];
+  assign \$401  = \$398  & \$400 ;
+  assign \$402  = \$396  | \$401 ;
+  assign \$403  = ~ i_rq__payload[53];
+  assign \$404  = i_rq__payload[52] & \$403 ;
+  assign \$405  = \$404  & i_rq__payload[51];
+  assign \$406  = \$405  | i_rq__payload[53];
+  assign \$407  = \$402  | \$406 ;
+  assign \$408  = ~ \$407 ;
+  assign \$409  = ~ i_rq__payload[51];
+  assign \$410  = \$409  & i_rq__payload[52];
+  assign \$411  = ~ i_rq__payload[53];
+  assign \$412  = \$411  & i_rq__payload[50];
+  assign \$413  = \$410  & \$412 ;
+  assign \$414  = ~ i_rq__payload[53];
+  assign \$415  = i_rq__payload[52] & \$414 ;
+  assign \$416  = \$415  & i_rq__payload[51];
+  assign \$417  = \$413  | \$416 ;
+  assign \$418  = \$417  | i_rq__payload[53];
+  assign \$419  = ~ \$418 ;
+  assign \$420  = ~ i_rq__payload[49];
+  assign \$421  = \$420  & i_rq__payload[50];
+  assign \$422  = ~ i_rq__payload[51];
+  assign \$423  = \$422  & i_rq__payload[52];
+  assign \$424  = \$421  & \$423 ;
+  assign \$425  = ~ i_rq__payload[53];
+  assign \$426  = \$425  & i_rq__payload[48];
+  assign \$427  = \$424  & \$426 ;
+  assign \$428  = ~ i_rq__payload[51];
+  assign \$429  = i_rq__payload[50] & \$428 ;
+  assign \$430  = ~ i_rq__payload[53];
+  assign \$431  = i_rq__payload[52] & \$430 ;
+  assign \$432  = \$429  & \$431 ;
+  assign \$433  = \$432  & i_rq__payload[49];
+  assign \$434  = \$427  | \$433 ;
+  assign \$435  = ~ i_rq__payload[53];
+  assign \$436  = i_rq__payload[52] & \$435 ;
+  assign \$437  = \$436  & i_rq__payload[51];
+  assign \$438  = \$437  | i_rq__payload[53];
+  assign \$439  = \$434  | \$438 ;
+  assign \$440  = ~ \$439 ;
+  assign \$441  = ~ i_rq__payload[51];
+  assign \$442  = i_rq__payload[50] & \$441 ;
+  assign \$443  = ~ i_rq__payload[53];
+  assign \$444  = i_rq__payload[52] & \$443 ;
+  assign \$445  = \$442  & \$444 ;
+  assign \$446  = \$445  & i_rq__payload[49];
+  assign \$447  = ~ i_rq__payload[53];
+  assign \$448  = i_rq__payload[52] & \$447 ;
+  assign \$449  = \$448  & i_rq__payload[51];
+  assign \$450  = \$446  | \$449 ;
+  assign \$451  = \$450  | i_rq__payload[53];
+  assign \$452  = ~ \$451 ;
+  assign \$453  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$454  = ~ i_rq__payload[51];
+  assign \$455  = \$454  & i_rq__payload[52];
+  assign \$456  = \$453  & \$455 ;
+  assign \$457  = ~ i_rq__payload[53];
+  assign \$458  = \$457  & i_rq__payload[48];
+  assign \$459  = \$456  & \$458 ;
+  assign \$460  = ~ i_rq__payload[53];
+  assign \$461  = i_rq__payload[52] & \$460 ;
+  assign \$462  = \$461  & i_rq__payload[51];
+  assign \$463  = \$459  | \$462 ;
+  assign \$464  = \$463  | i_rq__payload[53];
+  assign \$465  = ~ \$464 ;
+  assign \$466  = ~ i_rq__payload[53];
+  assign \$467  = i_rq__payload[52] & \$466 ;
+  assign \$468  = \$467  & i_rq__payload[51];
+  assign \$469  = \$468  | i_rq__payload[53];
+  assign \$470  = ~ \$469 ;
+  assign \$471  = ~ i_rq__payload[49];
+  assign \$472  = ~ i_rq__payload[50];
+  assign \$473  = \$471  & \$472 ;
+  assign \$474  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$475  = \$473  & \$474 ;
+  assign \$476  = ~ i_rq__payload[53];
+  assign \$477  = \$476  & i_rq__payload[48];
+  assign \$478  = \$475  & \$477 ;
+  assign \$479  = ~ i_rq__payload[50];
+  assign \$480  = \$479  & i_rq__payload[51];
+  assign \$481  = ~ i_rq__payload[53];
+  assign \$482  = i_rq__payload[52] & \$481 ;
+  assign \$483  = \$480  & \$482 ;
+  assign \$484  = \$483  & i_rq__payload[49];
+  assign \$485  = \$478  | \$484 ;
+  assign \$486  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$487  = ~ i_rq__payload[53];
+  assign \$488  = \$487  & i_rq__payload[50];
+  assign \$489  = \$486  & \$488 ;
+  assign \$490  = \$489  | i_rq__payload[53];
+  assign \$491  = \$485  | \$490 ;
+  assign \$492  = ~ \$491 ;
+  assign \$493  = ~ i_rq__payload[50];
+  assign \$494  = \$493  & i_rq__payload[51];
+  assign \$495  = ~ i_rq__payload[53];
+  assign \$496  = i_rq__payload[52] & \$495 ;
+  assign \$497  = \$494  & \$496 ;
+  assign \$498  = \$497  & i_rq__payload[49];
+  assign \$499  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$500  = ~ i_rq__payload[53];
+  assign \$501  = \$500  & i_rq__payload[50];
+  assign \$502  = \$499  & \$501 ;
+  assign \$503  = \$498  | \$502 ;
+  assign \$504  = \$503  | i_rq__payload[53];
+  assign \$505  = ~ \$504 ;
+  assign \$506  = ~ i_rq__payload[50];
+  assign \$507  = i_rq__payload[49] & \$506 ;
+  assign \$508  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$509  = \$507  & \$508 ;
+  assign \$510  = ~ i_rq__payload[53];
+  assign \$511  = \$510  & i_rq__payload[48];
+  assign \$512  = \$509  & \$511 ;
+  assign \$513  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$514  = ~ i_rq__payload[53];
+  assign \$515  = \$514  & i_rq__payload[50];
+  assign \$516  = \$513  & \$515 ;
+  assign \$517  = \$512  | \$516 ;
+  assign \$518  = \$517  | i_rq__payload[53];
+  assign \$519  = ~ \$518 ;
+  assign \$520  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$521  = ~ i_rq__payload[53];
+  assign \$522  = \$521  & i_rq__payload[50];
+  assign \$523  = \$520  & \$522 ;
+  assign \$524  = \$523  | i_rq__payload[53];
+  assign \$525  = ~ \$524 ;
+  assign \$526  = ~ i_rq__payload[49];
+  assign \$527  = \$526  & i_rq__payload[50];
+  assign \$528  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$529  = \$527  & \$528 ;
+  assign \$530  = ~ i_rq__payload[53];
+  assign \$531  = \$530  & i_rq__payload[48];
+  assign \$532  = \$529  & \$531 ;
+  assign \$533  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$534  = ~ i_rq__payload[53];
+  assign \$535  = i_rq__payload[52] & \$534 ;
+  assign \$536  = \$533  & \$535 ;
+  assign \$537  = \$536  & i_rq__payload[49];
+  assign \$538  = \$532  | \$537 ;
+  assign \$539  = \$538  | i_rq__payload[53];
+  assign \$540  = ~ \$539 ;
+  assign \$541  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$542  = ~ i_rq__payload[53];
+  assign \$543  = i_rq__payload[52] & \$542 ;
+  assign \$544  = \$541  & \$543 ;
+  assign \$545  = \$544  & i_rq__payload[49];
+  assign \$546  = \$545  | i_rq__payload[53];
+  assign \$547  = ~ \$546 ;
+  assign \$548  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$549  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$550  = \$548  & \$549 ;
+  assign \$551  = ~ i_rq__payload[53];
+  assign \$552  = \$551  & i_rq__payload[48];
+  assign \$553  = \$550  & \$552 ;
+  assign \$554  = \$553  | i_rq__payload[53];
+  assign \$555  = ~ \$554 ;
+  assign \$556  = ~ i_rq__payload[53];
+  assign \$557  = ~ i_rq__payload[49];
+  assign \$558  = ~ i_rq__payload[50];
+  assign \$559  = \$557  & \$558 ;
+  assign \$560  = ~ i_rq__payload[51];
+  assign \$561  = ~ i_rq__payload[52];
+  assign \$562  = \$560  & \$561 ;
+  assign \$563  = \$559  & \$562 ;
+  assign \$564  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$565  = \$563  & \$564 ;
+  assign \$566  = ~ i_rq__payload[50];
+  assign \$567  = ~ i_rq__payload[51];
+  assign \$568  = \$566  & \$567 ;
+  assign \$569  = ~ i_rq__payload[52];
+  assign \$570  = \$569  & i_rq__payload[53];
+  assign \$571  = \$568  & \$570 ;
+  assign \$572  = \$571  & i_rq__payload[49];
+  assign \$573  = \$565  | \$572 ;
+  assign \$574  = ~ i_rq__payload[51];
+  assign \$575  = ~ i_rq__payload[52];
+  assign \$576  = \$574  & \$575 ;
+  assign \$577  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$578  = \$576  & \$577 ;
+  assign \$579  = ~ i_rq__payload[52];
+  assign \$580  = \$579  & i_rq__payload[53];
+  assign \$581  = \$580  & i_rq__payload[51];
+  assign \$582  = \$578  | \$581 ;
+  assign \$583  = \$573  | \$582 ;
+  assign \$584  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$585  = \$583  | \$584 ;
+  assign \$586  = ~ \$585 ;
+  assign \$587  = ~ i_rq__payload[50];
+  assign \$588  = ~ i_rq__payload[51];
+  assign \$589  = \$587  & \$588 ;
+  assign \$590  = ~ i_rq__payload[52];
+  assign \$591  = \$590  & i_rq__payload[53];
+  assign \$592  = \$589  & \$591 ;
+  assign \$593  = \$592  & i_rq__payload[49];
+  assign \$594  = ~ i_rq__payload[51];
+  assign \$595  = ~ i_rq__payload[52];
+  assign \$596  = \$594  & \$595 ;
+  assign \$597  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$598  = \$596  & \$597 ;
+  assign \$599  = \$593  | \$598 ;
+  assign \$600  = ~ i_rq__payload[52];
+  assign \$601  = \$600  & i_rq__payload[53];
+  assign \$602  = \$601  & i_rq__payload[51];
+  assign \$603  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$604  = \$602  | \$603 ;
+  assign \$605  = \$599  | \$604 ;
+  assign \$606  = ~ \$605 ;
+  assign \$607  = ~ i_rq__payload[50];
+  assign \$608  = i_rq__payload[49] & \$607 ;
+  assign \$609  = ~ i_rq__payload[51];
+  assign \$610  = ~ i_rq__payload[52];
+  assign \$611  = \$609  & \$610 ;
+  assign \$612  = \$608  & \$611 ;
+  assign \$613  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$614  = \$612  & \$613 ;
+  assign \$615  = ~ i_rq__payload[51];
+  assign \$616  = ~ i_rq__payload[52];
+  assign \$617  = \$615  & \$616 ;
+  assign \$618  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$619  = \$617  & \$618 ;
+  assign \$620  = \$614  | \$619 ;
+  assign \$621  = ~ i_rq__payload[52];
+  assign \$622  = \$621  & i_rq__payload[53];
+  assign \$623  = \$622  & i_rq__payload[51];
+  assign \$624  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$625  = \$623  | \$624 ;
+  assign \$626  = \$620  | \$625 ;
+  assign \$627  = ~ \$626 ;
+  assign \$628  = ~ i_rq__payload[51];
+  assign \$629  = ~ i_rq__payload[52];
+  assign \$630  = \$628  & \$629 ;
+  assign \$631  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$632  = \$630  & \$631 ;
+  assign \$633  = ~ i_rq__payload[52];
+  assign \$634  = \$633  & i_rq__payload[53];
+  assign \$635  = \$634  & i_rq__payload[51];
+  assign \$636  = \$632  | \$635 ;
+  assign \$637  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$638  = \$636  | \$637 ;
+  assign \$639  = ~ \$638 ;
+  assign \$640  = ~ i_rq__payload[49];
+  assign \$641  = \$640  & i_rq__payload[50];
+  assign \$642  = ~ i_rq__payload[51];
+  assign \$643  = ~ i_rq__payload[52];
+  assign \$644  = \$642  & \$643 ;
+  assign \$645  = \$641  & \$644 ;
+  assign \$646  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$647  = \$645  & \$646 ;
+  assign \$648  = ~ i_rq__payload[51];
+  assign \$649  = i_rq__payload[50] & \$648 ;
+  assign \$650  = ~ i_rq__payload[52];
+  assign \$651  = \$650  & i_rq__payload[53];
+  assign \$652  = \$649  & \$651 ;
+  assign \$653  = \$652  & i_rq__payload[49];
+  assign \$654  = \$647  | \$653 ;
+  assign \$655  = ~ i_rq__payload[52];
+  assign \$656  = \$655  & i_rq__payload[53];
+  assign \$657  = \$656  & i_rq__payload[51];
+  assign \$658  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$659  = \$657  | \$658 ;
+  assign \$660  = \$654  | \$659 ;
+  assign \$661  = ~ \$660 ;
+  assign \$662  = ~ i_rq__payload[51];
+  assign \$663  = i_rq__payload[50] & \$662 ;
+  assign \$664  = ~ i_rq__payload[52];
+  assign \$665  = \$664  & i_rq__payload[53];
+  assign \$666  = \$663  & \$665 ;
+  assign \$667  = \$666  & i_rq__payload[49];
+  assign \$668  = ~ i_rq__payload[52];
+  assign \$669  = \$668  & i_rq__payload[53];
+  assign \$670  = \$669  & i_rq__payload[51];
+  assign \$671  = \$667  | \$670 ;
+  assign \$672  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$673  = \$671  | \$672 ;
+  assign \$674  = ~ \$673 ;
+  assign \$675  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$676  = ~ i_rq__payload[51];
+  assign \$677  = ~ i_rq__payload[52];
+  assign \$678  = \$676  & \$677 ;
+  assign \$679  = \$675  & \$678 ;
+  assign \$680  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$681  = \$679  & \$680 ;
+  assign \$682  = ~ i_rq__payload[52];
+  assign \$683  = \$682  & i_rq__payload[53];
+  assign \$684  = \$683  & i_rq__payload[51];
+  assign \$685  = \$681  | \$684 ;
+  assign \$686  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$687  = \$685  | \$686 ;
+  assign \$688  = ~ \$687 ;
+  assign \$689  = ~ i_rq__payload[52];
+  assign \$690  = \$689  & i_rq__payload[53];
+  assign \$691  = \$690  & i_rq__payload[51];
+  assign \$692  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$693  = \$691  | \$692 ;
+  assign \$694  = ~ \$693 ;
+  assign \$697  = mr[12] ? \$696  : 34'h000000000;
+  assign \$699  = mr[13] ? \$698  : 34'h000000000;
+  assign \$700  = $signed(\$697 ) + $signed(\$699 );
+  assign \$702  = mr[14] ? \$701  : 36'h000000000;
+  assign \$704  = mr[15] ? \$703  : 36'h000000000;
+  assign \$705  = $signed(\$702 ) + $signed(\$704 );
+  assign \$706  = $signed(\$700 ) + $signed(\$705 );
+  assign \$707  = $signed(\$695 ) + $signed(\$706 );
+  assign \$709  = phase + 1'h1;
   always @(posedge clk)
-    o_res__valid <= \$56 ;
+    o_res__valid <= \$710 ;
   always @(posedge clk)
-    o_res__payload <= \$57 ;
+    o_res__payload <= \$711 ;
   always @(posedge clk)
-    busy <= \$58 ;
+    busy <= \$712 ;
   always @(posedge clk)
-    phase <= \$59 ;
+    phase <= \$713 ;
   always @(posedge clk)
-    acc_r <= \$60 ;
+    acc_r <= \$714 ;
   always @(posedge clk)
-    t <= \$61 ;
+    t <= \$715 ;
   always @(posedge clk)
-    mr <= \$62 ;
+    mr <= \$716 ;
   always @(posedge clk)
-    p <= \$63 ;
+    p <= \$717 ;
   always @(posedge clk)
-    \$signal$17  <= \$64 ;
+    \$signal$16  <= \$718 ;
   always @(posedge clk)
-    \$signal  <= \$65 ;
+    \$signal  <= \$719 ;
   always @(posedge clk)
-    \$signal$26  <= \$66 ;
+    \$signal$32  <= \$720 ;
   always @(posedge clk)
-    \$signal$27  <= \$67 ;
+    \$signal$33  <= \$721 ;
   always @(posedge clk)
-    qsh <= \$68 ;
+    thr <= \$722 ;
+  always @(posedge clk)
+    qsh <= \$723 ;
   assign \$1  = ~ o_res__valid;
   assign out_free = \$1  | o_res__ready;
   assign \$2  = phase == 3'h5;
@@ -17748,19 +18824,264 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \$11  = busy & \$10 ;
   assign \$12  = phase == 3'h4;
   assign \$13  = busy & \$12 ;
-  assign \$14  = $signed({ p, 1'h0 }) >>> \$signal$17 ;
-  assign \$15  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
-  assign \$16  = 40'hffffffffff << \$signal$17 ;
-  assign \$17  = x[50:11] & thr;
-  assign \$18  = | \$17 ;
-  assign \$19  = p[49] ? 12'h800 : 12'h7ff;
-  assign \$20  = ovf ? \$19  : q_lo;
-  assign \$21  = $signed(v) < $signed(\$signal );
-  assign \$22  = \$signal$26  & \$21 ;
-  assign \$23  = \$22  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$24  = $signed(\$23 ) < $signed(8'h80);
+  assign \$14  = \$signal$16 [5] ? { p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49:31] } : { p[41:0], 1'h0 };
+  assign \$15  = \$signal$16 [4] ? rsh5[42:16] : rsh5[26:0];
+  assign \$16  = \$signal$16 [3] ? rsh4[26:8] : rsh4[18:0];
+  assign \$17  = \$signal$16 [2] ? rsh3[18:4] : rsh3[14:0];
+  assign \$18  = \$signal$16 [1] ? rsh2[14:2] : rsh2[12:0];
+  assign \$19  = \$signal$16 [0] ? rsh1[12:1] : rsh1[11:0];
+  assign \$20  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
+  assign \$21  = x[50:11] & thr;
+  assign \$22  = | \$21 ;
+  assign \$23  = p[49] ? 12'h800 : 12'h7ff;
+  assign \$24  = ovf ? \$23  : q_lo;
   assign \$25  = $signed(v) < $signed(\$signal );
-  assign \$26  = \$signal$26  & \$25 ;
+  assign \$26  = \$signal$32  & \$25 ;
+  assign \$27  = \$26  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$28  = $signed(\$27 ) < $signed(8'h80);
+  assign \$29  = $signed(v) < $signed(\$signal );
+  assign \$30  = \$signal$32  & \$29 ;
+  assign \$31  = \$30  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$32  = $signed(\$31 ) > $signed(8'h7f);
+  assign \$33  = $signed(v) < $signed(\$signal );
+  assign \$34  = \$signal$32  & \$33 ;
+  assign \$35  = \$34  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
+  assign \$36  = \$32  ? 13'h007f : \$35 ;
+  assign \$37  = \$28  ? 13'h1f80 : \$36 ;
+  assign \$38  = take & i_acc__valid;
+  assign \$39  = \$38  & i_rq__valid;
+  assign \$40  = phase < 3'h4;
+  assign \$41  = busy & \$40 ;
+  assign \$42  = phase == 3'h4;
+  assign \$43  = busy & \$42 ;
+  assign \$44  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$45  = ~ i_rq__payload[49];
+  assign \$46  = ~ i_rq__payload[50];
+  assign \$47  = \$45  & \$46 ;
+  assign \$48  = ~ i_rq__payload[51];
+  assign \$49  = ~ i_rq__payload[52];
+  assign \$50  = \$48  & \$49 ;
+  assign \$51  = \$47  & \$50 ;
+  assign \$52  = ~ i_rq__payload[53];
+  assign \$53  = \$52  & i_rq__payload[48];
+  assign \$54  = \$51  & \$53 ;
+  assign \$55  = ~ i_rq__payload[50];
+  assign \$56  = ~ i_rq__payload[51];
+  assign \$57  = \$55  & \$56 ;
+  assign \$58  = ~ i_rq__payload[52];
+  assign \$59  = ~ i_rq__payload[53];
+  assign \$60  = \$58  & \$59 ;
+  assign \$61  = \$57  & \$60 ;
+  assign \$62  = \$61  & i_rq__payload[49];
+  assign \$63  = \$54  | \$62 ;
+  assign \$64  = ~ i_rq__payload[51];
+  assign \$65  = ~ i_rq__payload[52];
+  assign \$66  = \$64  & \$65 ;
+  assign \$67  = ~ i_rq__payload[53];
+  assign \$68  = \$67  & i_rq__payload[50];
+  assign \$69  = \$66  & \$68 ;
+  assign \$70  = ~ i_rq__payload[52];
+  assign \$71  = ~ i_rq__payload[53];
+  assign \$72  = \$70  & \$71 ;
+  assign \$73  = \$72  & i_rq__payload[51];
+  assign \$74  = \$69  | \$73 ;
+  assign \$75  = \$63  | \$74 ;
+  assign \$76  = ~ i_rq__payload[53];
+  assign \$77  = \$76  & i_rq__payload[52];
+  assign \$78  = \$77  | i_rq__payload[53];
+  assign \$79  = \$75  | \$78 ;
+  assign \$80  = ~ \$79 ;
+  assign \$81  = ~ i_rq__payload[50];
+  assign \$82  = ~ i_rq__payload[51];
+  assign \$83  = \$81  & \$82 ;
+  assign \$84  = ~ i_rq__payload[52];
+  assign \$85  = ~ i_rq__payload[53];
+  assign \$86  = \$84  & \$85 ;
+  assign \$87  = \$83  & \$86 ;
+  assign \$88  = \$87  & i_rq__payload[49];
+  assign \$89  = ~ i_rq__payload[51];
+  assign \$90  = ~ i_rq__payload[52];
+  assign \$91  = \$89  & \$90 ;
+  assign \$92  = ~ i_rq__payload[53];
+  assign \$93  = \$92  & i_rq__payload[50];
+  assign \$94  = \$91  & \$93 ;
+  assign \$95  = \$88  | \$94 ;
+  assign \$96  = ~ i_rq__payload[52];
+  assign \$97  = ~ i_rq__payload[53];
+  assign \$98  = \$96  & \$97 ;
+  assign \$99  = \$98  & i_rq__payload[51];
+  assign \$100  = ~ i_rq__payload[53];
+  assign \$101  = \$100  & i_rq__payload[52];
+  assign \$102  = \$99  | \$101 ;
+  assign \$103  = \$95  | \$102 ;
+  assign \$104  = \$103  | i_rq__payload[53];
+  assign \$105  = ~ \$104 ;
+  assign \$106  = ~ i_rq__payload[50];
+  assign \$107  = i_rq__payload[49] & \$106 ;
+  assign \$108  = ~ i_rq__payload[51];
+  assign \$109  = ~ i_rq__payload[52];
+  assign \$110  = \$108  & \$109 ;
+  assign \$111  = \$107  & \$110 ;
+  assign \$112  = ~ i_rq__payload[53];
+  assign \$113  = \$112  & i_rq__payload[48];
+  assign \$114  = \$111  & \$113 ;
+  assign \$115  = ~ i_rq__payload[51];
+  assign \$116  = ~ i_rq__payload[52];
+  assign \$117  = \$115  & \$116 ;
+  assign \$118  = ~ i_rq__payload[53];
+  assign \$119  = \$118  & i_rq__payload[50];
+  assign \$120  = \$117  & \$119 ;
+  assign \$121  = \$114  | \$120 ;
+  assign \$122  = ~ i_rq__payload[52];
+  assign \$123  = ~ i_rq__payload[53];
+  assign \$124  = \$122  & \$123 ;
+  assign \$125  = \$124  & i_rq__payload[51];
+  assign \$126  = ~ i_rq__payload[53];
+  assign \$127  = \$126  & i_rq__payload[52];
+  assign \$128  = \$125  | \$127 ;
+  assign \$129  = \$121  | \$128 ;
+  assign \$130  = \$129  | i_rq__payload[53];
+  assign \$131  = ~ \$130 ;
+  assign \$132  = ~ i_rq__payload[51];
+  assign \$133  = ~ i_rq__payload[52];
+  assign \$134  = \$132  & \$133 ;
+  assign \$135  = ~ i_rq__payload[53];
+  assign \$136  = \$135  & i_rq__payload[50];
+  assign \$137  = \$134  & \$136 ;
+  assign \$138  = ~ i_rq__payload[52];
+  assign \$139  = ~ i_rq__payload[53];
+  assign \$140  = \$138  & \$139 ;
+  assign \$141  = \$140  & i_rq__payload[51];
+  assign \$142  = \$137  | \$141 ;
+  assign \$143  = ~ i_rq__payload[53];
+  assign \$144  = \$143  & i_rq__payload[52];
+  assign \$145  = \$144  | i_rq__payload[53];
+  assign \$146  = \$142  | \$145 ;
+  assign \$147  = ~ \$146 ;
+  assign \$148  = ~ i_rq__payload[49];
+  assign \$149  = \$148  & i_rq__payload[50];
+  assign \$150  = ~ i_rq__payload[51];
+  assign \$151  = ~ i_rq__payload[52];
+  assign \$152  = \$150  & \$151 ;
+  assign \$153  = \$149  & \$152 ;
+  assign \$154  = ~ i_rq__payload[53];
+  assign \$155  = \$154  & i_rq__payload[48];
+  assign \$156  = \$153  & \$155 ;
+  assign \$157  = ~ i_rq__payload[51];
+  assign \$158  = i_rq__payload[50] & \$157 ;
+  assign \$159  = ~ i_rq__payload[52];
+  assign \$160  = ~ i_rq__payload[53];
+  assign \$161  = \$159  & \$160 ;
+  assign \$162  = \$158  & \$161 ;
+  assign \$163  = \$162  & i_rq__payload[49];
+  assign \$164  = \$156  | \$163 ;
+  assign \$165  = ~ i_rq__payload[52];
+  assign \$166  = ~ i_rq__payload[53];
+  assign \$167  = \$165  & \$166 ;
+  assign \$168  = \$167  & i_rq__payload[51];
+  assign \$169  = ~ i_rq__payload[53];
+  assign \$170  = \$169  & i_rq__payload[52];
+  assign \$171  = \$168  | \$170 ;
+  assign \$172  = \$164  | \$171 ;
+  assign \$173  = \$172  | i_rq__payload[53];
+  assign \$174  = ~ \$173 ;
+  assign \$175  = ~ i_rq__payload[51];
+  assign \$176  = i_rq__payload[50] & \$175 ;
+  assign \$177  = ~ i_rq__payload[52];
+  assign \$178  = ~ i_rq__payload[53];
+  assign \$179  = \$177  & \$178 ;
+  assign \$180  = \$176  & \$179 ;
+  assign \$181  = \$180  & i_rq__payload[49];
+  assign \$182  = ~ i_rq__payload[52];
+  assign \$183  = ~ i_rq__payload[53];
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = \$184  & i_rq__payload[51];
+  assign \$186  = \$181  | \$185 ;
+  assign \$187  = ~ i_rq__payload[53];
+  assign \$188  = \$187  & i_rq__payload[52];
+  assign \$189  = \$188  | i_rq__payload[53];
+  assign \$190  = \$186  | \$189 ;
+  assign \$191  = ~ \$190 ;
+  assign \$192  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$193  = ~ i_rq__payload[51];
+  assign \$194  = ~ i_rq__payload[52];
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$192  & \$195 ;
+  assign \$197  = ~ i_rq__payload[53];
+  assign \$198  = \$197  & i_rq__payload[48];
+  assign \$199  = \$196  & \$198 ;
+  assign \$200  = ~ i_rq__payload[52];
+  assign \$201  = ~ i_rq__payload[53];
+  assign \$202  = \$200  & \$201 ;
+  assign \$203  = \$202  & i_rq__payload[51];
+  assign \$204  = \$199  | \$203 ;
+  assign \$205  = ~ i_rq__payload[53];
+  assign \$206  = \$205  & i_rq__payload[52];
+  assign \$207  = \$206  | i_rq__payload[53];
+  assign \$208  = \$204  | \$207 ;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = ~ i_rq__payload[52];
+  assign \$211  = ~ i_rq__payload[53];
+  assign \$212  = \$210  & \$211 ;
+  assign \$213  = \$212  & i_rq__payload[51];
+  assign \$214  = ~ i_rq__payload[53];
+  assign \$215  = \$214  & i_rq__payload[52];
+  assign \$216  = \$213  | \$215 ;
+  assign \$217  = \$216  | i_rq__payload[53];
+  assign \$218  = ~ \$217 ;
+  assign \$219  = ~ i_rq__payload[49];
+  assign \$220  = ~ i_rq__payload[50];
+  assign \$221  = \$219  & \$220 ;
+  assign \$222  = ~ i_rq__payload[52];
+  assign \$223  = i_rq__payload[51] & \$222 ;
+  assign \$224  = \$221  & \$223 ;
+  assign \$225  = ~ i_rq__payload[53];
+  assign \$226  = \$225  & i_rq__payload[48];
+  assign \$227  = \$224  & \$226 ;
+  assign \$228  = ~ i_rq__payload[50];
+  assign \$229  = \$228  & i_rq__payload[51];
+  assign \$230  = ~ i_rq__payload[52];
+  assign \$231  = ~ i_rq__payload[53];
+  assign \$232  = \$230  & \$231 ;
+  assign \$233  = \$229  & \$232 ;
+  assign \$234  = \$233  & i_rq__payload[49];
+  assign \$235  = \$227  | \$234 ;
+  assign \$236  = ~ i_rq__payload[52];
+  assign \$237  = i_rq__payload[51] & \$236 ;
+  assign \$238  = ~ i_rq__payload[53];
+  assign \$239  = \$238  & i_rq__payload[50];
+  assign \$240  = \$237  & \$239 ;
+  assign \$241  = ~ i_rq__payload[53];
+  assign \$242  = \$241  & i_rq__payload[52];
+  assign \$243  = \$240  | \$242 ;
+  assign \$244  = \$235  | \$243 ;
+  assign \$245  = \$244  | i_rq__payload[53];
+  assign \$246  = ~ \$245 ;
+  assign \$247  = ~ i_rq__payload[50];
+  assign \$248  = \$247  & i_rq__payload[51];
+  assign \$249  = ~ i_rq__payload[52];
+  assign \$250  = ~ i_rq__payload[53];
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = \$248  & \$251 ;
+  assign \$253  = \$252  & i_rq__payload[49];
+  assign \$254  = ~ i_rq__payload[52];
+  assign \$255  = i_rq__payload[51] & \$254 ;
+  assign \$256  = ~ i_rq__payload[53];
+  assign \$257  = \$256  & i_rq__payload[50];
+  assign \$258  = \$255  & \$257 ;
+  assign \$259  = \$253  | \$258 ;
+  assign \$260  = ~ i_rq__payload[53];
+  assign \$261  = \$260  & i_rq__payload[52];
+  assign \$262  = \$261  | i_rq__payload[53];
+  assign \$263  = \$259  | \$262 ;
+  assign \$264  = ~ \$263 ;
+  assign \$265  = ~ i_rq__payload[50];
+  assign \$266  = i_rq__payload[49] & \$265 ;
+  assign \$267  = ~ i_rq__payload[52];
+  assign \$268  = i_rq__payload[51] & \$267 ;
+  assign \$269  = \$266  & \$268 ;
+  assign \$270  = ~ i_rq__payload[53];
+  assign \$271  = \$270  & i_rq__payload[48];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     r = 12'h000;
@@ -17777,11 +19098,65 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh5 = 43'h00000000000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh5 = \$14 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh4 = 27'h0000000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh4 = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh3 = 19'h00000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh3 = \$16 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh2 = 15'h0000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh2 = \$17 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh1 = 13'h0000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh1 = \$18 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    rsh0 = 12'h000;
+    if (\$9 ) begin
+    end else if (\$11 ) begin
+    end else if (\$13 ) begin
+      rsh0 = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     q_lo = 12'h000;
     if (\$9 ) begin
     end else if (\$11 ) begin
     end else if (\$13 ) begin
-      q_lo = \$14 [11:0];
+      q_lo = rsh0;
     end
   end
   always @* begin
@@ -17790,16 +19165,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$9 ) begin
     end else if (\$11 ) begin
     end else if (\$13 ) begin
-      x = \$15 [50:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    thr = 40'h0000000000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      thr = \$16 [39:0];
+      x = \$20 [50:0];
     end
   end
   always @* begin
@@ -17808,7 +19174,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$9 ) begin
     end else if (\$11 ) begin
     end else if (\$13 ) begin
-      ovf = \$18 ;
+      ovf = \$22 ;
     end
   end
   always @* begin
@@ -17817,155 +19183,165 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$9 ) begin
     end else if (\$11 ) begin
     end else if (\$13 ) begin
-      qs = \$20 ;
+      qs = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = o_res__valid;
+    \$710  = o_res__valid;
     if (o_res__ready) begin
-      \$56  = 1'h0;
+      \$710  = 1'h0;
     end
     if (finishing) begin
-      \$56  = 1'h1;
+      \$710  = 1'h1;
     end
     if (rst) begin
-      \$56  = 1'h0;
+      \$710  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = o_res__payload;
+    \$711  = o_res__payload;
     if (finishing) begin
-      \$57 [31:0] = acc_r;
-      \$57 [39:32] = \$33 [7:0];
-      \$57 [40] = \$signal$27 ;
+      \$711 [31:0] = acc_r;
+      \$711 [39:32] = \$37 [7:0];
+      \$711 [40] = \$signal$33 ;
     end
     if (rst) begin
-      \$57  = 41'h00000000000;
+      \$711  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = busy;
+    \$712  = busy;
     if (finishing) begin
-      \$58  = 1'h0;
+      \$712  = 1'h0;
     end
-    if (\$35 ) begin
-      \$58  = 1'h1;
+    if (\$39 ) begin
+      \$712  = 1'h1;
     end
     if (rst) begin
-      \$58  = 1'h0;
+      \$712  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = phase;
-    if (\$35 ) begin
-      \$59  = 3'h0;
-    end else if (\$37 ) begin
-      \$59  = \$55 [2:0];
-    end else if (\$39 ) begin
-      \$59  = 3'h5;
+    \$713  = phase;
+    if (\$39 ) begin
+      \$713  = 3'h0;
+    end else if (\$41 ) begin
+      \$713  = \$709 [2:0];
+    end else if (\$43 ) begin
+      \$713  = 3'h5;
     end
     if (rst) begin
-      \$59  = 3'h0;
+      \$713  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = acc_r;
-    if (\$35 ) begin
-      \$60  = i_acc__payload[31:0];
+    \$714  = acc_r;
+    if (\$39 ) begin
+      \$714  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$60  = 32'd0;
+      \$714  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = t;
-    if (\$35 ) begin
-      \$61  = \$40 ;
+    \$715  = t;
+    if (\$39 ) begin
+      \$715  = \$44 ;
     end
     if (rst) begin
-      \$61  = 33'h000000000;
+      \$715  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = mr;
-    if (\$35 ) begin
-      \$62  = i_rq__payload[47:32];
-    end else if (\$37 ) begin
-      \$62  = \$54 [15:0];
+    \$716  = mr;
+    if (\$39 ) begin
+      \$716  = i_rq__payload[47:32];
+    end else if (\$41 ) begin
+      \$716  = \$708 [15:0];
     end
     if (rst) begin
-      \$62  = 16'h0000;
+      \$716  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = p;
-    if (\$35 ) begin
-      \$63  = 50'h0000000000000;
-    end else if (\$37 ) begin
-      \$63  = \$53 [49:0];
+    \$717  = p;
+    if (\$39 ) begin
+      \$717  = 50'h0000000000000;
+    end else if (\$41 ) begin
+      \$717  = \$707 [49:0];
     end
     if (rst) begin
-      \$63  = 50'h0000000000000;
+      \$717  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = \$signal$17 ;
-    if (\$35 ) begin
-      \$64  = i_rq__payload[53:48];
+    \$718  = \$signal$16 ;
+    if (\$39 ) begin
+      \$718  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$64  = 6'h00;
+      \$718  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = \$signal ;
-    if (\$35 ) begin
-      \$65  = i_rq__payload[61:54];
+    \$719  = \$signal ;
+    if (\$39 ) begin
+      \$719  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$65  = 8'h00;
+      \$719  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = \$signal$26 ;
-    if (\$35 ) begin
-      \$66  = i_rq__payload[62];
+    \$720  = \$signal$32 ;
+    if (\$39 ) begin
+      \$720  = i_rq__payload[62];
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$720  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = \$signal$27 ;
-    if (\$35 ) begin
-      \$67  = i_acc__payload[32];
+    \$721  = \$signal$33 ;
+    if (\$39 ) begin
+      \$721  = i_acc__payload[32];
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$721  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = qsh;
-    if (\$35 ) begin
-    end else if (\$37 ) begin
-    end else if (\$39 ) begin
-      \$68  = qs;
+    \$722  = thr;
+    if (\$39 ) begin
+      \$722  = { \$694 , \$688 , \$674 , \$661 , \$639 , \$627 , \$606 , \$586 , \$556 , \$555 , \$547 , \$540 , \$525 , \$519 , \$505 , \$492 , \$470 , \$465 , \$452 , \$440 , \$419 , \$408 , \$388 , \$369 , \$340 , \$336 , \$324 , \$313 , \$293 , \$283 , \$264 , \$246 , \$218 , \$209 , \$191 , \$174 , \$147 , \$131 , \$105 , \$80  };
     end
     if (rst) begin
-      \$68  = 12'h000;
+      \$722  = 40'h0000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$723  = qsh;
+    if (\$39 ) begin
+    end else if (\$41 ) begin
+    end else if (\$43 ) begin
+      \$723  = qs;
+    end
+    if (rst) begin
+      \$723  = 12'h000;
     end
   end
   assign \o_res__payload.acc  = o_res__payload[31:0];
@@ -17979,10 +19355,10 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \i_rq__payload.zero_point  = i_rq__payload[61:54];
   assign \i_rq__payload.relu  = i_rq__payload[62];
   assign \$6  = { \$5 [12], \$5 [12:1] };
-  assign \$41  = { p[49], p[49], p[49], p, 4'h0 };
-  assign \$42  = { t[32], t };
-  assign \$44  = { t, 1'h0 };
-  assign \$47  = { t[32], t, 2'h0 };
-  assign \$49  = { t, 3'h0 };
-  assign \$54  = { 3'h0, mr, 4'h0 };
+  assign \$695  = { p[49], p[49], p[49], p, 4'h0 };
+  assign \$696  = { t[32], t };
+  assign \$698  = { t, 1'h0 };
+  assign \$701  = { t[32], t, 2'h0 };
+  assign \$703  = { t, 3'h0 };
+  assign \$708  = { 3'h0, mr, 4'h0 };
 endmodule
