@@ -49,7 +49,7 @@ Architecture (eight group banks in one block RAM, three free-running pipelines, 
    whole chunk or an output word).  A lane keeps only its two open words, by parity (word ``w``
    in the even or odd register): a chunk ORs into both, and a chunk that opens word ``w + 1``
    clears the register of the finished word ``w - 1`` first; both registers are written every
-   cycle to an even and an odd lane-word RAM (small LUT RAMs; ``NSLOT = 4`` block slots).  Lane 0
+   cycle to an even and an odd lane-word RAM (small LUT RAMs, one region per block slot).  Lane 0
    runs forward from the header; lane 1 runs from bit ``pad = NW * LW - nbits`` and the padded
    block is its bit reversal, so lane-1 word ``NW - 1 - i`` lands reversed in block word ``i``.
    No register holds a whole block: the deepest cone is a 3-input OR with a clear.
@@ -58,10 +58,14 @@ Architecture (eight group banks in one block RAM, three free-running pipelines, 
    reversal and the header OR, registered; a 6-entry output FIFO with credits takes the
    backpressure, so ``o_words.ready`` drives no pipeline enable.
 
-The three passes run on three different groups at once (8 banks cover the pipeline depths), so the
-throughput is ``P`` values per cycle sustained (one group every ``group / P`` cycles) as long as
-``o_words`` keeps up (``words_per_block <= group / P``) and a group lasts at least a quarter of
-the packer's depth (the packer holds at most ``NSLOT = 4`` blocks in flight or buffered).  Bank
+The three passes run on three different groups at once, so the throughput is ``P`` values per
+cycle sustained (one group every ``group / P`` cycles) as long as ``o_words`` keeps up
+(``words_per_block <= group / P``).  The group banks and block slots are sized from the geometry
+so that short groups keep that rate too: a bank lives about ``3 * group / P + 60`` cycles (it is
+freed as soon as the packer has read it), a slot about ``group / P + 48`` (from the packer's
+start to its last output word), so ``nbank`` (at least 8) and ``nslot`` (at least 4) are the
+powers of two above those lifetimes in groups (default geometry: 8 banks, 4 slots; 4-beat
+groups: 32 banks, 16 slots).  Bank
 handoffs are decided from registered flags only.  Tables (centroids, codes, lengths) are
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
@@ -98,8 +102,10 @@ from sparsefab.compress.errors import SparsefabError
 __all__ = ["KVCompressConfig", "KVCompressor", "build", "config_dict"]
 
 AW = 40            # |x| * 2**24 < 2**40 for every finite FP16 x
-NBANK = 8          # group banks: input, window, evaluation, decision, packing overlap
-NSLOT = 4          # output block slots (blocks in the packer or waiting for o_words)
+NBANK = 8          # group banks (at least): input, window, evaluation, decision, packing overlap
+NSLOT = 4          # output block slots (at least): blocks in the packer or waiting for o_words
+BANK_FIXED = 60    # cycles a bank lives beyond its 3 passes of group/P beats (sim-measured, rounded up)
+SLOT_FIXED = 48    # cycles a slot lives beyond its packing pass
 
 
 def _bl(x: int) -> int:
@@ -268,7 +274,11 @@ class KVCompressor(wiring.Component):
         cw = (self.config.values_per_cycle // p.lanes) * self.iw
         self.lw = max(64, self.config.bus_bits, 1 << (cw - 1).bit_length())
         self.nw = -(-p.nbits // self.lw)
-        self.nslot = NSLOT
+        # enough group banks and block slots for a group every group/P cycles (a bank lives about
+        # 3 * beats + BANK_FIXED cycles, a slot about beats + SLOT_FIXED): powers of two
+        beats = p.group // self.config.values_per_cycle
+        self.nbank = min(max(NBANK, 1 << (-(-(3 * beats + BANK_FIXED) // beats)).bit_length()), 64)
+        self.nslot = min(max(NSLOT, 1 << (-(-(beats + SLOT_FIXED) // beats)).bit_length()), 64)
 
     def _fast_table(self, ti: int):
         """``(K1, s, width, e_pos, e_neg)`` when centroid table ``ti`` takes the comparator-free path,
@@ -579,6 +589,7 @@ class KVCompressor(wiring.Component):
         NBITS, BEATS, C, T = p.nbits, G // P, cfg.candidates, self.T
         mb = p.mbits
         reg = self._reg
+        NBANK = self.nbank
         bbw = max(NBANK - 1, 1).bit_length()
         btw = max(BEATS - 1, 1).bit_length()
 
@@ -902,7 +913,14 @@ class KVCompressor(wiring.Component):
         pv = [reg(m, reg(m, reg(m, c))) for c in pv]
         psel = reg(m, b_sel[pv[3]], range(K), name="p_sel")
         pR = reg(m, b_R[pv[3]], self.rw, name="p_R")
+        pt = reg(m, b_t[pv[3]], tw, name="p_t")
+        # the bank's last read (data and state) is behind: free it now, not when the block is done
+        m.d.comb += clr_busy.eq(reg(m, Mux(pv[0] & pv[2], Const(1, NBANK) << pv[3], 0), NBANK, name="p_free"))
         pv = [reg(m, c) for c in pv]
+        # header fields and the fallback flag travel with the block
+        pv.append(Cat(psel[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (pt >> mb)[:p.ebits],
+                      pt[:mb] if mb else Const(0, 0)))
+        pv.append(psel == self.fb)
         ptabs = sorted(set(self.tab_of))
         pres = [self._quant(m, u, sg, Const(0, 1), pR, ptabs, f"p{q}") for q, (u, sg, _) in enumerate(pfr)]
         for _ in range(8):
@@ -962,7 +980,7 @@ class KVCompressor(wiring.Component):
             pv = [reg(m, c) for c in pv]
             nesc = reg(m, nesc)
         # X0..X5: per lane a two-word gearbox into lane-word RAMs (see "Packer back end" above)
-        p_v, p_f, p_l, p_b, p_s = pv
+        p_v, p_f, p_l, _, p_s, p_hdr, p_fb = pv
         LW, NW, NSLOT = self.lw, self.nw, self.nslot
         lwb = LW.bit_length() - 1
         HD = -(-NW // 2)                    # lane words per slot in each (even/odd) bank
@@ -1036,21 +1054,16 @@ class KVCompressor(wiring.Component):
         esc_6 = reg(m, n_esc, range(G + 1), name="x2_esc")             # the block's count, piped to X6
         for _ in range(4):
             esc_6 = reg(m, esc_6)
-        # header fields and the fallback flag of the bank (a stage ahead of the finish)
-        b1 = reg(m, reg(m, p_b))
-        sel_3, t_3 = reg(m, b_sel[b1], name="x3_sel"), reg(m, b_t[b1], name="x3_t")
-        hdr_4 = reg(m, Cat(sel_3[:p.selbits(K)] if p.selbits(K) else Const(0, 0), (t_3 >> mb)[:p.ebits],
-                           t_3[:mb] if mb else Const(0, 0)), self.hdr, name="x4_hdr")
-        fb_4 = reg(m, sel_3 == self.fb, 1, name="x4_fb")
-        b4 = reg(m, reg(m, reg(m, b1)))
+        hdr_5, fb_6 = p_hdr, p_fb
+        for _ in range(5):
+            hdr_5, fb_6 = reg(m, hdr_5), reg(m, fb_6)
+        fb_6 = reg(m, fb_6)
         x5_v, _, x5_l, x5_s = ctx_at(5)
-        # X6: the block is in its slot: per-slot header and lane ends, counters, bank freed
+        # X6: the block is in its slot: per-slot header and lane ends, counters
         slot_hdr = Array(Signal(self.hdr, name=f"slot_hdr{i}") for i in range(NSLOT))
         slot_end = [Array(Signal(iwd, name=f"slot_end{ln_i}_{i}") for i in range(NSLOT)) for ln_i in range(L)]
         fin_v = reg(m, x5_v & x5_l, 1, name="fin_v")
-        fin_oh = reg(m, Const(1, NBANK) << b4, NBANK, name="fin_oh")
         m.d.comb += fin.eq(fin_v)
-        hdr_5, fb_6 = reg(m, hdr_4, name="x5_hdr"), reg(m, reg(m, fb_4))
         with m.If(x5_v & x5_l):
             m.d.sync += [slot_hdr[x5_s].eq(hdr_5)]
             m.d.sync += [slot_end[ln_i][x5_s].eq(end5) for ln_i, (_, end5) in enumerate(lane_out)]
@@ -1058,7 +1071,6 @@ class KVCompressor(wiring.Component):
             m.d.sync += [self.count_blocks.eq(self.count_blocks + 1),
                          self.count_fallback.eq(self.count_fallback + fb_6),
                          self.count_escapes.eq(self.count_escapes + esc_6)]
-            m.d.comb += clr_busy.eq(fin_oh)
         m.d.sync += ocount.eq(ocount + fin_v - emit_done)
 
         # ---------------------------------------------------------------- 4. output words
@@ -1139,6 +1151,7 @@ def config_dict(comp: KVCompressor) -> dict:
     """Sidecar ``config`` plus derived figures testbenches read (never hard-coded)."""
     d = dataclasses.asdict(comp.config)
     d.update(words_per_block=comp.config.words_per_block, beats_per_group=comp.config.beats_per_group,
-             header_bits=comp.hdr, lengths=comp.codebooks.lengths.tolist(),
+             header_bits=comp.hdr, lane_word_bits=comp.lw, banks=comp.nbank, block_slots=comp.nslot,
+             lengths=comp.codebooks.lengths.tolist(),
              centroids=comp.codebooks.centroids.tolist())
     return d

@@ -103,6 +103,8 @@ def test_sidecar(tmp_path):
     side = json.loads(j.read_text())
     assert side["config"]["group"] == 32 and side["config"]["words_per_block"] == 4
     assert side["config"]["lengths"] == cb.lengths.tolist()
+    # 16 beats per group: a bank lives ~3*16+60 cycles (7 groups: 8 banks), a slot ~16+48 (4 groups: 8 slots)
+    assert (side["config"]["banks"], side["config"]["block_slots"], side["config"]["lane_word_bits"]) == (8, 8, 64)
     assert "module kv_compress" in v.read_text()
 
 
@@ -227,6 +229,25 @@ def test_amaranth_sim_one_beat_groups():
         assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 8})"
     # the packer keeps at most 2 blocks in flight or buffered (output credit): 2 blocks per packer depth
     assert len(ends) == x.shape[0] and min(np.diff(ends)) == 1, ends
+
+
+@pytest.mark.parametrize("group,P", [(16, 4), (32, 4)])
+def test_amaranth_sim_short_groups_full_rate(group, P):
+    """Groups of 4 and 8 beats: enough banks and block slots (sized from the geometry) for one group
+    every group/P cycles, byte-exact and without a gap between blocks once the pipeline is full."""
+    p = kv.KVParams(group=group, block_bytes=group // 2, lanes=2)
+    cb = kv.uniform_codebooks(params=p)
+    rng = np.random.default_rng(SEED + group)
+    x = np.concatenate([_random(14, group, rng), _heavy(2, group, rng)])
+    eb = _ebias(x, p, cb)
+    want, _ = kv.encode_groups(x.astype(np.float64), cb, p, eb, policy="hw")
+    dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=P, bus_bits=64)
+    ends = []
+    got = _amaranth_run(dut, x, eb, SEED + group, idle=0.0, bp=0.0, ends=ends)
+    for i, g in enumerate(got):
+        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + group})"
+    beats = group // P
+    assert set(np.diff(ends).tolist()) == {beats}, (ends, dut.nbank, dut.nslot)
 
 
 def test_amaranth_sim_bit_exact_nonuniform_table():
