@@ -461,8 +461,9 @@ class BitmapDecoder(wiring.Component):
             ]
 
         # ---------------------------------------------------------------- values gearbox
+        # values held (VPB - vpos in VA, VPB in VB): a REGISTER kept in step with the value state
+        # (minus the take, plus a loaded beat), so vals_ok starts from registers
         vavail = Signal(range(2 * VPB + 1))
-        m.d.comb += vavail.eq(Mux(va_v, VPB - vpos, 0) + Mux(vb_v, VPB, 0))
         vals_ok = Signal()
         # k <= vavail, without waiting for k's saturation
         m.d.comb += vals_ok.eq((vavail >= L) | (lim_full <= vavail))
@@ -526,9 +527,7 @@ class BitmapDecoder(wiring.Component):
                 else:
                     m_.d.comb += [s1[i].eq(0), v1[i].eq(0)]
 
-        kk = Signal(range(L + 1))        # set bits taken this cycle
-        m.d.comb += kk.eq(Mux(advance, k, 0))
-        # rebased counts after this cycle's drops, before subtracting kk (mirrors s1)
+        # rebased counts after this cycle's drops, before this cycle's take (mirrors s1)
         Rs = [Signal(signed(rw), name=f"Rs{j}") for j in range(G)]
         Rsm1 = Signal(signed(rw))
         m.d.comb += [x.eq(y) for x, y in zip(Rs, R, strict=True)] + [Rsm1.eq(Rm1)]
@@ -602,7 +601,7 @@ class BitmapDecoder(wiring.Component):
         m.d.sync += [x.eq(y) for x, y in zip(slots, s1, strict=True)]
         m.d.sync += [x.eq(y) for x, y in zip(sv, v1, strict=True)]
         # the beat entering slot i counts from the end of slot i-1; the slots after it (empty)
-        # hold its total.  The add is off the k loop; only "- kk" follows k.
+        # hold its total.  The add is off the k loop; the take "- k" follows it, "advance" last.
         Rf = [Signal(signed(rw), name=f"Rf{j}") for j in range(G)]
         m.d.comb += [x.eq(y) for x, y in zip(Rf, Rn, strict=True)]
         with m.If(take_buf):
@@ -615,7 +614,10 @@ class BitmapDecoder(wiring.Component):
         with m.If(special):
             m.d.sync += [R[j].eq(Rs[j]) for j in range(G)] + [Rm1.eq(Rsm1)]
         with m.Else():
-            m.d.sync += [R[j].eq(Rf[j] - kk) for j in range(G)] + [Rm1.eq(Rnm1 - kk)]
+            # "advance" picks between the counts with and without this cycle's take (both
+            # computed before it is known), rather than feeding a subtraction
+            m.d.sync += [R[j].eq(Mux(advance, Rf[j] - k, Rf[j])) for j in range(G)]
+            m.d.sync += Rm1.eq(Mux(advance, Rnm1 - k, Rnm1))
 
         # ---------------------------------------------------------------- next value state
         VA1, VB1 = Signal(V), Signal(V)
@@ -642,7 +644,14 @@ class BitmapDecoder(wiring.Component):
         with m.Else():
             m.d.comb += [end_ok.eq(va_v & va_l & ~vb_v), end_bad.eq(va_v & ~(va_l & ~vb_v))]
 
-        with m.If(any_err | (endv & (end_ok | end_bad))):
+        v_clear = Signal()
+        m.d.comb += v_clear.eq(any_err | (endv & (end_ok | end_bad)))
+        v_load = Signal()
+        m.d.comb += v_load.eq(self.i_value.valid & self.i_value.ready)
+        v_left = Signal(range(2 * VPB + 1))
+        m.d.comb += v_left.eq(Mux(v_clear, 0, Mux(advance, vavail - k, vavail)))
+        m.d.sync += vavail.eq(Mux(v_load, v_left + VPB, v_left))
+        with m.If(v_clear):
             m.d.comb += [va1.eq(0), vb1.eq(0), allow_load.eq(0)]
             m.d.sync += [vpos.eq(0), vlast_loaded.eq(0), prev_last.eq(0), any_val.eq(0)]
         with m.Elif(advance & takes):
@@ -689,7 +698,7 @@ class BitmapDecoder(wiring.Component):
         with m.If(any_err):
             m.d.sync += [running.eq(0), endv.eq(0)]
         # the row geometry and the registered flags and counts that follow it (next values for
-        # both outcomes of this cycle's row finish, selected by it; the counts' "- kk" comes last)
+        # both outcomes of this cycle's row finish and advance, selected by them)
         # (the geometry also moves at the matrix's end, so it never waits on that decision; the
         # next command sets it, an error resets it)
         with m.If(self.i_cmd.valid & self.i_cmd.ready):
@@ -714,9 +723,11 @@ class BitmapDecoder(wiring.Component):
         c_a = r_at_sh(Rf, Rnm1, es_w, "r_a")
         c_b = r_at_sh(Rf, Rnm1, es2_w, "r_b")
         c_c = r_at_sh(Rf, Rnm1, es3_w, "r_c")
-        m.d.sync += [k_cur_full.eq(Mux(fin, c_b, c_a) - kk), k_nxt_full.eq(Mux(fin, c_c, c_b) - kk),
+        m.d.sync += [k_cur_full.eq(Mux(advance, Mux(finish, c_b, c_a) - k, c_a)),
+                     k_nxt_full.eq(Mux(advance, Mux(finish, c_c, c_b) - k, c_b)),
                      row_complete.eq(Mux(fin, es2_n0 <= av_n, es_n0 <= av_n)),
-                     sh_r.eq(v_n[0] & (Rf[GS - 1] <= kk) & Mux(fin, es2_n0 > MW, es_n0 > MW))]
+                     sh_r.eq(v_n[0] & Mux(advance, (Rf[GS - 1] <= k) & Mux(finish, es2_n0 > MW, es_n0 > MW),
+                                          (Rf[GS - 1] <= 0) & (es_n0 > MW)))]
         flags = Signal(4)
         m.d.comb += [
             flags[ERRORS["values_short"]].eq(short_err),

@@ -2167,8 +2167,8 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$28109$0 (\$39 [31:0]),
-    .\port$28689$0 (last3),
+    .\port$28150$0 (\$39 [31:0]),
+    .\port$28732$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2480,7 +2480,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, r_en, \port$28689$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$28150$0 , w_en, w_level, r_data, r_en, \port$28732$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2522,10 +2522,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$28109$0 ;
-  wire [31:0] \port$28109$0 ;
-  input \port$28689$0 ;
-  wire \port$28689$0 ;
+  input [31:0] \port$28150$0 ;
+  wire [31:0] \port$28150$0 ;
+  input \port$28732$0 ;
+  wire \port$28732$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2561,7 +2561,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$28689$0 , \port$28109$0  };
+      storage[w_port__addr] <= { \port$28732$0 , \port$28150$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2660,8 +2660,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28109$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$28689$0 , \port$28109$0  };
-  assign w_data = { \port$28689$0 , \port$28109$0  };
+  assign w_port__data = { \port$28732$0 , \port$28150$0  };
+  assign w_data = { \port$28732$0 , \port$28150$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -19047,11 +19047,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [3:0] \$24736 ;
   wire [3:0] \$24737 ;
   wire [4:0] \$24738 ;
-  wire [4:0] \$24739 ;
+  wire \$24739 ;
   wire \$2474 ;
-  wire [4:0] \$24740 ;
-  wire [3:0] \$24741 ;
-  wire [5:0] \$24742 ;
+  wire \$24740 ;
+  wire \$24741 ;
+  wire \$24742 ;
   wire \$24743 ;
   wire \$24744 ;
   wire \$24745 ;
@@ -19066,14 +19066,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24753 ;
   wire \$24754 ;
   wire \$24755 ;
-  wire \$24756 ;
-  wire \$24757 ;
+  wire [8:0] \$24756 ;
+  wire [9:0] \$24757 ;
   wire \$24758 ;
-  wire \$24759 ;
+  wire [11:0] \$24759 ;
   wire \$2476 ;
-  wire [8:0] \$24760 ;
-  wire [9:0] \$24761 ;
-  wire \$24762 ;
+  wire [11:0] \$24760 ;
+  wire [11:0] \$24761 ;
+  wire [11:0] \$24762 ;
   wire [11:0] \$24763 ;
   wire [11:0] \$24764 ;
   wire [11:0] \$24765 ;
@@ -19111,12 +19111,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24794 ;
   wire [11:0] \$24795 ;
   wire [11:0] \$24796 ;
-  wire [11:0] \$24797 ;
-  wire [11:0] \$24798 ;
-  wire [11:0] \$24799 ;
+  wire \$24797 ;
+  wire \$24798 ;
+  wire \$24799 ;
   wire \$248 ;
   wire \$2480 ;
-  wire [11:0] \$24800 ;
+  wire \$24800 ;
   wire \$24801 ;
   wire \$24802 ;
   wire \$24803 ;
@@ -19132,10 +19132,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24812 ;
   wire \$24813 ;
   wire \$24814 ;
-  wire \$24815 ;
-  wire \$24816 ;
-  wire \$24817 ;
-  wire \$24818 ;
+  wire [11:0] \$24815 ;
+  wire [11:0] \$24816 ;
+  wire [11:0] \$24817 ;
+  wire [11:0] \$24818 ;
   wire [11:0] \$24819 ;
   wire \$2482 ;
   wire [11:0] \$24820 ;
@@ -19172,14 +19172,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24849 ;
   wire \$2485 ;
   wire [11:0] \$24850 ;
-  wire [11:0] \$24851 ;
-  wire [11:0] \$24852 ;
-  wire [11:0] \$24853 ;
-  wire [11:0] \$24854 ;
-  wire \$24855 ;
-  wire \$24856 ;
-  wire \$24857 ;
-  wire \$24858 ;
+  wire \$24851 ;
+  wire \$24852 ;
+  wire \$24853 ;
+  wire \$24854 ;
+  wire [11:0] \$24855 ;
+  wire [11:0] \$24856 ;
+  wire [11:0] \$24857 ;
+  wire [11:0] \$24858 ;
   wire [11:0] \$24859 ;
   wire \$2486 ;
   wire [11:0] \$24860 ;
@@ -19202,16 +19202,16 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24876 ;
   wire [11:0] \$24877 ;
   wire [11:0] \$24878 ;
-  wire [11:0] \$24879 ;
+  wire \$24879 ;
   wire \$2488 ;
-  wire [11:0] \$24880 ;
-  wire [11:0] \$24881 ;
-  wire [11:0] \$24882 ;
+  wire \$24880 ;
+  wire \$24881 ;
+  wire \$24882 ;
   wire \$24883 ;
-  wire \$24884 ;
-  wire \$24885 ;
-  wire \$24886 ;
-  wire \$24887 ;
+  wire [11:0] \$24884 ;
+  wire [11:0] \$24885 ;
+  wire [11:0] \$24886 ;
+  wire [11:0] \$24887 ;
   wire [11:0] \$24888 ;
   wire [11:0] \$24889 ;
   wire \$2489 ;
@@ -19221,14 +19221,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24893 ;
   wire [11:0] \$24894 ;
   wire [11:0] \$24895 ;
-  wire [11:0] \$24896 ;
-  wire [11:0] \$24897 ;
-  wire [11:0] \$24898 ;
-  wire [11:0] \$24899 ;
+  wire \$24896 ;
+  wire [4:0] \$24897 ;
+  wire \$24898 ;
+  wire \$24899 ;
   wire \$249 ;
   wire \$2490 ;
   wire \$24900 ;
-  wire [4:0] \$24901 ;
+  wire \$24901 ;
   wire \$24902 ;
   wire \$24903 ;
   wire \$24904 ;
@@ -19253,9 +19253,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24921 ;
   wire \$24922 ;
   wire \$24923 ;
-  wire \$24924 ;
-  wire \$24925 ;
-  wire \$24926 ;
+  wire [5:0] \$24924 ;
+  wire [5:0] \$24925 ;
+  wire [5:0] \$24926 ;
   wire \$24927 ;
   wire \$24928 ;
   wire \$24929 ;
@@ -19273,11 +19273,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2494 ;
   wire \$24940 ;
   wire \$24941 ;
-  wire \$24942 ;
-  wire \$24943 ;
+  wire [11:0] \$24942 ;
+  wire [11:0] \$24943 ;
   wire [11:0] \$24944 ;
-  wire [11:0] \$24945 ;
-  wire [11:0] \$24946 ;
+  wire \$24945 ;
+  wire \$24946 ;
   wire \$24947 ;
   wire \$24948 ;
   wire \$24949 ;
@@ -19288,10 +19288,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24953 ;
   wire \$24954 ;
   wire \$24955 ;
-  wire \$24956 ;
-  wire \$24957 ;
-  reg [2:0] \$24958 ;
-  wire [4:0] \$24959 ;
+  reg [2:0] \$24956 ;
+  wire [4:0] \$24957 ;
+  wire \$24958 ;
+  wire \$24959 ;
   wire \$2496 ;
   wire \$24960 ;
   wire \$24961 ;
@@ -19304,7 +19304,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24968 ;
   wire \$24969 ;
   wire \$2497 ;
-  wire \$24970 ;
+  wire [8:0] \$24970 ;
   wire \$24971 ;
   wire [8:0] \$24972 ;
   wire \$24973 ;
@@ -19326,8 +19326,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [8:0] \$24988 ;
   wire \$24989 ;
   wire \$2499 ;
-  wire [8:0] \$24990 ;
-  wire \$24991 ;
+  wire [10:0] \$24990 ;
+  wire [10:0] \$24991 ;
   wire [10:0] \$24992 ;
   wire [10:0] \$24993 ;
   wire [10:0] \$24994 ;
@@ -19347,8 +19347,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25005 ;
   wire [10:0] \$25006 ;
   wire [10:0] \$25007 ;
-  wire [10:0] \$25008 ;
-  wire [10:0] \$25009 ;
+  wire \$25008 ;
+  wire \$25009 ;
   wire \$2501 ;
   wire \$25010 ;
   wire \$25011 ;
@@ -19361,7 +19361,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25018 ;
   wire \$25019 ;
   wire \$2502 ;
-  wire \$25020 ;
+  wire [9:0] \$25020 ;
   wire \$25021 ;
   wire [9:0] \$25022 ;
   wire \$25023 ;
@@ -19383,8 +19383,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [9:0] \$25038 ;
   wire \$25039 ;
   wire \$2504 ;
-  wire [9:0] \$25040 ;
-  wire \$25041 ;
+  wire [10:0] \$25040 ;
+  wire [10:0] \$25041 ;
   wire [10:0] \$25042 ;
   wire [10:0] \$25043 ;
   wire [10:0] \$25044 ;
@@ -19402,8 +19402,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25055 ;
   wire [10:0] \$25056 ;
   wire [10:0] \$25057 ;
-  wire [10:0] \$25058 ;
-  wire [10:0] \$25059 ;
+  wire \$25058 ;
+  wire \$25059 ;
   wire \$2506 ;
   wire \$25060 ;
   wire \$25061 ;
@@ -19416,7 +19416,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25068 ;
   wire \$25069 ;
   wire \$2507 ;
-  wire \$25070 ;
+  wire [10:0] \$25070 ;
   wire \$25071 ;
   wire [10:0] \$25072 ;
   wire \$25073 ;
@@ -19439,7 +19439,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25089 ;
   wire \$2509 ;
   wire [10:0] \$25090 ;
-  wire \$25091 ;
+  wire [10:0] \$25091 ;
   wire [10:0] \$25092 ;
   wire [10:0] \$25093 ;
   wire [10:0] \$25094 ;
@@ -19458,44 +19458,44 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25105 ;
   wire [10:0] \$25106 ;
   wire [10:0] \$25107 ;
-  wire [10:0] \$25108 ;
-  wire [10:0] \$25109 ;
+  wire \$25108 ;
+  wire \$25109 ;
   wire \$2511 ;
   wire \$25110 ;
-  wire \$25111 ;
+  reg [3:0] \$25111 ;
   wire \$25112 ;
-  reg [3:0] \$25113 ;
+  wire \$25113 ;
   wire \$25114 ;
-  wire \$25115 ;
+  reg [3:0] \$25115 ;
   wire \$25116 ;
-  reg [3:0] \$25117 ;
+  wire \$25117 ;
   wire \$25118 ;
-  wire \$25119 ;
+  reg [3:0] \$25119 ;
   wire \$2512 ;
   wire \$25120 ;
-  reg [3:0] \$25121 ;
+  wire \$25121 ;
   wire \$25122 ;
-  wire \$25123 ;
+  reg [3:0] \$25123 ;
   wire \$25124 ;
-  reg [3:0] \$25125 ;
+  wire \$25125 ;
   wire \$25126 ;
-  wire \$25127 ;
+  reg [3:0] \$25127 ;
   wire \$25128 ;
-  reg [3:0] \$25129 ;
+  wire \$25129 ;
   wire \$2513 ;
   wire \$25130 ;
-  wire \$25131 ;
+  reg [3:0] \$25131 ;
   wire \$25132 ;
-  reg [3:0] \$25133 ;
+  wire \$25133 ;
   wire \$25134 ;
-  wire \$25135 ;
+  reg [3:0] \$25135 ;
   wire \$25136 ;
-  reg [3:0] \$25137 ;
+  wire \$25137 ;
   wire \$25138 ;
-  wire \$25139 ;
+  reg [3:0] \$25139 ;
   wire \$2514 ;
   wire \$25140 ;
-  reg [3:0] \$25141 ;
+  wire \$25141 ;
   wire \$25142 ;
   wire \$25143 ;
   wire \$25144 ;
@@ -19519,24 +19519,24 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25160 ;
   wire \$25161 ;
   wire \$25162 ;
-  wire \$25163 ;
+  wire [7:0] \$25163 ;
   wire \$25164 ;
-  wire [7:0] \$25165 ;
+  wire \$25165 ;
   wire \$25166 ;
   wire \$25167 ;
   wire \$25168 ;
-  wire \$25169 ;
+  wire [1:0] \$25169 ;
   wire \$2517 ;
   wire \$25170 ;
-  wire [1:0] \$25171 ;
+  wire \$25171 ;
   wire \$25172 ;
-  wire \$25173 ;
+  wire [2:0] \$25173 ;
   wire \$25174 ;
-  wire [2:0] \$25175 ;
+  wire \$25175 ;
   wire \$25176 ;
-  wire \$25177 ;
+  wire [2:0] \$25177 ;
   wire \$25178 ;
-  wire [2:0] \$25179 ;
+  wire \$25179 ;
   wire \$2518 ;
   wire \$25180 ;
   wire \$25181 ;
@@ -19550,8 +19550,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25189 ;
   wire \$2519 ;
   wire \$25190 ;
-  wire \$25191 ;
-  wire \$25192 ;
+  wire [11:0] \$25191 ;
+  wire [11:0] \$25192 ;
   wire [11:0] \$25193 ;
   wire [11:0] \$25194 ;
   wire [11:0] \$25195 ;
@@ -19594,185 +19594,226 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$25228 ;
   wire [11:0] \$25229 ;
   wire \$2523 ;
-  wire \$25230 ;
-  wire \$25231 ;
-  wire \$25232 ;
-  wire \$25233 ;
-  wire [5:0] \$25234 ;
-  wire \$25235 ;
-  wire \$25236 ;
-  wire \$25237 ;
-  wire \$25238 ;
-  wire \$25239 ;
+  wire [11:0] \$25230 ;
+  wire [11:0] \$25231 ;
+  wire [11:0] \$25232 ;
+  wire [11:0] \$25233 ;
+  wire [11:0] \$25234 ;
+  wire [11:0] \$25235 ;
+  wire [11:0] \$25236 ;
+  wire [11:0] \$25237 ;
+  wire [11:0] \$25238 ;
+  wire [11:0] \$25239 ;
   wire \$2524 ;
-  wire \$25240 ;
+  wire [11:0] \$25240 ;
   wire [11:0] \$25241 ;
-  wire \$25242 ;
-  wire [16:0] \$25243 ;
-  wire \$25244 ;
-  wire \$25245 ;
-  wire \$25246 ;
+  wire [11:0] \$25242 ;
+  wire [11:0] \$25243 ;
+  wire [11:0] \$25244 ;
+  wire [11:0] \$25245 ;
+  wire [11:0] \$25246 ;
   wire [11:0] \$25247 ;
   wire [11:0] \$25248 ;
-  wire [12:0] \$25249 ;
+  wire [11:0] \$25249 ;
   wire \$2525 ;
   wire [11:0] \$25250 ;
   wire [11:0] \$25251 ;
-  wire [12:0] \$25252 ;
-  wire [13:0] \$25253 ;
-  wire [6:0] \$25254 ;
-  wire [6:0] \$25255 ;
-  wire [7:0] \$25256 ;
-  wire [7:0] \$25257 ;
-  wire [7:0] \$25258 ;
-  wire [8:0] \$25259 ;
+  wire [11:0] \$25252 ;
+  wire [11:0] \$25253 ;
+  wire [11:0] \$25254 ;
+  wire [11:0] \$25255 ;
+  wire [11:0] \$25256 ;
+  wire [11:0] \$25257 ;
+  wire [11:0] \$25258 ;
+  wire [11:0] \$25259 ;
   wire \$2526 ;
-  wire [10:0] \$25260 ;
-  wire [10:0] \$25261 ;
-  wire [10:0] \$25262 ;
+  wire [11:0] \$25260 ;
+  wire [11:0] \$25261 ;
+  wire [11:0] \$25262 ;
   wire [11:0] \$25263 ;
-  wire [10:0] \$25264 ;
-  wire [11:0] \$25265 ;
-  wire [10:0] \$25266 ;
-  wire [11:0] \$25267 ;
-  wire [10:0] \$25268 ;
-  wire [11:0] \$25269 ;
+  wire [11:0] \$25264 ;
+  wire [5:0] \$25265 ;
+  wire [5:0] \$25266 ;
+  wire \$25267 ;
+  wire [5:0] \$25268 ;
+  wire \$25269 ;
   wire \$2527 ;
   wire \$25270 ;
   wire \$25271 ;
   wire \$25272 ;
   wire \$25273 ;
   wire \$25274 ;
-  wire \$25275 ;
+  wire [11:0] \$25275 ;
   wire \$25276 ;
-  wire \$25277 ;
+  wire [16:0] \$25277 ;
   wire \$25278 ;
-  wire [3:0] \$25279 ;
+  wire \$25279 ;
   wire \$2528 ;
-  reg \$25280 ;
-  reg [15:0] \$25281 ;
-  reg [5:0] \$25282 ;
-  reg [3:0] \$25283 ;
-  reg [7:0] \$25284 ;
-  reg [7:0] \$25285 ;
-  reg [15:0] \$25286 ;
-  reg [5:0] \$25287 ;
-  reg [3:0] \$25288 ;
-  reg [15:0] \$25289 ;
+  wire \$25280 ;
+  wire [11:0] \$25281 ;
+  wire [11:0] \$25282 ;
+  wire [12:0] \$25283 ;
+  wire [11:0] \$25284 ;
+  wire [11:0] \$25285 ;
+  wire [12:0] \$25286 ;
+  wire [13:0] \$25287 ;
+  wire [6:0] \$25288 ;
+  wire [6:0] \$25289 ;
   wire \$2529 ;
-  reg [5:0] \$25290 ;
-  reg [3:0] \$25291 ;
-  reg [15:0] \$25292 ;
-  reg [5:0] \$25293 ;
-  reg [3:0] \$25294 ;
-  reg [15:0] \$25295 ;
-  reg [5:0] \$25296 ;
-  reg [3:0] \$25297 ;
-  reg [15:0] \$25298 ;
-  reg [5:0] \$25299 ;
+  wire [7:0] \$25290 ;
+  wire [7:0] \$25291 ;
+  wire [7:0] \$25292 ;
+  wire [8:0] \$25293 ;
+  wire [10:0] \$25294 ;
+  wire [10:0] \$25295 ;
+  wire [10:0] \$25296 ;
+  wire [11:0] \$25297 ;
+  wire [10:0] \$25298 ;
+  wire [11:0] \$25299 ;
   wire \$253 ;
   wire \$2530 ;
-  reg [3:0] \$25300 ;
-  reg [15:0] \$25301 ;
-  reg [5:0] \$25302 ;
-  reg [3:0] \$25303 ;
-  reg [15:0] \$25304 ;
-  reg [5:0] \$25305 ;
-  reg [3:0] \$25306 ;
-  reg [3:0] \$25307 ;
-  reg [3:0] \$25308 ;
-  reg \$25309 ;
+  wire [10:0] \$25300 ;
+  wire [11:0] \$25301 ;
+  wire [11:0] \$25302 ;
+  wire [10:0] \$25303 ;
+  wire [11:0] \$25304 ;
+  wire [11:0] \$25305 ;
+  wire \$25306 ;
+  wire \$25307 ;
+  wire \$25308 ;
+  wire \$25309 ;
   wire \$2531 ;
-  reg \$25310 ;
-  reg \$25311 ;
-  reg \$25312 ;
-  reg [63:0] \$25313 ;
-  reg [7:0] \$25314 ;
-  reg \$25315 ;
-  reg [1:0] \$25316 ;
-  reg [287:0] \$25317 ;
-  reg \$25318 ;
-  reg [287:0] \$25319 ;
+  wire \$25310 ;
+  wire \$25311 ;
+  wire \$25312 ;
+  wire \$25313 ;
+  wire \$25314 ;
+  wire \$25315 ;
+  wire \$25316 ;
+  wire \$25317 ;
+  wire \$25318 ;
+  wire [3:0] \$25319 ;
   wire \$2532 ;
-  reg [287:0] \$25320 ;
-  reg [287:0] \$25321 ;
-  reg \$25322 ;
-  reg \$25323 ;
-  reg \$25324 ;
-  reg [10:0] \$25325 ;
-  reg [10:0] \$25326 ;
-  reg [10:0] \$25327 ;
-  reg [10:0] \$25328 ;
-  reg [10:0] \$25329 ;
+  reg \$25320 ;
+  reg [15:0] \$25321 ;
+  reg [5:0] \$25322 ;
+  reg [3:0] \$25323 ;
+  reg [7:0] \$25324 ;
+  reg [7:0] \$25325 ;
+  reg [15:0] \$25326 ;
+  reg [5:0] \$25327 ;
+  reg [3:0] \$25328 ;
+  reg [15:0] \$25329 ;
   wire \$2533 ;
-  reg [10:0] \$25330 ;
-  reg [10:0] \$25331 ;
-  reg [10:0] \$25332 ;
-  reg [10:0] \$25333 ;
-  reg [10:0] \$25334 ;
-  reg [10:0] \$25335 ;
-  reg [10:0] \$25336 ;
-  reg [10:0] \$25337 ;
-  reg [10:0] \$25338 ;
-  reg [10:0] \$25339 ;
+  reg [5:0] \$25330 ;
+  reg [3:0] \$25331 ;
+  reg [15:0] \$25332 ;
+  reg [5:0] \$25333 ;
+  reg [3:0] \$25334 ;
+  reg [15:0] \$25335 ;
+  reg [5:0] \$25336 ;
+  reg [3:0] \$25337 ;
+  reg [15:0] \$25338 ;
+  reg [5:0] \$25339 ;
   wire \$2534 ;
-  reg [10:0] \$25340 ;
-  reg [10:0] \$25341 ;
-  reg [10:0] \$25342 ;
-  reg [10:0] \$25343 ;
-  reg [10:0] \$25344 ;
-  reg [10:0] \$25345 ;
-  reg [10:0] \$25346 ;
-  reg [10:0] \$25347 ;
-  reg [10:0] \$25348 ;
-  reg [10:0] \$25349 ;
+  reg [3:0] \$25340 ;
+  reg [15:0] \$25341 ;
+  reg [5:0] \$25342 ;
+  reg [3:0] \$25343 ;
+  reg [15:0] \$25344 ;
+  reg [5:0] \$25345 ;
+  reg [3:0] \$25346 ;
+  reg [3:0] \$25347 ;
+  reg [3:0] \$25348 ;
+  reg \$25349 ;
   wire \$2535 ;
-  reg [10:0] \$25350 ;
-  reg [10:0] \$25351 ;
-  reg [10:0] \$25352 ;
-  reg [10:0] \$25353 ;
-  reg [10:0] \$25354 ;
-  reg [10:0] \$25355 ;
-  reg [10:0] \$25356 ;
-  reg [10:0] \$25357 ;
-  reg [10:0] \$25358 ;
-  reg [10:0] \$25359 ;
+  reg \$25350 ;
+  reg \$25351 ;
+  reg \$25352 ;
+  reg [63:0] \$25353 ;
+  reg [7:0] \$25354 ;
+  reg \$25355 ;
+  reg [1:0] \$25356 ;
+  reg [287:0] \$25357 ;
+  reg \$25358 ;
+  reg [287:0] \$25359 ;
   wire \$2536 ;
-  reg [10:0] \$25360 ;
-  reg [10:0] \$25361 ;
-  reg [2:0] \$25362 ;
+  reg [287:0] \$25360 ;
+  reg [287:0] \$25361 ;
+  reg \$25362 ;
   reg \$25363 ;
   reg \$25364 ;
-  reg \$25365 ;
-  reg [63:0] \$25366 ;
-  reg [63:0] \$25367 ;
-  reg \$25368 ;
-  reg \$25369 ;
+  reg [10:0] \$25365 ;
+  reg [10:0] \$25366 ;
+  reg [10:0] \$25367 ;
+  reg [10:0] \$25368 ;
+  reg [10:0] \$25369 ;
   wire \$2537 ;
-  reg \$25370 ;
-  reg \$25371 ;
-  reg \$25372 ;
-  reg [15:0] \$25373 ;
+  reg [10:0] \$25370 ;
+  reg [10:0] \$25371 ;
+  reg [10:0] \$25372 ;
+  reg [10:0] \$25373 ;
   reg [10:0] \$25374 ;
-  reg [5:0] \$25375 ;
-  reg \$25376 ;
-  reg [6:0] \$25377 ;
-  reg [7:0] \$25378 ;
-  reg [8:0] \$25379 ;
+  reg [10:0] \$25375 ;
+  reg [10:0] \$25376 ;
+  reg [10:0] \$25377 ;
+  reg [10:0] \$25378 ;
+  reg [10:0] \$25379 ;
   wire \$2538 ;
-  reg [9:0] \$25380 ;
-  reg \$25381 ;
-  reg \$25382 ;
+  reg [10:0] \$25380 ;
+  reg [10:0] \$25381 ;
+  reg [10:0] \$25382 ;
   reg [10:0] \$25383 ;
   reg [10:0] \$25384 ;
-  reg \$25385 ;
-  reg \$25386 ;
-  reg [3:0] \$25387 ;
+  reg [10:0] \$25385 ;
+  reg [10:0] \$25386 ;
+  reg [10:0] \$25387 ;
+  reg [10:0] \$25388 ;
+  reg [10:0] \$25389 ;
   wire \$2539 ;
+  reg [10:0] \$25390 ;
+  reg [10:0] \$25391 ;
+  reg [10:0] \$25392 ;
+  reg [10:0] \$25393 ;
+  reg [10:0] \$25394 ;
+  reg [10:0] \$25395 ;
+  reg [10:0] \$25396 ;
+  reg [10:0] \$25397 ;
+  reg [10:0] \$25398 ;
+  reg [10:0] \$25399 ;
   wire \$254 ;
   wire \$2540 ;
+  reg [10:0] \$25400 ;
+  reg [10:0] \$25401 ;
+  reg [4:0] \$25402 ;
+  reg [2:0] \$25403 ;
+  reg \$25404 ;
+  reg \$25405 ;
+  reg \$25406 ;
+  reg [63:0] \$25407 ;
+  reg [63:0] \$25408 ;
+  reg \$25409 ;
   wire \$2541 ;
+  reg \$25410 ;
+  reg \$25411 ;
+  reg \$25412 ;
+  reg \$25413 ;
+  reg [15:0] \$25414 ;
+  reg [10:0] \$25415 ;
+  reg [5:0] \$25416 ;
+  reg \$25417 ;
+  reg [6:0] \$25418 ;
+  reg [7:0] \$25419 ;
   wire \$2542 ;
+  reg [8:0] \$25420 ;
+  reg [9:0] \$25421 ;
+  reg \$25422 ;
+  reg \$25423 ;
+  reg [10:0] \$25424 ;
+  reg [10:0] \$25425 ;
+  reg \$25426 ;
+  reg \$25427 ;
+  reg [3:0] \$25428 ;
   wire \$2543 ;
   wire \$2544 ;
   wire \$2545 ;
@@ -28059,22 +28100,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [7:0] \$like ;
   reg [3:0] \$signal  = 4'h0;
   reg [7:0] \$signal$440  = 8'h00;
-  reg \$signal$590  = 1'h0;
-  reg \$signal$592  = 1'h0;
-  reg [63:0] \$signal$595  = 64'h0000000000000000;
-  reg \$signal$609  = 1'h0;
-  reg \$signal$665 ;
-  reg \$signal$672  = 1'h0;
-  reg [63:0] \$signal$751 ;
-  reg \$signal$753 ;
+  reg [63:0] \$signal$593  = 64'h0000000000000000;
+  reg \$signal$607  = 1'h0;
+  reg \$signal$662 ;
+  reg \$signal$669  = 1'h0;
+  reg [63:0] \$signal$748 ;
+  reg \$signal$750 ;
+  reg \$signal$751  = 1'h0;
+  reg \$signal$752 ;
+  reg \$signal$753  = 1'h0;
   reg \$signal$754 ;
-  reg \$signal$755 ;
+  reg \$signal$755  = 1'h0;
   reg \$signal$756  = 1'h0;
-  reg \$signal$757  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$758 ;
-  wire \$signal$762 ;
-  reg \$signal$770 ;
+  wire \$signal$757 ;
+  wire \$signal$761 ;
+  reg \$signal$773 ;
   reg [10:0] R0 = 11'h000;
   reg [10:0] R1 = 11'h000;
   reg [10:0] R10 = 11'h000;
@@ -28663,7 +28704,6 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [3:0] k_cur;
   reg [10:0] k_cur_full = 11'h000;
   reg [10:0] k_nxt_full = 11'h000;
-  wire [3:0] kk;
   reg last_row = 1'h0;
   reg [10:0] lim_full;
   wire [3:0] low_m1;
@@ -28764,8 +28804,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg [5:0] stride_w = 6'h00;
   wire take_buf;
   wire takes;
+  wire v_clear;
+  wire [4:0] v_left;
+  wire v_load;
   wire vals_ok;
-  wire [4:0] vavail;
+  reg [4:0] vavail = 5'h00;
   reg vlast_loaded = 1'h0;
   reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
@@ -53961,149 +54004,148 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign \$24737  = a_nxt[7] ? a_es : \$signal ;
   assign \$24738  = a_gsel7[5:2] - \$24737 ;
-  assign \$24739  = 4'h8 - vpos;
-  assign \$24740  = \$signal$590  ? \$24739  : 5'h00;
-  assign \$24741  = \$signal$592  ? 4'h8 : 4'h0;
-  assign \$24742  = $signed(\$24740 ) + $signed({ 1'h0, \$24741  });
-  assign \$24743  = \$24742 [4:0] >= 4'h8;
-  assign \$24744  = $signed(lim_full) <= $signed({ 1'h0, \$24742 [4:0] });
-  assign vals_ok = \$24743  | \$24744 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$595 [63:32] } : { VB[23:0], \$signal$595  };
+  assign \$24739  = vavail >= 4'h8;
+  assign \$24740  = $signed(lim_full) <= $signed({ 1'h0, vavail });
+  assign vals_ok = \$24739  | \$24740 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$593 [63:32] } : { VB[23:0], \$signal$593  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$24745  = ~ vals_ok;
-  assign \$24746  = running & \$24745 ;
-  assign short_now = \$24746  & vlast_loaded;
+  assign \$24741  = ~ vals_ok;
+  assign \$24742  = running & \$24741 ;
+  assign short_now = \$24742  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$24747  = ~ prime;
-  assign \$24748  = running & \$24747 ;
-  assign \$24749  = mbeat0_v | row_complete;
-  assign \$24750  = \$24748  & \$24749 ;
-  assign \$24751  = \$24750  & vals_ok;
-  assign \$24752  = ~ any_err;
-  assign can_go = \$24751  & \$24752 ;
-  assign \$24753  = | k;
-  assign \$24754  = \$24753  | finish;
-  assign emit = can_go & \$24754 ;
-  assign \$24755  = ~ emit;
-  assign \$24756  = \$24755  | rdy_a;
-  assign advance = can_go & \$24756 ;
-  assign \$24757  = | pad_l;
-  assign \$24758  = ov | \$24757 ;
-  assign pad_wait = \$24758  | pad_r;
-  assign \$24759  = advance & finish;
-  assign mat_end = \$24759  & last_row;
-  assign kk = advance ? k : 4'h0;
+  assign \$24743  = ~ prime;
+  assign \$24744  = running & \$24743 ;
+  assign \$24745  = mbeat0_v | row_complete;
+  assign \$24746  = \$24744  & \$24745 ;
+  assign \$24747  = \$24746  & vals_ok;
+  assign \$24748  = ~ any_err;
+  assign can_go = \$24747  & \$24748 ;
+  assign \$24749  = | k;
+  assign \$24750  = \$24749  | finish;
+  assign emit = can_go & \$24750 ;
+  assign \$24751  = ~ emit;
+  assign \$24752  = \$24751  | rdy_a;
+  assign advance = can_go & \$24752 ;
+  assign \$24753  = | pad_l;
+  assign \$24754  = ov | \$24753 ;
+  assign pad_wait = \$24754  | pad_r;
+  assign \$24755  = advance & finish;
+  assign mat_end = \$24755  & last_row;
   assign fin = advance & finish;
-  assign dsh = \$signal$665  ? 2'h3 : 2'h0;
-  assign \$24760  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$24761  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$24762  = | flush_d;
-  assign \$24763  = 1'h0 + mbeat0_n[199:192];
-  assign \$24764  = 1'h0 + mbeat0_n[207:200];
-  assign \$24765  = 1'h0 + mbeat0_n[215:208];
-  assign \$24766  = 1'h0 + mbeat0_n[223:216];
-  assign \$24767  = 1'h0 + mbeat0_n[231:224];
-  assign \$24768  = 1'h0 + mbeat0_n[239:232];
-  assign \$24769  = 1'h0 + mbeat0_n[247:240];
-  assign \$24770  = 1'h0 + mbeat0_n[255:248];
-  assign \$24771  = 1'h0 + mbeat0_n[263:256];
-  assign \$24772  = 1'h0 + mbeat0_n[271:264];
-  assign \$24773  = 1'h0 + mbeat0_n[279:272];
-  assign \$24774  = 1'h0 + mbeat0_n[287:280];
-  assign \$24775  = 1'h0 + mbeat0_n[287:280];
-  assign \$24776  = fresh0 + mbeat1_n[199:192];
-  assign \$24777  = fresh0 + mbeat1_n[207:200];
-  assign \$24778  = fresh0 + mbeat1_n[215:208];
-  assign \$24779  = fresh0 + mbeat1_n[223:216];
-  assign \$24780  = fresh0 + mbeat1_n[231:224];
-  assign \$24781  = fresh0 + mbeat1_n[239:232];
-  assign \$24782  = fresh0 + mbeat1_n[247:240];
-  assign \$24783  = fresh0 + mbeat1_n[255:248];
-  assign \$24784  = fresh0 + mbeat1_n[263:256];
-  assign \$24785  = fresh0 + mbeat1_n[271:264];
-  assign \$24786  = fresh0 + mbeat1_n[279:272];
-  assign \$24787  = fresh0 + mbeat1_n[287:280];
-  assign \$24788  = fresh0 + mbeat1_n[287:280];
-  assign \$24789  = fresh1 + mbeat2_n[199:192];
-  assign \$24790  = fresh1 + mbeat2_n[207:200];
-  assign \$24791  = fresh1 + mbeat2_n[215:208];
-  assign \$24792  = fresh1 + mbeat2_n[223:216];
-  assign \$24793  = fresh1 + mbeat2_n[231:224];
-  assign \$24794  = fresh1 + mbeat2_n[239:232];
-  assign \$24795  = fresh1 + mbeat2_n[247:240];
-  assign \$24796  = fresh1 + mbeat2_n[255:248];
-  assign \$24797  = fresh1 + mbeat2_n[263:256];
-  assign \$24798  = fresh1 + mbeat2_n[271:264];
-  assign \$24799  = fresh1 + mbeat2_n[279:272];
-  assign \$24800  = fresh1 + mbeat2_n[287:280];
-  assign \$24801  = ~ prime;
-  assign \$24802  = running & \$24801 ;
-  assign \$24803  = \$24802  & \$signal$672 ;
-  assign \$24804  = | flush_d;
-  assign special = any_err | \$24804 ;
-  assign Rn0 = \$signal$665  ? R12 : R0;
-  assign Rn1 = \$signal$665  ? R13 : R1;
-  assign Rn2 = \$signal$665  ? R14 : R2;
-  assign Rn3 = \$signal$665  ? R15 : R3;
-  assign Rn4 = \$signal$665  ? R16 : R4;
-  assign Rn5 = \$signal$665  ? R17 : R5;
-  assign Rn6 = \$signal$665  ? R18 : R6;
-  assign Rn7 = \$signal$665  ? R19 : R7;
-  assign Rn8 = \$signal$665  ? R20 : R8;
-  assign Rn9 = \$signal$665  ? R21 : R9;
-  assign Rn10 = \$signal$665  ? R22 : R10;
-  assign Rn11 = \$signal$665  ? R23 : R11;
-  assign Rn12 = \$signal$665  ? R24 : R12;
-  assign Rn13 = \$signal$665  ? R25 : R13;
-  assign Rn14 = \$signal$665  ? R26 : R14;
-  assign Rn15 = \$signal$665  ? R27 : R15;
-  assign Rn16 = \$signal$665  ? R28 : R16;
-  assign Rn17 = \$signal$665  ? R29 : R17;
-  assign Rn18 = \$signal$665  ? R30 : R18;
-  assign Rn19 = \$signal$665  ? R31 : R19;
-  assign Rn20 = \$signal$665  ? R32 : R20;
-  assign Rn21 = \$signal$665  ? R33 : R21;
-  assign Rn22 = \$signal$665  ? R34 : R22;
-  assign Rn23 = \$signal$665  ? R35 : R23;
-  assign Rn24 = \$signal$665  ? R35 : R24;
-  assign Rn25 = \$signal$665  ? R35 : R25;
-  assign Rn26 = \$signal$665  ? R35 : R26;
-  assign Rn27 = \$signal$665  ? R35 : R27;
-  assign Rn28 = \$signal$665  ? R35 : R28;
-  assign Rn29 = \$signal$665  ? R35 : R29;
-  assign Rn30 = \$signal$665  ? R35 : R30;
-  assign Rn31 = \$signal$665  ? R35 : R31;
-  assign Rn32 = \$signal$665  ? R35 : R32;
-  assign Rn33 = \$signal$665  ? R35 : R33;
-  assign Rn34 = \$signal$665  ? R35 : R34;
-  assign Rnm1 = \$signal$665  ? R11 : Rm1;
-  assign \$24805  = ~ special;
-  assign \$24806  = mbuf_v & \$24805 ;
-  assign \$24807  = ~ \$signal$665 ;
-  assign \$24808  = mbeat2_v & \$24807 ;
-  assign \$24809  = ~ \$24808 ;
-  assign take_buf = \$24806  & \$24809 ;
-  assign \$24810  = ~ mbuf_v;
-  assign \$24811  = ~ special;
-  assign \$24812  = ~ \$signal$665 ;
-  assign \$24813  = mbeat2_v & \$24812 ;
-  assign \$24814  = ~ \$24813 ;
-  assign \$24815  = \$24811  & \$24814 ;
-  assign i_mask__ready = \$24810  | \$24815 ;
-  assign \$24816  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$24817  = ~ \$24816 ;
-  assign \$24819  = $signed(Rnm1) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24820  = $signed(Rnm1) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24821  = $signed(Rnm1) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24822  = $signed(Rnm1) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24823  = $signed(Rnm1) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24824  = $signed(Rnm1) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24825  = $signed(Rnm1) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24826  = $signed(Rnm1) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24827  = $signed(Rnm1) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24828  = $signed(Rnm1) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24829  = $signed(Rnm1) + $signed({ 1'h0, mbuf[279:272] });
+  assign dsh = \$signal$662  ? 2'h3 : 2'h0;
+  assign \$24756  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$24757  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$24758  = | flush_d;
+  assign \$24759  = 1'h0 + mbeat0_n[199:192];
+  assign \$24760  = 1'h0 + mbeat0_n[207:200];
+  assign \$24761  = 1'h0 + mbeat0_n[215:208];
+  assign \$24762  = 1'h0 + mbeat0_n[223:216];
+  assign \$24763  = 1'h0 + mbeat0_n[231:224];
+  assign \$24764  = 1'h0 + mbeat0_n[239:232];
+  assign \$24765  = 1'h0 + mbeat0_n[247:240];
+  assign \$24766  = 1'h0 + mbeat0_n[255:248];
+  assign \$24767  = 1'h0 + mbeat0_n[263:256];
+  assign \$24768  = 1'h0 + mbeat0_n[271:264];
+  assign \$24769  = 1'h0 + mbeat0_n[279:272];
+  assign \$24770  = 1'h0 + mbeat0_n[287:280];
+  assign \$24771  = 1'h0 + mbeat0_n[287:280];
+  assign \$24772  = fresh0 + mbeat1_n[199:192];
+  assign \$24773  = fresh0 + mbeat1_n[207:200];
+  assign \$24774  = fresh0 + mbeat1_n[215:208];
+  assign \$24775  = fresh0 + mbeat1_n[223:216];
+  assign \$24776  = fresh0 + mbeat1_n[231:224];
+  assign \$24777  = fresh0 + mbeat1_n[239:232];
+  assign \$24778  = fresh0 + mbeat1_n[247:240];
+  assign \$24779  = fresh0 + mbeat1_n[255:248];
+  assign \$24780  = fresh0 + mbeat1_n[263:256];
+  assign \$24781  = fresh0 + mbeat1_n[271:264];
+  assign \$24782  = fresh0 + mbeat1_n[279:272];
+  assign \$24783  = fresh0 + mbeat1_n[287:280];
+  assign \$24784  = fresh0 + mbeat1_n[287:280];
+  assign \$24785  = fresh1 + mbeat2_n[199:192];
+  assign \$24786  = fresh1 + mbeat2_n[207:200];
+  assign \$24787  = fresh1 + mbeat2_n[215:208];
+  assign \$24788  = fresh1 + mbeat2_n[223:216];
+  assign \$24789  = fresh1 + mbeat2_n[231:224];
+  assign \$24790  = fresh1 + mbeat2_n[239:232];
+  assign \$24791  = fresh1 + mbeat2_n[247:240];
+  assign \$24792  = fresh1 + mbeat2_n[255:248];
+  assign \$24793  = fresh1 + mbeat2_n[263:256];
+  assign \$24794  = fresh1 + mbeat2_n[271:264];
+  assign \$24795  = fresh1 + mbeat2_n[279:272];
+  assign \$24796  = fresh1 + mbeat2_n[287:280];
+  assign \$24797  = ~ prime;
+  assign \$24798  = running & \$24797 ;
+  assign \$24799  = \$24798  & \$signal$669 ;
+  assign \$24800  = | flush_d;
+  assign special = any_err | \$24800 ;
+  assign Rn0 = \$signal$662  ? R12 : R0;
+  assign Rn1 = \$signal$662  ? R13 : R1;
+  assign Rn2 = \$signal$662  ? R14 : R2;
+  assign Rn3 = \$signal$662  ? R15 : R3;
+  assign Rn4 = \$signal$662  ? R16 : R4;
+  assign Rn5 = \$signal$662  ? R17 : R5;
+  assign Rn6 = \$signal$662  ? R18 : R6;
+  assign Rn7 = \$signal$662  ? R19 : R7;
+  assign Rn8 = \$signal$662  ? R20 : R8;
+  assign Rn9 = \$signal$662  ? R21 : R9;
+  assign Rn10 = \$signal$662  ? R22 : R10;
+  assign Rn11 = \$signal$662  ? R23 : R11;
+  assign Rn12 = \$signal$662  ? R24 : R12;
+  assign Rn13 = \$signal$662  ? R25 : R13;
+  assign Rn14 = \$signal$662  ? R26 : R14;
+  assign Rn15 = \$signal$662  ? R27 : R15;
+  assign Rn16 = \$signal$662  ? R28 : R16;
+  assign Rn17 = \$signal$662  ? R29 : R17;
+  assign Rn18 = \$signal$662  ? R30 : R18;
+  assign Rn19 = \$signal$662  ? R31 : R19;
+  assign Rn20 = \$signal$662  ? R32 : R20;
+  assign Rn21 = \$signal$662  ? R33 : R21;
+  assign Rn22 = \$signal$662  ? R34 : R22;
+  assign Rn23 = \$signal$662  ? R35 : R23;
+  assign Rn24 = \$signal$662  ? R35 : R24;
+  assign Rn25 = \$signal$662  ? R35 : R25;
+  assign Rn26 = \$signal$662  ? R35 : R26;
+  assign Rn27 = \$signal$662  ? R35 : R27;
+  assign Rn28 = \$signal$662  ? R35 : R28;
+  assign Rn29 = \$signal$662  ? R35 : R29;
+  assign Rn30 = \$signal$662  ? R35 : R30;
+  assign Rn31 = \$signal$662  ? R35 : R31;
+  assign Rn32 = \$signal$662  ? R35 : R32;
+  assign Rn33 = \$signal$662  ? R35 : R33;
+  assign Rn34 = \$signal$662  ? R35 : R34;
+  assign Rnm1 = \$signal$662  ? R11 : Rm1;
+  assign \$24801  = ~ special;
+  assign \$24802  = mbuf_v & \$24801 ;
+  assign \$24803  = ~ \$signal$662 ;
+  assign \$24804  = mbeat2_v & \$24803 ;
+  assign \$24805  = ~ \$24804 ;
+  assign take_buf = \$24802  & \$24805 ;
+  assign \$24806  = ~ mbuf_v;
+  assign \$24807  = ~ special;
+  assign \$24808  = ~ \$signal$662 ;
+  assign \$24809  = mbeat2_v & \$24808 ;
+  assign \$24810  = ~ \$24809 ;
+  assign \$24811  = \$24807  & \$24810 ;
+  assign i_mask__ready = \$24806  | \$24811 ;
+  assign \$24812  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24813  = ~ \$24812 ;
+  assign \$24815  = $signed(Rnm1) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24816  = $signed(Rnm1) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24817  = $signed(Rnm1) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24818  = $signed(Rnm1) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24819  = $signed(Rnm1) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24820  = $signed(Rnm1) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24821  = $signed(Rnm1) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24822  = $signed(Rnm1) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24823  = $signed(Rnm1) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24824  = $signed(Rnm1) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24825  = $signed(Rnm1) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$24826  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24827  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24828  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24829  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24830  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24831  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24832  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
@@ -54125,25 +54167,25 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$24848  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24849  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24850  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24851  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24852  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24853  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24854  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24855  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24856  = ~ \$24855 ;
-  assign \$24857  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$24858  = \$24856  & \$24857 ;
-  assign \$24859  = $signed(Rn11) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24860  = $signed(Rn11) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24861  = $signed(Rn11) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24862  = $signed(Rn11) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24863  = $signed(Rn11) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24864  = $signed(Rn11) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24865  = $signed(Rn11) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24866  = $signed(Rn11) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24867  = $signed(Rn11) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24868  = $signed(Rn11) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24869  = $signed(Rn11) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$24851  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24852  = ~ \$24851 ;
+  assign \$24853  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24854  = \$24852  & \$24853 ;
+  assign \$24855  = $signed(Rn11) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24856  = $signed(Rn11) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24857  = $signed(Rn11) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24858  = $signed(Rn11) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24859  = $signed(Rn11) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24860  = $signed(Rn11) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24861  = $signed(Rn11) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24862  = $signed(Rn11) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24863  = $signed(Rn11) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24864  = $signed(Rn11) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24865  = $signed(Rn11) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$24866  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24867  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24868  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24869  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24870  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24871  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24872  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
@@ -54153,610 +54195,654 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$24876  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24877  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24878  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24879  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24880  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24881  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24882  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24883  = ~ \$signal$665 ;
-  assign \$24884  = mbeat2_v & \$24883 ;
-  assign \$24885  = ~ \$24884 ;
-  assign \$24886  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24887  = \$24885  & \$24886 ;
-  assign \$24888  = $signed(Rn23) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24889  = $signed(Rn23) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24890  = $signed(Rn23) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24891  = $signed(Rn23) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24892  = $signed(Rn23) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24893  = $signed(Rn23) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24894  = $signed(Rn23) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24895  = $signed(Rn23) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24896  = $signed(Rn23) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24897  = $signed(Rn23) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24898  = $signed(Rn23) + $signed({ 1'h0, mbuf[279:272] });
-  assign \$24899  = $signed(Rn23) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24879  = ~ \$signal$662 ;
+  assign \$24880  = mbeat2_v & \$24879 ;
+  assign \$24881  = ~ \$24880 ;
+  assign \$24882  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24883  = \$24881  & \$24882 ;
+  assign \$24884  = $signed(Rn23) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24885  = $signed(Rn23) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24886  = $signed(Rn23) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24887  = $signed(Rn23) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24888  = $signed(Rn23) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24889  = $signed(Rn23) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24890  = $signed(Rn23) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24891  = $signed(Rn23) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24892  = $signed(Rn23) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24893  = $signed(Rn23) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24894  = $signed(Rn23) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$24895  = $signed(Rn23) + $signed({ 1'h0, mbuf[287:280] });
   assign vpos_n = vpos + k;
-  assign \$24900  = ~ vlast_loaded;
-  assign \$24901  = 4'h8 - vpos;
-  assign \$24902  = \$24901 [3:0] <= 4'h8;
-  assign \$24903  = $signed(lim_full) >= $signed({ 1'h0, \$24901 [3:0] });
-  assign \$signal$762  = \$24902  & \$24903 ;
+  assign \$24896  = ~ vlast_loaded;
+  assign \$24897  = 4'h8 - vpos;
+  assign \$24898  = \$24897 [3:0] <= 4'h8;
+  assign \$24899  = $signed(lim_full) >= $signed({ 1'h0, \$24897 [3:0] });
+  assign \$signal$761  = \$24898  & \$24899 ;
   assign takes = $signed(lim_full) > $signed(1'h0);
-  assign \$24904  = ! vpos;
-  assign \$24905  = \$signal$590  & \$24904 ;
-  assign \$24906  = \$24905  | \$signal$592 ;
-  assign \$24907  = ~ \$24906 ;
-  assign \$24908  = | vpos;
-  assign \$24909  = \$24908  ? \$signal$756  : prev_last;
-  assign \$24910  = \$24907  & \$24909 ;
-  assign \$24911  = ! vpos;
-  assign \$24912  = \$signal$590  & \$24911 ;
-  assign \$24913  = \$24912  | \$signal$592 ;
+  assign \$24900  = ! vpos;
+  assign \$24901  = \$signal$751  & \$24900 ;
+  assign \$24902  = \$24901  | \$signal$753 ;
+  assign \$24903  = ~ \$24902 ;
+  assign \$24904  = | vpos;
+  assign \$24905  = \$24904  ? \$signal$755  : prev_last;
+  assign \$24906  = \$24903  & \$24905 ;
+  assign \$24907  = ! vpos;
+  assign \$24908  = \$signal$751  & \$24907 ;
+  assign \$24909  = \$24908  | \$signal$753 ;
+  assign \$24910  = ~ \$24909 ;
+  assign \$24911  = | vpos;
+  assign \$24912  = \$24911  ? \$signal$755  : prev_last;
+  assign \$24913  = \$24910  & \$24912 ;
   assign \$24914  = ~ \$24913 ;
-  assign \$24915  = | vpos;
-  assign \$24916  = \$24915  ? \$signal$756  : prev_last;
-  assign \$24917  = \$24914  & \$24916 ;
-  assign \$24918  = ~ \$24917 ;
-  assign \$24919  = \$signal$590  & \$signal$756 ;
-  assign \$24920  = ~ \$signal$592 ;
-  assign \$24921  = \$24919  & \$24920 ;
-  assign \$24922  = ~ \$signal$592 ;
-  assign \$24923  = \$signal$756  & \$24922 ;
-  assign \$24924  = ~ \$24923 ;
-  assign \$24925  = \$signal$590  & \$24924 ;
-  assign \$24926  = end_ok | end_bad;
-  assign \$24927  = endv & \$24926 ;
-  assign \$24928  = any_err | \$24927 ;
-  assign \$24929  = advance & takes;
-  assign \$24930  = \$signal$753  & \$signal$754 ;
-  assign \$24931  = ~ \$24930 ;
-  assign i_value__ready = allow_load & \$24931 ;
-  assign \$24932  = rows_left > 2'h2;
-  assign \$24933  = rows_left > 1'h1;
-  assign \$24934  = fin ? \$24932  : \$24933 ;
-  assign \$24935  = rows_left == 2'h2;
-  assign \$24936  = rows_left == 1'h1;
-  assign \$24937  = fin ? \$24935  : \$24936 ;
-  assign \$24938  = ~ running;
-  assign \$24939  = ~ endv;
-  assign \$24940  = \$24938  & \$24939 ;
-  assign \$24941  = ~ pad_wait;
-  assign i_cmd__ready = \$24940  & \$24941 ;
-  assign \$24942  = running | endv;
-  assign o_busy = \$24942  | pad_wait;
-  assign \$24943  = i_cmd__valid & i_cmd__ready;
-  assign \$24944  = i_cmd__payload[26:16] + 6'h3f;
-  assign \$24947  = i_cmd__payload[15:0] > 1'h1;
-  assign \$24948  = i_cmd__payload[15:0] == 1'h1;
-  assign \$24949  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$24949  | \$24950 ;
-  assign \$24951  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24952  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$24953  = mbuf_v & \$24952 ;
-  assign mbeat1_vn = \$24951  | \$24953 ;
-  assign \$24954  = ~ \$signal$665 ;
-  assign \$24955  = mbeat2_v & \$24954 ;
-  assign \$24956  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$24957  = mbuf_v & \$24956 ;
-  assign mbeat2_vn = \$24955  | \$24957 ;
-  assign \$24959  = \$24958  * 2'h3;
-  assign \$24960  = ! \$signal$665 ;
-  assign \$24961  = $signed(es_w) <= $signed(1'h0);
-  assign \$24962  = es_w == 1'h1;
-  assign \$24963  = es_w == 2'h2;
-  assign \$24964  = es_w == 2'h3;
-  assign \$24965  = es_w == 3'h4;
-  assign \$24966  = es_w == 3'h5;
-  assign \$24967  = es_w == 3'h6;
-  assign \$24968  = es_w == 3'h7;
-  assign \$24969  = es_w == 4'h8;
-  assign \$24970  = $signed(es_w) >= $signed(5'h09);
+  assign \$24915  = \$signal$751  & \$signal$755 ;
+  assign \$24916  = ~ \$signal$753 ;
+  assign \$24917  = \$24915  & \$24916 ;
+  assign \$24918  = ~ \$signal$753 ;
+  assign \$24919  = \$signal$755  & \$24918 ;
+  assign \$24920  = ~ \$24919 ;
+  assign \$24921  = \$signal$751  & \$24920 ;
+  assign \$24922  = end_ok | end_bad;
+  assign \$24923  = endv & \$24922 ;
+  assign v_clear = any_err | \$24923 ;
+  assign v_load = i_value__valid & i_value__ready;
+  assign \$24924  = vavail - k;
+  assign \$24925  = advance ? \$24924  : { 1'h0, vavail };
+  assign \$24926  = v_clear ? 6'h00 : \$24925 ;
+  assign \$24927  = advance & takes;
+  assign \$24928  = \$signal$750  & \$signal$752 ;
+  assign \$24929  = ~ \$24928 ;
+  assign i_value__ready = allow_load & \$24929 ;
+  assign \$24930  = rows_left > 2'h2;
+  assign \$24931  = rows_left > 1'h1;
+  assign \$24932  = fin ? \$24930  : \$24931 ;
+  assign \$24933  = rows_left == 2'h2;
+  assign \$24934  = rows_left == 1'h1;
+  assign \$24935  = fin ? \$24933  : \$24934 ;
+  assign \$24936  = ~ running;
+  assign \$24937  = ~ endv;
+  assign \$24938  = \$24936  & \$24937 ;
+  assign \$24939  = ~ pad_wait;
+  assign i_cmd__ready = \$24938  & \$24939 ;
+  assign \$24940  = running | endv;
+  assign o_busy = \$24940  | pad_wait;
+  assign \$24941  = i_cmd__valid & i_cmd__ready;
+  assign \$24942  = i_cmd__payload[26:16] + 6'h3f;
+  assign \$24945  = i_cmd__payload[15:0] > 1'h1;
+  assign \$24946  = i_cmd__payload[15:0] == 1'h1;
+  assign \$24947  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$24947  | \$24948 ;
+  assign \$24949  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24950  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24951  = mbuf_v & \$24950 ;
+  assign mbeat1_vn = \$24949  | \$24951 ;
+  assign \$24952  = ~ \$signal$662 ;
+  assign \$24953  = mbeat2_v & \$24952 ;
+  assign \$24954  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24955  = mbuf_v & \$24954 ;
+  assign mbeat2_vn = \$24953  | \$24955 ;
+  assign \$24957  = \$24956  * 2'h3;
+  assign \$24958  = ! \$signal$662 ;
+  assign \$24959  = $signed(es_w) <= $signed(1'h0);
+  assign \$24960  = es_w == 1'h1;
+  assign \$24961  = es_w == 2'h2;
+  assign \$24962  = es_w == 2'h3;
+  assign \$24963  = es_w == 3'h4;
+  assign \$24964  = es_w == 3'h5;
+  assign \$24965  = es_w == 3'h6;
+  assign \$24966  = es_w == 3'h7;
+  assign \$24967  = es_w == 4'h8;
+  assign \$24968  = $signed(es_w) >= $signed(5'h09);
+  assign \$24970  = $signed(es_w) - $signed(3'h3);
+  assign \$24971  = $signed(\$24970 ) <= $signed(1'h0);
   assign \$24972  = $signed(es_w) - $signed(3'h3);
-  assign \$24973  = $signed(\$24972 ) <= $signed(1'h0);
+  assign \$24973  = \$24972  == 1'h1;
   assign \$24974  = $signed(es_w) - $signed(3'h3);
-  assign \$24975  = \$24974  == 1'h1;
+  assign \$24975  = \$24974  == 2'h2;
   assign \$24976  = $signed(es_w) - $signed(3'h3);
-  assign \$24977  = \$24976  == 2'h2;
+  assign \$24977  = \$24976  == 2'h3;
   assign \$24978  = $signed(es_w) - $signed(3'h3);
-  assign \$24979  = \$24978  == 2'h3;
+  assign \$24979  = \$24978  == 3'h4;
   assign \$24980  = $signed(es_w) - $signed(3'h3);
-  assign \$24981  = \$24980  == 3'h4;
+  assign \$24981  = \$24980  == 3'h5;
   assign \$24982  = $signed(es_w) - $signed(3'h3);
-  assign \$24983  = \$24982  == 3'h5;
+  assign \$24983  = \$24982  == 3'h6;
   assign \$24984  = $signed(es_w) - $signed(3'h3);
-  assign \$24985  = \$24984  == 3'h6;
+  assign \$24985  = \$24984  == 3'h7;
   assign \$24986  = $signed(es_w) - $signed(3'h3);
-  assign \$24987  = \$24986  == 3'h7;
+  assign \$24987  = \$24986  == 4'h8;
   assign \$24988  = $signed(es_w) - $signed(3'h3);
-  assign \$24989  = \$24988  == 4'h8;
-  assign \$24990  = $signed(es_w) - $signed(3'h3);
-  assign \$24991  = $signed(\$24990 ) >= $signed(5'h09);
-  assign \$24992  = r_a_sel[0] ? Rnm1 : 11'h000;
-  assign \$24993  = r_a_sel[1] ? Rf3 : 11'h000;
-  assign \$24994  = \$24992  | \$24993 ;
-  assign \$24995  = r_a_sel[2] ? Rf7 : 11'h000;
-  assign \$24996  = r_a_sel[3] ? Rf11 : 11'h000;
-  assign \$24997  = \$24995  | \$24996 ;
-  assign \$24998  = \$24994  | \$24997 ;
-  assign \$24999  = r_a_sel[4] ? Rf15 : 11'h000;
-  assign \$25000  = r_a_sel[5] ? Rf19 : 11'h000;
-  assign \$25001  = \$24999  | \$25000 ;
-  assign \$25002  = r_a_sel[6] ? Rf23 : 11'h000;
-  assign \$25003  = r_a_sel[7] ? Rf27 : 11'h000;
-  assign \$25004  = \$25002  | \$25003 ;
-  assign \$25005  = \$25001  | \$25004 ;
-  assign \$25006  = \$24998  | \$25005 ;
-  assign \$25007  = r_a_sel[8] ? Rf31 : 11'h000;
-  assign \$25008  = r_a_sel[9] ? Rf35 : 11'h000;
-  assign \$25009  = \$25007  | \$25008 ;
-  assign r_a = \$25006  | \$25009 ;
-  assign \$25010  = ! \$signal$665 ;
-  assign \$25011  = $signed(es2_w) <= $signed(1'h0);
-  assign \$25012  = es2_w == 1'h1;
-  assign \$25013  = es2_w == 2'h2;
-  assign \$25014  = es2_w == 2'h3;
-  assign \$25015  = es2_w == 3'h4;
-  assign \$25016  = es2_w == 3'h5;
-  assign \$25017  = es2_w == 3'h6;
-  assign \$25018  = es2_w == 3'h7;
-  assign \$25019  = es2_w == 4'h8;
-  assign \$25020  = $signed(es2_w) >= $signed(5'h09);
+  assign \$24989  = $signed(\$24988 ) >= $signed(5'h09);
+  assign \$24990  = r_a_sel[0] ? Rnm1 : 11'h000;
+  assign \$24991  = r_a_sel[1] ? Rf3 : 11'h000;
+  assign \$24992  = \$24990  | \$24991 ;
+  assign \$24993  = r_a_sel[2] ? Rf7 : 11'h000;
+  assign \$24994  = r_a_sel[3] ? Rf11 : 11'h000;
+  assign \$24995  = \$24993  | \$24994 ;
+  assign \$24996  = \$24992  | \$24995 ;
+  assign \$24997  = r_a_sel[4] ? Rf15 : 11'h000;
+  assign \$24998  = r_a_sel[5] ? Rf19 : 11'h000;
+  assign \$24999  = \$24997  | \$24998 ;
+  assign \$25000  = r_a_sel[6] ? Rf23 : 11'h000;
+  assign \$25001  = r_a_sel[7] ? Rf27 : 11'h000;
+  assign \$25002  = \$25000  | \$25001 ;
+  assign \$25003  = \$24999  | \$25002 ;
+  assign \$25004  = \$24996  | \$25003 ;
+  assign \$25005  = r_a_sel[8] ? Rf31 : 11'h000;
+  assign \$25006  = r_a_sel[9] ? Rf35 : 11'h000;
+  assign \$25007  = \$25005  | \$25006 ;
+  assign r_a = \$25004  | \$25007 ;
+  assign \$25008  = ! \$signal$662 ;
+  assign \$25009  = $signed(es2_w) <= $signed(1'h0);
+  assign \$25010  = es2_w == 1'h1;
+  assign \$25011  = es2_w == 2'h2;
+  assign \$25012  = es2_w == 2'h3;
+  assign \$25013  = es2_w == 3'h4;
+  assign \$25014  = es2_w == 3'h5;
+  assign \$25015  = es2_w == 3'h6;
+  assign \$25016  = es2_w == 3'h7;
+  assign \$25017  = es2_w == 4'h8;
+  assign \$25018  = $signed(es2_w) >= $signed(5'h09);
+  assign \$25020  = $signed(es2_w) - $signed(3'h3);
+  assign \$25021  = $signed(\$25020 ) <= $signed(1'h0);
   assign \$25022  = $signed(es2_w) - $signed(3'h3);
-  assign \$25023  = $signed(\$25022 ) <= $signed(1'h0);
+  assign \$25023  = \$25022  == 1'h1;
   assign \$25024  = $signed(es2_w) - $signed(3'h3);
-  assign \$25025  = \$25024  == 1'h1;
+  assign \$25025  = \$25024  == 2'h2;
   assign \$25026  = $signed(es2_w) - $signed(3'h3);
-  assign \$25027  = \$25026  == 2'h2;
+  assign \$25027  = \$25026  == 2'h3;
   assign \$25028  = $signed(es2_w) - $signed(3'h3);
-  assign \$25029  = \$25028  == 2'h3;
+  assign \$25029  = \$25028  == 3'h4;
   assign \$25030  = $signed(es2_w) - $signed(3'h3);
-  assign \$25031  = \$25030  == 3'h4;
+  assign \$25031  = \$25030  == 3'h5;
   assign \$25032  = $signed(es2_w) - $signed(3'h3);
-  assign \$25033  = \$25032  == 3'h5;
+  assign \$25033  = \$25032  == 3'h6;
   assign \$25034  = $signed(es2_w) - $signed(3'h3);
-  assign \$25035  = \$25034  == 3'h6;
+  assign \$25035  = \$25034  == 3'h7;
   assign \$25036  = $signed(es2_w) - $signed(3'h3);
-  assign \$25037  = \$25036  == 3'h7;
+  assign \$25037  = \$25036  == 4'h8;
   assign \$25038  = $signed(es2_w) - $signed(3'h3);
-  assign \$25039  = \$25038  == 4'h8;
-  assign \$25040  = $signed(es2_w) - $signed(3'h3);
-  assign \$25041  = $signed(\$25040 ) >= $signed(5'h09);
-  assign \$25042  = r_b_sel[0] ? Rnm1 : 11'h000;
-  assign \$25043  = r_b_sel[1] ? Rf3 : 11'h000;
-  assign \$25044  = \$25042  | \$25043 ;
-  assign \$25045  = r_b_sel[2] ? Rf7 : 11'h000;
-  assign \$25046  = r_b_sel[3] ? Rf11 : 11'h000;
-  assign \$25047  = \$25045  | \$25046 ;
-  assign \$25048  = \$25044  | \$25047 ;
-  assign \$25049  = r_b_sel[4] ? Rf15 : 11'h000;
-  assign \$25050  = r_b_sel[5] ? Rf19 : 11'h000;
-  assign \$25051  = \$25049  | \$25050 ;
-  assign \$25052  = r_b_sel[6] ? Rf23 : 11'h000;
-  assign \$25053  = r_b_sel[7] ? Rf27 : 11'h000;
-  assign \$25054  = \$25052  | \$25053 ;
-  assign \$25055  = \$25051  | \$25054 ;
-  assign \$25056  = \$25048  | \$25055 ;
-  assign \$25057  = r_b_sel[8] ? Rf31 : 11'h000;
-  assign \$25058  = r_b_sel[9] ? Rf35 : 11'h000;
-  assign \$25059  = \$25057  | \$25058 ;
-  assign r_b = \$25056  | \$25059 ;
-  assign \$25060  = ! \$signal$665 ;
-  assign \$25061  = $signed(es3_w) <= $signed(1'h0);
-  assign \$25062  = es3_w == 1'h1;
-  assign \$25063  = es3_w == 2'h2;
-  assign \$25064  = es3_w == 2'h3;
-  assign \$25065  = es3_w == 3'h4;
-  assign \$25066  = es3_w == 3'h5;
-  assign \$25067  = es3_w == 3'h6;
-  assign \$25068  = es3_w == 3'h7;
-  assign \$25069  = es3_w == 4'h8;
-  assign \$25070  = $signed(es3_w) >= $signed(5'h09);
+  assign \$25039  = $signed(\$25038 ) >= $signed(5'h09);
+  assign \$25040  = r_b_sel[0] ? Rnm1 : 11'h000;
+  assign \$25041  = r_b_sel[1] ? Rf3 : 11'h000;
+  assign \$25042  = \$25040  | \$25041 ;
+  assign \$25043  = r_b_sel[2] ? Rf7 : 11'h000;
+  assign \$25044  = r_b_sel[3] ? Rf11 : 11'h000;
+  assign \$25045  = \$25043  | \$25044 ;
+  assign \$25046  = \$25042  | \$25045 ;
+  assign \$25047  = r_b_sel[4] ? Rf15 : 11'h000;
+  assign \$25048  = r_b_sel[5] ? Rf19 : 11'h000;
+  assign \$25049  = \$25047  | \$25048 ;
+  assign \$25050  = r_b_sel[6] ? Rf23 : 11'h000;
+  assign \$25051  = r_b_sel[7] ? Rf27 : 11'h000;
+  assign \$25052  = \$25050  | \$25051 ;
+  assign \$25053  = \$25049  | \$25052 ;
+  assign \$25054  = \$25046  | \$25053 ;
+  assign \$25055  = r_b_sel[8] ? Rf31 : 11'h000;
+  assign \$25056  = r_b_sel[9] ? Rf35 : 11'h000;
+  assign \$25057  = \$25055  | \$25056 ;
+  assign r_b = \$25054  | \$25057 ;
+  assign \$25058  = ! \$signal$662 ;
+  assign \$25059  = $signed(es3_w) <= $signed(1'h0);
+  assign \$25060  = es3_w == 1'h1;
+  assign \$25061  = es3_w == 2'h2;
+  assign \$25062  = es3_w == 2'h3;
+  assign \$25063  = es3_w == 3'h4;
+  assign \$25064  = es3_w == 3'h5;
+  assign \$25065  = es3_w == 3'h6;
+  assign \$25066  = es3_w == 3'h7;
+  assign \$25067  = es3_w == 4'h8;
+  assign \$25068  = $signed(es3_w) >= $signed(5'h09);
+  assign \$25070  = $signed(es3_w) - $signed(3'h3);
+  assign \$25071  = $signed(\$25070 ) <= $signed(1'h0);
   assign \$25072  = $signed(es3_w) - $signed(3'h3);
-  assign \$25073  = $signed(\$25072 ) <= $signed(1'h0);
+  assign \$25073  = \$25072  == 1'h1;
   assign \$25074  = $signed(es3_w) - $signed(3'h3);
-  assign \$25075  = \$25074  == 1'h1;
+  assign \$25075  = \$25074  == 2'h2;
   assign \$25076  = $signed(es3_w) - $signed(3'h3);
-  assign \$25077  = \$25076  == 2'h2;
+  assign \$25077  = \$25076  == 2'h3;
   assign \$25078  = $signed(es3_w) - $signed(3'h3);
-  assign \$25079  = \$25078  == 2'h3;
+  assign \$25079  = \$25078  == 3'h4;
   assign \$25080  = $signed(es3_w) - $signed(3'h3);
-  assign \$25081  = \$25080  == 3'h4;
+  assign \$25081  = \$25080  == 3'h5;
   assign \$25082  = $signed(es3_w) - $signed(3'h3);
-  assign \$25083  = \$25082  == 3'h5;
+  assign \$25083  = \$25082  == 3'h6;
   assign \$25084  = $signed(es3_w) - $signed(3'h3);
-  assign \$25085  = \$25084  == 3'h6;
+  assign \$25085  = \$25084  == 3'h7;
   assign \$25086  = $signed(es3_w) - $signed(3'h3);
-  assign \$25087  = \$25086  == 3'h7;
+  assign \$25087  = \$25086  == 4'h8;
   assign \$25088  = $signed(es3_w) - $signed(3'h3);
-  assign \$25089  = \$25088  == 4'h8;
-  assign \$25090  = $signed(es3_w) - $signed(3'h3);
-  assign \$25091  = $signed(\$25090 ) >= $signed(5'h09);
-  assign \$25092  = r_c_sel[0] ? Rnm1 : 11'h000;
-  assign \$25093  = r_c_sel[1] ? Rf3 : 11'h000;
-  assign \$25094  = \$25092  | \$25093 ;
-  assign \$25095  = r_c_sel[2] ? Rf7 : 11'h000;
-  assign \$25096  = r_c_sel[3] ? Rf11 : 11'h000;
-  assign \$25097  = \$25095  | \$25096 ;
-  assign \$25098  = \$25094  | \$25097 ;
-  assign \$25099  = r_c_sel[4] ? Rf15 : 11'h000;
-  assign \$25100  = r_c_sel[5] ? Rf19 : 11'h000;
-  assign \$25101  = \$25099  | \$25100 ;
-  assign \$25102  = r_c_sel[6] ? Rf23 : 11'h000;
-  assign \$25103  = r_c_sel[7] ? Rf27 : 11'h000;
-  assign \$25104  = \$25102  | \$25103 ;
-  assign \$25105  = \$25101  | \$25104 ;
-  assign \$25106  = \$25098  | \$25105 ;
-  assign \$25107  = r_c_sel[8] ? Rf31 : 11'h000;
-  assign \$25108  = r_c_sel[9] ? Rf35 : 11'h000;
-  assign \$25109  = \$25107  | \$25108 ;
-  assign r_c = \$25106  | \$25109 ;
-  assign \$25110  = endv & end_bad;
-  assign \$25111  = ~ any_err;
-  assign \$25112  = \$25110  & \$25111 ;
-  assign \$25114  = k > 1'h0;
-  assign \$25115  = k_cur <= 1'h0;
-  assign \$25116  = finish & \$25115 ;
-  assign \$25118  = k > 1'h1;
-  assign \$25119  = k_cur <= 1'h1;
-  assign \$25120  = finish & \$25119 ;
-  assign \$25122  = k > 2'h2;
-  assign \$25123  = k_cur <= 2'h2;
-  assign \$25124  = finish & \$25123 ;
-  assign \$25126  = k > 2'h3;
-  assign \$25127  = k_cur <= 2'h3;
-  assign \$25128  = finish & \$25127 ;
-  assign \$25130  = k > 3'h4;
-  assign \$25131  = k_cur <= 3'h4;
-  assign \$25132  = finish & \$25131 ;
-  assign \$25134  = k > 3'h5;
-  assign \$25135  = k_cur <= 3'h5;
-  assign \$25136  = finish & \$25135 ;
-  assign \$25138  = k > 3'h6;
-  assign \$25139  = k_cur <= 3'h6;
-  assign \$25140  = finish & \$25139 ;
-  assign \$25142  = k > 3'h7;
-  assign \$25143  = k_cur <= 3'h7;
-  assign \$25144  = finish & \$25143 ;
-  assign \$25145  = ~ any_err;
-  assign \$25146  = short_now & \$25145 ;
-  assign \$25147  = finish & last_row;
-  assign \$25148  = ov & o_lanes__ready;
-  assign \$25149  = { \$24689 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
-  assign \$25150  = \$signal$440 [0] & \$25149 ;
-  assign \$25151  = { \$24696 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
-  assign \$25152  = \$signal$440 [1] & \$25151 ;
-  assign \$25153  = { \$24703 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
-  assign \$25154  = \$signal$440 [2] & \$25153 ;
-  assign \$25155  = { \$24710 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
-  assign \$25156  = \$signal$440 [3] & \$25155 ;
-  assign \$25157  = { \$24717 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
-  assign \$25158  = \$signal$440 [4] & \$25157 ;
-  assign \$25159  = { \$24724 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
-  assign \$25160  = \$signal$440 [5] & \$25159 ;
-  assign \$25161  = { \$24731 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
-  assign \$25162  = \$signal$440 [6] & \$25161 ;
-  assign \$25163  = { \$24738 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
-  assign \$25164  = \$signal$440 [7] & \$25163 ;
-  assign \$25165  = \$25148  ? { \$25164 , \$25162 , \$25160 , \$25158 , \$25156 , \$25154 , \$25152 , \$25150  } : 8'h00;
-  assign \$25166  = | pad_l;
-  assign \$25167  = | flush_d;
-  assign \$25168  = $signed(es_bits) > $signed(1'h0);
-  assign \$25169  = $signed(es_bits) <= $signed(9'h0c0);
-  assign \$25170  = \$25168  & \$25169 ;
-  assign \$25171  = 1'h1 - \$signal$665 ;
-  assign \$25172  = $signed(es_bits) > $signed(9'h0c0);
-  assign \$25173  = $signed(es_bits) <= $signed(10'h180);
-  assign \$25174  = \$25172  & \$25173 ;
-  assign \$25175  = 2'h2 - \$signal$665 ;
-  assign \$25176  = $signed(es_bits) > $signed(10'h180);
-  assign \$25177  = $signed(es_bits) <= $signed(11'h240);
-  assign \$25178  = \$25176  & \$25177 ;
-  assign \$25179  = 2'h3 - \$signal$665 ;
-  assign \$25180  = i_mask__valid & i_mask__ready;
-  assign \$25181  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$25182  = ~ \$25181 ;
-  assign \$25184  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$25185  = ~ \$25184 ;
-  assign \$25186  = \$signal$665  ? mbeat1_v : mbeat0_v;
-  assign \$25187  = \$25185  & \$25186 ;
-  assign \$25188  = ~ \$signal$665 ;
-  assign \$25189  = mbeat2_v & \$25188 ;
-  assign \$25190  = ~ \$25189 ;
-  assign \$25191  = \$signal$665  ? mbeat2_v : mbeat1_v;
-  assign \$25192  = \$25190  & \$25191 ;
-  assign \$25193  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$25194  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$25195  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$25196  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$25197  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$25198  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$25199  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$25200  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$25201  = $signed(Rf8) - $signed({ 1'h0, kk });
-  assign \$25202  = $signed(Rf9) - $signed({ 1'h0, kk });
-  assign \$25203  = $signed(Rf10) - $signed({ 1'h0, kk });
-  assign \$25204  = $signed(Rf11) - $signed({ 1'h0, kk });
-  assign \$25205  = $signed(Rf12) - $signed({ 1'h0, kk });
-  assign \$25206  = $signed(Rf13) - $signed({ 1'h0, kk });
-  assign \$25207  = $signed(Rf14) - $signed({ 1'h0, kk });
-  assign \$25208  = $signed(Rf15) - $signed({ 1'h0, kk });
-  assign \$25209  = $signed(Rf16) - $signed({ 1'h0, kk });
-  assign \$25210  = $signed(Rf17) - $signed({ 1'h0, kk });
-  assign \$25211  = $signed(Rf18) - $signed({ 1'h0, kk });
-  assign \$25212  = $signed(Rf19) - $signed({ 1'h0, kk });
-  assign \$25213  = $signed(Rf20) - $signed({ 1'h0, kk });
-  assign \$25214  = $signed(Rf21) - $signed({ 1'h0, kk });
-  assign \$25215  = $signed(Rf22) - $signed({ 1'h0, kk });
-  assign \$25216  = $signed(Rf23) - $signed({ 1'h0, kk });
-  assign \$25217  = $signed(Rf24) - $signed({ 1'h0, kk });
-  assign \$25218  = $signed(Rf25) - $signed({ 1'h0, kk });
-  assign \$25219  = $signed(Rf26) - $signed({ 1'h0, kk });
-  assign \$25220  = $signed(Rf27) - $signed({ 1'h0, kk });
-  assign \$25221  = $signed(Rf28) - $signed({ 1'h0, kk });
-  assign \$25222  = $signed(Rf29) - $signed({ 1'h0, kk });
-  assign \$25223  = $signed(Rf30) - $signed({ 1'h0, kk });
-  assign \$25224  = $signed(Rf31) - $signed({ 1'h0, kk });
-  assign \$25225  = $signed(Rf32) - $signed({ 1'h0, kk });
-  assign \$25226  = $signed(Rf33) - $signed({ 1'h0, kk });
-  assign \$25227  = $signed(Rf34) - $signed({ 1'h0, kk });
-  assign \$25228  = $signed(Rf35) - $signed({ 1'h0, kk });
-  assign \$25229  = $signed(Rnm1) - $signed({ 1'h0, kk });
-  assign \$25230  = end_ok | end_bad;
-  assign \$25231  = endv & \$25230 ;
-  assign \$25232  = any_err | \$25231 ;
-  assign \$25233  = advance & takes;
-  assign \$25234  = vpos_n - 4'h8;
-  assign \$25235  = i_value__valid & allow_load;
-  assign \$25236  = ~ \$signal$753 ;
-  assign \$25237  = ~ \$signal$754 ;
-  assign \$25238  = \$signal$753  & \$signal$754 ;
-  assign \$25239  = ~ \$25238 ;
-  assign \$25240  = i_cmd__valid & i_cmd__ready;
-  assign \$25242  = advance & finish;
-  assign \$25243  = rows_left - 1'h1;
-  assign \$25244  = end_ok | end_bad;
-  assign \$25245  = endv & \$25244 ;
-  assign \$25246  = i_cmd__valid & i_cmd__ready;
-  assign \$25253  = \$25250  + \$25252 ;
-  assign \$25256  = stride_w + \$25255 ;
-  assign \$25257  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$25258  = fin ? \$24760 [7:0] : \$25257 ;
-  assign \$25259  = fin ? \$24761 [8:0] : { \$24760 [7], \$24760 [7:0] };
-  assign \$25260  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25261  = fin ? \$25260  : { \$24761 [8], \$24761 [8], \$24761 [8:0] };
-  assign \$25262  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$25263  = $signed(\$25262 ) - $signed({ 1'h0, dsh });
-  assign \$25264  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25265  = fin ? \$25263  : { \$25264 [10], \$25264  };
-  assign \$25266  = fin ? r_b : r_a;
-  assign \$25267  = $signed(\$25266 ) - $signed({ 1'h0, kk });
-  assign \$25268  = fin ? r_c : r_b;
-  assign \$25269  = $signed(\$25268 ) - $signed({ 1'h0, kk });
-  assign \$25270  = $signed(\$24761 [8:0]) <= $signed({ 1'h0, \$24959 [3:0] });
-  assign \$25271  = $signed(\$24760 [7:0]) <= $signed({ 1'h0, \$24959 [3:0] });
-  assign \$25272  = fin ? \$25270  : \$25271 ;
-  assign \$25273  = $signed(Rf11) <= $signed({ 1'h0, kk });
-  assign \$25274  = mbeat0_vn & \$25273 ;
-  assign \$25275  = $signed(\$24761 [8:0]) > $signed(3'h3);
-  assign \$25276  = $signed(\$24760 [7:0]) > $signed(3'h3);
-  assign \$25277  = fin ? \$25275  : \$25276 ;
-  assign \$25278  = \$25274  & \$25277 ;
-  assign \$25279  = o_error_flags | flags;
+  assign \$25089  = $signed(\$25088 ) >= $signed(5'h09);
+  assign \$25090  = r_c_sel[0] ? Rnm1 : 11'h000;
+  assign \$25091  = r_c_sel[1] ? Rf3 : 11'h000;
+  assign \$25092  = \$25090  | \$25091 ;
+  assign \$25093  = r_c_sel[2] ? Rf7 : 11'h000;
+  assign \$25094  = r_c_sel[3] ? Rf11 : 11'h000;
+  assign \$25095  = \$25093  | \$25094 ;
+  assign \$25096  = \$25092  | \$25095 ;
+  assign \$25097  = r_c_sel[4] ? Rf15 : 11'h000;
+  assign \$25098  = r_c_sel[5] ? Rf19 : 11'h000;
+  assign \$25099  = \$25097  | \$25098 ;
+  assign \$25100  = r_c_sel[6] ? Rf23 : 11'h000;
+  assign \$25101  = r_c_sel[7] ? Rf27 : 11'h000;
+  assign \$25102  = \$25100  | \$25101 ;
+  assign \$25103  = \$25099  | \$25102 ;
+  assign \$25104  = \$25096  | \$25103 ;
+  assign \$25105  = r_c_sel[8] ? Rf31 : 11'h000;
+  assign \$25106  = r_c_sel[9] ? Rf35 : 11'h000;
+  assign \$25107  = \$25105  | \$25106 ;
+  assign r_c = \$25104  | \$25107 ;
+  assign \$25108  = endv & end_bad;
+  assign \$25109  = ~ any_err;
+  assign \$25110  = \$25108  & \$25109 ;
+  assign \$25112  = k > 1'h0;
+  assign \$25113  = k_cur <= 1'h0;
+  assign \$25114  = finish & \$25113 ;
+  assign \$25116  = k > 1'h1;
+  assign \$25117  = k_cur <= 1'h1;
+  assign \$25118  = finish & \$25117 ;
+  assign \$25120  = k > 2'h2;
+  assign \$25121  = k_cur <= 2'h2;
+  assign \$25122  = finish & \$25121 ;
+  assign \$25124  = k > 2'h3;
+  assign \$25125  = k_cur <= 2'h3;
+  assign \$25126  = finish & \$25125 ;
+  assign \$25128  = k > 3'h4;
+  assign \$25129  = k_cur <= 3'h4;
+  assign \$25130  = finish & \$25129 ;
+  assign \$25132  = k > 3'h5;
+  assign \$25133  = k_cur <= 3'h5;
+  assign \$25134  = finish & \$25133 ;
+  assign \$25136  = k > 3'h6;
+  assign \$25137  = k_cur <= 3'h6;
+  assign \$25138  = finish & \$25137 ;
+  assign \$25140  = k > 3'h7;
+  assign \$25141  = k_cur <= 3'h7;
+  assign \$25142  = finish & \$25141 ;
+  assign \$25143  = ~ any_err;
+  assign \$25144  = short_now & \$25143 ;
+  assign \$25145  = finish & last_row;
+  assign \$25146  = ov & o_lanes__ready;
+  assign \$25147  = { \$24689 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
+  assign \$25148  = \$signal$440 [0] & \$25147 ;
+  assign \$25149  = { \$24696 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
+  assign \$25150  = \$signal$440 [1] & \$25149 ;
+  assign \$25151  = { \$24703 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
+  assign \$25152  = \$signal$440 [2] & \$25151 ;
+  assign \$25153  = { \$24710 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
+  assign \$25154  = \$signal$440 [3] & \$25153 ;
+  assign \$25155  = { \$24717 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
+  assign \$25156  = \$signal$440 [4] & \$25155 ;
+  assign \$25157  = { \$24724 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
+  assign \$25158  = \$signal$440 [5] & \$25157 ;
+  assign \$25159  = { \$24731 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
+  assign \$25160  = \$signal$440 [6] & \$25159 ;
+  assign \$25161  = { \$24738 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
+  assign \$25162  = \$signal$440 [7] & \$25161 ;
+  assign \$25163  = \$25146  ? { \$25162 , \$25160 , \$25158 , \$25156 , \$25154 , \$25152 , \$25150 , \$25148  } : 8'h00;
+  assign \$25164  = | pad_l;
+  assign \$25165  = | flush_d;
+  assign \$25166  = $signed(es_bits) > $signed(1'h0);
+  assign \$25167  = $signed(es_bits) <= $signed(9'h0c0);
+  assign \$25168  = \$25166  & \$25167 ;
+  assign \$25169  = 1'h1 - \$signal$662 ;
+  assign \$25170  = $signed(es_bits) > $signed(9'h0c0);
+  assign \$25171  = $signed(es_bits) <= $signed(10'h180);
+  assign \$25172  = \$25170  & \$25171 ;
+  assign \$25173  = 2'h2 - \$signal$662 ;
+  assign \$25174  = $signed(es_bits) > $signed(10'h180);
+  assign \$25175  = $signed(es_bits) <= $signed(11'h240);
+  assign \$25176  = \$25174  & \$25175 ;
+  assign \$25177  = 2'h3 - \$signal$662 ;
+  assign \$25178  = i_mask__valid & i_mask__ready;
+  assign \$25179  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$25180  = ~ \$25179 ;
+  assign \$25182  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$25183  = ~ \$25182 ;
+  assign \$25184  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$25185  = \$25183  & \$25184 ;
+  assign \$25186  = ~ \$signal$662 ;
+  assign \$25187  = mbeat2_v & \$25186 ;
+  assign \$25188  = ~ \$25187 ;
+  assign \$25189  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$25190  = \$25188  & \$25189 ;
+  assign \$25191  = $signed(Rf0) - $signed({ 1'h0, k });
+  assign \$25192  = advance ? \$25191  : { Rf0[10], Rf0 };
+  assign \$25193  = $signed(Rf1) - $signed({ 1'h0, k });
+  assign \$25194  = advance ? \$25193  : { Rf1[10], Rf1 };
+  assign \$25195  = $signed(Rf2) - $signed({ 1'h0, k });
+  assign \$25196  = advance ? \$25195  : { Rf2[10], Rf2 };
+  assign \$25197  = $signed(Rf3) - $signed({ 1'h0, k });
+  assign \$25198  = advance ? \$25197  : { Rf3[10], Rf3 };
+  assign \$25199  = $signed(Rf4) - $signed({ 1'h0, k });
+  assign \$25200  = advance ? \$25199  : { Rf4[10], Rf4 };
+  assign \$25201  = $signed(Rf5) - $signed({ 1'h0, k });
+  assign \$25202  = advance ? \$25201  : { Rf5[10], Rf5 };
+  assign \$25203  = $signed(Rf6) - $signed({ 1'h0, k });
+  assign \$25204  = advance ? \$25203  : { Rf6[10], Rf6 };
+  assign \$25205  = $signed(Rf7) - $signed({ 1'h0, k });
+  assign \$25206  = advance ? \$25205  : { Rf7[10], Rf7 };
+  assign \$25207  = $signed(Rf8) - $signed({ 1'h0, k });
+  assign \$25208  = advance ? \$25207  : { Rf8[10], Rf8 };
+  assign \$25209  = $signed(Rf9) - $signed({ 1'h0, k });
+  assign \$25210  = advance ? \$25209  : { Rf9[10], Rf9 };
+  assign \$25211  = $signed(Rf10) - $signed({ 1'h0, k });
+  assign \$25212  = advance ? \$25211  : { Rf10[10], Rf10 };
+  assign \$25213  = $signed(Rf11) - $signed({ 1'h0, k });
+  assign \$25214  = advance ? \$25213  : { Rf11[10], Rf11 };
+  assign \$25215  = $signed(Rf12) - $signed({ 1'h0, k });
+  assign \$25216  = advance ? \$25215  : { Rf12[10], Rf12 };
+  assign \$25217  = $signed(Rf13) - $signed({ 1'h0, k });
+  assign \$25218  = advance ? \$25217  : { Rf13[10], Rf13 };
+  assign \$25219  = $signed(Rf14) - $signed({ 1'h0, k });
+  assign \$25220  = advance ? \$25219  : { Rf14[10], Rf14 };
+  assign \$25221  = $signed(Rf15) - $signed({ 1'h0, k });
+  assign \$25222  = advance ? \$25221  : { Rf15[10], Rf15 };
+  assign \$25223  = $signed(Rf16) - $signed({ 1'h0, k });
+  assign \$25224  = advance ? \$25223  : { Rf16[10], Rf16 };
+  assign \$25225  = $signed(Rf17) - $signed({ 1'h0, k });
+  assign \$25226  = advance ? \$25225  : { Rf17[10], Rf17 };
+  assign \$25227  = $signed(Rf18) - $signed({ 1'h0, k });
+  assign \$25228  = advance ? \$25227  : { Rf18[10], Rf18 };
+  assign \$25229  = $signed(Rf19) - $signed({ 1'h0, k });
+  assign \$25230  = advance ? \$25229  : { Rf19[10], Rf19 };
+  assign \$25231  = $signed(Rf20) - $signed({ 1'h0, k });
+  assign \$25232  = advance ? \$25231  : { Rf20[10], Rf20 };
+  assign \$25233  = $signed(Rf21) - $signed({ 1'h0, k });
+  assign \$25234  = advance ? \$25233  : { Rf21[10], Rf21 };
+  assign \$25235  = $signed(Rf22) - $signed({ 1'h0, k });
+  assign \$25236  = advance ? \$25235  : { Rf22[10], Rf22 };
+  assign \$25237  = $signed(Rf23) - $signed({ 1'h0, k });
+  assign \$25238  = advance ? \$25237  : { Rf23[10], Rf23 };
+  assign \$25239  = $signed(Rf24) - $signed({ 1'h0, k });
+  assign \$25240  = advance ? \$25239  : { Rf24[10], Rf24 };
+  assign \$25241  = $signed(Rf25) - $signed({ 1'h0, k });
+  assign \$25242  = advance ? \$25241  : { Rf25[10], Rf25 };
+  assign \$25243  = $signed(Rf26) - $signed({ 1'h0, k });
+  assign \$25244  = advance ? \$25243  : { Rf26[10], Rf26 };
+  assign \$25245  = $signed(Rf27) - $signed({ 1'h0, k });
+  assign \$25246  = advance ? \$25245  : { Rf27[10], Rf27 };
+  assign \$25247  = $signed(Rf28) - $signed({ 1'h0, k });
+  assign \$25248  = advance ? \$25247  : { Rf28[10], Rf28 };
+  assign \$25249  = $signed(Rf29) - $signed({ 1'h0, k });
+  assign \$25250  = advance ? \$25249  : { Rf29[10], Rf29 };
+  assign \$25251  = $signed(Rf30) - $signed({ 1'h0, k });
+  assign \$25252  = advance ? \$25251  : { Rf30[10], Rf30 };
+  assign \$25253  = $signed(Rf31) - $signed({ 1'h0, k });
+  assign \$25254  = advance ? \$25253  : { Rf31[10], Rf31 };
+  assign \$25255  = $signed(Rf32) - $signed({ 1'h0, k });
+  assign \$25256  = advance ? \$25255  : { Rf32[10], Rf32 };
+  assign \$25257  = $signed(Rf33) - $signed({ 1'h0, k });
+  assign \$25258  = advance ? \$25257  : { Rf33[10], Rf33 };
+  assign \$25259  = $signed(Rf34) - $signed({ 1'h0, k });
+  assign \$25260  = advance ? \$25259  : { Rf34[10], Rf34 };
+  assign \$25261  = $signed(Rf35) - $signed({ 1'h0, k });
+  assign \$25262  = advance ? \$25261  : { Rf35[10], Rf35 };
+  assign \$25263  = $signed(Rnm1) - $signed({ 1'h0, k });
+  assign \$25264  = advance ? \$25263  : { Rnm1[10], Rnm1 };
+  assign \$25265  = \$24926 [4:0] + 4'h8;
+  assign \$25266  = v_load ? \$25265  : { 1'h0, \$24926 [4:0] };
+  assign \$25267  = advance & takes;
+  assign \$25268  = vpos_n - 4'h8;
+  assign \$25269  = i_value__valid & allow_load;
+  assign \$25270  = ~ \$signal$750 ;
+  assign \$25271  = ~ \$signal$752 ;
+  assign \$25272  = \$signal$750  & \$signal$752 ;
+  assign \$25273  = ~ \$25272 ;
+  assign \$25274  = i_cmd__valid & i_cmd__ready;
+  assign \$25276  = advance & finish;
+  assign \$25277  = rows_left - 1'h1;
+  assign \$25278  = end_ok | end_bad;
+  assign \$25279  = endv & \$25278 ;
+  assign \$25280  = i_cmd__valid & i_cmd__ready;
+  assign \$25287  = \$25284  + \$25286 ;
+  assign \$25290  = stride_w + \$25289 ;
+  assign \$25291  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$25292  = fin ? \$24756 [7:0] : \$25291 ;
+  assign \$25293  = fin ? \$24757 [8:0] : { \$24756 [7], \$24756 [7:0] };
+  assign \$25294  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25295  = fin ? \$25294  : { \$24757 [8], \$24757 [8], \$24757 [8:0] };
+  assign \$25296  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$25297  = $signed(\$25296 ) - $signed({ 1'h0, dsh });
+  assign \$25298  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25299  = fin ? \$25297  : { \$25298 [10], \$25298  };
+  assign \$25300  = finish ? r_b : r_a;
+  assign \$25301  = $signed(\$25300 ) - $signed({ 1'h0, k });
+  assign \$25302  = advance ? \$25301  : { r_a[10], r_a };
+  assign \$25303  = finish ? r_c : r_b;
+  assign \$25304  = $signed(\$25303 ) - $signed({ 1'h0, k });
+  assign \$25305  = advance ? \$25304  : { r_b[10], r_b };
+  assign \$25306  = $signed(\$24757 [8:0]) <= $signed({ 1'h0, \$24957 [3:0] });
+  assign \$25307  = $signed(\$24756 [7:0]) <= $signed({ 1'h0, \$24957 [3:0] });
+  assign \$25308  = fin ? \$25306  : \$25307 ;
+  assign \$25309  = $signed(Rf11) <= $signed({ 1'h0, k });
+  assign \$25310  = $signed(\$24757 [8:0]) > $signed(3'h3);
+  assign \$25311  = $signed(\$24756 [7:0]) > $signed(3'h3);
+  assign \$25312  = finish ? \$25310  : \$25311 ;
+  assign \$25313  = \$25309  & \$25312 ;
+  assign \$25314  = $signed(Rf11) <= $signed(1'h0);
+  assign \$25315  = $signed(\$24756 [7:0]) > $signed(3'h3);
+  assign \$25316  = \$25314  & \$25315 ;
+  assign \$25317  = advance ? \$25313  : \$25316 ;
+  assign \$25318  = mbeat0_vn & \$25317 ;
+  assign \$25319  = o_error_flags | flags;
+  always @(posedge clk)
+    prime <= \$25320 ;
+  always @(posedge clk)
+    a_grp0 <= \$25321 ;
+  always @(posedge clk)
+    a_gsel0 <= \$25322 ;
+  always @(posedge clk)
+    a_lr0 <= \$25323 ;
+  always @(posedge clk)
+    \$signal$440  <= \$25324 ;
+  always @(posedge clk)
+    a_nxt <= \$25325 ;
+  always @(posedge clk)
+    a_grp1 <= \$25326 ;
   always @(posedge clk)
-    prime <= \$25280 ;
+    a_gsel1 <= \$25327 ;
   always @(posedge clk)
-    a_grp0 <= \$25281 ;
+    a_lr1 <= \$25328 ;
   always @(posedge clk)
-    a_gsel0 <= \$25282 ;
+    a_grp2 <= \$25329 ;
   always @(posedge clk)
-    a_lr0 <= \$25283 ;
+    a_gsel2 <= \$25330 ;
   always @(posedge clk)
-    \$signal$440  <= \$25284 ;
+    a_lr2 <= \$25331 ;
   always @(posedge clk)
-    a_nxt <= \$25285 ;
+    a_grp3 <= \$25332 ;
   always @(posedge clk)
-    a_grp1 <= \$25286 ;
+    a_gsel3 <= \$25333 ;
   always @(posedge clk)
-    a_gsel1 <= \$25287 ;
+    a_lr3 <= \$25334 ;
   always @(posedge clk)
-    a_lr1 <= \$25288 ;
+    a_grp4 <= \$25335 ;
   always @(posedge clk)
-    a_grp2 <= \$25289 ;
+    a_gsel4 <= \$25336 ;
   always @(posedge clk)
-    a_gsel2 <= \$25290 ;
+    a_lr4 <= \$25337 ;
   always @(posedge clk)
-    a_lr2 <= \$25291 ;
+    a_grp5 <= \$25338 ;
   always @(posedge clk)
-    a_grp3 <= \$25292 ;
+    a_gsel5 <= \$25339 ;
   always @(posedge clk)
-    a_gsel3 <= \$25293 ;
+    a_lr5 <= \$25340 ;
   always @(posedge clk)
-    a_lr3 <= \$25294 ;
+    a_grp6 <= \$25341 ;
   always @(posedge clk)
-    a_grp4 <= \$25295 ;
+    a_gsel6 <= \$25342 ;
   always @(posedge clk)
-    a_gsel4 <= \$25296 ;
+    a_lr6 <= \$25343 ;
   always @(posedge clk)
-    a_lr4 <= \$25297 ;
+    a_grp7 <= \$25344 ;
   always @(posedge clk)
-    a_grp5 <= \$25298 ;
+    a_gsel7 <= \$25345 ;
   always @(posedge clk)
-    a_gsel5 <= \$25299 ;
+    a_lr7 <= \$25346 ;
   always @(posedge clk)
-    a_lr5 <= \$25300 ;
+    \$signal  <= \$25347 ;
   always @(posedge clk)
-    a_grp6 <= \$25301 ;
+    a_es <= \$25348 ;
   always @(posedge clk)
-    a_gsel6 <= \$25302 ;
+    short_err <= \$25349 ;
   always @(posedge clk)
-    a_lr6 <= \$25303 ;
+    ov <= \$25350 ;
   always @(posedge clk)
-    a_grp7 <= \$25304 ;
+    \$signal$607  <= \$25351 ;
   always @(posedge clk)
-    a_gsel7 <= \$25305 ;
+    a_last <= \$25352 ;
   always @(posedge clk)
-    a_lr7 <= \$25306 ;
+    a_val <= \$25353 ;
   always @(posedge clk)
-    \$signal  <= \$25307 ;
+    pad_l <= \$25354 ;
   always @(posedge clk)
-    a_es <= \$25308 ;
+    pad_r <= \$25355 ;
   always @(posedge clk)
-    short_err <= \$25309 ;
+    flush_d <= \$25356 ;
   always @(posedge clk)
-    ov <= \$25310 ;
+    mbuf <= \$25357 ;
   always @(posedge clk)
-    \$signal$609  <= \$25311 ;
+    mbuf_v <= \$25358 ;
   always @(posedge clk)
-    a_last <= \$25312 ;
+    mbeat0 <= \$25359 ;
   always @(posedge clk)
-    a_val <= \$25313 ;
+    mbeat1 <= \$25360 ;
   always @(posedge clk)
-    pad_l <= \$25314 ;
+    mbeat2 <= \$25361 ;
   always @(posedge clk)
-    pad_r <= \$25315 ;
+    mbeat0_v <= \$25362 ;
   always @(posedge clk)
-    flush_d <= \$25316 ;
+    mbeat1_v <= \$25363 ;
   always @(posedge clk)
-    mbuf <= \$25317 ;
+    mbeat2_v <= \$25364 ;
   always @(posedge clk)
-    mbuf_v <= \$25318 ;
+    R0 <= \$25365 ;
   always @(posedge clk)
-    mbeat0 <= \$25319 ;
+    R1 <= \$25366 ;
   always @(posedge clk)
-    mbeat1 <= \$25320 ;
+    R2 <= \$25367 ;
   always @(posedge clk)
-    mbeat2 <= \$25321 ;
+    R3 <= \$25368 ;
   always @(posedge clk)
-    mbeat0_v <= \$25322 ;
+    R4 <= \$25369 ;
   always @(posedge clk)
-    mbeat1_v <= \$25323 ;
+    R5 <= \$25370 ;
   always @(posedge clk)
-    mbeat2_v <= \$25324 ;
+    R6 <= \$25371 ;
   always @(posedge clk)
-    R0 <= \$25325 ;
+    R7 <= \$25372 ;
   always @(posedge clk)
-    R1 <= \$25326 ;
+    R8 <= \$25373 ;
   always @(posedge clk)
-    R2 <= \$25327 ;
+    R9 <= \$25374 ;
   always @(posedge clk)
-    R3 <= \$25328 ;
+    R10 <= \$25375 ;
   always @(posedge clk)
-    R4 <= \$25329 ;
+    R11 <= \$25376 ;
   always @(posedge clk)
-    R5 <= \$25330 ;
+    R12 <= \$25377 ;
   always @(posedge clk)
-    R6 <= \$25331 ;
+    R13 <= \$25378 ;
   always @(posedge clk)
-    R7 <= \$25332 ;
+    R14 <= \$25379 ;
   always @(posedge clk)
-    R8 <= \$25333 ;
+    R15 <= \$25380 ;
   always @(posedge clk)
-    R9 <= \$25334 ;
+    R16 <= \$25381 ;
   always @(posedge clk)
-    R10 <= \$25335 ;
+    R17 <= \$25382 ;
   always @(posedge clk)
-    R11 <= \$25336 ;
+    R18 <= \$25383 ;
   always @(posedge clk)
-    R12 <= \$25337 ;
+    R19 <= \$25384 ;
   always @(posedge clk)
-    R13 <= \$25338 ;
+    R20 <= \$25385 ;
   always @(posedge clk)
-    R14 <= \$25339 ;
+    R21 <= \$25386 ;
   always @(posedge clk)
-    R15 <= \$25340 ;
+    R22 <= \$25387 ;
   always @(posedge clk)
-    R16 <= \$25341 ;
+    R23 <= \$25388 ;
   always @(posedge clk)
-    R17 <= \$25342 ;
+    R24 <= \$25389 ;
   always @(posedge clk)
-    R18 <= \$25343 ;
+    R25 <= \$25390 ;
   always @(posedge clk)
-    R19 <= \$25344 ;
+    R26 <= \$25391 ;
   always @(posedge clk)
-    R20 <= \$25345 ;
+    R27 <= \$25392 ;
   always @(posedge clk)
-    R21 <= \$25346 ;
+    R28 <= \$25393 ;
   always @(posedge clk)
-    R22 <= \$25347 ;
+    R29 <= \$25394 ;
   always @(posedge clk)
-    R23 <= \$25348 ;
+    R30 <= \$25395 ;
   always @(posedge clk)
-    R24 <= \$25349 ;
+    R31 <= \$25396 ;
   always @(posedge clk)
-    R25 <= \$25350 ;
+    R32 <= \$25397 ;
   always @(posedge clk)
-    R26 <= \$25351 ;
+    R33 <= \$25398 ;
   always @(posedge clk)
-    R27 <= \$25352 ;
+    R34 <= \$25399 ;
   always @(posedge clk)
-    R28 <= \$25353 ;
+    R35 <= \$25400 ;
   always @(posedge clk)
-    R29 <= \$25354 ;
+    Rm1 <= \$25401 ;
   always @(posedge clk)
-    R30 <= \$25355 ;
+    vavail <= \$25402 ;
   always @(posedge clk)
-    R31 <= \$25356 ;
+    vpos <= \$25403 ;
   always @(posedge clk)
-    R32 <= \$25357 ;
+    vlast_loaded <= \$25404 ;
   always @(posedge clk)
-    R33 <= \$25358 ;
+    prev_last <= \$25405 ;
   always @(posedge clk)
-    R34 <= \$25359 ;
+    any_val <= \$25406 ;
   always @(posedge clk)
-    R35 <= \$25360 ;
+    \$signal$593  <= \$25407 ;
   always @(posedge clk)
-    Rm1 <= \$25361 ;
+    VB <= \$25408 ;
   always @(posedge clk)
-    vpos <= \$25362 ;
+    \$signal$751  <= \$25409 ;
   always @(posedge clk)
-    vlast_loaded <= \$25363 ;
+    \$signal$753  <= \$25410 ;
   always @(posedge clk)
-    prev_last <= \$25364 ;
+    \$signal$755  <= \$25411 ;
   always @(posedge clk)
-    any_val <= \$25365 ;
+    \$signal$756  <= \$25412 ;
   always @(posedge clk)
-    \$signal$595  <= \$25366 ;
+    running <= \$25413 ;
   always @(posedge clk)
-    VB <= \$25367 ;
+    rows_left <= \$25414 ;
   always @(posedge clk)
-    \$signal$590  <= \$25368 ;
+    cols_r <= \$25415 ;
   always @(posedge clk)
-    \$signal$592  <= \$25369 ;
+    stride_w <= \$25416 ;
   always @(posedge clk)
-    \$signal$756  <= \$25370 ;
+    endv <= \$25417 ;
   always @(posedge clk)
-    \$signal$757  <= \$25371 ;
+    rs_w <= \$25418 ;
   always @(posedge clk)
-    running <= \$25372 ;
+    es_w <= \$25419 ;
   always @(posedge clk)
-    rows_left <= \$25373 ;
+    es2_w <= \$25420 ;
   always @(posedge clk)
-    cols_r <= \$25374 ;
+    es3_w <= \$25421 ;
   always @(posedge clk)
-    stride_w <= \$25375 ;
+    has_next <= \$25422 ;
   always @(posedge clk)
-    endv <= \$25376 ;
+    last_row <= \$25423 ;
   always @(posedge clk)
-    rs_w <= \$25377 ;
+    k_cur_full <= \$25424 ;
   always @(posedge clk)
-    es_w <= \$25378 ;
+    k_nxt_full <= \$25425 ;
   always @(posedge clk)
-    es2_w <= \$25379 ;
+    row_complete <= \$25426 ;
   always @(posedge clk)
-    es3_w <= \$25380 ;
+    \$signal$669  <= \$25427 ;
   always @(posedge clk)
-    has_next <= \$25381 ;
-  always @(posedge clk)
-    last_row <= \$25382 ;
-  always @(posedge clk)
-    k_cur_full <= \$25383 ;
-  always @(posedge clk)
-    k_nxt_full <= \$25384 ;
-  always @(posedge clk)
-    row_complete <= \$25385 ;
-  always @(posedge clk)
-    \$signal$672  <= \$25386 ;
-  always @(posedge clk)
-    o_error_flags <= \$25387 ;
+    o_error_flags <= \$25428 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -57802,21 +57888,21 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez ({ mbeat2_vn, mbeat1_vn, mbeat0_vn })
       3'h0:
-          \$24958  = 3'h0;
+          \$24956  = 3'h0;
       3'h1:
-          \$24958  = 3'h1;
+          \$24956  = 3'h1;
       3'h2:
-          \$24958  = 3'h1;
+          \$24956  = 3'h1;
       3'h3:
-          \$24958  = 3'h2;
+          \$24956  = 3'h2;
       3'h4:
-          \$24958  = 3'h1;
+          \$24956  = 3'h1;
       3'h5:
-          \$24958  = 3'h2;
+          \$24956  = 3'h2;
       3'h6:
-          \$24958  = 3'h2;
+          \$24956  = 3'h2;
       3'h7:
-          \$24958  = 3'h3;
+          \$24956  = 3'h3;
     endcase
   end
   always @* begin
@@ -57824,37 +57910,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$25113  = 4'h0;
+          \$25111  = 4'h0;
       4'h1:
-          \$25113  = 4'hf;
+          \$25111  = 4'hf;
       4'h2:
-          \$25113  = 4'he;
+          \$25111  = 4'he;
       4'h3:
-          \$25113  = 4'hd;
+          \$25111  = 4'hd;
       4'h4:
-          \$25113  = 4'hc;
+          \$25111  = 4'hc;
       4'h5:
-          \$25113  = 4'hb;
+          \$25111  = 4'hb;
       4'h6:
-          \$25113  = 4'ha;
+          \$25111  = 4'ha;
       4'h7:
-          \$25113  = 4'h9;
+          \$25111  = 4'h9;
       4'h8:
-          \$25113  = 4'h8;
+          \$25111  = 4'h8;
       4'h9:
-          \$25113  = 4'h7;
+          \$25111  = 4'h7;
       4'ha:
-          \$25113  = 4'h6;
+          \$25111  = 4'h6;
       4'hb:
-          \$25113  = 4'h5;
+          \$25111  = 4'h5;
       4'hc:
-          \$25113  = 4'h4;
+          \$25111  = 4'h4;
       4'hd:
-          \$25113  = 4'h3;
+          \$25111  = 4'h3;
       4'he:
-          \$25113  = 4'h2;
+          \$25111  = 4'h2;
       4'hf:
-          \$25113  = 4'h1;
+          \$25111  = 4'h1;
     endcase
   end
   always @* begin
@@ -57862,37 +57948,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$25117  = 4'h1;
+          \$25115  = 4'h1;
       4'h1:
-          \$25117  = 4'h0;
+          \$25115  = 4'h0;
       4'h2:
-          \$25117  = 4'hf;
+          \$25115  = 4'hf;
       4'h3:
-          \$25117  = 4'he;
+          \$25115  = 4'he;
       4'h4:
-          \$25117  = 4'hd;
+          \$25115  = 4'hd;
       4'h5:
-          \$25117  = 4'hc;
+          \$25115  = 4'hc;
       4'h6:
-          \$25117  = 4'hb;
+          \$25115  = 4'hb;
       4'h7:
-          \$25117  = 4'ha;
+          \$25115  = 4'ha;
       4'h8:
-          \$25117  = 4'h9;
+          \$25115  = 4'h9;
       4'h9:
-          \$25117  = 4'h8;
+          \$25115  = 4'h8;
       4'ha:
-          \$25117  = 4'h7;
+          \$25115  = 4'h7;
       4'hb:
-          \$25117  = 4'h6;
+          \$25115  = 4'h6;
       4'hc:
-          \$25117  = 4'h5;
+          \$25115  = 4'h5;
       4'hd:
-          \$25117  = 4'h4;
+          \$25115  = 4'h4;
       4'he:
-          \$25117  = 4'h3;
+          \$25115  = 4'h3;
       4'hf:
-          \$25117  = 4'h2;
+          \$25115  = 4'h2;
     endcase
   end
   always @* begin
@@ -57900,37 +57986,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$25121  = 4'h2;
+          \$25119  = 4'h2;
       4'h1:
-          \$25121  = 4'h1;
+          \$25119  = 4'h1;
       4'h2:
-          \$25121  = 4'h0;
+          \$25119  = 4'h0;
       4'h3:
-          \$25121  = 4'hf;
+          \$25119  = 4'hf;
       4'h4:
-          \$25121  = 4'he;
+          \$25119  = 4'he;
       4'h5:
-          \$25121  = 4'hd;
+          \$25119  = 4'hd;
       4'h6:
-          \$25121  = 4'hc;
+          \$25119  = 4'hc;
       4'h7:
-          \$25121  = 4'hb;
+          \$25119  = 4'hb;
       4'h8:
-          \$25121  = 4'ha;
+          \$25119  = 4'ha;
       4'h9:
-          \$25121  = 4'h9;
+          \$25119  = 4'h9;
       4'ha:
-          \$25121  = 4'h8;
+          \$25119  = 4'h8;
       4'hb:
-          \$25121  = 4'h7;
+          \$25119  = 4'h7;
       4'hc:
-          \$25121  = 4'h6;
+          \$25119  = 4'h6;
       4'hd:
-          \$25121  = 4'h5;
+          \$25119  = 4'h5;
       4'he:
-          \$25121  = 4'h4;
+          \$25119  = 4'h4;
       4'hf:
-          \$25121  = 4'h3;
+          \$25119  = 4'h3;
     endcase
   end
   always @* begin
@@ -57938,37 +58024,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$25125  = 4'h3;
+          \$25123  = 4'h3;
       4'h1:
-          \$25125  = 4'h2;
+          \$25123  = 4'h2;
       4'h2:
-          \$25125  = 4'h1;
+          \$25123  = 4'h1;
       4'h3:
-          \$25125  = 4'h0;
+          \$25123  = 4'h0;
       4'h4:
-          \$25125  = 4'hf;
+          \$25123  = 4'hf;
       4'h5:
-          \$25125  = 4'he;
+          \$25123  = 4'he;
       4'h6:
-          \$25125  = 4'hd;
+          \$25123  = 4'hd;
       4'h7:
-          \$25125  = 4'hc;
+          \$25123  = 4'hc;
       4'h8:
-          \$25125  = 4'hb;
+          \$25123  = 4'hb;
       4'h9:
-          \$25125  = 4'ha;
+          \$25123  = 4'ha;
       4'ha:
-          \$25125  = 4'h9;
+          \$25123  = 4'h9;
       4'hb:
-          \$25125  = 4'h8;
+          \$25123  = 4'h8;
       4'hc:
-          \$25125  = 4'h7;
+          \$25123  = 4'h7;
       4'hd:
-          \$25125  = 4'h6;
+          \$25123  = 4'h6;
       4'he:
-          \$25125  = 4'h5;
+          \$25123  = 4'h5;
       4'hf:
-          \$25125  = 4'h4;
+          \$25123  = 4'h4;
     endcase
   end
   always @* begin
@@ -57976,37 +58062,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$25129  = 4'h4;
+          \$25127  = 4'h4;
       4'h1:
-          \$25129  = 4'h3;
+          \$25127  = 4'h3;
       4'h2:
-          \$25129  = 4'h2;
+          \$25127  = 4'h2;
       4'h3:
-          \$25129  = 4'h1;
+          \$25127  = 4'h1;
       4'h4:
-          \$25129  = 4'h0;
+          \$25127  = 4'h0;
       4'h5:
-          \$25129  = 4'hf;
+          \$25127  = 4'hf;
       4'h6:
-          \$25129  = 4'he;
+          \$25127  = 4'he;
       4'h7:
-          \$25129  = 4'hd;
+          \$25127  = 4'hd;
       4'h8:
-          \$25129  = 4'hc;
+          \$25127  = 4'hc;
       4'h9:
-          \$25129  = 4'hb;
+          \$25127  = 4'hb;
       4'ha:
-          \$25129  = 4'ha;
+          \$25127  = 4'ha;
       4'hb:
-          \$25129  = 4'h9;
+          \$25127  = 4'h9;
       4'hc:
-          \$25129  = 4'h8;
+          \$25127  = 4'h8;
       4'hd:
-          \$25129  = 4'h7;
+          \$25127  = 4'h7;
       4'he:
-          \$25129  = 4'h6;
+          \$25127  = 4'h6;
       4'hf:
-          \$25129  = 4'h5;
+          \$25127  = 4'h5;
     endcase
   end
   always @* begin
@@ -58014,37 +58100,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$25133  = 4'h5;
+          \$25131  = 4'h5;
       4'h1:
-          \$25133  = 4'h4;
+          \$25131  = 4'h4;
       4'h2:
-          \$25133  = 4'h3;
+          \$25131  = 4'h3;
       4'h3:
-          \$25133  = 4'h2;
+          \$25131  = 4'h2;
       4'h4:
-          \$25133  = 4'h1;
+          \$25131  = 4'h1;
       4'h5:
-          \$25133  = 4'h0;
+          \$25131  = 4'h0;
       4'h6:
-          \$25133  = 4'hf;
+          \$25131  = 4'hf;
       4'h7:
-          \$25133  = 4'he;
+          \$25131  = 4'he;
       4'h8:
-          \$25133  = 4'hd;
+          \$25131  = 4'hd;
       4'h9:
-          \$25133  = 4'hc;
+          \$25131  = 4'hc;
       4'ha:
-          \$25133  = 4'hb;
+          \$25131  = 4'hb;
       4'hb:
-          \$25133  = 4'ha;
+          \$25131  = 4'ha;
       4'hc:
-          \$25133  = 4'h9;
+          \$25131  = 4'h9;
       4'hd:
-          \$25133  = 4'h8;
+          \$25131  = 4'h8;
       4'he:
-          \$25133  = 4'h7;
+          \$25131  = 4'h7;
       4'hf:
-          \$25133  = 4'h6;
+          \$25131  = 4'h6;
     endcase
   end
   always @* begin
@@ -58052,37 +58138,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$25137  = 4'h6;
+          \$25135  = 4'h6;
       4'h1:
-          \$25137  = 4'h5;
+          \$25135  = 4'h5;
       4'h2:
-          \$25137  = 4'h4;
+          \$25135  = 4'h4;
       4'h3:
-          \$25137  = 4'h3;
+          \$25135  = 4'h3;
       4'h4:
-          \$25137  = 4'h2;
+          \$25135  = 4'h2;
       4'h5:
-          \$25137  = 4'h1;
+          \$25135  = 4'h1;
       4'h6:
-          \$25137  = 4'h0;
+          \$25135  = 4'h0;
       4'h7:
-          \$25137  = 4'hf;
+          \$25135  = 4'hf;
       4'h8:
-          \$25137  = 4'he;
+          \$25135  = 4'he;
       4'h9:
-          \$25137  = 4'hd;
+          \$25135  = 4'hd;
       4'ha:
-          \$25137  = 4'hc;
+          \$25135  = 4'hc;
       4'hb:
-          \$25137  = 4'hb;
+          \$25135  = 4'hb;
       4'hc:
-          \$25137  = 4'ha;
+          \$25135  = 4'ha;
       4'hd:
-          \$25137  = 4'h9;
+          \$25135  = 4'h9;
       4'he:
-          \$25137  = 4'h8;
+          \$25135  = 4'h8;
       4'hf:
-          \$25137  = 4'h7;
+          \$25135  = 4'h7;
     endcase
   end
   always @* begin
@@ -58090,37 +58176,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$25141  = 4'h7;
+          \$25139  = 4'h7;
       4'h1:
-          \$25141  = 4'h6;
+          \$25139  = 4'h6;
       4'h2:
-          \$25141  = 4'h5;
+          \$25139  = 4'h5;
       4'h3:
-          \$25141  = 4'h4;
+          \$25139  = 4'h4;
       4'h4:
-          \$25141  = 4'h3;
+          \$25139  = 4'h3;
       4'h5:
-          \$25141  = 4'h2;
+          \$25139  = 4'h2;
       4'h6:
-          \$25141  = 4'h1;
+          \$25139  = 4'h1;
       4'h7:
-          \$25141  = 4'h0;
+          \$25139  = 4'h0;
       4'h8:
-          \$25141  = 4'hf;
+          \$25139  = 4'hf;
       4'h9:
-          \$25141  = 4'he;
+          \$25139  = 4'he;
       4'ha:
-          \$25141  = 4'hd;
+          \$25139  = 4'hd;
       4'hb:
-          \$25141  = 4'hc;
+          \$25139  = 4'hc;
       4'hc:
-          \$25141  = 4'hb;
+          \$25139  = 4'hb;
       4'hd:
-          \$25141  = 4'ha;
+          \$25139  = 4'ha;
       4'he:
-          \$25141  = 4'h9;
+          \$25139  = 4'h9;
       4'hf:
-          \$25141  = 4'h8;
+          \$25139  = 4'h8;
     endcase
   end
   always @* begin
@@ -59868,7 +59954,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -59878,7 +59964,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -59889,7 +59975,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = mbeat2;
@@ -59899,7 +59985,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat1_n = mbeat2;
       end
     end
@@ -59910,7 +59996,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
@@ -59920,7 +60006,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       end
     end
@@ -59931,7 +60017,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -59941,7 +60027,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -59952,7 +60038,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = mbeat2_v;
@@ -59962,7 +60048,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat1_nv = mbeat2_v;
       end
     end
@@ -59973,7 +60059,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_nv = 1'h0;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_nv = 1'h0;
@@ -59983,7 +60069,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$665 ) begin
+      if (\$signal$662 ) begin
         mbeat2_nv = 1'h0;
       end
     end
@@ -59993,8 +60079,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs0 = R0;
     if (any_err) begin
       Rs0 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs0 = \$24763 [10:0];
+    end else if (\$24758 ) begin
+      Rs0 = \$24759 [10:0];
     end
   end
   always @* begin
@@ -60002,8 +60088,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs1 = R1;
     if (any_err) begin
       Rs1 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs1 = \$24764 [10:0];
+    end else if (\$24758 ) begin
+      Rs1 = \$24760 [10:0];
     end
   end
   always @* begin
@@ -60011,8 +60097,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs2 = R2;
     if (any_err) begin
       Rs2 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs2 = \$24765 [10:0];
+    end else if (\$24758 ) begin
+      Rs2 = \$24761 [10:0];
     end
   end
   always @* begin
@@ -60020,8 +60106,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs3 = R3;
     if (any_err) begin
       Rs3 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs3 = \$24766 [10:0];
+    end else if (\$24758 ) begin
+      Rs3 = \$24762 [10:0];
     end
   end
   always @* begin
@@ -60029,8 +60115,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs4 = R4;
     if (any_err) begin
       Rs4 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs4 = \$24767 [10:0];
+    end else if (\$24758 ) begin
+      Rs4 = \$24763 [10:0];
     end
   end
   always @* begin
@@ -60038,8 +60124,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs5 = R5;
     if (any_err) begin
       Rs5 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs5 = \$24768 [10:0];
+    end else if (\$24758 ) begin
+      Rs5 = \$24764 [10:0];
     end
   end
   always @* begin
@@ -60047,8 +60133,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs6 = R6;
     if (any_err) begin
       Rs6 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs6 = \$24769 [10:0];
+    end else if (\$24758 ) begin
+      Rs6 = \$24765 [10:0];
     end
   end
   always @* begin
@@ -60056,8 +60142,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs7 = R7;
     if (any_err) begin
       Rs7 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs7 = \$24770 [10:0];
+    end else if (\$24758 ) begin
+      Rs7 = \$24766 [10:0];
     end
   end
   always @* begin
@@ -60065,8 +60151,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs8 = R8;
     if (any_err) begin
       Rs8 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs8 = \$24771 [10:0];
+    end else if (\$24758 ) begin
+      Rs8 = \$24767 [10:0];
     end
   end
   always @* begin
@@ -60074,8 +60160,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs9 = R9;
     if (any_err) begin
       Rs9 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs9 = \$24772 [10:0];
+    end else if (\$24758 ) begin
+      Rs9 = \$24768 [10:0];
     end
   end
   always @* begin
@@ -60083,8 +60169,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs10 = R10;
     if (any_err) begin
       Rs10 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs10 = \$24773 [10:0];
+    end else if (\$24758 ) begin
+      Rs10 = \$24769 [10:0];
     end
   end
   always @* begin
@@ -60092,8 +60178,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs11 = R11;
     if (any_err) begin
       Rs11 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs11 = \$24774 [10:0];
+    end else if (\$24758 ) begin
+      Rs11 = \$24770 [10:0];
     end
   end
   always @* begin
@@ -60101,8 +60187,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs12 = R12;
     if (any_err) begin
       Rs12 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs12 = \$24776 [10:0];
+    end else if (\$24758 ) begin
+      Rs12 = \$24772 [10:0];
     end
   end
   always @* begin
@@ -60110,8 +60196,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs13 = R13;
     if (any_err) begin
       Rs13 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs13 = \$24777 [10:0];
+    end else if (\$24758 ) begin
+      Rs13 = \$24773 [10:0];
     end
   end
   always @* begin
@@ -60119,8 +60205,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs14 = R14;
     if (any_err) begin
       Rs14 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs14 = \$24778 [10:0];
+    end else if (\$24758 ) begin
+      Rs14 = \$24774 [10:0];
     end
   end
   always @* begin
@@ -60128,8 +60214,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs15 = R15;
     if (any_err) begin
       Rs15 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs15 = \$24779 [10:0];
+    end else if (\$24758 ) begin
+      Rs15 = \$24775 [10:0];
     end
   end
   always @* begin
@@ -60137,8 +60223,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs16 = R16;
     if (any_err) begin
       Rs16 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs16 = \$24780 [10:0];
+    end else if (\$24758 ) begin
+      Rs16 = \$24776 [10:0];
     end
   end
   always @* begin
@@ -60146,8 +60232,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs17 = R17;
     if (any_err) begin
       Rs17 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs17 = \$24781 [10:0];
+    end else if (\$24758 ) begin
+      Rs17 = \$24777 [10:0];
     end
   end
   always @* begin
@@ -60155,8 +60241,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs18 = R18;
     if (any_err) begin
       Rs18 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs18 = \$24782 [10:0];
+    end else if (\$24758 ) begin
+      Rs18 = \$24778 [10:0];
     end
   end
   always @* begin
@@ -60164,8 +60250,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs19 = R19;
     if (any_err) begin
       Rs19 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs19 = \$24783 [10:0];
+    end else if (\$24758 ) begin
+      Rs19 = \$24779 [10:0];
     end
   end
   always @* begin
@@ -60173,8 +60259,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs20 = R20;
     if (any_err) begin
       Rs20 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs20 = \$24784 [10:0];
+    end else if (\$24758 ) begin
+      Rs20 = \$24780 [10:0];
     end
   end
   always @* begin
@@ -60182,8 +60268,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs21 = R21;
     if (any_err) begin
       Rs21 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs21 = \$24785 [10:0];
+    end else if (\$24758 ) begin
+      Rs21 = \$24781 [10:0];
     end
   end
   always @* begin
@@ -60191,8 +60277,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs22 = R22;
     if (any_err) begin
       Rs22 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs22 = \$24786 [10:0];
+    end else if (\$24758 ) begin
+      Rs22 = \$24782 [10:0];
     end
   end
   always @* begin
@@ -60200,8 +60286,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs23 = R23;
     if (any_err) begin
       Rs23 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs23 = \$24787 [10:0];
+    end else if (\$24758 ) begin
+      Rs23 = \$24783 [10:0];
     end
   end
   always @* begin
@@ -60209,8 +60295,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs24 = R24;
     if (any_err) begin
       Rs24 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs24 = \$24789 [10:0];
+    end else if (\$24758 ) begin
+      Rs24 = \$24785 [10:0];
     end
   end
   always @* begin
@@ -60218,8 +60304,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs25 = R25;
     if (any_err) begin
       Rs25 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs25 = \$24790 [10:0];
+    end else if (\$24758 ) begin
+      Rs25 = \$24786 [10:0];
     end
   end
   always @* begin
@@ -60227,8 +60313,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs26 = R26;
     if (any_err) begin
       Rs26 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs26 = \$24791 [10:0];
+    end else if (\$24758 ) begin
+      Rs26 = \$24787 [10:0];
     end
   end
   always @* begin
@@ -60236,8 +60322,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs27 = R27;
     if (any_err) begin
       Rs27 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs27 = \$24792 [10:0];
+    end else if (\$24758 ) begin
+      Rs27 = \$24788 [10:0];
     end
   end
   always @* begin
@@ -60245,8 +60331,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs28 = R28;
     if (any_err) begin
       Rs28 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs28 = \$24793 [10:0];
+    end else if (\$24758 ) begin
+      Rs28 = \$24789 [10:0];
     end
   end
   always @* begin
@@ -60254,8 +60340,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs29 = R29;
     if (any_err) begin
       Rs29 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs29 = \$24794 [10:0];
+    end else if (\$24758 ) begin
+      Rs29 = \$24790 [10:0];
     end
   end
   always @* begin
@@ -60263,8 +60349,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs30 = R30;
     if (any_err) begin
       Rs30 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs30 = \$24795 [10:0];
+    end else if (\$24758 ) begin
+      Rs30 = \$24791 [10:0];
     end
   end
   always @* begin
@@ -60272,8 +60358,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs31 = R31;
     if (any_err) begin
       Rs31 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs31 = \$24796 [10:0];
+    end else if (\$24758 ) begin
+      Rs31 = \$24792 [10:0];
     end
   end
   always @* begin
@@ -60281,8 +60367,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs32 = R32;
     if (any_err) begin
       Rs32 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs32 = \$24797 [10:0];
+    end else if (\$24758 ) begin
+      Rs32 = \$24793 [10:0];
     end
   end
   always @* begin
@@ -60290,8 +60376,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs33 = R33;
     if (any_err) begin
       Rs33 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs33 = \$24798 [10:0];
+    end else if (\$24758 ) begin
+      Rs33 = \$24794 [10:0];
     end
   end
   always @* begin
@@ -60299,8 +60385,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs34 = R34;
     if (any_err) begin
       Rs34 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs34 = \$24799 [10:0];
+    end else if (\$24758 ) begin
+      Rs34 = \$24795 [10:0];
     end
   end
   always @* begin
@@ -60308,8 +60394,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs35 = R35;
     if (any_err) begin
       Rs35 = 11'h000;
-    end else if (\$24762 ) begin
-      Rs35 = \$24800 [10:0];
+    end else if (\$24758 ) begin
+      Rs35 = \$24796 [10:0];
     end
   end
   always @* begin
@@ -60317,7 +60403,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rsm1 = Rm1;
     if (any_err) begin
       Rsm1 = 11'h000;
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
       Rsm1 = 11'h000;
     end
   end
@@ -60325,34 +60411,34 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 11'h000;
     if (any_err) begin
-    end else if (\$24762 ) begin
-      fresh0 = \$24775 [10:0];
+    end else if (\$24758 ) begin
+      fresh0 = \$24771 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh1 = 11'h000;
     if (any_err) begin
-    end else if (\$24762 ) begin
-      fresh1 = \$24788 [10:0];
+    end else if (\$24758 ) begin
+      fresh1 = \$24784 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$665  = 1'h0;
+    \$signal$662  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$24762 ) begin
+    end else if (\$24758 ) begin
     end else begin
-      \$signal$665  = \$24803 ;
+      \$signal$662  = \$24799 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rn0;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf0 = \$24819 [10:0];
+      if (\$24814 ) begin
+        Rf0 = \$24815 [10:0];
       end
     end
   end
@@ -60360,8 +60446,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rn1;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf1 = \$24820 [10:0];
+      if (\$24814 ) begin
+        Rf1 = \$24816 [10:0];
       end
     end
   end
@@ -60369,8 +60455,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rn2;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf2 = \$24821 [10:0];
+      if (\$24814 ) begin
+        Rf2 = \$24817 [10:0];
       end
     end
   end
@@ -60378,8 +60464,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rn3;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf3 = \$24822 [10:0];
+      if (\$24814 ) begin
+        Rf3 = \$24818 [10:0];
       end
     end
   end
@@ -60387,8 +60473,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rn4;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf4 = \$24823 [10:0];
+      if (\$24814 ) begin
+        Rf4 = \$24819 [10:0];
       end
     end
   end
@@ -60396,8 +60482,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rn5;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf5 = \$24824 [10:0];
+      if (\$24814 ) begin
+        Rf5 = \$24820 [10:0];
       end
     end
   end
@@ -60405,8 +60491,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rn6;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf6 = \$24825 [10:0];
+      if (\$24814 ) begin
+        Rf6 = \$24821 [10:0];
       end
     end
   end
@@ -60414,8 +60500,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rn7;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf7 = \$24826 [10:0];
+      if (\$24814 ) begin
+        Rf7 = \$24822 [10:0];
       end
     end
   end
@@ -60423,8 +60509,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf8 = Rn8;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf8 = \$24827 [10:0];
+      if (\$24814 ) begin
+        Rf8 = \$24823 [10:0];
       end
     end
   end
@@ -60432,8 +60518,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf9 = Rn9;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf9 = \$24828 [10:0];
+      if (\$24814 ) begin
+        Rf9 = \$24824 [10:0];
       end
     end
   end
@@ -60441,8 +60527,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf10 = Rn10;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf10 = \$24829 [10:0];
+      if (\$24814 ) begin
+        Rf10 = \$24825 [10:0];
       end
     end
   end
@@ -60450,8 +60536,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf11 = Rn11;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf11 = \$24830 [10:0];
+      if (\$24814 ) begin
+        Rf11 = \$24826 [10:0];
       end
     end
   end
@@ -60459,11 +60545,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf12 = Rn12;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf12 = \$24831 [10:0];
+      if (\$24814 ) begin
+        Rf12 = \$24827 [10:0];
       end
-      if (\$24858 ) begin
-        Rf12 = \$24859 [10:0];
+      if (\$24854 ) begin
+        Rf12 = \$24855 [10:0];
       end
     end
   end
@@ -60471,11 +60557,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf13 = Rn13;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf13 = \$24832 [10:0];
+      if (\$24814 ) begin
+        Rf13 = \$24828 [10:0];
       end
-      if (\$24858 ) begin
-        Rf13 = \$24860 [10:0];
+      if (\$24854 ) begin
+        Rf13 = \$24856 [10:0];
       end
     end
   end
@@ -60483,11 +60569,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf14 = Rn14;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf14 = \$24833 [10:0];
+      if (\$24814 ) begin
+        Rf14 = \$24829 [10:0];
       end
-      if (\$24858 ) begin
-        Rf14 = \$24861 [10:0];
+      if (\$24854 ) begin
+        Rf14 = \$24857 [10:0];
       end
     end
   end
@@ -60495,11 +60581,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf15 = Rn15;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf15 = \$24834 [10:0];
+      if (\$24814 ) begin
+        Rf15 = \$24830 [10:0];
       end
-      if (\$24858 ) begin
-        Rf15 = \$24862 [10:0];
+      if (\$24854 ) begin
+        Rf15 = \$24858 [10:0];
       end
     end
   end
@@ -60507,11 +60593,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf16 = Rn16;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf16 = \$24835 [10:0];
+      if (\$24814 ) begin
+        Rf16 = \$24831 [10:0];
       end
-      if (\$24858 ) begin
-        Rf16 = \$24863 [10:0];
+      if (\$24854 ) begin
+        Rf16 = \$24859 [10:0];
       end
     end
   end
@@ -60519,11 +60605,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf17 = Rn17;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf17 = \$24836 [10:0];
+      if (\$24814 ) begin
+        Rf17 = \$24832 [10:0];
       end
-      if (\$24858 ) begin
-        Rf17 = \$24864 [10:0];
+      if (\$24854 ) begin
+        Rf17 = \$24860 [10:0];
       end
     end
   end
@@ -60531,11 +60617,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf18 = Rn18;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf18 = \$24837 [10:0];
+      if (\$24814 ) begin
+        Rf18 = \$24833 [10:0];
       end
-      if (\$24858 ) begin
-        Rf18 = \$24865 [10:0];
+      if (\$24854 ) begin
+        Rf18 = \$24861 [10:0];
       end
     end
   end
@@ -60543,11 +60629,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf19 = Rn19;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf19 = \$24838 [10:0];
+      if (\$24814 ) begin
+        Rf19 = \$24834 [10:0];
       end
-      if (\$24858 ) begin
-        Rf19 = \$24866 [10:0];
+      if (\$24854 ) begin
+        Rf19 = \$24862 [10:0];
       end
     end
   end
@@ -60555,11 +60641,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf20 = Rn20;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf20 = \$24839 [10:0];
+      if (\$24814 ) begin
+        Rf20 = \$24835 [10:0];
       end
-      if (\$24858 ) begin
-        Rf20 = \$24867 [10:0];
+      if (\$24854 ) begin
+        Rf20 = \$24863 [10:0];
       end
     end
   end
@@ -60567,11 +60653,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf21 = Rn21;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf21 = \$24840 [10:0];
+      if (\$24814 ) begin
+        Rf21 = \$24836 [10:0];
       end
-      if (\$24858 ) begin
-        Rf21 = \$24868 [10:0];
+      if (\$24854 ) begin
+        Rf21 = \$24864 [10:0];
       end
     end
   end
@@ -60579,11 +60665,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf22 = Rn22;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf22 = \$24841 [10:0];
+      if (\$24814 ) begin
+        Rf22 = \$24837 [10:0];
       end
-      if (\$24858 ) begin
-        Rf22 = \$24869 [10:0];
+      if (\$24854 ) begin
+        Rf22 = \$24865 [10:0];
       end
     end
   end
@@ -60591,11 +60677,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf23 = Rn23;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf23 = \$24842 [10:0];
+      if (\$24814 ) begin
+        Rf23 = \$24838 [10:0];
       end
-      if (\$24858 ) begin
-        Rf23 = \$24870 [10:0];
+      if (\$24854 ) begin
+        Rf23 = \$24866 [10:0];
       end
     end
   end
@@ -60603,14 +60689,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf24 = Rn24;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf24 = \$24843 [10:0];
+      if (\$24814 ) begin
+        Rf24 = \$24839 [10:0];
       end
-      if (\$24858 ) begin
-        Rf24 = \$24871 [10:0];
+      if (\$24854 ) begin
+        Rf24 = \$24867 [10:0];
       end
-      if (\$24887 ) begin
-        Rf24 = \$24888 [10:0];
+      if (\$24883 ) begin
+        Rf24 = \$24884 [10:0];
       end
     end
   end
@@ -60618,14 +60704,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf25 = Rn25;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf25 = \$24844 [10:0];
+      if (\$24814 ) begin
+        Rf25 = \$24840 [10:0];
       end
-      if (\$24858 ) begin
-        Rf25 = \$24872 [10:0];
+      if (\$24854 ) begin
+        Rf25 = \$24868 [10:0];
       end
-      if (\$24887 ) begin
-        Rf25 = \$24889 [10:0];
+      if (\$24883 ) begin
+        Rf25 = \$24885 [10:0];
       end
     end
   end
@@ -60633,14 +60719,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf26 = Rn26;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf26 = \$24845 [10:0];
+      if (\$24814 ) begin
+        Rf26 = \$24841 [10:0];
       end
-      if (\$24858 ) begin
-        Rf26 = \$24873 [10:0];
+      if (\$24854 ) begin
+        Rf26 = \$24869 [10:0];
       end
-      if (\$24887 ) begin
-        Rf26 = \$24890 [10:0];
+      if (\$24883 ) begin
+        Rf26 = \$24886 [10:0];
       end
     end
   end
@@ -60648,14 +60734,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf27 = Rn27;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf27 = \$24846 [10:0];
+      if (\$24814 ) begin
+        Rf27 = \$24842 [10:0];
       end
-      if (\$24858 ) begin
-        Rf27 = \$24874 [10:0];
+      if (\$24854 ) begin
+        Rf27 = \$24870 [10:0];
       end
-      if (\$24887 ) begin
-        Rf27 = \$24891 [10:0];
+      if (\$24883 ) begin
+        Rf27 = \$24887 [10:0];
       end
     end
   end
@@ -60663,14 +60749,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf28 = Rn28;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf28 = \$24847 [10:0];
+      if (\$24814 ) begin
+        Rf28 = \$24843 [10:0];
       end
-      if (\$24858 ) begin
-        Rf28 = \$24875 [10:0];
+      if (\$24854 ) begin
+        Rf28 = \$24871 [10:0];
       end
-      if (\$24887 ) begin
-        Rf28 = \$24892 [10:0];
+      if (\$24883 ) begin
+        Rf28 = \$24888 [10:0];
       end
     end
   end
@@ -60678,14 +60764,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf29 = Rn29;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf29 = \$24848 [10:0];
+      if (\$24814 ) begin
+        Rf29 = \$24844 [10:0];
       end
-      if (\$24858 ) begin
-        Rf29 = \$24876 [10:0];
+      if (\$24854 ) begin
+        Rf29 = \$24872 [10:0];
       end
-      if (\$24887 ) begin
-        Rf29 = \$24893 [10:0];
+      if (\$24883 ) begin
+        Rf29 = \$24889 [10:0];
       end
     end
   end
@@ -60693,14 +60779,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf30 = Rn30;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf30 = \$24849 [10:0];
+      if (\$24814 ) begin
+        Rf30 = \$24845 [10:0];
       end
-      if (\$24858 ) begin
-        Rf30 = \$24877 [10:0];
+      if (\$24854 ) begin
+        Rf30 = \$24873 [10:0];
       end
-      if (\$24887 ) begin
-        Rf30 = \$24894 [10:0];
+      if (\$24883 ) begin
+        Rf30 = \$24890 [10:0];
       end
     end
   end
@@ -60708,14 +60794,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf31 = Rn31;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf31 = \$24850 [10:0];
+      if (\$24814 ) begin
+        Rf31 = \$24846 [10:0];
       end
-      if (\$24858 ) begin
-        Rf31 = \$24878 [10:0];
+      if (\$24854 ) begin
+        Rf31 = \$24874 [10:0];
       end
-      if (\$24887 ) begin
-        Rf31 = \$24895 [10:0];
+      if (\$24883 ) begin
+        Rf31 = \$24891 [10:0];
       end
     end
   end
@@ -60723,14 +60809,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf32 = Rn32;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf32 = \$24851 [10:0];
+      if (\$24814 ) begin
+        Rf32 = \$24847 [10:0];
       end
-      if (\$24858 ) begin
-        Rf32 = \$24879 [10:0];
+      if (\$24854 ) begin
+        Rf32 = \$24875 [10:0];
       end
-      if (\$24887 ) begin
-        Rf32 = \$24896 [10:0];
+      if (\$24883 ) begin
+        Rf32 = \$24892 [10:0];
       end
     end
   end
@@ -60738,14 +60824,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf33 = Rn33;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf33 = \$24852 [10:0];
+      if (\$24814 ) begin
+        Rf33 = \$24848 [10:0];
       end
-      if (\$24858 ) begin
-        Rf33 = \$24880 [10:0];
+      if (\$24854 ) begin
+        Rf33 = \$24876 [10:0];
       end
-      if (\$24887 ) begin
-        Rf33 = \$24897 [10:0];
+      if (\$24883 ) begin
+        Rf33 = \$24893 [10:0];
       end
     end
   end
@@ -60753,14 +60839,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf34 = Rn34;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf34 = \$24853 [10:0];
+      if (\$24814 ) begin
+        Rf34 = \$24849 [10:0];
       end
-      if (\$24858 ) begin
-        Rf34 = \$24881 [10:0];
+      if (\$24854 ) begin
+        Rf34 = \$24877 [10:0];
       end
-      if (\$24887 ) begin
-        Rf34 = \$24898 [10:0];
+      if (\$24883 ) begin
+        Rf34 = \$24894 [10:0];
       end
     end
   end
@@ -60768,63 +60854,63 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf35 = Rn35;
     if (take_buf) begin
-      if (\$24818 ) begin
-        Rf35 = \$24854 [10:0];
+      if (\$24814 ) begin
+        Rf35 = \$24850 [10:0];
       end
-      if (\$24858 ) begin
-        Rf35 = \$24882 [10:0];
+      if (\$24854 ) begin
+        Rf35 = \$24878 [10:0];
       end
-      if (\$24887 ) begin
-        Rf35 = \$24899 [10:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$751  = \$signal$595 ;
-    if (\$24928 ) begin
-    end else if (\$24929 ) begin
-      if (\$signal$762 ) begin
-        \$signal$751  = VB;
+      if (\$24883 ) begin
+        Rf35 = \$24895 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$753  = \$signal$590 ;
-    if (\$24928 ) begin
-      \$signal$753  = 1'h0;
-    end else if (\$24929 ) begin
-      if (\$signal$762 ) begin
-        \$signal$753  = \$signal$592 ;
+    \$signal$748  = \$signal$593 ;
+    if (v_clear) begin
+    end else if (\$24927 ) begin
+      if (\$signal$761 ) begin
+        \$signal$748  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$754  = \$signal$592 ;
-    if (\$24928 ) begin
-      \$signal$754  = 1'h0;
-    end else if (\$24929 ) begin
-      if (\$signal$762 ) begin
-        \$signal$754  = 1'h0;
+    \$signal$750  = \$signal$751 ;
+    if (v_clear) begin
+      \$signal$750  = 1'h0;
+    end else if (\$24927 ) begin
+      if (\$signal$761 ) begin
+        \$signal$750  = \$signal$753 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$755  = \$signal$756 ;
-    if (\$24928 ) begin
-    end else if (\$24929 ) begin
-      if (\$signal$762 ) begin
-        \$signal$755  = \$signal$757 ;
+    \$signal$752  = \$signal$753 ;
+    if (v_clear) begin
+      \$signal$752  = 1'h0;
+    end else if (\$24927 ) begin
+      if (\$signal$761 ) begin
+        \$signal$752  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$24900 ;
-    if (\$24928 ) begin
+    \$signal$754  = \$signal$755 ;
+    if (v_clear) begin
+    end else if (\$24927 ) begin
+      if (\$signal$761 ) begin
+        \$signal$754  = \$signal$756 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    allow_load = \$24896 ;
+    if (v_clear) begin
       allow_load = 1'h0;
     end
   end
@@ -60832,1028 +60918,540 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$24910 ;
+      end_ok = \$24906 ;
     end else begin
-      end_ok = \$24921 ;
+      end_ok = \$24917 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$24918 ;
+      end_bad = \$24914 ;
     end else begin
-      end_bad = \$24925 ;
+      end_bad = \$24921 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$770  = \$24934 ;
-    if (\$24943 ) begin
-      \$signal$770  = \$24947 ;
+    \$signal$773  = \$24932 ;
+    if (\$24941 ) begin
+      \$signal$773  = \$24945 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$24937 ;
-    if (\$24943 ) begin
-      lr_n = \$24948 ;
+    lr_n = \$24935 ;
+    if (\$24941 ) begin
+      lr_n = \$24946 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$24943 ) begin
-      stride = \$24946 ;
+    if (\$24941 ) begin
+      stride = \$24944 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 10'h000;
-    if (\$24960 ) begin
-      r_a_sel = { \$24970 , \$24969 , \$24968 , \$24967 , \$24966 , \$24965 , \$24964 , \$24963 , \$24962 , \$24961  };
+    if (\$24958 ) begin
+      r_a_sel = { \$24968 , \$24967 , \$24966 , \$24965 , \$24964 , \$24963 , \$24962 , \$24961 , \$24960 , \$24959  };
     end
-    if (\$24971 ) begin
-      r_a_sel = { \$24991 , \$24989 , \$24987 , \$24985 , \$24983 , \$24981 , \$24979 , \$24977 , \$24975 , \$24973  };
+    if (\$24969 ) begin
+      r_a_sel = { \$24989 , \$24987 , \$24985 , \$24983 , \$24981 , \$24979 , \$24977 , \$24975 , \$24973 , \$24971  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 10'h000;
-    if (\$25010 ) begin
-      r_b_sel = { \$25020 , \$25019 , \$25018 , \$25017 , \$25016 , \$25015 , \$25014 , \$25013 , \$25012 , \$25011  };
+    if (\$25008 ) begin
+      r_b_sel = { \$25018 , \$25017 , \$25016 , \$25015 , \$25014 , \$25013 , \$25012 , \$25011 , \$25010 , \$25009  };
     end
-    if (\$25021 ) begin
-      r_b_sel = { \$25041 , \$25039 , \$25037 , \$25035 , \$25033 , \$25031 , \$25029 , \$25027 , \$25025 , \$25023  };
+    if (\$25019 ) begin
+      r_b_sel = { \$25039 , \$25037 , \$25035 , \$25033 , \$25031 , \$25029 , \$25027 , \$25025 , \$25023 , \$25021  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 10'h000;
-    if (\$25060 ) begin
-      r_c_sel = { \$25070 , \$25069 , \$25068 , \$25067 , \$25066 , \$25065 , \$25064 , \$25063 , \$25062 , \$25061  };
+    if (\$25058 ) begin
+      r_c_sel = { \$25068 , \$25067 , \$25066 , \$25065 , \$25064 , \$25063 , \$25062 , \$25061 , \$25060 , \$25059  };
     end
-    if (\$25071 ) begin
-      r_c_sel = { \$25091 , \$25089 , \$25087 , \$25085 , \$25083 , \$25081 , \$25079 , \$25077 , \$25075 , \$25073  };
+    if (\$25069 ) begin
+      r_c_sel = { \$25089 , \$25087 , \$25085 , \$25083 , \$25081 , \$25079 , \$25077 , \$25075 , \$25073 , \$25071  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25280  = 1'h0;
-    if (\$25240 ) begin
-      \$25280  = 1'h1;
+    \$25320  = 1'h0;
+    if (\$25274 ) begin
+      \$25320  = 1'h1;
     end
     if (rst) begin
-      \$25280  = 1'h0;
+      \$25320  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25281  = a_grp0;
+    \$25321  = a_grp0;
     if (rdy_a) begin
-      \$25281  = grp0;
+      \$25321  = grp0;
     end
     if (rst) begin
-      \$25281  = 16'h0000;
+      \$25321  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25282  = a_gsel0;
+    \$25322  = a_gsel0;
     if (rdy_a) begin
-      \$25282  = gsel0;
+      \$25322  = gsel0;
     end
     if (rst) begin
-      \$25282  = 6'h00;
+      \$25322  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25283  = a_lr0;
+    \$25323  = a_lr0;
     if (rdy_a) begin
-      \$25283  = \$25113 ;
+      \$25323  = \$25111 ;
     end
     if (rst) begin
-      \$25283  = 4'h0;
+      \$25323  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25284  = \$signal$440 ;
+    \$25324  = \$signal$440 ;
     if (rdy_a) begin
-      \$25284 [0] = \$25114 ;
-      \$25284 [1] = \$25118 ;
-      \$25284 [2] = \$25122 ;
-      \$25284 [3] = \$25126 ;
-      \$25284 [4] = \$25130 ;
-      \$25284 [5] = \$25134 ;
-      \$25284 [6] = \$25138 ;
-      \$25284 [7] = \$25142 ;
+      \$25324 [0] = \$25112 ;
+      \$25324 [1] = \$25116 ;
+      \$25324 [2] = \$25120 ;
+      \$25324 [3] = \$25124 ;
+      \$25324 [4] = \$25128 ;
+      \$25324 [5] = \$25132 ;
+      \$25324 [6] = \$25136 ;
+      \$25324 [7] = \$25140 ;
     end
     if (rst) begin
-      \$25284  = 8'h00;
+      \$25324  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25285  = a_nxt;
+    \$25325  = a_nxt;
     if (rdy_a) begin
-      \$25285 [0] = \$25116 ;
-      \$25285 [1] = \$25120 ;
-      \$25285 [2] = \$25124 ;
-      \$25285 [3] = \$25128 ;
-      \$25285 [4] = \$25132 ;
-      \$25285 [5] = \$25136 ;
-      \$25285 [6] = \$25140 ;
-      \$25285 [7] = \$25144 ;
+      \$25325 [0] = \$25114 ;
+      \$25325 [1] = \$25118 ;
+      \$25325 [2] = \$25122 ;
+      \$25325 [3] = \$25126 ;
+      \$25325 [4] = \$25130 ;
+      \$25325 [5] = \$25134 ;
+      \$25325 [6] = \$25138 ;
+      \$25325 [7] = \$25142 ;
     end
     if (rst) begin
-      \$25285  = 8'h00;
+      \$25325  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25286  = a_grp1;
+    \$25326  = a_grp1;
     if (rdy_a) begin
-      \$25286  = grp1;
+      \$25326  = grp1;
     end
     if (rst) begin
-      \$25286  = 16'h0000;
+      \$25326  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25287  = a_gsel1;
+    \$25327  = a_gsel1;
     if (rdy_a) begin
-      \$25287  = gsel1;
+      \$25327  = gsel1;
     end
     if (rst) begin
-      \$25287  = 6'h00;
+      \$25327  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25288  = a_lr1;
+    \$25328  = a_lr1;
     if (rdy_a) begin
-      \$25288  = \$25117 ;
+      \$25328  = \$25115 ;
     end
     if (rst) begin
-      \$25288  = 4'h0;
+      \$25328  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25289  = a_grp2;
+    \$25329  = a_grp2;
     if (rdy_a) begin
-      \$25289  = grp2;
+      \$25329  = grp2;
     end
     if (rst) begin
-      \$25289  = 16'h0000;
+      \$25329  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25290  = a_gsel2;
+    \$25330  = a_gsel2;
     if (rdy_a) begin
-      \$25290  = gsel2;
+      \$25330  = gsel2;
     end
     if (rst) begin
-      \$25290  = 6'h00;
+      \$25330  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25291  = a_lr2;
+    \$25331  = a_lr2;
     if (rdy_a) begin
-      \$25291  = \$25121 ;
+      \$25331  = \$25119 ;
     end
     if (rst) begin
-      \$25291  = 4'h0;
+      \$25331  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25292  = a_grp3;
+    \$25332  = a_grp3;
     if (rdy_a) begin
-      \$25292  = grp3;
+      \$25332  = grp3;
     end
     if (rst) begin
-      \$25292  = 16'h0000;
+      \$25332  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25293  = a_gsel3;
+    \$25333  = a_gsel3;
     if (rdy_a) begin
-      \$25293  = gsel3;
+      \$25333  = gsel3;
     end
     if (rst) begin
-      \$25293  = 6'h00;
+      \$25333  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25294  = a_lr3;
+    \$25334  = a_lr3;
     if (rdy_a) begin
-      \$25294  = \$25125 ;
+      \$25334  = \$25123 ;
     end
     if (rst) begin
-      \$25294  = 4'h0;
+      \$25334  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25295  = a_grp4;
+    \$25335  = a_grp4;
     if (rdy_a) begin
-      \$25295  = grp4;
+      \$25335  = grp4;
     end
     if (rst) begin
-      \$25295  = 16'h0000;
+      \$25335  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25296  = a_gsel4;
+    \$25336  = a_gsel4;
     if (rdy_a) begin
-      \$25296  = gsel4;
+      \$25336  = gsel4;
     end
     if (rst) begin
-      \$25296  = 6'h00;
+      \$25336  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25297  = a_lr4;
+    \$25337  = a_lr4;
     if (rdy_a) begin
-      \$25297  = \$25129 ;
+      \$25337  = \$25127 ;
     end
     if (rst) begin
-      \$25297  = 4'h0;
+      \$25337  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25298  = a_grp5;
+    \$25338  = a_grp5;
     if (rdy_a) begin
-      \$25298  = grp5;
+      \$25338  = grp5;
     end
     if (rst) begin
-      \$25298  = 16'h0000;
+      \$25338  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25299  = a_gsel5;
+    \$25339  = a_gsel5;
     if (rdy_a) begin
-      \$25299  = gsel5;
+      \$25339  = gsel5;
     end
     if (rst) begin
-      \$25299  = 6'h00;
+      \$25339  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25300  = a_lr5;
+    \$25340  = a_lr5;
     if (rdy_a) begin
-      \$25300  = \$25133 ;
+      \$25340  = \$25131 ;
     end
     if (rst) begin
-      \$25300  = 4'h0;
+      \$25340  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25301  = a_grp6;
+    \$25341  = a_grp6;
     if (rdy_a) begin
-      \$25301  = grp6;
+      \$25341  = grp6;
     end
     if (rst) begin
-      \$25301  = 16'h0000;
+      \$25341  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25302  = a_gsel6;
+    \$25342  = a_gsel6;
     if (rdy_a) begin
-      \$25302  = gsel6;
+      \$25342  = gsel6;
     end
     if (rst) begin
-      \$25302  = 6'h00;
+      \$25342  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25303  = a_lr6;
+    \$25343  = a_lr6;
     if (rdy_a) begin
-      \$25303  = \$25137 ;
+      \$25343  = \$25135 ;
     end
     if (rst) begin
-      \$25303  = 4'h0;
+      \$25343  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25304  = a_grp7;
+    \$25344  = a_grp7;
     if (rdy_a) begin
-      \$25304  = grp7;
+      \$25344  = grp7;
     end
     if (rst) begin
-      \$25304  = 16'h0000;
+      \$25344  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25305  = a_gsel7;
+    \$25345  = a_gsel7;
     if (rdy_a) begin
-      \$25305  = gsel7;
+      \$25345  = gsel7;
     end
     if (rst) begin
-      \$25305  = 6'h00;
+      \$25345  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25306  = a_lr7;
+    \$25346  = a_lr7;
     if (rdy_a) begin
-      \$25306  = \$25141 ;
+      \$25346  = \$25139 ;
     end
     if (rst) begin
-      \$25306  = 4'h0;
+      \$25346  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25307  = \$signal ;
+    \$25347  = \$signal ;
     if (rdy_a) begin
-      \$25307  = rs_w[3:0];
+      \$25347  = rs_w[3:0];
     end
     if (rst) begin
-      \$25307  = 4'h0;
+      \$25347  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25308  = a_es;
+    \$25348  = a_es;
     if (rdy_a) begin
-      \$25308  = es_w[3:0];
+      \$25348  = es_w[3:0];
     end
     if (rst) begin
-      \$25308  = 4'h0;
+      \$25348  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25309  = \$25146 ;
+    \$25349  = \$25144 ;
     if (rst) begin
-      \$25309  = 1'h0;
+      \$25349  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25310  = ov;
+    \$25350  = ov;
     if (rdy_a) begin
-      \$25310  = emit;
+      \$25350  = emit;
     end
     if (any_err) begin
-      \$25310  = 1'h0;
+      \$25350  = 1'h0;
     end
     if (rst) begin
-      \$25310  = 1'h0;
+      \$25350  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25311  = \$signal$609 ;
+    \$25351  = \$signal$607 ;
     if (rdy_a) begin
-      \$25311  = finish;
+      \$25351  = finish;
     end
     if (rst) begin
-      \$25311  = 1'h0;
+      \$25351  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25312  = a_last;
+    \$25352  = a_last;
     if (rdy_a) begin
-      \$25312  = \$25147 ;
+      \$25352  = \$25145 ;
     end
     if (rst) begin
-      \$25312  = 1'h0;
+      \$25352  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25313  = a_val;
+    \$25353  = a_val;
     if (rdy_a) begin
-      \$25313  = vsh0;
+      \$25353  = vsh0;
     end
     if (rst) begin
-      \$25313  = 64'h0000000000000000;
+      \$25353  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25314  = \$25165 ;
+    \$25354  = \$25163 ;
     if (rst) begin
-      \$25314  = 8'h00;
+      \$25354  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25315  = \$25166 ;
+    \$25355  = \$25164 ;
     if (rst) begin
-      \$25315  = 1'h0;
+      \$25355  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25316  = flush_d;
+    \$25356  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$25316  = 2'h0;
-    end else if (\$25167 ) begin
-      \$25316  = 2'h0;
+      \$25356  = 2'h0;
+    end else if (\$25165 ) begin
+      \$25356  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$25170 ) begin
-          \$25316  = \$25171 ;
+        if (\$25168 ) begin
+          \$25356  = \$25169 ;
         end
-        if (\$25174 ) begin
-          \$25316  = \$25175 [1:0];
+        if (\$25172 ) begin
+          \$25356  = \$25173 [1:0];
         end
-        if (\$25178 ) begin
-          \$25316  = \$25179 [1:0];
+        if (\$25176 ) begin
+          \$25356  = \$25177 [1:0];
         end
       end
     end
     if (rst) begin
-      \$25316  = 2'h0;
+      \$25356  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25317  = mbuf;
-    if (\$25180 ) begin
-      \$25317  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
+    \$25357  = mbuf;
+    if (\$25178 ) begin
+      \$25357  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
-      \$25317  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25357  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25318  = mbuf_v;
-    if (\$25180 ) begin
-      \$25318  = 1'h1;
+    \$25358  = mbuf_v;
+    if (\$25178 ) begin
+      \$25358  = 1'h1;
     end else if (take_buf) begin
-      \$25318  = 1'h0;
+      \$25358  = 1'h0;
     end
     if (rst) begin
-      \$25318  = 1'h0;
+      \$25358  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25319  = mbeat0_n;
+    \$25359  = mbeat0_n;
     if (take_buf) begin
-      if (\$25183 ) begin
-        \$25319  = mbuf;
+      if (\$25181 ) begin
+        \$25359  = mbuf;
       end
     end
     if (rst) begin
-      \$25319  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25359  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25320  = mbeat1_n;
+    \$25360  = mbeat1_n;
     if (take_buf) begin
-      if (\$25187 ) begin
-        \$25320  = mbuf;
+      if (\$25185 ) begin
+        \$25360  = mbuf;
       end
     end
     if (rst) begin
-      \$25320  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25360  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25321  = mbeat2_n;
+    \$25361  = mbeat2_n;
     if (take_buf) begin
-      if (\$25192 ) begin
-        \$25321  = mbuf;
+      if (\$25190 ) begin
+        \$25361  = mbuf;
       end
     end
     if (rst) begin
-      \$25321  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25361  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25322  = mbeat0_nv;
+    \$25362  = mbeat0_nv;
     if (take_buf) begin
-      if (\$25183 ) begin
-        \$25322  = 1'h1;
+      if (\$25181 ) begin
+        \$25362  = 1'h1;
       end
     end
     if (rst) begin
-      \$25322  = 1'h0;
+      \$25362  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25323  = mbeat1_nv;
+    \$25363  = mbeat1_nv;
     if (take_buf) begin
-      if (\$25187 ) begin
-        \$25323  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$25323  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25324  = mbeat2_nv;
-    if (take_buf) begin
-      if (\$25192 ) begin
-        \$25324  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$25324  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25325  = Rs0;
-    end else begin
-      \$25325  = \$25193 [10:0];
-    end
-    if (rst) begin
-      \$25325  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25326  = Rs1;
-    end else begin
-      \$25326  = \$25194 [10:0];
-    end
-    if (rst) begin
-      \$25326  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25327  = Rs2;
-    end else begin
-      \$25327  = \$25195 [10:0];
-    end
-    if (rst) begin
-      \$25327  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25328  = Rs3;
-    end else begin
-      \$25328  = \$25196 [10:0];
-    end
-    if (rst) begin
-      \$25328  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25329  = Rs4;
-    end else begin
-      \$25329  = \$25197 [10:0];
-    end
-    if (rst) begin
-      \$25329  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25330  = Rs5;
-    end else begin
-      \$25330  = \$25198 [10:0];
-    end
-    if (rst) begin
-      \$25330  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25331  = Rs6;
-    end else begin
-      \$25331  = \$25199 [10:0];
-    end
-    if (rst) begin
-      \$25331  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25332  = Rs7;
-    end else begin
-      \$25332  = \$25200 [10:0];
-    end
-    if (rst) begin
-      \$25332  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25333  = Rs8;
-    end else begin
-      \$25333  = \$25201 [10:0];
-    end
-    if (rst) begin
-      \$25333  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25334  = Rs9;
-    end else begin
-      \$25334  = \$25202 [10:0];
-    end
-    if (rst) begin
-      \$25334  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25335  = Rs10;
-    end else begin
-      \$25335  = \$25203 [10:0];
-    end
-    if (rst) begin
-      \$25335  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25336  = Rs11;
-    end else begin
-      \$25336  = \$25204 [10:0];
-    end
-    if (rst) begin
-      \$25336  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25337  = Rs12;
-    end else begin
-      \$25337  = \$25205 [10:0];
-    end
-    if (rst) begin
-      \$25337  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25338  = Rs13;
-    end else begin
-      \$25338  = \$25206 [10:0];
-    end
-    if (rst) begin
-      \$25338  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25339  = Rs14;
-    end else begin
-      \$25339  = \$25207 [10:0];
-    end
-    if (rst) begin
-      \$25339  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25340  = Rs15;
-    end else begin
-      \$25340  = \$25208 [10:0];
-    end
-    if (rst) begin
-      \$25340  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25341  = Rs16;
-    end else begin
-      \$25341  = \$25209 [10:0];
-    end
-    if (rst) begin
-      \$25341  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25342  = Rs17;
-    end else begin
-      \$25342  = \$25210 [10:0];
-    end
-    if (rst) begin
-      \$25342  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25343  = Rs18;
-    end else begin
-      \$25343  = \$25211 [10:0];
-    end
-    if (rst) begin
-      \$25343  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25344  = Rs19;
-    end else begin
-      \$25344  = \$25212 [10:0];
-    end
-    if (rst) begin
-      \$25344  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25345  = Rs20;
-    end else begin
-      \$25345  = \$25213 [10:0];
-    end
-    if (rst) begin
-      \$25345  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25346  = Rs21;
-    end else begin
-      \$25346  = \$25214 [10:0];
-    end
-    if (rst) begin
-      \$25346  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25347  = Rs22;
-    end else begin
-      \$25347  = \$25215 [10:0];
-    end
-    if (rst) begin
-      \$25347  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25348  = Rs23;
-    end else begin
-      \$25348  = \$25216 [10:0];
-    end
-    if (rst) begin
-      \$25348  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25349  = Rs24;
-    end else begin
-      \$25349  = \$25217 [10:0];
-    end
-    if (rst) begin
-      \$25349  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25350  = Rs25;
-    end else begin
-      \$25350  = \$25218 [10:0];
-    end
-    if (rst) begin
-      \$25350  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25351  = Rs26;
-    end else begin
-      \$25351  = \$25219 [10:0];
-    end
-    if (rst) begin
-      \$25351  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25352  = Rs27;
-    end else begin
-      \$25352  = \$25220 [10:0];
-    end
-    if (rst) begin
-      \$25352  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25353  = Rs28;
-    end else begin
-      \$25353  = \$25221 [10:0];
-    end
-    if (rst) begin
-      \$25353  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25354  = Rs29;
-    end else begin
-      \$25354  = \$25222 [10:0];
-    end
-    if (rst) begin
-      \$25354  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25355  = Rs30;
-    end else begin
-      \$25355  = \$25223 [10:0];
-    end
-    if (rst) begin
-      \$25355  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25356  = Rs31;
-    end else begin
-      \$25356  = \$25224 [10:0];
-    end
-    if (rst) begin
-      \$25356  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25357  = Rs32;
-    end else begin
-      \$25357  = \$25225 [10:0];
-    end
-    if (rst) begin
-      \$25357  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25358  = Rs33;
-    end else begin
-      \$25358  = \$25226 [10:0];
-    end
-    if (rst) begin
-      \$25358  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25359  = Rs34;
-    end else begin
-      \$25359  = \$25227 [10:0];
-    end
-    if (rst) begin
-      \$25359  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25360  = Rs35;
-    end else begin
-      \$25360  = \$25228 [10:0];
-    end
-    if (rst) begin
-      \$25360  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25361  = Rsm1;
-    end else begin
-      \$25361  = \$25229 [10:0];
-    end
-    if (rst) begin
-      \$25361  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25362  = vpos;
-    if (\$25232 ) begin
-      \$25362  = 3'h0;
-    end else if (\$25233 ) begin
-      (* full_case = 32'd1 *)
-      if (\$signal$762 ) begin
-        \$25362  = \$25234 [2:0];
-      end else begin
-        \$25362  = vpos_n[2:0];
-      end
-    end
-    if (rst) begin
-      \$25362  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25363  = vlast_loaded;
-    if (\$25232 ) begin
-      \$25363  = 1'h0;
-    end
-    if (\$25235 ) begin
-      if (\$25239 ) begin
-        \$25363  = i_value__payload[64];
+      if (\$25185 ) begin
+        \$25363  = 1'h1;
       end
     end
     if (rst) begin
@@ -61862,12 +61460,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25364  = prev_last;
-    if (\$25232 ) begin
-      \$25364  = 1'h0;
-    end else if (\$25233 ) begin
-      if (\$signal$762 ) begin
-        \$25364  = \$signal$756 ;
+    \$25364  = mbeat2_nv;
+    if (take_buf) begin
+      if (\$25190 ) begin
+        \$25364  = 1'h1;
       end
     end
     if (rst) begin
@@ -61876,125 +61472,119 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25365  = any_val;
-    if (\$25232 ) begin
-      \$25365  = 1'h0;
-    end else if (\$25233 ) begin
-      \$25365  = 1'h1;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25365  = Rs0;
+    end else begin
+      \$25365  = \$25192 [10:0];
     end
     if (rst) begin
-      \$25365  = 1'h0;
+      \$25365  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25366  = \$signal$751 ;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-        \$25366  = i_value__payload[63:0];
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25366  = Rs1;
+    end else begin
+      \$25366  = \$25194 [10:0];
     end
     if (rst) begin
-      \$25366  = 64'h0000000000000000;
+      \$25366  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25367  = VB;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-      end else if (\$25237 ) begin
-        \$25367  = i_value__payload[63:0];
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25367  = Rs2;
+    end else begin
+      \$25367  = \$25196 [10:0];
     end
     if (rst) begin
-      \$25367  = 64'h0000000000000000;
+      \$25367  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25368  = \$signal$753 ;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-        \$25368  = 1'h1;
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25368  = Rs3;
+    end else begin
+      \$25368  = \$25198 [10:0];
     end
     if (rst) begin
-      \$25368  = 1'h0;
+      \$25368  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25369  = \$signal$754 ;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-      end else if (\$25237 ) begin
-        \$25369  = 1'h1;
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25369  = Rs4;
+    end else begin
+      \$25369  = \$25200 [10:0];
     end
     if (rst) begin
-      \$25369  = 1'h0;
+      \$25369  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25370  = \$signal$755 ;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-        \$25370  = i_value__payload[64];
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25370  = Rs5;
+    end else begin
+      \$25370  = \$25202 [10:0];
     end
     if (rst) begin
-      \$25370  = 1'h0;
+      \$25370  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25371  = \$signal$757 ;
-    if (\$25235 ) begin
-      if (\$25236 ) begin
-      end else if (\$25237 ) begin
-        \$25371  = i_value__payload[64];
-      end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25371  = Rs6;
+    end else begin
+      \$25371  = \$25204 [10:0];
     end
     if (rst) begin
-      \$25371  = 1'h0;
+      \$25371  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25372  = running;
-    if (\$25240 ) begin
-      \$25372  = 1'h1;
-    end
-    if (mat_end) begin
-      \$25372  = 1'h0;
-    end
-    if (any_err) begin
-      \$25372  = 1'h0;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25372  = Rs7;
+    end else begin
+      \$25372  = \$25206 [10:0];
     end
     if (rst) begin
-      \$25372  = 1'h0;
+      \$25372  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25373  = rows_left;
-    if (\$25240 ) begin
-      \$25373  = i_cmd__payload[15:0];
-    end
-    if (\$25242 ) begin
-      \$25373  = \$25243 [15:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25373  = Rs8;
+    end else begin
+      \$25373  = \$25208 [10:0];
     end
     if (rst) begin
-      \$25373  = 16'h0000;
+      \$25373  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25374  = cols_r;
-    if (\$25240 ) begin
-      \$25374  = i_cmd__payload[26:16];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25374  = Rs9;
+    end else begin
+      \$25374  = \$25210 [10:0];
     end
     if (rst) begin
       \$25374  = 11'h000;
@@ -62002,133 +61592,636 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25375  = stride_w;
-    if (\$25240 ) begin
-      \$25375  = \$25241 [5:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25375  = Rs10;
+    end else begin
+      \$25375  = \$25212 [10:0];
     end
     if (rst) begin
-      \$25375  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25376  = endv;
-    if (mat_end) begin
-      \$25376  = 1'h1;
-    end
-    if (\$25245 ) begin
-      \$25376  = 1'h0;
-    end
-    if (any_err) begin
-      \$25376  = 1'h0;
-    end
-    if (rst) begin
-      \$25376  = 1'h0;
+      \$25375  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25246 ) begin
-      \$25377  = 7'h00;
-    end else if (any_err) begin
-      \$25377  = 7'h00;
+    if (special) begin
+      \$25376  = Rs11;
     end else begin
-      \$25377  = \$25258 [6:0];
+      \$25376  = \$25214 [10:0];
     end
     if (rst) begin
-      \$25377  = 7'h00;
+      \$25376  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25246 ) begin
-      \$25378  = \$25247 [7:0];
-    end else if (any_err) begin
-      \$25378  = { 2'h0, stride_w };
+    if (special) begin
+      \$25377  = Rs12;
     end else begin
-      \$25378  = \$25259 [7:0];
+      \$25377  = \$25216 [10:0];
     end
     if (rst) begin
-      \$25378  = 8'h00;
+      \$25377  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25246 ) begin
-      \$25379  = \$25249 [8:0];
-    end else if (any_err) begin
-      \$25379  = { 2'h0, \$25254  };
+    if (special) begin
+      \$25378  = Rs13;
     end else begin
-      \$25379  = \$25261 [8:0];
+      \$25378  = \$25218 [10:0];
     end
     if (rst) begin
-      \$25379  = 9'h000;
+      \$25378  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25246 ) begin
-      \$25380  = \$25253 [9:0];
-    end else if (any_err) begin
-      \$25380  = { 2'h0, \$25256  };
+    if (special) begin
+      \$25379  = Rs14;
     end else begin
-      \$25380  = \$25265 [9:0];
+      \$25379  = \$25220 [10:0];
     end
     if (rst) begin
-      \$25380  = 10'h000;
+      \$25379  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25381  = \$signal$770 ;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25380  = Rs15;
+    end else begin
+      \$25380  = \$25222 [10:0];
+    end
     if (rst) begin
-      \$25381  = 1'h0;
+      \$25380  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25382  = lr_n;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25381  = Rs16;
+    end else begin
+      \$25381  = \$25224 [10:0];
+    end
     if (rst) begin
-      \$25382  = 1'h0;
+      \$25381  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25383  = \$25267 [10:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25382  = Rs17;
+    end else begin
+      \$25382  = \$25226 [10:0];
+    end
+    if (rst) begin
+      \$25382  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25383  = Rs18;
+    end else begin
+      \$25383  = \$25228 [10:0];
+    end
     if (rst) begin
       \$25383  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25384  = \$25269 [10:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25384  = Rs19;
+    end else begin
+      \$25384  = \$25230 [10:0];
+    end
     if (rst) begin
       \$25384  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25385  = \$25272 ;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25385  = Rs20;
+    end else begin
+      \$25385  = \$25232 [10:0];
+    end
     if (rst) begin
-      \$25385  = 1'h0;
+      \$25385  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25386  = \$25278 ;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25386  = Rs21;
+    end else begin
+      \$25386  = \$25234 [10:0];
+    end
     if (rst) begin
-      \$25386  = 1'h0;
+      \$25386  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25387  = \$25279 ;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25387  = Rs22;
+    end else begin
+      \$25387  = \$25236 [10:0];
+    end
     if (rst) begin
-      \$25387  = 4'h0;
+      \$25387  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25388  = Rs23;
+    end else begin
+      \$25388  = \$25238 [10:0];
+    end
+    if (rst) begin
+      \$25388  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25389  = Rs24;
+    end else begin
+      \$25389  = \$25240 [10:0];
+    end
+    if (rst) begin
+      \$25389  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25390  = Rs25;
+    end else begin
+      \$25390  = \$25242 [10:0];
+    end
+    if (rst) begin
+      \$25390  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25391  = Rs26;
+    end else begin
+      \$25391  = \$25244 [10:0];
+    end
+    if (rst) begin
+      \$25391  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25392  = Rs27;
+    end else begin
+      \$25392  = \$25246 [10:0];
+    end
+    if (rst) begin
+      \$25392  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25393  = Rs28;
+    end else begin
+      \$25393  = \$25248 [10:0];
+    end
+    if (rst) begin
+      \$25393  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25394  = Rs29;
+    end else begin
+      \$25394  = \$25250 [10:0];
+    end
+    if (rst) begin
+      \$25394  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25395  = Rs30;
+    end else begin
+      \$25395  = \$25252 [10:0];
+    end
+    if (rst) begin
+      \$25395  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25396  = Rs31;
+    end else begin
+      \$25396  = \$25254 [10:0];
+    end
+    if (rst) begin
+      \$25396  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25397  = Rs32;
+    end else begin
+      \$25397  = \$25256 [10:0];
+    end
+    if (rst) begin
+      \$25397  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25398  = Rs33;
+    end else begin
+      \$25398  = \$25258 [10:0];
+    end
+    if (rst) begin
+      \$25398  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25399  = Rs34;
+    end else begin
+      \$25399  = \$25260 [10:0];
+    end
+    if (rst) begin
+      \$25399  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25400  = Rs35;
+    end else begin
+      \$25400  = \$25262 [10:0];
+    end
+    if (rst) begin
+      \$25400  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25401  = Rsm1;
+    end else begin
+      \$25401  = \$25264 [10:0];
+    end
+    if (rst) begin
+      \$25401  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25402  = \$25266 [4:0];
+    if (rst) begin
+      \$25402  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25403  = vpos;
+    if (v_clear) begin
+      \$25403  = 3'h0;
+    end else if (\$25267 ) begin
+      (* full_case = 32'd1 *)
+      if (\$signal$761 ) begin
+        \$25403  = \$25268 [2:0];
+      end else begin
+        \$25403  = vpos_n[2:0];
+      end
+    end
+    if (rst) begin
+      \$25403  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25404  = vlast_loaded;
+    if (v_clear) begin
+      \$25404  = 1'h0;
+    end
+    if (\$25269 ) begin
+      if (\$25273 ) begin
+        \$25404  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25404  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25405  = prev_last;
+    if (v_clear) begin
+      \$25405  = 1'h0;
+    end else if (\$25267 ) begin
+      if (\$signal$761 ) begin
+        \$25405  = \$signal$755 ;
+      end
+    end
+    if (rst) begin
+      \$25405  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25406  = any_val;
+    if (v_clear) begin
+      \$25406  = 1'h0;
+    end else if (\$25267 ) begin
+      \$25406  = 1'h1;
+    end
+    if (rst) begin
+      \$25406  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25407  = \$signal$748 ;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+        \$25407  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$25407  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25408  = VB;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+      end else if (\$25271 ) begin
+        \$25408  = i_value__payload[63:0];
+      end
+    end
+    if (rst) begin
+      \$25408  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25409  = \$signal$750 ;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+        \$25409  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25409  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25410  = \$signal$752 ;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+      end else if (\$25271 ) begin
+        \$25410  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25410  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25411  = \$signal$754 ;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+        \$25411  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25411  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25412  = \$signal$756 ;
+    if (\$25269 ) begin
+      if (\$25270 ) begin
+      end else if (\$25271 ) begin
+        \$25412  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25412  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25413  = running;
+    if (\$25274 ) begin
+      \$25413  = 1'h1;
+    end
+    if (mat_end) begin
+      \$25413  = 1'h0;
+    end
+    if (any_err) begin
+      \$25413  = 1'h0;
+    end
+    if (rst) begin
+      \$25413  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25414  = rows_left;
+    if (\$25274 ) begin
+      \$25414  = i_cmd__payload[15:0];
+    end
+    if (\$25276 ) begin
+      \$25414  = \$25277 [15:0];
+    end
+    if (rst) begin
+      \$25414  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25415  = cols_r;
+    if (\$25274 ) begin
+      \$25415  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$25415  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25416  = stride_w;
+    if (\$25274 ) begin
+      \$25416  = \$25275 [5:0];
+    end
+    if (rst) begin
+      \$25416  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25417  = endv;
+    if (mat_end) begin
+      \$25417  = 1'h1;
+    end
+    if (\$25279 ) begin
+      \$25417  = 1'h0;
+    end
+    if (any_err) begin
+      \$25417  = 1'h0;
+    end
+    if (rst) begin
+      \$25417  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$25280 ) begin
+      \$25418  = 7'h00;
+    end else if (any_err) begin
+      \$25418  = 7'h00;
+    end else begin
+      \$25418  = \$25292 [6:0];
+    end
+    if (rst) begin
+      \$25418  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$25280 ) begin
+      \$25419  = \$25281 [7:0];
+    end else if (any_err) begin
+      \$25419  = { 2'h0, stride_w };
+    end else begin
+      \$25419  = \$25293 [7:0];
+    end
+    if (rst) begin
+      \$25419  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$25280 ) begin
+      \$25420  = \$25283 [8:0];
+    end else if (any_err) begin
+      \$25420  = { 2'h0, \$25288  };
+    end else begin
+      \$25420  = \$25295 [8:0];
+    end
+    if (rst) begin
+      \$25420  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$25280 ) begin
+      \$25421  = \$25287 [9:0];
+    end else if (any_err) begin
+      \$25421  = { 2'h0, \$25290  };
+    end else begin
+      \$25421  = \$25299 [9:0];
+    end
+    if (rst) begin
+      \$25421  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25422  = \$signal$773 ;
+    if (rst) begin
+      \$25422  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25423  = lr_n;
+    if (rst) begin
+      \$25423  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25424  = \$25302 [10:0];
+    if (rst) begin
+      \$25424  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25425  = \$25305 [10:0];
+    if (rst) begin
+      \$25425  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25426  = \$25308 ;
+    if (rst) begin
+      \$25426  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25427  = \$25318 ;
+    if (rst) begin
+      \$25427  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25428  = \$25319 ;
+    if (rst) begin
+      \$25428  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -62205,14 +62298,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign ws7h_rh = \$24736 [1:0];
   assign selpos7 = { a_gsel7, ws7 };
   assign rel7 = { \$24738 [3:0], a_gsel7[1:0], ws7 };
-  assign vavail = \$24742 [4:0];
   assign o_lanes__valid = ov;
-  assign \$like  = \$24760 [7:0];
-  assign es2_n0 = \$24761 [8:0];
+  assign \$like  = \$24756 [7:0];
+  assign es2_n0 = \$24757 [8:0];
   assign VB1 = VB;
-  assign \$signal$758  = \$signal$757 ;
-  assign need = \$24901 [3:0];
-  assign av_n = \$24959 [3:0];
+  assign \$signal$757  = \$signal$756 ;
+  assign need = \$24897 [3:0];
+  assign v_left = \$24926 [4:0];
+  assign av_n = \$24957 [3:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -62239,12 +62332,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$25112 ;
+  assign flags[2] = \$25110 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$609 ;
+  assign o_lanes__payload[160] = \$signal$607 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
   assign o_lanes__payload[79:70] = { \$24738 [3:0], a_gsel7[1:0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
@@ -62278,24 +62371,24 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign o_lanes__payload[152] = a_nxt[0];
   assign o_lanes__payload[144] = \$signal$440 [0];
   assign Rn35 = R35;
-  assign \$24818  = \$24817 ;
-  assign \$24945  = 12'hfc0;
-  assign \$24946 [5:0] = 6'h00;
-  assign \$24946 [11:6] = \$24944 [11:6];
-  assign \$24950  = mbuf_v;
-  assign \$24971  = \$signal$665 ;
-  assign \$25021  = \$signal$665 ;
-  assign \$25071  = \$signal$665 ;
-  assign \$25183  = \$25182 ;
-  assign \$25241  = { 6'h00, stride[11:6] };
-  assign \$25247  = { 6'h00, stride[11:6] };
-  assign \$25248  = { 6'h00, stride[11:6] };
-  assign \$25249  = { \$25248 , 1'h0 };
-  assign \$25250  = { 6'h00, stride[11:6] };
-  assign \$25251  = { 6'h00, stride[11:6] };
-  assign \$25252  = { \$25251 , 1'h0 };
-  assign \$25254  = { stride_w, 1'h0 };
-  assign \$25255  = { stride_w, 1'h0 };
+  assign \$24814  = \$24813 ;
+  assign \$24943  = 12'hfc0;
+  assign \$24944 [5:0] = 6'h00;
+  assign \$24944 [11:6] = \$24942 [11:6];
+  assign \$24948  = mbuf_v;
+  assign \$24969  = \$signal$662 ;
+  assign \$25019  = \$signal$662 ;
+  assign \$25069  = \$signal$662 ;
+  assign \$25181  = \$25180 ;
+  assign \$25275  = { 6'h00, stride[11:6] };
+  assign \$25281  = { 6'h00, stride[11:6] };
+  assign \$25282  = { 6'h00, stride[11:6] };
+  assign \$25283  = { \$25282 , 1'h0 };
+  assign \$25284  = { 6'h00, stride[11:6] };
+  assign \$25285  = { 6'h00, stride[11:6] };
+  assign \$25286  = { \$25285 , 1'h0 };
+  assign \$25288  = { stride_w, 1'h0 };
+  assign \$25289  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

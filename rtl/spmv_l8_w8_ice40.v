@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$5894$0 (\$39 [31:0]),
-    .\port$7032$0 (last3),
+    .\port$5907$0 (\$39 [31:0]),
+    .\port$7047$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_data, r_en, \port$7032$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5907$0 , w_en, w_level, r_data, r_en, \port$7047$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$5894$0 ;
-  wire [31:0] \port$5894$0 ;
-  input \port$7032$0 ;
-  wire \port$7032$0 ;
+  input [31:0] \port$5907$0 ;
+  wire [31:0] \port$5907$0 ;
+  input \port$7047$0 ;
+  wire \port$7047$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7032$0 , \port$5894$0  };
+      storage[w_port__addr] <= { \port$7047$0 , \port$5907$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5894$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7032$0 , \port$5894$0  };
-  assign w_data = { \port$7032$0 , \port$5894$0  };
+  assign w_port__data = { \port$7047$0 , \port$5907$0  };
+  assign w_data = { \port$7047$0 , \port$5907$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -6524,11 +6524,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [3:0] \$3544 ;
   wire [4:0] \$3545 ;
   wire [5:0] \$3546 ;
-  wire [4:0] \$3547 ;
-  wire [4:0] \$3548 ;
-  wire [3:0] \$3549 ;
+  wire \$3547 ;
+  wire \$3548 ;
+  wire \$3549 ;
   wire \$355 ;
-  wire [5:0] \$3550 ;
+  wire \$3550 ;
   wire \$3551 ;
   wire \$3552 ;
   wire \$3553 ;
@@ -6543,23 +6543,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3561 ;
   wire \$3562 ;
   wire \$3563 ;
-  wire \$3564 ;
-  wire \$3565 ;
+  wire [9:0] \$3564 ;
+  wire [10:0] \$3565 ;
   wire \$3566 ;
-  wire \$3567 ;
+  wire [9:0] \$3567 ;
   wire [9:0] \$3568 ;
-  wire [10:0] \$3569 ;
+  wire [9:0] \$3569 ;
   wire \$357 ;
-  wire \$3570 ;
+  wire [9:0] \$3570 ;
   wire [9:0] \$3571 ;
   wire [9:0] \$3572 ;
   wire [9:0] \$3573 ;
   wire [9:0] \$3574 ;
   wire [9:0] \$3575 ;
-  wire [9:0] \$3576 ;
-  wire [9:0] \$3577 ;
-  wire [9:0] \$3578 ;
-  wire [9:0] \$3579 ;
+  wire \$3576 ;
+  wire \$3577 ;
+  wire \$3578 ;
+  wire \$3579 ;
   wire \$358 ;
   wire \$3580 ;
   wire \$3581 ;
@@ -6576,32 +6576,32 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3591 ;
   wire \$3592 ;
   wire \$3593 ;
-  wire \$3594 ;
-  wire \$3595 ;
-  wire \$3596 ;
-  wire \$3597 ;
+  wire [9:0] \$3594 ;
+  wire [9:0] \$3595 ;
+  wire [9:0] \$3596 ;
+  wire [9:0] \$3597 ;
   wire [9:0] \$3598 ;
   wire [9:0] \$3599 ;
   wire \$36 ;
   wire \$360 ;
   wire [9:0] \$3600 ;
   wire [9:0] \$3601 ;
-  wire [9:0] \$3602 ;
-  wire [9:0] \$3603 ;
-  wire [9:0] \$3604 ;
-  wire [9:0] \$3605 ;
+  wire \$3602 ;
+  wire \$3603 ;
+  wire \$3604 ;
+  wire \$3605 ;
   wire \$3606 ;
-  wire \$3607 ;
-  wire \$3608 ;
-  wire \$3609 ;
+  wire [9:0] \$3607 ;
+  wire [9:0] \$3608 ;
+  wire [9:0] \$3609 ;
   wire \$361 ;
-  wire \$3610 ;
-  wire [9:0] \$3611 ;
-  wire [9:0] \$3612 ;
-  wire [9:0] \$3613 ;
-  wire [9:0] \$3614 ;
+  wire [9:0] \$3610 ;
+  wire \$3611 ;
+  wire [4:0] \$3612 ;
+  wire \$3613 ;
+  wire \$3614 ;
   wire \$3615 ;
-  wire [4:0] \$3616 ;
+  wire \$3616 ;
   wire \$3617 ;
   wire \$3618 ;
   wire \$3619 ;
@@ -6626,10 +6626,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3636 ;
   wire \$3637 ;
   wire \$3638 ;
-  wire \$3639 ;
+  wire [5:0] \$3639 ;
   wire \$364 ;
-  wire \$3640 ;
-  wire \$3641 ;
+  wire [5:0] \$3640 ;
+  wire [5:0] \$3641 ;
   wire \$3642 ;
   wire \$3643 ;
   wire \$3644 ;
@@ -6646,29 +6646,29 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3654 ;
   wire \$3655 ;
   wire \$3656 ;
-  wire \$3657 ;
-  wire \$3658 ;
+  wire [11:0] \$3657 ;
+  wire [11:0] \$3658 ;
   wire [11:0] \$3659 ;
   wire \$366 ;
-  wire [11:0] \$3660 ;
-  wire [11:0] \$3661 ;
+  wire \$3660 ;
+  wire \$3661 ;
   wire \$3662 ;
   wire \$3663 ;
   wire \$3664 ;
   wire \$3665 ;
   wire \$3666 ;
   wire \$3667 ;
-  wire \$3668 ;
-  wire \$3669 ;
+  reg [2:0] \$3668 ;
+  wire [4:0] \$3669 ;
   wire \$367 ;
-  reg [2:0] \$3670 ;
-  wire [4:0] \$3671 ;
+  wire \$3670 ;
+  wire \$3671 ;
   wire \$3672 ;
   wire \$3673 ;
   wire \$3674 ;
   wire \$3675 ;
   wire \$3676 ;
-  wire \$3677 ;
+  wire [9:0] \$3677 ;
   wire \$3678 ;
   wire [9:0] \$3679 ;
   wire \$368 ;
@@ -6679,8 +6679,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3684 ;
   wire [9:0] \$3685 ;
   wire \$3686 ;
-  wire [9:0] \$3687 ;
-  wire \$3688 ;
+  wire [8:0] \$3687 ;
+  wire [8:0] \$3688 ;
   wire [8:0] \$3689 ;
   wire \$369 ;
   wire [8:0] \$3690 ;
@@ -6688,8 +6688,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3692 ;
   wire [8:0] \$3693 ;
   wire [8:0] \$3694 ;
-  wire [8:0] \$3695 ;
-  wire [8:0] \$3696 ;
+  wire \$3695 ;
+  wire \$3696 ;
   wire \$3697 ;
   wire \$3698 ;
   wire \$3699 ;
@@ -6697,7 +6697,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$370 ;
   wire \$3700 ;
   wire \$3701 ;
-  wire \$3702 ;
+  wire [10:0] \$3702 ;
   wire \$3703 ;
   wire [10:0] \$3704 ;
   wire \$3705 ;
@@ -6708,8 +6708,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$371 ;
   wire [10:0] \$3710 ;
   wire \$3711 ;
-  wire [10:0] \$3712 ;
-  wire \$3713 ;
+  wire [8:0] \$3712 ;
+  wire [8:0] \$3713 ;
   wire [8:0] \$3714 ;
   wire [8:0] \$3715 ;
   wire [8:0] \$3716 ;
@@ -6717,14 +6717,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3718 ;
   wire [8:0] \$3719 ;
   wire \$372 ;
-  wire [8:0] \$3720 ;
-  wire [8:0] \$3721 ;
+  wire \$3720 ;
+  wire \$3721 ;
   wire \$3722 ;
   wire \$3723 ;
   wire \$3724 ;
   wire \$3725 ;
   wire \$3726 ;
-  wire \$3727 ;
+  wire [11:0] \$3727 ;
   wire \$3728 ;
   wire [11:0] \$3729 ;
   wire \$373 ;
@@ -6735,8 +6735,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3734 ;
   wire [11:0] \$3735 ;
   wire \$3736 ;
-  wire [11:0] \$3737 ;
-  wire \$3738 ;
+  wire [8:0] \$3737 ;
+  wire [8:0] \$3738 ;
   wire [8:0] \$3739 ;
   wire \$374 ;
   wire [8:0] \$3740 ;
@@ -6744,43 +6744,43 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$3742 ;
   wire [8:0] \$3743 ;
   wire [8:0] \$3744 ;
-  wire [8:0] \$3745 ;
-  wire [8:0] \$3746 ;
+  wire \$3745 ;
+  wire \$3746 ;
   wire \$3747 ;
-  wire \$3748 ;
+  reg [3:0] \$3748 ;
   wire \$3749 ;
   wire \$375 ;
-  reg [3:0] \$3750 ;
+  wire \$3750 ;
   wire \$3751 ;
-  wire \$3752 ;
+  reg [3:0] \$3752 ;
   wire \$3753 ;
-  reg [3:0] \$3754 ;
+  wire \$3754 ;
   wire \$3755 ;
-  wire \$3756 ;
+  reg [3:0] \$3756 ;
   wire \$3757 ;
-  reg [3:0] \$3758 ;
+  wire \$3758 ;
   wire \$3759 ;
   wire \$376 ;
-  wire \$3760 ;
+  reg [3:0] \$3760 ;
   wire \$3761 ;
-  reg [3:0] \$3762 ;
+  wire \$3762 ;
   wire \$3763 ;
-  wire \$3764 ;
+  reg [3:0] \$3764 ;
   wire \$3765 ;
-  reg [3:0] \$3766 ;
+  wire \$3766 ;
   wire \$3767 ;
-  wire \$3768 ;
+  reg [3:0] \$3768 ;
   wire \$3769 ;
   wire \$377 ;
-  reg [3:0] \$3770 ;
+  wire \$3770 ;
   wire \$3771 ;
-  wire \$3772 ;
+  reg [3:0] \$3772 ;
   wire \$3773 ;
-  reg [3:0] \$3774 ;
+  wire \$3774 ;
   wire \$3775 ;
-  wire \$3776 ;
+  reg [3:0] \$3776 ;
   wire \$3777 ;
-  reg [3:0] \$3778 ;
+  wire \$3778 ;
   wire \$3779 ;
   wire \$378 ;
   wire \$3780 ;
@@ -6806,20 +6806,20 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3799 ;
   wire \$38 ;
   wire \$380 ;
-  wire \$3800 ;
+  wire [7:0] \$3800 ;
   wire \$3801 ;
-  wire [7:0] \$3802 ;
+  wire \$3802 ;
   wire \$3803 ;
   wire \$3804 ;
   wire \$3805 ;
-  wire \$3806 ;
+  wire [1:0] \$3806 ;
   wire \$3807 ;
-  wire [1:0] \$3808 ;
+  wire \$3808 ;
   wire \$3809 ;
   wire \$381 ;
-  wire \$3810 ;
+  wire [2:0] \$3810 ;
   wire \$3811 ;
-  wire [2:0] \$3812 ;
+  wire \$3812 ;
   wire \$3813 ;
   wire \$3814 ;
   wire \$3815 ;
@@ -6828,8 +6828,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3818 ;
   wire \$3819 ;
   wire \$382 ;
-  wire \$3820 ;
-  wire \$3821 ;
+  wire [9:0] \$3820 ;
+  wire [9:0] \$3821 ;
   wire [9:0] \$3822 ;
   wire [9:0] \$3823 ;
   wire [9:0] \$3824 ;
@@ -6840,80 +6840,80 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [9:0] \$3829 ;
   wire \$383 ;
   wire [9:0] \$3830 ;
-  wire \$3831 ;
-  wire \$3832 ;
-  wire \$3833 ;
-  wire \$3834 ;
-  wire [5:0] \$3835 ;
-  wire \$3836 ;
-  wire \$3837 ;
-  wire \$3838 ;
-  wire \$3839 ;
+  wire [9:0] \$3831 ;
+  wire [9:0] \$3832 ;
+  wire [9:0] \$3833 ;
+  wire [9:0] \$3834 ;
+  wire [9:0] \$3835 ;
+  wire [9:0] \$3836 ;
+  wire [9:0] \$3837 ;
+  wire [5:0] \$3838 ;
+  wire [5:0] \$3839 ;
   wire \$384 ;
   wire \$3840 ;
-  wire \$3841 ;
-  wire [11:0] \$3842 ;
+  wire [5:0] \$3841 ;
+  wire \$3842 ;
   wire \$3843 ;
-  wire [16:0] \$3844 ;
+  wire \$3844 ;
   wire \$3845 ;
   wire \$3846 ;
   wire \$3847 ;
   wire [11:0] \$3848 ;
-  wire [11:0] \$3849 ;
+  wire \$3849 ;
   wire \$385 ;
-  wire [12:0] \$3850 ;
-  wire [11:0] \$3851 ;
-  wire [11:0] \$3852 ;
-  wire [12:0] \$3853 ;
-  wire [13:0] \$3854 ;
-  wire [7:0] \$3855 ;
-  wire [7:0] \$3856 ;
-  wire [8:0] \$3857 ;
-  wire [8:0] \$3858 ;
-  wire [8:0] \$3859 ;
+  wire [16:0] \$3850 ;
+  wire \$3851 ;
+  wire \$3852 ;
+  wire \$3853 ;
+  wire [11:0] \$3854 ;
+  wire [11:0] \$3855 ;
+  wire [12:0] \$3856 ;
+  wire [11:0] \$3857 ;
+  wire [11:0] \$3858 ;
+  wire [12:0] \$3859 ;
   wire \$386 ;
-  wire [9:0] \$3860 ;
-  wire [11:0] \$3861 ;
-  wire [11:0] \$3862 ;
-  wire [11:0] \$3863 ;
-  wire [12:0] \$3864 ;
-  wire [11:0] \$3865 ;
-  wire [12:0] \$3866 ;
-  wire [8:0] \$3867 ;
-  wire [9:0] \$3868 ;
-  wire [8:0] \$3869 ;
+  wire [13:0] \$3860 ;
+  wire [7:0] \$3861 ;
+  wire [7:0] \$3862 ;
+  wire [8:0] \$3863 ;
+  wire [8:0] \$3864 ;
+  wire [8:0] \$3865 ;
+  wire [9:0] \$3866 ;
+  wire [11:0] \$3867 ;
+  wire [11:0] \$3868 ;
+  wire [11:0] \$3869 ;
   wire \$387 ;
-  wire [9:0] \$3870 ;
-  wire \$3871 ;
-  wire \$3872 ;
-  wire \$3873 ;
-  wire \$3874 ;
-  wire \$3875 ;
-  wire \$3876 ;
-  wire \$3877 ;
-  wire \$3878 ;
+  wire [12:0] \$3870 ;
+  wire [11:0] \$3871 ;
+  wire [12:0] \$3872 ;
+  wire [8:0] \$3873 ;
+  wire [9:0] \$3874 ;
+  wire [9:0] \$3875 ;
+  wire [8:0] \$3876 ;
+  wire [9:0] \$3877 ;
+  wire [9:0] \$3878 ;
   wire \$3879 ;
   wire \$388 ;
-  wire [3:0] \$3880 ;
-  reg \$3881 ;
-  reg [15:0] \$3882 ;
-  reg [2:0] \$3883 ;
-  reg [3:0] \$3884 ;
-  reg [7:0] \$3885 ;
-  reg [7:0] \$3886 ;
-  reg [15:0] \$3887 ;
-  reg [2:0] \$3888 ;
-  reg [3:0] \$3889 ;
+  wire \$3880 ;
+  wire \$3881 ;
+  wire \$3882 ;
+  wire \$3883 ;
+  wire \$3884 ;
+  wire \$3885 ;
+  wire \$3886 ;
+  wire \$3887 ;
+  wire \$3888 ;
+  wire \$3889 ;
   wire \$389 ;
-  reg [15:0] \$3890 ;
-  reg [2:0] \$3891 ;
-  reg [3:0] \$3892 ;
-  reg [15:0] \$3893 ;
-  reg [2:0] \$3894 ;
-  reg [3:0] \$3895 ;
-  reg [15:0] \$3896 ;
-  reg [2:0] \$3897 ;
-  reg [3:0] \$3898 ;
+  wire \$3890 ;
+  wire \$3891 ;
+  wire [3:0] \$3892 ;
+  reg \$3893 ;
+  reg [15:0] \$3894 ;
+  reg [2:0] \$3895 ;
+  reg [3:0] \$3896 ;
+  reg [7:0] \$3897 ;
+  reg [7:0] \$3898 ;
   reg [15:0] \$3899 ;
   wire \$39 ;
   wire \$390 ;
@@ -6925,64 +6925,77 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [15:0] \$3905 ;
   reg [2:0] \$3906 ;
   reg [3:0] \$3907 ;
-  reg [4:0] \$3908 ;
-  reg [4:0] \$3909 ;
+  reg [15:0] \$3908 ;
+  reg [2:0] \$3909 ;
   wire \$391 ;
-  reg \$3910 ;
-  reg \$3911 ;
-  reg \$3912 ;
-  reg \$3913 ;
-  reg [63:0] \$3914 ;
-  reg [7:0] \$3915 ;
-  reg \$3916 ;
-  reg [1:0] \$3917 ;
-  reg [91:0] \$3918 ;
-  reg \$3919 ;
+  reg [3:0] \$3910 ;
+  reg [15:0] \$3911 ;
+  reg [2:0] \$3912 ;
+  reg [3:0] \$3913 ;
+  reg [15:0] \$3914 ;
+  reg [2:0] \$3915 ;
+  reg [3:0] \$3916 ;
+  reg [15:0] \$3917 ;
+  reg [2:0] \$3918 ;
+  reg [3:0] \$3919 ;
   wire \$392 ;
-  reg [91:0] \$3920 ;
-  reg [91:0] \$3921 ;
+  reg [4:0] \$3920 ;
+  reg [4:0] \$3921 ;
   reg \$3922 ;
   reg \$3923 ;
-  reg [8:0] \$3924 ;
-  reg [8:0] \$3925 ;
-  reg [8:0] \$3926 ;
-  reg [8:0] \$3927 ;
-  reg [8:0] \$3928 ;
-  reg [8:0] \$3929 ;
+  reg \$3924 ;
+  reg \$3925 ;
+  reg [63:0] \$3926 ;
+  reg [7:0] \$3927 ;
+  reg \$3928 ;
+  reg [1:0] \$3929 ;
   wire \$393 ;
-  reg [8:0] \$3930 ;
-  reg [8:0] \$3931 ;
-  reg [8:0] \$3932 ;
-  reg [2:0] \$3933 ;
+  reg [91:0] \$3930 ;
+  reg \$3931 ;
+  reg [91:0] \$3932 ;
+  reg [91:0] \$3933 ;
   reg \$3934 ;
   reg \$3935 ;
-  reg \$3936 ;
-  reg [63:0] \$3937 ;
-  reg [63:0] \$3938 ;
-  reg \$3939 ;
+  reg [8:0] \$3936 ;
+  reg [8:0] \$3937 ;
+  reg [8:0] \$3938 ;
+  reg [8:0] \$3939 ;
   wire \$394 ;
-  reg \$3940 ;
-  reg \$3941 ;
-  reg \$3942 ;
-  reg \$3943 ;
-  reg [15:0] \$3944 ;
-  reg [10:0] \$3945 ;
-  reg [6:0] \$3946 ;
+  reg [8:0] \$3940 ;
+  reg [8:0] \$3941 ;
+  reg [8:0] \$3942 ;
+  reg [8:0] \$3943 ;
+  reg [8:0] \$3944 ;
+  reg [4:0] \$3945 ;
+  reg [2:0] \$3946 ;
   reg \$3947 ;
-  reg [7:0] \$3948 ;
-  reg [8:0] \$3949 ;
+  reg \$3948 ;
+  reg \$3949 ;
   wire \$395 ;
-  reg [9:0] \$3950 ;
-  reg [10:0] \$3951 ;
+  reg [63:0] \$3950 ;
+  reg [63:0] \$3951 ;
   reg \$3952 ;
   reg \$3953 ;
-  reg [8:0] \$3954 ;
-  reg [8:0] \$3955 ;
+  reg \$3954 ;
+  reg \$3955 ;
   reg \$3956 ;
-  reg \$3957 ;
-  reg [3:0] \$3958 ;
+  reg [15:0] \$3957 ;
+  reg [10:0] \$3958 ;
+  reg [6:0] \$3959 ;
   wire \$396 ;
+  reg \$3960 ;
+  reg [7:0] \$3961 ;
+  reg [8:0] \$3962 ;
+  reg [9:0] \$3963 ;
+  reg [10:0] \$3964 ;
+  reg \$3965 ;
+  reg \$3966 ;
+  reg [8:0] \$3967 ;
+  reg [8:0] \$3968 ;
+  reg \$3969 ;
   wire \$397 ;
+  reg \$3970 ;
+  reg [3:0] \$3971 ;
   wire \$398 ;
   wire \$399 ;
   reg [2:0] \$4 ;
@@ -7654,22 +7667,22 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$like ;
   reg [4:0] \$signal  = 5'h00;
   reg [7:0] \$signal$155  = 8'h00;
-  reg \$signal$305  = 1'h0;
-  reg \$signal$307  = 1'h0;
-  reg [63:0] \$signal$310  = 64'h0000000000000000;
-  reg \$signal$324  = 1'h0;
-  reg \$signal$349 ;
-  reg \$signal$355  = 1'h0;
-  reg [63:0] \$signal$378 ;
-  reg \$signal$380 ;
+  reg [63:0] \$signal$308  = 64'h0000000000000000;
+  reg \$signal$322  = 1'h0;
+  reg \$signal$346 ;
+  reg \$signal$352  = 1'h0;
+  reg [63:0] \$signal$375 ;
+  reg \$signal$377 ;
+  reg \$signal$378  = 1'h0;
+  reg \$signal$379 ;
+  reg \$signal$380  = 1'h0;
   reg \$signal$381 ;
-  reg \$signal$382 ;
+  reg \$signal$382  = 1'h0;
   reg \$signal$383  = 1'h0;
-  reg \$signal$384  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$385 ;
-  wire \$signal$389 ;
-  reg \$signal$397 ;
+  wire \$signal$384 ;
+  wire \$signal$388 ;
+  reg \$signal$400 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -7889,7 +7902,6 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [3:0] k_cur;
   reg [8:0] k_cur_full = 9'h000;
   reg [8:0] k_nxt_full = 9'h000;
-  wire [3:0] kk;
   reg last_row = 1'h0;
   reg [8:0] lim_full;
   wire [3:0] low_m1;
@@ -7985,8 +7997,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [6:0] stride_w = 7'h00;
   wire take_buf;
   wire takes;
+  wire v_clear;
+  wire [4:0] v_left;
+  wire v_load;
   wire vals_ok;
-  wire [4:0] vavail;
+  reg [4:0] vavail = 5'h00;
   reg vlast_loaded = 1'h0;
   reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
@@ -11790,506 +11805,521 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign \$3545  = a_nxt[7] ? a_es : \$signal ;
   assign \$3546  = a_gsel7[2:1] - \$3545 ;
-  assign \$3547  = 4'h8 - vpos;
-  assign \$3548  = \$signal$305  ? \$3547  : 5'h00;
-  assign \$3549  = \$signal$307  ? 4'h8 : 4'h0;
-  assign \$3550  = $signed(\$3548 ) + $signed({ 1'h0, \$3549  });
-  assign \$3551  = \$3550 [4:0] >= 4'h8;
-  assign \$3552  = $signed(lim_full) <= $signed({ 1'h0, \$3550 [4:0] });
-  assign vals_ok = \$3551  | \$3552 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$310 [63:32] } : { VB[23:0], \$signal$310  };
+  assign \$3547  = vavail >= 4'h8;
+  assign \$3548  = $signed(lim_full) <= $signed({ 1'h0, vavail });
+  assign vals_ok = \$3547  | \$3548 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$308 [63:32] } : { VB[23:0], \$signal$308  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$3553  = ~ vals_ok;
-  assign \$3554  = running & \$3553 ;
-  assign short_now = \$3554  & vlast_loaded;
+  assign \$3549  = ~ vals_ok;
+  assign \$3550  = running & \$3549 ;
+  assign short_now = \$3550  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$3555  = ~ prime;
-  assign \$3556  = running & \$3555 ;
-  assign \$3557  = mbeat0_v | row_complete;
-  assign \$3558  = \$3556  & \$3557 ;
-  assign \$3559  = \$3558  & vals_ok;
-  assign \$3560  = ~ any_err;
-  assign can_go = \$3559  & \$3560 ;
-  assign \$3561  = | k;
-  assign \$3562  = \$3561  | finish;
-  assign emit = can_go & \$3562 ;
-  assign \$3563  = ~ emit;
-  assign \$3564  = \$3563  | rdy_a;
-  assign advance = can_go & \$3564 ;
-  assign \$3565  = | pad_l;
-  assign \$3566  = ov | \$3565 ;
-  assign pad_wait = \$3566  | pad_r;
-  assign \$3567  = advance & finish;
-  assign mat_end = \$3567  & last_row;
-  assign kk = advance ? k : 4'h0;
+  assign \$3551  = ~ prime;
+  assign \$3552  = running & \$3551 ;
+  assign \$3553  = mbeat0_v | row_complete;
+  assign \$3554  = \$3552  & \$3553 ;
+  assign \$3555  = \$3554  & vals_ok;
+  assign \$3556  = ~ any_err;
+  assign can_go = \$3555  & \$3556 ;
+  assign \$3557  = | k;
+  assign \$3558  = \$3557  | finish;
+  assign emit = can_go & \$3558 ;
+  assign \$3559  = ~ emit;
+  assign \$3560  = \$3559  | rdy_a;
+  assign advance = can_go & \$3560 ;
+  assign \$3561  = | pad_l;
+  assign \$3562  = ov | \$3561 ;
+  assign pad_wait = \$3562  | pad_r;
+  assign \$3563  = advance & finish;
+  assign mat_end = \$3563  & last_row;
   assign fin = advance & finish;
-  assign dsh = \$signal$349  ? 2'h2 : 2'h0;
-  assign \$3568  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$3569  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$3570  = | flush_d;
-  assign \$3571  = 1'h0 + mbeat0_n[70:64];
-  assign \$3572  = 1'h0 + mbeat0_n[77:71];
-  assign \$3573  = 1'h0 + mbeat0_n[84:78];
-  assign \$3574  = 1'h0 + mbeat0_n[91:85];
-  assign \$3575  = 1'h0 + mbeat0_n[91:85];
-  assign \$3576  = fresh0 + mbeat1_n[70:64];
-  assign \$3577  = fresh0 + mbeat1_n[77:71];
-  assign \$3578  = fresh0 + mbeat1_n[84:78];
-  assign \$3579  = fresh0 + mbeat1_n[91:85];
-  assign \$3580  = ~ prime;
-  assign \$3581  = running & \$3580 ;
-  assign \$3582  = \$3581  & \$signal$355 ;
-  assign \$3583  = | flush_d;
-  assign special = any_err | \$3583 ;
-  assign Rn0 = \$signal$349  ? R4 : R0;
-  assign Rn1 = \$signal$349  ? R5 : R1;
-  assign Rn2 = \$signal$349  ? R6 : R2;
-  assign Rn3 = \$signal$349  ? R7 : R3;
-  assign Rn4 = \$signal$349  ? R7 : R4;
-  assign Rn5 = \$signal$349  ? R7 : R5;
-  assign Rn6 = \$signal$349  ? R7 : R6;
-  assign Rnm1 = \$signal$349  ? R3 : Rm1;
-  assign \$3584  = ~ special;
-  assign \$3585  = mbuf_v & \$3584 ;
-  assign \$3586  = ~ \$signal$349 ;
-  assign \$3587  = mbeat1_v & \$3586 ;
-  assign \$3588  = ~ \$3587 ;
-  assign take_buf = \$3585  & \$3588 ;
-  assign \$3589  = ~ mbuf_v;
-  assign \$3590  = ~ special;
-  assign \$3591  = ~ \$signal$349 ;
-  assign \$3592  = mbeat1_v & \$3591 ;
-  assign \$3593  = ~ \$3592 ;
-  assign \$3594  = \$3590  & \$3593 ;
-  assign i_mask__ready = \$3589  | \$3594 ;
-  assign \$3595  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3596  = ~ \$3595 ;
-  assign \$3598  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3599  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3600  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
+  assign dsh = \$signal$346  ? 2'h2 : 2'h0;
+  assign \$3564  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$3565  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$3566  = | flush_d;
+  assign \$3567  = 1'h0 + mbeat0_n[70:64];
+  assign \$3568  = 1'h0 + mbeat0_n[77:71];
+  assign \$3569  = 1'h0 + mbeat0_n[84:78];
+  assign \$3570  = 1'h0 + mbeat0_n[91:85];
+  assign \$3571  = 1'h0 + mbeat0_n[91:85];
+  assign \$3572  = fresh0 + mbeat1_n[70:64];
+  assign \$3573  = fresh0 + mbeat1_n[77:71];
+  assign \$3574  = fresh0 + mbeat1_n[84:78];
+  assign \$3575  = fresh0 + mbeat1_n[91:85];
+  assign \$3576  = ~ prime;
+  assign \$3577  = running & \$3576 ;
+  assign \$3578  = \$3577  & \$signal$352 ;
+  assign \$3579  = | flush_d;
+  assign special = any_err | \$3579 ;
+  assign Rn0 = \$signal$346  ? R4 : R0;
+  assign Rn1 = \$signal$346  ? R5 : R1;
+  assign Rn2 = \$signal$346  ? R6 : R2;
+  assign Rn3 = \$signal$346  ? R7 : R3;
+  assign Rn4 = \$signal$346  ? R7 : R4;
+  assign Rn5 = \$signal$346  ? R7 : R5;
+  assign Rn6 = \$signal$346  ? R7 : R6;
+  assign Rnm1 = \$signal$346  ? R3 : Rm1;
+  assign \$3580  = ~ special;
+  assign \$3581  = mbuf_v & \$3580 ;
+  assign \$3582  = ~ \$signal$346 ;
+  assign \$3583  = mbeat1_v & \$3582 ;
+  assign \$3584  = ~ \$3583 ;
+  assign take_buf = \$3581  & \$3584 ;
+  assign \$3585  = ~ mbuf_v;
+  assign \$3586  = ~ special;
+  assign \$3587  = ~ \$signal$346 ;
+  assign \$3588  = mbeat1_v & \$3587 ;
+  assign \$3589  = ~ \$3588 ;
+  assign \$3590  = \$3586  & \$3589 ;
+  assign i_mask__ready = \$3585  | \$3590 ;
+  assign \$3591  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3592  = ~ \$3591 ;
+  assign \$3594  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3595  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3596  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3597  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3598  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3599  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3600  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
   assign \$3601  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3602  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3603  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3604  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3605  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3606  = ~ \$signal$349 ;
-  assign \$3607  = mbeat1_v & \$3606 ;
-  assign \$3608  = ~ \$3607 ;
-  assign \$3609  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3610  = \$3608  & \$3609 ;
-  assign \$3611  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3612  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3613  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$3614  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3602  = ~ \$signal$346 ;
+  assign \$3603  = mbeat1_v & \$3602 ;
+  assign \$3604  = ~ \$3603 ;
+  assign \$3605  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3606  = \$3604  & \$3605 ;
+  assign \$3607  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3608  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3609  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3610  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
-  assign \$3615  = ~ vlast_loaded;
-  assign \$3616  = 4'h8 - vpos;
-  assign \$3617  = \$3616 [3:0] <= 4'h8;
-  assign \$3618  = $signed(lim_full) >= $signed({ 1'h0, \$3616 [3:0] });
-  assign \$signal$389  = \$3617  & \$3618 ;
+  assign \$3611  = ~ vlast_loaded;
+  assign \$3612  = 4'h8 - vpos;
+  assign \$3613  = \$3612 [3:0] <= 4'h8;
+  assign \$3614  = $signed(lim_full) >= $signed({ 1'h0, \$3612 [3:0] });
+  assign \$signal$388  = \$3613  & \$3614 ;
   assign takes = $signed(lim_full) > $signed(1'h0);
-  assign \$3619  = ! vpos;
-  assign \$3620  = \$signal$305  & \$3619 ;
-  assign \$3621  = \$3620  | \$signal$307 ;
-  assign \$3622  = ~ \$3621 ;
-  assign \$3623  = | vpos;
-  assign \$3624  = \$3623  ? \$signal$383  : prev_last;
-  assign \$3625  = \$3622  & \$3624 ;
-  assign \$3626  = ! vpos;
-  assign \$3627  = \$signal$305  & \$3626 ;
-  assign \$3628  = \$3627  | \$signal$307 ;
+  assign \$3615  = ! vpos;
+  assign \$3616  = \$signal$378  & \$3615 ;
+  assign \$3617  = \$3616  | \$signal$380 ;
+  assign \$3618  = ~ \$3617 ;
+  assign \$3619  = | vpos;
+  assign \$3620  = \$3619  ? \$signal$382  : prev_last;
+  assign \$3621  = \$3618  & \$3620 ;
+  assign \$3622  = ! vpos;
+  assign \$3623  = \$signal$378  & \$3622 ;
+  assign \$3624  = \$3623  | \$signal$380 ;
+  assign \$3625  = ~ \$3624 ;
+  assign \$3626  = | vpos;
+  assign \$3627  = \$3626  ? \$signal$382  : prev_last;
+  assign \$3628  = \$3625  & \$3627 ;
   assign \$3629  = ~ \$3628 ;
-  assign \$3630  = | vpos;
-  assign \$3631  = \$3630  ? \$signal$383  : prev_last;
-  assign \$3632  = \$3629  & \$3631 ;
-  assign \$3633  = ~ \$3632 ;
-  assign \$3634  = \$signal$305  & \$signal$383 ;
-  assign \$3635  = ~ \$signal$307 ;
-  assign \$3636  = \$3634  & \$3635 ;
-  assign \$3637  = ~ \$signal$307 ;
-  assign \$3638  = \$signal$383  & \$3637 ;
-  assign \$3639  = ~ \$3638 ;
-  assign \$3640  = \$signal$305  & \$3639 ;
-  assign \$3641  = end_ok | end_bad;
-  assign \$3642  = endv & \$3641 ;
-  assign \$3643  = any_err | \$3642 ;
-  assign \$3644  = advance & takes;
-  assign \$3645  = \$signal$380  & \$signal$381 ;
-  assign \$3646  = ~ \$3645 ;
-  assign i_value__ready = allow_load & \$3646 ;
-  assign \$3647  = rows_left > 2'h2;
-  assign \$3648  = rows_left > 1'h1;
-  assign \$3649  = fin ? \$3647  : \$3648 ;
-  assign \$3650  = rows_left == 2'h2;
-  assign \$3651  = rows_left == 1'h1;
-  assign \$3652  = fin ? \$3650  : \$3651 ;
-  assign \$3653  = ~ running;
-  assign \$3654  = ~ endv;
-  assign \$3655  = \$3653  & \$3654 ;
-  assign \$3656  = ~ pad_wait;
-  assign i_cmd__ready = \$3655  & \$3656 ;
-  assign \$3657  = running | endv;
-  assign o_busy = \$3657  | pad_wait;
-  assign \$3658  = i_cmd__valid & i_cmd__ready;
-  assign \$3659  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$3662  = i_cmd__payload[15:0] > 1'h1;
-  assign \$3663  = i_cmd__payload[15:0] == 1'h1;
-  assign \$3664  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$3664  | \$3665 ;
-  assign \$3666  = ~ \$signal$349 ;
-  assign \$3667  = mbeat1_v & \$3666 ;
-  assign \$3668  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3669  = mbuf_v & \$3668 ;
-  assign mbeat1_vn = \$3667  | \$3669 ;
-  assign \$3671  = \$3670  * 2'h2;
-  assign \$3672  = ! \$signal$349 ;
-  assign \$3673  = $signed(es_w) <= $signed(1'h0);
-  assign \$3674  = es_w == 1'h1;
-  assign \$3675  = es_w == 2'h2;
-  assign \$3676  = es_w == 2'h3;
-  assign \$3677  = $signed(es_w) >= $signed(4'h4);
+  assign \$3630  = \$signal$378  & \$signal$382 ;
+  assign \$3631  = ~ \$signal$380 ;
+  assign \$3632  = \$3630  & \$3631 ;
+  assign \$3633  = ~ \$signal$380 ;
+  assign \$3634  = \$signal$382  & \$3633 ;
+  assign \$3635  = ~ \$3634 ;
+  assign \$3636  = \$signal$378  & \$3635 ;
+  assign \$3637  = end_ok | end_bad;
+  assign \$3638  = endv & \$3637 ;
+  assign v_clear = any_err | \$3638 ;
+  assign v_load = i_value__valid & i_value__ready;
+  assign \$3639  = vavail - k;
+  assign \$3640  = advance ? \$3639  : { 1'h0, vavail };
+  assign \$3641  = v_clear ? 6'h00 : \$3640 ;
+  assign \$3642  = advance & takes;
+  assign \$3643  = \$signal$377  & \$signal$379 ;
+  assign \$3644  = ~ \$3643 ;
+  assign i_value__ready = allow_load & \$3644 ;
+  assign \$3645  = rows_left > 2'h2;
+  assign \$3646  = rows_left > 1'h1;
+  assign \$3647  = fin ? \$3645  : \$3646 ;
+  assign \$3648  = rows_left == 2'h2;
+  assign \$3649  = rows_left == 1'h1;
+  assign \$3650  = fin ? \$3648  : \$3649 ;
+  assign \$3651  = ~ running;
+  assign \$3652  = ~ endv;
+  assign \$3653  = \$3651  & \$3652 ;
+  assign \$3654  = ~ pad_wait;
+  assign i_cmd__ready = \$3653  & \$3654 ;
+  assign \$3655  = running | endv;
+  assign o_busy = \$3655  | pad_wait;
+  assign \$3656  = i_cmd__valid & i_cmd__ready;
+  assign \$3657  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$3660  = i_cmd__payload[15:0] > 1'h1;
+  assign \$3661  = i_cmd__payload[15:0] == 1'h1;
+  assign \$3662  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$3662  | \$3663 ;
+  assign \$3664  = ~ \$signal$346 ;
+  assign \$3665  = mbeat1_v & \$3664 ;
+  assign \$3666  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3667  = mbuf_v & \$3666 ;
+  assign mbeat1_vn = \$3665  | \$3667 ;
+  assign \$3669  = \$3668  * 2'h2;
+  assign \$3670  = ! \$signal$346 ;
+  assign \$3671  = $signed(es_w) <= $signed(1'h0);
+  assign \$3672  = es_w == 1'h1;
+  assign \$3673  = es_w == 2'h2;
+  assign \$3674  = es_w == 2'h3;
+  assign \$3675  = $signed(es_w) >= $signed(4'h4);
+  assign \$3677  = $signed(es_w) - $signed(3'h2);
+  assign \$3678  = $signed(\$3677 ) <= $signed(1'h0);
   assign \$3679  = $signed(es_w) - $signed(3'h2);
-  assign \$3680  = $signed(\$3679 ) <= $signed(1'h0);
+  assign \$3680  = \$3679  == 1'h1;
   assign \$3681  = $signed(es_w) - $signed(3'h2);
-  assign \$3682  = \$3681  == 1'h1;
+  assign \$3682  = \$3681  == 2'h2;
   assign \$3683  = $signed(es_w) - $signed(3'h2);
-  assign \$3684  = \$3683  == 2'h2;
+  assign \$3684  = \$3683  == 2'h3;
   assign \$3685  = $signed(es_w) - $signed(3'h2);
-  assign \$3686  = \$3685  == 2'h3;
-  assign \$3687  = $signed(es_w) - $signed(3'h2);
-  assign \$3688  = $signed(\$3687 ) >= $signed(4'h4);
-  assign \$3689  = r_a_sel[0] ? Rnm1 : 9'h000;
-  assign \$3690  = r_a_sel[1] ? Rf1 : 9'h000;
-  assign \$3691  = \$3689  | \$3690 ;
-  assign \$3692  = r_a_sel[2] ? Rf3 : 9'h000;
-  assign \$3693  = r_a_sel[3] ? Rf5 : 9'h000;
-  assign \$3694  = \$3692  | \$3693 ;
-  assign \$3695  = \$3691  | \$3694 ;
-  assign \$3696  = r_a_sel[4] ? Rf7 : 9'h000;
-  assign r_a = \$3695  | \$3696 ;
-  assign \$3697  = ! \$signal$349 ;
-  assign \$3698  = $signed(es2_w) <= $signed(1'h0);
-  assign \$3699  = es2_w == 1'h1;
-  assign \$3700  = es2_w == 2'h2;
-  assign \$3701  = es2_w == 2'h3;
-  assign \$3702  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3686  = $signed(\$3685 ) >= $signed(4'h4);
+  assign \$3687  = r_a_sel[0] ? Rnm1 : 9'h000;
+  assign \$3688  = r_a_sel[1] ? Rf1 : 9'h000;
+  assign \$3689  = \$3687  | \$3688 ;
+  assign \$3690  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$3691  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3692  = \$3690  | \$3691 ;
+  assign \$3693  = \$3689  | \$3692 ;
+  assign \$3694  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$3693  | \$3694 ;
+  assign \$3695  = ! \$signal$346 ;
+  assign \$3696  = $signed(es2_w) <= $signed(1'h0);
+  assign \$3697  = es2_w == 1'h1;
+  assign \$3698  = es2_w == 2'h2;
+  assign \$3699  = es2_w == 2'h3;
+  assign \$3700  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3702  = $signed(es2_w) - $signed(3'h2);
+  assign \$3703  = $signed(\$3702 ) <= $signed(1'h0);
   assign \$3704  = $signed(es2_w) - $signed(3'h2);
-  assign \$3705  = $signed(\$3704 ) <= $signed(1'h0);
+  assign \$3705  = \$3704  == 1'h1;
   assign \$3706  = $signed(es2_w) - $signed(3'h2);
-  assign \$3707  = \$3706  == 1'h1;
+  assign \$3707  = \$3706  == 2'h2;
   assign \$3708  = $signed(es2_w) - $signed(3'h2);
-  assign \$3709  = \$3708  == 2'h2;
+  assign \$3709  = \$3708  == 2'h3;
   assign \$3710  = $signed(es2_w) - $signed(3'h2);
-  assign \$3711  = \$3710  == 2'h3;
-  assign \$3712  = $signed(es2_w) - $signed(3'h2);
-  assign \$3713  = $signed(\$3712 ) >= $signed(4'h4);
-  assign \$3714  = r_b_sel[0] ? Rnm1 : 9'h000;
-  assign \$3715  = r_b_sel[1] ? Rf1 : 9'h000;
-  assign \$3716  = \$3714  | \$3715 ;
-  assign \$3717  = r_b_sel[2] ? Rf3 : 9'h000;
-  assign \$3718  = r_b_sel[3] ? Rf5 : 9'h000;
-  assign \$3719  = \$3717  | \$3718 ;
-  assign \$3720  = \$3716  | \$3719 ;
-  assign \$3721  = r_b_sel[4] ? Rf7 : 9'h000;
-  assign r_b = \$3720  | \$3721 ;
-  assign \$3722  = ! \$signal$349 ;
-  assign \$3723  = $signed(es3_w) <= $signed(1'h0);
-  assign \$3724  = es3_w == 1'h1;
-  assign \$3725  = es3_w == 2'h2;
-  assign \$3726  = es3_w == 2'h3;
-  assign \$3727  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3711  = $signed(\$3710 ) >= $signed(4'h4);
+  assign \$3712  = r_b_sel[0] ? Rnm1 : 9'h000;
+  assign \$3713  = r_b_sel[1] ? Rf1 : 9'h000;
+  assign \$3714  = \$3712  | \$3713 ;
+  assign \$3715  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$3716  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3717  = \$3715  | \$3716 ;
+  assign \$3718  = \$3714  | \$3717 ;
+  assign \$3719  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$3718  | \$3719 ;
+  assign \$3720  = ! \$signal$346 ;
+  assign \$3721  = $signed(es3_w) <= $signed(1'h0);
+  assign \$3722  = es3_w == 1'h1;
+  assign \$3723  = es3_w == 2'h2;
+  assign \$3724  = es3_w == 2'h3;
+  assign \$3725  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3727  = $signed(es3_w) - $signed(3'h2);
+  assign \$3728  = $signed(\$3727 ) <= $signed(1'h0);
   assign \$3729  = $signed(es3_w) - $signed(3'h2);
-  assign \$3730  = $signed(\$3729 ) <= $signed(1'h0);
+  assign \$3730  = \$3729  == 1'h1;
   assign \$3731  = $signed(es3_w) - $signed(3'h2);
-  assign \$3732  = \$3731  == 1'h1;
+  assign \$3732  = \$3731  == 2'h2;
   assign \$3733  = $signed(es3_w) - $signed(3'h2);
-  assign \$3734  = \$3733  == 2'h2;
+  assign \$3734  = \$3733  == 2'h3;
   assign \$3735  = $signed(es3_w) - $signed(3'h2);
-  assign \$3736  = \$3735  == 2'h3;
-  assign \$3737  = $signed(es3_w) - $signed(3'h2);
-  assign \$3738  = $signed(\$3737 ) >= $signed(4'h4);
-  assign \$3739  = r_c_sel[0] ? Rnm1 : 9'h000;
-  assign \$3740  = r_c_sel[1] ? Rf1 : 9'h000;
-  assign \$3741  = \$3739  | \$3740 ;
-  assign \$3742  = r_c_sel[2] ? Rf3 : 9'h000;
-  assign \$3743  = r_c_sel[3] ? Rf5 : 9'h000;
-  assign \$3744  = \$3742  | \$3743 ;
-  assign \$3745  = \$3741  | \$3744 ;
-  assign \$3746  = r_c_sel[4] ? Rf7 : 9'h000;
-  assign r_c = \$3745  | \$3746 ;
-  assign \$3747  = endv & end_bad;
-  assign \$3748  = ~ any_err;
-  assign \$3749  = \$3747  & \$3748 ;
-  assign \$3751  = k > 1'h0;
-  assign \$3752  = k_cur <= 1'h0;
-  assign \$3753  = finish & \$3752 ;
-  assign \$3755  = k > 1'h1;
-  assign \$3756  = k_cur <= 1'h1;
-  assign \$3757  = finish & \$3756 ;
-  assign \$3759  = k > 2'h2;
-  assign \$3760  = k_cur <= 2'h2;
-  assign \$3761  = finish & \$3760 ;
-  assign \$3763  = k > 2'h3;
-  assign \$3764  = k_cur <= 2'h3;
-  assign \$3765  = finish & \$3764 ;
-  assign \$3767  = k > 3'h4;
-  assign \$3768  = k_cur <= 3'h4;
-  assign \$3769  = finish & \$3768 ;
-  assign \$3771  = k > 3'h5;
-  assign \$3772  = k_cur <= 3'h5;
-  assign \$3773  = finish & \$3772 ;
-  assign \$3775  = k > 3'h6;
-  assign \$3776  = k_cur <= 3'h6;
-  assign \$3777  = finish & \$3776 ;
-  assign \$3779  = k > 3'h7;
-  assign \$3780  = k_cur <= 3'h7;
-  assign \$3781  = finish & \$3780 ;
-  assign \$3782  = ~ any_err;
-  assign \$3783  = short_now & \$3782 ;
-  assign \$3784  = finish & last_row;
-  assign \$3785  = ov & o_lanes__ready;
-  assign \$3786  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
-  assign \$3787  = \$signal$155 [0] & \$3786 ;
-  assign \$3788  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
-  assign \$3789  = \$signal$155 [1] & \$3788 ;
-  assign \$3790  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
-  assign \$3791  = \$signal$155 [2] & \$3790 ;
-  assign \$3792  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
-  assign \$3793  = \$signal$155 [3] & \$3792 ;
-  assign \$3794  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
-  assign \$3795  = \$signal$155 [4] & \$3794 ;
-  assign \$3796  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
-  assign \$3797  = \$signal$155 [5] & \$3796 ;
-  assign \$3798  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
-  assign \$3799  = \$signal$155 [6] & \$3798 ;
-  assign \$3800  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
-  assign \$3801  = \$signal$155 [7] & \$3800 ;
-  assign \$3802  = \$3785  ? { \$3801 , \$3799 , \$3797 , \$3795 , \$3793 , \$3791 , \$3789 , \$3787  } : 8'h00;
-  assign \$3803  = | pad_l;
-  assign \$3804  = | flush_d;
-  assign \$3805  = $signed(es_bits) > $signed(1'h0);
-  assign \$3806  = $signed(es_bits) <= $signed(8'h40);
-  assign \$3807  = \$3805  & \$3806 ;
-  assign \$3808  = 1'h1 - \$signal$349 ;
-  assign \$3809  = $signed(es_bits) > $signed(8'h40);
-  assign \$3810  = $signed(es_bits) <= $signed(9'h080);
-  assign \$3811  = \$3809  & \$3810 ;
-  assign \$3812  = 2'h2 - \$signal$349 ;
-  assign \$3813  = i_mask__valid & i_mask__ready;
-  assign \$3814  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3815  = ~ \$3814 ;
-  assign \$3817  = ~ \$signal$349 ;
-  assign \$3818  = mbeat1_v & \$3817 ;
-  assign \$3819  = ~ \$3818 ;
-  assign \$3820  = \$signal$349  ? mbeat1_v : mbeat0_v;
-  assign \$3821  = \$3819  & \$3820 ;
-  assign \$3822  = $signed(Rf0) - $signed({ 1'h0, kk });
-  assign \$3823  = $signed(Rf1) - $signed({ 1'h0, kk });
-  assign \$3824  = $signed(Rf2) - $signed({ 1'h0, kk });
-  assign \$3825  = $signed(Rf3) - $signed({ 1'h0, kk });
-  assign \$3826  = $signed(Rf4) - $signed({ 1'h0, kk });
-  assign \$3827  = $signed(Rf5) - $signed({ 1'h0, kk });
-  assign \$3828  = $signed(Rf6) - $signed({ 1'h0, kk });
-  assign \$3829  = $signed(Rf7) - $signed({ 1'h0, kk });
-  assign \$3830  = $signed(Rnm1) - $signed({ 1'h0, kk });
-  assign \$3831  = end_ok | end_bad;
-  assign \$3832  = endv & \$3831 ;
-  assign \$3833  = any_err | \$3832 ;
-  assign \$3834  = advance & takes;
-  assign \$3835  = vpos_n - 4'h8;
-  assign \$3836  = i_value__valid & allow_load;
-  assign \$3837  = ~ \$signal$380 ;
-  assign \$3838  = ~ \$signal$381 ;
-  assign \$3839  = \$signal$380  & \$signal$381 ;
-  assign \$3840  = ~ \$3839 ;
-  assign \$3841  = i_cmd__valid & i_cmd__ready;
-  assign \$3843  = advance & finish;
-  assign \$3844  = rows_left - 1'h1;
-  assign \$3845  = end_ok | end_bad;
-  assign \$3846  = endv & \$3845 ;
+  assign \$3736  = $signed(\$3735 ) >= $signed(4'h4);
+  assign \$3737  = r_c_sel[0] ? Rnm1 : 9'h000;
+  assign \$3738  = r_c_sel[1] ? Rf1 : 9'h000;
+  assign \$3739  = \$3737  | \$3738 ;
+  assign \$3740  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$3741  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3742  = \$3740  | \$3741 ;
+  assign \$3743  = \$3739  | \$3742 ;
+  assign \$3744  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$3743  | \$3744 ;
+  assign \$3745  = endv & end_bad;
+  assign \$3746  = ~ any_err;
+  assign \$3747  = \$3745  & \$3746 ;
+  assign \$3749  = k > 1'h0;
+  assign \$3750  = k_cur <= 1'h0;
+  assign \$3751  = finish & \$3750 ;
+  assign \$3753  = k > 1'h1;
+  assign \$3754  = k_cur <= 1'h1;
+  assign \$3755  = finish & \$3754 ;
+  assign \$3757  = k > 2'h2;
+  assign \$3758  = k_cur <= 2'h2;
+  assign \$3759  = finish & \$3758 ;
+  assign \$3761  = k > 2'h3;
+  assign \$3762  = k_cur <= 2'h3;
+  assign \$3763  = finish & \$3762 ;
+  assign \$3765  = k > 3'h4;
+  assign \$3766  = k_cur <= 3'h4;
+  assign \$3767  = finish & \$3766 ;
+  assign \$3769  = k > 3'h5;
+  assign \$3770  = k_cur <= 3'h5;
+  assign \$3771  = finish & \$3770 ;
+  assign \$3773  = k > 3'h6;
+  assign \$3774  = k_cur <= 3'h6;
+  assign \$3775  = finish & \$3774 ;
+  assign \$3777  = k > 3'h7;
+  assign \$3778  = k_cur <= 3'h7;
+  assign \$3779  = finish & \$3778 ;
+  assign \$3780  = ~ any_err;
+  assign \$3781  = short_now & \$3780 ;
+  assign \$3782  = finish & last_row;
+  assign \$3783  = ov & o_lanes__ready;
+  assign \$3784  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$3785  = \$signal$155 [0] & \$3784 ;
+  assign \$3786  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$3787  = \$signal$155 [1] & \$3786 ;
+  assign \$3788  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$3789  = \$signal$155 [2] & \$3788 ;
+  assign \$3790  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$3791  = \$signal$155 [3] & \$3790 ;
+  assign \$3792  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$3793  = \$signal$155 [4] & \$3792 ;
+  assign \$3794  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$3795  = \$signal$155 [5] & \$3794 ;
+  assign \$3796  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$3797  = \$signal$155 [6] & \$3796 ;
+  assign \$3798  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$3799  = \$signal$155 [7] & \$3798 ;
+  assign \$3800  = \$3783  ? { \$3799 , \$3797 , \$3795 , \$3793 , \$3791 , \$3789 , \$3787 , \$3785  } : 8'h00;
+  assign \$3801  = | pad_l;
+  assign \$3802  = | flush_d;
+  assign \$3803  = $signed(es_bits) > $signed(1'h0);
+  assign \$3804  = $signed(es_bits) <= $signed(8'h40);
+  assign \$3805  = \$3803  & \$3804 ;
+  assign \$3806  = 1'h1 - \$signal$346 ;
+  assign \$3807  = $signed(es_bits) > $signed(8'h40);
+  assign \$3808  = $signed(es_bits) <= $signed(9'h080);
+  assign \$3809  = \$3807  & \$3808 ;
+  assign \$3810  = 2'h2 - \$signal$346 ;
+  assign \$3811  = i_mask__valid & i_mask__ready;
+  assign \$3812  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3813  = ~ \$3812 ;
+  assign \$3815  = ~ \$signal$346 ;
+  assign \$3816  = mbeat1_v & \$3815 ;
+  assign \$3817  = ~ \$3816 ;
+  assign \$3818  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3819  = \$3817  & \$3818 ;
+  assign \$3820  = $signed(Rf0) - $signed({ 1'h0, k });
+  assign \$3821  = advance ? \$3820  : { Rf0[8], Rf0 };
+  assign \$3822  = $signed(Rf1) - $signed({ 1'h0, k });
+  assign \$3823  = advance ? \$3822  : { Rf1[8], Rf1 };
+  assign \$3824  = $signed(Rf2) - $signed({ 1'h0, k });
+  assign \$3825  = advance ? \$3824  : { Rf2[8], Rf2 };
+  assign \$3826  = $signed(Rf3) - $signed({ 1'h0, k });
+  assign \$3827  = advance ? \$3826  : { Rf3[8], Rf3 };
+  assign \$3828  = $signed(Rf4) - $signed({ 1'h0, k });
+  assign \$3829  = advance ? \$3828  : { Rf4[8], Rf4 };
+  assign \$3830  = $signed(Rf5) - $signed({ 1'h0, k });
+  assign \$3831  = advance ? \$3830  : { Rf5[8], Rf5 };
+  assign \$3832  = $signed(Rf6) - $signed({ 1'h0, k });
+  assign \$3833  = advance ? \$3832  : { Rf6[8], Rf6 };
+  assign \$3834  = $signed(Rf7) - $signed({ 1'h0, k });
+  assign \$3835  = advance ? \$3834  : { Rf7[8], Rf7 };
+  assign \$3836  = $signed(Rnm1) - $signed({ 1'h0, k });
+  assign \$3837  = advance ? \$3836  : { Rnm1[8], Rnm1 };
+  assign \$3838  = \$3641 [4:0] + 4'h8;
+  assign \$3839  = v_load ? \$3838  : { 1'h0, \$3641 [4:0] };
+  assign \$3840  = advance & takes;
+  assign \$3841  = vpos_n - 4'h8;
+  assign \$3842  = i_value__valid & allow_load;
+  assign \$3843  = ~ \$signal$377 ;
+  assign \$3844  = ~ \$signal$379 ;
+  assign \$3845  = \$signal$377  & \$signal$379 ;
+  assign \$3846  = ~ \$3845 ;
   assign \$3847  = i_cmd__valid & i_cmd__ready;
-  assign \$3854  = \$3851  + \$3853 ;
-  assign \$3857  = stride_w + \$3856 ;
-  assign \$3858  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$3859  = fin ? \$3568 [8:0] : \$3858 ;
-  assign \$3860  = fin ? \$3569 [9:0] : { \$3568 [8], \$3568 [8:0] };
-  assign \$3861  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3862  = fin ? \$3861  : { \$3569 [9], \$3569 [9], \$3569 [9:0] };
-  assign \$3863  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$3864  = $signed(\$3863 ) - $signed({ 1'h0, dsh });
-  assign \$3865  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3866  = fin ? \$3864  : { \$3865 [11], \$3865  };
-  assign \$3867  = fin ? r_b : r_a;
-  assign \$3868  = $signed(\$3867 ) - $signed({ 1'h0, kk });
-  assign \$3869  = fin ? r_c : r_b;
-  assign \$3870  = $signed(\$3869 ) - $signed({ 1'h0, kk });
-  assign \$3871  = $signed(\$3569 [9:0]) <= $signed({ 1'h0, \$3671 [2:0] });
-  assign \$3872  = $signed(\$3568 [8:0]) <= $signed({ 1'h0, \$3671 [2:0] });
-  assign \$3873  = fin ? \$3871  : \$3872 ;
-  assign \$3874  = $signed(Rf3) <= $signed({ 1'h0, kk });
-  assign \$3875  = mbeat0_vn & \$3874 ;
-  assign \$3876  = $signed(\$3569 [9:0]) > $signed(3'h2);
-  assign \$3877  = $signed(\$3568 [8:0]) > $signed(3'h2);
-  assign \$3878  = fin ? \$3876  : \$3877 ;
-  assign \$3879  = \$3875  & \$3878 ;
-  assign \$3880  = o_error_flags | flags;
+  assign \$3849  = advance & finish;
+  assign \$3850  = rows_left - 1'h1;
+  assign \$3851  = end_ok | end_bad;
+  assign \$3852  = endv & \$3851 ;
+  assign \$3853  = i_cmd__valid & i_cmd__ready;
+  assign \$3860  = \$3857  + \$3859 ;
+  assign \$3863  = stride_w + \$3862 ;
+  assign \$3864  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$3865  = fin ? \$3564 [8:0] : \$3864 ;
+  assign \$3866  = fin ? \$3565 [9:0] : { \$3564 [8], \$3564 [8:0] };
+  assign \$3867  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3868  = fin ? \$3867  : { \$3565 [9], \$3565 [9], \$3565 [9:0] };
+  assign \$3869  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$3870  = $signed(\$3869 ) - $signed({ 1'h0, dsh });
+  assign \$3871  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3872  = fin ? \$3870  : { \$3871 [11], \$3871  };
+  assign \$3873  = finish ? r_b : r_a;
+  assign \$3874  = $signed(\$3873 ) - $signed({ 1'h0, k });
+  assign \$3875  = advance ? \$3874  : { r_a[8], r_a };
+  assign \$3876  = finish ? r_c : r_b;
+  assign \$3877  = $signed(\$3876 ) - $signed({ 1'h0, k });
+  assign \$3878  = advance ? \$3877  : { r_b[8], r_b };
+  assign \$3879  = $signed(\$3565 [9:0]) <= $signed({ 1'h0, \$3669 [2:0] });
+  assign \$3880  = $signed(\$3564 [8:0]) <= $signed({ 1'h0, \$3669 [2:0] });
+  assign \$3881  = fin ? \$3879  : \$3880 ;
+  assign \$3882  = $signed(Rf3) <= $signed({ 1'h0, k });
+  assign \$3883  = $signed(\$3565 [9:0]) > $signed(3'h2);
+  assign \$3884  = $signed(\$3564 [8:0]) > $signed(3'h2);
+  assign \$3885  = finish ? \$3883  : \$3884 ;
+  assign \$3886  = \$3882  & \$3885 ;
+  assign \$3887  = $signed(Rf3) <= $signed(1'h0);
+  assign \$3888  = $signed(\$3564 [8:0]) > $signed(3'h2);
+  assign \$3889  = \$3887  & \$3888 ;
+  assign \$3890  = advance ? \$3886  : \$3889 ;
+  assign \$3891  = mbeat0_vn & \$3890 ;
+  assign \$3892  = o_error_flags | flags;
   always @(posedge clk)
-    prime <= \$3881 ;
+    prime <= \$3893 ;
   always @(posedge clk)
-    a_grp0 <= \$3882 ;
+    a_grp0 <= \$3894 ;
   always @(posedge clk)
-    a_gsel0 <= \$3883 ;
+    a_gsel0 <= \$3895 ;
   always @(posedge clk)
-    a_lr0 <= \$3884 ;
+    a_lr0 <= \$3896 ;
   always @(posedge clk)
-    \$signal$155  <= \$3885 ;
+    \$signal$155  <= \$3897 ;
   always @(posedge clk)
-    a_nxt <= \$3886 ;
+    a_nxt <= \$3898 ;
   always @(posedge clk)
-    a_grp1 <= \$3887 ;
+    a_grp1 <= \$3899 ;
   always @(posedge clk)
-    a_gsel1 <= \$3888 ;
+    a_gsel1 <= \$3900 ;
   always @(posedge clk)
-    a_lr1 <= \$3889 ;
+    a_lr1 <= \$3901 ;
   always @(posedge clk)
-    a_grp2 <= \$3890 ;
+    a_grp2 <= \$3902 ;
   always @(posedge clk)
-    a_gsel2 <= \$3891 ;
+    a_gsel2 <= \$3903 ;
   always @(posedge clk)
-    a_lr2 <= \$3892 ;
+    a_lr2 <= \$3904 ;
   always @(posedge clk)
-    a_grp3 <= \$3893 ;
+    a_grp3 <= \$3905 ;
   always @(posedge clk)
-    a_gsel3 <= \$3894 ;
+    a_gsel3 <= \$3906 ;
   always @(posedge clk)
-    a_lr3 <= \$3895 ;
+    a_lr3 <= \$3907 ;
   always @(posedge clk)
-    a_grp4 <= \$3896 ;
+    a_grp4 <= \$3908 ;
   always @(posedge clk)
-    a_gsel4 <= \$3897 ;
+    a_gsel4 <= \$3909 ;
   always @(posedge clk)
-    a_lr4 <= \$3898 ;
+    a_lr4 <= \$3910 ;
   always @(posedge clk)
-    a_grp5 <= \$3899 ;
+    a_grp5 <= \$3911 ;
   always @(posedge clk)
-    a_gsel5 <= \$3900 ;
+    a_gsel5 <= \$3912 ;
   always @(posedge clk)
-    a_lr5 <= \$3901 ;
+    a_lr5 <= \$3913 ;
   always @(posedge clk)
-    a_grp6 <= \$3902 ;
+    a_grp6 <= \$3914 ;
   always @(posedge clk)
-    a_gsel6 <= \$3903 ;
+    a_gsel6 <= \$3915 ;
   always @(posedge clk)
-    a_lr6 <= \$3904 ;
+    a_lr6 <= \$3916 ;
   always @(posedge clk)
-    a_grp7 <= \$3905 ;
+    a_grp7 <= \$3917 ;
   always @(posedge clk)
-    a_gsel7 <= \$3906 ;
+    a_gsel7 <= \$3918 ;
   always @(posedge clk)
-    a_lr7 <= \$3907 ;
+    a_lr7 <= \$3919 ;
   always @(posedge clk)
-    \$signal  <= \$3908 ;
+    \$signal  <= \$3920 ;
   always @(posedge clk)
-    a_es <= \$3909 ;
+    a_es <= \$3921 ;
   always @(posedge clk)
-    short_err <= \$3910 ;
+    short_err <= \$3922 ;
   always @(posedge clk)
-    ov <= \$3911 ;
+    ov <= \$3923 ;
   always @(posedge clk)
-    \$signal$324  <= \$3912 ;
+    \$signal$322  <= \$3924 ;
   always @(posedge clk)
-    a_last <= \$3913 ;
+    a_last <= \$3925 ;
   always @(posedge clk)
-    a_val <= \$3914 ;
+    a_val <= \$3926 ;
   always @(posedge clk)
-    pad_l <= \$3915 ;
+    pad_l <= \$3927 ;
   always @(posedge clk)
-    pad_r <= \$3916 ;
+    pad_r <= \$3928 ;
   always @(posedge clk)
-    flush_d <= \$3917 ;
+    flush_d <= \$3929 ;
   always @(posedge clk)
-    mbuf <= \$3918 ;
+    mbuf <= \$3930 ;
   always @(posedge clk)
-    mbuf_v <= \$3919 ;
+    mbuf_v <= \$3931 ;
   always @(posedge clk)
-    mbeat0 <= \$3920 ;
+    mbeat0 <= \$3932 ;
   always @(posedge clk)
-    mbeat1 <= \$3921 ;
+    mbeat1 <= \$3933 ;
   always @(posedge clk)
-    mbeat0_v <= \$3922 ;
+    mbeat0_v <= \$3934 ;
   always @(posedge clk)
-    mbeat1_v <= \$3923 ;
+    mbeat1_v <= \$3935 ;
   always @(posedge clk)
-    R0 <= \$3924 ;
+    R0 <= \$3936 ;
   always @(posedge clk)
-    R1 <= \$3925 ;
+    R1 <= \$3937 ;
   always @(posedge clk)
-    R2 <= \$3926 ;
+    R2 <= \$3938 ;
   always @(posedge clk)
-    R3 <= \$3927 ;
+    R3 <= \$3939 ;
   always @(posedge clk)
-    R4 <= \$3928 ;
+    R4 <= \$3940 ;
   always @(posedge clk)
-    R5 <= \$3929 ;
+    R5 <= \$3941 ;
   always @(posedge clk)
-    R6 <= \$3930 ;
+    R6 <= \$3942 ;
   always @(posedge clk)
-    R7 <= \$3931 ;
+    R7 <= \$3943 ;
   always @(posedge clk)
-    Rm1 <= \$3932 ;
+    Rm1 <= \$3944 ;
   always @(posedge clk)
-    vpos <= \$3933 ;
+    vavail <= \$3945 ;
   always @(posedge clk)
-    vlast_loaded <= \$3934 ;
+    vpos <= \$3946 ;
   always @(posedge clk)
-    prev_last <= \$3935 ;
+    vlast_loaded <= \$3947 ;
   always @(posedge clk)
-    any_val <= \$3936 ;
+    prev_last <= \$3948 ;
   always @(posedge clk)
-    \$signal$310  <= \$3937 ;
+    any_val <= \$3949 ;
   always @(posedge clk)
-    VB <= \$3938 ;
+    \$signal$308  <= \$3950 ;
   always @(posedge clk)
-    \$signal$305  <= \$3939 ;
+    VB <= \$3951 ;
   always @(posedge clk)
-    \$signal$307  <= \$3940 ;
+    \$signal$378  <= \$3952 ;
   always @(posedge clk)
-    \$signal$383  <= \$3941 ;
+    \$signal$380  <= \$3953 ;
   always @(posedge clk)
-    \$signal$384  <= \$3942 ;
+    \$signal$382  <= \$3954 ;
   always @(posedge clk)
-    running <= \$3943 ;
+    \$signal$383  <= \$3955 ;
   always @(posedge clk)
-    rows_left <= \$3944 ;
+    running <= \$3956 ;
   always @(posedge clk)
-    cols_r <= \$3945 ;
+    rows_left <= \$3957 ;
   always @(posedge clk)
-    stride_w <= \$3946 ;
+    cols_r <= \$3958 ;
   always @(posedge clk)
-    endv <= \$3947 ;
+    stride_w <= \$3959 ;
   always @(posedge clk)
-    rs_w <= \$3948 ;
+    endv <= \$3960 ;
   always @(posedge clk)
-    es_w <= \$3949 ;
+    rs_w <= \$3961 ;
   always @(posedge clk)
-    es2_w <= \$3950 ;
+    es_w <= \$3962 ;
   always @(posedge clk)
-    es3_w <= \$3951 ;
+    es2_w <= \$3963 ;
   always @(posedge clk)
-    has_next <= \$3952 ;
+    es3_w <= \$3964 ;
   always @(posedge clk)
-    last_row <= \$3953 ;
+    has_next <= \$3965 ;
   always @(posedge clk)
-    k_cur_full <= \$3954 ;
+    last_row <= \$3966 ;
   always @(posedge clk)
-    k_nxt_full <= \$3955 ;
+    k_cur_full <= \$3967 ;
   always @(posedge clk)
-    row_complete <= \$3956 ;
+    k_nxt_full <= \$3968 ;
   always @(posedge clk)
-    \$signal$355  <= \$3957 ;
+    row_complete <= \$3969 ;
   always @(posedge clk)
-    o_error_flags <= \$3958 ;
+    \$signal$352  <= \$3970 ;
+  always @(posedge clk)
+    o_error_flags <= \$3971 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -14119,13 +14149,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez ({ mbeat1_vn, mbeat0_vn })
       2'h0:
-          \$3670  = 3'h0;
+          \$3668  = 3'h0;
       2'h1:
-          \$3670  = 3'h1;
+          \$3668  = 3'h1;
       2'h2:
-          \$3670  = 3'h1;
+          \$3668  = 3'h1;
       2'h3:
-          \$3670  = 3'h2;
+          \$3668  = 3'h2;
     endcase
   end
   always @* begin
@@ -14133,37 +14163,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$3750  = 4'h0;
+          \$3748  = 4'h0;
       4'h1:
-          \$3750  = 4'hf;
+          \$3748  = 4'hf;
       4'h2:
-          \$3750  = 4'he;
+          \$3748  = 4'he;
       4'h3:
-          \$3750  = 4'hd;
+          \$3748  = 4'hd;
       4'h4:
-          \$3750  = 4'hc;
+          \$3748  = 4'hc;
       4'h5:
-          \$3750  = 4'hb;
+          \$3748  = 4'hb;
       4'h6:
-          \$3750  = 4'ha;
+          \$3748  = 4'ha;
       4'h7:
-          \$3750  = 4'h9;
+          \$3748  = 4'h9;
       4'h8:
-          \$3750  = 4'h8;
+          \$3748  = 4'h8;
       4'h9:
-          \$3750  = 4'h7;
+          \$3748  = 4'h7;
       4'ha:
-          \$3750  = 4'h6;
+          \$3748  = 4'h6;
       4'hb:
-          \$3750  = 4'h5;
+          \$3748  = 4'h5;
       4'hc:
-          \$3750  = 4'h4;
+          \$3748  = 4'h4;
       4'hd:
-          \$3750  = 4'h3;
+          \$3748  = 4'h3;
       4'he:
-          \$3750  = 4'h2;
+          \$3748  = 4'h2;
       4'hf:
-          \$3750  = 4'h1;
+          \$3748  = 4'h1;
     endcase
   end
   always @* begin
@@ -14171,37 +14201,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$3754  = 4'h1;
+          \$3752  = 4'h1;
       4'h1:
-          \$3754  = 4'h0;
+          \$3752  = 4'h0;
       4'h2:
-          \$3754  = 4'hf;
+          \$3752  = 4'hf;
       4'h3:
-          \$3754  = 4'he;
+          \$3752  = 4'he;
       4'h4:
-          \$3754  = 4'hd;
+          \$3752  = 4'hd;
       4'h5:
-          \$3754  = 4'hc;
+          \$3752  = 4'hc;
       4'h6:
-          \$3754  = 4'hb;
+          \$3752  = 4'hb;
       4'h7:
-          \$3754  = 4'ha;
+          \$3752  = 4'ha;
       4'h8:
-          \$3754  = 4'h9;
+          \$3752  = 4'h9;
       4'h9:
-          \$3754  = 4'h8;
+          \$3752  = 4'h8;
       4'ha:
-          \$3754  = 4'h7;
+          \$3752  = 4'h7;
       4'hb:
-          \$3754  = 4'h6;
+          \$3752  = 4'h6;
       4'hc:
-          \$3754  = 4'h5;
+          \$3752  = 4'h5;
       4'hd:
-          \$3754  = 4'h4;
+          \$3752  = 4'h4;
       4'he:
-          \$3754  = 4'h3;
+          \$3752  = 4'h3;
       4'hf:
-          \$3754  = 4'h2;
+          \$3752  = 4'h2;
     endcase
   end
   always @* begin
@@ -14209,37 +14239,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$3758  = 4'h2;
+          \$3756  = 4'h2;
       4'h1:
-          \$3758  = 4'h1;
+          \$3756  = 4'h1;
       4'h2:
-          \$3758  = 4'h0;
+          \$3756  = 4'h0;
       4'h3:
-          \$3758  = 4'hf;
+          \$3756  = 4'hf;
       4'h4:
-          \$3758  = 4'he;
+          \$3756  = 4'he;
       4'h5:
-          \$3758  = 4'hd;
+          \$3756  = 4'hd;
       4'h6:
-          \$3758  = 4'hc;
+          \$3756  = 4'hc;
       4'h7:
-          \$3758  = 4'hb;
+          \$3756  = 4'hb;
       4'h8:
-          \$3758  = 4'ha;
+          \$3756  = 4'ha;
       4'h9:
-          \$3758  = 4'h9;
+          \$3756  = 4'h9;
       4'ha:
-          \$3758  = 4'h8;
+          \$3756  = 4'h8;
       4'hb:
-          \$3758  = 4'h7;
+          \$3756  = 4'h7;
       4'hc:
-          \$3758  = 4'h6;
+          \$3756  = 4'h6;
       4'hd:
-          \$3758  = 4'h5;
+          \$3756  = 4'h5;
       4'he:
-          \$3758  = 4'h4;
+          \$3756  = 4'h4;
       4'hf:
-          \$3758  = 4'h3;
+          \$3756  = 4'h3;
     endcase
   end
   always @* begin
@@ -14247,37 +14277,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$3762  = 4'h3;
+          \$3760  = 4'h3;
       4'h1:
-          \$3762  = 4'h2;
+          \$3760  = 4'h2;
       4'h2:
-          \$3762  = 4'h1;
+          \$3760  = 4'h1;
       4'h3:
-          \$3762  = 4'h0;
+          \$3760  = 4'h0;
       4'h4:
-          \$3762  = 4'hf;
+          \$3760  = 4'hf;
       4'h5:
-          \$3762  = 4'he;
+          \$3760  = 4'he;
       4'h6:
-          \$3762  = 4'hd;
+          \$3760  = 4'hd;
       4'h7:
-          \$3762  = 4'hc;
+          \$3760  = 4'hc;
       4'h8:
-          \$3762  = 4'hb;
+          \$3760  = 4'hb;
       4'h9:
-          \$3762  = 4'ha;
+          \$3760  = 4'ha;
       4'ha:
-          \$3762  = 4'h9;
+          \$3760  = 4'h9;
       4'hb:
-          \$3762  = 4'h8;
+          \$3760  = 4'h8;
       4'hc:
-          \$3762  = 4'h7;
+          \$3760  = 4'h7;
       4'hd:
-          \$3762  = 4'h6;
+          \$3760  = 4'h6;
       4'he:
-          \$3762  = 4'h5;
+          \$3760  = 4'h5;
       4'hf:
-          \$3762  = 4'h4;
+          \$3760  = 4'h4;
     endcase
   end
   always @* begin
@@ -14285,37 +14315,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$3766  = 4'h4;
+          \$3764  = 4'h4;
       4'h1:
-          \$3766  = 4'h3;
+          \$3764  = 4'h3;
       4'h2:
-          \$3766  = 4'h2;
+          \$3764  = 4'h2;
       4'h3:
-          \$3766  = 4'h1;
+          \$3764  = 4'h1;
       4'h4:
-          \$3766  = 4'h0;
+          \$3764  = 4'h0;
       4'h5:
-          \$3766  = 4'hf;
+          \$3764  = 4'hf;
       4'h6:
-          \$3766  = 4'he;
+          \$3764  = 4'he;
       4'h7:
-          \$3766  = 4'hd;
+          \$3764  = 4'hd;
       4'h8:
-          \$3766  = 4'hc;
+          \$3764  = 4'hc;
       4'h9:
-          \$3766  = 4'hb;
+          \$3764  = 4'hb;
       4'ha:
-          \$3766  = 4'ha;
+          \$3764  = 4'ha;
       4'hb:
-          \$3766  = 4'h9;
+          \$3764  = 4'h9;
       4'hc:
-          \$3766  = 4'h8;
+          \$3764  = 4'h8;
       4'hd:
-          \$3766  = 4'h7;
+          \$3764  = 4'h7;
       4'he:
-          \$3766  = 4'h6;
+          \$3764  = 4'h6;
       4'hf:
-          \$3766  = 4'h5;
+          \$3764  = 4'h5;
     endcase
   end
   always @* begin
@@ -14323,37 +14353,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$3770  = 4'h5;
+          \$3768  = 4'h5;
       4'h1:
-          \$3770  = 4'h4;
+          \$3768  = 4'h4;
       4'h2:
-          \$3770  = 4'h3;
+          \$3768  = 4'h3;
       4'h3:
-          \$3770  = 4'h2;
+          \$3768  = 4'h2;
       4'h4:
-          \$3770  = 4'h1;
+          \$3768  = 4'h1;
       4'h5:
-          \$3770  = 4'h0;
+          \$3768  = 4'h0;
       4'h6:
-          \$3770  = 4'hf;
+          \$3768  = 4'hf;
       4'h7:
-          \$3770  = 4'he;
+          \$3768  = 4'he;
       4'h8:
-          \$3770  = 4'hd;
+          \$3768  = 4'hd;
       4'h9:
-          \$3770  = 4'hc;
+          \$3768  = 4'hc;
       4'ha:
-          \$3770  = 4'hb;
+          \$3768  = 4'hb;
       4'hb:
-          \$3770  = 4'ha;
+          \$3768  = 4'ha;
       4'hc:
-          \$3770  = 4'h9;
+          \$3768  = 4'h9;
       4'hd:
-          \$3770  = 4'h8;
+          \$3768  = 4'h8;
       4'he:
-          \$3770  = 4'h7;
+          \$3768  = 4'h7;
       4'hf:
-          \$3770  = 4'h6;
+          \$3768  = 4'h6;
     endcase
   end
   always @* begin
@@ -14361,37 +14391,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$3774  = 4'h6;
+          \$3772  = 4'h6;
       4'h1:
-          \$3774  = 4'h5;
+          \$3772  = 4'h5;
       4'h2:
-          \$3774  = 4'h4;
+          \$3772  = 4'h4;
       4'h3:
-          \$3774  = 4'h3;
+          \$3772  = 4'h3;
       4'h4:
-          \$3774  = 4'h2;
+          \$3772  = 4'h2;
       4'h5:
-          \$3774  = 4'h1;
+          \$3772  = 4'h1;
       4'h6:
-          \$3774  = 4'h0;
+          \$3772  = 4'h0;
       4'h7:
-          \$3774  = 4'hf;
+          \$3772  = 4'hf;
       4'h8:
-          \$3774  = 4'he;
+          \$3772  = 4'he;
       4'h9:
-          \$3774  = 4'hd;
+          \$3772  = 4'hd;
       4'ha:
-          \$3774  = 4'hc;
+          \$3772  = 4'hc;
       4'hb:
-          \$3774  = 4'hb;
+          \$3772  = 4'hb;
       4'hc:
-          \$3774  = 4'ha;
+          \$3772  = 4'ha;
       4'hd:
-          \$3774  = 4'h9;
+          \$3772  = 4'h9;
       4'he:
-          \$3774  = 4'h8;
+          \$3772  = 4'h8;
       4'hf:
-          \$3774  = 4'h7;
+          \$3772  = 4'h7;
     endcase
   end
   always @* begin
@@ -14399,37 +14429,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$3778  = 4'h7;
+          \$3776  = 4'h7;
       4'h1:
-          \$3778  = 4'h6;
+          \$3776  = 4'h6;
       4'h2:
-          \$3778  = 4'h5;
+          \$3776  = 4'h5;
       4'h3:
-          \$3778  = 4'h4;
+          \$3776  = 4'h4;
       4'h4:
-          \$3778  = 4'h3;
+          \$3776  = 4'h3;
       4'h5:
-          \$3778  = 4'h2;
+          \$3776  = 4'h2;
       4'h6:
-          \$3778  = 4'h1;
+          \$3776  = 4'h1;
       4'h7:
-          \$3778  = 4'h0;
+          \$3776  = 4'h0;
       4'h8:
-          \$3778  = 4'hf;
+          \$3776  = 4'hf;
       4'h9:
-          \$3778  = 4'he;
+          \$3776  = 4'he;
       4'ha:
-          \$3778  = 4'hd;
+          \$3776  = 4'hd;
       4'hb:
-          \$3778  = 4'hc;
+          \$3776  = 4'hc;
       4'hc:
-          \$3778  = 4'hb;
+          \$3776  = 4'hb;
       4'hd:
-          \$3778  = 4'ha;
+          \$3776  = 4'ha;
       4'he:
-          \$3778  = 4'h9;
+          \$3776  = 4'h9;
       4'hf:
-          \$3778  = 4'h8;
+          \$3776  = 4'h8;
     endcase
   end
   always @* begin
@@ -16177,7 +16207,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -16185,7 +16215,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$349 ) begin
+      if (\$signal$346 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -16196,7 +16226,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
@@ -16204,7 +16234,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$349 ) begin
+      if (\$signal$346 ) begin
         mbeat1_n = 92'h00000000000000000000000;
       end
     end
@@ -16215,7 +16245,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -16223,7 +16253,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$349 ) begin
+      if (\$signal$346 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -16234,7 +16264,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -16242,7 +16272,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$349 ) begin
+      if (\$signal$346 ) begin
         mbeat1_nv = 1'h0;
       end
     end
@@ -16252,8 +16282,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs0 = R0;
     if (any_err) begin
       Rs0 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs0 = \$3571 [8:0];
+    end else if (\$3566 ) begin
+      Rs0 = \$3567 [8:0];
     end
   end
   always @* begin
@@ -16261,8 +16291,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs1 = R1;
     if (any_err) begin
       Rs1 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs1 = \$3572 [8:0];
+    end else if (\$3566 ) begin
+      Rs1 = \$3568 [8:0];
     end
   end
   always @* begin
@@ -16270,8 +16300,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs2 = R2;
     if (any_err) begin
       Rs2 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs2 = \$3573 [8:0];
+    end else if (\$3566 ) begin
+      Rs2 = \$3569 [8:0];
     end
   end
   always @* begin
@@ -16279,8 +16309,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs3 = R3;
     if (any_err) begin
       Rs3 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs3 = \$3574 [8:0];
+    end else if (\$3566 ) begin
+      Rs3 = \$3570 [8:0];
     end
   end
   always @* begin
@@ -16288,8 +16318,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs4 = R4;
     if (any_err) begin
       Rs4 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs4 = \$3576 [8:0];
+    end else if (\$3566 ) begin
+      Rs4 = \$3572 [8:0];
     end
   end
   always @* begin
@@ -16297,8 +16327,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs5 = R5;
     if (any_err) begin
       Rs5 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs5 = \$3577 [8:0];
+    end else if (\$3566 ) begin
+      Rs5 = \$3573 [8:0];
     end
   end
   always @* begin
@@ -16306,8 +16336,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs6 = R6;
     if (any_err) begin
       Rs6 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs6 = \$3578 [8:0];
+    end else if (\$3566 ) begin
+      Rs6 = \$3574 [8:0];
     end
   end
   always @* begin
@@ -16315,8 +16345,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs7 = R7;
     if (any_err) begin
       Rs7 = 9'h000;
-    end else if (\$3570 ) begin
-      Rs7 = \$3579 [8:0];
+    end else if (\$3566 ) begin
+      Rs7 = \$3575 [8:0];
     end
   end
   always @* begin
@@ -16324,7 +16354,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rsm1 = Rm1;
     if (any_err) begin
       Rsm1 = 9'h000;
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
       Rsm1 = 9'h000;
     end
   end
@@ -16332,26 +16362,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 9'h000;
     if (any_err) begin
-    end else if (\$3570 ) begin
-      fresh0 = \$3575 [8:0];
+    end else if (\$3566 ) begin
+      fresh0 = \$3571 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$349  = 1'h0;
+    \$signal$346  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$3570 ) begin
+    end else if (\$3566 ) begin
     end else begin
-      \$signal$349  = \$3582 ;
+      \$signal$346  = \$3578 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rn0;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf0 = \$3598 [8:0];
+      if (\$3593 ) begin
+        Rf0 = \$3594 [8:0];
       end
     end
   end
@@ -16359,8 +16389,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rn1;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf1 = \$3599 [8:0];
+      if (\$3593 ) begin
+        Rf1 = \$3595 [8:0];
       end
     end
   end
@@ -16368,8 +16398,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rn2;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf2 = \$3600 [8:0];
+      if (\$3593 ) begin
+        Rf2 = \$3596 [8:0];
       end
     end
   end
@@ -16377,8 +16407,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rn3;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf3 = \$3601 [8:0];
+      if (\$3593 ) begin
+        Rf3 = \$3597 [8:0];
       end
     end
   end
@@ -16386,11 +16416,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rn4;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf4 = \$3602 [8:0];
+      if (\$3593 ) begin
+        Rf4 = \$3598 [8:0];
       end
-      if (\$3610 ) begin
-        Rf4 = \$3611 [8:0];
+      if (\$3606 ) begin
+        Rf4 = \$3607 [8:0];
       end
     end
   end
@@ -16398,11 +16428,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rn5;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf5 = \$3603 [8:0];
+      if (\$3593 ) begin
+        Rf5 = \$3599 [8:0];
       end
-      if (\$3610 ) begin
-        Rf5 = \$3612 [8:0];
+      if (\$3606 ) begin
+        Rf5 = \$3608 [8:0];
       end
     end
   end
@@ -16410,11 +16440,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rn6;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf6 = \$3604 [8:0];
+      if (\$3593 ) begin
+        Rf6 = \$3600 [8:0];
       end
-      if (\$3610 ) begin
-        Rf6 = \$3613 [8:0];
+      if (\$3606 ) begin
+        Rf6 = \$3609 [8:0];
       end
     end
   end
@@ -16422,60 +16452,60 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rn7;
     if (take_buf) begin
-      if (\$3597 ) begin
-        Rf7 = \$3605 [8:0];
+      if (\$3593 ) begin
+        Rf7 = \$3601 [8:0];
       end
-      if (\$3610 ) begin
-        Rf7 = \$3614 [8:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$378  = \$signal$310 ;
-    if (\$3643 ) begin
-    end else if (\$3644 ) begin
-      if (\$signal$389 ) begin
-        \$signal$378  = VB;
+      if (\$3606 ) begin
+        Rf7 = \$3610 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$380  = \$signal$305 ;
-    if (\$3643 ) begin
-      \$signal$380  = 1'h0;
-    end else if (\$3644 ) begin
-      if (\$signal$389 ) begin
-        \$signal$380  = \$signal$307 ;
+    \$signal$375  = \$signal$308 ;
+    if (v_clear) begin
+    end else if (\$3642 ) begin
+      if (\$signal$388 ) begin
+        \$signal$375  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$381  = \$signal$307 ;
-    if (\$3643 ) begin
-      \$signal$381  = 1'h0;
-    end else if (\$3644 ) begin
-      if (\$signal$389 ) begin
-        \$signal$381  = 1'h0;
+    \$signal$377  = \$signal$378 ;
+    if (v_clear) begin
+      \$signal$377  = 1'h0;
+    end else if (\$3642 ) begin
+      if (\$signal$388 ) begin
+        \$signal$377  = \$signal$380 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$382  = \$signal$383 ;
-    if (\$3643 ) begin
-    end else if (\$3644 ) begin
-      if (\$signal$389 ) begin
-        \$signal$382  = \$signal$384 ;
+    \$signal$379  = \$signal$380 ;
+    if (v_clear) begin
+      \$signal$379  = 1'h0;
+    end else if (\$3642 ) begin
+      if (\$signal$388 ) begin
+        \$signal$379  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$3615 ;
-    if (\$3643 ) begin
+    \$signal$381  = \$signal$382 ;
+    if (v_clear) begin
+    end else if (\$3642 ) begin
+      if (\$signal$388 ) begin
+        \$signal$381  = \$signal$383 ;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    allow_load = \$3611 ;
+    if (v_clear) begin
       allow_load = 1'h0;
     end
   end
@@ -16483,270 +16513,150 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$3625 ;
+      end_ok = \$3621 ;
     end else begin
-      end_ok = \$3636 ;
+      end_ok = \$3632 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$3633 ;
+      end_bad = \$3629 ;
     end else begin
-      end_bad = \$3640 ;
+      end_bad = \$3636 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$397  = \$3649 ;
-    if (\$3658 ) begin
-      \$signal$397  = \$3662 ;
+    \$signal$400  = \$3647 ;
+    if (\$3656 ) begin
+      \$signal$400  = \$3660 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$3652 ;
-    if (\$3658 ) begin
-      lr_n = \$3663 ;
+    lr_n = \$3650 ;
+    if (\$3656 ) begin
+      lr_n = \$3661 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$3658 ) begin
-      stride = \$3661 ;
+    if (\$3656 ) begin
+      stride = \$3659 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 5'h00;
-    if (\$3672 ) begin
-      r_a_sel = { \$3677 , \$3676 , \$3675 , \$3674 , \$3673  };
+    if (\$3670 ) begin
+      r_a_sel = { \$3675 , \$3674 , \$3673 , \$3672 , \$3671  };
     end
-    if (\$3678 ) begin
-      r_a_sel = { \$3688 , \$3686 , \$3684 , \$3682 , \$3680  };
+    if (\$3676 ) begin
+      r_a_sel = { \$3686 , \$3684 , \$3682 , \$3680 , \$3678  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 5'h00;
-    if (\$3697 ) begin
-      r_b_sel = { \$3702 , \$3701 , \$3700 , \$3699 , \$3698  };
+    if (\$3695 ) begin
+      r_b_sel = { \$3700 , \$3699 , \$3698 , \$3697 , \$3696  };
     end
-    if (\$3703 ) begin
-      r_b_sel = { \$3713 , \$3711 , \$3709 , \$3707 , \$3705  };
+    if (\$3701 ) begin
+      r_b_sel = { \$3711 , \$3709 , \$3707 , \$3705 , \$3703  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 5'h00;
-    if (\$3722 ) begin
-      r_c_sel = { \$3727 , \$3726 , \$3725 , \$3724 , \$3723  };
+    if (\$3720 ) begin
+      r_c_sel = { \$3725 , \$3724 , \$3723 , \$3722 , \$3721  };
     end
-    if (\$3728 ) begin
-      r_c_sel = { \$3738 , \$3736 , \$3734 , \$3732 , \$3730  };
+    if (\$3726 ) begin
+      r_c_sel = { \$3736 , \$3734 , \$3732 , \$3730 , \$3728  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3881  = 1'h0;
-    if (\$3841 ) begin
-      \$3881  = 1'h1;
+    \$3893  = 1'h0;
+    if (\$3847 ) begin
+      \$3893  = 1'h1;
     end
     if (rst) begin
-      \$3881  = 1'h0;
+      \$3893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3882  = a_grp0;
+    \$3894  = a_grp0;
     if (rdy_a) begin
-      \$3882  = grp0;
+      \$3894  = grp0;
     end
     if (rst) begin
-      \$3882  = 16'h0000;
+      \$3894  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3883  = a_gsel0;
+    \$3895  = a_gsel0;
     if (rdy_a) begin
-      \$3883  = gsel0;
+      \$3895  = gsel0;
     end
     if (rst) begin
-      \$3883  = 3'h0;
+      \$3895  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3884  = a_lr0;
+    \$3896  = a_lr0;
     if (rdy_a) begin
-      \$3884  = \$3750 ;
+      \$3896  = \$3748 ;
     end
     if (rst) begin
-      \$3884  = 4'h0;
+      \$3896  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3885  = \$signal$155 ;
+    \$3897  = \$signal$155 ;
     if (rdy_a) begin
-      \$3885 [0] = \$3751 ;
-      \$3885 [1] = \$3755 ;
-      \$3885 [2] = \$3759 ;
-      \$3885 [3] = \$3763 ;
-      \$3885 [4] = \$3767 ;
-      \$3885 [5] = \$3771 ;
-      \$3885 [6] = \$3775 ;
-      \$3885 [7] = \$3779 ;
+      \$3897 [0] = \$3749 ;
+      \$3897 [1] = \$3753 ;
+      \$3897 [2] = \$3757 ;
+      \$3897 [3] = \$3761 ;
+      \$3897 [4] = \$3765 ;
+      \$3897 [5] = \$3769 ;
+      \$3897 [6] = \$3773 ;
+      \$3897 [7] = \$3777 ;
     end
     if (rst) begin
-      \$3885  = 8'h00;
+      \$3897  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3886  = a_nxt;
+    \$3898  = a_nxt;
     if (rdy_a) begin
-      \$3886 [0] = \$3753 ;
-      \$3886 [1] = \$3757 ;
-      \$3886 [2] = \$3761 ;
-      \$3886 [3] = \$3765 ;
-      \$3886 [4] = \$3769 ;
-      \$3886 [5] = \$3773 ;
-      \$3886 [6] = \$3777 ;
-      \$3886 [7] = \$3781 ;
+      \$3898 [0] = \$3751 ;
+      \$3898 [1] = \$3755 ;
+      \$3898 [2] = \$3759 ;
+      \$3898 [3] = \$3763 ;
+      \$3898 [4] = \$3767 ;
+      \$3898 [5] = \$3771 ;
+      \$3898 [6] = \$3775 ;
+      \$3898 [7] = \$3779 ;
     end
     if (rst) begin
-      \$3886  = 8'h00;
+      \$3898  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3887  = a_grp1;
+    \$3899  = a_grp1;
     if (rdy_a) begin
-      \$3887  = grp1;
-    end
-    if (rst) begin
-      \$3887  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3888  = a_gsel1;
-    if (rdy_a) begin
-      \$3888  = gsel1;
-    end
-    if (rst) begin
-      \$3888  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3889  = a_lr1;
-    if (rdy_a) begin
-      \$3889  = \$3754 ;
-    end
-    if (rst) begin
-      \$3889  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3890  = a_grp2;
-    if (rdy_a) begin
-      \$3890  = grp2;
-    end
-    if (rst) begin
-      \$3890  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3891  = a_gsel2;
-    if (rdy_a) begin
-      \$3891  = gsel2;
-    end
-    if (rst) begin
-      \$3891  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3892  = a_lr2;
-    if (rdy_a) begin
-      \$3892  = \$3758 ;
-    end
-    if (rst) begin
-      \$3892  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3893  = a_grp3;
-    if (rdy_a) begin
-      \$3893  = grp3;
-    end
-    if (rst) begin
-      \$3893  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3894  = a_gsel3;
-    if (rdy_a) begin
-      \$3894  = gsel3;
-    end
-    if (rst) begin
-      \$3894  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3895  = a_lr3;
-    if (rdy_a) begin
-      \$3895  = \$3762 ;
-    end
-    if (rst) begin
-      \$3895  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3896  = a_grp4;
-    if (rdy_a) begin
-      \$3896  = grp4;
-    end
-    if (rst) begin
-      \$3896  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3897  = a_gsel4;
-    if (rdy_a) begin
-      \$3897  = gsel4;
-    end
-    if (rst) begin
-      \$3897  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3898  = a_lr4;
-    if (rdy_a) begin
-      \$3898  = \$3766 ;
-    end
-    if (rst) begin
-      \$3898  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3899  = a_grp5;
-    if (rdy_a) begin
-      \$3899  = grp5;
+      \$3899  = grp1;
     end
     if (rst) begin
       \$3899  = 16'h0000;
@@ -16754,9 +16664,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3900  = a_gsel5;
+    \$3900  = a_gsel1;
     if (rdy_a) begin
-      \$3900  = gsel5;
+      \$3900  = gsel1;
     end
     if (rst) begin
       \$3900  = 3'h0;
@@ -16764,9 +16674,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3901  = a_lr5;
+    \$3901  = a_lr1;
     if (rdy_a) begin
-      \$3901  = \$3770 ;
+      \$3901  = \$3752 ;
     end
     if (rst) begin
       \$3901  = 4'h0;
@@ -16774,9 +16684,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3902  = a_grp6;
+    \$3902  = a_grp2;
     if (rdy_a) begin
-      \$3902  = grp6;
+      \$3902  = grp2;
     end
     if (rst) begin
       \$3902  = 16'h0000;
@@ -16784,9 +16694,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3903  = a_gsel6;
+    \$3903  = a_gsel2;
     if (rdy_a) begin
-      \$3903  = gsel6;
+      \$3903  = gsel2;
     end
     if (rst) begin
       \$3903  = 3'h0;
@@ -16794,9 +16704,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3904  = a_lr6;
+    \$3904  = a_lr2;
     if (rdy_a) begin
-      \$3904  = \$3774 ;
+      \$3904  = \$3756 ;
     end
     if (rst) begin
       \$3904  = 4'h0;
@@ -16804,9 +16714,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3905  = a_grp7;
+    \$3905  = a_grp3;
     if (rdy_a) begin
-      \$3905  = grp7;
+      \$3905  = grp3;
     end
     if (rst) begin
       \$3905  = 16'h0000;
@@ -16814,9 +16724,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3906  = a_gsel7;
+    \$3906  = a_gsel3;
     if (rdy_a) begin
-      \$3906  = gsel7;
+      \$3906  = gsel3;
     end
     if (rst) begin
       \$3906  = 3'h0;
@@ -16824,9 +16734,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3907  = a_lr7;
+    \$3907  = a_lr3;
     if (rdy_a) begin
-      \$3907  = \$3778 ;
+      \$3907  = \$3760 ;
     end
     if (rst) begin
       \$3907  = 4'h0;
@@ -16834,175 +16744,159 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3908  = \$signal ;
+    \$3908  = a_grp4;
     if (rdy_a) begin
-      \$3908  = rs_w[4:0];
+      \$3908  = grp4;
     end
     if (rst) begin
-      \$3908  = 5'h00;
+      \$3908  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3909  = a_es;
+    \$3909  = a_gsel4;
     if (rdy_a) begin
-      \$3909  = es_w[4:0];
+      \$3909  = gsel4;
     end
     if (rst) begin
-      \$3909  = 5'h00;
+      \$3909  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3910  = \$3783 ;
-    if (rst) begin
-      \$3910  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3911  = ov;
+    \$3910  = a_lr4;
     if (rdy_a) begin
-      \$3911  = emit;
-    end
-    if (any_err) begin
-      \$3911  = 1'h0;
+      \$3910  = \$3764 ;
     end
     if (rst) begin
-      \$3911  = 1'h0;
+      \$3910  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3912  = \$signal$324 ;
+    \$3911  = a_grp5;
     if (rdy_a) begin
-      \$3912  = finish;
+      \$3911  = grp5;
     end
     if (rst) begin
-      \$3912  = 1'h0;
+      \$3911  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3913  = a_last;
+    \$3912  = a_gsel5;
     if (rdy_a) begin
-      \$3913  = \$3784 ;
+      \$3912  = gsel5;
     end
     if (rst) begin
-      \$3913  = 1'h0;
+      \$3912  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3914  = a_val;
+    \$3913  = a_lr5;
     if (rdy_a) begin
-      \$3914  = vsh0;
+      \$3913  = \$3768 ;
     end
     if (rst) begin
-      \$3914  = 64'h0000000000000000;
+      \$3913  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3915  = \$3802 ;
+    \$3914  = a_grp6;
+    if (rdy_a) begin
+      \$3914  = grp6;
+    end
     if (rst) begin
-      \$3915  = 8'h00;
+      \$3914  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3916  = \$3803 ;
+    \$3915  = a_gsel6;
+    if (rdy_a) begin
+      \$3915  = gsel6;
+    end
     if (rst) begin
-      \$3916  = 1'h0;
+      \$3915  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3917  = flush_d;
-    (* full_case = 32'd1 *)
-    if (any_err) begin
-      \$3917  = 2'h0;
-    end else if (\$3804 ) begin
-      \$3917  = 2'h0;
-    end else begin
-      if (mat_end) begin
-        if (\$3807 ) begin
-          \$3917  = \$3808 ;
-        end
-        if (\$3811 ) begin
-          \$3917  = \$3812 [1:0];
-        end
-      end
+    \$3916  = a_lr6;
+    if (rdy_a) begin
+      \$3916  = \$3772 ;
     end
     if (rst) begin
-      \$3917  = 2'h0;
+      \$3916  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3918  = mbuf;
-    if (\$3813 ) begin
-      \$3918  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    \$3917  = a_grp7;
+    if (rdy_a) begin
+      \$3917  = grp7;
     end
     if (rst) begin
-      \$3918  = 92'h00000000000000000000000;
+      \$3917  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3919  = mbuf_v;
-    if (\$3813 ) begin
-      \$3919  = 1'h1;
-    end else if (take_buf) begin
-      \$3919  = 1'h0;
+    \$3918  = a_gsel7;
+    if (rdy_a) begin
+      \$3918  = gsel7;
     end
     if (rst) begin
-      \$3919  = 1'h0;
+      \$3918  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3920  = mbeat0_n;
-    if (take_buf) begin
-      if (\$3816 ) begin
-        \$3920  = mbuf;
-      end
+    \$3919  = a_lr7;
+    if (rdy_a) begin
+      \$3919  = \$3776 ;
     end
     if (rst) begin
-      \$3920  = 92'h00000000000000000000000;
+      \$3919  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3921  = mbeat1_n;
-    if (take_buf) begin
-      if (\$3821 ) begin
-        \$3921  = mbuf;
-      end
+    \$3920  = \$signal ;
+    if (rdy_a) begin
+      \$3920  = rs_w[4:0];
     end
     if (rst) begin
-      \$3921  = 92'h00000000000000000000000;
+      \$3920  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3922  = mbeat0_nv;
-    if (take_buf) begin
-      if (\$3816 ) begin
-        \$3922  = 1'h1;
-      end
+    \$3921  = a_es;
+    if (rdy_a) begin
+      \$3921  = es_w[4:0];
     end
+    if (rst) begin
+      \$3921  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3922  = \$3781 ;
     if (rst) begin
       \$3922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3923  = mbeat1_nv;
-    if (take_buf) begin
-      if (\$3821 ) begin
-        \$3923  = 1'h1;
-      end
+    \$3923  = ov;
+    if (rdy_a) begin
+      \$3923  = emit;
+    end
+    if (any_err) begin
+      \$3923  = 1'h0;
     end
     if (rst) begin
       \$3923  = 1'h0;
@@ -17010,305 +16904,282 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3924  = Rs0;
-    end else begin
-      \$3924  = \$3822 [8:0];
+    \$3924  = \$signal$322 ;
+    if (rdy_a) begin
+      \$3924  = finish;
     end
     if (rst) begin
-      \$3924  = 9'h000;
+      \$3924  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3925  = a_last;
+    if (rdy_a) begin
+      \$3925  = \$3782 ;
+    end
+    if (rst) begin
+      \$3925  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3926  = a_val;
+    if (rdy_a) begin
+      \$3926  = vsh0;
+    end
+    if (rst) begin
+      \$3926  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3927  = \$3800 ;
+    if (rst) begin
+      \$3927  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3928  = \$3801 ;
+    if (rst) begin
+      \$3928  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3929  = flush_d;
+    (* full_case = 32'd1 *)
+    if (any_err) begin
+      \$3929  = 2'h0;
+    end else if (\$3802 ) begin
+      \$3929  = 2'h0;
+    end else begin
+      if (mat_end) begin
+        if (\$3805 ) begin
+          \$3929  = \$3806 ;
+        end
+        if (\$3809 ) begin
+          \$3929  = \$3810 [1:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$3929  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3930  = mbuf;
+    if (\$3811 ) begin
+      \$3930  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    end
+    if (rst) begin
+      \$3930  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3931  = mbuf_v;
+    if (\$3811 ) begin
+      \$3931  = 1'h1;
+    end else if (take_buf) begin
+      \$3931  = 1'h0;
+    end
+    if (rst) begin
+      \$3931  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3932  = mbeat0_n;
+    if (take_buf) begin
+      if (\$3814 ) begin
+        \$3932  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$3932  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3933  = mbeat1_n;
+    if (take_buf) begin
+      if (\$3819 ) begin
+        \$3933  = mbuf;
+      end
+    end
+    if (rst) begin
+      \$3933  = 92'h00000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3934  = mbeat0_nv;
+    if (take_buf) begin
+      if (\$3814 ) begin
+        \$3934  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$3934  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3935  = mbeat1_nv;
+    if (take_buf) begin
+      if (\$3819 ) begin
+        \$3935  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$3935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3925  = Rs1;
+      \$3936  = Rs0;
     end else begin
-      \$3925  = \$3823 [8:0];
+      \$3936  = \$3821 [8:0];
     end
     if (rst) begin
-      \$3925  = 9'h000;
+      \$3936  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3926  = Rs2;
+      \$3937  = Rs1;
     end else begin
-      \$3926  = \$3824 [8:0];
+      \$3937  = \$3823 [8:0];
     end
     if (rst) begin
-      \$3926  = 9'h000;
+      \$3937  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3927  = Rs3;
+      \$3938  = Rs2;
     end else begin
-      \$3927  = \$3825 [8:0];
+      \$3938  = \$3825 [8:0];
     end
     if (rst) begin
-      \$3927  = 9'h000;
+      \$3938  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3928  = Rs4;
+      \$3939  = Rs3;
     end else begin
-      \$3928  = \$3826 [8:0];
+      \$3939  = \$3827 [8:0];
     end
     if (rst) begin
-      \$3928  = 9'h000;
+      \$3939  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3929  = Rs5;
+      \$3940  = Rs4;
     end else begin
-      \$3929  = \$3827 [8:0];
+      \$3940  = \$3829 [8:0];
     end
     if (rst) begin
-      \$3929  = 9'h000;
+      \$3940  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3930  = Rs6;
+      \$3941  = Rs5;
     end else begin
-      \$3930  = \$3828 [8:0];
+      \$3941  = \$3831 [8:0];
     end
     if (rst) begin
-      \$3930  = 9'h000;
+      \$3941  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3931  = Rs7;
+      \$3942  = Rs6;
     end else begin
-      \$3931  = \$3829 [8:0];
+      \$3942  = \$3833 [8:0];
     end
     if (rst) begin
-      \$3931  = 9'h000;
+      \$3942  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3932  = Rsm1;
+      \$3943  = Rs7;
     end else begin
-      \$3932  = \$3830 [8:0];
+      \$3943  = \$3835 [8:0];
     end
     if (rst) begin
-      \$3932  = 9'h000;
+      \$3943  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3933  = vpos;
-    if (\$3833 ) begin
-      \$3933  = 3'h0;
-    end else if (\$3834 ) begin
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3944  = Rsm1;
+    end else begin
+      \$3944  = \$3837 [8:0];
+    end
+    if (rst) begin
+      \$3944  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3945  = \$3839 [4:0];
+    if (rst) begin
+      \$3945  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3946  = vpos;
+    if (v_clear) begin
+      \$3946  = 3'h0;
+    end else if (\$3840 ) begin
       (* full_case = 32'd1 *)
-      if (\$signal$389 ) begin
-        \$3933  = \$3835 [2:0];
+      if (\$signal$388 ) begin
+        \$3946  = \$3841 [2:0];
       end else begin
-        \$3933  = vpos_n[2:0];
+        \$3946  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$3933  = 3'h0;
+      \$3946  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3934  = vlast_loaded;
-    if (\$3833 ) begin
-      \$3934  = 1'h0;
-    end
-    if (\$3836 ) begin
-      if (\$3840 ) begin
-        \$3934  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$3934  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3935  = prev_last;
-    if (\$3833 ) begin
-      \$3935  = 1'h0;
-    end else if (\$3834 ) begin
-      if (\$signal$389 ) begin
-        \$3935  = \$signal$383 ;
-      end
-    end
-    if (rst) begin
-      \$3935  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3936  = any_val;
-    if (\$3833 ) begin
-      \$3936  = 1'h0;
-    end else if (\$3834 ) begin
-      \$3936  = 1'h1;
-    end
-    if (rst) begin
-      \$3936  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3937  = \$signal$378 ;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-        \$3937  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3937  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3938  = VB;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-      end else if (\$3838 ) begin
-        \$3938  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3938  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3939  = \$signal$380 ;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-        \$3939  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3939  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3940  = \$signal$381 ;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-      end else if (\$3838 ) begin
-        \$3940  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3940  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3941  = \$signal$382 ;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-        \$3941  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$3941  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3942  = \$signal$384 ;
-    if (\$3836 ) begin
-      if (\$3837 ) begin
-      end else if (\$3838 ) begin
-        \$3942  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$3942  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3943  = running;
-    if (\$3841 ) begin
-      \$3943  = 1'h1;
-    end
-    if (mat_end) begin
-      \$3943  = 1'h0;
-    end
-    if (any_err) begin
-      \$3943  = 1'h0;
-    end
-    if (rst) begin
-      \$3943  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3944  = rows_left;
-    if (\$3841 ) begin
-      \$3944  = i_cmd__payload[15:0];
-    end
-    if (\$3843 ) begin
-      \$3944  = \$3844 [15:0];
-    end
-    if (rst) begin
-      \$3944  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3945  = cols_r;
-    if (\$3841 ) begin
-      \$3945  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$3945  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3946  = stride_w;
-    if (\$3841 ) begin
-      \$3946  = \$3842 [6:0];
-    end
-    if (rst) begin
-      \$3946  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3947  = endv;
-    if (mat_end) begin
-      \$3947  = 1'h1;
-    end
-    if (\$3846 ) begin
+    \$3947  = vlast_loaded;
+    if (v_clear) begin
       \$3947  = 1'h0;
     end
-    if (any_err) begin
-      \$3947  = 1'h0;
+    if (\$3842 ) begin
+      if (\$3846 ) begin
+        \$3947  = i_value__payload[64];
+      end
     end
     if (rst) begin
       \$3947  = 1'h0;
@@ -17316,107 +17187,273 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$3847 ) begin
-      \$3948  = 8'h00;
-    end else if (any_err) begin
-      \$3948  = 8'h00;
-    end else begin
-      \$3948  = \$3859 [7:0];
+    \$3948  = prev_last;
+    if (v_clear) begin
+      \$3948  = 1'h0;
+    end else if (\$3840 ) begin
+      if (\$signal$388 ) begin
+        \$3948  = \$signal$382 ;
+      end
     end
     if (rst) begin
-      \$3948  = 8'h00;
+      \$3948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$3847 ) begin
-      \$3949  = \$3848 [8:0];
-    end else if (any_err) begin
-      \$3949  = { 2'h0, stride_w };
-    end else begin
-      \$3949  = \$3860 [8:0];
+    \$3949  = any_val;
+    if (v_clear) begin
+      \$3949  = 1'h0;
+    end else if (\$3840 ) begin
+      \$3949  = 1'h1;
     end
     if (rst) begin
-      \$3949  = 9'h000;
+      \$3949  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$3847 ) begin
-      \$3950  = \$3850 [9:0];
-    end else if (any_err) begin
-      \$3950  = { 2'h0, \$3855  };
-    end else begin
-      \$3950  = \$3862 [9:0];
+    \$3950  = \$signal$375 ;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+        \$3950  = i_value__payload[63:0];
+      end
     end
     if (rst) begin
-      \$3950  = 10'h000;
+      \$3950  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (\$3847 ) begin
-      \$3951  = \$3854 [10:0];
-    end else if (any_err) begin
-      \$3951  = { 2'h0, \$3857  };
-    end else begin
-      \$3951  = \$3866 [10:0];
+    \$3951  = VB;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+      end else if (\$3844 ) begin
+        \$3951  = i_value__payload[63:0];
+      end
     end
     if (rst) begin
-      \$3951  = 11'h000;
+      \$3951  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3952  = \$signal$397 ;
+    \$3952  = \$signal$377 ;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+        \$3952  = 1'h1;
+      end
+    end
     if (rst) begin
       \$3952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3953  = lr_n;
+    \$3953  = \$signal$379 ;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+      end else if (\$3844 ) begin
+        \$3953  = 1'h1;
+      end
+    end
     if (rst) begin
       \$3953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3954  = \$3868 [8:0];
+    \$3954  = \$signal$381 ;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+        \$3954  = i_value__payload[64];
+      end
+    end
     if (rst) begin
-      \$3954  = 9'h000;
+      \$3954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3955  = \$3870 [8:0];
+    \$3955  = \$signal$383 ;
+    if (\$3842 ) begin
+      if (\$3843 ) begin
+      end else if (\$3844 ) begin
+        \$3955  = i_value__payload[64];
+      end
+    end
     if (rst) begin
-      \$3955  = 9'h000;
+      \$3955  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3956  = \$3873 ;
+    \$3956  = running;
+    if (\$3847 ) begin
+      \$3956  = 1'h1;
+    end
+    if (mat_end) begin
+      \$3956  = 1'h0;
+    end
+    if (any_err) begin
+      \$3956  = 1'h0;
+    end
     if (rst) begin
       \$3956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3957  = \$3879 ;
+    \$3957  = rows_left;
+    if (\$3847 ) begin
+      \$3957  = i_cmd__payload[15:0];
+    end
+    if (\$3849 ) begin
+      \$3957  = \$3850 [15:0];
+    end
     if (rst) begin
-      \$3957  = 1'h0;
+      \$3957  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3958  = \$3880 ;
+    \$3958  = cols_r;
+    if (\$3847 ) begin
+      \$3958  = i_cmd__payload[26:16];
+    end
     if (rst) begin
-      \$3958  = 4'h0;
+      \$3958  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3959  = stride_w;
+    if (\$3847 ) begin
+      \$3959  = \$3848 [6:0];
+    end
+    if (rst) begin
+      \$3959  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3960  = endv;
+    if (mat_end) begin
+      \$3960  = 1'h1;
+    end
+    if (\$3852 ) begin
+      \$3960  = 1'h0;
+    end
+    if (any_err) begin
+      \$3960  = 1'h0;
+    end
+    if (rst) begin
+      \$3960  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3853 ) begin
+      \$3961  = 8'h00;
+    end else if (any_err) begin
+      \$3961  = 8'h00;
+    end else begin
+      \$3961  = \$3865 [7:0];
+    end
+    if (rst) begin
+      \$3961  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3853 ) begin
+      \$3962  = \$3854 [8:0];
+    end else if (any_err) begin
+      \$3962  = { 2'h0, stride_w };
+    end else begin
+      \$3962  = \$3866 [8:0];
+    end
+    if (rst) begin
+      \$3962  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3853 ) begin
+      \$3963  = \$3856 [9:0];
+    end else if (any_err) begin
+      \$3963  = { 2'h0, \$3861  };
+    end else begin
+      \$3963  = \$3868 [9:0];
+    end
+    if (rst) begin
+      \$3963  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3853 ) begin
+      \$3964  = \$3860 [10:0];
+    end else if (any_err) begin
+      \$3964  = { 2'h0, \$3863  };
+    end else begin
+      \$3964  = \$3872 [10:0];
+    end
+    if (rst) begin
+      \$3964  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3965  = \$signal$400 ;
+    if (rst) begin
+      \$3965  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3966  = lr_n;
+    if (rst) begin
+      \$3966  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3967  = \$3875 [8:0];
+    if (rst) begin
+      \$3967  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3968  = \$3878 [8:0];
+    if (rst) begin
+      \$3968  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3969  = \$3881 ;
+    if (rst) begin
+      \$3969  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3970  = \$3891 ;
+    if (rst) begin
+      \$3970  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3971  = \$3892 ;
+    if (rst) begin
+      \$3971  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -17469,14 +17506,14 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign ws7h_rh = \$3544 [1:0];
   assign selpos7 = { 1'h0, a_gsel7, ws7 };
   assign rel7 = { \$3546 [4:0], a_gsel7[0], ws7 };
-  assign vavail = \$3550 [4:0];
   assign o_lanes__valid = ov;
-  assign \$like  = \$3568 [8:0];
-  assign es2_n0 = \$3569 [9:0];
+  assign \$like  = \$3564 [8:0];
+  assign es2_n0 = \$3565 [9:0];
   assign VB1 = VB;
-  assign \$signal$385  = \$signal$384 ;
-  assign need = \$3616 [3:0];
-  assign av_n = \$3671 [2:0];
+  assign \$signal$384  = \$signal$383 ;
+  assign need = \$3612 [3:0];
+  assign v_left = \$3641 [4:0];
+  assign av_n = \$3669 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17503,12 +17540,12 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$3749 ;
+  assign flags[2] = \$3747 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$324 ;
+  assign o_lanes__payload[160] = \$signal$322 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
   assign o_lanes__payload[79:70] = { \$3546 [4:0], a_gsel7[0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
@@ -17542,24 +17579,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign o_lanes__payload[152] = a_nxt[0];
   assign o_lanes__payload[144] = \$signal$155 [0];
   assign Rn7 = R7;
-  assign \$3597  = \$3596 ;
-  assign \$3660  = 12'hfe0;
-  assign \$3661 [4:0] = 5'h00;
-  assign \$3661 [11:5] = \$3659 [11:5];
-  assign \$3665  = mbuf_v;
-  assign \$3678  = \$signal$349 ;
-  assign \$3703  = \$signal$349 ;
-  assign \$3728  = \$signal$349 ;
-  assign \$3816  = \$3815 ;
-  assign \$3842  = { 5'h00, stride[11:5] };
+  assign \$3593  = \$3592 ;
+  assign \$3658  = 12'hfe0;
+  assign \$3659 [4:0] = 5'h00;
+  assign \$3659 [11:5] = \$3657 [11:5];
+  assign \$3663  = mbuf_v;
+  assign \$3676  = \$signal$346 ;
+  assign \$3701  = \$signal$346 ;
+  assign \$3726  = \$signal$346 ;
+  assign \$3814  = \$3813 ;
   assign \$3848  = { 5'h00, stride[11:5] };
-  assign \$3849  = { 5'h00, stride[11:5] };
-  assign \$3850  = { \$3849 , 1'h0 };
-  assign \$3851  = { 5'h00, stride[11:5] };
-  assign \$3852  = { 5'h00, stride[11:5] };
-  assign \$3853  = { \$3852 , 1'h0 };
-  assign \$3855  = { stride_w, 1'h0 };
-  assign \$3856  = { stride_w, 1'h0 };
+  assign \$3854  = { 5'h00, stride[11:5] };
+  assign \$3855  = { 5'h00, stride[11:5] };
+  assign \$3856  = { \$3855 , 1'h0 };
+  assign \$3857  = { 5'h00, stride[11:5] };
+  assign \$3858  = { 5'h00, stride[11:5] };
+  assign \$3859  = { \$3858 , 1'h0 };
+  assign \$3861  = { stride_w, 1'h0 };
+  assign \$3862  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
