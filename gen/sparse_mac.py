@@ -489,7 +489,8 @@ class SparseMacArray(wiring.Component):
 
     Latency: ``config.latency`` cycles from the decoder emitting a row's last lanes to its
     ``o_res`` (no backpressure); per matrix, ``ceil(cols/(bus_bits/8))`` load cycles plus
-    3 cycles of command/end handling before and after the ``ceil(nnz/lanes)``-ideal stream.
+    4 cycles of command handling, the decoder's priming cycle and output register and the
+    value-stream end check, before and after the ``ceil(nnz/lanes)``-ideal stream.
     """
 
     def __init__(self, config: SpmvConfig | None = None, **params):
