@@ -142,6 +142,27 @@ def test_malformed_mask_padding(block, cols):
     assert res.cycles < 2000
 
 
+@pytest.mark.parametrize("backpressure", [0.0, 0.5])
+def test_malformed_mask_padding_in_last_row(backpressure):
+    """A padding bit in the matrix's last row (with a value for it): the check lands after the
+    matrix's end; the flag still rises, no other flag, and the decoder goes idle."""
+    cfg = SpmvConfig(lanes=4, weight_bits=8, block=16, bus_bits=32, max_cols=64, mask_words=1)
+    codes = _codes(np.random.default_rng(5), 3, 40, 0.5, 8)
+    img = bitmap_sections(codes, bits=8, block=16, bus_bits=32)
+    words = [int(w) for w in img.mask_words.reshape(-1)]
+    wpr = img.words_per_row
+    words[2 * wpr + wpr - 1] |= 1 << 31          # last row: last bit of its stride is padding
+    raw = img.values_bytes + bytes([7])          # the value the padding bit takes
+    vb = cfg.value_bus
+    total = int.from_bytes(raw, "little")
+    n = -(-len(raw) * 8 // vb)
+    values = [((total >> (i * vb)) & ((1 << vb) - 1), int(i == n - 1)) for i in range(n)]
+    res = run_decoder(cfg, codes, mask_beats=words, value_beats=values, backpressure=backpressure,
+                      seed=5, max_cycles=2000)
+    assert res.error_flags == 1 << ERRORS["mask_padding"], f"seed 5: flags {res.error_flags:#x}"
+    assert res.cycles < 2000
+
+
 def test_ports_and_validation():
     cfg = _cfg_small()
     dec = BitmapDecoder(cfg)
