@@ -418,13 +418,19 @@ class KVCompressor(wiring.Component):
 
     def _front(self, m, h, s0, tag):
         """FP16 pattern ``h`` (RAM output) and ``s0`` (both valid in the same cycle) -> sign and
-        ``u = sat(floor(|x| * 2**F / 2**s0))`` (``UW`` bits; saturated to all ones), four stages."""
+        ``u = sat(floor(|x| * 2**F / 2**s0))`` (``UW`` bits; saturated to all ones), five stages."""
         F = kvg.HW_F
         h = self._reg(m, h, 16, name=f"{tag}_h")
         s0 = self._reg(m, s0, name=f"{tag}_s0")
-        sign, ex, man = h[15], h[10:15], h[0:10]
-        m11 = Mux(ex == 0, man, Cat(man, Const(1, 1)))
-        ex1 = Cat(ex[0] | (ex == 0), ex[1:])              # max(ex, 1): |x| = m11 * 2**(ex1 - 25)
+        # the FP16 fields decoded and registered first: the RAM output register feeds only LUTs, the
+        # exponent arithmetic starts next to its carry chains
+        ex_ = h[10:15]
+        sign = self._reg(m, h[15], 1, name=f"{tag}_sgn")
+        m11 = self._reg(m, Mux(ex_ == 0, h[0:10], Cat(h[0:10], Const(1, 1))), 11, name=f"{tag}_m11")
+        ex1 = self._reg(m, Cat(ex_[0] | (ex_ == 0), ex_[1:]), 5, name=f"{tag}_ex1")   # max(ex, 1): |x| = m11 * 2**(ex1 - 25)
+        big = self._reg(m, ex_ == 30, 1, name=f"{tag}_big")
+        bad = self._reg(m, ex_ == 31, 1, name=f"{tag}_bad0")
+        s0 = self._reg(m, s0, name=f"{tag}_s0b")
         sh = Signal(signed(11), name=f"{tag}_shc")
         m.d.comb += sh.eq(ex1 + (F - 1) - s0)
         uw = self.uw
@@ -435,8 +441,8 @@ class KVCompressor(wiring.Component):
         r_sat = self._reg(m, sh > lmax, 1, name=f"{tag}_sat")
         r_zero = self._reg(m, sh <= -11, 1, name=f"{tag}_zero")
         r_m = self._reg(m, m11, 11, name=f"{tag}_m")
-        r_sg = self._reg(m, Cat(sign, ex == 30), 2, name=f"{tag}_sg")     # sign, |x| >= 2**15
-        r_bad = self._reg(m, ex == 31, 1, name=f"{tag}_bad")
+        r_sg = self._reg(m, Cat(sign, big), 2, name=f"{tag}_sg")          # sign, |x| >= 2**15
+        r_bad = self._reg(m, bad, 1, name=f"{tag}_bad")
         # the barrel in two registered halves (by amt[:2], then by amt[2:] in steps of 4)
         a1 = self._reg(m, self._shl(m, r_m, r_amt[:2], 14), 14, name=f"{tag}_a1")
         hi1 = self._reg(m, r_amt[2:], len(r_amt) - 2, name=f"{tag}_hi1")
@@ -446,6 +452,31 @@ class KVCompressor(wiring.Component):
         full = self._shl(m, a1, Cat(Const(0, 2), hi1), uw + 11)
         u = Mux(sat1, (1 << uw) - 1, Mux(zero1, 0, full[11:]))
         return self._reg(m, u, uw, name=f"{tag}_u"), self._reg(m, sg1, 2, name=f"{tag}_sg2"), r_bad
+
+    def _mul2(self, m, a, b, width, name):
+        """``a * b`` (unsigned, at most 18 x 18 bits) with registered operands and a registered product:
+        valid two cycles after ``a`` and ``b``.  On an ECP5 the three registers are the MULT18X18D's
+        own input and output registers (no fabric route into or out of the multiplier in the path)."""
+        if self._ecp5 and len(a) <= 18 and len(b) <= 18 and width <= 36:
+            from amaranth.hdl import ClockSignal, Instance
+            pv = Signal(36, name=f"{name}_dsp")
+            ports = {f"i_A{i}": (a[i] if i < len(a) else Const(0, 1)) for i in range(18)}
+            ports.update({f"i_B{i}": (b[i] if i < len(b) else Const(0, 1)) for i in range(18)})
+            ports.update({f"i_C{i}": Const(0, 1) for i in range(18)})
+            ports.update({f"o_P{i}": pv[i] for i in range(36)})
+            clk = ClockSignal("sync")
+            m.submodules[f"{name}_mult"] = Instance(
+                "MULT18X18D", p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_OUTPUT_CLK="CLK0",
+                p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC",
+                p_CLK0_DIV="ENABLED", p_HIGHSPEED_CLK="NONE", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+                i_CLK0=clk, i_CLK1=Const(0, 1), i_CLK2=Const(0, 1), i_CLK3=Const(0, 1),
+                i_CE0=Const(1, 1), i_CE1=Const(0, 1), i_CE2=Const(0, 1), i_CE3=Const(0, 1),
+                i_RST0=Const(0, 1), i_RST1=Const(0, 1), i_RST2=Const(0, 1), i_RST3=Const(0, 1),
+                i_SIGNEDA=Const(0, 1), i_SIGNEDB=Const(0, 1), i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+                **ports)
+            return pv[:width]
+        ar, br = self._reg(m, a, name=f"{name}_a"), self._reg(m, b, name=f"{name}_b")
+        return self._reg(m, ar * br, width, name=name)
 
     def _quant(self, m, u, sg, k, R, tabs, tag):
         """Stages Q3..Q8 for one value at one step: returns per table (in ``tabs``) registered
@@ -457,8 +488,8 @@ class KVCompressor(wiring.Component):
         sh = self._shr(m, u, k) if self.kmax else u
         y = self._reg(m, Mux(sh > ymax, ymax, sh), self.yb, name=f"{tag}_y")
         rr = self._reg(m, R, self.rw, name=f"{tag}_R")
-        sg3 = self._reg(m, sg, 2)
-        prod = self._reg(m, y * rr, self.yb + self.rw, name=f"{tag}_p")
+        sg3 = self._reg(m, self._reg(m, sg, 2), 2)
+        prod = self._mul2(m, y, rr, self.yb + self.rw, f"{tag}_p")
         sg4 = self._reg(m, sg3, 2)
         # values of the top FP16 binade lose a margin: never rounded away from zero (no Inf)
         z0 = prod[kvg.HW_K:]
@@ -584,6 +615,7 @@ class KVCompressor(wiring.Component):
 
     def elaborate(self, platform):  # noqa: C901 - one datapath, stage by stage
         m = Module()
+        self._ecp5 = getattr(platform, "family", None) == "ecp5"
         p, cb, cfg = self.params, self.codebooks, self.config
         P, G, L, K = cfg.values_per_cycle, p.group, p.lanes, cb.k
         NBITS, BEATS, C, T = p.nbits, G // P, cfg.candidates, self.T
@@ -784,6 +816,7 @@ class KVCompressor(wiring.Component):
         fronts = [self._front(m, rd_e.data[16 * q: 16 * q + 16], b_s0e[e_bank1], f"e{q}") for q in range(P)]
         ev = [reg(m, c) for c in ev]                                  # E2
         ev = [reg(m, c) for c in ev]                                  # E3
+        ev = [reg(m, c) for c in ev]                                  # E3b
         # the window's first step code of this bank, looked up one stage ahead of its use
         f0 = reg(m, b_base[ev[3]][:mb] if mb else Const(0, 1), max(mb, 1), name="e4_f0")
         ev = [reg(m, c) for c in ev]                                  # E4
@@ -805,7 +838,7 @@ class KVCompressor(wiring.Component):
                     if cb.has_esc(i):
                         ln = Mux(esc, int(cb.lengths[i, cb.esc]) + cb.esc_bits, ln)
                     bits.setdefault((c, i), []).append(reg(m, ln, _bl(self.iw), name=f"e{q}c{c}k{i}_b"))
-        for _ in range(9):                                             # E4 -> E13 (Q3..Q8, bits)
+        for _ in range(10):                                            # E4 -> E14 (Q3..Q8, bits)
             ev = [reg(m, c) for c in ev]
         bw = _bl(G * self.iw) + 1
         sums = {key: reg(m, self._tree(v, lambda a, b: a + b), bw, name=f"e_sum{key[0]}_{key[1]}")
@@ -910,7 +943,7 @@ class KVCompressor(wiring.Component):
         pv = [piss, pbeat == 0, plast, pbank, pslot_cur]
         pv = [reg(m, c) for c in pv]
         pfr = [self._front(m, rd_p.data[16 * q: 16 * q + 16], b_s0p[pv[3]], f"p{q}") for q in range(P)]
-        pv = [reg(m, reg(m, reg(m, c))) for c in pv]
+        pv = [reg(m, reg(m, reg(m, reg(m, c)))) for c in pv]
         psel = reg(m, b_sel[pv[3]], range(K), name="p_sel")
         pR = reg(m, b_R[pv[3]], self.rw, name="p_R")
         pt = reg(m, b_t[pv[3]], tw, name="p_t")
@@ -923,7 +956,7 @@ class KVCompressor(wiring.Component):
         pv.append(psel == self.fb)
         ptabs = sorted(set(self.tab_of))
         pres = [self._quant(m, u, sg, Const(0, 1), pR, ptabs, f"p{q}") for q, (u, sg, _) in enumerate(pfr)]
-        for _ in range(8):
+        for _ in range(9):
             pv = [reg(m, c) for c in pv]
             psel = reg(m, psel)
         # P11: code, length, escape flag and raw field of every codebook (table lookups, registered);
