@@ -378,15 +378,18 @@ class BitmapDecoder(wiring.Component):
         # REGISTERS: r_at(R, es_w) and r_at(R, es2_w), kept like the row flags
         k_cur_full = Signal(signed(dw))  # set bits left in the current row (if complete)
         k_nxt_full = Signal(signed(dw))  # ... through the next row's end
-        lim_full = Signal(signed(dw))    # set bits this cycle may take
-        with m.If(next_ok):
-            m.d.comb += lim_full.eq(k_nxt_full)
-        with m.Elif(row_complete):
-            m.d.comb += lim_full.eq(k_cur_full)
-        with m.Else():
-            m.d.comb += lim_full.eq(R[-1])
         k = Signal(range(L + 1))
-        m.d.comb += k.eq(Mux(lim_full[-1], 0, Mux(lim_full >= L, L, lim_full[:len(k)])))
+
+        def pick(f):
+            """``f(lim_full)``, lim_full = the set bits this cycle may take (through the next
+            row's end if the current row is complete and a row follows, else through the current
+            row's end if complete, else the whole window), evaluated on each candidate register
+            and then selected: the compares start at registers, the row flags pick results."""
+            return Mux(next_ok, f(k_nxt_full), Mux(row_complete, f(k_cur_full), f(R[-1])))
+
+        def sat(x):
+            return Mux(x[-1], 0, Mux(x >= L, L, x[:len(k)]))
+        m.d.comb += k.eq(pick(sat))
         k_cur = Signal(range(L + 1))
         m.d.comb += k_cur.eq(Mux(k_cur_full[-1], 0, Mux(k_cur_full >= L, L, k_cur_full[:len(k_cur)])))
         finish = Signal()
@@ -466,7 +469,7 @@ class BitmapDecoder(wiring.Component):
         vavail = Signal(range(2 * VPB + 1))
         vals_ok = Signal()
         # k <= vavail, without waiting for k's saturation
-        m.d.comb += vals_ok.eq((vavail >= L) | (lim_full <= vavail))
+        m.d.comb += vals_ok.eq((vavail >= L) | pick(lambda x: x <= vavail))
         vwin = Cat(VA, VB)
         # logarithmic byte shifter, largest step first so every stage is only as wide as what the
         # next stages still need (the L lanes' L*b bits at the end)
@@ -628,11 +631,11 @@ class BitmapDecoder(wiring.Component):
         allow_load = Signal()
         m.d.comb += allow_load.eq(~vlast_loaded)
         # "this cycle's take uses up VA" (vpos + k >= VPB) and "takes any value" (k != 0), decided
-        # from lim_full and vpos, beside k's saturation rather than after it
+        # from the candidates of lim_full and vpos, beside k's saturation rather than after it
         need = Signal(range(VPB + 1))
         m.d.comb += need.eq(VPB - vpos)
         cross, takes = Signal(), Signal()
-        m.d.comb += [cross.eq((need <= L) & (lim_full >= need)), takes.eq(lim_full > 0)]
+        m.d.comb += [cross.eq((need <= L) & pick(lambda x: x >= need)), takes.eq(pick(lambda x: x > 0))]
 
         end_ok = Signal()
         end_bad = Signal()

@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$5907$0 (\$39 [31:0]),
-    .\port$7047$0 (last3),
+    .\port$5924$0 (\$39 [31:0]),
+    .\port$7063$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5907$0 , w_en, w_level, r_data, r_en, \port$7047$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5924$0 , w_en, w_level, r_data, r_en, \port$7063$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5907$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$5907$0 ;
-  wire [31:0] \port$5907$0 ;
-  input \port$7047$0 ;
-  wire \port$7047$0 ;
+  input [31:0] \port$5924$0 ;
+  wire [31:0] \port$5924$0 ;
+  input \port$7063$0 ;
+  wire \port$7063$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5907$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7047$0 , \port$5907$0  };
+      storage[w_port__addr] <= { \port$7063$0 , \port$5924$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5907$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7047$0 , \port$5907$0  };
-  assign w_data = { \port$7047$0 , \port$5907$0  };
+  assign w_port__data = { \port$7063$0 , \port$5924$0  };
+  assign w_data = { \port$7063$0 , \port$5924$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -3724,41 +3724,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1023 ;
   wire \$1024 ;
   wire \$1025 ;
-  wire [1:0] \$1026 ;
-  wire [1:0] \$1027 ;
+  wire \$1026 ;
+  wire \$1027 ;
   wire \$1028 ;
   wire \$1029 ;
   wire \$103 ;
-  wire [1:0] \$1030 ;
+  wire \$1030 ;
   wire \$1031 ;
   wire \$1032 ;
-  wire [2:0] \$1033 ;
-  wire [2:0] \$1034 ;
-  wire [2:0] \$1035 ;
+  wire \$1033 ;
+  wire [1:0] \$1034 ;
+  wire [1:0] \$1035 ;
   wire \$1036 ;
   wire \$1037 ;
-  wire [2:0] \$1038 ;
+  wire [1:0] \$1038 ;
   wire \$1039 ;
   wire \$104 ;
   wire \$1040 ;
   wire [2:0] \$1041 ;
   wire [2:0] \$1042 ;
-  wire \$1043 ;
+  wire [2:0] \$1043 ;
   wire \$1044 ;
-  wire [2:0] \$1045 ;
+  wire \$1045 ;
   wire [2:0] \$1046 ;
-  wire [15:0] \$1047 ;
+  wire \$1047 ;
   wire \$1048 ;
-  wire \$1049 ;
+  wire [2:0] \$1049 ;
   wire \$105 ;
-  wire [15:0] \$1050 ;
-  wire [15:0] \$1051 ;
+  wire [2:0] \$1050 ;
+  wire \$1051 ;
   wire \$1052 ;
-  wire \$1053 ;
-  wire [15:0] \$1054 ;
-  wire \$1055 ;
+  wire [2:0] \$1053 ;
+  wire [2:0] \$1054 ;
+  wire [15:0] \$1055 ;
   wire \$1056 ;
-  wire [15:0] \$1057 ;
+  wire \$1057 ;
   wire [15:0] \$1058 ;
   wire [15:0] \$1059 ;
   wire \$106 ;
@@ -3769,27 +3769,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1064 ;
   wire [15:0] \$1065 ;
   wire [15:0] \$1066 ;
-  wire \$1067 ;
+  wire [15:0] \$1067 ;
   wire \$1068 ;
-  wire [15:0] \$1069 ;
+  wire \$1069 ;
   wire \$107 ;
-  wire \$1070 ;
+  wire [15:0] \$1070 ;
   wire \$1071 ;
-  wire [15:0] \$1072 ;
+  wire \$1072 ;
   wire [15:0] \$1073 ;
   wire [15:0] \$1074 ;
-  wire [3:0] \$1075 ;
+  wire \$1075 ;
   wire \$1076 ;
-  wire \$1077 ;
-  wire [3:0] \$1078 ;
-  wire [3:0] \$1079 ;
+  wire [15:0] \$1077 ;
+  wire \$1078 ;
+  wire \$1079 ;
   wire \$108 ;
-  wire \$1080 ;
-  wire \$1081 ;
-  wire [3:0] \$1082 ;
-  wire \$1083 ;
+  wire [15:0] \$1080 ;
+  wire [15:0] \$1081 ;
+  wire [15:0] \$1082 ;
+  wire [3:0] \$1083 ;
   wire \$1084 ;
-  wire [3:0] \$1085 ;
+  wire \$1085 ;
   wire [3:0] \$1086 ;
   wire [3:0] \$1087 ;
   wire \$1088 ;
@@ -3800,25 +3800,25 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1092 ;
   wire [3:0] \$1093 ;
   wire [3:0] \$1094 ;
-  wire \$1095 ;
+  wire [3:0] \$1095 ;
   wire \$1096 ;
-  wire [3:0] \$1097 ;
-  wire \$1098 ;
+  wire \$1097 ;
+  wire [3:0] \$1098 ;
   wire \$1099 ;
   reg [2:0] \$11 ;
   wire \$110 ;
-  wire [3:0] \$1100 ;
+  wire \$1100 ;
   wire [3:0] \$1101 ;
   wire [3:0] \$1102 ;
   wire \$1103 ;
   wire \$1104 ;
-  wire \$1105 ;
+  wire [3:0] \$1105 ;
   wire \$1106 ;
   wire \$1107 ;
-  wire \$1108 ;
-  wire \$1109 ;
+  wire [3:0] \$1108 ;
+  wire [3:0] \$1109 ;
   wire \$111 ;
-  wire \$1110 ;
+  wire [3:0] \$1110 ;
   wire \$1111 ;
   wire \$1112 ;
   wire \$1113 ;
@@ -4259,41 +4259,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1505 ;
   wire \$1506 ;
   wire \$1507 ;
-  wire [1:0] \$1508 ;
-  wire [1:0] \$1509 ;
+  wire \$1508 ;
+  wire \$1509 ;
   wire \$151 ;
   wire \$1510 ;
   wire \$1511 ;
-  wire [1:0] \$1512 ;
+  wire \$1512 ;
   wire \$1513 ;
   wire \$1514 ;
-  wire [2:0] \$1515 ;
-  wire [2:0] \$1516 ;
-  wire [2:0] \$1517 ;
+  wire \$1515 ;
+  wire [1:0] \$1516 ;
+  wire [1:0] \$1517 ;
   wire \$1518 ;
   wire \$1519 ;
   wire \$152 ;
-  wire [2:0] \$1520 ;
+  wire [1:0] \$1520 ;
   wire \$1521 ;
   wire \$1522 ;
   wire [2:0] \$1523 ;
   wire [2:0] \$1524 ;
-  wire \$1525 ;
+  wire [2:0] \$1525 ;
   wire \$1526 ;
-  wire [2:0] \$1527 ;
+  wire \$1527 ;
   wire [2:0] \$1528 ;
-  wire [15:0] \$1529 ;
+  wire \$1529 ;
   wire \$153 ;
   wire \$1530 ;
-  wire \$1531 ;
-  wire [15:0] \$1532 ;
-  wire [15:0] \$1533 ;
+  wire [2:0] \$1531 ;
+  wire [2:0] \$1532 ;
+  wire \$1533 ;
   wire \$1534 ;
-  wire \$1535 ;
-  wire [15:0] \$1536 ;
-  wire \$1537 ;
+  wire [2:0] \$1535 ;
+  wire [2:0] \$1536 ;
+  wire [15:0] \$1537 ;
   wire \$1538 ;
-  wire [15:0] \$1539 ;
+  wire \$1539 ;
   wire \$154 ;
   wire [15:0] \$1540 ;
   wire [15:0] \$1541 ;
@@ -4304,27 +4304,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1546 ;
   wire [15:0] \$1547 ;
   wire [15:0] \$1548 ;
-  wire \$1549 ;
+  wire [15:0] \$1549 ;
   wire \$155 ;
   wire \$1550 ;
-  wire [15:0] \$1551 ;
-  wire \$1552 ;
+  wire \$1551 ;
+  wire [15:0] \$1552 ;
   wire \$1553 ;
-  wire [15:0] \$1554 ;
+  wire \$1554 ;
   wire [15:0] \$1555 ;
   wire [15:0] \$1556 ;
-  wire [3:0] \$1557 ;
+  wire \$1557 ;
   wire \$1558 ;
-  wire \$1559 ;
+  wire [15:0] \$1559 ;
   wire \$156 ;
-  wire [3:0] \$1560 ;
-  wire [3:0] \$1561 ;
-  wire \$1562 ;
-  wire \$1563 ;
-  wire [3:0] \$1564 ;
-  wire \$1565 ;
+  wire \$1560 ;
+  wire \$1561 ;
+  wire [15:0] \$1562 ;
+  wire [15:0] \$1563 ;
+  wire [15:0] \$1564 ;
+  wire [3:0] \$1565 ;
   wire \$1566 ;
-  wire [3:0] \$1567 ;
+  wire \$1567 ;
   wire [3:0] \$1568 ;
   wire [3:0] \$1569 ;
   wire \$157 ;
@@ -4335,24 +4335,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1574 ;
   wire [3:0] \$1575 ;
   wire [3:0] \$1576 ;
-  wire \$1577 ;
+  wire [3:0] \$1577 ;
   wire \$1578 ;
-  wire [3:0] \$1579 ;
+  wire \$1579 ;
   wire \$158 ;
-  wire \$1580 ;
+  wire [3:0] \$1580 ;
   wire \$1581 ;
-  wire [3:0] \$1582 ;
+  wire \$1582 ;
   wire [3:0] \$1583 ;
   wire [3:0] \$1584 ;
   wire \$1585 ;
   wire \$1586 ;
-  wire \$1587 ;
+  wire [3:0] \$1587 ;
   wire \$1588 ;
   wire \$1589 ;
   wire \$159 ;
-  wire \$1590 ;
-  wire \$1591 ;
-  wire \$1592 ;
+  wire [3:0] \$1590 ;
+  wire [3:0] \$1591 ;
+  wire [3:0] \$1592 ;
   wire \$1593 ;
   wire \$1594 ;
   wire \$1595 ;
@@ -4669,42 +4669,42 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1875 ;
   wire \$1876 ;
   wire \$1877 ;
-  wire [1:0] \$1878 ;
-  wire [1:0] \$1879 ;
+  wire \$1878 ;
+  wire \$1879 ;
   wire \$188 ;
   wire \$1880 ;
   wire \$1881 ;
-  wire [1:0] \$1882 ;
+  wire \$1882 ;
   wire \$1883 ;
   wire \$1884 ;
-  wire [2:0] \$1885 ;
-  wire [2:0] \$1886 ;
-  wire [2:0] \$1887 ;
+  wire \$1885 ;
+  wire [1:0] \$1886 ;
+  wire [1:0] \$1887 ;
   wire \$1888 ;
   wire \$1889 ;
   wire \$189 ;
-  wire [2:0] \$1890 ;
+  wire [1:0] \$1890 ;
   wire \$1891 ;
   wire \$1892 ;
   wire [2:0] \$1893 ;
   wire [2:0] \$1894 ;
-  wire \$1895 ;
+  wire [2:0] \$1895 ;
   wire \$1896 ;
-  wire [2:0] \$1897 ;
+  wire \$1897 ;
   wire [2:0] \$1898 ;
-  wire [15:0] \$1899 ;
+  wire \$1899 ;
   reg [2:0] \$19 ;
   wire \$190 ;
   wire \$1900 ;
-  wire \$1901 ;
-  wire [15:0] \$1902 ;
-  wire [15:0] \$1903 ;
+  wire [2:0] \$1901 ;
+  wire [2:0] \$1902 ;
+  wire \$1903 ;
   wire \$1904 ;
-  wire \$1905 ;
-  wire [15:0] \$1906 ;
-  wire \$1907 ;
+  wire [2:0] \$1905 ;
+  wire [2:0] \$1906 ;
+  wire [15:0] \$1907 ;
   wire \$1908 ;
-  wire [15:0] \$1909 ;
+  wire \$1909 ;
   wire \$191 ;
   wire [15:0] \$1910 ;
   wire [15:0] \$1911 ;
@@ -4715,27 +4715,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1916 ;
   wire [15:0] \$1917 ;
   wire [15:0] \$1918 ;
-  wire \$1919 ;
+  wire [15:0] \$1919 ;
   wire \$192 ;
   wire \$1920 ;
-  wire [15:0] \$1921 ;
-  wire \$1922 ;
+  wire \$1921 ;
+  wire [15:0] \$1922 ;
   wire \$1923 ;
-  wire [15:0] \$1924 ;
+  wire \$1924 ;
   wire [15:0] \$1925 ;
   wire [15:0] \$1926 ;
-  wire [3:0] \$1927 ;
+  wire \$1927 ;
   wire \$1928 ;
-  wire \$1929 ;
+  wire [15:0] \$1929 ;
   wire \$193 ;
-  wire [3:0] \$1930 ;
-  wire [3:0] \$1931 ;
-  wire \$1932 ;
-  wire \$1933 ;
-  wire [3:0] \$1934 ;
-  wire \$1935 ;
+  wire \$1930 ;
+  wire \$1931 ;
+  wire [15:0] \$1932 ;
+  wire [15:0] \$1933 ;
+  wire [15:0] \$1934 ;
+  wire [3:0] \$1935 ;
   wire \$1936 ;
-  wire [3:0] \$1937 ;
+  wire \$1937 ;
   wire [3:0] \$1938 ;
   wire [3:0] \$1939 ;
   wire \$194 ;
@@ -4746,24 +4746,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$1944 ;
   wire [3:0] \$1945 ;
   wire [3:0] \$1946 ;
-  wire \$1947 ;
+  wire [3:0] \$1947 ;
   wire \$1948 ;
-  wire [3:0] \$1949 ;
+  wire \$1949 ;
   wire \$195 ;
-  wire \$1950 ;
+  wire [3:0] \$1950 ;
   wire \$1951 ;
-  wire [3:0] \$1952 ;
+  wire \$1952 ;
   wire [3:0] \$1953 ;
   wire [3:0] \$1954 ;
   wire \$1955 ;
   wire \$1956 ;
-  wire \$1957 ;
+  wire [3:0] \$1957 ;
   wire \$1958 ;
   wire \$1959 ;
   wire \$196 ;
-  wire \$1960 ;
-  wire \$1961 ;
-  wire \$1962 ;
+  wire [3:0] \$1960 ;
+  wire [3:0] \$1961 ;
+  wire [3:0] \$1962 ;
   wire \$1963 ;
   wire \$1964 ;
   wire \$1965 ;
@@ -5214,41 +5214,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2365 ;
   wire \$2366 ;
   wire \$2367 ;
-  wire [1:0] \$2368 ;
-  wire [1:0] \$2369 ;
+  wire \$2368 ;
+  wire \$2369 ;
   wire \$237 ;
   wire \$2370 ;
   wire \$2371 ;
-  wire [1:0] \$2372 ;
+  wire \$2372 ;
   wire \$2373 ;
   wire \$2374 ;
-  wire [2:0] \$2375 ;
-  wire [2:0] \$2376 ;
-  wire [2:0] \$2377 ;
+  wire \$2375 ;
+  wire [1:0] \$2376 ;
+  wire [1:0] \$2377 ;
   wire \$2378 ;
   wire \$2379 ;
   wire \$238 ;
-  wire [2:0] \$2380 ;
+  wire [1:0] \$2380 ;
   wire \$2381 ;
   wire \$2382 ;
   wire [2:0] \$2383 ;
   wire [2:0] \$2384 ;
-  wire \$2385 ;
+  wire [2:0] \$2385 ;
   wire \$2386 ;
-  wire [2:0] \$2387 ;
+  wire \$2387 ;
   wire [2:0] \$2388 ;
-  wire [15:0] \$2389 ;
+  wire \$2389 ;
   wire \$239 ;
   wire \$2390 ;
-  wire \$2391 ;
-  wire [15:0] \$2392 ;
-  wire [15:0] \$2393 ;
+  wire [2:0] \$2391 ;
+  wire [2:0] \$2392 ;
+  wire \$2393 ;
   wire \$2394 ;
-  wire \$2395 ;
-  wire [15:0] \$2396 ;
-  wire \$2397 ;
+  wire [2:0] \$2395 ;
+  wire [2:0] \$2396 ;
+  wire [15:0] \$2397 ;
   wire \$2398 ;
-  wire [15:0] \$2399 ;
+  wire \$2399 ;
   wire [3:0] \$24 ;
   wire \$240 ;
   wire [15:0] \$2400 ;
@@ -5260,27 +5260,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2406 ;
   wire [15:0] \$2407 ;
   wire [15:0] \$2408 ;
-  wire \$2409 ;
+  wire [15:0] \$2409 ;
   wire \$241 ;
   wire \$2410 ;
-  wire [15:0] \$2411 ;
-  wire \$2412 ;
+  wire \$2411 ;
+  wire [15:0] \$2412 ;
   wire \$2413 ;
-  wire [15:0] \$2414 ;
+  wire \$2414 ;
   wire [15:0] \$2415 ;
   wire [15:0] \$2416 ;
-  wire [3:0] \$2417 ;
+  wire \$2417 ;
   wire \$2418 ;
-  wire \$2419 ;
+  wire [15:0] \$2419 ;
   wire \$242 ;
-  wire [3:0] \$2420 ;
-  wire [3:0] \$2421 ;
-  wire \$2422 ;
-  wire \$2423 ;
-  wire [3:0] \$2424 ;
-  wire \$2425 ;
+  wire \$2420 ;
+  wire \$2421 ;
+  wire [15:0] \$2422 ;
+  wire [15:0] \$2423 ;
+  wire [15:0] \$2424 ;
+  wire [3:0] \$2425 ;
   wire \$2426 ;
-  wire [3:0] \$2427 ;
+  wire \$2427 ;
   wire [3:0] \$2428 ;
   wire [3:0] \$2429 ;
   wire \$243 ;
@@ -5291,24 +5291,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2434 ;
   wire [3:0] \$2435 ;
   wire [3:0] \$2436 ;
-  wire \$2437 ;
+  wire [3:0] \$2437 ;
   wire \$2438 ;
-  wire [3:0] \$2439 ;
+  wire \$2439 ;
   wire \$244 ;
-  wire \$2440 ;
+  wire [3:0] \$2440 ;
   wire \$2441 ;
-  wire [3:0] \$2442 ;
+  wire \$2442 ;
   wire [3:0] \$2443 ;
   wire [3:0] \$2444 ;
   wire \$2445 ;
   wire \$2446 ;
-  wire \$2447 ;
+  wire [3:0] \$2447 ;
   wire \$2448 ;
   wire \$2449 ;
   wire \$245 ;
-  wire \$2450 ;
-  wire \$2451 ;
-  wire \$2452 ;
+  wire [3:0] \$2450 ;
+  wire [3:0] \$2451 ;
+  wire [3:0] \$2452 ;
   wire \$2453 ;
   wire \$2454 ;
   wire \$2455 ;
@@ -5634,41 +5634,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2743 ;
   wire \$2744 ;
   wire \$2745 ;
-  wire [1:0] \$2746 ;
-  wire [1:0] \$2747 ;
+  wire \$2746 ;
+  wire \$2747 ;
   wire \$2748 ;
   wire \$2749 ;
   wire \$275 ;
-  wire [1:0] \$2750 ;
+  wire \$2750 ;
   wire \$2751 ;
   wire \$2752 ;
-  wire [2:0] \$2753 ;
-  wire [2:0] \$2754 ;
-  wire [2:0] \$2755 ;
+  wire \$2753 ;
+  wire [1:0] \$2754 ;
+  wire [1:0] \$2755 ;
   wire \$2756 ;
   wire \$2757 ;
-  wire [2:0] \$2758 ;
+  wire [1:0] \$2758 ;
   wire \$2759 ;
   wire \$276 ;
   wire \$2760 ;
   wire [2:0] \$2761 ;
   wire [2:0] \$2762 ;
-  wire \$2763 ;
+  wire [2:0] \$2763 ;
   wire \$2764 ;
-  wire [2:0] \$2765 ;
+  wire \$2765 ;
   wire [2:0] \$2766 ;
-  wire [15:0] \$2767 ;
+  wire \$2767 ;
   wire \$2768 ;
-  wire \$2769 ;
+  wire [2:0] \$2769 ;
   wire \$277 ;
-  wire [15:0] \$2770 ;
-  wire [15:0] \$2771 ;
+  wire [2:0] \$2770 ;
+  wire \$2771 ;
   wire \$2772 ;
-  wire \$2773 ;
-  wire [15:0] \$2774 ;
-  wire \$2775 ;
+  wire [2:0] \$2773 ;
+  wire [2:0] \$2774 ;
+  wire [15:0] \$2775 ;
   wire \$2776 ;
-  wire [15:0] \$2777 ;
+  wire \$2777 ;
   wire [15:0] \$2778 ;
   wire [15:0] \$2779 ;
   wire \$278 ;
@@ -5679,28 +5679,28 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2784 ;
   wire [15:0] \$2785 ;
   wire [15:0] \$2786 ;
-  wire \$2787 ;
+  wire [15:0] \$2787 ;
   wire \$2788 ;
-  wire [15:0] \$2789 ;
+  wire \$2789 ;
   wire \$279 ;
-  wire \$2790 ;
+  wire [15:0] \$2790 ;
   wire \$2791 ;
-  wire [15:0] \$2792 ;
+  wire \$2792 ;
   wire [15:0] \$2793 ;
   wire [15:0] \$2794 ;
-  wire [3:0] \$2795 ;
+  wire \$2795 ;
   wire \$2796 ;
-  wire \$2797 ;
-  wire [3:0] \$2798 ;
-  wire [3:0] \$2799 ;
+  wire [15:0] \$2797 ;
+  wire \$2798 ;
+  wire \$2799 ;
   wire [7:0] \$28 ;
   wire \$280 ;
-  wire \$2800 ;
-  wire \$2801 ;
-  wire [3:0] \$2802 ;
-  wire \$2803 ;
+  wire [15:0] \$2800 ;
+  wire [15:0] \$2801 ;
+  wire [15:0] \$2802 ;
+  wire [3:0] \$2803 ;
   wire \$2804 ;
-  wire [3:0] \$2805 ;
+  wire \$2805 ;
   wire [3:0] \$2806 ;
   wire [3:0] \$2807 ;
   wire \$2808 ;
@@ -5711,24 +5711,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$2812 ;
   wire [3:0] \$2813 ;
   wire [3:0] \$2814 ;
-  wire \$2815 ;
+  wire [3:0] \$2815 ;
   wire \$2816 ;
-  wire [3:0] \$2817 ;
-  wire \$2818 ;
+  wire \$2817 ;
+  wire [3:0] \$2818 ;
   wire \$2819 ;
   wire \$282 ;
-  wire [3:0] \$2820 ;
+  wire \$2820 ;
   wire [3:0] \$2821 ;
   wire [3:0] \$2822 ;
   wire \$2823 ;
   wire \$2824 ;
-  wire \$2825 ;
+  wire [3:0] \$2825 ;
   wire \$2826 ;
   wire \$2827 ;
-  wire \$2828 ;
-  wire \$2829 ;
+  wire [3:0] \$2828 ;
+  wire [3:0] \$2829 ;
   wire \$283 ;
-  wire \$2830 ;
+  wire [3:0] \$2830 ;
   wire \$2831 ;
   wire \$2832 ;
   wire \$2833 ;
@@ -6027,7 +6027,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3097 ;
   wire \$3098 ;
   wire \$3099 ;
-  wire \$31 ;
+  wire [3:0] \$31 ;
   wire \$310 ;
   wire \$3100 ;
   wire \$3101 ;
@@ -6064,41 +6064,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$313 ;
   wire \$3130 ;
   wire \$3131 ;
-  wire [1:0] \$3132 ;
-  wire [1:0] \$3133 ;
+  wire \$3132 ;
+  wire \$3133 ;
   wire \$3134 ;
   wire \$3135 ;
-  wire [1:0] \$3136 ;
+  wire \$3136 ;
   wire \$3137 ;
   wire \$3138 ;
-  wire [2:0] \$3139 ;
+  wire \$3139 ;
   wire \$314 ;
-  wire [2:0] \$3140 ;
-  wire [2:0] \$3141 ;
+  wire [1:0] \$3140 ;
+  wire [1:0] \$3141 ;
   wire \$3142 ;
   wire \$3143 ;
-  wire [2:0] \$3144 ;
+  wire [1:0] \$3144 ;
   wire \$3145 ;
   wire \$3146 ;
   wire [2:0] \$3147 ;
   wire [2:0] \$3148 ;
-  wire \$3149 ;
+  wire [2:0] \$3149 ;
   wire \$315 ;
   wire \$3150 ;
-  wire [2:0] \$3151 ;
+  wire \$3151 ;
   wire [2:0] \$3152 ;
-  wire [15:0] \$3153 ;
+  wire \$3153 ;
   wire \$3154 ;
-  wire \$3155 ;
-  wire [15:0] \$3156 ;
-  wire [15:0] \$3157 ;
+  wire [2:0] \$3155 ;
+  wire [2:0] \$3156 ;
+  wire \$3157 ;
   wire \$3158 ;
-  wire \$3159 ;
+  wire [2:0] \$3159 ;
   wire \$316 ;
-  wire [15:0] \$3160 ;
-  wire \$3161 ;
+  wire [2:0] \$3160 ;
+  wire [15:0] \$3161 ;
   wire \$3162 ;
-  wire [15:0] \$3163 ;
+  wire \$3163 ;
   wire [15:0] \$3164 ;
   wire [15:0] \$3165 ;
   wire \$3166 ;
@@ -6109,27 +6109,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3170 ;
   wire [15:0] \$3171 ;
   wire [15:0] \$3172 ;
-  wire \$3173 ;
+  wire [15:0] \$3173 ;
   wire \$3174 ;
-  wire [15:0] \$3175 ;
-  wire \$3176 ;
+  wire \$3175 ;
+  wire [15:0] \$3176 ;
   wire \$3177 ;
-  wire [15:0] \$3178 ;
+  wire \$3178 ;
   wire [15:0] \$3179 ;
   wire \$318 ;
   wire [15:0] \$3180 ;
-  wire [3:0] \$3181 ;
+  wire \$3181 ;
   wire \$3182 ;
-  wire \$3183 ;
-  wire [3:0] \$3184 ;
-  wire [3:0] \$3185 ;
-  wire \$3186 ;
-  wire \$3187 ;
-  wire [3:0] \$3188 ;
-  wire \$3189 ;
+  wire [15:0] \$3183 ;
+  wire \$3184 ;
+  wire \$3185 ;
+  wire [15:0] \$3186 ;
+  wire [15:0] \$3187 ;
+  wire [15:0] \$3188 ;
+  wire [3:0] \$3189 ;
   wire \$319 ;
   wire \$3190 ;
-  wire [3:0] \$3191 ;
+  wire \$3191 ;
   wire [3:0] \$3192 ;
   wire [3:0] \$3193 ;
   wire \$3194 ;
@@ -6138,26 +6138,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3197 ;
   wire \$3198 ;
   wire [3:0] \$3199 ;
-  wire [3:0] \$32 ;
+  wire \$32 ;
   wire \$320 ;
   wire [3:0] \$3200 ;
-  wire \$3201 ;
+  wire [3:0] \$3201 ;
   wire \$3202 ;
-  wire [3:0] \$3203 ;
-  wire \$3204 ;
+  wire \$3203 ;
+  wire [3:0] \$3204 ;
   wire \$3205 ;
-  wire [3:0] \$3206 ;
+  wire \$3206 ;
   wire [3:0] \$3207 ;
   wire [3:0] \$3208 ;
   wire \$3209 ;
   wire \$321 ;
   wire \$3210 ;
-  wire \$3211 ;
+  wire [3:0] \$3211 ;
   wire \$3212 ;
   wire \$3213 ;
-  wire \$3214 ;
-  wire \$3215 ;
-  wire \$3216 ;
+  wire [3:0] \$3214 ;
+  wire [3:0] \$3215 ;
+  wire [3:0] \$3216 ;
   wire \$3217 ;
   wire \$3218 ;
   wire \$3219 ;
@@ -6249,7 +6249,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3297 ;
   wire \$3298 ;
   wire \$3299 ;
-  wire \$33 ;
+  wire [3:0] \$33 ;
   wire \$330 ;
   wire \$3300 ;
   wire \$3301 ;
@@ -6360,7 +6360,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3397 ;
   wire \$3398 ;
   wire \$3399 ;
-  wire \$34 ;
+  wire [3:0] \$34 ;
   wire \$340 ;
   wire \$3400 ;
   wire \$3401 ;
@@ -6377,41 +6377,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3411 ;
   wire \$3412 ;
   wire \$3413 ;
-  wire [1:0] \$3414 ;
-  wire [1:0] \$3415 ;
+  wire \$3414 ;
+  wire \$3415 ;
   wire \$3416 ;
   wire \$3417 ;
-  wire [1:0] \$3418 ;
+  wire \$3418 ;
   wire \$3419 ;
   wire \$342 ;
   wire \$3420 ;
-  wire [2:0] \$3421 ;
-  wire [2:0] \$3422 ;
-  wire [2:0] \$3423 ;
+  wire \$3421 ;
+  wire [1:0] \$3422 ;
+  wire [1:0] \$3423 ;
   wire \$3424 ;
   wire \$3425 ;
-  wire [2:0] \$3426 ;
+  wire [1:0] \$3426 ;
   wire \$3427 ;
   wire \$3428 ;
   wire [2:0] \$3429 ;
   wire \$343 ;
   wire [2:0] \$3430 ;
-  wire \$3431 ;
+  wire [2:0] \$3431 ;
   wire \$3432 ;
-  wire [2:0] \$3433 ;
+  wire \$3433 ;
   wire [2:0] \$3434 ;
-  wire [15:0] \$3435 ;
+  wire \$3435 ;
   wire \$3436 ;
-  wire \$3437 ;
-  wire [15:0] \$3438 ;
-  wire [15:0] \$3439 ;
+  wire [2:0] \$3437 ;
+  wire [2:0] \$3438 ;
+  wire \$3439 ;
   wire \$344 ;
   wire \$3440 ;
-  wire \$3441 ;
-  wire [15:0] \$3442 ;
-  wire \$3443 ;
+  wire [2:0] \$3441 ;
+  wire [2:0] \$3442 ;
+  wire [15:0] \$3443 ;
   wire \$3444 ;
-  wire [15:0] \$3445 ;
+  wire \$3445 ;
   wire [15:0] \$3446 ;
   wire [15:0] \$3447 ;
   wire \$3448 ;
@@ -6422,27 +6422,27 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3452 ;
   wire [15:0] \$3453 ;
   wire [15:0] \$3454 ;
-  wire \$3455 ;
+  wire [15:0] \$3455 ;
   wire \$3456 ;
-  wire [15:0] \$3457 ;
-  wire \$3458 ;
+  wire \$3457 ;
+  wire [15:0] \$3458 ;
   wire \$3459 ;
   wire \$346 ;
-  wire [15:0] \$3460 ;
+  wire \$3460 ;
   wire [15:0] \$3461 ;
   wire [15:0] \$3462 ;
-  wire [3:0] \$3463 ;
+  wire \$3463 ;
   wire \$3464 ;
-  wire \$3465 ;
-  wire [3:0] \$3466 ;
-  wire [3:0] \$3467 ;
-  wire \$3468 ;
-  wire \$3469 ;
+  wire [15:0] \$3465 ;
+  wire \$3466 ;
+  wire \$3467 ;
+  wire [15:0] \$3468 ;
+  wire [15:0] \$3469 ;
   wire \$347 ;
-  wire [3:0] \$3470 ;
-  wire \$3471 ;
+  wire [15:0] \$3470 ;
+  wire [3:0] \$3471 ;
   wire \$3472 ;
-  wire [3:0] \$3473 ;
+  wire \$3473 ;
   wire [3:0] \$3474 ;
   wire [3:0] \$3475 ;
   wire \$3476 ;
@@ -6453,86 +6453,86 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3480 ;
   wire [3:0] \$3481 ;
   wire [3:0] \$3482 ;
-  wire \$3483 ;
+  wire [3:0] \$3483 ;
   wire \$3484 ;
-  wire [3:0] \$3485 ;
-  wire \$3486 ;
+  wire \$3485 ;
+  wire [3:0] \$3486 ;
   wire \$3487 ;
-  wire [3:0] \$3488 ;
+  wire \$3488 ;
   wire [3:0] \$3489 ;
   wire \$349 ;
   wire [3:0] \$3490 ;
-  reg [2:0] \$3491 ;
-  reg [2:0] \$3492 ;
-  wire [4:0] \$3493 ;
-  wire [3:0] \$3494 ;
-  wire [3:0] \$3495 ;
-  wire [4:0] \$3496 ;
-  wire [5:0] \$3497 ;
-  reg [2:0] \$3498 ;
+  wire \$3491 ;
+  wire \$3492 ;
+  wire [3:0] \$3493 ;
+  wire \$3494 ;
+  wire \$3495 ;
+  wire [3:0] \$3496 ;
+  wire [3:0] \$3497 ;
+  wire [3:0] \$3498 ;
   reg [2:0] \$3499 ;
   wire \$35 ;
   wire \$350 ;
-  wire [4:0] \$3500 ;
-  wire [3:0] \$3501 ;
+  reg [2:0] \$3500 ;
+  wire [4:0] \$3501 ;
   wire [3:0] \$3502 ;
-  wire [4:0] \$3503 ;
-  wire [5:0] \$3504 ;
-  reg [2:0] \$3505 ;
+  wire [3:0] \$3503 ;
+  wire [4:0] \$3504 ;
+  wire [5:0] \$3505 ;
   reg [2:0] \$3506 ;
-  wire [4:0] \$3507 ;
-  wire [3:0] \$3508 ;
+  reg [2:0] \$3507 ;
+  wire [4:0] \$3508 ;
   wire [3:0] \$3509 ;
   wire \$351 ;
-  wire [4:0] \$3510 ;
-  wire [5:0] \$3511 ;
-  reg [2:0] \$3512 ;
+  wire [3:0] \$3510 ;
+  wire [4:0] \$3511 ;
+  wire [5:0] \$3512 ;
   reg [2:0] \$3513 ;
-  wire [4:0] \$3514 ;
-  wire [3:0] \$3515 ;
+  reg [2:0] \$3514 ;
+  wire [4:0] \$3515 ;
   wire [3:0] \$3516 ;
-  wire [4:0] \$3517 ;
-  wire [5:0] \$3518 ;
-  reg [2:0] \$3519 ;
+  wire [3:0] \$3517 ;
+  wire [4:0] \$3518 ;
+  wire [5:0] \$3519 ;
   wire \$352 ;
   reg [2:0] \$3520 ;
-  wire [4:0] \$3521 ;
-  wire [3:0] \$3522 ;
+  reg [2:0] \$3521 ;
+  wire [4:0] \$3522 ;
   wire [3:0] \$3523 ;
-  wire [4:0] \$3524 ;
-  wire [5:0] \$3525 ;
-  reg [2:0] \$3526 ;
+  wire [3:0] \$3524 ;
+  wire [4:0] \$3525 ;
+  wire [5:0] \$3526 ;
   reg [2:0] \$3527 ;
-  wire [4:0] \$3528 ;
-  wire [3:0] \$3529 ;
+  reg [2:0] \$3528 ;
+  wire [4:0] \$3529 ;
   wire \$353 ;
   wire [3:0] \$3530 ;
-  wire [4:0] \$3531 ;
-  wire [5:0] \$3532 ;
-  reg [2:0] \$3533 ;
+  wire [3:0] \$3531 ;
+  wire [4:0] \$3532 ;
+  wire [5:0] \$3533 ;
   reg [2:0] \$3534 ;
-  wire [4:0] \$3535 ;
-  wire [3:0] \$3536 ;
+  reg [2:0] \$3535 ;
+  wire [4:0] \$3536 ;
   wire [3:0] \$3537 ;
-  wire [4:0] \$3538 ;
-  wire [5:0] \$3539 ;
+  wire [3:0] \$3538 ;
+  wire [4:0] \$3539 ;
   wire \$354 ;
-  reg [2:0] \$3540 ;
+  wire [5:0] \$3540 ;
   reg [2:0] \$3541 ;
-  wire [4:0] \$3542 ;
-  wire [3:0] \$3543 ;
+  reg [2:0] \$3542 ;
+  wire [4:0] \$3543 ;
   wire [3:0] \$3544 ;
-  wire [4:0] \$3545 ;
-  wire [5:0] \$3546 ;
-  wire \$3547 ;
-  wire \$3548 ;
-  wire \$3549 ;
+  wire [3:0] \$3545 ;
+  wire [4:0] \$3546 ;
+  wire [5:0] \$3547 ;
+  reg [2:0] \$3548 ;
+  reg [2:0] \$3549 ;
   wire \$355 ;
-  wire \$3550 ;
-  wire \$3551 ;
-  wire \$3552 ;
-  wire \$3553 ;
-  wire \$3554 ;
+  wire [4:0] \$3550 ;
+  wire [3:0] \$3551 ;
+  wire [3:0] \$3552 ;
+  wire [4:0] \$3553 ;
+  wire [5:0] \$3554 ;
   wire \$3555 ;
   wire \$3556 ;
   wire \$3557 ;
@@ -6543,32 +6543,32 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3561 ;
   wire \$3562 ;
   wire \$3563 ;
-  wire [9:0] \$3564 ;
-  wire [10:0] \$3565 ;
+  wire \$3564 ;
+  wire \$3565 ;
   wire \$3566 ;
-  wire [9:0] \$3567 ;
-  wire [9:0] \$3568 ;
-  wire [9:0] \$3569 ;
+  wire \$3567 ;
+  wire \$3568 ;
+  wire \$3569 ;
   wire \$357 ;
-  wire [9:0] \$3570 ;
-  wire [9:0] \$3571 ;
-  wire [9:0] \$3572 ;
-  wire [9:0] \$3573 ;
-  wire [9:0] \$3574 ;
-  wire [9:0] \$3575 ;
-  wire \$3576 ;
-  wire \$3577 ;
+  wire \$3570 ;
+  wire \$3571 ;
+  wire \$3572 ;
+  wire \$3573 ;
+  wire \$3574 ;
+  wire \$3575 ;
+  wire [9:0] \$3576 ;
+  wire [10:0] \$3577 ;
   wire \$3578 ;
-  wire \$3579 ;
+  wire [9:0] \$3579 ;
   wire \$358 ;
-  wire \$3580 ;
-  wire \$3581 ;
-  wire \$3582 ;
-  wire \$3583 ;
-  wire \$3584 ;
-  wire \$3585 ;
-  wire \$3586 ;
-  wire \$3587 ;
+  wire [9:0] \$3580 ;
+  wire [9:0] \$3581 ;
+  wire [9:0] \$3582 ;
+  wire [9:0] \$3583 ;
+  wire [9:0] \$3584 ;
+  wire [9:0] \$3585 ;
+  wire [9:0] \$3586 ;
+  wire [9:0] \$3587 ;
   wire \$3588 ;
   wire \$3589 ;
   wire \$359 ;
@@ -6576,41 +6576,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3591 ;
   wire \$3592 ;
   wire \$3593 ;
-  wire [9:0] \$3594 ;
-  wire [9:0] \$3595 ;
-  wire [9:0] \$3596 ;
-  wire [9:0] \$3597 ;
-  wire [9:0] \$3598 ;
-  wire [9:0] \$3599 ;
-  wire \$36 ;
+  wire \$3594 ;
+  wire \$3595 ;
+  wire \$3596 ;
+  wire \$3597 ;
+  wire \$3598 ;
+  wire \$3599 ;
+  wire [3:0] \$36 ;
   wire \$360 ;
-  wire [9:0] \$3600 ;
-  wire [9:0] \$3601 ;
+  wire \$3600 ;
+  wire \$3601 ;
   wire \$3602 ;
   wire \$3603 ;
   wire \$3604 ;
   wire \$3605 ;
-  wire \$3606 ;
+  wire [9:0] \$3606 ;
   wire [9:0] \$3607 ;
   wire [9:0] \$3608 ;
   wire [9:0] \$3609 ;
   wire \$361 ;
   wire [9:0] \$3610 ;
-  wire \$3611 ;
-  wire [4:0] \$3612 ;
-  wire \$3613 ;
+  wire [9:0] \$3611 ;
+  wire [9:0] \$3612 ;
+  wire [9:0] \$3613 ;
   wire \$3614 ;
   wire \$3615 ;
   wire \$3616 ;
   wire \$3617 ;
   wire \$3618 ;
-  wire \$3619 ;
+  wire [9:0] \$3619 ;
   wire \$362 ;
-  wire \$3620 ;
-  wire \$3621 ;
-  wire \$3622 ;
+  wire [9:0] \$3620 ;
+  wire [9:0] \$3621 ;
+  wire [9:0] \$3622 ;
   wire \$3623 ;
-  wire \$3624 ;
+  wire [4:0] \$3624 ;
   wire \$3625 ;
   wire \$3626 ;
   wire \$3627 ;
@@ -6626,10 +6626,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3636 ;
   wire \$3637 ;
   wire \$3638 ;
-  wire [5:0] \$3639 ;
+  wire \$3639 ;
   wire \$364 ;
-  wire [5:0] \$3640 ;
-  wire [5:0] \$3641 ;
+  wire \$3640 ;
+  wire \$3641 ;
   wire \$3642 ;
   wire \$3643 ;
   wire \$3644 ;
@@ -6646,20 +6646,20 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3654 ;
   wire \$3655 ;
   wire \$3656 ;
-  wire [11:0] \$3657 ;
-  wire [11:0] \$3658 ;
-  wire [11:0] \$3659 ;
+  wire \$3657 ;
+  wire \$3658 ;
+  wire [5:0] \$3659 ;
   wire \$366 ;
-  wire \$3660 ;
-  wire \$3661 ;
+  wire [5:0] \$3660 ;
+  wire [5:0] \$3661 ;
   wire \$3662 ;
   wire \$3663 ;
   wire \$3664 ;
   wire \$3665 ;
   wire \$3666 ;
   wire \$3667 ;
-  reg [2:0] \$3668 ;
-  wire [4:0] \$3669 ;
+  wire \$3668 ;
+  wire \$3669 ;
   wire \$367 ;
   wire \$3670 ;
   wire \$3671 ;
@@ -6668,104 +6668,104 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3674 ;
   wire \$3675 ;
   wire \$3676 ;
-  wire [9:0] \$3677 ;
-  wire \$3678 ;
-  wire [9:0] \$3679 ;
+  wire [11:0] \$3677 ;
+  wire [11:0] \$3678 ;
+  wire [11:0] \$3679 ;
   wire \$368 ;
   wire \$3680 ;
-  wire [9:0] \$3681 ;
+  wire \$3681 ;
   wire \$3682 ;
-  wire [9:0] \$3683 ;
+  wire \$3683 ;
   wire \$3684 ;
-  wire [9:0] \$3685 ;
+  wire \$3685 ;
   wire \$3686 ;
-  wire [8:0] \$3687 ;
-  wire [8:0] \$3688 ;
-  wire [8:0] \$3689 ;
+  wire \$3687 ;
+  reg [2:0] \$3688 ;
+  wire [4:0] \$3689 ;
   wire \$369 ;
-  wire [8:0] \$3690 ;
-  wire [8:0] \$3691 ;
-  wire [8:0] \$3692 ;
-  wire [8:0] \$3693 ;
-  wire [8:0] \$3694 ;
+  wire \$3690 ;
+  wire \$3691 ;
+  wire \$3692 ;
+  wire \$3693 ;
+  wire \$3694 ;
   wire \$3695 ;
   wire \$3696 ;
-  wire \$3697 ;
+  wire [9:0] \$3697 ;
   wire \$3698 ;
-  wire \$3699 ;
-  wire \$37 ;
+  wire [9:0] \$3699 ;
+  wire [3:0] \$37 ;
   wire \$370 ;
   wire \$3700 ;
-  wire \$3701 ;
-  wire [10:0] \$3702 ;
-  wire \$3703 ;
-  wire [10:0] \$3704 ;
-  wire \$3705 ;
-  wire [10:0] \$3706 ;
-  wire \$3707 ;
-  wire [10:0] \$3708 ;
-  wire \$3709 ;
+  wire [9:0] \$3701 ;
+  wire \$3702 ;
+  wire [9:0] \$3703 ;
+  wire \$3704 ;
+  wire [9:0] \$3705 ;
+  wire \$3706 ;
+  wire [8:0] \$3707 ;
+  wire [8:0] \$3708 ;
+  wire [8:0] \$3709 ;
   wire \$371 ;
-  wire [10:0] \$3710 ;
-  wire \$3711 ;
+  wire [8:0] \$3710 ;
+  wire [8:0] \$3711 ;
   wire [8:0] \$3712 ;
   wire [8:0] \$3713 ;
   wire [8:0] \$3714 ;
-  wire [8:0] \$3715 ;
-  wire [8:0] \$3716 ;
-  wire [8:0] \$3717 ;
-  wire [8:0] \$3718 ;
-  wire [8:0] \$3719 ;
+  wire \$3715 ;
+  wire \$3716 ;
+  wire \$3717 ;
+  wire \$3718 ;
+  wire \$3719 ;
   wire \$372 ;
   wire \$3720 ;
   wire \$3721 ;
-  wire \$3722 ;
+  wire [10:0] \$3722 ;
   wire \$3723 ;
-  wire \$3724 ;
+  wire [10:0] \$3724 ;
   wire \$3725 ;
-  wire \$3726 ;
-  wire [11:0] \$3727 ;
-  wire \$3728 ;
-  wire [11:0] \$3729 ;
+  wire [10:0] \$3726 ;
+  wire \$3727 ;
+  wire [10:0] \$3728 ;
+  wire \$3729 ;
   wire \$373 ;
-  wire \$3730 ;
-  wire [11:0] \$3731 ;
-  wire \$3732 ;
-  wire [11:0] \$3733 ;
-  wire \$3734 ;
-  wire [11:0] \$3735 ;
-  wire \$3736 ;
+  wire [10:0] \$3730 ;
+  wire \$3731 ;
+  wire [8:0] \$3732 ;
+  wire [8:0] \$3733 ;
+  wire [8:0] \$3734 ;
+  wire [8:0] \$3735 ;
+  wire [8:0] \$3736 ;
   wire [8:0] \$3737 ;
   wire [8:0] \$3738 ;
   wire [8:0] \$3739 ;
   wire \$374 ;
-  wire [8:0] \$3740 ;
-  wire [8:0] \$3741 ;
-  wire [8:0] \$3742 ;
-  wire [8:0] \$3743 ;
-  wire [8:0] \$3744 ;
+  wire \$3740 ;
+  wire \$3741 ;
+  wire \$3742 ;
+  wire \$3743 ;
+  wire \$3744 ;
   wire \$3745 ;
   wire \$3746 ;
-  wire \$3747 ;
-  reg [3:0] \$3748 ;
-  wire \$3749 ;
+  wire [11:0] \$3747 ;
+  wire \$3748 ;
+  wire [11:0] \$3749 ;
   wire \$375 ;
   wire \$3750 ;
-  wire \$3751 ;
-  reg [3:0] \$3752 ;
-  wire \$3753 ;
+  wire [11:0] \$3751 ;
+  wire \$3752 ;
+  wire [11:0] \$3753 ;
   wire \$3754 ;
-  wire \$3755 ;
-  reg [3:0] \$3756 ;
-  wire \$3757 ;
-  wire \$3758 ;
-  wire \$3759 ;
+  wire [11:0] \$3755 ;
+  wire \$3756 ;
+  wire [8:0] \$3757 ;
+  wire [8:0] \$3758 ;
+  wire [8:0] \$3759 ;
   wire \$376 ;
-  reg [3:0] \$3760 ;
-  wire \$3761 ;
-  wire \$3762 ;
-  wire \$3763 ;
-  reg [3:0] \$3764 ;
+  wire [8:0] \$3760 ;
+  wire [8:0] \$3761 ;
+  wire [8:0] \$3762 ;
+  wire [8:0] \$3763 ;
+  wire [8:0] \$3764 ;
   wire \$3765 ;
   wire \$3766 ;
   wire \$3767 ;
@@ -6783,41 +6783,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3778 ;
   wire \$3779 ;
   wire \$378 ;
-  wire \$3780 ;
+  reg [3:0] \$3780 ;
   wire \$3781 ;
   wire \$3782 ;
   wire \$3783 ;
-  wire \$3784 ;
+  reg [3:0] \$3784 ;
   wire \$3785 ;
   wire \$3786 ;
   wire \$3787 ;
-  wire \$3788 ;
+  reg [3:0] \$3788 ;
   wire \$3789 ;
   wire \$379 ;
   wire \$3790 ;
   wire \$3791 ;
-  wire \$3792 ;
+  reg [3:0] \$3792 ;
   wire \$3793 ;
   wire \$3794 ;
   wire \$3795 ;
-  wire \$3796 ;
+  reg [3:0] \$3796 ;
   wire \$3797 ;
   wire \$3798 ;
   wire \$3799 ;
-  wire \$38 ;
+  wire [3:0] \$38 ;
   wire \$380 ;
-  wire [7:0] \$3800 ;
+  wire \$3800 ;
   wire \$3801 ;
   wire \$3802 ;
   wire \$3803 ;
   wire \$3804 ;
   wire \$3805 ;
-  wire [1:0] \$3806 ;
+  wire \$3806 ;
   wire \$3807 ;
   wire \$3808 ;
   wire \$3809 ;
   wire \$381 ;
-  wire [2:0] \$3810 ;
+  wire \$3810 ;
   wire \$3811 ;
   wire \$3812 ;
   wire \$3813 ;
@@ -6828,178 +6828,198 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3818 ;
   wire \$3819 ;
   wire \$382 ;
-  wire [9:0] \$3820 ;
-  wire [9:0] \$3821 ;
-  wire [9:0] \$3822 ;
-  wire [9:0] \$3823 ;
-  wire [9:0] \$3824 ;
-  wire [9:0] \$3825 ;
-  wire [9:0] \$3826 ;
-  wire [9:0] \$3827 ;
-  wire [9:0] \$3828 ;
-  wire [9:0] \$3829 ;
+  wire [7:0] \$3820 ;
+  wire \$3821 ;
+  wire \$3822 ;
+  wire \$3823 ;
+  wire \$3824 ;
+  wire \$3825 ;
+  wire [1:0] \$3826 ;
+  wire \$3827 ;
+  wire \$3828 ;
+  wire \$3829 ;
   wire \$383 ;
-  wire [9:0] \$3830 ;
-  wire [9:0] \$3831 ;
-  wire [9:0] \$3832 ;
-  wire [9:0] \$3833 ;
-  wire [9:0] \$3834 ;
-  wire [9:0] \$3835 ;
-  wire [9:0] \$3836 ;
-  wire [9:0] \$3837 ;
-  wire [5:0] \$3838 ;
-  wire [5:0] \$3839 ;
+  wire [2:0] \$3830 ;
+  wire \$3831 ;
+  wire \$3832 ;
+  wire \$3833 ;
+  wire \$3834 ;
+  wire \$3835 ;
+  wire \$3836 ;
+  wire \$3837 ;
+  wire \$3838 ;
+  wire \$3839 ;
   wire \$384 ;
-  wire \$3840 ;
-  wire [5:0] \$3841 ;
-  wire \$3842 ;
-  wire \$3843 ;
-  wire \$3844 ;
-  wire \$3845 ;
-  wire \$3846 ;
-  wire \$3847 ;
-  wire [11:0] \$3848 ;
-  wire \$3849 ;
+  wire [9:0] \$3840 ;
+  wire [9:0] \$3841 ;
+  wire [9:0] \$3842 ;
+  wire [9:0] \$3843 ;
+  wire [9:0] \$3844 ;
+  wire [9:0] \$3845 ;
+  wire [9:0] \$3846 ;
+  wire [9:0] \$3847 ;
+  wire [9:0] \$3848 ;
+  wire [9:0] \$3849 ;
   wire \$385 ;
-  wire [16:0] \$3850 ;
-  wire \$3851 ;
-  wire \$3852 ;
-  wire \$3853 ;
-  wire [11:0] \$3854 ;
-  wire [11:0] \$3855 ;
-  wire [12:0] \$3856 ;
-  wire [11:0] \$3857 ;
-  wire [11:0] \$3858 ;
-  wire [12:0] \$3859 ;
+  wire [9:0] \$3850 ;
+  wire [9:0] \$3851 ;
+  wire [9:0] \$3852 ;
+  wire [9:0] \$3853 ;
+  wire [9:0] \$3854 ;
+  wire [9:0] \$3855 ;
+  wire [9:0] \$3856 ;
+  wire [9:0] \$3857 ;
+  wire [5:0] \$3858 ;
+  wire [5:0] \$3859 ;
   wire \$386 ;
-  wire [13:0] \$3860 ;
-  wire [7:0] \$3861 ;
-  wire [7:0] \$3862 ;
-  wire [8:0] \$3863 ;
-  wire [8:0] \$3864 ;
-  wire [8:0] \$3865 ;
-  wire [9:0] \$3866 ;
-  wire [11:0] \$3867 ;
+  wire \$3860 ;
+  wire [5:0] \$3861 ;
+  wire \$3862 ;
+  wire \$3863 ;
+  wire \$3864 ;
+  wire \$3865 ;
+  wire \$3866 ;
+  wire \$3867 ;
   wire [11:0] \$3868 ;
-  wire [11:0] \$3869 ;
+  wire \$3869 ;
   wire \$387 ;
-  wire [12:0] \$3870 ;
-  wire [11:0] \$3871 ;
-  wire [12:0] \$3872 ;
-  wire [8:0] \$3873 ;
-  wire [9:0] \$3874 ;
-  wire [9:0] \$3875 ;
-  wire [8:0] \$3876 ;
-  wire [9:0] \$3877 ;
-  wire [9:0] \$3878 ;
-  wire \$3879 ;
+  wire [16:0] \$3870 ;
+  wire \$3871 ;
+  wire \$3872 ;
+  wire \$3873 ;
+  wire [11:0] \$3874 ;
+  wire [11:0] \$3875 ;
+  wire [12:0] \$3876 ;
+  wire [11:0] \$3877 ;
+  wire [11:0] \$3878 ;
+  wire [12:0] \$3879 ;
   wire \$388 ;
-  wire \$3880 ;
-  wire \$3881 ;
-  wire \$3882 ;
-  wire \$3883 ;
-  wire \$3884 ;
-  wire \$3885 ;
-  wire \$3886 ;
-  wire \$3887 ;
-  wire \$3888 ;
-  wire \$3889 ;
+  wire [13:0] \$3880 ;
+  wire [7:0] \$3881 ;
+  wire [7:0] \$3882 ;
+  wire [8:0] \$3883 ;
+  wire [8:0] \$3884 ;
+  wire [8:0] \$3885 ;
+  wire [9:0] \$3886 ;
+  wire [11:0] \$3887 ;
+  wire [11:0] \$3888 ;
+  wire [11:0] \$3889 ;
   wire \$389 ;
-  wire \$3890 ;
-  wire \$3891 ;
-  wire [3:0] \$3892 ;
-  reg \$3893 ;
-  reg [15:0] \$3894 ;
-  reg [2:0] \$3895 ;
-  reg [3:0] \$3896 ;
-  reg [7:0] \$3897 ;
-  reg [7:0] \$3898 ;
-  reg [15:0] \$3899 ;
+  wire [12:0] \$3890 ;
+  wire [11:0] \$3891 ;
+  wire [12:0] \$3892 ;
+  wire [8:0] \$3893 ;
+  wire [9:0] \$3894 ;
+  wire [9:0] \$3895 ;
+  wire [8:0] \$3896 ;
+  wire [9:0] \$3897 ;
+  wire [9:0] \$3898 ;
+  wire \$3899 ;
   wire \$39 ;
   wire \$390 ;
-  reg [2:0] \$3900 ;
-  reg [3:0] \$3901 ;
-  reg [15:0] \$3902 ;
-  reg [2:0] \$3903 ;
-  reg [3:0] \$3904 ;
-  reg [15:0] \$3905 ;
-  reg [2:0] \$3906 ;
-  reg [3:0] \$3907 ;
-  reg [15:0] \$3908 ;
-  reg [2:0] \$3909 ;
+  wire \$3900 ;
+  wire \$3901 ;
+  wire \$3902 ;
+  wire \$3903 ;
+  wire \$3904 ;
+  wire \$3905 ;
+  wire \$3906 ;
+  wire \$3907 ;
+  wire \$3908 ;
+  wire \$3909 ;
   wire \$391 ;
-  reg [3:0] \$3910 ;
-  reg [15:0] \$3911 ;
-  reg [2:0] \$3912 ;
-  reg [3:0] \$3913 ;
+  wire \$3910 ;
+  wire \$3911 ;
+  wire [3:0] \$3912 ;
+  reg \$3913 ;
   reg [15:0] \$3914 ;
   reg [2:0] \$3915 ;
   reg [3:0] \$3916 ;
-  reg [15:0] \$3917 ;
-  reg [2:0] \$3918 ;
-  reg [3:0] \$3919 ;
+  reg [7:0] \$3917 ;
+  reg [7:0] \$3918 ;
+  reg [15:0] \$3919 ;
   wire \$392 ;
-  reg [4:0] \$3920 ;
-  reg [4:0] \$3921 ;
-  reg \$3922 ;
-  reg \$3923 ;
-  reg \$3924 ;
-  reg \$3925 ;
-  reg [63:0] \$3926 ;
-  reg [7:0] \$3927 ;
-  reg \$3928 ;
-  reg [1:0] \$3929 ;
+  reg [2:0] \$3920 ;
+  reg [3:0] \$3921 ;
+  reg [15:0] \$3922 ;
+  reg [2:0] \$3923 ;
+  reg [3:0] \$3924 ;
+  reg [15:0] \$3925 ;
+  reg [2:0] \$3926 ;
+  reg [3:0] \$3927 ;
+  reg [15:0] \$3928 ;
+  reg [2:0] \$3929 ;
   wire \$393 ;
-  reg [91:0] \$3930 ;
-  reg \$3931 ;
-  reg [91:0] \$3932 ;
-  reg [91:0] \$3933 ;
-  reg \$3934 ;
-  reg \$3935 ;
-  reg [8:0] \$3936 ;
-  reg [8:0] \$3937 ;
-  reg [8:0] \$3938 ;
-  reg [8:0] \$3939 ;
+  reg [3:0] \$3930 ;
+  reg [15:0] \$3931 ;
+  reg [2:0] \$3932 ;
+  reg [3:0] \$3933 ;
+  reg [15:0] \$3934 ;
+  reg [2:0] \$3935 ;
+  reg [3:0] \$3936 ;
+  reg [15:0] \$3937 ;
+  reg [2:0] \$3938 ;
+  reg [3:0] \$3939 ;
   wire \$394 ;
-  reg [8:0] \$3940 ;
-  reg [8:0] \$3941 ;
-  reg [8:0] \$3942 ;
-  reg [8:0] \$3943 ;
-  reg [8:0] \$3944 ;
-  reg [4:0] \$3945 ;
-  reg [2:0] \$3946 ;
-  reg \$3947 ;
+  reg [4:0] \$3940 ;
+  reg [4:0] \$3941 ;
+  reg \$3942 ;
+  reg \$3943 ;
+  reg \$3944 ;
+  reg \$3945 ;
+  reg [63:0] \$3946 ;
+  reg [7:0] \$3947 ;
   reg \$3948 ;
-  reg \$3949 ;
+  reg [1:0] \$3949 ;
   wire \$395 ;
-  reg [63:0] \$3950 ;
-  reg [63:0] \$3951 ;
-  reg \$3952 ;
-  reg \$3953 ;
+  reg [91:0] \$3950 ;
+  reg \$3951 ;
+  reg [91:0] \$3952 ;
+  reg [91:0] \$3953 ;
   reg \$3954 ;
   reg \$3955 ;
-  reg \$3956 ;
-  reg [15:0] \$3957 ;
-  reg [10:0] \$3958 ;
-  reg [6:0] \$3959 ;
+  reg [8:0] \$3956 ;
+  reg [8:0] \$3957 ;
+  reg [8:0] \$3958 ;
+  reg [8:0] \$3959 ;
   wire \$396 ;
-  reg \$3960 ;
-  reg [7:0] \$3961 ;
+  reg [8:0] \$3960 ;
+  reg [8:0] \$3961 ;
   reg [8:0] \$3962 ;
-  reg [9:0] \$3963 ;
-  reg [10:0] \$3964 ;
-  reg \$3965 ;
-  reg \$3966 ;
-  reg [8:0] \$3967 ;
-  reg [8:0] \$3968 ;
+  reg [8:0] \$3963 ;
+  reg [8:0] \$3964 ;
+  reg [4:0] \$3965 ;
+  reg [2:0] \$3966 ;
+  reg \$3967 ;
+  reg \$3968 ;
   reg \$3969 ;
   wire \$397 ;
-  reg \$3970 ;
-  reg [3:0] \$3971 ;
+  reg [63:0] \$3970 ;
+  reg [63:0] \$3971 ;
+  reg \$3972 ;
+  reg \$3973 ;
+  reg \$3974 ;
+  reg \$3975 ;
+  reg \$3976 ;
+  reg [15:0] \$3977 ;
+  reg [10:0] \$3978 ;
+  reg [6:0] \$3979 ;
   wire \$398 ;
+  reg \$3980 ;
+  reg [7:0] \$3981 ;
+  reg [8:0] \$3982 ;
+  reg [9:0] \$3983 ;
+  reg [10:0] \$3984 ;
+  reg \$3985 ;
+  reg \$3986 ;
+  reg [8:0] \$3987 ;
+  reg [8:0] \$3988 ;
+  reg \$3989 ;
   wire \$399 ;
+  reg \$3990 ;
+  reg [3:0] \$3991 ;
   reg [2:0] \$4 ;
-  wire \$40 ;
+  wire [3:0] \$40 ;
   wire \$400 ;
   wire \$401 ;
   wire \$402 ;
@@ -7168,41 +7188,41 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$55 ;
   wire \$550 ;
   wire \$551 ;
-  wire [1:0] \$552 ;
-  wire [1:0] \$553 ;
+  wire \$552 ;
+  wire \$553 ;
   wire \$554 ;
   wire \$555 ;
-  wire [1:0] \$556 ;
+  wire \$556 ;
   wire \$557 ;
   wire \$558 ;
-  wire [2:0] \$559 ;
+  wire \$559 ;
   wire \$56 ;
-  wire [2:0] \$560 ;
-  wire [2:0] \$561 ;
+  wire [1:0] \$560 ;
+  wire [1:0] \$561 ;
   wire \$562 ;
   wire \$563 ;
-  wire [2:0] \$564 ;
+  wire [1:0] \$564 ;
   wire \$565 ;
   wire \$566 ;
   wire [2:0] \$567 ;
   wire [2:0] \$568 ;
-  wire \$569 ;
+  wire [2:0] \$569 ;
   wire \$57 ;
   wire \$570 ;
-  wire [2:0] \$571 ;
+  wire \$571 ;
   wire [2:0] \$572 ;
-  wire [15:0] \$573 ;
+  wire \$573 ;
   wire \$574 ;
-  wire \$575 ;
-  wire [15:0] \$576 ;
-  wire [15:0] \$577 ;
+  wire [2:0] \$575 ;
+  wire [2:0] \$576 ;
+  wire \$577 ;
   wire \$578 ;
-  wire \$579 ;
+  wire [2:0] \$579 ;
   wire \$58 ;
-  wire [15:0] \$580 ;
-  wire \$581 ;
+  wire [2:0] \$580 ;
+  wire [15:0] \$581 ;
   wire \$582 ;
-  wire [15:0] \$583 ;
+  wire \$583 ;
   wire [15:0] \$584 ;
   wire [15:0] \$585 ;
   wire \$586 ;
@@ -7213,28 +7233,28 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$590 ;
   wire [15:0] \$591 ;
   wire [15:0] \$592 ;
-  wire \$593 ;
+  wire [15:0] \$593 ;
   wire \$594 ;
-  wire [15:0] \$595 ;
-  wire \$596 ;
+  wire \$595 ;
+  wire [15:0] \$596 ;
   wire \$597 ;
-  wire [15:0] \$598 ;
+  wire \$598 ;
   wire [15:0] \$599 ;
   wire [3:0] \$6 ;
   wire \$60 ;
   wire [15:0] \$600 ;
-  wire [3:0] \$601 ;
+  wire \$601 ;
   wire \$602 ;
-  wire \$603 ;
-  wire [3:0] \$604 ;
-  wire [3:0] \$605 ;
-  wire \$606 ;
-  wire \$607 ;
-  wire [3:0] \$608 ;
-  wire \$609 ;
+  wire [15:0] \$603 ;
+  wire \$604 ;
+  wire \$605 ;
+  wire [15:0] \$606 ;
+  wire [15:0] \$607 ;
+  wire [15:0] \$608 ;
+  wire [3:0] \$609 ;
   wire \$61 ;
   wire \$610 ;
-  wire [3:0] \$611 ;
+  wire \$611 ;
   wire [3:0] \$612 ;
   wire [3:0] \$613 ;
   wire \$614 ;
@@ -7245,23 +7265,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [3:0] \$619 ;
   wire \$62 ;
   wire [3:0] \$620 ;
-  wire \$621 ;
+  wire [3:0] \$621 ;
   wire \$622 ;
-  wire [3:0] \$623 ;
-  wire \$624 ;
+  wire \$623 ;
+  wire [3:0] \$624 ;
   wire \$625 ;
-  wire [3:0] \$626 ;
+  wire \$626 ;
   wire [3:0] \$627 ;
   wire [3:0] \$628 ;
   wire \$629 ;
   wire \$63 ;
   wire \$630 ;
-  wire \$631 ;
+  wire [3:0] \$631 ;
   wire \$632 ;
   wire \$633 ;
-  wire \$634 ;
-  wire \$635 ;
-  wire \$636 ;
+  wire [3:0] \$634 ;
+  wire [3:0] \$635 ;
+  wire [3:0] \$636 ;
   wire \$637 ;
   wire \$638 ;
   wire \$639 ;
@@ -7666,23 +7686,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$999 ;
   wire [8:0] \$like ;
   reg [4:0] \$signal  = 5'h00;
-  reg [7:0] \$signal$155  = 8'h00;
-  reg [63:0] \$signal$308  = 64'h0000000000000000;
-  reg \$signal$322  = 1'h0;
-  reg \$signal$346 ;
-  reg \$signal$352  = 1'h0;
-  reg [63:0] \$signal$375 ;
-  reg \$signal$377 ;
-  reg \$signal$378  = 1'h0;
-  reg \$signal$379 ;
-  reg \$signal$380  = 1'h0;
-  reg \$signal$381 ;
+  reg [7:0] \$signal$154  = 8'h00;
+  reg [63:0] \$signal$307  = 64'h0000000000000000;
+  reg \$signal$321  = 1'h0;
+  reg \$signal$345 ;
+  reg \$signal$351  = 1'h0;
+  reg [63:0] \$signal$374 ;
+  reg \$signal$376 ;
+  reg \$signal$377  = 1'h0;
+  reg \$signal$378 ;
+  reg \$signal$379  = 1'h0;
+  reg \$signal$380 ;
+  reg \$signal$381  = 1'h0;
   reg \$signal$382  = 1'h0;
-  reg \$signal$383  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$384 ;
-  wire \$signal$388 ;
-  reg \$signal$400 ;
+  wire \$signal$383 ;
+  wire \$signal$387 ;
+  reg \$signal$399 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -7903,7 +7923,6 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [8:0] k_cur_full = 9'h000;
   reg [8:0] k_nxt_full = 9'h000;
   reg last_row = 1'h0;
-  reg [8:0] lim_full;
   wire [3:0] low_m1;
   reg lr_n;
   wire mat_end;
@@ -8154,4172 +8173,4192 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \$26  = in_c3 + in_c2;
   assign \$27  = in_c2 + \$25 [6:0];
   assign \$28  = \$26 [6:0] + \$25 [6:0];
-  assign \$29  = $signed(lim_full) >= $signed(5'h08);
-  assign \$30  = \$29  ? 4'h8 : lim_full[3:0];
-  assign k = lim_full[8] ? 4'h0 : \$30 ;
-  assign \$31  = $signed(k_cur_full) >= $signed(5'h08);
-  assign \$32  = \$31  ? 4'h8 : k_cur_full[3:0];
-  assign k_cur = k_cur_full[8] ? 4'h0 : \$32 ;
-  assign \$33  = $signed(k_cur_full) <= $signed(5'h08);
-  assign finish = row_complete & \$33 ;
+  assign \$29  = $signed(k_nxt_full) >= $signed(5'h08);
+  assign \$30  = \$29  ? 4'h8 : k_nxt_full[3:0];
+  assign \$31  = k_nxt_full[8] ? 4'h0 : \$30 ;
+  assign \$32  = $signed(k_cur_full) >= $signed(5'h08);
+  assign \$33  = \$32  ? 4'h8 : k_cur_full[3:0];
+  assign \$34  = k_cur_full[8] ? 4'h0 : \$33 ;
+  assign \$35  = $signed(R7) >= $signed(5'h08);
+  assign \$36  = \$35  ? 4'h8 : R7[3:0];
+  assign \$37  = R7[8] ? 4'h0 : \$36 ;
+  assign \$38  = row_complete ? \$34  : \$37 ;
+  assign k = next_ok ? \$31  : \$38 ;
+  assign \$39  = $signed(k_cur_full) >= $signed(5'h08);
+  assign \$40  = \$39  ? 4'h8 : k_cur_full[3:0];
+  assign k_cur = k_cur_full[8] ? 4'h0 : \$40 ;
+  assign \$41  = $signed(k_cur_full) <= $signed(5'h08);
+  assign finish = row_complete & \$41 ;
   assign es_bits = $signed(es_w) * $signed(7'h20);
-  assign \$34  = ~ ov;
-  assign rdy_a = \$34  | o_lanes__ready;
-  assign \$35  = ~ R0[8];
-  assign \$36  = ~ R0[1];
-  assign \$37  = ~ R0[2];
-  assign \$38  = \$36  & \$37 ;
-  assign \$39  = ~ R0[3];
-  assign \$40  = ~ R0[4];
-  assign \$41  = \$39  & \$40 ;
-  assign \$42  = \$38  & \$41 ;
-  assign \$43  = ~ R0[5];
-  assign \$44  = ~ R0[6];
-  assign \$45  = \$43  & \$44 ;
-  assign \$46  = ~ R0[7];
-  assign \$47  = \$46  & R0[0];
-  assign \$48  = \$45  & \$47 ;
-  assign \$49  = \$42  & \$48 ;
-  assign \$50  = ~ R0[2];
-  assign \$51  = ~ R0[3];
-  assign \$52  = \$50  & \$51 ;
-  assign \$53  = ~ R0[4];
-  assign \$54  = ~ R0[5];
-  assign \$55  = \$53  & \$54 ;
-  assign \$56  = \$52  & \$55 ;
-  assign \$57  = ~ R0[6];
-  assign \$58  = ~ R0[7];
-  assign \$59  = \$57  & \$58 ;
-  assign \$60  = \$59  & R0[1];
-  assign \$61  = \$56  & \$60 ;
-  assign \$62  = \$49  | \$61 ;
-  assign \$63  = ~ R0[3];
-  assign \$64  = ~ R0[4];
-  assign \$65  = \$63  & \$64 ;
-  assign \$66  = ~ R0[5];
-  assign \$67  = ~ R0[6];
-  assign \$68  = \$66  & \$67 ;
-  assign \$69  = \$65  & \$68 ;
-  assign \$70  = ~ R0[7];
-  assign \$71  = \$70  & R0[2];
-  assign \$72  = \$69  & \$71 ;
-  assign \$73  = ~ R0[4];
+  assign \$42  = ~ ov;
+  assign rdy_a = \$42  | o_lanes__ready;
+  assign \$43  = ~ R0[8];
+  assign \$44  = ~ R0[1];
+  assign \$45  = ~ R0[2];
+  assign \$46  = \$44  & \$45 ;
+  assign \$47  = ~ R0[3];
+  assign \$48  = ~ R0[4];
+  assign \$49  = \$47  & \$48 ;
+  assign \$50  = \$46  & \$49 ;
+  assign \$51  = ~ R0[5];
+  assign \$52  = ~ R0[6];
+  assign \$53  = \$51  & \$52 ;
+  assign \$54  = ~ R0[7];
+  assign \$55  = \$54  & R0[0];
+  assign \$56  = \$53  & \$55 ;
+  assign \$57  = \$50  & \$56 ;
+  assign \$58  = ~ R0[2];
+  assign \$59  = ~ R0[3];
+  assign \$60  = \$58  & \$59 ;
+  assign \$61  = ~ R0[4];
+  assign \$62  = ~ R0[5];
+  assign \$63  = \$61  & \$62 ;
+  assign \$64  = \$60  & \$63 ;
+  assign \$65  = ~ R0[6];
+  assign \$66  = ~ R0[7];
+  assign \$67  = \$65  & \$66 ;
+  assign \$68  = \$67  & R0[1];
+  assign \$69  = \$64  & \$68 ;
+  assign \$70  = \$57  | \$69 ;
+  assign \$71  = ~ R0[3];
+  assign \$72  = ~ R0[4];
+  assign \$73  = \$71  & \$72 ;
   assign \$74  = ~ R0[5];
-  assign \$75  = \$73  & \$74 ;
-  assign \$76  = ~ R0[6];
-  assign \$77  = ~ R0[7];
-  assign \$78  = \$76  & \$77 ;
-  assign \$79  = \$75  & \$78 ;
-  assign \$80  = \$79  & R0[3];
-  assign \$81  = \$72  | \$80 ;
-  assign \$82  = \$62  | \$81 ;
-  assign \$83  = ~ R0[5];
+  assign \$75  = ~ R0[6];
+  assign \$76  = \$74  & \$75 ;
+  assign \$77  = \$73  & \$76 ;
+  assign \$78  = ~ R0[7];
+  assign \$79  = \$78  & R0[2];
+  assign \$80  = \$77  & \$79 ;
+  assign \$81  = ~ R0[4];
+  assign \$82  = ~ R0[5];
+  assign \$83  = \$81  & \$82 ;
   assign \$84  = ~ R0[6];
-  assign \$85  = \$83  & \$84 ;
-  assign \$86  = ~ R0[7];
-  assign \$87  = \$86  & R0[4];
-  assign \$88  = \$85  & \$87 ;
-  assign \$89  = ~ R0[6];
-  assign \$90  = ~ R0[7];
-  assign \$91  = \$89  & \$90 ;
-  assign \$92  = \$91  & R0[5];
-  assign \$93  = \$88  | \$92 ;
+  assign \$85  = ~ R0[7];
+  assign \$86  = \$84  & \$85 ;
+  assign \$87  = \$83  & \$86 ;
+  assign \$88  = \$87  & R0[3];
+  assign \$89  = \$80  | \$88 ;
+  assign \$90  = \$70  | \$89 ;
+  assign \$91  = ~ R0[5];
+  assign \$92  = ~ R0[6];
+  assign \$93  = \$91  & \$92 ;
   assign \$94  = ~ R0[7];
-  assign \$95  = \$94  & R0[6];
-  assign \$96  = \$95  | R0[7];
-  assign \$97  = \$93  | \$96 ;
-  assign \$98  = \$82  | \$97 ;
-  assign gt0_0 = \$35  & \$98 ;
-  assign \$99  = ~ R1[8];
-  assign \$100  = ~ R1[1];
-  assign \$101  = ~ R1[2];
-  assign \$102  = \$100  & \$101 ;
-  assign \$103  = ~ R1[3];
-  assign \$104  = ~ R1[4];
-  assign \$105  = \$103  & \$104 ;
-  assign \$106  = \$102  & \$105 ;
-  assign \$107  = ~ R1[5];
-  assign \$108  = ~ R1[6];
-  assign \$109  = \$107  & \$108 ;
-  assign \$110  = ~ R1[7];
-  assign \$111  = \$110  & R1[0];
-  assign \$112  = \$109  & \$111 ;
-  assign \$113  = \$106  & \$112 ;
-  assign \$114  = ~ R1[2];
-  assign \$115  = ~ R1[3];
-  assign \$116  = \$114  & \$115 ;
-  assign \$117  = ~ R1[4];
-  assign \$118  = ~ R1[5];
-  assign \$119  = \$117  & \$118 ;
-  assign \$120  = \$116  & \$119 ;
-  assign \$121  = ~ R1[6];
-  assign \$122  = ~ R1[7];
-  assign \$123  = \$121  & \$122 ;
-  assign \$124  = \$123  & R1[1];
-  assign \$125  = \$120  & \$124 ;
-  assign \$126  = \$113  | \$125 ;
-  assign \$127  = ~ R1[3];
-  assign \$128  = ~ R1[4];
-  assign \$129  = \$127  & \$128 ;
-  assign \$130  = ~ R1[5];
-  assign \$131  = ~ R1[6];
-  assign \$132  = \$130  & \$131 ;
-  assign \$133  = \$129  & \$132 ;
-  assign \$134  = ~ R1[7];
-  assign \$135  = \$134  & R1[2];
-  assign \$136  = \$133  & \$135 ;
-  assign \$137  = ~ R1[4];
+  assign \$95  = \$94  & R0[4];
+  assign \$96  = \$93  & \$95 ;
+  assign \$97  = ~ R0[6];
+  assign \$98  = ~ R0[7];
+  assign \$99  = \$97  & \$98 ;
+  assign \$100  = \$99  & R0[5];
+  assign \$101  = \$96  | \$100 ;
+  assign \$102  = ~ R0[7];
+  assign \$103  = \$102  & R0[6];
+  assign \$104  = \$103  | R0[7];
+  assign \$105  = \$101  | \$104 ;
+  assign \$106  = \$90  | \$105 ;
+  assign gt0_0 = \$43  & \$106 ;
+  assign \$107  = ~ R1[8];
+  assign \$108  = ~ R1[1];
+  assign \$109  = ~ R1[2];
+  assign \$110  = \$108  & \$109 ;
+  assign \$111  = ~ R1[3];
+  assign \$112  = ~ R1[4];
+  assign \$113  = \$111  & \$112 ;
+  assign \$114  = \$110  & \$113 ;
+  assign \$115  = ~ R1[5];
+  assign \$116  = ~ R1[6];
+  assign \$117  = \$115  & \$116 ;
+  assign \$118  = ~ R1[7];
+  assign \$119  = \$118  & R1[0];
+  assign \$120  = \$117  & \$119 ;
+  assign \$121  = \$114  & \$120 ;
+  assign \$122  = ~ R1[2];
+  assign \$123  = ~ R1[3];
+  assign \$124  = \$122  & \$123 ;
+  assign \$125  = ~ R1[4];
+  assign \$126  = ~ R1[5];
+  assign \$127  = \$125  & \$126 ;
+  assign \$128  = \$124  & \$127 ;
+  assign \$129  = ~ R1[6];
+  assign \$130  = ~ R1[7];
+  assign \$131  = \$129  & \$130 ;
+  assign \$132  = \$131  & R1[1];
+  assign \$133  = \$128  & \$132 ;
+  assign \$134  = \$121  | \$133 ;
+  assign \$135  = ~ R1[3];
+  assign \$136  = ~ R1[4];
+  assign \$137  = \$135  & \$136 ;
   assign \$138  = ~ R1[5];
-  assign \$139  = \$137  & \$138 ;
-  assign \$140  = ~ R1[6];
-  assign \$141  = ~ R1[7];
-  assign \$142  = \$140  & \$141 ;
-  assign \$143  = \$139  & \$142 ;
-  assign \$144  = \$143  & R1[3];
-  assign \$145  = \$136  | \$144 ;
-  assign \$146  = \$126  | \$145 ;
-  assign \$147  = ~ R1[5];
+  assign \$139  = ~ R1[6];
+  assign \$140  = \$138  & \$139 ;
+  assign \$141  = \$137  & \$140 ;
+  assign \$142  = ~ R1[7];
+  assign \$143  = \$142  & R1[2];
+  assign \$144  = \$141  & \$143 ;
+  assign \$145  = ~ R1[4];
+  assign \$146  = ~ R1[5];
+  assign \$147  = \$145  & \$146 ;
   assign \$148  = ~ R1[6];
-  assign \$149  = \$147  & \$148 ;
-  assign \$150  = ~ R1[7];
-  assign \$151  = \$150  & R1[4];
-  assign \$152  = \$149  & \$151 ;
-  assign \$153  = ~ R1[6];
-  assign \$154  = ~ R1[7];
-  assign \$155  = \$153  & \$154 ;
-  assign \$156  = \$155  & R1[5];
-  assign \$157  = \$152  | \$156 ;
+  assign \$149  = ~ R1[7];
+  assign \$150  = \$148  & \$149 ;
+  assign \$151  = \$147  & \$150 ;
+  assign \$152  = \$151  & R1[3];
+  assign \$153  = \$144  | \$152 ;
+  assign \$154  = \$134  | \$153 ;
+  assign \$155  = ~ R1[5];
+  assign \$156  = ~ R1[6];
+  assign \$157  = \$155  & \$156 ;
   assign \$158  = ~ R1[7];
-  assign \$159  = \$158  & R1[6];
-  assign \$160  = \$159  | R1[7];
-  assign \$161  = \$157  | \$160 ;
-  assign \$162  = \$146  | \$161 ;
-  assign gt0_1 = \$99  & \$162 ;
-  assign \$163  = ~ R2[8];
-  assign \$164  = ~ R2[1];
-  assign \$165  = ~ R2[2];
-  assign \$166  = \$164  & \$165 ;
-  assign \$167  = ~ R2[3];
-  assign \$168  = ~ R2[4];
-  assign \$169  = \$167  & \$168 ;
-  assign \$170  = \$166  & \$169 ;
-  assign \$171  = ~ R2[5];
-  assign \$172  = ~ R2[6];
-  assign \$173  = \$171  & \$172 ;
-  assign \$174  = ~ R2[7];
-  assign \$175  = \$174  & R2[0];
-  assign \$176  = \$173  & \$175 ;
-  assign \$177  = \$170  & \$176 ;
-  assign \$178  = ~ R2[2];
-  assign \$179  = ~ R2[3];
-  assign \$180  = \$178  & \$179 ;
-  assign \$181  = ~ R2[4];
-  assign \$182  = ~ R2[5];
-  assign \$183  = \$181  & \$182 ;
-  assign \$184  = \$180  & \$183 ;
-  assign \$185  = ~ R2[6];
-  assign \$186  = ~ R2[7];
-  assign \$187  = \$185  & \$186 ;
-  assign \$188  = \$187  & R2[1];
-  assign \$189  = \$184  & \$188 ;
-  assign \$190  = \$177  | \$189 ;
-  assign \$191  = ~ R2[3];
-  assign \$192  = ~ R2[4];
-  assign \$193  = \$191  & \$192 ;
-  assign \$194  = ~ R2[5];
-  assign \$195  = ~ R2[6];
-  assign \$196  = \$194  & \$195 ;
-  assign \$197  = \$193  & \$196 ;
-  assign \$198  = ~ R2[7];
-  assign \$199  = \$198  & R2[2];
-  assign \$200  = \$197  & \$199 ;
-  assign \$201  = ~ R2[4];
+  assign \$159  = \$158  & R1[4];
+  assign \$160  = \$157  & \$159 ;
+  assign \$161  = ~ R1[6];
+  assign \$162  = ~ R1[7];
+  assign \$163  = \$161  & \$162 ;
+  assign \$164  = \$163  & R1[5];
+  assign \$165  = \$160  | \$164 ;
+  assign \$166  = ~ R1[7];
+  assign \$167  = \$166  & R1[6];
+  assign \$168  = \$167  | R1[7];
+  assign \$169  = \$165  | \$168 ;
+  assign \$170  = \$154  | \$169 ;
+  assign gt0_1 = \$107  & \$170 ;
+  assign \$171  = ~ R2[8];
+  assign \$172  = ~ R2[1];
+  assign \$173  = ~ R2[2];
+  assign \$174  = \$172  & \$173 ;
+  assign \$175  = ~ R2[3];
+  assign \$176  = ~ R2[4];
+  assign \$177  = \$175  & \$176 ;
+  assign \$178  = \$174  & \$177 ;
+  assign \$179  = ~ R2[5];
+  assign \$180  = ~ R2[6];
+  assign \$181  = \$179  & \$180 ;
+  assign \$182  = ~ R2[7];
+  assign \$183  = \$182  & R2[0];
+  assign \$184  = \$181  & \$183 ;
+  assign \$185  = \$178  & \$184 ;
+  assign \$186  = ~ R2[2];
+  assign \$187  = ~ R2[3];
+  assign \$188  = \$186  & \$187 ;
+  assign \$189  = ~ R2[4];
+  assign \$190  = ~ R2[5];
+  assign \$191  = \$189  & \$190 ;
+  assign \$192  = \$188  & \$191 ;
+  assign \$193  = ~ R2[6];
+  assign \$194  = ~ R2[7];
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$195  & R2[1];
+  assign \$197  = \$192  & \$196 ;
+  assign \$198  = \$185  | \$197 ;
+  assign \$199  = ~ R2[3];
+  assign \$200  = ~ R2[4];
+  assign \$201  = \$199  & \$200 ;
   assign \$202  = ~ R2[5];
-  assign \$203  = \$201  & \$202 ;
-  assign \$204  = ~ R2[6];
-  assign \$205  = ~ R2[7];
-  assign \$206  = \$204  & \$205 ;
-  assign \$207  = \$203  & \$206 ;
-  assign \$208  = \$207  & R2[3];
-  assign \$209  = \$200  | \$208 ;
-  assign \$210  = \$190  | \$209 ;
-  assign \$211  = ~ R2[5];
+  assign \$203  = ~ R2[6];
+  assign \$204  = \$202  & \$203 ;
+  assign \$205  = \$201  & \$204 ;
+  assign \$206  = ~ R2[7];
+  assign \$207  = \$206  & R2[2];
+  assign \$208  = \$205  & \$207 ;
+  assign \$209  = ~ R2[4];
+  assign \$210  = ~ R2[5];
+  assign \$211  = \$209  & \$210 ;
   assign \$212  = ~ R2[6];
-  assign \$213  = \$211  & \$212 ;
-  assign \$214  = ~ R2[7];
-  assign \$215  = \$214  & R2[4];
-  assign \$216  = \$213  & \$215 ;
-  assign \$217  = ~ R2[6];
-  assign \$218  = ~ R2[7];
-  assign \$219  = \$217  & \$218 ;
-  assign \$220  = \$219  & R2[5];
-  assign \$221  = \$216  | \$220 ;
+  assign \$213  = ~ R2[7];
+  assign \$214  = \$212  & \$213 ;
+  assign \$215  = \$211  & \$214 ;
+  assign \$216  = \$215  & R2[3];
+  assign \$217  = \$208  | \$216 ;
+  assign \$218  = \$198  | \$217 ;
+  assign \$219  = ~ R2[5];
+  assign \$220  = ~ R2[6];
+  assign \$221  = \$219  & \$220 ;
   assign \$222  = ~ R2[7];
-  assign \$223  = \$222  & R2[6];
-  assign \$224  = \$223  | R2[7];
-  assign \$225  = \$221  | \$224 ;
-  assign \$226  = \$210  | \$225 ;
-  assign gt0_2 = \$163  & \$226 ;
-  assign \$227  = ~ R3[8];
-  assign \$228  = ~ R3[1];
-  assign \$229  = ~ R3[2];
-  assign \$230  = \$228  & \$229 ;
-  assign \$231  = ~ R3[3];
-  assign \$232  = ~ R3[4];
-  assign \$233  = \$231  & \$232 ;
-  assign \$234  = \$230  & \$233 ;
-  assign \$235  = ~ R3[5];
-  assign \$236  = ~ R3[6];
-  assign \$237  = \$235  & \$236 ;
-  assign \$238  = ~ R3[7];
-  assign \$239  = \$238  & R3[0];
-  assign \$240  = \$237  & \$239 ;
-  assign \$241  = \$234  & \$240 ;
-  assign \$242  = ~ R3[2];
-  assign \$243  = ~ R3[3];
-  assign \$244  = \$242  & \$243 ;
-  assign \$245  = ~ R3[4];
-  assign \$246  = ~ R3[5];
-  assign \$247  = \$245  & \$246 ;
-  assign \$248  = \$244  & \$247 ;
-  assign \$249  = ~ R3[6];
-  assign \$250  = ~ R3[7];
-  assign \$251  = \$249  & \$250 ;
-  assign \$252  = \$251  & R3[1];
-  assign \$253  = \$248  & \$252 ;
-  assign \$254  = \$241  | \$253 ;
-  assign \$255  = ~ R3[3];
-  assign \$256  = ~ R3[4];
-  assign \$257  = \$255  & \$256 ;
-  assign \$258  = ~ R3[5];
-  assign \$259  = ~ R3[6];
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = \$257  & \$260 ;
-  assign \$262  = ~ R3[7];
-  assign \$263  = \$262  & R3[2];
-  assign \$264  = \$261  & \$263 ;
-  assign \$265  = ~ R3[4];
+  assign \$223  = \$222  & R2[4];
+  assign \$224  = \$221  & \$223 ;
+  assign \$225  = ~ R2[6];
+  assign \$226  = ~ R2[7];
+  assign \$227  = \$225  & \$226 ;
+  assign \$228  = \$227  & R2[5];
+  assign \$229  = \$224  | \$228 ;
+  assign \$230  = ~ R2[7];
+  assign \$231  = \$230  & R2[6];
+  assign \$232  = \$231  | R2[7];
+  assign \$233  = \$229  | \$232 ;
+  assign \$234  = \$218  | \$233 ;
+  assign gt0_2 = \$171  & \$234 ;
+  assign \$235  = ~ R3[8];
+  assign \$236  = ~ R3[1];
+  assign \$237  = ~ R3[2];
+  assign \$238  = \$236  & \$237 ;
+  assign \$239  = ~ R3[3];
+  assign \$240  = ~ R3[4];
+  assign \$241  = \$239  & \$240 ;
+  assign \$242  = \$238  & \$241 ;
+  assign \$243  = ~ R3[5];
+  assign \$244  = ~ R3[6];
+  assign \$245  = \$243  & \$244 ;
+  assign \$246  = ~ R3[7];
+  assign \$247  = \$246  & R3[0];
+  assign \$248  = \$245  & \$247 ;
+  assign \$249  = \$242  & \$248 ;
+  assign \$250  = ~ R3[2];
+  assign \$251  = ~ R3[3];
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = ~ R3[4];
+  assign \$254  = ~ R3[5];
+  assign \$255  = \$253  & \$254 ;
+  assign \$256  = \$252  & \$255 ;
+  assign \$257  = ~ R3[6];
+  assign \$258  = ~ R3[7];
+  assign \$259  = \$257  & \$258 ;
+  assign \$260  = \$259  & R3[1];
+  assign \$261  = \$256  & \$260 ;
+  assign \$262  = \$249  | \$261 ;
+  assign \$263  = ~ R3[3];
+  assign \$264  = ~ R3[4];
+  assign \$265  = \$263  & \$264 ;
   assign \$266  = ~ R3[5];
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = ~ R3[6];
-  assign \$269  = ~ R3[7];
-  assign \$270  = \$268  & \$269 ;
-  assign \$271  = \$267  & \$270 ;
-  assign \$272  = \$271  & R3[3];
-  assign \$273  = \$264  | \$272 ;
-  assign \$274  = \$254  | \$273 ;
-  assign \$275  = ~ R3[5];
+  assign \$267  = ~ R3[6];
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = \$265  & \$268 ;
+  assign \$270  = ~ R3[7];
+  assign \$271  = \$270  & R3[2];
+  assign \$272  = \$269  & \$271 ;
+  assign \$273  = ~ R3[4];
+  assign \$274  = ~ R3[5];
+  assign \$275  = \$273  & \$274 ;
   assign \$276  = ~ R3[6];
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = ~ R3[7];
-  assign \$279  = \$278  & R3[4];
-  assign \$280  = \$277  & \$279 ;
-  assign \$281  = ~ R3[6];
-  assign \$282  = ~ R3[7];
-  assign \$283  = \$281  & \$282 ;
-  assign \$284  = \$283  & R3[5];
-  assign \$285  = \$280  | \$284 ;
+  assign \$277  = ~ R3[7];
+  assign \$278  = \$276  & \$277 ;
+  assign \$279  = \$275  & \$278 ;
+  assign \$280  = \$279  & R3[3];
+  assign \$281  = \$272  | \$280 ;
+  assign \$282  = \$262  | \$281 ;
+  assign \$283  = ~ R3[5];
+  assign \$284  = ~ R3[6];
+  assign \$285  = \$283  & \$284 ;
   assign \$286  = ~ R3[7];
-  assign \$287  = \$286  & R3[6];
-  assign \$288  = \$287  | R3[7];
-  assign \$289  = \$285  | \$288 ;
-  assign \$290  = \$274  | \$289 ;
-  assign gt0_3 = \$227  & \$290 ;
-  assign \$291  = ~ R4[8];
-  assign \$292  = ~ R4[1];
-  assign \$293  = ~ R4[2];
-  assign \$294  = \$292  & \$293 ;
-  assign \$295  = ~ R4[3];
-  assign \$296  = ~ R4[4];
-  assign \$297  = \$295  & \$296 ;
-  assign \$298  = \$294  & \$297 ;
-  assign \$299  = ~ R4[5];
-  assign \$300  = ~ R4[6];
-  assign \$301  = \$299  & \$300 ;
-  assign \$302  = ~ R4[7];
-  assign \$303  = \$302  & R4[0];
-  assign \$304  = \$301  & \$303 ;
-  assign \$305  = \$298  & \$304 ;
-  assign \$306  = ~ R4[2];
-  assign \$307  = ~ R4[3];
-  assign \$308  = \$306  & \$307 ;
-  assign \$309  = ~ R4[4];
-  assign \$310  = ~ R4[5];
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = \$308  & \$311 ;
-  assign \$313  = ~ R4[6];
-  assign \$314  = ~ R4[7];
-  assign \$315  = \$313  & \$314 ;
-  assign \$316  = \$315  & R4[1];
-  assign \$317  = \$312  & \$316 ;
-  assign \$318  = \$305  | \$317 ;
-  assign \$319  = ~ R4[3];
-  assign \$320  = ~ R4[4];
-  assign \$321  = \$319  & \$320 ;
-  assign \$322  = ~ R4[5];
-  assign \$323  = ~ R4[6];
-  assign \$324  = \$322  & \$323 ;
-  assign \$325  = \$321  & \$324 ;
-  assign \$326  = ~ R4[7];
-  assign \$327  = \$326  & R4[2];
-  assign \$328  = \$325  & \$327 ;
-  assign \$329  = ~ R4[4];
+  assign \$287  = \$286  & R3[4];
+  assign \$288  = \$285  & \$287 ;
+  assign \$289  = ~ R3[6];
+  assign \$290  = ~ R3[7];
+  assign \$291  = \$289  & \$290 ;
+  assign \$292  = \$291  & R3[5];
+  assign \$293  = \$288  | \$292 ;
+  assign \$294  = ~ R3[7];
+  assign \$295  = \$294  & R3[6];
+  assign \$296  = \$295  | R3[7];
+  assign \$297  = \$293  | \$296 ;
+  assign \$298  = \$282  | \$297 ;
+  assign gt0_3 = \$235  & \$298 ;
+  assign \$299  = ~ R4[8];
+  assign \$300  = ~ R4[1];
+  assign \$301  = ~ R4[2];
+  assign \$302  = \$300  & \$301 ;
+  assign \$303  = ~ R4[3];
+  assign \$304  = ~ R4[4];
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = \$302  & \$305 ;
+  assign \$307  = ~ R4[5];
+  assign \$308  = ~ R4[6];
+  assign \$309  = \$307  & \$308 ;
+  assign \$310  = ~ R4[7];
+  assign \$311  = \$310  & R4[0];
+  assign \$312  = \$309  & \$311 ;
+  assign \$313  = \$306  & \$312 ;
+  assign \$314  = ~ R4[2];
+  assign \$315  = ~ R4[3];
+  assign \$316  = \$314  & \$315 ;
+  assign \$317  = ~ R4[4];
+  assign \$318  = ~ R4[5];
+  assign \$319  = \$317  & \$318 ;
+  assign \$320  = \$316  & \$319 ;
+  assign \$321  = ~ R4[6];
+  assign \$322  = ~ R4[7];
+  assign \$323  = \$321  & \$322 ;
+  assign \$324  = \$323  & R4[1];
+  assign \$325  = \$320  & \$324 ;
+  assign \$326  = \$313  | \$325 ;
+  assign \$327  = ~ R4[3];
+  assign \$328  = ~ R4[4];
+  assign \$329  = \$327  & \$328 ;
   assign \$330  = ~ R4[5];
-  assign \$331  = \$329  & \$330 ;
-  assign \$332  = ~ R4[6];
-  assign \$333  = ~ R4[7];
-  assign \$334  = \$332  & \$333 ;
-  assign \$335  = \$331  & \$334 ;
-  assign \$336  = \$335  & R4[3];
-  assign \$337  = \$328  | \$336 ;
-  assign \$338  = \$318  | \$337 ;
-  assign \$339  = ~ R4[5];
+  assign \$331  = ~ R4[6];
+  assign \$332  = \$330  & \$331 ;
+  assign \$333  = \$329  & \$332 ;
+  assign \$334  = ~ R4[7];
+  assign \$335  = \$334  & R4[2];
+  assign \$336  = \$333  & \$335 ;
+  assign \$337  = ~ R4[4];
+  assign \$338  = ~ R4[5];
+  assign \$339  = \$337  & \$338 ;
   assign \$340  = ~ R4[6];
-  assign \$341  = \$339  & \$340 ;
-  assign \$342  = ~ R4[7];
-  assign \$343  = \$342  & R4[4];
-  assign \$344  = \$341  & \$343 ;
-  assign \$345  = ~ R4[6];
-  assign \$346  = ~ R4[7];
-  assign \$347  = \$345  & \$346 ;
-  assign \$348  = \$347  & R4[5];
-  assign \$349  = \$344  | \$348 ;
+  assign \$341  = ~ R4[7];
+  assign \$342  = \$340  & \$341 ;
+  assign \$343  = \$339  & \$342 ;
+  assign \$344  = \$343  & R4[3];
+  assign \$345  = \$336  | \$344 ;
+  assign \$346  = \$326  | \$345 ;
+  assign \$347  = ~ R4[5];
+  assign \$348  = ~ R4[6];
+  assign \$349  = \$347  & \$348 ;
   assign \$350  = ~ R4[7];
-  assign \$351  = \$350  & R4[6];
-  assign \$352  = \$351  | R4[7];
-  assign \$353  = \$349  | \$352 ;
-  assign \$354  = \$338  | \$353 ;
-  assign gt0_4 = \$291  & \$354 ;
-  assign \$355  = ~ R5[8];
-  assign \$356  = ~ R5[1];
-  assign \$357  = ~ R5[2];
-  assign \$358  = \$356  & \$357 ;
-  assign \$359  = ~ R5[3];
-  assign \$360  = ~ R5[4];
-  assign \$361  = \$359  & \$360 ;
-  assign \$362  = \$358  & \$361 ;
-  assign \$363  = ~ R5[5];
-  assign \$364  = ~ R5[6];
-  assign \$365  = \$363  & \$364 ;
-  assign \$366  = ~ R5[7];
-  assign \$367  = \$366  & R5[0];
-  assign \$368  = \$365  & \$367 ;
-  assign \$369  = \$362  & \$368 ;
-  assign \$370  = ~ R5[2];
-  assign \$371  = ~ R5[3];
-  assign \$372  = \$370  & \$371 ;
-  assign \$373  = ~ R5[4];
-  assign \$374  = ~ R5[5];
-  assign \$375  = \$373  & \$374 ;
-  assign \$376  = \$372  & \$375 ;
-  assign \$377  = ~ R5[6];
-  assign \$378  = ~ R5[7];
-  assign \$379  = \$377  & \$378 ;
-  assign \$380  = \$379  & R5[1];
-  assign \$381  = \$376  & \$380 ;
-  assign \$382  = \$369  | \$381 ;
-  assign \$383  = ~ R5[3];
-  assign \$384  = ~ R5[4];
-  assign \$385  = \$383  & \$384 ;
-  assign \$386  = ~ R5[5];
-  assign \$387  = ~ R5[6];
-  assign \$388  = \$386  & \$387 ;
-  assign \$389  = \$385  & \$388 ;
-  assign \$390  = ~ R5[7];
-  assign \$391  = \$390  & R5[2];
-  assign \$392  = \$389  & \$391 ;
-  assign \$393  = ~ R5[4];
+  assign \$351  = \$350  & R4[4];
+  assign \$352  = \$349  & \$351 ;
+  assign \$353  = ~ R4[6];
+  assign \$354  = ~ R4[7];
+  assign \$355  = \$353  & \$354 ;
+  assign \$356  = \$355  & R4[5];
+  assign \$357  = \$352  | \$356 ;
+  assign \$358  = ~ R4[7];
+  assign \$359  = \$358  & R4[6];
+  assign \$360  = \$359  | R4[7];
+  assign \$361  = \$357  | \$360 ;
+  assign \$362  = \$346  | \$361 ;
+  assign gt0_4 = \$299  & \$362 ;
+  assign \$363  = ~ R5[8];
+  assign \$364  = ~ R5[1];
+  assign \$365  = ~ R5[2];
+  assign \$366  = \$364  & \$365 ;
+  assign \$367  = ~ R5[3];
+  assign \$368  = ~ R5[4];
+  assign \$369  = \$367  & \$368 ;
+  assign \$370  = \$366  & \$369 ;
+  assign \$371  = ~ R5[5];
+  assign \$372  = ~ R5[6];
+  assign \$373  = \$371  & \$372 ;
+  assign \$374  = ~ R5[7];
+  assign \$375  = \$374  & R5[0];
+  assign \$376  = \$373  & \$375 ;
+  assign \$377  = \$370  & \$376 ;
+  assign \$378  = ~ R5[2];
+  assign \$379  = ~ R5[3];
+  assign \$380  = \$378  & \$379 ;
+  assign \$381  = ~ R5[4];
+  assign \$382  = ~ R5[5];
+  assign \$383  = \$381  & \$382 ;
+  assign \$384  = \$380  & \$383 ;
+  assign \$385  = ~ R5[6];
+  assign \$386  = ~ R5[7];
+  assign \$387  = \$385  & \$386 ;
+  assign \$388  = \$387  & R5[1];
+  assign \$389  = \$384  & \$388 ;
+  assign \$390  = \$377  | \$389 ;
+  assign \$391  = ~ R5[3];
+  assign \$392  = ~ R5[4];
+  assign \$393  = \$391  & \$392 ;
   assign \$394  = ~ R5[5];
-  assign \$395  = \$393  & \$394 ;
-  assign \$396  = ~ R5[6];
-  assign \$397  = ~ R5[7];
-  assign \$398  = \$396  & \$397 ;
-  assign \$399  = \$395  & \$398 ;
-  assign \$400  = \$399  & R5[3];
-  assign \$401  = \$392  | \$400 ;
-  assign \$402  = \$382  | \$401 ;
-  assign \$403  = ~ R5[5];
+  assign \$395  = ~ R5[6];
+  assign \$396  = \$394  & \$395 ;
+  assign \$397  = \$393  & \$396 ;
+  assign \$398  = ~ R5[7];
+  assign \$399  = \$398  & R5[2];
+  assign \$400  = \$397  & \$399 ;
+  assign \$401  = ~ R5[4];
+  assign \$402  = ~ R5[5];
+  assign \$403  = \$401  & \$402 ;
   assign \$404  = ~ R5[6];
-  assign \$405  = \$403  & \$404 ;
-  assign \$406  = ~ R5[7];
-  assign \$407  = \$406  & R5[4];
-  assign \$408  = \$405  & \$407 ;
-  assign \$409  = ~ R5[6];
-  assign \$410  = ~ R5[7];
-  assign \$411  = \$409  & \$410 ;
-  assign \$412  = \$411  & R5[5];
-  assign \$413  = \$408  | \$412 ;
+  assign \$405  = ~ R5[7];
+  assign \$406  = \$404  & \$405 ;
+  assign \$407  = \$403  & \$406 ;
+  assign \$408  = \$407  & R5[3];
+  assign \$409  = \$400  | \$408 ;
+  assign \$410  = \$390  | \$409 ;
+  assign \$411  = ~ R5[5];
+  assign \$412  = ~ R5[6];
+  assign \$413  = \$411  & \$412 ;
   assign \$414  = ~ R5[7];
-  assign \$415  = \$414  & R5[6];
-  assign \$416  = \$415  | R5[7];
-  assign \$417  = \$413  | \$416 ;
-  assign \$418  = \$402  | \$417 ;
-  assign gt0_5 = \$355  & \$418 ;
-  assign \$419  = ~ R6[8];
-  assign \$420  = ~ R6[1];
-  assign \$421  = ~ R6[2];
-  assign \$422  = \$420  & \$421 ;
-  assign \$423  = ~ R6[3];
-  assign \$424  = ~ R6[4];
-  assign \$425  = \$423  & \$424 ;
-  assign \$426  = \$422  & \$425 ;
-  assign \$427  = ~ R6[5];
-  assign \$428  = ~ R6[6];
-  assign \$429  = \$427  & \$428 ;
-  assign \$430  = ~ R6[7];
-  assign \$431  = \$430  & R6[0];
-  assign \$432  = \$429  & \$431 ;
-  assign \$433  = \$426  & \$432 ;
-  assign \$434  = ~ R6[2];
-  assign \$435  = ~ R6[3];
-  assign \$436  = \$434  & \$435 ;
-  assign \$437  = ~ R6[4];
-  assign \$438  = ~ R6[5];
-  assign \$439  = \$437  & \$438 ;
-  assign \$440  = \$436  & \$439 ;
-  assign \$441  = ~ R6[6];
-  assign \$442  = ~ R6[7];
-  assign \$443  = \$441  & \$442 ;
-  assign \$444  = \$443  & R6[1];
-  assign \$445  = \$440  & \$444 ;
-  assign \$446  = \$433  | \$445 ;
-  assign \$447  = ~ R6[3];
-  assign \$448  = ~ R6[4];
-  assign \$449  = \$447  & \$448 ;
-  assign \$450  = ~ R6[5];
-  assign \$451  = ~ R6[6];
-  assign \$452  = \$450  & \$451 ;
-  assign \$453  = \$449  & \$452 ;
-  assign \$454  = ~ R6[7];
-  assign \$455  = \$454  & R6[2];
-  assign \$456  = \$453  & \$455 ;
-  assign \$457  = ~ R6[4];
+  assign \$415  = \$414  & R5[4];
+  assign \$416  = \$413  & \$415 ;
+  assign \$417  = ~ R5[6];
+  assign \$418  = ~ R5[7];
+  assign \$419  = \$417  & \$418 ;
+  assign \$420  = \$419  & R5[5];
+  assign \$421  = \$416  | \$420 ;
+  assign \$422  = ~ R5[7];
+  assign \$423  = \$422  & R5[6];
+  assign \$424  = \$423  | R5[7];
+  assign \$425  = \$421  | \$424 ;
+  assign \$426  = \$410  | \$425 ;
+  assign gt0_5 = \$363  & \$426 ;
+  assign \$427  = ~ R6[8];
+  assign \$428  = ~ R6[1];
+  assign \$429  = ~ R6[2];
+  assign \$430  = \$428  & \$429 ;
+  assign \$431  = ~ R6[3];
+  assign \$432  = ~ R6[4];
+  assign \$433  = \$431  & \$432 ;
+  assign \$434  = \$430  & \$433 ;
+  assign \$435  = ~ R6[5];
+  assign \$436  = ~ R6[6];
+  assign \$437  = \$435  & \$436 ;
+  assign \$438  = ~ R6[7];
+  assign \$439  = \$438  & R6[0];
+  assign \$440  = \$437  & \$439 ;
+  assign \$441  = \$434  & \$440 ;
+  assign \$442  = ~ R6[2];
+  assign \$443  = ~ R6[3];
+  assign \$444  = \$442  & \$443 ;
+  assign \$445  = ~ R6[4];
+  assign \$446  = ~ R6[5];
+  assign \$447  = \$445  & \$446 ;
+  assign \$448  = \$444  & \$447 ;
+  assign \$449  = ~ R6[6];
+  assign \$450  = ~ R6[7];
+  assign \$451  = \$449  & \$450 ;
+  assign \$452  = \$451  & R6[1];
+  assign \$453  = \$448  & \$452 ;
+  assign \$454  = \$441  | \$453 ;
+  assign \$455  = ~ R6[3];
+  assign \$456  = ~ R6[4];
+  assign \$457  = \$455  & \$456 ;
   assign \$458  = ~ R6[5];
-  assign \$459  = \$457  & \$458 ;
-  assign \$460  = ~ R6[6];
-  assign \$461  = ~ R6[7];
-  assign \$462  = \$460  & \$461 ;
-  assign \$463  = \$459  & \$462 ;
-  assign \$464  = \$463  & R6[3];
-  assign \$465  = \$456  | \$464 ;
-  assign \$466  = \$446  | \$465 ;
-  assign \$467  = ~ R6[5];
+  assign \$459  = ~ R6[6];
+  assign \$460  = \$458  & \$459 ;
+  assign \$461  = \$457  & \$460 ;
+  assign \$462  = ~ R6[7];
+  assign \$463  = \$462  & R6[2];
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = ~ R6[4];
+  assign \$466  = ~ R6[5];
+  assign \$467  = \$465  & \$466 ;
   assign \$468  = ~ R6[6];
-  assign \$469  = \$467  & \$468 ;
-  assign \$470  = ~ R6[7];
-  assign \$471  = \$470  & R6[4];
-  assign \$472  = \$469  & \$471 ;
-  assign \$473  = ~ R6[6];
-  assign \$474  = ~ R6[7];
-  assign \$475  = \$473  & \$474 ;
-  assign \$476  = \$475  & R6[5];
-  assign \$477  = \$472  | \$476 ;
+  assign \$469  = ~ R6[7];
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = \$467  & \$470 ;
+  assign \$472  = \$471  & R6[3];
+  assign \$473  = \$464  | \$472 ;
+  assign \$474  = \$454  | \$473 ;
+  assign \$475  = ~ R6[5];
+  assign \$476  = ~ R6[6];
+  assign \$477  = \$475  & \$476 ;
   assign \$478  = ~ R6[7];
-  assign \$479  = \$478  & R6[6];
-  assign \$480  = \$479  | R6[7];
-  assign \$481  = \$477  | \$480 ;
-  assign \$482  = \$466  | \$481 ;
-  assign gt0_6 = \$419  & \$482 ;
-  assign \$483  = ~ R7[8];
-  assign \$484  = ~ R7[1];
-  assign \$485  = ~ R7[2];
-  assign \$486  = \$484  & \$485 ;
-  assign \$487  = ~ R7[3];
-  assign \$488  = ~ R7[4];
-  assign \$489  = \$487  & \$488 ;
-  assign \$490  = \$486  & \$489 ;
-  assign \$491  = ~ R7[5];
-  assign \$492  = ~ R7[6];
-  assign \$493  = \$491  & \$492 ;
-  assign \$494  = ~ R7[7];
-  assign \$495  = \$494  & R7[0];
-  assign \$496  = \$493  & \$495 ;
-  assign \$497  = \$490  & \$496 ;
-  assign \$498  = ~ R7[2];
-  assign \$499  = ~ R7[3];
-  assign \$500  = \$498  & \$499 ;
-  assign \$501  = ~ R7[4];
-  assign \$502  = ~ R7[5];
-  assign \$503  = \$501  & \$502 ;
-  assign \$504  = \$500  & \$503 ;
-  assign \$505  = ~ R7[6];
-  assign \$506  = ~ R7[7];
-  assign \$507  = \$505  & \$506 ;
-  assign \$508  = \$507  & R7[1];
-  assign \$509  = \$504  & \$508 ;
-  assign \$510  = \$497  | \$509 ;
-  assign \$511  = ~ R7[3];
-  assign \$512  = ~ R7[4];
-  assign \$513  = \$511  & \$512 ;
-  assign \$514  = ~ R7[5];
-  assign \$515  = ~ R7[6];
-  assign \$516  = \$514  & \$515 ;
-  assign \$517  = \$513  & \$516 ;
-  assign \$518  = ~ R7[7];
-  assign \$519  = \$518  & R7[2];
-  assign \$520  = \$517  & \$519 ;
-  assign \$521  = ~ R7[4];
+  assign \$479  = \$478  & R6[4];
+  assign \$480  = \$477  & \$479 ;
+  assign \$481  = ~ R6[6];
+  assign \$482  = ~ R6[7];
+  assign \$483  = \$481  & \$482 ;
+  assign \$484  = \$483  & R6[5];
+  assign \$485  = \$480  | \$484 ;
+  assign \$486  = ~ R6[7];
+  assign \$487  = \$486  & R6[6];
+  assign \$488  = \$487  | R6[7];
+  assign \$489  = \$485  | \$488 ;
+  assign \$490  = \$474  | \$489 ;
+  assign gt0_6 = \$427  & \$490 ;
+  assign \$491  = ~ R7[8];
+  assign \$492  = ~ R7[1];
+  assign \$493  = ~ R7[2];
+  assign \$494  = \$492  & \$493 ;
+  assign \$495  = ~ R7[3];
+  assign \$496  = ~ R7[4];
+  assign \$497  = \$495  & \$496 ;
+  assign \$498  = \$494  & \$497 ;
+  assign \$499  = ~ R7[5];
+  assign \$500  = ~ R7[6];
+  assign \$501  = \$499  & \$500 ;
+  assign \$502  = ~ R7[7];
+  assign \$503  = \$502  & R7[0];
+  assign \$504  = \$501  & \$503 ;
+  assign \$505  = \$498  & \$504 ;
+  assign \$506  = ~ R7[2];
+  assign \$507  = ~ R7[3];
+  assign \$508  = \$506  & \$507 ;
+  assign \$509  = ~ R7[4];
+  assign \$510  = ~ R7[5];
+  assign \$511  = \$509  & \$510 ;
+  assign \$512  = \$508  & \$511 ;
+  assign \$513  = ~ R7[6];
+  assign \$514  = ~ R7[7];
+  assign \$515  = \$513  & \$514 ;
+  assign \$516  = \$515  & R7[1];
+  assign \$517  = \$512  & \$516 ;
+  assign \$518  = \$505  | \$517 ;
+  assign \$519  = ~ R7[3];
+  assign \$520  = ~ R7[4];
+  assign \$521  = \$519  & \$520 ;
   assign \$522  = ~ R7[5];
-  assign \$523  = \$521  & \$522 ;
-  assign \$524  = ~ R7[6];
-  assign \$525  = ~ R7[7];
-  assign \$526  = \$524  & \$525 ;
-  assign \$527  = \$523  & \$526 ;
-  assign \$528  = \$527  & R7[3];
-  assign \$529  = \$520  | \$528 ;
-  assign \$530  = \$510  | \$529 ;
-  assign \$531  = ~ R7[5];
+  assign \$523  = ~ R7[6];
+  assign \$524  = \$522  & \$523 ;
+  assign \$525  = \$521  & \$524 ;
+  assign \$526  = ~ R7[7];
+  assign \$527  = \$526  & R7[2];
+  assign \$528  = \$525  & \$527 ;
+  assign \$529  = ~ R7[4];
+  assign \$530  = ~ R7[5];
+  assign \$531  = \$529  & \$530 ;
   assign \$532  = ~ R7[6];
-  assign \$533  = \$531  & \$532 ;
-  assign \$534  = ~ R7[7];
-  assign \$535  = \$534  & R7[4];
-  assign \$536  = \$533  & \$535 ;
-  assign \$537  = ~ R7[6];
-  assign \$538  = ~ R7[7];
-  assign \$539  = \$537  & \$538 ;
-  assign \$540  = \$539  & R7[5];
-  assign \$541  = \$536  | \$540 ;
+  assign \$533  = ~ R7[7];
+  assign \$534  = \$532  & \$533 ;
+  assign \$535  = \$531  & \$534 ;
+  assign \$536  = \$535  & R7[3];
+  assign \$537  = \$528  | \$536 ;
+  assign \$538  = \$518  | \$537 ;
+  assign \$539  = ~ R7[5];
+  assign \$540  = ~ R7[6];
+  assign \$541  = \$539  & \$540 ;
   assign \$542  = ~ R7[7];
-  assign \$543  = \$542  & R7[6];
-  assign \$544  = \$543  | R7[7];
-  assign \$545  = \$541  | \$544 ;
-  assign \$546  = \$530  | \$545 ;
-  assign gt0_7 = \$483  & \$546 ;
-  assign \$547  = ~ gt0_0;
-  assign \$548  = gt0_1 & \$547 ;
-  assign \$549  = \$548  ? 1'h1 : 1'h0;
-  assign \$550  = ~ gt0_1;
-  assign \$551  = gt0_2 & \$550 ;
-  assign \$552  = \$551  ? 2'h2 : 2'h0;
-  assign \$553  = { 1'h0, \$549  } | \$552 ;
-  assign \$554  = ~ gt0_2;
-  assign \$555  = gt0_3 & \$554 ;
-  assign \$556  = \$555  ? 2'h3 : 2'h0;
-  assign \$557  = ~ gt0_3;
-  assign \$558  = gt0_4 & \$557 ;
-  assign \$559  = \$558  ? 3'h4 : 3'h0;
-  assign \$560  = { 1'h0, \$556  } | \$559 ;
-  assign \$561  = { 1'h0, \$553  } | \$560 ;
-  assign \$562  = ~ gt0_4;
-  assign \$563  = gt0_5 & \$562 ;
-  assign \$564  = \$563  ? 3'h5 : 3'h0;
-  assign \$565  = ~ gt0_5;
-  assign \$566  = gt0_6 & \$565 ;
-  assign \$567  = \$566  ? 3'h6 : 3'h0;
-  assign \$568  = \$564  | \$567 ;
-  assign \$569  = ~ gt0_6;
-  assign \$570  = gt0_7 & \$569 ;
-  assign \$571  = \$570  ? 3'h7 : 3'h0;
-  assign \$572  = \$568  | \$571 ;
-  assign gsel0 = \$561  | \$572 ;
-  assign \$573  = gt0_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$574  = ~ gt0_0;
-  assign \$575  = gt0_1 & \$574 ;
-  assign \$576  = \$575  ? mbeat0[31:16] : 16'h0000;
-  assign \$577  = \$573  | \$576 ;
-  assign \$578  = ~ gt0_1;
-  assign \$579  = gt0_2 & \$578 ;
-  assign \$580  = \$579  ? mbeat0[47:32] : 16'h0000;
-  assign \$581  = ~ gt0_2;
-  assign \$582  = gt0_3 & \$581 ;
-  assign \$583  = \$582  ? mbeat0[63:48] : 16'h0000;
-  assign \$584  = \$580  | \$583 ;
-  assign \$585  = \$577  | \$584 ;
-  assign \$586  = ~ gt0_3;
-  assign \$587  = gt0_4 & \$586 ;
-  assign \$588  = \$587  ? mbeat1[15:0] : 16'h0000;
-  assign \$589  = ~ gt0_4;
-  assign \$590  = gt0_5 & \$589 ;
-  assign \$591  = \$590  ? mbeat1[31:16] : 16'h0000;
+  assign \$543  = \$542  & R7[4];
+  assign \$544  = \$541  & \$543 ;
+  assign \$545  = ~ R7[6];
+  assign \$546  = ~ R7[7];
+  assign \$547  = \$545  & \$546 ;
+  assign \$548  = \$547  & R7[5];
+  assign \$549  = \$544  | \$548 ;
+  assign \$550  = ~ R7[7];
+  assign \$551  = \$550  & R7[6];
+  assign \$552  = \$551  | R7[7];
+  assign \$553  = \$549  | \$552 ;
+  assign \$554  = \$538  | \$553 ;
+  assign gt0_7 = \$491  & \$554 ;
+  assign \$555  = ~ gt0_0;
+  assign \$556  = gt0_1 & \$555 ;
+  assign \$557  = \$556  ? 1'h1 : 1'h0;
+  assign \$558  = ~ gt0_1;
+  assign \$559  = gt0_2 & \$558 ;
+  assign \$560  = \$559  ? 2'h2 : 2'h0;
+  assign \$561  = { 1'h0, \$557  } | \$560 ;
+  assign \$562  = ~ gt0_2;
+  assign \$563  = gt0_3 & \$562 ;
+  assign \$564  = \$563  ? 2'h3 : 2'h0;
+  assign \$565  = ~ gt0_3;
+  assign \$566  = gt0_4 & \$565 ;
+  assign \$567  = \$566  ? 3'h4 : 3'h0;
+  assign \$568  = { 1'h0, \$564  } | \$567 ;
+  assign \$569  = { 1'h0, \$561  } | \$568 ;
+  assign \$570  = ~ gt0_4;
+  assign \$571  = gt0_5 & \$570 ;
+  assign \$572  = \$571  ? 3'h5 : 3'h0;
+  assign \$573  = ~ gt0_5;
+  assign \$574  = gt0_6 & \$573 ;
+  assign \$575  = \$574  ? 3'h6 : 3'h0;
+  assign \$576  = \$572  | \$575 ;
+  assign \$577  = ~ gt0_6;
+  assign \$578  = gt0_7 & \$577 ;
+  assign \$579  = \$578  ? 3'h7 : 3'h0;
+  assign \$580  = \$576  | \$579 ;
+  assign gsel0 = \$569  | \$580 ;
+  assign \$581  = gt0_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$582  = ~ gt0_0;
+  assign \$583  = gt0_1 & \$582 ;
+  assign \$584  = \$583  ? mbeat0[31:16] : 16'h0000;
+  assign \$585  = \$581  | \$584 ;
+  assign \$586  = ~ gt0_1;
+  assign \$587  = gt0_2 & \$586 ;
+  assign \$588  = \$587  ? mbeat0[47:32] : 16'h0000;
+  assign \$589  = ~ gt0_2;
+  assign \$590  = gt0_3 & \$589 ;
+  assign \$591  = \$590  ? mbeat0[63:48] : 16'h0000;
   assign \$592  = \$588  | \$591 ;
-  assign \$593  = ~ gt0_5;
-  assign \$594  = gt0_6 & \$593 ;
-  assign \$595  = \$594  ? mbeat1[47:32] : 16'h0000;
-  assign \$596  = ~ gt0_6;
-  assign \$597  = gt0_7 & \$596 ;
-  assign \$598  = \$597  ? mbeat1[63:48] : 16'h0000;
-  assign \$599  = \$595  | \$598 ;
-  assign \$600  = \$592  | \$599 ;
-  assign grp0 = \$585  | \$600 ;
-  assign \$601  = gt0_0 ? Rm1[3:0] : 4'h0;
-  assign \$602  = ~ gt0_0;
-  assign \$603  = gt0_1 & \$602 ;
-  assign \$604  = \$603  ? R0[3:0] : 4'h0;
-  assign \$605  = \$601  | \$604 ;
-  assign \$606  = ~ gt0_1;
-  assign \$607  = gt0_2 & \$606 ;
-  assign \$608  = \$607  ? R1[3:0] : 4'h0;
-  assign \$609  = ~ gt0_2;
-  assign \$610  = gt0_3 & \$609 ;
-  assign \$611  = \$610  ? R2[3:0] : 4'h0;
-  assign \$612  = \$608  | \$611 ;
-  assign \$613  = \$605  | \$612 ;
-  assign \$614  = ~ gt0_3;
-  assign \$615  = gt0_4 & \$614 ;
-  assign \$616  = \$615  ? R3[3:0] : 4'h0;
-  assign \$617  = ~ gt0_4;
-  assign \$618  = gt0_5 & \$617 ;
-  assign \$619  = \$618  ? R4[3:0] : 4'h0;
+  assign \$593  = \$585  | \$592 ;
+  assign \$594  = ~ gt0_3;
+  assign \$595  = gt0_4 & \$594 ;
+  assign \$596  = \$595  ? mbeat1[15:0] : 16'h0000;
+  assign \$597  = ~ gt0_4;
+  assign \$598  = gt0_5 & \$597 ;
+  assign \$599  = \$598  ? mbeat1[31:16] : 16'h0000;
+  assign \$600  = \$596  | \$599 ;
+  assign \$601  = ~ gt0_5;
+  assign \$602  = gt0_6 & \$601 ;
+  assign \$603  = \$602  ? mbeat1[47:32] : 16'h0000;
+  assign \$604  = ~ gt0_6;
+  assign \$605  = gt0_7 & \$604 ;
+  assign \$606  = \$605  ? mbeat1[63:48] : 16'h0000;
+  assign \$607  = \$603  | \$606 ;
+  assign \$608  = \$600  | \$607 ;
+  assign grp0 = \$593  | \$608 ;
+  assign \$609  = gt0_0 ? Rm1[3:0] : 4'h0;
+  assign \$610  = ~ gt0_0;
+  assign \$611  = gt0_1 & \$610 ;
+  assign \$612  = \$611  ? R0[3:0] : 4'h0;
+  assign \$613  = \$609  | \$612 ;
+  assign \$614  = ~ gt0_1;
+  assign \$615  = gt0_2 & \$614 ;
+  assign \$616  = \$615  ? R1[3:0] : 4'h0;
+  assign \$617  = ~ gt0_2;
+  assign \$618  = gt0_3 & \$617 ;
+  assign \$619  = \$618  ? R2[3:0] : 4'h0;
   assign \$620  = \$616  | \$619 ;
-  assign \$621  = ~ gt0_5;
-  assign \$622  = gt0_6 & \$621 ;
-  assign \$623  = \$622  ? R5[3:0] : 4'h0;
-  assign \$624  = ~ gt0_6;
-  assign \$625  = gt0_7 & \$624 ;
-  assign \$626  = \$625  ? R6[3:0] : 4'h0;
-  assign \$627  = \$623  | \$626 ;
-  assign \$628  = \$620  | \$627 ;
-  assign dlow0 = \$613  | \$628 ;
-  assign \$629  = ~ R0[8];
-  assign \$630  = ~ R0[2];
-  assign \$631  = ~ R0[3];
-  assign \$632  = \$630  & \$631 ;
-  assign \$633  = ~ R0[4];
-  assign \$634  = ~ R0[5];
-  assign \$635  = \$633  & \$634 ;
-  assign \$636  = \$632  & \$635 ;
-  assign \$637  = ~ R0[6];
-  assign \$638  = ~ R0[7];
-  assign \$639  = \$637  & \$638 ;
-  assign \$640  = \$639  & R0[1];
-  assign \$641  = \$636  & \$640 ;
-  assign \$642  = ~ R0[3];
-  assign \$643  = ~ R0[4];
-  assign \$644  = \$642  & \$643 ;
-  assign \$645  = ~ R0[5];
-  assign \$646  = ~ R0[6];
+  assign \$621  = \$613  | \$620 ;
+  assign \$622  = ~ gt0_3;
+  assign \$623  = gt0_4 & \$622 ;
+  assign \$624  = \$623  ? R3[3:0] : 4'h0;
+  assign \$625  = ~ gt0_4;
+  assign \$626  = gt0_5 & \$625 ;
+  assign \$627  = \$626  ? R4[3:0] : 4'h0;
+  assign \$628  = \$624  | \$627 ;
+  assign \$629  = ~ gt0_5;
+  assign \$630  = gt0_6 & \$629 ;
+  assign \$631  = \$630  ? R5[3:0] : 4'h0;
+  assign \$632  = ~ gt0_6;
+  assign \$633  = gt0_7 & \$632 ;
+  assign \$634  = \$633  ? R6[3:0] : 4'h0;
+  assign \$635  = \$631  | \$634 ;
+  assign \$636  = \$628  | \$635 ;
+  assign dlow0 = \$621  | \$636 ;
+  assign \$637  = ~ R0[8];
+  assign \$638  = ~ R0[2];
+  assign \$639  = ~ R0[3];
+  assign \$640  = \$638  & \$639 ;
+  assign \$641  = ~ R0[4];
+  assign \$642  = ~ R0[5];
+  assign \$643  = \$641  & \$642 ;
+  assign \$644  = \$640  & \$643 ;
+  assign \$645  = ~ R0[6];
+  assign \$646  = ~ R0[7];
   assign \$647  = \$645  & \$646 ;
-  assign \$648  = \$644  & \$647 ;
-  assign \$649  = ~ R0[7];
-  assign \$650  = \$649  & R0[2];
-  assign \$651  = \$648  & \$650 ;
-  assign \$652  = \$641  | \$651 ;
-  assign \$653  = ~ R0[4];
-  assign \$654  = ~ R0[5];
+  assign \$648  = \$647  & R0[1];
+  assign \$649  = \$644  & \$648 ;
+  assign \$650  = ~ R0[3];
+  assign \$651  = ~ R0[4];
+  assign \$652  = \$650  & \$651 ;
+  assign \$653  = ~ R0[5];
+  assign \$654  = ~ R0[6];
   assign \$655  = \$653  & \$654 ;
-  assign \$656  = ~ R0[6];
+  assign \$656  = \$652  & \$655 ;
   assign \$657  = ~ R0[7];
-  assign \$658  = \$656  & \$657 ;
-  assign \$659  = \$655  & \$658 ;
-  assign \$660  = \$659  & R0[3];
-  assign \$661  = ~ R0[5];
-  assign \$662  = ~ R0[6];
+  assign \$658  = \$657  & R0[2];
+  assign \$659  = \$656  & \$658 ;
+  assign \$660  = \$649  | \$659 ;
+  assign \$661  = ~ R0[4];
+  assign \$662  = ~ R0[5];
   assign \$663  = \$661  & \$662 ;
-  assign \$664  = ~ R0[7];
-  assign \$665  = \$664  & R0[4];
-  assign \$666  = \$663  & \$665 ;
-  assign \$667  = \$660  | \$666 ;
-  assign \$668  = \$652  | \$667 ;
-  assign \$669  = ~ R0[6];
-  assign \$670  = ~ R0[7];
+  assign \$664  = ~ R0[6];
+  assign \$665  = ~ R0[7];
+  assign \$666  = \$664  & \$665 ;
+  assign \$667  = \$663  & \$666 ;
+  assign \$668  = \$667  & R0[3];
+  assign \$669  = ~ R0[5];
+  assign \$670  = ~ R0[6];
   assign \$671  = \$669  & \$670 ;
-  assign \$672  = \$671  & R0[5];
-  assign \$673  = ~ R0[7];
-  assign \$674  = \$673  & R0[6];
-  assign \$675  = \$672  | \$674 ;
-  assign \$676  = \$675  | R0[7];
-  assign \$677  = \$668  | \$676 ;
-  assign gt1_0 = \$629  & \$677 ;
-  assign \$678  = ~ R1[8];
-  assign \$679  = ~ R1[2];
-  assign \$680  = ~ R1[3];
-  assign \$681  = \$679  & \$680 ;
-  assign \$682  = ~ R1[4];
-  assign \$683  = ~ R1[5];
-  assign \$684  = \$682  & \$683 ;
-  assign \$685  = \$681  & \$684 ;
-  assign \$686  = ~ R1[6];
-  assign \$687  = ~ R1[7];
-  assign \$688  = \$686  & \$687 ;
-  assign \$689  = \$688  & R1[1];
-  assign \$690  = \$685  & \$689 ;
-  assign \$691  = ~ R1[3];
-  assign \$692  = ~ R1[4];
-  assign \$693  = \$691  & \$692 ;
-  assign \$694  = ~ R1[5];
-  assign \$695  = ~ R1[6];
+  assign \$672  = ~ R0[7];
+  assign \$673  = \$672  & R0[4];
+  assign \$674  = \$671  & \$673 ;
+  assign \$675  = \$668  | \$674 ;
+  assign \$676  = \$660  | \$675 ;
+  assign \$677  = ~ R0[6];
+  assign \$678  = ~ R0[7];
+  assign \$679  = \$677  & \$678 ;
+  assign \$680  = \$679  & R0[5];
+  assign \$681  = ~ R0[7];
+  assign \$682  = \$681  & R0[6];
+  assign \$683  = \$680  | \$682 ;
+  assign \$684  = \$683  | R0[7];
+  assign \$685  = \$676  | \$684 ;
+  assign gt1_0 = \$637  & \$685 ;
+  assign \$686  = ~ R1[8];
+  assign \$687  = ~ R1[2];
+  assign \$688  = ~ R1[3];
+  assign \$689  = \$687  & \$688 ;
+  assign \$690  = ~ R1[4];
+  assign \$691  = ~ R1[5];
+  assign \$692  = \$690  & \$691 ;
+  assign \$693  = \$689  & \$692 ;
+  assign \$694  = ~ R1[6];
+  assign \$695  = ~ R1[7];
   assign \$696  = \$694  & \$695 ;
-  assign \$697  = \$693  & \$696 ;
-  assign \$698  = ~ R1[7];
-  assign \$699  = \$698  & R1[2];
-  assign \$700  = \$697  & \$699 ;
-  assign \$701  = \$690  | \$700 ;
-  assign \$702  = ~ R1[4];
-  assign \$703  = ~ R1[5];
+  assign \$697  = \$696  & R1[1];
+  assign \$698  = \$693  & \$697 ;
+  assign \$699  = ~ R1[3];
+  assign \$700  = ~ R1[4];
+  assign \$701  = \$699  & \$700 ;
+  assign \$702  = ~ R1[5];
+  assign \$703  = ~ R1[6];
   assign \$704  = \$702  & \$703 ;
-  assign \$705  = ~ R1[6];
+  assign \$705  = \$701  & \$704 ;
   assign \$706  = ~ R1[7];
-  assign \$707  = \$705  & \$706 ;
-  assign \$708  = \$704  & \$707 ;
-  assign \$709  = \$708  & R1[3];
-  assign \$710  = ~ R1[5];
-  assign \$711  = ~ R1[6];
+  assign \$707  = \$706  & R1[2];
+  assign \$708  = \$705  & \$707 ;
+  assign \$709  = \$698  | \$708 ;
+  assign \$710  = ~ R1[4];
+  assign \$711  = ~ R1[5];
   assign \$712  = \$710  & \$711 ;
-  assign \$713  = ~ R1[7];
-  assign \$714  = \$713  & R1[4];
-  assign \$715  = \$712  & \$714 ;
-  assign \$716  = \$709  | \$715 ;
-  assign \$717  = \$701  | \$716 ;
-  assign \$718  = ~ R1[6];
-  assign \$719  = ~ R1[7];
+  assign \$713  = ~ R1[6];
+  assign \$714  = ~ R1[7];
+  assign \$715  = \$713  & \$714 ;
+  assign \$716  = \$712  & \$715 ;
+  assign \$717  = \$716  & R1[3];
+  assign \$718  = ~ R1[5];
+  assign \$719  = ~ R1[6];
   assign \$720  = \$718  & \$719 ;
-  assign \$721  = \$720  & R1[5];
-  assign \$722  = ~ R1[7];
-  assign \$723  = \$722  & R1[6];
-  assign \$724  = \$721  | \$723 ;
-  assign \$725  = \$724  | R1[7];
-  assign \$726  = \$717  | \$725 ;
-  assign gt1_1 = \$678  & \$726 ;
-  assign \$727  = ~ R2[8];
-  assign \$728  = ~ R2[2];
-  assign \$729  = ~ R2[3];
-  assign \$730  = \$728  & \$729 ;
-  assign \$731  = ~ R2[4];
-  assign \$732  = ~ R2[5];
-  assign \$733  = \$731  & \$732 ;
-  assign \$734  = \$730  & \$733 ;
-  assign \$735  = ~ R2[6];
-  assign \$736  = ~ R2[7];
-  assign \$737  = \$735  & \$736 ;
-  assign \$738  = \$737  & R2[1];
-  assign \$739  = \$734  & \$738 ;
-  assign \$740  = ~ R2[3];
-  assign \$741  = ~ R2[4];
-  assign \$742  = \$740  & \$741 ;
-  assign \$743  = ~ R2[5];
-  assign \$744  = ~ R2[6];
+  assign \$721  = ~ R1[7];
+  assign \$722  = \$721  & R1[4];
+  assign \$723  = \$720  & \$722 ;
+  assign \$724  = \$717  | \$723 ;
+  assign \$725  = \$709  | \$724 ;
+  assign \$726  = ~ R1[6];
+  assign \$727  = ~ R1[7];
+  assign \$728  = \$726  & \$727 ;
+  assign \$729  = \$728  & R1[5];
+  assign \$730  = ~ R1[7];
+  assign \$731  = \$730  & R1[6];
+  assign \$732  = \$729  | \$731 ;
+  assign \$733  = \$732  | R1[7];
+  assign \$734  = \$725  | \$733 ;
+  assign gt1_1 = \$686  & \$734 ;
+  assign \$735  = ~ R2[8];
+  assign \$736  = ~ R2[2];
+  assign \$737  = ~ R2[3];
+  assign \$738  = \$736  & \$737 ;
+  assign \$739  = ~ R2[4];
+  assign \$740  = ~ R2[5];
+  assign \$741  = \$739  & \$740 ;
+  assign \$742  = \$738  & \$741 ;
+  assign \$743  = ~ R2[6];
+  assign \$744  = ~ R2[7];
   assign \$745  = \$743  & \$744 ;
-  assign \$746  = \$742  & \$745 ;
-  assign \$747  = ~ R2[7];
-  assign \$748  = \$747  & R2[2];
-  assign \$749  = \$746  & \$748 ;
-  assign \$750  = \$739  | \$749 ;
-  assign \$751  = ~ R2[4];
-  assign \$752  = ~ R2[5];
+  assign \$746  = \$745  & R2[1];
+  assign \$747  = \$742  & \$746 ;
+  assign \$748  = ~ R2[3];
+  assign \$749  = ~ R2[4];
+  assign \$750  = \$748  & \$749 ;
+  assign \$751  = ~ R2[5];
+  assign \$752  = ~ R2[6];
   assign \$753  = \$751  & \$752 ;
-  assign \$754  = ~ R2[6];
+  assign \$754  = \$750  & \$753 ;
   assign \$755  = ~ R2[7];
-  assign \$756  = \$754  & \$755 ;
-  assign \$757  = \$753  & \$756 ;
-  assign \$758  = \$757  & R2[3];
-  assign \$759  = ~ R2[5];
-  assign \$760  = ~ R2[6];
+  assign \$756  = \$755  & R2[2];
+  assign \$757  = \$754  & \$756 ;
+  assign \$758  = \$747  | \$757 ;
+  assign \$759  = ~ R2[4];
+  assign \$760  = ~ R2[5];
   assign \$761  = \$759  & \$760 ;
-  assign \$762  = ~ R2[7];
-  assign \$763  = \$762  & R2[4];
-  assign \$764  = \$761  & \$763 ;
-  assign \$765  = \$758  | \$764 ;
-  assign \$766  = \$750  | \$765 ;
-  assign \$767  = ~ R2[6];
-  assign \$768  = ~ R2[7];
+  assign \$762  = ~ R2[6];
+  assign \$763  = ~ R2[7];
+  assign \$764  = \$762  & \$763 ;
+  assign \$765  = \$761  & \$764 ;
+  assign \$766  = \$765  & R2[3];
+  assign \$767  = ~ R2[5];
+  assign \$768  = ~ R2[6];
   assign \$769  = \$767  & \$768 ;
-  assign \$770  = \$769  & R2[5];
-  assign \$771  = ~ R2[7];
-  assign \$772  = \$771  & R2[6];
-  assign \$773  = \$770  | \$772 ;
-  assign \$774  = \$773  | R2[7];
-  assign \$775  = \$766  | \$774 ;
-  assign gt1_2 = \$727  & \$775 ;
-  assign \$776  = ~ R3[8];
-  assign \$777  = ~ R3[2];
-  assign \$778  = ~ R3[3];
-  assign \$779  = \$777  & \$778 ;
-  assign \$780  = ~ R3[4];
-  assign \$781  = ~ R3[5];
-  assign \$782  = \$780  & \$781 ;
-  assign \$783  = \$779  & \$782 ;
-  assign \$784  = ~ R3[6];
-  assign \$785  = ~ R3[7];
-  assign \$786  = \$784  & \$785 ;
-  assign \$787  = \$786  & R3[1];
-  assign \$788  = \$783  & \$787 ;
-  assign \$789  = ~ R3[3];
-  assign \$790  = ~ R3[4];
-  assign \$791  = \$789  & \$790 ;
-  assign \$792  = ~ R3[5];
-  assign \$793  = ~ R3[6];
+  assign \$770  = ~ R2[7];
+  assign \$771  = \$770  & R2[4];
+  assign \$772  = \$769  & \$771 ;
+  assign \$773  = \$766  | \$772 ;
+  assign \$774  = \$758  | \$773 ;
+  assign \$775  = ~ R2[6];
+  assign \$776  = ~ R2[7];
+  assign \$777  = \$775  & \$776 ;
+  assign \$778  = \$777  & R2[5];
+  assign \$779  = ~ R2[7];
+  assign \$780  = \$779  & R2[6];
+  assign \$781  = \$778  | \$780 ;
+  assign \$782  = \$781  | R2[7];
+  assign \$783  = \$774  | \$782 ;
+  assign gt1_2 = \$735  & \$783 ;
+  assign \$784  = ~ R3[8];
+  assign \$785  = ~ R3[2];
+  assign \$786  = ~ R3[3];
+  assign \$787  = \$785  & \$786 ;
+  assign \$788  = ~ R3[4];
+  assign \$789  = ~ R3[5];
+  assign \$790  = \$788  & \$789 ;
+  assign \$791  = \$787  & \$790 ;
+  assign \$792  = ~ R3[6];
+  assign \$793  = ~ R3[7];
   assign \$794  = \$792  & \$793 ;
-  assign \$795  = \$791  & \$794 ;
-  assign \$796  = ~ R3[7];
-  assign \$797  = \$796  & R3[2];
-  assign \$798  = \$795  & \$797 ;
-  assign \$799  = \$788  | \$798 ;
-  assign \$800  = ~ R3[4];
-  assign \$801  = ~ R3[5];
+  assign \$795  = \$794  & R3[1];
+  assign \$796  = \$791  & \$795 ;
+  assign \$797  = ~ R3[3];
+  assign \$798  = ~ R3[4];
+  assign \$799  = \$797  & \$798 ;
+  assign \$800  = ~ R3[5];
+  assign \$801  = ~ R3[6];
   assign \$802  = \$800  & \$801 ;
-  assign \$803  = ~ R3[6];
+  assign \$803  = \$799  & \$802 ;
   assign \$804  = ~ R3[7];
-  assign \$805  = \$803  & \$804 ;
-  assign \$806  = \$802  & \$805 ;
-  assign \$807  = \$806  & R3[3];
-  assign \$808  = ~ R3[5];
-  assign \$809  = ~ R3[6];
+  assign \$805  = \$804  & R3[2];
+  assign \$806  = \$803  & \$805 ;
+  assign \$807  = \$796  | \$806 ;
+  assign \$808  = ~ R3[4];
+  assign \$809  = ~ R3[5];
   assign \$810  = \$808  & \$809 ;
-  assign \$811  = ~ R3[7];
-  assign \$812  = \$811  & R3[4];
-  assign \$813  = \$810  & \$812 ;
-  assign \$814  = \$807  | \$813 ;
-  assign \$815  = \$799  | \$814 ;
-  assign \$816  = ~ R3[6];
-  assign \$817  = ~ R3[7];
+  assign \$811  = ~ R3[6];
+  assign \$812  = ~ R3[7];
+  assign \$813  = \$811  & \$812 ;
+  assign \$814  = \$810  & \$813 ;
+  assign \$815  = \$814  & R3[3];
+  assign \$816  = ~ R3[5];
+  assign \$817  = ~ R3[6];
   assign \$818  = \$816  & \$817 ;
-  assign \$819  = \$818  & R3[5];
-  assign \$820  = ~ R3[7];
-  assign \$821  = \$820  & R3[6];
-  assign \$822  = \$819  | \$821 ;
-  assign \$823  = \$822  | R3[7];
-  assign \$824  = \$815  | \$823 ;
-  assign gt1_3 = \$776  & \$824 ;
-  assign \$825  = ~ R4[8];
-  assign \$826  = ~ R4[2];
-  assign \$827  = ~ R4[3];
-  assign \$828  = \$826  & \$827 ;
-  assign \$829  = ~ R4[4];
-  assign \$830  = ~ R4[5];
-  assign \$831  = \$829  & \$830 ;
-  assign \$832  = \$828  & \$831 ;
-  assign \$833  = ~ R4[6];
-  assign \$834  = ~ R4[7];
-  assign \$835  = \$833  & \$834 ;
-  assign \$836  = \$835  & R4[1];
-  assign \$837  = \$832  & \$836 ;
-  assign \$838  = ~ R4[3];
-  assign \$839  = ~ R4[4];
-  assign \$840  = \$838  & \$839 ;
-  assign \$841  = ~ R4[5];
-  assign \$842  = ~ R4[6];
+  assign \$819  = ~ R3[7];
+  assign \$820  = \$819  & R3[4];
+  assign \$821  = \$818  & \$820 ;
+  assign \$822  = \$815  | \$821 ;
+  assign \$823  = \$807  | \$822 ;
+  assign \$824  = ~ R3[6];
+  assign \$825  = ~ R3[7];
+  assign \$826  = \$824  & \$825 ;
+  assign \$827  = \$826  & R3[5];
+  assign \$828  = ~ R3[7];
+  assign \$829  = \$828  & R3[6];
+  assign \$830  = \$827  | \$829 ;
+  assign \$831  = \$830  | R3[7];
+  assign \$832  = \$823  | \$831 ;
+  assign gt1_3 = \$784  & \$832 ;
+  assign \$833  = ~ R4[8];
+  assign \$834  = ~ R4[2];
+  assign \$835  = ~ R4[3];
+  assign \$836  = \$834  & \$835 ;
+  assign \$837  = ~ R4[4];
+  assign \$838  = ~ R4[5];
+  assign \$839  = \$837  & \$838 ;
+  assign \$840  = \$836  & \$839 ;
+  assign \$841  = ~ R4[6];
+  assign \$842  = ~ R4[7];
   assign \$843  = \$841  & \$842 ;
-  assign \$844  = \$840  & \$843 ;
-  assign \$845  = ~ R4[7];
-  assign \$846  = \$845  & R4[2];
-  assign \$847  = \$844  & \$846 ;
-  assign \$848  = \$837  | \$847 ;
-  assign \$849  = ~ R4[4];
-  assign \$850  = ~ R4[5];
+  assign \$844  = \$843  & R4[1];
+  assign \$845  = \$840  & \$844 ;
+  assign \$846  = ~ R4[3];
+  assign \$847  = ~ R4[4];
+  assign \$848  = \$846  & \$847 ;
+  assign \$849  = ~ R4[5];
+  assign \$850  = ~ R4[6];
   assign \$851  = \$849  & \$850 ;
-  assign \$852  = ~ R4[6];
+  assign \$852  = \$848  & \$851 ;
   assign \$853  = ~ R4[7];
-  assign \$854  = \$852  & \$853 ;
-  assign \$855  = \$851  & \$854 ;
-  assign \$856  = \$855  & R4[3];
-  assign \$857  = ~ R4[5];
-  assign \$858  = ~ R4[6];
+  assign \$854  = \$853  & R4[2];
+  assign \$855  = \$852  & \$854 ;
+  assign \$856  = \$845  | \$855 ;
+  assign \$857  = ~ R4[4];
+  assign \$858  = ~ R4[5];
   assign \$859  = \$857  & \$858 ;
-  assign \$860  = ~ R4[7];
-  assign \$861  = \$860  & R4[4];
-  assign \$862  = \$859  & \$861 ;
-  assign \$863  = \$856  | \$862 ;
-  assign \$864  = \$848  | \$863 ;
-  assign \$865  = ~ R4[6];
-  assign \$866  = ~ R4[7];
+  assign \$860  = ~ R4[6];
+  assign \$861  = ~ R4[7];
+  assign \$862  = \$860  & \$861 ;
+  assign \$863  = \$859  & \$862 ;
+  assign \$864  = \$863  & R4[3];
+  assign \$865  = ~ R4[5];
+  assign \$866  = ~ R4[6];
   assign \$867  = \$865  & \$866 ;
-  assign \$868  = \$867  & R4[5];
-  assign \$869  = ~ R4[7];
-  assign \$870  = \$869  & R4[6];
-  assign \$871  = \$868  | \$870 ;
-  assign \$872  = \$871  | R4[7];
-  assign \$873  = \$864  | \$872 ;
-  assign gt1_4 = \$825  & \$873 ;
-  assign \$874  = ~ R5[8];
-  assign \$875  = ~ R5[2];
-  assign \$876  = ~ R5[3];
-  assign \$877  = \$875  & \$876 ;
-  assign \$878  = ~ R5[4];
-  assign \$879  = ~ R5[5];
-  assign \$880  = \$878  & \$879 ;
-  assign \$881  = \$877  & \$880 ;
-  assign \$882  = ~ R5[6];
-  assign \$883  = ~ R5[7];
-  assign \$884  = \$882  & \$883 ;
-  assign \$885  = \$884  & R5[1];
-  assign \$886  = \$881  & \$885 ;
-  assign \$887  = ~ R5[3];
-  assign \$888  = ~ R5[4];
-  assign \$889  = \$887  & \$888 ;
-  assign \$890  = ~ R5[5];
-  assign \$891  = ~ R5[6];
+  assign \$868  = ~ R4[7];
+  assign \$869  = \$868  & R4[4];
+  assign \$870  = \$867  & \$869 ;
+  assign \$871  = \$864  | \$870 ;
+  assign \$872  = \$856  | \$871 ;
+  assign \$873  = ~ R4[6];
+  assign \$874  = ~ R4[7];
+  assign \$875  = \$873  & \$874 ;
+  assign \$876  = \$875  & R4[5];
+  assign \$877  = ~ R4[7];
+  assign \$878  = \$877  & R4[6];
+  assign \$879  = \$876  | \$878 ;
+  assign \$880  = \$879  | R4[7];
+  assign \$881  = \$872  | \$880 ;
+  assign gt1_4 = \$833  & \$881 ;
+  assign \$882  = ~ R5[8];
+  assign \$883  = ~ R5[2];
+  assign \$884  = ~ R5[3];
+  assign \$885  = \$883  & \$884 ;
+  assign \$886  = ~ R5[4];
+  assign \$887  = ~ R5[5];
+  assign \$888  = \$886  & \$887 ;
+  assign \$889  = \$885  & \$888 ;
+  assign \$890  = ~ R5[6];
+  assign \$891  = ~ R5[7];
   assign \$892  = \$890  & \$891 ;
-  assign \$893  = \$889  & \$892 ;
-  assign \$894  = ~ R5[7];
-  assign \$895  = \$894  & R5[2];
-  assign \$896  = \$893  & \$895 ;
-  assign \$897  = \$886  | \$896 ;
-  assign \$898  = ~ R5[4];
-  assign \$899  = ~ R5[5];
+  assign \$893  = \$892  & R5[1];
+  assign \$894  = \$889  & \$893 ;
+  assign \$895  = ~ R5[3];
+  assign \$896  = ~ R5[4];
+  assign \$897  = \$895  & \$896 ;
+  assign \$898  = ~ R5[5];
+  assign \$899  = ~ R5[6];
   assign \$900  = \$898  & \$899 ;
-  assign \$901  = ~ R5[6];
+  assign \$901  = \$897  & \$900 ;
   assign \$902  = ~ R5[7];
-  assign \$903  = \$901  & \$902 ;
-  assign \$904  = \$900  & \$903 ;
-  assign \$905  = \$904  & R5[3];
-  assign \$906  = ~ R5[5];
-  assign \$907  = ~ R5[6];
+  assign \$903  = \$902  & R5[2];
+  assign \$904  = \$901  & \$903 ;
+  assign \$905  = \$894  | \$904 ;
+  assign \$906  = ~ R5[4];
+  assign \$907  = ~ R5[5];
   assign \$908  = \$906  & \$907 ;
-  assign \$909  = ~ R5[7];
-  assign \$910  = \$909  & R5[4];
-  assign \$911  = \$908  & \$910 ;
-  assign \$912  = \$905  | \$911 ;
-  assign \$913  = \$897  | \$912 ;
-  assign \$914  = ~ R5[6];
-  assign \$915  = ~ R5[7];
+  assign \$909  = ~ R5[6];
+  assign \$910  = ~ R5[7];
+  assign \$911  = \$909  & \$910 ;
+  assign \$912  = \$908  & \$911 ;
+  assign \$913  = \$912  & R5[3];
+  assign \$914  = ~ R5[5];
+  assign \$915  = ~ R5[6];
   assign \$916  = \$914  & \$915 ;
-  assign \$917  = \$916  & R5[5];
-  assign \$918  = ~ R5[7];
-  assign \$919  = \$918  & R5[6];
-  assign \$920  = \$917  | \$919 ;
-  assign \$921  = \$920  | R5[7];
-  assign \$922  = \$913  | \$921 ;
-  assign gt1_5 = \$874  & \$922 ;
-  assign \$923  = ~ R6[8];
-  assign \$924  = ~ R6[2];
-  assign \$925  = ~ R6[3];
-  assign \$926  = \$924  & \$925 ;
-  assign \$927  = ~ R6[4];
-  assign \$928  = ~ R6[5];
-  assign \$929  = \$927  & \$928 ;
-  assign \$930  = \$926  & \$929 ;
-  assign \$931  = ~ R6[6];
-  assign \$932  = ~ R6[7];
-  assign \$933  = \$931  & \$932 ;
-  assign \$934  = \$933  & R6[1];
-  assign \$935  = \$930  & \$934 ;
-  assign \$936  = ~ R6[3];
-  assign \$937  = ~ R6[4];
-  assign \$938  = \$936  & \$937 ;
-  assign \$939  = ~ R6[5];
-  assign \$940  = ~ R6[6];
+  assign \$917  = ~ R5[7];
+  assign \$918  = \$917  & R5[4];
+  assign \$919  = \$916  & \$918 ;
+  assign \$920  = \$913  | \$919 ;
+  assign \$921  = \$905  | \$920 ;
+  assign \$922  = ~ R5[6];
+  assign \$923  = ~ R5[7];
+  assign \$924  = \$922  & \$923 ;
+  assign \$925  = \$924  & R5[5];
+  assign \$926  = ~ R5[7];
+  assign \$927  = \$926  & R5[6];
+  assign \$928  = \$925  | \$927 ;
+  assign \$929  = \$928  | R5[7];
+  assign \$930  = \$921  | \$929 ;
+  assign gt1_5 = \$882  & \$930 ;
+  assign \$931  = ~ R6[8];
+  assign \$932  = ~ R6[2];
+  assign \$933  = ~ R6[3];
+  assign \$934  = \$932  & \$933 ;
+  assign \$935  = ~ R6[4];
+  assign \$936  = ~ R6[5];
+  assign \$937  = \$935  & \$936 ;
+  assign \$938  = \$934  & \$937 ;
+  assign \$939  = ~ R6[6];
+  assign \$940  = ~ R6[7];
   assign \$941  = \$939  & \$940 ;
-  assign \$942  = \$938  & \$941 ;
-  assign \$943  = ~ R6[7];
-  assign \$944  = \$943  & R6[2];
-  assign \$945  = \$942  & \$944 ;
-  assign \$946  = \$935  | \$945 ;
-  assign \$947  = ~ R6[4];
-  assign \$948  = ~ R6[5];
+  assign \$942  = \$941  & R6[1];
+  assign \$943  = \$938  & \$942 ;
+  assign \$944  = ~ R6[3];
+  assign \$945  = ~ R6[4];
+  assign \$946  = \$944  & \$945 ;
+  assign \$947  = ~ R6[5];
+  assign \$948  = ~ R6[6];
   assign \$949  = \$947  & \$948 ;
-  assign \$950  = ~ R6[6];
+  assign \$950  = \$946  & \$949 ;
   assign \$951  = ~ R6[7];
-  assign \$952  = \$950  & \$951 ;
-  assign \$953  = \$949  & \$952 ;
-  assign \$954  = \$953  & R6[3];
-  assign \$955  = ~ R6[5];
-  assign \$956  = ~ R6[6];
+  assign \$952  = \$951  & R6[2];
+  assign \$953  = \$950  & \$952 ;
+  assign \$954  = \$943  | \$953 ;
+  assign \$955  = ~ R6[4];
+  assign \$956  = ~ R6[5];
   assign \$957  = \$955  & \$956 ;
-  assign \$958  = ~ R6[7];
-  assign \$959  = \$958  & R6[4];
-  assign \$960  = \$957  & \$959 ;
-  assign \$961  = \$954  | \$960 ;
-  assign \$962  = \$946  | \$961 ;
-  assign \$963  = ~ R6[6];
-  assign \$964  = ~ R6[7];
+  assign \$958  = ~ R6[6];
+  assign \$959  = ~ R6[7];
+  assign \$960  = \$958  & \$959 ;
+  assign \$961  = \$957  & \$960 ;
+  assign \$962  = \$961  & R6[3];
+  assign \$963  = ~ R6[5];
+  assign \$964  = ~ R6[6];
   assign \$965  = \$963  & \$964 ;
-  assign \$966  = \$965  & R6[5];
-  assign \$967  = ~ R6[7];
-  assign \$968  = \$967  & R6[6];
-  assign \$969  = \$966  | \$968 ;
-  assign \$970  = \$969  | R6[7];
-  assign \$971  = \$962  | \$970 ;
-  assign gt1_6 = \$923  & \$971 ;
-  assign \$972  = ~ R7[8];
-  assign \$973  = ~ R7[2];
-  assign \$974  = ~ R7[3];
-  assign \$975  = \$973  & \$974 ;
-  assign \$976  = ~ R7[4];
-  assign \$977  = ~ R7[5];
-  assign \$978  = \$976  & \$977 ;
-  assign \$979  = \$975  & \$978 ;
-  assign \$980  = ~ R7[6];
-  assign \$981  = ~ R7[7];
-  assign \$982  = \$980  & \$981 ;
-  assign \$983  = \$982  & R7[1];
-  assign \$984  = \$979  & \$983 ;
-  assign \$985  = ~ R7[3];
-  assign \$986  = ~ R7[4];
-  assign \$987  = \$985  & \$986 ;
-  assign \$988  = ~ R7[5];
-  assign \$989  = ~ R7[6];
+  assign \$966  = ~ R6[7];
+  assign \$967  = \$966  & R6[4];
+  assign \$968  = \$965  & \$967 ;
+  assign \$969  = \$962  | \$968 ;
+  assign \$970  = \$954  | \$969 ;
+  assign \$971  = ~ R6[6];
+  assign \$972  = ~ R6[7];
+  assign \$973  = \$971  & \$972 ;
+  assign \$974  = \$973  & R6[5];
+  assign \$975  = ~ R6[7];
+  assign \$976  = \$975  & R6[6];
+  assign \$977  = \$974  | \$976 ;
+  assign \$978  = \$977  | R6[7];
+  assign \$979  = \$970  | \$978 ;
+  assign gt1_6 = \$931  & \$979 ;
+  assign \$980  = ~ R7[8];
+  assign \$981  = ~ R7[2];
+  assign \$982  = ~ R7[3];
+  assign \$983  = \$981  & \$982 ;
+  assign \$984  = ~ R7[4];
+  assign \$985  = ~ R7[5];
+  assign \$986  = \$984  & \$985 ;
+  assign \$987  = \$983  & \$986 ;
+  assign \$988  = ~ R7[6];
+  assign \$989  = ~ R7[7];
   assign \$990  = \$988  & \$989 ;
-  assign \$991  = \$987  & \$990 ;
-  assign \$992  = ~ R7[7];
-  assign \$993  = \$992  & R7[2];
-  assign \$994  = \$991  & \$993 ;
-  assign \$995  = \$984  | \$994 ;
-  assign \$996  = ~ R7[4];
-  assign \$997  = ~ R7[5];
+  assign \$991  = \$990  & R7[1];
+  assign \$992  = \$987  & \$991 ;
+  assign \$993  = ~ R7[3];
+  assign \$994  = ~ R7[4];
+  assign \$995  = \$993  & \$994 ;
+  assign \$996  = ~ R7[5];
+  assign \$997  = ~ R7[6];
   assign \$998  = \$996  & \$997 ;
-  assign \$999  = ~ R7[6];
+  assign \$999  = \$995  & \$998 ;
   assign \$1000  = ~ R7[7];
-  assign \$1001  = \$999  & \$1000 ;
-  assign \$1002  = \$998  & \$1001 ;
-  assign \$1003  = \$1002  & R7[3];
-  assign \$1004  = ~ R7[5];
-  assign \$1005  = ~ R7[6];
+  assign \$1001  = \$1000  & R7[2];
+  assign \$1002  = \$999  & \$1001 ;
+  assign \$1003  = \$992  | \$1002 ;
+  assign \$1004  = ~ R7[4];
+  assign \$1005  = ~ R7[5];
   assign \$1006  = \$1004  & \$1005 ;
-  assign \$1007  = ~ R7[7];
-  assign \$1008  = \$1007  & R7[4];
-  assign \$1009  = \$1006  & \$1008 ;
-  assign \$1010  = \$1003  | \$1009 ;
-  assign \$1011  = \$995  | \$1010 ;
-  assign \$1012  = ~ R7[6];
-  assign \$1013  = ~ R7[7];
+  assign \$1007  = ~ R7[6];
+  assign \$1008  = ~ R7[7];
+  assign \$1009  = \$1007  & \$1008 ;
+  assign \$1010  = \$1006  & \$1009 ;
+  assign \$1011  = \$1010  & R7[3];
+  assign \$1012  = ~ R7[5];
+  assign \$1013  = ~ R7[6];
   assign \$1014  = \$1012  & \$1013 ;
-  assign \$1015  = \$1014  & R7[5];
-  assign \$1016  = ~ R7[7];
-  assign \$1017  = \$1016  & R7[6];
-  assign \$1018  = \$1015  | \$1017 ;
-  assign \$1019  = \$1018  | R7[7];
-  assign \$1020  = \$1011  | \$1019 ;
-  assign gt1_7 = \$972  & \$1020 ;
-  assign \$1021  = ~ gt1_0;
-  assign \$1022  = gt1_1 & \$1021 ;
-  assign \$1023  = \$1022  ? 1'h1 : 1'h0;
-  assign \$1024  = ~ gt1_1;
-  assign \$1025  = gt1_2 & \$1024 ;
-  assign \$1026  = \$1025  ? 2'h2 : 2'h0;
-  assign \$1027  = { 1'h0, \$1023  } | \$1026 ;
-  assign \$1028  = ~ gt1_2;
-  assign \$1029  = gt1_3 & \$1028 ;
-  assign \$1030  = \$1029  ? 2'h3 : 2'h0;
-  assign \$1031  = ~ gt1_3;
-  assign \$1032  = gt1_4 & \$1031 ;
-  assign \$1033  = \$1032  ? 3'h4 : 3'h0;
-  assign \$1034  = { 1'h0, \$1030  } | \$1033 ;
-  assign \$1035  = { 1'h0, \$1027  } | \$1034 ;
-  assign \$1036  = ~ gt1_4;
-  assign \$1037  = gt1_5 & \$1036 ;
-  assign \$1038  = \$1037  ? 3'h5 : 3'h0;
-  assign \$1039  = ~ gt1_5;
-  assign \$1040  = gt1_6 & \$1039 ;
-  assign \$1041  = \$1040  ? 3'h6 : 3'h0;
-  assign \$1042  = \$1038  | \$1041 ;
-  assign \$1043  = ~ gt1_6;
-  assign \$1044  = gt1_7 & \$1043 ;
-  assign \$1045  = \$1044  ? 3'h7 : 3'h0;
-  assign \$1046  = \$1042  | \$1045 ;
-  assign gsel1 = \$1035  | \$1046 ;
-  assign \$1047  = gt1_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1048  = ~ gt1_0;
-  assign \$1049  = gt1_1 & \$1048 ;
-  assign \$1050  = \$1049  ? mbeat0[31:16] : 16'h0000;
-  assign \$1051  = \$1047  | \$1050 ;
-  assign \$1052  = ~ gt1_1;
-  assign \$1053  = gt1_2 & \$1052 ;
-  assign \$1054  = \$1053  ? mbeat0[47:32] : 16'h0000;
-  assign \$1055  = ~ gt1_2;
-  assign \$1056  = gt1_3 & \$1055 ;
-  assign \$1057  = \$1056  ? mbeat0[63:48] : 16'h0000;
-  assign \$1058  = \$1054  | \$1057 ;
-  assign \$1059  = \$1051  | \$1058 ;
-  assign \$1060  = ~ gt1_3;
-  assign \$1061  = gt1_4 & \$1060 ;
-  assign \$1062  = \$1061  ? mbeat1[15:0] : 16'h0000;
-  assign \$1063  = ~ gt1_4;
-  assign \$1064  = gt1_5 & \$1063 ;
-  assign \$1065  = \$1064  ? mbeat1[31:16] : 16'h0000;
+  assign \$1015  = ~ R7[7];
+  assign \$1016  = \$1015  & R7[4];
+  assign \$1017  = \$1014  & \$1016 ;
+  assign \$1018  = \$1011  | \$1017 ;
+  assign \$1019  = \$1003  | \$1018 ;
+  assign \$1020  = ~ R7[6];
+  assign \$1021  = ~ R7[7];
+  assign \$1022  = \$1020  & \$1021 ;
+  assign \$1023  = \$1022  & R7[5];
+  assign \$1024  = ~ R7[7];
+  assign \$1025  = \$1024  & R7[6];
+  assign \$1026  = \$1023  | \$1025 ;
+  assign \$1027  = \$1026  | R7[7];
+  assign \$1028  = \$1019  | \$1027 ;
+  assign gt1_7 = \$980  & \$1028 ;
+  assign \$1029  = ~ gt1_0;
+  assign \$1030  = gt1_1 & \$1029 ;
+  assign \$1031  = \$1030  ? 1'h1 : 1'h0;
+  assign \$1032  = ~ gt1_1;
+  assign \$1033  = gt1_2 & \$1032 ;
+  assign \$1034  = \$1033  ? 2'h2 : 2'h0;
+  assign \$1035  = { 1'h0, \$1031  } | \$1034 ;
+  assign \$1036  = ~ gt1_2;
+  assign \$1037  = gt1_3 & \$1036 ;
+  assign \$1038  = \$1037  ? 2'h3 : 2'h0;
+  assign \$1039  = ~ gt1_3;
+  assign \$1040  = gt1_4 & \$1039 ;
+  assign \$1041  = \$1040  ? 3'h4 : 3'h0;
+  assign \$1042  = { 1'h0, \$1038  } | \$1041 ;
+  assign \$1043  = { 1'h0, \$1035  } | \$1042 ;
+  assign \$1044  = ~ gt1_4;
+  assign \$1045  = gt1_5 & \$1044 ;
+  assign \$1046  = \$1045  ? 3'h5 : 3'h0;
+  assign \$1047  = ~ gt1_5;
+  assign \$1048  = gt1_6 & \$1047 ;
+  assign \$1049  = \$1048  ? 3'h6 : 3'h0;
+  assign \$1050  = \$1046  | \$1049 ;
+  assign \$1051  = ~ gt1_6;
+  assign \$1052  = gt1_7 & \$1051 ;
+  assign \$1053  = \$1052  ? 3'h7 : 3'h0;
+  assign \$1054  = \$1050  | \$1053 ;
+  assign gsel1 = \$1043  | \$1054 ;
+  assign \$1055  = gt1_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1056  = ~ gt1_0;
+  assign \$1057  = gt1_1 & \$1056 ;
+  assign \$1058  = \$1057  ? mbeat0[31:16] : 16'h0000;
+  assign \$1059  = \$1055  | \$1058 ;
+  assign \$1060  = ~ gt1_1;
+  assign \$1061  = gt1_2 & \$1060 ;
+  assign \$1062  = \$1061  ? mbeat0[47:32] : 16'h0000;
+  assign \$1063  = ~ gt1_2;
+  assign \$1064  = gt1_3 & \$1063 ;
+  assign \$1065  = \$1064  ? mbeat0[63:48] : 16'h0000;
   assign \$1066  = \$1062  | \$1065 ;
-  assign \$1067  = ~ gt1_5;
-  assign \$1068  = gt1_6 & \$1067 ;
-  assign \$1069  = \$1068  ? mbeat1[47:32] : 16'h0000;
-  assign \$1070  = ~ gt1_6;
-  assign \$1071  = gt1_7 & \$1070 ;
-  assign \$1072  = \$1071  ? mbeat1[63:48] : 16'h0000;
-  assign \$1073  = \$1069  | \$1072 ;
-  assign \$1074  = \$1066  | \$1073 ;
-  assign grp1 = \$1059  | \$1074 ;
-  assign \$1075  = gt1_0 ? Rm1[3:0] : 4'h0;
-  assign \$1076  = ~ gt1_0;
-  assign \$1077  = gt1_1 & \$1076 ;
-  assign \$1078  = \$1077  ? R0[3:0] : 4'h0;
-  assign \$1079  = \$1075  | \$1078 ;
-  assign \$1080  = ~ gt1_1;
-  assign \$1081  = gt1_2 & \$1080 ;
-  assign \$1082  = \$1081  ? R1[3:0] : 4'h0;
-  assign \$1083  = ~ gt1_2;
-  assign \$1084  = gt1_3 & \$1083 ;
-  assign \$1085  = \$1084  ? R2[3:0] : 4'h0;
-  assign \$1086  = \$1082  | \$1085 ;
-  assign \$1087  = \$1079  | \$1086 ;
-  assign \$1088  = ~ gt1_3;
-  assign \$1089  = gt1_4 & \$1088 ;
-  assign \$1090  = \$1089  ? R3[3:0] : 4'h0;
-  assign \$1091  = ~ gt1_4;
-  assign \$1092  = gt1_5 & \$1091 ;
-  assign \$1093  = \$1092  ? R4[3:0] : 4'h0;
+  assign \$1067  = \$1059  | \$1066 ;
+  assign \$1068  = ~ gt1_3;
+  assign \$1069  = gt1_4 & \$1068 ;
+  assign \$1070  = \$1069  ? mbeat1[15:0] : 16'h0000;
+  assign \$1071  = ~ gt1_4;
+  assign \$1072  = gt1_5 & \$1071 ;
+  assign \$1073  = \$1072  ? mbeat1[31:16] : 16'h0000;
+  assign \$1074  = \$1070  | \$1073 ;
+  assign \$1075  = ~ gt1_5;
+  assign \$1076  = gt1_6 & \$1075 ;
+  assign \$1077  = \$1076  ? mbeat1[47:32] : 16'h0000;
+  assign \$1078  = ~ gt1_6;
+  assign \$1079  = gt1_7 & \$1078 ;
+  assign \$1080  = \$1079  ? mbeat1[63:48] : 16'h0000;
+  assign \$1081  = \$1077  | \$1080 ;
+  assign \$1082  = \$1074  | \$1081 ;
+  assign grp1 = \$1067  | \$1082 ;
+  assign \$1083  = gt1_0 ? Rm1[3:0] : 4'h0;
+  assign \$1084  = ~ gt1_0;
+  assign \$1085  = gt1_1 & \$1084 ;
+  assign \$1086  = \$1085  ? R0[3:0] : 4'h0;
+  assign \$1087  = \$1083  | \$1086 ;
+  assign \$1088  = ~ gt1_1;
+  assign \$1089  = gt1_2 & \$1088 ;
+  assign \$1090  = \$1089  ? R1[3:0] : 4'h0;
+  assign \$1091  = ~ gt1_2;
+  assign \$1092  = gt1_3 & \$1091 ;
+  assign \$1093  = \$1092  ? R2[3:0] : 4'h0;
   assign \$1094  = \$1090  | \$1093 ;
-  assign \$1095  = ~ gt1_5;
-  assign \$1096  = gt1_6 & \$1095 ;
-  assign \$1097  = \$1096  ? R5[3:0] : 4'h0;
-  assign \$1098  = ~ gt1_6;
-  assign \$1099  = gt1_7 & \$1098 ;
-  assign \$1100  = \$1099  ? R6[3:0] : 4'h0;
-  assign \$1101  = \$1097  | \$1100 ;
-  assign \$1102  = \$1094  | \$1101 ;
-  assign dlow1 = \$1087  | \$1102 ;
-  assign \$1103  = ~ R0[8];
-  assign \$1104  = ~ R0[2];
-  assign \$1105  = R0[1] & \$1104 ;
-  assign \$1106  = ~ R0[3];
-  assign \$1107  = ~ R0[4];
-  assign \$1108  = \$1106  & \$1107 ;
-  assign \$1109  = \$1105  & \$1108 ;
-  assign \$1110  = ~ R0[5];
-  assign \$1111  = ~ R0[6];
-  assign \$1112  = \$1110  & \$1111 ;
-  assign \$1113  = ~ R0[7];
-  assign \$1114  = \$1113  & R0[0];
-  assign \$1115  = \$1112  & \$1114 ;
-  assign \$1116  = \$1109  & \$1115 ;
-  assign \$1117  = ~ R0[3];
-  assign \$1118  = ~ R0[4];
-  assign \$1119  = \$1117  & \$1118 ;
-  assign \$1120  = ~ R0[5];
-  assign \$1121  = ~ R0[6];
-  assign \$1122  = \$1120  & \$1121 ;
-  assign \$1123  = \$1119  & \$1122 ;
-  assign \$1124  = ~ R0[7];
-  assign \$1125  = \$1124  & R0[2];
-  assign \$1126  = \$1123  & \$1125 ;
-  assign \$1127  = \$1116  | \$1126 ;
-  assign \$1128  = ~ R0[4];
-  assign \$1129  = ~ R0[5];
+  assign \$1095  = \$1087  | \$1094 ;
+  assign \$1096  = ~ gt1_3;
+  assign \$1097  = gt1_4 & \$1096 ;
+  assign \$1098  = \$1097  ? R3[3:0] : 4'h0;
+  assign \$1099  = ~ gt1_4;
+  assign \$1100  = gt1_5 & \$1099 ;
+  assign \$1101  = \$1100  ? R4[3:0] : 4'h0;
+  assign \$1102  = \$1098  | \$1101 ;
+  assign \$1103  = ~ gt1_5;
+  assign \$1104  = gt1_6 & \$1103 ;
+  assign \$1105  = \$1104  ? R5[3:0] : 4'h0;
+  assign \$1106  = ~ gt1_6;
+  assign \$1107  = gt1_7 & \$1106 ;
+  assign \$1108  = \$1107  ? R6[3:0] : 4'h0;
+  assign \$1109  = \$1105  | \$1108 ;
+  assign \$1110  = \$1102  | \$1109 ;
+  assign dlow1 = \$1095  | \$1110 ;
+  assign \$1111  = ~ R0[8];
+  assign \$1112  = ~ R0[2];
+  assign \$1113  = R0[1] & \$1112 ;
+  assign \$1114  = ~ R0[3];
+  assign \$1115  = ~ R0[4];
+  assign \$1116  = \$1114  & \$1115 ;
+  assign \$1117  = \$1113  & \$1116 ;
+  assign \$1118  = ~ R0[5];
+  assign \$1119  = ~ R0[6];
+  assign \$1120  = \$1118  & \$1119 ;
+  assign \$1121  = ~ R0[7];
+  assign \$1122  = \$1121  & R0[0];
+  assign \$1123  = \$1120  & \$1122 ;
+  assign \$1124  = \$1117  & \$1123 ;
+  assign \$1125  = ~ R0[3];
+  assign \$1126  = ~ R0[4];
+  assign \$1127  = \$1125  & \$1126 ;
+  assign \$1128  = ~ R0[5];
+  assign \$1129  = ~ R0[6];
   assign \$1130  = \$1128  & \$1129 ;
-  assign \$1131  = ~ R0[6];
+  assign \$1131  = \$1127  & \$1130 ;
   assign \$1132  = ~ R0[7];
-  assign \$1133  = \$1131  & \$1132 ;
-  assign \$1134  = \$1130  & \$1133 ;
-  assign \$1135  = \$1134  & R0[3];
-  assign \$1136  = ~ R0[5];
-  assign \$1137  = ~ R0[6];
+  assign \$1133  = \$1132  & R0[2];
+  assign \$1134  = \$1131  & \$1133 ;
+  assign \$1135  = \$1124  | \$1134 ;
+  assign \$1136  = ~ R0[4];
+  assign \$1137  = ~ R0[5];
   assign \$1138  = \$1136  & \$1137 ;
-  assign \$1139  = ~ R0[7];
-  assign \$1140  = \$1139  & R0[4];
-  assign \$1141  = \$1138  & \$1140 ;
-  assign \$1142  = \$1135  | \$1141 ;
-  assign \$1143  = \$1127  | \$1142 ;
-  assign \$1144  = ~ R0[6];
-  assign \$1145  = ~ R0[7];
+  assign \$1139  = ~ R0[6];
+  assign \$1140  = ~ R0[7];
+  assign \$1141  = \$1139  & \$1140 ;
+  assign \$1142  = \$1138  & \$1141 ;
+  assign \$1143  = \$1142  & R0[3];
+  assign \$1144  = ~ R0[5];
+  assign \$1145  = ~ R0[6];
   assign \$1146  = \$1144  & \$1145 ;
-  assign \$1147  = \$1146  & R0[5];
-  assign \$1148  = ~ R0[7];
-  assign \$1149  = \$1148  & R0[6];
-  assign \$1150  = \$1147  | \$1149 ;
-  assign \$1151  = \$1150  | R0[7];
-  assign \$1152  = \$1143  | \$1151 ;
-  assign gt2_0 = \$1103  & \$1152 ;
-  assign \$1153  = ~ R1[8];
-  assign \$1154  = ~ R1[2];
-  assign \$1155  = R1[1] & \$1154 ;
-  assign \$1156  = ~ R1[3];
-  assign \$1157  = ~ R1[4];
-  assign \$1158  = \$1156  & \$1157 ;
-  assign \$1159  = \$1155  & \$1158 ;
-  assign \$1160  = ~ R1[5];
-  assign \$1161  = ~ R1[6];
-  assign \$1162  = \$1160  & \$1161 ;
-  assign \$1163  = ~ R1[7];
-  assign \$1164  = \$1163  & R1[0];
-  assign \$1165  = \$1162  & \$1164 ;
-  assign \$1166  = \$1159  & \$1165 ;
-  assign \$1167  = ~ R1[3];
-  assign \$1168  = ~ R1[4];
-  assign \$1169  = \$1167  & \$1168 ;
-  assign \$1170  = ~ R1[5];
-  assign \$1171  = ~ R1[6];
-  assign \$1172  = \$1170  & \$1171 ;
-  assign \$1173  = \$1169  & \$1172 ;
-  assign \$1174  = ~ R1[7];
-  assign \$1175  = \$1174  & R1[2];
-  assign \$1176  = \$1173  & \$1175 ;
-  assign \$1177  = \$1166  | \$1176 ;
-  assign \$1178  = ~ R1[4];
-  assign \$1179  = ~ R1[5];
+  assign \$1147  = ~ R0[7];
+  assign \$1148  = \$1147  & R0[4];
+  assign \$1149  = \$1146  & \$1148 ;
+  assign \$1150  = \$1143  | \$1149 ;
+  assign \$1151  = \$1135  | \$1150 ;
+  assign \$1152  = ~ R0[6];
+  assign \$1153  = ~ R0[7];
+  assign \$1154  = \$1152  & \$1153 ;
+  assign \$1155  = \$1154  & R0[5];
+  assign \$1156  = ~ R0[7];
+  assign \$1157  = \$1156  & R0[6];
+  assign \$1158  = \$1155  | \$1157 ;
+  assign \$1159  = \$1158  | R0[7];
+  assign \$1160  = \$1151  | \$1159 ;
+  assign gt2_0 = \$1111  & \$1160 ;
+  assign \$1161  = ~ R1[8];
+  assign \$1162  = ~ R1[2];
+  assign \$1163  = R1[1] & \$1162 ;
+  assign \$1164  = ~ R1[3];
+  assign \$1165  = ~ R1[4];
+  assign \$1166  = \$1164  & \$1165 ;
+  assign \$1167  = \$1163  & \$1166 ;
+  assign \$1168  = ~ R1[5];
+  assign \$1169  = ~ R1[6];
+  assign \$1170  = \$1168  & \$1169 ;
+  assign \$1171  = ~ R1[7];
+  assign \$1172  = \$1171  & R1[0];
+  assign \$1173  = \$1170  & \$1172 ;
+  assign \$1174  = \$1167  & \$1173 ;
+  assign \$1175  = ~ R1[3];
+  assign \$1176  = ~ R1[4];
+  assign \$1177  = \$1175  & \$1176 ;
+  assign \$1178  = ~ R1[5];
+  assign \$1179  = ~ R1[6];
   assign \$1180  = \$1178  & \$1179 ;
-  assign \$1181  = ~ R1[6];
+  assign \$1181  = \$1177  & \$1180 ;
   assign \$1182  = ~ R1[7];
-  assign \$1183  = \$1181  & \$1182 ;
-  assign \$1184  = \$1180  & \$1183 ;
-  assign \$1185  = \$1184  & R1[3];
-  assign \$1186  = ~ R1[5];
-  assign \$1187  = ~ R1[6];
+  assign \$1183  = \$1182  & R1[2];
+  assign \$1184  = \$1181  & \$1183 ;
+  assign \$1185  = \$1174  | \$1184 ;
+  assign \$1186  = ~ R1[4];
+  assign \$1187  = ~ R1[5];
   assign \$1188  = \$1186  & \$1187 ;
-  assign \$1189  = ~ R1[7];
-  assign \$1190  = \$1189  & R1[4];
-  assign \$1191  = \$1188  & \$1190 ;
-  assign \$1192  = \$1185  | \$1191 ;
-  assign \$1193  = \$1177  | \$1192 ;
-  assign \$1194  = ~ R1[6];
-  assign \$1195  = ~ R1[7];
+  assign \$1189  = ~ R1[6];
+  assign \$1190  = ~ R1[7];
+  assign \$1191  = \$1189  & \$1190 ;
+  assign \$1192  = \$1188  & \$1191 ;
+  assign \$1193  = \$1192  & R1[3];
+  assign \$1194  = ~ R1[5];
+  assign \$1195  = ~ R1[6];
   assign \$1196  = \$1194  & \$1195 ;
-  assign \$1197  = \$1196  & R1[5];
-  assign \$1198  = ~ R1[7];
-  assign \$1199  = \$1198  & R1[6];
-  assign \$1200  = \$1197  | \$1199 ;
-  assign \$1201  = \$1200  | R1[7];
-  assign \$1202  = \$1193  | \$1201 ;
-  assign gt2_1 = \$1153  & \$1202 ;
-  assign \$1203  = ~ R2[8];
-  assign \$1204  = ~ R2[2];
-  assign \$1205  = R2[1] & \$1204 ;
-  assign \$1206  = ~ R2[3];
-  assign \$1207  = ~ R2[4];
-  assign \$1208  = \$1206  & \$1207 ;
-  assign \$1209  = \$1205  & \$1208 ;
-  assign \$1210  = ~ R2[5];
-  assign \$1211  = ~ R2[6];
-  assign \$1212  = \$1210  & \$1211 ;
-  assign \$1213  = ~ R2[7];
-  assign \$1214  = \$1213  & R2[0];
-  assign \$1215  = \$1212  & \$1214 ;
-  assign \$1216  = \$1209  & \$1215 ;
-  assign \$1217  = ~ R2[3];
-  assign \$1218  = ~ R2[4];
-  assign \$1219  = \$1217  & \$1218 ;
-  assign \$1220  = ~ R2[5];
-  assign \$1221  = ~ R2[6];
-  assign \$1222  = \$1220  & \$1221 ;
-  assign \$1223  = \$1219  & \$1222 ;
-  assign \$1224  = ~ R2[7];
-  assign \$1225  = \$1224  & R2[2];
-  assign \$1226  = \$1223  & \$1225 ;
-  assign \$1227  = \$1216  | \$1226 ;
-  assign \$1228  = ~ R2[4];
-  assign \$1229  = ~ R2[5];
+  assign \$1197  = ~ R1[7];
+  assign \$1198  = \$1197  & R1[4];
+  assign \$1199  = \$1196  & \$1198 ;
+  assign \$1200  = \$1193  | \$1199 ;
+  assign \$1201  = \$1185  | \$1200 ;
+  assign \$1202  = ~ R1[6];
+  assign \$1203  = ~ R1[7];
+  assign \$1204  = \$1202  & \$1203 ;
+  assign \$1205  = \$1204  & R1[5];
+  assign \$1206  = ~ R1[7];
+  assign \$1207  = \$1206  & R1[6];
+  assign \$1208  = \$1205  | \$1207 ;
+  assign \$1209  = \$1208  | R1[7];
+  assign \$1210  = \$1201  | \$1209 ;
+  assign gt2_1 = \$1161  & \$1210 ;
+  assign \$1211  = ~ R2[8];
+  assign \$1212  = ~ R2[2];
+  assign \$1213  = R2[1] & \$1212 ;
+  assign \$1214  = ~ R2[3];
+  assign \$1215  = ~ R2[4];
+  assign \$1216  = \$1214  & \$1215 ;
+  assign \$1217  = \$1213  & \$1216 ;
+  assign \$1218  = ~ R2[5];
+  assign \$1219  = ~ R2[6];
+  assign \$1220  = \$1218  & \$1219 ;
+  assign \$1221  = ~ R2[7];
+  assign \$1222  = \$1221  & R2[0];
+  assign \$1223  = \$1220  & \$1222 ;
+  assign \$1224  = \$1217  & \$1223 ;
+  assign \$1225  = ~ R2[3];
+  assign \$1226  = ~ R2[4];
+  assign \$1227  = \$1225  & \$1226 ;
+  assign \$1228  = ~ R2[5];
+  assign \$1229  = ~ R2[6];
   assign \$1230  = \$1228  & \$1229 ;
-  assign \$1231  = ~ R2[6];
+  assign \$1231  = \$1227  & \$1230 ;
   assign \$1232  = ~ R2[7];
-  assign \$1233  = \$1231  & \$1232 ;
-  assign \$1234  = \$1230  & \$1233 ;
-  assign \$1235  = \$1234  & R2[3];
-  assign \$1236  = ~ R2[5];
-  assign \$1237  = ~ R2[6];
+  assign \$1233  = \$1232  & R2[2];
+  assign \$1234  = \$1231  & \$1233 ;
+  assign \$1235  = \$1224  | \$1234 ;
+  assign \$1236  = ~ R2[4];
+  assign \$1237  = ~ R2[5];
   assign \$1238  = \$1236  & \$1237 ;
-  assign \$1239  = ~ R2[7];
-  assign \$1240  = \$1239  & R2[4];
-  assign \$1241  = \$1238  & \$1240 ;
-  assign \$1242  = \$1235  | \$1241 ;
-  assign \$1243  = \$1227  | \$1242 ;
-  assign \$1244  = ~ R2[6];
-  assign \$1245  = ~ R2[7];
+  assign \$1239  = ~ R2[6];
+  assign \$1240  = ~ R2[7];
+  assign \$1241  = \$1239  & \$1240 ;
+  assign \$1242  = \$1238  & \$1241 ;
+  assign \$1243  = \$1242  & R2[3];
+  assign \$1244  = ~ R2[5];
+  assign \$1245  = ~ R2[6];
   assign \$1246  = \$1244  & \$1245 ;
-  assign \$1247  = \$1246  & R2[5];
-  assign \$1248  = ~ R2[7];
-  assign \$1249  = \$1248  & R2[6];
-  assign \$1250  = \$1247  | \$1249 ;
-  assign \$1251  = \$1250  | R2[7];
-  assign \$1252  = \$1243  | \$1251 ;
-  assign gt2_2 = \$1203  & \$1252 ;
-  assign \$1253  = ~ R3[8];
-  assign \$1254  = ~ R3[2];
-  assign \$1255  = R3[1] & \$1254 ;
-  assign \$1256  = ~ R3[3];
-  assign \$1257  = ~ R3[4];
-  assign \$1258  = \$1256  & \$1257 ;
-  assign \$1259  = \$1255  & \$1258 ;
-  assign \$1260  = ~ R3[5];
-  assign \$1261  = ~ R3[6];
-  assign \$1262  = \$1260  & \$1261 ;
-  assign \$1263  = ~ R3[7];
-  assign \$1264  = \$1263  & R3[0];
-  assign \$1265  = \$1262  & \$1264 ;
-  assign \$1266  = \$1259  & \$1265 ;
-  assign \$1267  = ~ R3[3];
-  assign \$1268  = ~ R3[4];
-  assign \$1269  = \$1267  & \$1268 ;
-  assign \$1270  = ~ R3[5];
-  assign \$1271  = ~ R3[6];
-  assign \$1272  = \$1270  & \$1271 ;
-  assign \$1273  = \$1269  & \$1272 ;
-  assign \$1274  = ~ R3[7];
-  assign \$1275  = \$1274  & R3[2];
-  assign \$1276  = \$1273  & \$1275 ;
-  assign \$1277  = \$1266  | \$1276 ;
-  assign \$1278  = ~ R3[4];
-  assign \$1279  = ~ R3[5];
+  assign \$1247  = ~ R2[7];
+  assign \$1248  = \$1247  & R2[4];
+  assign \$1249  = \$1246  & \$1248 ;
+  assign \$1250  = \$1243  | \$1249 ;
+  assign \$1251  = \$1235  | \$1250 ;
+  assign \$1252  = ~ R2[6];
+  assign \$1253  = ~ R2[7];
+  assign \$1254  = \$1252  & \$1253 ;
+  assign \$1255  = \$1254  & R2[5];
+  assign \$1256  = ~ R2[7];
+  assign \$1257  = \$1256  & R2[6];
+  assign \$1258  = \$1255  | \$1257 ;
+  assign \$1259  = \$1258  | R2[7];
+  assign \$1260  = \$1251  | \$1259 ;
+  assign gt2_2 = \$1211  & \$1260 ;
+  assign \$1261  = ~ R3[8];
+  assign \$1262  = ~ R3[2];
+  assign \$1263  = R3[1] & \$1262 ;
+  assign \$1264  = ~ R3[3];
+  assign \$1265  = ~ R3[4];
+  assign \$1266  = \$1264  & \$1265 ;
+  assign \$1267  = \$1263  & \$1266 ;
+  assign \$1268  = ~ R3[5];
+  assign \$1269  = ~ R3[6];
+  assign \$1270  = \$1268  & \$1269 ;
+  assign \$1271  = ~ R3[7];
+  assign \$1272  = \$1271  & R3[0];
+  assign \$1273  = \$1270  & \$1272 ;
+  assign \$1274  = \$1267  & \$1273 ;
+  assign \$1275  = ~ R3[3];
+  assign \$1276  = ~ R3[4];
+  assign \$1277  = \$1275  & \$1276 ;
+  assign \$1278  = ~ R3[5];
+  assign \$1279  = ~ R3[6];
   assign \$1280  = \$1278  & \$1279 ;
-  assign \$1281  = ~ R3[6];
+  assign \$1281  = \$1277  & \$1280 ;
   assign \$1282  = ~ R3[7];
-  assign \$1283  = \$1281  & \$1282 ;
-  assign \$1284  = \$1280  & \$1283 ;
-  assign \$1285  = \$1284  & R3[3];
-  assign \$1286  = ~ R3[5];
-  assign \$1287  = ~ R3[6];
+  assign \$1283  = \$1282  & R3[2];
+  assign \$1284  = \$1281  & \$1283 ;
+  assign \$1285  = \$1274  | \$1284 ;
+  assign \$1286  = ~ R3[4];
+  assign \$1287  = ~ R3[5];
   assign \$1288  = \$1286  & \$1287 ;
-  assign \$1289  = ~ R3[7];
-  assign \$1290  = \$1289  & R3[4];
-  assign \$1291  = \$1288  & \$1290 ;
-  assign \$1292  = \$1285  | \$1291 ;
-  assign \$1293  = \$1277  | \$1292 ;
-  assign \$1294  = ~ R3[6];
-  assign \$1295  = ~ R3[7];
+  assign \$1289  = ~ R3[6];
+  assign \$1290  = ~ R3[7];
+  assign \$1291  = \$1289  & \$1290 ;
+  assign \$1292  = \$1288  & \$1291 ;
+  assign \$1293  = \$1292  & R3[3];
+  assign \$1294  = ~ R3[5];
+  assign \$1295  = ~ R3[6];
   assign \$1296  = \$1294  & \$1295 ;
-  assign \$1297  = \$1296  & R3[5];
-  assign \$1298  = ~ R3[7];
-  assign \$1299  = \$1298  & R3[6];
-  assign \$1300  = \$1297  | \$1299 ;
-  assign \$1301  = \$1300  | R3[7];
-  assign \$1302  = \$1293  | \$1301 ;
-  assign gt2_3 = \$1253  & \$1302 ;
-  assign \$1303  = ~ R4[8];
-  assign \$1304  = ~ R4[2];
-  assign \$1305  = R4[1] & \$1304 ;
-  assign \$1306  = ~ R4[3];
-  assign \$1307  = ~ R4[4];
-  assign \$1308  = \$1306  & \$1307 ;
-  assign \$1309  = \$1305  & \$1308 ;
-  assign \$1310  = ~ R4[5];
-  assign \$1311  = ~ R4[6];
-  assign \$1312  = \$1310  & \$1311 ;
-  assign \$1313  = ~ R4[7];
-  assign \$1314  = \$1313  & R4[0];
-  assign \$1315  = \$1312  & \$1314 ;
-  assign \$1316  = \$1309  & \$1315 ;
-  assign \$1317  = ~ R4[3];
-  assign \$1318  = ~ R4[4];
-  assign \$1319  = \$1317  & \$1318 ;
-  assign \$1320  = ~ R4[5];
-  assign \$1321  = ~ R4[6];
-  assign \$1322  = \$1320  & \$1321 ;
-  assign \$1323  = \$1319  & \$1322 ;
-  assign \$1324  = ~ R4[7];
-  assign \$1325  = \$1324  & R4[2];
-  assign \$1326  = \$1323  & \$1325 ;
-  assign \$1327  = \$1316  | \$1326 ;
-  assign \$1328  = ~ R4[4];
-  assign \$1329  = ~ R4[5];
+  assign \$1297  = ~ R3[7];
+  assign \$1298  = \$1297  & R3[4];
+  assign \$1299  = \$1296  & \$1298 ;
+  assign \$1300  = \$1293  | \$1299 ;
+  assign \$1301  = \$1285  | \$1300 ;
+  assign \$1302  = ~ R3[6];
+  assign \$1303  = ~ R3[7];
+  assign \$1304  = \$1302  & \$1303 ;
+  assign \$1305  = \$1304  & R3[5];
+  assign \$1306  = ~ R3[7];
+  assign \$1307  = \$1306  & R3[6];
+  assign \$1308  = \$1305  | \$1307 ;
+  assign \$1309  = \$1308  | R3[7];
+  assign \$1310  = \$1301  | \$1309 ;
+  assign gt2_3 = \$1261  & \$1310 ;
+  assign \$1311  = ~ R4[8];
+  assign \$1312  = ~ R4[2];
+  assign \$1313  = R4[1] & \$1312 ;
+  assign \$1314  = ~ R4[3];
+  assign \$1315  = ~ R4[4];
+  assign \$1316  = \$1314  & \$1315 ;
+  assign \$1317  = \$1313  & \$1316 ;
+  assign \$1318  = ~ R4[5];
+  assign \$1319  = ~ R4[6];
+  assign \$1320  = \$1318  & \$1319 ;
+  assign \$1321  = ~ R4[7];
+  assign \$1322  = \$1321  & R4[0];
+  assign \$1323  = \$1320  & \$1322 ;
+  assign \$1324  = \$1317  & \$1323 ;
+  assign \$1325  = ~ R4[3];
+  assign \$1326  = ~ R4[4];
+  assign \$1327  = \$1325  & \$1326 ;
+  assign \$1328  = ~ R4[5];
+  assign \$1329  = ~ R4[6];
   assign \$1330  = \$1328  & \$1329 ;
-  assign \$1331  = ~ R4[6];
+  assign \$1331  = \$1327  & \$1330 ;
   assign \$1332  = ~ R4[7];
-  assign \$1333  = \$1331  & \$1332 ;
-  assign \$1334  = \$1330  & \$1333 ;
-  assign \$1335  = \$1334  & R4[3];
-  assign \$1336  = ~ R4[5];
-  assign \$1337  = ~ R4[6];
+  assign \$1333  = \$1332  & R4[2];
+  assign \$1334  = \$1331  & \$1333 ;
+  assign \$1335  = \$1324  | \$1334 ;
+  assign \$1336  = ~ R4[4];
+  assign \$1337  = ~ R4[5];
   assign \$1338  = \$1336  & \$1337 ;
-  assign \$1339  = ~ R4[7];
-  assign \$1340  = \$1339  & R4[4];
-  assign \$1341  = \$1338  & \$1340 ;
-  assign \$1342  = \$1335  | \$1341 ;
-  assign \$1343  = \$1327  | \$1342 ;
-  assign \$1344  = ~ R4[6];
-  assign \$1345  = ~ R4[7];
+  assign \$1339  = ~ R4[6];
+  assign \$1340  = ~ R4[7];
+  assign \$1341  = \$1339  & \$1340 ;
+  assign \$1342  = \$1338  & \$1341 ;
+  assign \$1343  = \$1342  & R4[3];
+  assign \$1344  = ~ R4[5];
+  assign \$1345  = ~ R4[6];
   assign \$1346  = \$1344  & \$1345 ;
-  assign \$1347  = \$1346  & R4[5];
-  assign \$1348  = ~ R4[7];
-  assign \$1349  = \$1348  & R4[6];
-  assign \$1350  = \$1347  | \$1349 ;
-  assign \$1351  = \$1350  | R4[7];
-  assign \$1352  = \$1343  | \$1351 ;
-  assign gt2_4 = \$1303  & \$1352 ;
-  assign \$1353  = ~ R5[8];
-  assign \$1354  = ~ R5[2];
-  assign \$1355  = R5[1] & \$1354 ;
-  assign \$1356  = ~ R5[3];
-  assign \$1357  = ~ R5[4];
-  assign \$1358  = \$1356  & \$1357 ;
-  assign \$1359  = \$1355  & \$1358 ;
-  assign \$1360  = ~ R5[5];
-  assign \$1361  = ~ R5[6];
-  assign \$1362  = \$1360  & \$1361 ;
-  assign \$1363  = ~ R5[7];
-  assign \$1364  = \$1363  & R5[0];
-  assign \$1365  = \$1362  & \$1364 ;
-  assign \$1366  = \$1359  & \$1365 ;
-  assign \$1367  = ~ R5[3];
-  assign \$1368  = ~ R5[4];
-  assign \$1369  = \$1367  & \$1368 ;
-  assign \$1370  = ~ R5[5];
-  assign \$1371  = ~ R5[6];
-  assign \$1372  = \$1370  & \$1371 ;
-  assign \$1373  = \$1369  & \$1372 ;
-  assign \$1374  = ~ R5[7];
-  assign \$1375  = \$1374  & R5[2];
-  assign \$1376  = \$1373  & \$1375 ;
-  assign \$1377  = \$1366  | \$1376 ;
-  assign \$1378  = ~ R5[4];
-  assign \$1379  = ~ R5[5];
+  assign \$1347  = ~ R4[7];
+  assign \$1348  = \$1347  & R4[4];
+  assign \$1349  = \$1346  & \$1348 ;
+  assign \$1350  = \$1343  | \$1349 ;
+  assign \$1351  = \$1335  | \$1350 ;
+  assign \$1352  = ~ R4[6];
+  assign \$1353  = ~ R4[7];
+  assign \$1354  = \$1352  & \$1353 ;
+  assign \$1355  = \$1354  & R4[5];
+  assign \$1356  = ~ R4[7];
+  assign \$1357  = \$1356  & R4[6];
+  assign \$1358  = \$1355  | \$1357 ;
+  assign \$1359  = \$1358  | R4[7];
+  assign \$1360  = \$1351  | \$1359 ;
+  assign gt2_4 = \$1311  & \$1360 ;
+  assign \$1361  = ~ R5[8];
+  assign \$1362  = ~ R5[2];
+  assign \$1363  = R5[1] & \$1362 ;
+  assign \$1364  = ~ R5[3];
+  assign \$1365  = ~ R5[4];
+  assign \$1366  = \$1364  & \$1365 ;
+  assign \$1367  = \$1363  & \$1366 ;
+  assign \$1368  = ~ R5[5];
+  assign \$1369  = ~ R5[6];
+  assign \$1370  = \$1368  & \$1369 ;
+  assign \$1371  = ~ R5[7];
+  assign \$1372  = \$1371  & R5[0];
+  assign \$1373  = \$1370  & \$1372 ;
+  assign \$1374  = \$1367  & \$1373 ;
+  assign \$1375  = ~ R5[3];
+  assign \$1376  = ~ R5[4];
+  assign \$1377  = \$1375  & \$1376 ;
+  assign \$1378  = ~ R5[5];
+  assign \$1379  = ~ R5[6];
   assign \$1380  = \$1378  & \$1379 ;
-  assign \$1381  = ~ R5[6];
+  assign \$1381  = \$1377  & \$1380 ;
   assign \$1382  = ~ R5[7];
-  assign \$1383  = \$1381  & \$1382 ;
-  assign \$1384  = \$1380  & \$1383 ;
-  assign \$1385  = \$1384  & R5[3];
-  assign \$1386  = ~ R5[5];
-  assign \$1387  = ~ R5[6];
+  assign \$1383  = \$1382  & R5[2];
+  assign \$1384  = \$1381  & \$1383 ;
+  assign \$1385  = \$1374  | \$1384 ;
+  assign \$1386  = ~ R5[4];
+  assign \$1387  = ~ R5[5];
   assign \$1388  = \$1386  & \$1387 ;
-  assign \$1389  = ~ R5[7];
-  assign \$1390  = \$1389  & R5[4];
-  assign \$1391  = \$1388  & \$1390 ;
-  assign \$1392  = \$1385  | \$1391 ;
-  assign \$1393  = \$1377  | \$1392 ;
-  assign \$1394  = ~ R5[6];
-  assign \$1395  = ~ R5[7];
+  assign \$1389  = ~ R5[6];
+  assign \$1390  = ~ R5[7];
+  assign \$1391  = \$1389  & \$1390 ;
+  assign \$1392  = \$1388  & \$1391 ;
+  assign \$1393  = \$1392  & R5[3];
+  assign \$1394  = ~ R5[5];
+  assign \$1395  = ~ R5[6];
   assign \$1396  = \$1394  & \$1395 ;
-  assign \$1397  = \$1396  & R5[5];
-  assign \$1398  = ~ R5[7];
-  assign \$1399  = \$1398  & R5[6];
-  assign \$1400  = \$1397  | \$1399 ;
-  assign \$1401  = \$1400  | R5[7];
-  assign \$1402  = \$1393  | \$1401 ;
-  assign gt2_5 = \$1353  & \$1402 ;
-  assign \$1403  = ~ R6[8];
-  assign \$1404  = ~ R6[2];
-  assign \$1405  = R6[1] & \$1404 ;
-  assign \$1406  = ~ R6[3];
-  assign \$1407  = ~ R6[4];
-  assign \$1408  = \$1406  & \$1407 ;
-  assign \$1409  = \$1405  & \$1408 ;
-  assign \$1410  = ~ R6[5];
-  assign \$1411  = ~ R6[6];
-  assign \$1412  = \$1410  & \$1411 ;
-  assign \$1413  = ~ R6[7];
-  assign \$1414  = \$1413  & R6[0];
-  assign \$1415  = \$1412  & \$1414 ;
-  assign \$1416  = \$1409  & \$1415 ;
-  assign \$1417  = ~ R6[3];
-  assign \$1418  = ~ R6[4];
-  assign \$1419  = \$1417  & \$1418 ;
-  assign \$1420  = ~ R6[5];
-  assign \$1421  = ~ R6[6];
-  assign \$1422  = \$1420  & \$1421 ;
-  assign \$1423  = \$1419  & \$1422 ;
-  assign \$1424  = ~ R6[7];
-  assign \$1425  = \$1424  & R6[2];
-  assign \$1426  = \$1423  & \$1425 ;
-  assign \$1427  = \$1416  | \$1426 ;
-  assign \$1428  = ~ R6[4];
-  assign \$1429  = ~ R6[5];
+  assign \$1397  = ~ R5[7];
+  assign \$1398  = \$1397  & R5[4];
+  assign \$1399  = \$1396  & \$1398 ;
+  assign \$1400  = \$1393  | \$1399 ;
+  assign \$1401  = \$1385  | \$1400 ;
+  assign \$1402  = ~ R5[6];
+  assign \$1403  = ~ R5[7];
+  assign \$1404  = \$1402  & \$1403 ;
+  assign \$1405  = \$1404  & R5[5];
+  assign \$1406  = ~ R5[7];
+  assign \$1407  = \$1406  & R5[6];
+  assign \$1408  = \$1405  | \$1407 ;
+  assign \$1409  = \$1408  | R5[7];
+  assign \$1410  = \$1401  | \$1409 ;
+  assign gt2_5 = \$1361  & \$1410 ;
+  assign \$1411  = ~ R6[8];
+  assign \$1412  = ~ R6[2];
+  assign \$1413  = R6[1] & \$1412 ;
+  assign \$1414  = ~ R6[3];
+  assign \$1415  = ~ R6[4];
+  assign \$1416  = \$1414  & \$1415 ;
+  assign \$1417  = \$1413  & \$1416 ;
+  assign \$1418  = ~ R6[5];
+  assign \$1419  = ~ R6[6];
+  assign \$1420  = \$1418  & \$1419 ;
+  assign \$1421  = ~ R6[7];
+  assign \$1422  = \$1421  & R6[0];
+  assign \$1423  = \$1420  & \$1422 ;
+  assign \$1424  = \$1417  & \$1423 ;
+  assign \$1425  = ~ R6[3];
+  assign \$1426  = ~ R6[4];
+  assign \$1427  = \$1425  & \$1426 ;
+  assign \$1428  = ~ R6[5];
+  assign \$1429  = ~ R6[6];
   assign \$1430  = \$1428  & \$1429 ;
-  assign \$1431  = ~ R6[6];
+  assign \$1431  = \$1427  & \$1430 ;
   assign \$1432  = ~ R6[7];
-  assign \$1433  = \$1431  & \$1432 ;
-  assign \$1434  = \$1430  & \$1433 ;
-  assign \$1435  = \$1434  & R6[3];
-  assign \$1436  = ~ R6[5];
-  assign \$1437  = ~ R6[6];
+  assign \$1433  = \$1432  & R6[2];
+  assign \$1434  = \$1431  & \$1433 ;
+  assign \$1435  = \$1424  | \$1434 ;
+  assign \$1436  = ~ R6[4];
+  assign \$1437  = ~ R6[5];
   assign \$1438  = \$1436  & \$1437 ;
-  assign \$1439  = ~ R6[7];
-  assign \$1440  = \$1439  & R6[4];
-  assign \$1441  = \$1438  & \$1440 ;
-  assign \$1442  = \$1435  | \$1441 ;
-  assign \$1443  = \$1427  | \$1442 ;
-  assign \$1444  = ~ R6[6];
-  assign \$1445  = ~ R6[7];
+  assign \$1439  = ~ R6[6];
+  assign \$1440  = ~ R6[7];
+  assign \$1441  = \$1439  & \$1440 ;
+  assign \$1442  = \$1438  & \$1441 ;
+  assign \$1443  = \$1442  & R6[3];
+  assign \$1444  = ~ R6[5];
+  assign \$1445  = ~ R6[6];
   assign \$1446  = \$1444  & \$1445 ;
-  assign \$1447  = \$1446  & R6[5];
-  assign \$1448  = ~ R6[7];
-  assign \$1449  = \$1448  & R6[6];
-  assign \$1450  = \$1447  | \$1449 ;
-  assign \$1451  = \$1450  | R6[7];
-  assign \$1452  = \$1443  | \$1451 ;
-  assign gt2_6 = \$1403  & \$1452 ;
-  assign \$1453  = ~ R7[8];
-  assign \$1454  = ~ R7[2];
-  assign \$1455  = R7[1] & \$1454 ;
-  assign \$1456  = ~ R7[3];
-  assign \$1457  = ~ R7[4];
-  assign \$1458  = \$1456  & \$1457 ;
-  assign \$1459  = \$1455  & \$1458 ;
-  assign \$1460  = ~ R7[5];
-  assign \$1461  = ~ R7[6];
-  assign \$1462  = \$1460  & \$1461 ;
-  assign \$1463  = ~ R7[7];
-  assign \$1464  = \$1463  & R7[0];
-  assign \$1465  = \$1462  & \$1464 ;
-  assign \$1466  = \$1459  & \$1465 ;
-  assign \$1467  = ~ R7[3];
-  assign \$1468  = ~ R7[4];
-  assign \$1469  = \$1467  & \$1468 ;
-  assign \$1470  = ~ R7[5];
-  assign \$1471  = ~ R7[6];
-  assign \$1472  = \$1470  & \$1471 ;
-  assign \$1473  = \$1469  & \$1472 ;
-  assign \$1474  = ~ R7[7];
-  assign \$1475  = \$1474  & R7[2];
-  assign \$1476  = \$1473  & \$1475 ;
-  assign \$1477  = \$1466  | \$1476 ;
-  assign \$1478  = ~ R7[4];
-  assign \$1479  = ~ R7[5];
+  assign \$1447  = ~ R6[7];
+  assign \$1448  = \$1447  & R6[4];
+  assign \$1449  = \$1446  & \$1448 ;
+  assign \$1450  = \$1443  | \$1449 ;
+  assign \$1451  = \$1435  | \$1450 ;
+  assign \$1452  = ~ R6[6];
+  assign \$1453  = ~ R6[7];
+  assign \$1454  = \$1452  & \$1453 ;
+  assign \$1455  = \$1454  & R6[5];
+  assign \$1456  = ~ R6[7];
+  assign \$1457  = \$1456  & R6[6];
+  assign \$1458  = \$1455  | \$1457 ;
+  assign \$1459  = \$1458  | R6[7];
+  assign \$1460  = \$1451  | \$1459 ;
+  assign gt2_6 = \$1411  & \$1460 ;
+  assign \$1461  = ~ R7[8];
+  assign \$1462  = ~ R7[2];
+  assign \$1463  = R7[1] & \$1462 ;
+  assign \$1464  = ~ R7[3];
+  assign \$1465  = ~ R7[4];
+  assign \$1466  = \$1464  & \$1465 ;
+  assign \$1467  = \$1463  & \$1466 ;
+  assign \$1468  = ~ R7[5];
+  assign \$1469  = ~ R7[6];
+  assign \$1470  = \$1468  & \$1469 ;
+  assign \$1471  = ~ R7[7];
+  assign \$1472  = \$1471  & R7[0];
+  assign \$1473  = \$1470  & \$1472 ;
+  assign \$1474  = \$1467  & \$1473 ;
+  assign \$1475  = ~ R7[3];
+  assign \$1476  = ~ R7[4];
+  assign \$1477  = \$1475  & \$1476 ;
+  assign \$1478  = ~ R7[5];
+  assign \$1479  = ~ R7[6];
   assign \$1480  = \$1478  & \$1479 ;
-  assign \$1481  = ~ R7[6];
+  assign \$1481  = \$1477  & \$1480 ;
   assign \$1482  = ~ R7[7];
-  assign \$1483  = \$1481  & \$1482 ;
-  assign \$1484  = \$1480  & \$1483 ;
-  assign \$1485  = \$1484  & R7[3];
-  assign \$1486  = ~ R7[5];
-  assign \$1487  = ~ R7[6];
+  assign \$1483  = \$1482  & R7[2];
+  assign \$1484  = \$1481  & \$1483 ;
+  assign \$1485  = \$1474  | \$1484 ;
+  assign \$1486  = ~ R7[4];
+  assign \$1487  = ~ R7[5];
   assign \$1488  = \$1486  & \$1487 ;
-  assign \$1489  = ~ R7[7];
-  assign \$1490  = \$1489  & R7[4];
-  assign \$1491  = \$1488  & \$1490 ;
-  assign \$1492  = \$1485  | \$1491 ;
-  assign \$1493  = \$1477  | \$1492 ;
-  assign \$1494  = ~ R7[6];
-  assign \$1495  = ~ R7[7];
+  assign \$1489  = ~ R7[6];
+  assign \$1490  = ~ R7[7];
+  assign \$1491  = \$1489  & \$1490 ;
+  assign \$1492  = \$1488  & \$1491 ;
+  assign \$1493  = \$1492  & R7[3];
+  assign \$1494  = ~ R7[5];
+  assign \$1495  = ~ R7[6];
   assign \$1496  = \$1494  & \$1495 ;
-  assign \$1497  = \$1496  & R7[5];
-  assign \$1498  = ~ R7[7];
-  assign \$1499  = \$1498  & R7[6];
-  assign \$1500  = \$1497  | \$1499 ;
-  assign \$1501  = \$1500  | R7[7];
-  assign \$1502  = \$1493  | \$1501 ;
-  assign gt2_7 = \$1453  & \$1502 ;
-  assign \$1503  = ~ gt2_0;
-  assign \$1504  = gt2_1 & \$1503 ;
-  assign \$1505  = \$1504  ? 1'h1 : 1'h0;
-  assign \$1506  = ~ gt2_1;
-  assign \$1507  = gt2_2 & \$1506 ;
-  assign \$1508  = \$1507  ? 2'h2 : 2'h0;
-  assign \$1509  = { 1'h0, \$1505  } | \$1508 ;
-  assign \$1510  = ~ gt2_2;
-  assign \$1511  = gt2_3 & \$1510 ;
-  assign \$1512  = \$1511  ? 2'h3 : 2'h0;
-  assign \$1513  = ~ gt2_3;
-  assign \$1514  = gt2_4 & \$1513 ;
-  assign \$1515  = \$1514  ? 3'h4 : 3'h0;
-  assign \$1516  = { 1'h0, \$1512  } | \$1515 ;
-  assign \$1517  = { 1'h0, \$1509  } | \$1516 ;
-  assign \$1518  = ~ gt2_4;
-  assign \$1519  = gt2_5 & \$1518 ;
-  assign \$1520  = \$1519  ? 3'h5 : 3'h0;
-  assign \$1521  = ~ gt2_5;
-  assign \$1522  = gt2_6 & \$1521 ;
-  assign \$1523  = \$1522  ? 3'h6 : 3'h0;
-  assign \$1524  = \$1520  | \$1523 ;
-  assign \$1525  = ~ gt2_6;
-  assign \$1526  = gt2_7 & \$1525 ;
-  assign \$1527  = \$1526  ? 3'h7 : 3'h0;
-  assign \$1528  = \$1524  | \$1527 ;
-  assign gsel2 = \$1517  | \$1528 ;
-  assign \$1529  = gt2_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1530  = ~ gt2_0;
-  assign \$1531  = gt2_1 & \$1530 ;
-  assign \$1532  = \$1531  ? mbeat0[31:16] : 16'h0000;
-  assign \$1533  = \$1529  | \$1532 ;
-  assign \$1534  = ~ gt2_1;
-  assign \$1535  = gt2_2 & \$1534 ;
-  assign \$1536  = \$1535  ? mbeat0[47:32] : 16'h0000;
-  assign \$1537  = ~ gt2_2;
-  assign \$1538  = gt2_3 & \$1537 ;
-  assign \$1539  = \$1538  ? mbeat0[63:48] : 16'h0000;
-  assign \$1540  = \$1536  | \$1539 ;
-  assign \$1541  = \$1533  | \$1540 ;
-  assign \$1542  = ~ gt2_3;
-  assign \$1543  = gt2_4 & \$1542 ;
-  assign \$1544  = \$1543  ? mbeat1[15:0] : 16'h0000;
-  assign \$1545  = ~ gt2_4;
-  assign \$1546  = gt2_5 & \$1545 ;
-  assign \$1547  = \$1546  ? mbeat1[31:16] : 16'h0000;
+  assign \$1497  = ~ R7[7];
+  assign \$1498  = \$1497  & R7[4];
+  assign \$1499  = \$1496  & \$1498 ;
+  assign \$1500  = \$1493  | \$1499 ;
+  assign \$1501  = \$1485  | \$1500 ;
+  assign \$1502  = ~ R7[6];
+  assign \$1503  = ~ R7[7];
+  assign \$1504  = \$1502  & \$1503 ;
+  assign \$1505  = \$1504  & R7[5];
+  assign \$1506  = ~ R7[7];
+  assign \$1507  = \$1506  & R7[6];
+  assign \$1508  = \$1505  | \$1507 ;
+  assign \$1509  = \$1508  | R7[7];
+  assign \$1510  = \$1501  | \$1509 ;
+  assign gt2_7 = \$1461  & \$1510 ;
+  assign \$1511  = ~ gt2_0;
+  assign \$1512  = gt2_1 & \$1511 ;
+  assign \$1513  = \$1512  ? 1'h1 : 1'h0;
+  assign \$1514  = ~ gt2_1;
+  assign \$1515  = gt2_2 & \$1514 ;
+  assign \$1516  = \$1515  ? 2'h2 : 2'h0;
+  assign \$1517  = { 1'h0, \$1513  } | \$1516 ;
+  assign \$1518  = ~ gt2_2;
+  assign \$1519  = gt2_3 & \$1518 ;
+  assign \$1520  = \$1519  ? 2'h3 : 2'h0;
+  assign \$1521  = ~ gt2_3;
+  assign \$1522  = gt2_4 & \$1521 ;
+  assign \$1523  = \$1522  ? 3'h4 : 3'h0;
+  assign \$1524  = { 1'h0, \$1520  } | \$1523 ;
+  assign \$1525  = { 1'h0, \$1517  } | \$1524 ;
+  assign \$1526  = ~ gt2_4;
+  assign \$1527  = gt2_5 & \$1526 ;
+  assign \$1528  = \$1527  ? 3'h5 : 3'h0;
+  assign \$1529  = ~ gt2_5;
+  assign \$1530  = gt2_6 & \$1529 ;
+  assign \$1531  = \$1530  ? 3'h6 : 3'h0;
+  assign \$1532  = \$1528  | \$1531 ;
+  assign \$1533  = ~ gt2_6;
+  assign \$1534  = gt2_7 & \$1533 ;
+  assign \$1535  = \$1534  ? 3'h7 : 3'h0;
+  assign \$1536  = \$1532  | \$1535 ;
+  assign gsel2 = \$1525  | \$1536 ;
+  assign \$1537  = gt2_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1538  = ~ gt2_0;
+  assign \$1539  = gt2_1 & \$1538 ;
+  assign \$1540  = \$1539  ? mbeat0[31:16] : 16'h0000;
+  assign \$1541  = \$1537  | \$1540 ;
+  assign \$1542  = ~ gt2_1;
+  assign \$1543  = gt2_2 & \$1542 ;
+  assign \$1544  = \$1543  ? mbeat0[47:32] : 16'h0000;
+  assign \$1545  = ~ gt2_2;
+  assign \$1546  = gt2_3 & \$1545 ;
+  assign \$1547  = \$1546  ? mbeat0[63:48] : 16'h0000;
   assign \$1548  = \$1544  | \$1547 ;
-  assign \$1549  = ~ gt2_5;
-  assign \$1550  = gt2_6 & \$1549 ;
-  assign \$1551  = \$1550  ? mbeat1[47:32] : 16'h0000;
-  assign \$1552  = ~ gt2_6;
-  assign \$1553  = gt2_7 & \$1552 ;
-  assign \$1554  = \$1553  ? mbeat1[63:48] : 16'h0000;
-  assign \$1555  = \$1551  | \$1554 ;
-  assign \$1556  = \$1548  | \$1555 ;
-  assign grp2 = \$1541  | \$1556 ;
-  assign \$1557  = gt2_0 ? Rm1[3:0] : 4'h0;
-  assign \$1558  = ~ gt2_0;
-  assign \$1559  = gt2_1 & \$1558 ;
-  assign \$1560  = \$1559  ? R0[3:0] : 4'h0;
-  assign \$1561  = \$1557  | \$1560 ;
-  assign \$1562  = ~ gt2_1;
-  assign \$1563  = gt2_2 & \$1562 ;
-  assign \$1564  = \$1563  ? R1[3:0] : 4'h0;
-  assign \$1565  = ~ gt2_2;
-  assign \$1566  = gt2_3 & \$1565 ;
-  assign \$1567  = \$1566  ? R2[3:0] : 4'h0;
-  assign \$1568  = \$1564  | \$1567 ;
-  assign \$1569  = \$1561  | \$1568 ;
-  assign \$1570  = ~ gt2_3;
-  assign \$1571  = gt2_4 & \$1570 ;
-  assign \$1572  = \$1571  ? R3[3:0] : 4'h0;
-  assign \$1573  = ~ gt2_4;
-  assign \$1574  = gt2_5 & \$1573 ;
-  assign \$1575  = \$1574  ? R4[3:0] : 4'h0;
+  assign \$1549  = \$1541  | \$1548 ;
+  assign \$1550  = ~ gt2_3;
+  assign \$1551  = gt2_4 & \$1550 ;
+  assign \$1552  = \$1551  ? mbeat1[15:0] : 16'h0000;
+  assign \$1553  = ~ gt2_4;
+  assign \$1554  = gt2_5 & \$1553 ;
+  assign \$1555  = \$1554  ? mbeat1[31:16] : 16'h0000;
+  assign \$1556  = \$1552  | \$1555 ;
+  assign \$1557  = ~ gt2_5;
+  assign \$1558  = gt2_6 & \$1557 ;
+  assign \$1559  = \$1558  ? mbeat1[47:32] : 16'h0000;
+  assign \$1560  = ~ gt2_6;
+  assign \$1561  = gt2_7 & \$1560 ;
+  assign \$1562  = \$1561  ? mbeat1[63:48] : 16'h0000;
+  assign \$1563  = \$1559  | \$1562 ;
+  assign \$1564  = \$1556  | \$1563 ;
+  assign grp2 = \$1549  | \$1564 ;
+  assign \$1565  = gt2_0 ? Rm1[3:0] : 4'h0;
+  assign \$1566  = ~ gt2_0;
+  assign \$1567  = gt2_1 & \$1566 ;
+  assign \$1568  = \$1567  ? R0[3:0] : 4'h0;
+  assign \$1569  = \$1565  | \$1568 ;
+  assign \$1570  = ~ gt2_1;
+  assign \$1571  = gt2_2 & \$1570 ;
+  assign \$1572  = \$1571  ? R1[3:0] : 4'h0;
+  assign \$1573  = ~ gt2_2;
+  assign \$1574  = gt2_3 & \$1573 ;
+  assign \$1575  = \$1574  ? R2[3:0] : 4'h0;
   assign \$1576  = \$1572  | \$1575 ;
-  assign \$1577  = ~ gt2_5;
-  assign \$1578  = gt2_6 & \$1577 ;
-  assign \$1579  = \$1578  ? R5[3:0] : 4'h0;
-  assign \$1580  = ~ gt2_6;
-  assign \$1581  = gt2_7 & \$1580 ;
-  assign \$1582  = \$1581  ? R6[3:0] : 4'h0;
-  assign \$1583  = \$1579  | \$1582 ;
-  assign \$1584  = \$1576  | \$1583 ;
-  assign dlow2 = \$1569  | \$1584 ;
-  assign \$1585  = ~ R0[8];
-  assign \$1586  = ~ R0[3];
-  assign \$1587  = ~ R0[4];
-  assign \$1588  = \$1586  & \$1587 ;
-  assign \$1589  = ~ R0[5];
-  assign \$1590  = ~ R0[6];
-  assign \$1591  = \$1589  & \$1590 ;
-  assign \$1592  = \$1588  & \$1591 ;
-  assign \$1593  = ~ R0[7];
-  assign \$1594  = \$1593  & R0[2];
-  assign \$1595  = \$1592  & \$1594 ;
-  assign \$1596  = ~ R0[4];
+  assign \$1577  = \$1569  | \$1576 ;
+  assign \$1578  = ~ gt2_3;
+  assign \$1579  = gt2_4 & \$1578 ;
+  assign \$1580  = \$1579  ? R3[3:0] : 4'h0;
+  assign \$1581  = ~ gt2_4;
+  assign \$1582  = gt2_5 & \$1581 ;
+  assign \$1583  = \$1582  ? R4[3:0] : 4'h0;
+  assign \$1584  = \$1580  | \$1583 ;
+  assign \$1585  = ~ gt2_5;
+  assign \$1586  = gt2_6 & \$1585 ;
+  assign \$1587  = \$1586  ? R5[3:0] : 4'h0;
+  assign \$1588  = ~ gt2_6;
+  assign \$1589  = gt2_7 & \$1588 ;
+  assign \$1590  = \$1589  ? R6[3:0] : 4'h0;
+  assign \$1591  = \$1587  | \$1590 ;
+  assign \$1592  = \$1584  | \$1591 ;
+  assign dlow2 = \$1577  | \$1592 ;
+  assign \$1593  = ~ R0[8];
+  assign \$1594  = ~ R0[3];
+  assign \$1595  = ~ R0[4];
+  assign \$1596  = \$1594  & \$1595 ;
   assign \$1597  = ~ R0[5];
-  assign \$1598  = \$1596  & \$1597 ;
-  assign \$1599  = ~ R0[6];
-  assign \$1600  = ~ R0[7];
-  assign \$1601  = \$1599  & \$1600 ;
-  assign \$1602  = \$1598  & \$1601 ;
-  assign \$1603  = \$1602  & R0[3];
-  assign \$1604  = \$1595  | \$1603 ;
+  assign \$1598  = ~ R0[6];
+  assign \$1599  = \$1597  & \$1598 ;
+  assign \$1600  = \$1596  & \$1599 ;
+  assign \$1601  = ~ R0[7];
+  assign \$1602  = \$1601  & R0[2];
+  assign \$1603  = \$1600  & \$1602 ;
+  assign \$1604  = ~ R0[4];
   assign \$1605  = ~ R0[5];
-  assign \$1606  = ~ R0[6];
-  assign \$1607  = \$1605  & \$1606 ;
+  assign \$1606  = \$1604  & \$1605 ;
+  assign \$1607  = ~ R0[6];
   assign \$1608  = ~ R0[7];
-  assign \$1609  = \$1608  & R0[4];
-  assign \$1610  = \$1607  & \$1609 ;
-  assign \$1611  = ~ R0[6];
-  assign \$1612  = ~ R0[7];
-  assign \$1613  = \$1611  & \$1612 ;
-  assign \$1614  = \$1613  & R0[5];
-  assign \$1615  = \$1610  | \$1614 ;
-  assign \$1616  = \$1604  | \$1615 ;
-  assign \$1617  = ~ R0[7];
-  assign \$1618  = \$1617  & R0[6];
-  assign \$1619  = \$1618  | R0[7];
-  assign \$1620  = \$1616  | \$1619 ;
-  assign gt3_0 = \$1585  & \$1620 ;
-  assign \$1621  = ~ R1[8];
-  assign \$1622  = ~ R1[3];
-  assign \$1623  = ~ R1[4];
-  assign \$1624  = \$1622  & \$1623 ;
-  assign \$1625  = ~ R1[5];
-  assign \$1626  = ~ R1[6];
-  assign \$1627  = \$1625  & \$1626 ;
-  assign \$1628  = \$1624  & \$1627 ;
-  assign \$1629  = ~ R1[7];
-  assign \$1630  = \$1629  & R1[2];
-  assign \$1631  = \$1628  & \$1630 ;
-  assign \$1632  = ~ R1[4];
+  assign \$1609  = \$1607  & \$1608 ;
+  assign \$1610  = \$1606  & \$1609 ;
+  assign \$1611  = \$1610  & R0[3];
+  assign \$1612  = \$1603  | \$1611 ;
+  assign \$1613  = ~ R0[5];
+  assign \$1614  = ~ R0[6];
+  assign \$1615  = \$1613  & \$1614 ;
+  assign \$1616  = ~ R0[7];
+  assign \$1617  = \$1616  & R0[4];
+  assign \$1618  = \$1615  & \$1617 ;
+  assign \$1619  = ~ R0[6];
+  assign \$1620  = ~ R0[7];
+  assign \$1621  = \$1619  & \$1620 ;
+  assign \$1622  = \$1621  & R0[5];
+  assign \$1623  = \$1618  | \$1622 ;
+  assign \$1624  = \$1612  | \$1623 ;
+  assign \$1625  = ~ R0[7];
+  assign \$1626  = \$1625  & R0[6];
+  assign \$1627  = \$1626  | R0[7];
+  assign \$1628  = \$1624  | \$1627 ;
+  assign gt3_0 = \$1593  & \$1628 ;
+  assign \$1629  = ~ R1[8];
+  assign \$1630  = ~ R1[3];
+  assign \$1631  = ~ R1[4];
+  assign \$1632  = \$1630  & \$1631 ;
   assign \$1633  = ~ R1[5];
-  assign \$1634  = \$1632  & \$1633 ;
-  assign \$1635  = ~ R1[6];
-  assign \$1636  = ~ R1[7];
-  assign \$1637  = \$1635  & \$1636 ;
-  assign \$1638  = \$1634  & \$1637 ;
-  assign \$1639  = \$1638  & R1[3];
-  assign \$1640  = \$1631  | \$1639 ;
+  assign \$1634  = ~ R1[6];
+  assign \$1635  = \$1633  & \$1634 ;
+  assign \$1636  = \$1632  & \$1635 ;
+  assign \$1637  = ~ R1[7];
+  assign \$1638  = \$1637  & R1[2];
+  assign \$1639  = \$1636  & \$1638 ;
+  assign \$1640  = ~ R1[4];
   assign \$1641  = ~ R1[5];
-  assign \$1642  = ~ R1[6];
-  assign \$1643  = \$1641  & \$1642 ;
+  assign \$1642  = \$1640  & \$1641 ;
+  assign \$1643  = ~ R1[6];
   assign \$1644  = ~ R1[7];
-  assign \$1645  = \$1644  & R1[4];
-  assign \$1646  = \$1643  & \$1645 ;
-  assign \$1647  = ~ R1[6];
-  assign \$1648  = ~ R1[7];
-  assign \$1649  = \$1647  & \$1648 ;
-  assign \$1650  = \$1649  & R1[5];
-  assign \$1651  = \$1646  | \$1650 ;
-  assign \$1652  = \$1640  | \$1651 ;
-  assign \$1653  = ~ R1[7];
-  assign \$1654  = \$1653  & R1[6];
-  assign \$1655  = \$1654  | R1[7];
-  assign \$1656  = \$1652  | \$1655 ;
-  assign gt3_1 = \$1621  & \$1656 ;
-  assign \$1657  = ~ R2[8];
-  assign \$1658  = ~ R2[3];
-  assign \$1659  = ~ R2[4];
-  assign \$1660  = \$1658  & \$1659 ;
-  assign \$1661  = ~ R2[5];
-  assign \$1662  = ~ R2[6];
-  assign \$1663  = \$1661  & \$1662 ;
-  assign \$1664  = \$1660  & \$1663 ;
-  assign \$1665  = ~ R2[7];
-  assign \$1666  = \$1665  & R2[2];
-  assign \$1667  = \$1664  & \$1666 ;
-  assign \$1668  = ~ R2[4];
+  assign \$1645  = \$1643  & \$1644 ;
+  assign \$1646  = \$1642  & \$1645 ;
+  assign \$1647  = \$1646  & R1[3];
+  assign \$1648  = \$1639  | \$1647 ;
+  assign \$1649  = ~ R1[5];
+  assign \$1650  = ~ R1[6];
+  assign \$1651  = \$1649  & \$1650 ;
+  assign \$1652  = ~ R1[7];
+  assign \$1653  = \$1652  & R1[4];
+  assign \$1654  = \$1651  & \$1653 ;
+  assign \$1655  = ~ R1[6];
+  assign \$1656  = ~ R1[7];
+  assign \$1657  = \$1655  & \$1656 ;
+  assign \$1658  = \$1657  & R1[5];
+  assign \$1659  = \$1654  | \$1658 ;
+  assign \$1660  = \$1648  | \$1659 ;
+  assign \$1661  = ~ R1[7];
+  assign \$1662  = \$1661  & R1[6];
+  assign \$1663  = \$1662  | R1[7];
+  assign \$1664  = \$1660  | \$1663 ;
+  assign gt3_1 = \$1629  & \$1664 ;
+  assign \$1665  = ~ R2[8];
+  assign \$1666  = ~ R2[3];
+  assign \$1667  = ~ R2[4];
+  assign \$1668  = \$1666  & \$1667 ;
   assign \$1669  = ~ R2[5];
-  assign \$1670  = \$1668  & \$1669 ;
-  assign \$1671  = ~ R2[6];
-  assign \$1672  = ~ R2[7];
-  assign \$1673  = \$1671  & \$1672 ;
-  assign \$1674  = \$1670  & \$1673 ;
-  assign \$1675  = \$1674  & R2[3];
-  assign \$1676  = \$1667  | \$1675 ;
+  assign \$1670  = ~ R2[6];
+  assign \$1671  = \$1669  & \$1670 ;
+  assign \$1672  = \$1668  & \$1671 ;
+  assign \$1673  = ~ R2[7];
+  assign \$1674  = \$1673  & R2[2];
+  assign \$1675  = \$1672  & \$1674 ;
+  assign \$1676  = ~ R2[4];
   assign \$1677  = ~ R2[5];
-  assign \$1678  = ~ R2[6];
-  assign \$1679  = \$1677  & \$1678 ;
+  assign \$1678  = \$1676  & \$1677 ;
+  assign \$1679  = ~ R2[6];
   assign \$1680  = ~ R2[7];
-  assign \$1681  = \$1680  & R2[4];
-  assign \$1682  = \$1679  & \$1681 ;
-  assign \$1683  = ~ R2[6];
-  assign \$1684  = ~ R2[7];
-  assign \$1685  = \$1683  & \$1684 ;
-  assign \$1686  = \$1685  & R2[5];
-  assign \$1687  = \$1682  | \$1686 ;
-  assign \$1688  = \$1676  | \$1687 ;
-  assign \$1689  = ~ R2[7];
-  assign \$1690  = \$1689  & R2[6];
-  assign \$1691  = \$1690  | R2[7];
-  assign \$1692  = \$1688  | \$1691 ;
-  assign gt3_2 = \$1657  & \$1692 ;
-  assign \$1693  = ~ R3[8];
-  assign \$1694  = ~ R3[3];
-  assign \$1695  = ~ R3[4];
-  assign \$1696  = \$1694  & \$1695 ;
-  assign \$1697  = ~ R3[5];
-  assign \$1698  = ~ R3[6];
-  assign \$1699  = \$1697  & \$1698 ;
-  assign \$1700  = \$1696  & \$1699 ;
-  assign \$1701  = ~ R3[7];
-  assign \$1702  = \$1701  & R3[2];
-  assign \$1703  = \$1700  & \$1702 ;
-  assign \$1704  = ~ R3[4];
+  assign \$1681  = \$1679  & \$1680 ;
+  assign \$1682  = \$1678  & \$1681 ;
+  assign \$1683  = \$1682  & R2[3];
+  assign \$1684  = \$1675  | \$1683 ;
+  assign \$1685  = ~ R2[5];
+  assign \$1686  = ~ R2[6];
+  assign \$1687  = \$1685  & \$1686 ;
+  assign \$1688  = ~ R2[7];
+  assign \$1689  = \$1688  & R2[4];
+  assign \$1690  = \$1687  & \$1689 ;
+  assign \$1691  = ~ R2[6];
+  assign \$1692  = ~ R2[7];
+  assign \$1693  = \$1691  & \$1692 ;
+  assign \$1694  = \$1693  & R2[5];
+  assign \$1695  = \$1690  | \$1694 ;
+  assign \$1696  = \$1684  | \$1695 ;
+  assign \$1697  = ~ R2[7];
+  assign \$1698  = \$1697  & R2[6];
+  assign \$1699  = \$1698  | R2[7];
+  assign \$1700  = \$1696  | \$1699 ;
+  assign gt3_2 = \$1665  & \$1700 ;
+  assign \$1701  = ~ R3[8];
+  assign \$1702  = ~ R3[3];
+  assign \$1703  = ~ R3[4];
+  assign \$1704  = \$1702  & \$1703 ;
   assign \$1705  = ~ R3[5];
-  assign \$1706  = \$1704  & \$1705 ;
-  assign \$1707  = ~ R3[6];
-  assign \$1708  = ~ R3[7];
-  assign \$1709  = \$1707  & \$1708 ;
-  assign \$1710  = \$1706  & \$1709 ;
-  assign \$1711  = \$1710  & R3[3];
-  assign \$1712  = \$1703  | \$1711 ;
+  assign \$1706  = ~ R3[6];
+  assign \$1707  = \$1705  & \$1706 ;
+  assign \$1708  = \$1704  & \$1707 ;
+  assign \$1709  = ~ R3[7];
+  assign \$1710  = \$1709  & R3[2];
+  assign \$1711  = \$1708  & \$1710 ;
+  assign \$1712  = ~ R3[4];
   assign \$1713  = ~ R3[5];
-  assign \$1714  = ~ R3[6];
-  assign \$1715  = \$1713  & \$1714 ;
+  assign \$1714  = \$1712  & \$1713 ;
+  assign \$1715  = ~ R3[6];
   assign \$1716  = ~ R3[7];
-  assign \$1717  = \$1716  & R3[4];
-  assign \$1718  = \$1715  & \$1717 ;
-  assign \$1719  = ~ R3[6];
-  assign \$1720  = ~ R3[7];
-  assign \$1721  = \$1719  & \$1720 ;
-  assign \$1722  = \$1721  & R3[5];
-  assign \$1723  = \$1718  | \$1722 ;
-  assign \$1724  = \$1712  | \$1723 ;
-  assign \$1725  = ~ R3[7];
-  assign \$1726  = \$1725  & R3[6];
-  assign \$1727  = \$1726  | R3[7];
-  assign \$1728  = \$1724  | \$1727 ;
-  assign gt3_3 = \$1693  & \$1728 ;
-  assign \$1729  = ~ R4[8];
-  assign \$1730  = ~ R4[3];
-  assign \$1731  = ~ R4[4];
-  assign \$1732  = \$1730  & \$1731 ;
-  assign \$1733  = ~ R4[5];
-  assign \$1734  = ~ R4[6];
-  assign \$1735  = \$1733  & \$1734 ;
-  assign \$1736  = \$1732  & \$1735 ;
-  assign \$1737  = ~ R4[7];
-  assign \$1738  = \$1737  & R4[2];
-  assign \$1739  = \$1736  & \$1738 ;
-  assign \$1740  = ~ R4[4];
+  assign \$1717  = \$1715  & \$1716 ;
+  assign \$1718  = \$1714  & \$1717 ;
+  assign \$1719  = \$1718  & R3[3];
+  assign \$1720  = \$1711  | \$1719 ;
+  assign \$1721  = ~ R3[5];
+  assign \$1722  = ~ R3[6];
+  assign \$1723  = \$1721  & \$1722 ;
+  assign \$1724  = ~ R3[7];
+  assign \$1725  = \$1724  & R3[4];
+  assign \$1726  = \$1723  & \$1725 ;
+  assign \$1727  = ~ R3[6];
+  assign \$1728  = ~ R3[7];
+  assign \$1729  = \$1727  & \$1728 ;
+  assign \$1730  = \$1729  & R3[5];
+  assign \$1731  = \$1726  | \$1730 ;
+  assign \$1732  = \$1720  | \$1731 ;
+  assign \$1733  = ~ R3[7];
+  assign \$1734  = \$1733  & R3[6];
+  assign \$1735  = \$1734  | R3[7];
+  assign \$1736  = \$1732  | \$1735 ;
+  assign gt3_3 = \$1701  & \$1736 ;
+  assign \$1737  = ~ R4[8];
+  assign \$1738  = ~ R4[3];
+  assign \$1739  = ~ R4[4];
+  assign \$1740  = \$1738  & \$1739 ;
   assign \$1741  = ~ R4[5];
-  assign \$1742  = \$1740  & \$1741 ;
-  assign \$1743  = ~ R4[6];
-  assign \$1744  = ~ R4[7];
-  assign \$1745  = \$1743  & \$1744 ;
-  assign \$1746  = \$1742  & \$1745 ;
-  assign \$1747  = \$1746  & R4[3];
-  assign \$1748  = \$1739  | \$1747 ;
+  assign \$1742  = ~ R4[6];
+  assign \$1743  = \$1741  & \$1742 ;
+  assign \$1744  = \$1740  & \$1743 ;
+  assign \$1745  = ~ R4[7];
+  assign \$1746  = \$1745  & R4[2];
+  assign \$1747  = \$1744  & \$1746 ;
+  assign \$1748  = ~ R4[4];
   assign \$1749  = ~ R4[5];
-  assign \$1750  = ~ R4[6];
-  assign \$1751  = \$1749  & \$1750 ;
+  assign \$1750  = \$1748  & \$1749 ;
+  assign \$1751  = ~ R4[6];
   assign \$1752  = ~ R4[7];
-  assign \$1753  = \$1752  & R4[4];
-  assign \$1754  = \$1751  & \$1753 ;
-  assign \$1755  = ~ R4[6];
-  assign \$1756  = ~ R4[7];
-  assign \$1757  = \$1755  & \$1756 ;
-  assign \$1758  = \$1757  & R4[5];
-  assign \$1759  = \$1754  | \$1758 ;
-  assign \$1760  = \$1748  | \$1759 ;
-  assign \$1761  = ~ R4[7];
-  assign \$1762  = \$1761  & R4[6];
-  assign \$1763  = \$1762  | R4[7];
-  assign \$1764  = \$1760  | \$1763 ;
-  assign gt3_4 = \$1729  & \$1764 ;
-  assign \$1765  = ~ R5[8];
-  assign \$1766  = ~ R5[3];
-  assign \$1767  = ~ R5[4];
-  assign \$1768  = \$1766  & \$1767 ;
-  assign \$1769  = ~ R5[5];
-  assign \$1770  = ~ R5[6];
-  assign \$1771  = \$1769  & \$1770 ;
-  assign \$1772  = \$1768  & \$1771 ;
-  assign \$1773  = ~ R5[7];
-  assign \$1774  = \$1773  & R5[2];
-  assign \$1775  = \$1772  & \$1774 ;
-  assign \$1776  = ~ R5[4];
+  assign \$1753  = \$1751  & \$1752 ;
+  assign \$1754  = \$1750  & \$1753 ;
+  assign \$1755  = \$1754  & R4[3];
+  assign \$1756  = \$1747  | \$1755 ;
+  assign \$1757  = ~ R4[5];
+  assign \$1758  = ~ R4[6];
+  assign \$1759  = \$1757  & \$1758 ;
+  assign \$1760  = ~ R4[7];
+  assign \$1761  = \$1760  & R4[4];
+  assign \$1762  = \$1759  & \$1761 ;
+  assign \$1763  = ~ R4[6];
+  assign \$1764  = ~ R4[7];
+  assign \$1765  = \$1763  & \$1764 ;
+  assign \$1766  = \$1765  & R4[5];
+  assign \$1767  = \$1762  | \$1766 ;
+  assign \$1768  = \$1756  | \$1767 ;
+  assign \$1769  = ~ R4[7];
+  assign \$1770  = \$1769  & R4[6];
+  assign \$1771  = \$1770  | R4[7];
+  assign \$1772  = \$1768  | \$1771 ;
+  assign gt3_4 = \$1737  & \$1772 ;
+  assign \$1773  = ~ R5[8];
+  assign \$1774  = ~ R5[3];
+  assign \$1775  = ~ R5[4];
+  assign \$1776  = \$1774  & \$1775 ;
   assign \$1777  = ~ R5[5];
-  assign \$1778  = \$1776  & \$1777 ;
-  assign \$1779  = ~ R5[6];
-  assign \$1780  = ~ R5[7];
-  assign \$1781  = \$1779  & \$1780 ;
-  assign \$1782  = \$1778  & \$1781 ;
-  assign \$1783  = \$1782  & R5[3];
-  assign \$1784  = \$1775  | \$1783 ;
+  assign \$1778  = ~ R5[6];
+  assign \$1779  = \$1777  & \$1778 ;
+  assign \$1780  = \$1776  & \$1779 ;
+  assign \$1781  = ~ R5[7];
+  assign \$1782  = \$1781  & R5[2];
+  assign \$1783  = \$1780  & \$1782 ;
+  assign \$1784  = ~ R5[4];
   assign \$1785  = ~ R5[5];
-  assign \$1786  = ~ R5[6];
-  assign \$1787  = \$1785  & \$1786 ;
+  assign \$1786  = \$1784  & \$1785 ;
+  assign \$1787  = ~ R5[6];
   assign \$1788  = ~ R5[7];
-  assign \$1789  = \$1788  & R5[4];
-  assign \$1790  = \$1787  & \$1789 ;
-  assign \$1791  = ~ R5[6];
-  assign \$1792  = ~ R5[7];
-  assign \$1793  = \$1791  & \$1792 ;
-  assign \$1794  = \$1793  & R5[5];
-  assign \$1795  = \$1790  | \$1794 ;
-  assign \$1796  = \$1784  | \$1795 ;
-  assign \$1797  = ~ R5[7];
-  assign \$1798  = \$1797  & R5[6];
-  assign \$1799  = \$1798  | R5[7];
-  assign \$1800  = \$1796  | \$1799 ;
-  assign gt3_5 = \$1765  & \$1800 ;
-  assign \$1801  = ~ R6[8];
-  assign \$1802  = ~ R6[3];
-  assign \$1803  = ~ R6[4];
-  assign \$1804  = \$1802  & \$1803 ;
-  assign \$1805  = ~ R6[5];
-  assign \$1806  = ~ R6[6];
-  assign \$1807  = \$1805  & \$1806 ;
-  assign \$1808  = \$1804  & \$1807 ;
-  assign \$1809  = ~ R6[7];
-  assign \$1810  = \$1809  & R6[2];
-  assign \$1811  = \$1808  & \$1810 ;
-  assign \$1812  = ~ R6[4];
+  assign \$1789  = \$1787  & \$1788 ;
+  assign \$1790  = \$1786  & \$1789 ;
+  assign \$1791  = \$1790  & R5[3];
+  assign \$1792  = \$1783  | \$1791 ;
+  assign \$1793  = ~ R5[5];
+  assign \$1794  = ~ R5[6];
+  assign \$1795  = \$1793  & \$1794 ;
+  assign \$1796  = ~ R5[7];
+  assign \$1797  = \$1796  & R5[4];
+  assign \$1798  = \$1795  & \$1797 ;
+  assign \$1799  = ~ R5[6];
+  assign \$1800  = ~ R5[7];
+  assign \$1801  = \$1799  & \$1800 ;
+  assign \$1802  = \$1801  & R5[5];
+  assign \$1803  = \$1798  | \$1802 ;
+  assign \$1804  = \$1792  | \$1803 ;
+  assign \$1805  = ~ R5[7];
+  assign \$1806  = \$1805  & R5[6];
+  assign \$1807  = \$1806  | R5[7];
+  assign \$1808  = \$1804  | \$1807 ;
+  assign gt3_5 = \$1773  & \$1808 ;
+  assign \$1809  = ~ R6[8];
+  assign \$1810  = ~ R6[3];
+  assign \$1811  = ~ R6[4];
+  assign \$1812  = \$1810  & \$1811 ;
   assign \$1813  = ~ R6[5];
-  assign \$1814  = \$1812  & \$1813 ;
-  assign \$1815  = ~ R6[6];
-  assign \$1816  = ~ R6[7];
-  assign \$1817  = \$1815  & \$1816 ;
-  assign \$1818  = \$1814  & \$1817 ;
-  assign \$1819  = \$1818  & R6[3];
-  assign \$1820  = \$1811  | \$1819 ;
+  assign \$1814  = ~ R6[6];
+  assign \$1815  = \$1813  & \$1814 ;
+  assign \$1816  = \$1812  & \$1815 ;
+  assign \$1817  = ~ R6[7];
+  assign \$1818  = \$1817  & R6[2];
+  assign \$1819  = \$1816  & \$1818 ;
+  assign \$1820  = ~ R6[4];
   assign \$1821  = ~ R6[5];
-  assign \$1822  = ~ R6[6];
-  assign \$1823  = \$1821  & \$1822 ;
+  assign \$1822  = \$1820  & \$1821 ;
+  assign \$1823  = ~ R6[6];
   assign \$1824  = ~ R6[7];
-  assign \$1825  = \$1824  & R6[4];
-  assign \$1826  = \$1823  & \$1825 ;
-  assign \$1827  = ~ R6[6];
-  assign \$1828  = ~ R6[7];
-  assign \$1829  = \$1827  & \$1828 ;
-  assign \$1830  = \$1829  & R6[5];
-  assign \$1831  = \$1826  | \$1830 ;
-  assign \$1832  = \$1820  | \$1831 ;
-  assign \$1833  = ~ R6[7];
-  assign \$1834  = \$1833  & R6[6];
-  assign \$1835  = \$1834  | R6[7];
-  assign \$1836  = \$1832  | \$1835 ;
-  assign gt3_6 = \$1801  & \$1836 ;
-  assign \$1837  = ~ R7[8];
-  assign \$1838  = ~ R7[3];
-  assign \$1839  = ~ R7[4];
-  assign \$1840  = \$1838  & \$1839 ;
-  assign \$1841  = ~ R7[5];
-  assign \$1842  = ~ R7[6];
-  assign \$1843  = \$1841  & \$1842 ;
-  assign \$1844  = \$1840  & \$1843 ;
-  assign \$1845  = ~ R7[7];
-  assign \$1846  = \$1845  & R7[2];
-  assign \$1847  = \$1844  & \$1846 ;
-  assign \$1848  = ~ R7[4];
+  assign \$1825  = \$1823  & \$1824 ;
+  assign \$1826  = \$1822  & \$1825 ;
+  assign \$1827  = \$1826  & R6[3];
+  assign \$1828  = \$1819  | \$1827 ;
+  assign \$1829  = ~ R6[5];
+  assign \$1830  = ~ R6[6];
+  assign \$1831  = \$1829  & \$1830 ;
+  assign \$1832  = ~ R6[7];
+  assign \$1833  = \$1832  & R6[4];
+  assign \$1834  = \$1831  & \$1833 ;
+  assign \$1835  = ~ R6[6];
+  assign \$1836  = ~ R6[7];
+  assign \$1837  = \$1835  & \$1836 ;
+  assign \$1838  = \$1837  & R6[5];
+  assign \$1839  = \$1834  | \$1838 ;
+  assign \$1840  = \$1828  | \$1839 ;
+  assign \$1841  = ~ R6[7];
+  assign \$1842  = \$1841  & R6[6];
+  assign \$1843  = \$1842  | R6[7];
+  assign \$1844  = \$1840  | \$1843 ;
+  assign gt3_6 = \$1809  & \$1844 ;
+  assign \$1845  = ~ R7[8];
+  assign \$1846  = ~ R7[3];
+  assign \$1847  = ~ R7[4];
+  assign \$1848  = \$1846  & \$1847 ;
   assign \$1849  = ~ R7[5];
-  assign \$1850  = \$1848  & \$1849 ;
-  assign \$1851  = ~ R7[6];
-  assign \$1852  = ~ R7[7];
-  assign \$1853  = \$1851  & \$1852 ;
-  assign \$1854  = \$1850  & \$1853 ;
-  assign \$1855  = \$1854  & R7[3];
-  assign \$1856  = \$1847  | \$1855 ;
+  assign \$1850  = ~ R7[6];
+  assign \$1851  = \$1849  & \$1850 ;
+  assign \$1852  = \$1848  & \$1851 ;
+  assign \$1853  = ~ R7[7];
+  assign \$1854  = \$1853  & R7[2];
+  assign \$1855  = \$1852  & \$1854 ;
+  assign \$1856  = ~ R7[4];
   assign \$1857  = ~ R7[5];
-  assign \$1858  = ~ R7[6];
-  assign \$1859  = \$1857  & \$1858 ;
+  assign \$1858  = \$1856  & \$1857 ;
+  assign \$1859  = ~ R7[6];
   assign \$1860  = ~ R7[7];
-  assign \$1861  = \$1860  & R7[4];
-  assign \$1862  = \$1859  & \$1861 ;
-  assign \$1863  = ~ R7[6];
-  assign \$1864  = ~ R7[7];
-  assign \$1865  = \$1863  & \$1864 ;
-  assign \$1866  = \$1865  & R7[5];
-  assign \$1867  = \$1862  | \$1866 ;
-  assign \$1868  = \$1856  | \$1867 ;
-  assign \$1869  = ~ R7[7];
-  assign \$1870  = \$1869  & R7[6];
-  assign \$1871  = \$1870  | R7[7];
-  assign \$1872  = \$1868  | \$1871 ;
-  assign gt3_7 = \$1837  & \$1872 ;
-  assign \$1873  = ~ gt3_0;
-  assign \$1874  = gt3_1 & \$1873 ;
-  assign \$1875  = \$1874  ? 1'h1 : 1'h0;
-  assign \$1876  = ~ gt3_1;
-  assign \$1877  = gt3_2 & \$1876 ;
-  assign \$1878  = \$1877  ? 2'h2 : 2'h0;
-  assign \$1879  = { 1'h0, \$1875  } | \$1878 ;
-  assign \$1880  = ~ gt3_2;
-  assign \$1881  = gt3_3 & \$1880 ;
-  assign \$1882  = \$1881  ? 2'h3 : 2'h0;
-  assign \$1883  = ~ gt3_3;
-  assign \$1884  = gt3_4 & \$1883 ;
-  assign \$1885  = \$1884  ? 3'h4 : 3'h0;
-  assign \$1886  = { 1'h0, \$1882  } | \$1885 ;
-  assign \$1887  = { 1'h0, \$1879  } | \$1886 ;
-  assign \$1888  = ~ gt3_4;
-  assign \$1889  = gt3_5 & \$1888 ;
-  assign \$1890  = \$1889  ? 3'h5 : 3'h0;
-  assign \$1891  = ~ gt3_5;
-  assign \$1892  = gt3_6 & \$1891 ;
-  assign \$1893  = \$1892  ? 3'h6 : 3'h0;
-  assign \$1894  = \$1890  | \$1893 ;
-  assign \$1895  = ~ gt3_6;
-  assign \$1896  = gt3_7 & \$1895 ;
-  assign \$1897  = \$1896  ? 3'h7 : 3'h0;
-  assign \$1898  = \$1894  | \$1897 ;
-  assign gsel3 = \$1887  | \$1898 ;
-  assign \$1899  = gt3_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$1900  = ~ gt3_0;
-  assign \$1901  = gt3_1 & \$1900 ;
-  assign \$1902  = \$1901  ? mbeat0[31:16] : 16'h0000;
-  assign \$1903  = \$1899  | \$1902 ;
-  assign \$1904  = ~ gt3_1;
-  assign \$1905  = gt3_2 & \$1904 ;
-  assign \$1906  = \$1905  ? mbeat0[47:32] : 16'h0000;
-  assign \$1907  = ~ gt3_2;
-  assign \$1908  = gt3_3 & \$1907 ;
-  assign \$1909  = \$1908  ? mbeat0[63:48] : 16'h0000;
-  assign \$1910  = \$1906  | \$1909 ;
-  assign \$1911  = \$1903  | \$1910 ;
-  assign \$1912  = ~ gt3_3;
-  assign \$1913  = gt3_4 & \$1912 ;
-  assign \$1914  = \$1913  ? mbeat1[15:0] : 16'h0000;
-  assign \$1915  = ~ gt3_4;
-  assign \$1916  = gt3_5 & \$1915 ;
-  assign \$1917  = \$1916  ? mbeat1[31:16] : 16'h0000;
+  assign \$1861  = \$1859  & \$1860 ;
+  assign \$1862  = \$1858  & \$1861 ;
+  assign \$1863  = \$1862  & R7[3];
+  assign \$1864  = \$1855  | \$1863 ;
+  assign \$1865  = ~ R7[5];
+  assign \$1866  = ~ R7[6];
+  assign \$1867  = \$1865  & \$1866 ;
+  assign \$1868  = ~ R7[7];
+  assign \$1869  = \$1868  & R7[4];
+  assign \$1870  = \$1867  & \$1869 ;
+  assign \$1871  = ~ R7[6];
+  assign \$1872  = ~ R7[7];
+  assign \$1873  = \$1871  & \$1872 ;
+  assign \$1874  = \$1873  & R7[5];
+  assign \$1875  = \$1870  | \$1874 ;
+  assign \$1876  = \$1864  | \$1875 ;
+  assign \$1877  = ~ R7[7];
+  assign \$1878  = \$1877  & R7[6];
+  assign \$1879  = \$1878  | R7[7];
+  assign \$1880  = \$1876  | \$1879 ;
+  assign gt3_7 = \$1845  & \$1880 ;
+  assign \$1881  = ~ gt3_0;
+  assign \$1882  = gt3_1 & \$1881 ;
+  assign \$1883  = \$1882  ? 1'h1 : 1'h0;
+  assign \$1884  = ~ gt3_1;
+  assign \$1885  = gt3_2 & \$1884 ;
+  assign \$1886  = \$1885  ? 2'h2 : 2'h0;
+  assign \$1887  = { 1'h0, \$1883  } | \$1886 ;
+  assign \$1888  = ~ gt3_2;
+  assign \$1889  = gt3_3 & \$1888 ;
+  assign \$1890  = \$1889  ? 2'h3 : 2'h0;
+  assign \$1891  = ~ gt3_3;
+  assign \$1892  = gt3_4 & \$1891 ;
+  assign \$1893  = \$1892  ? 3'h4 : 3'h0;
+  assign \$1894  = { 1'h0, \$1890  } | \$1893 ;
+  assign \$1895  = { 1'h0, \$1887  } | \$1894 ;
+  assign \$1896  = ~ gt3_4;
+  assign \$1897  = gt3_5 & \$1896 ;
+  assign \$1898  = \$1897  ? 3'h5 : 3'h0;
+  assign \$1899  = ~ gt3_5;
+  assign \$1900  = gt3_6 & \$1899 ;
+  assign \$1901  = \$1900  ? 3'h6 : 3'h0;
+  assign \$1902  = \$1898  | \$1901 ;
+  assign \$1903  = ~ gt3_6;
+  assign \$1904  = gt3_7 & \$1903 ;
+  assign \$1905  = \$1904  ? 3'h7 : 3'h0;
+  assign \$1906  = \$1902  | \$1905 ;
+  assign gsel3 = \$1895  | \$1906 ;
+  assign \$1907  = gt3_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$1908  = ~ gt3_0;
+  assign \$1909  = gt3_1 & \$1908 ;
+  assign \$1910  = \$1909  ? mbeat0[31:16] : 16'h0000;
+  assign \$1911  = \$1907  | \$1910 ;
+  assign \$1912  = ~ gt3_1;
+  assign \$1913  = gt3_2 & \$1912 ;
+  assign \$1914  = \$1913  ? mbeat0[47:32] : 16'h0000;
+  assign \$1915  = ~ gt3_2;
+  assign \$1916  = gt3_3 & \$1915 ;
+  assign \$1917  = \$1916  ? mbeat0[63:48] : 16'h0000;
   assign \$1918  = \$1914  | \$1917 ;
-  assign \$1919  = ~ gt3_5;
-  assign \$1920  = gt3_6 & \$1919 ;
-  assign \$1921  = \$1920  ? mbeat1[47:32] : 16'h0000;
-  assign \$1922  = ~ gt3_6;
-  assign \$1923  = gt3_7 & \$1922 ;
-  assign \$1924  = \$1923  ? mbeat1[63:48] : 16'h0000;
-  assign \$1925  = \$1921  | \$1924 ;
-  assign \$1926  = \$1918  | \$1925 ;
-  assign grp3 = \$1911  | \$1926 ;
-  assign \$1927  = gt3_0 ? Rm1[3:0] : 4'h0;
-  assign \$1928  = ~ gt3_0;
-  assign \$1929  = gt3_1 & \$1928 ;
-  assign \$1930  = \$1929  ? R0[3:0] : 4'h0;
-  assign \$1931  = \$1927  | \$1930 ;
-  assign \$1932  = ~ gt3_1;
-  assign \$1933  = gt3_2 & \$1932 ;
-  assign \$1934  = \$1933  ? R1[3:0] : 4'h0;
-  assign \$1935  = ~ gt3_2;
-  assign \$1936  = gt3_3 & \$1935 ;
-  assign \$1937  = \$1936  ? R2[3:0] : 4'h0;
-  assign \$1938  = \$1934  | \$1937 ;
-  assign \$1939  = \$1931  | \$1938 ;
-  assign \$1940  = ~ gt3_3;
-  assign \$1941  = gt3_4 & \$1940 ;
-  assign \$1942  = \$1941  ? R3[3:0] : 4'h0;
-  assign \$1943  = ~ gt3_4;
-  assign \$1944  = gt3_5 & \$1943 ;
-  assign \$1945  = \$1944  ? R4[3:0] : 4'h0;
+  assign \$1919  = \$1911  | \$1918 ;
+  assign \$1920  = ~ gt3_3;
+  assign \$1921  = gt3_4 & \$1920 ;
+  assign \$1922  = \$1921  ? mbeat1[15:0] : 16'h0000;
+  assign \$1923  = ~ gt3_4;
+  assign \$1924  = gt3_5 & \$1923 ;
+  assign \$1925  = \$1924  ? mbeat1[31:16] : 16'h0000;
+  assign \$1926  = \$1922  | \$1925 ;
+  assign \$1927  = ~ gt3_5;
+  assign \$1928  = gt3_6 & \$1927 ;
+  assign \$1929  = \$1928  ? mbeat1[47:32] : 16'h0000;
+  assign \$1930  = ~ gt3_6;
+  assign \$1931  = gt3_7 & \$1930 ;
+  assign \$1932  = \$1931  ? mbeat1[63:48] : 16'h0000;
+  assign \$1933  = \$1929  | \$1932 ;
+  assign \$1934  = \$1926  | \$1933 ;
+  assign grp3 = \$1919  | \$1934 ;
+  assign \$1935  = gt3_0 ? Rm1[3:0] : 4'h0;
+  assign \$1936  = ~ gt3_0;
+  assign \$1937  = gt3_1 & \$1936 ;
+  assign \$1938  = \$1937  ? R0[3:0] : 4'h0;
+  assign \$1939  = \$1935  | \$1938 ;
+  assign \$1940  = ~ gt3_1;
+  assign \$1941  = gt3_2 & \$1940 ;
+  assign \$1942  = \$1941  ? R1[3:0] : 4'h0;
+  assign \$1943  = ~ gt3_2;
+  assign \$1944  = gt3_3 & \$1943 ;
+  assign \$1945  = \$1944  ? R2[3:0] : 4'h0;
   assign \$1946  = \$1942  | \$1945 ;
-  assign \$1947  = ~ gt3_5;
-  assign \$1948  = gt3_6 & \$1947 ;
-  assign \$1949  = \$1948  ? R5[3:0] : 4'h0;
-  assign \$1950  = ~ gt3_6;
-  assign \$1951  = gt3_7 & \$1950 ;
-  assign \$1952  = \$1951  ? R6[3:0] : 4'h0;
-  assign \$1953  = \$1949  | \$1952 ;
-  assign \$1954  = \$1946  | \$1953 ;
-  assign dlow3 = \$1939  | \$1954 ;
-  assign \$1955  = ~ R0[8];
-  assign \$1956  = ~ R0[1];
-  assign \$1957  = \$1956  & R0[2];
-  assign \$1958  = ~ R0[3];
-  assign \$1959  = ~ R0[4];
-  assign \$1960  = \$1958  & \$1959 ;
-  assign \$1961  = \$1957  & \$1960 ;
-  assign \$1962  = ~ R0[5];
-  assign \$1963  = ~ R0[6];
-  assign \$1964  = \$1962  & \$1963 ;
-  assign \$1965  = ~ R0[7];
-  assign \$1966  = \$1965  & R0[0];
-  assign \$1967  = \$1964  & \$1966 ;
-  assign \$1968  = \$1961  & \$1967 ;
-  assign \$1969  = ~ R0[3];
-  assign \$1970  = R0[2] & \$1969 ;
-  assign \$1971  = ~ R0[4];
-  assign \$1972  = ~ R0[5];
-  assign \$1973  = \$1971  & \$1972 ;
-  assign \$1974  = \$1970  & \$1973 ;
-  assign \$1975  = ~ R0[6];
-  assign \$1976  = ~ R0[7];
-  assign \$1977  = \$1975  & \$1976 ;
-  assign \$1978  = \$1977  & R0[1];
-  assign \$1979  = \$1974  & \$1978 ;
-  assign \$1980  = \$1968  | \$1979 ;
-  assign \$1981  = ~ R0[4];
-  assign \$1982  = ~ R0[5];
-  assign \$1983  = \$1981  & \$1982 ;
-  assign \$1984  = ~ R0[6];
-  assign \$1985  = ~ R0[7];
-  assign \$1986  = \$1984  & \$1985 ;
-  assign \$1987  = \$1983  & \$1986 ;
-  assign \$1988  = \$1987  & R0[3];
-  assign \$1989  = ~ R0[5];
-  assign \$1990  = ~ R0[6];
+  assign \$1947  = \$1939  | \$1946 ;
+  assign \$1948  = ~ gt3_3;
+  assign \$1949  = gt3_4 & \$1948 ;
+  assign \$1950  = \$1949  ? R3[3:0] : 4'h0;
+  assign \$1951  = ~ gt3_4;
+  assign \$1952  = gt3_5 & \$1951 ;
+  assign \$1953  = \$1952  ? R4[3:0] : 4'h0;
+  assign \$1954  = \$1950  | \$1953 ;
+  assign \$1955  = ~ gt3_5;
+  assign \$1956  = gt3_6 & \$1955 ;
+  assign \$1957  = \$1956  ? R5[3:0] : 4'h0;
+  assign \$1958  = ~ gt3_6;
+  assign \$1959  = gt3_7 & \$1958 ;
+  assign \$1960  = \$1959  ? R6[3:0] : 4'h0;
+  assign \$1961  = \$1957  | \$1960 ;
+  assign \$1962  = \$1954  | \$1961 ;
+  assign dlow3 = \$1947  | \$1962 ;
+  assign \$1963  = ~ R0[8];
+  assign \$1964  = ~ R0[1];
+  assign \$1965  = \$1964  & R0[2];
+  assign \$1966  = ~ R0[3];
+  assign \$1967  = ~ R0[4];
+  assign \$1968  = \$1966  & \$1967 ;
+  assign \$1969  = \$1965  & \$1968 ;
+  assign \$1970  = ~ R0[5];
+  assign \$1971  = ~ R0[6];
+  assign \$1972  = \$1970  & \$1971 ;
+  assign \$1973  = ~ R0[7];
+  assign \$1974  = \$1973  & R0[0];
+  assign \$1975  = \$1972  & \$1974 ;
+  assign \$1976  = \$1969  & \$1975 ;
+  assign \$1977  = ~ R0[3];
+  assign \$1978  = R0[2] & \$1977 ;
+  assign \$1979  = ~ R0[4];
+  assign \$1980  = ~ R0[5];
+  assign \$1981  = \$1979  & \$1980 ;
+  assign \$1982  = \$1978  & \$1981 ;
+  assign \$1983  = ~ R0[6];
+  assign \$1984  = ~ R0[7];
+  assign \$1985  = \$1983  & \$1984 ;
+  assign \$1986  = \$1985  & R0[1];
+  assign \$1987  = \$1982  & \$1986 ;
+  assign \$1988  = \$1976  | \$1987 ;
+  assign \$1989  = ~ R0[4];
+  assign \$1990  = ~ R0[5];
   assign \$1991  = \$1989  & \$1990 ;
-  assign \$1992  = ~ R0[7];
-  assign \$1993  = \$1992  & R0[4];
-  assign \$1994  = \$1991  & \$1993 ;
-  assign \$1995  = \$1988  | \$1994 ;
-  assign \$1996  = \$1980  | \$1995 ;
-  assign \$1997  = ~ R0[6];
-  assign \$1998  = ~ R0[7];
+  assign \$1992  = ~ R0[6];
+  assign \$1993  = ~ R0[7];
+  assign \$1994  = \$1992  & \$1993 ;
+  assign \$1995  = \$1991  & \$1994 ;
+  assign \$1996  = \$1995  & R0[3];
+  assign \$1997  = ~ R0[5];
+  assign \$1998  = ~ R0[6];
   assign \$1999  = \$1997  & \$1998 ;
-  assign \$2000  = \$1999  & R0[5];
-  assign \$2001  = ~ R0[7];
-  assign \$2002  = \$2001  & R0[6];
-  assign \$2003  = \$2000  | \$2002 ;
-  assign \$2004  = \$2003  | R0[7];
-  assign \$2005  = \$1996  | \$2004 ;
-  assign gt4_0 = \$1955  & \$2005 ;
-  assign \$2006  = ~ R1[8];
-  assign \$2007  = ~ R1[1];
-  assign \$2008  = \$2007  & R1[2];
-  assign \$2009  = ~ R1[3];
-  assign \$2010  = ~ R1[4];
-  assign \$2011  = \$2009  & \$2010 ;
-  assign \$2012  = \$2008  & \$2011 ;
-  assign \$2013  = ~ R1[5];
-  assign \$2014  = ~ R1[6];
-  assign \$2015  = \$2013  & \$2014 ;
-  assign \$2016  = ~ R1[7];
-  assign \$2017  = \$2016  & R1[0];
-  assign \$2018  = \$2015  & \$2017 ;
-  assign \$2019  = \$2012  & \$2018 ;
-  assign \$2020  = ~ R1[3];
-  assign \$2021  = R1[2] & \$2020 ;
-  assign \$2022  = ~ R1[4];
-  assign \$2023  = ~ R1[5];
-  assign \$2024  = \$2022  & \$2023 ;
-  assign \$2025  = \$2021  & \$2024 ;
-  assign \$2026  = ~ R1[6];
-  assign \$2027  = ~ R1[7];
-  assign \$2028  = \$2026  & \$2027 ;
-  assign \$2029  = \$2028  & R1[1];
-  assign \$2030  = \$2025  & \$2029 ;
-  assign \$2031  = \$2019  | \$2030 ;
-  assign \$2032  = ~ R1[4];
-  assign \$2033  = ~ R1[5];
-  assign \$2034  = \$2032  & \$2033 ;
-  assign \$2035  = ~ R1[6];
-  assign \$2036  = ~ R1[7];
-  assign \$2037  = \$2035  & \$2036 ;
-  assign \$2038  = \$2034  & \$2037 ;
-  assign \$2039  = \$2038  & R1[3];
-  assign \$2040  = ~ R1[5];
-  assign \$2041  = ~ R1[6];
+  assign \$2000  = ~ R0[7];
+  assign \$2001  = \$2000  & R0[4];
+  assign \$2002  = \$1999  & \$2001 ;
+  assign \$2003  = \$1996  | \$2002 ;
+  assign \$2004  = \$1988  | \$2003 ;
+  assign \$2005  = ~ R0[6];
+  assign \$2006  = ~ R0[7];
+  assign \$2007  = \$2005  & \$2006 ;
+  assign \$2008  = \$2007  & R0[5];
+  assign \$2009  = ~ R0[7];
+  assign \$2010  = \$2009  & R0[6];
+  assign \$2011  = \$2008  | \$2010 ;
+  assign \$2012  = \$2011  | R0[7];
+  assign \$2013  = \$2004  | \$2012 ;
+  assign gt4_0 = \$1963  & \$2013 ;
+  assign \$2014  = ~ R1[8];
+  assign \$2015  = ~ R1[1];
+  assign \$2016  = \$2015  & R1[2];
+  assign \$2017  = ~ R1[3];
+  assign \$2018  = ~ R1[4];
+  assign \$2019  = \$2017  & \$2018 ;
+  assign \$2020  = \$2016  & \$2019 ;
+  assign \$2021  = ~ R1[5];
+  assign \$2022  = ~ R1[6];
+  assign \$2023  = \$2021  & \$2022 ;
+  assign \$2024  = ~ R1[7];
+  assign \$2025  = \$2024  & R1[0];
+  assign \$2026  = \$2023  & \$2025 ;
+  assign \$2027  = \$2020  & \$2026 ;
+  assign \$2028  = ~ R1[3];
+  assign \$2029  = R1[2] & \$2028 ;
+  assign \$2030  = ~ R1[4];
+  assign \$2031  = ~ R1[5];
+  assign \$2032  = \$2030  & \$2031 ;
+  assign \$2033  = \$2029  & \$2032 ;
+  assign \$2034  = ~ R1[6];
+  assign \$2035  = ~ R1[7];
+  assign \$2036  = \$2034  & \$2035 ;
+  assign \$2037  = \$2036  & R1[1];
+  assign \$2038  = \$2033  & \$2037 ;
+  assign \$2039  = \$2027  | \$2038 ;
+  assign \$2040  = ~ R1[4];
+  assign \$2041  = ~ R1[5];
   assign \$2042  = \$2040  & \$2041 ;
-  assign \$2043  = ~ R1[7];
-  assign \$2044  = \$2043  & R1[4];
-  assign \$2045  = \$2042  & \$2044 ;
-  assign \$2046  = \$2039  | \$2045 ;
-  assign \$2047  = \$2031  | \$2046 ;
-  assign \$2048  = ~ R1[6];
-  assign \$2049  = ~ R1[7];
+  assign \$2043  = ~ R1[6];
+  assign \$2044  = ~ R1[7];
+  assign \$2045  = \$2043  & \$2044 ;
+  assign \$2046  = \$2042  & \$2045 ;
+  assign \$2047  = \$2046  & R1[3];
+  assign \$2048  = ~ R1[5];
+  assign \$2049  = ~ R1[6];
   assign \$2050  = \$2048  & \$2049 ;
-  assign \$2051  = \$2050  & R1[5];
-  assign \$2052  = ~ R1[7];
-  assign \$2053  = \$2052  & R1[6];
-  assign \$2054  = \$2051  | \$2053 ;
-  assign \$2055  = \$2054  | R1[7];
-  assign \$2056  = \$2047  | \$2055 ;
-  assign gt4_1 = \$2006  & \$2056 ;
-  assign \$2057  = ~ R2[8];
-  assign \$2058  = ~ R2[1];
-  assign \$2059  = \$2058  & R2[2];
-  assign \$2060  = ~ R2[3];
-  assign \$2061  = ~ R2[4];
-  assign \$2062  = \$2060  & \$2061 ;
-  assign \$2063  = \$2059  & \$2062 ;
-  assign \$2064  = ~ R2[5];
-  assign \$2065  = ~ R2[6];
-  assign \$2066  = \$2064  & \$2065 ;
-  assign \$2067  = ~ R2[7];
-  assign \$2068  = \$2067  & R2[0];
-  assign \$2069  = \$2066  & \$2068 ;
-  assign \$2070  = \$2063  & \$2069 ;
-  assign \$2071  = ~ R2[3];
-  assign \$2072  = R2[2] & \$2071 ;
-  assign \$2073  = ~ R2[4];
-  assign \$2074  = ~ R2[5];
-  assign \$2075  = \$2073  & \$2074 ;
-  assign \$2076  = \$2072  & \$2075 ;
-  assign \$2077  = ~ R2[6];
-  assign \$2078  = ~ R2[7];
-  assign \$2079  = \$2077  & \$2078 ;
-  assign \$2080  = \$2079  & R2[1];
-  assign \$2081  = \$2076  & \$2080 ;
-  assign \$2082  = \$2070  | \$2081 ;
-  assign \$2083  = ~ R2[4];
-  assign \$2084  = ~ R2[5];
-  assign \$2085  = \$2083  & \$2084 ;
-  assign \$2086  = ~ R2[6];
-  assign \$2087  = ~ R2[7];
-  assign \$2088  = \$2086  & \$2087 ;
-  assign \$2089  = \$2085  & \$2088 ;
-  assign \$2090  = \$2089  & R2[3];
-  assign \$2091  = ~ R2[5];
-  assign \$2092  = ~ R2[6];
+  assign \$2051  = ~ R1[7];
+  assign \$2052  = \$2051  & R1[4];
+  assign \$2053  = \$2050  & \$2052 ;
+  assign \$2054  = \$2047  | \$2053 ;
+  assign \$2055  = \$2039  | \$2054 ;
+  assign \$2056  = ~ R1[6];
+  assign \$2057  = ~ R1[7];
+  assign \$2058  = \$2056  & \$2057 ;
+  assign \$2059  = \$2058  & R1[5];
+  assign \$2060  = ~ R1[7];
+  assign \$2061  = \$2060  & R1[6];
+  assign \$2062  = \$2059  | \$2061 ;
+  assign \$2063  = \$2062  | R1[7];
+  assign \$2064  = \$2055  | \$2063 ;
+  assign gt4_1 = \$2014  & \$2064 ;
+  assign \$2065  = ~ R2[8];
+  assign \$2066  = ~ R2[1];
+  assign \$2067  = \$2066  & R2[2];
+  assign \$2068  = ~ R2[3];
+  assign \$2069  = ~ R2[4];
+  assign \$2070  = \$2068  & \$2069 ;
+  assign \$2071  = \$2067  & \$2070 ;
+  assign \$2072  = ~ R2[5];
+  assign \$2073  = ~ R2[6];
+  assign \$2074  = \$2072  & \$2073 ;
+  assign \$2075  = ~ R2[7];
+  assign \$2076  = \$2075  & R2[0];
+  assign \$2077  = \$2074  & \$2076 ;
+  assign \$2078  = \$2071  & \$2077 ;
+  assign \$2079  = ~ R2[3];
+  assign \$2080  = R2[2] & \$2079 ;
+  assign \$2081  = ~ R2[4];
+  assign \$2082  = ~ R2[5];
+  assign \$2083  = \$2081  & \$2082 ;
+  assign \$2084  = \$2080  & \$2083 ;
+  assign \$2085  = ~ R2[6];
+  assign \$2086  = ~ R2[7];
+  assign \$2087  = \$2085  & \$2086 ;
+  assign \$2088  = \$2087  & R2[1];
+  assign \$2089  = \$2084  & \$2088 ;
+  assign \$2090  = \$2078  | \$2089 ;
+  assign \$2091  = ~ R2[4];
+  assign \$2092  = ~ R2[5];
   assign \$2093  = \$2091  & \$2092 ;
-  assign \$2094  = ~ R2[7];
-  assign \$2095  = \$2094  & R2[4];
-  assign \$2096  = \$2093  & \$2095 ;
-  assign \$2097  = \$2090  | \$2096 ;
-  assign \$2098  = \$2082  | \$2097 ;
-  assign \$2099  = ~ R2[6];
-  assign \$2100  = ~ R2[7];
+  assign \$2094  = ~ R2[6];
+  assign \$2095  = ~ R2[7];
+  assign \$2096  = \$2094  & \$2095 ;
+  assign \$2097  = \$2093  & \$2096 ;
+  assign \$2098  = \$2097  & R2[3];
+  assign \$2099  = ~ R2[5];
+  assign \$2100  = ~ R2[6];
   assign \$2101  = \$2099  & \$2100 ;
-  assign \$2102  = \$2101  & R2[5];
-  assign \$2103  = ~ R2[7];
-  assign \$2104  = \$2103  & R2[6];
-  assign \$2105  = \$2102  | \$2104 ;
-  assign \$2106  = \$2105  | R2[7];
-  assign \$2107  = \$2098  | \$2106 ;
-  assign gt4_2 = \$2057  & \$2107 ;
-  assign \$2108  = ~ R3[8];
-  assign \$2109  = ~ R3[1];
-  assign \$2110  = \$2109  & R3[2];
-  assign \$2111  = ~ R3[3];
-  assign \$2112  = ~ R3[4];
-  assign \$2113  = \$2111  & \$2112 ;
-  assign \$2114  = \$2110  & \$2113 ;
-  assign \$2115  = ~ R3[5];
-  assign \$2116  = ~ R3[6];
-  assign \$2117  = \$2115  & \$2116 ;
-  assign \$2118  = ~ R3[7];
-  assign \$2119  = \$2118  & R3[0];
-  assign \$2120  = \$2117  & \$2119 ;
-  assign \$2121  = \$2114  & \$2120 ;
-  assign \$2122  = ~ R3[3];
-  assign \$2123  = R3[2] & \$2122 ;
-  assign \$2124  = ~ R3[4];
-  assign \$2125  = ~ R3[5];
-  assign \$2126  = \$2124  & \$2125 ;
-  assign \$2127  = \$2123  & \$2126 ;
-  assign \$2128  = ~ R3[6];
-  assign \$2129  = ~ R3[7];
-  assign \$2130  = \$2128  & \$2129 ;
-  assign \$2131  = \$2130  & R3[1];
-  assign \$2132  = \$2127  & \$2131 ;
-  assign \$2133  = \$2121  | \$2132 ;
-  assign \$2134  = ~ R3[4];
-  assign \$2135  = ~ R3[5];
-  assign \$2136  = \$2134  & \$2135 ;
-  assign \$2137  = ~ R3[6];
-  assign \$2138  = ~ R3[7];
-  assign \$2139  = \$2137  & \$2138 ;
-  assign \$2140  = \$2136  & \$2139 ;
-  assign \$2141  = \$2140  & R3[3];
-  assign \$2142  = ~ R3[5];
-  assign \$2143  = ~ R3[6];
+  assign \$2102  = ~ R2[7];
+  assign \$2103  = \$2102  & R2[4];
+  assign \$2104  = \$2101  & \$2103 ;
+  assign \$2105  = \$2098  | \$2104 ;
+  assign \$2106  = \$2090  | \$2105 ;
+  assign \$2107  = ~ R2[6];
+  assign \$2108  = ~ R2[7];
+  assign \$2109  = \$2107  & \$2108 ;
+  assign \$2110  = \$2109  & R2[5];
+  assign \$2111  = ~ R2[7];
+  assign \$2112  = \$2111  & R2[6];
+  assign \$2113  = \$2110  | \$2112 ;
+  assign \$2114  = \$2113  | R2[7];
+  assign \$2115  = \$2106  | \$2114 ;
+  assign gt4_2 = \$2065  & \$2115 ;
+  assign \$2116  = ~ R3[8];
+  assign \$2117  = ~ R3[1];
+  assign \$2118  = \$2117  & R3[2];
+  assign \$2119  = ~ R3[3];
+  assign \$2120  = ~ R3[4];
+  assign \$2121  = \$2119  & \$2120 ;
+  assign \$2122  = \$2118  & \$2121 ;
+  assign \$2123  = ~ R3[5];
+  assign \$2124  = ~ R3[6];
+  assign \$2125  = \$2123  & \$2124 ;
+  assign \$2126  = ~ R3[7];
+  assign \$2127  = \$2126  & R3[0];
+  assign \$2128  = \$2125  & \$2127 ;
+  assign \$2129  = \$2122  & \$2128 ;
+  assign \$2130  = ~ R3[3];
+  assign \$2131  = R3[2] & \$2130 ;
+  assign \$2132  = ~ R3[4];
+  assign \$2133  = ~ R3[5];
+  assign \$2134  = \$2132  & \$2133 ;
+  assign \$2135  = \$2131  & \$2134 ;
+  assign \$2136  = ~ R3[6];
+  assign \$2137  = ~ R3[7];
+  assign \$2138  = \$2136  & \$2137 ;
+  assign \$2139  = \$2138  & R3[1];
+  assign \$2140  = \$2135  & \$2139 ;
+  assign \$2141  = \$2129  | \$2140 ;
+  assign \$2142  = ~ R3[4];
+  assign \$2143  = ~ R3[5];
   assign \$2144  = \$2142  & \$2143 ;
-  assign \$2145  = ~ R3[7];
-  assign \$2146  = \$2145  & R3[4];
-  assign \$2147  = \$2144  & \$2146 ;
-  assign \$2148  = \$2141  | \$2147 ;
-  assign \$2149  = \$2133  | \$2148 ;
-  assign \$2150  = ~ R3[6];
-  assign \$2151  = ~ R3[7];
+  assign \$2145  = ~ R3[6];
+  assign \$2146  = ~ R3[7];
+  assign \$2147  = \$2145  & \$2146 ;
+  assign \$2148  = \$2144  & \$2147 ;
+  assign \$2149  = \$2148  & R3[3];
+  assign \$2150  = ~ R3[5];
+  assign \$2151  = ~ R3[6];
   assign \$2152  = \$2150  & \$2151 ;
-  assign \$2153  = \$2152  & R3[5];
-  assign \$2154  = ~ R3[7];
-  assign \$2155  = \$2154  & R3[6];
-  assign \$2156  = \$2153  | \$2155 ;
-  assign \$2157  = \$2156  | R3[7];
-  assign \$2158  = \$2149  | \$2157 ;
-  assign gt4_3 = \$2108  & \$2158 ;
-  assign \$2159  = ~ R4[8];
-  assign \$2160  = ~ R4[1];
-  assign \$2161  = \$2160  & R4[2];
-  assign \$2162  = ~ R4[3];
-  assign \$2163  = ~ R4[4];
-  assign \$2164  = \$2162  & \$2163 ;
-  assign \$2165  = \$2161  & \$2164 ;
-  assign \$2166  = ~ R4[5];
-  assign \$2167  = ~ R4[6];
-  assign \$2168  = \$2166  & \$2167 ;
-  assign \$2169  = ~ R4[7];
-  assign \$2170  = \$2169  & R4[0];
-  assign \$2171  = \$2168  & \$2170 ;
-  assign \$2172  = \$2165  & \$2171 ;
-  assign \$2173  = ~ R4[3];
-  assign \$2174  = R4[2] & \$2173 ;
-  assign \$2175  = ~ R4[4];
-  assign \$2176  = ~ R4[5];
-  assign \$2177  = \$2175  & \$2176 ;
-  assign \$2178  = \$2174  & \$2177 ;
-  assign \$2179  = ~ R4[6];
-  assign \$2180  = ~ R4[7];
-  assign \$2181  = \$2179  & \$2180 ;
-  assign \$2182  = \$2181  & R4[1];
-  assign \$2183  = \$2178  & \$2182 ;
-  assign \$2184  = \$2172  | \$2183 ;
-  assign \$2185  = ~ R4[4];
-  assign \$2186  = ~ R4[5];
-  assign \$2187  = \$2185  & \$2186 ;
-  assign \$2188  = ~ R4[6];
-  assign \$2189  = ~ R4[7];
-  assign \$2190  = \$2188  & \$2189 ;
-  assign \$2191  = \$2187  & \$2190 ;
-  assign \$2192  = \$2191  & R4[3];
-  assign \$2193  = ~ R4[5];
-  assign \$2194  = ~ R4[6];
+  assign \$2153  = ~ R3[7];
+  assign \$2154  = \$2153  & R3[4];
+  assign \$2155  = \$2152  & \$2154 ;
+  assign \$2156  = \$2149  | \$2155 ;
+  assign \$2157  = \$2141  | \$2156 ;
+  assign \$2158  = ~ R3[6];
+  assign \$2159  = ~ R3[7];
+  assign \$2160  = \$2158  & \$2159 ;
+  assign \$2161  = \$2160  & R3[5];
+  assign \$2162  = ~ R3[7];
+  assign \$2163  = \$2162  & R3[6];
+  assign \$2164  = \$2161  | \$2163 ;
+  assign \$2165  = \$2164  | R3[7];
+  assign \$2166  = \$2157  | \$2165 ;
+  assign gt4_3 = \$2116  & \$2166 ;
+  assign \$2167  = ~ R4[8];
+  assign \$2168  = ~ R4[1];
+  assign \$2169  = \$2168  & R4[2];
+  assign \$2170  = ~ R4[3];
+  assign \$2171  = ~ R4[4];
+  assign \$2172  = \$2170  & \$2171 ;
+  assign \$2173  = \$2169  & \$2172 ;
+  assign \$2174  = ~ R4[5];
+  assign \$2175  = ~ R4[6];
+  assign \$2176  = \$2174  & \$2175 ;
+  assign \$2177  = ~ R4[7];
+  assign \$2178  = \$2177  & R4[0];
+  assign \$2179  = \$2176  & \$2178 ;
+  assign \$2180  = \$2173  & \$2179 ;
+  assign \$2181  = ~ R4[3];
+  assign \$2182  = R4[2] & \$2181 ;
+  assign \$2183  = ~ R4[4];
+  assign \$2184  = ~ R4[5];
+  assign \$2185  = \$2183  & \$2184 ;
+  assign \$2186  = \$2182  & \$2185 ;
+  assign \$2187  = ~ R4[6];
+  assign \$2188  = ~ R4[7];
+  assign \$2189  = \$2187  & \$2188 ;
+  assign \$2190  = \$2189  & R4[1];
+  assign \$2191  = \$2186  & \$2190 ;
+  assign \$2192  = \$2180  | \$2191 ;
+  assign \$2193  = ~ R4[4];
+  assign \$2194  = ~ R4[5];
   assign \$2195  = \$2193  & \$2194 ;
-  assign \$2196  = ~ R4[7];
-  assign \$2197  = \$2196  & R4[4];
-  assign \$2198  = \$2195  & \$2197 ;
-  assign \$2199  = \$2192  | \$2198 ;
-  assign \$2200  = \$2184  | \$2199 ;
-  assign \$2201  = ~ R4[6];
-  assign \$2202  = ~ R4[7];
+  assign \$2196  = ~ R4[6];
+  assign \$2197  = ~ R4[7];
+  assign \$2198  = \$2196  & \$2197 ;
+  assign \$2199  = \$2195  & \$2198 ;
+  assign \$2200  = \$2199  & R4[3];
+  assign \$2201  = ~ R4[5];
+  assign \$2202  = ~ R4[6];
   assign \$2203  = \$2201  & \$2202 ;
-  assign \$2204  = \$2203  & R4[5];
-  assign \$2205  = ~ R4[7];
-  assign \$2206  = \$2205  & R4[6];
-  assign \$2207  = \$2204  | \$2206 ;
-  assign \$2208  = \$2207  | R4[7];
-  assign \$2209  = \$2200  | \$2208 ;
-  assign gt4_4 = \$2159  & \$2209 ;
-  assign \$2210  = ~ R5[8];
-  assign \$2211  = ~ R5[1];
-  assign \$2212  = \$2211  & R5[2];
-  assign \$2213  = ~ R5[3];
-  assign \$2214  = ~ R5[4];
-  assign \$2215  = \$2213  & \$2214 ;
-  assign \$2216  = \$2212  & \$2215 ;
-  assign \$2217  = ~ R5[5];
-  assign \$2218  = ~ R5[6];
-  assign \$2219  = \$2217  & \$2218 ;
-  assign \$2220  = ~ R5[7];
-  assign \$2221  = \$2220  & R5[0];
-  assign \$2222  = \$2219  & \$2221 ;
-  assign \$2223  = \$2216  & \$2222 ;
-  assign \$2224  = ~ R5[3];
-  assign \$2225  = R5[2] & \$2224 ;
-  assign \$2226  = ~ R5[4];
-  assign \$2227  = ~ R5[5];
-  assign \$2228  = \$2226  & \$2227 ;
-  assign \$2229  = \$2225  & \$2228 ;
-  assign \$2230  = ~ R5[6];
-  assign \$2231  = ~ R5[7];
-  assign \$2232  = \$2230  & \$2231 ;
-  assign \$2233  = \$2232  & R5[1];
-  assign \$2234  = \$2229  & \$2233 ;
-  assign \$2235  = \$2223  | \$2234 ;
-  assign \$2236  = ~ R5[4];
-  assign \$2237  = ~ R5[5];
-  assign \$2238  = \$2236  & \$2237 ;
-  assign \$2239  = ~ R5[6];
-  assign \$2240  = ~ R5[7];
-  assign \$2241  = \$2239  & \$2240 ;
-  assign \$2242  = \$2238  & \$2241 ;
-  assign \$2243  = \$2242  & R5[3];
-  assign \$2244  = ~ R5[5];
-  assign \$2245  = ~ R5[6];
+  assign \$2204  = ~ R4[7];
+  assign \$2205  = \$2204  & R4[4];
+  assign \$2206  = \$2203  & \$2205 ;
+  assign \$2207  = \$2200  | \$2206 ;
+  assign \$2208  = \$2192  | \$2207 ;
+  assign \$2209  = ~ R4[6];
+  assign \$2210  = ~ R4[7];
+  assign \$2211  = \$2209  & \$2210 ;
+  assign \$2212  = \$2211  & R4[5];
+  assign \$2213  = ~ R4[7];
+  assign \$2214  = \$2213  & R4[6];
+  assign \$2215  = \$2212  | \$2214 ;
+  assign \$2216  = \$2215  | R4[7];
+  assign \$2217  = \$2208  | \$2216 ;
+  assign gt4_4 = \$2167  & \$2217 ;
+  assign \$2218  = ~ R5[8];
+  assign \$2219  = ~ R5[1];
+  assign \$2220  = \$2219  & R5[2];
+  assign \$2221  = ~ R5[3];
+  assign \$2222  = ~ R5[4];
+  assign \$2223  = \$2221  & \$2222 ;
+  assign \$2224  = \$2220  & \$2223 ;
+  assign \$2225  = ~ R5[5];
+  assign \$2226  = ~ R5[6];
+  assign \$2227  = \$2225  & \$2226 ;
+  assign \$2228  = ~ R5[7];
+  assign \$2229  = \$2228  & R5[0];
+  assign \$2230  = \$2227  & \$2229 ;
+  assign \$2231  = \$2224  & \$2230 ;
+  assign \$2232  = ~ R5[3];
+  assign \$2233  = R5[2] & \$2232 ;
+  assign \$2234  = ~ R5[4];
+  assign \$2235  = ~ R5[5];
+  assign \$2236  = \$2234  & \$2235 ;
+  assign \$2237  = \$2233  & \$2236 ;
+  assign \$2238  = ~ R5[6];
+  assign \$2239  = ~ R5[7];
+  assign \$2240  = \$2238  & \$2239 ;
+  assign \$2241  = \$2240  & R5[1];
+  assign \$2242  = \$2237  & \$2241 ;
+  assign \$2243  = \$2231  | \$2242 ;
+  assign \$2244  = ~ R5[4];
+  assign \$2245  = ~ R5[5];
   assign \$2246  = \$2244  & \$2245 ;
-  assign \$2247  = ~ R5[7];
-  assign \$2248  = \$2247  & R5[4];
-  assign \$2249  = \$2246  & \$2248 ;
-  assign \$2250  = \$2243  | \$2249 ;
-  assign \$2251  = \$2235  | \$2250 ;
-  assign \$2252  = ~ R5[6];
-  assign \$2253  = ~ R5[7];
+  assign \$2247  = ~ R5[6];
+  assign \$2248  = ~ R5[7];
+  assign \$2249  = \$2247  & \$2248 ;
+  assign \$2250  = \$2246  & \$2249 ;
+  assign \$2251  = \$2250  & R5[3];
+  assign \$2252  = ~ R5[5];
+  assign \$2253  = ~ R5[6];
   assign \$2254  = \$2252  & \$2253 ;
-  assign \$2255  = \$2254  & R5[5];
-  assign \$2256  = ~ R5[7];
-  assign \$2257  = \$2256  & R5[6];
-  assign \$2258  = \$2255  | \$2257 ;
-  assign \$2259  = \$2258  | R5[7];
-  assign \$2260  = \$2251  | \$2259 ;
-  assign gt4_5 = \$2210  & \$2260 ;
-  assign \$2261  = ~ R6[8];
-  assign \$2262  = ~ R6[1];
-  assign \$2263  = \$2262  & R6[2];
-  assign \$2264  = ~ R6[3];
-  assign \$2265  = ~ R6[4];
-  assign \$2266  = \$2264  & \$2265 ;
-  assign \$2267  = \$2263  & \$2266 ;
-  assign \$2268  = ~ R6[5];
-  assign \$2269  = ~ R6[6];
-  assign \$2270  = \$2268  & \$2269 ;
-  assign \$2271  = ~ R6[7];
-  assign \$2272  = \$2271  & R6[0];
-  assign \$2273  = \$2270  & \$2272 ;
-  assign \$2274  = \$2267  & \$2273 ;
-  assign \$2275  = ~ R6[3];
-  assign \$2276  = R6[2] & \$2275 ;
-  assign \$2277  = ~ R6[4];
-  assign \$2278  = ~ R6[5];
-  assign \$2279  = \$2277  & \$2278 ;
-  assign \$2280  = \$2276  & \$2279 ;
-  assign \$2281  = ~ R6[6];
-  assign \$2282  = ~ R6[7];
-  assign \$2283  = \$2281  & \$2282 ;
-  assign \$2284  = \$2283  & R6[1];
-  assign \$2285  = \$2280  & \$2284 ;
-  assign \$2286  = \$2274  | \$2285 ;
-  assign \$2287  = ~ R6[4];
-  assign \$2288  = ~ R6[5];
-  assign \$2289  = \$2287  & \$2288 ;
-  assign \$2290  = ~ R6[6];
-  assign \$2291  = ~ R6[7];
-  assign \$2292  = \$2290  & \$2291 ;
-  assign \$2293  = \$2289  & \$2292 ;
-  assign \$2294  = \$2293  & R6[3];
-  assign \$2295  = ~ R6[5];
-  assign \$2296  = ~ R6[6];
+  assign \$2255  = ~ R5[7];
+  assign \$2256  = \$2255  & R5[4];
+  assign \$2257  = \$2254  & \$2256 ;
+  assign \$2258  = \$2251  | \$2257 ;
+  assign \$2259  = \$2243  | \$2258 ;
+  assign \$2260  = ~ R5[6];
+  assign \$2261  = ~ R5[7];
+  assign \$2262  = \$2260  & \$2261 ;
+  assign \$2263  = \$2262  & R5[5];
+  assign \$2264  = ~ R5[7];
+  assign \$2265  = \$2264  & R5[6];
+  assign \$2266  = \$2263  | \$2265 ;
+  assign \$2267  = \$2266  | R5[7];
+  assign \$2268  = \$2259  | \$2267 ;
+  assign gt4_5 = \$2218  & \$2268 ;
+  assign \$2269  = ~ R6[8];
+  assign \$2270  = ~ R6[1];
+  assign \$2271  = \$2270  & R6[2];
+  assign \$2272  = ~ R6[3];
+  assign \$2273  = ~ R6[4];
+  assign \$2274  = \$2272  & \$2273 ;
+  assign \$2275  = \$2271  & \$2274 ;
+  assign \$2276  = ~ R6[5];
+  assign \$2277  = ~ R6[6];
+  assign \$2278  = \$2276  & \$2277 ;
+  assign \$2279  = ~ R6[7];
+  assign \$2280  = \$2279  & R6[0];
+  assign \$2281  = \$2278  & \$2280 ;
+  assign \$2282  = \$2275  & \$2281 ;
+  assign \$2283  = ~ R6[3];
+  assign \$2284  = R6[2] & \$2283 ;
+  assign \$2285  = ~ R6[4];
+  assign \$2286  = ~ R6[5];
+  assign \$2287  = \$2285  & \$2286 ;
+  assign \$2288  = \$2284  & \$2287 ;
+  assign \$2289  = ~ R6[6];
+  assign \$2290  = ~ R6[7];
+  assign \$2291  = \$2289  & \$2290 ;
+  assign \$2292  = \$2291  & R6[1];
+  assign \$2293  = \$2288  & \$2292 ;
+  assign \$2294  = \$2282  | \$2293 ;
+  assign \$2295  = ~ R6[4];
+  assign \$2296  = ~ R6[5];
   assign \$2297  = \$2295  & \$2296 ;
-  assign \$2298  = ~ R6[7];
-  assign \$2299  = \$2298  & R6[4];
-  assign \$2300  = \$2297  & \$2299 ;
-  assign \$2301  = \$2294  | \$2300 ;
-  assign \$2302  = \$2286  | \$2301 ;
-  assign \$2303  = ~ R6[6];
-  assign \$2304  = ~ R6[7];
+  assign \$2298  = ~ R6[6];
+  assign \$2299  = ~ R6[7];
+  assign \$2300  = \$2298  & \$2299 ;
+  assign \$2301  = \$2297  & \$2300 ;
+  assign \$2302  = \$2301  & R6[3];
+  assign \$2303  = ~ R6[5];
+  assign \$2304  = ~ R6[6];
   assign \$2305  = \$2303  & \$2304 ;
-  assign \$2306  = \$2305  & R6[5];
-  assign \$2307  = ~ R6[7];
-  assign \$2308  = \$2307  & R6[6];
-  assign \$2309  = \$2306  | \$2308 ;
-  assign \$2310  = \$2309  | R6[7];
-  assign \$2311  = \$2302  | \$2310 ;
-  assign gt4_6 = \$2261  & \$2311 ;
-  assign \$2312  = ~ R7[8];
-  assign \$2313  = ~ R7[1];
-  assign \$2314  = \$2313  & R7[2];
-  assign \$2315  = ~ R7[3];
-  assign \$2316  = ~ R7[4];
-  assign \$2317  = \$2315  & \$2316 ;
-  assign \$2318  = \$2314  & \$2317 ;
-  assign \$2319  = ~ R7[5];
-  assign \$2320  = ~ R7[6];
-  assign \$2321  = \$2319  & \$2320 ;
-  assign \$2322  = ~ R7[7];
-  assign \$2323  = \$2322  & R7[0];
-  assign \$2324  = \$2321  & \$2323 ;
-  assign \$2325  = \$2318  & \$2324 ;
-  assign \$2326  = ~ R7[3];
-  assign \$2327  = R7[2] & \$2326 ;
-  assign \$2328  = ~ R7[4];
-  assign \$2329  = ~ R7[5];
-  assign \$2330  = \$2328  & \$2329 ;
-  assign \$2331  = \$2327  & \$2330 ;
-  assign \$2332  = ~ R7[6];
-  assign \$2333  = ~ R7[7];
-  assign \$2334  = \$2332  & \$2333 ;
-  assign \$2335  = \$2334  & R7[1];
-  assign \$2336  = \$2331  & \$2335 ;
-  assign \$2337  = \$2325  | \$2336 ;
-  assign \$2338  = ~ R7[4];
-  assign \$2339  = ~ R7[5];
-  assign \$2340  = \$2338  & \$2339 ;
-  assign \$2341  = ~ R7[6];
-  assign \$2342  = ~ R7[7];
-  assign \$2343  = \$2341  & \$2342 ;
-  assign \$2344  = \$2340  & \$2343 ;
-  assign \$2345  = \$2344  & R7[3];
-  assign \$2346  = ~ R7[5];
-  assign \$2347  = ~ R7[6];
+  assign \$2306  = ~ R6[7];
+  assign \$2307  = \$2306  & R6[4];
+  assign \$2308  = \$2305  & \$2307 ;
+  assign \$2309  = \$2302  | \$2308 ;
+  assign \$2310  = \$2294  | \$2309 ;
+  assign \$2311  = ~ R6[6];
+  assign \$2312  = ~ R6[7];
+  assign \$2313  = \$2311  & \$2312 ;
+  assign \$2314  = \$2313  & R6[5];
+  assign \$2315  = ~ R6[7];
+  assign \$2316  = \$2315  & R6[6];
+  assign \$2317  = \$2314  | \$2316 ;
+  assign \$2318  = \$2317  | R6[7];
+  assign \$2319  = \$2310  | \$2318 ;
+  assign gt4_6 = \$2269  & \$2319 ;
+  assign \$2320  = ~ R7[8];
+  assign \$2321  = ~ R7[1];
+  assign \$2322  = \$2321  & R7[2];
+  assign \$2323  = ~ R7[3];
+  assign \$2324  = ~ R7[4];
+  assign \$2325  = \$2323  & \$2324 ;
+  assign \$2326  = \$2322  & \$2325 ;
+  assign \$2327  = ~ R7[5];
+  assign \$2328  = ~ R7[6];
+  assign \$2329  = \$2327  & \$2328 ;
+  assign \$2330  = ~ R7[7];
+  assign \$2331  = \$2330  & R7[0];
+  assign \$2332  = \$2329  & \$2331 ;
+  assign \$2333  = \$2326  & \$2332 ;
+  assign \$2334  = ~ R7[3];
+  assign \$2335  = R7[2] & \$2334 ;
+  assign \$2336  = ~ R7[4];
+  assign \$2337  = ~ R7[5];
+  assign \$2338  = \$2336  & \$2337 ;
+  assign \$2339  = \$2335  & \$2338 ;
+  assign \$2340  = ~ R7[6];
+  assign \$2341  = ~ R7[7];
+  assign \$2342  = \$2340  & \$2341 ;
+  assign \$2343  = \$2342  & R7[1];
+  assign \$2344  = \$2339  & \$2343 ;
+  assign \$2345  = \$2333  | \$2344 ;
+  assign \$2346  = ~ R7[4];
+  assign \$2347  = ~ R7[5];
   assign \$2348  = \$2346  & \$2347 ;
-  assign \$2349  = ~ R7[7];
-  assign \$2350  = \$2349  & R7[4];
-  assign \$2351  = \$2348  & \$2350 ;
-  assign \$2352  = \$2345  | \$2351 ;
-  assign \$2353  = \$2337  | \$2352 ;
-  assign \$2354  = ~ R7[6];
-  assign \$2355  = ~ R7[7];
+  assign \$2349  = ~ R7[6];
+  assign \$2350  = ~ R7[7];
+  assign \$2351  = \$2349  & \$2350 ;
+  assign \$2352  = \$2348  & \$2351 ;
+  assign \$2353  = \$2352  & R7[3];
+  assign \$2354  = ~ R7[5];
+  assign \$2355  = ~ R7[6];
   assign \$2356  = \$2354  & \$2355 ;
-  assign \$2357  = \$2356  & R7[5];
-  assign \$2358  = ~ R7[7];
-  assign \$2359  = \$2358  & R7[6];
-  assign \$2360  = \$2357  | \$2359 ;
-  assign \$2361  = \$2360  | R7[7];
-  assign \$2362  = \$2353  | \$2361 ;
-  assign gt4_7 = \$2312  & \$2362 ;
-  assign \$2363  = ~ gt4_0;
-  assign \$2364  = gt4_1 & \$2363 ;
-  assign \$2365  = \$2364  ? 1'h1 : 1'h0;
-  assign \$2366  = ~ gt4_1;
-  assign \$2367  = gt4_2 & \$2366 ;
-  assign \$2368  = \$2367  ? 2'h2 : 2'h0;
-  assign \$2369  = { 1'h0, \$2365  } | \$2368 ;
-  assign \$2370  = ~ gt4_2;
-  assign \$2371  = gt4_3 & \$2370 ;
-  assign \$2372  = \$2371  ? 2'h3 : 2'h0;
-  assign \$2373  = ~ gt4_3;
-  assign \$2374  = gt4_4 & \$2373 ;
-  assign \$2375  = \$2374  ? 3'h4 : 3'h0;
-  assign \$2376  = { 1'h0, \$2372  } | \$2375 ;
-  assign \$2377  = { 1'h0, \$2369  } | \$2376 ;
-  assign \$2378  = ~ gt4_4;
-  assign \$2379  = gt4_5 & \$2378 ;
-  assign \$2380  = \$2379  ? 3'h5 : 3'h0;
-  assign \$2381  = ~ gt4_5;
-  assign \$2382  = gt4_6 & \$2381 ;
-  assign \$2383  = \$2382  ? 3'h6 : 3'h0;
-  assign \$2384  = \$2380  | \$2383 ;
-  assign \$2385  = ~ gt4_6;
-  assign \$2386  = gt4_7 & \$2385 ;
-  assign \$2387  = \$2386  ? 3'h7 : 3'h0;
-  assign \$2388  = \$2384  | \$2387 ;
-  assign gsel4 = \$2377  | \$2388 ;
-  assign \$2389  = gt4_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$2390  = ~ gt4_0;
-  assign \$2391  = gt4_1 & \$2390 ;
-  assign \$2392  = \$2391  ? mbeat0[31:16] : 16'h0000;
-  assign \$2393  = \$2389  | \$2392 ;
-  assign \$2394  = ~ gt4_1;
-  assign \$2395  = gt4_2 & \$2394 ;
-  assign \$2396  = \$2395  ? mbeat0[47:32] : 16'h0000;
-  assign \$2397  = ~ gt4_2;
-  assign \$2398  = gt4_3 & \$2397 ;
-  assign \$2399  = \$2398  ? mbeat0[63:48] : 16'h0000;
-  assign \$2400  = \$2396  | \$2399 ;
-  assign \$2401  = \$2393  | \$2400 ;
-  assign \$2402  = ~ gt4_3;
-  assign \$2403  = gt4_4 & \$2402 ;
-  assign \$2404  = \$2403  ? mbeat1[15:0] : 16'h0000;
-  assign \$2405  = ~ gt4_4;
-  assign \$2406  = gt4_5 & \$2405 ;
-  assign \$2407  = \$2406  ? mbeat1[31:16] : 16'h0000;
+  assign \$2357  = ~ R7[7];
+  assign \$2358  = \$2357  & R7[4];
+  assign \$2359  = \$2356  & \$2358 ;
+  assign \$2360  = \$2353  | \$2359 ;
+  assign \$2361  = \$2345  | \$2360 ;
+  assign \$2362  = ~ R7[6];
+  assign \$2363  = ~ R7[7];
+  assign \$2364  = \$2362  & \$2363 ;
+  assign \$2365  = \$2364  & R7[5];
+  assign \$2366  = ~ R7[7];
+  assign \$2367  = \$2366  & R7[6];
+  assign \$2368  = \$2365  | \$2367 ;
+  assign \$2369  = \$2368  | R7[7];
+  assign \$2370  = \$2361  | \$2369 ;
+  assign gt4_7 = \$2320  & \$2370 ;
+  assign \$2371  = ~ gt4_0;
+  assign \$2372  = gt4_1 & \$2371 ;
+  assign \$2373  = \$2372  ? 1'h1 : 1'h0;
+  assign \$2374  = ~ gt4_1;
+  assign \$2375  = gt4_2 & \$2374 ;
+  assign \$2376  = \$2375  ? 2'h2 : 2'h0;
+  assign \$2377  = { 1'h0, \$2373  } | \$2376 ;
+  assign \$2378  = ~ gt4_2;
+  assign \$2379  = gt4_3 & \$2378 ;
+  assign \$2380  = \$2379  ? 2'h3 : 2'h0;
+  assign \$2381  = ~ gt4_3;
+  assign \$2382  = gt4_4 & \$2381 ;
+  assign \$2383  = \$2382  ? 3'h4 : 3'h0;
+  assign \$2384  = { 1'h0, \$2380  } | \$2383 ;
+  assign \$2385  = { 1'h0, \$2377  } | \$2384 ;
+  assign \$2386  = ~ gt4_4;
+  assign \$2387  = gt4_5 & \$2386 ;
+  assign \$2388  = \$2387  ? 3'h5 : 3'h0;
+  assign \$2389  = ~ gt4_5;
+  assign \$2390  = gt4_6 & \$2389 ;
+  assign \$2391  = \$2390  ? 3'h6 : 3'h0;
+  assign \$2392  = \$2388  | \$2391 ;
+  assign \$2393  = ~ gt4_6;
+  assign \$2394  = gt4_7 & \$2393 ;
+  assign \$2395  = \$2394  ? 3'h7 : 3'h0;
+  assign \$2396  = \$2392  | \$2395 ;
+  assign gsel4 = \$2385  | \$2396 ;
+  assign \$2397  = gt4_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2398  = ~ gt4_0;
+  assign \$2399  = gt4_1 & \$2398 ;
+  assign \$2400  = \$2399  ? mbeat0[31:16] : 16'h0000;
+  assign \$2401  = \$2397  | \$2400 ;
+  assign \$2402  = ~ gt4_1;
+  assign \$2403  = gt4_2 & \$2402 ;
+  assign \$2404  = \$2403  ? mbeat0[47:32] : 16'h0000;
+  assign \$2405  = ~ gt4_2;
+  assign \$2406  = gt4_3 & \$2405 ;
+  assign \$2407  = \$2406  ? mbeat0[63:48] : 16'h0000;
   assign \$2408  = \$2404  | \$2407 ;
-  assign \$2409  = ~ gt4_5;
-  assign \$2410  = gt4_6 & \$2409 ;
-  assign \$2411  = \$2410  ? mbeat1[47:32] : 16'h0000;
-  assign \$2412  = ~ gt4_6;
-  assign \$2413  = gt4_7 & \$2412 ;
-  assign \$2414  = \$2413  ? mbeat1[63:48] : 16'h0000;
-  assign \$2415  = \$2411  | \$2414 ;
-  assign \$2416  = \$2408  | \$2415 ;
-  assign grp4 = \$2401  | \$2416 ;
-  assign \$2417  = gt4_0 ? Rm1[3:0] : 4'h0;
-  assign \$2418  = ~ gt4_0;
-  assign \$2419  = gt4_1 & \$2418 ;
-  assign \$2420  = \$2419  ? R0[3:0] : 4'h0;
-  assign \$2421  = \$2417  | \$2420 ;
-  assign \$2422  = ~ gt4_1;
-  assign \$2423  = gt4_2 & \$2422 ;
-  assign \$2424  = \$2423  ? R1[3:0] : 4'h0;
-  assign \$2425  = ~ gt4_2;
-  assign \$2426  = gt4_3 & \$2425 ;
-  assign \$2427  = \$2426  ? R2[3:0] : 4'h0;
-  assign \$2428  = \$2424  | \$2427 ;
-  assign \$2429  = \$2421  | \$2428 ;
-  assign \$2430  = ~ gt4_3;
-  assign \$2431  = gt4_4 & \$2430 ;
-  assign \$2432  = \$2431  ? R3[3:0] : 4'h0;
-  assign \$2433  = ~ gt4_4;
-  assign \$2434  = gt4_5 & \$2433 ;
-  assign \$2435  = \$2434  ? R4[3:0] : 4'h0;
+  assign \$2409  = \$2401  | \$2408 ;
+  assign \$2410  = ~ gt4_3;
+  assign \$2411  = gt4_4 & \$2410 ;
+  assign \$2412  = \$2411  ? mbeat1[15:0] : 16'h0000;
+  assign \$2413  = ~ gt4_4;
+  assign \$2414  = gt4_5 & \$2413 ;
+  assign \$2415  = \$2414  ? mbeat1[31:16] : 16'h0000;
+  assign \$2416  = \$2412  | \$2415 ;
+  assign \$2417  = ~ gt4_5;
+  assign \$2418  = gt4_6 & \$2417 ;
+  assign \$2419  = \$2418  ? mbeat1[47:32] : 16'h0000;
+  assign \$2420  = ~ gt4_6;
+  assign \$2421  = gt4_7 & \$2420 ;
+  assign \$2422  = \$2421  ? mbeat1[63:48] : 16'h0000;
+  assign \$2423  = \$2419  | \$2422 ;
+  assign \$2424  = \$2416  | \$2423 ;
+  assign grp4 = \$2409  | \$2424 ;
+  assign \$2425  = gt4_0 ? Rm1[3:0] : 4'h0;
+  assign \$2426  = ~ gt4_0;
+  assign \$2427  = gt4_1 & \$2426 ;
+  assign \$2428  = \$2427  ? R0[3:0] : 4'h0;
+  assign \$2429  = \$2425  | \$2428 ;
+  assign \$2430  = ~ gt4_1;
+  assign \$2431  = gt4_2 & \$2430 ;
+  assign \$2432  = \$2431  ? R1[3:0] : 4'h0;
+  assign \$2433  = ~ gt4_2;
+  assign \$2434  = gt4_3 & \$2433 ;
+  assign \$2435  = \$2434  ? R2[3:0] : 4'h0;
   assign \$2436  = \$2432  | \$2435 ;
-  assign \$2437  = ~ gt4_5;
-  assign \$2438  = gt4_6 & \$2437 ;
-  assign \$2439  = \$2438  ? R5[3:0] : 4'h0;
-  assign \$2440  = ~ gt4_6;
-  assign \$2441  = gt4_7 & \$2440 ;
-  assign \$2442  = \$2441  ? R6[3:0] : 4'h0;
-  assign \$2443  = \$2439  | \$2442 ;
-  assign \$2444  = \$2436  | \$2443 ;
-  assign dlow4 = \$2429  | \$2444 ;
-  assign \$2445  = ~ R0[8];
-  assign \$2446  = ~ R0[3];
-  assign \$2447  = R0[2] & \$2446 ;
-  assign \$2448  = ~ R0[4];
-  assign \$2449  = ~ R0[5];
-  assign \$2450  = \$2448  & \$2449 ;
-  assign \$2451  = \$2447  & \$2450 ;
-  assign \$2452  = ~ R0[6];
-  assign \$2453  = ~ R0[7];
-  assign \$2454  = \$2452  & \$2453 ;
-  assign \$2455  = \$2454  & R0[1];
-  assign \$2456  = \$2451  & \$2455 ;
-  assign \$2457  = ~ R0[4];
-  assign \$2458  = ~ R0[5];
-  assign \$2459  = \$2457  & \$2458 ;
+  assign \$2437  = \$2429  | \$2436 ;
+  assign \$2438  = ~ gt4_3;
+  assign \$2439  = gt4_4 & \$2438 ;
+  assign \$2440  = \$2439  ? R3[3:0] : 4'h0;
+  assign \$2441  = ~ gt4_4;
+  assign \$2442  = gt4_5 & \$2441 ;
+  assign \$2443  = \$2442  ? R4[3:0] : 4'h0;
+  assign \$2444  = \$2440  | \$2443 ;
+  assign \$2445  = ~ gt4_5;
+  assign \$2446  = gt4_6 & \$2445 ;
+  assign \$2447  = \$2446  ? R5[3:0] : 4'h0;
+  assign \$2448  = ~ gt4_6;
+  assign \$2449  = gt4_7 & \$2448 ;
+  assign \$2450  = \$2449  ? R6[3:0] : 4'h0;
+  assign \$2451  = \$2447  | \$2450 ;
+  assign \$2452  = \$2444  | \$2451 ;
+  assign dlow4 = \$2437  | \$2452 ;
+  assign \$2453  = ~ R0[8];
+  assign \$2454  = ~ R0[3];
+  assign \$2455  = R0[2] & \$2454 ;
+  assign \$2456  = ~ R0[4];
+  assign \$2457  = ~ R0[5];
+  assign \$2458  = \$2456  & \$2457 ;
+  assign \$2459  = \$2455  & \$2458 ;
   assign \$2460  = ~ R0[6];
   assign \$2461  = ~ R0[7];
   assign \$2462  = \$2460  & \$2461 ;
-  assign \$2463  = \$2459  & \$2462 ;
-  assign \$2464  = \$2463  & R0[3];
-  assign \$2465  = \$2456  | \$2464 ;
+  assign \$2463  = \$2462  & R0[1];
+  assign \$2464  = \$2459  & \$2463 ;
+  assign \$2465  = ~ R0[4];
   assign \$2466  = ~ R0[5];
-  assign \$2467  = ~ R0[6];
-  assign \$2468  = \$2466  & \$2467 ;
+  assign \$2467  = \$2465  & \$2466 ;
+  assign \$2468  = ~ R0[6];
   assign \$2469  = ~ R0[7];
-  assign \$2470  = \$2469  & R0[4];
-  assign \$2471  = \$2468  & \$2470 ;
-  assign \$2472  = ~ R0[6];
-  assign \$2473  = ~ R0[7];
-  assign \$2474  = \$2472  & \$2473 ;
-  assign \$2475  = \$2474  & R0[5];
-  assign \$2476  = \$2471  | \$2475 ;
-  assign \$2477  = \$2465  | \$2476 ;
-  assign \$2478  = ~ R0[7];
-  assign \$2479  = \$2478  & R0[6];
-  assign \$2480  = \$2479  | R0[7];
-  assign \$2481  = \$2477  | \$2480 ;
-  assign gt5_0 = \$2445  & \$2481 ;
-  assign \$2482  = ~ R1[8];
-  assign \$2483  = ~ R1[3];
-  assign \$2484  = R1[2] & \$2483 ;
-  assign \$2485  = ~ R1[4];
-  assign \$2486  = ~ R1[5];
-  assign \$2487  = \$2485  & \$2486 ;
-  assign \$2488  = \$2484  & \$2487 ;
-  assign \$2489  = ~ R1[6];
-  assign \$2490  = ~ R1[7];
-  assign \$2491  = \$2489  & \$2490 ;
-  assign \$2492  = \$2491  & R1[1];
-  assign \$2493  = \$2488  & \$2492 ;
-  assign \$2494  = ~ R1[4];
-  assign \$2495  = ~ R1[5];
-  assign \$2496  = \$2494  & \$2495 ;
+  assign \$2470  = \$2468  & \$2469 ;
+  assign \$2471  = \$2467  & \$2470 ;
+  assign \$2472  = \$2471  & R0[3];
+  assign \$2473  = \$2464  | \$2472 ;
+  assign \$2474  = ~ R0[5];
+  assign \$2475  = ~ R0[6];
+  assign \$2476  = \$2474  & \$2475 ;
+  assign \$2477  = ~ R0[7];
+  assign \$2478  = \$2477  & R0[4];
+  assign \$2479  = \$2476  & \$2478 ;
+  assign \$2480  = ~ R0[6];
+  assign \$2481  = ~ R0[7];
+  assign \$2482  = \$2480  & \$2481 ;
+  assign \$2483  = \$2482  & R0[5];
+  assign \$2484  = \$2479  | \$2483 ;
+  assign \$2485  = \$2473  | \$2484 ;
+  assign \$2486  = ~ R0[7];
+  assign \$2487  = \$2486  & R0[6];
+  assign \$2488  = \$2487  | R0[7];
+  assign \$2489  = \$2485  | \$2488 ;
+  assign gt5_0 = \$2453  & \$2489 ;
+  assign \$2490  = ~ R1[8];
+  assign \$2491  = ~ R1[3];
+  assign \$2492  = R1[2] & \$2491 ;
+  assign \$2493  = ~ R1[4];
+  assign \$2494  = ~ R1[5];
+  assign \$2495  = \$2493  & \$2494 ;
+  assign \$2496  = \$2492  & \$2495 ;
   assign \$2497  = ~ R1[6];
   assign \$2498  = ~ R1[7];
   assign \$2499  = \$2497  & \$2498 ;
-  assign \$2500  = \$2496  & \$2499 ;
-  assign \$2501  = \$2500  & R1[3];
-  assign \$2502  = \$2493  | \$2501 ;
+  assign \$2500  = \$2499  & R1[1];
+  assign \$2501  = \$2496  & \$2500 ;
+  assign \$2502  = ~ R1[4];
   assign \$2503  = ~ R1[5];
-  assign \$2504  = ~ R1[6];
-  assign \$2505  = \$2503  & \$2504 ;
+  assign \$2504  = \$2502  & \$2503 ;
+  assign \$2505  = ~ R1[6];
   assign \$2506  = ~ R1[7];
-  assign \$2507  = \$2506  & R1[4];
-  assign \$2508  = \$2505  & \$2507 ;
-  assign \$2509  = ~ R1[6];
-  assign \$2510  = ~ R1[7];
-  assign \$2511  = \$2509  & \$2510 ;
-  assign \$2512  = \$2511  & R1[5];
-  assign \$2513  = \$2508  | \$2512 ;
-  assign \$2514  = \$2502  | \$2513 ;
-  assign \$2515  = ~ R1[7];
-  assign \$2516  = \$2515  & R1[6];
-  assign \$2517  = \$2516  | R1[7];
-  assign \$2518  = \$2514  | \$2517 ;
-  assign gt5_1 = \$2482  & \$2518 ;
-  assign \$2519  = ~ R2[8];
-  assign \$2520  = ~ R2[3];
-  assign \$2521  = R2[2] & \$2520 ;
-  assign \$2522  = ~ R2[4];
-  assign \$2523  = ~ R2[5];
-  assign \$2524  = \$2522  & \$2523 ;
-  assign \$2525  = \$2521  & \$2524 ;
-  assign \$2526  = ~ R2[6];
-  assign \$2527  = ~ R2[7];
-  assign \$2528  = \$2526  & \$2527 ;
-  assign \$2529  = \$2528  & R2[1];
-  assign \$2530  = \$2525  & \$2529 ;
-  assign \$2531  = ~ R2[4];
-  assign \$2532  = ~ R2[5];
-  assign \$2533  = \$2531  & \$2532 ;
+  assign \$2507  = \$2505  & \$2506 ;
+  assign \$2508  = \$2504  & \$2507 ;
+  assign \$2509  = \$2508  & R1[3];
+  assign \$2510  = \$2501  | \$2509 ;
+  assign \$2511  = ~ R1[5];
+  assign \$2512  = ~ R1[6];
+  assign \$2513  = \$2511  & \$2512 ;
+  assign \$2514  = ~ R1[7];
+  assign \$2515  = \$2514  & R1[4];
+  assign \$2516  = \$2513  & \$2515 ;
+  assign \$2517  = ~ R1[6];
+  assign \$2518  = ~ R1[7];
+  assign \$2519  = \$2517  & \$2518 ;
+  assign \$2520  = \$2519  & R1[5];
+  assign \$2521  = \$2516  | \$2520 ;
+  assign \$2522  = \$2510  | \$2521 ;
+  assign \$2523  = ~ R1[7];
+  assign \$2524  = \$2523  & R1[6];
+  assign \$2525  = \$2524  | R1[7];
+  assign \$2526  = \$2522  | \$2525 ;
+  assign gt5_1 = \$2490  & \$2526 ;
+  assign \$2527  = ~ R2[8];
+  assign \$2528  = ~ R2[3];
+  assign \$2529  = R2[2] & \$2528 ;
+  assign \$2530  = ~ R2[4];
+  assign \$2531  = ~ R2[5];
+  assign \$2532  = \$2530  & \$2531 ;
+  assign \$2533  = \$2529  & \$2532 ;
   assign \$2534  = ~ R2[6];
   assign \$2535  = ~ R2[7];
   assign \$2536  = \$2534  & \$2535 ;
-  assign \$2537  = \$2533  & \$2536 ;
-  assign \$2538  = \$2537  & R2[3];
-  assign \$2539  = \$2530  | \$2538 ;
+  assign \$2537  = \$2536  & R2[1];
+  assign \$2538  = \$2533  & \$2537 ;
+  assign \$2539  = ~ R2[4];
   assign \$2540  = ~ R2[5];
-  assign \$2541  = ~ R2[6];
-  assign \$2542  = \$2540  & \$2541 ;
+  assign \$2541  = \$2539  & \$2540 ;
+  assign \$2542  = ~ R2[6];
   assign \$2543  = ~ R2[7];
-  assign \$2544  = \$2543  & R2[4];
-  assign \$2545  = \$2542  & \$2544 ;
-  assign \$2546  = ~ R2[6];
-  assign \$2547  = ~ R2[7];
-  assign \$2548  = \$2546  & \$2547 ;
-  assign \$2549  = \$2548  & R2[5];
-  assign \$2550  = \$2545  | \$2549 ;
-  assign \$2551  = \$2539  | \$2550 ;
-  assign \$2552  = ~ R2[7];
-  assign \$2553  = \$2552  & R2[6];
-  assign \$2554  = \$2553  | R2[7];
-  assign \$2555  = \$2551  | \$2554 ;
-  assign gt5_2 = \$2519  & \$2555 ;
-  assign \$2556  = ~ R3[8];
-  assign \$2557  = ~ R3[3];
-  assign \$2558  = R3[2] & \$2557 ;
-  assign \$2559  = ~ R3[4];
-  assign \$2560  = ~ R3[5];
-  assign \$2561  = \$2559  & \$2560 ;
-  assign \$2562  = \$2558  & \$2561 ;
-  assign \$2563  = ~ R3[6];
-  assign \$2564  = ~ R3[7];
-  assign \$2565  = \$2563  & \$2564 ;
-  assign \$2566  = \$2565  & R3[1];
-  assign \$2567  = \$2562  & \$2566 ;
-  assign \$2568  = ~ R3[4];
-  assign \$2569  = ~ R3[5];
-  assign \$2570  = \$2568  & \$2569 ;
+  assign \$2544  = \$2542  & \$2543 ;
+  assign \$2545  = \$2541  & \$2544 ;
+  assign \$2546  = \$2545  & R2[3];
+  assign \$2547  = \$2538  | \$2546 ;
+  assign \$2548  = ~ R2[5];
+  assign \$2549  = ~ R2[6];
+  assign \$2550  = \$2548  & \$2549 ;
+  assign \$2551  = ~ R2[7];
+  assign \$2552  = \$2551  & R2[4];
+  assign \$2553  = \$2550  & \$2552 ;
+  assign \$2554  = ~ R2[6];
+  assign \$2555  = ~ R2[7];
+  assign \$2556  = \$2554  & \$2555 ;
+  assign \$2557  = \$2556  & R2[5];
+  assign \$2558  = \$2553  | \$2557 ;
+  assign \$2559  = \$2547  | \$2558 ;
+  assign \$2560  = ~ R2[7];
+  assign \$2561  = \$2560  & R2[6];
+  assign \$2562  = \$2561  | R2[7];
+  assign \$2563  = \$2559  | \$2562 ;
+  assign gt5_2 = \$2527  & \$2563 ;
+  assign \$2564  = ~ R3[8];
+  assign \$2565  = ~ R3[3];
+  assign \$2566  = R3[2] & \$2565 ;
+  assign \$2567  = ~ R3[4];
+  assign \$2568  = ~ R3[5];
+  assign \$2569  = \$2567  & \$2568 ;
+  assign \$2570  = \$2566  & \$2569 ;
   assign \$2571  = ~ R3[6];
   assign \$2572  = ~ R3[7];
   assign \$2573  = \$2571  & \$2572 ;
-  assign \$2574  = \$2570  & \$2573 ;
-  assign \$2575  = \$2574  & R3[3];
-  assign \$2576  = \$2567  | \$2575 ;
+  assign \$2574  = \$2573  & R3[1];
+  assign \$2575  = \$2570  & \$2574 ;
+  assign \$2576  = ~ R3[4];
   assign \$2577  = ~ R3[5];
-  assign \$2578  = ~ R3[6];
-  assign \$2579  = \$2577  & \$2578 ;
+  assign \$2578  = \$2576  & \$2577 ;
+  assign \$2579  = ~ R3[6];
   assign \$2580  = ~ R3[7];
-  assign \$2581  = \$2580  & R3[4];
-  assign \$2582  = \$2579  & \$2581 ;
-  assign \$2583  = ~ R3[6];
-  assign \$2584  = ~ R3[7];
-  assign \$2585  = \$2583  & \$2584 ;
-  assign \$2586  = \$2585  & R3[5];
-  assign \$2587  = \$2582  | \$2586 ;
-  assign \$2588  = \$2576  | \$2587 ;
-  assign \$2589  = ~ R3[7];
-  assign \$2590  = \$2589  & R3[6];
-  assign \$2591  = \$2590  | R3[7];
-  assign \$2592  = \$2588  | \$2591 ;
-  assign gt5_3 = \$2556  & \$2592 ;
-  assign \$2593  = ~ R4[8];
-  assign \$2594  = ~ R4[3];
-  assign \$2595  = R4[2] & \$2594 ;
-  assign \$2596  = ~ R4[4];
-  assign \$2597  = ~ R4[5];
-  assign \$2598  = \$2596  & \$2597 ;
-  assign \$2599  = \$2595  & \$2598 ;
-  assign \$2600  = ~ R4[6];
-  assign \$2601  = ~ R4[7];
-  assign \$2602  = \$2600  & \$2601 ;
-  assign \$2603  = \$2602  & R4[1];
-  assign \$2604  = \$2599  & \$2603 ;
-  assign \$2605  = ~ R4[4];
-  assign \$2606  = ~ R4[5];
-  assign \$2607  = \$2605  & \$2606 ;
+  assign \$2581  = \$2579  & \$2580 ;
+  assign \$2582  = \$2578  & \$2581 ;
+  assign \$2583  = \$2582  & R3[3];
+  assign \$2584  = \$2575  | \$2583 ;
+  assign \$2585  = ~ R3[5];
+  assign \$2586  = ~ R3[6];
+  assign \$2587  = \$2585  & \$2586 ;
+  assign \$2588  = ~ R3[7];
+  assign \$2589  = \$2588  & R3[4];
+  assign \$2590  = \$2587  & \$2589 ;
+  assign \$2591  = ~ R3[6];
+  assign \$2592  = ~ R3[7];
+  assign \$2593  = \$2591  & \$2592 ;
+  assign \$2594  = \$2593  & R3[5];
+  assign \$2595  = \$2590  | \$2594 ;
+  assign \$2596  = \$2584  | \$2595 ;
+  assign \$2597  = ~ R3[7];
+  assign \$2598  = \$2597  & R3[6];
+  assign \$2599  = \$2598  | R3[7];
+  assign \$2600  = \$2596  | \$2599 ;
+  assign gt5_3 = \$2564  & \$2600 ;
+  assign \$2601  = ~ R4[8];
+  assign \$2602  = ~ R4[3];
+  assign \$2603  = R4[2] & \$2602 ;
+  assign \$2604  = ~ R4[4];
+  assign \$2605  = ~ R4[5];
+  assign \$2606  = \$2604  & \$2605 ;
+  assign \$2607  = \$2603  & \$2606 ;
   assign \$2608  = ~ R4[6];
   assign \$2609  = ~ R4[7];
   assign \$2610  = \$2608  & \$2609 ;
-  assign \$2611  = \$2607  & \$2610 ;
-  assign \$2612  = \$2611  & R4[3];
-  assign \$2613  = \$2604  | \$2612 ;
+  assign \$2611  = \$2610  & R4[1];
+  assign \$2612  = \$2607  & \$2611 ;
+  assign \$2613  = ~ R4[4];
   assign \$2614  = ~ R4[5];
-  assign \$2615  = ~ R4[6];
-  assign \$2616  = \$2614  & \$2615 ;
+  assign \$2615  = \$2613  & \$2614 ;
+  assign \$2616  = ~ R4[6];
   assign \$2617  = ~ R4[7];
-  assign \$2618  = \$2617  & R4[4];
-  assign \$2619  = \$2616  & \$2618 ;
-  assign \$2620  = ~ R4[6];
-  assign \$2621  = ~ R4[7];
-  assign \$2622  = \$2620  & \$2621 ;
-  assign \$2623  = \$2622  & R4[5];
-  assign \$2624  = \$2619  | \$2623 ;
-  assign \$2625  = \$2613  | \$2624 ;
-  assign \$2626  = ~ R4[7];
-  assign \$2627  = \$2626  & R4[6];
-  assign \$2628  = \$2627  | R4[7];
-  assign \$2629  = \$2625  | \$2628 ;
-  assign gt5_4 = \$2593  & \$2629 ;
-  assign \$2630  = ~ R5[8];
-  assign \$2631  = ~ R5[3];
-  assign \$2632  = R5[2] & \$2631 ;
-  assign \$2633  = ~ R5[4];
-  assign \$2634  = ~ R5[5];
-  assign \$2635  = \$2633  & \$2634 ;
-  assign \$2636  = \$2632  & \$2635 ;
-  assign \$2637  = ~ R5[6];
-  assign \$2638  = ~ R5[7];
-  assign \$2639  = \$2637  & \$2638 ;
-  assign \$2640  = \$2639  & R5[1];
-  assign \$2641  = \$2636  & \$2640 ;
-  assign \$2642  = ~ R5[4];
-  assign \$2643  = ~ R5[5];
-  assign \$2644  = \$2642  & \$2643 ;
+  assign \$2618  = \$2616  & \$2617 ;
+  assign \$2619  = \$2615  & \$2618 ;
+  assign \$2620  = \$2619  & R4[3];
+  assign \$2621  = \$2612  | \$2620 ;
+  assign \$2622  = ~ R4[5];
+  assign \$2623  = ~ R4[6];
+  assign \$2624  = \$2622  & \$2623 ;
+  assign \$2625  = ~ R4[7];
+  assign \$2626  = \$2625  & R4[4];
+  assign \$2627  = \$2624  & \$2626 ;
+  assign \$2628  = ~ R4[6];
+  assign \$2629  = ~ R4[7];
+  assign \$2630  = \$2628  & \$2629 ;
+  assign \$2631  = \$2630  & R4[5];
+  assign \$2632  = \$2627  | \$2631 ;
+  assign \$2633  = \$2621  | \$2632 ;
+  assign \$2634  = ~ R4[7];
+  assign \$2635  = \$2634  & R4[6];
+  assign \$2636  = \$2635  | R4[7];
+  assign \$2637  = \$2633  | \$2636 ;
+  assign gt5_4 = \$2601  & \$2637 ;
+  assign \$2638  = ~ R5[8];
+  assign \$2639  = ~ R5[3];
+  assign \$2640  = R5[2] & \$2639 ;
+  assign \$2641  = ~ R5[4];
+  assign \$2642  = ~ R5[5];
+  assign \$2643  = \$2641  & \$2642 ;
+  assign \$2644  = \$2640  & \$2643 ;
   assign \$2645  = ~ R5[6];
   assign \$2646  = ~ R5[7];
   assign \$2647  = \$2645  & \$2646 ;
-  assign \$2648  = \$2644  & \$2647 ;
-  assign \$2649  = \$2648  & R5[3];
-  assign \$2650  = \$2641  | \$2649 ;
+  assign \$2648  = \$2647  & R5[1];
+  assign \$2649  = \$2644  & \$2648 ;
+  assign \$2650  = ~ R5[4];
   assign \$2651  = ~ R5[5];
-  assign \$2652  = ~ R5[6];
-  assign \$2653  = \$2651  & \$2652 ;
+  assign \$2652  = \$2650  & \$2651 ;
+  assign \$2653  = ~ R5[6];
   assign \$2654  = ~ R5[7];
-  assign \$2655  = \$2654  & R5[4];
-  assign \$2656  = \$2653  & \$2655 ;
-  assign \$2657  = ~ R5[6];
-  assign \$2658  = ~ R5[7];
-  assign \$2659  = \$2657  & \$2658 ;
-  assign \$2660  = \$2659  & R5[5];
-  assign \$2661  = \$2656  | \$2660 ;
-  assign \$2662  = \$2650  | \$2661 ;
-  assign \$2663  = ~ R5[7];
-  assign \$2664  = \$2663  & R5[6];
-  assign \$2665  = \$2664  | R5[7];
-  assign \$2666  = \$2662  | \$2665 ;
-  assign gt5_5 = \$2630  & \$2666 ;
-  assign \$2667  = ~ R6[8];
-  assign \$2668  = ~ R6[3];
-  assign \$2669  = R6[2] & \$2668 ;
-  assign \$2670  = ~ R6[4];
-  assign \$2671  = ~ R6[5];
-  assign \$2672  = \$2670  & \$2671 ;
-  assign \$2673  = \$2669  & \$2672 ;
-  assign \$2674  = ~ R6[6];
-  assign \$2675  = ~ R6[7];
-  assign \$2676  = \$2674  & \$2675 ;
-  assign \$2677  = \$2676  & R6[1];
-  assign \$2678  = \$2673  & \$2677 ;
-  assign \$2679  = ~ R6[4];
-  assign \$2680  = ~ R6[5];
-  assign \$2681  = \$2679  & \$2680 ;
+  assign \$2655  = \$2653  & \$2654 ;
+  assign \$2656  = \$2652  & \$2655 ;
+  assign \$2657  = \$2656  & R5[3];
+  assign \$2658  = \$2649  | \$2657 ;
+  assign \$2659  = ~ R5[5];
+  assign \$2660  = ~ R5[6];
+  assign \$2661  = \$2659  & \$2660 ;
+  assign \$2662  = ~ R5[7];
+  assign \$2663  = \$2662  & R5[4];
+  assign \$2664  = \$2661  & \$2663 ;
+  assign \$2665  = ~ R5[6];
+  assign \$2666  = ~ R5[7];
+  assign \$2667  = \$2665  & \$2666 ;
+  assign \$2668  = \$2667  & R5[5];
+  assign \$2669  = \$2664  | \$2668 ;
+  assign \$2670  = \$2658  | \$2669 ;
+  assign \$2671  = ~ R5[7];
+  assign \$2672  = \$2671  & R5[6];
+  assign \$2673  = \$2672  | R5[7];
+  assign \$2674  = \$2670  | \$2673 ;
+  assign gt5_5 = \$2638  & \$2674 ;
+  assign \$2675  = ~ R6[8];
+  assign \$2676  = ~ R6[3];
+  assign \$2677  = R6[2] & \$2676 ;
+  assign \$2678  = ~ R6[4];
+  assign \$2679  = ~ R6[5];
+  assign \$2680  = \$2678  & \$2679 ;
+  assign \$2681  = \$2677  & \$2680 ;
   assign \$2682  = ~ R6[6];
   assign \$2683  = ~ R6[7];
   assign \$2684  = \$2682  & \$2683 ;
-  assign \$2685  = \$2681  & \$2684 ;
-  assign \$2686  = \$2685  & R6[3];
-  assign \$2687  = \$2678  | \$2686 ;
+  assign \$2685  = \$2684  & R6[1];
+  assign \$2686  = \$2681  & \$2685 ;
+  assign \$2687  = ~ R6[4];
   assign \$2688  = ~ R6[5];
-  assign \$2689  = ~ R6[6];
-  assign \$2690  = \$2688  & \$2689 ;
+  assign \$2689  = \$2687  & \$2688 ;
+  assign \$2690  = ~ R6[6];
   assign \$2691  = ~ R6[7];
-  assign \$2692  = \$2691  & R6[4];
-  assign \$2693  = \$2690  & \$2692 ;
-  assign \$2694  = ~ R6[6];
-  assign \$2695  = ~ R6[7];
-  assign \$2696  = \$2694  & \$2695 ;
-  assign \$2697  = \$2696  & R6[5];
-  assign \$2698  = \$2693  | \$2697 ;
-  assign \$2699  = \$2687  | \$2698 ;
-  assign \$2700  = ~ R6[7];
-  assign \$2701  = \$2700  & R6[6];
-  assign \$2702  = \$2701  | R6[7];
-  assign \$2703  = \$2699  | \$2702 ;
-  assign gt5_6 = \$2667  & \$2703 ;
-  assign \$2704  = ~ R7[8];
-  assign \$2705  = ~ R7[3];
-  assign \$2706  = R7[2] & \$2705 ;
-  assign \$2707  = ~ R7[4];
-  assign \$2708  = ~ R7[5];
-  assign \$2709  = \$2707  & \$2708 ;
-  assign \$2710  = \$2706  & \$2709 ;
-  assign \$2711  = ~ R7[6];
-  assign \$2712  = ~ R7[7];
-  assign \$2713  = \$2711  & \$2712 ;
-  assign \$2714  = \$2713  & R7[1];
-  assign \$2715  = \$2710  & \$2714 ;
-  assign \$2716  = ~ R7[4];
-  assign \$2717  = ~ R7[5];
-  assign \$2718  = \$2716  & \$2717 ;
+  assign \$2692  = \$2690  & \$2691 ;
+  assign \$2693  = \$2689  & \$2692 ;
+  assign \$2694  = \$2693  & R6[3];
+  assign \$2695  = \$2686  | \$2694 ;
+  assign \$2696  = ~ R6[5];
+  assign \$2697  = ~ R6[6];
+  assign \$2698  = \$2696  & \$2697 ;
+  assign \$2699  = ~ R6[7];
+  assign \$2700  = \$2699  & R6[4];
+  assign \$2701  = \$2698  & \$2700 ;
+  assign \$2702  = ~ R6[6];
+  assign \$2703  = ~ R6[7];
+  assign \$2704  = \$2702  & \$2703 ;
+  assign \$2705  = \$2704  & R6[5];
+  assign \$2706  = \$2701  | \$2705 ;
+  assign \$2707  = \$2695  | \$2706 ;
+  assign \$2708  = ~ R6[7];
+  assign \$2709  = \$2708  & R6[6];
+  assign \$2710  = \$2709  | R6[7];
+  assign \$2711  = \$2707  | \$2710 ;
+  assign gt5_6 = \$2675  & \$2711 ;
+  assign \$2712  = ~ R7[8];
+  assign \$2713  = ~ R7[3];
+  assign \$2714  = R7[2] & \$2713 ;
+  assign \$2715  = ~ R7[4];
+  assign \$2716  = ~ R7[5];
+  assign \$2717  = \$2715  & \$2716 ;
+  assign \$2718  = \$2714  & \$2717 ;
   assign \$2719  = ~ R7[6];
   assign \$2720  = ~ R7[7];
   assign \$2721  = \$2719  & \$2720 ;
-  assign \$2722  = \$2718  & \$2721 ;
-  assign \$2723  = \$2722  & R7[3];
-  assign \$2724  = \$2715  | \$2723 ;
+  assign \$2722  = \$2721  & R7[1];
+  assign \$2723  = \$2718  & \$2722 ;
+  assign \$2724  = ~ R7[4];
   assign \$2725  = ~ R7[5];
-  assign \$2726  = ~ R7[6];
-  assign \$2727  = \$2725  & \$2726 ;
+  assign \$2726  = \$2724  & \$2725 ;
+  assign \$2727  = ~ R7[6];
   assign \$2728  = ~ R7[7];
-  assign \$2729  = \$2728  & R7[4];
-  assign \$2730  = \$2727  & \$2729 ;
-  assign \$2731  = ~ R7[6];
-  assign \$2732  = ~ R7[7];
-  assign \$2733  = \$2731  & \$2732 ;
-  assign \$2734  = \$2733  & R7[5];
-  assign \$2735  = \$2730  | \$2734 ;
-  assign \$2736  = \$2724  | \$2735 ;
-  assign \$2737  = ~ R7[7];
-  assign \$2738  = \$2737  & R7[6];
-  assign \$2739  = \$2738  | R7[7];
-  assign \$2740  = \$2736  | \$2739 ;
-  assign gt5_7 = \$2704  & \$2740 ;
-  assign \$2741  = ~ gt5_0;
-  assign \$2742  = gt5_1 & \$2741 ;
-  assign \$2743  = \$2742  ? 1'h1 : 1'h0;
-  assign \$2744  = ~ gt5_1;
-  assign \$2745  = gt5_2 & \$2744 ;
-  assign \$2746  = \$2745  ? 2'h2 : 2'h0;
-  assign \$2747  = { 1'h0, \$2743  } | \$2746 ;
-  assign \$2748  = ~ gt5_2;
-  assign \$2749  = gt5_3 & \$2748 ;
-  assign \$2750  = \$2749  ? 2'h3 : 2'h0;
-  assign \$2751  = ~ gt5_3;
-  assign \$2752  = gt5_4 & \$2751 ;
-  assign \$2753  = \$2752  ? 3'h4 : 3'h0;
-  assign \$2754  = { 1'h0, \$2750  } | \$2753 ;
-  assign \$2755  = { 1'h0, \$2747  } | \$2754 ;
-  assign \$2756  = ~ gt5_4;
-  assign \$2757  = gt5_5 & \$2756 ;
-  assign \$2758  = \$2757  ? 3'h5 : 3'h0;
-  assign \$2759  = ~ gt5_5;
-  assign \$2760  = gt5_6 & \$2759 ;
-  assign \$2761  = \$2760  ? 3'h6 : 3'h0;
-  assign \$2762  = \$2758  | \$2761 ;
-  assign \$2763  = ~ gt5_6;
-  assign \$2764  = gt5_7 & \$2763 ;
-  assign \$2765  = \$2764  ? 3'h7 : 3'h0;
-  assign \$2766  = \$2762  | \$2765 ;
-  assign gsel5 = \$2755  | \$2766 ;
-  assign \$2767  = gt5_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$2768  = ~ gt5_0;
-  assign \$2769  = gt5_1 & \$2768 ;
-  assign \$2770  = \$2769  ? mbeat0[31:16] : 16'h0000;
-  assign \$2771  = \$2767  | \$2770 ;
-  assign \$2772  = ~ gt5_1;
-  assign \$2773  = gt5_2 & \$2772 ;
-  assign \$2774  = \$2773  ? mbeat0[47:32] : 16'h0000;
-  assign \$2775  = ~ gt5_2;
-  assign \$2776  = gt5_3 & \$2775 ;
-  assign \$2777  = \$2776  ? mbeat0[63:48] : 16'h0000;
-  assign \$2778  = \$2774  | \$2777 ;
-  assign \$2779  = \$2771  | \$2778 ;
-  assign \$2780  = ~ gt5_3;
-  assign \$2781  = gt5_4 & \$2780 ;
-  assign \$2782  = \$2781  ? mbeat1[15:0] : 16'h0000;
-  assign \$2783  = ~ gt5_4;
-  assign \$2784  = gt5_5 & \$2783 ;
-  assign \$2785  = \$2784  ? mbeat1[31:16] : 16'h0000;
+  assign \$2729  = \$2727  & \$2728 ;
+  assign \$2730  = \$2726  & \$2729 ;
+  assign \$2731  = \$2730  & R7[3];
+  assign \$2732  = \$2723  | \$2731 ;
+  assign \$2733  = ~ R7[5];
+  assign \$2734  = ~ R7[6];
+  assign \$2735  = \$2733  & \$2734 ;
+  assign \$2736  = ~ R7[7];
+  assign \$2737  = \$2736  & R7[4];
+  assign \$2738  = \$2735  & \$2737 ;
+  assign \$2739  = ~ R7[6];
+  assign \$2740  = ~ R7[7];
+  assign \$2741  = \$2739  & \$2740 ;
+  assign \$2742  = \$2741  & R7[5];
+  assign \$2743  = \$2738  | \$2742 ;
+  assign \$2744  = \$2732  | \$2743 ;
+  assign \$2745  = ~ R7[7];
+  assign \$2746  = \$2745  & R7[6];
+  assign \$2747  = \$2746  | R7[7];
+  assign \$2748  = \$2744  | \$2747 ;
+  assign gt5_7 = \$2712  & \$2748 ;
+  assign \$2749  = ~ gt5_0;
+  assign \$2750  = gt5_1 & \$2749 ;
+  assign \$2751  = \$2750  ? 1'h1 : 1'h0;
+  assign \$2752  = ~ gt5_1;
+  assign \$2753  = gt5_2 & \$2752 ;
+  assign \$2754  = \$2753  ? 2'h2 : 2'h0;
+  assign \$2755  = { 1'h0, \$2751  } | \$2754 ;
+  assign \$2756  = ~ gt5_2;
+  assign \$2757  = gt5_3 & \$2756 ;
+  assign \$2758  = \$2757  ? 2'h3 : 2'h0;
+  assign \$2759  = ~ gt5_3;
+  assign \$2760  = gt5_4 & \$2759 ;
+  assign \$2761  = \$2760  ? 3'h4 : 3'h0;
+  assign \$2762  = { 1'h0, \$2758  } | \$2761 ;
+  assign \$2763  = { 1'h0, \$2755  } | \$2762 ;
+  assign \$2764  = ~ gt5_4;
+  assign \$2765  = gt5_5 & \$2764 ;
+  assign \$2766  = \$2765  ? 3'h5 : 3'h0;
+  assign \$2767  = ~ gt5_5;
+  assign \$2768  = gt5_6 & \$2767 ;
+  assign \$2769  = \$2768  ? 3'h6 : 3'h0;
+  assign \$2770  = \$2766  | \$2769 ;
+  assign \$2771  = ~ gt5_6;
+  assign \$2772  = gt5_7 & \$2771 ;
+  assign \$2773  = \$2772  ? 3'h7 : 3'h0;
+  assign \$2774  = \$2770  | \$2773 ;
+  assign gsel5 = \$2763  | \$2774 ;
+  assign \$2775  = gt5_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$2776  = ~ gt5_0;
+  assign \$2777  = gt5_1 & \$2776 ;
+  assign \$2778  = \$2777  ? mbeat0[31:16] : 16'h0000;
+  assign \$2779  = \$2775  | \$2778 ;
+  assign \$2780  = ~ gt5_1;
+  assign \$2781  = gt5_2 & \$2780 ;
+  assign \$2782  = \$2781  ? mbeat0[47:32] : 16'h0000;
+  assign \$2783  = ~ gt5_2;
+  assign \$2784  = gt5_3 & \$2783 ;
+  assign \$2785  = \$2784  ? mbeat0[63:48] : 16'h0000;
   assign \$2786  = \$2782  | \$2785 ;
-  assign \$2787  = ~ gt5_5;
-  assign \$2788  = gt5_6 & \$2787 ;
-  assign \$2789  = \$2788  ? mbeat1[47:32] : 16'h0000;
-  assign \$2790  = ~ gt5_6;
-  assign \$2791  = gt5_7 & \$2790 ;
-  assign \$2792  = \$2791  ? mbeat1[63:48] : 16'h0000;
-  assign \$2793  = \$2789  | \$2792 ;
-  assign \$2794  = \$2786  | \$2793 ;
-  assign grp5 = \$2779  | \$2794 ;
-  assign \$2795  = gt5_0 ? Rm1[3:0] : 4'h0;
-  assign \$2796  = ~ gt5_0;
-  assign \$2797  = gt5_1 & \$2796 ;
-  assign \$2798  = \$2797  ? R0[3:0] : 4'h0;
-  assign \$2799  = \$2795  | \$2798 ;
-  assign \$2800  = ~ gt5_1;
-  assign \$2801  = gt5_2 & \$2800 ;
-  assign \$2802  = \$2801  ? R1[3:0] : 4'h0;
-  assign \$2803  = ~ gt5_2;
-  assign \$2804  = gt5_3 & \$2803 ;
-  assign \$2805  = \$2804  ? R2[3:0] : 4'h0;
-  assign \$2806  = \$2802  | \$2805 ;
-  assign \$2807  = \$2799  | \$2806 ;
-  assign \$2808  = ~ gt5_3;
-  assign \$2809  = gt5_4 & \$2808 ;
-  assign \$2810  = \$2809  ? R3[3:0] : 4'h0;
-  assign \$2811  = ~ gt5_4;
-  assign \$2812  = gt5_5 & \$2811 ;
-  assign \$2813  = \$2812  ? R4[3:0] : 4'h0;
+  assign \$2787  = \$2779  | \$2786 ;
+  assign \$2788  = ~ gt5_3;
+  assign \$2789  = gt5_4 & \$2788 ;
+  assign \$2790  = \$2789  ? mbeat1[15:0] : 16'h0000;
+  assign \$2791  = ~ gt5_4;
+  assign \$2792  = gt5_5 & \$2791 ;
+  assign \$2793  = \$2792  ? mbeat1[31:16] : 16'h0000;
+  assign \$2794  = \$2790  | \$2793 ;
+  assign \$2795  = ~ gt5_5;
+  assign \$2796  = gt5_6 & \$2795 ;
+  assign \$2797  = \$2796  ? mbeat1[47:32] : 16'h0000;
+  assign \$2798  = ~ gt5_6;
+  assign \$2799  = gt5_7 & \$2798 ;
+  assign \$2800  = \$2799  ? mbeat1[63:48] : 16'h0000;
+  assign \$2801  = \$2797  | \$2800 ;
+  assign \$2802  = \$2794  | \$2801 ;
+  assign grp5 = \$2787  | \$2802 ;
+  assign \$2803  = gt5_0 ? Rm1[3:0] : 4'h0;
+  assign \$2804  = ~ gt5_0;
+  assign \$2805  = gt5_1 & \$2804 ;
+  assign \$2806  = \$2805  ? R0[3:0] : 4'h0;
+  assign \$2807  = \$2803  | \$2806 ;
+  assign \$2808  = ~ gt5_1;
+  assign \$2809  = gt5_2 & \$2808 ;
+  assign \$2810  = \$2809  ? R1[3:0] : 4'h0;
+  assign \$2811  = ~ gt5_2;
+  assign \$2812  = gt5_3 & \$2811 ;
+  assign \$2813  = \$2812  ? R2[3:0] : 4'h0;
   assign \$2814  = \$2810  | \$2813 ;
-  assign \$2815  = ~ gt5_5;
-  assign \$2816  = gt5_6 & \$2815 ;
-  assign \$2817  = \$2816  ? R5[3:0] : 4'h0;
-  assign \$2818  = ~ gt5_6;
-  assign \$2819  = gt5_7 & \$2818 ;
-  assign \$2820  = \$2819  ? R6[3:0] : 4'h0;
-  assign \$2821  = \$2817  | \$2820 ;
-  assign \$2822  = \$2814  | \$2821 ;
-  assign dlow5 = \$2807  | \$2822 ;
-  assign \$2823  = ~ R0[8];
-  assign \$2824  = R0[1] & R0[2];
-  assign \$2825  = ~ R0[3];
-  assign \$2826  = ~ R0[4];
-  assign \$2827  = \$2825  & \$2826 ;
-  assign \$2828  = \$2824  & \$2827 ;
-  assign \$2829  = ~ R0[5];
-  assign \$2830  = ~ R0[6];
-  assign \$2831  = \$2829  & \$2830 ;
-  assign \$2832  = ~ R0[7];
-  assign \$2833  = \$2832  & R0[0];
-  assign \$2834  = \$2831  & \$2833 ;
-  assign \$2835  = \$2828  & \$2834 ;
-  assign \$2836  = ~ R0[4];
+  assign \$2815  = \$2807  | \$2814 ;
+  assign \$2816  = ~ gt5_3;
+  assign \$2817  = gt5_4 & \$2816 ;
+  assign \$2818  = \$2817  ? R3[3:0] : 4'h0;
+  assign \$2819  = ~ gt5_4;
+  assign \$2820  = gt5_5 & \$2819 ;
+  assign \$2821  = \$2820  ? R4[3:0] : 4'h0;
+  assign \$2822  = \$2818  | \$2821 ;
+  assign \$2823  = ~ gt5_5;
+  assign \$2824  = gt5_6 & \$2823 ;
+  assign \$2825  = \$2824  ? R5[3:0] : 4'h0;
+  assign \$2826  = ~ gt5_6;
+  assign \$2827  = gt5_7 & \$2826 ;
+  assign \$2828  = \$2827  ? R6[3:0] : 4'h0;
+  assign \$2829  = \$2825  | \$2828 ;
+  assign \$2830  = \$2822  | \$2829 ;
+  assign dlow5 = \$2815  | \$2830 ;
+  assign \$2831  = ~ R0[8];
+  assign \$2832  = R0[1] & R0[2];
+  assign \$2833  = ~ R0[3];
+  assign \$2834  = ~ R0[4];
+  assign \$2835  = \$2833  & \$2834 ;
+  assign \$2836  = \$2832  & \$2835 ;
   assign \$2837  = ~ R0[5];
-  assign \$2838  = \$2836  & \$2837 ;
-  assign \$2839  = ~ R0[6];
+  assign \$2838  = ~ R0[6];
+  assign \$2839  = \$2837  & \$2838 ;
   assign \$2840  = ~ R0[7];
-  assign \$2841  = \$2839  & \$2840 ;
-  assign \$2842  = \$2838  & \$2841 ;
-  assign \$2843  = \$2842  & R0[3];
-  assign \$2844  = \$2835  | \$2843 ;
+  assign \$2841  = \$2840  & R0[0];
+  assign \$2842  = \$2839  & \$2841 ;
+  assign \$2843  = \$2836  & \$2842 ;
+  assign \$2844  = ~ R0[4];
   assign \$2845  = ~ R0[5];
-  assign \$2846  = ~ R0[6];
-  assign \$2847  = \$2845  & \$2846 ;
+  assign \$2846  = \$2844  & \$2845 ;
+  assign \$2847  = ~ R0[6];
   assign \$2848  = ~ R0[7];
-  assign \$2849  = \$2848  & R0[4];
-  assign \$2850  = \$2847  & \$2849 ;
-  assign \$2851  = ~ R0[6];
-  assign \$2852  = ~ R0[7];
-  assign \$2853  = \$2851  & \$2852 ;
-  assign \$2854  = \$2853  & R0[5];
-  assign \$2855  = \$2850  | \$2854 ;
-  assign \$2856  = \$2844  | \$2855 ;
-  assign \$2857  = ~ R0[7];
-  assign \$2858  = \$2857  & R0[6];
-  assign \$2859  = \$2858  | R0[7];
-  assign \$2860  = \$2856  | \$2859 ;
-  assign gt6_0 = \$2823  & \$2860 ;
-  assign \$2861  = ~ R1[8];
-  assign \$2862  = R1[1] & R1[2];
-  assign \$2863  = ~ R1[3];
-  assign \$2864  = ~ R1[4];
-  assign \$2865  = \$2863  & \$2864 ;
-  assign \$2866  = \$2862  & \$2865 ;
-  assign \$2867  = ~ R1[5];
-  assign \$2868  = ~ R1[6];
-  assign \$2869  = \$2867  & \$2868 ;
-  assign \$2870  = ~ R1[7];
-  assign \$2871  = \$2870  & R1[0];
-  assign \$2872  = \$2869  & \$2871 ;
-  assign \$2873  = \$2866  & \$2872 ;
-  assign \$2874  = ~ R1[4];
+  assign \$2849  = \$2847  & \$2848 ;
+  assign \$2850  = \$2846  & \$2849 ;
+  assign \$2851  = \$2850  & R0[3];
+  assign \$2852  = \$2843  | \$2851 ;
+  assign \$2853  = ~ R0[5];
+  assign \$2854  = ~ R0[6];
+  assign \$2855  = \$2853  & \$2854 ;
+  assign \$2856  = ~ R0[7];
+  assign \$2857  = \$2856  & R0[4];
+  assign \$2858  = \$2855  & \$2857 ;
+  assign \$2859  = ~ R0[6];
+  assign \$2860  = ~ R0[7];
+  assign \$2861  = \$2859  & \$2860 ;
+  assign \$2862  = \$2861  & R0[5];
+  assign \$2863  = \$2858  | \$2862 ;
+  assign \$2864  = \$2852  | \$2863 ;
+  assign \$2865  = ~ R0[7];
+  assign \$2866  = \$2865  & R0[6];
+  assign \$2867  = \$2866  | R0[7];
+  assign \$2868  = \$2864  | \$2867 ;
+  assign gt6_0 = \$2831  & \$2868 ;
+  assign \$2869  = ~ R1[8];
+  assign \$2870  = R1[1] & R1[2];
+  assign \$2871  = ~ R1[3];
+  assign \$2872  = ~ R1[4];
+  assign \$2873  = \$2871  & \$2872 ;
+  assign \$2874  = \$2870  & \$2873 ;
   assign \$2875  = ~ R1[5];
-  assign \$2876  = \$2874  & \$2875 ;
-  assign \$2877  = ~ R1[6];
+  assign \$2876  = ~ R1[6];
+  assign \$2877  = \$2875  & \$2876 ;
   assign \$2878  = ~ R1[7];
-  assign \$2879  = \$2877  & \$2878 ;
-  assign \$2880  = \$2876  & \$2879 ;
-  assign \$2881  = \$2880  & R1[3];
-  assign \$2882  = \$2873  | \$2881 ;
+  assign \$2879  = \$2878  & R1[0];
+  assign \$2880  = \$2877  & \$2879 ;
+  assign \$2881  = \$2874  & \$2880 ;
+  assign \$2882  = ~ R1[4];
   assign \$2883  = ~ R1[5];
-  assign \$2884  = ~ R1[6];
-  assign \$2885  = \$2883  & \$2884 ;
+  assign \$2884  = \$2882  & \$2883 ;
+  assign \$2885  = ~ R1[6];
   assign \$2886  = ~ R1[7];
-  assign \$2887  = \$2886  & R1[4];
-  assign \$2888  = \$2885  & \$2887 ;
-  assign \$2889  = ~ R1[6];
-  assign \$2890  = ~ R1[7];
-  assign \$2891  = \$2889  & \$2890 ;
-  assign \$2892  = \$2891  & R1[5];
-  assign \$2893  = \$2888  | \$2892 ;
-  assign \$2894  = \$2882  | \$2893 ;
-  assign \$2895  = ~ R1[7];
-  assign \$2896  = \$2895  & R1[6];
-  assign \$2897  = \$2896  | R1[7];
-  assign \$2898  = \$2894  | \$2897 ;
-  assign gt6_1 = \$2861  & \$2898 ;
-  assign \$2899  = ~ R2[8];
-  assign \$2900  = R2[1] & R2[2];
-  assign \$2901  = ~ R2[3];
-  assign \$2902  = ~ R2[4];
-  assign \$2903  = \$2901  & \$2902 ;
-  assign \$2904  = \$2900  & \$2903 ;
-  assign \$2905  = ~ R2[5];
-  assign \$2906  = ~ R2[6];
-  assign \$2907  = \$2905  & \$2906 ;
-  assign \$2908  = ~ R2[7];
-  assign \$2909  = \$2908  & R2[0];
-  assign \$2910  = \$2907  & \$2909 ;
-  assign \$2911  = \$2904  & \$2910 ;
-  assign \$2912  = ~ R2[4];
+  assign \$2887  = \$2885  & \$2886 ;
+  assign \$2888  = \$2884  & \$2887 ;
+  assign \$2889  = \$2888  & R1[3];
+  assign \$2890  = \$2881  | \$2889 ;
+  assign \$2891  = ~ R1[5];
+  assign \$2892  = ~ R1[6];
+  assign \$2893  = \$2891  & \$2892 ;
+  assign \$2894  = ~ R1[7];
+  assign \$2895  = \$2894  & R1[4];
+  assign \$2896  = \$2893  & \$2895 ;
+  assign \$2897  = ~ R1[6];
+  assign \$2898  = ~ R1[7];
+  assign \$2899  = \$2897  & \$2898 ;
+  assign \$2900  = \$2899  & R1[5];
+  assign \$2901  = \$2896  | \$2900 ;
+  assign \$2902  = \$2890  | \$2901 ;
+  assign \$2903  = ~ R1[7];
+  assign \$2904  = \$2903  & R1[6];
+  assign \$2905  = \$2904  | R1[7];
+  assign \$2906  = \$2902  | \$2905 ;
+  assign gt6_1 = \$2869  & \$2906 ;
+  assign \$2907  = ~ R2[8];
+  assign \$2908  = R2[1] & R2[2];
+  assign \$2909  = ~ R2[3];
+  assign \$2910  = ~ R2[4];
+  assign \$2911  = \$2909  & \$2910 ;
+  assign \$2912  = \$2908  & \$2911 ;
   assign \$2913  = ~ R2[5];
-  assign \$2914  = \$2912  & \$2913 ;
-  assign \$2915  = ~ R2[6];
+  assign \$2914  = ~ R2[6];
+  assign \$2915  = \$2913  & \$2914 ;
   assign \$2916  = ~ R2[7];
-  assign \$2917  = \$2915  & \$2916 ;
-  assign \$2918  = \$2914  & \$2917 ;
-  assign \$2919  = \$2918  & R2[3];
-  assign \$2920  = \$2911  | \$2919 ;
+  assign \$2917  = \$2916  & R2[0];
+  assign \$2918  = \$2915  & \$2917 ;
+  assign \$2919  = \$2912  & \$2918 ;
+  assign \$2920  = ~ R2[4];
   assign \$2921  = ~ R2[5];
-  assign \$2922  = ~ R2[6];
-  assign \$2923  = \$2921  & \$2922 ;
+  assign \$2922  = \$2920  & \$2921 ;
+  assign \$2923  = ~ R2[6];
   assign \$2924  = ~ R2[7];
-  assign \$2925  = \$2924  & R2[4];
-  assign \$2926  = \$2923  & \$2925 ;
-  assign \$2927  = ~ R2[6];
-  assign \$2928  = ~ R2[7];
-  assign \$2929  = \$2927  & \$2928 ;
-  assign \$2930  = \$2929  & R2[5];
-  assign \$2931  = \$2926  | \$2930 ;
-  assign \$2932  = \$2920  | \$2931 ;
-  assign \$2933  = ~ R2[7];
-  assign \$2934  = \$2933  & R2[6];
-  assign \$2935  = \$2934  | R2[7];
-  assign \$2936  = \$2932  | \$2935 ;
-  assign gt6_2 = \$2899  & \$2936 ;
-  assign \$2937  = ~ R3[8];
-  assign \$2938  = R3[1] & R3[2];
-  assign \$2939  = ~ R3[3];
-  assign \$2940  = ~ R3[4];
-  assign \$2941  = \$2939  & \$2940 ;
-  assign \$2942  = \$2938  & \$2941 ;
-  assign \$2943  = ~ R3[5];
-  assign \$2944  = ~ R3[6];
-  assign \$2945  = \$2943  & \$2944 ;
-  assign \$2946  = ~ R3[7];
-  assign \$2947  = \$2946  & R3[0];
-  assign \$2948  = \$2945  & \$2947 ;
-  assign \$2949  = \$2942  & \$2948 ;
-  assign \$2950  = ~ R3[4];
+  assign \$2925  = \$2923  & \$2924 ;
+  assign \$2926  = \$2922  & \$2925 ;
+  assign \$2927  = \$2926  & R2[3];
+  assign \$2928  = \$2919  | \$2927 ;
+  assign \$2929  = ~ R2[5];
+  assign \$2930  = ~ R2[6];
+  assign \$2931  = \$2929  & \$2930 ;
+  assign \$2932  = ~ R2[7];
+  assign \$2933  = \$2932  & R2[4];
+  assign \$2934  = \$2931  & \$2933 ;
+  assign \$2935  = ~ R2[6];
+  assign \$2936  = ~ R2[7];
+  assign \$2937  = \$2935  & \$2936 ;
+  assign \$2938  = \$2937  & R2[5];
+  assign \$2939  = \$2934  | \$2938 ;
+  assign \$2940  = \$2928  | \$2939 ;
+  assign \$2941  = ~ R2[7];
+  assign \$2942  = \$2941  & R2[6];
+  assign \$2943  = \$2942  | R2[7];
+  assign \$2944  = \$2940  | \$2943 ;
+  assign gt6_2 = \$2907  & \$2944 ;
+  assign \$2945  = ~ R3[8];
+  assign \$2946  = R3[1] & R3[2];
+  assign \$2947  = ~ R3[3];
+  assign \$2948  = ~ R3[4];
+  assign \$2949  = \$2947  & \$2948 ;
+  assign \$2950  = \$2946  & \$2949 ;
   assign \$2951  = ~ R3[5];
-  assign \$2952  = \$2950  & \$2951 ;
-  assign \$2953  = ~ R3[6];
+  assign \$2952  = ~ R3[6];
+  assign \$2953  = \$2951  & \$2952 ;
   assign \$2954  = ~ R3[7];
-  assign \$2955  = \$2953  & \$2954 ;
-  assign \$2956  = \$2952  & \$2955 ;
-  assign \$2957  = \$2956  & R3[3];
-  assign \$2958  = \$2949  | \$2957 ;
+  assign \$2955  = \$2954  & R3[0];
+  assign \$2956  = \$2953  & \$2955 ;
+  assign \$2957  = \$2950  & \$2956 ;
+  assign \$2958  = ~ R3[4];
   assign \$2959  = ~ R3[5];
-  assign \$2960  = ~ R3[6];
-  assign \$2961  = \$2959  & \$2960 ;
+  assign \$2960  = \$2958  & \$2959 ;
+  assign \$2961  = ~ R3[6];
   assign \$2962  = ~ R3[7];
-  assign \$2963  = \$2962  & R3[4];
-  assign \$2964  = \$2961  & \$2963 ;
-  assign \$2965  = ~ R3[6];
-  assign \$2966  = ~ R3[7];
-  assign \$2967  = \$2965  & \$2966 ;
-  assign \$2968  = \$2967  & R3[5];
-  assign \$2969  = \$2964  | \$2968 ;
-  assign \$2970  = \$2958  | \$2969 ;
-  assign \$2971  = ~ R3[7];
-  assign \$2972  = \$2971  & R3[6];
-  assign \$2973  = \$2972  | R3[7];
-  assign \$2974  = \$2970  | \$2973 ;
-  assign gt6_3 = \$2937  & \$2974 ;
-  assign \$2975  = ~ R4[8];
-  assign \$2976  = R4[1] & R4[2];
-  assign \$2977  = ~ R4[3];
-  assign \$2978  = ~ R4[4];
-  assign \$2979  = \$2977  & \$2978 ;
-  assign \$2980  = \$2976  & \$2979 ;
-  assign \$2981  = ~ R4[5];
-  assign \$2982  = ~ R4[6];
-  assign \$2983  = \$2981  & \$2982 ;
-  assign \$2984  = ~ R4[7];
-  assign \$2985  = \$2984  & R4[0];
-  assign \$2986  = \$2983  & \$2985 ;
-  assign \$2987  = \$2980  & \$2986 ;
-  assign \$2988  = ~ R4[4];
+  assign \$2963  = \$2961  & \$2962 ;
+  assign \$2964  = \$2960  & \$2963 ;
+  assign \$2965  = \$2964  & R3[3];
+  assign \$2966  = \$2957  | \$2965 ;
+  assign \$2967  = ~ R3[5];
+  assign \$2968  = ~ R3[6];
+  assign \$2969  = \$2967  & \$2968 ;
+  assign \$2970  = ~ R3[7];
+  assign \$2971  = \$2970  & R3[4];
+  assign \$2972  = \$2969  & \$2971 ;
+  assign \$2973  = ~ R3[6];
+  assign \$2974  = ~ R3[7];
+  assign \$2975  = \$2973  & \$2974 ;
+  assign \$2976  = \$2975  & R3[5];
+  assign \$2977  = \$2972  | \$2976 ;
+  assign \$2978  = \$2966  | \$2977 ;
+  assign \$2979  = ~ R3[7];
+  assign \$2980  = \$2979  & R3[6];
+  assign \$2981  = \$2980  | R3[7];
+  assign \$2982  = \$2978  | \$2981 ;
+  assign gt6_3 = \$2945  & \$2982 ;
+  assign \$2983  = ~ R4[8];
+  assign \$2984  = R4[1] & R4[2];
+  assign \$2985  = ~ R4[3];
+  assign \$2986  = ~ R4[4];
+  assign \$2987  = \$2985  & \$2986 ;
+  assign \$2988  = \$2984  & \$2987 ;
   assign \$2989  = ~ R4[5];
-  assign \$2990  = \$2988  & \$2989 ;
-  assign \$2991  = ~ R4[6];
+  assign \$2990  = ~ R4[6];
+  assign \$2991  = \$2989  & \$2990 ;
   assign \$2992  = ~ R4[7];
-  assign \$2993  = \$2991  & \$2992 ;
-  assign \$2994  = \$2990  & \$2993 ;
-  assign \$2995  = \$2994  & R4[3];
-  assign \$2996  = \$2987  | \$2995 ;
+  assign \$2993  = \$2992  & R4[0];
+  assign \$2994  = \$2991  & \$2993 ;
+  assign \$2995  = \$2988  & \$2994 ;
+  assign \$2996  = ~ R4[4];
   assign \$2997  = ~ R4[5];
-  assign \$2998  = ~ R4[6];
-  assign \$2999  = \$2997  & \$2998 ;
+  assign \$2998  = \$2996  & \$2997 ;
+  assign \$2999  = ~ R4[6];
   assign \$3000  = ~ R4[7];
-  assign \$3001  = \$3000  & R4[4];
-  assign \$3002  = \$2999  & \$3001 ;
-  assign \$3003  = ~ R4[6];
-  assign \$3004  = ~ R4[7];
-  assign \$3005  = \$3003  & \$3004 ;
-  assign \$3006  = \$3005  & R4[5];
-  assign \$3007  = \$3002  | \$3006 ;
-  assign \$3008  = \$2996  | \$3007 ;
-  assign \$3009  = ~ R4[7];
-  assign \$3010  = \$3009  & R4[6];
-  assign \$3011  = \$3010  | R4[7];
-  assign \$3012  = \$3008  | \$3011 ;
-  assign gt6_4 = \$2975  & \$3012 ;
-  assign \$3013  = ~ R5[8];
-  assign \$3014  = R5[1] & R5[2];
-  assign \$3015  = ~ R5[3];
-  assign \$3016  = ~ R5[4];
-  assign \$3017  = \$3015  & \$3016 ;
-  assign \$3018  = \$3014  & \$3017 ;
-  assign \$3019  = ~ R5[5];
-  assign \$3020  = ~ R5[6];
-  assign \$3021  = \$3019  & \$3020 ;
-  assign \$3022  = ~ R5[7];
-  assign \$3023  = \$3022  & R5[0];
-  assign \$3024  = \$3021  & \$3023 ;
-  assign \$3025  = \$3018  & \$3024 ;
-  assign \$3026  = ~ R5[4];
+  assign \$3001  = \$2999  & \$3000 ;
+  assign \$3002  = \$2998  & \$3001 ;
+  assign \$3003  = \$3002  & R4[3];
+  assign \$3004  = \$2995  | \$3003 ;
+  assign \$3005  = ~ R4[5];
+  assign \$3006  = ~ R4[6];
+  assign \$3007  = \$3005  & \$3006 ;
+  assign \$3008  = ~ R4[7];
+  assign \$3009  = \$3008  & R4[4];
+  assign \$3010  = \$3007  & \$3009 ;
+  assign \$3011  = ~ R4[6];
+  assign \$3012  = ~ R4[7];
+  assign \$3013  = \$3011  & \$3012 ;
+  assign \$3014  = \$3013  & R4[5];
+  assign \$3015  = \$3010  | \$3014 ;
+  assign \$3016  = \$3004  | \$3015 ;
+  assign \$3017  = ~ R4[7];
+  assign \$3018  = \$3017  & R4[6];
+  assign \$3019  = \$3018  | R4[7];
+  assign \$3020  = \$3016  | \$3019 ;
+  assign gt6_4 = \$2983  & \$3020 ;
+  assign \$3021  = ~ R5[8];
+  assign \$3022  = R5[1] & R5[2];
+  assign \$3023  = ~ R5[3];
+  assign \$3024  = ~ R5[4];
+  assign \$3025  = \$3023  & \$3024 ;
+  assign \$3026  = \$3022  & \$3025 ;
   assign \$3027  = ~ R5[5];
-  assign \$3028  = \$3026  & \$3027 ;
-  assign \$3029  = ~ R5[6];
+  assign \$3028  = ~ R5[6];
+  assign \$3029  = \$3027  & \$3028 ;
   assign \$3030  = ~ R5[7];
-  assign \$3031  = \$3029  & \$3030 ;
-  assign \$3032  = \$3028  & \$3031 ;
-  assign \$3033  = \$3032  & R5[3];
-  assign \$3034  = \$3025  | \$3033 ;
+  assign \$3031  = \$3030  & R5[0];
+  assign \$3032  = \$3029  & \$3031 ;
+  assign \$3033  = \$3026  & \$3032 ;
+  assign \$3034  = ~ R5[4];
   assign \$3035  = ~ R5[5];
-  assign \$3036  = ~ R5[6];
-  assign \$3037  = \$3035  & \$3036 ;
+  assign \$3036  = \$3034  & \$3035 ;
+  assign \$3037  = ~ R5[6];
   assign \$3038  = ~ R5[7];
-  assign \$3039  = \$3038  & R5[4];
-  assign \$3040  = \$3037  & \$3039 ;
-  assign \$3041  = ~ R5[6];
-  assign \$3042  = ~ R5[7];
-  assign \$3043  = \$3041  & \$3042 ;
-  assign \$3044  = \$3043  & R5[5];
-  assign \$3045  = \$3040  | \$3044 ;
-  assign \$3046  = \$3034  | \$3045 ;
-  assign \$3047  = ~ R5[7];
-  assign \$3048  = \$3047  & R5[6];
-  assign \$3049  = \$3048  | R5[7];
-  assign \$3050  = \$3046  | \$3049 ;
-  assign gt6_5 = \$3013  & \$3050 ;
-  assign \$3051  = ~ R6[8];
-  assign \$3052  = R6[1] & R6[2];
-  assign \$3053  = ~ R6[3];
-  assign \$3054  = ~ R6[4];
-  assign \$3055  = \$3053  & \$3054 ;
-  assign \$3056  = \$3052  & \$3055 ;
-  assign \$3057  = ~ R6[5];
-  assign \$3058  = ~ R6[6];
-  assign \$3059  = \$3057  & \$3058 ;
-  assign \$3060  = ~ R6[7];
-  assign \$3061  = \$3060  & R6[0];
-  assign \$3062  = \$3059  & \$3061 ;
-  assign \$3063  = \$3056  & \$3062 ;
-  assign \$3064  = ~ R6[4];
+  assign \$3039  = \$3037  & \$3038 ;
+  assign \$3040  = \$3036  & \$3039 ;
+  assign \$3041  = \$3040  & R5[3];
+  assign \$3042  = \$3033  | \$3041 ;
+  assign \$3043  = ~ R5[5];
+  assign \$3044  = ~ R5[6];
+  assign \$3045  = \$3043  & \$3044 ;
+  assign \$3046  = ~ R5[7];
+  assign \$3047  = \$3046  & R5[4];
+  assign \$3048  = \$3045  & \$3047 ;
+  assign \$3049  = ~ R5[6];
+  assign \$3050  = ~ R5[7];
+  assign \$3051  = \$3049  & \$3050 ;
+  assign \$3052  = \$3051  & R5[5];
+  assign \$3053  = \$3048  | \$3052 ;
+  assign \$3054  = \$3042  | \$3053 ;
+  assign \$3055  = ~ R5[7];
+  assign \$3056  = \$3055  & R5[6];
+  assign \$3057  = \$3056  | R5[7];
+  assign \$3058  = \$3054  | \$3057 ;
+  assign gt6_5 = \$3021  & \$3058 ;
+  assign \$3059  = ~ R6[8];
+  assign \$3060  = R6[1] & R6[2];
+  assign \$3061  = ~ R6[3];
+  assign \$3062  = ~ R6[4];
+  assign \$3063  = \$3061  & \$3062 ;
+  assign \$3064  = \$3060  & \$3063 ;
   assign \$3065  = ~ R6[5];
-  assign \$3066  = \$3064  & \$3065 ;
-  assign \$3067  = ~ R6[6];
+  assign \$3066  = ~ R6[6];
+  assign \$3067  = \$3065  & \$3066 ;
   assign \$3068  = ~ R6[7];
-  assign \$3069  = \$3067  & \$3068 ;
-  assign \$3070  = \$3066  & \$3069 ;
-  assign \$3071  = \$3070  & R6[3];
-  assign \$3072  = \$3063  | \$3071 ;
+  assign \$3069  = \$3068  & R6[0];
+  assign \$3070  = \$3067  & \$3069 ;
+  assign \$3071  = \$3064  & \$3070 ;
+  assign \$3072  = ~ R6[4];
   assign \$3073  = ~ R6[5];
-  assign \$3074  = ~ R6[6];
-  assign \$3075  = \$3073  & \$3074 ;
+  assign \$3074  = \$3072  & \$3073 ;
+  assign \$3075  = ~ R6[6];
   assign \$3076  = ~ R6[7];
-  assign \$3077  = \$3076  & R6[4];
-  assign \$3078  = \$3075  & \$3077 ;
-  assign \$3079  = ~ R6[6];
-  assign \$3080  = ~ R6[7];
-  assign \$3081  = \$3079  & \$3080 ;
-  assign \$3082  = \$3081  & R6[5];
-  assign \$3083  = \$3078  | \$3082 ;
-  assign \$3084  = \$3072  | \$3083 ;
-  assign \$3085  = ~ R6[7];
-  assign \$3086  = \$3085  & R6[6];
-  assign \$3087  = \$3086  | R6[7];
-  assign \$3088  = \$3084  | \$3087 ;
-  assign gt6_6 = \$3051  & \$3088 ;
-  assign \$3089  = ~ R7[8];
-  assign \$3090  = R7[1] & R7[2];
-  assign \$3091  = ~ R7[3];
-  assign \$3092  = ~ R7[4];
-  assign \$3093  = \$3091  & \$3092 ;
-  assign \$3094  = \$3090  & \$3093 ;
-  assign \$3095  = ~ R7[5];
-  assign \$3096  = ~ R7[6];
-  assign \$3097  = \$3095  & \$3096 ;
-  assign \$3098  = ~ R7[7];
-  assign \$3099  = \$3098  & R7[0];
-  assign \$3100  = \$3097  & \$3099 ;
-  assign \$3101  = \$3094  & \$3100 ;
-  assign \$3102  = ~ R7[4];
+  assign \$3077  = \$3075  & \$3076 ;
+  assign \$3078  = \$3074  & \$3077 ;
+  assign \$3079  = \$3078  & R6[3];
+  assign \$3080  = \$3071  | \$3079 ;
+  assign \$3081  = ~ R6[5];
+  assign \$3082  = ~ R6[6];
+  assign \$3083  = \$3081  & \$3082 ;
+  assign \$3084  = ~ R6[7];
+  assign \$3085  = \$3084  & R6[4];
+  assign \$3086  = \$3083  & \$3085 ;
+  assign \$3087  = ~ R6[6];
+  assign \$3088  = ~ R6[7];
+  assign \$3089  = \$3087  & \$3088 ;
+  assign \$3090  = \$3089  & R6[5];
+  assign \$3091  = \$3086  | \$3090 ;
+  assign \$3092  = \$3080  | \$3091 ;
+  assign \$3093  = ~ R6[7];
+  assign \$3094  = \$3093  & R6[6];
+  assign \$3095  = \$3094  | R6[7];
+  assign \$3096  = \$3092  | \$3095 ;
+  assign gt6_6 = \$3059  & \$3096 ;
+  assign \$3097  = ~ R7[8];
+  assign \$3098  = R7[1] & R7[2];
+  assign \$3099  = ~ R7[3];
+  assign \$3100  = ~ R7[4];
+  assign \$3101  = \$3099  & \$3100 ;
+  assign \$3102  = \$3098  & \$3101 ;
   assign \$3103  = ~ R7[5];
-  assign \$3104  = \$3102  & \$3103 ;
-  assign \$3105  = ~ R7[6];
+  assign \$3104  = ~ R7[6];
+  assign \$3105  = \$3103  & \$3104 ;
   assign \$3106  = ~ R7[7];
-  assign \$3107  = \$3105  & \$3106 ;
-  assign \$3108  = \$3104  & \$3107 ;
-  assign \$3109  = \$3108  & R7[3];
-  assign \$3110  = \$3101  | \$3109 ;
+  assign \$3107  = \$3106  & R7[0];
+  assign \$3108  = \$3105  & \$3107 ;
+  assign \$3109  = \$3102  & \$3108 ;
+  assign \$3110  = ~ R7[4];
   assign \$3111  = ~ R7[5];
-  assign \$3112  = ~ R7[6];
-  assign \$3113  = \$3111  & \$3112 ;
+  assign \$3112  = \$3110  & \$3111 ;
+  assign \$3113  = ~ R7[6];
   assign \$3114  = ~ R7[7];
-  assign \$3115  = \$3114  & R7[4];
-  assign \$3116  = \$3113  & \$3115 ;
-  assign \$3117  = ~ R7[6];
-  assign \$3118  = ~ R7[7];
-  assign \$3119  = \$3117  & \$3118 ;
-  assign \$3120  = \$3119  & R7[5];
-  assign \$3121  = \$3116  | \$3120 ;
-  assign \$3122  = \$3110  | \$3121 ;
-  assign \$3123  = ~ R7[7];
-  assign \$3124  = \$3123  & R7[6];
-  assign \$3125  = \$3124  | R7[7];
-  assign \$3126  = \$3122  | \$3125 ;
-  assign gt6_7 = \$3089  & \$3126 ;
-  assign \$3127  = ~ gt6_0;
-  assign \$3128  = gt6_1 & \$3127 ;
-  assign \$3129  = \$3128  ? 1'h1 : 1'h0;
-  assign \$3130  = ~ gt6_1;
-  assign \$3131  = gt6_2 & \$3130 ;
-  assign \$3132  = \$3131  ? 2'h2 : 2'h0;
-  assign \$3133  = { 1'h0, \$3129  } | \$3132 ;
-  assign \$3134  = ~ gt6_2;
-  assign \$3135  = gt6_3 & \$3134 ;
-  assign \$3136  = \$3135  ? 2'h3 : 2'h0;
-  assign \$3137  = ~ gt6_3;
-  assign \$3138  = gt6_4 & \$3137 ;
-  assign \$3139  = \$3138  ? 3'h4 : 3'h0;
-  assign \$3140  = { 1'h0, \$3136  } | \$3139 ;
-  assign \$3141  = { 1'h0, \$3133  } | \$3140 ;
-  assign \$3142  = ~ gt6_4;
-  assign \$3143  = gt6_5 & \$3142 ;
-  assign \$3144  = \$3143  ? 3'h5 : 3'h0;
-  assign \$3145  = ~ gt6_5;
-  assign \$3146  = gt6_6 & \$3145 ;
-  assign \$3147  = \$3146  ? 3'h6 : 3'h0;
-  assign \$3148  = \$3144  | \$3147 ;
-  assign \$3149  = ~ gt6_6;
-  assign \$3150  = gt6_7 & \$3149 ;
-  assign \$3151  = \$3150  ? 3'h7 : 3'h0;
-  assign \$3152  = \$3148  | \$3151 ;
-  assign gsel6 = \$3141  | \$3152 ;
-  assign \$3153  = gt6_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$3154  = ~ gt6_0;
-  assign \$3155  = gt6_1 & \$3154 ;
-  assign \$3156  = \$3155  ? mbeat0[31:16] : 16'h0000;
-  assign \$3157  = \$3153  | \$3156 ;
-  assign \$3158  = ~ gt6_1;
-  assign \$3159  = gt6_2 & \$3158 ;
-  assign \$3160  = \$3159  ? mbeat0[47:32] : 16'h0000;
-  assign \$3161  = ~ gt6_2;
-  assign \$3162  = gt6_3 & \$3161 ;
-  assign \$3163  = \$3162  ? mbeat0[63:48] : 16'h0000;
-  assign \$3164  = \$3160  | \$3163 ;
-  assign \$3165  = \$3157  | \$3164 ;
-  assign \$3166  = ~ gt6_3;
-  assign \$3167  = gt6_4 & \$3166 ;
-  assign \$3168  = \$3167  ? mbeat1[15:0] : 16'h0000;
-  assign \$3169  = ~ gt6_4;
-  assign \$3170  = gt6_5 & \$3169 ;
-  assign \$3171  = \$3170  ? mbeat1[31:16] : 16'h0000;
+  assign \$3115  = \$3113  & \$3114 ;
+  assign \$3116  = \$3112  & \$3115 ;
+  assign \$3117  = \$3116  & R7[3];
+  assign \$3118  = \$3109  | \$3117 ;
+  assign \$3119  = ~ R7[5];
+  assign \$3120  = ~ R7[6];
+  assign \$3121  = \$3119  & \$3120 ;
+  assign \$3122  = ~ R7[7];
+  assign \$3123  = \$3122  & R7[4];
+  assign \$3124  = \$3121  & \$3123 ;
+  assign \$3125  = ~ R7[6];
+  assign \$3126  = ~ R7[7];
+  assign \$3127  = \$3125  & \$3126 ;
+  assign \$3128  = \$3127  & R7[5];
+  assign \$3129  = \$3124  | \$3128 ;
+  assign \$3130  = \$3118  | \$3129 ;
+  assign \$3131  = ~ R7[7];
+  assign \$3132  = \$3131  & R7[6];
+  assign \$3133  = \$3132  | R7[7];
+  assign \$3134  = \$3130  | \$3133 ;
+  assign gt6_7 = \$3097  & \$3134 ;
+  assign \$3135  = ~ gt6_0;
+  assign \$3136  = gt6_1 & \$3135 ;
+  assign \$3137  = \$3136  ? 1'h1 : 1'h0;
+  assign \$3138  = ~ gt6_1;
+  assign \$3139  = gt6_2 & \$3138 ;
+  assign \$3140  = \$3139  ? 2'h2 : 2'h0;
+  assign \$3141  = { 1'h0, \$3137  } | \$3140 ;
+  assign \$3142  = ~ gt6_2;
+  assign \$3143  = gt6_3 & \$3142 ;
+  assign \$3144  = \$3143  ? 2'h3 : 2'h0;
+  assign \$3145  = ~ gt6_3;
+  assign \$3146  = gt6_4 & \$3145 ;
+  assign \$3147  = \$3146  ? 3'h4 : 3'h0;
+  assign \$3148  = { 1'h0, \$3144  } | \$3147 ;
+  assign \$3149  = { 1'h0, \$3141  } | \$3148 ;
+  assign \$3150  = ~ gt6_4;
+  assign \$3151  = gt6_5 & \$3150 ;
+  assign \$3152  = \$3151  ? 3'h5 : 3'h0;
+  assign \$3153  = ~ gt6_5;
+  assign \$3154  = gt6_6 & \$3153 ;
+  assign \$3155  = \$3154  ? 3'h6 : 3'h0;
+  assign \$3156  = \$3152  | \$3155 ;
+  assign \$3157  = ~ gt6_6;
+  assign \$3158  = gt6_7 & \$3157 ;
+  assign \$3159  = \$3158  ? 3'h7 : 3'h0;
+  assign \$3160  = \$3156  | \$3159 ;
+  assign gsel6 = \$3149  | \$3160 ;
+  assign \$3161  = gt6_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3162  = ~ gt6_0;
+  assign \$3163  = gt6_1 & \$3162 ;
+  assign \$3164  = \$3163  ? mbeat0[31:16] : 16'h0000;
+  assign \$3165  = \$3161  | \$3164 ;
+  assign \$3166  = ~ gt6_1;
+  assign \$3167  = gt6_2 & \$3166 ;
+  assign \$3168  = \$3167  ? mbeat0[47:32] : 16'h0000;
+  assign \$3169  = ~ gt6_2;
+  assign \$3170  = gt6_3 & \$3169 ;
+  assign \$3171  = \$3170  ? mbeat0[63:48] : 16'h0000;
   assign \$3172  = \$3168  | \$3171 ;
-  assign \$3173  = ~ gt6_5;
-  assign \$3174  = gt6_6 & \$3173 ;
-  assign \$3175  = \$3174  ? mbeat1[47:32] : 16'h0000;
-  assign \$3176  = ~ gt6_6;
-  assign \$3177  = gt6_7 & \$3176 ;
-  assign \$3178  = \$3177  ? mbeat1[63:48] : 16'h0000;
-  assign \$3179  = \$3175  | \$3178 ;
-  assign \$3180  = \$3172  | \$3179 ;
-  assign grp6 = \$3165  | \$3180 ;
-  assign \$3181  = gt6_0 ? Rm1[3:0] : 4'h0;
-  assign \$3182  = ~ gt6_0;
-  assign \$3183  = gt6_1 & \$3182 ;
-  assign \$3184  = \$3183  ? R0[3:0] : 4'h0;
-  assign \$3185  = \$3181  | \$3184 ;
-  assign \$3186  = ~ gt6_1;
-  assign \$3187  = gt6_2 & \$3186 ;
-  assign \$3188  = \$3187  ? R1[3:0] : 4'h0;
-  assign \$3189  = ~ gt6_2;
-  assign \$3190  = gt6_3 & \$3189 ;
-  assign \$3191  = \$3190  ? R2[3:0] : 4'h0;
-  assign \$3192  = \$3188  | \$3191 ;
-  assign \$3193  = \$3185  | \$3192 ;
-  assign \$3194  = ~ gt6_3;
-  assign \$3195  = gt6_4 & \$3194 ;
-  assign \$3196  = \$3195  ? R3[3:0] : 4'h0;
-  assign \$3197  = ~ gt6_4;
-  assign \$3198  = gt6_5 & \$3197 ;
-  assign \$3199  = \$3198  ? R4[3:0] : 4'h0;
+  assign \$3173  = \$3165  | \$3172 ;
+  assign \$3174  = ~ gt6_3;
+  assign \$3175  = gt6_4 & \$3174 ;
+  assign \$3176  = \$3175  ? mbeat1[15:0] : 16'h0000;
+  assign \$3177  = ~ gt6_4;
+  assign \$3178  = gt6_5 & \$3177 ;
+  assign \$3179  = \$3178  ? mbeat1[31:16] : 16'h0000;
+  assign \$3180  = \$3176  | \$3179 ;
+  assign \$3181  = ~ gt6_5;
+  assign \$3182  = gt6_6 & \$3181 ;
+  assign \$3183  = \$3182  ? mbeat1[47:32] : 16'h0000;
+  assign \$3184  = ~ gt6_6;
+  assign \$3185  = gt6_7 & \$3184 ;
+  assign \$3186  = \$3185  ? mbeat1[63:48] : 16'h0000;
+  assign \$3187  = \$3183  | \$3186 ;
+  assign \$3188  = \$3180  | \$3187 ;
+  assign grp6 = \$3173  | \$3188 ;
+  assign \$3189  = gt6_0 ? Rm1[3:0] : 4'h0;
+  assign \$3190  = ~ gt6_0;
+  assign \$3191  = gt6_1 & \$3190 ;
+  assign \$3192  = \$3191  ? R0[3:0] : 4'h0;
+  assign \$3193  = \$3189  | \$3192 ;
+  assign \$3194  = ~ gt6_1;
+  assign \$3195  = gt6_2 & \$3194 ;
+  assign \$3196  = \$3195  ? R1[3:0] : 4'h0;
+  assign \$3197  = ~ gt6_2;
+  assign \$3198  = gt6_3 & \$3197 ;
+  assign \$3199  = \$3198  ? R2[3:0] : 4'h0;
   assign \$3200  = \$3196  | \$3199 ;
-  assign \$3201  = ~ gt6_5;
-  assign \$3202  = gt6_6 & \$3201 ;
-  assign \$3203  = \$3202  ? R5[3:0] : 4'h0;
-  assign \$3204  = ~ gt6_6;
-  assign \$3205  = gt6_7 & \$3204 ;
-  assign \$3206  = \$3205  ? R6[3:0] : 4'h0;
-  assign \$3207  = \$3203  | \$3206 ;
-  assign \$3208  = \$3200  | \$3207 ;
-  assign dlow6 = \$3193  | \$3208 ;
-  assign \$3209  = ~ R0[8];
-  assign \$3210  = ~ R0[4];
-  assign \$3211  = ~ R0[5];
-  assign \$3212  = \$3210  & \$3211 ;
-  assign \$3213  = ~ R0[6];
-  assign \$3214  = ~ R0[7];
-  assign \$3215  = \$3213  & \$3214 ;
-  assign \$3216  = \$3212  & \$3215 ;
-  assign \$3217  = \$3216  & R0[3];
-  assign \$3218  = ~ R0[5];
-  assign \$3219  = ~ R0[6];
+  assign \$3201  = \$3193  | \$3200 ;
+  assign \$3202  = ~ gt6_3;
+  assign \$3203  = gt6_4 & \$3202 ;
+  assign \$3204  = \$3203  ? R3[3:0] : 4'h0;
+  assign \$3205  = ~ gt6_4;
+  assign \$3206  = gt6_5 & \$3205 ;
+  assign \$3207  = \$3206  ? R4[3:0] : 4'h0;
+  assign \$3208  = \$3204  | \$3207 ;
+  assign \$3209  = ~ gt6_5;
+  assign \$3210  = gt6_6 & \$3209 ;
+  assign \$3211  = \$3210  ? R5[3:0] : 4'h0;
+  assign \$3212  = ~ gt6_6;
+  assign \$3213  = gt6_7 & \$3212 ;
+  assign \$3214  = \$3213  ? R6[3:0] : 4'h0;
+  assign \$3215  = \$3211  | \$3214 ;
+  assign \$3216  = \$3208  | \$3215 ;
+  assign dlow6 = \$3201  | \$3216 ;
+  assign \$3217  = ~ R0[8];
+  assign \$3218  = ~ R0[4];
+  assign \$3219  = ~ R0[5];
   assign \$3220  = \$3218  & \$3219 ;
-  assign \$3221  = ~ R0[7];
-  assign \$3222  = \$3221  & R0[4];
-  assign \$3223  = \$3220  & \$3222 ;
-  assign \$3224  = \$3217  | \$3223 ;
-  assign \$3225  = ~ R0[6];
-  assign \$3226  = ~ R0[7];
-  assign \$3227  = \$3225  & \$3226 ;
-  assign \$3228  = \$3227  & R0[5];
+  assign \$3221  = ~ R0[6];
+  assign \$3222  = ~ R0[7];
+  assign \$3223  = \$3221  & \$3222 ;
+  assign \$3224  = \$3220  & \$3223 ;
+  assign \$3225  = \$3224  & R0[3];
+  assign \$3226  = ~ R0[5];
+  assign \$3227  = ~ R0[6];
+  assign \$3228  = \$3226  & \$3227 ;
   assign \$3229  = ~ R0[7];
-  assign \$3230  = \$3229  & R0[6];
-  assign \$3231  = \$3228  | \$3230 ;
-  assign \$3232  = \$3224  | \$3231 ;
-  assign \$3233  = \$3232  | R0[7];
-  assign gt7_0 = \$3209  & \$3233 ;
-  assign \$3234  = ~ R1[8];
-  assign \$3235  = ~ R1[4];
-  assign \$3236  = ~ R1[5];
-  assign \$3237  = \$3235  & \$3236 ;
-  assign \$3238  = ~ R1[6];
-  assign \$3239  = ~ R1[7];
-  assign \$3240  = \$3238  & \$3239 ;
-  assign \$3241  = \$3237  & \$3240 ;
-  assign \$3242  = \$3241  & R1[3];
-  assign \$3243  = ~ R1[5];
-  assign \$3244  = ~ R1[6];
+  assign \$3230  = \$3229  & R0[4];
+  assign \$3231  = \$3228  & \$3230 ;
+  assign \$3232  = \$3225  | \$3231 ;
+  assign \$3233  = ~ R0[6];
+  assign \$3234  = ~ R0[7];
+  assign \$3235  = \$3233  & \$3234 ;
+  assign \$3236  = \$3235  & R0[5];
+  assign \$3237  = ~ R0[7];
+  assign \$3238  = \$3237  & R0[6];
+  assign \$3239  = \$3236  | \$3238 ;
+  assign \$3240  = \$3232  | \$3239 ;
+  assign \$3241  = \$3240  | R0[7];
+  assign gt7_0 = \$3217  & \$3241 ;
+  assign \$3242  = ~ R1[8];
+  assign \$3243  = ~ R1[4];
+  assign \$3244  = ~ R1[5];
   assign \$3245  = \$3243  & \$3244 ;
-  assign \$3246  = ~ R1[7];
-  assign \$3247  = \$3246  & R1[4];
-  assign \$3248  = \$3245  & \$3247 ;
-  assign \$3249  = \$3242  | \$3248 ;
-  assign \$3250  = ~ R1[6];
-  assign \$3251  = ~ R1[7];
-  assign \$3252  = \$3250  & \$3251 ;
-  assign \$3253  = \$3252  & R1[5];
+  assign \$3246  = ~ R1[6];
+  assign \$3247  = ~ R1[7];
+  assign \$3248  = \$3246  & \$3247 ;
+  assign \$3249  = \$3245  & \$3248 ;
+  assign \$3250  = \$3249  & R1[3];
+  assign \$3251  = ~ R1[5];
+  assign \$3252  = ~ R1[6];
+  assign \$3253  = \$3251  & \$3252 ;
   assign \$3254  = ~ R1[7];
-  assign \$3255  = \$3254  & R1[6];
-  assign \$3256  = \$3253  | \$3255 ;
-  assign \$3257  = \$3249  | \$3256 ;
-  assign \$3258  = \$3257  | R1[7];
-  assign gt7_1 = \$3234  & \$3258 ;
-  assign \$3259  = ~ R2[8];
-  assign \$3260  = ~ R2[4];
-  assign \$3261  = ~ R2[5];
-  assign \$3262  = \$3260  & \$3261 ;
-  assign \$3263  = ~ R2[6];
-  assign \$3264  = ~ R2[7];
-  assign \$3265  = \$3263  & \$3264 ;
-  assign \$3266  = \$3262  & \$3265 ;
-  assign \$3267  = \$3266  & R2[3];
-  assign \$3268  = ~ R2[5];
-  assign \$3269  = ~ R2[6];
+  assign \$3255  = \$3254  & R1[4];
+  assign \$3256  = \$3253  & \$3255 ;
+  assign \$3257  = \$3250  | \$3256 ;
+  assign \$3258  = ~ R1[6];
+  assign \$3259  = ~ R1[7];
+  assign \$3260  = \$3258  & \$3259 ;
+  assign \$3261  = \$3260  & R1[5];
+  assign \$3262  = ~ R1[7];
+  assign \$3263  = \$3262  & R1[6];
+  assign \$3264  = \$3261  | \$3263 ;
+  assign \$3265  = \$3257  | \$3264 ;
+  assign \$3266  = \$3265  | R1[7];
+  assign gt7_1 = \$3242  & \$3266 ;
+  assign \$3267  = ~ R2[8];
+  assign \$3268  = ~ R2[4];
+  assign \$3269  = ~ R2[5];
   assign \$3270  = \$3268  & \$3269 ;
-  assign \$3271  = ~ R2[7];
-  assign \$3272  = \$3271  & R2[4];
-  assign \$3273  = \$3270  & \$3272 ;
-  assign \$3274  = \$3267  | \$3273 ;
-  assign \$3275  = ~ R2[6];
-  assign \$3276  = ~ R2[7];
-  assign \$3277  = \$3275  & \$3276 ;
-  assign \$3278  = \$3277  & R2[5];
+  assign \$3271  = ~ R2[6];
+  assign \$3272  = ~ R2[7];
+  assign \$3273  = \$3271  & \$3272 ;
+  assign \$3274  = \$3270  & \$3273 ;
+  assign \$3275  = \$3274  & R2[3];
+  assign \$3276  = ~ R2[5];
+  assign \$3277  = ~ R2[6];
+  assign \$3278  = \$3276  & \$3277 ;
   assign \$3279  = ~ R2[7];
-  assign \$3280  = \$3279  & R2[6];
-  assign \$3281  = \$3278  | \$3280 ;
-  assign \$3282  = \$3274  | \$3281 ;
-  assign \$3283  = \$3282  | R2[7];
-  assign gt7_2 = \$3259  & \$3283 ;
-  assign \$3284  = ~ R3[8];
-  assign \$3285  = ~ R3[4];
-  assign \$3286  = ~ R3[5];
-  assign \$3287  = \$3285  & \$3286 ;
-  assign \$3288  = ~ R3[6];
-  assign \$3289  = ~ R3[7];
-  assign \$3290  = \$3288  & \$3289 ;
-  assign \$3291  = \$3287  & \$3290 ;
-  assign \$3292  = \$3291  & R3[3];
-  assign \$3293  = ~ R3[5];
-  assign \$3294  = ~ R3[6];
+  assign \$3280  = \$3279  & R2[4];
+  assign \$3281  = \$3278  & \$3280 ;
+  assign \$3282  = \$3275  | \$3281 ;
+  assign \$3283  = ~ R2[6];
+  assign \$3284  = ~ R2[7];
+  assign \$3285  = \$3283  & \$3284 ;
+  assign \$3286  = \$3285  & R2[5];
+  assign \$3287  = ~ R2[7];
+  assign \$3288  = \$3287  & R2[6];
+  assign \$3289  = \$3286  | \$3288 ;
+  assign \$3290  = \$3282  | \$3289 ;
+  assign \$3291  = \$3290  | R2[7];
+  assign gt7_2 = \$3267  & \$3291 ;
+  assign \$3292  = ~ R3[8];
+  assign \$3293  = ~ R3[4];
+  assign \$3294  = ~ R3[5];
   assign \$3295  = \$3293  & \$3294 ;
-  assign \$3296  = ~ R3[7];
-  assign \$3297  = \$3296  & R3[4];
-  assign \$3298  = \$3295  & \$3297 ;
-  assign \$3299  = \$3292  | \$3298 ;
-  assign \$3300  = ~ R3[6];
-  assign \$3301  = ~ R3[7];
-  assign \$3302  = \$3300  & \$3301 ;
-  assign \$3303  = \$3302  & R3[5];
+  assign \$3296  = ~ R3[6];
+  assign \$3297  = ~ R3[7];
+  assign \$3298  = \$3296  & \$3297 ;
+  assign \$3299  = \$3295  & \$3298 ;
+  assign \$3300  = \$3299  & R3[3];
+  assign \$3301  = ~ R3[5];
+  assign \$3302  = ~ R3[6];
+  assign \$3303  = \$3301  & \$3302 ;
   assign \$3304  = ~ R3[7];
-  assign \$3305  = \$3304  & R3[6];
-  assign \$3306  = \$3303  | \$3305 ;
-  assign \$3307  = \$3299  | \$3306 ;
-  assign \$3308  = \$3307  | R3[7];
-  assign gt7_3 = \$3284  & \$3308 ;
-  assign \$3309  = ~ R4[8];
-  assign \$3310  = ~ R4[4];
-  assign \$3311  = ~ R4[5];
-  assign \$3312  = \$3310  & \$3311 ;
-  assign \$3313  = ~ R4[6];
-  assign \$3314  = ~ R4[7];
-  assign \$3315  = \$3313  & \$3314 ;
-  assign \$3316  = \$3312  & \$3315 ;
-  assign \$3317  = \$3316  & R4[3];
-  assign \$3318  = ~ R4[5];
-  assign \$3319  = ~ R4[6];
+  assign \$3305  = \$3304  & R3[4];
+  assign \$3306  = \$3303  & \$3305 ;
+  assign \$3307  = \$3300  | \$3306 ;
+  assign \$3308  = ~ R3[6];
+  assign \$3309  = ~ R3[7];
+  assign \$3310  = \$3308  & \$3309 ;
+  assign \$3311  = \$3310  & R3[5];
+  assign \$3312  = ~ R3[7];
+  assign \$3313  = \$3312  & R3[6];
+  assign \$3314  = \$3311  | \$3313 ;
+  assign \$3315  = \$3307  | \$3314 ;
+  assign \$3316  = \$3315  | R3[7];
+  assign gt7_3 = \$3292  & \$3316 ;
+  assign \$3317  = ~ R4[8];
+  assign \$3318  = ~ R4[4];
+  assign \$3319  = ~ R4[5];
   assign \$3320  = \$3318  & \$3319 ;
-  assign \$3321  = ~ R4[7];
-  assign \$3322  = \$3321  & R4[4];
-  assign \$3323  = \$3320  & \$3322 ;
-  assign \$3324  = \$3317  | \$3323 ;
-  assign \$3325  = ~ R4[6];
-  assign \$3326  = ~ R4[7];
-  assign \$3327  = \$3325  & \$3326 ;
-  assign \$3328  = \$3327  & R4[5];
+  assign \$3321  = ~ R4[6];
+  assign \$3322  = ~ R4[7];
+  assign \$3323  = \$3321  & \$3322 ;
+  assign \$3324  = \$3320  & \$3323 ;
+  assign \$3325  = \$3324  & R4[3];
+  assign \$3326  = ~ R4[5];
+  assign \$3327  = ~ R4[6];
+  assign \$3328  = \$3326  & \$3327 ;
   assign \$3329  = ~ R4[7];
-  assign \$3330  = \$3329  & R4[6];
-  assign \$3331  = \$3328  | \$3330 ;
-  assign \$3332  = \$3324  | \$3331 ;
-  assign \$3333  = \$3332  | R4[7];
-  assign gt7_4 = \$3309  & \$3333 ;
-  assign \$3334  = ~ R5[8];
-  assign \$3335  = ~ R5[4];
-  assign \$3336  = ~ R5[5];
-  assign \$3337  = \$3335  & \$3336 ;
-  assign \$3338  = ~ R5[6];
-  assign \$3339  = ~ R5[7];
-  assign \$3340  = \$3338  & \$3339 ;
-  assign \$3341  = \$3337  & \$3340 ;
-  assign \$3342  = \$3341  & R5[3];
-  assign \$3343  = ~ R5[5];
-  assign \$3344  = ~ R5[6];
+  assign \$3330  = \$3329  & R4[4];
+  assign \$3331  = \$3328  & \$3330 ;
+  assign \$3332  = \$3325  | \$3331 ;
+  assign \$3333  = ~ R4[6];
+  assign \$3334  = ~ R4[7];
+  assign \$3335  = \$3333  & \$3334 ;
+  assign \$3336  = \$3335  & R4[5];
+  assign \$3337  = ~ R4[7];
+  assign \$3338  = \$3337  & R4[6];
+  assign \$3339  = \$3336  | \$3338 ;
+  assign \$3340  = \$3332  | \$3339 ;
+  assign \$3341  = \$3340  | R4[7];
+  assign gt7_4 = \$3317  & \$3341 ;
+  assign \$3342  = ~ R5[8];
+  assign \$3343  = ~ R5[4];
+  assign \$3344  = ~ R5[5];
   assign \$3345  = \$3343  & \$3344 ;
-  assign \$3346  = ~ R5[7];
-  assign \$3347  = \$3346  & R5[4];
-  assign \$3348  = \$3345  & \$3347 ;
-  assign \$3349  = \$3342  | \$3348 ;
-  assign \$3350  = ~ R5[6];
-  assign \$3351  = ~ R5[7];
-  assign \$3352  = \$3350  & \$3351 ;
-  assign \$3353  = \$3352  & R5[5];
+  assign \$3346  = ~ R5[6];
+  assign \$3347  = ~ R5[7];
+  assign \$3348  = \$3346  & \$3347 ;
+  assign \$3349  = \$3345  & \$3348 ;
+  assign \$3350  = \$3349  & R5[3];
+  assign \$3351  = ~ R5[5];
+  assign \$3352  = ~ R5[6];
+  assign \$3353  = \$3351  & \$3352 ;
   assign \$3354  = ~ R5[7];
-  assign \$3355  = \$3354  & R5[6];
-  assign \$3356  = \$3353  | \$3355 ;
-  assign \$3357  = \$3349  | \$3356 ;
-  assign \$3358  = \$3357  | R5[7];
-  assign gt7_5 = \$3334  & \$3358 ;
-  assign \$3359  = ~ R6[8];
-  assign \$3360  = ~ R6[4];
-  assign \$3361  = ~ R6[5];
-  assign \$3362  = \$3360  & \$3361 ;
-  assign \$3363  = ~ R6[6];
-  assign \$3364  = ~ R6[7];
-  assign \$3365  = \$3363  & \$3364 ;
-  assign \$3366  = \$3362  & \$3365 ;
-  assign \$3367  = \$3366  & R6[3];
-  assign \$3368  = ~ R6[5];
-  assign \$3369  = ~ R6[6];
+  assign \$3355  = \$3354  & R5[4];
+  assign \$3356  = \$3353  & \$3355 ;
+  assign \$3357  = \$3350  | \$3356 ;
+  assign \$3358  = ~ R5[6];
+  assign \$3359  = ~ R5[7];
+  assign \$3360  = \$3358  & \$3359 ;
+  assign \$3361  = \$3360  & R5[5];
+  assign \$3362  = ~ R5[7];
+  assign \$3363  = \$3362  & R5[6];
+  assign \$3364  = \$3361  | \$3363 ;
+  assign \$3365  = \$3357  | \$3364 ;
+  assign \$3366  = \$3365  | R5[7];
+  assign gt7_5 = \$3342  & \$3366 ;
+  assign \$3367  = ~ R6[8];
+  assign \$3368  = ~ R6[4];
+  assign \$3369  = ~ R6[5];
   assign \$3370  = \$3368  & \$3369 ;
-  assign \$3371  = ~ R6[7];
-  assign \$3372  = \$3371  & R6[4];
-  assign \$3373  = \$3370  & \$3372 ;
-  assign \$3374  = \$3367  | \$3373 ;
-  assign \$3375  = ~ R6[6];
-  assign \$3376  = ~ R6[7];
-  assign \$3377  = \$3375  & \$3376 ;
-  assign \$3378  = \$3377  & R6[5];
+  assign \$3371  = ~ R6[6];
+  assign \$3372  = ~ R6[7];
+  assign \$3373  = \$3371  & \$3372 ;
+  assign \$3374  = \$3370  & \$3373 ;
+  assign \$3375  = \$3374  & R6[3];
+  assign \$3376  = ~ R6[5];
+  assign \$3377  = ~ R6[6];
+  assign \$3378  = \$3376  & \$3377 ;
   assign \$3379  = ~ R6[7];
-  assign \$3380  = \$3379  & R6[6];
-  assign \$3381  = \$3378  | \$3380 ;
-  assign \$3382  = \$3374  | \$3381 ;
-  assign \$3383  = \$3382  | R6[7];
-  assign gt7_6 = \$3359  & \$3383 ;
-  assign \$3384  = ~ R7[8];
-  assign \$3385  = ~ R7[4];
-  assign \$3386  = ~ R7[5];
-  assign \$3387  = \$3385  & \$3386 ;
-  assign \$3388  = ~ R7[6];
-  assign \$3389  = ~ R7[7];
-  assign \$3390  = \$3388  & \$3389 ;
-  assign \$3391  = \$3387  & \$3390 ;
-  assign \$3392  = \$3391  & R7[3];
-  assign \$3393  = ~ R7[5];
-  assign \$3394  = ~ R7[6];
+  assign \$3380  = \$3379  & R6[4];
+  assign \$3381  = \$3378  & \$3380 ;
+  assign \$3382  = \$3375  | \$3381 ;
+  assign \$3383  = ~ R6[6];
+  assign \$3384  = ~ R6[7];
+  assign \$3385  = \$3383  & \$3384 ;
+  assign \$3386  = \$3385  & R6[5];
+  assign \$3387  = ~ R6[7];
+  assign \$3388  = \$3387  & R6[6];
+  assign \$3389  = \$3386  | \$3388 ;
+  assign \$3390  = \$3382  | \$3389 ;
+  assign \$3391  = \$3390  | R6[7];
+  assign gt7_6 = \$3367  & \$3391 ;
+  assign \$3392  = ~ R7[8];
+  assign \$3393  = ~ R7[4];
+  assign \$3394  = ~ R7[5];
   assign \$3395  = \$3393  & \$3394 ;
-  assign \$3396  = ~ R7[7];
-  assign \$3397  = \$3396  & R7[4];
-  assign \$3398  = \$3395  & \$3397 ;
-  assign \$3399  = \$3392  | \$3398 ;
-  assign \$3400  = ~ R7[6];
-  assign \$3401  = ~ R7[7];
-  assign \$3402  = \$3400  & \$3401 ;
-  assign \$3403  = \$3402  & R7[5];
+  assign \$3396  = ~ R7[6];
+  assign \$3397  = ~ R7[7];
+  assign \$3398  = \$3396  & \$3397 ;
+  assign \$3399  = \$3395  & \$3398 ;
+  assign \$3400  = \$3399  & R7[3];
+  assign \$3401  = ~ R7[5];
+  assign \$3402  = ~ R7[6];
+  assign \$3403  = \$3401  & \$3402 ;
   assign \$3404  = ~ R7[7];
-  assign \$3405  = \$3404  & R7[6];
-  assign \$3406  = \$3403  | \$3405 ;
-  assign \$3407  = \$3399  | \$3406 ;
-  assign \$3408  = \$3407  | R7[7];
-  assign gt7_7 = \$3384  & \$3408 ;
-  assign \$3409  = ~ gt7_0;
-  assign \$3410  = gt7_1 & \$3409 ;
-  assign \$3411  = \$3410  ? 1'h1 : 1'h0;
-  assign \$3412  = ~ gt7_1;
-  assign \$3413  = gt7_2 & \$3412 ;
-  assign \$3414  = \$3413  ? 2'h2 : 2'h0;
-  assign \$3415  = { 1'h0, \$3411  } | \$3414 ;
-  assign \$3416  = ~ gt7_2;
-  assign \$3417  = gt7_3 & \$3416 ;
-  assign \$3418  = \$3417  ? 2'h3 : 2'h0;
-  assign \$3419  = ~ gt7_3;
-  assign \$3420  = gt7_4 & \$3419 ;
-  assign \$3421  = \$3420  ? 3'h4 : 3'h0;
-  assign \$3422  = { 1'h0, \$3418  } | \$3421 ;
-  assign \$3423  = { 1'h0, \$3415  } | \$3422 ;
-  assign \$3424  = ~ gt7_4;
-  assign \$3425  = gt7_5 & \$3424 ;
-  assign \$3426  = \$3425  ? 3'h5 : 3'h0;
-  assign \$3427  = ~ gt7_5;
-  assign \$3428  = gt7_6 & \$3427 ;
-  assign \$3429  = \$3428  ? 3'h6 : 3'h0;
-  assign \$3430  = \$3426  | \$3429 ;
-  assign \$3431  = ~ gt7_6;
-  assign \$3432  = gt7_7 & \$3431 ;
-  assign \$3433  = \$3432  ? 3'h7 : 3'h0;
-  assign \$3434  = \$3430  | \$3433 ;
-  assign gsel7 = \$3423  | \$3434 ;
-  assign \$3435  = gt7_0 ? mbeat0[15:0] : 16'h0000;
-  assign \$3436  = ~ gt7_0;
-  assign \$3437  = gt7_1 & \$3436 ;
-  assign \$3438  = \$3437  ? mbeat0[31:16] : 16'h0000;
-  assign \$3439  = \$3435  | \$3438 ;
-  assign \$3440  = ~ gt7_1;
-  assign \$3441  = gt7_2 & \$3440 ;
-  assign \$3442  = \$3441  ? mbeat0[47:32] : 16'h0000;
-  assign \$3443  = ~ gt7_2;
-  assign \$3444  = gt7_3 & \$3443 ;
-  assign \$3445  = \$3444  ? mbeat0[63:48] : 16'h0000;
-  assign \$3446  = \$3442  | \$3445 ;
-  assign \$3447  = \$3439  | \$3446 ;
-  assign \$3448  = ~ gt7_3;
-  assign \$3449  = gt7_4 & \$3448 ;
-  assign \$3450  = \$3449  ? mbeat1[15:0] : 16'h0000;
-  assign \$3451  = ~ gt7_4;
-  assign \$3452  = gt7_5 & \$3451 ;
-  assign \$3453  = \$3452  ? mbeat1[31:16] : 16'h0000;
+  assign \$3405  = \$3404  & R7[4];
+  assign \$3406  = \$3403  & \$3405 ;
+  assign \$3407  = \$3400  | \$3406 ;
+  assign \$3408  = ~ R7[6];
+  assign \$3409  = ~ R7[7];
+  assign \$3410  = \$3408  & \$3409 ;
+  assign \$3411  = \$3410  & R7[5];
+  assign \$3412  = ~ R7[7];
+  assign \$3413  = \$3412  & R7[6];
+  assign \$3414  = \$3411  | \$3413 ;
+  assign \$3415  = \$3407  | \$3414 ;
+  assign \$3416  = \$3415  | R7[7];
+  assign gt7_7 = \$3392  & \$3416 ;
+  assign \$3417  = ~ gt7_0;
+  assign \$3418  = gt7_1 & \$3417 ;
+  assign \$3419  = \$3418  ? 1'h1 : 1'h0;
+  assign \$3420  = ~ gt7_1;
+  assign \$3421  = gt7_2 & \$3420 ;
+  assign \$3422  = \$3421  ? 2'h2 : 2'h0;
+  assign \$3423  = { 1'h0, \$3419  } | \$3422 ;
+  assign \$3424  = ~ gt7_2;
+  assign \$3425  = gt7_3 & \$3424 ;
+  assign \$3426  = \$3425  ? 2'h3 : 2'h0;
+  assign \$3427  = ~ gt7_3;
+  assign \$3428  = gt7_4 & \$3427 ;
+  assign \$3429  = \$3428  ? 3'h4 : 3'h0;
+  assign \$3430  = { 1'h0, \$3426  } | \$3429 ;
+  assign \$3431  = { 1'h0, \$3423  } | \$3430 ;
+  assign \$3432  = ~ gt7_4;
+  assign \$3433  = gt7_5 & \$3432 ;
+  assign \$3434  = \$3433  ? 3'h5 : 3'h0;
+  assign \$3435  = ~ gt7_5;
+  assign \$3436  = gt7_6 & \$3435 ;
+  assign \$3437  = \$3436  ? 3'h6 : 3'h0;
+  assign \$3438  = \$3434  | \$3437 ;
+  assign \$3439  = ~ gt7_6;
+  assign \$3440  = gt7_7 & \$3439 ;
+  assign \$3441  = \$3440  ? 3'h7 : 3'h0;
+  assign \$3442  = \$3438  | \$3441 ;
+  assign gsel7 = \$3431  | \$3442 ;
+  assign \$3443  = gt7_0 ? mbeat0[15:0] : 16'h0000;
+  assign \$3444  = ~ gt7_0;
+  assign \$3445  = gt7_1 & \$3444 ;
+  assign \$3446  = \$3445  ? mbeat0[31:16] : 16'h0000;
+  assign \$3447  = \$3443  | \$3446 ;
+  assign \$3448  = ~ gt7_1;
+  assign \$3449  = gt7_2 & \$3448 ;
+  assign \$3450  = \$3449  ? mbeat0[47:32] : 16'h0000;
+  assign \$3451  = ~ gt7_2;
+  assign \$3452  = gt7_3 & \$3451 ;
+  assign \$3453  = \$3452  ? mbeat0[63:48] : 16'h0000;
   assign \$3454  = \$3450  | \$3453 ;
-  assign \$3455  = ~ gt7_5;
-  assign \$3456  = gt7_6 & \$3455 ;
-  assign \$3457  = \$3456  ? mbeat1[47:32] : 16'h0000;
-  assign \$3458  = ~ gt7_6;
-  assign \$3459  = gt7_7 & \$3458 ;
-  assign \$3460  = \$3459  ? mbeat1[63:48] : 16'h0000;
-  assign \$3461  = \$3457  | \$3460 ;
-  assign \$3462  = \$3454  | \$3461 ;
-  assign grp7 = \$3447  | \$3462 ;
-  assign \$3463  = gt7_0 ? Rm1[3:0] : 4'h0;
-  assign \$3464  = ~ gt7_0;
-  assign \$3465  = gt7_1 & \$3464 ;
-  assign \$3466  = \$3465  ? R0[3:0] : 4'h0;
-  assign \$3467  = \$3463  | \$3466 ;
-  assign \$3468  = ~ gt7_1;
-  assign \$3469  = gt7_2 & \$3468 ;
-  assign \$3470  = \$3469  ? R1[3:0] : 4'h0;
-  assign \$3471  = ~ gt7_2;
-  assign \$3472  = gt7_3 & \$3471 ;
-  assign \$3473  = \$3472  ? R2[3:0] : 4'h0;
-  assign \$3474  = \$3470  | \$3473 ;
-  assign \$3475  = \$3467  | \$3474 ;
-  assign \$3476  = ~ gt7_3;
-  assign \$3477  = gt7_4 & \$3476 ;
-  assign \$3478  = \$3477  ? R3[3:0] : 4'h0;
-  assign \$3479  = ~ gt7_4;
-  assign \$3480  = gt7_5 & \$3479 ;
-  assign \$3481  = \$3480  ? R4[3:0] : 4'h0;
+  assign \$3455  = \$3447  | \$3454 ;
+  assign \$3456  = ~ gt7_3;
+  assign \$3457  = gt7_4 & \$3456 ;
+  assign \$3458  = \$3457  ? mbeat1[15:0] : 16'h0000;
+  assign \$3459  = ~ gt7_4;
+  assign \$3460  = gt7_5 & \$3459 ;
+  assign \$3461  = \$3460  ? mbeat1[31:16] : 16'h0000;
+  assign \$3462  = \$3458  | \$3461 ;
+  assign \$3463  = ~ gt7_5;
+  assign \$3464  = gt7_6 & \$3463 ;
+  assign \$3465  = \$3464  ? mbeat1[47:32] : 16'h0000;
+  assign \$3466  = ~ gt7_6;
+  assign \$3467  = gt7_7 & \$3466 ;
+  assign \$3468  = \$3467  ? mbeat1[63:48] : 16'h0000;
+  assign \$3469  = \$3465  | \$3468 ;
+  assign \$3470  = \$3462  | \$3469 ;
+  assign grp7 = \$3455  | \$3470 ;
+  assign \$3471  = gt7_0 ? Rm1[3:0] : 4'h0;
+  assign \$3472  = ~ gt7_0;
+  assign \$3473  = gt7_1 & \$3472 ;
+  assign \$3474  = \$3473  ? R0[3:0] : 4'h0;
+  assign \$3475  = \$3471  | \$3474 ;
+  assign \$3476  = ~ gt7_1;
+  assign \$3477  = gt7_2 & \$3476 ;
+  assign \$3478  = \$3477  ? R1[3:0] : 4'h0;
+  assign \$3479  = ~ gt7_2;
+  assign \$3480  = gt7_3 & \$3479 ;
+  assign \$3481  = \$3480  ? R2[3:0] : 4'h0;
   assign \$3482  = \$3478  | \$3481 ;
-  assign \$3483  = ~ gt7_5;
-  assign \$3484  = gt7_6 & \$3483 ;
-  assign \$3485  = \$3484  ? R5[3:0] : 4'h0;
-  assign \$3486  = ~ gt7_6;
-  assign \$3487  = gt7_7 & \$3486 ;
-  assign \$3488  = \$3487  ? R6[3:0] : 4'h0;
-  assign \$3489  = \$3485  | \$3488 ;
-  assign \$3490  = \$3482  | \$3489 ;
-  assign dlow7 = \$3475  | \$3490 ;
-  assign ws0_c = \$3491  + \$3492 ;
+  assign \$3483  = \$3475  | \$3482 ;
+  assign \$3484  = ~ gt7_3;
+  assign \$3485  = gt7_4 & \$3484 ;
+  assign \$3486  = \$3485  ? R3[3:0] : 4'h0;
+  assign \$3487  = ~ gt7_4;
+  assign \$3488  = gt7_5 & \$3487 ;
+  assign \$3489  = \$3488  ? R4[3:0] : 4'h0;
+  assign \$3490  = \$3486  | \$3489 ;
+  assign \$3491  = ~ gt7_5;
+  assign \$3492  = gt7_6 & \$3491 ;
+  assign \$3493  = \$3492  ? R5[3:0] : 4'h0;
+  assign \$3494  = ~ gt7_6;
+  assign \$3495  = gt7_7 & \$3494 ;
+  assign \$3496  = \$3495  ? R6[3:0] : 4'h0;
+  assign \$3497  = \$3493  | \$3496 ;
+  assign \$3498  = \$3490  | \$3497 ;
+  assign dlow7 = \$3483  | \$3498 ;
+  assign ws0_c = \$3499  + \$3500 ;
   assign ws0_lo = a_lr0 < ws0_c;
-  assign \$3493  = a_lr0 - ws0_c;
+  assign \$3501  = a_lr0 - ws0_c;
   assign ws0l_lo = a_lr0[2:0] < ws0l_c;
-  assign \$3494  = a_lr0[2:0] - ws0l_c;
+  assign \$3502  = a_lr0[2:0] - ws0l_c;
   assign ws0l = ws0l_lo ? { 1'h0, ws0ll } : { 1'h1, ws0lh };
-  assign ws0h_lo = \$3493 [2:0] < ws0h_c;
-  assign \$3495  = \$3493 [2:0] - ws0h_c;
+  assign ws0h_lo = \$3501 [2:0] < ws0h_c;
+  assign \$3503  = \$3501 [2:0] - ws0h_c;
   assign ws0h = ws0h_lo ? { 1'h0, ws0hl } : { 1'h1, ws0hh };
   assign ws0 = ws0_lo ? { 1'h0, ws0l } : { 1'h1, ws0h };
-  assign \$3496  = a_nxt[0] ? a_es : \$signal ;
-  assign \$3497  = a_gsel0[2:1] - \$3496 ;
-  assign ws1_c = \$3498  + \$3499 ;
+  assign \$3504  = a_nxt[0] ? a_es : \$signal ;
+  assign \$3505  = a_gsel0[2:1] - \$3504 ;
+  assign ws1_c = \$3506  + \$3507 ;
   assign ws1_lo = a_lr1 < ws1_c;
-  assign \$3500  = a_lr1 - ws1_c;
+  assign \$3508  = a_lr1 - ws1_c;
   assign ws1l_lo = a_lr1[2:0] < ws1l_c;
-  assign \$3501  = a_lr1[2:0] - ws1l_c;
+  assign \$3509  = a_lr1[2:0] - ws1l_c;
   assign ws1l = ws1l_lo ? { 1'h0, ws1ll } : { 1'h1, ws1lh };
-  assign ws1h_lo = \$3500 [2:0] < ws1h_c;
-  assign \$3502  = \$3500 [2:0] - ws1h_c;
+  assign ws1h_lo = \$3508 [2:0] < ws1h_c;
+  assign \$3510  = \$3508 [2:0] - ws1h_c;
   assign ws1h = ws1h_lo ? { 1'h0, ws1hl } : { 1'h1, ws1hh };
   assign ws1 = ws1_lo ? { 1'h0, ws1l } : { 1'h1, ws1h };
-  assign \$3503  = a_nxt[1] ? a_es : \$signal ;
-  assign \$3504  = a_gsel1[2:1] - \$3503 ;
-  assign ws2_c = \$3505  + \$3506 ;
+  assign \$3511  = a_nxt[1] ? a_es : \$signal ;
+  assign \$3512  = a_gsel1[2:1] - \$3511 ;
+  assign ws2_c = \$3513  + \$3514 ;
   assign ws2_lo = a_lr2 < ws2_c;
-  assign \$3507  = a_lr2 - ws2_c;
+  assign \$3515  = a_lr2 - ws2_c;
   assign ws2l_lo = a_lr2[2:0] < ws2l_c;
-  assign \$3508  = a_lr2[2:0] - ws2l_c;
+  assign \$3516  = a_lr2[2:0] - ws2l_c;
   assign ws2l = ws2l_lo ? { 1'h0, ws2ll } : { 1'h1, ws2lh };
-  assign ws2h_lo = \$3507 [2:0] < ws2h_c;
-  assign \$3509  = \$3507 [2:0] - ws2h_c;
+  assign ws2h_lo = \$3515 [2:0] < ws2h_c;
+  assign \$3517  = \$3515 [2:0] - ws2h_c;
   assign ws2h = ws2h_lo ? { 1'h0, ws2hl } : { 1'h1, ws2hh };
   assign ws2 = ws2_lo ? { 1'h0, ws2l } : { 1'h1, ws2h };
-  assign \$3510  = a_nxt[2] ? a_es : \$signal ;
-  assign \$3511  = a_gsel2[2:1] - \$3510 ;
-  assign ws3_c = \$3512  + \$3513 ;
+  assign \$3518  = a_nxt[2] ? a_es : \$signal ;
+  assign \$3519  = a_gsel2[2:1] - \$3518 ;
+  assign ws3_c = \$3520  + \$3521 ;
   assign ws3_lo = a_lr3 < ws3_c;
-  assign \$3514  = a_lr3 - ws3_c;
+  assign \$3522  = a_lr3 - ws3_c;
   assign ws3l_lo = a_lr3[2:0] < ws3l_c;
-  assign \$3515  = a_lr3[2:0] - ws3l_c;
+  assign \$3523  = a_lr3[2:0] - ws3l_c;
   assign ws3l = ws3l_lo ? { 1'h0, ws3ll } : { 1'h1, ws3lh };
-  assign ws3h_lo = \$3514 [2:0] < ws3h_c;
-  assign \$3516  = \$3514 [2:0] - ws3h_c;
+  assign ws3h_lo = \$3522 [2:0] < ws3h_c;
+  assign \$3524  = \$3522 [2:0] - ws3h_c;
   assign ws3h = ws3h_lo ? { 1'h0, ws3hl } : { 1'h1, ws3hh };
   assign ws3 = ws3_lo ? { 1'h0, ws3l } : { 1'h1, ws3h };
-  assign \$3517  = a_nxt[3] ? a_es : \$signal ;
-  assign \$3518  = a_gsel3[2:1] - \$3517 ;
-  assign ws4_c = \$3519  + \$3520 ;
+  assign \$3525  = a_nxt[3] ? a_es : \$signal ;
+  assign \$3526  = a_gsel3[2:1] - \$3525 ;
+  assign ws4_c = \$3527  + \$3528 ;
   assign ws4_lo = a_lr4 < ws4_c;
-  assign \$3521  = a_lr4 - ws4_c;
+  assign \$3529  = a_lr4 - ws4_c;
   assign ws4l_lo = a_lr4[2:0] < ws4l_c;
-  assign \$3522  = a_lr4[2:0] - ws4l_c;
+  assign \$3530  = a_lr4[2:0] - ws4l_c;
   assign ws4l = ws4l_lo ? { 1'h0, ws4ll } : { 1'h1, ws4lh };
-  assign ws4h_lo = \$3521 [2:0] < ws4h_c;
-  assign \$3523  = \$3521 [2:0] - ws4h_c;
+  assign ws4h_lo = \$3529 [2:0] < ws4h_c;
+  assign \$3531  = \$3529 [2:0] - ws4h_c;
   assign ws4h = ws4h_lo ? { 1'h0, ws4hl } : { 1'h1, ws4hh };
   assign ws4 = ws4_lo ? { 1'h0, ws4l } : { 1'h1, ws4h };
-  assign \$3524  = a_nxt[4] ? a_es : \$signal ;
-  assign \$3525  = a_gsel4[2:1] - \$3524 ;
-  assign ws5_c = \$3526  + \$3527 ;
+  assign \$3532  = a_nxt[4] ? a_es : \$signal ;
+  assign \$3533  = a_gsel4[2:1] - \$3532 ;
+  assign ws5_c = \$3534  + \$3535 ;
   assign ws5_lo = a_lr5 < ws5_c;
-  assign \$3528  = a_lr5 - ws5_c;
+  assign \$3536  = a_lr5 - ws5_c;
   assign ws5l_lo = a_lr5[2:0] < ws5l_c;
-  assign \$3529  = a_lr5[2:0] - ws5l_c;
+  assign \$3537  = a_lr5[2:0] - ws5l_c;
   assign ws5l = ws5l_lo ? { 1'h0, ws5ll } : { 1'h1, ws5lh };
-  assign ws5h_lo = \$3528 [2:0] < ws5h_c;
-  assign \$3530  = \$3528 [2:0] - ws5h_c;
+  assign ws5h_lo = \$3536 [2:0] < ws5h_c;
+  assign \$3538  = \$3536 [2:0] - ws5h_c;
   assign ws5h = ws5h_lo ? { 1'h0, ws5hl } : { 1'h1, ws5hh };
   assign ws5 = ws5_lo ? { 1'h0, ws5l } : { 1'h1, ws5h };
-  assign \$3531  = a_nxt[5] ? a_es : \$signal ;
-  assign \$3532  = a_gsel5[2:1] - \$3531 ;
-  assign ws6_c = \$3533  + \$3534 ;
+  assign \$3539  = a_nxt[5] ? a_es : \$signal ;
+  assign \$3540  = a_gsel5[2:1] - \$3539 ;
+  assign ws6_c = \$3541  + \$3542 ;
   assign ws6_lo = a_lr6 < ws6_c;
-  assign \$3535  = a_lr6 - ws6_c;
+  assign \$3543  = a_lr6 - ws6_c;
   assign ws6l_lo = a_lr6[2:0] < ws6l_c;
-  assign \$3536  = a_lr6[2:0] - ws6l_c;
+  assign \$3544  = a_lr6[2:0] - ws6l_c;
   assign ws6l = ws6l_lo ? { 1'h0, ws6ll } : { 1'h1, ws6lh };
-  assign ws6h_lo = \$3535 [2:0] < ws6h_c;
-  assign \$3537  = \$3535 [2:0] - ws6h_c;
+  assign ws6h_lo = \$3543 [2:0] < ws6h_c;
+  assign \$3545  = \$3543 [2:0] - ws6h_c;
   assign ws6h = ws6h_lo ? { 1'h0, ws6hl } : { 1'h1, ws6hh };
   assign ws6 = ws6_lo ? { 1'h0, ws6l } : { 1'h1, ws6h };
-  assign \$3538  = a_nxt[6] ? a_es : \$signal ;
-  assign \$3539  = a_gsel6[2:1] - \$3538 ;
-  assign ws7_c = \$3540  + \$3541 ;
+  assign \$3546  = a_nxt[6] ? a_es : \$signal ;
+  assign \$3547  = a_gsel6[2:1] - \$3546 ;
+  assign ws7_c = \$3548  + \$3549 ;
   assign ws7_lo = a_lr7 < ws7_c;
-  assign \$3542  = a_lr7 - ws7_c;
+  assign \$3550  = a_lr7 - ws7_c;
   assign ws7l_lo = a_lr7[2:0] < ws7l_c;
-  assign \$3543  = a_lr7[2:0] - ws7l_c;
+  assign \$3551  = a_lr7[2:0] - ws7l_c;
   assign ws7l = ws7l_lo ? { 1'h0, ws7ll } : { 1'h1, ws7lh };
-  assign ws7h_lo = \$3542 [2:0] < ws7h_c;
-  assign \$3544  = \$3542 [2:0] - ws7h_c;
+  assign ws7h_lo = \$3550 [2:0] < ws7h_c;
+  assign \$3552  = \$3550 [2:0] - ws7h_c;
   assign ws7h = ws7h_lo ? { 1'h0, ws7hl } : { 1'h1, ws7hh };
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
-  assign \$3545  = a_nxt[7] ? a_es : \$signal ;
-  assign \$3546  = a_gsel7[2:1] - \$3545 ;
-  assign \$3547  = vavail >= 4'h8;
-  assign \$3548  = $signed(lim_full) <= $signed({ 1'h0, vavail });
-  assign vals_ok = \$3547  | \$3548 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$308 [63:32] } : { VB[23:0], \$signal$308  };
+  assign \$3553  = a_nxt[7] ? a_es : \$signal ;
+  assign \$3554  = a_gsel7[2:1] - \$3553 ;
+  assign \$3555  = vavail >= 4'h8;
+  assign \$3556  = $signed(k_nxt_full) <= $signed({ 1'h0, vavail });
+  assign \$3557  = $signed(k_cur_full) <= $signed({ 1'h0, vavail });
+  assign \$3558  = $signed(R7) <= $signed({ 1'h0, vavail });
+  assign \$3559  = row_complete ? \$3557  : \$3558 ;
+  assign \$3560  = next_ok ? \$3556  : \$3559 ;
+  assign vals_ok = \$3555  | \$3560 ;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$307 [63:32] } : { VB[23:0], \$signal$307  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$3549  = ~ vals_ok;
-  assign \$3550  = running & \$3549 ;
-  assign short_now = \$3550  & vlast_loaded;
+  assign \$3561  = ~ vals_ok;
+  assign \$3562  = running & \$3561 ;
+  assign short_now = \$3562  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$3551  = ~ prime;
-  assign \$3552  = running & \$3551 ;
-  assign \$3553  = mbeat0_v | row_complete;
-  assign \$3554  = \$3552  & \$3553 ;
-  assign \$3555  = \$3554  & vals_ok;
-  assign \$3556  = ~ any_err;
-  assign can_go = \$3555  & \$3556 ;
-  assign \$3557  = | k;
-  assign \$3558  = \$3557  | finish;
-  assign emit = can_go & \$3558 ;
-  assign \$3559  = ~ emit;
-  assign \$3560  = \$3559  | rdy_a;
-  assign advance = can_go & \$3560 ;
-  assign \$3561  = | pad_l;
-  assign \$3562  = ov | \$3561 ;
-  assign pad_wait = \$3562  | pad_r;
-  assign \$3563  = advance & finish;
-  assign mat_end = \$3563  & last_row;
+  assign \$3563  = ~ prime;
+  assign \$3564  = running & \$3563 ;
+  assign \$3565  = mbeat0_v | row_complete;
+  assign \$3566  = \$3564  & \$3565 ;
+  assign \$3567  = \$3566  & vals_ok;
+  assign \$3568  = ~ any_err;
+  assign can_go = \$3567  & \$3568 ;
+  assign \$3569  = | k;
+  assign \$3570  = \$3569  | finish;
+  assign emit = can_go & \$3570 ;
+  assign \$3571  = ~ emit;
+  assign \$3572  = \$3571  | rdy_a;
+  assign advance = can_go & \$3572 ;
+  assign \$3573  = | pad_l;
+  assign \$3574  = ov | \$3573 ;
+  assign pad_wait = \$3574  | pad_r;
+  assign \$3575  = advance & finish;
+  assign mat_end = \$3575  & last_row;
   assign fin = advance & finish;
-  assign dsh = \$signal$346  ? 2'h2 : 2'h0;
-  assign \$3564  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$3565  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$3566  = | flush_d;
-  assign \$3567  = 1'h0 + mbeat0_n[70:64];
-  assign \$3568  = 1'h0 + mbeat0_n[77:71];
-  assign \$3569  = 1'h0 + mbeat0_n[84:78];
-  assign \$3570  = 1'h0 + mbeat0_n[91:85];
-  assign \$3571  = 1'h0 + mbeat0_n[91:85];
-  assign \$3572  = fresh0 + mbeat1_n[70:64];
-  assign \$3573  = fresh0 + mbeat1_n[77:71];
-  assign \$3574  = fresh0 + mbeat1_n[84:78];
-  assign \$3575  = fresh0 + mbeat1_n[91:85];
-  assign \$3576  = ~ prime;
-  assign \$3577  = running & \$3576 ;
-  assign \$3578  = \$3577  & \$signal$352 ;
-  assign \$3579  = | flush_d;
-  assign special = any_err | \$3579 ;
-  assign Rn0 = \$signal$346  ? R4 : R0;
-  assign Rn1 = \$signal$346  ? R5 : R1;
-  assign Rn2 = \$signal$346  ? R6 : R2;
-  assign Rn3 = \$signal$346  ? R7 : R3;
-  assign Rn4 = \$signal$346  ? R7 : R4;
-  assign Rn5 = \$signal$346  ? R7 : R5;
-  assign Rn6 = \$signal$346  ? R7 : R6;
-  assign Rnm1 = \$signal$346  ? R3 : Rm1;
-  assign \$3580  = ~ special;
-  assign \$3581  = mbuf_v & \$3580 ;
-  assign \$3582  = ~ \$signal$346 ;
-  assign \$3583  = mbeat1_v & \$3582 ;
-  assign \$3584  = ~ \$3583 ;
-  assign take_buf = \$3581  & \$3584 ;
-  assign \$3585  = ~ mbuf_v;
-  assign \$3586  = ~ special;
-  assign \$3587  = ~ \$signal$346 ;
-  assign \$3588  = mbeat1_v & \$3587 ;
-  assign \$3589  = ~ \$3588 ;
-  assign \$3590  = \$3586  & \$3589 ;
-  assign i_mask__ready = \$3585  | \$3590 ;
-  assign \$3591  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign \$3592  = ~ \$3591 ;
-  assign \$3594  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3595  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3596  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$3597  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3598  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3599  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3600  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3601  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3602  = ~ \$signal$346 ;
-  assign \$3603  = mbeat1_v & \$3602 ;
+  assign dsh = \$signal$345  ? 2'h2 : 2'h0;
+  assign \$3576  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$3577  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$3578  = | flush_d;
+  assign \$3579  = 1'h0 + mbeat0_n[70:64];
+  assign \$3580  = 1'h0 + mbeat0_n[77:71];
+  assign \$3581  = 1'h0 + mbeat0_n[84:78];
+  assign \$3582  = 1'h0 + mbeat0_n[91:85];
+  assign \$3583  = 1'h0 + mbeat0_n[91:85];
+  assign \$3584  = fresh0 + mbeat1_n[70:64];
+  assign \$3585  = fresh0 + mbeat1_n[77:71];
+  assign \$3586  = fresh0 + mbeat1_n[84:78];
+  assign \$3587  = fresh0 + mbeat1_n[91:85];
+  assign \$3588  = ~ prime;
+  assign \$3589  = running & \$3588 ;
+  assign \$3590  = \$3589  & \$signal$351 ;
+  assign \$3591  = | flush_d;
+  assign special = any_err | \$3591 ;
+  assign Rn0 = \$signal$345  ? R4 : R0;
+  assign Rn1 = \$signal$345  ? R5 : R1;
+  assign Rn2 = \$signal$345  ? R6 : R2;
+  assign Rn3 = \$signal$345  ? R7 : R3;
+  assign Rn4 = \$signal$345  ? R7 : R4;
+  assign Rn5 = \$signal$345  ? R7 : R5;
+  assign Rn6 = \$signal$345  ? R7 : R6;
+  assign Rnm1 = \$signal$345  ? R3 : Rm1;
+  assign \$3592  = ~ special;
+  assign \$3593  = mbuf_v & \$3592 ;
+  assign \$3594  = ~ \$signal$345 ;
+  assign \$3595  = mbeat1_v & \$3594 ;
+  assign \$3596  = ~ \$3595 ;
+  assign take_buf = \$3593  & \$3596 ;
+  assign \$3597  = ~ mbuf_v;
+  assign \$3598  = ~ special;
+  assign \$3599  = ~ \$signal$345 ;
+  assign \$3600  = mbeat1_v & \$3599 ;
+  assign \$3601  = ~ \$3600 ;
+  assign \$3602  = \$3598  & \$3601 ;
+  assign i_mask__ready = \$3597  | \$3602 ;
+  assign \$3603  = \$signal$345  ? mbeat1_v : mbeat0_v;
   assign \$3604  = ~ \$3603 ;
-  assign \$3605  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign \$3606  = \$3604  & \$3605 ;
-  assign \$3607  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3608  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3609  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$3610  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3606  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3607  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3608  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3609  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3610  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3611  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3612  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3613  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3614  = ~ \$signal$345 ;
+  assign \$3615  = mbeat1_v & \$3614 ;
+  assign \$3616  = ~ \$3615 ;
+  assign \$3617  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign \$3618  = \$3616  & \$3617 ;
+  assign \$3619  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3620  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3621  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3622  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
-  assign \$3611  = ~ vlast_loaded;
-  assign \$3612  = 4'h8 - vpos;
-  assign \$3613  = \$3612 [3:0] <= 4'h8;
-  assign \$3614  = $signed(lim_full) >= $signed({ 1'h0, \$3612 [3:0] });
-  assign \$signal$388  = \$3613  & \$3614 ;
-  assign takes = $signed(lim_full) > $signed(1'h0);
-  assign \$3615  = ! vpos;
-  assign \$3616  = \$signal$378  & \$3615 ;
-  assign \$3617  = \$3616  | \$signal$380 ;
-  assign \$3618  = ~ \$3617 ;
-  assign \$3619  = | vpos;
-  assign \$3620  = \$3619  ? \$signal$382  : prev_last;
-  assign \$3621  = \$3618  & \$3620 ;
-  assign \$3622  = ! vpos;
-  assign \$3623  = \$signal$378  & \$3622 ;
-  assign \$3624  = \$3623  | \$signal$380 ;
-  assign \$3625  = ~ \$3624 ;
-  assign \$3626  = | vpos;
-  assign \$3627  = \$3626  ? \$signal$382  : prev_last;
-  assign \$3628  = \$3625  & \$3627 ;
-  assign \$3629  = ~ \$3628 ;
-  assign \$3630  = \$signal$378  & \$signal$382 ;
-  assign \$3631  = ~ \$signal$380 ;
-  assign \$3632  = \$3630  & \$3631 ;
-  assign \$3633  = ~ \$signal$380 ;
-  assign \$3634  = \$signal$382  & \$3633 ;
-  assign \$3635  = ~ \$3634 ;
-  assign \$3636  = \$signal$378  & \$3635 ;
-  assign \$3637  = end_ok | end_bad;
-  assign \$3638  = endv & \$3637 ;
-  assign v_clear = any_err | \$3638 ;
+  assign \$3623  = ~ vlast_loaded;
+  assign \$3624  = 4'h8 - vpos;
+  assign \$3625  = \$3624 [3:0] <= 4'h8;
+  assign \$3626  = $signed(k_nxt_full) >= $signed({ 1'h0, \$3624 [3:0] });
+  assign \$3627  = $signed(k_cur_full) >= $signed({ 1'h0, \$3624 [3:0] });
+  assign \$3628  = $signed(R7) >= $signed({ 1'h0, \$3624 [3:0] });
+  assign \$3629  = row_complete ? \$3627  : \$3628 ;
+  assign \$3630  = next_ok ? \$3626  : \$3629 ;
+  assign \$signal$387  = \$3625  & \$3630 ;
+  assign \$3631  = $signed(k_nxt_full) > $signed(1'h0);
+  assign \$3632  = $signed(k_cur_full) > $signed(1'h0);
+  assign \$3633  = $signed(R7) > $signed(1'h0);
+  assign \$3634  = row_complete ? \$3632  : \$3633 ;
+  assign takes = next_ok ? \$3631  : \$3634 ;
+  assign \$3635  = ! vpos;
+  assign \$3636  = \$signal$377  & \$3635 ;
+  assign \$3637  = \$3636  | \$signal$379 ;
+  assign \$3638  = ~ \$3637 ;
+  assign \$3639  = | vpos;
+  assign \$3640  = \$3639  ? \$signal$381  : prev_last;
+  assign \$3641  = \$3638  & \$3640 ;
+  assign \$3642  = ! vpos;
+  assign \$3643  = \$signal$377  & \$3642 ;
+  assign \$3644  = \$3643  | \$signal$379 ;
+  assign \$3645  = ~ \$3644 ;
+  assign \$3646  = | vpos;
+  assign \$3647  = \$3646  ? \$signal$381  : prev_last;
+  assign \$3648  = \$3645  & \$3647 ;
+  assign \$3649  = ~ \$3648 ;
+  assign \$3650  = \$signal$377  & \$signal$381 ;
+  assign \$3651  = ~ \$signal$379 ;
+  assign \$3652  = \$3650  & \$3651 ;
+  assign \$3653  = ~ \$signal$379 ;
+  assign \$3654  = \$signal$381  & \$3653 ;
+  assign \$3655  = ~ \$3654 ;
+  assign \$3656  = \$signal$377  & \$3655 ;
+  assign \$3657  = end_ok | end_bad;
+  assign \$3658  = endv & \$3657 ;
+  assign v_clear = any_err | \$3658 ;
   assign v_load = i_value__valid & i_value__ready;
-  assign \$3639  = vavail - k;
-  assign \$3640  = advance ? \$3639  : { 1'h0, vavail };
-  assign \$3641  = v_clear ? 6'h00 : \$3640 ;
-  assign \$3642  = advance & takes;
-  assign \$3643  = \$signal$377  & \$signal$379 ;
-  assign \$3644  = ~ \$3643 ;
-  assign i_value__ready = allow_load & \$3644 ;
-  assign \$3645  = rows_left > 2'h2;
-  assign \$3646  = rows_left > 1'h1;
-  assign \$3647  = fin ? \$3645  : \$3646 ;
-  assign \$3648  = rows_left == 2'h2;
-  assign \$3649  = rows_left == 1'h1;
-  assign \$3650  = fin ? \$3648  : \$3649 ;
-  assign \$3651  = ~ running;
-  assign \$3652  = ~ endv;
-  assign \$3653  = \$3651  & \$3652 ;
-  assign \$3654  = ~ pad_wait;
-  assign i_cmd__ready = \$3653  & \$3654 ;
-  assign \$3655  = running | endv;
-  assign o_busy = \$3655  | pad_wait;
-  assign \$3656  = i_cmd__valid & i_cmd__ready;
-  assign \$3657  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$3660  = i_cmd__payload[15:0] > 1'h1;
-  assign \$3661  = i_cmd__payload[15:0] == 1'h1;
-  assign \$3662  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$3662  | \$3663 ;
-  assign \$3664  = ~ \$signal$346 ;
-  assign \$3665  = mbeat1_v & \$3664 ;
-  assign \$3666  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign \$3667  = mbuf_v & \$3666 ;
-  assign mbeat1_vn = \$3665  | \$3667 ;
-  assign \$3669  = \$3668  * 2'h2;
-  assign \$3670  = ! \$signal$346 ;
-  assign \$3671  = $signed(es_w) <= $signed(1'h0);
-  assign \$3672  = es_w == 1'h1;
-  assign \$3673  = es_w == 2'h2;
-  assign \$3674  = es_w == 2'h3;
-  assign \$3675  = $signed(es_w) >= $signed(4'h4);
-  assign \$3677  = $signed(es_w) - $signed(3'h2);
-  assign \$3678  = $signed(\$3677 ) <= $signed(1'h0);
-  assign \$3679  = $signed(es_w) - $signed(3'h2);
-  assign \$3680  = \$3679  == 1'h1;
-  assign \$3681  = $signed(es_w) - $signed(3'h2);
-  assign \$3682  = \$3681  == 2'h2;
-  assign \$3683  = $signed(es_w) - $signed(3'h2);
-  assign \$3684  = \$3683  == 2'h3;
-  assign \$3685  = $signed(es_w) - $signed(3'h2);
-  assign \$3686  = $signed(\$3685 ) >= $signed(4'h4);
-  assign \$3687  = r_a_sel[0] ? Rnm1 : 9'h000;
-  assign \$3688  = r_a_sel[1] ? Rf1 : 9'h000;
-  assign \$3689  = \$3687  | \$3688 ;
-  assign \$3690  = r_a_sel[2] ? Rf3 : 9'h000;
-  assign \$3691  = r_a_sel[3] ? Rf5 : 9'h000;
-  assign \$3692  = \$3690  | \$3691 ;
-  assign \$3693  = \$3689  | \$3692 ;
-  assign \$3694  = r_a_sel[4] ? Rf7 : 9'h000;
-  assign r_a = \$3693  | \$3694 ;
-  assign \$3695  = ! \$signal$346 ;
-  assign \$3696  = $signed(es2_w) <= $signed(1'h0);
-  assign \$3697  = es2_w == 1'h1;
-  assign \$3698  = es2_w == 2'h2;
-  assign \$3699  = es2_w == 2'h3;
-  assign \$3700  = $signed(es2_w) >= $signed(4'h4);
-  assign \$3702  = $signed(es2_w) - $signed(3'h2);
-  assign \$3703  = $signed(\$3702 ) <= $signed(1'h0);
-  assign \$3704  = $signed(es2_w) - $signed(3'h2);
-  assign \$3705  = \$3704  == 1'h1;
-  assign \$3706  = $signed(es2_w) - $signed(3'h2);
-  assign \$3707  = \$3706  == 2'h2;
-  assign \$3708  = $signed(es2_w) - $signed(3'h2);
-  assign \$3709  = \$3708  == 2'h3;
-  assign \$3710  = $signed(es2_w) - $signed(3'h2);
-  assign \$3711  = $signed(\$3710 ) >= $signed(4'h4);
-  assign \$3712  = r_b_sel[0] ? Rnm1 : 9'h000;
-  assign \$3713  = r_b_sel[1] ? Rf1 : 9'h000;
-  assign \$3714  = \$3712  | \$3713 ;
-  assign \$3715  = r_b_sel[2] ? Rf3 : 9'h000;
-  assign \$3716  = r_b_sel[3] ? Rf5 : 9'h000;
-  assign \$3717  = \$3715  | \$3716 ;
-  assign \$3718  = \$3714  | \$3717 ;
-  assign \$3719  = r_b_sel[4] ? Rf7 : 9'h000;
-  assign r_b = \$3718  | \$3719 ;
-  assign \$3720  = ! \$signal$346 ;
-  assign \$3721  = $signed(es3_w) <= $signed(1'h0);
-  assign \$3722  = es3_w == 1'h1;
-  assign \$3723  = es3_w == 2'h2;
-  assign \$3724  = es3_w == 2'h3;
-  assign \$3725  = $signed(es3_w) >= $signed(4'h4);
-  assign \$3727  = $signed(es3_w) - $signed(3'h2);
-  assign \$3728  = $signed(\$3727 ) <= $signed(1'h0);
-  assign \$3729  = $signed(es3_w) - $signed(3'h2);
-  assign \$3730  = \$3729  == 1'h1;
-  assign \$3731  = $signed(es3_w) - $signed(3'h2);
-  assign \$3732  = \$3731  == 2'h2;
-  assign \$3733  = $signed(es3_w) - $signed(3'h2);
-  assign \$3734  = \$3733  == 2'h3;
-  assign \$3735  = $signed(es3_w) - $signed(3'h2);
-  assign \$3736  = $signed(\$3735 ) >= $signed(4'h4);
-  assign \$3737  = r_c_sel[0] ? Rnm1 : 9'h000;
-  assign \$3738  = r_c_sel[1] ? Rf1 : 9'h000;
-  assign \$3739  = \$3737  | \$3738 ;
-  assign \$3740  = r_c_sel[2] ? Rf3 : 9'h000;
-  assign \$3741  = r_c_sel[3] ? Rf5 : 9'h000;
-  assign \$3742  = \$3740  | \$3741 ;
-  assign \$3743  = \$3739  | \$3742 ;
-  assign \$3744  = r_c_sel[4] ? Rf7 : 9'h000;
-  assign r_c = \$3743  | \$3744 ;
-  assign \$3745  = endv & end_bad;
-  assign \$3746  = ~ any_err;
-  assign \$3747  = \$3745  & \$3746 ;
-  assign \$3749  = k > 1'h0;
-  assign \$3750  = k_cur <= 1'h0;
-  assign \$3751  = finish & \$3750 ;
-  assign \$3753  = k > 1'h1;
-  assign \$3754  = k_cur <= 1'h1;
-  assign \$3755  = finish & \$3754 ;
-  assign \$3757  = k > 2'h2;
-  assign \$3758  = k_cur <= 2'h2;
-  assign \$3759  = finish & \$3758 ;
-  assign \$3761  = k > 2'h3;
-  assign \$3762  = k_cur <= 2'h3;
-  assign \$3763  = finish & \$3762 ;
-  assign \$3765  = k > 3'h4;
-  assign \$3766  = k_cur <= 3'h4;
-  assign \$3767  = finish & \$3766 ;
-  assign \$3769  = k > 3'h5;
-  assign \$3770  = k_cur <= 3'h5;
+  assign \$3659  = vavail - k;
+  assign \$3660  = advance ? \$3659  : { 1'h0, vavail };
+  assign \$3661  = v_clear ? 6'h00 : \$3660 ;
+  assign \$3662  = advance & takes;
+  assign \$3663  = \$signal$376  & \$signal$378 ;
+  assign \$3664  = ~ \$3663 ;
+  assign i_value__ready = allow_load & \$3664 ;
+  assign \$3665  = rows_left > 2'h2;
+  assign \$3666  = rows_left > 1'h1;
+  assign \$3667  = fin ? \$3665  : \$3666 ;
+  assign \$3668  = rows_left == 2'h2;
+  assign \$3669  = rows_left == 1'h1;
+  assign \$3670  = fin ? \$3668  : \$3669 ;
+  assign \$3671  = ~ running;
+  assign \$3672  = ~ endv;
+  assign \$3673  = \$3671  & \$3672 ;
+  assign \$3674  = ~ pad_wait;
+  assign i_cmd__ready = \$3673  & \$3674 ;
+  assign \$3675  = running | endv;
+  assign o_busy = \$3675  | pad_wait;
+  assign \$3676  = i_cmd__valid & i_cmd__ready;
+  assign \$3677  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$3680  = i_cmd__payload[15:0] > 1'h1;
+  assign \$3681  = i_cmd__payload[15:0] == 1'h1;
+  assign \$3682  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$3682  | \$3683 ;
+  assign \$3684  = ~ \$signal$345 ;
+  assign \$3685  = mbeat1_v & \$3684 ;
+  assign \$3686  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign \$3687  = mbuf_v & \$3686 ;
+  assign mbeat1_vn = \$3685  | \$3687 ;
+  assign \$3689  = \$3688  * 2'h2;
+  assign \$3690  = ! \$signal$345 ;
+  assign \$3691  = $signed(es_w) <= $signed(1'h0);
+  assign \$3692  = es_w == 1'h1;
+  assign \$3693  = es_w == 2'h2;
+  assign \$3694  = es_w == 2'h3;
+  assign \$3695  = $signed(es_w) >= $signed(4'h4);
+  assign \$3697  = $signed(es_w) - $signed(3'h2);
+  assign \$3698  = $signed(\$3697 ) <= $signed(1'h0);
+  assign \$3699  = $signed(es_w) - $signed(3'h2);
+  assign \$3700  = \$3699  == 1'h1;
+  assign \$3701  = $signed(es_w) - $signed(3'h2);
+  assign \$3702  = \$3701  == 2'h2;
+  assign \$3703  = $signed(es_w) - $signed(3'h2);
+  assign \$3704  = \$3703  == 2'h3;
+  assign \$3705  = $signed(es_w) - $signed(3'h2);
+  assign \$3706  = $signed(\$3705 ) >= $signed(4'h4);
+  assign \$3707  = r_a_sel[0] ? Rnm1 : 9'h000;
+  assign \$3708  = r_a_sel[1] ? Rf1 : 9'h000;
+  assign \$3709  = \$3707  | \$3708 ;
+  assign \$3710  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$3711  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3712  = \$3710  | \$3711 ;
+  assign \$3713  = \$3709  | \$3712 ;
+  assign \$3714  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$3713  | \$3714 ;
+  assign \$3715  = ! \$signal$345 ;
+  assign \$3716  = $signed(es2_w) <= $signed(1'h0);
+  assign \$3717  = es2_w == 1'h1;
+  assign \$3718  = es2_w == 2'h2;
+  assign \$3719  = es2_w == 2'h3;
+  assign \$3720  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3722  = $signed(es2_w) - $signed(3'h2);
+  assign \$3723  = $signed(\$3722 ) <= $signed(1'h0);
+  assign \$3724  = $signed(es2_w) - $signed(3'h2);
+  assign \$3725  = \$3724  == 1'h1;
+  assign \$3726  = $signed(es2_w) - $signed(3'h2);
+  assign \$3727  = \$3726  == 2'h2;
+  assign \$3728  = $signed(es2_w) - $signed(3'h2);
+  assign \$3729  = \$3728  == 2'h3;
+  assign \$3730  = $signed(es2_w) - $signed(3'h2);
+  assign \$3731  = $signed(\$3730 ) >= $signed(4'h4);
+  assign \$3732  = r_b_sel[0] ? Rnm1 : 9'h000;
+  assign \$3733  = r_b_sel[1] ? Rf1 : 9'h000;
+  assign \$3734  = \$3732  | \$3733 ;
+  assign \$3735  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$3736  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3737  = \$3735  | \$3736 ;
+  assign \$3738  = \$3734  | \$3737 ;
+  assign \$3739  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$3738  | \$3739 ;
+  assign \$3740  = ! \$signal$345 ;
+  assign \$3741  = $signed(es3_w) <= $signed(1'h0);
+  assign \$3742  = es3_w == 1'h1;
+  assign \$3743  = es3_w == 2'h2;
+  assign \$3744  = es3_w == 2'h3;
+  assign \$3745  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3747  = $signed(es3_w) - $signed(3'h2);
+  assign \$3748  = $signed(\$3747 ) <= $signed(1'h0);
+  assign \$3749  = $signed(es3_w) - $signed(3'h2);
+  assign \$3750  = \$3749  == 1'h1;
+  assign \$3751  = $signed(es3_w) - $signed(3'h2);
+  assign \$3752  = \$3751  == 2'h2;
+  assign \$3753  = $signed(es3_w) - $signed(3'h2);
+  assign \$3754  = \$3753  == 2'h3;
+  assign \$3755  = $signed(es3_w) - $signed(3'h2);
+  assign \$3756  = $signed(\$3755 ) >= $signed(4'h4);
+  assign \$3757  = r_c_sel[0] ? Rnm1 : 9'h000;
+  assign \$3758  = r_c_sel[1] ? Rf1 : 9'h000;
+  assign \$3759  = \$3757  | \$3758 ;
+  assign \$3760  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$3761  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3762  = \$3760  | \$3761 ;
+  assign \$3763  = \$3759  | \$3762 ;
+  assign \$3764  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$3763  | \$3764 ;
+  assign \$3765  = endv & end_bad;
+  assign \$3766  = ~ any_err;
+  assign \$3767  = \$3765  & \$3766 ;
+  assign \$3769  = k > 1'h0;
+  assign \$3770  = k_cur <= 1'h0;
   assign \$3771  = finish & \$3770 ;
-  assign \$3773  = k > 3'h6;
-  assign \$3774  = k_cur <= 3'h6;
+  assign \$3773  = k > 1'h1;
+  assign \$3774  = k_cur <= 1'h1;
   assign \$3775  = finish & \$3774 ;
-  assign \$3777  = k > 3'h7;
-  assign \$3778  = k_cur <= 3'h7;
+  assign \$3777  = k > 2'h2;
+  assign \$3778  = k_cur <= 2'h2;
   assign \$3779  = finish & \$3778 ;
-  assign \$3780  = ~ any_err;
-  assign \$3781  = short_now & \$3780 ;
-  assign \$3782  = finish & last_row;
-  assign \$3783  = ov & o_lanes__ready;
-  assign \$3784  = { \$3497 [4:0], a_gsel0[0], ws0 } >= cols_r;
-  assign \$3785  = \$signal$155 [0] & \$3784 ;
-  assign \$3786  = { \$3504 [4:0], a_gsel1[0], ws1 } >= cols_r;
-  assign \$3787  = \$signal$155 [1] & \$3786 ;
-  assign \$3788  = { \$3511 [4:0], a_gsel2[0], ws2 } >= cols_r;
-  assign \$3789  = \$signal$155 [2] & \$3788 ;
-  assign \$3790  = { \$3518 [4:0], a_gsel3[0], ws3 } >= cols_r;
-  assign \$3791  = \$signal$155 [3] & \$3790 ;
-  assign \$3792  = { \$3525 [4:0], a_gsel4[0], ws4 } >= cols_r;
-  assign \$3793  = \$signal$155 [4] & \$3792 ;
-  assign \$3794  = { \$3532 [4:0], a_gsel5[0], ws5 } >= cols_r;
-  assign \$3795  = \$signal$155 [5] & \$3794 ;
-  assign \$3796  = { \$3539 [4:0], a_gsel6[0], ws6 } >= cols_r;
-  assign \$3797  = \$signal$155 [6] & \$3796 ;
-  assign \$3798  = { \$3546 [4:0], a_gsel7[0], ws7 } >= cols_r;
-  assign \$3799  = \$signal$155 [7] & \$3798 ;
-  assign \$3800  = \$3783  ? { \$3799 , \$3797 , \$3795 , \$3793 , \$3791 , \$3789 , \$3787 , \$3785  } : 8'h00;
-  assign \$3801  = | pad_l;
-  assign \$3802  = | flush_d;
-  assign \$3803  = $signed(es_bits) > $signed(1'h0);
-  assign \$3804  = $signed(es_bits) <= $signed(8'h40);
-  assign \$3805  = \$3803  & \$3804 ;
-  assign \$3806  = 1'h1 - \$signal$346 ;
-  assign \$3807  = $signed(es_bits) > $signed(8'h40);
-  assign \$3808  = $signed(es_bits) <= $signed(9'h080);
-  assign \$3809  = \$3807  & \$3808 ;
-  assign \$3810  = 2'h2 - \$signal$346 ;
-  assign \$3811  = i_mask__valid & i_mask__ready;
-  assign \$3812  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign \$3813  = ~ \$3812 ;
-  assign \$3815  = ~ \$signal$346 ;
-  assign \$3816  = mbeat1_v & \$3815 ;
-  assign \$3817  = ~ \$3816 ;
-  assign \$3818  = \$signal$346  ? mbeat1_v : mbeat0_v;
-  assign \$3819  = \$3817  & \$3818 ;
-  assign \$3820  = $signed(Rf0) - $signed({ 1'h0, k });
-  assign \$3821  = advance ? \$3820  : { Rf0[8], Rf0 };
-  assign \$3822  = $signed(Rf1) - $signed({ 1'h0, k });
-  assign \$3823  = advance ? \$3822  : { Rf1[8], Rf1 };
-  assign \$3824  = $signed(Rf2) - $signed({ 1'h0, k });
-  assign \$3825  = advance ? \$3824  : { Rf2[8], Rf2 };
-  assign \$3826  = $signed(Rf3) - $signed({ 1'h0, k });
-  assign \$3827  = advance ? \$3826  : { Rf3[8], Rf3 };
-  assign \$3828  = $signed(Rf4) - $signed({ 1'h0, k });
-  assign \$3829  = advance ? \$3828  : { Rf4[8], Rf4 };
-  assign \$3830  = $signed(Rf5) - $signed({ 1'h0, k });
-  assign \$3831  = advance ? \$3830  : { Rf5[8], Rf5 };
-  assign \$3832  = $signed(Rf6) - $signed({ 1'h0, k });
-  assign \$3833  = advance ? \$3832  : { Rf6[8], Rf6 };
-  assign \$3834  = $signed(Rf7) - $signed({ 1'h0, k });
-  assign \$3835  = advance ? \$3834  : { Rf7[8], Rf7 };
-  assign \$3836  = $signed(Rnm1) - $signed({ 1'h0, k });
-  assign \$3837  = advance ? \$3836  : { Rnm1[8], Rnm1 };
-  assign \$3838  = \$3641 [4:0] + 4'h8;
-  assign \$3839  = v_load ? \$3838  : { 1'h0, \$3641 [4:0] };
-  assign \$3840  = advance & takes;
-  assign \$3841  = vpos_n - 4'h8;
-  assign \$3842  = i_value__valid & allow_load;
-  assign \$3843  = ~ \$signal$377 ;
-  assign \$3844  = ~ \$signal$379 ;
-  assign \$3845  = \$signal$377  & \$signal$379 ;
-  assign \$3846  = ~ \$3845 ;
-  assign \$3847  = i_cmd__valid & i_cmd__ready;
-  assign \$3849  = advance & finish;
-  assign \$3850  = rows_left - 1'h1;
-  assign \$3851  = end_ok | end_bad;
-  assign \$3852  = endv & \$3851 ;
-  assign \$3853  = i_cmd__valid & i_cmd__ready;
-  assign \$3860  = \$3857  + \$3859 ;
-  assign \$3863  = stride_w + \$3862 ;
-  assign \$3864  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$3865  = fin ? \$3564 [8:0] : \$3864 ;
-  assign \$3866  = fin ? \$3565 [9:0] : { \$3564 [8], \$3564 [8:0] };
-  assign \$3867  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3868  = fin ? \$3867  : { \$3565 [9], \$3565 [9], \$3565 [9:0] };
-  assign \$3869  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$3870  = $signed(\$3869 ) - $signed({ 1'h0, dsh });
-  assign \$3871  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3872  = fin ? \$3870  : { \$3871 [11], \$3871  };
-  assign \$3873  = finish ? r_b : r_a;
-  assign \$3874  = $signed(\$3873 ) - $signed({ 1'h0, k });
-  assign \$3875  = advance ? \$3874  : { r_a[8], r_a };
-  assign \$3876  = finish ? r_c : r_b;
-  assign \$3877  = $signed(\$3876 ) - $signed({ 1'h0, k });
-  assign \$3878  = advance ? \$3877  : { r_b[8], r_b };
-  assign \$3879  = $signed(\$3565 [9:0]) <= $signed({ 1'h0, \$3669 [2:0] });
-  assign \$3880  = $signed(\$3564 [8:0]) <= $signed({ 1'h0, \$3669 [2:0] });
-  assign \$3881  = fin ? \$3879  : \$3880 ;
-  assign \$3882  = $signed(Rf3) <= $signed({ 1'h0, k });
-  assign \$3883  = $signed(\$3565 [9:0]) > $signed(3'h2);
-  assign \$3884  = $signed(\$3564 [8:0]) > $signed(3'h2);
-  assign \$3885  = finish ? \$3883  : \$3884 ;
-  assign \$3886  = \$3882  & \$3885 ;
-  assign \$3887  = $signed(Rf3) <= $signed(1'h0);
-  assign \$3888  = $signed(\$3564 [8:0]) > $signed(3'h2);
-  assign \$3889  = \$3887  & \$3888 ;
-  assign \$3890  = advance ? \$3886  : \$3889 ;
-  assign \$3891  = mbeat0_vn & \$3890 ;
-  assign \$3892  = o_error_flags | flags;
+  assign \$3781  = k > 2'h3;
+  assign \$3782  = k_cur <= 2'h3;
+  assign \$3783  = finish & \$3782 ;
+  assign \$3785  = k > 3'h4;
+  assign \$3786  = k_cur <= 3'h4;
+  assign \$3787  = finish & \$3786 ;
+  assign \$3789  = k > 3'h5;
+  assign \$3790  = k_cur <= 3'h5;
+  assign \$3791  = finish & \$3790 ;
+  assign \$3793  = k > 3'h6;
+  assign \$3794  = k_cur <= 3'h6;
+  assign \$3795  = finish & \$3794 ;
+  assign \$3797  = k > 3'h7;
+  assign \$3798  = k_cur <= 3'h7;
+  assign \$3799  = finish & \$3798 ;
+  assign \$3800  = ~ any_err;
+  assign \$3801  = short_now & \$3800 ;
+  assign \$3802  = finish & last_row;
+  assign \$3803  = ov & o_lanes__ready;
+  assign \$3804  = { \$3505 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$3805  = \$signal$154 [0] & \$3804 ;
+  assign \$3806  = { \$3512 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$3807  = \$signal$154 [1] & \$3806 ;
+  assign \$3808  = { \$3519 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$3809  = \$signal$154 [2] & \$3808 ;
+  assign \$3810  = { \$3526 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$3811  = \$signal$154 [3] & \$3810 ;
+  assign \$3812  = { \$3533 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$3813  = \$signal$154 [4] & \$3812 ;
+  assign \$3814  = { \$3540 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$3815  = \$signal$154 [5] & \$3814 ;
+  assign \$3816  = { \$3547 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$3817  = \$signal$154 [6] & \$3816 ;
+  assign \$3818  = { \$3554 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$3819  = \$signal$154 [7] & \$3818 ;
+  assign \$3820  = \$3803  ? { \$3819 , \$3817 , \$3815 , \$3813 , \$3811 , \$3809 , \$3807 , \$3805  } : 8'h00;
+  assign \$3821  = | pad_l;
+  assign \$3822  = | flush_d;
+  assign \$3823  = $signed(es_bits) > $signed(1'h0);
+  assign \$3824  = $signed(es_bits) <= $signed(8'h40);
+  assign \$3825  = \$3823  & \$3824 ;
+  assign \$3826  = 1'h1 - \$signal$345 ;
+  assign \$3827  = $signed(es_bits) > $signed(8'h40);
+  assign \$3828  = $signed(es_bits) <= $signed(9'h080);
+  assign \$3829  = \$3827  & \$3828 ;
+  assign \$3830  = 2'h2 - \$signal$345 ;
+  assign \$3831  = i_mask__valid & i_mask__ready;
+  assign \$3832  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign \$3833  = ~ \$3832 ;
+  assign \$3835  = ~ \$signal$345 ;
+  assign \$3836  = mbeat1_v & \$3835 ;
+  assign \$3837  = ~ \$3836 ;
+  assign \$3838  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign \$3839  = \$3837  & \$3838 ;
+  assign \$3840  = $signed(Rf0) - $signed({ 1'h0, k });
+  assign \$3841  = advance ? \$3840  : { Rf0[8], Rf0 };
+  assign \$3842  = $signed(Rf1) - $signed({ 1'h0, k });
+  assign \$3843  = advance ? \$3842  : { Rf1[8], Rf1 };
+  assign \$3844  = $signed(Rf2) - $signed({ 1'h0, k });
+  assign \$3845  = advance ? \$3844  : { Rf2[8], Rf2 };
+  assign \$3846  = $signed(Rf3) - $signed({ 1'h0, k });
+  assign \$3847  = advance ? \$3846  : { Rf3[8], Rf3 };
+  assign \$3848  = $signed(Rf4) - $signed({ 1'h0, k });
+  assign \$3849  = advance ? \$3848  : { Rf4[8], Rf4 };
+  assign \$3850  = $signed(Rf5) - $signed({ 1'h0, k });
+  assign \$3851  = advance ? \$3850  : { Rf5[8], Rf5 };
+  assign \$3852  = $signed(Rf6) - $signed({ 1'h0, k });
+  assign \$3853  = advance ? \$3852  : { Rf6[8], Rf6 };
+  assign \$3854  = $signed(Rf7) - $signed({ 1'h0, k });
+  assign \$3855  = advance ? \$3854  : { Rf7[8], Rf7 };
+  assign \$3856  = $signed(Rnm1) - $signed({ 1'h0, k });
+  assign \$3857  = advance ? \$3856  : { Rnm1[8], Rnm1 };
+  assign \$3858  = \$3661 [4:0] + 4'h8;
+  assign \$3859  = v_load ? \$3858  : { 1'h0, \$3661 [4:0] };
+  assign \$3860  = advance & takes;
+  assign \$3861  = vpos_n - 4'h8;
+  assign \$3862  = i_value__valid & allow_load;
+  assign \$3863  = ~ \$signal$376 ;
+  assign \$3864  = ~ \$signal$378 ;
+  assign \$3865  = \$signal$376  & \$signal$378 ;
+  assign \$3866  = ~ \$3865 ;
+  assign \$3867  = i_cmd__valid & i_cmd__ready;
+  assign \$3869  = advance & finish;
+  assign \$3870  = rows_left - 1'h1;
+  assign \$3871  = end_ok | end_bad;
+  assign \$3872  = endv & \$3871 ;
+  assign \$3873  = i_cmd__valid & i_cmd__ready;
+  assign \$3880  = \$3877  + \$3879 ;
+  assign \$3883  = stride_w + \$3882 ;
+  assign \$3884  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$3885  = fin ? \$3576 [8:0] : \$3884 ;
+  assign \$3886  = fin ? \$3577 [9:0] : { \$3576 [8], \$3576 [8:0] };
+  assign \$3887  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3888  = fin ? \$3887  : { \$3577 [9], \$3577 [9], \$3577 [9:0] };
+  assign \$3889  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$3890  = $signed(\$3889 ) - $signed({ 1'h0, dsh });
+  assign \$3891  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3892  = fin ? \$3890  : { \$3891 [11], \$3891  };
+  assign \$3893  = finish ? r_b : r_a;
+  assign \$3894  = $signed(\$3893 ) - $signed({ 1'h0, k });
+  assign \$3895  = advance ? \$3894  : { r_a[8], r_a };
+  assign \$3896  = finish ? r_c : r_b;
+  assign \$3897  = $signed(\$3896 ) - $signed({ 1'h0, k });
+  assign \$3898  = advance ? \$3897  : { r_b[8], r_b };
+  assign \$3899  = $signed(\$3577 [9:0]) <= $signed({ 1'h0, \$3689 [2:0] });
+  assign \$3900  = $signed(\$3576 [8:0]) <= $signed({ 1'h0, \$3689 [2:0] });
+  assign \$3901  = fin ? \$3899  : \$3900 ;
+  assign \$3902  = $signed(Rf3) <= $signed({ 1'h0, k });
+  assign \$3903  = $signed(\$3577 [9:0]) > $signed(3'h2);
+  assign \$3904  = $signed(\$3576 [8:0]) > $signed(3'h2);
+  assign \$3905  = finish ? \$3903  : \$3904 ;
+  assign \$3906  = \$3902  & \$3905 ;
+  assign \$3907  = $signed(Rf3) <= $signed(1'h0);
+  assign \$3908  = $signed(\$3576 [8:0]) > $signed(3'h2);
+  assign \$3909  = \$3907  & \$3908 ;
+  assign \$3910  = advance ? \$3906  : \$3909 ;
+  assign \$3911  = mbeat0_vn & \$3910 ;
+  assign \$3912  = o_error_flags | flags;
   always @(posedge clk)
-    prime <= \$3893 ;
+    prime <= \$3913 ;
   always @(posedge clk)
-    a_grp0 <= \$3894 ;
+    a_grp0 <= \$3914 ;
   always @(posedge clk)
-    a_gsel0 <= \$3895 ;
+    a_gsel0 <= \$3915 ;
   always @(posedge clk)
-    a_lr0 <= \$3896 ;
+    a_lr0 <= \$3916 ;
   always @(posedge clk)
-    \$signal$155  <= \$3897 ;
+    \$signal$154  <= \$3917 ;
   always @(posedge clk)
-    a_nxt <= \$3898 ;
+    a_nxt <= \$3918 ;
   always @(posedge clk)
-    a_grp1 <= \$3899 ;
+    a_grp1 <= \$3919 ;
   always @(posedge clk)
-    a_gsel1 <= \$3900 ;
+    a_gsel1 <= \$3920 ;
   always @(posedge clk)
-    a_lr1 <= \$3901 ;
+    a_lr1 <= \$3921 ;
   always @(posedge clk)
-    a_grp2 <= \$3902 ;
+    a_grp2 <= \$3922 ;
   always @(posedge clk)
-    a_gsel2 <= \$3903 ;
+    a_gsel2 <= \$3923 ;
   always @(posedge clk)
-    a_lr2 <= \$3904 ;
+    a_lr2 <= \$3924 ;
   always @(posedge clk)
-    a_grp3 <= \$3905 ;
+    a_grp3 <= \$3925 ;
   always @(posedge clk)
-    a_gsel3 <= \$3906 ;
+    a_gsel3 <= \$3926 ;
   always @(posedge clk)
-    a_lr3 <= \$3907 ;
+    a_lr3 <= \$3927 ;
   always @(posedge clk)
-    a_grp4 <= \$3908 ;
+    a_grp4 <= \$3928 ;
   always @(posedge clk)
-    a_gsel4 <= \$3909 ;
+    a_gsel4 <= \$3929 ;
   always @(posedge clk)
-    a_lr4 <= \$3910 ;
+    a_lr4 <= \$3930 ;
   always @(posedge clk)
-    a_grp5 <= \$3911 ;
+    a_grp5 <= \$3931 ;
   always @(posedge clk)
-    a_gsel5 <= \$3912 ;
+    a_gsel5 <= \$3932 ;
   always @(posedge clk)
-    a_lr5 <= \$3913 ;
+    a_lr5 <= \$3933 ;
   always @(posedge clk)
-    a_grp6 <= \$3914 ;
+    a_grp6 <= \$3934 ;
   always @(posedge clk)
-    a_gsel6 <= \$3915 ;
+    a_gsel6 <= \$3935 ;
   always @(posedge clk)
-    a_lr6 <= \$3916 ;
+    a_lr6 <= \$3936 ;
   always @(posedge clk)
-    a_grp7 <= \$3917 ;
+    a_grp7 <= \$3937 ;
   always @(posedge clk)
-    a_gsel7 <= \$3918 ;
+    a_gsel7 <= \$3938 ;
   always @(posedge clk)
-    a_lr7 <= \$3919 ;
+    a_lr7 <= \$3939 ;
   always @(posedge clk)
-    \$signal  <= \$3920 ;
+    \$signal  <= \$3940 ;
   always @(posedge clk)
-    a_es <= \$3921 ;
+    a_es <= \$3941 ;
   always @(posedge clk)
-    short_err <= \$3922 ;
+    short_err <= \$3942 ;
   always @(posedge clk)
-    ov <= \$3923 ;
+    ov <= \$3943 ;
   always @(posedge clk)
-    \$signal$322  <= \$3924 ;
+    \$signal$321  <= \$3944 ;
   always @(posedge clk)
-    a_last <= \$3925 ;
+    a_last <= \$3945 ;
   always @(posedge clk)
-    a_val <= \$3926 ;
+    a_val <= \$3946 ;
   always @(posedge clk)
-    pad_l <= \$3927 ;
+    pad_l <= \$3947 ;
   always @(posedge clk)
-    pad_r <= \$3928 ;
+    pad_r <= \$3948 ;
   always @(posedge clk)
-    flush_d <= \$3929 ;
+    flush_d <= \$3949 ;
   always @(posedge clk)
-    mbuf <= \$3930 ;
+    mbuf <= \$3950 ;
   always @(posedge clk)
-    mbuf_v <= \$3931 ;
+    mbuf_v <= \$3951 ;
   always @(posedge clk)
-    mbeat0 <= \$3932 ;
+    mbeat0 <= \$3952 ;
   always @(posedge clk)
-    mbeat1 <= \$3933 ;
+    mbeat1 <= \$3953 ;
   always @(posedge clk)
-    mbeat0_v <= \$3934 ;
+    mbeat0_v <= \$3954 ;
   always @(posedge clk)
-    mbeat1_v <= \$3935 ;
+    mbeat1_v <= \$3955 ;
   always @(posedge clk)
-    R0 <= \$3936 ;
+    R0 <= \$3956 ;
   always @(posedge clk)
-    R1 <= \$3937 ;
+    R1 <= \$3957 ;
   always @(posedge clk)
-    R2 <= \$3938 ;
+    R2 <= \$3958 ;
   always @(posedge clk)
-    R3 <= \$3939 ;
+    R3 <= \$3959 ;
   always @(posedge clk)
-    R4 <= \$3940 ;
+    R4 <= \$3960 ;
   always @(posedge clk)
-    R5 <= \$3941 ;
+    R5 <= \$3961 ;
   always @(posedge clk)
-    R6 <= \$3942 ;
+    R6 <= \$3962 ;
   always @(posedge clk)
-    R7 <= \$3943 ;
+    R7 <= \$3963 ;
   always @(posedge clk)
-    Rm1 <= \$3944 ;
+    Rm1 <= \$3964 ;
   always @(posedge clk)
-    vavail <= \$3945 ;
+    vavail <= \$3965 ;
   always @(posedge clk)
-    vpos <= \$3946 ;
+    vpos <= \$3966 ;
   always @(posedge clk)
-    vlast_loaded <= \$3947 ;
+    vlast_loaded <= \$3967 ;
   always @(posedge clk)
-    prev_last <= \$3948 ;
+    prev_last <= \$3968 ;
   always @(posedge clk)
-    any_val <= \$3949 ;
+    any_val <= \$3969 ;
   always @(posedge clk)
-    \$signal$308  <= \$3950 ;
+    \$signal$307  <= \$3970 ;
   always @(posedge clk)
-    VB <= \$3951 ;
+    VB <= \$3971 ;
   always @(posedge clk)
-    \$signal$378  <= \$3952 ;
+    \$signal$377  <= \$3972 ;
   always @(posedge clk)
-    \$signal$380  <= \$3953 ;
+    \$signal$379  <= \$3973 ;
   always @(posedge clk)
-    \$signal$382  <= \$3954 ;
+    \$signal$381  <= \$3974 ;
   always @(posedge clk)
-    \$signal$383  <= \$3955 ;
+    \$signal$382  <= \$3975 ;
   always @(posedge clk)
-    running <= \$3956 ;
+    running <= \$3976 ;
   always @(posedge clk)
-    rows_left <= \$3957 ;
+    rows_left <= \$3977 ;
   always @(posedge clk)
-    cols_r <= \$3958 ;
+    cols_r <= \$3978 ;
   always @(posedge clk)
-    stride_w <= \$3959 ;
+    stride_w <= \$3979 ;
   always @(posedge clk)
-    endv <= \$3960 ;
+    endv <= \$3980 ;
   always @(posedge clk)
-    rs_w <= \$3961 ;
+    rs_w <= \$3981 ;
   always @(posedge clk)
-    es_w <= \$3962 ;
+    es_w <= \$3982 ;
   always @(posedge clk)
-    es2_w <= \$3963 ;
+    es2_w <= \$3983 ;
   always @(posedge clk)
-    es3_w <= \$3964 ;
+    es3_w <= \$3984 ;
   always @(posedge clk)
-    has_next <= \$3965 ;
+    has_next <= \$3985 ;
   always @(posedge clk)
-    last_row <= \$3966 ;
+    last_row <= \$3986 ;
   always @(posedge clk)
-    k_cur_full <= \$3967 ;
+    k_cur_full <= \$3987 ;
   always @(posedge clk)
-    k_nxt_full <= \$3968 ;
+    k_nxt_full <= \$3988 ;
   always @(posedge clk)
-    row_complete <= \$3969 ;
+    row_complete <= \$3989 ;
   always @(posedge clk)
-    \$signal$352  <= \$3970 ;
+    \$signal$351  <= \$3990 ;
   always @(posedge clk)
-    o_error_flags <= \$3971 ;
+    o_error_flags <= \$3991 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -12933,37 +12972,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp0[3:0])
       4'h0:
-          \$3491  = 3'h0;
+          \$3499  = 3'h0;
       4'h1:
-          \$3491  = 3'h1;
+          \$3499  = 3'h1;
       4'h2:
-          \$3491  = 3'h1;
+          \$3499  = 3'h1;
       4'h3:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'h4:
-          \$3491  = 3'h1;
+          \$3499  = 3'h1;
       4'h5:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'h6:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'h7:
-          \$3491  = 3'h3;
+          \$3499  = 3'h3;
       4'h8:
-          \$3491  = 3'h1;
+          \$3499  = 3'h1;
       4'h9:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'ha:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'hb:
-          \$3491  = 3'h3;
+          \$3499  = 3'h3;
       4'hc:
-          \$3491  = 3'h2;
+          \$3499  = 3'h2;
       4'hd:
-          \$3491  = 3'h3;
+          \$3499  = 3'h3;
       4'he:
-          \$3491  = 3'h3;
+          \$3499  = 3'h3;
       4'hf:
-          \$3491  = 3'h4;
+          \$3499  = 3'h4;
     endcase
   end
   always @* begin
@@ -12971,37 +13010,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp0[7:4])
       4'h0:
-          \$3492  = 3'h0;
+          \$3500  = 3'h0;
       4'h1:
-          \$3492  = 3'h1;
+          \$3500  = 3'h1;
       4'h2:
-          \$3492  = 3'h1;
+          \$3500  = 3'h1;
       4'h3:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'h4:
-          \$3492  = 3'h1;
+          \$3500  = 3'h1;
       4'h5:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'h6:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'h7:
-          \$3492  = 3'h3;
+          \$3500  = 3'h3;
       4'h8:
-          \$3492  = 3'h1;
+          \$3500  = 3'h1;
       4'h9:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'ha:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'hb:
-          \$3492  = 3'h3;
+          \$3500  = 3'h3;
       4'hc:
-          \$3492  = 3'h2;
+          \$3500  = 3'h2;
       4'hd:
-          \$3492  = 3'h3;
+          \$3500  = 3'h3;
       4'he:
-          \$3492  = 3'h3;
+          \$3500  = 3'h3;
       4'hf:
-          \$3492  = 3'h4;
+          \$3500  = 3'h4;
     endcase
   end
   always @* begin
@@ -13085,37 +13124,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp1[3:0])
       4'h0:
-          \$3498  = 3'h0;
+          \$3506  = 3'h0;
       4'h1:
-          \$3498  = 3'h1;
+          \$3506  = 3'h1;
       4'h2:
-          \$3498  = 3'h1;
+          \$3506  = 3'h1;
       4'h3:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'h4:
-          \$3498  = 3'h1;
+          \$3506  = 3'h1;
       4'h5:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'h6:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'h7:
-          \$3498  = 3'h3;
+          \$3506  = 3'h3;
       4'h8:
-          \$3498  = 3'h1;
+          \$3506  = 3'h1;
       4'h9:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'ha:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'hb:
-          \$3498  = 3'h3;
+          \$3506  = 3'h3;
       4'hc:
-          \$3498  = 3'h2;
+          \$3506  = 3'h2;
       4'hd:
-          \$3498  = 3'h3;
+          \$3506  = 3'h3;
       4'he:
-          \$3498  = 3'h3;
+          \$3506  = 3'h3;
       4'hf:
-          \$3498  = 3'h4;
+          \$3506  = 3'h4;
     endcase
   end
   always @* begin
@@ -13123,37 +13162,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp1[7:4])
       4'h0:
-          \$3499  = 3'h0;
+          \$3507  = 3'h0;
       4'h1:
-          \$3499  = 3'h1;
+          \$3507  = 3'h1;
       4'h2:
-          \$3499  = 3'h1;
+          \$3507  = 3'h1;
       4'h3:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'h4:
-          \$3499  = 3'h1;
+          \$3507  = 3'h1;
       4'h5:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'h6:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'h7:
-          \$3499  = 3'h3;
+          \$3507  = 3'h3;
       4'h8:
-          \$3499  = 3'h1;
+          \$3507  = 3'h1;
       4'h9:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'ha:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'hb:
-          \$3499  = 3'h3;
+          \$3507  = 3'h3;
       4'hc:
-          \$3499  = 3'h2;
+          \$3507  = 3'h2;
       4'hd:
-          \$3499  = 3'h3;
+          \$3507  = 3'h3;
       4'he:
-          \$3499  = 3'h3;
+          \$3507  = 3'h3;
       4'hf:
-          \$3499  = 3'h4;
+          \$3507  = 3'h4;
     endcase
   end
   always @* begin
@@ -13237,37 +13276,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp2[3:0])
       4'h0:
-          \$3505  = 3'h0;
+          \$3513  = 3'h0;
       4'h1:
-          \$3505  = 3'h1;
+          \$3513  = 3'h1;
       4'h2:
-          \$3505  = 3'h1;
+          \$3513  = 3'h1;
       4'h3:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'h4:
-          \$3505  = 3'h1;
+          \$3513  = 3'h1;
       4'h5:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'h6:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'h7:
-          \$3505  = 3'h3;
+          \$3513  = 3'h3;
       4'h8:
-          \$3505  = 3'h1;
+          \$3513  = 3'h1;
       4'h9:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'ha:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'hb:
-          \$3505  = 3'h3;
+          \$3513  = 3'h3;
       4'hc:
-          \$3505  = 3'h2;
+          \$3513  = 3'h2;
       4'hd:
-          \$3505  = 3'h3;
+          \$3513  = 3'h3;
       4'he:
-          \$3505  = 3'h3;
+          \$3513  = 3'h3;
       4'hf:
-          \$3505  = 3'h4;
+          \$3513  = 3'h4;
     endcase
   end
   always @* begin
@@ -13275,37 +13314,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp2[7:4])
       4'h0:
-          \$3506  = 3'h0;
+          \$3514  = 3'h0;
       4'h1:
-          \$3506  = 3'h1;
+          \$3514  = 3'h1;
       4'h2:
-          \$3506  = 3'h1;
+          \$3514  = 3'h1;
       4'h3:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'h4:
-          \$3506  = 3'h1;
+          \$3514  = 3'h1;
       4'h5:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'h6:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'h7:
-          \$3506  = 3'h3;
+          \$3514  = 3'h3;
       4'h8:
-          \$3506  = 3'h1;
+          \$3514  = 3'h1;
       4'h9:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'ha:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'hb:
-          \$3506  = 3'h3;
+          \$3514  = 3'h3;
       4'hc:
-          \$3506  = 3'h2;
+          \$3514  = 3'h2;
       4'hd:
-          \$3506  = 3'h3;
+          \$3514  = 3'h3;
       4'he:
-          \$3506  = 3'h3;
+          \$3514  = 3'h3;
       4'hf:
-          \$3506  = 3'h4;
+          \$3514  = 3'h4;
     endcase
   end
   always @* begin
@@ -13389,37 +13428,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp3[3:0])
       4'h0:
-          \$3512  = 3'h0;
+          \$3520  = 3'h0;
       4'h1:
-          \$3512  = 3'h1;
+          \$3520  = 3'h1;
       4'h2:
-          \$3512  = 3'h1;
+          \$3520  = 3'h1;
       4'h3:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'h4:
-          \$3512  = 3'h1;
+          \$3520  = 3'h1;
       4'h5:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'h6:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'h7:
-          \$3512  = 3'h3;
+          \$3520  = 3'h3;
       4'h8:
-          \$3512  = 3'h1;
+          \$3520  = 3'h1;
       4'h9:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'ha:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'hb:
-          \$3512  = 3'h3;
+          \$3520  = 3'h3;
       4'hc:
-          \$3512  = 3'h2;
+          \$3520  = 3'h2;
       4'hd:
-          \$3512  = 3'h3;
+          \$3520  = 3'h3;
       4'he:
-          \$3512  = 3'h3;
+          \$3520  = 3'h3;
       4'hf:
-          \$3512  = 3'h4;
+          \$3520  = 3'h4;
     endcase
   end
   always @* begin
@@ -13427,37 +13466,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp3[7:4])
       4'h0:
-          \$3513  = 3'h0;
+          \$3521  = 3'h0;
       4'h1:
-          \$3513  = 3'h1;
+          \$3521  = 3'h1;
       4'h2:
-          \$3513  = 3'h1;
+          \$3521  = 3'h1;
       4'h3:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'h4:
-          \$3513  = 3'h1;
+          \$3521  = 3'h1;
       4'h5:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'h6:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'h7:
-          \$3513  = 3'h3;
+          \$3521  = 3'h3;
       4'h8:
-          \$3513  = 3'h1;
+          \$3521  = 3'h1;
       4'h9:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'ha:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'hb:
-          \$3513  = 3'h3;
+          \$3521  = 3'h3;
       4'hc:
-          \$3513  = 3'h2;
+          \$3521  = 3'h2;
       4'hd:
-          \$3513  = 3'h3;
+          \$3521  = 3'h3;
       4'he:
-          \$3513  = 3'h3;
+          \$3521  = 3'h3;
       4'hf:
-          \$3513  = 3'h4;
+          \$3521  = 3'h4;
     endcase
   end
   always @* begin
@@ -13541,37 +13580,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp4[3:0])
       4'h0:
-          \$3519  = 3'h0;
+          \$3527  = 3'h0;
       4'h1:
-          \$3519  = 3'h1;
+          \$3527  = 3'h1;
       4'h2:
-          \$3519  = 3'h1;
+          \$3527  = 3'h1;
       4'h3:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'h4:
-          \$3519  = 3'h1;
+          \$3527  = 3'h1;
       4'h5:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'h6:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'h7:
-          \$3519  = 3'h3;
+          \$3527  = 3'h3;
       4'h8:
-          \$3519  = 3'h1;
+          \$3527  = 3'h1;
       4'h9:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'ha:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'hb:
-          \$3519  = 3'h3;
+          \$3527  = 3'h3;
       4'hc:
-          \$3519  = 3'h2;
+          \$3527  = 3'h2;
       4'hd:
-          \$3519  = 3'h3;
+          \$3527  = 3'h3;
       4'he:
-          \$3519  = 3'h3;
+          \$3527  = 3'h3;
       4'hf:
-          \$3519  = 3'h4;
+          \$3527  = 3'h4;
     endcase
   end
   always @* begin
@@ -13579,37 +13618,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp4[7:4])
       4'h0:
-          \$3520  = 3'h0;
+          \$3528  = 3'h0;
       4'h1:
-          \$3520  = 3'h1;
+          \$3528  = 3'h1;
       4'h2:
-          \$3520  = 3'h1;
+          \$3528  = 3'h1;
       4'h3:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'h4:
-          \$3520  = 3'h1;
+          \$3528  = 3'h1;
       4'h5:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'h6:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'h7:
-          \$3520  = 3'h3;
+          \$3528  = 3'h3;
       4'h8:
-          \$3520  = 3'h1;
+          \$3528  = 3'h1;
       4'h9:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'ha:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'hb:
-          \$3520  = 3'h3;
+          \$3528  = 3'h3;
       4'hc:
-          \$3520  = 3'h2;
+          \$3528  = 3'h2;
       4'hd:
-          \$3520  = 3'h3;
+          \$3528  = 3'h3;
       4'he:
-          \$3520  = 3'h3;
+          \$3528  = 3'h3;
       4'hf:
-          \$3520  = 3'h4;
+          \$3528  = 3'h4;
     endcase
   end
   always @* begin
@@ -13693,37 +13732,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp5[3:0])
       4'h0:
-          \$3526  = 3'h0;
+          \$3534  = 3'h0;
       4'h1:
-          \$3526  = 3'h1;
+          \$3534  = 3'h1;
       4'h2:
-          \$3526  = 3'h1;
+          \$3534  = 3'h1;
       4'h3:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'h4:
-          \$3526  = 3'h1;
+          \$3534  = 3'h1;
       4'h5:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'h6:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'h7:
-          \$3526  = 3'h3;
+          \$3534  = 3'h3;
       4'h8:
-          \$3526  = 3'h1;
+          \$3534  = 3'h1;
       4'h9:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'ha:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'hb:
-          \$3526  = 3'h3;
+          \$3534  = 3'h3;
       4'hc:
-          \$3526  = 3'h2;
+          \$3534  = 3'h2;
       4'hd:
-          \$3526  = 3'h3;
+          \$3534  = 3'h3;
       4'he:
-          \$3526  = 3'h3;
+          \$3534  = 3'h3;
       4'hf:
-          \$3526  = 3'h4;
+          \$3534  = 3'h4;
     endcase
   end
   always @* begin
@@ -13731,37 +13770,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp5[7:4])
       4'h0:
-          \$3527  = 3'h0;
+          \$3535  = 3'h0;
       4'h1:
-          \$3527  = 3'h1;
+          \$3535  = 3'h1;
       4'h2:
-          \$3527  = 3'h1;
+          \$3535  = 3'h1;
       4'h3:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'h4:
-          \$3527  = 3'h1;
+          \$3535  = 3'h1;
       4'h5:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'h6:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'h7:
-          \$3527  = 3'h3;
+          \$3535  = 3'h3;
       4'h8:
-          \$3527  = 3'h1;
+          \$3535  = 3'h1;
       4'h9:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'ha:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'hb:
-          \$3527  = 3'h3;
+          \$3535  = 3'h3;
       4'hc:
-          \$3527  = 3'h2;
+          \$3535  = 3'h2;
       4'hd:
-          \$3527  = 3'h3;
+          \$3535  = 3'h3;
       4'he:
-          \$3527  = 3'h3;
+          \$3535  = 3'h3;
       4'hf:
-          \$3527  = 3'h4;
+          \$3535  = 3'h4;
     endcase
   end
   always @* begin
@@ -13845,37 +13884,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp6[3:0])
       4'h0:
-          \$3533  = 3'h0;
+          \$3541  = 3'h0;
       4'h1:
-          \$3533  = 3'h1;
+          \$3541  = 3'h1;
       4'h2:
-          \$3533  = 3'h1;
+          \$3541  = 3'h1;
       4'h3:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'h4:
-          \$3533  = 3'h1;
+          \$3541  = 3'h1;
       4'h5:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'h6:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'h7:
-          \$3533  = 3'h3;
+          \$3541  = 3'h3;
       4'h8:
-          \$3533  = 3'h1;
+          \$3541  = 3'h1;
       4'h9:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'ha:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'hb:
-          \$3533  = 3'h3;
+          \$3541  = 3'h3;
       4'hc:
-          \$3533  = 3'h2;
+          \$3541  = 3'h2;
       4'hd:
-          \$3533  = 3'h3;
+          \$3541  = 3'h3;
       4'he:
-          \$3533  = 3'h3;
+          \$3541  = 3'h3;
       4'hf:
-          \$3533  = 3'h4;
+          \$3541  = 3'h4;
     endcase
   end
   always @* begin
@@ -13883,37 +13922,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp6[7:4])
       4'h0:
-          \$3534  = 3'h0;
+          \$3542  = 3'h0;
       4'h1:
-          \$3534  = 3'h1;
+          \$3542  = 3'h1;
       4'h2:
-          \$3534  = 3'h1;
+          \$3542  = 3'h1;
       4'h3:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'h4:
-          \$3534  = 3'h1;
+          \$3542  = 3'h1;
       4'h5:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'h6:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'h7:
-          \$3534  = 3'h3;
+          \$3542  = 3'h3;
       4'h8:
-          \$3534  = 3'h1;
+          \$3542  = 3'h1;
       4'h9:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'ha:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'hb:
-          \$3534  = 3'h3;
+          \$3542  = 3'h3;
       4'hc:
-          \$3534  = 3'h2;
+          \$3542  = 3'h2;
       4'hd:
-          \$3534  = 3'h3;
+          \$3542  = 3'h3;
       4'he:
-          \$3534  = 3'h3;
+          \$3542  = 3'h3;
       4'hf:
-          \$3534  = 3'h4;
+          \$3542  = 3'h4;
     endcase
   end
   always @* begin
@@ -13997,37 +14036,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp7[3:0])
       4'h0:
-          \$3540  = 3'h0;
+          \$3548  = 3'h0;
       4'h1:
-          \$3540  = 3'h1;
+          \$3548  = 3'h1;
       4'h2:
-          \$3540  = 3'h1;
+          \$3548  = 3'h1;
       4'h3:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'h4:
-          \$3540  = 3'h1;
+          \$3548  = 3'h1;
       4'h5:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'h6:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'h7:
-          \$3540  = 3'h3;
+          \$3548  = 3'h3;
       4'h8:
-          \$3540  = 3'h1;
+          \$3548  = 3'h1;
       4'h9:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'ha:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'hb:
-          \$3540  = 3'h3;
+          \$3548  = 3'h3;
       4'hc:
-          \$3540  = 3'h2;
+          \$3548  = 3'h2;
       4'hd:
-          \$3540  = 3'h3;
+          \$3548  = 3'h3;
       4'he:
-          \$3540  = 3'h3;
+          \$3548  = 3'h3;
       4'hf:
-          \$3540  = 3'h4;
+          \$3548  = 3'h4;
     endcase
   end
   always @* begin
@@ -14035,37 +14074,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (a_grp7[7:4])
       4'h0:
-          \$3541  = 3'h0;
+          \$3549  = 3'h0;
       4'h1:
-          \$3541  = 3'h1;
+          \$3549  = 3'h1;
       4'h2:
-          \$3541  = 3'h1;
+          \$3549  = 3'h1;
       4'h3:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'h4:
-          \$3541  = 3'h1;
+          \$3549  = 3'h1;
       4'h5:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'h6:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'h7:
-          \$3541  = 3'h3;
+          \$3549  = 3'h3;
       4'h8:
-          \$3541  = 3'h1;
+          \$3549  = 3'h1;
       4'h9:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'ha:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'hb:
-          \$3541  = 3'h3;
+          \$3549  = 3'h3;
       4'hc:
-          \$3541  = 3'h2;
+          \$3549  = 3'h2;
       4'hd:
-          \$3541  = 3'h3;
+          \$3549  = 3'h3;
       4'he:
-          \$3541  = 3'h3;
+          \$3549  = 3'h3;
       4'hf:
-          \$3541  = 3'h4;
+          \$3549  = 3'h4;
     endcase
   end
   always @* begin
@@ -14149,13 +14188,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez ({ mbeat1_vn, mbeat0_vn })
       2'h0:
-          \$3668  = 3'h0;
+          \$3688  = 3'h0;
       2'h1:
-          \$3668  = 3'h1;
+          \$3688  = 3'h1;
       2'h2:
-          \$3668  = 3'h1;
+          \$3688  = 3'h1;
       2'h3:
-          \$3668  = 3'h2;
+          \$3688  = 3'h2;
     endcase
   end
   always @* begin
@@ -14163,37 +14202,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$3748  = 4'h0;
+          \$3768  = 4'h0;
       4'h1:
-          \$3748  = 4'hf;
+          \$3768  = 4'hf;
       4'h2:
-          \$3748  = 4'he;
+          \$3768  = 4'he;
       4'h3:
-          \$3748  = 4'hd;
+          \$3768  = 4'hd;
       4'h4:
-          \$3748  = 4'hc;
+          \$3768  = 4'hc;
       4'h5:
-          \$3748  = 4'hb;
+          \$3768  = 4'hb;
       4'h6:
-          \$3748  = 4'ha;
+          \$3768  = 4'ha;
       4'h7:
-          \$3748  = 4'h9;
+          \$3768  = 4'h9;
       4'h8:
-          \$3748  = 4'h8;
+          \$3768  = 4'h8;
       4'h9:
-          \$3748  = 4'h7;
+          \$3768  = 4'h7;
       4'ha:
-          \$3748  = 4'h6;
+          \$3768  = 4'h6;
       4'hb:
-          \$3748  = 4'h5;
+          \$3768  = 4'h5;
       4'hc:
-          \$3748  = 4'h4;
+          \$3768  = 4'h4;
       4'hd:
-          \$3748  = 4'h3;
+          \$3768  = 4'h3;
       4'he:
-          \$3748  = 4'h2;
+          \$3768  = 4'h2;
       4'hf:
-          \$3748  = 4'h1;
+          \$3768  = 4'h1;
     endcase
   end
   always @* begin
@@ -14201,37 +14240,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$3752  = 4'h1;
+          \$3772  = 4'h1;
       4'h1:
-          \$3752  = 4'h0;
+          \$3772  = 4'h0;
       4'h2:
-          \$3752  = 4'hf;
+          \$3772  = 4'hf;
       4'h3:
-          \$3752  = 4'he;
+          \$3772  = 4'he;
       4'h4:
-          \$3752  = 4'hd;
+          \$3772  = 4'hd;
       4'h5:
-          \$3752  = 4'hc;
+          \$3772  = 4'hc;
       4'h6:
-          \$3752  = 4'hb;
+          \$3772  = 4'hb;
       4'h7:
-          \$3752  = 4'ha;
+          \$3772  = 4'ha;
       4'h8:
-          \$3752  = 4'h9;
+          \$3772  = 4'h9;
       4'h9:
-          \$3752  = 4'h8;
+          \$3772  = 4'h8;
       4'ha:
-          \$3752  = 4'h7;
+          \$3772  = 4'h7;
       4'hb:
-          \$3752  = 4'h6;
+          \$3772  = 4'h6;
       4'hc:
-          \$3752  = 4'h5;
+          \$3772  = 4'h5;
       4'hd:
-          \$3752  = 4'h4;
+          \$3772  = 4'h4;
       4'he:
-          \$3752  = 4'h3;
+          \$3772  = 4'h3;
       4'hf:
-          \$3752  = 4'h2;
+          \$3772  = 4'h2;
     endcase
   end
   always @* begin
@@ -14239,37 +14278,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$3756  = 4'h2;
+          \$3776  = 4'h2;
       4'h1:
-          \$3756  = 4'h1;
+          \$3776  = 4'h1;
       4'h2:
-          \$3756  = 4'h0;
+          \$3776  = 4'h0;
       4'h3:
-          \$3756  = 4'hf;
+          \$3776  = 4'hf;
       4'h4:
-          \$3756  = 4'he;
+          \$3776  = 4'he;
       4'h5:
-          \$3756  = 4'hd;
+          \$3776  = 4'hd;
       4'h6:
-          \$3756  = 4'hc;
+          \$3776  = 4'hc;
       4'h7:
-          \$3756  = 4'hb;
+          \$3776  = 4'hb;
       4'h8:
-          \$3756  = 4'ha;
+          \$3776  = 4'ha;
       4'h9:
-          \$3756  = 4'h9;
+          \$3776  = 4'h9;
       4'ha:
-          \$3756  = 4'h8;
+          \$3776  = 4'h8;
       4'hb:
-          \$3756  = 4'h7;
+          \$3776  = 4'h7;
       4'hc:
-          \$3756  = 4'h6;
+          \$3776  = 4'h6;
       4'hd:
-          \$3756  = 4'h5;
+          \$3776  = 4'h5;
       4'he:
-          \$3756  = 4'h4;
+          \$3776  = 4'h4;
       4'hf:
-          \$3756  = 4'h3;
+          \$3776  = 4'h3;
     endcase
   end
   always @* begin
@@ -14277,37 +14316,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$3760  = 4'h3;
+          \$3780  = 4'h3;
       4'h1:
-          \$3760  = 4'h2;
+          \$3780  = 4'h2;
       4'h2:
-          \$3760  = 4'h1;
+          \$3780  = 4'h1;
       4'h3:
-          \$3760  = 4'h0;
+          \$3780  = 4'h0;
       4'h4:
-          \$3760  = 4'hf;
+          \$3780  = 4'hf;
       4'h5:
-          \$3760  = 4'he;
+          \$3780  = 4'he;
       4'h6:
-          \$3760  = 4'hd;
+          \$3780  = 4'hd;
       4'h7:
-          \$3760  = 4'hc;
+          \$3780  = 4'hc;
       4'h8:
-          \$3760  = 4'hb;
+          \$3780  = 4'hb;
       4'h9:
-          \$3760  = 4'ha;
+          \$3780  = 4'ha;
       4'ha:
-          \$3760  = 4'h9;
+          \$3780  = 4'h9;
       4'hb:
-          \$3760  = 4'h8;
+          \$3780  = 4'h8;
       4'hc:
-          \$3760  = 4'h7;
+          \$3780  = 4'h7;
       4'hd:
-          \$3760  = 4'h6;
+          \$3780  = 4'h6;
       4'he:
-          \$3760  = 4'h5;
+          \$3780  = 4'h5;
       4'hf:
-          \$3760  = 4'h4;
+          \$3780  = 4'h4;
     endcase
   end
   always @* begin
@@ -14315,37 +14354,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$3764  = 4'h4;
+          \$3784  = 4'h4;
       4'h1:
-          \$3764  = 4'h3;
+          \$3784  = 4'h3;
       4'h2:
-          \$3764  = 4'h2;
+          \$3784  = 4'h2;
       4'h3:
-          \$3764  = 4'h1;
+          \$3784  = 4'h1;
       4'h4:
-          \$3764  = 4'h0;
+          \$3784  = 4'h0;
       4'h5:
-          \$3764  = 4'hf;
+          \$3784  = 4'hf;
       4'h6:
-          \$3764  = 4'he;
+          \$3784  = 4'he;
       4'h7:
-          \$3764  = 4'hd;
+          \$3784  = 4'hd;
       4'h8:
-          \$3764  = 4'hc;
+          \$3784  = 4'hc;
       4'h9:
-          \$3764  = 4'hb;
+          \$3784  = 4'hb;
       4'ha:
-          \$3764  = 4'ha;
+          \$3784  = 4'ha;
       4'hb:
-          \$3764  = 4'h9;
+          \$3784  = 4'h9;
       4'hc:
-          \$3764  = 4'h8;
+          \$3784  = 4'h8;
       4'hd:
-          \$3764  = 4'h7;
+          \$3784  = 4'h7;
       4'he:
-          \$3764  = 4'h6;
+          \$3784  = 4'h6;
       4'hf:
-          \$3764  = 4'h5;
+          \$3784  = 4'h5;
     endcase
   end
   always @* begin
@@ -14353,37 +14392,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$3768  = 4'h5;
+          \$3788  = 4'h5;
       4'h1:
-          \$3768  = 4'h4;
+          \$3788  = 4'h4;
       4'h2:
-          \$3768  = 4'h3;
+          \$3788  = 4'h3;
       4'h3:
-          \$3768  = 4'h2;
+          \$3788  = 4'h2;
       4'h4:
-          \$3768  = 4'h1;
+          \$3788  = 4'h1;
       4'h5:
-          \$3768  = 4'h0;
+          \$3788  = 4'h0;
       4'h6:
-          \$3768  = 4'hf;
+          \$3788  = 4'hf;
       4'h7:
-          \$3768  = 4'he;
+          \$3788  = 4'he;
       4'h8:
-          \$3768  = 4'hd;
+          \$3788  = 4'hd;
       4'h9:
-          \$3768  = 4'hc;
+          \$3788  = 4'hc;
       4'ha:
-          \$3768  = 4'hb;
+          \$3788  = 4'hb;
       4'hb:
-          \$3768  = 4'ha;
+          \$3788  = 4'ha;
       4'hc:
-          \$3768  = 4'h9;
+          \$3788  = 4'h9;
       4'hd:
-          \$3768  = 4'h8;
+          \$3788  = 4'h8;
       4'he:
-          \$3768  = 4'h7;
+          \$3788  = 4'h7;
       4'hf:
-          \$3768  = 4'h6;
+          \$3788  = 4'h6;
     endcase
   end
   always @* begin
@@ -14391,37 +14430,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$3772  = 4'h6;
+          \$3792  = 4'h6;
       4'h1:
-          \$3772  = 4'h5;
+          \$3792  = 4'h5;
       4'h2:
-          \$3772  = 4'h4;
+          \$3792  = 4'h4;
       4'h3:
-          \$3772  = 4'h3;
+          \$3792  = 4'h3;
       4'h4:
-          \$3772  = 4'h2;
+          \$3792  = 4'h2;
       4'h5:
-          \$3772  = 4'h1;
+          \$3792  = 4'h1;
       4'h6:
-          \$3772  = 4'h0;
+          \$3792  = 4'h0;
       4'h7:
-          \$3772  = 4'hf;
+          \$3792  = 4'hf;
       4'h8:
-          \$3772  = 4'he;
+          \$3792  = 4'he;
       4'h9:
-          \$3772  = 4'hd;
+          \$3792  = 4'hd;
       4'ha:
-          \$3772  = 4'hc;
+          \$3792  = 4'hc;
       4'hb:
-          \$3772  = 4'hb;
+          \$3792  = 4'hb;
       4'hc:
-          \$3772  = 4'ha;
+          \$3792  = 4'ha;
       4'hd:
-          \$3772  = 4'h9;
+          \$3792  = 4'h9;
       4'he:
-          \$3772  = 4'h8;
+          \$3792  = 4'h8;
       4'hf:
-          \$3772  = 4'h7;
+          \$3792  = 4'h7;
     endcase
   end
   always @* begin
@@ -14429,49 +14468,38 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$3776  = 4'h7;
+          \$3796  = 4'h7;
       4'h1:
-          \$3776  = 4'h6;
+          \$3796  = 4'h6;
       4'h2:
-          \$3776  = 4'h5;
+          \$3796  = 4'h5;
       4'h3:
-          \$3776  = 4'h4;
+          \$3796  = 4'h4;
       4'h4:
-          \$3776  = 4'h3;
+          \$3796  = 4'h3;
       4'h5:
-          \$3776  = 4'h2;
+          \$3796  = 4'h2;
       4'h6:
-          \$3776  = 4'h1;
+          \$3796  = 4'h1;
       4'h7:
-          \$3776  = 4'h0;
+          \$3796  = 4'h0;
       4'h8:
-          \$3776  = 4'hf;
+          \$3796  = 4'hf;
       4'h9:
-          \$3776  = 4'he;
+          \$3796  = 4'he;
       4'ha:
-          \$3776  = 4'hd;
+          \$3796  = 4'hd;
       4'hb:
-          \$3776  = 4'hc;
+          \$3796  = 4'hc;
       4'hc:
-          \$3776  = 4'hb;
+          \$3796  = 4'hb;
       4'hd:
-          \$3776  = 4'ha;
+          \$3796  = 4'ha;
       4'he:
-          \$3776  = 4'h9;
+          \$3796  = 4'h9;
       4'hf:
-          \$3776  = 4'h8;
+          \$3796  = 4'h8;
     endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (next_ok) begin
-      lim_full = k_nxt_full;
-    end else if (row_complete) begin
-      lim_full = k_cur_full;
-    end else begin
-      lim_full = R7;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
@@ -14530,7 +14558,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0lh = 2'h0;
-    casez ({ \$3494 [1:0], a_grp0[7:4] })
+    casez ({ \$3502 [1:0], a_grp0[7:4] })
       6'h02:
           ws0lh = 2'h1;
       6'h13:
@@ -14584,7 +14612,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hl = 2'h0;
-    casez ({ \$3493 [1:0], a_grp0[11:8] })
+    casez ({ \$3501 [1:0], a_grp0[11:8] })
       6'h02:
           ws0hl = 2'h1;
       6'h13:
@@ -14638,7 +14666,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws0hh = 2'h0;
-    casez ({ \$3495 [1:0], a_grp0[15:12] })
+    casez ({ \$3503 [1:0], a_grp0[15:12] })
       6'h02:
           ws0hh = 2'h1;
       6'h13:
@@ -14746,7 +14774,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1lh = 2'h0;
-    casez ({ \$3501 [1:0], a_grp1[7:4] })
+    casez ({ \$3509 [1:0], a_grp1[7:4] })
       6'h02:
           ws1lh = 2'h1;
       6'h13:
@@ -14800,7 +14828,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hl = 2'h0;
-    casez ({ \$3500 [1:0], a_grp1[11:8] })
+    casez ({ \$3508 [1:0], a_grp1[11:8] })
       6'h02:
           ws1hl = 2'h1;
       6'h13:
@@ -14854,7 +14882,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws1hh = 2'h0;
-    casez ({ \$3502 [1:0], a_grp1[15:12] })
+    casez ({ \$3510 [1:0], a_grp1[15:12] })
       6'h02:
           ws1hh = 2'h1;
       6'h13:
@@ -14962,7 +14990,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2lh = 2'h0;
-    casez ({ \$3508 [1:0], a_grp2[7:4] })
+    casez ({ \$3516 [1:0], a_grp2[7:4] })
       6'h02:
           ws2lh = 2'h1;
       6'h13:
@@ -15016,7 +15044,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hl = 2'h0;
-    casez ({ \$3507 [1:0], a_grp2[11:8] })
+    casez ({ \$3515 [1:0], a_grp2[11:8] })
       6'h02:
           ws2hl = 2'h1;
       6'h13:
@@ -15070,7 +15098,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws2hh = 2'h0;
-    casez ({ \$3509 [1:0], a_grp2[15:12] })
+    casez ({ \$3517 [1:0], a_grp2[15:12] })
       6'h02:
           ws2hh = 2'h1;
       6'h13:
@@ -15178,7 +15206,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3lh = 2'h0;
-    casez ({ \$3515 [1:0], a_grp3[7:4] })
+    casez ({ \$3523 [1:0], a_grp3[7:4] })
       6'h02:
           ws3lh = 2'h1;
       6'h13:
@@ -15232,7 +15260,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hl = 2'h0;
-    casez ({ \$3514 [1:0], a_grp3[11:8] })
+    casez ({ \$3522 [1:0], a_grp3[11:8] })
       6'h02:
           ws3hl = 2'h1;
       6'h13:
@@ -15286,7 +15314,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws3hh = 2'h0;
-    casez ({ \$3516 [1:0], a_grp3[15:12] })
+    casez ({ \$3524 [1:0], a_grp3[15:12] })
       6'h02:
           ws3hh = 2'h1;
       6'h13:
@@ -15394,7 +15422,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4lh = 2'h0;
-    casez ({ \$3522 [1:0], a_grp4[7:4] })
+    casez ({ \$3530 [1:0], a_grp4[7:4] })
       6'h02:
           ws4lh = 2'h1;
       6'h13:
@@ -15448,7 +15476,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hl = 2'h0;
-    casez ({ \$3521 [1:0], a_grp4[11:8] })
+    casez ({ \$3529 [1:0], a_grp4[11:8] })
       6'h02:
           ws4hl = 2'h1;
       6'h13:
@@ -15502,7 +15530,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws4hh = 2'h0;
-    casez ({ \$3523 [1:0], a_grp4[15:12] })
+    casez ({ \$3531 [1:0], a_grp4[15:12] })
       6'h02:
           ws4hh = 2'h1;
       6'h13:
@@ -15610,7 +15638,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5lh = 2'h0;
-    casez ({ \$3529 [1:0], a_grp5[7:4] })
+    casez ({ \$3537 [1:0], a_grp5[7:4] })
       6'h02:
           ws5lh = 2'h1;
       6'h13:
@@ -15664,7 +15692,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hl = 2'h0;
-    casez ({ \$3528 [1:0], a_grp5[11:8] })
+    casez ({ \$3536 [1:0], a_grp5[11:8] })
       6'h02:
           ws5hl = 2'h1;
       6'h13:
@@ -15718,7 +15746,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws5hh = 2'h0;
-    casez ({ \$3530 [1:0], a_grp5[15:12] })
+    casez ({ \$3538 [1:0], a_grp5[15:12] })
       6'h02:
           ws5hh = 2'h1;
       6'h13:
@@ -15826,7 +15854,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6lh = 2'h0;
-    casez ({ \$3536 [1:0], a_grp6[7:4] })
+    casez ({ \$3544 [1:0], a_grp6[7:4] })
       6'h02:
           ws6lh = 2'h1;
       6'h13:
@@ -15880,7 +15908,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hl = 2'h0;
-    casez ({ \$3535 [1:0], a_grp6[11:8] })
+    casez ({ \$3543 [1:0], a_grp6[11:8] })
       6'h02:
           ws6hl = 2'h1;
       6'h13:
@@ -15934,7 +15962,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws6hh = 2'h0;
-    casez ({ \$3537 [1:0], a_grp6[15:12] })
+    casez ({ \$3545 [1:0], a_grp6[15:12] })
       6'h02:
           ws6hh = 2'h1;
       6'h13:
@@ -16042,7 +16070,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7lh = 2'h0;
-    casez ({ \$3543 [1:0], a_grp7[7:4] })
+    casez ({ \$3551 [1:0], a_grp7[7:4] })
       6'h02:
           ws7lh = 2'h1;
       6'h13:
@@ -16096,7 +16124,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hl = 2'h0;
-    casez ({ \$3542 [1:0], a_grp7[11:8] })
+    casez ({ \$3550 [1:0], a_grp7[11:8] })
       6'h02:
           ws7hl = 2'h1;
       6'h13:
@@ -16150,7 +16178,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     ws7hh = 2'h0;
-    casez ({ \$3544 [1:0], a_grp7[15:12] })
+    casez ({ \$3552 [1:0], a_grp7[15:12] })
       6'h02:
           ws7hh = 2'h1;
       6'h13:
@@ -16207,7 +16235,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -16215,7 +16243,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$346 ) begin
+      if (\$signal$345 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -16226,7 +16254,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
@@ -16234,7 +16262,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$346 ) begin
+      if (\$signal$345 ) begin
         mbeat1_n = 92'h00000000000000000000000;
       end
     end
@@ -16245,7 +16273,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -16253,7 +16281,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$346 ) begin
+      if (\$signal$345 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -16264,7 +16292,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -16272,7 +16300,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$346 ) begin
+      if (\$signal$345 ) begin
         mbeat1_nv = 1'h0;
       end
     end
@@ -16282,8 +16310,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs0 = R0;
     if (any_err) begin
       Rs0 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs0 = \$3567 [8:0];
+    end else if (\$3578 ) begin
+      Rs0 = \$3579 [8:0];
     end
   end
   always @* begin
@@ -16291,8 +16319,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs1 = R1;
     if (any_err) begin
       Rs1 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs1 = \$3568 [8:0];
+    end else if (\$3578 ) begin
+      Rs1 = \$3580 [8:0];
     end
   end
   always @* begin
@@ -16300,8 +16328,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs2 = R2;
     if (any_err) begin
       Rs2 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs2 = \$3569 [8:0];
+    end else if (\$3578 ) begin
+      Rs2 = \$3581 [8:0];
     end
   end
   always @* begin
@@ -16309,8 +16337,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs3 = R3;
     if (any_err) begin
       Rs3 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs3 = \$3570 [8:0];
+    end else if (\$3578 ) begin
+      Rs3 = \$3582 [8:0];
     end
   end
   always @* begin
@@ -16318,8 +16346,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs4 = R4;
     if (any_err) begin
       Rs4 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs4 = \$3572 [8:0];
+    end else if (\$3578 ) begin
+      Rs4 = \$3584 [8:0];
     end
   end
   always @* begin
@@ -16327,8 +16355,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs5 = R5;
     if (any_err) begin
       Rs5 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs5 = \$3573 [8:0];
+    end else if (\$3578 ) begin
+      Rs5 = \$3585 [8:0];
     end
   end
   always @* begin
@@ -16336,8 +16364,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs6 = R6;
     if (any_err) begin
       Rs6 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs6 = \$3574 [8:0];
+    end else if (\$3578 ) begin
+      Rs6 = \$3586 [8:0];
     end
   end
   always @* begin
@@ -16345,8 +16373,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs7 = R7;
     if (any_err) begin
       Rs7 = 9'h000;
-    end else if (\$3566 ) begin
-      Rs7 = \$3575 [8:0];
+    end else if (\$3578 ) begin
+      Rs7 = \$3587 [8:0];
     end
   end
   always @* begin
@@ -16354,7 +16382,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rsm1 = Rm1;
     if (any_err) begin
       Rsm1 = 9'h000;
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
       Rsm1 = 9'h000;
     end
   end
@@ -16362,26 +16390,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 9'h000;
     if (any_err) begin
-    end else if (\$3566 ) begin
-      fresh0 = \$3571 [8:0];
+    end else if (\$3578 ) begin
+      fresh0 = \$3583 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$346  = 1'h0;
+    \$signal$345  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$3566 ) begin
+    end else if (\$3578 ) begin
     end else begin
-      \$signal$346  = \$3578 ;
+      \$signal$345  = \$3590 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rn0;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf0 = \$3594 [8:0];
+      if (\$3605 ) begin
+        Rf0 = \$3606 [8:0];
       end
     end
   end
@@ -16389,8 +16417,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rn1;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf1 = \$3595 [8:0];
+      if (\$3605 ) begin
+        Rf1 = \$3607 [8:0];
       end
     end
   end
@@ -16398,8 +16426,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rn2;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf2 = \$3596 [8:0];
+      if (\$3605 ) begin
+        Rf2 = \$3608 [8:0];
       end
     end
   end
@@ -16407,8 +16435,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rn3;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf3 = \$3597 [8:0];
+      if (\$3605 ) begin
+        Rf3 = \$3609 [8:0];
       end
     end
   end
@@ -16416,11 +16444,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rn4;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf4 = \$3598 [8:0];
+      if (\$3605 ) begin
+        Rf4 = \$3610 [8:0];
       end
-      if (\$3606 ) begin
-        Rf4 = \$3607 [8:0];
+      if (\$3618 ) begin
+        Rf4 = \$3619 [8:0];
       end
     end
   end
@@ -16428,11 +16456,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rn5;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf5 = \$3599 [8:0];
+      if (\$3605 ) begin
+        Rf5 = \$3611 [8:0];
       end
-      if (\$3606 ) begin
-        Rf5 = \$3608 [8:0];
+      if (\$3618 ) begin
+        Rf5 = \$3620 [8:0];
       end
     end
   end
@@ -16440,11 +16468,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rn6;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf6 = \$3600 [8:0];
+      if (\$3605 ) begin
+        Rf6 = \$3612 [8:0];
       end
-      if (\$3606 ) begin
-        Rf6 = \$3609 [8:0];
+      if (\$3618 ) begin
+        Rf6 = \$3621 [8:0];
       end
     end
   end
@@ -16452,59 +16480,59 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rn7;
     if (take_buf) begin
-      if (\$3593 ) begin
-        Rf7 = \$3601 [8:0];
+      if (\$3605 ) begin
+        Rf7 = \$3613 [8:0];
       end
-      if (\$3606 ) begin
-        Rf7 = \$3610 [8:0];
+      if (\$3618 ) begin
+        Rf7 = \$3622 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$375  = \$signal$308 ;
+    \$signal$374  = \$signal$307 ;
     if (v_clear) begin
-    end else if (\$3642 ) begin
-      if (\$signal$388 ) begin
-        \$signal$375  = VB;
+    end else if (\$3662 ) begin
+      if (\$signal$387 ) begin
+        \$signal$374  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$377  = \$signal$378 ;
+    \$signal$376  = \$signal$377 ;
     if (v_clear) begin
-      \$signal$377  = 1'h0;
-    end else if (\$3642 ) begin
-      if (\$signal$388 ) begin
-        \$signal$377  = \$signal$380 ;
+      \$signal$376  = 1'h0;
+    end else if (\$3662 ) begin
+      if (\$signal$387 ) begin
+        \$signal$376  = \$signal$379 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$379  = \$signal$380 ;
+    \$signal$378  = \$signal$379 ;
     if (v_clear) begin
-      \$signal$379  = 1'h0;
-    end else if (\$3642 ) begin
-      if (\$signal$388 ) begin
-        \$signal$379  = 1'h0;
+      \$signal$378  = 1'h0;
+    end else if (\$3662 ) begin
+      if (\$signal$387 ) begin
+        \$signal$378  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$381  = \$signal$382 ;
+    \$signal$380  = \$signal$381 ;
     if (v_clear) begin
-    end else if (\$3642 ) begin
-      if (\$signal$388 ) begin
-        \$signal$381  = \$signal$383 ;
+    end else if (\$3662 ) begin
+      if (\$signal$387 ) begin
+        \$signal$380  = \$signal$382 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$3611 ;
+    allow_load = \$3623 ;
     if (v_clear) begin
       allow_load = 1'h0;
     end
@@ -16513,300 +16541,86 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$3621 ;
+      end_ok = \$3641 ;
     end else begin
-      end_ok = \$3632 ;
+      end_ok = \$3652 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$3629 ;
+      end_bad = \$3649 ;
     end else begin
-      end_bad = \$3636 ;
+      end_bad = \$3656 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$400  = \$3647 ;
-    if (\$3656 ) begin
-      \$signal$400  = \$3660 ;
+    \$signal$399  = \$3667 ;
+    if (\$3676 ) begin
+      \$signal$399  = \$3680 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$3650 ;
-    if (\$3656 ) begin
-      lr_n = \$3661 ;
+    lr_n = \$3670 ;
+    if (\$3676 ) begin
+      lr_n = \$3681 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$3656 ) begin
-      stride = \$3659 ;
+    if (\$3676 ) begin
+      stride = \$3679 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 5'h00;
-    if (\$3670 ) begin
-      r_a_sel = { \$3675 , \$3674 , \$3673 , \$3672 , \$3671  };
+    if (\$3690 ) begin
+      r_a_sel = { \$3695 , \$3694 , \$3693 , \$3692 , \$3691  };
     end
-    if (\$3676 ) begin
-      r_a_sel = { \$3686 , \$3684 , \$3682 , \$3680 , \$3678  };
+    if (\$3696 ) begin
+      r_a_sel = { \$3706 , \$3704 , \$3702 , \$3700 , \$3698  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 5'h00;
-    if (\$3695 ) begin
-      r_b_sel = { \$3700 , \$3699 , \$3698 , \$3697 , \$3696  };
+    if (\$3715 ) begin
+      r_b_sel = { \$3720 , \$3719 , \$3718 , \$3717 , \$3716  };
     end
-    if (\$3701 ) begin
-      r_b_sel = { \$3711 , \$3709 , \$3707 , \$3705 , \$3703  };
+    if (\$3721 ) begin
+      r_b_sel = { \$3731 , \$3729 , \$3727 , \$3725 , \$3723  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 5'h00;
-    if (\$3720 ) begin
-      r_c_sel = { \$3725 , \$3724 , \$3723 , \$3722 , \$3721  };
+    if (\$3740 ) begin
+      r_c_sel = { \$3745 , \$3744 , \$3743 , \$3742 , \$3741  };
     end
-    if (\$3726 ) begin
-      r_c_sel = { \$3736 , \$3734 , \$3732 , \$3730 , \$3728  };
+    if (\$3746 ) begin
+      r_c_sel = { \$3756 , \$3754 , \$3752 , \$3750 , \$3748  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3893  = 1'h0;
-    if (\$3847 ) begin
-      \$3893  = 1'h1;
+    \$3913  = 1'h0;
+    if (\$3867 ) begin
+      \$3913  = 1'h1;
     end
     if (rst) begin
-      \$3893  = 1'h0;
+      \$3913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3894  = a_grp0;
+    \$3914  = a_grp0;
     if (rdy_a) begin
-      \$3894  = grp0;
-    end
-    if (rst) begin
-      \$3894  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3895  = a_gsel0;
-    if (rdy_a) begin
-      \$3895  = gsel0;
-    end
-    if (rst) begin
-      \$3895  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3896  = a_lr0;
-    if (rdy_a) begin
-      \$3896  = \$3748 ;
-    end
-    if (rst) begin
-      \$3896  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3897  = \$signal$155 ;
-    if (rdy_a) begin
-      \$3897 [0] = \$3749 ;
-      \$3897 [1] = \$3753 ;
-      \$3897 [2] = \$3757 ;
-      \$3897 [3] = \$3761 ;
-      \$3897 [4] = \$3765 ;
-      \$3897 [5] = \$3769 ;
-      \$3897 [6] = \$3773 ;
-      \$3897 [7] = \$3777 ;
-    end
-    if (rst) begin
-      \$3897  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3898  = a_nxt;
-    if (rdy_a) begin
-      \$3898 [0] = \$3751 ;
-      \$3898 [1] = \$3755 ;
-      \$3898 [2] = \$3759 ;
-      \$3898 [3] = \$3763 ;
-      \$3898 [4] = \$3767 ;
-      \$3898 [5] = \$3771 ;
-      \$3898 [6] = \$3775 ;
-      \$3898 [7] = \$3779 ;
-    end
-    if (rst) begin
-      \$3898  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3899  = a_grp1;
-    if (rdy_a) begin
-      \$3899  = grp1;
-    end
-    if (rst) begin
-      \$3899  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3900  = a_gsel1;
-    if (rdy_a) begin
-      \$3900  = gsel1;
-    end
-    if (rst) begin
-      \$3900  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3901  = a_lr1;
-    if (rdy_a) begin
-      \$3901  = \$3752 ;
-    end
-    if (rst) begin
-      \$3901  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3902  = a_grp2;
-    if (rdy_a) begin
-      \$3902  = grp2;
-    end
-    if (rst) begin
-      \$3902  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3903  = a_gsel2;
-    if (rdy_a) begin
-      \$3903  = gsel2;
-    end
-    if (rst) begin
-      \$3903  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3904  = a_lr2;
-    if (rdy_a) begin
-      \$3904  = \$3756 ;
-    end
-    if (rst) begin
-      \$3904  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3905  = a_grp3;
-    if (rdy_a) begin
-      \$3905  = grp3;
-    end
-    if (rst) begin
-      \$3905  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3906  = a_gsel3;
-    if (rdy_a) begin
-      \$3906  = gsel3;
-    end
-    if (rst) begin
-      \$3906  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3907  = a_lr3;
-    if (rdy_a) begin
-      \$3907  = \$3760 ;
-    end
-    if (rst) begin
-      \$3907  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3908  = a_grp4;
-    if (rdy_a) begin
-      \$3908  = grp4;
-    end
-    if (rst) begin
-      \$3908  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3909  = a_gsel4;
-    if (rdy_a) begin
-      \$3909  = gsel4;
-    end
-    if (rst) begin
-      \$3909  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3910  = a_lr4;
-    if (rdy_a) begin
-      \$3910  = \$3764 ;
-    end
-    if (rst) begin
-      \$3910  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3911  = a_grp5;
-    if (rdy_a) begin
-      \$3911  = grp5;
-    end
-    if (rst) begin
-      \$3911  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3912  = a_gsel5;
-    if (rdy_a) begin
-      \$3912  = gsel5;
-    end
-    if (rst) begin
-      \$3912  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3913  = a_lr5;
-    if (rdy_a) begin
-      \$3913  = \$3768 ;
-    end
-    if (rst) begin
-      \$3913  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3914  = a_grp6;
-    if (rdy_a) begin
-      \$3914  = grp6;
+      \$3914  = grp0;
     end
     if (rst) begin
       \$3914  = 16'h0000;
@@ -16814,9 +16628,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3915  = a_gsel6;
+    \$3915  = a_gsel0;
     if (rdy_a) begin
-      \$3915  = gsel6;
+      \$3915  = gsel0;
     end
     if (rst) begin
       \$3915  = 3'h0;
@@ -16824,9 +16638,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3916  = a_lr6;
+    \$3916  = a_lr0;
     if (rdy_a) begin
-      \$3916  = \$3772 ;
+      \$3916  = \$3768 ;
     end
     if (rst) begin
       \$3916  = 4'h0;
@@ -16834,439 +16648,406 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3917  = a_grp7;
+    \$3917  = \$signal$154 ;
     if (rdy_a) begin
-      \$3917  = grp7;
+      \$3917 [0] = \$3769 ;
+      \$3917 [1] = \$3773 ;
+      \$3917 [2] = \$3777 ;
+      \$3917 [3] = \$3781 ;
+      \$3917 [4] = \$3785 ;
+      \$3917 [5] = \$3789 ;
+      \$3917 [6] = \$3793 ;
+      \$3917 [7] = \$3797 ;
     end
     if (rst) begin
-      \$3917  = 16'h0000;
+      \$3917  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3918  = a_gsel7;
+    \$3918  = a_nxt;
     if (rdy_a) begin
-      \$3918  = gsel7;
+      \$3918 [0] = \$3771 ;
+      \$3918 [1] = \$3775 ;
+      \$3918 [2] = \$3779 ;
+      \$3918 [3] = \$3783 ;
+      \$3918 [4] = \$3787 ;
+      \$3918 [5] = \$3791 ;
+      \$3918 [6] = \$3795 ;
+      \$3918 [7] = \$3799 ;
     end
     if (rst) begin
-      \$3918  = 3'h0;
+      \$3918  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3919  = a_lr7;
+    \$3919  = a_grp1;
     if (rdy_a) begin
-      \$3919  = \$3776 ;
+      \$3919  = grp1;
     end
     if (rst) begin
-      \$3919  = 4'h0;
+      \$3919  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3920  = \$signal ;
+    \$3920  = a_gsel1;
     if (rdy_a) begin
-      \$3920  = rs_w[4:0];
+      \$3920  = gsel1;
     end
     if (rst) begin
-      \$3920  = 5'h00;
+      \$3920  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3921  = a_es;
+    \$3921  = a_lr1;
     if (rdy_a) begin
-      \$3921  = es_w[4:0];
+      \$3921  = \$3772 ;
     end
     if (rst) begin
-      \$3921  = 5'h00;
+      \$3921  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3922  = \$3781 ;
+    \$3922  = a_grp2;
+    if (rdy_a) begin
+      \$3922  = grp2;
+    end
     if (rst) begin
-      \$3922  = 1'h0;
+      \$3922  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3923  = ov;
+    \$3923  = a_gsel2;
     if (rdy_a) begin
-      \$3923  = emit;
+      \$3923  = gsel2;
+    end
+    if (rst) begin
+      \$3923  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3924  = a_lr2;
+    if (rdy_a) begin
+      \$3924  = \$3776 ;
+    end
+    if (rst) begin
+      \$3924  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3925  = a_grp3;
+    if (rdy_a) begin
+      \$3925  = grp3;
+    end
+    if (rst) begin
+      \$3925  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3926  = a_gsel3;
+    if (rdy_a) begin
+      \$3926  = gsel3;
+    end
+    if (rst) begin
+      \$3926  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3927  = a_lr3;
+    if (rdy_a) begin
+      \$3927  = \$3780 ;
+    end
+    if (rst) begin
+      \$3927  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3928  = a_grp4;
+    if (rdy_a) begin
+      \$3928  = grp4;
+    end
+    if (rst) begin
+      \$3928  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3929  = a_gsel4;
+    if (rdy_a) begin
+      \$3929  = gsel4;
+    end
+    if (rst) begin
+      \$3929  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3930  = a_lr4;
+    if (rdy_a) begin
+      \$3930  = \$3784 ;
+    end
+    if (rst) begin
+      \$3930  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3931  = a_grp5;
+    if (rdy_a) begin
+      \$3931  = grp5;
+    end
+    if (rst) begin
+      \$3931  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3932  = a_gsel5;
+    if (rdy_a) begin
+      \$3932  = gsel5;
+    end
+    if (rst) begin
+      \$3932  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3933  = a_lr5;
+    if (rdy_a) begin
+      \$3933  = \$3788 ;
+    end
+    if (rst) begin
+      \$3933  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3934  = a_grp6;
+    if (rdy_a) begin
+      \$3934  = grp6;
+    end
+    if (rst) begin
+      \$3934  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3935  = a_gsel6;
+    if (rdy_a) begin
+      \$3935  = gsel6;
+    end
+    if (rst) begin
+      \$3935  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3936  = a_lr6;
+    if (rdy_a) begin
+      \$3936  = \$3792 ;
+    end
+    if (rst) begin
+      \$3936  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3937  = a_grp7;
+    if (rdy_a) begin
+      \$3937  = grp7;
+    end
+    if (rst) begin
+      \$3937  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3938  = a_gsel7;
+    if (rdy_a) begin
+      \$3938  = gsel7;
+    end
+    if (rst) begin
+      \$3938  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3939  = a_lr7;
+    if (rdy_a) begin
+      \$3939  = \$3796 ;
+    end
+    if (rst) begin
+      \$3939  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3940  = \$signal ;
+    if (rdy_a) begin
+      \$3940  = rs_w[4:0];
+    end
+    if (rst) begin
+      \$3940  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3941  = a_es;
+    if (rdy_a) begin
+      \$3941  = es_w[4:0];
+    end
+    if (rst) begin
+      \$3941  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3942  = \$3801 ;
+    if (rst) begin
+      \$3942  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3943  = ov;
+    if (rdy_a) begin
+      \$3943  = emit;
     end
     if (any_err) begin
-      \$3923  = 1'h0;
+      \$3943  = 1'h0;
     end
     if (rst) begin
-      \$3923  = 1'h0;
+      \$3943  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3924  = \$signal$322 ;
+    \$3944  = \$signal$321 ;
     if (rdy_a) begin
-      \$3924  = finish;
+      \$3944  = finish;
     end
     if (rst) begin
-      \$3924  = 1'h0;
+      \$3944  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3925  = a_last;
+    \$3945  = a_last;
     if (rdy_a) begin
-      \$3925  = \$3782 ;
+      \$3945  = \$3802 ;
     end
     if (rst) begin
-      \$3925  = 1'h0;
+      \$3945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3926  = a_val;
+    \$3946  = a_val;
     if (rdy_a) begin
-      \$3926  = vsh0;
+      \$3946  = vsh0;
     end
     if (rst) begin
-      \$3926  = 64'h0000000000000000;
+      \$3946  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3927  = \$3800 ;
+    \$3947  = \$3820 ;
     if (rst) begin
-      \$3927  = 8'h00;
+      \$3947  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3928  = \$3801 ;
+    \$3948  = \$3821 ;
     if (rst) begin
-      \$3928  = 1'h0;
+      \$3948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3929  = flush_d;
+    \$3949  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$3929  = 2'h0;
-    end else if (\$3802 ) begin
-      \$3929  = 2'h0;
+      \$3949  = 2'h0;
+    end else if (\$3822 ) begin
+      \$3949  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$3805 ) begin
-          \$3929  = \$3806 ;
+        if (\$3825 ) begin
+          \$3949  = \$3826 ;
         end
-        if (\$3809 ) begin
-          \$3929  = \$3810 [1:0];
+        if (\$3829 ) begin
+          \$3949  = \$3830 [1:0];
         end
       end
     end
     if (rst) begin
-      \$3929  = 2'h0;
+      \$3949  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3930  = mbuf;
-    if (\$3811 ) begin
-      \$3930  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
+    \$3950  = mbuf;
+    if (\$3831 ) begin
+      \$3950  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
-      \$3930  = 92'h00000000000000000000000;
+      \$3950  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3931  = mbuf_v;
-    if (\$3811 ) begin
-      \$3931  = 1'h1;
+    \$3951  = mbuf_v;
+    if (\$3831 ) begin
+      \$3951  = 1'h1;
     end else if (take_buf) begin
-      \$3931  = 1'h0;
+      \$3951  = 1'h0;
     end
     if (rst) begin
-      \$3931  = 1'h0;
+      \$3951  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3932  = mbeat0_n;
+    \$3952  = mbeat0_n;
     if (take_buf) begin
-      if (\$3814 ) begin
-        \$3932  = mbuf;
+      if (\$3834 ) begin
+        \$3952  = mbuf;
       end
     end
     if (rst) begin
-      \$3932  = 92'h00000000000000000000000;
+      \$3952  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3933  = mbeat1_n;
+    \$3953  = mbeat1_n;
     if (take_buf) begin
-      if (\$3819 ) begin
-        \$3933  = mbuf;
+      if (\$3839 ) begin
+        \$3953  = mbuf;
       end
     end
     if (rst) begin
-      \$3933  = 92'h00000000000000000000000;
+      \$3953  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3934  = mbeat0_nv;
+    \$3954  = mbeat0_nv;
     if (take_buf) begin
-      if (\$3814 ) begin
-        \$3934  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3934  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3935  = mbeat1_nv;
-    if (take_buf) begin
-      if (\$3819 ) begin
-        \$3935  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3935  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3936  = Rs0;
-    end else begin
-      \$3936  = \$3821 [8:0];
-    end
-    if (rst) begin
-      \$3936  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3937  = Rs1;
-    end else begin
-      \$3937  = \$3823 [8:0];
-    end
-    if (rst) begin
-      \$3937  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3938  = Rs2;
-    end else begin
-      \$3938  = \$3825 [8:0];
-    end
-    if (rst) begin
-      \$3938  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3939  = Rs3;
-    end else begin
-      \$3939  = \$3827 [8:0];
-    end
-    if (rst) begin
-      \$3939  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3940  = Rs4;
-    end else begin
-      \$3940  = \$3829 [8:0];
-    end
-    if (rst) begin
-      \$3940  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3941  = Rs5;
-    end else begin
-      \$3941  = \$3831 [8:0];
-    end
-    if (rst) begin
-      \$3941  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3942  = Rs6;
-    end else begin
-      \$3942  = \$3833 [8:0];
-    end
-    if (rst) begin
-      \$3942  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3943  = Rs7;
-    end else begin
-      \$3943  = \$3835 [8:0];
-    end
-    if (rst) begin
-      \$3943  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3944  = Rsm1;
-    end else begin
-      \$3944  = \$3837 [8:0];
-    end
-    if (rst) begin
-      \$3944  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3945  = \$3839 [4:0];
-    if (rst) begin
-      \$3945  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3946  = vpos;
-    if (v_clear) begin
-      \$3946  = 3'h0;
-    end else if (\$3840 ) begin
-      (* full_case = 32'd1 *)
-      if (\$signal$388 ) begin
-        \$3946  = \$3841 [2:0];
-      end else begin
-        \$3946  = vpos_n[2:0];
-      end
-    end
-    if (rst) begin
-      \$3946  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3947  = vlast_loaded;
-    if (v_clear) begin
-      \$3947  = 1'h0;
-    end
-    if (\$3842 ) begin
-      if (\$3846 ) begin
-        \$3947  = i_value__payload[64];
-      end
-    end
-    if (rst) begin
-      \$3947  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3948  = prev_last;
-    if (v_clear) begin
-      \$3948  = 1'h0;
-    end else if (\$3840 ) begin
-      if (\$signal$388 ) begin
-        \$3948  = \$signal$382 ;
-      end
-    end
-    if (rst) begin
-      \$3948  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3949  = any_val;
-    if (v_clear) begin
-      \$3949  = 1'h0;
-    end else if (\$3840 ) begin
-      \$3949  = 1'h1;
-    end
-    if (rst) begin
-      \$3949  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3950  = \$signal$375 ;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-        \$3950  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3950  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3951  = VB;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-      end else if (\$3844 ) begin
-        \$3951  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3951  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3952  = \$signal$377 ;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-        \$3952  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3952  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3953  = \$signal$379 ;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-      end else if (\$3844 ) begin
-        \$3953  = 1'h1;
-      end
-    end
-    if (rst) begin
-      \$3953  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3954  = \$signal$381 ;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-        \$3954  = i_value__payload[64];
+      if (\$3834 ) begin
+        \$3954  = 1'h1;
       end
     end
     if (rst) begin
@@ -17275,11 +17056,10 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3955  = \$signal$383 ;
-    if (\$3842 ) begin
-      if (\$3843 ) begin
-      end else if (\$3844 ) begin
-        \$3955  = i_value__payload[64];
+    \$3955  = mbeat1_nv;
+    if (take_buf) begin
+      if (\$3839 ) begin
+        \$3955  = 1'h1;
       end
     end
     if (rst) begin
@@ -17288,92 +17068,83 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3956  = running;
-    if (\$3847 ) begin
-      \$3956  = 1'h1;
-    end
-    if (mat_end) begin
-      \$3956  = 1'h0;
-    end
-    if (any_err) begin
-      \$3956  = 1'h0;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3956  = Rs0;
+    end else begin
+      \$3956  = \$3841 [8:0];
     end
     if (rst) begin
-      \$3956  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3957  = rows_left;
-    if (\$3847 ) begin
-      \$3957  = i_cmd__payload[15:0];
-    end
-    if (\$3849 ) begin
-      \$3957  = \$3850 [15:0];
-    end
-    if (rst) begin
-      \$3957  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3958  = cols_r;
-    if (\$3847 ) begin
-      \$3958  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$3958  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3959  = stride_w;
-    if (\$3847 ) begin
-      \$3959  = \$3848 [6:0];
-    end
-    if (rst) begin
-      \$3959  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3960  = endv;
-    if (mat_end) begin
-      \$3960  = 1'h1;
-    end
-    if (\$3852 ) begin
-      \$3960  = 1'h0;
-    end
-    if (any_err) begin
-      \$3960  = 1'h0;
-    end
-    if (rst) begin
-      \$3960  = 1'h0;
+      \$3956  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3853 ) begin
-      \$3961  = 8'h00;
-    end else if (any_err) begin
-      \$3961  = 8'h00;
+    if (special) begin
+      \$3957  = Rs1;
     end else begin
-      \$3961  = \$3865 [7:0];
+      \$3957  = \$3843 [8:0];
     end
     if (rst) begin
-      \$3961  = 8'h00;
+      \$3957  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3853 ) begin
-      \$3962  = \$3854 [8:0];
-    end else if (any_err) begin
-      \$3962  = { 2'h0, stride_w };
+    if (special) begin
+      \$3958  = Rs2;
     end else begin
-      \$3962  = \$3866 [8:0];
+      \$3958  = \$3845 [8:0];
+    end
+    if (rst) begin
+      \$3958  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3959  = Rs3;
+    end else begin
+      \$3959  = \$3847 [8:0];
+    end
+    if (rst) begin
+      \$3959  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3960  = Rs4;
+    end else begin
+      \$3960  = \$3849 [8:0];
+    end
+    if (rst) begin
+      \$3960  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3961  = Rs5;
+    end else begin
+      \$3961  = \$3851 [8:0];
+    end
+    if (rst) begin
+      \$3961  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3962  = Rs6;
+    end else begin
+      \$3962  = \$3853 [8:0];
     end
     if (rst) begin
       \$3962  = 9'h000;
@@ -17382,78 +17153,335 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3853 ) begin
-      \$3963  = \$3856 [9:0];
-    end else if (any_err) begin
-      \$3963  = { 2'h0, \$3861  };
+    if (special) begin
+      \$3963  = Rs7;
     end else begin
-      \$3963  = \$3868 [9:0];
+      \$3963  = \$3855 [8:0];
     end
     if (rst) begin
-      \$3963  = 10'h000;
+      \$3963  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3853 ) begin
-      \$3964  = \$3860 [10:0];
-    end else if (any_err) begin
-      \$3964  = { 2'h0, \$3863  };
+    if (special) begin
+      \$3964  = Rsm1;
     end else begin
-      \$3964  = \$3872 [10:0];
+      \$3964  = \$3857 [8:0];
     end
     if (rst) begin
-      \$3964  = 11'h000;
+      \$3964  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3965  = \$signal$400 ;
+    \$3965  = \$3859 [4:0];
     if (rst) begin
-      \$3965  = 1'h0;
+      \$3965  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3966  = lr_n;
+    \$3966  = vpos;
+    if (v_clear) begin
+      \$3966  = 3'h0;
+    end else if (\$3860 ) begin
+      (* full_case = 32'd1 *)
+      if (\$signal$387 ) begin
+        \$3966  = \$3861 [2:0];
+      end else begin
+        \$3966  = vpos_n[2:0];
+      end
+    end
     if (rst) begin
-      \$3966  = 1'h0;
+      \$3966  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3967  = \$3875 [8:0];
+    \$3967  = vlast_loaded;
+    if (v_clear) begin
+      \$3967  = 1'h0;
+    end
+    if (\$3862 ) begin
+      if (\$3866 ) begin
+        \$3967  = i_value__payload[64];
+      end
+    end
     if (rst) begin
-      \$3967  = 9'h000;
+      \$3967  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3968  = \$3878 [8:0];
+    \$3968  = prev_last;
+    if (v_clear) begin
+      \$3968  = 1'h0;
+    end else if (\$3860 ) begin
+      if (\$signal$387 ) begin
+        \$3968  = \$signal$381 ;
+      end
+    end
     if (rst) begin
-      \$3968  = 9'h000;
+      \$3968  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3969  = \$3881 ;
+    \$3969  = any_val;
+    if (v_clear) begin
+      \$3969  = 1'h0;
+    end else if (\$3860 ) begin
+      \$3969  = 1'h1;
+    end
     if (rst) begin
       \$3969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3970  = \$3891 ;
+    \$3970  = \$signal$374 ;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+        \$3970  = i_value__payload[63:0];
+      end
+    end
     if (rst) begin
-      \$3970  = 1'h0;
+      \$3970  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3971  = \$3892 ;
+    \$3971  = VB;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+      end else if (\$3864 ) begin
+        \$3971  = i_value__payload[63:0];
+      end
+    end
     if (rst) begin
-      \$3971  = 4'h0;
+      \$3971  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3972  = \$signal$376 ;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+        \$3972  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$3972  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3973  = \$signal$378 ;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+      end else if (\$3864 ) begin
+        \$3973  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$3973  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3974  = \$signal$380 ;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+        \$3974  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$3974  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3975  = \$signal$382 ;
+    if (\$3862 ) begin
+      if (\$3863 ) begin
+      end else if (\$3864 ) begin
+        \$3975  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$3975  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3976  = running;
+    if (\$3867 ) begin
+      \$3976  = 1'h1;
+    end
+    if (mat_end) begin
+      \$3976  = 1'h0;
+    end
+    if (any_err) begin
+      \$3976  = 1'h0;
+    end
+    if (rst) begin
+      \$3976  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3977  = rows_left;
+    if (\$3867 ) begin
+      \$3977  = i_cmd__payload[15:0];
+    end
+    if (\$3869 ) begin
+      \$3977  = \$3870 [15:0];
+    end
+    if (rst) begin
+      \$3977  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3978  = cols_r;
+    if (\$3867 ) begin
+      \$3978  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$3978  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3979  = stride_w;
+    if (\$3867 ) begin
+      \$3979  = \$3868 [6:0];
+    end
+    if (rst) begin
+      \$3979  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3980  = endv;
+    if (mat_end) begin
+      \$3980  = 1'h1;
+    end
+    if (\$3872 ) begin
+      \$3980  = 1'h0;
+    end
+    if (any_err) begin
+      \$3980  = 1'h0;
+    end
+    if (rst) begin
+      \$3980  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3873 ) begin
+      \$3981  = 8'h00;
+    end else if (any_err) begin
+      \$3981  = 8'h00;
+    end else begin
+      \$3981  = \$3885 [7:0];
+    end
+    if (rst) begin
+      \$3981  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3873 ) begin
+      \$3982  = \$3874 [8:0];
+    end else if (any_err) begin
+      \$3982  = { 2'h0, stride_w };
+    end else begin
+      \$3982  = \$3886 [8:0];
+    end
+    if (rst) begin
+      \$3982  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3873 ) begin
+      \$3983  = \$3876 [9:0];
+    end else if (any_err) begin
+      \$3983  = { 2'h0, \$3881  };
+    end else begin
+      \$3983  = \$3888 [9:0];
+    end
+    if (rst) begin
+      \$3983  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (\$3873 ) begin
+      \$3984  = \$3880 [10:0];
+    end else if (any_err) begin
+      \$3984  = { 2'h0, \$3883  };
+    end else begin
+      \$3984  = \$3892 [10:0];
+    end
+    if (rst) begin
+      \$3984  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3985  = \$signal$399 ;
+    if (rst) begin
+      \$3985  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3986  = lr_n;
+    if (rst) begin
+      \$3986  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3987  = \$3895 [8:0];
+    if (rst) begin
+      \$3987  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3988  = \$3898 [8:0];
+    if (rst) begin
+      \$3988  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3989  = \$3901 ;
+    if (rst) begin
+      \$3989  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3990  = \$3911 ;
+    if (rst) begin
+      \$3990  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3991  = \$3912 ;
+    if (rst) begin
+      \$3991  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -17466,54 +17494,54 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign in_lq_1_2 = \$27 [6:0];
   assign in_lq_1_3 = \$28 [6:0];
   assign low_m1 = Rm1[3:0];
-  assign ws0_rh = \$3493 [2:0];
-  assign ws0l_rh = \$3494 [1:0];
-  assign ws0h_rh = \$3495 [1:0];
+  assign ws0_rh = \$3501 [2:0];
+  assign ws0l_rh = \$3502 [1:0];
+  assign ws0h_rh = \$3503 [1:0];
   assign selpos0 = { 1'h0, a_gsel0, ws0 };
-  assign rel0 = { \$3497 [4:0], a_gsel0[0], ws0 };
-  assign ws1_rh = \$3500 [2:0];
-  assign ws1l_rh = \$3501 [1:0];
-  assign ws1h_rh = \$3502 [1:0];
+  assign rel0 = { \$3505 [4:0], a_gsel0[0], ws0 };
+  assign ws1_rh = \$3508 [2:0];
+  assign ws1l_rh = \$3509 [1:0];
+  assign ws1h_rh = \$3510 [1:0];
   assign selpos1 = { 1'h0, a_gsel1, ws1 };
-  assign rel1 = { \$3504 [4:0], a_gsel1[0], ws1 };
-  assign ws2_rh = \$3507 [2:0];
-  assign ws2l_rh = \$3508 [1:0];
-  assign ws2h_rh = \$3509 [1:0];
+  assign rel1 = { \$3512 [4:0], a_gsel1[0], ws1 };
+  assign ws2_rh = \$3515 [2:0];
+  assign ws2l_rh = \$3516 [1:0];
+  assign ws2h_rh = \$3517 [1:0];
   assign selpos2 = { 1'h0, a_gsel2, ws2 };
-  assign rel2 = { \$3511 [4:0], a_gsel2[0], ws2 };
-  assign ws3_rh = \$3514 [2:0];
-  assign ws3l_rh = \$3515 [1:0];
-  assign ws3h_rh = \$3516 [1:0];
+  assign rel2 = { \$3519 [4:0], a_gsel2[0], ws2 };
+  assign ws3_rh = \$3522 [2:0];
+  assign ws3l_rh = \$3523 [1:0];
+  assign ws3h_rh = \$3524 [1:0];
   assign selpos3 = { 1'h0, a_gsel3, ws3 };
-  assign rel3 = { \$3518 [4:0], a_gsel3[0], ws3 };
-  assign ws4_rh = \$3521 [2:0];
-  assign ws4l_rh = \$3522 [1:0];
-  assign ws4h_rh = \$3523 [1:0];
+  assign rel3 = { \$3526 [4:0], a_gsel3[0], ws3 };
+  assign ws4_rh = \$3529 [2:0];
+  assign ws4l_rh = \$3530 [1:0];
+  assign ws4h_rh = \$3531 [1:0];
   assign selpos4 = { 1'h0, a_gsel4, ws4 };
-  assign rel4 = { \$3525 [4:0], a_gsel4[0], ws4 };
-  assign ws5_rh = \$3528 [2:0];
-  assign ws5l_rh = \$3529 [1:0];
-  assign ws5h_rh = \$3530 [1:0];
+  assign rel4 = { \$3533 [4:0], a_gsel4[0], ws4 };
+  assign ws5_rh = \$3536 [2:0];
+  assign ws5l_rh = \$3537 [1:0];
+  assign ws5h_rh = \$3538 [1:0];
   assign selpos5 = { 1'h0, a_gsel5, ws5 };
-  assign rel5 = { \$3532 [4:0], a_gsel5[0], ws5 };
-  assign ws6_rh = \$3535 [2:0];
-  assign ws6l_rh = \$3536 [1:0];
-  assign ws6h_rh = \$3537 [1:0];
+  assign rel5 = { \$3540 [4:0], a_gsel5[0], ws5 };
+  assign ws6_rh = \$3543 [2:0];
+  assign ws6l_rh = \$3544 [1:0];
+  assign ws6h_rh = \$3545 [1:0];
   assign selpos6 = { 1'h0, a_gsel6, ws6 };
-  assign rel6 = { \$3539 [4:0], a_gsel6[0], ws6 };
-  assign ws7_rh = \$3542 [2:0];
-  assign ws7l_rh = \$3543 [1:0];
-  assign ws7h_rh = \$3544 [1:0];
+  assign rel6 = { \$3547 [4:0], a_gsel6[0], ws6 };
+  assign ws7_rh = \$3550 [2:0];
+  assign ws7l_rh = \$3551 [1:0];
+  assign ws7h_rh = \$3552 [1:0];
   assign selpos7 = { 1'h0, a_gsel7, ws7 };
-  assign rel7 = { \$3546 [4:0], a_gsel7[0], ws7 };
+  assign rel7 = { \$3554 [4:0], a_gsel7[0], ws7 };
   assign o_lanes__valid = ov;
-  assign \$like  = \$3564 [8:0];
-  assign es2_n0 = \$3565 [9:0];
+  assign \$like  = \$3576 [8:0];
+  assign es2_n0 = \$3577 [9:0];
   assign VB1 = VB;
-  assign \$signal$384  = \$signal$383 ;
-  assign need = \$3612 [3:0];
-  assign v_left = \$3641 [4:0];
-  assign av_n = \$3669 [2:0];
+  assign \$signal$383  = \$signal$382 ;
+  assign need = \$3624 [3:0];
+  assign v_left = \$3661 [4:0];
+  assign av_n = \$3689 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17540,63 +17568,63 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$3747 ;
+  assign flags[2] = \$3767 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$322 ;
+  assign o_lanes__payload[160] = \$signal$321 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
-  assign o_lanes__payload[79:70] = { \$3546 [4:0], a_gsel7[0], ws7 };
+  assign o_lanes__payload[79:70] = { \$3554 [4:0], a_gsel7[0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
-  assign o_lanes__payload[151] = \$signal$155 [7];
+  assign o_lanes__payload[151] = \$signal$154 [7];
   assign o_lanes__payload[135:128] = a_val[55:48];
-  assign o_lanes__payload[69:60] = { \$3539 [4:0], a_gsel6[0], ws6 };
+  assign o_lanes__payload[69:60] = { \$3547 [4:0], a_gsel6[0], ws6 };
   assign o_lanes__payload[158] = a_nxt[6];
-  assign o_lanes__payload[150] = \$signal$155 [6];
+  assign o_lanes__payload[150] = \$signal$154 [6];
   assign o_lanes__payload[127:120] = a_val[47:40];
-  assign o_lanes__payload[59:50] = { \$3532 [4:0], a_gsel5[0], ws5 };
+  assign o_lanes__payload[59:50] = { \$3540 [4:0], a_gsel5[0], ws5 };
   assign o_lanes__payload[157] = a_nxt[5];
-  assign o_lanes__payload[149] = \$signal$155 [5];
+  assign o_lanes__payload[149] = \$signal$154 [5];
   assign o_lanes__payload[119:112] = a_val[39:32];
-  assign o_lanes__payload[49:40] = { \$3525 [4:0], a_gsel4[0], ws4 };
+  assign o_lanes__payload[49:40] = { \$3533 [4:0], a_gsel4[0], ws4 };
   assign o_lanes__payload[156] = a_nxt[4];
-  assign o_lanes__payload[148] = \$signal$155 [4];
+  assign o_lanes__payload[148] = \$signal$154 [4];
   assign o_lanes__payload[111:104] = a_val[31:24];
-  assign o_lanes__payload[39:30] = { \$3518 [4:0], a_gsel3[0], ws3 };
+  assign o_lanes__payload[39:30] = { \$3526 [4:0], a_gsel3[0], ws3 };
   assign o_lanes__payload[155] = a_nxt[3];
-  assign o_lanes__payload[147] = \$signal$155 [3];
+  assign o_lanes__payload[147] = \$signal$154 [3];
   assign o_lanes__payload[103:96] = a_val[23:16];
-  assign o_lanes__payload[29:20] = { \$3511 [4:0], a_gsel2[0], ws2 };
+  assign o_lanes__payload[29:20] = { \$3519 [4:0], a_gsel2[0], ws2 };
   assign o_lanes__payload[154] = a_nxt[2];
-  assign o_lanes__payload[146] = \$signal$155 [2];
+  assign o_lanes__payload[146] = \$signal$154 [2];
   assign o_lanes__payload[95:88] = a_val[15:8];
-  assign o_lanes__payload[19:10] = { \$3504 [4:0], a_gsel1[0], ws1 };
+  assign o_lanes__payload[19:10] = { \$3512 [4:0], a_gsel1[0], ws1 };
   assign o_lanes__payload[153] = a_nxt[1];
-  assign o_lanes__payload[145] = \$signal$155 [1];
+  assign o_lanes__payload[145] = \$signal$154 [1];
   assign o_lanes__payload[87:80] = a_val[7:0];
-  assign o_lanes__payload[9:0] = { \$3497 [4:0], a_gsel0[0], ws0 };
+  assign o_lanes__payload[9:0] = { \$3505 [4:0], a_gsel0[0], ws0 };
   assign o_lanes__payload[152] = a_nxt[0];
-  assign o_lanes__payload[144] = \$signal$155 [0];
+  assign o_lanes__payload[144] = \$signal$154 [0];
   assign Rn7 = R7;
-  assign \$3593  = \$3592 ;
-  assign \$3658  = 12'hfe0;
-  assign \$3659 [4:0] = 5'h00;
-  assign \$3659 [11:5] = \$3657 [11:5];
-  assign \$3663  = mbuf_v;
-  assign \$3676  = \$signal$346 ;
-  assign \$3701  = \$signal$346 ;
-  assign \$3726  = \$signal$346 ;
-  assign \$3814  = \$3813 ;
-  assign \$3848  = { 5'h00, stride[11:5] };
-  assign \$3854  = { 5'h00, stride[11:5] };
-  assign \$3855  = { 5'h00, stride[11:5] };
-  assign \$3856  = { \$3855 , 1'h0 };
-  assign \$3857  = { 5'h00, stride[11:5] };
-  assign \$3858  = { 5'h00, stride[11:5] };
-  assign \$3859  = { \$3858 , 1'h0 };
-  assign \$3861  = { stride_w, 1'h0 };
-  assign \$3862  = { stride_w, 1'h0 };
+  assign \$3605  = \$3604 ;
+  assign \$3678  = 12'hfe0;
+  assign \$3679 [4:0] = 5'h00;
+  assign \$3679 [11:5] = \$3677 [11:5];
+  assign \$3683  = mbuf_v;
+  assign \$3696  = \$signal$345 ;
+  assign \$3721  = \$signal$345 ;
+  assign \$3746  = \$signal$345 ;
+  assign \$3834  = \$3833 ;
+  assign \$3868  = { 5'h00, stride[11:5] };
+  assign \$3874  = { 5'h00, stride[11:5] };
+  assign \$3875  = { 5'h00, stride[11:5] };
+  assign \$3876  = { \$3875 , 1'h0 };
+  assign \$3877  = { 5'h00, stride[11:5] };
+  assign \$3878  = { 5'h00, stride[11:5] };
+  assign \$3879  = { \$3878 , 1'h0 };
+  assign \$3881  = { stride_w, 1'h0 };
+  assign \$3882  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
