@@ -70,15 +70,24 @@ handoffs are decided from registered flags only.  Tables (centroids, codes, leng
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
 Measured (default geometry, P = 4): 4.000 values/cycle sustained on 48 real MiniLM groups in
-cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.690 including the
-pipeline fill, first block 161 cycles after the first beat), byte-identical block by block, also
-with input idles and output backpressure (tests).  ECP5-85F in the fpga harness (Yosys
-``synth_ecp5``): 12,694 LUT4 + 2,798 CCU2C (18,290 LUT4 with carries; was 34,571 before the
-uniform-table shortcut), 12,933 FF, 52 MULT18X18D, 4 DP16KD.  The shortcut version alone
-(4d5012c) routed at 79.7 MHz (nextpnr router2); its critical path (window code -> reciprocal
-lookup, 9.8 of 12.5 ns in routing) and the other deep paths were then cut (see git log): this
-version 83.0 MHz after placement, 77.4 MHz routed (router2, seed 1), its critical path two LUTs
-into the lane-word OR (1.0 ns logic, 11.9 ns routing: one congested 10.5 ns net).  Target 100.
+cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.679 including the
+pipeline fill, first block 166 cycles after the first beat at b7048e4), byte-identical block by
+block, also with input idles and output backpressure (tests); 4.000 also with groups of 4 and 8
+beats (Amaranth simulator, tests).  ECP5-85F in the fpga harness (nextpnr router2, seed 1):
+
+- 0b07a8c: 12,694 + 5,596 carry LUT4, 12,933 FF; 82.97 MHz after placement, 77.38 MHz routed
+  (lane-word OR registers: 1.0 ns logic, 11.9 ns routing);
+- b7048e4 (lane-word gearbox + LUT RAMs): 10,663 + 5,596 LUT4, 11,964 FF; 88.87 MHz placed,
+  83.75 MHz routed (fabric ``y`` register -> MULT18X18D -> fabric product register: 4.45 ns
+  logic, 7.49 ns routing);
+- 14a27fa (DSP registers, front-end field register): 10,613 + 5,612 LUT4, 11,558 FF;
+  118.57 MHz placed, **106.79 MHz routed** (the decision stage's bank ebias 8:1 mux and +24 add:
+  2.15 ns logic, 7.21 ns routing, +0.64 ns slack at 100 MHz);
+
+plus 486 LUT4 as LUT RAM (81 DPR16X4: lane words and the output FIFO), 52 MULT18X18D (with their
+input and output registers since 14a27fa), 4 DP16KD.  With the lane-word registers gone, the
+multiplier's fabric-to-DSP routes and then the packer's FP16 front end (93.72 MHz routed with the
+DSP registers alone) were the critical paths; both are cut.
 """
 
 from __future__ import annotations
@@ -642,7 +651,7 @@ class KVCompressor(wiring.Component):
         tw = max(T - 1, 1).bit_length()
         b_base = Array(Signal(tw, name=f"b_base{b}") for b in range(NBANK))
         b_tf = Array(Signal(tw, name=f"b_tf{b}") for b in range(NBANK))
-        b_eb = Array(Signal(signed(8), name=f"b_eb{b}") for b in range(NBANK))
+        b_eb = Array(Signal(signed(10), name=f"b_eb{b}") for b in range(NBANK))     # ebias + 24
         b_s0e = Array(Signal(signed(10), name=f"b_s0e{b}") for b in range(NBANK))
         b_sel = Array(Signal(range(K), name=f"b_sel{b}") for b in range(NBANK))
         b_t = Array(Signal(tw, name=f"b_t{b}") for b in range(NBANK))
@@ -781,7 +790,7 @@ class KVCompressor(wiring.Component):
         # W6: commit to the bank
         with m.If(v5):
             m.d.comb += [set_ready.bit_select(b5, 1).eq(1), set_drop.bit_select(b5, 1).eq(bad5)]
-            m.d.sync += [b_base[b5].eq(base5), b_tf[b5].eq(tf5), b_eb[b5].eq(eb5),
+            m.d.sync += [b_base[b5].eq(base5), b_tf[b5].eq(tf5), b_eb[b5].eq(eb5 + 24),
                          b_s0e[b5].eq((base5 >> mb) + eb5 + 24)]
 
         # ---------------------------------------------------------------- 2. evaluation
@@ -888,7 +897,7 @@ class KVCompressor(wiring.Component):
             g_k.append(reg(m, k_, max(_bl(K - 1), 1), name=f"d3_k{gi}"))
         # this bank's window base, fallback step and exponent bias, read one stage ahead
         base_d, tf_d = reg(m, b_base[d_b], tw, name="d3_base"), reg(m, b_tf[d_b], tw, name="d3_tf")
-        eb_d = reg(m, b_eb[d_b] + 24, signed(10), name="d3_eb")
+        eb_d = reg(m, b_eb[d_b], signed(10), name="d3_eb")
         d_v, d_b = reg(m, d_v), reg(m, d_b)
         f_any, f_c, f_k = Const(0, 1), Const(0, _bl(C)), Const(0, max(_bl(K - 1), 1))
         for gi in reversed(range(len(grp))):
