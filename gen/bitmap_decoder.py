@@ -468,8 +468,11 @@ class BitmapDecoder(wiring.Component):
         # (minus the take, plus a loaded beat), so vals_ok starts from registers
         vavail = Signal(range(2 * VPB + 1))
         vals_ok = Signal()
-        # k <= vavail, without waiting for k's saturation
-        m.d.comb += vals_ok.eq((vavail >= L) | pick(lambda x: x <= vavail))
+        # k <= vavail as a lookup: the thermometer "vavail >= t" (t = 0..L, from the register)
+        # indexed by k, not a compare chain behind k
+        vge = Signal(L + 1)
+        m.d.comb += vge.eq(Cat(*[vavail >= t for t in range(L + 1)]))
+        m.d.comb += vals_ok.eq(vge.bit_select(k, 1))
         vwin = Cat(VA, VB)
         # logarithmic byte shifter, largest step first so every stage is only as wide as what the
         # next stages still need (the L lanes' L*b bits at the end)

@@ -2167,8 +2167,8 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$28167$0 (\$39 [31:0]),
-    .\port$28748$0 (last3),
+    .\port$28170$0 (\$39 [31:0]),
+    .\port$28751$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2480,7 +2480,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$28167$0 , w_en, w_level, r_data, r_en, \port$28748$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, r_en, \port$28751$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2522,10 +2522,10 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28167$0 , w_en, w_level, r_data, 
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$28167$0 ;
-  wire [31:0] \port$28167$0 ;
-  input \port$28748$0 ;
-  wire \port$28748$0 ;
+  input [31:0] \port$28170$0 ;
+  wire [31:0] \port$28170$0 ;
+  input \port$28751$0 ;
+  wire \port$28751$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2561,7 +2561,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28167$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$28748$0 , \port$28167$0  };
+      storage[w_port__addr] <= { \port$28751$0 , \port$28170$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2660,8 +2660,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28167$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$28748$0 , \port$28167$0  };
-  assign w_data = { \port$28748$0 , \port$28167$0  };
+  assign w_port__data = { \port$28751$0 , \port$28170$0  };
+  assign w_data = { \port$28751$0 , \port$28170$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -19079,13 +19079,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24765 ;
   wire \$24766 ;
   wire \$24767 ;
-  wire [8:0] \$24768 ;
-  wire [9:0] \$24769 ;
+  wire \$24768 ;
+  wire \$24769 ;
   wire \$2477 ;
   wire \$24770 ;
-  wire [11:0] \$24771 ;
-  wire [11:0] \$24772 ;
-  wire [11:0] \$24773 ;
+  wire [8:0] \$24771 ;
+  wire [9:0] \$24772 ;
+  wire \$24773 ;
   wire [11:0] \$24774 ;
   wire [11:0] \$24775 ;
   wire [11:0] \$24776 ;
@@ -19125,10 +19125,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24806 ;
   wire [11:0] \$24807 ;
   wire [11:0] \$24808 ;
-  wire \$24809 ;
+  wire [11:0] \$24809 ;
   wire \$2481 ;
-  wire \$24810 ;
-  wire \$24811 ;
+  wire [11:0] \$24810 ;
+  wire [11:0] \$24811 ;
   wire \$24812 ;
   wire \$24813 ;
   wire \$24814 ;
@@ -19145,9 +19145,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24824 ;
   wire \$24825 ;
   wire \$24826 ;
-  wire [11:0] \$24827 ;
-  wire [11:0] \$24828 ;
-  wire [11:0] \$24829 ;
+  wire \$24827 ;
+  wire \$24828 ;
+  wire \$24829 ;
   wire \$2483 ;
   wire [11:0] \$24830 ;
   wire [11:0] \$24831 ;
@@ -19185,13 +19185,13 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24860 ;
   wire [11:0] \$24861 ;
   wire [11:0] \$24862 ;
-  wire \$24863 ;
-  wire \$24864 ;
-  wire \$24865 ;
+  wire [11:0] \$24863 ;
+  wire [11:0] \$24864 ;
+  wire [11:0] \$24865 ;
   wire \$24866 ;
-  wire [11:0] \$24867 ;
-  wire [11:0] \$24868 ;
-  wire [11:0] \$24869 ;
+  wire \$24867 ;
+  wire \$24868 ;
+  wire \$24869 ;
   wire \$2487 ;
   wire [11:0] \$24870 ;
   wire [11:0] \$24871 ;
@@ -19216,14 +19216,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24889 ;
   wire \$2489 ;
   wire [11:0] \$24890 ;
-  wire \$24891 ;
-  wire \$24892 ;
-  wire \$24893 ;
+  wire [11:0] \$24891 ;
+  wire [11:0] \$24892 ;
+  wire [11:0] \$24893 ;
   wire \$24894 ;
   wire \$24895 ;
-  wire [11:0] \$24896 ;
-  wire [11:0] \$24897 ;
-  wire [11:0] \$24898 ;
+  wire \$24896 ;
+  wire \$24897 ;
+  wire \$24898 ;
   wire [11:0] \$24899 ;
   wire \$249 ;
   wire \$2490 ;
@@ -19235,12 +19235,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$24905 ;
   wire [11:0] \$24906 ;
   wire [11:0] \$24907 ;
-  wire \$24908 ;
-  wire [4:0] \$24909 ;
+  wire [11:0] \$24908 ;
+  wire [11:0] \$24909 ;
   wire \$2491 ;
-  wire \$24910 ;
+  wire [11:0] \$24910 ;
   wire \$24911 ;
-  wire \$24912 ;
+  wire [4:0] \$24912 ;
   wire \$24913 ;
   wire \$24914 ;
   wire \$24915 ;
@@ -19275,12 +19275,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24941 ;
   wire \$24942 ;
   wire \$24943 ;
-  wire [5:0] \$24944 ;
-  wire [5:0] \$24945 ;
-  wire [5:0] \$24946 ;
-  wire \$24947 ;
-  wire \$24948 ;
-  wire \$24949 ;
+  wire \$24944 ;
+  wire \$24945 ;
+  wire \$24946 ;
+  wire [5:0] \$24947 ;
+  wire [5:0] \$24948 ;
+  wire [5:0] \$24949 ;
   wire \$2495 ;
   wire \$24950 ;
   wire \$24951 ;
@@ -19295,12 +19295,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2496 ;
   wire \$24960 ;
   wire \$24961 ;
-  wire [11:0] \$24962 ;
-  wire [11:0] \$24963 ;
-  wire [11:0] \$24964 ;
-  wire \$24965 ;
-  wire \$24966 ;
-  wire \$24967 ;
+  wire \$24962 ;
+  wire \$24963 ;
+  wire \$24964 ;
+  wire [11:0] \$24965 ;
+  wire [11:0] \$24966 ;
+  wire [11:0] \$24967 ;
   wire \$24968 ;
   wire \$24969 ;
   wire \$2497 ;
@@ -19310,12 +19310,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24973 ;
   wire \$24974 ;
   wire \$24975 ;
-  reg [2:0] \$24976 ;
-  wire [4:0] \$24977 ;
+  wire \$24976 ;
+  wire \$24977 ;
   wire \$24978 ;
-  wire \$24979 ;
+  reg [2:0] \$24979 ;
   wire \$2498 ;
-  wire \$24980 ;
+  wire [4:0] \$24980 ;
   wire \$24981 ;
   wire \$24982 ;
   wire \$24983 ;
@@ -19326,33 +19326,33 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$24988 ;
   wire \$24989 ;
   wire \$2499 ;
-  wire [8:0] \$24990 ;
+  wire \$24990 ;
   wire \$24991 ;
-  wire [8:0] \$24992 ;
-  wire \$24993 ;
-  wire [8:0] \$24994 ;
-  wire \$24995 ;
-  wire [8:0] \$24996 ;
-  wire \$24997 ;
-  wire [8:0] \$24998 ;
-  wire \$24999 ;
+  wire \$24992 ;
+  wire [8:0] \$24993 ;
+  wire \$24994 ;
+  wire [8:0] \$24995 ;
+  wire \$24996 ;
+  wire [8:0] \$24997 ;
+  wire \$24998 ;
+  wire [8:0] \$24999 ;
   reg [2:0] \$25 ;
   wire \$250 ;
   wire \$2500 ;
-  wire [8:0] \$25000 ;
-  wire \$25001 ;
-  wire [8:0] \$25002 ;
-  wire \$25003 ;
-  wire [8:0] \$25004 ;
-  wire \$25005 ;
-  wire [8:0] \$25006 ;
-  wire \$25007 ;
-  wire [8:0] \$25008 ;
-  wire \$25009 ;
+  wire \$25000 ;
+  wire [8:0] \$25001 ;
+  wire \$25002 ;
+  wire [8:0] \$25003 ;
+  wire \$25004 ;
+  wire [8:0] \$25005 ;
+  wire \$25006 ;
+  wire [8:0] \$25007 ;
+  wire \$25008 ;
+  wire [8:0] \$25009 ;
   wire \$2501 ;
-  wire [10:0] \$25010 ;
-  wire [10:0] \$25011 ;
-  wire [10:0] \$25012 ;
+  wire \$25010 ;
+  wire [8:0] \$25011 ;
+  wire \$25012 ;
   wire [10:0] \$25013 ;
   wire [10:0] \$25014 ;
   wire [10:0] \$25015 ;
@@ -19369,10 +19369,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25025 ;
   wire [10:0] \$25026 ;
   wire [10:0] \$25027 ;
-  wire \$25028 ;
-  wire \$25029 ;
+  wire [10:0] \$25028 ;
+  wire [10:0] \$25029 ;
   wire \$2503 ;
-  wire \$25030 ;
+  wire [10:0] \$25030 ;
   wire \$25031 ;
   wire \$25032 ;
   wire \$25033 ;
@@ -19383,31 +19383,31 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25038 ;
   wire \$25039 ;
   wire \$2504 ;
-  wire [9:0] \$25040 ;
+  wire \$25040 ;
   wire \$25041 ;
-  wire [9:0] \$25042 ;
-  wire \$25043 ;
-  wire [9:0] \$25044 ;
-  wire \$25045 ;
-  wire [9:0] \$25046 ;
-  wire \$25047 ;
-  wire [9:0] \$25048 ;
-  wire \$25049 ;
+  wire \$25042 ;
+  wire [9:0] \$25043 ;
+  wire \$25044 ;
+  wire [9:0] \$25045 ;
+  wire \$25046 ;
+  wire [9:0] \$25047 ;
+  wire \$25048 ;
+  wire [9:0] \$25049 ;
   wire \$2505 ;
-  wire [9:0] \$25050 ;
-  wire \$25051 ;
-  wire [9:0] \$25052 ;
-  wire \$25053 ;
-  wire [9:0] \$25054 ;
-  wire \$25055 ;
-  wire [9:0] \$25056 ;
-  wire \$25057 ;
-  wire [9:0] \$25058 ;
-  wire \$25059 ;
+  wire \$25050 ;
+  wire [9:0] \$25051 ;
+  wire \$25052 ;
+  wire [9:0] \$25053 ;
+  wire \$25054 ;
+  wire [9:0] \$25055 ;
+  wire \$25056 ;
+  wire [9:0] \$25057 ;
+  wire \$25058 ;
+  wire [9:0] \$25059 ;
   wire \$2506 ;
-  wire [10:0] \$25060 ;
-  wire [10:0] \$25061 ;
-  wire [10:0] \$25062 ;
+  wire \$25060 ;
+  wire [9:0] \$25061 ;
+  wire \$25062 ;
   wire [10:0] \$25063 ;
   wire [10:0] \$25064 ;
   wire [10:0] \$25065 ;
@@ -19424,10 +19424,10 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25075 ;
   wire [10:0] \$25076 ;
   wire [10:0] \$25077 ;
-  wire \$25078 ;
-  wire \$25079 ;
+  wire [10:0] \$25078 ;
+  wire [10:0] \$25079 ;
   wire \$2508 ;
-  wire \$25080 ;
+  wire [10:0] \$25080 ;
   wire \$25081 ;
   wire \$25082 ;
   wire \$25083 ;
@@ -19438,32 +19438,32 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25088 ;
   wire \$25089 ;
   wire \$2509 ;
-  wire [10:0] \$25090 ;
+  wire \$25090 ;
   wire \$25091 ;
-  wire [10:0] \$25092 ;
-  wire \$25093 ;
-  wire [10:0] \$25094 ;
-  wire \$25095 ;
-  wire [10:0] \$25096 ;
-  wire \$25097 ;
-  wire [10:0] \$25098 ;
-  wire \$25099 ;
+  wire \$25092 ;
+  wire [10:0] \$25093 ;
+  wire \$25094 ;
+  wire [10:0] \$25095 ;
+  wire \$25096 ;
+  wire [10:0] \$25097 ;
+  wire \$25098 ;
+  wire [10:0] \$25099 ;
   wire \$251 ;
   wire \$2510 ;
-  wire [10:0] \$25100 ;
-  wire \$25101 ;
-  wire [10:0] \$25102 ;
-  wire \$25103 ;
-  wire [10:0] \$25104 ;
-  wire \$25105 ;
-  wire [10:0] \$25106 ;
-  wire \$25107 ;
-  wire [10:0] \$25108 ;
-  wire \$25109 ;
+  wire \$25100 ;
+  wire [10:0] \$25101 ;
+  wire \$25102 ;
+  wire [10:0] \$25103 ;
+  wire \$25104 ;
+  wire [10:0] \$25105 ;
+  wire \$25106 ;
+  wire [10:0] \$25107 ;
+  wire \$25108 ;
+  wire [10:0] \$25109 ;
   wire \$2511 ;
-  wire [10:0] \$25110 ;
+  wire \$25110 ;
   wire [10:0] \$25111 ;
-  wire [10:0] \$25112 ;
+  wire \$25112 ;
   wire [10:0] \$25113 ;
   wire [10:0] \$25114 ;
   wire [10:0] \$25115 ;
@@ -19480,45 +19480,45 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [10:0] \$25125 ;
   wire [10:0] \$25126 ;
   wire [10:0] \$25127 ;
-  wire \$25128 ;
-  wire \$25129 ;
+  wire [10:0] \$25128 ;
+  wire [10:0] \$25129 ;
   wire \$2513 ;
-  wire \$25130 ;
-  reg [3:0] \$25131 ;
+  wire [10:0] \$25130 ;
+  wire \$25131 ;
   wire \$25132 ;
   wire \$25133 ;
-  wire \$25134 ;
-  reg [3:0] \$25135 ;
+  reg [3:0] \$25134 ;
+  wire \$25135 ;
   wire \$25136 ;
   wire \$25137 ;
-  wire \$25138 ;
-  reg [3:0] \$25139 ;
+  reg [3:0] \$25138 ;
+  wire \$25139 ;
   wire \$2514 ;
   wire \$25140 ;
   wire \$25141 ;
-  wire \$25142 ;
-  reg [3:0] \$25143 ;
+  reg [3:0] \$25142 ;
+  wire \$25143 ;
   wire \$25144 ;
   wire \$25145 ;
-  wire \$25146 ;
-  reg [3:0] \$25147 ;
+  reg [3:0] \$25146 ;
+  wire \$25147 ;
   wire \$25148 ;
   wire \$25149 ;
   wire \$2515 ;
-  wire \$25150 ;
-  reg [3:0] \$25151 ;
+  reg [3:0] \$25150 ;
+  wire \$25151 ;
   wire \$25152 ;
   wire \$25153 ;
-  wire \$25154 ;
-  reg [3:0] \$25155 ;
+  reg [3:0] \$25154 ;
+  wire \$25155 ;
   wire \$25156 ;
   wire \$25157 ;
-  wire \$25158 ;
-  reg [3:0] \$25159 ;
+  reg [3:0] \$25158 ;
+  wire \$25159 ;
   wire \$2516 ;
   wire \$25160 ;
   wire \$25161 ;
-  wire \$25162 ;
+  reg [3:0] \$25162 ;
   wire \$25163 ;
   wire \$25164 ;
   wire \$25165 ;
@@ -19541,27 +19541,27 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25180 ;
   wire \$25181 ;
   wire \$25182 ;
-  wire [7:0] \$25183 ;
+  wire \$25183 ;
   wire \$25184 ;
   wire \$25185 ;
-  wire \$25186 ;
+  wire [7:0] \$25186 ;
   wire \$25187 ;
   wire \$25188 ;
-  wire [1:0] \$25189 ;
+  wire \$25189 ;
   wire \$2519 ;
   wire \$25190 ;
   wire \$25191 ;
-  wire \$25192 ;
-  wire [2:0] \$25193 ;
+  wire [1:0] \$25192 ;
+  wire \$25193 ;
   wire \$25194 ;
   wire \$25195 ;
-  wire \$25196 ;
-  wire [2:0] \$25197 ;
+  wire [2:0] \$25196 ;
+  wire \$25197 ;
   wire \$25198 ;
   wire \$25199 ;
   wire \$252 ;
   wire \$2520 ;
-  wire \$25200 ;
+  wire [2:0] \$25200 ;
   wire \$25201 ;
   wire \$25202 ;
   wire \$25203 ;
@@ -19573,9 +19573,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25209 ;
   wire \$2521 ;
   wire \$25210 ;
-  wire [11:0] \$25211 ;
-  wire [11:0] \$25212 ;
-  wire [11:0] \$25213 ;
+  wire \$25211 ;
+  wire \$25212 ;
+  wire \$25213 ;
   wire [11:0] \$25214 ;
   wire [11:0] \$25215 ;
   wire [11:0] \$25216 ;
@@ -19654,55 +19654,55 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [11:0] \$25282 ;
   wire [11:0] \$25283 ;
   wire [11:0] \$25284 ;
-  wire [5:0] \$25285 ;
-  wire [5:0] \$25286 ;
-  wire \$25287 ;
+  wire [11:0] \$25285 ;
+  wire [11:0] \$25286 ;
+  wire [11:0] \$25287 ;
   wire [5:0] \$25288 ;
-  wire \$25289 ;
+  wire [5:0] \$25289 ;
   wire \$2529 ;
   wire \$25290 ;
-  wire \$25291 ;
+  wire [5:0] \$25291 ;
   wire \$25292 ;
   wire \$25293 ;
   wire \$25294 ;
-  wire [11:0] \$25295 ;
+  wire \$25295 ;
   wire \$25296 ;
-  wire [16:0] \$25297 ;
-  wire \$25298 ;
+  wire \$25297 ;
+  wire [11:0] \$25298 ;
   wire \$25299 ;
   wire \$253 ;
   wire \$2530 ;
-  wire \$25300 ;
-  wire [11:0] \$25301 ;
-  wire [11:0] \$25302 ;
-  wire [12:0] \$25303 ;
+  wire [16:0] \$25300 ;
+  wire \$25301 ;
+  wire \$25302 ;
+  wire \$25303 ;
   wire [11:0] \$25304 ;
   wire [11:0] \$25305 ;
   wire [12:0] \$25306 ;
-  wire [13:0] \$25307 ;
-  wire [6:0] \$25308 ;
-  wire [6:0] \$25309 ;
+  wire [11:0] \$25307 ;
+  wire [11:0] \$25308 ;
+  wire [12:0] \$25309 ;
   wire \$2531 ;
-  wire [7:0] \$25310 ;
-  wire [7:0] \$25311 ;
-  wire [7:0] \$25312 ;
-  wire [8:0] \$25313 ;
-  wire [10:0] \$25314 ;
-  wire [10:0] \$25315 ;
-  wire [10:0] \$25316 ;
-  wire [11:0] \$25317 ;
+  wire [13:0] \$25310 ;
+  wire [6:0] \$25311 ;
+  wire [6:0] \$25312 ;
+  wire [7:0] \$25313 ;
+  wire [7:0] \$25314 ;
+  wire [7:0] \$25315 ;
+  wire [8:0] \$25316 ;
+  wire [10:0] \$25317 ;
   wire [10:0] \$25318 ;
-  wire [11:0] \$25319 ;
+  wire [10:0] \$25319 ;
   wire \$2532 ;
-  wire [10:0] \$25320 ;
-  wire [11:0] \$25321 ;
+  wire [11:0] \$25320 ;
+  wire [10:0] \$25321 ;
   wire [11:0] \$25322 ;
   wire [10:0] \$25323 ;
   wire [11:0] \$25324 ;
   wire [11:0] \$25325 ;
-  wire \$25326 ;
-  wire \$25327 ;
-  wire \$25328 ;
+  wire [10:0] \$25326 ;
+  wire [11:0] \$25327 ;
+  wire [11:0] \$25328 ;
   wire \$25329 ;
   wire \$2533 ;
   wire \$25330 ;
@@ -19714,17 +19714,17 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$25336 ;
   wire \$25337 ;
   wire \$25338 ;
-  wire [3:0] \$25339 ;
+  wire \$25339 ;
   wire \$2534 ;
-  reg \$25340 ;
-  reg [15:0] \$25341 ;
-  reg [5:0] \$25342 ;
-  reg [3:0] \$25343 ;
-  reg [7:0] \$25344 ;
-  reg [7:0] \$25345 ;
-  reg [15:0] \$25346 ;
-  reg [5:0] \$25347 ;
-  reg [3:0] \$25348 ;
+  wire \$25340 ;
+  wire \$25341 ;
+  wire [3:0] \$25342 ;
+  reg \$25343 ;
+  reg [15:0] \$25344 ;
+  reg [5:0] \$25345 ;
+  reg [3:0] \$25346 ;
+  reg [7:0] \$25347 ;
+  reg [7:0] \$25348 ;
   reg [15:0] \$25349 ;
   wire \$2535 ;
   reg [5:0] \$25350 ;
@@ -19745,29 +19745,29 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   reg [15:0] \$25364 ;
   reg [5:0] \$25365 ;
   reg [3:0] \$25366 ;
-  reg [3:0] \$25367 ;
-  reg [3:0] \$25368 ;
-  reg \$25369 ;
+  reg [15:0] \$25367 ;
+  reg [5:0] \$25368 ;
+  reg [3:0] \$25369 ;
   wire \$2537 ;
-  reg \$25370 ;
-  reg \$25371 ;
+  reg [3:0] \$25370 ;
+  reg [3:0] \$25371 ;
   reg \$25372 ;
-  reg [63:0] \$25373 ;
-  reg [7:0] \$25374 ;
+  reg \$25373 ;
+  reg \$25374 ;
   reg \$25375 ;
-  reg [1:0] \$25376 ;
-  reg [287:0] \$25377 ;
+  reg [63:0] \$25376 ;
+  reg [7:0] \$25377 ;
   reg \$25378 ;
-  reg [287:0] \$25379 ;
+  reg [1:0] \$25379 ;
   wire \$2538 ;
   reg [287:0] \$25380 ;
-  reg [287:0] \$25381 ;
-  reg \$25382 ;
-  reg \$25383 ;
-  reg \$25384 ;
-  reg [10:0] \$25385 ;
-  reg [10:0] \$25386 ;
-  reg [10:0] \$25387 ;
+  reg \$25381 ;
+  reg [287:0] \$25382 ;
+  reg [287:0] \$25383 ;
+  reg [287:0] \$25384 ;
+  reg \$25385 ;
+  reg \$25386 ;
+  reg \$25387 ;
   reg [10:0] \$25388 ;
   reg [10:0] \$25389 ;
   wire \$2539 ;
@@ -19807,36 +19807,39 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire \$2542 ;
   reg [10:0] \$25420 ;
   reg [10:0] \$25421 ;
-  reg [4:0] \$25422 ;
-  reg [2:0] \$25423 ;
-  reg \$25424 ;
-  reg \$25425 ;
-  reg \$25426 ;
-  reg [63:0] \$25427 ;
-  reg [63:0] \$25428 ;
+  reg [10:0] \$25422 ;
+  reg [10:0] \$25423 ;
+  reg [10:0] \$25424 ;
+  reg [4:0] \$25425 ;
+  reg [2:0] \$25426 ;
+  reg \$25427 ;
+  reg \$25428 ;
   reg \$25429 ;
   wire \$2543 ;
-  reg \$25430 ;
-  reg \$25431 ;
+  reg [63:0] \$25430 ;
+  reg [63:0] \$25431 ;
   reg \$25432 ;
   reg \$25433 ;
-  reg [15:0] \$25434 ;
-  reg [10:0] \$25435 ;
-  reg [5:0] \$25436 ;
-  reg \$25437 ;
-  reg [6:0] \$25438 ;
-  reg [7:0] \$25439 ;
+  reg \$25434 ;
+  reg \$25435 ;
+  reg \$25436 ;
+  reg [15:0] \$25437 ;
+  reg [10:0] \$25438 ;
+  reg [5:0] \$25439 ;
   wire \$2544 ;
-  reg [8:0] \$25440 ;
-  reg [9:0] \$25441 ;
-  reg \$25442 ;
-  reg \$25443 ;
-  reg [10:0] \$25444 ;
-  reg [10:0] \$25445 ;
+  reg \$25440 ;
+  reg [6:0] \$25441 ;
+  reg [7:0] \$25442 ;
+  reg [8:0] \$25443 ;
+  reg [9:0] \$25444 ;
+  reg \$25445 ;
   reg \$25446 ;
-  reg \$25447 ;
-  reg [3:0] \$25448 ;
+  reg [10:0] \$25447 ;
+  reg [10:0] \$25448 ;
+  reg \$25449 ;
   wire \$2545 ;
+  reg \$25450 ;
+  reg [3:0] \$25451 ;
   wire \$2546 ;
   wire \$2547 ;
   wire \$2548 ;
@@ -28120,22 +28123,22 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire [7:0] \$like ;
   reg [3:0] \$signal  = 4'h0;
   reg [7:0] \$signal$439  = 8'h00;
-  reg [63:0] \$signal$592  = 64'h0000000000000000;
-  reg \$signal$606  = 1'h0;
-  reg \$signal$661 ;
-  reg \$signal$668  = 1'h0;
-  reg [63:0] \$signal$747 ;
-  reg \$signal$749 ;
-  reg \$signal$750  = 1'h0;
-  reg \$signal$751 ;
-  reg \$signal$752  = 1'h0;
-  reg \$signal$753 ;
-  reg \$signal$754  = 1'h0;
+  reg [63:0] \$signal$593  = 64'h0000000000000000;
+  reg \$signal$607  = 1'h0;
+  reg \$signal$662 ;
+  reg \$signal$669  = 1'h0;
+  reg [63:0] \$signal$748 ;
+  reg \$signal$750 ;
+  reg \$signal$751  = 1'h0;
+  reg \$signal$752 ;
+  reg \$signal$753  = 1'h0;
+  reg \$signal$754 ;
   reg \$signal$755  = 1'h0;
+  reg \$signal$756  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$756 ;
-  wire \$signal$760 ;
-  reg \$signal$772 ;
+  wire \$signal$757 ;
+  wire \$signal$761 ;
+  reg \$signal$773 ;
   reg [10:0] R0 = 11'h000;
   reg [10:0] R1 = 11'h000;
   reg [10:0] R10 = 11'h000;
@@ -28828,6 +28831,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   wire v_load;
   wire vals_ok;
   reg [4:0] vavail = 5'h00;
+  wire [8:0] vge;
   reg vlast_loaded = 1'h0;
   reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
@@ -54031,151 +54035,151 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign \$24745  = a_nxt[7] ? a_es : \$signal ;
   assign \$24746  = a_gsel7[5:2] - \$24745 ;
-  assign \$24747  = vavail >= 4'h8;
-  assign \$24748  = $signed(k_nxt_full) <= $signed({ 1'h0, vavail });
-  assign \$24749  = $signed(k_cur_full) <= $signed({ 1'h0, vavail });
-  assign \$24750  = $signed(R35) <= $signed({ 1'h0, vavail });
-  assign \$24751  = row_complete ? \$24749  : \$24750 ;
-  assign \$24752  = next_ok ? \$24748  : \$24751 ;
-  assign vals_ok = \$24747  | \$24752 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$592 [63:32] } : { VB[23:0], \$signal$592  };
+  assign \$24747  = vavail >= 1'h0;
+  assign \$24748  = vavail >= 1'h1;
+  assign \$24749  = vavail >= 2'h2;
+  assign \$24750  = vavail >= 2'h3;
+  assign \$24751  = vavail >= 3'h4;
+  assign \$24752  = vavail >= 3'h5;
+  assign \$24753  = vavail >= 3'h6;
+  assign \$24754  = vavail >= 3'h7;
+  assign \$24755  = vavail >= 4'h8;
+  assign vals_ok = { \$24755 , \$24754 , \$24753 , \$24752 , \$24751 , \$24750 , \$24749 , \$24748 , \$24747  } >> k;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$593 [63:32] } : { VB[23:0], \$signal$593  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$24753  = ~ vals_ok;
-  assign \$24754  = running & \$24753 ;
-  assign short_now = \$24754  & vlast_loaded;
+  assign \$24756  = ~ vals_ok;
+  assign \$24757  = running & \$24756 ;
+  assign short_now = \$24757  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$24755  = ~ prime;
-  assign \$24756  = running & \$24755 ;
-  assign \$24757  = mbeat0_v | row_complete;
-  assign \$24758  = \$24756  & \$24757 ;
-  assign \$24759  = \$24758  & vals_ok;
-  assign \$24760  = ~ any_err;
-  assign can_go = \$24759  & \$24760 ;
-  assign \$24761  = | k;
-  assign \$24762  = \$24761  | finish;
-  assign emit = can_go & \$24762 ;
-  assign \$24763  = ~ emit;
-  assign \$24764  = \$24763  | rdy_a;
-  assign advance = can_go & \$24764 ;
-  assign \$24765  = | pad_l;
-  assign \$24766  = ov | \$24765 ;
-  assign pad_wait = \$24766  | pad_r;
-  assign \$24767  = advance & finish;
-  assign mat_end = \$24767  & last_row;
+  assign \$24758  = ~ prime;
+  assign \$24759  = running & \$24758 ;
+  assign \$24760  = mbeat0_v | row_complete;
+  assign \$24761  = \$24759  & \$24760 ;
+  assign \$24762  = \$24761  & vals_ok;
+  assign \$24763  = ~ any_err;
+  assign can_go = \$24762  & \$24763 ;
+  assign \$24764  = | k;
+  assign \$24765  = \$24764  | finish;
+  assign emit = can_go & \$24765 ;
+  assign \$24766  = ~ emit;
+  assign \$24767  = \$24766  | rdy_a;
+  assign advance = can_go & \$24767 ;
+  assign \$24768  = | pad_l;
+  assign \$24769  = ov | \$24768 ;
+  assign pad_wait = \$24769  | pad_r;
+  assign \$24770  = advance & finish;
+  assign mat_end = \$24770  & last_row;
   assign fin = advance & finish;
-  assign dsh = \$signal$661  ? 2'h3 : 2'h0;
-  assign \$24768  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$24769  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$24770  = | flush_d;
-  assign \$24771  = 1'h0 + mbeat0_n[199:192];
-  assign \$24772  = 1'h0 + mbeat0_n[207:200];
-  assign \$24773  = 1'h0 + mbeat0_n[215:208];
-  assign \$24774  = 1'h0 + mbeat0_n[223:216];
-  assign \$24775  = 1'h0 + mbeat0_n[231:224];
-  assign \$24776  = 1'h0 + mbeat0_n[239:232];
-  assign \$24777  = 1'h0 + mbeat0_n[247:240];
-  assign \$24778  = 1'h0 + mbeat0_n[255:248];
-  assign \$24779  = 1'h0 + mbeat0_n[263:256];
-  assign \$24780  = 1'h0 + mbeat0_n[271:264];
-  assign \$24781  = 1'h0 + mbeat0_n[279:272];
-  assign \$24782  = 1'h0 + mbeat0_n[287:280];
-  assign \$24783  = 1'h0 + mbeat0_n[287:280];
-  assign \$24784  = fresh0 + mbeat1_n[199:192];
-  assign \$24785  = fresh0 + mbeat1_n[207:200];
-  assign \$24786  = fresh0 + mbeat1_n[215:208];
-  assign \$24787  = fresh0 + mbeat1_n[223:216];
-  assign \$24788  = fresh0 + mbeat1_n[231:224];
-  assign \$24789  = fresh0 + mbeat1_n[239:232];
-  assign \$24790  = fresh0 + mbeat1_n[247:240];
-  assign \$24791  = fresh0 + mbeat1_n[255:248];
-  assign \$24792  = fresh0 + mbeat1_n[263:256];
-  assign \$24793  = fresh0 + mbeat1_n[271:264];
-  assign \$24794  = fresh0 + mbeat1_n[279:272];
-  assign \$24795  = fresh0 + mbeat1_n[287:280];
-  assign \$24796  = fresh0 + mbeat1_n[287:280];
-  assign \$24797  = fresh1 + mbeat2_n[199:192];
-  assign \$24798  = fresh1 + mbeat2_n[207:200];
-  assign \$24799  = fresh1 + mbeat2_n[215:208];
-  assign \$24800  = fresh1 + mbeat2_n[223:216];
-  assign \$24801  = fresh1 + mbeat2_n[231:224];
-  assign \$24802  = fresh1 + mbeat2_n[239:232];
-  assign \$24803  = fresh1 + mbeat2_n[247:240];
-  assign \$24804  = fresh1 + mbeat2_n[255:248];
-  assign \$24805  = fresh1 + mbeat2_n[263:256];
-  assign \$24806  = fresh1 + mbeat2_n[271:264];
-  assign \$24807  = fresh1 + mbeat2_n[279:272];
-  assign \$24808  = fresh1 + mbeat2_n[287:280];
-  assign \$24809  = ~ prime;
-  assign \$24810  = running & \$24809 ;
-  assign \$24811  = \$24810  & \$signal$668 ;
-  assign \$24812  = | flush_d;
-  assign special = any_err | \$24812 ;
-  assign Rn0 = \$signal$661  ? R12 : R0;
-  assign Rn1 = \$signal$661  ? R13 : R1;
-  assign Rn2 = \$signal$661  ? R14 : R2;
-  assign Rn3 = \$signal$661  ? R15 : R3;
-  assign Rn4 = \$signal$661  ? R16 : R4;
-  assign Rn5 = \$signal$661  ? R17 : R5;
-  assign Rn6 = \$signal$661  ? R18 : R6;
-  assign Rn7 = \$signal$661  ? R19 : R7;
-  assign Rn8 = \$signal$661  ? R20 : R8;
-  assign Rn9 = \$signal$661  ? R21 : R9;
-  assign Rn10 = \$signal$661  ? R22 : R10;
-  assign Rn11 = \$signal$661  ? R23 : R11;
-  assign Rn12 = \$signal$661  ? R24 : R12;
-  assign Rn13 = \$signal$661  ? R25 : R13;
-  assign Rn14 = \$signal$661  ? R26 : R14;
-  assign Rn15 = \$signal$661  ? R27 : R15;
-  assign Rn16 = \$signal$661  ? R28 : R16;
-  assign Rn17 = \$signal$661  ? R29 : R17;
-  assign Rn18 = \$signal$661  ? R30 : R18;
-  assign Rn19 = \$signal$661  ? R31 : R19;
-  assign Rn20 = \$signal$661  ? R32 : R20;
-  assign Rn21 = \$signal$661  ? R33 : R21;
-  assign Rn22 = \$signal$661  ? R34 : R22;
-  assign Rn23 = \$signal$661  ? R35 : R23;
-  assign Rn24 = \$signal$661  ? R35 : R24;
-  assign Rn25 = \$signal$661  ? R35 : R25;
-  assign Rn26 = \$signal$661  ? R35 : R26;
-  assign Rn27 = \$signal$661  ? R35 : R27;
-  assign Rn28 = \$signal$661  ? R35 : R28;
-  assign Rn29 = \$signal$661  ? R35 : R29;
-  assign Rn30 = \$signal$661  ? R35 : R30;
-  assign Rn31 = \$signal$661  ? R35 : R31;
-  assign Rn32 = \$signal$661  ? R35 : R32;
-  assign Rn33 = \$signal$661  ? R35 : R33;
-  assign Rn34 = \$signal$661  ? R35 : R34;
-  assign Rnm1 = \$signal$661  ? R11 : Rm1;
-  assign \$24813  = ~ special;
-  assign \$24814  = mbuf_v & \$24813 ;
-  assign \$24815  = ~ \$signal$661 ;
-  assign \$24816  = mbeat2_v & \$24815 ;
-  assign \$24817  = ~ \$24816 ;
-  assign take_buf = \$24814  & \$24817 ;
-  assign \$24818  = ~ mbuf_v;
-  assign \$24819  = ~ special;
-  assign \$24820  = ~ \$signal$661 ;
-  assign \$24821  = mbeat2_v & \$24820 ;
-  assign \$24822  = ~ \$24821 ;
-  assign \$24823  = \$24819  & \$24822 ;
-  assign i_mask__ready = \$24818  | \$24823 ;
-  assign \$24824  = \$signal$661  ? mbeat1_v : mbeat0_v;
+  assign dsh = \$signal$662  ? 2'h3 : 2'h0;
+  assign \$24771  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$24772  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$24773  = | flush_d;
+  assign \$24774  = 1'h0 + mbeat0_n[199:192];
+  assign \$24775  = 1'h0 + mbeat0_n[207:200];
+  assign \$24776  = 1'h0 + mbeat0_n[215:208];
+  assign \$24777  = 1'h0 + mbeat0_n[223:216];
+  assign \$24778  = 1'h0 + mbeat0_n[231:224];
+  assign \$24779  = 1'h0 + mbeat0_n[239:232];
+  assign \$24780  = 1'h0 + mbeat0_n[247:240];
+  assign \$24781  = 1'h0 + mbeat0_n[255:248];
+  assign \$24782  = 1'h0 + mbeat0_n[263:256];
+  assign \$24783  = 1'h0 + mbeat0_n[271:264];
+  assign \$24784  = 1'h0 + mbeat0_n[279:272];
+  assign \$24785  = 1'h0 + mbeat0_n[287:280];
+  assign \$24786  = 1'h0 + mbeat0_n[287:280];
+  assign \$24787  = fresh0 + mbeat1_n[199:192];
+  assign \$24788  = fresh0 + mbeat1_n[207:200];
+  assign \$24789  = fresh0 + mbeat1_n[215:208];
+  assign \$24790  = fresh0 + mbeat1_n[223:216];
+  assign \$24791  = fresh0 + mbeat1_n[231:224];
+  assign \$24792  = fresh0 + mbeat1_n[239:232];
+  assign \$24793  = fresh0 + mbeat1_n[247:240];
+  assign \$24794  = fresh0 + mbeat1_n[255:248];
+  assign \$24795  = fresh0 + mbeat1_n[263:256];
+  assign \$24796  = fresh0 + mbeat1_n[271:264];
+  assign \$24797  = fresh0 + mbeat1_n[279:272];
+  assign \$24798  = fresh0 + mbeat1_n[287:280];
+  assign \$24799  = fresh0 + mbeat1_n[287:280];
+  assign \$24800  = fresh1 + mbeat2_n[199:192];
+  assign \$24801  = fresh1 + mbeat2_n[207:200];
+  assign \$24802  = fresh1 + mbeat2_n[215:208];
+  assign \$24803  = fresh1 + mbeat2_n[223:216];
+  assign \$24804  = fresh1 + mbeat2_n[231:224];
+  assign \$24805  = fresh1 + mbeat2_n[239:232];
+  assign \$24806  = fresh1 + mbeat2_n[247:240];
+  assign \$24807  = fresh1 + mbeat2_n[255:248];
+  assign \$24808  = fresh1 + mbeat2_n[263:256];
+  assign \$24809  = fresh1 + mbeat2_n[271:264];
+  assign \$24810  = fresh1 + mbeat2_n[279:272];
+  assign \$24811  = fresh1 + mbeat2_n[287:280];
+  assign \$24812  = ~ prime;
+  assign \$24813  = running & \$24812 ;
+  assign \$24814  = \$24813  & \$signal$669 ;
+  assign \$24815  = | flush_d;
+  assign special = any_err | \$24815 ;
+  assign Rn0 = \$signal$662  ? R12 : R0;
+  assign Rn1 = \$signal$662  ? R13 : R1;
+  assign Rn2 = \$signal$662  ? R14 : R2;
+  assign Rn3 = \$signal$662  ? R15 : R3;
+  assign Rn4 = \$signal$662  ? R16 : R4;
+  assign Rn5 = \$signal$662  ? R17 : R5;
+  assign Rn6 = \$signal$662  ? R18 : R6;
+  assign Rn7 = \$signal$662  ? R19 : R7;
+  assign Rn8 = \$signal$662  ? R20 : R8;
+  assign Rn9 = \$signal$662  ? R21 : R9;
+  assign Rn10 = \$signal$662  ? R22 : R10;
+  assign Rn11 = \$signal$662  ? R23 : R11;
+  assign Rn12 = \$signal$662  ? R24 : R12;
+  assign Rn13 = \$signal$662  ? R25 : R13;
+  assign Rn14 = \$signal$662  ? R26 : R14;
+  assign Rn15 = \$signal$662  ? R27 : R15;
+  assign Rn16 = \$signal$662  ? R28 : R16;
+  assign Rn17 = \$signal$662  ? R29 : R17;
+  assign Rn18 = \$signal$662  ? R30 : R18;
+  assign Rn19 = \$signal$662  ? R31 : R19;
+  assign Rn20 = \$signal$662  ? R32 : R20;
+  assign Rn21 = \$signal$662  ? R33 : R21;
+  assign Rn22 = \$signal$662  ? R34 : R22;
+  assign Rn23 = \$signal$662  ? R35 : R23;
+  assign Rn24 = \$signal$662  ? R35 : R24;
+  assign Rn25 = \$signal$662  ? R35 : R25;
+  assign Rn26 = \$signal$662  ? R35 : R26;
+  assign Rn27 = \$signal$662  ? R35 : R27;
+  assign Rn28 = \$signal$662  ? R35 : R28;
+  assign Rn29 = \$signal$662  ? R35 : R29;
+  assign Rn30 = \$signal$662  ? R35 : R30;
+  assign Rn31 = \$signal$662  ? R35 : R31;
+  assign Rn32 = \$signal$662  ? R35 : R32;
+  assign Rn33 = \$signal$662  ? R35 : R33;
+  assign Rn34 = \$signal$662  ? R35 : R34;
+  assign Rnm1 = \$signal$662  ? R11 : Rm1;
+  assign \$24816  = ~ special;
+  assign \$24817  = mbuf_v & \$24816 ;
+  assign \$24818  = ~ \$signal$662 ;
+  assign \$24819  = mbeat2_v & \$24818 ;
+  assign \$24820  = ~ \$24819 ;
+  assign take_buf = \$24817  & \$24820 ;
+  assign \$24821  = ~ mbuf_v;
+  assign \$24822  = ~ special;
+  assign \$24823  = ~ \$signal$662 ;
+  assign \$24824  = mbeat2_v & \$24823 ;
   assign \$24825  = ~ \$24824 ;
-  assign \$24827  = $signed(Rnm1) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24828  = $signed(Rnm1) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24829  = $signed(Rnm1) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24830  = $signed(Rnm1) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24831  = $signed(Rnm1) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24832  = $signed(Rnm1) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24833  = $signed(Rnm1) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24834  = $signed(Rnm1) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24835  = $signed(Rnm1) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24836  = $signed(Rnm1) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24837  = $signed(Rnm1) + $signed({ 1'h0, mbuf[279:272] });
-  assign \$24838  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24839  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24840  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24826  = \$24822  & \$24825 ;
+  assign i_mask__ready = \$24821  | \$24826 ;
+  assign \$24827  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24828  = ~ \$24827 ;
+  assign \$24830  = $signed(Rnm1) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24831  = $signed(Rnm1) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24832  = $signed(Rnm1) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24833  = $signed(Rnm1) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24834  = $signed(Rnm1) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24835  = $signed(Rnm1) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24836  = $signed(Rnm1) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24837  = $signed(Rnm1) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24838  = $signed(Rnm1) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24839  = $signed(Rnm1) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24840  = $signed(Rnm1) + $signed({ 1'h0, mbuf[279:272] });
   assign \$24841  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24842  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24843  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
@@ -54198,24 +54202,24 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$24860  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24861  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24862  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24863  = \$signal$661  ? mbeat2_v : mbeat1_v;
-  assign \$24864  = ~ \$24863 ;
-  assign \$24865  = \$signal$661  ? mbeat1_v : mbeat0_v;
-  assign \$24866  = \$24864  & \$24865 ;
-  assign \$24867  = $signed(Rn11) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24868  = $signed(Rn11) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24869  = $signed(Rn11) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24870  = $signed(Rn11) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24871  = $signed(Rn11) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24872  = $signed(Rn11) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24873  = $signed(Rn11) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24874  = $signed(Rn11) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24875  = $signed(Rn11) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24876  = $signed(Rn11) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24877  = $signed(Rn11) + $signed({ 1'h0, mbuf[279:272] });
-  assign \$24878  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24879  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24880  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24863  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24864  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24865  = $signed(Rnm1) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24866  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24867  = ~ \$24866 ;
+  assign \$24868  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24869  = \$24867  & \$24868 ;
+  assign \$24870  = $signed(Rn11) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24871  = $signed(Rn11) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24872  = $signed(Rn11) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24873  = $signed(Rn11) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24874  = $signed(Rn11) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24875  = $signed(Rn11) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24876  = $signed(Rn11) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24877  = $signed(Rn11) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24878  = $signed(Rn11) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24879  = $signed(Rn11) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24880  = $signed(Rn11) + $signed({ 1'h0, mbuf[279:272] });
   assign \$24881  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24882  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24883  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
@@ -54226,662 +54230,665 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \$24888  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24889  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
   assign \$24890  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
-  assign \$24891  = ~ \$signal$661 ;
-  assign \$24892  = mbeat2_v & \$24891 ;
-  assign \$24893  = ~ \$24892 ;
-  assign \$24894  = \$signal$661  ? mbeat2_v : mbeat1_v;
-  assign \$24895  = \$24893  & \$24894 ;
-  assign \$24896  = $signed(Rn23) + $signed({ 1'h0, mbuf[199:192] });
-  assign \$24897  = $signed(Rn23) + $signed({ 1'h0, mbuf[207:200] });
-  assign \$24898  = $signed(Rn23) + $signed({ 1'h0, mbuf[215:208] });
-  assign \$24899  = $signed(Rn23) + $signed({ 1'h0, mbuf[223:216] });
-  assign \$24900  = $signed(Rn23) + $signed({ 1'h0, mbuf[231:224] });
-  assign \$24901  = $signed(Rn23) + $signed({ 1'h0, mbuf[239:232] });
-  assign \$24902  = $signed(Rn23) + $signed({ 1'h0, mbuf[247:240] });
-  assign \$24903  = $signed(Rn23) + $signed({ 1'h0, mbuf[255:248] });
-  assign \$24904  = $signed(Rn23) + $signed({ 1'h0, mbuf[263:256] });
-  assign \$24905  = $signed(Rn23) + $signed({ 1'h0, mbuf[271:264] });
-  assign \$24906  = $signed(Rn23) + $signed({ 1'h0, mbuf[279:272] });
-  assign \$24907  = $signed(Rn23) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24891  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24892  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24893  = $signed(Rn11) + $signed({ 1'h0, mbuf[287:280] });
+  assign \$24894  = ~ \$signal$662 ;
+  assign \$24895  = mbeat2_v & \$24894 ;
+  assign \$24896  = ~ \$24895 ;
+  assign \$24897  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24898  = \$24896  & \$24897 ;
+  assign \$24899  = $signed(Rn23) + $signed({ 1'h0, mbuf[199:192] });
+  assign \$24900  = $signed(Rn23) + $signed({ 1'h0, mbuf[207:200] });
+  assign \$24901  = $signed(Rn23) + $signed({ 1'h0, mbuf[215:208] });
+  assign \$24902  = $signed(Rn23) + $signed({ 1'h0, mbuf[223:216] });
+  assign \$24903  = $signed(Rn23) + $signed({ 1'h0, mbuf[231:224] });
+  assign \$24904  = $signed(Rn23) + $signed({ 1'h0, mbuf[239:232] });
+  assign \$24905  = $signed(Rn23) + $signed({ 1'h0, mbuf[247:240] });
+  assign \$24906  = $signed(Rn23) + $signed({ 1'h0, mbuf[255:248] });
+  assign \$24907  = $signed(Rn23) + $signed({ 1'h0, mbuf[263:256] });
+  assign \$24908  = $signed(Rn23) + $signed({ 1'h0, mbuf[271:264] });
+  assign \$24909  = $signed(Rn23) + $signed({ 1'h0, mbuf[279:272] });
+  assign \$24910  = $signed(Rn23) + $signed({ 1'h0, mbuf[287:280] });
   assign vpos_n = vpos + k;
-  assign \$24908  = ~ vlast_loaded;
-  assign \$24909  = 4'h8 - vpos;
-  assign \$24910  = \$24909 [3:0] <= 4'h8;
-  assign \$24911  = $signed(k_nxt_full) >= $signed({ 1'h0, \$24909 [3:0] });
-  assign \$24912  = $signed(k_cur_full) >= $signed({ 1'h0, \$24909 [3:0] });
-  assign \$24913  = $signed(R35) >= $signed({ 1'h0, \$24909 [3:0] });
-  assign \$24914  = row_complete ? \$24912  : \$24913 ;
-  assign \$24915  = next_ok ? \$24911  : \$24914 ;
-  assign \$signal$760  = \$24910  & \$24915 ;
-  assign \$24916  = $signed(k_nxt_full) > $signed(1'h0);
-  assign \$24917  = $signed(k_cur_full) > $signed(1'h0);
-  assign \$24918  = $signed(R35) > $signed(1'h0);
-  assign \$24919  = row_complete ? \$24917  : \$24918 ;
-  assign takes = next_ok ? \$24916  : \$24919 ;
-  assign \$24920  = ! vpos;
-  assign \$24921  = \$signal$750  & \$24920 ;
-  assign \$24922  = \$24921  | \$signal$752 ;
-  assign \$24923  = ~ \$24922 ;
-  assign \$24924  = | vpos;
-  assign \$24925  = \$24924  ? \$signal$754  : prev_last;
-  assign \$24926  = \$24923  & \$24925 ;
-  assign \$24927  = ! vpos;
-  assign \$24928  = \$signal$750  & \$24927 ;
-  assign \$24929  = \$24928  | \$signal$752 ;
-  assign \$24930  = ~ \$24929 ;
-  assign \$24931  = | vpos;
-  assign \$24932  = \$24931  ? \$signal$754  : prev_last;
-  assign \$24933  = \$24930  & \$24932 ;
-  assign \$24934  = ~ \$24933 ;
-  assign \$24935  = \$signal$750  & \$signal$754 ;
-  assign \$24936  = ~ \$signal$752 ;
-  assign \$24937  = \$24935  & \$24936 ;
-  assign \$24938  = ~ \$signal$752 ;
-  assign \$24939  = \$signal$754  & \$24938 ;
-  assign \$24940  = ~ \$24939 ;
-  assign \$24941  = \$signal$750  & \$24940 ;
-  assign \$24942  = end_ok | end_bad;
-  assign \$24943  = endv & \$24942 ;
-  assign v_clear = any_err | \$24943 ;
+  assign \$24911  = ~ vlast_loaded;
+  assign \$24912  = 4'h8 - vpos;
+  assign \$24913  = \$24912 [3:0] <= 4'h8;
+  assign \$24914  = $signed(k_nxt_full) >= $signed({ 1'h0, \$24912 [3:0] });
+  assign \$24915  = $signed(k_cur_full) >= $signed({ 1'h0, \$24912 [3:0] });
+  assign \$24916  = $signed(R35) >= $signed({ 1'h0, \$24912 [3:0] });
+  assign \$24917  = row_complete ? \$24915  : \$24916 ;
+  assign \$24918  = next_ok ? \$24914  : \$24917 ;
+  assign \$signal$761  = \$24913  & \$24918 ;
+  assign \$24919  = $signed(k_nxt_full) > $signed(1'h0);
+  assign \$24920  = $signed(k_cur_full) > $signed(1'h0);
+  assign \$24921  = $signed(R35) > $signed(1'h0);
+  assign \$24922  = row_complete ? \$24920  : \$24921 ;
+  assign takes = next_ok ? \$24919  : \$24922 ;
+  assign \$24923  = ! vpos;
+  assign \$24924  = \$signal$751  & \$24923 ;
+  assign \$24925  = \$24924  | \$signal$753 ;
+  assign \$24926  = ~ \$24925 ;
+  assign \$24927  = | vpos;
+  assign \$24928  = \$24927  ? \$signal$755  : prev_last;
+  assign \$24929  = \$24926  & \$24928 ;
+  assign \$24930  = ! vpos;
+  assign \$24931  = \$signal$751  & \$24930 ;
+  assign \$24932  = \$24931  | \$signal$753 ;
+  assign \$24933  = ~ \$24932 ;
+  assign \$24934  = | vpos;
+  assign \$24935  = \$24934  ? \$signal$755  : prev_last;
+  assign \$24936  = \$24933  & \$24935 ;
+  assign \$24937  = ~ \$24936 ;
+  assign \$24938  = \$signal$751  & \$signal$755 ;
+  assign \$24939  = ~ \$signal$753 ;
+  assign \$24940  = \$24938  & \$24939 ;
+  assign \$24941  = ~ \$signal$753 ;
+  assign \$24942  = \$signal$755  & \$24941 ;
+  assign \$24943  = ~ \$24942 ;
+  assign \$24944  = \$signal$751  & \$24943 ;
+  assign \$24945  = end_ok | end_bad;
+  assign \$24946  = endv & \$24945 ;
+  assign v_clear = any_err | \$24946 ;
   assign v_load = i_value__valid & i_value__ready;
-  assign \$24944  = vavail - k;
-  assign \$24945  = advance ? \$24944  : { 1'h0, vavail };
-  assign \$24946  = v_clear ? 6'h00 : \$24945 ;
-  assign \$24947  = advance & takes;
-  assign \$24948  = \$signal$749  & \$signal$751 ;
-  assign \$24949  = ~ \$24948 ;
-  assign i_value__ready = allow_load & \$24949 ;
-  assign \$24950  = rows_left > 2'h2;
-  assign \$24951  = rows_left > 1'h1;
-  assign \$24952  = fin ? \$24950  : \$24951 ;
-  assign \$24953  = rows_left == 2'h2;
-  assign \$24954  = rows_left == 1'h1;
+  assign \$24947  = vavail - k;
+  assign \$24948  = advance ? \$24947  : { 1'h0, vavail };
+  assign \$24949  = v_clear ? 6'h00 : \$24948 ;
+  assign \$24950  = advance & takes;
+  assign \$24951  = \$signal$750  & \$signal$752 ;
+  assign \$24952  = ~ \$24951 ;
+  assign i_value__ready = allow_load & \$24952 ;
+  assign \$24953  = rows_left > 2'h2;
+  assign \$24954  = rows_left > 1'h1;
   assign \$24955  = fin ? \$24953  : \$24954 ;
-  assign \$24956  = ~ running;
-  assign \$24957  = ~ endv;
-  assign \$24958  = \$24956  & \$24957 ;
-  assign \$24959  = ~ pad_wait;
-  assign i_cmd__ready = \$24958  & \$24959 ;
-  assign \$24960  = running | endv;
-  assign o_busy = \$24960  | pad_wait;
-  assign \$24961  = i_cmd__valid & i_cmd__ready;
-  assign \$24962  = i_cmd__payload[26:16] + 6'h3f;
-  assign \$24965  = i_cmd__payload[15:0] > 1'h1;
-  assign \$24966  = i_cmd__payload[15:0] == 1'h1;
-  assign \$24967  = \$signal$661  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$24967  | \$24968 ;
-  assign \$24969  = \$signal$661  ? mbeat2_v : mbeat1_v;
-  assign \$24970  = \$signal$661  ? mbeat1_v : mbeat0_v;
-  assign \$24971  = mbuf_v & \$24970 ;
-  assign mbeat1_vn = \$24969  | \$24971 ;
-  assign \$24972  = ~ \$signal$661 ;
-  assign \$24973  = mbeat2_v & \$24972 ;
-  assign \$24974  = \$signal$661  ? mbeat2_v : mbeat1_v;
-  assign \$24975  = mbuf_v & \$24974 ;
-  assign mbeat2_vn = \$24973  | \$24975 ;
-  assign \$24977  = \$24976  * 2'h3;
-  assign \$24978  = ! \$signal$661 ;
-  assign \$24979  = $signed(es_w) <= $signed(1'h0);
-  assign \$24980  = es_w == 1'h1;
-  assign \$24981  = es_w == 2'h2;
-  assign \$24982  = es_w == 2'h3;
-  assign \$24983  = es_w == 3'h4;
-  assign \$24984  = es_w == 3'h5;
-  assign \$24985  = es_w == 3'h6;
-  assign \$24986  = es_w == 3'h7;
-  assign \$24987  = es_w == 4'h8;
-  assign \$24988  = $signed(es_w) >= $signed(5'h09);
-  assign \$24990  = $signed(es_w) - $signed(3'h3);
-  assign \$24991  = $signed(\$24990 ) <= $signed(1'h0);
-  assign \$24992  = $signed(es_w) - $signed(3'h3);
-  assign \$24993  = \$24992  == 1'h1;
-  assign \$24994  = $signed(es_w) - $signed(3'h3);
-  assign \$24995  = \$24994  == 2'h2;
-  assign \$24996  = $signed(es_w) - $signed(3'h3);
-  assign \$24997  = \$24996  == 2'h3;
-  assign \$24998  = $signed(es_w) - $signed(3'h3);
-  assign \$24999  = \$24998  == 3'h4;
-  assign \$25000  = $signed(es_w) - $signed(3'h3);
-  assign \$25001  = \$25000  == 3'h5;
-  assign \$25002  = $signed(es_w) - $signed(3'h3);
-  assign \$25003  = \$25002  == 3'h6;
-  assign \$25004  = $signed(es_w) - $signed(3'h3);
-  assign \$25005  = \$25004  == 3'h7;
-  assign \$25006  = $signed(es_w) - $signed(3'h3);
-  assign \$25007  = \$25006  == 4'h8;
-  assign \$25008  = $signed(es_w) - $signed(3'h3);
-  assign \$25009  = $signed(\$25008 ) >= $signed(5'h09);
-  assign \$25010  = r_a_sel[0] ? Rnm1 : 11'h000;
-  assign \$25011  = r_a_sel[1] ? Rf3 : 11'h000;
-  assign \$25012  = \$25010  | \$25011 ;
-  assign \$25013  = r_a_sel[2] ? Rf7 : 11'h000;
-  assign \$25014  = r_a_sel[3] ? Rf11 : 11'h000;
+  assign \$24956  = rows_left == 2'h2;
+  assign \$24957  = rows_left == 1'h1;
+  assign \$24958  = fin ? \$24956  : \$24957 ;
+  assign \$24959  = ~ running;
+  assign \$24960  = ~ endv;
+  assign \$24961  = \$24959  & \$24960 ;
+  assign \$24962  = ~ pad_wait;
+  assign i_cmd__ready = \$24961  & \$24962 ;
+  assign \$24963  = running | endv;
+  assign o_busy = \$24963  | pad_wait;
+  assign \$24964  = i_cmd__valid & i_cmd__ready;
+  assign \$24965  = i_cmd__payload[26:16] + 6'h3f;
+  assign \$24968  = i_cmd__payload[15:0] > 1'h1;
+  assign \$24969  = i_cmd__payload[15:0] == 1'h1;
+  assign \$24970  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$24970  | \$24971 ;
+  assign \$24972  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24973  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$24974  = mbuf_v & \$24973 ;
+  assign mbeat1_vn = \$24972  | \$24974 ;
+  assign \$24975  = ~ \$signal$662 ;
+  assign \$24976  = mbeat2_v & \$24975 ;
+  assign \$24977  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$24978  = mbuf_v & \$24977 ;
+  assign mbeat2_vn = \$24976  | \$24978 ;
+  assign \$24980  = \$24979  * 2'h3;
+  assign \$24981  = ! \$signal$662 ;
+  assign \$24982  = $signed(es_w) <= $signed(1'h0);
+  assign \$24983  = es_w == 1'h1;
+  assign \$24984  = es_w == 2'h2;
+  assign \$24985  = es_w == 2'h3;
+  assign \$24986  = es_w == 3'h4;
+  assign \$24987  = es_w == 3'h5;
+  assign \$24988  = es_w == 3'h6;
+  assign \$24989  = es_w == 3'h7;
+  assign \$24990  = es_w == 4'h8;
+  assign \$24991  = $signed(es_w) >= $signed(5'h09);
+  assign \$24993  = $signed(es_w) - $signed(3'h3);
+  assign \$24994  = $signed(\$24993 ) <= $signed(1'h0);
+  assign \$24995  = $signed(es_w) - $signed(3'h3);
+  assign \$24996  = \$24995  == 1'h1;
+  assign \$24997  = $signed(es_w) - $signed(3'h3);
+  assign \$24998  = \$24997  == 2'h2;
+  assign \$24999  = $signed(es_w) - $signed(3'h3);
+  assign \$25000  = \$24999  == 2'h3;
+  assign \$25001  = $signed(es_w) - $signed(3'h3);
+  assign \$25002  = \$25001  == 3'h4;
+  assign \$25003  = $signed(es_w) - $signed(3'h3);
+  assign \$25004  = \$25003  == 3'h5;
+  assign \$25005  = $signed(es_w) - $signed(3'h3);
+  assign \$25006  = \$25005  == 3'h6;
+  assign \$25007  = $signed(es_w) - $signed(3'h3);
+  assign \$25008  = \$25007  == 3'h7;
+  assign \$25009  = $signed(es_w) - $signed(3'h3);
+  assign \$25010  = \$25009  == 4'h8;
+  assign \$25011  = $signed(es_w) - $signed(3'h3);
+  assign \$25012  = $signed(\$25011 ) >= $signed(5'h09);
+  assign \$25013  = r_a_sel[0] ? Rnm1 : 11'h000;
+  assign \$25014  = r_a_sel[1] ? Rf3 : 11'h000;
   assign \$25015  = \$25013  | \$25014 ;
-  assign \$25016  = \$25012  | \$25015 ;
-  assign \$25017  = r_a_sel[4] ? Rf15 : 11'h000;
-  assign \$25018  = r_a_sel[5] ? Rf19 : 11'h000;
-  assign \$25019  = \$25017  | \$25018 ;
-  assign \$25020  = r_a_sel[6] ? Rf23 : 11'h000;
-  assign \$25021  = r_a_sel[7] ? Rf27 : 11'h000;
+  assign \$25016  = r_a_sel[2] ? Rf7 : 11'h000;
+  assign \$25017  = r_a_sel[3] ? Rf11 : 11'h000;
+  assign \$25018  = \$25016  | \$25017 ;
+  assign \$25019  = \$25015  | \$25018 ;
+  assign \$25020  = r_a_sel[4] ? Rf15 : 11'h000;
+  assign \$25021  = r_a_sel[5] ? Rf19 : 11'h000;
   assign \$25022  = \$25020  | \$25021 ;
-  assign \$25023  = \$25019  | \$25022 ;
-  assign \$25024  = \$25016  | \$25023 ;
-  assign \$25025  = r_a_sel[8] ? Rf31 : 11'h000;
-  assign \$25026  = r_a_sel[9] ? Rf35 : 11'h000;
-  assign \$25027  = \$25025  | \$25026 ;
-  assign r_a = \$25024  | \$25027 ;
-  assign \$25028  = ! \$signal$661 ;
-  assign \$25029  = $signed(es2_w) <= $signed(1'h0);
-  assign \$25030  = es2_w == 1'h1;
-  assign \$25031  = es2_w == 2'h2;
-  assign \$25032  = es2_w == 2'h3;
-  assign \$25033  = es2_w == 3'h4;
-  assign \$25034  = es2_w == 3'h5;
-  assign \$25035  = es2_w == 3'h6;
-  assign \$25036  = es2_w == 3'h7;
-  assign \$25037  = es2_w == 4'h8;
-  assign \$25038  = $signed(es2_w) >= $signed(5'h09);
-  assign \$25040  = $signed(es2_w) - $signed(3'h3);
-  assign \$25041  = $signed(\$25040 ) <= $signed(1'h0);
-  assign \$25042  = $signed(es2_w) - $signed(3'h3);
-  assign \$25043  = \$25042  == 1'h1;
-  assign \$25044  = $signed(es2_w) - $signed(3'h3);
-  assign \$25045  = \$25044  == 2'h2;
-  assign \$25046  = $signed(es2_w) - $signed(3'h3);
-  assign \$25047  = \$25046  == 2'h3;
-  assign \$25048  = $signed(es2_w) - $signed(3'h3);
-  assign \$25049  = \$25048  == 3'h4;
-  assign \$25050  = $signed(es2_w) - $signed(3'h3);
-  assign \$25051  = \$25050  == 3'h5;
-  assign \$25052  = $signed(es2_w) - $signed(3'h3);
-  assign \$25053  = \$25052  == 3'h6;
-  assign \$25054  = $signed(es2_w) - $signed(3'h3);
-  assign \$25055  = \$25054  == 3'h7;
-  assign \$25056  = $signed(es2_w) - $signed(3'h3);
-  assign \$25057  = \$25056  == 4'h8;
-  assign \$25058  = $signed(es2_w) - $signed(3'h3);
-  assign \$25059  = $signed(\$25058 ) >= $signed(5'h09);
-  assign \$25060  = r_b_sel[0] ? Rnm1 : 11'h000;
-  assign \$25061  = r_b_sel[1] ? Rf3 : 11'h000;
-  assign \$25062  = \$25060  | \$25061 ;
-  assign \$25063  = r_b_sel[2] ? Rf7 : 11'h000;
-  assign \$25064  = r_b_sel[3] ? Rf11 : 11'h000;
+  assign \$25023  = r_a_sel[6] ? Rf23 : 11'h000;
+  assign \$25024  = r_a_sel[7] ? Rf27 : 11'h000;
+  assign \$25025  = \$25023  | \$25024 ;
+  assign \$25026  = \$25022  | \$25025 ;
+  assign \$25027  = \$25019  | \$25026 ;
+  assign \$25028  = r_a_sel[8] ? Rf31 : 11'h000;
+  assign \$25029  = r_a_sel[9] ? Rf35 : 11'h000;
+  assign \$25030  = \$25028  | \$25029 ;
+  assign r_a = \$25027  | \$25030 ;
+  assign \$25031  = ! \$signal$662 ;
+  assign \$25032  = $signed(es2_w) <= $signed(1'h0);
+  assign \$25033  = es2_w == 1'h1;
+  assign \$25034  = es2_w == 2'h2;
+  assign \$25035  = es2_w == 2'h3;
+  assign \$25036  = es2_w == 3'h4;
+  assign \$25037  = es2_w == 3'h5;
+  assign \$25038  = es2_w == 3'h6;
+  assign \$25039  = es2_w == 3'h7;
+  assign \$25040  = es2_w == 4'h8;
+  assign \$25041  = $signed(es2_w) >= $signed(5'h09);
+  assign \$25043  = $signed(es2_w) - $signed(3'h3);
+  assign \$25044  = $signed(\$25043 ) <= $signed(1'h0);
+  assign \$25045  = $signed(es2_w) - $signed(3'h3);
+  assign \$25046  = \$25045  == 1'h1;
+  assign \$25047  = $signed(es2_w) - $signed(3'h3);
+  assign \$25048  = \$25047  == 2'h2;
+  assign \$25049  = $signed(es2_w) - $signed(3'h3);
+  assign \$25050  = \$25049  == 2'h3;
+  assign \$25051  = $signed(es2_w) - $signed(3'h3);
+  assign \$25052  = \$25051  == 3'h4;
+  assign \$25053  = $signed(es2_w) - $signed(3'h3);
+  assign \$25054  = \$25053  == 3'h5;
+  assign \$25055  = $signed(es2_w) - $signed(3'h3);
+  assign \$25056  = \$25055  == 3'h6;
+  assign \$25057  = $signed(es2_w) - $signed(3'h3);
+  assign \$25058  = \$25057  == 3'h7;
+  assign \$25059  = $signed(es2_w) - $signed(3'h3);
+  assign \$25060  = \$25059  == 4'h8;
+  assign \$25061  = $signed(es2_w) - $signed(3'h3);
+  assign \$25062  = $signed(\$25061 ) >= $signed(5'h09);
+  assign \$25063  = r_b_sel[0] ? Rnm1 : 11'h000;
+  assign \$25064  = r_b_sel[1] ? Rf3 : 11'h000;
   assign \$25065  = \$25063  | \$25064 ;
-  assign \$25066  = \$25062  | \$25065 ;
-  assign \$25067  = r_b_sel[4] ? Rf15 : 11'h000;
-  assign \$25068  = r_b_sel[5] ? Rf19 : 11'h000;
-  assign \$25069  = \$25067  | \$25068 ;
-  assign \$25070  = r_b_sel[6] ? Rf23 : 11'h000;
-  assign \$25071  = r_b_sel[7] ? Rf27 : 11'h000;
+  assign \$25066  = r_b_sel[2] ? Rf7 : 11'h000;
+  assign \$25067  = r_b_sel[3] ? Rf11 : 11'h000;
+  assign \$25068  = \$25066  | \$25067 ;
+  assign \$25069  = \$25065  | \$25068 ;
+  assign \$25070  = r_b_sel[4] ? Rf15 : 11'h000;
+  assign \$25071  = r_b_sel[5] ? Rf19 : 11'h000;
   assign \$25072  = \$25070  | \$25071 ;
-  assign \$25073  = \$25069  | \$25072 ;
-  assign \$25074  = \$25066  | \$25073 ;
-  assign \$25075  = r_b_sel[8] ? Rf31 : 11'h000;
-  assign \$25076  = r_b_sel[9] ? Rf35 : 11'h000;
-  assign \$25077  = \$25075  | \$25076 ;
-  assign r_b = \$25074  | \$25077 ;
-  assign \$25078  = ! \$signal$661 ;
-  assign \$25079  = $signed(es3_w) <= $signed(1'h0);
-  assign \$25080  = es3_w == 1'h1;
-  assign \$25081  = es3_w == 2'h2;
-  assign \$25082  = es3_w == 2'h3;
-  assign \$25083  = es3_w == 3'h4;
-  assign \$25084  = es3_w == 3'h5;
-  assign \$25085  = es3_w == 3'h6;
-  assign \$25086  = es3_w == 3'h7;
-  assign \$25087  = es3_w == 4'h8;
-  assign \$25088  = $signed(es3_w) >= $signed(5'h09);
-  assign \$25090  = $signed(es3_w) - $signed(3'h3);
-  assign \$25091  = $signed(\$25090 ) <= $signed(1'h0);
-  assign \$25092  = $signed(es3_w) - $signed(3'h3);
-  assign \$25093  = \$25092  == 1'h1;
-  assign \$25094  = $signed(es3_w) - $signed(3'h3);
-  assign \$25095  = \$25094  == 2'h2;
-  assign \$25096  = $signed(es3_w) - $signed(3'h3);
-  assign \$25097  = \$25096  == 2'h3;
-  assign \$25098  = $signed(es3_w) - $signed(3'h3);
-  assign \$25099  = \$25098  == 3'h4;
-  assign \$25100  = $signed(es3_w) - $signed(3'h3);
-  assign \$25101  = \$25100  == 3'h5;
-  assign \$25102  = $signed(es3_w) - $signed(3'h3);
-  assign \$25103  = \$25102  == 3'h6;
-  assign \$25104  = $signed(es3_w) - $signed(3'h3);
-  assign \$25105  = \$25104  == 3'h7;
-  assign \$25106  = $signed(es3_w) - $signed(3'h3);
-  assign \$25107  = \$25106  == 4'h8;
-  assign \$25108  = $signed(es3_w) - $signed(3'h3);
-  assign \$25109  = $signed(\$25108 ) >= $signed(5'h09);
-  assign \$25110  = r_c_sel[0] ? Rnm1 : 11'h000;
-  assign \$25111  = r_c_sel[1] ? Rf3 : 11'h000;
-  assign \$25112  = \$25110  | \$25111 ;
-  assign \$25113  = r_c_sel[2] ? Rf7 : 11'h000;
-  assign \$25114  = r_c_sel[3] ? Rf11 : 11'h000;
+  assign \$25073  = r_b_sel[6] ? Rf23 : 11'h000;
+  assign \$25074  = r_b_sel[7] ? Rf27 : 11'h000;
+  assign \$25075  = \$25073  | \$25074 ;
+  assign \$25076  = \$25072  | \$25075 ;
+  assign \$25077  = \$25069  | \$25076 ;
+  assign \$25078  = r_b_sel[8] ? Rf31 : 11'h000;
+  assign \$25079  = r_b_sel[9] ? Rf35 : 11'h000;
+  assign \$25080  = \$25078  | \$25079 ;
+  assign r_b = \$25077  | \$25080 ;
+  assign \$25081  = ! \$signal$662 ;
+  assign \$25082  = $signed(es3_w) <= $signed(1'h0);
+  assign \$25083  = es3_w == 1'h1;
+  assign \$25084  = es3_w == 2'h2;
+  assign \$25085  = es3_w == 2'h3;
+  assign \$25086  = es3_w == 3'h4;
+  assign \$25087  = es3_w == 3'h5;
+  assign \$25088  = es3_w == 3'h6;
+  assign \$25089  = es3_w == 3'h7;
+  assign \$25090  = es3_w == 4'h8;
+  assign \$25091  = $signed(es3_w) >= $signed(5'h09);
+  assign \$25093  = $signed(es3_w) - $signed(3'h3);
+  assign \$25094  = $signed(\$25093 ) <= $signed(1'h0);
+  assign \$25095  = $signed(es3_w) - $signed(3'h3);
+  assign \$25096  = \$25095  == 1'h1;
+  assign \$25097  = $signed(es3_w) - $signed(3'h3);
+  assign \$25098  = \$25097  == 2'h2;
+  assign \$25099  = $signed(es3_w) - $signed(3'h3);
+  assign \$25100  = \$25099  == 2'h3;
+  assign \$25101  = $signed(es3_w) - $signed(3'h3);
+  assign \$25102  = \$25101  == 3'h4;
+  assign \$25103  = $signed(es3_w) - $signed(3'h3);
+  assign \$25104  = \$25103  == 3'h5;
+  assign \$25105  = $signed(es3_w) - $signed(3'h3);
+  assign \$25106  = \$25105  == 3'h6;
+  assign \$25107  = $signed(es3_w) - $signed(3'h3);
+  assign \$25108  = \$25107  == 3'h7;
+  assign \$25109  = $signed(es3_w) - $signed(3'h3);
+  assign \$25110  = \$25109  == 4'h8;
+  assign \$25111  = $signed(es3_w) - $signed(3'h3);
+  assign \$25112  = $signed(\$25111 ) >= $signed(5'h09);
+  assign \$25113  = r_c_sel[0] ? Rnm1 : 11'h000;
+  assign \$25114  = r_c_sel[1] ? Rf3 : 11'h000;
   assign \$25115  = \$25113  | \$25114 ;
-  assign \$25116  = \$25112  | \$25115 ;
-  assign \$25117  = r_c_sel[4] ? Rf15 : 11'h000;
-  assign \$25118  = r_c_sel[5] ? Rf19 : 11'h000;
-  assign \$25119  = \$25117  | \$25118 ;
-  assign \$25120  = r_c_sel[6] ? Rf23 : 11'h000;
-  assign \$25121  = r_c_sel[7] ? Rf27 : 11'h000;
+  assign \$25116  = r_c_sel[2] ? Rf7 : 11'h000;
+  assign \$25117  = r_c_sel[3] ? Rf11 : 11'h000;
+  assign \$25118  = \$25116  | \$25117 ;
+  assign \$25119  = \$25115  | \$25118 ;
+  assign \$25120  = r_c_sel[4] ? Rf15 : 11'h000;
+  assign \$25121  = r_c_sel[5] ? Rf19 : 11'h000;
   assign \$25122  = \$25120  | \$25121 ;
-  assign \$25123  = \$25119  | \$25122 ;
-  assign \$25124  = \$25116  | \$25123 ;
-  assign \$25125  = r_c_sel[8] ? Rf31 : 11'h000;
-  assign \$25126  = r_c_sel[9] ? Rf35 : 11'h000;
-  assign \$25127  = \$25125  | \$25126 ;
-  assign r_c = \$25124  | \$25127 ;
-  assign \$25128  = endv & end_bad;
-  assign \$25129  = ~ any_err;
-  assign \$25130  = \$25128  & \$25129 ;
-  assign \$25132  = k > 1'h0;
-  assign \$25133  = k_cur <= 1'h0;
-  assign \$25134  = finish & \$25133 ;
-  assign \$25136  = k > 1'h1;
-  assign \$25137  = k_cur <= 1'h1;
-  assign \$25138  = finish & \$25137 ;
-  assign \$25140  = k > 2'h2;
-  assign \$25141  = k_cur <= 2'h2;
-  assign \$25142  = finish & \$25141 ;
-  assign \$25144  = k > 2'h3;
-  assign \$25145  = k_cur <= 2'h3;
-  assign \$25146  = finish & \$25145 ;
-  assign \$25148  = k > 3'h4;
-  assign \$25149  = k_cur <= 3'h4;
-  assign \$25150  = finish & \$25149 ;
-  assign \$25152  = k > 3'h5;
-  assign \$25153  = k_cur <= 3'h5;
-  assign \$25154  = finish & \$25153 ;
-  assign \$25156  = k > 3'h6;
-  assign \$25157  = k_cur <= 3'h6;
-  assign \$25158  = finish & \$25157 ;
-  assign \$25160  = k > 3'h7;
-  assign \$25161  = k_cur <= 3'h7;
-  assign \$25162  = finish & \$25161 ;
-  assign \$25163  = ~ any_err;
-  assign \$25164  = short_now & \$25163 ;
-  assign \$25165  = finish & last_row;
-  assign \$25166  = ov & o_lanes__ready;
-  assign \$25167  = { \$24697 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
-  assign \$25168  = \$signal$439 [0] & \$25167 ;
-  assign \$25169  = { \$24704 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
-  assign \$25170  = \$signal$439 [1] & \$25169 ;
-  assign \$25171  = { \$24711 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
-  assign \$25172  = \$signal$439 [2] & \$25171 ;
-  assign \$25173  = { \$24718 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
-  assign \$25174  = \$signal$439 [3] & \$25173 ;
-  assign \$25175  = { \$24725 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
-  assign \$25176  = \$signal$439 [4] & \$25175 ;
-  assign \$25177  = { \$24732 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
-  assign \$25178  = \$signal$439 [5] & \$25177 ;
-  assign \$25179  = { \$24739 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
-  assign \$25180  = \$signal$439 [6] & \$25179 ;
-  assign \$25181  = { \$24746 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
-  assign \$25182  = \$signal$439 [7] & \$25181 ;
-  assign \$25183  = \$25166  ? { \$25182 , \$25180 , \$25178 , \$25176 , \$25174 , \$25172 , \$25170 , \$25168  } : 8'h00;
-  assign \$25184  = | pad_l;
-  assign \$25185  = | flush_d;
-  assign \$25186  = $signed(es_bits) > $signed(1'h0);
-  assign \$25187  = $signed(es_bits) <= $signed(9'h0c0);
-  assign \$25188  = \$25186  & \$25187 ;
-  assign \$25189  = 1'h1 - \$signal$661 ;
-  assign \$25190  = $signed(es_bits) > $signed(9'h0c0);
-  assign \$25191  = $signed(es_bits) <= $signed(10'h180);
-  assign \$25192  = \$25190  & \$25191 ;
-  assign \$25193  = 2'h2 - \$signal$661 ;
-  assign \$25194  = $signed(es_bits) > $signed(10'h180);
-  assign \$25195  = $signed(es_bits) <= $signed(11'h240);
-  assign \$25196  = \$25194  & \$25195 ;
-  assign \$25197  = 2'h3 - \$signal$661 ;
-  assign \$25198  = i_mask__valid & i_mask__ready;
-  assign \$25199  = \$signal$661  ? mbeat1_v : mbeat0_v;
-  assign \$25200  = ~ \$25199 ;
-  assign \$25202  = \$signal$661  ? mbeat2_v : mbeat1_v;
+  assign \$25123  = r_c_sel[6] ? Rf23 : 11'h000;
+  assign \$25124  = r_c_sel[7] ? Rf27 : 11'h000;
+  assign \$25125  = \$25123  | \$25124 ;
+  assign \$25126  = \$25122  | \$25125 ;
+  assign \$25127  = \$25119  | \$25126 ;
+  assign \$25128  = r_c_sel[8] ? Rf31 : 11'h000;
+  assign \$25129  = r_c_sel[9] ? Rf35 : 11'h000;
+  assign \$25130  = \$25128  | \$25129 ;
+  assign r_c = \$25127  | \$25130 ;
+  assign \$25131  = endv & end_bad;
+  assign \$25132  = ~ any_err;
+  assign \$25133  = \$25131  & \$25132 ;
+  assign \$25135  = k > 1'h0;
+  assign \$25136  = k_cur <= 1'h0;
+  assign \$25137  = finish & \$25136 ;
+  assign \$25139  = k > 1'h1;
+  assign \$25140  = k_cur <= 1'h1;
+  assign \$25141  = finish & \$25140 ;
+  assign \$25143  = k > 2'h2;
+  assign \$25144  = k_cur <= 2'h2;
+  assign \$25145  = finish & \$25144 ;
+  assign \$25147  = k > 2'h3;
+  assign \$25148  = k_cur <= 2'h3;
+  assign \$25149  = finish & \$25148 ;
+  assign \$25151  = k > 3'h4;
+  assign \$25152  = k_cur <= 3'h4;
+  assign \$25153  = finish & \$25152 ;
+  assign \$25155  = k > 3'h5;
+  assign \$25156  = k_cur <= 3'h5;
+  assign \$25157  = finish & \$25156 ;
+  assign \$25159  = k > 3'h6;
+  assign \$25160  = k_cur <= 3'h6;
+  assign \$25161  = finish & \$25160 ;
+  assign \$25163  = k > 3'h7;
+  assign \$25164  = k_cur <= 3'h7;
+  assign \$25165  = finish & \$25164 ;
+  assign \$25166  = ~ any_err;
+  assign \$25167  = short_now & \$25166 ;
+  assign \$25168  = finish & last_row;
+  assign \$25169  = ov & o_lanes__ready;
+  assign \$25170  = { \$24697 [3:0], a_gsel0[1:0], ws0 } >= cols_r;
+  assign \$25171  = \$signal$439 [0] & \$25170 ;
+  assign \$25172  = { \$24704 [3:0], a_gsel1[1:0], ws1 } >= cols_r;
+  assign \$25173  = \$signal$439 [1] & \$25172 ;
+  assign \$25174  = { \$24711 [3:0], a_gsel2[1:0], ws2 } >= cols_r;
+  assign \$25175  = \$signal$439 [2] & \$25174 ;
+  assign \$25176  = { \$24718 [3:0], a_gsel3[1:0], ws3 } >= cols_r;
+  assign \$25177  = \$signal$439 [3] & \$25176 ;
+  assign \$25178  = { \$24725 [3:0], a_gsel4[1:0], ws4 } >= cols_r;
+  assign \$25179  = \$signal$439 [4] & \$25178 ;
+  assign \$25180  = { \$24732 [3:0], a_gsel5[1:0], ws5 } >= cols_r;
+  assign \$25181  = \$signal$439 [5] & \$25180 ;
+  assign \$25182  = { \$24739 [3:0], a_gsel6[1:0], ws6 } >= cols_r;
+  assign \$25183  = \$signal$439 [6] & \$25182 ;
+  assign \$25184  = { \$24746 [3:0], a_gsel7[1:0], ws7 } >= cols_r;
+  assign \$25185  = \$signal$439 [7] & \$25184 ;
+  assign \$25186  = \$25169  ? { \$25185 , \$25183 , \$25181 , \$25179 , \$25177 , \$25175 , \$25173 , \$25171  } : 8'h00;
+  assign \$25187  = | pad_l;
+  assign \$25188  = | flush_d;
+  assign \$25189  = $signed(es_bits) > $signed(1'h0);
+  assign \$25190  = $signed(es_bits) <= $signed(9'h0c0);
+  assign \$25191  = \$25189  & \$25190 ;
+  assign \$25192  = 1'h1 - \$signal$662 ;
+  assign \$25193  = $signed(es_bits) > $signed(9'h0c0);
+  assign \$25194  = $signed(es_bits) <= $signed(10'h180);
+  assign \$25195  = \$25193  & \$25194 ;
+  assign \$25196  = 2'h2 - \$signal$662 ;
+  assign \$25197  = $signed(es_bits) > $signed(10'h180);
+  assign \$25198  = $signed(es_bits) <= $signed(11'h240);
+  assign \$25199  = \$25197  & \$25198 ;
+  assign \$25200  = 2'h3 - \$signal$662 ;
+  assign \$25201  = i_mask__valid & i_mask__ready;
+  assign \$25202  = \$signal$662  ? mbeat1_v : mbeat0_v;
   assign \$25203  = ~ \$25202 ;
-  assign \$25204  = \$signal$661  ? mbeat1_v : mbeat0_v;
-  assign \$25205  = \$25203  & \$25204 ;
-  assign \$25206  = ~ \$signal$661 ;
-  assign \$25207  = mbeat2_v & \$25206 ;
-  assign \$25208  = ~ \$25207 ;
-  assign \$25209  = \$signal$661  ? mbeat2_v : mbeat1_v;
-  assign \$25210  = \$25208  & \$25209 ;
-  assign \$25211  = $signed(Rf0) - $signed({ 1'h0, k });
-  assign \$25212  = advance ? \$25211  : { Rf0[10], Rf0 };
-  assign \$25213  = $signed(Rf1) - $signed({ 1'h0, k });
-  assign \$25214  = advance ? \$25213  : { Rf1[10], Rf1 };
-  assign \$25215  = $signed(Rf2) - $signed({ 1'h0, k });
-  assign \$25216  = advance ? \$25215  : { Rf2[10], Rf2 };
-  assign \$25217  = $signed(Rf3) - $signed({ 1'h0, k });
-  assign \$25218  = advance ? \$25217  : { Rf3[10], Rf3 };
-  assign \$25219  = $signed(Rf4) - $signed({ 1'h0, k });
-  assign \$25220  = advance ? \$25219  : { Rf4[10], Rf4 };
-  assign \$25221  = $signed(Rf5) - $signed({ 1'h0, k });
-  assign \$25222  = advance ? \$25221  : { Rf5[10], Rf5 };
-  assign \$25223  = $signed(Rf6) - $signed({ 1'h0, k });
-  assign \$25224  = advance ? \$25223  : { Rf6[10], Rf6 };
-  assign \$25225  = $signed(Rf7) - $signed({ 1'h0, k });
-  assign \$25226  = advance ? \$25225  : { Rf7[10], Rf7 };
-  assign \$25227  = $signed(Rf8) - $signed({ 1'h0, k });
-  assign \$25228  = advance ? \$25227  : { Rf8[10], Rf8 };
-  assign \$25229  = $signed(Rf9) - $signed({ 1'h0, k });
-  assign \$25230  = advance ? \$25229  : { Rf9[10], Rf9 };
-  assign \$25231  = $signed(Rf10) - $signed({ 1'h0, k });
-  assign \$25232  = advance ? \$25231  : { Rf10[10], Rf10 };
-  assign \$25233  = $signed(Rf11) - $signed({ 1'h0, k });
-  assign \$25234  = advance ? \$25233  : { Rf11[10], Rf11 };
-  assign \$25235  = $signed(Rf12) - $signed({ 1'h0, k });
-  assign \$25236  = advance ? \$25235  : { Rf12[10], Rf12 };
-  assign \$25237  = $signed(Rf13) - $signed({ 1'h0, k });
-  assign \$25238  = advance ? \$25237  : { Rf13[10], Rf13 };
-  assign \$25239  = $signed(Rf14) - $signed({ 1'h0, k });
-  assign \$25240  = advance ? \$25239  : { Rf14[10], Rf14 };
-  assign \$25241  = $signed(Rf15) - $signed({ 1'h0, k });
-  assign \$25242  = advance ? \$25241  : { Rf15[10], Rf15 };
-  assign \$25243  = $signed(Rf16) - $signed({ 1'h0, k });
-  assign \$25244  = advance ? \$25243  : { Rf16[10], Rf16 };
-  assign \$25245  = $signed(Rf17) - $signed({ 1'h0, k });
-  assign \$25246  = advance ? \$25245  : { Rf17[10], Rf17 };
-  assign \$25247  = $signed(Rf18) - $signed({ 1'h0, k });
-  assign \$25248  = advance ? \$25247  : { Rf18[10], Rf18 };
-  assign \$25249  = $signed(Rf19) - $signed({ 1'h0, k });
-  assign \$25250  = advance ? \$25249  : { Rf19[10], Rf19 };
-  assign \$25251  = $signed(Rf20) - $signed({ 1'h0, k });
-  assign \$25252  = advance ? \$25251  : { Rf20[10], Rf20 };
-  assign \$25253  = $signed(Rf21) - $signed({ 1'h0, k });
-  assign \$25254  = advance ? \$25253  : { Rf21[10], Rf21 };
-  assign \$25255  = $signed(Rf22) - $signed({ 1'h0, k });
-  assign \$25256  = advance ? \$25255  : { Rf22[10], Rf22 };
-  assign \$25257  = $signed(Rf23) - $signed({ 1'h0, k });
-  assign \$25258  = advance ? \$25257  : { Rf23[10], Rf23 };
-  assign \$25259  = $signed(Rf24) - $signed({ 1'h0, k });
-  assign \$25260  = advance ? \$25259  : { Rf24[10], Rf24 };
-  assign \$25261  = $signed(Rf25) - $signed({ 1'h0, k });
-  assign \$25262  = advance ? \$25261  : { Rf25[10], Rf25 };
-  assign \$25263  = $signed(Rf26) - $signed({ 1'h0, k });
-  assign \$25264  = advance ? \$25263  : { Rf26[10], Rf26 };
-  assign \$25265  = $signed(Rf27) - $signed({ 1'h0, k });
-  assign \$25266  = advance ? \$25265  : { Rf27[10], Rf27 };
-  assign \$25267  = $signed(Rf28) - $signed({ 1'h0, k });
-  assign \$25268  = advance ? \$25267  : { Rf28[10], Rf28 };
-  assign \$25269  = $signed(Rf29) - $signed({ 1'h0, k });
-  assign \$25270  = advance ? \$25269  : { Rf29[10], Rf29 };
-  assign \$25271  = $signed(Rf30) - $signed({ 1'h0, k });
-  assign \$25272  = advance ? \$25271  : { Rf30[10], Rf30 };
-  assign \$25273  = $signed(Rf31) - $signed({ 1'h0, k });
-  assign \$25274  = advance ? \$25273  : { Rf31[10], Rf31 };
-  assign \$25275  = $signed(Rf32) - $signed({ 1'h0, k });
-  assign \$25276  = advance ? \$25275  : { Rf32[10], Rf32 };
-  assign \$25277  = $signed(Rf33) - $signed({ 1'h0, k });
-  assign \$25278  = advance ? \$25277  : { Rf33[10], Rf33 };
-  assign \$25279  = $signed(Rf34) - $signed({ 1'h0, k });
-  assign \$25280  = advance ? \$25279  : { Rf34[10], Rf34 };
-  assign \$25281  = $signed(Rf35) - $signed({ 1'h0, k });
-  assign \$25282  = advance ? \$25281  : { Rf35[10], Rf35 };
-  assign \$25283  = $signed(Rnm1) - $signed({ 1'h0, k });
-  assign \$25284  = advance ? \$25283  : { Rnm1[10], Rnm1 };
-  assign \$25285  = \$24946 [4:0] + 4'h8;
-  assign \$25286  = v_load ? \$25285  : { 1'h0, \$24946 [4:0] };
-  assign \$25287  = advance & takes;
-  assign \$25288  = vpos_n - 4'h8;
-  assign \$25289  = i_value__valid & allow_load;
-  assign \$25290  = ~ \$signal$749 ;
-  assign \$25291  = ~ \$signal$751 ;
-  assign \$25292  = \$signal$749  & \$signal$751 ;
-  assign \$25293  = ~ \$25292 ;
-  assign \$25294  = i_cmd__valid & i_cmd__ready;
-  assign \$25296  = advance & finish;
-  assign \$25297  = rows_left - 1'h1;
-  assign \$25298  = end_ok | end_bad;
-  assign \$25299  = endv & \$25298 ;
-  assign \$25300  = i_cmd__valid & i_cmd__ready;
-  assign \$25307  = \$25304  + \$25306 ;
-  assign \$25310  = stride_w + \$25309 ;
-  assign \$25311  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$25312  = fin ? \$24768 [7:0] : \$25311 ;
-  assign \$25313  = fin ? \$24769 [8:0] : { \$24768 [7], \$24768 [7:0] };
-  assign \$25314  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25315  = fin ? \$25314  : { \$24769 [8], \$24769 [8], \$24769 [8:0] };
-  assign \$25316  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$25317  = $signed(\$25316 ) - $signed({ 1'h0, dsh });
-  assign \$25318  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$25319  = fin ? \$25317  : { \$25318 [10], \$25318  };
-  assign \$25320  = finish ? r_b : r_a;
-  assign \$25321  = $signed(\$25320 ) - $signed({ 1'h0, k });
-  assign \$25322  = advance ? \$25321  : { r_a[10], r_a };
-  assign \$25323  = finish ? r_c : r_b;
+  assign \$25205  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$25206  = ~ \$25205 ;
+  assign \$25207  = \$signal$662  ? mbeat1_v : mbeat0_v;
+  assign \$25208  = \$25206  & \$25207 ;
+  assign \$25209  = ~ \$signal$662 ;
+  assign \$25210  = mbeat2_v & \$25209 ;
+  assign \$25211  = ~ \$25210 ;
+  assign \$25212  = \$signal$662  ? mbeat2_v : mbeat1_v;
+  assign \$25213  = \$25211  & \$25212 ;
+  assign \$25214  = $signed(Rf0) - $signed({ 1'h0, k });
+  assign \$25215  = advance ? \$25214  : { Rf0[10], Rf0 };
+  assign \$25216  = $signed(Rf1) - $signed({ 1'h0, k });
+  assign \$25217  = advance ? \$25216  : { Rf1[10], Rf1 };
+  assign \$25218  = $signed(Rf2) - $signed({ 1'h0, k });
+  assign \$25219  = advance ? \$25218  : { Rf2[10], Rf2 };
+  assign \$25220  = $signed(Rf3) - $signed({ 1'h0, k });
+  assign \$25221  = advance ? \$25220  : { Rf3[10], Rf3 };
+  assign \$25222  = $signed(Rf4) - $signed({ 1'h0, k });
+  assign \$25223  = advance ? \$25222  : { Rf4[10], Rf4 };
+  assign \$25224  = $signed(Rf5) - $signed({ 1'h0, k });
+  assign \$25225  = advance ? \$25224  : { Rf5[10], Rf5 };
+  assign \$25226  = $signed(Rf6) - $signed({ 1'h0, k });
+  assign \$25227  = advance ? \$25226  : { Rf6[10], Rf6 };
+  assign \$25228  = $signed(Rf7) - $signed({ 1'h0, k });
+  assign \$25229  = advance ? \$25228  : { Rf7[10], Rf7 };
+  assign \$25230  = $signed(Rf8) - $signed({ 1'h0, k });
+  assign \$25231  = advance ? \$25230  : { Rf8[10], Rf8 };
+  assign \$25232  = $signed(Rf9) - $signed({ 1'h0, k });
+  assign \$25233  = advance ? \$25232  : { Rf9[10], Rf9 };
+  assign \$25234  = $signed(Rf10) - $signed({ 1'h0, k });
+  assign \$25235  = advance ? \$25234  : { Rf10[10], Rf10 };
+  assign \$25236  = $signed(Rf11) - $signed({ 1'h0, k });
+  assign \$25237  = advance ? \$25236  : { Rf11[10], Rf11 };
+  assign \$25238  = $signed(Rf12) - $signed({ 1'h0, k });
+  assign \$25239  = advance ? \$25238  : { Rf12[10], Rf12 };
+  assign \$25240  = $signed(Rf13) - $signed({ 1'h0, k });
+  assign \$25241  = advance ? \$25240  : { Rf13[10], Rf13 };
+  assign \$25242  = $signed(Rf14) - $signed({ 1'h0, k });
+  assign \$25243  = advance ? \$25242  : { Rf14[10], Rf14 };
+  assign \$25244  = $signed(Rf15) - $signed({ 1'h0, k });
+  assign \$25245  = advance ? \$25244  : { Rf15[10], Rf15 };
+  assign \$25246  = $signed(Rf16) - $signed({ 1'h0, k });
+  assign \$25247  = advance ? \$25246  : { Rf16[10], Rf16 };
+  assign \$25248  = $signed(Rf17) - $signed({ 1'h0, k });
+  assign \$25249  = advance ? \$25248  : { Rf17[10], Rf17 };
+  assign \$25250  = $signed(Rf18) - $signed({ 1'h0, k });
+  assign \$25251  = advance ? \$25250  : { Rf18[10], Rf18 };
+  assign \$25252  = $signed(Rf19) - $signed({ 1'h0, k });
+  assign \$25253  = advance ? \$25252  : { Rf19[10], Rf19 };
+  assign \$25254  = $signed(Rf20) - $signed({ 1'h0, k });
+  assign \$25255  = advance ? \$25254  : { Rf20[10], Rf20 };
+  assign \$25256  = $signed(Rf21) - $signed({ 1'h0, k });
+  assign \$25257  = advance ? \$25256  : { Rf21[10], Rf21 };
+  assign \$25258  = $signed(Rf22) - $signed({ 1'h0, k });
+  assign \$25259  = advance ? \$25258  : { Rf22[10], Rf22 };
+  assign \$25260  = $signed(Rf23) - $signed({ 1'h0, k });
+  assign \$25261  = advance ? \$25260  : { Rf23[10], Rf23 };
+  assign \$25262  = $signed(Rf24) - $signed({ 1'h0, k });
+  assign \$25263  = advance ? \$25262  : { Rf24[10], Rf24 };
+  assign \$25264  = $signed(Rf25) - $signed({ 1'h0, k });
+  assign \$25265  = advance ? \$25264  : { Rf25[10], Rf25 };
+  assign \$25266  = $signed(Rf26) - $signed({ 1'h0, k });
+  assign \$25267  = advance ? \$25266  : { Rf26[10], Rf26 };
+  assign \$25268  = $signed(Rf27) - $signed({ 1'h0, k });
+  assign \$25269  = advance ? \$25268  : { Rf27[10], Rf27 };
+  assign \$25270  = $signed(Rf28) - $signed({ 1'h0, k });
+  assign \$25271  = advance ? \$25270  : { Rf28[10], Rf28 };
+  assign \$25272  = $signed(Rf29) - $signed({ 1'h0, k });
+  assign \$25273  = advance ? \$25272  : { Rf29[10], Rf29 };
+  assign \$25274  = $signed(Rf30) - $signed({ 1'h0, k });
+  assign \$25275  = advance ? \$25274  : { Rf30[10], Rf30 };
+  assign \$25276  = $signed(Rf31) - $signed({ 1'h0, k });
+  assign \$25277  = advance ? \$25276  : { Rf31[10], Rf31 };
+  assign \$25278  = $signed(Rf32) - $signed({ 1'h0, k });
+  assign \$25279  = advance ? \$25278  : { Rf32[10], Rf32 };
+  assign \$25280  = $signed(Rf33) - $signed({ 1'h0, k });
+  assign \$25281  = advance ? \$25280  : { Rf33[10], Rf33 };
+  assign \$25282  = $signed(Rf34) - $signed({ 1'h0, k });
+  assign \$25283  = advance ? \$25282  : { Rf34[10], Rf34 };
+  assign \$25284  = $signed(Rf35) - $signed({ 1'h0, k });
+  assign \$25285  = advance ? \$25284  : { Rf35[10], Rf35 };
+  assign \$25286  = $signed(Rnm1) - $signed({ 1'h0, k });
+  assign \$25287  = advance ? \$25286  : { Rnm1[10], Rnm1 };
+  assign \$25288  = \$24949 [4:0] + 4'h8;
+  assign \$25289  = v_load ? \$25288  : { 1'h0, \$24949 [4:0] };
+  assign \$25290  = advance & takes;
+  assign \$25291  = vpos_n - 4'h8;
+  assign \$25292  = i_value__valid & allow_load;
+  assign \$25293  = ~ \$signal$750 ;
+  assign \$25294  = ~ \$signal$752 ;
+  assign \$25295  = \$signal$750  & \$signal$752 ;
+  assign \$25296  = ~ \$25295 ;
+  assign \$25297  = i_cmd__valid & i_cmd__ready;
+  assign \$25299  = advance & finish;
+  assign \$25300  = rows_left - 1'h1;
+  assign \$25301  = end_ok | end_bad;
+  assign \$25302  = endv & \$25301 ;
+  assign \$25303  = i_cmd__valid & i_cmd__ready;
+  assign \$25310  = \$25307  + \$25309 ;
+  assign \$25313  = stride_w + \$25312 ;
+  assign \$25314  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$25315  = fin ? \$24771 [7:0] : \$25314 ;
+  assign \$25316  = fin ? \$24772 [8:0] : { \$24771 [7], \$24771 [7:0] };
+  assign \$25317  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25318  = fin ? \$25317  : { \$24772 [8], \$24772 [8], \$24772 [8:0] };
+  assign \$25319  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$25320  = $signed(\$25319 ) - $signed({ 1'h0, dsh });
+  assign \$25321  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$25322  = fin ? \$25320  : { \$25321 [10], \$25321  };
+  assign \$25323  = finish ? r_b : r_a;
   assign \$25324  = $signed(\$25323 ) - $signed({ 1'h0, k });
-  assign \$25325  = advance ? \$25324  : { r_b[10], r_b };
-  assign \$25326  = $signed(\$24769 [8:0]) <= $signed({ 1'h0, \$24977 [3:0] });
-  assign \$25327  = $signed(\$24768 [7:0]) <= $signed({ 1'h0, \$24977 [3:0] });
-  assign \$25328  = fin ? \$25326  : \$25327 ;
-  assign \$25329  = $signed(Rf11) <= $signed({ 1'h0, k });
-  assign \$25330  = $signed(\$24769 [8:0]) > $signed(3'h3);
-  assign \$25331  = $signed(\$24768 [7:0]) > $signed(3'h3);
-  assign \$25332  = finish ? \$25330  : \$25331 ;
-  assign \$25333  = \$25329  & \$25332 ;
-  assign \$25334  = $signed(Rf11) <= $signed(1'h0);
-  assign \$25335  = $signed(\$24768 [7:0]) > $signed(3'h3);
-  assign \$25336  = \$25334  & \$25335 ;
-  assign \$25337  = advance ? \$25333  : \$25336 ;
-  assign \$25338  = mbeat0_vn & \$25337 ;
-  assign \$25339  = o_error_flags | flags;
+  assign \$25325  = advance ? \$25324  : { r_a[10], r_a };
+  assign \$25326  = finish ? r_c : r_b;
+  assign \$25327  = $signed(\$25326 ) - $signed({ 1'h0, k });
+  assign \$25328  = advance ? \$25327  : { r_b[10], r_b };
+  assign \$25329  = $signed(\$24772 [8:0]) <= $signed({ 1'h0, \$24980 [3:0] });
+  assign \$25330  = $signed(\$24771 [7:0]) <= $signed({ 1'h0, \$24980 [3:0] });
+  assign \$25331  = fin ? \$25329  : \$25330 ;
+  assign \$25332  = $signed(Rf11) <= $signed({ 1'h0, k });
+  assign \$25333  = $signed(\$24772 [8:0]) > $signed(3'h3);
+  assign \$25334  = $signed(\$24771 [7:0]) > $signed(3'h3);
+  assign \$25335  = finish ? \$25333  : \$25334 ;
+  assign \$25336  = \$25332  & \$25335 ;
+  assign \$25337  = $signed(Rf11) <= $signed(1'h0);
+  assign \$25338  = $signed(\$24771 [7:0]) > $signed(3'h3);
+  assign \$25339  = \$25337  & \$25338 ;
+  assign \$25340  = advance ? \$25336  : \$25339 ;
+  assign \$25341  = mbeat0_vn & \$25340 ;
+  assign \$25342  = o_error_flags | flags;
   always @(posedge clk)
-    prime <= \$25340 ;
+    prime <= \$25343 ;
   always @(posedge clk)
-    a_grp0 <= \$25341 ;
+    a_grp0 <= \$25344 ;
   always @(posedge clk)
-    a_gsel0 <= \$25342 ;
+    a_gsel0 <= \$25345 ;
   always @(posedge clk)
-    a_lr0 <= \$25343 ;
+    a_lr0 <= \$25346 ;
   always @(posedge clk)
-    \$signal$439  <= \$25344 ;
+    \$signal$439  <= \$25347 ;
   always @(posedge clk)
-    a_nxt <= \$25345 ;
+    a_nxt <= \$25348 ;
   always @(posedge clk)
-    a_grp1 <= \$25346 ;
+    a_grp1 <= \$25349 ;
   always @(posedge clk)
-    a_gsel1 <= \$25347 ;
+    a_gsel1 <= \$25350 ;
   always @(posedge clk)
-    a_lr1 <= \$25348 ;
+    a_lr1 <= \$25351 ;
   always @(posedge clk)
-    a_grp2 <= \$25349 ;
+    a_grp2 <= \$25352 ;
   always @(posedge clk)
-    a_gsel2 <= \$25350 ;
+    a_gsel2 <= \$25353 ;
   always @(posedge clk)
-    a_lr2 <= \$25351 ;
+    a_lr2 <= \$25354 ;
   always @(posedge clk)
-    a_grp3 <= \$25352 ;
+    a_grp3 <= \$25355 ;
   always @(posedge clk)
-    a_gsel3 <= \$25353 ;
+    a_gsel3 <= \$25356 ;
   always @(posedge clk)
-    a_lr3 <= \$25354 ;
+    a_lr3 <= \$25357 ;
   always @(posedge clk)
-    a_grp4 <= \$25355 ;
+    a_grp4 <= \$25358 ;
   always @(posedge clk)
-    a_gsel4 <= \$25356 ;
+    a_gsel4 <= \$25359 ;
   always @(posedge clk)
-    a_lr4 <= \$25357 ;
+    a_lr4 <= \$25360 ;
   always @(posedge clk)
-    a_grp5 <= \$25358 ;
+    a_grp5 <= \$25361 ;
   always @(posedge clk)
-    a_gsel5 <= \$25359 ;
+    a_gsel5 <= \$25362 ;
   always @(posedge clk)
-    a_lr5 <= \$25360 ;
+    a_lr5 <= \$25363 ;
   always @(posedge clk)
-    a_grp6 <= \$25361 ;
+    a_grp6 <= \$25364 ;
   always @(posedge clk)
-    a_gsel6 <= \$25362 ;
+    a_gsel6 <= \$25365 ;
   always @(posedge clk)
-    a_lr6 <= \$25363 ;
+    a_lr6 <= \$25366 ;
   always @(posedge clk)
-    a_grp7 <= \$25364 ;
+    a_grp7 <= \$25367 ;
   always @(posedge clk)
-    a_gsel7 <= \$25365 ;
+    a_gsel7 <= \$25368 ;
   always @(posedge clk)
-    a_lr7 <= \$25366 ;
+    a_lr7 <= \$25369 ;
   always @(posedge clk)
-    \$signal  <= \$25367 ;
+    \$signal  <= \$25370 ;
   always @(posedge clk)
-    a_es <= \$25368 ;
+    a_es <= \$25371 ;
   always @(posedge clk)
-    short_err <= \$25369 ;
+    short_err <= \$25372 ;
   always @(posedge clk)
-    ov <= \$25370 ;
+    ov <= \$25373 ;
   always @(posedge clk)
-    \$signal$606  <= \$25371 ;
+    \$signal$607  <= \$25374 ;
   always @(posedge clk)
-    a_last <= \$25372 ;
+    a_last <= \$25375 ;
   always @(posedge clk)
-    a_val <= \$25373 ;
+    a_val <= \$25376 ;
   always @(posedge clk)
-    pad_l <= \$25374 ;
+    pad_l <= \$25377 ;
   always @(posedge clk)
-    pad_r <= \$25375 ;
+    pad_r <= \$25378 ;
   always @(posedge clk)
-    flush_d <= \$25376 ;
+    flush_d <= \$25379 ;
   always @(posedge clk)
-    mbuf <= \$25377 ;
+    mbuf <= \$25380 ;
   always @(posedge clk)
-    mbuf_v <= \$25378 ;
+    mbuf_v <= \$25381 ;
   always @(posedge clk)
-    mbeat0 <= \$25379 ;
+    mbeat0 <= \$25382 ;
   always @(posedge clk)
-    mbeat1 <= \$25380 ;
+    mbeat1 <= \$25383 ;
   always @(posedge clk)
-    mbeat2 <= \$25381 ;
+    mbeat2 <= \$25384 ;
   always @(posedge clk)
-    mbeat0_v <= \$25382 ;
+    mbeat0_v <= \$25385 ;
   always @(posedge clk)
-    mbeat1_v <= \$25383 ;
+    mbeat1_v <= \$25386 ;
   always @(posedge clk)
-    mbeat2_v <= \$25384 ;
+    mbeat2_v <= \$25387 ;
   always @(posedge clk)
-    R0 <= \$25385 ;
+    R0 <= \$25388 ;
   always @(posedge clk)
-    R1 <= \$25386 ;
+    R1 <= \$25389 ;
   always @(posedge clk)
-    R2 <= \$25387 ;
+    R2 <= \$25390 ;
   always @(posedge clk)
-    R3 <= \$25388 ;
+    R3 <= \$25391 ;
   always @(posedge clk)
-    R4 <= \$25389 ;
+    R4 <= \$25392 ;
   always @(posedge clk)
-    R5 <= \$25390 ;
+    R5 <= \$25393 ;
   always @(posedge clk)
-    R6 <= \$25391 ;
+    R6 <= \$25394 ;
   always @(posedge clk)
-    R7 <= \$25392 ;
+    R7 <= \$25395 ;
   always @(posedge clk)
-    R8 <= \$25393 ;
+    R8 <= \$25396 ;
   always @(posedge clk)
-    R9 <= \$25394 ;
+    R9 <= \$25397 ;
   always @(posedge clk)
-    R10 <= \$25395 ;
+    R10 <= \$25398 ;
   always @(posedge clk)
-    R11 <= \$25396 ;
+    R11 <= \$25399 ;
   always @(posedge clk)
-    R12 <= \$25397 ;
+    R12 <= \$25400 ;
   always @(posedge clk)
-    R13 <= \$25398 ;
+    R13 <= \$25401 ;
   always @(posedge clk)
-    R14 <= \$25399 ;
+    R14 <= \$25402 ;
   always @(posedge clk)
-    R15 <= \$25400 ;
+    R15 <= \$25403 ;
   always @(posedge clk)
-    R16 <= \$25401 ;
+    R16 <= \$25404 ;
   always @(posedge clk)
-    R17 <= \$25402 ;
+    R17 <= \$25405 ;
   always @(posedge clk)
-    R18 <= \$25403 ;
+    R18 <= \$25406 ;
   always @(posedge clk)
-    R19 <= \$25404 ;
+    R19 <= \$25407 ;
   always @(posedge clk)
-    R20 <= \$25405 ;
+    R20 <= \$25408 ;
   always @(posedge clk)
-    R21 <= \$25406 ;
+    R21 <= \$25409 ;
   always @(posedge clk)
-    R22 <= \$25407 ;
+    R22 <= \$25410 ;
   always @(posedge clk)
-    R23 <= \$25408 ;
+    R23 <= \$25411 ;
   always @(posedge clk)
-    R24 <= \$25409 ;
+    R24 <= \$25412 ;
   always @(posedge clk)
-    R25 <= \$25410 ;
+    R25 <= \$25413 ;
   always @(posedge clk)
-    R26 <= \$25411 ;
+    R26 <= \$25414 ;
   always @(posedge clk)
-    R27 <= \$25412 ;
+    R27 <= \$25415 ;
   always @(posedge clk)
-    R28 <= \$25413 ;
+    R28 <= \$25416 ;
   always @(posedge clk)
-    R29 <= \$25414 ;
+    R29 <= \$25417 ;
   always @(posedge clk)
-    R30 <= \$25415 ;
+    R30 <= \$25418 ;
   always @(posedge clk)
-    R31 <= \$25416 ;
+    R31 <= \$25419 ;
   always @(posedge clk)
-    R32 <= \$25417 ;
+    R32 <= \$25420 ;
   always @(posedge clk)
-    R33 <= \$25418 ;
+    R33 <= \$25421 ;
   always @(posedge clk)
-    R34 <= \$25419 ;
+    R34 <= \$25422 ;
   always @(posedge clk)
-    R35 <= \$25420 ;
+    R35 <= \$25423 ;
   always @(posedge clk)
-    Rm1 <= \$25421 ;
+    Rm1 <= \$25424 ;
   always @(posedge clk)
-    vavail <= \$25422 ;
+    vavail <= \$25425 ;
   always @(posedge clk)
-    vpos <= \$25423 ;
+    vpos <= \$25426 ;
   always @(posedge clk)
-    vlast_loaded <= \$25424 ;
+    vlast_loaded <= \$25427 ;
   always @(posedge clk)
-    prev_last <= \$25425 ;
+    prev_last <= \$25428 ;
   always @(posedge clk)
-    any_val <= \$25426 ;
+    any_val <= \$25429 ;
   always @(posedge clk)
-    \$signal$592  <= \$25427 ;
+    \$signal$593  <= \$25430 ;
   always @(posedge clk)
-    VB <= \$25428 ;
+    VB <= \$25431 ;
   always @(posedge clk)
-    \$signal$750  <= \$25429 ;
+    \$signal$751  <= \$25432 ;
   always @(posedge clk)
-    \$signal$752  <= \$25430 ;
+    \$signal$753  <= \$25433 ;
   always @(posedge clk)
-    \$signal$754  <= \$25431 ;
+    \$signal$755  <= \$25434 ;
   always @(posedge clk)
-    \$signal$755  <= \$25432 ;
+    \$signal$756  <= \$25435 ;
   always @(posedge clk)
-    running <= \$25433 ;
+    running <= \$25436 ;
   always @(posedge clk)
-    rows_left <= \$25434 ;
+    rows_left <= \$25437 ;
   always @(posedge clk)
-    cols_r <= \$25435 ;
+    cols_r <= \$25438 ;
   always @(posedge clk)
-    stride_w <= \$25436 ;
+    stride_w <= \$25439 ;
   always @(posedge clk)
-    endv <= \$25437 ;
+    endv <= \$25440 ;
   always @(posedge clk)
-    rs_w <= \$25438 ;
+    rs_w <= \$25441 ;
   always @(posedge clk)
-    es_w <= \$25439 ;
+    es_w <= \$25442 ;
   always @(posedge clk)
-    es2_w <= \$25440 ;
+    es2_w <= \$25443 ;
   always @(posedge clk)
-    es3_w <= \$25441 ;
+    es3_w <= \$25444 ;
   always @(posedge clk)
-    has_next <= \$25442 ;
+    has_next <= \$25445 ;
   always @(posedge clk)
-    last_row <= \$25443 ;
+    last_row <= \$25446 ;
   always @(posedge clk)
-    k_cur_full <= \$25444 ;
+    k_cur_full <= \$25447 ;
   always @(posedge clk)
-    k_nxt_full <= \$25445 ;
+    k_nxt_full <= \$25448 ;
   always @(posedge clk)
-    row_complete <= \$25446 ;
+    row_complete <= \$25449 ;
   always @(posedge clk)
-    \$signal$668  <= \$25447 ;
+    \$signal$669  <= \$25450 ;
   always @(posedge clk)
-    o_error_flags <= \$25448 ;
+    o_error_flags <= \$25451 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -57927,21 +57934,21 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez ({ mbeat2_vn, mbeat1_vn, mbeat0_vn })
       3'h0:
-          \$24976  = 3'h0;
+          \$24979  = 3'h0;
       3'h1:
-          \$24976  = 3'h1;
+          \$24979  = 3'h1;
       3'h2:
-          \$24976  = 3'h1;
+          \$24979  = 3'h1;
       3'h3:
-          \$24976  = 3'h2;
+          \$24979  = 3'h2;
       3'h4:
-          \$24976  = 3'h1;
+          \$24979  = 3'h1;
       3'h5:
-          \$24976  = 3'h2;
+          \$24979  = 3'h2;
       3'h6:
-          \$24976  = 3'h2;
+          \$24979  = 3'h2;
       3'h7:
-          \$24976  = 3'h3;
+          \$24979  = 3'h3;
     endcase
   end
   always @* begin
@@ -57949,37 +57956,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$25131  = 4'h0;
+          \$25134  = 4'h0;
       4'h1:
-          \$25131  = 4'hf;
+          \$25134  = 4'hf;
       4'h2:
-          \$25131  = 4'he;
+          \$25134  = 4'he;
       4'h3:
-          \$25131  = 4'hd;
+          \$25134  = 4'hd;
       4'h4:
-          \$25131  = 4'hc;
+          \$25134  = 4'hc;
       4'h5:
-          \$25131  = 4'hb;
+          \$25134  = 4'hb;
       4'h6:
-          \$25131  = 4'ha;
+          \$25134  = 4'ha;
       4'h7:
-          \$25131  = 4'h9;
+          \$25134  = 4'h9;
       4'h8:
-          \$25131  = 4'h8;
+          \$25134  = 4'h8;
       4'h9:
-          \$25131  = 4'h7;
+          \$25134  = 4'h7;
       4'ha:
-          \$25131  = 4'h6;
+          \$25134  = 4'h6;
       4'hb:
-          \$25131  = 4'h5;
+          \$25134  = 4'h5;
       4'hc:
-          \$25131  = 4'h4;
+          \$25134  = 4'h4;
       4'hd:
-          \$25131  = 4'h3;
+          \$25134  = 4'h3;
       4'he:
-          \$25131  = 4'h2;
+          \$25134  = 4'h2;
       4'hf:
-          \$25131  = 4'h1;
+          \$25134  = 4'h1;
     endcase
   end
   always @* begin
@@ -57987,37 +57994,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$25135  = 4'h1;
+          \$25138  = 4'h1;
       4'h1:
-          \$25135  = 4'h0;
+          \$25138  = 4'h0;
       4'h2:
-          \$25135  = 4'hf;
+          \$25138  = 4'hf;
       4'h3:
-          \$25135  = 4'he;
+          \$25138  = 4'he;
       4'h4:
-          \$25135  = 4'hd;
+          \$25138  = 4'hd;
       4'h5:
-          \$25135  = 4'hc;
+          \$25138  = 4'hc;
       4'h6:
-          \$25135  = 4'hb;
+          \$25138  = 4'hb;
       4'h7:
-          \$25135  = 4'ha;
+          \$25138  = 4'ha;
       4'h8:
-          \$25135  = 4'h9;
+          \$25138  = 4'h9;
       4'h9:
-          \$25135  = 4'h8;
+          \$25138  = 4'h8;
       4'ha:
-          \$25135  = 4'h7;
+          \$25138  = 4'h7;
       4'hb:
-          \$25135  = 4'h6;
+          \$25138  = 4'h6;
       4'hc:
-          \$25135  = 4'h5;
+          \$25138  = 4'h5;
       4'hd:
-          \$25135  = 4'h4;
+          \$25138  = 4'h4;
       4'he:
-          \$25135  = 4'h3;
+          \$25138  = 4'h3;
       4'hf:
-          \$25135  = 4'h2;
+          \$25138  = 4'h2;
     endcase
   end
   always @* begin
@@ -58025,37 +58032,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$25139  = 4'h2;
+          \$25142  = 4'h2;
       4'h1:
-          \$25139  = 4'h1;
+          \$25142  = 4'h1;
       4'h2:
-          \$25139  = 4'h0;
+          \$25142  = 4'h0;
       4'h3:
-          \$25139  = 4'hf;
+          \$25142  = 4'hf;
       4'h4:
-          \$25139  = 4'he;
+          \$25142  = 4'he;
       4'h5:
-          \$25139  = 4'hd;
+          \$25142  = 4'hd;
       4'h6:
-          \$25139  = 4'hc;
+          \$25142  = 4'hc;
       4'h7:
-          \$25139  = 4'hb;
+          \$25142  = 4'hb;
       4'h8:
-          \$25139  = 4'ha;
+          \$25142  = 4'ha;
       4'h9:
-          \$25139  = 4'h9;
+          \$25142  = 4'h9;
       4'ha:
-          \$25139  = 4'h8;
+          \$25142  = 4'h8;
       4'hb:
-          \$25139  = 4'h7;
+          \$25142  = 4'h7;
       4'hc:
-          \$25139  = 4'h6;
+          \$25142  = 4'h6;
       4'hd:
-          \$25139  = 4'h5;
+          \$25142  = 4'h5;
       4'he:
-          \$25139  = 4'h4;
+          \$25142  = 4'h4;
       4'hf:
-          \$25139  = 4'h3;
+          \$25142  = 4'h3;
     endcase
   end
   always @* begin
@@ -58063,37 +58070,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$25143  = 4'h3;
+          \$25146  = 4'h3;
       4'h1:
-          \$25143  = 4'h2;
+          \$25146  = 4'h2;
       4'h2:
-          \$25143  = 4'h1;
+          \$25146  = 4'h1;
       4'h3:
-          \$25143  = 4'h0;
+          \$25146  = 4'h0;
       4'h4:
-          \$25143  = 4'hf;
+          \$25146  = 4'hf;
       4'h5:
-          \$25143  = 4'he;
+          \$25146  = 4'he;
       4'h6:
-          \$25143  = 4'hd;
+          \$25146  = 4'hd;
       4'h7:
-          \$25143  = 4'hc;
+          \$25146  = 4'hc;
       4'h8:
-          \$25143  = 4'hb;
+          \$25146  = 4'hb;
       4'h9:
-          \$25143  = 4'ha;
+          \$25146  = 4'ha;
       4'ha:
-          \$25143  = 4'h9;
+          \$25146  = 4'h9;
       4'hb:
-          \$25143  = 4'h8;
+          \$25146  = 4'h8;
       4'hc:
-          \$25143  = 4'h7;
+          \$25146  = 4'h7;
       4'hd:
-          \$25143  = 4'h6;
+          \$25146  = 4'h6;
       4'he:
-          \$25143  = 4'h5;
+          \$25146  = 4'h5;
       4'hf:
-          \$25143  = 4'h4;
+          \$25146  = 4'h4;
     endcase
   end
   always @* begin
@@ -58101,37 +58108,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$25147  = 4'h4;
+          \$25150  = 4'h4;
       4'h1:
-          \$25147  = 4'h3;
+          \$25150  = 4'h3;
       4'h2:
-          \$25147  = 4'h2;
+          \$25150  = 4'h2;
       4'h3:
-          \$25147  = 4'h1;
+          \$25150  = 4'h1;
       4'h4:
-          \$25147  = 4'h0;
+          \$25150  = 4'h0;
       4'h5:
-          \$25147  = 4'hf;
+          \$25150  = 4'hf;
       4'h6:
-          \$25147  = 4'he;
+          \$25150  = 4'he;
       4'h7:
-          \$25147  = 4'hd;
+          \$25150  = 4'hd;
       4'h8:
-          \$25147  = 4'hc;
+          \$25150  = 4'hc;
       4'h9:
-          \$25147  = 4'hb;
+          \$25150  = 4'hb;
       4'ha:
-          \$25147  = 4'ha;
+          \$25150  = 4'ha;
       4'hb:
-          \$25147  = 4'h9;
+          \$25150  = 4'h9;
       4'hc:
-          \$25147  = 4'h8;
+          \$25150  = 4'h8;
       4'hd:
-          \$25147  = 4'h7;
+          \$25150  = 4'h7;
       4'he:
-          \$25147  = 4'h6;
+          \$25150  = 4'h6;
       4'hf:
-          \$25147  = 4'h5;
+          \$25150  = 4'h5;
     endcase
   end
   always @* begin
@@ -58139,37 +58146,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$25151  = 4'h5;
+          \$25154  = 4'h5;
       4'h1:
-          \$25151  = 4'h4;
+          \$25154  = 4'h4;
       4'h2:
-          \$25151  = 4'h3;
+          \$25154  = 4'h3;
       4'h3:
-          \$25151  = 4'h2;
+          \$25154  = 4'h2;
       4'h4:
-          \$25151  = 4'h1;
+          \$25154  = 4'h1;
       4'h5:
-          \$25151  = 4'h0;
+          \$25154  = 4'h0;
       4'h6:
-          \$25151  = 4'hf;
+          \$25154  = 4'hf;
       4'h7:
-          \$25151  = 4'he;
+          \$25154  = 4'he;
       4'h8:
-          \$25151  = 4'hd;
+          \$25154  = 4'hd;
       4'h9:
-          \$25151  = 4'hc;
+          \$25154  = 4'hc;
       4'ha:
-          \$25151  = 4'hb;
+          \$25154  = 4'hb;
       4'hb:
-          \$25151  = 4'ha;
+          \$25154  = 4'ha;
       4'hc:
-          \$25151  = 4'h9;
+          \$25154  = 4'h9;
       4'hd:
-          \$25151  = 4'h8;
+          \$25154  = 4'h8;
       4'he:
-          \$25151  = 4'h7;
+          \$25154  = 4'h7;
       4'hf:
-          \$25151  = 4'h6;
+          \$25154  = 4'h6;
     endcase
   end
   always @* begin
@@ -58177,37 +58184,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$25155  = 4'h6;
+          \$25158  = 4'h6;
       4'h1:
-          \$25155  = 4'h5;
+          \$25158  = 4'h5;
       4'h2:
-          \$25155  = 4'h4;
+          \$25158  = 4'h4;
       4'h3:
-          \$25155  = 4'h3;
+          \$25158  = 4'h3;
       4'h4:
-          \$25155  = 4'h2;
+          \$25158  = 4'h2;
       4'h5:
-          \$25155  = 4'h1;
+          \$25158  = 4'h1;
       4'h6:
-          \$25155  = 4'h0;
+          \$25158  = 4'h0;
       4'h7:
-          \$25155  = 4'hf;
+          \$25158  = 4'hf;
       4'h8:
-          \$25155  = 4'he;
+          \$25158  = 4'he;
       4'h9:
-          \$25155  = 4'hd;
+          \$25158  = 4'hd;
       4'ha:
-          \$25155  = 4'hc;
+          \$25158  = 4'hc;
       4'hb:
-          \$25155  = 4'hb;
+          \$25158  = 4'hb;
       4'hc:
-          \$25155  = 4'ha;
+          \$25158  = 4'ha;
       4'hd:
-          \$25155  = 4'h9;
+          \$25158  = 4'h9;
       4'he:
-          \$25155  = 4'h8;
+          \$25158  = 4'h8;
       4'hf:
-          \$25155  = 4'h7;
+          \$25158  = 4'h7;
     endcase
   end
   always @* begin
@@ -58215,37 +58222,37 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$25159  = 4'h7;
+          \$25162  = 4'h7;
       4'h1:
-          \$25159  = 4'h6;
+          \$25162  = 4'h6;
       4'h2:
-          \$25159  = 4'h5;
+          \$25162  = 4'h5;
       4'h3:
-          \$25159  = 4'h4;
+          \$25162  = 4'h4;
       4'h4:
-          \$25159  = 4'h3;
+          \$25162  = 4'h3;
       4'h5:
-          \$25159  = 4'h2;
+          \$25162  = 4'h2;
       4'h6:
-          \$25159  = 4'h1;
+          \$25162  = 4'h1;
       4'h7:
-          \$25159  = 4'h0;
+          \$25162  = 4'h0;
       4'h8:
-          \$25159  = 4'hf;
+          \$25162  = 4'hf;
       4'h9:
-          \$25159  = 4'he;
+          \$25162  = 4'he;
       4'ha:
-          \$25159  = 4'hd;
+          \$25162  = 4'hd;
       4'hb:
-          \$25159  = 4'hc;
+          \$25162  = 4'hc;
       4'hc:
-          \$25159  = 4'hb;
+          \$25162  = 4'hb;
       4'hd:
-          \$25159  = 4'ha;
+          \$25162  = 4'ha;
       4'he:
-          \$25159  = 4'h9;
+          \$25162  = 4'h9;
       4'hf:
-          \$25159  = 4'h8;
+          \$25162  = 4'h8;
     endcase
   end
   always @* begin
@@ -59982,7 +59989,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -59992,7 +59999,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -60003,7 +60010,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = mbeat2;
@@ -60013,7 +60020,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat1_n = mbeat2;
       end
     end
@@ -60024,7 +60031,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
@@ -60034,7 +60041,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat2_n = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
       end
     end
@@ -60045,7 +60052,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -60055,7 +60062,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -60066,7 +60073,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = mbeat2_v;
@@ -60076,7 +60083,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat1_nv = mbeat2_v;
       end
     end
@@ -60087,7 +60094,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat2_nv = 1'h0;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       casez (flush_d)
         2'h1:
             mbeat2_nv = 1'h0;
@@ -60097,7 +60104,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
             mbeat2_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$661 ) begin
+      if (\$signal$662 ) begin
         mbeat2_nv = 1'h0;
       end
     end
@@ -60107,8 +60114,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs0 = R0;
     if (any_err) begin
       Rs0 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs0 = \$24771 [10:0];
+    end else if (\$24773 ) begin
+      Rs0 = \$24774 [10:0];
     end
   end
   always @* begin
@@ -60116,8 +60123,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs1 = R1;
     if (any_err) begin
       Rs1 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs1 = \$24772 [10:0];
+    end else if (\$24773 ) begin
+      Rs1 = \$24775 [10:0];
     end
   end
   always @* begin
@@ -60125,8 +60132,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs2 = R2;
     if (any_err) begin
       Rs2 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs2 = \$24773 [10:0];
+    end else if (\$24773 ) begin
+      Rs2 = \$24776 [10:0];
     end
   end
   always @* begin
@@ -60134,8 +60141,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs3 = R3;
     if (any_err) begin
       Rs3 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs3 = \$24774 [10:0];
+    end else if (\$24773 ) begin
+      Rs3 = \$24777 [10:0];
     end
   end
   always @* begin
@@ -60143,8 +60150,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs4 = R4;
     if (any_err) begin
       Rs4 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs4 = \$24775 [10:0];
+    end else if (\$24773 ) begin
+      Rs4 = \$24778 [10:0];
     end
   end
   always @* begin
@@ -60152,8 +60159,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs5 = R5;
     if (any_err) begin
       Rs5 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs5 = \$24776 [10:0];
+    end else if (\$24773 ) begin
+      Rs5 = \$24779 [10:0];
     end
   end
   always @* begin
@@ -60161,8 +60168,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs6 = R6;
     if (any_err) begin
       Rs6 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs6 = \$24777 [10:0];
+    end else if (\$24773 ) begin
+      Rs6 = \$24780 [10:0];
     end
   end
   always @* begin
@@ -60170,8 +60177,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs7 = R7;
     if (any_err) begin
       Rs7 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs7 = \$24778 [10:0];
+    end else if (\$24773 ) begin
+      Rs7 = \$24781 [10:0];
     end
   end
   always @* begin
@@ -60179,8 +60186,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs8 = R8;
     if (any_err) begin
       Rs8 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs8 = \$24779 [10:0];
+    end else if (\$24773 ) begin
+      Rs8 = \$24782 [10:0];
     end
   end
   always @* begin
@@ -60188,8 +60195,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs9 = R9;
     if (any_err) begin
       Rs9 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs9 = \$24780 [10:0];
+    end else if (\$24773 ) begin
+      Rs9 = \$24783 [10:0];
     end
   end
   always @* begin
@@ -60197,8 +60204,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs10 = R10;
     if (any_err) begin
       Rs10 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs10 = \$24781 [10:0];
+    end else if (\$24773 ) begin
+      Rs10 = \$24784 [10:0];
     end
   end
   always @* begin
@@ -60206,8 +60213,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs11 = R11;
     if (any_err) begin
       Rs11 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs11 = \$24782 [10:0];
+    end else if (\$24773 ) begin
+      Rs11 = \$24785 [10:0];
     end
   end
   always @* begin
@@ -60215,8 +60222,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs12 = R12;
     if (any_err) begin
       Rs12 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs12 = \$24784 [10:0];
+    end else if (\$24773 ) begin
+      Rs12 = \$24787 [10:0];
     end
   end
   always @* begin
@@ -60224,8 +60231,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs13 = R13;
     if (any_err) begin
       Rs13 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs13 = \$24785 [10:0];
+    end else if (\$24773 ) begin
+      Rs13 = \$24788 [10:0];
     end
   end
   always @* begin
@@ -60233,8 +60240,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs14 = R14;
     if (any_err) begin
       Rs14 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs14 = \$24786 [10:0];
+    end else if (\$24773 ) begin
+      Rs14 = \$24789 [10:0];
     end
   end
   always @* begin
@@ -60242,8 +60249,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs15 = R15;
     if (any_err) begin
       Rs15 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs15 = \$24787 [10:0];
+    end else if (\$24773 ) begin
+      Rs15 = \$24790 [10:0];
     end
   end
   always @* begin
@@ -60251,8 +60258,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs16 = R16;
     if (any_err) begin
       Rs16 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs16 = \$24788 [10:0];
+    end else if (\$24773 ) begin
+      Rs16 = \$24791 [10:0];
     end
   end
   always @* begin
@@ -60260,8 +60267,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs17 = R17;
     if (any_err) begin
       Rs17 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs17 = \$24789 [10:0];
+    end else if (\$24773 ) begin
+      Rs17 = \$24792 [10:0];
     end
   end
   always @* begin
@@ -60269,8 +60276,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs18 = R18;
     if (any_err) begin
       Rs18 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs18 = \$24790 [10:0];
+    end else if (\$24773 ) begin
+      Rs18 = \$24793 [10:0];
     end
   end
   always @* begin
@@ -60278,8 +60285,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs19 = R19;
     if (any_err) begin
       Rs19 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs19 = \$24791 [10:0];
+    end else if (\$24773 ) begin
+      Rs19 = \$24794 [10:0];
     end
   end
   always @* begin
@@ -60287,8 +60294,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs20 = R20;
     if (any_err) begin
       Rs20 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs20 = \$24792 [10:0];
+    end else if (\$24773 ) begin
+      Rs20 = \$24795 [10:0];
     end
   end
   always @* begin
@@ -60296,8 +60303,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs21 = R21;
     if (any_err) begin
       Rs21 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs21 = \$24793 [10:0];
+    end else if (\$24773 ) begin
+      Rs21 = \$24796 [10:0];
     end
   end
   always @* begin
@@ -60305,8 +60312,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs22 = R22;
     if (any_err) begin
       Rs22 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs22 = \$24794 [10:0];
+    end else if (\$24773 ) begin
+      Rs22 = \$24797 [10:0];
     end
   end
   always @* begin
@@ -60314,8 +60321,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs23 = R23;
     if (any_err) begin
       Rs23 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs23 = \$24795 [10:0];
+    end else if (\$24773 ) begin
+      Rs23 = \$24798 [10:0];
     end
   end
   always @* begin
@@ -60323,8 +60330,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs24 = R24;
     if (any_err) begin
       Rs24 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs24 = \$24797 [10:0];
+    end else if (\$24773 ) begin
+      Rs24 = \$24800 [10:0];
     end
   end
   always @* begin
@@ -60332,8 +60339,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs25 = R25;
     if (any_err) begin
       Rs25 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs25 = \$24798 [10:0];
+    end else if (\$24773 ) begin
+      Rs25 = \$24801 [10:0];
     end
   end
   always @* begin
@@ -60341,8 +60348,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs26 = R26;
     if (any_err) begin
       Rs26 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs26 = \$24799 [10:0];
+    end else if (\$24773 ) begin
+      Rs26 = \$24802 [10:0];
     end
   end
   always @* begin
@@ -60350,8 +60357,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs27 = R27;
     if (any_err) begin
       Rs27 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs27 = \$24800 [10:0];
+    end else if (\$24773 ) begin
+      Rs27 = \$24803 [10:0];
     end
   end
   always @* begin
@@ -60359,8 +60366,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs28 = R28;
     if (any_err) begin
       Rs28 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs28 = \$24801 [10:0];
+    end else if (\$24773 ) begin
+      Rs28 = \$24804 [10:0];
     end
   end
   always @* begin
@@ -60368,8 +60375,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs29 = R29;
     if (any_err) begin
       Rs29 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs29 = \$24802 [10:0];
+    end else if (\$24773 ) begin
+      Rs29 = \$24805 [10:0];
     end
   end
   always @* begin
@@ -60377,8 +60384,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs30 = R30;
     if (any_err) begin
       Rs30 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs30 = \$24803 [10:0];
+    end else if (\$24773 ) begin
+      Rs30 = \$24806 [10:0];
     end
   end
   always @* begin
@@ -60386,8 +60393,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs31 = R31;
     if (any_err) begin
       Rs31 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs31 = \$24804 [10:0];
+    end else if (\$24773 ) begin
+      Rs31 = \$24807 [10:0];
     end
   end
   always @* begin
@@ -60395,8 +60402,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs32 = R32;
     if (any_err) begin
       Rs32 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs32 = \$24805 [10:0];
+    end else if (\$24773 ) begin
+      Rs32 = \$24808 [10:0];
     end
   end
   always @* begin
@@ -60404,8 +60411,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs33 = R33;
     if (any_err) begin
       Rs33 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs33 = \$24806 [10:0];
+    end else if (\$24773 ) begin
+      Rs33 = \$24809 [10:0];
     end
   end
   always @* begin
@@ -60413,8 +60420,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs34 = R34;
     if (any_err) begin
       Rs34 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs34 = \$24807 [10:0];
+    end else if (\$24773 ) begin
+      Rs34 = \$24810 [10:0];
     end
   end
   always @* begin
@@ -60422,8 +60429,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rs35 = R35;
     if (any_err) begin
       Rs35 = 11'h000;
-    end else if (\$24770 ) begin
-      Rs35 = \$24808 [10:0];
+    end else if (\$24773 ) begin
+      Rs35 = \$24811 [10:0];
     end
   end
   always @* begin
@@ -60431,7 +60438,7 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     Rsm1 = Rm1;
     if (any_err) begin
       Rsm1 = 11'h000;
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
       Rsm1 = 11'h000;
     end
   end
@@ -60439,34 +60446,34 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 11'h000;
     if (any_err) begin
-    end else if (\$24770 ) begin
-      fresh0 = \$24783 [10:0];
+    end else if (\$24773 ) begin
+      fresh0 = \$24786 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh1 = 11'h000;
     if (any_err) begin
-    end else if (\$24770 ) begin
-      fresh1 = \$24796 [10:0];
+    end else if (\$24773 ) begin
+      fresh1 = \$24799 [10:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$661  = 1'h0;
+    \$signal$662  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$24770 ) begin
+    end else if (\$24773 ) begin
     end else begin
-      \$signal$661  = \$24811 ;
+      \$signal$662  = \$24814 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rn0;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf0 = \$24827 [10:0];
+      if (\$24829 ) begin
+        Rf0 = \$24830 [10:0];
       end
     end
   end
@@ -60474,8 +60481,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rn1;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf1 = \$24828 [10:0];
+      if (\$24829 ) begin
+        Rf1 = \$24831 [10:0];
       end
     end
   end
@@ -60483,8 +60490,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rn2;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf2 = \$24829 [10:0];
+      if (\$24829 ) begin
+        Rf2 = \$24832 [10:0];
       end
     end
   end
@@ -60492,8 +60499,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rn3;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf3 = \$24830 [10:0];
+      if (\$24829 ) begin
+        Rf3 = \$24833 [10:0];
       end
     end
   end
@@ -60501,8 +60508,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rn4;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf4 = \$24831 [10:0];
+      if (\$24829 ) begin
+        Rf4 = \$24834 [10:0];
       end
     end
   end
@@ -60510,8 +60517,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rn5;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf5 = \$24832 [10:0];
+      if (\$24829 ) begin
+        Rf5 = \$24835 [10:0];
       end
     end
   end
@@ -60519,8 +60526,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rn6;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf6 = \$24833 [10:0];
+      if (\$24829 ) begin
+        Rf6 = \$24836 [10:0];
       end
     end
   end
@@ -60528,8 +60535,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rn7;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf7 = \$24834 [10:0];
+      if (\$24829 ) begin
+        Rf7 = \$24837 [10:0];
       end
     end
   end
@@ -60537,8 +60544,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf8 = Rn8;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf8 = \$24835 [10:0];
+      if (\$24829 ) begin
+        Rf8 = \$24838 [10:0];
       end
     end
   end
@@ -60546,8 +60553,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf9 = Rn9;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf9 = \$24836 [10:0];
+      if (\$24829 ) begin
+        Rf9 = \$24839 [10:0];
       end
     end
   end
@@ -60555,8 +60562,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf10 = Rn10;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf10 = \$24837 [10:0];
+      if (\$24829 ) begin
+        Rf10 = \$24840 [10:0];
       end
     end
   end
@@ -60564,8 +60571,8 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf11 = Rn11;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf11 = \$24838 [10:0];
+      if (\$24829 ) begin
+        Rf11 = \$24841 [10:0];
       end
     end
   end
@@ -60573,11 +60580,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf12 = Rn12;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf12 = \$24839 [10:0];
+      if (\$24829 ) begin
+        Rf12 = \$24842 [10:0];
       end
-      if (\$24866 ) begin
-        Rf12 = \$24867 [10:0];
+      if (\$24869 ) begin
+        Rf12 = \$24870 [10:0];
       end
     end
   end
@@ -60585,11 +60592,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf13 = Rn13;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf13 = \$24840 [10:0];
+      if (\$24829 ) begin
+        Rf13 = \$24843 [10:0];
       end
-      if (\$24866 ) begin
-        Rf13 = \$24868 [10:0];
+      if (\$24869 ) begin
+        Rf13 = \$24871 [10:0];
       end
     end
   end
@@ -60597,11 +60604,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf14 = Rn14;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf14 = \$24841 [10:0];
+      if (\$24829 ) begin
+        Rf14 = \$24844 [10:0];
       end
-      if (\$24866 ) begin
-        Rf14 = \$24869 [10:0];
+      if (\$24869 ) begin
+        Rf14 = \$24872 [10:0];
       end
     end
   end
@@ -60609,11 +60616,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf15 = Rn15;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf15 = \$24842 [10:0];
+      if (\$24829 ) begin
+        Rf15 = \$24845 [10:0];
       end
-      if (\$24866 ) begin
-        Rf15 = \$24870 [10:0];
+      if (\$24869 ) begin
+        Rf15 = \$24873 [10:0];
       end
     end
   end
@@ -60621,11 +60628,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf16 = Rn16;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf16 = \$24843 [10:0];
+      if (\$24829 ) begin
+        Rf16 = \$24846 [10:0];
       end
-      if (\$24866 ) begin
-        Rf16 = \$24871 [10:0];
+      if (\$24869 ) begin
+        Rf16 = \$24874 [10:0];
       end
     end
   end
@@ -60633,11 +60640,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf17 = Rn17;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf17 = \$24844 [10:0];
+      if (\$24829 ) begin
+        Rf17 = \$24847 [10:0];
       end
-      if (\$24866 ) begin
-        Rf17 = \$24872 [10:0];
+      if (\$24869 ) begin
+        Rf17 = \$24875 [10:0];
       end
     end
   end
@@ -60645,11 +60652,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf18 = Rn18;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf18 = \$24845 [10:0];
+      if (\$24829 ) begin
+        Rf18 = \$24848 [10:0];
       end
-      if (\$24866 ) begin
-        Rf18 = \$24873 [10:0];
+      if (\$24869 ) begin
+        Rf18 = \$24876 [10:0];
       end
     end
   end
@@ -60657,11 +60664,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf19 = Rn19;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf19 = \$24846 [10:0];
+      if (\$24829 ) begin
+        Rf19 = \$24849 [10:0];
       end
-      if (\$24866 ) begin
-        Rf19 = \$24874 [10:0];
+      if (\$24869 ) begin
+        Rf19 = \$24877 [10:0];
       end
     end
   end
@@ -60669,11 +60676,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf20 = Rn20;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf20 = \$24847 [10:0];
+      if (\$24829 ) begin
+        Rf20 = \$24850 [10:0];
       end
-      if (\$24866 ) begin
-        Rf20 = \$24875 [10:0];
+      if (\$24869 ) begin
+        Rf20 = \$24878 [10:0];
       end
     end
   end
@@ -60681,11 +60688,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf21 = Rn21;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf21 = \$24848 [10:0];
+      if (\$24829 ) begin
+        Rf21 = \$24851 [10:0];
       end
-      if (\$24866 ) begin
-        Rf21 = \$24876 [10:0];
+      if (\$24869 ) begin
+        Rf21 = \$24879 [10:0];
       end
     end
   end
@@ -60693,11 +60700,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf22 = Rn22;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf22 = \$24849 [10:0];
+      if (\$24829 ) begin
+        Rf22 = \$24852 [10:0];
       end
-      if (\$24866 ) begin
-        Rf22 = \$24877 [10:0];
+      if (\$24869 ) begin
+        Rf22 = \$24880 [10:0];
       end
     end
   end
@@ -60705,11 +60712,11 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf23 = Rn23;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf23 = \$24850 [10:0];
+      if (\$24829 ) begin
+        Rf23 = \$24853 [10:0];
       end
-      if (\$24866 ) begin
-        Rf23 = \$24878 [10:0];
+      if (\$24869 ) begin
+        Rf23 = \$24881 [10:0];
       end
     end
   end
@@ -60717,14 +60724,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf24 = Rn24;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf24 = \$24851 [10:0];
+      if (\$24829 ) begin
+        Rf24 = \$24854 [10:0];
       end
-      if (\$24866 ) begin
-        Rf24 = \$24879 [10:0];
+      if (\$24869 ) begin
+        Rf24 = \$24882 [10:0];
       end
-      if (\$24895 ) begin
-        Rf24 = \$24896 [10:0];
+      if (\$24898 ) begin
+        Rf24 = \$24899 [10:0];
       end
     end
   end
@@ -60732,14 +60739,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf25 = Rn25;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf25 = \$24852 [10:0];
+      if (\$24829 ) begin
+        Rf25 = \$24855 [10:0];
       end
-      if (\$24866 ) begin
-        Rf25 = \$24880 [10:0];
+      if (\$24869 ) begin
+        Rf25 = \$24883 [10:0];
       end
-      if (\$24895 ) begin
-        Rf25 = \$24897 [10:0];
+      if (\$24898 ) begin
+        Rf25 = \$24900 [10:0];
       end
     end
   end
@@ -60747,14 +60754,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf26 = Rn26;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf26 = \$24853 [10:0];
+      if (\$24829 ) begin
+        Rf26 = \$24856 [10:0];
       end
-      if (\$24866 ) begin
-        Rf26 = \$24881 [10:0];
+      if (\$24869 ) begin
+        Rf26 = \$24884 [10:0];
       end
-      if (\$24895 ) begin
-        Rf26 = \$24898 [10:0];
+      if (\$24898 ) begin
+        Rf26 = \$24901 [10:0];
       end
     end
   end
@@ -60762,14 +60769,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf27 = Rn27;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf27 = \$24854 [10:0];
+      if (\$24829 ) begin
+        Rf27 = \$24857 [10:0];
       end
-      if (\$24866 ) begin
-        Rf27 = \$24882 [10:0];
+      if (\$24869 ) begin
+        Rf27 = \$24885 [10:0];
       end
-      if (\$24895 ) begin
-        Rf27 = \$24899 [10:0];
+      if (\$24898 ) begin
+        Rf27 = \$24902 [10:0];
       end
     end
   end
@@ -60777,14 +60784,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf28 = Rn28;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf28 = \$24855 [10:0];
+      if (\$24829 ) begin
+        Rf28 = \$24858 [10:0];
       end
-      if (\$24866 ) begin
-        Rf28 = \$24883 [10:0];
+      if (\$24869 ) begin
+        Rf28 = \$24886 [10:0];
       end
-      if (\$24895 ) begin
-        Rf28 = \$24900 [10:0];
+      if (\$24898 ) begin
+        Rf28 = \$24903 [10:0];
       end
     end
   end
@@ -60792,14 +60799,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf29 = Rn29;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf29 = \$24856 [10:0];
+      if (\$24829 ) begin
+        Rf29 = \$24859 [10:0];
       end
-      if (\$24866 ) begin
-        Rf29 = \$24884 [10:0];
+      if (\$24869 ) begin
+        Rf29 = \$24887 [10:0];
       end
-      if (\$24895 ) begin
-        Rf29 = \$24901 [10:0];
+      if (\$24898 ) begin
+        Rf29 = \$24904 [10:0];
       end
     end
   end
@@ -60807,14 +60814,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf30 = Rn30;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf30 = \$24857 [10:0];
+      if (\$24829 ) begin
+        Rf30 = \$24860 [10:0];
       end
-      if (\$24866 ) begin
-        Rf30 = \$24885 [10:0];
+      if (\$24869 ) begin
+        Rf30 = \$24888 [10:0];
       end
-      if (\$24895 ) begin
-        Rf30 = \$24902 [10:0];
+      if (\$24898 ) begin
+        Rf30 = \$24905 [10:0];
       end
     end
   end
@@ -60822,14 +60829,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf31 = Rn31;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf31 = \$24858 [10:0];
+      if (\$24829 ) begin
+        Rf31 = \$24861 [10:0];
       end
-      if (\$24866 ) begin
-        Rf31 = \$24886 [10:0];
+      if (\$24869 ) begin
+        Rf31 = \$24889 [10:0];
       end
-      if (\$24895 ) begin
-        Rf31 = \$24903 [10:0];
+      if (\$24898 ) begin
+        Rf31 = \$24906 [10:0];
       end
     end
   end
@@ -60837,14 +60844,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf32 = Rn32;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf32 = \$24859 [10:0];
+      if (\$24829 ) begin
+        Rf32 = \$24862 [10:0];
       end
-      if (\$24866 ) begin
-        Rf32 = \$24887 [10:0];
+      if (\$24869 ) begin
+        Rf32 = \$24890 [10:0];
       end
-      if (\$24895 ) begin
-        Rf32 = \$24904 [10:0];
+      if (\$24898 ) begin
+        Rf32 = \$24907 [10:0];
       end
     end
   end
@@ -60852,14 +60859,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf33 = Rn33;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf33 = \$24860 [10:0];
+      if (\$24829 ) begin
+        Rf33 = \$24863 [10:0];
       end
-      if (\$24866 ) begin
-        Rf33 = \$24888 [10:0];
+      if (\$24869 ) begin
+        Rf33 = \$24891 [10:0];
       end
-      if (\$24895 ) begin
-        Rf33 = \$24905 [10:0];
+      if (\$24898 ) begin
+        Rf33 = \$24908 [10:0];
       end
     end
   end
@@ -60867,14 +60874,14 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf34 = Rn34;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf34 = \$24861 [10:0];
+      if (\$24829 ) begin
+        Rf34 = \$24864 [10:0];
       end
-      if (\$24866 ) begin
-        Rf34 = \$24889 [10:0];
+      if (\$24869 ) begin
+        Rf34 = \$24892 [10:0];
       end
-      if (\$24895 ) begin
-        Rf34 = \$24906 [10:0];
+      if (\$24898 ) begin
+        Rf34 = \$24909 [10:0];
       end
     end
   end
@@ -60882,62 +60889,62 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf35 = Rn35;
     if (take_buf) begin
-      if (\$24826 ) begin
-        Rf35 = \$24862 [10:0];
+      if (\$24829 ) begin
+        Rf35 = \$24865 [10:0];
       end
-      if (\$24866 ) begin
-        Rf35 = \$24890 [10:0];
+      if (\$24869 ) begin
+        Rf35 = \$24893 [10:0];
       end
-      if (\$24895 ) begin
-        Rf35 = \$24907 [10:0];
+      if (\$24898 ) begin
+        Rf35 = \$24910 [10:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$747  = \$signal$592 ;
+    \$signal$748  = \$signal$593 ;
     if (v_clear) begin
-    end else if (\$24947 ) begin
-      if (\$signal$760 ) begin
-        \$signal$747  = VB;
+    end else if (\$24950 ) begin
+      if (\$signal$761 ) begin
+        \$signal$748  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$749  = \$signal$750 ;
+    \$signal$750  = \$signal$751 ;
     if (v_clear) begin
-      \$signal$749  = 1'h0;
-    end else if (\$24947 ) begin
-      if (\$signal$760 ) begin
-        \$signal$749  = \$signal$752 ;
+      \$signal$750  = 1'h0;
+    end else if (\$24950 ) begin
+      if (\$signal$761 ) begin
+        \$signal$750  = \$signal$753 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$751  = \$signal$752 ;
+    \$signal$752  = \$signal$753 ;
     if (v_clear) begin
-      \$signal$751  = 1'h0;
-    end else if (\$24947 ) begin
-      if (\$signal$760 ) begin
-        \$signal$751  = 1'h0;
+      \$signal$752  = 1'h0;
+    end else if (\$24950 ) begin
+      if (\$signal$761 ) begin
+        \$signal$752  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$753  = \$signal$754 ;
+    \$signal$754  = \$signal$755 ;
     if (v_clear) begin
-    end else if (\$24947 ) begin
-      if (\$signal$760 ) begin
-        \$signal$753  = \$signal$755 ;
+    end else if (\$24950 ) begin
+      if (\$signal$761 ) begin
+        \$signal$754  = \$signal$756 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$24908 ;
+    allow_load = \$24911 ;
     if (v_clear) begin
       allow_load = 1'h0;
     end
@@ -60946,180 +60953,150 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$24926 ;
+      end_ok = \$24929 ;
     end else begin
-      end_ok = \$24937 ;
+      end_ok = \$24940 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$24934 ;
+      end_bad = \$24937 ;
     end else begin
-      end_bad = \$24941 ;
+      end_bad = \$24944 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$772  = \$24952 ;
-    if (\$24961 ) begin
-      \$signal$772  = \$24965 ;
+    \$signal$773  = \$24955 ;
+    if (\$24964 ) begin
+      \$signal$773  = \$24968 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$24955 ;
-    if (\$24961 ) begin
-      lr_n = \$24966 ;
+    lr_n = \$24958 ;
+    if (\$24964 ) begin
+      lr_n = \$24969 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$24961 ) begin
-      stride = \$24964 ;
+    if (\$24964 ) begin
+      stride = \$24967 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 10'h000;
-    if (\$24978 ) begin
-      r_a_sel = { \$24988 , \$24987 , \$24986 , \$24985 , \$24984 , \$24983 , \$24982 , \$24981 , \$24980 , \$24979  };
+    if (\$24981 ) begin
+      r_a_sel = { \$24991 , \$24990 , \$24989 , \$24988 , \$24987 , \$24986 , \$24985 , \$24984 , \$24983 , \$24982  };
     end
-    if (\$24989 ) begin
-      r_a_sel = { \$25009 , \$25007 , \$25005 , \$25003 , \$25001 , \$24999 , \$24997 , \$24995 , \$24993 , \$24991  };
+    if (\$24992 ) begin
+      r_a_sel = { \$25012 , \$25010 , \$25008 , \$25006 , \$25004 , \$25002 , \$25000 , \$24998 , \$24996 , \$24994  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 10'h000;
-    if (\$25028 ) begin
-      r_b_sel = { \$25038 , \$25037 , \$25036 , \$25035 , \$25034 , \$25033 , \$25032 , \$25031 , \$25030 , \$25029  };
+    if (\$25031 ) begin
+      r_b_sel = { \$25041 , \$25040 , \$25039 , \$25038 , \$25037 , \$25036 , \$25035 , \$25034 , \$25033 , \$25032  };
     end
-    if (\$25039 ) begin
-      r_b_sel = { \$25059 , \$25057 , \$25055 , \$25053 , \$25051 , \$25049 , \$25047 , \$25045 , \$25043 , \$25041  };
+    if (\$25042 ) begin
+      r_b_sel = { \$25062 , \$25060 , \$25058 , \$25056 , \$25054 , \$25052 , \$25050 , \$25048 , \$25046 , \$25044  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 10'h000;
-    if (\$25078 ) begin
-      r_c_sel = { \$25088 , \$25087 , \$25086 , \$25085 , \$25084 , \$25083 , \$25082 , \$25081 , \$25080 , \$25079  };
+    if (\$25081 ) begin
+      r_c_sel = { \$25091 , \$25090 , \$25089 , \$25088 , \$25087 , \$25086 , \$25085 , \$25084 , \$25083 , \$25082  };
     end
-    if (\$25089 ) begin
-      r_c_sel = { \$25109 , \$25107 , \$25105 , \$25103 , \$25101 , \$25099 , \$25097 , \$25095 , \$25093 , \$25091  };
+    if (\$25092 ) begin
+      r_c_sel = { \$25112 , \$25110 , \$25108 , \$25106 , \$25104 , \$25102 , \$25100 , \$25098 , \$25096 , \$25094  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25340  = 1'h0;
-    if (\$25294 ) begin
-      \$25340  = 1'h1;
+    \$25343  = 1'h0;
+    if (\$25297 ) begin
+      \$25343  = 1'h1;
     end
     if (rst) begin
-      \$25340  = 1'h0;
+      \$25343  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25341  = a_grp0;
+    \$25344  = a_grp0;
     if (rdy_a) begin
-      \$25341  = grp0;
+      \$25344  = grp0;
     end
     if (rst) begin
-      \$25341  = 16'h0000;
+      \$25344  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25342  = a_gsel0;
+    \$25345  = a_gsel0;
     if (rdy_a) begin
-      \$25342  = gsel0;
+      \$25345  = gsel0;
     end
     if (rst) begin
-      \$25342  = 6'h00;
+      \$25345  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25343  = a_lr0;
+    \$25346  = a_lr0;
     if (rdy_a) begin
-      \$25343  = \$25131 ;
+      \$25346  = \$25134 ;
     end
     if (rst) begin
-      \$25343  = 4'h0;
+      \$25346  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25344  = \$signal$439 ;
+    \$25347  = \$signal$439 ;
     if (rdy_a) begin
-      \$25344 [0] = \$25132 ;
-      \$25344 [1] = \$25136 ;
-      \$25344 [2] = \$25140 ;
-      \$25344 [3] = \$25144 ;
-      \$25344 [4] = \$25148 ;
-      \$25344 [5] = \$25152 ;
-      \$25344 [6] = \$25156 ;
-      \$25344 [7] = \$25160 ;
+      \$25347 [0] = \$25135 ;
+      \$25347 [1] = \$25139 ;
+      \$25347 [2] = \$25143 ;
+      \$25347 [3] = \$25147 ;
+      \$25347 [4] = \$25151 ;
+      \$25347 [5] = \$25155 ;
+      \$25347 [6] = \$25159 ;
+      \$25347 [7] = \$25163 ;
     end
     if (rst) begin
-      \$25344  = 8'h00;
+      \$25347  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25345  = a_nxt;
+    \$25348  = a_nxt;
     if (rdy_a) begin
-      \$25345 [0] = \$25134 ;
-      \$25345 [1] = \$25138 ;
-      \$25345 [2] = \$25142 ;
-      \$25345 [3] = \$25146 ;
-      \$25345 [4] = \$25150 ;
-      \$25345 [5] = \$25154 ;
-      \$25345 [6] = \$25158 ;
-      \$25345 [7] = \$25162 ;
+      \$25348 [0] = \$25137 ;
+      \$25348 [1] = \$25141 ;
+      \$25348 [2] = \$25145 ;
+      \$25348 [3] = \$25149 ;
+      \$25348 [4] = \$25153 ;
+      \$25348 [5] = \$25157 ;
+      \$25348 [6] = \$25161 ;
+      \$25348 [7] = \$25165 ;
     end
     if (rst) begin
-      \$25345  = 8'h00;
+      \$25348  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25346  = a_grp1;
+    \$25349  = a_grp1;
     if (rdy_a) begin
-      \$25346  = grp1;
-    end
-    if (rst) begin
-      \$25346  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25347  = a_gsel1;
-    if (rdy_a) begin
-      \$25347  = gsel1;
-    end
-    if (rst) begin
-      \$25347  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25348  = a_lr1;
-    if (rdy_a) begin
-      \$25348  = \$25135 ;
-    end
-    if (rst) begin
-      \$25348  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25349  = a_grp2;
-    if (rdy_a) begin
-      \$25349  = grp2;
+      \$25349  = grp1;
     end
     if (rst) begin
       \$25349  = 16'h0000;
@@ -61127,9 +61104,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25350  = a_gsel2;
+    \$25350  = a_gsel1;
     if (rdy_a) begin
-      \$25350  = gsel2;
+      \$25350  = gsel1;
     end
     if (rst) begin
       \$25350  = 6'h00;
@@ -61137,9 +61114,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25351  = a_lr2;
+    \$25351  = a_lr1;
     if (rdy_a) begin
-      \$25351  = \$25139 ;
+      \$25351  = \$25138 ;
     end
     if (rst) begin
       \$25351  = 4'h0;
@@ -61147,9 +61124,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25352  = a_grp3;
+    \$25352  = a_grp2;
     if (rdy_a) begin
-      \$25352  = grp3;
+      \$25352  = grp2;
     end
     if (rst) begin
       \$25352  = 16'h0000;
@@ -61157,9 +61134,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25353  = a_gsel3;
+    \$25353  = a_gsel2;
     if (rdy_a) begin
-      \$25353  = gsel3;
+      \$25353  = gsel2;
     end
     if (rst) begin
       \$25353  = 6'h00;
@@ -61167,9 +61144,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25354  = a_lr3;
+    \$25354  = a_lr2;
     if (rdy_a) begin
-      \$25354  = \$25143 ;
+      \$25354  = \$25142 ;
     end
     if (rst) begin
       \$25354  = 4'h0;
@@ -61177,9 +61154,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25355  = a_grp4;
+    \$25355  = a_grp3;
     if (rdy_a) begin
-      \$25355  = grp4;
+      \$25355  = grp3;
     end
     if (rst) begin
       \$25355  = 16'h0000;
@@ -61187,9 +61164,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25356  = a_gsel4;
+    \$25356  = a_gsel3;
     if (rdy_a) begin
-      \$25356  = gsel4;
+      \$25356  = gsel3;
     end
     if (rst) begin
       \$25356  = 6'h00;
@@ -61197,9 +61174,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25357  = a_lr4;
+    \$25357  = a_lr3;
     if (rdy_a) begin
-      \$25357  = \$25147 ;
+      \$25357  = \$25146 ;
     end
     if (rst) begin
       \$25357  = 4'h0;
@@ -61207,9 +61184,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25358  = a_grp5;
+    \$25358  = a_grp4;
     if (rdy_a) begin
-      \$25358  = grp5;
+      \$25358  = grp4;
     end
     if (rst) begin
       \$25358  = 16'h0000;
@@ -61217,9 +61194,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25359  = a_gsel5;
+    \$25359  = a_gsel4;
     if (rdy_a) begin
-      \$25359  = gsel5;
+      \$25359  = gsel4;
     end
     if (rst) begin
       \$25359  = 6'h00;
@@ -61227,9 +61204,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25360  = a_lr5;
+    \$25360  = a_lr4;
     if (rdy_a) begin
-      \$25360  = \$25151 ;
+      \$25360  = \$25150 ;
     end
     if (rst) begin
       \$25360  = 4'h0;
@@ -61237,9 +61214,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25361  = a_grp6;
+    \$25361  = a_grp5;
     if (rdy_a) begin
-      \$25361  = grp6;
+      \$25361  = grp5;
     end
     if (rst) begin
       \$25361  = 16'h0000;
@@ -61247,9 +61224,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25362  = a_gsel6;
+    \$25362  = a_gsel5;
     if (rdy_a) begin
-      \$25362  = gsel6;
+      \$25362  = gsel5;
     end
     if (rst) begin
       \$25362  = 6'h00;
@@ -61257,9 +61234,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25363  = a_lr6;
+    \$25363  = a_lr5;
     if (rdy_a) begin
-      \$25363  = \$25155 ;
+      \$25363  = \$25154 ;
     end
     if (rst) begin
       \$25363  = 4'h0;
@@ -61267,9 +61244,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25364  = a_grp7;
+    \$25364  = a_grp6;
     if (rdy_a) begin
-      \$25364  = grp7;
+      \$25364  = grp6;
     end
     if (rst) begin
       \$25364  = 16'h0000;
@@ -61277,9 +61254,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25365  = a_gsel7;
+    \$25365  = a_gsel6;
     if (rdy_a) begin
-      \$25365  = gsel7;
+      \$25365  = gsel6;
     end
     if (rst) begin
       \$25365  = 6'h00;
@@ -61287,9 +61264,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25366  = a_lr7;
+    \$25366  = a_lr6;
     if (rdy_a) begin
-      \$25366  = \$25159 ;
+      \$25366  = \$25158 ;
     end
     if (rst) begin
       \$25366  = 4'h0;
@@ -61297,154 +61274,148 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25367  = \$signal ;
+    \$25367  = a_grp7;
     if (rdy_a) begin
-      \$25367  = rs_w[3:0];
+      \$25367  = grp7;
     end
     if (rst) begin
-      \$25367  = 4'h0;
+      \$25367  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25368  = a_es;
+    \$25368  = a_gsel7;
     if (rdy_a) begin
-      \$25368  = es_w[3:0];
+      \$25368  = gsel7;
     end
     if (rst) begin
-      \$25368  = 4'h0;
+      \$25368  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25369  = \$25164 ;
+    \$25369  = a_lr7;
+    if (rdy_a) begin
+      \$25369  = \$25162 ;
+    end
     if (rst) begin
-      \$25369  = 1'h0;
+      \$25369  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25370  = ov;
+    \$25370  = \$signal ;
     if (rdy_a) begin
-      \$25370  = emit;
-    end
-    if (any_err) begin
-      \$25370  = 1'h0;
+      \$25370  = rs_w[3:0];
     end
     if (rst) begin
-      \$25370  = 1'h0;
+      \$25370  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25371  = \$signal$606 ;
+    \$25371  = a_es;
     if (rdy_a) begin
-      \$25371  = finish;
+      \$25371  = es_w[3:0];
     end
     if (rst) begin
-      \$25371  = 1'h0;
+      \$25371  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25372  = a_last;
-    if (rdy_a) begin
-      \$25372  = \$25165 ;
-    end
+    \$25372  = \$25167 ;
     if (rst) begin
       \$25372  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25373  = a_val;
+    \$25373  = ov;
     if (rdy_a) begin
-      \$25373  = vsh0;
+      \$25373  = emit;
+    end
+    if (any_err) begin
+      \$25373  = 1'h0;
     end
     if (rst) begin
-      \$25373  = 64'h0000000000000000;
+      \$25373  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25374  = \$25183 ;
+    \$25374  = \$signal$607 ;
+    if (rdy_a) begin
+      \$25374  = finish;
+    end
     if (rst) begin
-      \$25374  = 8'h00;
+      \$25374  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25375  = \$25184 ;
+    \$25375  = a_last;
+    if (rdy_a) begin
+      \$25375  = \$25168 ;
+    end
     if (rst) begin
       \$25375  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25376  = flush_d;
+    \$25376  = a_val;
+    if (rdy_a) begin
+      \$25376  = vsh0;
+    end
+    if (rst) begin
+      \$25376  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25377  = \$25186 ;
+    if (rst) begin
+      \$25377  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25378  = \$25187 ;
+    if (rst) begin
+      \$25378  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25379  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$25376  = 2'h0;
-    end else if (\$25185 ) begin
-      \$25376  = 2'h0;
+      \$25379  = 2'h0;
+    end else if (\$25188 ) begin
+      \$25379  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$25188 ) begin
-          \$25376  = \$25189 ;
+        if (\$25191 ) begin
+          \$25379  = \$25192 ;
         end
-        if (\$25192 ) begin
-          \$25376  = \$25193 [1:0];
+        if (\$25195 ) begin
+          \$25379  = \$25196 [1:0];
         end
-        if (\$25196 ) begin
-          \$25376  = \$25197 [1:0];
+        if (\$25199 ) begin
+          \$25379  = \$25200 [1:0];
         end
       end
     end
     if (rst) begin
-      \$25376  = 2'h0;
+      \$25379  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25377  = mbuf;
-    if (\$25198 ) begin
-      \$25377  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
-    end
-    if (rst) begin
-      \$25377  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25378  = mbuf_v;
-    if (\$25198 ) begin
-      \$25378  = 1'h1;
-    end else if (take_buf) begin
-      \$25378  = 1'h0;
-    end
-    if (rst) begin
-      \$25378  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25379  = mbeat0_n;
-    if (take_buf) begin
-      if (\$25201 ) begin
-        \$25379  = mbuf;
-      end
-    end
-    if (rst) begin
-      \$25379  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25380  = mbeat1_n;
-    if (take_buf) begin
-      if (\$25205 ) begin
-        \$25380  = mbuf;
-      end
+    \$25380  = mbuf;
+    if (\$25201 ) begin
+      \$25380  = { \$92 [7:0], \$91 [7:0], \$90 [7:0], \$89 [7:0], \$88 [7:0], \$87 [7:0], \$86 [7:0], \$85 [7:0], \$80 [7:0], \$79 [7:0], \$73 [7:0], 3'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
       \$25380  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
@@ -61452,95 +61423,95 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25381  = mbeat2_n;
-    if (take_buf) begin
-      if (\$25210 ) begin
-        \$25381  = mbuf;
-      end
+    \$25381  = mbuf_v;
+    if (\$25201 ) begin
+      \$25381  = 1'h1;
+    end else if (take_buf) begin
+      \$25381  = 1'h0;
     end
     if (rst) begin
-      \$25381  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+      \$25381  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25382  = mbeat0_nv;
+    \$25382  = mbeat0_n;
     if (take_buf) begin
-      if (\$25201 ) begin
-        \$25382  = 1'h1;
+      if (\$25204 ) begin
+        \$25382  = mbuf;
       end
     end
     if (rst) begin
-      \$25382  = 1'h0;
+      \$25382  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25383  = mbeat1_nv;
+    \$25383  = mbeat1_n;
     if (take_buf) begin
-      if (\$25205 ) begin
-        \$25383  = 1'h1;
+      if (\$25208 ) begin
+        \$25383  = mbuf;
       end
     end
     if (rst) begin
-      \$25383  = 1'h0;
+      \$25383  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25384  = mbeat2_nv;
+    \$25384  = mbeat2_n;
     if (take_buf) begin
-      if (\$25210 ) begin
-        \$25384  = 1'h1;
+      if (\$25213 ) begin
+        \$25384  = mbuf;
       end
     end
     if (rst) begin
-      \$25384  = 1'h0;
+      \$25384  = 288'h000000000000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25385  = mbeat0_nv;
+    if (take_buf) begin
+      if (\$25204 ) begin
+        \$25385  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25385  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25386  = mbeat1_nv;
+    if (take_buf) begin
+      if (\$25208 ) begin
+        \$25386  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25386  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25387  = mbeat2_nv;
+    if (take_buf) begin
+      if (\$25213 ) begin
+        \$25387  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25387  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25385  = Rs0;
+      \$25388  = Rs0;
     end else begin
-      \$25385  = \$25212 [10:0];
-    end
-    if (rst) begin
-      \$25385  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25386  = Rs1;
-    end else begin
-      \$25386  = \$25214 [10:0];
-    end
-    if (rst) begin
-      \$25386  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25387  = Rs2;
-    end else begin
-      \$25387  = \$25216 [10:0];
-    end
-    if (rst) begin
-      \$25387  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$25388  = Rs3;
-    end else begin
-      \$25388  = \$25218 [10:0];
+      \$25388  = \$25215 [10:0];
     end
     if (rst) begin
       \$25388  = 11'h000;
@@ -61550,9 +61521,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25389  = Rs4;
+      \$25389  = Rs1;
     end else begin
-      \$25389  = \$25220 [10:0];
+      \$25389  = \$25217 [10:0];
     end
     if (rst) begin
       \$25389  = 11'h000;
@@ -61562,9 +61533,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25390  = Rs5;
+      \$25390  = Rs2;
     end else begin
-      \$25390  = \$25222 [10:0];
+      \$25390  = \$25219 [10:0];
     end
     if (rst) begin
       \$25390  = 11'h000;
@@ -61574,9 +61545,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25391  = Rs6;
+      \$25391  = Rs3;
     end else begin
-      \$25391  = \$25224 [10:0];
+      \$25391  = \$25221 [10:0];
     end
     if (rst) begin
       \$25391  = 11'h000;
@@ -61586,9 +61557,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25392  = Rs7;
+      \$25392  = Rs4;
     end else begin
-      \$25392  = \$25226 [10:0];
+      \$25392  = \$25223 [10:0];
     end
     if (rst) begin
       \$25392  = 11'h000;
@@ -61598,9 +61569,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25393  = Rs8;
+      \$25393  = Rs5;
     end else begin
-      \$25393  = \$25228 [10:0];
+      \$25393  = \$25225 [10:0];
     end
     if (rst) begin
       \$25393  = 11'h000;
@@ -61610,9 +61581,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25394  = Rs9;
+      \$25394  = Rs6;
     end else begin
-      \$25394  = \$25230 [10:0];
+      \$25394  = \$25227 [10:0];
     end
     if (rst) begin
       \$25394  = 11'h000;
@@ -61622,9 +61593,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25395  = Rs10;
+      \$25395  = Rs7;
     end else begin
-      \$25395  = \$25232 [10:0];
+      \$25395  = \$25229 [10:0];
     end
     if (rst) begin
       \$25395  = 11'h000;
@@ -61634,9 +61605,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25396  = Rs11;
+      \$25396  = Rs8;
     end else begin
-      \$25396  = \$25234 [10:0];
+      \$25396  = \$25231 [10:0];
     end
     if (rst) begin
       \$25396  = 11'h000;
@@ -61646,9 +61617,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25397  = Rs12;
+      \$25397  = Rs9;
     end else begin
-      \$25397  = \$25236 [10:0];
+      \$25397  = \$25233 [10:0];
     end
     if (rst) begin
       \$25397  = 11'h000;
@@ -61658,9 +61629,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25398  = Rs13;
+      \$25398  = Rs10;
     end else begin
-      \$25398  = \$25238 [10:0];
+      \$25398  = \$25235 [10:0];
     end
     if (rst) begin
       \$25398  = 11'h000;
@@ -61670,9 +61641,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25399  = Rs14;
+      \$25399  = Rs11;
     end else begin
-      \$25399  = \$25240 [10:0];
+      \$25399  = \$25237 [10:0];
     end
     if (rst) begin
       \$25399  = 11'h000;
@@ -61682,9 +61653,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25400  = Rs15;
+      \$25400  = Rs12;
     end else begin
-      \$25400  = \$25242 [10:0];
+      \$25400  = \$25239 [10:0];
     end
     if (rst) begin
       \$25400  = 11'h000;
@@ -61694,9 +61665,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25401  = Rs16;
+      \$25401  = Rs13;
     end else begin
-      \$25401  = \$25244 [10:0];
+      \$25401  = \$25241 [10:0];
     end
     if (rst) begin
       \$25401  = 11'h000;
@@ -61706,9 +61677,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25402  = Rs17;
+      \$25402  = Rs14;
     end else begin
-      \$25402  = \$25246 [10:0];
+      \$25402  = \$25243 [10:0];
     end
     if (rst) begin
       \$25402  = 11'h000;
@@ -61718,9 +61689,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25403  = Rs18;
+      \$25403  = Rs15;
     end else begin
-      \$25403  = \$25248 [10:0];
+      \$25403  = \$25245 [10:0];
     end
     if (rst) begin
       \$25403  = 11'h000;
@@ -61730,9 +61701,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25404  = Rs19;
+      \$25404  = Rs16;
     end else begin
-      \$25404  = \$25250 [10:0];
+      \$25404  = \$25247 [10:0];
     end
     if (rst) begin
       \$25404  = 11'h000;
@@ -61742,9 +61713,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25405  = Rs20;
+      \$25405  = Rs17;
     end else begin
-      \$25405  = \$25252 [10:0];
+      \$25405  = \$25249 [10:0];
     end
     if (rst) begin
       \$25405  = 11'h000;
@@ -61754,9 +61725,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25406  = Rs21;
+      \$25406  = Rs18;
     end else begin
-      \$25406  = \$25254 [10:0];
+      \$25406  = \$25251 [10:0];
     end
     if (rst) begin
       \$25406  = 11'h000;
@@ -61766,9 +61737,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25407  = Rs22;
+      \$25407  = Rs19;
     end else begin
-      \$25407  = \$25256 [10:0];
+      \$25407  = \$25253 [10:0];
     end
     if (rst) begin
       \$25407  = 11'h000;
@@ -61778,9 +61749,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25408  = Rs23;
+      \$25408  = Rs20;
     end else begin
-      \$25408  = \$25258 [10:0];
+      \$25408  = \$25255 [10:0];
     end
     if (rst) begin
       \$25408  = 11'h000;
@@ -61790,9 +61761,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25409  = Rs24;
+      \$25409  = Rs21;
     end else begin
-      \$25409  = \$25260 [10:0];
+      \$25409  = \$25257 [10:0];
     end
     if (rst) begin
       \$25409  = 11'h000;
@@ -61802,9 +61773,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25410  = Rs25;
+      \$25410  = Rs22;
     end else begin
-      \$25410  = \$25262 [10:0];
+      \$25410  = \$25259 [10:0];
     end
     if (rst) begin
       \$25410  = 11'h000;
@@ -61814,9 +61785,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25411  = Rs26;
+      \$25411  = Rs23;
     end else begin
-      \$25411  = \$25264 [10:0];
+      \$25411  = \$25261 [10:0];
     end
     if (rst) begin
       \$25411  = 11'h000;
@@ -61826,9 +61797,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25412  = Rs27;
+      \$25412  = Rs24;
     end else begin
-      \$25412  = \$25266 [10:0];
+      \$25412  = \$25263 [10:0];
     end
     if (rst) begin
       \$25412  = 11'h000;
@@ -61838,9 +61809,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25413  = Rs28;
+      \$25413  = Rs25;
     end else begin
-      \$25413  = \$25268 [10:0];
+      \$25413  = \$25265 [10:0];
     end
     if (rst) begin
       \$25413  = 11'h000;
@@ -61850,9 +61821,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25414  = Rs29;
+      \$25414  = Rs26;
     end else begin
-      \$25414  = \$25270 [10:0];
+      \$25414  = \$25267 [10:0];
     end
     if (rst) begin
       \$25414  = 11'h000;
@@ -61862,9 +61833,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25415  = Rs30;
+      \$25415  = Rs27;
     end else begin
-      \$25415  = \$25272 [10:0];
+      \$25415  = \$25269 [10:0];
     end
     if (rst) begin
       \$25415  = 11'h000;
@@ -61874,9 +61845,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25416  = Rs31;
+      \$25416  = Rs28;
     end else begin
-      \$25416  = \$25274 [10:0];
+      \$25416  = \$25271 [10:0];
     end
     if (rst) begin
       \$25416  = 11'h000;
@@ -61886,9 +61857,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25417  = Rs32;
+      \$25417  = Rs29;
     end else begin
-      \$25417  = \$25276 [10:0];
+      \$25417  = \$25273 [10:0];
     end
     if (rst) begin
       \$25417  = 11'h000;
@@ -61898,9 +61869,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25418  = Rs33;
+      \$25418  = Rs30;
     end else begin
-      \$25418  = \$25278 [10:0];
+      \$25418  = \$25275 [10:0];
     end
     if (rst) begin
       \$25418  = 11'h000;
@@ -61910,9 +61881,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25419  = Rs34;
+      \$25419  = Rs31;
     end else begin
-      \$25419  = \$25280 [10:0];
+      \$25419  = \$25277 [10:0];
     end
     if (rst) begin
       \$25419  = 11'h000;
@@ -61922,9 +61893,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25420  = Rs35;
+      \$25420  = Rs32;
     end else begin
-      \$25420  = \$25282 [10:0];
+      \$25420  = \$25279 [10:0];
     end
     if (rst) begin
       \$25420  = 11'h000;
@@ -61934,9 +61905,9 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$25421  = Rsm1;
+      \$25421  = Rs33;
     end else begin
-      \$25421  = \$25284 [10:0];
+      \$25421  = \$25281 [10:0];
     end
     if (rst) begin
       \$25421  = 11'h000;
@@ -61944,101 +61915,100 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25422  = \$25286 [4:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25422  = Rs34;
+    end else begin
+      \$25422  = \$25283 [10:0];
+    end
     if (rst) begin
-      \$25422  = 5'h00;
+      \$25422  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25423  = vpos;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25423  = Rs35;
+    end else begin
+      \$25423  = \$25285 [10:0];
+    end
+    if (rst) begin
+      \$25423  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$25424  = Rsm1;
+    end else begin
+      \$25424  = \$25287 [10:0];
+    end
+    if (rst) begin
+      \$25424  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25425  = \$25289 [4:0];
+    if (rst) begin
+      \$25425  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25426  = vpos;
     if (v_clear) begin
-      \$25423  = 3'h0;
-    end else if (\$25287 ) begin
+      \$25426  = 3'h0;
+    end else if (\$25290 ) begin
       (* full_case = 32'd1 *)
-      if (\$signal$760 ) begin
-        \$25423  = \$25288 [2:0];
+      if (\$signal$761 ) begin
+        \$25426  = \$25291 [2:0];
       end else begin
-        \$25423  = vpos_n[2:0];
+        \$25426  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$25423  = 3'h0;
+      \$25426  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25424  = vlast_loaded;
+    \$25427  = vlast_loaded;
     if (v_clear) begin
-      \$25424  = 1'h0;
+      \$25427  = 1'h0;
     end
-    if (\$25289 ) begin
-      if (\$25293 ) begin
-        \$25424  = i_value__payload[64];
+    if (\$25292 ) begin
+      if (\$25296 ) begin
+        \$25427  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$25424  = 1'h0;
+      \$25427  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25425  = prev_last;
+    \$25428  = prev_last;
     if (v_clear) begin
-      \$25425  = 1'h0;
-    end else if (\$25287 ) begin
-      if (\$signal$760 ) begin
-        \$25425  = \$signal$754 ;
+      \$25428  = 1'h0;
+    end else if (\$25290 ) begin
+      if (\$signal$761 ) begin
+        \$25428  = \$signal$755 ;
       end
     end
     if (rst) begin
-      \$25425  = 1'h0;
+      \$25428  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25426  = any_val;
+    \$25429  = any_val;
     if (v_clear) begin
-      \$25426  = 1'h0;
-    end else if (\$25287 ) begin
-      \$25426  = 1'h1;
-    end
-    if (rst) begin
-      \$25426  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25427  = \$signal$747 ;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-        \$25427  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$25427  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25428  = VB;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-      end else if (\$25291 ) begin
-        \$25428  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$25428  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25429  = \$signal$749 ;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-        \$25429  = 1'h1;
-      end
+      \$25429  = 1'h0;
+    end else if (\$25290 ) begin
+      \$25429  = 1'h1;
     end
     if (rst) begin
       \$25429  = 1'h0;
@@ -62046,36 +62016,35 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25430  = \$signal$751 ;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-      end else if (\$25291 ) begin
-        \$25430  = 1'h1;
+    \$25430  = \$signal$748 ;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+        \$25430  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$25430  = 1'h0;
+      \$25430  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25431  = \$signal$753 ;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-        \$25431  = i_value__payload[64];
+    \$25431  = VB;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+      end else if (\$25294 ) begin
+        \$25431  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$25431  = 1'h0;
+      \$25431  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25432  = \$signal$755 ;
-    if (\$25289 ) begin
-      if (\$25290 ) begin
-      end else if (\$25291 ) begin
-        \$25432  = i_value__payload[64];
+    \$25432  = \$signal$750 ;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+        \$25432  = 1'h1;
       end
     end
     if (rst) begin
@@ -62084,172 +62053,210 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25433  = running;
-    if (\$25294 ) begin
-      \$25433  = 1'h1;
+    \$25433  = \$signal$752 ;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+      end else if (\$25294 ) begin
+        \$25433  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$25433  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25434  = \$signal$754 ;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+        \$25434  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25434  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25435  = \$signal$756 ;
+    if (\$25292 ) begin
+      if (\$25293 ) begin
+      end else if (\$25294 ) begin
+        \$25435  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$25435  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25436  = running;
+    if (\$25297 ) begin
+      \$25436  = 1'h1;
     end
     if (mat_end) begin
-      \$25433  = 1'h0;
+      \$25436  = 1'h0;
     end
     if (any_err) begin
-      \$25433  = 1'h0;
+      \$25436  = 1'h0;
     end
     if (rst) begin
-      \$25433  = 1'h0;
+      \$25436  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25434  = rows_left;
-    if (\$25294 ) begin
-      \$25434  = i_cmd__payload[15:0];
-    end
-    if (\$25296 ) begin
-      \$25434  = \$25297 [15:0];
-    end
-    if (rst) begin
-      \$25434  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25435  = cols_r;
-    if (\$25294 ) begin
-      \$25435  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$25435  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25436  = stride_w;
-    if (\$25294 ) begin
-      \$25436  = \$25295 [5:0];
-    end
-    if (rst) begin
-      \$25436  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25437  = endv;
-    if (mat_end) begin
-      \$25437  = 1'h1;
+    \$25437  = rows_left;
+    if (\$25297 ) begin
+      \$25437  = i_cmd__payload[15:0];
     end
     if (\$25299 ) begin
-      \$25437  = 1'h0;
+      \$25437  = \$25300 [15:0];
+    end
+    if (rst) begin
+      \$25437  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25438  = cols_r;
+    if (\$25297 ) begin
+      \$25438  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$25438  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25439  = stride_w;
+    if (\$25297 ) begin
+      \$25439  = \$25298 [5:0];
+    end
+    if (rst) begin
+      \$25439  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25440  = endv;
+    if (mat_end) begin
+      \$25440  = 1'h1;
+    end
+    if (\$25302 ) begin
+      \$25440  = 1'h0;
     end
     if (any_err) begin
-      \$25437  = 1'h0;
+      \$25440  = 1'h0;
     end
     if (rst) begin
-      \$25437  = 1'h0;
+      \$25440  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25300 ) begin
-      \$25438  = 7'h00;
+    if (\$25303 ) begin
+      \$25441  = 7'h00;
     end else if (any_err) begin
-      \$25438  = 7'h00;
+      \$25441  = 7'h00;
     end else begin
-      \$25438  = \$25312 [6:0];
+      \$25441  = \$25315 [6:0];
     end
     if (rst) begin
-      \$25438  = 7'h00;
+      \$25441  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25300 ) begin
-      \$25439  = \$25301 [7:0];
+    if (\$25303 ) begin
+      \$25442  = \$25304 [7:0];
     end else if (any_err) begin
-      \$25439  = { 2'h0, stride_w };
+      \$25442  = { 2'h0, stride_w };
     end else begin
-      \$25439  = \$25313 [7:0];
+      \$25442  = \$25316 [7:0];
     end
     if (rst) begin
-      \$25439  = 8'h00;
+      \$25442  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25300 ) begin
-      \$25440  = \$25303 [8:0];
+    if (\$25303 ) begin
+      \$25443  = \$25306 [8:0];
     end else if (any_err) begin
-      \$25440  = { 2'h0, \$25308  };
+      \$25443  = { 2'h0, \$25311  };
     end else begin
-      \$25440  = \$25315 [8:0];
+      \$25443  = \$25318 [8:0];
     end
     if (rst) begin
-      \$25440  = 9'h000;
+      \$25443  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$25300 ) begin
-      \$25441  = \$25307 [9:0];
+    if (\$25303 ) begin
+      \$25444  = \$25310 [9:0];
     end else if (any_err) begin
-      \$25441  = { 2'h0, \$25310  };
+      \$25444  = { 2'h0, \$25313  };
     end else begin
-      \$25441  = \$25319 [9:0];
+      \$25444  = \$25322 [9:0];
     end
     if (rst) begin
-      \$25441  = 10'h000;
+      \$25444  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25442  = \$signal$772 ;
+    \$25445  = \$signal$773 ;
     if (rst) begin
-      \$25442  = 1'h0;
+      \$25445  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25443  = lr_n;
-    if (rst) begin
-      \$25443  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25444  = \$25322 [10:0];
-    if (rst) begin
-      \$25444  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25445  = \$25325 [10:0];
-    if (rst) begin
-      \$25445  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25446  = \$25328 ;
+    \$25446  = lr_n;
     if (rst) begin
       \$25446  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25447  = \$25338 ;
+    \$25447  = \$25325 [10:0];
     if (rst) begin
-      \$25447  = 1'h0;
+      \$25447  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25448  = \$25339 ;
+    \$25448  = \$25328 [10:0];
     if (rst) begin
-      \$25448  = 4'h0;
+      \$25448  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25449  = \$25331 ;
+    if (rst) begin
+      \$25449  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25450  = \$25341 ;
+    if (rst) begin
+      \$25450  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$25451  = \$25342 ;
+    if (rst) begin
+      \$25451  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -62326,14 +62333,15 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign ws7h_rh = \$24744 [1:0];
   assign selpos7 = { a_gsel7, ws7 };
   assign rel7 = { \$24746 [3:0], a_gsel7[1:0], ws7 };
+  assign vge = { \$24755 , \$24754 , \$24753 , \$24752 , \$24751 , \$24750 , \$24749 , \$24748 , \$24747  };
   assign o_lanes__valid = ov;
-  assign \$like  = \$24768 [7:0];
-  assign es2_n0 = \$24769 [8:0];
+  assign \$like  = \$24771 [7:0];
+  assign es2_n0 = \$24772 [8:0];
   assign VB1 = VB;
-  assign \$signal$756  = \$signal$755 ;
-  assign need = \$24909 [3:0];
-  assign v_left = \$24946 [4:0];
-  assign av_n = \$24977 [3:0];
+  assign \$signal$757  = \$signal$756 ;
+  assign need = \$24912 [3:0];
+  assign v_left = \$24949 [4:0];
+  assign av_n = \$24980 [3:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -62360,12 +62368,12 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$25130 ;
+  assign flags[2] = \$25133 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$606 ;
+  assign o_lanes__payload[160] = \$signal$607 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
   assign o_lanes__payload[79:70] = { \$24746 [3:0], a_gsel7[1:0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
@@ -62399,24 +62407,24 @@ module \spmv_l8_w8.dec (i_mask__valid, i_value__payload, i_value__valid, clk, rs
   assign o_lanes__payload[152] = a_nxt[0];
   assign o_lanes__payload[144] = \$signal$439 [0];
   assign Rn35 = R35;
-  assign \$24826  = \$24825 ;
-  assign \$24963  = 12'hfc0;
-  assign \$24964 [5:0] = 6'h00;
-  assign \$24964 [11:6] = \$24962 [11:6];
-  assign \$24968  = mbuf_v;
-  assign \$24989  = \$signal$661 ;
-  assign \$25039  = \$signal$661 ;
-  assign \$25089  = \$signal$661 ;
-  assign \$25201  = \$25200 ;
-  assign \$25295  = { 6'h00, stride[11:6] };
-  assign \$25301  = { 6'h00, stride[11:6] };
-  assign \$25302  = { 6'h00, stride[11:6] };
-  assign \$25303  = { \$25302 , 1'h0 };
+  assign \$24829  = \$24828 ;
+  assign \$24966  = 12'hfc0;
+  assign \$24967 [5:0] = 6'h00;
+  assign \$24967 [11:6] = \$24965 [11:6];
+  assign \$24971  = mbuf_v;
+  assign \$24992  = \$signal$662 ;
+  assign \$25042  = \$signal$662 ;
+  assign \$25092  = \$signal$662 ;
+  assign \$25204  = \$25203 ;
+  assign \$25298  = { 6'h00, stride[11:6] };
   assign \$25304  = { 6'h00, stride[11:6] };
   assign \$25305  = { 6'h00, stride[11:6] };
   assign \$25306  = { \$25305 , 1'h0 };
-  assign \$25308  = { stride_w, 1'h0 };
-  assign \$25309  = { stride_w, 1'h0 };
+  assign \$25307  = { 6'h00, stride[11:6] };
+  assign \$25308  = { 6'h00, stride[11:6] };
+  assign \$25309  = { \$25308 , 1'h0 };
+  assign \$25311  = { stride_w, 1'h0 };
+  assign \$25312  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

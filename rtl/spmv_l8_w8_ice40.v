@@ -3191,8 +3191,8 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
-    .\port$5924$0 (\$39 [31:0]),
-    .\port$7063$0 (last3),
+    .\port$5927$0 (\$39 [31:0]),
+    .\port$7066$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3504,7 +3504,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5924$0 , w_en, w_level, r_data, r_en, \port$7063$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_data, r_en, \port$7066$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3546,10 +3546,10 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5924$0 , w_en, w_level, r_d
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [31:0] \port$5924$0 ;
-  wire [31:0] \port$5924$0 ;
-  input \port$7063$0 ;
-  wire \port$7063$0 ;
+  input [31:0] \port$5927$0 ;
+  wire [31:0] \port$5927$0 ;
+  input \port$7066$0 ;
+  wire \port$7066$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3585,7 +3585,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5924$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7063$0 , \port$5924$0  };
+      storage[w_port__addr] <= { \port$7066$0 , \port$5927$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3684,8 +3684,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5924$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7063$0 , \port$5924$0  };
-  assign w_data = { \port$7063$0 , \port$5924$0  };
+  assign w_port__data = { \port$7066$0 , \port$5927$0  };
+  assign w_data = { \port$7066$0 , \port$5927$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -6556,23 +6556,23 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3573 ;
   wire \$3574 ;
   wire \$3575 ;
-  wire [9:0] \$3576 ;
-  wire [10:0] \$3577 ;
+  wire \$3576 ;
+  wire \$3577 ;
   wire \$3578 ;
   wire [9:0] \$3579 ;
   wire \$358 ;
-  wire [9:0] \$3580 ;
-  wire [9:0] \$3581 ;
+  wire [10:0] \$3580 ;
+  wire \$3581 ;
   wire [9:0] \$3582 ;
   wire [9:0] \$3583 ;
   wire [9:0] \$3584 ;
   wire [9:0] \$3585 ;
   wire [9:0] \$3586 ;
   wire [9:0] \$3587 ;
-  wire \$3588 ;
-  wire \$3589 ;
+  wire [9:0] \$3588 ;
+  wire [9:0] \$3589 ;
   wire \$359 ;
-  wire \$3590 ;
+  wire [9:0] \$3590 ;
   wire \$3591 ;
   wire \$3592 ;
   wire \$3593 ;
@@ -6590,30 +6590,30 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3603 ;
   wire \$3604 ;
   wire \$3605 ;
-  wire [9:0] \$3606 ;
-  wire [9:0] \$3607 ;
-  wire [9:0] \$3608 ;
+  wire \$3606 ;
+  wire \$3607 ;
+  wire \$3608 ;
   wire [9:0] \$3609 ;
   wire \$361 ;
   wire [9:0] \$3610 ;
   wire [9:0] \$3611 ;
   wire [9:0] \$3612 ;
   wire [9:0] \$3613 ;
-  wire \$3614 ;
-  wire \$3615 ;
-  wire \$3616 ;
+  wire [9:0] \$3614 ;
+  wire [9:0] \$3615 ;
+  wire [9:0] \$3616 ;
   wire \$3617 ;
   wire \$3618 ;
-  wire [9:0] \$3619 ;
+  wire \$3619 ;
   wire \$362 ;
-  wire [9:0] \$3620 ;
-  wire [9:0] \$3621 ;
+  wire \$3620 ;
+  wire \$3621 ;
   wire [9:0] \$3622 ;
-  wire \$3623 ;
-  wire [4:0] \$3624 ;
-  wire \$3625 ;
+  wire [9:0] \$3623 ;
+  wire [9:0] \$3624 ;
+  wire [9:0] \$3625 ;
   wire \$3626 ;
-  wire \$3627 ;
+  wire [4:0] \$3627 ;
   wire \$3628 ;
   wire \$3629 ;
   wire \$363 ;
@@ -6648,13 +6648,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3656 ;
   wire \$3657 ;
   wire \$3658 ;
-  wire [5:0] \$3659 ;
+  wire \$3659 ;
   wire \$366 ;
-  wire [5:0] \$3660 ;
-  wire [5:0] \$3661 ;
-  wire \$3662 ;
-  wire \$3663 ;
-  wire \$3664 ;
+  wire \$3660 ;
+  wire \$3661 ;
+  wire [5:0] \$3662 ;
+  wire [5:0] \$3663 ;
+  wire [5:0] \$3664 ;
   wire \$3665 ;
   wire \$3666 ;
   wire \$3667 ;
@@ -6668,142 +6668,142 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3674 ;
   wire \$3675 ;
   wire \$3676 ;
-  wire [11:0] \$3677 ;
-  wire [11:0] \$3678 ;
-  wire [11:0] \$3679 ;
+  wire \$3677 ;
+  wire \$3678 ;
+  wire \$3679 ;
   wire \$368 ;
-  wire \$3680 ;
-  wire \$3681 ;
-  wire \$3682 ;
+  wire [11:0] \$3680 ;
+  wire [11:0] \$3681 ;
+  wire [11:0] \$3682 ;
   wire \$3683 ;
   wire \$3684 ;
   wire \$3685 ;
   wire \$3686 ;
   wire \$3687 ;
-  reg [2:0] \$3688 ;
-  wire [4:0] \$3689 ;
+  wire \$3688 ;
+  wire \$3689 ;
   wire \$369 ;
   wire \$3690 ;
-  wire \$3691 ;
-  wire \$3692 ;
+  reg [2:0] \$3691 ;
+  wire [4:0] \$3692 ;
   wire \$3693 ;
   wire \$3694 ;
   wire \$3695 ;
   wire \$3696 ;
-  wire [9:0] \$3697 ;
+  wire \$3697 ;
   wire \$3698 ;
-  wire [9:0] \$3699 ;
+  wire \$3699 ;
   wire [3:0] \$37 ;
   wire \$370 ;
-  wire \$3700 ;
-  wire [9:0] \$3701 ;
-  wire \$3702 ;
-  wire [9:0] \$3703 ;
-  wire \$3704 ;
-  wire [9:0] \$3705 ;
-  wire \$3706 ;
-  wire [8:0] \$3707 ;
-  wire [8:0] \$3708 ;
-  wire [8:0] \$3709 ;
+  wire [9:0] \$3700 ;
+  wire \$3701 ;
+  wire [9:0] \$3702 ;
+  wire \$3703 ;
+  wire [9:0] \$3704 ;
+  wire \$3705 ;
+  wire [9:0] \$3706 ;
+  wire \$3707 ;
+  wire [9:0] \$3708 ;
+  wire \$3709 ;
   wire \$371 ;
   wire [8:0] \$3710 ;
   wire [8:0] \$3711 ;
   wire [8:0] \$3712 ;
   wire [8:0] \$3713 ;
   wire [8:0] \$3714 ;
-  wire \$3715 ;
-  wire \$3716 ;
-  wire \$3717 ;
+  wire [8:0] \$3715 ;
+  wire [8:0] \$3716 ;
+  wire [8:0] \$3717 ;
   wire \$3718 ;
   wire \$3719 ;
   wire \$372 ;
   wire \$3720 ;
   wire \$3721 ;
-  wire [10:0] \$3722 ;
+  wire \$3722 ;
   wire \$3723 ;
-  wire [10:0] \$3724 ;
-  wire \$3725 ;
-  wire [10:0] \$3726 ;
-  wire \$3727 ;
-  wire [10:0] \$3728 ;
-  wire \$3729 ;
+  wire \$3724 ;
+  wire [10:0] \$3725 ;
+  wire \$3726 ;
+  wire [10:0] \$3727 ;
+  wire \$3728 ;
+  wire [10:0] \$3729 ;
   wire \$373 ;
-  wire [10:0] \$3730 ;
-  wire \$3731 ;
-  wire [8:0] \$3732 ;
-  wire [8:0] \$3733 ;
-  wire [8:0] \$3734 ;
+  wire \$3730 ;
+  wire [10:0] \$3731 ;
+  wire \$3732 ;
+  wire [10:0] \$3733 ;
+  wire \$3734 ;
   wire [8:0] \$3735 ;
   wire [8:0] \$3736 ;
   wire [8:0] \$3737 ;
   wire [8:0] \$3738 ;
   wire [8:0] \$3739 ;
   wire \$374 ;
-  wire \$3740 ;
-  wire \$3741 ;
-  wire \$3742 ;
+  wire [8:0] \$3740 ;
+  wire [8:0] \$3741 ;
+  wire [8:0] \$3742 ;
   wire \$3743 ;
   wire \$3744 ;
   wire \$3745 ;
   wire \$3746 ;
-  wire [11:0] \$3747 ;
+  wire \$3747 ;
   wire \$3748 ;
-  wire [11:0] \$3749 ;
+  wire \$3749 ;
   wire \$375 ;
-  wire \$3750 ;
-  wire [11:0] \$3751 ;
-  wire \$3752 ;
-  wire [11:0] \$3753 ;
-  wire \$3754 ;
-  wire [11:0] \$3755 ;
-  wire \$3756 ;
-  wire [8:0] \$3757 ;
-  wire [8:0] \$3758 ;
-  wire [8:0] \$3759 ;
+  wire [11:0] \$3750 ;
+  wire \$3751 ;
+  wire [11:0] \$3752 ;
+  wire \$3753 ;
+  wire [11:0] \$3754 ;
+  wire \$3755 ;
+  wire [11:0] \$3756 ;
+  wire \$3757 ;
+  wire [11:0] \$3758 ;
+  wire \$3759 ;
   wire \$376 ;
   wire [8:0] \$3760 ;
   wire [8:0] \$3761 ;
   wire [8:0] \$3762 ;
   wire [8:0] \$3763 ;
   wire [8:0] \$3764 ;
-  wire \$3765 ;
-  wire \$3766 ;
-  wire \$3767 ;
-  reg [3:0] \$3768 ;
+  wire [8:0] \$3765 ;
+  wire [8:0] \$3766 ;
+  wire [8:0] \$3767 ;
+  wire \$3768 ;
   wire \$3769 ;
   wire \$377 ;
   wire \$3770 ;
-  wire \$3771 ;
-  reg [3:0] \$3772 ;
+  reg [3:0] \$3771 ;
+  wire \$3772 ;
   wire \$3773 ;
   wire \$3774 ;
-  wire \$3775 ;
-  reg [3:0] \$3776 ;
+  reg [3:0] \$3775 ;
+  wire \$3776 ;
   wire \$3777 ;
   wire \$3778 ;
-  wire \$3779 ;
+  reg [3:0] \$3779 ;
   wire \$378 ;
-  reg [3:0] \$3780 ;
+  wire \$3780 ;
   wire \$3781 ;
   wire \$3782 ;
-  wire \$3783 ;
-  reg [3:0] \$3784 ;
+  reg [3:0] \$3783 ;
+  wire \$3784 ;
   wire \$3785 ;
   wire \$3786 ;
-  wire \$3787 ;
-  reg [3:0] \$3788 ;
+  reg [3:0] \$3787 ;
+  wire \$3788 ;
   wire \$3789 ;
   wire \$379 ;
   wire \$3790 ;
-  wire \$3791 ;
-  reg [3:0] \$3792 ;
+  reg [3:0] \$3791 ;
+  wire \$3792 ;
   wire \$3793 ;
   wire \$3794 ;
-  wire \$3795 ;
-  reg [3:0] \$3796 ;
+  reg [3:0] \$3795 ;
+  wire \$3796 ;
   wire \$3797 ;
   wire \$3798 ;
-  wire \$3799 ;
+  reg [3:0] \$3799 ;
   wire [3:0] \$38 ;
   wire \$380 ;
   wire \$3800 ;
@@ -6828,21 +6828,21 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3818 ;
   wire \$3819 ;
   wire \$382 ;
-  wire [7:0] \$3820 ;
+  wire \$3820 ;
   wire \$3821 ;
   wire \$3822 ;
-  wire \$3823 ;
+  wire [7:0] \$3823 ;
   wire \$3824 ;
   wire \$3825 ;
-  wire [1:0] \$3826 ;
+  wire \$3826 ;
   wire \$3827 ;
   wire \$3828 ;
-  wire \$3829 ;
+  wire [1:0] \$3829 ;
   wire \$383 ;
-  wire [2:0] \$3830 ;
+  wire \$3830 ;
   wire \$3831 ;
   wire \$3832 ;
-  wire \$3833 ;
+  wire [2:0] \$3833 ;
   wire \$3834 ;
   wire \$3835 ;
   wire \$3836 ;
@@ -6850,9 +6850,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$3838 ;
   wire \$3839 ;
   wire \$384 ;
-  wire [9:0] \$3840 ;
-  wire [9:0] \$3841 ;
-  wire [9:0] \$3842 ;
+  wire \$3840 ;
+  wire \$3841 ;
+  wire \$3842 ;
   wire [9:0] \$3843 ;
   wire [9:0] \$3844 ;
   wire [9:0] \$3845 ;
@@ -6869,56 +6869,56 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [9:0] \$3855 ;
   wire [9:0] \$3856 ;
   wire [9:0] \$3857 ;
-  wire [5:0] \$3858 ;
-  wire [5:0] \$3859 ;
+  wire [9:0] \$3858 ;
+  wire [9:0] \$3859 ;
   wire \$386 ;
-  wire \$3860 ;
+  wire [9:0] \$3860 ;
   wire [5:0] \$3861 ;
-  wire \$3862 ;
+  wire [5:0] \$3862 ;
   wire \$3863 ;
-  wire \$3864 ;
+  wire [5:0] \$3864 ;
   wire \$3865 ;
   wire \$3866 ;
   wire \$3867 ;
-  wire [11:0] \$3868 ;
+  wire \$3868 ;
   wire \$3869 ;
   wire \$387 ;
-  wire [16:0] \$3870 ;
-  wire \$3871 ;
+  wire \$3870 ;
+  wire [11:0] \$3871 ;
   wire \$3872 ;
-  wire \$3873 ;
-  wire [11:0] \$3874 ;
-  wire [11:0] \$3875 ;
-  wire [12:0] \$3876 ;
+  wire [16:0] \$3873 ;
+  wire \$3874 ;
+  wire \$3875 ;
+  wire \$3876 ;
   wire [11:0] \$3877 ;
   wire [11:0] \$3878 ;
   wire [12:0] \$3879 ;
   wire \$388 ;
-  wire [13:0] \$3880 ;
-  wire [7:0] \$3881 ;
-  wire [7:0] \$3882 ;
-  wire [8:0] \$3883 ;
-  wire [8:0] \$3884 ;
-  wire [8:0] \$3885 ;
-  wire [9:0] \$3886 ;
-  wire [11:0] \$3887 ;
-  wire [11:0] \$3888 ;
-  wire [11:0] \$3889 ;
+  wire [11:0] \$3880 ;
+  wire [11:0] \$3881 ;
+  wire [12:0] \$3882 ;
+  wire [13:0] \$3883 ;
+  wire [7:0] \$3884 ;
+  wire [7:0] \$3885 ;
+  wire [8:0] \$3886 ;
+  wire [8:0] \$3887 ;
+  wire [8:0] \$3888 ;
+  wire [9:0] \$3889 ;
   wire \$389 ;
-  wire [12:0] \$3890 ;
+  wire [11:0] \$3890 ;
   wire [11:0] \$3891 ;
-  wire [12:0] \$3892 ;
-  wire [8:0] \$3893 ;
-  wire [9:0] \$3894 ;
-  wire [9:0] \$3895 ;
+  wire [11:0] \$3892 ;
+  wire [12:0] \$3893 ;
+  wire [11:0] \$3894 ;
+  wire [12:0] \$3895 ;
   wire [8:0] \$3896 ;
   wire [9:0] \$3897 ;
   wire [9:0] \$3898 ;
-  wire \$3899 ;
+  wire [8:0] \$3899 ;
   wire \$39 ;
   wire \$390 ;
-  wire \$3900 ;
-  wire \$3901 ;
+  wire [9:0] \$3900 ;
+  wire [9:0] \$3901 ;
   wire \$3902 ;
   wire \$3903 ;
   wire \$3904 ;
@@ -6930,17 +6930,17 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire \$391 ;
   wire \$3910 ;
   wire \$3911 ;
-  wire [3:0] \$3912 ;
-  reg \$3913 ;
-  reg [15:0] \$3914 ;
-  reg [2:0] \$3915 ;
-  reg [3:0] \$3916 ;
-  reg [7:0] \$3917 ;
-  reg [7:0] \$3918 ;
-  reg [15:0] \$3919 ;
+  wire \$3912 ;
+  wire \$3913 ;
+  wire \$3914 ;
+  wire [3:0] \$3915 ;
+  reg \$3916 ;
+  reg [15:0] \$3917 ;
+  reg [2:0] \$3918 ;
+  reg [3:0] \$3919 ;
   wire \$392 ;
-  reg [2:0] \$3920 ;
-  reg [3:0] \$3921 ;
+  reg [7:0] \$3920 ;
+  reg [7:0] \$3921 ;
   reg [15:0] \$3922 ;
   reg [2:0] \$3923 ;
   reg [3:0] \$3924 ;
@@ -6961,26 +6961,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [2:0] \$3938 ;
   reg [3:0] \$3939 ;
   wire \$394 ;
-  reg [4:0] \$3940 ;
-  reg [4:0] \$3941 ;
-  reg \$3942 ;
-  reg \$3943 ;
-  reg \$3944 ;
+  reg [15:0] \$3940 ;
+  reg [2:0] \$3941 ;
+  reg [3:0] \$3942 ;
+  reg [4:0] \$3943 ;
+  reg [4:0] \$3944 ;
   reg \$3945 ;
-  reg [63:0] \$3946 ;
-  reg [7:0] \$3947 ;
+  reg \$3946 ;
+  reg \$3947 ;
   reg \$3948 ;
-  reg [1:0] \$3949 ;
+  reg [63:0] \$3949 ;
   wire \$395 ;
-  reg [91:0] \$3950 ;
+  reg [7:0] \$3950 ;
   reg \$3951 ;
-  reg [91:0] \$3952 ;
+  reg [1:0] \$3952 ;
   reg [91:0] \$3953 ;
   reg \$3954 ;
-  reg \$3955 ;
-  reg [8:0] \$3956 ;
-  reg [8:0] \$3957 ;
-  reg [8:0] \$3958 ;
+  reg [91:0] \$3955 ;
+  reg [91:0] \$3956 ;
+  reg \$3957 ;
+  reg \$3958 ;
   reg [8:0] \$3959 ;
   wire \$396 ;
   reg [8:0] \$3960 ;
@@ -6988,36 +6988,39 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   reg [8:0] \$3962 ;
   reg [8:0] \$3963 ;
   reg [8:0] \$3964 ;
-  reg [4:0] \$3965 ;
-  reg [2:0] \$3966 ;
-  reg \$3967 ;
-  reg \$3968 ;
-  reg \$3969 ;
+  reg [8:0] \$3965 ;
+  reg [8:0] \$3966 ;
+  reg [8:0] \$3967 ;
+  reg [4:0] \$3968 ;
+  reg [2:0] \$3969 ;
   wire \$397 ;
-  reg [63:0] \$3970 ;
-  reg [63:0] \$3971 ;
+  reg \$3970 ;
+  reg \$3971 ;
   reg \$3972 ;
-  reg \$3973 ;
-  reg \$3974 ;
+  reg [63:0] \$3973 ;
+  reg [63:0] \$3974 ;
   reg \$3975 ;
   reg \$3976 ;
-  reg [15:0] \$3977 ;
-  reg [10:0] \$3978 ;
-  reg [6:0] \$3979 ;
+  reg \$3977 ;
+  reg \$3978 ;
+  reg \$3979 ;
   wire \$398 ;
-  reg \$3980 ;
-  reg [7:0] \$3981 ;
-  reg [8:0] \$3982 ;
-  reg [9:0] \$3983 ;
-  reg [10:0] \$3984 ;
-  reg \$3985 ;
-  reg \$3986 ;
-  reg [8:0] \$3987 ;
-  reg [8:0] \$3988 ;
+  reg [15:0] \$3980 ;
+  reg [10:0] \$3981 ;
+  reg [6:0] \$3982 ;
+  reg \$3983 ;
+  reg [7:0] \$3984 ;
+  reg [8:0] \$3985 ;
+  reg [9:0] \$3986 ;
+  reg [10:0] \$3987 ;
+  reg \$3988 ;
   reg \$3989 ;
   wire \$399 ;
-  reg \$3990 ;
-  reg [3:0] \$3991 ;
+  reg [8:0] \$3990 ;
+  reg [8:0] \$3991 ;
+  reg \$3992 ;
+  reg \$3993 ;
+  reg [3:0] \$3994 ;
   reg [2:0] \$4 ;
   wire [3:0] \$40 ;
   wire \$400 ;
@@ -7687,22 +7690,22 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire [8:0] \$like ;
   reg [4:0] \$signal  = 5'h00;
   reg [7:0] \$signal$154  = 8'h00;
-  reg [63:0] \$signal$307  = 64'h0000000000000000;
-  reg \$signal$321  = 1'h0;
-  reg \$signal$345 ;
-  reg \$signal$351  = 1'h0;
-  reg [63:0] \$signal$374 ;
-  reg \$signal$376 ;
-  reg \$signal$377  = 1'h0;
-  reg \$signal$378 ;
-  reg \$signal$379  = 1'h0;
-  reg \$signal$380 ;
-  reg \$signal$381  = 1'h0;
+  reg [63:0] \$signal$308  = 64'h0000000000000000;
+  reg \$signal$322  = 1'h0;
+  reg \$signal$346 ;
+  reg \$signal$352  = 1'h0;
+  reg [63:0] \$signal$375 ;
+  reg \$signal$377 ;
+  reg \$signal$378  = 1'h0;
+  reg \$signal$379 ;
+  reg \$signal$380  = 1'h0;
+  reg \$signal$381 ;
   reg \$signal$382  = 1'h0;
+  reg \$signal$383  = 1'h0;
   (* init = 1'h0 *)
-  wire \$signal$383 ;
-  wire \$signal$387 ;
-  reg \$signal$399 ;
+  wire \$signal$384 ;
+  wire \$signal$388 ;
+  reg \$signal$400 ;
   reg [8:0] R0 = 9'h000;
   reg [8:0] R1 = 9'h000;
   reg [8:0] R2 = 9'h000;
@@ -8021,6 +8024,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   wire v_load;
   wire vals_ok;
   reg [4:0] vavail = 5'h00;
+  wire [8:0] vge;
   reg vlast_loaded = 1'h0;
   reg [2:0] vpos = 3'h0;
   wire [4:0] vpos_n;
@@ -11832,533 +11836,536 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign ws7 = ws7_lo ? { 1'h0, ws7l } : { 1'h1, ws7h };
   assign \$3553  = a_nxt[7] ? a_es : \$signal ;
   assign \$3554  = a_gsel7[2:1] - \$3553 ;
-  assign \$3555  = vavail >= 4'h8;
-  assign \$3556  = $signed(k_nxt_full) <= $signed({ 1'h0, vavail });
-  assign \$3557  = $signed(k_cur_full) <= $signed({ 1'h0, vavail });
-  assign \$3558  = $signed(R7) <= $signed({ 1'h0, vavail });
-  assign \$3559  = row_complete ? \$3557  : \$3558 ;
-  assign \$3560  = next_ok ? \$3556  : \$3559 ;
-  assign vals_ok = \$3555  | \$3560 ;
-  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$307 [63:32] } : { VB[23:0], \$signal$307  };
+  assign \$3555  = vavail >= 1'h0;
+  assign \$3556  = vavail >= 1'h1;
+  assign \$3557  = vavail >= 2'h2;
+  assign \$3558  = vavail >= 2'h3;
+  assign \$3559  = vavail >= 3'h4;
+  assign \$3560  = vavail >= 3'h5;
+  assign \$3561  = vavail >= 3'h6;
+  assign \$3562  = vavail >= 3'h7;
+  assign \$3563  = vavail >= 4'h8;
+  assign vals_ok = { \$3563 , \$3562 , \$3561 , \$3560 , \$3559 , \$3558 , \$3557 , \$3556 , \$3555  } >> k;
+  assign vsh2 = vpos[2] ? { VB[55:0], \$signal$308 [63:32] } : { VB[23:0], \$signal$308  };
   assign vsh1 = vpos[1] ? vsh2[87:16] : vsh2[71:0];
   assign vsh0 = vpos[0] ? vsh1[71:8] : vsh1[63:0];
-  assign \$3561  = ~ vals_ok;
-  assign \$3562  = running & \$3561 ;
-  assign short_now = \$3562  & vlast_loaded;
+  assign \$3564  = ~ vals_ok;
+  assign \$3565  = running & \$3564 ;
+  assign short_now = \$3565  & vlast_loaded;
   assign any_err = pad_r | short_err;
-  assign \$3563  = ~ prime;
-  assign \$3564  = running & \$3563 ;
-  assign \$3565  = mbeat0_v | row_complete;
-  assign \$3566  = \$3564  & \$3565 ;
-  assign \$3567  = \$3566  & vals_ok;
-  assign \$3568  = ~ any_err;
-  assign can_go = \$3567  & \$3568 ;
-  assign \$3569  = | k;
-  assign \$3570  = \$3569  | finish;
-  assign emit = can_go & \$3570 ;
-  assign \$3571  = ~ emit;
-  assign \$3572  = \$3571  | rdy_a;
-  assign advance = can_go & \$3572 ;
-  assign \$3573  = | pad_l;
-  assign \$3574  = ov | \$3573 ;
-  assign pad_wait = \$3574  | pad_r;
-  assign \$3575  = advance & finish;
-  assign mat_end = \$3575  & last_row;
+  assign \$3566  = ~ prime;
+  assign \$3567  = running & \$3566 ;
+  assign \$3568  = mbeat0_v | row_complete;
+  assign \$3569  = \$3567  & \$3568 ;
+  assign \$3570  = \$3569  & vals_ok;
+  assign \$3571  = ~ any_err;
+  assign can_go = \$3570  & \$3571 ;
+  assign \$3572  = | k;
+  assign \$3573  = \$3572  | finish;
+  assign emit = can_go & \$3573 ;
+  assign \$3574  = ~ emit;
+  assign \$3575  = \$3574  | rdy_a;
+  assign advance = can_go & \$3575 ;
+  assign \$3576  = | pad_l;
+  assign \$3577  = ov | \$3576 ;
+  assign pad_wait = \$3577  | pad_r;
+  assign \$3578  = advance & finish;
+  assign mat_end = \$3578  & last_row;
   assign fin = advance & finish;
-  assign dsh = \$signal$345  ? 2'h2 : 2'h0;
-  assign \$3576  = $signed(es_w) - $signed({ 1'h0, dsh });
-  assign \$3577  = $signed(es2_w) - $signed({ 1'h0, dsh });
-  assign \$3578  = | flush_d;
-  assign \$3579  = 1'h0 + mbeat0_n[70:64];
-  assign \$3580  = 1'h0 + mbeat0_n[77:71];
-  assign \$3581  = 1'h0 + mbeat0_n[84:78];
-  assign \$3582  = 1'h0 + mbeat0_n[91:85];
-  assign \$3583  = 1'h0 + mbeat0_n[91:85];
-  assign \$3584  = fresh0 + mbeat1_n[70:64];
-  assign \$3585  = fresh0 + mbeat1_n[77:71];
-  assign \$3586  = fresh0 + mbeat1_n[84:78];
-  assign \$3587  = fresh0 + mbeat1_n[91:85];
-  assign \$3588  = ~ prime;
-  assign \$3589  = running & \$3588 ;
-  assign \$3590  = \$3589  & \$signal$351 ;
-  assign \$3591  = | flush_d;
-  assign special = any_err | \$3591 ;
-  assign Rn0 = \$signal$345  ? R4 : R0;
-  assign Rn1 = \$signal$345  ? R5 : R1;
-  assign Rn2 = \$signal$345  ? R6 : R2;
-  assign Rn3 = \$signal$345  ? R7 : R3;
-  assign Rn4 = \$signal$345  ? R7 : R4;
-  assign Rn5 = \$signal$345  ? R7 : R5;
-  assign Rn6 = \$signal$345  ? R7 : R6;
-  assign Rnm1 = \$signal$345  ? R3 : Rm1;
-  assign \$3592  = ~ special;
-  assign \$3593  = mbuf_v & \$3592 ;
-  assign \$3594  = ~ \$signal$345 ;
-  assign \$3595  = mbeat1_v & \$3594 ;
-  assign \$3596  = ~ \$3595 ;
-  assign take_buf = \$3593  & \$3596 ;
-  assign \$3597  = ~ mbuf_v;
-  assign \$3598  = ~ special;
-  assign \$3599  = ~ \$signal$345 ;
-  assign \$3600  = mbeat1_v & \$3599 ;
-  assign \$3601  = ~ \$3600 ;
-  assign \$3602  = \$3598  & \$3601 ;
-  assign i_mask__ready = \$3597  | \$3602 ;
-  assign \$3603  = \$signal$345  ? mbeat1_v : mbeat0_v;
+  assign dsh = \$signal$346  ? 2'h2 : 2'h0;
+  assign \$3579  = $signed(es_w) - $signed({ 1'h0, dsh });
+  assign \$3580  = $signed(es2_w) - $signed({ 1'h0, dsh });
+  assign \$3581  = | flush_d;
+  assign \$3582  = 1'h0 + mbeat0_n[70:64];
+  assign \$3583  = 1'h0 + mbeat0_n[77:71];
+  assign \$3584  = 1'h0 + mbeat0_n[84:78];
+  assign \$3585  = 1'h0 + mbeat0_n[91:85];
+  assign \$3586  = 1'h0 + mbeat0_n[91:85];
+  assign \$3587  = fresh0 + mbeat1_n[70:64];
+  assign \$3588  = fresh0 + mbeat1_n[77:71];
+  assign \$3589  = fresh0 + mbeat1_n[84:78];
+  assign \$3590  = fresh0 + mbeat1_n[91:85];
+  assign \$3591  = ~ prime;
+  assign \$3592  = running & \$3591 ;
+  assign \$3593  = \$3592  & \$signal$352 ;
+  assign \$3594  = | flush_d;
+  assign special = any_err | \$3594 ;
+  assign Rn0 = \$signal$346  ? R4 : R0;
+  assign Rn1 = \$signal$346  ? R5 : R1;
+  assign Rn2 = \$signal$346  ? R6 : R2;
+  assign Rn3 = \$signal$346  ? R7 : R3;
+  assign Rn4 = \$signal$346  ? R7 : R4;
+  assign Rn5 = \$signal$346  ? R7 : R5;
+  assign Rn6 = \$signal$346  ? R7 : R6;
+  assign Rnm1 = \$signal$346  ? R3 : Rm1;
+  assign \$3595  = ~ special;
+  assign \$3596  = mbuf_v & \$3595 ;
+  assign \$3597  = ~ \$signal$346 ;
+  assign \$3598  = mbeat1_v & \$3597 ;
+  assign \$3599  = ~ \$3598 ;
+  assign take_buf = \$3596  & \$3599 ;
+  assign \$3600  = ~ mbuf_v;
+  assign \$3601  = ~ special;
+  assign \$3602  = ~ \$signal$346 ;
+  assign \$3603  = mbeat1_v & \$3602 ;
   assign \$3604  = ~ \$3603 ;
-  assign \$3606  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3607  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3608  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$3609  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3610  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3611  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3605  = \$3601  & \$3604 ;
+  assign i_mask__ready = \$3600  | \$3605 ;
+  assign \$3606  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3607  = ~ \$3606 ;
+  assign \$3609  = $signed(Rnm1) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3610  = $signed(Rnm1) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3611  = $signed(Rnm1) + $signed({ 1'h0, mbuf[84:78] });
   assign \$3612  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
   assign \$3613  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
-  assign \$3614  = ~ \$signal$345 ;
-  assign \$3615  = mbeat1_v & \$3614 ;
-  assign \$3616  = ~ \$3615 ;
-  assign \$3617  = \$signal$345  ? mbeat1_v : mbeat0_v;
-  assign \$3618  = \$3616  & \$3617 ;
-  assign \$3619  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
-  assign \$3620  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
-  assign \$3621  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
-  assign \$3622  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3614  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3615  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3616  = $signed(Rnm1) + $signed({ 1'h0, mbuf[91:85] });
+  assign \$3617  = ~ \$signal$346 ;
+  assign \$3618  = mbeat1_v & \$3617 ;
+  assign \$3619  = ~ \$3618 ;
+  assign \$3620  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3621  = \$3619  & \$3620 ;
+  assign \$3622  = $signed(Rn3) + $signed({ 1'h0, mbuf[70:64] });
+  assign \$3623  = $signed(Rn3) + $signed({ 1'h0, mbuf[77:71] });
+  assign \$3624  = $signed(Rn3) + $signed({ 1'h0, mbuf[84:78] });
+  assign \$3625  = $signed(Rn3) + $signed({ 1'h0, mbuf[91:85] });
   assign vpos_n = vpos + k;
-  assign \$3623  = ~ vlast_loaded;
-  assign \$3624  = 4'h8 - vpos;
-  assign \$3625  = \$3624 [3:0] <= 4'h8;
-  assign \$3626  = $signed(k_nxt_full) >= $signed({ 1'h0, \$3624 [3:0] });
-  assign \$3627  = $signed(k_cur_full) >= $signed({ 1'h0, \$3624 [3:0] });
-  assign \$3628  = $signed(R7) >= $signed({ 1'h0, \$3624 [3:0] });
-  assign \$3629  = row_complete ? \$3627  : \$3628 ;
-  assign \$3630  = next_ok ? \$3626  : \$3629 ;
-  assign \$signal$387  = \$3625  & \$3630 ;
-  assign \$3631  = $signed(k_nxt_full) > $signed(1'h0);
-  assign \$3632  = $signed(k_cur_full) > $signed(1'h0);
-  assign \$3633  = $signed(R7) > $signed(1'h0);
-  assign \$3634  = row_complete ? \$3632  : \$3633 ;
-  assign takes = next_ok ? \$3631  : \$3634 ;
-  assign \$3635  = ! vpos;
-  assign \$3636  = \$signal$377  & \$3635 ;
-  assign \$3637  = \$3636  | \$signal$379 ;
-  assign \$3638  = ~ \$3637 ;
-  assign \$3639  = | vpos;
-  assign \$3640  = \$3639  ? \$signal$381  : prev_last;
-  assign \$3641  = \$3638  & \$3640 ;
-  assign \$3642  = ! vpos;
-  assign \$3643  = \$signal$377  & \$3642 ;
-  assign \$3644  = \$3643  | \$signal$379 ;
-  assign \$3645  = ~ \$3644 ;
-  assign \$3646  = | vpos;
-  assign \$3647  = \$3646  ? \$signal$381  : prev_last;
-  assign \$3648  = \$3645  & \$3647 ;
-  assign \$3649  = ~ \$3648 ;
-  assign \$3650  = \$signal$377  & \$signal$381 ;
-  assign \$3651  = ~ \$signal$379 ;
-  assign \$3652  = \$3650  & \$3651 ;
-  assign \$3653  = ~ \$signal$379 ;
-  assign \$3654  = \$signal$381  & \$3653 ;
-  assign \$3655  = ~ \$3654 ;
-  assign \$3656  = \$signal$377  & \$3655 ;
-  assign \$3657  = end_ok | end_bad;
-  assign \$3658  = endv & \$3657 ;
-  assign v_clear = any_err | \$3658 ;
+  assign \$3626  = ~ vlast_loaded;
+  assign \$3627  = 4'h8 - vpos;
+  assign \$3628  = \$3627 [3:0] <= 4'h8;
+  assign \$3629  = $signed(k_nxt_full) >= $signed({ 1'h0, \$3627 [3:0] });
+  assign \$3630  = $signed(k_cur_full) >= $signed({ 1'h0, \$3627 [3:0] });
+  assign \$3631  = $signed(R7) >= $signed({ 1'h0, \$3627 [3:0] });
+  assign \$3632  = row_complete ? \$3630  : \$3631 ;
+  assign \$3633  = next_ok ? \$3629  : \$3632 ;
+  assign \$signal$388  = \$3628  & \$3633 ;
+  assign \$3634  = $signed(k_nxt_full) > $signed(1'h0);
+  assign \$3635  = $signed(k_cur_full) > $signed(1'h0);
+  assign \$3636  = $signed(R7) > $signed(1'h0);
+  assign \$3637  = row_complete ? \$3635  : \$3636 ;
+  assign takes = next_ok ? \$3634  : \$3637 ;
+  assign \$3638  = ! vpos;
+  assign \$3639  = \$signal$378  & \$3638 ;
+  assign \$3640  = \$3639  | \$signal$380 ;
+  assign \$3641  = ~ \$3640 ;
+  assign \$3642  = | vpos;
+  assign \$3643  = \$3642  ? \$signal$382  : prev_last;
+  assign \$3644  = \$3641  & \$3643 ;
+  assign \$3645  = ! vpos;
+  assign \$3646  = \$signal$378  & \$3645 ;
+  assign \$3647  = \$3646  | \$signal$380 ;
+  assign \$3648  = ~ \$3647 ;
+  assign \$3649  = | vpos;
+  assign \$3650  = \$3649  ? \$signal$382  : prev_last;
+  assign \$3651  = \$3648  & \$3650 ;
+  assign \$3652  = ~ \$3651 ;
+  assign \$3653  = \$signal$378  & \$signal$382 ;
+  assign \$3654  = ~ \$signal$380 ;
+  assign \$3655  = \$3653  & \$3654 ;
+  assign \$3656  = ~ \$signal$380 ;
+  assign \$3657  = \$signal$382  & \$3656 ;
+  assign \$3658  = ~ \$3657 ;
+  assign \$3659  = \$signal$378  & \$3658 ;
+  assign \$3660  = end_ok | end_bad;
+  assign \$3661  = endv & \$3660 ;
+  assign v_clear = any_err | \$3661 ;
   assign v_load = i_value__valid & i_value__ready;
-  assign \$3659  = vavail - k;
-  assign \$3660  = advance ? \$3659  : { 1'h0, vavail };
-  assign \$3661  = v_clear ? 6'h00 : \$3660 ;
-  assign \$3662  = advance & takes;
-  assign \$3663  = \$signal$376  & \$signal$378 ;
-  assign \$3664  = ~ \$3663 ;
-  assign i_value__ready = allow_load & \$3664 ;
-  assign \$3665  = rows_left > 2'h2;
-  assign \$3666  = rows_left > 1'h1;
-  assign \$3667  = fin ? \$3665  : \$3666 ;
-  assign \$3668  = rows_left == 2'h2;
-  assign \$3669  = rows_left == 1'h1;
+  assign \$3662  = vavail - k;
+  assign \$3663  = advance ? \$3662  : { 1'h0, vavail };
+  assign \$3664  = v_clear ? 6'h00 : \$3663 ;
+  assign \$3665  = advance & takes;
+  assign \$3666  = \$signal$377  & \$signal$379 ;
+  assign \$3667  = ~ \$3666 ;
+  assign i_value__ready = allow_load & \$3667 ;
+  assign \$3668  = rows_left > 2'h2;
+  assign \$3669  = rows_left > 1'h1;
   assign \$3670  = fin ? \$3668  : \$3669 ;
-  assign \$3671  = ~ running;
-  assign \$3672  = ~ endv;
-  assign \$3673  = \$3671  & \$3672 ;
-  assign \$3674  = ~ pad_wait;
-  assign i_cmd__ready = \$3673  & \$3674 ;
-  assign \$3675  = running | endv;
-  assign o_busy = \$3675  | pad_wait;
-  assign \$3676  = i_cmd__valid & i_cmd__ready;
-  assign \$3677  = i_cmd__payload[26:16] + 5'h1f;
-  assign \$3680  = i_cmd__payload[15:0] > 1'h1;
-  assign \$3681  = i_cmd__payload[15:0] == 1'h1;
-  assign \$3682  = \$signal$345  ? mbeat1_v : mbeat0_v;
-  assign mbeat0_vn = \$3682  | \$3683 ;
-  assign \$3684  = ~ \$signal$345 ;
-  assign \$3685  = mbeat1_v & \$3684 ;
-  assign \$3686  = \$signal$345  ? mbeat1_v : mbeat0_v;
-  assign \$3687  = mbuf_v & \$3686 ;
-  assign mbeat1_vn = \$3685  | \$3687 ;
-  assign \$3689  = \$3688  * 2'h2;
-  assign \$3690  = ! \$signal$345 ;
-  assign \$3691  = $signed(es_w) <= $signed(1'h0);
-  assign \$3692  = es_w == 1'h1;
-  assign \$3693  = es_w == 2'h2;
-  assign \$3694  = es_w == 2'h3;
-  assign \$3695  = $signed(es_w) >= $signed(4'h4);
-  assign \$3697  = $signed(es_w) - $signed(3'h2);
-  assign \$3698  = $signed(\$3697 ) <= $signed(1'h0);
-  assign \$3699  = $signed(es_w) - $signed(3'h2);
-  assign \$3700  = \$3699  == 1'h1;
-  assign \$3701  = $signed(es_w) - $signed(3'h2);
-  assign \$3702  = \$3701  == 2'h2;
-  assign \$3703  = $signed(es_w) - $signed(3'h2);
-  assign \$3704  = \$3703  == 2'h3;
-  assign \$3705  = $signed(es_w) - $signed(3'h2);
-  assign \$3706  = $signed(\$3705 ) >= $signed(4'h4);
-  assign \$3707  = r_a_sel[0] ? Rnm1 : 9'h000;
-  assign \$3708  = r_a_sel[1] ? Rf1 : 9'h000;
-  assign \$3709  = \$3707  | \$3708 ;
-  assign \$3710  = r_a_sel[2] ? Rf3 : 9'h000;
-  assign \$3711  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3671  = rows_left == 2'h2;
+  assign \$3672  = rows_left == 1'h1;
+  assign \$3673  = fin ? \$3671  : \$3672 ;
+  assign \$3674  = ~ running;
+  assign \$3675  = ~ endv;
+  assign \$3676  = \$3674  & \$3675 ;
+  assign \$3677  = ~ pad_wait;
+  assign i_cmd__ready = \$3676  & \$3677 ;
+  assign \$3678  = running | endv;
+  assign o_busy = \$3678  | pad_wait;
+  assign \$3679  = i_cmd__valid & i_cmd__ready;
+  assign \$3680  = i_cmd__payload[26:16] + 5'h1f;
+  assign \$3683  = i_cmd__payload[15:0] > 1'h1;
+  assign \$3684  = i_cmd__payload[15:0] == 1'h1;
+  assign \$3685  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign mbeat0_vn = \$3685  | \$3686 ;
+  assign \$3687  = ~ \$signal$346 ;
+  assign \$3688  = mbeat1_v & \$3687 ;
+  assign \$3689  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3690  = mbuf_v & \$3689 ;
+  assign mbeat1_vn = \$3688  | \$3690 ;
+  assign \$3692  = \$3691  * 2'h2;
+  assign \$3693  = ! \$signal$346 ;
+  assign \$3694  = $signed(es_w) <= $signed(1'h0);
+  assign \$3695  = es_w == 1'h1;
+  assign \$3696  = es_w == 2'h2;
+  assign \$3697  = es_w == 2'h3;
+  assign \$3698  = $signed(es_w) >= $signed(4'h4);
+  assign \$3700  = $signed(es_w) - $signed(3'h2);
+  assign \$3701  = $signed(\$3700 ) <= $signed(1'h0);
+  assign \$3702  = $signed(es_w) - $signed(3'h2);
+  assign \$3703  = \$3702  == 1'h1;
+  assign \$3704  = $signed(es_w) - $signed(3'h2);
+  assign \$3705  = \$3704  == 2'h2;
+  assign \$3706  = $signed(es_w) - $signed(3'h2);
+  assign \$3707  = \$3706  == 2'h3;
+  assign \$3708  = $signed(es_w) - $signed(3'h2);
+  assign \$3709  = $signed(\$3708 ) >= $signed(4'h4);
+  assign \$3710  = r_a_sel[0] ? Rnm1 : 9'h000;
+  assign \$3711  = r_a_sel[1] ? Rf1 : 9'h000;
   assign \$3712  = \$3710  | \$3711 ;
-  assign \$3713  = \$3709  | \$3712 ;
-  assign \$3714  = r_a_sel[4] ? Rf7 : 9'h000;
-  assign r_a = \$3713  | \$3714 ;
-  assign \$3715  = ! \$signal$345 ;
-  assign \$3716  = $signed(es2_w) <= $signed(1'h0);
-  assign \$3717  = es2_w == 1'h1;
-  assign \$3718  = es2_w == 2'h2;
-  assign \$3719  = es2_w == 2'h3;
-  assign \$3720  = $signed(es2_w) >= $signed(4'h4);
-  assign \$3722  = $signed(es2_w) - $signed(3'h2);
-  assign \$3723  = $signed(\$3722 ) <= $signed(1'h0);
-  assign \$3724  = $signed(es2_w) - $signed(3'h2);
-  assign \$3725  = \$3724  == 1'h1;
-  assign \$3726  = $signed(es2_w) - $signed(3'h2);
-  assign \$3727  = \$3726  == 2'h2;
-  assign \$3728  = $signed(es2_w) - $signed(3'h2);
-  assign \$3729  = \$3728  == 2'h3;
-  assign \$3730  = $signed(es2_w) - $signed(3'h2);
-  assign \$3731  = $signed(\$3730 ) >= $signed(4'h4);
-  assign \$3732  = r_b_sel[0] ? Rnm1 : 9'h000;
-  assign \$3733  = r_b_sel[1] ? Rf1 : 9'h000;
-  assign \$3734  = \$3732  | \$3733 ;
-  assign \$3735  = r_b_sel[2] ? Rf3 : 9'h000;
-  assign \$3736  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3713  = r_a_sel[2] ? Rf3 : 9'h000;
+  assign \$3714  = r_a_sel[3] ? Rf5 : 9'h000;
+  assign \$3715  = \$3713  | \$3714 ;
+  assign \$3716  = \$3712  | \$3715 ;
+  assign \$3717  = r_a_sel[4] ? Rf7 : 9'h000;
+  assign r_a = \$3716  | \$3717 ;
+  assign \$3718  = ! \$signal$346 ;
+  assign \$3719  = $signed(es2_w) <= $signed(1'h0);
+  assign \$3720  = es2_w == 1'h1;
+  assign \$3721  = es2_w == 2'h2;
+  assign \$3722  = es2_w == 2'h3;
+  assign \$3723  = $signed(es2_w) >= $signed(4'h4);
+  assign \$3725  = $signed(es2_w) - $signed(3'h2);
+  assign \$3726  = $signed(\$3725 ) <= $signed(1'h0);
+  assign \$3727  = $signed(es2_w) - $signed(3'h2);
+  assign \$3728  = \$3727  == 1'h1;
+  assign \$3729  = $signed(es2_w) - $signed(3'h2);
+  assign \$3730  = \$3729  == 2'h2;
+  assign \$3731  = $signed(es2_w) - $signed(3'h2);
+  assign \$3732  = \$3731  == 2'h3;
+  assign \$3733  = $signed(es2_w) - $signed(3'h2);
+  assign \$3734  = $signed(\$3733 ) >= $signed(4'h4);
+  assign \$3735  = r_b_sel[0] ? Rnm1 : 9'h000;
+  assign \$3736  = r_b_sel[1] ? Rf1 : 9'h000;
   assign \$3737  = \$3735  | \$3736 ;
-  assign \$3738  = \$3734  | \$3737 ;
-  assign \$3739  = r_b_sel[4] ? Rf7 : 9'h000;
-  assign r_b = \$3738  | \$3739 ;
-  assign \$3740  = ! \$signal$345 ;
-  assign \$3741  = $signed(es3_w) <= $signed(1'h0);
-  assign \$3742  = es3_w == 1'h1;
-  assign \$3743  = es3_w == 2'h2;
-  assign \$3744  = es3_w == 2'h3;
-  assign \$3745  = $signed(es3_w) >= $signed(4'h4);
-  assign \$3747  = $signed(es3_w) - $signed(3'h2);
-  assign \$3748  = $signed(\$3747 ) <= $signed(1'h0);
-  assign \$3749  = $signed(es3_w) - $signed(3'h2);
-  assign \$3750  = \$3749  == 1'h1;
-  assign \$3751  = $signed(es3_w) - $signed(3'h2);
-  assign \$3752  = \$3751  == 2'h2;
-  assign \$3753  = $signed(es3_w) - $signed(3'h2);
-  assign \$3754  = \$3753  == 2'h3;
-  assign \$3755  = $signed(es3_w) - $signed(3'h2);
-  assign \$3756  = $signed(\$3755 ) >= $signed(4'h4);
-  assign \$3757  = r_c_sel[0] ? Rnm1 : 9'h000;
-  assign \$3758  = r_c_sel[1] ? Rf1 : 9'h000;
-  assign \$3759  = \$3757  | \$3758 ;
-  assign \$3760  = r_c_sel[2] ? Rf3 : 9'h000;
-  assign \$3761  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3738  = r_b_sel[2] ? Rf3 : 9'h000;
+  assign \$3739  = r_b_sel[3] ? Rf5 : 9'h000;
+  assign \$3740  = \$3738  | \$3739 ;
+  assign \$3741  = \$3737  | \$3740 ;
+  assign \$3742  = r_b_sel[4] ? Rf7 : 9'h000;
+  assign r_b = \$3741  | \$3742 ;
+  assign \$3743  = ! \$signal$346 ;
+  assign \$3744  = $signed(es3_w) <= $signed(1'h0);
+  assign \$3745  = es3_w == 1'h1;
+  assign \$3746  = es3_w == 2'h2;
+  assign \$3747  = es3_w == 2'h3;
+  assign \$3748  = $signed(es3_w) >= $signed(4'h4);
+  assign \$3750  = $signed(es3_w) - $signed(3'h2);
+  assign \$3751  = $signed(\$3750 ) <= $signed(1'h0);
+  assign \$3752  = $signed(es3_w) - $signed(3'h2);
+  assign \$3753  = \$3752  == 1'h1;
+  assign \$3754  = $signed(es3_w) - $signed(3'h2);
+  assign \$3755  = \$3754  == 2'h2;
+  assign \$3756  = $signed(es3_w) - $signed(3'h2);
+  assign \$3757  = \$3756  == 2'h3;
+  assign \$3758  = $signed(es3_w) - $signed(3'h2);
+  assign \$3759  = $signed(\$3758 ) >= $signed(4'h4);
+  assign \$3760  = r_c_sel[0] ? Rnm1 : 9'h000;
+  assign \$3761  = r_c_sel[1] ? Rf1 : 9'h000;
   assign \$3762  = \$3760  | \$3761 ;
-  assign \$3763  = \$3759  | \$3762 ;
-  assign \$3764  = r_c_sel[4] ? Rf7 : 9'h000;
-  assign r_c = \$3763  | \$3764 ;
-  assign \$3765  = endv & end_bad;
-  assign \$3766  = ~ any_err;
-  assign \$3767  = \$3765  & \$3766 ;
-  assign \$3769  = k > 1'h0;
-  assign \$3770  = k_cur <= 1'h0;
-  assign \$3771  = finish & \$3770 ;
-  assign \$3773  = k > 1'h1;
-  assign \$3774  = k_cur <= 1'h1;
-  assign \$3775  = finish & \$3774 ;
-  assign \$3777  = k > 2'h2;
-  assign \$3778  = k_cur <= 2'h2;
-  assign \$3779  = finish & \$3778 ;
-  assign \$3781  = k > 2'h3;
-  assign \$3782  = k_cur <= 2'h3;
-  assign \$3783  = finish & \$3782 ;
-  assign \$3785  = k > 3'h4;
-  assign \$3786  = k_cur <= 3'h4;
-  assign \$3787  = finish & \$3786 ;
-  assign \$3789  = k > 3'h5;
-  assign \$3790  = k_cur <= 3'h5;
-  assign \$3791  = finish & \$3790 ;
-  assign \$3793  = k > 3'h6;
-  assign \$3794  = k_cur <= 3'h6;
-  assign \$3795  = finish & \$3794 ;
-  assign \$3797  = k > 3'h7;
-  assign \$3798  = k_cur <= 3'h7;
-  assign \$3799  = finish & \$3798 ;
-  assign \$3800  = ~ any_err;
-  assign \$3801  = short_now & \$3800 ;
-  assign \$3802  = finish & last_row;
-  assign \$3803  = ov & o_lanes__ready;
-  assign \$3804  = { \$3505 [4:0], a_gsel0[0], ws0 } >= cols_r;
-  assign \$3805  = \$signal$154 [0] & \$3804 ;
-  assign \$3806  = { \$3512 [4:0], a_gsel1[0], ws1 } >= cols_r;
-  assign \$3807  = \$signal$154 [1] & \$3806 ;
-  assign \$3808  = { \$3519 [4:0], a_gsel2[0], ws2 } >= cols_r;
-  assign \$3809  = \$signal$154 [2] & \$3808 ;
-  assign \$3810  = { \$3526 [4:0], a_gsel3[0], ws3 } >= cols_r;
-  assign \$3811  = \$signal$154 [3] & \$3810 ;
-  assign \$3812  = { \$3533 [4:0], a_gsel4[0], ws4 } >= cols_r;
-  assign \$3813  = \$signal$154 [4] & \$3812 ;
-  assign \$3814  = { \$3540 [4:0], a_gsel5[0], ws5 } >= cols_r;
-  assign \$3815  = \$signal$154 [5] & \$3814 ;
-  assign \$3816  = { \$3547 [4:0], a_gsel6[0], ws6 } >= cols_r;
-  assign \$3817  = \$signal$154 [6] & \$3816 ;
-  assign \$3818  = { \$3554 [4:0], a_gsel7[0], ws7 } >= cols_r;
-  assign \$3819  = \$signal$154 [7] & \$3818 ;
-  assign \$3820  = \$3803  ? { \$3819 , \$3817 , \$3815 , \$3813 , \$3811 , \$3809 , \$3807 , \$3805  } : 8'h00;
-  assign \$3821  = | pad_l;
-  assign \$3822  = | flush_d;
-  assign \$3823  = $signed(es_bits) > $signed(1'h0);
-  assign \$3824  = $signed(es_bits) <= $signed(8'h40);
-  assign \$3825  = \$3823  & \$3824 ;
-  assign \$3826  = 1'h1 - \$signal$345 ;
-  assign \$3827  = $signed(es_bits) > $signed(8'h40);
-  assign \$3828  = $signed(es_bits) <= $signed(9'h080);
-  assign \$3829  = \$3827  & \$3828 ;
-  assign \$3830  = 2'h2 - \$signal$345 ;
-  assign \$3831  = i_mask__valid & i_mask__ready;
-  assign \$3832  = \$signal$345  ? mbeat1_v : mbeat0_v;
-  assign \$3833  = ~ \$3832 ;
-  assign \$3835  = ~ \$signal$345 ;
-  assign \$3836  = mbeat1_v & \$3835 ;
-  assign \$3837  = ~ \$3836 ;
-  assign \$3838  = \$signal$345  ? mbeat1_v : mbeat0_v;
-  assign \$3839  = \$3837  & \$3838 ;
-  assign \$3840  = $signed(Rf0) - $signed({ 1'h0, k });
-  assign \$3841  = advance ? \$3840  : { Rf0[8], Rf0 };
-  assign \$3842  = $signed(Rf1) - $signed({ 1'h0, k });
-  assign \$3843  = advance ? \$3842  : { Rf1[8], Rf1 };
-  assign \$3844  = $signed(Rf2) - $signed({ 1'h0, k });
-  assign \$3845  = advance ? \$3844  : { Rf2[8], Rf2 };
-  assign \$3846  = $signed(Rf3) - $signed({ 1'h0, k });
-  assign \$3847  = advance ? \$3846  : { Rf3[8], Rf3 };
-  assign \$3848  = $signed(Rf4) - $signed({ 1'h0, k });
-  assign \$3849  = advance ? \$3848  : { Rf4[8], Rf4 };
-  assign \$3850  = $signed(Rf5) - $signed({ 1'h0, k });
-  assign \$3851  = advance ? \$3850  : { Rf5[8], Rf5 };
-  assign \$3852  = $signed(Rf6) - $signed({ 1'h0, k });
-  assign \$3853  = advance ? \$3852  : { Rf6[8], Rf6 };
-  assign \$3854  = $signed(Rf7) - $signed({ 1'h0, k });
-  assign \$3855  = advance ? \$3854  : { Rf7[8], Rf7 };
-  assign \$3856  = $signed(Rnm1) - $signed({ 1'h0, k });
-  assign \$3857  = advance ? \$3856  : { Rnm1[8], Rnm1 };
-  assign \$3858  = \$3661 [4:0] + 4'h8;
-  assign \$3859  = v_load ? \$3858  : { 1'h0, \$3661 [4:0] };
-  assign \$3860  = advance & takes;
-  assign \$3861  = vpos_n - 4'h8;
-  assign \$3862  = i_value__valid & allow_load;
-  assign \$3863  = ~ \$signal$376 ;
-  assign \$3864  = ~ \$signal$378 ;
-  assign \$3865  = \$signal$376  & \$signal$378 ;
-  assign \$3866  = ~ \$3865 ;
-  assign \$3867  = i_cmd__valid & i_cmd__ready;
-  assign \$3869  = advance & finish;
-  assign \$3870  = rows_left - 1'h1;
-  assign \$3871  = end_ok | end_bad;
-  assign \$3872  = endv & \$3871 ;
-  assign \$3873  = i_cmd__valid & i_cmd__ready;
-  assign \$3880  = \$3877  + \$3879 ;
-  assign \$3883  = stride_w + \$3882 ;
-  assign \$3884  = $signed(rs_w) - $signed({ 1'h0, dsh });
-  assign \$3885  = fin ? \$3576 [8:0] : \$3884 ;
-  assign \$3886  = fin ? \$3577 [9:0] : { \$3576 [8], \$3576 [8:0] };
-  assign \$3887  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3888  = fin ? \$3887  : { \$3577 [9], \$3577 [9], \$3577 [9:0] };
-  assign \$3889  = $signed(es3_w) + $signed({ 1'h0, stride_w });
-  assign \$3890  = $signed(\$3889 ) - $signed({ 1'h0, dsh });
-  assign \$3891  = $signed(es3_w) - $signed({ 1'h0, dsh });
-  assign \$3892  = fin ? \$3890  : { \$3891 [11], \$3891  };
-  assign \$3893  = finish ? r_b : r_a;
-  assign \$3894  = $signed(\$3893 ) - $signed({ 1'h0, k });
-  assign \$3895  = advance ? \$3894  : { r_a[8], r_a };
-  assign \$3896  = finish ? r_c : r_b;
+  assign \$3763  = r_c_sel[2] ? Rf3 : 9'h000;
+  assign \$3764  = r_c_sel[3] ? Rf5 : 9'h000;
+  assign \$3765  = \$3763  | \$3764 ;
+  assign \$3766  = \$3762  | \$3765 ;
+  assign \$3767  = r_c_sel[4] ? Rf7 : 9'h000;
+  assign r_c = \$3766  | \$3767 ;
+  assign \$3768  = endv & end_bad;
+  assign \$3769  = ~ any_err;
+  assign \$3770  = \$3768  & \$3769 ;
+  assign \$3772  = k > 1'h0;
+  assign \$3773  = k_cur <= 1'h0;
+  assign \$3774  = finish & \$3773 ;
+  assign \$3776  = k > 1'h1;
+  assign \$3777  = k_cur <= 1'h1;
+  assign \$3778  = finish & \$3777 ;
+  assign \$3780  = k > 2'h2;
+  assign \$3781  = k_cur <= 2'h2;
+  assign \$3782  = finish & \$3781 ;
+  assign \$3784  = k > 2'h3;
+  assign \$3785  = k_cur <= 2'h3;
+  assign \$3786  = finish & \$3785 ;
+  assign \$3788  = k > 3'h4;
+  assign \$3789  = k_cur <= 3'h4;
+  assign \$3790  = finish & \$3789 ;
+  assign \$3792  = k > 3'h5;
+  assign \$3793  = k_cur <= 3'h5;
+  assign \$3794  = finish & \$3793 ;
+  assign \$3796  = k > 3'h6;
+  assign \$3797  = k_cur <= 3'h6;
+  assign \$3798  = finish & \$3797 ;
+  assign \$3800  = k > 3'h7;
+  assign \$3801  = k_cur <= 3'h7;
+  assign \$3802  = finish & \$3801 ;
+  assign \$3803  = ~ any_err;
+  assign \$3804  = short_now & \$3803 ;
+  assign \$3805  = finish & last_row;
+  assign \$3806  = ov & o_lanes__ready;
+  assign \$3807  = { \$3505 [4:0], a_gsel0[0], ws0 } >= cols_r;
+  assign \$3808  = \$signal$154 [0] & \$3807 ;
+  assign \$3809  = { \$3512 [4:0], a_gsel1[0], ws1 } >= cols_r;
+  assign \$3810  = \$signal$154 [1] & \$3809 ;
+  assign \$3811  = { \$3519 [4:0], a_gsel2[0], ws2 } >= cols_r;
+  assign \$3812  = \$signal$154 [2] & \$3811 ;
+  assign \$3813  = { \$3526 [4:0], a_gsel3[0], ws3 } >= cols_r;
+  assign \$3814  = \$signal$154 [3] & \$3813 ;
+  assign \$3815  = { \$3533 [4:0], a_gsel4[0], ws4 } >= cols_r;
+  assign \$3816  = \$signal$154 [4] & \$3815 ;
+  assign \$3817  = { \$3540 [4:0], a_gsel5[0], ws5 } >= cols_r;
+  assign \$3818  = \$signal$154 [5] & \$3817 ;
+  assign \$3819  = { \$3547 [4:0], a_gsel6[0], ws6 } >= cols_r;
+  assign \$3820  = \$signal$154 [6] & \$3819 ;
+  assign \$3821  = { \$3554 [4:0], a_gsel7[0], ws7 } >= cols_r;
+  assign \$3822  = \$signal$154 [7] & \$3821 ;
+  assign \$3823  = \$3806  ? { \$3822 , \$3820 , \$3818 , \$3816 , \$3814 , \$3812 , \$3810 , \$3808  } : 8'h00;
+  assign \$3824  = | pad_l;
+  assign \$3825  = | flush_d;
+  assign \$3826  = $signed(es_bits) > $signed(1'h0);
+  assign \$3827  = $signed(es_bits) <= $signed(8'h40);
+  assign \$3828  = \$3826  & \$3827 ;
+  assign \$3829  = 1'h1 - \$signal$346 ;
+  assign \$3830  = $signed(es_bits) > $signed(8'h40);
+  assign \$3831  = $signed(es_bits) <= $signed(9'h080);
+  assign \$3832  = \$3830  & \$3831 ;
+  assign \$3833  = 2'h2 - \$signal$346 ;
+  assign \$3834  = i_mask__valid & i_mask__ready;
+  assign \$3835  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3836  = ~ \$3835 ;
+  assign \$3838  = ~ \$signal$346 ;
+  assign \$3839  = mbeat1_v & \$3838 ;
+  assign \$3840  = ~ \$3839 ;
+  assign \$3841  = \$signal$346  ? mbeat1_v : mbeat0_v;
+  assign \$3842  = \$3840  & \$3841 ;
+  assign \$3843  = $signed(Rf0) - $signed({ 1'h0, k });
+  assign \$3844  = advance ? \$3843  : { Rf0[8], Rf0 };
+  assign \$3845  = $signed(Rf1) - $signed({ 1'h0, k });
+  assign \$3846  = advance ? \$3845  : { Rf1[8], Rf1 };
+  assign \$3847  = $signed(Rf2) - $signed({ 1'h0, k });
+  assign \$3848  = advance ? \$3847  : { Rf2[8], Rf2 };
+  assign \$3849  = $signed(Rf3) - $signed({ 1'h0, k });
+  assign \$3850  = advance ? \$3849  : { Rf3[8], Rf3 };
+  assign \$3851  = $signed(Rf4) - $signed({ 1'h0, k });
+  assign \$3852  = advance ? \$3851  : { Rf4[8], Rf4 };
+  assign \$3853  = $signed(Rf5) - $signed({ 1'h0, k });
+  assign \$3854  = advance ? \$3853  : { Rf5[8], Rf5 };
+  assign \$3855  = $signed(Rf6) - $signed({ 1'h0, k });
+  assign \$3856  = advance ? \$3855  : { Rf6[8], Rf6 };
+  assign \$3857  = $signed(Rf7) - $signed({ 1'h0, k });
+  assign \$3858  = advance ? \$3857  : { Rf7[8], Rf7 };
+  assign \$3859  = $signed(Rnm1) - $signed({ 1'h0, k });
+  assign \$3860  = advance ? \$3859  : { Rnm1[8], Rnm1 };
+  assign \$3861  = \$3664 [4:0] + 4'h8;
+  assign \$3862  = v_load ? \$3861  : { 1'h0, \$3664 [4:0] };
+  assign \$3863  = advance & takes;
+  assign \$3864  = vpos_n - 4'h8;
+  assign \$3865  = i_value__valid & allow_load;
+  assign \$3866  = ~ \$signal$377 ;
+  assign \$3867  = ~ \$signal$379 ;
+  assign \$3868  = \$signal$377  & \$signal$379 ;
+  assign \$3869  = ~ \$3868 ;
+  assign \$3870  = i_cmd__valid & i_cmd__ready;
+  assign \$3872  = advance & finish;
+  assign \$3873  = rows_left - 1'h1;
+  assign \$3874  = end_ok | end_bad;
+  assign \$3875  = endv & \$3874 ;
+  assign \$3876  = i_cmd__valid & i_cmd__ready;
+  assign \$3883  = \$3880  + \$3882 ;
+  assign \$3886  = stride_w + \$3885 ;
+  assign \$3887  = $signed(rs_w) - $signed({ 1'h0, dsh });
+  assign \$3888  = fin ? \$3579 [8:0] : \$3887 ;
+  assign \$3889  = fin ? \$3580 [9:0] : { \$3579 [8], \$3579 [8:0] };
+  assign \$3890  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3891  = fin ? \$3890  : { \$3580 [9], \$3580 [9], \$3580 [9:0] };
+  assign \$3892  = $signed(es3_w) + $signed({ 1'h0, stride_w });
+  assign \$3893  = $signed(\$3892 ) - $signed({ 1'h0, dsh });
+  assign \$3894  = $signed(es3_w) - $signed({ 1'h0, dsh });
+  assign \$3895  = fin ? \$3893  : { \$3894 [11], \$3894  };
+  assign \$3896  = finish ? r_b : r_a;
   assign \$3897  = $signed(\$3896 ) - $signed({ 1'h0, k });
-  assign \$3898  = advance ? \$3897  : { r_b[8], r_b };
-  assign \$3899  = $signed(\$3577 [9:0]) <= $signed({ 1'h0, \$3689 [2:0] });
-  assign \$3900  = $signed(\$3576 [8:0]) <= $signed({ 1'h0, \$3689 [2:0] });
-  assign \$3901  = fin ? \$3899  : \$3900 ;
-  assign \$3902  = $signed(Rf3) <= $signed({ 1'h0, k });
-  assign \$3903  = $signed(\$3577 [9:0]) > $signed(3'h2);
-  assign \$3904  = $signed(\$3576 [8:0]) > $signed(3'h2);
-  assign \$3905  = finish ? \$3903  : \$3904 ;
-  assign \$3906  = \$3902  & \$3905 ;
-  assign \$3907  = $signed(Rf3) <= $signed(1'h0);
-  assign \$3908  = $signed(\$3576 [8:0]) > $signed(3'h2);
-  assign \$3909  = \$3907  & \$3908 ;
-  assign \$3910  = advance ? \$3906  : \$3909 ;
-  assign \$3911  = mbeat0_vn & \$3910 ;
-  assign \$3912  = o_error_flags | flags;
+  assign \$3898  = advance ? \$3897  : { r_a[8], r_a };
+  assign \$3899  = finish ? r_c : r_b;
+  assign \$3900  = $signed(\$3899 ) - $signed({ 1'h0, k });
+  assign \$3901  = advance ? \$3900  : { r_b[8], r_b };
+  assign \$3902  = $signed(\$3580 [9:0]) <= $signed({ 1'h0, \$3692 [2:0] });
+  assign \$3903  = $signed(\$3579 [8:0]) <= $signed({ 1'h0, \$3692 [2:0] });
+  assign \$3904  = fin ? \$3902  : \$3903 ;
+  assign \$3905  = $signed(Rf3) <= $signed({ 1'h0, k });
+  assign \$3906  = $signed(\$3580 [9:0]) > $signed(3'h2);
+  assign \$3907  = $signed(\$3579 [8:0]) > $signed(3'h2);
+  assign \$3908  = finish ? \$3906  : \$3907 ;
+  assign \$3909  = \$3905  & \$3908 ;
+  assign \$3910  = $signed(Rf3) <= $signed(1'h0);
+  assign \$3911  = $signed(\$3579 [8:0]) > $signed(3'h2);
+  assign \$3912  = \$3910  & \$3911 ;
+  assign \$3913  = advance ? \$3909  : \$3912 ;
+  assign \$3914  = mbeat0_vn & \$3913 ;
+  assign \$3915  = o_error_flags | flags;
   always @(posedge clk)
-    prime <= \$3913 ;
+    prime <= \$3916 ;
   always @(posedge clk)
-    a_grp0 <= \$3914 ;
+    a_grp0 <= \$3917 ;
   always @(posedge clk)
-    a_gsel0 <= \$3915 ;
+    a_gsel0 <= \$3918 ;
   always @(posedge clk)
-    a_lr0 <= \$3916 ;
+    a_lr0 <= \$3919 ;
   always @(posedge clk)
-    \$signal$154  <= \$3917 ;
+    \$signal$154  <= \$3920 ;
   always @(posedge clk)
-    a_nxt <= \$3918 ;
+    a_nxt <= \$3921 ;
   always @(posedge clk)
-    a_grp1 <= \$3919 ;
+    a_grp1 <= \$3922 ;
   always @(posedge clk)
-    a_gsel1 <= \$3920 ;
+    a_gsel1 <= \$3923 ;
   always @(posedge clk)
-    a_lr1 <= \$3921 ;
+    a_lr1 <= \$3924 ;
   always @(posedge clk)
-    a_grp2 <= \$3922 ;
+    a_grp2 <= \$3925 ;
   always @(posedge clk)
-    a_gsel2 <= \$3923 ;
+    a_gsel2 <= \$3926 ;
   always @(posedge clk)
-    a_lr2 <= \$3924 ;
+    a_lr2 <= \$3927 ;
   always @(posedge clk)
-    a_grp3 <= \$3925 ;
+    a_grp3 <= \$3928 ;
   always @(posedge clk)
-    a_gsel3 <= \$3926 ;
+    a_gsel3 <= \$3929 ;
   always @(posedge clk)
-    a_lr3 <= \$3927 ;
+    a_lr3 <= \$3930 ;
   always @(posedge clk)
-    a_grp4 <= \$3928 ;
+    a_grp4 <= \$3931 ;
   always @(posedge clk)
-    a_gsel4 <= \$3929 ;
+    a_gsel4 <= \$3932 ;
   always @(posedge clk)
-    a_lr4 <= \$3930 ;
+    a_lr4 <= \$3933 ;
   always @(posedge clk)
-    a_grp5 <= \$3931 ;
+    a_grp5 <= \$3934 ;
   always @(posedge clk)
-    a_gsel5 <= \$3932 ;
+    a_gsel5 <= \$3935 ;
   always @(posedge clk)
-    a_lr5 <= \$3933 ;
+    a_lr5 <= \$3936 ;
   always @(posedge clk)
-    a_grp6 <= \$3934 ;
+    a_grp6 <= \$3937 ;
   always @(posedge clk)
-    a_gsel6 <= \$3935 ;
+    a_gsel6 <= \$3938 ;
   always @(posedge clk)
-    a_lr6 <= \$3936 ;
+    a_lr6 <= \$3939 ;
   always @(posedge clk)
-    a_grp7 <= \$3937 ;
+    a_grp7 <= \$3940 ;
   always @(posedge clk)
-    a_gsel7 <= \$3938 ;
+    a_gsel7 <= \$3941 ;
   always @(posedge clk)
-    a_lr7 <= \$3939 ;
+    a_lr7 <= \$3942 ;
   always @(posedge clk)
-    \$signal  <= \$3940 ;
+    \$signal  <= \$3943 ;
   always @(posedge clk)
-    a_es <= \$3941 ;
+    a_es <= \$3944 ;
   always @(posedge clk)
-    short_err <= \$3942 ;
+    short_err <= \$3945 ;
   always @(posedge clk)
-    ov <= \$3943 ;
+    ov <= \$3946 ;
   always @(posedge clk)
-    \$signal$321  <= \$3944 ;
+    \$signal$322  <= \$3947 ;
   always @(posedge clk)
-    a_last <= \$3945 ;
+    a_last <= \$3948 ;
   always @(posedge clk)
-    a_val <= \$3946 ;
+    a_val <= \$3949 ;
   always @(posedge clk)
-    pad_l <= \$3947 ;
+    pad_l <= \$3950 ;
   always @(posedge clk)
-    pad_r <= \$3948 ;
+    pad_r <= \$3951 ;
   always @(posedge clk)
-    flush_d <= \$3949 ;
+    flush_d <= \$3952 ;
   always @(posedge clk)
-    mbuf <= \$3950 ;
+    mbuf <= \$3953 ;
   always @(posedge clk)
-    mbuf_v <= \$3951 ;
+    mbuf_v <= \$3954 ;
   always @(posedge clk)
-    mbeat0 <= \$3952 ;
+    mbeat0 <= \$3955 ;
   always @(posedge clk)
-    mbeat1 <= \$3953 ;
+    mbeat1 <= \$3956 ;
   always @(posedge clk)
-    mbeat0_v <= \$3954 ;
+    mbeat0_v <= \$3957 ;
   always @(posedge clk)
-    mbeat1_v <= \$3955 ;
+    mbeat1_v <= \$3958 ;
   always @(posedge clk)
-    R0 <= \$3956 ;
+    R0 <= \$3959 ;
   always @(posedge clk)
-    R1 <= \$3957 ;
+    R1 <= \$3960 ;
   always @(posedge clk)
-    R2 <= \$3958 ;
+    R2 <= \$3961 ;
   always @(posedge clk)
-    R3 <= \$3959 ;
+    R3 <= \$3962 ;
   always @(posedge clk)
-    R4 <= \$3960 ;
+    R4 <= \$3963 ;
   always @(posedge clk)
-    R5 <= \$3961 ;
+    R5 <= \$3964 ;
   always @(posedge clk)
-    R6 <= \$3962 ;
+    R6 <= \$3965 ;
   always @(posedge clk)
-    R7 <= \$3963 ;
+    R7 <= \$3966 ;
   always @(posedge clk)
-    Rm1 <= \$3964 ;
+    Rm1 <= \$3967 ;
   always @(posedge clk)
-    vavail <= \$3965 ;
+    vavail <= \$3968 ;
   always @(posedge clk)
-    vpos <= \$3966 ;
+    vpos <= \$3969 ;
   always @(posedge clk)
-    vlast_loaded <= \$3967 ;
+    vlast_loaded <= \$3970 ;
   always @(posedge clk)
-    prev_last <= \$3968 ;
+    prev_last <= \$3971 ;
   always @(posedge clk)
-    any_val <= \$3969 ;
+    any_val <= \$3972 ;
   always @(posedge clk)
-    \$signal$307  <= \$3970 ;
+    \$signal$308  <= \$3973 ;
   always @(posedge clk)
-    VB <= \$3971 ;
+    VB <= \$3974 ;
   always @(posedge clk)
-    \$signal$377  <= \$3972 ;
+    \$signal$378  <= \$3975 ;
   always @(posedge clk)
-    \$signal$379  <= \$3973 ;
+    \$signal$380  <= \$3976 ;
   always @(posedge clk)
-    \$signal$381  <= \$3974 ;
+    \$signal$382  <= \$3977 ;
   always @(posedge clk)
-    \$signal$382  <= \$3975 ;
+    \$signal$383  <= \$3978 ;
   always @(posedge clk)
-    running <= \$3976 ;
+    running <= \$3979 ;
   always @(posedge clk)
-    rows_left <= \$3977 ;
+    rows_left <= \$3980 ;
   always @(posedge clk)
-    cols_r <= \$3978 ;
+    cols_r <= \$3981 ;
   always @(posedge clk)
-    stride_w <= \$3979 ;
+    stride_w <= \$3982 ;
   always @(posedge clk)
-    endv <= \$3980 ;
+    endv <= \$3983 ;
   always @(posedge clk)
-    rs_w <= \$3981 ;
+    rs_w <= \$3984 ;
   always @(posedge clk)
-    es_w <= \$3982 ;
+    es_w <= \$3985 ;
   always @(posedge clk)
-    es2_w <= \$3983 ;
+    es2_w <= \$3986 ;
   always @(posedge clk)
-    es3_w <= \$3984 ;
+    es3_w <= \$3987 ;
   always @(posedge clk)
-    has_next <= \$3985 ;
+    has_next <= \$3988 ;
   always @(posedge clk)
-    last_row <= \$3986 ;
+    last_row <= \$3989 ;
   always @(posedge clk)
-    k_cur_full <= \$3987 ;
+    k_cur_full <= \$3990 ;
   always @(posedge clk)
-    k_nxt_full <= \$3988 ;
+    k_nxt_full <= \$3991 ;
   always @(posedge clk)
-    row_complete <= \$3989 ;
+    row_complete <= \$3992 ;
   always @(posedge clk)
-    \$signal$351  <= \$3990 ;
+    \$signal$352  <= \$3993 ;
   always @(posedge clk)
-    o_error_flags <= \$3991 ;
+    o_error_flags <= \$3994 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
@@ -14188,13 +14195,13 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez ({ mbeat1_vn, mbeat0_vn })
       2'h0:
-          \$3688  = 3'h0;
+          \$3691  = 3'h0;
       2'h1:
-          \$3688  = 3'h1;
+          \$3691  = 3'h1;
       2'h2:
-          \$3688  = 3'h1;
+          \$3691  = 3'h1;
       2'h3:
-          \$3688  = 3'h2;
+          \$3691  = 3'h2;
     endcase
   end
   always @* begin
@@ -14202,37 +14209,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow0)
       4'h0:
-          \$3768  = 4'h0;
+          \$3771  = 4'h0;
       4'h1:
-          \$3768  = 4'hf;
+          \$3771  = 4'hf;
       4'h2:
-          \$3768  = 4'he;
+          \$3771  = 4'he;
       4'h3:
-          \$3768  = 4'hd;
+          \$3771  = 4'hd;
       4'h4:
-          \$3768  = 4'hc;
+          \$3771  = 4'hc;
       4'h5:
-          \$3768  = 4'hb;
+          \$3771  = 4'hb;
       4'h6:
-          \$3768  = 4'ha;
+          \$3771  = 4'ha;
       4'h7:
-          \$3768  = 4'h9;
+          \$3771  = 4'h9;
       4'h8:
-          \$3768  = 4'h8;
+          \$3771  = 4'h8;
       4'h9:
-          \$3768  = 4'h7;
+          \$3771  = 4'h7;
       4'ha:
-          \$3768  = 4'h6;
+          \$3771  = 4'h6;
       4'hb:
-          \$3768  = 4'h5;
+          \$3771  = 4'h5;
       4'hc:
-          \$3768  = 4'h4;
+          \$3771  = 4'h4;
       4'hd:
-          \$3768  = 4'h3;
+          \$3771  = 4'h3;
       4'he:
-          \$3768  = 4'h2;
+          \$3771  = 4'h2;
       4'hf:
-          \$3768  = 4'h1;
+          \$3771  = 4'h1;
     endcase
   end
   always @* begin
@@ -14240,37 +14247,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow1)
       4'h0:
-          \$3772  = 4'h1;
+          \$3775  = 4'h1;
       4'h1:
-          \$3772  = 4'h0;
+          \$3775  = 4'h0;
       4'h2:
-          \$3772  = 4'hf;
+          \$3775  = 4'hf;
       4'h3:
-          \$3772  = 4'he;
+          \$3775  = 4'he;
       4'h4:
-          \$3772  = 4'hd;
+          \$3775  = 4'hd;
       4'h5:
-          \$3772  = 4'hc;
+          \$3775  = 4'hc;
       4'h6:
-          \$3772  = 4'hb;
+          \$3775  = 4'hb;
       4'h7:
-          \$3772  = 4'ha;
+          \$3775  = 4'ha;
       4'h8:
-          \$3772  = 4'h9;
+          \$3775  = 4'h9;
       4'h9:
-          \$3772  = 4'h8;
+          \$3775  = 4'h8;
       4'ha:
-          \$3772  = 4'h7;
+          \$3775  = 4'h7;
       4'hb:
-          \$3772  = 4'h6;
+          \$3775  = 4'h6;
       4'hc:
-          \$3772  = 4'h5;
+          \$3775  = 4'h5;
       4'hd:
-          \$3772  = 4'h4;
+          \$3775  = 4'h4;
       4'he:
-          \$3772  = 4'h3;
+          \$3775  = 4'h3;
       4'hf:
-          \$3772  = 4'h2;
+          \$3775  = 4'h2;
     endcase
   end
   always @* begin
@@ -14278,37 +14285,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow2)
       4'h0:
-          \$3776  = 4'h2;
+          \$3779  = 4'h2;
       4'h1:
-          \$3776  = 4'h1;
+          \$3779  = 4'h1;
       4'h2:
-          \$3776  = 4'h0;
+          \$3779  = 4'h0;
       4'h3:
-          \$3776  = 4'hf;
+          \$3779  = 4'hf;
       4'h4:
-          \$3776  = 4'he;
+          \$3779  = 4'he;
       4'h5:
-          \$3776  = 4'hd;
+          \$3779  = 4'hd;
       4'h6:
-          \$3776  = 4'hc;
+          \$3779  = 4'hc;
       4'h7:
-          \$3776  = 4'hb;
+          \$3779  = 4'hb;
       4'h8:
-          \$3776  = 4'ha;
+          \$3779  = 4'ha;
       4'h9:
-          \$3776  = 4'h9;
+          \$3779  = 4'h9;
       4'ha:
-          \$3776  = 4'h8;
+          \$3779  = 4'h8;
       4'hb:
-          \$3776  = 4'h7;
+          \$3779  = 4'h7;
       4'hc:
-          \$3776  = 4'h6;
+          \$3779  = 4'h6;
       4'hd:
-          \$3776  = 4'h5;
+          \$3779  = 4'h5;
       4'he:
-          \$3776  = 4'h4;
+          \$3779  = 4'h4;
       4'hf:
-          \$3776  = 4'h3;
+          \$3779  = 4'h3;
     endcase
   end
   always @* begin
@@ -14316,37 +14323,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow3)
       4'h0:
-          \$3780  = 4'h3;
+          \$3783  = 4'h3;
       4'h1:
-          \$3780  = 4'h2;
+          \$3783  = 4'h2;
       4'h2:
-          \$3780  = 4'h1;
+          \$3783  = 4'h1;
       4'h3:
-          \$3780  = 4'h0;
+          \$3783  = 4'h0;
       4'h4:
-          \$3780  = 4'hf;
+          \$3783  = 4'hf;
       4'h5:
-          \$3780  = 4'he;
+          \$3783  = 4'he;
       4'h6:
-          \$3780  = 4'hd;
+          \$3783  = 4'hd;
       4'h7:
-          \$3780  = 4'hc;
+          \$3783  = 4'hc;
       4'h8:
-          \$3780  = 4'hb;
+          \$3783  = 4'hb;
       4'h9:
-          \$3780  = 4'ha;
+          \$3783  = 4'ha;
       4'ha:
-          \$3780  = 4'h9;
+          \$3783  = 4'h9;
       4'hb:
-          \$3780  = 4'h8;
+          \$3783  = 4'h8;
       4'hc:
-          \$3780  = 4'h7;
+          \$3783  = 4'h7;
       4'hd:
-          \$3780  = 4'h6;
+          \$3783  = 4'h6;
       4'he:
-          \$3780  = 4'h5;
+          \$3783  = 4'h5;
       4'hf:
-          \$3780  = 4'h4;
+          \$3783  = 4'h4;
     endcase
   end
   always @* begin
@@ -14354,37 +14361,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow4)
       4'h0:
-          \$3784  = 4'h4;
+          \$3787  = 4'h4;
       4'h1:
-          \$3784  = 4'h3;
+          \$3787  = 4'h3;
       4'h2:
-          \$3784  = 4'h2;
+          \$3787  = 4'h2;
       4'h3:
-          \$3784  = 4'h1;
+          \$3787  = 4'h1;
       4'h4:
-          \$3784  = 4'h0;
+          \$3787  = 4'h0;
       4'h5:
-          \$3784  = 4'hf;
+          \$3787  = 4'hf;
       4'h6:
-          \$3784  = 4'he;
+          \$3787  = 4'he;
       4'h7:
-          \$3784  = 4'hd;
+          \$3787  = 4'hd;
       4'h8:
-          \$3784  = 4'hc;
+          \$3787  = 4'hc;
       4'h9:
-          \$3784  = 4'hb;
+          \$3787  = 4'hb;
       4'ha:
-          \$3784  = 4'ha;
+          \$3787  = 4'ha;
       4'hb:
-          \$3784  = 4'h9;
+          \$3787  = 4'h9;
       4'hc:
-          \$3784  = 4'h8;
+          \$3787  = 4'h8;
       4'hd:
-          \$3784  = 4'h7;
+          \$3787  = 4'h7;
       4'he:
-          \$3784  = 4'h6;
+          \$3787  = 4'h6;
       4'hf:
-          \$3784  = 4'h5;
+          \$3787  = 4'h5;
     endcase
   end
   always @* begin
@@ -14392,37 +14399,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow5)
       4'h0:
-          \$3788  = 4'h5;
+          \$3791  = 4'h5;
       4'h1:
-          \$3788  = 4'h4;
+          \$3791  = 4'h4;
       4'h2:
-          \$3788  = 4'h3;
+          \$3791  = 4'h3;
       4'h3:
-          \$3788  = 4'h2;
+          \$3791  = 4'h2;
       4'h4:
-          \$3788  = 4'h1;
+          \$3791  = 4'h1;
       4'h5:
-          \$3788  = 4'h0;
+          \$3791  = 4'h0;
       4'h6:
-          \$3788  = 4'hf;
+          \$3791  = 4'hf;
       4'h7:
-          \$3788  = 4'he;
+          \$3791  = 4'he;
       4'h8:
-          \$3788  = 4'hd;
+          \$3791  = 4'hd;
       4'h9:
-          \$3788  = 4'hc;
+          \$3791  = 4'hc;
       4'ha:
-          \$3788  = 4'hb;
+          \$3791  = 4'hb;
       4'hb:
-          \$3788  = 4'ha;
+          \$3791  = 4'ha;
       4'hc:
-          \$3788  = 4'h9;
+          \$3791  = 4'h9;
       4'hd:
-          \$3788  = 4'h8;
+          \$3791  = 4'h8;
       4'he:
-          \$3788  = 4'h7;
+          \$3791  = 4'h7;
       4'hf:
-          \$3788  = 4'h6;
+          \$3791  = 4'h6;
     endcase
   end
   always @* begin
@@ -14430,37 +14437,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow6)
       4'h0:
-          \$3792  = 4'h6;
+          \$3795  = 4'h6;
       4'h1:
-          \$3792  = 4'h5;
+          \$3795  = 4'h5;
       4'h2:
-          \$3792  = 4'h4;
+          \$3795  = 4'h4;
       4'h3:
-          \$3792  = 4'h3;
+          \$3795  = 4'h3;
       4'h4:
-          \$3792  = 4'h2;
+          \$3795  = 4'h2;
       4'h5:
-          \$3792  = 4'h1;
+          \$3795  = 4'h1;
       4'h6:
-          \$3792  = 4'h0;
+          \$3795  = 4'h0;
       4'h7:
-          \$3792  = 4'hf;
+          \$3795  = 4'hf;
       4'h8:
-          \$3792  = 4'he;
+          \$3795  = 4'he;
       4'h9:
-          \$3792  = 4'hd;
+          \$3795  = 4'hd;
       4'ha:
-          \$3792  = 4'hc;
+          \$3795  = 4'hc;
       4'hb:
-          \$3792  = 4'hb;
+          \$3795  = 4'hb;
       4'hc:
-          \$3792  = 4'ha;
+          \$3795  = 4'ha;
       4'hd:
-          \$3792  = 4'h9;
+          \$3795  = 4'h9;
       4'he:
-          \$3792  = 4'h8;
+          \$3795  = 4'h8;
       4'hf:
-          \$3792  = 4'h7;
+          \$3795  = 4'h7;
     endcase
   end
   always @* begin
@@ -14468,37 +14475,37 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     casez (dlow7)
       4'h0:
-          \$3796  = 4'h7;
+          \$3799  = 4'h7;
       4'h1:
-          \$3796  = 4'h6;
+          \$3799  = 4'h6;
       4'h2:
-          \$3796  = 4'h5;
+          \$3799  = 4'h5;
       4'h3:
-          \$3796  = 4'h4;
+          \$3799  = 4'h4;
       4'h4:
-          \$3796  = 4'h3;
+          \$3799  = 4'h3;
       4'h5:
-          \$3796  = 4'h2;
+          \$3799  = 4'h2;
       4'h6:
-          \$3796  = 4'h1;
+          \$3799  = 4'h1;
       4'h7:
-          \$3796  = 4'h0;
+          \$3799  = 4'h0;
       4'h8:
-          \$3796  = 4'hf;
+          \$3799  = 4'hf;
       4'h9:
-          \$3796  = 4'he;
+          \$3799  = 4'he;
       4'ha:
-          \$3796  = 4'hd;
+          \$3799  = 4'hd;
       4'hb:
-          \$3796  = 4'hc;
+          \$3799  = 4'hc;
       4'hc:
-          \$3796  = 4'hb;
+          \$3799  = 4'hb;
       4'hd:
-          \$3796  = 4'ha;
+          \$3799  = 4'ha;
       4'he:
-          \$3796  = 4'h9;
+          \$3799  = 4'h9;
       4'hf:
-          \$3796  = 4'h8;
+          \$3799  = 4'h8;
     endcase
   end
   always @* begin
@@ -16235,7 +16242,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_n = 92'h00000000000000000000000;
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_n = mbeat1;
@@ -16243,7 +16250,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$345 ) begin
+      if (\$signal$346 ) begin
         mbeat0_n = mbeat1;
       end
     end
@@ -16254,7 +16261,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_n = 92'h00000000000000000000000;
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_n = 92'h00000000000000000000000;
@@ -16262,7 +16269,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_n = 92'h00000000000000000000000;
       endcase
     end else begin
-      if (\$signal$345 ) begin
+      if (\$signal$346 ) begin
         mbeat1_n = 92'h00000000000000000000000;
       end
     end
@@ -16273,7 +16280,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat0_nv = 1'h0;
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
       casez (flush_d)
         2'h1:
             mbeat0_nv = mbeat1_v;
@@ -16281,7 +16288,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat0_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$345 ) begin
+      if (\$signal$346 ) begin
         mbeat0_nv = mbeat1_v;
       end
     end
@@ -16292,7 +16299,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     (* full_case = 32'd1 *)
     if (any_err) begin
       mbeat1_nv = 1'h0;
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
       casez (flush_d)
         2'h1:
             mbeat1_nv = 1'h0;
@@ -16300,7 +16307,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
             mbeat1_nv = 1'h0;
       endcase
     end else begin
-      if (\$signal$345 ) begin
+      if (\$signal$346 ) begin
         mbeat1_nv = 1'h0;
       end
     end
@@ -16310,8 +16317,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs0 = R0;
     if (any_err) begin
       Rs0 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs0 = \$3579 [8:0];
+    end else if (\$3581 ) begin
+      Rs0 = \$3582 [8:0];
     end
   end
   always @* begin
@@ -16319,8 +16326,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs1 = R1;
     if (any_err) begin
       Rs1 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs1 = \$3580 [8:0];
+    end else if (\$3581 ) begin
+      Rs1 = \$3583 [8:0];
     end
   end
   always @* begin
@@ -16328,8 +16335,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs2 = R2;
     if (any_err) begin
       Rs2 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs2 = \$3581 [8:0];
+    end else if (\$3581 ) begin
+      Rs2 = \$3584 [8:0];
     end
   end
   always @* begin
@@ -16337,8 +16344,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs3 = R3;
     if (any_err) begin
       Rs3 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs3 = \$3582 [8:0];
+    end else if (\$3581 ) begin
+      Rs3 = \$3585 [8:0];
     end
   end
   always @* begin
@@ -16346,8 +16353,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs4 = R4;
     if (any_err) begin
       Rs4 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs4 = \$3584 [8:0];
+    end else if (\$3581 ) begin
+      Rs4 = \$3587 [8:0];
     end
   end
   always @* begin
@@ -16355,8 +16362,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs5 = R5;
     if (any_err) begin
       Rs5 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs5 = \$3585 [8:0];
+    end else if (\$3581 ) begin
+      Rs5 = \$3588 [8:0];
     end
   end
   always @* begin
@@ -16364,8 +16371,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs6 = R6;
     if (any_err) begin
       Rs6 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs6 = \$3586 [8:0];
+    end else if (\$3581 ) begin
+      Rs6 = \$3589 [8:0];
     end
   end
   always @* begin
@@ -16373,8 +16380,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rs7 = R7;
     if (any_err) begin
       Rs7 = 9'h000;
-    end else if (\$3578 ) begin
-      Rs7 = \$3587 [8:0];
+    end else if (\$3581 ) begin
+      Rs7 = \$3590 [8:0];
     end
   end
   always @* begin
@@ -16382,7 +16389,7 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     Rsm1 = Rm1;
     if (any_err) begin
       Rsm1 = 9'h000;
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
       Rsm1 = 9'h000;
     end
   end
@@ -16390,26 +16397,26 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     fresh0 = 9'h000;
     if (any_err) begin
-    end else if (\$3578 ) begin
-      fresh0 = \$3583 [8:0];
+    end else if (\$3581 ) begin
+      fresh0 = \$3586 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$345  = 1'h0;
+    \$signal$346  = 1'h0;
     (* full_case = 32'd1 *)
     if (any_err) begin
-    end else if (\$3578 ) begin
+    end else if (\$3581 ) begin
     end else begin
-      \$signal$345  = \$3590 ;
+      \$signal$346  = \$3593 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf0 = Rn0;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf0 = \$3606 [8:0];
+      if (\$3608 ) begin
+        Rf0 = \$3609 [8:0];
       end
     end
   end
@@ -16417,8 +16424,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf1 = Rn1;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf1 = \$3607 [8:0];
+      if (\$3608 ) begin
+        Rf1 = \$3610 [8:0];
       end
     end
   end
@@ -16426,8 +16433,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf2 = Rn2;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf2 = \$3608 [8:0];
+      if (\$3608 ) begin
+        Rf2 = \$3611 [8:0];
       end
     end
   end
@@ -16435,8 +16442,8 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf3 = Rn3;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf3 = \$3609 [8:0];
+      if (\$3608 ) begin
+        Rf3 = \$3612 [8:0];
       end
     end
   end
@@ -16444,11 +16451,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf4 = Rn4;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf4 = \$3610 [8:0];
+      if (\$3608 ) begin
+        Rf4 = \$3613 [8:0];
       end
-      if (\$3618 ) begin
-        Rf4 = \$3619 [8:0];
+      if (\$3621 ) begin
+        Rf4 = \$3622 [8:0];
       end
     end
   end
@@ -16456,11 +16463,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf5 = Rn5;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf5 = \$3611 [8:0];
+      if (\$3608 ) begin
+        Rf5 = \$3614 [8:0];
       end
-      if (\$3618 ) begin
-        Rf5 = \$3620 [8:0];
+      if (\$3621 ) begin
+        Rf5 = \$3623 [8:0];
       end
     end
   end
@@ -16468,11 +16475,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf6 = Rn6;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf6 = \$3612 [8:0];
+      if (\$3608 ) begin
+        Rf6 = \$3615 [8:0];
       end
-      if (\$3618 ) begin
-        Rf6 = \$3621 [8:0];
+      if (\$3621 ) begin
+        Rf6 = \$3624 [8:0];
       end
     end
   end
@@ -16480,59 +16487,59 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     Rf7 = Rn7;
     if (take_buf) begin
-      if (\$3605 ) begin
-        Rf7 = \$3613 [8:0];
+      if (\$3608 ) begin
+        Rf7 = \$3616 [8:0];
       end
-      if (\$3618 ) begin
-        Rf7 = \$3622 [8:0];
+      if (\$3621 ) begin
+        Rf7 = \$3625 [8:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$374  = \$signal$307 ;
+    \$signal$375  = \$signal$308 ;
     if (v_clear) begin
-    end else if (\$3662 ) begin
-      if (\$signal$387 ) begin
-        \$signal$374  = VB;
+    end else if (\$3665 ) begin
+      if (\$signal$388 ) begin
+        \$signal$375  = VB;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$376  = \$signal$377 ;
+    \$signal$377  = \$signal$378 ;
     if (v_clear) begin
-      \$signal$376  = 1'h0;
-    end else if (\$3662 ) begin
-      if (\$signal$387 ) begin
-        \$signal$376  = \$signal$379 ;
+      \$signal$377  = 1'h0;
+    end else if (\$3665 ) begin
+      if (\$signal$388 ) begin
+        \$signal$377  = \$signal$380 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$378  = \$signal$379 ;
+    \$signal$379  = \$signal$380 ;
     if (v_clear) begin
-      \$signal$378  = 1'h0;
-    end else if (\$3662 ) begin
-      if (\$signal$387 ) begin
-        \$signal$378  = 1'h0;
+      \$signal$379  = 1'h0;
+    end else if (\$3665 ) begin
+      if (\$signal$388 ) begin
+        \$signal$379  = 1'h0;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$380  = \$signal$381 ;
+    \$signal$381  = \$signal$382 ;
     if (v_clear) begin
-    end else if (\$3662 ) begin
-      if (\$signal$387 ) begin
-        \$signal$380  = \$signal$382 ;
+    end else if (\$3665 ) begin
+      if (\$signal$388 ) begin
+        \$signal$381  = \$signal$383 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    allow_load = \$3623 ;
+    allow_load = \$3626 ;
     if (v_clear) begin
       allow_load = 1'h0;
     end
@@ -16541,180 +16548,150 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_ok = \$3641 ;
+      end_ok = \$3644 ;
     end else begin
-      end_ok = \$3652 ;
+      end_ok = \$3655 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (any_val) begin
-      end_bad = \$3649 ;
+      end_bad = \$3652 ;
     end else begin
-      end_bad = \$3656 ;
+      end_bad = \$3659 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$signal$399  = \$3667 ;
-    if (\$3676 ) begin
-      \$signal$399  = \$3680 ;
+    \$signal$400  = \$3670 ;
+    if (\$3679 ) begin
+      \$signal$400  = \$3683 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    lr_n = \$3670 ;
-    if (\$3676 ) begin
-      lr_n = \$3681 ;
+    lr_n = \$3673 ;
+    if (\$3679 ) begin
+      lr_n = \$3684 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     stride = 12'h000;
-    if (\$3676 ) begin
-      stride = \$3679 ;
+    if (\$3679 ) begin
+      stride = \$3682 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_a_sel = 5'h00;
-    if (\$3690 ) begin
-      r_a_sel = { \$3695 , \$3694 , \$3693 , \$3692 , \$3691  };
+    if (\$3693 ) begin
+      r_a_sel = { \$3698 , \$3697 , \$3696 , \$3695 , \$3694  };
     end
-    if (\$3696 ) begin
-      r_a_sel = { \$3706 , \$3704 , \$3702 , \$3700 , \$3698  };
+    if (\$3699 ) begin
+      r_a_sel = { \$3709 , \$3707 , \$3705 , \$3703 , \$3701  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_b_sel = 5'h00;
-    if (\$3715 ) begin
-      r_b_sel = { \$3720 , \$3719 , \$3718 , \$3717 , \$3716  };
+    if (\$3718 ) begin
+      r_b_sel = { \$3723 , \$3722 , \$3721 , \$3720 , \$3719  };
     end
-    if (\$3721 ) begin
-      r_b_sel = { \$3731 , \$3729 , \$3727 , \$3725 , \$3723  };
+    if (\$3724 ) begin
+      r_b_sel = { \$3734 , \$3732 , \$3730 , \$3728 , \$3726  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     r_c_sel = 5'h00;
-    if (\$3740 ) begin
-      r_c_sel = { \$3745 , \$3744 , \$3743 , \$3742 , \$3741  };
+    if (\$3743 ) begin
+      r_c_sel = { \$3748 , \$3747 , \$3746 , \$3745 , \$3744  };
     end
-    if (\$3746 ) begin
-      r_c_sel = { \$3756 , \$3754 , \$3752 , \$3750 , \$3748  };
+    if (\$3749 ) begin
+      r_c_sel = { \$3759 , \$3757 , \$3755 , \$3753 , \$3751  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3913  = 1'h0;
-    if (\$3867 ) begin
-      \$3913  = 1'h1;
+    \$3916  = 1'h0;
+    if (\$3870 ) begin
+      \$3916  = 1'h1;
     end
     if (rst) begin
-      \$3913  = 1'h0;
+      \$3916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3914  = a_grp0;
+    \$3917  = a_grp0;
     if (rdy_a) begin
-      \$3914  = grp0;
+      \$3917  = grp0;
     end
     if (rst) begin
-      \$3914  = 16'h0000;
+      \$3917  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3915  = a_gsel0;
+    \$3918  = a_gsel0;
     if (rdy_a) begin
-      \$3915  = gsel0;
+      \$3918  = gsel0;
     end
     if (rst) begin
-      \$3915  = 3'h0;
+      \$3918  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3916  = a_lr0;
+    \$3919  = a_lr0;
     if (rdy_a) begin
-      \$3916  = \$3768 ;
+      \$3919  = \$3771 ;
     end
     if (rst) begin
-      \$3916  = 4'h0;
+      \$3919  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3917  = \$signal$154 ;
+    \$3920  = \$signal$154 ;
     if (rdy_a) begin
-      \$3917 [0] = \$3769 ;
-      \$3917 [1] = \$3773 ;
-      \$3917 [2] = \$3777 ;
-      \$3917 [3] = \$3781 ;
-      \$3917 [4] = \$3785 ;
-      \$3917 [5] = \$3789 ;
-      \$3917 [6] = \$3793 ;
-      \$3917 [7] = \$3797 ;
+      \$3920 [0] = \$3772 ;
+      \$3920 [1] = \$3776 ;
+      \$3920 [2] = \$3780 ;
+      \$3920 [3] = \$3784 ;
+      \$3920 [4] = \$3788 ;
+      \$3920 [5] = \$3792 ;
+      \$3920 [6] = \$3796 ;
+      \$3920 [7] = \$3800 ;
     end
     if (rst) begin
-      \$3917  = 8'h00;
+      \$3920  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3918  = a_nxt;
+    \$3921  = a_nxt;
     if (rdy_a) begin
-      \$3918 [0] = \$3771 ;
-      \$3918 [1] = \$3775 ;
-      \$3918 [2] = \$3779 ;
-      \$3918 [3] = \$3783 ;
-      \$3918 [4] = \$3787 ;
-      \$3918 [5] = \$3791 ;
-      \$3918 [6] = \$3795 ;
-      \$3918 [7] = \$3799 ;
+      \$3921 [0] = \$3774 ;
+      \$3921 [1] = \$3778 ;
+      \$3921 [2] = \$3782 ;
+      \$3921 [3] = \$3786 ;
+      \$3921 [4] = \$3790 ;
+      \$3921 [5] = \$3794 ;
+      \$3921 [6] = \$3798 ;
+      \$3921 [7] = \$3802 ;
     end
     if (rst) begin
-      \$3918  = 8'h00;
+      \$3921  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3919  = a_grp1;
+    \$3922  = a_grp1;
     if (rdy_a) begin
-      \$3919  = grp1;
-    end
-    if (rst) begin
-      \$3919  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3920  = a_gsel1;
-    if (rdy_a) begin
-      \$3920  = gsel1;
-    end
-    if (rst) begin
-      \$3920  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3921  = a_lr1;
-    if (rdy_a) begin
-      \$3921  = \$3772 ;
-    end
-    if (rst) begin
-      \$3921  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3922  = a_grp2;
-    if (rdy_a) begin
-      \$3922  = grp2;
+      \$3922  = grp1;
     end
     if (rst) begin
       \$3922  = 16'h0000;
@@ -16722,9 +16699,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3923  = a_gsel2;
+    \$3923  = a_gsel1;
     if (rdy_a) begin
-      \$3923  = gsel2;
+      \$3923  = gsel1;
     end
     if (rst) begin
       \$3923  = 3'h0;
@@ -16732,9 +16709,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3924  = a_lr2;
+    \$3924  = a_lr1;
     if (rdy_a) begin
-      \$3924  = \$3776 ;
+      \$3924  = \$3775 ;
     end
     if (rst) begin
       \$3924  = 4'h0;
@@ -16742,9 +16719,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3925  = a_grp3;
+    \$3925  = a_grp2;
     if (rdy_a) begin
-      \$3925  = grp3;
+      \$3925  = grp2;
     end
     if (rst) begin
       \$3925  = 16'h0000;
@@ -16752,9 +16729,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3926  = a_gsel3;
+    \$3926  = a_gsel2;
     if (rdy_a) begin
-      \$3926  = gsel3;
+      \$3926  = gsel2;
     end
     if (rst) begin
       \$3926  = 3'h0;
@@ -16762,9 +16739,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3927  = a_lr3;
+    \$3927  = a_lr2;
     if (rdy_a) begin
-      \$3927  = \$3780 ;
+      \$3927  = \$3779 ;
     end
     if (rst) begin
       \$3927  = 4'h0;
@@ -16772,9 +16749,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3928  = a_grp4;
+    \$3928  = a_grp3;
     if (rdy_a) begin
-      \$3928  = grp4;
+      \$3928  = grp3;
     end
     if (rst) begin
       \$3928  = 16'h0000;
@@ -16782,9 +16759,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3929  = a_gsel4;
+    \$3929  = a_gsel3;
     if (rdy_a) begin
-      \$3929  = gsel4;
+      \$3929  = gsel3;
     end
     if (rst) begin
       \$3929  = 3'h0;
@@ -16792,9 +16769,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3930  = a_lr4;
+    \$3930  = a_lr3;
     if (rdy_a) begin
-      \$3930  = \$3784 ;
+      \$3930  = \$3783 ;
     end
     if (rst) begin
       \$3930  = 4'h0;
@@ -16802,9 +16779,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3931  = a_grp5;
+    \$3931  = a_grp4;
     if (rdy_a) begin
-      \$3931  = grp5;
+      \$3931  = grp4;
     end
     if (rst) begin
       \$3931  = 16'h0000;
@@ -16812,9 +16789,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3932  = a_gsel5;
+    \$3932  = a_gsel4;
     if (rdy_a) begin
-      \$3932  = gsel5;
+      \$3932  = gsel4;
     end
     if (rst) begin
       \$3932  = 3'h0;
@@ -16822,9 +16799,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3933  = a_lr5;
+    \$3933  = a_lr4;
     if (rdy_a) begin
-      \$3933  = \$3788 ;
+      \$3933  = \$3787 ;
     end
     if (rst) begin
       \$3933  = 4'h0;
@@ -16832,9 +16809,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3934  = a_grp6;
+    \$3934  = a_grp5;
     if (rdy_a) begin
-      \$3934  = grp6;
+      \$3934  = grp5;
     end
     if (rst) begin
       \$3934  = 16'h0000;
@@ -16842,9 +16819,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3935  = a_gsel6;
+    \$3935  = a_gsel5;
     if (rdy_a) begin
-      \$3935  = gsel6;
+      \$3935  = gsel5;
     end
     if (rst) begin
       \$3935  = 3'h0;
@@ -16852,9 +16829,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3936  = a_lr6;
+    \$3936  = a_lr5;
     if (rdy_a) begin
-      \$3936  = \$3792 ;
+      \$3936  = \$3791 ;
     end
     if (rst) begin
       \$3936  = 4'h0;
@@ -16862,9 +16839,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3937  = a_grp7;
+    \$3937  = a_grp6;
     if (rdy_a) begin
-      \$3937  = grp7;
+      \$3937  = grp6;
     end
     if (rst) begin
       \$3937  = 16'h0000;
@@ -16872,9 +16849,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3938  = a_gsel7;
+    \$3938  = a_gsel6;
     if (rdy_a) begin
-      \$3938  = gsel7;
+      \$3938  = gsel6;
     end
     if (rst) begin
       \$3938  = 3'h0;
@@ -16882,9 +16859,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3939  = a_lr7;
+    \$3939  = a_lr6;
     if (rdy_a) begin
-      \$3939  = \$3796 ;
+      \$3939  = \$3795 ;
     end
     if (rst) begin
       \$3939  = 4'h0;
@@ -16892,151 +16869,145 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3940  = \$signal ;
+    \$3940  = a_grp7;
     if (rdy_a) begin
-      \$3940  = rs_w[4:0];
+      \$3940  = grp7;
     end
     if (rst) begin
-      \$3940  = 5'h00;
+      \$3940  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3941  = a_es;
+    \$3941  = a_gsel7;
     if (rdy_a) begin
-      \$3941  = es_w[4:0];
+      \$3941  = gsel7;
     end
     if (rst) begin
-      \$3941  = 5'h00;
+      \$3941  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3942  = \$3801 ;
+    \$3942  = a_lr7;
+    if (rdy_a) begin
+      \$3942  = \$3799 ;
+    end
     if (rst) begin
-      \$3942  = 1'h0;
+      \$3942  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3943  = ov;
+    \$3943  = \$signal ;
     if (rdy_a) begin
-      \$3943  = emit;
-    end
-    if (any_err) begin
-      \$3943  = 1'h0;
+      \$3943  = rs_w[4:0];
     end
     if (rst) begin
-      \$3943  = 1'h0;
+      \$3943  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3944  = \$signal$321 ;
+    \$3944  = a_es;
     if (rdy_a) begin
-      \$3944  = finish;
+      \$3944  = es_w[4:0];
     end
     if (rst) begin
-      \$3944  = 1'h0;
+      \$3944  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3945  = a_last;
-    if (rdy_a) begin
-      \$3945  = \$3802 ;
-    end
+    \$3945  = \$3804 ;
     if (rst) begin
       \$3945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3946  = a_val;
+    \$3946  = ov;
     if (rdy_a) begin
-      \$3946  = vsh0;
+      \$3946  = emit;
+    end
+    if (any_err) begin
+      \$3946  = 1'h0;
     end
     if (rst) begin
-      \$3946  = 64'h0000000000000000;
+      \$3946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3947  = \$3820 ;
+    \$3947  = \$signal$322 ;
+    if (rdy_a) begin
+      \$3947  = finish;
+    end
     if (rst) begin
-      \$3947  = 8'h00;
+      \$3947  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3948  = \$3821 ;
+    \$3948  = a_last;
+    if (rdy_a) begin
+      \$3948  = \$3805 ;
+    end
     if (rst) begin
       \$3948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3949  = flush_d;
+    \$3949  = a_val;
+    if (rdy_a) begin
+      \$3949  = vsh0;
+    end
+    if (rst) begin
+      \$3949  = 64'h0000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3950  = \$3823 ;
+    if (rst) begin
+      \$3950  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3951  = \$3824 ;
+    if (rst) begin
+      \$3951  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3952  = flush_d;
     (* full_case = 32'd1 *)
     if (any_err) begin
-      \$3949  = 2'h0;
-    end else if (\$3822 ) begin
-      \$3949  = 2'h0;
+      \$3952  = 2'h0;
+    end else if (\$3825 ) begin
+      \$3952  = 2'h0;
     end else begin
       if (mat_end) begin
-        if (\$3825 ) begin
-          \$3949  = \$3826 ;
+        if (\$3828 ) begin
+          \$3952  = \$3829 ;
         end
-        if (\$3829 ) begin
-          \$3949  = \$3830 [1:0];
+        if (\$3832 ) begin
+          \$3952  = \$3833 [1:0];
         end
       end
     end
     if (rst) begin
-      \$3949  = 2'h0;
+      \$3952  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3950  = mbuf;
-    if (\$3831 ) begin
-      \$3950  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
-    end
-    if (rst) begin
-      \$3950  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3951  = mbuf_v;
-    if (\$3831 ) begin
-      \$3951  = 1'h1;
-    end else if (take_buf) begin
-      \$3951  = 1'h0;
-    end
-    if (rst) begin
-      \$3951  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3952  = mbeat0_n;
-    if (take_buf) begin
-      if (\$3834 ) begin
-        \$3952  = mbuf;
-      end
-    end
-    if (rst) begin
-      \$3952  = 92'h00000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3953  = mbeat1_n;
-    if (take_buf) begin
-      if (\$3839 ) begin
-        \$3953  = mbuf;
-      end
+    \$3953  = mbuf;
+    if (\$3834 ) begin
+      \$3953  = { \$28 [6:0], \$27 [6:0], \$25 [6:0], 2'h0, in_c0, i_mask__payload };
     end
     if (rst) begin
       \$3953  = 92'h00000000000000000000000;
@@ -17044,11 +17015,11 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3954  = mbeat0_nv;
-    if (take_buf) begin
-      if (\$3834 ) begin
-        \$3954  = 1'h1;
-      end
+    \$3954  = mbuf_v;
+    if (\$3834 ) begin
+      \$3954  = 1'h1;
+    end else if (take_buf) begin
+      \$3954  = 1'h0;
     end
     if (rst) begin
       \$3954  = 1'h0;
@@ -17056,59 +17027,59 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3955  = mbeat1_nv;
+    \$3955  = mbeat0_n;
     if (take_buf) begin
-      if (\$3839 ) begin
-        \$3955  = 1'h1;
+      if (\$3837 ) begin
+        \$3955  = mbuf;
       end
     end
     if (rst) begin
-      \$3955  = 1'h0;
+      \$3955  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3956  = Rs0;
-    end else begin
-      \$3956  = \$3841 [8:0];
+    \$3956  = mbeat1_n;
+    if (take_buf) begin
+      if (\$3842 ) begin
+        \$3956  = mbuf;
+      end
     end
     if (rst) begin
-      \$3956  = 9'h000;
+      \$3956  = 92'h00000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3957  = Rs1;
-    end else begin
-      \$3957  = \$3843 [8:0];
+    \$3957  = mbeat0_nv;
+    if (take_buf) begin
+      if (\$3837 ) begin
+        \$3957  = 1'h1;
+      end
     end
     if (rst) begin
-      \$3957  = 9'h000;
+      \$3957  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    (* full_case = 32'd1 *)
-    if (special) begin
-      \$3958  = Rs2;
-    end else begin
-      \$3958  = \$3845 [8:0];
+    \$3958  = mbeat1_nv;
+    if (take_buf) begin
+      if (\$3842 ) begin
+        \$3958  = 1'h1;
+      end
     end
     if (rst) begin
-      \$3958  = 9'h000;
+      \$3958  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3959  = Rs3;
+      \$3959  = Rs0;
     end else begin
-      \$3959  = \$3847 [8:0];
+      \$3959  = \$3844 [8:0];
     end
     if (rst) begin
       \$3959  = 9'h000;
@@ -17118,9 +17089,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3960  = Rs4;
+      \$3960  = Rs1;
     end else begin
-      \$3960  = \$3849 [8:0];
+      \$3960  = \$3846 [8:0];
     end
     if (rst) begin
       \$3960  = 9'h000;
@@ -17130,9 +17101,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3961  = Rs5;
+      \$3961  = Rs2;
     end else begin
-      \$3961  = \$3851 [8:0];
+      \$3961  = \$3848 [8:0];
     end
     if (rst) begin
       \$3961  = 9'h000;
@@ -17142,9 +17113,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3962  = Rs6;
+      \$3962  = Rs3;
     end else begin
-      \$3962  = \$3853 [8:0];
+      \$3962  = \$3850 [8:0];
     end
     if (rst) begin
       \$3962  = 9'h000;
@@ -17154,9 +17125,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3963  = Rs7;
+      \$3963  = Rs4;
     end else begin
-      \$3963  = \$3855 [8:0];
+      \$3963  = \$3852 [8:0];
     end
     if (rst) begin
       \$3963  = 9'h000;
@@ -17166,9 +17137,9 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
     if (special) begin
-      \$3964  = Rsm1;
+      \$3964  = Rs5;
     end else begin
-      \$3964  = \$3857 [8:0];
+      \$3964  = \$3854 [8:0];
     end
     if (rst) begin
       \$3964  = 9'h000;
@@ -17176,101 +17147,100 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3965  = \$3859 [4:0];
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3965  = Rs6;
+    end else begin
+      \$3965  = \$3856 [8:0];
+    end
     if (rst) begin
-      \$3965  = 5'h00;
+      \$3965  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3966  = vpos;
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3966  = Rs7;
+    end else begin
+      \$3966  = \$3858 [8:0];
+    end
+    if (rst) begin
+      \$3966  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    (* full_case = 32'd1 *)
+    if (special) begin
+      \$3967  = Rsm1;
+    end else begin
+      \$3967  = \$3860 [8:0];
+    end
+    if (rst) begin
+      \$3967  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3968  = \$3862 [4:0];
+    if (rst) begin
+      \$3968  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3969  = vpos;
     if (v_clear) begin
-      \$3966  = 3'h0;
-    end else if (\$3860 ) begin
+      \$3969  = 3'h0;
+    end else if (\$3863 ) begin
       (* full_case = 32'd1 *)
-      if (\$signal$387 ) begin
-        \$3966  = \$3861 [2:0];
+      if (\$signal$388 ) begin
+        \$3969  = \$3864 [2:0];
       end else begin
-        \$3966  = vpos_n[2:0];
+        \$3969  = vpos_n[2:0];
       end
     end
     if (rst) begin
-      \$3966  = 3'h0;
+      \$3969  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3967  = vlast_loaded;
+    \$3970  = vlast_loaded;
     if (v_clear) begin
-      \$3967  = 1'h0;
+      \$3970  = 1'h0;
     end
-    if (\$3862 ) begin
-      if (\$3866 ) begin
-        \$3967  = i_value__payload[64];
+    if (\$3865 ) begin
+      if (\$3869 ) begin
+        \$3970  = i_value__payload[64];
       end
     end
     if (rst) begin
-      \$3967  = 1'h0;
+      \$3970  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3968  = prev_last;
+    \$3971  = prev_last;
     if (v_clear) begin
-      \$3968  = 1'h0;
-    end else if (\$3860 ) begin
-      if (\$signal$387 ) begin
-        \$3968  = \$signal$381 ;
+      \$3971  = 1'h0;
+    end else if (\$3863 ) begin
+      if (\$signal$388 ) begin
+        \$3971  = \$signal$382 ;
       end
     end
     if (rst) begin
-      \$3968  = 1'h0;
+      \$3971  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3969  = any_val;
+    \$3972  = any_val;
     if (v_clear) begin
-      \$3969  = 1'h0;
-    end else if (\$3860 ) begin
-      \$3969  = 1'h1;
-    end
-    if (rst) begin
-      \$3969  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3970  = \$signal$374 ;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-        \$3970  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3970  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3971  = VB;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-      end else if (\$3864 ) begin
-        \$3971  = i_value__payload[63:0];
-      end
-    end
-    if (rst) begin
-      \$3971  = 64'h0000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3972  = \$signal$376 ;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-        \$3972  = 1'h1;
-      end
+      \$3972  = 1'h0;
+    end else if (\$3863 ) begin
+      \$3972  = 1'h1;
     end
     if (rst) begin
       \$3972  = 1'h0;
@@ -17278,36 +17248,35 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3973  = \$signal$378 ;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-      end else if (\$3864 ) begin
-        \$3973  = 1'h1;
+    \$3973  = \$signal$375 ;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+        \$3973  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$3973  = 1'h0;
+      \$3973  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3974  = \$signal$380 ;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-        \$3974  = i_value__payload[64];
+    \$3974  = VB;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+      end else if (\$3867 ) begin
+        \$3974  = i_value__payload[63:0];
       end
     end
     if (rst) begin
-      \$3974  = 1'h0;
+      \$3974  = 64'h0000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3975  = \$signal$382 ;
-    if (\$3862 ) begin
-      if (\$3863 ) begin
-      end else if (\$3864 ) begin
-        \$3975  = i_value__payload[64];
+    \$3975  = \$signal$377 ;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+        \$3975  = 1'h1;
       end
     end
     if (rst) begin
@@ -17316,172 +17285,210 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3976  = running;
-    if (\$3867 ) begin
-      \$3976  = 1'h1;
+    \$3976  = \$signal$379 ;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+      end else if (\$3867 ) begin
+        \$3976  = 1'h1;
+      end
+    end
+    if (rst) begin
+      \$3976  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3977  = \$signal$381 ;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+        \$3977  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$3977  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3978  = \$signal$383 ;
+    if (\$3865 ) begin
+      if (\$3866 ) begin
+      end else if (\$3867 ) begin
+        \$3978  = i_value__payload[64];
+      end
+    end
+    if (rst) begin
+      \$3978  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3979  = running;
+    if (\$3870 ) begin
+      \$3979  = 1'h1;
     end
     if (mat_end) begin
-      \$3976  = 1'h0;
+      \$3979  = 1'h0;
     end
     if (any_err) begin
-      \$3976  = 1'h0;
+      \$3979  = 1'h0;
     end
     if (rst) begin
-      \$3976  = 1'h0;
+      \$3979  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3977  = rows_left;
-    if (\$3867 ) begin
-      \$3977  = i_cmd__payload[15:0];
-    end
-    if (\$3869 ) begin
-      \$3977  = \$3870 [15:0];
-    end
-    if (rst) begin
-      \$3977  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3978  = cols_r;
-    if (\$3867 ) begin
-      \$3978  = i_cmd__payload[26:16];
-    end
-    if (rst) begin
-      \$3978  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3979  = stride_w;
-    if (\$3867 ) begin
-      \$3979  = \$3868 [6:0];
-    end
-    if (rst) begin
-      \$3979  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3980  = endv;
-    if (mat_end) begin
-      \$3980  = 1'h1;
+    \$3980  = rows_left;
+    if (\$3870 ) begin
+      \$3980  = i_cmd__payload[15:0];
     end
     if (\$3872 ) begin
-      \$3980  = 1'h0;
+      \$3980  = \$3873 [15:0];
+    end
+    if (rst) begin
+      \$3980  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3981  = cols_r;
+    if (\$3870 ) begin
+      \$3981  = i_cmd__payload[26:16];
+    end
+    if (rst) begin
+      \$3981  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3982  = stride_w;
+    if (\$3870 ) begin
+      \$3982  = \$3871 [6:0];
+    end
+    if (rst) begin
+      \$3982  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3983  = endv;
+    if (mat_end) begin
+      \$3983  = 1'h1;
+    end
+    if (\$3875 ) begin
+      \$3983  = 1'h0;
     end
     if (any_err) begin
-      \$3980  = 1'h0;
+      \$3983  = 1'h0;
     end
     if (rst) begin
-      \$3980  = 1'h0;
+      \$3983  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3873 ) begin
-      \$3981  = 8'h00;
+    if (\$3876 ) begin
+      \$3984  = 8'h00;
     end else if (any_err) begin
-      \$3981  = 8'h00;
+      \$3984  = 8'h00;
     end else begin
-      \$3981  = \$3885 [7:0];
+      \$3984  = \$3888 [7:0];
     end
     if (rst) begin
-      \$3981  = 8'h00;
+      \$3984  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3873 ) begin
-      \$3982  = \$3874 [8:0];
+    if (\$3876 ) begin
+      \$3985  = \$3877 [8:0];
     end else if (any_err) begin
-      \$3982  = { 2'h0, stride_w };
+      \$3985  = { 2'h0, stride_w };
     end else begin
-      \$3982  = \$3886 [8:0];
+      \$3985  = \$3889 [8:0];
     end
     if (rst) begin
-      \$3982  = 9'h000;
+      \$3985  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3873 ) begin
-      \$3983  = \$3876 [9:0];
+    if (\$3876 ) begin
+      \$3986  = \$3879 [9:0];
     end else if (any_err) begin
-      \$3983  = { 2'h0, \$3881  };
+      \$3986  = { 2'h0, \$3884  };
     end else begin
-      \$3983  = \$3888 [9:0];
+      \$3986  = \$3891 [9:0];
     end
     if (rst) begin
-      \$3983  = 10'h000;
+      \$3986  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     (* full_case = 32'd1 *)
-    if (\$3873 ) begin
-      \$3984  = \$3880 [10:0];
+    if (\$3876 ) begin
+      \$3987  = \$3883 [10:0];
     end else if (any_err) begin
-      \$3984  = { 2'h0, \$3883  };
+      \$3987  = { 2'h0, \$3886  };
     end else begin
-      \$3984  = \$3892 [10:0];
+      \$3987  = \$3895 [10:0];
     end
     if (rst) begin
-      \$3984  = 11'h000;
+      \$3987  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3985  = \$signal$399 ;
+    \$3988  = \$signal$400 ;
     if (rst) begin
-      \$3985  = 1'h0;
+      \$3988  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3986  = lr_n;
-    if (rst) begin
-      \$3986  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3987  = \$3895 [8:0];
-    if (rst) begin
-      \$3987  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3988  = \$3898 [8:0];
-    if (rst) begin
-      \$3988  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3989  = \$3901 ;
+    \$3989  = lr_n;
     if (rst) begin
       \$3989  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3990  = \$3911 ;
+    \$3990  = \$3898 [8:0];
     if (rst) begin
-      \$3990  = 1'h0;
+      \$3990  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$3991  = \$3912 ;
+    \$3991  = \$3901 [8:0];
     if (rst) begin
-      \$3991  = 4'h0;
+      \$3991  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3992  = \$3904 ;
+    if (rst) begin
+      \$3992  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3993  = \$3914 ;
+    if (rst) begin
+      \$3993  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$3994  = \$3915 ;
+    if (rst) begin
+      \$3994  = 4'h0;
     end
   end
   assign err_flags = o_error_flags;
@@ -17534,14 +17541,15 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign ws7h_rh = \$3552 [1:0];
   assign selpos7 = { 1'h0, a_gsel7, ws7 };
   assign rel7 = { \$3554 [4:0], a_gsel7[0], ws7 };
+  assign vge = { \$3563 , \$3562 , \$3561 , \$3560 , \$3559 , \$3558 , \$3557 , \$3556 , \$3555  };
   assign o_lanes__valid = ov;
-  assign \$like  = \$3576 [8:0];
-  assign es2_n0 = \$3577 [9:0];
+  assign \$like  = \$3579 [8:0];
+  assign es2_n0 = \$3580 [9:0];
   assign VB1 = VB;
-  assign \$signal$383  = \$signal$382 ;
-  assign need = \$3624 [3:0];
-  assign v_left = \$3661 [4:0];
-  assign av_n = \$3689 [2:0];
+  assign \$signal$384  = \$signal$383 ;
+  assign need = \$3627 [3:0];
+  assign v_left = \$3664 [4:0];
+  assign av_n = \$3692 [2:0];
   assign \o_lanes__payload.col  = o_lanes__payload[79:0];
   assign \o_lanes__payload.col[0]  = o_lanes__payload[9:0];
   assign \o_lanes__payload.col[1]  = o_lanes__payload[19:10];
@@ -17568,12 +17576,12 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign \i_cmd__payload.cols  = i_cmd__payload[26:16];
   assign \i_value__payload.data  = i_value__payload[63:0];
   assign \i_value__payload.last  = i_value__payload[64];
-  assign flags[2] = \$3767 ;
+  assign flags[2] = \$3770 ;
   assign flags[3] = pad_r;
   assign flags[1] = short_err;
   assign flags[0] = 1'h0;
   assign o_lanes__payload[161] = a_last;
-  assign o_lanes__payload[160] = \$signal$321 ;
+  assign o_lanes__payload[160] = \$signal$322 ;
   assign o_lanes__payload[143:136] = a_val[63:56];
   assign o_lanes__payload[79:70] = { \$3554 [4:0], a_gsel7[0], ws7 };
   assign o_lanes__payload[159] = a_nxt[7];
@@ -17607,24 +17615,24 @@ module \spmv_l8_w8_ice40.dec (i_mask__valid, i_value__payload, i_value__valid, c
   assign o_lanes__payload[152] = a_nxt[0];
   assign o_lanes__payload[144] = \$signal$154 [0];
   assign Rn7 = R7;
-  assign \$3605  = \$3604 ;
-  assign \$3678  = 12'hfe0;
-  assign \$3679 [4:0] = 5'h00;
-  assign \$3679 [11:5] = \$3677 [11:5];
-  assign \$3683  = mbuf_v;
-  assign \$3696  = \$signal$345 ;
-  assign \$3721  = \$signal$345 ;
-  assign \$3746  = \$signal$345 ;
-  assign \$3834  = \$3833 ;
-  assign \$3868  = { 5'h00, stride[11:5] };
-  assign \$3874  = { 5'h00, stride[11:5] };
-  assign \$3875  = { 5'h00, stride[11:5] };
-  assign \$3876  = { \$3875 , 1'h0 };
+  assign \$3608  = \$3607 ;
+  assign \$3681  = 12'hfe0;
+  assign \$3682 [4:0] = 5'h00;
+  assign \$3682 [11:5] = \$3680 [11:5];
+  assign \$3686  = mbuf_v;
+  assign \$3699  = \$signal$346 ;
+  assign \$3724  = \$signal$346 ;
+  assign \$3749  = \$signal$346 ;
+  assign \$3837  = \$3836 ;
+  assign \$3871  = { 5'h00, stride[11:5] };
   assign \$3877  = { 5'h00, stride[11:5] };
   assign \$3878  = { 5'h00, stride[11:5] };
   assign \$3879  = { \$3878 , 1'h0 };
-  assign \$3881  = { stride_w, 1'h0 };
-  assign \$3882  = { stride_w, 1'h0 };
+  assign \$3880  = { 5'h00, stride[11:5] };
+  assign \$3881  = { 5'h00, stride[11:5] };
+  assign \$3882  = { \$3881 , 1'h0 };
+  assign \$3884  = { stride_w, 1'h0 };
+  assign \$3885  = { stride_w, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
