@@ -1080,7 +1080,7 @@ class KVCompressor(wiring.Component):
             x5_v, _, _, x5_s = ctx_at(5)
             banks = []
             for par_i, (rr, ii) in enumerate(((re_, ie5), (ro_, io5))):
-                mem_l = Memory(shape=unsigned(LW), depth=NSLOT * HD, init=[])
+                mem_l = Memory(shape=unsigned(LW), depth=NSLOT << hb if HD > 1 else NSLOT, init=[])
                 m.submodules[f"lane{ln_i}_{'eo'[par_i]}"] = mem_l
                 wp = mem_l.write_port()
                 m.d.comb += [wp.addr.eq(Cat(ii[1:1 + hb], x5_s[:sw]) if HD > 1 else x5_s[:sw]), wp.data.eq(rr),

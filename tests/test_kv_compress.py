@@ -231,6 +231,22 @@ def test_amaranth_sim_one_beat_groups():
     assert len(ends) == x.shape[0] and min(np.diff(ends)) == 1, ends
 
 
+def test_amaranth_sim_odd_lane_words():
+    """A 40-byte block is 5 lane words (3 per even/odd bank and slot): every one of the 8 block slots
+    is used and reused, byte-exact (regression: the lane RAMs were sized slots x 3, not slots x 4)."""
+    p = kv.KVParams(group=32, block_bytes=40, lanes=2)
+    cb = kv.uniform_codebooks(params=p)
+    rng = np.random.default_rng(SEED + 40)
+    x = np.concatenate([_random(10, 32, rng), _heavy(2, 32, rng)])
+    eb = _ebias(x, p, cb)
+    want, _ = kv.encode_groups(x.astype(np.float64), cb, p, eb, policy="hw")
+    dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=4, bus_bits=32)
+    assert dut.nw == 5 and dut.nslot == 8, (dut.nw, dut.nslot)
+    got = _amaranth_run(dut, x, eb, SEED + 40, idle=0.05, bp=0.1)
+    for i, g in enumerate(got):
+        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 40})"
+
+
 @pytest.mark.parametrize("group,P", [(16, 4), (32, 4)])
 def test_amaranth_sim_short_groups_full_rate(group, P):
     """Groups of 4 and 8 beats: enough banks and block slots (sized from the geometry) for one group
