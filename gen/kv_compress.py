@@ -81,8 +81,16 @@ beats (Amaranth simulator, tests).  ECP5-85F in the fpga harness (nextpnr router
   83.75 MHz routed (fabric ``y`` register -> MULT18X18D -> fabric product register: 4.45 ns
   logic, 7.49 ns routing);
 - 14a27fa (DSP registers, front-end field register): 10,613 + 5,612 LUT4, 11,558 FF;
-  118.57 MHz placed, **106.79 MHz routed** (the decision stage's bank ebias 8:1 mux and +24 add:
+  118.57 MHz placed, 106.79 MHz routed (the decision stage's bank ebias 8:1 mux and +24 add:
   2.15 ns logic, 7.21 ns routing, +0.64 ns slack at 100 MHz);
+- ff98f9f (ebias + 24 kept in the bank state; this version's default geometry is the same
+  netlist), ``sparsefab fpga build --board ulx3s-85f --design kv-compress --seeds 2``:
+  10,645 + 5,596 LUT4, 11,566 FF; seed 1 112.80 MHz placed, **107.18 MHz routed** (the window's
+  bank commit enable to a bank register placed far away: 0.76 ns logic, 8.57 ns routing, one
+  7.25 ns net); seed 2 107.24 MHz placed, 102.62 MHz routed (an evaluation lane's uniform-table
+  index clamp: 3.48 ns logic, 6.26 ns routing); the flow keeps seed 1 (``fmax_mhz`` 107.18,
+  ``meets_target`` true; its ``luts`` 18,605, ``carries`` 2,798, ``ffs`` 11,566, ``dsps`` 52,
+  ``brams`` 4);
 
 plus 486 LUT4 as LUT RAM (81 DPR16X4: lane words and the output FIFO), 52 MULT18X18D (with their
 input and output registers since 14a27fa), 4 DP16KD.  With the lane-word registers gone, the
