@@ -70,8 +70,8 @@ handoffs are decided from registered flags only.  Tables (centroids, codes, leng
 elaboration-time constants from a :class:`~sparsefab.compress.kv.Codebooks` object.
 
 Measured (default geometry, P = 4): 4.000 values/cycle sustained on 48 real MiniLM groups in
-cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.679 including the
-pipeline fill, first block 166 cycles after the first beat at b7048e4), byte-identical block by
+cocotb/Verilator without stalls (``sparsefab.sim.tb_kv_compress.measure``; 3.670 including the
+pipeline fill, first block 170 cycles after the first beat, at ff98f9f), byte-identical block by
 block, also with input idles and output backpressure (tests); 4.000 also with groups of 4 and 8
 beats (Amaranth simulator, tests).  ECP5-85F in the fpga harness (nextpnr router2, seed 1):
 
@@ -196,7 +196,7 @@ class KVCompressor(wiring.Component):
         Output word width ``W``: 8, 16, 32, 64 or 128.
 
     Ports: see the module docstring.  Throughput ``P`` values/cycle sustained; the first block of a
-    stream leaves about ``3 * group / P + 50`` cycles after the group's first beat.
+    stream leaves about ``3 * group / P + 75`` cycles after the group's first beat (170 by default).
     """
 
     def __init__(self, *, codebooks: kvg.Codebooks, params: kvg.KVParams | None = None,
