@@ -76,8 +76,13 @@ async def kv_compress_scoreboard(dut):
 
 
 def run_case(fp16, *, codebooks, params, ebias: int, values_per_cycle: int = 4, bus_bits: int = 64,
-             seed: int = 1, idle: float = 0.2, backpressure: float = 0.2, simulator: str = "verilator") -> dict:
+             seed: int = 1, idle: float = 0.2, backpressure: float = 0.2, simulator: str = "verilator",
+             family: str | None = None) -> dict:
     """Build (cached) and run the bench on groups ``fp16`` (float16 [n, group]).
+
+    ``family`` (e.g. ``"ecp5"``) elaborates the netlist that FPGA family gets (vendor primitives
+    instantiated by the generator) and simulates it with the models of
+    :mod:`sparsefab.sim.vendor_models`.
 
     Returns the counters, ``cycles``, ``values`` (values of the accepted groups) and
     ``values_per_cycle`` measured in the simulation.
@@ -121,7 +126,19 @@ def run_case(fp16, *, codebooks, params, ebias: int, values_per_cycle: int = 4, 
         cf, of = Path(tmp) / "case.json", Path(tmp) / "out.json"
         cf.write_text(json.dumps(case))
         params_key = config_dict(dut)
-        run_cocotb(dut, toplevel="kv_compress", test_module="sparsefab.sim.tb_kv_compress",
+        design = dut
+        if family is not None:
+            from amaranth.back import verilog
+
+            from sparsefab.sim.vendor_models import for_family
+
+            class _Family:      # all the generator reads of its platform
+                pass
+            plat = _Family()
+            plat.family = family
+            design = verilog.convert(dut, name="kv_compress", platform=plat, emit_src=False) + for_family(family)
+            params_key = {**params_key, "family": family}
+        run_cocotb(design, toplevel="kv_compress", test_module="sparsefab.sim.tb_kv_compress",
                    testcase="kv_compress_scoreboard", parameters=params_key, simulator=simulator,
                    extra_env={"SPARSEFAB_KVC_CASE": str(cf), "SPARSEFAB_KVC_OUT": str(of),
                               "SPARSEFAB_SEED": str(seed)})
