@@ -111,6 +111,56 @@ def _reference(args) -> int:
     return 0
 
 
+def _sidecar_parts(design: str, comp) -> tuple[dict, dict]:
+    """(``config``, further sidecar keys) of a registry design's component."""
+    from sparsefab.gen.emit import config_dict
+
+    if design == "kv-compress":
+        from sparsefab.compress import kv
+        from sparsefab.gen import kv_compress
+        return kv_compress.config_dict(comp), {"format_version": kv.VERSION}
+    if design == "kv-decompress":
+        from sparsefab.gen import kv_decompress
+        return config_dict(comp.config), kv_decompress.sidecar_extra(comp.config)
+    if design in ("spmv", "spmv-dense"):
+        from sparsefab.gen.sparse_mac import sidecar_extra
+        return comp.config.to_dict(), sidecar_extra(comp)
+    cfg = getattr(comp, "config", None)
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict(), {}
+    try:
+        return config_dict(cfg), {}
+    except (TypeError, ValueError):
+        return {}, {}
+
+
+def _design(args) -> int:
+    from sparsefab.cli.fpga_cmds import collect_params
+    from sparsefab.compress.errors import SparsefabError
+    from sparsefab.gen import designs
+    from sparsefab.gen.emit import emit
+
+    if args.design not in designs.DESIGNS:
+        raise SparsefabError(f"design {args.design!r}: expected one of {', '.join(designs.names())}")
+    name = args.name or args.design.replace("-", "_")
+    _check_name(name)
+    params = collect_params(args)
+    comp = designs.build(args.design, **params)
+    config, extra = _sidecar_parts(args.design, comp)
+    if not config:      # a design without a config object: its factory's parameters as used
+        import inspect
+        sig = inspect.signature(designs.factory(args.design))
+        config = {k: v.default for k, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
+        config.update(params)
+    v, j = emit(comp, name=name, config=config, out_dir=args.output, extra={"design": args.design,
+                                                                          "params": params, **extra})
+    if args.json:
+        print(json.dumps({"verilog": str(v), "sidecar": str(j), "design": args.design, "params": params}))
+    else:
+        print(f"wrote {v} and {j}")
+    return 0
+
+
 def register(commands) -> None:
     """Add this area's subcommands to commands (a :class:`sparsefab.cli.Commands`)."""
     p = commands.add("spmv", group="gen", help="sparse MAC array (or its dense baseline): Verilog + JSON sidecar")
@@ -132,6 +182,19 @@ def register(commands) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_spmv)
+
+    d = commands.add("design", group="gen", help="any registered design (kv-compress, kv-decompress, crossbar, "
+                     "bitmap-decoder, ...): Verilog + JSON sidecar",
+                     epilog="examples:\n  sparsefab gen design kv-compress -o build/kvc\n"
+                            "  sparsefab gen design kv-compress --param codebooks=cb.sfkc -o build/kvc\n"
+                            "  sparsefab gen design kv-decompress --param values_per_cycle=8 -o build/kvd\n"
+                            "designs and their parameters: sparsefab fpga designs")
+    d.add_argument("design", metavar="NAME", help="design name (see `sparsefab fpga designs`)")
+    d.add_argument("--param", action="append", metavar="NAME=VALUE", help="a design parameter (repeatable)")
+    d.add_argument("--name", default=None, help="Verilog module name and file stem (default: NAME with _)")
+    d.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=_design)
 
     r = commands.add("reference", group="gen", help="regenerate the reference designs (rtl/)")
     r.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder, normally rtl")

@@ -83,3 +83,27 @@ def test_gen_reference_writes_and_checks(tmp_path, monkeypatch, capsys):
 def test_committed_rtl_is_fresh():
     """rtl/ holds exactly what ``sparsefab gen reference`` generates now."""
     assert main(["gen", "reference", "-o", str(ROOT / "rtl"), "--check"]) == 0
+
+
+def test_gen_design_kv_compress_sidecar(tmp_path, capsys):
+    """``gen design`` emits any registry design; the sidecar carries the generator's own config."""
+    out = tmp_path / "kvc"
+    assert main(["gen", "design", "kv-compress", "--param", "group=32", "--param", "block_bytes=16",
+                 "--param", "values_per_cycle=2", "-o", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    side = json.loads(Path(res["sidecar"]).read_text())
+    assert side["design"] == "kv-compress" and side["params"]["group"] == 32
+    assert side["config"]["group"] == 32 and side["config"]["words_per_block"] == 2
+    assert side["format_version"] == 1
+    assert "module kv_compress" in (out / "kv_compress.v").read_text()
+    assert main(["gen", "design", "mac", "--param", "lanes=2", "-o", str(out), "--name", "m2"]) == 0
+    assert json.loads((out / "m2.json").read_text())["config"] == {"lanes": 2, "bits": 8, "acc_bits": 32}
+
+
+@pytest.mark.parametrize("argv,msg", [(["nope"], "expected one of"), (["mac", "--param", "foo=1"], "no parameter"),
+                                      (["mac", "--name", "9x"], "Verilog identifier")])
+def test_gen_design_bad_input(tmp_path, capsys, argv, msg):
+    assert main(["gen", "design", *argv, "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
