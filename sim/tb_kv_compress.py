@@ -128,15 +128,9 @@ def run_case(fp16, *, codebooks, params, ebias: int, values_per_cycle: int = 4, 
         params_key = config_dict(dut)
         design = dut
         if family is not None:
-            from amaranth.back import verilog
+            from sparsefab.sim.vendor_models import family_verilog
 
-            from sparsefab.sim.vendor_models import for_family
-
-            class _Family:      # all the generator reads of its platform
-                pass
-            plat = _Family()
-            plat.family = family
-            design = verilog.convert(dut, name="kv_compress", platform=plat, emit_src=False) + for_family(family)
+            design = family_verilog(dut, name="kv_compress", family=family)
             params_key = {**params_key, "family": family}
         run_cocotb(design, toplevel="kv_compress", test_module="sparsefab.sim.tb_kv_compress",
                    testcase="kv_compress_scoreboard", parameters=params_key, simulator=simulator,

@@ -97,3 +97,14 @@ MODELS = {"ecp5": mult18x18d}
 def for_family(family: str | None) -> str:
     """Verilog models of the primitives generators instantiate for ``family`` ("" if none)."""
     return MODELS[family]() if family in MODELS else ""
+
+
+def family_verilog(component, *, name: str, family: str) -> str:
+    """Verilog of ``component`` as elaborated for FPGA ``family`` (the generators read only
+    ``platform.family``), followed by the models of the primitives it may instantiate."""
+    from types import SimpleNamespace
+
+    from amaranth.back import verilog
+
+    text = verilog.convert(component, name=name, platform=SimpleNamespace(family=family), emit_src=False)
+    return text + for_family(family)

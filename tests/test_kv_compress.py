@@ -62,6 +62,12 @@ def _ebias(x, p, cb):
     return kv.choose_ebias(float(np.abs(v[np.isfinite(v)]).max()), p, cb)
 
 
+def _assert_blocks(got, want, seed):
+    """Every RTL block equals the golden block, byte for byte (seed in the message)."""
+    for i, g in enumerate(got):
+        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {seed})"
+
+
 def _counters(cb, info, blocks, dropped):
     """The hardware counters the golden encoder's ``info`` implies."""
     fixed = [i for i in range(cb.k) if cb.fixed_rate(i)]
@@ -209,8 +215,7 @@ def test_amaranth_sim_bit_exact(lanes):
     got = _amaranth_run(dut, x, eb, SEED, nblocks=int(keep.sum()), counters=cnt)
     assert len(got) == keep.sum()
     assert cnt == _counters(cb, info, int(keep.sum()), int((~keep).sum())), (cnt, SEED)
-    for i, g in enumerate(got):
-        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED})"
+    _assert_blocks(got, want, SEED)
 
 
 def test_amaranth_sim_one_beat_groups():
@@ -225,8 +230,7 @@ def test_amaranth_sim_one_beat_groups():
     ends, cnt = [], {}
     got = _amaranth_run(dut, x, eb, SEED + 8, idle=0.0, bp=0.0, ends=ends, counters=cnt)
     assert cnt == _counters(cb, info, x.shape[0], 0), (cnt, SEED + 8)
-    for i, g in enumerate(got):
-        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 8})"
+    _assert_blocks(got, want, SEED + 8)
     # the packer keeps at most 2 blocks in flight or buffered (output credit): 2 blocks per packer depth
     assert len(ends) == x.shape[0] and min(np.diff(ends)) == 1, ends
 
@@ -243,8 +247,7 @@ def test_amaranth_sim_odd_lane_words():
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=4, bus_bits=32)
     assert dut.nw == 5 and dut.nslot == 8, (dut.nw, dut.nslot)
     got = _amaranth_run(dut, x, eb, SEED + 40, idle=0.05, bp=0.1)
-    for i, g in enumerate(got):
-        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 40})"
+    _assert_blocks(got, want, SEED + 40)
 
 
 @pytest.mark.parametrize("group,P", [(16, 4), (32, 4)])
@@ -260,8 +263,7 @@ def test_amaranth_sim_short_groups_full_rate(group, P):
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=P, bus_bits=64)
     ends = []
     got = _amaranth_run(dut, x, eb, SEED + group, idle=0.0, bp=0.0, ends=ends)
-    for i, g in enumerate(got):
-        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + group})"
+    _assert_blocks(got, want, SEED + group)
     beats = group // P
     assert set(np.diff(ends).tolist()) == {beats}, (ends, dut.nbank, dut.nslot)
 
@@ -286,8 +288,7 @@ def test_amaranth_sim_bit_exact_nonuniform_table():
     dut = KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32)
     assert len(dut.tabs) == 4, dut.tabs                  # three Huffman tables + the fallback's
     got = _amaranth_run(dut, x, eb, SEED + 7, idle=0.1, bp=0.2)
-    for i, g in enumerate(got):
-        assert g == bytes(want[i]), f"block {i}: got {g.hex()} expected {bytes(want[i]).hex()} (seed {SEED + 7})"
+    _assert_blocks(got, want, SEED + 7)
 
 
 # ---------------------------------------------------------------------------- cocotb + Verilator
@@ -367,17 +368,13 @@ def test_cocotb_sweep(group, block_bytes, lanes, P, bus, centroids):
 def test_cocotb_ecp5_netlist_with_dsp_primitives():
     """The netlist the ECP5 gets (operand and product registers inside MULT18X18D primitives),
     simulated with the behavioural model of sim/vendor_models.py: byte-exact with stalls."""
-    from amaranth.back import verilog
-
     from sparsefab.sim.tb_kv_compress import run_case
+    from sparsefab.sim.vendor_models import family_verilog
 
     p, cb = _small()
-
-    class Ecp5:
-        family = "ecp5"
-    text = verilog.convert(KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32),
-                           name="kv_compress", platform=Ecp5(), emit_src=False)
-    assert "MULT18X18D" in text
+    text = family_verilog(KVCompressor(codebooks=cb, params=p, values_per_cycle=2, bus_bits=32),
+                          name="kv_compress", family="ecp5")
+    assert "MULT18X18D" in text and "module MULT18X18D" in text
     rng = np.random.default_rng(SEED + 7)
     x = np.concatenate([_random(4, p.group, rng), _adversarial(p.group, rng), _heavy(3, p.group, rng)])
     out = run_case(x, codebooks=cb, params=p, ebias=_ebias(x, p, cb), values_per_cycle=2, bus_bits=32,
