@@ -23,6 +23,13 @@ from sparsefab.sim.streams import cocotb_test, read_case, write_result
 STREAMS = ("i_cmd", "i_act", "i_mask", "i_value", "i_rq")
 
 
+def _ports(case) -> list[str]:
+    """The input streams the case feeds: the array's five, in :data:`STREAMS` order, then any
+    others it names (the engine cluster's per-engine ``i_mask__<e>`` / ``i_value__<e>``)."""
+    items = case["items"]
+    return [p for p in STREAMS if p in items] + sorted(p for p in items if p not in STREAMS)
+
+
 async def _run_all(dut, case, seed, clk):
     from sparsefab.sim.streams import PayloadCodec, Scoreboard, StreamDriver, StreamMonitor
 
@@ -35,11 +42,10 @@ async def _run_all(dut, case, seed, clk):
     mon = StreamMonitor(dut, "o_res", codec=codec, backpressure=case["backpressure"],
                         callback=lambda d: board.add(item(d)), seed=seed)
     drivers = []
-    for port in STREAMS:
-        if port in case["items"]:
-            drv = StreamDriver(dut, port, idle=case["idle"], seed=seed)
-            drv.send(case["items"][port])
-            drivers.append(drv)
+    for port in _ports(case):
+        drv = StreamDriver(dut, port, idle=case["idle"], seed=seed)
+        drv.send(case["items"][port])
+        drivers.append(drv)
     await mon.wait_for(len(case["expected"]), timeout_cycles=case["timeout"])
     return board, mon, drivers
 
@@ -78,11 +84,10 @@ async def spmv_reset_midrow(dut):
     clk = await start_clock_and_reset(dut)
     # Start the case without a monitor draining results; reset once the array is busy mid-matrix.
     drivers = []
-    for port in STREAMS:
-        if port in case["items"]:
-            drv = StreamDriver(dut, port, seed=seed)
-            drv.send(case["items"][port])
-            drivers.append(drv)
+    for port in _ports(case):
+        drv = StreamDriver(dut, port, seed=seed)
+        drv.send(case["items"][port])
+        drivers.append(drv)
     dut.o_res__ready.value = 1
     n = 0
     while int(dut.o_nnz.value) < max(1, case["nnz"] // 3) and n < case["timeout"]:
@@ -93,9 +98,8 @@ async def spmv_reset_midrow(dut):
         drv._queue.clear()
         drv._task.cancel()
     # The drivers are abandoned mid-stream; a fresh reset and a fresh set of drivers start over.
-    for port in STREAMS:
-        if hasattr(dut, f"{port}__valid"):
-            getattr(dut, f"{port}__valid").value = 0
+    for port in _ports(case):
+        getattr(dut, f"{port}__valid").value = 0
     dut.rst.value = 1
     for _ in range(2):
         await FallingEdge(clk)
