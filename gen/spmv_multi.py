@@ -1,0 +1,298 @@
+"""SparseMacCluster: ``engines`` sparse MAC arrays side by side on row-interleaved bitmap shards.
+
+One bitmap decoder with a window wide enough for 32 lanes does not close timing on an ECP5
+(its take loop grows with the window; 16.7 MHz placed at 32 lanes).  The cluster keeps each
+engine at the size that does (``config.lanes``, e.g. 8) and puts ``engines`` of them side by
+side, so the array has ``engines * config.lanes`` multipliers:
+
+* **Rows are interleaved.**  Row ``r`` of a matrix runs on engine ``(start + r) % engines``,
+  where ``start`` is the total number of rows of all earlier matrices (mod ``engines``), so the
+  row stream of the cluster is a plain round robin over the engines, across matrix boundaries.
+  Each engine reads its own **shard**: the bitmap format (docs/FORMATS.md section 3) of its
+  rows, i.e. ``codes[rows_of_engine_e]`` encoded on its own (:func:`shard_rows`,
+  :func:`shard_images`).  Storage is the same format, cut by rows; a shard's row offsets are
+  its own.  Engines whose share of a matrix is zero rows get no command for it.
+* **Activations are broadcast**: one ``i_act`` word is accepted when every engine that works on
+  the matrix takes it (each engine keeps its own replicated activation buffers).
+* **Requantization parameters** ``i_rq`` (row order) are dealt round robin into one small
+  FIFO per engine; **results** are merged round robin into ``o_res`` (row order again) through
+  a register, with ``last`` on the matrix's final row.
+
+Throughput: every engine spends ``ceil(nnz_e / lanes)`` cycles plus its per-row overhead on its
+shard; the cluster is as fast as its slowest engine, so the ideal is
+``ceil(nnz / (engines * lanes))`` and the imbalance of the shards (small on real matrices, whose
+rows have similar counts) is what utilization loses beyond a single engine's.
+
+Parameters
+----------
+config : SpmvConfig
+    Configuration of every engine (``lanes`` per engine, bits, block, bus, ...).
+engines : int
+    Number of engines: 1, 2, 4 or 8.
+
+Ports
+-----
+i_cmd : In(stream.Signature(cmd_layout))
+    ``rows`` (16 bits), ``cols`` (``col_bits``), one per matrix, as for the array.  A command with
+    rows = 0, cols = 0 or cols > max_cols is dropped and flags ``bad_command``.
+i_act : In(stream.Signature(bus_bits))
+    ``ceil(cols / (bus_bits/8))`` activation words per command (broadcast to the engines).
+i_mask : In(stream.Signature(mask_bus)).array(engines)
+    Engine ``e``'s mask beats of its shard of every matrix it takes part in (``i_mask__<e>``).
+i_value : In(stream.Signature(value_layout)).array(engines)
+    Engine ``e``'s value beats of its shard, ``last`` on each shard's final beat (``i_value__<e>``).
+i_rq : In(stream.Signature(rq_layout))
+    Per-row requantization parameters, in row order.
+o_res : Out(stream.Signature(res_layout))
+    Per row, in row order: ``acc``, ``out``, ``last`` (the matrix's final row).
+o_busy : Out(1)
+    A command is being dispatched or loaded, or some engine is busy.
+o_error : Out(1)
+    Sticky (until reset): malformed input in some engine, or a bad command.
+o_error_flags : Out(4)
+    OR of the engines' sticky causes and the cluster's ``bad_command``
+    (:data:`sparsefab.gen.spmv_config.ERRORS`).  After an error apply ``rst``.
+o_cycles : Out(32)
+    Cycles with ``o_busy`` high since reset.
+o_stalls : Out(32)
+    Sum over engines of their stall cycles (busy engine-cycles in which none of its lanes fired).
+o_nnz : Out(32)
+    Nonzeros multiplied since reset (sum over engines; one cycle behind).
+
+Latency: an engine's ``config.latency`` plus one cycle of output merge register.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from sparsefab.compress.errors import SparsefabError
+from sparsefab.gen.bitmap_decoder import cmd_layout, value_layout
+from sparsefab.gen.sparse_mac import SparseMacArray, res_layout, rq_layout
+from sparsefab.gen.spmv_config import COUNTER_BITS, ERRORS, ROWS_BITS, SpmvConfig
+
+__all__ = ["ENGINES", "SparseMacCluster", "shard_images", "shard_rows"]
+
+#: Allowed engine counts (a power of two keeps the row split a shift).
+ENGINES = (1, 2, 4, 8)
+#: Depth of each engine's requantization-parameter FIFO and of the cluster's command queue.
+RQ_FIFO_DEPTH = 4
+CMD_QUEUE_DEPTH = 8
+
+
+def shard_rows(rows: int, engines: int, start: int = 0) -> list[np.ndarray]:
+    """Row indices of each engine's shard: row ``r`` goes to engine ``(start + r) % engines``."""
+    r = np.arange(int(rows))
+    return [r[(start + r) % engines == e] for e in range(engines)]
+
+
+def shard_images(codes, config: SpmvConfig, engines: int, start: int = 0) -> list:
+    """The bitmap images (:class:`~sparsefab.compress.bitmap.BitmapImage`) of each engine's shard
+    of ``codes`` (None for an engine with no rows), from the golden encoder."""
+    from sparsefab.compress.bitmap import bitmap_sections
+
+    codes = np.asarray(codes)
+    out = []
+    for idx in shard_rows(codes.shape[0], engines, start):
+        out.append(None if idx.size == 0 else bitmap_sections(
+            codes[idx], bits=config.weight_bits, block=config.block, bus_bits=config.bus_bits))
+    return out
+
+
+class SparseMacCluster(wiring.Component):
+    __doc__ = __doc__
+
+    def __init__(self, config: SpmvConfig | None = None, *, engines: int = 4, **params):
+        self._MustUse__silence = True
+        if config is None:
+            try:
+                config = SpmvConfig(**params)
+            except TypeError as exc:
+                raise SparsefabError(f"SparseMacCluster: {exc}") from None
+        elif params:
+            raise SparsefabError(f"SparseMacCluster: pass either config= or parameters, not both ({', '.join(params)})")
+        if not isinstance(config, SpmvConfig) or config.dense:
+            raise SparsefabError(f"SparseMacCluster: config={config!r}, expected a sparse SpmvConfig")
+        if isinstance(engines, bool) or engines not in ENGINES:
+            raise SparsefabError(f"SparseMacCluster: engines={engines!r}, expected one of {', '.join(map(str, ENGINES))}")
+        self._MustUse__silence = False
+        self._config = config
+        self._engines = engines
+        super().__init__({
+            "i_cmd": In(stream.Signature(cmd_layout(config))),
+            "i_act": In(stream.Signature(config.bus_bits)),
+            "i_mask": In(stream.Signature(config.mask_bus)).array(engines),
+            "i_value": In(stream.Signature(value_layout(config))).array(engines),
+            "i_rq": In(stream.Signature(rq_layout())),
+            "o_res": Out(stream.Signature(res_layout(config))),
+            "o_busy": Out(1),
+            "o_error": Out(1),
+            "o_error_flags": Out(4),
+            "o_cycles": Out(COUNTER_BITS),
+            "o_stalls": Out(COUNTER_BITS),
+            "o_nnz": Out(COUNTER_BITS),
+        })
+
+    @property
+    def config(self) -> SpmvConfig:
+        return self._config
+
+    @property
+    def engines(self) -> int:
+        return self._engines
+
+    @property
+    def lanes(self) -> int:
+        """Multipliers of the whole cluster."""
+        return self._engines * self._config.lanes
+
+    @property
+    def name(self) -> str:
+        """Verilog module name."""
+        return f"spmvx{self._engines}_" + self._config.name[len("spmv_"):]
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an engine's decoder emitting a row's last lanes to that row on ``o_res``."""
+        return self._config.latency + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, n = self._config, self._engines
+        sh = (n - 1).bit_length()
+        engines = []
+        for e in range(n):
+            eng = SparseMacArray(cfg)
+            m.submodules[f"engine{e}"] = eng
+            engines.append(eng)
+            wiring.connect(m, wiring.flipped(self.i_mask[e]), eng.i_mask)
+            wiring.connect(m, wiring.flipped(self.i_value[e]), eng.i_value)
+
+        # ---------------------------------------------------------------- commands and activations
+        start = Signal(range(n))                  # engine of the next matrix's row 0
+        rows = Signal(ROWS_BITS)
+        cols = Signal(cfg.col_bits)
+        share = [Signal(ROWS_BITS, name=f"share{e}") for e in range(n)]   # rows of engine e
+        pending = Signal(n)                       # commands not yet taken by engine e
+        active = Signal(n)                        # engines that load this matrix's activations
+        words = Signal(range(cfg.act_depth + 1))
+        waddr = Signal(range(cfg.act_depth + 1))
+        bad_cmd = Signal()
+        loading = Signal()
+        apw_bits = (cfg.acts_per_word - 1).bit_length()
+
+        queue = SyncFIFOBuffered(width=ROWS_BITS, depth=CMD_QUEUE_DEPTH)   # rows per matrix, for `last`
+        m.submodules.queue = queue
+
+        c = self.i_cmd.payload
+        cmd_ok = (c.rows != 0) & (c.cols != 0) & (c.cols <= cfg.max_cols)
+        with m.If(~loading):
+            m.d.comb += self.i_cmd.ready.eq(Mux(cmd_ok, queue.w_rdy, 1))
+            with m.If(self.i_cmd.valid & self.i_cmd.ready):
+                with m.If(~cmd_ok):
+                    m.d.sync += bad_cmd.eq(1)
+                with m.Else():
+                    m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(c.rows)]
+                    shares = []
+                    for e in range(n):
+                        d = (e + n - start)[:sh] if n > 1 else 0
+                        s = ((c.rows + (n - 1) - d) >> sh)[:ROWS_BITS]
+                        shares.append(s)
+                        m.d.sync += share[e].eq(s)
+                    m.d.sync += [rows.eq(c.rows), cols.eq(c.cols), loading.eq(1), waddr.eq(0),
+                                 words.eq((c.cols + (cfg.acts_per_word - 1)) >> apw_bits),
+                                 start.eq((start + c.rows)[:max(1, sh)] if n > 1 else 0)]
+                    act = [s != 0 for s in shares]
+                    m.d.sync += [pending.eq(Cat(*act)), active.eq(Cat(*act))]
+        # dispatch the command to each active engine as soon as it is idle
+        for e, eng in enumerate(engines):
+            m.d.comb += [eng.i_cmd.valid.eq(pending[e]), eng.i_cmd.payload.rows.eq(share[e]),
+                         eng.i_cmd.payload.cols.eq(cols)]
+            with m.If(eng.i_cmd.valid & eng.i_cmd.ready):
+                m.d.sync += pending.bit_select(e, 1).eq(0)
+        # broadcast activation words once every active engine takes them
+        act_ready = Signal()
+        m.d.comb += act_ready.eq(((~active) | Cat(*(eng.i_act.ready for eng in engines))).all())
+        m.d.comb += self.i_act.ready.eq(loading & act_ready)
+        for e, eng in enumerate(engines):
+            m.d.comb += [eng.i_act.valid.eq(loading & self.i_act.valid & act_ready & active[e]),
+                         eng.i_act.payload.eq(self.i_act.payload)]
+        with m.If(self.i_act.valid & self.i_act.ready):
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(waddr + 1 == words):
+                m.d.sync += loading.eq(0)
+
+        # ---------------------------------------------------------------- requantization parameters
+        rq_ptr = Signal(range(n))
+        rq_fifos = []
+        for e in range(n):
+            f = SyncFIFOBuffered(width=len(self.i_rq.payload.as_value()), depth=RQ_FIFO_DEPTH)
+            m.submodules[f"rq{e}"] = f
+            rq_fifos.append(f)
+            m.d.comb += [engines[e].i_rq.valid.eq(f.r_rdy), engines[e].i_rq.payload.eq(f.r_data),
+                         f.r_en.eq(engines[e].i_rq.ready), f.w_data.eq(self.i_rq.payload)]
+        m.d.comb += self.i_rq.ready.eq(Array(f.w_rdy for f in rq_fifos)[rq_ptr])
+        for e, f in enumerate(rq_fifos):
+            m.d.comb += f.w_en.eq(self.i_rq.valid & self.i_rq.ready & (rq_ptr == e))
+        with m.If(self.i_rq.valid & self.i_rq.ready):
+            m.d.sync += rq_ptr.eq(rq_ptr + 1 if n > 1 else 0)
+
+        # ---------------------------------------------------------------- result merge (row order)
+        res_ptr = Signal(range(n))
+        row = Signal(ROWS_BITS)                   # row of the current matrix at the merge
+        out_valid = Signal()
+        out = Signal.like(self.o_res.payload)
+        take = Signal()
+        src = Array(eng.o_res for eng in engines)[res_ptr]
+        m.d.comb += [take.eq(src.valid & queue.r_rdy & (~out_valid | self.o_res.ready)),
+                     self.o_res.valid.eq(out_valid), self.o_res.payload.eq(out)]
+        for e, eng in enumerate(engines):
+            m.d.comb += eng.o_res.ready.eq(take & (res_ptr == e))
+        with m.If(self.o_res.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(take):
+            is_last = row + 1 == queue.r_data
+            m.d.sync += [out_valid.eq(1), out.acc.eq(src.payload.acc), out.out.eq(src.payload.out),
+                         out.last.eq(is_last), res_ptr.eq(res_ptr + 1 if n > 1 else 0),
+                         row.eq(Mux(is_last, 0, row + 1))]
+            m.d.comb += queue.r_en.eq(is_last)
+
+        # ---------------------------------------------------------------- status and counters
+        err = Signal(4)
+        m.d.comb += [err.eq(_or([eng.o_error_flags for eng in engines]) | (bad_cmd << ERRORS["bad_command"])),
+                     self.o_error_flags.eq(err), self.o_error.eq(err.any())]
+        busy = Signal()
+        m.d.comb += [busy.eq(loading | pending.any() | Cat(*(eng.o_busy for eng in engines)).any()),
+                     self.o_busy.eq(busy)]
+        with m.If(busy):
+            m.d.sync += self.o_cycles.eq(self.o_cycles + 1)
+        m.d.sync += [self.o_nnz.eq(_sum([eng.o_nnz for eng in engines])),
+                     self.o_stalls.eq(_sum([eng.o_stalls for eng in engines]))]
+        return m
+
+
+def _or(terms):
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
+
+
+def _sum(terms):
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0][:COUNTER_BITS]
+
+
+def sidecar_extra(top: SparseMacCluster) -> dict:
+    """Sidecar keys of a cluster: the engine sidecar plus ``engines``, ``lanes_total``, ``latency``."""
+    from sparsefab.gen.sparse_mac import sidecar_extra as engine_extra
+
+    d = engine_extra(top)
+    d.update(engines=top.engines, lanes_total=top.lanes, latency=top.latency, format="bitmap-row-shards")
+    return d
