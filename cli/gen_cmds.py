@@ -125,6 +125,9 @@ def _sidecar_parts(design: str, comp) -> tuple[dict, dict]:
     if design in ("spmv", "spmv-dense"):
         from sparsefab.gen.sparse_mac import sidecar_extra
         return comp.config.to_dict(), sidecar_extra(comp)
+    if design == "spmv-cluster":
+        from sparsefab.gen import spmv_multi
+        return comp.config.to_dict(), spmv_multi.sidecar_extra(comp)
     cfg = getattr(comp, "config", None)
     if hasattr(cfg, "to_dict"):
         return cfg.to_dict(), {}

@@ -26,6 +26,7 @@ DESIGNS: dict[str, str] = {
     "mac": "sparsefab.gen.designs:build_mac",
     "spmv": "sparsefab.gen.designs:build_spmv",
     "spmv-dense": "sparsefab.gen.designs:build_spmv_dense",
+    "spmv-cluster": "sparsefab.gen.spmv_multi:build_cluster",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
     "kv-compress": "sparsefab.gen.kv_compress:build",
     "crossbar": "sparsefab.gen.tile_controller:build_crossbar",

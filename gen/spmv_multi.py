@@ -296,3 +296,21 @@ def sidecar_extra(top: SparseMacCluster) -> dict:
     d = engine_extra(top)
     d.update(engines=top.engines, lanes_total=top.lanes, latency=top.latency, format="bitmap-row-shards")
     return d
+
+
+def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: int = 16, acc_bits: int = 32,
+                  bus_bits: int = 64, max_cols: int = 1024, mask_words: int | None = None,
+                  value_words: int | None = None, mul_steps: int = 1, window_beats: int = 2) -> SparseMacCluster:
+    """The ``spmv-cluster`` design: ``lanes`` multipliers in total as ``engines`` engines of
+    ``lanes // engines`` lanes (the other parameters are each engine's, see :class:`SpmvConfig`)."""
+    if isinstance(engines, bool) or engines not in ENGINES:
+        raise SparsefabError(f"spmv-cluster: engines={engines!r}, expected one of {', '.join(map(str, ENGINES))}")
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < engines or lanes % engines:
+        raise SparsefabError(f"spmv-cluster: lanes={lanes!r}, expected a multiple of engines={engines}")
+    cfg = SpmvConfig(lanes=lanes // engines, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
+                     max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
+                     window_beats=window_beats)
+    return SparseMacCluster(cfg, engines=engines)
+
+
+build_cluster.requires = "sparsefab.gen.sparse_mac"
