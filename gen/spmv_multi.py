@@ -28,7 +28,11 @@ Parameters
 config : SpmvConfig
     Configuration of every engine (``lanes`` per engine, bits, block, bus, ...).
 engines : int
-    Number of engines: 1, 2, 4 or 8.
+    Number of engines: 1, 2, 4, 8 or 16.
+front_end : type, optional
+    Decoder class of every engine, built as ``front_end(config)`` with the ports of
+    :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder` (default: the array's own,
+    :class:`~sparsefab.gen.sparse_mac.SparseMacArray`).
 
 Ports
 -----
@@ -78,7 +82,7 @@ from sparsefab.gen.spmv_config import COUNTER_BITS, ERRORS, ROWS_BITS, SpmvConfi
 __all__ = ["ENGINES", "SparseMacCluster", "shard_images", "shard_rows"]
 
 #: Allowed engine counts (a power of two keeps the row split a shift).
-ENGINES = (1, 2, 4, 8)
+ENGINES = (1, 2, 4, 8, 16)
 #: Depth of each engine's requantization-parameter FIFO and of the cluster's command queue.
 RQ_FIFO_DEPTH = 4
 CMD_QUEUE_DEPTH = 8
@@ -106,7 +110,7 @@ def shard_images(codes, config: SpmvConfig, engines: int, start: int = 0) -> lis
 class SparseMacCluster(wiring.Component):
     __doc__ = __doc__
 
-    def __init__(self, config: SpmvConfig | None = None, *, engines: int = 4, **params):
+    def __init__(self, config: SpmvConfig | None = None, *, engines: int = 4, front_end=None, **params):
         self._MustUse__silence = True
         if config is None:
             try:
@@ -122,6 +126,7 @@ class SparseMacCluster(wiring.Component):
         self._MustUse__silence = False
         self._config = config
         self._engines = engines
+        self._front_end = front_end
         super().__init__({
             "i_cmd": In(stream.Signature(cmd_layout(config))),
             "i_act": In(stream.Signature(config.bus_bits)),
@@ -166,7 +171,7 @@ class SparseMacCluster(wiring.Component):
         sh = (n - 1).bit_length()
         engines = []
         for e in range(n):
-            eng = SparseMacArray(cfg)
+            eng = SparseMacArray(cfg) if self._front_end is None else _Engine(cfg, self._front_end)
             m.submodules[f"engine{e}"] = eng
             engines.append(eng)
             wiring.connect(m, wiring.flipped(self.i_mask[e]), eng.i_mask)
@@ -273,6 +278,31 @@ class SparseMacCluster(wiring.Component):
         m.d.sync += [self.o_nnz.eq(_sum([eng.o_nnz for eng in engines])),
                      self.o_stalls.eq(_sum([eng.o_stalls for eng in engines]))]
         return m
+
+
+class _Engine(wiring.Component):
+    """A :class:`SparseMacArray` (same ports, same back end and output stage) around another
+    front end ``front_end(config)``."""
+
+    def __init__(self, config: SpmvConfig, front_end):
+        from sparsefab.gen.sparse_mac import top_signature
+
+        self._config = config
+        self._front_end = front_end
+        super().__init__(top_signature(config))
+
+    @property
+    def config(self) -> SpmvConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        from sparsefab.gen.sparse_mac import build_top
+
+        m = Module()
+        m.submodules.dec = dec = self._front_end(self._config)
+        wiring.connect(m, wiring.flipped(self.i_mask), dec.i_mask)
+        wiring.connect(m, wiring.flipped(self.i_value), dec.i_value)
+        return build_top(m, self, self._config, dec.o_lanes, dec.i_cmd, dec.o_busy, dec.o_error_flags)
 
 
 def _or(terms):

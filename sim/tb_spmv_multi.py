@@ -40,8 +40,10 @@ def cluster_items(cfg, engines: int, jobs) -> dict:
 
 
 def run_case(cfg, engines: int, jobs, *, seed: int = 1, idle: float = 0.2, backpressure: float = 0.2,
-             simulator: str = "verilator", testcase: str = "spmv_scoreboard", max_busy: int | None = None) -> dict:
-    """Build (cached) and run a :class:`SparseMacCluster` of ``engines`` x ``cfg`` on ``jobs`` back to back.
+             simulator: str = "verilator", testcase: str = "spmv_scoreboard", max_busy: int | None = None,
+             front_end=None) -> dict:
+    """Build (cached) and run a :class:`SparseMacCluster` of ``engines`` x ``cfg`` on ``jobs`` back to back
+    (``front_end``: the engines' decoder class, see the cluster).
 
     Returns the cluster's counters at the end (``o_cycles``, ``o_stalls``, ``o_nnz``, ...).
     Raises :class:`sparsefab.sim.runner.SimulationFailed` (seed in the message) on a mismatch.
@@ -57,7 +59,7 @@ def run_case(cfg, engines: int, jobs, *, seed: int = 1, idle: float = 0.2, backp
     from sparsefab.sim.streams import layout_json
     from sparsefab.sim.tb_spmv import expected
 
-    dut = SparseMacCluster(cfg, engines=engines)
+    dut = SparseMacCluster(cfg, engines=engines, front_end=front_end)
     items = cluster_items(cfg, engines, jobs)
     exp = [list(e) for j in jobs for e in expected(cfg, j)]
     nnz = sum(int(np.count_nonzero(j.codes)) for j in jobs)
@@ -65,7 +67,8 @@ def run_case(cfg, engines: int, jobs, *, seed: int = 1, idle: float = 0.2, backp
     case = {"items": items, "expected": exp, "nnz": nnz, "idle": idle, "backpressure": backpressure,
             "res_layout": layout_json(res_layout(cfg)), "max_busy": max_busy,
             "timeout": 5000 + 20 * (total + sum(j.rows * (j.cols + 1) for j in jobs))}
-    params = dict(cfg.to_dict(), engines=engines)
+    params = dict(cfg.to_dict(), engines=engines,
+                  front_end=None if front_end is None else f"{front_end.__module__}.{front_end.__qualname__}")
     with tempfile.TemporaryDirectory(prefix="sfspmvx-") as tmp:
         cf, of = Path(tmp) / "case.json", Path(tmp) / "out.json"
         cf.write_text(json.dumps(case))
