@@ -237,12 +237,13 @@ class DecoderResult:
 
 def run_decoder(cfg: SpmvConfig, codes, *, seed: int = 1, idle: float = 0.0, backpressure: float = 0.0,
                 mask_beats: list | None = None, value_beats: list | None = None,
-                max_cycles: int = 20_000) -> DecoderResult:
+                max_cycles: int = 20_000, front_end=None) -> DecoderResult:
     """Run one matrix through a :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder` alone.
 
     The streams come from :func:`sparsefab.compress.bitmap.bitmap_sections` unless
     ``mask_beats``/``value_beats`` (lists of ints / of ``(data, last)``) override them (malformed
     stream tests).  Stops when the decoder is idle again after the command, or at ``max_cycles``.
+    ``front_end``: another decoder class with the same ports (built as ``front_end(cfg)``).
     """
     from amaranth.sim import Simulator
 
@@ -253,7 +254,7 @@ def run_decoder(cfg: SpmvConfig, codes, *, seed: int = 1, idle: float = 0.0, bac
     img = bitmap_sections(codes, bits=cfg.weight_bits, block=cfg.block, bus_bits=cfg.bus_bits)
     masks = cfg.mask_beats(img) if mask_beats is None else mask_beats
     vals = cfg.value_beats(img) if value_beats is None else value_beats
-    dut = BitmapDecoder(cfg)
+    dut = (front_end or BitmapDecoder)(cfg)
     rng = random.Random(seed)
     out = {"triples": [], "row_ends": 0, "cycles": 0, "busy": 0, "fired": [], "done": False}
     sim = Simulator(dut)
