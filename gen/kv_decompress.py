@@ -792,52 +792,58 @@ class KVDecompressor(wiring.Component):
         for i in range(1, A3 + 1):
             m.d.sync += [Rv[i].eq(Rv[i - 1]), Rj[i].eq(Rj[i - 1]), Rh[i].eq(Rh[i - 1])]
 
-        # ---------------- stage 3: rel3, nxt4 (absolute, saturated) -> the chunk's records in LUT RAM,
-        # over two cycles: 3a registers the pointer-doubling lookups (multiplexers indexed by rel2),
-        # 3b adds, saturates and writes
-        RELW = TW + 2 * R2W                  # rel1 | rel2 | rel3
+        # ---------------- stage 3: nxt4 (absolute, saturated) -> the chunk's records in LUT RAM, over
+        # two cycles: 3a registers the pointer-doubling lookup (a multiplexer indexed by rel2), 3b adds,
+        # saturates and writes.  The records are nxt4 and tot; the positions of symbols 2 and 3 come
+        # from a second walker (``q``, two symbols ahead of ``p``), so no rel3 is computed here.
         depth = 2 << chw                      # two halves: the block being walked, the next one
-        mem_n, mem_r = [], []
+        mem_n, mem_t = [], []
         wq_en, wq_addr = Signal(), Signal(chw + 1)
         m.d.sync += [wq_en.eq(Rv[A3]), wq_addr.eq(Cat(Rj[A3], Rh[A3]))]
         for ln in range(lanes):
             mn = Memory(shape=unsigned(PW * R), depth=depth, init=[])
-            mr = Memory(shape=unsigned(RELW * R), depth=depth, init=[])
+            mt = Memory(shape=unsigned(TW * R), depth=depth, init=[])
             m.submodules[f"nxt_mem{ln}"] = mn
-            m.submodules[f"rel_mem{ln}"] = mr
+            m.submodules[f"tot_mem{ln}"] = mt
             mem_n.append(mn)
-            mem_r.append(mr)
-            wn, wr = mn.write_port(), mr.write_port()
-            flat_t = [t for i in reversed(range(A3 + 1)) for t in Rt[ln][i]]
+            mem_t.append(mt)
+            wn, wt = mn.write_port(), mt.write_port()
             flat_2 = [t for i in reversed(range(A3 + 1)) for t in R2[ln][i]]
-            nrec, rrec = [], []
+            nrec, trec = [], []
             for o in range(R):
                 r2 = flat_2[o]
-                cand_t = Array(flat_t[o:o + 2 * symw + 1])
                 cand_2 = Array(flat_2[o:o + 2 * symw + 1])
                 # 3a
-                s_t, s_ct = Signal(TW, name=f"s3t_{ln}_{o}"), Signal(TW, name=f"s3ct_{ln}_{o}")
-                s_r2, s_c2 = Signal(R2W, name=f"s3r2_{ln}_{o}"), Signal(R2W, name=f"s3c2_{ln}_{o}")
+                s_t = Signal(TW, name=f"s3t_{ln}_{o}")
+                s_c2 = Signal(R2W, name=f"s3c2_{ln}_{o}")
                 s_n2 = Signal(PW + 1, name=f"s3n2_{ln}_{o}")
-                m.d.sync += [s_t.eq(flat_t[o]), s_ct.eq(cand_t[r2]), s_r2.eq(r2), s_c2.eq(cand_2[r2]),
+                m.d.sync += [s_t.eq(Rt[ln][A3][o]), s_c2.eq(cand_2[r2]),
                              s_n2.eq(Cat(Const(o, lR), Rj[A3]) + r2)]
                 # 3b
-                rel3 = Signal(R2W, name=f"rel3_{ln}_{o}")
                 n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
-                m.d.comb += [rel3.eq(s_r2 + s_ct), n4.eq(s_n2 + s_c2)]
+                m.d.comb += n4.eq(s_n2 + s_c2)
                 nsat = Signal(PW, name=f"n4s_{ln}_{o}")
                 over = n4[PW:].any() if SAT == (1 << PW) - 1 else (n4 > SAT)    # a bit test, not a compare
                 m.d.comb += nsat.eq(Mux(over, SAT, n4[:PW]))
                 nrec.append(nsat)
-                rrec.append(Cat(s_t, s_r2, rel3))
+                trec.append(s_t)
             m.d.comb += [wn.addr.eq(wq_addr), wn.data.eq(Cat(*nrec)), wn.en.eq(wq_en),
-                         wr.addr.eq(wq_addr), wr.data.eq(Cat(*rrec)), wr.en.eq(wq_en)]
+                         wt.addr.eq(wq_addr), wt.data.eq(Cat(*trec)), wt.en.eq(wq_en)]
         for h in range(2):
             with m.If(wq_en & (wq_addr[-1] == h)):
                 m.d.sync += wc[h].eq(wc[h] + 1)
+        # q0[h][ln] = rel2 at lane offset 0 of the block in half h (the second walker's start); it is
+        # written by stage 2 at least A3 + 2 cycles before the half's first chunk of records, so it
+        # is valid whenever the walk sees a record count above 0.
+        q0 = [[Signal(PW, name=f"q0_{h}_{ln}") for ln in range(lanes)] for h in range(2)]
+        for h in range(2):
+            with m.If(Rv[0] & (Rj[0] == 0) & (Rh[0] == h)):
+                m.d.sync += [q0[h][ln].eq(R2[ln][0][0]) for ln in range(lanes)]
 
-        # ---------------- the walk: p <- nxt4[p] for each lane, one lookup per cycle
+        # ---------------- the walk: p <- nxt4[p] and q <- nxt4[q] for each lane, one lookup each per cycle
+        # (q = nxt2[p]: the start of the beat's third symbol, so q_{t+1} = nxt6[p_t] = nxt4[q_t])
         p = [Signal(PW, name=f"p{ln}") for ln in range(lanes)]
+        q = [Signal(PW, name=f"q{ln}") for ln in range(lanes)]
         t = Signal(range(C))
         wc_a = Array(wc)
         act = Signal()
@@ -848,39 +854,51 @@ class KVDecompressor(wiring.Component):
         occ = Signal(range(OUT_FIFO_DEPTH + 1))
         room_out = Signal()
         pop = Signal()
+        # q >= p, so the records of q's chunk being written implies those of p's chunk
         m.d.comb += [act.eq(owned_a[hW]),
-                     ready.eq(Cat(*[(p[ln] >> lR) < wc_a[hW] for ln in range(lanes)]).all()),
+                     ready.eq(Cat(*[(q[ln] >> lR) < wc_a[hW] for ln in range(lanes)]).all()),
                      room_out.eq(occ != OUT_FIFO_DEPTH),
                      adv.eq(act & room_out & ready)]
         m.d.sync += occ.eq(occ + adv - pop)
-        # The loop reads only the nxt4 table; everything else the walk feeds (the rel records, the
-        # block window) is read from a registered copy of p one stage later (D0), so p drives
-        # nothing but this lookup and the `ready` compare.
-        nsel = []
+        # The loop reads only the nxt4 table; everything else the walk feeds (the tot records, the
+        # block window) is read from registered copies of p and q one stage later (D0), so p and q
+        # drive nothing but these lookups and the `ready` compare.
+        nsel, qsel = [], []
         for ln in range(lanes):
-            rn = mem_n[ln].read_port(domain="comb")
-            m.d.comb += rn.addr.eq(Cat((p[ln] >> lR)[:chw], hW))
-            ns = Signal(PW, name=f"nsel{ln}")
-            m.d.comb += ns.eq(rn.data.word_select(p[ln][:lR], PW))
-            nsel.append(ns)
+            for ptr, lst, tag in ((p[ln], nsel, "n"), (q[ln], qsel, "q")):
+                rn = mem_n[ln].read_port(domain="comb")
+                m.d.comb += rn.addr.eq(Cat((ptr >> lR)[:chw], hW))
+                ns = Signal(PW, name=f"{tag}sel{ln}")
+                m.d.comb += ns.eq(rn.data.word_select(ptr[:lR], PW))
+                lst.append(ns)
         last_t = t == C - 1
+        q0_a = [Array([q0[h][ln] for h in range(2)]) for ln in range(lanes)]
         with m.If(adv):
             with m.If(last_t):
                 m.d.sync += [t.eq(0), hW.eq(~hW), owned_a[hW].eq(0)]
                 m.d.sync += [pp.eq(0) for pp in p]
+                # the next half's q0 (valid if its first records are; otherwise reloaded below)
+                m.d.sync += [q[ln].eq(q0_a[ln][~hW]) for ln in range(lanes)]
             with m.Else():
                 m.d.sync += t.eq(t + 1)
                 m.d.sync += [pp.eq(ns) for pp, ns in zip(p, nsel, strict=True)]
+                m.d.sync += [qq.eq(ns) for qq, ns in zip(q, qsel, strict=True)]
+        with m.Elif(t == 0):
+            m.d.sync += [q[ln].eq(q0_a[ln][hW]) for ln in range(lanes)]
 
-        # ---------------- D0: the walk state registered (p, nxt4[p], the half)
+        # ---------------- D0: the walk state registered (p, q, nxt4[p], q - p, the half)
         d0_valid, d0_first, d0_last, d0_h = Signal(), Signal(), Signal(), Signal()
         d0_p = [Signal(PW, name=f"d0p{ln}") for ln in range(lanes)]
+        d0_q = [Signal(PW, name=f"d0q{ln}") for ln in range(lanes)]
+        d0_qp = [Signal(PW + 1, name=f"d0qp{ln}") for ln in range(lanes)]
         d0_n = [Signal(PW, name=f"d0n{ln}") for ln in range(lanes)]
         m.d.sync += [d0_valid.eq(adv), d0_first.eq(t == 0), d0_last.eq(last_t), d0_h.eq(hW)]
         m.d.sync += [d0_p[ln].eq(p[ln]) for ln in range(lanes)]
+        m.d.sync += [d0_q[ln].eq(q[ln]) for ln in range(lanes)]
+        m.d.sync += [d0_qp[ln].eq(q[ln] - p[ln]) for ln in range(lanes)]
         m.d.sync += [d0_n[ln].eq(nsel[ln]) for ln in range(lanes)]
 
-        # ---------------- D1: records at p, coarse window of the lane stream at the chunk of p.
+        # ---------------- D1: records at p and q, coarse window of the lane stream at the chunk of p.
         # The half read here is not refilled before this stage reads it: Phase A starts on a
         # half at the earliest one cycle after the walk left it and writes its tables later.
         CWW = R - 1 + (spl + 1) * symw
@@ -890,7 +908,10 @@ class KVDecompressor(wiring.Component):
         d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
         d1_hdr = Signal(H)
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
-        d1_rel = [Signal(RELW, name=f"d1rel{ln}") for ln in range(lanes)]
+        # positions of symbols 1, 2, 3 relative to p: tot[p], q - p, q - p + tot[q]
+        d1_r1 = [Signal(TW, name=f"d1r1_{ln}") for ln in range(lanes)]
+        d1_r2 = [Signal(R2W, name=f"d1r2_{ln}") for ln in range(lanes)]
+        d1_r3 = [Signal(R2W + 1, name=f"d1r3_{ln}") for ln in range(lanes)]
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
         d1_span = [Signal(PW + 1, name=f"d1span{ln}") for ln in range(lanes)]   # nxt4[p] - p
         m.d.sync += [d1_valid.eq(d0_valid), d1_first.eq(d0_first), d1_last.eq(d0_last), d1_hdr.eq(hdrW)]
@@ -898,11 +919,17 @@ class KVDecompressor(wiring.Component):
         d1_over = Signal()              # the lanes' ends overlap (checked on the block's last beat)
         m.d.sync += d1_over.eq(sum(d0_n) > room)
         for ln in range(lanes):
-            rr = mem_r[ln].read_port(domain="comb")
-            m.d.comb += rr.addr.eq(Cat((d0_p[ln] >> lR)[:chw], d0_h))
+            # q - p saturated to 2**R2W - 1 (> 2*symw, so the second symbol's length check fails):
+            # only a malformed block (saturated walk) gets there
+            qp = Signal(R2W, name=f"d1qp{ln}")
+            m.d.comb += qp.eq(Mux(d0_qp[ln][R2W:].any(), (1 << R2W) - 1, d0_qp[ln][:R2W]))
+            rt = []
+            for ptr in (d0_p[ln], d0_q[ln]):
+                rr = mem_t[ln].read_port(domain="comb")
+                m.d.comb += rr.addr.eq(Cat((ptr >> lR)[:chw], d0_h))
+                rt.append(rr.data.word_select(ptr[:lR], TW))
             st = lane_stream(blkW, ln, R * NCH + CWW)
-            m.d.sync += [d1_p[ln].eq(d0_p[ln]),
-                         d1_rel[ln].eq(rr.data.word_select(d0_p[ln][:lR], RELW)),
+            m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp), d1_r3[ln].eq(qp + rt[1]),
                          d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW))]
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
@@ -913,7 +940,7 @@ class KVDecompressor(wiring.Component):
         d2_esc = [Signal(name=f"d2esc{v}") for v in range(V)]
         oks = []
         for ln in range(lanes):
-            rel = [Const(0, R2W), d1_rel[ln][:TW], d1_rel[ln][TW:TW + R2W], d1_rel[ln][TW + R2W:]]
+            rel = [Const(0, R2W), d1_r1[ln], d1_r2[ln], d1_r3[ln]]
             ends = rel[1:spl] + [d1_span[ln]]
             r0 = d1_p[ln][:lR]
             for j in range(spl):
