@@ -221,23 +221,32 @@ class ChunkDecoder(wiring.Component):
         cf_rst = Signal()
         m.d.comb += cf_rst.eq(flush | start)
         m.submodules.cfifo = ResetInserter(cf_rst)(cfifo)
-        i1 = Signal(rec_w)
+        # stage 1: prefix counts inside each half beat (two adder levels); stage 2: across halves
+        i1_bits = Signal(64)
+        i1_rl, i1_ml = Signal(), Signal()
+        i1_j = Signal(jb)
+        i1_pa = [Signal(6, name=f"i1_pa{k}") for k in range(8)]   # set bits in bytes 4h..k of half h
         m.d.sync += i1_v.eq(i0_v & ~flush)
-        pre = []                                   # set bits in bytes 0..k (7 bits each)
-        for k in range(8):
-            p = Signal(7, name=f"i0_pre{k}")
-            m.d.comb += p.eq(i0_bc[0] if k == 0 else pre[-1] + i0_bc[k])
-            pre.append(p)
         with m.If(i0_v):
-            m.d.sync += i1.eq(Cat(i0_bits, *[p[:6] for p in pre[:7]], pre[7][:7], i0_rl, i0_ml, i0_j))
-        m.d.comb += [cfifo.w_en.eq(i1_v), cfifo.w_data.eq(i1)]
+            m.d.sync += [i1_bits.eq(i0_bits), i1_rl.eq(i0_rl), i1_ml.eq(i0_ml), i1_j.eq(i0_j)]
+            for h in (0, 4):
+                bc = i0_bc[h:h + 4]
+                m.d.sync += [i1_pa[h].eq(bc[0]), i1_pa[h + 1].eq(bc[0] + bc[1]),
+                             i1_pa[h + 2].eq((bc[0] + bc[1]) + bc[2]), i1_pa[h + 3].eq((bc[0] + bc[1]) + (bc[2] + bc[3]))]
+        i1 = Signal(rec_w)                         # stage 2 (the chunk record)
+        i2_v = Signal()
+        m.d.sync += i2_v.eq(i1_v & ~flush)
+        pre = [i1_pa[k] if k < 4 else i1_pa[3] + i1_pa[k] for k in range(8)]   # set bits in bytes 0..k
+        with m.If(i1_v):
+            m.d.sync += i1.eq(Cat(i1_bits, *[p[:6] for p in pre[:7]], pre[7][:7], i1_rl, i1_ml, i1_j))
+        m.d.comb += [cfifo.w_en.eq(i2_v), cfifo.w_data.eq(i1)]
         # room for a beat accepted now: FIFO entries + ingest stages in flight < depth
-        m.d.comb += cfifo_rdy_cnt.eq(cfifo.level + i0_v + i1_v < CHUNK_FIFO_DEPTH)
+        m.d.comb += cfifo_rdy_cnt.eq(cfifo.level + i0_v + i1_v + i2_v < CHUNK_FIFO_DEPTH)
 
         # value need (feed-forward): set bits of the masks ingested so far
         vneed = Signal(need_w)
         mcount_done = Signal()                     # the final chunk's count is in vneed
-        with m.If(i1_v):
+        with m.If(i2_v):
             m.d.sync += vneed.eq(vneed + i1[64 + 42:64 + 49])
             m.d.sync += mcount_done.eq(i1[64 + 50])
         with m.If(start):
@@ -426,8 +435,12 @@ class ChunkDecoder(wiring.Component):
         supply = Signal(need_w + 1)
         m.d.comb += supply.eq(vbeats << lv)
         short_r, extra_r = Signal(), Signal()
+        before_last = Signal(need_w + 1)           # values in the beats before the last one
+        m.d.comb += before_last.eq((vbeats - 1) << lv)
+        need1 = Mux(vneed == 0, 1, vneed)          # nnz = 0 still takes one beat
+        # extra: every value is in, but no last yet (never wait for it), or beats before the last
         m.d.sync += [short_r.eq(running & vlast_in & (vneed > supply)),
-                     extra_r.eq(running & ~vlast_in & mcount_done & (supply >= Mux(vneed == 0, 1, vneed)))]
+                     extra_r.eq(running & mcount_done & Mux(vlast_in, before_last >= need1, supply >= need1))]
         with m.If(start | flush):
             m.d.sync += [short_r.eq(0), extra_r.eq(0)]
         m.d.comb += [new_err[ERRORS["values_short"]].eq(short_r), new_err[ERRORS["values_extra"]].eq(extra_r)]
@@ -456,7 +469,7 @@ class ChunkDecoder(wiring.Component):
 
         # ---------------------------------------------------------------- done
         idle_pipe = Signal()
-        m.d.comb += idle_pipe.eq(mdone & ~i0_v & ~i1_v & ~head_rdy & ~lo_v & ~a_v & ~b_v & ~c_v
+        m.d.comb += idle_pipe.eq(mdone & ~i0_v & ~i1_v & ~i2_v & ~head_rdy & ~lo_v & ~a_v & ~b_v & ~c_v
                                  & ~ofifo.r_rdy & (ofifo.level == 0) & vlast_d & (cfifo.level == 0))
         with m.If(running & (idle_pipe | flush)):
             m.d.sync += running.eq(0)
