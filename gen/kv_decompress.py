@@ -16,14 +16,19 @@ Architecture
   - ``"walk"`` (spl = 4, esc_bits >= max_len; the default geometry): the bit-pointer loop is
     ONE table lookup, ``p <- nxt4[p]``.  A front end ("Phase A") computes, for every bit offset
     ``o`` of each lane, ``R = walk_chunk`` offsets per cycle while the block is still waiting:
-    the code length ``tot[o]`` (escape included), then by pointer doubling
-    ``rel2[o] = tot[o] + tot[o + tot[o]]``, ``rel3`` and ``nxt4[o] = o + rel2[o] + rel2[o + rel2[o]]``
-    (saturated at ``R*chunks - 1 > room``, so a lane running past its region stays past it).
-    The records (``nxt4``; ``rel1..rel3``) of each chunk go into LUT RAM with two halves (the
-    block being walked, the next one).  The walk reads the record of ``p`` (stalling only if
-    Phase A has not reached that chunk yet), and a pipeline behind it cuts the 4 symbol windows
-    out of the block at ``p + rel_j``; the code length of each symbol is ``rel_{j+1} - rel_j``
-    (longer than max_len = an escape), so the rank needs no comparator;
+    the code length ``tot[o]`` (escape included) read from a block-RAM table indexed by
+    {codebook, the next ``max_len`` bits} (``R + symbol_bits`` lookups per lane and cycle, two
+    per DP16KD; the table is written through ``i_cfg``, see :func:`tot_table_words`), then by
+    pointer doubling ``rel2[o] = tot[o] + tot[o + tot[o]]`` and
+    ``nxt4[o] = o + rel2[o] + rel2[o + rel2[o]]`` (saturated at ``R*chunks - 1 > room``, so a
+    lane running past its region stays past it).  The records (``nxt4``, ``tot``) of each chunk
+    go into LUT RAM with two halves (the block being walked, the next one).  A second walker
+    per lane, ``q <- nxt4[q]`` from ``q = rel2[0]``, stays two symbols ahead of ``p`` (``q =
+    nxt2[p]``), so the four symbol starts of a beat are ``p``, ``p + tot[p]``, ``q`` and
+    ``q + tot[q]`` and no third pointer-doubling table is needed.  The walk reads the records
+    (stalling only if Phase A has not reached ``q``'s chunk yet), and a pipeline behind it cuts
+    the 4 symbol windows out of the block; the code length of each symbol is the difference of
+    two starts (longer than max_len = an escape), so the rank needs no comparator;
   - ``"chain"``: the ``spl`` canonical decodes of a cycle are chained (each one's length
     positions the next);
   - ``"spec"``: speculative decoding: the code length (escape included) is computed at every
@@ -51,8 +56,9 @@ Ports
 i_words : In(stream.Signature(unsigned(bus_bits)))
     Block words; word ``j`` of a block carries block bits ``[j*bus_bits, (j+1)*bus_bits)``
     (bits past ``8*block_bytes`` are ignored).  Blocks back to back.
-i_cfg : In(stream.Signature(StructLayout({"addr": 10, "data": 16})))
-    Table writes (codebook ``k`` at ``k*64 + ...``), see :func:`config_words`.  Write while idle.
+i_cfg : In(stream.Signature(StructLayout({"addr": 12, "data": 16})))
+    Table writes (codebook ``k`` at ``k*64 + ...``; walk: the code-length table at
+    ``CFG_TOT + (k << max_len) + window``), see :func:`config_words`.  Write while idle.
 ebias : In(signed(8))
     Exponent bias of the tensor (file header).
 o_values : Out(stream.Signature(StructLayout({"data": ArrayLayout(16, V), "last": 1, "error": 1})))
@@ -68,8 +74,8 @@ count_blocks, count_errors, count_decode_cycles, count_stall_cycles : Out(32)
 
 Latency (``config.latency_last``, measured by tests/test_kv_decompress.py): a block's last
 word is accepted at cycle 0; with the output never stalled its last beat is valid at cycle
-``5 + group/values_per_cycle`` (21) for chain/spec and ``13 + a2 + a3 + group/values_per_cycle``
-(a2, a3 = ``walk_lookahead``; 32 for the defaults: first beat at 17) for walk, plus one when
+``5 + group/values_per_cycle`` (21) for chain/spec and ``14 + a3 + group/values_per_cycle``
+(a3 = ``walk_lookahead[1]``; 32 for the defaults: first beat at 17) for walk, plus one when
 ``obits > 0``.  Sustained
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
@@ -88,6 +94,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -108,6 +115,7 @@ CFG_ESC_CODE = 17
 CFG_LIM = 0
 CFG_OFF = 8
 CFG_TABLE = 32
+CFG_TOT = 2048           # walk: code-length table, ``CFG_TOT + (k << max_len) + window``
 
 
 @dataclass(frozen=True)
@@ -231,8 +239,8 @@ class KVDecompressConfig:
     def latency_last(self) -> int:
         """Cycles from a block's last input word to its last output beat (no stalls)."""
         if self.decoder == "walk":
-            a2, a3 = self.walk_lookahead
-            return WALK_FRONT + a2 + a3 + WALK_BACK + (1 if self.obits else 0) + self.cycles_per_block
+            a3 = self.walk_lookahead[1]     # (the code-length RAM's output register replaces the a2 wait)
+            return WALK_FRONT + 1 + a3 + WALK_BACK + (1 if self.obits else 0) + self.cycles_per_block
         return PIPE_STAGES + 1 + self.cycles_per_block
 
     @classmethod
@@ -281,6 +289,28 @@ def config_words(cb, cfg: KVDecompressConfig) -> list[tuple[int, int]]:
             out.append((64 * k + CFG_ESC_CODE, 0))
         for r, s in enumerate(order):
             out.append((64 * k + CFG_TABLE + r, int(cb.centroids[k, s]) & 0xFFFF))
+    if cfg.decoder == "walk":
+        out += tot_table_words(cb, cfg)
+    return out
+
+
+def tot_table_words(cb, cfg: KVDecompressConfig) -> list[tuple[int, int]]:
+    """The walk decoder's code-length table: ``(CFG_TOT + (k << max_len) + w, tot)`` for every
+    codebook ``k`` and window ``w`` of ``max_len`` lane bits (first bit = MSB of ``w``): ``tot``
+    is the length of the code ``w`` begins with, plus ``esc_bits`` for the escape code, 0 when
+    ``w`` begins no code."""
+    L = cfg.max_len
+    w = np.arange(1 << L)
+    out = []
+    for k in range(cb.k):
+        ln = np.asarray(cb.lengths[k], dtype=np.int64)
+        codes = huffman.canonical_codes(ln)
+        tot = np.zeros(1 << L, dtype=np.int64)
+        for s in np.flatnonzero(ln):
+            n = int(ln[s])
+            hit = (w >> (L - n)) == int(codes[s])
+            tot[hit] = n + (cfg.esc_bits if cfg.esc_bits and s == cb.s - 1 else 0)
+        out += [(CFG_TOT + (k << L) + int(i), int(v)) for i, v in enumerate(tot)]
     return out
 
 
@@ -334,7 +364,7 @@ def _fp16_finish(m, sign, mag, msb, k, pbits):
 
 def cfg_layout() -> data.StructLayout:
     """Payload of ``i_cfg``."""
-    return data.StructLayout({"addr": 10, "data": 16})
+    return data.StructLayout({"addr": 12, "data": 16})
 
 
 def out_layout(values_per_cycle: int) -> data.StructLayout:
@@ -390,7 +420,7 @@ class KVDecompressor(wiring.Component):
         # table writes land two cycles after their beat (registered address/data, then the
         # centroid magnitude precomputed), so the write decode is not behind the input port
         cfg_v1, cfg_v = Signal(), Signal()
-        cfg_a1, cfg_a = Signal(10), Signal(10)
+        cfg_a1, cfg_a = Signal(12), Signal(12)
         cfg_d1, cfg_d = Signal(16), Signal(16)
         cfg_mag = Signal(16)
         m.d.sync += [cfg_v1.eq(self.i_cfg.valid), cfg_a1.eq(self.i_cfg.payload.addr), cfg_d1.eq(self.i_cfg.payload.data),
@@ -428,7 +458,8 @@ class KVDecompressor(wiring.Component):
                 m.d.sync += wcount.eq(wcount + 1)
 
         if c.decoder == "walk":
-            self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full)
+            self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
+                       cfgw=(cfg_v, cfg_a, cfg_d))
             return m
 
         # ---- pipeline enable: the output register is free or being taken
@@ -654,7 +685,7 @@ class KVDecompressor(wiring.Component):
         return m
 
     # ------------------------------------------------------------------ walk decoder
-    def _walk(self, m, *, tabs, inbuf, full):
+    def _walk(self, m, *, tabs, inbuf, full, cfgw):
         """The ``walk`` decoder (module docstring): Phase A tables, the one-lookup walk,
         symbol extraction and the FP16 back end."""
         c = self._cfg
@@ -662,7 +693,7 @@ class KVDecompressor(wiring.Component):
         N, H = c.nbits, c.header_bits
         room, symw, C, R, NCH = N - H, c.symbol_bits, c.cycles_per_block, c.walk_chunk, c.walk_chunks
         lR = R.bit_length() - 1
-        A2, A3 = c.walk_lookahead
+        A3 = c.walk_lookahead[1]
         lanes, spl = c.lanes, c.spl
         PW = 9 if R * NCH <= 512 else (R * NCH - 1).bit_length()      # position width
         SAT = R * NCH - 1                                               # saturated position (> room)
@@ -694,23 +725,10 @@ class KVDecompressor(wiring.Component):
         startA = Signal()
         m.d.comb += startA.eq(full & (~activeA | (kA == NCH - 1)) & ~owned_a[hA])
 
-        # the selected codebook's length limits and escape window, registered per block
+        # the block's codebook selector, registered per block (addresses the code-length table)
         in_sel = inbuf[:c.selbits] if c.selbits else Const(0, 1)
-        limA = [Signal(L + 1, name=f"limA{li}") for li in range(L)]
-        escloA = Signal(L + 1)
-        eschiA = Signal(L + 1)
-        esc_lo = [Signal(L + 1, name=f"esclo{k}") for k in range(K)]
-        esc_hi = [Signal(L + 1, name=f"eschi{k}") for k in range(K)]
-        # registered: derived from table registers that change only while the decoder is idle
-        for k in range(K):
-            if c.esc_bits:
-                lo = Signal(L + 1, name=f"esclo_c{k}")
-                m.d.comb += lo.eq((esc_code[k] << (L - esc_len[k]).as_unsigned()[:4])[:L + 1])
-                m.d.sync += [esc_lo[k].eq(Mux(esc_len[k] == 0, 0, lo)),
-                             esc_hi[k].eq(Mux(esc_len[k] == 0, 0,
-                                              lo + (Const(1, L + 1) << (L - esc_len[k]).as_unsigned()[:4])))]
-            else:
-                m.d.comb += [esc_lo[k].eq(0), esc_hi[k].eq(0)]
+        SB = max(c.selbits, 1)
+        selA = Signal(SB)
 
         streams_in = [lane_stream(inbuf[:N], ln, L + R) for ln in range(lanes)]
         SRW = R * NCH + L
@@ -732,63 +750,67 @@ class KVDecompressor(wiring.Component):
             for h in range(2):
                 with m.If(hA == h):
                     m.d.sync += wc[h].eq(0)
-            for k in range(K):
-                with m.If(in_sel == k):
-                    m.d.sync += [limA[li].eq(lim[k][li]) for li in range(L)]
-                    m.d.sync += [escloA.eq(esc_lo[k]), eschiA.eq(esc_hi[k])]
+            m.d.sync += selA.eq(in_sel)
         with m.Elif(activeA):
             with m.If(kA == NCH - 1):
                 m.d.sync += activeA.eq(0)
             with m.Else():
                 m.d.sync += kA.eq(kA + 1)
 
-        # ---------------- Phase A stage T: total code length (escape included, 0 = no code) at R offsets
-        def tot_at(bits, tag):
-            msbw = Cat(*[bits[L - 1 - j] for j in range(L)])
-            ge = [Signal(name=f"ge{tag}_{li}") for li in range(L)]
-            m.d.comb += [ge[li].eq(msbw >= limA[li]) for li in range(L)]
-            ln = Signal(range(L + 1), name=f"aln{tag}")
-            for li in reversed(range(L)):
-                with m.If(~ge[li]):
-                    m.d.comb += ln.eq(li + 1)
-            t = Signal(range(symw + 1), name=f"tot{tag}")
-            if c.esc_bits:
-                isesc = (msbw >= escloA) & (msbw < eschiA)
-                m.d.comb += t.eq(ln + Mux(isesc, c.esc_bits, 0))
-            else:
-                m.d.comb += t.eq(ln)
-            return t
-
+        # ---------------- Phase A stage T: total code length (escape included, 0 = no code) at
+        # TN = R + symw offsets per cycle (the chunk and the lookahead stage 2 needs), looked up in
+        # block RAM: table[sel][window of L bits, first bit = MSB], written through i_cfg at
+        # CFG_TOT (config_words).  Two lookups per RAM; port A also takes the table writes (while
+        # idle), so one DP16KD serves two offsets.  The RAM output is registered once more (Tq).
         TW = (symw).bit_length()
         R2W = (2 * symw).bit_length()
-        Tq = [[[Signal(TW, name=f"Tq{ln}_{i}_{o}") for o in range(R)] for i in range(A2 + 1)] for ln in range(lanes)]
-        Tv = [Signal(name=f"Tv{i}") for i in range(A2 + 1)]
-        Tj = [Signal(chw, name=f"Tj{i}") for i in range(A2 + 1)]
-        Th = [Signal(name=f"Th{i}") for i in range(A2 + 1)]
+        TN = R + symw
+        cfg_v, cfg_a, cfg_d = cfgw
+        tw_en = Signal()
+        tw_addr = Signal(L + SB)
+        m.d.comb += [tw_en.eq(cfg_v & cfg_a[11]), tw_addr.eq(cfg_a[:L + SB])]
+        Tb = [[None] * TN for ln in range(lanes)]
         for ln in range(lanes):
-            for o in range(R):
-                m.d.sync += Tq[ln][0][o].eq(tot_at(SR[ln][o:o + L], f"{ln}_{o}"))
-            for i in range(1, A2 + 1):
-                m.d.sync += [Tq[ln][i][o].eq(Tq[ln][i - 1][o]) for o in range(R)]
+            for i in range(0, TN, 2):
+                tm = Memory(shape=unsigned(TW), depth=1 << (L + SB), init=[], attrs={"no_rw_check": 1})
+                m.submodules[f"tot_tab{ln}_{i}"] = tm
+                wp = tm.write_port()
+                aaddr = Signal(L + SB, name=f"ttaddr{ln}_{i}")
+                m.d.comb += [aaddr.eq(Mux(tw_en, tw_addr, Cat(*[SR[ln][i + L - 1 - j] for j in range(L)], selA))),
+                             wp.addr.eq(aaddr), wp.data.eq(cfg_d[:TW]), wp.en.eq(tw_en)]
+                for o in (i, i + 1):
+                    if o >= TN:
+                        continue
+                    rp = tm.read_port()
+                    if o == i:
+                        m.d.comb += rp.addr.eq(aaddr)
+                    else:
+                        m.d.comb += rp.addr.eq(Cat(*[SR[ln][o + L - 1 - j] for j in range(L)], selA))
+                    Tb[ln][o] = rp.data
+        Tq = [[Signal(TW, name=f"Tq{ln}_{o}") for o in range(TN)] for ln in range(lanes)]
+        for ln in range(lanes):
+            m.d.sync += [Tq[ln][o].eq(Tb[ln][o]) for o in range(TN)]
+        Tv = [Signal(name=f"Tv{i}") for i in range(2)]
+        Tj = [Signal(chw, name=f"Tj{i}") for i in range(2)]
+        Th = [Signal(name=f"Th{i}") for i in range(2)]
         m.d.sync += [Tv[0].eq(activeA), Tj[0].eq(kA), Th[0].eq(~hA)]     # hA already toggled at start
-        for i in range(1, A2 + 1):
-            m.d.sync += [Tv[i].eq(Tv[i - 1]), Tj[i].eq(Tj[i - 1]), Th[i].eq(Th[i - 1])]
+        m.d.sync += [Tv[1].eq(Tv[0]), Tj[1].eq(Tj[0]), Th[1].eq(Th[0])]
 
-        # ---------------- stage 2: rel2[o] = tot[o] + tot[o + tot[o]] (chunk in Tq[A2], lookahead in Tq[A2-1..0])
+        # ---------------- stage 2: rel2[o] = tot[o] + tot[o + tot[o]] (chunk and lookahead in Tq)
         Rt = [[[Signal(TW, name=f"Rt{ln}_{i}_{o}") for o in range(R)] for i in range(A3 + 1)] for ln in range(lanes)]
         R2 = [[[Signal(R2W, name=f"R2{ln}_{i}_{o}") for o in range(R)] for i in range(A3 + 1)] for ln in range(lanes)]
         Rv = [Signal(name=f"Rv{i}") for i in range(A3 + 1)]
         Rj = [Signal(chw, name=f"Rj{i}") for i in range(A3 + 1)]
         Rh = [Signal(name=f"Rh{i}") for i in range(A3 + 1)]
         for ln in range(lanes):
-            flat = [t for i in reversed(range(A2 + 1)) for t in Tq[ln][i]]
+            flat = Tq[ln]
             for o in range(R):
                 cand = Array(flat[o:o + symw + 1])
                 m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(flat[o] + cand[flat[o]])]
             for i in range(1, A3 + 1):
                 m.d.sync += [Rt[ln][i][o].eq(Rt[ln][i - 1][o]) for o in range(R)]
                 m.d.sync += [R2[ln][i][o].eq(R2[ln][i - 1][o]) for o in range(R)]
-        m.d.sync += [Rv[0].eq(Tv[A2]), Rj[0].eq(Tj[A2]), Rh[0].eq(Th[A2])]
+        m.d.sync += [Rv[0].eq(Tv[1]), Rj[0].eq(Tj[1]), Rh[0].eq(Th[1])]
         for i in range(1, A3 + 1):
             m.d.sync += [Rv[i].eq(Rv[i - 1]), Rj[i].eq(Rj[i - 1]), Rh[i].eq(Rh[i - 1])]
 

@@ -4,12 +4,14 @@ cocotb + Verilator through sim/kv_flow.py (one cached build per geometry; codebo
 runtime tables).  Every expected value comes from sparsefab.compress.kv.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from sparsefab.compress import kv
 from sparsefab.compress.errors import FormatError, SparsefabError
-from sparsefab.gen.kv_decompress import KVDecompressConfig, KVDecompressor, config_words
+from sparsefab.gen.kv_decompress import CFG_TOT, KVDecompressConfig, KVDecompressor, config_words
 
 SEED = 4242
 
@@ -61,6 +63,17 @@ def test_config_words_describe_canonical_codes(cb):
             else:
                 cv = regs[64 * k + 32 + rank]
                 assert cv - (65536 if cv >= 32768 else 0) == cb.centroids[k, s]
+            # walk: the code-length table maps every window that begins with this code to its
+            # length (+ esc_bits for the escape)
+            esc = bool(cb.esc_bits) and s == cb.s - 1
+            for tail in range(1 << (8 - ln)):
+                assert regs[CFG_TOT + (k << 8) + w + tail] == ln + (cb.esc_bits if esc else 0), (k, s, tail)
+        # windows that begin no code (an incomplete code) read 0; every entry is written once
+        tab = [regs[CFG_TOT + (k << 8) + w] for w in range(256)]
+        assert sum(2 ** (8 - int(n)) for n in cb.lengths[k] if n) == sum(t != 0 for t in tab)
+    assert len(regs) == len(config_words(cb, cfg))
+    chain = dict(config_words(cb, dataclasses.replace(cfg, decoder="chain")))
+    assert not any(a >= CFG_TOT for a in chain)                 # only the walk decoder has the table
 
 
 def _run(data, **kw):
