@@ -328,11 +328,34 @@ def sidecar_extra(top: SparseMacCluster) -> dict:
     return d
 
 
+#: ``decoder=`` names of :func:`build_cluster` -> front-end class ("module:Class"; None: the array's own)
+FRONT_ENDS = {"window": None, "chunk": "sparsefab.gen.chunk_decoder:ChunkDecoder"}
+
+
+def front_end_class(name: str):
+    """The engine front-end class called ``name`` in :data:`FRONT_ENDS` (None for the array's own)."""
+    import importlib
+
+    if name not in FRONT_ENDS:
+        raise SparsefabError(f"spmv-cluster: decoder={name!r}, expected one of {', '.join(FRONT_ENDS)}")
+    target = FRONT_ENDS[name]
+    if target is None:
+        return None
+    module, _, cls = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise SparsefabError(f"spmv-cluster: decoder={name!r} is not available ({exc})") from None
+
+
 def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: int = 16, acc_bits: int = 32,
                   bus_bits: int = 64, max_cols: int = 1024, mask_words: int | None = None,
-                  value_words: int | None = None, mul_steps: int = 1, window_beats: int = 2) -> SparseMacCluster:
+                  value_words: int | None = None, mul_steps: int = 1, window_beats: int = 2,
+                  decoder: str = "window") -> SparseMacCluster:
     """The ``spmv-cluster`` design: ``lanes`` multipliers in total as ``engines`` engines of
-    ``lanes // engines`` lanes (the other parameters are each engine's, see :class:`SpmvConfig`)."""
+    ``lanes // engines`` lanes (the other parameters are each engine's, see :class:`SpmvConfig`);
+    ``decoder`` picks the engines' front end (:data:`FRONT_ENDS`)."""
+    front_end = front_end_class(decoder)
     if isinstance(engines, bool) or engines not in ENGINES:
         raise SparsefabError(f"spmv-cluster: engines={engines!r}, expected one of {', '.join(map(str, ENGINES))}")
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < engines or lanes % engines:
@@ -340,7 +363,7 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
     cfg = SpmvConfig(lanes=lanes // engines, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
                      window_beats=window_beats)
-    return SparseMacCluster(cfg, engines=engines)
+    return SparseMacCluster(cfg, engines=engines, front_end=front_end)
 
 
 build_cluster.requires = "sparsefab.gen.sparse_mac"

@@ -190,3 +190,15 @@ def test_cluster_minilm_matrix_4x8_lanes():
     job = Job(codes.astype(np.int64), rng.integers(-128, 128, codes.shape[1]), random_rq(rng, codes.shape[0]))
     got = run_case(cfg, 4, [job], seed=3, idle=0.1, backpressure=0.1)
     assert got["o_nnz"] == int(np.count_nonzero(codes))
+
+
+def test_build_cluster_checks_its_parameters():
+    from sparsefab.gen.spmv_multi import build_cluster
+
+    with pytest.raises(SparsefabError, match="decoder='nope'"):
+        build_cluster(decoder="nope")
+    with pytest.raises(SparsefabError, match="lanes=30"):
+        build_cluster(lanes=30, engines=4)
+    c = build_cluster(lanes=16, engines=4, max_cols=64)
+    assert (c.engines, c.config.lanes, c.lanes) == (4, 4, 16)
+    c._MustUse__silence = True
