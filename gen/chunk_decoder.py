@@ -388,11 +388,17 @@ class ChunkDecoder(wiring.Component):
             onehot = [(~g[0]) if k == 0 else (g[k - 1] & ~g[k]) if k < 7 else g[6] for k in range(8)]
             byte = Signal(3, name=f"b_byte{i}")
             bb = Signal(8, name=f"b_bb{i}")
-            pb = Signal(3, name=f"b_pb{i}")
+            lr = Signal(3, name=f"b_lr{i}")
+            # the rank inside each candidate byte is computed beside the compares, then selected
+            lrs = []
+            for k in range(8):
+                d = Signal(3, name=f"b_lr{i}_{k}")
+                m.d.comb += d.eq(b_rank[i][:3] - P[k][:3])
+                lrs.append(d)
             m.d.comb += [byte.eq(_or_const(onehot)),
                          bb.eq(_or_sel(onehot, [b_bits[i][8 * k:8 * k + 8] for k in range(8)], 8)),
-                         pb.eq(_or_sel(onehot, [P[k][:3] for k in range(8)], 3))]
-            m.d.sync += [c_byte[i].eq(byte), c_bb[i].eq(bb), c_lr[i].eq(b_rank[i][:3] - pb), c_j[i].eq(b_j[i])]
+                         lr.eq(_or_sel(onehot, lrs, 3))]
+            m.d.sync += [c_byte[i].eq(byte), c_bb[i].eq(bb), c_lr[i].eq(lr), c_j[i].eq(b_j[i])]
 
         # ---------------------------------------------------------------- values
         vbuf = [Signal(64, name=f"vbuf{k}") for k in range(D)]
@@ -425,8 +431,9 @@ class ChunkDecoder(wiring.Component):
         m.d.sync += [b_off.eq(vpos[:lv]), b_rb.eq(vpos[lv:]), b_cross.eq(a_v & nxtpos[lv])]
         m.d.comb += free_b.eq(b_v & b_cross)
         c_win = Signal(128)
-        c_off = Signal(lv)
-        m.d.sync += [c_win.eq(Cat(Array(vbuf)[b_rb], Array(vbuf)[(b_rb + 1)[:db]])), c_off.eq(b_off)]
+        c_idx = [Signal(lv + 1, name=f"c_vidx{i}") for i in range(L)]     # lane i's value in c_win
+        m.d.sync += [c_win.eq(Cat(Array(vbuf)[b_rb], Array(vbuf)[(b_rb + 1)[:db]]))]
+        m.d.sync += [c_idx[i].eq(b_off + i) for i in range(L)]
         with m.If(start | flush):
             m.d.sync += [wb.eq(0), used.eq(0), vlast_in.eq(0), vbeats.eq(0), credit.eq(0), vok.eq(0),
                          vpos.eq(0), vlast_d.eq(0)]
@@ -453,7 +460,7 @@ class ChunkDecoder(wiring.Component):
             pos = Signal(3, name=f"c_pos{i}")
             m.d.comb += pos.eq(_select8(m, c_bb[i], c_lr[i], f"c_sel{i}"))
             m.d.comb += [payload.col[i].eq(Cat(pos, c_byte[i], c_j[i])[:col_w]),
-                         payload.value[i].eq(c_win.word_select((c_off + i)[:lv + 1], b))]
+                         payload.value[i].eq(c_win.word_select(c_idx[i], b))]
         m.d.comb += [payload.valid.eq(c_valid), payload.nxt.eq(c_nxt), payload.row_end.eq(c_re),
                      payload.last.eq(c_last & c_re),
                      ofifo.w_en.eq(c_v & ~flush), ofifo.w_data.eq(payload.as_value()),

@@ -223,14 +223,33 @@ def _edge_jobs(rng):
     return [Job(m, rng.integers(-128, 128, m.shape[1]), random_rq(rng, m.shape[0])) for m in shapes]
 
 
-def test_cluster_with_chunk_decoder_equals_golden_with_stalls():
+@pytest.mark.parametrize("engines,lanes,seed", [
+    (2, 4, 23),
+    pytest.param(4, 4, 29, marks=pytest.mark.slow),
+    pytest.param(2, 8, 31, marks=pytest.mark.slow),
+])
+def test_cluster_with_chunk_decoder_equals_golden_with_stalls(engines, lanes, seed):
+    """Engines built around ChunkDecoder: every row equals the golden model (the scoreboard of
+    tb_sparse_mac raises on a mismatch), with idle cycles on every input and backpressure."""
     from sparsefab.sim.tb_spmv_multi import run_case
 
-    seed = 23
     rng = np.random.default_rng(seed)
     jobs = _edge_jobs(rng)
-    got = run_case(_cfg(4, max_cols=256), 4, jobs, seed=seed, idle=0.25, backpressure=0.3, front_end=ChunkDecoder)
+    got = run_case(_cfg(lanes, max_cols=256), engines, jobs, seed=seed, idle=0.25, backpressure=0.3,
+                   front_end=ChunkDecoder)
     assert got["o_nnz"] == sum(int(np.count_nonzero(j.codes)) for j in jobs), f"seed {seed}"
+
+
+@pytest.mark.slow
+def test_cluster_reset_mid_row():
+    """Reset in the middle of a row: the engines and their ChunkDecoders return to idle and the
+    next run is exact (tb_sparse_mac's reset case)."""
+    from sparsefab.sim.tb_spmv_multi import run_case
+
+    rng = np.random.default_rng(37)
+    jobs = _edge_jobs(rng)[4:5] * 2
+    run_case(_cfg(4, max_cols=256), 2, jobs, seed=37, idle=0.1, backpressure=0.1, front_end=ChunkDecoder,
+             testcase="spmv_reset_midrow")
 
 
 @pytest.mark.minilm
