@@ -270,3 +270,17 @@ def test_cluster_minilm_8x4_utilization(sparsity):
     got = run_case(_cfg(4, max_cols=512), 8, [job], seed=5, idle=0.0, backpressure=0.0, front_end=ChunkDecoder)
     ideal = -(-int(np.count_nonzero(codes)) // 32)
     assert ideal / got["o_cycles"] >= 0.9, (sparsity, ideal, got["o_cycles"])
+
+
+def test_build_chunk_cluster_validates():
+    from sparsefab.gen.chunk_decoder import build_chunk_cluster
+
+    c = build_chunk_cluster(lanes=32, engines=8)
+    assert c.lanes == 32 and c.config.lanes == 4 and c.config.mask_words == 1
+    c._MustUse__silence = True
+    with pytest.raises(SparsefabError, match="lanes=30"):
+        build_chunk_cluster(lanes=30, engines=8)
+    with pytest.raises(SparsefabError, match="engines=3"):
+        build_chunk_cluster(lanes=12, engines=3)
+    with pytest.raises(SparsefabError, match="lanes\\*weight_bits=128"):   # 16 lanes per engine
+        build_chunk_cluster(lanes=32, engines=2)
