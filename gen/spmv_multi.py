@@ -151,6 +151,11 @@ class SparseMacCluster(wiring.Component):
         return self._engines
 
     @property
+    def front_end(self):
+        """The engines' decoder class (None: the array's own)."""
+        return self._front_end
+
+    @property
     def lanes(self) -> int:
         """Multipliers of the whole cluster."""
         return self._engines * self._config.lanes
@@ -356,6 +361,9 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
     ``lanes // engines`` lanes (the other parameters are each engine's, see :class:`SpmvConfig`);
     ``decoder`` picks the engines' front end (:data:`FRONT_ENDS`)."""
     front_end = front_end_class(decoder)
+    if decoder == "chunk":      # one 64-bit mask word and one value word per beat (ChunkDecoder's form)
+        mask_words = 1 if mask_words is None else mask_words
+        value_words = 1 if value_words is None else value_words
     if isinstance(engines, bool) or engines not in ENGINES:
         raise SparsefabError(f"spmv-cluster: engines={engines!r}, expected one of {', '.join(map(str, ENGINES))}")
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < engines or lanes % engines:
@@ -367,3 +375,5 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
 
 
 build_cluster.requires = "sparsefab.gen.sparse_mac"
+#: ULX3S (ECP5-85F): 8 engines of 4 lanes with the chunk front end, the form built for 100 MHz
+build_cluster.board_defaults = {"ulx3s-85f": {"engines": 8, "decoder": "chunk"}}

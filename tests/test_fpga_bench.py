@@ -39,13 +39,13 @@ def test_bench_full_with_fake_builds(monkeypatch, capsys):
     assert e8["lcs_per_lane"] == (120 + 60 * 8) / 8
     assert e8["lcs_per_lane_slope"] == 60.0 and e8["luts_per_lane_slope"] == 50.0
     assert "lcs_per_lane_slope" not in by[("spmv", "icebreaker", 4)]
-    assert by[("spmv", "ulx3s-85f", 32)]["ffs_per_lane_slope"] == 40.0
+    assert by[("spmv-cluster", "ulx3s-85f", 32)]["ffs_per_lane_slope"] == 40.0
     if designs.available("crossbar"):
         failed = [e for e in out if e["design"] == "crossbar" and e["board"] == "icebreaker"]
         assert "does not fit" in failed[0]["error"]
         assert "FAILED crossbar" in text
     # a missed target prints nextpnr's critical path
-    assert "spmv on ulx3s-85f misses 100 MHz (80.00 MHz)" in text
+    assert "spmv-cluster on ulx3s-85f misses 100 MHz (80.00 MHz)" in text
     assert "Critical path report" in text
 
 
