@@ -195,36 +195,37 @@ def build_mac(*, lanes: int = 1, bits: int = 8, acc_bits: int = 32) -> MacSmoke:
 
 
 def _spmv_config(*, lanes, bits, block, acc_bits, bus_bits, max_cols, mask_words, value_words, mul_steps,
-                 window_beats=3):
+                 window_beats=3, decoder="window"):
     from sparsefab.gen.spmv_config import SpmvConfig
 
     return SpmvConfig(lanes=lanes, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                       max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
-                      window_beats=window_beats)
+                      window_beats=window_beats, decoder=decoder)
 
 
 def build_spmv(*, lanes: int = 8, bits: int = 8, block: int = 16, acc_bits: int = 32, bus_bits: int = 64,
                max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None,
-               mul_steps: int = 1, window_beats: int = 3):
+               mul_steps: int = 1, window_beats: int = 3, decoder: str = "window"):
     """The ``spmv`` design: :class:`sparsefab.gen.sparse_mac.SparseMacArray` (see :class:`SpmvConfig`;
     ``bits`` is the weight width).
 
     iCEBreaker defaults (``board_defaults``): ``mul_steps=4`` (the lanes take the UP5K's 8 DSPs, so
     the requantization multiply is done in logic over 4 cycles); ``bus_bits=32`` (an activation
     buffer copy of 1024 columns is then 2 EBR, 16 for 8 lanes; at 64 bits it is 4, 32 > 30);
-    ``mask_words=2, window_beats=2``: a 64-bit mask beat and a 128-bit decoder window instead of
-    ``ceil(20*lanes/bus)`` words x 3 (at most 64 mask bits per cycle: about 6.4 nonzeros per cycle at
-    90 % sparsity, full rate at 75 % and below).  ULX3S: ``window_beats=2``."""
+    ``mask_words=2``: a 64-bit mask beat (at most 64 mask bits per cycle: about 6.4 nonzeros per
+    cycle at 90 % sparsity, full rate at 75 % and below); ``decoder="compact"``: the small front
+    end (:class:`sparsefab.gen.compact_decoder.CompactDecoder`, two 32-bit word slots).
+    ULX3S: ``window_beats=2``."""
     from sparsefab.gen.sparse_mac import SparseMacArray
 
     return SparseMacArray(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                                        max_cols=max_cols, mask_words=mask_words, value_words=value_words,
-                                       mul_steps=mul_steps, window_beats=window_beats))
+                                       mul_steps=mul_steps, window_beats=window_beats, decoder=decoder))
 
 
 build_spmv.requires = "sparsefab.gen.sparse_mac"
 build_spmv.board_defaults = {
-    "icebreaker": {"mul_steps": 4, "bus_bits": 32, "mask_words": 2, "window_beats": 2},
+    "icebreaker": {"mul_steps": 4, "bus_bits": 32, "mask_words": 2, "decoder": "compact"},
     "ulx3s-85f": {"window_beats": 2},
 }
 
@@ -245,16 +246,21 @@ build_spmv_dense.board_defaults = {"icebreaker": {"mul_steps": 4}}
 
 def build_bitmap_decoder(*, lanes: int = 8, bits: int = 8, block: int = 16, bus_bits: int = 64,
                          max_cols: int = 1024, mask_words: int | None = None, value_words: int | None = None,
-                         window_beats: int = 3):
-    """The front end of ``spmv`` alone: :class:`sparsefab.gen.bitmap_decoder.BitmapDecoder`."""
+                         window_beats: int = 3, decoder: str = "window"):
+    """The front end of ``spmv`` alone: :class:`sparsefab.gen.bitmap_decoder.BitmapDecoder`, or
+    :class:`sparsefab.gen.compact_decoder.CompactDecoder` with ``decoder="compact"``."""
     from sparsefab.gen.bitmap_decoder import BitmapDecoder
 
-    return BitmapDecoder(_spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=32, bus_bits=bus_bits,
-                                      max_cols=max_cols, mask_words=mask_words, value_words=value_words,
-                                      mul_steps=1, window_beats=window_beats))
+    cfg = _spmv_config(lanes=lanes, bits=bits, block=block, acc_bits=32, bus_bits=bus_bits, max_cols=max_cols,
+                       mask_words=mask_words, value_words=value_words, mul_steps=1, window_beats=window_beats,
+                       decoder=decoder)
+    if cfg.decoder == "compact":
+        from sparsefab.gen.compact_decoder import CompactDecoder
+        return CompactDecoder(cfg)
+    return BitmapDecoder(cfg)
 
 
 build_bitmap_decoder.board_defaults = {
-    "icebreaker": {"bus_bits": 32, "mask_words": 2, "window_beats": 2},
+    "icebreaker": {"bus_bits": 32, "mask_words": 2, "decoder": "compact"},
     "ulx3s-85f": {"window_beats": 2},
 }

@@ -419,7 +419,10 @@ class MacBackend(wiring.Component):
         # stage 2: products (one a*b per lane, registered: maps to a DSP)
         v2, re2, last2 = Signal(), Signal(), Signal()
         nxt2 = Signal(L)
-        prods = [Signal(signed(prod_w), name=f"prod{i}", reset_less=True) for i in range(L)]
+        # "keep": Yosys 0.70's ice40_dsp must not absorb a product register into the neighbouring
+        # lane's DSP as its adder input: it then dropped that lane's multiplier (half the DSPs and
+        # activation buffers vanished from the netlist; also with "keep" on every other lane only)
+        prods = [Signal(signed(prod_w), name=f"prod{i}", reset_less=True, attrs={"keep": 1}) for i in range(L)]
         m.d.sync += [v2.eq(v1), re2.eq(re1), last2.eq(last1), nxt2.eq(nxt1)]
         for i in range(L):
             m.d.sync += prods[i].eq(vals1[i] * acts[i])
@@ -509,7 +512,11 @@ class SparseMacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        m.submodules.dec = dec = BitmapDecoder(cfg)
+        if cfg.decoder == "compact":
+            from sparsefab.gen.compact_decoder import CompactDecoder
+            m.submodules.dec = dec = CompactDecoder(cfg)
+        else:
+            m.submodules.dec = dec = BitmapDecoder(cfg)
         wiring.connect(m, wiring.flipped(self.i_mask), dec.i_mask)
         wiring.connect(m, wiring.flipped(self.i_value), dec.i_value)
         return build_top(m, self, cfg, dec.o_lanes, dec.i_cmd, dec.o_busy, dec.o_error_flags)

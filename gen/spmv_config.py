@@ -88,6 +88,7 @@ _WEIGHT_BITS = (2, 4, 8)
 _BLOCKS = (8, 16, 32, 64)
 _BUSES = (32, 64)
 _MUL_STEPS = (1, 2, 4, 8, 16)
+_DECODERS = ("window", "compact")
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> int:
@@ -138,6 +139,11 @@ class SpmvConfig:
         Cycles per requantization multiply: 1 (one ``a*b``, maps to DSPs) or 2, 4, 8, 16
         (shift-and-add over 16/mul_steps multiplier bits per cycle, in logic: for chips whose
         DSPs are all taken by the lanes, e.g. iCE40UP5K).
+    decoder : str
+        Front end: ``"window"`` (:class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder`, the
+        general form) or ``"compact"`` (:class:`~sparsefab.gen.compact_decoder.CompactDecoder`,
+        the small form for iCE40: two 32-bit word slots, mask beats of 32 or 64 bits, up to 16
+        lanes; ``window_beats`` is not used).
     dense : bool
         True for the dense baseline (:class:`~sparsefab.gen.dense_mac.DenseMacArray`).
     """
@@ -153,6 +159,7 @@ class SpmvConfig:
     window_beats: int = 3
     value_words: int | None = None
     mul_steps: int = 1
+    decoder: str = "window"
     dense: bool = False
 
     def __post_init__(self):
@@ -176,6 +183,15 @@ class SpmvConfig:
                 f"SpmvConfig: value_words={self.value_words} gives {self.value_words * self.bus_bits} bits "
                 f"per beat, fewer than lanes*weight_bits={self.lanes * self.weight_bits}")
         s(self, "mul_steps", _check_choice("mul_steps", self.mul_steps, _MUL_STEPS))
+        if self.decoder not in _DECODERS:
+            raise SparsefabError(f"SpmvConfig: decoder={self.decoder!r}, expected one of {', '.join(_DECODERS)}")
+        if self.decoder == "compact":
+            if self.mask_words * self.bus_bits > 64:
+                raise SparsefabError(
+                    f"SpmvConfig: decoder='compact' takes mask beats of 32 or 64 bits, got mask_words="
+                    f"{self.mask_words} x bus_bits={self.bus_bits}")
+            if self.lanes > 16:
+                raise SparsefabError(f"SpmvConfig: decoder='compact' supports lanes <= 16, got lanes={self.lanes}")
         if not isinstance(self.dense, (bool, np.bool_)):
             raise SparsefabError(f"SpmvConfig: dense={self.dense!r}, expected a bool")
         s(self, "dense", bool(self.dense))
@@ -212,8 +228,9 @@ class SpmvConfig:
     def name(self) -> str:
         """Verilog module name of this configuration."""
         kind = "dense" if self.dense else "spmv"
+        tail = "_compact" if self.decoder == "compact" and not self.dense else ""
         return (f"{kind}_l{self.lanes}_w{self.weight_bits}_b{self.block}_bus{self.bus_bits}"
-                f"_c{self.max_cols}")
+                f"_c{self.max_cols}{tail}")
 
     # Pipeline depths, shared by the RTL and the testbenches.
     #: cycles from a lane bundle accepted by the MAC back end to its row result in the row FIFO

@@ -798,13 +798,21 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   wire o_row__ready;
   output o_row__valid;
   wire o_row__valid;
+  (* keep = 32'd1 *)
   reg [15:0] prod0 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod1 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod2 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod3 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod4 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod5 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod6 = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] prod7 = 16'h0000;
   wire [32:0] r_data;
   input r_en;

@@ -119,12 +119,12 @@ def _check_range(a: np.ndarray, lo: int, hi: int, name: str, what: str) -> None:
 
 def spmv_config(*, lanes: int, bits: int, block: int, cols: int, dense: bool = False, bus_bits: int = 64,
                 acc_bits: int = 32, max_cols: int | None = None, mask_words: int | None = None,
-                window_beats: int = 3, mul_steps: int = 1):
+                window_beats: int = 3, mul_steps: int = 1, decoder: str = "window"):
     """The :class:`~sparsefab.gen.spmv_config.SpmvConfig` used for a matrix of ``cols`` columns.
 
     ``max_cols`` defaults to the next power of two >= max(cols, 1024), so one compiled
-    binary serves every matrix up to that width.  ``mask_words``, ``window_beats`` and
-    ``mul_steps`` select e.g. the iCEBreaker form (``designs.build_spmv.board_defaults``).
+    binary serves every matrix up to that width.  ``mask_words``, ``window_beats``, ``mul_steps``
+    and ``decoder`` select e.g. the iCEBreaker form (``designs.build_spmv.board_defaults``).
     """
     from sparsefab.gen.spmv_config import SpmvConfig
 
@@ -132,7 +132,7 @@ def spmv_config(*, lanes: int, bits: int, block: int, cols: int, dense: bool = F
         max_cols = min(65535, 1 << max(10, (int(cols) - 1).bit_length()))
     return SpmvConfig(lanes=lanes, weight_bits=bits, block=block, bus_bits=bus_bits, acc_bits=acc_bits,
                       max_cols=max_cols, dense=dense, mask_words=mask_words, window_beats=window_beats,
-                      mul_steps=mul_steps)
+                      mul_steps=mul_steps, decoder="window" if dense else decoder)
 
 
 def _top_class(config):
@@ -291,7 +291,7 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
              stalls: bool | float = False, seed: int = 1, max_cols: int | None = None,
              simulator: str = "verilator", engine: str | None = None,
              build_root: str | None = None, mask_words: int | None = None, window_beats: int = 3,
-             mul_steps: int = 1) -> SpmvResult:
+             mul_steps: int = 1, decoder: str = "window") -> SpmvResult:
     """Run ``y = W @ x`` for every row ``x`` of ``X_codes`` on the RTL and return what it produced.
 
     Parameters
@@ -315,6 +315,8 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
     mask_words, window_beats, mul_steps : int, optional
         Decoder mask beat / window and requantization steps (:class:`SpmvConfig`; default the
         array's defaults).
+    decoder : {"window", "compact"}
+        The array's front end (:class:`SpmvConfig`; ``compact`` is the iCE40 form).
     simulator : {"verilator", "icarus"}
         ``icarus`` runs through the cocotb runner (needs ``iverilog``).
     engine : {"flow", "cocotb"}, optional
@@ -369,7 +371,7 @@ def run_spmv(W_codes, X_codes, *, lanes: int = 8, bits: int = 8, block: int = 16
 
     cfg = spmv_config(lanes=lanes, bits=bits, block=block, cols=cols, dense=dense, bus_bits=bus_bits,
                       acc_bits=acc_bits, max_cols=max_cols, mask_words=mask_words, window_beats=window_beats,
-                      mul_steps=mul_steps)
+                      mul_steps=mul_steps, decoder=decoder)
     if cols > cfg.max_cols:
         raise SparsefabError(f"W_codes: cols={cols} exceeds the array's max_cols={cfg.max_cols}")
     if rows >= 1 << 16:

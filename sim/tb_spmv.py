@@ -254,6 +254,8 @@ def run_decoder(cfg: SpmvConfig, codes, *, seed: int = 1, idle: float = 0.0, bac
     img = bitmap_sections(codes, bits=cfg.weight_bits, block=cfg.block, bus_bits=cfg.bus_bits)
     masks = cfg.mask_beats(img) if mask_beats is None else mask_beats
     vals = cfg.value_beats(img) if value_beats is None else value_beats
+    if cfg.decoder == "compact":
+        from sparsefab.gen.compact_decoder import CompactDecoder as BitmapDecoder  # same ports
     dut = (front_end or BitmapDecoder)(cfg)
     rng = random.Random(seed)
     out = {"triples": [], "row_ends": 0, "cycles": 0, "busy": 0, "fired": [], "done": False}
