@@ -45,6 +45,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparsefab.compress.errors import SparsefabError
@@ -57,6 +58,8 @@ __all__ = ["ChunkDecoder", "build_chunk_cluster", "build_decoder", "check_config
 CHUNK_FIFO_DEPTH = 8
 #: Depth of the output (lane bundle) FIFO.
 OUT_FIFO_DEPTH = 8
+#: Slots of the chunk data store (LUT RAM).
+STORE_SLOTS = 16
 #: Cycles from a bundle's issue by the take loop to its write into the output FIFO.
 PIPE_STAGES = 3
 
@@ -215,7 +218,20 @@ class ChunkDecoder(wiring.Component):
 
         # ---------------------------------------------------------------- ingest stage 1 -> chunk FIFO
         # chunk record: bits 64 | P1..P7 (6 bits each: set bits in bytes below byte k) | n (7) | rl | ml | j
-        rec = {"bits": 64, "P": 42, "n": 7, "rl": 1, "ml": 1, "j": jb}
+        # The wide part of a chunk (bits, byte prefixes P1..P7, j) goes to a store of STORE_SLOTS
+        # slots in LUT RAM; the chunk FIFO and the take loop carry only its counts, row tags and
+        # slot number, so the loop's decisions fan out to a few registers (routing of the load
+        # enables of 2 x 110 data registers was 8 of the 11.5 ns of the 86.6 MHz routed path).
+        # A slot is rewritten STORE_SLOTS chunks later; at most CHUNK_FIFO_DEPTH (FIFO + ingest)
+        # + 2 (window) + 1 (read by stage A) chunks are alive.
+        sb = (STORE_SLOTS - 1).bit_length()
+        store = Memory(shape=64 + 42 + jb, depth=STORE_SLOTS, init=[])
+        m.submodules.store = store
+        st_w = store.write_port()
+        st_lo = store.read_port(domain="comb")
+        st_hi = store.read_port(domain="comb")
+        wslot = Signal(sb)
+        rec = {"n": 7, "rl": 1, "ml": 1, "slot": sb}
         rec_w = sum(rec.values())
         cfifo = SyncFIFOBuffered(width=rec_w, depth=CHUNK_FIFO_DEPTH)
         cf_rst = Signal()
@@ -237,9 +253,13 @@ class ChunkDecoder(wiring.Component):
         i2_v = Signal()
         m.d.sync += i2_v.eq(i1_v & ~flush)
         pre = [i1_pa[k] if k < 4 else i1_pa[3] + i1_pa[k] for k in range(8)]   # set bits in bytes 0..k
+        i2_wide = Signal(64 + 42 + jb)
         with m.If(i1_v):
-            m.d.sync += i1.eq(Cat(i1_bits, *[p[:6] for p in pre[:7]], pre[7][:7], i1_rl, i1_ml, i1_j))
-        m.d.comb += [cfifo.w_en.eq(i2_v), cfifo.w_data.eq(i1)]
+            m.d.sync += [i1.eq(Cat(pre[7][:7], i1_rl, i1_ml, wslot)),
+                         i2_wide.eq(Cat(i1_bits, *[p[:6] for p in pre[:7]], i1_j)),
+                         wslot.eq(wslot + 1)]
+        m.d.comb += [cfifo.w_en.eq(i2_v), cfifo.w_data.eq(i1),
+                     st_w.en.eq(i2_v), st_w.addr.eq(Mux(i2_v, i1[-sb:], 0)), st_w.data.eq(i2_wide)]
         # room for a beat accepted now: FIFO entries + ingest stages in flight < depth
         m.d.comb += cfifo_rdy_cnt.eq(cfifo.level + i0_v + i1_v + i2_v < CHUNK_FIFO_DEPTH)
 
@@ -247,10 +267,10 @@ class ChunkDecoder(wiring.Component):
         vneed = Signal(need_w)
         mcount_done = Signal()                     # the final chunk's count is in vneed
         with m.If(i2_v):
-            m.d.sync += vneed.eq(vneed + i1[64 + 42:64 + 49])
-            m.d.sync += mcount_done.eq(i1[64 + 50])
+            m.d.sync += vneed.eq(vneed + i1[0:7])
+            m.d.sync += mcount_done.eq(i1[8])
         with m.If(start):
-            m.d.sync += [vneed.eq(0), mcount_done.eq(0)]
+            m.d.sync += [vneed.eq(0), mcount_done.eq(0), wslot.eq(0)]
 
         def field(sig, name):
             off = 0
@@ -266,9 +286,7 @@ class ChunkDecoder(wiring.Component):
 
         # ---------------------------------------------------------------- take loop
         lo_v, hi_v = Signal(), Signal()
-        lo_bits, hi_bits = Signal(64), Signal(64)
-        lo_P, hi_P = Signal(42), Signal(42)
-        lo_j, hi_j = Signal(jb), Signal(jb)
+        lo_slot, hi_slot = Signal(sb), Signal(sb)
         lo_rl, lo_ml, hi_rl, hi_ml = Signal(), Signal(), Signal(), Signal()
         r_lo = Signal(7)                           # set bits of lo not yet taken
         t_lo = Signal(7)                           # set bits of lo taken (ranks below are gone)
@@ -325,17 +343,15 @@ class ChunkDecoder(wiring.Component):
         with m.If(go & ~lo_le):
             m.d.sync += [r_lo.eq(r_lo - L), t_lo.eq(t_lo + L), lo_le.eq(r_lo <= 2 * L)]
         with m.If(lo_from_hi):
-            m.d.sync += [lo_bits.eq(hi_bits), lo_P.eq(hi_P), lo_j.eq(hi_j), lo_rl.eq(hi_rl), lo_ml.eq(hi_ml),
+            m.d.sync += [lo_slot.eq(hi_slot), lo_rl.eq(hi_rl), lo_ml.eq(hi_ml),
                          r_lo.eq(r_new), t_lo.eq(take_hi), lo_le.eq(le_new)]
         with m.If(lo_from_head):
-            m.d.sync += [lo_bits.eq(field(head, "bits")), lo_P.eq(field(head, "P")), lo_j.eq(field(head, "j")),
-                         lo_rl.eq(field(head, "rl")), lo_ml.eq(field(head, "ml")),
+            m.d.sync += [lo_slot.eq(field(head, "slot")), lo_rl.eq(field(head, "rl")), lo_ml.eq(field(head, "ml")),
                          r_lo.eq(h_n), t_lo.eq(0), lo_le.eq(h_n <= L)]
         m.d.sync += [lo_v.eq(lo_from_hi | lo_from_head | (lo_v & ~retire)),
                      hi_v.eq(hi_load | (hi_v & ~retire))]
         with m.If(hi_load):
-            m.d.sync += [hi_bits.eq(field(head, "bits")), hi_P.eq(field(head, "P")), hi_j.eq(field(head, "j")),
-                         hi_rl.eq(field(head, "rl")), hi_ml.eq(field(head, "ml")), hi_nz.eq(h_n != 0),
+            m.d.sync += [hi_slot.eq(field(head, "slot")), hi_rl.eq(field(head, "rl")), hi_ml.eq(field(head, "ml")), hi_nz.eq(h_n != 0),
                          n_low.eq(h_n[:lb]), nm1_low.eq(Mux(h_n == 0, 0, h_n - 1)[:lb])]
             for s in range(L + 1):
                 m.d.sync += [ge_nc[s].eq(h_n >= s), ge_c[s].eq(h_n >= s + 1), nm[s].eq(h_n - s),
@@ -345,15 +361,15 @@ class ChunkDecoder(wiring.Component):
 
         # ---------------------------------------------------------------- stage A (no enables)
         a_v = Signal()
-        a_lo_bits, a_hi_bits = Signal(64), Signal(64)
-        a_lo_P, a_hi_P = Signal(42), Signal(42)
-        a_lo_j, a_hi_j = Signal(jb), Signal(jb)
+        a_lo_slot, a_hi_slot = Signal(sb), Signal(sb)
         a_t = Signal(7)
         a_tlo, a_thi = Signal(lb), Signal(lb)
         a_re, a_last = Signal(), Signal()
-        m.d.sync += [a_v.eq(go & ~flush), a_lo_bits.eq(lo_bits), a_hi_bits.eq(hi_bits), a_lo_P.eq(lo_P),
-                     a_hi_P.eq(hi_P), a_lo_j.eq(lo_j), a_hi_j.eq(hi_j), a_t.eq(t_lo), a_tlo.eq(take_lo),
+        m.d.sync += [a_v.eq(go & ~flush), a_lo_slot.eq(lo_slot), a_hi_slot.eq(hi_slot), a_t.eq(t_lo), a_tlo.eq(take_lo),
                      a_thi.eq(take_hi), a_re.eq(lo_le & lo_rl), a_last.eq(lo_le & lo_ml)]
+        m.d.comb += [st_lo.addr.eq(a_lo_slot), st_hi.addr.eq(a_hi_slot)]
+        a_lo_bits, a_lo_P, a_lo_j = st_lo.data[:64], st_lo.data[64:106], st_lo.data[106:]
+        a_hi_bits, a_hi_P, a_hi_j = st_hi.data[:64], st_hi.data[64:106], st_hi.data[106:]
         a_k = Signal(lb + 1)
         m.d.comb += a_k.eq(a_tlo + a_thi)
 
