@@ -95,7 +95,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -312,6 +312,20 @@ def tot_table_words(cb, cfg: KVDecompressConfig) -> list[tuple[int, int]]:
             tot[hit] = n + (cfg.esc_bits if cfg.esc_bits and s == cb.s - 1 else 0)
         out += [(CFG_TOT + (k << L) + int(i), int(v)) for i, v in enumerate(tot)]
     return out
+
+
+def _mux_tree(items, idx):
+    """``items[idx]`` as a binary tree of 2:1 multiplexers on the bits of ``idx`` (0 past the
+    end).  A one-hot ``Array`` selection decodes every index value separately (an equality
+    comparator per item, then an AND-OR); the tree needs about ``len(items)`` 2:1 multiplexers
+    per bit, which LUT4 + PFUMX cells pack well."""
+    level = [Value.cast(v) for v in items]
+    width = max(len(v) for v in level)
+    nb = max((len(level) - 1).bit_length(), 1)
+    level += [Const(0, width)] * ((1 << nb) - len(level))
+    for b in range(nb):
+        level = [Mux(idx[b], level[i + 1], level[i]) for i in range(0, len(level), 2)]
+    return Mux(idx[nb:].any(), 0, level[0]) if len(idx) > nb else level[0]
 
 
 def _fp16(m, p, k, pbits):
@@ -805,8 +819,8 @@ class KVDecompressor(wiring.Component):
         for ln in range(lanes):
             flat = Tq[ln]
             for o in range(R):
-                cand = Array(flat[o:o + symw + 1])
-                m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(flat[o] + cand[flat[o]])]
+                cand = _mux_tree(flat[o:o + symw + 1], flat[o])
+                m.d.sync += [Rt[ln][0][o].eq(flat[o]), R2[ln][0][o].eq(flat[o] + cand)]
             for i in range(1, A3 + 1):
                 m.d.sync += [Rt[ln][i][o].eq(Rt[ln][i - 1][o]) for o in range(R)]
                 m.d.sync += [R2[ln][i][o].eq(R2[ln][i - 1][o]) for o in range(R)]
@@ -834,12 +848,12 @@ class KVDecompressor(wiring.Component):
             nrec, trec = [], []
             for o in range(R):
                 r2 = flat_2[o]
-                cand_2 = Array(flat_2[o:o + 2 * symw + 1])
+                cand_2 = _mux_tree(flat_2[o:o + 2 * symw + 1], r2)
                 # 3a
                 s_t = Signal(TW, name=f"s3t_{ln}_{o}")
                 s_c2 = Signal(R2W, name=f"s3c2_{ln}_{o}")
                 s_n2 = Signal(PW + 1, name=f"s3n2_{ln}_{o}")
-                m.d.sync += [s_t.eq(Rt[ln][A3][o]), s_c2.eq(cand_2[r2]),
+                m.d.sync += [s_t.eq(Rt[ln][A3][o]), s_c2.eq(cand_2),
                              s_n2.eq(Cat(Const(o, lR), Rj[A3]) + r2)]
                 # 3b
                 n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
@@ -923,7 +937,7 @@ class KVDecompressor(wiring.Component):
         # ---------------- D1: records at p and q, coarse window of the lane stream at the chunk of p.
         # The half read here is not refilled before this stage reads it: Phase A starts on a
         # half at the earliest one cycle after the walk left it and writes its tables later.
-        CWW = R - 1 + (spl + 1) * symw
+        CWW = R - 1 + 2 * symw              # two symbols from any offset of a chunk
         hdrW = Mux(d0_h, hdr[1], hdr[0])
         blkW = Signal(N)
         m.d.comb += blkW.eq(Mux(d0_h, blkbuf[1], blkbuf[0]))
@@ -934,7 +948,11 @@ class KVDecompressor(wiring.Component):
         d1_r1 = [Signal(TW, name=f"d1r1_{ln}") for ln in range(lanes)]
         d1_r2 = [Signal(R2W, name=f"d1r2_{ln}") for ln in range(lanes)]
         d1_r3 = [Signal(R2W + 1, name=f"d1r3_{ln}") for ln in range(lanes)]
+        # coarse windows at the chunks of p (symbols 0, 1) and of q (symbols 2, 3)
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
+        d1_cwq = [Signal(CWW, name=f"d1cwq{ln}") for ln in range(lanes)]
+        d1_q = [Signal(lR, name=f"d1q{ln}") for ln in range(lanes)]
+        d1_tq = [Signal(TW, name=f"d1tq{ln}") for ln in range(lanes)]
         d1_span = [Signal(PW + 1, name=f"d1span{ln}") for ln in range(lanes)]   # nxt4[p] - p
         m.d.sync += [d1_valid.eq(d0_valid), d1_first.eq(d0_first), d1_last.eq(d0_last), d1_hdr.eq(hdrW)]
         m.d.sync += [d1_span[ln].eq(d0_n[ln] - d0_p[ln]) for ln in range(lanes)]
@@ -952,7 +970,9 @@ class KVDecompressor(wiring.Component):
                 rt.append(rr.data.word_select(ptr[:lR], TW))
             st = lane_stream(blkW, ln, R * NCH + CWW)
             m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp), d1_r3[ln].eq(qp + rt[1]),
-                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW))]
+                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW)),
+                         d1_cwq[ln].eq(st.bit_select(Cat(Const(0, lR), d0_q[ln] >> lR), CWW)),
+                         d1_q[ln].eq(d0_q[ln][:lR]), d1_tq[ln].eq(rt[1])]
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
         d2_valid, d2_first, d2_last, d2_err = Signal(), Signal(), Signal(), Signal()
@@ -973,7 +993,10 @@ class KVDecompressor(wiring.Component):
                 ok = Signal(name=f"ok{v}")
                 m.d.comb += ok.eq((tot != 0) & (tot <= symw))
                 oks.append(ok)
-                m.d.sync += [d2_sub[v].eq(d1_cw[ln].bit_select(r0 + rel[j], symw)),
+                # symbol starts within the coarse windows: p, p + tot[p] | q, q + tot[q]
+                cw, at = ((d1_cw[ln], r0), (d1_cw[ln], r0 + d1_r1[ln]),
+                          (d1_cwq[ln], d1_q[ln]), (d1_cwq[ln], d1_q[ln] + d1_tq[ln]))[j]
+                m.d.sync += [d2_sub[v].eq(cw.bit_select(at, symw)),
                              d2_esc[v].eq(isesc),
                              d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
         sel1 = hdr_fields(d1_hdr)[0]
