@@ -4,6 +4,8 @@ checks, and engines built with it in the cluster against the golden model (cocot
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,14 @@ from sparsefab.compress.errors import SparsefabError
 from sparsefab.gen.chunk_decoder import ChunkDecoder, build_decoder, check_config, value_depth
 from sparsefab.gen.spmv_config import ERRORS, SpmvConfig
 from sparsefab.sim.tb_spmv import Job, random_rq, run_decoder
+
+
+@pytest.fixture(autouse=True)
+def _collect_sim_coroutines():
+    """run_decoder's stream drivers may still wait on a port when a run ends (malformed streams
+    leave beats unconsumed); collect them here, not at some later arbitrary point."""
+    yield
+    gc.collect()
 
 
 def _cfg(lanes=4, bits=8, block=16, max_cols=256):
