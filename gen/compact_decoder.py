@@ -44,7 +44,12 @@ Not yet at 40 MHz: the longest paths are about 14 LUT4 levels, (1) the take loop
 counts, and (2) the in-group select on ``o_lanes`` (nibble counts, their prefix adds, compares,
 the nibble and rank tables) into the back end's bundle register; 40 MHz on a nearly full UP5K
 needs about 7 (compute the next slot state for both values of ``advance`` and pick late;
-compute the per-nibble candidates in parallel, which costs about 180 LCs).
+compute the per-nibble candidates in parallel, which costs about 180 LCs).  Routed once
+(``sparsefab fpga build --board icebreaker --design spmv --lanes 8``, nextpnr-ice40 seed 1) with
+that parallel select and the back end's activation register stage: 5,272 / 5,280 LCs (4,334
+LUT4, 1,938 FF, 641 carries), 8 DSP, 19 EBR, **18.88 MHz**; critical path the take loop from a
+count register through the drop and refill decisions into ``i_mask.ready`` (the input counters'
+enable): 15.1 ns logic + 36.4 ns routing over 18 cells.
 
 Malformed input sets the sticky error flags (``ERRORS``) and abandons the matrix: a set
 mask bit in row padding as its word arrives; a value stream too short (a take needs values
