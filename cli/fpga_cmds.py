@@ -127,7 +127,7 @@ def register(commands) -> None:
         help="synthesize, place and route a design in the generic harness and write its bitstream",
         epilog="examples:\n"
                "  sparsefab fpga build --board icebreaker --design spmv --lanes 8\n"
-               "  sparsefab fpga build --board ulx3s-85f --design spmv --lanes 32 --seeds 3 --json\n"
+               "  sparsefab fpga build --board ulx3s-85f --design spmv-cluster --lanes 32 --seeds 3 --json\n"
                "  sparsefab fpga build --design mac --param acc_bits=24 -o build/fpga/mac\n"
                "defaults: icebreaker at 40 MHz, ulx3s-85f at 100 MHz; builds go under build/fpga/.",
     )
