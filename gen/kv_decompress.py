@@ -80,13 +80,15 @@ word is accepted at cycle 0; with the output never stalled its last beat is vali
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 
-ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5`` + nextpnr placement
-without routing, seed 1): 48,632 LUT4 + 4,171 CCU2C (66,214 of 83,640 logic cells, 79 %),
-11,659 FF, 865 DPR16X4, 8 MULT18X18D; Fmax estimated after placement 41.57 MHz (38.75 MHz before
-the output FIFO / D0 / stage-3 split / back-end changes).  The 100 MHz target is not met; the
-slack histogram shows a few endpoints at -14 ns and about 400 below -4.7 ns, while the longest
-logic path is now 12 cells (was 19, in the FP16 back end), so the rest is placement spread
-(wide nets such as the registered walk position feeding the record RAM and the block window).
+ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5``, nextpnr packing):
+at aa3ca38, 37,861 logic LUT4 + 1,417 CCU2C + 929 DPR16X4, 47,503 of 83,640 logic cells (56 %),
+11,042 FF, 100 DP16KD (the code-length tables), 8 MULT18X18D; a8465b8 (before the block-RAM
+code lengths, the second walker and the multiplexer trees) had 48,632 LUT4 + 4,171 CCU2C,
+66,214 cells (79 %) and was estimated at 41.57 MHz after placement without routing.  The
+100 MHz target is not met yet: no placed or routed figure of the smaller design is recorded
+here (see the issue note).  Phase A's pointer-doubling selections (a 19:1 selection of 5 bits
+and a 37:1 selection of 6 bits per offset, 64 offsets per cycle) remain the largest block: about
+13k LUT4 by a count of 2:1 multiplexers (an estimate, not a per-block synthesis figure).
 """
 
 from __future__ import annotations
