@@ -9,10 +9,12 @@ Since ``stride_bits`` is a multiple of 64, every mask beat belongs to one row: i
 (columns ``64 j .. 64 j + 63`` of a row, ``j`` = beat index in the row).  The design splits what
 BitmapDecoder does in one loop into a short loop on counts and feed-forward pipelines:
 
-* **Ingest** (feed-forward, two stages): a beat is registered with its byte popcounts, its row
-  tags (row last, matrix last, ``j``) and its padding check (set bits at columns ``>= cols``,
-  from a mask set at the command), then its popcount ``n`` and byte prefix counts are
-  registered and the chunk enters a small chunk FIFO (LUT RAM).
+* **Ingest** (feed-forward, three stages): a beat is registered with its byte popcounts, its
+  row tags (row last, matrix last, ``j``) and its padding check (set bits at columns ``>= cols``,
+  from a mask set at the command), then its byte prefix counts (two stages of adders) and
+  popcount ``n``.  The wide part (bits, prefixes, ``j``) is written to a 16-slot store in LUT
+  RAM; the counts, row tags and slot number enter a small chunk FIFO.  The take loop never
+  moves chunk data: its decisions fan out to a few dozen count registers only.
 * **Take loop** (the only feedback path): a window of two chunk registers ``lo`` (being taken,
   ``r`` set bits left, ``t`` taken) and ``hi`` (the next one, untouched).  Each cycle takes
   ``min(L, r)`` from ``lo``; lanes left over take from ``hi`` when ``lo`` is exhausted (the next
@@ -122,12 +124,19 @@ class ChunkDecoder(wiring.Component):
     o_error_flags : Out(4)
         Sticky causes (``values_short``, ``values_extra``, ``mask_padding`` bits of ERRORS).
 
-    Latency: a mask beat accepted in cycle ``t`` is in the chunk FIFO after ``t+2`` and can be
-    taken from ``t+4``; a bundle issued by the take loop in cycle ``u`` is written to the output
+    Latency: a mask beat accepted in cycle ``t`` is in the chunk FIFO after ``t+3`` and can be
+    taken from ``t+5``; a bundle issued by the take loop in cycle ``u`` is written to the output
     FIFO in ``u+3`` and is on ``o_lanes`` from ``u+5`` (``SyncFIFOBuffered``).  Throughput:
     ``lanes`` nonzeros per cycle while the two chunks in the window hold them; at most one chunk
     per cycle (a row costs at least ``ceil(cols/64)`` cycles); no per-row bubble when a row ends
     mid-bundle (the next row's lanes fill it).
+
+    Measured (``build_decoder(lanes=4)``, ECP5-85F, nextpnr seed 1): at 2f3091c 86.58 MHz routed
+    (104.28 MHz placed), 3,498 LUTs, 2,419 FFs; its routed critical path was the take loop's
+    load enables of the window data registers (1.23 ns logic, 10.32 ns routing), which the chunk
+    store (f2dc63c) removes: Yosys ``synth_ecp5`` then counts 2,253 LUT4 + 81 DPR16X4 and 1,695 FF
+    (was 2,352 + 51 and 2,217); not yet routed.  Decoder alone (``run_decoder``, no stalls) on 24
+    rows of MiniLM layer0.q, 4 lanes: ideal/busy 0.9905, 0.9800, 0.9300 at 50, 75, 90 % sparsity.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -259,7 +268,7 @@ class ChunkDecoder(wiring.Component):
                          i2_wide.eq(Cat(i1_bits, *[p[:6] for p in pre[:7]], i1_j)),
                          wslot.eq(wslot + 1)]
         m.d.comb += [cfifo.w_en.eq(i2_v), cfifo.w_data.eq(i1),
-                     st_w.en.eq(i2_v), st_w.addr.eq(Mux(i2_v, i1[-sb:], 0)), st_w.data.eq(i2_wide)]
+                     st_w.en.eq(i2_v), st_w.addr.eq(i1[-sb:]), st_w.data.eq(i2_wide)]
         # room for a beat accepted now: FIFO entries + ingest stages in flight < depth
         m.d.comb += cfifo_rdy_cnt.eq(cfifo.level + i0_v + i1_v + i2_v < CHUNK_FIFO_DEPTH)
 
