@@ -345,6 +345,9 @@ class MacBackend(wiring.Component):
     Latency: a bundle accepted in cycle ``t`` is registered, reads the buffers at the edge
     ending ``t+1``, multiplies in ``t+2``, sums in ``t+3``, accumulates in ``t+4``; a row result
     is on ``o_row`` from cycle ``t+6`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
+    On ECP5 (``platform.family == "ecp5"``) one cycle more: each lane's buffer word is registered
+    before its byte is selected and multiplied (a DP16KD output without its own register, 5.8 ns
+    clock-to-out, cannot feed a multiplexer and a multiplier within 10 ns); the credit counts it.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -376,7 +379,9 @@ class MacBackend(wiring.Component):
 
         depth = SpmvConfig.ROW_FIFO_DEPTH
         m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
-        inflight = 5  # bundles that may still produce a row: stages 0..3 plus the one accepted now
+        word_reg = getattr(platform, "family", None) == "ecp5"
+        # bundles that may still produce a row: stages 0..3 (and 1b on ECP5) plus the one accepted now
+        inflight = 6 if word_reg else 5
         fire = Signal()
         m.d.comb += [self.i_lanes.ready.eq(fifo.level + inflight <= depth),
                      fire.eq(self.i_lanes.valid & self.i_lanes.ready)]
@@ -408,13 +413,29 @@ class MacBackend(wiring.Component):
             rp = mem.read_port()
             m.d.comb += [wp.addr.eq(self.i_act_addr), wp.data.eq(self.i_act_data), wp.en.eq(self.i_act_we),
                          rp.addr.eq(pl.col[i] >> lo_bits)]
-            a = Signal(signed(cfg.act_bits), name=f"act{i}")
-            m.d.comb += a.eq(rp.data.word_select(lo1[i], cfg.act_bits) if lo_bits else rp.data[:8])
-            acts.append(a)
+            acts.append(rp.data)
         m.d.sync += [v1.eq(v0), re1.eq(v0 & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
         for i in range(L):
             m.d.sync += [vals1[i].eq(pl.value[i]),
                          lo1[i].eq(pl.col[i][:lo_bits] if lo_bits else 0)]
+
+        # stage 1b, ECP5 only: each lane's buffer word registered, its byte selected in front of
+        # the multiplier (elsewhere the byte is selected straight from the buffer output)
+        v1b, re1b, last1b, nxt1b, vals1b, act_in = v1, re1, last1, nxt1, vals1, []
+        if word_reg:
+            v1b, re1b, last1b = Signal(), Signal(), Signal()
+            nxt1b = Signal(L)
+            vals1b = [Signal(signed(b), name=f"w1b_{i}", reset_less=True) for i in range(L)]
+            m.d.sync += [v1b.eq(v1), re1b.eq(re1), last1b.eq(last1), nxt1b.eq(nxt1)]
+        for i in range(L):
+            a = Signal(signed(cfg.act_bits), name=f"act{i}")
+            word, lo = acts[i], lo1[i]
+            if word_reg:
+                word = Signal(W, name=f"actw{i}", reset_less=True)
+                lo = Signal(max(1, lo_bits), name=f"lo1b_{i}")
+                m.d.sync += [word.eq(acts[i]), lo.eq(lo1[i]), vals1b[i].eq(vals1[i])]
+            m.d.comb += a.eq(word.word_select(lo, cfg.act_bits) if lo_bits else word[:8])
+            act_in.append(a)
 
         # stage 2: products (one a*b per lane, registered: maps to a DSP)
         v2, re2, last2 = Signal(), Signal(), Signal()
@@ -423,9 +444,9 @@ class MacBackend(wiring.Component):
         # lane's DSP as its adder input: it then dropped that lane's multiplier (half the DSPs and
         # activation buffers vanished from the netlist; also with "keep" on every other lane only)
         prods = [Signal(signed(prod_w), name=f"prod{i}", reset_less=True, attrs={"keep": 1}) for i in range(L)]
-        m.d.sync += [v2.eq(v1), re2.eq(re1), last2.eq(last1), nxt2.eq(nxt1)]
+        m.d.sync += [v2.eq(v1b), re2.eq(re1b), last2.eq(last1b), nxt2.eq(nxt1b)]
         for i in range(L):
-            m.d.sync += prods[i].eq(vals1[i] * acts[i])
+            m.d.sync += prods[i].eq(vals1b[i] * act_in[i])
 
         # stage 3: sums of the current row's and the next row's lanes (the current row's sum is
         # the total minus the next row's: one masked tree, not two)
@@ -488,7 +509,8 @@ class SparseMacArray(wiring.Component):
     o_error_flags : Out(4)
         Sticky causes; bit numbers in :data:`sparsefab.gen.spmv_config.ERRORS`.
     o_cycles, o_stalls, o_nnz : Out(32)
-        Busy cycles, busy cycles in which no lane fired, nonzeros multiplied (since reset).
+        Busy cycles, busy cycles in which no lane fired, nonzeros multiplied (since reset;
+        each counts one cycle after the event).
 
     Latency: ``config.latency`` cycles from the decoder emitting a row's last lanes to its
     ``o_res`` (no backpressure); per matrix, ``ceil(cols/(bus_bits/8))`` load cycles plus
@@ -597,11 +619,16 @@ def build_top(m: Module, top, cfg: SpmvConfig, lanes_stream, fe_cmd, fe_busy, fe
     flags = Signal(4)
     m.d.comb += [flags.eq(fe_flags | (bad_cmd << ERRORS["bad_command"])),
                  top.o_error_flags.eq(flags), top.o_error.eq(flags.any()), top.o_busy.eq(busy)]
-    with m.If(busy):
+    # the counters add registered copies (one cycle late), so the handshake's fan-in does not
+    # reach their carry chains
+    busy_r = Signal()
+    fired_r = Signal.like(be.o_fired)
+    m.d.sync += [busy_r.eq(busy), fired_r.eq(be.o_fired)]
+    with m.If(busy_r):
         m.d.sync += top.o_cycles.eq(top.o_cycles + 1)
-        with m.If(be.o_fired == 0):
+        with m.If(fired_r == 0):
             m.d.sync += top.o_stalls.eq(top.o_stalls + 1)
-    m.d.sync += top.o_nnz.eq(top.o_nnz + be.o_fired)
+    m.d.sync += top.o_nnz.eq(top.o_nnz + fired_r)
     return m
 
 

@@ -28,9 +28,11 @@ module dense_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_value__payload,
   reg [7:0] \$28 ;
   reg [1:0] \$29 ;
   wire \$3 ;
-  reg [31:0] \$30 ;
-  reg [31:0] \$31 ;
+  reg \$30 ;
+  reg [3:0] \$31 ;
   reg [31:0] \$32 ;
+  reg [31:0] \$33 ;
+  reg [31:0] \$34 ;
   wire \$4 ;
   wire \$5 ;
   wire \$6 ;
@@ -39,10 +41,12 @@ module dense_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_value__payload,
   wire \$9 ;
   reg bad_cmd = 1'h0;
   wire busy;
+  reg busy_r = 1'h0;
   input clk;
   wire clk;
   reg [10:0] cols = 11'h000;
   reg [1:0] ctl_state = 2'h0;
+  reg [3:0] fired_r = 4'h0;
   wire [3:0] flags;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -214,9 +218,9 @@ module dense_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_value__payload,
   assign \$18  = \$17  == words;
   assign \$19  = ~ \o_busy$45 ;
   assign \$20  = o_cycles + 1'h1;
-  assign \$21  = ! o_fired;
+  assign \$21  = ! fired_r;
   assign \$22  = o_stalls + 1'h1;
-  assign \$23  = o_nnz + o_fired;
+  assign \$23  = o_nnz + fired_r;
   always @(posedge clk)
     bad_cmd <= \$24 ;
   always @(posedge clk)
@@ -230,11 +234,15 @@ module dense_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_value__payload,
   always @(posedge clk)
     ctl_state <= \$29 ;
   always @(posedge clk)
-    o_cycles <= \$30 ;
+    busy_r <= \$30 ;
   always @(posedge clk)
-    o_stalls <= \$31 ;
+    fired_r <= \$31 ;
   always @(posedge clk)
-    o_nnz <= \$32 ;
+    o_cycles <= \$32 ;
+  always @(posedge clk)
+    o_stalls <= \$33 ;
+  always @(posedge clk)
+    o_nnz <= \$34 ;
   \dense_l8_w8.backend  backend (
     .clk(clk),
     .i_lanes__payload(i_lanes__payload),
@@ -458,31 +466,45 @@ module dense_l8_w8(i_cmd__valid, i_act__payload, i_act__valid, i_value__payload,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = o_cycles;
-    if (o_busy) begin
-      \$30  = \$20 [31:0];
-    end
+    \$30  = o_busy;
     if (rst) begin
-      \$30  = 32'd0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = o_stalls;
-    if (o_busy) begin
+    \$31  = o_fired;
+    if (rst) begin
+      \$31  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = o_cycles;
+    if (busy_r) begin
+      \$32  = \$20 [31:0];
+    end
+    if (rst) begin
+      \$32  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = o_stalls;
+    if (busy_r) begin
       if (\$21 ) begin
-        \$31  = \$22 [31:0];
+        \$33  = \$22 [31:0];
       end
     end
     if (rst) begin
-      \$31  = 32'd0;
+      \$33  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = \$23 [31:0];
+    \$34  = \$23 [31:0];
     if (rst) begin
-      \$32  = 32'd0;
+      \$34  = 32'd0;
     end
   end
   assign \i_value__payload$23  = i_value__payload;
@@ -585,12 +607,14 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
-  wire [6:0] \$102 ;
-  wire [6:0] \$106 ;
+  wire [6:0] \$101 ;
+  wire [6:0] \$104 ;
+  wire [6:0] \$107 ;
   wire [9:0] \$11 ;
   wire [6:0] \$110 ;
-  wire [6:0] \$114 ;
-  wire [6:0] \$118 ;
+  wire [6:0] \$113 ;
+  wire [6:0] \$116 ;
+  wire [6:0] \$119 ;
   wire [9:0] \$12 ;
   wire [6:0] \$122 ;
   wire [9:0] \$13 ;
@@ -670,8 +694,6 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   reg [19:0] \$80 ;
   reg [31:0] \$81 ;
   wire [9:0] \$9 ;
-  wire [6:0] \$94 ;
-  wire [6:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$101  = 1'h0;
   reg \$signal$102  = 1'h0;
@@ -804,20 +826,20 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   wire r_en;
   wire r_rdy;
   wire [6:0] rp__addr;
-  wire [6:0] \rp__addr$28 ;
-  wire [6:0] \rp__addr$35 ;
-  wire [6:0] \rp__addr$42 ;
+  wire [6:0] \rp__addr$25 ;
+  wire [6:0] \rp__addr$29 ;
+  wire [6:0] \rp__addr$33 ;
+  wire [6:0] \rp__addr$37 ;
+  wire [6:0] \rp__addr$41 ;
+  wire [6:0] \rp__addr$45 ;
   wire [6:0] \rp__addr$49 ;
-  wire [6:0] \rp__addr$56 ;
-  wire [6:0] \rp__addr$63 ;
-  wire [6:0] \rp__addr$70 ;
   wire [63:0] rp__data;
-  wire [63:0] \rp__data$30 ;
-  wire [63:0] \rp__data$37 ;
-  wire [63:0] \rp__data$44 ;
-  wire [63:0] \rp__data$51 ;
-  wire [63:0] \rp__data$58 ;
-  wire [63:0] \rp__data$65 ;
+  wire [63:0] \rp__data$54 ;
+  wire [63:0] \rp__data$57 ;
+  wire [63:0] \rp__data$60 ;
+  wire [63:0] \rp__data$63 ;
+  wire [63:0] \rp__data$66 ;
+  wire [63:0] \rp__data$69 ;
   wire [63:0] \rp__data$72 ;
   input rst;
   wire rst;
@@ -864,31 +886,31 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   wire w_en;
   input [6:0] wp__addr;
   wire [6:0] wp__addr;
-  wire [6:0] \wp__addr$25 ;
-  wire [6:0] \wp__addr$32 ;
-  wire [6:0] \wp__addr$39 ;
+  wire [6:0] \wp__addr$22 ;
+  wire [6:0] \wp__addr$26 ;
+  wire [6:0] \wp__addr$30 ;
+  wire [6:0] \wp__addr$34 ;
+  wire [6:0] \wp__addr$38 ;
+  wire [6:0] \wp__addr$42 ;
   wire [6:0] \wp__addr$46 ;
-  wire [6:0] \wp__addr$53 ;
-  wire [6:0] \wp__addr$60 ;
-  wire [6:0] \wp__addr$67 ;
   input [63:0] wp__data;
   wire [63:0] wp__data;
-  wire [63:0] \wp__data$26 ;
-  wire [63:0] \wp__data$33 ;
-  wire [63:0] \wp__data$40 ;
+  wire [63:0] \wp__data$23 ;
+  wire [63:0] \wp__data$27 ;
+  wire [63:0] \wp__data$31 ;
+  wire [63:0] \wp__data$35 ;
+  wire [63:0] \wp__data$39 ;
+  wire [63:0] \wp__data$43 ;
   wire [63:0] \wp__data$47 ;
-  wire [63:0] \wp__data$54 ;
-  wire [63:0] \wp__data$61 ;
-  wire [63:0] \wp__data$68 ;
   input wp__en;
   wire wp__en;
-  wire \wp__en$27 ;
-  wire \wp__en$34 ;
-  wire \wp__en$41 ;
+  wire \wp__en$24 ;
+  wire \wp__en$28 ;
+  wire \wp__en$32 ;
+  wire \wp__en$36 ;
+  wire \wp__en$40 ;
+  wire \wp__en$44 ;
   wire \wp__en$48 ;
-  wire \wp__en$55 ;
-  wire \wp__en$62 ;
-  wire \wp__en$69 ;
   reg [63:0] \act0$131  [127:0];
   initial begin
     \act0$131 [0] = 64'h0000000000000000;
@@ -1168,7 +1190,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _1_ <= \act1$132 [\$10 [6:0]];
   end
-  assign \rp__data$30  = _1_;
+  assign \rp__data$54  = _1_;
   reg [63:0] \act2$133  [127:0];
   initial begin
     \act2$133 [0] = 64'h0000000000000000;
@@ -1308,7 +1330,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _2_ <= \act2$133 [\$11 [6:0]];
   end
-  assign \rp__data$37  = _2_;
+  assign \rp__data$57  = _2_;
   reg [63:0] \act3$134  [127:0];
   initial begin
     \act3$134 [0] = 64'h0000000000000000;
@@ -1448,7 +1470,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _3_ <= \act3$134 [\$12 [6:0]];
   end
-  assign \rp__data$44  = _3_;
+  assign \rp__data$60  = _3_;
   reg [63:0] \act4$135  [127:0];
   initial begin
     \act4$135 [0] = 64'h0000000000000000;
@@ -1588,7 +1610,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _4_ <= \act4$135 [\$13 [6:0]];
   end
-  assign \rp__data$51  = _4_;
+  assign \rp__data$63  = _4_;
   reg [63:0] \act5$136  [127:0];
   initial begin
     \act5$136 [0] = 64'h0000000000000000;
@@ -1728,7 +1750,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _5_ <= \act5$136 [\$14 [6:0]];
   end
-  assign \rp__data$58  = _5_;
+  assign \rp__data$66  = _5_;
   reg [63:0] \act6$137  [127:0];
   initial begin
     \act6$137 [0] = 64'h0000000000000000;
@@ -1868,7 +1890,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   always @(posedge clk) begin
     _6_ <= \act6$137 [\$15 [6:0]];
   end
-  assign \rp__data$65  = _6_;
+  assign \rp__data$69  = _6_;
   reg [63:0] \act7$138  [127:0];
   initial begin
     \act7$138 [0] = 64'h0000000000000000;
@@ -2009,17 +2031,20 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
     _7_ <= \act7$138 [\$16 [6:0]];
   end
   assign \rp__data$72  = _7_;
-  assign act1 = \rp__data$30  >> \$98 ;
-  assign \$102  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$37  >> \$102 ;
-  assign \$106  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$44  >> \$106 ;
-  assign \$110  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$51  >> \$110 ;
-  assign \$114  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$58  >> \$114 ;
-  assign \$118  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$65  >> \$118 ;
+  assign \$101  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$101 ;
+  assign \$104  = lo1_1 * 4'h8;
+  assign act1 = \rp__data$54  >> \$104 ;
+  assign \$107  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$57  >> \$107 ;
+  assign \$110  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$60  >> \$110 ;
+  assign \$113  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$63  >> \$113 ;
+  assign \$116  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$66  >> \$116 ;
+  assign \$119  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$69  >> \$119 ;
   assign \$122  = lo1_7 * 4'h8;
   assign act7 = \rp__data$72  >> \$122 ;
   assign \$17  = $signed(prod0) + $signed(prod1);
@@ -2155,13 +2180,10 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   assign \$7  = \$4  + \$5 ;
   assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
   assign o_fired = fire ? \$8 [3:0] : 4'h0;
-  assign \$94  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$94 ;
-  assign \$98  = lo1_1 * 4'h8;
   \dense_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$154$0 (\$39 [31:0]),
-    .\port$399$0 (last3),
+    .\port$403$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2368,34 +2390,34 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   assign i_act_data = wp__data;
   assign i_act_we = wp__en;
   assign rp__addr = \$9 [6:0];
-  assign \wp__addr$25  = wp__addr;
-  assign \wp__data$26  = wp__data;
-  assign \wp__en$27  = wp__en;
-  assign \rp__addr$28  = \$10 [6:0];
-  assign \wp__addr$32  = wp__addr;
-  assign \wp__data$33  = wp__data;
-  assign \wp__en$34  = wp__en;
-  assign \rp__addr$35  = \$11 [6:0];
-  assign \wp__addr$39  = wp__addr;
-  assign \wp__data$40  = wp__data;
-  assign \wp__en$41  = wp__en;
-  assign \rp__addr$42  = \$12 [6:0];
+  assign \wp__addr$22  = wp__addr;
+  assign \wp__data$23  = wp__data;
+  assign \wp__en$24  = wp__en;
+  assign \rp__addr$25  = \$10 [6:0];
+  assign \wp__addr$26  = wp__addr;
+  assign \wp__data$27  = wp__data;
+  assign \wp__en$28  = wp__en;
+  assign \rp__addr$29  = \$11 [6:0];
+  assign \wp__addr$30  = wp__addr;
+  assign \wp__data$31  = wp__data;
+  assign \wp__en$32  = wp__en;
+  assign \rp__addr$33  = \$12 [6:0];
+  assign \wp__addr$34  = wp__addr;
+  assign \wp__data$35  = wp__data;
+  assign \wp__en$36  = wp__en;
+  assign \rp__addr$37  = \$13 [6:0];
+  assign \wp__addr$38  = wp__addr;
+  assign \wp__data$39  = wp__data;
+  assign \wp__en$40  = wp__en;
+  assign \rp__addr$41  = \$14 [6:0];
+  assign \wp__addr$42  = wp__addr;
+  assign \wp__data$43  = wp__data;
+  assign \wp__en$44  = wp__en;
+  assign \rp__addr$45  = \$15 [6:0];
   assign \wp__addr$46  = wp__addr;
   assign \wp__data$47  = wp__data;
   assign \wp__en$48  = wp__en;
-  assign \rp__addr$49  = \$13 [6:0];
-  assign \wp__addr$53  = wp__addr;
-  assign \wp__data$54  = wp__data;
-  assign \wp__en$55  = wp__en;
-  assign \rp__addr$56  = \$14 [6:0];
-  assign \wp__addr$60  = wp__addr;
-  assign \wp__data$61  = wp__data;
-  assign \wp__en$62  = wp__en;
-  assign \rp__addr$63  = \$15 [6:0];
-  assign \wp__addr$67  = wp__addr;
-  assign \wp__data$68  = wp__data;
-  assign \wp__en$69  = wp__en;
-  assign \rp__addr$70  = \$16 [6:0];
+  assign \rp__addr$49  = \$16 [6:0];
   assign ta_0_0 = { \$17 [16], \$17 [16], \$17 [16], \$17  };
   assign ta_0_1 = { \$18 [16], \$18 [16], \$18 [16], \$18  };
   assign ta_0_2 = { \$19 [16], \$19 [16], \$19 [16], \$19  };
@@ -2473,7 +2495,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$399$0 , r_rdy, clk);
+module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$403$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2517,8 +2539,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   wire [3:0] level;
   input [31:0] \port$154$0 ;
   wire [31:0] \port$154$0 ;
-  input \port$399$0 ;
-  wire \port$399$0 ;
+  input \port$403$0 ;
+  wire \port$403$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2554,7 +2576,7 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$399$0 , \port$154$0  };
+      storage[w_port__addr] <= { \port$403$0 , \port$154$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2653,8 +2675,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$399$0 , \port$154$0  };
-  assign w_data = { \port$399$0 , \port$154$0  };
+  assign w_port__data = { \port$403$0 , \port$154$0  };
+  assign w_data = { \port$403$0 , \port$154$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

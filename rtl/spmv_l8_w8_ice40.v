@@ -28,9 +28,11 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
   reg [8:0] \$28 ;
   reg [1:0] \$29 ;
   wire \$3 ;
-  reg [31:0] \$30 ;
-  reg [31:0] \$31 ;
+  reg \$30 ;
+  reg [3:0] \$31 ;
   reg [31:0] \$32 ;
+  reg [31:0] \$33 ;
+  reg [31:0] \$34 ;
   wire \$4 ;
   wire \$5 ;
   wire \$6 ;
@@ -39,10 +41,12 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
   wire \$9 ;
   reg bad_cmd = 1'h0;
   wire busy;
+  reg busy_r = 1'h0;
   input clk;
   wire clk;
   reg [10:0] cols = 11'h000;
   reg [1:0] ctl_state = 2'h0;
+  reg [3:0] fired_r = 4'h0;
   wire [3:0] flags;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -223,9 +227,9 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
   assign \$18  = \$17  == words;
   assign \$19  = ~ \o_busy$51 ;
   assign \$20  = o_cycles + 1'h1;
-  assign \$21  = ! o_fired;
+  assign \$21  = ! fired_r;
   assign \$22  = o_stalls + 1'h1;
-  assign \$23  = o_nnz + o_fired;
+  assign \$23  = o_nnz + fired_r;
   always @(posedge clk)
     bad_cmd <= \$24 ;
   always @(posedge clk)
@@ -239,11 +243,15 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
   always @(posedge clk)
     ctl_state <= \$29 ;
   always @(posedge clk)
-    o_cycles <= \$30 ;
+    busy_r <= \$30 ;
   always @(posedge clk)
-    o_stalls <= \$31 ;
+    fired_r <= \$31 ;
   always @(posedge clk)
-    o_nnz <= \$32 ;
+    o_cycles <= \$32 ;
+  always @(posedge clk)
+    o_stalls <= \$33 ;
+  always @(posedge clk)
+    o_nnz <= \$34 ;
   \spmv_l8_w8_ice40.backend  backend (
     .clk(clk),
     .i_lanes__payload(i_lanes__payload),
@@ -470,31 +478,45 @@ module spmv_l8_w8_ice40(i_cmd__valid, i_act__payload, i_act__valid, i_mask__payl
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = o_cycles;
-    if (o_busy) begin
-      \$30  = \$20 [31:0];
-    end
+    \$30  = o_busy;
     if (rst) begin
-      \$30  = 32'd0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = o_stalls;
-    if (o_busy) begin
+    \$31  = o_fired;
+    if (rst) begin
+      \$31  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = o_cycles;
+    if (busy_r) begin
+      \$32  = \$20 [31:0];
+    end
+    if (rst) begin
+      \$32  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = o_stalls;
+    if (busy_r) begin
       if (\$21 ) begin
-        \$31  = \$22 [31:0];
+        \$33  = \$22 [31:0];
       end
     end
     if (rst) begin
-      \$31  = 32'd0;
+      \$33  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = \$23 [31:0];
+    \$34  = \$23 [31:0];
     if (rst) begin
-      \$32  = 32'd0;
+      \$34  = 32'd0;
     end
   end
   assign \i_mask__payload$26  = i_mask__payload;
@@ -600,12 +622,14 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [4:0] \$1 ;
   wire [9:0] \$10 ;
-  wire [5:0] \$102 ;
-  wire [5:0] \$106 ;
+  wire [5:0] \$101 ;
+  wire [5:0] \$104 ;
+  wire [5:0] \$107 ;
   wire [9:0] \$11 ;
   wire [5:0] \$110 ;
-  wire [5:0] \$114 ;
-  wire [5:0] \$118 ;
+  wire [5:0] \$113 ;
+  wire [5:0] \$116 ;
+  wire [5:0] \$119 ;
   wire [9:0] \$12 ;
   wire [5:0] \$122 ;
   wire [9:0] \$13 ;
@@ -685,8 +709,6 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   reg [19:0] \$80 ;
   reg [31:0] \$81 ;
   wire [9:0] \$9 ;
-  wire [5:0] \$94 ;
-  wire [5:0] \$98 ;
   reg [19:0] \$signal  = 20'h00000;
   reg \$signal$101  = 1'h0;
   reg \$signal$102  = 1'h0;
@@ -819,20 +841,20 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   wire r_en;
   wire r_rdy;
   wire [7:0] rp__addr;
-  wire [7:0] \rp__addr$28 ;
-  wire [7:0] \rp__addr$35 ;
-  wire [7:0] \rp__addr$42 ;
+  wire [7:0] \rp__addr$25 ;
+  wire [7:0] \rp__addr$29 ;
+  wire [7:0] \rp__addr$33 ;
+  wire [7:0] \rp__addr$37 ;
+  wire [7:0] \rp__addr$41 ;
+  wire [7:0] \rp__addr$45 ;
   wire [7:0] \rp__addr$49 ;
-  wire [7:0] \rp__addr$56 ;
-  wire [7:0] \rp__addr$63 ;
-  wire [7:0] \rp__addr$70 ;
   wire [31:0] rp__data;
-  wire [31:0] \rp__data$30 ;
-  wire [31:0] \rp__data$37 ;
-  wire [31:0] \rp__data$44 ;
-  wire [31:0] \rp__data$51 ;
-  wire [31:0] \rp__data$58 ;
-  wire [31:0] \rp__data$65 ;
+  wire [31:0] \rp__data$54 ;
+  wire [31:0] \rp__data$57 ;
+  wire [31:0] \rp__data$60 ;
+  wire [31:0] \rp__data$63 ;
+  wire [31:0] \rp__data$66 ;
+  wire [31:0] \rp__data$69 ;
   wire [31:0] \rp__data$72 ;
   input rst;
   wire rst;
@@ -879,31 +901,31 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   wire w_en;
   input [7:0] wp__addr;
   wire [7:0] wp__addr;
-  wire [7:0] \wp__addr$25 ;
-  wire [7:0] \wp__addr$32 ;
-  wire [7:0] \wp__addr$39 ;
+  wire [7:0] \wp__addr$22 ;
+  wire [7:0] \wp__addr$26 ;
+  wire [7:0] \wp__addr$30 ;
+  wire [7:0] \wp__addr$34 ;
+  wire [7:0] \wp__addr$38 ;
+  wire [7:0] \wp__addr$42 ;
   wire [7:0] \wp__addr$46 ;
-  wire [7:0] \wp__addr$53 ;
-  wire [7:0] \wp__addr$60 ;
-  wire [7:0] \wp__addr$67 ;
   input [31:0] wp__data;
   wire [31:0] wp__data;
-  wire [31:0] \wp__data$26 ;
-  wire [31:0] \wp__data$33 ;
-  wire [31:0] \wp__data$40 ;
+  wire [31:0] \wp__data$23 ;
+  wire [31:0] \wp__data$27 ;
+  wire [31:0] \wp__data$31 ;
+  wire [31:0] \wp__data$35 ;
+  wire [31:0] \wp__data$39 ;
+  wire [31:0] \wp__data$43 ;
   wire [31:0] \wp__data$47 ;
-  wire [31:0] \wp__data$54 ;
-  wire [31:0] \wp__data$61 ;
-  wire [31:0] \wp__data$68 ;
   input wp__en;
   wire wp__en;
-  wire \wp__en$27 ;
-  wire \wp__en$34 ;
-  wire \wp__en$41 ;
+  wire \wp__en$24 ;
+  wire \wp__en$28 ;
+  wire \wp__en$32 ;
+  wire \wp__en$36 ;
+  wire \wp__en$40 ;
+  wire \wp__en$44 ;
   wire \wp__en$48 ;
-  wire \wp__en$55 ;
-  wire \wp__en$62 ;
-  wire \wp__en$69 ;
   reg [31:0] \act0$131  [255:0];
   initial begin
     \act0$131 [0] = 32'd0;
@@ -1439,7 +1461,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _1_ <= \act1$132 [\$10 [7:0]];
   end
-  assign \rp__data$30  = _1_;
+  assign \rp__data$54  = _1_;
   reg [31:0] \act2$133  [255:0];
   initial begin
     \act2$133 [0] = 32'd0;
@@ -1707,7 +1729,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _2_ <= \act2$133 [\$11 [7:0]];
   end
-  assign \rp__data$37  = _2_;
+  assign \rp__data$57  = _2_;
   reg [31:0] \act3$134  [255:0];
   initial begin
     \act3$134 [0] = 32'd0;
@@ -1975,7 +1997,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _3_ <= \act3$134 [\$12 [7:0]];
   end
-  assign \rp__data$44  = _3_;
+  assign \rp__data$60  = _3_;
   reg [31:0] \act4$135  [255:0];
   initial begin
     \act4$135 [0] = 32'd0;
@@ -2243,7 +2265,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _4_ <= \act4$135 [\$13 [7:0]];
   end
-  assign \rp__data$51  = _4_;
+  assign \rp__data$63  = _4_;
   reg [31:0] \act5$136  [255:0];
   initial begin
     \act5$136 [0] = 32'd0;
@@ -2511,7 +2533,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _5_ <= \act5$136 [\$14 [7:0]];
   end
-  assign \rp__data$58  = _5_;
+  assign \rp__data$66  = _5_;
   reg [31:0] \act6$137  [255:0];
   initial begin
     \act6$137 [0] = 32'd0;
@@ -2779,7 +2801,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   always @(posedge clk) begin
     _6_ <= \act6$137 [\$15 [7:0]];
   end
-  assign \rp__data$65  = _6_;
+  assign \rp__data$69  = _6_;
   reg [31:0] \act7$138  [255:0];
   initial begin
     \act7$138 [0] = 32'd0;
@@ -3048,17 +3070,20 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
     _7_ <= \act7$138 [\$16 [7:0]];
   end
   assign \rp__data$72  = _7_;
-  assign act1 = \rp__data$30  >> \$98 ;
-  assign \$102  = lo1_2 * 4'h8;
-  assign act2 = \rp__data$37  >> \$102 ;
-  assign \$106  = lo1_3 * 4'h8;
-  assign act3 = \rp__data$44  >> \$106 ;
-  assign \$110  = lo1_4 * 4'h8;
-  assign act4 = \rp__data$51  >> \$110 ;
-  assign \$114  = lo1_5 * 4'h8;
-  assign act5 = \rp__data$58  >> \$114 ;
-  assign \$118  = lo1_6 * 4'h8;
-  assign act6 = \rp__data$65  >> \$118 ;
+  assign \$101  = lo1_0 * 4'h8;
+  assign act0 = rp__data >> \$101 ;
+  assign \$104  = lo1_1 * 4'h8;
+  assign act1 = \rp__data$54  >> \$104 ;
+  assign \$107  = lo1_2 * 4'h8;
+  assign act2 = \rp__data$57  >> \$107 ;
+  assign \$110  = lo1_3 * 4'h8;
+  assign act3 = \rp__data$60  >> \$110 ;
+  assign \$113  = lo1_4 * 4'h8;
+  assign act4 = \rp__data$63  >> \$113 ;
+  assign \$116  = lo1_5 * 4'h8;
+  assign act5 = \rp__data$66  >> \$116 ;
+  assign \$119  = lo1_6 * 4'h8;
+  assign act6 = \rp__data$69  >> \$119 ;
   assign \$122  = lo1_7 * 4'h8;
   assign act7 = \rp__data$72  >> \$122 ;
   assign \$17  = $signed(prod0) + $signed(prod1);
@@ -3194,13 +3219,10 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign \$7  = \$4  + \$5 ;
   assign \$8  = $signed(\$6 [4:0]) + $signed(\$7 [4:0]);
   assign o_fired = fire ? \$8 [3:0] : 4'h0;
-  assign \$94  = lo1_0 * 4'h8;
-  assign act0 = rp__data >> \$94 ;
-  assign \$98  = lo1_1 * 4'h8;
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$5927$0 (\$39 [31:0]),
-    .\port$7066$0 (last3),
+    .\port$7070$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3407,34 +3429,34 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   assign i_act_data = wp__data;
   assign i_act_we = wp__en;
   assign rp__addr = \$9 [7:0];
-  assign \wp__addr$25  = wp__addr;
-  assign \wp__data$26  = wp__data;
-  assign \wp__en$27  = wp__en;
-  assign \rp__addr$28  = \$10 [7:0];
-  assign \wp__addr$32  = wp__addr;
-  assign \wp__data$33  = wp__data;
-  assign \wp__en$34  = wp__en;
-  assign \rp__addr$35  = \$11 [7:0];
-  assign \wp__addr$39  = wp__addr;
-  assign \wp__data$40  = wp__data;
-  assign \wp__en$41  = wp__en;
-  assign \rp__addr$42  = \$12 [7:0];
+  assign \wp__addr$22  = wp__addr;
+  assign \wp__data$23  = wp__data;
+  assign \wp__en$24  = wp__en;
+  assign \rp__addr$25  = \$10 [7:0];
+  assign \wp__addr$26  = wp__addr;
+  assign \wp__data$27  = wp__data;
+  assign \wp__en$28  = wp__en;
+  assign \rp__addr$29  = \$11 [7:0];
+  assign \wp__addr$30  = wp__addr;
+  assign \wp__data$31  = wp__data;
+  assign \wp__en$32  = wp__en;
+  assign \rp__addr$33  = \$12 [7:0];
+  assign \wp__addr$34  = wp__addr;
+  assign \wp__data$35  = wp__data;
+  assign \wp__en$36  = wp__en;
+  assign \rp__addr$37  = \$13 [7:0];
+  assign \wp__addr$38  = wp__addr;
+  assign \wp__data$39  = wp__data;
+  assign \wp__en$40  = wp__en;
+  assign \rp__addr$41  = \$14 [7:0];
+  assign \wp__addr$42  = wp__addr;
+  assign \wp__data$43  = wp__data;
+  assign \wp__en$44  = wp__en;
+  assign \rp__addr$45  = \$15 [7:0];
   assign \wp__addr$46  = wp__addr;
   assign \wp__data$47  = wp__data;
   assign \wp__en$48  = wp__en;
-  assign \rp__addr$49  = \$13 [7:0];
-  assign \wp__addr$53  = wp__addr;
-  assign \wp__data$54  = wp__data;
-  assign \wp__en$55  = wp__en;
-  assign \rp__addr$56  = \$14 [7:0];
-  assign \wp__addr$60  = wp__addr;
-  assign \wp__data$61  = wp__data;
-  assign \wp__en$62  = wp__en;
-  assign \rp__addr$63  = \$15 [7:0];
-  assign \wp__addr$67  = wp__addr;
-  assign \wp__data$68  = wp__data;
-  assign \wp__en$69  = wp__en;
-  assign \rp__addr$70  = \$16 [7:0];
+  assign \rp__addr$49  = \$16 [7:0];
   assign ta_0_0 = { \$17 [16], \$17 [16], \$17 [16], \$17  };
   assign ta_0_1 = { \$18 [16], \$18 [16], \$18 [16], \$18  };
   assign ta_0_2 = { \$19 [16], \$19 [16], \$19 [16], \$19  };
@@ -3512,7 +3534,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_data, r_en, \port$7066$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_data, r_en, \port$7070$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3556,8 +3578,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   wire [3:0] level;
   input [31:0] \port$5927$0 ;
   wire [31:0] \port$5927$0 ;
-  input \port$7066$0 ;
-  wire \port$7066$0 ;
+  input \port$7070$0 ;
+  wire \port$7070$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3593,7 +3615,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7066$0 , \port$5927$0  };
+      storage[w_port__addr] <= { \port$7070$0 , \port$5927$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3692,8 +3714,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7066$0 , \port$5927$0  };
-  assign w_data = { \port$7066$0 , \port$5927$0  };
+  assign w_port__data = { \port$7070$0 , \port$5927$0  };
+  assign w_data = { \port$7070$0 , \port$5927$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

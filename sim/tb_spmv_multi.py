@@ -41,9 +41,10 @@ def cluster_items(cfg, engines: int, jobs) -> dict:
 
 def run_case(cfg, engines: int, jobs, *, seed: int = 1, idle: float = 0.2, backpressure: float = 0.2,
              simulator: str = "verilator", testcase: str = "spmv_scoreboard", max_busy: int | None = None,
-             front_end=None) -> dict:
+             front_end=None, family: str | None = None) -> dict:
     """Build (cached) and run a :class:`SparseMacCluster` of ``engines`` x ``cfg`` on ``jobs`` back to back
-    (``front_end``: the engines' decoder class, see the cluster).
+    (``front_end``: the engines' decoder class, see the cluster; ``family``, e.g. ``"ecp5"``: simulate
+    the netlist that FPGA family gets, :func:`sparsefab.sim.vendor_models.family_verilog`).
 
     Returns the cluster's counters at the end (``o_cycles``, ``o_stalls``, ``o_nnz``, ...).
     Raises :class:`sparsefab.sim.runner.SimulationFailed` (seed in the message) on a mismatch.
@@ -69,10 +70,15 @@ def run_case(cfg, engines: int, jobs, *, seed: int = 1, idle: float = 0.2, backp
             "timeout": 5000 + 20 * (total + sum(j.rows * (j.cols + 1) for j in jobs))}
     params = dict(cfg.to_dict(), engines=engines,
                   front_end=None if front_end is None else f"{front_end.__module__}.{front_end.__qualname__}")
+    design = dut
+    if family is not None:
+        from sparsefab.sim.vendor_models import family_verilog
+        design = family_verilog(dut, name=dut.name, family=family)
+        params["family"] = family
     with tempfile.TemporaryDirectory(prefix="sfspmvx-") as tmp:
         cf, of = Path(tmp) / "case.json", Path(tmp) / "out.json"
         cf.write_text(json.dumps(case))
-        run_cocotb(dut, toplevel=dut.name, test_module="sparsefab.sim.tb_sparse_mac", testcase=testcase,
+        run_cocotb(design, toplevel=dut.name, test_module="sparsefab.sim.tb_sparse_mac", testcase=testcase,
                    parameters=params, simulator=simulator,
                    extra_env={"SPARSEFAB_SPMV_CASE": str(cf), "SPARSEFAB_SPMV_OUT": str(of),
                               "SPARSEFAB_SEED": str(seed)})
