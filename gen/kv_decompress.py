@@ -971,12 +971,9 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += rr.addr.eq(Cat((ptr >> lR)[:chw], d0_h))
                 rt.append(rr.data.word_select(ptr[:lR], TW))
             st = lane_stream(blkW, ln, R * NCH + CWW)
-            # the coarse window of chunk c is st[c*R : c*R + CWW]: a multiplexer tree over the chunks
-            # (a bit_select by c*R becomes a barrel shifter over the whole lane stream)
-            chunk_w = [st[ch * R:ch * R + CWW] for ch in range(NCH)]
             m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp), d1_r3[ln].eq(qp + rt[1]),
-                         d1_cw[ln].eq(_mux_tree(chunk_w, (d0_p[ln] >> lR)[:chw])),
-                         d1_cwq[ln].eq(_mux_tree(chunk_w, (d0_q[ln] >> lR)[:chw])),
+                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW)),
+                         d1_cwq[ln].eq(st.bit_select(Cat(Const(0, lR), d0_q[ln] >> lR), CWW)),
                          d1_q[ln].eq(d0_q[ln][:lR]), d1_tq[ln].eq(rt[1])]
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
@@ -1062,6 +1059,7 @@ class KVDecompressor(wiring.Component):
         b1_k = Signal(signed(10))                   # k = e + ebias: the value is p * 2**k
         b1_sgn = [Signal(name=f"b1sgn{v}") for v in range(V)]
         b1_mag = [Signal(MW, name=f"b1mag{v}") for v in range(V)]
+        pad = [Const(0, 16)] * (128 - S)
         m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3),
                      b1_k.eq(e3 + self.ebias)]
         if not c.obits:
@@ -1071,17 +1069,17 @@ class KVDecompressor(wiring.Component):
                 with m.If(sel3 == k):
                     m.d.comb += [cm[r].eq(cmag[k][r]) for r in range(S)]
                     m.d.comb += [cs[r].eq(csgn[k][r]) for r in range(S)]
-            # rank -> (magnitude, sign) as one multiplexer tree per value (ranks >= S read 0)
+            cm_a, cs_a = Array(cm + pad), Array(cs + [Const(0, 1)] * (128 - S))
             for v in range(V):
-                cms = _mux_tree([Cat(a, b) for a, b in zip(cm, cs, strict=True)], d3_rank[v])
-                m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cms[16])),
-                             b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cms[:16]))]
+                m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cs_a[d3_rank[v]])),
+                             b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cm_a[d3_rank[v]]))]
         else:
             # with a block offset: signed sum first, then sign/magnitude (one more stage)
             cv = [Signal(signed(16), name=f"cvw{r}") for r in range(S)]
             for k in range(K):
                 with m.If(sel3 == k):
                     m.d.comb += [cv[r].eq(cent[k][r]) for r in range(S)]
+            cv_a = Array(cv + [Const(0, signed(16))] * (128 - S))
             rr = [Signal(signed(rbits), name=f"b0r{v}") for v in range(V)]
             b0_valid, b0_last, b0_err = Signal(), Signal(), Signal()
             b0_e, b0_f = Signal(c.ebits), Signal(max(c.mbits, 1))
@@ -1090,8 +1088,7 @@ class KVDecompressor(wiring.Component):
             m.d.comb += obase.eq(o3.as_signed() << ups_shift)
             m.d.sync += [b0_valid.eq(d3_valid), b0_last.eq(d3_last), b0_err.eq(d3_err), b0_e.eq(e3), b0_f.eq(f3),
                          b0_k.eq(e3 + self.ebias)]
-            m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], _mux_tree(cv, d3_rank[v]).as_signed()) + obase)
-                         for v in range(V)]
+            m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], cv_a[d3_rank[v]]) + obase) for v in range(V)]
             m.d.sync += [b1_valid.eq(b0_valid), b1_last.eq(b0_last), b1_err.eq(b0_err), b1_e.eq(b0_e), b1_f.eq(b0_f),
                          b1_k.eq(b0_k)]
             for v in range(V):
