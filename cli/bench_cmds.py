@@ -22,6 +22,7 @@ SECTIONS: dict[str, str] = {
     "quant": "sparsefab.compress.quant_bench:run",
     "crossbar": "sparsefab.sim.bench_crossbar:run",
     "spmv": "sparsefab.sim.bench_spmv:run",
+    "cluster": "sparsefab.sim.bench_cluster:run",
     "kv": "sparsefab.sim.bench_kv:run",
 }
 
