@@ -54,7 +54,7 @@ from sparsefab.compress.errors import SparsefabError
 from sparsefab.gen.bitmap_decoder import cmd_layout, lane_layout, value_layout
 from sparsefab.gen.spmv_config import ERRORS, ROWS_BITS, SpmvConfig
 
-__all__ = ["ChunkDecoder", "build_chunk_cluster", "build_decoder", "check_config", "value_depth"]
+__all__ = ["ChunkDecoder", "build_decoder", "check_config", "value_depth"]
 
 #: Depth of the chunk FIFO between the ingest stages and the take loop.
 CHUNK_FIFO_DEPTH = 8
@@ -566,22 +566,3 @@ def build_decoder(*, lanes: int = 4, bits: int = 8, block: int = 16, bus_bits: i
                      mask_words=1, value_words=1)
     return ChunkDecoder(cfg)
 
-
-def build_chunk_cluster(*, lanes: int = 32, engines: int = 8, bits: int = 8, block: int = 16, acc_bits: int = 32,
-                        max_cols: int = 1024, mul_steps: int = 1):
-    """The ECP5 form of the 32-lane array: a :class:`~sparsefab.gen.spmv_multi.SparseMacCluster` of
-    ``engines`` engines of ``lanes // engines`` lanes, each engine's front end a :class:`ChunkDecoder`
-    (64-bit bus, one mask and one value word per beat)."""
-    from sparsefab.gen.spmv_multi import ENGINES, SparseMacCluster
-
-    if isinstance(engines, bool) or engines not in ENGINES:
-        raise SparsefabError(f"chunk-cluster: engines={engines!r}, expected one of {', '.join(map(str, ENGINES))}")
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < engines or lanes % engines:
-        raise SparsefabError(f"chunk-cluster: lanes={lanes!r}, expected a multiple of engines={engines}")
-    cfg = SpmvConfig(lanes=lanes // engines, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=64,
-                     max_cols=max_cols, mask_words=1, value_words=1, mul_steps=mul_steps)
-    check_config(cfg)
-    return SparseMacCluster(cfg, engines=engines, front_end=ChunkDecoder)
-
-
-build_chunk_cluster.requires = "sparsefab.gen.spmv_multi"

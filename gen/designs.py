@@ -28,6 +28,7 @@ DESIGNS: dict[str, str] = {
     "spmv-dense": "sparsefab.gen.designs:build_spmv_dense",
     "spmv-cluster": "sparsefab.gen.spmv_multi:build_cluster",
     "bitmap-decoder": "sparsefab.gen.designs:build_bitmap_decoder",
+    "chunk-decoder": "sparsefab.gen.chunk_decoder:build_decoder",
     "kv-compress": "sparsefab.gen.kv_compress:build",
     "crossbar": "sparsefab.gen.tile_controller:build_crossbar",
     "kv-decompress": "sparsefab.gen.kv_decompress:build",

@@ -371,6 +371,9 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
     cfg = SpmvConfig(lanes=lanes // engines, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
                      window_beats=window_beats)
+    if decoder == "chunk":
+        from sparsefab.gen.chunk_decoder import check_config
+        check_config(cfg)
     return SparseMacCluster(cfg, engines=engines, front_end=front_end)
 
 

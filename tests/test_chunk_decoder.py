@@ -286,8 +286,11 @@ def test_cluster_minilm_8x4_utilization(sparsity, floor):
     assert ideal / got["o_cycles"] >= floor, (sparsity, ideal, got["o_cycles"])
 
 
-def test_build_chunk_cluster_validates():
-    from sparsefab.gen.chunk_decoder import build_chunk_cluster
+def test_chunk_cluster_factory_validates():
+    from sparsefab.gen.spmv_multi import build_cluster
+
+    def build_chunk_cluster(**kw):
+        return build_cluster(decoder="chunk", **kw)
 
     c = build_chunk_cluster(lanes=32, engines=8)
     assert c.lanes == 32 and c.config.lanes == 4 and c.config.mask_words == 1
