@@ -82,9 +82,11 @@ def test_cluster_rtl_equals_golden_with_stalls(seed):
     assert got["o_error"] == 0
 
 
+@pytest.mark.slow
 def test_cluster_ecp5_netlist_equals_golden():
     """The netlist the ECP5 gets (each lane's activation word registered before its byte select,
-    one more cycle in the back end and its credit) is bit-exact too, under stalls."""
+    one more cycle in the back end and its credit) is bit-exact too, under stalls (the fast set
+    covers it with chunk front ends, tests/test_chunk_decoder.py)."""
     from sparsefab.sim.tb_spmv_multi import run_case
 
     rng = np.random.default_rng(23)
