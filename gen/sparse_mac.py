@@ -484,6 +484,10 @@ class SparseMacArray(wiring.Component):
         The configuration; or pass its fields as keyword parameters (``lanes=8,
         weight_bits=8, acc_bits=32, block=16, bus_bits=64, max_cols=1024, mask_words=None,
         value_words=None, mul_steps=1``), validated by :class:`SpmvConfig`.
+    front_end : type, optional
+        Another decoder class with :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder`'s ports,
+        built as ``front_end(config)`` (e.g. :class:`~sparsefab.gen.chunk_decoder.ChunkDecoder`);
+        default: chosen by ``config.decoder``.
 
     Ports
     -----
@@ -518,13 +522,14 @@ class SparseMacArray(wiring.Component):
     value-stream end check, before and after the ``ceil(nnz/lanes)``-ideal stream.
     """
 
-    def __init__(self, config: SpmvConfig | None = None, **params):
+    def __init__(self, config: SpmvConfig | None = None, *, front_end=None, **params):
         self._MustUse__silence = True      # until validated: a rejected call is not a lost design
         cfg = _config_from(config, params, "SparseMacArray")
         if cfg.dense:
             raise SparsefabError("SparseMacArray: config.dense=True; use DenseMacArray")
         self._MustUse__silence = False
         self._config = cfg
+        self._front_end = front_end
         super().__init__(top_signature(cfg))
 
     @property
@@ -534,7 +539,9 @@ class SparseMacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        if cfg.decoder == "compact":
+        if self._front_end is not None:
+            m.submodules.dec = dec = self._front_end(cfg)
+        elif cfg.decoder == "compact":
             from sparsefab.gen.compact_decoder import CompactDecoder
             m.submodules.dec = dec = CompactDecoder(cfg)
         else:

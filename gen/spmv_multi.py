@@ -176,7 +176,7 @@ class SparseMacCluster(wiring.Component):
         sh = (n - 1).bit_length()
         engines = []
         for e in range(n):
-            eng = SparseMacArray(cfg) if self._front_end is None else _Engine(cfg, self._front_end)
+            eng = SparseMacArray(cfg, front_end=self._front_end)
             m.submodules[f"engine{e}"] = eng
             engines.append(eng)
             wiring.connect(m, wiring.flipped(self.i_mask[e]), eng.i_mask)
@@ -283,31 +283,6 @@ class SparseMacCluster(wiring.Component):
         m.d.sync += [self.o_nnz.eq(_sum([eng.o_nnz for eng in engines])),
                      self.o_stalls.eq(_sum([eng.o_stalls for eng in engines]))]
         return m
-
-
-class _Engine(wiring.Component):
-    """A :class:`SparseMacArray` (same ports, same back end and output stage) around another
-    front end ``front_end(config)``."""
-
-    def __init__(self, config: SpmvConfig, front_end):
-        from sparsefab.gen.sparse_mac import top_signature
-
-        self._config = config
-        self._front_end = front_end
-        super().__init__(top_signature(config))
-
-    @property
-    def config(self) -> SpmvConfig:
-        return self._config
-
-    def elaborate(self, platform):
-        from sparsefab.gen.sparse_mac import build_top
-
-        m = Module()
-        m.submodules.dec = dec = self._front_end(self._config)
-        wiring.connect(m, wiring.flipped(self.i_mask), dec.i_mask)
-        wiring.connect(m, wiring.flipped(self.i_value), dec.i_value)
-        return build_top(m, self, self._config, dec.o_lanes, dec.i_cmd, dec.o_busy, dec.o_error_flags)
 
 
 def _or(terms):
