@@ -12,8 +12,9 @@ side, so the array has ``engines * config.lanes`` multipliers:
   rows, i.e. ``codes[rows_of_engine_e]`` encoded on its own (:func:`shard_rows`,
   :func:`shard_images`).  Storage is the same format, cut by rows; a shard's row offsets are
   its own.  Engines whose share of a matrix is zero rows get no command for it.
-* **Activations are broadcast**: one ``i_act`` word is accepted when every engine that works on
-  the matrix takes it (each engine keeps its own replicated activation buffers).
+* **Activations are broadcast**: ``i_act`` words are accepted once every engine that works on
+  the matrix has taken its command (it is then loading and takes every word), and reach the
+  engines through one register each (each engine keeps its own replicated activation buffers).
 * **Requantization parameters** ``i_rq`` (row order) are dealt round robin into one small
   FIFO per engine; **results** are merged round robin into ``o_res`` (row order again) through
   a register, with ``last`` on the matrix's final row.
@@ -57,13 +58,15 @@ o_error_flags : Out(4)
     OR of the engines' sticky causes and the cluster's ``bad_command``
     (:data:`sparsefab.gen.spmv_config.ERRORS`).  After an error apply ``rst``.
 o_cycles : Out(32)
-    Cycles with ``o_busy`` high since reset.
+    Cycles with ``o_busy`` high since reset (counted one cycle late).
 o_stalls : Out(32)
     Sum over engines of their stall cycles (busy engine-cycles in which none of its lanes fired).
 o_nnz : Out(32)
-    Nonzeros multiplied since reset (sum over engines; one cycle behind).
+    Nonzeros multiplied since reset (sum over engines).  Both sums come through a registered
+    adder tree: ``1 + ceil(log2(engines))`` cycles behind the engines' counters.
 
-Latency: an engine's ``config.latency`` plus one cycle of output merge register.
+Latency: an engine's ``config.latency`` plus two cycles through its result FIFO and one of
+output merge register.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ ENGINES = (1, 2, 4, 8, 16)
 #: Depth of each engine's requantization-parameter FIFO and of the cluster's command queue.
 RQ_FIFO_DEPTH = 4
 CMD_QUEUE_DEPTH = 8
+#: Depth of each engine's result FIFO in front of the row-order merge.
+RES_FIFO_DEPTH = 4
 
 
 def shard_rows(rows: int, engines: int, start: int = 0) -> list[np.ndarray]:
@@ -168,7 +173,7 @@ class SparseMacCluster(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an engine's decoder emitting a row's last lanes to that row on ``o_res``."""
-        return self._config.latency + 1
+        return self._config.latency + 3
 
     def elaborate(self, platform):
         m = Module()
@@ -224,13 +229,16 @@ class SparseMacCluster(wiring.Component):
                          eng.i_cmd.payload.cols.eq(cols)]
             with m.If(eng.i_cmd.valid & eng.i_cmd.ready):
                 m.d.sync += pending.bit_select(e, 1).eq(0)
-        # broadcast activation words once every active engine takes them
-        act_ready = Signal()
-        m.d.comb += act_ready.eq(((~active) | Cat(*(eng.i_act.ready for eng in engines))).all())
-        m.d.comb += self.i_act.ready.eq(loading & act_ready)
+        # broadcast activation words once every active engine has taken the command: each is then
+        # in its LOAD state, ready for exactly `words` words, so the cluster reads none of their
+        # ready signals (no fan-in across the chip) and one register per engine carries the word
+        m.d.comb += self.i_act.ready.eq(loading & ~pending.any())
         for e, eng in enumerate(engines):
-            m.d.comb += [eng.i_act.valid.eq(loading & self.i_act.valid & act_ready & active[e]),
-                         eng.i_act.payload.eq(self.i_act.payload)]
+            act_valid = Signal(name=f"act_valid{e}")
+            act_word = Signal(cfg.bus_bits, name=f"act_word{e}", reset_less=True)
+            m.d.sync += [act_valid.eq(self.i_act.valid & self.i_act.ready & active[e]),
+                         act_word.eq(self.i_act.payload)]
+            m.d.comb += [eng.i_act.valid.eq(act_valid), eng.i_act.payload.eq(act_word)]
         with m.If(self.i_act.valid & self.i_act.ready):
             m.d.sync += waddr.eq(waddr + 1)
             with m.If(waddr + 1 == words):
@@ -252,21 +260,34 @@ class SparseMacCluster(wiring.Component):
             m.d.sync += rq_ptr.eq(rq_ptr + 1 if n > 1 else 0)
 
         # ---------------------------------------------------------------- result merge (row order)
+        # each engine's rows go through a small FIFO first, so an engine's output stage sees a
+        # ready from its own FIFO's level, never the merge's decision across the chip
+        res_w = len(self.o_res.payload.as_value())
+        res_fifos = []
+        for e, eng in enumerate(engines):
+            f = SyncFIFOBuffered(width=res_w, depth=RES_FIFO_DEPTH)
+            m.submodules[f"res{e}"] = f
+            res_fifos.append(f)
+            m.d.comb += [f.w_en.eq(eng.o_res.valid), f.w_data.eq(eng.o_res.payload), eng.o_res.ready.eq(f.w_rdy)]
         res_ptr = Signal(range(n))
         row = Signal(ROWS_BITS)                   # row of the current matrix at the merge
         out_valid = Signal()
         out = Signal.like(self.o_res.payload)
         take = Signal()
-        src = Array(eng.o_res for eng in engines)[res_ptr]
-        m.d.comb += [take.eq(src.valid & queue.r_rdy & (~out_valid | self.o_res.ready)),
+        src_valid = Signal()
+        src_bits = Signal(res_w)
+        src = res_layout(cfg)(src_bits)
+        m.d.comb += [src_valid.eq(Array(f.r_rdy for f in res_fifos)[res_ptr]),
+                     src_bits.eq(Array(f.r_data for f in res_fifos)[res_ptr]),
+                     take.eq(src_valid & queue.r_rdy & (~out_valid | self.o_res.ready)),
                      self.o_res.valid.eq(out_valid), self.o_res.payload.eq(out)]
-        for e, eng in enumerate(engines):
-            m.d.comb += eng.o_res.ready.eq(take & (res_ptr == e))
+        for e, f in enumerate(res_fifos):
+            m.d.comb += f.r_en.eq(take & (res_ptr == e))
         with m.If(self.o_res.ready):
             m.d.sync += out_valid.eq(0)
         with m.If(take):
             is_last = row + 1 == queue.r_data
-            m.d.sync += [out_valid.eq(1), out.acc.eq(src.payload.acc), out.out.eq(src.payload.out),
+            m.d.sync += [out_valid.eq(1), out.acc.eq(src.acc), out.out.eq(src.out),
                          out.last.eq(is_last), res_ptr.eq(res_ptr + 1 if n > 1 else 0),
                          row.eq(Mux(is_last, 0, row + 1))]
             m.d.comb += queue.r_en.eq(is_last)
@@ -275,13 +296,16 @@ class SparseMacCluster(wiring.Component):
         err = Signal(4)
         m.d.comb += [err.eq(_or([eng.o_error_flags for eng in engines]) | (bad_cmd << ERRORS["bad_command"])),
                      self.o_error_flags.eq(err), self.o_error.eq(err.any())]
-        busy = Signal()
+        busy, busy_r = Signal(), Signal()
         m.d.comb += [busy.eq(loading | pending.any() | Cat(*(eng.o_busy for eng in engines)).any()),
                      self.o_busy.eq(busy)]
-        with m.If(busy):
+        # the counters add registered terms (a few cycles late), so no handshake and no carry chain
+        # of one engine reaches another engine's or the cluster's carry chain in the same cycle
+        m.d.sync += busy_r.eq(busy)
+        with m.If(busy_r):
             m.d.sync += self.o_cycles.eq(self.o_cycles + 1)
-        m.d.sync += [self.o_nnz.eq(_sum([eng.o_nnz for eng in engines])),
-                     self.o_stalls.eq(_sum([eng.o_stalls for eng in engines]))]
+        m.d.sync += [self.o_nnz.eq(_sum(m, [eng.o_nnz for eng in engines], "nnz")),
+                     self.o_stalls.eq(_sum(m, [eng.o_stalls for eng in engines], "stalls"))]
         return m
 
 
@@ -292,10 +316,17 @@ def _or(terms):
     return out
 
 
-def _sum(terms):
-    terms = list(terms)
+def _sum(m, terms, name):
+    """Sum of ``terms`` (COUNTER_BITS wide) by a tree of registered pairwise adds (one register
+    level per tree level: ``ceil(log2(len(terms)))`` cycles late)."""
+    terms, level = list(terms), 0
     while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        nxt = []
+        for i in range(0, len(terms), 2):
+            r = Signal(COUNTER_BITS, name=f"{name}_l{level}_{i // 2}")
+            m.d.sync += r.eq((terms[i] + terms[i + 1])[:COUNTER_BITS] if i + 1 < len(terms) else terms[i])
+            nxt.append(r)
+        terms, level = nxt, level + 1
     return terms[0][:COUNTER_BITS]
 
 
@@ -331,10 +362,11 @@ def front_end_class(name: str):
 def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: int = 16, acc_bits: int = 32,
                   bus_bits: int = 64, max_cols: int = 1024, mask_words: int | None = None,
                   value_words: int | None = None, mul_steps: int = 1, window_beats: int = 2,
-                  decoder: str = "window") -> SparseMacCluster:
+                  decoder: str = "window", act_banks: int = 1) -> SparseMacCluster:
     """The ``spmv-cluster`` design: ``lanes`` multipliers in total as ``engines`` engines of
     ``lanes // engines`` lanes (the other parameters are each engine's, see :class:`SpmvConfig`);
-    ``decoder`` picks the engines' front end (:data:`FRONT_ENDS`)."""
+    ``decoder`` picks the engines' front end (:data:`FRONT_ENDS`); ``act_banks=2`` double-buffers
+    the activations (the next matrix loads while this one runs)."""
     front_end = front_end_class(decoder)
     if decoder == "chunk":      # one 64-bit mask word and one value word per beat (ChunkDecoder's form)
         mask_words = 1 if mask_words is None else mask_words
@@ -345,7 +377,7 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
         raise SparsefabError(f"spmv-cluster: lanes={lanes!r}, expected a multiple of engines={engines}")
     cfg = SpmvConfig(lanes=lanes // engines, weight_bits=bits, block=block, acc_bits=acc_bits, bus_bits=bus_bits,
                      max_cols=max_cols, mask_words=mask_words, value_words=value_words, mul_steps=mul_steps,
-                     window_beats=window_beats)
+                     window_beats=window_beats, act_banks=act_banks)
     if decoder == "chunk":
         from sparsefab.gen.chunk_decoder import check_config
         check_config(cfg)
@@ -353,5 +385,6 @@ def build_cluster(*, lanes: int = 32, engines: int = 4, bits: int = 8, block: in
 
 
 build_cluster.requires = "sparsefab.gen.sparse_mac"
-#: ULX3S (ECP5-85F): 8 engines of 4 lanes with the chunk front end, the form built for 100 MHz
-build_cluster.board_defaults = {"ulx3s-85f": {"engines": 8, "decoder": "chunk"}}
+#: ULX3S (ECP5-85F): 8 engines of 4 lanes with the chunk front end, the form built for 100 MHz,
+#: and double-buffered activations (free there: a bank of 1,024 activations fills half a DP16KD)
+build_cluster.board_defaults = {"ulx3s-85f": {"engines": 8, "decoder": "chunk", "act_banks": 2}}
