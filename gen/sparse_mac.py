@@ -24,7 +24,7 @@ take 16 of the UP5K's 30 EBR; on ECP5 a 2048-column copy at bus 64 is 2 DP16KD.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -341,6 +341,12 @@ class MacBackend(wiring.Component):
         One accumulator per row (wrapped to ``acc_bits``), ``last`` on the matrix's final row.
     o_fired : Out(range(lanes + 1))
         Lanes carrying a nonzero in the bundle accepted this cycle (0 if none).
+    i_act_bank : In(1)
+        Only with ``act_banks = 2``: the bank ``i_act_we`` writes.  Reads start in bank 0 and
+        switch banks after each matrix's final bundle.
+    o_bank_done : Out(1)
+        Only with ``act_banks = 2``: one-cycle pulse when the reads of a matrix's final bundle
+        are issued; from the next cycle its bank may be rewritten.
 
     Latency: a bundle accepted in cycle ``t`` is registered, reads the buffers at the edge
     ending ``t+1``, multiplies in ``t+2``, sums in ``t+3``, accumulates in ``t+4``; a row result
@@ -355,14 +361,17 @@ class MacBackend(wiring.Component):
             self._MustUse__silence = True
             raise SparsefabError(f"MacBackend: config={config!r}, expected a SpmvConfig")
         self._config = config
-        super().__init__({
+        ports = {
             "i_lanes": In(stream.Signature(lane_layout(config))),
             "i_act_we": In(1),
             "i_act_addr": In(range(config.act_depth)),
             "i_act_data": In(config.bus_bits),
             "o_row": Out(stream.Signature(row_layout(config))),
             "o_fired": Out(range(config.lanes + 1)),
-        })
+        }
+        if config.act_banks == 2:
+            ports.update({"i_act_bank": In(1), "o_bank_done": Out(1)})
+        super().__init__(ports)
 
     @property
     def config(self) -> SpmvConfig:
@@ -406,13 +415,27 @@ class MacBackend(wiring.Component):
         vals1 = [Signal(signed(b), name=f"w1_{i}", reset_less=True) for i in range(L)]
         lo1 = [Signal(max(1, lo_bits), name=f"lo1_{i}") for i in range(L)]
         acts = []
+        if cfg.act_banks == 2:
+            # two banks: the read bank switches after a matrix's final bundle reads it
+            ab = max(1, (cfg.act_depth - 1).bit_length())
+            rbank = Signal()
+            bank_done = Signal()
+            m.d.comb += [bank_done.eq(v0 & pl.row_end & pl.last), self.o_bank_done.eq(bank_done)]
+            with m.If(bank_done):
+                m.d.sync += rbank.eq(~rbank)
+            mem_depth = 2 << ab
+            waddr = Cat(self.i_act_addr[:ab], self.i_act_bank)
+            raddrs = [Cat((pl.col[i] >> lo_bits)[:ab], rbank) for i in range(L)]
+        else:
+            mem_depth, waddr = cfg.act_depth, self.i_act_addr
+            raddrs = [pl.col[i] >> lo_bits for i in range(L)]
         for i in range(L):
-            mem = Memory(shape=W, depth=cfg.act_depth, init=[])
+            mem = Memory(shape=W, depth=mem_depth, init=[])
             m.submodules[f"act{i}"] = mem
             wp = mem.write_port()
             rp = mem.read_port()
-            m.d.comb += [wp.addr.eq(self.i_act_addr), wp.data.eq(self.i_act_data), wp.en.eq(self.i_act_we),
-                         rp.addr.eq(pl.col[i] >> lo_bits)]
+            m.d.comb += [wp.addr.eq(waddr), wp.data.eq(self.i_act_data), wp.en.eq(self.i_act_we),
+                         rp.addr.eq(raddrs[i])]
             acts.append(rp.data)
         m.d.sync += [v1.eq(v0), re1.eq(v0 & pl.row_end), last1.eq(pl.last), nxt1.eq(pl.nxt)]
         for i in range(L):
@@ -586,24 +609,56 @@ def build_top(m: Module, top, cfg: SpmvConfig, lanes_stream, fe_cmd, fe_busy, fe
     wiring.connect(m, wiring.flipped(top.i_rq), rq.i_rq)
     wiring.connect(m, rq.o_res, wiring.flipped(top.o_res))
 
+    bad_cmd = Signal()
+    busy = Signal()
+    if cfg.act_banks == 2:
+        _double_buffered_control(m, top, cfg, be, fe_cmd, fe_busy, busy, bad_cmd)
+    else:
+        _control(m, top, cfg, be, fe_cmd, fe_busy, busy, bad_cmd)
+
+    flags = Signal(4)
+    m.d.comb += [flags.eq(fe_flags | (bad_cmd << ERRORS["bad_command"])),
+                 top.o_error_flags.eq(flags), top.o_error.eq(flags.any()), top.o_busy.eq(busy)]
+    # the counters add registered copies (one cycle late), so the handshake's fan-in does not
+    # reach their carry chains
+    busy_r = Signal()
+    fired_r = Signal.like(be.o_fired)
+    m.d.sync += [busy_r.eq(busy), fired_r.eq(be.o_fired)]
+    with m.If(busy_r):
+        m.d.sync += top.o_cycles.eq(top.o_cycles + 1)
+        with m.If(fired_r == 0):
+            m.d.sync += top.o_stalls.eq(top.o_stalls + 1)
+    m.d.sync += top.o_nnz.eq(top.o_nnz + fired_r)
+    return m
+
+
+def _words(cfg: SpmvConfig, cols):
+    """Activation words of a matrix of ``cols`` columns."""
+    return (cols + (cfg.acts_per_word - 1)) >> (cfg.acts_per_word - 1).bit_length()
+
+
+def _bad(cfg: SpmvConfig, c):
+    """A command the array drops (and flags as ``bad_command``)."""
+    return (c.rows == 0) | (c.cols == 0) | (c.cols > cfg.max_cols)
+
+
+def _control(m, top, cfg, be, fe_cmd, fe_busy, busy, bad_cmd):
+    """One activation bank: IDLE -> LOAD (``words`` activation words) -> START (the front end
+    takes the command) -> RUN (until the front end is idle) -> IDLE."""
     rows = Signal(ROWS_BITS)
     cols = Signal(cfg.col_bits)
     words = Signal(range(cfg.act_depth + 1))
     waddr = Signal(range(cfg.act_depth + 1))
-    bad_cmd = Signal()
-    apw_bits = (cfg.acts_per_word - 1).bit_length()
-
-    busy = Signal()
     with m.FSM(name="ctl"):
         with m.State("IDLE"):
             m.d.comb += top.i_cmd.ready.eq(~fe_busy)
             with m.If(top.i_cmd.valid & ~fe_busy):
                 c = top.i_cmd.payload
-                with m.If((c.rows == 0) | (c.cols == 0) | (c.cols > cfg.max_cols)):
+                with m.If(_bad(cfg, c)):
                     m.d.sync += bad_cmd.eq(1)
                 with m.Else():
                     m.d.sync += [rows.eq(c.rows), cols.eq(c.cols), waddr.eq(0),
-                                 words.eq((c.cols + (cfg.acts_per_word - 1)) >> apw_bits)]
+                                 words.eq(_words(cfg, c.cols))]
                     m.next = "LOAD"
         with m.State("LOAD"):
             m.d.comb += [busy.eq(1), top.i_act.ready.eq(1)]
@@ -623,21 +678,51 @@ def build_top(m: Module, top, cfg: SpmvConfig, lanes_stream, fe_cmd, fe_busy, fe
     m.d.comb += [be.i_act_we.eq(top.i_act.valid & top.i_act.ready), be.i_act_addr.eq(waddr),
                  be.i_act_data.eq(top.i_act.payload)]
 
-    flags = Signal(4)
-    m.d.comb += [flags.eq(fe_flags | (bad_cmd << ERRORS["bad_command"])),
-                 top.o_error_flags.eq(flags), top.o_error.eq(flags.any()), top.o_busy.eq(busy)]
-    # the counters add registered copies (one cycle late), so the handshake's fan-in does not
-    # reach their carry chains
-    busy_r = Signal()
-    fired_r = Signal.like(be.o_fired)
-    m.d.sync += [busy_r.eq(busy), fired_r.eq(be.o_fired)]
-    with m.If(busy_r):
-        m.d.sync += top.o_cycles.eq(top.o_cycles + 1)
-        with m.If(fired_r == 0):
-            m.d.sync += top.o_stalls.eq(top.o_stalls + 1)
-    m.d.sync += top.o_nnz.eq(top.o_nnz + fired_r)
-    return m
 
+def _double_buffered_control(m, top, cfg, be, fe_cmd, fe_busy, busy, bad_cmd):
+    """Two activation banks (``act_banks = 2``): a loader and a launcher run side by side.
+
+    The loader takes a command when its next bank ``wbank`` is free and loads the matrix's
+    activations into it (the bank then holds a *loaded* matrix: rows, cols); the launcher hands
+    the loaded matrix of bank ``cbank`` to the front end as soon as it takes a command (it is
+    idle).  A bank is free again when the back end has issued the reads of the matrix's final
+    bundle (``be.o_bank_done``), so the next matrix but one may load into it.  Banks are used in
+    turn by all three (loader, launcher, back end), so the order of matrices is kept.
+    """
+    ab = be.i_act_addr.shape().width
+    words = Signal(range(cfg.act_depth + 1))
+    waddr = Signal(range(cfg.act_depth + 1))
+    wbank, cbank, rbank = Signal(), Signal(), Signal()
+    inuse = Signal(2)                       # bank loading, loaded or being read
+    loaded = Signal(2)                      # bank loaded, its command not yet launched
+    loading = Signal()
+    rows = [Signal(ROWS_BITS, name=f"rows{k}") for k in range(2)]
+    cols = [Signal(cfg.col_bits, name=f"cols{k}") for k in range(2)]
+
+    c = top.i_cmd.payload
+    m.d.comb += top.i_cmd.ready.eq(~loading & ~inuse.bit_select(wbank, 1))
+    with m.If(top.i_cmd.valid & top.i_cmd.ready):
+        with m.If(_bad(cfg, c)):
+            m.d.sync += bad_cmd.eq(1)
+        with m.Else():
+            m.d.sync += [Array(rows)[wbank].eq(c.rows), Array(cols)[wbank].eq(c.cols), loading.eq(1),
+                         waddr.eq(0), words.eq(_words(cfg, c.cols)), inuse.bit_select(wbank, 1).eq(1)]
+    m.d.comb += top.i_act.ready.eq(loading)
+    with m.If(top.i_act.valid & loading):
+        m.d.sync += waddr.eq(waddr + 1)
+        with m.If(waddr + 1 == words):
+            m.d.sync += [loading.eq(0), loaded.bit_select(wbank, 1).eq(1), wbank.eq(~wbank)]
+    m.d.comb += [be.i_act_we.eq(top.i_act.valid & loading), be.i_act_addr.eq(waddr[:ab]),
+                 be.i_act_bank.eq(wbank), be.i_act_data.eq(top.i_act.payload)]
+
+    launch = Signal()
+    m.d.comb += [fe_cmd.valid.eq(loaded.bit_select(cbank, 1)), fe_cmd.payload.rows.eq(Array(rows)[cbank]),
+                 fe_cmd.payload.cols.eq(Array(cols)[cbank]), launch.eq(fe_cmd.valid & fe_cmd.ready)]
+    with m.If(launch):
+        m.d.sync += [loaded.bit_select(cbank, 1).eq(0), cbank.eq(~cbank)]
+    with m.If(be.o_bank_done):
+        m.d.sync += [inuse.bit_select(rbank, 1).eq(0), rbank.eq(~rbank)]
+    m.d.comb += busy.eq(loading | inuse.any() | fe_busy)
 
 def payload_fields(shape) -> list[dict]:
     """Leaf fields of a payload shape: ``name`` (dotted), ``offset``, ``width``, ``signed``."""

@@ -144,6 +144,11 @@ class SpmvConfig:
         general form) or ``"compact"`` (:class:`~sparsefab.gen.compact_decoder.CompactDecoder`,
         the small form for iCE40: two 32-bit word slots, mask beats of 32 or 64 bits, up to 16
         lanes; ``window_beats`` is not used).
+    act_banks : int
+        Activation buffer banks: 1 (a matrix's activations load while the array waits) or 2
+        (double buffering: the next matrix's activations load into the other bank while this
+        one runs, at twice the buffer depth; on the ECP5 a 64-bit copy of up to 4,096
+        activations stays in two DP16KD either way).
     dense : bool
         True for the dense baseline (:class:`~sparsefab.gen.dense_mac.DenseMacArray`).
     """
@@ -160,6 +165,7 @@ class SpmvConfig:
     value_words: int | None = None
     mul_steps: int = 1
     decoder: str = "window"
+    act_banks: int = 1
     dense: bool = False
 
     def __post_init__(self):
@@ -192,6 +198,7 @@ class SpmvConfig:
                     f"{self.mask_words} x bus_bits={self.bus_bits}")
             if self.lanes > 16:
                 raise SparsefabError(f"SpmvConfig: decoder='compact' supports lanes <= 16, got lanes={self.lanes}")
+        s(self, "act_banks", _check_choice("act_banks", self.act_banks, (1, 2)))
         if not isinstance(self.dense, (bool, np.bool_)):
             raise SparsefabError(f"SpmvConfig: dense={self.dense!r}, expected a bool")
         s(self, "dense", bool(self.dense))
@@ -229,6 +236,7 @@ class SpmvConfig:
         """Verilog module name of this configuration."""
         kind = "dense" if self.dense else "spmv"
         tail = "_compact" if self.decoder == "compact" and not self.dense else ""
+        tail += "_ab2" if self.act_banks == 2 else ""
         return (f"{kind}_l{self.lanes}_w{self.weight_bits}_b{self.block}_bus{self.bus_bits}"
                 f"_c{self.max_cols}{tail}")
 

@@ -233,21 +233,22 @@ def _edge_jobs(rng):
     return [Job(m, rng.integers(-128, 128, m.shape[1]), random_rq(rng, m.shape[0])) for m in shapes]
 
 
-@pytest.mark.parametrize("engines,lanes,seed,family", [
-    (2, 4, 23, "ecp5"),
-    pytest.param(4, 4, 29, None, marks=pytest.mark.slow),
-    pytest.param(2, 8, 31, None, marks=pytest.mark.slow),
+@pytest.mark.parametrize("engines,lanes,seed,family,act_banks", [
+    (2, 4, 23, "ecp5", 2),
+    pytest.param(4, 4, 29, None, 1, marks=pytest.mark.slow),
+    pytest.param(2, 8, 31, None, 1, marks=pytest.mark.slow),
 ])
-def test_cluster_with_chunk_decoder_equals_golden_with_stalls(engines, lanes, seed, family):
+def test_cluster_with_chunk_decoder_equals_golden_with_stalls(engines, lanes, seed, family, act_banks):
     """Engines built around ChunkDecoder: every row equals the golden model (the scoreboard of
     tb_sparse_mac raises on a mismatch), with idle cycles on every input and backpressure.  The
     fast case simulates the netlist the ECP5 gets (the form the ULX3S builds: the back end's
-    extra activation register included)."""
+    extra activation register and double-buffered activations included)."""
     from sparsefab.sim.tb_spmv_multi import run_case
 
     rng = np.random.default_rng(seed)
     jobs = _edge_jobs(rng)
-    got = run_case(_cfg(lanes, max_cols=256), engines, jobs, seed=seed, idle=0.25, backpressure=0.3,
+    cfg = _cfg(lanes, max_cols=256).replace(act_banks=act_banks)
+    got = run_case(cfg, engines, jobs, seed=seed, idle=0.25, backpressure=0.3,
                    front_end=ChunkDecoder, family=family)
     assert got["o_nnz"] == sum(int(np.count_nonzero(j.codes)) for j in jobs), f"seed {seed}"
 
