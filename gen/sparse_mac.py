@@ -515,11 +515,13 @@ class SparseMacArray(wiring.Component):
     Ports
     -----
     i_cmd : In(stream.Signature(cmd_layout))
-        ``rows`` (16 bits), ``cols`` (``col_bits``); accepted when the array is idle.  rows = 0,
-        cols = 0 or cols > max_cols: the command is dropped and ``bad_command`` is flagged.
+        ``rows`` (16 bits), ``cols`` (``col_bits``); accepted when the array is idle
+        (``act_banks = 2``: when an activation bank is free, i.e. while the previous matrix
+        still runs).  rows = 0, cols = 0 or cols > max_cols: the command is dropped and
+        ``bad_command`` is flagged.
     i_act : In(stream.Signature(bus_bits))
         ``ceil(cols / (bus_bits/8))`` activation words per command, first activation in the low
-        byte; loaded before any mask/value beat is consumed.
+        byte; loaded before any of the matrix's mask/value beats is consumed.
     i_mask : In(stream.Signature(mask_bus))
         Mask beats (see :class:`~sparsefab.gen.bitmap_decoder.BitmapDecoder`).
     i_value : In(stream.Signature(value_layout))
@@ -542,7 +544,9 @@ class SparseMacArray(wiring.Component):
     Latency: ``config.latency`` cycles from the decoder emitting a row's last lanes to its
     ``o_res`` (no backpressure); per matrix, ``ceil(cols/(bus_bits/8))`` load cycles plus
     4 cycles of command handling, the decoder's priming cycle and output register and the
-    value-stream end check, before and after the ``ceil(nnz/lanes)``-ideal stream.
+    value-stream end check, before and after the ``ceil(nnz/lanes)``-ideal stream.  With
+    ``act_banks = 2`` a matrix's load overlaps its predecessor's run (back to back, only the
+    first load and the front end's per-matrix cycles remain).
     """
 
     def __init__(self, config: SpmvConfig | None = None, *, front_end=None, **params):
