@@ -35,25 +35,45 @@ MiniLM matrices (8 lanes, ``sparsefab bench --only spmv``): utilization 0.98 / 0
 50 / 75 / 90 % sparsity.  Per matrix one cycle to take the command and one to check the value
 stream's end.
 
-Size and timing on the iCE40UP5K (iCEBreaker board defaults, 8 lanes, generic harness included;
-LCs counted on Yosys 0.70's netlist with nextpnr's packing rule, which matched nextpnr to 0.5 %):
-this decoder alone about 2,890 LCs (the window form: about 4,450; it routed with 4,530), the
-whole ``spmv`` array about 5,070 LCs of 5,280 (the window form needs 5,913, it does not fit).
-Not yet at 40 MHz: the longest paths are about 14 LUT4 levels, (1) the take loop, counts ->
-``full``/``avail`` -> ``vals_ok``/``advance`` -> the drop count -> the refill slot select ->
-counts, and (2) the in-group select on ``o_lanes`` (nibble counts, their prefix adds, compares,
-the nibble and rank tables) into the back end's bundle register; 40 MHz on a nearly full UP5K
-needs about 7 (compute the next slot state for both values of ``advance`` and pick late;
-compute the per-nibble candidates in parallel, which costs about 180 LCs).  Routed once
-(``sparsefab fpga build --board icebreaker --design spmv --lanes 8``, nextpnr-ice40 seed 1) with
-that parallel select and the back end's activation register stage: 5,272 / 5,280 LCs (4,334
-LUT4, 1,938 FF, 641 carries), 8 DSP, 19 EBR, **18.88 MHz**; critical path the take loop from a
-count register through the drop and refill decisions into ``i_mask.ready`` (the input counters'
-enable): 15.1 ns logic + 36.4 ns routing over 18 cells.
+Timing structure (the take loop kept short for the iCE40):
+
+* ``advance`` comes from registers only: running, no error, "at least ``lanes`` values held"
+  (``vge_r``, registered with the value count) or the value stream's last beat is in, and the
+  output register free.  It no longer waits for the take's size or a compare of the value
+  count with ``avail`` (that compare now only raises ``values_short``, on the side).  A take of
+  nothing (zero words skipped) also waits for the output register: a cycle lost only under
+  backpressure.
+* The refill plan (each slot's source: an older slot, a buffered word or empty; the words
+  leaving the buffer; ``i_mask.ready``) is a boolean table of (valid slots, buffered words,
+  refill allowed, ``advance``, droppable slots), not small-count arithmetic: the counts
+  ``d -> nv -> free -> nfill -> left`` were carry chains the LUT mapper cannot flatten.
+* Constant compares of the counts are plain logic; the drop test of slot 1 compares two
+  registers (``dlast[1] <= dlast[0]``) instead of a compare after the ``avail`` multiplexer.
+* In-group select on ``o_lanes``: the rank-r' set bit of every nibble is found in parallel and
+  picked by the nibble last.
+
+Measured on the iCE40UP5K (iCEBreaker defaults, generic harness, nextpnr-ice40 seed 1; the
+window form alone needs about 4,450 LCs, and the array with it does not fit):
+
+* whole 8-lane array (``sparsefab fpga build --board icebreaker --design spmv --lanes 8``):
+  **21.47 MHz** routed, 5,223 / 5,280 LCs (4,345 LUT4, 1,872 FF, 658 carries; the harness
+  adds 342 FF and 57 LUT), 8 SB_MAC16, 19 EBR; at 94a0884, same flow: 19.58 MHz, 5,009 LCs.
+  Critical path: the input accept, slot 1's count compare -> drop -> refill table ->
+  ``i_mask.ready`` -> the input buffer's enable (about 100 flip-flops), 13.9 ns logic + 32.7 ns
+  routing over 14 cells.
+* this decoder alone (``--design bitmap-decoder``), with the loop of this form: 24.95 MHz
+  (3,209 LCs, measured with an in-group select from registered nibble prefixes, about 490 LCs
+  larger and not kept); at 94a0884: 20.47 MHz, 2,881 LCs.
+
+Still short of 40 MHz: on this chip a LUT level costs about 2.6 ns with routing, so a path
+must stay within about 8 LUTs.  Next: a registered ``i_mask.ready`` (a second beat register,
+about 100-160 LCs, so the accept enable is one LUT from registers), and the drop test from
+flags registered with the counts.
 
 Malformed input sets the sticky error flags (``ERRORS``) and abandons the matrix: a set
 mask bit in row padding as its word arrives; a value stream too short (a take needs values
-after the stream's ``last``) or too long (checked after the last row).
+after the stream's ``last``; that take's bundle is not emitted) or too long (checked after the
+last row).
 """
 
 from __future__ import annotations
@@ -205,7 +225,8 @@ class CompactDecoder(wiring.Component):
         m.d.comb += avail.eq(Mux(sre[0], dlast[0], dlast[1]))
         # full = avail >= L, evaluated on each candidate and then picked
         full = Signal()
-        m.d.comb += full.eq(Mux(sre[0], dlast[0] >= L, dlast[1] >= L))
+        m.d.comb += full.eq(Mux(sre[0], ~dlast[0][-1] & _gt_const(dlast[0][:-1], L - 1),
+                                ~dlast[1][-1] & _gt_const(dlast[1][:-1], L - 1)))
         k = Signal(range(L + 1))
         m.d.comb += k.eq(Mux(full, L, Mux(avail[-1], 0, avail[:kw])))
         fin_s = [sv[s] & sre[s] & (dlast[s] <= L) for s in range(SLOTS)]
@@ -219,22 +240,32 @@ class CompactDecoder(wiring.Component):
         vavail = Signal(range(2 * VPB + 1))
         vlast_loaded, prev_last, any_val = Signal(), Signal(), Signal()
         vals_ok = Signal()
-        m.d.comb += vals_ok.eq((vavail >= L) | (vavail >= Mux(avail[-1], 0, avail)))
+        # the take waits only while fewer than L values are held and the stream goes on; once its
+        # last beat is in, every remaining value is held (a shorter stream is malformed: that take
+        # raises values_short, its bundle is not emitted, and the matrix is abandoned).  Both
+        # terms are registers: the decision to advance does not wait for a compare with avail.
+        vge_r = Signal()                 # vavail >= L
+        vals_exact = Signal()            # vavail >= min(L, max(avail, 0)), checked on the side
+        m.d.comb += vals_exact.eq(vge_r | Mux(sre[0], vavail >= dlast[0], vavail >= dlast[1]))
+        m.d.comb += vals_ok.eq(vge_r | vlast_loaded)
 
         # outputs (stage A registers)
         ov = Signal()
         rdy_a = Signal()
         m.d.comb += rdy_a.eq(~ov | self.o_lanes.ready)
+        short_now = Signal()
         can_go = Signal()
         m.d.comb += can_go.eq(running & vals_ok & ~any_err)
         emit = Signal()
-        m.d.comb += emit.eq(can_go & ((k != 0) | finish))
+        m.d.comb += emit.eq(can_go & ((k != 0) | finish) & ~short_now)
         advance = Signal()
-        m.d.comb += advance.eq(can_go & (~emit | rdy_a))
+        # advance waits for the output register even when nothing is emitted (a take of zero
+        # words): a cycle lost only under backpressure, and advance is a few registers deep
+        # instead of waiting for the take's size
+        m.d.comb += advance.eq(can_go & rdy_a)
         mat_end = Signal()
         m.d.comb += mat_end.eq(advance & finish & last_row)
-        short_now = Signal()
-        m.d.comb += short_now.eq(running & ~vals_ok & vlast_loaded)
+        m.d.comb += short_now.eq(running & ~vals_exact & vlast_loaded)
         m.d.sync += short_err.eq(short_now & ~any_err)
 
         # ------------------------------------------------------------ lanes (stage A)
@@ -281,13 +312,15 @@ class CompactDecoder(wiring.Component):
             therm = [r >= p_ for p_ in pfx]
             nib = Signal(max(1, (_NIBS - 1).bit_length()), name=f"nib{i}")
             m.d.comb += nib.eq(_balanced([x for x in therm], lambda x, y: x + y) if therm else 0)
-            nbase = Signal(_PW, name=f"nbase{i}")
-            m.d.comb += nbase.eq(_or([Mux(nib == t + 1, pfx[t], 0) for t in range(_NIBS - 1)], _PW))
-            lr2 = Signal(2, name=f"lr2_{i}")
-            m.d.comb += lr2.eq(r - nbase)
-            nibble = Signal(4, name=f"nibble{i}")
-            m.d.comb += nibble.eq(a_grp[i].word_select(nib, 4))
-            within = Cat(_rank_select(m, nibble, lr2, f"ws{i}"), nib)
+            # the rank-r' set bit of every nibble in parallel (r' = r minus the set bits before
+            # that nibble, a 2-bit subtract and a table each), picked by the nibble last: the
+            # nibble choice and the rank select no longer follow each other
+            cands = []
+            for u in range(_NIBS):
+                lr2 = Signal(2, name=f"lr2_{i}_{u}")
+                m.d.comb += lr2.eq(r if u == 0 else r - pfx[u - 1])
+                cands.append(_rank_select(m, a_grp[i][4 * u:4 * u + 4], lr2, f"ws{i}_{u}"))
+            within = Cat(Array(cands)[nib], nib)
             col = Signal(_CB + byw + q_w, name=f"col{i}")
             m.d.comb += col.eq(Cat(within, a_by[i], a_q[i]))
             m.d.comb += [pl.valid[i].eq(a_valid[i]), pl.nxt[i].eq(0),
@@ -314,95 +347,131 @@ class CompactDecoder(wiring.Component):
         Dt = [Signal(signed(dw), name=f"Dt{j}") for j in range(NBY)]
         for j in range(NBY):
             s = j // _BYTES
-            alt = Mux(beyond[s], D[j] - avail, 0) if s else Const(0, dw)
+            # (slot 1 is past the reach only if slot 0 ends the row: then avail = dlast[0])
+            alt = Mux(beyond[s], D[j] - dlast[0], 0) if s else Const(0, dw)
             m.d.comb += Dt[j].eq(Mux(full, D[j] - L, alt))
         Dtm1 = Signal(signed(dw))
         m.d.comb += Dtm1.eq(Mux(full, Dm1 - L, 0))
         total_t = Dt[-1]                 # window total after the take (invalid slots hold it)
         # slots whose set bits are all taken by this take, and which may leave: not a row end,
         # or the current row's end (which finishes now)
-        ex = [Mux(full, dlast[s] <= L, ~beyond[s] | (dlast[s] <= avail)) for s in range(SLOTS)]
+        # (written out per slot: slot 0 is never past the reach; slot 1 is past it iff slot 0
+        # ends the row, then avail = dlast[0]; constant compares as logic)
+        def le_c(x, c):      # x <= c for a signed x and a constant c >= 0
+            return x[-1] | ~_gt_const(x[:-1], c)
+
+        s1_empty = Signal()              # slot 1's set bits all taken: dlast[1] <= dlast[0]
+        m.d.comb += s1_empty.eq(dlast[1] <= dlast[0])
+        ex = [Mux(full, le_c(dlast[0], L), 1), Mux(full, le_c(dlast[1], L), ~sre[0] | s1_empty)]
         # (a row end past the reach never leaves before its row finishes)
         drop = [sv[s] & ex[s] & (~sre[s] | (first_re[s] if s < VIS else 0)) for s in range(SLOTS)]
-        d_adv = Signal(range(SLOTS + 1))
-        dsel = Const(SLOTS, range(SLOTS + 1))      # leading droppable slots
-        for s_ in reversed(range(SLOTS)):
-            dsel = Mux(drop[s_], dsel, s_)
-        m.d.comb += d_adv.eq(dsel)
-        d = Signal(range(SLOTS + 1))
-        m.d.comb += d.eq(Mux(advance, d_adv, 0))
+        # The refill plan (which source each slot takes, how many buffered words leave, whether a
+        # beat may enter) as boolean tables of (valid slots, buffered words, refill allowed,
+        # advance, droppable slots): small counts as arithmetic became carry chains (d -> nv ->
+        # free -> nfill -> left -> i_mask.ready), which the LUT mapper cannot flatten.
+        gate = Signal()
+        m.d.comb += gate.eq(running & ~any_err)
+        ev_bits = [ev[t] for t in range(NB)]
+        tab_in = Cat(*sv, *ev_bits, gate, advance, *drop)
+        n_in = len(tab_in)
+        srcs = [("old", s) for s in range(SLOTS)] + [("e", t) for t in range(NB)] + [("empty", 0)]
+        outs = {("sel", t, src): [] for t in range(SLOTS) for src in srcs}
+        outs.update({("nf", f): [] for f in range(1, NB + 1)})
+        outs.update({("tail", t, f): [] for t in range(SLOTS) for f in range(NB + 1)})
+        outs.update({("dm1", dv): [] for dv in range(SLOTS + 1)})
+        outs[("ready",)] = []
+        for v in range(1 << n_in):
+            bit = [(v >> i) & 1 for i in range(n_in)]
+            svv, evv = bit[:SLOTS], bit[SLOTS:SLOTS + NB]
+            g, adv, drp = bit[SLOTS + NB], bit[SLOTS + NB + 1], bit[SLOTS + NB + 2:]
+            if any(svv[s] and not svv[s - 1] for s in range(1, SLOTS)) or \
+               any(evv[t] and not evv[t - 1] for t in range(1, NB)):
+                continue                 # not contiguous: never happens
+            dv = 0
+            while dv < SLOTS and drp[dv] and svv[dv]:
+                dv += 1
+            dv = dv if adv else 0
+            nv_ = sum(svv) - dv
+            nb_ = sum(evv)
+            nf = min(SLOTS - nv_, nb_) if g else 0
+            for t in range(SLOTS):
+                if t < nv_:
+                    src = ("old", t + dv)
+                elif t - nv_ < nf:
+                    src = ("e", t - nv_)
+                else:
+                    src = ("empty", 0)
+                outs[("sel", t, src)].append(v)
+            if nf:
+                outs[("nf", nf)].append(v)
+            for t in range(SLOTS):
+                if t >= nv_ + nf:
+                    outs[("tail", t, nf)].append(v)
+            outs[("dm1", dv)].append(v)
+            if g and nb_ == nf:
+                outs[("ready",)].append(v)
+        tab = {}
+        for key, vals in outs.items():
+            sig = Signal(name="tab_" + "_".join(str(x) if not isinstance(x, tuple) else f"{x[0]}{x[1]}"
+                                               for x in key))
+            truth = set(vals)
+            m.d.comb += sig.eq(Array([Const(int(x in truth), 1) for x in range(1 << n_in)])[tab_in])
+            tab[key] = sig
+        nfill = Signal(range(NB + 1))
+        m.d.comb += nfill.eq(_or([Mux(tab[("nf", f)], f, 0) for f in range(1, NB + 1)], len(nfill)))
         # counts before refill: the take applied if advancing
         Da = [Signal(signed(dw), name=f"Da{j}") for j in range(NBY)]
         Dam1 = Signal(signed(dw))
         m.d.comb += [Da[j].eq(Mux(advance, Dt[j], D[j])) for j in range(NBY)]
         m.d.comb += Dam1.eq(Mux(advance, Dtm1, Dm1))
-        nvalid = Signal(range(SLOTS + 1))
-        m.d.comb += nvalid.eq(_balanced(list(sv), lambda x, y: x + y))
-        nv = Signal(range(SLOTS + 1))    # slots still valid after the drop
-        m.d.comb += nv.eq(nvalid - d)
-        # refill from the input buffer
-        nbuf = Signal(range(NB + 1))
-        m.d.comb += nbuf.eq(ev[0] + (ev[1] if NB > 1 else 0))
-        free = Signal(range(SLOTS + 1))
-        m.d.comb += free.eq(SLOTS - nv)
-        nfill = Signal(range(NB + 1))
-        m.d.comb += nfill.eq(Mux(~running | any_err, 0, Mux(free < nbuf, free, nbuf)))
         base = Signal(signed(dw))
         m.d.comb += base.eq(Mux(advance, total_t, D[-1]))
         add0 = [Signal(signed(dw), name=f"add0_{j}") for j in range(_BYTES)]
         m.d.comb += [add0[j].eq(base + elp[0][j]) for j in range(_BYTES)]
+        add = [add0]
         if NB > 1:
             add1 = [Signal(signed(dw), name=f"add1_{j}") for j in range(_BYTES)]
             m.d.comb += [add1[j].eq(base + epp[j]) for j in range(_BYTES)]
-        tail = Signal(signed(dw))        # the new window total (invalid slots hold it)
-        m.d.comb += tail.eq(Mux(nfill == 0, base, add0[-1]))
-        if NB > 1:
-            with m.If(nfill == 2):
-                m.d.comb += tail.eq(add1[-1])
+            add.append(add1)
 
-        with m.If(any_err | ~running):
+        with m.If(~gate):
             m.d.sync += [x.eq(0) for x in sv] + [x.eq(0) for x in sre] + [x.eq(0) for x in D] + [Dm1.eq(0)]
         with m.Else():
             # Dm1 of the new slot 0: the count at the end of the last dropped slot
-            with m.Switch(d):
-                with m.Case(0):
-                    m.d.sync += Dm1.eq(Dam1)
-                for dv in range(1, SLOTS + 1):
-                    with m.Case(dv):
-                        m.d.sync += Dm1.eq(Da[dv * _BYTES - 1])
+            dm1_src = [Dam1] + [Da[dv * _BYTES - 1] for dv in range(1, SLOTS + 1)]
+            m.d.sync += Dm1.eq(_or([Mux(tab[("dm1", dv)], dm1_src[dv], 0) for dv in range(SLOTS + 1)], dw))
             for t in range(SLOTS):
-                # old slot t + d moves to t; then the buffer's words; the rest hold the total
-                old_ok = Signal(name=f"old_ok{t}")
-                m.d.comb += old_ok.eq(t < nv)
-                f0 = Signal(name=f"f0_{t}")
-                m.d.comb += f0.eq((nfill >= 1) & (nv == t))
-                f1 = Signal(name=f"f1_{t}")
-                m.d.comb += f1.eq((nfill >= 2) & (nv + 1 == t)) if NB > 1 else f1.eq(0)
-                with m.If(old_ok):
-                    with m.Switch(d):
-                        for dv in range(SLOTS + 1):
-                            s = t + dv
-                            if s < SLOTS:
-                                with m.Case(dv):
-                                    m.d.sync += [sb[t].eq(sb[s]), sv[t].eq(1), sre[t].eq(sre[s]), sq[t].eq(sq[s])]
-                                    m.d.sync += [D[t * _BYTES + j].eq(Da[s * _BYTES + j]) for j in range(_BYTES)]
-                with m.Elif(f0):
-                    m.d.sync += [sb[t].eq(eb[0]), sv[t].eq(1), sre[t].eq(ere[0]), sq[t].eq(eq[0])]
-                    m.d.sync += [D[t * _BYTES + j].eq(add0[j]) for j in range(_BYTES)]
-                with m.Elif(f1 if NB > 1 else 0):
-                    if NB > 1:
-                        m.d.sync += [sb[t].eq(eb[1]), sv[t].eq(1), sre[t].eq(ere[1]), sq[t].eq(eq[1])]
-                        m.d.sync += [D[t * _BYTES + j].eq(add1[j]) for j in range(_BYTES)]
-                with m.Else():
-                    m.d.sync += [sv[t].eq(0), sre[t].eq(0), sb[t].eq(0)]
-                    m.d.sync += [D[t * _BYTES + j].eq(tail) for j in range(_BYTES)]
+                # one-hot sources: old slot s, buffered word u, or empty (holds the total)
+                bits_v, re_v, q_v = [], [], []
+                d_v = [[] for _ in range(_BYTES)]
+                for kind, s in srcs:
+                    h = tab[("sel", t, (kind, s))]
+                    if kind == "old":
+                        bits_v.append(Mux(h, sb[s], 0))
+                        re_v.append(h & sre[s])
+                        q_v.append(Mux(h, sq[s], 0))
+                        for j in range(_BYTES):
+                            d_v[j].append(Mux(h, Da[s * _BYTES + j], 0))
+                    elif kind == "e":
+                        bits_v.append(Mux(h, eb[s], 0))
+                        re_v.append(h & ere[s])
+                        q_v.append(Mux(h, eq[s], 0))
+                        for j in range(_BYTES):
+                            d_v[j].append(Mux(h, add[s][j], 0))
+                    else:
+                        # empty: the new window total, by the number of words filled
+                        tvals = [base] + [add[u][-1] for u in range(NB)]
+                        for f in range(NB + 1):
+                            for j in range(_BYTES):
+                                d_v[j].append(Mux(tab[("tail", t, f)], tvals[f], 0))
+                m.d.sync += [sb[t].eq(_or(bits_v, _SW)), sre[t].eq(_or(re_v)), sq[t].eq(_or(q_v, q_w)),
+                             sv[t].eq(~tab[("sel", t, ("empty", 0))])]
+                m.d.sync += [D[t * _BYTES + j].eq(_or(d_v[j], dw)) for j in range(_BYTES)]
 
         # ------------------------------------------------------------ input buffer
-        # words leaving the buffer this cycle: nfill (oldest first)
-        left = Signal(range(NB + 1))
-        m.d.comb += left.eq(nbuf - nfill)
+        # a beat is taken when every buffered word leaves this cycle (from the table)
         accept = Signal()
-        m.d.comb += [self.i_mask.ready.eq(running & ~any_err & (left == 0) & (rows_in != 0)),
+        m.d.comb += [self.i_mask.ready.eq(tab[("ready",)] & (rows_in != 0)),
                      accept.eq(self.i_mask.valid & self.i_mask.ready)]
         if NB > 1:
             with m.If(nfill == 1):     # E1 moves up
@@ -473,7 +542,9 @@ class CompactDecoder(wiring.Component):
         m.d.comb += v_load.eq(self.i_value.valid & self.i_value.ready)
         v_left = Signal(range(2 * VPB + 1))
         m.d.comb += v_left.eq(Mux(v_clear, 0, Mux(advance, vavail - k, vavail)))
-        m.d.sync += vavail.eq(Mux(v_load, v_left + VPB, v_left))
+        v_next = Signal(range(2 * VPB + 1))
+        m.d.comb += v_next.eq(Mux(v_load, v_left + VPB, v_left))
+        m.d.sync += [vavail.eq(v_next), vge_r.eq(v_next >= L)]
         with m.If(v_clear):
             m.d.comb += [va1.eq(0), vb1.eq(0), allow_load.eq(0)]
             m.d.sync += [vpos.eq(0), vlast_loaded.eq(0), prev_last.eq(0), any_val.eq(0)]
