@@ -47,8 +47,8 @@ Timing structure (the take loop kept short for the iCE40):
   leaving the buffer; ``i_mask.ready``) is a boolean table of (valid slots, buffered words,
   refill allowed, ``advance``, droppable slots), not small-count arithmetic: the counts
   ``d -> nv -> free -> nfill -> left`` were carry chains the LUT mapper cannot flatten.
-* Constant compares of the counts are plain logic; the drop test of slot 1 compares two
-  registers (``dlast[1] <= dlast[0]``) instead of a compare after the ``avail`` multiplexer.
+* Constant compares of the counts are plain logic; the drop test of slot 1 reads a flag,
+  ``s1_empty`` (``dlast[1] <= dlast[0]``), registered with the slots, not a compare.
 * In-group select on ``o_lanes``: the rank-r' set bit of every nibble is found in parallel and
   picked by the nibble last.
 
@@ -56,19 +56,20 @@ Measured on the iCE40UP5K (iCEBreaker defaults, generic harness, nextpnr-ice40 s
 window form alone needs about 4,450 LCs, and the array with it does not fit):
 
 * whole 8-lane array (``sparsefab fpga build --board icebreaker --design spmv --lanes 8``):
-  **21.47 MHz** routed, 5,223 / 5,280 LCs (4,345 LUT4, 1,872 FF, 658 carries; the harness
+  **23.98 MHz** routed, 5,236 / 5,280 LCs (4,359 LUT4, 1,873 FF, 658 carries; the harness
   adds 342 FF and 57 LUT), 8 SB_MAC16, 19 EBR; at 94a0884, same flow: 19.58 MHz, 5,009 LCs.
-  Critical path: the input accept, slot 1's count compare -> drop -> refill table ->
-  ``i_mask.ready`` -> the input buffer's enable (about 100 flip-flops), 13.9 ns logic + 32.7 ns
-  routing over 14 cells.
-* this decoder alone (``--design bitmap-decoder``), with the loop of this form: 24.95 MHz
+  Critical path: the input accept, the counts' constant compares -> drop -> refill table ->
+  ``i_mask.ready`` -> the input buffer's enable (about 100 flip-flops), 13.9 ns logic + 27.8 ns
+  routing over 13 cells.
+* this decoder alone (``--design bitmap-decoder``), before the ``s1_empty`` flag: 24.95 MHz
   (3,209 LCs, measured with an in-group select from registered nibble prefixes, about 490 LCs
   larger and not kept); at 94a0884: 20.47 MHz, 2,881 LCs.
 
 Still short of 40 MHz: on this chip a LUT level costs about 2.6 ns with routing, so a path
-must stay within about 8 LUTs.  Next: a registered ``i_mask.ready`` (a second beat register,
-about 100-160 LCs, so the accept enable is one LUT from registers), and the drop test from
-flags registered with the counts.
+must stay within about 8 LUTs.  Next: ``dlast <= L`` and ``dlast >= L`` as flags registered
+with the counts like ``s1_empty`` (the drop test then starts from registers), and a registered
+``i_mask.ready`` (a second beat register, about 100-160 LCs, which the array has no room for
+until the back end or the requantizer shrinks).
 
 Malformed input sets the sticky error flags (``ERRORS``) and abandons the matrix: a set
 mask bit in row padding as its word arrives; a value stream too short (a take needs values
@@ -360,8 +361,10 @@ class CompactDecoder(wiring.Component):
         def le_c(x, c):      # x <= c for a signed x and a constant c >= 0
             return x[-1] | ~_gt_const(x[:-1], c)
 
-        s1_empty = Signal()              # slot 1's set bits all taken: dlast[1] <= dlast[0]
-        m.d.comb += s1_empty.eq(dlast[1] <= dlast[0])
+        # slot 1's set bits all taken (dlast[1] <= dlast[0]): a flag registered with the slots
+        # (its word's popcount is 0 when it enters; a take never changes it while the word stays
+        # in slot 1: the counts of both slots drop together), not a compare in the loop
+        s1_empty = Signal(init=1)
         ex = [Mux(full, le_c(dlast[0], L), 1), Mux(full, le_c(dlast[1], L), ~sre[0] | s1_empty)]
         # (a row end past the reach never leaves before its row finishes)
         drop = [sv[s] & ex[s] & (~sre[s] | (first_re[s] if s < VIS else 0)) for s in range(SLOTS)]
@@ -434,8 +437,13 @@ class CompactDecoder(wiring.Component):
             m.d.comb += [add1[j].eq(base + epp[j]) for j in range(_BYTES)]
             add.append(add1)
 
+        e_zero = [Signal(name=f"e{u}_zero") for u in range(NB)]     # a buffered word without set bits
+        m.d.comb += [e_zero[u].eq(elp[u][-1] == 0) for u in range(NB)]
+        s1_src = {("old", 1): s1_empty, ("empty", 0): Const(1, 1)}
+        s1_src.update({("e", u): e_zero[u] for u in range(NB)})
         with m.If(~gate):
             m.d.sync += [x.eq(0) for x in sv] + [x.eq(0) for x in sre] + [x.eq(0) for x in D] + [Dm1.eq(0)]
+            m.d.sync += s1_empty.eq(1)
         with m.Else():
             # Dm1 of the new slot 0: the count at the end of the last dropped slot
             dm1_src = [Dam1] + [Da[dv * _BYTES - 1] for dv in range(1, SLOTS + 1)]
@@ -464,6 +472,9 @@ class CompactDecoder(wiring.Component):
                         for f in range(NB + 1):
                             for j in range(_BYTES):
                                 d_v[j].append(Mux(tab[("tail", t, f)], tvals[f], 0))
+                if t == 1:
+                    m.d.sync += s1_empty.eq(_or([tab[("sel", 1, src)] & val for src, val in s1_src.items()
+                                                 if ("sel", 1, src) in tab]))
                 m.d.sync += [sb[t].eq(_or(bits_v, _SW)), sre[t].eq(_or(re_v)), sq[t].eq(_or(q_v, q_w)),
                              sv[t].eq(~tab[("sel", t, ("empty", 0))])]
                 m.d.sync += [D[t * _BYTES + j].eq(_or(d_v[j], dw)) for j in range(_BYTES)]
