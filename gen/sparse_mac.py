@@ -203,12 +203,20 @@ class RequantStage(wiring.Component):
 
     @staticmethod
     def _zp_sat(m: Module, r, zp, relu):
-        """``v = r + zp``; ReLU clamps ``v`` at ``zp``; the int8 ``clip(v, -128, 127)``."""
+        """``v = r + zp``; ReLU clamps ``v`` at ``zp``; the int8 ``clip(v, -128, 127)``.
+
+        One carry chain (the add) and logic: ``v < zp`` is ``r < 0`` (the sign of ``r``), the
+        clamp value ``zp`` is already an int8, and ``v`` fits int8 iff its bits from
+        ``OUT_BITS - 1`` up all equal its sign (no comparators).
+        """
         v = Signal(signed(len(r) + 1))
         m.d.comb += v.eq(r + zp)
-        vr = Mux(relu & (v < zp), zp, v)
         lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
-        return Mux(vr < lo, lo, Mux(vr > hi, hi, vr))
+        top = v[OUT_BITS - 1:]
+        fits = Signal()
+        m.d.comb += fits.eq((top == 0) | (top == (1 << len(top)) - 1))
+        clipped = Mux(fits, v[:OUT_BITS].as_signed(), Mux(v[-1], lo, hi))
+        return Mux(relu & r[-1], zp, clipped)
 
     def _pipelined(self):
         """mul_steps = 1: four stages, one row per cycle, the product in a DSP."""

@@ -189,6 +189,40 @@ def _requant_cases(rng, n):
     return acc, bias, mult, shift, zp, relu
 
 
+def test_zero_point_relu_saturation_matches_formula():
+    """The output stage's last step (``v = r + zp``, ReLU at ``zp``, int8 clip, done without
+    comparators) against the formula, for every 12-bit ``r`` near the limits and a sweep of the
+    rest, extreme zero points, with and without ReLU."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    m = Module()
+    r, zp, relu = Signal(signed(12)), Signal(signed(8)), Signal()
+    out = Signal(signed(8))
+    m.d.comb += out.eq(RequantStage._zp_sat(m, r, zp, relu))
+    rs = sorted(set(range(-2048, -2000)) | set(range(-300, 300)) | set(range(2000, 2048)) | set(range(-2048, 2048, 37)))
+    bad = []
+
+    async def bench(ctx):
+        for z in (-128, -77, -1, 0, 1, 64, 127):
+            for rl in (0, 1):
+                for x in rs:
+                    ctx.set(r, x)
+                    ctx.set(zp, z)
+                    ctx.set(relu, rl)
+                    v = x + z
+                    if rl:
+                        v = max(v, z)
+                    want = min(max(v, -128), 127)
+                    if ctx.get(out) != want:
+                        bad.append((x, z, rl, ctx.get(out), want))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, bad[:5]
+
+
 @pytest.mark.parametrize("mul_steps", [1, 4, 16])
 def test_requant_stage_bit_exact(mul_steps):
     from amaranth.sim import Simulator
