@@ -2183,7 +2183,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
   \dense_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$154$0 (\$39 [31:0]),
-    .\port$403$0 (last3),
+    .\port$397$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2495,7 +2495,7 @@ module \dense_l8_w8.backend (clk, rst, wp__en, i_lanes__valid, i_lanes__ready, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$403$0 , r_rdy, clk);
+module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r_en, \port$397$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2539,8 +2539,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   wire [3:0] level;
   input [31:0] \port$154$0 ;
   wire [31:0] \port$154$0 ;
-  input \port$403$0 ;
-  wire \port$403$0 ;
+  input \port$397$0 ;
+  wire \port$397$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2576,7 +2576,7 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$403$0 , \port$154$0  };
+      storage[w_port__addr] <= { \port$397$0 , \port$154$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2675,8 +2675,8 @@ module \dense_l8_w8.backend.rowfifo (rst, \port$154$0 , w_en, w_level, r_data, r
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$403$0 , \port$154$0  };
-  assign w_data = { \port$403$0 , \port$154$0  };
+  assign w_port__data = { \port$397$0 , \port$154$0  };
+  assign w_data = { \port$397$0 , \port$154$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -2999,61 +2999,56 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   wire [12:0] \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire [32:0] \$21 ;
-  wire [48:0] \$22 ;
+  wire \$21 ;
+  wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
-  wire [12:0] \$25 ;
+  wire [32:0] \$24 ;
+  wire [48:0] \$25 ;
   wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire [12:0] \$29 ;
+  wire [7:0] \$27 ;
+  wire [7:0] \$28 ;
+  wire [7:0] \$29 ;
   wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire [12:0] \$33 ;
-  wire [12:0] \$34 ;
-  wire [12:0] \$35 ;
-  reg \$36 ;
-  reg [32:0] \$37 ;
-  reg [15:0] \$38 ;
-  reg [5:0] \$39 ;
+  reg \$30 ;
+  reg [32:0] \$31 ;
+  reg [15:0] \$32 ;
+  reg [5:0] \$33 ;
+  reg [7:0] \$34 ;
+  reg \$35 ;
+  reg [31:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg [49:0] \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg \$41 ;
-  reg [31:0] \$42 ;
-  reg \$43 ;
+  reg [5:0] \$40 ;
+  reg [7:0] \$41 ;
+  reg \$42 ;
+  reg [31:0] \$43 ;
   reg \$44 ;
-  reg [49:0] \$45 ;
-  reg [5:0] \$46 ;
+  reg \$45 ;
+  reg [11:0] \$46 ;
   reg [7:0] \$47 ;
   reg \$48 ;
   reg [31:0] \$49 ;
   wire [42:0] \$5 ;
   reg \$50 ;
   reg \$51 ;
-  reg [11:0] \$52 ;
-  reg [7:0] \$53 ;
-  reg \$54 ;
-  reg [31:0] \$55 ;
-  reg \$56 ;
-  reg \$57 ;
-  reg [40:0] \$58 ;
+  reg [40:0] \$52 ;
   wire [26:0] \$6 ;
   wire [18:0] \$7 ;
   wire [14:0] \$8 ;
   wire [12:0] \$9 ;
   reg [5:0] \$signal  = 6'h00;
   reg [7:0] \$signal$29  = 8'h00;
-  reg [5:0] \$signal$36  = 6'h00;
-  reg [7:0] \$signal$37  = 8'h00;
-  reg [31:0] \$signal$39  = 32'd0;
-  reg [7:0] \$signal$41  = 8'h00;
-  reg [31:0] \$signal$43  = 32'd0;
-  reg [31:0] \$signal$46  = 32'd0;
+  reg [5:0] \$signal$37  = 6'h00;
+  reg [7:0] \$signal$38  = 8'h00;
+  reg [31:0] \$signal$40  = 32'd0;
+  reg [7:0] \$signal$42  = 8'h00;
+  reg [31:0] \$signal$44  = 32'd0;
+  reg [31:0] \$signal$47  = 32'd0;
   input clk;
   wire clk;
+  reg fits;
   input [32:0] i_acc__payload;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -3115,51 +3110,51 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   reg v3 = 1'h0;
   reg [50:0] x;
   always @(posedge clk)
-    v1 <= \$36 ;
+    v1 <= \$30 ;
   always @(posedge clk)
-    t1 <= \$37 ;
+    t1 <= \$31 ;
   always @(posedge clk)
-    m1 <= \$38 ;
+    m1 <= \$32 ;
   always @(posedge clk)
-    \$signal$36  <= \$39 ;
+    \$signal$37  <= \$33 ;
   always @(posedge clk)
-    \$signal$37  <= \$40 ;
+    \$signal$38  <= \$34 ;
   always @(posedge clk)
-    relu1 <= \$41 ;
+    relu1 <= \$35 ;
   always @(posedge clk)
-    \$signal$39  <= \$42 ;
+    \$signal$40  <= \$36 ;
   always @(posedge clk)
-    last1 <= \$43 ;
+    last1 <= \$37 ;
   always @(posedge clk)
-    v2 <= \$44 ;
+    v2 <= \$38 ;
   always @(posedge clk)
-    p2 <= \$45 ;
+    p2 <= \$39 ;
   always @(posedge clk)
-    \$signal  <= \$46 ;
+    \$signal  <= \$40 ;
   always @(posedge clk)
-    \$signal$41  <= \$47 ;
+    \$signal$42  <= \$41 ;
   always @(posedge clk)
-    relu2 <= \$48 ;
+    relu2 <= \$42 ;
   always @(posedge clk)
-    \$signal$43  <= \$49 ;
+    \$signal$44  <= \$43 ;
   always @(posedge clk)
-    last2 <= \$50 ;
+    last2 <= \$44 ;
   always @(posedge clk)
-    v3 <= \$51 ;
+    v3 <= \$45 ;
   always @(posedge clk)
-    r3 <= \$52 ;
+    r3 <= \$46 ;
   always @(posedge clk)
-    \$signal$29  <= \$53 ;
+    \$signal$29  <= \$47 ;
   always @(posedge clk)
-    relu3 <= \$54 ;
+    relu3 <= \$48 ;
   always @(posedge clk)
-    \$signal$46  <= \$55 ;
+    \$signal$47  <= \$49 ;
   always @(posedge clk)
-    last3 <= \$56 ;
+    last3 <= \$50 ;
   always @(posedge clk)
-    o_res__valid <= \$57 ;
+    o_res__valid <= \$51 ;
   always @(posedge clk)
-    o_res__payload <= \$58 ;
+    o_res__payload <= \$52 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
@@ -3184,22 +3179,262 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
   assign \$16  = ovf ? \$15  : q_lo;
   assign \$17  = $signed(qs) + $signed(2'h1);
   assign \$19  = $signed(r3) + $signed(\$signal$29 );
-  assign \$20  = i_acc__valid & i_rq__valid;
-  assign \$21  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$22  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$23  = $signed(v) < $signed(\$signal$29 );
-  assign \$24  = relu3 & \$23 ;
-  assign \$25  = \$24  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
-  assign \$26  = $signed(\$25 ) < $signed(8'h80);
-  assign \$27  = $signed(v) < $signed(\$signal$29 );
-  assign \$28  = relu3 & \$27 ;
-  assign \$29  = \$28  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
-  assign \$30  = $signed(\$29 ) > $signed(8'h7f);
-  assign \$31  = $signed(v) < $signed(\$signal$29 );
-  assign \$32  = relu3 & \$31 ;
-  assign \$33  = \$32  ? { \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29 [7], \$signal$29  } : v;
-  assign \$34  = \$30  ? 13'h007f : \$33 ;
-  assign \$35  = \$26  ? 13'h1f80 : \$34 ;
+  assign \$20  = ! v[12:7];
+  assign \$21  = v[12:7] == 6'h3f;
+  assign \$22  = \$20  | \$21 ;
+  assign \$23  = i_acc__valid & i_rq__valid;
+  assign \$24  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$25  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$26  = relu3 & r3[11];
+  assign \$27  = v[12] ? 8'h80 : 8'h7f;
+  assign \$28  = fits ? v[7:0] : \$27 ;
+  assign \$29  = \$26  ? \$signal$29  : \$28 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    v = 13'h0000;
+    if (take4) begin
+      v = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    fits = 1'h0;
+    if (take4) begin
+      fits = \$22 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$30  = v1;
+    if (take1) begin
+      \$30  = \$23 ;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$31  = t1;
+    if (take1) begin
+      \$31  = \$24 ;
+    end
+    if (rst) begin
+      \$31  = 33'h000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$32  = m1;
+    if (take1) begin
+      \$32  = i_rq__payload[47:32];
+    end
+    if (rst) begin
+      \$32  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$33  = \$signal$37 ;
+    if (take1) begin
+      \$33  = i_rq__payload[53:48];
+    end
+    if (rst) begin
+      \$33  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$34  = \$signal$38 ;
+    if (take1) begin
+      \$34  = i_rq__payload[61:54];
+    end
+    if (rst) begin
+      \$34  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$35  = relu1;
+    if (take1) begin
+      \$35  = i_rq__payload[62];
+    end
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$36  = \$signal$40 ;
+    if (take1) begin
+      \$36  = i_acc__payload[31:0];
+    end
+    if (rst) begin
+      \$36  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$37  = last1;
+    if (take1) begin
+      \$37  = i_acc__payload[32];
+    end
+    if (rst) begin
+      \$37  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$38  = v2;
+    if (take2) begin
+      \$38  = v1;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$39  = p2;
+    if (take2) begin
+      \$39  = { \$25 [48], \$25  };
+    end
+    if (rst) begin
+      \$39  = 50'h0000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$40  = \$signal ;
+    if (take2) begin
+      \$40  = \$signal$37 ;
+    end
+    if (rst) begin
+      \$40  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$41  = \$signal$42 ;
+    if (take2) begin
+      \$41  = \$signal$38 ;
+    end
+    if (rst) begin
+      \$41  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$42  = relu2;
+    if (take2) begin
+      \$42  = relu1;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$43  = \$signal$44 ;
+    if (take2) begin
+      \$43  = \$signal$40 ;
+    end
+    if (rst) begin
+      \$43  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$44  = last2;
+    if (take2) begin
+      \$44  = last1;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$45  = v3;
+    if (take3) begin
+      \$45  = v2;
+    end
+    if (rst) begin
+      \$45  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$46  = r3;
+    if (take3) begin
+      \$46  = rr;
+    end
+    if (rst) begin
+      \$46  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$47  = \$signal$29 ;
+    if (take3) begin
+      \$47  = \$signal$42 ;
+    end
+    if (rst) begin
+      \$47  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$48  = relu3;
+    if (take3) begin
+      \$48  = relu2;
+    end
+    if (rst) begin
+      \$48  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$49  = \$signal$47 ;
+    if (take3) begin
+      \$49  = \$signal$44 ;
+    end
+    if (rst) begin
+      \$49  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$50  = last3;
+    if (take3) begin
+      \$50  = last2;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$51  = o_res__valid;
+    if (take4) begin
+      \$51  = v3;
+    end
+    if (rst) begin
+      \$51  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$52  = o_res__payload;
+    if (take4) begin
+      \$52 [31:0] = \$signal$47 ;
+      \$52 [39:32] = \$29 ;
+      \$52 [40] = last3;
+    end
+    if (rst) begin
+      \$52  = 41'h00000000000;
+    end
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh5 = 43'h00000000000;
@@ -3282,245 +3517,6 @@ module \dense_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, 
     rr = 12'h000;
     if (take3) begin
       rr = \$18 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    v = 13'h0000;
-    if (take4) begin
-      v = \$19 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = v1;
-    if (take1) begin
-      \$36  = \$20 ;
-    end
-    if (rst) begin
-      \$36  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = t1;
-    if (take1) begin
-      \$37  = \$21 ;
-    end
-    if (rst) begin
-      \$37  = 33'h000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = m1;
-    if (take1) begin
-      \$38  = i_rq__payload[47:32];
-    end
-    if (rst) begin
-      \$38  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = \$signal$36 ;
-    if (take1) begin
-      \$39  = i_rq__payload[53:48];
-    end
-    if (rst) begin
-      \$39  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = \$signal$37 ;
-    if (take1) begin
-      \$40  = i_rq__payload[61:54];
-    end
-    if (rst) begin
-      \$40  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = relu1;
-    if (take1) begin
-      \$41  = i_rq__payload[62];
-    end
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = \$signal$39 ;
-    if (take1) begin
-      \$42  = i_acc__payload[31:0];
-    end
-    if (rst) begin
-      \$42  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = last1;
-    if (take1) begin
-      \$43  = i_acc__payload[32];
-    end
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = v2;
-    if (take2) begin
-      \$44  = v1;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = p2;
-    if (take2) begin
-      \$45  = { \$22 [48], \$22  };
-    end
-    if (rst) begin
-      \$45  = 50'h0000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = \$signal ;
-    if (take2) begin
-      \$46  = \$signal$36 ;
-    end
-    if (rst) begin
-      \$46  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = \$signal$41 ;
-    if (take2) begin
-      \$47  = \$signal$37 ;
-    end
-    if (rst) begin
-      \$47  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = relu2;
-    if (take2) begin
-      \$48  = relu1;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = \$signal$43 ;
-    if (take2) begin
-      \$49  = \$signal$39 ;
-    end
-    if (rst) begin
-      \$49  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = last2;
-    if (take2) begin
-      \$50  = last1;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = v3;
-    if (take3) begin
-      \$51  = v2;
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = r3;
-    if (take3) begin
-      \$52  = rr;
-    end
-    if (rst) begin
-      \$52  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = \$signal$29 ;
-    if (take3) begin
-      \$53  = \$signal$41 ;
-    end
-    if (rst) begin
-      \$53  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = relu3;
-    if (take3) begin
-      \$54  = relu2;
-    end
-    if (rst) begin
-      \$54  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = \$signal$46 ;
-    if (take3) begin
-      \$55  = \$signal$43 ;
-    end
-    if (rst) begin
-      \$55  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = last3;
-    if (take3) begin
-      \$56  = last2;
-    end
-    if (rst) begin
-      \$56  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = o_res__valid;
-    if (take4) begin
-      \$57  = v3;
-    end
-    if (rst) begin
-      \$57  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = o_res__payload;
-    if (take4) begin
-      \$58 [31:0] = \$signal$46 ;
-      \$58 [39:32] = \$35 [7:0];
-      \$58 [40] = last3;
-    end
-    if (rst) begin
-      \$58  = 41'h00000000000;
     end
   end
   assign \i_acc__payload.acc  = i_acc__payload[31:0];

@@ -3222,7 +3222,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
   \spmv_l8_w8_ice40.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$5927$0 (\$39 [31:0]),
-    .\port$7070$0 (last3),
+    .\port$7064$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -3534,7 +3534,7 @@ module \spmv_l8_w8_ice40.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_e
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_data, r_en, \port$7070$0 , r_rdy, clk);
+module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_data, r_en, \port$7064$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -3578,8 +3578,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   wire [3:0] level;
   input [31:0] \port$5927$0 ;
   wire [31:0] \port$5927$0 ;
-  input \port$7070$0 ;
-  wire \port$7070$0 ;
+  input \port$7064$0 ;
+  wire \port$7064$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -3615,7 +3615,7 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$7070$0 , \port$5927$0  };
+      storage[w_port__addr] <= { \port$7064$0 , \port$5927$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -3714,8 +3714,8 @@ module \spmv_l8_w8_ice40.backend.rowfifo (rst, \port$5927$0 , w_en, w_level, r_d
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$7070$0 , \port$5927$0  };
-  assign w_data = { \port$7070$0 , \port$5927$0  };
+  assign w_port__data = { \port$7064$0 , \port$5927$0  };
+  assign w_data = { \port$7064$0 , \port$5927$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -17713,7 +17713,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$137 ;
   wire \$138 ;
   wire \$139 ;
-  wire [42:0] \$14 ;
+  wire \$14 ;
   wire \$140 ;
   wire \$141 ;
   wire \$142 ;
@@ -17724,7 +17724,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$147 ;
   wire \$148 ;
   wire \$149 ;
-  wire [26:0] \$15 ;
+  wire \$15 ;
   wire \$150 ;
   wire \$151 ;
   wire \$152 ;
@@ -17735,7 +17735,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$157 ;
   wire \$158 ;
   wire \$159 ;
-  wire [18:0] \$16 ;
+  wire \$16 ;
   wire \$160 ;
   wire \$161 ;
   wire \$162 ;
@@ -17746,7 +17746,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
-  wire [14:0] \$17 ;
+  wire [42:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
   wire \$172 ;
@@ -17757,7 +17757,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [12:0] \$18 ;
+  wire [26:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -17768,7 +17768,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$187 ;
   wire \$188 ;
   wire \$189 ;
-  wire [11:0] \$19 ;
+  wire [18:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
@@ -17780,7 +17780,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
-  wire [51:0] \$20 ;
+  wire [14:0] \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
@@ -17791,7 +17791,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
-  wire [39:0] \$21 ;
+  wire [12:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
   wire \$212 ;
@@ -17802,7 +17802,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
-  wire \$22 ;
+  wire [11:0] \$22 ;
   wire \$220 ;
   wire \$221 ;
   wire \$222 ;
@@ -17813,7 +17813,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [11:0] \$23 ;
+  wire [51:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
@@ -17824,7 +17824,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire [11:0] \$24 ;
+  wire [39:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
   wire \$242 ;
@@ -17846,7 +17846,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
-  wire \$26 ;
+  wire [11:0] \$26 ;
   wire \$260 ;
   wire \$261 ;
   wire \$262 ;
@@ -17857,7 +17857,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$267 ;
   wire \$268 ;
   wire \$269 ;
-  wire [12:0] \$27 ;
+  wire [11:0] \$27 ;
   wire \$270 ;
   wire \$271 ;
   wire \$272 ;
@@ -17879,7 +17879,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$287 ;
   wire \$288 ;
   wire \$289 ;
-  wire \$29 ;
+  wire [7:0] \$29 ;
   wire \$290 ;
   wire \$291 ;
   wire \$292 ;
@@ -17891,7 +17891,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
-  wire \$30 ;
+  wire [7:0] \$30 ;
   wire \$300 ;
   wire \$301 ;
   wire \$302 ;
@@ -17902,7 +17902,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$307 ;
   wire \$308 ;
   wire \$309 ;
-  wire [12:0] \$31 ;
+  wire [7:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
   wire \$312 ;
@@ -17946,7 +17946,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [12:0] \$35 ;
+  wire \$35 ;
   wire \$350 ;
   wire \$351 ;
   wire \$352 ;
@@ -17957,7 +17957,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$357 ;
   wire \$358 ;
   wire \$359 ;
-  wire [12:0] \$36 ;
+  wire \$36 ;
   wire \$360 ;
   wire \$361 ;
   wire \$362 ;
@@ -17968,7 +17968,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$367 ;
   wire \$368 ;
   wire \$369 ;
-  wire [12:0] \$37 ;
+  wire \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
@@ -17979,7 +17979,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire \$38 ;
+  wire [32:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
@@ -18046,7 +18046,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$437 ;
   wire \$438 ;
   wire \$439 ;
-  wire [32:0] \$44 ;
+  wire \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
@@ -18322,46 +18322,40 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$686 ;
   wire \$687 ;
   wire \$688 ;
-  wire \$689 ;
+  wire [56:0] \$689 ;
   wire \$69 ;
-  wire \$690 ;
-  wire \$691 ;
-  wire \$692 ;
-  wire \$693 ;
-  wire \$694 ;
-  wire [56:0] \$695 ;
-  wire [33:0] \$696 ;
-  wire [33:0] \$697 ;
-  wire [33:0] \$698 ;
-  wire [33:0] \$699 ;
+  wire [33:0] \$690 ;
+  wire [33:0] \$691 ;
+  wire [33:0] \$692 ;
+  wire [33:0] \$693 ;
+  wire [34:0] \$694 ;
+  wire [35:0] \$695 ;
+  wire [35:0] \$696 ;
+  wire [35:0] \$697 ;
+  wire [35:0] \$698 ;
+  wire [36:0] \$699 ;
   wire [12:0] \$7 ;
   wire \$70 ;
-  wire [34:0] \$700 ;
-  wire [35:0] \$701 ;
-  wire [35:0] \$702 ;
-  wire [35:0] \$703 ;
-  wire [35:0] \$704 ;
-  wire [36:0] \$705 ;
-  wire [37:0] \$706 ;
-  wire [57:0] \$707 ;
-  wire [22:0] \$708 ;
-  wire [3:0] \$709 ;
+  wire [37:0] \$700 ;
+  wire [57:0] \$701 ;
+  wire [22:0] \$702 ;
+  wire [3:0] \$703 ;
+  reg \$704 ;
+  reg [40:0] \$705 ;
+  reg \$706 ;
+  reg [2:0] \$707 ;
+  reg [31:0] \$708 ;
+  reg [32:0] \$709 ;
   wire \$71 ;
-  reg \$710 ;
-  reg [40:0] \$711 ;
-  reg \$712 ;
-  reg [2:0] \$713 ;
-  reg [31:0] \$714 ;
-  reg [32:0] \$715 ;
-  reg [15:0] \$716 ;
-  reg [49:0] \$717 ;
-  reg [5:0] \$718 ;
-  reg [7:0] \$719 ;
+  reg [15:0] \$710 ;
+  reg [49:0] \$711 ;
+  reg [5:0] \$712 ;
+  reg [7:0] \$713 ;
+  reg \$714 ;
+  reg \$715 ;
+  reg [39:0] \$716 ;
+  reg [11:0] \$717 ;
   wire \$72 ;
-  reg \$720 ;
-  reg \$721 ;
-  reg [39:0] \$722 ;
-  reg [11:0] \$723 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
@@ -18392,14 +18386,15 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$98 ;
   wire \$99 ;
   reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$16  = 6'h00;
-  reg \$signal$32  = 1'h0;
+  reg [5:0] \$signal$17  = 6'h00;
   reg \$signal$33  = 1'h0;
+  reg \$signal$34  = 1'h0;
   reg [31:0] acc_r = 32'd0;
   reg busy = 1'h0;
   input clk;
   wire clk;
   wire finishing;
+  reg fits;
   input [32:0] i_acc__payload;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -18450,466 +18445,454 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   reg [39:0] thr = 40'h0000000000;
   reg [12:0] v;
   reg [50:0] x;
-  assign \$272  = \$269  & \$271 ;
-  assign \$273  = ~ i_rq__payload[52];
-  assign \$274  = i_rq__payload[51] & \$273 ;
-  assign \$275  = ~ i_rq__payload[53];
-  assign \$276  = \$275  & i_rq__payload[50];
-  assign \$277  = \$274  & \$276 ;
-  assign \$278  = \$272  | \$277 ;
-  assign \$279  = ~ i_rq__payload[53];
-  assign \$280  = \$279  & i_rq__payload[52];
-  assign \$281  = \$280  | i_rq__payload[53];
-  assign \$282  = \$278  | \$281 ;
-  assign \$283  = ~ \$282 ;
-  assign \$284  = ~ i_rq__payload[52];
-  assign \$285  = i_rq__payload[51] & \$284 ;
-  assign \$286  = ~ i_rq__payload[53];
-  assign \$287  = \$286  & i_rq__payload[50];
-  assign \$288  = \$285  & \$287 ;
-  assign \$289  = ~ i_rq__payload[53];
-  assign \$290  = \$289  & i_rq__payload[52];
-  assign \$291  = \$288  | \$290 ;
-  assign \$292  = \$291  | i_rq__payload[53];
-  assign \$293  = ~ \$292 ;
-  assign \$294  = ~ i_rq__payload[49];
-  assign \$295  = \$294  & i_rq__payload[50];
-  assign \$296  = ~ i_rq__payload[52];
-  assign \$297  = i_rq__payload[51] & \$296 ;
-  assign \$298  = \$295  & \$297 ;
-  assign \$299  = ~ i_rq__payload[53];
-  assign \$300  = \$299  & i_rq__payload[48];
-  assign \$301  = \$298  & \$300 ;
-  assign \$302  = i_rq__payload[50] & i_rq__payload[51];
-  assign \$303  = ~ i_rq__payload[52];
-  assign \$304  = ~ i_rq__payload[53];
-  assign \$305  = \$303  & \$304 ;
-  assign \$306  = \$302  & \$305 ;
-  assign \$307  = \$306  & i_rq__payload[49];
-  assign \$308  = \$301  | \$307 ;
-  assign \$309  = ~ i_rq__payload[53];
-  assign \$310  = \$309  & i_rq__payload[52];
-  assign \$311  = \$310  | i_rq__payload[53];
-  assign \$312  = \$308  | \$311 ;
-  assign \$313  = ~ \$312 ;
-  assign \$314  = i_rq__payload[50] & i_rq__payload[51];
-  assign \$315  = ~ i_rq__payload[52];
-  assign \$316  = ~ i_rq__payload[53];
-  assign \$317  = \$315  & \$316 ;
-  assign \$318  = \$314  & \$317 ;
-  assign \$319  = \$318  & i_rq__payload[49];
-  assign \$320  = ~ i_rq__payload[53];
-  assign \$321  = \$320  & i_rq__payload[52];
-  assign \$322  = \$319  | \$321 ;
-  assign \$323  = \$322  | i_rq__payload[53];
-  assign \$324  = ~ \$323 ;
-  assign \$325  = i_rq__payload[49] & i_rq__payload[50];
-  assign \$326  = ~ i_rq__payload[52];
-  assign \$327  = i_rq__payload[51] & \$326 ;
-  assign \$328  = \$325  & \$327 ;
-  assign \$329  = ~ i_rq__payload[53];
-  assign \$330  = \$329  & i_rq__payload[48];
-  assign \$331  = \$328  & \$330 ;
-  assign \$332  = ~ i_rq__payload[53];
-  assign \$333  = \$332  & i_rq__payload[52];
-  assign \$334  = \$331  | \$333 ;
-  assign \$335  = \$334  | i_rq__payload[53];
-  assign \$336  = ~ \$335 ;
-  assign \$337  = ~ i_rq__payload[53];
-  assign \$338  = \$337  & i_rq__payload[52];
-  assign \$339  = \$338  | i_rq__payload[53];
-  assign \$340  = ~ \$339 ;
-  assign \$341  = ~ i_rq__payload[49];
-  assign \$342  = ~ i_rq__payload[50];
-  assign \$343  = \$341  & \$342 ;
-  assign \$344  = ~ i_rq__payload[51];
-  assign \$345  = \$344  & i_rq__payload[52];
-  assign \$346  = \$343  & \$345 ;
+  assign \$278  = ~ i_rq__payload[52];
+  assign \$279  = i_rq__payload[51] & \$278 ;
+  assign \$280  = ~ i_rq__payload[53];
+  assign \$281  = \$280  & i_rq__payload[50];
+  assign \$282  = \$279  & \$281 ;
+  assign \$283  = ~ i_rq__payload[53];
+  assign \$284  = \$283  & i_rq__payload[52];
+  assign \$285  = \$282  | \$284 ;
+  assign \$286  = \$285  | i_rq__payload[53];
+  assign \$287  = ~ \$286 ;
+  assign \$288  = ~ i_rq__payload[49];
+  assign \$289  = \$288  & i_rq__payload[50];
+  assign \$290  = ~ i_rq__payload[52];
+  assign \$291  = i_rq__payload[51] & \$290 ;
+  assign \$292  = \$289  & \$291 ;
+  assign \$293  = ~ i_rq__payload[53];
+  assign \$294  = \$293  & i_rq__payload[48];
+  assign \$295  = \$292  & \$294 ;
+  assign \$296  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$297  = ~ i_rq__payload[52];
+  assign \$298  = ~ i_rq__payload[53];
+  assign \$299  = \$297  & \$298 ;
+  assign \$300  = \$296  & \$299 ;
+  assign \$301  = \$300  & i_rq__payload[49];
+  assign \$302  = \$295  | \$301 ;
+  assign \$303  = ~ i_rq__payload[53];
+  assign \$304  = \$303  & i_rq__payload[52];
+  assign \$305  = \$304  | i_rq__payload[53];
+  assign \$306  = \$302  | \$305 ;
+  assign \$307  = ~ \$306 ;
+  assign \$308  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$309  = ~ i_rq__payload[52];
+  assign \$310  = ~ i_rq__payload[53];
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = \$308  & \$311 ;
+  assign \$313  = \$312  & i_rq__payload[49];
+  assign \$314  = ~ i_rq__payload[53];
+  assign \$315  = \$314  & i_rq__payload[52];
+  assign \$316  = \$313  | \$315 ;
+  assign \$317  = \$316  | i_rq__payload[53];
+  assign \$318  = ~ \$317 ;
+  assign \$319  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$320  = ~ i_rq__payload[52];
+  assign \$321  = i_rq__payload[51] & \$320 ;
+  assign \$322  = \$319  & \$321 ;
+  assign \$323  = ~ i_rq__payload[53];
+  assign \$324  = \$323  & i_rq__payload[48];
+  assign \$325  = \$322  & \$324 ;
+  assign \$326  = ~ i_rq__payload[53];
+  assign \$327  = \$326  & i_rq__payload[52];
+  assign \$328  = \$325  | \$327 ;
+  assign \$329  = \$328  | i_rq__payload[53];
+  assign \$330  = ~ \$329 ;
+  assign \$331  = ~ i_rq__payload[53];
+  assign \$332  = \$331  & i_rq__payload[52];
+  assign \$333  = \$332  | i_rq__payload[53];
+  assign \$334  = ~ \$333 ;
+  assign \$335  = ~ i_rq__payload[49];
+  assign \$336  = ~ i_rq__payload[50];
+  assign \$337  = \$335  & \$336 ;
+  assign \$338  = ~ i_rq__payload[51];
+  assign \$339  = \$338  & i_rq__payload[52];
+  assign \$340  = \$337  & \$339 ;
+  assign \$341  = ~ i_rq__payload[53];
+  assign \$342  = \$341  & i_rq__payload[48];
+  assign \$343  = \$340  & \$342 ;
+  assign \$344  = ~ i_rq__payload[50];
+  assign \$345  = ~ i_rq__payload[51];
+  assign \$346  = \$344  & \$345 ;
   assign \$347  = ~ i_rq__payload[53];
-  assign \$348  = \$347  & i_rq__payload[48];
+  assign \$348  = i_rq__payload[52] & \$347 ;
   assign \$349  = \$346  & \$348 ;
-  assign \$350  = ~ i_rq__payload[50];
-  assign \$351  = ~ i_rq__payload[51];
-  assign \$352  = \$350  & \$351 ;
-  assign \$353  = ~ i_rq__payload[53];
-  assign \$354  = i_rq__payload[52] & \$353 ;
-  assign \$355  = \$352  & \$354 ;
-  assign \$356  = \$355  & i_rq__payload[49];
-  assign \$357  = \$349  | \$356 ;
-  assign \$358  = ~ i_rq__payload[51];
-  assign \$359  = \$358  & i_rq__payload[52];
-  assign \$360  = ~ i_rq__payload[53];
-  assign \$361  = \$360  & i_rq__payload[50];
-  assign \$362  = \$359  & \$361 ;
-  assign \$363  = ~ i_rq__payload[53];
-  assign \$364  = i_rq__payload[52] & \$363 ;
-  assign \$365  = \$364  & i_rq__payload[51];
-  assign \$366  = \$362  | \$365 ;
-  assign \$367  = \$357  | \$366 ;
-  assign \$368  = \$367  | i_rq__payload[53];
-  assign \$369  = ~ \$368 ;
-  assign \$370  = ~ i_rq__payload[50];
+  assign \$350  = \$349  & i_rq__payload[49];
+  assign \$351  = \$343  | \$350 ;
+  assign \$352  = ~ i_rq__payload[51];
+  assign \$353  = \$352  & i_rq__payload[52];
+  assign \$354  = ~ i_rq__payload[53];
+  assign \$355  = \$354  & i_rq__payload[50];
+  assign \$356  = \$353  & \$355 ;
+  assign \$357  = ~ i_rq__payload[53];
+  assign \$358  = i_rq__payload[52] & \$357 ;
+  assign \$359  = \$358  & i_rq__payload[51];
+  assign \$360  = \$356  | \$359 ;
+  assign \$361  = \$351  | \$360 ;
+  assign \$362  = \$361  | i_rq__payload[53];
+  assign \$363  = ~ \$362 ;
+  assign \$364  = ~ i_rq__payload[50];
+  assign \$365  = ~ i_rq__payload[51];
+  assign \$366  = \$364  & \$365 ;
+  assign \$367  = ~ i_rq__payload[53];
+  assign \$368  = i_rq__payload[52] & \$367 ;
+  assign \$369  = \$366  & \$368 ;
+  assign \$370  = \$369  & i_rq__payload[49];
   assign \$371  = ~ i_rq__payload[51];
-  assign \$372  = \$370  & \$371 ;
+  assign \$372  = \$371  & i_rq__payload[52];
   assign \$373  = ~ i_rq__payload[53];
-  assign \$374  = i_rq__payload[52] & \$373 ;
+  assign \$374  = \$373  & i_rq__payload[50];
   assign \$375  = \$372  & \$374 ;
-  assign \$376  = \$375  & i_rq__payload[49];
-  assign \$377  = ~ i_rq__payload[51];
-  assign \$378  = \$377  & i_rq__payload[52];
-  assign \$379  = ~ i_rq__payload[53];
-  assign \$380  = \$379  & i_rq__payload[50];
-  assign \$381  = \$378  & \$380 ;
-  assign \$382  = \$376  | \$381 ;
-  assign \$383  = ~ i_rq__payload[53];
-  assign \$384  = i_rq__payload[52] & \$383 ;
-  assign \$385  = \$384  & i_rq__payload[51];
-  assign \$386  = \$385  | i_rq__payload[53];
-  assign \$387  = \$382  | \$386 ;
-  assign \$388  = ~ \$387 ;
-  assign \$389  = ~ i_rq__payload[50];
-  assign \$390  = i_rq__payload[49] & \$389 ;
+  assign \$376  = \$370  | \$375 ;
+  assign \$377  = ~ i_rq__payload[53];
+  assign \$378  = i_rq__payload[52] & \$377 ;
+  assign \$379  = \$378  & i_rq__payload[51];
+  assign \$380  = \$379  | i_rq__payload[53];
+  assign \$381  = \$376  | \$380 ;
+  assign \$382  = ~ \$381 ;
+  assign \$383  = ~ i_rq__payload[50];
+  assign \$384  = i_rq__payload[49] & \$383 ;
+  assign \$385  = ~ i_rq__payload[51];
+  assign \$386  = \$385  & i_rq__payload[52];
+  assign \$387  = \$384  & \$386 ;
+  assign \$388  = ~ i_rq__payload[53];
+  assign \$389  = \$388  & i_rq__payload[48];
+  assign \$390  = \$387  & \$389 ;
   assign \$391  = ~ i_rq__payload[51];
   assign \$392  = \$391  & i_rq__payload[52];
-  assign \$393  = \$390  & \$392 ;
-  assign \$394  = ~ i_rq__payload[53];
-  assign \$395  = \$394  & i_rq__payload[48];
-  assign \$396  = \$393  & \$395 ;
-  assign \$397  = ~ i_rq__payload[51];
-  assign \$398  = \$397  & i_rq__payload[52];
-  assign \$399  = ~ i_rq__payload[53];
-  assign \$400  = \$399  & i_rq__payload[50];
-  assign \$401  = \$398  & \$400 ;
-  assign \$402  = \$396  | \$401 ;
-  assign \$403  = ~ i_rq__payload[53];
-  assign \$404  = i_rq__payload[52] & \$403 ;
-  assign \$405  = \$404  & i_rq__payload[51];
-  assign \$406  = \$405  | i_rq__payload[53];
-  assign \$407  = \$402  | \$406 ;
-  assign \$408  = ~ \$407 ;
-  assign \$409  = ~ i_rq__payload[51];
-  assign \$410  = \$409  & i_rq__payload[52];
-  assign \$411  = ~ i_rq__payload[53];
-  assign \$412  = \$411  & i_rq__payload[50];
-  assign \$413  = \$410  & \$412 ;
-  assign \$414  = ~ i_rq__payload[53];
-  assign \$415  = i_rq__payload[52] & \$414 ;
-  assign \$416  = \$415  & i_rq__payload[51];
-  assign \$417  = \$413  | \$416 ;
-  assign \$418  = \$417  | i_rq__payload[53];
-  assign \$419  = ~ \$418 ;
-  assign \$420  = ~ i_rq__payload[49];
-  assign \$421  = \$420  & i_rq__payload[50];
+  assign \$393  = ~ i_rq__payload[53];
+  assign \$394  = \$393  & i_rq__payload[50];
+  assign \$395  = \$392  & \$394 ;
+  assign \$396  = \$390  | \$395 ;
+  assign \$397  = ~ i_rq__payload[53];
+  assign \$398  = i_rq__payload[52] & \$397 ;
+  assign \$399  = \$398  & i_rq__payload[51];
+  assign \$400  = \$399  | i_rq__payload[53];
+  assign \$401  = \$396  | \$400 ;
+  assign \$402  = ~ \$401 ;
+  assign \$403  = ~ i_rq__payload[51];
+  assign \$404  = \$403  & i_rq__payload[52];
+  assign \$405  = ~ i_rq__payload[53];
+  assign \$406  = \$405  & i_rq__payload[50];
+  assign \$407  = \$404  & \$406 ;
+  assign \$408  = ~ i_rq__payload[53];
+  assign \$409  = i_rq__payload[52] & \$408 ;
+  assign \$410  = \$409  & i_rq__payload[51];
+  assign \$411  = \$407  | \$410 ;
+  assign \$412  = \$411  | i_rq__payload[53];
+  assign \$413  = ~ \$412 ;
+  assign \$414  = ~ i_rq__payload[49];
+  assign \$415  = \$414  & i_rq__payload[50];
+  assign \$416  = ~ i_rq__payload[51];
+  assign \$417  = \$416  & i_rq__payload[52];
+  assign \$418  = \$415  & \$417 ;
+  assign \$419  = ~ i_rq__payload[53];
+  assign \$420  = \$419  & i_rq__payload[48];
+  assign \$421  = \$418  & \$420 ;
   assign \$422  = ~ i_rq__payload[51];
-  assign \$423  = \$422  & i_rq__payload[52];
-  assign \$424  = \$421  & \$423 ;
-  assign \$425  = ~ i_rq__payload[53];
-  assign \$426  = \$425  & i_rq__payload[48];
-  assign \$427  = \$424  & \$426 ;
-  assign \$428  = ~ i_rq__payload[51];
-  assign \$429  = i_rq__payload[50] & \$428 ;
-  assign \$430  = ~ i_rq__payload[53];
-  assign \$431  = i_rq__payload[52] & \$430 ;
-  assign \$432  = \$429  & \$431 ;
-  assign \$433  = \$432  & i_rq__payload[49];
-  assign \$434  = \$427  | \$433 ;
-  assign \$435  = ~ i_rq__payload[53];
-  assign \$436  = i_rq__payload[52] & \$435 ;
-  assign \$437  = \$436  & i_rq__payload[51];
-  assign \$438  = \$437  | i_rq__payload[53];
-  assign \$439  = \$434  | \$438 ;
-  assign \$440  = ~ \$439 ;
-  assign \$441  = ~ i_rq__payload[51];
-  assign \$442  = i_rq__payload[50] & \$441 ;
-  assign \$443  = ~ i_rq__payload[53];
-  assign \$444  = i_rq__payload[52] & \$443 ;
-  assign \$445  = \$442  & \$444 ;
-  assign \$446  = \$445  & i_rq__payload[49];
-  assign \$447  = ~ i_rq__payload[53];
-  assign \$448  = i_rq__payload[52] & \$447 ;
-  assign \$449  = \$448  & i_rq__payload[51];
-  assign \$450  = \$446  | \$449 ;
-  assign \$451  = \$450  | i_rq__payload[53];
-  assign \$452  = ~ \$451 ;
-  assign \$453  = i_rq__payload[49] & i_rq__payload[50];
-  assign \$454  = ~ i_rq__payload[51];
-  assign \$455  = \$454  & i_rq__payload[52];
-  assign \$456  = \$453  & \$455 ;
-  assign \$457  = ~ i_rq__payload[53];
-  assign \$458  = \$457  & i_rq__payload[48];
-  assign \$459  = \$456  & \$458 ;
+  assign \$423  = i_rq__payload[50] & \$422 ;
+  assign \$424  = ~ i_rq__payload[53];
+  assign \$425  = i_rq__payload[52] & \$424 ;
+  assign \$426  = \$423  & \$425 ;
+  assign \$427  = \$426  & i_rq__payload[49];
+  assign \$428  = \$421  | \$427 ;
+  assign \$429  = ~ i_rq__payload[53];
+  assign \$430  = i_rq__payload[52] & \$429 ;
+  assign \$431  = \$430  & i_rq__payload[51];
+  assign \$432  = \$431  | i_rq__payload[53];
+  assign \$433  = \$428  | \$432 ;
+  assign \$434  = ~ \$433 ;
+  assign \$435  = ~ i_rq__payload[51];
+  assign \$436  = i_rq__payload[50] & \$435 ;
+  assign \$437  = ~ i_rq__payload[53];
+  assign \$438  = i_rq__payload[52] & \$437 ;
+  assign \$439  = \$436  & \$438 ;
+  assign \$440  = \$439  & i_rq__payload[49];
+  assign \$441  = ~ i_rq__payload[53];
+  assign \$442  = i_rq__payload[52] & \$441 ;
+  assign \$443  = \$442  & i_rq__payload[51];
+  assign \$444  = \$440  | \$443 ;
+  assign \$445  = \$444  | i_rq__payload[53];
+  assign \$446  = ~ \$445 ;
+  assign \$447  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$448  = ~ i_rq__payload[51];
+  assign \$449  = \$448  & i_rq__payload[52];
+  assign \$450  = \$447  & \$449 ;
+  assign \$451  = ~ i_rq__payload[53];
+  assign \$452  = \$451  & i_rq__payload[48];
+  assign \$453  = \$450  & \$452 ;
+  assign \$454  = ~ i_rq__payload[53];
+  assign \$455  = i_rq__payload[52] & \$454 ;
+  assign \$456  = \$455  & i_rq__payload[51];
+  assign \$457  = \$453  | \$456 ;
+  assign \$458  = \$457  | i_rq__payload[53];
+  assign \$459  = ~ \$458 ;
   assign \$460  = ~ i_rq__payload[53];
   assign \$461  = i_rq__payload[52] & \$460 ;
   assign \$462  = \$461  & i_rq__payload[51];
-  assign \$463  = \$459  | \$462 ;
-  assign \$464  = \$463  | i_rq__payload[53];
-  assign \$465  = ~ \$464 ;
-  assign \$466  = ~ i_rq__payload[53];
-  assign \$467  = i_rq__payload[52] & \$466 ;
-  assign \$468  = \$467  & i_rq__payload[51];
-  assign \$469  = \$468  | i_rq__payload[53];
-  assign \$470  = ~ \$469 ;
-  assign \$471  = ~ i_rq__payload[49];
-  assign \$472  = ~ i_rq__payload[50];
-  assign \$473  = \$471  & \$472 ;
-  assign \$474  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$475  = \$473  & \$474 ;
-  assign \$476  = ~ i_rq__payload[53];
-  assign \$477  = \$476  & i_rq__payload[48];
-  assign \$478  = \$475  & \$477 ;
-  assign \$479  = ~ i_rq__payload[50];
-  assign \$480  = \$479  & i_rq__payload[51];
+  assign \$463  = \$462  | i_rq__payload[53];
+  assign \$464  = ~ \$463 ;
+  assign \$465  = ~ i_rq__payload[49];
+  assign \$466  = ~ i_rq__payload[50];
+  assign \$467  = \$465  & \$466 ;
+  assign \$468  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$469  = \$467  & \$468 ;
+  assign \$470  = ~ i_rq__payload[53];
+  assign \$471  = \$470  & i_rq__payload[48];
+  assign \$472  = \$469  & \$471 ;
+  assign \$473  = ~ i_rq__payload[50];
+  assign \$474  = \$473  & i_rq__payload[51];
+  assign \$475  = ~ i_rq__payload[53];
+  assign \$476  = i_rq__payload[52] & \$475 ;
+  assign \$477  = \$474  & \$476 ;
+  assign \$478  = \$477  & i_rq__payload[49];
+  assign \$479  = \$472  | \$478 ;
+  assign \$480  = i_rq__payload[51] & i_rq__payload[52];
   assign \$481  = ~ i_rq__payload[53];
-  assign \$482  = i_rq__payload[52] & \$481 ;
+  assign \$482  = \$481  & i_rq__payload[50];
   assign \$483  = \$480  & \$482 ;
-  assign \$484  = \$483  & i_rq__payload[49];
-  assign \$485  = \$478  | \$484 ;
-  assign \$486  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$487  = ~ i_rq__payload[53];
-  assign \$488  = \$487  & i_rq__payload[50];
-  assign \$489  = \$486  & \$488 ;
-  assign \$490  = \$489  | i_rq__payload[53];
-  assign \$491  = \$485  | \$490 ;
-  assign \$492  = ~ \$491 ;
-  assign \$493  = ~ i_rq__payload[50];
-  assign \$494  = \$493  & i_rq__payload[51];
-  assign \$495  = ~ i_rq__payload[53];
-  assign \$496  = i_rq__payload[52] & \$495 ;
-  assign \$497  = \$494  & \$496 ;
-  assign \$498  = \$497  & i_rq__payload[49];
-  assign \$499  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$500  = ~ i_rq__payload[53];
-  assign \$501  = \$500  & i_rq__payload[50];
-  assign \$502  = \$499  & \$501 ;
-  assign \$503  = \$498  | \$502 ;
-  assign \$504  = \$503  | i_rq__payload[53];
-  assign \$505  = ~ \$504 ;
-  assign \$506  = ~ i_rq__payload[50];
-  assign \$507  = i_rq__payload[49] & \$506 ;
-  assign \$508  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$509  = \$507  & \$508 ;
-  assign \$510  = ~ i_rq__payload[53];
-  assign \$511  = \$510  & i_rq__payload[48];
-  assign \$512  = \$509  & \$511 ;
-  assign \$513  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$514  = ~ i_rq__payload[53];
-  assign \$515  = \$514  & i_rq__payload[50];
-  assign \$516  = \$513  & \$515 ;
-  assign \$517  = \$512  | \$516 ;
+  assign \$484  = \$483  | i_rq__payload[53];
+  assign \$485  = \$479  | \$484 ;
+  assign \$486  = ~ \$485 ;
+  assign \$487  = ~ i_rq__payload[50];
+  assign \$488  = \$487  & i_rq__payload[51];
+  assign \$489  = ~ i_rq__payload[53];
+  assign \$490  = i_rq__payload[52] & \$489 ;
+  assign \$491  = \$488  & \$490 ;
+  assign \$492  = \$491  & i_rq__payload[49];
+  assign \$493  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$494  = ~ i_rq__payload[53];
+  assign \$495  = \$494  & i_rq__payload[50];
+  assign \$496  = \$493  & \$495 ;
+  assign \$497  = \$492  | \$496 ;
+  assign \$498  = \$497  | i_rq__payload[53];
+  assign \$499  = ~ \$498 ;
+  assign \$500  = ~ i_rq__payload[50];
+  assign \$501  = i_rq__payload[49] & \$500 ;
+  assign \$502  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$503  = \$501  & \$502 ;
+  assign \$504  = ~ i_rq__payload[53];
+  assign \$505  = \$504  & i_rq__payload[48];
+  assign \$506  = \$503  & \$505 ;
+  assign \$507  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$508  = ~ i_rq__payload[53];
+  assign \$509  = \$508  & i_rq__payload[50];
+  assign \$510  = \$507  & \$509 ;
+  assign \$511  = \$506  | \$510 ;
+  assign \$512  = \$511  | i_rq__payload[53];
+  assign \$513  = ~ \$512 ;
+  assign \$514  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$515  = ~ i_rq__payload[53];
+  assign \$516  = \$515  & i_rq__payload[50];
+  assign \$517  = \$514  & \$516 ;
   assign \$518  = \$517  | i_rq__payload[53];
   assign \$519  = ~ \$518 ;
-  assign \$520  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$521  = ~ i_rq__payload[53];
-  assign \$522  = \$521  & i_rq__payload[50];
-  assign \$523  = \$520  & \$522 ;
-  assign \$524  = \$523  | i_rq__payload[53];
-  assign \$525  = ~ \$524 ;
-  assign \$526  = ~ i_rq__payload[49];
-  assign \$527  = \$526  & i_rq__payload[50];
-  assign \$528  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$529  = \$527  & \$528 ;
-  assign \$530  = ~ i_rq__payload[53];
-  assign \$531  = \$530  & i_rq__payload[48];
-  assign \$532  = \$529  & \$531 ;
-  assign \$533  = i_rq__payload[50] & i_rq__payload[51];
-  assign \$534  = ~ i_rq__payload[53];
-  assign \$535  = i_rq__payload[52] & \$534 ;
-  assign \$536  = \$533  & \$535 ;
-  assign \$537  = \$536  & i_rq__payload[49];
-  assign \$538  = \$532  | \$537 ;
-  assign \$539  = \$538  | i_rq__payload[53];
-  assign \$540  = ~ \$539 ;
-  assign \$541  = i_rq__payload[50] & i_rq__payload[51];
-  assign \$542  = ~ i_rq__payload[53];
-  assign \$543  = i_rq__payload[52] & \$542 ;
-  assign \$544  = \$541  & \$543 ;
-  assign \$545  = \$544  & i_rq__payload[49];
-  assign \$546  = \$545  | i_rq__payload[53];
-  assign \$547  = ~ \$546 ;
-  assign \$548  = i_rq__payload[49] & i_rq__payload[50];
-  assign \$549  = i_rq__payload[51] & i_rq__payload[52];
-  assign \$550  = \$548  & \$549 ;
-  assign \$551  = ~ i_rq__payload[53];
-  assign \$552  = \$551  & i_rq__payload[48];
-  assign \$553  = \$550  & \$552 ;
-  assign \$554  = \$553  | i_rq__payload[53];
-  assign \$555  = ~ \$554 ;
-  assign \$556  = ~ i_rq__payload[53];
-  assign \$557  = ~ i_rq__payload[49];
-  assign \$558  = ~ i_rq__payload[50];
+  assign \$520  = ~ i_rq__payload[49];
+  assign \$521  = \$520  & i_rq__payload[50];
+  assign \$522  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$523  = \$521  & \$522 ;
+  assign \$524  = ~ i_rq__payload[53];
+  assign \$525  = \$524  & i_rq__payload[48];
+  assign \$526  = \$523  & \$525 ;
+  assign \$527  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$528  = ~ i_rq__payload[53];
+  assign \$529  = i_rq__payload[52] & \$528 ;
+  assign \$530  = \$527  & \$529 ;
+  assign \$531  = \$530  & i_rq__payload[49];
+  assign \$532  = \$526  | \$531 ;
+  assign \$533  = \$532  | i_rq__payload[53];
+  assign \$534  = ~ \$533 ;
+  assign \$535  = i_rq__payload[50] & i_rq__payload[51];
+  assign \$536  = ~ i_rq__payload[53];
+  assign \$537  = i_rq__payload[52] & \$536 ;
+  assign \$538  = \$535  & \$537 ;
+  assign \$539  = \$538  & i_rq__payload[49];
+  assign \$540  = \$539  | i_rq__payload[53];
+  assign \$541  = ~ \$540 ;
+  assign \$542  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$543  = i_rq__payload[51] & i_rq__payload[52];
+  assign \$544  = \$542  & \$543 ;
+  assign \$545  = ~ i_rq__payload[53];
+  assign \$546  = \$545  & i_rq__payload[48];
+  assign \$547  = \$544  & \$546 ;
+  assign \$548  = \$547  | i_rq__payload[53];
+  assign \$549  = ~ \$548 ;
+  assign \$550  = ~ i_rq__payload[53];
+  assign \$551  = ~ i_rq__payload[49];
+  assign \$552  = ~ i_rq__payload[50];
+  assign \$553  = \$551  & \$552 ;
+  assign \$554  = ~ i_rq__payload[51];
+  assign \$555  = ~ i_rq__payload[52];
+  assign \$556  = \$554  & \$555 ;
+  assign \$557  = \$553  & \$556 ;
+  assign \$558  = i_rq__payload[53] & i_rq__payload[48];
   assign \$559  = \$557  & \$558 ;
-  assign \$560  = ~ i_rq__payload[51];
-  assign \$561  = ~ i_rq__payload[52];
+  assign \$560  = ~ i_rq__payload[50];
+  assign \$561  = ~ i_rq__payload[51];
   assign \$562  = \$560  & \$561 ;
-  assign \$563  = \$559  & \$562 ;
-  assign \$564  = i_rq__payload[53] & i_rq__payload[48];
-  assign \$565  = \$563  & \$564 ;
-  assign \$566  = ~ i_rq__payload[50];
-  assign \$567  = ~ i_rq__payload[51];
-  assign \$568  = \$566  & \$567 ;
+  assign \$563  = ~ i_rq__payload[52];
+  assign \$564  = \$563  & i_rq__payload[53];
+  assign \$565  = \$562  & \$564 ;
+  assign \$566  = \$565  & i_rq__payload[49];
+  assign \$567  = \$559  | \$566 ;
+  assign \$568  = ~ i_rq__payload[51];
   assign \$569  = ~ i_rq__payload[52];
-  assign \$570  = \$569  & i_rq__payload[53];
-  assign \$571  = \$568  & \$570 ;
-  assign \$572  = \$571  & i_rq__payload[49];
-  assign \$573  = \$565  | \$572 ;
-  assign \$574  = ~ i_rq__payload[51];
-  assign \$575  = ~ i_rq__payload[52];
-  assign \$576  = \$574  & \$575 ;
-  assign \$577  = i_rq__payload[53] & i_rq__payload[50];
-  assign \$578  = \$576  & \$577 ;
-  assign \$579  = ~ i_rq__payload[52];
-  assign \$580  = \$579  & i_rq__payload[53];
-  assign \$581  = \$580  & i_rq__payload[51];
-  assign \$582  = \$578  | \$581 ;
-  assign \$583  = \$573  | \$582 ;
-  assign \$584  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$585  = \$583  | \$584 ;
-  assign \$586  = ~ \$585 ;
-  assign \$587  = ~ i_rq__payload[50];
+  assign \$570  = \$568  & \$569 ;
+  assign \$571  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$572  = \$570  & \$571 ;
+  assign \$573  = ~ i_rq__payload[52];
+  assign \$574  = \$573  & i_rq__payload[53];
+  assign \$575  = \$574  & i_rq__payload[51];
+  assign \$576  = \$572  | \$575 ;
+  assign \$577  = \$567  | \$576 ;
+  assign \$578  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$579  = \$577  | \$578 ;
+  assign \$580  = ~ \$579 ;
+  assign \$581  = ~ i_rq__payload[50];
+  assign \$582  = ~ i_rq__payload[51];
+  assign \$583  = \$581  & \$582 ;
+  assign \$584  = ~ i_rq__payload[52];
+  assign \$585  = \$584  & i_rq__payload[53];
+  assign \$586  = \$583  & \$585 ;
+  assign \$587  = \$586  & i_rq__payload[49];
   assign \$588  = ~ i_rq__payload[51];
-  assign \$589  = \$587  & \$588 ;
-  assign \$590  = ~ i_rq__payload[52];
-  assign \$591  = \$590  & i_rq__payload[53];
-  assign \$592  = \$589  & \$591 ;
-  assign \$593  = \$592  & i_rq__payload[49];
-  assign \$594  = ~ i_rq__payload[51];
-  assign \$595  = ~ i_rq__payload[52];
-  assign \$596  = \$594  & \$595 ;
-  assign \$597  = i_rq__payload[53] & i_rq__payload[50];
-  assign \$598  = \$596  & \$597 ;
+  assign \$589  = ~ i_rq__payload[52];
+  assign \$590  = \$588  & \$589 ;
+  assign \$591  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$592  = \$590  & \$591 ;
+  assign \$593  = \$587  | \$592 ;
+  assign \$594  = ~ i_rq__payload[52];
+  assign \$595  = \$594  & i_rq__payload[53];
+  assign \$596  = \$595  & i_rq__payload[51];
+  assign \$597  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$598  = \$596  | \$597 ;
   assign \$599  = \$593  | \$598 ;
-  assign \$600  = ~ i_rq__payload[52];
-  assign \$601  = \$600  & i_rq__payload[53];
-  assign \$602  = \$601  & i_rq__payload[51];
-  assign \$603  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$604  = \$602  | \$603 ;
-  assign \$605  = \$599  | \$604 ;
-  assign \$606  = ~ \$605 ;
-  assign \$607  = ~ i_rq__payload[50];
-  assign \$608  = i_rq__payload[49] & \$607 ;
+  assign \$600  = ~ \$599 ;
+  assign \$601  = ~ i_rq__payload[50];
+  assign \$602  = i_rq__payload[49] & \$601 ;
+  assign \$603  = ~ i_rq__payload[51];
+  assign \$604  = ~ i_rq__payload[52];
+  assign \$605  = \$603  & \$604 ;
+  assign \$606  = \$602  & \$605 ;
+  assign \$607  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$608  = \$606  & \$607 ;
   assign \$609  = ~ i_rq__payload[51];
   assign \$610  = ~ i_rq__payload[52];
   assign \$611  = \$609  & \$610 ;
-  assign \$612  = \$608  & \$611 ;
-  assign \$613  = i_rq__payload[53] & i_rq__payload[48];
-  assign \$614  = \$612  & \$613 ;
-  assign \$615  = ~ i_rq__payload[51];
-  assign \$616  = ~ i_rq__payload[52];
-  assign \$617  = \$615  & \$616 ;
-  assign \$618  = i_rq__payload[53] & i_rq__payload[50];
-  assign \$619  = \$617  & \$618 ;
+  assign \$612  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$613  = \$611  & \$612 ;
+  assign \$614  = \$608  | \$613 ;
+  assign \$615  = ~ i_rq__payload[52];
+  assign \$616  = \$615  & i_rq__payload[53];
+  assign \$617  = \$616  & i_rq__payload[51];
+  assign \$618  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$619  = \$617  | \$618 ;
   assign \$620  = \$614  | \$619 ;
-  assign \$621  = ~ i_rq__payload[52];
-  assign \$622  = \$621  & i_rq__payload[53];
-  assign \$623  = \$622  & i_rq__payload[51];
-  assign \$624  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$625  = \$623  | \$624 ;
-  assign \$626  = \$620  | \$625 ;
-  assign \$627  = ~ \$626 ;
-  assign \$628  = ~ i_rq__payload[51];
-  assign \$629  = ~ i_rq__payload[52];
-  assign \$630  = \$628  & \$629 ;
-  assign \$631  = i_rq__payload[53] & i_rq__payload[50];
-  assign \$632  = \$630  & \$631 ;
-  assign \$633  = ~ i_rq__payload[52];
-  assign \$634  = \$633  & i_rq__payload[53];
-  assign \$635  = \$634  & i_rq__payload[51];
-  assign \$636  = \$632  | \$635 ;
-  assign \$637  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$638  = \$636  | \$637 ;
-  assign \$639  = ~ \$638 ;
-  assign \$640  = ~ i_rq__payload[49];
-  assign \$641  = \$640  & i_rq__payload[50];
+  assign \$621  = ~ \$620 ;
+  assign \$622  = ~ i_rq__payload[51];
+  assign \$623  = ~ i_rq__payload[52];
+  assign \$624  = \$622  & \$623 ;
+  assign \$625  = i_rq__payload[53] & i_rq__payload[50];
+  assign \$626  = \$624  & \$625 ;
+  assign \$627  = ~ i_rq__payload[52];
+  assign \$628  = \$627  & i_rq__payload[53];
+  assign \$629  = \$628  & i_rq__payload[51];
+  assign \$630  = \$626  | \$629 ;
+  assign \$631  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$632  = \$630  | \$631 ;
+  assign \$633  = ~ \$632 ;
+  assign \$634  = ~ i_rq__payload[49];
+  assign \$635  = \$634  & i_rq__payload[50];
+  assign \$636  = ~ i_rq__payload[51];
+  assign \$637  = ~ i_rq__payload[52];
+  assign \$638  = \$636  & \$637 ;
+  assign \$639  = \$635  & \$638 ;
+  assign \$640  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$641  = \$639  & \$640 ;
   assign \$642  = ~ i_rq__payload[51];
-  assign \$643  = ~ i_rq__payload[52];
-  assign \$644  = \$642  & \$643 ;
-  assign \$645  = \$641  & \$644 ;
-  assign \$646  = i_rq__payload[53] & i_rq__payload[48];
-  assign \$647  = \$645  & \$646 ;
-  assign \$648  = ~ i_rq__payload[51];
-  assign \$649  = i_rq__payload[50] & \$648 ;
-  assign \$650  = ~ i_rq__payload[52];
-  assign \$651  = \$650  & i_rq__payload[53];
-  assign \$652  = \$649  & \$651 ;
-  assign \$653  = \$652  & i_rq__payload[49];
-  assign \$654  = \$647  | \$653 ;
-  assign \$655  = ~ i_rq__payload[52];
-  assign \$656  = \$655  & i_rq__payload[53];
-  assign \$657  = \$656  & i_rq__payload[51];
-  assign \$658  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$659  = \$657  | \$658 ;
-  assign \$660  = \$654  | \$659 ;
-  assign \$661  = ~ \$660 ;
-  assign \$662  = ~ i_rq__payload[51];
-  assign \$663  = i_rq__payload[50] & \$662 ;
-  assign \$664  = ~ i_rq__payload[52];
-  assign \$665  = \$664  & i_rq__payload[53];
-  assign \$666  = \$663  & \$665 ;
-  assign \$667  = \$666  & i_rq__payload[49];
-  assign \$668  = ~ i_rq__payload[52];
-  assign \$669  = \$668  & i_rq__payload[53];
-  assign \$670  = \$669  & i_rq__payload[51];
-  assign \$671  = \$667  | \$670 ;
-  assign \$672  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$673  = \$671  | \$672 ;
-  assign \$674  = ~ \$673 ;
-  assign \$675  = i_rq__payload[49] & i_rq__payload[50];
-  assign \$676  = ~ i_rq__payload[51];
-  assign \$677  = ~ i_rq__payload[52];
-  assign \$678  = \$676  & \$677 ;
-  assign \$679  = \$675  & \$678 ;
-  assign \$680  = i_rq__payload[53] & i_rq__payload[48];
-  assign \$681  = \$679  & \$680 ;
-  assign \$682  = ~ i_rq__payload[52];
-  assign \$683  = \$682  & i_rq__payload[53];
-  assign \$684  = \$683  & i_rq__payload[51];
-  assign \$685  = \$681  | \$684 ;
+  assign \$643  = i_rq__payload[50] & \$642 ;
+  assign \$644  = ~ i_rq__payload[52];
+  assign \$645  = \$644  & i_rq__payload[53];
+  assign \$646  = \$643  & \$645 ;
+  assign \$647  = \$646  & i_rq__payload[49];
+  assign \$648  = \$641  | \$647 ;
+  assign \$649  = ~ i_rq__payload[52];
+  assign \$650  = \$649  & i_rq__payload[53];
+  assign \$651  = \$650  & i_rq__payload[51];
+  assign \$652  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$653  = \$651  | \$652 ;
+  assign \$654  = \$648  | \$653 ;
+  assign \$655  = ~ \$654 ;
+  assign \$656  = ~ i_rq__payload[51];
+  assign \$657  = i_rq__payload[50] & \$656 ;
+  assign \$658  = ~ i_rq__payload[52];
+  assign \$659  = \$658  & i_rq__payload[53];
+  assign \$660  = \$657  & \$659 ;
+  assign \$661  = \$660  & i_rq__payload[49];
+  assign \$662  = ~ i_rq__payload[52];
+  assign \$663  = \$662  & i_rq__payload[53];
+  assign \$664  = \$663  & i_rq__payload[51];
+  assign \$665  = \$661  | \$664 ;
+  assign \$666  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$667  = \$665  | \$666 ;
+  assign \$668  = ~ \$667 ;
+  assign \$669  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$670  = ~ i_rq__payload[51];
+  assign \$671  = ~ i_rq__payload[52];
+  assign \$672  = \$670  & \$671 ;
+  assign \$673  = \$669  & \$672 ;
+  assign \$674  = i_rq__payload[53] & i_rq__payload[48];
+  assign \$675  = \$673  & \$674 ;
+  assign \$676  = ~ i_rq__payload[52];
+  assign \$677  = \$676  & i_rq__payload[53];
+  assign \$678  = \$677  & i_rq__payload[51];
+  assign \$679  = \$675  | \$678 ;
+  assign \$680  = i_rq__payload[53] & i_rq__payload[52];
+  assign \$681  = \$679  | \$680 ;
+  assign \$682  = ~ \$681 ;
+  assign \$683  = ~ i_rq__payload[52];
+  assign \$684  = \$683  & i_rq__payload[53];
+  assign \$685  = \$684  & i_rq__payload[51];
   assign \$686  = i_rq__payload[53] & i_rq__payload[52];
   assign \$687  = \$685  | \$686 ;
   assign \$688  = ~ \$687 ;
-  assign \$689  = ~ i_rq__payload[52];
-  assign \$690  = \$689  & i_rq__payload[53];
-  assign \$691  = \$690  & i_rq__payload[51];
-  assign \$692  = i_rq__payload[53] & i_rq__payload[52];
-  assign \$693  = \$691  | \$692 ;
-  assign \$694  = ~ \$693 ;
-  assign \$697  = mr[12] ? \$696  : 34'h000000000;
-  assign \$699  = mr[13] ? \$698  : 34'h000000000;
-  assign \$700  = $signed(\$697 ) + $signed(\$699 );
-  assign \$702  = mr[14] ? \$701  : 36'h000000000;
-  assign \$704  = mr[15] ? \$703  : 36'h000000000;
-  assign \$705  = $signed(\$702 ) + $signed(\$704 );
-  assign \$706  = $signed(\$700 ) + $signed(\$705 );
-  assign \$707  = $signed(\$695 ) + $signed(\$706 );
-  assign \$709  = phase + 1'h1;
+  assign \$691  = mr[12] ? \$690  : 34'h000000000;
+  assign \$693  = mr[13] ? \$692  : 34'h000000000;
+  assign \$694  = $signed(\$691 ) + $signed(\$693 );
+  assign \$696  = mr[14] ? \$695  : 36'h000000000;
+  assign \$698  = mr[15] ? \$697  : 36'h000000000;
+  assign \$699  = $signed(\$696 ) + $signed(\$698 );
+  assign \$700  = $signed(\$694 ) + $signed(\$699 );
+  assign \$701  = $signed(\$689 ) + $signed(\$700 );
+  assign \$703  = phase + 1'h1;
   always @(posedge clk)
-    o_res__valid <= \$710 ;
+    o_res__valid <= \$704 ;
   always @(posedge clk)
-    o_res__payload <= \$711 ;
+    o_res__payload <= \$705 ;
   always @(posedge clk)
-    busy <= \$712 ;
+    busy <= \$706 ;
   always @(posedge clk)
-    phase <= \$713 ;
+    phase <= \$707 ;
   always @(posedge clk)
-    acc_r <= \$714 ;
+    acc_r <= \$708 ;
   always @(posedge clk)
-    t <= \$715 ;
+    t <= \$709 ;
   always @(posedge clk)
-    mr <= \$716 ;
+    mr <= \$710 ;
   always @(posedge clk)
-    p <= \$717 ;
+    p <= \$711 ;
   always @(posedge clk)
-    \$signal$16  <= \$718 ;
+    \$signal$17  <= \$712 ;
   always @(posedge clk)
-    \$signal  <= \$719 ;
+    \$signal  <= \$713 ;
   always @(posedge clk)
-    \$signal$32  <= \$720 ;
+    \$signal$33  <= \$714 ;
   always @(posedge clk)
-    \$signal$33  <= \$721 ;
+    \$signal$34  <= \$715 ;
   always @(posedge clk)
-    thr <= \$722 ;
+    thr <= \$716 ;
   always @(posedge clk)
-    qsh <= \$723 ;
+    qsh <= \$717 ;
   assign \$1  = ~ o_res__valid;
   assign out_free = \$1  | o_res__ready;
   assign \$2  = phase == 3'h5;
@@ -18921,270 +18904,276 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign i_rq__ready = take & i_acc__valid;
   assign \$5  = $signed(qsh) + $signed(2'h1);
   assign \$7  = $signed(r) + $signed(\$signal );
-  assign \$8  = take & i_acc__valid;
-  assign \$9  = \$8  & i_rq__valid;
-  assign \$10  = phase < 3'h4;
-  assign \$11  = busy & \$10 ;
-  assign \$12  = phase == 3'h4;
-  assign \$13  = busy & \$12 ;
-  assign \$14  = \$signal$16 [5] ? { p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49:31] } : { p[41:0], 1'h0 };
-  assign \$15  = \$signal$16 [4] ? rsh5[42:16] : rsh5[26:0];
-  assign \$16  = \$signal$16 [3] ? rsh4[26:8] : rsh4[18:0];
-  assign \$17  = \$signal$16 [2] ? rsh3[18:4] : rsh3[14:0];
-  assign \$18  = \$signal$16 [1] ? rsh2[14:2] : rsh2[12:0];
-  assign \$19  = \$signal$16 [0] ? rsh1[12:1] : rsh1[11:0];
-  assign \$20  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
-  assign \$21  = x[50:11] & thr;
-  assign \$22  = | \$21 ;
-  assign \$23  = p[49] ? 12'h800 : 12'h7ff;
-  assign \$24  = ovf ? \$23  : q_lo;
-  assign \$25  = $signed(v) < $signed(\$signal );
-  assign \$26  = \$signal$32  & \$25 ;
-  assign \$27  = \$26  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$28  = $signed(\$27 ) < $signed(8'h80);
-  assign \$29  = $signed(v) < $signed(\$signal );
-  assign \$30  = \$signal$32  & \$29 ;
-  assign \$31  = \$30  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$32  = $signed(\$31 ) > $signed(8'h7f);
-  assign \$33  = $signed(v) < $signed(\$signal );
-  assign \$34  = \$signal$32  & \$33 ;
-  assign \$35  = \$34  ? { \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal [7], \$signal  } : v;
-  assign \$36  = \$32  ? 13'h007f : \$35 ;
-  assign \$37  = \$28  ? 13'h1f80 : \$36 ;
-  assign \$38  = take & i_acc__valid;
-  assign \$39  = \$38  & i_rq__valid;
-  assign \$40  = phase < 3'h4;
-  assign \$41  = busy & \$40 ;
-  assign \$42  = phase == 3'h4;
-  assign \$43  = busy & \$42 ;
-  assign \$44  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$45  = ~ i_rq__payload[49];
-  assign \$46  = ~ i_rq__payload[50];
-  assign \$47  = \$45  & \$46 ;
-  assign \$48  = ~ i_rq__payload[51];
-  assign \$49  = ~ i_rq__payload[52];
-  assign \$50  = \$48  & \$49 ;
-  assign \$51  = \$47  & \$50 ;
-  assign \$52  = ~ i_rq__payload[53];
-  assign \$53  = \$52  & i_rq__payload[48];
-  assign \$54  = \$51  & \$53 ;
-  assign \$55  = ~ i_rq__payload[50];
-  assign \$56  = ~ i_rq__payload[51];
-  assign \$57  = \$55  & \$56 ;
-  assign \$58  = ~ i_rq__payload[52];
-  assign \$59  = ~ i_rq__payload[53];
+  assign \$8  = ! v[12:7];
+  assign \$9  = v[12:7] == 6'h3f;
+  assign \$10  = \$8  | \$9 ;
+  assign \$11  = take & i_acc__valid;
+  assign \$12  = \$11  & i_rq__valid;
+  assign \$13  = phase < 3'h4;
+  assign \$14  = busy & \$13 ;
+  assign \$15  = phase == 3'h4;
+  assign \$16  = busy & \$15 ;
+  assign \$17  = \$signal$17 [5] ? { p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49:31] } : { p[41:0], 1'h0 };
+  assign \$18  = \$signal$17 [4] ? rsh5[42:16] : rsh5[26:0];
+  assign \$19  = \$signal$17 [3] ? rsh4[26:8] : rsh4[18:0];
+  assign \$20  = \$signal$17 [2] ? rsh3[18:4] : rsh3[14:0];
+  assign \$21  = \$signal$17 [1] ? rsh2[14:2] : rsh2[12:0];
+  assign \$22  = \$signal$17 [0] ? rsh1[12:1] : rsh1[11:0];
+  assign \$23  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
+  assign \$24  = x[50:11] & thr;
+  assign \$25  = | \$24 ;
+  assign \$26  = p[49] ? 12'h800 : 12'h7ff;
+  assign \$27  = ovf ? \$26  : q_lo;
+  assign \$28  = \$signal$33  & r[11];
+  assign \$29  = v[12] ? 8'h80 : 8'h7f;
+  assign \$30  = fits ? v[7:0] : \$29 ;
+  assign \$31  = \$28  ? \$signal  : \$30 ;
+  assign \$32  = take & i_acc__valid;
+  assign \$33  = \$32  & i_rq__valid;
+  assign \$34  = phase < 3'h4;
+  assign \$35  = busy & \$34 ;
+  assign \$36  = phase == 3'h4;
+  assign \$37  = busy & \$36 ;
+  assign \$38  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$39  = ~ i_rq__payload[49];
+  assign \$40  = ~ i_rq__payload[50];
+  assign \$41  = \$39  & \$40 ;
+  assign \$42  = ~ i_rq__payload[51];
+  assign \$43  = ~ i_rq__payload[52];
+  assign \$44  = \$42  & \$43 ;
+  assign \$45  = \$41  & \$44 ;
+  assign \$46  = ~ i_rq__payload[53];
+  assign \$47  = \$46  & i_rq__payload[48];
+  assign \$48  = \$45  & \$47 ;
+  assign \$49  = ~ i_rq__payload[50];
+  assign \$50  = ~ i_rq__payload[51];
+  assign \$51  = \$49  & \$50 ;
+  assign \$52  = ~ i_rq__payload[52];
+  assign \$53  = ~ i_rq__payload[53];
+  assign \$54  = \$52  & \$53 ;
+  assign \$55  = \$51  & \$54 ;
+  assign \$56  = \$55  & i_rq__payload[49];
+  assign \$57  = \$48  | \$56 ;
+  assign \$58  = ~ i_rq__payload[51];
+  assign \$59  = ~ i_rq__payload[52];
   assign \$60  = \$58  & \$59 ;
-  assign \$61  = \$57  & \$60 ;
-  assign \$62  = \$61  & i_rq__payload[49];
-  assign \$63  = \$54  | \$62 ;
-  assign \$64  = ~ i_rq__payload[51];
-  assign \$65  = ~ i_rq__payload[52];
+  assign \$61  = ~ i_rq__payload[53];
+  assign \$62  = \$61  & i_rq__payload[50];
+  assign \$63  = \$60  & \$62 ;
+  assign \$64  = ~ i_rq__payload[52];
+  assign \$65  = ~ i_rq__payload[53];
   assign \$66  = \$64  & \$65 ;
-  assign \$67  = ~ i_rq__payload[53];
-  assign \$68  = \$67  & i_rq__payload[50];
-  assign \$69  = \$66  & \$68 ;
-  assign \$70  = ~ i_rq__payload[52];
-  assign \$71  = ~ i_rq__payload[53];
-  assign \$72  = \$70  & \$71 ;
-  assign \$73  = \$72  & i_rq__payload[51];
-  assign \$74  = \$69  | \$73 ;
-  assign \$75  = \$63  | \$74 ;
-  assign \$76  = ~ i_rq__payload[53];
-  assign \$77  = \$76  & i_rq__payload[52];
-  assign \$78  = \$77  | i_rq__payload[53];
-  assign \$79  = \$75  | \$78 ;
-  assign \$80  = ~ \$79 ;
-  assign \$81  = ~ i_rq__payload[50];
-  assign \$82  = ~ i_rq__payload[51];
-  assign \$83  = \$81  & \$82 ;
+  assign \$67  = \$66  & i_rq__payload[51];
+  assign \$68  = \$63  | \$67 ;
+  assign \$69  = \$57  | \$68 ;
+  assign \$70  = ~ i_rq__payload[53];
+  assign \$71  = \$70  & i_rq__payload[52];
+  assign \$72  = \$71  | i_rq__payload[53];
+  assign \$73  = \$69  | \$72 ;
+  assign \$74  = ~ \$73 ;
+  assign \$75  = ~ i_rq__payload[50];
+  assign \$76  = ~ i_rq__payload[51];
+  assign \$77  = \$75  & \$76 ;
+  assign \$78  = ~ i_rq__payload[52];
+  assign \$79  = ~ i_rq__payload[53];
+  assign \$80  = \$78  & \$79 ;
+  assign \$81  = \$77  & \$80 ;
+  assign \$82  = \$81  & i_rq__payload[49];
+  assign \$83  = ~ i_rq__payload[51];
   assign \$84  = ~ i_rq__payload[52];
-  assign \$85  = ~ i_rq__payload[53];
-  assign \$86  = \$84  & \$85 ;
-  assign \$87  = \$83  & \$86 ;
-  assign \$88  = \$87  & i_rq__payload[49];
-  assign \$89  = ~ i_rq__payload[51];
+  assign \$85  = \$83  & \$84 ;
+  assign \$86  = ~ i_rq__payload[53];
+  assign \$87  = \$86  & i_rq__payload[50];
+  assign \$88  = \$85  & \$87 ;
+  assign \$89  = \$82  | \$88 ;
   assign \$90  = ~ i_rq__payload[52];
-  assign \$91  = \$89  & \$90 ;
-  assign \$92  = ~ i_rq__payload[53];
-  assign \$93  = \$92  & i_rq__payload[50];
-  assign \$94  = \$91  & \$93 ;
-  assign \$95  = \$88  | \$94 ;
-  assign \$96  = ~ i_rq__payload[52];
-  assign \$97  = ~ i_rq__payload[53];
-  assign \$98  = \$96  & \$97 ;
-  assign \$99  = \$98  & i_rq__payload[51];
-  assign \$100  = ~ i_rq__payload[53];
-  assign \$101  = \$100  & i_rq__payload[52];
-  assign \$102  = \$99  | \$101 ;
-  assign \$103  = \$95  | \$102 ;
-  assign \$104  = \$103  | i_rq__payload[53];
-  assign \$105  = ~ \$104 ;
-  assign \$106  = ~ i_rq__payload[50];
-  assign \$107  = i_rq__payload[49] & \$106 ;
-  assign \$108  = ~ i_rq__payload[51];
-  assign \$109  = ~ i_rq__payload[52];
-  assign \$110  = \$108  & \$109 ;
-  assign \$111  = \$107  & \$110 ;
+  assign \$91  = ~ i_rq__payload[53];
+  assign \$92  = \$90  & \$91 ;
+  assign \$93  = \$92  & i_rq__payload[51];
+  assign \$94  = ~ i_rq__payload[53];
+  assign \$95  = \$94  & i_rq__payload[52];
+  assign \$96  = \$93  | \$95 ;
+  assign \$97  = \$89  | \$96 ;
+  assign \$98  = \$97  | i_rq__payload[53];
+  assign \$99  = ~ \$98 ;
+  assign \$100  = ~ i_rq__payload[50];
+  assign \$101  = i_rq__payload[49] & \$100 ;
+  assign \$102  = ~ i_rq__payload[51];
+  assign \$103  = ~ i_rq__payload[52];
+  assign \$104  = \$102  & \$103 ;
+  assign \$105  = \$101  & \$104 ;
+  assign \$106  = ~ i_rq__payload[53];
+  assign \$107  = \$106  & i_rq__payload[48];
+  assign \$108  = \$105  & \$107 ;
+  assign \$109  = ~ i_rq__payload[51];
+  assign \$110  = ~ i_rq__payload[52];
+  assign \$111  = \$109  & \$110 ;
   assign \$112  = ~ i_rq__payload[53];
-  assign \$113  = \$112  & i_rq__payload[48];
+  assign \$113  = \$112  & i_rq__payload[50];
   assign \$114  = \$111  & \$113 ;
-  assign \$115  = ~ i_rq__payload[51];
+  assign \$115  = \$108  | \$114 ;
   assign \$116  = ~ i_rq__payload[52];
-  assign \$117  = \$115  & \$116 ;
-  assign \$118  = ~ i_rq__payload[53];
-  assign \$119  = \$118  & i_rq__payload[50];
-  assign \$120  = \$117  & \$119 ;
-  assign \$121  = \$114  | \$120 ;
-  assign \$122  = ~ i_rq__payload[52];
-  assign \$123  = ~ i_rq__payload[53];
-  assign \$124  = \$122  & \$123 ;
-  assign \$125  = \$124  & i_rq__payload[51];
-  assign \$126  = ~ i_rq__payload[53];
-  assign \$127  = \$126  & i_rq__payload[52];
-  assign \$128  = \$125  | \$127 ;
-  assign \$129  = \$121  | \$128 ;
-  assign \$130  = \$129  | i_rq__payload[53];
-  assign \$131  = ~ \$130 ;
-  assign \$132  = ~ i_rq__payload[51];
-  assign \$133  = ~ i_rq__payload[52];
+  assign \$117  = ~ i_rq__payload[53];
+  assign \$118  = \$116  & \$117 ;
+  assign \$119  = \$118  & i_rq__payload[51];
+  assign \$120  = ~ i_rq__payload[53];
+  assign \$121  = \$120  & i_rq__payload[52];
+  assign \$122  = \$119  | \$121 ;
+  assign \$123  = \$115  | \$122 ;
+  assign \$124  = \$123  | i_rq__payload[53];
+  assign \$125  = ~ \$124 ;
+  assign \$126  = ~ i_rq__payload[51];
+  assign \$127  = ~ i_rq__payload[52];
+  assign \$128  = \$126  & \$127 ;
+  assign \$129  = ~ i_rq__payload[53];
+  assign \$130  = \$129  & i_rq__payload[50];
+  assign \$131  = \$128  & \$130 ;
+  assign \$132  = ~ i_rq__payload[52];
+  assign \$133  = ~ i_rq__payload[53];
   assign \$134  = \$132  & \$133 ;
-  assign \$135  = ~ i_rq__payload[53];
-  assign \$136  = \$135  & i_rq__payload[50];
-  assign \$137  = \$134  & \$136 ;
-  assign \$138  = ~ i_rq__payload[52];
-  assign \$139  = ~ i_rq__payload[53];
-  assign \$140  = \$138  & \$139 ;
-  assign \$141  = \$140  & i_rq__payload[51];
-  assign \$142  = \$137  | \$141 ;
-  assign \$143  = ~ i_rq__payload[53];
-  assign \$144  = \$143  & i_rq__payload[52];
-  assign \$145  = \$144  | i_rq__payload[53];
-  assign \$146  = \$142  | \$145 ;
-  assign \$147  = ~ \$146 ;
-  assign \$148  = ~ i_rq__payload[49];
-  assign \$149  = \$148  & i_rq__payload[50];
-  assign \$150  = ~ i_rq__payload[51];
-  assign \$151  = ~ i_rq__payload[52];
-  assign \$152  = \$150  & \$151 ;
-  assign \$153  = \$149  & \$152 ;
+  assign \$135  = \$134  & i_rq__payload[51];
+  assign \$136  = \$131  | \$135 ;
+  assign \$137  = ~ i_rq__payload[53];
+  assign \$138  = \$137  & i_rq__payload[52];
+  assign \$139  = \$138  | i_rq__payload[53];
+  assign \$140  = \$136  | \$139 ;
+  assign \$141  = ~ \$140 ;
+  assign \$142  = ~ i_rq__payload[49];
+  assign \$143  = \$142  & i_rq__payload[50];
+  assign \$144  = ~ i_rq__payload[51];
+  assign \$145  = ~ i_rq__payload[52];
+  assign \$146  = \$144  & \$145 ;
+  assign \$147  = \$143  & \$146 ;
+  assign \$148  = ~ i_rq__payload[53];
+  assign \$149  = \$148  & i_rq__payload[48];
+  assign \$150  = \$147  & \$149 ;
+  assign \$151  = ~ i_rq__payload[51];
+  assign \$152  = i_rq__payload[50] & \$151 ;
+  assign \$153  = ~ i_rq__payload[52];
   assign \$154  = ~ i_rq__payload[53];
-  assign \$155  = \$154  & i_rq__payload[48];
-  assign \$156  = \$153  & \$155 ;
-  assign \$157  = ~ i_rq__payload[51];
-  assign \$158  = i_rq__payload[50] & \$157 ;
+  assign \$155  = \$153  & \$154 ;
+  assign \$156  = \$152  & \$155 ;
+  assign \$157  = \$156  & i_rq__payload[49];
+  assign \$158  = \$150  | \$157 ;
   assign \$159  = ~ i_rq__payload[52];
   assign \$160  = ~ i_rq__payload[53];
   assign \$161  = \$159  & \$160 ;
-  assign \$162  = \$158  & \$161 ;
-  assign \$163  = \$162  & i_rq__payload[49];
-  assign \$164  = \$156  | \$163 ;
-  assign \$165  = ~ i_rq__payload[52];
-  assign \$166  = ~ i_rq__payload[53];
-  assign \$167  = \$165  & \$166 ;
-  assign \$168  = \$167  & i_rq__payload[51];
-  assign \$169  = ~ i_rq__payload[53];
-  assign \$170  = \$169  & i_rq__payload[52];
-  assign \$171  = \$168  | \$170 ;
-  assign \$172  = \$164  | \$171 ;
-  assign \$173  = \$172  | i_rq__payload[53];
-  assign \$174  = ~ \$173 ;
-  assign \$175  = ~ i_rq__payload[51];
-  assign \$176  = i_rq__payload[50] & \$175 ;
-  assign \$177  = ~ i_rq__payload[52];
-  assign \$178  = ~ i_rq__payload[53];
-  assign \$179  = \$177  & \$178 ;
-  assign \$180  = \$176  & \$179 ;
-  assign \$181  = \$180  & i_rq__payload[49];
-  assign \$182  = ~ i_rq__payload[52];
-  assign \$183  = ~ i_rq__payload[53];
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = \$184  & i_rq__payload[51];
-  assign \$186  = \$181  | \$185 ;
-  assign \$187  = ~ i_rq__payload[53];
-  assign \$188  = \$187  & i_rq__payload[52];
-  assign \$189  = \$188  | i_rq__payload[53];
-  assign \$190  = \$186  | \$189 ;
-  assign \$191  = ~ \$190 ;
-  assign \$192  = i_rq__payload[49] & i_rq__payload[50];
-  assign \$193  = ~ i_rq__payload[51];
+  assign \$162  = \$161  & i_rq__payload[51];
+  assign \$163  = ~ i_rq__payload[53];
+  assign \$164  = \$163  & i_rq__payload[52];
+  assign \$165  = \$162  | \$164 ;
+  assign \$166  = \$158  | \$165 ;
+  assign \$167  = \$166  | i_rq__payload[53];
+  assign \$168  = ~ \$167 ;
+  assign \$169  = ~ i_rq__payload[51];
+  assign \$170  = i_rq__payload[50] & \$169 ;
+  assign \$171  = ~ i_rq__payload[52];
+  assign \$172  = ~ i_rq__payload[53];
+  assign \$173  = \$171  & \$172 ;
+  assign \$174  = \$170  & \$173 ;
+  assign \$175  = \$174  & i_rq__payload[49];
+  assign \$176  = ~ i_rq__payload[52];
+  assign \$177  = ~ i_rq__payload[53];
+  assign \$178  = \$176  & \$177 ;
+  assign \$179  = \$178  & i_rq__payload[51];
+  assign \$180  = \$175  | \$179 ;
+  assign \$181  = ~ i_rq__payload[53];
+  assign \$182  = \$181  & i_rq__payload[52];
+  assign \$183  = \$182  | i_rq__payload[53];
+  assign \$184  = \$180  | \$183 ;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = i_rq__payload[49] & i_rq__payload[50];
+  assign \$187  = ~ i_rq__payload[51];
+  assign \$188  = ~ i_rq__payload[52];
+  assign \$189  = \$187  & \$188 ;
+  assign \$190  = \$186  & \$189 ;
+  assign \$191  = ~ i_rq__payload[53];
+  assign \$192  = \$191  & i_rq__payload[48];
+  assign \$193  = \$190  & \$192 ;
   assign \$194  = ~ i_rq__payload[52];
-  assign \$195  = \$193  & \$194 ;
-  assign \$196  = \$192  & \$195 ;
-  assign \$197  = ~ i_rq__payload[53];
-  assign \$198  = \$197  & i_rq__payload[48];
-  assign \$199  = \$196  & \$198 ;
-  assign \$200  = ~ i_rq__payload[52];
-  assign \$201  = ~ i_rq__payload[53];
-  assign \$202  = \$200  & \$201 ;
-  assign \$203  = \$202  & i_rq__payload[51];
-  assign \$204  = \$199  | \$203 ;
+  assign \$195  = ~ i_rq__payload[53];
+  assign \$196  = \$194  & \$195 ;
+  assign \$197  = \$196  & i_rq__payload[51];
+  assign \$198  = \$193  | \$197 ;
+  assign \$199  = ~ i_rq__payload[53];
+  assign \$200  = \$199  & i_rq__payload[52];
+  assign \$201  = \$200  | i_rq__payload[53];
+  assign \$202  = \$198  | \$201 ;
+  assign \$203  = ~ \$202 ;
+  assign \$204  = ~ i_rq__payload[52];
   assign \$205  = ~ i_rq__payload[53];
-  assign \$206  = \$205  & i_rq__payload[52];
-  assign \$207  = \$206  | i_rq__payload[53];
-  assign \$208  = \$204  | \$207 ;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = ~ i_rq__payload[52];
-  assign \$211  = ~ i_rq__payload[53];
-  assign \$212  = \$210  & \$211 ;
-  assign \$213  = \$212  & i_rq__payload[51];
-  assign \$214  = ~ i_rq__payload[53];
-  assign \$215  = \$214  & i_rq__payload[52];
-  assign \$216  = \$213  | \$215 ;
-  assign \$217  = \$216  | i_rq__payload[53];
-  assign \$218  = ~ \$217 ;
-  assign \$219  = ~ i_rq__payload[49];
-  assign \$220  = ~ i_rq__payload[50];
-  assign \$221  = \$219  & \$220 ;
-  assign \$222  = ~ i_rq__payload[52];
-  assign \$223  = i_rq__payload[51] & \$222 ;
-  assign \$224  = \$221  & \$223 ;
+  assign \$206  = \$204  & \$205 ;
+  assign \$207  = \$206  & i_rq__payload[51];
+  assign \$208  = ~ i_rq__payload[53];
+  assign \$209  = \$208  & i_rq__payload[52];
+  assign \$210  = \$207  | \$209 ;
+  assign \$211  = \$210  | i_rq__payload[53];
+  assign \$212  = ~ \$211 ;
+  assign \$213  = ~ i_rq__payload[49];
+  assign \$214  = ~ i_rq__payload[50];
+  assign \$215  = \$213  & \$214 ;
+  assign \$216  = ~ i_rq__payload[52];
+  assign \$217  = i_rq__payload[51] & \$216 ;
+  assign \$218  = \$215  & \$217 ;
+  assign \$219  = ~ i_rq__payload[53];
+  assign \$220  = \$219  & i_rq__payload[48];
+  assign \$221  = \$218  & \$220 ;
+  assign \$222  = ~ i_rq__payload[50];
+  assign \$223  = \$222  & i_rq__payload[51];
+  assign \$224  = ~ i_rq__payload[52];
   assign \$225  = ~ i_rq__payload[53];
-  assign \$226  = \$225  & i_rq__payload[48];
-  assign \$227  = \$224  & \$226 ;
-  assign \$228  = ~ i_rq__payload[50];
-  assign \$229  = \$228  & i_rq__payload[51];
+  assign \$226  = \$224  & \$225 ;
+  assign \$227  = \$223  & \$226 ;
+  assign \$228  = \$227  & i_rq__payload[49];
+  assign \$229  = \$221  | \$228 ;
   assign \$230  = ~ i_rq__payload[52];
-  assign \$231  = ~ i_rq__payload[53];
-  assign \$232  = \$230  & \$231 ;
-  assign \$233  = \$229  & \$232 ;
-  assign \$234  = \$233  & i_rq__payload[49];
-  assign \$235  = \$227  | \$234 ;
-  assign \$236  = ~ i_rq__payload[52];
-  assign \$237  = i_rq__payload[51] & \$236 ;
-  assign \$238  = ~ i_rq__payload[53];
-  assign \$239  = \$238  & i_rq__payload[50];
-  assign \$240  = \$237  & \$239 ;
-  assign \$241  = ~ i_rq__payload[53];
-  assign \$242  = \$241  & i_rq__payload[52];
-  assign \$243  = \$240  | \$242 ;
-  assign \$244  = \$235  | \$243 ;
-  assign \$245  = \$244  | i_rq__payload[53];
-  assign \$246  = ~ \$245 ;
-  assign \$247  = ~ i_rq__payload[50];
-  assign \$248  = \$247  & i_rq__payload[51];
-  assign \$249  = ~ i_rq__payload[52];
+  assign \$231  = i_rq__payload[51] & \$230 ;
+  assign \$232  = ~ i_rq__payload[53];
+  assign \$233  = \$232  & i_rq__payload[50];
+  assign \$234  = \$231  & \$233 ;
+  assign \$235  = ~ i_rq__payload[53];
+  assign \$236  = \$235  & i_rq__payload[52];
+  assign \$237  = \$234  | \$236 ;
+  assign \$238  = \$229  | \$237 ;
+  assign \$239  = \$238  | i_rq__payload[53];
+  assign \$240  = ~ \$239 ;
+  assign \$241  = ~ i_rq__payload[50];
+  assign \$242  = \$241  & i_rq__payload[51];
+  assign \$243  = ~ i_rq__payload[52];
+  assign \$244  = ~ i_rq__payload[53];
+  assign \$245  = \$243  & \$244 ;
+  assign \$246  = \$242  & \$245 ;
+  assign \$247  = \$246  & i_rq__payload[49];
+  assign \$248  = ~ i_rq__payload[52];
+  assign \$249  = i_rq__payload[51] & \$248 ;
   assign \$250  = ~ i_rq__payload[53];
-  assign \$251  = \$249  & \$250 ;
-  assign \$252  = \$248  & \$251 ;
-  assign \$253  = \$252  & i_rq__payload[49];
-  assign \$254  = ~ i_rq__payload[52];
-  assign \$255  = i_rq__payload[51] & \$254 ;
-  assign \$256  = ~ i_rq__payload[53];
-  assign \$257  = \$256  & i_rq__payload[50];
-  assign \$258  = \$255  & \$257 ;
-  assign \$259  = \$253  | \$258 ;
-  assign \$260  = ~ i_rq__payload[53];
-  assign \$261  = \$260  & i_rq__payload[52];
-  assign \$262  = \$261  | i_rq__payload[53];
-  assign \$263  = \$259  | \$262 ;
-  assign \$264  = ~ \$263 ;
-  assign \$265  = ~ i_rq__payload[50];
-  assign \$266  = i_rq__payload[49] & \$265 ;
+  assign \$251  = \$250  & i_rq__payload[50];
+  assign \$252  = \$249  & \$251 ;
+  assign \$253  = \$247  | \$252 ;
+  assign \$254  = ~ i_rq__payload[53];
+  assign \$255  = \$254  & i_rq__payload[52];
+  assign \$256  = \$255  | i_rq__payload[53];
+  assign \$257  = \$253  | \$256 ;
+  assign \$258  = ~ \$257 ;
+  assign \$259  = ~ i_rq__payload[50];
+  assign \$260  = i_rq__payload[49] & \$259 ;
+  assign \$261  = ~ i_rq__payload[52];
+  assign \$262  = i_rq__payload[51] & \$261 ;
+  assign \$263  = \$260  & \$262 ;
+  assign \$264  = ~ i_rq__payload[53];
+  assign \$265  = \$264  & i_rq__payload[48];
+  assign \$266  = \$263  & \$265 ;
   assign \$267  = ~ i_rq__payload[52];
   assign \$268  = i_rq__payload[51] & \$267 ;
-  assign \$269  = \$266  & \$268 ;
-  assign \$270  = ~ i_rq__payload[53];
-  assign \$271  = \$270  & i_rq__payload[48];
+  assign \$269  = ~ i_rq__payload[53];
+  assign \$270  = \$269  & i_rq__payload[50];
+  assign \$271  = \$268  & \$270 ;
+  assign \$272  = \$266  | \$271 ;
+  assign \$273  = ~ i_rq__payload[53];
+  assign \$274  = \$273  & i_rq__payload[52];
+  assign \$275  = \$274  | i_rq__payload[53];
+  assign \$276  = \$272  | \$275 ;
+  assign \$277  = ~ \$276 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     r = 12'h000;
@@ -19201,250 +19190,257 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    fits = 1'h0;
+    if (finishing) begin
+      fits = \$10 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh5 = 43'h00000000000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh5 = \$14 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh5 = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh4 = 27'h0000000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh4 = \$15 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh4 = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh3 = 19'h00000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh3 = \$16 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh3 = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh2 = 15'h0000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh2 = \$17 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh2 = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh1 = 13'h0000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh1 = \$18 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh1 = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh0 = 12'h000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      rsh0 = \$19 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      rsh0 = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     q_lo = 12'h000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
       q_lo = rsh0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     x = 51'h0000000000000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      x = \$20 [50:0];
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      x = \$23 [50:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     ovf = 1'h0;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      ovf = \$22 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      ovf = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     qs = 12'h000;
-    if (\$9 ) begin
-    end else if (\$11 ) begin
-    end else if (\$13 ) begin
-      qs = \$24 ;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      qs = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$710  = o_res__valid;
+    \$704  = o_res__valid;
     if (o_res__ready) begin
-      \$710  = 1'h0;
+      \$704  = 1'h0;
     end
     if (finishing) begin
-      \$710  = 1'h1;
+      \$704  = 1'h1;
     end
     if (rst) begin
-      \$710  = 1'h0;
+      \$704  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$711  = o_res__payload;
+    \$705  = o_res__payload;
     if (finishing) begin
-      \$711 [31:0] = acc_r;
-      \$711 [39:32] = \$37 [7:0];
-      \$711 [40] = \$signal$33 ;
+      \$705 [31:0] = acc_r;
+      \$705 [39:32] = \$31 ;
+      \$705 [40] = \$signal$34 ;
     end
     if (rst) begin
-      \$711  = 41'h00000000000;
+      \$705  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$712  = busy;
+    \$706  = busy;
     if (finishing) begin
-      \$712  = 1'h0;
+      \$706  = 1'h0;
     end
-    if (\$39 ) begin
-      \$712  = 1'h1;
+    if (\$33 ) begin
+      \$706  = 1'h1;
     end
     if (rst) begin
-      \$712  = 1'h0;
+      \$706  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$713  = phase;
-    if (\$39 ) begin
-      \$713  = 3'h0;
-    end else if (\$41 ) begin
-      \$713  = \$709 [2:0];
-    end else if (\$43 ) begin
-      \$713  = 3'h5;
+    \$707  = phase;
+    if (\$33 ) begin
+      \$707  = 3'h0;
+    end else if (\$35 ) begin
+      \$707  = \$703 [2:0];
+    end else if (\$37 ) begin
+      \$707  = 3'h5;
     end
     if (rst) begin
-      \$713  = 3'h0;
+      \$707  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$714  = acc_r;
-    if (\$39 ) begin
-      \$714  = i_acc__payload[31:0];
+    \$708  = acc_r;
+    if (\$33 ) begin
+      \$708  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$714  = 32'd0;
+      \$708  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$715  = t;
-    if (\$39 ) begin
-      \$715  = \$44 ;
+    \$709  = t;
+    if (\$33 ) begin
+      \$709  = \$38 ;
     end
     if (rst) begin
-      \$715  = 33'h000000000;
+      \$709  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$716  = mr;
-    if (\$39 ) begin
-      \$716  = i_rq__payload[47:32];
-    end else if (\$41 ) begin
-      \$716  = \$708 [15:0];
+    \$710  = mr;
+    if (\$33 ) begin
+      \$710  = i_rq__payload[47:32];
+    end else if (\$35 ) begin
+      \$710  = \$702 [15:0];
     end
     if (rst) begin
-      \$716  = 16'h0000;
+      \$710  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$717  = p;
-    if (\$39 ) begin
-      \$717  = 50'h0000000000000;
-    end else if (\$41 ) begin
-      \$717  = \$707 [49:0];
+    \$711  = p;
+    if (\$33 ) begin
+      \$711  = 50'h0000000000000;
+    end else if (\$35 ) begin
+      \$711  = \$701 [49:0];
     end
     if (rst) begin
-      \$717  = 50'h0000000000000;
+      \$711  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$718  = \$signal$16 ;
-    if (\$39 ) begin
-      \$718  = i_rq__payload[53:48];
+    \$712  = \$signal$17 ;
+    if (\$33 ) begin
+      \$712  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$718  = 6'h00;
+      \$712  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$719  = \$signal ;
-    if (\$39 ) begin
-      \$719  = i_rq__payload[61:54];
+    \$713  = \$signal ;
+    if (\$33 ) begin
+      \$713  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$719  = 8'h00;
+      \$713  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$720  = \$signal$32 ;
-    if (\$39 ) begin
-      \$720  = i_rq__payload[62];
+    \$714  = \$signal$33 ;
+    if (\$33 ) begin
+      \$714  = i_rq__payload[62];
     end
     if (rst) begin
-      \$720  = 1'h0;
+      \$714  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$721  = \$signal$33 ;
-    if (\$39 ) begin
-      \$721  = i_acc__payload[32];
+    \$715  = \$signal$34 ;
+    if (\$33 ) begin
+      \$715  = i_acc__payload[32];
     end
     if (rst) begin
-      \$721  = 1'h0;
+      \$715  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$722  = thr;
-    if (\$39 ) begin
-      \$722  = { \$694 , \$688 , \$674 , \$661 , \$639 , \$627 , \$606 , \$586 , \$556 , \$555 , \$547 , \$540 , \$525 , \$519 , \$505 , \$492 , \$470 , \$465 , \$452 , \$440 , \$419 , \$408 , \$388 , \$369 , \$340 , \$336 , \$324 , \$313 , \$293 , \$283 , \$264 , \$246 , \$218 , \$209 , \$191 , \$174 , \$147 , \$131 , \$105 , \$80  };
+    \$716  = thr;
+    if (\$33 ) begin
+      \$716  = { \$688 , \$682 , \$668 , \$655 , \$633 , \$621 , \$600 , \$580 , \$550 , \$549 , \$541 , \$534 , \$519 , \$513 , \$499 , \$486 , \$464 , \$459 , \$446 , \$434 , \$413 , \$402 , \$382 , \$363 , \$334 , \$330 , \$318 , \$307 , \$287 , \$277 , \$258 , \$240 , \$212 , \$203 , \$185 , \$168 , \$141 , \$125 , \$99 , \$74  };
     end
     if (rst) begin
-      \$722  = 40'h0000000000;
+      \$716  = 40'h0000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$723  = qsh;
-    if (\$39 ) begin
-    end else if (\$41 ) begin
-    end else if (\$43 ) begin
-      \$723  = qs;
+    \$717  = qsh;
+    if (\$33 ) begin
+    end else if (\$35 ) begin
+    end else if (\$37 ) begin
+      \$717  = qs;
     end
     if (rst) begin
-      \$723  = 12'h000;
+      \$717  = 12'h000;
     end
   end
   assign \o_res__payload.acc  = o_res__payload[31:0];
@@ -19458,10 +19454,10 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \i_rq__payload.zero_point  = i_rq__payload[61:54];
   assign \i_rq__payload.relu  = i_rq__payload[62];
   assign \$6  = { \$5 [12], \$5 [12:1] };
-  assign \$695  = { p[49], p[49], p[49], p, 4'h0 };
-  assign \$696  = { t[32], t };
-  assign \$698  = { t, 1'h0 };
-  assign \$701  = { t[32], t, 2'h0 };
-  assign \$703  = { t, 3'h0 };
-  assign \$708  = { 3'h0, mr, 4'h0 };
+  assign \$689  = { p[49], p[49], p[49], p, 4'h0 };
+  assign \$690  = { t[32], t };
+  assign \$692  = { t, 1'h0 };
+  assign \$695  = { t[32], t, 2'h0 };
+  assign \$697  = { t, 3'h0 };
+  assign \$702  = { 3'h0, mr, 4'h0 };
 endmodule
