@@ -94,6 +94,23 @@ def test_decoder_random_matrices(lanes, bits, block, bus, mw, cols, rows, densit
     assert max(res.lanes_fired, default=0) <= lanes, f"seed {seed}"
 
 
+@pytest.mark.parametrize("seed", [41, 42])
+def test_zero_words_under_heavy_backpressure(seed):
+    """Long runs of all-zero mask words (taken without a bundle, which waits for the output
+    register) and words whose set bits sit past a row end (slot 1's registered 'all taken'
+    flag), with the output stalled most of the time: every nonzero exactly once."""
+    rng = np.random.default_rng(seed)
+    cfg = _cfg(lanes=8, mask_words=2, max_cols=512)
+    codes = _codes(rng, 10, 300, 0.03, 8)
+    codes[:, 40:200] = 0                 # five zero words in every row
+    codes[rng.random(10) < 0.3] = 0
+    codes[2, 31] = 9                     # a row whose only nonzero ends its first word
+    res = run_decoder(cfg, codes, seed=seed, idle=0.3, backpressure=0.7)
+    assert res.error_flags == 0, f"seed {seed}: error flags {res.error_flags:#x}"
+    assert res.row_ends == codes.shape[0], f"seed {seed}"
+    assert res.triples == _triples(codes), f"seed {seed}: decoded lanes differ from the matrix"
+
+
 def test_single_column_and_single_row():
     cfg = _cfg(block=8)
     for codes in (np.array([[5], [0], [-7]]), np.array([[0, 3, 0, 0, 9, 1, 1, 1, 1, 2]])):
