@@ -475,23 +475,8 @@ class KVCompressor(wiring.Component):
         valid two cycles after ``a`` and ``b``.  On an ECP5 the three registers are the MULT18X18D's
         own input and output registers (no fabric route into or out of the multiplier in the path)."""
         if self._ecp5 and len(a) <= 18 and len(b) <= 18 and width <= 36:
-            from amaranth.hdl import ClockSignal, Instance
-            pv = Signal(36, name=f"{name}_dsp")
-            ports = {f"i_A{i}": (a[i] if i < len(a) else Const(0, 1)) for i in range(18)}
-            ports.update({f"i_B{i}": (b[i] if i < len(b) else Const(0, 1)) for i in range(18)})
-            ports.update({f"i_C{i}": Const(0, 1) for i in range(18)})
-            ports.update({f"o_P{i}": pv[i] for i in range(36)})
-            clk = ClockSignal("sync")
-            m.submodules[f"{name}_mult"] = Instance(
-                "MULT18X18D", p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_OUTPUT_CLK="CLK0",
-                p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC",
-                p_CLK0_DIV="ENABLED", p_HIGHSPEED_CLK="NONE", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
-                i_CLK0=clk, i_CLK1=Const(0, 1), i_CLK2=Const(0, 1), i_CLK3=Const(0, 1),
-                i_CE0=Const(1, 1), i_CE1=Const(0, 1), i_CE2=Const(0, 1), i_CE3=Const(0, 1),
-                i_RST0=Const(0, 1), i_RST1=Const(0, 1), i_RST2=Const(0, 1), i_RST3=Const(0, 1),
-                i_SIGNEDA=Const(0, 1), i_SIGNEDB=Const(0, 1), i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-                **ports)
-            return pv[:width]
+            from sparsefab.gen.ecp5_prims import mult18x18d
+            return mult18x18d(m, a, b, width=width, name=name)
         ar, br = self._reg(m, a, name=f"{name}_a"), self._reg(m, b, name=f"{name}_b")
         return self._reg(m, ar * br, width, name=name)
 
