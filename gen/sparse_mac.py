@@ -359,9 +359,11 @@ class MacBackend(wiring.Component):
     Latency: a bundle accepted in cycle ``t`` is registered, reads the buffers at the edge
     ending ``t+1``, multiplies in ``t+2``, sums in ``t+3``, accumulates in ``t+4``; a row result
     is on ``o_row`` from cycle ``t+6`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
-    On ECP5 (``platform.family == "ecp5"``) one cycle more: each lane's buffer word is registered
-    before its byte is selected and multiplied (a DP16KD output without its own register, 5.8 ns
-    clock-to-out, cannot feed a multiplexer and a multiplier within 10 ns); the credit counts it.
+    On ECP5 (``platform.family == "ecp5"``) two cycles more: each lane's buffer word is registered
+    before its byte is selected (a DP16KD output without its own register, 5.8 ns clock-to-out,
+    cannot feed a multiplexer and a multiplier within 10 ns), and the selected byte and the weight
+    enter a MULT18X18D through its own operand registers, the product leaving through its output
+    register (:func:`sparsefab.gen.ecp5_prims.mult18x18d`); the credit counts both.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -397,8 +399,8 @@ class MacBackend(wiring.Component):
         depth = SpmvConfig.ROW_FIFO_DEPTH
         m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
         word_reg = getattr(platform, "family", None) == "ecp5"
-        # bundles that may still produce a row: stages 0..3 (and 1b on ECP5) plus the one accepted now
-        inflight = 6 if word_reg else 5
+        # bundles that may still produce a row: stages 0..3 (and 1b, 2a on ECP5) plus the one accepted now
+        inflight = 7 if word_reg else 5
         fire = Signal()
         m.d.comb += [self.i_lanes.ready.eq(fifo.level + inflight <= depth),
                      fire.eq(self.i_lanes.valid & self.i_lanes.ready)]
@@ -475,9 +477,23 @@ class MacBackend(wiring.Component):
         # lane's DSP as its adder input: it then dropped that lane's multiplier (half the DSPs and
         # activation buffers vanished from the netlist; also with "keep" on every other lane only)
         prods = [Signal(signed(prod_w), name=f"prod{i}", reset_less=True, attrs={"keep": 1}) for i in range(L)]
-        m.d.sync += [v2.eq(v1b), re2.eq(re1b), last2.eq(last1b), nxt2.eq(nxt1b)]
-        for i in range(L):
-            m.d.sync += prods[i].eq(vals1b[i] * act_in[i])
+        if word_reg:
+            # ECP5: the selected byte and the weight go straight into the MULT18X18D's operand
+            # registers (stage 2a) and the product into its output register (stage 2), so no
+            # fabric route enters or leaves the multiplier's 3.9 ns in the same cycle
+            from sparsefab.gen.ecp5_prims import mult18x18d
+
+            v2a, re2a, last2a = Signal(), Signal(), Signal()
+            nxt2a = Signal(L)
+            m.d.sync += [v2a.eq(v1b), re2a.eq(re1b), last2a.eq(last1b), nxt2a.eq(nxt1b),
+                         v2.eq(v2a), re2.eq(re2a), last2.eq(last2a), nxt2.eq(nxt2a)]
+            for i in range(L):
+                m.d.comb += prods[i].eq(mult18x18d(m, vals1b[i], act_in[i], width=prod_w, name=f"mul{i}",
+                                                   signed=True).as_signed())
+        else:
+            m.d.sync += [v2.eq(v1b), re2.eq(re1b), last2.eq(last1b), nxt2.eq(nxt1b)]
+            for i in range(L):
+                m.d.sync += prods[i].eq(vals1b[i] * act_in[i])
 
         # stage 3: sums of the current row's and the next row's lanes (the current row's sum is
         # the total minus the next row's: one masked tree, not two)
