@@ -80,16 +80,21 @@ word is accepted at cycle 0; with the output never stalled its last beat is vali
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 
-ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5``, nextpnr packing):
-at aa3ca38, 37,861 logic LUT4 + 1,417 CCU2C + 929 DPR16X4, 47,503 of 83,640 logic cells (56 %),
-11,042 FF, 100 DP16KD (the code-length tables), 8 MULT18X18D; a8465b8 (before the block-RAM
-code lengths, the second walker and the multiplexer trees) had 48,632 LUT4 + 4,171 CCU2C,
-66,214 cells (79 %) and was estimated at 41.57 MHz after placement without routing.  The
-100 MHz target is not met yet: the aa3ca38 netlist is estimated at 64.47 MHz after placement
-(nextpnr-ecp5 seed 1, router2 run stopped before routing finished); slack histogram: between
-about 650 and 1,100 endpoints below -1.82 ns, the worst near -5.5 ns.  Phase A's pointer-doubling selections (a 19:1 selection of 5 bits
-and a 37:1 selection of 6 bits per offset, 64 offsets per cycle) remain the largest block: about
-13k LUT4 by a count of 2:1 multiplexers (an estimate, not a per-block synthesis figure).
+ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5``): 37,301 LUT4 +
+1,417 CCU2C + 929 TRELLIS_DPR16X4, 11,571 FF, 50 DP16KD, 8 MULT18X18D (aa3ca38: 37,861 LUT4,
+100 DP16KD).  The code-length tables take one DP16KD per two offsets: their read ports are
+asynchronous with a register behind (Yosys folds it into the block RAM and shares port A with
+the table write; with synchronous ports it emulated read-during-write and used two).  In the walk
+loop the offset selection inside a record word was ``word_select`` by ``p[:5]``, which became a
+multiplication by 9 (an adder) and a 288-bit barrel shifter; it is a 32:1 tree of 2:1
+multiplexers now, per half-table (the half chosen after it), addressed by register copies of p
+and q.  The placement estimate of the 100 MHz target is given in the commit history
+(``git log gen/kv_decompress.py``); routed: not measured yet.
+
+Size by stage (2:1 multiplexer bits of the ``_mux_tree`` calls, a proxy of LUT4 = about 0.6 per
+bit): Phase A stage 3 (the 37:1 selection of rel2, 64 offsets/cycle) 13,824; stage 2 (19:1 of
+tot) 5,760; B1 centroid by rank 3,128; the walk loop's offset selection 2,232; D1 record
+selection 620.  The coarse windows (D1) and symbol windows (D2) are shifters on top of these.
 """
 
 from __future__ import annotations
@@ -438,14 +443,24 @@ class KVDecompressor(wiring.Component):
         # centroid magnitude precomputed), so the write decode is not behind the input port
         cfg_v1, cfg_v = Signal(), Signal()
         cfg_a1, cfg_a = Signal(12), Signal(12)
-        cfg_d1, cfg_d = Signal(16), Signal(16)
-        cfg_mag = Signal(16)
+        cfg_d1 = Signal(16)
         m.d.sync += [cfg_v1.eq(self.i_cfg.valid), cfg_a1.eq(self.i_cfg.payload.addr), cfg_d1.eq(self.i_cfg.payload.data),
-                     cfg_v.eq(cfg_v1), cfg_a.eq(cfg_a1), cfg_d.eq(cfg_d1),
-                     cfg_mag.eq(Mux(cfg_d1[15], -cfg_d1.as_signed(), cfg_d1))]
+                     cfg_v.eq(cfg_v1), cfg_a.eq(cfg_a1)]
+        # the data (and centroid magnitude) once more per codebook: each copy drives one codebook's
+        # ~800 table flip-flops instead of one net reaching all of them; copy k is stored inverted
+        # when k is odd and has an all-ones reset value when k & 2 (not merged by synthesis; the
+        # values only matter when a write lands)
+        cfg_dk, cfg_mk = [], []
+        for k in range(K):
+            inv, init = (0xFFFF if k & 1 else 0), (0xFFFF if k & 2 else 0)
+            dk, mk = Signal(16, init=init, name=f"cfg_d{k}"), Signal(16, init=init, name=f"cfg_mag{k}")
+            m.d.sync += [dk.eq(cfg_d1 ^ inv), mk.eq(Mux(cfg_d1[15], -cfg_d1.as_signed(), cfg_d1) ^ inv)]
+            cfg_dk.append(dk ^ inv)
+            cfg_mk.append(mk ^ inv)
         with m.If(cfg_v):
-            a, d = cfg_a, cfg_d
+            a = cfg_a
             for k in range(K):
+                d = cfg_dk[k]
                 for li in range(L):
                     with m.If(a == 64 * k + CFG_LIM + li):
                         m.d.sync += lim[k][li].eq(d)
@@ -457,7 +472,7 @@ class KVDecompressor(wiring.Component):
                     m.d.sync += esc_code[k].eq(d)
                 for r in range(S):
                     with m.If(a == 64 * k + CFG_TABLE + r):
-                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]), cmag[k][r].eq(cfg_mag)]
+                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]), cmag[k][r].eq(cfg_mk[k])]
 
         # ---- load stage: words -> input buffer
         wpb = c.words_per_block
@@ -476,7 +491,7 @@ class KVDecompressor(wiring.Component):
 
         if c.decoder == "walk":
             self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
-                       cfgw=(cfg_v, cfg_a, cfg_d))
+                       cfgw=(cfg_v1, cfg_a1, cfg_d1))
             return m
 
         # ---- pipeline enable: the output register is free or being taken
@@ -782,28 +797,39 @@ class KVDecompressor(wiring.Component):
         TW = (symw).bit_length()
         R2W = (2 * symw).bit_length()
         TN = R + symw
-        cfg_v, cfg_a, cfg_d = cfgw
-        tw_en = Signal()
+        # The write enable and address are registers of their own (one enable copy per lane, the
+        # second stored inverted so synthesis keeps both): they fan out to every table's address.
+        cfg_v1, cfg_a1, cfg_d1 = cfgw
+        tw_en = [Signal(name=f"tw_en{ln}") for ln in range(lanes)]
         tw_addr = Signal(L + SB)
-        m.d.comb += [tw_en.eq(cfg_v & cfg_a[11]), tw_addr.eq(cfg_a[:L + SB])]
+        tw_data = Signal(TW)
+        m.d.sync += [tw_addr.eq(cfg_a1[:L + SB]), tw_data.eq(cfg_d1[:TW])]
+        m.d.sync += [tw_en[ln].eq((cfg_v1 & cfg_a1[11]) ^ (ln & 1)) for ln in range(lanes)]
         Tb = [[None] * TN for ln in range(lanes)]
         for ln in range(lanes):
+            twe = tw_en[ln] ^ (ln & 1)
             for i in range(0, TN, 2):
                 tm = Memory(shape=unsigned(TW), depth=1 << (L + SB), init=[], attrs={"no_rw_check": 1})
                 m.submodules[f"tot_tab{ln}_{i}"] = tm
                 wp = tm.write_port()
                 aaddr = Signal(L + SB, name=f"ttaddr{ln}_{i}")
-                m.d.comb += [aaddr.eq(Mux(tw_en, tw_addr, Cat(*[SR[ln][i + L - 1 - j] for j in range(L)], selA))),
-                             wp.addr.eq(aaddr), wp.data.eq(cfg_d[:TW]), wp.en.eq(tw_en)]
+                m.d.comb += [aaddr.eq(Mux(twe, tw_addr, Cat(*[SR[ln][i + L - 1 - j] for j in range(L)], selA))),
+                             wp.addr.eq(aaddr), wp.data.eq(tw_data), wp.en.eq(twe)]
                 for o in (i, i + 1):
                     if o >= TN:
                         continue
-                    rp = tm.read_port()
+                    # an asynchronous read port followed by a register: Yosys folds the register
+                    # into the block RAM and, unlike a synchronous port (whose read-during-write
+                    # behaviour it then emulates), shares port A between this read and the
+                    # write, so one DP16KD serves two offsets
+                    rp = tm.read_port(domain="comb")
                     if o == i:
                         m.d.comb += rp.addr.eq(aaddr)
                     else:
                         m.d.comb += rp.addr.eq(Cat(*[SR[ln][o + L - 1 - j] for j in range(L)], selA))
-                    Tb[ln][o] = rp.data
+                    tb = Signal(TW, name=f"Tb{ln}_{o}")
+                    m.d.sync += tb.eq(rp.data)
+                    Tb[ln][o] = tb
         Tq = [[Signal(TW, name=f"Tq{ln}_{o}") for o in range(TN)] for ln in range(lanes)]
         for ln in range(lanes):
             m.d.sync += [Tq[ln][o].eq(Tb[ln][o]) for o in range(TN)]
@@ -839,19 +865,33 @@ class KVDecompressor(wiring.Component):
         mem_n, mem_t = [], []
         wq_en, wq_addr = Signal(), Signal(chw + 1)
         m.d.sync += [wq_en.eq(Rv[A3]), wq_addr.eq(Cat(Rj[A3], Rh[A3]))]
+        # nxt4 records: one LUT RAM per lane, walker (p, q) and half (the block being walked, the
+        # next one), each ``NCH`` deep with a single read port: each walker register copy addresses
+        # its own cells, and the half is chosen after the offset selection (9 multiplexers, not 288)
         for ln in range(lanes):
-            mn = Memory(shape=unsigned(PW * R), depth=depth, init=[])
+            mns = [[Memory(shape=unsigned(PW * R), depth=1 << chw, init=[]) for _ in range(2)] for _ in range(2)]
             mt = Memory(shape=unsigned(TW * R), depth=depth, init=[])
-            m.submodules[f"nxt_mem{ln}"] = mn
+            for w in range(2):
+                for hh in range(2):
+                    m.submodules[f"nxt_mem{ln}_{'pq'[w]}{hh}"] = mns[w][hh]
             m.submodules[f"tot_mem{ln}"] = mt
-            mem_n.append(mn)
+            mem_n.append(mns)
             mem_t.append(mt)
-            wn, wt = mn.write_port(), mt.write_port()
+            wns = [[mns[w][hh].write_port() for hh in range(2)] for w in range(2)]
+            wt = mt.write_port()
             flat_2 = [t for i in reversed(range(A3 + 1)) for t in R2[ln][i]]
             nrec, trec = [], []
             for o in range(R):
                 r2 = flat_2[o]
-                cand_2 = _mux_tree(flat_2[o:o + 2 * symw + 1], r2)
+                # the 37:1 selection indexed by rel2: its low result bits take their select lines
+                # from a copy of the index register (stored inverted, so it is not merged), which
+                # halves the fan-out of each index bit
+                r2c = Signal(R2W, name=f"R2c{ln}_{o}")
+                m.d.sync += r2c.eq(~R2[ln][A3 - 1][o])
+                items = flat_2[o:o + 2 * symw + 1]
+                lo = R2W // 2
+                cand_2 = Cat(_mux_tree([it[:lo] for it in items], ~r2c),
+                             _mux_tree([it[lo:] for it in items], r2))
                 # 3a
                 s_t = Signal(TW, name=f"s3t_{ln}_{o}")
                 s_c2 = Signal(R2W, name=f"s3c2_{ln}_{o}")
@@ -866,8 +906,12 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += nsat.eq(Mux(over, SAT, n4[:PW]))
                 nrec.append(nsat)
                 trec.append(s_t)
-            m.d.comb += [wn.addr.eq(wq_addr), wn.data.eq(Cat(*nrec)), wn.en.eq(wq_en),
-                         wt.addr.eq(wq_addr), wt.data.eq(Cat(*trec)), wt.en.eq(wq_en)]
+            for w in range(2):
+                for hh in range(2):
+                    wn = wns[w][hh]
+                    m.d.comb += [wn.addr.eq(wq_addr[:chw]), wn.data.eq(Cat(*nrec)),
+                                 wn.en.eq(wq_en & (wq_addr[chw] == hh))]
+            m.d.comb += [wt.addr.eq(wq_addr), wt.data.eq(Cat(*trec)), wt.en.eq(wq_en)]
         for h in range(2):
             with m.If(wq_en & (wq_addr[-1] == h)):
                 m.d.sync += wc[h].eq(wc[h] + 1)
@@ -901,29 +945,52 @@ class KVDecompressor(wiring.Component):
         m.d.sync += occ.eq(occ + adv - pop)
         # The loop reads only the nxt4 table; everything else the walk feeds (the tot records, the
         # block window) is read from registered copies of p and q one stage later (D0), so p and q
-        # drive nothing but these lookups and the `ready` compare.
+        # drive nothing but these lookups and the `ready` compare.  Each walker register has two
+        # more copies, one per half's table (its address and offset selection): copy 1 stored
+        # inverted, copy 2 with all-ones reset value, so synthesis does not merge them (their reset
+        # values do not matter: while ``t == 0`` and the walk waits, p and q are reloaded).
+        ONES = (1 << PW) - 1
+        copies = {}
+        for ln in range(lanes):
+            for w, main in enumerate((p[ln], q[ln])):
+                c1 = Signal(PW, name=f"{'pq'[w]}{ln}_c1")
+                c2 = Signal(PW, init=ONES, name=f"{'pq'[w]}{ln}_c2")
+                copies[ln, w] = ((main, 0), (c1, ONES), (c2, 0))
         nsel, qsel = [], []
         for ln in range(lanes):
-            for ptr, lst, tag in ((p[ln], nsel, "n"), (q[ln], qsel, "q")):
-                rn = mem_n[ln].read_port(domain="comb")
-                m.d.comb += rn.addr.eq(Cat((ptr >> lR)[:chw], hW))
-                ns = Signal(PW, name=f"{tag}sel{ln}")
-                m.d.comb += ns.eq(rn.data.word_select(ptr[:lR], PW))
+            for w, lst in ((0, nsel), (1, qsel)):
+                per_half = []
+                for hh in range(2):
+                    reg, inv = copies[ln, w][1 + hh]
+                    ptr = Signal(PW, name=f"{'pq'[w]}{ln}_h{hh}")
+                    m.d.comb += ptr.eq(reg ^ inv)
+                    rn = mem_n[ln][w][hh].read_port(domain="comb")
+                    m.d.comb += rn.addr.eq((ptr >> lR)[:chw])
+                    words = [rn.data[j * PW:(j + 1) * PW] for j in range(R)]
+                    per_half.append(_mux_tree(words, ptr[:lR]))
+                ns = Signal(PW, name=f"{'ns'[w]}sel{ln}")
+                m.d.comb += ns.eq(Mux(hW, per_half[1], per_half[0]))
                 lst.append(ns)
         last_t = t == C - 1
         q0_a = [Array([q0[h][ln] for h in range(2)]) for ln in range(lanes)]
+
+        def set_ptr(ln, w, value):
+            return [reg.eq(value ^ inv) for reg, inv in copies[ln, w]]
+
         with m.If(adv):
             with m.If(last_t):
                 m.d.sync += [t.eq(0), hW.eq(~hW), owned_a[hW].eq(0)]
-                m.d.sync += [pp.eq(0) for pp in p]
-                # the next half's q0 (valid if its first records are; otherwise reloaded below)
-                m.d.sync += [q[ln].eq(q0_a[ln][~hW]) for ln in range(lanes)]
+                for ln in range(lanes):
+                    m.d.sync += set_ptr(ln, 0, 0)
+                    # the next half's q0 (valid if its first records are; otherwise reloaded below)
+                    m.d.sync += set_ptr(ln, 1, q0_a[ln][~hW])
             with m.Else():
                 m.d.sync += t.eq(t + 1)
-                m.d.sync += [pp.eq(ns) for pp, ns in zip(p, nsel, strict=True)]
-                m.d.sync += [qq.eq(ns) for qq, ns in zip(q, qsel, strict=True)]
+                for ln in range(lanes):
+                    m.d.sync += set_ptr(ln, 0, nsel[ln]) + set_ptr(ln, 1, qsel[ln])
         with m.Elif(t == 0):
-            m.d.sync += [q[ln].eq(q0_a[ln][hW]) for ln in range(lanes)]
+            for ln in range(lanes):
+                m.d.sync += set_ptr(ln, 0, 0) + set_ptr(ln, 1, q0_a[ln][hW])
 
         # ---------------- D0: the walk state registered (p, q, nxt4[p], q - p, the half)
         d0_valid, d0_first, d0_last, d0_h = Signal(), Signal(), Signal(), Signal()
@@ -936,14 +1003,37 @@ class KVDecompressor(wiring.Component):
         m.d.sync += [d0_q[ln].eq(q[ln]) for ln in range(lanes)]
         m.d.sync += [d0_qp[ln].eq(q[ln] - p[ln]) for ln in range(lanes)]
         m.d.sync += [d0_n[ln].eq(nsel[ln]) for ln in range(lanes)]
+        # the chunks of p and q again (stored inverted: not merged with d0_p/d0_q), for the coarse
+        # windows' 16:1 selections alone
+        d0_pc = [Signal(PW - lR, name=f"d0pc{ln}") for ln in range(lanes)]
+        d0_qc = [Signal(PW - lR, name=f"d0qc{ln}") for ln in range(lanes)]
+        m.d.sync += [d0_pc[ln].eq(~(p[ln] >> lR)) for ln in range(lanes)]
+        m.d.sync += [d0_qc[ln].eq(~(q[ln] >> lR)) for ln in range(lanes)]
 
         # ---------------- D1: records at p and q, coarse window of the lane stream at the chunk of p.
         # The half read here is not refilled before this stage reads it: Phase A starts on a
         # half at the earliest one cycle after the walk left it and writes its tables later.
         CWW = R - 1 + 2 * symw              # two symbols from any offset of a chunk
         hdrW = Mux(d0_h, hdr[1], hdr[0])
+        # The walked block's bits, copied from its half on every cycle the walk spends at t == 0
+        # (from the edge that issues a block's last beat until the one that issues the next block's
+        # first beat), so D1 reads a register, not a 2:1 selection by d0_h of two 504-bit buffers.
+        # The half and the ``t == 0`` flag driving the copy are registers of their own (two copies
+        # each, one stored inverted), so these nets do not fan out from the walk loop.
         blkW = Signal(N)
-        m.d.comb += blkW.eq(Mux(d0_h, blkbuf[1], blkbuf[0]))
+        NB = 2
+        hWc = [Signal(init=k & 1, name=f"hWc{k}") for k in range(NB)]      # hW ^ (k & 1)
+        w0c = [Signal(init=1 ^ (k & 1), name=f"w0c{k}") for k in range(NB)]   # (t == 0) ^ (k & 1)
+        with m.If(adv):
+            m.d.sync += [w0.eq(last_t ^ (k & 1)) for k, w0 in enumerate(w0c)]
+            with m.If(last_t):
+                m.d.sync += [h.eq(~h) for h in hWc]
+        bounds = [N * k // NB for k in range(NB + 1)]
+        for k in range(NB):
+            lo, hi = bounds[k], bounds[k + 1]
+            hk, wk = hWc[k] ^ (k & 1), w0c[k] ^ (k & 1)
+            with m.If(wk):
+                m.d.sync += blkW[lo:hi].eq(Mux(hk, blkbuf[1][lo:hi], blkbuf[0][lo:hi]))
         d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
         d1_hdr = Signal(H)
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
@@ -970,11 +1060,11 @@ class KVDecompressor(wiring.Component):
             for ptr in (d0_p[ln], d0_q[ln]):
                 rr = mem_t[ln].read_port(domain="comb")
                 m.d.comb += rr.addr.eq(Cat((ptr >> lR)[:chw], d0_h))
-                rt.append(rr.data.word_select(ptr[:lR], TW))
+                rt.append(_mux_tree([rr.data[j * TW:(j + 1) * TW] for j in range(R)], ptr[:lR]))
             st = lane_stream(blkW, ln, R * NCH + CWW)
             m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp), d1_r3[ln].eq(qp + rt[1]),
-                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), d0_p[ln] >> lR), CWW)),
-                         d1_cwq[ln].eq(st.bit_select(Cat(Const(0, lR), d0_q[ln] >> lR), CWW)),
+                         d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), ~d0_pc[ln]), CWW)),
+                         d1_cwq[ln].eq(st.bit_select(Cat(Const(0, lR), ~d0_qc[ln]), CWW)),
                          d1_q[ln].eq(d0_q[ln][:lR]), d1_tq[ln].eq(rt[1])]
 
         # ---------------- D2: the spl symbol windows; code length, escape flag, validity from the records
@@ -1023,7 +1113,7 @@ class KVDecompressor(wiring.Component):
         for k in range(K):
             with m.If(sel2 == k):
                 m.d.comb += [off_s[li].eq(off[k][li]) for li in range(L)]
-        off_a = Array([Const(0, signed(7))] + off_s + [Const(0, signed(7))] * ((1 << (L).bit_length()) - L - 1))
+        off_l = [Const(0, 7)] + [o.as_unsigned() for o in off_s]     # by code length (7-bit wrap-around add)
         for v in range(V):
             sub, ln = d2_sub[v], d2_ln[v]
             msbw = Cat(*[sub[L - 1 - j] for j in range(L)])
@@ -1032,7 +1122,7 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += raw.eq(sub.bit_select(ln, c.esc_bits))
             else:
                 m.d.comb += raw.eq(0)
-            m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + off_a[ln]),
+            m.d.sync += [d3_rank[v].eq((msbw >> (L - ln).as_unsigned()[:4]) + _mux_tree(off_l, ln)),
                          d3_esc[v].eq(d2_esc[v]), d3_raw[v].eq(raw),
                          d3_rmag[v].eq(Mux(raw < 0, -raw, raw))]
         acc = Signal()
@@ -1060,7 +1150,6 @@ class KVDecompressor(wiring.Component):
         b1_k = Signal(signed(10))                   # k = e + ebias: the value is p * 2**k
         b1_sgn = [Signal(name=f"b1sgn{v}") for v in range(V)]
         b1_mag = [Signal(MW, name=f"b1mag{v}") for v in range(V)]
-        pad = [Const(0, 16)] * (128 - S)
         m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3),
                      b1_k.eq(e3 + self.ebias)]
         if not c.obits:
@@ -1070,17 +1159,18 @@ class KVDecompressor(wiring.Component):
                 with m.If(sel3 == k):
                     m.d.comb += [cm[r].eq(cmag[k][r]) for r in range(S)]
                     m.d.comb += [cs[r].eq(csgn[k][r]) for r in range(S)]
-            cm_a, cs_a = Array(cm + pad), Array(cs + [Const(0, 1)] * (128 - S))
+            # by rank: a 2:1 multiplexer tree over the S entries (an Array indexed by the 7-bit rank
+            # became a 128-way case decode)
             for v in range(V):
-                m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, cs_a[d3_rank[v]])),
-                             b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], cm_a[d3_rank[v]]))]
+                ent = _mux_tree([Cat(cm[r], cs[r]) for r in range(S)], d3_rank[v])
+                m.d.sync += [b1_sgn[v].eq(Mux(d3_esc[v], d3_raw[v] < 0, ent[16])),
+                             b1_mag[v].eq(Mux(d3_esc[v], d3_rmag[v], ent[:16]))]
         else:
             # with a block offset: signed sum first, then sign/magnitude (one more stage)
             cv = [Signal(signed(16), name=f"cvw{r}") for r in range(S)]
             for k in range(K):
                 with m.If(sel3 == k):
                     m.d.comb += [cv[r].eq(cent[k][r]) for r in range(S)]
-            cv_a = Array(cv + [Const(0, signed(16))] * (128 - S))
             rr = [Signal(signed(rbits), name=f"b0r{v}") for v in range(V)]
             b0_valid, b0_last, b0_err = Signal(), Signal(), Signal()
             b0_e, b0_f = Signal(c.ebits), Signal(max(c.mbits, 1))
@@ -1089,7 +1179,8 @@ class KVDecompressor(wiring.Component):
             m.d.comb += obase.eq(o3.as_signed() << ups_shift)
             m.d.sync += [b0_valid.eq(d3_valid), b0_last.eq(d3_last), b0_err.eq(d3_err), b0_e.eq(e3), b0_f.eq(f3),
                          b0_k.eq(e3 + self.ebias)]
-            m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], cv_a[d3_rank[v]]) + obase) for v in range(V)]
+            m.d.sync += [rr[v].eq(Mux(d3_esc[v], d3_raw[v], _mux_tree(cv, d3_rank[v]).as_signed()) + obase)
+                         for v in range(V)]
             m.d.sync += [b1_valid.eq(b0_valid), b1_last.eq(b0_last), b1_err.eq(b0_err), b1_e.eq(b0_e), b1_f.eq(b0_f),
                          b1_k.eq(b0_k)]
             for v in range(V):
@@ -1182,7 +1273,7 @@ class KVDecompressor(wiring.Component):
             m.d.comb += [qr.eq(shifted[1:]), ql.eq(mag << b3_lamt[v])]
             q = Signal(12, name=f"q{v}")
             m.d.comb += q.eq(Mux(b3_left[v], ql, qr))
-            up = ~b3_left[v] & shifted[0] & (Array(stk)[ramt] | q[0])
+            up = ~b3_left[v] & shifted[0] & (_mux_tree(stk, ramt) | q[0])
             m.d.sync += [b4_sgn[v].eq(b3_sgn[v]), b4_q[v].eq(q), b4_up[v].eq(up), b4_em1[v].eq(b3_em1[v]),
                          b4_norm[v].eq(b3_norm[v]), b4_big[v].eq(b3_big[v]), b4_zero[v].eq(~b3_nz[v])]
 
