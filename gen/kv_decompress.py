@@ -88,8 +88,12 @@ the table write; with synchronous ports it emulated read-during-write and used t
 loop the offset selection inside a record word was ``word_select`` by ``p[:5]``, which became a
 multiplication by 9 (an adder) and a 288-bit barrel shifter; it is a 32:1 tree of 2:1
 multiplexers now, per half-table (the half chosen after it), addressed by register copies of p
-and q.  The placement estimate of the 100 MHz target is given in the commit history
-(``git log gen/kv_decompress.py``); routed: not measured yet.
+and q.  Placement estimate (nextpnr-ecp5 seed 1, ``--no-route``, the netlist of these changes
+without the centroid/offset trees and per-codebook write copies): **51.51 MHz**, worse than
+aa3ca38's 64.47 MHz on the same seed (worst slack -9.4 ns, about 1,400-2,200 endpoints below
+-1.95 ns); nextpnr printed no critical path without routing, so the cause is not identified
+(candidates: the four LUT-RAM copies per lane and the walker register copies spreading the loop,
+the 504-bit block register).  Routed: not measured.  100 MHz is not met.
 
 Size by stage (2:1 multiplexer bits of the ``_mux_tree`` calls, a proxy of LUT4 = about 0.6 per
 bit): Phase A stage 3 (the 37:1 selection of rel2, 64 offsets/cycle) 13,824; stage 2 (19:1 of
