@@ -64,6 +64,16 @@ def res_layout(config: SpmvConfig) -> data.StructLayout:
     return data.StructLayout({"acc": signed(config.acc_bits), "out": signed(OUT_BITS), "last": 1})
 
 
+def _pairs(m: Module, terms: list, width: int, name: str) -> list:
+    """Registered sums of neighbouring ``terms`` (the first level of an adder tree, one cycle)."""
+    out = []
+    for i in range(0, len(terms), 2):
+        r = Signal(signed(width), name=f"{name}{i // 2}", reset_less=True)
+        m.d.sync += r.eq(terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i])
+        out.append(r)
+    return out
+
+
 def _tree(m: Module, terms: list, width: int, name: str):
     """Balanced adder tree (combinational) of signed ``terms``; result is ``width`` bits signed."""
     level = 0
@@ -359,11 +369,12 @@ class MacBackend(wiring.Component):
     Latency: a bundle accepted in cycle ``t`` is registered, reads the buffers at the edge
     ending ``t+1``, multiplies in ``t+2``, sums in ``t+3``, accumulates in ``t+4``; a row result
     is on ``o_row`` from cycle ``t+6`` (``BACKEND_LATENCY + 1`` with the FIFO's output register).
-    On ECP5 (``platform.family == "ecp5"``) two cycles more: each lane's buffer word is registered
-    before its byte is selected (a DP16KD output without its own register, 5.8 ns clock-to-out,
-    cannot feed a multiplexer and a multiplier within 10 ns), and the selected byte and the weight
-    enter a MULT18X18D through its own operand registers, the product leaving through its output
-    register (:func:`sparsefab.gen.ecp5_prims.mult18x18d`); the credit counts both.
+    On ECP5 (``platform.family == "ecp5"``) three cycles more: each lane's buffer word is
+    registered before its byte is selected (a DP16KD output without its own register, 5.8 ns
+    clock-to-out, cannot feed a multiplexer and a multiplier within 10 ns); the selected byte and
+    the weight enter a MULT18X18D through its own operand registers, the product leaving through
+    its output register (:func:`sparsefab.gen.ecp5_prims.mult18x18d`); and the first level of the
+    adder trees is registered (the route out of the DSP is long).  The credit counts all three.
     """
 
     def __init__(self, config: SpmvConfig):
@@ -396,11 +407,12 @@ class MacBackend(wiring.Component):
         prod_w = b + cfg.act_bits
         sum_w = prod_w + max(1, (L - 1).bit_length()) + 1
 
-        depth = SpmvConfig.ROW_FIFO_DEPTH
-        m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
         word_reg = getattr(platform, "family", None) == "ecp5"
-        # bundles that may still produce a row: stages 0..3 (and 1b, 2a on ECP5) plus the one accepted now
-        inflight = 7 if word_reg else 5
+        # bundles that may still produce a row: stages 0..3 (and 1b, 2a, 3a on ECP5) plus the one accepted now
+        inflight = 8 if word_reg else 5
+        # the FIFO grows with the pipeline, so bundles flow while it holds up to 3 rows either way
+        depth = SpmvConfig.ROW_FIFO_DEPTH + inflight - 5
+        m.submodules.rowfifo = fifo = SyncFIFOBuffered(width=cfg.acc_bits + 1, depth=depth)
         fire = Signal()
         m.d.comb += [self.i_lanes.ready.eq(fifo.level + inflight <= depth),
                      fire.eq(self.i_lanes.valid & self.i_lanes.ready)]
@@ -500,10 +512,19 @@ class MacBackend(wiring.Component):
         v3, re3, last3 = Signal(), Signal(), Signal()
         s_cur, s_nxt = Signal(signed(sum_w)), Signal(signed(sum_w))
         nxt_terms = [Mux(nxt2[i], prods[i], 0) for i in range(L)]
-        t_all = _tree(m, list(prods), sum_w, "ta")
-        t_nxt = _tree(m, nxt_terms, sum_w, "tn")
-        m.d.sync += [v3.eq(v2), re3.eq(re2), last3.eq(last2),
-                     s_cur.eq(t_all - t_nxt), s_nxt.eq(t_nxt)]
+        if word_reg:
+            # ECP5 (stage 3a): the products leave the DSPs on long routes, so the first level of
+            # two masked trees (current row, next row) is registered; stage 3 adds the rest
+            cur_terms = [Mux(nxt2[i], 0, prods[i]) for i in range(L)]
+            v3a, re3a, last3a = Signal(), Signal(), Signal()
+            m.d.sync += [v3a.eq(v2), re3a.eq(re2), last3a.eq(last2), v3.eq(v3a), re3.eq(re3a), last3.eq(last3a)]
+            m.d.sync += [s_cur.eq(_tree(m, _pairs(m, cur_terms, sum_w, "pc"), sum_w, "tc")),
+                         s_nxt.eq(_tree(m, _pairs(m, nxt_terms, sum_w, "pn"), sum_w, "tn"))]
+        else:
+            t_all = _tree(m, list(prods), sum_w, "ta")
+            t_nxt = _tree(m, nxt_terms, sum_w, "tn")
+            m.d.sync += [v3.eq(v2), re3.eq(re2), last3.eq(last2),
+                         s_cur.eq(t_all - t_nxt), s_nxt.eq(t_nxt)]
 
         # stage 4: per-row accumulation (wraps at acc_bits like spmv_int)
         acc = Signal(signed(cfg.acc_bits))

@@ -269,8 +269,13 @@ class SparseMacCluster(wiring.Component):
             m.submodules[f"res{e}"] = f
             res_fifos.append(f)
             m.d.comb += [f.w_en.eq(eng.o_res.valid), f.w_data.eq(eng.o_res.payload), eng.o_res.ready.eq(f.w_rdy)]
+        # the merge counts the current matrix's rows down from registers (`left`, `left1` =
+        # "this is its final row"); a matrix's row count is taken from the queue in a cycle of
+        # its own, so no adder or compare sits between the queue and the take
         res_ptr = Signal(range(n))
-        row = Signal(ROWS_BITS)                   # row of the current matrix at the merge
+        cur = Signal()                            # `left` holds the current matrix's rows to merge
+        left = Signal(ROWS_BITS)
+        left1 = Signal()
         out_valid = Signal()
         out = Signal.like(self.o_res.payload)
         take = Signal()
@@ -279,18 +284,21 @@ class SparseMacCluster(wiring.Component):
         src = res_layout(cfg)(src_bits)
         m.d.comb += [src_valid.eq(Array(f.r_rdy for f in res_fifos)[res_ptr]),
                      src_bits.eq(Array(f.r_data for f in res_fifos)[res_ptr]),
-                     take.eq(src_valid & queue.r_rdy & (~out_valid | self.o_res.ready)),
-                     self.o_res.valid.eq(out_valid), self.o_res.payload.eq(out)]
+                     take.eq(src_valid & cur & (~out_valid | self.o_res.ready)),
+                     self.o_res.valid.eq(out_valid), self.o_res.payload.eq(out),
+                     queue.r_en.eq(~cur)]
+        with m.If(~cur & queue.r_rdy):
+            m.d.sync += [cur.eq(1), left.eq(queue.r_data), left1.eq(queue.r_data == 1)]
         for e, f in enumerate(res_fifos):
             m.d.comb += f.r_en.eq(take & (res_ptr == e))
         with m.If(self.o_res.ready):
             m.d.sync += out_valid.eq(0)
         with m.If(take):
-            is_last = row + 1 == queue.r_data
             m.d.sync += [out_valid.eq(1), out.acc.eq(src.acc), out.out.eq(src.out),
-                         out.last.eq(is_last), res_ptr.eq(res_ptr + 1 if n > 1 else 0),
-                         row.eq(Mux(is_last, 0, row + 1))]
-            m.d.comb += queue.r_en.eq(is_last)
+                         out.last.eq(left1), res_ptr.eq(res_ptr + 1 if n > 1 else 0),
+                         left.eq(left - 1), left1.eq(left == 2)]
+            with m.If(left1):
+                m.d.sync += cur.eq(0)
 
         # ---------------------------------------------------------------- status and counters
         err = Signal(4)

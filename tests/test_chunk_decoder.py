@@ -254,6 +254,20 @@ def test_cluster_with_chunk_decoder_equals_golden_with_stalls(engines, lanes, se
 
 
 @pytest.mark.slow
+def test_cluster_ecp5_netlist_takes_the_generic_cycles():
+    """The ECP5 netlist's longer back end (three more stages, a deeper row FIFO) costs the same
+    busy cycles as the generic one when nothing stalls: the credit never throttles the decoder."""
+    from sparsefab.sim.tb_spmv_multi import run_case
+
+    rng = np.random.default_rng(41)
+    jobs = _edge_jobs(rng)
+    cfg = _cfg(4, max_cols=256).replace(act_banks=2)
+    got = {fam: run_case(cfg, 2, jobs, seed=41, idle=0.0, backpressure=0.0, front_end=ChunkDecoder, family=fam)
+           for fam in (None, "ecp5")}
+    assert got["ecp5"]["o_cycles"] == got[None]["o_cycles"], {f: g["o_cycles"] for f, g in got.items()}
+
+
+@pytest.mark.slow
 def test_cluster_reset_mid_row():
     """Reset in the middle of a row: the engines and their ChunkDecoders return to idle and the
     next run is exact (tb_sparse_mac's reset case)."""
