@@ -112,7 +112,8 @@ def test_rtl_adversarial_blocks(cb):
     _run(data)
 
 
-def test_rtl_flags_exactly_the_malformed_blocks(cb):
+@pytest.mark.slow          # its K = 3 decompressor is a second 110k-line Verilator build (about 5 minutes
+def test_rtl_flags_exactly_the_malformed_blocks(cb):     # of both cores): make regress runs it
     """Corrupted blocks: the RTL error flag matches the golden decoder's verdict, block by block,
     good blocks still decode bit-exactly, and nothing hangs."""
     from sparsefab.sim import kv_flow
@@ -253,6 +254,7 @@ def _forge_block(cb, params, sel, e, f, lanes_syms):
     return np.packbits(bits, bitorder="little")
 
 
+@pytest.mark.slow          # make test stays under 15 minutes; make regress runs it
 def test_rtl_walk_overtakes_its_tables():
     """Lanes that open with 19 escapes (18 bits each): on the first block the walk runs ahead of
     its tables and waits for them (a longer latency); later blocks find their tables computed a
