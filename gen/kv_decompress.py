@@ -913,7 +913,11 @@ class KVDecompressor(wiring.Component):
             for w in range(2):
                 for hh in range(2):
                     wn = wns[w][hh]
-                    m.d.comb += [wn.addr.eq(wq_addr[:chw]), wn.data.eq(Cat(*nrec)),
+                    # half 0's tables are read by the walker copy stored inverted: its rows are
+                    # written at the inverted chunk (and read in reverse word order), so that copy
+                    # addresses the LUT RAM directly, without an inverter in the walk loop
+                    waddr = ~wq_addr[:chw] if hh == 0 else wq_addr[:chw]
+                    m.d.comb += [wn.addr.eq(waddr), wn.data.eq(Cat(*nrec)),
                                  wn.en.eq(wq_en & (wq_addr[chw] == hh))]
             m.d.comb += [wt.addr.eq(wq_addr), wt.data.eq(Cat(*trec)), wt.en.eq(wq_en)]
         for h in range(2):
@@ -965,13 +969,14 @@ class KVDecompressor(wiring.Component):
             for w, lst in ((0, nsel), (1, qsel)):
                 per_half = []
                 for hh in range(2):
+                    # the register as stored (copy 1 inverted: rows at inverted chunks, words reversed)
                     reg, inv = copies[ln, w][1 + hh]
-                    ptr = Signal(PW, name=f"{'pq'[w]}{ln}_h{hh}")
-                    m.d.comb += ptr.eq(reg ^ inv)
                     rn = mem_n[ln][w][hh].read_port(domain="comb")
-                    m.d.comb += rn.addr.eq((ptr >> lR)[:chw])
+                    m.d.comb += rn.addr.eq((reg >> lR)[:chw])
                     words = [rn.data[j * PW:(j + 1) * PW] for j in range(R)]
-                    per_half.append(_mux_tree(words, ptr[:lR]))
+                    if inv:
+                        words = words[::-1]
+                    per_half.append(_mux_tree(words, reg[:lR]))
                 ns = Signal(PW, name=f"{'ns'[w]}sel{ln}")
                 m.d.comb += ns.eq(Mux(hW, per_half[1], per_half[0]))
                 lst.append(ns)
@@ -1041,18 +1046,18 @@ class KVDecompressor(wiring.Component):
         d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
         d1_hdr = Signal(H)
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
-        # positions of symbols 1, 2, 3 relative to p: tot[p], q - p, q - p + tot[q]
+        # positions of symbols 1 and 2 relative to p: tot[p], q - p (symbol 3 starts at q + tot[q]:
+        # its length is nxt4[p] - q - tot[q], so no adder follows the tot[q] lookup)
         d1_r1 = [Signal(TW, name=f"d1r1_{ln}") for ln in range(lanes)]
         d1_r2 = [Signal(R2W, name=f"d1r2_{ln}") for ln in range(lanes)]
-        d1_r3 = [Signal(R2W + 1, name=f"d1r3_{ln}") for ln in range(lanes)]
         # coarse windows at the chunks of p (symbols 0, 1) and of q (symbols 2, 3)
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
         d1_cwq = [Signal(CWW, name=f"d1cwq{ln}") for ln in range(lanes)]
         d1_q = [Signal(lR, name=f"d1q{ln}") for ln in range(lanes)]
         d1_tq = [Signal(TW, name=f"d1tq{ln}") for ln in range(lanes)]
-        d1_span = [Signal(PW + 1, name=f"d1span{ln}") for ln in range(lanes)]   # nxt4[p] - p
+        d1_nq = [Signal(signed(PW + 1), name=f"d1nq{ln}") for ln in range(lanes)]   # nxt4[p] - q
         m.d.sync += [d1_valid.eq(d0_valid), d1_first.eq(d0_first), d1_last.eq(d0_last), d1_hdr.eq(hdrW)]
-        m.d.sync += [d1_span[ln].eq(d0_n[ln] - d0_p[ln]) for ln in range(lanes)]
+        m.d.sync += [d1_nq[ln].eq(d0_n[ln] - d0_q[ln]) for ln in range(lanes)]
         d1_over = Signal()              # the lanes' ends overlap (checked on the block's last beat)
         m.d.sync += d1_over.eq(sum(d0_n) > room)
         for ln in range(lanes):
@@ -1066,7 +1071,7 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += rr.addr.eq(Cat((ptr >> lR)[:chw], d0_h))
                 rt.append(_mux_tree([rr.data[j * TW:(j + 1) * TW] for j in range(R)], ptr[:lR]))
             st = lane_stream(blkW, ln, R * NCH + CWW)
-            m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp), d1_r3[ln].eq(qp + rt[1]),
+            m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp),
                          d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), ~d0_pc[ln]), CWW)),
                          d1_cwq[ln].eq(st.bit_select(Cat(Const(0, lR), ~d0_qc[ln]), CWW)),
                          d1_q[ln].eq(d0_q[ln][:lR]), d1_tq[ln].eq(rt[1])]
@@ -1079,13 +1084,14 @@ class KVDecompressor(wiring.Component):
         d2_esc = [Signal(name=f"d2esc{v}") for v in range(V)]
         oks = []
         for ln in range(lanes):
-            rel = [Const(0, R2W), d1_r1[ln], d1_r2[ln], d1_r3[ln]]
-            ends = rel[1:spl] + [d1_span[ln]]
+            # code lengths: the differences of consecutive starts (p, p + tot[p], q, q + tot[q],
+            # nxt4[p]); a saturated q - p (malformed block) fails symbol 1's check
+            lens = [d1_r1[ln], d1_r2[ln] - d1_r1[ln], d1_tq[ln], d1_nq[ln] - d1_tq[ln]]
             r0 = d1_p[ln][:lR]
             for j in range(spl):
                 v = j * lanes + ln
                 tot = Signal(range(-(1 << (PW + 1)), 1 << (PW + 1)), name=f"d2tot{v}")
-                m.d.comb += tot.eq(ends[j] - rel[j])
+                m.d.comb += tot.eq(lens[j])
                 isesc = (tot > L) if c.esc_bits else Const(0, 1)
                 ok = Signal(name=f"ok{v}")
                 m.d.comb += ok.eq((tot != 0) & (tot <= symw))
@@ -1105,7 +1111,6 @@ class KVDecompressor(wiring.Component):
         m.d.comb += d2_err.eq(~d2_oks.all() | d2_bad)
 
         # ---------------- D3: canonical rank, escape raw bits; block error accumulated over the block
-        sel2, e2, f2, o2 = hdr_fields(d2_hdr)
         d3_valid, d3_last, d3_err = Signal(), Signal(), Signal()
         d3_hdr = Signal(H)
         d3_rank = [Signal(7, name=f"d3rank{v}") for v in range(V)]
@@ -1113,10 +1118,13 @@ class KVDecompressor(wiring.Component):
         EB = max(c.esc_bits, 1)
         d3_raw = [Signal(signed(EB), name=f"d3raw{v}") for v in range(V)]
         d3_rmag = [Signal(EB, name=f"d3rmag{v}") for v in range(V)]
+        # the block's rank offsets, selected by codebook one stage early (from D1's header) and
+        # registered, so D3 starts its rank adders from registers
         off_s = [Signal(signed(7), name=f"offw{li}") for li in range(L)]
+        m.d.sync += [o.eq(0) for o in off_s]            # selector >= K: 0, as before (malformed)
         for k in range(K):
-            with m.If(sel2 == k):
-                m.d.comb += [off_s[li].eq(off[k][li]) for li in range(L)]
+            with m.If(hdr_fields(d1_hdr)[0] == k):
+                m.d.sync += [off_s[li].eq(off[k][li]) for li in range(L)]
         off_l = [Const(0, 7)] + [o.as_unsigned() for o in off_s]     # by code length (7-bit wrap-around add)
         for v in range(V):
             sub, ln = d2_sub[v], d2_ln[v]
