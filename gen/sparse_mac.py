@@ -133,7 +133,8 @@ class RequantStage(wiring.Component):
     o_res : Out(stream.Signature(res_layout))
         ``acc`` (passed through), ``out`` (s8) and ``last``.
 
-    Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``;
+    Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``, one more on
+    ECP5 with ``mul_steps == 1`` (the rounding shift takes two stages there);
     throughput one row per cycle (``mul_steps == 1``: a four-stage pipeline) or per
     ``mul_steps + 2`` cycles (S > 1: one row at a time in one set of registers, the small form
     for chips whose DSPs all go to the lanes).
@@ -156,7 +157,7 @@ class RequantStage(wiring.Component):
 
     def elaborate(self, platform):
         if self._config.mul_steps == 1:
-            return self._pipelined()
+            return self._pipelined(split_shift=getattr(platform, "family", None) == "ecp5")
         return self._sequential()
 
     def _widths(self):
@@ -164,16 +165,21 @@ class RequantStage(wiring.Component):
         t_w = max(cfg.acc_bits, BIAS_BITS) + 1
         return t_w, t_w + MULTIPLIER_BITS + 1
 
-    @classmethod
-    def _round_shift(cls, m: Module, p, sh):
-        """``r = (p + 2**(sh-1)) >> sh`` saturated to 12 bits (s12): :meth:`_shift_q` then the
-        rounding ``(q + 1) >> 1``."""
-        rr = Signal(signed(12))
-        m.d.comb += rr.eq((cls._shift_q(m, p, sh) + 1) >> 1)
-        return rr
-
     @staticmethod
-    def _shift_q(m: Module, p, sh, thr=None):
+    def _shift_levels(m: Module, cur, sh, levels, tag=""):
+        """Steps ``levels`` (descending bit numbers of ``sh``) of the logarithmic right shifter
+        of :meth:`_shift_q`, each stage only as wide as the later stages still need (12 bits of
+        result plus the steps still to come): one 2:1 multiplexer level per shift bit."""
+        for t in levels:
+            step = 1 << t
+            need = 12 + step - 1
+            stage = Signal(need, name=f"rsh{tag}{t}")
+            m.d.comb += stage.eq(Mux(sh[t], cur[step:step + need], cur[:need]))
+            cur = stage
+        return cur
+
+    @classmethod
+    def _shift_q(cls, m: Module, p, sh, thr=None, split=None):
         """``q = (2p) >> sh`` saturated to 12 bits (s12), as logic (the rounding shift before
         its final ``(q + 1) >> 1``).
 
@@ -183,21 +189,15 @@ class RequantStage(wiring.Component):
         trimmed shifter); "q's bits from 11 up all equal its sign" is tested with a thermometer
         mask instead of the upper half of a shifter: ``x`` marks the bits of ``2p`` that differ
         from the sign, and ``q`` overflows iff ``x`` has a set bit at a position >= 11 + sh.
+
+        ``split`` (a callable ``(m, signals) -> registered copies``) cuts the shifter after its
+        three largest steps: the partly shifted word, the overflow flag, the sign and the low
+        shift bits are registered there, and the last three steps and the saturation follow in
+        the next cycle.
         """
         pp = Cat(Const(0, 1), p).as_signed()
-        q_lo = Signal(12)
-        # (pp >> sh)[:12] as an explicit logarithmic shifter, largest step first, each stage only
-        # as wide as the later stages still need (one 2:1 mux level per shift bit)
         n_sh = len(sh)
         ext = Cat(pp, pp[-1].replicate((1 << n_sh) - 1 + 12))
-        cur = ext
-        for t in reversed(range(n_sh)):
-            step = 1 << t
-            need = 12 + step - 1
-            stage = Signal(need, name=f"rsh{t}")
-            m.d.comb += stage.eq(Mux(sh[t], cur[step:step + need], cur[:need]))
-            cur = stage
-        m.d.comb += q_lo.eq(cur[:12])
         sign = p[-1]
         x = Signal(len(pp))
         m.d.comb += x.eq(pp ^ sign.replicate(len(pp)))
@@ -207,6 +207,16 @@ class RequantStage(wiring.Component):
             m.d.comb += thr.eq(Const((1 << n_hi) - 1, n_hi) << sh)
         ovf = Signal()
         m.d.comb += ovf.eq((x[11:] & thr).any())
+        levels = list(reversed(range(n_sh)))
+        if split is None:
+            cur = cls._shift_levels(m, ext, sh, levels)
+        else:
+            cut = min(3, n_sh)
+            mid = cls._shift_levels(m, ext, sh, levels[:cut], tag="a")
+            mid, ovf, sign, sh = split(m, [mid, ovf, sign, sh[:n_sh - cut]])
+            cur = cls._shift_levels(m, mid, sh, levels[cut:], tag="b")
+        q_lo = Signal(12)
+        m.d.comb += q_lo.eq(cur[:12])
         qs = Signal(signed(12))
         m.d.comb += qs.eq(Mux(ovf, Mux(sign, -2048, 2047), q_lo.as_signed()))
         return qs
@@ -228,8 +238,12 @@ class RequantStage(wiring.Component):
         clipped = Mux(fits, v[:OUT_BITS].as_signed(), Mux(v[-1], lo, hi))
         return Mux(relu & r[-1], zp, clipped)
 
-    def _pipelined(self):
-        """mul_steps = 1: four stages, one row per cycle, the product in a DSP."""
+    def _pipelined(self, split_shift=False):
+        """mul_steps = 1: four stages, one row per cycle, the product in a DSP.
+
+        ``split_shift`` (ECP5): five stages, the rounding shift over two cycles (its six
+        multiplexer levels, the saturation and the rounding add do not fit 10 ns there).
+        """
         m = Module()
         cfg = self._config
         t_w, p_w = self._widths()
@@ -245,6 +259,10 @@ class RequantStage(wiring.Component):
         p2 = Signal(signed(p_w))
         sh2, zp2, relu2 = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal()
         acc2, last2 = Signal(signed(cfg.acc_bits)), Signal()
+        # (split_shift) stage 2b: the first half of the rounding shift
+        v2b = Signal()
+        zp2b, relu2b = Signal(signed(OUT_BITS)), Signal()
+        acc2b, last2b = Signal(signed(cfg.acc_bits)), Signal()
         # stage 3: rounding shift
         v3 = Signal()
         r3 = Signal(signed(12))
@@ -256,10 +274,23 @@ class RequantStage(wiring.Component):
         m.d.comb += take4.eq(~o.valid | o.ready)
         take3 = Signal()
         m.d.comb += take3.eq(~v3 | take4)
+        take2b = Signal()
+        m.d.comb += take2b.eq(~v2b | take3)
         take2 = Signal()
-        m.d.comb += take2.eq(~v2 | take3)
+        m.d.comb += take2.eq(~v2 | (take2b if split_shift else take3))
         take1 = Signal()
         m.d.comb += take1.eq(~v1 | take2)
+
+        split = None
+        if split_shift:
+            def split(m, values):
+                regs = [Signal(len(v), name=f"rsh_cut{i}") for i, v in enumerate(values)]
+                with m.If(take2b):
+                    m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+                return regs
+        r = Signal(signed(12))
+        m.d.comb += r.eq((self._shift_q(m, p2, sh2, split=split) + 1) >> 1)
+        sat = self._zp_sat(m, r3, zp3, relu3)
 
         both = self.i_acc.valid & self.i_rq.valid
         m.d.comb += [self.i_acc.ready.eq(take1 & self.i_rq.valid),
@@ -271,11 +302,15 @@ class RequantStage(wiring.Component):
         with m.If(take2):
             m.d.sync += [v2.eq(v1), p2.eq(t1 * m1),
                          sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
+        head = (v2, zp2, relu2, acc2, last2)
+        if split_shift:
+            with m.If(take2b):
+                m.d.sync += [d.eq(s) for d, s in zip((v2b, zp2b, relu2b, acc2b, last2b), head)]
+            head = (v2b, zp2b, relu2b, acc2b, last2b)
         with m.If(take3):
-            m.d.sync += [v3.eq(v2), r3.eq(self._round_shift(m, p2, sh2)),
-                         zp3.eq(zp2), relu3.eq(relu2), acc3.eq(acc2), last3.eq(last2)]
+            m.d.sync += [d.eq(s) for d, s in zip((v3, zp3, relu3, acc3, last3), head)]
+            m.d.sync += r3.eq(r)
         with m.If(take4):
-            sat = self._zp_sat(m, r3, zp3, relu3)
             m.d.sync += [o.valid.eq(v3), o.payload.acc.eq(acc3), o.payload.out.eq(sat),
                          o.payload.last.eq(last3)]
         return m

@@ -2198,7 +2198,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$28170$0 (\$39 [31:0]),
-    .\port$28749$0 (last3),
+    .\port$28751$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2510,7 +2510,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, r_en, \port$28749$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, r_en, \port$28751$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2554,8 +2554,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   wire [3:0] level;
   input [31:0] \port$28170$0 ;
   wire [31:0] \port$28170$0 ;
-  input \port$28749$0 ;
-  wire \port$28749$0 ;
+  input \port$28751$0 ;
+  wire \port$28751$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2591,7 +2591,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$28749$0 , \port$28170$0  };
+      storage[w_port__addr] <= { \port$28751$0 , \port$28170$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2690,8 +2690,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$28749$0 , \port$28170$0  };
-  assign w_data = { \port$28749$0 , \port$28170$0  };
+  assign w_port__data = { \port$28751$0 , \port$28170$0  };
+  assign w_data = { \port$28751$0 , \port$28170$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -62461,68 +62461,59 @@ endmodule
 module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i_rq__ready, i_acc__payload, i_acc__valid, o_res__valid, o_res__payload, i_rq__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
-  wire [11:0] \$10 ;
-  wire [51:0] \$11 ;
-  wire [102:0] \$12 ;
-  wire [39:0] \$13 ;
+  wire [12:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
   wire \$14 ;
-  wire [11:0] \$15 ;
-  wire [11:0] \$16 ;
-  wire [12:0] \$17 ;
-  wire [12:0] \$18 ;
-  wire [12:0] \$19 ;
+  wire [32:0] \$15 ;
+  wire [48:0] \$16 ;
+  wire \$17 ;
+  wire [7:0] \$18 ;
+  wire [7:0] \$19 ;
   wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire [32:0] \$24 ;
-  wire [48:0] \$25 ;
-  wire \$26 ;
-  wire [7:0] \$27 ;
-  wire [7:0] \$28 ;
-  wire [7:0] \$29 ;
+  wire [7:0] \$20 ;
+  reg \$21 ;
+  reg [32:0] \$22 ;
+  reg [15:0] \$23 ;
+  reg [5:0] \$24 ;
+  reg [7:0] \$25 ;
+  reg \$26 ;
+  reg [31:0] \$27 ;
+  reg \$28 ;
+  reg \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg [32:0] \$31 ;
-  reg [15:0] \$32 ;
-  reg [5:0] \$33 ;
-  reg [7:0] \$34 ;
+  reg [49:0] \$30 ;
+  reg [5:0] \$31 ;
+  reg [7:0] \$32 ;
+  reg \$33 ;
+  reg [31:0] \$34 ;
   reg \$35 ;
-  reg [31:0] \$36 ;
-  reg \$37 ;
+  reg \$36 ;
+  reg [7:0] \$37 ;
   reg \$38 ;
-  reg [49:0] \$39 ;
+  reg [31:0] \$39 ;
   wire \$4 ;
-  reg [5:0] \$40 ;
-  reg [7:0] \$41 ;
+  reg \$40 ;
+  reg [11:0] \$41 ;
   reg \$42 ;
-  reg [31:0] \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg [11:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg \$48 ;
-  reg [31:0] \$49 ;
-  wire [42:0] \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg [40:0] \$52 ;
-  wire [26:0] \$6 ;
-  wire [18:0] \$7 ;
-  wire [14:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [40:0] \$43 ;
+  wire \$5 ;
+  wire [51:0] \$6 ;
+  wire [102:0] \$7 ;
+  wire [39:0] \$8 ;
+  wire [11:0] \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$29  = 8'h00;
-  reg [5:0] \$signal$37  = 6'h00;
-  reg [7:0] \$signal$38  = 8'h00;
-  reg [31:0] \$signal$40  = 32'd0;
-  reg [7:0] \$signal$42  = 8'h00;
-  reg [31:0] \$signal$44  = 32'd0;
-  reg [31:0] \$signal$47  = 32'd0;
+  reg [7:0] \$signal$27  = 8'h00;
+  reg [5:0] \$signal$39  = 6'h00;
+  reg [7:0] \$signal$40  = 8'h00;
+  reg [31:0] \$signal$42  = 32'd0;
+  reg [7:0] \$signal$44  = 8'h00;
+  reg [31:0] \$signal$46  = 32'd0;
+  reg [31:0] \$signal$49  = 32'd0;
   input clk;
   wire clk;
-  reg fits;
+  wire fits;
   input [32:0] i_acc__payload;
   wire [32:0] i_acc__payload;
   wire [31:0] \i_acc__payload.acc ;
@@ -62555,183 +62546,161 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   wire o_res__ready;
   output o_res__valid;
   reg o_res__valid = 1'h0;
-  reg ovf;
+  wire ovf;
   reg [49:0] p2 = 50'h0000000000000;
-  reg [11:0] q_lo;
-  reg [11:0] qs;
+  wire [11:0] q_lo;
+  wire [11:0] qs;
+  wire [11:0] r;
   reg [11:0] r3 = 12'h000;
   reg relu1 = 1'h0;
   reg relu2 = 1'h0;
   reg relu3 = 1'h0;
-  reg [11:0] rr;
-  reg [11:0] rsh0;
-  reg [12:0] rsh1;
-  reg [14:0] rsh2;
-  reg [18:0] rsh3;
-  reg [26:0] rsh4;
-  reg [42:0] rsh5;
+  wire [11:0] rsh0;
+  wire [12:0] rsh1;
+  wire [14:0] rsh2;
+  wire [18:0] rsh3;
+  wire [26:0] rsh4;
+  wire [42:0] rsh5;
   input rst;
   wire rst;
   reg [32:0] t1 = 33'h000000000;
   wire take1;
   wire take2;
+  wire take2b;
   wire take3;
   wire take4;
-  reg [39:0] thr;
-  reg [12:0] v;
+  wire [39:0] thr;
+  wire [12:0] v;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
+  wire v2b;
   reg v3 = 1'h0;
-  reg [50:0] x;
+  wire [50:0] x;
   always @(posedge clk)
-    v1 <= \$30 ;
+    p2 <= \$30 ;
   always @(posedge clk)
-    t1 <= \$31 ;
+    \$signal  <= \$31 ;
   always @(posedge clk)
-    m1 <= \$32 ;
+    \$signal$44  <= \$32 ;
   always @(posedge clk)
-    \$signal$37  <= \$33 ;
+    relu2 <= \$33 ;
   always @(posedge clk)
-    \$signal$38  <= \$34 ;
+    \$signal$46  <= \$34 ;
   always @(posedge clk)
-    relu1 <= \$35 ;
+    last2 <= \$35 ;
   always @(posedge clk)
-    \$signal$40  <= \$36 ;
+    v3 <= \$36 ;
   always @(posedge clk)
-    last1 <= \$37 ;
+    \$signal$27  <= \$37 ;
   always @(posedge clk)
-    v2 <= \$38 ;
+    relu3 <= \$38 ;
   always @(posedge clk)
-    p2 <= \$39 ;
+    \$signal$49  <= \$39 ;
   always @(posedge clk)
-    \$signal  <= \$40 ;
+    last3 <= \$40 ;
   always @(posedge clk)
-    \$signal$42  <= \$41 ;
+    r3 <= \$41 ;
   always @(posedge clk)
-    relu2 <= \$42 ;
+    o_res__valid <= \$42 ;
   always @(posedge clk)
-    \$signal$44  <= \$43 ;
-  always @(posedge clk)
-    last2 <= \$44 ;
-  always @(posedge clk)
-    v3 <= \$45 ;
-  always @(posedge clk)
-    r3 <= \$46 ;
-  always @(posedge clk)
-    \$signal$29  <= \$47 ;
-  always @(posedge clk)
-    relu3 <= \$48 ;
-  always @(posedge clk)
-    \$signal$47  <= \$49 ;
-  always @(posedge clk)
-    last3 <= \$50 ;
-  always @(posedge clk)
-    o_res__valid <= \$51 ;
-  always @(posedge clk)
-    o_res__payload <= \$52 ;
+    o_res__payload <= \$43 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
   assign take3 = \$2  | take4;
-  assign \$3  = ~ v2;
-  assign take2 = \$3  | take3;
-  assign \$4  = ~ v1;
-  assign take1 = \$4  | take2;
+  assign \$4  = ~ v2;
+  assign take2 = \$4  | take3;
+  assign \$5  = ~ v1;
+  assign take1 = \$5  | take2;
+  assign \$6  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
+  assign \$7  = 40'hffffffffff << \$signal ;
+  assign \$8  = \$6 [50:11] & \$7 [39:0];
+  assign ovf = | \$8 ;
+  assign rsh5 = \$signal [5] ? { p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49:31] } : { p2[41:0], 1'h0 };
+  assign rsh4 = \$signal [4] ? rsh5[42:16] : rsh5[26:0];
+  assign rsh3 = \$signal [3] ? rsh4[26:8] : rsh4[18:0];
+  assign rsh2 = \$signal [2] ? rsh3[18:4] : rsh3[14:0];
+  assign rsh1 = \$signal [1] ? rsh2[14:2] : rsh2[12:0];
+  assign rsh0 = \$signal [0] ? rsh1[12:1] : rsh1[11:0];
+  assign \$9  = p2[49] ? 12'h800 : 12'h7ff;
+  assign qs = ovf ? \$9  : rsh0;
+  assign \$10  = $signed(qs) + $signed(2'h1);
+  assign v = $signed(r3) + $signed(\$signal$27 );
+  assign \$12  = ! v[12:7];
+  assign \$13  = v[12:7] == 6'h3f;
+  assign fits = \$12  | \$13 ;
   assign i_acc__ready = take1 & i_rq__valid;
   assign i_rq__ready = take1 & i_acc__valid;
-  assign \$5  = \$signal [5] ? { p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49:31] } : { p2[41:0], 1'h0 };
-  assign \$6  = \$signal [4] ? rsh5[42:16] : rsh5[26:0];
-  assign \$7  = \$signal [3] ? rsh4[26:8] : rsh4[18:0];
-  assign \$8  = \$signal [2] ? rsh3[18:4] : rsh3[14:0];
-  assign \$9  = \$signal [1] ? rsh2[14:2] : rsh2[12:0];
-  assign \$10  = \$signal [0] ? rsh1[12:1] : rsh1[11:0];
-  assign \$11  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
-  assign \$12  = 40'hffffffffff << \$signal ;
-  assign \$13  = x[50:11] & thr;
-  assign \$14  = | \$13 ;
-  assign \$15  = p2[49] ? 12'h800 : 12'h7ff;
-  assign \$16  = ovf ? \$15  : q_lo;
-  assign \$17  = $signed(qs) + $signed(2'h1);
-  assign \$19  = $signed(r3) + $signed(\$signal$29 );
-  assign \$20  = ! v[12:7];
-  assign \$21  = v[12:7] == 6'h3f;
-  assign \$22  = \$20  | \$21 ;
-  assign \$23  = i_acc__valid & i_rq__valid;
-  assign \$24  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$25  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$26  = relu3 & r3[11];
-  assign \$27  = v[12] ? 8'h80 : 8'h7f;
-  assign \$28  = fits ? v[7:0] : \$27 ;
-  assign \$29  = \$26  ? \$signal$29  : \$28 ;
+  assign \$14  = i_acc__valid & i_rq__valid;
+  assign \$15  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$16  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$17  = relu3 & r3[11];
+  assign \$18  = v[12] ? 8'h80 : 8'h7f;
+  assign \$19  = fits ? v[7:0] : \$18 ;
+  assign \$20  = \$17  ? \$signal$27  : \$19 ;
+  always @(posedge clk)
+    v1 <= \$21 ;
+  always @(posedge clk)
+    t1 <= \$22 ;
+  always @(posedge clk)
+    m1 <= \$23 ;
+  always @(posedge clk)
+    \$signal$39  <= \$24 ;
+  always @(posedge clk)
+    \$signal$40  <= \$25 ;
+  always @(posedge clk)
+    relu1 <= \$26 ;
+  always @(posedge clk)
+    \$signal$42  <= \$27 ;
+  always @(posedge clk)
+    last1 <= \$28 ;
+  always @(posedge clk)
+    v2 <= \$29 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    v = 13'h0000;
-    if (take4) begin
-      v = \$19 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    fits = 1'h0;
-    if (take4) begin
-      fits = \$22 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = v1;
-    if (take1) begin
-      \$30  = \$23 ;
+    \$31  = \$signal ;
+    if (take2) begin
+      \$31  = \$signal$39 ;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$31  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = t1;
-    if (take1) begin
-      \$31  = \$24 ;
+    \$32  = \$signal$44 ;
+    if (take2) begin
+      \$32  = \$signal$40 ;
     end
     if (rst) begin
-      \$31  = 33'h000000000;
+      \$32  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = m1;
-    if (take1) begin
-      \$32  = i_rq__payload[47:32];
+    \$33  = relu2;
+    if (take2) begin
+      \$33  = relu1;
     end
     if (rst) begin
-      \$32  = 16'h0000;
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = \$signal$37 ;
-    if (take1) begin
-      \$33  = i_rq__payload[53:48];
+    \$34  = \$signal$46 ;
+    if (take2) begin
+      \$34  = \$signal$42 ;
     end
     if (rst) begin
-      \$33  = 6'h00;
+      \$34  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$38 ;
-    if (take1) begin
-      \$34  = i_rq__payload[61:54];
-    end
-    if (rst) begin
-      \$34  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = relu1;
-    if (take1) begin
-      \$35  = i_rq__payload[62];
+    \$35  = last2;
+    if (take2) begin
+      \$35  = last1;
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -62739,29 +62708,29 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = \$signal$40 ;
-    if (take1) begin
-      \$36  = i_acc__payload[31:0];
+    \$36  = v3;
+    if (take3) begin
+      \$36  = v2;
     end
     if (rst) begin
-      \$36  = 32'd0;
+      \$36  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = last1;
-    if (take1) begin
-      \$37  = i_acc__payload[32];
+    \$37  = \$signal$27 ;
+    if (take3) begin
+      \$37  = \$signal$44 ;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$37  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = v2;
-    if (take2) begin
-      \$38  = v1;
+    \$38  = relu3;
+    if (take3) begin
+      \$38  = relu2;
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -62769,39 +62738,39 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = p2;
-    if (take2) begin
-      \$39  = { \$25 [48], \$25  };
+    \$39  = \$signal$49 ;
+    if (take3) begin
+      \$39  = \$signal$46 ;
     end
     if (rst) begin
-      \$39  = 50'h0000000000000;
+      \$39  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = \$signal ;
-    if (take2) begin
-      \$40  = \$signal$37 ;
+    \$40  = last3;
+    if (take3) begin
+      \$40  = last2;
     end
     if (rst) begin
-      \$40  = 6'h00;
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = \$signal$42 ;
-    if (take2) begin
-      \$41  = \$signal$38 ;
+    \$41  = r3;
+    if (take3) begin
+      \$41  = \$11 [11:0];
     end
     if (rst) begin
-      \$41  = 8'h00;
+      \$41  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = relu2;
-    if (take2) begin
-      \$42  = relu1;
+    \$42  = o_res__valid;
+    if (take4) begin
+      \$42  = v3;
     end
     if (rst) begin
       \$42  = 1'h0;
@@ -62809,190 +62778,121 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = \$signal$44 ;
-    if (take2) begin
-      \$43  = \$signal$40 ;
-    end
-    if (rst) begin
-      \$43  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = last2;
-    if (take2) begin
-      \$44  = last1;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = v3;
-    if (take3) begin
-      \$45  = v2;
-    end
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = r3;
-    if (take3) begin
-      \$46  = rr;
-    end
-    if (rst) begin
-      \$46  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = \$signal$29 ;
-    if (take3) begin
-      \$47  = \$signal$42 ;
-    end
-    if (rst) begin
-      \$47  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = relu3;
-    if (take3) begin
-      \$48  = relu2;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = \$signal$47 ;
-    if (take3) begin
-      \$49  = \$signal$44 ;
-    end
-    if (rst) begin
-      \$49  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = last3;
-    if (take3) begin
-      \$50  = last2;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = o_res__valid;
+    \$43  = o_res__payload;
     if (take4) begin
-      \$51  = v3;
+      \$43 [31:0] = \$signal$49 ;
+      \$43 [39:32] = \$20 ;
+      \$43 [40] = last3;
     end
     if (rst) begin
-      \$51  = 1'h0;
+      \$43  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = o_res__payload;
-    if (take4) begin
-      \$52 [31:0] = \$signal$47 ;
-      \$52 [39:32] = \$29 ;
-      \$52 [40] = last3;
+    \$21  = v1;
+    if (take1) begin
+      \$21  = \$14 ;
     end
     if (rst) begin
-      \$52  = 41'h00000000000;
+      \$21  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh5 = 43'h00000000000;
-    if (take3) begin
-      rsh5 = \$5 ;
+    \$22  = t1;
+    if (take1) begin
+      \$22  = \$15 ;
+    end
+    if (rst) begin
+      \$22  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh4 = 27'h0000000;
-    if (take3) begin
-      rsh4 = \$6 ;
+    \$23  = m1;
+    if (take1) begin
+      \$23  = i_rq__payload[47:32];
+    end
+    if (rst) begin
+      \$23  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh3 = 19'h00000;
-    if (take3) begin
-      rsh3 = \$7 ;
+    \$24  = \$signal$39 ;
+    if (take1) begin
+      \$24  = i_rq__payload[53:48];
+    end
+    if (rst) begin
+      \$24  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh2 = 15'h0000;
-    if (take3) begin
-      rsh2 = \$8 ;
+    \$25  = \$signal$40 ;
+    if (take1) begin
+      \$25  = i_rq__payload[61:54];
+    end
+    if (rst) begin
+      \$25  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh1 = 13'h0000;
-    if (take3) begin
-      rsh1 = \$9 ;
+    \$26  = relu1;
+    if (take1) begin
+      \$26  = i_rq__payload[62];
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rsh0 = 12'h000;
-    if (take3) begin
-      rsh0 = \$10 ;
+    \$27  = \$signal$42 ;
+    if (take1) begin
+      \$27  = i_acc__payload[31:0];
+    end
+    if (rst) begin
+      \$27  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    q_lo = 12'h000;
-    if (take3) begin
-      q_lo = rsh0;
+    \$28  = last1;
+    if (take1) begin
+      \$28  = i_acc__payload[32];
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    x = 51'h0000000000000;
-    if (take3) begin
-      x = \$11 [50:0];
+    \$29  = v2;
+    if (take2) begin
+      \$29  = v1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    thr = 40'h0000000000;
-    if (take3) begin
-      thr = \$12 [39:0];
+    \$30  = p2;
+    if (take2) begin
+      \$30  = { \$16 [48], \$16  };
+    end
+    if (rst) begin
+      \$30  = 50'h0000000000000;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    ovf = 1'h0;
-    if (take3) begin
-      ovf = \$14 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    qs = 12'h000;
-    if (take3) begin
-      qs = \$16 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    rr = 12'h000;
-    if (take3) begin
-      rr = \$18 [11:0];
-    end
-  end
+  assign v2b = 1'h0;
+  assign x = \$6 [50:0];
+  assign thr = \$7 [39:0];
+  assign q_lo = rsh0;
+  assign r = \$11 [11:0];
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
   assign \i_acc__payload.last  = i_acc__payload[32];
   assign \i_rq__payload.bias  = i_rq__payload[31:0];
@@ -63003,5 +62903,7 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$18  = { \$17 [12], \$17 [12:1] };
+  assign \$3  = 1'h1;
+  assign take2b = 1'h1;
+  assign \$11  = { \$10 [12], \$10 [12:1] };
 endmodule

@@ -17746,7 +17746,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$167 ;
   wire \$168 ;
   wire \$169 ;
-  wire [42:0] \$17 ;
+  wire [51:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
   wire \$172 ;
@@ -17757,7 +17757,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [26:0] \$18 ;
+  wire [39:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -17768,7 +17768,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$187 ;
   wire \$188 ;
   wire \$189 ;
-  wire [18:0] \$19 ;
+  wire \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
@@ -17780,7 +17780,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
-  wire [14:0] \$20 ;
+  wire [42:0] \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
@@ -17791,7 +17791,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
-  wire [12:0] \$21 ;
+  wire [26:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
   wire \$212 ;
@@ -17802,7 +17802,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
-  wire [11:0] \$22 ;
+  wire [18:0] \$22 ;
   wire \$220 ;
   wire \$221 ;
   wire \$222 ;
@@ -17813,7 +17813,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [51:0] \$23 ;
+  wire [14:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
@@ -17824,7 +17824,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire [39:0] \$24 ;
+  wire [12:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
   wire \$242 ;
@@ -17835,7 +17835,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
-  wire \$25 ;
+  wire [11:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
@@ -18386,7 +18386,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   wire \$98 ;
   wire \$99 ;
   reg [7:0] \$signal  = 8'h00;
-  reg [5:0] \$signal$17  = 6'h00;
+  reg [5:0] \$signal$21  = 6'h00;
   reg \$signal$33  = 1'h0;
   reg \$signal$34  = 1'h0;
   reg [31:0] acc_r = 32'd0;
@@ -18882,7 +18882,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   always @(posedge clk)
     p <= \$711 ;
   always @(posedge clk)
-    \$signal$17  <= \$712 ;
+    \$signal$21  <= \$712 ;
   always @(posedge clk)
     \$signal  <= \$713 ;
   always @(posedge clk)
@@ -18913,15 +18913,15 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   assign \$14  = busy & \$13 ;
   assign \$15  = phase == 3'h4;
   assign \$16  = busy & \$15 ;
-  assign \$17  = \$signal$17 [5] ? { p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49:31] } : { p[41:0], 1'h0 };
-  assign \$18  = \$signal$17 [4] ? rsh5[42:16] : rsh5[26:0];
-  assign \$19  = \$signal$17 [3] ? rsh4[26:8] : rsh4[18:0];
-  assign \$20  = \$signal$17 [2] ? rsh3[18:4] : rsh3[14:0];
-  assign \$21  = \$signal$17 [1] ? rsh2[14:2] : rsh2[12:0];
-  assign \$22  = \$signal$17 [0] ? rsh1[12:1] : rsh1[11:0];
-  assign \$23  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
-  assign \$24  = x[50:11] & thr;
-  assign \$25  = | \$24 ;
+  assign \$17  = { p[49], p, 1'h0 } ^ { 1'h0, p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49] };
+  assign \$18  = x[50:11] & thr;
+  assign \$19  = | \$18 ;
+  assign \$20  = \$signal$21 [5] ? { p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49], p[49:31] } : { p[41:0], 1'h0 };
+  assign \$21  = \$signal$21 [4] ? rsh5[42:16] : rsh5[26:0];
+  assign \$22  = \$signal$21 [3] ? rsh4[26:8] : rsh4[18:0];
+  assign \$23  = \$signal$21 [2] ? rsh3[18:4] : rsh3[14:0];
+  assign \$24  = \$signal$21 [1] ? rsh2[14:2] : rsh2[12:0];
+  assign \$25  = \$signal$21 [0] ? rsh1[12:1] : rsh1[11:0];
   assign \$26  = p[49] ? 12'h800 : 12'h7ff;
   assign \$27  = ovf ? \$26  : q_lo;
   assign \$28  = \$signal$33  & r[11];
@@ -19197,11 +19197,29 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    x = 51'h0000000000000;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      x = \$17 [50:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    ovf = 1'h0;
+    if (\$12 ) begin
+    end else if (\$14 ) begin
+    end else if (\$16 ) begin
+      ovf = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     rsh5 = 43'h00000000000;
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh5 = \$17 ;
+      rsh5 = \$20 ;
     end
   end
   always @* begin
@@ -19210,7 +19228,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh4 = \$18 ;
+      rsh4 = \$21 ;
     end
   end
   always @* begin
@@ -19219,7 +19237,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh3 = \$19 ;
+      rsh3 = \$22 ;
     end
   end
   always @* begin
@@ -19228,7 +19246,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh2 = \$20 ;
+      rsh2 = \$23 ;
     end
   end
   always @* begin
@@ -19237,7 +19255,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh1 = \$21 ;
+      rsh1 = \$24 ;
     end
   end
   always @* begin
@@ -19246,7 +19264,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     if (\$12 ) begin
     end else if (\$14 ) begin
     end else if (\$16 ) begin
-      rsh0 = \$22 ;
+      rsh0 = \$25 ;
     end
   end
   always @* begin
@@ -19256,24 +19274,6 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
     end else if (\$14 ) begin
     end else if (\$16 ) begin
       q_lo = rsh0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    x = 51'h0000000000000;
-    if (\$12 ) begin
-    end else if (\$14 ) begin
-    end else if (\$16 ) begin
-      x = \$23 [50:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    ovf = 1'h0;
-    if (\$12 ) begin
-    end else if (\$14 ) begin
-    end else if (\$16 ) begin
-      ovf = \$25 ;
     end
   end
   always @* begin
@@ -19383,7 +19383,7 @@ module \spmv_l8_w8_ice40.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__re
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$712  = \$signal$17 ;
+    \$712  = \$signal$21 ;
     if (\$33 ) begin
       \$712  = i_rq__payload[53:48];
     end

@@ -156,3 +156,13 @@ def test_bad_simulator_is_one_line():
     with pytest.raises(Exception) as info:
         run_cocotb("module m; endmodule\n", toplevel="m", test_module="x", simulator="modelsim")
     assert "modelsim" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_big_designs_compile_their_cxx_at_O0():
+    from sparsefab.sim.runner import BIG_DESIGN_LINES, _build_options
+
+    small = _build_options("verilator", False, [], "wire a;\n" * 100)["make_args"]
+    big = _build_options("verilator", False, [], "wire a;\n" * (BIG_DESIGN_LINES + 1))["make_args"]
+    assert "OPT_FAST=-Os" in small and "OPT_FAST=-O0" in big and "OPT_SLOW=-O0" in big
+    assert not any(a.startswith("OPT_GLOBAL") for a in small + big)   # shared runtime objects
+    assert "make_args" not in _build_options("icarus", False, [], "wire a;\n" * 50_000)

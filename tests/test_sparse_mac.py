@@ -223,18 +223,23 @@ def test_zero_point_relu_saturation_matches_formula():
     assert not bad, bad[:5]
 
 
-@pytest.mark.parametrize("mul_steps", [1, 4, 16])
-def test_requant_stage_bit_exact(mul_steps):
+@pytest.mark.parametrize("mul_steps,family", [(1, None), (4, None), (16, None), (1, "ecp5")])
+def test_requant_stage_bit_exact(mul_steps, family):
+    """Every output equals the golden requantization, with input gaps and 30 % backpressure;
+    ``family="ecp5"`` elaborates the ECP5 form (the rounding shift split over two stages)."""
+    from types import SimpleNamespace
+
+    from amaranth.hdl import Fragment
     from amaranth.sim import Simulator
 
-    seed = 77 + mul_steps
+    seed = 77 + mul_steps + (family is not None)
     rng = np.random.default_rng(seed)
     n = 60
     acc, bias, mult, shift, zp, relu = _requant_cases(rng, n)
     cfg = SpmvConfig(lanes=1, mul_steps=mul_steps)
     dut = RequantStage(cfg)
     got = []
-    sim = Simulator(dut)
+    sim = Simulator(Fragment.get(dut, SimpleNamespace(family=family)) if family else dut)
     sim.add_clock(1e-8)
     prng = random.Random(seed)
 
