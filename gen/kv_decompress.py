@@ -799,6 +799,8 @@ class KVDecompressor(wiring.Component):
         # CFG_TOT (config_words).  Two lookups per RAM; port A also takes the table writes (while
         # idle), so one DP16KD serves two offsets.  The RAM output is registered once more (Tq).
         TW = (symw).bit_length()
+        XW = (R - 1 + symw).bit_length()           # o mod R + tot[o] (tot records of the walk)
+        QW = (R - 1 + 2 * symw).bit_length()       # q - P0 (two symbols from p's chunk start)
         R2W = (2 * symw).bit_length()
         TN = R + symw
         # The write enable and address are registers of their own (one enable copy per lane, the
@@ -874,7 +876,7 @@ class KVDecompressor(wiring.Component):
         # its own cells, and the half is chosen after the offset selection (9 multiplexers, not 288)
         for ln in range(lanes):
             mns = [[Memory(shape=unsigned(PW * R), depth=1 << chw, init=[]) for _ in range(2)] for _ in range(2)]
-            mt = Memory(shape=unsigned(TW * R), depth=depth, init=[])
+            mt = Memory(shape=unsigned(XW * R), depth=depth, init=[])
             for w in range(2):
                 for hh in range(2):
                     m.submodules[f"nxt_mem{ln}_{'pq'[w]}{hh}"] = mns[w][hh]
@@ -897,10 +899,10 @@ class KVDecompressor(wiring.Component):
                 cand_2 = Cat(_mux_tree([it[:lo] for it in items], ~r2c),
                              _mux_tree([it[lo:] for it in items], r2))
                 # 3a
-                s_t = Signal(TW, name=f"s3t_{ln}_{o}")
+                s_t = Signal(XW, name=f"s3t_{ln}_{o}")      # o mod R + tot[o]: the next start in the chunk
                 s_c2 = Signal(R2W, name=f"s3c2_{ln}_{o}")
                 s_n2 = Signal(PW + 1, name=f"s3n2_{ln}_{o}")
-                m.d.sync += [s_t.eq(Rt[ln][A3][o]), s_c2.eq(cand_2),
+                m.d.sync += [s_t.eq(Rt[ln][A3][o] + o), s_c2.eq(cand_2),
                              s_n2.eq(Cat(Const(o, lR), Rj[A3]) + r2)]
                 # 3b
                 n4 = Signal(PW + 2, name=f"n4_{ln}_{o}")
@@ -1010,7 +1012,7 @@ class KVDecompressor(wiring.Component):
         m.d.sync += [d0_valid.eq(adv), d0_first.eq(t == 0), d0_last.eq(last_t), d0_h.eq(hW)]
         m.d.sync += [d0_p[ln].eq(p[ln]) for ln in range(lanes)]
         m.d.sync += [d0_q[ln].eq(q[ln]) for ln in range(lanes)]
-        m.d.sync += [d0_qp[ln].eq(q[ln] - p[ln]) for ln in range(lanes)]
+        m.d.sync += [d0_qp[ln].eq(q[ln] - Cat(Const(0, lR), p[ln][lR:])) for ln in range(lanes)]   # q - P0
         m.d.sync += [d0_n[ln].eq(nsel[ln]) for ln in range(lanes)]
         # the chunks of p and q again (stored inverted: not merged with d0_p/d0_q), for the coarse
         # windows' 16:1 selections alone
@@ -1046,30 +1048,32 @@ class KVDecompressor(wiring.Component):
         d1_valid, d1_first, d1_last = Signal(), Signal(), Signal()
         d1_hdr = Signal(H)
         d1_p = [Signal(PW, name=f"d1p{ln}") for ln in range(lanes)]
-        # positions of symbols 1 and 2 relative to p: tot[p], q - p (symbol 3 starts at q + tot[q]:
-        # its length is nxt4[p] - q - tot[q], so no adder follows the tot[q] lookup)
-        d1_r1 = [Signal(TW, name=f"d1r1_{ln}") for ln in range(lanes)]
-        d1_r2 = [Signal(R2W, name=f"d1r2_{ln}") for ln in range(lanes)]
+        # Symbol starts relative to the chunk starts P0 of p and Q0 of q, all registers: the tot
+        # records hold ``o mod R + tot[o]`` (the next start within o's chunk), so the start of symbol
+        # 1 (e_p) and of symbol 3 (e_q) come out of the lookups without an adder, and D2's window
+        # shifters and length subtractions start from registers
+        d1_r1 = [Signal(XW, name=f"d1ep{ln}") for ln in range(lanes)]     # e_p = p - P0 + tot[p]
+        d1_r2 = [Signal(QW, name=f"d1qP{ln}") for ln in range(lanes)]     # q - P0 (saturated)
         # coarse windows at the chunks of p (symbols 0, 1) and of q (symbols 2, 3)
         d1_cw = [Signal(CWW, name=f"d1cw{ln}") for ln in range(lanes)]
         d1_cwq = [Signal(CWW, name=f"d1cwq{ln}") for ln in range(lanes)]
         d1_q = [Signal(lR, name=f"d1q{ln}") for ln in range(lanes)]
-        d1_tq = [Signal(TW, name=f"d1tq{ln}") for ln in range(lanes)]
-        d1_nq = [Signal(signed(PW + 1), name=f"d1nq{ln}") for ln in range(lanes)]   # nxt4[p] - q
+        d1_tq = [Signal(XW, name=f"d1eq{ln}") for ln in range(lanes)]     # e_q = q - Q0 + tot[q]
+        d1_nq = [Signal(signed(PW + 1), name=f"d1nQ{ln}") for ln in range(lanes)]   # nxt4[p] - Q0
         m.d.sync += [d1_valid.eq(d0_valid), d1_first.eq(d0_first), d1_last.eq(d0_last), d1_hdr.eq(hdrW)]
-        m.d.sync += [d1_nq[ln].eq(d0_n[ln] - d0_q[ln]) for ln in range(lanes)]
+        m.d.sync += [d1_nq[ln].eq(d0_n[ln] - Cat(Const(0, lR), d0_q[ln][lR:])) for ln in range(lanes)]
         d1_over = Signal()              # the lanes' ends overlap (checked on the block's last beat)
         m.d.sync += d1_over.eq(sum(d0_n) > room)
         for ln in range(lanes):
-            # q - p saturated to 2**R2W - 1 (> 2*symw, so the second symbol's length check fails):
-            # only a malformed block (saturated walk) gets there
-            qp = Signal(R2W, name=f"d1qp{ln}")
-            m.d.comb += qp.eq(Mux(d0_qp[ln][R2W:].any(), (1 << R2W) - 1, d0_qp[ln][:R2W]))
+            # q - P0 saturated to 2**QW - 1 (> 2*symw + R - 1, so the second symbol's length check
+            # fails): only a malformed block (saturated walk) gets there
+            qp = Signal(QW, name=f"d1qp{ln}")
+            m.d.comb += qp.eq(Mux(d0_qp[ln][QW:].any(), (1 << QW) - 1, d0_qp[ln][:QW]))
             rt = []
             for ptr in (d0_p[ln], d0_q[ln]):
                 rr = mem_t[ln].read_port(domain="comb")
                 m.d.comb += rr.addr.eq(Cat((ptr >> lR)[:chw], d0_h))
-                rt.append(_mux_tree([rr.data[j * TW:(j + 1) * TW] for j in range(R)], ptr[:lR]))
+                rt.append(_mux_tree([rr.data[j * XW:(j + 1) * XW] for j in range(R)], ptr[:lR]))
             st = lane_stream(blkW, ln, R * NCH + CWW)
             m.d.sync += [d1_p[ln].eq(d0_p[ln]), d1_r1[ln].eq(rt[0]), d1_r2[ln].eq(qp),
                          d1_cw[ln].eq(st.bit_select(Cat(Const(0, lR), ~d0_pc[ln]), CWW)),
@@ -1084,10 +1088,10 @@ class KVDecompressor(wiring.Component):
         d2_esc = [Signal(name=f"d2esc{v}") for v in range(V)]
         oks = []
         for ln in range(lanes):
-            # code lengths: the differences of consecutive starts (p, p + tot[p], q, q + tot[q],
-            # nxt4[p]); a saturated q - p (malformed block) fails symbol 1's check
-            lens = [d1_r1[ln], d1_r2[ln] - d1_r1[ln], d1_tq[ln], d1_nq[ln] - d1_tq[ln]]
+            # code lengths: the differences of consecutive starts (p, e_p, q, e_q, nxt4[p]; relative
+            # to P0 or Q0); a saturated q - P0 (malformed block) fails symbol 1's check
             r0 = d1_p[ln][:lR]
+            lens = [d1_r1[ln] - r0, d1_r2[ln] - d1_r1[ln], d1_tq[ln] - d1_q[ln], d1_nq[ln] - d1_tq[ln]]
             for j in range(spl):
                 v = j * lanes + ln
                 tot = Signal(range(-(1 << (PW + 1)), 1 << (PW + 1)), name=f"d2tot{v}")
@@ -1097,8 +1101,7 @@ class KVDecompressor(wiring.Component):
                 m.d.comb += ok.eq((tot != 0) & (tot <= symw))
                 oks.append(ok)
                 # symbol starts within the coarse windows: p, p + tot[p] | q, q + tot[q]
-                cw, at = ((d1_cw[ln], r0), (d1_cw[ln], r0 + d1_r1[ln]),
-                          (d1_cwq[ln], d1_q[ln]), (d1_cwq[ln], d1_q[ln] + d1_tq[ln]))[j]
+                cw, at = ((d1_cw[ln], r0), (d1_cw[ln], d1_r1[ln]), (d1_cwq[ln], d1_q[ln]), (d1_cwq[ln], d1_tq[ln]))[j]
                 m.d.sync += [d2_sub[v].eq(cw.bit_select(at, symw)),
                              d2_esc[v].eq(isesc),
                              d2_ln[v].eq(Mux(isesc, tot - c.esc_bits, tot)[:(L).bit_length()])]
