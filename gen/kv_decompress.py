@@ -109,7 +109,6 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -121,7 +120,7 @@ PIPE_STAGES = 4          # chain/spec: decode register -> centroid -> multiply -
 WALK_FRONT = 4           # walk: start, length decode, 2-symbol stage, 4-symbol stage over two cycles (+ lookahead)
 WALK_BACK = 9            # walk: D0 walk state, D1 records, D2 windows, D3 rank, B1 magnitude, B2 product,
 #                          B3 exponent, B4 rounding, output FIFO
-OUT_FIFO_DEPTH = 16      # walk: output FIFO (LUT RAM); > beats in flight from the walk to the FIFO
+OUT_FIFO_DEPTH = 16      # walk: output FIFO (LUT RAM, a power of 2); > beats in flight from the walk to the FIFO
 CFG_ESC_LEN = 16
 CFG_ESC_CODE = 17
 CFG_LIM = 0
@@ -782,10 +781,7 @@ class KVDecompressor(wiring.Component):
         with m.Else():      # shifting past the block is harmless (Tv marks the valid chunks)
             m.d.sync += [SR[ln].eq(SR[ln] >> R) for ln in range(lanes)]
         with m.If(startA):
-            m.d.sync += [activeA.eq(1), kA.eq(0), full.eq(0), owned_a[hA].eq(1), hA.eq(~hA)]
-            for h in range(2):
-                with m.If(hA == h):
-                    m.d.sync += wc[h].eq(0)
+            m.d.sync += [activeA.eq(1), kA.eq(0), full.eq(0), hA.eq(~hA)]     # owned, wc: below
             m.d.sync += selA.eq(in_sel)
         with m.Elif(activeA):
             with m.If(kA == NCH - 1):
@@ -922,9 +918,14 @@ class KVDecompressor(wiring.Component):
                     m.d.comb += [wn.addr.eq(waddr), wn.data.eq(Cat(*nrec)),
                                  wn.en.eq(wq_en & (wq_addr[chw] == hh))]
             m.d.comb += [wt.addr.eq(wq_addr), wt.data.eq(Cat(*trec)), wt.en.eq(wq_en)]
+        # record counts: 0 when Phase A starts a block in the half, + 1 per chunk of records written
+        # (the increment wins, as an assignment after the reset would); next values, so the walk
+        # can keep a registered copy of its half's count
+        wc_n = [Signal(range(NCH + 1), name=f"wc_n{h}") for h in range(2)]
         for h in range(2):
-            with m.If(wq_en & (wq_addr[-1] == h)):
-                m.d.sync += wc[h].eq(wc[h] + 1)
+            m.d.comb += wc_n[h].eq(Mux(wq_en & (wq_addr[-1] == h), wc[h] + 1,
+                                       Mux(startA & (hA == h), 0, wc[h])))
+            m.d.sync += wc[h].eq(wc_n[h])
         # q0[h][ln] = rel2 at lane offset 0 of the block in half h (the second walker's start); it is
         # written by stage 2 at least A3 + 2 cycles before the half's first chunk of records, so it
         # is valid whenever the walk sees a record count above 0.
@@ -938,21 +939,33 @@ class KVDecompressor(wiring.Component):
         p = [Signal(PW, name=f"p{ln}") for ln in range(lanes)]
         q = [Signal(PW, name=f"q{ln}") for ln in range(lanes)]
         t = Signal(range(C))
-        wc_a = Array(wc)
+        last_t = t == C - 1
         act = Signal()
         ready = Signal()
         adv = Signal()
         # Output credits: the pipeline behind the walk never stalls; a beat is issued only when the
         # output FIFO has room for it and for every beat already in flight (``occ`` counts them).
         occ = Signal(range(OUT_FIFO_DEPTH + 1))
-        room_out = Signal()
+        room_out = Signal(init=1)
         pop = Signal()
+        # ``adv`` is the walk's enable: it reaches every walker register, so it is one AND of
+        # registers and the lanes' ``ready`` compares.  The half's ownership (act = owned[hW]), its
+        # record count (wcW = wc[hW]) and the output room (occ != depth) are registers holding
+        # exactly those values, loaded from the next-state logic (no change in behaviour).
+        hW_n = Signal()
+        owned_n = [Signal(name=f"owned_n{h}") for h in range(2)]
+        wcW = Signal(range(NCH + 1))
+        occ_n = Signal(range(OUT_FIFO_DEPTH + 1))
+        m.d.comb += hW_n.eq(hW ^ (adv & last_t))
+        for h in range(2):
+            m.d.comb += owned_n[h].eq((owned[h] | (startA & (hA == h))) & ~(adv & last_t & (hW == h)))
+        m.d.comb += occ_n.eq(occ + adv - pop)
+        m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]), wcW.eq(Array(wc_n)[hW_n]),
+                     occ.eq(occ_n), room_out.eq(occ_n != OUT_FIFO_DEPTH)]
+        m.d.sync += [owned[h].eq(owned_n[h]) for h in range(2)]
         # q >= p, so the records of q's chunk being written implies those of p's chunk
-        m.d.comb += [act.eq(owned_a[hW]),
-                     ready.eq(Cat(*[(q[ln] >> lR) < wc_a[hW] for ln in range(lanes)]).all()),
-                     room_out.eq(occ != OUT_FIFO_DEPTH),
+        m.d.comb += [ready.eq(Cat(*[(q[ln] >> lR) < wcW for ln in range(lanes)]).all()),
                      adv.eq(act & room_out & ready)]
-        m.d.sync += occ.eq(occ + adv - pop)
         # The loop reads only the nxt4 table; everything else the walk feeds (the tot records, the
         # block window) is read from registered copies of p and q one stage later (D0), so p and q
         # drive nothing but these lookups and the `ready` compare.  Each walker register has two
@@ -982,7 +995,6 @@ class KVDecompressor(wiring.Component):
                 ns = Signal(PW, name=f"{'ns'[w]}sel{ln}")
                 m.d.comb += ns.eq(Mux(hW, per_half[1], per_half[0]))
                 lst.append(ns)
-        last_t = t == C - 1
         q0_a = [Array([q0[h][ln] for h in range(2)]) for ln in range(lanes)]
 
         def set_ptr(ln, w, value):
@@ -990,7 +1002,7 @@ class KVDecompressor(wiring.Component):
 
         with m.If(adv):
             with m.If(last_t):
-                m.d.sync += [t.eq(0), hW.eq(~hW), owned_a[hW].eq(0)]
+                m.d.sync += t.eq(0)                  # hW, owned: next-state logic above
                 for ln in range(lanes):
                     m.d.sync += set_ptr(ln, 0, 0)
                     # the next half's q0 (valid if its first records are; otherwise reloaded below)
@@ -1294,12 +1306,29 @@ class KVDecompressor(wiring.Component):
 
         # ---------------- output FIFO entry: exponent + rounded significand, overflow to Inf
         ow = len(self.o_values.payload.as_value())
-        ofifo = m.submodules.out_fifo = SyncFIFO(width=ow, depth=OUT_FIFO_DEPTH)
+        # A first-word-fall-through FIFO in LUT RAM (as SyncFIFO) that writes on every valid beat:
+        # the walk's credits guarantee room, so no full flag gates the write enable of the ~33 RAM
+        # cells (SyncFIFO's level -> full -> write enable -> level was a long path); ``nonempty`` is
+        # a register holding ``level != 0``.
         o_ent = Signal(out_layout(V))
-        m.d.comb += [ofifo.w_en.eq(b4_valid), ofifo.w_data.eq(o_ent),
+        fmem = Memory(shape=unsigned(ow), depth=OUT_FIFO_DEPTH, init=[])
+        m.submodules.out_fifo = fmem
+        fwp, frp = fmem.write_port(), fmem.read_port(domain="comb")
+        FA = (OUT_FIFO_DEPTH - 1).bit_length()
+        f_wa, f_ra = Signal(FA), Signal(FA)
+        f_lvl = Signal(range(OUT_FIFO_DEPTH + 1))
+        f_lvl_n = Signal(range(OUT_FIFO_DEPTH + 1))
+        nonempty = Signal()
+        m.d.comb += [fwp.addr.eq(f_wa), fwp.data.eq(o_ent), fwp.en.eq(b4_valid), frp.addr.eq(f_ra),
                      o_ent.last.eq(b4_last), o_ent.error.eq(b4_err & b4_last),
-                     self.o_values.valid.eq(ofifo.r_rdy), self.o_values.payload.eq(ofifo.r_data),
-                     ofifo.r_en.eq(self.o_values.ready), pop.eq(ofifo.r_rdy & self.o_values.ready)]
+                     self.o_values.valid.eq(nonempty), self.o_values.payload.eq(frp.data),
+                     pop.eq(nonempty & self.o_values.ready),
+                     f_lvl_n.eq(f_lvl + b4_valid - pop)]
+        m.d.sync += [f_lvl.eq(f_lvl_n), nonempty.eq(f_lvl_n != 0)]
+        with m.If(b4_valid):
+            m.d.sync += f_wa.eq(f_wa + 1)
+        with m.If(pop):
+            m.d.sync += f_ra.eq(f_ra + 1)
         for v in range(V):
             bits = Signal(17, name=f"fbits{v}")
             ebf = Signal(5, name=f"ebf{v}")
