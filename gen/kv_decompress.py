@@ -941,7 +941,6 @@ class KVDecompressor(wiring.Component):
         t = Signal(range(C))
         last_t = t == C - 1
         act = Signal()
-        ready = Signal()
         adv = Signal()
         # Output credits: the pipeline behind the walk never stalls; a beat is issued only when the
         # output FIFO has room for it and for every beat already in flight (``occ`` counts them).
@@ -963,9 +962,6 @@ class KVDecompressor(wiring.Component):
         m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]), wcW.eq(Array(wc_n)[hW_n]),
                      occ.eq(occ_n), room_out.eq(occ_n != OUT_FIFO_DEPTH)]
         m.d.sync += [owned[h].eq(owned_n[h]) for h in range(2)]
-        # q >= p, so the records of q's chunk being written implies those of p's chunk
-        m.d.comb += [ready.eq(Cat(*[(q[ln] >> lR) < wcW for ln in range(lanes)]).all()),
-                     adv.eq(act & room_out & ready)]
         # The loop reads only the nxt4 table; everything else the walk feeds (the tot records, the
         # block window) is read from registered copies of p and q one stage later (D0), so p and q
         # drive nothing but these lookups and the `ready` compare.  Each walker register has two
@@ -979,6 +975,20 @@ class KVDecompressor(wiring.Component):
                 c1 = Signal(PW, name=f"{'pq'[w]}{ln}_c1")
                 c2 = Signal(PW, init=ONES, name=f"{'pq'[w]}{ln}_c2")
                 copies[ln, w] = ((main, 0), (c1, ONES), (c2, 0))
+        # The enable once per copy: copy r of every walker register advances on ``advs[r]``, computed
+        # from copy r of the q registers (q >= p, so the records of q's chunk being written implies
+        # those of p's chunk), so each enable net reaches a third of the walker flip-flops (the
+        # copies sit by their own tables) and synthesis cannot merge the three (different inputs).
+        advs = []
+        for r in range(3):
+            rdy = []
+            for ln in range(lanes):
+                reg, inv = copies[ln, 1][r]
+                rdy.append(((reg >> lR) ^ (inv >> lR)) < wcW)
+            a = Signal(name=f"adv{r}")
+            m.d.comb += a.eq(act & room_out & Cat(*rdy).all())
+            advs.append(a)
+        m.d.comb += adv.eq(advs[0])
         nsel, qsel = [], []
         for ln in range(lanes):
             for w, lst in ((0, nsel), (1, qsel)):
@@ -997,23 +1007,28 @@ class KVDecompressor(wiring.Component):
                 lst.append(ns)
         q0_a = [Array([q0[h][ln] for h in range(2)]) for ln in range(lanes)]
 
-        def set_ptr(ln, w, value):
-            return [reg.eq(value ^ inv) for reg, inv in copies[ln, w]]
+        def set_ptr(r, ln, w, value):
+            reg, inv = copies[ln, w][r]
+            return [reg.eq(value ^ inv)]
 
         with m.If(adv):
             with m.If(last_t):
                 m.d.sync += t.eq(0)                  # hW, owned: next-state logic above
-                for ln in range(lanes):
-                    m.d.sync += set_ptr(ln, 0, 0)
-                    # the next half's q0 (valid if its first records are; otherwise reloaded below)
-                    m.d.sync += set_ptr(ln, 1, q0_a[ln][~hW])
             with m.Else():
                 m.d.sync += t.eq(t + 1)
+        for r in range(3):
+            with m.If(advs[r]):
+                with m.If(last_t):
+                    for ln in range(lanes):
+                        m.d.sync += set_ptr(r, ln, 0, 0)
+                        # the next half's q0 (valid if its first records are; otherwise reloaded below)
+                        m.d.sync += set_ptr(r, ln, 1, q0_a[ln][~hW])
+                with m.Else():
+                    for ln in range(lanes):
+                        m.d.sync += set_ptr(r, ln, 0, nsel[ln]) + set_ptr(r, ln, 1, qsel[ln])
+            with m.Elif(t == 0):
                 for ln in range(lanes):
-                    m.d.sync += set_ptr(ln, 0, nsel[ln]) + set_ptr(ln, 1, qsel[ln])
-        with m.Elif(t == 0):
-            for ln in range(lanes):
-                m.d.sync += set_ptr(ln, 0, 0) + set_ptr(ln, 1, q0_a[ln][hW])
+                    m.d.sync += set_ptr(r, ln, 0, 0) + set_ptr(r, ln, 1, q0_a[ln][hW])
 
         # ---------------- D0: the walk state registered (p, q, nxt4[p], q - p, the half)
         d0_valid, d0_first, d0_last, d0_h = Signal(), Signal(), Signal(), Signal()
