@@ -51,7 +51,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparsefab.compress.errors import SparsefabError
-from sparsefab.gen.bitmap_decoder import cmd_layout, lane_layout, value_layout
+from sparsefab.gen.bitmap_decoder import _gt_const, cmd_layout, lane_layout, value_layout
 from sparsefab.gen.spmv_config import ERRORS, ROWS_BITS, SpmvConfig
 
 __all__ = ["ChunkDecoder", "build_decoder", "check_config", "value_depth"]
@@ -191,8 +191,10 @@ class ChunkDecoder(wiring.Component):
         padmask = Signal(64)                       # set bits here in a row's last chunk are padding
         with m.If(start):
             rem = cmd.cols[:6]
+            # bit i is padding iff rem <= i (rem != 0): a thermometer of 6-input functions, no
+            # carry chain (a 64-bit ``(1 << rem) - 1`` was the ECP5 engine's routed critical path)
             m.d.sync += [running.eq(1), spr.eq((cmd.cols + 63) >> 6),
-                         padmask.eq(Mux(rem == 0, 0, ~((Const(1, 65) << rem) - 1)[:64]))]
+                         padmask.eq(Cat(*[(rem != 0) & ~_gt_const(rem, i) for i in range(64)]))]
 
         # ---------------------------------------------------------------- ingest stage 0
         jidx = Signal(jb)                          # beat index in the row of the next mask beat

@@ -14,7 +14,7 @@ from amaranth.hdl import ClockSignal, Const, Instance, Signal
 __all__ = ["mult18x18d"]
 
 
-def mult18x18d(m, a, b, *, width: int, name: str, signed: bool = False):
+def mult18x18d(m, a, b, *, width: int, name: str, signed: bool = False, ce=None):
     """``a * b`` through one MULT18X18D with registered operands and a registered product.
 
     Parameters
@@ -27,12 +27,15 @@ def mult18x18d(m, a, b, *, width: int, name: str, signed: bool = False):
         Product bits returned (at most 36).
     name : str
         Base name of the instance and its output signal.
+    ce : Value, optional
+        Clock enable of both register stages (default: always enabled).
 
     Returns
     -------
     Value
         The low ``width`` bits of the product, valid two cycles after ``a`` and ``b`` (operands
-        registered at the first edge, product at the second); no reset, no enable.
+        registered at the first edge, product at the second; edges where ``ce`` is low do not
+        count); no reset.
     """
     if len(a) > 18 or len(b) > 18 or width > 36:
         raise ValueError(f"mult18x18d: {len(a)} x {len(b)} bits -> {width}: at most 18 x 18 -> 36")
@@ -53,7 +56,7 @@ def mult18x18d(m, a, b, *, width: int, name: str, signed: bool = False):
         p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC",
         p_CLK0_DIV="ENABLED", p_HIGHSPEED_CLK="NONE", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
         i_CLK0=ClockSignal("sync"), i_CLK1=zero, i_CLK2=zero, i_CLK3=zero,
-        i_CE0=Const(1, 1), i_CE1=zero, i_CE2=zero, i_CE3=zero,
+        i_CE0=Const(1, 1) if ce is None else ce, i_CE1=zero, i_CE2=zero, i_CE3=zero,
         i_RST0=zero, i_RST1=zero, i_RST2=zero, i_RST3=zero,
         i_SIGNEDA=sgn, i_SIGNEDB=sgn, i_SOURCEA=zero, i_SOURCEB=zero,
         **ports)

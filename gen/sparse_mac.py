@@ -133,8 +133,9 @@ class RequantStage(wiring.Component):
     o_res : Out(stream.Signature(res_layout))
         ``acc`` (passed through), ``out`` (s8) and ``last``.
 
-    Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``, one more on
-    ECP5 with ``mul_steps == 1`` (the rounding shift takes two stages there);
+    Latency: ``3 + mul_steps`` cycles from the joined transfer to ``o_res.valid``; on ECP5 with
+    ``mul_steps == 1`` six (the product in MULT18X18D registers, its slices summed in a stage
+    of their own, the rounding shift over two stages; see :meth:`_pipelined_ecp5`);
     throughput one row per cycle (``mul_steps == 1``: a four-stage pipeline) or per
     ``mul_steps + 2`` cycles (S > 1: one row at a time in one set of registers, the small form
     for chips whose DSPs all go to the lanes).
@@ -157,7 +158,9 @@ class RequantStage(wiring.Component):
 
     def elaborate(self, platform):
         if self._config.mul_steps == 1:
-            return self._pipelined(split_shift=getattr(platform, "family", None) == "ecp5")
+            if getattr(platform, "family", None) == "ecp5":
+                return self._pipelined_ecp5()
+            return self._pipelined()
         return self._sequential()
 
     def _widths(self):
@@ -238,12 +241,8 @@ class RequantStage(wiring.Component):
         clipped = Mux(fits, v[:OUT_BITS].as_signed(), Mux(v[-1], lo, hi))
         return Mux(relu & r[-1], zp, clipped)
 
-    def _pipelined(self, split_shift=False):
-        """mul_steps = 1: four stages, one row per cycle, the product in a DSP.
-
-        ``split_shift`` (ECP5): five stages, the rounding shift over two cycles (its six
-        multiplexer levels, the saturation and the rounding add do not fit 10 ns there).
-        """
+    def _pipelined(self):
+        """mul_steps = 1: four stages, one row per cycle, the product in a DSP."""
         m = Module()
         cfg = self._config
         t_w, p_w = self._widths()
@@ -259,10 +258,6 @@ class RequantStage(wiring.Component):
         p2 = Signal(signed(p_w))
         sh2, zp2, relu2 = Signal(SHIFT_BITS), Signal(signed(OUT_BITS)), Signal()
         acc2, last2 = Signal(signed(cfg.acc_bits)), Signal()
-        # (split_shift) stage 2b: the first half of the rounding shift
-        v2b = Signal()
-        zp2b, relu2b = Signal(signed(OUT_BITS)), Signal()
-        acc2b, last2b = Signal(signed(cfg.acc_bits)), Signal()
         # stage 3: rounding shift
         v3 = Signal()
         r3 = Signal(signed(12))
@@ -274,22 +269,13 @@ class RequantStage(wiring.Component):
         m.d.comb += take4.eq(~o.valid | o.ready)
         take3 = Signal()
         m.d.comb += take3.eq(~v3 | take4)
-        take2b = Signal()
-        m.d.comb += take2b.eq(~v2b | take3)
         take2 = Signal()
-        m.d.comb += take2.eq(~v2 | (take2b if split_shift else take3))
+        m.d.comb += take2.eq(~v2 | take3)
         take1 = Signal()
         m.d.comb += take1.eq(~v1 | take2)
 
-        split = None
-        if split_shift:
-            def split(m, values):
-                regs = [Signal(len(v), name=f"rsh_cut{i}") for i, v in enumerate(values)]
-                with m.If(take2b):
-                    m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
-                return regs
         r = Signal(signed(12))
-        m.d.comb += r.eq((self._shift_q(m, p2, sh2, split=split) + 1) >> 1)
+        m.d.comb += r.eq((self._shift_q(m, p2, sh2) + 1) >> 1)
         sat = self._zp_sat(m, r3, zp3, relu3)
 
         both = self.i_acc.valid & self.i_rq.valid
@@ -302,17 +288,84 @@ class RequantStage(wiring.Component):
         with m.If(take2):
             m.d.sync += [v2.eq(v1), p2.eq(t1 * m1),
                          sh2.eq(sh1), zp2.eq(zp1), relu2.eq(relu1), acc2.eq(acc1), last2.eq(last1)]
-        head = (v2, zp2, relu2, acc2, last2)
-        if split_shift:
-            with m.If(take2b):
-                m.d.sync += [d.eq(s) for d, s in zip((v2b, zp2b, relu2b, acc2b, last2b), head)]
-            head = (v2b, zp2b, relu2b, acc2b, last2b)
         with m.If(take3):
-            m.d.sync += [d.eq(s) for d, s in zip((v3, zp3, relu3, acc3, last3), head)]
-            m.d.sync += r3.eq(r)
+            m.d.sync += [v3.eq(v2), r3.eq(r), zp3.eq(zp2), relu3.eq(relu2), acc3.eq(acc2), last3.eq(last2)]
         with m.If(take4):
             m.d.sync += [o.valid.eq(v3), o.payload.acc.eq(acc3), o.payload.out.eq(sat),
                          o.payload.last.eq(last3)]
+        return m
+
+    def _pipelined_ecp5(self):
+        """mul_steps = 1 on ECP5: six stages, one row per cycle, the whole pipeline advancing
+        together while the output can take a row (a MULT18X18D's registers have one enable).
+
+        1. ``t = acc + bias`` enters the DSPs' operand registers (``t`` in 17-bit slices, one
+           MULT18X18D per slice, the top slice signed);
+        2. the slice products leave through the DSPs' output registers;
+        3. ``p`` = the slice products summed (shifted by 17 bits each), in the fabric;
+        4. the rounding shift's three largest steps and its overflow flag;
+        5. its last three steps, the saturation and the rounding add;
+        6. zero point, ReLU and the int8 clip into the output register.
+        """
+        from sparsefab.gen.ecp5_prims import mult18x18d
+
+        m = Module()
+        cfg = self._config
+        t_w, p_w = self._widths()
+        o = self.o_res
+        adv = Signal()
+        m.d.comb += adv.eq(~o.valid | o.ready)
+        both = self.i_acc.valid & self.i_rq.valid
+        m.d.comb += [self.i_acc.ready.eq(adv & self.i_rq.valid),
+                     self.i_rq.ready.eq(adv & self.i_acc.valid)]
+        a, q = self.i_acc.payload, self.i_rq.payload
+
+        # the row's fields beside the datapath, one register per stage 1..5
+        fields = [(Signal(), both), (Signal(SHIFT_BITS), q.shift), (Signal(signed(OUT_BITS)), q.zero_point),
+                  (Signal(), q.relu), (Signal(signed(cfg.acc_bits)), a.acc), (Signal(), a.last)]
+        stages = []
+        src = [v for _, v in fields]
+        for k in range(1, 6):
+            regs = [Signal.like(r, name=f"{n}{k}") for (r, _), n in
+                    zip(fields, ("v", "sh", "zp", "relu", "acc", "last"), strict=True)]
+            with m.If(adv):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, src, strict=True)]
+            stages.append(regs)
+            src = regs
+
+        # stages 1-2: t * multiplier in 17-bit slices of t, each through a MULT18X18D
+        t = Signal(signed(t_w))
+        m.d.comb += t.eq(a.acc + q.bias)
+        mult = Cat(q.multiplier, Const(0, 1))            # 17 bits, as a positive signed operand
+        n_sl = -(-t_w // 17)
+        parts = []
+        for k in range(n_sl):
+            top = k == n_sl - 1
+            sl = t[17 * k:] if top else Cat(t[17 * k:17 * k + 17], Const(0, 1))
+            pw = min(36, len(sl) + len(mult))
+            prod = mult18x18d(m, sl, mult, width=pw, name=f"rq_mul{k}", signed=True, ce=adv)
+            parts.append(prod.as_signed() if top else prod)
+        # stage 3: p = sum of the slice products
+        p3 = Signal(signed(p_w))
+        with m.If(adv):
+            m.d.sync += p3.eq(sum(part << (17 * k) for k, part in enumerate(parts)))
+        _, sh3, zp3, relu3, acc3, last3 = stages[2]
+
+        # stages 4-5: the rounding shift, split after its three largest steps
+        def split(m, values):
+            regs = [Signal(len(v), name=f"rsh_cut{i}") for i, v in enumerate(values)]
+            with m.If(adv):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
+            return regs
+
+        r5 = Signal(signed(12))
+        with m.If(adv):
+            m.d.sync += r5.eq((self._shift_q(m, p3, sh3, split=split) + 1) >> 1)
+        v5, _, zp5, relu5, acc5, last5 = stages[4]
+        # stage 6: output
+        sat = self._zp_sat(m, r5, zp5, relu5)
+        with m.If(adv):
+            m.d.sync += [o.valid.eq(v5), o.payload.acc.eq(acc5), o.payload.out.eq(sat), o.payload.last.eq(last5)]
         return m
 
     def _sequential(self):

@@ -10,8 +10,9 @@ idle cycles, the monitor applies seeded random backpressure, the seed is in ever
 message, waves only with ``WAVES=1`` (the runner's switch).
 
 Tests: ``spmv_scoreboard`` (all jobs back to back; counters ``o_nnz`` and ``o_error`` checked,
-busy cycles bounded) and ``spmv_reset_midrow`` (reset while the first job is mid-row, then
-the whole case again must come out right).
+busy cycles bounded), ``spmv_reset_midrow`` (reset while the first job is mid-row, then
+the whole case again must come out right) and ``requant_scoreboard`` (the output stage alone,
+:func:`run_requant_case`, also as the ECP5 netlist with its DSP primitives).
 """
 
 from __future__ import annotations
@@ -111,6 +112,64 @@ async def spmv_reset_midrow(dut):
     assert int(dut.o_error.value) == 0, f"o_error after reset (seed {seed})"
     assert int(dut.o_nnz.value) == case["nnz"], f"o_nnz {int(dut.o_nnz.value)} != {case['nnz']} (seed {seed})"
     write_result("SPARSEFAB_SPMV_OUT", {"o_cycles": int(dut.o_cycles.value)})
+
+
+@cocotb_test
+async def requant_scoreboard(dut):
+    """The output stage alone (:class:`sparsefab.gen.sparse_mac.RequantStage`): ``i_acc`` and
+    ``i_rq`` driven with their own idle cycles, ``o_res`` against the golden requantization."""
+    from sparsefab.sim.streams import get_seed, start_clock_and_reset
+
+    case = read_case("SPARSEFAB_SPMV_CASE")
+    seed = get_seed()
+    clk = await start_clock_and_reset(dut)
+    board, _, _ = await _run_all(dut, case, seed, clk)
+    board.finish()
+
+
+def run_requant_case(cfg, rows, *, seed: int = 1, idle: float = 0.2, backpressure: float = 0.3,
+                     simulator: str = "verilator", family: str | None = None) -> None:
+    """Build (cached) and run :func:`requant_scoreboard` on ``rows``: ``(acc, bias, multiplier,
+    shift, zero_point, relu)`` tuples, the last row marked ``last``.
+
+    ``family`` (e.g. ``"ecp5"``) simulates the netlist that FPGA family gets, its MULT18X18D
+    primitives with the models of :mod:`sparsefab.sim.vendor_models`.  Expected outputs come
+    from :func:`sparsefab.compress.quant.requantize`.  Raises
+    :class:`sparsefab.sim.runner.SimulationFailed` (seed in the message) on a mismatch.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from sparsefab.compress.quant import requantize
+    from sparsefab.gen.sparse_mac import RequantStage, res_layout, row_layout, rq_layout
+    from sparsefab.sim.runner import run_cocotb
+    from sparsefab.sim.streams import PayloadCodec, layout_json
+
+    dut = RequantStage(cfg)
+    acc_c, rq_c = PayloadCodec.from_layout(row_layout(cfg)), PayloadCodec.from_layout(rq_layout())
+    n = len(rows)
+    items = {"i_acc": [acc_c.pack({"acc": int(r[0]), "last": int(i == n - 1)}) for i, r in enumerate(rows)],
+             "i_rq": [rq_c.pack(dict(zip(("bias", "multiplier", "shift", "zero_point", "relu"),
+                                         (int(v) for v in r[1:]), strict=True))) for r in rows]}
+    exp = [[int(r[0]), int(requantize(np.array([r[0]]), multiplier=int(r[2]), shift=int(r[3]), bias=int(r[1]),
+                                      out_zero_point=int(r[4]), relu=bool(r[5]))[0]), int(i == n - 1)]
+           for i, r in enumerate(rows)]
+    case = {"items": items, "expected": exp, "idle": idle, "backpressure": backpressure,
+            "res_layout": layout_json(res_layout(cfg)), "timeout": 1000 + 20 * n}
+    design, params = dut, {**cfg.to_dict(), "block": "requant"}
+    if family is not None:
+        from sparsefab.sim.vendor_models import family_verilog
+
+        design = family_verilog(dut, name="requant", family=family)
+        params["family"] = family
+    with tempfile.TemporaryDirectory(prefix="sfrq-") as tmp:
+        cf = Path(tmp) / "case.json"
+        cf.write_text(json.dumps(case))
+        run_cocotb(design, toplevel="requant", test_module="sparsefab.sim.tb_sparse_mac",
+                   testcase="requant_scoreboard", parameters=params, simulator=simulator,
+                   extra_env={"SPARSEFAB_SPMV_CASE": str(cf), "SPARSEFAB_SEED": str(seed)})
 
 
 def run_case(cfg, jobs, *, seed: int = 1, idle: float = 0.2, backpressure: float = 0.2,

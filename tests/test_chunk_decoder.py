@@ -170,13 +170,16 @@ def test_empty_matrix_value_beat_rules():
 
 
 @pytest.mark.parametrize("block,cols", [(16, 40), (64, 20), (8, 100)])
-def test_mask_padding_flags(block, cols):
+@pytest.mark.parametrize("first", [False, True])
+def test_mask_padding_flags(block, cols, first):
+    """A set padding bit in a row's last mask beat is flagged: the beat's last bit, or its first
+    padding bit (the one right after column ``cols - 1``)."""
     cfg = _cfg(block=block, max_cols=128)
     codes = _codes(np.random.default_rng(3), 3, cols, 0.5)
     img = _img(codes, cfg)
     words = [int(w) for w in img.mask_words.reshape(-1)]
     per_row = len(words) // 3
-    words[2 * per_row - 1] |= 1 << 63            # row 1: last bit of its stride is padding
+    words[2 * per_row - 1] |= 1 << (cols % 64 if first else 63)    # row 1's padding
     res = run_decoder(cfg, codes, front_end=ChunkDecoder, mask_beats=words, max_cycles=2000)
     assert res.error_flags & (1 << ERRORS["mask_padding"]), f"{res.error_flags:#x}"
     assert res.cycles < 2000
