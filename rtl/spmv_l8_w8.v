@@ -2198,7 +2198,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
   \spmv_l8_w8.backend.rowfifo  rowfifo (
     .clk(clk),
     .\port$28170$0 (\$39 [31:0]),
-    .\port$28751$0 (last3),
+    .\port$28749$0 (last3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(o_row__valid),
@@ -2510,7 +2510,7 @@ module \spmv_l8_w8.backend (clk, rst, wp__en, i_lanes__ready, o_fired, r_en, wp_
 endmodule
 
 (* generator = "Amaranth" *)
-module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, r_en, \port$28751$0 , r_rdy, clk);
+module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, r_en, \port$28749$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -2554,8 +2554,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   wire [3:0] level;
   input [31:0] \port$28170$0 ;
   wire [31:0] \port$28170$0 ;
-  input \port$28751$0 ;
-  wire \port$28751$0 ;
+  input \port$28749$0 ;
+  wire \port$28749$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [32:0] r_data;
@@ -2591,7 +2591,7 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$28751$0 , \port$28170$0  };
+      storage[w_port__addr] <= { \port$28749$0 , \port$28170$0  };
   end
   reg [32:0] _0_;
   always @(posedge clk) begin
@@ -2690,8 +2690,8 @@ module \spmv_l8_w8.backend.rowfifo (rst, \port$28170$0 , w_en, w_level, r_data, 
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$28751$0 , \port$28170$0  };
-  assign w_data = { \port$28751$0 , \port$28170$0  };
+  assign w_port__data = { \port$28749$0 , \port$28170$0  };
+  assign w_data = { \port$28749$0 , \port$28170$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -62462,55 +62462,54 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [12:0] \$10 ;
-  wire [12:0] \$11 ;
+  wire \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire \$14 ;
-  wire [32:0] \$15 ;
-  wire [48:0] \$16 ;
-  wire \$17 ;
+  wire [32:0] \$14 ;
+  wire [48:0] \$15 ;
+  wire \$16 ;
+  wire [7:0] \$17 ;
   wire [7:0] \$18 ;
   wire [7:0] \$19 ;
   wire \$2 ;
-  wire [7:0] \$20 ;
-  reg \$21 ;
-  reg [32:0] \$22 ;
-  reg [15:0] \$23 ;
-  reg [5:0] \$24 ;
-  reg [7:0] \$25 ;
-  reg \$26 ;
-  reg [31:0] \$27 ;
+  reg \$20 ;
+  reg [32:0] \$21 ;
+  reg [15:0] \$22 ;
+  reg [5:0] \$23 ;
+  reg [7:0] \$24 ;
+  reg \$25 ;
+  reg [31:0] \$26 ;
+  reg \$27 ;
   reg \$28 ;
-  reg \$29 ;
+  reg [49:0] \$29 ;
   wire \$3 ;
-  reg [49:0] \$30 ;
-  reg [5:0] \$31 ;
-  reg [7:0] \$32 ;
-  reg \$33 ;
-  reg [31:0] \$34 ;
+  reg [5:0] \$30 ;
+  reg [7:0] \$31 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
+  reg \$34 ;
   reg \$35 ;
-  reg \$36 ;
+  reg [11:0] \$36 ;
   reg [7:0] \$37 ;
   reg \$38 ;
   reg [31:0] \$39 ;
   wire \$4 ;
   reg \$40 ;
-  reg [11:0] \$41 ;
-  reg \$42 ;
-  reg [40:0] \$43 ;
-  wire \$5 ;
-  wire [51:0] \$6 ;
-  wire [102:0] \$7 ;
-  wire [39:0] \$8 ;
-  wire [11:0] \$9 ;
+  reg \$41 ;
+  reg [40:0] \$42 ;
+  wire [51:0] \$5 ;
+  wire [102:0] \$6 ;
+  wire [39:0] \$7 ;
+  wire [11:0] \$8 ;
+  wire [12:0] \$9 ;
   reg [5:0] \$signal  = 6'h00;
-  reg [7:0] \$signal$27  = 8'h00;
-  reg [5:0] \$signal$39  = 6'h00;
-  reg [7:0] \$signal$40  = 8'h00;
-  reg [31:0] \$signal$42  = 32'd0;
-  reg [7:0] \$signal$44  = 8'h00;
-  reg [31:0] \$signal$46  = 32'd0;
-  reg [31:0] \$signal$49  = 32'd0;
+  reg [7:0] \$signal$25  = 8'h00;
+  reg [5:0] \$signal$37  = 6'h00;
+  reg [7:0] \$signal$38  = 8'h00;
+  reg [31:0] \$signal$40  = 32'd0;
+  reg [7:0] \$signal$42  = 8'h00;
+  reg [31:0] \$signal$44  = 32'd0;
+  reg [31:0] \$signal$47  = 32'd0;
   input clk;
   wire clk;
   wire fits;
@@ -62566,141 +62565,139 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   reg [32:0] t1 = 33'h000000000;
   wire take1;
   wire take2;
-  wire take2b;
   wire take3;
   wire take4;
   wire [39:0] thr;
   wire [12:0] v;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
-  wire v2b;
   reg v3 = 1'h0;
   wire [50:0] x;
   always @(posedge clk)
-    p2 <= \$30 ;
+    \$signal$42  <= \$31 ;
   always @(posedge clk)
-    \$signal  <= \$31 ;
+    relu2 <= \$32 ;
   always @(posedge clk)
-    \$signal$44  <= \$32 ;
+    \$signal$44  <= \$33 ;
   always @(posedge clk)
-    relu2 <= \$33 ;
+    last2 <= \$34 ;
   always @(posedge clk)
-    \$signal$46  <= \$34 ;
+    v3 <= \$35 ;
   always @(posedge clk)
-    last2 <= \$35 ;
+    r3 <= \$36 ;
   always @(posedge clk)
-    v3 <= \$36 ;
-  always @(posedge clk)
-    \$signal$27  <= \$37 ;
+    \$signal$25  <= \$37 ;
   always @(posedge clk)
     relu3 <= \$38 ;
   always @(posedge clk)
-    \$signal$49  <= \$39 ;
+    \$signal$47  <= \$39 ;
   always @(posedge clk)
     last3 <= \$40 ;
   always @(posedge clk)
-    r3 <= \$41 ;
+    o_res__valid <= \$41 ;
   always @(posedge clk)
-    o_res__valid <= \$42 ;
-  always @(posedge clk)
-    o_res__payload <= \$43 ;
+    o_res__payload <= \$42 ;
   assign \$1  = ~ o_res__valid;
   assign take4 = \$1  | o_res__ready;
   assign \$2  = ~ v3;
   assign take3 = \$2  | take4;
-  assign \$4  = ~ v2;
-  assign take2 = \$4  | take3;
-  assign \$5  = ~ v1;
-  assign take1 = \$5  | take2;
-  assign \$6  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
-  assign \$7  = 40'hffffffffff << \$signal ;
-  assign \$8  = \$6 [50:11] & \$7 [39:0];
-  assign ovf = | \$8 ;
+  assign \$3  = ~ v2;
+  assign take2 = \$3  | take3;
+  assign \$4  = ~ v1;
+  assign take1 = \$4  | take2;
+  assign \$5  = { p2[49], p2, 1'h0 } ^ { 1'h0, p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49] };
+  assign \$6  = 40'hffffffffff << \$signal ;
+  assign \$7  = \$5 [50:11] & \$6 [39:0];
+  assign ovf = | \$7 ;
   assign rsh5 = \$signal [5] ? { p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49], p2[49:31] } : { p2[41:0], 1'h0 };
   assign rsh4 = \$signal [4] ? rsh5[42:16] : rsh5[26:0];
   assign rsh3 = \$signal [3] ? rsh4[26:8] : rsh4[18:0];
   assign rsh2 = \$signal [2] ? rsh3[18:4] : rsh3[14:0];
   assign rsh1 = \$signal [1] ? rsh2[14:2] : rsh2[12:0];
   assign rsh0 = \$signal [0] ? rsh1[12:1] : rsh1[11:0];
-  assign \$9  = p2[49] ? 12'h800 : 12'h7ff;
-  assign qs = ovf ? \$9  : rsh0;
-  assign \$10  = $signed(qs) + $signed(2'h1);
-  assign v = $signed(r3) + $signed(\$signal$27 );
-  assign \$12  = ! v[12:7];
-  assign \$13  = v[12:7] == 6'h3f;
-  assign fits = \$12  | \$13 ;
+  assign \$8  = p2[49] ? 12'h800 : 12'h7ff;
+  assign qs = ovf ? \$8  : rsh0;
+  assign \$9  = $signed(qs) + $signed(2'h1);
+  assign v = $signed(r3) + $signed(\$signal$25 );
+  assign \$11  = ! v[12:7];
+  assign \$12  = v[12:7] == 6'h3f;
+  assign fits = \$11  | \$12 ;
   assign i_acc__ready = take1 & i_rq__valid;
   assign i_rq__ready = take1 & i_acc__valid;
-  assign \$14  = i_acc__valid & i_rq__valid;
-  assign \$15  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
-  assign \$16  = $signed(t1) * $signed({ 1'h0, m1 });
-  assign \$17  = relu3 & r3[11];
-  assign \$18  = v[12] ? 8'h80 : 8'h7f;
-  assign \$19  = fits ? v[7:0] : \$18 ;
-  assign \$20  = \$17  ? \$signal$27  : \$19 ;
+  assign \$13  = i_acc__valid & i_rq__valid;
+  assign \$14  = $signed(i_acc__payload[31:0]) + $signed(i_rq__payload[31:0]);
+  assign \$15  = $signed(t1) * $signed({ 1'h0, m1 });
+  assign \$16  = relu3 & r3[11];
+  assign \$17  = v[12] ? 8'h80 : 8'h7f;
+  assign \$18  = fits ? v[7:0] : \$17 ;
+  assign \$19  = \$16  ? \$signal$25  : \$18 ;
   always @(posedge clk)
-    v1 <= \$21 ;
+    v1 <= \$20 ;
   always @(posedge clk)
-    t1 <= \$22 ;
+    t1 <= \$21 ;
   always @(posedge clk)
-    m1 <= \$23 ;
+    m1 <= \$22 ;
   always @(posedge clk)
-    \$signal$39  <= \$24 ;
+    \$signal$37  <= \$23 ;
   always @(posedge clk)
-    \$signal$40  <= \$25 ;
+    \$signal$38  <= \$24 ;
   always @(posedge clk)
-    relu1 <= \$26 ;
+    relu1 <= \$25 ;
   always @(posedge clk)
-    \$signal$42  <= \$27 ;
+    \$signal$40  <= \$26 ;
   always @(posedge clk)
-    last1 <= \$28 ;
+    last1 <= \$27 ;
   always @(posedge clk)
-    v2 <= \$29 ;
+    v2 <= \$28 ;
+  always @(posedge clk)
+    p2 <= \$29 ;
+  always @(posedge clk)
+    \$signal  <= \$30 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = \$signal ;
+    \$31  = \$signal$42 ;
     if (take2) begin
-      \$31  = \$signal$39 ;
+      \$31  = \$signal$38 ;
     end
     if (rst) begin
-      \$31  = 6'h00;
+      \$31  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = \$signal$44 ;
+    \$32  = relu2;
     if (take2) begin
-      \$32  = \$signal$40 ;
+      \$32  = relu1;
     end
     if (rst) begin
-      \$32  = 8'h00;
+      \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = relu2;
+    \$33  = \$signal$44 ;
     if (take2) begin
-      \$33  = relu1;
+      \$33  = \$signal$40 ;
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$33  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = \$signal$46 ;
+    \$34  = last2;
     if (take2) begin
-      \$34  = \$signal$42 ;
+      \$34  = last1;
     end
     if (rst) begin
-      \$34  = 32'd0;
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = last2;
-    if (take2) begin
-      \$35  = last1;
+    \$35  = v3;
+    if (take3) begin
+      \$35  = v2;
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -62708,19 +62705,19 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = v3;
+    \$36  = r3;
     if (take3) begin
-      \$36  = v2;
+      \$36  = \$10 [11:0];
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$36  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = \$signal$27 ;
+    \$37  = \$signal$25 ;
     if (take3) begin
-      \$37  = \$signal$44 ;
+      \$37  = \$signal$42 ;
     end
     if (rst) begin
       \$37  = 8'h00;
@@ -62738,9 +62735,9 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = \$signal$49 ;
+    \$39  = \$signal$47 ;
     if (take3) begin
-      \$39  = \$signal$46 ;
+      \$39  = \$signal$44 ;
     end
     if (rst) begin
       \$39  = 32'd0;
@@ -62758,111 +62755,111 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = r3;
-    if (take3) begin
-      \$41  = \$11 [11:0];
-    end
-    if (rst) begin
-      \$41  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = o_res__valid;
+    \$41  = o_res__valid;
     if (take4) begin
-      \$42  = v3;
+      \$41  = v3;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = o_res__payload;
+    \$42  = o_res__payload;
     if (take4) begin
-      \$43 [31:0] = \$signal$49 ;
-      \$43 [39:32] = \$20 ;
-      \$43 [40] = last3;
+      \$42 [31:0] = \$signal$47 ;
+      \$42 [39:32] = \$19 ;
+      \$42 [40] = last3;
     end
     if (rst) begin
-      \$43  = 41'h00000000000;
+      \$42  = 41'h00000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$21  = v1;
+    \$20  = v1;
+    if (take1) begin
+      \$20  = \$13 ;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$21  = t1;
     if (take1) begin
       \$21  = \$14 ;
     end
     if (rst) begin
-      \$21  = 1'h0;
+      \$21  = 33'h000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$22  = t1;
+    \$22  = m1;
     if (take1) begin
-      \$22  = \$15 ;
+      \$22  = i_rq__payload[47:32];
     end
     if (rst) begin
-      \$22  = 33'h000000000;
+      \$22  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$23  = m1;
+    \$23  = \$signal$37 ;
     if (take1) begin
-      \$23  = i_rq__payload[47:32];
+      \$23  = i_rq__payload[53:48];
     end
     if (rst) begin
-      \$23  = 16'h0000;
+      \$23  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$24  = \$signal$39 ;
+    \$24  = \$signal$38 ;
     if (take1) begin
-      \$24  = i_rq__payload[53:48];
+      \$24  = i_rq__payload[61:54];
     end
     if (rst) begin
-      \$24  = 6'h00;
+      \$24  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$25  = \$signal$40 ;
+    \$25  = relu1;
     if (take1) begin
-      \$25  = i_rq__payload[61:54];
+      \$25  = i_rq__payload[62];
     end
     if (rst) begin
-      \$25  = 8'h00;
+      \$25  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$26  = relu1;
+    \$26  = \$signal$40 ;
     if (take1) begin
-      \$26  = i_rq__payload[62];
+      \$26  = i_acc__payload[31:0];
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$26  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$27  = \$signal$42 ;
+    \$27  = last1;
     if (take1) begin
-      \$27  = i_acc__payload[31:0];
+      \$27  = i_acc__payload[32];
     end
     if (rst) begin
-      \$27  = 32'd0;
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$28  = last1;
-    if (take1) begin
-      \$28  = i_acc__payload[32];
+    \$28  = v2;
+    if (take2) begin
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -62870,29 +62867,28 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = v2;
+    \$29  = p2;
     if (take2) begin
-      \$29  = v1;
+      \$29  = { \$15 [48], \$15  };
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$29  = 50'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = p2;
+    \$30  = \$signal ;
     if (take2) begin
-      \$30  = { \$16 [48], \$16  };
+      \$30  = \$signal$37 ;
     end
     if (rst) begin
-      \$30  = 50'h0000000000000;
+      \$30  = 6'h00;
     end
   end
-  assign v2b = 1'h0;
-  assign x = \$6 [50:0];
-  assign thr = \$7 [39:0];
+  assign x = \$5 [50:0];
+  assign thr = \$6 [39:0];
   assign q_lo = rsh0;
-  assign r = \$11 [11:0];
+  assign r = \$10 [11:0];
   assign \i_acc__payload.acc  = i_acc__payload[31:0];
   assign \i_acc__payload.last  = i_acc__payload[32];
   assign \i_rq__payload.bias  = i_rq__payload[31:0];
@@ -62903,7 +62899,5 @@ module \spmv_l8_w8.requant (i_rq__valid, o_res__ready, clk, rst, i_acc__ready, i
   assign \o_res__payload.acc  = o_res__payload[31:0];
   assign \o_res__payload.out  = o_res__payload[39:32];
   assign \o_res__payload.last  = o_res__payload[40];
-  assign \$3  = 1'h1;
-  assign take2b = 1'h1;
-  assign \$11  = { \$10 [12], \$10 [12:1] };
+  assign \$10  = { \$9 [12], \$9 [12:1] };
 endmodule
