@@ -494,6 +494,7 @@ class KVDecompressor(wiring.Component):
 
         if c.decoder == "walk":
             self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
+                       ld_count=wcount,
                        cfgw=(cfg_v1, cfg_a1, cfg_d1))
             return m
 
@@ -720,7 +721,7 @@ class KVDecompressor(wiring.Component):
         return m
 
     # ------------------------------------------------------------------ walk decoder
-    def _walk(self, m, *, tabs, inbuf, full, cfgw):
+    def _walk(self, m, *, tabs, inbuf, full, ld_count, cfgw):
         """The ``walk`` decoder (module docstring): Phase A tables, the one-lookup walk,
         symbol extraction and the FP16 back end."""
         c = self._cfg
@@ -756,9 +757,14 @@ class KVDecompressor(wiring.Component):
         blkbuf = [Signal(N, name=f"blkbuf{h}") for h in range(2)]
         hdr = [Signal(H, name=f"hdr{h}") for h in range(2)]
         wc = [Signal(range(NCH + 1), name=f"wc{h}") for h in range(2)]
-        owned_a = Array(owned)
         startA = Signal()
-        m.d.comb += startA.eq(full & (~activeA | (kA == NCH - 1)) & ~owned_a[hA])
+        # startA is a register loaded with its next-cycle value (computed below from the next state of
+        # full, activeA, kA, hA and owned; same behaviour): it fans out to the shift registers' load
+        # multiplexers (about 1,000 bits), so that net starts at a flip-flop.  One more copy per lane
+        # beyond the first, stored inverted (not merged), drives that lane's shift register.
+        startA_n = Signal()
+        startSR = [Signal(init=ln & 1, name=f"startSR{ln}") for ln in range(c.lanes)]   # startA ^ (ln & 1)
+        m.d.sync += [startA.eq(startA_n)] + [st.eq(startA_n ^ (ln & 1)) for ln, st in enumerate(startSR)]
 
         # the block's codebook selector, registered per block (addresses the code-length table)
         in_sel = inbuf[:c.selbits] if c.selbits else Const(0, 1)
@@ -776,10 +782,11 @@ class KVDecompressor(wiring.Component):
         for h in range(2):
             with m.If(start_q & (hA_q == h)):
                 m.d.sync += [blkbuf[h].eq(inbuf[:N]), hdr[h].eq(inbuf[:H])]
-        with m.If(startA):
-            m.d.sync += [SR[ln].eq(streams_in[ln][:SRW]) for ln in range(lanes)]
-        with m.Else():      # shifting past the block is harmless (Tv marks the valid chunks)
-            m.d.sync += [SR[ln].eq(SR[ln] >> R) for ln in range(lanes)]
+        for ln in range(lanes):
+            with m.If(startSR[ln] ^ (ln & 1)):
+                m.d.sync += SR[ln].eq(streams_in[ln][:SRW])
+            with m.Else():      # shifting past the block is harmless (Tv marks the valid chunks)
+                m.d.sync += SR[ln].eq(SR[ln] >> R)
         with m.If(startA):
             m.d.sync += [activeA.eq(1), kA.eq(0), full.eq(0), hA.eq(~hA)]     # owned, wc: below
             m.d.sync += selA.eq(in_sel)
@@ -962,6 +969,16 @@ class KVDecompressor(wiring.Component):
         m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]), wcW.eq(Array(wc_n)[hW_n]),
                      occ.eq(occ_n), room_out.eq(occ_n != OUT_FIFO_DEPTH)]
         m.d.sync += [owned[h].eq(owned_n[h]) for h in range(2)]
+        # startA's next value (see its definition): full (set by the load stage's last word, cleared
+        # by the start), activeA, kA and hA as their assignments above leave them
+        full_n, actA_n, kA_n, hA_n = Signal(), Signal(), Signal(range(NCH + 1)), Signal()
+        ld_last = Signal()
+        m.d.comb += [ld_last.eq(self.i_words.valid & self.i_words.ready & (ld_count == c.words_per_block - 1)),
+                     full_n.eq((full & ~startA) | ld_last),
+                     actA_n.eq(startA | (activeA & (kA != NCH - 1))),
+                     kA_n.eq(Mux(startA, 0, Mux(activeA & (kA != NCH - 1), kA + 1, kA))),
+                     hA_n.eq(hA ^ startA),
+                     startA_n.eq(full_n & (~actA_n | (kA_n == NCH - 1)) & ~Array(owned_n)[hA_n])]
         # The loop reads only the nxt4 table; everything else the walk feeds (the tot records, the
         # block window) is read from registered copies of p and q one stage later (D0), so p and q
         # drive nothing but these lookups and the `ready` compare.  Each walker register has two
