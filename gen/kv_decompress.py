@@ -444,11 +444,8 @@ class KVDecompressor(wiring.Component):
         m.d.comb += self.i_cfg.ready.eq(1)
         # table writes land two cycles after their beat (registered address/data, then the
         # centroid magnitude precomputed), so the write decode is not behind the input port
-        cfg_v1, cfg_v = Signal(), Signal()
-        cfg_a1, cfg_a = Signal(12), Signal(12)
-        cfg_d1 = Signal(16)
-        m.d.sync += [cfg_v1.eq(self.i_cfg.valid), cfg_a1.eq(self.i_cfg.payload.addr), cfg_d1.eq(self.i_cfg.payload.data),
-                     cfg_v.eq(cfg_v1), cfg_a.eq(cfg_a1)]
+        cfg_v1, cfg_a1, cfg_d1 = Signal(), Signal(12), Signal(16)
+        m.d.sync += [cfg_v1.eq(self.i_cfg.valid), cfg_a1.eq(self.i_cfg.payload.addr), cfg_d1.eq(self.i_cfg.payload.data)]
         # the data (and centroid magnitude) once more per codebook: each copy drives one codebook's
         # ~800 table flip-flops instead of one net reaching all of them; copy k is stored inverted
         # when k is odd and has an all-ones reset value when k & 2 (not merged by synthesis; the
@@ -460,22 +457,27 @@ class KVDecompressor(wiring.Component):
             m.d.sync += [dk.eq(cfg_d1 ^ inv), mk.eq(Mux(cfg_d1[15], -cfg_d1.as_signed(), cfg_d1) ^ inv)]
             cfg_dk.append(dk ^ inv)
             cfg_mk.append(mk ^ inv)
-        with m.If(cfg_v):
-            a = cfg_a
-            for k in range(K):
-                d = cfg_dk[k]
-                for li in range(L):
-                    with m.If(a == 64 * k + CFG_LIM + li):
-                        m.d.sync += lim[k][li].eq(d)
-                    with m.If(a == 64 * k + CFG_OFF + li):
-                        m.d.sync += off[k][li].eq(d[:7])
-                with m.If(a == 64 * k + CFG_ESC_LEN):
-                    m.d.sync += esc_len[k].eq(d)
-                with m.If(a == 64 * k + CFG_ESC_CODE):
-                    m.d.sync += esc_code[k].eq(d)
-                for r in range(S):
-                    with m.If(a == 64 * k + CFG_TABLE + r):
-                        m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]), cmag[k][r].eq(cfg_mk[k])]
+        # the address is decoded a cycle early into one registered write enable per table entry, so
+        # each entry's clock enable comes straight from a flip-flop (the decode of a 12-bit address
+        # in front of ~4,000 enables was a long path)
+        def we(addr, tag):
+            e = Signal(name=f"cfg_we_{tag}")
+            m.d.sync += e.eq(cfg_v1 & (cfg_a1 == addr))
+            return e
+        for k in range(K):
+            d = cfg_dk[k]
+            for li in range(L):
+                with m.If(we(64 * k + CFG_LIM + li, f"lim{k}_{li}")):
+                    m.d.sync += lim[k][li].eq(d)
+                with m.If(we(64 * k + CFG_OFF + li, f"off{k}_{li}")):
+                    m.d.sync += off[k][li].eq(d[:7])
+            with m.If(we(64 * k + CFG_ESC_LEN, f"esclen{k}")):
+                m.d.sync += esc_len[k].eq(d)
+            with m.If(we(64 * k + CFG_ESC_CODE, f"esccode{k}")):
+                m.d.sync += esc_code[k].eq(d)
+            for r in range(S):
+                with m.If(we(64 * k + CFG_TABLE + r, f"cent{k}_{r}")):
+                    m.d.sync += [cent[k][r].eq(d), csgn[k][r].eq(d[15]), cmag[k][r].eq(cfg_mk[k])]
 
         # ---- load stage: words -> input buffer
         wpb = c.words_per_block
@@ -1200,7 +1202,8 @@ class KVDecompressor(wiring.Component):
                 m.d.sync += [self.count_errors.eq(self.count_errors + 1), self.error.eq(1)]
 
         # ---------------- B1: reconstruction integer as sign + magnitude
-        sel3, e3, f3, o3 = hdr_fields(d3_hdr)
+        _, e3, f3, o3 = hdr_fields(d3_hdr)
+        sel2c = hdr_fields(d2_hdr)[0]
         ups_shift = c.unit_per_step.bit_length() - 1
         rbits = max(17, c.esc_bits + 1, c.obits + ups_shift + 2) + 1
         MW = rbits                                  # magnitude width (|r| < 2**(rbits-1) + 1)
@@ -1212,12 +1215,15 @@ class KVDecompressor(wiring.Component):
         m.d.sync += [b1_valid.eq(d3_valid), b1_last.eq(d3_last), b1_err.eq(d3_err), b1_e.eq(e3), b1_f.eq(f3),
                      b1_k.eq(e3 + self.ebias)]
         if not c.obits:
+            # the block's centroid table, selected by codebook a stage early (from D2's header) and
+            # registered, so B1's selection by rank starts from registers (0 for a selector >= K)
             cm = [Signal(16, name=f"cmw{r}") for r in range(S)]
             cs = [Signal(name=f"csw{r}") for r in range(S)]
+            m.d.sync += [x.eq(0) for x in cm + cs]
             for k in range(K):
-                with m.If(sel3 == k):
-                    m.d.comb += [cm[r].eq(cmag[k][r]) for r in range(S)]
-                    m.d.comb += [cs[r].eq(csgn[k][r]) for r in range(S)]
+                with m.If(sel2c == k):
+                    m.d.sync += [cm[r].eq(cmag[k][r]) for r in range(S)]
+                    m.d.sync += [cs[r].eq(csgn[k][r]) for r in range(S)]
             # by rank: a 2:1 multiplexer tree over the S entries (an Array indexed by the 7-bit rank
             # became a 128-way case decode)
             for v in range(V):
@@ -1227,9 +1233,10 @@ class KVDecompressor(wiring.Component):
         else:
             # with a block offset: signed sum first, then sign/magnitude (one more stage)
             cv = [Signal(signed(16), name=f"cvw{r}") for r in range(S)]
+            m.d.sync += [x.eq(0) for x in cv]
             for k in range(K):
-                with m.If(sel3 == k):
-                    m.d.comb += [cv[r].eq(cent[k][r]) for r in range(S)]
+                with m.If(sel2c == k):
+                    m.d.sync += [cv[r].eq(cent[k][r]) for r in range(S)]
             rr = [Signal(signed(rbits), name=f"b0r{v}") for v in range(V)]
             b0_valid, b0_last, b0_err = Signal(), Signal(), Signal()
             b0_e, b0_f = Signal(c.ebits), Signal(max(c.mbits, 1))
