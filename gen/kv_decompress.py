@@ -21,14 +21,17 @@ Architecture
     per DP16KD; the table is written through ``i_cfg``, see :func:`tot_table_words`), then by
     pointer doubling ``rel2[o] = tot[o] + tot[o + tot[o]]`` and
     ``nxt4[o] = o + rel2[o] + rel2[o + rel2[o]]`` (saturated at ``R*chunks - 1 > room``, so a
-    lane running past its region stays past it).  The records (``nxt4``, ``tot``) of each chunk
-    go into LUT RAM with two halves (the block being walked, the next one).  A second walker
+    lane running past its region stays past it).  The records of each chunk (``nxt4[o]`` and
+    ``o mod R + tot[o]``, the next symbol's start within o's chunk) go into LUT RAM with two
+    halves (the block being walked, the next one).  A second walker
     per lane, ``q <- nxt4[q]`` from ``q = rel2[0]``, stays two symbols ahead of ``p`` (``q =
     nxt2[p]``), so the four symbol starts of a beat are ``p``, ``p + tot[p]``, ``q`` and
     ``q + tot[q]`` and no third pointer-doubling table is needed.  The walk reads the records
     (stalling only if Phase A has not reached ``q``'s chunk yet), and a pipeline behind it cuts
     the 4 symbol windows out of the block; the code length of each symbol is the difference of
-    two starts (longer than max_len = an escape), so the rank needs no comparator;
+    two starts (longer than max_len = an escape), so the rank needs no comparator; the starts
+    are kept relative to the chunk starts of p and q, so they come out of the record lookups
+    without an adder;
   - ``"chain"``: the ``spl`` canonical decodes of a cycle are chained (each one's length
     positions the next);
   - ``"spec"``: speculative decoding: the code length (escape included) is computed at every
@@ -49,7 +52,10 @@ Architecture
   ``OUT_FIFO_DEPTH``-entry output FIFO (LUT RAM) whose head drives ``o_values``; the walk issues a
   beat only while the beats in flight plus those in the FIFO leave room for it (a credit
   counter), so backpressure stops the walk alone and no enable fans out to the ~10k pipeline
-  flip-flops (a net spread over the whole chip).  chain/spec keep a global pipeline enable.
+  flip-flops (a net spread over the whole chip).  The walk's own enable is an AND of registers
+  (its half owned, its record count, the output room: each loaded from next-state logic) and the
+  lanes' ``q`` compares, computed once per walker register copy; Phase A's start is likewise a
+  register loaded with its next value.  chain/spec keep a global pipeline enable.
 
 Ports
 -----
@@ -482,21 +488,21 @@ class KVDecompressor(wiring.Component):
         # ---- load stage: words -> input buffer
         wpb = c.words_per_block
         inbuf = Signal(wpb * c.bus_bits)
-        wcount = Signal(range(wpb + 1))
+        # the word slot as a one-hot register (each slot's 64-bit enable is one AND of registers)
+        wslot = Signal(wpb, init=1)
         full = Signal()
         m.d.comb += self.i_words.ready.eq(~full)
         with m.If(self.i_words.valid & ~full):
             for j in range(wpb):
-                with m.If(wcount == j):
+                with m.If(wslot[j]):
                     m.d.sync += inbuf[j * c.bus_bits:(j + 1) * c.bus_bits].eq(self.i_words.payload)
-            with m.If(wcount == wpb - 1):
-                m.d.sync += [wcount.eq(0), full.eq(1)]
-            with m.Else():
-                m.d.sync += wcount.eq(wcount + 1)
+            m.d.sync += wslot.eq(wslot.rotate_left(1))
+            with m.If(wslot[wpb - 1]):
+                m.d.sync += full.eq(1)
 
         if c.decoder == "walk":
             self._walk(m, tabs=(lim, off, esc_len, esc_code, cent, cmag, csgn), inbuf=inbuf, full=full,
-                       ld_count=wcount,
+                       ld_last_slot=wslot[wpb - 1],
                        cfgw=(cfg_v1, cfg_a1, cfg_d1))
             return m
 
@@ -723,7 +729,7 @@ class KVDecompressor(wiring.Component):
         return m
 
     # ------------------------------------------------------------------ walk decoder
-    def _walk(self, m, *, tabs, inbuf, full, ld_count, cfgw):
+    def _walk(self, m, *, tabs, inbuf, full, ld_last_slot, cfgw):
         """The ``walk`` decoder (module docstring): Phase A tables, the one-lookup walk,
         symbol extraction and the FP16 back end."""
         c = self._cfg
@@ -975,7 +981,7 @@ class KVDecompressor(wiring.Component):
         # by the start), activeA, kA and hA as their assignments above leave them
         full_n, actA_n, kA_n, hA_n = Signal(), Signal(), Signal(range(NCH + 1)), Signal()
         ld_last = Signal()
-        m.d.comb += [ld_last.eq(self.i_words.valid & self.i_words.ready & (ld_count == c.words_per_block - 1)),
+        m.d.comb += [ld_last.eq(self.i_words.valid & self.i_words.ready & ld_last_slot),
                      full_n.eq((full & ~startA) | ld_last),
                      actA_n.eq(startA | (activeA & (kA != NCH - 1))),
                      kA_n.eq(Mux(startA, 0, Mux(activeA & (kA != NCH - 1), kA + 1, kA))),
@@ -1049,7 +1055,7 @@ class KVDecompressor(wiring.Component):
                 for ln in range(lanes):
                     m.d.sync += set_ptr(r, ln, 0, 0) + set_ptr(r, ln, 1, q0_a[ln][hW])
 
-        # ---------------- D0: the walk state registered (p, q, nxt4[p], q - p, the half)
+        # ---------------- D0: the walk state registered (p, q, nxt4[p], q - P0, the half)
         d0_valid, d0_first, d0_last, d0_h = Signal(), Signal(), Signal(), Signal()
         d0_p = [Signal(PW, name=f"d0p{ln}") for ln in range(lanes)]
         d0_q = [Signal(PW, name=f"d0q{ln}") for ln in range(lanes)]
