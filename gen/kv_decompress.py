@@ -963,18 +963,20 @@ class KVDecompressor(wiring.Component):
         room_out = Signal(init=1)
         pop = Signal()
         # ``adv`` is the walk's enable: it reaches every walker register, so it is one AND of
-        # registers and the lanes' ``ready`` compares.  The half's ownership (act = owned[hW]), its
-        # record count (wcW = wc[hW]) and the output room (occ != depth) are registers holding
-        # exactly those values, loaded from the next-state logic (no change in behaviour).
+        # registers and the lanes' ``ready`` selections.  The half's ownership (act = owned[hW]),
+        # its record count (as ``rv`` below: chunk c's records written) and the output room
+        # (occ != depth) are registers holding exactly those values, loaded from the next-state
+        # logic (no change in behaviour).
         hW_n = Signal()
         owned_n = [Signal(name=f"owned_n{h}") for h in range(2)]
-        wcW = Signal(range(NCH + 1))
+        wcW_n = Signal(range(NCH + 1))             # wc[hW] of the next cycle
         occ_n = Signal(range(OUT_FIFO_DEPTH + 1))
         m.d.comb += hW_n.eq(hW ^ (adv & last_t))
         for h in range(2):
             m.d.comb += owned_n[h].eq((owned[h] | (startA & (hA == h))) & ~(adv & last_t & (hW == h)))
         m.d.comb += occ_n.eq(occ + adv - pop)
-        m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]), wcW.eq(Array(wc_n)[hW_n]),
+        m.d.comb += wcW_n.eq(Array(wc_n)[hW_n])
+        m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]),
                      occ.eq(occ_n), room_out.eq(occ_n != OUT_FIFO_DEPTH)]
         m.d.sync += [owned[h].eq(owned_n[h]) for h in range(2)]
         # startA's next value (see its definition): full (set by the load stage's last word, cleared
@@ -1000,20 +1002,34 @@ class KVDecompressor(wiring.Component):
                 c1 = Signal(PW, name=f"{'pq'[w]}{ln}_c1")
                 c2 = Signal(PW, init=ONES, name=f"{'pq'[w]}{ln}_c2")
                 copies[ln, w] = ((main, 0), (c1, ONES), (c2, 0))
-        # The enable once per copy: copy r of every walker register advances on ``advs[r]``, computed
-        # from copy r of the q registers (q >= p, so the records of q's chunk being written implies
-        # those of p's chunk), so each enable net reaches a third of the walker flip-flops (the
-        # copies sit by their own tables) and synthesis cannot merge the three (different inputs).
-        advs = []
+        # Records of chunk c written (c < wc[hW]) as a registered thermometer code, one copy per
+        # lane (lane 1's stored inverted): the ready test of a q copy is then a 16:1 selection of
+        # flip-flops by its chunk bits, with no comparator (carry chain) in the enable.
+        CB = PW - lR
+        rv = [Signal(NCH, init=(1 << NCH) - 1 if ln & 1 else 0, name=f"rv{ln}") for ln in range(lanes)]
+        for ln in range(lanes):
+            m.d.sync += rv[ln].eq(Cat(*[(cc < wcW_n) ^ (ln & 1) for cc in range(NCH)]))
+
+        def q_ready(ln_q, r, ln_rv):
+            reg, inv = copies[ln_q, 1][r]
+            items = [rv[ln_rv][cc] if cc < NCH else Const(ln_rv & 1, 1) for cc in range(1 << CB)]
+            if inv:
+                items = items[::-1]
+            return _mux_tree(items, reg[lR:]) ^ (ln_rv & 1)
+
+        # The enable once per copy and lane: copy r of lane ln's walker registers advances on
+        # ``advs[r, ln]``, computed from copy r of that lane's q and another copy of the other
+        # lane's q (q >= p, so the records of q's chunk being written implies those of p's chunk):
+        # each enable reaches 18 flip-flops by their own tables, and no two have the same inputs
+        # (synthesis cannot merge them).
+        advs = {}
         for r in range(3):
-            rdy = []
             for ln in range(lanes):
-                reg, inv = copies[ln, 1][r]
-                rdy.append(((reg >> lR) ^ (inv >> lR)) < wcW)
-            a = Signal(name=f"adv{r}")
-            m.d.comb += a.eq(act & room_out & Cat(*rdy).all())
-            advs.append(a)
-        m.d.comb += adv.eq(advs[0])
+                rdy = [q_ready(ln, r, ln)] + [q_ready(o, (r + 1) % 3, ln) for o in range(lanes) if o != ln]
+                a = Signal(name=f"adv{r}_{ln}")
+                m.d.comb += a.eq(act & room_out & Cat(*rdy).all())
+                advs[r, ln] = a
+        m.d.comb += adv.eq(advs[0, 0])
         nsel, qsel = [], []
         for ln in range(lanes):
             for w, lst in ((0, nsel), (1, qsel)):
@@ -1042,17 +1058,15 @@ class KVDecompressor(wiring.Component):
             with m.Else():
                 m.d.sync += t.eq(t + 1)
         for r in range(3):
-            with m.If(advs[r]):
-                with m.If(last_t):
-                    for ln in range(lanes):
+            for ln in range(lanes):
+                with m.If(advs[r, ln]):
+                    with m.If(last_t):
                         m.d.sync += set_ptr(r, ln, 0, 0)
                         # the next half's q0 (valid if its first records are; otherwise reloaded below)
                         m.d.sync += set_ptr(r, ln, 1, q0_a[ln][~hW])
-                with m.Else():
-                    for ln in range(lanes):
+                    with m.Else():
                         m.d.sync += set_ptr(r, ln, 0, nsel[ln]) + set_ptr(r, ln, 1, qsel[ln])
-            with m.Elif(t == 0):
-                for ln in range(lanes):
+                with m.Elif(t == 0):
                     m.d.sync += set_ptr(r, ln, 0, 0) + set_ptr(r, ln, 1, q0_a[ln][hW])
 
         # ---------------- D0: the walk state registered (p, q, nxt4[p], q - P0, the half)
