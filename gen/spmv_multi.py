@@ -189,9 +189,8 @@ class SparseMacCluster(wiring.Component):
 
         # ---------------------------------------------------------------- commands and activations
         start = Signal(range(n))                  # engine of the next matrix's row 0
-        rows = Signal(ROWS_BITS)
-        cols = Signal(cfg.col_bits)
         share = [Signal(ROWS_BITS, name=f"share{e}") for e in range(n)]   # rows of engine e
+        cols_e = [Signal(cfg.col_bits, name=f"cols_e{e}") for e in range(n)]   # cols, a copy per engine
         pending = Signal(n)                       # commands not yet taken by engine e
         active = Signal(n)                        # engines that load this matrix's activations
         words = Signal(range(cfg.act_depth + 1))
@@ -218,7 +217,9 @@ class SparseMacCluster(wiring.Component):
                         s = ((c.rows + (n - 1) - d) >> sh)[:ROWS_BITS]
                         shares.append(s)
                         m.d.sync += share[e].eq(s)
-                    m.d.sync += [rows.eq(c.rows), cols.eq(c.cols), loading.eq(1), waddr.eq(0),
+                        with m.If(s != 0):     # an enable of its own: synthesis keeps the copy
+                            m.d.sync += cols_e[e].eq(c.cols)
+                    m.d.sync += [loading.eq(1), waddr.eq(0),
                                  words.eq((c.cols + (cfg.acts_per_word - 1)) >> apw_bits),
                                  start.eq((start + c.rows)[:max(1, sh)] if n > 1 else 0)]
                     act = [s != 0 for s in shares]
@@ -226,7 +227,7 @@ class SparseMacCluster(wiring.Component):
         # dispatch the command to each active engine as soon as it is idle
         for e, eng in enumerate(engines):
             m.d.comb += [eng.i_cmd.valid.eq(pending[e]), eng.i_cmd.payload.rows.eq(share[e]),
-                         eng.i_cmd.payload.cols.eq(cols)]
+                         eng.i_cmd.payload.cols.eq(cols_e[e])]
             with m.If(eng.i_cmd.valid & eng.i_cmd.ready):
                 m.d.sync += pending.bit_select(e, 1).eq(0)
         # broadcast activation words once every active engine has taken the command: each is then
@@ -236,8 +237,11 @@ class SparseMacCluster(wiring.Component):
         for e, eng in enumerate(engines):
             act_valid = Signal(name=f"act_valid{e}")
             act_word = Signal(cfg.bus_bits, name=f"act_word{e}", reset_less=True)
-            m.d.sync += [act_valid.eq(self.i_act.valid & self.i_act.ready & active[e]),
-                         act_word.eq(self.i_act.payload)]
+            m.d.sync += act_valid.eq(self.i_act.valid & self.i_act.ready & active[e])
+            # loaded only for an active engine: an enable of its own, so synthesis cannot merge
+            # the eight copies back into one register that fans out across the chip
+            with m.If(self.i_act.valid & self.i_act.ready & active[e]):
+                m.d.sync += act_word.eq(self.i_act.payload)
             m.d.comb += [eng.i_act.valid.eq(act_valid), eng.i_act.payload.eq(act_word)]
         with m.If(self.i_act.valid & self.i_act.ready):
             m.d.sync += waddr.eq(waddr + 1)
