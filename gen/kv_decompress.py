@@ -86,20 +86,34 @@ word is accepted at cycle 0; with the output never stalled its last beat is vali
 rate: ``values_per_cycle`` for all three (walk: unless a lane's first symbols are so long that the walk overtakes Phase A, which
 costs a stall cycle; the rate is measured on real data by the ``kv`` bench).
 
-ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5``): 37,301 LUT4 +
-1,417 CCU2C + 929 TRELLIS_DPR16X4, 11,571 FF, 50 DP16KD, 8 MULT18X18D (aa3ca38: 37,861 LUT4,
-100 DP16KD).  The code-length tables take one DP16KD per two offsets: their read ports are
-asynchronous with a register behind (Yosys folds it into the block RAM and shares port A with
-the table write; with synchronous ports it emulated read-during-write and used two).  In the walk
-loop the offset selection inside a record word was ``word_select`` by ``p[:5]``, which became a
-multiplication by 9 (an adder) and a 288-bit barrel shifter; it is a 32:1 tree of 2:1
-multiplexers now, per half-table (the half chosen after it), addressed by register copies of p
-and q.  Placement estimate (nextpnr-ecp5 seed 1, ``--no-route``, the netlist of these changes
-without the centroid/offset trees and per-codebook write copies): **51.51 MHz**, worse than
-aa3ca38's 64.47 MHz on the same seed (worst slack -9.4 ns, about 1,400-2,200 endpoints below
--1.95 ns); nextpnr printed no critical path without routing, so the cause is not identified
-(candidates: the four LUT-RAM copies per lane and the walker register copies spreading the loop,
-the 504-bit block register).  Routed: not measured.  100 MHz is not met.
+ECP5-85F (default walk geometry in the board harness, yosys ``synth_ecp5``, ccd97ef): 37,571 LUT4
++ 1,552 CCU2C + 993 TRELLIS_DPR16X4, 12,213 FF, 50 DP16KD, 8 MULT18X18D (48,063 of 83,640 cells,
+57 %; 92380fb: 37,301 LUT4, 11,571 FF; aa3ca38: 37,861 LUT4, 100 DP16KD).
+The code-length tables take one DP16KD per two offsets: their read ports are asynchronous with a
+register behind (Yosys folds it into the block RAM and shares port A with the table write).  The
+walk loop's offset selection is a 32:1 tree of 2:1 multiplexers per half-table (the half chosen
+after it), addressed by register copies of p and q (copy 1 stored inverted: half 0's rows are
+written at inverted chunks, so no inverter sits before the LUT RAM address).
+
+Timing: placement estimates (nextpnr-ecp5 0.11.1, seed 1, ``--no-route``, the flow's own
+options), critical paths named from the placed SDF by ``scripts/sdf_paths.py``:
+
+- aa3ca38: 64.47 MHz; q1 -> ready compare (carry chain) -> walk enable -> t / p1 (15.5 ns);
+- 92380fb (008c113's register copies and 50-DP16KD tables): 53.55 MHz; occ -> output room / half
+  owned -> walk enable -> q1 (18.7 ns, 15.5 ns of it nets): the copies tripled the flip-flops the
+  enable reaches; next paths out_fifo level (60.27), Phase A start -> shift registers (68.52);
+- ccd97ef (enable from registers, one per copy; registered Phase A start; FIFO without full
+  gating; chunk-relative symbol starts; registered table selections): 63.62 MHz; q0_c1 -> chunk
+  compare (CCU2C) -> walk enable -> q1_c1 (15.7 ns, 11.3 ns nets);
+- 05fb053 (ready as a registered thermometer code selected by the q copies; 6 enables, one per
+  copy and lane): 53.32 MHz, q1_c2 -> 16:1 ready selection (4 LUT levels) -> enable -> q1_c2 CE
+  (18.8 ns): worse, reverted.  The code here is ccd97ef plus a one-hot input word slot (2c0ef46).
+
+The walk loop alone (copy -> LUT RAM -> 32:1 tree -> half -> copy) placed at 11.7-15.1 ns (85-66
+MHz) in these runs, and the enable gathers both lanes' q and reaches both lanes' registers (two
+long nets).  100 MHz is not met; it needs a walk that takes two cycles per step (e.g. nxt8 records
+and two interleaved walkers: one more pointer-doubling stage in Phase A) or lanes that stall
+independently.  Routed: not measured.
 
 Size by stage (2:1 multiplexer bits of the ``_mux_tree`` calls, a proxy of LUT4 = about 0.6 per
 bit): Phase A stage 3 (the 37:1 selection of rel2, 64 offsets/cycle) 13,824; stage 2 (19:1 of
@@ -963,20 +977,18 @@ class KVDecompressor(wiring.Component):
         room_out = Signal(init=1)
         pop = Signal()
         # ``adv`` is the walk's enable: it reaches every walker register, so it is one AND of
-        # registers and the lanes' ``ready`` selections.  The half's ownership (act = owned[hW]),
-        # its record count (as ``rv`` below: chunk c's records written) and the output room
-        # (occ != depth) are registers holding exactly those values, loaded from the next-state
-        # logic (no change in behaviour).
+        # registers and the lanes' ``ready`` compares.  The half's ownership (act = owned[hW]), its
+        # record count (wcW = wc[hW]) and the output room (occ != depth) are registers holding
+        # exactly those values, loaded from the next-state logic (no change in behaviour).
         hW_n = Signal()
         owned_n = [Signal(name=f"owned_n{h}") for h in range(2)]
-        wcW_n = Signal(range(NCH + 1))             # wc[hW] of the next cycle
+        wcW = Signal(range(NCH + 1))
         occ_n = Signal(range(OUT_FIFO_DEPTH + 1))
         m.d.comb += hW_n.eq(hW ^ (adv & last_t))
         for h in range(2):
             m.d.comb += owned_n[h].eq((owned[h] | (startA & (hA == h))) & ~(adv & last_t & (hW == h)))
         m.d.comb += occ_n.eq(occ + adv - pop)
-        m.d.comb += wcW_n.eq(Array(wc_n)[hW_n])
-        m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]),
+        m.d.sync += [hW.eq(hW_n), act.eq(Array(owned_n)[hW_n]), wcW.eq(Array(wc_n)[hW_n]),
                      occ.eq(occ_n), room_out.eq(occ_n != OUT_FIFO_DEPTH)]
         m.d.sync += [owned[h].eq(owned_n[h]) for h in range(2)]
         # startA's next value (see its definition): full (set by the load stage's last word, cleared
@@ -1002,34 +1014,20 @@ class KVDecompressor(wiring.Component):
                 c1 = Signal(PW, name=f"{'pq'[w]}{ln}_c1")
                 c2 = Signal(PW, init=ONES, name=f"{'pq'[w]}{ln}_c2")
                 copies[ln, w] = ((main, 0), (c1, ONES), (c2, 0))
-        # Records of chunk c written (c < wc[hW]) as a registered thermometer code, one copy per
-        # lane (lane 1's stored inverted): the ready test of a q copy is then a 16:1 selection of
-        # flip-flops by its chunk bits, with no comparator (carry chain) in the enable.
-        CB = PW - lR
-        rv = [Signal(NCH, init=(1 << NCH) - 1 if ln & 1 else 0, name=f"rv{ln}") for ln in range(lanes)]
-        for ln in range(lanes):
-            m.d.sync += rv[ln].eq(Cat(*[(cc < wcW_n) ^ (ln & 1) for cc in range(NCH)]))
-
-        def q_ready(ln_q, r, ln_rv):
-            reg, inv = copies[ln_q, 1][r]
-            items = [rv[ln_rv][cc] if cc < NCH else Const(ln_rv & 1, 1) for cc in range(1 << CB)]
-            if inv:
-                items = items[::-1]
-            return _mux_tree(items, reg[lR:]) ^ (ln_rv & 1)
-
-        # The enable once per copy and lane: copy r of lane ln's walker registers advances on
-        # ``advs[r, ln]``, computed from copy r of that lane's q and another copy of the other
-        # lane's q (q >= p, so the records of q's chunk being written implies those of p's chunk):
-        # each enable reaches 18 flip-flops by their own tables, and no two have the same inputs
-        # (synthesis cannot merge them).
-        advs = {}
+        # The enable once per copy: copy r of every walker register advances on ``advs[r]``, computed
+        # from copy r of the q registers (q >= p, so the records of q's chunk being written implies
+        # those of p's chunk), so each enable net reaches a third of the walker flip-flops (the
+        # copies sit by their own tables) and synthesis cannot merge the three (different inputs).
+        advs = []
         for r in range(3):
+            rdy = []
             for ln in range(lanes):
-                rdy = [q_ready(ln, r, ln)] + [q_ready(o, (r + 1) % 3, ln) for o in range(lanes) if o != ln]
-                a = Signal(name=f"adv{r}_{ln}")
-                m.d.comb += a.eq(act & room_out & Cat(*rdy).all())
-                advs[r, ln] = a
-        m.d.comb += adv.eq(advs[0, 0])
+                reg, inv = copies[ln, 1][r]
+                rdy.append(((reg >> lR) ^ (inv >> lR)) < wcW)
+            a = Signal(name=f"adv{r}")
+            m.d.comb += a.eq(act & room_out & Cat(*rdy).all())
+            advs.append(a)
+        m.d.comb += adv.eq(advs[0])
         nsel, qsel = [], []
         for ln in range(lanes):
             for w, lst in ((0, nsel), (1, qsel)):
@@ -1058,15 +1056,17 @@ class KVDecompressor(wiring.Component):
             with m.Else():
                 m.d.sync += t.eq(t + 1)
         for r in range(3):
-            for ln in range(lanes):
-                with m.If(advs[r, ln]):
-                    with m.If(last_t):
+            with m.If(advs[r]):
+                with m.If(last_t):
+                    for ln in range(lanes):
                         m.d.sync += set_ptr(r, ln, 0, 0)
                         # the next half's q0 (valid if its first records are; otherwise reloaded below)
                         m.d.sync += set_ptr(r, ln, 1, q0_a[ln][~hW])
-                    with m.Else():
+                with m.Else():
+                    for ln in range(lanes):
                         m.d.sync += set_ptr(r, ln, 0, nsel[ln]) + set_ptr(r, ln, 1, qsel[ln])
-                with m.Elif(t == 0):
+            with m.Elif(t == 0):
+                for ln in range(lanes):
                     m.d.sync += set_ptr(r, ln, 0, 0) + set_ptr(r, ln, 1, q0_a[ln][hW])
 
         # ---------------- D0: the walk state registered (p, q, nxt4[p], q - P0, the half)
