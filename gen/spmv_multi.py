@@ -249,19 +249,30 @@ class SparseMacCluster(wiring.Component):
                 m.d.sync += loading.eq(0)
 
         # ---------------------------------------------------------------- requantization parameters
-        rq_ptr = Signal(range(n))
-        rq_fifos = []
+        # dealt through a register per engine (loaded only for that engine), against credits kept
+        # here: i_rq.ready never waits on a FIFO level across the chip.  A credit is taken when a
+        # word is dealt and returned the cycle after the engine pops one, so a FIFO never overflows.
+        rq_ptr = Signal(n, init=1)                # one-hot: the engine of the next row's parameters
+        rq_take = Signal()
+        m.d.comb += rq_take.eq(self.i_rq.valid & self.i_rq.ready)
+        has_credit = []
         for e in range(n):
             f = SyncFIFOBuffered(width=len(self.i_rq.payload.as_value()), depth=RQ_FIFO_DEPTH)
             m.submodules[f"rq{e}"] = f
-            rq_fifos.append(f)
+            credit = Signal(range(RQ_FIFO_DEPTH + 1), init=RQ_FIFO_DEPTH, name=f"rq_credit{e}")
+            rq_word = Signal(len(self.i_rq.payload.as_value()), name=f"rq_word{e}", reset_less=True)
+            rq_wen, popped = Signal(name=f"rq_wen{e}"), Signal(name=f"rq_popped{e}")
+            deal = rq_take & rq_ptr[e]
+            with m.If(deal):
+                m.d.sync += rq_word.eq(self.i_rq.payload)
+            m.d.sync += [rq_wen.eq(deal), popped.eq(f.r_en & f.r_rdy)]
+            m.d.sync += credit.eq(credit - deal + popped)
             m.d.comb += [engines[e].i_rq.valid.eq(f.r_rdy), engines[e].i_rq.payload.eq(f.r_data),
-                         f.r_en.eq(engines[e].i_rq.ready), f.w_data.eq(self.i_rq.payload)]
-        m.d.comb += self.i_rq.ready.eq(Array(f.w_rdy for f in rq_fifos)[rq_ptr])
-        for e, f in enumerate(rq_fifos):
-            m.d.comb += f.w_en.eq(self.i_rq.valid & self.i_rq.ready & (rq_ptr == e))
-        with m.If(self.i_rq.valid & self.i_rq.ready):
-            m.d.sync += rq_ptr.eq(rq_ptr + 1 if n > 1 else 0)
+                         f.r_en.eq(engines[e].i_rq.ready), f.w_data.eq(rq_word), f.w_en.eq(rq_wen)]
+            has_credit.append(rq_ptr[e] & (credit != 0))
+        m.d.comb += self.i_rq.ready.eq(Cat(*has_credit).any())
+        with m.If(rq_take):
+            m.d.sync += rq_ptr.eq(rq_ptr.rotate_left(1) if n > 1 else 1)
 
         # ---------------------------------------------------------------- result merge (row order)
         # each engine's rows go through a small FIFO first, so an engine's output stage sees a
